@@ -1,0 +1,55 @@
+"""Every default and environment variable name in one place."""
+
+from __future__ import annotations
+
+#: Topic prefix under which everything mqfleet publishes lives.
+TOPIC_PREFIX = "mqfleet"
+#: Broker URL used when neither --broker nor MQFLEET_BROKER is given.
+BROKER_URL = "mqtt://127.0.0.1:1883"
+
+#: A job is failed after this many counted attempts (`shutdown` never counts).
+MAX_ATTEMPTS = 3
+#: A lease not renewed for this long expires and its attempt ends as `lost`.
+LEASE_S = 90.0
+#: After a host's will says offline, its leases expire this soon unless it returns.
+GRACE_S = 10.0
+#: How often an agent renews each lease; a third of the lease keeps two spare renewals.
+RENEW_FRACTION = 1 / 3
+#: How often an agent republishes its retained status as a heartbeat.
+HEARTBEAT_S = 10.0
+#: MQTT keepalive; the broker notices a silent client after 1.5x this.
+KEEPALIVE_S = 5
+#: How long an agent's persistent session outlives a disconnect, so queued cancels still arrive.
+SESSION_EXPIRY_S = 3600
+#: Seconds a CLI or agent waits for a coordinator reply.
+REQUEST_TIMEOUT_S = 10.0
+#: Seconds a trainer has between SIGTERM and the kill of its process tree.
+KILL_GRACE_S = 5.0
+#: Seconds an agent stopped by SIGTERM lets running trainers finish before handing them back.
+SHUTDOWN_GRACE_S = 30.0
+#: How often the coordinator sweeps expired leases.
+SWEEP_INTERVAL_S = 1.0
+#: How long the coordinator remembers request ids to answer redeliveries.
+REQUEST_MEMORY_S = 3600.0
+#: Lines of trainer output kept as an attempt's tail.
+OUTPUT_TAIL_LINES = 50
+#: Largest request payload the coordinator accepts.
+MAX_REQUEST_BYTES = 256 * 1024
+#: Largest manifest sent over `reload --file`.
+MAX_MANIFEST_BYTES = 2 * 1024 * 1024
+
+ENV_BROKER = "MQFLEET_BROKER"
+ENV_OPERATOR_TOKEN = "MQFLEET_OPERATOR_TOKEN"
+ENV_TOPIC_PREFIX = "MQFLEET_PREFIX"
+ENV_CA = "MQFLEET_CA"
+ENV_CERT = "MQFLEET_CERT"
+ENV_KEY = "MQFLEET_KEY"
+ENV_STORE = "MQFLEET_STORE"
+ENV_S3_ENDPOINT = "MQFLEET_S3_ENDPOINT"
+ENV_S3_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
+ENV_S3_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
+ENV_S3_SECURE = "MQFLEET_S3_SECURE"
+
+#: Environment the agent gives each trainer.
+ENV_SPEC = "MQFLEET_SPEC"
+ENV_OUT_DIR = "MQFLEET_OUT_DIR"

@@ -1,0 +1,152 @@
+"""The whole exception tree; each class carries the stable wire code of its error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class MqfleetError(Exception):
+    """Base of every error mqfleet raises on purpose."""
+
+    code = "error"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest, at a dotted place such as `jobs[3].hyper.lr`."""
+
+    place: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.place}: {self.message}" if self.place else self.message
+
+
+class ManifestError(MqfleetError):
+    """Raised when a manifest is invalid; lists every problem at once."""
+
+    code = "invalid_manifest"
+
+    def __init__(self, problems: list[Problem], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{head}{len(problems)} problem(s) in the manifest:\n{lines}")
+
+
+class ConfigurationError(MqfleetError):
+    """Raised when a role's runtime configuration is unusable."""
+
+    code = "bad_config"
+
+
+class ProtocolError(MqfleetError):
+    """Raised when a message breaks the wire protocol."""
+
+    code = "bad_request"
+
+
+class DecodeError(ProtocolError):
+    """Raised when a payload is not a JSON object of acceptable size."""
+
+    code = "bad_payload"
+
+
+class UnknownVerbError(ProtocolError):
+    """Raised when a request names a verb nobody answers."""
+
+    code = "unknown_verb"
+
+
+class BadRequestError(ProtocolError):
+    """Raised when a request's fields are missing or of the wrong type."""
+
+    code = "bad_request"
+
+
+class UnauthorizedError(ProtocolError):
+    """Raised when an operator verb arrives without the right operator token."""
+
+    code = "unauthorized"
+
+
+class StateError(MqfleetError):
+    """Raised when a request does not fit the current state of the fleet."""
+
+    code = "conflict"
+
+
+class IllegalTransitionError(StateError):
+    """Raised when a job is asked to move to a status its current status does not allow."""
+
+    code = "illegal_transition"
+
+
+class LeaseLostError(StateError):
+    """Raised when a request carries a lease that is no longer the job's current one."""
+
+    code = "lease_lost"
+
+
+class NotFoundError(StateError):
+    """Raised when a job, host or artifact does not exist."""
+
+    code = "not_found"
+
+
+class AmbiguousError(StateError):
+    """Raised when a job reference matches more than one job."""
+
+    code = "ambiguous"
+
+
+class ConflictError(StateError):
+    """Raised when a request conflicts with the job's state (e.g. completing a cancelled job)."""
+
+    code = "conflict"
+
+
+class BrokerError(MqfleetError):
+    """Raised when the broker cannot be used."""
+
+    code = "broker"
+
+
+class BrokerUnavailableError(BrokerError):
+    """Raised when the broker cannot be reached or refuses the connection."""
+
+    code = "broker_unavailable"
+
+
+class RequestTimeoutError(BrokerError):
+    """Raised when no reply arrives in time (the coordinator is not reached)."""
+
+    code = "timeout"
+
+
+class StoreError(MqfleetError):
+    """Raised when the artifact store fails."""
+
+    code = "store"
+
+
+class ArtifactMismatchError(StoreError):
+    """Raised when a stored object's size or sha256 is not what was claimed."""
+
+    code = "artifact_mismatch"
+
+
+class ObjectMissingError(StoreError):
+    """Raised when an artifact object is not in the store."""
+
+    code = "artifact_missing"
+
+
+class RemoteError(MqfleetError):
+    """Raised client-side for an `{"ok": false}` reply; keeps the remote code."""
+
+    def __init__(self, code: str, message: str, reply: dict[str, object] | None = None) -> None:
+        self.code = code
+        self.reply = reply or {}
+        super().__init__(f"{code}: {message}")

@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+# Fixtures live in one module per real part, so each can be read (and changed) alone.
+pytest_plugins = [
+    "tests.fixtures.common",
+    "tests.fixtures.broker",
+    "tests.fixtures.s3",
+    "tests.fixtures.fleet",
+]
