@@ -1,0 +1,246 @@
+"""The agent daemon: adverts its host, claims work when a slot is free, runs each job, stops cleanly.
+
+Claims happen when a slot frees, on every nudge from the coordinator on
+`mqfleet/work`, on (re)connect, and on a slow safety poll in case a nudge was
+missed while disconnected; there is no fixed delay before work starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mqfleet import defaults
+from mqfleet.agent.capability import detect_advert
+from mqfleet.agent.job import Ending, JobRun
+from mqfleet.agent.runner import reap_leftovers
+from mqfleet.errors import ConfigurationError, MqfleetError, RemoteError, RequestTimeoutError
+from mqfleet.mqtt import BrokerConfig, Connection, Message
+from mqfleet.protocol import Role, Topics, encode
+
+logger = logging.getLogger(__name__)
+
+#: An idle agent asks for work this often even without a nudge (a nudge is QoS 0 and may be missed).
+IDLE_POLL_S = 30.0
+#: Log lines are sent in small batches, at most this often per job.
+LOG_FLUSH_S = 0.25
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything an agent needs; built by the CLI from flags, env and defaults."""
+
+    host_id: str
+    broker: BrokerConfig
+    work_dir: Path
+    repo: Path
+    slots: int = 1
+    labels: tuple[str, ...] = ()
+    prefix: str = defaults.TOPIC_PREFIX
+    python: str = sys.executable
+    heartbeat_s: float = defaults.HEARTBEAT_S
+    kill_grace_s: float = defaults.KILL_GRACE_S
+    shutdown_grace_s: float = defaults.SHUTDOWN_GRACE_S
+    request_timeout_s: float = defaults.REQUEST_TIMEOUT_S
+    keepalive_s: int = defaults.KEEPALIVE_S
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.host_id or any(c in self.host_id for c in "/+#") or len(self.host_id) > 128:
+            raise ConfigurationError(f"host id {self.host_id!r} must be 1-128 characters without '/', '+' or '#'")
+        if self.slots < 1:
+            raise ConfigurationError(f"--slots must be at least 1, not {self.slots}")
+        if not self.repo.is_dir():
+            raise ConfigurationError(f"training repo {self.repo} is not a folder; pass --repo DIR")
+
+    def trainer_base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        return env
+
+
+class Agent:
+    """One daemon per training host."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        config.validate()
+        self.config = config
+        self.topics = Topics(config.prefix)
+        self.jobs: dict[str, JobRun] = {}
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self._jobs_lock = threading.Lock()
+        self._log_lock = threading.Lock()
+        self._log_buffers: dict[str, list[str]] = {}
+        self._log_last_flush: dict[str, float] = {}
+        self.advert: dict[str, Any] = {}
+        self.conn = Connection(
+            config.broker,
+            client_id=f"agent-{config.host_id}",
+            will=(self.topics.status(config.host_id), encode({"state": "offline"}), True),
+            persistent=True,
+            keepalive_s=config.keepalive_s,
+            on_connect=self._on_connect,
+            reply_prefix=config.prefix,
+        )
+
+    # --- life cycle -------------------------------------------------------------------
+
+    def start(self, *, wait_s: float | None = 30.0) -> None:
+        cfg = self.config
+        cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        reaped = reap_leftovers(cfg.work_dir / "pids")
+        if reaped:
+            logger.warning("killed %d trainer process(es) left by a previous agent run: %s", len(reaped), reaped)
+        self.advert = detect_advert(cfg.host_id, slots=cfg.slots, labels=cfg.labels, repo=cfg.repo)
+        self.conn.subscribe(self.topics.control(cfg.host_id), self._on_control)
+        self.conn.subscribe(self.topics.work, self._on_nudge, qos=0)
+        self.conn.start(wait_s=wait_s)
+        threading.Thread(target=self._flush_logs_loop, name="log-flush", daemon=True).start()
+        logger.info("agent %s online: %d slot(s), cuda=%s", cfg.host_id, cfg.slots, self.advert.get("cuda"))
+
+    def run(self) -> int:
+        """Claim and run jobs until stop(); then hand back what is still running. Returns 0."""
+        next_heartbeat = time.monotonic() + self.config.heartbeat_s
+        while not self.stopping.is_set():
+            self._claim_while_free()
+            timeout = min(IDLE_POLL_S, max(0.0, next_heartbeat - time.monotonic()))
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if time.monotonic() >= next_heartbeat:
+                self._publish_status("online")
+                next_heartbeat = time.monotonic() + self.config.heartbeat_s
+        self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        """Take no new work; run() hands back running jobs after the shutdown grace. Signal-safe."""
+        self.stopping.set()
+        self._wake.set()
+
+    def _shutdown(self) -> None:
+        grace = self.config.shutdown_grace_s
+        running = self._running()
+        if running:
+            logger.info("stopping: %d job(s) running, waiting up to %.0fs for them to finish", len(running), grace)
+        deadline = time.monotonic() + grace
+        for job in running:
+            job.done.wait(max(0.0, deadline - time.monotonic()))
+        for job in self._running():
+            job.end(Ending.SHUTDOWN)
+        for job in self._running():
+            job.join(self.config.kill_grace_s + self.config.request_timeout_s + 5)
+        self.conn.stop(final=[(self.topics.status(self.config.host_id), self._status_payload("offline"), True)])
+        logger.info("agent %s stopped", self.config.host_id)
+
+    # --- claiming -------------------------------------------------------------------------
+
+    def _running(self) -> list[JobRun]:
+        with self._jobs_lock:
+            return [j for j in self.jobs.values() if not j.done.is_set()]
+
+    def _claim_while_free(self) -> None:
+        while not self.stopping.is_set() and len(self._running()) < self.config.slots:
+            try:
+                grant = self.request("claim").get("job")
+            except (RemoteError, RequestTimeoutError, MqfleetError) as e:
+                logger.warning("claim failed: %s", e)
+                return
+            if not grant:
+                return
+            job = JobRun(self, grant)
+            with self._jobs_lock:
+                self.jobs[job.job_id] = job
+            job.start()
+
+    def job_finished(self, job: JobRun) -> None:
+        with self._jobs_lock:
+            if self.jobs.get(job.job_id) is job:
+                del self.jobs[job.job_id]
+        self._wake.set()
+
+    # --- MQTT -------------------------------------------------------------------------------
+
+    def request(self, verb: str, *, attempts: int = 3, **fields: Any) -> dict[str, Any]:
+        """An agent RPC; retried on timeout with the same request id, so it runs at most once."""
+        body = {"request_id": uuid.uuid4().hex, **fields}
+        topic = self.topics.rpc(Role.AGENT, self.config.host_id, verb)
+        for attempt in range(1, attempts + 1):
+            try:
+                reply = self.conn.request(topic, body, timeout_s=self.config.request_timeout_s)
+            except RequestTimeoutError:
+                if attempt == attempts or self.stopping.is_set() and verb == "claim":
+                    raise
+                logger.warning("%s not answered (try %d/%d); retrying", verb, attempt, attempts)
+                continue
+            if not reply.get("ok"):
+                raise RemoteError(str(reply.get("error")), str(reply.get("message")), reply)
+            return reply
+        raise RequestTimeoutError(f"{verb} not answered")  # unreachable: the loop raises or returns
+
+    def _on_connect(self, session_present: bool) -> None:
+        self.advert["ts"] = time.time()
+        self.conn.publish(self.topics.advert(self.config.host_id), self.advert, qos=1, retain=True)
+        self._publish_status("online")
+        if not session_present:
+            logger.info("new broker session: messages sent while away were not kept")
+        self._wake.set()
+
+    def _on_nudge(self, msg: Message) -> None:
+        self._wake.set()
+
+    def _on_control(self, msg: Message) -> None:
+        try:
+            control = msg.json()
+        except MqfleetError as e:
+            logger.warning("control message ignored: %s", e)
+            return
+        if control.get("action") != "cancel":
+            logger.warning("control message ignored: unknown action %r", control.get("action"))
+            return
+        with self._jobs_lock:
+            job = self.jobs.get(str(control.get("job_id")))
+        if job is None or job.lease_id != control.get("lease_id"):
+            logger.info("cancel for job %s: not running here (any more)", control.get("job_id"))
+            return
+        job.end(Ending.CANCELLED)
+
+    def _status_payload(self, state: str) -> bytes:
+        running = [j.job_id for j in self._running()]
+        return encode({"state": state, "ts": time.time(), "jobs": running, "slots": self.config.slots})
+
+    def _publish_status(self, state: str) -> None:
+        self.conn.publish(self.topics.status(self.config.host_id), self._status_payload(state), qos=1, retain=True)
+
+    # --- trainer output ---------------------------------------------------------------------
+
+    def publish_log(self, job_id: str, line: str) -> None:
+        with self._log_lock:
+            self._log_buffers.setdefault(job_id, []).append(line)
+            due = time.monotonic() - self._log_last_flush.get(job_id, 0.0) >= LOG_FLUSH_S
+        if due:
+            self.flush_log(job_id)
+
+    def _flush_logs_loop(self) -> None:
+        # Lines that arrived just after a flush would otherwise wait for the trainer's next line.
+        while not self.stopping.wait(LOG_FLUSH_S):
+            with self._log_lock:
+                pending = list(self._log_buffers)
+            for job_id in pending:
+                self.flush_log(job_id)
+
+    def flush_log(self, job_id: str) -> None:
+        with self._log_lock:
+            lines = self._log_buffers.pop(job_id, [])
+            self._log_last_flush[job_id] = time.monotonic()
+        if lines:
+            payload = {"job_id": job_id, "lines": lines, "ts": time.time()}
+            self.conn.publish(self.topics.log(self.config.host_id, job_id), payload, qos=0)

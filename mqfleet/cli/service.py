@@ -1,0 +1,157 @@
+"""`mqfleet coordinator` and `mqfleet agent`: the two long-running roles."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from mqfleet import defaults
+from mqfleet.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, cli
+from mqfleet.cli.options import broker_config_from, broker_options
+from mqfleet.errors import BrokerUnavailableError, ConfigurationError, ManifestError, MqfleetError, StoreError
+from mqfleet.logs import setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def _on_stop_signals(stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT (and SIGBREAK on Windows) ask the role to stop cleanly."""
+
+    def handler(signum: int, frame: object) -> None:
+        logger.info("received signal %d; stopping", signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    if sys.platform == "win32":
+        signal.signal(signal.SIGBREAK, handler)  # type: ignore[attr-defined]
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+@cli.command("coordinator")
+@click.option("--manifest", "manifest_path", required=True, type=click.Path(path_type=Path), help="Manifest TOML file.")
+@click.option("--db", "db_path", required=True, type=click.Path(path_type=Path), help="SQLite database file.")
+@click.option("--store", "store_url", envvar=defaults.ENV_STORE, default="", help="file:///PATH or s3://BUCKET/PREFIX.")
+@click.option("--prefix", envvar=defaults.ENV_TOPIC_PREFIX, default=defaults.TOPIC_PREFIX, show_default=True)
+@click.option("--sweep-interval", "sweep_interval_s", type=float, default=defaults.SWEEP_INTERVAL_S, show_default=True)
+@click.option("-v", "--verbose", count=True)
+@broker_options
+def coordinator_cmd(
+    manifest_path: Path,
+    db_path: Path,
+    store_url: str,
+    prefix: str,
+    sweep_interval_s: float,
+    verbose: int,
+    **broker: str | None,
+) -> None:
+    """Run the coordinator: grants leases, sweeps expired ones, verifies artifacts."""
+    from mqfleet.coordinator.service import Coordinator, CoordinatorConfig
+
+    setup_logging(verbose)
+    token = os.environ.get(defaults.ENV_OPERATOR_TOKEN, "")
+    if not token:
+        logger.warning("%s is not set: operator verbs (cancel, requeue, reload, drain) are refused", defaults.ENV_OPERATOR_TOKEN)
+    try:
+        config = CoordinatorConfig(
+            manifest_path=manifest_path,
+            db_path=db_path,
+            broker=broker_config_from(broker),
+            store_url=store_url,
+            operator_token=token,
+            prefix=prefix,
+            sweep_interval_s=sweep_interval_s,
+        )
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        coordinator = Coordinator(config)
+    except ConfigurationError as e:
+        _fail(str(e), EXIT_USAGE)
+    except StoreError as e:
+        _fail(f"artifact store: {e}", EXIT_FAILED)
+    _on_stop_signals(coordinator._stop.set)
+    try:
+        coordinator.start()
+    except ManifestError as e:
+        _fail(str(e), EXIT_USAGE)
+    except BrokerUnavailableError as e:
+        _fail(str(e), EXIT_UNREACHABLE)
+    except MqfleetError as e:
+        _fail(str(e), EXIT_FAILED)
+    try:
+        coordinator.run_forever()
+    finally:
+        coordinator.stop()
+    raise click.exceptions.Exit(EXIT_OK)
+
+
+@cli.group("agent", invoke_without_command=True)
+@click.option("--host-id", envvar="MQFLEET_HOST_ID", default=None, help="This host's id (default: the hostname).")
+@click.option("--slots", type=int, default=1, show_default=True, help="Concurrent jobs on this host.")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None, help="Where jobs run (default ~/.mqfleet/work).")
+@click.option("--repo", type=click.Path(path_type=Path), default=None, help="Training repo root: the trainers' cwd (default: .).")
+@click.option("--label", "labels", multiple=True, help="A label for this host (repeatable).")
+@click.option("--prefix", envvar=defaults.ENV_TOPIC_PREFIX, default=defaults.TOPIC_PREFIX, show_default=True)
+@click.option("--shutdown-grace", "shutdown_grace_s", type=float, default=defaults.SHUTDOWN_GRACE_S, show_default=True)
+@click.option("--kill-grace", "kill_grace_s", type=float, default=defaults.KILL_GRACE_S, show_default=True)
+@click.option("--heartbeat", "heartbeat_s", type=float, default=defaults.HEARTBEAT_S, show_default=True)
+@click.option("--keepalive", "keepalive_s", type=int, default=defaults.KEEPALIVE_S, show_default=True)
+@click.option("-v", "--verbose", count=True)
+@broker_options
+@click.pass_context
+def agent_cmd(
+    ctx: click.Context,
+    host_id: str | None,
+    slots: int,
+    work_dir: Path | None,
+    repo: Path | None,
+    labels: tuple[str, ...],
+    prefix: str,
+    shutdown_grace_s: float,
+    kill_grace_s: float,
+    heartbeat_s: float,
+    keepalive_s: int,
+    verbose: int,
+    **broker: str | None,
+) -> None:
+    """Run an agent: advert this host, claim jobs, run trainers, upload artifacts."""
+    from mqfleet.agent.daemon import Agent, AgentConfig
+
+    host_id = host_id or socket.gethostname()
+    ctx.obj = {"host_id": host_id, "broker": broker, "prefix": prefix, "repo": repo, "slots": slots}
+    if ctx.invoked_subcommand is not None:
+        return
+    setup_logging(verbose)
+    try:
+        config = AgentConfig(
+            host_id=host_id,
+            broker=broker_config_from(broker),
+            work_dir=(work_dir or Path.home() / ".mqfleet" / "work" / host_id).resolve(),
+            repo=(repo or Path.cwd()).resolve(),
+            slots=slots,
+            labels=labels,
+            prefix=prefix,
+            shutdown_grace_s=shutdown_grace_s,
+            kill_grace_s=kill_grace_s,
+            heartbeat_s=heartbeat_s,
+            keepalive_s=keepalive_s,
+        )
+        agent = Agent(config)
+    except ConfigurationError as e:
+        _fail(str(e), EXIT_USAGE)
+    _on_stop_signals(agent.stop)
+    try:
+        agent.start()
+    except BrokerUnavailableError as e:
+        _fail(str(e), EXIT_UNREACHABLE)
+    raise click.exceptions.Exit(agent.run())

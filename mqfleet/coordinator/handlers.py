@@ -1,0 +1,260 @@
+"""One `handle_<verb>` per RPC verb, and the VERBS table the service dispatches through.
+
+Handlers raise MqfleetError subclasses; the service alone turns them into replies.
+Each handler runs inside one database transaction opened by the service; anything
+slow (reading an artifact back from the store) happens in a `prepare` step before
+the transaction, so other requests are not held up by it.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mqfleet.coordinator.verify import check_digest, verify_artifact
+from mqfleet.errors import BadRequestError, ManifestError, UnauthorizedError
+from mqfleet.manifest import load_manifest, parse_manifest
+from mqfleet.protocol import Role, Verb, ok
+from mqfleet.protocol import field as req_field
+from mqfleet.state import Cause
+
+if TYPE_CHECKING:
+    from mqfleet.coordinator.service import Coordinator
+
+
+@dataclass(frozen=True)
+class Request:
+    """A decoded request: who sent it (from the topic, never the payload) and its fields."""
+
+    verb: Verb
+    role: Role
+    client: str
+    body: dict[str, Any]
+    now: float
+    prepared: dict[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[["Coordinator", Request], dict[str, Any]]
+Prepare = Callable[["Coordinator", Request], dict[str, Any]]
+
+
+def _lease_fields(req: Request) -> tuple[str, str]:
+    return req_field(req.body, "job_id", str), req_field(req.body, "lease_id", str)
+
+
+def _dict_field(req: Request, name: str) -> dict[str, Any] | None:
+    value = req_field(req.body, name, dict, None)
+    if value is not None and len(value) > 200:
+        raise BadRequestError(f"field '{name}' has too many keys ({len(value)})")
+    return value  # type: ignore[no-any-return]
+
+
+# --- agent verbs: the host is the client level of the topic ---------------------------
+
+
+def handle_claim(coord: Coordinator, req: Request) -> dict[str, Any]:
+    host = req.client
+    # A claim proves the host is alive even if its retained status has not arrived yet.
+    coord.db.record_presence(host, True, req.now)
+    grant = coord.db.claim(host, req.now)
+    return ok(job=grant)
+
+
+def handle_renew(coord: Coordinator, req: Request) -> dict[str, Any]:
+    job_id, lease_id = _lease_fields(req)
+    progress = _dict_field(req, "progress")
+    expires_ts = coord.db.renew(job_id, lease_id, req.client, req.now, progress)
+    return ok(expires_ts=expires_ts)
+
+
+def handle_upload_url(coord: Coordinator, req: Request) -> dict[str, Any]:
+    job_id, lease_id = _lease_fields(req)
+    sha256 = req_field(req.body, "sha256", str)
+    size = req_field(req.body, "size", int)
+    check_digest(sha256, size)
+    coord.db.check_lease(job_id, lease_id, req.client)
+    key = coord.store.key_for(sha256)
+    if coord.db.is_artifact_verified(sha256) and coord.store.stat(key) == size:
+        return ok(exists=True, key=key)
+    return ok(exists=False, url=coord.store.presign_put(key), method="PUT", key=key)
+
+
+def prepare_complete(coord: Coordinator, req: Request) -> dict[str, Any]:
+    job_id, lease_id = _lease_fields(req)
+    sha256 = req_field(req.body, "sha256", str)
+    size = req_field(req.body, "size", int)
+    with coord.lock:
+        coord.db.check_lease(job_id, lease_id, req.client)
+        trusted = coord.db.is_artifact_verified(sha256)
+    key = verify_artifact(coord.store, sha256, size, trusted=trusted)
+    return {"key": key}
+
+
+def handle_complete(coord: Coordinator, req: Request) -> dict[str, Any]:
+    job_id, lease_id = _lease_fields(req)
+    artifact = {
+        "sha256": req_field(req.body, "sha256", str),
+        "size": req_field(req.body, "size", int),
+        "key": req.prepared["key"],
+        "metrics": _dict_field(req, "metrics") or {},
+    }
+    row = coord.db.complete(job_id, lease_id, req.client, artifact, req.now)
+    return ok(status=row["status"], job=row)
+
+
+def handle_fail(coord: Coordinator, req: Request) -> dict[str, Any]:
+    job_id, lease_id = _lease_fields(req)
+    cause_name = req_field(req.body, "cause", str, Cause.APP.value)
+    if cause_name not in (Cause.APP.value, Cause.SHUTDOWN.value):
+        raise BadRequestError(f"field 'cause' must be 'app' or 'shutdown', not {cause_name!r}")
+    status = coord.db.fail(
+        job_id,
+        lease_id,
+        req.client,
+        Cause(cause_name),
+        exit_code=req_field(req.body, "exit_code", int, None),
+        output_tail=req_field(req.body, "output_tail", str, "")[-20_000:],
+        error=req_field(req.body, "error", str, "")[:2000],
+        now=req.now,
+    )
+    return ok(status=status.value)
+
+
+# --- operator verbs: need the operator token ------------------------------------------
+
+
+def check_token(coord: Coordinator, req: Request) -> None:
+    """Constant-time comparison, so the token cannot be guessed byte by byte from timings."""
+    expected = coord.config.operator_token
+    if not expected:
+        raise UnauthorizedError("operator verbs are disabled: the coordinator was started without an operator token")
+    given = req.body.get("token")
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise UnauthorizedError("operator token missing or wrong; set MQFLEET_OPERATOR_TOKEN to the coordinator's token")
+
+
+def _job_ref(coord: Coordinator, req: Request) -> str:
+    return coord.db.resolve_job(req_field(req.body, "job", str))
+
+
+def handle_cancel(coord: Coordinator, req: Request) -> dict[str, Any]:
+    job_id = _job_ref(coord, req)
+    ended = coord.db.cancel(job_id, req.now)
+    if ended:
+        coord.send_control(ended["host"], {"action": "cancel", "job_id": job_id, "lease_id": ended["lease_id"]})
+    return ok(job=coord.db.job(job_id))
+
+
+def handle_requeue(coord: Coordinator, req: Request) -> dict[str, Any]:
+    job_id = _job_ref(coord, req)
+    return ok(job=coord.db.requeue(job_id, req.now))
+
+
+def handle_reload(coord: Coordinator, req: Request) -> dict[str, Any]:
+    text = req_field(req.body, "manifest", str, None)
+    try:
+        if text is None:
+            manifest = load_manifest(coord.config.manifest_path)
+        else:
+            manifest = parse_manifest(text, source=req_field(req.body, "source", str, "<sent by operator>"))
+    except ManifestError as e:
+        # Refused whole: the manifest in force stays. The problems travel in the reply.
+        coord.refused_manifest = e
+        raise
+    summary = coord.db.apply_manifest(manifest, req.now)
+    return ok(
+        source=manifest.source,
+        added=summary["added"],
+        kept=len(summary["kept"]),
+        orphaned=summary["orphaned"],
+        jobs=len(manifest.jobs),
+    )
+
+
+def handle_drain(coord: Coordinator, req: Request) -> dict[str, Any]:
+    host = req_field(req.body, "host", str)
+    coord.db.set_draining(host, True, req.now)
+    return ok(host=host, draining=True)
+
+
+def handle_undrain(coord: Coordinator, req: Request) -> dict[str, Any]:
+    host = req_field(req.body, "host", str)
+    coord.db.set_draining(host, False, req.now)
+    return ok(host=host, draining=False)
+
+
+# --- query verbs: read-only, anyone ---------------------------------------------------
+
+
+def handle_jobs(coord: Coordinator, req: Request) -> dict[str, Any]:
+    status = req_field(req.body, "status", str, None)
+    return ok(jobs=coord.db.jobs(status))
+
+
+def handle_job(coord: Coordinator, req: Request) -> dict[str, Any]:
+    job_id = _job_ref(coord, req)
+    row = coord.db.job(job_id)
+    row["attempts_detail"] = coord.db.attempts(job_id)
+    row["why_waiting"] = coord.db.why_waiting(job_id, req.now)
+    row["lease"] = coord.db.lease(job_id)
+    return ok(job=row)
+
+
+def handle_workers(coord: Coordinator, req: Request) -> dict[str, Any]:
+    return ok(workers=coord.db.hosts())
+
+
+def handle_health(coord: Coordinator, req: Request) -> dict[str, Any]:
+    return ok(**coord.health(req.now))
+
+
+def handle_artifacts(coord: Coordinator, req: Request) -> dict[str, Any]:
+    return ok(artifacts=coord.db.artifacts())
+
+
+def handle_logs(coord: Coordinator, req: Request) -> dict[str, Any]:
+    job_id = _job_ref(coord, req)
+    lines = coord.job_logs(job_id)
+    return ok(job_id=job_id, lines=lines)
+
+
+def handle_download_url(coord: Coordinator, req: Request) -> dict[str, Any]:
+    job_id = _job_ref(coord, req)
+    row = coord.db.job(job_id)
+    sha256 = row.get("artifact")
+    if not sha256:
+        raise BadRequestError(f"job {row['name']} has no artifact (status {row['status']})")
+    size = next((a["size"] for a in coord.db.artifacts() if a["sha256"] == sha256), None)
+    key = coord.store.key_for(sha256)
+    return ok(job_id=job_id, sha256=sha256, size=size, url=coord.store.presign_get(key))
+
+
+@dataclass(frozen=True)
+class VerbSpec:
+    handler: Handler
+    prepare: Prepare | None = None
+    #: Verbs that change state remember their reply, so a redelivery is answered, not re-run.
+    remembered: bool = True
+
+
+VERBS: dict[Verb, VerbSpec] = {
+    Verb.CLAIM: VerbSpec(handle_claim),
+    Verb.RENEW: VerbSpec(handle_renew),
+    Verb.UPLOAD_URL: VerbSpec(handle_upload_url),
+    Verb.COMPLETE: VerbSpec(handle_complete, prepare=prepare_complete),
+    Verb.FAIL: VerbSpec(handle_fail),
+    Verb.CANCEL: VerbSpec(handle_cancel),
+    Verb.REQUEUE: VerbSpec(handle_requeue),
+    Verb.RELOAD: VerbSpec(handle_reload),
+    Verb.DRAIN: VerbSpec(handle_drain),
+    Verb.UNDRAIN: VerbSpec(handle_undrain),
+    Verb.JOBS: VerbSpec(handle_jobs, remembered=False),
+    Verb.JOB: VerbSpec(handle_job, remembered=False),
+    Verb.WORKERS: VerbSpec(handle_workers, remembered=False),
+    Verb.HEALTH: VerbSpec(handle_health, remembered=False),
+    Verb.ARTIFACTS: VerbSpec(handle_artifacts, remembered=False),
+    Verb.LOGS: VerbSpec(handle_logs, remembered=False),
+    Verb.DOWNLOAD_URL: VerbSpec(handle_download_url, remembered=False),
+}

@@ -1,0 +1,380 @@
+"""The coordinator service: wires the broker to the handlers, publishes after commit, sweeps leases.
+
+One lock serialises every use of the database: requests arrive on the MQTT
+connection's dispatcher thread, artifact checks on a small pool, and the sweep
+on its own timer thread. Job states and events are published only after their
+transaction commits, so a subscriber never sees a state the database lacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mqfleet import __version__, defaults
+from mqfleet.coordinator.db import Database
+from mqfleet.coordinator.handlers import VERBS, Request, check_token
+from mqfleet.errors import ConfigurationError, ManifestError, MqfleetError, UnknownVerbError
+from mqfleet.manifest import load_manifest
+from mqfleet.mqtt import BrokerConfig, Connection, Message
+from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb, decode, encode, error, field
+from mqfleet.state import JobStatus
+from mqfleet.store import ArtifactStore, open_store
+
+logger = logging.getLogger(__name__)
+
+#: Lines of trainer output kept in memory per job, and how many jobs keep theirs.
+LOG_LINES_PER_JOB = 2000
+LOG_JOBS_KEPT = 500
+#: How often the retained coordinator status is refreshed.
+STATUS_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Everything the coordinator needs to run; built by the CLI from flags, env and defaults."""
+
+    manifest_path: Path
+    db_path: Path
+    broker: BrokerConfig
+    store_url: str = ""
+    operator_token: str = ""
+    prefix: str = defaults.TOPIC_PREFIX
+    client_id: str = "coordinator"
+    sweep_interval_s: float = defaults.SWEEP_INTERVAL_S
+
+    def validate(self) -> None:
+        if self.sweep_interval_s <= 0:
+            raise ConfigurationError("sweep interval must be positive")
+        if not self.prefix or "#" in self.prefix or "+" in self.prefix:
+            raise ConfigurationError(f"topic prefix {self.prefix!r} must be non-empty and free of wildcards")
+
+    @property
+    def resolved_store_url(self) -> str:
+        """The store URL, defaulting to a file store beside the database."""
+        if self.store_url:
+            return self.store_url
+        return (self.db_path.resolve().parent / "artifacts").as_uri()
+
+
+class Coordinator:
+    """The one process that decides who trains what."""
+
+    def __init__(self, config: CoordinatorConfig, *, clock: Callable[[], float] = time.time) -> None:
+        config.validate()
+        self.config = config
+        self.clock = clock
+        self.topics = Topics(config.prefix)
+        self.lock = threading.RLock()
+        self.db = Database(config.db_path)
+        self.store: ArtifactStore = open_store(config.resolved_store_url)
+        self.refused_manifest: ManifestError | None = None
+        self.started_ts = clock()
+        self._logs: OrderedDict[str, deque[str]] = OrderedDict()
+        self._in_flight: set[str] = set()
+        self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        self._last_status_ts = 0.0
+        self.conn = Connection(
+            config.broker,
+            client_id=config.client_id,
+            will=(self.topics.coordinator_status, encode({"state": "offline"}), True),
+            on_connect=self._on_connect,
+            reply_prefix=config.prefix,
+        )
+
+    # --- life cycle -------------------------------------------------------------------
+
+    def load(self) -> dict[str, Any]:
+        """Load the manifest file into the database; ManifestError leaves the database untouched."""
+        manifest = load_manifest(self.config.manifest_path)
+        with self.lock:
+            with self.db.transaction():
+                summary = self.db.apply_manifest(manifest, self.clock())
+            logger.info(
+                "manifest %s: %d jobs (%d added, %d orphaned)",
+                manifest.source,
+                len(manifest.jobs),
+                len(summary["added"]),
+                len(summary["orphaned"]),
+            )
+        return summary
+
+    def start(self, *, wait_s: float | None = 30.0) -> None:
+        """Load the manifest, connect, and start sweeping; returns once connected."""
+        self.store.check()
+        self.load()
+        t = self.topics
+        self.conn.subscribe(t.all_rpc, self._on_request)
+        self.conn.subscribe(t.all_adverts, self._on_advert)
+        self.conn.subscribe(t.all_statuses, self._on_status)
+        self.conn.subscribe(t.all_logs, self._on_log, qos=0)
+        self.conn.start(wait_s=wait_s)
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
+        self._sweeper.start()
+        logger.info("coordinator %s serving on %s (prefix %s)", __version__, self.config.broker.url, t.prefix)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._sweeper:
+            self._sweeper.join(timeout=5)
+        self._verify_pool.shutdown(wait=True, cancel_futures=True)
+        offline = encode({"state": "offline", "ts": self.clock()})
+        self.conn.stop(final=[(self.topics.coordinator_status, offline, True)])
+        with self.lock:
+            self.db.close()
+        logger.info("coordinator stopped")
+
+    def run_forever(self) -> None:
+        """Block until stop() is called (from a signal handler)."""
+        while not self._stop.wait(1.0):
+            pass
+
+    def _on_connect(self, session_present: bool) -> None:
+        with self.lock:
+            self._publish_status(self.clock())
+            self._publish_changes()
+        # Agents that missed nudges while we were away learn there may be work.
+        self.conn.publish(self.topics.work, {"reason": "coordinator online", "ts": self.clock()}, qos=0)
+
+    # --- the sweep: lease expiry, request memory, status --------------------------------
+
+    def tick(self, now: float) -> list[str]:
+        """Expire leases due at `now`; tests call this with an injected time instead of sleeping."""
+        with self.lock:
+            with self.db.transaction():
+                expired = self.db.expire_leases(now)
+            for job_id in expired:
+                logger.warning("job %s: lease expired, attempt ended as lost", job_id)
+            self._publish_changes()
+            if now - self._last_status_ts >= STATUS_INTERVAL_S:
+                with self.db.transaction():
+                    self.db.prune_replies(now - defaults.REQUEST_MEMORY_S)
+                self._publish_status(now)
+        return expired
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.config.sweep_interval_s):
+            try:
+                self.tick(self.clock())
+            except Exception:
+                logger.exception("sweep failed")
+
+    # --- requests -----------------------------------------------------------------------
+
+    def _on_request(self, msg: Message) -> None:
+        parsed = self.topics.parse_rpc(msg.topic)
+        if parsed is None:
+            return
+        role_name, client, verb_name = parsed
+        try:
+            verb = Verb(verb_name)
+            role = Role(role_name)
+        except ValueError:
+            self._reply(msg, error(UnknownVerbError.code, f"no verb {role_name}/{verb_name}"))
+            return
+        if ROLE_OF_VERB[verb] is not role:
+            allowed = ROLE_OF_VERB[verb].value
+            self._reply(msg, error(UnknownVerbError.code, f"verb '{verb.value}' is sent on rpc/{allowed}/, not rpc/{role.value}/"))
+            return
+        try:
+            body = decode(msg.payload)
+            request_id = field(body, "request_id", str, "")
+        except MqfleetError as e:
+            self._reply(msg, error(e.code, str(e)))
+            return
+        req = Request(verb=verb, role=role, client=client, body=body, now=self.clock())
+        spec = VERBS[verb]
+        key = f"{role.value}/{client}/{verb.value}/{request_id}" if request_id and spec.remembered else ""
+        if spec.prepare is not None:
+            # Slow work (reading an artifact back) runs off the dispatcher thread.
+            if key in self._in_flight:
+                logger.info("request %s is still being handled; the redelivery waits for its reply", key)
+                return
+            if key:
+                self._in_flight.add(key)
+            self._verify_pool.submit(self._handle, msg, req, key)
+            return
+        self._handle(msg, req, key)
+
+    def _handle(self, msg: Message, req: Request, key: str) -> None:
+        spec = VERBS[req.verb]
+        try:
+            reply = self._execute(req, key, spec)
+        except Exception:
+            logger.exception("%s from %s failed", req.verb.value, req.client)
+            reply = error("internal", f"the coordinator failed to handle '{req.verb.value}'; see its log")
+        finally:
+            self._in_flight.discard(key)
+        self._reply(msg, reply)
+
+    def _execute(self, req: Request, key: str, spec: Any) -> dict[str, Any]:
+        if key:
+            with self.lock:
+                remembered = self.db.remembered_reply(key)
+            if remembered is not None:
+                logger.info("request %s redelivered; answering with the remembered reply", key)
+                return remembered
+        try:
+            if req.role is Role.OPERATOR:
+                check_token(self, req)
+            if spec.prepare is not None:
+                req = Request(**{**req.__dict__, "prepared": spec.prepare(self, req)})
+            with self.lock:
+                with self.db.transaction():
+                    reply = spec.handler(self, req)
+                    if key:
+                        self.db.remember_reply(key, reply, req.now)
+                self._after_commit(req)
+            return reply
+        except MqfleetError as e:
+            reply = error(e.code, str(e))
+            if isinstance(e, ManifestError):
+                reply["problems"] = [{"place": p.place, "message": p.message} for p in e.problems]
+            if key:
+                with self.lock, self.db.transaction():
+                    self.db.remember_reply(key, reply, req.now)
+            level = logging.INFO if req.role is Role.QUERY else logging.WARNING
+            logger.log(level, "%s from %s refused: %s", req.verb.value, req.client, e)
+            return reply
+
+    def _after_commit(self, req: Request) -> None:
+        work_appeared = self._publish_changes()
+        if req.verb in (Verb.RELOAD, Verb.UNDRAIN) or work_appeared:
+            self.conn.publish(self.topics.work, {"reason": req.verb.value, "ts": req.now}, qos=0)
+
+    def _reply(self, msg: Message, reply: dict[str, Any]) -> None:
+        if msg.response_topic:
+            self.conn.reply(msg, reply)
+        else:
+            logger.debug("request on %s had no response topic; reply dropped", msg.topic)
+
+    # --- what agents publish ------------------------------------------------------------
+
+    def _on_advert(self, msg: Message) -> None:
+        host = self._host_of(msg)
+        if not host or not msg.payload:
+            return
+        try:
+            advert = decode(msg.payload)
+        except MqfleetError as e:
+            logger.warning("advert of %s ignored: %s", host, e)
+            return
+        advert["host"] = host  # the topic (pinned by the broker ACL) names the host, not the payload
+        with self.lock, self.db.transaction():
+            self.db.record_advert(host, advert, self.clock())
+
+    def _on_status(self, msg: Message) -> None:
+        host = self._host_of(msg)
+        if not host or not msg.payload:
+            return
+        try:
+            state = field(decode(msg.payload), "state", str)
+        except MqfleetError as e:
+            logger.warning("status of %s ignored: %s", host, e)
+            return
+        if state not in ("online", "offline"):
+            logger.warning("status of %s ignored: unknown state %r", host, state)
+            return
+        now = self.clock()
+        with self.lock:
+            with self.db.transaction():
+                shortened = self.db.record_presence(host, state == "online", now)
+            if shortened:
+                logger.warning("host %s went offline; %d lease(s) now expire within the grace", host, len(shortened))
+            self._publish_changes()
+
+    def _on_log(self, msg: Message) -> None:
+        parsed = self.topics.parse_host_topic(msg.topic)
+        if parsed is None:
+            return
+        job_id = msg.topic.rsplit("/", 1)[-1]
+        try:
+            lines = decode(msg.payload).get("lines", [])
+        except MqfleetError:
+            return
+        if not isinstance(lines, list):
+            return
+        with self.lock:
+            buf = self._logs.get(job_id)
+            if buf is None:
+                buf = self._logs[job_id] = deque(maxlen=LOG_LINES_PER_JOB)
+                while len(self._logs) > LOG_JOBS_KEPT:
+                    self._logs.popitem(last=False)
+            self._logs.move_to_end(job_id)
+            buf.extend(str(line) for line in lines[:1000])
+
+    def _host_of(self, msg: Message) -> str | None:
+        parsed = self.topics.parse_host_topic(msg.topic)
+        return parsed[0] if parsed else None
+
+    # --- what the coordinator publishes -------------------------------------------------
+
+    def _publish_changes(self) -> bool:
+        """Publish retained job states and events committed since last time; True if work appeared."""
+        work_appeared = False
+        changes = self.db.take_changes()
+        latest: dict[str, dict[str, Any]] = {}
+        for change in changes:
+            self.conn.publish(self.topics.events, change, qos=1)
+            if change.get("to") == JobStatus.PENDING.value or change.get("to") == JobStatus.COMPLETED.value:
+                work_appeared = True
+            latest[change["job_id"]] = change
+        for job_id in latest:
+            try:
+                row = self.db.job(job_id)
+            except MqfleetError:
+                continue
+            self.conn.publish(self.topics.job_state(job_id), row, qos=1, retain=True)
+        return work_appeared
+
+    def _publish_status(self, now: float) -> None:
+        self._last_status_ts = now
+        self.conn.publish(self.topics.coordinator_status, self.health(now), qos=1, retain=True)
+
+    def send_control(self, host: str, message: dict[str, Any]) -> None:
+        """QoS 1 to the agent's persistent session: it arrives even across a reconnect."""
+        self.conn.publish(self.topics.control(host), message, qos=1)
+
+    # --- queries --------------------------------------------------------------------------
+
+    def job_logs(self, job_id: str) -> list[str]:
+        with self.lock:
+            buf = self._logs.get(job_id)
+            if buf:
+                return list(buf)
+        attempts = self.db.attempts(job_id)
+        tails = [a.get("output_tail") or "" for a in attempts]
+        return "\n".join(t for t in tails if t).splitlines()
+
+    def health(self, now: float) -> dict[str, Any]:
+        with self.lock:
+            counts = self.db.counts()
+            hosts = self.db.hosts()
+        manifest = self.db.manifest
+        refused = self.refused_manifest
+        return {
+            "state": "online",
+            "version": __version__,
+            "started_ts": self.started_ts,
+            "uptime_s": round(now - self.started_ts, 1),
+            "manifest": manifest.source if manifest else None,
+            "manifest_jobs": len(manifest.jobs) if manifest else 0,
+            "last_refused_manifest": str(refused) if refused else None,
+            "jobs_by_status": counts,
+            "hosts_online": sum(1 for h in hosts if h["online"]),
+            "hosts_total": len(hosts),
+            "hosts_draining": sum(1 for h in hosts if h["draining"]),
+            "db_ok": True,  # the counts above were read from it
+            "store": self.store.url,
+            "ts": now,
+        }
+
