@@ -143,6 +143,12 @@ class ObjectMissingError(StoreError):
     code = "artifact_missing"
 
 
+class BundleError(StoreError):
+    """Raised when an output folder cannot be packed or an archive cannot be unpacked safely."""
+
+    code = "bad_bundle"
+
+
 class RemoteError(MqfleetError):
     """Raised client-side for an `{"ok": false}` reply; keeps the remote code."""
 

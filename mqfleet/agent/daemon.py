@@ -192,6 +192,9 @@ class Agent:
         self._publish_status("online")
         if not session_present:
             logger.info("new broker session: messages sent while away were not kept")
+        # After an outage the coordinator may have shortened our leases to its grace: renew now.
+        for job in self._running():
+            job.renew_now()
         self._wake.set()
 
     def _on_nudge(self, msg: Message) -> None:
@@ -243,4 +246,7 @@ class Agent:
             self._log_last_flush[job_id] = time.monotonic()
         if lines:
             payload = {"job_id": job_id, "lines": lines, "ts": time.time()}
-            self.conn.publish(self.topics.log(self.config.host_id, job_id), payload, qos=0)
+            try:
+                self.conn.publish(self.topics.log(self.config.host_id, job_id), payload, qos=0)
+            except MqfleetError as e:  # stopping, or the broker is away: log lines are best effort
+                logger.debug("log lines of %s dropped: %s", job_id, e)

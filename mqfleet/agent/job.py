@@ -52,6 +52,7 @@ class JobRun:
         self.ending: Ending | None = None
         self.done = threading.Event()
         self._stop_renewing = threading.Event()
+        self._renew_now = threading.Event()
         self._ending_lock = threading.Lock()
         self._log_seq = 0
         self._thread = threading.Thread(target=self._run, name=f"job-{self.job_id[:8]}", daemon=True)
@@ -75,6 +76,10 @@ class JobRun:
         if trainer is not None:
             threading.Thread(target=trainer.terminate, args=(self.agent.config.kill_grace_s,), daemon=True).start()
 
+    def renew_now(self) -> None:
+        """Renew at once, e.g. after a reconnect, when the coordinator may have shortened the lease."""
+        self._renew_now.set()
+
     # --- the job thread -------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -97,6 +102,7 @@ class JobRun:
                 self._fail("app", None, f"agent error: {type(e).__name__}: {e}")
         finally:
             self._stop_renewing.set()
+            self._renew_now.set()
             if renewer.is_alive():
                 renewer.join(timeout=5)
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -179,8 +185,11 @@ class JobRun:
         next_ts = 0.0  # renew at once: moves the job to running
         while not self._stop_renewing.is_set():
             wait = next_ts - time.monotonic()
-            if wait > 0 and self._stop_renewing.wait(wait):
-                return
+            if wait > 0:
+                self._renew_now.wait(wait)
+                self._renew_now.clear()
+                if self._stop_renewing.is_set():
+                    return
             progress = self.trainer.latest_progress if self.trainer else None
             try:
                 self.agent.request("renew", job_id=self.job_id, lease_id=self.lease_id, progress=progress, attempts=1)

@@ -1,0 +1,96 @@
+"""Claim latency with 100 and with 100,000 pending jobs: the cost per lease must stay flat.
+
+Run: `python -m bench.claim_scale [--claims N]`. Each claimed job is handed back
+(`shutdown`, which is free) so the pending population stays the same size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mqfleet.coordinator.db import Database
+from mqfleet.manifest import FleetSettings, HostPolicy, HyperParam, JobSpec, Manifest, TrainerSpec
+from mqfleet.state import Cause
+
+T0 = 1_800_000_000.0
+HOSTS = {
+    "cpu-box": {"cuda": False, "gpus": [], "ram_gib": 32, "torch": "2.13.0", "slots": 64},
+    "gpu-box": {"cuda": True, "gpus": [{"index": 0, "name": "gpu", "uuid": "u0", "vram_gib": 24}], "ram_gib": 64,
+                "torch": "2.13.0", "slots": 64},
+}
+
+
+def build_manifest(n_jobs: int, seed: int = 0) -> Manifest:
+    """A realistic mix: a few priorities, some CUDA-only, some preferring CUDA, one model the CPU box denies."""
+    rng = random.Random(seed)
+    hyper = {"n_estimators": HyperParam("n_estimators", "int", 200, min=1)}
+    trainers = {m: TrainerSpec(name=m, builtin="xgboost", command=(), hyper=hyper) for m in ("gbt", "mlp")}
+    jobs = []
+    for i in range(n_jobs):
+        roll = rng.random()
+        jobs.append(JobSpec(
+            id=hashlib.sha256(f"job-{i}".encode()).hexdigest(), name=f"job-{i}",
+            model="mlp" if roll < 0.1 else "gbt", mode="realistic", hyper={"n_estimators": 10 + i % 7},
+            require_cuda=0.1 <= roll < 0.3, prefer_cuda=0.3 <= roll < 0.4, min_ram_gib=48.0 if 0.4 <= roll < 0.45 else 0.0,
+            priority=rng.choice((0, 0, 0, 1, 2)),
+        ))
+    policies = {"cpu-box": HostPolicy(id="cpu-box", deny_jobs=("mlp",), slots=64)}
+    return Manifest(fleet=FleetSettings(), trainers=trainers, hosts=policies, jobs=tuple(jobs))
+
+
+def measure(n_jobs: int, claims: int) -> tuple[list[float], float]:
+    """Claim latencies in seconds over `claims` claims against `n_jobs` pending jobs, and the fill time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(Path(tmp) / "bench.db")
+        m = build_manifest(n_jobs)
+        start = time.perf_counter()
+        db.apply_manifest(m, T0)
+        fill_s = time.perf_counter() - start
+        for host, ad in HOSTS.items():
+            db.record_advert(host, {"host": host, **ad}, T0)
+            db.record_presence(host, True, T0)
+        hosts = sorted(HOSTS)
+        latencies = []
+        for i in range(claims):
+            host = hosts[i % 2]
+            start = time.perf_counter()
+            grant = db.claim(host, T0 + i)
+            latencies.append(time.perf_counter() - start)
+            if grant is None:
+                raise SystemExit(f"{host} got no job from {n_jobs} pending jobs")
+            db.fail(grant["job"]["id"], grant["lease_id"], host, Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + i)
+        db.close()
+    return latencies, fill_s
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--claims", type=int, default=400)
+    parser.add_argument("--large", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    results = {}
+    for n in (100, args.large):
+        latencies, fill_s = measure(n, args.claims)
+        results[n] = (statistics.median(latencies), p99(latencies))
+        print(f"{n:>7} pending: claim median {results[n][0] * 1e3:.3f} ms, p99 {results[n][1] * 1e3:.3f} ms "
+              f"over {args.claims} claims (fill {fill_s:.1f} s)")
+    small, large = results[100], results[args.large]
+    ratio = large[0] / small[0]
+    print(f"ratio {args.large}/100: median {ratio:.2f}x, p99 {large[1] / small[1]:.2f}x (target: median within 1.5x)")
+    return 0 if ratio <= 1.5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

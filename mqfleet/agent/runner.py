@@ -1,0 +1,651 @@
+"""One trainer subprocess for one job: start it, stream its output and progress, stop its whole process tree.
+
+No trainer process may outlive its job, so the tree is guarded in three layers:
+
+1. The trainer gets its own session (POSIX) or process group (Windows); one signal
+   reaches it and everything it forked, and leftovers are swept when it exits.
+2. On Linux the trainer dies with the agent, even on kill -9, through
+   PR_SET_PDEATHSIG. A tiny wrapper (`python -c`) sets it and exec()s the trainer
+   in the same process; a `preexec_fn` would run Python between fork and exec,
+   which can deadlock in a threaded agent (paho's network thread may hold a lock
+   at fork time). The kernel fires PDEATHSIG when the *thread* that forked the
+   child exits, so every trainer is forked by one long-lived spawner thread, never
+   by the caller's thread, which may be short-lived.
+3. PDEATHSIG reaches the direct child only. Each run with a `pidfile_dir` keeps a
+   pidfile (pid, create time, pgid, known descendants) there while it runs, and
+   `reap_leftovers()` at the next agent start kills what a crash left alive,
+   matching create times so a recycled PID is never killed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import psutil
+
+from mqfleet import defaults
+from mqfleet.errors import ConfigurationError
+from mqfleet.trainers import BUILTIN_MODULE
+
+logger = logging.getLogger(__name__)
+
+#: A stdout line starting with this, then a JSON object, reports progress and metrics.
+PROGRESS_PREFIX = "@mqfleet"
+
+# Longer lines are cut in the tail and in on_line: a tail travels in one MQTT request.
+_MAX_LINE_CHARS = 2000
+# How often the watcher looks for the trainer's exit and for new descendants.
+_POLL_S = 0.05
+_TREE_REFRESH_S = 1.0
+# Bounded waits for a SIGKILLed tree to vanish and for the output reader to drain.
+_KILL_WAIT_S = 10.0
+_READER_JOIN_S = 5.0
+# psutil derives create times from the boot time, which can drift by up to a second.
+_CREATE_TIME_TOLERANCE_S = 1.0
+
+_IS_WINDOWS = os.name == "nt"
+_IS_LINUX = sys.platform.startswith("linux")
+# Linux can see a child's exit without reaping it, which keeps its pgid reserved while leftovers are swept.
+_CAN_PEEK_EXIT = _IS_LINUX and hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
+
+# argv: -c PPID PROGRAM ARGS...; 1 is PR_SET_PDEATHSIG. The ppid check closes the race where
+# the agent died between fork and prctl, so the signal would never come.
+_PDEATHSIG_WRAPPER = """\
+import ctypes, os, signal, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
+    sys.stderr.write("mqfleet: prctl(PR_SET_PDEATHSIG) failed\\n")
+if os.getppid() != int(sys.argv[1]):
+    os._exit(137)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as e:
+    sys.stderr.write(f"mqfleet: cannot run {sys.argv[2]!r}: {e}\\n")
+    os._exit(127)
+"""
+
+_T = TypeVar("_T")
+
+
+class TrainerRun:
+    """One trainer subprocess for one job: its output, its progress and its process tree.
+
+    Exit codes follow subprocess: negative when a POSIX signal ended the trainer.
+    Progress lines (`@mqfleet {json}`) go to `on_line` and the log file but not
+    into the tail, which keeps the lines that explain a failure.
+    """
+
+    def __init__(
+        self,
+        *,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        out_dir: Path,
+        log_path: Path | None = None,
+        on_line: Callable[[str], None] | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        tail_lines: int = defaults.OUTPUT_TAIL_LINES,
+        pidfile_dir: Path | None = None,
+    ) -> None:
+        if not argv:
+            raise ValueError("a trainer needs a non-empty argv")
+        self.argv = list(argv)
+        self.cwd = Path(cwd)
+        self.env = dict(env)
+        self.out_dir = Path(out_dir)
+        self.log_path = log_path
+        self.on_line = on_line
+        self.on_progress = on_progress
+        self.pidfile_dir = pidfile_dir
+        self.exit_code: int | None = None
+        self.started_ts: float | None = None
+        self.ended_ts: float | None = None
+        self.create_time: float | None = None
+        self._proc: subprocess.Popen[str] | None = None
+        self._root: psutil.Process | None = None
+        self._tail: deque[str] = deque(maxlen=max(1, tail_lines))
+        self._progress: dict[str, Any] | None = None
+        self._out_lock = threading.Lock()
+        # Held while reaping and while signalling the group: a pgid is only signalled while its leader is unreaped.
+        self._reap_lock = threading.Lock()
+        self._stop_lock = threading.Lock()
+        self._tree: dict[int, psutil.Process] = {}
+        self._tree_lock = threading.Lock()
+        self._tree_changed = False
+        self._reader: threading.Thread | None = None
+        self._done = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the trainer; raises OSError when its program cannot be found or run."""
+        if self._proc is not None:
+            raise RuntimeError("this trainer run was already started")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._proc = proc = _spawn(self._popen)
+        self.started_ts = time.time()
+        try:
+            self._root = psutil.Process(proc.pid)
+            self.create_time = self._root.create_time()
+        except psutil.Error:
+            self._root = None  # gone already (it is unreaped, so only on exotic platforms)
+        logger.info("trainer %d: started %s in %s", proc.pid, self.argv, self.cwd)
+        if self.pidfile_dir is not None and self.create_time is not None:
+            try:
+                record_run(self.pidfile_dir, self)
+            except OSError as e:
+                logger.warning("trainer %d: cannot write pidfile in %s: %s", proc.pid, self.pidfile_dir, e)
+        assert proc.stdout is not None
+        self._reader = threading.Thread(
+            target=self._read_output, args=(proc.stdout,), name=f"trainer-{proc.pid}-out", daemon=True
+        )
+        self._reader.start()
+        threading.Thread(target=self._watch, name=f"trainer-{proc.pid}-watch", daemon=True).start()
+
+    def _popen(self) -> subprocess.Popen[str]:
+        argv = self.argv
+        kwargs: dict[str, Any] = {}
+        if _IS_WINDOWS:
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+        else:
+            kwargs["start_new_session"] = True
+        if _IS_LINUX:
+            # The wrapper reports a missing program only as exit 127; check first so start() raises on every OS.
+            _check_program(argv[0], self.cwd, self.env)
+            argv = [sys.executable, "-I", "-S", "-c", _PDEATHSIG_WRAPPER, str(os.getpid()), *argv]
+        return subprocess.Popen(
+            argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            **kwargs,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def poll(self) -> int | None:
+        """The exit code once the trainer has ended and its output is read, else None."""
+        return self.exit_code if self._done.is_set() else None
+
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """Wait for the trainer to end; its exit code, or None on timeout."""
+        self._require_started()
+        return self.exit_code if self._done.wait(timeout_s) else None
+
+    def terminate(self, grace_s: float = defaults.KILL_GRACE_S) -> int:
+        """SIGTERM the whole tree (the trainer may checkpoint), SIGKILL it after `grace_s`; the exit code.
+
+        Idempotent. Raises TimeoutError only if the kernel has not removed the tree
+        10 s after SIGKILL (a process stuck in uninterruptible I/O).
+        """
+        return self._stop(grace_s, polite=True)
+
+    def kill(self) -> None:
+        """Kill the whole tree now."""
+        self._stop(0.0, polite=False)
+
+    @property
+    def tail(self) -> str:
+        """The last lines of output (progress lines excepted), joined with newlines."""
+        with self._out_lock:
+            return "\n".join(self._tail)
+
+    @property
+    def latest_progress(self) -> dict[str, Any] | None:
+        with self._out_lock:
+            return self._progress
+
+    def _require_started(self) -> subprocess.Popen[str]:
+        if self._proc is None:
+            raise RuntimeError("this trainer run has not been started")
+        return self._proc
+
+    # -- stopping --------------------------------------------------------------------------------------------
+
+    def _stop(self, grace_s: float, *, polite: bool) -> int:
+        proc = self._require_started()
+        with self._stop_lock:
+            if not self._done.is_set():
+                # Collect descendants before signalling: once a parent dies its children are reparented.
+                self._refresh_tree()
+                if polite and self._signal_tree(graceful=True):
+                    logger.info("trainer %d: SIGTERM sent, %.1fs to exit", proc.pid, grace_s)
+                    self._done.wait(grace_s)
+                if not self._done.is_set():
+                    logger.info("trainer %d: killing its process tree", proc.pid)
+                    self._signal_tree(graceful=False)
+            if not self._done.wait(_KILL_WAIT_S):
+                raise TimeoutError(f"trainer {proc.pid} still alive {_KILL_WAIT_S}s after SIGKILL")
+        assert self.exit_code is not None
+        return self.exit_code
+
+    def _signal_tree(self, *, graceful: bool) -> bool:
+        """Signal the trainer's group and every known descendant; False when it was already reaped."""
+        with self._reap_lock:
+            if self.exit_code is not None:
+                return False
+            self._signal_locked(graceful=graceful)
+            return True
+
+    def _signal_locked(self, *, graceful: bool) -> None:
+        # Callers hold _reap_lock: the leader is unreaped, so its pid still names our group, not a stranger's.
+        proc = self._require_started()
+        with self._tree_lock:
+            known = list(self._tree.values())
+        if _IS_WINDOWS:
+            if graceful:
+                try:
+                    # Reaches the trainer's whole console process group, like SIGTERM to a POSIX group.
+                    proc.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+                    return
+                except OSError as e:
+                    logger.warning("trainer %d: CTRL_BREAK failed (%s); killing instead", proc.pid, e)
+            for p in known:
+                with suppress(psutil.Error):
+                    p.kill()
+            with suppress(OSError):
+                proc.kill()
+            return
+        sig = signal.SIGTERM if graceful else signal.SIGKILL
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        for p in known:
+            # A second SIGTERM makes many frameworks skip their clean shutdown: only signal escapees.
+            if graceful and _pgid_of(p.pid) == proc.pid:
+                continue
+            with suppress(psutil.Error):
+                p.send_signal(sig)
+
+    # -- watching --------------------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        proc = self._require_started()
+        next_refresh = 0.0
+        while True:
+            with self._reap_lock:
+                if self._leader_exited(proc):
+                    # Sweep what the trainer left behind before reaping it, while its pgid cannot be reused.
+                    self._signal_locked(graceful=False)
+                    self.exit_code = proc.wait()
+                    self.ended_ts = time.time()
+                    break
+            now = time.monotonic()
+            if now >= next_refresh:
+                self._refresh_tree()
+                next_refresh = now + _TREE_REFRESH_S
+                self._rewrite_pidfile()
+            time.sleep(_POLL_S)
+        logger.info("trainer %d: exited with %s", proc.pid, self.exit_code)
+        if self._reader is not None:
+            self._reader.join(_READER_JOIN_S)
+            if self._reader.is_alive():
+                logger.warning("trainer %d: output still open after exit (a process escaped its tree)", proc.pid)
+        self._remove_pidfile()
+        self._done.set()
+
+    @staticmethod
+    def _leader_exited(proc: subprocess.Popen[str]) -> bool:
+        if _CAN_PEEK_EXIT:
+            try:
+                return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            except ChildProcessError:
+                return True
+        return proc.poll() is not None
+
+    def _refresh_tree(self) -> None:
+        if self._root is None:
+            return
+        try:
+            children = self._root.children(recursive=True)
+        except psutil.Error:
+            children = []
+        with self._tree_lock:
+            for child in children:
+                if child.pid not in self._tree:
+                    self._tree[child.pid] = child
+                    self._tree_changed = True
+            for pid, p in list(self._tree.items()):
+                if not p.is_running():
+                    del self._tree[pid]
+                    self._tree_changed = True
+
+    def tree_info(self) -> list[tuple[int, float]]:
+        """(pid, create time) of every descendant seen so far and still running."""
+        with self._tree_lock:
+            out = []
+            for p in self._tree.values():
+                with suppress(psutil.Error):
+                    out.append((p.pid, p.create_time()))
+            return out
+
+    def _rewrite_pidfile(self) -> None:
+        with self._tree_lock:
+            changed, self._tree_changed = self._tree_changed, False
+        if changed and self.pidfile_dir is not None and self.create_time is not None:
+            try:
+                record_run(self.pidfile_dir, self)
+            except OSError as e:
+                logger.warning("trainer %s: cannot update pidfile: %s", self.pid, e)
+
+    def _remove_pidfile(self) -> None:
+        if self.pidfile_dir is not None and self.pid is not None:
+            _pidfile_path(self.pidfile_dir, self.pid).unlink(missing_ok=True)
+
+    # -- output ----------------------------------------------------------------------------------------------
+
+    def _read_output(self, stream: IO[str]) -> None:
+        log = self._open_log()
+        try:
+            for raw in stream:
+                line = raw.rstrip("\r\n")
+                if log is not None:
+                    try:
+                        log.write(line + "\n")
+                    except OSError as e:
+                        logger.warning("trainer %s: log file write failed, logging stops: %s", self.pid, e)
+                        log.close()
+                        log = None
+                progress = parse_progress(line)
+                shown = line if len(line) <= _MAX_LINE_CHARS else line[:_MAX_LINE_CHARS] + "…"
+                with self._out_lock:
+                    if progress is None:
+                        self._tail.append(shown)
+                    else:
+                        self._progress = progress
+                _call_safely(self.on_line, shown)
+                if progress is not None:
+                    _call_safely(self.on_progress, progress)
+        except (OSError, ValueError) as e:
+            logger.warning("trainer %s: reading output failed: %s", self.pid, e)
+        finally:
+            stream.close()
+            if log is not None:
+                log.close()
+
+    def _open_log(self) -> IO[str] | None:
+        # A log file that cannot be written costs the log, not the training run.
+        if self.log_path is None:
+            return None
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            return open(self.log_path, "a", encoding="utf-8", buffering=1)
+        except OSError as e:
+            logger.warning("trainer %s: cannot open log %s: %s", self.pid, self.log_path, e)
+            return None
+
+
+def parse_progress(line: str) -> dict[str, Any] | None:
+    """The JSON object of an `@mqfleet {json}` line, or None for any other line (bad JSON included)."""
+    if not line.startswith(PROGRESS_PREFIX):
+        return None
+    rest = line[len(PROGRESS_PREFIX) :]
+    if not rest[:1].isspace():
+        return None
+    try:
+        value = json.loads(rest)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _call_safely(callback: Callable[[Any], None] | None, arg: Any) -> None:
+    # A failing callback is a bug in the agent, but it must not stop the output being drained.
+    if callback is None:
+        return
+    try:
+        callback(arg)
+    except Exception:
+        logger.exception("trainer output callback %r failed", callback)
+
+
+def _check_program(program: str, cwd: Path, env: Mapping[str, str]) -> None:
+    if os.sep in program or (os.altsep and os.altsep in program):
+        path = cwd / program
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise FileNotFoundError(f"trainer program not found or not executable: {path}")
+    elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
+        raise FileNotFoundError(f"trainer program {program!r} not found on the trainer's PATH")
+
+
+def _pgid_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+# -- spawning ----------------------------------------------------------------------------------------------
+
+
+_spawn_lock = threading.Lock()
+_spawn_jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] | None = None
+_spawn_owner_pid = 0
+
+
+def _spawn(fn: Callable[[], _T]) -> _T:
+    """Run `fn` (a Popen) on one long-lived daemon thread, so PDEATHSIG fires only when the agent dies."""
+    global _spawn_jobs, _spawn_owner_pid
+    if not _IS_LINUX:
+        return fn()
+    with _spawn_lock:
+        # A forked agent inherits the queue but not the thread that serves it.
+        if _spawn_jobs is None or _spawn_owner_pid != os.getpid():
+            _spawn_jobs, _spawn_owner_pid = queue.SimpleQueue(), os.getpid()
+            threading.Thread(target=_serve_spawns, args=(_spawn_jobs,), name="mqfleet-spawner", daemon=True).start()
+        jobs = _spawn_jobs
+    done: Future[_T] = Future()
+    jobs.put((fn, done))
+    return done.result(timeout=60)
+
+
+def _serve_spawns(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+    while True:
+        fn, done = jobs.get()
+        try:
+            done.set_result(fn())
+        except BaseException as e:
+            done.set_exception(e)
+
+
+# -- leftovers of a crashed agent ------------------------------------------------------------------------------
+
+
+def _pidfile_path(pidfile_dir: Path, pid: int) -> Path:
+    return pidfile_dir / f"trainer-{pid}.json"
+
+
+def record_run(pidfile_dir: Path, run: TrainerRun) -> Path:
+    """Write the pidfile of a started run (atomically), so a later agent can reap what a crash leaves behind."""
+    if run.pid is None or run.create_time is None:
+        raise RuntimeError("only a started trainer run can be recorded")
+    me = psutil.Process()
+    record = {
+        "pid": run.pid,
+        "create_time": run.create_time,
+        "pgid": None if _IS_WINDOWS else run.pid,
+        "tree": run.tree_info(),
+        "argv": run.argv,
+        "started_ts": run.started_ts,
+        "agent_pid": me.pid,
+        "agent_create_time": me.create_time(),
+    }
+    pidfile_dir.mkdir(parents=True, exist_ok=True)
+    path = _pidfile_path(pidfile_dir, run.pid)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def reap_leftovers(pidfile_dir: Path) -> list[int]:
+    """Kill every recorded trainer tree whose agent is gone; the pids killed.
+
+    Records of a live agent (including this one) are left alone, as are processes
+    whose create time does not match the record (their PID was recycled).
+    """
+    killed: list[int] = []
+    if not pidfile_dir.is_dir():
+        return killed
+    for path in sorted(pidfile_dir.glob("trainer-*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            pid, create_time = int(record["pid"]), float(record["create_time"])
+            pgid = record.get("pgid")
+            tree = [(int(p), float(t)) for p, t in record.get("tree", [])]
+            agent = (int(record.get("agent_pid", 0)), float(record.get("agent_create_time", 0.0)))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logger.warning("reap: unreadable pidfile %s (%s); removing it", path, e)
+            path.unlink(missing_ok=True)
+            continue
+        if agent[0] and _is_alive_as(*agent):
+            continue
+        procs = _leftover_processes(pid, create_time, pgid, tree)
+        for p in procs:
+            with suppress(psutil.Error):
+                p.kill()
+                killed.append(p.pid)
+        for p in _wait_gone(procs, _KILL_WAIT_S):
+            logger.error("reap: process %d of trainer %d survived SIGKILL", p.pid, pid)
+        if procs:
+            logger.warning("reap: killed %d leftover process(es) of trainer %d: %s", len(procs), pid, sorted(killed))
+        path.unlink(missing_ok=True)
+    return sorted(killed)
+
+
+def _is_live(p: psutil.Process) -> bool:
+    """Running and not a zombie: a zombie is dead, and under a non-reaping init it may stay listed."""
+    try:
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait (bounded) until every process is gone or a zombie; those still live."""
+    deadline = time.monotonic() + timeout_s
+    live = [p for p in procs if _is_live(p)]
+    while live and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+        live = [p for p in live if _is_live(p)]
+    return live
+
+
+def _process_as(pid: int, create_time: float) -> psutil.Process | None:
+    """The process with this pid if it is the one that started at `create_time`, else None."""
+    try:
+        p = psutil.Process(pid)
+        return p if abs(p.create_time() - create_time) <= _CREATE_TIME_TOLERANCE_S else None
+    except psutil.Error:
+        return None
+
+
+def _is_alive_as(pid: int, create_time: float) -> bool:
+    p = _process_as(pid, create_time)
+    return p is not None and _is_live(p)
+
+
+def _leftover_processes(
+    pid: int, create_time: float, pgid: int | None, tree: list[tuple[int, float]]
+) -> list[psutil.Process]:
+    found: dict[int, psutil.Process] = {}
+    leader = _process_as(pid, create_time)
+    if leader is not None:
+        found[pid] = leader
+        with suppress(psutil.Error):
+            found.update((c.pid, c) for c in leader.children(recursive=True))
+    for child_pid, child_time in tree:
+        child = _process_as(child_pid, child_time)
+        if child is not None:
+            found[child_pid] = child
+    # A group outlives its dead leader while members live; but a stranger holding the leader's pid
+    # may since have made a group of the same number.
+    if pgid is not None and not _IS_WINDOWS and (leader is not None or not psutil.pid_exists(pid)):
+        for p in psutil.process_iter():
+            with suppress(psutil.Error):
+                if _pgid_of(p.pid) == pgid and p.create_time() >= create_time - _CREATE_TIME_TOLERANCE_S:
+                    found[p.pid] = p
+    found.pop(os.getpid(), None)
+    return [p for p in found.values() if _is_live(p)]
+
+
+# -- argv and environment ----------------------------------------------------------------------------------------
+
+
+def build_trainer_argv(
+    trainer: Mapping[str, Any], spec: Mapping[str, Any], python: str = sys.executable, *, out_dir: Path | None = None
+) -> list[str]:
+    """The trainer's argv from a claim grant's trainer dict and job spec; hyperparameters as `--name value`.
+
+    In a `command`, `{python}`, `{job_id}` and `{out_dir}` are replaced wherever they appear.
+    """
+    builtin = trainer.get("builtin")
+    command = trainer.get("command")
+    if builtin:
+        if builtin not in BUILTIN_MODULE:
+            raise ConfigurationError(f"trainer {trainer.get('name')!r}: unknown built-in {builtin!r}")
+        argv = [python, "-m", BUILTIN_MODULE[builtin]]
+    elif command:
+        values = {"{python}": python, "{job_id}": str(spec.get("id", "")), "{out_dir}": str(out_dir or "")}
+        argv = [_substitute(str(part), values) for part in command]
+    else:
+        raise ConfigurationError(f"trainer {trainer.get('name')!r} has neither a builtin nor a command")
+    hyper: Mapping[str, Any] = spec.get("hyper") or {}
+    for name in sorted(hyper):
+        value = hyper[name]
+        # A declared hyperparameter without a value is left to the trainer's own default.
+        if value is None:
+            continue
+        argv += [f"--{name}", _flag_value(value)]
+    return argv
+
+
+def _substitute(part: str, values: Mapping[str, str]) -> str:
+    for placeholder, value in values.items():
+        part = part.replace(placeholder, value)
+    return part
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return json.dumps(value, sort_keys=True)
+
+
+def trainer_env(
+    spec_path: Path, out_dir: Path, gpus: list[int], base_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The trainer's environment: `base_env` (default: this process's) plus what DESIGN.md promises trainers."""
+    env = dict(os.environ if base_env is None else base_env)
+    env[defaults.ENV_SPEC] = str(spec_path)
+    env[defaults.ENV_OUT_DIR] = str(out_dir)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+    # Advert GPU indices come from NVML, which numbers by PCI bus; CUDA's default order is fastest-first.
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    env["PYTHONUNBUFFERED"] = "1"
+    # Output is decoded as UTF-8; a Windows console code page would otherwise garble it.
+    env.setdefault("PYTHONIOENCODING", "utf-8")
+    return env

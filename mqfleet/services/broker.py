@@ -1,0 +1,189 @@
+"""A private Mosquitto for tests, the demo, the soak and benchmarks: its config, its process, its port.
+
+It runs in the foreground (`mosquitto -c FILE`) on an explicit loopback port,
+is ready when its log says `running`, and is always stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+_PORT_ATTEMPTS = 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BrokerStartError(RuntimeError):
+    """Raised when the private mosquitto does not come up; carries its log tail."""
+
+
+class LocalBroker:
+    """One mosquitto process with its config, log and persistence under `workdir`.
+
+    `conf_text` replaces the whole generated config; `{port}` and `{workdir}` in it
+    are filled in. `extra_conf` is appended to the generated one.
+    """
+
+    def __init__(self, workdir: Path, *, port: int | None = None, persistence: bool = False, extra_conf: str = "",
+                 conf_text: str | None = None) -> None:
+        self.workdir = Path(workdir)
+        self._port = port
+        # A port we picked may be taken by someone else between probe and bind; one we were given may not change.
+        self._port_chosen_by_us = port is None
+        self.persistence = persistence
+        self.extra_conf = extra_conf
+        self.conf_text = conf_text
+        self.conf_path = self.workdir / "mosquitto.conf"
+        self.log_path = self.workdir / "mosquitto.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether a mosquitto binary is installed."""
+        return cls.binary() is not None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("broker has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def render_conf(self, port: int) -> str:
+        if self.conf_text is not None:
+            return self.conf_text.replace("{port}", str(port)).replace("{workdir}", str(self.workdir))
+        lines = [
+            f"listener {port} 127.0.0.1",
+            "allow_anonymous true",
+            "set_tcp_nodelay true",
+            "max_queued_messages 10000",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            "log_timestamp true",
+        ]
+        if self.persistence:
+            lines += ["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 1"]
+        else:
+            lines.append("persistence false")
+        if os.geteuid() == 0:
+            # Otherwise mosquitto drops to the `mosquitto` user, which cannot write our workdir.
+            lines.append("user root")
+        return "\n".join(lines) + "\n" + self.extra_conf + "\n"
+
+    def start(self, timeout_s: float = 10.0) -> LocalBroker:
+        """Launch and wait for `running`; BrokerStartError with the log tail if it never gets there."""
+        if self.is_running():
+            return self
+        binary = self.binary()
+        if binary is None:
+            raise BrokerStartError("mosquitto is not installed (apt-get install mosquitto)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        attempts = _PORT_ATTEMPTS if self._port_chosen_by_us else 1
+        error = ""
+        for _ in range(attempts):
+            if self._port is None:
+                self._port = _free_port()
+            error = self._launch(binary, self._port, timeout_s)
+            if not error:
+                return self
+            if "Address already in use" in error and self._port_chosen_by_us:
+                self._port = None
+                continue
+            break
+        raise BrokerStartError(f"mosquitto did not start ({self.conf_path}):\n{error}")
+
+    def _launch(self, binary: str, port: int, timeout_s: float) -> str:
+        """Empty string when running, else the log tail that says why not."""
+        self.conf_path.write_text(self.render_conf(port))
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen([binary, "-c", str(self.conf_path)], stdin=subprocess.DEVNULL,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self._log_since(offset)
+            if " running" in text:
+                return ""
+            if self._proc.poll() is not None:
+                self._proc = None
+                return self._log_since(offset)[-2000:] or "exited without a log line"
+            time.sleep(0.02)
+        tail = self._log_since(offset)[-2000:]
+        self.stop()
+        return f"not running after {timeout_s:g}s; log so far:\n{tail}"
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_text(self) -> str:
+        return self._log_since(0)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """SIGTERM (mosquitto saves persistence on it), a bounded wait, then SIGKILL."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or power cut would end it (state since the last autosave is lost)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait(5.0)
+
+    def restart(self, timeout_s: float = 10.0) -> LocalBroker:
+        """Stop and start again on the same port with the same persistence directory."""
+        self.stop()
+        port_chosen_by_us, self._port_chosen_by_us = self._port_chosen_by_us, False
+        try:
+            return self.start(timeout_s)
+        finally:
+            self._port_chosen_by_us = port_chosen_by_us
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,422 @@
+"""The artifact store: objects keyed by sha256 in a local folder (file://) or an S3 bucket (s3://).
+
+The only module that imports minio; every minio and urllib3 failure is turned into `StoreError` or
+`ObjectMissingError` here. Also holds the credential-free side used by agents and the CLI:
+`upload_to_url` and `download_from_url` move bytes to and from presigned (or file://) URLs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ipaddress
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from mqfleet.defaults import ENV_S3_ACCESS_KEY, ENV_S3_ENDPOINT, ENV_S3_SECRET_KEY, ENV_S3_SECURE
+from mqfleet.errors import BadRequestError, ConfigurationError, ObjectMissingError, StoreError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ArtifactStore", "FileStore", "S3Store", "download_from_url", "open_store", "upload_to_url"]
+
+#: Read/write chunk for streaming transfers and hashing.
+CHUNK_BYTES = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: S3 error codes that mean "no such object" (servers differ in which one a HEAD gets).
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"})
+
+
+class ArtifactStore(Protocol):
+    """What the coordinator, the agent and the CLI need from a store of artifact objects."""
+
+    url: str
+
+    def key_for(self, sha256: str) -> str: ...
+    def presign_put(self, key: str, expires_s: int = 3600) -> str: ...
+    def presign_get(self, key: str, expires_s: int = 3600) -> str: ...
+    def stat(self, key: str) -> int | None: ...
+    def hash_object(self, key: str) -> tuple[str, int]: ...
+    def delete(self, key: str) -> None: ...
+    def put_file(self, key: str, path: Path) -> None: ...
+    def get_file(self, key: str, dest: Path) -> None: ...
+    def check(self) -> None: ...
+
+
+def _artifact_key(prefix: str, sha256: str) -> str:
+    if not _SHA256.fullmatch(sha256):
+        raise BadRequestError(f"not a lowercase sha256 hex digest: {sha256[:80]!r}")
+    return f"{prefix}artifacts/{sha256}.tar.zst"
+
+
+class FileStore:
+    """Objects as files under a root folder, for one-machine fleets; presigned URLs are plain file:// URLs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.url = self.root.as_uri()
+
+    def key_for(self, sha256: str) -> str:
+        return _artifact_key("", sha256)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not key or not path.is_relative_to(self.root) or path == self.root:
+            raise StoreError(f"key {key!r} leaves the store root {self.root}")
+        return path
+
+    def presign_put(self, key: str, expires_s: int = 3600) -> str:
+        return self._path(key).as_uri()
+
+    def presign_get(self, key: str, expires_s: int = 3600) -> str:
+        return self._path(key).as_uri()
+
+    def stat(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"{self.url}: stat {key}: {e}") from e
+
+    def hash_object(self, key: str) -> tuple[str, int]:
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(self._path(key), "rb") as fh:
+                while chunk := fh.read(CHUNK_BYTES):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError as e:
+            raise ObjectMissingError(f"{self.url}: no object {key}") from e
+        except OSError as e:
+            raise StoreError(f"{self.url}: read {key}: {e}") from e
+        return digest.hexdigest(), size
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as e:
+            raise StoreError(f"{self.url}: delete {key}: {e}") from e
+
+    def put_file(self, key: str, path: Path) -> None:
+        upload_to_url(self.presign_put(key), Path(path))
+
+    def get_file(self, key: str, dest: Path) -> None:
+        download_from_url(self.presign_get(key), Path(dest))
+
+    def check(self) -> None:
+        try:
+            (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{self.url}: cannot create the store folder: {e}") from e
+        if not os.access(self.root / "artifacts", os.W_OK):
+            raise StoreError(f"{self.url}: the store folder is not writable")
+
+    def __repr__(self) -> str:
+        return f"FileStore({self.url!r})"
+
+
+class S3Store:
+    """Objects in an S3 bucket (MinIO, SeaweedFS, AWS...), optionally under a key prefix, through the minio SDK."""
+
+    def __init__(self, *, bucket: str, prefix: str, endpoint: str, access_key: str, secret_key: str, secure: bool) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.endpoint = endpoint
+        self.secure = secure
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        # Bounded connect timeout and few retries: minio's defaults retry an unreachable endpoint for a long time,
+        # which would hang `check()` and every CLI call behind it.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5.0, read=300.0),
+            maxsize=10,
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        )
+        try:
+            self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http)
+        except ValueError as e:
+            raise ConfigurationError(f"S3 endpoint {endpoint!r}: {e}") from e
+
+    def _where(self, key: str = "") -> str:
+        scheme = "https" if self.secure else "http"
+        return f"s3://{self.bucket}/{key} at {scheme}://{self.endpoint}"
+
+    @contextmanager
+    def _translate(self, action: str, key: str = "") -> Iterator[None]:
+        """Turn minio/urllib3 failures into the store errors; nothing minio-specific leaves this module."""
+        try:
+            yield
+        except S3Error as e:
+            if key and e.code in _MISSING_CODES:
+                raise ObjectMissingError(f"{self._where(key)}: no such object") from e
+            raise StoreError(f"{action} {self._where(key)}: {e.code}: {e.message}") from e
+        except MinioException as e:
+            raise StoreError(f"{action} {self._where(key)}: {e}") from e
+        except urllib3.exceptions.HTTPError as e:
+            raise StoreError(f"{action} {self._where(key)}: cannot reach the S3 endpoint: {e}") from e
+        except (OSError, ValueError) as e:
+            # minio raises ValueError for names it refuses (e.g. an invalid bucket name) before any request.
+            raise StoreError(f"{action} {self._where(key)}: {e}") from e
+
+    def key_for(self, sha256: str) -> str:
+        return _artifact_key(self.prefix, sha256)
+
+    def presign_put(self, key: str, expires_s: int = 3600) -> str:
+        with self._translate("presign PUT", key):
+            return self._client.presigned_put_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+
+    def presign_get(self, key: str, expires_s: int = 3600) -> str:
+        with self._translate("presign GET", key):
+            return self._client.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+
+    def stat(self, key: str) -> int | None:
+        try:
+            with self._translate("stat", key):
+                return int(self._client.stat_object(self.bucket, key).size or 0)
+        except ObjectMissingError:
+            return None
+
+    def hash_object(self, key: str) -> tuple[str, int]:
+        digest, size = hashlib.sha256(), 0
+        with self._translate("read", key):
+            response = self._client.get_object(self.bucket, key)
+            try:
+                for chunk in response.stream(CHUNK_BYTES):
+                    digest.update(chunk)
+                    size += len(chunk)
+            finally:
+                response.close()
+                response.release_conn()
+        return digest.hexdigest(), size
+
+    def delete(self, key: str) -> None:
+        with self._translate("delete", key):
+            self._client.remove_object(self.bucket, key)
+
+    def put_file(self, key: str, path: Path) -> None:
+        with self._translate("upload", key):
+            self._client.fput_object(self.bucket, key, str(path))
+
+    def get_file(self, key: str, dest: Path) -> None:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        with self._translate("download", key):
+            self._client.fget_object(self.bucket, key, str(dest))
+
+    def check(self) -> None:
+        with self._translate("check bucket"):
+            if self._client.bucket_exists(self.bucket):
+                return
+            try:
+                self._client.make_bucket(self.bucket)
+                logger.info("store %s: created bucket %s", self.url, self.bucket)
+            except S3Error as e:
+                # Another process may have created it between the two calls.
+                if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
+
+
+def _is_loopback(endpoint: str) -> bool:
+    host = urlsplit(f"//{endpoint}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name}={text!r}: expected true or false")
+
+
+def _open_s3(url: str, endpoint: str | None, access_key: str | None, secret_key: str | None, secure: bool | None) -> S3Store:
+    parts = urlsplit(url)
+    bucket, prefix = parts.netloc, parts.path
+    if not bucket:
+        raise ConfigurationError(f"store URL {url!r}: no bucket (expected s3://bucket or s3://bucket/prefix)")
+    endpoint = endpoint or os.environ.get(ENV_S3_ENDPOINT, "")
+    if not endpoint:
+        raise ConfigurationError(f"store URL {url!r}: no S3 endpoint; pass one or set {ENV_S3_ENDPOINT} (e.g. 127.0.0.1:9000)")
+    # Accept "http://host:port" as well as "host:port"; the scheme then decides `secure` unless it was given.
+    if "://" in endpoint:
+        ep = urlsplit(endpoint)
+        if ep.scheme not in ("http", "https") or not ep.netloc:
+            raise ConfigurationError(f"S3 endpoint {endpoint!r}: expected host:port or http(s)://host:port")
+        if secure is None:
+            secure = ep.scheme == "https"
+        endpoint = ep.netloc
+    if secure is None:
+        env_secure = os.environ.get(ENV_S3_SECURE)
+        secure = _parse_bool(ENV_S3_SECURE, env_secure) if env_secure else not _is_loopback(endpoint)
+    access_key = access_key if access_key is not None else os.environ.get(ENV_S3_ACCESS_KEY)
+    secret_key = secret_key if secret_key is not None else os.environ.get(ENV_S3_SECRET_KEY)
+    if not access_key or not secret_key:
+        raise ConfigurationError(f"store URL {url!r}: S3 credentials missing; set {ENV_S3_ACCESS_KEY} and {ENV_S3_SECRET_KEY}")
+    return S3Store(bucket=bucket, prefix=prefix, endpoint=endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
+
+
+def open_store(
+    url: str,
+    *,
+    endpoint: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    secure: bool | None = None,
+) -> ArtifactStore:
+    """Open (and check) the store a URL names: file:///abs/path or s3://bucket[/prefix]; creates the bucket or folder."""
+    parts = urlsplit(url)
+    store: FileStore | S3Store
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigurationError(f"store URL {url!r}: a file store must be local (file:///abs/path)")
+        path = Path(url2pathname(parts.path))
+        if not path.is_absolute():
+            raise ConfigurationError(f"store URL {url!r}: the path must be absolute (file:///abs/path)")
+        store = FileStore(path)
+    elif parts.scheme == "s3":
+        store = _open_s3(url, endpoint, access_key, secret_key, secure)
+    else:
+        raise ConfigurationError(f"store URL {url!r}: expected file:///abs/path or s3://bucket[/prefix]")
+    store.check()
+    return store
+
+
+
+def _file_url_path(url: str) -> Path:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise StoreError(f"{url}: only local file:// URLs can be used")
+    return Path(url2pathname(parts.path))
+
+
+def _connection(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise StoreError(f"{_redact(url)}: no host in URL")
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    # A 1 MiB blocksize: http.client's default 8 KiB makes a file body upload needlessly slow.
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout_s, blocksize=CHUNK_BYTES)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s, blocksize=CHUNK_BYTES)
+    return conn, target
+
+
+def _redact(url: str) -> str:
+    """The URL without its query, which holds the presigned signature."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def _refusal(method: str, url: str, response: http.client.HTTPResponse) -> StoreError:
+    body = response.read(2048).decode("utf-8", "replace").strip()
+    excerpt = " ".join(body.split())[:300]
+    message = f"{method} {_redact(url)}: HTTP {response.status} {response.reason}: {excerpt}"
+    if response.status == 404:
+        return ObjectMissingError(message)
+    return StoreError(message)
+
+
+def _copy_atomically(src: Path, dest: Path) -> None:
+    """Copy src to dest through a temporary file beside dest, so readers never see a partial file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, CHUNK_BYTES)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def upload_to_url(url: str, path: Path, *, timeout_s: float = 600) -> None:
+    """Send a file to a presigned PUT URL (streamed, with Content-Length) or a file:// URL; needs no credentials."""
+    path = Path(path)
+    if url.startswith("file:"):
+        try:
+            _copy_atomically(path, _file_url_path(url))
+        except OSError as e:
+            raise StoreError(f"copy {path} to {url}: {e}") from e
+        return
+    if not url.startswith(("http://", "https://")):
+        raise StoreError(f"{_redact(url)}: expected an http(s):// or file:// URL")
+    try:
+        size = path.stat().st_size
+        conn, target = _connection(url, timeout_s)
+        try:
+            with open(path, "rb") as body:
+                # Content-Length given, so http.client streams the file in blocks instead of chunked encoding,
+                # which presigned S3 PUTs do not accept.
+                conn.request("PUT", target, body=body, headers={"Content-Length": str(size)})
+                response = conn.getresponse()
+            if not 200 <= response.status < 300:
+                raise _refusal("PUT", url, response)
+            response.read()
+        finally:
+            conn.close()
+    except (OSError, http.client.HTTPException) as e:
+        raise StoreError(f"PUT {_redact(url)}: {e}") from e
+    logger.debug("upload %s: %d bytes sent", _redact(url), size)
+
+
+def download_from_url(url: str, dest: Path, *, timeout_s: float = 600) -> None:
+    """Fetch a presigned GET URL or a file:// URL into dest (streamed; dest appears only when complete)."""
+    dest = Path(dest)
+    if url.startswith("file:"):
+        src = _file_url_path(url)
+        try:
+            _copy_atomically(src, dest)
+        except FileNotFoundError as e:
+            raise ObjectMissingError(f"{url}: no such object") from e
+        except OSError as e:
+            raise StoreError(f"copy {url} to {dest}: {e}") from e
+        return
+    if not url.startswith(("http://", "https://")):
+        raise StoreError(f"{_redact(url)}: expected an http(s):// or file:// URL")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        conn, target = _connection(url, timeout_s)
+        try:
+            conn.request("GET", target)
+            response = conn.getresponse()
+            if response.status != 200:
+                raise _refusal("GET", url, response)
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out, CHUNK_BYTES)
+            expected = response.getheader("Content-Length")
+            if expected is not None and tmp.stat().st_size != int(expected):
+                raise StoreError(f"GET {_redact(url)}: got {tmp.stat().st_size} of {expected} bytes")
+        finally:
+            conn.close()
+        os.replace(tmp, dest)
+    except (OSError, http.client.HTTPException) as e:
+        raise StoreError(f"GET {_redact(url)}: {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,3 @@
+"""Contract tests: one suite of behaviour run against every implementation of an interface."""
+
+from __future__ import annotations

@@ -1,0 +1,115 @@
+"""The artifact store contract: what every ArtifactStore must do, run against FileStore and S3Store alike."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pytest
+
+from mqfleet.errors import BadRequestError, ObjectMissingError, StoreError
+from mqfleet.store import ArtifactStore, download_from_url, upload_to_url
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class StoreContract:
+    """Mixin: a test class provides a `store` fixture; every test here must pass for it."""
+
+    #: Whether presigned URLs carry a signature the server checks (file:// URLs do not).
+    signs_urls = True
+
+    def test_key_for_places_the_object_under_artifacts_by_sha256(self, store: ArtifactStore) -> None:
+        digest = _sha(b"x")
+        assert store.key_for(digest).endswith(f"artifacts/{digest}.tar.zst")
+
+    def test_key_for_refuses_anything_but_a_sha256_digest(self, store: ArtifactStore) -> None:
+        for bad in ("../../etc/passwd", "A" * 64, "ab" * 31, ""):
+            with pytest.raises(BadRequestError):
+                store.key_for(bad)
+
+    def test_put_then_stat_gives_the_size_and_hash_object_the_sha256(self, store: ArtifactStore, tmp_path: Path) -> None:
+        data = os.urandom(70_000)
+        key = store.key_for(_sha(data))
+        store.put_file(key, _write(tmp_path / "a.bin", data))
+        assert store.stat(key) == len(data)
+        assert store.hash_object(key) == (_sha(data), len(data))
+
+    def test_get_file_returns_the_bytes_that_were_put(self, store: ArtifactStore, tmp_path: Path) -> None:
+        data = os.urandom(10_000)
+        key = store.key_for(_sha(data))
+        store.put_file(key, _write(tmp_path / "a.bin", data))
+        store.get_file(key, tmp_path / "out" / "b.bin")
+        assert (tmp_path / "out" / "b.bin").read_bytes() == data
+
+    def test_upload_to_a_presigned_put_url_stores_what_stat_and_hash_object_then_see(
+        self, store: ArtifactStore, tmp_path: Path
+    ) -> None:
+        # Several MiB, so the body goes out in many blocks rather than one write.
+        data = os.urandom(3 * 1024 * 1024 + 17)
+        key = store.key_for(_sha(data))
+        upload_to_url(store.presign_put(key, expires_s=300), _write(tmp_path / "a.bin", data))
+        assert store.stat(key) == len(data)
+        assert store.hash_object(key) == (_sha(data), len(data))
+
+    def test_download_from_a_presigned_get_url_returns_the_object(self, store: ArtifactStore, tmp_path: Path) -> None:
+        data = os.urandom(2 * 1024 * 1024 + 5)
+        key = store.key_for(_sha(data))
+        store.put_file(key, _write(tmp_path / "a.bin", data))
+        download_from_url(store.presign_get(key, expires_s=300), tmp_path / "dl" / "a.bin")
+        assert (tmp_path / "dl" / "a.bin").read_bytes() == data
+
+    def test_a_missing_object_stats_as_none_and_hash_object_raises_object_missing(self, store: ArtifactStore) -> None:
+        key = store.key_for(_sha(b"never stored"))
+        assert store.stat(key) is None
+        with pytest.raises(ObjectMissingError):
+            store.hash_object(key)
+
+    def test_downloading_a_missing_object_raises_object_missing_and_leaves_no_file(
+        self, store: ArtifactStore, tmp_path: Path
+    ) -> None:
+        key = store.key_for(_sha(b"never stored"))
+        with pytest.raises(ObjectMissingError):
+            download_from_url(store.presign_get(key), tmp_path / "x.bin")
+        with pytest.raises(ObjectMissingError):
+            store.get_file(key, tmp_path / "y.bin")
+        assert not (tmp_path / "x.bin").exists()
+
+    def test_delete_removes_the_object_and_deleting_again_is_harmless(self, store: ArtifactStore, tmp_path: Path) -> None:
+        data = b"to be deleted"
+        key = store.key_for(_sha(data))
+        store.put_file(key, _write(tmp_path / "a.bin", data))
+        store.delete(key)
+        assert store.stat(key) is None
+        store.delete(key)
+
+    def test_putting_a_key_again_replaces_the_object(self, store: ArtifactStore, tmp_path: Path) -> None:
+        key = store.key_for(_sha(b"slot"))
+        store.put_file(key, _write(tmp_path / "a.bin", b"first version"))
+        upload_to_url(store.presign_put(key), _write(tmp_path / "b.bin", b"second"))
+        assert store.hash_object(key) == (_sha(b"second"), 6)
+
+    def test_check_passes_on_a_usable_store(self, store: ArtifactStore) -> None:
+        store.check()
+
+    def test_a_presigned_put_url_with_a_tampered_signature_is_refused(self, store: ArtifactStore, tmp_path: Path) -> None:
+        if not self.signs_urls:
+            pytest.skip("file:// URLs carry no signature")
+        key = store.key_for(_sha(b"tamper"))
+        parts = urlsplit(store.presign_put(key))
+        query = dict(parse_qsl(parts.query))
+        signature = query["X-Amz-Signature"]
+        query["X-Amz-Signature"] = ("0" if signature[0] != "0" else "1") + signature[1:]
+        tampered = urlunsplit(parts._replace(query=urlencode(query)))
+        with pytest.raises(StoreError, match="403"):
+            upload_to_url(tampered, _write(tmp_path / "a.bin", b"evil"))
+        assert store.stat(key) is None
