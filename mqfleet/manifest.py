@@ -1,12 +1,26 @@
-"""The manifest: the one TOML file an operator edits. Loads, expands sweeps, validates, computes job ids.
-
-(Data types below are the shared contract; loading and validation are filled in by load_manifest.)
+"""The manifest: the one TOML file an operator edits. Owns its data types (frozen dataclasses that
+the coordinator, the agent and the CLI read), job ids, and loading, which refuses a file with every
+problem it has. The checks themselves live in `manifest_check` (declarations) and `manifest_jobs`
+(jobs, sweeps, names, ids, `after`); both build the types defined here.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from mqfleet.errors import AmbiguousError, ManifestError, NotFoundError, Problem
 
 
 @dataclass(frozen=True)
@@ -20,6 +34,11 @@ class HyperParam:
     max: float | None = None
     choices: tuple[Any, ...] = ()
 
+    @property
+    def is_required(self) -> bool:
+        """True when no default is declared, so every job must set it."""
+        return self.default is None
+
 
 @dataclass(frozen=True)
 class TrainerSpec:
@@ -29,6 +48,14 @@ class TrainerSpec:
     builtin: str | None
     command: tuple[str, ...]
     hyper: dict[str, HyperParam]
+
+    def launch_command(self) -> tuple[str, ...]:
+        """The argv template that starts this trainer; `{python}` stands for the agent's interpreter."""
+        if self.builtin is None:
+            return self.command
+        from mqfleet.trainers import BUILTIN_MODULE
+
+        return ("{python}", "-m", BUILTIN_MODULE[self.builtin])
 
 
 @dataclass(frozen=True)
@@ -112,3 +139,111 @@ class Manifest:
     jobs: tuple[JobSpec, ...]
     source: str = ""
     text: str = field(default="", repr=False)
+    #: job id -> where the job comes from in the file (`jobs[2]`, `sweeps[0]`)
+    places: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def trainer(self, model: str) -> TrainerSpec:
+        """The trainer of a model; NotFoundError when the manifest declares none."""
+        try:
+            return self.trainers[model]
+        except KeyError:
+            raise NotFoundError(f"no trainer {model!r} in {self.source or 'the manifest'}") from None
+
+    def host_policy(self, host_id: str) -> HostPolicy | None:
+        """The operator policy of a host, or None when the manifest has no [[hosts]] entry for it."""
+        return self.hosts.get(host_id)
+
+    def job_by_name(self, name: str) -> JobSpec | None:
+        return next((j for j in self.jobs if j.name == name), None)
+
+    def job_by_id(self, job_id: str) -> JobSpec | None:
+        return next((j for j in self.jobs if j.id == job_id), None)
+
+    def resolve_job(self, ref: str) -> JobSpec:
+        """A job by full id, unique id prefix or name; NotFoundError or AmbiguousError otherwise."""
+        job = self.job_by_id(ref) or self.job_by_name(ref)
+        if job is not None:
+            return job
+        matches = [j for j in self.jobs if ref and j.id.startswith(ref)]
+        if len(matches) > 1:
+            raise AmbiguousError(f"{ref!r} is a prefix of {len(matches)} job ids; give more characters")
+        if not matches:
+            raise NotFoundError(f"no job named {ref!r} or with an id starting with it")
+        return matches[0]
+
+
+def job_id(
+    model: str,
+    mode: str,
+    hyper: Mapping[str, Any],
+    split_recipe: str,
+    train_hosts: Iterable[str],
+    seed: int,
+    dataset: str,
+) -> str:
+    """sha256 hex of the canonical JSON of what makes a job; `hyper` must have its defaults applied."""
+    doc = {
+        "model": model,
+        "mode": mode,
+        "hyper": dict(hyper),
+        "split_recipe": split_recipe,
+        "train_hosts": list(train_hosts),
+        "seed": seed,
+        "dataset": dataset,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and validate a manifest file; ManifestError lists every problem, a missing file included."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError([Problem("", f"no such file: {source}; check the path")], source) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(
+            [Problem("", f"cannot read the manifest ({e}); it must be a readable UTF-8 file")], source
+        ) from None
+    return parse_manifest(text, source)
+
+
+def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
+    """Validate manifest text; ManifestError lists every problem found, each at its dotted place."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        problem = Problem("", f"TOML syntax error: {e}; fix the syntax there (see https://toml.io)")
+        raise ManifestError([problem], source) from None
+    # imported here, not at the top: both modules import the types above
+    from mqfleet.manifest_check import TOP_KEYS, Checker, read_fleet, read_hosts, read_trainers
+    from mqfleet.manifest_jobs import link_jobs, read_jobs
+
+    ck = Checker()
+    ck.keys(data, TOP_KEYS, "")
+    fleet = read_fleet(ck, data)
+    trainers = read_trainers(ck, ck.table(data, "trainers"))
+    hosts = read_hosts(ck, ck.array(data, "hosts"))
+    drafts = read_jobs(ck, ck.array(data, "jobs"), "jobs", trainers, fleet)
+    drafts += read_jobs(ck, ck.array(data, "sweeps"), "sweeps", trainers, fleet)
+    jobs = link_jobs(ck, drafts)
+    if ck.problems:
+        raise ManifestError(ck.problems, source)
+    return Manifest(
+        fleet=fleet,
+        trainers={name: t for name, t in trainers.items() if t is not None},
+        hosts=hosts,
+        jobs=tuple(jobs),
+        source=source,
+        text=text,
+        places={d.id: d.place for d in drafts},
+    )
+
+
+def validate_manifest(text: str, source: str = "<manifest>") -> list[Problem]:
+    """Every problem of manifest text; empty when it is valid."""
+    try:
+        parse_manifest(text, source)
+    except ManifestError as e:
+        return list(e.problems)
+    return []

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     from mqfleet.cli import commands  # noqa: F401  (registers every command on `cli`)
 
     try:
-        cli.main(args=argv, prog_name="mqfleet", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of click.exceptions.Exit.
+        rc = cli.main(args=argv, prog_name="mqfleet", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return EXIT_FAILED
@@ -45,4 +46,4 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else EXIT_FAILED
-    return EXIT_OK
+    return rc if isinstance(rc, int) else EXIT_OK
