@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 # Modules are imported by name so a missing optional area never breaks the rest of the CLI.
-_MODULES = ["service", "manifest_cmd", "jobs", "fleet", "artifacts", "broker_cmd"]
+_MODULES = ["service", "manifest_cmd", "capability_cmd", "selftest_cmd", "jobs", "fleet", "artifacts", "broker_cmd"]
 
 for _name in _MODULES:
     try:
