@@ -10,7 +10,6 @@ import time
 import psutil
 
 from mqfleet.protocol import Verb
-from mqfleet.store import open_store
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import Fleet, manifest_text, trainer_processes
 
@@ -25,7 +24,7 @@ def test_several_jobs_complete_on_two_agents_with_verified_artifacts_in_s3(s3_fl
     done = s3_fleet.wait_for_status("completed", timeout_s=90)
 
     assert {j["host"] for j in done} == {"alpha", "beta"}
-    store = open_store(s3_fleet.store_url)
+    store = s3_fleet.store()
     for job in done:
         sha = job["artifact"]
         key = store.key_for(sha)
