@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# Enrol a Linux training host: install, update or remove the mqfleet agent as a systemd service.
+#
+# Writes /etc/mqfleet/agent.env (0600) and copies the TLS files to /etc/mqfleet/tls/ (0600), runs
+# `mqfleet agent selftest` with exactly that configuration, and enables the service only when the
+# selftest passes. Rerunnable: an existing config is kept unless --force (the unit is always
+# refreshed). With --root DIR every path is put under DIR and nothing on the real system is touched
+# (no useradd, chown or systemctl), which is how the tests run it.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+UNIT_NAME=mqfleet-agent.service
+UNIT_DIR=/etc/systemd/system
+STATE_DIR=/var/lib/mqfleet-agent
+DEFAULT_VENV=/opt/mqfleet/.venv
+DEFAULT_CONFIG_DIR=/etc/mqfleet
+DEFAULT_USER=mqfleet
+
+ROOT=""
+DRY_RUN=0
+VENV=$DEFAULT_VENV
+CONFIG_DIR=$DEFAULT_CONFIG_DIR
+SVC_USER=$DEFAULT_USER
+BROKER=""
+HOST_ID=""
+CA=""
+CERT=""
+KEY=""
+SLOTS=1
+REPO=/opt/mqfleet
+WORK_DIR="$STATE_DIR/work"
+PREFIX=mqfleet
+FORCE=0
+UNINSTALL=0
+PURGE=0
+SKIP_SELFTEST=0
+
+usage() {
+    cat <<EOF
+Usage: $(basename "$0") --broker URL --host-id H [--ca F --cert F --key F] [options]
+
+Enrol this host: write $DEFAULT_CONFIG_DIR/agent.env (0600), copy the TLS files to
+$DEFAULT_CONFIG_DIR/tls/ (0600), run \`mqfleet agent selftest\`, then enable and start the agent.
+
+  --broker URL        the broker, mqtts://HOST:8883 (mqtt:// only on a trusted network)
+  --host-id H         this host's id: its certificate CN and its [[hosts]] id in the manifest
+  --ca F --cert F --key F   fleet CA and this host's certificate and key (required for mqtts://)
+  --slots N           concurrent jobs (default 1)
+  --repo DIR          training repo, the trainers' working directory (default /opt/mqfleet)
+  --work-dir DIR      where jobs run (default $STATE_DIR/work)
+  --prefix PREFIX     topic prefix (default mqfleet)
+  --venv DIR          virtualenv with mqfleet installed (default $DEFAULT_VENV)
+  --user NAME         service user (default $DEFAULT_USER)
+  --config-dir DIR    configuration directory (default $DEFAULT_CONFIG_DIR)
+  --force             rewrite an existing config and TLS files (certificate rotation)
+  --skip-selftest     enable the service without running the selftest first
+  --uninstall         stop and remove the service, its unit, config and TLS files
+  --purge             with --uninstall: also remove $STATE_DIR (work dir)
+  --root DIR          install under DIR instead of / (tests): no useradd, chown or systemctl
+  --dry-run           print what would be done and change nothing
+  -h, --help          this help
+EOF
+}
+
+die() { printf 'install-agent: error: %s\n' "$*" >&2; exit 2; }
+say() { printf 'install-agent: %s\n' "$*"; }
+need_value() {
+    if [ "$#" -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value"; fi
+}
+
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --broker) need_value "$@"; BROKER=$2; shift 2 ;;
+        --host-id) need_value "$@"; HOST_ID=$2; shift 2 ;;
+        --ca) need_value "$@"; CA=$2; shift 2 ;;
+        --cert) need_value "$@"; CERT=$2; shift 2 ;;
+        --key) need_value "$@"; KEY=$2; shift 2 ;;
+        --slots) need_value "$@"; SLOTS=$2; shift 2 ;;
+        --repo) need_value "$@"; REPO=$2; shift 2 ;;
+        --work-dir) need_value "$@"; WORK_DIR=$2; shift 2 ;;
+        --prefix) need_value "$@"; PREFIX=$2; shift 2 ;;
+        --venv) need_value "$@"; VENV=$2; shift 2 ;;
+        --user) need_value "$@"; SVC_USER=$2; shift 2 ;;
+        --config-dir) need_value "$@"; CONFIG_DIR=$2; shift 2 ;;
+        --root) need_value "$@"; ROOT=${2%/}; shift 2 ;;
+        --force) FORCE=1; shift ;;
+        --skip-selftest) SKIP_SELFTEST=1; shift ;;
+        --uninstall) UNINSTALL=1; shift ;;
+        --purge) PURGE=1; shift ;;
+        --dry-run) DRY_RUN=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $1" ;;
+    esac
+done
+
+# Paths and values are substituted into the unit and the EnvironmentFile: keep them plain.
+check_path() {
+    case "$2" in /*) ;; *) die "$1 $2: the path must be absolute" ;; esac
+    case "$2" in *[!A-Za-z0-9._/-]*) die "$1 $2: only letters, digits and . _ / - in paths" ;; esac
+}
+check_path --venv "$VENV"
+check_path --config-dir "$CONFIG_DIR"
+[ "$PURGE" = 0 ] || [ "$UNINSTALL" = 1 ] || die "--purge only goes with --uninstall"
+case "$SVC_USER" in ''|*[!a-z0-9_-]*) die "--user must be a plain user name" ;; esac
+if [ "$UNINSTALL" = 0 ]; then
+    [ -n "$BROKER" ] || die "--broker URL is required"
+    [ -n "$HOST_ID" ] || die "--host-id is required"
+    case "$BROKER" in mqtt://*|mqtts://*) ;; *) die "--broker must be an mqtt:// or mqtts:// URL" ;; esac
+    case "$BROKER" in *[\"\\\$\`\ ]*) die "--broker must not contain quotes, backslashes, \$, backticks or spaces" ;; esac
+    case "$HOST_ID" in *[!A-Za-z0-9._-]*) die "--host-id: only letters, digits and . _ - (it is the certificate CN)" ;; esac
+    case "$PREFIX" in ''|*[!A-Za-z0-9._/-]*) die "--prefix: only letters, digits and . _ / -" ;; esac
+    case "$SLOTS" in ''|*[!0-9]*|0) die "--slots must be a positive integer" ;; esac
+    check_path --repo "$REPO"
+    check_path --work-dir "$WORK_DIR"
+    if [ "${BROKER%%://*}" = mqtts ]; then
+        if [ -z "$CA" ] || [ -z "$CERT" ] || [ -z "$KEY" ]; then die "an mqtts:// broker needs --ca, --cert and --key"; fi
+    fi
+    for file in "$CA" "$CERT" "$KEY"; do
+        if [ -n "$file" ] && [ ! -r "$file" ]; then die "$file cannot be read"; fi
+    done
+fi
+
+# Users, ownership and systemd are touched only without --root (and under --dry-run only shown).
+SYSTEM=0
+[ -n "$ROOT" ] || SYSTEM=1
+if [ "$SYSTEM" = 1 ] && [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
+    die "run as root (or try --dry-run)"
+fi
+
+at() { printf '%s%s' "$ROOT" "$1"; }
+
+# Run a command, or under --dry-run only show it.
+act() {
+    if [ "$DRY_RUN" = 1 ]; then
+        printf 'would run: %s\n' "$*"
+    else
+        "$@"
+    fi
+}
+
+# write_file PATH MODE: stdin becomes PATH, in one rename, never readable by others while written.
+write_file() {
+    local path=$1 mode=$2 tmp
+    if [ "$DRY_RUN" = 1 ]; then
+        printf 'would write: %s (mode %s)\n' "$path" "$mode"
+        cat >/dev/null
+        return
+    fi
+    mkdir -p -- "$(dirname -- "$path")"
+    tmp=$(umask 077 && mktemp "$(dirname -- "$path")/.mqfleet.XXXXXX")
+    cat >"$tmp"
+    chmod "$mode" "$tmp"
+    mv -f -- "$tmp" "$path"
+}
+
+render_unit() {
+    sed -e "s#$DEFAULT_VENV#$VENV#g" \
+        -e "s#$DEFAULT_CONFIG_DIR/#$CONFIG_DIR/#g" \
+        -e "s#^User=$DEFAULT_USER\$#User=$SVC_USER#" \
+        -e "s#^Group=$DEFAULT_USER\$#Group=$SVC_USER#" \
+        "$SCRIPT_DIR/$UNIT_NAME"
+}
+
+# The value of KEY in the env file (KEY="value" as written here), or nothing.
+env_value() {
+    sed -n "s/^$2=\"\\(.*\\)\"\$/\\1/p" "$1" | tail -n 1
+}
+
+# Run the selftest with the installed configuration. Paths in the env file are the final ones; under
+# --root the files lie under ROOT, so the TLS paths are mapped there for this run only.
+run_selftest() {
+    local env_file=$1 ca cert key
+    local -a run_as=()
+    ca=$(env_value "$env_file" MQFLEET_CA)
+    cert=$(env_value "$env_file" MQFLEET_CERT)
+    key=$(env_value "$env_file" MQFLEET_KEY)
+    if [ "$SYSTEM" = 1 ] && [ "$(id -un)" != "$SVC_USER" ]; then
+        # As the service user, so unreadable key files or repo fail here and not in the service.
+        run_as=(runuser -u "$SVC_USER" --)
+    fi
+    say "running the selftest as ${run_as[*]:+$SVC_USER}${run_as[*]:-$(id -un)}"
+    (
+        cd "$(at "$STATE_DIR")"
+        "${run_as[@]}" env \
+            HOME="$(at "$STATE_DIR")" \
+            MQFLEET_HOST_ID="$(env_value "$env_file" MQFLEET_HOST_ID)" \
+            MQFLEET_BROKER="$(env_value "$env_file" MQFLEET_BROKER)" \
+            MQFLEET_PREFIX="$(env_value "$env_file" MQFLEET_PREFIX)" \
+            MQFLEET_CA="${ca:+$ROOT$ca}" MQFLEET_CERT="${cert:+$ROOT$cert}" MQFLEET_KEY="${key:+$ROOT$key}" \
+            "$VENV/bin/mqfleet" agent --slots "$(env_value "$env_file" MQFLEET_SLOTS)" \
+            --repo "$(env_value "$env_file" MQFLEET_REPO)" selftest
+    )
+}
+
+do_uninstall() {
+    if [ "$SYSTEM" = 1 ]; then
+        act systemctl disable --now "$UNIT_NAME" || say "the service was not running"
+    fi
+    act rm -f -- "$(at "$UNIT_DIR/$UNIT_NAME")" "$(at "$CONFIG_DIR/agent.env")"
+    act rm -rf -- "$(at "$CONFIG_DIR/tls")"
+    if [ "$SYSTEM" = 1 ]; then
+        act systemctl daemon-reload
+    fi
+    # Shared with a coordinator or broker config on the same host: removed only when empty.
+    if [ -d "$(at "$CONFIG_DIR")" ]; then
+        act rmdir --ignore-fail-on-non-empty -- "$(at "$CONFIG_DIR")"
+    fi
+    if [ "$PURGE" = 1 ]; then
+        act rm -rf -- "$(at "$STATE_DIR")"
+    else
+        say "kept $(at "$STATE_DIR") (work dir); --purge removes it"
+    fi
+    say "agent uninstalled"
+}
+
+do_install() {
+    local env_file tls_dir unit name src
+    env_file=$(at "$CONFIG_DIR/agent.env")
+    tls_dir=$(at "$CONFIG_DIR/tls")
+    unit=$(at "$UNIT_DIR/$UNIT_NAME")
+
+    [ -f "$SCRIPT_DIR/$UNIT_NAME" ] || die "$SCRIPT_DIR/$UNIT_NAME is missing; run the script from its folder in the mqfleet tree"
+    if [ ! -x "$VENV/bin/mqfleet" ]; then
+        [ "$DRY_RUN" = 1 ] || die "$VENV/bin/mqfleet not found: python3 -m venv $VENV && $VENV/bin/pip install 'mqfleet[train]' (or pass --venv)"
+        say "warning: $VENV/bin/mqfleet not found"
+    fi
+
+    if [ "$SYSTEM" = 1 ] && ! getent passwd "$SVC_USER" >/dev/null; then
+        act useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home --shell /usr/sbin/nologin "$SVC_USER"
+    fi
+    act install -d -m 0755 -- "$(at "$CONFIG_DIR")"
+    act install -d -m 0750 -- "$(at "$STATE_DIR")"
+    if [ "$SYSTEM" = 1 ]; then
+        act chown "$SVC_USER:$SVC_USER" "$STATE_DIR"
+    fi
+
+    if [ -f "$env_file" ] && [ "$FORCE" = 0 ]; then
+        say "kept $env_file and $tls_dir; --force rewrites them (e.g. to rotate certificates)"
+    else
+        act install -d -m 0700 -- "$tls_dir"
+        # The key is the host's identity: 0600 and owned by the service user, which must read it.
+        for name in ca.crt agent.crt agent.key; do
+            case "$name" in ca.crt) src=$CA ;; agent.crt) src=$CERT ;; *) src=$KEY ;; esac
+            [ -n "$src" ] || continue
+            write_file "$tls_dir/$name" 0600 <"$src"
+            if [ "$SYSTEM" = 1 ]; then
+                act chown "$SVC_USER:$SVC_USER" "$tls_dir/$name"
+            fi
+        done
+        if [ "$SYSTEM" = 1 ]; then
+            act chown "$SVC_USER:$SVC_USER" "$tls_dir"
+        fi
+        {
+            printf '# mqfleet agent settings, written by install-agent.sh; mode 0600.\n'
+            printf 'MQFLEET_HOST_ID="%s"\n' "$HOST_ID"
+            printf 'MQFLEET_BROKER="%s"\n' "$BROKER"
+            printf 'MQFLEET_CA="%s"\n' "${CA:+$CONFIG_DIR/tls/ca.crt}"
+            printf 'MQFLEET_CERT="%s"\n' "${CERT:+$CONFIG_DIR/tls/agent.crt}"
+            printf 'MQFLEET_KEY="%s"\n' "${KEY:+$CONFIG_DIR/tls/agent.key}"
+            printf 'MQFLEET_PREFIX="%s"\n' "$PREFIX"
+            printf 'MQFLEET_SLOTS="%s"\n' "$SLOTS"
+            printf 'MQFLEET_REPO="%s"\n' "$REPO"
+            printf 'MQFLEET_WORK_DIR="%s"\n' "$WORK_DIR"
+        } | write_file "$env_file" 0600
+    fi
+
+    render_unit | write_file "$unit" 0644
+
+    if [ "$DRY_RUN" = 1 ]; then
+        printf 'would run: mqfleet agent selftest (as %s)\n' "$SVC_USER"
+    elif [ "$SKIP_SELFTEST" = 1 ]; then
+        say "selftest skipped (--skip-selftest)"
+    elif ! run_selftest "$env_file"; then
+        die "selftest failed: the service was NOT enabled. Fix what the table says, then rerun with --force."
+    fi
+
+    if [ "$SYSTEM" = 1 ]; then
+        act systemctl daemon-reload
+        act systemctl enable "$UNIT_NAME"
+        # restart, not start: a rerun must pick up a new config, certificate or venv.
+        act systemctl restart "$UNIT_NAME"
+    fi
+    say "agent $HOST_ID installed: unit $unit, config $env_file"
+}
+
+if [ "$UNINSTALL" = 1 ]; then
+    do_uninstall
+else
+    do_install
+fi

@@ -1,0 +1,237 @@
+"""`mqfleet status`, `workers`, `drain`, `undrain`, `reload`, `health` and `watch`: the commands about the fleet.
+
+`watch` keeps its picture of the fleet from the bus (retained job states, host
+statuses and adverts, the event stream); it asks the coordinator only once, for
+the draining flags and the rows the bus has not carried yet.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.live import Live
+
+from mqfleet import defaults
+from mqfleet.cli import EXIT_USAGE, cli, render
+from mqfleet.cli.client_options import ClientContext, fail, pass_client
+from mqfleet.client import FleetClient
+from mqfleet.errors import RemoteError
+from mqfleet.mqtt import Message
+from mqfleet.protocol import Verb
+
+#: `watch --once` renders when no retained message arrived for this long (or at the timeout).
+SETTLE_S = 0.5
+#: Frames per second at most, however busy the bus is.
+MAX_FPS = 4.0
+
+
+@cli.command("status")
+@pass_client
+def status_cmd(ctx: ClientContext) -> None:
+    """Fleet summary: hosts online/offline/draining, jobs by status, coordinator health."""
+    health = ctx.client.health()
+    workers = ctx.client.workers()
+    if ctx.as_json:
+        health.pop("ok", None)
+        ctx.emit_json({
+            "coordinator": health,
+            "hosts": {
+                "online": sorted(w["id"] for w in workers if w.get("online")),
+                "offline": sorted(w["id"] for w in workers if not w.get("online")),
+                "draining": sorted(w["id"] for w in workers if w.get("draining")),
+            },
+            "jobs_by_status": health.get("jobs_by_status", {}),
+        })
+        return
+    render.make_console().print(render.status_view(health, workers))
+
+
+@cli.command("workers")
+@pass_client
+def workers_cmd(ctx: ClientContext) -> None:
+    """Each host: capability, online, draining, slots used/total, running jobs, heartbeat age."""
+    workers = ctx.client.workers()
+    if ctx.as_json:
+        ctx.emit_json(workers)
+        return
+    names = {j["id"]: j["name"] for j in ctx.client.jobs()} if any(w.get("jobs") for w in workers) else {}
+    render.make_console().print(render.workers_table(workers, names, time.time()))
+
+
+def _drain(ctx: ClientContext, verb: Verb, host: str) -> None:
+    reply = ctx.client.call(verb, host=host)
+    if ctx.as_json:
+        ctx.emit_json({"host": reply["host"], "draining": reply["draining"]})
+        return
+    click.echo(f"{reply['host']}: {'draining (finishes its jobs, takes no new ones)' if reply['draining'] else 'takes work'}")
+
+
+@cli.command("drain")
+@click.argument("host")
+@pass_client
+def drain_cmd(ctx: ClientContext, host: str) -> None:
+    """Let HOST finish what it runs and take no new work. Needs MQFLEET_OPERATOR_TOKEN."""
+    _drain(ctx, Verb.DRAIN, host)
+
+
+@cli.command("undrain")
+@click.argument("host")
+@pass_client
+def undrain_cmd(ctx: ClientContext, host: str) -> None:
+    """Let HOST take work again. Needs MQFLEET_OPERATOR_TOKEN."""
+    _drain(ctx, Verb.UNDRAIN, host)
+
+
+@cli.command("reload")
+@click.option("--file", "manifest_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Send this manifest instead of having the coordinator re-read its own.")
+@pass_client
+def reload_cmd(ctx: ClientContext, manifest_file: Path | None) -> None:
+    """Load the manifest again: new jobs become claimable, existing ones keep their status. Exit 2 if invalid."""
+    fields: dict[str, Any] = {}
+    if manifest_file is not None:
+        data = manifest_file.read_bytes()
+        if len(data) > defaults.MAX_MANIFEST_BYTES:
+            fail(f"{manifest_file}: {len(data)} bytes is over the {defaults.MAX_MANIFEST_BYTES}-byte limit", EXIT_USAGE)
+        try:
+            fields = {"manifest": data.decode("utf-8"), "source": str(manifest_file)}
+        except UnicodeDecodeError as e:
+            fail(f"{manifest_file}: not UTF-8 text ({e.reason})", EXIT_USAGE)
+    try:
+        reply = ctx.client.call(Verb.RELOAD, **fields)
+    except RemoteError as e:
+        problems = e.reply.get("problems")
+        if e.code != "invalid_manifest" or not isinstance(problems, list):
+            raise
+        _print_problems(ctx, str(manifest_file or "the coordinator's manifest"), problems)
+        raise click.exceptions.Exit(EXIT_USAGE) from None
+    summary = {"source": reply.get("source"), "added": len(reply["added"]), "kept": reply["kept"],
+               "orphaned": len(reply["orphaned"]), "jobs": reply.get("jobs")}
+    if ctx.as_json:
+        ctx.emit_json({**summary, "added_ids": reply["added"], "orphaned_ids": reply["orphaned"]})
+        return
+    click.echo(f"reloaded {summary['source']}: {summary['added']} added, {summary['kept']} kept, "
+               f"{summary['orphaned']} orphaned ({summary['jobs']} jobs in the manifest)")
+
+
+def _print_problems(ctx: ClientContext, source: str, problems: list[dict[str, Any]]) -> None:
+    if ctx.as_json:
+        ctx.emit_json({"ok": False, "problems": problems})
+    for p in problems:
+        place = p.get("place") or ""
+        click.echo(f"{source}: {place + ': ' if place else ''}{p.get('message')}", err=True)
+    click.echo(f"{source}: refused, {len(problems)} problem(s); the manifest in force stays", err=True)
+
+
+@cli.command("health")
+@pass_client
+def health_cmd(ctx: ClientContext) -> None:
+    """The coordinator's health; exit 0 when it answers, 3 when it does not."""
+    health = ctx.client.health()
+    health.pop("ok", None)
+    if ctx.as_json:
+        ctx.emit_json(health)
+        return
+    render.make_console().print(render.health_view(health))
+
+
+# --- watch -------------------------------------------------------------------------------------
+
+
+class FleetPicture:
+    """What the dashboard shows, folded from bus messages (and one initial snapshot)."""
+
+    def __init__(self, client: FleetClient) -> None:
+        self.topics = client.topics
+        self.hosts: dict[str, dict[str, Any]] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=50)
+
+    def seed(self, workers: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> None:
+        for w in workers:
+            self.hosts[w["id"]] = {"state": "online" if w.get("online") else "offline", "slots": w.get("slots"),
+                                   "draining": bool(w.get("draining"))}
+        for job in jobs:
+            self.jobs.setdefault(job["id"], job)
+
+    def apply(self, msg: Message) -> None:
+        try:
+            payload = msg.json()
+        except Exception:
+            return
+        if msg.topic == self.topics.events:
+            self.events.append(payload)
+            return
+        host_topic = self.topics.parse_host_topic(msg.topic)
+        if host_topic is not None:
+            host, kind = host_topic
+            entry = self.hosts.setdefault(host, {"state": "?", "slots": None, "draining": False})
+            if kind == "status" and payload.get("state"):
+                entry["state"] = payload["state"]
+            elif kind == "advert":
+                entry["slots"] = payload.get("slots", entry["slots"])
+            return
+        if msg.topic.endswith("/state") and payload.get("id"):
+            before = self.jobs.get(payload["id"])
+            # Job states are republished on status changes only, so a snapshot's progress may be newer.
+            if payload.get("progress") is None and before and before.get("status") == payload.get("status"):
+                payload["progress"] = before.get("progress")
+            self.jobs[payload["id"]] = payload
+
+    def frame(self) -> Any:
+        return render.dashboard(hosts=self.hosts, jobs=self.jobs, events=list(self.events), now=time.time())
+
+
+def subscribe_picture(client: FleetClient) -> queue.SimpleQueue[Message]:
+    """Subscribe to what the dashboard needs; messages land in the returned queue, applied by the caller's thread."""
+    inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+    t = client.topics
+    for topic_filter in (t.all_job_states, t.all_statuses, t.all_adverts, t.events):
+        client.conn.subscribe(topic_filter, inbox.put)
+    return inbox
+
+
+def settle_picture(client: FleetClient, *, timeout_s: float) -> tuple[FleetPicture, queue.SimpleQueue[Message]]:
+    """A picture from one snapshot plus the retained messages once they stop arriving; and the live queue."""
+    picture = FleetPicture(client)
+    inbox = subscribe_picture(client)
+    picture.seed(client.workers(), client.jobs())
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            picture.apply(inbox.get(timeout=SETTLE_S))
+        except queue.Empty:
+            break
+    return picture, inbox
+
+
+@cli.command("watch")
+@click.option("--once", is_flag=True, help="Render one frame after the retained messages arrived, then exit.")
+@pass_client
+def watch_cmd(ctx: ClientContext, once: bool) -> None:
+    """Live dashboard from the bus: hosts, running jobs with progress, counts by status, recent events."""
+    picture, inbox = settle_picture(ctx.client, timeout_s=ctx.timeout_s)
+    console = render.make_console()
+    if once:
+        console.print(picture.frame())
+        return
+    try:
+        with Live(picture.frame(), console=console, auto_refresh=False, screen=False) as live:
+            last = 0.0
+            while True:
+                try:
+                    picture.apply(inbox.get(timeout=1.0))
+                    while True:
+                        picture.apply(inbox.get_nowait())
+                except queue.Empty:
+                    pass
+                if time.monotonic() - last >= 1 / MAX_FPS:
+                    live.update(picture.frame(), refresh=True)
+                    last = time.monotonic()
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,145 @@
+"""`mqfleet jobs`, `show`, `cancel`, `requeue` and `logs [-f]`: the commands about single jobs."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections import deque
+from typing import Any
+
+import click
+
+from mqfleet.cli import cli, render
+from mqfleet.cli.client_options import ClientContext, pass_client
+from mqfleet.mqtt import Message
+from mqfleet.protocol import Verb
+from mqfleet.state import JobStatus
+
+TERMINAL = frozenset({JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value})
+#: After the job ends, lines still in flight from the agent get this long to arrive.
+LOG_TRAILER_S = 1.0
+#: How many of the coordinator's last lines are compared to a live batch to drop duplicates at the seam.
+SEAM_WINDOW = 2000
+
+
+@cli.command("jobs")
+@click.option("--status", type=click.Choice([s.value for s in JobStatus]), default=None, help="Only jobs in this status.")
+@pass_client
+def jobs_cmd(ctx: ClientContext, status: str | None) -> None:
+    """Table of jobs (all, or those in one status)."""
+    jobs = ctx.client.jobs(status)
+    if ctx.as_json:
+        ctx.emit_json(jobs)
+        return
+    render.make_console().print(render.jobs_table(jobs))
+
+
+@cli.command("show")
+@click.argument("job")
+@pass_client
+def show_cmd(ctx: ClientContext, job: str) -> None:
+    """One job: spec, lease, every attempt with its output tail, artifact, and why it waits. JOB: id, id prefix or name."""
+    row = ctx.client.job(job)
+    if row.get("artifact"):
+        # metrics and size live with the artifact record, not the job row
+        found = [a for a in ctx.client.call(Verb.ARTIFACTS)["artifacts"] if a.get("job_id") == row["id"]]
+        row["artifact_detail"] = found[-1] if found else None
+    if ctx.as_json:
+        ctx.emit_json(row)
+        return
+    render.make_console().print(render.job_view(row, time.time()))
+
+
+def _operator_verb(ctx: ClientContext, verb: Verb, job: str) -> None:
+    row = ctx.client.call(verb, job=job)["job"]
+    if ctx.as_json:
+        ctx.emit_json(row)
+        return
+    render.make_console().print(render.job_line(row))
+
+
+@cli.command("cancel")
+@click.argument("job")
+@pass_client
+def cancel_cmd(ctx: ClientContext, job: str) -> None:
+    """Cancel JOB; a running trainer is stopped within seconds. Needs MQFLEET_OPERATOR_TOKEN."""
+    _operator_verb(ctx, Verb.CANCEL, job)
+
+
+@cli.command("requeue")
+@click.argument("job")
+@pass_client
+def requeue_cmd(ctx: ClientContext, job: str) -> None:
+    """Put JOB back to pending with a fresh attempt budget. Needs MQFLEET_OPERATOR_TOKEN."""
+    _operator_verb(ctx, Verb.REQUEUE, job)
+
+
+@cli.command("logs")
+@click.argument("job")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends (or Ctrl-C).")
+@pass_client
+def logs_cmd(ctx: ClientContext, job: str, follow: bool) -> None:
+    """The trainer output the coordinator holds for JOB; with -f, then the live lines."""
+    client = ctx.client
+    if not follow:
+        reply = client.call(Verb.LOGS, job=job)
+        if ctx.as_json:
+            ctx.emit_json(reply["lines"])
+            return
+        for line in reply["lines"]:
+            click.echo(line)
+        return
+    job_id = client.job(job)["id"]
+    inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+    # Subscribe before asking for the held lines, so nothing falls between the two.
+    client.conn.subscribe(f"{client.topics.prefix}/hosts/+/log/{job_id}", lambda m: inbox.put(("lines", m)), qos=0)
+    client.conn.subscribe(client.topics.job_state(job_id), lambda m: inbox.put(("state", m)))
+    held = list(client.call(Verb.LOGS, job=job_id)["lines"])
+    for line in held:
+        _echo_line(ctx, line)
+    try:
+        _follow(ctx, inbox, deque(held, maxlen=SEAM_WINDOW))
+    except KeyboardInterrupt:
+        pass
+
+
+def _follow(ctx: ClientContext, inbox: queue.SimpleQueue[tuple[str, Any]], recent: deque[str]) -> None:
+    at_seam = True
+    ended_at: float | None = None
+    while ended_at is None or time.monotonic() - ended_at < LOG_TRAILER_S:
+        try:
+            kind, msg = inbox.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        payload = _payload(msg)
+        if kind == "state":
+            if payload.get("status") in TERMINAL and ended_at is None:
+                ended_at = time.monotonic()
+            continue
+        lines = [str(line) for line in payload.get("lines") or []]
+        # Batches that arrived while the held lines were fetched may already be among them.
+        if at_seam and lines and _contains_run(recent, lines):
+            continue
+        at_seam = False
+        for line in lines:
+            _echo_line(ctx, line)
+
+
+def _contains_run(recent: deque[str], lines: list[str]) -> bool:
+    held = list(recent)
+    n = len(lines)
+    return any(held[i : i + n] == lines for i in range(len(held) - n, -1, -1))
+
+
+def _payload(msg: Message) -> dict[str, Any]:
+    try:
+        return msg.json()
+    except Exception:
+        return {}
+
+
+def _echo_line(ctx: ClientContext, line: str) -> None:
+    if ctx.as_json:
+        ctx.emit_json(line)
+    else:
+        click.echo(line)

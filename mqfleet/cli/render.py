@@ -1,0 +1,343 @@
+"""All rich rendering of the operator CLI: tables, the `show` view, the status summary and the watch dashboard.
+
+Every function takes the plain dicts the coordinator sends (or the bus carries)
+and returns a rich renderable; nothing here talks to the broker, so the screen
+captures can render the same views in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+STATUS_STYLE = {
+    "pending": "yellow",
+    "claimed": "cyan",
+    "running": "blue",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "dim",
+}
+STATUS_ORDER = ("pending", "claimed", "running", "completed", "failed", "cancelled")
+#: Lines of an attempt's output shown by `show`.
+TAIL_LINES = 10
+
+
+#: Width used when stdout is a pipe or file and COLUMNS is unset: no screen edge to respect, so cells stay whole.
+PIPE_WIDTH = 160
+
+
+def make_console(*, record: bool = False, width: int | None = None) -> Console:
+    """The console every command prints through: the terminal's width, or PIPE_WIDTH when piped."""
+    console = Console(record=record, width=width, highlight=False)
+    if width is None and not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = PIPE_WIDTH
+    return console
+
+
+# --- small formatters ----------------------------------------------------------------------
+
+
+def human_size(size: int | float | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def human_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def short_id(job_id: str | None, n: int = 12) -> str:
+    return (job_id or "")[:n] or "-"
+
+
+def status_text(status: str | None) -> Text:
+    return Text(status or "-", style=STATUS_STYLE.get(status or "", ""))
+
+
+def job_line(job: Mapping[str, Any]) -> Text:
+    """`name (short id): status`, what the operator verbs print."""
+    return Text.assemble(f"{job['name']} ({short_id(job['id'])}): ", status_text(job["status"]))
+
+
+def progress_pct(progress: Mapping[str, Any] | None) -> str:
+    value = (progress or {}).get("progress")
+    return f"{float(value) * 100:.0f}%" if isinstance(value, (int, float)) else "-"
+
+
+def metrics_text(metrics: Mapping[str, Any] | None) -> str:
+    if not metrics:
+        return "-"
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())]
+    return " ".join(parts)
+
+
+def excerpt(text: str | None, width: int = 40) -> str:
+    line = " ".join((text or "").split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _table(title: str, columns: Iterable[str], *, right: Iterable[str] = (), wrap: Iterable[str] = ()) -> Table:
+    """A listing that fits an 80-column terminal: no vertical rules; only the `wrap` columns may wrap."""
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1), collapse_padding=True)
+    right, wrap = set(right), set(wrap)
+    for name in columns:
+        table.add_column(name, justify="right" if name in right else "left", no_wrap=name not in wrap,
+                         overflow="fold" if name in wrap else "ellipsis")
+    return table
+
+
+def _kv_table() -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    # fold, never ellipsise: ids and hashes must stay whole for copy and paste
+    table.add_column(overflow="fold")
+    return table
+
+
+# --- listings ------------------------------------------------------------------------------
+
+
+def jobs_table(jobs: Iterable[Mapping[str, Any]]) -> Table:
+    table = _table("jobs", ("name", "id", "model/mode", "status", "host", "att", "pri", "prog", "artifact", "error"),
+                   right=("att", "pri", "prog"), wrap=("error",))
+    for job in jobs:
+        table.add_row(
+            escape(job["name"]), short_id(job["id"], 10), escape(f"{job['model']}/{job['mode']}"),
+            status_text(job["status"]), escape(job.get("host") or "-"),
+            f"{job.get('attempts', 0)}/{job.get('max_attempts', '?')}", str(job.get("priority", 0)),
+            progress_pct(job.get("progress")), short_id(job.get("artifact"), 8), escape(excerpt(job.get("error"), 30)),
+        )
+    return table
+
+
+def workers_table(workers: Iterable[Mapping[str, Any]], names: Mapping[str, str], now: float) -> Table:
+    table = _table("workers", ("host", "state", "os", "cores", "RAM", "CUDA / GPUs", "torch", "slots", "running", "seen"),
+                   right=("cores", "RAM", "slots"), wrap=("CUDA / GPUs", "running"))
+    for w in workers:
+        advert = w.get("advert") or {}
+        state = Text("online", style="green") if w.get("online") else Text("offline", style="red")
+        if w.get("draining"):
+            state.append(" draining", style="yellow")
+        gpus = advert.get("gpus") or []
+        cuda = ", ".join(f"{escape(str(g.get('name', '?')))} {g.get('vram_gib', '?')}G" for g in gpus) if gpus else (
+            "yes" if advert.get("cuda") else "no")
+        running = ", ".join(escape(names.get(j, short_id(j))) for j in w.get("jobs") or []) or "-"
+        seen = w.get("last_seen_ts")
+        table.add_row(
+            escape(w["id"]), state, escape(str(advert.get("os", "-"))), str(advert.get("cpu_cores", "-")),
+            f"{advert['ram_gib']:g}G" if "ram_gib" in advert else "-", cuda, escape(str(advert.get("torch") or "-")),
+            f"{w.get('slots_used', 0)}/{w.get('slots', 0)}", running,
+            human_duration(now - seen) + " ago" if seen else "-",
+        )
+    return table
+
+
+def artifacts_table(artifacts: Iterable[Mapping[str, Any]]) -> Table:
+    table = _table("artifacts", ("job", "model", "mode", "sha256", "size", "metrics", "host", "created"),
+                   right=("size",), wrap=("metrics",))
+    for a in artifacts:
+        table.add_row(
+            escape(a.get("name") or short_id(a.get("job_id"))), escape(a.get("model") or "-"), escape(a.get("mode") or "-"),
+            short_id(a.get("sha256"), 10), human_size(a.get("size")), escape(metrics_text(a.get("metrics"))),
+            escape(a.get("host") or "-"), time.strftime("%m-%d %H:%M", time.localtime(a["created_ts"]))
+            if a.get("created_ts") else "-",
+        )
+    return table
+
+
+def counts_line(counts: Mapping[str, int]) -> Text:
+    text = Text()
+    for status in STATUS_ORDER:
+        if text:
+            text.append("  ")
+        text.append(f"{status} {counts.get(status, 0)}", style=STATUS_STYLE[status])
+    return text
+
+
+def status_view(health: Mapping[str, Any], workers: Sequence[Mapping[str, Any]]) -> RenderableType:
+    online = sum(1 for w in workers if w.get("online"))
+    draining = [w["id"] for w in workers if w.get("draining")]
+    grid = _kv_table()
+    grid.add_row("coordinator", f"mqfleet {escape(str(health.get('version')))}, up {human_duration(health.get('uptime_s'))}")
+    grid.add_row("manifest", escape(f"{health.get('manifest')} ({health.get('manifest_jobs', 0)} jobs)"))
+    refused = health.get("last_refused_manifest")
+    if refused:
+        grid.add_row(Text("refused manifest", style="red"), Text(str(refused), style="red"))
+    grid.add_row("store", escape(str(health.get("store") or "-")))
+    hosts = Text(f"{online} online", style="green")
+    hosts.append(f", {len(workers) - online} offline", style="red" if len(workers) > online else "")
+    hosts.append(f", {len(draining)} draining" + (f" ({', '.join(draining)})" if draining else ""),
+                 style="yellow" if draining else "")
+    grid.add_row("hosts", hosts)
+    grid.add_row("jobs", counts_line(health.get("jobs_by_status") or {}))
+    return Panel(grid, title="mqfleet status", title_align="left", expand=False)
+
+
+def health_view(health: Mapping[str, Any]) -> RenderableType:
+    grid = _kv_table()
+    for key in ("state", "version", "uptime_s", "manifest", "manifest_jobs", "hosts_online", "hosts_total",
+                "hosts_draining", "db_ok", "store", "last_refused_manifest"):
+        if key in health:
+            value = human_duration(health[key]) if key == "uptime_s" else health[key]
+            grid.add_row(key, escape(str(value)))
+    grid.add_row("jobs", counts_line(health.get("jobs_by_status") or {}))
+    return grid
+
+
+# --- one job -------------------------------------------------------------------------------
+
+
+def job_view(job: Mapping[str, Any], now: float) -> RenderableType:
+    parts: list[RenderableType] = []
+    head = _kv_table()
+    head.add_row("job", Text.assemble((job["name"], "bold"), f"  {job['id']}"))
+    head.add_row("status", status_text(job["status"]))
+    head.add_row("model / mode", escape(f"{job['model']} / {job['mode']}"))
+    head.add_row("attempts", f"{job.get('attempts', 0)} of {job.get('max_attempts', '?')} counted")
+    head.add_row("priority", str(job.get("priority", 0)))
+    if job.get("progress"):
+        head.add_row("progress", escape(metrics_text(job["progress"])))
+    if job.get("error"):
+        head.add_row(Text("error", style="red"), escape(str(job["error"])))
+    head.add_row("artifact", escape(job.get("artifact") or "-"))
+    detail = job.get("artifact_detail")
+    if detail:
+        head.add_row("size", human_size(detail.get("size")))
+        head.add_row("metrics", escape(metrics_text(detail.get("metrics"))))
+    if not job.get("in_manifest", True):
+        head.add_row("manifest", Text("no longer in the manifest", style="yellow"))
+    parts.append(Panel(head, title="job", title_align="left"))
+    spec = job.get("spec")
+    if spec:
+        grid = _kv_table()
+        for key, value in spec.items():
+            if value not in (None, "", [], {}, 0, False) or key in ("hyper", "seed"):
+                grid.add_row(escape(key), escape(str(value)))
+        parts.append(Panel(grid, title="spec", title_align="left"))
+    lease = job.get("lease")
+    if lease:
+        grid = _kv_table()
+        grid.add_row("host", escape(str(lease.get("host"))))
+        grid.add_row("attempt", str(lease.get("attempt")))
+        grid.add_row("expires", f"in {human_duration(lease['expires_ts'] - now)}" if lease.get("expires_ts") else "-")
+        grid.add_row("gpus", escape(str(lease.get("gpus") or "none")))
+        parts.append(Panel(grid, title="current lease", title_align="left"))
+    attempts = job.get("attempts_detail") or []
+    if attempts:
+        parts.append(attempts_view(attempts, now))
+    why = job.get("why_waiting") or []
+    if why:
+        table = Table(title="why it waits", title_justify="left")
+        table.add_column("host", no_wrap=True)
+        table.add_column("reason")
+        for item in why:
+            table.add_row(escape(item.get("host") or "(job)"), escape(str(item.get("reason"))))
+        parts.append(table)
+    return Group(*parts)
+
+
+def attempts_view(attempts: Sequence[Mapping[str, Any]], now: float) -> RenderableType:
+    rows: list[RenderableType] = []
+    for a in attempts:
+        ended = a.get("ended_ts")
+        duration = (ended or now) - a["started_ts"] if a.get("started_ts") else None
+        cause = a.get("cause") or ("running" if not ended else a.get("outcome") or "-")
+        title = Text.assemble(
+            (f"attempt {a.get('number')}", "bold"), f" on {a.get('host')}  ",
+            (str(cause), "red" if cause in ("app", "lost") else ""),
+            f"  exit {a.get('exit_code') if a.get('exit_code') is not None else '-'}",
+            f"  {human_duration(duration)}" + ("" if ended else " so far"),
+        )
+        body: list[RenderableType] = [title]
+        if a.get("error"):
+            body.append(Text(f"error: {a['error']}", style="red"))
+        tail = (a.get("output_tail") or "").splitlines()[-TAIL_LINES:]
+        if tail:
+            body.append(Text("\n".join(f"  │ {line}" for line in tail), style="dim"))
+        rows.append(Group(*body))
+    return Panel(Group(*rows), title="attempts", title_align="left")
+
+
+# --- the watch dashboard ---------------------------------------------------------------------
+
+
+def dashboard(*, hosts: Mapping[str, Mapping[str, Any]], jobs: Mapping[str, Mapping[str, Any]],
+              events: list[Mapping[str, Any]], now: float) -> RenderableType:
+    """One frame: hosts, running jobs with progress bars, counts by status, recent events."""
+    names = {job_id: job.get("name", short_id(job_id)) for job_id, job in jobs.items()}
+    host_table = Table(title="hosts", title_justify="left", expand=True)
+    for name in ("host", "state", "slots", "running"):
+        host_table.add_column(name, no_wrap=name != "running")
+    active = [j for j in jobs.values() if j.get("status") in ("claimed", "running")]
+    for host_id in sorted(hosts):
+        h = hosts[host_id]
+        state = Text(h.get("state", "?"), style="green" if h.get("state") == "online" else "red")
+        if h.get("draining"):
+            state.append(" draining", style="yellow")
+        mine = [j for j in active if j.get("host") == host_id]
+        host_table.add_row(escape(host_id), state, f"{len(mine)}/{h.get('slots', '?')}",
+                           escape(", ".join(str(j.get("name")) for j in mine)) or "-")
+    run_table = Table(title="running", title_justify="left", expand=True)
+    for name in ("job", "host", "progress", "", "epoch", "loss"):
+        run_table.add_column(name, no_wrap=True)
+    for job in sorted(active, key=lambda j: str(j.get("name"))):
+        progress = job.get("progress") or {}
+        value = progress.get("progress")
+        fraction = float(value) if isinstance(value, (int, float)) else 0.0
+        run_table.add_row(escape(str(job.get("name"))), escape(str(job.get("host") or "-")),
+                          ProgressBar(total=1.0, completed=fraction, width=30), progress_pct(progress),
+                          str(progress.get("epoch", "-")), _number(progress.get("loss")))
+    counts: dict[str, int] = {}
+    for job in jobs.values():
+        counts[str(job.get("status"))] = counts.get(str(job.get("status")), 0) + 1
+    event_lines = Text()
+    for ev in events[-8:]:
+        if event_lines:
+            event_lines.append("\n")
+        event_lines.append(time.strftime("%H:%M:%S ", time.localtime(ev.get("ts") or now)), style="dim")
+        event_lines.append(f"{names.get(ev.get('job_id', ''), short_id(ev.get('job_id')))} ")
+        event_lines.append(f"{ev.get('from') or '-'} → ")
+        event_lines.append(str(ev.get("to")), style=STATUS_STYLE.get(str(ev.get("to")), ""))
+        event_lines.append(f"  {ev.get('reason', '')}" + (f" ({ev['host']})" if ev.get("host") else ""), style="dim")
+    return Group(
+        Text.assemble(("mqfleet watch", "bold"), f"  {time.strftime('%H:%M:%S', time.localtime(now))}  ",
+                      counts_line(counts)),
+        host_table,
+        run_table,
+        Panel(event_lines or Text("no events yet", style="dim"), title="recent events", title_align="left"),
+    )
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else str(value))
