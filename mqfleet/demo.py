@@ -85,15 +85,23 @@ def run_demo(*, work_dir: Path, console: Console | None = None, timeout_s: float
         shutil.rmtree(work_dir)
     (work_dir / "repo" / "data").mkdir(parents=True)
     fleet = DemoFleet(dir=work_dir, console=console)
+    # SIGTERM (e.g. from `timeout` or a closing terminal) cleans up like Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return _run(fleet, timeout_s)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopping the fleet[/]")
         return 1
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
         with console.status("stopping the fleet"):
             fleet.stop()
+        signal.signal(signal.SIGTERM, previous)
         console.print(f"logs of every process are in {work_dir}")
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(fleet: DemoFleet, timeout_s: float) -> int:
@@ -162,20 +170,27 @@ def _is_settled(jobs: list[dict[str, Any]]) -> bool:
     for job in jobs:
         if job["status"] in ("claimed", "running"):
             return False
-        if job["status"] == "pending" and not job.get("require_cuda"):
+        if job["status"] == "pending" and not job["require_cuda"]:
             return False
     return True
+
+
+def _needs_cuda(client: FleetClient, job_id: str, cache: dict[str, bool]) -> bool:
+    if job_id not in cache:
+        cache[job_id] = bool(client.job(job_id)["spec"].get("require_cuda"))
+    return cache[job_id]
 
 
 def _follow(client: FleetClient, console: Console, timeout_s: float) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     jobs: list[dict[str, Any]] = []
+    cuda_cache: dict[str, bool] = {}
     with Live(console=console, refresh_per_second=4) as live:
         while time.monotonic() < deadline:
             try:
                 jobs = client.jobs()
                 for job in jobs:
-                    job["require_cuda"] = bool(job.get("require_cuda") or job.get("spec", {}).get("require_cuda"))
+                    job["require_cuda"] = _needs_cuda(client, job["id"], cuda_cache)
             except MqfleetError as e:
                 logger.warning("jobs not answered: %s", e)
             live.update(_progress_table(jobs))
@@ -204,11 +219,11 @@ def _report(client: FleetClient, console: Console, jobs: list[dict[str, Any]]) -
     artifacts = {a["job_id"]: a for a in client.call(Verb.ARTIFACTS)["artifacts"]}
     table = Table(title="mqfleet demo: results")
     for col in ("job", "model", "mode", "status", "host", "metric", "artifact"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("job", "metric"))
     ok = bool(jobs)
     for job in jobs:
         metrics = (artifacts.get(job["id"]) or {}).get("metrics") or {}
-        metric = ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if isinstance(v, float))[:48]
+        metric = next((f"{k} {metrics[k]:.3f}" for k in ("accuracy", "rmse") if isinstance(metrics.get(k), float)), "")
         style = STATUS_STYLE.get(job["status"], "")
         sha = job.get("artifact") or ""
         table.add_row(job["name"], job["model"], job["mode"], f"[{style}]{job['status']}[/]", job.get("host") or "",

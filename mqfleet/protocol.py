@@ -65,6 +65,16 @@ class Topics:
 
     prefix: str = TOPIC_PREFIX
 
+    def client_id(self, name: str) -> str:
+        """The MQTT client id for a long-lived role (`coordinator`, `agent-HOST`).
+
+        Fleets under other prefixes on the same broker get their own ids, so their
+        persistent sessions never take each other over.
+        """
+        if self.prefix == TOPIC_PREFIX:
+            return name
+        return f"{name}@{self.prefix.replace('/', '_')}"
+
     # what agents publish, all under their own host path
     def advert(self, host: str) -> str:
         return f"{self.prefix}/hosts/{host}/advert"

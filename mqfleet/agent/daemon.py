@@ -84,7 +84,7 @@ class Agent:
         self.advert: dict[str, Any] = {}
         self.conn = Connection(
             config.broker,
-            client_id=f"agent-{config.host_id}",
+            client_id=self.topics.client_id(f"agent-{config.host_id}"),
             will=(self.topics.status(config.host_id), encode({"state": "offline"}), True),
             persistent=True,
             keepalive_s=config.keepalive_s,

@@ -97,9 +97,9 @@ def coordinator_cmd(
 
 @cli.group("agent", invoke_without_command=True)
 @click.option("--host-id", envvar="MQFLEET_HOST_ID", default=None, help="This host's id (default: the hostname).")
-@click.option("--slots", type=int, default=1, show_default=True, help="Concurrent jobs on this host.")
-@click.option("--work-dir", type=click.Path(path_type=Path), default=None, help="Where jobs run (default ~/.mqfleet/work).")
-@click.option("--repo", type=click.Path(path_type=Path), default=None, help="Training repo root: the trainers' cwd (default: .).")
+@click.option("--slots", type=int, envvar="MQFLEET_SLOTS", default=1, show_default=True, help="Concurrent jobs on this host.")
+@click.option("--work-dir", type=click.Path(path_type=Path), envvar="MQFLEET_WORK_DIR", default=None, help="Where jobs run (default ~/.mqfleet/work).")
+@click.option("--repo", type=click.Path(path_type=Path), envvar="MQFLEET_REPO", default=None, help="Training repo root: the trainers' cwd (default: .).")
 @click.option("--label", "labels", multiple=True, help="A label for this host (repeatable).")
 @click.option("--prefix", envvar=defaults.ENV_TOPIC_PREFIX, default=defaults.TOPIC_PREFIX, show_default=True)
 @click.option("--shutdown-grace", "shutdown_grace_s", type=float, default=defaults.SHUTDOWN_GRACE_S, show_default=True)

@@ -279,8 +279,9 @@ class Database(StateFile):
             lease = self._current_lease(job_id, lease_id, host)
             sha256, size, key = str(artifact["sha256"]), int(artifact["size"]), str(artifact["key"])
             c.execute(
-                "UPDATE attempts SET ended_ts = ?, outcome = 'completed' WHERE job_id = ? AND number = ?",
-                (now, job_id, lease["attempt"]),
+                "UPDATE attempts SET ended_ts = ?, outcome = 'completed', exit_code = 0, output_tail = ? "
+                "WHERE job_id = ? AND number = ?",
+                (now, str(artifact.get("output_tail") or "")[-20_000:], job_id, lease["attempt"]),
             )
             c.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
             transition(c, job_id, JobStatus.COMPLETED, expect=LEASED, reason=f"completed on {host}", now=now, host=host)

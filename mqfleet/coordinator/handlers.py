@@ -66,6 +66,8 @@ def handle_renew(coord: Coordinator, req: Request) -> dict[str, Any]:
     job_id, lease_id = _lease_fields(req)
     progress = _dict_field(req, "progress")
     expires_ts = coord.db.renew(job_id, lease_id, req.client, req.now, progress)
+    if progress is not None:
+        coord.mark_changed(job_id)  # watchers see progress through the retained job state
     return ok(expires_ts=expires_ts)
 
 
@@ -99,6 +101,7 @@ def handle_complete(coord: Coordinator, req: Request) -> dict[str, Any]:
         "size": req_field(req.body, "size", int),
         "key": req.prepared["key"],
         "metrics": _dict_field(req, "metrics") or {},
+        "output_tail": req_field(req.body, "output_tail", str, ""),
     }
     row = coord.db.complete(job_id, lease_id, req.client, artifact, req.now)
     return ok(status=row["status"], job=row)
@@ -196,6 +199,7 @@ def handle_jobs(coord: Coordinator, req: Request) -> dict[str, Any]:
 def handle_job(coord: Coordinator, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
     row = coord.db.job(job_id)
+    row["spec"] = coord.db.job_spec(job_id)
     row["attempts_detail"] = coord.db.attempts(job_id)
     row["why_waiting"] = coord.db.why_waiting(job_id, req.now)
     row["lease"] = coord.db.lease(job_id)
@@ -226,7 +230,8 @@ def handle_download_url(coord: Coordinator, req: Request) -> dict[str, Any]:
     sha256 = row.get("artifact")
     if not sha256:
         raise BadRequestError(f"job {row['name']} has no artifact (status {row['status']})")
-    size = next((a["size"] for a in coord.db.artifacts() if a["sha256"] == sha256), None)
+    stored = coord.db.artifact(sha256)
+    size = stored["size"] if stored else None
     key = coord.store.key_for(sha256)
     return ok(job_id=job_id, sha256=sha256, size=size, url=coord.store.presign_get(key))
 

@@ -79,13 +79,14 @@ class Coordinator:
         self.started_ts = clock()
         self._logs: OrderedDict[str, deque[str]] = OrderedDict()
         self._in_flight: set[str] = set()
+        self._changed_jobs: set[str] = set()
         self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self._last_status_ts = 0.0
         self.conn = Connection(
             config.broker,
-            client_id=config.client_id,
+            client_id=self.topics.client_id(config.client_id),
             will=(self.topics.coordinator_status, encode({"state": "offline"}), True),
             on_connect=self._on_connect,
             reply_prefix=config.prefix,
@@ -246,6 +247,9 @@ class Coordinator:
             reply = error(e.code, str(e))
             if isinstance(e, ManifestError):
                 reply["problems"] = [{"place": p.place, "message": p.message} for p in e.problems]
+            candidates = getattr(e, "candidates", None)
+            if candidates:
+                reply["candidates"] = list(candidates)
             if key:
                 with self.lock, self.db.transaction():
                     self.db.remember_reply(key, reply, req.now)
@@ -335,7 +339,9 @@ class Coordinator:
             if change.get("to") == JobStatus.PENDING.value or change.get("to") == JobStatus.COMPLETED.value:
                 work_appeared = True
             latest[change["job_id"]] = change
-        for job_id in latest:
+        changed = set(latest) | self._changed_jobs
+        self._changed_jobs.clear()
+        for job_id in changed:
             try:
                 row = self.db.job(job_id)
             except MqfleetError:
@@ -346,6 +352,10 @@ class Coordinator:
     def _publish_status(self, now: float) -> None:
         self._last_status_ts = now
         self.conn.publish(self.topics.coordinator_status, self.health(now), qos=1, retain=True)
+
+    def mark_changed(self, job_id: str) -> None:
+        """Republish a job's retained state after commit though its status did not change (progress)."""
+        self._changed_jobs.add(job_id)
 
     def send_control(self, host: str, message: dict[str, Any]) -> None:
         """QoS 1 to the agent's persistent session: it arrives even across a reconnect."""
