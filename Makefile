@@ -14,7 +14,8 @@ test: setup lint
 	$(PY) -m pytest -q
 
 lint:
-	$(VENV)/bin/ruff check mqfleet tests
+	$(VENV)/bin/ruff check mqfleet tests bench scripts
+	$(VENV)/bin/mypy --strict mqfleet
 
 soak: setup
 	$(PY) -m mqfleet.soak --duration $${DURATION:-600} --agents $${AGENTS:-20} --jobs $${JOBS:-500} --seed $${SEED:-1}

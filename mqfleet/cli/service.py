@@ -111,6 +111,7 @@ def coordinator_cmd(
 @click.pass_context
 def agent_cmd(
     ctx: click.Context,
+    /,
     host_id: str | None,
     slots: int,
     work_dir: Path | None,

@@ -20,7 +20,7 @@ from typing import Any
 
 from mqfleet import __version__, defaults
 from mqfleet.coordinator.db import Database
-from mqfleet.coordinator.handlers import VERBS, Request, check_token
+from mqfleet.coordinator.handlers import VERBS, Request, VerbSpec, check_token
 from mqfleet.errors import ConfigurationError, ManifestError, MqfleetError, UnknownVerbError
 from mqfleet.manifest import load_manifest
 from mqfleet.mqtt import BrokerConfig, Connection, Message
@@ -224,7 +224,7 @@ class Coordinator:
             self._in_flight.discard(key)
         self._reply(msg, reply)
 
-    def _execute(self, req: Request, key: str, spec: Any) -> dict[str, Any]:
+    def _execute(self, req: Request, key: str, spec: VerbSpec) -> dict[str, Any]:
         if key:
             with self.lock:
                 remembered = self.db.remembered_reply(key)
