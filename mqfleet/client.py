@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from mqfleet import defaults
-from mqfleet.errors import RemoteError, RequestTimeoutError
+from mqfleet.errors import BrokerUnavailableError, RemoteError, RequestTimeoutError
 from mqfleet.mqtt import BrokerConfig, Connection
 from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb
 
@@ -39,9 +39,16 @@ class FleetClient:
         self.close()
 
     def connect(self, wait_s: float | None = None) -> None:
-        if not self._started:
-            self.conn.start(wait_s=wait_s if wait_s is not None else self.timeout_s)
-            self._started = True
+        if self._started:
+            return
+        try:
+            # A connection is slower than a request (TLS handshake), so it gets at least 5 s.
+            self.conn.start(wait_s=wait_s if wait_s is not None else max(self.timeout_s, 5.0))
+        except BrokerUnavailableError:
+            # A Connection starts once: the next call tries again with a fresh one.
+            self.conn = Connection(self.broker, client_id=self.client_id, reply_prefix=self.topics.prefix)
+            raise
+        self._started = True
 
     def close(self) -> None:
         if self._started:

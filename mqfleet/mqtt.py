@@ -32,7 +32,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from mqfleet import defaults, protocol
-from mqfleet.errors import BrokerUnavailableError, ConfigurationError, RequestTimeoutError
+from mqfleet.errors import BrokerUnavailableError, ConfigurationError, NotAuthorizedError, RequestTimeoutError
 
 logger = logging.getLogger(__name__)
 _paho_logger = logging.getLogger("mqfleet.mqtt.paho")
@@ -394,8 +394,16 @@ class Connection:
         with self._lock:
             self._pending[correlation] = pending
         try:
-            self._publish(topic, payload, qos=1, retain=False, expiry_s=None, properties=properties)
-            answered = pending.event.wait(timeout_s)
+            info = self._publish(topic, payload, qos=1, retain=False, expiry_s=None, properties=properties)
+            deadline = time.monotonic() + timeout_s
+            # A request the broker refuses (ACL) is never delivered: say so instead of timing out.
+            while not (answered := pending.event.wait(min(0.05, max(0.0, deadline - time.monotonic())))):
+                with self._lock:
+                    refused = self._refused_mids.pop(info.mid, None)
+                if refused is not None:
+                    raise NotAuthorizedError(f"broker {self.config.url} refused the request on {topic}: {refused}")
+                if time.monotonic() >= deadline:
+                    break
         finally:
             with self._lock:
                 self._pending.pop(correlation, None)
@@ -458,6 +466,13 @@ class Connection:
         try:
             was_connected = self._connected.is_set()
             self._connected.clear()
+            if not was_connected and not self._started_ok and not self._stopping and self.config.tls:
+                # TLS 1.3 brokers check the client certificate after the handshake and just close:
+                # retrying cannot help, so start() reports it at once.
+                self._failure = ("the broker closed the TLS connection before CONNACK: client certificate "
+                                 "missing, expired, revoked or from another CA")
+                self._fatal = True
+                return
             if self._stopping or not was_connected:
                 return
             logger.warning("mqtt %s: lost connection to %s (%s); reconnecting", self.client_id, self.config.url,

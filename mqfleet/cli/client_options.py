@@ -20,7 +20,7 @@ from mqfleet import defaults
 from mqfleet.cli import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
 from mqfleet.cli.options import broker_config_from, broker_options
 from mqfleet.client import FleetClient
-from mqfleet.errors import BrokerError, ConfigurationError, MqfleetError, RemoteError
+from mqfleet.errors import BrokerError, ConfigurationError, MqfleetError, NotAuthorizedError, RemoteError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,6 +69,8 @@ def exit_code_for(error: BaseException) -> int:
         return EXIT_USAGE if error.code in INVALID_INPUT_CODES else EXIT_FAILED
     if isinstance(error, ConfigurationError):
         return EXIT_USAGE
+    if isinstance(error, NotAuthorizedError):  # reached, but this identity may not send that verb
+        return EXIT_FAILED
     if isinstance(error, BrokerError):
         return EXIT_UNREACHABLE
     return EXIT_FAILED

@@ -162,10 +162,11 @@ def agent_cmd(
 @click.option("--dir", "work_dir", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True,
               help="Where the demo keeps its broker, store, database and logs (wiped first).")
 @click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True)
+@click.option("--plain", is_flag=True, help="A plain loopback broker instead of mutual TLS with generated certificates.")
 @click.option("-v", "--verbose", count=True)
-def demo_cmd(work_dir: Path, timeout_s: float, verbose: int) -> None:
+def demo_cmd(work_dir: Path, timeout_s: float, plain: bool, verbose: int) -> None:
     """Run the whole fleet on this machine with real training, then show the results."""
     from mqfleet.demo import run_demo
 
     setup_logging(verbose - 1)
-    raise click.exceptions.Exit(run_demo(work_dir=work_dir.resolve(), timeout_s=timeout_s))
+    raise click.exceptions.Exit(run_demo(work_dir=work_dir.resolve(), timeout_s=timeout_s, tls=not plain))

@@ -1,7 +1,10 @@
-"""A private Mosquitto for tests, the demo, the soak and benchmarks: its config, its process, its port.
+"""A private Mosquitto for tests, the demo, the soak and benchmarks: its config, its process, its ports.
 
 It runs in the foreground (`mosquitto -c FILE`) on an explicit loopback port,
-is ready when its log says `running`, and is always stopped by PID.
+is ready when its log says `running`, and is always stopped by PID. Given a
+`tls_dir` (see `make_broker_pki`), it runs the project's own `mosquitto.conf`
+rendered by `brokerconf.render_broker_conf`: a loopback listener plus a mutual
+TLS listener with the ACL, both on free ports.
 """
 
 from __future__ import annotations
@@ -12,8 +15,15 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from mqfleet.acl import render_acl, write_acl
+from mqfleet.brokerconf import ACL_FILE, render_broker_conf
+from mqfleet.certs import COORDINATOR_CN, OPERATOR_PREFIX, CertRole, issue_cert, make_ca
+from mqfleet.defaults import TOPIC_PREFIX
 
 _PORT_ATTEMPTS = 5
 
@@ -28,16 +38,62 @@ class BrokerStartError(RuntimeError):
     """Raised when the private mosquitto does not come up; carries its log tail."""
 
 
+@dataclass(frozen=True)
+class BrokerPki:
+    """A directory holding a CA, the broker's certificate, client certificates named by CN, the CRL and the ACL."""
+
+    dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.crt"
+
+    def cert(self, cn: str) -> tuple[Path, Path]:
+        """(certificate, key) of a client CN (operators by their full `operator-NAME` CN)."""
+        return self.dir / f"{cn}.crt", self.dir / f"{cn}.key"
+
+    def env(self, cn: str) -> dict[str, str]:
+        """MQFLEET_CA/CERT/KEY for a process that connects as `cn`."""
+        cert, key = self.cert(cn)
+        return {"MQFLEET_CA": str(self.ca), "MQFLEET_CERT": str(cert), "MQFLEET_KEY": str(key)}
+
+
+def make_broker_pki(directory: Path, *, hosts: Sequence[str], operators: Sequence[str] = ("operator",),
+                    prefix: str = TOPIC_PREFIX) -> BrokerPki:
+    """A fresh CA with certificates for the broker (localhost), the coordinator, each host and operator, and the ACL.
+
+    Operators get CNs `operator-NAME`, as `mqfleet broker issue --role operator` gives them.
+    """
+    make_ca(directory, force=True)
+    issue_cert(directory, cn="broker", role=CertRole.SERVER, sans=("DNS:localhost", "IP:127.0.0.1"))
+    issue_cert(directory, cn=COORDINATOR_CN, role=CertRole.COORDINATOR)
+    for host in hosts:
+        issue_cert(directory, cn=host, role=CertRole.AGENT)
+    for name in operators:
+        issue_cert(directory, cn=name, role=CertRole.OPERATOR)
+    write_acl(Path(directory) / ACL_FILE, render_acl(hosts, operators=operators, prefix=prefix))
+    return BrokerPki(Path(directory))
+
+
+def operator_cn(name: str) -> str:
+    """The CN `make_broker_pki` gives an operator."""
+    return name if name.startswith(OPERATOR_PREFIX) else OPERATOR_PREFIX + name
+
+
 class LocalBroker:
     """One mosquitto process with its config, log and persistence under `workdir`.
 
     `conf_text` replaces the whole generated config; `{port}` and `{workdir}` in it
-    are filled in. `extra_conf` is appended to the generated one.
+    are filled in. `extra_conf` is appended to the generated one. `tls_dir` (certificates,
+    CRL and ACL as `make_broker_pki` writes them) runs the project's `mosquitto.conf`
+    instead: `port`/`url` are then its loopback listener and `tls_port`/`tls_url` its TLS one.
     """
 
     def __init__(self, workdir: Path, *, port: int | None = None, persistence: bool = False, extra_conf: str = "",
-                 conf_text: str | None = None) -> None:
+                 conf_text: str | None = None, tls_dir: Path | None = None) -> None:
         self.workdir = Path(workdir)
+        self.tls_dir = Path(tls_dir) if tls_dir is not None else None
+        self._tls_port: int | None = None
         self._port = port
         # A port we picked may be taken by someone else between probe and bind; one we were given may not change.
         self._port_chosen_by_us = port is None
@@ -68,6 +124,17 @@ class LocalBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     @property
+    def tls_port(self) -> int:
+        if self._tls_port is None:
+            raise RuntimeError("broker has no TLS listener or has not been started")
+        return self._tls_port
+
+    @property
+    def tls_url(self) -> str:
+        # `localhost`, not 127.0.0.1, is what a client would verify by name; the server certificate holds both.
+        return f"mqtts://localhost:{self.tls_port}"
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
@@ -75,6 +142,19 @@ class LocalBroker:
         return self._proc is not None and self._proc.poll() is None
 
     def render_conf(self, port: int) -> str:
+        if self.tls_dir is not None:
+            if self._tls_port is None:
+                self._tls_port = _free_port()
+            return render_broker_conf(
+                conf_dir=self.tls_dir,
+                port_tls=self._tls_port,
+                port_local=port,
+                bind="127.0.0.1",
+                persistence_dir=self.workdir if self.persistence else None,
+                persistence=self.persistence,
+                # As root mosquitto would become `mosquitto`, which cannot read our 0600 keys or write workdir.
+                user="root" if os.geteuid() == 0 else None,
+            ) + self.extra_conf + "\n"
         if self.conf_text is not None:
             return self.conf_text.replace("{port}", str(port)).replace("{workdir}", str(self.workdir))
         lines = [
@@ -116,7 +196,7 @@ class LocalBroker:
             if not error:
                 return self
             if "Address already in use" in error and self._port_chosen_by_us:
-                self._port = None
+                self._port = self._tls_port = None
                 continue
             break
         raise BrokerStartError(f"mosquitto did not start ({self.conf_path}):\n{error}")
