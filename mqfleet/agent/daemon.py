@@ -169,13 +169,13 @@ class Agent:
 
     # --- MQTT -------------------------------------------------------------------------------
 
-    def request(self, verb: str, *, attempts: int = 3, **fields: Any) -> dict[str, Any]:
+    def request(self, verb: str, *, attempts: int = 3, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
         """An agent RPC; retried on timeout with the same request id, so it runs at most once."""
         body = {"request_id": uuid.uuid4().hex, **fields}
         topic = self.topics.rpc(Role.AGENT, self.config.host_id, verb)
         for attempt in range(1, attempts + 1):
             try:
-                reply = self.conn.request(topic, body, timeout_s=self.config.request_timeout_s)
+                reply = self.conn.request(topic, body, timeout_s=timeout_s or self.config.request_timeout_s)
             except RequestTimeoutError:
                 if attempt == attempts or self.stopping.is_set() and verb == "claim":
                     raise

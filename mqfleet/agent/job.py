@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Longest wait for one renewal's reply. A renewal sent while the coordinator or the broker was away is
+#: never answered; waiting the full request timeout for it would hold back the renewal a reconnect asks
+#: for, and a lease the will shortened to the grace would expire although the host came back in time.
+RENEW_TIMEOUT_S = 3.0
+
 
 class Ending(str, Enum):
     """Why a job run stopped before its trainer finished on its own."""
@@ -182,6 +187,7 @@ class JobRun:
 
     def _renew_loop(self) -> None:
         interval = max(0.2, self.lease_s * defaults.RENEW_FRACTION)
+        timeout_s = min(self.agent.config.request_timeout_s, RENEW_TIMEOUT_S, max(1.0, interval / 2))
         next_ts = 0.0  # renew at once: moves the job to running
         while not self._stop_renewing.is_set():
             wait = next_ts - time.monotonic()
@@ -192,7 +198,8 @@ class JobRun:
                     return
             progress = self.trainer.latest_progress if self.trainer else None
             try:
-                self.agent.request("renew", job_id=self.job_id, lease_id=self.lease_id, progress=progress, attempts=1)
+                self.agent.request("renew", job_id=self.job_id, lease_id=self.lease_id, progress=progress, attempts=1,
+                                   timeout_s=timeout_s)
                 next_ts = time.monotonic() + interval
             except RemoteError as e:
                 if e.code == "lease_lost":

@@ -120,6 +120,9 @@ class Coordinator:
             resumed = self.db.resume_leases(self.clock())
         if resumed:
             logger.info("resumed %d live lease(s) after restart", len(resumed))
+        # A coordinator killed between commit and publish left retained states behind the database:
+        # republish every job's state once, on the first connect.
+        self._changed_jobs.update(job["id"] for job in self.db.jobs())
         t = self.topics
         self.conn.subscribe(t.all_rpc, self._on_request)
         self.conn.subscribe(t.all_adverts, self._on_advert)

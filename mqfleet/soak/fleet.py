@@ -1,0 +1,218 @@
+"""The soak's processes: a persistent mosquitto, the coordinator and N agents, started as an operator would.
+
+Every process is a child of the soak, started with `python -m mqfleet ...`, its
+output in a log file under the soak's folder, and stopped by PID (SIGTERM, a
+bounded wait, SIGKILL). The manifest is generated from the seed so a run is
+reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mqfleet.services.broker import LocalBroker
+
+#: Host ids look like `soak-a07`.
+HOST_FORMAT = "soak-a{:02d}"
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    """One soak run: its size, its seed, and the short timers that make faults show within seconds."""
+
+    duration_s: float
+    agents: int
+    jobs: int
+    seed: int
+    work_dir: Path
+    lease_s: float = 8.0
+    grace_s: float = 3.0
+    keepalive_s: int = 2
+    sweep_interval_s: float = 1.0
+    #: High, so that injected faults (each ends an attempt) never legitimately exhaust a job's budget.
+    max_attempts: int = 10
+    drain_timeout_s: float = 0.0
+    prefix: str = "mqfleet"
+
+    def validate(self) -> None:
+        if self.duration_s <= 0 or self.agents < 1 or self.jobs < 1:
+            raise ValueError("duration, agents and jobs must be positive")
+
+    @property
+    def mean_job_s(self) -> float:
+        """Trainer sleep that keeps every agent busy for about 70% of the fault phase."""
+        return min(30.0, max(1.0, 0.7 * self.duration_s * self.agents / self.jobs))
+
+    @property
+    def drain_s(self) -> float:
+        """How long the soak waits, after the last fault, for every job to complete."""
+        return self.drain_timeout_s or max(90.0, 4 * self.mean_job_s + 60.0)
+
+    @property
+    def detection_bound_s(self) -> float:
+        """Worst case from a host's death to its job pending: broker keepalive (1.5x), grace, one sweep."""
+        return 1.5 * self.keepalive_s + self.grace_s + self.sweep_interval_s
+
+    @property
+    def hosts(self) -> list[str]:
+        return [HOST_FORMAT.format(i + 1) for i in range(self.agents)]
+
+
+def manifest_text(config: SoakConfig) -> str:
+    """The soak manifest: one `soak` trainer, `jobs` jobs with seeded sleeps."""
+    rng = random.Random(f"jobs:{config.seed}")
+    lines = [
+        "[fleet]",
+        f"max_attempts = {config.max_attempts}",
+        f"lease_s = {config.lease_s}",
+        f"grace_s = {config.grace_s}",
+        "",
+        "[trainers.soak]",
+        'command = ["{python}", "-m", "mqfleet.soak.trainer"]',
+        "[trainers.soak.hyper]",
+        'sleep = { type = "float", default = 1.0, min = 0.0 }',
+    ]
+    mean = config.mean_job_s
+    for i in range(config.jobs):
+        sleep = round(rng.uniform(0.5 * mean, 1.5 * mean), 2)
+        lines += ["", "[[jobs]]", f'name = "soak-{i + 1:04d}"', 'model = "soak"', 'mode = "chaos"',
+                  f"hyper = {{ sleep = {sleep} }}", f"seed = {i + 1}"]
+    return "\n".join(lines) + "\n"
+
+
+class Proc:
+    """One started mqfleet process and its log."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT)
+        return self
+
+    @property
+    def pid(self) -> int:
+        if self.popen is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            os.kill(self.pid, signum)
+
+    def kill9(self) -> None:
+        """SIGKILL and reap, as a crash would end it."""
+        if self.popen is not None and self.alive():
+            self.popen.kill()
+            self.popen.wait(10)
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGCONT (it may be stopped), SIGTERM, a bounded wait, then SIGKILL."""
+        if self.popen is None:
+            return None
+        if self.alive():
+            self.signal(signal.SIGCONT)
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+
+@dataclass
+class SoakFleet:
+    """Everything one soak run started, so that all of it can be stopped."""
+
+    config: SoakConfig
+    token: str = field(default_factory=lambda: os.urandom(12).hex())
+    broker: LocalBroker | None = None
+    coordinator: Proc | None = None
+    agents: dict[str, Proc] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return self.config.work_dir
+
+    @property
+    def db_path(self) -> Path:
+        return self.dir / "coordinator.db"
+
+    @property
+    def store_path(self) -> Path:
+        return self.dir / "store"
+
+    @property
+    def agents_dir(self) -> Path:
+        return self.dir / "agents"
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.broker is not None
+        return {**os.environ, "MQFLEET_BROKER": self.broker.url, "MQFLEET_PREFIX": self.config.prefix,
+                "MQFLEET_OPERATOR_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+
+    def prepare(self) -> None:
+        for sub in ("logs", "store", "repo", "agents"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.dir / "soak.toml").write_text(manifest_text(self.config), encoding="utf-8")
+
+    def start_broker(self) -> None:
+        self.broker = LocalBroker(self.dir / "broker", persistence=True).start()
+
+    def start_coordinator(self) -> Proc:
+        cfg = self.config
+        argv = [sys.executable, "-m", "mqfleet", "coordinator", "--manifest", str(self.dir / "soak.toml"),
+                "--db", str(self.db_path), "--store", self.store_path.as_uri(),
+                "--sweep-interval", str(cfg.sweep_interval_s)]
+        self.coordinator = Proc("coordinator", argv, self.env, self.dir / "logs" / "coordinator.log").start()
+        return self.coordinator
+
+    def start_agent(self, host: str) -> Proc:
+        cfg = self.config
+        argv = [sys.executable, "-m", "mqfleet", "agent", "--host-id", host, "--slots", "1",
+                "--work-dir", str(self.agents_dir / host), "--repo", str(self.dir / "repo"),
+                "--keepalive", str(cfg.keepalive_s), "--heartbeat", "2", "--kill-grace", "2", "--shutdown-grace", "3"]
+        proc = Proc(host, argv, self.env, self.dir / "logs" / f"{host}.log").start()
+        self.agents[host] = proc
+        return proc
+
+    def cli(self, *args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """`python -m mqfleet ARGS` against this fleet, as an operator would type it."""
+        return subprocess.run([sys.executable, "-m", "mqfleet", *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
+
+    def stop_agents(self) -> None:
+        # SIGTERM to all first, so their shutdown graces run side by side, then wait for each.
+        for proc in self.agents.values():
+            if proc.alive():
+                proc.signal(signal.SIGCONT)
+                proc.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in self.agents.values():
+            proc.stop(timeout_s=max(1.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        """Agents, then the coordinator, then the broker; every wait bounded."""
+        self.stop_agents()
+        if self.coordinator is not None:
+            self.coordinator.stop()
+        if self.broker is not None:
+            self.broker.stop()

@@ -1,0 +1,165 @@
+"""What the soak sees on the wire: job states, events, and every agent request with its reply.
+
+One persistent MQTT session (QoS 1), so events published while the observer is
+cut off by a broker restart are queued for it rather than missed. Agent requests
+and their replies are kept, matched by correlation data, so the fault injector
+can replay them (duplicates) or send their stale leases (reordered deliveries).
+Handlers only record; they run on the connection's dispatcher thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, OrderedDict, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from mqfleet.errors import MqfleetError
+from mqfleet.mqtt import BrokerConfig, Connection, Message
+from mqfleet.protocol import Topics
+
+#: Agent requests remembered for replay; older ones are forgotten.
+REQUESTS_KEPT = 4000
+
+
+@dataclass(frozen=True)
+class Captured:
+    """One agent request seen on the wire, and its reply once that was seen."""
+
+    topic: str
+    host: str
+    verb: str
+    payload: bytes
+    body: dict[str, Any]
+    ts: float
+
+
+class Observer:
+    """Records the fleet's traffic for the injector and the invariants."""
+
+    def __init__(self, broker_url: str, prefix: str) -> None:
+        self.topics = Topics(prefix)
+        self.lock = threading.Lock()
+        self.states: dict[str, dict[str, Any]] = {}
+        #: job id -> [(seen at, status)] from retained states and events, in arrival order
+        self.timeline: dict[str, list[tuple[float, str]]] = defaultdict(list)
+        self.completed_events: Counter[str] = Counter()
+        self.events_seen = 0
+        self.requests: OrderedDict[bytes, Captured] = OrderedDict()
+        self.replies: dict[bytes, dict[str, Any]] = {}
+        #: job id -> [(lease id, host, seen at)] in the order claims granted them
+        self.leases: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+        self.conn = Connection(BrokerConfig(url=broker_url), client_id=self.topics.client_id("soak-observer"),
+                               persistent=True, reply_prefix=prefix)
+
+    def start(self) -> None:
+        t = self.topics
+        self.conn.subscribe(t.events, self._on_event)
+        self.conn.subscribe(t.all_job_states, self._on_state)
+        self.conn.subscribe(f"{t.prefix}/rpc/agent/+/+", self._on_request)
+        self.conn.subscribe(f"{t.prefix}/reply/#", self._on_reply)
+        self.conn.start(wait_s=15)
+
+    def stop(self) -> None:
+        self.conn.stop(timeout_s=3)
+
+    # --- handlers ----------------------------------------------------------------------
+
+    def _on_event(self, msg: Message) -> None:
+        try:
+            event = msg.json()
+        except MqfleetError:
+            return
+        job_id, to = str(event.get("job_id")), str(event.get("to"))
+        with self.lock:
+            self.events_seen += 1
+            self.timeline[job_id].append((time.time(), to))
+            if to == "completed":
+                self.completed_events[job_id] += 1
+
+    def _on_state(self, msg: Message) -> None:
+        try:
+            row = msg.json()
+        except MqfleetError:
+            return
+        job_id = str(row.get("id"))
+        with self.lock:
+            self.states[job_id] = row
+            self.timeline[job_id].append((time.time(), str(row.get("status"))))
+
+    def _on_request(self, msg: Message) -> None:
+        parsed = self.topics.parse_rpc(msg.topic)
+        if parsed is None or msg.correlation_data is None:
+            return
+        try:
+            body = msg.json()
+        except MqfleetError:
+            return
+        captured = Captured(msg.topic, parsed[1], parsed[2], msg.payload, body, time.time())
+        with self.lock:
+            self.requests[msg.correlation_data] = captured
+            while len(self.requests) > REQUESTS_KEPT:
+                old, _ = self.requests.popitem(last=False)
+                self.replies.pop(old, None)
+
+    def _on_reply(self, msg: Message) -> None:
+        if msg.correlation_data is None:
+            return
+        try:
+            reply = msg.json()
+        except MqfleetError:
+            return
+        with self.lock:
+            request = self.requests.get(msg.correlation_data)
+            if request is None:
+                return
+            self.replies[msg.correlation_data] = reply
+            job = reply.get("job") if request.verb == "claim" else None
+            if isinstance(job, dict) and job.get("lease_id"):
+                job_id = str((job.get("job") or {}).get("id") or job.get("id"))
+                self.leases[job_id].append((str(job["lease_id"]), request.host, time.time()))
+
+    # --- queries for the injector and the invariants -----------------------------------
+
+    def held_by(self, host: str) -> list[str]:
+        """Jobs whose latest retained state says `host` holds them."""
+        with self.lock:
+            return sorted(j for j, row in self.states.items()
+                          if row.get("host") == host and row.get("status") in ("claimed", "running"))
+
+    def running(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return sorted((dict(r) for r in self.states.values() if r.get("status") == "running"),
+                          key=lambda r: str(r.get("id")))
+
+    def status_of(self, job_id: str) -> str | None:
+        with self.lock:
+            row = self.states.get(job_id)
+            return str(row.get("status")) if row else None
+
+    def first_seen(self, job_id: str, statuses: tuple[str, ...], after: float) -> float | None:
+        """When the observer first saw the job in one of `statuses` after `after`."""
+        with self.lock:
+            return next((ts for ts, s in self.timeline.get(job_id, []) if ts >= after and s in statuses), None)
+
+    def answered(self, verbs: tuple[str, ...]) -> list[tuple[bytes, Captured, dict[str, Any]]]:
+        """Captured requests of these verbs that have a reply, oldest first."""
+        with self.lock:
+            return [(c, r, self.replies[c]) for c, r in self.requests.items() if r.verb in verbs and c in self.replies]
+
+    def stale_leases(self) -> list[tuple[str, str, str]]:
+        """(job id, lease id, host) of leases that are certainly no longer current.
+
+        A lease is stale once a later claim granted the job again, or once the job was
+        seen holding no lease after the grant; both only ever become more true.
+        """
+        unleased = ("pending", "completed", "failed", "cancelled")
+        with self.lock:
+            stale = []
+            for job_id, grants in self.leases.items():
+                for i, (lease_id, host, granted) in enumerate(grants):
+                    ended = any(ts > granted and s in unleased for ts, s in self.timeline.get(job_id, []))
+                    if i < len(grants) - 1 or ended:
+                        stale.append((job_id, lease_id, host))
+            return sorted(stale)

@@ -1,0 +1,47 @@
+"""The soak's trainer: light, sleep-dominated, with output that is a pure function of the job.
+
+Run by agents as `python -m mqfleet.soak.trainer --sleep S`. It reports progress
+about once a second and writes `result.json` naming the job (name, seed, hyper),
+never the attempt or the host, so every attempt of a job packs to the same bytes
+and the soak can check that each stored artifact belongs to the job that
+recorded it. Standard library only, so it starts fast on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+#: Seconds between progress lines; also the granularity of the sleep.
+STEP_S = 1.0
+
+
+def _sleep_flag(argv: list[str]) -> float:
+    for name, value in zip(argv, argv[1:], strict=False):
+        if name == "--sleep":
+            return max(0.0, float(value))
+    return 0.0
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(os.environ["MQFLEET_SPEC"]).read_text(encoding="utf-8"))
+    out_dir = Path(os.environ["MQFLEET_OUT_DIR"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total_s = _sleep_flag(argv)
+    deadline = time.monotonic() + total_s
+    print(f"soak trainer: job {spec.get('name')} attempt {spec.get('attempt')} sleeps {total_s:.1f}s", flush=True)
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(STEP_S, left))
+        done = 1.0 - max(0.0, deadline - time.monotonic()) / total_s
+        print("@mqfleet " + json.dumps({"progress": round(done, 3)}), flush=True)
+    result = {"name": spec.get("name"), "seed": spec.get("seed"), "hyper": spec.get("hyper") or {}}
+    (out_dir / "result.json").write_text(json.dumps(result, sort_keys=True) + "\n", encoding="utf-8")
+    print("@mqfleet " + json.dumps({"progress": 1.0, "metrics": {"slept_s": total_s}}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,33 @@
+"""The short chaos soak: a real persistent mosquitto, the coordinator and four agents under every kind of fault.
+
+About a minute of faults and drain; the 10-minute, 20-agent run is `make soak` (docs/RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mqfleet.services.broker import LocalBroker
+from mqfleet.soak import SoakConfig, run_soak
+from tests.fixtures.common import require_real_part
+
+
+@pytest.mark.timeout(360)
+def test_short_soak_completes_every_job_exactly_once_with_no_orphans_under_injected_faults(tmp_path: Path) -> None:
+    require_real_part(LocalBroker.available(), "mosquitto")
+    config = SoakConfig(duration_s=45, agents=4, jobs=40, seed=7, work_dir=tmp_path / "soak", drain_timeout_s=150)
+
+    report = run_soak(config)
+
+    failed = [name for name, held in report["invariants"].items() if not held]
+    assert not failed, f"invariants broken: {failed}; problems: {report['problems']}"
+    assert report["jobs"] == {"total": 40, "by_status": {"completed": 40}, "completed": 40, "lost": 0, "duplicated": 0}
+    assert report["artifacts"] == {"verified": 40, "bad": 0}
+    assert report["orphans"] == {"at_end": 0, "after_agent_kill": 0, "stale_trainers": 0}
+    assert report["sqlite_integrity_check"] == "ok"
+    # The run really was chaotic: faults of most kinds hit, and they cost attempts.
+    assert sum(report["faults_injected"].values()) >= 6, report["fault_log"]
+    assert len(report["faults_injected"]) >= 5, report["fault_log"]
+    assert sum(n for cause, n in report["attempts_by_cause"].items() if cause != "completed") >= 1
