@@ -88,6 +88,11 @@ def measure_artifact_path(mib: int, workdir: Path) -> dict[str, Any]:
         began_fput = time.perf_counter()
         store.put_file(f"baseline/{sha}.tar.zst", bundle)
         fput_s = time.perf_counter() - began_fput
+        # A plain PUT of the very bytes the trainer wrote, file by file: what the artifact path replaces.
+        began_raw = time.perf_counter()
+        for path in sorted(out_dir.iterdir()):
+            store.put_file(f"baseline-raw/{sha}/{path.name}", path)
+        raw_put_s = time.perf_counter() - began_raw
         s3_start_s = s3.start_s
     pack_s, upload_s = packed - began, uploaded - packed
     return {
@@ -102,6 +107,8 @@ def measure_artifact_path(mib: int, workdir: Path) -> dict[str, Any]:
         "agent_path_mib_s": round(input_bytes / MIB / (pack_s + upload_s), 1),
         "minio_fput_s": round(fput_s, 3),
         "minio_fput_mib_s": round(size / MIB / fput_s, 1),
+        "raw_put_s": round(raw_put_s, 3),
+        "raw_put_mib_s": round(input_bytes / MIB / raw_put_s, 1),
         "agent_peak_rss_growth_mib": round((rss.peak - before_rss) / MIB, 1),
         "seaweedfs_start_s": round(s3_start_s or 0.0, 2),
     }

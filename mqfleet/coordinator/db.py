@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Candidates read per step of a claim's walk down the ranking index.
 CLAIM_BATCH = 32
+#: Candidates read by the first step of that walk.
+CLAIM_FIRST_BATCH = 4
 
 
 class Database(StateFile):
@@ -226,14 +228,20 @@ class Database(StateFile):
         else:
             where += " AND require_cuda = 0"
             order = "priority DESC, seq"
-        others: list[scheduler.HostView] = []
-        if not view.has_cuda:
-            others = self._host_views("WHERE h.online = 1 AND h.draining = 0 AND h.id != ?", (view.id,))
+        # The other hosts matter only to the prefer_cuda rule, and reading them costs a row and an
+        # advert parse per host; so they are read once, and only when a prefer_cuda job comes up.
+        others: list[scheduler.HostView] | None = None
         cur = self._conn.execute(f"SELECT seq, spec FROM jobs WHERE {where} ORDER BY {order}", (view.ram_gib, view.vram_gib))
         try:
-            while batch := cur.fetchmany(CLAIM_BATCH):
+            # The first job in rank order usually fits, so the first batch is small: parsing a
+            # spec is most of a claim's cost.
+            size = CLAIM_FIRST_BATCH
+            while batch := cur.fetchmany(size):
+                size = CLAIM_BATCH
                 candidates = [(r["seq"], spec_from_json(r["spec"])) for r in batch]
-                found = scheduler.first_eligible(candidates, view, others, commit=manifest.fleet.commit)
+                if others is None and not view.has_cuda and any(spec.prefer_cuda for _, spec in candidates):
+                    others = self._host_views("WHERE h.online = 1 AND h.draining = 0 AND h.id != ?", (view.id,))
+                found = scheduler.first_eligible(candidates, view, others or [], commit=manifest.fleet.commit)
                 if found is not None:
                     return found
         finally:

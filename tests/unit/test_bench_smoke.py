@@ -1,0 +1,76 @@
+"""Each benchmark runs end to end at the smallest sizes and the report renders; no timing is asserted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import __main__ as suite
+from bench.claim_rtt import measure_claim_rtt
+from bench.claim_scale import measure as measure_claim_scale
+from bench.common import percentile
+from bench.failover import measure_failover
+from bench.reload_latency import measure_polling, measure_reload
+from bench.throughput import measure_churn, measure_renewals
+from mqfleet.services.broker import LocalBroker
+from tests.fixtures.common import require_real_part
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def _needs_mosquitto() -> None:
+    require_real_part(LocalBroker.available(), "mosquitto")
+
+
+def test_percentile_takes_the_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 51.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([3.0], 0.99) == 3.0
+
+
+def test_claim_rtt_times_every_claim_and_its_raw_baseline(tmp_path: Path) -> None:
+    result = measure_claim_rtt(6, tmp_path)
+    assert result["claim_p50_s"] > 0 and result["raw_p50_s"] > 0
+    assert suite.claim_rtt_rows(result)[0].verdict in ("PASS", "MISS")
+
+
+def test_churn_counts_claims_and_deduplicated_completions(tmp_path: Path) -> None:
+    result = measure_churn(3, 1.0, tmp_path, warmup_s=0.2)
+    assert result["claims"] > 0 and result["completions"] > 0
+
+
+def test_renewing_agents_keep_every_lease(tmp_path: Path) -> None:
+    result = measure_renewals(5, 1.5, tmp_path, renew_s=0.5, lease_s=5)
+    assert result["refused_or_lost"] == 0 and result["jobs_not_running"] == 0
+    assert result["renewals"] >= 5
+
+
+def test_reload_reaches_a_real_agent_and_the_poller_sees_each_job(tmp_path: Path) -> None:
+    reload = measure_reload(1, tmp_path)
+    assert 0 < reload["claimed_p50_s"] <= reload["running_p50_s"]
+    poll = measure_polling(3, 0.05)
+    assert poll["measured_p50_s"] <= 0.05 * 3
+    assert poll["analytic_p50_s"] == 7.5
+
+
+def test_failover_returns_the_killed_agents_job_to_pending(tmp_path: Path) -> None:
+    result = measure_failover(1, tmp_path, grace_s=1, sweep_interval_s=0.2)
+    assert 0.5 < result["p50_s"] < 30
+
+
+def test_claim_scale_claims_from_a_small_population() -> None:
+    latencies, _fill_s = measure_claim_scale(100, 5)
+    assert len(latencies) == 5
+
+
+def test_report_renders_every_section_with_its_notes(tmp_path: Path) -> None:
+    rows = suite.claim_scale_rows([0.001, 0.002], [0.0011, 0.0021], 1000)
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Claim scale\nwhy it is flat\n")
+    text = suite.render([("Claim scale", rows, suite._read_notes(notes)["claim scale"])], {"CPU": "x"}, "python -m bench",
+                        "0 / 0", 1.0)
+    assert "| claim cost, 1,000 pending (in-process DB) |" in text
+    assert "why it is flat" in text and "PASS" in text
