@@ -76,7 +76,14 @@ class FleetClient:
 
     # conveniences used by the CLI and tests
     def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
-        return list(self.call(Verb.JOBS, **({"status": status} if status else {}))["jobs"])
+        """Every job (optionally of one status), fetched a page at a time."""
+        jobs: list[dict[str, Any]] = []
+        offset: int | None = 0
+        while offset is not None:
+            reply = self.call(Verb.JOBS, offset=offset, **({"status": status} if status else {}))
+            jobs.extend(reply["jobs"])
+            offset = reply.get("next_offset")
+        return jobs
 
     def job(self, ref: str) -> dict[str, Any]:
         return dict(self.call(Verb.JOB, job=ref)["job"])

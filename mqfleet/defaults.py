@@ -35,6 +35,8 @@ REQUEST_MEMORY_S = 3600.0
 OUTPUT_TAIL_LINES = 50
 #: Largest request payload the coordinator accepts.
 MAX_REQUEST_BYTES = 256 * 1024
+#: Largest reply a client accepts (a `jobs` listing of a big fleet is megabytes).
+MAX_REPLY_BYTES = 256 * 1024 * 1024
 #: Largest manifest sent over `reload --file`.
 MAX_MANIFEST_BYTES = 2 * 1024 * 1024
 

@@ -152,9 +152,9 @@ class Message:
     response_topic: str | None
     correlation_data: bytes | None
 
-    def json(self) -> dict[str, Any]:
-        """The payload as a JSON object (DecodeError when it is not one)."""
-        return protocol.decode(self.payload)
+    def json(self, max_bytes: int = defaults.MAX_REQUEST_BYTES) -> dict[str, Any]:
+        """The payload as a JSON object (DecodeError when it is not one or is over max_bytes)."""
+        return protocol.decode(self.payload, max_bytes=max_bytes)
 
 
 def _subscription_id(topic_filter: str) -> int:
@@ -411,7 +411,7 @@ class Connection:
         if not answered or reply is None:
             state = "" if self.connected else " (not connected to the broker)"
             raise RequestTimeoutError(f"no reply on {topic} via {self.config.url} within {timeout_s:g}s{state}")
-        return reply.json()
+        return reply.json(max_bytes=defaults.MAX_REPLY_BYTES)
 
     def reply(self, request: Message, payload: dict[str, Any]) -> None:
         """Answer `request` on its Response Topic with its Correlation Data (QoS 1, never retained)."""

@@ -20,7 +20,7 @@ from mqfleet import defaults
 from mqfleet.agent.runner import TrainerRun, build_trainer_argv, trainer_env
 from mqfleet.bundle import pack_artifact
 from mqfleet.errors import MqfleetError, RemoteError, RequestTimeoutError
-from mqfleet.store import upload_to_url
+from mqfleet.transfer import upload_to_url
 
 if TYPE_CHECKING:
     from mqfleet.agent.daemon import Agent

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 EXIT_OK = 0
@@ -20,7 +22,37 @@ Examples:
 """
 
 
-@click.group(epilog=HELP_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+#: Which modules define each command. A command's modules are imported only when it runs, so the
+#: agent does not load the S3 SDK or the certificate tooling it never uses (its idle RSS counts).
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "coordinator": ("service",),
+    "agent": ("service", "selftest_cmd"),
+    "demo": ("service",),
+    "validate": ("manifest_cmd",),
+    "capability": ("capability_cmd",),
+    **{name: ("jobs",) for name in ("jobs", "show", "cancel", "requeue", "logs")},
+    **{name: ("fleet",) for name in ("status", "workers", "drain", "undrain", "reload", "health", "watch")},
+    **{name: ("artifacts",) for name in ("artifacts", "fetch")},
+    "broker": ("broker_cmd",),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands register themselves when their module is first imported."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module in COMMAND_MODULES.get(cmd_name, ()):
+            importlib.import_module(f"mqfleet.cli.{module}")
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for modules in COMMAND_MODULES.values():
+            for module in modules:
+                importlib.import_module(f"mqfleet.cli.{module}")
+        return super().list_commands(ctx)
+
+
+@click.group(cls=LazyGroup, epilog=HELP_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mqfleet")
 def cli() -> None:
     """Spread ML training jobs over a fleet of hosts through an MQTT v5 broker."""
@@ -28,8 +60,6 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code instead of exiting, so tests can call it."""
-    from mqfleet.cli import commands  # noqa: F401  (registers every command on `cli`)
-
     try:
         # Without standalone mode click returns (not raises) the code of click.exceptions.Exit.
         rc = cli.main(args=argv, prog_name="mqfleet", standalone_mode=False)

@@ -12,7 +12,7 @@ from mqfleet.cli import EXIT_FAILED, cli, render
 from mqfleet.cli.client_options import ClientContext, fail, pass_client
 from mqfleet.errors import ArtifactMismatchError, StoreError
 from mqfleet.protocol import Verb
-from mqfleet.store import download_from_url
+from mqfleet.transfer import download_from_url
 
 
 @cli.command("artifacts")

@@ -191,9 +191,18 @@ def handle_undrain(coord: Coordinator, req: Request) -> dict[str, Any]:
 # --- query verbs: read-only, anyone ---------------------------------------------------
 
 
+#: Jobs per `jobs` reply: a page stays well under the broker's packet limit whatever the fleet's size.
+JOBS_PAGE = 2000
+
+
 def handle_jobs(coord: Coordinator, req: Request) -> dict[str, Any]:
     status = req_field(req.body, "status", str, None)
-    return ok(jobs=coord.db.jobs(status))
+    offset = max(0, req_field(req.body, "offset", int, 0))
+    limit = min(JOBS_PAGE, max(1, req_field(req.body, "limit", int, JOBS_PAGE)))
+    rows = coord.db.jobs(status)
+    page = rows[offset : offset + limit]
+    next_offset = offset + len(page) if offset + len(page) < len(rows) else None
+    return ok(jobs=page, total=len(rows), next_offset=next_offset)
 
 
 def handle_job(coord: Coordinator, req: Request) -> dict[str, Any]:

@@ -8,6 +8,7 @@ blurred by a second fault in the same window.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import signal
@@ -167,7 +168,7 @@ class Injector:
         self.fleet.start_agent(host)
         delays = []
         for job_id in held:
-            seen = wait_for(lambda j=job_id: self.observer.first_seen(j, ("pending", "completed"), t0), EFFECT_TIMEOUT_S)
+            seen = wait_for(functools.partial(self.observer.first_seen, job_id, ("pending", "completed"), t0), EFFECT_TIMEOUT_S)
             if seen is None:
                 self.record.deaths_not_pending += 1
                 self.record.problems.append(f"agent_kill {host}: job {job_id[:12]} not pending {EFFECT_TIMEOUT_S:g}s after")
@@ -212,7 +213,7 @@ class Injector:
             agent.signal(signal.SIGCONT)
         if long:
             for job_id in held:
-                seen = wait_for(lambda j=job_id: self.observer.first_seen(j, ("pending", "completed"), t0), EFFECT_TIMEOUT_S)
+                seen = wait_for(functools.partial(self.observer.first_seen, job_id, ("pending", "completed"), t0), EFFECT_TIMEOUT_S)
                 if seen is not None and self.observer.first_seen(job_id, ("pending",), t0) == seen:
                     self.record.stall_to_pending_s.append(seen - t0)
             # The agent learns on its next renew that the lease is gone and must stop those trainers.
