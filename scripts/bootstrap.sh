@@ -12,6 +12,8 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_rr >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+# The deployment tests lint the install scripts with it.
+command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "bootstrap: installing ${need_apt[*]} from apt"
     SUDO=""
