@@ -9,18 +9,13 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+PROG=install-agent
 UNIT_NAME=mqfleet-agent.service
-UNIT_DIR=/etc/systemd/system
 STATE_DIR=/var/lib/mqfleet-agent
-DEFAULT_VENV=/opt/mqfleet/.venv
-DEFAULT_CONFIG_DIR=/etc/mqfleet
-DEFAULT_USER=mqfleet
+# The options and helpers both installers share: ROOT, DRY_RUN, VENV, ..., die, say, act, write_file.
+# shellcheck source=../scripts/install-common.sh source-path=SCRIPTDIR
+. "$SCRIPT_DIR/../scripts/install-common.sh"
 
-ROOT=""
-DRY_RUN=0
-VENV=$DEFAULT_VENV
-CONFIG_DIR=$DEFAULT_CONFIG_DIR
-SVC_USER=$DEFAULT_USER
 BROKER=""
 HOST_ID=""
 CA=""
@@ -30,9 +25,6 @@ SLOTS=1
 REPO=/opt/mqfleet
 WORK_DIR="$STATE_DIR/work"
 PREFIX=mqfleet
-FORCE=0
-UNINSTALL=0
-PURGE=0
 SKIP_SELFTEST=0
 
 usage() {
@@ -62,12 +54,6 @@ $DEFAULT_CONFIG_DIR/tls/ (0600), run \`mqfleet agent selftest\`, then enable and
 EOF
 }
 
-die() { printf 'install-agent: error: %s\n' "$*" >&2; exit 2; }
-say() { printf 'install-agent: %s\n' "$*"; }
-need_value() {
-    if [ "$#" -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value"; fi
-}
-
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --broker) need_value "$@"; BROKER=$2; shift 2 ;;
@@ -79,17 +65,8 @@ while [ "$#" -gt 0 ]; do
         --repo) need_value "$@"; REPO=$2; shift 2 ;;
         --work-dir) need_value "$@"; WORK_DIR=$2; shift 2 ;;
         --prefix) need_value "$@"; PREFIX=$2; shift 2 ;;
-        --venv) need_value "$@"; VENV=$2; shift 2 ;;
-        --user) need_value "$@"; SVC_USER=$2; shift 2 ;;
-        --config-dir) need_value "$@"; CONFIG_DIR=$2; shift 2 ;;
-        --root) need_value "$@"; ROOT=${2%/}; shift 2 ;;
-        --force) FORCE=1; shift ;;
         --skip-selftest) SKIP_SELFTEST=1; shift ;;
-        --uninstall) UNINSTALL=1; shift ;;
-        --purge) PURGE=1; shift ;;
-        --dry-run) DRY_RUN=1; shift ;;
-        -h|--help) usage; exit 0 ;;
-        *) usage >&2; die "unknown option: $1" ;;
+        *) take_common_option "$@" || { usage >&2; die "unknown option: $1"; }; shift "$TAKEN" ;;
     esac
 done
 
@@ -120,51 +97,7 @@ if [ "$UNINSTALL" = 0 ]; then
     done
 fi
 
-# Users, ownership and systemd are touched only without --root (and under --dry-run only shown).
-SYSTEM=0
-[ -n "$ROOT" ] || SYSTEM=1
-if [ "$SYSTEM" = 1 ] && [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
-    die "run as root (or try --dry-run)"
-fi
-
-at() { printf '%s%s' "$ROOT" "$1"; }
-
-# Run a command, or under --dry-run only show it.
-act() {
-    if [ "$DRY_RUN" = 1 ]; then
-        printf 'would run: %s\n' "$*"
-    else
-        "$@"
-    fi
-}
-
-# write_file PATH MODE: stdin becomes PATH, in one rename, never readable by others while written.
-write_file() {
-    local path=$1 mode=$2 tmp
-    if [ "$DRY_RUN" = 1 ]; then
-        printf 'would write: %s (mode %s)\n' "$path" "$mode"
-        cat >/dev/null
-        return
-    fi
-    mkdir -p -- "$(dirname -- "$path")"
-    tmp=$(umask 077 && mktemp "$(dirname -- "$path")/.mqfleet.XXXXXX")
-    cat >"$tmp"
-    chmod "$mode" "$tmp"
-    mv -f -- "$tmp" "$path"
-}
-
-render_unit() {
-    sed -e "s#$DEFAULT_VENV#$VENV#g" \
-        -e "s#$DEFAULT_CONFIG_DIR/#$CONFIG_DIR/#g" \
-        -e "s#^User=$DEFAULT_USER\$#User=$SVC_USER#" \
-        -e "s#^Group=$DEFAULT_USER\$#Group=$SVC_USER#" \
-        "$SCRIPT_DIR/$UNIT_NAME"
-}
-
-# The value of KEY in the env file (KEY="value" as written here), or nothing.
-env_value() {
-    sed -n "s/^$2=\"\\(.*\\)\"\$/\\1/p" "$1" | tail -n 1
-}
+check_system
 
 # Run the selftest with the installed configuration. Paths in the env file are the final ones; under
 # --root the files lie under ROOT, so the TLS paths are mapped there for this run only.
@@ -193,23 +126,11 @@ run_selftest() {
 }
 
 do_uninstall() {
-    if [ "$SYSTEM" = 1 ]; then
-        act systemctl disable --now "$UNIT_NAME" || say "the service was not running"
-    fi
+    disable_service
     act rm -f -- "$(at "$UNIT_DIR/$UNIT_NAME")" "$(at "$CONFIG_DIR/agent.env")"
     act rm -rf -- "$(at "$CONFIG_DIR/tls")"
-    if [ "$SYSTEM" = 1 ]; then
-        act systemctl daemon-reload
-    fi
-    # Shared with a coordinator or broker config on the same host: removed only when empty.
-    if [ -d "$(at "$CONFIG_DIR")" ]; then
-        act rmdir --ignore-fail-on-non-empty -- "$(at "$CONFIG_DIR")"
-    fi
-    if [ "$PURGE" = 1 ]; then
-        act rm -rf -- "$(at "$STATE_DIR")"
-    else
-        say "kept $(at "$STATE_DIR") (work dir); --purge removes it"
-    fi
+    release_config_dir
+    purge_state "work dir"
     say "agent uninstalled"
 }
 
@@ -219,20 +140,13 @@ do_install() {
     tls_dir=$(at "$CONFIG_DIR/tls")
     unit=$(at "$UNIT_DIR/$UNIT_NAME")
 
-    [ -f "$SCRIPT_DIR/$UNIT_NAME" ] || die "$SCRIPT_DIR/$UNIT_NAME is missing; run the script from its folder in the mqfleet tree"
+    check_unit_file
     if [ ! -x "$VENV/bin/mqfleet" ]; then
         [ "$DRY_RUN" = 1 ] || die "$VENV/bin/mqfleet not found: python3 -m venv $VENV && $VENV/bin/pip install 'mqfleet[train]' (or pass --venv)"
         say "warning: $VENV/bin/mqfleet not found"
     fi
 
-    if [ "$SYSTEM" = 1 ] && ! getent passwd "$SVC_USER" >/dev/null; then
-        act useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home --shell /usr/sbin/nologin "$SVC_USER"
-    fi
-    act install -d -m 0755 -- "$(at "$CONFIG_DIR")"
-    act install -d -m 0750 -- "$(at "$STATE_DIR")"
-    if [ "$SYSTEM" = 1 ]; then
-        act chown "$SVC_USER:$SVC_USER" "$STATE_DIR"
-    fi
+    create_user_and_dirs
 
     if [ -f "$env_file" ] && [ "$FORCE" = 0 ]; then
         say "kept $env_file and $tls_dir; --force rewrites them (e.g. to rotate certificates)"
@@ -283,8 +197,4 @@ do_install() {
     say "agent $HOST_ID installed: unit $unit, config $env_file"
 }
 
-if [ "$UNINSTALL" = 1 ]; then
-    do_uninstall
-else
-    do_install
-fi
+run_installer

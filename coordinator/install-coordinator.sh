@@ -7,27 +7,19 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+PROG=install-coordinator
 UNIT_NAME=mqfleet-coordinator.service
-UNIT_DIR=/etc/systemd/system
 STATE_DIR=/var/lib/mqfleet
-DEFAULT_VENV=/opt/mqfleet/.venv
-DEFAULT_CONFIG_DIR=/etc/mqfleet
-DEFAULT_USER=mqfleet
+# The options and helpers both installers share: ROOT, DRY_RUN, VENV, ..., die, say, act, write_file.
+# shellcheck source=../scripts/install-common.sh source-path=SCRIPTDIR
+. "$SCRIPT_DIR/../scripts/install-common.sh"
 
-ROOT=""
-DRY_RUN=0
-VENV=$DEFAULT_VENV
-CONFIG_DIR=$DEFAULT_CONFIG_DIR
-SVC_USER=$DEFAULT_USER
 MANIFEST=""
 STORE="file://$STATE_DIR/store"
 TOKEN=""
 BROKER="mqtt://127.0.0.1:1883"
 PREFIX="mqfleet"
 S3_ENDPOINT=""
-FORCE=0
-UNINSTALL=0
-PURGE=0
 
 usage() {
     cat <<EOF
@@ -54,30 +46,15 @@ the manifest, the systemd unit; then enable and start it.
 EOF
 }
 
-die() { printf 'install-coordinator: error: %s\n' "$*" >&2; exit 2; }
-say() { printf 'install-coordinator: %s\n' "$*"; }
-need_value() {
-    if [ "$#" -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value"; fi
-}
-
 while [ "$#" -gt 0 ]; do
     case "$1" in
-        --venv) need_value "$@"; VENV=$2; shift 2 ;;
         --manifest) need_value "$@"; MANIFEST=$2; shift 2 ;;
         --store) need_value "$@"; STORE=$2; shift 2 ;;
         --s3-endpoint) need_value "$@"; S3_ENDPOINT=$2; shift 2 ;;
         --token) need_value "$@"; TOKEN=$2; shift 2 ;;
         --broker) need_value "$@"; BROKER=$2; shift 2 ;;
         --prefix) need_value "$@"; PREFIX=$2; shift 2 ;;
-        --user) need_value "$@"; SVC_USER=$2; shift 2 ;;
-        --config-dir) need_value "$@"; CONFIG_DIR=$2; shift 2 ;;
-        --root) need_value "$@"; ROOT=${2%/}; shift 2 ;;
-        --force) FORCE=1; shift ;;
-        --uninstall) UNINSTALL=1; shift ;;
-        --purge) PURGE=1; shift ;;
-        --dry-run) DRY_RUN=1; shift ;;
-        -h|--help) usage; exit 0 ;;
-        *) usage >&2; die "unknown option: $1" ;;
+        *) take_common_option "$@" || { usage >&2; die "unknown option: $1"; }; shift "$TAKEN" ;;
     esac
 done
 
@@ -100,56 +77,10 @@ for dir in "$VENV" "$CONFIG_DIR"; do
 done
 [ "$PURGE" = 0 ] || [ "$UNINSTALL" = 1 ] || die "--purge only goes with --uninstall"
 
-# Users, ownership and systemd are touched only without --root (and under --dry-run only shown).
-SYSTEM=0
-[ -n "$ROOT" ] || SYSTEM=1
-LIVE=0
-if [ -z "$ROOT" ] && [ "$DRY_RUN" = 0 ]; then
-    LIVE=1
-    [ "$(id -u)" = 0 ] || die "run as root (or try --dry-run)"
-fi
-
-at() { printf '%s%s' "$ROOT" "$1"; }
-
-# Run a command, or under --dry-run only show it.
-act() {
-    if [ "$DRY_RUN" = 1 ]; then
-        printf 'would run: %s\n' "$*"
-    else
-        "$@"
-    fi
-}
-
-# write_file PATH MODE: stdin becomes PATH, in one rename, never readable by others while written.
-write_file() {
-    local path=$1 mode=$2 tmp
-    if [ "$DRY_RUN" = 1 ]; then
-        printf 'would write: %s (mode %s)\n' "$path" "$mode"
-        cat >/dev/null
-        return
-    fi
-    mkdir -p -- "$(dirname -- "$path")"
-    tmp=$(umask 077 && mktemp "$(dirname -- "$path")/.mqfleet.XXXXXX")
-    cat >"$tmp"
-    chmod "$mode" "$tmp"
-    mv -f -- "$tmp" "$path"
-}
-
-# The value of KEY in an env file we wrote (KEY="value"), or nothing.
-env_value() {
-    sed -n "s/^$2=\"\\(.*\\)\"\$/\\1/p" "$1" | tail -n 1
-}
+check_system
 
 make_token() {
     od -An -N32 -tx1 /dev/urandom | tr -d ' \n'
-}
-
-render_unit() {
-    sed -e "s#$DEFAULT_VENV#$VENV#g" \
-        -e "s#$DEFAULT_CONFIG_DIR/#$CONFIG_DIR/#g" \
-        -e "s#^User=$DEFAULT_USER\$#User=$SVC_USER#" \
-        -e "s#^Group=$DEFAULT_USER\$#Group=$SVC_USER#" \
-        "$SCRIPT_DIR/$UNIT_NAME"
 }
 
 starter_manifest() {
@@ -165,24 +96,12 @@ EOF
 do_uninstall() {
     local unit
     unit=$(at "$UNIT_DIR/$UNIT_NAME")
-    if [ "$SYSTEM" = 1 ]; then
-        act systemctl disable --now "$UNIT_NAME" || say "the service was not running"
-    fi
+    disable_service
     act rm -f -- "$unit" "$(at "$CONFIG_DIR/coordinator.env")" "$(at "$CONFIG_DIR/fleet.toml")"
-    if [ "$SYSTEM" = 1 ]; then
-        act systemctl daemon-reload
-    fi
-    # Shared with the agent and broker configs on the same host: removed only when nothing else is left.
-    if [ -d "$(at "$CONFIG_DIR")" ]; then
-        act rmdir --ignore-fail-on-non-empty -- "$(at "$CONFIG_DIR")"
-    fi
-    if [ "$PURGE" = 1 ]; then
-        act rm -rf -- "$(at "$STATE_DIR")"
-        if [ "$SYSTEM" = 1 ] && getent passwd "$SVC_USER" >/dev/null; then
-            act userdel "$SVC_USER" || say "could not remove user $SVC_USER (an agent may still use it)"
-        fi
-    else
-        say "kept $(at "$STATE_DIR") (database and file store); --purge removes it"
+    release_config_dir
+    purge_state "database and file store"
+    if [ "$PURGE" = 1 ] && [ "$SYSTEM" = 1 ] && getent passwd "$SVC_USER" >/dev/null; then
+        act userdel "$SVC_USER" || say "could not remove user $SVC_USER (an agent may still use it)"
     fi
     say "coordinator uninstalled"
 }
@@ -193,25 +112,19 @@ do_install() {
     manifest_file=$(at "$CONFIG_DIR/fleet.toml")
     unit=$(at "$UNIT_DIR/$UNIT_NAME")
 
-    [ -f "$SCRIPT_DIR/$UNIT_NAME" ] || die "$SCRIPT_DIR/$UNIT_NAME is missing; run the script from its folder in the mqfleet tree"
+    check_unit_file
     if [ ! -x "$VENV/bin/mqfleet" ]; then
-        [ "$LIVE" = 0 ] || die "$VENV/bin/mqfleet not found: python3 -m venv $VENV && $VENV/bin/pip install mqfleet (or pass --venv)"
+        # Fatal only on the real system: under --root or --dry-run the venv may come later.
+        if [ "$SYSTEM" = 1 ] && [ "$DRY_RUN" = 0 ]; then
+            die "$VENV/bin/mqfleet not found: python3 -m venv $VENV && $VENV/bin/pip install mqfleet (or pass --venv)"
+        fi
         say "warning: $VENV/bin/mqfleet not found (the service will not start until it is installed)"
     fi
     if [ -n "$MANIFEST" ] && [ ! -f "$MANIFEST" ]; then
         die "manifest $MANIFEST not found"
     fi
 
-    if [ "$SYSTEM" = 1 ]; then
-        if ! getent passwd "$SVC_USER" >/dev/null; then
-            act useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home --shell /usr/sbin/nologin "$SVC_USER"
-        fi
-    fi
-    act install -d -m 0755 -- "$(at "$CONFIG_DIR")"
-    act install -d -m 0750 -- "$(at "$STATE_DIR")"
-    if [ "$SYSTEM" = 1 ]; then
-        act chown "$SVC_USER:$SVC_USER" "$STATE_DIR"
-    fi
+    create_user_and_dirs
 
     if [ -f "$env_file" ] && [ "$FORCE" = 0 ]; then
         say "kept $env_file (and its operator token); --force rewrites it"
@@ -263,8 +176,4 @@ do_install() {
     say "coordinator installed: unit $unit, config $env_file, manifest $manifest_file"
 }
 
-if [ "$UNINSTALL" = 1 ]; then
-    do_uninstall
-else
-    do_install
-fi
+run_installer
