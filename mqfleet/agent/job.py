@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mqfleet import defaults
 from mqfleet.agent.runner import TrainerRun, build_trainer_argv, trainer_env
 from mqfleet.bundle import pack_artifact
-from mqfleet.errors import MqfleetError, RemoteError, RequestTimeoutError
+from mqfleet.errors import BrokerError, MqfleetError, RemoteError, RequestTimeoutError
 from mqfleet.transfer import upload_to_url
 
 if TYPE_CHECKING:
@@ -168,9 +169,17 @@ class JobRun:
         self._request("fail", cause=cause, exit_code=exit_code, output_tail=tail, error=message)
 
     def _request(self, verb: str, **fields: Any) -> dict[str, Any] | None:
-        """An agent request on this lease; None when the coordinator refused it (logged)."""
+        """An agent request on this lease; None when the coordinator refused it or stayed away (logged).
+
+        Retries (same request id, so never run twice) for as long as the lease would last: a
+        coordinator restart must not cost a finished job. Past that the lease has expired anyway.
+        """
+        attempts = max(3, math.ceil(self.lease_s / self.agent.config.request_timeout_s))
         try:
-            return self.agent.request(verb, job_id=self.job_id, lease_id=self.lease_id, **fields)
+            return self.agent.request(verb, attempts=attempts, job_id=self.job_id, lease_id=self.lease_id, **fields)
+        except BrokerError as e:
+            logger.warning("job %s: %s not answered (%s); the lease will expire and the job run again", self.name, verb, e)
+            return None
         except RemoteError as e:
             if e.code == "lease_lost":
                 self.end(Ending.LEASE_LOST)
