@@ -391,6 +391,14 @@ class Database(StateFile):
 
     # queries
 
+    def has_pending_dependents(self, job_id: str) -> bool:
+        """Whether some pending job waits for this one (its completion may have made work claimable)."""
+        row = self._conn.execute(
+            "SELECT 1 FROM deps d JOIN jobs j ON j.id = d.job_id WHERE d.after_id = ? AND j.status = 'pending' LIMIT 1",
+            (job_id,),
+        ).fetchone()
+        return row is not None
+
     def resolve_job(self, ref: str) -> str:
         """A job id from a full id, a unique id prefix or a name; prefers the manifest's job on a shared name."""
         ref = ref.strip()

@@ -339,7 +339,12 @@ class Coordinator:
         latest: dict[str, dict[str, Any]] = {}
         for change in changes:
             self.conn.publish(self.topics.events, change, qos=1)
-            if change.get("to") == JobStatus.PENDING.value or change.get("to") == JobStatus.COMPLETED.value:
+            # A completion frees a slot on its own agent, which claims again by itself; other agents
+            # are nudged only when it unblocked a waiting job, so idle agents are not stampeded.
+            to = change.get("to")
+            if to == JobStatus.PENDING.value or (
+                to == JobStatus.COMPLETED.value and self.db.has_pending_dependents(change["job_id"])
+            ):
                 work_appeared = True
             latest[change["job_id"]] = change
         changed = set(latest) | self._changed_jobs
