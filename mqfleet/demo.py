@@ -250,7 +250,7 @@ def _report(client: FleetClient, console: Console, jobs: list[dict[str, Any]]) -
     artifacts = {a["job_id"]: a for a in client.call(Verb.ARTIFACTS)["artifacts"]}
     table = Table(title="mqfleet demo: results")
     for col in ("job", "model", "mode", "status", "host", "metric", "artifact"):
-        table.add_column(col, no_wrap=col in ("job", "metric"))
+        table.add_column(col, no_wrap=col in ("status", "metric", "artifact"))
     ok = bool(jobs)
     for job in jobs:
         metrics = (artifacts.get(job["id"]) or {}).get("metrics") or {}
