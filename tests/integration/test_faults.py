@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,25 +18,14 @@ grace_s = 3
 """
 
 
-@pytest.fixture
-def persistent_fleet(tmp_path: Path, broker: Any, topic_prefix: str) -> Iterator[Fleet]:
-    store = tmp_path / "store"
-    store.mkdir()
-    f = Fleet(tmp_path, broker.url, topic_prefix, store.as_uri(), {})
-    try:
-        yield f
-    finally:
-        f.close()
-
-
 @pytest.mark.timeout(120)
 def test_host_back_inside_grace_keeps_its_job_when_a_renewal_was_lost_while_the_coordinator_was_down(
-    persistent_fleet: Fleet, broker: Any
+    own_broker_fleet: Fleet, broker: Any
 ) -> None:
     # Found by the soak (seed 3): a renewal sent while the coordinator was down is never answered, and the
     # renewer used to wait the full 10 s request timeout for it. A broker restart then (will -> lease cut to
     # the grace) expired the lease although the agent reconnected within a second.
-    fleet = persistent_fleet
+    fleet = own_broker_fleet
     fleet.write_manifest(manifest_text({"name": "long", "model": "ok", "hyper": {"sleep": 6.0}}, fleet=FLEET_WITH_GRACE_3))
     fleet.start_coordinator()
     fleet.start_agent("a1")

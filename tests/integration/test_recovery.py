@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 
 from mqfleet.protocol import Verb
 from tests.fixtures.common import wait_until
@@ -29,17 +26,6 @@ def _completed_once(fleet: Fleet) -> None:
         detail = client.job(job["id"])["attempts_detail"]
         finished = [a for a in detail if a.get("cause") in (None, "", "completed")]
         assert len(finished) == 1, detail
-
-
-@pytest.fixture
-def own_broker_fleet(tmp_path: Path, broker: Any, topic_prefix: str) -> Iterator[Fleet]:
-    store = tmp_path / "store"
-    store.mkdir()
-    f = Fleet(tmp_path, broker.url, topic_prefix, store.as_uri(), {})
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 def test_coordinator_killed_and_restarted_mid_run_loses_no_job_and_completes_none_twice(fleet: Fleet) -> None:
