@@ -129,3 +129,33 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_cancel_sent_while_the_agent_was_cut_off_reaches_its_trainer_after_it_reconnects(fleet: Fleet) -> None:
+    generous = FAST_FLEET.replace("lease_s = 6", "lease_s = 60").replace("grace_s = 2", "grace_s = 30")
+    fleet.write_manifest(manifest_text({"name": "stubborn", "model": "stubborn", "mode": "m"},
+                                       fleet=generous, extra=SLOW_TRAINER_EXTRA))
+    fleet.start_coordinator()
+    agent = fleet.start_agent("alpha")
+    client = fleet.client()
+    wait_until(lambda: client.job("stubborn")["status"] == "running", timeout_s=30)
+    work = fleet.dir / "work" / "alpha"
+    wait_until(lambda: len(trainer_processes(work)) >= 2, timeout_s=10, what="trainer and its child")
+    procs = trainer_processes(work)
+    host, port = fleet.broker_url.removeprefix("mqtt://").split(":")
+    watch = subprocess.Popen(
+        ["mosquitto_sub", "-h", host, "-p", port, "-t", f"{fleet.prefix}/hosts/alpha/status", "-R", "-C", "1", "-W", "30"],
+        stdout=subprocess.PIPE, text=True,
+    )
+
+    agent.signal(signal.SIGSTOP)  # cut off: the broker drops it and keeps its session
+    try:
+        out, _ = watch.communicate(timeout=35)
+        assert '"offline"' in out
+        client.call(Verb.CANCEL, job="stubborn")  # queued in the agent's persistent session
+        assert client.job("stubborn")["status"] == "cancelled"
+    finally:
+        agent.signal(signal.SIGCONT)
+
+    wait_until(lambda: not any(_alive(p) for p in procs), timeout_s=20, what="the trainer tree to die after reconnect")
+    assert "stopping trainer (cancelled)" in agent.log()
