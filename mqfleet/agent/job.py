@@ -18,7 +18,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from mqfleet import defaults
-from mqfleet.agent.runner import TrainerRun, build_trainer_argv, trainer_env
+from mqfleet.agent.command import build_trainer_argv, trainer_env
+from mqfleet.agent.runner import TrainerRun
 from mqfleet.bundle import pack_artifact
 from mqfleet.errors import BrokerError, MqfleetError, RemoteError, RequestTimeoutError
 from mqfleet.transfer import upload_to_url

@@ -190,7 +190,8 @@ def check_packages() -> Check:
 
 def check_trainer_run(config: SelftestConfig) -> Check:
     """Generate a tiny dataset and train the xgboost built-in on it exactly as the agent starts trainers."""
-    from mqfleet.agent.runner import TrainerRun, build_trainer_argv, trainer_env
+    from mqfleet.agent.command import build_trainer_argv, trainer_env
+    from mqfleet.agent.runner import TrainerRun
 
     repo = (config.repo or Path.cwd()).resolve()
     if not repo.is_dir():

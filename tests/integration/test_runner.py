@@ -15,14 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mqfleet.agent.runner import (
-    TrainerRun,
-    build_trainer_argv,
-    parse_progress,
-    reap_leftovers,
-    record_run,
-    trainer_env,
-)
+from mqfleet.agent.command import build_trainer_argv, trainer_env
+from mqfleet.agent.runner import TrainerRun, parse_progress, reap_leftovers, record_run
 from mqfleet.errors import ConfigurationError
 from tests.fixtures.common import wait_until
 
