@@ -393,9 +393,13 @@ class Database(StateFile):
 
     def has_pending_dependents(self, job_id: str) -> bool:
         """Whether some pending job waits for this one (its completion may have made work claimable)."""
+        # Two indexed look-ups: a join lets SQLite walk every pending job instead of this job's dependents.
+        waiting = [r[0] for r in self._conn.execute("SELECT job_id FROM deps WHERE after_id = ?", (job_id,))]
+        if not waiting:
+            return False
+        marks = ",".join("?" * len(waiting))
         row = self._conn.execute(
-            "SELECT 1 FROM deps d JOIN jobs j ON j.id = d.job_id WHERE d.after_id = ? AND j.status = 'pending' LIMIT 1",
-            (job_id,),
+            f"SELECT 1 FROM jobs WHERE id IN ({marks}) AND status = 'pending' LIMIT 1", waiting
         ).fetchone()
         return row is not None
 
