@@ -294,6 +294,12 @@ def test_claim_query_walks_an_index_instead_of_sorting_the_table(db: Database) -
         assert "USING INDEX jobs_claim" in text and "TEMP B-TREE" not in text, text
 
 
+def test_the_dependents_look_up_after_each_completion_uses_the_deps_index(db: Database) -> None:
+    plan = db._conn.execute("EXPLAIN QUERY PLAN SELECT job_id FROM deps WHERE after_id = ?", ("x",)).fetchall()
+    text = " ".join(str(r[-1]) for r in plan)
+    assert "USING INDEX deps_after" in text or "USING COVERING INDEX deps_after" in text, text
+
+
 # --- dependencies ------------------------------------------------------------------------
 
 
