@@ -40,10 +40,6 @@ def jobs_cmd(ctx: ClientContext, status: str | None) -> None:
 def show_cmd(ctx: ClientContext, job: str) -> None:
     """One job: spec, lease, every attempt with its output tail, artifact, and why it waits. JOB: id, id prefix or name."""
     row = ctx.client.job(job)
-    if row.get("artifact"):
-        # metrics and size live with the artifact record, not the job row
-        found = [a for a in ctx.client.call(Verb.ARTIFACTS)["artifacts"] if a.get("job_id") == row["id"]]
-        row["artifact_detail"] = found[-1] if found else None
     if ctx.as_json:
         ctx.emit_json(row)
         return

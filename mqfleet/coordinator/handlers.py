@@ -212,6 +212,9 @@ def handle_job(coord: Coordinator, req: Request) -> dict[str, Any]:
     row["attempts_detail"] = coord.db.attempts(job_id)
     row["why_waiting"] = coord.db.why_waiting(job_id, req.now)
     row["lease"] = coord.db.lease(job_id)
+    # metrics and size live with the artifact record, not the job row
+    stored = coord.db.artifacts(job_id) if row.get("artifact") else []
+    row["artifact_detail"] = stored[-1] if stored else None
     return ok(job=row)
 
 

@@ -335,9 +335,9 @@ class Coordinator:
     def _publish_changes(self) -> bool:
         """Publish retained job states and events committed since last time; True if work appeared."""
         work_appeared = False
-        changes = self.db.take_changes()
-        latest: dict[str, dict[str, Any]] = {}
-        for change in changes:
+        changed = set(self._changed_jobs)
+        self._changed_jobs.clear()
+        for change in self.db.take_changes():
             self.conn.publish(self.topics.events, change, qos=1)
             # A completion frees a slot on its own agent, which claims again by itself; other agents
             # are nudged only when it unblocked a waiting job, so idle agents are not stampeded.
@@ -346,9 +346,7 @@ class Coordinator:
                 to == JobStatus.COMPLETED.value and self.db.has_pending_dependents(change["job_id"])
             ):
                 work_appeared = True
-            latest[change["job_id"]] = change
-        changed = set(latest) | self._changed_jobs
-        self._changed_jobs.clear()
+            changed.add(change["job_id"])
         for job_id in changed:
             try:
                 row = self.db.job(job_id)
