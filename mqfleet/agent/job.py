@@ -217,9 +217,14 @@ class JobRun:
                     return
                 logger.warning("job %s: renew refused: %s", self.name, e)
                 next_ts = time.monotonic() + interval
-            except (RequestTimeoutError, MqfleetError) as e:
-                # Coordinator or broker away: keep training and try again soon; the lease has slack.
+            except RequestTimeoutError as e:
+                # Unanswered (e.g. sent just before a restarted coordinator subscribed): the wait for the
+                # reply already paced us, so try again at once; a will may have cut the lease to the grace.
                 logger.warning("job %s: renew not answered (%s); retrying", self.name, e)
+                next_ts = time.monotonic()
+            except MqfleetError as e:
+                # Broker away (not connected): keep training and try again soon; the lease has slack.
+                logger.warning("job %s: renew not sent (%s); retrying", self.name, e)
                 next_ts = time.monotonic() + min(interval, 2.0)
 
     # --- trainer output -------------------------------------------------------------------
