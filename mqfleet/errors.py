@@ -71,6 +71,12 @@ class UnauthorizedError(ProtocolError):
     code = "unauthorized"
 
 
+class UnknownHostError(ProtocolError):
+    """Raised when an agent verb names a host with neither a `[[hosts]]` entry nor a current advert."""
+
+    code = "unknown_host"
+
+
 class StateError(MqfleetError):
     """Raised when a request does not fit the current state of the fleet."""
 

@@ -183,13 +183,16 @@ class Connection:
     def __init__(self, config: BrokerConfig, *, client_id: str, will: tuple[str, bytes, bool] | None = None,
                  persistent: bool = False, session_expiry_s: int = defaults.SESSION_EXPIRY_S,
                  keepalive_s: int = defaults.KEEPALIVE_S, on_connect: Callable[[bool], None] | None = None,
-                 on_disconnect: Callable[[], None] | None = None, reply_prefix: str = defaults.TOPIC_PREFIX) -> None:
+                 on_disconnect: Callable[[], None] | None = None, reply_prefix: str = defaults.TOPIC_PREFIX,
+                 reply_topic: str | None = None) -> None:
         config.validate()
         if not client_id or any(c in client_id for c in "/+#"):
             raise ConfigurationError(f"client id {client_id!r} must be non-empty and free of '/', '+' and '#'")
         self.config = config
         self.client_id = client_id
-        self.reply_topic = protocol.Topics(reply_prefix).reply(client_id)
+        # The coordinator answers only inside the requester's own reply namespace (docs/SECURITY.md);
+        # a tool that speaks for another identity (the soak's stale-request injector) names a topic there.
+        self.reply_topic = reply_topic or protocol.Topics(reply_prefix).reply(client_id)
         self._reply_sub_id = _subscription_id(self.reply_topic)
         self.persistent = persistent
         self._session_expiry_s = session_expiry_s
@@ -200,6 +203,8 @@ class Connection:
         self._lock = threading.Lock()
         self._filters: dict[str, list[Handler]] = {}
         self._filter_qos: dict[str, int] = {}
+        self._no_local: set[str] = set()
+        self._retain_as_published: set[str] = set()
         self._id_to_filter: dict[int, str] = {}
         self._pending: dict[bytes, _Pending] = {}
         self._refused_mids: OrderedDict[int, str] = OrderedDict()
@@ -303,9 +308,19 @@ class Connection:
 
     # -- subscribe and publish ----------------------------------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Call `handler` for every message on `topic_filter`, on this and every later connect."""
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1, *, no_local: bool = False,
+                  retain_as_published: bool = False) -> None:
+        """Call `handler` for every message on `topic_filter`, on this and every later connect.
+
+        `no_local` asks the broker never to send back this client's own publishes on the filter;
+        `retain_as_published` keeps the retain flag on live messages too (normally only messages
+        sent because of the subscription carry it), so a handler can refuse retained publishes.
+        """
         with self._lock:
+            if no_local:
+                self._no_local.add(topic_filter)
+            if retain_as_published:
+                self._retain_as_published.add(topic_filter)
             self._filters.setdefault(topic_filter, []).append(handler)
             previous_qos = self._filter_qos.get(topic_filter)
             qos = max(qos, previous_qos or 0)
@@ -321,15 +336,24 @@ class Connection:
     def _send_subscribe(self, topic_filter: str, qos: int) -> None:
         properties = _properties(PacketTypes.SUBSCRIBE)
         properties.SubscriptionIdentifier = _subscription_id(topic_filter)
-        rc, _ = self._client.subscribe(topic_filter, options=SubscribeOptions(qos=qos), properties=properties)
+        options = SubscribeOptions(qos=qos, noLocal=topic_filter in self._no_local,
+                                   retainAsPublished=topic_filter in self._retain_as_published)
+        rc, _ = self._client.subscribe(topic_filter, options=options, properties=properties)
         if rc != paho.MQTT_ERR_SUCCESS:
             logger.debug("mqtt %s: subscribe %s deferred to next connect (%s)", self.client_id, topic_filter,
                          paho.error_string(rc))
 
     def publish(self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int = 1, retain: bool = False,
-                expiry_s: int | None = None) -> None:
-        """Send without waiting; while disconnected paho keeps QoS>0 messages in memory and sends them on reconnect."""
-        self._publish(topic, payload, qos=qos, retain=retain, expiry_s=expiry_s)
+                expiry_s: int | None = None, response_topic: str | None = None) -> None:
+        """Send without waiting; while disconnected paho keeps QoS>0 messages in memory and sends them on reconnect.
+
+        `response_topic` sets the MQTT v5 Response Topic as given (tests and probes; request() sets its own).
+        """
+        properties = None
+        if response_topic is not None:
+            properties = _properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = response_topic
+        self._publish(topic, payload, qos=qos, retain=retain, expiry_s=expiry_s, properties=properties)
 
     def publish_wait(self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int = 1, retain: bool = False,
                      timeout_s: float = 5.0) -> None:

@@ -96,6 +96,23 @@ class Topics:
     def reply(self, client: str) -> str:
         return f"{self.prefix}/reply/{client}"
 
+    def reply_namespace(self, role: Role, client: str) -> str:
+        """Where replies to a request on `rpc/{role}/{client}/...` may go: the requester's own reply topic.
+
+        The broker's ACL ties the client level to the sender (the host for agent verbs, the client
+        id for query and operator verbs), so a Response Topic outside this namespace is someone
+        asking the coordinator to publish on their behalf (docs/SECURITY.md, "Replies").
+        """
+        identity = self.client_id(f"agent-{client}") if role is Role.AGENT else client
+        return self.reply(identity)
+
+    def is_reply_topic_allowed(self, role: Role, client: str, response_topic: str) -> bool:
+        """True when `response_topic` is the requester's reply topic or a level below it, free of wildcards."""
+        if not response_topic or "+" in response_topic or "#" in response_topic or "\0" in response_topic:
+            return False
+        base = self.reply_namespace(role, client)
+        return response_topic == base or response_topic.startswith(base + "/")
+
     def job_state(self, job_id: str) -> str:
         return f"{self.prefix}/jobs/{job_id}/state"
 

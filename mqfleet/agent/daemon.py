@@ -22,7 +22,7 @@ from mqfleet import defaults
 from mqfleet.agent.capability import detect_advert
 from mqfleet.agent.job import Ending, JobRun
 from mqfleet.agent.runner import reap_leftovers
-from mqfleet.errors import ConfigurationError, MqfleetError, RemoteError, RequestTimeoutError
+from mqfleet.errors import ConfigurationError, MqfleetError, RemoteError, RequestTimeoutError, UnknownHostError
 from mqfleet.mqtt import BrokerConfig, Connection, Message
 from mqfleet.protocol import Role, Topics, encode
 
@@ -153,6 +153,11 @@ class Agent:
                 grant = self.request("claim").get("job")
             except (RemoteError, RequestTimeoutError, MqfleetError) as e:
                 logger.warning("claim failed: %s", e)
+                if isinstance(e, RemoteError) and e.code == UnknownHostError.code:
+                    # Our advert has not reached the coordinator yet (or it lost it): send it again
+                    # and retry soon rather than at the next idle poll.
+                    self.conn.publish(self.topics.advert(self.config.host_id), self.advert, qos=1, retain=True)
+                    threading.Timer(1.0, self._wake.set).start()
                 return
             if not grant:
                 return

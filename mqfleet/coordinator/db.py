@@ -118,6 +118,13 @@ class Database(StateFile):
                 (host, json.dumps(advert, sort_keys=True), now),
             )
 
+    def is_known_host(self, host: str) -> bool:
+        """True when the manifest lists the host or it has published an advert (docs/SECURITY.md)."""
+        if self._manifest is not None and host in self._manifest.hosts:
+            return True
+        row = self._conn.execute("SELECT 1 FROM hosts WHERE id = ? AND advert != '{}'", (host,)).fetchone()
+        return row is not None
+
     def record_presence(self, host: str, online: bool, now: float) -> list[str]:
         """Mark a host online or offline. Offline shortens its leases to the grace; returns their job ids."""
         grace_s = self._manifest.fleet.grace_s if self._manifest else defaults.GRACE_S

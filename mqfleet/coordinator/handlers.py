@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mqfleet.coordinator.verify import check_digest, verify_artifact
-from mqfleet.errors import BadRequestError, ManifestError, UnauthorizedError
+from mqfleet.errors import BadRequestError, ManifestError, UnauthorizedError, UnknownHostError
 from mqfleet.manifest import load_manifest, parse_manifest
 from mqfleet.protocol import Role, Verb, ok
 from mqfleet.protocol import field as req_field
@@ -54,8 +54,18 @@ def _dict_field(req: Request, name: str) -> dict[str, Any] | None:
 # --- agent verbs: the host is the client level of the topic ---------------------------
 
 
+def _check_known_host(coord: Coordinator, host: str) -> None:
+    # A phantom host (any certificate, any client level) must not create rows or take jobs.
+    if not coord.db.is_known_host(host):
+        raise UnknownHostError(
+            f"host {host!r} has no [[hosts]] entry and no advert; start its agent (which publishes "
+            "one) or add it to the manifest"
+        )
+
+
 def handle_claim(coord: Coordinator, req: Request) -> dict[str, Any]:
     host = req.client
+    _check_known_host(coord, host)
     # A claim proves the host is alive even if its retained status has not arrived yet.
     coord.db.record_presence(host, True, req.now)
     grant = coord.db.claim(host, req.now)
@@ -63,6 +73,7 @@ def handle_claim(coord: Coordinator, req: Request) -> dict[str, Any]:
 
 
 def handle_renew(coord: Coordinator, req: Request) -> dict[str, Any]:
+    _check_known_host(coord, req.client)
     job_id, lease_id = _lease_fields(req)
     progress = _dict_field(req, "progress")
     expires_ts = coord.db.renew(job_id, lease_id, req.client, req.now, progress)

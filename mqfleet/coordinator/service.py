@@ -84,6 +84,9 @@ class Coordinator:
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self._last_status_ts = 0.0
+        self._drop_lock = threading.Lock()
+        #: Requests dropped unanswered: retained, or with a Response Topic outside the sender's namespace.
+        self.dropped_requests = 0
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(config.client_id),
@@ -124,10 +127,11 @@ class Coordinator:
         # republish every job's state once, on the first connect.
         self._changed_jobs.update(job["id"] for job in self.db.jobs())
         t = self.topics
-        self.conn.subscribe(t.all_rpc, self._on_request)
-        self.conn.subscribe(t.all_adverts, self._on_advert)
-        self.conn.subscribe(t.all_statuses, self._on_status)
-        self.conn.subscribe(t.all_logs, self._on_log, qos=0)
+        # no_local: the coordinator never handles its own publishes, whatever topic they went to.
+        self.conn.subscribe(t.all_rpc, self._on_request, no_local=True, retain_as_published=True)
+        self.conn.subscribe(t.all_adverts, self._on_advert, no_local=True)
+        self.conn.subscribe(t.all_statuses, self._on_status, no_local=True)
+        self.conn.subscribe(t.all_logs, self._on_log, qos=0, no_local=True)
         self.conn.start(wait_s=wait_s)
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
         self._sweeper.start()
@@ -187,8 +191,22 @@ class Coordinator:
             return
         role_name, client, verb_name = parsed
         try:
-            verb = Verb(verb_name)
             role = Role(role_name)
+        except ValueError:
+            self._drop_request(msg, f"unknown role level {role_name!r}")
+            return
+        # Checked before anything else, so the coordinator never publishes where a sender chose:
+        # a reply goes only to the requester's own reply namespace (docs/SECURITY.md, "Replies").
+        if msg.retain:
+            # A retained request would run again at every coordinator restart.
+            self._drop_request(msg, "it was published retained")
+            return
+        if msg.response_topic is not None and not self.topics.is_reply_topic_allowed(role, client, msg.response_topic):
+            self._drop_request(msg, f"its response topic {msg.response_topic[:200]!r} is outside "
+                                    f"{self.topics.reply_namespace(role, client)}")
+            return
+        try:
+            verb = Verb(verb_name)
         except ValueError:
             self._reply(msg, error(UnknownVerbError.code, f"no verb {role_name}/{verb_name}"))
             return
@@ -265,6 +283,14 @@ class Coordinator:
         if req.verb in (Verb.RELOAD, Verb.UNDRAIN) or work_appeared:
             self.conn.publish(self.topics.work, {"reason": req.verb.value, "ts": req.now}, qos=0)
 
+    def _drop_request(self, msg: Message, why: str) -> None:
+        """Count and log (one line, rate-limited) a request that gets no reply at all."""
+        with self._drop_lock:
+            self.dropped_requests += 1
+            count = self.dropped_requests
+        if count <= 10 or count % 100 == 0:
+            logger.warning("request on %s dropped (%d so far): %s", msg.topic[:200], count, why)
+
     def _reply(self, msg: Message, reply: dict[str, Any]) -> None:
         if msg.response_topic:
             self.conn.reply(msg, reply)
@@ -318,6 +344,8 @@ class Coordinator:
         if not isinstance(lines, list):
             return
         with self.lock:
+            if not self.db.is_known_host(parsed[0]):
+                return
             buf = self._logs.get(job_id)
             if buf is None:
                 buf = self._logs[job_id] = deque(maxlen=LOG_LINES_PER_JOB)
@@ -397,6 +425,7 @@ class Coordinator:
             "hosts_total": len(hosts),
             "hosts_draining": sum(1 for h in hosts if h["draining"]),
             "db_ok": True,  # the counts above were read from it
+            "requests_dropped": self.dropped_requests,
             "store": self.store.url,
             "ts": now,
         }

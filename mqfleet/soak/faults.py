@@ -106,10 +106,25 @@ class Injector:
         self.conn = Connection(BrokerConfig(url=fleet.broker.url), client_id=observer.topics.client_id("soak-injector"),
                                reply_prefix=self.config.prefix)
         self.conn.start(wait_s=15)
+        self._host_conns: dict[str, Connection] = {}
         self._t0 = time.monotonic()
 
     def close(self) -> None:
         self.conn.stop(timeout_s=3)
+        for conn in self._host_conns.values():
+            conn.stop(timeout_s=3)
+
+    def _conn_for(self, host: str) -> Connection:
+        """A connection whose replies land in `host`'s reply namespace, the only place the coordinator answers."""
+        conn = self._host_conns.get(host)
+        if conn is None:
+            t = self.observer.topics
+            assert self.fleet.broker is not None
+            conn = Connection(BrokerConfig(url=self.fleet.broker.url), client_id=t.client_id(f"soak-injector-{host}"),
+                              reply_topic=f"{t.reply_namespace(Role.AGENT, host)}/soak-injector")
+            conn.start(wait_s=15)
+            self._host_conns[host] = conn
+        return conn
 
     def kinds(self) -> Iterator[str]:
         """Every kind once per round, in a seeded order, so even a short run sees most of them."""
@@ -264,7 +279,7 @@ class Injector:
             self.record.duplicates_sent += 1
             verbs.append(captured.verb)
             try:
-                reply = self.conn.request_raw(captured.topic, captured.payload, timeout_s=5.0)
+                reply = self._conn_for(captured.host).request_raw(captured.topic, captured.payload, timeout_s=5.0)
             except MqfleetError:
                 self.record.duplicates_unanswered += 1  # e.g. the original complete is still being verified
                 continue
@@ -293,7 +308,7 @@ class Injector:
             self.record.stale_sent += 1
             sent.append(verb)
             try:
-                reply = self.conn.request(topic, body, timeout_s=10.0)
+                reply = self._conn_for(host).request(topic, body, timeout_s=10.0)
             except MqfleetError as e:
                 self.record.problems.append(f"stale {verb}: not answered: {e}")
                 continue

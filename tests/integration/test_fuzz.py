@@ -93,13 +93,22 @@ def test_malformed_oversized_and_wrongly_typed_requests_to_every_verb_are_refuse
     conn = Connection(BrokerConfig(url=fleet.broker_url), client_id=f"fuzz-{uuid.uuid4().hex[:8]}",
                       reply_prefix=topic_prefix)
     conn.start(wait_s=10)
+    # The coordinator answers only inside the sender's own reply namespace, so each (role, client)
+    # the fuzzer speaks as gets a connection whose reply topic lies there.
+    speakers: dict[tuple[str, str], Connection] = {}
+    for role in Role:
+        for client in (FUZZ_HOSTS if role is Role.AGENT else [f"fuzz-{role.value}"]):
+            speaker = Connection(BrokerConfig(url=fleet.broker_url), client_id=f"fuzz-{uuid.uuid4().hex[:8]}",
+                                 reply_topic=f"{topics.reply_namespace(role, client)}/fuzz")
+            speaker.start(wait_s=10)
+            speakers[(role.value, client)] = speaker
     replies: list[tuple[tuple[str, str, str], dict[str, Any]]] = []
 
     def send(req: tuple[str, str, str, bytes]) -> tuple[tuple[str, str, str], dict[str, Any]]:
         role, client, verb, payload = req
         topic = f"{topics.prefix}/rpc/{role}/{client}/{verb}"
         try:
-            return (role, client, verb), conn.request_raw(topic, payload, timeout_s=REPLY_WAIT_S)
+            return (role, client, verb), speakers[(role, client)].request_raw(topic, payload, timeout_s=REPLY_WAIT_S)
         except MqfleetError as e:
             return (role, client, verb), {"no reply": str(e), "payload": payload[:200]}
 
@@ -128,6 +137,8 @@ def test_malformed_oversized_and_wrongly_typed_requests_to_every_verb_are_refuse
         fuzz()
     finally:
         conn.stop(timeout_s=2)
+        for speaker in speakers.values():
+            speaker.stop(timeout_s=2)
     assert len(replies) >= 20 * BATCHES
     assert {verb for (_, _, verb), _ in replies} >= {v.value for v in Verb}, "every verb was fuzzed"
     assert fleet.coordinator is not None and fleet.coordinator.alive(), fleet.coordinator.log()[-3000:] if fleet.coordinator else ""

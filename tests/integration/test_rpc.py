@@ -25,7 +25,7 @@ class RawAgent:
     def __init__(self, fleet: Fleet, host: str) -> None:
         self.host = host
         self.topics = Topics(fleet.prefix)
-        self.conn = Connection(BrokerConfig(url=fleet.broker_url), client_id=f"agent-{host}", reply_prefix=fleet.prefix)
+        self.conn = Connection(BrokerConfig(url=fleet.broker_url), client_id=Topics(fleet.prefix).client_id(f"agent-{host}"), reply_prefix=fleet.prefix)
         self.conn.start(wait_s=10)
         advert = detect_advert(host, slots=4)
         self.conn.publish_wait(self.topics.advert(host), encode(advert), retain=True)
