@@ -5,8 +5,8 @@ Run: `python -m bench.throughput [--agents 100] [--seconds 15] [--renewers 1000]
 Churn: each simulated agent loops claim -> upload_url -> complete, exactly the
 agent's RPC sequence. The first job uploads a real tiny bundle, which the
 coordinator verifies; every later completion names the same sha256, gets
-`exists` and is checked by size only, so the figure is the coordinator's cost and
-not the store's. Renewal: many connected agents each hold a lease and renew it
+`exists`; the coordinator hashes the stored tiny object again before trusting it,
+so the figure is the coordinator's cost and barely the store's. Renewal: many connected agents each hold a lease and renew it
 every few seconds for a while; afterwards no lease may have been lost.
 """
 

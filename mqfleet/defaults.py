@@ -37,6 +37,12 @@ OUTPUT_TAIL_LINES = 50
 MAX_REQUEST_BYTES = 256 * 1024
 #: Largest reply a client accepts (a `jobs` listing of a big fleet is megabytes).
 MAX_REPLY_BYTES = 256 * 1024 * 1024
+#: A presigned upload URL outlives the lease it serves by this much, and never lasts longer than the max:
+#: S3 checks expiry when the PUT starts, so this only has to cover the time to the start of the upload.
+UPLOAD_URL_SLACK_S = 120.0
+UPLOAD_URL_MAX_S = 3600.0
+#: How long a presigned download URL (`fetch`) stays valid; the CLI starts the download at once.
+DOWNLOAD_URL_EXPIRES_S = 600
 #: Largest manifest sent over `reload --file`.
 MAX_MANIFEST_BYTES = 2 * 1024 * 1024
 

@@ -22,6 +22,7 @@ from urllib.request import url2pathname
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import ComposeSource, CopySource
 from minio.error import MinioException, S3Error
 
 from mqfleet.defaults import ENV_S3_ACCESS_KEY, ENV_S3_ENDPOINT, ENV_S3_SECRET_KEY, ENV_S3_SECURE
@@ -36,6 +37,10 @@ __all__ = ["ArtifactStore", "FileStore", "S3Store", "download_from_url", "open_s
 
 #: What a sha256 looks like in a key: lowercase hex only, so no key can climb out of the store.
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: What a lease id looks like in a staging key (the coordinator issues `secrets.token_hex(16)`).
+_LEASE_ID = re.compile(r"[0-9a-f]{16,64}")
+#: Largest object S3 copies in one request; bigger ones are copied part by part.
+_MAX_SINGLE_COPY_BYTES = 5 * 1024**3
 #: S3 error codes that mean "no such object" (servers differ in which one a HEAD gets).
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"})
 
@@ -45,7 +50,18 @@ class ArtifactStore(Protocol):
 
     url: str
 
-    def key_for(self, sha256: str) -> str: ...
+    def key_for(self, sha256: str) -> str:
+        """Where the verified artifact with this digest lives: `artifacts/<sha256>.tar.zst`."""
+        ...
+
+    def staging_key(self, lease_id: str) -> str:
+        """Where the holder of one lease uploads before the coordinator has checked the bytes."""
+        ...
+
+    def promote(self, src_key: str, dest_key: str) -> None:
+        """Move an object server-side (copy then delete, or a rename); dest is replaced whole, never partly."""
+        ...
+
     def presign_put(self, key: str, expires_s: int = 3600) -> str: ...
     def presign_get(self, key: str, expires_s: int = 3600) -> str: ...
     def stat(self, key: str) -> int | None: ...
@@ -62,6 +78,13 @@ def _artifact_key(prefix: str, sha256: str) -> str:
     return f"{prefix}artifacts/{sha256}.tar.zst"
 
 
+def _staging_key(prefix: str, lease_id: str) -> str:
+    # Lease ids are the coordinator's own hex tokens; anything else could climb out of staging/.
+    if not _LEASE_ID.fullmatch(lease_id):
+        raise BadRequestError(f"not a lease id (16-64 lowercase hex characters): {lease_id[:80]!r}")
+    return f"{prefix}staging/{lease_id}.tar.zst"
+
+
 class FileStore:
     """Objects as files under a root folder, for one-machine fleets; presigned URLs are plain file:// URLs."""
 
@@ -71,6 +94,19 @@ class FileStore:
 
     def key_for(self, sha256: str) -> str:
         return _artifact_key("", sha256)
+
+    def staging_key(self, lease_id: str) -> str:
+        return _staging_key("", lease_id)
+
+    def promote(self, src_key: str, dest_key: str) -> None:
+        src, dest = self._path(src_key), self._path(dest_key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)  # atomic within one file system: readers see the old or the new file
+        except FileNotFoundError as e:
+            raise ObjectMissingError(f"{self.url}: no object {src_key}") from e
+        except OSError as e:
+            raise StoreError(f"{self.url}: move {src_key} to {dest_key}: {e}") from e
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -173,6 +209,20 @@ class S3Store:
 
     def key_for(self, sha256: str) -> str:
         return _artifact_key(self.prefix, sha256)
+
+    def staging_key(self, lease_id: str) -> str:
+        return _staging_key(self.prefix, lease_id)
+
+    def promote(self, src_key: str, dest_key: str) -> None:
+        # Server-side: the bytes never pass through the coordinator. S3 has no rename, so copy then delete;
+        # a copy replaces dest whole, so a concurrent reader sees the old or the new object.
+        with self._translate("promote", src_key):
+            size = int(self._client.stat_object(self.bucket, src_key).size or 0)
+            if size <= _MAX_SINGLE_COPY_BYTES:
+                self._client.copy_object(self.bucket, dest_key, CopySource(self.bucket, src_key))
+            else:
+                self._client.compose_object(self.bucket, dest_key, [ComposeSource(self.bucket, src_key)])
+            self._client.remove_object(self.bucket, src_key)
 
     def presign_put(self, key: str, expires_s: int = 3600) -> str:
         with self._translate("presign PUT", key):

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.s3",
     "tests.fixtures.fleet",
+    "tests.fixtures.tls",
 ]

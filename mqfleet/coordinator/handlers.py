@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mqfleet.coordinator.verify import check_digest, verify_artifact
+from mqfleet import defaults
+from mqfleet.coordinator.verify import accept_artifact, check_digest
 from mqfleet.errors import BadRequestError, ManifestError, UnauthorizedError, UnknownHostError
 from mqfleet.manifest import load_manifest, parse_manifest
 from mqfleet.protocol import Role, Verb, ok
@@ -90,8 +91,22 @@ def handle_upload_url(coord: Coordinator, req: Request) -> dict[str, Any]:
     coord.db.check_lease(job_id, lease_id, req.client)
     key = coord.store.key_for(sha256)
     if coord.db.is_artifact_verified(sha256) and coord.store.stat(key) == size:
+        # The completion hashes the stored object again before trusting it (verify.accept_artifact).
         return ok(exists=True, key=key)
-    return ok(exists=False, url=coord.store.presign_put(key), method="PUT", key=key)
+    # Never a URL for the artifact key itself: the bytes land in this lease's staging key and
+    # become the artifact only once the coordinator has hashed them (docs/SECURITY.md, "Artifacts").
+    lease = coord.db.lease(job_id)
+    lease_left_s = (lease["expires_ts"] - req.now) if lease else 0.0
+    expires_s = int(min(defaults.UPLOAD_URL_MAX_S, max(0.0, lease_left_s) + defaults.UPLOAD_URL_SLACK_S))
+    staged = coord.store.staging_key(lease_id)
+    return ok(
+        exists=False,
+        url=coord.store.presign_put(staged, expires_s=expires_s),
+        method="PUT",
+        key=key,
+        upload_key=staged,
+        expires_s=expires_s,
+    )
 
 
 def prepare_complete(coord: Coordinator, req: Request) -> dict[str, Any]:
@@ -100,8 +115,7 @@ def prepare_complete(coord: Coordinator, req: Request) -> dict[str, Any]:
     size = req_field(req.body, "size", int)
     with coord.lock:
         coord.db.check_lease(job_id, lease_id, req.client)
-        trusted = coord.db.is_artifact_verified(sha256)
-    key = verify_artifact(coord.store, sha256, size, trusted=trusted)
+    key = accept_artifact(coord.store, sha256, size, lease_id=lease_id)
     return {"key": key}
 
 
@@ -256,7 +270,9 @@ def handle_download_url(coord: Coordinator, req: Request) -> dict[str, Any]:
     stored = coord.db.artifact(sha256)
     size = stored["size"] if stored else None
     key = coord.store.key_for(sha256)
-    return ok(job_id=job_id, sha256=sha256, size=size, url=coord.store.presign_get(key))
+    expires_s = defaults.DOWNLOAD_URL_EXPIRES_S
+    return ok(job_id=job_id, sha256=sha256, size=size, url=coord.store.presign_get(key, expires_s=expires_s),
+              expires_s=expires_s)
 
 
 @dataclass(frozen=True)

@@ -113,3 +113,39 @@ class StoreContract:
         with pytest.raises(StoreError, match="403"):
             upload_to_url(tampered, _write(tmp_path / "a.bin", b"evil"))
         assert store.stat(key) is None
+
+    def test_staging_key_is_per_lease_and_outside_the_artifacts(self, store: ArtifactStore) -> None:
+        lease = "ab" * 16
+        key = store.staging_key(lease)
+        assert lease in key and "artifacts/" not in key
+        assert store.staging_key("cd" * 16) != key
+
+    def test_staging_key_refuses_anything_but_a_lease_id(self, store: ArtifactStore) -> None:
+        for bad in ("../artifacts/x", "AB" * 16, "ab" * 4, "", "ab" * 16 + "/x"):
+            with pytest.raises(BadRequestError):
+                store.staging_key(bad)
+
+    def test_promote_moves_a_staged_object_to_its_artifact_key(self, store: ArtifactStore, tmp_path: Path) -> None:
+        data = os.urandom(50_000)
+        staged, final = store.staging_key("ef" * 16), store.key_for(_sha(data))
+        upload_to_url(store.presign_put(staged, expires_s=120), _write(tmp_path / "a.bin", data))
+        store.promote(staged, final)
+        assert store.stat(staged) is None
+        assert store.hash_object(final) == (_sha(data), len(data))
+
+    def test_promote_replaces_an_existing_object_whole(self, store: ArtifactStore, tmp_path: Path) -> None:
+        final = store.key_for(_sha(b"slot-2"))
+        store.put_file(final, _write(tmp_path / "old.bin", b"old bytes, longer than the new"))
+        staged = store.staging_key("01" * 16)
+        store.put_file(staged, _write(tmp_path / "new.bin", b"new"))
+        store.promote(staged, final)
+        assert store.hash_object(final) == (_sha(b"new"), 3)
+
+    def test_promoting_a_missing_object_raises_object_missing_and_changes_nothing(
+        self, store: ArtifactStore, tmp_path: Path
+    ) -> None:
+        final = store.key_for(_sha(b"kept"))
+        store.put_file(final, _write(tmp_path / "k.bin", b"kept"))
+        with pytest.raises(ObjectMissingError):
+            store.promote(store.staging_key("23" * 16), final)
+        assert store.hash_object(final) == (_sha(b"kept"), 4)

@@ -7,83 +7,23 @@ hosts. Every process connects to its TLS listener as its own CN; nothing uses th
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from mqfleet.certs import CertRole, issue_cert, make_ca
 from mqfleet.client import FleetClient
 from mqfleet.errors import BrokerUnavailableError, NotAuthorizedError
-from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import Role, Topics, Verb, encode
-from mqfleet.services.broker import BrokerPki, LocalBroker, make_broker_pki, operator_cn
-from tests.fixtures.common import require_real_part, wait_until
-from tests.fixtures.fleet import OPERATOR_TOKEN, Fleet, Proc, manifest_text
+from mqfleet.mqtt import Connection
+from mqfleet.protocol import Role, Verb, encode
+from tests.fixtures.common import wait_until
+from tests.fixtures.fleet import manifest_text
+from tests.fixtures.tls import OPERATOR, T, TlsFleet
 
-HOSTS = ["host-a", "host-b"]
-OPERATOR = operator_cn("alice")
-T = Topics()
 #: How long a request the broker dropped is waited for: it never gets an answer.
 DROPPED_WAIT_S = 1.5
-
-
-class TlsFleet(Fleet):
-    """A Fleet whose every process and client connects over mqtts as the CN it is given."""
-
-    def __init__(self, tmp_path: Path, broker: LocalBroker, pki: BrokerPki, store_url: str) -> None:
-        super().__init__(tmp_path, broker.tls_url, T.prefix, store_url, {})
-        self.pki = pki
-        self.base_env = {k: v for k, v in self.env.items() if k not in ("MQFLEET_CA", "MQFLEET_CERT", "MQFLEET_KEY")}
-
-    def broker_config(self, cn: str) -> BrokerConfig:
-        cert, key = self.pki.cert(cn)
-        return BrokerConfig(url=self.broker_url, ca=str(self.pki.ca), cert=str(cert), key=str(key))
-
-    def start_coordinator(self, *, wait: bool = True) -> Proc:
-        self.env = {**self.base_env, **self.pki.env("coordinator")}
-        return super().start_coordinator(wait=wait)
-
-    def start_agent(self, host: str, *, slots: int = 1, extra: tuple[str, ...] = ()) -> Proc:
-        self.env = {**self.base_env, **self.pki.env(host)}
-        return super().start_agent(host, slots=slots, extra=extra)
-
-    def client(self, *, token: str = OPERATOR_TOKEN, timeout_s: float = 5.0, cn: str = OPERATOR) -> FleetClient:
-        client = FleetClient(self.broker_config(cn), prefix=self.prefix, token=token, timeout_s=timeout_s)
-        self._clients.append(client)
-        return client
-
-    def cli_as(self, cn: str | None, *args: str, tls: dict[str, str] | None = None,
-               token: str | None = OPERATOR_TOKEN, timeout: str = "3") -> subprocess.CompletedProcess[str]:
-        """`python -m mqfleet ARGS` holding `cn`'s certificate (None: the CA only), or the TLS env `tls`."""
-        self.env = {**self.base_env, **(tls if tls is not None else self.pki.env(cn) if cn else
-                                        {"MQFLEET_CA": str(self.pki.ca)})}
-        return self.cli(*args, "--timeout", timeout, token=token, timeout_s=60)
-
-
-@pytest.fixture
-def tls_broker(tmp_path: Path) -> Iterator[tuple[LocalBroker, BrokerPki]]:
-    require_real_part(LocalBroker.available(), "mosquitto")
-    pki = make_broker_pki(tmp_path / "pki", hosts=HOSTS, operators=["alice"])
-    broker = LocalBroker(tmp_path / "mosquitto", tls_dir=pki.dir).start()
-    try:
-        yield broker, pki
-    finally:
-        broker.stop()
-
-
-@pytest.fixture
-def tls_fleet(tmp_path: Path, tls_broker: tuple[LocalBroker, BrokerPki]) -> Iterator[TlsFleet]:
-    store = tmp_path / "store"
-    store.mkdir()
-    fleet = TlsFleet(tmp_path, tls_broker[0], tls_broker[1], store.as_uri())
-    try:
-        yield fleet
-    finally:
-        fleet.close()
 
 
 @pytest.fixture
