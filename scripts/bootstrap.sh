@@ -12,6 +12,8 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_rr >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+# The state-store tests run against a throwaway PostgreSQL cluster of their own.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 # The deployment tests lint the install scripts with it.
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -30,8 +32,8 @@ fi
 
 stamp="$VENV/.mqfleet-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "bootstrap: installing torch==$TORCH_VERSION and mqfleet[train,test] into $VENV"
+    echo "bootstrap: installing torch==$TORCH_VERSION and mqfleet[train,test,postgres] into $VENV"
     "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
-    "$VENV/bin/pip" install -q -e ".[train,test]"
+    "$VENV/bin/pip" install -q -e ".[train,test,postgres]"
     touch "$stamp"
 fi

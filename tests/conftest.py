@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.fleet",
     "tests.fixtures.tls",
+    "tests.fixtures.postgres",
 ]
