@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from mqfleet import defaults
@@ -75,15 +77,15 @@ class FleetClient:
         return reply
 
     # conveniences used by the CLI and tests
-    def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Every job (optionally of one status), fetched a page at a time."""
-        jobs: list[dict[str, Any]] = []
-        offset: int | None = 0
-        while offset is not None:
-            reply = self.call(Verb.JOBS, offset=offset, **({"status": status} if status else {}))
-            jobs.extend(reply["jobs"])
-            offset = reply.get("next_offset")
-        return jobs
+    def jobs(self, status: str | None = None, *, name: str | None = None) -> list[dict[str, Any]]:
+        """Every job (optionally of one status, or whose name matches a glob), oldest first."""
+        return list(self.job_listing(status=status, name=name))
+
+    def job_listing(
+        self, *, status: str | None = None, name: str | None = None, newest_first: bool = False, limit: int | None = None
+    ) -> JobListing:
+        """Jobs streamed a page at a time (keyset pages), so a listing of any size holds one page in memory."""
+        return JobListing(self, status=status, name=name, newest_first=newest_first, limit=limit)
 
     def job(self, ref: str) -> dict[str, Any]:
         return dict(self.call(Verb.JOB, job=ref)["job"])
@@ -93,3 +95,52 @@ class FleetClient:
 
     def health(self) -> dict[str, Any]:
         return self.call(Verb.HEALTH)
+
+
+class JobListing:
+    """An iterable over a `jobs` listing that asks the coordinator for one page at a time.
+
+    `total` (jobs the filter matches) is known once the first page arrived.
+    Iterating twice asks again. `limit` caps the rows yielded, not the pages.
+    """
+
+    def __init__(
+        self, client: FleetClient, *, status: str | None, name: str | None, newest_first: bool, limit: int | None
+    ) -> None:
+        self.client = client
+        self.status, self.name, self.newest_first, self.limit = status, name, newest_first, limit
+        self.total: int | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        fields: dict[str, Any] = {"order": "newest" if self.newest_first else "oldest"}
+        if self.status:
+            fields["status"] = self.status
+        if self.name:
+            fields["name"] = self.name
+        left = self.limit
+        offset = 0
+        after: int | None = None
+        while left is None or left > 0:
+            if left is not None:
+                fields["limit"] = left
+            reply = self.client.call(Verb.JOBS, **fields, **({"after": after} if after is not None else {"offset": offset}))
+            if self.total is None:
+                self.total = int(reply.get("total") or 0)
+            page = list(reply.get("jobs") or [])
+            if self.name and "next_after" not in reply:
+                # a coordinator from before name filters sends every job: filter here
+                page = [j for j in page if fnmatch.fnmatchcase(str(j.get("name", "")), self.name)]
+            for job in page[:left]:
+                yield dict(job)
+            if left is not None:
+                left -= min(left, len(page))
+            if "next_after" in reply:
+                after = reply["next_after"]
+                if after is None:
+                    return
+            else:
+                # a coordinator from before keyset pages: page by position
+                next_offset = reply.get("next_offset")
+                if next_offset is None:
+                    return
+                offset = int(next_offset)

@@ -59,7 +59,11 @@ def workers_cmd(ctx: ClientContext) -> None:
     if ctx.as_json:
         ctx.emit_json(workers)
         return
-    names = {j["id"]: j["name"] for j in ctx.client.jobs()} if any(w.get("jobs") for w in workers) else {}
+    names: dict[str, str] = {}
+    if any(w.get("jobs") for w in workers):
+        # only leased jobs run on hosts: two status listings, not every job the fleet ever had
+        for status in ("claimed", "running"):
+            names.update((j["id"], j["name"]) for j in ctx.client.job_listing(status=status))
     render.make_console().print(render.workers_table(workers, names, time.time()))
 
 

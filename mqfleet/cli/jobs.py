@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import queue
+import sys
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -20,18 +23,60 @@ TERMINAL = frozenset({JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStat
 LOG_TRAILER_S = 1.0
 #: How many of the coordinator's last lines are compared to a live batch to drop duplicates at the seam.
 SEAM_WINDOW = 2000
+#: Rows the jobs table shows without --limit (newest first; a line counts the rest).
+TABLE_LIMIT = 100
+#: Rows per printed table when a long listing streams to the terminal.
+TABLE_CHUNK = 1000
 
 
 @cli.command("jobs")
 @click.option("--status", type=click.Choice([s.value for s in JobStatus]), default=None, help="Only jobs in this status.")
+@click.option("--name", "name_glob", metavar="GLOB", default=None,
+              help="Only jobs whose name matches this shell glob (* ? [abc] [!abc]), e.g. 'lr-*'.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help=f"Show the N newest jobs (0: all). Default: the table shows {TABLE_LIMIT}, --json every job.")
 @pass_client
-def jobs_cmd(ctx: ClientContext, status: str | None) -> None:
-    """Table of jobs (all, or those in one status)."""
-    jobs = ctx.client.jobs(status)
+def jobs_cmd(ctx: ClientContext, status: str | None, name_glob: str | None, limit: int | None) -> None:
+    """Jobs, newest first, with a count of the rest (all, or those of one status or name glob).
+
+    Pages stream from the coordinator, so a listing of any size holds one page in memory.
+    """
     if ctx.as_json:
-        ctx.emit_json(jobs)
+        _jobs_json(ctx, status, name_glob, limit or None)
         return
-    render.make_console().print(render.jobs_table(jobs))
+    listing = ctx.client.job_listing(status=status, name=name_glob, newest_first=True,
+                                     limit=TABLE_LIMIT if limit is None else (limit or None))
+    console = render.make_console()
+    shown = 0
+    chunk: list[dict[str, Any]] = []
+    for job in listing:
+        chunk.append(job)
+        if len(chunk) == TABLE_CHUNK:
+            console.print(render.jobs_table(chunk, first=shown == 0))
+            shown += len(chunk)
+            chunk = []
+    if chunk or not shown:
+        console.print(render.jobs_table(chunk, first=shown == 0))
+        shown += len(chunk)
+    console.print(render.jobs_rest_line(shown, listing.total or 0, limited=limit != 0))
+
+
+def _jobs_json(ctx: ClientContext, status: str | None, name_glob: str | None, limit: int | None) -> None:
+    """A JSON array in creation order, written a row at a time (the same text `json.dumps(rows, indent=2)` gives)."""
+    if limit is not None:
+        # the N newest, in the creation order of the unlimited listing; N rows are held, not all
+        newest = list(ctx.client.job_listing(status=status, name=name_glob, newest_first=True, limit=limit))
+        rows: Iterable[dict[str, Any]] = reversed(newest)
+    else:
+        rows = ctx.client.job_listing(status=status, name=name_glob)
+    out = sys.stdout
+    opened = False
+    for row in rows:
+        text = json.dumps(row, indent=2, default=str).replace("\n", "\n  ")
+        out.write(("[\n  " if not opened else ",\n  ") + text)
+        opened = True
+    out.write("\n]\n" if opened else "[]\n")
+    out.flush()
 
 
 @cli.command("show")

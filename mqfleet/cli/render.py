@@ -128,9 +128,11 @@ def _kv_table() -> Table:
 # --- listings ------------------------------------------------------------------------------
 
 
-def jobs_table(jobs: Iterable[Mapping[str, Any]]) -> Table:
-    table = _table("jobs", ("name", "id", "model/mode", "status", "host", "att", "pri", "prog", "artifact", "error"),
-                   right=("att", "pri", "prog"), wrap=("error",))
+def jobs_table(jobs: Iterable[Mapping[str, Any]], *, first: bool = True) -> Table:
+    """The jobs table; `first=False` for the later chunks of a streamed listing (no title, no header)."""
+    table = _table("jobs" if first else "", ("name", "id", "model/mode", "status", "host", "att", "pri", "prog",
+                                              "artifact", "error"), right=("att", "pri", "prog"), wrap=("error",))
+    table.show_header = first
     for job in jobs:
         table.add_row(
             escape(job["name"]), short_id(job["id"], 10), escape(f"{job['model']}/{job['mode']}"),
@@ -139,6 +141,16 @@ def jobs_table(jobs: Iterable[Mapping[str, Any]]) -> Table:
             progress_pct(job.get("progress")), short_id(job.get("artifact"), 8), escape(excerpt(job.get("error"), 30)),
         )
     return table
+
+
+def jobs_rest_line(shown: int, total: int, *, limited: bool) -> Text:
+    """The line under a jobs table: how many matched and how to see the rest (squeue-style, newest first)."""
+    rest = max(0, total - shown)
+    if not rest:
+        return Text(f"{total:,} job{'s' if total != 1 else ''}", style="dim")
+    hint = "--limit N for more (0 for all), --status or --name GLOB to narrow" if limited else ""
+    return Text(f"newest {shown:,} of {total:,} jobs; {rest:,} older not shown" + (f" ({hint})" if hint else ""),
+                style="dim")
 
 
 def workers_table(workers: Iterable[Mapping[str, Any]], names: Mapping[str, str], now: float) -> Table:

@@ -15,7 +15,7 @@ import sqlite3
 from typing import Any
 
 from mqfleet import defaults
-from mqfleet.coordinator import scheduler
+from mqfleet.coordinator import listing, scheduler
 from mqfleet.coordinator.schema import (
     JOB_SELECT,
     StateFile,
@@ -462,6 +462,17 @@ class Database(StateFile):
             else:
                 rows = self._conn.execute(f"{JOB_SELECT} WHERE j.status = ? ORDER BY j.seq", (status,)).fetchall()
         return [job_row(r) for r in rows]
+
+    def job_page(
+        self, where: listing.JobFilter, *, limit: int, after: int | None = None, newest_first: bool = False,
+        offset: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int | None, int]:
+        """One keyset page of the listing (`listing.job_page`), its next keyset, and the filter's total."""
+        with self._lock:
+            page, next_after = listing.job_page(
+                self._conn, where, limit=limit, after=after, newest_first=newest_first, offset=offset
+            )
+            return page, next_after, listing.count_jobs(self._conn, where)
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         with self._lock:

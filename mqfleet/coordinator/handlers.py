@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mqfleet import defaults
+from mqfleet.coordinator.listing import JobFilter
 from mqfleet.coordinator.verify import accept_artifact, check_digest
 from mqfleet.errors import BadRequestError, ManifestError, UnauthorizedError, UnknownHostError
 from mqfleet.manifest import load_manifest, parse_manifest
@@ -221,13 +222,19 @@ JOBS_PAGE = 2000
 
 
 def handle_jobs(coord: Coordinator, req: Request) -> dict[str, Any]:
-    status = req_field(req.body, "status", str, None)
-    offset = max(0, req_field(req.body, "offset", int, 0))
+    where = JobFilter(status=req_field(req.body, "status", str, None), name_glob=req_field(req.body, "name", str, None))
+    order = req_field(req.body, "order", str, "oldest")
+    if order not in ("oldest", "newest"):
+        raise BadRequestError(f"field 'order' must be 'oldest' or 'newest', not {order[:40]!r}")
     limit = min(JOBS_PAGE, max(1, req_field(req.body, "limit", int, JOBS_PAGE)))
-    rows = coord.db.jobs(status)
-    page = rows[offset : offset + limit]
-    next_offset = offset + len(page) if offset + len(page) < len(rows) else None
-    return ok(jobs=page, total=len(rows), next_offset=next_offset)
+    after = req_field(req.body, "after", int, None)
+    offset = max(0, req_field(req.body, "offset", int, 0))
+    page, next_after, total = coord.db.job_page(
+        where, limit=limit, after=after, newest_first=order == "newest", offset=None if after is not None else offset
+    )
+    # next_offset serves clients that page by position; next_after is the keyset the CLI pages with.
+    next_offset = None if after is not None or next_after is None else offset + len(page)
+    return ok(jobs=page, total=total, next_offset=next_offset, next_after=next_after)
 
 
 def handle_job(coord: Coordinator, req: Request) -> dict[str, Any]:
