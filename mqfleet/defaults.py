@@ -11,6 +11,8 @@ BROKER_URL = "mqtt://127.0.0.1:1883"
 MAX_ATTEMPTS = 3
 #: A lease not renewed for this long expires and its attempt ends as `lost`.
 LEASE_S = 90.0
+#: The retry back-off doubles per counted attempt up to this (or `retry_backoff_s`, if larger).
+RETRY_BACKOFF_MAX_S = 600.0
 #: After a host's will says offline, its leases expire this soon unless it returns.
 GRACE_S = 10.0
 #: How often an agent renews each lease; a third of the lease keeps two spare renewals.

@@ -20,6 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from mqfleet.defaults import RETRY_BACKOFF_MAX_S
 from mqfleet.errors import AmbiguousError, ManifestError, NotFoundError, Problem
 
 
@@ -48,6 +49,8 @@ class TrainerSpec:
     builtin: str | None
     command: tuple[str, ...]
     hyper: dict[str, HyperParam]
+    #: globs, relative to the output folder, that must each match a file when the trainer ends
+    outputs: tuple[str, ...] = ()
 
     def launch_command(self) -> tuple[str, ...]:
         """The argv template that starts this trainer; `{python}` stands for the agent's interpreter."""
@@ -77,6 +80,18 @@ class FleetSettings:
     lease_s: float = 90.0
     grace_s: float = 10.0
     commit: str = ""  # the training repo commit that `same_commit` jobs need
+    timeout_s: float | None = None  # default wall-clock limit of one attempt; None: no limit
+    stall_s: float | None = None  # default longest silence (no output line, no progress); None: no limit
+    retry_backoff_s: float = 0.0  # wait before a failed job's next attempt; doubles per counted attempt
+    quarantine_after: int | None = None  # consecutive failed attempts that quarantine a host; None: never
+    cancel_unsatisfiable: bool = False  # cancel jobs whose `after` dependency ended failed or cancelled
+
+    def backoff_s(self, counted_attempts: int) -> float:
+        """Wait before the next attempt of a job that has used `counted_attempts` (>= 1): doubles, capped."""
+        if self.retry_backoff_s <= 0 or counted_attempts < 1:
+            return 0.0
+        cap = max(RETRY_BACKOFF_MAX_S, self.retry_backoff_s)
+        return float(min(self.retry_backoff_s * 2 ** min(counted_attempts - 1, 30), cap))
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,8 @@ class JobSpec:
     allowed_hosts: tuple[str, ...] = ()
     priority: int = 0
     after: tuple[str, ...] = ()
+    timeout_s: float | None = None  # wall-clock limit of one attempt, [fleet] default applied
+    stall_s: float | None = None  # longest time without an output line or progress, [fleet] default applied
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +143,8 @@ class JobSpec:
             "allowed_hosts": list(self.allowed_hosts),
             "priority": self.priority,
             "after": list(self.after),
+            "timeout_s": self.timeout_s,
+            "stall_s": self.stall_s,
         }
 
 

@@ -16,12 +16,22 @@ from typing import Any
 
 from mqfleet.errors import Problem
 from mqfleet.manifest import FleetSettings, HostPolicy, HyperParam, TrainerSpec
-from mqfleet.trainers import BUILTIN_HYPER
+from mqfleet.trainers import BUILTIN_HYPER, BUILTIN_OUTPUTS
 
 HYPER_TYPES = ("int", "float", "str", "bool")
 TOP_KEYS = ("fleet", "trainers", "hosts", "jobs", "sweeps")
-_FLEET_KINDS = {"max_attempts": "int>=1", "lease_s": "number>0", "grace_s": "number>0", "commit": "str"}
-_TRAINER_KEYS = ("builtin", "command", "hyper")
+_FLEET_KINDS = {
+    "max_attempts": "int>=1",
+    "lease_s": "number>0",
+    "grace_s": "number>0",
+    "commit": "str",
+    "timeout_s": "number>0",
+    "stall_s": "number>0",
+    "retry_backoff_s": "number>=0",
+    "quarantine_after": "int>=1",
+    "cancel_unsatisfiable": "bool",
+}
+_TRAINER_KEYS = ("builtin", "command", "hyper", "outputs")
 _DECL_KEYS = ("type", "default", "min", "max", "choices")
 _HOST_KINDS = {"id": "str", "allow_jobs": "strs", "deny_jobs": "strs", "slots": "int>=1", "labels": "strs"}
 _KIND_WORDS = {
@@ -223,9 +233,42 @@ def read_trainers(ck: Checker, table: dict[str, Any]) -> dict[str, TrainerSpec |
             ck.add(f"{place}.hyper", f"must be a table, written [{place}.hyper], not {show(hyper_table)}")
         elif not (builtin is not None and not base):  # an unknown built-in has nothing to narrow
             hyper = _read_declarations(ck, hyper_table, f"{place}.hyper", base, builtin)
+            outputs = _read_outputs(ck, entry, place, builtin)
             if len(ck.problems) == before:
-                out[name] = TrainerSpec(name, builtin, tuple(command or ()), hyper)
+                out[name] = TrainerSpec(name, builtin, tuple(command or ()), hyper, outputs)
     return out
+
+
+def _read_outputs(ck: Checker, entry: Mapping[str, Any], place: str, builtin: str | None) -> tuple[str, ...]:
+    """A trainer's required outputs: a built-in's own globs, then the manifest's, each checked."""
+    declared = list(BUILTIN_OUTPUTS.get(builtin or "", ()))
+    if "outputs" not in entry:
+        return tuple(declared)
+    raw = entry["outputs"]
+    where = f"{place}.outputs"
+    if not isinstance(raw, list):
+        ck.add(where, f'must be a list of globs relative to the output folder, like ["model.pt", "*.json"], not {show(raw)}')
+        return tuple(declared)
+    for i, glob in enumerate(raw):
+        problem = output_glob_problem(glob)
+        if problem:
+            ck.add(f"{where}[{i}]", problem)
+        elif glob not in declared:
+            declared.append(glob)
+    return tuple(declared)
+
+
+def output_glob_problem(glob: Any) -> str | None:
+    """What is wrong with one `outputs` glob, or None: it must name files inside the output folder."""
+    if not isinstance(glob, str):
+        return f"must be a glob string like \"model.pt\" or \"*.json\", not {show(glob)}"
+    if not glob.strip():
+        return 'an empty glob matches nothing; name a file, like "model.pt", or remove the entry'
+    if glob.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", glob):
+        return f"{show(glob)} is absolute; write it relative to the output folder"
+    if ".." in re.split(r"[/\\]", glob):
+        return f"{show(glob)} leaves the output folder; outputs are checked inside it only"
+    return None
 
 
 def _read_declarations(

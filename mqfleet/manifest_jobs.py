@@ -37,6 +37,8 @@ _JOB_KINDS = {
     "allowed_hosts": "strs",
     "priority": "int",
     "after": "strs",
+    "timeout_s": "number>0",
+    "stall_s": "number>0",
 }
 _JOB_KEYS = (*_JOB_KINDS, "hyper", "seed")
 _JOB_DEFAULTS: dict[str, Any] = {
@@ -89,6 +91,10 @@ def _read_entry(
     before = len(ck.problems)
     ck.keys(entry, _JOB_KEYS, place)
     got = ck.fields(entry, _JOB_KINDS, place)
+    # the [fleet] limits are defaults: the spec carries the limit in force, so the agent needs no manifest
+    for limit in ("timeout_s", "stall_s"):
+        if limit not in entry and getattr(fleet, limit) is not None:
+            got[limit] = getattr(fleet, limit)
     model, mode = got.get("model"), got.get("mode", "default")
     trainer: TrainerSpec | None = None
     if "model" not in entry:

@@ -23,6 +23,14 @@ class Cause(str, Enum):
     LOST = "lost"  # the host vanished and the lease expired
     CANCELLED = "cancelled"  # an operator cancelled the job
     SHUTDOWN = "shutdown"  # the agent stopped gracefully and handed the job back
+    TIMEOUT = "timeout"  # the attempt ran past the job's timeout_s and the agent stopped it
+    STALLED = "stalled"  # the trainer printed nothing and reported no progress for stall_s
+
+
+#: Causes an agent may report in a `fail` request; `lost` and `cancelled` are decided by the coordinator.
+AGENT_CAUSES: frozenset[Cause] = frozenset({Cause.APP, Cause.SHUTDOWN, Cause.TIMEOUT, Cause.STALLED})
+#: Causes that are the host's or the trainer's fault: they count towards a host's quarantine.
+FAULT_CAUSES: frozenset[Cause] = frozenset({Cause.APP, Cause.LOST, Cause.TIMEOUT, Cause.STALLED})
 
 
 P, CL, R, CO, F, CA = (

@@ -105,12 +105,15 @@ def detect_gpus() -> tuple[bool, list[dict[str, Any]], str | None]:
         gpus = []
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             gpus.append(
                 {
                     "index": index,
                     "name": _text(pynvml.nvmlDeviceGetName(handle)),
                     "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
-                    "vram_gib": round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / _GIB, 1),
+                    "vram_gib": round(memory.total / _GIB, 1),
+                    # whole GiB: the advert is republished when this changes, not at every allocation
+                    "vram_free_gib": int(memory.free // _GIB),
                 }
             )
     except Exception as e:

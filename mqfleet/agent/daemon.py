@@ -32,6 +32,11 @@ logger = logging.getLogger(__name__)
 IDLE_POLL_S = 30.0
 #: Log lines are sent in small batches, at most this often per job.
 LOG_FLUSH_S = 0.25
+#: The host's facts are detected again before a claim (and at each heartbeat), but not more often than this:
+#: claims come in bursts while slots fill, and detection runs git twice.
+ADVERT_RECHECK_S = 1.0
+#: Advert fields that change without the host's capability changing; a change of these alone is not republished.
+_VOLATILE_ADVERT_FIELDS = ("ts",)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ class Agent:
         self._log_buffers: dict[str, list[str]] = {}
         self._log_last_flush: dict[str, float] = {}
         self.advert: dict[str, Any] = {}
+        self._advert_checked = 0.0
+        self._advert_lock = threading.Lock()
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(f"agent-{config.host_id}"),
@@ -100,7 +107,8 @@ class Agent:
         reaped = reap_leftovers(cfg.work_dir / "pids")
         if reaped:
             logger.warning("killed %d trainer process(es) left by a previous agent run: %s", len(reaped), reaped)
-        self.advert = detect_advert(cfg.host_id, slots=cfg.slots, labels=cfg.labels, repo=cfg.repo)
+        self.advert = self._detect_advert()
+        self._advert_checked = time.monotonic()
         self.conn.subscribe(self.topics.control(cfg.host_id), self._on_control)
         self.conn.subscribe(self.topics.work, self._on_nudge, qos=0)
         self.conn.start(wait_s=wait_s)
@@ -116,6 +124,7 @@ class Agent:
             self._wake.wait(timeout)
             self._wake.clear()
             if time.monotonic() >= next_heartbeat:
+                self.refresh_advert()
                 self._publish_status("online")
                 next_heartbeat = time.monotonic() + self.config.heartbeat_s
         self._shutdown()
@@ -147,8 +156,36 @@ class Agent:
         with self._jobs_lock:
             return [j for j in self.jobs.values() if not j.done.is_set()]
 
+    def _detect_advert(self) -> dict[str, Any]:
+        cfg = self.config
+        return detect_advert(cfg.host_id, slots=cfg.slots, labels=cfg.labels, repo=cfg.repo)
+
+    def refresh_advert(self, *, force: bool = False) -> bool:
+        """Detect the host's facts again (torch and xgboost versions, repo commit and dirty flag, RAM, free
+        VRAM) and republish the retained advert when one changed; True when it did."""
+        with self._advert_lock:
+            if not force and time.monotonic() - self._advert_checked < ADVERT_RECHECK_S:
+                return False
+            self._advert_checked = time.monotonic()
+            fresh = self._detect_advert()
+            changed = sorted(k for k in set(fresh) | set(self.advert)
+                             if k not in _VOLATILE_ADVERT_FIELDS and fresh.get(k) != self.advert.get(k))
+            if not changed:
+                return False
+            logger.info("advert: %s changed (%s); republishing", ", ".join(changed),
+                        "; ".join(f"{k}: {self.advert.get(k)!r} -> {fresh.get(k)!r}" for k in changed)[:500])
+            self.advert = fresh
+        try:
+            self.conn.publish(self.topics.advert(self.config.host_id), fresh, qos=1, retain=True)
+        except MqfleetError as e:  # the broker is away: _on_connect publishes the fresh advert
+            logger.warning("advert: not republished (%s); it goes out at the next connect", e)
+        return True
+
     def _claim_while_free(self) -> None:
         while not self.stopping.is_set() and len(self._running()) < self.config.slots:
+            # the coordinator judges min_torch and same_commit on the advert: make sure it is current
+            # (the advert goes out before the claim, on the same connection, so it is recorded first)
+            self.refresh_advert()
             try:
                 grant = self.request("claim").get("job")
             except (RemoteError, RequestTimeoutError, MqfleetError) as e:

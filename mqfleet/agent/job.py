@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mqfleet import defaults
@@ -22,6 +25,7 @@ from mqfleet.agent.command import build_trainer_argv, trainer_env
 from mqfleet.agent.runner import TrainerRun
 from mqfleet.bundle import pack_artifact
 from mqfleet.errors import BrokerError, MqfleetError, RemoteError, RequestTimeoutError
+from mqfleet.state import Cause
 from mqfleet.transfer import upload_to_url
 
 if TYPE_CHECKING:
@@ -35,12 +39,51 @@ logger = logging.getLogger(__name__)
 RENEW_TIMEOUT_S = 3.0
 
 
+#: How often the job thread looks at the clock while its trainer runs, for timeout_s and stall_s.
+LIMIT_CHECK_S = 0.25
+
+
 class Ending(str, Enum):
     """Why a job run stopped before its trainer finished on its own."""
 
     CANCELLED = "cancelled"  # the coordinator cancelled the job
     LEASE_LOST = "lease_lost"  # the lease is no longer ours
     SHUTDOWN = "shutdown"  # the agent is stopping and hands the job back
+    TIMEOUT = "timeout"  # the attempt ran past the job's timeout_s
+    STALLED = "stalled"  # the trainer was silent (no output line, no progress) for stall_s
+
+    @property
+    def cause(self) -> Cause | None:
+        """The cause this agent reports in its `fail` request; None when it reports nothing (the
+        coordinator already knows: it cancelled the job or took the lease away)."""
+        return _CAUSE_OF_ENDING.get(self)
+
+
+_CAUSE_OF_ENDING = {Ending.SHUTDOWN: Cause.SHUTDOWN, Ending.TIMEOUT: Cause.TIMEOUT, Ending.STALLED: Cause.STALLED}
+
+
+def limit_of(spec: Mapping[str, Any], name: str) -> float | None:
+    """A job's `timeout_s` or `stall_s` from the grant's spec; None when unset or not a positive number."""
+    value = spec.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
+
+
+def missing_outputs(out_dir: Path, globs: Iterable[str]) -> list[str]:
+    """What a finished trainer failed to produce: ["(any file)"] for an empty folder, else the globs
+    that match no file. Globs are relative to `out_dir`; `**` reaches into subfolders."""
+    if not any(files for _, _, files in os.walk(out_dir)):
+        return ["(any file)"]
+    missing = []
+    for glob in globs:
+        try:
+            found = any(p.is_file() for p in out_dir.glob(glob))
+        except (ValueError, OSError):  # a glob the manifest check let through but this OS refuses
+            found = False
+        if not found:
+            missing.append(glob)
+    return missing
 
 
 class JobRun:
@@ -57,6 +100,10 @@ class JobRun:
         self.out_dir = self.dir / "out"
         self.trainer: TrainerRun | None = None
         self.ending: Ending | None = None
+        #: what the ending was about, for the attempt's error ("no end after timeout_s = 5 s ...")
+        self.ending_detail = ""
+        self.timeout_s = limit_of(grant["spec"], "timeout_s")
+        self.stall_s = limit_of(grant["spec"], "stall_s")
         self.done = threading.Event()
         self._stop_renewing = threading.Event()
         self._renew_now = threading.Event()
@@ -72,13 +119,14 @@ class JobRun:
 
     # --- signals from outside -----------------------------------------------------------
 
-    def end(self, ending: Ending) -> None:
+    def end(self, ending: Ending, detail: str = "") -> None:
         """Stop the trainer for `ending` (first reason wins); the job thread reports it."""
         with self._ending_lock:
             if self.ending is not None:
                 return
             self.ending = ending
-        logger.warning("job %s: stopping trainer (%s)", self.name, ending.value)
+            self.ending_detail = detail
+        logger.warning("job %s: stopping trainer (%s%s)", self.name, ending.value, f": {detail}" if detail else "")
         trainer = self.trainer
         if trainer is not None:
             threading.Thread(target=trainer.terminate, args=(self.agent.config.kill_grace_s,), daemon=True).start()
@@ -94,13 +142,18 @@ class JobRun:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             exit_code = self._train(renewer)
+            cause = self.ending.cause if self.ending is not None else None
             if self.ending is None:
-                if exit_code == 0:
-                    self._store_and_complete()
-                else:
+                if exit_code != 0:
                     self._fail("app", exit_code, f"trainer exited with code {exit_code}")
+                elif missing := missing_outputs(self.out_dir, self.grant["trainer"].get("outputs") or ()):
+                    self._fail("app", exit_code, _missing_message(missing))
+                else:
+                    self._store_and_complete()
             elif self.ending is Ending.SHUTDOWN:
                 self._fail("shutdown", exit_code, "agent shut down; job handed back")
+            elif cause is not None:
+                self._fail(cause.value, exit_code, self.ending_detail or cause.value)
             else:
                 logger.info("job %s: ended (%s); nothing to report", self.name, self.ending.value)
         except Exception as e:  # the agent must outlive any one job
@@ -137,10 +190,37 @@ class JobRun:
         renewer.start()
         if self.ending is not None:  # cancelled between claim and start
             self.trainer.terminate(cfg.kill_grace_s)
-        exit_code = self.trainer.wait()
+        exit_code = self._wait_within_limits(self.trainer)
         self._flush_log()
         logger.info("job %s: trainer exited with code %s", self.name, exit_code)
         return int(exit_code if exit_code is not None else -1)
+
+    def _wait_within_limits(self, trainer: TrainerRun) -> int | None:
+        """Wait for the trainer to end, stopping it (SIGTERM, kill grace, whole tree) once it runs past
+        timeout_s or stays silent for stall_s; its exit code."""
+        if self.timeout_s is None and self.stall_s is None:
+            return trainer.wait()
+        started = time.monotonic()
+        while True:
+            exit_code = trainer.wait(LIMIT_CHECK_S)
+            if exit_code is not None or trainer.poll() is not None:
+                return exit_code
+            if self.ending is not None:
+                continue  # already being stopped; the wait above ends when the tree is gone
+            now = time.monotonic()
+            ran_s = now - started
+            silent_s = now - (trainer.last_output_monotonic or started)
+            if self.timeout_s is not None and ran_s >= self.timeout_s:
+                self.end(Ending.TIMEOUT, f"timeout: still running {ran_s:.1f} s after its start (timeout_s = {self.timeout_s:g}); stopped")
+            elif self.stall_s is not None and silent_s >= self.stall_s:
+                self.end(
+                    Ending.STALLED,
+                    f"stalled: no output line or progress for {silent_s:.0f} s (stall_s = {self.stall_s:g}) "
+                    f"after running {ran_s:.0f} s; stopped",
+                )
+            else:
+                continue
+            # end() stops the tree on a thread of its own; the loop waits until it is gone
 
     def _store_and_complete(self) -> None:
         bundle_path = self.dir / "artifact.tar.zst"
@@ -235,3 +315,12 @@ class JobRun:
     def _flush_log(self) -> None:
         self.agent.flush_log(self.job_id)
 
+
+
+def _missing_message(missing: list[str]) -> str:
+    if missing == ["(any file)"]:
+        return "trainer exited 0 but wrote nothing to its output folder; nothing was uploaded"
+    return (
+        f"trainer exited 0 but did not produce its declared output{'s' if len(missing) > 1 else ''}: "
+        f"{', '.join(missing)} (no matching file in its output folder); nothing was uploaded"
+    )

@@ -114,6 +114,8 @@ class TrainerRun:
         self.started_ts: float | None = None
         self.ended_ts: float | None = None
         self.create_time: float | None = None
+        #: time.monotonic() of the start or of the latest output line (progress lines included)
+        self.last_output_monotonic: float | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._root: psutil.Process | None = None
         self._tail: deque[str] = deque(maxlen=max(1, tail_lines))
@@ -137,6 +139,7 @@ class TrainerRun:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._proc = proc = _spawn(self._popen)
         self.started_ts = time.time()
+        self.last_output_monotonic = time.monotonic()
         try:
             self._root = psutil.Process(proc.pid)
             self.create_time = self._root.create_time()
@@ -358,6 +361,7 @@ class TrainerRun:
         try:
             for raw in stream:
                 line = raw.rstrip("\r\n")
+                self.last_output_monotonic = time.monotonic()
                 if log is not None:
                     try:
                         log.write(line + "\n")

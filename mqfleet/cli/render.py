@@ -287,7 +287,7 @@ def attempts_view(attempts: Sequence[Mapping[str, Any]], now: float) -> Renderab
         cause = a.get("cause") or ("running" if not ended else a.get("outcome") or "-")
         title = Text.assemble(
             (f"attempt {a.get('number')}", "bold"), f" on {a.get('host')}  ",
-            (str(cause), "red" if cause in ("app", "lost") else ""),
+            (str(cause), "red" if cause in ("app", "lost", "timeout", "stalled") else ""),
             f"  exit {a.get('exit_code') if a.get('exit_code') is not None else '-'}",
             f"  {human_duration(duration)}" + ("" if ended else " so far"),
         )

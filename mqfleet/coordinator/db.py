@@ -27,7 +27,7 @@ from mqfleet.coordinator.schema import (
 )
 from mqfleet.errors import AmbiguousError, BadRequestError, IllegalTransitionError, LeaseLostError, NotFoundError
 from mqfleet.manifest import JobSpec, Manifest
-from mqfleet.state import LEASED, TERMINAL, Cause, JobStatus, after_attempt_ended, counts_against_budget
+from mqfleet.state import FAULT_CAUSES, LEASED, TERMINAL, Cause, JobStatus, after_attempt_ended, counts_against_budget
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ class Database(StateFile):
         )
         c.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
         # a graceful handback or a cancel is not a fault, so it leaves the last error as it was
-        if cause in (Cause.APP, Cause.LOST):
+        if cause in FAULT_CAUSES:
             c.execute("UPDATE jobs SET attempts = ?, error = ? WHERE id = ?", (attempts, error, job_id))
         else:
             c.execute("UPDATE jobs SET attempts = ? WHERE id = ?", (attempts, job_id))
@@ -569,11 +569,12 @@ class Database(StateFile):
 
 def _trainer_dict(trainer: Any, model: str) -> dict[str, Any]:
     if trainer is None:
-        return {"name": model, "builtin": None, "command": [], "hyper": {}}
+        return {"name": model, "builtin": None, "command": [], "hyper": {}, "outputs": []}
     return {
         "name": trainer.name,
         "builtin": trainer.builtin,
         "command": list(trainer.command),
+        "outputs": list(trainer.outputs),
         "hyper": {
             name: {"type": h.type, "default": h.default, "min": h.min, "max": h.max, "choices": list(h.choices)}
             for name, h in trainer.hyper.items()

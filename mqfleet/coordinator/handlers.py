@@ -20,7 +20,7 @@ from mqfleet.errors import BadRequestError, ManifestError, UnauthorizedError, Un
 from mqfleet.manifest import load_manifest, parse_manifest
 from mqfleet.protocol import Role, Verb, ok
 from mqfleet.protocol import field as req_field
-from mqfleet.state import Cause
+from mqfleet.state import AGENT_CAUSES, Cause
 
 if TYPE_CHECKING:
     from mqfleet.coordinator.service import Coordinator
@@ -136,8 +136,9 @@ def handle_complete(coord: Coordinator, req: Request) -> dict[str, Any]:
 def handle_fail(coord: Coordinator, req: Request) -> dict[str, Any]:
     job_id, lease_id = _lease_fields(req)
     cause_name = req_field(req.body, "cause", str, Cause.APP.value)
-    if cause_name not in (Cause.APP.value, Cause.SHUTDOWN.value):
-        raise BadRequestError(f"field 'cause' must be 'app' or 'shutdown', not {cause_name!r}")
+    allowed = sorted(c.value for c in AGENT_CAUSES)
+    if cause_name not in allowed:
+        raise BadRequestError(f"field 'cause' must be one of {', '.join(allowed)}, not {cause_name!r}")
     status = coord.db.fail(
         job_id,
         lease_id,

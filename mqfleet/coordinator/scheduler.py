@@ -95,6 +95,9 @@ def job_reasons(job: JobSpec, host: HostView, *, commit: str) -> list[str]:
             reasons.append("needs the manifest's commit, but [fleet] commit is not set")
         elif not is_same_commit(have, commit):
             reasons.append(f"needs commit {commit[:12]}; host has {str(have)[:12] if have else 'none'}")
+        elif host.advert.get("git_dirty") is True:
+            # the commit alone does not say what trains when tracked files differ from it
+            reasons.append(f"needs commit {commit[:12]}; host has it with uncommitted changes (git_dirty)")
     return reasons
 
 

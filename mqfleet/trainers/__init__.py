@@ -32,3 +32,9 @@ BUILTIN_MODULE: dict[str, str] = {
     "xgboost": "mqfleet.trainers.xgboost",
     "torch-mlp": "mqfleet.trainers.torch_mlp",
 }
+
+#: Files each built-in trainer writes to its output folder; an attempt missing one fails (cause `app`).
+BUILTIN_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "xgboost": ("model.xgb.json", "ckpt.json", "report.json", "report.md"),
+    "torch-mlp": ("model.pt", "ckpt.json", "report.json", "report.md"),
+}

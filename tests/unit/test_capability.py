@@ -93,7 +93,8 @@ def test_every_gpu_entry_has_index_name_uuid_and_vram() -> None:
     advert = detect_advert("h")
     assert advert["cuda"] == bool(advert["gpus"])
     for i, gpu in enumerate(advert["gpus"]):
-        assert set(gpu) == {"index", "name", "uuid", "vram_gib"} and gpu["index"] == i and gpu["vram_gib"] > 0
+        assert set(gpu) == {"index", "name", "uuid", "vram_gib", "vram_free_gib"} and gpu["index"] == i
+        assert gpu["vram_gib"] > 0 and 0 <= gpu["vram_free_gib"] <= gpu["vram_gib"]
 
 
 def test_a_host_without_an_nvidia_driver_reports_no_cuda_and_no_gpus_instead_of_failing() -> None:
@@ -237,7 +238,7 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, handle: int) -> object:
         self._maybe_fail("memory")
-        return type("Memory", (), {"total": 150_754_820_096})()
+        return type("Memory", (), {"total": 150_754_820_096, "free": 100 * 1024**3 + 5})()
 
 
 def test_gpu_facts_come_from_nvml_and_nvml_is_always_shut_down(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -246,8 +247,8 @@ def test_gpu_facts_come_from_nvml_and_nvml_is_always_shut_down(monkeypatch: pyte
     cuda, gpus, driver = capability.detect_gpus()
     assert cuda is True and driver == "550.54.15"
     assert gpus == [
-        {"index": 0, "name": "NVIDIA H200", "uuid": "GPU-00000000", "vram_gib": 140.4},
-        {"index": 1, "name": "NVIDIA H200", "uuid": "GPU-00000001", "vram_gib": 140.4},
+        {"index": 0, "name": "NVIDIA H200", "uuid": "GPU-00000000", "vram_gib": 140.4, "vram_free_gib": 100},
+        {"index": 1, "name": "NVIDIA H200", "uuid": "GPU-00000001", "vram_gib": 140.4, "vram_free_gib": 100},
     ]
     assert fake.shutdowns == 1
 

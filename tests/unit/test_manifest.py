@@ -111,7 +111,7 @@ def test_unknown_key_in_a_job_suggests_the_close_name() -> None:
 
 def test_unknown_key_with_no_close_name_lists_the_allowed_keys() -> None:
     found = problems("[fleet]\nzzz = 1\n")
-    assert found["fleet.zzz"].startswith("unknown key (allowed here: max_attempts, lease_s, grace_s, commit)")
+    assert found["fleet.zzz"].startswith("unknown key (allowed here: max_attempts, lease_s, grace_s, commit, timeout_s, stall_s, ")
 
 
 @pytest.mark.parametrize(
@@ -680,3 +680,71 @@ def test_a_problem_shared_by_every_job_of_a_sweep_is_reported_once() -> None:
     with pytest.raises(ManifestError) as info:
         parse('[[sweeps]]\nmodel = "gbt"\nseed = [1, 2, 3]\nafter = ["ghost"]\n')
     assert len(info.value.problems) == 1
+
+
+# ---- limits, outputs and the retry rules (docs/RELIABILITY.md, "Jobs that misbehave") ----------------
+
+
+def test_job_limits_default_to_none_and_take_the_fleet_defaults_unless_the_job_sets_its_own() -> None:
+    assert [(j.timeout_s, j.stall_s) for j in parse('[[jobs]]\nmodel = "gbt"\n').jobs] == [(None, None)]
+    m = parse('[fleet]\ntimeout_s = 60\nstall_s = 30\n[[jobs]]\nmodel = "gbt"\n[[jobs]]\nmodel = "gbt"\nseed = 1\ntimeout_s = 5\n')
+    assert [(j.timeout_s, j.stall_s) for j in m.jobs] == [(60.0, 30.0), (5.0, 30.0)]
+    assert m.jobs[1].to_dict()["timeout_s"] == 5.0 and m.jobs[1].to_dict()["stall_s"] == 30.0
+
+
+def test_limits_do_not_change_a_job_id() -> None:
+    plain = parse('[[jobs]]\nmodel = "gbt"\n').jobs[0]
+    limited = parse('[[jobs]]\nmodel = "gbt"\ntimeout_s = 9\nstall_s = 3\n').jobs[0]
+    assert plain.id == limited.id
+
+
+@pytest.mark.parametrize("value", ["0", "-1", '"10"', "true", "nan"])
+@pytest.mark.parametrize("key", ["timeout_s", "stall_s"])
+def test_a_limit_that_is_not_a_positive_number_is_refused_in_a_job_and_in_fleet(key: str, value: str) -> None:
+    found = problems(f'[fleet]\n{key} = {value}\n[[jobs]]\nmodel = "gbt"\n{key} = {value}\n')
+    assert set(found) == {f"fleet.{key}", f"jobs[0].{key}"}, found
+
+
+def test_fleet_retry_settings_are_checked() -> None:
+    found = problems('[fleet]\nretry_backoff_s = -1\nquarantine_after = 0\ncancel_unsatisfiable = "yes"\nretry_backof_s = 3\n')
+    assert found["fleet.retry_backoff_s"] == "must be at least 0, not -1.0"
+    assert found["fleet.quarantine_after"] == "must be at least 1, not 0"
+    assert found["fleet.cancel_unsatisfiable"] == 'must be true or false, not "yes"'
+    assert "did you mean 'retry_backoff_s'" in found["fleet.retry_backof_s"]
+    fleet = parse("[fleet]\nretry_backoff_s = 10\nquarantine_after = 3\ncancel_unsatisfiable = true\n").fleet
+    assert (fleet.retry_backoff_s, fleet.quarantine_after, fleet.cancel_unsatisfiable) == (10.0, 3, True)
+
+
+def test_retry_backoff_doubles_per_counted_attempt_and_is_capped() -> None:
+    fleet = FleetSettings(retry_backoff_s=10)
+    assert [fleet.backoff_s(n) for n in (0, 1, 2, 3)] == [0.0, 10.0, 20.0, 40.0]
+    assert fleet.backoff_s(40) == 600.0
+    assert FleetSettings().backoff_s(3) == 0.0
+    assert FleetSettings(retry_backoff_s=900).backoff_s(5) == 900.0, "a first delay above the cap is kept"
+
+
+def test_builtin_trainers_declare_their_outputs_and_a_manifest_adds_to_them() -> None:
+    m = parse('[[jobs]]\nmodel = "gbt"\n')
+    assert m.trainers["gbt"].outputs == ("model.xgb.json", "ckpt.json", "report.json", "report.md")
+    assert m.trainers["mlp"].outputs[0] == "model.pt"
+    extra = parse("", trainers='[trainers.gbt]\nbuiltin = "xgboost"\noutputs = ["extra/*.csv", "ckpt.json"]\n')
+    assert extra.trainers["gbt"].outputs[-1] == "extra/*.csv" and extra.trainers["gbt"].outputs.count("ckpt.json") == 1
+    command = parse("", trainers='[trainers.x]\ncommand = ["{python}", "x.py"]\noutputs = ["**/*.pt"]\n')
+    assert command.trainers["x"].outputs == ("**/*.pt",)
+    assert parse("", trainers='[trainers.x]\ncommand = ["x"]\n').trainers["x"].outputs == ()
+
+
+@pytest.mark.parametrize(
+    ("outputs", "place", "expected"),
+    [
+        ('""', "trainers.x.outputs", "must be a list of globs"),
+        ('[""]', "trainers.x.outputs[0]", "an empty glob matches nothing"),
+        ('["  "]', "trainers.x.outputs[0]", "an empty glob matches nothing"),
+        ('["/tmp/model.pt"]', "trainers.x.outputs[0]", "is absolute"),
+        ('["../model.pt"]', "trainers.x.outputs[0]", "leaves the output folder"),
+        ("[3]", "trainers.x.outputs[0]", "must be a glob string"),
+    ],
+)
+def test_bad_output_globs_are_refused_at_their_place(outputs: str, place: str, expected: str) -> None:
+    found = problems("", trainers=f'[trainers.x]\ncommand = ["x"]\noutputs = {outputs}\n')
+    assert expected in found[place], found

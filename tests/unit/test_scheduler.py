@@ -131,6 +131,16 @@ def test_same_commit_needs_the_manifest_commit() -> None:
     assert job_reasons(job, host(advert={"git_commit": None}), commit="0123456") == ["needs commit 0123456; host has none"]
 
 
+def test_a_dirty_working_tree_does_not_satisfy_same_commit() -> None:
+    job = spec(same_commit=True)
+    dirty = host(advert={**CPU.advert, "git_dirty": True})
+    assert job_reasons(job, dirty, commit="abcdef1234567890") == [
+        "needs commit abcdef123456; host has it with uncommitted changes (git_dirty)"
+    ]
+    assert job_reasons(job, host(advert={**CPU.advert, "git_dirty": False}), commit="abcdef1234567890") == []
+    assert job_reasons(spec(), dirty, commit="abcdef1234567890") == [], "only same_commit jobs care"
+
+
 def test_same_commit_does_not_accept_a_too_short_prefix() -> None:
     assert not is_same_commit("abc", "abcdef1234567890")
     assert is_same_commit("ABCDEF1", "abcdef1234567890")

@@ -65,12 +65,12 @@ def test_only_shutdown_is_free() -> None:
     assert [c for c in Cause if not counts_against_budget(c)] == [Cause.SHUTDOWN]
 
 
-@pytest.mark.parametrize("cause", [Cause.APP, Cause.LOST])
+@pytest.mark.parametrize("cause", [Cause.APP, Cause.LOST, Cause.TIMEOUT, Cause.STALLED])
 def test_counted_end_returns_job_to_pending_while_attempts_remain(cause: Cause) -> None:
     assert after_attempt_ended(cause, attempts=2, max_attempts=3) is P
 
 
-@pytest.mark.parametrize("cause", [Cause.APP, Cause.LOST])
+@pytest.mark.parametrize("cause", [Cause.APP, Cause.LOST, Cause.TIMEOUT, Cause.STALLED])
 def test_counted_end_on_the_last_attempt_fails_the_job(cause: Cause) -> None:
     assert after_attempt_ended(cause, attempts=3, max_attempts=3) is F
 

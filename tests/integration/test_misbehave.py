@@ -1,0 +1,135 @@
+"""Jobs that misbehave: time limits, stalls, empty or missing output (docs/RELIABILITY.md, "Jobs that misbehave")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mqfleet.protocol import Verb
+from tests.fixtures.common import wait_until
+from tests.fixtures.fleet import Fleet, manifest_text, trainer_processes
+
+ONE_TRY = """\
+[fleet]
+max_attempts = 1
+lease_s = 6
+grace_s = 2
+"""
+
+MISBEHAVE_TRAINER = """\
+[trainers.bad]
+command = ["{python}", "tests/data/trainers/misbehave.py"]
+[trainers.bad.hyper]
+mode = { type = "str", default = "silent" }
+chatty_s = { type = "float", default = 2.0 }
+
+[trainers.needs_model]
+command = ["{python}", "tests/data/trainers/ok.py"]
+outputs = ["model.pt", "*.json"]
+"""
+
+
+def _only_attempt(fleet: Fleet, name: str) -> dict[str, Any]:
+    detail = fleet.client().job(name)["attempts_detail"]
+    assert len(detail) == 1, detail
+    return dict(detail[0])
+
+
+def test_silent_trainer_past_timeout_s_ends_timeout_with_its_tree_gone_and_the_slot_runs_the_next_job(
+    fleet: Fleet,
+) -> None:
+    fleet.write_manifest(manifest_text(
+        {"name": "hangs", "model": "bad", "timeout_s": 5, "priority": 1},
+        {"name": "next", "model": "ok"},
+        fleet=ONE_TRY, extra=MISBEHAVE_TRAINER,
+    ))
+    fleet.start_coordinator()
+    fleet.start_agent("solo", slots=1)
+    work = fleet.dir / "work" / "solo"
+    wait_until(lambda: len(trainer_processes(work)) >= 2, timeout_s=30, what="the trainer and its child")
+
+    fleet.wait_for_status({"hangs": "failed", "next": "completed"}, timeout_s=60)
+    attempt = _only_attempt(fleet, "hangs")
+    assert attempt["cause"] == "timeout", attempt
+    assert "timeout_s = 5" in attempt["error"], attempt
+    ran_s = attempt["ended_ts"] - attempt["started_ts"]
+    # the limit, then SIGTERM (the trainer dies of it) and the report: seconds, not the lease or more
+    assert 5 <= ran_s < 5 + 10, ran_s
+    assert not trainer_processes(work), "the trainer's child outlived the timeout"
+    shown = fleet.cli("show", "hangs")
+    assert shown.returncode == 0, shown.stderr
+    assert "timeout" in shown.stdout and "timeout_s = 5" in shown.stdout, shown.stdout
+
+
+def test_trainer_silent_for_stall_s_ends_stalled(fleet: Fleet) -> None:
+    fleet.write_manifest(manifest_text(
+        {"name": "stalls", "model": "bad", "stall_s": 2, "hyper": {"mode": "chatty_then_silent", "chatty_s": 3.0}},
+        fleet=ONE_TRY, extra=MISBEHAVE_TRAINER,
+    ))
+    fleet.start_coordinator()
+    fleet.start_agent("solo")
+    fleet.wait_for_status("failed", timeout_s=60)
+    attempt = _only_attempt(fleet, "stalls")
+    assert attempt["cause"] == "stalled", attempt
+    assert "stall_s = 2" in attempt["error"], attempt
+    # it printed for 3 s, so the limit counts silence, not run time
+    assert attempt["ended_ts"] - attempt["started_ts"] >= 3 + 2, attempt
+    assert not trainer_processes(fleet.dir / "work" / "solo")
+
+
+def test_trainer_that_writes_nothing_fails_app_and_uploads_nothing(fleet: Fleet) -> None:
+    fleet.write_manifest(manifest_text(
+        {"name": "empty", "model": "bad", "hyper": {"mode": "empty"}}, fleet=ONE_TRY, extra=MISBEHAVE_TRAINER,
+    ))
+    fleet.start_coordinator()
+    fleet.start_agent("solo")
+    jobs = fleet.wait_for_status("failed", timeout_s=60)
+    assert jobs[0]["artifact"] is None
+    attempt = _only_attempt(fleet, "empty")
+    assert attempt["cause"] == "app" and attempt["exit_code"] == 0, attempt
+    assert "wrote nothing" in attempt["error"], attempt
+    assert fleet.client().call(Verb.ARTIFACTS)["artifacts"] == []
+
+
+def test_trainer_missing_a_declared_output_fails_app_naming_it(fleet: Fleet) -> None:
+    fleet.write_manifest(manifest_text({"name": "partial", "model": "needs_model"}, fleet=ONE_TRY, extra=MISBEHAVE_TRAINER))
+    fleet.start_coordinator()
+    fleet.start_agent("solo")
+    fleet.wait_for_status("failed", timeout_s=60)
+    attempt = _only_attempt(fleet, "partial")
+    assert attempt["cause"] == "app", attempt
+    assert "model.pt" in attempt["error"] and "*.json" not in attempt["error"], attempt
+    assert fleet.client().call(Verb.ARTIFACTS)["artifacts"] == []
+
+
+def _fake_torch(site: Path, version: str) -> None:
+    """A dist-info folder that makes importlib.metadata report torch `version` for processes with `site` on their path."""
+    info = site / f"torch-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n", encoding="utf-8")
+
+
+def test_a_changed_torch_version_reaches_workers_and_claims_without_restarting_the_agent(fleet: Fleet) -> None:
+    site = fleet.dir / "site"
+    site.mkdir()
+    fleet.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), fleet.env.get("PYTHONPATH", "")) if p)
+    fleet.write_manifest(manifest_text({"name": "new-torch", "model": "ok", "min_torch": "99.1"}))
+    fleet.start_coordinator()
+    client = fleet.client()
+    adverts: list[dict[str, Any]] = []
+    client.conn.subscribe(client.topics.advert("solo"), lambda m: adverts.append(m.json()))
+    fleet.start_agent("solo")
+    wait_until(lambda: client.workers(), timeout_s=30, what="the agent's advert")
+    first = client.workers()[0]["advert"].get("torch")
+    assert first != "99.1.0"
+    why = wait_until(lambda: client.job("new-torch")["why_waiting"], timeout_s=10, what="a reason to wait")
+    assert any("needs torch >= 99.1" in w["reason"] for w in why), why
+
+    _fake_torch(site, "99.1.0")
+    wait_until(lambda: client.workers()[0]["advert"].get("torch") == "99.1.0", timeout_s=30, what="the new torch in workers")
+    fleet.wait_for_status("completed", timeout_s=60)
+    shown = fleet.cli("workers")
+    assert "99.1.0" in shown.stdout, shown.stdout
+    # republished once for the change, not at every heartbeat or claim since
+    assert [a.get("torch") for a in adverts] == [first, "99.1.0"], [a.get("torch") for a in adverts]
