@@ -15,7 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from mqfleet.coordinator.db import Database
+from mqfleet.coordinator.artifacts import Artifacts
+from mqfleet.coordinator.catalog import Catalog
+from mqfleet.coordinator.claims import Claims
+from mqfleet.coordinator.hosts import Hosts
+from mqfleet.coordinator.leases import Leases
+from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.manifest import FleetSettings, HostPolicy, HyperParam, JobSpec, Manifest, TrainerSpec
 from mqfleet.state import Cause
 
@@ -48,25 +53,27 @@ def build_manifest(n_jobs: int, seed: int = 0) -> Manifest:
 def measure(n_jobs: int, claims: int) -> tuple[list[float], float]:
     """Claim latencies in seconds over `claims` claims against `n_jobs` pending jobs, and the fill time."""
     with tempfile.TemporaryDirectory() as tmp:
-        db = Database(Path(tmp) / "bench.db")
+        state = StateFile(Path(tmp) / "bench.db")
+        catalog, hosts_table = Catalog(state), Hosts(state)
+        claims_made, leases = Claims(state, catalog, hosts_table), Leases(state, catalog, Artifacts(state))
         m = build_manifest(n_jobs)
         start = time.perf_counter()
-        db.apply_manifest(m, T0)
+        catalog.apply_manifest(m, T0)
         fill_s = time.perf_counter() - start
         for host, ad in HOSTS.items():
-            db.record_advert(host, {"host": host, **ad}, T0)
-            db.record_presence(host, True, T0)
+            hosts_table.record_advert(host, {"host": host, **ad}, T0)
+            hosts_table.record_presence(host, True, T0, grace_s=m.fleet.grace_s)
         hosts = sorted(HOSTS)
         latencies = []
         for i in range(claims):
             host = hosts[i % 2]
             start = time.perf_counter()
-            grant = db.claim(host, T0 + i)
+            grant = claims_made.claim(host, T0 + i, m)
             latencies.append(time.perf_counter() - start)
             if grant is None:
                 raise SystemExit(f"{host} got no job from {n_jobs} pending jobs")
-            db.fail(grant["job"]["id"], grant["lease_id"], host, Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + i)
-        db.close()
+            leases.fail(grant["job"]["id"], grant["lease_id"], host, Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + i)
+        state.close()
     return latencies, fill_s
 
 

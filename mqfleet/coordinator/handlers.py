@@ -3,27 +3,64 @@
 Handlers raise MqfleetError subclasses; the service alone turns them into replies.
 Each handler runs inside one database transaction opened by the service; anything
 slow (reading an artifact back from the store) happens in a `prepare` step before
-the transaction, so other requests are not held up by it.
+the transaction, so other requests are not held up by it. Handlers see the
+coordinator only through `HandlerContext`, the narrow part of it they need.
 """
 
 from __future__ import annotations
 
 import hmac
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from mqfleet import defaults
+from mqfleet.coordinator.artifacts import Artifacts
+from mqfleet.coordinator.catalog import Catalog
+from mqfleet.coordinator.claims import Claims
+from mqfleet.coordinator.hosts import Hosts
+from mqfleet.coordinator.leases import Leases
 from mqfleet.coordinator.listing import JobFilter
 from mqfleet.coordinator.verify import accept_artifact, check_digest
 from mqfleet.errors import BadRequestError, ManifestError, UnauthorizedError, UnknownHostError
-from mqfleet.manifest import load_manifest, parse_manifest
+from mqfleet.manifest import Manifest, load_manifest, parse_manifest
 from mqfleet.protocol import Role, Verb, ok
 from mqfleet.protocol import field as req_field
 from mqfleet.state import AGENT_CAUSES, Cause
+from mqfleet.store import ArtifactStore
 
-if TYPE_CHECKING:
-    from mqfleet.coordinator.service import Coordinator
+
+class HandlerContext(Protocol):
+    """What a handler may use of the coordinator: its state, its store and the manifest in force."""
+
+    catalog: Catalog
+    hosts: Hosts
+    claims: Claims
+    leases: Leases
+    artifacts: Artifacts
+    store: ArtifactStore
+
+    @property
+    def lock(self) -> threading.RLock: ...
+    @property
+    def manifest(self) -> Manifest | None: ...
+    @property
+    def manifest_path(self) -> Path: ...
+    @property
+    def operator_token(self) -> str: ...
+    @property
+    def lease_s(self) -> float: ...
+    @property
+    def grace_s(self) -> float: ...
+    def is_known_host(self, host: str) -> bool: ...
+    def apply_manifest(self, manifest: Manifest, now: float) -> dict[str, list[str]]: ...
+    def refuse_manifest(self, problem: ManifestError) -> None: ...
+    def mark_changed(self, job_id: str) -> None: ...
+    def send_control(self, host: str, message: dict[str, Any]) -> None: ...
+    def health(self, now: float) -> dict[str, Any]: ...
+    def job_logs(self, job_id: str) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -38,8 +75,8 @@ class Request:
     prepared: dict[str, Any] = field(default_factory=dict)
 
 
-Handler = Callable[["Coordinator", Request], dict[str, Any]]
-Prepare = Callable[["Coordinator", Request], dict[str, Any]]
+Handler = Callable[[HandlerContext, Request], dict[str, Any]]
+Prepare = Callable[[HandlerContext, Request], dict[str, Any]]
 
 
 def _lease_fields(req: Request) -> tuple[str, str]:
@@ -56,47 +93,47 @@ def _dict_field(req: Request, name: str) -> dict[str, Any] | None:
 # --- agent verbs: the host is the client level of the topic ---------------------------
 
 
-def _check_known_host(coord: Coordinator, host: str) -> None:
+def _check_known_host(coord: HandlerContext, host: str) -> None:
     # A phantom host (any certificate, any client level) must not create rows or take jobs.
-    if not coord.db.is_known_host(host):
+    if not coord.is_known_host(host):
         raise UnknownHostError(
             f"host {host!r} has no [[hosts]] entry and no advert; start its agent (which publishes "
             "one) or add it to the manifest"
         )
 
 
-def handle_claim(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_claim(coord: HandlerContext, req: Request) -> dict[str, Any]:
     host = req.client
     _check_known_host(coord, host)
     # A claim proves the host is alive even if its retained status has not arrived yet.
-    coord.db.record_presence(host, True, req.now)
-    grant = coord.db.claim(host, req.now)
+    coord.hosts.record_presence(host, True, req.now, grace_s=coord.grace_s)
+    grant = coord.claims.claim(host, req.now, coord.manifest)
     return ok(job=grant)
 
 
-def handle_renew(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_renew(coord: HandlerContext, req: Request) -> dict[str, Any]:
     _check_known_host(coord, req.client)
     job_id, lease_id = _lease_fields(req)
     progress = _dict_field(req, "progress")
-    expires_ts = coord.db.renew(job_id, lease_id, req.client, req.now, progress)
+    expires_ts = coord.leases.renew(job_id, lease_id, req.client, req.now, progress, lease_s=coord.lease_s)
     if progress is not None:
         coord.mark_changed(job_id)  # watchers see progress through the retained job state
     return ok(expires_ts=expires_ts)
 
 
-def handle_upload_url(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_upload_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id, lease_id = _lease_fields(req)
     sha256 = req_field(req.body, "sha256", str)
     size = req_field(req.body, "size", int)
     check_digest(sha256, size)
-    coord.db.check_lease(job_id, lease_id, req.client)
+    coord.leases.check_lease(job_id, lease_id, req.client)
     key = coord.store.key_for(sha256)
-    if coord.db.is_artifact_verified(sha256) and coord.store.stat(key) == size:
+    if coord.artifacts.is_verified(sha256) and coord.store.stat(key) == size:
         # The completion hashes the stored object again before trusting it (verify.accept_artifact).
         return ok(exists=True, key=key)
     # Never a URL for the artifact key itself: the bytes land in this lease's staging key and
     # become the artifact only once the coordinator has hashed them (docs/SECURITY.md, "Artifacts").
-    lease = coord.db.lease(job_id)
+    lease = coord.catalog.lease(job_id)
     lease_left_s = (lease["expires_ts"] - req.now) if lease else 0.0
     expires_s = int(min(defaults.UPLOAD_URL_MAX_S, max(0.0, lease_left_s) + defaults.UPLOAD_URL_SLACK_S))
     staged = coord.store.staging_key(lease_id)
@@ -110,17 +147,17 @@ def handle_upload_url(coord: Coordinator, req: Request) -> dict[str, Any]:
     )
 
 
-def prepare_complete(coord: Coordinator, req: Request) -> dict[str, Any]:
+def prepare_complete(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id, lease_id = _lease_fields(req)
     sha256 = req_field(req.body, "sha256", str)
     size = req_field(req.body, "size", int)
     with coord.lock:
-        coord.db.check_lease(job_id, lease_id, req.client)
+        coord.leases.check_lease(job_id, lease_id, req.client)
     key = accept_artifact(coord.store, sha256, size, lease_id=lease_id)
     return {"key": key}
 
 
-def handle_complete(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_complete(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id, lease_id = _lease_fields(req)
     artifact = {
         "sha256": req_field(req.body, "sha256", str),
@@ -129,17 +166,17 @@ def handle_complete(coord: Coordinator, req: Request) -> dict[str, Any]:
         "metrics": _dict_field(req, "metrics") or {},
         "output_tail": req_field(req.body, "output_tail", str, ""),
     }
-    row = coord.db.complete(job_id, lease_id, req.client, artifact, req.now)
+    row = coord.leases.complete(job_id, lease_id, req.client, artifact, req.now)
     return ok(status=row["status"], job=row)
 
 
-def handle_fail(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_fail(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id, lease_id = _lease_fields(req)
     cause_name = req_field(req.body, "cause", str, Cause.APP.value)
     allowed = sorted(c.value for c in AGENT_CAUSES)
     if cause_name not in allowed:
         raise BadRequestError(f"field 'cause' must be one of {', '.join(allowed)}, not {cause_name!r}")
-    status = coord.db.fail(
+    status = coord.leases.fail(
         job_id,
         lease_id,
         req.client,
@@ -155,9 +192,9 @@ def handle_fail(coord: Coordinator, req: Request) -> dict[str, Any]:
 # --- operator verbs: need the operator token ------------------------------------------
 
 
-def check_token(coord: Coordinator, req: Request) -> None:
+def check_token(coord: HandlerContext, req: Request) -> None:
     """Constant-time comparison, so the token cannot be guessed byte by byte from timings."""
-    expected = coord.config.operator_token
+    expected = coord.operator_token
     if not expected:
         raise UnauthorizedError("operator verbs are disabled: the coordinator was started without an operator token")
     given = req.body.get("token")
@@ -165,35 +202,35 @@ def check_token(coord: Coordinator, req: Request) -> None:
         raise UnauthorizedError("operator token missing or wrong; set MQFLEET_OPERATOR_TOKEN to the coordinator's token")
 
 
-def _job_ref(coord: Coordinator, req: Request) -> str:
-    return coord.db.resolve_job(req_field(req.body, "job", str))
+def _job_ref(coord: HandlerContext, req: Request) -> str:
+    return coord.catalog.resolve_job(req_field(req.body, "job", str))
 
 
-def handle_cancel(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_cancel(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
-    ended = coord.db.cancel(job_id, req.now)
+    ended = coord.leases.cancel(job_id, req.now)
     if ended:
         coord.send_control(ended["host"], {"action": "cancel", "job_id": job_id, "lease_id": ended["lease_id"]})
-    return ok(job=coord.db.job(job_id))
+    return ok(job=coord.catalog.job(job_id))
 
 
-def handle_requeue(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_requeue(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
-    return ok(job=coord.db.requeue(job_id, req.now))
+    return ok(job=coord.leases.requeue(job_id, req.now))
 
 
-def handle_reload(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
     text = req_field(req.body, "manifest", str, None)
     try:
         if text is None:
-            manifest = load_manifest(coord.config.manifest_path)
+            manifest = load_manifest(coord.manifest_path)
         else:
             manifest = parse_manifest(text, source=req_field(req.body, "source", str, "<sent by operator>"))
     except ManifestError as e:
         # Refused whole: the manifest in force stays. The problems travel in the reply.
-        coord.refused_manifest = e
+        coord.refuse_manifest(e)
         raise
-    summary = coord.db.apply_manifest(manifest, req.now)
+    summary = coord.apply_manifest(manifest, req.now)
     return ok(
         source=manifest.source,
         added=summary["added"],
@@ -203,15 +240,15 @@ def handle_reload(coord: Coordinator, req: Request) -> dict[str, Any]:
     )
 
 
-def handle_drain(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_drain(coord: HandlerContext, req: Request) -> dict[str, Any]:
     host = req_field(req.body, "host", str)
-    coord.db.set_draining(host, True, req.now)
+    coord.hosts.set_draining(host, True, req.now)
     return ok(host=host, draining=True)
 
 
-def handle_undrain(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_undrain(coord: HandlerContext, req: Request) -> dict[str, Any]:
     host = req_field(req.body, "host", str)
-    coord.db.set_draining(host, False, req.now)
+    coord.hosts.set_draining(host, False, req.now)
     return ok(host=host, draining=False)
 
 
@@ -222,7 +259,7 @@ def handle_undrain(coord: Coordinator, req: Request) -> dict[str, Any]:
 JOBS_PAGE = 2000
 
 
-def handle_jobs(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_jobs(coord: HandlerContext, req: Request) -> dict[str, Any]:
     where = JobFilter(status=req_field(req.body, "status", str, None), name_glob=req_field(req.body, "name", str, None))
     order = req_field(req.body, "order", str, "oldest")
     if order not in ("oldest", "newest"):
@@ -230,7 +267,7 @@ def handle_jobs(coord: Coordinator, req: Request) -> dict[str, Any]:
     limit = min(JOBS_PAGE, max(1, req_field(req.body, "limit", int, JOBS_PAGE)))
     after = req_field(req.body, "after", int, None)
     offset = max(0, req_field(req.body, "offset", int, 0))
-    page, next_after, total = coord.db.job_page(
+    page, next_after, total = coord.catalog.job_page(
         where, limit=limit, after=after, newest_first=order == "newest", offset=None if after is not None else offset
     )
     # next_offset serves clients that page by position; next_after is the keyset the CLI pages with.
@@ -238,44 +275,44 @@ def handle_jobs(coord: Coordinator, req: Request) -> dict[str, Any]:
     return ok(jobs=page, total=total, next_offset=next_offset, next_after=next_after)
 
 
-def handle_job(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_job(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
-    row = coord.db.job(job_id)
-    row["spec"] = coord.db.job_spec(job_id)
-    row["attempts_detail"] = coord.db.attempts(job_id)
-    row["why_waiting"] = coord.db.why_waiting(job_id, req.now)
-    row["lease"] = coord.db.lease(job_id)
+    row = coord.catalog.job(job_id)
+    row["spec"] = coord.catalog.job_spec(job_id)
+    row["attempts_detail"] = coord.catalog.attempts(job_id)
+    row["why_waiting"] = coord.claims.why_waiting(job_id, coord.manifest)
+    row["lease"] = coord.catalog.lease(job_id)
     # metrics and size live with the artifact record, not the job row
-    stored = coord.db.artifacts(job_id) if row.get("artifact") else []
+    stored = coord.artifacts.artifacts(job_id) if row.get("artifact") else []
     row["artifact_detail"] = stored[-1] if stored else None
     return ok(job=row)
 
 
-def handle_workers(coord: Coordinator, req: Request) -> dict[str, Any]:
-    return ok(workers=coord.db.hosts())
+def handle_workers(coord: HandlerContext, req: Request) -> dict[str, Any]:
+    return ok(workers=coord.hosts.hosts(coord.manifest.hosts if coord.manifest else {}))
 
 
-def handle_health(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_health(coord: HandlerContext, req: Request) -> dict[str, Any]:
     return ok(**coord.health(req.now))
 
 
-def handle_artifacts(coord: Coordinator, req: Request) -> dict[str, Any]:
-    return ok(artifacts=coord.db.artifacts())
+def handle_artifacts(coord: HandlerContext, req: Request) -> dict[str, Any]:
+    return ok(artifacts=coord.artifacts.artifacts())
 
 
-def handle_logs(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_logs(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
     lines = coord.job_logs(job_id)
     return ok(job_id=job_id, lines=lines)
 
 
-def handle_download_url(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_download_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
-    row = coord.db.job(job_id)
+    row = coord.catalog.job(job_id)
     sha256 = row.get("artifact")
     if not sha256:
         raise BadRequestError(f"job {row['name']} has no artifact (status {row['status']})")
-    stored = coord.db.artifact(sha256)
+    stored = coord.artifacts.artifact(sha256)
     size = stored["size"] if stored else None
     key = coord.store.key_for(sha256)
     expires_s = defaults.DOWNLOAD_URL_EXPIRES_S

@@ -1,6 +1,6 @@
 """Who may run what: eligibility rules, ranking and the reasons a job waits. Pure, no I/O.
 
-`Database.claim` and `Database.why_waiting` both ask these functions, so the
+`Claims.claim` and `Claims.why_waiting` both ask these functions, so the
 answer a claim acts on and the reason `mqfleet show` prints never disagree.
 A reason is a short sentence naming the rule and the values it compared.
 """

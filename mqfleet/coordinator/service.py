@@ -1,9 +1,11 @@
 """The coordinator service: wires the broker to the handlers, publishes after commit, sweeps leases.
 
-One lock serialises every use of the database: requests arrive on the MQTT
-connection's dispatcher thread, artifact checks on a small pool, and the sweep
-on its own timer thread. Job states and events are published only after their
-transaction commits, so a subscriber never sees a state the database lacks.
+The state file's one lock (`StateFile.lock`) serialises every use of the database:
+requests arrive on the MQTT connection's dispatcher thread, artifact checks on a
+small pool, and the sweep on its own timer thread. Job states and events are
+published only after their transaction commits, and under the same lock, so a
+subscriber never sees a state the database lacks, nor two states out of order.
+The manifest in force is the service's; the database modules get its settings passed in.
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from mqfleet import __version__, defaults
-from mqfleet.coordinator.db import Database
+from mqfleet.coordinator.artifacts import Artifacts
+from mqfleet.coordinator.catalog import Catalog
+from mqfleet.coordinator.claims import Claims
 from mqfleet.coordinator.handlers import VERBS, Request, VerbSpec, check_token
+from mqfleet.coordinator.hosts import Hosts
+from mqfleet.coordinator.leases import Leases
+from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ConfigurationError, ManifestError, MqfleetError, UnknownVerbError
-from mqfleet.manifest import load_manifest
+from mqfleet.manifest import Manifest, load_manifest
 from mqfleet.mqtt import BrokerConfig, Connection, Message
 from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb, decode, encode, error, field
 from mqfleet.state import JobStatus
@@ -72,8 +79,14 @@ class Coordinator:
         self.config = config
         self.clock = clock
         self.topics = Topics(config.prefix)
-        self.lock = threading.RLock()
-        self.db = Database(config.db_path)
+        self.state = StateFile(config.db_path)
+        self.catalog = Catalog(self.state)
+        self.hosts = Hosts(self.state)
+        self.artifacts = Artifacts(self.state)
+        self.claims = Claims(self.state, self.catalog, self.hosts)
+        self.leases = Leases(self.state, self.catalog, self.artifacts)
+        #: The manifest in force: the last one loaded or reloaded without problems.
+        self.manifest: Manifest | None = None
         self.store: ArtifactStore = open_store(config.resolved_store_url)
         self.refused_manifest: ManifestError | None = None
         self.started_ts = clock()
@@ -97,35 +110,63 @@ class Coordinator:
 
     # --- life cycle -------------------------------------------------------------------
 
+    @property
+    def lock(self) -> threading.RLock:
+        """The state file's lock, the one lock of the coordinator's state."""
+        return self.state.lock
+
+    @property
+    def operator_token(self) -> str:
+        return self.config.operator_token
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.config.manifest_path
+
+    @property
+    def lease_s(self) -> float:
+        return self.manifest.fleet.lease_s if self.manifest else defaults.LEASE_S
+
+    @property
+    def grace_s(self) -> float:
+        return self.manifest.fleet.grace_s if self.manifest else defaults.GRACE_S
+
+    def is_known_host(self, host: str) -> bool:
+        """Listed in the manifest's [[hosts]] or has published an advert (docs/SECURITY.md)."""
+        return self.hosts.is_known_host(host, self.manifest.hosts if self.manifest else ())
+
+    def apply_manifest(self, manifest: Manifest, now: float) -> dict[str, list[str]]:
+        """Make a validated manifest the one in force and the jobs table follow it."""
+        with self.lock:
+            summary = self.catalog.apply_manifest(manifest, now)
+            self.manifest = manifest
+        logger.info(
+            "manifest %s: %d jobs (%d added, %d orphaned)",
+            manifest.source, len(manifest.jobs), len(summary["added"]), len(summary["orphaned"]),
+        )
+        return summary
+
+    def refuse_manifest(self, problem: ManifestError) -> None:
+        """Remember a manifest refused whole (health reports it); the one in force stays."""
+        self.refused_manifest = problem
+
     def load(self) -> dict[str, Any]:
         """Load the manifest file into the database; ManifestError leaves the database untouched."""
-        manifest = load_manifest(self.config.manifest_path)
-        with self.lock:
-            with self.db.transaction():
-                summary = self.db.apply_manifest(manifest, self.clock())
-            logger.info(
-                "manifest %s: %d jobs (%d added, %d orphaned)",
-                manifest.source,
-                len(manifest.jobs),
-                len(summary["added"]),
-                len(summary["orphaned"]),
-            )
-        return summary
+        return self.apply_manifest(load_manifest(self.config.manifest_path), self.clock())
 
     def start(self, *, wait_s: float | None = 30.0) -> None:
         """Load the manifest, connect, and start sweeping; returns once connected."""
         self.store.check()
         self.load()
-        with self.lock, self.db.transaction():
-            # No agent could renew while we were down: give live leases a fresh term, so an outage
-            # of the coordinator is not taken for the death of every host. A host that really died
-            # meanwhile has a retained `offline` status, which shortens its leases to the grace.
-            resumed = self.db.resume_leases(self.clock())
+        # No agent could renew while we were down: give live leases a fresh term, so an outage
+        # of the coordinator is not taken for the death of every host. A host that really died
+        # meanwhile has a retained `offline` status, which shortens its leases to the grace.
+        resumed = self.leases.resume_leases(self.clock(), lease_s=self.lease_s)
         if resumed:
             logger.info("resumed %d live lease(s) after restart", len(resumed))
         # A coordinator killed between commit and publish left retained states behind the database:
         # republish every job's state once, on the first connect.
-        self._changed_jobs.update(job["id"] for job in self.db.jobs())
+        self._changed_jobs.update(job["id"] for job in self.catalog.jobs())
         t = self.topics
         # no_local: the coordinator never handles its own publishes, whatever topic they went to.
         self.conn.subscribe(t.all_rpc, self._on_request, no_local=True, retain_as_published=True)
@@ -144,8 +185,7 @@ class Coordinator:
         self._verify_pool.shutdown(wait=True, cancel_futures=True)
         offline = encode({"state": "offline", "ts": self.clock()})
         self.conn.stop(final=[(self.topics.coordinator_status, offline, True)])
-        with self.lock:
-            self.db.close()
+        self.state.close()
         logger.info("coordinator stopped")
 
     def run_forever(self) -> None:
@@ -165,14 +205,12 @@ class Coordinator:
     def tick(self, now: float) -> list[str]:
         """Expire leases due at `now`; tests call this with an injected time instead of sleeping."""
         with self.lock:
-            with self.db.transaction():
-                expired = self.db.expire_leases(now)
+            expired = self.leases.expire_leases(now)
             for job_id in expired:
                 logger.warning("job %s: lease expired, attempt ended as lost", job_id)
             self._publish_changes()
             if now - self._last_status_ts >= STATUS_INTERVAL_S:
-                with self.db.transaction():
-                    self.db.prune_replies(now - defaults.REQUEST_MEMORY_S)
+                self.state.prune_replies(now - defaults.REQUEST_MEMORY_S)
                 self._publish_status(now)
         return expired
 
@@ -247,8 +285,7 @@ class Coordinator:
 
     def _execute(self, req: Request, key: str, spec: VerbSpec) -> dict[str, Any]:
         if key:
-            with self.lock:
-                remembered = self.db.remembered_reply(key)
+            remembered = self.state.remembered_reply(key)
             if remembered is not None:
                 logger.info("request %s redelivered; answering with the remembered reply", key)
                 return remembered
@@ -258,10 +295,10 @@ class Coordinator:
             if spec.prepare is not None:
                 req = Request(**{**req.__dict__, "prepared": spec.prepare(self, req)})
             with self.lock:
-                with self.db.transaction():
+                with self.state.transaction():
                     reply = spec.handler(self, req)
                     if key:
-                        self.db.remember_reply(key, reply, req.now)
+                        self.state.remember_reply(key, reply, req.now)
                 self._after_commit(req)
             return reply
         except MqfleetError as e:
@@ -272,8 +309,7 @@ class Coordinator:
             if candidates:
                 reply["candidates"] = list(candidates)
             if key:
-                with self.lock, self.db.transaction():
-                    self.db.remember_reply(key, reply, req.now)
+                self.state.remember_reply(key, reply, req.now)
             level = logging.INFO if req.role is Role.QUERY else logging.WARNING
             logger.log(level, "%s from %s refused: %s", req.verb.value, req.client, e)
             return reply
@@ -309,8 +345,7 @@ class Coordinator:
             logger.warning("advert of %s ignored: %s", host, e)
             return
         advert["host"] = host  # the topic (pinned by the broker ACL) names the host, not the payload
-        with self.lock, self.db.transaction():
-            self.db.record_advert(host, advert, self.clock())
+        self.hosts.record_advert(host, advert, self.clock())
 
     def _on_status(self, msg: Message) -> None:
         host = self._host_of(msg)
@@ -326,8 +361,7 @@ class Coordinator:
             return
         now = self.clock()
         with self.lock:
-            with self.db.transaction():
-                shortened = self.db.record_presence(host, state == "online", now)
+            shortened = self.hosts.record_presence(host, state == "online", now, grace_s=self.grace_s)
             if shortened:
                 logger.warning("host %s went offline; %d lease(s) now expire within the grace", host, len(shortened))
             self._publish_changes()
@@ -344,7 +378,7 @@ class Coordinator:
         if not isinstance(lines, list):
             return
         with self.lock:
-            if not self.db.is_known_host(parsed[0]):
+            if not self.is_known_host(parsed[0]):
                 return
             buf = self._logs.get(job_id)
             if buf is None:
@@ -365,19 +399,19 @@ class Coordinator:
         work_appeared = False
         changed = set(self._changed_jobs)
         self._changed_jobs.clear()
-        for change in self.db.take_changes():
+        for change in self.state.take_changes():
             self.conn.publish(self.topics.events, change, qos=1)
             # A completion frees a slot on its own agent, which claims again by itself; other agents
             # are nudged only when it unblocked a waiting job, so idle agents are not stampeded.
             to = change.get("to")
             if to == JobStatus.PENDING.value or (
-                to == JobStatus.COMPLETED.value and self.db.has_pending_dependents(change["job_id"])
+                to == JobStatus.COMPLETED.value and self.catalog.has_pending_dependents(change["job_id"])
             ):
                 work_appeared = True
             changed.add(change["job_id"])
         for job_id in changed:
             try:
-                row = self.db.job(job_id)
+                row = self.catalog.job(job_id)
             except MqfleetError:
                 continue
             self.conn.publish(self.topics.job_state(job_id), row, qos=1, retain=True)
@@ -402,15 +436,15 @@ class Coordinator:
             buf = self._logs.get(job_id)
             if buf:
                 return list(buf)
-        attempts = self.db.attempts(job_id)
+        attempts = self.catalog.attempts(job_id)
         tails = [a.get("output_tail") or "" for a in attempts]
         return "\n".join(t for t in tails if t).splitlines()
 
     def health(self, now: float) -> dict[str, Any]:
         with self.lock:
-            counts = self.db.counts()
-            hosts = self.db.hosts()
-        manifest = self.db.manifest
+            counts = self.catalog.counts()
+            hosts = self.hosts.hosts(self.manifest.hosts if self.manifest else {})
+            manifest = self.manifest
         refused = self.refused_manifest
         return {
             "state": "online",

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from mqfleet.coordinator.db import CLAIM_BATCH, Database
+from mqfleet.coordinator.claims import CLAIM_BATCH
 from mqfleet.errors import AmbiguousError, BadRequestError, IllegalTransitionError, LeaseLostError, NotFoundError
 from mqfleet.manifest import FleetSettings, HostPolicy, HyperParam, JobSpec, Manifest, TrainerSpec
 from mqfleet.state import Cause, JobStatus
+from tests.fixtures.state import CoordinatorState
 
 T0 = 1_800_000_000.0
 SHA = "ab" * 32
@@ -44,19 +45,19 @@ def advert(host: str, *, cuda: bool = False, vram: tuple[float, ...] = (), ram_g
             "labels": [], "ts": T0, **kw}
 
 
-def bring_online(db: Database, host: str, now: float = T0, **kw: Any) -> None:
+def bring_online(db: CoordinatorState, host: str, now: float = T0, **kw: Any) -> None:
     db.record_advert(host, advert(host, **kw), now)
     db.record_presence(host, True, now)
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "state.db")
+def db(tmp_path: Path) -> Iterator[CoordinatorState]:
+    database = CoordinatorState(tmp_path / "state.db")
     yield database
     database.close()
 
 
-def claimed(db: Database, host: str, now: float = T0) -> dict[str, Any]:
+def claimed(db: CoordinatorState, host: str, now: float = T0) -> dict[str, Any]:
     grant = db.claim(host, now)
     assert grant is not None, f"{host} got nothing"
     return grant
@@ -65,23 +66,23 @@ def claimed(db: Database, host: str, now: float = T0) -> dict[str, Any]:
 # --- the file --------------------------------------------------------------------------
 
 
-def test_new_database_uses_wal_and_passes_integrity_check(db: Database) -> None:
+def test_new_database_uses_wal_and_passes_integrity_check(db: CoordinatorState) -> None:
     assert db.journal_mode() == "wal"
     assert db.integrity_check() == "ok"
 
 
-def test_counts_has_all_six_statuses(db: Database) -> None:
+def test_counts_has_all_six_statuses(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), job("b")), T0)
     assert db.counts() == {"pending": 2, "claimed": 0, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}
 
 
 def test_state_survives_reopening_the_file(tmp_path: Path) -> None:
-    first = Database(tmp_path / "s.db")
+    first = CoordinatorState(tmp_path / "s.db")
     first.apply_manifest(manifest(job("a")), T0)
     bring_online(first, "h")
     grant = claimed(first, "h")
     first.close()
-    second = Database(tmp_path / "s.db")
+    second = CoordinatorState(tmp_path / "s.db")
     assert second.lease(job_id("a"))["lease_id"] == grant["lease_id"]  # type: ignore[index]
     assert second.take_changes() == []
     second.close()
@@ -90,7 +91,7 @@ def test_state_survives_reopening_the_file(tmp_path: Path) -> None:
 # --- manifest --------------------------------------------------------------------------
 
 
-def test_apply_manifest_adds_new_jobs_as_pending(db: Database) -> None:
+def test_apply_manifest_adds_new_jobs_as_pending(db: CoordinatorState) -> None:
     summary = db.apply_manifest(manifest(job("a"), job("b")), T0)
     assert summary == {"added": [job_id("a"), job_id("b")], "kept": [], "orphaned": []}
     row = db.job(job_id("a"))
@@ -98,7 +99,7 @@ def test_apply_manifest_adds_new_jobs_as_pending(db: Database) -> None:
     assert (row["artifact"], row["error"], row["progress"], row["lease_expires_ts"]) == (None, None, None, None)
 
 
-def test_reload_with_the_same_manifest_is_idempotent(db: Database) -> None:
+def test_reload_with_the_same_manifest_is_idempotent(db: CoordinatorState) -> None:
     m = manifest(job("a"), job("b"))
     db.apply_manifest(m, T0)
     bring_online(db, "h")
@@ -110,7 +111,7 @@ def test_reload_with_the_same_manifest_is_idempotent(db: Database) -> None:
     assert db.take_changes() == []
 
 
-def test_reload_keeps_status_updates_priority_and_orphans_removed_jobs(db: Database) -> None:
+def test_reload_keeps_status_updates_priority_and_orphans_removed_jobs(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), job("b")), T0)
     bring_online(db, "h")
     claimed(db, "h")
@@ -123,7 +124,7 @@ def test_reload_keeps_status_updates_priority_and_orphans_removed_jobs(db: Datab
     assert db.job(job_id("b"))["in_manifest"] is True
 
 
-def test_orphaned_pending_job_is_not_claimed_and_says_why(db: Database) -> None:
+def test_orphaned_pending_job_is_not_claimed_and_says_why(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("gone")), T0)
     db.apply_manifest(manifest(), T0)
     bring_online(db, "h")
@@ -131,7 +132,7 @@ def test_orphaned_pending_job_is_not_claimed_and_says_why(db: Database) -> None:
     assert {"host": None, "reason": "not in the manifest any more"} in db.why_waiting(job_id("gone"), T0)
 
 
-def test_orphaned_job_can_still_be_cancelled(db: Database) -> None:
+def test_orphaned_job_can_still_be_cancelled(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("gone")), T0)
     db.apply_manifest(manifest(), T0)
     assert db.cancel(job_id("gone"), T0) is None
@@ -141,7 +142,7 @@ def test_orphaned_job_can_still_be_cancelled(db: Database) -> None:
 # --- claim -----------------------------------------------------------------------------
 
 
-def test_claim_grants_lease_with_spec_trainer_attempt_and_expiry(db: Database) -> None:
+def test_claim_grants_lease_with_spec_trainer_attempt_and_expiry(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     grant = claimed(db, "h", T0 + 1)
@@ -156,7 +157,7 @@ def test_claim_grants_lease_with_spec_trainer_attempt_and_expiry(db: Database) -
     assert grant["job"]["lease_expires_ts"] == T0 + 91
 
 
-def test_claim_returns_none_for_unknown_offline_or_draining_host(db: Database) -> None:
+def test_claim_returns_none_for_unknown_offline_or_draining_host(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     assert db.claim("stranger", T0) is None
     bring_online(db, "h")
@@ -169,14 +170,14 @@ def test_claim_returns_none_for_unknown_offline_or_draining_host(db: Database) -
     assert db.claim("h", T0) is not None
 
 
-def test_claim_returns_none_when_nothing_is_pending(db: Database) -> None:
+def test_claim_returns_none_when_nothing_is_pending(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h", slots=5)
     claimed(db, "h")
     assert db.claim("h", T0) is None
 
 
-def test_claim_fills_the_manifest_slots_not_the_advert_slots(db: Database) -> None:
+def test_claim_fills_the_manifest_slots_not_the_advert_slots(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), job("b"), job("c"), hosts=(HostPolicy(id="h", slots=2),)), T0)
     bring_online(db, "h", slots=8)
     claimed(db, "h")
@@ -185,7 +186,7 @@ def test_claim_fills_the_manifest_slots_not_the_advert_slots(db: Database) -> No
     assert [(h["id"], h["slots"], h["slots_used"], len(h["jobs"])) for h in db.hosts()] == [("h", 2, 2, 2)]
 
 
-def test_unlisted_host_uses_the_slots_of_its_advert(db: Database) -> None:
+def test_unlisted_host_uses_the_slots_of_its_advert(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), job("b"), job("c")), T0)
     bring_online(db, "h", slots=2)
     claimed(db, "h")
@@ -193,7 +194,7 @@ def test_unlisted_host_uses_the_slots_of_its_advert(db: Database) -> None:
     assert db.claim("h", T0) is None
 
 
-def test_two_hosts_never_hold_the_same_job(db: Database) -> None:
+def test_two_hosts_never_hold_the_same_job(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), job("b")), T0)
     bring_online(db, "h1")
     bring_online(db, "h2")
@@ -205,7 +206,7 @@ def test_two_hosts_never_hold_the_same_job(db: Database) -> None:
 
 def test_concurrent_claims_from_two_connections_never_share_a_job(tmp_path: Path) -> None:
     m = manifest(*(job(f"j{i}") for i in range(40)))
-    dbs = [Database(tmp_path / "s.db") for _ in range(2)]
+    dbs = [CoordinatorState(tmp_path / "s.db") for _ in range(2)]
     for d in dbs:
         d.apply_manifest(m, T0)
     hosts = [f"h{i}" for i in range(8)]
@@ -214,7 +215,7 @@ def test_concurrent_claims_from_two_connections_never_share_a_job(tmp_path: Path
     got: list[str] = []
     errors: list[BaseException] = []
 
-    def worker(d: Database, mine: list[str]) -> None:
+    def worker(d: CoordinatorState, mine: list[str]) -> None:
         try:
             for h in mine:
                 while (grant := d.claim(h, T0)) is not None:
@@ -233,27 +234,27 @@ def test_concurrent_claims_from_two_connections_never_share_a_job(tmp_path: Path
     assert len(got) == len(set(got)) == 40
 
 
-def test_claim_takes_priority_then_age(db: Database) -> None:
+def test_claim_takes_priority_then_age(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("old"), job("new"), job("urgent", priority=3)), T0)
     bring_online(db, "h", slots=3)
     assert [claimed(db, "h")["job"]["name"] for _ in range(3)] == ["urgent", "old", "new"]
 
 
-def test_claim_skips_jobs_the_host_may_not_run(db: Database) -> None:
+def test_claim_skips_jobs_the_host_may_not_run(db: CoordinatorState) -> None:
     jobs = [job("big", min_ram_gib=64), job("gpu", require_cuda=True), job("mlp", model="mlp"), job("elsewhere", allowed_hosts=("x",)), job("ok")]
     db.apply_manifest(manifest(*jobs, hosts=(HostPolicy(id="h", deny_jobs=("mlp",)),)), T0)
     bring_online(db, "h")
     assert claimed(db, "h")["job"]["name"] == "ok"
 
 
-def test_claim_walks_past_more_than_one_batch_of_ineligible_jobs(db: Database) -> None:
+def test_claim_walks_past_more_than_one_batch_of_ineligible_jobs(db: CoordinatorState) -> None:
     denied = [job(f"mlp{i}", model="mlp", priority=1) for i in range(CLAIM_BATCH * 2 + 3)]
     db.apply_manifest(manifest(*denied, job("ok"), hosts=(HostPolicy(id="h", deny_jobs=("mlp",)),)), T0)
     bring_online(db, "h")
     assert claimed(db, "h")["job"]["name"] == "ok"
 
 
-def test_prefer_cuda_job_goes_to_cuda_host_while_one_is_online(db: Database) -> None:
+def test_prefer_cuda_job_goes_to_cuda_host_while_one_is_online(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("likes-gpu", prefer_cuda=True), job("plain")), T0)
     bring_online(db, "cpu")
     bring_online(db, "gpu", cuda=True, vram=(24.0,))
@@ -263,7 +264,7 @@ def test_prefer_cuda_job_goes_to_cuda_host_while_one_is_online(db: Database) -> 
     assert (grant["job"]["name"], grant["gpus"]) == ("likes-gpu", [0])
 
 
-def test_prefer_cuda_job_runs_on_cpu_when_no_cuda_host_is_online(db: Database) -> None:
+def test_prefer_cuda_job_runs_on_cpu_when_no_cuda_host_is_online(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("likes-gpu", prefer_cuda=True)), T0)
     bring_online(db, "cpu")
     bring_online(db, "gpu", cuda=True, vram=(24.0,))
@@ -272,21 +273,21 @@ def test_prefer_cuda_job_runs_on_cpu_when_no_cuda_host_is_online(db: Database) -
     assert (grant["job"]["name"], grant["gpus"]) == ("likes-gpu", [])
 
 
-def test_cuda_host_takes_prefer_cuda_job_first_among_equal_priority(db: Database) -> None:
+def test_cuda_host_takes_prefer_cuda_job_first_among_equal_priority(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("plain"), job("likes-gpu", prefer_cuda=True)), T0)
     bring_online(db, "gpu", cuda=True, vram=(24.0,))
     assert claimed(db, "gpu")["job"]["name"] == "likes-gpu"
 
 
-def test_claim_gives_each_cuda_job_the_least_loaded_big_enough_gpu(db: Database) -> None:
+def test_claim_gives_each_cuda_job_the_least_loaded_big_enough_gpu(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(*(job(f"g{i}", require_cuda=True, min_vram_gib=16) for i in range(3))), T0)
     bring_online(db, "gpu", cuda=True, vram=(8.0, 24.0, 24.0), slots=3)
     assert [claimed(db, "gpu")["gpus"] for _ in range(3)] == [[1], [2], [1]]
 
 
-def test_claim_query_walks_an_index_instead_of_sorting_the_table(db: Database) -> None:
+def test_claim_query_walks_an_index_instead_of_sorting_the_table(db: CoordinatorState) -> None:
     for order in ("priority DESC, seq", "priority DESC, prefer_cuda DESC, seq"):
-        plan = db._conn.execute(
+        plan = db.state.conn.execute(
             "EXPLAIN QUERY PLAN SELECT seq, spec FROM jobs WHERE status = 'pending' AND blocked = 0 "
             f"AND min_ram_gib <= 1 AND min_vram_gib <= 1 ORDER BY {order}"
         ).fetchall()
@@ -294,8 +295,8 @@ def test_claim_query_walks_an_index_instead_of_sorting_the_table(db: Database) -
         assert "USING INDEX jobs_claim" in text and "TEMP B-TREE" not in text, text
 
 
-def test_the_dependents_look_up_after_each_completion_uses_the_deps_index(db: Database) -> None:
-    plan = db._conn.execute("EXPLAIN QUERY PLAN SELECT job_id FROM deps WHERE after_id = ?", ("x",)).fetchall()
+def test_the_dependents_look_up_after_each_completion_uses_the_deps_index(db: CoordinatorState) -> None:
+    plan = db.state.conn.execute("EXPLAIN QUERY PLAN SELECT job_id FROM deps WHERE after_id = ?", ("x",)).fetchall()
     text = " ".join(str(r[-1]) for r in plan)
     assert "USING INDEX deps_after" in text or "USING COVERING INDEX deps_after" in text, text
 
@@ -303,7 +304,7 @@ def test_the_dependents_look_up_after_each_completion_uses_the_deps_index(db: Da
 # --- dependencies ------------------------------------------------------------------------
 
 
-def test_job_waits_for_its_dependency_to_complete(db: Database) -> None:
+def test_job_waits_for_its_dependency_to_complete(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("first"), job("second", after=("first",), priority=9)), T0)
     bring_online(db, "h", slots=2)
     grant = claimed(db, "h")
@@ -314,7 +315,7 @@ def test_job_waits_for_its_dependency_to_complete(db: Database) -> None:
     assert claimed(db, "h")["job"]["name"] == "second"
 
 
-def test_a_completion_reports_pending_dependents_only_when_a_job_waits_for_it(db: Database) -> None:
+def test_a_completion_reports_pending_dependents_only_when_a_job_waits_for_it(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("first"), job("second", after=("first",)), job("alone")), T0)
     bring_online(db, "h", slots=2)
     first, alone = claimed(db, "h"), claimed(db, "h")
@@ -325,7 +326,7 @@ def test_a_completion_reports_pending_dependents_only_when_a_job_waits_for_it(db
     assert db.has_pending_dependents(job_id("alone")) is False
 
 
-def test_requeued_dependency_blocks_its_pending_dependents_again(db: Database) -> None:
+def test_requeued_dependency_blocks_its_pending_dependents_again(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("first"), job("second", after=("first",))), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
@@ -338,7 +339,7 @@ def test_requeued_dependency_blocks_its_pending_dependents_again(db: Database) -
 # --- renew, leases ------------------------------------------------------------------------
 
 
-def test_first_renew_moves_claimed_to_running_and_extends_lease_and_keeps_progress(db: Database) -> None:
+def test_first_renew_moves_claimed_to_running_and_extends_lease_and_keeps_progress(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
@@ -349,7 +350,7 @@ def test_first_renew_moves_claimed_to_running_and_extends_lease_and_keeps_progre
     assert db.job(job_id("a"))["progress"] == {"progress": 0.4}
 
 
-def test_renew_with_a_stale_lease_or_from_the_wrong_host_is_lease_lost(db: Database) -> None:
+def test_renew_with_a_stale_lease_or_from_the_wrong_host_is_lease_lost(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     bring_online(db, "other")
@@ -365,7 +366,7 @@ def test_renew_with_a_stale_lease_or_from_the_wrong_host_is_lease_lost(db: Datab
         db.renew("f" * 64, grant["lease_id"], "h", T0)
 
 
-def test_old_lease_is_lost_after_the_job_is_claimed_again(db: Database) -> None:
+def test_old_lease_is_lost_after_the_job_is_claimed_again(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     first = claimed(db, "h")
@@ -378,7 +379,7 @@ def test_old_lease_is_lost_after_the_job_is_claimed_again(db: Database) -> None:
         db.complete(job_id("a"), first["lease_id"], "h", ART, T0 + 92)
 
 
-def test_expired_lease_returns_job_to_pending_with_attempt_incremented(db: Database) -> None:
+def test_expired_lease_returns_job_to_pending_with_attempt_incremented(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
@@ -391,7 +392,7 @@ def test_expired_lease_returns_job_to_pending_with_attempt_incremented(db: Datab
     assert (attempt["cause"], attempt["ended_ts"], attempt["lease_id"]) == ("lost", T0 + 90, grant["lease_id"])
 
 
-def test_expired_lease_on_the_last_attempt_fails_the_job(db: Database) -> None:
+def test_expired_lease_on_the_last_attempt_fails_the_job(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), max_attempts=2), T0)
     bring_online(db, "h")
     now = T0
@@ -404,7 +405,7 @@ def test_expired_lease_on_the_last_attempt_fails_the_job(db: Database) -> None:
     assert db.claim("h", now) is None
 
 
-def test_shutdown_handback_never_counts_against_attempts(db: Database) -> None:
+def test_shutdown_handback_never_counts_against_attempts(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), max_attempts=1), T0)
     bring_online(db, "h")
     for n in range(1, 4):
@@ -416,7 +417,7 @@ def test_shutdown_handback_never_counts_against_attempts(db: Database) -> None:
     assert [a["cause"] for a in db.attempts(job_id("a"))] == ["shutdown"] * 3
 
 
-def test_app_failure_counts_and_records_exit_code_and_output_tail(db: Database) -> None:
+def test_app_failure_counts_and_records_exit_code_and_output_tail(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), max_attempts=2), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
@@ -435,7 +436,7 @@ def test_app_failure_counts_and_records_exit_code_and_output_tail(db: Database) 
 # --- presence ---------------------------------------------------------------------------
 
 
-def test_offline_host_leases_shrink_to_the_grace(db: Database) -> None:
+def test_offline_host_leases_shrink_to_the_grace(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), job("b")), T0)
     bring_online(db, "h", slots=2)
     bring_online(db, "other")
@@ -447,7 +448,7 @@ def test_offline_host_leases_shrink_to_the_grace(db: Database) -> None:
     assert sorted(db.expire_leases(T0 + 30)) == sorted([job_id("a"), job_id("b")])
 
 
-def test_offline_never_lengthens_a_lease(db: Database) -> None:
+def test_offline_never_lengthens_a_lease(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), lease_s=5), T0)
     bring_online(db, "h")
     claimed(db, "h")
@@ -455,7 +456,7 @@ def test_offline_never_lengthens_a_lease(db: Database) -> None:
     assert db.lease(job_id("a"))["expires_ts"] == T0 + 5  # type: ignore[index]
 
 
-def test_host_back_inside_the_grace_keeps_its_job_by_renewing(db: Database) -> None:
+def test_host_back_inside_the_grace_keeps_its_job_by_renewing(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
@@ -466,7 +467,7 @@ def test_host_back_inside_the_grace_keeps_its_job_by_renewing(db: Database) -> N
     assert db.job(job_id("a"))["status"] == "running"
 
 
-def test_resume_leases_gives_every_lease_a_full_term_after_a_coordinator_outage(db: Database) -> None:
+def test_resume_leases_gives_every_lease_a_full_term_after_a_coordinator_outage(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     claimed(db, "h")
@@ -478,14 +479,14 @@ def test_resume_leases_gives_every_lease_a_full_term_after_a_coordinator_outage(
 # --- cancel, requeue, complete ------------------------------------------------------------
 
 
-def test_cancel_pending_job_ends_no_lease(db: Database) -> None:
+def test_cancel_pending_job_ends_no_lease(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     assert db.cancel(job_id("a"), T0) is None
     assert db.job(job_id("a"))["status"] == "cancelled"
     assert db.attempts(job_id("a")) == []
 
 
-def test_cancel_running_job_ends_the_attempt_as_cancelled_and_names_the_lease(db: Database) -> None:
+def test_cancel_running_job_ends_the_attempt_as_cancelled_and_names_the_lease(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
@@ -498,7 +499,7 @@ def test_cancel_running_job_ends_the_attempt_as_cancelled_and_names_the_lease(db
     assert db.hosts()[0]["slots_used"] == 0
 
 
-def test_cancel_of_a_terminal_job_is_an_illegal_transition(db: Database) -> None:
+def test_cancel_of_a_terminal_job_is_an_illegal_transition(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     db.cancel(job_id("a"), T0)
     with pytest.raises(IllegalTransitionError):
@@ -507,7 +508,7 @@ def test_cancel_of_a_terminal_job_is_an_illegal_transition(db: Database) -> None
         db.cancel("0" * 64, T0)
 
 
-def test_requeue_gives_a_failed_job_a_fresh_budget(db: Database) -> None:
+def test_requeue_gives_a_failed_job_a_fresh_budget(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), max_attempts=1), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
@@ -518,7 +519,7 @@ def test_requeue_gives_a_failed_job_a_fresh_budget(db: Database) -> None:
     assert claimed(db, "h", T0 + 2)["attempt"] == 2
 
 
-def test_requeue_refuses_pending_running_and_completed_jobs(db: Database) -> None:
+def test_requeue_refuses_pending_running_and_completed_jobs(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), job("b")), T0)
     bring_online(db, "h")
     with pytest.raises(IllegalTransitionError):
@@ -531,7 +532,7 @@ def test_requeue_refuses_pending_running_and_completed_jobs(db: Database) -> Non
         db.requeue(job_id("a"), T0)
 
 
-def test_exactly_one_completion_is_recorded_per_job(db: Database) -> None:
+def test_exactly_one_completion_is_recorded_per_job(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
@@ -546,7 +547,7 @@ def test_exactly_one_completion_is_recorded_per_job(db: Database) -> None:
     assert db.counts()["completed"] == 1
 
 
-def test_bit_identical_artifacts_of_two_jobs_share_one_object(db: Database) -> None:
+def test_bit_identical_artifacts_of_two_jobs_share_one_object(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), job("b")), T0)
     bring_online(db, "h")
     for name in ("a", "b"):
@@ -559,12 +560,12 @@ def test_bit_identical_artifacts_of_two_jobs_share_one_object(db: Database) -> N
 # --- why_waiting ---------------------------------------------------------------------------
 
 
-def test_why_waiting_says_no_host_is_online(db: Database) -> None:
+def test_why_waiting_says_no_host_is_online(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     assert db.why_waiting(job_id("a"), T0) == [{"host": None, "reason": "no host online"}]
 
 
-def test_why_waiting_gives_one_reason_per_online_host(db: Database) -> None:
+def test_why_waiting_gives_one_reason_per_online_host(db: CoordinatorState) -> None:
     policy = HostPolicy(id="pi", deny_jobs=("gbt",))
     db.apply_manifest(manifest(job("a", require_cuda=True, min_vram_gib=24), job("b"), hosts=(policy,)), T0)
     bring_online(db, "busy")
@@ -580,7 +581,7 @@ def test_why_waiting_gives_one_reason_per_online_host(db: Database) -> None:
     ]
 
 
-def test_why_waiting_names_the_cuda_host_a_prefer_cuda_job_waits_for(db: Database) -> None:
+def test_why_waiting_names_the_cuda_host_a_prefer_cuda_job_waits_for(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("g1", prefer_cuda=True), job("g2", prefer_cuda=True)), T0)
     bring_online(db, "cpu")
     bring_online(db, "gpu-box", cuda=True, vram=(24.0,))
@@ -592,13 +593,13 @@ def test_why_waiting_names_the_cuda_host_a_prefer_cuda_job_waits_for(db: Databas
     ]
 
 
-def test_why_waiting_calls_an_idle_capable_host_eligible(db: Database) -> None:
+def test_why_waiting_calls_an_idle_capable_host_eligible(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     assert db.why_waiting(job_id("a"), T0) == [{"host": "h", "reason": "eligible; its next claim takes the best-ranked job"}]
 
 
-def test_why_waiting_is_empty_for_a_job_that_is_not_pending(db: Database) -> None:
+def test_why_waiting_is_empty_for_a_job_that_is_not_pending(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     claimed(db, "h")
@@ -608,7 +609,7 @@ def test_why_waiting_is_empty_for_a_job_that_is_not_pending(db: Database) -> Non
 # --- lookups ---------------------------------------------------------------------------
 
 
-def test_resolve_job_by_full_id_unique_prefix_or_name(db: Database) -> None:
+def test_resolve_job_by_full_id_unique_prefix_or_name(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("gbt-realistic"), job("other")), T0)
     full = job_id("gbt-realistic")
     assert db.resolve_job(full) == full
@@ -616,7 +617,7 @@ def test_resolve_job_by_full_id_unique_prefix_or_name(db: Database) -> None:
     assert db.resolve_job("gbt-realistic") == full
 
 
-def test_resolve_job_lists_the_candidates_of_an_ambiguous_prefix(db: Database) -> None:
+def test_resolve_job_lists_the_candidates_of_an_ambiguous_prefix(db: CoordinatorState) -> None:
     jobs = [job(f"j{i}") for i in range(40)]
     db.apply_manifest(manifest(*jobs), T0)
     by_first: dict[str, list[JobSpec]] = {}
@@ -632,7 +633,7 @@ def test_resolve_job_lists_the_candidates_of_an_ambiguous_prefix(db: Database) -
         db.resolve_job("")
 
 
-def test_resolve_job_prefers_the_manifest_job_when_an_orphan_shares_its_name(db: Database) -> None:
+def test_resolve_job_prefers_the_manifest_job_when_an_orphan_shares_its_name(db: CoordinatorState) -> None:
     old = JobSpec(id="1" * 64, name="gbt", model="gbt", mode="m", hyper={})
     new = JobSpec(id="2" * 64, name="gbt", model="gbt", mode="m", hyper={"depth": 3})
     db.apply_manifest(manifest(old), T0)
@@ -640,7 +641,7 @@ def test_resolve_job_prefers_the_manifest_job_when_an_orphan_shares_its_name(db:
     assert db.resolve_job("gbt") == new.id
 
 
-def test_jobs_filters_by_status_and_refuses_an_unknown_one(db: Database) -> None:
+def test_jobs_filters_by_status_and_refuses_an_unknown_one(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), job("b")), T0)
     db.cancel(job_id("b"), T0)
     assert [j["name"] for j in db.jobs()] == ["a", "b"]
@@ -655,23 +656,23 @@ def test_jobs_filters_by_status_and_refuses_an_unknown_one(db: Database) -> None
 
 
 def test_remembered_reply_survives_a_restart_and_is_pruned_when_old(tmp_path: Path) -> None:
-    first = Database(tmp_path / "s.db")
-    assert first.remembered_reply("agent/h/claim/r1") is None
-    first.remember_reply("agent/h/claim/r1", {"ok": True, "job": None}, T0)
-    first.remember_reply("agent/h/claim/r2", {"ok": True, "job": None}, T0 + 100)
+    first = CoordinatorState(tmp_path / "s.db")
+    assert first.state.remembered_reply("agent/h/claim/r1") is None
+    first.state.remember_reply("agent/h/claim/r1", {"ok": True, "job": None}, T0)
+    first.state.remember_reply("agent/h/claim/r2", {"ok": True, "job": None}, T0 + 100)
     first.close()
-    second = Database(tmp_path / "s.db")
-    assert second.remembered_reply("agent/h/claim/r1") == {"ok": True, "job": None}
-    assert second.prune_replies(T0 + 50) == 1
-    assert second.remembered_reply("agent/h/claim/r1") is None
-    assert second.remembered_reply("agent/h/claim/r2") is not None
+    second = CoordinatorState(tmp_path / "s.db")
+    assert second.state.remembered_reply("agent/h/claim/r1") == {"ok": True, "job": None}
+    assert second.state.prune_replies(T0 + 50) == 1
+    assert second.state.remembered_reply("agent/h/claim/r1") is None
+    assert second.state.remembered_reply("agent/h/claim/r2") is not None
     second.close()
 
 
 # --- transactions and change events ---------------------------------------------------------
 
 
-def test_changes_are_handed_out_once_after_commit_oldest_first(db: Database) -> None:
+def test_changes_are_handed_out_once_after_commit_oldest_first(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     grant = claimed(db, "h", T0 + 1)
@@ -684,7 +685,7 @@ def test_changes_are_handed_out_once_after_commit_oldest_first(db: Database) -> 
     assert db.take_changes() == []
 
 
-def test_changes_of_a_rolled_back_transaction_are_dropped(db: Database) -> None:
+def test_changes_of_a_rolled_back_transaction_are_dropped(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     db.take_changes()
     with pytest.raises(RuntimeError), db.transaction():
@@ -695,12 +696,12 @@ def test_changes_of_a_rolled_back_transaction_are_dropped(db: Database) -> None:
     assert db.take_changes() == []
 
 
-def test_changes_cannot_be_taken_inside_a_transaction(db: Database) -> None:
+def test_changes_cannot_be_taken_inside_a_transaction(db: CoordinatorState) -> None:
     with db.transaction(), pytest.raises(RuntimeError):
         db.take_changes()
 
 
-def test_nested_transaction_joins_the_outer_one_and_a_failed_inner_one_undoes_only_itself(db: Database) -> None:
+def test_nested_transaction_joins_the_outer_one_and_a_failed_inner_one_undoes_only_itself(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), job("b")), T0)
     db.take_changes()
     with db.transaction():

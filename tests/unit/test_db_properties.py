@@ -11,10 +11,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from mqfleet.coordinator.db import Database
 from mqfleet.errors import IllegalTransitionError, LeaseLostError
 from mqfleet.manifest import HostPolicy
 from mqfleet.state import LEASED, TERMINAL, Cause, JobStatus
+from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import ART, T0, advert, job, manifest
 
 MAX_ATTEMPTS = 3
@@ -37,7 +37,7 @@ class LeaseMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory()
-        self.db = Database(Path(self.tmp.name) / "state.db")
+        self.db = CoordinatorState(Path(self.tmp.name) / "state.db")
         self.now = T0
         self.known: set[str] = set()
         self.grants: list[dict[str, Any]] = []  # every grant ever, stale ones included

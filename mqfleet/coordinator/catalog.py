@@ -1,0 +1,197 @@
+"""The job catalog: the jobs table following the manifest, dependencies, and read-only job queries.
+
+`apply_manifest` is the only writer of a job's spec; status moves through
+`sqlite.transition()` alone. The manifest in force is the service's, passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from mqfleet.coordinator import listing
+from mqfleet.coordinator.schema import JOB_SELECT, job_row
+from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.errors import AmbiguousError, BadRequestError, NotFoundError
+from mqfleet.manifest import JobSpec, Manifest
+from mqfleet.state import JobStatus
+
+logger = logging.getLogger(__name__)
+
+
+class Catalog:
+    """The jobs the coordinator knows, in one state file."""
+
+    def __init__(self, state: StateFile) -> None:
+        self.state = state
+
+    def apply_manifest(self, manifest: Manifest, now: float) -> dict[str, list[str]]:
+        """Make the jobs table follow a validated manifest: add new jobs, update kept ones, orphan the rest."""
+        added: list[str] = []
+        kept: list[str] = []
+        with self.state.transaction() as c:
+            existing = {r["id"]: r for r in c.execute("SELECT id, spec, max_attempts, in_manifest FROM jobs")}
+            inserts, updates = [], []
+            max_attempts = manifest.fleet.max_attempts
+            for spec in manifest.jobs:
+                text = json.dumps(spec.to_dict(), sort_keys=True)
+                cols = (spec.name, spec.model, spec.mode, text, max_attempts, spec.priority, int(spec.prefer_cuda),
+                        int(spec.require_cuda), spec.min_vram_gib, spec.min_ram_gib)
+                old = existing.get(spec.id)
+                if old is None:
+                    added.append(spec.id)
+                    inserts.append((spec.id, *cols, now, now))
+                    continue
+                kept.append(spec.id)
+                if (old["spec"], old["max_attempts"], old["in_manifest"]) != (text, max_attempts, 1):
+                    updates.append((*cols, now, spec.id))
+            c.executemany(
+                "INSERT INTO jobs (id, name, model, mode, spec, max_attempts, priority, prefer_cuda, require_cuda, "
+                "min_vram_gib, min_ram_gib, status, created_ts, updated_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                inserts,
+            )
+            c.executemany(
+                "UPDATE jobs SET name = ?, model = ?, mode = ?, spec = ?, max_attempts = ?, priority = ?, prefer_cuda = ?, "
+                "require_cuda = ?, min_vram_gib = ?, min_ram_gib = ?, in_manifest = 1, updated_ts = ? WHERE id = ?",
+                updates,
+            )
+            c.executemany(
+                "INSERT INTO events (ts, job_id, from_status, to_status, reason, host) VALUES (?, ?, NULL, 'pending', 'added', NULL)",
+                [(now, job_id) for job_id in added],
+            )
+            in_file = {spec.id for spec in manifest.jobs}
+            orphaned = [job_id for job_id in existing if job_id not in in_file]
+            c.executemany(
+                "UPDATE jobs SET in_manifest = 0, updated_ts = ? WHERE id = ? AND in_manifest = 1",
+                [(now, job_id) for job_id in orphaned],
+            )
+            # an orphan is blocked by in_manifest alone, so only the file's jobs need their edges
+            c.execute("DELETE FROM deps")
+            c.executemany(
+                "INSERT OR IGNORE INTO deps (job_id, after_id) VALUES (?, ?)",
+                [(spec.id, after) for spec in manifest.jobs for after in spec.after],
+            )
+            refresh_blocked(c)
+        logger.info("manifest %s: %d added, %d kept, %d orphaned", manifest.source or "(text)", len(added), len(kept), len(orphaned))
+        return {"added": added, "kept": kept, "orphaned": orphaned}
+
+    def has_pending_dependents(self, job_id: str) -> bool:
+        """Whether some pending job waits for this one (its completion may have made work claimable)."""
+        # Two indexed look-ups: a join lets SQLite walk every pending job instead of this job's dependents.
+        waiting = [r[0] for r in self.state.read("SELECT job_id FROM deps WHERE after_id = ?", (job_id,))]
+        if not waiting:
+            return False
+        marks = ",".join("?" * len(waiting))
+        return self.state.read_one(f"SELECT 1 FROM jobs WHERE id IN ({marks}) AND status = 'pending' LIMIT 1", waiting) is not None
+
+    def resolve_job(self, ref: str) -> str:
+        """A job id from a full id, a unique id prefix or a name; prefers the manifest's job on a shared name."""
+        ref = ref.strip()
+        if not ref:
+            raise NotFoundError("no job named ''")
+        with self.state.lock:
+            c = self.state.conn
+            if c.execute("SELECT 1 FROM jobs WHERE id = ?", (ref,)).fetchone():
+                return ref
+            named = c.execute("SELECT id, name, in_manifest FROM jobs WHERE name = ? ORDER BY seq", (ref,)).fetchall()
+            current = [r for r in named if r["in_manifest"]]
+            for group in (current, named):
+                if len(group) == 1:
+                    return str(group[0]["id"])
+            if not named:
+                named = c.execute(
+                    "SELECT id, name FROM jobs WHERE id >= ? AND id < ? ORDER BY seq LIMIT 11", (ref, ref + "\U0010ffff")
+                ).fetchall()
+        if len(named) == 1:
+            return str(named[0]["id"])
+        if not named:
+            raise NotFoundError(f"no job matches '{ref}' (by id, id prefix or name)")
+        listed = ", ".join(f"{r['name']} ({r['id'][:12]})" for r in named[:10])
+        more = " ..." if len(named) > 10 else ""
+        err = AmbiguousError(f"'{ref}' matches several jobs: {listed}{more}")
+        err.candidates = [{"id": r["id"], "name": r["name"]} for r in named]  # type: ignore[attr-defined]
+        raise err
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        row = self.state.read_one(f"{JOB_SELECT} WHERE j.id = ?", (job_id,))
+        if row is None:
+            raise NotFoundError(f"no job {job_id}")
+        return job_row(row)
+
+    def job_spec(self, job_id: str) -> dict[str, Any]:
+        """The stored spec of a job (the JobSpec's dict), which outlives the job's removal from the manifest."""
+        row = self.state.read_one("SELECT spec FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise NotFoundError(f"no job {job_id}")
+        return dict(json.loads(row[0]))
+
+    def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        if status is not None and status not in {s.value for s in JobStatus}:
+            raise BadRequestError(f"unknown status '{status}' (one of {', '.join(s.value for s in JobStatus)})")
+        if status is None:
+            rows = self.state.read(f"{JOB_SELECT} ORDER BY j.seq")
+        else:
+            rows = self.state.read(f"{JOB_SELECT} WHERE j.status = ? ORDER BY j.seq", (status,))
+        return [job_row(r) for r in rows]
+
+    def job_page(
+        self, where: listing.JobFilter, *, limit: int, after: int | None = None, newest_first: bool = False,
+        offset: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int | None, int]:
+        """One keyset page of the listing (`listing.job_page`), its next keyset, and the filter's total."""
+        with self.state.lock:
+            page, next_after = listing.job_page(
+                self.state.conn, where, limit=limit, after=after, newest_first=newest_first, offset=offset
+            )
+            return page, next_after, listing.count_jobs(self.state.conn, where)
+
+    def attempts(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self.state.read(
+            "SELECT number, host, lease_id, started_ts, ended_ts, outcome, cause, exit_code, output_tail, error "
+            "FROM attempts WHERE job_id = ? ORDER BY number",
+            (job_id,),
+        )
+        return [dict(r) for r in rows]
+
+    def lease(self, job_id: str) -> dict[str, Any] | None:
+        row = self.state.read_one("SELECT lease_id, host, expires_ts, attempt, gpus FROM leases WHERE job_id = ?", (job_id,))
+        if row is None:
+            return None
+        return {**dict(row), "gpus": json.loads(row["gpus"])}
+
+    def counts(self) -> dict[str, int]:
+        found = {r[0]: int(r[1]) for r in self.state.read("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+        return {s.value: found.get(s.value, 0) for s in JobStatus}
+
+
+def refresh_blocked(conn: sqlite3.Connection, job_ids: Iterable[str] | None = None) -> None:
+    """Recompute `blocked` (left the manifest, or a dependency not completed) for some jobs, or all."""
+    expr = (
+        "in_manifest = 0 OR EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs a ON a.id = d.after_id "
+        "WHERE d.job_id = jobs.id AND (a.status IS NULL OR a.status != 'completed'))"
+    )
+    if job_ids is None:
+        # rewrite only rows whose flag changes, so a reload of an unchanged manifest writes nothing
+        conn.execute(f"UPDATE jobs SET blocked = ({expr}) WHERE blocked != ({expr})")
+        return
+    ids = list(job_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        conn.execute(f"UPDATE jobs SET blocked = ({expr}) WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+
+
+def dependents(conn: sqlite3.Connection, job_id: str) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT job_id FROM deps WHERE after_id = ?", (job_id,))]
+
+
+def spec_from_json(text: str) -> JobSpec:
+    """A JobSpec back from its stored `to_dict()` JSON."""
+    d = json.loads(text)
+    for name in ("train_hosts", "allowed_hosts", "after"):
+        d[name] = tuple(d.get(name) or ())
+    known = JobSpec.__dataclass_fields__
+    return JobSpec(**{k: v for k, v in d.items() if k in known})

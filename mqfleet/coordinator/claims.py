@@ -1,0 +1,159 @@
+"""Claims: which job a host gets, granted atomically with its lease, and why a pending job waits.
+
+Eligibility and ranking are asked of `scheduler`, so a claim and `why_waiting` give
+the same answer. The manifest in force is the service's, passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from mqfleet.coordinator import scheduler
+from mqfleet.coordinator.catalog import Catalog, spec_from_json
+from mqfleet.coordinator.hosts import Hosts, host_view
+from mqfleet.coordinator.sqlite import StateFile, transition
+from mqfleet.errors import NotFoundError
+from mqfleet.manifest import JobSpec, Manifest, TrainerSpec
+from mqfleet.state import JobStatus
+
+#: Candidates read per step of a claim's walk down the ranking index.
+CLAIM_BATCH = 32
+#: Candidates read by the first step of that walk.
+CLAIM_FIRST_BATCH = 4
+
+
+class Claims:
+    """Grants jobs to hosts; the one place that creates a lease."""
+
+    def __init__(self, state: StateFile, catalog: Catalog, hosts: Hosts) -> None:
+        self.state = state
+        self.catalog = catalog
+        self.hosts = hosts
+
+    def claim(self, host: str, now: float, manifest: Manifest | None) -> dict[str, Any] | None:
+        """Pick the best job this host may run and lease it to the host for the manifest's
+        `lease_s`, atomically; None when there is none (or no manifest is loaded)."""
+        if manifest is None:
+            return None
+        lease_s = manifest.fleet.lease_s
+        with self.state.transaction() as c:
+            hrow = c.execute("SELECT id, advert, online, draining FROM hosts WHERE id = ?", (host,)).fetchone()
+            if hrow is None:
+                return None
+            held = [json.loads(r[0]) for r in c.execute("SELECT gpus FROM leases WHERE host = ?", (host,))]
+            view = host_view(hrow, len(held), manifest.hosts)
+            if scheduler.host_reasons(view):
+                return None
+            spec = self._pick(view, manifest)
+            if spec is None:
+                return None
+            gpus = scheduler.pick_gpu(spec, view, (i for g in held for i in g))
+            lease_id = secrets.token_hex(16)
+            c.execute("UPDATE jobs SET attempt_seq = attempt_seq + 1, progress = NULL WHERE id = ?", (spec.id,))
+            attempt = int(c.execute("SELECT attempt_seq FROM jobs WHERE id = ?", (spec.id,)).fetchone()[0])
+            transition(c, spec.id, JobStatus.CLAIMED, expect=[JobStatus.PENDING], reason=f"claimed by {host}", now=now, host=host)
+            expires_ts = now + lease_s
+            c.execute(
+                "INSERT INTO leases (job_id, lease_id, host, attempt, gpus, granted_ts, expires_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (spec.id, lease_id, host, attempt, json.dumps(gpus), now, expires_ts),
+            )
+            c.execute(
+                "INSERT INTO attempts (job_id, number, host, lease_id, started_ts) VALUES (?, ?, ?, ?, ?)",
+                (spec.id, attempt, host, lease_id, now),
+            )
+            row = self.catalog.job(spec.id)
+        return {
+            "job": row,
+            "spec": spec.to_dict(),
+            "trainer": trainer_dict(manifest.trainers.get(spec.model), spec.model),
+            "lease_id": lease_id,
+            "attempt": attempt,
+            "expires_ts": expires_ts,
+            "lease_s": lease_s,
+            "gpus": gpus,
+        }
+
+    def _pick(self, view: scheduler.HostView, manifest: Manifest) -> JobSpec | None:
+        """Walk pending jobs in rank order, a batch at a time, until one fits this host.
+
+        Cheap numeric rules are in the WHERE clause so the walk rarely reads a row
+        it must skip; the ORDER BY is `scheduler.rank_key`, served by an index.
+        """
+        where = "status = 'pending' AND blocked = 0 AND min_ram_gib <= ? AND min_vram_gib <= ?"
+        if view.has_cuda:
+            order = "priority DESC, prefer_cuda DESC, seq"
+        else:
+            where += " AND require_cuda = 0"
+            order = "priority DESC, seq"
+        # The other hosts matter only to the prefer_cuda rule, and reading them costs a row and an
+        # advert parse per host; so they are read once, and only when a prefer_cuda job comes up.
+        others: list[scheduler.HostView] | None = None
+        cur = self.state.conn.execute(f"SELECT seq, spec FROM jobs WHERE {where} ORDER BY {order}", (view.ram_gib, view.vram_gib))
+        try:
+            # The first job in rank order usually fits, so the first batch is small: parsing a
+            # spec is most of a claim's cost.
+            size = CLAIM_FIRST_BATCH
+            while batch := cur.fetchmany(size):
+                size = CLAIM_BATCH
+                candidates = [(r["seq"], spec_from_json(r["spec"])) for r in batch]
+                if others is None and not view.has_cuda and any(spec.prefer_cuda for _, spec in candidates):
+                    others = self.hosts.views(manifest.hosts, "WHERE h.online = 1 AND h.draining = 0 AND h.id != ?", (view.id,))
+                found = scheduler.first_eligible(candidates, view, others or [], commit=manifest.fleet.commit)
+                if found is not None:
+                    return found
+        finally:
+            cur.close()
+        return None
+
+    def why_waiting(self, job_id: str, manifest: Manifest | None) -> list[dict[str, Any]]:
+        """Why a pending job is not running: job-level reasons (host None), then one line per online host."""
+        with self.state.lock:
+            c = self.state.conn
+            row = c.execute("SELECT status, spec, in_manifest FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            if row["status"] != JobStatus.PENDING.value:
+                return []
+            spec = spec_from_json(row["spec"])
+            out: list[dict[str, Any]] = []
+            if not row["in_manifest"]:
+                out.append({"host": None, "reason": "not in the manifest any more"})
+            for after in spec.after:
+                dep = c.execute("SELECT name, status FROM jobs WHERE id = ?", (after,)).fetchone()
+                if dep is None:
+                    out.append({"host": None, "reason": f"dependency '{after[:12]}' is unknown"})
+                elif dep["status"] != JobStatus.COMPLETED.value:
+                    out.append({"host": None, "reason": f"dependency '{dep['name']}' not completed ({dep['status']})"})
+            if manifest is None:
+                out.append({"host": None, "reason": "no manifest loaded"})
+                return out
+            views = self.hosts.views(manifest.hosts)
+        online = [v for v in views if v.online]
+        if not online:
+            out.append({"host": None, "reason": "no host online"})
+        commit = manifest.fleet.commit
+        for view in online:
+            reasons = scheduler.host_reasons(view) + scheduler.job_reasons(spec, view, commit=commit)
+            wait = None if reasons else scheduler.cuda_wait_reason(spec, view, views, commit=commit)
+            if wait:
+                reasons.append(wait)
+            out.append({"host": view.id, "reason": "; ".join(reasons) or "eligible; its next claim takes the best-ranked job"})
+        return out
+
+
+def trainer_dict(trainer: TrainerSpec | None, model: str) -> dict[str, Any]:
+    """The grant's `trainer` object: how the agent starts the job's trainer."""
+    if trainer is None:
+        return {"name": model, "builtin": None, "command": [], "hyper": {}, "outputs": []}
+    return {
+        "name": trainer.name,
+        "builtin": trainer.builtin,
+        "command": list(trainer.command),
+        "outputs": list(trainer.outputs),
+        "hyper": {
+            name: {"type": h.type, "default": h.default, "min": h.min, "max": h.max, "choices": list(h.choices)}
+            for name, h in trainer.hyper.items()
+        },
+    }

@@ -1,0 +1,98 @@
+"""The hosts table: adverts, presence, draining, and the views the scheduler ranks hosts by.
+
+A host's policy (`[[hosts]]` in the manifest) is the service's, passed in as `policies`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Container, Mapping
+from typing import Any
+
+from mqfleet.coordinator import scheduler
+from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.manifest import HostPolicy
+
+logger = logging.getLogger(__name__)
+
+Policies = Mapping[str, HostPolicy]
+
+
+class Hosts:
+    """What the coordinator knows of each host, in one state file."""
+
+    def __init__(self, state: StateFile) -> None:
+        self.state = state
+
+    def record_advert(self, host: str, advert: dict[str, Any], now: float) -> None:
+        """Store a host's capability advert; presence comes from its status topic, not from this."""
+        with self.state.transaction() as c:
+            c.execute(
+                "INSERT INTO hosts (id, advert, last_seen_ts) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET advert = excluded.advert, last_seen_ts = excluded.last_seen_ts",
+                (host, json.dumps(advert, sort_keys=True), now),
+            )
+
+    def is_known_host(self, host: str, listed: Container[str]) -> bool:
+        """True when `listed` (the manifest's hosts) names the host or it has published an advert
+        (docs/SECURITY.md)."""
+        if host in listed:
+            return True
+        return self.state.read_one("SELECT 1 FROM hosts WHERE id = ? AND advert != '{}'", (host,)) is not None
+
+    def record_presence(self, host: str, online: bool, now: float, *, grace_s: float) -> list[str]:
+        """Mark a host online or offline. Offline shortens its leases to `grace_s`; returns their job ids."""
+        with self.state.transaction() as c:
+            c.execute(
+                "INSERT INTO hosts (id, online, last_seen_ts) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET online = excluded.online, last_seen_ts = excluded.last_seen_ts",
+                (host, int(online), now),
+            )
+            if online:
+                return []
+            job_ids = [r[0] for r in c.execute("SELECT job_id FROM leases WHERE host = ?", (host,))]
+            c.execute("UPDATE leases SET expires_ts = MIN(expires_ts, ?) WHERE host = ?", (now + grace_s, host))
+        if job_ids:
+            logger.warning("host %s: offline; %d lease(s) now expire within %gs", host, len(job_ids), grace_s)
+        return job_ids
+
+    def set_draining(self, host: str, draining: bool, now: float) -> None:
+        with self.state.transaction() as c:
+            c.execute(
+                "INSERT INTO hosts (id, draining) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET draining = excluded.draining",
+                (host, int(draining)),
+            )
+        logger.info("host %s: %s", host, "draining" if draining else "undrained")
+
+    def hosts(self, policies: Policies) -> list[dict[str, Any]]:
+        """Every host as the `workers` reply lists it, with the jobs it holds."""
+        with self.state.lock:
+            views = self.views(policies)
+            leases = self.state.conn.execute("SELECT host, job_id FROM leases ORDER BY granted_ts").fetchall()
+            seen = {r["id"]: r["last_seen_ts"] for r in self.state.conn.execute("SELECT id, last_seen_ts FROM hosts")}
+        return [
+            {"id": v.id, "advert": v.advert, "online": v.online, "draining": v.draining, "last_seen_ts": seen[v.id],
+             "slots": v.slots, "slots_used": v.slots_used, "jobs": [r["job_id"] for r in leases if r["host"] == v.id]}
+            for v in views
+        ]
+
+    def views(self, policies: Policies, where: str = "", params: tuple[Any, ...] = ()) -> list[scheduler.HostView]:
+        """Hosts (those matching `where` on `hosts h`) as the scheduler sees them, by id."""
+        rows = self.state.read(
+            "SELECT h.id, h.advert, h.online, h.draining, (SELECT COUNT(*) FROM leases l WHERE l.host = h.id) AS used "
+            f"FROM hosts h {where} ORDER BY h.id",
+            params,
+        )
+        return [host_view(r, r["used"], policies) for r in rows]
+
+
+def host_view(row: sqlite3.Row, used: int, policies: Policies) -> scheduler.HostView:
+    """A hosts row (id, advert, online, draining) with `used` slots taken, as the scheduler sees it."""
+    advert = json.loads(row["advert"])
+    policy = policies.get(row["id"])
+    return scheduler.HostView(
+        id=row["id"], advert=advert, online=bool(row["online"]), draining=bool(row["draining"]),
+        slots=scheduler.host_slots(advert, policy), slots_used=used, policy=policy,
+    )

@@ -1,0 +1,162 @@
+"""Leases after the grant: renewal, completion, failure, expiry, resumption, cancel and requeue.
+
+Every method is one transaction and takes the time as `now`; the lease term
+(`lease_s`) comes in from the manifest in force, which the service holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from typing import Any
+
+from mqfleet.coordinator.artifacts import Artifacts
+from mqfleet.coordinator.catalog import Catalog, dependents, refresh_blocked
+from mqfleet.coordinator.sqlite import StateFile, transition
+from mqfleet.errors import IllegalTransitionError, LeaseLostError, NotFoundError
+from mqfleet.state import FAULT_CAUSES, LEASED, TERMINAL, Cause, JobStatus, after_attempt_ended, counts_against_budget
+
+logger = logging.getLogger(__name__)
+
+
+class Leases:
+    """The live leases of one state file and the attempts they belong to."""
+
+    def __init__(self, state: StateFile, catalog: Catalog, artifacts: Artifacts) -> None:
+        self.state = state
+        self.catalog = catalog
+        self.artifacts = artifacts
+
+    def _current_lease(self, job_id: str, lease_id: str, host: str) -> sqlite3.Row:
+        row = self.state.read_one(
+            "SELECT j.status, l.lease_id, l.host, l.attempt, l.expires_ts FROM jobs j "
+            "LEFT JOIN leases l ON l.job_id = j.id WHERE j.id = ?",
+            (job_id,),
+        )
+        if row is None:
+            raise NotFoundError(f"no job {job_id}")
+        if row["lease_id"] is None:
+            raise LeaseLostError(f"job {job_id} holds no lease (it is {row['status']})")
+        if row["lease_id"] != lease_id or row["host"] != host:
+            raise LeaseLostError(f"lease {lease_id} of {host} is not the current lease of job {job_id}")
+        return row
+
+    def check_lease(self, job_id: str, lease_id: str, host: str) -> None:
+        """LeaseLostError unless `lease_id` held by `host` is the job's current lease; NotFoundError for no job."""
+        self._current_lease(job_id, lease_id, host)
+
+    def renew(
+        self, job_id: str, lease_id: str, host: str, now: float, progress: dict[str, Any] | None = None, *, lease_s: float
+    ) -> float:
+        """Extend a lease to now + lease_s and keep the latest progress; the first renewal means running."""
+        with self.state.transaction() as c:
+            lease = self._current_lease(job_id, lease_id, host)
+            expires_ts = now + lease_s
+            c.execute("UPDATE leases SET expires_ts = ? WHERE job_id = ?", (expires_ts, job_id))
+            if progress is not None:
+                c.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress), job_id))
+            if lease["status"] == JobStatus.CLAIMED.value:
+                transition(c, job_id, JobStatus.RUNNING, expect=[JobStatus.CLAIMED], reason=f"running on {host}", now=now, host=host)
+        return expires_ts
+
+    def complete(self, job_id: str, lease_id: str, host: str, artifact: dict[str, Any], now: float) -> dict[str, Any]:
+        """Record a verified artifact as the job's one completion; the lease ends with it."""
+        with self.state.transaction() as c:
+            lease = self._current_lease(job_id, lease_id, host)
+            sha256, size, key = str(artifact["sha256"]), int(artifact["size"]), str(artifact["key"])
+            c.execute(
+                "UPDATE attempts SET ended_ts = ?, outcome = 'completed', exit_code = 0, output_tail = ? "
+                "WHERE job_id = ? AND number = ?",
+                (now, str(artifact.get("output_tail") or "")[-20_000:], job_id, lease["attempt"]),
+            )
+            c.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
+            transition(c, job_id, JobStatus.COMPLETED, expect=LEASED, reason=f"completed on {host}", now=now, host=host)
+            c.execute("UPDATE jobs SET artifact = ?, error = NULL WHERE id = ?", (sha256, job_id))
+            self.artifacts.record_verified(sha256, size, key, now)
+            self.artifacts.record_job_artifact(job_id, sha256, size, host=host, metrics=artifact.get("metrics") or {}, now=now)
+            refresh_blocked(c, dependents(c, job_id))
+            return self.catalog.job(job_id)
+
+    def fail(
+        self, job_id: str, lease_id: str, host: str, cause: Cause, *, exit_code: int | None, output_tail: str, error: str, now: float
+    ) -> JobStatus:
+        """End the current attempt with `cause`; the job goes back to pending or ends failed or cancelled."""
+        with self.state.transaction():
+            lease = self._current_lease(job_id, lease_id, host)
+            text = error or (f"exit code {exit_code}" if exit_code is not None else cause.value)
+            return self._end_attempt(
+                job_id, lease, Cause(cause), now, exit_code=exit_code, output_tail=output_tail, error=text,
+                reason=f"attempt {lease['attempt']} on {host} ended: {Cause(cause).value}",
+            )
+
+    def _end_attempt(
+        self, job_id: str, lease: sqlite3.Row, cause: Cause, now: float, *, reason: str,
+        exit_code: int | None = None, output_tail: str = "", error: str = "",
+    ) -> JobStatus:
+        """Inside the caller's transaction: close the attempt, drop the lease, move the job on."""
+        c = self.state.conn
+        row = c.execute("SELECT attempts, max_attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        attempts = row["attempts"] + (1 if counts_against_budget(cause) else 0)
+        to = after_attempt_ended(cause, attempts, row["max_attempts"])
+        c.execute(
+            "UPDATE attempts SET ended_ts = ?, outcome = ?, cause = ?, exit_code = ?, output_tail = ?, error = ? "
+            "WHERE job_id = ? AND number = ?",
+            (now, cause.value, cause.value, exit_code, output_tail, error, job_id, lease["attempt"]),
+        )
+        c.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
+        # a graceful handback or a cancel is not a fault, so it leaves the last error as it was
+        if cause in FAULT_CAUSES:
+            c.execute("UPDATE jobs SET attempts = ?, error = ? WHERE id = ?", (attempts, error, job_id))
+        else:
+            c.execute("UPDATE jobs SET attempts = ? WHERE id = ?", (attempts, job_id))
+        transition(c, job_id, to, expect=LEASED, reason=reason, now=now, host=lease["host"])
+        return to
+
+    def expire_leases(self, now: float) -> list[str]:
+        """End every lease whose expiry has passed as `lost`; returns the job ids."""
+        with self.state.transaction() as c:
+            rows = c.execute(
+                "SELECT job_id, lease_id, host, attempt FROM leases WHERE expires_ts <= ? ORDER BY expires_ts", (now,)
+            ).fetchall()
+            for lease in rows:
+                to = self._end_attempt(
+                    lease["job_id"], lease, Cause.LOST, now,
+                    error=f"lease expired on {lease['host']} (attempt {lease['attempt']})",
+                    reason=f"lease on {lease['host']} expired",
+                )
+                logger.warning("job %s: lease %s on %s expired, now %s", lease["job_id"][:12], lease["lease_id"][:8], lease["host"], to.value)
+        return [r["job_id"] for r in rows]
+
+    def resume_leases(self, now: float, *, lease_s: float) -> list[str]:
+        """Give every live lease a full lease_s from now; for a coordinator start, since while it was
+        down no agent could renew. A host that is really gone is still noticed through its status."""
+        with self.state.transaction() as c:
+            rows = c.execute("SELECT job_id FROM leases WHERE expires_ts < ?", (now + lease_s,)).fetchall()
+            c.execute("UPDATE leases SET expires_ts = MAX(expires_ts, ?)", (now + lease_s,))
+        return [r[0] for r in rows]
+
+    def cancel(self, job_id: str, now: float) -> dict[str, str] | None:
+        """Cancel a job that has not ended; returns the host and lease it took away, if it held one."""
+        with self.state.transaction() as c:
+            row = c.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            if JobStatus(row["status"]) in TERMINAL:
+                raise IllegalTransitionError(f"job {job_id} is already {row['status']}")
+            lease = c.execute("SELECT job_id, lease_id, host, attempt FROM leases WHERE job_id = ?", (job_id,)).fetchone()
+            if lease is None:
+                transition(c, job_id, JobStatus.CANCELLED, expect=[JobStatus.PENDING], reason="cancelled by operator", now=now)
+                return None
+            self._end_attempt(job_id, lease, Cause.CANCELLED, now, reason="cancelled by operator")
+            return {"host": lease["host"], "lease_id": lease["lease_id"]}
+
+    def requeue(self, job_id: str, now: float) -> dict[str, Any]:
+        """Put a failed or cancelled job back to pending with a fresh attempt budget."""
+        with self.state.transaction() as c:
+            transition(
+                c, job_id, JobStatus.PENDING, expect=[JobStatus.FAILED, JobStatus.CANCELLED], reason="requeued by operator", now=now
+            )
+            c.execute("UPDATE jobs SET attempts = 0, error = NULL, progress = NULL WHERE id = ?", (job_id,))
+            refresh_blocked(c, [job_id])
+            return self.catalog.job(job_id)

@@ -1,0 +1,201 @@
+"""The coordinator's SQLite file: the connection, its one lock, `transaction()`, `transition()`
+(the only write of a job's status), the event feed and the request memory.
+
+The noun modules (`catalog`, `hosts`, `claims`, `leases`, `artifacts`) hold the SQL of
+their tables and run it through one `StateFile`; nothing else in the package speaks SQL.
+The tables themselves are declared in `schema.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from mqfleet.coordinator.schema import SCHEMA
+from mqfleet.errors import IllegalTransitionError, NotFoundError, StateError
+from mqfleet.state import JobStatus, is_allowed
+
+logger = logging.getLogger(__name__)
+
+#: Milliseconds a writer waits for another connection's write lock before failing.
+BUSY_TIMEOUT_MS = 5000
+
+
+def open_connection(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode; every write runs in an explicit transaction."""
+    conn = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        logger.warning("database %s: journal_mode is %s, not wal", path, mode)
+    # WAL with NORMAL never corrupts; a power cut may only lose the last commits
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+class StateFile:
+    """One connection to the state file, shared by the coordinator's threads.
+
+    `lock` is the one lock of the coordinator's state: `transaction()` and every read hold
+    it, and the service holds it too while it publishes what a transaction committed, so
+    publishes go out in commit order. It is re-entrant: a transaction may read, and a
+    nested transaction joins the outer one.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.conn = open_connection(path)
+        self.lock = threading.RLock()
+        self._depth = 0
+        # changes made before this process opened the file were published by whoever made them
+        self._taken_seq = int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; yields the connection. A nested call
+        joins the outer transaction as a savepoint, so its failure undoes only its own writes."""
+        with self.lock:
+            outer = self._depth == 0
+            savepoint = f"sp{self._depth}"
+            self.conn.execute("BEGIN IMMEDIATE" if outer else f"SAVEPOINT {savepoint}")
+            self._depth += 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self.conn.execute("ROLLBACK")
+                else:
+                    self.conn.execute(f"ROLLBACK TO {savepoint}")
+                    self.conn.execute(f"RELEASE {savepoint}")
+                raise
+            self._depth -= 1
+            if not outer:
+                self.conn.execute(f"RELEASE {savepoint}")
+                return
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error:
+                # a failed COMMIT leaves the transaction open; close it so the next BEGIN works
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+
+    def read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """All rows of one query, read under the lock."""
+        with self.lock:
+            return self.conn.execute(sql, tuple(params)).fetchall()
+
+    def read_one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        with self.lock:
+            row: sqlite3.Row | None = self.conn.execute(sql, tuple(params)).fetchone()
+            return row
+
+    # the event feed
+
+    def take_changes(self) -> list[dict[str, Any]]:
+        """Status changes committed since the last call, oldest first; publish them after commit."""
+        with self.lock:
+            if self._depth:
+                raise RuntimeError("take_changes() inside a transaction would hand out uncommitted changes")
+            rows = self.conn.execute(
+                "SELECT seq, ts, job_id, from_status, to_status, reason, host FROM events WHERE seq > ? ORDER BY seq",
+                (self._taken_seq,),
+            ).fetchall()
+            if rows:
+                self._taken_seq = rows[-1]["seq"]
+        return [
+            {"seq": r["seq"], "ts": r["ts"], "job_id": r["job_id"], "from": r["from_status"], "to": r["to_status"],
+             "reason": r["reason"], "host": r["host"]}
+            for r in rows
+        ]
+
+    def prune_events(self, older_than: float) -> int:
+        """Forget published events older than `older_than`; returns how many. When to call it is
+        the retention policy's business (docs/OPERATIONS.md)."""
+        with self.transaction() as c:
+            return c.execute("DELETE FROM events WHERE ts < ? AND seq <= ?", (older_than, self._taken_seq)).rowcount
+
+    # the request memory: a redelivered request is answered with its first reply
+
+    def remembered_reply(self, key: str) -> dict[str, Any] | None:
+        row = self.read_one("SELECT reply FROM replies WHERE key = ?", (key,))
+        return dict(json.loads(row[0])) if row else None
+
+    def remember_reply(self, key: str, reply: dict[str, Any], now: float) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO replies (key, reply, ts) VALUES (?, ?, ?)", (key, json.dumps(reply, default=str), now))
+
+    def prune_replies(self, older_than: float) -> int:
+        with self.transaction() as c:
+            return c.execute("DELETE FROM replies WHERE ts < ?", (older_than,)).rowcount
+
+    # health
+
+    def integrity_check(self) -> str:
+        """'ok', or SQLite's list of problems."""
+        return "\n".join(str(r[0]) for r in self.read("PRAGMA integrity_check"))
+
+    def journal_mode(self) -> str:
+        row = self.read_one("PRAGMA journal_mode")
+        return str(row[0]) if row else ""
+
+
+def transition(
+    conn: sqlite3.Connection,
+    job_id: str,
+    to: JobStatus,
+    *,
+    expect: Iterable[JobStatus],
+    reason: str,
+    now: float,
+    host: str | None = None,
+    error: type[StateError] = IllegalTransitionError,
+) -> JobStatus:
+    """Move a job from one of `expect` to `to` and record the event; returns the status it left.
+
+    Must run inside the caller's transaction. Raises `error` (IllegalTransitionError
+    unless the caller knows better, e.g. LeaseLostError) when the job is not in
+    one of `expect`, and NotFoundError when there is no such job.
+    """
+    expected = tuple(JobStatus(s) for s in expect)
+    for current in expected:
+        if not is_allowed(current, to):
+            raise IllegalTransitionError(f"job {job_id}: {current.value} -> {to.value} is not a legal move")
+    row = conn.execute("SELECT status, host FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no job {job_id}")
+    current = JobStatus(row["status"])
+    marks = ",".join("?" * len(expected))
+    # a pending job has no host; otherwise keep the last one so finished rows say who ran them
+    new_host = None if to is JobStatus.PENDING else (host if host is not None else row["host"])
+    cur = conn.execute(
+        f"UPDATE jobs SET status = ?, host = ?, updated_ts = ? WHERE id = ? AND status IN ({marks})",
+        (to.value, new_host, now, job_id, *(s.value for s in expected)),
+    )
+    if cur.rowcount != 1:
+        raise error(f"job {job_id} is {current.value}; {to.value} needs {' or '.join(s.value for s in expected)}")
+    record_event(conn, job_id, current.value, to.value, reason=reason, now=now, host=new_host)
+    logger.info("job %s: %s -> %s (%s)", job_id[:12], current.value, to.value, reason)
+    return current
+
+
+def record_event(
+    conn: sqlite3.Connection, job_id: str, from_status: str | None, to_status: str, *, reason: str, now: float, host: str | None
+) -> None:
+    conn.execute(
+        "INSERT INTO events (ts, job_id, from_status, to_status, reason, host) VALUES (?, ?, ?, ?, ?, ?)",
+        (now, job_id, from_status, to_status, reason, host),
+    )
