@@ -49,6 +49,11 @@ def _drop_not_connected_noise(record: logging.LogRecord) -> bool:
 _paho_logger.addFilter(_drop_not_connected_noise)
 
 _SCHEMES = {"mqtt": 1883, "mqtts": 8883}
+#: PUBACK reason "No matching subscribers": the broker took the publish but nobody was subscribed.
+_NO_MATCHING_SUBSCRIBERS = 0x10
+#: First wait before a request that reached no subscriber is sent again; doubled up to the cap.
+RESEND_FIRST_S = 0.1
+RESEND_MAX_S = 1.0
 _FLAG_OF = {"url": f"--broker / {defaults.ENV_BROKER}", "ca": f"--ca / {defaults.ENV_CA}",
             "cert": f"--cert / {defaults.ENV_CERT}", "key": f"--key / {defaults.ENV_KEY}"}
 
@@ -208,6 +213,8 @@ class Connection:
         self._id_to_filter: dict[int, str] = {}
         self._pending: dict[bytes, _Pending] = {}
         self._refused_mids: OrderedDict[int, str] = OrderedDict()
+        self._unmatched_mids: OrderedDict[int, bool] = OrderedDict()
+        self._connects = 0
         self._connected = threading.Event()
         self._first_connack = threading.Event()
         self._failure: str | None = None
@@ -408,26 +415,49 @@ class Connection:
 
     def request_raw(self, topic: str, payload: bytes, *, timeout_s: float = defaults.REQUEST_TIMEOUT_S
                     ) -> dict[str, Any]:
-        """Like request(), with the payload sent byte for byte (tests send malformed ones)."""
+        """Like request(), with the payload sent byte for byte (tests send malformed ones).
+
+        Within timeout_s the same bytes (same request id, same correlation data) are sent
+        again when the broker says nobody was subscribed (the coordinator was reconnecting)
+        and after our own reconnect (the reply may have been lost with our session), so a
+        request is not lost to a broker restart; the coordinator answers a redelivered
+        request from memory (docs/RELIABILITY.md, "Requests across a reconnect"). Each copy
+        expires at the broker when our timeout does, so a late copy is never executed.
+        """
         correlation = os.urandom(16)
         pending = _Pending()
-        properties = _properties(PacketTypes.PUBLISH)
-        properties.ResponseTopic = self.reply_topic
-        properties.CorrelationData = correlation
-        properties.MessageExpiryInterval = max(1, math.ceil(timeout_s))
         with self._lock:
             self._pending[correlation] = pending
+        deadline = time.monotonic() + timeout_s
+        answered = False
+        resend_delay_s = RESEND_FIRST_S
+        resend_at: float | None = 0.0
+        mid = -1
+        connects = -1
         try:
-            info = self._publish(topic, payload, qos=1, retain=False, expiry_s=None, properties=properties)
-            deadline = time.monotonic() + timeout_s
-            # A request the broker refuses (ACL) is never delivered: say so instead of timing out.
-            while not (answered := pending.event.wait(min(0.05, max(0.0, deadline - time.monotonic())))):
+            while True:
+                now = time.monotonic()
+                if resend_at is not None and now >= resend_at:
+                    sent = self._send_request(topic, payload, correlation, deadline)
+                    if sent is None:
+                        break  # never connected in time: nothing was sent
+                    mid, connects = sent
+                    resend_at = None
+                answered = pending.event.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+                if answered or time.monotonic() >= deadline:
+                    break
                 with self._lock:
-                    refused = self._refused_mids.pop(info.mid, None)
+                    refused = self._refused_mids.pop(mid, None)
+                    unmatched = self._unmatched_mids.pop(mid, False)
+                    reconnected = self._connects != connects and self._connected.is_set()
+                # A request the broker refuses (ACL) is never delivered: say so instead of timing out.
                 if refused is not None:
                     raise NotAuthorizedError(f"broker {self.config.url} refused the request on {topic}: {refused}")
-                if time.monotonic() >= deadline:
-                    break
+                if resend_at is None and (unmatched or reconnected):
+                    why = "reached no subscriber" if unmatched else "may have been lost in our reconnect"
+                    logger.debug("mqtt %s: request on %s %s; sending it again", self.client_id, topic, why)
+                    resend_at = time.monotonic() + (resend_delay_s if unmatched else 0.0)
+                    resend_delay_s = min(RESEND_MAX_S, resend_delay_s * 2)
         finally:
             with self._lock:
                 self._pending.pop(correlation, None)
@@ -436,6 +466,23 @@ class Connection:
             state = "" if self.connected else " (not connected to the broker)"
             raise RequestTimeoutError(f"no reply on {topic} via {self.config.url} within {timeout_s:g}s{state}")
         return reply.json(max_bytes=defaults.MAX_REPLY_BYTES)
+
+    def _send_request(self, topic: str, payload: bytes, correlation: bytes, deadline: float) -> tuple[int, int] | None:
+        """Publish one copy of a request once connected; (mid, connect count), or None if not connected in time.
+
+        Never handed to paho while disconnected: paho would keep it and send it at its
+        next connect, perhaps long after we gave up, with a full expiry interval.
+        """
+        if not self._connected.wait(max(0.0, deadline - time.monotonic())):
+            return None
+        with self._lock:
+            connects = self._connects
+        properties = _properties(PacketTypes.PUBLISH)
+        properties.ResponseTopic = self.reply_topic
+        properties.CorrelationData = correlation
+        properties.MessageExpiryInterval = max(1, math.ceil(deadline - time.monotonic()))
+        info = self._publish(topic, payload, qos=1, retain=False, expiry_s=None, properties=properties)
+        return info.mid, connects
 
     def reply(self, request: Message, payload: dict[str, Any]) -> None:
         """Answer `request` on its Response Topic with its Correlation Data (QoS 1, never retained)."""
@@ -463,6 +510,7 @@ class Connection:
                 return
             with self._lock:
                 self._connected.set()
+                self._connects += 1
                 subscriptions = list(self._filter_qos.items())
             session_present = bool(flags.session_present)
             for topic_filter, qos in [(self.reply_topic, 1), *subscriptions]:
@@ -542,6 +590,11 @@ class Connection:
                     while len(self._refused_mids) > 1000:
                         self._refused_mids.popitem(last=False)
                 logger.warning("mqtt %s: broker refused publish mid %d: %s", self.client_id, mid, reason.getName())
+            elif reason == _NO_MATCHING_SUBSCRIBERS:
+                with self._lock:
+                    self._unmatched_mids[mid] = True
+                    while len(self._unmatched_mids) > 1000:
+                        self._unmatched_mids.popitem(last=False)
         except Exception:
             logger.exception("mqtt %s: on_publish failed", self.client_id)
 

@@ -118,13 +118,19 @@ class Agent:
     def run(self) -> int:
         """Claim and run jobs until stop(); then hand back what is still running. Returns 0."""
         next_heartbeat = time.monotonic() + self.config.heartbeat_s
+        woken, next_poll = True, 0.0
         while not self.stopping.is_set():
-            self._claim_while_free()
-            timeout = min(IDLE_POLL_S, max(0.0, next_heartbeat - time.monotonic()))
-            self._wake.wait(timeout)
+            # Claims follow a wake (a nudge, a freed slot, a reconnect) or the idle poll, not the
+            # heartbeat: the coordinator nudges whenever work appears (docs/RELIABILITY.md).
+            if woken or time.monotonic() >= next_poll:
+                answered = self._claim_while_free()
+                next_poll = time.monotonic() + (IDLE_POLL_S if answered else min(IDLE_POLL_S, self.config.heartbeat_s))
+            timeout = max(0.0, min(next_poll, next_heartbeat) - time.monotonic())
+            woken = self._wake.wait(timeout)
             self._wake.clear()
             if time.monotonic() >= next_heartbeat:
-                self.refresh_advert()
+                # a changed fact (commit, torch, free VRAM) may make a waiting job fit this host
+                woken = self.refresh_advert() or woken
                 self._publish_status("online")
                 next_heartbeat = time.monotonic() + self.config.heartbeat_s
         self._shutdown()
@@ -181,7 +187,8 @@ class Agent:
             logger.warning("advert: not republished (%s); it goes out at the next connect", e)
         return True
 
-    def _claim_while_free(self) -> None:
+    def _claim_while_free(self) -> bool:
+        """Claim until the slots are full or no job fits; False when a claim went unanswered or was refused."""
         while not self.stopping.is_set() and len(self._running()) < self.config.slots:
             # the coordinator judges min_torch and same_commit on the advert: make sure it is current
             # (the advert goes out before the claim, on the same connection, so it is recorded first)
@@ -195,13 +202,14 @@ class Agent:
                     # and retry soon rather than at the next idle poll.
                     self.conn.publish(self.topics.advert(self.config.host_id), self.advert, qos=1, retain=True)
                     threading.Timer(1.0, self._wake.set).start()
-                return
+                return False
             if not grant:
-                return
+                return True
             job = JobRun(self, grant)
             with self._jobs_lock:
                 self.jobs[job.job_id] = job
             job.start()
+        return True
 
     def job_finished(self, job: JobRun) -> None:
         with self._jobs_lock:
@@ -240,6 +248,14 @@ class Agent:
         self._wake.set()
 
     def _on_nudge(self, msg: Message) -> None:
+        # A nudge that names hosts is meant for those alone: the coordinator worked out which idle
+        # hosts could take the new work, so the others need not all claim in vain.
+        try:
+            hosts = msg.json().get("hosts")
+        except MqfleetError:
+            hosts = None
+        if isinstance(hosts, list) and self.config.host_id not in hosts:
+            return
         self._wake.set()
 
     def _on_control(self, msg: Message) -> None:

@@ -88,6 +88,26 @@ class Catalog:
         marks = ",".join("?" * len(waiting))
         return self.state.read_one(f"SELECT 1 FROM jobs WHERE id IN ({marks}) AND status = 'pending' LIMIT 1", waiting) is not None
 
+    def pending_dependents(self, job_id: str) -> list[str]:
+        """Pending jobs that wait for this one (its completion may have unblocked them)."""
+        waiting = [r[0] for r in self.state.read("SELECT job_id FROM deps WHERE after_id = ?", (job_id,))]
+        if not waiting:
+            return []
+        marks = ",".join("?" * len(waiting))
+        return [r[0] for r in self.state.read(f"SELECT id FROM jobs WHERE id IN ({marks}) AND status = 'pending'", waiting)]
+
+    def claimable_specs(self, job_ids: list[str]) -> list[JobSpec]:
+        """The specs of those jobs a claim could take now: pending and not blocked."""
+        specs: list[JobSpec] = []
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start : start + 500]
+            rows = self.state.read(
+                f"SELECT spec FROM jobs WHERE id IN ({','.join('?' * len(chunk))}) AND status = 'pending' AND blocked = 0",
+                chunk,
+            )
+            specs.extend(spec_from_json(r[0]) for r in rows)
+        return specs
+
     def resolve_job(self, ref: str) -> str:
         """A job id from a full id, a unique id prefix or a name; prefers the manifest's job on a shared name."""
         ref = ref.strip()

@@ -182,6 +182,23 @@ def first_eligible(
     return None
 
 
+def hosts_to_wake(jobs: Sequence[JobSpec], hosts: Sequence[HostView], *, commit: str) -> list[str]:
+    """The idle hosts whose next claim would take one of these jobs: the ones a `work` nudge names.
+
+    The same rules as `first_eligible`: a host with a free slot that may run the
+    job by policy and capability, and is not held back by the prefer_cuda rule.
+    """
+    woken: list[str] = []
+    for host in hosts:
+        if host_reasons(host):
+            continue
+        for job in jobs:
+            if not job_reasons(job, host, commit=commit) and not cuda_wait_reason(job, host, hosts, commit=commit):
+                woken.append(host.id)
+                break
+    return woken
+
+
 def version_at_least(have: str, need: str) -> bool:
     """Dotted-int version compare: '2.13.0+cpu' >= '2.3'. Missing parts count as 0."""
     a, b = _version_tuple(have), _version_tuple(need)

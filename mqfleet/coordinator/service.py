@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mqfleet import __version__, defaults
+from mqfleet.coordinator import scheduler
 from mqfleet.coordinator.artifacts import Artifacts
 from mqfleet.coordinator.catalog import Catalog
 from mqfleet.coordinator.claims import Claims
@@ -42,6 +43,9 @@ LOG_LINES_PER_JOB = 2000
 LOG_JOBS_KEPT = 500
 #: How often the retained coordinator status is refreshed.
 STATUS_INTERVAL_S = 10.0
+#: Above this many newly claimable jobs a nudge goes to every agent instead of the eligible idle ones:
+#: working out eligibility costs a spec parse per job, and so many jobs wake most hosts anyway.
+NUDGE_TARGET_MAX_JOBS = 64
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,10 @@ class Coordinator:
             config.broker,
             client_id=self.topics.client_id(config.client_id),
             will=(self.topics.coordinator_status, encode({"state": "offline"}), True),
+            # A clean session on purpose: mosquitto 2.0.11 keeps a persistent session's subscriptions across
+            # its own restart but never delivers what it queued for them, so requests would vanish with a
+            # success PUBACK. With none, senders get "no matching subscribers" and send again until we are
+            # back (mqtt.Connection.request_raw; docs/RELIABILITY.md, "Requests across a reconnect").
             on_connect=self._on_connect,
             reply_prefix=config.prefix,
         )
@@ -198,7 +206,7 @@ class Coordinator:
             self._publish_status(self.clock())
             self._publish_changes()
         # Agents that missed nudges while we were away learn there may be work.
-        self.conn.publish(self.topics.work, {"reason": "coordinator online", "ts": self.clock()}, qos=0)
+        self.nudge("coordinator online", self.clock())
 
     # --- the sweep: lease expiry, request memory, status --------------------------------
 
@@ -208,7 +216,8 @@ class Coordinator:
             expired = self.leases.expire_leases(now)
             for job_id in expired:
                 logger.warning("job %s: lease expired, attempt ended as lost", job_id)
-            self._publish_changes()
+            # A dead host's job is claimable now: wake an idle host instead of waiting for its poll.
+            self._nudge_for(self._publish_changes(), "lease expired", now)
             if now - self._last_status_ts >= STATUS_INTERVAL_S:
                 self.state.prune_replies(now - defaults.REQUEST_MEMORY_S)
                 self._publish_status(now)
@@ -315,9 +324,14 @@ class Coordinator:
             return reply
 
     def _after_commit(self, req: Request) -> None:
-        work_appeared = self._publish_changes()
-        if req.verb in (Verb.RELOAD, Verb.UNDRAIN) or work_appeared:
-            self.conn.publish(self.topics.work, {"reason": req.verb.value, "ts": req.now}, qos=0)
+        claimable = self._publish_changes()
+        if req.verb is Verb.RELOAD:
+            # Added and changed jobs do not pass through an event; any host may have work now.
+            self.nudge(req.verb.value, req.now)
+        elif req.verb is Verb.UNDRAIN:
+            self.nudge(req.verb.value, req.now, hosts=[field(req.body, "host", str)])
+        else:
+            self._nudge_for(claimable, req.verb.value, req.now)
 
     def _drop_request(self, msg: Message, why: str) -> None:
         """Count and log (one line, rate-limited) a request that gets no reply at all."""
@@ -364,7 +378,7 @@ class Coordinator:
             shortened = self.hosts.record_presence(host, state == "online", now, grace_s=self.grace_s)
             if shortened:
                 logger.warning("host %s went offline; %d lease(s) now expire within the grace", host, len(shortened))
-            self._publish_changes()
+            self._nudge_for(self._publish_changes(), f"host {host} {state}", now)
 
     def _on_log(self, msg: Message) -> None:
         parsed = self.topics.parse_host_topic(msg.topic)
@@ -394,9 +408,10 @@ class Coordinator:
 
     # --- what the coordinator publishes -------------------------------------------------
 
-    def _publish_changes(self) -> bool:
-        """Publish retained job states and events committed since last time; True if work appeared."""
-        work_appeared = False
+    def _publish_changes(self) -> list[str]:
+        """Publish retained job states and events committed since last time; returns the jobs that may have
+        become claimable (back to pending, or waiting on a job that completed)."""
+        claimable: list[str] = []
         changed = set(self._changed_jobs)
         self._changed_jobs.clear()
         for change in self.state.take_changes():
@@ -404,10 +419,10 @@ class Coordinator:
             # A completion frees a slot on its own agent, which claims again by itself; other agents
             # are nudged only when it unblocked a waiting job, so idle agents are not stampeded.
             to = change.get("to")
-            if to == JobStatus.PENDING.value or (
-                to == JobStatus.COMPLETED.value and self.catalog.has_pending_dependents(change["job_id"])
-            ):
-                work_appeared = True
+            if to == JobStatus.PENDING.value:
+                claimable.append(change["job_id"])
+            elif to == JobStatus.COMPLETED.value:
+                claimable.extend(self.catalog.pending_dependents(change["job_id"]))
             changed.add(change["job_id"])
         for job_id in changed:
             try:
@@ -415,7 +430,35 @@ class Coordinator:
             except MqfleetError:
                 continue
             self.conn.publish(self.topics.job_state(job_id), row, qos=1, retain=True)
-        return work_appeared
+        return claimable
+
+    def _nudge_for(self, job_ids: list[str], reason: str, now: float) -> None:
+        """Wake the idle hosts that could claim one of these jobs (all agents when there are too many to sort)."""
+        if not job_ids:
+            return
+        if len(job_ids) > NUDGE_TARGET_MAX_JOBS:
+            self.nudge(reason, now)
+            return
+        specs = self.catalog.claimable_specs(job_ids)
+        manifest = self.manifest
+        if not specs or manifest is None:
+            return  # blocked, or taken already: nobody can claim them now
+        hosts = scheduler.hosts_to_wake(specs, self.hosts.views(manifest.hosts), commit=manifest.fleet.commit)
+        if not hosts:
+            # Every eligible host is busy: the first to free a slot claims by itself.
+            logger.debug("%d claimable job(s) after %s: no eligible idle host to nudge", len(specs), reason)
+            return
+        self.nudge(reason, now, hosts=hosts, jobs=[s.id for s in specs])
+
+    def nudge(self, reason: str, now: float, *, hosts: list[str] | None = None, jobs: list[str] | None = None) -> None:
+        """QoS 0 `work` to the agents (only those named in `hosts` act on it); a lost nudge costs one idle poll."""
+        payload: dict[str, Any] = {"reason": reason, "ts": now}
+        if hosts is not None:
+            payload["hosts"] = hosts
+        if jobs is not None:
+            payload["jobs"] = jobs[:NUDGE_TARGET_MAX_JOBS]
+        logger.debug("nudge (%s) to %s", reason, ", ".join(hosts) if hosts is not None else "every agent")
+        self.conn.publish(self.topics.work, payload, qos=0)
 
     def _publish_status(self, now: float) -> None:
         self._last_status_ts = now

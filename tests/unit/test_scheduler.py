@@ -10,6 +10,7 @@ from mqfleet.coordinator.scheduler import (
     first_eligible,
     host_reasons,
     host_slots,
+    hosts_to_wake,
     is_same_commit,
     job_reasons,
     pick_gpu,
@@ -205,3 +206,15 @@ def test_prefer_cuda_job_gets_a_gpu_only_on_a_cuda_host() -> None:
     assert pick_gpu(spec(prefer_cuda=True), GPU, []) == [0]
     assert pick_gpu(spec(prefer_cuda=True), CPU, []) == []
     assert pick_gpu(spec(), GPU, []) == []
+
+
+def test_a_nudge_wakes_only_idle_hosts_that_could_take_one_of_the_jobs() -> None:
+    busy = host("busy", slots_used=1)
+    draining = host("draining", draining=True)
+    offline = host("offline", online=False)
+    hosts = [GPU, CPU, busy, draining, offline]
+    assert hosts_to_wake([spec("gpu", require_cuda=True)], hosts, commit="") == ["gpu-box"]
+    assert hosts_to_wake([spec("any")], hosts, commit="") == ["gpu-box", "cpu-box"]
+    # prefer_cuda: the CPU host would wait for the online CUDA host, so only that one is woken
+    assert hosts_to_wake([spec("pc", prefer_cuda=True)], hosts, commit="") == ["gpu-box"]
+    assert hosts_to_wake([spec("gpu", require_cuda=True)], [CPU, busy], commit="") == []
