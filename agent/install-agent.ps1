@@ -26,6 +26,7 @@ param(
     [ValidateRange(1, 256)][int]$Slots = 1,
     [string]$Repo = "C:\mqfleet\repo",
     [string]$WorkDir = "C:\ProgramData\mqfleet\work",
+    [string]$LogFile = "C:\ProgramData\mqfleet\agent.log",
     [string]$Venv = "C:\mqfleet\.venv",
     [string]$Prefix = "mqfleet",
     [string]$ConfigDir = "C:\ProgramData\mqfleet",
@@ -68,7 +69,8 @@ function ConvertTo-XmlText([string]$Text) { [System.Security.SecurityElement]::E
 function Get-TaskXml {
     # Task Scheduler 1.4 schema; everything the task needs is in this one document.
     $command = ConvertTo-XmlText $Mqfleet
-    $arguments = ConvertTo-XmlText "agent --slots $Slots --repo `"$Repo`" --work-dir `"$WorkDir`""
+    # A task has no journald: the agent writes its own rotating log file (docs/OPERATIONS.md, "Logs").
+    $arguments = ConvertTo-XmlText "agent --slots $Slots --repo `"$Repo`" --work-dir `"$WorkDir`" --log-file `"$LogFile`""
     $workdir = ConvertTo-XmlText $ConfigDir
     $principal = ConvertTo-XmlText $script:Principal
     $logon = if ($script:Principal -eq "S-1-5-18") { "<UserId>S-1-5-18</UserId><RunLevel>HighestAvailable</RunLevel>" } else { "<UserId>$principal</UserId><LogonType>Password</LogonType><RunLevel>LeastPrivilege</RunLevel>" }

@@ -87,6 +87,25 @@ class FleetClient:
         """Jobs streamed a page at a time (keyset pages), so a listing of any size holds one page in memory."""
         return JobListing(self, status=status, name=name, newest_first=newest_first, limit=limit)
 
+    def logs(self, ref: str, attempt: int | None = None) -> dict[str, Any]:
+        """The stored output of one attempt of a job (the latest by default), all pages joined:
+        `{job_id, attempt, attempts, lines}`."""
+        fields: dict[str, Any] = {"job": ref}
+        if attempt is not None:
+            fields["attempt"] = attempt
+        reply = self.call(Verb.LOGS, **fields)
+        lines = list(reply["lines"])
+        # Pages are read for the attempt the first reply chose, so a new attempt cannot splice in.
+        fields.update(job=reply["job_id"], attempt=reply.get("attempt"))
+        offset = reply.get("next_offset")
+        for _ in range(10_000):
+            if offset is None or fields["attempt"] is None:
+                break
+            page = self.call(Verb.LOGS, offset=offset, **fields)
+            lines.extend(page["lines"])
+            offset = page.get("next_offset")
+        return {**{k: v for k, v in reply.items() if k not in ("ok", "next_offset", "total")}, "lines": lines}
+
     def job(self, ref: str) -> dict[str, Any]:
         return dict(self.call(Verb.JOB, job=ref)["job"])
 

@@ -47,6 +47,16 @@ UPLOAD_URL_MAX_S = 3600.0
 DOWNLOAD_URL_EXPIRES_S = 600
 #: Largest manifest sent over `reload --file`.
 MAX_MANIFEST_BYTES = 2 * 1024 * 1024
+#: Trainer output lines the coordinator keeps per attempt ([fleet] log_max_lines); older ones are dropped.
+LOG_MAX_LINES = 20_000
+#: Days the coordinator keeps events, logs and progress of ended jobs ([fleet] keep_days).
+KEEP_DAYS = 30.0
+#: Progress reports kept per attempt; past this the history is thinned evenly (every other one dropped).
+PROGRESS_POINTS_MAX = 500
+#: Rows one retention batch deletes; each batch is its own short transaction.
+PRUNE_BATCH_ROWS = 2000
+#: Host the coordinator's Prometheus endpoint binds to unless --metrics-host says otherwise.
+METRICS_HOST = "127.0.0.1"
 
 ENV_BROKER = "MQFLEET_BROKER"
 ENV_OPERATOR_TOKEN = "MQFLEET_OPERATOR_TOKEN"

@@ -20,6 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from mqfleet import defaults
 from mqfleet.defaults import RETRY_BACKOFF_MAX_S
 from mqfleet.errors import AmbiguousError, ManifestError, NotFoundError, Problem
 
@@ -85,6 +86,8 @@ class FleetSettings:
     retry_backoff_s: float = 0.0  # wait before a failed job's next attempt; doubles per counted attempt
     quarantine_after: int | None = None  # consecutive failed attempts that quarantine a host; None: never
     cancel_unsatisfiable: bool = False  # cancel jobs whose `after` dependency ended failed or cancelled
+    log_max_lines: int = defaults.LOG_MAX_LINES  # trainer output lines kept per attempt
+    keep_days: float = defaults.KEEP_DAYS  # events, logs and progress of jobs ended longer ago are pruned
 
     def backoff_s(self, counted_attempts: int) -> float:
         """Wait before the next attempt of a job that has used `counted_attempts` (>= 1): doubles, capped."""
@@ -160,6 +163,8 @@ class Manifest:
     text: str = field(default="", repr=False)
     #: job id -> where the job comes from in the file (`jobs[2]`, `sweeps[0]`)
     places: dict[str, str] = field(default_factory=dict, repr=False)
+    #: sweep name (its `name`, or `{model}-{mode}`) -> the ids of the jobs it expands to, in file order
+    sweeps: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
     def trainer(self, model: str) -> TrainerSpec:
         """The trainer of a model; NotFoundError when the manifest declares none."""
@@ -256,7 +261,16 @@ def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
         source=source,
         text=text,
         places={d.id: d.place for d in drafts},
+        sweeps=_sweeps_of(drafts),
     )
+
+
+def _sweeps_of(drafts: Any) -> dict[str, tuple[str, ...]]:
+    sweeps: dict[str, list[str]] = {}
+    for d in drafts:
+        if d.sweep and d.id:
+            sweeps.setdefault(d.sweep, []).append(d.id)
+    return {name: tuple(ids) for name, ids in sweeps.items()}
 
 
 def validate_manifest(text: str, source: str = "<manifest>") -> list[Problem]:

@@ -30,6 +30,8 @@ _FLEET_KINDS = {
     "retry_backoff_s": "number>=0",
     "quarantine_after": "int>=1",
     "cancel_unsatisfiable": "bool",
+    "log_max_lines": "int>=1",
+    "keep_days": "number>0",
 }
 _TRAINER_KEYS = ("builtin", "command", "hyper", "outputs")
 _DECL_KEYS = ("type", "default", "min", "max", "choices")

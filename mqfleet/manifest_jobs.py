@@ -59,6 +59,7 @@ class _Draft:
     after: tuple[str, ...] = ()
     combo: str = ""  # the sweep values that make this job, for messages
     id: str = ""
+    sweep: str = ""  # the name of the [[sweeps]] entry it came from ("" for [[jobs]])
 
     def where(self) -> str:
         return f"{self.place} ({self.combo})" if self.combo else self.place
@@ -201,7 +202,8 @@ def _expand(
         label = "-".join(shown)
         fields = {**_JOB_DEFAULTS, "mode": "default", **fixed, "hyper": hyper, "seed": seed}
         name = f"{base}-{label}" if label else base
-        drafts.append(_Draft(place, name, "name" in got and not sweep, fields, got.get("after", ()), ", ".join(shown)))
+        drafts.append(_Draft(place, name, "name" in got and not sweep, fields, got.get("after", ()), ", ".join(shown),
+                             sweep=base if sweep else ""))
     return drafts
 
 

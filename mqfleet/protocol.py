@@ -39,6 +39,7 @@ class Verb(str, Enum):
     RELOAD = "reload"
     DRAIN = "drain"
     UNDRAIN = "undrain"
+    GC = "gc"
     # query verbs: read-only, anyone
     JOBS = "jobs"
     JOB = "job"
@@ -47,14 +48,16 @@ class Verb(str, Enum):
     ARTIFACTS = "artifacts"
     LOGS = "logs"
     DOWNLOAD_URL = "download_url"
+    COMPARE = "compare"
 
 
 ROLE_OF_VERB: dict[Verb, Role] = {
     **{v: Role.AGENT for v in (Verb.CLAIM, Verb.RENEW, Verb.UPLOAD_URL, Verb.COMPLETE, Verb.FAIL)},
-    **{v: Role.OPERATOR for v in (Verb.CANCEL, Verb.REQUEUE, Verb.RELOAD, Verb.DRAIN, Verb.UNDRAIN)},
+    **{v: Role.OPERATOR for v in (Verb.CANCEL, Verb.REQUEUE, Verb.RELOAD, Verb.DRAIN, Verb.UNDRAIN, Verb.GC)},
     **{
         v: Role.QUERY
-        for v in (Verb.JOBS, Verb.JOB, Verb.WORKERS, Verb.HEALTH, Verb.ARTIFACTS, Verb.LOGS, Verb.DOWNLOAD_URL)
+        for v in (Verb.JOBS, Verb.JOB, Verb.WORKERS, Verb.HEALTH, Verb.ARTIFACTS, Verb.LOGS, Verb.DOWNLOAD_URL,
+                  Verb.COMPARE)
     },
 }
 

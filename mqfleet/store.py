@@ -67,6 +67,7 @@ class ArtifactStore(Protocol):
     def stat(self, key: str) -> int | None: ...
     def hash_object(self, key: str) -> tuple[str, int]: ...
     def delete(self, key: str) -> None: ...
+    def list_objects(self) -> Iterator[tuple[str, int]]: ...
     def put_file(self, key: str, path: Path) -> None: ...
     def get_file(self, key: str, dest: Path) -> None: ...
     def check(self) -> None: ...
@@ -146,6 +147,15 @@ class FileStore:
             self._path(key).unlink(missing_ok=True)
         except OSError as e:
             raise StoreError(f"{self.url}: delete {key}: {e}") from e
+
+    def list_objects(self) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object in the store, in no particular order."""
+        try:
+            for path in self.root.rglob("*"):
+                if path.is_file() and not path.name.startswith("."):
+                    yield path.relative_to(self.root).as_posix(), path.stat().st_size
+        except OSError as e:
+            raise StoreError(f"{self.url}: list: {e}") from e
 
     def put_file(self, key: str, path: Path) -> None:
         upload_to_url(self.presign_put(key), Path(path))
@@ -255,6 +265,13 @@ class S3Store:
     def delete(self, key: str) -> None:
         with self._translate("delete", key):
             self._client.remove_object(self.bucket, key)
+
+    def list_objects(self) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under the store's prefix, in no particular order."""
+        with self._translate("list"):
+            for obj in self._client.list_objects(self.bucket, prefix=self.prefix or None, recursive=True):
+                if obj.object_name and not obj.is_dir:
+                    yield obj.object_name, int(obj.size or 0)
 
     def put_file(self, key: str, path: Path) -> None:
         with self._translate("upload", key):

@@ -85,6 +85,7 @@ class Agent:
         self._jobs_lock = threading.Lock()
         self._log_lock = threading.Lock()
         self._log_buffers: dict[str, list[str]] = {}
+        self._log_attempts: dict[str, int] = {}
         self._log_last_flush: dict[str, float] = {}
         self.advert: dict[str, Any] = {}
         self._advert_checked = 0.0
@@ -212,6 +213,8 @@ class Agent:
         return True
 
     def job_finished(self, job: JobRun) -> None:
+        with self._log_lock:
+            self._log_attempts.pop(job.job_id, None)
         with self._jobs_lock:
             if self.jobs.get(job.job_id) is job:
                 del self.jobs[job.job_id]
@@ -283,9 +286,11 @@ class Agent:
 
     # --- trainer output ---------------------------------------------------------------------
 
-    def publish_log(self, job_id: str, line: str) -> None:
+    def publish_log(self, job_id: str, line: str, *, attempt: int = 0) -> None:
         with self._log_lock:
             self._log_buffers.setdefault(job_id, []).append(line)
+            if attempt:
+                self._log_attempts[job_id] = attempt
             due = time.monotonic() - self._log_last_flush.get(job_id, 0.0) >= LOG_FLUSH_S
         if due:
             self.flush_log(job_id)
@@ -303,7 +308,10 @@ class Agent:
             lines = self._log_buffers.pop(job_id, [])
             self._log_last_flush[job_id] = time.monotonic()
         if lines:
-            payload = {"job_id": job_id, "lines": lines, "ts": time.time()}
+            payload: dict[str, Any] = {"job_id": job_id, "lines": lines, "ts": time.time()}
+            attempt = self._log_attempts.get(job_id)
+            if attempt:
+                payload["attempt"] = attempt  # so the coordinator files late lines under the right attempt
             try:
                 self.conn.publish(self.topics.log(self.config.host_id, job_id), payload, qos=0)
             except MqfleetError as e:  # stopping, or the broker is away: log lines are best effort

@@ -37,6 +37,11 @@ logger = logging.getLogger(__name__)
 #: never answered; waiting the full request timeout for it would hold back the renewal a reconnect asks
 #: for, and a lease the will shortened to the grace would expire although the host came back in time.
 RENEW_TIMEOUT_S = 3.0
+#: Progress reports held for the next renewal; past this every other one goes (the coordinator keeps
+#: a thinned history anyway), which keeps a renewal far under the request size limit.
+PENDING_REPORTS_MAX = 400
+#: A report longer than this (as JSON) is kept as the latest progress but not sent for the history.
+REPORT_MAX_CHARS = 2000
 
 
 #: How often the job thread looks at the clock while its trainer runs, for timeout_s and stall_s.
@@ -109,6 +114,11 @@ class JobRun:
         self._renew_now = threading.Event()
         self._ending_lock = threading.Lock()
         self._log_seq = 0
+        self.attempt = int(grant.get("attempt") or 0)
+        #: (seq, ts, report) of progress reports not yet acknowledged by the coordinator
+        self._reports: list[tuple[int, float, dict[str, Any]]] = []
+        self._report_seq = 0
+        self._reports_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"job-{self.job_id[:8]}", daemon=True)
 
     def start(self) -> None:
@@ -182,7 +192,10 @@ class JobRun:
             cwd=cfg.repo,
             env=env,
             out_dir=self.out_dir,
+            # The whole output stays on this host until the job ends, whatever the coordinator keeps.
+            log_path=self.dir / "trainer.log",
             on_line=self._on_line,
+            on_progress=self._on_progress,
             pidfile_dir=cfg.work_dir / "pids",
         )
         logger.info("job %s: attempt %s starting %s", self.name, self.grant["attempt"], " ".join(argv))
@@ -241,13 +254,22 @@ class JobRun:
             size=size,
             metrics=metrics if isinstance(metrics, dict) else {},
             output_tail=self.trainer.tail if self.trainer else "",
+            **self._ending_fields(),
         )
         if reply is not None:
             logger.info("job %s: completed", self.name)
 
     def _fail(self, cause: str, exit_code: int | None, message: str) -> None:
         tail = self.trainer.tail if self.trainer else ""
-        self._request("fail", cause=cause, exit_code=exit_code, output_tail=tail, error=message)
+        self._request("fail", cause=cause, exit_code=exit_code, output_tail=tail, error=message, **self._ending_fields())
+
+    def _ending_fields(self) -> dict[str, Any]:
+        """What complete and fail carry besides the outcome: the usage and the last progress reports."""
+        fields: dict[str, Any] = {"progress_reports": self._reports_to_send()}
+        usage = self.trainer.usage() if self.trainer else None
+        if usage is not None:
+            fields["usage"] = usage
+        return fields
 
     def _request(self, verb: str, **fields: Any) -> dict[str, Any] | None:
         """An agent request on this lease; None when the coordinator refused it or stayed away (logged).
@@ -287,9 +309,11 @@ class JobRun:
                 if self._stop_renewing.is_set():
                     return
             progress = self.trainer.latest_progress if self.trainer else None
+            reports = self._reports_to_send()
             try:
                 self.agent.request("renew", job_id=self.job_id, lease_id=self.lease_id, progress=progress, attempts=1,
-                                   timeout_s=timeout_s)
+                                   timeout_s=timeout_s, progress_reports=reports)
+                self._reports_sent(reports)
                 next_ts = time.monotonic() + interval
             except RemoteError as e:
                 if e.code == "lease_lost":
@@ -310,7 +334,28 @@ class JobRun:
     # --- trainer output -------------------------------------------------------------------
 
     def _on_line(self, line: str) -> None:
-        self.agent.publish_log(self.job_id, line)
+        self.agent.publish_log(self.job_id, line, attempt=self.attempt)
+
+    def _on_progress(self, report: dict[str, Any]) -> None:
+        # Numbered, so a renewal resent after a lost reply cannot store a report twice.
+        with self._reports_lock:
+            self._report_seq += 1
+            if len(json.dumps(report, default=str)) > REPORT_MAX_CHARS:
+                return
+            self._reports.append((self._report_seq, round(time.time(), 3), report))
+            if len(self._reports) > PENDING_REPORTS_MAX:
+                self._reports = self._reports[::2] + ([self._reports[-1]] if len(self._reports) % 2 == 0 else [])
+
+    def _reports_to_send(self) -> list[list[Any]]:
+        with self._reports_lock:
+            return [[seq, ts, report] for seq, ts, report in self._reports]
+
+    def _reports_sent(self, sent: list[list[Any]]) -> None:
+        if not sent:
+            return
+        last = sent[-1][0]
+        with self._reports_lock:
+            self._reports = [r for r in self._reports if r[0] > last]
 
     def _flush_log(self) -> None:
         self.agent.flush_log(self.job_id)

@@ -39,6 +39,7 @@ from typing import IO, Any, TypeVar
 import psutil
 
 from mqfleet import defaults
+from mqfleet.agent.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ _MAX_LINE_CHARS = 2000
 # How often the watcher looks for the trainer's exit and for new descendants.
 _POLL_S = 0.05
 _TREE_REFRESH_S = 1.0
+# How often CPU and memory of the tree are sampled for the attempt's usage.
+_USAGE_SAMPLE_S = 0.25
 # Bounded waits for a SIGKILLed tree to vanish and for the output reader to drain.
 _KILL_WAIT_S = 10.0
 _READER_JOIN_S = 5.0
@@ -129,6 +132,7 @@ class TrainerRun:
         self._tree_changed = False
         self._reader: threading.Thread | None = None
         self._done = threading.Event()
+        self._usage = UsageMeter()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -213,6 +217,12 @@ class TrainerRun:
         with self._out_lock:
             return "\n".join(self._tail)
 
+    def usage(self) -> dict[str, Any] | None:
+        """What the run used over its whole tree (agent/usage.py); None before it ended."""
+        if not self._done.is_set() or self.started_ts is None or self.ended_ts is None:
+            return None
+        return self._usage.result(self.ended_ts - self.started_ts)
+
     @property
     def latest_progress(self) -> dict[str, Any] | None:
         with self._out_lock:
@@ -283,13 +293,14 @@ class TrainerRun:
 
     def _watch(self) -> None:
         proc = self._require_started()
-        next_refresh = 0.0
+        next_refresh = next_sample = 0.0
         while True:
             with self._reap_lock:
                 if self._leader_exited(proc):
+                    self._sample_usage()  # the escapees still alive; the leader's own account comes from wait4
                     # Sweep what the trainer left behind before reaping it, while its pgid cannot be reused.
                     self._signal_locked(graceful=False)
-                    self.exit_code = proc.wait()
+                    self.exit_code = self._reap(proc)
                     self.ended_ts = time.time()
                     break
             now = time.monotonic()
@@ -297,6 +308,9 @@ class TrainerRun:
                 self._refresh_tree()
                 next_refresh = now + _TREE_REFRESH_S
                 self._rewrite_pidfile()
+            if now >= next_sample:
+                self._sample_usage()
+                next_sample = now + _USAGE_SAMPLE_S
             time.sleep(_POLL_S)
         logger.info("trainer %d: exited with %s", proc.pid, self.exit_code)
         if self._reader is not None:
@@ -305,6 +319,25 @@ class TrainerRun:
                 logger.warning("trainer %d: output still open after exit (a process escaped its tree)", proc.pid)
         self._remove_pidfile()
         self._done.set()
+
+    def _sample_usage(self) -> None:
+        with self._tree_lock:
+            procs = list(self._tree.values())
+        if self._root is not None:
+            procs.append(self._root)
+        self._usage.sample(procs)
+
+    def _reap(self, proc: subprocess.Popen[str]) -> int:
+        """Reap the leader; on POSIX through wait4, whose rusage counts it and every child it waited for."""
+        if not hasattr(os, "wait4"):
+            return proc.wait()
+        try:
+            _, status, rusage = os.wait4(proc.pid, 0)
+        except ChildProcessError:  # reaped elsewhere (Popen's own poll): no kernel account then
+            return proc.wait()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        self._usage.add_reaped(rusage)
+        return proc.returncode
 
     @staticmethod
     def _leader_exited(proc: subprocess.Popen[str]) -> bool:

@@ -34,6 +34,8 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     **{name: ("fleet",) for name in ("status", "workers", "drain", "undrain", "reload", "health", "watch")},
     **{name: ("artifacts",) for name in ("artifacts", "fetch")},
     "broker": ("broker_cmd",),
+    "compare": ("reports",),
+    "gc": ("reports",),
 }
 
 

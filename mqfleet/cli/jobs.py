@@ -88,7 +88,8 @@ def show_cmd(ctx: ClientContext, job: str) -> None:
     if ctx.as_json:
         ctx.emit_json(row)
         return
-    render.make_console().print(render.job_view(row, time.time()))
+    console = render.make_console()
+    console.print(render.job_view(row, time.time(), width=console.width))
 
 
 def _operator_verb(ctx: ClientContext, verb: Verb, job: str) -> None:
@@ -118,12 +119,16 @@ def requeue_cmd(ctx: ClientContext, job: str) -> None:
 @cli.command("logs")
 @click.argument("job")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends (or Ctrl-C).")
+@click.option("--attempt", type=click.IntRange(min=1), default=None,
+              help="Which attempt's output (default: the latest that has any).")
 @pass_client
-def logs_cmd(ctx: ClientContext, job: str, follow: bool) -> None:
-    """The trainer output the coordinator holds for JOB; with -f, then the live lines."""
+def logs_cmd(ctx: ClientContext, job: str, follow: bool, attempt: int | None) -> None:
+    """The trainer output the coordinator stored for JOB (one attempt); with -f, then the live lines."""
+    if follow and attempt is not None:
+        raise click.UsageError("-f follows the running attempt; leave out --attempt, or -f to read a past one")
     client = ctx.client
     if not follow:
-        reply = client.call(Verb.LOGS, job=job)
+        reply = client.logs(job, attempt)
         if ctx.as_json:
             ctx.emit_json(reply["lines"])
             return
@@ -135,7 +140,7 @@ def logs_cmd(ctx: ClientContext, job: str, follow: bool) -> None:
     # Subscribe before asking for the held lines, so nothing falls between the two.
     client.conn.subscribe(f"{client.topics.prefix}/hosts/+/log/{job_id}", lambda m: inbox.put(("lines", m)), qos=0)
     client.conn.subscribe(client.topics.job_state(job_id), lambda m: inbox.put(("state", m)))
-    held = list(client.call(Verb.LOGS, job=job_id)["lines"])
+    held = list(client.logs(job_id)["lines"])
     for line in held:
         _echo_line(ctx, line)
     try:

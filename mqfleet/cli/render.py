@@ -154,8 +154,9 @@ def jobs_rest_line(shown: int, total: int, *, limited: bool) -> Text:
 
 
 def workers_table(workers: Iterable[Mapping[str, Any]], names: Mapping[str, str], now: float) -> Table:
-    table = _table("workers", ("host", "state", "os", "cores", "RAM", "CUDA / GPUs", "torch", "slots", "running", "seen"),
-                   right=("cores", "RAM", "slots"), wrap=("CUDA / GPUs", "running"))
+    table = _table("workers", ("host", "state", "os", "cores", "RAM", "CUDA / GPUs", "torch", "slots", "running", "seen",
+                               "used (all attempts)"),
+                   right=("cores", "RAM", "slots"), wrap=("CUDA / GPUs", "running", "used (all attempts)"))
     for w in workers:
         advert = w.get("advert") or {}
         state = Text("online", style="green") if w.get("online") else Text("offline", style="red")
@@ -171,6 +172,36 @@ def workers_table(workers: Iterable[Mapping[str, Any]], names: Mapping[str, str]
             f"{advert['ram_gib']:g}G" if "ram_gib" in advert else "-", cuda, escape(str(advert.get("torch") or "-")),
             f"{w.get('slots_used', 0)}/{w.get('slots', 0)}", running,
             human_duration(now - seen) + " ago" if seen else "-",
+            _host_usage_text(w.get("usage")),
+        )
+    return table
+
+
+def _host_usage_text(usage: Mapping[str, Any] | None) -> str:
+    if not usage:
+        return "-"
+    gpu = usage.get("gpu_mem_max_bytes")
+    text = (f"{usage.get('attempts', 0)} runs, cpu {_seconds(usage.get('cpu_s'))}, "
+            f"wall {_seconds(usage.get('wall_s'))}, peak {human_size(usage.get('max_rss_bytes'))}")
+    return text + (f", GPU {human_size(gpu)}" if gpu is not None else "")
+
+
+def compare_table(rows: Sequence[Mapping[str, Any]], metric_names: Sequence[str], *, sort_by: str | None,
+                  title: str) -> Table:
+    """Jobs side by side: status, the hyperparameters that differ, every numeric metric, CPU and peak memory."""
+    varying = sorted({k for r in rows for k in (r.get("hyper") or {})
+                      if len({repr((x.get("hyper") or {}).get(k)) for x in rows}) > 1})
+    metric_cols = [f"{m} ▲" if m == sort_by else m for m in metric_names]
+    table = _table(title, ("job", "status", *varying, *metric_cols, "cpu", "peak RSS"),
+                   right=(*metric_cols, "cpu", "peak RSS"))
+    for r in rows:
+        hyper = r.get("hyper") or {}
+        metrics = r.get("metrics") or {}
+        usage = r.get("usage") or {}
+        table.add_row(
+            escape(r["name"]), status_text(r.get("status")), *(escape(str(hyper.get(k, "-"))) for k in varying),
+            *(_number(metrics.get(m)) for m in metric_names),
+            _seconds(usage.get("cpu_s")) if usage else "-", human_size(usage.get("max_rss_bytes")) if usage else "-",
         )
     return table
 
@@ -230,7 +261,31 @@ def health_view(health: Mapping[str, Any]) -> RenderableType:
 # --- one job -------------------------------------------------------------------------------
 
 
-def job_view(job: Mapping[str, Any], now: float) -> RenderableType:
+def _seconds(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.1f}s" if value < 60 else human_duration(value)
+
+
+def usage_text(usage: Mapping[str, Any] | None) -> str:
+    """An attempt's (or a host's summed) usage in human units: wall, CPU, peak memory, peak GPU memory."""
+    if not usage:
+        return "-"
+    gpu = usage.get("gpu_mem_max_bytes")
+    parts = [
+        f"wall {_seconds(usage.get('wall_s'))}",
+        f"cpu {_seconds(usage.get('cpu_s'))}",
+        f"peak RSS {human_size(usage.get('max_rss_bytes'))}",
+        f"peak GPU {human_size(gpu)}" if gpu is not None else "GPU not measured",
+    ]
+    if "attempts" in usage:
+        parts.insert(0, f"{usage['attempts']} attempt(s)")
+    return "  ".join(parts)
+
+
+def job_view(job: Mapping[str, Any], now: float, *, width: int = 100) -> RenderableType:
+    from mqfleet.cli.chart import progress_charts
+
     parts: list[RenderableType] = []
     head = _kv_table()
     head.add_row("job", Text.assemble((job["name"], "bold"), f"  {job['id']}"))
@@ -265,6 +320,9 @@ def job_view(job: Mapping[str, Any], now: float) -> RenderableType:
         grid.add_row("expires", f"in {human_duration(lease['expires_ts'] - now)}" if lease.get("expires_ts") else "-")
         grid.add_row("gpus", escape(str(lease.get("gpus") or "none")))
         parts.append(Panel(grid, title="current lease", title_align="left"))
+    chart = progress_charts(job.get("progress_history") or [], width=width - 4)
+    if chart is not None:
+        parts.append(chart)
     attempts = job.get("attempts_detail") or []
     if attempts:
         parts.append(attempts_view(attempts, now))
@@ -292,6 +350,8 @@ def attempts_view(attempts: Sequence[Mapping[str, Any]], now: float) -> Renderab
             f"  {human_duration(duration)}" + ("" if ended else " so far"),
         )
         body: list[RenderableType] = [title]
+        if a.get("usage"):
+            body.append(Text(f"used: {usage_text(a['usage'])}"))
         if a.get("error"):
             body.append(Text(f"error: {a['error']}", style="red"))
         tail = (a.get("output_tail") or "").splitlines()[-TAIL_LINES:]

@@ -34,6 +34,13 @@ def _on_stop_signals(stop: Callable[[], None]) -> None:
         signal.signal(signal.SIGBREAK, handler)  # type: ignore[attr-defined]
 
 
+def _setup_logging(verbose: int, log_file: Path | None) -> None:
+    try:
+        setup_logging(verbose, log_file=log_file)
+    except OSError as e:
+        _fail(f"--log-file {log_file}: cannot write there ({e.strerror or e}); pick a writable path", EXIT_USAGE)
+
+
 def _fail(message: str, code: int) -> None:
     click.echo(f"error: {message}", err=True)
     raise click.exceptions.Exit(code)
@@ -45,6 +52,12 @@ def _fail(message: str, code: int) -> None:
 @click.option("--store", "store_url", envvar=defaults.ENV_STORE, default="", help="file:///PATH or s3://BUCKET/PREFIX.")
 @click.option("--prefix", envvar=defaults.ENV_TOPIC_PREFIX, default=defaults.TOPIC_PREFIX, show_default=True)
 @click.option("--sweep-interval", "sweep_interval_s", type=float, default=defaults.SWEEP_INTERVAL_S, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).")
+@click.option("--metrics-host", default=defaults.METRICS_HOST, show_default=True,
+              help="Address the metrics endpoint binds to (0.0.0.0 for every interface).")
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write this process's log to PATH, rotated at 10 MiB (5 old files kept).")
 @click.option("-v", "--verbose", count=True)
 @broker_options
 def coordinator_cmd(
@@ -53,13 +66,16 @@ def coordinator_cmd(
     store_url: str,
     prefix: str,
     sweep_interval_s: float,
+    metrics_port: int | None,
+    metrics_host: str,
+    log_file: Path | None,
     verbose: int,
     **broker: str | None,
 ) -> None:
     """Run the coordinator: grants leases, sweeps expired ones, verifies artifacts."""
     from mqfleet.coordinator.service import Coordinator, CoordinatorConfig
 
-    setup_logging(verbose)
+    _setup_logging(verbose, log_file)
     token = os.environ.get(defaults.ENV_OPERATOR_TOKEN, "")
     if not token:
         logger.warning("%s is not set: operator verbs (cancel, requeue, reload, drain) are refused", defaults.ENV_OPERATOR_TOKEN)
@@ -72,6 +88,8 @@ def coordinator_cmd(
             operator_token=token,
             prefix=prefix,
             sweep_interval_s=sweep_interval_s,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
         db_path.parent.mkdir(parents=True, exist_ok=True)
         coordinator = Coordinator(config)
@@ -82,6 +100,8 @@ def coordinator_cmd(
     _on_stop_signals(coordinator._stop.set)
     try:
         coordinator.start()
+    except ConfigurationError as e:  # e.g. the metrics port is taken
+        _fail(str(e), EXIT_USAGE)
     except ManifestError as e:
         _fail(str(e), EXIT_USAGE)
     except BrokerUnavailableError as e:
@@ -106,6 +126,8 @@ def coordinator_cmd(
 @click.option("--kill-grace", "kill_grace_s", type=float, default=defaults.KILL_GRACE_S, show_default=True)
 @click.option("--heartbeat", "heartbeat_s", type=float, default=defaults.HEARTBEAT_S, show_default=True)
 @click.option("--keepalive", "keepalive_s", type=int, default=defaults.KEEPALIVE_S, show_default=True)
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None, envvar="MQFLEET_LOG_FILE",
+              help="Also write this process's log to PATH, rotated at 10 MiB (5 old files kept).")
 @click.option("-v", "--verbose", count=True)
 @broker_options
 @click.pass_context
@@ -122,6 +144,7 @@ def agent_cmd(
     kill_grace_s: float,
     heartbeat_s: float,
     keepalive_s: int,
+    log_file: Path | None,
     verbose: int,
     **broker: str | None,
 ) -> None:
@@ -132,7 +155,7 @@ def agent_cmd(
     ctx.obj = {"host_id": host_id, "broker": broker, "prefix": prefix, "repo": repo, "slots": slots}
     if ctx.invoked_subcommand is not None:
         return
-    setup_logging(verbose)
+    _setup_logging(verbose, log_file)
     try:
         config = AgentConfig(
             host_id=host_id,

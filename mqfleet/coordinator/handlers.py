@@ -20,9 +20,13 @@ from mqfleet import defaults
 from mqfleet.coordinator.artifacts import Artifacts
 from mqfleet.coordinator.catalog import Catalog
 from mqfleet.coordinator.claims import Claims
+from mqfleet.coordinator.garbage import UploadWindow
+from mqfleet.coordinator.history import AttemptHistory
 from mqfleet.coordinator.hosts import Hosts
 from mqfleet.coordinator.leases import Leases
 from mqfleet.coordinator.listing import JobFilter
+from mqfleet.coordinator.reports import handle_compare, handle_gc, prepare_gc, record_attempt_history
+from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.coordinator.verify import accept_artifact, check_digest
 from mqfleet.errors import BadRequestError, ManifestError, UnauthorizedError, UnknownHostError
 from mqfleet.manifest import Manifest, load_manifest, parse_manifest
@@ -40,6 +44,9 @@ class HandlerContext(Protocol):
     claims: Claims
     leases: Leases
     artifacts: Artifacts
+    history: AttemptHistory
+    uploads: UploadWindow
+    state: StateFile
     store: ArtifactStore
 
     @property
@@ -60,7 +67,7 @@ class HandlerContext(Protocol):
     def mark_changed(self, job_id: str) -> None: ...
     def send_control(self, host: str, message: dict[str, Any]) -> None: ...
     def health(self, now: float) -> dict[str, Any]: ...
-    def job_logs(self, job_id: str) -> list[str]: ...
+    def job_logs(self, job_id: str, attempt: int | None = None) -> tuple[int | None, list[str], list[int]]: ...
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,15 @@ def handle_renew(coord: HandlerContext, req: Request) -> dict[str, Any]:
     expires_ts = coord.leases.renew(job_id, lease_id, req.client, req.now, progress, lease_s=coord.lease_s)
     if progress is not None:
         coord.mark_changed(job_id)  # watchers see progress through the retained job state
+    if "progress_reports" in req.body:
+        record_attempt_history(coord, req, job_id, _attempt_of(coord, job_id), ending=False)
     return ok(expires_ts=expires_ts)
+
+
+def _attempt_of(coord: HandlerContext, job_id: str) -> int | None:
+    """The attempt number of a job's live lease; read before the lease is checked (and ended)."""
+    lease = coord.catalog.lease(job_id)
+    return int(lease["attempt"]) if lease else None
 
 
 def handle_upload_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
@@ -127,6 +142,7 @@ def handle_upload_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
     size = req_field(req.body, "size", int)
     check_digest(sha256, size)
     coord.leases.check_lease(job_id, lease_id, req.client)
+    coord.uploads.grant(sha256, req.now)  # gc spares the object until a job row references it
     key = coord.store.key_for(sha256)
     if coord.artifacts.is_verified(sha256) and coord.store.stat(key) == size:
         # The completion hashes the stored object again before trusting it (verify.accept_artifact).
@@ -166,7 +182,9 @@ def handle_complete(coord: HandlerContext, req: Request) -> dict[str, Any]:
         "metrics": _dict_field(req, "metrics") or {},
         "output_tail": req_field(req.body, "output_tail", str, ""),
     }
+    attempt = _attempt_of(coord, job_id)
     row = coord.leases.complete(job_id, lease_id, req.client, artifact, req.now)
+    record_attempt_history(coord, req, job_id, attempt, ending=True)
     return ok(status=row["status"], job=row)
 
 
@@ -176,6 +194,7 @@ def handle_fail(coord: HandlerContext, req: Request) -> dict[str, Any]:
     allowed = sorted(c.value for c in AGENT_CAUSES)
     if cause_name not in allowed:
         raise BadRequestError(f"field 'cause' must be one of {', '.join(allowed)}, not {cause_name!r}")
+    attempt = _attempt_of(coord, job_id)
     status = coord.leases.fail(
         job_id,
         lease_id,
@@ -186,6 +205,7 @@ def handle_fail(coord: HandlerContext, req: Request) -> dict[str, Any]:
         error=req_field(req.body, "error", str, "")[:2000],
         now=req.now,
     )
+    record_attempt_history(coord, req, job_id, attempt, ending=True)
     return ok(status=status.value)
 
 
@@ -279,7 +299,9 @@ def handle_job(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
     row = coord.catalog.job(job_id)
     row["spec"] = coord.catalog.job_spec(job_id)
-    row["attempts_detail"] = coord.catalog.attempts(job_id)
+    usage = coord.history.usage_of(job_id)
+    row["attempts_detail"] = [{**a, "usage": usage.get(a["number"])} for a in coord.catalog.attempts(job_id)]
+    row["progress_history"] = coord.history.progress(job_id)
     row["why_waiting"] = coord.claims.why_waiting(job_id, coord.manifest)
     row["lease"] = coord.catalog.lease(job_id)
     # metrics and size live with the artifact record, not the job row
@@ -289,7 +311,9 @@ def handle_job(coord: HandlerContext, req: Request) -> dict[str, Any]:
 
 
 def handle_workers(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    return ok(workers=coord.hosts.hosts(coord.manifest.hosts if coord.manifest else {}))
+    usage = coord.history.usage_by_host()
+    workers = coord.hosts.hosts(coord.manifest.hosts if coord.manifest else {})
+    return ok(workers=[{**w, "usage": usage.get(w["id"])} for w in workers])
 
 
 def handle_health(coord: HandlerContext, req: Request) -> dict[str, Any]:
@@ -300,10 +324,19 @@ def handle_artifacts(coord: HandlerContext, req: Request) -> dict[str, Any]:
     return ok(artifacts=coord.artifacts.artifacts())
 
 
+#: Lines per `logs` reply; the CLI asks for the next page until `next_offset` is null.
+LOGS_PAGE = 5000
+
+
 def handle_logs(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
-    lines = coord.job_logs(job_id)
-    return ok(job_id=job_id, lines=lines)
+    attempt = req_field(req.body, "attempt", int, None)
+    offset = max(0, req_field(req.body, "offset", int, 0))
+    limit = min(LOGS_PAGE, max(1, req_field(req.body, "limit", int, LOGS_PAGE)))
+    shown, lines, attempts = coord.job_logs(job_id, attempt)
+    page = lines[offset : offset + limit]
+    next_offset = offset + len(page) if offset + len(page) < len(lines) else None
+    return ok(job_id=job_id, attempt=shown, attempts=attempts, lines=page, total=len(lines), next_offset=next_offset)
 
 
 def handle_download_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
@@ -339,6 +372,7 @@ VERBS: dict[Verb, VerbSpec] = {
     Verb.RELOAD: VerbSpec(handle_reload),
     Verb.DRAIN: VerbSpec(handle_drain),
     Verb.UNDRAIN: VerbSpec(handle_undrain),
+    Verb.GC: VerbSpec(handle_gc, prepare=prepare_gc),
     Verb.JOBS: VerbSpec(handle_jobs, remembered=False),
     Verb.JOB: VerbSpec(handle_job, remembered=False),
     Verb.WORKERS: VerbSpec(handle_workers, remembered=False),
@@ -346,4 +380,5 @@ VERBS: dict[Verb, VerbSpec] = {
     Verb.ARTIFACTS: VerbSpec(handle_artifacts, remembered=False),
     Verb.LOGS: VerbSpec(handle_logs, remembered=False),
     Verb.DOWNLOAD_URL: VerbSpec(handle_download_url, remembered=False),
+    Verb.COMPARE: VerbSpec(handle_compare, remembered=False),
 }

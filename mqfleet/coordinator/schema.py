@@ -118,6 +118,35 @@ CREATE TABLE IF NOT EXISTS replies (
     ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS replies_ts ON replies (ts);
+
+-- what each attempt left behind (coordinator/history.py): output lines, progress, usage
+CREATE TABLE IF NOT EXISTS attempt_lines (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    seq INTEGER NOT NULL,  -- 1 for the attempt's first line ever received
+    line TEXT NOT NULL,
+    PRIMARY KEY (job_id, attempt, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS attempt_progress (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    seq INTEGER NOT NULL,  -- the agent's number for the report, 1 for the first
+    ts REAL NOT NULL,
+    report TEXT NOT NULL,
+    PRIMARY KEY (job_id, attempt, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS attempt_records (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    lines_total INTEGER NOT NULL DEFAULT 0,    -- lines ever received
+    lines_dropped INTEGER NOT NULL DEFAULT 0,  -- the oldest ones, dropped past log_max_lines
+    reports_seen INTEGER NOT NULL DEFAULT 0,   -- highest report number received
+    progress_stride INTEGER NOT NULL DEFAULT 1,  -- only every stride-th report is kept
+    usage TEXT,
+    PRIMARY KEY (job_id, attempt)
+);
 """
 
 JOB_COLUMNS = (

@@ -13,34 +13,39 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mqfleet import __version__, defaults
 from mqfleet.coordinator import scheduler
 from mqfleet.coordinator.artifacts import Artifacts
 from mqfleet.coordinator.catalog import Catalog
 from mqfleet.coordinator.claims import Claims
+from mqfleet.coordinator.garbage import UploadWindow
 from mqfleet.coordinator.handlers import VERBS, Request, VerbSpec, check_token
+from mqfleet.coordinator.history import AttemptHistory
 from mqfleet.coordinator.hosts import Hosts
 from mqfleet.coordinator.leases import Leases
 from mqfleet.coordinator.sqlite import StateFile
-from mqfleet.errors import ConfigurationError, ManifestError, MqfleetError, UnknownVerbError
+from mqfleet.errors import ConfigurationError, ManifestError, MqfleetError, NotFoundError, UnknownVerbError
 from mqfleet.manifest import Manifest, load_manifest
 from mqfleet.mqtt import BrokerConfig, Connection, Message
 from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb, decode, encode, error, field
 from mqfleet.state import JobStatus
 from mqfleet.store import ArtifactStore, open_store
 
+if TYPE_CHECKING:
+    from mqfleet.coordinator.metrics import CoordinatorMetrics
+
 logger = logging.getLogger(__name__)
 
-#: Lines of trainer output kept in memory per job, and how many jobs keep theirs.
-LOG_LINES_PER_JOB = 2000
-LOG_JOBS_KEPT = 500
+#: Lines of one log batch stored; the agent sends far fewer per batch.
+LOG_LINES_PER_BATCH = 1000
+#: How often the sweep prunes what is older than [fleet] keep_days.
+PRUNE_INTERVAL_S = 300.0
 #: How often the retained coordinator status is refreshed.
 STATUS_INTERVAL_S = 10.0
 #: Above this many newly claimable jobs a nudge goes to every agent instead of the eligible idle ones:
@@ -60,10 +65,15 @@ class CoordinatorConfig:
     prefix: str = defaults.TOPIC_PREFIX
     client_id: str = "coordinator"
     sweep_interval_s: float = defaults.SWEEP_INTERVAL_S
+    #: Serve Prometheus metrics on this port (None: no endpoint; 0: any free port).
+    metrics_port: int | None = None
+    metrics_host: str = defaults.METRICS_HOST
 
     def validate(self) -> None:
         if self.sweep_interval_s <= 0:
             raise ConfigurationError("sweep interval must be positive")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigurationError(f"--metrics-port {self.metrics_port} is not a TCP port (0-65535)")
         if not self.prefix or "#" in self.prefix or "+" in self.prefix:
             raise ConfigurationError(f"topic prefix {self.prefix!r} must be non-empty and free of wildcards")
 
@@ -89,12 +99,20 @@ class Coordinator:
         self.artifacts = Artifacts(self.state)
         self.claims = Claims(self.state, self.catalog, self.hosts)
         self.leases = Leases(self.state, self.catalog, self.artifacts)
+        self.history = AttemptHistory(self.state)
+        self.uploads = UploadWindow()
         #: The manifest in force: the last one loaded or reloaded without problems.
         self.manifest: Manifest | None = None
         self.store: ArtifactStore = open_store(config.resolved_store_url)
         self.refused_manifest: ManifestError | None = None
         self.started_ts = clock()
-        self._logs: OrderedDict[str, deque[str]] = OrderedDict()
+        self.last_sweep_ts = 0.0
+        self._last_prune_ts = 0.0
+        self.metrics: CoordinatorMetrics | None = None
+        if config.metrics_port is not None:
+            from mqfleet.coordinator.metrics import CoordinatorMetrics
+
+            self.metrics = CoordinatorMetrics(self.state, last_sweep_ts=lambda: self.last_sweep_ts, clock=clock)
         self._in_flight: set[str] = set()
         self._changed_jobs: set[str] = set()
         self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
@@ -164,6 +182,10 @@ class Coordinator:
 
     def start(self, *, wait_s: float | None = 30.0) -> None:
         """Load the manifest, connect, and start sweeping; returns once connected."""
+        if self.metrics is not None:
+            # Bound first: a port in use fails the start before anything else happens.
+            assert self.config.metrics_port is not None
+            self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         self.store.check()
         self.load()
         # No agent could renew while we were down: give live leases a fresh term, so an outage
@@ -191,6 +213,8 @@ class Coordinator:
         if self._sweeper:
             self._sweeper.join(timeout=5)
         self._verify_pool.shutdown(wait=True, cancel_futures=True)
+        if self.metrics is not None:
+            self.metrics.stop()
         offline = encode({"state": "offline", "ts": self.clock()})
         self.conn.stop(final=[(self.topics.coordinator_status, offline, True)])
         self.state.close()
@@ -221,7 +245,20 @@ class Coordinator:
             if now - self._last_status_ts >= STATUS_INTERVAL_S:
                 self.state.prune_replies(now - defaults.REQUEST_MEMORY_S)
                 self._publish_status(now)
+        self.last_sweep_ts = now
+        if now - self._last_prune_ts >= PRUNE_INTERVAL_S:
+            self._last_prune_ts = now
+            self.prune(now)
         return expired
+
+    def prune(self, now: float) -> int:
+        """Retention: forget events, and logs and progress of jobs ended more than [fleet] keep_days ago.
+
+        Each small batch is its own transaction and takes the lock for a moment only, so requests
+        are answered between batches.
+        """
+        keep_days = self.manifest.fleet.keep_days if self.manifest else defaults.KEEP_DAYS
+        return self.history.prune(now - keep_days * 86400.0)
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.config.sweep_interval_s):
@@ -283,6 +320,7 @@ class Coordinator:
 
     def _handle(self, msg: Message, req: Request, key: str) -> None:
         spec = VERBS[req.verb]
+        started = time.perf_counter()
         try:
             reply = self._execute(req, key, spec)
         except Exception:
@@ -291,6 +329,8 @@ class Coordinator:
         finally:
             self._in_flight.discard(key)
         self._reply(msg, reply)
+        if self.metrics is not None:
+            self.metrics.observe_request(req.verb.value, reply, time.perf_counter() - started)
 
     def _execute(self, req: Request, key: str, spec: VerbSpec) -> dict[str, Any]:
         if key:
@@ -384,23 +424,24 @@ class Coordinator:
         parsed = self.topics.parse_host_topic(msg.topic)
         if parsed is None:
             return
-        job_id = msg.topic.rsplit("/", 1)[-1]
+        host, job_id = parsed[0], msg.topic.rsplit("/", 1)[-1]
         try:
-            lines = decode(msg.payload).get("lines", [])
+            body = decode(msg.payload)
         except MqfleetError:
             return
-        if not isinstance(lines, list):
+        lines, attempt = body.get("lines", []), body.get("attempt")
+        if not isinstance(lines, list) or (attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int))):
             return
         with self.lock:
-            if not self.is_known_host(parsed[0]):
+            if not self.is_known_host(host):
                 return
-            buf = self._logs.get(job_id)
-            if buf is None:
-                buf = self._logs[job_id] = deque(maxlen=LOG_LINES_PER_JOB)
-                while len(self._logs) > LOG_JOBS_KEPT:
-                    self._logs.popitem(last=False)
-            self._logs.move_to_end(job_id)
-            buf.extend(str(line) for line in lines[:1000])
+            number = self.history.attempt_of_host(job_id, host, attempt)
+            if number is None:
+                logger.debug("log lines for %s from %s dropped: no attempt of that host", job_id[:12], host)
+                return
+            max_lines = self.manifest.fleet.log_max_lines if self.manifest else defaults.LOG_MAX_LINES
+            # Stored as they arrive, so a coordinator restart loses none (docs/OPERATIONS.md, "Logs").
+            self.history.append_lines(job_id, number, [str(line) for line in lines[:LOG_LINES_PER_BATCH]], max_lines)
 
     def _host_of(self, msg: Message) -> str | None:
         parsed = self.topics.parse_host_topic(msg.topic)
@@ -474,14 +515,26 @@ class Coordinator:
 
     # --- queries --------------------------------------------------------------------------
 
-    def job_logs(self, job_id: str) -> list[str]:
+    def job_logs(self, job_id: str, attempt: int | None = None) -> tuple[int | None, list[str], list[int]]:
+        """(attempt shown, its lines, every attempt number): the stored output of one attempt, by default
+        the latest that has any; an attempt whose lines are gone (pruned, or from an older version)
+        shows its stored tail."""
         with self.lock:
-            buf = self._logs.get(job_id)
-            if buf:
-                return list(buf)
-        attempts = self.catalog.attempts(job_id)
-        tails = [a.get("output_tail") or "" for a in attempts]
-        return "\n".join(t for t in tails if t).splitlines()
+            attempts = self.catalog.attempts(job_id)
+            numbers = [int(a["number"]) for a in attempts]
+            if attempt is None:
+                with_lines = self.history.attempts_with_lines(job_id)
+                attempt = with_lines[-1] if with_lines else (numbers[-1] if numbers else None)
+            if attempt is None:
+                return None, [], numbers
+            if attempt not in numbers:
+                listed = ", ".join(map(str, numbers)) or "none yet"
+                raise NotFoundError(f"job {job_id[:12]} has no attempt {attempt} (its attempts: {listed})")
+            lines = self.history.lines(job_id, attempt)
+        if not lines:
+            tail = next((a.get("output_tail") or "" for a in attempts if a["number"] == attempt), "")
+            lines = tail.splitlines()
+        return attempt, lines, numbers
 
     def health(self, now: float) -> dict[str, Any]:
         with self.lock:

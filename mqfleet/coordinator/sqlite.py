@@ -122,6 +122,11 @@ class StateFile:
             for r in rows
         ]
 
+    @property
+    def taken_seq(self) -> int:
+        """The last event take_changes() handed out: older ones are published and may be pruned."""
+        return self._taken_seq
+
     def prune_events(self, older_than: float) -> int:
         """Forget published events older than `older_than`; returns how many. When to call it is
         the retention policy's business (docs/OPERATIONS.md)."""

@@ -92,6 +92,15 @@ class StoreContract:
         assert store.stat(key) is None
         store.delete(key)
 
+    def test_list_objects_names_every_stored_object_with_its_size(self, store: ArtifactStore, tmp_path: Path) -> None:
+        keys = {store.key_for(_sha(data)): len(data) for data in (b"listed one", b"listed two, longer")}
+        for key, data in zip(keys, (b"listed one", b"listed two, longer"), strict=True):
+            store.put_file(key, _write(tmp_path / f"{len(data)}.bin", data))
+        listed = dict(store.list_objects())
+        assert {k: listed.get(k) for k in keys} == keys
+        store.delete(next(iter(keys)))
+        assert next(iter(keys)) not in dict(store.list_objects())
+
     def test_putting_a_key_again_replaces_the_object(self, store: ArtifactStore, tmp_path: Path) -> None:
         key = store.key_for(_sha(b"slot"))
         store.put_file(key, _write(tmp_path / "a.bin", b"first version"))

@@ -91,6 +91,8 @@ def test_coordinator_install_writes_a_verified_unit_a_0600_config_with_a_token_a
     assert service["ExecStart"].startswith(f"{VENV}/bin/mqfleet coordinator --manifest /etc/mqfleet/fleet.toml")
     assert service["EnvironmentFile"] == "/etc/mqfleet/coordinator.env"
     assert service["User"] == "mqfleet" and service["StateDirectory"] == "mqfleet"
+    assert service["ExecStart"].endswith("--log-file /var/log/mqfleet/coordinator.log")
+    assert service["LogsDirectory"] == "mqfleet"
     assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
     assert "mosquitto.service" in unit_sections(unit_path)["Unit"]["After"]
     env_file = root / "etc/mqfleet/coordinator.env"

@@ -1,0 +1,73 @@
+"""`mqfleet compare` (jobs' final metrics side by side) and `mqfleet gc` (store objects no job needs)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import click
+
+from mqfleet.cli import cli, render
+from mqfleet.cli.client_options import ClientContext, pass_client
+from mqfleet.protocol import Verb
+
+
+def _sort_key(metric: str, descending: bool) -> Any:
+    def key(row: dict[str, Any]) -> tuple[int, float, str]:
+        value = row["metrics"].get(metric)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return (1, 0.0, row["name"])  # jobs without the metric go last, by name
+        return (0, -float(value) if descending else float(value), row["name"])
+    return key
+
+
+@cli.command("compare")
+@click.argument("jobs", nargs=-1)
+@click.option("--sweep", default=None, help="Compare every job of this [[sweeps]] entry (its name, or MODEL-MODE).")
+@click.option("--sort", "sort_by", default=None,
+              help="Metric to sort by (default: loss if any job has it, else the first metric).")
+@click.option("--desc", is_flag=True, help="Largest first (for metrics where more is better, like accuracy).")
+@pass_client
+def compare_cmd(ctx: ClientContext, jobs: tuple[str, ...], sweep: str | None, sort_by: str | None, desc: bool) -> None:
+    """Final metrics of JOBS (ids, id prefixes or names), or of a sweep's jobs, side by side."""
+    if bool(jobs) == bool(sweep):
+        raise click.UsageError("name some JOBS or give --sweep NAME (not both)")
+    reply = ctx.client.call(Verb.COMPARE, **({"sweep": sweep} if sweep else {"jobs": list(jobs)}))
+    rows: list[dict[str, Any]] = list(reply["jobs"])
+    names: list[str] = list(reply.get("metric_names") or [])
+    if sort_by is None:
+        sort_by = "loss" if "loss" in names else (names[0] if names else None)
+    elif sort_by not in names:
+        known = ", ".join(names) or "none: no job has reported a numeric metric yet"
+        raise click.UsageError(f"no job has a numeric metric {sort_by!r}; sort by one of: {known}")
+    if sort_by is not None:
+        rows.sort(key=_sort_key(sort_by, desc))
+    if ctx.as_json:
+        ctx.emit_json({"sweep": reply.get("sweep"), "sort": sort_by, "descending": desc, "metric_names": names,
+                       "jobs": rows})
+        return
+    title = f"sweep {sweep}" if sweep else "jobs"
+    render.make_console().print(render.compare_table(rows, names, sort_by=sort_by, title=title))
+
+
+@cli.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@pass_client
+def gc_cmd(ctx: ClientContext, dry_run: bool) -> None:
+    """Delete the store objects (artifacts) no job references, and say what that freed. Needs MQFLEET_OPERATOR_TOKEN."""
+    reply = ctx.client.call(Verb.GC, dry_run=dry_run)
+    result = {k: v for k, v in reply.items() if k != "ok"}
+    if ctx.as_json:
+        ctx.emit_json(result)
+        return
+    for obj in result["objects"]:
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {obj['key']} ({render.human_size(obj['size'])})")
+    if result["count"] > len(result["objects"]):
+        click.echo(f"... and {result['count'] - len(result['objects'])} more")
+    for failure in result.get("failed") or []:
+        click.echo(f"error: could not delete {failure['key']}: {failure['error']}", err=True)
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{verb} {render.human_size(result['bytes'])} in {result['count'] - len(result.get('failed') or [])} "
+               f"object(s); {result['kept']} referenced object(s) kept")
+    if result.get("failed"):
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,271 @@
+"""What each attempt left behind: its trainer output lines, its progress reports and its resource usage,
+kept in the coordinator's SQLite file so they outlive a restart; and the retention that prunes them.
+
+Its own tables (`attempt_lines`, `attempt_progress`, `attempt_records`, declared in schema.py),
+beside the job state, on the same connection (and so under the same lock and transactions). Every method that writes runs inside the caller's transaction or opens
+its own; time always comes in as `now`. Bounds are per attempt, so one chatty trainer cannot crowd
+out the others (docs/OPERATIONS.md, "Logs, progress and retention").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from mqfleet import defaults
+
+if TYPE_CHECKING:
+    from mqfleet.coordinator.sqlite import StateFile
+
+logger = logging.getLogger(__name__)
+
+
+#: The fields of an attempt's `usage`, each a number (gpu_mem_max_bytes may be null).
+USAGE_FIELDS = ("wall_s", "cpu_s", "max_rss_bytes", "gpu_mem_max_bytes")
+
+
+def dropped_marker(count: int, max_lines: int) -> str:
+    """The line that stands for the oldest lines dropped from a long log."""
+    return f"[mqfleet: {count} earlier line(s) dropped; [fleet] log_max_lines keeps the last {max_lines}]"
+
+
+def check_usage(value: Any) -> dict[str, float | int | None] | None:
+    """A usage object from the wire as typed values; None when absent or malformed (it is only a report)."""
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, float | int | None] = {}
+    for name in USAGE_FIELDS:
+        v = value.get(name)
+        if v is None and name == "gpu_mem_max_bytes":
+            out[name] = None
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            return None
+        out[name] = int(v) if name.endswith("_bytes") else round(float(v), 3)
+    return out
+
+
+class AttemptHistory:
+    """Per-attempt output lines, progress and usage, stored beside the job state."""
+
+    def __init__(self, state: StateFile) -> None:
+        self.state = state
+
+    # --- records ---------------------------------------------------------------------------
+
+    def _record(self, job_id: str, attempt: int) -> dict[str, Any]:
+        c = self.state.conn
+        c.execute("INSERT OR IGNORE INTO attempt_records (job_id, attempt) VALUES (?, ?)", (job_id, attempt))
+        row = c.execute(
+            "SELECT lines_total, lines_dropped, reports_seen, progress_stride FROM attempt_records "
+            "WHERE job_id = ? AND attempt = ?",
+            (job_id, attempt),
+        ).fetchone()
+        return dict(row)
+
+    # --- output lines ----------------------------------------------------------------------
+
+    def attempt_of_host(self, job_id: str, host: str, attempt: int | None) -> int | None:
+        """The attempt that log lines from `host` belong to: the one they name if that host ran it,
+        else the host's latest attempt of the job; None when the host ran none (the lines are refused)."""
+        c = self.state.conn
+        with self.state.lock:
+            if attempt is not None:
+                row = c.execute(
+                    "SELECT number FROM attempts WHERE job_id = ? AND number = ? AND host = ?", (job_id, attempt, host)
+                ).fetchone()
+            else:
+                row = c.execute(
+                    "SELECT number FROM attempts WHERE job_id = ? AND host = ? ORDER BY number DESC LIMIT 1", (job_id, host)
+                ).fetchone()
+        return int(row[0]) if row else None
+
+    def append_lines(self, job_id: str, attempt: int, lines: list[str], max_lines: int) -> int:
+        """Store lines at the end of an attempt's log, dropping its oldest past `max_lines`; how many dropped now."""
+        if not lines:
+            return 0
+        c = self.state.conn
+        with self.state.transaction():
+            rec = self._record(job_id, attempt)
+            first = rec["lines_total"] + 1
+            c.executemany(
+                "INSERT OR REPLACE INTO attempt_lines (job_id, attempt, seq, line) VALUES (?, ?, ?, ?)",
+                [(job_id, attempt, first + i, line) for i, line in enumerate(lines)],
+            )
+            total = rec["lines_total"] + len(lines)
+            dropped = max(rec["lines_dropped"], total - max_lines)
+            if dropped > rec["lines_dropped"]:
+                c.execute(
+                    "DELETE FROM attempt_lines WHERE job_id = ? AND attempt = ? AND seq <= ?", (job_id, attempt, dropped)
+                )
+            c.execute(
+                "UPDATE attempt_records SET lines_total = ?, lines_dropped = ? WHERE job_id = ? AND attempt = ?",
+                (total, dropped, job_id, attempt),
+            )
+        return int(dropped - rec["lines_dropped"])
+
+    def lines(self, job_id: str, attempt: int, *, offset: int = 0, limit: int | None = None) -> list[str]:
+        """An attempt's stored lines, oldest first, after a marker line when its oldest were dropped."""
+        c = self.state.conn
+        with self.state.lock:
+            rec = c.execute(
+                "SELECT lines_total, lines_dropped FROM attempt_records WHERE job_id = ? AND attempt = ?", (job_id, attempt)
+            ).fetchone()
+            if rec is None:
+                return []
+            rows = c.execute(
+                "SELECT line FROM attempt_lines WHERE job_id = ? AND attempt = ? ORDER BY seq", (job_id, attempt)
+            ).fetchall()
+        out = [r[0] for r in rows]
+        if rec["lines_dropped"] and out:
+            out.insert(0, dropped_marker(rec["lines_dropped"], rec["lines_total"] - rec["lines_dropped"]))
+        end = None if limit is None else offset + limit
+        return out[offset:end]
+
+    def attempts_with_lines(self, job_id: str) -> list[int]:
+        with self.state.lock:
+            rows = self.state.conn.execute(
+                "SELECT attempt FROM attempt_records WHERE job_id = ? AND lines_total > 0 ORDER BY attempt", (job_id,)
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    # --- progress --------------------------------------------------------------------------
+
+    def append_progress(self, job_id: str, attempt: int, reports: list[tuple[int, float, dict[str, Any]]]) -> None:
+        """Keep numbered reports (seq, ts, report) not seen before; past the bound, thin the history evenly.
+
+        Thinning keeps every stride-th report: when the stored count passes the bound, every other
+        stored one goes and the stride doubles, so old and new parts of the curve stay equally dense.
+        The newest report is always kept too, so the curve ends where the training did.
+        """
+        if not reports:
+            return
+        c = self.state.conn
+        cap = defaults.PROGRESS_POINTS_MAX
+        with self.state.transaction():
+            rec = self._record(job_id, attempt)
+            seen, stride = rec["reports_seen"], rec["progress_stride"]
+            fresh = [(seq, ts, r) for seq, ts, r in sorted(reports, key=lambda x: x[0]) if seq > seen]
+            if not fresh:
+                return
+            newest = fresh[-1][0]
+            c.executemany(
+                "INSERT OR REPLACE INTO attempt_progress (job_id, attempt, seq, ts, report) VALUES (?, ?, ?, ?, ?)",
+                [(job_id, attempt, seq, ts, json.dumps(r, default=str)) for seq, ts, r in fresh
+                 if (seq - 1) % stride == 0 or seq == newest],
+            )
+            count = self._thin(job_id, attempt, stride, newest)
+            while count > cap:
+                stride *= 2
+                count = self._thin(job_id, attempt, stride, newest)
+            c.execute(
+                "UPDATE attempt_records SET reports_seen = ?, progress_stride = ? WHERE job_id = ? AND attempt = ?",
+                (fresh[-1][0], stride, job_id, attempt),
+            )
+
+    def _thin(self, job_id: str, attempt: int, stride: int, newest: int) -> int:
+        """Keep every stride-th report and the newest; the count kept."""
+        c = self.state.conn
+        c.execute(
+            "DELETE FROM attempt_progress WHERE job_id = ? AND attempt = ? AND (seq - 1) % ? != 0 AND seq < ?",
+            (job_id, attempt, stride, newest),
+        )
+        return int(c.execute(
+            "SELECT COUNT(*) FROM attempt_progress WHERE job_id = ? AND attempt = ?", (job_id, attempt)
+        ).fetchone()[0])
+
+    def progress(self, job_id: str) -> list[dict[str, Any]]:
+        """Every kept report of every attempt, oldest first: `{attempt, seq, ts, report}`."""
+        with self.state.lock:
+            rows = self.state.conn.execute(
+                "SELECT attempt, seq, ts, report FROM attempt_progress WHERE job_id = ? ORDER BY attempt, seq", (job_id,)
+            ).fetchall()
+        return [{"attempt": r["attempt"], "seq": r["seq"], "ts": r["ts"], "report": json.loads(r["report"])} for r in rows]
+
+    def last_report(self, job_id: str) -> dict[str, Any] | None:
+        """The newest kept report of the job's latest attempt that has any."""
+        with self.state.lock:
+            row = self.state.conn.execute(
+                "SELECT report FROM attempt_progress WHERE job_id = ? ORDER BY attempt DESC, seq DESC LIMIT 1", (job_id,)
+            ).fetchone()
+        return dict(json.loads(row[0])) if row else None
+
+    # --- usage -----------------------------------------------------------------------------
+
+    def record_usage(self, job_id: str, attempt: int, usage: dict[str, Any]) -> None:
+        """Store what an attempt used (the agent measures it); inside the caller's transaction."""
+        with self.state.transaction():
+            self._record(job_id, attempt)
+            self.state.conn.execute(
+                "UPDATE attempt_records SET usage = ? WHERE job_id = ? AND attempt = ?", (json.dumps(usage), job_id, attempt)
+            )
+
+    def usage_of(self, job_id: str) -> dict[int, dict[str, Any]]:
+        """attempt number -> its usage, for the attempts that have one."""
+        with self.state.lock:
+            rows = self.state.conn.execute(
+                "SELECT attempt, usage FROM attempt_records WHERE job_id = ? AND usage IS NOT NULL", (job_id,)
+            ).fetchall()
+        return {int(r["attempt"]): json.loads(r["usage"]) for r in rows}
+
+    def usage_by_host(self) -> dict[str, dict[str, Any]]:
+        """Per host, the usage of every attempt it ran, summed (peaks are the largest, not a sum)."""
+        with self.state.lock:
+            rows = self.state.conn.execute(
+                "SELECT a.host, r.usage FROM attempt_records r JOIN attempts a "
+                "ON a.job_id = r.job_id AND a.number = r.attempt WHERE r.usage IS NOT NULL"
+            ).fetchall()
+        out: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            u = json.loads(row["usage"])
+            total = out.setdefault(
+                row["host"], {"attempts": 0, "wall_s": 0.0, "cpu_s": 0.0, "max_rss_bytes": 0, "gpu_mem_max_bytes": None}
+            )
+            total["attempts"] += 1
+            total["wall_s"] = round(total["wall_s"] + float(u.get("wall_s") or 0), 3)
+            total["cpu_s"] = round(total["cpu_s"] + float(u.get("cpu_s") or 0), 3)
+            total["max_rss_bytes"] = max(total["max_rss_bytes"], int(u.get("max_rss_bytes") or 0))
+            gpu = u.get("gpu_mem_max_bytes")
+            if gpu is not None:
+                total["gpu_mem_max_bytes"] = max(int(total["gpu_mem_max_bytes"] or 0), int(gpu))
+        return out
+
+    # --- retention -------------------------------------------------------------------------
+
+    def prune(self, older_than: float, *, batch_rows: int = defaults.PRUNE_BATCH_ROWS, max_batches: int = 50) -> int:
+        """Delete, a small batch per transaction, the lines and progress of attempts of jobs that ended
+        before `older_than`, and events older than it; the rows deleted.
+
+        Each batch is its own short transaction, so claims and renewals wait at most one batch.
+        A job that is still live (pending, claimed, running) keeps everything.
+        """
+        c = self.state.conn
+        ended = (
+            "SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND updated_ts < ?"
+        )
+        deleted = 0
+        for table in ("attempt_lines", "attempt_progress"):
+            for _ in range(max_batches):
+                with self.state.transaction():
+                    n = c.execute(
+                        f"DELETE FROM {table} WHERE (job_id, attempt, seq) IN "
+                        f"(SELECT job_id, attempt, seq FROM {table} WHERE job_id IN ({ended}) LIMIT ?)",
+                        (older_than, batch_rows),
+                    ).rowcount
+                deleted += n
+                if n < batch_rows:
+                    break
+        for _ in range(max_batches):
+            with self.state.transaction():
+                n = c.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE ts < ? AND seq <= ? ORDER BY seq LIMIT ?)",
+                    (older_than, self.state.taken_seq, batch_rows),
+                ).rowcount
+            deleted += n
+            if n < batch_rows:
+                break
+        if deleted:
+            logger.info("retention: pruned %d row(s) of events, logs and progress older than %.0f", deleted, older_than)
+        return deleted

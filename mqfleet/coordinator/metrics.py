@@ -1,0 +1,121 @@
+"""The coordinator's Prometheus endpoint (`--metrics-port`): request counters and timings kept in
+memory, and the fleet's state read from the database at each scrape (docs/OPERATIONS.md, "Metrics").
+
+State gauges are computed when Prometheus asks, not kept up to date on every change: a scrape every
+15 s costs a few indexed counts, where bookkeeping would cost every claim something.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from mqfleet.errors import ConfigurationError
+from mqfleet.protocol import Verb
+from mqfleet.state import Cause, JobStatus
+
+if TYPE_CHECKING:
+    from mqfleet.coordinator.sqlite import StateFile
+
+logger = logging.getLogger(__name__)
+
+#: Request latency buckets (seconds): claims take milliseconds, a complete that reads a big artifact back, seconds.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+_VERBS = frozenset(v.value for v in Verb)
+_CAUSES = ("completed", *(c.value for c in Cause))
+
+
+class _StateCollector:
+    """Gauges and counters read from the database at scrape time."""
+
+    def __init__(self, state: StateFile, last_sweep_ts: Callable[[], float], clock: Callable[[], float]) -> None:
+        self.state = state
+        self.last_sweep_ts = last_sweep_ts
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        with self.state.lock:
+            c = self.state.conn
+            by_status = {r[0]: int(r[1]) for r in c.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+            online, draining = c.execute(
+                "SELECT COALESCE(SUM(online), 0), COALESCE(SUM(draining), 0) FROM hosts"
+            ).fetchone()
+            leases = int(c.execute("SELECT COUNT(*) FROM leases").fetchone()[0])
+            ended = {r[0]: int(r[1]) for r in c.execute(
+                "SELECT outcome, COUNT(*) FROM attempts WHERE outcome IS NOT NULL GROUP BY outcome"
+            )}
+            artifact_bytes = int(c.execute("SELECT COALESCE(SUM(size), 0) FROM job_artifacts").fetchone()[0])
+        jobs = GaugeMetricFamily("mqfleet_jobs", "Jobs by status.", labels=["status"])
+        for status in JobStatus:
+            jobs.add_metric([status.value], by_status.get(status.value, 0))
+        yield jobs
+        yield GaugeMetricFamily("mqfleet_hosts_online", "Hosts whose retained status says online.", value=int(online))
+        yield GaugeMetricFamily("mqfleet_hosts_draining", "Hosts drained by an operator.", value=int(draining))
+        yield GaugeMetricFamily("mqfleet_leases_active", "Live job leases.", value=leases)
+        attempts = CounterMetricFamily(
+            "mqfleet_attempts_ended", "Attempts ended, by cause (completed, app, lost, shutdown, cancelled).", labels=["cause"]
+        )
+        for cause in sorted({*_CAUSES, *ended}):
+            attempts.add_metric([cause], ended.get(cause, 0))
+        yield attempts
+        last = self.last_sweep_ts()
+        lag = max(0.0, self.clock() - last) if last else 0.0
+        yield GaugeMetricFamily("mqfleet_sweep_lag_seconds", "Seconds since the lease sweep last finished.", value=lag)
+        yield CounterMetricFamily(
+            "mqfleet_artifact_bytes", "Bytes of the verified artifacts of completed jobs.", value=artifact_bytes
+        )
+
+
+class CoordinatorMetrics:
+    """The registry behind /metrics, and the HTTP server that serves it."""
+
+    def __init__(self, state: StateFile, *, last_sweep_ts: Callable[[], float], clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "mqfleet_requests", "Requests answered, by verb and outcome (ok or the error code).",
+            ["verb", "outcome"], registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "mqfleet_request_seconds", "Time from a request's arrival to its reply, by verb.",
+            ["verb"], registry=self.registry, buckets=REQUEST_BUCKETS,
+        )
+        self.registry.register(_StateCollector(state, last_sweep_ts, clock))
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def observe_request(self, verb: str, reply: dict[str, Any], seconds: float) -> None:
+        """Count one answered request; verbs outside the vocabulary are not labels (they come off the bus)."""
+        if verb not in _VERBS:
+            return
+        outcome = "ok" if reply.get("ok") else str(reply.get("error") or "error")[:40]
+        self.requests.labels(verb, outcome).inc()
+        self.request_seconds.labels(verb).observe(seconds)
+
+    def serve(self, host: str, port: int) -> None:
+        """Serve /metrics on host:port in a daemon thread; ConfigurationError when the port cannot be bound."""
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as e:
+            raise ConfigurationError(
+                f"metrics port {port} on {host} cannot be used ({e.strerror or e}); "
+                f"pick a free port with --metrics-port or stop what holds it"
+            ) from e
+        logger.info("metrics served at http://%s:%d/metrics", host, self.port)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self._server.server_port) if self._server is not None else 0
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,122 @@
+"""The handlers of what the coordinator reports about past work: `compare` (jobs' final metrics side
+by side), `gc` (store objects no job needs), and the checks of the progress reports and usage agents
+send with renew, complete and fail. The VERBS table in handlers.py dispatches to them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from mqfleet.coordinator.garbage import collect_garbage
+from mqfleet.coordinator.history import check_usage
+from mqfleet.errors import BadRequestError, NotFoundError
+from mqfleet.protocol import field as req_field
+from mqfleet.protocol import ok
+
+if TYPE_CHECKING:
+    from mqfleet.coordinator.handlers import HandlerContext as Coordinator
+    from mqfleet.coordinator.handlers import Request
+
+#: Reports accepted in one request; the agent sends at most a few hundred.
+REPORTS_PER_REQUEST = 1000
+#: Jobs one `compare` may name.
+COMPARE_MAX_JOBS = 2000
+
+
+def progress_reports(req: Request) -> list[tuple[int, float, dict[str, Any]]]:
+    """The `progress_reports` of a request as (seq, ts, report); malformed entries are skipped, not fatal:
+    they are history, and the request's real business (a renewal, a completion) must not fail for them."""
+    raw = req.body.get("progress_reports")
+    if not isinstance(raw, list):
+        return []
+    out: list[tuple[int, float, dict[str, Any]]] = []
+    for entry in raw[:REPORTS_PER_REQUEST]:
+        if not (isinstance(entry, list) and len(entry) == 3):
+            continue
+        seq, ts, report = entry
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            continue
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+            continue
+        if not isinstance(report, dict) or len(report) > 200:
+            continue
+        out.append((seq, float(ts), report))
+    return out
+
+
+def record_attempt_history(coord: Coordinator, req: Request, job_id: str, attempt: int | None, *, ending: bool) -> None:
+    """Store the progress reports (and, when the attempt ends, the usage) a request carries."""
+    if attempt is None:
+        return
+    reports = progress_reports(req)
+    if reports:
+        coord.history.append_progress(job_id, attempt, reports)
+    if ending:
+        usage = check_usage(req.body.get("usage"))
+        if usage is not None:
+            coord.history.record_usage(job_id, attempt, usage)
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def final_metrics(row: dict[str, Any], artifact: dict[str, Any] | None, last_report: dict[str, Any] | None) -> dict[str, Any]:
+    """A job's final (or, while it runs, latest) metrics: the artifact's, else the last progress report's,
+    plus the report's loss and epoch. The last stored report is newer than the row's `progress`, which
+    only renewals update (the final reports arrive with the completion)."""
+    progress = last_report or row.get("progress") or {}
+    metrics: dict[str, Any] = {}
+    for name in ("loss", "epoch"):
+        if name in progress:
+            metrics[name] = progress[name]
+    reported = progress.get("metrics")
+    if isinstance(reported, dict):
+        metrics.update(reported)
+    if artifact and isinstance(artifact.get("metrics"), dict):
+        metrics.update(artifact["metrics"])
+    return metrics
+
+
+def handle_compare(coord: Coordinator, req: Request) -> dict[str, Any]:
+    sweep = req_field(req.body, "sweep", str, None)
+    refs = req_field(req.body, "jobs", list, None)
+    if (sweep is None) == (refs is None):
+        raise BadRequestError("compare needs either 'jobs' (a list of job references) or 'sweep' (a sweep name)")
+    if sweep is not None:
+        manifest = coord.manifest
+        sweeps = manifest.sweeps if manifest else {}
+        if sweep not in sweeps:
+            known = ", ".join(sorted(sweeps)) or "none: the manifest has no [[sweeps]]"
+            raise NotFoundError(f"no sweep named {sweep!r}; known sweeps: {known}")
+        job_ids = list(sweeps[sweep])
+    else:
+        assert refs is not None
+        if not refs or len(refs) > COMPARE_MAX_JOBS:
+            raise BadRequestError(f"'jobs' must name 1 to {COMPARE_MAX_JOBS} jobs, not {len(refs)}")
+        job_ids = [coord.catalog.resolve_job(str(ref)) for ref in refs]
+    by_job = {a["job_id"]: a for a in coord.artifacts.artifacts()} if job_ids else {}
+    rows = []
+    for job_id in dict.fromkeys(job_ids):
+        row = coord.catalog.job(job_id)
+        usage = coord.history.usage_of(job_id)
+        last_usage = usage[max(usage)] if usage else None
+        last_report = coord.history.last_report(job_id)
+        rows.append({
+            "id": row["id"], "name": row["name"], "model": row["model"], "mode": row["mode"], "status": row["status"],
+            "host": row["host"], "attempts": row["attempts"], "hyper": coord.catalog.job_spec(job_id).get("hyper", {}),
+            "metrics": final_metrics(row, by_job.get(job_id), last_report), "usage": last_usage,
+        })
+    names = sorted({k for r in rows for k, v in r["metrics"].items() if _numeric(v)})
+    return ok(sweep=sweep, jobs=rows, metric_names=names)
+
+
+def prepare_gc(coord: Coordinator, req: Request) -> dict[str, Any]:
+    # Listing and deleting objects is slow store work: done here, off the dispatcher thread.
+    dry_run = req_field(req.body, "dry_run", bool, False)
+    return collect_garbage(coord.state, coord.store, coord.uploads, dry_run=dry_run, now=req.now)
+
+
+def handle_gc(coord: Coordinator, req: Request) -> dict[str, Any]:
+    return ok(**req.prepared)

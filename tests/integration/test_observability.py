@@ -1,0 +1,182 @@
+"""Observability end to end against a real coordinator, agent, mosquitto and store: the Prometheus
+endpoint, per-attempt usage, durable trainer output, progress history with its chart, `compare`
+and `gc`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fixtures.common import free_port, wait_until
+from tests.fixtures.fleet import Fleet, manifest_text
+
+HUNGRY_TRAINER = """\
+[trainers.hungry]
+command = ["{python}", "tests/data/trainers/hungry.py"]
+[trainers.hungry.hyper]
+mib = { type = "int", default = 1, min = 0 }
+cpu_s = { type = "float", default = 0.0, min = 0.0 }
+lines = { type = "int", default = 0, min = 0 }
+reports = { type = "int", default = 0, min = 0 }
+"""
+MIB = 1024 * 1024
+
+
+def _manifest(*jobs: dict[str, Any], extra: str = "") -> str:
+    return manifest_text(*jobs, trainers=HUNGRY_TRAINER.replace("{python}", sys.executable), extra=extra)
+
+
+def _scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Every sample of /metrics by name and sorted labels, parsed with prometheus_client's parser."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return samples
+
+
+def _cli_json(fleet: Fleet, *args: str) -> Any:
+    done = fleet.cli(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_metrics_gauges_agree_with_jobs_json_and_requests_are_counted(fleet: Fleet) -> None:
+    port = free_port()
+    fleet.write_manifest(_manifest(
+        {"name": "quick", "model": "hungry", "seed": 1},
+        {"name": "parked", "model": "hungry", "seed": 2, "allowed_hosts": ["nowhere"]},
+    ))
+    fleet.start_coordinator(extra=("--metrics-port", str(port)))
+    fleet.start_agent("h1")
+    fleet.wait_for_status({"quick": "completed", "parked": "pending"})
+    wait_until(lambda: _scrape(port)["mqfleet_hosts_online"][()] == 1, timeout_s=10, what="the host to count as online")
+    samples = _scrape(port)
+    jobs = _cli_json(fleet, "jobs")
+    for status in ("pending", "claimed", "running", "completed", "failed", "cancelled"):
+        want = sum(1 for j in jobs if j["status"] == status)
+        assert samples["mqfleet_jobs"][(("status", status),)] == want, status
+    workers = _cli_json(fleet, "workers")
+    assert samples["mqfleet_hosts_online"][()] == sum(1 for w in workers if w["online"])
+    assert samples["mqfleet_hosts_draining"][()] == 0
+    assert samples["mqfleet_leases_active"][()] == 0
+    assert samples["mqfleet_requests_total"][(("outcome", "ok"), ("verb", "claim"))] >= 1
+    assert samples["mqfleet_requests_total"][(("outcome", "ok"), ("verb", "complete"))] == 1
+    assert samples["mqfleet_request_seconds_count"][(("verb", "complete"),)] == 1
+    assert samples["mqfleet_attempts_ended_total"][(("cause", "completed"),)] == 1
+    assert samples["mqfleet_artifact_bytes_total"][()] > 0
+    assert 0 <= samples["mqfleet_sweep_lag_seconds"][()] < 5
+
+
+def test_a_metrics_port_in_use_stops_the_coordinator_at_start_with_exit_2_naming_it(fleet: Fleet) -> None:
+    fleet.write_manifest(_manifest({"name": "quick", "model": "hungry", "seed": 1}))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = fleet.cli("coordinator", "--manifest", str(fleet.manifest_path), "--db", str(fleet.dir / "c.db"),
+                         "--metrics-port", str(port), timeout_s=30)
+    assert done.returncode == 2, done.stderr
+    assert f"metrics port {port}" in done.stderr
+
+
+def test_an_attempt_of_120_mib_and_1s_cpu_records_its_usage_within_20_percent(fleet: Fleet) -> None:
+    fleet.write_manifest(_manifest({"name": "hungry", "model": "hungry", "seed": 1, "hyper": {"mib": 120, "cpu_s": 1.0}}))
+    fleet.start_coordinator()
+    fleet.start_agent("h1")
+    fleet.wait_for_status("completed")
+    row = _cli_json(fleet, "show", "hungry")
+    usage = row["attempts_detail"][0]["usage"]
+    assert 0.8 <= usage["cpu_s"] <= 1.2 * 1.0 + 0.3, usage  # + the interpreter's own start-up
+    assert 0.8 * 120 * MIB <= usage["max_rss_bytes"] <= 1.2 * 120 * MIB, usage
+    assert usage["wall_s"] >= usage["cpu_s"] * 0.9
+    assert "gpu_mem_max_bytes" in usage
+    host = next(w for w in _cli_json(fleet, "workers") if w["id"] == "h1")
+    assert host["usage"]["attempts"] == 1 and host["usage"]["cpu_s"] == usage["cpu_s"]
+    shown = fleet.cli("show", "hungry").stdout
+    assert "peak RSS 1" in shown and "MiB" in shown
+
+
+def test_300_output_lines_are_all_in_logs_after_the_coordinator_is_killed_and_restarted(fleet: Fleet) -> None:
+    fleet.write_manifest(_manifest({"name": "chatty", "model": "hungry", "seed": 1, "hyper": {"lines": 300}}))
+    coordinator = fleet.start_coordinator()
+    fleet.start_agent("h1")
+    fleet.wait_for_status("completed")
+    want = [f"line {i} of 300" for i in range(1, 301)]
+    wait_until(lambda: _cli_json(fleet, "logs", "chatty") == want, timeout_s=10, what="all 300 lines stored")
+    os.kill(coordinator.pid, signal.SIGKILL)
+    coordinator.popen.wait(10)
+    fleet.start_coordinator()
+    assert _cli_json(fleet, "logs", "chatty") == want
+    assert _cli_json(fleet, "logs", "chatty", "--attempt", "1") == want
+    missing = fleet.cli("logs", "chatty", "--attempt", "7")
+    assert missing.returncode == 1 and "no attempt 7" in missing.stderr and "1" in missing.stderr
+    job = _cli_json(fleet, "show", "chatty")
+    work = fleet.dir / "work" / "h1" / "jobs"
+    assert not any(work.glob(f"{job['id'][:16]}-*")), "the agent removes the attempt's folder with its log once the job ended"
+
+
+def test_progress_history_is_kept_drawn_as_a_chart_and_compared(fleet: Fleet) -> None:
+    sweep = """\
+[[sweeps]]
+name = "depth"
+model = "hungry"
+hyper = { reports = [40, 60] }
+"""
+    fleet.write_manifest(_manifest({"name": "single", "model": "hungry", "seed": 3, "hyper": {"reports": 20}},
+                                   extra=sweep))
+    fleet.start_coordinator()
+    fleet.start_agent("h1", slots=2)
+    fleet.wait_for_status("completed")
+    jobs = {j["name"]: j for j in _cli_json(fleet, "jobs")}
+    sweep_names = sorted(n for n in jobs if n.startswith("depth"))
+    assert len(sweep_names) == 2
+    row = _cli_json(fleet, "show", sweep_names[1])
+    history = row["progress_history"]
+    assert [h["report"]["epoch"] for h in history] == list(range(1, 61))
+    assert history[-1]["report"]["metrics"]["phase"] == "train"  # non-numeric: kept as text
+    env_columns = {**fleet.env, "COLUMNS": "100"}
+    fleet.env = env_columns
+    shown = fleet.cli("show", sweep_names[1]).stdout
+    assert "progress of attempt 1" in shown and "loss" in shown and "accuracy" in shown
+    assert "█" in shown and "phase=train" in shown
+    compared = _cli_json(fleet, "compare", "--sweep", "depth", "--sort", "loss")
+    assert [j["name"] for j in compared["jobs"]] == [sweep_names[1], sweep_names[0]]  # 60 reports end at a lower loss
+    assert compared["jobs"][0]["metrics"]["accuracy"] > compared["jobs"][1]["metrics"]["accuracy"]
+    table = fleet.cli("compare", "single", *sweep_names, "--sort", "accuracy", "--desc")
+    assert table.returncode == 0 and sweep_names[1] in table.stdout
+    unknown = fleet.cli("compare", "--sweep", "nope")
+    assert unknown.returncode == 1 and "depth" in unknown.stderr
+
+
+def test_gc_dry_run_lists_an_unreferenced_object_and_gc_deletes_only_it(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.write_manifest(_manifest({"name": "kept", "model": "hungry", "seed": 1}))
+    fleet.start_coordinator()
+    fleet.start_agent("h1")
+    fleet.wait_for_status("completed")
+    store = fleet.store()
+    stray = tmp_path / "stray.bin"
+    stray.write_bytes(b"no job references this" * 100)
+    stray_key = store.key_for("ab" * 32)
+    store.put_file(stray_key, stray)
+    before = dict(store.list_objects())
+    dry = _cli_json(fleet, "gc", "--dry-run")
+    assert [o["key"] for o in dry["objects"]] == [stray_key] and dry["bytes"] == stray.stat().st_size
+    assert dict(store.list_objects()) == before
+    text = fleet.cli("gc")
+    assert text.returncode == 0 and f"deleted {stray_key}" in text.stdout and "freed" in text.stdout
+    after = dict(store.list_objects())
+    assert stray_key not in after and len(after) == len(before) - 1
+    assert _cli_json(fleet, "gc", "--dry-run")["count"] == 0
+    refused = fleet.cli("gc", token="wrong")
+    assert refused.returncode == 1

@@ -1,0 +1,109 @@
+"""AttemptHistory against a real SQLite file: bounded logs with a marker, evenly thinned progress,
+usage per attempt and per host, and retention that prunes only what is old and ended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mqfleet import defaults
+from mqfleet.coordinator.history import AttemptHistory, check_usage
+from mqfleet.state import Cause
+from tests.fixtures.state import CoordinatorState as Database
+from tests.unit.test_db import T0, advert, job, job_id, manifest
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    d = Database(tmp_path / "state.db")
+    d.apply_manifest(manifest(job("a"), job("b"), job("c")), T0)
+    d.record_advert("h1", advert("h1", slots=3), T0)
+    d.record_presence("h1", True, T0)
+    return d
+
+
+def test_lines_past_the_bound_drop_the_oldest_and_leave_a_marker(db: Database) -> None:
+    history = AttemptHistory(db.state)
+    for start in range(0, 30, 7):
+        history.append_lines("j", 1, [f"line {i}" for i in range(start, min(start + 7, 30))], max_lines=10)
+    lines = history.lines("j", 1)
+    assert lines[0].startswith("[mqfleet: 20 earlier line(s) dropped")
+    assert lines[1:] == [f"line {i}" for i in range(20, 30)]
+    assert history.lines("j", 2) == []
+    assert history.attempts_with_lines("j") == [1]
+
+
+def test_lines_outlive_a_new_connection_to_the_same_file(db: Database, tmp_path: Path) -> None:
+    AttemptHistory(db.state).append_lines("j", 1, ["kept"], max_lines=10)
+    db.close()
+    again = AttemptHistory(Database(tmp_path / "state.db").state)
+    assert again.lines("j", 1) == ["kept"]
+
+
+def test_progress_past_the_bound_is_thinned_evenly_and_resent_reports_are_ignored(db: Database) -> None:
+    history = AttemptHistory(db.state)
+    cap = defaults.PROGRESS_POINTS_MAX
+    total = cap * 3 + 7
+    for start in range(1, total + 1, 50):
+        batch = [(seq, T0 + seq, {"loss": 1.0 / seq}) for seq in range(start, min(start + 50, total + 1))]
+        history.append_progress("j", 1, batch)
+        history.append_progress("j", 1, batch)  # a renewal resent after a lost reply
+    kept = [p["seq"] for p in history.progress("j")]
+    assert cap // 2 <= len(kept) <= cap + 1
+    assert kept[0] == 1 and kept[-1] == total, "the first and the newest report are kept"
+    kept = kept[:-1]
+    gaps = {b - a for a, b in zip(kept, kept[1:], strict=False)}
+    assert len(gaps) == 1, f"uneven thinning: gaps {sorted(gaps)}"
+    assert len(kept) == len(set(kept))
+
+
+def test_usage_is_kept_per_attempt_and_summed_per_host(db: Database) -> None:
+    history = AttemptHistory(db.state)
+    grants = [db.claim("h1", T0), db.claim("h1", T0)]
+    for i, grant in enumerate(grants):
+        assert grant is not None
+        usage = check_usage({"wall_s": 10 + i, "cpu_s": 2.5, "max_rss_bytes": 1000 * (i + 1), "gpu_mem_max_bytes": None})
+        assert usage is not None
+        history.record_usage(grant["job"]["id"], grant["attempt"], usage)
+    assert history.usage_of(grants[0]["job"]["id"]) == {1: {"wall_s": 10.0, "cpu_s": 2.5, "max_rss_bytes": 1000,
+                                                              "gpu_mem_max_bytes": None}}
+    assert history.usage_by_host()["h1"] == {"attempts": 2, "wall_s": 21.0, "cpu_s": 5.0, "max_rss_bytes": 2000,
+                                             "gpu_mem_max_bytes": None}
+
+
+@pytest.mark.parametrize("bad", [None, {}, {"wall_s": -1, "cpu_s": 1, "max_rss_bytes": 1},
+                                 {"wall_s": 1, "cpu_s": "x", "max_rss_bytes": 1},
+                                 {"wall_s": float("nan"), "cpu_s": 1, "max_rss_bytes": 1}, [1, 2]])
+def test_malformed_usage_is_refused_as_a_whole(bad: object) -> None:
+    assert check_usage(bad) is None
+
+
+def test_prune_removes_old_ended_jobs_rows_and_keeps_recent_and_live_ones(db: Database) -> None:
+    history = AttemptHistory(db.state)
+    old = db.claim("h1", T0)
+    recent = db.claim("h1", T0)
+    live = db.claim("h1", T0)
+    assert old and recent and live
+    day = 86400.0
+    db.fail(old["job"]["id"], old["lease_id"], "h1", Cause.CANCELLED, exit_code=None, output_tail="", error="", now=T0)
+    db.fail(recent["job"]["id"], recent["lease_id"], "h1", Cause.CANCELLED, exit_code=None, output_tail="", error="",
+            now=T0 + 25 * day)
+    for grant in (old, recent, live):
+        history.append_lines(grant["job"]["id"], grant["attempt"], [f"l{i}" for i in range(50)], max_lines=1000)
+        history.append_progress(grant["job"]["id"], grant["attempt"], [(i, T0, {"loss": 1.0}) for i in range(1, 30)])
+    now = T0 + 31 * day
+    db.take_changes()  # events are pruned only once published
+    deleted = history.prune(now - 30 * day, batch_rows=7)  # tiny batches: many short transactions
+    assert deleted >= 50 + 29
+    assert history.lines(old["job"]["id"], old["attempt"]) == []
+    assert history.progress(old["job"]["id"]) == []
+    for grant in (recent, live):
+        assert len(history.lines(grant["job"]["id"], grant["attempt"])) == 50
+        assert len(history.progress(grant["job"]["id"])) == 29
+    with db.state.lock:
+        events = [r[0] for r in db.state.conn.execute("SELECT ts FROM events")]
+    assert events and min(events) >= now - 30 * day
+    assert job_id("a") in {g["job"]["id"] for g in (old, recent, live)}
+    with db.state.lock:
+        assert db.state.conn.execute("SELECT COUNT(*) FROM events WHERE ts >= ?", (T0 + 25 * day,)).fetchone()[0] >= 1
