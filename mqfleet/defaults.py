@@ -45,6 +45,12 @@ UPLOAD_URL_SLACK_S = 120.0
 UPLOAD_URL_MAX_S = 3600.0
 #: How long a presigned download URL (`fetch`) stays valid; the CLI starts the download at once.
 DOWNLOAD_URL_EXPIRES_S = 600
+#: How often an agent syncs a changed checkpoint folder to the store ([fleet] checkpoint_interval_s).
+CHECKPOINT_INTERVAL_S = 300.0
+#: A checkpoint folder larger than this many MiB is not synced ([fleet] checkpoint_max_mib).
+CHECKPOINT_MAX_MIB = 2048.0
+#: Longest an agent spends on the final checkpoint sync of an attempt that ends without completing.
+CHECKPOINT_FINAL_SYNC_S = 120.0
 #: Largest manifest sent over `reload --file`.
 MAX_MANIFEST_BYTES = 2 * 1024 * 1024
 #: Trainer output lines the coordinator keeps per attempt ([fleet] log_max_lines); older ones are dropped.
@@ -73,3 +79,5 @@ ENV_S3_SECURE = "MQFLEET_S3_SECURE"
 #: Environment the agent gives each trainer.
 ENV_SPEC = "MQFLEET_SPEC"
 ENV_OUT_DIR = "MQFLEET_OUT_DIR"
+#: The trainer's checkpoint folder: empty on a first attempt, the job's latest checkpoint on a later one.
+ENV_CHECKPOINT_DIR = "MQFLEET_CHECKPOINT_DIR"

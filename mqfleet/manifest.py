@@ -52,6 +52,8 @@ class TrainerSpec:
     hyper: dict[str, HyperParam]
     #: globs, relative to the output folder, that must each match a file when the trainer ends
     outputs: tuple[str, ...] = ()
+    #: False for a trainer that cannot resume: its jobs get no checkpoint folder.
+    resumable: bool = True
 
     def launch_command(self) -> tuple[str, ...]:
         """The argv template that starts this trainer; `{python}` stands for the agent's interpreter."""
@@ -95,6 +97,8 @@ class FleetSettings:
             return 0.0
         cap = max(RETRY_BACKOFF_MAX_S, self.retry_backoff_s)
         return float(min(self.retry_backoff_s * 2 ** min(counted_attempts - 1, 30), cap))
+    checkpoint_interval_s: float = 300.0  # defaults.CHECKPOINT_INTERVAL_S
+    checkpoint_max_mib: float = 2048.0  # defaults.CHECKPOINT_MAX_MIB
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,11 @@ class JobSpec:
     after: tuple[str, ...] = ()
     timeout_s: float | None = None  # wall-clock limit of one attempt, [fleet] default applied
     stall_s: float | None = None  # longest time without an output line or progress, [fleet] default applied
+    #: Overrides [fleet] checkpoint_interval_s for this job; None keeps the fleet's.
+    checkpoint_interval_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
             "model": self.model,
@@ -149,6 +155,10 @@ class JobSpec:
             "timeout_s": self.timeout_s,
             "stall_s": self.stall_s,
         }
+        # Only when set, so the specs (and artifacts) of jobs without an override stay as they were.
+        if self.checkpoint_interval_s is not None:
+            out["checkpoint_interval_s"] = self.checkpoint_interval_s
+        return out
 
 
 @dataclass(frozen=True)

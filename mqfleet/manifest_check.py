@@ -32,8 +32,10 @@ _FLEET_KINDS = {
     "cancel_unsatisfiable": "bool",
     "log_max_lines": "int>=1",
     "keep_days": "number>0",
+    "checkpoint_interval_s": "number>0",
+    "checkpoint_max_mib": "number>0",
 }
-_TRAINER_KEYS = ("builtin", "command", "hyper", "outputs")
+_TRAINER_KEYS = ("builtin", "command", "hyper", "outputs", "resumable")
 _DECL_KEYS = ("type", "default", "min", "max", "choices")
 _HOST_KINDS = {"id": "str", "allow_jobs": "strs", "deny_jobs": "strs", "slots": "int>=1", "labels": "strs"}
 _KIND_WORDS = {
@@ -236,8 +238,11 @@ def read_trainers(ck: Checker, table: dict[str, Any]) -> dict[str, TrainerSpec |
         elif not (builtin is not None and not base):  # an unknown built-in has nothing to narrow
             hyper = _read_declarations(ck, hyper_table, f"{place}.hyper", base, builtin)
             outputs = _read_outputs(ck, entry, place, builtin)
+            resumable = entry.get("resumable", True)
+            if not isinstance(resumable, bool):
+                ck.add(f"{place}.resumable", f"must be true or false, not {show(resumable)}")
             if len(ck.problems) == before:
-                out[name] = TrainerSpec(name, builtin, tuple(command or ()), hyper, outputs)
+                out[name] = TrainerSpec(name, builtin, tuple(command or ()), hyper, outputs, resumable=resumable)
     return out
 
 

@@ -39,6 +39,7 @@ _JOB_KINDS = {
     "after": "strs",
     "timeout_s": "number>0",
     "stall_s": "number>0",
+    "checkpoint_interval_s": "number>0",
 }
 _JOB_KEYS = (*_JOB_KINDS, "hyper", "seed")
 _JOB_DEFAULTS: dict[str, Any] = {

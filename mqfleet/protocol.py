@@ -33,6 +33,9 @@ class Verb(str, Enum):
     UPLOAD_URL = "upload_url"
     COMPLETE = "complete"
     FAIL = "fail"
+    CHECKPOINT_URL = "checkpoint_url"
+    CHECKPOINT_SAVED = "checkpoint_saved"
+    CHECKPOINT_START = "checkpoint_start"
     # operator verbs: need the operator token
     CANCEL = "cancel"
     REQUEUE = "requeue"
@@ -52,7 +55,13 @@ class Verb(str, Enum):
 
 
 ROLE_OF_VERB: dict[Verb, Role] = {
-    **{v: Role.AGENT for v in (Verb.CLAIM, Verb.RENEW, Verb.UPLOAD_URL, Verb.COMPLETE, Verb.FAIL)},
+    **{
+        v: Role.AGENT
+        for v in (
+            Verb.CLAIM, Verb.RENEW, Verb.UPLOAD_URL, Verb.COMPLETE, Verb.FAIL,
+            Verb.CHECKPOINT_URL, Verb.CHECKPOINT_SAVED, Verb.CHECKPOINT_START,
+        )
+    },
     **{v: Role.OPERATOR for v in (Verb.CANCEL, Verb.REQUEUE, Verb.RELOAD, Verb.DRAIN, Verb.UNDRAIN, Verb.GC)},
     **{
         v: Role.QUERY

@@ -62,6 +62,10 @@ class ArtifactStore(Protocol):
         """Move an object server-side (copy then delete, or a rename); dest is replaced whole, never partly."""
         ...
 
+    def checkpoint_key_for(self, job_id: str, sha256: str) -> str:
+        """Where a job's checkpoint with this digest lives: `checkpoints/<job id>/<sha256>.tar.zst`."""
+        ...
+
     def presign_put(self, key: str, expires_s: int = 3600) -> str: ...
     def presign_get(self, key: str, expires_s: int = 3600) -> str: ...
     def stat(self, key: str) -> int | None: ...
@@ -84,6 +88,12 @@ def _staging_key(prefix: str, lease_id: str) -> str:
     if not _LEASE_ID.fullmatch(lease_id):
         raise BadRequestError(f"not a lease id (16-64 lowercase hex characters): {lease_id[:80]!r}")
     return f"{prefix}staging/{lease_id}.tar.zst"
+def _checkpoint_key(prefix: str, job_id: str, sha256: str) -> str:
+    # One key per job and content: a new checkpoint never overwrites the one a starting attempt may be reading.
+    for what, value in (("job id", job_id), ("sha256", sha256)):
+        if not _SHA256.fullmatch(value):
+            raise BadRequestError(f"checkpoint {what} is not a lowercase sha256 hex digest: {value[:80]!r}")
+    return f"{prefix}checkpoints/{job_id}/{sha256}.tar.zst"
 
 
 class FileStore:
@@ -108,6 +118,9 @@ class FileStore:
             raise ObjectMissingError(f"{self.url}: no object {src_key}") from e
         except OSError as e:
             raise StoreError(f"{self.url}: move {src_key} to {dest_key}: {e}") from e
+
+    def checkpoint_key_for(self, job_id: str, sha256: str) -> str:
+        return _checkpoint_key("", job_id, sha256)
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -233,6 +246,9 @@ class S3Store:
             else:
                 self._client.compose_object(self.bucket, dest_key, [ComposeSource(self.bucket, src_key)])
             self._client.remove_object(self.bucket, src_key)
+
+    def checkpoint_key_for(self, job_id: str, sha256: str) -> str:
+        return _checkpoint_key(self.prefix, job_id, sha256)
 
     def presign_put(self, key: str, expires_s: int = 3600) -> str:
         with self._translate("presign PUT", key):

@@ -153,7 +153,8 @@ class Agent:
         for job in self._running():
             job.end(Ending.SHUTDOWN)
         for job in self._running():
-            job.join(self.config.kill_grace_s + self.config.request_timeout_s + 5)
+            # Room for the final checkpoint sync, which runs before the job is handed back.
+            job.join(self.config.kill_grace_s + self.config.request_timeout_s + defaults.CHECKPOINT_FINAL_SYNC_S + 5)
         self.conn.stop(final=[(self.topics.status(self.config.host_id), self._status_payload("offline"), True)])
         logger.info("agent %s stopped", self.config.host_id)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mqfleet import defaults
+from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync
 from mqfleet.agent.command import build_trainer_argv, trainer_env
 from mqfleet.agent.runner import TrainerRun
 from mqfleet.bundle import pack_artifact
@@ -104,6 +105,7 @@ class JobRun:
         self.dir = agent.config.work_dir / "jobs" / f"{self.job_id[:16]}-{grant['attempt']}"
         self.out_dir = self.dir / "out"
         self.trainer: TrainerRun | None = None
+        self.checkpoint: CheckpointSync | None = None
         self.ending: Ending | None = None
         #: what the ending was about, for the attempt's error ("no end after timeout_s = 5 s ...")
         self.ending_detail = ""
@@ -153,6 +155,11 @@ class JobRun:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             exit_code = self._train(renewer)
             cause = self.ending.cause if self.ending is not None else None
+            if self.checkpoint is not None:
+                # Before the hand-back: the next attempt, on any host, starts from what this one saved.
+                completing = self.ending is None and exit_code == 0
+                self.checkpoint.stop(final_sync=not completing and self.ending is not Ending.CANCELLED)
+                self._flush_log()  # what the sync said belongs in the job's log before the hand-back
             if self.ending is None:
                 if exit_code != 0:
                     self._fail("app", exit_code, f"trainer exited with code {exit_code}")
@@ -171,6 +178,8 @@ class JobRun:
             if self.ending is None:
                 self._fail("app", None, f"agent error: {type(e).__name__}: {e}")
         finally:
+            if self.checkpoint is not None:
+                self.checkpoint.stop(final_sync=False)
             self._stop_renewing.set()
             self._renew_now.set()
             if renewer.is_alive():
@@ -187,6 +196,17 @@ class JobRun:
         cfg = self.agent.config
         argv = build_trainer_argv(self.grant["trainer"], spec, python=cfg.python)
         env = trainer_env(spec_path, self.out_dir, list(self.grant.get("gpus") or []), dict(cfg.trainer_base_env()))
+        env.pop(defaults.ENV_CHECKPOINT_DIR, None)  # a non-resumable job gets no folder, not the agent's own
+        renewer.start()  # before a restore, which may take a while for a big checkpoint
+        plan = CheckpointPlan.from_grant(self.grant)
+        if plan is not None:
+            self.checkpoint = CheckpointSync(
+                plan=plan, folder=self.dir / "checkpoint", scratch=self.dir, request=self._checkpoint_request,
+                log=self._on_line, progress=lambda: self.trainer.latest_progress if self.trainer else None,
+                name=self.name,
+            )
+            self.checkpoint.restore()
+            env[defaults.ENV_CHECKPOINT_DIR] = str(self.checkpoint.folder)
         self.trainer = TrainerRun(
             argv=argv,
             cwd=cfg.repo,
@@ -200,7 +220,8 @@ class JobRun:
         )
         logger.info("job %s: attempt %s starting %s", self.name, self.grant["attempt"], " ".join(argv))
         self.trainer.start()
-        renewer.start()
+        if self.checkpoint is not None:
+            self.checkpoint.start()
         if self.ending is not None:  # cancelled between claim and start
             self.trainer.terminate(cfg.kill_grace_s)
         exit_code = self._wait_within_limits(self.trainer)
@@ -294,6 +315,11 @@ class JobRun:
                 return None
             logger.warning("job %s: %s refused: %s", self.name, verb, e)
             return None
+
+    def _checkpoint_request(self, verb: str, *, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
+        """A checkpoint verb on this lease; its failures are the sync's to log, never the attempt's end."""
+        return self.agent.request(verb, attempts=2, timeout_s=timeout_s, job_id=self.job_id, lease_id=self.lease_id,
+                                  **fields)
 
     # --- the renewer ----------------------------------------------------------------------
 

@@ -92,8 +92,8 @@ def show_cmd(ctx: ClientContext, job: str) -> None:
     console.print(render.job_view(row, time.time(), width=console.width))
 
 
-def _operator_verb(ctx: ClientContext, verb: Verb, job: str) -> None:
-    row = ctx.client.call(verb, job=job)["job"]
+def _operator_verb(ctx: ClientContext, verb: Verb, job: str, **fields: Any) -> None:
+    row = ctx.client.call(verb, job=job, **fields)["job"]
     if ctx.as_json:
         ctx.emit_json(row)
         return
@@ -110,10 +110,12 @@ def cancel_cmd(ctx: ClientContext, job: str) -> None:
 
 @cli.command("requeue")
 @click.argument("job")
+@click.option("--fresh", is_flag=True, help="Also delete the job's checkpoint, so it starts from zero.")
 @pass_client
-def requeue_cmd(ctx: ClientContext, job: str) -> None:
-    """Put JOB back to pending with a fresh attempt budget. Needs MQFLEET_OPERATOR_TOKEN."""
-    _operator_verb(ctx, Verb.REQUEUE, job)
+def requeue_cmd(ctx: ClientContext, job: str, fresh: bool) -> None:
+    """Put JOB back to pending with a fresh attempt budget; it resumes from its checkpoint unless --fresh.
+    Needs MQFLEET_OPERATOR_TOKEN."""
+    _operator_verb(ctx, Verb.REQUEUE, job, **({"fresh": True} if fresh else {}))
 
 
 @cli.command("logs")

@@ -312,6 +312,9 @@ def job_view(job: Mapping[str, Any], now: float, *, width: int = 100) -> Rendera
             if value not in (None, "", [], {}, 0, False) or key in ("hyper", "seed"):
                 grid.add_row(escape(key), escape(str(value)))
         parts.append(Panel(grid, title="spec", title_align="left"))
+    checkpoint = checkpoint_view(job.get("checkpoint"), now)
+    if checkpoint is not None:
+        parts.append(checkpoint)
     lease = job.get("lease")
     if lease:
         grid = _kv_table()
@@ -335,6 +338,30 @@ def job_view(job: Mapping[str, Any], now: float, *, width: int = 100) -> Rendera
             table.add_row(escape(item.get("host") or "(job)"), escape(str(item.get("reason"))))
         parts.append(table)
     return Group(*parts)
+
+
+def checkpoint_view(checkpoint: Mapping[str, Any] | None, now: float) -> RenderableType | None:
+    """The job's latest checkpoint (size, last sync, step) and how its last attempt started; None if neither."""
+    if not checkpoint or not (checkpoint.get("latest") or checkpoint.get("last_start")):
+        return None
+    grid = _kv_table()
+    latest = checkpoint.get("latest")
+    if latest:
+        grid.add_row("size", human_size(latest.get("size")))
+        saved = latest.get("saved_ts")
+        ago = f" ({human_duration(now - saved)} ago)" if isinstance(saved, (int, float)) else ""
+        grid.add_row("last sync", f"{human_time(saved)}{ago}, attempt {latest.get('attempt')} on "
+                                  f"{escape(str(latest.get('host')))}")
+        if latest.get("progress"):
+            grid.add_row("saved at", escape(metrics_text(latest["progress"])))
+        grid.add_row("sha256", escape(str(latest.get("sha256"))))
+    else:
+        grid.add_row("latest", "none kept")
+    start = checkpoint.get("last_start")
+    if start:
+        style = "green" if start.get("resumed") else "yellow"
+        grid.add_row(f"attempt {start.get('attempt')}", Text(str(start.get("note")), style=style))
+    return Panel(grid, title="checkpoint", title_align="left")
 
 
 def attempts_view(attempts: Sequence[Mapping[str, Any]], now: float) -> RenderableType:

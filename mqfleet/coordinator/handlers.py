@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mqfleet import defaults
+from mqfleet.coordinator import checkpoints
 from mqfleet.coordinator.artifacts import Artifacts
 from mqfleet.coordinator.catalog import Catalog
+from mqfleet.coordinator.checkpoints import CheckpointBook
 from mqfleet.coordinator.claims import Claims
 from mqfleet.coordinator.garbage import UploadWindow
 from mqfleet.coordinator.history import AttemptHistory
@@ -47,6 +49,7 @@ class HandlerContext(Protocol):
     history: AttemptHistory
     uploads: UploadWindow
     state: StateFile
+    checkpoints: CheckpointBook
     store: ArtifactStore
 
     @property
@@ -115,6 +118,8 @@ def handle_claim(coord: HandlerContext, req: Request) -> dict[str, Any]:
     # A claim proves the host is alive even if its retained status has not arrived yet.
     coord.hosts.record_presence(host, True, req.now, grace_s=coord.grace_s)
     grant = coord.claims.claim(host, req.now, coord.manifest)
+    if grant is not None:
+        grant.update(checkpoints.grant_fields(coord, grant))
     return ok(job=grant)
 
 
@@ -185,6 +190,8 @@ def handle_complete(coord: HandlerContext, req: Request) -> dict[str, Any]:
     attempt = _attempt_of(coord, job_id)
     row = coord.leases.complete(job_id, lease_id, req.client, artifact, req.now)
     record_attempt_history(coord, req, job_id, attempt, ending=True)
+    # The artifact is the result; a checkpoint only ever served to get there.
+    coord.checkpoints.discard(job_id, req.now, "job completed")
     return ok(status=row["status"], job=row)
 
 
@@ -229,6 +236,7 @@ def _job_ref(coord: HandlerContext, req: Request) -> str:
 def handle_cancel(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
     ended = coord.leases.cancel(job_id, req.now)
+    coord.checkpoints.discard(job_id, req.now, "job cancelled")
     if ended:
         coord.send_control(ended["host"], {"action": "cancel", "job_id": job_id, "lease_id": ended["lease_id"]})
     return ok(job=coord.catalog.job(job_id))
@@ -236,7 +244,11 @@ def handle_cancel(coord: HandlerContext, req: Request) -> dict[str, Any]:
 
 def handle_requeue(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
-    return ok(job=coord.leases.requeue(job_id, req.now))
+    row = coord.leases.requeue(job_id, req.now)
+    if req_field(req.body, "fresh", bool, False):
+        coord.checkpoints.discard(job_id, req.now, "requeued with --fresh")
+    row["checkpoint"] = coord.checkpoints.detail(job_id)
+    return ok(job=row)
 
 
 def handle_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
@@ -307,6 +319,7 @@ def handle_job(coord: HandlerContext, req: Request) -> dict[str, Any]:
     # metrics and size live with the artifact record, not the job row
     stored = coord.artifacts.artifacts(job_id) if row.get("artifact") else []
     row["artifact_detail"] = stored[-1] if stored else None
+    row["checkpoint"] = coord.checkpoints.detail(job_id)
     return ok(job=row)
 
 
@@ -367,6 +380,9 @@ VERBS: dict[Verb, VerbSpec] = {
     Verb.UPLOAD_URL: VerbSpec(handle_upload_url),
     Verb.COMPLETE: VerbSpec(handle_complete, prepare=prepare_complete),
     Verb.FAIL: VerbSpec(handle_fail),
+    Verb.CHECKPOINT_URL: VerbSpec(checkpoints.handle_checkpoint_url),
+    Verb.CHECKPOINT_SAVED: VerbSpec(checkpoints.handle_checkpoint_saved, prepare=checkpoints.prepare_checkpoint_saved),
+    Verb.CHECKPOINT_START: VerbSpec(checkpoints.handle_checkpoint_start),
     Verb.CANCEL: VerbSpec(handle_cancel),
     Verb.REQUEUE: VerbSpec(handle_requeue),
     Verb.RELOAD: VerbSpec(handle_reload),

@@ -23,6 +23,8 @@ from mqfleet import __version__, defaults
 from mqfleet.coordinator import scheduler
 from mqfleet.coordinator.artifacts import Artifacts
 from mqfleet.coordinator.catalog import Catalog
+from mqfleet.coordinator.checkpoints import CheckpointBook
+from mqfleet.coordinator.checkpoints import collect_garbage as collect_checkpoint_garbage
 from mqfleet.coordinator.claims import Claims
 from mqfleet.coordinator.garbage import UploadWindow
 from mqfleet.coordinator.handlers import VERBS, Request, VerbSpec, check_token
@@ -101,6 +103,7 @@ class Coordinator:
         self.leases = Leases(self.state, self.catalog, self.artifacts)
         self.history = AttemptHistory(self.state)
         self.uploads = UploadWindow()
+        self.checkpoints = CheckpointBook(self.state)
         #: The manifest in force: the last one loaded or reloaded without problems.
         self.manifest: Manifest | None = None
         self.store: ArtifactStore = open_store(config.resolved_store_url)
@@ -249,6 +252,7 @@ class Coordinator:
         if now - self._last_prune_ts >= PRUNE_INTERVAL_S:
             self._last_prune_ts = now
             self.prune(now)
+        collect_checkpoint_garbage(self, now)
         return expired
 
     def prune(self, now: float) -> int:

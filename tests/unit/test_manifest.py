@@ -748,3 +748,31 @@ def test_builtin_trainers_declare_their_outputs_and_a_manifest_adds_to_them() ->
 def test_bad_output_globs_are_refused_at_their_place(outputs: str, place: str, expected: str) -> None:
     found = problems("", trainers=f'[trainers.x]\ncommand = ["x"]\noutputs = {outputs}\n')
     assert expected in found[place], found
+
+
+def test_checkpoint_settings_default_to_five_minutes_and_two_gib_and_a_job_may_override_the_interval() -> None:
+    m = parse('[[jobs]]\nmodel = "gbt"\n\n[[jobs]]\nmodel = "gbt"\nseed = 2\ncheckpoint_interval_s = 30\n')
+    assert (m.fleet.checkpoint_interval_s, m.fleet.checkpoint_max_mib) == (300.0, 2048.0)
+    assert [j.checkpoint_interval_s for j in m.jobs] == [None, 30]
+    # Only an override enters the spec, so the specs of other jobs stay as they were.
+    assert "checkpoint_interval_s" not in m.jobs[0].to_dict()
+    assert m.jobs[1].to_dict()["checkpoint_interval_s"] == 30
+    fleet = parse('[fleet]\ncheckpoint_interval_s = 10\ncheckpoint_max_mib = 64\n').fleet
+    assert (fleet.checkpoint_interval_s, fleet.checkpoint_max_mib) == (10, 64)
+
+
+def test_bad_checkpoint_settings_and_resumable_are_refused_at_their_place() -> None:
+    found = problems(
+        '[fleet]\ncheckpoint_interval_s = 0\ncheckpoint_max_mib = "big"\n'
+        '[[jobs]]\nmodel = "gbt"\ncheckpoint_interval_s = -1\n',
+        trainers=TRAINERS + 'resumable = "no"\n',
+    )
+    assert set(found) >= {"fleet.checkpoint_interval_s", "fleet.checkpoint_max_mib", "jobs[0].checkpoint_interval_s",
+                          "trainers.mlp.resumable"}
+    assert "true or false" in found["trainers.mlp.resumable"]
+
+
+def test_a_trainer_is_resumable_unless_it_says_otherwise() -> None:
+    m = parse("", trainers=TRAINERS + "resumable = false\n")
+    assert m.trainers["gbt"].resumable is True
+    assert m.trainers["mlp"].resumable is False

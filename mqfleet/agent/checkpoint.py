@@ -1,0 +1,291 @@
+"""A job's checkpoint folder on the agent: restored before the trainer starts, synced to the store while it runs.
+
+The trainer contract (docs/INTERNALS.md, "Checkpoints"): the trainer finds `MQFLEET_CHECKPOINT_DIR`
+empty on a first attempt and holding the job's latest checkpoint on a later one, on any host; it writes
+its state there atomically (write, then rename) and reads it back at start.
+
+A sync never slows or ends the attempt: it runs on a thread of its own at a lower CPU priority, packs a
+snapshot (hard links, taken in one quick pass) rather than the live folder, and a sync that fails is
+logged in the job's log and tried again at the next interval. Nothing is synced when the folder has not
+changed since the last sync, or when it is larger than `checkpoint_max_mib`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mqfleet import defaults
+from mqfleet.bundle import pack_artifact, unpack_artifact
+from mqfleet.errors import ArtifactMismatchError, BundleError, MqfleetError, ObjectMissingError, StoreError
+from mqfleet.transfer import download_from_url, upload_to_url
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+#: Niceness of the sync thread (Linux): packing competes with the trainer for CPU and must lose.
+SYNC_NICENESS = 10
+#: How long one checkpoint request may wait for its reply; `checkpoint_saved` reads the whole bundle back.
+CHECKPOINT_REQUEST_TIMEOUT_S = 60.0
+
+#: (relative name, is a folder, size, mtime in ns, inode) of every entry: equal fingerprints, nothing to sync.
+Fingerprint = tuple[tuple[str, bool, int, int, int], ...]
+#: An agent request on the job's lease: verb and fields in, the reply out; raises MqfleetError.
+Requester = Callable[..., dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """What a claim grant says about checkpoints for this attempt."""
+
+    interval_s: float
+    max_bytes: int
+    #: The latest checkpoint of the job (url, sha256, size, attempt, saved_ts, progress), or None.
+    given: dict[str, Any] | None
+
+    @classmethod
+    def from_grant(cls, grant: dict[str, Any]) -> CheckpointPlan | None:
+        """None when the job gets no checkpoint folder: its trainer is not resumable, or the coordinator
+        predates checkpoints (its grant says nothing about them)."""
+        if not grant.get("resumable", False) or grant.get("checkpoint_interval_s") is None:
+            return None
+        interval_s = max(0.1, float(grant["checkpoint_interval_s"]))
+        max_mib = float(grant.get("checkpoint_max_mib") or defaults.CHECKPOINT_MAX_MIB)
+        given = grant.get("checkpoint")
+        if given is not None and not (isinstance(given, dict) and isinstance(given.get("url"), str)
+                                      and isinstance(given.get("sha256"), str)):
+            logger.warning("grant's checkpoint is malformed; starting fresh: %r", given)
+            given = None
+        return cls(interval_s=interval_s, max_bytes=int(max_mib * MIB), given=given)
+
+
+def fingerprint(folder: Path) -> tuple[Fingerprint, int]:
+    """The folder's fingerprint and the total bytes of its files; cheap (one lstat per entry)."""
+    entries = []
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            try:
+                st = path.lstat()
+            except FileNotFoundError:  # renamed away while we walked
+                continue
+            rel = path.relative_to(folder).as_posix()
+            if stat.S_ISDIR(st.st_mode):
+                # A folder is its name: its own mtime and inode differ in a snapshot, its files tell changes.
+                entries.append((rel, True, 0, 0, 0))
+                continue
+            entries.append((rel, False, st.st_size, st.st_mtime_ns, st.st_ino))
+            total += st.st_size
+    entries.sort()
+    return tuple(entries), total
+
+
+def snapshot(folder: Path, dest: Path) -> None:
+    """A consistent copy of `folder` at `dest`: hard links (a copy where linking fails).
+
+    A trainer that writes then renames never changes a file we linked, so packing the links reads one
+    state even while the trainer saves the next. Symlinks and special files are refused here, at packing,
+    as a link could name anything on this host.
+    """
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        base = Path(dirpath)
+        rel_base = base.relative_to(folder)
+        for name in dirnames + filenames:
+            src = base / name
+            try:
+                st = src.lstat()
+            except FileNotFoundError:
+                continue
+            rel = (rel_base / name).as_posix()
+            target = dest / rel_base / name
+            if stat.S_ISLNK(st.st_mode):
+                raise BundleError(f"{rel}: is a symlink; a checkpoint holds only regular files and folders")
+            if stat.S_ISDIR(st.st_mode):
+                target.mkdir(exist_ok=True)
+            elif stat.S_ISREG(st.st_mode):
+                try:
+                    os.link(src, target)
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    shutil.copyfile(src, target)
+            else:
+                raise BundleError(f"{rel}: not a regular file or folder; a checkpoint holds only those")
+
+
+class CheckpointSync:
+    """One attempt's checkpoint folder: restore, periodic sync beside the trainer, final sync."""
+
+    def __init__(
+        self,
+        *,
+        plan: CheckpointPlan,
+        folder: Path,
+        scratch: Path,
+        request: Requester,
+        log: Callable[[str], None],
+        progress: Callable[[], dict[str, Any] | None],
+        name: str,
+    ) -> None:
+        self.plan = plan
+        self.folder = folder
+        self.scratch = scratch
+        self._request = request
+        self._log = log
+        self._progress = progress
+        self.name = name
+        self.syncs = 0
+        self.last_sync_ts: float | None = None
+        self._synced: Fingerprint = ()
+        self._over_limit_said = False
+        self._sync_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- before the trainer starts ----------------------------------------------------------------
+
+    def restore(self) -> bool:
+        """Fill the folder with the granted checkpoint after checking its sha256; True when it was restored.
+
+        Any failure leaves the folder empty (the trainer starts fresh) and is reported with its reason.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        given = self.plan.given
+        if given is None:
+            return False
+        from_attempt = given.get("attempt") if isinstance(given.get("attempt"), int) else None
+        bundle = self.scratch / "checkpoint-restore.tar.zst"
+        rejected = False
+        try:
+            download_from_url(given["url"], bundle)
+            unpack_artifact(bundle, self.folder, expected_sha256=given["sha256"])
+        except ArtifactMismatchError as e:
+            note, rejected = f"the checkpoint of attempt {from_attempt} failed its sha256 check ({e})", True
+        except BundleError as e:
+            note, rejected = f"the checkpoint of attempt {from_attempt} could not be unpacked ({e})", True
+        except StoreError as e:
+            rejected = isinstance(e, ObjectMissingError)
+            note = f"the checkpoint of attempt {from_attempt} could not be fetched ({e})"
+        else:
+            saved = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(given.get("saved_ts") or 0)))
+            note = f"resumed from the checkpoint of attempt {from_attempt} ({_mib(int(given.get('size') or 0))}, saved {saved})"
+            self._synced = fingerprint(self.folder)[0]  # what we were given needs no upload
+            self._say(note)
+            self._report_start(resumed=True, note=note, from_attempt=from_attempt)
+            return True
+        finally:
+            bundle.unlink(missing_ok=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        note = f"started fresh: {note}"
+        self._say(note, warn=True)
+        self._report_start(resumed=False, note=note, from_attempt=from_attempt,
+                           rejected_sha256=given["sha256"] if rejected else None)
+        return False
+
+    def _report_start(self, **fields: Any) -> None:
+        fields = {k: v for k, v in fields.items() if v is not None}
+        try:
+            self._request("checkpoint_start", **fields)
+        except MqfleetError as e:
+            logger.warning("job %s: could not report how it started: %s", self.name, e)
+
+    # --- while the trainer runs -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"ckpt-{self.name[:12]}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        if sys.platform.startswith("linux"):
+            # Linux gives each thread its own nice value: the trainer keeps the CPU, the sync takes what is left.
+            with suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SYNC_NICENESS)
+        while not self._stop.wait(self.plan.interval_s):
+            self.sync("interval")
+
+    def stop(self, *, final_sync: bool) -> None:
+        """Stop syncing; with `final_sync`, sync once more (an attempt that ends without completing)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(defaults.CHECKPOINT_FINAL_SYNC_S)
+        if final_sync:
+            self.sync("final")
+
+    def sync(self, why: str) -> bool:
+        """Pack and upload the folder if it changed; True when a new checkpoint was saved. Never raises."""
+        with self._sync_lock:
+            try:
+                return self._sync_locked(why)
+            except (MqfleetError, OSError) as e:
+                self._say(f"checkpoint sync ({why}) failed, retried at the next interval: {e}", warn=True)
+                return False
+            except Exception as e:  # a bug here must not end the attempt
+                logger.exception("job %s: checkpoint sync crashed", self.name)
+                self._say(f"checkpoint sync ({why}) failed: {type(e).__name__}: {e}", warn=True)
+                return False
+
+    def _sync_locked(self, why: str) -> bool:
+        if not self.folder.is_dir():
+            return False
+        current, total = fingerprint(self.folder)
+        if not current or current == self._synced:
+            return False
+        if total > self.plan.max_bytes:
+            if not self._over_limit_said:
+                self._say(
+                    f"checkpoint folder is {_mib(total)}, over checkpoint_max_mib = {self.plan.max_bytes / MIB:g}; "
+                    "not synced (save less state, or raise [fleet] checkpoint_max_mib)", warn=True)
+                self._over_limit_said = True
+            return False
+        self._over_limit_said = False
+        progress = self._progress()
+        snap = self.scratch / "checkpoint-snapshot"
+        bundle = self.scratch / "checkpoint-sync.tar.zst"
+        started = time.monotonic()
+        try:
+            snapshot(self.folder, snap)
+            taken, _ = fingerprint(snap)
+            try:
+                sha256, size = pack_artifact(snap, bundle)
+            except BundleError as e:
+                self._say(f"checkpoint not synced: {e}", warn=True)
+                self._synced = current  # refused as it is; try again once the folder changes
+                return False
+            reply = self._request("checkpoint_url", sha256=sha256, size=size)
+            upload_to_url(str(reply["url"]), bundle)
+            self._request("checkpoint_saved", sha256=sha256, size=size, progress=progress,
+                          timeout_s=CHECKPOINT_REQUEST_TIMEOUT_S)
+        finally:
+            shutil.rmtree(snap, ignore_errors=True)
+            bundle.unlink(missing_ok=True)
+        # Hard links keep names, sizes, mtimes and inodes: the snapshot's fingerprint is the folder's as packed.
+        self._synced = taken
+        self.syncs += 1
+        self.last_sync_ts = time.time()
+        logger.info("job %s: checkpoint synced (%s, %s, %.2fs)", self.name, why, _mib(size), time.monotonic() - started)
+        if why == "final":
+            self._say(f"final checkpoint synced ({_mib(size)})")
+        return True
+
+    def _say(self, text: str, *, warn: bool = False) -> None:
+        logger.log(logging.WARNING if warn else logging.INFO, "job %s: %s", self.name, text)
+        with suppress(Exception):
+            self._log(f"mqfleet: {text}")
+
+
+def _mib(size: int) -> str:
+    return f"{size / MIB:.1f} MiB"

@@ -1,0 +1,113 @@
+"""The coordinator's record of each job's latest checkpoint: who may write one, replacement, discard, garbage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mqfleet.coordinator.checkpoints import CheckpointBook
+from mqfleet.errors import LeaseLostError
+from mqfleet.state import Cause
+from tests.fixtures.state import CoordinatorState
+from tests.unit.test_db import T0, bring_online, job, job_id, manifest
+
+SHA1, SHA2 = "11" * 32, "22" * 32
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[CoordinatorState]:
+    database = CoordinatorState(tmp_path / "state.db")
+    database.apply_manifest(manifest(job("a")), T0)
+    bring_online(database, "h1")
+    bring_online(database, "h2")
+    yield database
+    database.close()
+
+
+def _save(book: CheckpointBook, sha256: str, attempt: int = 1, now: float = T0) -> None:
+    book.record(job_id("a"), attempt=attempt, host="h1", sha256=sha256, size=10, key=f"checkpoints/x/{sha256}",
+                progress={"epoch": 3}, now=now)
+
+
+def test_the_current_lease_may_write_a_checkpoint_and_a_stranger_may_not(db: CoordinatorState) -> None:
+    book = CheckpointBook(db.state)
+    grant = db.claim("h1", T0)
+    assert grant is not None
+    assert book.check_writer(job_id("a"), grant["lease_id"], "h1") == 1
+    with pytest.raises(LeaseLostError):
+        book.check_writer(job_id("a"), grant["lease_id"], "h2")
+    with pytest.raises(LeaseLostError):
+        book.check_writer(job_id("a"), "not-a-lease", "h1")
+
+
+def test_an_ended_attempt_may_still_sync_until_another_attempt_holds_the_job(db: CoordinatorState) -> None:
+    book = CheckpointBook(db.state)
+    first = db.claim("h1", T0)
+    assert first is not None
+    db.fail(job_id("a"), first["lease_id"], "h1", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + 1)
+    # Pending, held by nobody: a final sync that raced the hand-back still counts.
+    assert book.check_writer(job_id("a"), first["lease_id"], "h1") == 1
+    second = db.claim("h2", T0 + 2)
+    assert second is not None
+    with pytest.raises(LeaseLostError):
+        book.check_writer(job_id("a"), first["lease_id"], "h1")
+
+
+def test_an_ended_attempt_may_not_overwrite_a_later_attempts_checkpoint(db: CoordinatorState) -> None:
+    book = CheckpointBook(db.state)
+    first = db.claim("h1", T0)
+    assert first is not None
+    db.fail(job_id("a"), first["lease_id"], "h1", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + 1)
+    second = db.claim("h2", T0 + 2)
+    assert second is not None
+    _save(book, SHA2, attempt=2)
+    db.fail(job_id("a"), second["lease_id"], "h2", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + 3)
+    with pytest.raises(LeaseLostError, match="later checkpoint"):
+        book.check_writer(job_id("a"), first["lease_id"], "h1")
+
+
+def test_a_new_checkpoint_replaces_the_old_whose_object_becomes_garbage(db: CoordinatorState) -> None:
+    book = CheckpointBook(db.state)
+    _save(book, SHA1)
+    _save(book, SHA2, now=T0 + 5)
+    latest = book.latest(job_id("a"))
+    assert latest is not None and latest["sha256"] == SHA2 and latest["progress"] == {"epoch": 3}
+    assert book.garbage() == [f"checkpoints/x/{SHA1}"]
+    book.forget_garbage(book.garbage())
+    assert book.garbage() == []
+
+
+def test_discard_forgets_the_checkpoint_and_queues_its_object(db: CoordinatorState) -> None:
+    book = CheckpointBook(db.state)
+    assert book.discard(job_id("a"), T0, "nothing") is False
+    _save(book, SHA1)
+    assert book.discard(job_id("a"), T0 + 1, "job completed") is True
+    assert book.latest(job_id("a")) is None
+    assert book.garbage() == [f"checkpoints/x/{SHA1}"]
+    assert book.detail(job_id("a")) == {"latest": None, "last_start": None}
+
+
+def test_detail_shows_size_and_last_sync_and_how_the_last_attempt_started(db: CoordinatorState) -> None:
+    book = CheckpointBook(db.state)
+    _save(book, SHA1, now=T0 + 7)
+    book.note_start(job_id("a"), attempt=2, resumed=False, from_attempt=1, note="started fresh: sha256", now=T0 + 8)
+    detail = book.detail(job_id("a"))
+    assert detail["latest"]["size"] == 10 and detail["latest"]["saved_ts"] == T0 + 7
+    assert "key" not in detail["latest"]
+    assert detail["last_start"] == {"attempt": 2, "resumed": False, "from_attempt": 1,
+                                    "note": "started fresh: sha256", "ts": T0 + 8}
+
+
+def test_the_tables_survive_a_reopen(tmp_path: Path) -> None:
+    database = CoordinatorState(tmp_path / "s.db")
+    database.apply_manifest(manifest(job("a")), T0)
+    _save(CheckpointBook(database.state), SHA1)
+    database.close()
+    again = CoordinatorState(tmp_path / "s.db")
+    try:
+        latest = CheckpointBook(again.state).latest(job_id("a"))
+        assert latest is not None and latest["sha256"] == SHA1
+    finally:
+        again.close()
