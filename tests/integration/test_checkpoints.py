@@ -50,8 +50,10 @@ def _saved_step(client: FleetClient, job: str) -> int:
     return int((latest.get("progress") or {}).get("epoch") or 0) if latest else 0
 
 
-def _log_lines(client: FleetClient, job: str) -> list[str]:
-    return [str(line) for line in client.call(Verb.LOGS, job=job)["lines"]]
+def _log_lines(client: FleetClient, job: str, attempt: int | None = None) -> list[str]:
+    """The job's log lines: its latest attempt's, or those of `attempt`."""
+    fields = {"attempt": attempt} if attempt is not None else {}
+    return [str(line) for line in client.call(Verb.LOGS, job=job, **fields)["lines"]]
 
 
 def _resumed_steps(client: FleetClient, job: str) -> list[int]:
@@ -112,7 +114,7 @@ def test_gracefully_stopped_agent_syncs_a_final_checkpoint_before_handing_the_jo
     assert [a["cause"] for a in victim["attempts_detail"]][:1] == ["shutdown"]
     resumed = _resumed_steps(client, "victim")
     assert resumed and resumed[0] >= 8, _log_lines(client, "victim")
-    assert any("final checkpoint synced" in line for line in _log_lines(client, "victim"))
+    assert any("final checkpoint synced" in line for line in _log_lines(client, "victim", attempt=1))
     assert victim["artifact"] == twin["artifact"]
 
 
