@@ -231,15 +231,20 @@ def job_id(
 def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read and validate a manifest file; ManifestError lists every problem, a missing file included."""
     source = os.fspath(path)
+    return parse_manifest(read_manifest_text(source), source)
+
+
+def read_manifest_text(path: str | os.PathLike[str]) -> str:
+    """A manifest file's text; ManifestError (one problem) when it is missing or unreadable."""
+    source = os.fspath(path)
     try:
-        text = Path(source).read_text(encoding="utf-8")
+        return Path(source).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ManifestError([Problem("", f"no such file: {source}; check the path")], source) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(
             [Problem("", f"cannot read the manifest ({e}); it must be a readable UTF-8 file")], source
         ) from None
-    return parse_manifest(text, source)
 
 
 def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:

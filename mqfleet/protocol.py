@@ -52,6 +52,7 @@ class Verb(str, Enum):
     LOGS = "logs"
     DOWNLOAD_URL = "download_url"
     COMPARE = "compare"
+    MANIFEST = "manifest"
 
 
 ROLE_OF_VERB: dict[Verb, Role] = {
@@ -66,7 +67,7 @@ ROLE_OF_VERB: dict[Verb, Role] = {
     **{
         v: Role.QUERY
         for v in (Verb.JOBS, Verb.JOB, Verb.WORKERS, Verb.HEALTH, Verb.ARTIFACTS, Verb.LOGS, Verb.DOWNLOAD_URL,
-                  Verb.COMPARE)
+                  Verb.COMPARE, Verb.MANIFEST)
     },
 }
 

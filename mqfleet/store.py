@@ -75,6 +75,13 @@ class ArtifactStore(Protocol):
     def put_file(self, key: str, path: Path) -> None: ...
     def get_file(self, key: str, dest: Path) -> None: ...
     def check(self) -> None: ...
+    def probe(self) -> None:
+        """Look, changing nothing, that the bucket or folder is there and usable; StoreError naming what is not.
+
+        Unlike check(), which creates what is missing at start, this is for health: a
+        folder or bucket removed later must show as failing, not be quietly recreated.
+        """
+        ...
 
 
 def _artifact_key(prefix: str, sha256: str) -> str:
@@ -183,6 +190,17 @@ class FileStore:
             raise StoreError(f"{self.url}: cannot create the store folder: {e}") from e
         if not os.access(self.root / "artifacts", os.W_OK):
             raise StoreError(f"{self.url}: the store folder is not writable")
+
+    def probe(self) -> None:
+        folder = self.root / "artifacts"
+        try:
+            if not folder.is_dir():
+                raise StoreError(f"{self.url}: the store folder {folder} is missing; recreate it (or restart the "
+                                 "coordinator, which creates it) and check what removed it")
+        except OSError as e:
+            raise StoreError(f"{self.url}: cannot stat the store folder {folder}: {e}") from e
+        if not os.access(folder, os.W_OK):
+            raise StoreError(f"{self.url}: the store folder {folder} is not writable by the coordinator")
 
     def __repr__(self) -> str:
         return f"FileStore({self.url!r})"
@@ -309,6 +327,13 @@ class S3Store:
                 # Another process may have created it between the two calls.
                 if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
+
+    def probe(self) -> None:
+        with self._translate("stat bucket"):
+            exists = self._client.bucket_exists(self.bucket)
+        if not exists:
+            raise StoreError(f"{self.url}: bucket {self.bucket} does not exist on {self.endpoint}; recreate it "
+                             "(or restart the coordinator, which creates it) and check what removed it")
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"

@@ -28,7 +28,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "coordinator": ("service",),
     "agent": ("service", "selftest_cmd"),
     "demo": ("service",),
-    "validate": ("manifest_cmd",),
+    **{name: ("manifest_cmd",) for name in ("validate", "manifest")},
     "capability": ("capability_cmd",),
     **{name: ("jobs",) for name in ("jobs", "show", "cancel", "requeue", "logs")},
     **{name: ("fleet",) for name in ("status", "workers", "drain", "undrain", "reload", "health", "watch")},

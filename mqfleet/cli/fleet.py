@@ -17,7 +17,7 @@ import click
 from rich.live import Live
 
 from mqfleet import defaults
-from mqfleet.cli import EXIT_USAGE, cli, render
+from mqfleet.cli import EXIT_FAILED, EXIT_USAGE, cli, render
 from mqfleet.cli.client_options import ClientContext, fail, pass_client
 from mqfleet.client import FleetClient
 from mqfleet.errors import RemoteError
@@ -135,13 +135,18 @@ def _print_problems(ctx: ClientContext, source: str, problems: list[dict[str, An
 @cli.command("health")
 @pass_client
 def health_cmd(ctx: ClientContext) -> None:
-    """The coordinator's health; exit 0 when it answers, 3 when it does not."""
+    """The coordinator's health; exit 0 when all is well, 1 when it answers but a check failed, 3 when it does not."""
     health = ctx.client.health()
     health.pop("ok", None)
     if ctx.as_json:
         ctx.emit_json(health)
-        return
-    render.make_console().print(render.health_view(health))
+    else:
+        render.make_console().print(render.health_view(health))
+    failed = health.get("failed_checks") or []
+    if failed:
+        checks = health.get("checks") or {}
+        details = "; ".join(f"{name}: {(checks.get(name) or {}).get('detail', 'failed')}" for name in failed)
+        fail(f"the coordinator answers, but {len(failed)} check(s) failed: {details}", EXIT_FAILED)
 
 
 # --- watch -------------------------------------------------------------------------------------

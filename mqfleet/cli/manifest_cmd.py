@@ -1,18 +1,22 @@
-"""`mqfleet validate`: the offline manifest check, with a summary of what a valid manifest holds."""
+"""`mqfleet validate`, the offline manifest check with a summary of what a valid manifest holds, and
+`mqfleet manifest`, which fetches the manifest in force from the coordinator."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mqfleet.cli import EXIT_USAGE, cli
+from mqfleet.cli import EXIT_FAILED, EXIT_USAGE, cli
+from mqfleet.cli.client_options import ClientContext, fail, pass_client
 from mqfleet.errors import ManifestError
 from mqfleet.manifest import Manifest, load_manifest
+from mqfleet.protocol import Verb
 
 
 @cli.command("validate")
@@ -63,3 +67,30 @@ def _print_summary(path: str, manifest: Manifest) -> None:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+@cli.command("manifest")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the manifest to FILE instead of printing it.")
+@pass_client
+def manifest_cmd(ctx: ClientContext, output: Path | None) -> None:
+    """The manifest in force, exactly as applied: edit it and send it back with `reload --file`."""
+    reply = ctx.client.call(Verb.MANIFEST)
+    text = str(reply["text"])
+    about = {key: reply.get(key) for key in ("source", "sha256", "applied_ts", "origin")}
+    if output is not None:
+        try:
+            # bytes, so the file is the applied text byte for byte (no newline translation)
+            output.write_bytes(text.encode("utf-8"))
+        except OSError as e:
+            fail(f"{output}: cannot write the manifest ({e.strerror or e}); choose another -o FILE", EXIT_FAILED)
+        if ctx.as_json:
+            ctx.emit_json({**about, "written": str(output)})
+        else:
+            click.echo(f"wrote {output}: the manifest in force from {about['source']} "
+                       f"(sha256 {str(about['sha256'])[:12]})", err=True)
+        return
+    if ctx.as_json:
+        ctx.emit_json({**about, "text": text})
+        return
+    click.echo(text, nl=False)

@@ -234,10 +234,17 @@ def status_view(health: Mapping[str, Any], workers: Sequence[Mapping[str, Any]])
     grid = _kv_table()
     grid.add_row("coordinator", f"mqfleet {escape(str(health.get('version')))}, up {human_duration(health.get('uptime_s'))}")
     grid.add_row("manifest", escape(f"{health.get('manifest')} ({health.get('manifest_jobs', 0)} jobs)"))
+    if health.get("manifest_applied_ts"):
+        how = "sent with reload --file" if health.get("manifest_origin") == "sent" else "read from its file"
+        age_s = float(health.get("ts") or time.time()) - float(health["manifest_applied_ts"])
+        grid.add_row("", escape(f"{how} {human_duration(age_s)} ago, sha256 {str(health.get('manifest_sha256'))[:12]}"))
     refused = health.get("last_refused_manifest")
     if refused:
         grid.add_row(Text("refused manifest", style="red"), Text(str(refused), style="red"))
     grid.add_row("store", escape(str(health.get("store") or "-")))
+    for name in health.get("failed_checks") or []:
+        detail = ((health.get("checks") or {}).get(name) or {}).get("detail", "failed")
+        grid.add_row(Text(f"{name} check", style="red"), Text(str(detail), style="red"))
     hosts = Text(f"{online} online", style="green")
     hosts.append(f", {len(workers) - online} offline", style="red" if len(workers) > online else "")
     hosts.append(f", {len(draining)} draining" + (f" ({', '.join(draining)})" if draining else ""),
@@ -249,11 +256,15 @@ def status_view(health: Mapping[str, Any], workers: Sequence[Mapping[str, Any]])
 
 def health_view(health: Mapping[str, Any]) -> RenderableType:
     grid = _kv_table()
-    for key in ("state", "version", "uptime_s", "manifest", "manifest_jobs", "hosts_online", "hosts_total",
-                "hosts_draining", "db_ok", "store", "last_refused_manifest"):
+    for key in ("state", "version", "uptime_s", "manifest", "manifest_origin", "manifest_sha256", "manifest_jobs",
+                "hosts_online", "hosts_total", "hosts_draining", "db_ok", "store", "store_ok", "last_refused_manifest"):
         if key in health:
             value = human_duration(health[key]) if key == "uptime_s" else health[key]
             grid.add_row(key, escape(str(value)))
+    for name, check in (health.get("checks") or {}).items():
+        ok = bool(check.get("ok"))
+        grid.add_row(f"check {name}", Text(f"{'ok' if ok else 'FAILED'}: {check.get('detail', '')}",
+                                           style="green" if ok else "red"))
     grid.add_row("jobs", counts_line(health.get("jobs_by_status") or {}))
     return grid
 

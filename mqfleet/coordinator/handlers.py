@@ -27,10 +27,11 @@ from mqfleet.coordinator.history import AttemptHistory
 from mqfleet.coordinator.hosts import Hosts
 from mqfleet.coordinator.leases import Leases
 from mqfleet.coordinator.listing import JobFilter
+from mqfleet.coordinator.manifests import ORIGIN_FILE, ORIGIN_SENT, StoredManifest
 from mqfleet.coordinator.reports import handle_compare, handle_gc, prepare_gc, record_attempt_history
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.coordinator.verify import accept_artifact, check_digest
-from mqfleet.errors import BadRequestError, ManifestError, UnauthorizedError, UnknownHostError
+from mqfleet.errors import BadRequestError, ManifestError, NotFoundError, UnauthorizedError, UnknownHostError
 from mqfleet.manifest import Manifest, load_manifest, parse_manifest
 from mqfleet.protocol import Role, Verb, ok
 from mqfleet.protocol import field as req_field
@@ -65,7 +66,10 @@ class HandlerContext(Protocol):
     @property
     def grace_s(self) -> float: ...
     def is_known_host(self, host: str) -> bool: ...
-    def apply_manifest(self, manifest: Manifest, now: float) -> dict[str, list[str]]: ...
+    @property
+    def stored_manifest(self) -> StoredManifest | None: ...
+    def apply_manifest(self, manifest: Manifest, now: float, *, origin: str = ...,
+                       record: bool = ...) -> dict[str, list[str]]: ...
     def refuse_manifest(self, problem: ManifestError) -> None: ...
     def mark_changed(self, job_id: str) -> None: ...
     def send_control(self, host: str, message: dict[str, Any]) -> None: ...
@@ -262,7 +266,8 @@ def handle_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
         # Refused whole: the manifest in force stays. The problems travel in the reply.
         coord.refuse_manifest(e)
         raise
-    summary = coord.apply_manifest(manifest, req.now)
+    # Stored with the jobs it made, so a restart keeps a manifest that exists only in this database.
+    summary = coord.apply_manifest(manifest, req.now, origin=ORIGIN_FILE if text is None else ORIGIN_SENT)
     return ok(
         source=manifest.source,
         added=summary["added"],
@@ -270,6 +275,14 @@ def handle_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
         orphaned=summary["orphaned"],
         jobs=len(manifest.jobs),
     )
+
+
+def handle_manifest(coord: HandlerContext, req: Request) -> dict[str, Any]:
+    """The manifest in force exactly as applied, so an operator can pull, edit and push it back."""
+    stored = coord.stored_manifest
+    if stored is None:
+        raise NotFoundError("no manifest has been applied yet")
+    return ok(**stored.to_dict())
 
 
 def handle_drain(coord: HandlerContext, req: Request) -> dict[str, Any]:
@@ -397,4 +410,5 @@ VERBS: dict[Verb, VerbSpec] = {
     Verb.LOGS: VerbSpec(handle_logs, remembered=False),
     Verb.DOWNLOAD_URL: VerbSpec(handle_download_url, remembered=False),
     Verb.COMPARE: VerbSpec(handle_compare, remembered=False),
+    Verb.MANIFEST: VerbSpec(handle_manifest, remembered=False),
 }

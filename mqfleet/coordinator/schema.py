@@ -146,6 +146,17 @@ CREATE TABLE IF NOT EXISTS attempt_records (
     progress_stride INTEGER NOT NULL DEFAULT 1,  -- only every stride-th report is kept
     usage TEXT,
     PRIMARY KEY (job_id, attempt)
+
+);
+
+-- every applied manifest, newest last: the newest is the one in force (coordinator/manifests.py)
+CREATE TABLE IF NOT EXISTS manifests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    text TEXT NOT NULL,
+    source TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    applied_ts REAL NOT NULL,
+    origin TEXT NOT NULL  -- file: the coordinator's own --manifest; sent: reload --file
 );
 """
 

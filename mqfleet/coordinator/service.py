@@ -25,15 +25,17 @@ from mqfleet.coordinator.artifacts import Artifacts
 from mqfleet.coordinator.catalog import Catalog
 from mqfleet.coordinator.checkpoints import CheckpointBook
 from mqfleet.coordinator.checkpoints import collect_garbage as collect_checkpoint_garbage
+from mqfleet.coordinator.checks import HealthChecks, health_report
 from mqfleet.coordinator.claims import Claims
 from mqfleet.coordinator.garbage import UploadWindow
 from mqfleet.coordinator.handlers import VERBS, Request, VerbSpec, check_token
 from mqfleet.coordinator.history import AttemptHistory
 from mqfleet.coordinator.hosts import Hosts
 from mqfleet.coordinator.leases import Leases
+from mqfleet.coordinator.manifests import ORIGIN_FILE, ManifestHistory, StoredManifest, manifest_at_start
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ConfigurationError, ManifestError, MqfleetError, NotFoundError, UnknownVerbError
-from mqfleet.manifest import Manifest, load_manifest
+from mqfleet.manifest import Manifest
 from mqfleet.mqtt import BrokerConfig, Connection, Message
 from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb, decode, encode, error, field
 from mqfleet.state import JobStatus
@@ -104,9 +106,13 @@ class Coordinator:
         self.history = AttemptHistory(self.state)
         self.uploads = UploadWindow()
         self.checkpoints = CheckpointBook(self.state)
+        self.manifests = ManifestHistory(self.state)
+        #: The manifest in force as stored: its text exactly as applied, source, sha256, when, how.
+        self.stored_manifest: StoredManifest | None = None
         #: The manifest in force: the last one loaded or reloaded without problems.
         self.manifest: Manifest | None = None
         self.store: ArtifactStore = open_store(config.resolved_store_url)
+        self.checks = HealthChecks(self.state, self.store, clock=clock)
         self.refused_manifest: ManifestError | None = None
         self.started_ts = clock()
         self.last_sweep_ts = 0.0
@@ -150,7 +156,8 @@ class Coordinator:
 
     @property
     def manifest_path(self) -> Path:
-        return self.config.manifest_path
+        """The --manifest file, absolute, so the stored manifests name one path whatever the working folder."""
+        return self.config.manifest_path.absolute()
 
     @property
     def lease_s(self) -> float:
@@ -164,10 +171,15 @@ class Coordinator:
         """Listed in the manifest's [[hosts]] or has published an advert (docs/SECURITY.md)."""
         return self.hosts.is_known_host(host, self.manifest.hosts if self.manifest else ())
 
-    def apply_manifest(self, manifest: Manifest, now: float) -> dict[str, list[str]]:
-        """Make a validated manifest the one in force and the jobs table follow it."""
+    def apply_manifest(self, manifest: Manifest, now: float, *, origin: str = ORIGIN_FILE,
+                       record: bool = True) -> dict[str, list[str]]:
+        """Make a validated manifest the one in force and the jobs table follow it; its text is kept in the
+        database (`record`) in the same transaction, so a restart keeps it (docs/OPERATIONS.md)."""
         with self.lock:
-            summary = self.catalog.apply_manifest(manifest, now)
+            with self.state.transaction():
+                summary = self.catalog.apply_manifest(manifest, now)
+                if record:
+                    self.stored_manifest = self.manifests.record(manifest.text, manifest.source, origin, now)
             self.manifest = manifest
         logger.info(
             "manifest %s: %d jobs (%d added, %d orphaned)",
@@ -180,8 +192,15 @@ class Coordinator:
         self.refused_manifest = problem
 
     def load(self) -> dict[str, Any]:
-        """Load the manifest file into the database; ManifestError leaves the database untouched."""
-        return self.apply_manifest(load_manifest(self.config.manifest_path), self.clock())
+        """Apply the --manifest file if it changed since it was last applied, else keep the manifest in force
+        (which may have come from `reload --file`); logs which and why. ManifestError when there is neither."""
+        chosen = manifest_at_start(str(self.manifest_path), self.manifests)
+        logger.info("manifest at start: %s", chosen.why)
+        if chosen.refused is not None:
+            self.refuse_manifest(chosen.refused)
+        if not chosen.is_new:
+            self.stored_manifest = self.manifests.in_force()
+        return self.apply_manifest(chosen.manifest, self.clock(), record=chosen.is_new)
 
     def start(self, *, wait_s: float | None = 30.0) -> None:
         """Load the manifest, connect, and start sweeping; returns once connected."""
@@ -190,6 +209,7 @@ class Coordinator:
             assert self.config.metrics_port is not None
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         self.store.check()
+        self.checks.check_database_file()
         self.load()
         # No agent could renew while we were down: give live leases a fresh term, so an outage
         # of the coordinator is not taken for the death of every host. A host that really died
@@ -541,26 +561,6 @@ class Coordinator:
         return attempt, lines, numbers
 
     def health(self, now: float) -> dict[str, Any]:
-        with self.lock:
-            counts = self.catalog.counts()
-            hosts = self.hosts.hosts(self.manifest.hosts if self.manifest else {})
-            manifest = self.manifest
-        refused = self.refused_manifest
-        return {
-            "state": "online",
-            "version": __version__,
-            "started_ts": self.started_ts,
-            "uptime_s": round(now - self.started_ts, 1),
-            "manifest": manifest.source if manifest else None,
-            "manifest_jobs": len(manifest.jobs) if manifest else 0,
-            "last_refused_manifest": str(refused) if refused else None,
-            "jobs_by_status": counts,
-            "hosts_online": sum(1 for h in hosts if h["online"]),
-            "hosts_total": len(hosts),
-            "hosts_draining": sum(1 for h in hosts if h["draining"]),
-            "db_ok": True,  # the counts above were read from it
-            "requests_dropped": self.dropped_requests,
-            "store": self.store.url,
-            "ts": now,
-        }
+        """The `health` reply and retained status: counts, the manifest in force, and the checks' results."""
+        return health_report(self, now)
 

@@ -119,6 +119,8 @@ def check(config: SoakConfig, db_path: Path, store: Path, agents_dir: Path, obse
         "faults_skipped": dict(sorted(record.skipped.items())),
         "host_death_to_pending_s": {**summary(record.death_to_pending_s), "bound": bound,
                                     "completed_before_expiry": record.deaths_completed_first},
+        "host_death_to_running_elsewhere_s": {**summary(record.death_to_running_elsewhere_s),
+                                              "not_seen": len(record.death_to_pending_s) - len(record.death_to_running_elsewhere_s)},
         "stall_to_pending_s": summary(record.stall_to_pending_s),
         "stalls_within_grace": {"kept": record.stalls_kept, "lost": record.stalls_lost},
         "duplicates": {"sent": record.duplicates_sent, "same_reply": record.duplicates_same_reply,
@@ -154,6 +156,7 @@ def render(report: dict[str, Any], console: Console) -> None:
     figures.add_column("figure")
     figures.add_column("value")
     for key in ("jobs", "attempts_by_cause", "faults_injected", "faults_skipped", "host_death_to_pending_s",
+                "host_death_to_running_elsewhere_s",
                 "stall_to_pending_s", "stalls_within_grace", "duplicates", "stale_lease_requests", "cancels",
                 "coordinator_restart_to_answer_s", "artifacts", "orphans", "events", "sqlite_integrity_check", "timing"):
         if key in report:

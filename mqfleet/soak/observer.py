@@ -44,6 +44,8 @@ class Observer:
         self.states: dict[str, dict[str, Any]] = {}
         #: job id -> [(seen at, status)] from retained states and events, in arrival order
         self.timeline: dict[str, list[tuple[float, str]]] = defaultdict(list)
+        #: When each job started running, and where: (ts, host) from the `events` topic.
+        self.runs: dict[str, list[tuple[float, str]]] = defaultdict(list)
         self.completed_events: Counter[str] = Counter()
         self.events_seen = 0
         self.requests: OrderedDict[bytes, Captured] = OrderedDict()
@@ -75,6 +77,8 @@ class Observer:
         with self.lock:
             self.events_seen += 1
             self.timeline[job_id].append((time.time(), to))
+            if to == "running":
+                self.runs[job_id].append((time.time(), str(event.get("host"))))
             if to == "completed":
                 self.completed_events[job_id] += 1
 
@@ -142,6 +146,11 @@ class Observer:
         """When the observer first saw the job in one of `statuses` after `after`."""
         with self.lock:
             return next((ts for ts, s in self.timeline.get(job_id, []) if ts >= after and s in statuses), None)
+
+    def first_run_elsewhere(self, job_id: str, host: str, after: float) -> float | None:
+        """When the observer first saw the job start running on a host other than `host` after `after`."""
+        with self.lock:
+            return next((ts for ts, h in self.runs.get(job_id, []) if ts >= after and h != host), None)
 
     def answered(self, verbs: tuple[str, ...]) -> list[tuple[bytes, Captured, dict[str, Any]]]:
         """Captured requests of these verbs that have a reply, oldest first."""

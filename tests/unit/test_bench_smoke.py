@@ -56,9 +56,11 @@ def test_reload_reaches_a_real_agent_and_the_poller_sees_each_job(tmp_path: Path
     assert poll["analytic_p50_s"] == 7.5
 
 
-def test_failover_returns_the_killed_agents_job_to_pending(tmp_path: Path) -> None:
+def test_failover_returns_the_killed_agents_job_to_pending_and_runs_it_on_the_idle_host(tmp_path: Path) -> None:
     result = measure_failover(1, tmp_path, grace_s=1, sweep_interval_s=0.2)
     assert 0.5 < result["p50_s"] < 30
+    # running elsewhere follows pending, well before the idle poll would have claimed it
+    assert result["p50_s"] <= result["running_p50_s"] < result["poll_baseline_p50_s"]
 
 
 def test_claim_scale_claims_from_a_small_population() -> None:

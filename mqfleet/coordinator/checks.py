@@ -1,0 +1,150 @@
+"""The coordinator's health checks: the database answers a query, and the artifact store is there.
+
+`health` runs them on every call (the store's at most every few seconds, since it is a
+network round trip for S3), and each says what failed in words an operator can act on.
+`PRAGMA quick_check` reads the whole file, so it runs once, at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mqfleet import __version__
+from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.errors import StoreError
+from mqfleet.store import ArtifactStore
+
+if TYPE_CHECKING:
+    from mqfleet.coordinator.service import Coordinator
+
+logger = logging.getLogger(__name__)
+
+#: A store check's result is reused for this long: health may be asked often, and S3 is a round trip away.
+STORE_CHECK_CACHE_S = 5.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check: whether it passed, what it found, and when it ran."""
+
+    ok: bool
+    detail: str
+    checked_ts: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "detail": self.detail, "checked_ts": self.checked_ts}
+
+
+class HealthChecks:
+    """Runs the database and store checks; the store's result is cached for STORE_CHECK_CACHE_S."""
+
+    def __init__(self, state: StateFile, store: ArtifactStore, *, clock: Callable[[], float] = time.time) -> None:
+        self.state = state
+        self.store = store
+        self.clock = clock
+        self._store_lock = threading.Lock()
+        self._store_result: CheckResult | None = None
+        self._store_checked_at = -1e18
+        #: `PRAGMA quick_check` at start; a damaged file keeps health failing until it is repaired.
+        self.quick_check: CheckResult | None = None
+
+    def check_database_file(self) -> CheckResult:
+        """PRAGMA quick_check: every page and index readable and consistent (run once, at start)."""
+        try:
+            with self.state.lock:
+                rows = self.state.conn.execute("PRAGMA quick_check").fetchall()
+            found = "; ".join(str(r[0]) for r in rows)[:2000]
+            ok = found == "ok"
+            detail = "quick_check ok" if ok else (f"quick_check found damage in {self.state.path}: {found}; restore "
+                                                  "the database from a backup (docs/OPERATIONS.md)")
+        except Exception as e:  # sqlite3.Error, or the file gone from under us
+            ok, detail = False, f"quick_check of {self.state.path} failed: {e}"
+        if not ok:
+            logger.error("database: %s", detail)
+        self.quick_check = CheckResult(ok, detail, self.clock())
+        return self.quick_check
+
+    def check_database(self) -> CheckResult:
+        """A query that reads the jobs table, and the file still at its path (writes to a removed file are lost)."""
+        now = self.clock()
+        try:
+            with self.state.lock:
+                count = self.state.conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+            os.stat(self.state.path)
+        except FileNotFoundError:
+            return CheckResult(False, f"the database file {self.state.path} was removed while in use; every change "
+                                      "since is lost at the next restart: stop the coordinator and restore it", now)
+        except Exception as e:  # sqlite3.Error: locked past the busy timeout, I/O error, disk full, closed
+            return CheckResult(False, f"query on {self.state.path} failed: {e}", now)
+        if self.quick_check is not None and not self.quick_check.ok:
+            return CheckResult(False, self.quick_check.detail, now)
+        return CheckResult(True, f"{count} jobs readable", now)
+
+    def check_store(self) -> CheckResult:
+        """A stat of the store's bucket or folder, reused for STORE_CHECK_CACHE_S."""
+        with self._store_lock:
+            now = self.clock()
+            cached = self._store_result
+            if cached is not None and now - self._store_checked_at < STORE_CHECK_CACHE_S:
+                return cached
+            try:
+                self.store.probe()
+                result = CheckResult(True, f"{self.store.url} reachable", now)
+            except StoreError as e:
+                result = CheckResult(False, str(e), now)
+            except Exception as e:  # a bug or an SDK error not translated: report it, do not crash health
+                logger.exception("store check failed unexpectedly")
+                result = CheckResult(False, f"{self.store.url}: check failed: {e}", now)
+            if not result.ok and (cached is None or cached.ok):
+                logger.warning("store check failed: %s", result.detail)
+            self._store_result, self._store_checked_at = result, now
+            return result
+
+    def run(self) -> dict[str, CheckResult]:
+        return {"database": self.check_database(), "store": self.check_store()}
+
+
+def health_report(coord: Coordinator, now: float) -> dict[str, Any]:
+    """The `health` reply and the retained coordinator status. Fields are only ever added (docs/INTERNALS.md)."""
+    checks = coord.checks.run()
+    counts: dict[str, int] = {}
+    hosts: list[dict[str, Any]] = []
+    if checks["database"].ok:
+        try:
+            with coord.lock:
+                counts = coord.catalog.counts()
+                hosts = coord.hosts.hosts(coord.manifest.hosts if coord.manifest else {})
+        except Exception as e:  # sqlite3.Error between the check and here: health still answers
+            checks["database"] = CheckResult(False, f"query on {coord.state.path} failed: {e}", now)
+    manifest = coord.manifest
+    stored = coord.stored_manifest
+    refused = coord.refused_manifest
+    return {
+        "state": "online",
+        "version": __version__,
+        "started_ts": coord.started_ts,
+        "uptime_s": round(now - coord.started_ts, 1),
+        "manifest": manifest.source if manifest else None,
+        "manifest_jobs": len(manifest.jobs) if manifest else 0,
+        "manifest_sha256": stored.sha256 if stored else None,
+        "manifest_applied_ts": stored.applied_ts if stored else None,
+        "manifest_origin": stored.origin if stored else None,
+        "last_refused_manifest": str(refused) if refused else None,
+        "jobs_by_status": counts,
+        "hosts_online": sum(1 for h in hosts if h["online"]),
+        "hosts_total": len(hosts),
+        "hosts_draining": sum(1 for h in hosts if h["draining"]),
+        "db_ok": checks["database"].ok,
+        "store_ok": checks["store"].ok,
+        "checks": {name: result.to_dict() for name, result in checks.items()},
+        "failed_checks": [name for name, result in checks.items() if not result.ok],
+        "requests_dropped": coord.dropped_requests,
+        "store": coord.store.url,
+        "ts": now,
+    }
