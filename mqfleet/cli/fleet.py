@@ -44,7 +44,11 @@ def status_cmd(ctx: ClientContext) -> None:
                 "online": sorted(w["id"] for w in workers if w.get("online")),
                 "offline": sorted(w["id"] for w in workers if not w.get("online")),
                 "draining": sorted(w["id"] for w in workers if w.get("draining")),
+                "quarantined": sorted(w["id"] for w in workers if w.get("quarantined")),
             },
+            "quarantined": [
+                {"host": w["id"], **(w.get("quarantine") or {})} for w in workers if w.get("quarantined")
+            ],
             "jobs_by_status": health.get("jobs_by_status", {}),
         })
         return
@@ -70,9 +74,12 @@ def workers_cmd(ctx: ClientContext) -> None:
 def _drain(ctx: ClientContext, verb: Verb, host: str) -> None:
     reply = ctx.client.call(verb, host=host)
     if ctx.as_json:
-        ctx.emit_json({"host": reply["host"], "draining": reply["draining"]})
+        ctx.emit_json({"host": reply["host"], "draining": reply["draining"],
+                       "quarantine_released": bool(reply.get("quarantine_released"))})
         return
-    click.echo(f"{reply['host']}: {'draining (finishes its jobs, takes no new ones)' if reply['draining'] else 'takes work'}")
+    released = " (quarantine released)" if reply.get("quarantine_released") else ""
+    click.echo(f"{reply['host']}: {'draining (finishes its jobs, takes no new ones)' if reply['draining'] else 'takes work'}"
+               f"{released}")
 
 
 @cli.command("drain")

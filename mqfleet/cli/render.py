@@ -138,7 +138,9 @@ def jobs_table(jobs: Iterable[Mapping[str, Any]], *, first: bool = True) -> Tabl
             escape(job["name"]), short_id(job["id"], 10), escape(f"{job['model']}/{job['mode']}"),
             status_text(job["status"]), escape(job.get("host") or "-"),
             f"{job.get('attempts', 0)}/{job.get('max_attempts', '?')}", str(job.get("priority", 0)),
-            progress_pct(job.get("progress")), short_id(job.get("artifact"), 8), escape(excerpt(job.get("error"), 30)),
+            progress_pct(job.get("progress")), short_id(job.get("artifact"), 8),
+            # the unsatisfied dependency is shown whole: it is the one thing to act on
+            escape(job.get("unsatisfied") or excerpt(job.get("error"), 30)),
         )
     return table
 
@@ -162,6 +164,9 @@ def workers_table(workers: Iterable[Mapping[str, Any]], names: Mapping[str, str]
         state = Text("online", style="green") if w.get("online") else Text("offline", style="red")
         if w.get("draining"):
             state.append(" draining", style="yellow")
+        if w.get("quarantined"):
+            reason = (w.get("quarantine") or {}).get("reason") or "?"
+            state.append(f" quarantined ({escape(str(reason))}; undrain releases it)", style="red")
         gpus = advert.get("gpus") or []
         cuda = ", ".join(f"{escape(str(g.get('name', '?')))} {g.get('vram_gib', '?')}G" for g in gpus) if gpus else (
             "yes" if advert.get("cuda") else "no")
@@ -250,6 +255,11 @@ def status_view(health: Mapping[str, Any], workers: Sequence[Mapping[str, Any]])
     hosts.append(f", {len(draining)} draining" + (f" ({', '.join(draining)})" if draining else ""),
                  style="yellow" if draining else "")
     grid.add_row("hosts", hosts)
+    for w in workers:
+        if w.get("quarantined"):
+            q = w.get("quarantine") or {}
+            grid.add_row(Text("quarantined", style="red"),
+                         Text(f"{w['id']}: {q.get('reason', '?')}; `mqfleet undrain {w['id']}` releases it", style="red"))
     grid.add_row("jobs", counts_line(health.get("jobs_by_status") or {}))
     return Panel(grid, title="mqfleet status", title_align="left", expand=False)
 
@@ -308,6 +318,13 @@ def job_view(job: Mapping[str, Any], now: float, *, width: int = 100) -> Rendera
         head.add_row("progress", escape(metrics_text(job["progress"])))
     if job.get("error"):
         head.add_row(Text("error", style="red"), escape(str(job["error"])))
+    if job.get("unsatisfied"):
+        head.add_row(Text("waits", style="red"), escape(str(job["unsatisfied"])))
+    limits = [f"{key} = {job[key]:g}" for key in ("timeout_s", "stall_s") if isinstance(job.get(key), (int, float))]
+    if limits:
+        head.add_row("limits", ", ".join(limits))
+    if job.get("outputs"):
+        head.add_row("outputs", escape(", ".join(job["outputs"])))
     head.add_row("artifact", escape(job.get("artifact") or "-"))
     detail = job.get("artifact_detail")
     if detail:

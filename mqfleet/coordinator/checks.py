@@ -140,6 +140,7 @@ def health_report(coord: Coordinator, now: float) -> dict[str, Any]:
         "hosts_online": sum(1 for h in hosts if h["online"]),
         "hosts_total": len(hosts),
         "hosts_draining": sum(1 for h in hosts if h["draining"]),
+        "hosts_quarantined": sum(1 for h in hosts if h.get("quarantined")),
         "db_ok": checks["database"].ok,
         "store_ok": checks["store"].ok,
         "checks": {name: result.to_dict() for name, result in checks.items()},

@@ -10,9 +10,9 @@ import json
 import secrets
 from typing import Any
 
-from mqfleet.coordinator import scheduler
+from mqfleet.coordinator import faults, scheduler
 from mqfleet.coordinator.catalog import Catalog, spec_from_json
-from mqfleet.coordinator.hosts import Hosts, host_view
+from mqfleet.coordinator.hosts import QUARANTINE_COLUMN, Hosts, host_view
 from mqfleet.coordinator.sqlite import StateFile, transition
 from mqfleet.errors import NotFoundError
 from mqfleet.manifest import JobSpec, Manifest, TrainerSpec
@@ -39,14 +39,15 @@ class Claims:
             return None
         lease_s = manifest.fleet.lease_s
         with self.state.transaction() as c:
-            hrow = c.execute("SELECT id, advert, online, draining FROM hosts WHERE id = ?", (host,)).fetchone()
+            hrow = c.execute(f"SELECT h.id, h.advert, h.online, h.draining, {QUARANTINE_COLUMN} FROM hosts h "
+                             "WHERE h.id = ?", (host,)).fetchone()
             if hrow is None:
                 return None
             held = [json.loads(r[0]) for r in c.execute("SELECT gpus FROM leases WHERE host = ?", (host,))]
             view = host_view(hrow, len(held), manifest.hosts)
             if scheduler.host_reasons(view):
                 return None
-            spec = self._pick(view, manifest)
+            spec = self._pick(view, manifest, now)
             if spec is None:
                 return None
             gpus = scheduler.pick_gpu(spec, view, (i for g in held for i in g))
@@ -75,13 +76,15 @@ class Claims:
             "gpus": gpus,
         }
 
-    def _pick(self, view: scheduler.HostView, manifest: Manifest) -> JobSpec | None:
+    def _pick(self, view: scheduler.HostView, manifest: Manifest, now: float) -> JobSpec | None:
         """Walk pending jobs in rank order, a batch at a time, until one fits this host.
 
         Cheap numeric rules are in the WHERE clause so the walk rarely reads a row
         it must skip; the ORDER BY is `scheduler.rank_key`, served by an index.
         """
-        where = "status = 'pending' AND blocked = 0 AND min_ram_gib <= ? AND min_vram_gib <= ?"
+        # a job in its retry back-off is skipped here; `r.failed_hosts` names the hosts its retry avoids
+        where = ("status = 'pending' AND blocked = 0 AND min_ram_gib <= ? AND min_vram_gib <= ? "
+                 "AND (r.not_before_ts IS NULL OR r.not_before_ts <= ?)")
         if view.has_cuda:
             order = "priority DESC, prefer_cuda DESC, seq"
         else:
@@ -90,7 +93,11 @@ class Claims:
         # The other hosts matter only to the prefer_cuda rule, and reading them costs a row and an
         # advert parse per host; so they are read once, and only when a prefer_cuda job comes up.
         others: list[scheduler.HostView] | None = None
-        cur = self.state.conn.execute(f"SELECT seq, spec FROM jobs WHERE {where} ORDER BY {order}", (view.ram_gib, view.vram_gib))
+        cur = self.state.conn.execute(
+            f"SELECT seq, spec, r.failed_hosts FROM jobs LEFT JOIN retries r ON r.job_id = jobs.id WHERE {where} "
+            f"ORDER BY {order}",
+            (view.ram_gib, view.vram_gib, now),
+        )
         try:
             # The first job in rank order usually fits, so the first batch is small: parsing a
             # spec is most of a claim's cost.
@@ -98,16 +105,22 @@ class Claims:
             while batch := cur.fetchmany(size):
                 size = CLAIM_BATCH
                 candidates = [(r["seq"], spec_from_json(r["spec"])) for r in batch]
-                if others is None and not view.has_cuda and any(spec.prefer_cuda for _, spec in candidates):
+                failed = {spec.id: frozenset(json.loads(r["failed_hosts"]))
+                          for (_, spec), r in zip(candidates, batch, strict=True) if r["failed_hosts"]}
+                # ... and to a retry that failed on this host, which waits for another eligible host
+                needs_others = any(view.id in hosts for hosts in failed.values()) or (
+                    not view.has_cuda and any(spec.prefer_cuda for _, spec in candidates))
+                if others is None and needs_others:
                     others = self.hosts.views(manifest.hosts, "WHERE h.online = 1 AND h.draining = 0 AND h.id != ?", (view.id,))
-                found = scheduler.first_eligible(candidates, view, others or [], commit=manifest.fleet.commit)
+                found = scheduler.first_eligible(candidates, view, others or [], commit=manifest.fleet.commit,
+                                                 failed=failed)
                 if found is not None:
                     return found
         finally:
             cur.close()
         return None
 
-    def why_waiting(self, job_id: str, manifest: Manifest | None) -> list[dict[str, Any]]:
+    def why_waiting(self, job_id: str, manifest: Manifest | None, now: float) -> list[dict[str, Any]]:
         """Why a pending job is not running: job-level reasons (host None), then one line per online host."""
         with self.state.lock:
             c = self.state.conn
@@ -124,8 +137,15 @@ class Claims:
                 dep = c.execute("SELECT name, status FROM jobs WHERE id = ?", (after,)).fetchone()
                 if dep is None:
                     out.append({"host": None, "reason": f"dependency '{after[:12]}' is unknown"})
+                elif dep["status"] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+                    out.append({"host": None, "reason": f"{faults.NEVER_SATISFIED}: {dep['name']} ({dep['status']})"})
                 elif dep["status"] != JobStatus.COMPLETED.value:
                     out.append({"host": None, "reason": f"dependency '{dep['name']}' not completed ({dep['status']})"})
+            retry = faults.retry_wait(c, job_id)
+            if retry is not None and retry[0] > now:
+                out.append({"host": None, "reason": f"retry back-off: claimable in {retry[0] - now:.0f} s "
+                                                    f"(after a failed attempt on {retry[1][-1] if retry[1] else '?'})"})
+            failed = frozenset(retry[1]) if retry else frozenset()
             if manifest is None:
                 out.append({"host": None, "reason": "no manifest loaded"})
                 return out
@@ -136,7 +156,8 @@ class Claims:
         commit = manifest.fleet.commit
         for view in online:
             reasons = scheduler.host_reasons(view) + scheduler.job_reasons(spec, view, commit=commit)
-            wait = None if reasons else scheduler.cuda_wait_reason(spec, view, views, commit=commit)
+            wait = None if reasons else (scheduler.cuda_wait_reason(spec, view, views, commit=commit)
+                                         or scheduler.retry_host_reason(spec, view, failed, views, commit=commit))
             if wait:
                 reasons.append(wait)
             out.append({"host": view.id, "reason": "; ".join(reasons) or "eligible; its next claim takes the best-ranked job"})

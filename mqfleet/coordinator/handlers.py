@@ -32,7 +32,7 @@ from mqfleet.coordinator.reports import handle_compare, handle_gc, prepare_gc, r
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.coordinator.verify import accept_artifact, check_digest
 from mqfleet.errors import BadRequestError, ManifestError, NotFoundError, UnauthorizedError, UnknownHostError
-from mqfleet.manifest import Manifest, load_manifest, parse_manifest
+from mqfleet.manifest import FleetSettings, Manifest, load_manifest, parse_manifest
 from mqfleet.protocol import Role, Verb, ok
 from mqfleet.protocol import field as req_field
 from mqfleet.state import AGENT_CAUSES, Cause
@@ -65,6 +65,8 @@ class HandlerContext(Protocol):
     def lease_s(self) -> float: ...
     @property
     def grace_s(self) -> float: ...
+    @property
+    def fleet(self) -> FleetSettings: ...
     def is_known_host(self, host: str) -> bool: ...
     @property
     def stored_manifest(self) -> StoredManifest | None: ...
@@ -215,6 +217,7 @@ def handle_fail(coord: HandlerContext, req: Request) -> dict[str, Any]:
         output_tail=req_field(req.body, "output_tail", str, "")[-20_000:],
         error=req_field(req.body, "error", str, "")[:2000],
         now=req.now,
+        fleet=coord.fleet,
     )
     record_attempt_history(coord, req, job_id, attempt, ending=True)
     return ok(status=status.value)
@@ -239,7 +242,7 @@ def _job_ref(coord: HandlerContext, req: Request) -> str:
 
 def handle_cancel(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
-    ended = coord.leases.cancel(job_id, req.now)
+    ended = coord.leases.cancel(job_id, req.now, fleet=coord.fleet)
     coord.checkpoints.discard(job_id, req.now, "job cancelled")
     if ended:
         coord.send_control(ended["host"], {"action": "cancel", "job_id": job_id, "lease_id": ended["lease_id"]})
@@ -293,8 +296,8 @@ def handle_drain(coord: HandlerContext, req: Request) -> dict[str, Any]:
 
 def handle_undrain(coord: HandlerContext, req: Request) -> dict[str, Any]:
     host = req_field(req.body, "host", str)
-    coord.hosts.set_draining(host, False, req.now)
-    return ok(host=host, draining=False)
+    released = coord.hosts.set_draining(host, False, req.now)
+    return ok(host=host, draining=False, quarantine_released=released)
 
 
 # --- query verbs: read-only, anyone ---------------------------------------------------
@@ -327,8 +330,10 @@ def handle_job(coord: HandlerContext, req: Request) -> dict[str, Any]:
     usage = coord.history.usage_of(job_id)
     row["attempts_detail"] = [{**a, "usage": usage.get(a["number"])} for a in coord.catalog.attempts(job_id)]
     row["progress_history"] = coord.history.progress(job_id)
-    row["why_waiting"] = coord.claims.why_waiting(job_id, coord.manifest)
+    row["why_waiting"] = coord.claims.why_waiting(job_id, coord.manifest, req.now)
     row["lease"] = coord.catalog.lease(job_id)
+    trainer = coord.manifest.trainers.get(row["model"]) if coord.manifest else None
+    row["outputs"] = list(trainer.outputs) if trainer else []
     # metrics and size live with the artifact record, not the job row
     stored = coord.artifacts.artifacts(job_id) if row.get("artifact") else []
     row["artifact_detail"] = stored[-1] if stored else None

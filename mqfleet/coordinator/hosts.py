@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Container, Mapping
 from typing import Any
 
-from mqfleet.coordinator import scheduler
+from mqfleet.coordinator import faults, scheduler
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.manifest import HostPolicy
 
@@ -25,6 +25,8 @@ class Hosts:
 
     def __init__(self, state: StateFile) -> None:
         self.state = state
+        # host events made before this process opened the file were published by whoever made them
+        self._host_event_seq = faults.last_host_event(state.conn)
 
     def record_advert(self, host: str, advert: dict[str, Any], now: float) -> None:
         """Store a host's capability advert; presence comes from its status topic, not from this."""
@@ -58,13 +60,26 @@ class Hosts:
             logger.warning("host %s: offline; %d lease(s) now expire within %gs", host, len(job_ids), grace_s)
         return job_ids
 
-    def set_draining(self, host: str, draining: bool, now: float) -> None:
+    def set_draining(self, host: str, draining: bool, now: float) -> bool:
+        """Drain or undrain a host; undraining also ends its quarantine. True when a quarantine ended."""
         with self.state.transaction() as c:
             c.execute(
                 "INSERT INTO hosts (id, draining) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET draining = excluded.draining",
                 (host, int(draining)),
             )
+            released = not draining and faults.release_host(c, host, now)
         logger.info("host %s: %s", host, "draining" if draining else "undrained")
+        return released
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """Quarantine events committed since the last call, oldest first; publish them after commit."""
+        with self.state.lock:
+            if self.state.conn.in_transaction:
+                raise RuntimeError("take_events() inside a transaction would hand out uncommitted events")
+            events = faults.take_host_events(self.state.conn, self._host_event_seq)
+            if events:
+                self._host_event_seq = events[-1]["seq"]
+        return events
 
     def hosts(self, policies: Policies) -> list[dict[str, Any]]:
         """Every host as the `workers` reply lists it, with the jobs it holds."""
@@ -72,27 +87,37 @@ class Hosts:
             views = self.views(policies)
             leases = self.state.conn.execute("SELECT host, job_id FROM leases ORDER BY granted_ts").fetchall()
             seen = {r["id"]: r["last_seen_ts"] for r in self.state.conn.execute("SELECT id, last_seen_ts FROM hosts")}
+            quarantined = faults.quarantines(self.state.conn)
         return [
             {"id": v.id, "advert": v.advert, "online": v.online, "draining": v.draining, "last_seen_ts": seen[v.id],
-             "slots": v.slots, "slots_used": v.slots_used, "jobs": [r["job_id"] for r in leases if r["host"] == v.id]}
+             "slots": v.slots, "slots_used": v.slots_used, "jobs": [r["job_id"] for r in leases if r["host"] == v.id],
+             "quarantined": v.id in quarantined, "quarantine": quarantined.get(v.id)}
             for v in views
         ]
 
     def views(self, policies: Policies, where: str = "", params: tuple[Any, ...] = ()) -> list[scheduler.HostView]:
         """Hosts (those matching `where` on `hosts h`) as the scheduler sees them, by id."""
         rows = self.state.read(
-            "SELECT h.id, h.advert, h.online, h.draining, (SELECT COUNT(*) FROM leases l WHERE l.host = h.id) AS used "
+            f"SELECT h.id, h.advert, h.online, h.draining, {QUARANTINE_COLUMN}, "
+            "(SELECT COUNT(*) FROM leases l WHERE l.host = h.id) AS used "
             f"FROM hosts h {where} ORDER BY h.id",
             params,
         )
         return [host_view(r, r["used"], policies) for r in rows]
 
 
+#: The reason a host is quarantined, or '': a column of the host rows `host_view` reads (`hosts h`).
+QUARANTINE_COLUMN = (
+    "COALESCE((SELECT f.reason FROM host_faults f WHERE f.host = h.id AND f.quarantined_ts IS NOT NULL), '') "
+    "AS quarantine"
+)
+
+
 def host_view(row: sqlite3.Row, used: int, policies: Policies) -> scheduler.HostView:
-    """A hosts row (id, advert, online, draining) with `used` slots taken, as the scheduler sees it."""
+    """A hosts row (id, advert, online, draining, quarantine) with `used` slots taken, as the scheduler sees it."""
     advert = json.loads(row["advert"])
     policy = policies.get(row["id"])
     return scheduler.HostView(
         id=row["id"], advert=advert, online=bool(row["online"]), draining=bool(row["draining"]),
-        slots=scheduler.host_slots(advert, policy), slots_used=used, policy=policy,
+        slots=scheduler.host_slots(advert, policy), slots_used=used, policy=policy, quarantine=row["quarantine"] or "",
     )

@@ -1,7 +1,8 @@
 """Leases after the grant: renewal, completion, failure, expiry, resumption, cancel and requeue.
 
 Every method is one transaction and takes the time as `now`; the lease term
-(`lease_s`) comes in from the manifest in force, which the service holds.
+(`lease_s`) and the retry rules (`fleet`: back-off, quarantine, cancel_unsatisfiable,
+kept by `faults`) come in from the manifest in force, which the service holds.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ import logging
 import sqlite3
 from typing import Any
 
+from mqfleet.coordinator import faults
 from mqfleet.coordinator.artifacts import Artifacts
 from mqfleet.coordinator.catalog import Catalog, dependents, refresh_blocked
 from mqfleet.coordinator.sqlite import StateFile, transition
 from mqfleet.errors import IllegalTransitionError, LeaseLostError, NotFoundError
+from mqfleet.manifest import FleetSettings
 from mqfleet.state import FAULT_CAUSES, LEASED, TERMINAL, Cause, JobStatus, after_attempt_ended, counts_against_budget
 
 logger = logging.getLogger(__name__)
+
+#: The [fleet] settings of a manifest that sets none: no back-off, no quarantine.
+_NO_RULES = FleetSettings()
 
 
 class Leases:
@@ -76,10 +82,12 @@ class Leases:
             self.artifacts.record_verified(sha256, size, key, now)
             self.artifacts.record_job_artifact(job_id, sha256, size, host=host, metrics=artifact.get("metrics") or {}, now=now)
             refresh_blocked(c, dependents(c, job_id))
+            faults.note_completion(c, job_id, host)
             return self.catalog.job(job_id)
 
     def fail(
-        self, job_id: str, lease_id: str, host: str, cause: Cause, *, exit_code: int | None, output_tail: str, error: str, now: float
+        self, job_id: str, lease_id: str, host: str, cause: Cause, *, exit_code: int | None, output_tail: str, error: str,
+        now: float, fleet: FleetSettings = _NO_RULES,
     ) -> JobStatus:
         """End the current attempt with `cause`; the job goes back to pending or ends failed or cancelled."""
         with self.state.transaction():
@@ -87,11 +95,11 @@ class Leases:
             text = error or (f"exit code {exit_code}" if exit_code is not None else cause.value)
             return self._end_attempt(
                 job_id, lease, Cause(cause), now, exit_code=exit_code, output_tail=output_tail, error=text,
-                reason=f"attempt {lease['attempt']} on {host} ended: {Cause(cause).value}",
+                reason=f"attempt {lease['attempt']} on {host} ended: {Cause(cause).value}", fleet=fleet,
             )
 
     def _end_attempt(
-        self, job_id: str, lease: sqlite3.Row, cause: Cause, now: float, *, reason: str,
+        self, job_id: str, lease: sqlite3.Row, cause: Cause, now: float, *, reason: str, fleet: FleetSettings,
         exit_code: int | None = None, output_tail: str = "", error: str = "",
     ) -> JobStatus:
         """Inside the caller's transaction: close the attempt, drop the lease, move the job on."""
@@ -111,9 +119,12 @@ class Leases:
         else:
             c.execute("UPDATE jobs SET attempts = ? WHERE id = ?", (attempts, job_id))
         transition(c, job_id, to, expect=LEASED, reason=reason, now=now, host=lease["host"])
+        faults.note_attempt_end(c, fleet, job_id=job_id, host=lease["host"], cause=cause, to=to, attempts=attempts, now=now)
+        if to in (JobStatus.FAILED, JobStatus.CANCELLED) and fleet.cancel_unsatisfiable:
+            faults.cancel_unsatisfiable(c, [job_id], now)
         return to
 
-    def expire_leases(self, now: float) -> list[str]:
+    def expire_leases(self, now: float, *, fleet: FleetSettings = _NO_RULES) -> list[str]:
         """End every lease whose expiry has passed as `lost`; returns the job ids."""
         with self.state.transaction() as c:
             rows = c.execute(
@@ -123,7 +134,7 @@ class Leases:
                 to = self._end_attempt(
                     lease["job_id"], lease, Cause.LOST, now,
                     error=f"lease expired on {lease['host']} (attempt {lease['attempt']})",
-                    reason=f"lease on {lease['host']} expired",
+                    reason=f"lease on {lease['host']} expired", fleet=fleet,
                 )
                 logger.warning("job %s: lease %s on %s expired, now %s", lease["job_id"][:12], lease["lease_id"][:8], lease["host"], to.value)
         return [r["job_id"] for r in rows]
@@ -136,7 +147,7 @@ class Leases:
             c.execute("UPDATE leases SET expires_ts = MAX(expires_ts, ?)", (now + lease_s,))
         return [r[0] for r in rows]
 
-    def cancel(self, job_id: str, now: float) -> dict[str, str] | None:
+    def cancel(self, job_id: str, now: float, *, fleet: FleetSettings = _NO_RULES) -> dict[str, str] | None:
         """Cancel a job that has not ended; returns the host and lease it took away, if it held one."""
         with self.state.transaction() as c:
             row = c.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -147,8 +158,10 @@ class Leases:
             lease = c.execute("SELECT job_id, lease_id, host, attempt FROM leases WHERE job_id = ?", (job_id,)).fetchone()
             if lease is None:
                 transition(c, job_id, JobStatus.CANCELLED, expect=[JobStatus.PENDING], reason="cancelled by operator", now=now)
+                if fleet.cancel_unsatisfiable:
+                    faults.cancel_unsatisfiable(c, [job_id], now)
                 return None
-            self._end_attempt(job_id, lease, Cause.CANCELLED, now, reason="cancelled by operator")
+            self._end_attempt(job_id, lease, Cause.CANCELLED, now, reason="cancelled by operator", fleet=fleet)
             return {"host": lease["host"], "lease_id": lease["lease_id"]}
 
     def requeue(self, job_id: str, now: float) -> dict[str, Any]:
@@ -159,4 +172,17 @@ class Leases:
             )
             c.execute("UPDATE jobs SET attempts = 0, error = NULL, progress = NULL WHERE id = ?", (job_id,))
             refresh_blocked(c, [job_id])
+            faults.forget_retries(c, job_id)
+            faults.restore_dependents(c, job_id, now)
             return self.catalog.job(job_id)
+
+    def cancel_unsatisfiable(self, now: float) -> list[str]:
+        """Cancel every pending job whose dependency ended failed or cancelled (`cancel_unsatisfiable`
+        turned on by a reload, or set at start); the ids cancelled."""
+        with self.state.transaction() as c:
+            return faults.cancel_all_unsatisfiable(c, now)
+
+    def backoffs_ended(self, after: float, until: float) -> list[str]:
+        """Pending jobs whose retry back-off ended in (after, until]."""
+        with self.state.lock:
+            return faults.backoffs_ended(self.state.conn, after, until)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,13 @@ class HostView:
     slots: int
     slots_used: int
     policy: HostPolicy | None = None
+    #: why the host is quarantined ("3 consecutive failed attempts ..."); empty when it is not
+    quarantine: str = ""
+
+    @property
+    def takes_work(self) -> bool:
+        """Online, and neither draining nor quarantined: it may claim, slots permitting."""
+        return self.online and not self.draining and not self.quarantine
 
     @property
     def has_cuda(self) -> bool:
@@ -63,6 +70,8 @@ def host_reasons(host: HostView) -> list[str]:
     if not host.online:
         return ["offline"]
     reasons = ["draining"] if host.draining else []
+    if host.quarantine:
+        reasons.append(f"quarantined after {host.quarantine}; `mqfleet undrain {host.id}` releases it")
     if host.slots_used >= host.slots:
         reasons.append(f"all {host.slots} slot{'s' if host.slots != 1 else ''} busy")
     return reasons
@@ -122,10 +131,29 @@ def cuda_wait_reason(job: JobSpec, host: HostView, others: Iterable[HostView], *
     if not job.prefer_cuda or host.has_cuda:
         return None
     for other in others:
-        if other.id == host.id or not other.has_cuda or not other.online or other.draining:
+        if other.id == host.id or not other.has_cuda or not other.takes_work:
             continue
         if not job_reasons(job, other, commit=commit):
             return f"waits for a CUDA host ({other.id} is online)"
+    return None
+
+
+def retry_host_reason(
+    job: JobSpec, host: HostView, failed: frozenset[str], others: Iterable[HostView], *, commit: str
+) -> str | None:
+    """For a job an attempt of which failed on this host: the other host it waits for, if any.
+
+    Another host counts while it takes work, has not failed the job and could run
+    it by policy and capability, busy or not; when there is none, a host that
+    failed the job may run it again.
+    """
+    if host.id not in failed:
+        return None
+    for other in others:
+        if other.id == host.id or other.id in failed or not other.takes_work:
+            continue
+        if not job_reasons(job, other, commit=commit):
+            return f"an attempt failed on this host; its retry prefers {other.id}, which has not failed it"
     return None
 
 
@@ -167,16 +195,23 @@ def first_eligible(
     others: Iterable[HostView],
     *,
     commit: str,
+    failed: Mapping[str, frozenset[str]] | None = None,
 ) -> JobSpec | None:
-    """The best-ranked job of `(seq, spec)` candidates that this host may take now, or None."""
+    """The best-ranked job of `(seq, spec)` candidates that this host may take now, or None.
+
+    `failed` maps a job id to the hosts where its attempts failed (see `retry_host_reason`).
+    """
     if host_reasons(host):
         return None
     others = list(others)
+    failed = failed or {}
     ranked = sorted(candidates, key=lambda c: rank_key(c[1].priority, c[1].prefer_cuda, c[0], host_cuda=host.has_cuda))
     for _seq, job in ranked:
         if job_reasons(job, host, commit=commit):
             continue
         if cuda_wait_reason(job, host, others, commit=commit):
+            continue
+        if job.id in failed and retry_host_reason(job, host, failed[job.id], others, commit=commit):
             continue
         return job
     return None

@@ -112,6 +112,28 @@ CREATE TABLE IF NOT EXISTS events (
     host TEXT
 );
 
+-- jobs whose last attempt failed (docs/RELIABILITY.md, "Jobs that misbehave"); gone on completion or requeue
+CREATE TABLE IF NOT EXISTS retries (
+    job_id TEXT PRIMARY KEY,
+    not_before_ts REAL NOT NULL,             -- retry back-off: not claimable before this
+    failed_hosts TEXT NOT NULL DEFAULT '[]'  -- hosts whose attempts of this job failed: the next claim avoids them
+);
+CREATE INDEX IF NOT EXISTS retries_not_before ON retries (not_before_ts);
+CREATE TABLE IF NOT EXISTS host_faults (
+    host TEXT PRIMARY KEY,
+    streak TEXT NOT NULL DEFAULT '[]',  -- the host's latest consecutive failed attempts (job, cause, ts)
+    quarantined_ts REAL,                -- set while quarantined: the host claims nothing until undrained
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS host_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL,  -- quarantined, released
+    reason TEXT NOT NULL,
+    jobs TEXT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS replies (
     key TEXT PRIMARY KEY,
     reply TEXT NOT NULL,
@@ -162,7 +184,13 @@ CREATE TABLE IF NOT EXISTS manifests (
 
 JOB_COLUMNS = (
     "j.id, j.name, j.model, j.mode, j.status, j.host, j.attempts, j.max_attempts, j.priority, j.artifact, "
-    "j.error, j.in_manifest, j.progress, j.created_ts, j.updated_ts, l.expires_ts AS lease_expires_ts"
+    "j.error, j.in_manifest, j.progress, j.created_ts, j.updated_ts, l.expires_ts AS lease_expires_ts, "
+    "json_extract(j.spec, '$.timeout_s') AS timeout_s, json_extract(j.spec, '$.stall_s') AS stall_s, "
+    "(SELECT r.not_before_ts FROM retries r WHERE r.job_id = j.id AND j.status = 'pending') AS retry_after_ts, "
+    # only a blocked pending job can wait on a dependency, so the look-up runs for few rows
+    "CASE WHEN j.status = 'pending' AND j.blocked = 1 THEN (SELECT 'dependency never satisfied: ' || "
+    "group_concat(a.name || ' (' || a.status || ')', ', ') FROM deps d JOIN jobs a ON a.id = d.after_id "
+    "WHERE d.job_id = j.id AND a.status IN ('failed', 'cancelled')) END AS unsatisfied"
 )
 JOB_SELECT = f"SELECT {JOB_COLUMNS} FROM jobs j LEFT JOIN leases l ON l.job_id = j.id"
 

@@ -35,7 +35,7 @@ from mqfleet.coordinator.leases import Leases
 from mqfleet.coordinator.manifests import ORIGIN_FILE, ManifestHistory, StoredManifest, manifest_at_start
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ConfigurationError, ManifestError, MqfleetError, NotFoundError, UnknownVerbError
-from mqfleet.manifest import Manifest
+from mqfleet.manifest import FleetSettings, Manifest
 from mqfleet.mqtt import BrokerConfig, Connection, Message
 from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb, decode, encode, error, field
 from mqfleet.state import JobStatus
@@ -128,6 +128,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self._last_status_ts = 0.0
+        self._last_tick_ts = self.started_ts
         self._drop_lock = threading.Lock()
         #: Requests dropped unanswered: retained, or with a Response Topic outside the sender's namespace.
         self.dropped_requests = 0
@@ -167,6 +168,11 @@ class Coordinator:
     def grace_s(self) -> float:
         return self.manifest.fleet.grace_s if self.manifest else defaults.GRACE_S
 
+    @property
+    def fleet(self) -> FleetSettings:
+        """The [fleet] settings in force (retry back-off, quarantine, cancel_unsatisfiable)."""
+        return self.manifest.fleet if self.manifest else FleetSettings()
+
     def is_known_host(self, host: str) -> bool:
         """Listed in the manifest's [[hosts]] or has published an advert (docs/SECURITY.md)."""
         return self.hosts.is_known_host(host, self.manifest.hosts if self.manifest else ())
@@ -178,6 +184,9 @@ class Coordinator:
         with self.lock:
             with self.state.transaction():
                 summary = self.catalog.apply_manifest(manifest, now)
+                if manifest.fleet.cancel_unsatisfiable:
+                    # turned on by this manifest: what already waits for ever is cancelled now
+                    self.leases.cancel_unsatisfiable(now)
                 if record:
                     self.stored_manifest = self.manifests.record(manifest.text, manifest.source, origin, now)
             self.manifest = manifest
@@ -260,11 +269,14 @@ class Coordinator:
     def tick(self, now: float) -> list[str]:
         """Expire leases due at `now`; tests call this with an injected time instead of sleeping."""
         with self.lock:
-            expired = self.leases.expire_leases(now)
+            expired = self.leases.expire_leases(now, fleet=self.fleet)
             for job_id in expired:
                 logger.warning("job %s: lease expired, attempt ended as lost", job_id)
             # A dead host's job is claimable now: wake an idle host instead of waiting for its poll.
             self._nudge_for(self._publish_changes(), "lease expired", now)
+            # So is a job whose retry back-off just ended.
+            self._nudge_for(self.leases.backoffs_ended(self._last_tick_ts, now), "retry back-off ended", now)
+            self._last_tick_ts = max(self._last_tick_ts, now)
             if now - self._last_status_ts >= STATUS_INTERVAL_S:
                 self.state.prune_replies(now - defaults.REQUEST_MEMORY_S)
                 self._publish_status(now)
@@ -495,6 +507,8 @@ class Coordinator:
             except MqfleetError:
                 continue
             self.conn.publish(self.topics.job_state(job_id), row, qos=1, retain=True)
+        for event in self.hosts.take_events():  # quarantines (docs/RELIABILITY.md, "Jobs that misbehave")
+            self.conn.publish(self.topics.events, event, qos=1)
         return claimable
 
     def _nudge_for(self, job_ids: list[str], reason: str, now: float) -> None:

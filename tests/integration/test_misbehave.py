@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -131,5 +132,100 @@ def test_a_changed_torch_version_reaches_workers_and_claims_without_restarting_t
     fleet.wait_for_status("completed", timeout_s=60)
     shown = fleet.cli("workers")
     assert "99.1.0" in shown.stdout, shown.stdout
-    # republished once for the change, not at every heartbeat or claim since
-    assert [a.get("torch") for a in adverts] == [first, "99.1.0"], [a.get("torch") for a in adverts]
+    # republished once for the change, not at every heartbeat or claim since (an advert the coordinator had
+    # not seen yet may go out twice at the start: the agent resends it when a claim gets unknown_host)
+    torches = [a.get("torch") for a in adverts]
+    assert torches.count("99.1.0") == 1 and set(torches) == {first, "99.1.0"}, torches
+
+
+def _fleet(**settings: Any) -> str:
+    lines = ["[fleet]", "lease_s = 6", "grace_s = 2"] + [f"{k} = {str(v).lower() if isinstance(v, bool) else v}"
+                                                        for k, v in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _failing(name: str, seed: int = 0, **job: Any) -> dict[str, Any]:
+    return {"name": name, "model": "bad", "seed": seed, "hyper": {"mode": "fail"}, **job}
+
+
+def test_back_off_delays_the_next_claim_and_why_waiting_shows_the_time_left(fleet: Fleet) -> None:
+    fleet.write_manifest(manifest_text(_failing("flaky"), fleet=_fleet(max_attempts=2, retry_backoff_s=4),
+                                       extra=MISBEHAVE_TRAINER))
+    fleet.start_coordinator()
+    fleet.start_agent("solo")
+    client = fleet.client()
+    why = wait_until(lambda: [w["reason"] for w in client.job("flaky")["why_waiting"] if "back-off" in w["reason"]],
+                     timeout_s=30, what="the back-off in why_waiting")
+    assert why[0].startswith("retry back-off: claimable in "), why
+    fleet.wait_for_status("failed", timeout_s=60)
+    first, second = client.job("flaky")["attempts_detail"]
+    assert second["started_ts"] - first["ended_ts"] >= 4 - 0.5, (first, second)
+
+
+def test_a_job_that_failed_on_one_host_runs_its_retry_on_the_other_idle_host(fleet: Fleet) -> None:
+    fleet.write_manifest(manifest_text(_failing("picky"), fleet=_fleet(max_attempts=3), extra=MISBEHAVE_TRAINER))
+    fleet.start_agent("host-a")
+    fleet.start_agent("host-b")
+    client = fleet.client()
+    fleet.start_coordinator()
+    wait_until(lambda: len([w for w in client.workers() if w["online"]]) == 2, timeout_s=30, what="both hosts online")
+    fleet.wait_for_status("failed", timeout_s=60)
+    hosts = [a["host"] for a in client.job("picky")["attempts_detail"]]
+    assert len(hosts) == 3 and hosts[0] != hosts[1], hosts
+
+
+def test_three_consecutive_failures_quarantine_a_host_until_undrain(fleet: Fleet) -> None:
+    jobs = [_failing(f"f{i}", seed=i, priority=10 - i) for i in range(4)]
+    fleet.write_manifest(manifest_text(*jobs, fleet=_fleet(max_attempts=1, quarantine_after=3), extra=MISBEHAVE_TRAINER))
+    fleet.start_coordinator()
+    client = fleet.client()
+    events: list[dict[str, Any]] = []
+    client.health()  # connected, so the subscription below is live before the agent starts
+    client.conn.subscribe(client.topics.events, lambda m: events.append(m.json()))
+    fleet.start_agent("broken")
+    fleet.wait_for_status({"f0": "failed", "f1": "failed", "f2": "failed"}, timeout_s=60)
+    host = wait_until(lambda: next((w for w in client.workers() if w.get("quarantined")), None), timeout_s=10,
+                      what="the quarantine in workers")
+    assert host["quarantine"]["jobs"] == ["f0", "f1", "f2"], host
+    assert client.job("f3")["status"] == "pending"
+    why = [w["reason"] for w in client.job("f3")["why_waiting"] if w["host"] == "broken"]
+    assert why and "quarantined after 3 consecutive failed attempts" in why[0], why
+    wait_until(lambda: any(e.get("kind") == "host_quarantined" for e in events), timeout_s=10, what="the quarantine event")
+
+    status = fleet.cli("status")
+    assert "quarantined" in status.stdout and "f0, f1, f2" in status.stdout, status.stdout
+    as_json = json.loads(fleet.cli("status", "--json").stdout)
+    assert as_json["hosts"]["quarantined"] == ["broken"], as_json
+    workers = fleet.cli("workers")
+    assert "quarantined" in workers.stdout, workers.stdout
+
+    released = fleet.cli("undrain", "broken")
+    assert released.returncode == 0 and "quarantine released" in released.stdout, released
+    fleet.wait_for_status({"f3": "failed"}, timeout_s=60)
+    assert not any(w.get("quarantined") for w in client.workers())
+
+
+def test_a_job_after_a_failed_dependency_says_so_and_cancel_unsatisfiable_cancels_it_until_a_requeue(fleet: Fleet) -> None:
+    jobs = [_failing("base"), {"name": "next", "model": "ok", "after": ["base"]}]
+    fleet.write_manifest(manifest_text(*jobs, fleet=_fleet(max_attempts=1), extra=MISBEHAVE_TRAINER))
+    fleet.start_coordinator()
+    fleet.start_agent("solo")
+    fleet.wait_for_status({"base": "failed"}, timeout_s=60)
+    listed = {j["name"]: j for j in json.loads(fleet.cli("jobs", "--json").stdout)}
+    assert listed["next"]["status"] == "pending"
+    assert listed["next"]["unsatisfied"] == "dependency never satisfied: base (failed)"
+    assert "dependency never satisfied: base (failed)" in fleet.cli("jobs").stdout
+    assert "dependency never satisfied: base (failed)" in fleet.cli("show", "next").stdout
+
+    fleet.write_manifest(manifest_text(*jobs, fleet=_fleet(max_attempts=1, cancel_unsatisfiable=True),
+                                       extra=MISBEHAVE_TRAINER))
+    assert fleet.cli("reload").returncode == 0
+    cancelled = fleet.client().job("next")
+    assert cancelled["status"] == "cancelled" and cancelled["error"] == "dependency never satisfied: base (failed)"
+
+    # drained, so the requeued base (which fails again) is not retried while we look
+    assert fleet.cli("drain", "solo").returncode == 0
+    assert fleet.cli("requeue", "base").returncode == 0
+    waiting = fleet.client().job("next")
+    assert waiting["status"] == "pending" and waiting["error"] is None, waiting
+    assert {"host": None, "reason": "dependency 'base' not completed (pending)"} in waiting["why_waiting"]
