@@ -27,6 +27,7 @@ from bench.claim_rtt import measure_claim_rtt
 from bench.claim_scale import measure as measure_claim_scale
 from bench.common import ROOT, Row, median, ms, p99, verdict
 from bench.failover import measure_failover
+from bench.observability import measure_observability_cost
 from bench.reload_latency import measure_polling, measure_reload
 from bench.rss import measure_rss
 from bench.throughput import measure_churn, measure_renewals
@@ -51,6 +52,26 @@ def throughput_rows(c: dict[str, Any], n: dict[str, Any]) -> list[Row]:
             f"(lease {n['lease_s']:g} s)", f"{n['refused_or_lost']} renewals refused, {n['jobs_not_running']} of "
             f"{n['agents']} jobs not running; renew {ms(n['renew_p50_s'])}",
             ms(n["renew_p99_s"]), f"{n['renewals']} renewals from {n['processes']} load processes", target="no lease lost", verdict=verdict(lost == 0)),
+    ]
+
+
+def observability_rows(r: dict[str, Any]) -> list[Row]:
+    base, obs = r["base"], r["observed"]
+    tput_cost, claim_cost = 1 - r["throughput_ratio"], r["claim_p50_ratio"] - 1
+    return [
+        Row(f"claims+completions/s with metrics scraped every 1 s, 20 stored output lines and usage + 5 progress "
+            f"reports per job ({r['agents']} agents, {r['seconds']:g} s, median of {r['rounds']} alternating runs)",
+            f"{obs['ops_per_s']:.0f}/s", baseline=f"without: {base['ops_per_s']:.0f}/s",
+            ratio=f"{r['throughput_ratio']:.2f}x ({tput_cost:+.0%} cost)", target="cost < 10%", verdict=verdict(tput_cost < 0.10)),
+        Row("claim round trip under that churn", ms(obs["claim_p50_s"]), ms(obs["claim_p99_s"]),
+            f"without: {ms(base['claim_p50_s'])} / {ms(base['claim_p99_s'])}",
+            f"{r['claim_p50_ratio']:.2f}x ({claim_cost:+.0%})", "cost < 10%", verdict(claim_cost < 0.10)),
+        Row("claim round trip, one agent alone", ms(r["single_observed"]["claim_p50_s"]),
+            ms(r["single_observed"]["claim_p99_s"]),
+            f"without: {ms(r['single_base']['claim_p50_s'])} / {ms(r['single_base']['claim_p99_s'])}",
+            f"{r['single_claim_p50_ratio']:.2f}x ({r['single_claim_p50_ratio'] - 1:+.0%})", "cost < 10%",
+            verdict(r["single_claim_p50_ratio"] - 1 < 0.10)),
+        Row("one /metrics scrape during the churn", ms(r["scrape_p50_s"])),
     ]
 
 
@@ -164,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-large", type=int, default=100_000)
     parser.add_argument("--artifact-mib", type=int, default=512)
     parser.add_argument("--rss-jobs", type=int, default=10_000)
+    parser.add_argument("--obs-agents", type=int, default=20)
+    parser.add_argument("--obs-s", type=float, default=8.0)
+    parser.add_argument("--obs-rounds", type=int, default=3)
     args = parser.parse_args(argv)
     notes = _read_notes(args.notes)
     began = time.monotonic()
@@ -184,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         section("Claim round trip", lambda d: claim_rtt_rows(measure_claim_rtt(args.claims, d)))
         section("Throughput and renewals", lambda d: throughput_rows(
             measure_churn(args.agents, args.churn_s, d / "churn"), measure_renewals(args.renewers, args.renew_s, d / "renew")))
+        section("Observability cost", lambda d: observability_rows(
+            measure_observability_cost(args.obs_agents, args.obs_s, args.obs_rounds, d)))
         section("Reload latency", lambda d: reload_rows(measure_reload(args.reload_trials, d),
                                                         measure_polling(args.reload_trials, 0.3)))
         section("Failover", lambda d: failover_rows(measure_failover(args.failover_trials, d)))

@@ -127,7 +127,7 @@ class CoordinatorProc(Proc):
     """`python -m mqfleet coordinator` on a manifest, started and waited for until it answers `health`."""
 
     def __init__(self, workdir: Path, broker_url: str, prefix: str, manifest: str, *, sweep_interval_s: float = 1.0,
-                 log_level: str | None = None, wait_s: float = 60.0) -> None:
+                 log_level: str | None = None, wait_s: float = 60.0, extra: tuple[str, ...] = ()) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.manifest_path = workdir / "fleet.toml"
@@ -138,7 +138,7 @@ class CoordinatorProc(Proc):
             env["MQFLEET_LOG_LEVEL"] = log_level
         argv = [sys.executable, "-m", "mqfleet", "coordinator", "--manifest", str(self.manifest_path),
                 "--db", str(workdir / "coordinator.db"), "--store", (workdir / "artifacts").as_uri(),
-                "--sweep-interval", str(sweep_interval_s)]
+                "--sweep-interval", str(sweep_interval_s), *extra]
         super().__init__(argv, env, workdir / "coordinator.log")
         self.client = FleetClient(BrokerConfig(url=broker_url), prefix=prefix, token=OPERATOR_TOKEN, timeout_s=0.5)
         deadline = time.monotonic() + wait_s

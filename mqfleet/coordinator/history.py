@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+#: Output lines held for the next flush at most; past this they are written at once.
+QUEUED_LINES_MAX = 5000
 #: The fields of an attempt's `usage`, each a number (gpu_mem_max_bytes may be null).
 USAGE_FIELDS = ("wall_s", "cpu_s", "max_rss_bytes", "gpu_mem_max_bytes")
 
@@ -52,16 +54,19 @@ class AttemptHistory:
 
     def __init__(self, state: StateFile) -> None:
         self.state = state
+        #: (job_id, attempt, lines) received but not yet written; see queue_lines()
+        self._queued: list[tuple[str, int, list[str]]] = []
+        self._queued_lines = 0
 
     # --- records ---------------------------------------------------------------------------
 
-    def _record(self, job_id: str, attempt: int) -> dict[str, Any]:
-        c = self.state.conn
-        c.execute("INSERT OR IGNORE INTO attempt_records (job_id, attempt) VALUES (?, ?)", (job_id, attempt))
-        row = c.execute(
-            "SELECT lines_total, lines_dropped, reports_seen, progress_stride FROM attempt_records "
-            "WHERE job_id = ? AND attempt = ?",
-            (job_id, attempt),
+    def _touch(self, job_id: str, attempt: int, *, lines: int = 0) -> dict[str, Any]:
+        """The attempt's record (created if new), its line count raised by `lines`; one statement."""
+        row = self.state.conn.execute(
+            "INSERT INTO attempt_records (job_id, attempt, lines_total) VALUES (?, ?, ?) "
+            "ON CONFLICT (job_id, attempt) DO UPDATE SET lines_total = lines_total + excluded.lines_total "
+            "RETURNING lines_total, lines_dropped, reports_seen, progress_stride",
+            (job_id, attempt, lines),
         ).fetchone()
         return dict(row)
 
@@ -82,29 +87,52 @@ class AttemptHistory:
                 ).fetchone()
         return int(row[0]) if row else None
 
+    def queue_lines(self, job_id: str, attempt: int, lines: list[str], max_lines: int) -> None:
+        """Take a batch of output lines, written by the next flush_lines(): the service flushes at every
+        sweep, before a completion or failure is committed, before `logs` reads, and at stop, so one
+        commit carries many batches. A kill -9 loses at most one sweep interval of a running
+        attempt's lines; an attempt that ended has all its lines on disk."""
+        if not lines:
+            return
+        with self.state.lock:
+            self._queued.append((job_id, attempt, lines))
+            self._queued_lines += len(lines)
+            if self._queued_lines >= QUEUED_LINES_MAX:
+                self.flush_lines(max_lines)
+
+    def flush_lines(self, max_lines: int) -> int:
+        """Write every queued batch in one transaction; how many batches."""
+        with self.state.lock:
+            queued, self._queued, self._queued_lines = self._queued, [], 0
+            if queued:
+                with self.state.transaction():
+                    for job_id, attempt, lines in queued:
+                        self.append_lines(job_id, attempt, lines, max_lines)
+        return len(queued)
+
     def append_lines(self, job_id: str, attempt: int, lines: list[str], max_lines: int) -> int:
         """Store lines at the end of an attempt's log, dropping its oldest past `max_lines`; how many dropped now."""
         if not lines:
             return 0
         c = self.state.conn
         with self.state.transaction():
-            rec = self._record(job_id, attempt)
-            first = rec["lines_total"] + 1
-            c.executemany(
-                "INSERT OR REPLACE INTO attempt_lines (job_id, attempt, seq, line) VALUES (?, ?, ?, ?)",
-                [(job_id, attempt, first + i, line) for i, line in enumerate(lines)],
-            )
-            total = rec["lines_total"] + len(lines)
-            dropped = max(rec["lines_dropped"], total - max_lines)
-            if dropped > rec["lines_dropped"]:
-                c.execute(
-                    "DELETE FROM attempt_lines WHERE job_id = ? AND attempt = ? AND seq <= ?", (job_id, attempt, dropped)
-                )
+            rec = self._touch(job_id, attempt, lines=len(lines))
+            total, dropped_before = int(rec["lines_total"]), int(rec["lines_dropped"])
             c.execute(
-                "UPDATE attempt_records SET lines_total = ?, lines_dropped = ? WHERE job_id = ? AND attempt = ?",
-                (total, dropped, job_id, attempt),
+                "INSERT OR REPLACE INTO attempt_lines (job_id, attempt, seq, count, lines) VALUES (?, ?, ?, ?, ?)",
+                (job_id, attempt, total - len(lines) + 1, len(lines), json.dumps(lines)),
             )
-        return int(dropped - rec["lines_dropped"])
+            dropped = max(dropped_before, total - max_lines)
+            if dropped > dropped_before:
+                # whole batches that ended before the bound go; a batch that straddles it is cut on reading
+                c.execute(
+                    "DELETE FROM attempt_lines WHERE job_id = ? AND attempt = ? AND seq <= ? AND seq + count - 1 <= ?",
+                    (job_id, attempt, dropped, dropped),
+                )
+                c.execute(
+                    "UPDATE attempt_records SET lines_dropped = ? WHERE job_id = ? AND attempt = ?", (dropped, job_id, attempt)
+                )
+        return dropped - dropped_before
 
     def lines(self, job_id: str, attempt: int, *, offset: int = 0, limit: int | None = None) -> list[str]:
         """An attempt's stored lines, oldest first, after a marker line when its oldest were dropped."""
@@ -116,9 +144,14 @@ class AttemptHistory:
             if rec is None:
                 return []
             rows = c.execute(
-                "SELECT line FROM attempt_lines WHERE job_id = ? AND attempt = ? ORDER BY seq", (job_id, attempt)
+                "SELECT seq, lines FROM attempt_lines WHERE job_id = ? AND attempt = ? ORDER BY seq", (job_id, attempt)
             ).fetchall()
-        out = [r[0] for r in rows]
+        dropped = int(rec["lines_dropped"])
+        out: list[str] = []
+        for row in rows:
+            batch = json.loads(row["lines"])
+            skip = max(0, dropped - int(row["seq"]) + 1)
+            out.extend(str(line) for line in batch[skip:])
         if rec["lines_dropped"] and out:
             out.insert(0, dropped_marker(rec["lines_dropped"], rec["lines_total"] - rec["lines_dropped"]))
         end = None if limit is None else offset + limit
@@ -145,8 +178,8 @@ class AttemptHistory:
         c = self.state.conn
         cap = defaults.PROGRESS_POINTS_MAX
         with self.state.transaction():
-            rec = self._record(job_id, attempt)
-            seen, stride = rec["reports_seen"], rec["progress_stride"]
+            rec = self._touch(job_id, attempt)
+            seen, stride = int(rec["reports_seen"]), int(rec["progress_stride"])
             fresh = [(seq, ts, r) for seq, ts, r in sorted(reports, key=lambda x: x[0]) if seq > seen]
             if not fresh:
                 return
@@ -156,13 +189,18 @@ class AttemptHistory:
                 [(job_id, attempt, seq, ts, json.dumps(r, default=str)) for seq, ts, r in fresh
                  if (seq - 1) % stride == 0 or seq == newest],
             )
-            count = self._thin(job_id, attempt, stride, newest)
-            while count > cap:
-                stride *= 2
+            if seen and (seen - 1) % stride != 0:
+                # the previous newest was kept only as the newest: now it is just off the stride
+                c.execute("DELETE FROM attempt_progress WHERE job_id = ? AND attempt = ? AND seq = ?", (job_id, attempt, seen))
+            # at most one kept per stride, plus the newest: count only when that could pass the bound
+            if (newest - 1) // stride + 2 > cap:
                 count = self._thin(job_id, attempt, stride, newest)
+                while count > cap:
+                    stride *= 2
+                    count = self._thin(job_id, attempt, stride, newest)
             c.execute(
                 "UPDATE attempt_records SET reports_seen = ?, progress_stride = ? WHERE job_id = ? AND attempt = ?",
-                (fresh[-1][0], stride, job_id, attempt),
+                (newest, stride, job_id, attempt),
             )
 
     def _thin(self, job_id: str, attempt: int, stride: int, newest: int) -> int:
@@ -197,9 +235,10 @@ class AttemptHistory:
     def record_usage(self, job_id: str, attempt: int, usage: dict[str, Any]) -> None:
         """Store what an attempt used (the agent measures it); inside the caller's transaction."""
         with self.state.transaction():
-            self._record(job_id, attempt)
             self.state.conn.execute(
-                "UPDATE attempt_records SET usage = ? WHERE job_id = ? AND attempt = ?", (json.dumps(usage), job_id, attempt)
+                "INSERT INTO attempt_records (job_id, attempt, usage) VALUES (?, ?, ?) "
+                "ON CONFLICT (job_id, attempt) DO UPDATE SET usage = excluded.usage",
+                (job_id, attempt, json.dumps(usage)),
             )
 
     def usage_of(self, job_id: str) -> dict[int, dict[str, Any]]:

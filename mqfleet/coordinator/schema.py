@@ -145,8 +145,9 @@ CREATE INDEX IF NOT EXISTS replies_ts ON replies (ts);
 CREATE TABLE IF NOT EXISTS attempt_lines (
     job_id TEXT NOT NULL,
     attempt INTEGER NOT NULL,
-    seq INTEGER NOT NULL,  -- 1 for the attempt's first line ever received
-    line TEXT NOT NULL,
+    seq INTEGER NOT NULL,    -- number of the batch's first line; 1 for the attempt's first line ever received
+    count INTEGER NOT NULL,  -- lines in the batch
+    lines TEXT NOT NULL,     -- a JSON array of strings: one row per batch, so a batch costs one insert
     PRIMARY KEY (job_id, attempt, seq)
 ) WITHOUT ROWID;
 

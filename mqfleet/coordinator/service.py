@@ -247,6 +247,7 @@ class Coordinator:
         self._verify_pool.shutdown(wait=True, cancel_futures=True)
         if self.metrics is not None:
             self.metrics.stop()
+        self.flush_lines()
         offline = encode({"state": "offline", "ts": self.clock()})
         self.conn.stop(final=[(self.topics.coordinator_status, offline, True)])
         self.state.close()
@@ -266,9 +267,14 @@ class Coordinator:
 
     # --- the sweep: lease expiry, request memory, status --------------------------------
 
+    def flush_lines(self) -> None:
+        """Write the trainer output lines received since the last flush (coordinator/history.py)."""
+        self.history.flush_lines(self.manifest.fleet.log_max_lines if self.manifest else defaults.LOG_MAX_LINES)
+
     def tick(self, now: float) -> list[str]:
         """Expire leases due at `now`; tests call this with an injected time instead of sleeping."""
         with self.lock:
+            self.flush_lines()
             expired = self.leases.expire_leases(now, fleet=self.fleet)
             for job_id in expired:
                 logger.warning("job %s: lease expired, attempt ended as lost", job_id)
@@ -380,6 +386,9 @@ class Coordinator:
             if spec.prepare is not None:
                 req = Request(**{**req.__dict__, "prepared": spec.prepare(self, req)})
             with self.lock:
+                if req.verb in (Verb.COMPLETE, Verb.FAIL):
+                    # An ended attempt's lines are on disk before its end is: `completed` implies all of them.
+                    self.flush_lines()
                 with self.state.transaction():
                     reply = spec.handler(self, req)
                     if key:
@@ -476,8 +485,9 @@ class Coordinator:
                 logger.debug("log lines for %s from %s dropped: no attempt of that host", job_id[:12], host)
                 return
             max_lines = self.manifest.fleet.log_max_lines if self.manifest else defaults.LOG_MAX_LINES
-            # Stored as they arrive, so a coordinator restart loses none (docs/OPERATIONS.md, "Logs").
-            self.history.append_lines(job_id, number, [str(line) for line in lines[:LOG_LINES_PER_BATCH]], max_lines)
+            # Stored durably, batched per sweep: a coordinator restart loses none of an ended attempt's lines
+            # (docs/OPERATIONS.md, "Logs").
+            self.history.queue_lines(job_id, number, [str(line) for line in lines[:LOG_LINES_PER_BATCH]], max_lines)
 
     def _host_of(self, msg: Message) -> str | None:
         parsed = self.topics.parse_host_topic(msg.topic)
@@ -558,6 +568,7 @@ class Coordinator:
         the latest that has any; an attempt whose lines are gone (pruned, or from an older version)
         shows its stored tail."""
         with self.lock:
+            self.flush_lines()
             attempts = self.catalog.attempts(job_id)
             numbers = [int(a["number"]) for a in attempts]
             if attempt is None:
