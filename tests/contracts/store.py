@@ -110,6 +110,10 @@ class StoreContract:
     def test_check_passes_on_a_usable_store(self, store: ArtifactStore) -> None:
         store.check()
 
+    def test_probe_passes_on_a_usable_store(self, store: ArtifactStore) -> None:
+        store.check()
+        store.probe()
+
     def test_a_presigned_put_url_with_a_tampered_signature_is_refused(self, store: ArtifactStore, tmp_path: Path) -> None:
         if not self.signs_urls:
             pytest.skip("file:// URLs carry no signature")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -99,3 +100,21 @@ def test_local_s3_stop_leaves_no_weed_process_behind(tmp_path: Path) -> None:
     assert time.monotonic() - began < 15
     for proc in family:
         assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+
+
+def test_file_store_probe_reports_a_removed_folder_and_does_not_recreate_it(tmp_path: Path) -> None:
+    store = open_store((tmp_path / "store").as_uri())
+    store.check()
+    shutil.rmtree(tmp_path / "store" / "artifacts")
+    for _ in range(2):  # twice: the first probe must not have quietly recreated it
+        with pytest.raises(StoreError, match="missing"):
+            store.probe()
+
+
+def test_s3_store_probe_reports_a_missing_bucket_and_does_not_create_it(seaweed: LocalS3) -> None:
+    # built directly: open_store() runs check(), which creates the bucket
+    store = S3Store(bucket="t-never-made", prefix="", endpoint=seaweed.endpoint, access_key=seaweed.access_key,
+                    secret_key=seaweed.secret_key, secure=False)
+    for _ in range(2):
+        with pytest.raises(StoreError, match="does not exist"):
+            store.probe()
