@@ -44,16 +44,19 @@ def _running_elsewhere(record: FaultRecord, observer: Observer) -> dict[str, Any
     """kill -9 of a host -> its job running on another host. Reported, not bounded: with every host busy the
     job waits for a free slot, and the restarted host itself may take it back first."""
     seconds: list[float] = []
+    anywhere: list[float] = []
     back_on_same_host = 0
     for job_id, host, t0 in record.deaths:
         ran = observer.first_run_elsewhere(job_id, host, t0)
         again = observer.first_seen(job_id, ("running",), t0)
+        if again is not None:
+            anywhere.append(again - t0)
         if ran is not None and (again is None or ran <= again):
             seconds.append(ran - t0)
         elif again is not None:
             back_on_same_host += 1
     return {**summary(seconds), "ran_again_on_the_restarted_host": back_on_same_host,
-            "not_run_again": len(record.deaths) - len(seconds) - back_on_same_host}
+            "not_run_again": len(record.deaths) - len(anywhere), "running_again_anywhere": summary(anywhere)}
 
 
 def _verify_artifacts(conn: sqlite3.Connection, store: Path) -> tuple[int, list[str]]:
