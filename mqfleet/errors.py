@@ -113,6 +113,16 @@ class ConflictError(StateError):
     code = "conflict"
 
 
+class UnavailableError(StateError):
+    """Raised when the coordinator's state database cannot be reached (a PostgreSQL outage); retry later."""
+
+    code = "unavailable"
+
+
+class SchemaVersionError(ConfigurationError):
+    """Raised when the state database was written by a newer mqfleet, whose schema this one does not know."""
+
+
 class BrokerError(MqfleetError):
     """Raised when the broker cannot be used."""
 

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.fleet",
     "tests.fixtures.tls",
     "tests.fixtures.postgres",
+    "tests.fixtures.state",
 ]

@@ -190,9 +190,10 @@ class Catalog:
 
 def refresh_blocked(conn: sqlite3.Connection, job_ids: Iterable[str] | None = None) -> None:
     """Recompute `blocked` (left the manifest, or a dependency not completed) for some jobs, or all."""
+    # CAST: the flag is an integer column on both engines (PostgreSQL has no implicit bool-to-int)
     expr = (
-        "in_manifest = 0 OR EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs a ON a.id = d.after_id "
-        "WHERE d.job_id = jobs.id AND (a.status IS NULL OR a.status != 'completed'))"
+        "CAST((in_manifest = 0 OR EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs a ON a.id = d.after_id "
+        "WHERE d.job_id = jobs.id AND (a.status IS NULL OR a.status != 'completed'))) AS INTEGER)"
     )
     if job_ids is None:
         # rewrite only rows whose flag changes, so a reload of an unchanged manifest writes nothing

@@ -93,31 +93,31 @@ class Claims:
         # The other hosts matter only to the prefer_cuda rule, and reading them costs a row and an
         # advert parse per host; so they are read once, and only when a prefer_cuda job comes up.
         others: list[scheduler.HostView] | None = None
-        cur = self.state.conn.execute(
-            f"SELECT seq, spec, r.failed_hosts FROM jobs LEFT JOIN retries r ON r.job_id = jobs.id WHERE {where} "
-            f"ORDER BY {order}",
-            (view.ram_gib, view.vram_gib, now),
-        )
-        try:
-            # The first job in rank order usually fits, so the first batch is small: parsing a
-            # spec is most of a claim's cost.
-            size = CLAIM_FIRST_BATCH
-            while batch := cur.fetchmany(size):
-                size = CLAIM_BATCH
-                candidates = [(r["seq"], spec_from_json(r["spec"])) for r in batch]
-                failed = {spec.id: frozenset(json.loads(r["failed_hosts"]))
-                          for (_, spec), r in zip(candidates, batch, strict=True) if r["failed_hosts"]}
-                # ... and to a retry that failed on this host, which waits for another eligible host
-                needs_others = any(view.id in hosts for hosts in failed.values()) or (
-                    not view.has_cuda and any(spec.prefer_cuda for _, spec in candidates))
-                if others is None and needs_others:
-                    others = self.hosts.views(manifest.hosts, "WHERE h.online = 1 AND h.draining = 0 AND h.id != ?", (view.id,))
-                found = scheduler.first_eligible(candidates, view, others or [], commit=manifest.fleet.commit,
-                                                 failed=failed)
-                if found is not None:
-                    return found
-        finally:
-            cur.close()
+        # Pages by LIMIT/OFFSET rather than one open cursor: PostgreSQL's client-side cursor would
+        # fetch every pending spec up front. Inside the claim's transaction the ranking cannot change,
+        # and the first page usually holds the job, so the re-walk of skipped index rows is rare.
+        sql = (f"SELECT seq, spec, r.failed_hosts FROM jobs LEFT JOIN retries r ON r.job_id = jobs.id WHERE {where} "
+               f"ORDER BY {order} LIMIT ? OFFSET ?")
+        # The first job in rank order usually fits, so the first batch is small: parsing a
+        # spec is most of a claim's cost.
+        size, offset = CLAIM_FIRST_BATCH, 0
+        while batch := self.state.conn.execute(sql, (view.ram_gib, view.vram_gib, now, size, offset)).fetchall():
+            candidates = [(r["seq"], spec_from_json(r["spec"])) for r in batch]
+            failed = {spec.id: frozenset(json.loads(r["failed_hosts"]))
+                      for (_, spec), r in zip(candidates, batch, strict=True) if r["failed_hosts"]}
+            # ... and to a retry that failed on this host, which waits for another eligible host
+            needs_others = any(view.id in hosts for hosts in failed.values()) or (
+                not view.has_cuda and any(spec.prefer_cuda for _, spec in candidates))
+            if others is None and needs_others:
+                others = self.hosts.views(manifest.hosts, "WHERE h.online = 1 AND h.draining = 0 AND h.id != ?", (view.id,))
+            found = scheduler.first_eligible(candidates, view, others or [], commit=manifest.fleet.commit,
+                                             failed=failed)
+            if found is not None:
+                return found
+            if len(batch) < size:
+                break
+            offset += len(batch)
+            size = CLAIM_BATCH
         return None
 
     def why_waiting(self, job_id: str, manifest: Manifest | None, now: float) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ import json
 import sqlite3
 from typing import Any
 
+from mqfleet.errors import SchemaVersionError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order: the age tie-break
@@ -202,3 +204,25 @@ def job_row(row: sqlite3.Row) -> dict[str, Any]:
     out["in_manifest"] = bool(out["in_manifest"])
     out["progress"] = json.loads(out["progress"]) if out["progress"] else None
     return out
+
+
+#: The schema's version: raise it with every change an older mqfleet would misread, and migrate in
+#: `check_schema_version`. A state database of a newer version is refused, never written.
+SCHEMA_VERSION = 1
+
+VERSION_SCHEMA = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);"
+
+
+def check_schema_version(conn: sqlite3.Connection, where: str) -> int:
+    """Inside the schema's transaction: stamp a new database with SCHEMA_VERSION, or refuse a newer one."""
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    found = int(row[0]) if row and row[0] is not None else None
+    if found is None:
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        return SCHEMA_VERSION
+    if found > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the state at {where} has schema version {found}, written by a newer mqfleet; this one knows "
+            f"version {SCHEMA_VERSION}: run the newer mqfleet (or migrate into a fresh database)"
+        )
+    return found

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from mqfleet.coordinator.schema import SCHEMA
+from mqfleet.coordinator.schema import SCHEMA, VERSION_SCHEMA, check_schema_version
 from mqfleet.errors import IllegalTransitionError, NotFoundError, StateError
 from mqfleet.state import JobStatus, is_allowed
 
@@ -38,6 +38,16 @@ def open_connection(path: str | os.PathLike[str]) -> sqlite3.Connection:
     # WAL with NORMAL never corrupts; a power cut may only lose the last commits
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.executescript(SCHEMA)
+    conn.executescript(VERSION_SCHEMA)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        check_schema_version(conn, os.fspath(path))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()
+        raise
     return conn
 
 

@@ -61,6 +61,8 @@ class LocalPostgres:
         self.log_path = self.workdir / "postgres.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._cluster = self.workdir
+        self._argv: list[str] = []
+        self._ids: tuple[int, int] | None = None
 
     @staticmethod
     def available() -> bool:
@@ -122,22 +124,42 @@ class LocalPostgres:
         finally:
             pwfile.unlink()
         self.port = _free_port()
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
-                 "-k", str(sockets), "-c", "fsync=off", "-c", "max_connections=200"],
-                cwd=self._cluster, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                user=ids[0] if ids else None, group=ids[1] if ids else None, extra_groups=[] if ids else None,
-                start_new_session=True,
-            )
+        self._argv = [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
+                      "-k", str(sockets), "-c", "fsync=off", "-c", "max_connections=200"]
+        self._ids = ids
+        self._spawn()
         atexit.register(self.stop)
         try:
             self._wait_ready(time.monotonic() + timeout_s)
         except BaseException:
             self.stop()
             raise
+        assert self._proc is not None
         logger.info("postgres 127.0.0.1:%d ready (pid %d)", self.port, self._proc.pid)
         return self
+
+    def _spawn(self) -> None:
+        ids = self._ids
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                self._argv, cwd=self._cluster, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                user=ids[0] if ids else None, group=ids[1] if ids else None, extra_groups=[] if ids else None,
+                start_new_session=True,
+            )
+
+    def halt(self) -> None:
+        """An outage: stop the server (fast shutdown: every session is cut) but keep its data; `revive()` ends it."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._stop_process(self._proc)
+
+    def revive(self, timeout_s: float = 60) -> None:
+        """Start the halted server again, same port and data; returns once a query answers."""
+        if self._proc is None:
+            raise ConfigurationError("LocalPostgres was never started")
+        if self._proc.poll() is None:
+            return
+        self._spawn()
+        self._wait_ready(time.monotonic() + timeout_s)
 
     def _wait_ready(self, deadline: float) -> None:
         import psycopg

@@ -1,18 +1,21 @@
 """Random sequences of claim, renew, expiry, complete, fail, cancel, requeue, presence and reload
-against a real SQLite file, checking the invariants the coordinator relies on after every step."""
+against a real SQLite file and a real PostgreSQL database, checking the invariants the coordinator
+relies on after every step."""
 
 from __future__ import annotations
 
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from mqfleet.errors import IllegalTransitionError, LeaseLostError
 from mqfleet.manifest import HostPolicy
+from mqfleet.services.postgres import LocalPostgres
 from mqfleet.state import LEASED, TERMINAL, Cause, JobStatus
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import ART, T0, advert, job, manifest
@@ -37,7 +40,7 @@ class LeaseMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory()
-        self.db = CoordinatorState(Path(self.tmp.name) / "state.db")
+        self.db = CoordinatorState(self.make_target())
         self.now = T0
         self.known: set[str] = set()
         self.grants: list[dict[str, Any]] = []  # every grant ever, stale ones included
@@ -47,6 +50,10 @@ class LeaseMachine(RuleBasedStateMachine):
             self.db.record_advert(host, ad, self.now)
             self.db.record_presence(host, True, self.now)
         self._apply(list(range(len(POOL))))
+
+    def make_target(self) -> str:
+        """Where this example's state lives: a fresh SQLite file (PostgreSQL below)."""
+        return str(Path(self.tmp.name) / "state.db")
 
     def teardown(self) -> None:
         self.db.close()
@@ -193,3 +200,11 @@ class LeaseMachine(RuleBasedStateMachine):
 
 LeaseMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
 test_lease_state_machine_keeps_its_invariants = LeaseMachine.TestCase
+
+
+def test_lease_state_machine_keeps_its_invariants_on_postgresql(postgres: LocalPostgres) -> None:
+    class OnPostgres(LeaseMachine):
+        def make_target(self) -> str:
+            return postgres.create_database(f"p_{uuid.uuid4().hex[:16]}")
+
+    run_state_machine_as_test(OnPostgres, settings=settings(max_examples=10, stateful_step_count=30, deadline=None))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,8 @@ NAMES = [f"{'lr' if i % 3 else 'depth'}-{i}" for i in range(257)]
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> CoordinatorState:
-    database = CoordinatorState(tmp_path / "state.db")
+def db(state_target: str) -> CoordinatorState:
+    database = CoordinatorState(state_target)
     database.apply_manifest(manifest(*(job(n) for n in NAMES)), T0)
     return database
 
