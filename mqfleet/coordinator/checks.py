@@ -57,9 +57,7 @@ class HealthChecks:
     def check_database_file(self) -> CheckResult:
         """PRAGMA quick_check: every page and index readable and consistent (run once, at start)."""
         try:
-            with self.state.lock:
-                rows = self.state.conn.execute("PRAGMA quick_check").fetchall()
-            found = "; ".join(str(r[0]) for r in rows)[:2000]
+            found = self.state.quick_check()[:2000]
             ok = found == "ok"
             detail = "quick_check ok" if ok else (f"quick_check found damage in {self.state.path}: {found}; restore "
                                                   "the database from a backup (docs/OPERATIONS.md)")
@@ -76,7 +74,8 @@ class HealthChecks:
         try:
             with self.state.lock:
                 count = self.state.conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-            os.stat(self.state.path)
+            if self.state.file_path is not None:  # a server (PostgreSQL) has no file of ours to lose
+                os.stat(self.state.file_path)
         except FileNotFoundError:
             return CheckResult(False, f"the database file {self.state.path} was removed while in use; every change "
                                       "since is lost at the next restart: stop the coordinator and restore it", now)

@@ -159,6 +159,15 @@ class StateFile:
 
     # health
 
+    @property
+    def file_path(self) -> str | None:
+        """The file holding the state (None when a server holds it)."""
+        return self.path
+
+    def quick_check(self) -> str:
+        """'ok', or SQLite's list of damaged pages and indexes (PRAGMA quick_check)."""
+        return "; ".join(str(r[0]) for r in self.read("PRAGMA quick_check"))
+
     def integrity_check(self) -> str:
         """'ok', or SQLite's list of problems."""
         return "\n".join(str(r[0]) for r in self.read("PRAGMA integrity_check"))

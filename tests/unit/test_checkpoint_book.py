@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,8 @@ SHA1, SHA2 = "11" * 32, "22" * 32
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[CoordinatorState]:
-    database = CoordinatorState(tmp_path / "state.db")
+def db(state_target: str) -> Iterator[CoordinatorState]:
+    database = CoordinatorState(state_target)
     database.apply_manifest(manifest(job("a")), T0)
     bring_online(database, "h1")
     bring_online(database, "h2")
@@ -100,12 +99,12 @@ def test_detail_shows_size_and_last_sync_and_how_the_last_attempt_started(db: Co
                                     "note": "started fresh: sha256", "ts": T0 + 8}
 
 
-def test_the_tables_survive_a_reopen(tmp_path: Path) -> None:
-    database = CoordinatorState(tmp_path / "s.db")
+def test_the_tables_survive_a_reopen(state_target: str) -> None:
+    database = CoordinatorState(state_target)
     database.apply_manifest(manifest(job("a")), T0)
     _save(CheckpointBook(database.state), SHA1)
     database.close()
-    again = CoordinatorState(tmp_path / "s.db")
+    again = CoordinatorState(state_target)
     try:
         latest = CheckpointBook(again.state).latest(job_id("a"))
         assert latest is not None and latest["sha256"] == SHA1

@@ -1,9 +1,7 @@
-"""AttemptHistory against a real SQLite file: bounded logs with a marker, evenly thinned progress,
+"""AttemptHistory against a real SQLite file and a real PostgreSQL database: bounded logs with a marker, evenly thinned progress,
 usage per attempt and per host, and retention that prunes only what is old and ended."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +13,8 @@ from tests.unit.test_db import T0, advert, job, job_id, manifest
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    d = Database(tmp_path / "state.db")
+def db(state_target: str) -> Database:
+    d = Database(state_target)
     d.apply_manifest(manifest(job("a"), job("b"), job("c")), T0)
     d.record_advert("h1", advert("h1", slots=3), T0)
     d.record_presence("h1", True, T0)
@@ -34,10 +32,10 @@ def test_lines_past_the_bound_drop_the_oldest_and_leave_a_marker(db: Database) -
     assert history.attempts_with_lines("j") == [1]
 
 
-def test_lines_outlive_a_new_connection_to_the_same_file(db: Database, tmp_path: Path) -> None:
+def test_lines_outlive_a_new_connection_to_the_same_file(db: Database, state_target: str) -> None:
     AttemptHistory(db.state).append_lines("j", 1, ["kept"], max_lines=10)
     db.close()
-    again = AttemptHistory(Database(tmp_path / "state.db").state)
+    again = AttemptHistory(Database(state_target).state)
     assert again.lines("j", 1) == ["kept"]
 
 

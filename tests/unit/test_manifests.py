@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mqfleet.coordinator.manifests import (
     MANIFESTS_KEPT,
     ORIGIN_FILE,
@@ -13,7 +11,7 @@ from mqfleet.coordinator.manifests import (
     choose_at_start,
     text_sha256,
 )
-from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.coordinator.postgres import open_state
 
 PATH = "/etc/mqfleet/fleet.toml"
 
@@ -44,8 +42,8 @@ def test_an_unreadable_file_keeps_the_manifest_in_force() -> None:
     assert not choose_at_start(PATH, None, stored("b"), stored("b")).use_file
 
 
-def test_history_keeps_the_text_exactly_and_only_the_newest_manifests(tmp_path: Path) -> None:
-    state = StateFile(tmp_path / "state.db")
+def test_history_keeps_the_text_exactly_and_only_the_newest_manifests(state_target: str) -> None:
+    state = open_state(state_target)
     history = ManifestHistory(state)
     text = "# é\r\n[fleet]\n"
     history.record(text, PATH, ORIGIN_FILE, 1.0)
