@@ -12,7 +12,8 @@ What is translated, and why:
 - `INSERT OR IGNORE` becomes `ON CONFLICT DO NOTHING`; `INSERT OR REPLACE` becomes an upsert on
   the table's primary key (columns not listed keep their value, where SQLite would reset them);
 - scalar `MIN(a, b)`/`MAX(a, b)` become `LEAST`/`GREATEST` (the one-argument aggregates stay);
-- `IFNULL` becomes `COALESCE`, `==` becomes `=`, `rowid` becomes `ctid` (an order of physical rows
+- `json_extract(col, '$.key')` becomes `col::jsonb #> '{key}'` (select lists: psycopg returns the
+  same Python value), `IFNULL` becomes `COALESCE`, `group_concat` `string_agg`, `==` becomes `=`, `rowid` becomes `ctid` (an order of physical rows
   only: a tie-break, never an identity), `x GLOB ?` a regular expression match built by
   `mqfleet_glob_regex` (created with the schema, `postgres.PG_EXTRAS`);
 - DDL: `INTEGER PRIMARY KEY AUTOINCREMENT` an identity column, `INTEGER` `BIGINT` (SQLite's integers
@@ -87,6 +88,30 @@ def _scalar_min_max(sql: str) -> str:
     return "".join(out)
 
 
+_GROUP_CONCAT = re.compile(r"\bgroup_concat\s*\(", re.IGNORECASE)
+
+
+def _group_concat(sql: str) -> str:
+    """`group_concat(x[, sep])` as `string_agg(x, sep)` (SQLite's default separator is a comma)."""
+    while (m := _GROUP_CONCAT.search(sql)) is not None:
+        close, commas = _closing_paren(sql, m.end() - 1)
+        args = sql[m.end() : close] + ("" if commas else ", ','")
+        sql = f"{sql[: m.start()]}string_agg({args}){sql[close + 1 :]}"
+    return sql
+
+
+_JSON_EXTRACT = re.compile(r"\bjson_extract\s*\(\s*([\w.]+)\s*,\s*\x00(\d+)\x00\s*\)", re.IGNORECASE)
+
+
+def _json_path(m: re.Match[str], literals: list[str], sql: str) -> str:
+    """`json_extract(col, '$.a.b')` as `jsonb #> '{a,b}'`: psycopg loads the jsonb into the same Python
+    value (number, string, None) SQLite's json_extract returns; for the select list, not comparisons."""
+    path = literals[int(m.group(2))].strip("'")
+    if not re.fullmatch(r"\$(\.\w+)+", path):
+        raise DialectError(f"json_extract translates only with a '$.key' path: {sql[:200]!r}")
+    return f"(CAST({m.group(1)} AS jsonb) #> '{{{','.join(path.split('.')[1:])}}}')"
+
+
 class Translator:
     """Translates statements once each (a coordinator runs a few dozen texts millions of times)."""
 
@@ -119,6 +144,8 @@ class Translator:
         if re.search(r"\bGLOB\b", code, re.IGNORECASE):
             raise DialectError(f"GLOB translates only with a parameter as its pattern: {sql[:200]!r}")
         code = _scalar_min_max(code)
+        code = _group_concat(code)
+        code = _JSON_EXTRACT.sub(lambda m: _json_path(m, literals, sql), code)
         code = self._insert_or(code, sql)
         return _unmask(code, literals, lambda lit: lit.replace("%", "%%"))
 
