@@ -47,6 +47,8 @@ REPORT_MAX_CHARS = 2000
 
 #: How often the job thread looks at the clock while its trainer runs, for timeout_s and stall_s.
 LIMIT_CHECK_S = 0.25
+#: A look that comes this much later than due means the agent itself was paused (SIGSTOP, starved).
+AGENT_PAUSE_S = 1.0
 
 
 class Ending(str, Enum):
@@ -234,7 +236,7 @@ class JobRun:
         timeout_s or stays silent for stall_s; its exit code."""
         if self.timeout_s is None and self.stall_s is None:
             return trainer.wait()
-        started = time.monotonic()
+        started = last_look = heard_floor = time.monotonic()
         while True:
             exit_code = trainer.wait(LIMIT_CHECK_S)
             if exit_code is not None or trainer.poll() is not None:
@@ -242,8 +244,13 @@ class JobRun:
             if self.ending is not None:
                 continue  # already being stopped; the wait above ends when the tree is gone
             now = time.monotonic()
+            if now - last_look > LIMIT_CHECK_S + AGENT_PAUSE_S:
+                # This agent was stopped or starved, not the trainer: its lines wait unread in the pipe,
+                # so silence counts again from now (a SIGSTOPped agent must not kill a healthy trainer).
+                heard_floor = now
+            last_look = now
             ran_s = now - started
-            silent_s = now - (trainer.last_output_monotonic or started)
+            silent_s = now - max(trainer.last_output_monotonic or started, heard_floor)
             if self.timeout_s is not None and ran_s >= self.timeout_s:
                 self.end(Ending.TIMEOUT, f"timeout: still running {ran_s:.1f} s after its start (timeout_s = {self.timeout_s:g}); stopped")
             elif self.stall_s is not None and silent_s >= self.stall_s:

@@ -9,6 +9,7 @@ blurred by a second fault in the same window.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import random
 import signal
@@ -31,7 +32,7 @@ from mqfleet.soak.observer import Observer
 logger = logging.getLogger(__name__)
 
 KINDS = ("agent_kill", "trainer_kill", "stall_short", "stall_grace", "stall_long", "coordinator_kill",
-         "broker_restart", "duplicate", "reorder", "cancel")
+         "broker_restart", "duplicate", "reorder", "cancel", "hang")
 #: Longest wait for any one fault's effect; a fault that has none by then is recorded as such.
 EFFECT_TIMEOUT_S = 60.0
 
@@ -90,6 +91,10 @@ class FaultRecord:
     requeues: int = 0
     requeue_failures: int = 0
     coordinator_restart_s: list[float] = field(default_factory=list)
+    #: `hang`: a trainer that stops printing must end `stalled` (then its retry completes, like every job).
+    hangs: int = 0
+    hangs_not_stalled: int = 0
+    hang_to_stalled_s: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
 
@@ -346,6 +351,34 @@ class Injector:
             self.record.cancels_undelivered += 1
             self.record.problems.append(f"cancel {job['name']}: its trainer still runs 20s later")
         return f"cancel {job['name']} (trainer gone after {time.monotonic() - t0:.1f}s)"
+
+    def _hang(self) -> str | None:
+        running = [j for j in self.observer.running() if j.get("name")]
+        if not running:
+            return None
+        job = self.rng.choice(running)
+        name, job_id = str(job["name"]), str(job["id"])
+        marker = self.fleet.hang_dir / name
+        t0 = time.time()
+        marker.write_text("hang\n", encoding="utf-8")
+        picked_up = wait_for(lambda: not marker.exists(), 5.0, interval_s=0.2)
+        if not picked_up:
+            marker.unlink(missing_ok=True)  # it ended first; a later attempt must not hang for it
+            return f"hang {name}: its trainer ended before it read the marker"
+        self.record.hangs += 1
+        seen = wait_for(functools.partial(self.observer.first_seen, job_id, ("pending", "failed"), t0),
+                        self.config.stall_s + 2 * self.config.lease_s + 10.0)
+        result = self.fleet.cli("show", job_id, "--json")
+        try:
+            causes = [a.get("cause") for a in json.loads(result.stdout).get("attempts_detail") or []]
+        except ValueError:
+            causes = []
+        if seen is None or "stalled" not in causes:
+            self.record.hangs_not_stalled += 1
+            self.record.problems.append(f"hang {name}: attempt causes {causes}, not stalled")
+            return f"hang {name}: not ended stalled ({causes})"
+        self.record.hang_to_stalled_s.append(seen - t0)
+        return f"hang {name}: ended stalled {seen - t0:.1f}s after it went silent (stall_s {self.config.stall_s:g})"
 
     def requeue_due(self, *, everything: bool = False) -> None:
         now = time.monotonic()

@@ -38,6 +38,8 @@ class SoakConfig:
     sweep_interval_s: float = 1.0
     #: High, so that injected faults (each ends an attempt) never legitimately exhaust a job's budget.
     max_attempts: int = 10
+    #: The trainer prints every second, so this much silence is the `hang` fault (or a loaded machine's worst).
+    stall_s: float = 6.0
     drain_timeout_s: float = 0.0
     prefix: str = "mqfleet"
 
@@ -73,6 +75,7 @@ def manifest_text(config: SoakConfig) -> str:
         f"max_attempts = {config.max_attempts}",
         f"lease_s = {config.lease_s}",
         f"grace_s = {config.grace_s}",
+        f"stall_s = {config.stall_s}",
         "",
         "[trainers.soak]",
         'command = ["{python}", "-m", "mqfleet.soak.trainer"]',
@@ -164,13 +167,19 @@ class SoakFleet:
         return self.dir / "agents"
 
     @property
+    def hang_dir(self) -> Path:
+        """Where the `hang` fault names the jobs whose trainer must stop printing (mqfleet.soak.trainer)."""
+        return self.dir / "hang"
+
+    @property
     def env(self) -> dict[str, str]:
         assert self.broker is not None
         return {**os.environ, "MQFLEET_BROKER": self.broker.url, "MQFLEET_PREFIX": self.config.prefix,
-                "MQFLEET_OPERATOR_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+                "MQFLEET_OPERATOR_TOKEN": self.token, "PYTHONUNBUFFERED": "1",
+                "MQFLEET_SOAK_HANG_DIR": str(self.hang_dir)}
 
     def prepare(self) -> None:
-        for sub in ("logs", "store", "repo", "agents"):
+        for sub in ("logs", "store", "repo", "agents", "hang"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "soak.toml").write_text(manifest_text(self.config), encoding="utf-8")
 

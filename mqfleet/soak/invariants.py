@@ -117,6 +117,7 @@ def check(config: SoakConfig, db_path: Path, store: Path, agents_dir: Path, obse
         "redelivered requests answered, not re-executed": record.duplicate_mismatches == 0,
         "stale-lease requests refused with lease_lost": record.stale_accepted == 0,
         "every cancel reached its trainer": record.cancels_undelivered == 0,
+        "every hung trainer ended stalled": record.hangs_not_stalled == 0,
         f"host death to pending within {bound:g}s": not over_bound and record.deaths_not_pending == 0,
         "no attempt left open": causes.get("open", 0) == 0,
         "retained job states agree with the database": not stale_states,
@@ -141,6 +142,8 @@ def check(config: SoakConfig, db_path: Path, store: Path, agents_dir: Path, obse
         "host_death_to_running_elsewhere_s": _running_elsewhere(record, observer),
         "stall_to_pending_s": summary(record.stall_to_pending_s),
         "stalls_within_grace": {"kept": record.stalls_kept, "lost": record.stalls_lost},
+        "hang_to_stalled_s": {**summary(record.hang_to_stalled_s), "hangs": record.hangs,
+                              "not_stalled": record.hangs_not_stalled},
         "duplicates": {"sent": record.duplicates_sent, "same_reply": record.duplicates_same_reply,
                        "unanswered_in_flight": record.duplicates_unanswered, "mismatched": record.duplicate_mismatches},
         "stale_lease_requests": {"sent": record.stale_sent, "refused": record.stale_refused,
@@ -175,7 +178,7 @@ def render(report: dict[str, Any], console: Console) -> None:
     figures.add_column("value")
     for key in ("jobs", "attempts_by_cause", "faults_injected", "faults_skipped", "host_death_to_pending_s",
                 "host_death_to_running_elsewhere_s",
-                "stall_to_pending_s", "stalls_within_grace", "duplicates", "stale_lease_requests", "cancels",
+                "stall_to_pending_s", "stalls_within_grace", "hang_to_stalled_s", "duplicates", "stale_lease_requests", "cancels",
                 "coordinator_restart_to_answer_s", "artifacts", "orphans", "events", "sqlite_integrity_check", "timing"):
         if key in report:
             value = report[key]

@@ -5,6 +5,10 @@ about once a second and writes `result.json` naming the job (name, seed, hyper),
 never the attempt or the host, so every attempt of a job packs to the same bytes
 and the soak can check that each stored artifact belongs to the job that
 recorded it. Standard library only, so it starts fast on a loaded machine.
+
+The soak's `hang` fault drops a file named after the job in $MQFLEET_SOAK_HANG_DIR;
+the trainer that finds it removes it (so only one attempt hangs) and then stops
+printing without exiting, as a trainer stuck on a dead mount would.
 """
 
 from __future__ import annotations
@@ -17,6 +21,19 @@ from pathlib import Path
 
 #: Seconds between progress lines; also the granularity of the sleep.
 STEP_S = 1.0
+#: Where the soak's `hang` fault leaves the names of jobs whose running attempt must hang.
+ENV_HANG_DIR = "MQFLEET_SOAK_HANG_DIR"
+
+
+def _told_to_hang(name: str) -> bool:
+    folder = os.environ.get(ENV_HANG_DIR)
+    if not folder:
+        return False
+    try:
+        (Path(folder) / name).unlink()  # whoever removes it hangs; a retry finds nothing
+    except OSError:
+        return False
+    return True
 
 
 def _sleep_flag(argv: list[str]) -> float:
@@ -34,6 +51,10 @@ def main(argv: list[str]) -> int:
     deadline = time.monotonic() + total_s
     print(f"soak trainer: job {spec.get('name')} attempt {spec.get('attempt')} sleeps {total_s:.1f}s", flush=True)
     while (left := deadline - time.monotonic()) > 0:
+        if _told_to_hang(str(spec.get("name"))):
+            print("soak trainer: hanging (no more output) as the soak asked", flush=True)
+            while True:  # silent until the agent's stall_s limit stops it
+                time.sleep(STEP_S)
         time.sleep(min(STEP_S, left))
         done = 1.0 - max(0.0, deadline - time.monotonic()) / total_s
         print("@mqfleet " + json.dumps({"progress": round(done, 3)}), flush=True)

@@ -229,3 +229,25 @@ def test_a_job_after_a_failed_dependency_says_so_and_cancel_unsatisfiable_cancel
     waiting = fleet.client().job("next")
     assert waiting["status"] == "pending" and waiting["error"] is None, waiting
     assert {"host": None, "reason": "dependency 'base' not completed (pending)"} in waiting["why_waiting"]
+
+
+def test_the_soak_trainer_told_to_hang_ends_stalled_and_its_retry_completes(fleet: Fleet) -> None:
+    # the soak's `hang` fault (mqfleet.soak.faults) in one job: the marker is read by the first attempt only
+    hang_dir = fleet.dir / "hang"
+    hang_dir.mkdir()
+    (hang_dir / "sleepy").write_text("hang\n")
+    fleet.env["MQFLEET_SOAK_HANG_DIR"] = str(hang_dir)
+    soak_trainer = """\
+[trainers.soak]
+command = ["{python}", "-m", "mqfleet.soak.trainer"]
+[trainers.soak.hyper]
+sleep = { type = "float", default = 3.0, min = 0.0 }
+"""
+    fleet.write_manifest(manifest_text({"name": "sleepy", "model": "soak"}, fleet=_fleet(max_attempts=3, stall_s=3),
+                                       trainers=soak_trainer))
+    fleet.start_coordinator()
+    fleet.start_agent("solo")
+    fleet.wait_for_status("completed", timeout_s=60)
+    detail = fleet.client().job("sleepy")["attempts_detail"]
+    assert [a["cause"] or a["outcome"] for a in detail] == ["stalled", "completed"], detail
+    assert not (hang_dir / "sleepy").exists()
