@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from mqfleet.defaults import ENV_OUT_DIR, ENV_SPEC
+from mqfleet.defaults import ENV_CHECKPOINT_DIR, ENV_OUT_DIR, ENV_SPEC
 from mqfleet.errors import MqfleetError
 from mqfleet.manifest import HyperParam
 from mqfleet.trainers import BUILTIN_HYPER, BUILTIN_MODULE
@@ -263,6 +263,23 @@ def log(message: str) -> None:
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON the same way every time: sorted keys, fixed indent, trailing newline."""
     path.write_text(json.dumps(finite(obj), sort_keys=True, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def checkpoint_folder(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The job's checkpoint folder ($MQFLEET_CHECKPOINT_DIR), or None when the agent gave none (or no agent)."""
+    value = (os.environ if environ is None else environ).get(ENV_CHECKPOINT_DIR, "")
+    return Path(value) if value else None
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename: a reader (the agent's sync, the next
+    attempt) sees the old file or the new one, never half of one, even if the trainer is killed mid-write."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def sha256_file(path: Path) -> str:

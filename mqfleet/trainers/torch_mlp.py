@@ -8,12 +8,19 @@ Reproducible: seeded initialisation and shuffling, `torch.use_deterministic_algo
 thread count give a bit-identical output folder for the same job on the same machine. On a GPU
 (`CUDA_VISIBLE_DEVICES` set and CUDA usable) it trains there, with cuBLAS pinned to its deterministic
 workspace. torch is imported inside `train()`; xgboost is never imported.
+
+Resumable: after every epoch the model, the optimizer, the batch-order generator, the RNG states and the
+loss curve go to `$MQFLEET_CHECKPOINT_DIR` (when the agent gives one), written then renamed; a later
+attempt restores them all and carries on with the next epoch, so it writes the same bytes as an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mqfleet.trainers import common
@@ -26,6 +33,8 @@ if TYPE_CHECKING:
 #: Intra- and inter-op threads, fixed: the summation order of parallel CPU kernels follows the thread count,
 #: so a fixed count keeps results bit-identical; one thread suits these small MLPs and hosts running several jobs.
 TORCH_THREADS = 1
+#: The checkpoint file in the checkpoint folder.
+STATE_FILE = "torch-mlp-state.pt"
 
 
 def build_model(torch: Any, n_in: int, n_out: int, hyper: dict[str, Any], stats: dict[str, np.ndarray]) -> Any:
@@ -126,7 +135,20 @@ def train(argv: Sequence[str]) -> None:
     epochs, batch_size = hyper["epochs"], hyper["batch_size"]
     every = common.progress_every(epochs)
     curve: dict[str, list[float]] = {"train": [], "test": []}
-    for epoch in range(1, epochs + 1):
+    folder = common.checkpoint_folder()
+    first_epoch = 1
+    saved = _load_state(torch, folder, device)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        shuffler.set_state(saved["shuffler"])
+        torch.set_rng_state(saved["rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        curve = {"train": list(saved["curve"]["train"]), "test": list(saved["curve"]["test"])}
+        first_epoch = int(saved["epoch"]) + 1
+        common.log(f"resumed at epoch {first_epoch - 1} of {epochs} from the checkpoint")
+    for epoch in range(first_epoch, epochs + 1):
         model.train()
         order = torch.randperm(len(split.train), generator=shuffler).to(device)
         total = torch.zeros((), device=device)
@@ -142,6 +164,8 @@ def train(argv: Sequence[str]) -> None:
             test_loss = loss_fn(model(x_test), y_test)
         curve["train"].append(_as_reported(task, float(total) / len(order), stats))
         curve["test"].append(_as_reported(task, float(test_loss), stats))
+        if folder is not None:
+            _save_state(torch, folder, device, epoch=epoch, model=model, optimizer=optimizer, shuffler=shuffler, curve=curve)
         if epoch % every == 0 or epoch == epochs:
             fields = {"progress": round(epoch / epochs, 4), "epoch": epoch, "loss": curve["train"][-1], "test_loss": curve["test"][-1]}
             common.emit_progress(fields)
@@ -164,6 +188,38 @@ def train(argv: Sequence[str]) -> None:
     )
     common.write_outputs(job, result)
     common.emit_progress({"progress": 1.0, "metrics": {**metrics, "n_train": len(split.train), "n_test": len(split.test)}})
+
+
+def _save_state(
+    torch: Any, folder: Path, device: Any, *, epoch: int, model: Any, optimizer: Any, shuffler: Any,
+    curve: dict[str, list[float]],
+) -> None:
+    """Everything the next epoch depends on, in one file written then renamed."""
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "shuffler": shuffler.get_state(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "curve": curve,
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    common.replace_atomically(folder / STATE_FILE, buffer.getvalue())
+
+
+def _load_state(torch: Any, folder: Path | None, device: Any) -> dict[str, Any] | None:
+    """The saved state, or None when there is none. Tensors only (weights_only): a checkpoint is data, never code."""
+    path = folder / STATE_FILE if folder is not None else None
+    if path is None or not path.exists():
+        return None
+    state: dict[str, Any] = torch.load(str(path), map_location=device, weights_only=True)
+    # RNG states are CPU byte tensors whatever the device.
+    for key in ("shuffler", "rng", "cuda_rng"):
+        if state.get(key) is not None:
+            state[key] = state[key].cpu()
+    return state
 
 
 def _loss(torch: Any, task: Task) -> tuple[str, Any]:

@@ -6,11 +6,19 @@ Run by the agent as `python -m mqfleet.trainers.xgboost [--name value ...]`. Wri
 Reproducible: the `hist` tree method, a fixed thread count and the job's seed give the same trees, and so a
 bit-identical output folder, for the same job on the same machine. xgboost is imported inside `train()`, so
 importing this module costs nothing; torch is never imported.
+
+Resumable: training runs in ten segments of rounds, each starting from the booster serialised at the end of
+the one before. After each segment the booster and the loss history go to `$MQFLEET_CHECKPOINT_DIR` (when
+the agent gives one), and a later attempt continues from the last segment saved. Every run, resumed or
+not, does the same computation, so a resumed run writes the same bytes as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mqfleet.trainers import common
@@ -23,6 +31,11 @@ if TYPE_CHECKING:
 #: Threads xgboost uses, fixed: histogram sums are not guaranteed the same across thread counts, and a
 #: host running several jobs (slots) should not have each one take every core.
 XGB_THREADS = 2
+
+#: Checkpoints per run: the rounds are trained in this many segments (fewer when there are fewer rounds).
+SEGMENTS = 10
+#: The checkpoint's index file: rounds done, loss history and the booster file it goes with.
+STATE_FILE = "xgboost-state.json"
 
 OBJECTIVES: dict[str, tuple[str, str]] = {
     "binary": ("binary:logistic", "logloss"),
@@ -80,7 +93,8 @@ def _progress_callback(xgb: Any, total: int, metric: str) -> Any:
 
     class ProgressCallback(xgb.callback.TrainingCallback):  # type: ignore[misc]
         def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, Any]) -> bool:
-            done = epoch + 1
+            # Counted from the booster, not `epoch`: each segment's xgb.train call counts its own rounds from 0.
+            done = int(model.num_boosted_rounds())
             if done % every == 0 or done == total:
                 common.emit_progress(
                     {
@@ -129,23 +143,42 @@ def train(argv: Sequence[str]) -> None:
     dtest = _matrix(xgb, data.x[split.test], labels[split.test], data.features)
     params = booster_params(task, job.hyper, seed=job.seed, device=device)
     metric = params["eval_metric"]
-    history: dict[str, dict[str, list[float]]] = {}
-    booster = xgb.train(
-        params,
-        dtrain,
-        num_boost_round=job.hyper["n_estimators"],
-        evals=[(dtrain, "train"), (dtest, "test")],
-        evals_result=history,
-        verbose_eval=False,
-        callbacks=[_progress_callback(xgb, job.hyper["n_estimators"], metric)],
-    )
+    total = job.hyper["n_estimators"]
+    folder = common.checkpoint_folder()
+    done, history, saved = _resume(folder, metric)
+    if done:
+        common.log(f"resumed at round {done} of {total} from the checkpoint")
+    segment = max(1, math.ceil(total / SEGMENTS))
+    progress = _progress_callback(xgb, total, metric)
+    while done < total:
+        rounds = min(segment, total - done)
+        part: dict[str, dict[str, list[float]]] = {}
+        # A seed per segment: each segment's draws depend only on where it starts, not on how we got there.
+        booster = xgb.train(
+            {**params, "seed": (params["seed"] + done) % 2**31},
+            dtrain,
+            num_boost_round=rounds,
+            evals=[(dtrain, "train"), (dtest, "test")],
+            evals_result=part,
+            verbose_eval=False,
+            callbacks=[progress],
+            xgb_model=xgb.Booster(model_file=saved) if saved is not None else None,
+        )
+        for name in ("train", "test"):
+            history[name] += [float(v) for v in part.get(name, {}).get(metric, [])]
+        done += rounds
+        saved = booster.save_raw("ubj")
+        if folder is not None:
+            _save(folder, done, history, saved, metric)
+    # The final booster comes from the bytes of the last segment on every path, resumed or not.
+    booster = xgb.Booster(params={"nthread": XGB_THREADS, "device": device}, model_file=saved)
     model_file = "model.xgb.json"
     booster.save_model(str(job.out_dir / model_file))
 
     raw = booster.predict(dtest)
     prediction = np.column_stack([1.0 - raw, raw]) if task.kind == "binary" else raw
     metrics = score(task, data.y[split.test], prediction)
-    curve = {name: [float(v) for v in history[name][metric]] for name in ("train", "test")}
+    curve = {name: history[name] for name in ("train", "test")}
     result = common.TrainingResult(
         data=data,
         split=split,
@@ -160,6 +193,31 @@ def train(argv: Sequence[str]) -> None:
     )
     common.write_outputs(job, result)
     common.emit_progress({"progress": 1.0, "metrics": {**metrics, "n_train": len(split.train), "n_test": len(split.test)}})
+
+
+def _resume(folder: Path | None, metric: str) -> tuple[int, dict[str, list[float]], bytearray | None]:
+    """Rounds done, loss history and serialised booster from the checkpoint folder; (0, empty, None) for none."""
+    empty: dict[str, list[float]] = {"train": [], "test": []}
+    index = folder / STATE_FILE if folder is not None else None
+    if index is None or not index.exists():
+        return 0, empty, None
+    state = json.loads(index.read_text(encoding="utf-8"))
+    if state.get("metric") != metric:
+        common.log(f"checkpoint is for metric {state.get('metric')!r}, not {metric!r}; starting from round 0")
+        return 0, empty, None
+    raw = bytearray((index.parent / str(state["booster"])).read_bytes())
+    return int(state["rounds"]), {k: [float(v) for v in state["history"][k]] for k in ("train", "test")}, raw
+
+
+def _save(folder: Path, rounds: int, history: dict[str, list[float]], raw: bytearray, metric: str) -> None:
+    """The booster first, then the index naming it: a reader sees the previous checkpoint or this one whole."""
+    booster_name = f"booster-{rounds}.ubj"
+    common.replace_atomically(folder / booster_name, bytes(raw))
+    state = {"rounds": rounds, "metric": metric, "history": history, "booster": booster_name}
+    common.replace_atomically(folder / STATE_FILE, json.dumps(state, sort_keys=True).encode())
+    for old in folder.glob("booster-*.ubj"):
+        if old.name != booster_name:
+            old.unlink(missing_ok=True)
 
 
 def main() -> None:
