@@ -5,7 +5,7 @@ content (`checkpoints/{job_id}/{sha256}.tar.zst`); this module hands out the pre
 uploaded object's sha256, records it as the job's latest checkpoint and puts it in the next attempt's
 grant as a presigned GET (docs/INTERNALS.md, "Checkpoints"). A replaced or discarded checkpoint's
 object is queued as garbage and deleted by the sweep, outside every transaction. Owns the three
-`checkpoint*` tables; it never touches a job's status.
+`checkpoint*` tables (schema.py); it never touches a job's status.
 """
 
 from __future__ import annotations
@@ -34,30 +34,6 @@ GARBAGE_INTERVAL_S = 5.0
 #: Objects deleted per sweep, so one sweep never holds up lease expiry for long.
 GARBAGE_BATCH = 50
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS checkpoints (
-    job_id TEXT PRIMARY KEY,       -- the job's latest verified checkpoint
-    attempt INTEGER NOT NULL,      -- the attempt that saved it
-    host TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    saved_ts REAL NOT NULL,
-    progress TEXT                  -- the trainer's latest progress when it was saved (JSON), for `show`
-);
-CREATE TABLE IF NOT EXISTS checkpoint_restores (
-    job_id TEXT PRIMARY KEY,       -- how the job's latest attempt started: resumed, or fresh and why
-    attempt INTEGER NOT NULL,
-    resumed INTEGER NOT NULL,
-    from_attempt INTEGER,
-    note TEXT NOT NULL,
-    ts REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS checkpoint_garbage (
-    key TEXT PRIMARY KEY,          -- store objects to delete
-    since_ts REAL NOT NULL
-);
-"""
 
 
 class CheckpointBook:
@@ -65,10 +41,6 @@ class CheckpointBook:
 
     def __init__(self, state: StateFile) -> None:
         self.state = state
-        with state.transaction() as c:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    c.execute(statement)
         self.last_garbage_ts = 0.0
 
     def latest(self, job_id: str) -> dict[str, Any] | None:
@@ -249,6 +221,7 @@ def handle_checkpoint_url(coord: HandlerContext, req: Request) -> dict[str, Any]
             "save less state or raise [fleet] checkpoint_max_mib"
         )
     key = coord.store.checkpoint_key_for(job_id, sha256)
+    coord.uploads.grant(sha256, req.now)  # gc spares the object until the checkpoint is recorded
     # Short-lived like artifact uploads (docs/SECURITY.md): S3 checks expiry when the PUT starts, which is at once.
     expires_s = int(defaults.UPLOAD_URL_SLACK_S)
     return ok(url=coord.store.presign_put(key, expires_s=expires_s), method="PUT", key=key, expires_s=expires_s)

@@ -27,6 +27,8 @@ UPLOAD_WINDOW_S = 3600.0
 LISTED_MAX = 1000
 
 _SHA_IN_KEY = re.compile(r"([0-9a-f]{64})")
+# A job's checkpoint (store.checkpoint_key_for): kept while it is the job's latest (coordinator/checkpoints.py).
+_CHECKPOINT_KEY = re.compile(r"(?:^|/)checkpoints/[0-9a-f]{64}/([0-9a-f]{64})\.tar\.zst$")
 # An upload's staging object (store.staging_key): garbage once its lease is gone.
 _STAGING_KEY = re.compile(r"(?:^|/)staging/([0-9a-f]{32})\.tar\.zst$")
 
@@ -53,6 +55,11 @@ class UploadWindow:
         with self._lock:
             self._forget(now)
             return set(self._granted)
+
+
+def latest_checkpoint_keys(state: StateFile) -> set[str]:
+    """Store keys of every job's latest checkpoint (the table coordinator/checkpoints.py owns)."""
+    return {str(r[0]) for r in state.read("SELECT key FROM checkpoints")}
 
 
 def live_lease_ids(state: StateFile) -> set[str]:
@@ -82,6 +89,7 @@ def collect_garbage(
     referenced = referenced_shas(state)
     spared = uploads.open_shas(now)
     leases = live_lease_ids(state)
+    checkpoints = latest_checkpoint_keys(state)
     unreferenced: list[tuple[str, int]] = []
     kept = ignored = 0
     for key, size in store.list_objects():
@@ -91,6 +99,13 @@ def collect_garbage(
                 kept += 1  # an upload of a live lease
             else:
                 unreferenced.append((key, size))  # left by an attempt that ended without completing
+            continue
+        checkpoint = _CHECKPOINT_KEY.search(key)
+        if checkpoint is not None:
+            if key in checkpoints or checkpoint.group(1) in spared:
+                kept += 1  # a job's latest checkpoint, or one being uploaded
+            else:
+                unreferenced.append((key, size))  # replaced or discarded; the sweep may not have got to it yet
             continue
         match = _SHA_IN_KEY.search(key.rsplit("/", 1)[-1])
         if match is None:
@@ -111,7 +126,7 @@ def collect_garbage(
                 continue
             freed += size
             match = _SHA_IN_KEY.search(key.rsplit("/", 1)[-1])
-            if match:
+            if match and not _CHECKPOINT_KEY.search(key):
                 # the store no longer holds it, so upload_url must not answer "exists" for it
                 with state.transaction():
                     state.conn.execute("DELETE FROM artifacts WHERE sha256 = ?", (match.group(1),))

@@ -183,6 +183,28 @@ CREATE TABLE IF NOT EXISTS manifests (
     applied_ts REAL NOT NULL,
     origin TEXT NOT NULL  -- file: the coordinator's own --manifest; sent: reload --file
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    job_id TEXT PRIMARY KEY,       -- the job's latest verified checkpoint
+    attempt INTEGER NOT NULL,      -- the attempt that saved it
+    host TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    saved_ts REAL NOT NULL,
+    progress TEXT                  -- the trainer's latest progress when it was saved (JSON), for `show`
+);
+CREATE TABLE IF NOT EXISTS checkpoint_restores (
+    job_id TEXT PRIMARY KEY,       -- how the job's latest attempt started: resumed, or fresh and why
+    attempt INTEGER NOT NULL,
+    resumed INTEGER NOT NULL,
+    from_attempt INTEGER,
+    note TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoint_garbage (
+    key TEXT PRIMARY KEY,          -- store objects to delete
+    since_ts REAL NOT NULL
+);
 """
 
 JOB_COLUMNS = (

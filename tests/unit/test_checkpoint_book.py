@@ -7,8 +7,10 @@ from collections.abc import Iterator
 import pytest
 
 from mqfleet.coordinator.checkpoints import CheckpointBook
+from mqfleet.coordinator.garbage import UploadWindow, collect_garbage
 from mqfleet.errors import LeaseLostError
 from mqfleet.state import Cause
+from mqfleet.store import FileStore
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, bring_online, job, job_id, manifest
 
@@ -110,3 +112,17 @@ def test_the_tables_survive_a_reopen(state_target: str) -> None:
         assert latest is not None and latest["sha256"] == SHA1
     finally:
         again.close()
+
+
+def test_gc_keeps_the_latest_checkpoint_object_and_collects_a_replaced_one(db: CoordinatorState, tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    store.check()
+    book = CheckpointBook(db.state)
+    (tmp_path / "b").write_bytes(b"bundle")
+    old_key, new_key = store.checkpoint_key_for(job_id("a"), SHA1), store.checkpoint_key_for(job_id("a"), SHA2)
+    for key in (old_key, new_key):
+        store.put_file(key, tmp_path / "b")
+    book.record(job_id("a"), attempt=1, host="h1", sha256=SHA2, size=6, key=new_key, progress=None, now=T0)
+    report = collect_garbage(db.state, store, UploadWindow(), dry_run=False, now=T0)
+    assert [o["key"] for o in report["objects"]] == [old_key]
+    assert store.stat(new_key) == 6 and store.stat(old_key) is None
