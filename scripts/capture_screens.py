@@ -1,9 +1,10 @@
-"""Produce docs/screens/{status,show,watch}.{svg,txt}: the CLI's views of a small real fleet.
+"""Produce docs/screens/{status,show,show-chart,compare,watch}.{svg,txt}: the CLI's views of a small real fleet.
 
 Starts a private mosquitto, a coordinator and two agents (subprocesses, exactly
 as an operator runs them) on a small manifest, waits until one job has finished,
-one has failed and one is running, then renders `status`, `show` and one `watch`
-frame in-process through mqfleet.cli.render into a recording console and exports
+one has failed, one is running and a small sweep has completed with its progress
+curves, then renders `status`, `show` (a failed job, and a job's training curves),
+`compare` of the sweep and one `watch` frame in-process through mqfleet.cli.render into a recording console and exports
 SVG and plain text. Every process it starts is stopped by PID.
 
     .venv/bin/python scripts/capture_screens.py [--out docs/screens] [--width 110]
@@ -58,6 +59,14 @@ interval_s = { type = "float", default = 0.2 }
 [trainers.crash]
 command = ["{python}", "tests/data/trainers/crash.py"]
 
+[trainers.curve]
+command = ["{python}", "tests/data/trainers/hungry.py"]
+[trainers.curve.hyper]
+mib = { type = "int", default = 24, min = 0 }
+cpu_s = { type = "float", default = 0.3, min = 0.0 }
+lines = { type = "int", default = 5, min = 0 }
+reports = { type = "int", default = 80, min = 0 }
+
 [[hosts]]
 id = "cpu-box"
 slots = 1
@@ -84,6 +93,12 @@ name = "crash-demo"
 model = "crash"
 mode = "m"
 
+[[sweeps]]
+name = "curve-sweep"
+model = "curve"
+mode = "sweep"
+hyper = { reports = [40, 80, 160] }
+
 [[jobs]]
 name = "ok-after"
 model = "ok"
@@ -103,7 +118,7 @@ def wait_for(pred: Callable[[], Any], timeout_s: float, what: str) -> Any:
         if value:
             return value
         time.sleep(0.3)
-    raise SystemExit(f"capture: timed out after {timeout_s}s waiting for {what}")
+    raise SystemExit(f"capture: timed out after {timeout_s}s waiting for {what} (last: {value!r})")
 
 
 def export(renderable: Any, out: Path, name: str, width: int, title: str) -> None:
@@ -142,14 +157,22 @@ def capture(work: Path, out: Path, width: int) -> None:
         def settled() -> bool:
             by_name = {j["name"]: j for j in client.jobs()}
             slow = by_name["slow-long"]
+            curves = [j for name, j in by_name.items() if name.startswith("curve-sweep")]
             return (by_name["ok-baseline"]["status"] == "completed" and by_name["crash-demo"]["status"] == "failed"
-                    and slow["status"] == "running" and (slow.get("progress") or {}).get("progress", 0) > 0.01)
+                    and slow["status"] == "running" and (slow.get("progress") or {}).get("progress", 0) > 0.01
+                    and len(curves) == 3 and all(j["status"] == "completed" for j in curves))
 
-        wait_for(settled, 120, "one job completed, one failed and one running with progress")
+        wait_for(settled, 300, "one job completed, one failed and one running with progress")
         client.call(Verb.DRAIN, host="cpu-box")
         now = time.time()
         export(render.status_view(client.health(), client.workers()), out, "status", width, "mqfleet status")
         export(render.job_view(client.job("crash-demo"), now), out, "show", width, "mqfleet show crash-demo")
+        export(render.job_view(client.job("curve-sweep-reports=160"), now, width=width), out, "show-chart", width,
+               "mqfleet show curve-sweep-reports=160")
+        compared = client.call(Verb.COMPARE, sweep="curve-sweep")
+        rows = sorted(compared["jobs"], key=lambda r: r["metrics"].get("loss", float("inf")))
+        export(render.compare_table(rows, compared["metric_names"], sort_by="loss", title="sweep curve-sweep"), out,
+               "compare", width, "mqfleet compare --sweep curve-sweep")
         picture, _ = settle_picture(client, timeout_s=5)
         export(picture.frame(), out, "watch", width, "mqfleet watch")
     finally:

@@ -96,9 +96,9 @@ def area_chart(name: str, points: Sequence[tuple[float, float]], *, width: int, 
         lines.append(cells, style="cyan")
         lines.append("\n")
     lines.append(" " * _AXIS_WIDTH + " └" + "─" * width + "\n", style="dim")
-    first_x, last_x = _fmt(points[0][0]), _fmt(points[-1][0])
+    first_x, last_x = _fmt(points[0][0]), f"{_fmt(points[-1][0])} ({x_label})"
     gap = max(1, width - len(first_x) - len(last_x))
-    lines.append(" " * (_AXIS_WIDTH + 2) + first_x + " " * gap + last_x + f"  ({x_label})", style="dim")
+    lines.append(" " * (_AXIS_WIDTH + 2) + first_x + " " * gap + last_x, style="dim")
     title = Text.assemble((name, "bold"), f"  last {_fmt(ys[-1])}  min {_fmt(lo)}  max {_fmt(hi)}  ({len(points)} points)")
     return Group(title, lines)
 
