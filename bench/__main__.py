@@ -27,6 +27,8 @@ from bench.claim_rtt import measure_claim_rtt
 from bench.claim_scale import measure as measure_claim_scale
 from bench.common import ROOT, Row, median, ms, p99, verdict
 from bench.failover import measure_failover
+from bench.job_count import LEASE_S as COUNT_LEASE_S
+from bench.job_count import measure_job_count
 from bench.observability import measure_observability_cost
 from bench.reload_latency import measure_polling, measure_reload
 from bench.rss import measure_rss
@@ -136,6 +138,47 @@ def rss_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def job_count_rows(results: list[dict[str, Any]]) -> list[Row]:
+    """The `job count` section: each figure at every size, the largest against 10,000 (or the smallest)."""
+    by_n = {r["jobs"]: r for r in results}
+    sizes = sorted(by_n)
+    big = by_n[sizes[-1]]
+    ref = by_n.get(10_000) or by_n[sizes[0]]
+    first = by_n[sizes[0]]
+    slack_s = COUNT_LEASE_S * (1 - 1 / 3)  # agents renew every lease_s / 3
+    rows: list[Row] = []
+    for n in sizes:
+        r = by_n[n]
+        rows += [
+            Row(f"{n:,} jobs: coordinator RSS after the first load / after a full listing / at the end",
+                f"{r['rss_loaded_mib']:.1f} MiB", f"{r['rss_listed_mib']:.1f} / {r['rss_end_mib']:.1f} MiB"),
+            Row(f"{n:,} jobs: `mqfleet jobs --json` (subprocess, wall; CLI peak RSS)", f"{r['jobs_json_s']:.2f} s",
+                baseline=f"CLI peak {r['cli_peak_mib']:.1f} MiB"),
+            Row(f"{n:,} jobs: restart -> first answered `health` / renewal", f"{r['restart_health_s']:.2f} s",
+                f"{r['restart_renew_s']:.2f} s"),
+            Row(f"{n:,} jobs: first start (load of every job) -> `health`; reload of the unchanged file",
+                f"{r['first_start_s']:.2f} s", baseline=f"reload {r['reload_s']:.2f} s"),
+            Row(f"{n:,} jobs: longest renewal wait during that reload (renewing every 50 ms)",
+                f"{r['reload_renew_max_s'] * 1e3:.0f} ms", target=f"< lease slack ({slack_s:.0f} s)",
+                verdict=verdict(r["reload_renew_max_s"] < slack_s)),
+            Row(f"{n:,} jobs: claim round trip", ms(r["claim_p50_s"]), baseline=f"{first['jobs']:,} jobs: "
+                f"{ms(first['claim_p50_s'])}", ratio=f"{r['claim_p50_s'] / first['claim_p50_s']:.2f}x"),
+        ]
+    rss_ratio = big["rss_loaded_mib"] / ref["rss_loaded_mib"]
+    rows += [
+        Row(f"coordinator RSS, {big['jobs']:,} vs {ref['jobs']:,} jobs", f"{big['rss_loaded_mib']:.1f} MiB",
+            baseline=f"{ref['rss_loaded_mib']:.1f} MiB", ratio=f"{rss_ratio:.2f}x", target="<= 1.5x",
+            verdict=verdict(rss_ratio <= 1.5)),
+        Row(f"`jobs --json` at {big['jobs']:,} jobs", f"{big['jobs_json_s']:.2f} s",
+            baseline=f"{ref['jobs']:,} jobs: {ref['jobs_json_s']:.2f} s", target="<= 3 s",
+            verdict=verdict(big["jobs_json_s"] <= 3.0)),
+        Row(f"restart -> first answered request at {big['jobs']:,} jobs", f"{big['restart_health_s']:.2f} s",
+            baseline=f"{first['jobs']:,} jobs: {first['restart_health_s']:.2f} s", target="<= 2 s",
+            verdict=verdict(big["restart_health_s"] <= 2.0)),
+    ]
+    return rows
+
+
 def machine_facts() -> dict[str, str]:
     model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                   if ln.startswith("model name")), platform.processor() or "?")
@@ -188,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--obs-agents", type=int, default=20)
     parser.add_argument("--obs-s", type=float, default=8.0)
     parser.add_argument("--obs-rounds", type=int, default=3)
+    parser.add_argument("--count-sizes", default="1000,10000,100000", help="job counts of the `job count` section")
+    parser.add_argument("--only", action="append", default=[], metavar="SECTION",
+                        help="run only this section (e.g. 'job count'; repeatable) and replace it in --out, "
+                             "keeping the other sections as they were")
     args = parser.parse_args(argv)
     notes = _read_notes(args.notes)
     began = time.monotonic()
@@ -195,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="mqfleet-bench-"))
     sections: list[tuple[str, list[Row], str]] = []
 
+    only = {name.lower() for name in args.only}
+
     def section(title: str, run: Callable[[Path], list[Row]]) -> None:
+        if only and title.lower() not in only:
+            return
         t0 = time.monotonic()
         rows = run(work / title.lower().replace(" ", "-"))
         print(f"[bench] {title}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
@@ -219,15 +270,34 @@ def main(argv: list[str] | None = None) -> int:
         section("Artifact path", lambda d: artifact_rows(measure_artifact_path(args.artifact_mib, d / "big"),
                                                          measure_artifact_path(min(64, args.artifact_mib), d / "small")))
         section("Memory", lambda d: rss_rows(measure_rss(args.rss_jobs, d)))
+        section("Job count", lambda d: job_count_rows(
+            measure_job_count([int(n) for n in args.count_sizes.split(",")], d)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = f"{load_start} / " + " ".join(f"{x:.2f}" for x in os.getloadavg())
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     text = render(sections, machine_facts(), command.strip(), load, time.monotonic() - began)
+    if only and args.out.exists():
+        note = (f"This section was re-run alone by `{command.strip()}` in {time.monotonic() - began:.0f} s, "
+                f"load average (1, 5, 15 min) at start / end: {load}; the other sections are from the full run.")
+        text = _replace_sections(args.out.read_text(), text, [title for title, _, _ in sections], note)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"[bench] wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _replace_sections(old: str, new: str, titles: list[str], note: str) -> str:
+    """`old` with the `## title` sections of `new` in place of (or after) its own, each followed by `note`."""
+    def split(text: str) -> tuple[str, dict[str, str]]:
+        head, *parts = text.split("\n## ")
+        return head, {p.split("\n", 1)[0].strip(): "## " + p.rstrip("\n") + "\n" for p in parts}
+
+    old_head, old_parts = split(old)
+    _, new_parts = split(new)
+    for title in titles:
+        old_parts[title] = new_parts[title] + f"\n_{note}_\n"
+    return old_head.rstrip("\n") + "\n\n" + "\n".join(old_parts.values())
 
 
 def _read_notes(path: Path) -> dict[str, str]:

@@ -127,7 +127,8 @@ class CoordinatorProc(Proc):
     """`python -m mqfleet coordinator` on a manifest, started and waited for until it answers `health`."""
 
     def __init__(self, workdir: Path, broker_url: str, prefix: str, manifest: str, *, sweep_interval_s: float = 1.0,
-                 log_level: str | None = None, wait_s: float = 60.0, extra: tuple[str, ...] = ()) -> None:
+                 log_level: str | None = None, wait_s: float = 60.0, extra: tuple[str, ...] = (),
+                 wait: bool = True) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.manifest_path = workdir / "fleet.toml"
@@ -141,6 +142,11 @@ class CoordinatorProc(Proc):
                 "--sweep-interval", str(sweep_interval_s), *extra]
         super().__init__(argv, env, workdir / "coordinator.log")
         self.client = FleetClient(BrokerConfig(url=broker_url), prefix=prefix, token=OPERATOR_TOKEN, timeout_s=0.5)
+        if wait:
+            self.wait_for_health(wait_s)
+
+    def wait_for_health(self, wait_s: float) -> None:
+        """Until the coordinator answers `health` (RuntimeError and stopped after `wait_s`); then 30 s requests."""
         deadline = time.monotonic() + wait_s
         while True:
             if not self.alive():

@@ -362,6 +362,13 @@ class Connection:
             properties.ResponseTopic = response_topic
         self._publish(topic, payload, qos=qos, retain=retain, expiry_s=expiry_s, properties=properties)
 
+    def unacked_publishes(self) -> int:
+        """QoS 1 messages handed to paho and not yet acknowledged by the broker: what is queued ahead
+        of the next publish (a reply waits behind them)."""
+        # paho 2.x keeps every QoS>0 message in _out_messages from publish() until its PUBACK, those past
+        # the in-flight window included; reading a dict's length is atomic. No public API says this.
+        return len(getattr(self._client, "_out_messages", ()))
+
     def publish_wait(self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int = 1, retain: bool = False,
                      timeout_s: float = 5.0) -> None:
         """Send and wait for the broker's PUBACK (QoS 1) or for the write (QoS 0).

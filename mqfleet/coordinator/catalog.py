@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from mqfleet.coordinator import listing
+from mqfleet.coordinator.manifest_memo import manifest_digest, recall_manifest, remember_manifest
 from mqfleet.coordinator.schema import JOB_SELECT, job_row
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import AmbiguousError, BadRequestError, NotFoundError
@@ -22,48 +25,81 @@ from mqfleet.state import JobStatus
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ManifestRows:
+    """A validated manifest turned into jobs-table rows, ready for `Catalog.apply_manifest`."""
+
+    #: The manifest without its jobs: what the coordinator keeps in memory once the rows are written.
+    header: Manifest
+    #: (id, spec JSON, column values in the INSERT's order after id) per job.
+    rows: list[tuple[str, str, tuple[Any, ...]]]
+    deps: list[tuple[str, str]]
+    max_attempts: int
+    #: `manifest_memo.manifest_digest` of the text, so a restart on the same file skips the load.
+    digest: str
+    #: The text as applied (the manifest history keeps it); the header in memory drops it.
+    text: str
+
+
+def manifest_rows(manifest: Manifest) -> ManifestRows:
+    """The rows a manifest's jobs become; pure, so it runs off the lock (a reload's `prepare`)."""
+    rows = []
+    for spec in manifest.jobs:
+        text = json.dumps(spec.to_dict(), sort_keys=True)
+        cols = (spec.name, spec.model, spec.mode, text, spec.priority, int(spec.prefer_cuda), int(spec.require_cuda),
+                spec.min_vram_gib, spec.min_ram_gib)
+        rows.append((spec.id, text, cols))
+    deps = [(spec.id, after) for spec in manifest.jobs for after in spec.after]
+    header = dataclasses.replace(manifest, jobs=(), text="", places={})
+    return ManifestRows(header=header, rows=rows, deps=deps, max_attempts=manifest.fleet.max_attempts,
+                        digest=manifest_digest(manifest.text, manifest.source), text=manifest.text)
+
+
 class Catalog:
     """The jobs the coordinator knows, in one state file."""
 
     def __init__(self, state: StateFile) -> None:
         self.state = state
 
-    def apply_manifest(self, manifest: Manifest, now: float) -> dict[str, list[str]]:
-        """Make the jobs table follow a validated manifest: add new jobs, update kept ones, orphan the rest."""
+    def apply_manifest(self, manifest: Manifest | ManifestRows, now: float) -> dict[str, list[str]]:
+        """Make the jobs table follow a validated manifest: add new jobs, update kept ones, orphan the rest.
+
+        Given `ManifestRows` (built by `manifest_rows()` off the lock), the transaction only
+        compares and writes: the JSON of 100,000 specs is not built while renewals wait.
+        """
+        prepared = manifest if isinstance(manifest, ManifestRows) else manifest_rows(manifest)
         added: list[str] = []
         kept: list[str] = []
         with self.state.transaction() as c:
-            existing = {r["id"]: r for r in c.execute("SELECT id, spec, max_attempts, in_manifest FROM jobs")}
+            existing = {r[0]: (r[1], r[2], r[3]) for r in c.execute("SELECT id, spec, max_attempts, in_manifest FROM jobs")}
             inserts, updates = [], []
-            max_attempts = manifest.fleet.max_attempts
-            for spec in manifest.jobs:
-                text = json.dumps(spec.to_dict(), sort_keys=True)
-                cols = (spec.name, spec.model, spec.mode, text, max_attempts, spec.priority, int(spec.prefer_cuda),
-                        int(spec.require_cuda), spec.min_vram_gib, spec.min_ram_gib)
-                old = existing.get(spec.id)
+            max_attempts = prepared.max_attempts
+            for job_id, text, cols in prepared.rows:
+                old = existing.get(job_id)
                 if old is None:
-                    added.append(spec.id)
-                    inserts.append((spec.id, *cols, now, now))
+                    added.append(job_id)
+                    inserts.append((job_id, *cols, max_attempts, now, now))
                     continue
-                kept.append(spec.id)
-                if (old["spec"], old["max_attempts"], old["in_manifest"]) != (text, max_attempts, 1):
-                    updates.append((*cols, now, spec.id))
+                kept.append(job_id)
+                if old != (text, max_attempts, 1):
+                    updates.append((*cols, max_attempts, now, job_id))
             c.executemany(
-                "INSERT INTO jobs (id, name, model, mode, spec, max_attempts, priority, prefer_cuda, require_cuda, "
-                "min_vram_gib, min_ram_gib, status, created_ts, updated_ts) "
+                "INSERT INTO jobs (id, name, model, mode, spec, priority, prefer_cuda, require_cuda, "
+                "min_vram_gib, min_ram_gib, max_attempts, status, created_ts, updated_ts) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
                 inserts,
             )
             c.executemany(
-                "UPDATE jobs SET name = ?, model = ?, mode = ?, spec = ?, max_attempts = ?, priority = ?, prefer_cuda = ?, "
-                "require_cuda = ?, min_vram_gib = ?, min_ram_gib = ?, in_manifest = 1, updated_ts = ? WHERE id = ?",
+                "UPDATE jobs SET name = ?, model = ?, mode = ?, spec = ?, priority = ?, prefer_cuda = ?, "
+                "require_cuda = ?, min_vram_gib = ?, min_ram_gib = ?, max_attempts = ?, in_manifest = 1, updated_ts = ? "
+                "WHERE id = ?",
                 updates,
             )
             c.executemany(
                 "INSERT INTO events (ts, job_id, from_status, to_status, reason, host) VALUES (?, ?, NULL, 'pending', 'added', NULL)",
                 [(now, job_id) for job_id in added],
             )
-            in_file = {spec.id for spec in manifest.jobs}
+            in_file = {job_id for job_id, _, _ in prepared.rows}
             orphaned = [job_id for job_id in existing if job_id not in in_file]
             c.executemany(
                 "UPDATE jobs SET in_manifest = 0, updated_ts = ? WHERE id = ? AND in_manifest = 1",
@@ -71,13 +107,17 @@ class Catalog:
             )
             # an orphan is blocked by in_manifest alone, so only the file's jobs need their edges
             c.execute("DELETE FROM deps")
-            c.executemany(
-                "INSERT OR IGNORE INTO deps (job_id, after_id) VALUES (?, ?)",
-                [(spec.id, after) for spec in manifest.jobs for after in spec.after],
-            )
+            c.executemany("INSERT OR IGNORE INTO deps (job_id, after_id) VALUES (?, ?)", prepared.deps)
             refresh_blocked(c)
-        logger.info("manifest %s: %d added, %d kept, %d orphaned", manifest.source or "(text)", len(added), len(kept), len(orphaned))
+            remember_manifest(c, prepared.digest, prepared.header, len(prepared.rows))
+        logger.info("manifest %s: %d added, %d kept, %d orphaned", prepared.header.source or "(text)", len(added),
+                    len(kept), len(orphaned))
         return {"added": added, "kept": kept, "orphaned": orphaned}
+
+    def resume_manifest(self, digest: str) -> tuple[Manifest, int] | None:
+        """The stored manifest in force (without jobs) and its job count, when it has this digest."""
+        with self.state.lock:
+            return recall_manifest(self.state.conn, digest)
 
     def has_pending_dependents(self, job_id: str) -> bool:
         """Whether some pending job waits for this one (its completion may have made work claimable)."""

@@ -130,7 +130,7 @@ def health_report(coord: Coordinator, now: float) -> dict[str, Any]:
         "started_ts": coord.started_ts,
         "uptime_s": round(now - coord.started_ts, 1),
         "manifest": manifest.source if manifest else None,
-        "manifest_jobs": len(manifest.jobs) if manifest else 0,
+        "manifest_jobs": coord.manifest_jobs if manifest else 0,
         "manifest_sha256": stored.sha256 if stored else None,
         "manifest_applied_ts": stored.applied_ts if stored else None,
         "manifest_origin": stored.origin if stored else None,

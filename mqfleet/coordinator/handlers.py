@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from mqfleet import defaults
 from mqfleet.coordinator import checkpoints
 from mqfleet.coordinator.artifacts import Artifacts
-from mqfleet.coordinator.catalog import Catalog
+from mqfleet.coordinator.catalog import Catalog, ManifestRows, manifest_rows
 from mqfleet.coordinator.checkpoints import CheckpointBook
 from mqfleet.coordinator.claims import Claims
 from mqfleet.coordinator.garbage import UploadWindow
@@ -70,7 +70,7 @@ class HandlerContext(Protocol):
     def is_known_host(self, host: str) -> bool: ...
     @property
     def stored_manifest(self) -> StoredManifest | None: ...
-    def apply_manifest(self, manifest: Manifest, now: float, *, origin: str = ...,
+    def apply_manifest(self, manifest: Manifest | ManifestRows, now: float, *, origin: str = ...,
                        record: bool = ...) -> dict[str, list[str]]: ...
     def refuse_manifest(self, problem: ManifestError) -> None: ...
     def mark_changed(self, job_id: str) -> None: ...
@@ -258,7 +258,9 @@ def handle_requeue(coord: HandlerContext, req: Request) -> dict[str, Any]:
     return ok(job=row)
 
 
-def handle_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def prepare_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
+    """Parse, validate and build the rows off the lock: at 100,000 jobs that is seconds of work, and
+    renewals must wait for the writes alone (docs/CLI.md, `mqfleet reload`)."""
     text = req_field(req.body, "manifest", str, None)
     try:
         if text is None:
@@ -269,14 +271,20 @@ def handle_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
         # Refused whole: the manifest in force stays. The problems travel in the reply.
         coord.refuse_manifest(e)
         raise
+    return {"rows": manifest_rows(manifest)}
+
+
+def handle_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
+    prepared: ManifestRows = req.prepared["rows"]
+    sent = req_field(req.body, "manifest", str, None) is not None
     # Stored with the jobs it made, so a restart keeps a manifest that exists only in this database.
-    summary = coord.apply_manifest(manifest, req.now, origin=ORIGIN_FILE if text is None else ORIGIN_SENT)
+    summary = coord.apply_manifest(prepared, req.now, origin=ORIGIN_SENT if sent else ORIGIN_FILE)
     return ok(
-        source=manifest.source,
+        source=prepared.header.source,
         added=summary["added"],
         kept=len(summary["kept"]),
         orphaned=summary["orphaned"],
-        jobs=len(manifest.jobs),
+        jobs=len(prepared.rows),
     )
 
 
@@ -403,7 +411,7 @@ VERBS: dict[Verb, VerbSpec] = {
     Verb.CHECKPOINT_START: VerbSpec(checkpoints.handle_checkpoint_start),
     Verb.CANCEL: VerbSpec(handle_cancel),
     Verb.REQUEUE: VerbSpec(handle_requeue),
-    Verb.RELOAD: VerbSpec(handle_reload),
+    Verb.RELOAD: VerbSpec(handle_reload, prepare=prepare_reload),
     Verb.DRAIN: VerbSpec(handle_drain),
     Verb.UNDRAIN: VerbSpec(handle_undrain),
     Verb.GC: VerbSpec(handle_gc, prepare=prepare_gc),

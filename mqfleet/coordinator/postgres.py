@@ -396,15 +396,15 @@ class PgStateFile(StateFile):
             else:
                 self.pg.raw(f"RELEASE SAVEPOINT {savepoint}")
 
-    def take_changes(self) -> list[dict[str, Any]]:
-        """This coordinator's committed status changes since the last call, oldest first."""
+    def take_changes(self, limit: int = -1) -> list[dict[str, Any]]:
+        """This coordinator's committed status changes since the last call, oldest first, at most `limit` (-1: all)."""
         with self.lock:
             if self._depth:
                 raise RuntimeError("take_changes() inside a transaction would hand out uncommitted changes")
             rows = self.conn.execute(
                 "SELECT seq, ts, job_id, from_status, to_status, reason, host FROM events "
-                "WHERE seq > ? AND writer = ? ORDER BY seq",
-                (self._taken_seq, self.writer),
+                "WHERE seq > ? AND writer = ? ORDER BY seq" + (" LIMIT ?" if limit >= 0 else ""),
+                (self._taken_seq, self.writer, limit) if limit >= 0 else (self._taken_seq, self.writer),
             ).fetchall()
             if rows:
                 self._taken_seq = rows[-1]["seq"]

@@ -136,6 +136,20 @@ CREATE TABLE IF NOT EXISTS host_events (
     jobs TEXT NOT NULL
 );
 
+-- the digest of the retained jobs/{id}/state last published (coordinator/republish.py)
+CREATE TABLE IF NOT EXISTS published_states (
+    job_id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL
+);
+
+-- the manifest in force without its jobs, for a restart on an unchanged file (coordinator/manifest_memo.py)
+CREATE TABLE IF NOT EXISTS manifest_in_force (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    digest TEXT NOT NULL,
+    header BLOB NOT NULL,
+    jobs INTEGER NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS replies (
     key TEXT PRIMARY KEY,
     reply TEXT NOT NULL,

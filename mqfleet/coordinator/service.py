@@ -10,6 +10,9 @@ The manifest in force is the service's; the database modules get its settings pa
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 import threading
 import time
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from mqfleet import __version__, defaults
 from mqfleet.coordinator import scheduler
 from mqfleet.coordinator.artifacts import Artifacts
-from mqfleet.coordinator.catalog import Catalog
+from mqfleet.coordinator.catalog import Catalog, ManifestRows, manifest_rows
 from mqfleet.coordinator.checkpoints import CheckpointBook
 from mqfleet.coordinator.checkpoints import collect_garbage as collect_checkpoint_garbage
 from mqfleet.coordinator.checks import HealthChecks, health_report
@@ -32,10 +35,18 @@ from mqfleet.coordinator.handlers import VERBS, Request, VerbSpec, check_token
 from mqfleet.coordinator.history import AttemptHistory
 from mqfleet.coordinator.hosts import Hosts
 from mqfleet.coordinator.leases import Leases
-from mqfleet.coordinator.manifests import ORIGIN_FILE, ManifestHistory, StoredManifest, manifest_at_start
+from mqfleet.coordinator.manifest_memo import manifest_digest
+from mqfleet.coordinator.manifests import (
+    ORIGIN_FILE,
+    ManifestHistory,
+    StoredManifest,
+    choose_at_start,
+    manifest_at_start,
+)
+from mqfleet.coordinator.republish import StateRepublisher, record_published, state_page
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ConfigurationError, ManifestError, MqfleetError, NotFoundError, UnknownVerbError
-from mqfleet.manifest import FleetSettings, Manifest
+from mqfleet.manifest import FleetSettings, Manifest, read_manifest_text
 from mqfleet.mqtt import BrokerConfig, Connection, Message
 from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb, decode, encode, error, field
 from mqfleet.state import JobStatus
@@ -55,6 +66,9 @@ STATUS_INTERVAL_S = 10.0
 #: Above this many newly claimable jobs a nudge goes to every agent instead of the eligible idle ones:
 #: working out eligibility costs a spec parse per job, and so many jobs wake most hosts anyway.
 NUDGE_TARGET_MAX_JOBS = 64
+#: Above this many events committed at once (a manifest load), the rest are published by the
+#: background republisher at its bounded rate, instead of all being queued in memory at once.
+BULK_CHANGES = 1000
 
 
 @dataclass(frozen=True)
@@ -109,8 +123,11 @@ class Coordinator:
         self.manifests = ManifestHistory(self.state)
         #: The manifest in force as stored: its text exactly as applied, source, sha256, when, how.
         self.stored_manifest: StoredManifest | None = None
-        #: The manifest in force: the last one loaded or reloaded without problems.
+        #: The manifest in force: the last one loaded or reloaded without problems, kept without its
+        #: jobs (they are rows, read when a request needs them), so memory does not grow with them.
         self.manifest: Manifest | None = None
+        #: How many jobs the manifest in force has.
+        self.manifest_jobs = 0
         self.store: ArtifactStore = open_store(config.resolved_store_url)
         self.checks = HealthChecks(self.state, self.store, clock=clock)
         self.refused_manifest: ManifestError | None = None
@@ -142,6 +159,13 @@ class Coordinator:
             # back (mqtt.Connection.request_raw; docs/RELIABILITY.md, "Requests across a reconnect").
             on_connect=self._on_connect,
             reply_prefix=config.prefix,
+        )
+        self.republisher = StateRepublisher(
+            lock=self.lock, read_page=lambda after, limit: state_page(self.state, after, limit),
+            write_digests=lambda digests: record_published(self.state, digests),
+            publish=lambda topic, data: self.conn.publish(topic, data, qos=1, retain=True),
+            topic_of=self.topics.job_state, publish_events=self._publish_event_batch,
+            queued=lambda: self.conn.unacked_publishes(),
         )
 
     # --- life cycle -------------------------------------------------------------------
@@ -177,22 +201,28 @@ class Coordinator:
         """Listed in the manifest's [[hosts]] or has published an advert (docs/SECURITY.md)."""
         return self.hosts.is_known_host(host, self.manifest.hosts if self.manifest else ())
 
-    def apply_manifest(self, manifest: Manifest, now: float, *, origin: str = ORIGIN_FILE,
+    def apply_manifest(self, manifest: Manifest | ManifestRows, now: float, *, origin: str = ORIGIN_FILE,
                        record: bool = True) -> dict[str, list[str]]:
         """Make a validated manifest the one in force and the jobs table follow it; its text is kept in the
-        database (`record`) in the same transaction, so a restart keeps it (docs/OPERATIONS.md)."""
+        database (`record`) in the same transaction, so a restart keeps it (docs/OPERATIONS.md).
+
+        Pass `catalog.manifest_rows(manifest)`, built off the lock, so that only the writes hold it.
+        """
+        prepared = manifest if isinstance(manifest, ManifestRows) else manifest_rows(manifest)
+        source = prepared.header.source
         with self.lock:
             with self.state.transaction():
-                summary = self.catalog.apply_manifest(manifest, now)
-                if manifest.fleet.cancel_unsatisfiable:
+                summary = self.catalog.apply_manifest(prepared, now)
+                if prepared.header.fleet.cancel_unsatisfiable:
                     # turned on by this manifest: what already waits for ever is cancelled now
                     self.leases.cancel_unsatisfiable(now)
                 if record:
-                    self.stored_manifest = self.manifests.record(manifest.text, manifest.source, origin, now)
-            self.manifest = manifest
+                    self.stored_manifest = self.manifests.record(prepared.text, source, origin, now)
+            self.manifest = prepared.header
+            self.manifest_jobs = len(prepared.rows)
         logger.info(
             "manifest %s: %d jobs (%d added, %d orphaned)",
-            manifest.source, len(manifest.jobs), len(summary["added"]), len(summary["orphaned"]),
+            source, len(prepared.rows), len(summary["added"]), len(summary["orphaned"]),
         )
         return summary
 
@@ -203,13 +233,43 @@ class Coordinator:
     def load(self) -> dict[str, Any]:
         """Apply the --manifest file if it changed since it was last applied, else keep the manifest in force
         (which may have come from `reload --file`); logs which and why. ManifestError when there is neither."""
+        if self._resume_manifest():
+            return {"added": [], "kept": [], "orphaned": []}
         chosen = manifest_at_start(str(self.manifest_path), self.manifests)
         logger.info("manifest at start: %s", chosen.why)
         if chosen.refused is not None:
             self.refuse_manifest(chosen.refused)
         if not chosen.is_new:
             self.stored_manifest = self.manifests.in_force()
-        return self.apply_manifest(chosen.manifest, self.clock(), record=chosen.is_new)
+        prepared, record = manifest_rows(chosen.manifest), chosen.is_new
+        del chosen  # the parsed JobSpecs: only their rows are needed now
+        summary = self.apply_manifest(prepared, self.clock(), record=record)
+        del prepared
+        return_freed_memory()
+        return summary
+
+    def _resume_manifest(self) -> bool:
+        """Keep the manifest in force without parsing it again when the start would keep it anyway and its
+        jobs are already the database's: a restart then serves at once (coordinator/manifest_memo.py)."""
+        in_force = self.manifests.in_force()
+        if in_force is None:
+            return False
+        path = str(self.manifest_path)
+        try:
+            file_text: str | None = read_manifest_text(path)
+        except ManifestError:
+            file_text = None  # manifest_at_start logs it when it matters
+        choice = choose_at_start(path, file_text, in_force, self.manifests.last_from_file(path))
+        if choice.use_file:
+            return False
+        recalled = self.catalog.resume_manifest(manifest_digest(in_force.text, in_force.source))
+        if recalled is None:
+            return False
+        self.manifest, self.manifest_jobs = recalled
+        self.stored_manifest = in_force
+        logger.info("manifest at start: %s; its %d jobs are in the database already, so it is not parsed again",
+                    choice.why, self.manifest_jobs)
+        return True
 
     def start(self, *, wait_s: float | None = 30.0) -> None:
         """Load the manifest, connect, and start sweeping; returns once connected."""
@@ -226,9 +286,6 @@ class Coordinator:
         resumed = self.leases.resume_leases(self.clock(), lease_s=self.lease_s)
         if resumed:
             logger.info("resumed %d live lease(s) after restart", len(resumed))
-        # A coordinator killed between commit and publish left retained states behind the database:
-        # republish every job's state once, on the first connect.
-        self._changed_jobs.update(job["id"] for job in self.catalog.jobs())
         t = self.topics
         # no_local: the coordinator never handles its own publishes, whatever topic they went to.
         self.conn.subscribe(t.all_rpc, self._on_request, no_local=True, retain_as_published=True)
@@ -236,6 +293,11 @@ class Coordinator:
         self.conn.subscribe(t.all_statuses, self._on_status, no_local=True)
         self.conn.subscribe(t.all_logs, self._on_log, qos=0, no_local=True)
         self.conn.start(wait_s=wait_s)
+        # A coordinator killed between commit and publish left retained states behind the database:
+        # the states that differ from what was last published are republished in the background, at
+        # a bounded rate, while requests are answered (docs/RELIABILITY.md, "Restarts").
+        self.republisher.start()
+        self.republisher.request_sweep()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
         self._sweeper.start()
         logger.info("coordinator %s serving on %s (prefix %s)", __version__, self.config.broker.url, t.prefix)
@@ -245,6 +307,9 @@ class Coordinator:
         if self._sweeper:
             self._sweeper.join(timeout=5)
         self._verify_pool.shutdown(wait=True, cancel_futures=True)
+        self.republisher.stop()
+        with self.lock:
+            self.republisher.flush()
         if self.metrics is not None:
             self.metrics.stop()
         self.flush_lines()
@@ -283,6 +348,7 @@ class Coordinator:
             # So is a job whose retry back-off just ended.
             self._nudge_for(self.leases.backoffs_ended(self._last_tick_ts, now), "retry back-off ended", now)
             self._last_tick_ts = max(self._last_tick_ts, now)
+            self.republisher.flush()
             if now - self._last_status_ts >= STATUS_INTERVAL_S:
                 self.state.prune_replies(now - defaults.REQUEST_MEMORY_S)
                 self._publish_status(now)
@@ -371,6 +437,9 @@ class Coordinator:
         finally:
             self._in_flight.discard(key)
         self._reply(msg, reply)
+        if req.verb is Verb.RELOAD:
+            # the parsed manifest (the prepared rows, local to _execute) is garbage only now
+            return_freed_memory()
         if self.metrics is not None:
             self.metrics.observe_request(req.verb.value, reply, time.perf_counter() - started)
 
@@ -413,6 +482,8 @@ class Coordinator:
         if req.verb is Verb.RELOAD:
             # Added and changed jobs do not pass through an event; any host may have work now.
             self.nudge(req.verb.value, req.now)
+            # A reload rewrites rows without events (priority, in_manifest): their states are found by digest.
+            self.republisher.request_sweep()
         elif req.verb is Verb.UNDRAIN:
             self.nudge(req.verb.value, req.now, hosts=[field(req.body, "host", str)])
         else:
@@ -498,10 +569,38 @@ class Coordinator:
     def _publish_changes(self) -> list[str]:
         """Publish retained job states and events committed since last time; returns the jobs that may have
         become claimable (back to pending, or waiting on a job that completed)."""
-        claimable: list[str] = []
         changed = set(self._changed_jobs)
         self._changed_jobs.clear()
-        for change in self.state.take_changes():
+        claimable: list[str] = []
+        # While a backlog of events drains in the background, new ones wait their turn behind it, so
+        # the events topic keeps the database's order.
+        if not self.republisher.has_event_backlog():
+            changes = self.state.take_changes(limit=BULK_CHANGES + 1)
+            claimable, jobs = self._publish_events(changes)
+            changed |= jobs
+            if len(changes) > BULK_CHANGES:
+                # A manifest load added thousands of jobs: queueing every event and state at once would
+                # hold them all in memory and flood the broker; the rest go out at a bounded rate.
+                self.republisher.defer_events()
+        self._publish_states(changed)
+        for event in self.hosts.take_events():  # quarantines (docs/RELIABILITY.md, "Jobs that misbehave")
+            self.conn.publish(self.topics.events, event, qos=1)
+        return claimable
+
+    def _publish_event_batch(self, limit: int) -> tuple[int, bool]:
+        """The background's step through an event backlog (lock held): messages sent, and whether more wait."""
+        changes = self.state.take_changes(limit=limit)
+        claimable, jobs = self._publish_events(changes)
+        self._publish_states(jobs)
+        # jobs a manifest added were announced by the reload's (or the start's) nudge already
+        added = {c["job_id"] for c in changes if c.get("reason") == "added"}
+        self._nudge_for([j for j in claimable if j not in added], "work", self.clock())
+        return len(changes) + len(jobs), len(changes) == limit
+
+    def _publish_events(self, changes: list[dict[str, Any]]) -> tuple[list[str], set[str]]:
+        claimable: list[str] = []
+        jobs: set[str] = set()
+        for change in changes:
             self.conn.publish(self.topics.events, change, qos=1)
             # A completion frees a slot on its own agent, which claims again by itself; other agents
             # are nudged only when it unblocked a waiting job, so idle agents are not stampeded.
@@ -510,16 +609,17 @@ class Coordinator:
                 claimable.append(change["job_id"])
             elif to == JobStatus.COMPLETED.value:
                 claimable.extend(self.catalog.pending_dependents(change["job_id"]))
-            changed.add(change["job_id"])
-        for job_id in changed:
+            jobs.add(change["job_id"])
+        return claimable, jobs
+
+    def _publish_states(self, job_ids: set[str]) -> None:
+        for job_id in job_ids:
             try:
                 row = self.catalog.job(job_id)
             except MqfleetError:
                 continue
-            self.conn.publish(self.topics.job_state(job_id), row, qos=1, retain=True)
-        for event in self.hosts.take_events():  # quarantines (docs/RELIABILITY.md, "Jobs that misbehave")
-            self.conn.publish(self.topics.events, event, qos=1)
-        return claimable
+            self.republisher.publish_state(row)
+
 
     def _nudge_for(self, job_ids: list[str], reason: str, now: float) -> None:
         """Wake the idle hosts that could claim one of these jobs (all agents when there are too many to sort)."""
@@ -589,3 +689,16 @@ class Coordinator:
         """The `health` reply and retained status: counts, the manifest in force, and the checks' results."""
         return health_report(self, now)
 
+
+def return_freed_memory() -> None:
+    """Give the memory a manifest load used back to the system (a Pi has 1-4 GB).
+
+    Parsing 100,000 jobs builds hundreds of MB of objects that are garbage once
+    their rows are written; without this the process keeps that peak as its RSS.
+    """
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the allocator keeps its own counsel

@@ -115,14 +115,16 @@ class StateFile:
 
     # the event feed
 
-    def take_changes(self) -> list[dict[str, Any]]:
-        """Status changes committed since the last call, oldest first; publish them after commit."""
+    def take_changes(self, limit: int = -1) -> list[dict[str, Any]]:
+        """Status changes committed since the last call, oldest first, at most `limit` (-1: all); publish
+        them after commit."""
         with self.lock:
             if self._depth:
                 raise RuntimeError("take_changes() inside a transaction would hand out uncommitted changes")
             rows = self.conn.execute(
-                "SELECT seq, ts, job_id, from_status, to_status, reason, host FROM events WHERE seq > ? ORDER BY seq",
-                (self._taken_seq,),
+                "SELECT seq, ts, job_id, from_status, to_status, reason, host FROM events WHERE seq > ? ORDER BY seq"
+                + (" LIMIT ?" if limit >= 0 else ""),
+                (self._taken_seq, limit) if limit >= 0 else (self._taken_seq,),
             ).fetchall()
             if rows:
                 self._taken_seq = rows[-1]["seq"]
