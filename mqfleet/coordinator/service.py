@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 #: Lines of one log batch stored; the agent sends far fewer per batch.
 LOG_LINES_PER_BATCH = 1000
 #: How often the sweep prunes what is older than [fleet] keep_days.
+#: (A tenth of keep_days when that is shorter, so a short retention is kept to closely.)
 PRUNE_INTERVAL_S = 300.0
 #: How often the retained coordinator status is refreshed.
 STATUS_INTERVAL_S = 10.0
@@ -353,7 +354,8 @@ class Coordinator:
                 self.state.prune_replies(now - defaults.REQUEST_MEMORY_S)
                 self._publish_status(now)
         self.last_sweep_ts = now
-        if now - self._last_prune_ts >= PRUNE_INTERVAL_S:
+        keep_s = (self.manifest.fleet.keep_days if self.manifest else defaults.KEEP_DAYS) * 86400.0
+        if now - self._last_prune_ts >= min(PRUNE_INTERVAL_S, keep_s / 10):
             self._last_prune_ts = now
             self.prune(now)
         collect_checkpoint_garbage(self, now)

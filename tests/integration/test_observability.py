@@ -180,3 +180,58 @@ def test_gc_dry_run_lists_an_unreferenced_object_and_gc_deletes_only_it(fleet: F
     assert _cli_json(fleet, "gc", "--dry-run")["count"] == 0
     refused = fleet.cli("gc", token="wrong")
     assert refused.returncode == 1
+
+
+def test_the_agent_keeps_the_attempts_whole_output_until_the_job_ends_and_both_roles_write_log_files(
+    fleet: Fleet,
+) -> None:
+    fleet.write_manifest(_manifest({"name": "talker", "model": "hungry", "seed": 1, "hyper": {"lines": 50, "reports": 400}}))
+    coordinator_log = fleet.dir / "logs" / "coordinator.log"
+    agent_log = fleet.dir / "logs" / "agent.log"
+    fleet.start_coordinator(extra=("--log-file", str(coordinator_log)))
+    fleet.start_agent("h1", extra=("--log-file", str(agent_log)))
+    job_id = fleet.client().job("talker")["id"]
+    trainer_log = fleet.dir / "work" / "h1" / "jobs" / f"{job_id[:16]}-1" / "trainer.log"
+
+    def whole_output_on_disk() -> bool:
+        return trainer_log.exists() and "line 50 of 50" in trainer_log.read_text()
+
+    wait_until(whole_output_on_disk, timeout_s=60, what="the agent's copy of the attempt's output")
+    assert "@mqfleet" in trainer_log.read_text(), "the agent's copy keeps the progress lines too"
+    fleet.wait_for_status("completed")
+    wait_until(lambda: not trainer_log.parent.exists(), timeout_s=10, what="the attempt's folder removed at the end")
+    assert "coordinator" in coordinator_log.read_text() and "serving on" in coordinator_log.read_text()
+    assert "agent h1 online" in agent_log.read_text()
+
+
+def test_a_log_file_that_cannot_be_written_stops_the_coordinator_with_exit_2(fleet: Fleet) -> None:
+    fleet.write_manifest(_manifest({"name": "quick", "model": "hungry", "seed": 1}))
+    blocker = fleet.dir / "not-a-dir"
+    blocker.write_text("a file where a folder should be")
+    done = fleet.cli("coordinator", "--manifest", str(fleet.manifest_path), "--db", str(fleet.dir / "c.db"),
+                     "--log-file", str(blocker / "coordinator.log"), timeout_s=30)
+    assert done.returncode == 2 and "--log-file" in done.stderr, done.stderr
+
+
+def test_the_sweep_prunes_logs_progress_and_events_older_than_keep_days_and_keeps_live_jobs(fleet: Fleet) -> None:
+    keep_s = 4.0
+    fleet_table = f"[fleet]\nmax_attempts = 3\nlease_s = 6\ngrace_s = 2\nkeep_days = {keep_s / 86400}\n"
+    fleet.write_manifest(manifest_text(
+        {"name": "old", "model": "hungry", "seed": 1, "hyper": {"lines": 80, "reports": 10}},
+        {"name": "parked", "model": "hungry", "seed": 2, "allowed_hosts": ["nowhere"]},
+        fleet=fleet_table, trainers=HUNGRY_TRAINER.replace("{python}", sys.executable)))
+    fleet.start_coordinator()
+    fleet.start_agent("h1")
+    fleet.wait_for_status({"old": "completed", "parked": "pending"})
+    assert len(_cli_json(fleet, "logs", "old")) == 80 + 10  # the @mqfleet lines are output too
+    assert len(_cli_json(fleet, "show", "old")["progress_history"]) == 10
+
+    def pruned() -> bool:
+        return not _cli_json(fleet, "show", "old")["progress_history"]
+
+    wait_until(pruned, timeout_s=30, interval_s=0.5, what="the old job's progress pruned")
+    tail = _cli_json(fleet, "logs", "old")
+    assert 0 < len(tail) < 80 and tail[-1] == "line 80 of 80", "pruned lines fall back to the attempt's stored tail"
+    row = _cli_json(fleet, "show", "old")
+    assert row["status"] == "completed" and row["attempts_detail"][0]["usage"] is not None, "rows and usage stay"
+    assert _cli_json(fleet, "show", "parked")["status"] == "pending"
