@@ -213,7 +213,8 @@ class Connection:
         self._id_to_filter: dict[int, str] = {}
         self._pending: dict[bytes, _Pending] = {}
         self._refused_mids: OrderedDict[int, str] = OrderedDict()
-        self._unmatched_mids: OrderedDict[int, bool] = OrderedDict()
+        #: mid -> when its PUBACK said "no matching subscribers" (monotonic), for request_raw's resends.
+        self._unmatched_mids: OrderedDict[int, float] = OrderedDict()
         self._connects = 0
         self._connected = threading.Event()
         self._first_connack = threading.Event()
@@ -441,10 +442,12 @@ class Connection:
         resend_at: float | None = 0.0
         mid = -1
         connects = -1
+        sent_at = 0.0
         try:
             while True:
                 now = time.monotonic()
                 if resend_at is not None and now >= resend_at:
+                    sent_at = time.monotonic()  # before the publish: its PUBACK may beat publish()'s return
                     sent = self._send_request(topic, payload, correlation, deadline)
                     if sent is None:
                         break  # never connected in time: nothing was sent
@@ -455,7 +458,8 @@ class Connection:
                     break
                 with self._lock:
                     refused = self._refused_mids.pop(mid, None)
-                    unmatched = self._unmatched_mids.pop(mid, False)
+                    # a PUBACK before this copy was sent belongs to an older publish that had the same mid
+                    unmatched = self._unmatched_mids.pop(mid, -1.0) >= sent_at
                     reconnected = self._connects != connects and self._connected.is_set()
                 # A request the broker refuses (ACL) is never delivered: say so instead of timing out.
                 if refused is not None:
@@ -599,7 +603,7 @@ class Connection:
                 logger.warning("mqtt %s: broker refused publish mid %d: %s", self.client_id, mid, reason.getName())
             elif reason == _NO_MATCHING_SUBSCRIBERS:
                 with self._lock:
-                    self._unmatched_mids[mid] = True
+                    self._unmatched_mids[mid] = time.monotonic()
                     while len(self._unmatched_mids) > 1000:
                         self._unmatched_mids.popitem(last=False)
         except Exception:
