@@ -16,6 +16,7 @@ import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
@@ -164,9 +165,47 @@ def _safe_member_path(root: Path, member: tarfile.TarInfo) -> Path:
     return target
 
 
-def _extract_stream(tar: tarfile.TarFile, root: Path) -> None:
+@dataclass(frozen=True)
+class UnpackLimits:
+    """How much one bundle may unpack to: an archive past any of these is refused before it fills a disk.
+
+    `max_ratio` compares the unpacked bytes with the bundle's size, which catches a small bomb long
+    before `max_bytes` would; model weights compress about 1.1x, text about 3-10x.
+    """
+
+    max_bytes: int = 32 * 1024**3
+    max_files: int = 100_000
+    max_ratio: float = 200.0
+
+
+class _Budget:
+    """Running totals of one unpack against its limits; raises BundleError at the first one crossed."""
+
+    def __init__(self, limits: UnpackLimits, compressed_bytes: int) -> None:
+        self.limits = limits
+        # A tiny bundle may legitimately unpack to a few MiB of sparse or repetitive files.
+        self.ratio_bytes = max(float(compressed_bytes), 64 * 1024.0) * limits.max_ratio
+        self.bytes = 0
+        self.files = 0
+
+    def add_entry(self, name: str) -> None:
+        self.files += 1
+        if self.files > self.limits.max_files:
+            raise BundleError(f"{name!r}: more than {self.limits.max_files} entries (raise the file limit to unpack it)")
+
+    def add_bytes(self, n: int) -> None:
+        self.bytes += n
+        if self.bytes > self.limits.max_bytes:
+            raise BundleError(f"unpacks to more than {self.limits.max_bytes} bytes (raise the size limit to unpack it)")
+        if self.bytes > self.ratio_bytes:
+            raise BundleError(f"unpacks to more than {self.limits.max_ratio:g} times its compressed size, like a "
+                              "decompression bomb (raise the ratio limit to unpack it)")
+
+
+def _extract_stream(tar: tarfile.TarFile, root: Path, budget: _Budget) -> None:
     seen: set[str] = set()
     for member in tar:
+        budget.add_entry(member.name)
         target = _safe_member_path(root, member)
         key = PurePosixPath(member.name).as_posix()
         if key in seen:
@@ -180,17 +219,23 @@ def _extract_stream(tar: tarfile.TarFile, root: Path) -> None:
         if source is None:
             raise BundleError(f"{member.name!r}: no data in archive")
         with open(target, "xb") as out:
-            shutil.copyfileobj(source, out, CHUNK_BYTES)
+            # Counted as written, never from the header's size field, which the archive's author chose.
+            while chunk := source.read(CHUNK_BYTES):
+                budget.add_bytes(len(chunk))
+                out.write(chunk)
         target.chmod(0o755 if member.mode & 0o111 else 0o644)
 
 
-def unpack_artifact(src: Path, dest_dir: Path, *, expected_sha256: str | None = None) -> None:
+def unpack_artifact(src: Path, dest_dir: Path, *, expected_sha256: str | None = None,
+                    limits: UnpackLimits | None = None) -> None:
     """Unpack a bundle into dest_dir, verifying its sha256 in the same pass when expected_sha256 is given.
 
     Extraction goes to a scratch folder beside dest_dir and is moved in only once the whole archive was read
-    and its hash matched, so a bad archive never leaves anything half-extracted in dest_dir.
+    and its hash matched, so a bad archive never leaves anything half-extracted in dest_dir. One that
+    crosses `limits` (total bytes, entries, compression ratio) is refused with BundleError the same way.
     """
     src, dest_dir = Path(src), Path(dest_dir).resolve()
+    budget = _Budget(limits or UnpackLimits(), src.stat().st_size)
     dest_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.unpack-", dir=dest_dir.parent))
     try:
@@ -203,7 +248,7 @@ def unpack_artifact(src: Path, dest_dir: Path, *, expected_sha256: str | None = 
                     dctx.stream_reader(hashing, read_size=CHUNK_BYTES, closefd=False) as zst,  # type: ignore[arg-type]
                     tarfile.open(fileobj=zst, mode="r|", encoding="utf-8") as tar,
                 ):
-                    _extract_stream(tar, scratch)
+                    _extract_stream(tar, scratch, budget)
             except (OSError, tarfile.TarError, zstandard.ZstdError, EOFError, UnicodeError, BundleError) as e:
                 failure = e
             # The tar end marker can come before the last compressed bytes; hash them too.

@@ -35,6 +35,9 @@ SWEEP_INTERVAL_S = 1.0
 REQUEST_MEMORY_S = 3600.0
 #: Lines of trainer output kept as an attempt's tail.
 OUTPUT_TAIL_LINES = 50
+#: Remembered replies kept per sender (`role/client`), oldest forgotten first; a busy agent sends a few
+#: thousand remembered requests an hour, and only a redelivery within seconds needs one.
+REPLIES_PER_CLIENT = 5000
 #: Largest request payload the coordinator accepts.
 MAX_REQUEST_BYTES = 256 * 1024
 #: Largest reply a client accepts (a `jobs` listing of a big fleet is megabytes).

@@ -254,6 +254,10 @@ def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     except tomllib.TOMLDecodeError as e:
         problem = Problem("", f"TOML syntax error: {e}; fix the syntax there (see https://toml.io)")
         raise ManifestError([problem], source) from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively; thousands of levels exhaust the stack.
+        problem = Problem("", "TOML nested too deeply for the parser; a manifest needs a few levels at most")
+        raise ManifestError([problem], source) from None
     # imported here, not at the top: both modules import the types above
     from mqfleet.manifest_check import TOP_KEYS, Checker, read_fleet, read_hosts, read_trainers
     from mqfleet.manifest_jobs import link_jobs, read_jobs

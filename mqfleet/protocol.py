@@ -15,6 +15,13 @@ from typing import Any
 from mqfleet.defaults import MAX_REQUEST_BYTES, TOPIC_PREFIX
 from mqfleet.errors import BadRequestError, DecodeError
 
+#: Longest request id: every remembered reply is keyed by it, so its length is the sender's to abuse.
+MAX_REQUEST_ID_CHARS = 64
+#: Longest trainer output line in a log batch (longer ones are cut), and most lines per batch
+#: (agents split bigger flushes; the coordinator drops lines past it).
+MAX_LOG_LINE_CHARS = 8192
+MAX_LOG_LINES_PER_BATCH = 500
+
 
 class Role(str, Enum):
     """Who may send a request: the middle level of an RPC topic."""
@@ -172,6 +179,16 @@ class Topics:
             return None
         return parts[0], parts[1], parts[2]
 
+    def parse_log(self, topic: str) -> tuple[str, str] | None:
+        """(host, job id) of `{prefix}/hosts/{host}/log/{job_id}`, or None when the topic is not one."""
+        head = f"{self.prefix}/hosts/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head) :].split("/")
+        if len(parts) != 3 or parts[1] != "log" or not parts[0] or not parts[2]:
+            return None
+        return parts[0], parts[2]
+
     def parse_host_topic(self, topic: str) -> tuple[str, str] | None:
         """(host, kind) of `{prefix}/hosts/{host}/{kind}`; kind is advert, status or log."""
         head = f"{self.prefix}/hosts/"
@@ -198,6 +215,9 @@ def decode(payload: bytes, *, max_bytes: int = MAX_REQUEST_BYTES) -> dict[str, A
         obj = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as e:
         raise DecodeError(f"payload is not JSON: {e}") from None
+    except RecursionError:
+        # json recurses per nesting level: a payload of thousands of '[' exhausts the stack.
+        raise DecodeError("payload is nested too deeply") from None
     if not isinstance(obj, dict):
         raise DecodeError(f"payload must be a JSON object, not {type(obj).__name__}")
     return obj

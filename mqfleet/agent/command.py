@@ -56,11 +56,30 @@ def _flag_value(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+#: Variables a trainer inherits from the agent's environment. Nothing else passes: the agent's own
+#: environment may hold the operator token, store credentials or its TLS key paths, and a trainer is
+#: code from the manifest (docs/SECURITY.md, "Trainers"). `--env NAME=VALUE` on the agent adds more.
+INHERITED_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "PYTHONPATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+    # what Python and CUDA need to start at all on Windows
+    "SYSTEMROOT", "WINDIR", "COMSPEC", "PATHEXT", "USERPROFILE", "APPDATA", "LOCALAPPDATA", "PROGRAMDATA",
+    "PROGRAMFILES", "NUMBER_OF_PROCESSORS", "PROCESSOR_ARCHITECTURE",
+})
+INHERITED_PREFIXES = ("LC_", "CUDA_", "NVIDIA_")
+
+
+def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of the agent's environment a trainer may see (INHERITED_NAMES and INHERITED_PREFIXES)."""
+    return {name: value for name, value in environ.items()
+            if name.upper() in INHERITED_NAMES or name.upper().startswith(INHERITED_PREFIXES)}
+
+
 def trainer_env(
     spec_path: Path, out_dir: Path, gpus: list[int], base_env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The trainer's environment: `base_env` (default: this process's) plus what DESIGN.md promises trainers."""
-    env = dict(os.environ if base_env is None else base_env)
+    """The trainer's environment: `base_env` (default: the allowed part of this process's) plus the trainer contract."""
+    env = dict(inherited_env(os.environ) if base_env is None else base_env)
     env[defaults.ENV_SPEC] = str(spec_path)
     env[defaults.ENV_OUT_DIR] = str(out_dir)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)

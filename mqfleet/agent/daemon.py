@@ -20,11 +20,12 @@ from typing import Any
 
 from mqfleet import defaults
 from mqfleet.agent.capability import detect_advert
+from mqfleet.agent.command import inherited_env
 from mqfleet.agent.job import Ending, JobRun
 from mqfleet.agent.runner import reap_leftovers
 from mqfleet.errors import ConfigurationError, MqfleetError, RemoteError, RequestTimeoutError, UnknownHostError
 from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import Role, Topics, encode
+from mqfleet.protocol import MAX_LOG_LINE_CHARS, MAX_LOG_LINES_PER_BATCH, Role, Topics, encode
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class AgentConfig:
             raise ConfigurationError(f"training repo {self.repo} is not a folder; pass --repo DIR")
 
     def trainer_base_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """The allowed part of the agent's environment plus the operator's `--env` additions."""
+        env = inherited_env(os.environ)
         env.update(self.extra_env)
         return env
 
@@ -308,12 +310,16 @@ class Agent:
         with self._log_lock:
             lines = self._log_buffers.pop(job_id, [])
             self._log_last_flush[job_id] = time.monotonic()
-        if lines:
-            payload: dict[str, Any] = {"job_id": job_id, "lines": lines, "ts": time.time()}
-            attempt = self._log_attempts.get(job_id)
+        # Within the coordinator's caps (protocol.py), so nothing it would cut is sent whole.
+        lines = [line[:MAX_LOG_LINE_CHARS] for line in lines]
+        attempt = self._log_attempts.get(job_id)
+        for start in range(0, len(lines), MAX_LOG_LINES_PER_BATCH):
+            payload: dict[str, Any] = {"job_id": job_id, "lines": lines[start : start + MAX_LOG_LINES_PER_BATCH],
+                                       "ts": time.time()}
             if attempt:
                 payload["attempt"] = attempt  # so the coordinator files late lines under the right attempt
             try:
                 self.conn.publish(self.topics.log(self.config.host_id, job_id), payload, qos=0)
             except MqfleetError as e:  # stopping, or the broker is away: log lines are best effort
                 logger.debug("log lines of %s dropped: %s", job_id, e)
+                return

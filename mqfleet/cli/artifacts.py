@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from mqfleet.bundle import unpack_artifact
+from mqfleet.bundle import UnpackLimits, unpack_artifact
 from mqfleet.cli import EXIT_FAILED, cli, render
 from mqfleet.cli.client_options import ClientContext, fail, pass_client
-from mqfleet.errors import ArtifactMismatchError, StoreError
+from mqfleet.errors import ArtifactMismatchError, BundleError, StoreError
 from mqfleet.protocol import Verb
 from mqfleet.transfer import download_from_url
 
@@ -26,13 +26,50 @@ def artifacts_cmd(ctx: ClientContext) -> None:
     render.make_console().print(render.artifacts_table(artifacts))
 
 
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+class ByteSize(click.ParamType[int]):
+    """A size in bytes, with an optional binary unit: 500M, 32G, 1T (K/M/G/T, optionally followed by iB or B)."""
+
+    name = "SIZE"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
+        unit = text[-1:] if text[-1:] in _UNITS else ""
+        number = text[: len(text) - len(unit)]
+        try:
+            size = int(float(number) * _UNITS[unit])
+        except ValueError:
+            self.fail(f"{value!r} is not a size such as 500M or 32G", param, ctx)
+        if size <= 0:
+            self.fail(f"{value!r} must be more than 0 bytes", param, ctx)
+        return size
+
+
+_DEFAULT_LIMITS = UnpackLimits()
+
+
 @cli.command("fetch")
 @click.argument("job")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to unpack into (created; existing files are never overwritten).")
+@click.option("--max-bytes", type=ByteSize(), default=_DEFAULT_LIMITS.max_bytes, show_default="32G",
+              help="Refuse an artifact that unpacks to more than this (e.g. 64G).")
+@click.option("--max-files", type=click.IntRange(min=1), default=_DEFAULT_LIMITS.max_files, show_default=True,
+              help="Refuse an artifact with more files and folders than this.")
+@click.option("--max-ratio", type=click.FloatRange(min=1.0), default=_DEFAULT_LIMITS.max_ratio, show_default=True,
+              help="Refuse an artifact that unpacks to more than this many times its compressed size.")
 @pass_client
-def fetch_cmd(ctx: ClientContext, job: str, out_dir: Path) -> None:
-    """Download JOB's artifact, verify its sha256 and unpack it into DIR; nothing is unpacked if it does not match."""
+def fetch_cmd(ctx: ClientContext, job: str, out_dir: Path, max_bytes: int, max_files: int, max_ratio: float) -> None:
+    """Download JOB's artifact, verify its sha256 and unpack it into DIR.
+
+    Nothing is left in DIR when the artifact does not match its sha256 or crosses a limit
+    (unpacked size, file count, compression ratio: a decompression bomb stops early).
+    """
+    limits = UnpackLimits(max_bytes=max_bytes, max_files=max_files, max_ratio=max_ratio)
     reply = ctx.client.call(Verb.DOWNLOAD_URL, job=job)
     sha256, url = str(reply["sha256"]), str(reply["url"])
     created = not out_dir.exists()
@@ -43,11 +80,16 @@ def fetch_cmd(ctx: ClientContext, job: str, out_dir: Path) -> None:
         bundle = Path(scratch) / f"{sha256}.tar.zst"
         try:
             download_from_url(url, bundle)
-            unpack_artifact(bundle, out_dir, expected_sha256=sha256)
+            unpack_artifact(bundle, out_dir, expected_sha256=sha256, limits=limits)
         except StoreError as e:
             if created and out_dir.is_dir() and not any(out_dir.iterdir()):
                 out_dir.rmdir()
-            what = "artifact does not match its sha256; nothing was unpacked" if isinstance(e, ArtifactMismatchError) else "fetch failed"
+            if isinstance(e, ArtifactMismatchError):
+                what = "artifact does not match its sha256; nothing was unpacked"
+            elif isinstance(e, BundleError):
+                what = "artifact refused; nothing was unpacked"
+            else:
+                what = "fetch failed"
             fail(f"{what}: {e}", EXIT_FAILED)
     files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
     if ctx.as_json:

@@ -15,6 +15,8 @@ from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
+from mqfleet.cli.terminal import clean
+
 #: Rows of one chart, and the glyphs that split a row into eighths.
 CHART_ROWS = 8
 _EIGHTHS = " ▁▂▃▄▅▆▇█"
@@ -99,7 +101,7 @@ def area_chart(name: str, points: Sequence[tuple[float, float]], *, width: int, 
     first_x, last_x = _fmt(points[0][0]), f"{_fmt(points[-1][0])} ({x_label})"
     gap = max(1, width - len(first_x) - len(last_x))
     lines.append(" " * (_AXIS_WIDTH + 2) + first_x + " " * gap + last_x, style="dim")
-    title = Text.assemble((name, "bold"), f"  last {_fmt(ys[-1])}  min {_fmt(lo)}  max {_fmt(hi)}  ({len(points)} points)")
+    title = Text.assemble((clean(name), "bold"), f"  last {_fmt(ys[-1])}  min {_fmt(lo)}  max {_fmt(hi)}  ({len(points)} points)")
     return Group(title, lines)
 
 
@@ -118,8 +120,9 @@ def progress_charts(history: Sequence[Mapping[str, Any]], *, width: int = 80) ->
         area_chart(n, curves[n], width=chart_width, x_label=x_label) for n in names[:MAX_CHARTS]
     ]
     if len(names) > MAX_CHARTS:
-        more = ", ".join(f"{n}={_fmt(curves[n][-1][1])}" for n in names[MAX_CHARTS:])
+        more = clean(", ".join(f"{n}={_fmt(curves[n][-1][1])}" for n in names[MAX_CHARTS:]))
         parts.append(Text(f"more curves (last values): {more}", style="dim"))
     if texts:
-        parts.append(Text("text values (latest): " + ", ".join(f"{k}={v}" for k, v in sorted(texts.items())), style="dim"))
+        shown = clean(", ".join(f"{k}={v}" for k, v in sorted(texts.items())))  # written by the trainer
+        parts.append(Text("text values (latest): " + shown, style="dim"))
     return Panel(Group(*parts), title=f"progress of attempt {attempt}", title_align="left")

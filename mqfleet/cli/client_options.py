@@ -19,6 +19,7 @@ import click
 from mqfleet import defaults
 from mqfleet.cli import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
 from mqfleet.cli.options import broker_config_from, broker_options
+from mqfleet.cli.terminal import clean
 from mqfleet.client import FleetClient
 from mqfleet.errors import BrokerError, ConfigurationError, MqfleetError, NotAuthorizedError, RemoteError
 
@@ -78,7 +79,7 @@ def exit_code_for(error: BaseException) -> int:
 
 def fail(message: str, code: int) -> None:
     """Print `error: message` on stderr and end the command with `code`."""
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {clean(message, newlines=True)}", err=True)
     raise click.exceptions.Exit(code)
 
 

@@ -180,6 +180,8 @@ class FleetPicture:
             payload = msg.json()
         except Exception:
             return
+        if not isinstance(payload, dict):
+            return
         if msg.topic == self.topics.events:
             self.events.append(payload)
             return

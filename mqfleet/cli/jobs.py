@@ -14,6 +14,7 @@ import click
 
 from mqfleet.cli import cli, render
 from mqfleet.cli.client_options import ClientContext, pass_client
+from mqfleet.cli.terminal import clean
 from mqfleet.mqtt import Message
 from mqfleet.protocol import Verb
 from mqfleet.state import JobStatus
@@ -123,8 +124,10 @@ def requeue_cmd(ctx: ClientContext, job: str, fresh: bool) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends (or Ctrl-C).")
 @click.option("--attempt", type=click.IntRange(min=1), default=None,
               help="Which attempt's output (default: the latest that has any).")
+@click.option("--raw", is_flag=True,
+              help="Print lines byte for byte, terminal escape sequences included (only for output you trust).")
 @pass_client
-def logs_cmd(ctx: ClientContext, job: str, follow: bool, attempt: int | None) -> None:
+def logs_cmd(ctx: ClientContext, job: str, follow: bool, attempt: int | None, raw: bool) -> None:
     """The trainer output the coordinator stored for JOB (one attempt); with -f, then the live lines."""
     if follow and attempt is not None:
         raise click.UsageError("-f follows the running attempt; leave out --attempt, or -f to read a past one")
@@ -135,25 +138,28 @@ def logs_cmd(ctx: ClientContext, job: str, follow: bool, attempt: int | None) ->
             ctx.emit_json(reply["lines"])
             return
         for line in reply["lines"]:
-            click.echo(line)
+            _echo_line(ctx, str(line), raw=raw)
         return
-    job_id = client.job(job)["id"]
+    row = client.job(job)
+    job_id = row["id"]
     inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
     # Subscribe before asking for the held lines, so nothing falls between the two.
-    client.conn.subscribe(f"{client.topics.prefix}/hosts/+/log/{job_id}", lambda m: inbox.put(("lines", m)), qos=0)
+    client.conn.subscribe(client.topics.log("+", job_id), lambda m: inbox.put(("lines", m)), qos=0)
     client.conn.subscribe(client.topics.job_state(job_id), lambda m: inbox.put(("state", m)))
     held = list(client.logs(job_id)["lines"])
     for line in held:
-        _echo_line(ctx, line)
+        _echo_line(ctx, str(line), raw=raw)
     try:
-        _follow(ctx, inbox, deque(held, maxlen=SEAM_WINDOW))
+        _follow(ctx, inbox, deque(held, maxlen=SEAM_WINDOW), host=row.get("host"), raw=raw)
     except KeyboardInterrupt:
         pass
 
 
-def _follow(ctx: ClientContext, inbox: queue.SimpleQueue[tuple[str, Any]], recent: deque[str]) -> None:
+def _follow(ctx: ClientContext, inbox: queue.SimpleQueue[tuple[str, Any]], recent: deque[str], *,
+            host: str | None, raw: bool) -> None:
     at_seam = True
     ended_at: float | None = None
+    topics = ctx.client.topics
     while ended_at is None or time.monotonic() - ended_at < LOG_TRAILER_S:
         try:
             kind, msg = inbox.get(timeout=0.2)
@@ -161,16 +167,21 @@ def _follow(ctx: ClientContext, inbox: queue.SimpleQueue[tuple[str, Any]], recen
             continue
         payload = _payload(msg)
         if kind == "state":
+            # The job's output is what the host holding its lease prints; follow it across attempts.
+            host = payload.get("host") if isinstance(payload.get("host"), str) else host
             if payload.get("status") in TERMINAL and ended_at is None:
                 ended_at = time.monotonic()
             continue
-        lines = [str(line) for line in payload.get("lines") or []]
+        parsed = topics.parse_log(msg.topic)
+        if parsed is None or parsed[0] != host:
+            continue  # another host writing under this job's id: not the job's output (docs/SECURITY.md)
+        lines = [str(line) for line in payload.get("lines") or []] if isinstance(payload.get("lines"), list) else []
         # Batches that arrived while the held lines were fetched may already be among them.
         if at_seam and lines and _contains_run(recent, lines):
             continue
         at_seam = False
         for line in lines:
-            _echo_line(ctx, line)
+            _echo_line(ctx, line, raw=raw)
 
 
 def _contains_run(recent: deque[str], lines: list[str]) -> bool:
@@ -181,13 +192,17 @@ def _contains_run(recent: deque[str], lines: list[str]) -> bool:
 
 def _payload(msg: Message) -> dict[str, Any]:
     try:
-        return msg.json()
+        payload = msg.json()
     except Exception:
         return {}
+    return payload if isinstance(payload, dict) else {}
 
 
-def _echo_line(ctx: ClientContext, line: str) -> None:
+def _echo_line(ctx: ClientContext, line: str, *, raw: bool) -> None:
     if ctx.as_json:
-        ctx.emit_json(line)
-    else:
+        ctx.emit_json(line)  # JSON escapes control characters itself
+    elif raw:
         click.echo(line)
+    else:
+        # Trainer output is the host's text: kept, but no escape sequence reaches the operator's terminal.
+        click.echo(clean(line))

@@ -2,7 +2,10 @@
 
 Every function takes the plain dicts the coordinator sends (or the bus carries)
 and returns a rich renderable; nothing here talks to the broker, so the screen
-captures can render the same views in-process.
+captures can render the same views in-process. Much of what is shown was written by
+hosts (adverts, progress, trainer output, errors), so every such cell goes through
+`escape`: control characters and terminal escape sequences removed, rich markup escaped
+(docs/SECURITY.md, "What the CLI shows").
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from typing import Any
 
 from rich import box
 from rich.console import Console, Group, RenderableType
-from rich.markup import escape
+from rich.markup import escape as _escape_markup
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+
+from mqfleet.cli.terminal import clean
 
 STATUS_STYLE = {
     "pending": "yellow",
@@ -31,6 +36,16 @@ STATUS_STYLE = {
 STATUS_ORDER = ("pending", "claimed", "running", "completed", "failed", "cancelled")
 #: Lines of an attempt's output shown by `show`.
 TAIL_LINES = 10
+
+
+def escape(value: Any) -> str:
+    """A value for a rich cell or markup string: `clean`ed, then rich markup escaped."""
+    return _escape_markup(clean(value))
+
+
+def safe_text(value: Any, style: str = "", *, newlines: bool = False) -> Text:
+    """A rich Text (never parsed as markup) of a `clean`ed value."""
+    return Text(clean(value, newlines=newlines), style=style)
 
 
 #: Width used when stdout is a pipe or file and COLUMNS is unset: no screen edge to respect, so cells stay whole.
@@ -51,6 +66,8 @@ def make_console(*, record: bool = False, width: int | None = None) -> Console:
 def human_size(size: int | float | None) -> str:
     if size is None:
         return "-"
+    if isinstance(size, bool) or not isinstance(size, (int, float)):
+        return escape(size)[:40]  # reported by a host: shown, never trusted to be a number
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
@@ -81,21 +98,30 @@ def short_id(job_id: str | None, n: int = 12) -> str:
 
 
 def status_text(status: str | None) -> Text:
-    return Text(status or "-", style=STATUS_STYLE.get(status or "", ""))
+    return safe_text(status or "-", STATUS_STYLE.get(str(status or ""), ""))
 
 
 def job_line(job: Mapping[str, Any]) -> Text:
     """`name (short id): status`, what the operator verbs print."""
-    return Text.assemble(f"{job['name']} ({short_id(job['id'])}): ", status_text(job["status"]))
+    return Text.assemble(f"{clean(job['name'])} ({clean(short_id(job['id']))}): ", status_text(job["status"]))
 
 
 def progress_pct(progress: Mapping[str, Any] | None) -> str:
-    value = (progress or {}).get("progress")
-    return f"{float(value) * 100:.0f}%" if isinstance(value, (int, float)) else "-"
+    value = progress.get("progress") if isinstance(progress, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return "-"
+    return f"{float(value) * 100:.0f}%"
+
+
+def number_text(value: Any, unit: str = "") -> str:
+    """A number a host reported, or its escaped text when it is not one (a hostile advert must not crash a table)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-" if value is None else escape(value)
+    return f"{value:g}{unit}"
 
 
 def metrics_text(metrics: Mapping[str, Any] | None) -> str:
-    if not metrics:
+    if not metrics or not isinstance(metrics, Mapping):
         return "-"
     parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())]
     return " ".join(parts)
@@ -135,12 +161,12 @@ def jobs_table(jobs: Iterable[Mapping[str, Any]], *, first: bool = True) -> Tabl
     table.show_header = first
     for job in jobs:
         table.add_row(
-            escape(job["name"]), short_id(job["id"], 10), escape(f"{job['model']}/{job['mode']}"),
+            escape(job["name"]), escape(short_id(job["id"], 10)), escape(f"{job['model']}/{job['mode']}"),
             status_text(job["status"]), escape(job.get("host") or "-"),
-            f"{job.get('attempts', 0)}/{job.get('max_attempts', '?')}", str(job.get("priority", 0)),
-            progress_pct(job.get("progress")), short_id(job.get("artifact"), 8),
+            escape(f"{job.get('attempts', 0)}/{job.get('max_attempts', '?')}"), escape(job.get("priority", 0)),
+            progress_pct(job.get("progress")), escape(short_id(job.get("artifact"), 8)),
             # the unsatisfied dependency is shown whole: it is the one thing to act on
-            escape(job.get("unsatisfied") or excerpt(job.get("error"), 30)),
+            escape(job.get("unsatisfied") or excerpt(clean(job.get("error") or ""), 30)),
         )
     return table
 
@@ -160,23 +186,27 @@ def workers_table(workers: Iterable[Mapping[str, Any]], names: Mapping[str, str]
                                "used (all attempts)"),
                    right=("cores", "RAM", "slots"), wrap=("CUDA / GPUs", "running", "used (all attempts)"))
     for w in workers:
-        advert = w.get("advert") or {}
+        advert_value = w.get("advert")
+        advert: Mapping[str, Any] = advert_value if isinstance(advert_value, Mapping) else {}
         state = Text("online", style="green") if w.get("online") else Text("offline", style="red")
         if w.get("draining"):
             state.append(" draining", style="yellow")
+        if w.get("advert_error"):
+            state.append(" advert refused", style="red")
         if w.get("quarantined"):
-            reason = (w.get("quarantine") or {}).get("reason") or "?"
-            state.append(f" quarantined ({escape(str(reason))}; undrain releases it)", style="red")
-        gpus = advert.get("gpus") or []
-        cuda = ", ".join(f"{escape(str(g.get('name', '?')))} {g.get('vram_gib', '?')}G" for g in gpus) if gpus else (
-            "yes" if advert.get("cuda") else "no")
+            quarantine = w.get("quarantine")
+            reason = (quarantine.get("reason") if isinstance(quarantine, Mapping) else None) or "?"
+            state.append(f" quarantined ({clean(reason)}; undrain releases it)", style="red")
+        gpus = [g for g in advert.get("gpus") or [] if isinstance(g, Mapping)] if isinstance(advert.get("gpus"), list) else []
+        cuda = ", ".join(f"{escape(g.get('name', '?'))} {number_text(g.get('vram_gib'), 'G')}" for g in gpus) if gpus else (
+            "yes" if advert.get("cuda") is True else "no")
         running = ", ".join(escape(names.get(j, short_id(j))) for j in w.get("jobs") or []) or "-"
         seen = w.get("last_seen_ts")
         table.add_row(
-            escape(w["id"]), state, escape(str(advert.get("os", "-"))), str(advert.get("cpu_cores", "-")),
-            f"{advert['ram_gib']:g}G" if "ram_gib" in advert else "-", cuda, escape(str(advert.get("torch") or "-")),
-            f"{w.get('slots_used', 0)}/{w.get('slots', 0)}", running,
-            human_duration(now - seen) + " ago" if seen else "-",
+            escape(w["id"]), state, escape(advert.get("os", "-")), number_text(advert.get("cpu_cores")),
+            number_text(advert.get("ram_gib"), "G"), cuda, escape(advert.get("torch") or "-"),
+            escape(f"{w.get('slots_used', 0)}/{w.get('slots', 0)}"), running,
+            human_duration(now - seen) + " ago" if isinstance(seen, (int, float)) and seen else "-",
             _host_usage_text(w.get("usage")),
         )
     return table
@@ -217,7 +247,7 @@ def artifacts_table(artifacts: Iterable[Mapping[str, Any]]) -> Table:
     for a in artifacts:
         table.add_row(
             escape(a.get("name") or short_id(a.get("job_id"))), escape(a.get("model") or "-"), escape(a.get("mode") or "-"),
-            short_id(a.get("sha256"), 10), human_size(a.get("size")), escape(metrics_text(a.get("metrics"))),
+            escape(short_id(a.get("sha256"), 10)), human_size(a.get("size")), escape(metrics_text(a.get("metrics"))),
             escape(a.get("host") or "-"), time.strftime("%m-%d %H:%M", time.localtime(a["created_ts"]))
             if a.get("created_ts") else "-",
         )
@@ -245,14 +275,14 @@ def status_view(health: Mapping[str, Any], workers: Sequence[Mapping[str, Any]])
         grid.add_row("", escape(f"{how} {human_duration(age_s)} ago, sha256 {str(health.get('manifest_sha256'))[:12]}"))
     refused = health.get("last_refused_manifest")
     if refused:
-        grid.add_row(Text("refused manifest", style="red"), Text(str(refused), style="red"))
+        grid.add_row(Text("refused manifest", style="red"), safe_text(refused, "red"))
     grid.add_row("store", escape(str(health.get("store") or "-")))
     for name in health.get("failed_checks") or []:
         detail = ((health.get("checks") or {}).get(name) or {}).get("detail", "failed")
         grid.add_row(Text(f"{name} check", style="red"), Text(str(detail), style="red"))
     hosts = Text(f"{online} online", style="green")
     hosts.append(f", {len(workers) - online} offline", style="red" if len(workers) > online else "")
-    hosts.append(f", {len(draining)} draining" + (f" ({', '.join(draining)})" if draining else ""),
+    hosts.append(f", {len(draining)} draining" + (f" ({clean(', '.join(map(str, draining)))})" if draining else ""),
                  style="yellow" if draining else "")
     grid.add_row("hosts", hosts)
     for w in workers:
@@ -300,7 +330,7 @@ def usage_text(usage: Mapping[str, Any] | None) -> str:
         f"peak GPU {human_size(gpu)}" if gpu is not None else "GPU not measured",
     ]
     if "attempts" in usage:
-        parts.insert(0, f"{usage['attempts']} attempt(s)")
+        parts.insert(0, f"{escape(usage['attempts'])} attempt(s)")
     return "  ".join(parts)
 
 
@@ -309,22 +339,22 @@ def job_view(job: Mapping[str, Any], now: float, *, width: int = 100) -> Rendera
 
     parts: list[RenderableType] = []
     head = _kv_table()
-    head.add_row("job", Text.assemble((job["name"], "bold"), f"  {job['id']}"))
+    head.add_row("job", Text.assemble((clean(job["name"]), "bold"), f"  {clean(job['id'])}"))
     head.add_row("status", status_text(job["status"]))
     head.add_row("model / mode", escape(f"{job['model']} / {job['mode']}"))
-    head.add_row("attempts", f"{job.get('attempts', 0)} of {job.get('max_attempts', '?')} counted")
-    head.add_row("priority", str(job.get("priority", 0)))
+    head.add_row("attempts", escape(f"{job.get('attempts', 0)} of {job.get('max_attempts', '?')} counted"))
+    head.add_row("priority", escape(job.get("priority", 0)))
     if job.get("progress"):
         head.add_row("progress", escape(metrics_text(job["progress"])))
     if job.get("error"):
-        head.add_row(Text("error", style="red"), escape(str(job["error"])))
+        head.add_row(Text("error", style="red"), escape(job["error"]))
     if job.get("unsatisfied"):
-        head.add_row(Text("waits", style="red"), escape(str(job["unsatisfied"])))
+        head.add_row(Text("waits", style="red"), escape(job["unsatisfied"]))
     limits = [f"{key} = {job[key]:g}" for key in ("timeout_s", "stall_s") if isinstance(job.get(key), (int, float))]
     if limits:
         head.add_row("limits", ", ".join(limits))
     if job.get("outputs"):
-        head.add_row("outputs", escape(", ".join(job["outputs"])))
+        head.add_row("outputs", escape(", ".join(map(str, job["outputs"]))))
     head.add_row("artifact", escape(job.get("artifact") or "-"))
     detail = job.get("artifact_detail")
     if detail:
@@ -347,7 +377,7 @@ def job_view(job: Mapping[str, Any], now: float, *, width: int = 100) -> Rendera
     if lease:
         grid = _kv_table()
         grid.add_row("host", escape(str(lease.get("host"))))
-        grid.add_row("attempt", str(lease.get("attempt")))
+        grid.add_row("attempt", escape(lease.get("attempt")))
         grid.add_row("expires", f"in {human_duration(lease['expires_ts'] - now)}" if lease.get("expires_ts") else "-")
         grid.add_row("gpus", escape(str(lease.get("gpus") or "none")))
         parts.append(Panel(grid, title="current lease", title_align="left"))
@@ -399,19 +429,19 @@ def attempts_view(attempts: Sequence[Mapping[str, Any]], now: float) -> Renderab
         duration = (ended or now) - a["started_ts"] if a.get("started_ts") else None
         cause = a.get("cause") or ("running" if not ended else a.get("outcome") or "-")
         title = Text.assemble(
-            (f"attempt {a.get('number')}", "bold"), f" on {a.get('host')}  ",
-            (str(cause), "red" if cause in ("app", "lost", "timeout", "stalled") else ""),
-            f"  exit {a.get('exit_code') if a.get('exit_code') is not None else '-'}",
+            (f"attempt {clean(a.get('number'))}", "bold"), f" on {clean(a.get('host'))}  ",
+            (clean(cause), "red" if cause in ("app", "lost", "timeout", "stalled") else ""),
+            f"  exit {clean(a.get('exit_code')) if a.get('exit_code') is not None else '-'}",
             f"  {human_duration(duration)}" + ("" if ended else " so far"),
         )
         body: list[RenderableType] = [title]
         if a.get("usage"):
             body.append(Text(f"used: {usage_text(a['usage'])}"))
         if a.get("error"):
-            body.append(Text(f"error: {a['error']}", style="red"))
-        tail = (a.get("output_tail") or "").splitlines()[-TAIL_LINES:]
+            body.append(safe_text(f"error: {a['error']}", "red"))
+        tail = str(a.get("output_tail") or "").splitlines()[-TAIL_LINES:]
         if tail:
-            body.append(Text("\n".join(f"  │ {line}" for line in tail), style="dim"))
+            body.append(Text("\n".join(f"  │ {clean(line)}" for line in tail), style="dim"))
         rows.append(Group(*body))
     return Panel(Group(*rows), title="attempts", title_align="left")
 
@@ -429,22 +459,24 @@ def dashboard(*, hosts: Mapping[str, Mapping[str, Any]], jobs: Mapping[str, Mapp
     active = [j for j in jobs.values() if j.get("status") in ("claimed", "running")]
     for host_id in sorted(hosts):
         h = hosts[host_id]
-        state = Text(h.get("state", "?"), style="green" if h.get("state") == "online" else "red")
+        state = safe_text(h.get("state", "?"), "green" if h.get("state") == "online" else "red")
         if h.get("draining"):
             state.append(" draining", style="yellow")
         mine = [j for j in active if j.get("host") == host_id]
-        host_table.add_row(escape(host_id), state, f"{len(mine)}/{h.get('slots', '?')}",
+        host_table.add_row(escape(host_id), state, escape(f"{len(mine)}/{h.get('slots', '?')}"),
                            escape(", ".join(str(j.get("name")) for j in mine)) or "-")
     run_table = Table(title="running", title_justify="left", expand=True)
     for name in ("job", "host", "progress", "", "epoch", "loss"):
         run_table.add_column(name, no_wrap=True)
     for job in sorted(active, key=lambda j: str(j.get("name"))):
         progress = job.get("progress") or {}
+        if not isinstance(progress, Mapping):
+            progress = {}
         value = progress.get("progress")
-        fraction = float(value) if isinstance(value, (int, float)) else 0.0
+        fraction = min(1.0, max(0.0, float(value))) if isinstance(value, (int, float)) and value == value else 0.0
         run_table.add_row(escape(str(job.get("name"))), escape(str(job.get("host") or "-")),
                           ProgressBar(total=1.0, completed=fraction, width=30), progress_pct(progress),
-                          str(progress.get("epoch", "-")), _number(progress.get("loss")))
+                          escape(progress.get("epoch", "-")), _number(progress.get("loss")))
     counts: dict[str, int] = {}
     for job in jobs.values():
         counts[str(job.get("status"))] = counts.get(str(job.get("status")), 0) + 1
@@ -452,11 +484,14 @@ def dashboard(*, hosts: Mapping[str, Mapping[str, Any]], jobs: Mapping[str, Mapp
     for ev in events[-8:]:
         if event_lines:
             event_lines.append("\n")
-        event_lines.append(time.strftime("%H:%M:%S ", time.localtime(ev.get("ts") or now)), style="dim")
-        event_lines.append(f"{names.get(ev.get('job_id', ''), short_id(ev.get('job_id')))} ")
-        event_lines.append(f"{ev.get('from') or '-'} → ")
-        event_lines.append(str(ev.get("to")), style=STATUS_STYLE.get(str(ev.get("to")), ""))
-        event_lines.append(f"  {ev.get('reason', '')}" + (f" ({ev['host']})" if ev.get("host") else ""), style="dim")
+        ts = ev.get("ts")
+        ts = ts if isinstance(ts, (int, float)) and not isinstance(ts, bool) and 0 < ts < 1e11 else now
+        event_lines.append(time.strftime("%H:%M:%S ", time.localtime(ts)), style="dim")
+        event_lines.append(f"{clean(names.get(ev.get('job_id', ''), short_id(ev.get('job_id'))))} ")
+        event_lines.append(f"{clean(ev.get('from') or '-')} → ")
+        event_lines.append(clean(ev.get("to")), style=STATUS_STYLE.get(str(ev.get("to")), ""))
+        event_lines.append(clean(f"  {ev.get('reason', '')}" + (f" ({ev['host']})" if ev.get("host") else "")),
+                           style="dim")
     return Group(
         Text.assemble(("mqfleet watch", "bold"), f"  {time.strftime('%H:%M:%S', time.localtime(now))}  ",
                       counts_line(counts)),
@@ -467,4 +502,4 @@ def dashboard(*, hosts: Mapping[str, Mapping[str, Any]], jobs: Mapping[str, Mapp
 
 
 def _number(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else str(value))
+    return f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else escape(value))

@@ -46,6 +46,16 @@ def _fail(message: str, code: int) -> None:
     raise click.exceptions.Exit(code)
 
 
+def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not name.replace("_", "a").isalnum():
+            _fail(f"--trainer-env {pair!r}: expected NAME=VALUE", EXIT_USAGE)
+        env[name] = value
+    return env
+
+
 @cli.command("coordinator")
 @click.option("--manifest", "manifest_path", required=True, type=click.Path(path_type=Path), help="Manifest TOML file.")
 @click.option("--db", "db_path", required=True, type=click.Path(path_type=Path), help="SQLite database file.")
@@ -128,6 +138,9 @@ def coordinator_cmd(
 @click.option("--keepalive", "keepalive_s", type=int, default=defaults.KEEPALIVE_S, show_default=True)
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None, envvar="MQFLEET_LOG_FILE",
               help="Also write this process's log to PATH, rotated at 10 MiB (5 old files kept).")
+@click.option("--trainer-env", "trainer_env", multiple=True, metavar="NAME=VALUE",
+              help="Give trainers this variable (repeatable); of the agent's own environment they see only "
+                   "PATH, HOME, PYTHONPATH, LANG/LC_*, TMPDIR, CUDA_*/NVIDIA_* and a few more (docs/SECURITY.md).")
 @click.option("-v", "--verbose", count=True)
 @broker_options
 @click.pass_context
@@ -145,6 +158,7 @@ def agent_cmd(
     heartbeat_s: float,
     keepalive_s: int,
     log_file: Path | None,
+    trainer_env: tuple[str, ...],
     verbose: int,
     **broker: str | None,
 ) -> None:
@@ -169,6 +183,7 @@ def agent_cmd(
             kill_grace_s=kill_grace_s,
             heartbeat_s=heartbeat_s,
             keepalive_s=keepalive_s,
+            extra_env=_env_pairs(trainer_env),
         )
         agent = Agent(config)
     except ConfigurationError as e:

@@ -145,6 +145,7 @@ def health_report(coord: Coordinator, now: float) -> dict[str, Any]:
         "checks": {name: result.to_dict() for name, result in checks.items()},
         "failed_checks": [name for name, result in checks.items() if not result.ok],
         "requests_dropped": coord.dropped_requests,
+        "log_batches_refused": coord.refused_log_batches,
         "store": coord.store.url,
         "ts": now,
     }

@@ -77,6 +77,7 @@ class HandlerContext(Protocol):
     def send_control(self, host: str, message: dict[str, Any]) -> None: ...
     def health(self, now: float) -> dict[str, Any]: ...
     def job_logs(self, job_id: str, attempt: int | None = None) -> tuple[int | None, list[str], list[int]]: ...
+    def advert_problem(self, host: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -352,7 +353,9 @@ def handle_job(coord: HandlerContext, req: Request) -> dict[str, Any]:
 def handle_workers(coord: HandlerContext, req: Request) -> dict[str, Any]:
     usage = coord.history.usage_by_host()
     workers = coord.hosts.hosts(coord.manifest.hosts if coord.manifest else {})
-    return ok(workers=[{**w, "usage": usage.get(w["id"])} for w in workers])
+    # advert_error: why the host's latest advert was refused (`advert` still shows its last good one).
+    return ok(workers=[{**w, "usage": usage.get(w["id"]), "advert_error": coord.advert_problem(w["id"])}
+                       for w in workers])
 
 
 def handle_health(coord: HandlerContext, req: Request) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import gc
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mqfleet import __version__, defaults
+from mqfleet.advert import parse_advert
 from mqfleet.coordinator import scheduler
 from mqfleet.coordinator.artifacts import Artifacts
 from mqfleet.coordinator.catalog import Catalog, ManifestRows, manifest_rows
@@ -45,10 +47,29 @@ from mqfleet.coordinator.manifests import (
 )
 from mqfleet.coordinator.republish import StateRepublisher, record_published, state_page
 from mqfleet.coordinator.sqlite import StateFile
-from mqfleet.errors import ConfigurationError, ManifestError, MqfleetError, NotFoundError, UnknownVerbError
+from mqfleet.errors import (
+    BadRequestError,
+    ConfigurationError,
+    ManifestError,
+    MqfleetError,
+    NotFoundError,
+    UnknownVerbError,
+)
 from mqfleet.manifest import FleetSettings, Manifest, read_manifest_text
 from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb, decode, encode, error, field
+from mqfleet.protocol import (
+    MAX_LOG_LINE_CHARS,
+    MAX_LOG_LINES_PER_BATCH,
+    MAX_REQUEST_ID_CHARS,
+    ROLE_OF_VERB,
+    Role,
+    Topics,
+    Verb,
+    decode,
+    encode,
+    error,
+    field,
+)
 from mqfleet.state import JobStatus
 from mqfleet.store import ArtifactStore, open_store
 
@@ -57,11 +78,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Lines of one log batch stored; the agent sends far fewer per batch.
-LOG_LINES_PER_BATCH = 1000
 #: How often the sweep prunes what is older than [fleet] keep_days.
 #: (A tenth of keep_days when that is shorter, so a short retention is kept to closely.)
 PRUNE_INTERVAL_S = 300.0
+#: Hosts whose last advert was refused, remembered with the reason for `workers`.
+ADVERT_PROBLEMS_KEPT = 1000
 #: How often the retained coordinator status is refreshed.
 STATUS_INTERVAL_S = 10.0
 #: Above this many newly claimable jobs a nudge goes to every agent instead of the eligible idle ones:
@@ -140,6 +161,8 @@ class Coordinator:
             from mqfleet.coordinator.metrics import CoordinatorMetrics
 
             self.metrics = CoordinatorMetrics(self.state, last_sweep_ts=lambda: self.last_sweep_ts, clock=clock)
+        #: Why each host's latest advert was refused (its last good one stays in force).
+        self.advert_problems: OrderedDict[str, str] = OrderedDict()
         self._in_flight: set[str] = set()
         self._changed_jobs: set[str] = set()
         self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
@@ -150,6 +173,8 @@ class Coordinator:
         self._drop_lock = threading.Lock()
         #: Requests dropped unanswered: retained, or with a Response Topic outside the sender's namespace.
         self.dropped_requests = 0
+        #: Log batches refused because their host does not hold the job's current lease.
+        self.refused_log_batches = 0
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(config.client_id),
@@ -409,8 +434,15 @@ class Coordinator:
             self._reply(msg, error(UnknownVerbError.code, f"verb '{verb.value}' is sent on rpc/{allowed}/, not rpc/{role.value}/"))
             return
         try:
-            body = decode(msg.payload)
+            # A manifest sent with `reload --file` may be up to MAX_MANIFEST_BYTES (docs/CLI.md); it is
+            # escaped inside JSON, so the request is allowed twice that (still under the broker's 4 MiB).
+            limit = 2 * defaults.MAX_MANIFEST_BYTES if verb is Verb.RELOAD else defaults.MAX_REQUEST_BYTES
+            body = decode(msg.payload, max_bytes=limit)
             request_id = field(body, "request_id", str, "")
+            if len(request_id) > MAX_REQUEST_ID_CHARS:
+                # Every remembered reply is keyed by it: a long id is database growth the sender chose.
+                raise BadRequestError(f"field 'request_id' is {len(request_id)} characters; at most "
+                                      f"{MAX_REQUEST_ID_CHARS}")
         except MqfleetError as e:
             self._reply(msg, error(e.code, str(e)))
             return
@@ -512,12 +544,19 @@ class Coordinator:
         if not host or not msg.payload:
             return
         try:
-            advert = decode(msg.payload)
+            # The topic (pinned by the broker ACL) names the host, never the payload.
+            advert = parse_advert(host, decode(msg.payload)).to_wire()
         except MqfleetError as e:
-            logger.warning("advert of %s ignored: %s", host, e)
+            logger.warning("advert of %s refused, its last good advert stays: %s", host, e)
+            with self.lock:
+                self.advert_problems[host] = f"latest advert refused: {e}"
+                self.advert_problems.move_to_end(host)
+                while len(self.advert_problems) > ADVERT_PROBLEMS_KEPT:
+                    self.advert_problems.popitem(last=False)
             return
-        advert["host"] = host  # the topic (pinned by the broker ACL) names the host, not the payload
         self.hosts.record_advert(host, advert, self.clock())
+        with self.lock:
+            self.advert_problems.pop(host, None)
 
     def _on_status(self, msg: Message) -> None:
         host = self._host_of(msg)
@@ -539,10 +578,10 @@ class Coordinator:
             self._nudge_for(self._publish_changes(), f"host {host} {state}", now)
 
     def _on_log(self, msg: Message) -> None:
-        parsed = self.topics.parse_host_topic(msg.topic)
+        parsed = self.topics.parse_log(msg.topic)
         if parsed is None:
             return
-        host, job_id = parsed[0], msg.topic.rsplit("/", 1)[-1]
+        host, job_id = parsed
         try:
             body = decode(msg.payload)
         except MqfleetError:
@@ -550,17 +589,27 @@ class Coordinator:
         lines, attempt = body.get("lines", []), body.get("attempt")
         if not isinstance(lines, list) or (attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int))):
             return
+        # Bounded before anything is kept: lines past the batch cap are dropped, long lines cut.
+        kept = [str(line)[:MAX_LOG_LINE_CHARS] for line in lines[:MAX_LOG_LINES_PER_BATCH]]
         with self.lock:
-            if not self.is_known_host(host):
-                return
-            number = self.history.attempt_of_host(job_id, host, attempt)
+            # Only a host that ran an attempt of this job writes its log, filed under that attempt: a topic
+            # naming another host's job (or an invented one) is nobody's output (docs/SECURITY.md).
+            number = self.history.attempt_of_host(job_id, host, attempt) if self.is_known_host(host) else None
             if number is None:
-                logger.debug("log lines for %s from %s dropped: no attempt of that host", job_id[:12], host)
+                self._count_refused_log(host, job_id)
                 return
             max_lines = self.manifest.fleet.log_max_lines if self.manifest else defaults.LOG_MAX_LINES
             # Stored durably, batched per sweep: a coordinator restart loses none of an ended attempt's lines
             # (docs/OPERATIONS.md, "Logs").
-            self.history.queue_lines(job_id, number, [str(line) for line in lines[:LOG_LINES_PER_BATCH]], max_lines)
+            self.history.queue_lines(job_id, number, kept, max_lines)
+
+    def _count_refused_log(self, host: str, job_id: str) -> None:
+        with self._drop_lock:
+            self.refused_log_batches += 1
+            count = self.refused_log_batches
+        if count <= 10 or count % 100 == 0:
+            logger.warning("log batch from %s for job %s refused (%d so far): that host ran no attempt of it",
+                           host, job_id[:64], count)
 
     def _host_of(self, msg: Message) -> str | None:
         parsed = self.topics.parse_host_topic(msg.topic)
@@ -664,6 +713,11 @@ class Coordinator:
         self.conn.publish(self.topics.control(host), message, qos=1)
 
     # --- queries --------------------------------------------------------------------------
+
+    def advert_problem(self, host: str) -> str | None:
+        """Why `host`'s latest advert was refused (its last good one stays), or None."""
+        with self.lock:
+            return self.advert_problems.get(host)
 
     def job_logs(self, job_id: str, attempt: int | None = None) -> tuple[int | None, list[str], list[int]]:
         """(attempt shown, its lines, every attempt number): the stored output of one attempt, by default

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from mqfleet import defaults
 from mqfleet.coordinator.schema import SCHEMA, VERSION_SCHEMA, check_schema_version
 from mqfleet.errors import IllegalTransitionError, NotFoundError, StateError
 from mqfleet.state import JobStatus, is_allowed
@@ -151,9 +152,25 @@ class StateFile:
         row = self.read_one("SELECT reply FROM replies WHERE key = ?", (key,))
         return dict(json.loads(row[0])) if row else None
 
-    def remember_reply(self, key: str, reply: dict[str, Any], now: float) -> None:
+    def remember_reply(self, key: str, reply: dict[str, Any], now: float, *, keep: int = defaults.REPLIES_PER_CLIENT) -> None:
+        """Remember a reply under `role/client/verb/request_id`; each `role/client` keeps its newest `keep`.
+
+        The cap bounds what one sender can make the database hold, however fast it sends.
+        """
+        owner = "/".join(key.split("/", 2)[:2]) + "/"
+        # '0' follows '/' in ASCII, so [owner, owner-with-'0') is exactly the keys under it: a PK range scan.
+        upper = owner[:-1] + "0"
         with self.transaction() as c:
             c.execute("INSERT OR REPLACE INTO replies (key, reply, ts) VALUES (?, ?, ?)", (key, json.dumps(reply, default=str), now))
+            held = c.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM replies WHERE key >= ? AND key < ? LIMIT ?) AS held", (owner, upper, keep + 1)
+            ).fetchone()[0]
+            if held > keep:
+                c.execute(
+                    "DELETE FROM replies WHERE key IN (SELECT key FROM replies WHERE key >= ? AND key < ? "
+                    "ORDER BY ts, key LIMIT (SELECT COUNT(*) FROM replies WHERE key >= ? AND key < ?) - ?)",
+                    (owner, upper, owner, upper, keep),
+                )
 
     def prune_replies(self, older_than: float) -> int:
         with self.transaction() as c:

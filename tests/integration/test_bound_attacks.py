@@ -1,0 +1,113 @@
+"""Host-driven growth and forged output (findings 3 and 6), tried against the project's mTLS broker.
+
+A host holding its own certificate floods the coordinator with long request ids, with huge log
+lines for jobs it does not hold, and with log lines for another host's job. Each test asserts the
+coordinator's database and memory stay bounded and no job's log shows what the host forged.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from mqfleet.agent.capability import detect_advert
+from mqfleet.mqtt import Connection
+from mqfleet.protocol import MAX_REQUEST_ID_CHARS, Role, encode
+from tests.fixtures.common import wait_until
+from tests.fixtures.fleet import manifest_text
+from tests.fixtures.tls import OPERATOR, T, TlsFleet
+
+MiB = 1024 * 1024
+
+
+def _host(fleet: TlsFleet, host: str) -> Connection:
+    conn = Connection(fleet.broker_config(host), client_id=f"agent-{host}", reply_prefix=T.prefix)
+    conn.start(wait_s=10)
+    conn.publish_wait(T.advert(host), encode(detect_advert(host, slots=1)), retain=True)
+    return conn
+
+
+def _db_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+def test_five_thousand_requests_with_4_kb_request_ids_are_refused_and_the_database_does_not_grow(
+    tls_fleet: TlsFleet,
+) -> None:
+    tls_fleet.write_manifest(manifest_text({"name": "parked", "model": "ok", "allowed_hosts": ["nowhere"]}))
+    tls_fleet.start_coordinator()
+    attacker = _host(tls_fleet, "host-a")
+    replies: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def on_reply(msg: Any) -> None:
+        with lock:
+            replies.append(json.loads(msg.payload))
+
+    reply_topic = f"{T.reply('agent-host-a')}/flood"
+    attacker.subscribe(reply_topic, on_reply)
+    try:
+        ok_id = "r" * MAX_REQUEST_ID_CHARS
+        accepted = attacker.request(T.rpc(Role.AGENT, "host-a", "claim"), {"request_id": ok_id}, timeout_s=10)
+        assert accepted["ok"] is True, accepted
+        before = _db_bytes(tls_fleet.db_path)
+        for i in range(5000):
+            body = {"request_id": f"{i:05d}" + "x" * 4091, "job_id": "j", "lease_id": "l"}
+            attacker.publish(T.rpc(Role.AGENT, "host-a", "renew"), encode(body), response_topic=reply_topic)
+        wait_until(lambda: len(replies) >= 5000, timeout_s=120, interval_s=0.5, what="5000 replies")
+        with lock:
+            assert {r.get("error") for r in replies} == {"bad_request"}
+            assert "request_id" in replies[0]["message"]
+        assert _db_bytes(tls_fleet.db_path) - before < 1 * MiB
+    finally:
+        attacker.stop(timeout_s=2)
+    assert tls_fleet.client().job("parked")["status"] == "pending"
+
+
+def test_two_hundred_batches_of_250_kib_lines_for_invented_jobs_leave_the_coordinators_memory_bounded(
+    tls_fleet: TlsFleet,
+) -> None:
+    tls_fleet.write_manifest(manifest_text({"name": "parked", "model": "ok", "allowed_hosts": ["nowhere"]}))
+    coordinator = tls_fleet.start_coordinator()
+    attacker = _host(tls_fleet, "host-a")
+    client = tls_fleet.client()
+    try:
+        wait_until(lambda: any(w["id"] == "host-a" for w in client.workers()), timeout_s=10)
+        rss_before = psutil.Process(coordinator.pid).memory_info().rss
+        line = "A" * (250 * 1024)
+        for i in range(200):
+            job_id = uuid.uuid4().hex + uuid.uuid4().hex
+            attacker.publish_wait(T.log("host-a", job_id), encode({"job_id": job_id, "lines": [line]}), qos=0)
+            if i % 50 == 49:  # paced a little, so the broker's queue for the coordinator does not overflow
+                wait_until(lambda n=i + 1: client.health()["log_batches_refused"] >= n - 10, timeout_s=30)
+        wait_until(lambda: client.health()["log_batches_refused"] >= 200, timeout_s=30, what="200 refused batches")
+        growth = psutil.Process(coordinator.pid).memory_info().rss - rss_before
+        assert growth < 20 * MiB, f"coordinator RSS grew {growth / MiB:.1f} MiB"
+    finally:
+        attacker.stop(timeout_s=2)
+
+
+def test_a_log_line_forged_by_another_host_never_shows_in_the_jobs_logs(tls_fleet: TlsFleet) -> None:
+    tls_fleet.write_manifest(manifest_text({"name": "a-job", "model": "ok", "allowed_hosts": ["host-a"],
+                                            "hyper": {"sleep": 30.0}}))
+    tls_fleet.start_coordinator()
+    tls_fleet.start_agent("host-a")
+    tls_fleet.wait_for_status({"a-job": "running"}, timeout_s=30)
+    job_id = tls_fleet.client().job("a-job")["id"]
+    attacker = _host(tls_fleet, "host-b")
+    try:
+        forged = encode({"job_id": job_id, "lines": ["FORGED: loss=0.0, ship it"]})
+        attacker.publish_wait(T.log("host-b", job_id), forged, qos=0)
+        wait_until(lambda: tls_fleet.client().health()["log_batches_refused"] >= 1, timeout_s=10)
+    finally:
+        attacker.stop(timeout_s=2)
+    wait_until(lambda: "ok.py: job" in tls_fleet.cli_as(OPERATOR, "logs", "a-job").stdout, timeout_s=20,
+               what="the real trainer's lines")
+    logs = tls_fleet.cli_as(OPERATOR, "logs", "a-job")
+    assert logs.returncode == 0, logs.stderr
+    assert "FORGED" not in logs.stdout

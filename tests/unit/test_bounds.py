@@ -1,0 +1,70 @@
+"""What one sender can make the coordinator hold: remembered replies per client, and the typed advert."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from mqfleet.advert import MAX_TEXT, parse_advert
+from mqfleet.agent.capability import detect_advert
+from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.errors import BadRequestError
+
+T0 = 1_800_000_000.0
+
+
+def test_remembered_replies_are_capped_per_client_and_the_oldest_go_first(tmp_path: Path) -> None:
+    db = StateFile(tmp_path / "c.db")
+    for i in range(30):
+        db.remember_reply(f"agent/h/renew/r{i:03d}", {"ok": True, "i": i}, T0 + i, keep=10)
+    db.remember_reply("agent/other/renew/x", {"ok": True}, T0, keep=10)
+    # h's ten newest remain; another client sharing a name prefix ("h" vs "hx") is untouched.
+    db.remember_reply("agent/hx/renew/y", {"ok": True}, T0, keep=10)
+    kept = [i for i in range(30) if db.remembered_reply(f"agent/h/renew/r{i:03d}") is not None]
+    assert kept == list(range(20, 30))
+    assert db.remembered_reply("agent/other/renew/x") is not None
+    assert db.remembered_reply("agent/hx/renew/y") is not None
+    db.close()
+
+
+def test_a_real_agents_advert_parses_and_round_trips_to_the_same_json() -> None:
+    wire = detect_advert("host-a", slots=2, labels=["fast"])
+    advert = parse_advert("host-a", wire)
+    assert advert.to_wire() == {**wire, "gpus": wire["gpus"], "labels": ["fast"]}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("ram_gib", "lots", "ram_gib"),
+        ("ram_gib", float("nan"), "ram_gib"),
+        ("cpu_cores", "[bold]8", "cpu_cores"),
+        ("cpu_cores", True, "cpu_cores"),
+        ("slots", 0, "slots"),
+        ("cuda", "yes", "cuda"),
+        ("gpus", [{"index": 0, "vram_gib": "24"}], "gpus[0].vram_gib"),
+        ("gpus", "all of them", "gpus"),
+        ("labels", [1, 2], "labels[0]"),
+        ("hostname", "x" * (MAX_TEXT + 1), "hostname"),
+    ],
+)
+def test_an_advert_field_of_the_wrong_type_is_refused_naming_the_field(field: str, value: object, named: str) -> None:
+    wire = {**detect_advert("host-a"), field: value}
+    with pytest.raises(BadRequestError, match=re.escape(f"'{named}'")):
+        parse_advert("host-a", wire)
+
+
+def test_the_advert_host_comes_from_the_topic_and_unknown_extras_are_bounded() -> None:
+    wire = {**detect_advert("host-a"), "host": "host-b", "new_field": "v", "nested": {"a": 1}}
+    advert = parse_advert("host-a", wire).to_wire()
+    assert advert["host"] == "host-a"
+    assert advert["new_field"] == "v" and "nested" not in advert
+
+
+def test_gpu_entries_keep_free_memory_and_small_unknown_fields() -> None:
+    wire = {**detect_advert("host-a"), "cuda": True,
+            "gpus": [{"index": 0, "name": "A100", "uuid": "GPU-1", "vram_gib": 80.0, "vram_free_gib": 79, "mig": False}]}
+    gpu = parse_advert("host-a", wire).to_wire()["gpus"][0]
+    assert gpu == {"index": 0, "name": "A100", "uuid": "GPU-1", "vram_gib": 80.0, "vram_free_gib": 79.0, "mig": False}
