@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from mqfleet.advert import MAX_TEXT, parse_advert
 from mqfleet.agent.capability import detect_advert
-from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.coordinator.postgres import open_state
 from mqfleet.errors import BadRequestError
 
 T0 = 1_800_000_000.0
 
 
-def test_remembered_replies_are_capped_per_client_and_the_oldest_go_first(tmp_path: Path) -> None:
-    db = StateFile(tmp_path / "c.db")
+def test_remembered_replies_are_capped_per_client_and_the_oldest_go_first(state_target: str) -> None:
+    db = open_state(state_target)
     for i in range(30):
         db.remember_reply(f"agent/h/renew/r{i:03d}", {"ok": True, "i": i}, T0 + i, keep=10)
     db.remember_reply("agent/other/renew/x", {"ok": True}, T0, keep=10)
