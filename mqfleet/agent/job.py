@@ -41,6 +41,9 @@ RENEW_TIMEOUT_S = 3.0
 #: Progress reports held for the next renewal; past this every other one goes (the coordinator keeps
 #: a thinned history anyway), which keeps a renewal far under the request size limit.
 PENDING_REPORTS_MAX = 400
+#: ... and past this many characters of JSON: a renewal, and a completion with its 100 KB tail, must stay
+#: far under the coordinator's request limit (defaults.MAX_REQUEST_BYTES, 256 KiB).
+PENDING_REPORTS_CHARS = 64 * 1024
 #: A report longer than this (as JSON) is kept as the latest progress but not sent for the history.
 REPORT_MAX_CHARS = 2000
 
@@ -120,7 +123,7 @@ class JobRun:
         self._log_seq = 0
         self.attempt = int(grant.get("attempt") or 0)
         #: (seq, ts, report) of progress reports not yet acknowledged by the coordinator
-        self._reports: list[tuple[int, float, dict[str, Any]]] = []
+        self._reports: list[tuple[int, float, dict[str, Any], int]] = []  # seq, ts, report, JSON size
         self._report_seq = 0
         self._reports_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"job-{self.job_id[:8]}", daemon=True)
@@ -373,15 +376,19 @@ class JobRun:
         # Numbered, so a renewal resent after a lost reply cannot store a report twice.
         with self._reports_lock:
             self._report_seq += 1
-            if len(json.dumps(report, default=str)) > REPORT_MAX_CHARS:
+            size = len(json.dumps(report, default=str))
+            if size > REPORT_MAX_CHARS:
                 return
-            self._reports.append((self._report_seq, round(time.time(), 3), report))
-            if len(self._reports) > PENDING_REPORTS_MAX:
+            self._reports.append((self._report_seq, round(time.time(), 3), report, size))
+            while len(self._reports) > 2 and (
+                len(self._reports) > PENDING_REPORTS_MAX or sum(r[3] for r in self._reports) > PENDING_REPORTS_CHARS
+            ):
+                # every other one goes, the newest stays: the coordinator's history is thinned the same way
                 self._reports = self._reports[::2] + ([self._reports[-1]] if len(self._reports) % 2 == 0 else [])
 
     def _reports_to_send(self) -> list[list[Any]]:
         with self._reports_lock:
-            return [[seq, ts, report] for seq, ts, report in self._reports]
+            return [[seq, ts, report] for seq, ts, report, _ in self._reports]
 
     def _reports_sent(self, sent: list[list[Any]]) -> None:
         if not sent:

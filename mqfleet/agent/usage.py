@@ -13,7 +13,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 # ru_maxrss is in KiB on Linux, in bytes on macOS.
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
+
+
+class GpuProbe(Protocol):
+    def used_bytes(self, pids: set[int]) -> int | None: ...
 
 
 class GpuMemoryProbe:
@@ -76,7 +80,7 @@ _GPU_PROBE = GpuMemoryProbe()
 class UsageMeter:
     """Accumulates the usage of one process tree from repeated samples and, at the end, the kernel's account."""
 
-    def __init__(self, *, gpu: GpuMemoryProbe | None = _GPU_PROBE) -> None:
+    def __init__(self, *, gpu: GpuProbe | None = _GPU_PROBE) -> None:
         self._gpu = gpu
         self._lock = threading.Lock()
         # (pid, create time) -> the most CPU seconds seen for that process (its own, not its children's)
