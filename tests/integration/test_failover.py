@@ -107,3 +107,36 @@ def test_a_request_that_timed_out_while_the_broker_was_down_is_never_delivered_l
         finally:
             requester.stop(timeout_s=2)
             responder.stop(timeout_s=2)
+
+
+def test_nudges_name_only_the_idle_hosts_that_can_take_the_job(fleet: Fleet) -> None:
+    pinned = {"model": "ok", "mode": "m", "allowed_hosts": ["beta"]}
+    fleet.write_manifest(manifest_text({"name": "first", **pinned}, {"name": "later", **pinned, "seed": 2}))
+    fleet.start_coordinator()
+    client = fleet.client()
+    assert fleet.cli("drain", "beta").returncode == 0
+    assert fleet.cli("cancel", "later").returncode == 0
+    nudges: list[dict[str, object]] = []
+    watcher = Connection(BrokerConfig(url=fleet.broker_url), client_id=f"watch-{time.monotonic_ns()}",
+                         reply_prefix=fleet.prefix)
+    watcher.subscribe(f"{fleet.prefix}/work", lambda m: nudges.append(m.json()), qos=0)
+    watcher.start()
+    try:
+        fleet.start_agent("alpha")
+        fleet.start_agent("beta")
+        wait_until(lambda: sum(w["online"] for w in client.workers()) == 2, timeout_s=30, what="both agents online")
+        assert client.job("first")["status"] == "pending"  # beta drains, alpha is not allowed
+
+        assert fleet.cli("undrain", "beta").returncode == 0
+        fleet.wait_for_status({"first": "completed"}, timeout_s=30)
+        assert client.job("first")["host"] == "beta"
+        assert {"reason": "undrain", "hosts": ["beta"]}.items() <= next(
+            n for n in nudges if n.get("reason") == "undrain").items()
+
+        # requeued: claimable again, and of the two idle hosts only beta may take it
+        assert fleet.cli("requeue", "later").returncode == 0
+        fleet.wait_for_status({"later": "completed"}, timeout_s=30)
+        requeue = next(n for n in nudges if n.get("reason") == "requeue")
+        assert requeue["hosts"] == ["beta"] and requeue["jobs"] == [client.job("later")["id"]]
+    finally:
+        watcher.stop(timeout_s=2)
