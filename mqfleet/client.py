@@ -6,6 +6,7 @@ import fnmatch
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from mqfleet import defaults
@@ -137,29 +138,35 @@ class JobListing:
         if self.name:
             fields["name"] = self.name
         left = self.limit
-        offset = 0
-        after: int | None = None
-        while left is None or left > 0:
-            if left is not None:
-                fields["limit"] = left
-            reply = self.client.call(Verb.JOBS, **fields, **({"after": after} if after is not None else {"offset": offset}))
-            if self.total is None:
-                self.total = int(reply.get("total") or 0)
-            page = list(reply.get("jobs") or [])
-            if self.name and "next_after" not in reply:
-                # a coordinator from before name filters sends every job: filter here
-                page = [j for j in page if fnmatch.fnmatchcase(str(j.get("name", "")), self.name)]
-            for job in page[:left]:
-                yield dict(job)
-            if left is not None:
-                left -= min(left, len(page))
-            if "next_after" in reply:
-                after = reply["next_after"]
-                if after is None:
-                    return
-            else:
-                # a coordinator from before keyset pages: page by position
-                next_offset = reply.get("next_offset")
-                if next_offset is None:
-                    return
-                offset = int(next_offset)
+        # The next page is asked for while the caller still consumes this one: the coordinator reads
+        # and encodes it meanwhile, so a long listing costs about one page's round trip per page.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs-page") as pool:
+            ahead: Future[dict[str, Any]] | None = pool.submit(self._ask, fields, left, None, 0, True)
+            while ahead is not None:
+                reply = ahead.result()
+                ahead = None
+                if self.total is None:
+                    self.total = int(reply.get("total") or 0)
+                page = list(reply.get("jobs") or [])
+                if self.name and "next_after" not in reply:
+                    # a coordinator from before name filters sends every job: filter here
+                    page = [j for j in page if fnmatch.fnmatchcase(str(j.get("name", "")), self.name)]
+                page = page[:left]
+                if left is not None:
+                    left -= len(page)
+                if left is None or left > 0:
+                    if "next_after" in reply:
+                        if reply["next_after"] is not None:
+                            ahead = pool.submit(self._ask, fields, left, int(reply["next_after"]), 0, False)
+                    elif reply.get("next_offset") is not None:
+                        # a coordinator from before keyset pages: page by position
+                        ahead = pool.submit(self._ask, fields, left, None, int(reply["next_offset"]), False)
+                for job in page:
+                    yield dict(job)
+
+    def _ask(self, fields: dict[str, Any], left: int | None, after: int | None, offset: int,
+             count: bool) -> dict[str, Any]:
+        ask = {**fields, "count": count, **({"after": after} if after is not None else {"offset": offset})}
+        if left is not None:
+            ask["limit"] = left
+        return self.client.call(Verb.JOBS, **ask)

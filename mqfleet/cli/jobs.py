@@ -63,7 +63,7 @@ def jobs_cmd(ctx: ClientContext, status: str | None, name_glob: str | None, limi
 
 
 def _jobs_json(ctx: ClientContext, status: str | None, name_glob: str | None, limit: int | None) -> None:
-    """A JSON array in creation order, written a row at a time (the same text `json.dumps(rows, indent=2)` gives)."""
+    """A JSON array in creation order, written a row at a time as the pages arrive."""
     if limit is not None:
         # the N newest, in the creation order of the unlimited listing; N rows are held, not all
         newest = list(ctx.client.job_listing(status=status, name=name_glob, newest_first=True, limit=limit))
@@ -73,8 +73,9 @@ def _jobs_json(ctx: ClientContext, status: str | None, name_glob: str | None, li
     out = sys.stdout
     opened = False
     for row in rows:
-        text = json.dumps(row, indent=2, default=str).replace("\n", "\n  ")
-        out.write(("[\n  " if not opened else ",\n  ") + text)
+        # one compact row per line: json's C encoder (indent= falls back to pure Python, 5x slower
+        # over 100,000 rows); still one JSON array, and grep/jq-friendly
+        out.write(("[\n" if not opened else ",\n") + json.dumps(row, default=str, separators=(",", ":")))
         opened = True
     out.write("\n]\n" if opened else "[]\n")
     out.flush()

@@ -34,6 +34,8 @@ class ManifestRows:
     #: (id, spec JSON, column values in the INSERT's order after id) per job.
     rows: list[tuple[str, str, tuple[Any, ...]]]
     deps: list[tuple[str, str]]
+    #: (sweep name, job id) for every job a [[sweeps]] entry made.
+    sweeps: list[tuple[str, str]]
     max_attempts: int
     #: `manifest_memo.manifest_digest` of the text, so a restart on the same file skips the load.
     digest: str
@@ -50,8 +52,10 @@ def manifest_rows(manifest: Manifest) -> ManifestRows:
                 spec.min_vram_gib, spec.min_ram_gib)
         rows.append((spec.id, text, cols))
     deps = [(spec.id, after) for spec in manifest.jobs for after in spec.after]
-    header = dataclasses.replace(manifest, jobs=(), text="", places={})
-    return ManifestRows(header=header, rows=rows, deps=deps, max_attempts=manifest.fleet.max_attempts,
+    sweeps = [(name, job_id) for name, ids in manifest.sweeps.items() for job_id in ids]
+    # what stays in memory: no per-job data (jobs, their places, sweep members); those are rows
+    header = dataclasses.replace(manifest, jobs=(), text="", places={}, sweeps={})
+    return ManifestRows(header=header, rows=rows, deps=deps, sweeps=sweeps, max_attempts=manifest.fleet.max_attempts,
                         digest=manifest_digest(manifest.text, manifest.source), text=manifest.text)
 
 
@@ -108,6 +112,8 @@ class Catalog:
             # an orphan is blocked by in_manifest alone, so only the file's jobs need their edges
             c.execute("DELETE FROM deps")
             c.executemany("INSERT OR IGNORE INTO deps (job_id, after_id) VALUES (?, ?)", prepared.deps)
+            c.execute("DELETE FROM sweep_jobs")
+            c.executemany("INSERT OR IGNORE INTO sweep_jobs (sweep, job_id) VALUES (?, ?)", prepared.sweeps)
             refresh_blocked(c)
             remember_manifest(c, prepared.digest, prepared.header, len(prepared.rows))
         logger.info("manifest %s: %d added, %d kept, %d orphaned", prepared.header.source or "(text)", len(added),
@@ -118,6 +124,15 @@ class Catalog:
         """The stored manifest in force (without jobs) and its job count, when it has this digest."""
         with self.state.lock:
             return recall_manifest(self.state.conn, digest)
+
+    def sweep_jobs(self, sweep: str) -> list[str]:
+        """The jobs a [[sweeps]] entry of the manifest in force made, in creation order ([] for no such sweep)."""
+        rows = self.state.read("SELECT s.job_id FROM sweep_jobs s JOIN jobs j ON j.id = s.job_id WHERE s.sweep = ? "
+                               "ORDER BY j.seq", (sweep,))
+        return [r[0] for r in rows]
+
+    def sweep_names(self) -> list[str]:
+        return [r[0] for r in self.state.read("SELECT DISTINCT sweep FROM sweep_jobs ORDER BY sweep")]
 
     def has_pending_dependents(self, job_id: str) -> bool:
         """Whether some pending job waits for this one (its completion may have made work claimable)."""
@@ -200,14 +215,15 @@ class Catalog:
 
     def job_page(
         self, where: listing.JobFilter, *, limit: int, after: int | None = None, newest_first: bool = False,
-        offset: int | None = None,
+        offset: int | None = None, count: bool = True,
     ) -> tuple[list[dict[str, Any]], int | None, int]:
-        """One keyset page of the listing (`listing.job_page`), its next keyset, and the filter's total."""
+        """One keyset page of the listing (`listing.job_page`), its next keyset, and the filter's total
+        (-1 unless `count`)."""
         with self.state.lock:
             page, next_after = listing.job_page(
                 self.state.conn, where, limit=limit, after=after, newest_first=newest_first, offset=offset
             )
-            return page, next_after, listing.count_jobs(self.state.conn, where)
+            return page, next_after, listing.count_jobs(self.state.conn, where) if count else -1
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         rows = self.state.read(

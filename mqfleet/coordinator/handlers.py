@@ -324,12 +324,19 @@ def handle_jobs(coord: HandlerContext, req: Request) -> dict[str, Any]:
     limit = min(JOBS_PAGE, max(1, req_field(req.body, "limit", int, JOBS_PAGE)))
     after = req_field(req.body, "after", int, None)
     offset = max(0, req_field(req.body, "offset", int, 0))
+    # A client that knows the total from its first page asks the later ones without it (a count
+    # walks every matching row).
+    counted = req_field(req.body, "count", bool, True)
     page, next_after, total = coord.catalog.job_page(
-        where, limit=limit, after=after, newest_first=order == "newest", offset=None if after is not None else offset
+        where, limit=limit, after=after, newest_first=order == "newest", offset=None if after is not None else offset,
+        count=counted,
     )
     # next_offset serves clients that page by position; next_after is the keyset the CLI pages with.
     next_offset = None if after is not None or next_after is None else offset + len(page)
-    return ok(jobs=page, total=total, next_offset=next_offset, next_after=next_after)
+    reply = ok(jobs=page, next_offset=next_offset, next_after=next_after)
+    if counted:
+        reply["total"] = total
+    return reply
 
 
 def handle_job(coord: HandlerContext, req: Request) -> dict[str, Any]:

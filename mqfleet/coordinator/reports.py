@@ -85,12 +85,11 @@ def handle_compare(coord: Coordinator, req: Request) -> dict[str, Any]:
     if (sweep is None) == (refs is None):
         raise BadRequestError("compare needs either 'jobs' (a list of job references) or 'sweep' (a sweep name)")
     if sweep is not None:
-        manifest = coord.manifest
-        sweeps = manifest.sweeps if manifest else {}
-        if sweep not in sweeps:
-            known = ", ".join(sorted(sweeps)) or "none: the manifest has no [[sweeps]]"
+        # sweep members are rows (catalog), not held in memory with the manifest
+        job_ids = coord.catalog.sweep_jobs(sweep)
+        if not job_ids:
+            known = ", ".join(coord.catalog.sweep_names()) or "none: the manifest has no [[sweeps]]"
             raise NotFoundError(f"no sweep named {sweep!r}; known sweeps: {known}")
-        job_ids = list(sweeps[sweep])
     else:
         assert refs is not None
         if not refs or len(refs) > COMPARE_MAX_JOBS:

@@ -136,6 +136,13 @@ CREATE TABLE IF NOT EXISTS host_events (
     jobs TEXT NOT NULL
 );
 
+-- which jobs each [[sweeps]] entry of the manifest in force made (compare --sweep); rewritten by every apply
+CREATE TABLE IF NOT EXISTS sweep_jobs (
+    sweep TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    PRIMARY KEY (sweep, job_id)
+);
+
 -- the digest of the retained jobs/{id}/state last published (coordinator/republish.py)
 CREATE TABLE IF NOT EXISTS published_states (
     job_id TEXT PRIMARY KEY,
