@@ -57,6 +57,7 @@ def test_silent_trainer_past_timeout_s_ends_timeout_with_its_tree_gone_and_the_s
     ran_s = attempt["ended_ts"] - attempt["started_ts"]
     # the limit, then SIGTERM (the trainer dies of it) and the report: seconds, not the lease or more
     assert 5 <= ran_s < 5 + 10, ran_s
+    print(f"timeout_s = 5: attempt ended {ran_s:.2f} s after its start")  # the figure in docs/RELIABILITY.md
     assert not trainer_processes(work), "the trainer's child outlived the timeout"
     shown = fleet.cli("show", "hangs")
     assert shown.returncode == 0, shown.stderr
@@ -76,6 +77,7 @@ def test_trainer_silent_for_stall_s_ends_stalled(fleet: Fleet) -> None:
     assert "stall_s = 2" in attempt["error"], attempt
     # it printed for 3 s, so the limit counts silence, not run time
     assert attempt["ended_ts"] - attempt["started_ts"] >= 3 + 2, attempt
+    print(f"stall_s = 2 after 3 s of output: attempt ended {attempt['ended_ts'] - attempt['started_ts']:.2f} s after its start")
     assert not trainer_processes(fleet.dir / "work" / "solo")
 
 
@@ -160,6 +162,7 @@ def test_back_off_delays_the_next_claim_and_why_waiting_shows_the_time_left(flee
     fleet.wait_for_status("failed", timeout_s=60)
     first, second = client.job("flaky")["attempts_detail"]
     assert second["started_ts"] - first["ended_ts"] >= 4 - 0.5, (first, second)
+    print(f"retry_backoff_s = 4: next attempt {second['started_ts'] - first['ended_ts']:.2f} s after the failure")
 
 
 def test_a_job_that_failed_on_one_host_runs_its_retry_on_the_other_idle_host(fleet: Fleet) -> None:
