@@ -171,6 +171,12 @@ class BundleError(StoreError):
     code = "bad_bundle"
 
 
+class TrainerInputError(MqfleetError):
+    """Raised when a trainer's spec, flags or dataset cannot be used; the trainer exits 2 with its message."""
+
+    code = "trainer_input"
+
+
 class RemoteError(MqfleetError):
     """Raised client-side for an `{"ok": false}` reply; keeps the remote code."""
 

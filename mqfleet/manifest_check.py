@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mqfleet.errors import Problem
-from mqfleet.manifest import FleetSettings, HostPolicy, HyperParam, TrainerSpec
+from mqfleet.spec import FleetSettings, HostPolicy, HyperParam, TrainerSpec
 from mqfleet.trainers import BUILTIN_HYPER, BUILTIN_OUTPUTS
 
 HYPER_TYPES = ("int", "float", "str", "bool")

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mqfleet.manifest import FleetSettings, JobSpec, TrainerSpec, job_id
 from mqfleet.manifest_check import Checker, check_value, coerce, did_you_mean, fmt, show
+from mqfleet.spec import FleetSettings, JobSpec, TrainerSpec, job_id
 
 #: A sweep that would expand past this many jobs is refused: it is nearly always a typo.
 MAX_SWEEP_JOBS = 10_000

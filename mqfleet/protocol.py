@@ -1,7 +1,7 @@
 """Both sides of the wire: topic names, verbs, payload encoding and field checks.
 
 Every topic is built here so the coordinator, the agent, the CLI and the ACL
-renderer agree on one layout (see DESIGN.md, "Topics").
+renderer agree on one layout (docs/INTERNALS.md, "Topics").
 """
 
 from __future__ import annotations

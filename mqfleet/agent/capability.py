@@ -1,4 +1,4 @@
-"""What this host can do: the capability advert an agent publishes (DESIGN.md, "Capability advert").
+"""What this host can do: the capability advert an agent publishes (docs/INTERNALS.md, "Capability advert").
 
 Owns host detection only: OS, CPU, RAM, NVIDIA GPUs via NVML, installed torch and
 xgboost versions (from package metadata, never by importing them), and the commit

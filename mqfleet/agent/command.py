@@ -1,4 +1,4 @@
-"""How a trainer is started: its argv from the claim grant, and its environment (DESIGN.md, "Trainers")."""
+"""How a trainer is started: its argv from the claim grant, and its environment (docs/INTERNALS.md, "Trainers")."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any
 
 from mqfleet import defaults
 from mqfleet.errors import ConfigurationError
-from mqfleet.trainers import BUILTIN_MODULE
 
 
 def build_trainer_argv(
@@ -19,19 +18,20 @@ def build_trainer_argv(
 ) -> list[str]:
     """The trainer's argv from a claim grant's trainer dict and job spec; hyperparameters as `--name value`.
 
-    In a `command`, `{python}`, `{job_id}` and `{out_dir}` are replaced wherever they appear.
+    The grant's `argv` is the template the coordinator resolved (a built-in's is
+    `{python} -m <module>`), so the agent needs no registry of trainers. `{python}`,
+    `{job_id}` and `{out_dir}` are replaced wherever they appear.
     """
-    builtin = trainer.get("builtin")
-    command = trainer.get("command")
-    if builtin:
-        if builtin not in BUILTIN_MODULE:
-            raise ConfigurationError(f"trainer {trainer.get('name')!r}: unknown built-in {builtin!r}")
-        argv = [python, "-m", BUILTIN_MODULE[builtin]]
-    elif command:
-        values = {"{python}": python, "{job_id}": str(spec.get("id", "")), "{out_dir}": str(out_dir or "")}
-        argv = [_substitute(str(part), values) for part in command]
-    else:
-        raise ConfigurationError(f"trainer {trainer.get('name')!r} has neither a builtin nor a command")
+    template = trainer.get("argv") or trainer.get("command")
+    if not template:
+        if trainer.get("builtin"):
+            raise ConfigurationError(
+                f"trainer {trainer.get('name')!r}: the grant names built-in {trainer.get('builtin')!r} but carries no "
+                "argv; the coordinator resolves it, so run a coordinator of this agent's version"
+            )
+        raise ConfigurationError(f"trainer {trainer.get('name')!r} has neither an argv nor a command")
+    values = {"{python}": python, "{job_id}": str(spec.get("id", "")), "{out_dir}": str(out_dir or "")}
+    argv = [_substitute(str(part), values) for part in template]
     hyper: Mapping[str, Any] = spec.get("hyper") or {}
     for name in sorted(hyper):
         value = hyper[name]
@@ -78,7 +78,8 @@ def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
 def trainer_env(
     spec_path: Path, out_dir: Path, gpus: list[int], base_env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The trainer's environment: `base_env` (default: the allowed part of this process's) plus the trainer contract."""
+    """The trainer's environment: `base_env` (default: the allowed part of this process's) plus the trainer contract
+    (docs/INTERNALS.md, "Trainers")."""
     env = dict(inherited_env(os.environ) if base_env is None else base_env)
     env[defaults.ENV_SPEC] = str(spec_path)
     env[defaults.ENV_OUT_DIR] = str(out_dir)

@@ -21,7 +21,7 @@ from typing import Any
 from mqfleet import defaults
 from mqfleet.agent.capability import detect_advert
 from mqfleet.agent.command import inherited_env
-from mqfleet.agent.job import Ending, JobRun
+from mqfleet.agent.job import Ending, JobRun, JobSettings
 from mqfleet.agent.runner import reap_leftovers
 from mqfleet.errors import ConfigurationError, MqfleetError, RemoteError, RequestTimeoutError, UnknownHostError
 from mqfleet.mqtt import BrokerConfig, Connection, Message
@@ -72,6 +72,11 @@ class AgentConfig:
         env = inherited_env(os.environ)
         env.update(self.extra_env)
         return env
+
+    def job_settings(self) -> JobSettings:
+        """What a job run needs of these settings; the environment is read now, as the job starts."""
+        return JobSettings(work_dir=self.work_dir, repo=self.repo, python=self.python, kill_grace_s=self.kill_grace_s,
+                           request_timeout_s=self.request_timeout_s, base_env=self.trainer_base_env())
 
 
 class Agent:
@@ -209,7 +214,7 @@ class Agent:
                 return False
             if not grant:
                 return True
-            job = JobRun(self, grant)
+            job = JobRun(self, self.config.job_settings(), grant)
             with self._jobs_lock:
                 self.jobs[job.job_id] = job
             job.start()

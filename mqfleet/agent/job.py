@@ -16,9 +16,10 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mqfleet import defaults
 from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync
@@ -28,9 +29,6 @@ from mqfleet.bundle import pack_artifact
 from mqfleet.errors import BrokerError, MqfleetError, RemoteError, RequestTimeoutError
 from mqfleet.state import Cause
 from mqfleet.transfer import upload_to_url
-
-if TYPE_CHECKING:
-    from mqfleet.agent.daemon import Agent
 
 logger = logging.getLogger(__name__)
 
@@ -97,17 +95,41 @@ def missing_outputs(out_dir: Path, globs: Iterable[str]) -> list[str]:
     return missing
 
 
+@dataclass(frozen=True)
+class JobSettings:
+    """The agent's settings a job run needs."""
+
+    work_dir: Path
+    repo: Path
+    python: str
+    kill_grace_s: float
+    request_timeout_s: float
+    #: the trainer's environment before the job's own variables (docs/INTERNALS.md, "Trainers")
+    base_env: Mapping[str, str]
+
+
+class JobHost(Protocol):
+    """What a job run needs of its agent: requests on its lease, its output lines sent on, and word
+    when it ends. The agent implements it; a job run never sees the rest of the agent."""
+
+    def request(self, verb: str, *, attempts: int = 3, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]: ...
+    def publish_log(self, job_id: str, line: str, *, attempt: int = 0) -> None: ...
+    def flush_log(self, job_id: str) -> None: ...
+    def job_finished(self, job: JobRun) -> None: ...
+
+
 class JobRun:
     """A claimed job from grant to completion or failure."""
 
-    def __init__(self, agent: Agent, grant: dict[str, Any]) -> None:
-        self.agent = agent
+    def __init__(self, host: JobHost, settings: JobSettings, grant: dict[str, Any]) -> None:
+        self.host = host
+        self.settings = settings
         self.grant = grant
         self.job_id: str = grant["job"]["id"]
         self.name: str = grant["spec"].get("name", self.job_id[:12])
         self.lease_id: str = grant["lease_id"]
         self.lease_s = float(grant.get("lease_s") or defaults.LEASE_S)
-        self.dir = agent.config.work_dir / "jobs" / f"{self.job_id[:16]}-{grant['attempt']}"
+        self.dir = settings.work_dir / "jobs" / f"{self.job_id[:16]}-{grant['attempt']}"
         self.out_dir = self.dir / "out"
         self.trainer: TrainerRun | None = None
         self.checkpoint: CheckpointSync | None = None
@@ -146,7 +168,7 @@ class JobRun:
         logger.warning("job %s: stopping trainer (%s%s)", self.name, ending.value, f": {detail}" if detail else "")
         trainer = self.trainer
         if trainer is not None:
-            threading.Thread(target=trainer.terminate, args=(self.agent.config.kill_grace_s,), daemon=True).start()
+            threading.Thread(target=trainer.terminate, args=(self.settings.kill_grace_s,), daemon=True).start()
 
     def renew_now(self) -> None:
         """Renew at once, e.g. after a reconnect, when the coordinator may have shortened the lease."""
@@ -191,16 +213,16 @@ class JobRun:
                 renewer.join(timeout=5)
             shutil.rmtree(self.dir, ignore_errors=True)
             self.done.set()
-            self.agent.job_finished(self)
+            self.host.job_finished(self)
 
     def _train(self, renewer: threading.Thread) -> int:
         spec = dict(self.grant["spec"])
         spec.update(attempt=self.grant["attempt"], lease_id=self.lease_id)
         spec_path = self.dir / "spec.json"
         spec_path.write_text(json.dumps(spec, sort_keys=True, indent=2))
-        cfg = self.agent.config
+        cfg = self.settings
         argv = build_trainer_argv(self.grant["trainer"], spec, python=cfg.python)
-        env = trainer_env(spec_path, self.out_dir, list(self.grant.get("gpus") or []), dict(cfg.trainer_base_env()))
+        env = trainer_env(spec_path, self.out_dir, list(self.grant.get("gpus") or []), dict(cfg.base_env))
         env.pop(defaults.ENV_CHECKPOINT_DIR, None)  # a non-resumable job gets no folder, not the agent's own
         renewer.start()  # before a restore, which may take a while for a big checkpoint
         plan = CheckpointPlan.from_grant(self.grant)
@@ -308,9 +330,9 @@ class JobRun:
         Retries (same request id, so never run twice) for as long as the lease would last: a
         coordinator restart must not cost a finished job. Past that the lease has expired anyway.
         """
-        attempts = max(3, math.ceil(self.lease_s / self.agent.config.request_timeout_s))
+        attempts = max(3, math.ceil(self.lease_s / self.settings.request_timeout_s))
         try:
-            return self.agent.request(verb, attempts=attempts, job_id=self.job_id, lease_id=self.lease_id, **fields)
+            return self.host.request(verb, attempts=attempts, job_id=self.job_id, lease_id=self.lease_id, **fields)
         except BrokerError as e:
             logger.warning("job %s: %s not answered (%s); the lease will expire and the job run again", self.name, verb, e)
             return None
@@ -328,14 +350,14 @@ class JobRun:
 
     def _checkpoint_request(self, verb: str, *, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
         """A checkpoint verb on this lease; its failures are the sync's to log, never the attempt's end."""
-        return self.agent.request(verb, attempts=2, timeout_s=timeout_s, job_id=self.job_id, lease_id=self.lease_id,
+        return self.host.request(verb, attempts=2, timeout_s=timeout_s, job_id=self.job_id, lease_id=self.lease_id,
                                   **fields)
 
     # --- the renewer ----------------------------------------------------------------------
 
     def _renew_loop(self) -> None:
         interval = max(0.2, self.lease_s * defaults.RENEW_FRACTION)
-        timeout_s = min(self.agent.config.request_timeout_s, RENEW_TIMEOUT_S, max(1.0, interval / 2))
+        timeout_s = min(self.settings.request_timeout_s, RENEW_TIMEOUT_S, max(1.0, interval / 2))
         next_ts = 0.0  # renew at once: moves the job to running
         while not self._stop_renewing.is_set():
             wait = next_ts - time.monotonic()
@@ -347,7 +369,7 @@ class JobRun:
             progress = self.trainer.latest_progress if self.trainer else None
             reports = self._reports_to_send()
             try:
-                self.agent.request("renew", job_id=self.job_id, lease_id=self.lease_id, progress=progress, attempts=1,
+                self.host.request("renew", job_id=self.job_id, lease_id=self.lease_id, progress=progress, attempts=1,
                                    timeout_s=timeout_s, progress_reports=reports)
                 self._reports_sent(reports)
                 next_ts = time.monotonic() + interval
@@ -370,7 +392,7 @@ class JobRun:
     # --- trainer output -------------------------------------------------------------------
 
     def _on_line(self, line: str) -> None:
-        self.agent.publish_log(self.job_id, line, attempt=self.attempt)
+        self.host.publish_log(self.job_id, line, attempt=self.attempt)
 
     def _on_progress(self, report: dict[str, Any]) -> None:
         # Numbered, so a renewal resent after a lost reply cannot store a report twice.
@@ -398,7 +420,7 @@ class JobRun:
             self._reports = [r for r in self._reports if r[0] > last]
 
     def _flush_log(self) -> None:
-        self.agent.flush_log(self.job_id)
+        self.host.flush_log(self.job_id)
 
 
 

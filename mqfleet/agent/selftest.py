@@ -218,7 +218,7 @@ def check_trainer_run(config: SelftestConfig) -> Check:
         spec_path = tmp_dir / "spec.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         out_dir = tmp_dir / "out"
-        argv = build_trainer_argv({"name": "selftest", "builtin": "xgboost"}, spec)
+        argv = build_trainer_argv({"name": "selftest", "argv": ["{python}", "-m", "mqfleet.trainers.xgboost"]}, spec)
         run = TrainerRun(argv=argv, cwd=repo, env=trainer_env(spec_path, out_dir, []), out_dir=out_dir)
         try:
             run.start()

@@ -19,7 +19,7 @@ from mqfleet.coordinator.manifest_memo import manifest_digest, recall_manifest, 
 from mqfleet.coordinator.schema import JOB_SELECT, job_row
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import AmbiguousError, BadRequestError, NotFoundError
-from mqfleet.manifest import JobSpec, Manifest
+from mqfleet.spec import JobSpec, Manifest
 from mqfleet.state import JobStatus
 
 logger = logging.getLogger(__name__)

@@ -13,15 +13,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mqfleet import __version__
+from mqfleet.coordinator.catalog import Catalog
+from mqfleet.coordinator.hosts import Hosts
+from mqfleet.coordinator.manifests import StoredManifest
 from mqfleet.coordinator.sqlite import StateFile
-from mqfleet.errors import StoreError
+from mqfleet.errors import ManifestError, StoreError
+from mqfleet.spec import Manifest
 from mqfleet.store import ArtifactStore
-
-if TYPE_CHECKING:
-    from mqfleet.coordinator.service import Coordinator
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,29 @@ class HealthChecks:
         return {"database": self.check_database(), "store": self.check_store()}
 
 
-def health_report(coord: Coordinator, now: float) -> dict[str, Any]:
+class HealthSource(Protocol):
+    """What the health report reads of the coordinator (the service implements it)."""
+
+    checks: HealthChecks
+    catalog: Catalog
+    hosts: Hosts
+    state: StateFile
+    store: ArtifactStore
+    started_ts: float
+    dropped_requests: int
+    refused_log_batches: int
+    manifest_jobs: int
+    refused_manifest: ManifestError | None
+
+    @property
+    def lock(self) -> threading.RLock: ...
+    @property
+    def manifest(self) -> Manifest | None: ...
+    @property
+    def stored_manifest(self) -> StoredManifest | None: ...
+
+
+def health_report(coord: HealthSource, now: float) -> dict[str, Any]:
     """The `health` reply and the retained coordinator status. Fields are only ever added (docs/INTERNALS.md)."""
     checks = coord.checks.run()
     counts: dict[str, int] = {}

@@ -15,8 +15,9 @@ from mqfleet.coordinator.catalog import Catalog, spec_from_json
 from mqfleet.coordinator.hosts import QUARANTINE_COLUMN, Hosts, host_view
 from mqfleet.coordinator.sqlite import StateFile, transition
 from mqfleet.errors import NotFoundError
-from mqfleet.manifest import JobSpec, Manifest, TrainerSpec
+from mqfleet.spec import JobSpec, Manifest, TrainerSpec
 from mqfleet.state import JobStatus
+from mqfleet.trainers import trainer_argv
 
 #: Candidates read per step of a claim's walk down the ranking index.
 CLAIM_BATCH = 32
@@ -165,13 +166,15 @@ class Claims:
 
 
 def trainer_dict(trainer: TrainerSpec | None, model: str) -> dict[str, Any]:
-    """The grant's `trainer` object: how the agent starts the job's trainer."""
+    """The grant's `trainer` object: how the agent starts the job's trainer (`argv`, resolved here so
+    the agent never needs the trainer registry), what it takes and what it must write."""
     if trainer is None:
-        return {"name": model, "builtin": None, "command": [], "hyper": {}, "outputs": []}
+        return {"name": model, "builtin": None, "command": [], "argv": [], "hyper": {}, "outputs": []}
     return {
         "name": trainer.name,
         "builtin": trainer.builtin,
         "command": list(trainer.command),
+        "argv": list(trainer_argv(trainer)),
         "outputs": list(trainer.outputs),
         "hyper": {
             name: {"type": h.type, "default": h.default, "min": h.min, "max": h.max, "choices": list(h.choices)}

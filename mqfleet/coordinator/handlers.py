@@ -10,90 +10,22 @@ coordinator only through `HandlerContext`, the narrow part of it they need.
 from __future__ import annotations
 
 import hmac
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from mqfleet import defaults
-from mqfleet.coordinator import checkpoints
-from mqfleet.coordinator.artifacts import Artifacts
-from mqfleet.coordinator.catalog import Catalog, ManifestRows, manifest_rows
-from mqfleet.coordinator.checkpoints import CheckpointBook
-from mqfleet.coordinator.claims import Claims
-from mqfleet.coordinator.garbage import UploadWindow
-from mqfleet.coordinator.history import AttemptHistory
-from mqfleet.coordinator.hosts import Hosts
-from mqfleet.coordinator.leases import Leases
+from mqfleet.coordinator import checkpoint_verbs
+from mqfleet.coordinator.catalog import ManifestRows, manifest_rows
+from mqfleet.coordinator.context import Handler, HandlerContext, Prepare, Request
 from mqfleet.coordinator.listing import JobFilter
-from mqfleet.coordinator.manifests import ORIGIN_FILE, ORIGIN_SENT, StoredManifest
+from mqfleet.coordinator.manifests import ORIGIN_FILE, ORIGIN_SENT
 from mqfleet.coordinator.reports import handle_compare, handle_gc, prepare_gc, record_attempt_history
-from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.coordinator.verify import accept_artifact, check_digest
 from mqfleet.errors import BadRequestError, ManifestError, NotFoundError, UnauthorizedError, UnknownHostError
-from mqfleet.manifest import FleetSettings, Manifest, load_manifest, parse_manifest
-from mqfleet.protocol import Role, Verb, ok
+from mqfleet.manifest import load_manifest, parse_manifest
+from mqfleet.protocol import Verb, ok
 from mqfleet.protocol import field as req_field
 from mqfleet.state import AGENT_CAUSES, Cause
-from mqfleet.store import ArtifactStore
-
-
-class HandlerContext(Protocol):
-    """What a handler may use of the coordinator: its state, its store and the manifest in force."""
-
-    catalog: Catalog
-    hosts: Hosts
-    claims: Claims
-    leases: Leases
-    artifacts: Artifacts
-    history: AttemptHistory
-    uploads: UploadWindow
-    state: StateFile
-    checkpoints: CheckpointBook
-    store: ArtifactStore
-
-    @property
-    def lock(self) -> threading.RLock: ...
-    @property
-    def manifest(self) -> Manifest | None: ...
-    @property
-    def manifest_path(self) -> Path: ...
-    @property
-    def operator_token(self) -> str: ...
-    @property
-    def lease_s(self) -> float: ...
-    @property
-    def grace_s(self) -> float: ...
-    @property
-    def fleet(self) -> FleetSettings: ...
-    def is_known_host(self, host: str) -> bool: ...
-    @property
-    def stored_manifest(self) -> StoredManifest | None: ...
-    def apply_manifest(self, manifest: Manifest | ManifestRows, now: float, *, origin: str = ...,
-                       record: bool = ...) -> dict[str, list[str]]: ...
-    def refuse_manifest(self, problem: ManifestError) -> None: ...
-    def mark_changed(self, job_id: str) -> None: ...
-    def send_control(self, host: str, message: dict[str, Any]) -> None: ...
-    def health(self, now: float) -> dict[str, Any]: ...
-    def job_logs(self, job_id: str, attempt: int | None = None) -> tuple[int | None, list[str], list[int]]: ...
-    def advert_problem(self, host: str) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class Request:
-    """A decoded request: who sent it (from the topic, never the payload) and its fields."""
-
-    verb: Verb
-    role: Role
-    client: str
-    body: dict[str, Any]
-    now: float
-    prepared: dict[str, Any] = field(default_factory=dict)
-
-
-Handler = Callable[[HandlerContext, Request], dict[str, Any]]
-Prepare = Callable[[HandlerContext, Request], dict[str, Any]]
 
 
 def _lease_fields(req: Request) -> tuple[str, str]:
@@ -126,7 +58,7 @@ def handle_claim(coord: HandlerContext, req: Request) -> dict[str, Any]:
     coord.hosts.record_presence(host, True, req.now, grace_s=coord.grace_s)
     grant = coord.claims.claim(host, req.now, coord.manifest)
     if grant is not None:
-        grant.update(checkpoints.grant_fields(coord, grant))
+        grant.update(checkpoint_verbs.grant_fields(coord, grant))
     return ok(job=grant)
 
 
@@ -416,9 +348,9 @@ VERBS: dict[Verb, VerbSpec] = {
     Verb.UPLOAD_URL: VerbSpec(handle_upload_url),
     Verb.COMPLETE: VerbSpec(handle_complete, prepare=prepare_complete),
     Verb.FAIL: VerbSpec(handle_fail),
-    Verb.CHECKPOINT_URL: VerbSpec(checkpoints.handle_checkpoint_url),
-    Verb.CHECKPOINT_SAVED: VerbSpec(checkpoints.handle_checkpoint_saved, prepare=checkpoints.prepare_checkpoint_saved),
-    Verb.CHECKPOINT_START: VerbSpec(checkpoints.handle_checkpoint_start),
+    Verb.CHECKPOINT_URL: VerbSpec(checkpoint_verbs.handle_checkpoint_url),
+    Verb.CHECKPOINT_SAVED: VerbSpec(checkpoint_verbs.handle_checkpoint_saved, prepare=checkpoint_verbs.prepare_checkpoint_saved),
+    Verb.CHECKPOINT_START: VerbSpec(checkpoint_verbs.handle_checkpoint_start),
     Verb.CANCEL: VerbSpec(handle_cancel),
     Verb.REQUEUE: VerbSpec(handle_requeue),
     Verb.RELOAD: VerbSpec(handle_reload, prepare=prepare_reload),

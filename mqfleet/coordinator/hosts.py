@@ -13,7 +13,7 @@ from typing import Any
 
 from mqfleet.coordinator import faults, scheduler
 from mqfleet.coordinator.sqlite import StateFile
-from mqfleet.manifest import HostPolicy
+from mqfleet.spec import HostPolicy
 
 logger = logging.getLogger(__name__)
 

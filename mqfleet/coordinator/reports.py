@@ -15,8 +15,8 @@ from mqfleet.protocol import field as req_field
 from mqfleet.protocol import ok
 
 if TYPE_CHECKING:
-    from mqfleet.coordinator.handlers import HandlerContext as Coordinator
-    from mqfleet.coordinator.handlers import Request
+    from mqfleet.coordinator.context import HandlerContext as Coordinator
+    from mqfleet.coordinator.context import Request
 
 #: Reports accepted in one request; the agent sends at most a few hundred.
 REPORTS_PER_REQUEST = 1000

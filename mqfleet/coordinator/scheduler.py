@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mqfleet.manifest import HostPolicy, JobSpec
+from mqfleet.spec import HostPolicy, JobSpec
 
 #: Shortest commit prefix accepted as naming the same commit as a full sha.
 _MIN_COMMIT_PREFIX = 7

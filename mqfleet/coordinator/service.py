@@ -28,12 +28,13 @@ from mqfleet.advert import parse_advert
 from mqfleet.coordinator import scheduler
 from mqfleet.coordinator.artifacts import Artifacts
 from mqfleet.coordinator.catalog import Catalog, ManifestRows, manifest_rows
+from mqfleet.coordinator.checkpoint_verbs import collect_garbage as collect_checkpoint_garbage
 from mqfleet.coordinator.checkpoints import CheckpointBook
-from mqfleet.coordinator.checkpoints import collect_garbage as collect_checkpoint_garbage
 from mqfleet.coordinator.checks import HealthChecks, health_report
 from mqfleet.coordinator.claims import Claims
+from mqfleet.coordinator.context import Request
 from mqfleet.coordinator.garbage import UploadWindow
-from mqfleet.coordinator.handlers import VERBS, Request, VerbSpec, check_token
+from mqfleet.coordinator.handlers import VERBS, VerbSpec, check_token
 from mqfleet.coordinator.history import AttemptHistory
 from mqfleet.coordinator.hosts import Hosts
 from mqfleet.coordinator.leases import Leases

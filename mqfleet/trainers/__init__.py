@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqfleet.manifest import HyperParam
+from mqfleet.spec import HyperParam, TrainerSpec
 
 #: The hyperparameters each built-in trainer takes: the one place they are declared.
 #: Manifest validation refuses any other name at load time.
@@ -38,3 +38,11 @@ BUILTIN_OUTPUTS: dict[str, tuple[str, ...]] = {
     "xgboost": ("model.xgb.json", "ckpt.json", "report.json", "report.md"),
     "torch-mlp": ("model.pt", "ckpt.json", "report.json", "report.md"),
 }
+
+
+def trainer_argv(trainer: TrainerSpec) -> tuple[str, ...]:
+    """The argv template that starts a trainer (`{python}` stands for the agent's interpreter): a
+    built-in's module, or the manifest's command. The coordinator sends it in the grant."""
+    if trainer.builtin is None:
+        return trainer.command
+    return ("{python}", "-m", BUILTIN_MODULE[trainer.builtin])

@@ -7,7 +7,6 @@ names, types and defaults a trainer accepts can never drift from what a manifest
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from mqfleet.defaults import ENV_CHECKPOINT_DIR, ENV_OUT_DIR, ENV_SPEC
-from mqfleet.errors import MqfleetError
-from mqfleet.manifest import HyperParam
+from mqfleet.errors import TrainerInputError
+from mqfleet.spec import HyperParam
 from mqfleet.trainers import BUILTIN_HYPER, BUILTIN_MODULE
 
 if TYPE_CHECKING:
@@ -34,12 +33,6 @@ PROGRESS_PREFIX = "@mqfleet "
 VOLATILE_SPEC_KEYS = frozenset({"attempt", "lease_id"})
 #: Exit status for invalid input (flags, spec, dataset), as the CLI uses 2 for bad usage; other failures exit 1.
 EXIT_INPUT = 2
-
-
-class TrainerInputError(MqfleetError):
-    """Raised when a trainer's spec, flags or dataset cannot be used; the trainer exits 2 with its message."""
-
-    code = "trainer_input"
 
 
 class TrainerStopped(BaseException):
@@ -280,14 +273,6 @@ def replace_atomically(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def describe_dataset(job: TrainerJob, data: Dataset) -> dict[str, Any]:

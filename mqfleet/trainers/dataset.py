@@ -6,6 +6,7 @@ numpy only (no pandas), so a training host needs nothing beyond what the trainer
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mqfleet.trainers.common import TrainerInputError, sha256_file
+from mqfleet.errors import TrainerInputError
 
 #: A target with at most this many distinct integer values is a classification target (unless the mode says).
 MAX_CLASSES = 20
@@ -244,3 +245,12 @@ def score(task: Task, y_true: np.ndarray, prediction: np.ndarray) -> dict[str, f
         "logloss": float(-np.mean(np.log(picked))),
         "baseline_accuracy": float(majority / len(labels)),
     }
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 hex of a file, read a MiB at a time; the dataset's fingerprint in the report."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -358,7 +358,7 @@ def test_an_unreadable_pidfile_is_dropped(tmp_path: Path) -> None:
 
 
 def test_a_builtin_trainer_runs_as_a_module_with_sorted_hyper_flags() -> None:
-    trainer = {"name": "gbt", "builtin": "xgboost", "command": [], "hyper": {}}
+    trainer = {"name": "gbt", "builtin": "xgboost", "command": [], "argv": ["{python}", "-m", "mqfleet.trainers.xgboost"]}
     spec = {"id": "abc", "hyper": {"n_estimators": 300, "learning_rate": 0.05, "verbose": True, "tag": "x"}}
     assert build_trainer_argv(trainer, spec, python="/py") == [
         "/py",
@@ -384,8 +384,8 @@ def test_a_command_trainer_gets_its_placeholders_replaced() -> None:
 
 
 def test_a_trainer_without_a_way_to_run_it_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigurationError, match="unknown built-in"):
-        build_trainer_argv({"name": "t", "builtin": "nope"}, {"hyper": {}})
+    with pytest.raises(ConfigurationError, match="carries no argv"):
+        build_trainer_argv({"name": "t", "builtin": "xgboost"}, {"hyper": {}})
     with pytest.raises(ConfigurationError, match="neither"):
         build_trainer_argv({"name": "t", "builtin": None, "command": []}, {"hyper": {}})
 

@@ -149,6 +149,7 @@ def test_claim_grants_lease_with_spec_trainer_attempt_and_expiry(db: Coordinator
     assert (grant["job"]["status"], grant["job"]["host"]) == ("claimed", "h")
     assert grant["spec"] == job("a").to_dict()
     assert grant["trainer"] == {"name": "gbt", "builtin": "xgboost", "command": [], "outputs": [],
+                                "argv": ["{python}", "-m", "mqfleet.trainers.xgboost"],
                                 "hyper": {"n_estimators": {"type": "int", "default": 200, "min": 1, "max": None, "choices": []}}}
     assert (grant["attempt"], grant["lease_s"], grant["expires_ts"], grant["gpus"]) == (1, 90.0, T0 + 91, [])
     assert len(grant["lease_id"]) == 32

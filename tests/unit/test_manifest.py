@@ -18,7 +18,7 @@ from mqfleet.manifest import (
     validate_manifest,
 )
 from mqfleet.manifest_jobs import MAX_SWEEP_JOBS
-from mqfleet.trainers import BUILTIN_HYPER
+from mqfleet.trainers import BUILTIN_HYPER, trainer_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "manifests"
@@ -226,7 +226,7 @@ warm = { type = "str" }
 """
     m = parse('[[jobs]]\nmodel = "own"\nhyper = { warm = "none", width = 64 }\n', trainers=trainers)
     assert m.jobs[0].hyper == {"width": 64, "mask": "entmax", "sparse": True, "warm": "none"}
-    assert m.trainer("own").launch_command() == ("{python}", "-m", "my.trainer")
+    assert trainer_argv(m.trainer("own")) == ("{python}", "-m", "my.trainer")
     found = problems('[[jobs]]\nmodel = "own"\nhyper = { depth = 3 }\n', trainers=trainers)
     assert found["jobs[0].hyper.depth"].startswith(
         "not a hyperparameter of trainer 'own' (it takes: mask, sparse, warm, width)"
@@ -654,7 +654,7 @@ def test_problems_in_a_broken_trainer_do_not_hide_the_problems_of_its_jobs() -> 
 
 def test_manifest_lookups_find_trainers_hosts_and_jobs() -> None:
     m = load_manifest(DATA / "valid.toml")
-    assert m.trainer("gbt").launch_command() == ("{python}", "-m", "mqfleet.trainers.xgboost")
+    assert trainer_argv(m.trainer("gbt")) == ("{python}", "-m", "mqfleet.trainers.xgboost")
     with pytest.raises(NotFoundError):
         m.trainer("nope")
     job = m.resolve_job("gbt-base")

@@ -1,0 +1,162 @@
+"""Checkpoint verbs (`checkpoint_url`, `checkpoint_saved`, `checkpoint_start`), the grant's checkpoint
+fields and the sweep that deletes replaced checkpoints' store objects; the table they read and write
+is `checkpoints.CheckpointBook` (docs/INTERNALS.md, "Checkpoints").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from mqfleet import defaults
+from mqfleet.coordinator.checkpoints import GARBAGE_INTERVAL_S, MIB
+from mqfleet.coordinator.context import HandlerContext, Request
+from mqfleet.coordinator.verify import check_digest
+from mqfleet.errors import ArtifactMismatchError, BadRequestError, ObjectMissingError, StoreError
+from mqfleet.protocol import field as req_field
+from mqfleet.protocol import ok
+
+logger = logging.getLogger(__name__)
+
+
+# --- the sweep: store objects of replaced and discarded checkpoints --------------------------------
+
+
+def collect_garbage(coord: HandlerContext, now: float) -> int:
+    """Delete queued checkpoint objects from the store, outside the lock; returns how many went."""
+    book = coord.checkpoints
+    if now - book.last_garbage_ts < GARBAGE_INTERVAL_S:
+        return 0
+    book.last_garbage_ts = now
+    with coord.lock:
+        keys = book.garbage()
+    deleted = []
+    for key in keys:
+        try:
+            coord.store.delete(key)
+            deleted.append(key)
+        except StoreError as e:  # kept queued: the next sweep tries again
+            logger.warning("checkpoint object %s: delete failed, retrying later: %s", key, e)
+    if deleted:
+        with coord.lock:
+            book.forget_garbage(deleted)
+    return len(deleted)
+
+
+# --- the grant ---------------------------------------------------------------------------------
+
+
+def grant_fields(coord: HandlerContext, grant: dict[str, Any]) -> dict[str, Any]:
+    """What a claim grant adds for checkpoints: whether the job gets a folder, how often it syncs, its limit,
+    and the latest checkpoint with a presigned GET (None on a first attempt or a fresh start)."""
+    manifest = coord.manifest
+    spec = grant["spec"]
+    trainer = manifest.trainers.get(spec.get("model", "")) if manifest else None
+    resumable = trainer.resumable if trainer is not None else True
+    fleet = manifest.fleet if manifest else None
+    interval_s = spec.get("checkpoint_interval_s") or (fleet.checkpoint_interval_s if fleet else defaults.CHECKPOINT_INTERVAL_S)
+    max_mib = fleet.checkpoint_max_mib if fleet else defaults.CHECKPOINT_MAX_MIB
+    checkpoint = None
+    latest = coord.checkpoints.latest(spec["id"]) if resumable else None
+    if latest is not None:
+        checkpoint = {
+            # The agent fetches it before the trainer starts, so a download URL's short life is enough.
+            "url": coord.store.presign_get(latest["key"], expires_s=defaults.DOWNLOAD_URL_EXPIRES_S),
+            "sha256": latest["sha256"],
+            "size": latest["size"],
+            "attempt": latest["attempt"],
+            "saved_ts": latest["saved_ts"],
+            "progress": latest["progress"],
+        }
+    return {
+        "resumable": resumable,
+        "checkpoint_interval_s": float(interval_s),
+        "checkpoint_max_mib": float(max_mib),
+        "checkpoint": checkpoint,
+    }
+
+
+# --- agent verbs -------------------------------------------------------------------------------
+
+
+def _upload_fields(req: Request) -> tuple[str, str, str, int]:
+    job_id = req_field(req.body, "job_id", str)
+    lease_id = req_field(req.body, "lease_id", str)
+    sha256 = req_field(req.body, "sha256", str)
+    size = req_field(req.body, "size", int)
+    check_digest(sha256, size)
+    return job_id, lease_id, sha256, size
+
+
+def handle_checkpoint_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
+    """A presigned PUT for a checkpoint bundle of a job this host is (or was last) running."""
+    job_id, lease_id, sha256, size = _upload_fields(req)
+    coord.checkpoints.check_writer(job_id, lease_id, req.client)
+    manifest = coord.manifest
+    max_mib = manifest.fleet.checkpoint_max_mib if manifest else defaults.CHECKPOINT_MAX_MIB
+    if size > max_mib * MIB:
+        raise BadRequestError(
+            f"checkpoint bundle of {size / MIB:.1f} MiB is over checkpoint_max_mib = {max_mib:g}; "
+            "save less state or raise [fleet] checkpoint_max_mib"
+        )
+    key = coord.store.checkpoint_key_for(job_id, sha256)
+    coord.uploads.grant(sha256, req.now)  # gc spares the object until the checkpoint is recorded
+    # Short-lived like artifact uploads (docs/SECURITY.md): S3 checks expiry when the PUT starts, which is at once.
+    expires_s = int(defaults.UPLOAD_URL_SLACK_S)
+    return ok(url=coord.store.presign_put(key, expires_s=expires_s), method="PUT", key=key, expires_s=expires_s)
+
+
+def prepare_checkpoint_saved(coord: HandlerContext, req: Request) -> dict[str, Any]:
+    """Read the uploaded bundle back and hash it, outside the lock: only verified checkpoints are handed on."""
+    job_id, lease_id, sha256, size = _upload_fields(req)
+    with coord.lock:
+        coord.checkpoints.check_writer(job_id, lease_id, req.client)
+    key = coord.store.checkpoint_key_for(job_id, sha256)
+    if coord.store.stat(key) is None:
+        raise ObjectMissingError(f"checkpoint {sha256[:12]} of job {job_id[:12]} is not in the store; upload it first")
+    actual_sha, actual_size = coord.store.hash_object(key)
+    if (actual_sha, actual_size) != (sha256, size):
+        coord.store.delete(key)
+        raise ArtifactMismatchError(
+            f"stored checkpoint is {actual_size} bytes with sha256 {actual_sha[:12]}, "
+            f"not {size} bytes with sha256 {sha256[:12]}; sync again"
+        )
+    return {"key": key}
+
+
+def handle_checkpoint_saved(coord: HandlerContext, req: Request) -> dict[str, Any]:
+    job_id, lease_id, sha256, size = _upload_fields(req)
+    attempt = coord.checkpoints.check_writer(job_id, lease_id, req.client)
+    progress = req_field(req.body, "progress", dict, None)
+    if progress is not None and len(json.dumps(progress)) > 4096:
+        progress = None  # shown in `show` only; a huge one is not worth keeping
+    coord.checkpoints.record(
+        job_id, attempt=attempt, host=req.client, sha256=sha256, size=size, key=req.prepared["key"],
+        progress=progress, now=req.now,
+    )
+    coord.mark_changed(job_id)
+    return ok(saved_ts=req.now, attempt=attempt)
+
+
+def handle_checkpoint_start(coord: HandlerContext, req: Request) -> dict[str, Any]:
+    """How an attempt started: resumed from the checkpoint it was given, or fresh with the reason.
+
+    A checkpoint that failed its sha256 check or could not be read is discarded, so the next attempt
+    does not stumble over it again.
+    """
+    job_id = req_field(req.body, "job_id", str)
+    lease_id = req_field(req.body, "lease_id", str)
+    resumed = req_field(req.body, "resumed", bool)
+    note = req_field(req.body, "note", str, "")
+    bad_sha256 = req_field(req.body, "rejected_sha256", str, None)
+    attempt = coord.checkpoints.check_writer(job_id, lease_id, req.client)
+    latest = coord.checkpoints.latest(job_id)
+    from_attempt = req_field(req.body, "from_attempt", int, None)
+    if bad_sha256 is not None and latest is not None and latest["sha256"] == bad_sha256:
+        coord.checkpoints.discard(job_id, req.now, f"attempt {attempt} could not use it: {note}")
+    coord.checkpoints.note_start(
+        job_id, attempt=attempt, resumed=resumed, from_attempt=from_attempt, note=note, now=req.now
+    )
+    coord.mark_changed(job_id)
+    return ok(attempt=attempt)

@@ -1,0 +1,84 @@
+"""What a request handler sees: the decoded `Request`, and the coordinator as a narrow
+`HandlerContext` (its state modules, its store and the manifest in force), so handler
+modules (`handlers`, `reports`, `checkpoints`) import this leaf instead of the service or each other.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from mqfleet.coordinator.artifacts import Artifacts
+from mqfleet.coordinator.catalog import Catalog, ManifestRows
+from mqfleet.coordinator.checkpoints import CheckpointBook
+from mqfleet.coordinator.claims import Claims
+from mqfleet.coordinator.garbage import UploadWindow
+from mqfleet.coordinator.history import AttemptHistory
+from mqfleet.coordinator.hosts import Hosts
+from mqfleet.coordinator.leases import Leases
+from mqfleet.coordinator.manifests import StoredManifest
+from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.errors import ManifestError
+from mqfleet.protocol import Role, Verb
+from mqfleet.spec import FleetSettings, Manifest
+from mqfleet.store import ArtifactStore
+
+
+class HandlerContext(Protocol):
+    """What a handler may use of the coordinator: its state, its store and the manifest in force."""
+
+    catalog: Catalog
+    hosts: Hosts
+    claims: Claims
+    leases: Leases
+    artifacts: Artifacts
+    history: AttemptHistory
+    uploads: UploadWindow
+    state: StateFile
+    checkpoints: CheckpointBook
+    store: ArtifactStore
+
+    @property
+    def lock(self) -> threading.RLock: ...
+    @property
+    def manifest(self) -> Manifest | None: ...
+    @property
+    def manifest_path(self) -> Path: ...
+    @property
+    def operator_token(self) -> str: ...
+    @property
+    def lease_s(self) -> float: ...
+    @property
+    def grace_s(self) -> float: ...
+    @property
+    def fleet(self) -> FleetSettings: ...
+    def is_known_host(self, host: str) -> bool: ...
+    @property
+    def stored_manifest(self) -> StoredManifest | None: ...
+    def apply_manifest(self, manifest: Manifest | ManifestRows, now: float, *, origin: str = ...,
+                       record: bool = ...) -> dict[str, list[str]]: ...
+    def refuse_manifest(self, problem: ManifestError) -> None: ...
+    def mark_changed(self, job_id: str) -> None: ...
+    def send_control(self, host: str, message: dict[str, Any]) -> None: ...
+    def health(self, now: float) -> dict[str, Any]: ...
+    def job_logs(self, job_id: str, attempt: int | None = None) -> tuple[int | None, list[str], list[int]]: ...
+    def advert_problem(self, host: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Request:
+    """A decoded request: who sent it (from the topic, never the payload) and its fields."""
+
+    verb: Verb
+    role: Role
+    client: str
+    body: dict[str, Any]
+    now: float
+    prepared: dict[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[[HandlerContext, Request], dict[str, Any]]
+Prepare = Callable[[HandlerContext, Request], dict[str, Any]]
