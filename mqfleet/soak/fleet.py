@@ -175,8 +175,7 @@ class SoakFleet:
     def env(self) -> dict[str, str]:
         assert self.broker is not None
         return {**os.environ, "MQFLEET_BROKER": self.broker.url, "MQFLEET_PREFIX": self.config.prefix,
-                "MQFLEET_OPERATOR_TOKEN": self.token, "PYTHONUNBUFFERED": "1",
-                "MQFLEET_SOAK_HANG_DIR": str(self.hang_dir)}
+                "MQFLEET_OPERATOR_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
 
     def prepare(self) -> None:
         for sub in ("logs", "store", "repo", "agents", "hang"):
@@ -198,7 +197,9 @@ class SoakFleet:
         cfg = self.config
         argv = [sys.executable, "-m", "mqfleet", "agent", "--host-id", host, "--slots", "1",
                 "--work-dir", str(self.agents_dir / host), "--repo", str(self.dir / "repo"),
-                "--keepalive", str(cfg.keepalive_s), "--heartbeat", "2", "--kill-grace", "2", "--shutdown-grace", "3"]
+                "--keepalive", str(cfg.keepalive_s), "--heartbeat", "2", "--kill-grace", "2", "--shutdown-grace", "3",
+                # trainers see only an allowed part of the agent's environment: name the hang folder to them
+                "--trainer-env", f"MQFLEET_SOAK_HANG_DIR={self.hang_dir}"]
         proc = Proc(host, argv, self.env, self.dir / "logs" / f"{host}.log").start()
         self.agents[host] = proc
         return proc

@@ -239,7 +239,6 @@ def test_the_soak_trainer_told_to_hang_ends_stalled_and_its_retry_completes(flee
     hang_dir = fleet.dir / "hang"
     hang_dir.mkdir()
     (hang_dir / "sleepy").write_text("hang\n")
-    fleet.env["MQFLEET_SOAK_HANG_DIR"] = str(hang_dir)
     soak_trainer = """\
 [trainers.soak]
 command = ["{python}", "-m", "mqfleet.soak.trainer"]
@@ -249,7 +248,7 @@ sleep = { type = "float", default = 3.0, min = 0.0 }
     fleet.write_manifest(manifest_text({"name": "sleepy", "model": "soak"}, fleet=_fleet(max_attempts=3, stall_s=3),
                                        trainers=soak_trainer))
     fleet.start_coordinator()
-    fleet.start_agent("solo")
+    fleet.start_agent("solo", extra=("--trainer-env", f"MQFLEET_SOAK_HANG_DIR={hang_dir}"))
     fleet.wait_for_status("completed", timeout_s=60)
     detail = fleet.client().job("sleepy")["attempts_detail"]
     assert [a["cause"] or a["outcome"] for a in detail] == ["stalled", "completed"], detail
