@@ -23,7 +23,14 @@ from mqfleet.agent.capability import detect_advert
 from mqfleet.agent.command import inherited_env
 from mqfleet.agent.job import Ending, JobRun, JobSettings
 from mqfleet.agent.runner import reap_leftovers
-from mqfleet.errors import ConfigurationError, MqfleetError, RemoteError, RequestTimeoutError, UnknownHostError
+from mqfleet.errors import (
+    ConfigurationError,
+    MqfleetError,
+    RemoteError,
+    RequestTimeoutError,
+    UnavailableError,
+    UnknownHostError,
+)
 from mqfleet.mqtt import BrokerConfig, Connection, Message
 from mqfleet.protocol import MAX_LOG_LINE_CHARS, MAX_LOG_LINES_PER_BATCH, Role, Topics, encode
 
@@ -31,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: An idle agent asks for work this often even without a nudge (a nudge is QoS 0 and may be missed).
 IDLE_POLL_S = 30.0
+#: Seconds between tries of a request the coordinator answered `unavailable` (its database is away).
+UNAVAILABLE_RETRY_S = 2.0
 #: Log lines are sent in small batches, at most this often per job.
 LOG_FLUSH_S = 0.25
 #: The host's facts are detected again before a claim (and at each heartbeat), but not more often than this:
@@ -243,6 +252,12 @@ class Agent:
                 logger.warning("%s not answered (try %d/%d); retrying", verb, attempt, attempts)
                 continue
             if not reply.get("ok"):
+                if reply.get("error") == UnavailableError.code and attempt < attempts and not self.stopping.is_set():
+                    # The coordinator's database is away (docs/RELIABILITY.md): the request did not run, and
+                    # the same request id runs it once when the database is back.
+                    logger.warning("%s: coordinator unavailable (try %d/%d); retrying", verb, attempt, attempts)
+                    self.stopping.wait(UNAVAILABLE_RETRY_S)
+                    continue
                 raise RemoteError(str(reply.get("error")), str(reply.get("message")), reply)
             return reply
         raise RequestTimeoutError(f"{verb} not answered")  # unreachable: the loop raises or returns

@@ -341,6 +341,11 @@ class JobRun:
                 self.end(Ending.LEASE_LOST)
                 logger.warning("job %s: %s refused, the lease is no longer ours", self.name, verb)
                 return None
+            if e.code == "unavailable":
+                # Not refused: the coordinator's database stayed away past our retries; the lease expires
+                # and the job runs again, which is what a coordinator gone for that long means anyway.
+                logger.warning("job %s: %s not handled, coordinator unavailable for the whole lease: %s", self.name, verb, e)
+                return None
             if verb == "complete":
                 # The artifact was refused (e.g. its bytes did not match): the attempt failed.
                 self._fail("app", 0, f"artifact refused by the coordinator: {e}")
@@ -378,7 +383,8 @@ class JobRun:
                     self.end(Ending.LEASE_LOST)
                     return
                 logger.warning("job %s: renew refused: %s", self.name, e)
-                next_ts = time.monotonic() + interval
+                # unavailable: the coordinator's database is away; keep training, try again soon
+                next_ts = time.monotonic() + (min(interval, 2.0) if e.code == "unavailable" else interval)
             except RequestTimeoutError as e:
                 # Unanswered (e.g. sent just before a restarted coordinator subscribed): the wait for the
                 # reply already paced us, so try again at once; a will may have cut the lease to the grace.

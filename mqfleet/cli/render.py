@@ -268,6 +268,8 @@ def status_view(health: Mapping[str, Any], workers: Sequence[Mapping[str, Any]])
     draining = [w["id"] for w in workers if w.get("draining")]
     grid = _kv_table()
     grid.add_row("coordinator", f"mqfleet {escape(str(health.get('version')))}, up {human_duration(health.get('uptime_s'))}")
+    if health.get("coordinators"):
+        grid.add_row("coordinators", coordinators_text(health))
     grid.add_row("manifest", escape(f"{health.get('manifest')} ({health.get('manifest_jobs', 0)} jobs)"))
     if health.get("manifest_applied_ts"):
         how = "sent with reload --file" if health.get("manifest_origin") == "sent" else "read from its file"
@@ -294,6 +296,23 @@ def status_view(health: Mapping[str, Any], workers: Sequence[Mapping[str, Any]])
     return Panel(grid, title="mqfleet status", title_align="left", expand=False)
 
 
+def coordinators_text(health: Mapping[str, Any]) -> Text:
+    """One line per coordinator sharing the state: id, role, version, host and heartbeat age."""
+    now = float(health.get("ts") or time.time())
+    text = Text()
+    for i, c in enumerate(health.get("coordinators") or []):
+        if i:
+            text.append("\n")
+        role = str(c.get("role"))
+        style = {"leader": "bold green", "follower": "green"}.get(role, "red")
+        text.append(f"{c.get('id')} ", style="bold" if c.get("id") == health.get("coordinator") else "")
+        text.append(role, style=style)
+        age = human_duration(max(0.0, now - float(c.get("heartbeat_ts") or now)))
+        text.append(f"  mqfleet {c.get('version')} on {c.get('host')}, heartbeat {age} ago")
+    text.append(f"\n(state on {health.get('state_store', 'sqlite')}; this answer from {health.get('coordinator')})", style="dim")
+    return text
+
+
 def health_view(health: Mapping[str, Any]) -> RenderableType:
     grid = _kv_table()
     for key in ("state", "version", "uptime_s", "manifest", "manifest_origin", "manifest_sha256", "manifest_jobs",
@@ -301,6 +320,8 @@ def health_view(health: Mapping[str, Any]) -> RenderableType:
         if key in health:
             value = human_duration(health[key]) if key == "uptime_s" else health[key]
             grid.add_row(key, escape(str(value)))
+    if health.get("coordinators"):
+        grid.add_row("coordinators", coordinators_text(health))
     for name, check in (health.get("checks") or {}).items():
         ok = bool(check.get("ok"))
         grid.add_row(f"check {name}", Text(f"{'ok' if ok else 'FAILED'}: {check.get('detail', '')}",

@@ -58,7 +58,13 @@ def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @cli.command("coordinator")
 @click.option("--manifest", "manifest_path", required=True, type=click.Path(path_type=Path), help="Manifest TOML file.")
-@click.option("--db", "db_path", required=True, type=click.Path(path_type=Path), help="SQLite database file.")
+@click.option("--db", "db", required=True, metavar="PATH|URL",
+              help="SQLite database file, or postgresql://USER@HOST[:PORT]/DB (password in the URL, PGPASSWORD or "
+                   "MQFLEET_DB_PASSWORD); several coordinators may share one PostgreSQL database.")
+@click.option("--migrate-from", "migrate_from", default=None, metavar="sqlite:PATH",
+              help="Before serving, copy a stopped fleet's SQLite state into the (empty) PostgreSQL --db.")
+@click.option("--client-id", "client_id", default="coordinator", show_default=True,
+              help="MQTT client id; each coordinator sharing a database needs its own.")
 @click.option("--store", "store_url", envvar=defaults.ENV_STORE, default="", help="file:///PATH or s3://BUCKET/PREFIX.")
 @click.option("--prefix", envvar=defaults.ENV_TOPIC_PREFIX, default=defaults.TOPIC_PREFIX, show_default=True)
 @click.option("--sweep-interval", "sweep_interval_s", type=float, default=defaults.SWEEP_INTERVAL_S, show_default=True)
@@ -72,7 +78,9 @@ def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
 @broker_options
 def coordinator_cmd(
     manifest_path: Path,
-    db_path: Path,
+    db: str,
+    migrate_from: str | None,
+    client_id: str,
     store_url: str,
     prefix: str,
     sweep_interval_s: float,
@@ -83,6 +91,7 @@ def coordinator_cmd(
     **broker: str | None,
 ) -> None:
     """Run the coordinator: grants leases, sweeps expired ones, verifies artifacts."""
+    from mqfleet.coordinator.postgres import PgStateFile, is_postgres_url
     from mqfleet.coordinator.service import Coordinator, CoordinatorConfig
 
     _setup_logging(verbose, log_file)
@@ -90,9 +99,15 @@ def coordinator_cmd(
     if not token:
         logger.warning("%s is not set: operator verbs (cancel, requeue, reload, drain) are refused", defaults.ENV_OPERATOR_TOKEN)
     try:
+        on_postgres = is_postgres_url(db)
+        if migrate_from and not on_postgres:
+            raise ConfigurationError("--migrate-from copies into PostgreSQL: give --db postgresql://USER@HOST/DB")
+        db_path = Path("." if on_postgres else db)
         config = CoordinatorConfig(
             manifest_path=manifest_path,
             db_path=db_path,
+            db_url=db if on_postgres else "",
+            client_id=client_id,
             broker=broker_config_from(broker),
             store_url=store_url,
             operator_token=token,
@@ -101,12 +116,21 @@ def coordinator_cmd(
             metrics_port=metrics_port,
             metrics_host=metrics_host,
         )
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        if not on_postgres:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
         coordinator = Coordinator(config)
+        if migrate_from:
+            from mqfleet.coordinator.migrate import migrate_from_sqlite, parse_source
+
+            assert isinstance(coordinator.state, PgStateFile)
+            counts = migrate_from_sqlite(parse_source(migrate_from), coordinator.state)
+            click.echo("migrated: " + ", ".join(f"{table} {n}" for table, n in counts.items()), err=True)
     except ConfigurationError as e:
         _fail(str(e), EXIT_USAGE)
     except StoreError as e:
         _fail(f"artifact store: {e}", EXIT_FAILED)
+    except MqfleetError as e:  # e.g. the state database went away while the schema was being made
+        _fail(str(e), EXIT_FAILED)
     _on_stop_signals(coordinator._stop.set)
     try:
         coordinator.start()

@@ -112,11 +112,48 @@ def _json_path(m: re.Match[str], literals: list[str], sql: str) -> str:
     return f"(CAST({m.group(1)} AS jsonb) #> '{{{','.join(path.split('.')[1:])}}}')"
 
 
+_UPSERT_SET = re.compile(r"\bDO\s+UPDATE\s+SET\b", re.IGNORECASE)
+_INSERT_TABLE = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.IGNORECASE)
+
+
+def _qualify_upsert(code: str, table: str, columns: tuple[str, ...]) -> str:
+    """In `DO UPDATE SET a = a + excluded.a`, SQLite reads a bare `a` as the target row's column;
+    PostgreSQL calls it ambiguous (the target and `excluded` are both in scope): name the table."""
+    m = _UPSERT_SET.search(code)
+    if m is None or not columns:
+        return code
+    tail, out = code[m.end() :], []
+    depth, expect_target = 0, True
+    tokens = list(re.finditer(r"\w+|\S", tail))
+    for i, tok in enumerate(tokens):
+        text = tok.group(0)
+        if text == "(":
+            depth += 1
+        elif text == ")":
+            depth -= 1
+        elif text == "," and depth == 0:
+            expect_target = True
+        elif depth == 0 and text.upper() in ("WHERE", "RETURNING"):
+            expect_target = False
+        elif text in columns:
+            before = tokens[i - 1].group(0) if i else ""
+            after = tokens[i + 1].group(0) if i + 1 < len(tokens) else ""
+            if expect_target:
+                expect_target = False  # the column assigned to stays bare
+            elif before != "." and after not in ("(", "."):
+                out.append((tok.start(), tok.end(), f"{table}.{text}"))
+    for start, end, text in reversed(out):
+        tail = tail[:start] + text + tail[end:]
+    return code[: m.end()] + tail
+
+
 class Translator:
     """Translates statements once each (a coordinator runs a few dozen texts millions of times)."""
 
-    def __init__(self, primary_keys: Callable[[str], tuple[str, ...]]) -> None:
+    def __init__(self, primary_keys: Callable[[str], tuple[str, ...]],
+                 columns: Callable[[str], tuple[str, ...]] = lambda table: ()) -> None:
         self._primary_keys = primary_keys
+        self._columns = columns
         self._cache: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -147,6 +184,9 @@ class Translator:
         code = _group_concat(code)
         code = _JSON_EXTRACT.sub(lambda m: _json_path(m, literals, sql), code)
         code = self._insert_or(code, sql)
+        target = _INSERT_TABLE.match(code)
+        if target is not None and _UPSERT_SET.search(code):
+            code = _qualify_upsert(code, target.group(1), self._columns(target.group(1)))
         return _unmask(code, literals, lambda lit: lit.replace("%", "%%"))
 
     def _insert_or(self, code: str, sql: str) -> str:

@@ -183,7 +183,8 @@ class PgConnection:
         self._conn: Any = None
         self._in_transaction = False
         self._keys: dict[str, tuple[str, ...]] = {}
-        self.translator = pgdialect.Translator(self._primary_keys)
+        self._columns_of: dict[str, tuple[str, ...]] = {}
+        self.translator = pgdialect.Translator(self._primary_keys, self._columns)
         self._live()
 
     # --- the connection ------------------------------------------------------------------
@@ -229,6 +230,14 @@ class PgConnection:
                 keys[row[0]] = keys.get(row[0], ()) + (row[1],)
             self._keys = keys
         return self._keys.get(table, ())
+
+    def _columns(self, table: str) -> tuple[str, ...]:
+        if table not in self._columns_of:
+            rows = self._live().execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = %s ORDER BY ordinal_position", (table,)).fetchall()
+            self._columns_of[table] = tuple(r[0] for r in rows)
+        return self._columns_of[table]
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -354,6 +363,8 @@ class PgStateFile(StateFile):
         self.path = redact_url(url)
         #: Who wrote an event: each coordinator publishes only its own commits' changes.
         self.writer = writer or f"c{secrets.token_hex(6)}"
+        self.own_events = " AND writer = ?"
+        self.own_events_params = (self.writer,)
         self.lock = threading.RLock()
         self._depth = 0
         self.pg = open_pg_connection(url, writer=self.writer)
@@ -395,24 +406,6 @@ class PgStateFile(StateFile):
                 self.pg.commit()
             else:
                 self.pg.raw(f"RELEASE SAVEPOINT {savepoint}")
-
-    def take_changes(self, limit: int = -1) -> list[dict[str, Any]]:
-        """This coordinator's committed status changes since the last call, oldest first, at most `limit` (-1: all)."""
-        with self.lock:
-            if self._depth:
-                raise RuntimeError("take_changes() inside a transaction would hand out uncommitted changes")
-            rows = self.conn.execute(
-                "SELECT seq, ts, job_id, from_status, to_status, reason, host FROM events "
-                "WHERE seq > ? AND writer = ? ORDER BY seq" + (" LIMIT ?" if limit >= 0 else ""),
-                (self._taken_seq, self.writer, limit) if limit >= 0 else (self._taken_seq, self.writer),
-            ).fetchall()
-            if rows:
-                self._taken_seq = rows[-1]["seq"]
-        return [
-            {"seq": r["seq"], "ts": r["ts"], "job_id": r["job_id"], "from": r["from_status"], "to": r["to_status"],
-             "reason": r["reason"], "host": r["host"]}
-            for r in rows
-        ]
 
     @property
     def file_path(self) -> str | None:

@@ -114,6 +114,10 @@ class StateRepublisher:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    @property
+    def is_started(self) -> bool:
+        return self._thread is not None
+
     def request_sweep(self) -> None:
         """Walk every job once more (soon, in the background) and republish those that changed."""
         self._sweep_requested = True

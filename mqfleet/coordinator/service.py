@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from mqfleet import __version__, defaults
 from mqfleet.advert import parse_advert
-from mqfleet.coordinator import scheduler
+from mqfleet.coordinator import peers, scheduler
 from mqfleet.coordinator.artifacts import Artifacts
 from mqfleet.coordinator.catalog import Catalog, ManifestRows, manifest_rows
 from mqfleet.coordinator.checkpoint_verbs import collect_garbage as collect_checkpoint_garbage
@@ -46,17 +47,18 @@ from mqfleet.coordinator.manifests import (
     choose_at_start,
     manifest_at_start,
 )
+from mqfleet.coordinator.postgres import is_postgres_url, open_state, redact_url
 from mqfleet.coordinator.republish import StateRepublisher, record_published, state_page
-from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import (
     BadRequestError,
     ConfigurationError,
     ManifestError,
     MqfleetError,
     NotFoundError,
+    UnavailableError,
     UnknownVerbError,
 )
-from mqfleet.manifest import FleetSettings, Manifest, read_manifest_text
+from mqfleet.manifest import FleetSettings, Manifest, parse_manifest, read_manifest_text
 from mqfleet.mqtt import BrokerConfig, Connection, Message
 from mqfleet.protocol import (
     MAX_LOG_LINE_CHARS,
@@ -92,6 +94,8 @@ NUDGE_TARGET_MAX_JOBS = 64
 #: Above this many events committed at once (a manifest load), the rest are published by the
 #: background republisher at its bounded rate, instead of all being queued in memory at once.
 BULK_CHANGES = 1000
+#: The shared-subscription group of the coordinators of one fleet (MQTT v5 `$share/<group>/<filter>`).
+SHARE_GROUP = "mqfleet-coordinators"
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class CoordinatorConfig:
     db_path: Path
     broker: BrokerConfig
     store_url: str = ""
+    #: A postgresql:// URL: the state lives there and db_path is unused; several coordinators may share it.
+    db_url: str = ""
     operator_token: str = ""
     prefix: str = defaults.TOPIC_PREFIX
     client_id: str = "coordinator"
@@ -117,6 +123,14 @@ class CoordinatorConfig:
             raise ConfigurationError(f"--metrics-port {self.metrics_port} is not a TCP port (0-65535)")
         if not self.prefix or "#" in self.prefix or "+" in self.prefix:
             raise ConfigurationError(f"topic prefix {self.prefix!r} must be non-empty and free of wildcards")
+        if self.db_url and not self.store_url:
+            raise ConfigurationError(f"--db {redact_url(self.db_url)} needs --store (or {defaults.ENV_STORE}): every "
+                                     "coordinator sharing the database must use the same artifact store")
+
+    @property
+    def state_target(self) -> str:
+        """What --db named: the PostgreSQL URL, or the SQLite file."""
+        return self.db_url or str(self.db_path)
 
     @property
     def resolved_store_url(self) -> str:
@@ -134,7 +148,15 @@ class Coordinator:
         self.config = config
         self.clock = clock
         self.topics = Topics(config.prefix)
-        self.state = StateFile(config.db_path)
+        self.started_ts = clock()
+        #: On PostgreSQL several coordinators may serve one fleet: requests come through a shared
+        #: subscription and the sweep runs on the leader alone (coordinator/peers.py).
+        self.shared = is_postgres_url(config.state_target)
+        self.state = open_state(config.state_target, writer=f"{config.client_id}-{secrets.token_hex(3)}")
+        self.peers = peers.Peers(self.state, coordinator_id=config.client_id, version=__version__, started_ts=self.started_ts)
+        self.election = peers.election_for(self.state)
+        #: Whether this coordinator runs the sweep and publishes the fleet's status (always, over SQLite).
+        self.is_leader = False
         self.catalog = Catalog(self.state)
         self.hosts = Hosts(self.state)
         self.artifacts = Artifacts(self.state)
@@ -154,7 +176,6 @@ class Coordinator:
         self.store: ArtifactStore = open_store(config.resolved_store_url)
         self.checks = HealthChecks(self.state, self.store, clock=clock)
         self.refused_manifest: ManifestError | None = None
-        self.started_ts = clock()
         self.last_sweep_ts = 0.0
         self._last_prune_ts = 0.0
         self.metrics: CoordinatorMetrics | None = None
@@ -179,7 +200,7 @@ class Coordinator:
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(config.client_id),
-            will=(self.topics.coordinator_status, encode({"state": "offline"}), True),
+            will=(self.topics.coordinator_status, encode({"state": "offline", "coordinator": config.client_id}), True),
             # A clean session on purpose: mosquitto 2.0.11 keeps a persistent session's subscriptions across
             # its own restart but never delivers what it queued for them, so requests would vanish with a
             # success PUBACK. With none, senders get "no matching subscribers" and send again until we are
@@ -307,15 +328,18 @@ class Coordinator:
         self.store.check()
         self.checks.check_database_file()
         self.load()
-        # No agent could renew while we were down: give live leases a fresh term, so an outage
-        # of the coordinator is not taken for the death of every host. A host that really died
-        # meanwhile has a retained `offline` status, which shortens its leases to the grace.
-        resumed = self.leases.resume_leases(self.clock(), lease_s=self.lease_s)
-        if resumed:
-            logger.info("resumed %d live lease(s) after restart", len(resumed))
+        self._lead(self.clock())
         t = self.topics
-        # no_local: the coordinator never handles its own publishes, whatever topic they went to.
-        self.conn.subscribe(t.all_rpc, self._on_request, no_local=True, retain_as_published=True)
+        if self.shared:
+            # Each request goes to one coordinator of the group. MQTT v5 forbids no_local on a shared
+            # subscription; the reply-namespace check in _on_request keeps us from acting on our own
+            # publishes (we publish replies, never requests).
+            self.conn.subscribe(f"$share/{SHARE_GROUP}/{t.all_rpc}", self._on_request, retain_as_published=True)
+            # a follower's will lands on the fleet's status topic: the leader puts its own status back
+            self.conn.subscribe(t.coordinator_status, self._on_peer_status, no_local=True)
+        else:
+            # no_local: the coordinator never handles its own publishes, whatever topic they went to.
+            self.conn.subscribe(t.all_rpc, self._on_request, no_local=True, retain_as_published=True)
         self.conn.subscribe(t.all_adverts, self._on_advert, no_local=True)
         self.conn.subscribe(t.all_statuses, self._on_status, no_local=True)
         self.conn.subscribe(t.all_logs, self._on_log, qos=0, no_local=True)
@@ -324,7 +348,8 @@ class Coordinator:
         # the states that differ from what was last published are republished in the background, at
         # a bounded rate, while requests are answered (docs/RELIABILITY.md, "Restarts").
         self.republisher.start()
-        self.republisher.request_sweep()
+        if self.is_leader:
+            self.republisher.request_sweep()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
         self._sweeper.start()
         logger.info("coordinator %s serving on %s (prefix %s)", __version__, self.config.broker.url, t.prefix)
@@ -340,8 +365,16 @@ class Coordinator:
         if self.metrics is not None:
             self.metrics.stop()
         self.flush_lines()
-        offline = encode({"state": "offline", "ts": self.clock()})
-        self.conn.stop(final=[(self.topics.coordinator_status, offline, True)])
+        offline = encode({"state": "offline", "ts": self.clock(), "coordinator": self.config.client_id})
+        final = [(self.topics.coordinator_status, offline, True)]
+        try:
+            self.election.release()
+            self.peers.forget()
+            if self.shared and self.peers.others_alive(self.clock()):
+                final = []  # another coordinator serves the fleet; its leader publishes the status
+        except MqfleetError as e:
+            logger.warning("coordinators table not updated at stop: %s", e)
+        self.conn.stop(final=final)
         self.state.close()
         logger.info("coordinator stopped")
 
@@ -352,7 +385,8 @@ class Coordinator:
 
     def _on_connect(self, session_present: bool) -> None:
         with self.lock:
-            self._publish_status(self.clock())
+            if self.is_leader:
+                self._publish_status(self.clock())
             self._publish_changes()
         # Agents that missed nudges while we were away learn there may be work.
         self.nudge("coordinator online", self.clock())
@@ -397,11 +431,82 @@ class Coordinator:
         return self.history.prune(now - keep_days * 86400.0)
 
     def _sweep_loop(self) -> None:
+        outage_logged = False
         while not self._stop.wait(self.config.sweep_interval_s):
             try:
-                self.tick(self.clock())
+                now = self.clock()
+                self._lead(now)
+                if self.shared:
+                    self._follow_manifest()
+                if self.is_leader:
+                    self.tick(now)
+                outage_logged = False
+            except UnavailableError as e:
+                if not outage_logged:  # once per outage: the sweep runs every second
+                    logger.error("sweep skipped, state database unavailable: %s", e)
+                    outage_logged = True
             except Exception:
                 logger.exception("sweep failed")
+
+    # --- several coordinators: the lead, heartbeats, the manifest in force -----------------
+
+    def _lead(self, now: float) -> None:
+        """Take or keep the lead (peers.Election), and beat the coordinators table's heart."""
+        leading = self.election.hold()
+        changed = leading != self.is_leader
+        if leading and changed:
+            self._take_lead(now)
+        elif changed:
+            logger.warning("coordinator %s: no longer the leader", self.config.client_id)
+        self.is_leader = leading
+        if changed or now - self.peers.last_heartbeat_ts >= peers.HEARTBEAT_S:
+            self.peers.heartbeat("leader" if leading else "follower", now)
+
+    def _take_lead(self, now: float) -> None:
+        """The leader's first duties: fresh leases if nobody served meanwhile, every retained state republished."""
+        if not self.peers.others_alive(now):
+            # No agent could renew while no coordinator ran: give live leases a fresh term, so an outage
+            # of the coordinators is not taken for the death of every host. A host that really died
+            # meanwhile has a retained `offline` status, which shortens its leases to the grace.
+            resumed = self.leases.resume_leases(now, lease_s=self.lease_s)
+            if resumed:
+                logger.info("resumed %d live lease(s): no coordinator served while we were away", len(resumed))
+        # A coordinator killed between commit and publish left retained states behind the database:
+        # the republisher publishes those that differ from what was last published (start() asks it
+        # for the first lead, before it runs).
+        if self.republisher.is_started:
+            self.republisher.request_sweep()
+        logger.warning("coordinator %s: took the lead at %.3f", self.config.client_id, now)
+        if self.conn.connected:
+            with self.lock:
+                self._publish_status(now)
+                self._publish_changes()
+
+    def _follow_manifest(self) -> None:
+        """Adopt the manifest in force when another coordinator applied a new one (reload)."""
+        stored = self.manifests.in_force()
+        mine = self.stored_manifest
+        if stored is None or (mine is not None and stored.sha256 == mine.sha256 and stored.applied_ts == mine.applied_ts):
+            return
+        try:
+            manifest = parse_manifest(stored.text, stored.source)
+        except ManifestError as e:
+            logger.error("the manifest in force (applied by another coordinator) does not validate here: %s", e)
+            self.stored_manifest = stored
+            return
+        with self.lock:
+            self.manifest, self.stored_manifest = manifest, stored
+        logger.info("manifest %s adopted: applied by another coordinator", stored.source)
+
+    def _on_peer_status(self, msg: Message) -> None:
+        try:
+            body = decode(msg.payload) if msg.payload else {}
+        except MqfleetError:
+            return
+        if self.is_leader and body.get("state") != "online" and body.get("coordinator") != self.config.client_id:
+            logger.info("coordinator %s went offline; the leader's status is republished", body.get("coordinator"))
+            with self.lock:
+                self._publish_status(self.clock())
 
     # --- requests -----------------------------------------------------------------------
 
@@ -479,6 +584,14 @@ class Coordinator:
             self.metrics.observe_request(req.verb.value, reply, time.perf_counter() - started)
 
     def _execute(self, req: Request, key: str, spec: VerbSpec) -> dict[str, Any]:
+        try:
+            return self._execute_once(req, key, spec)
+        except UnavailableError as e:
+            # Never remembered: the agent's retry (same request id) must run the request once the database is back.
+            logger.warning("%s from %s not handled: %s", req.verb.value, req.client, e)
+            return error(e.code, f"{e}; the coordinator answers again once its database is back: retry")
+
+    def _execute_once(self, req: Request, key: str, spec: VerbSpec) -> dict[str, Any]:
         if key:
             remembered = self.state.remembered_reply(key)
             if remembered is not None:
@@ -494,12 +607,18 @@ class Coordinator:
                     # An ended attempt's lines are on disk before its end is: `completed` implies all of them.
                     self.flush_lines()
                 with self.state.transaction():
+                    # Under the write lock: another coordinator may have answered a redelivery meanwhile.
+                    again = self.state.remembered_reply(key) if key else None
+                    if again is not None:
+                        return again
                     reply = spec.handler(self, req)
                     if key:
                         self.state.remember_reply(key, reply, req.now)
                 self._after_commit(req)
             return reply
         except MqfleetError as e:
+            if isinstance(e, UnavailableError):
+                raise
             reply = error(e.code, str(e))
             if isinstance(e, ManifestError):
                 reply["problems"] = [{"place": p.place, "message": p.message} for p in e.problems]
@@ -743,8 +862,18 @@ class Coordinator:
         return attempt, lines, numbers
 
     def health(self, now: float) -> dict[str, Any]:
-        """The `health` reply and retained status: counts, the manifest in force, and the checks' results."""
-        return health_report(self, now)
+        """The `health` reply and retained status: counts, the manifest in force, the checks' results, and
+        the coordinators sharing the state (this one named by `coordinator`)."""
+        report = health_report(self, now)
+        report["coordinator"] = self.config.client_id
+        report["role"] = "leader" if self.is_leader else "follower"
+        report["state_store"] = "postgresql" if self.shared else "sqlite"
+        try:
+            report["coordinators"] = self.peers.listing(now)
+        except MqfleetError as e:
+            report["coordinators"] = []
+            logger.warning("coordinators table unreadable: %s", e)
+        return report
 
 
 def return_freed_memory() -> None:

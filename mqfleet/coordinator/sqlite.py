@@ -116,6 +116,11 @@ class StateFile:
 
     # the event feed
 
+    #: The events this process publishes: all of them over a file only one coordinator writes
+    #: (PgStateFile narrows it to its own coordinator's).
+    own_events = ""
+    own_events_params: tuple[Any, ...] = ()
+
     def take_changes(self, limit: int = -1) -> list[dict[str, Any]]:
         """Status changes committed since the last call, oldest first, at most `limit` (-1: all); publish
         them after commit."""
@@ -123,9 +128,9 @@ class StateFile:
             if self._depth:
                 raise RuntimeError("take_changes() inside a transaction would hand out uncommitted changes")
             rows = self.conn.execute(
-                "SELECT seq, ts, job_id, from_status, to_status, reason, host FROM events WHERE seq > ? ORDER BY seq"
-                + (" LIMIT ?" if limit >= 0 else ""),
-                (self._taken_seq, limit) if limit >= 0 else (self._taken_seq,),
+                f"SELECT seq, ts, job_id, from_status, to_status, reason, host FROM events WHERE seq > ?{self.own_events} "
+                "ORDER BY seq" + (" LIMIT ?" if limit >= 0 else ""),
+                (self._taken_seq, *self.own_events_params, *((limit,) if limit >= 0 else ())),
             ).fetchall()
             if rows:
                 self._taken_seq = rows[-1]["seq"]
@@ -161,7 +166,8 @@ class StateFile:
         # '0' follows '/' in ASCII, so [owner, owner-with-'0') is exactly the keys under it: a PK range scan.
         upper = owner[:-1] + "0"
         with self.transaction() as c:
-            c.execute("INSERT OR REPLACE INTO replies (key, reply, ts) VALUES (?, ?, ?)", (key, json.dumps(reply, default=str), now))
+            # the first reply wins: a redelivery answered by another coordinator meanwhile keeps that answer
+            c.execute("INSERT OR IGNORE INTO replies (key, reply, ts) VALUES (?, ?, ?)", (key, json.dumps(reply, default=str), now))
             held = c.execute(
                 "SELECT COUNT(*) FROM (SELECT 1 FROM replies WHERE key >= ? AND key < ? LIMIT ?) AS held", (owner, upper, keep + 1)
             ).fetchone()[0]

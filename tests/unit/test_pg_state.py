@@ -150,3 +150,14 @@ def test_write_transactions_of_two_stores_never_interleave(postgres_url: str) ->
     assert stores[0].read_one("SELECT reply FROM replies WHERE key = 'n'")[0] == "50"  # type: ignore[index]
     for s in stores:
         s.close()
+
+
+def test_bare_columns_in_an_upsert_are_the_target_rows_as_in_sqlite(postgres_url: str) -> None:
+    state = open_state(postgres_url)
+    try:
+        bump = ("INSERT INTO attempt_records (job_id, attempt, lines_total) VALUES (?, ?, ?) "
+                "ON CONFLICT (job_id, attempt) DO UPDATE SET lines_total = lines_total + excluded.lines_total "
+                "RETURNING lines_total")
+        assert [state.conn.execute(bump, ("j", 1, n)).fetchone()[0] for n in (2, 3)] == [2, 5]
+    finally:
+        state.close()

@@ -1,0 +1,185 @@
+"""Several coordinators on one PostgreSQL database, real mosquitto, real agents and trainers: kill -9 of the
+leader and of the other, each restarted, while jobs stream through; and the bad --db inputs a user meets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from mqfleet.mqtt import BrokerConfig, Connection
+from mqfleet.protocol import Verb
+from mqfleet.services.postgres import LocalPostgres
+from tests.fixtures.common import wait_until
+from tests.fixtures.fleet import Fleet, Proc, manifest_text
+
+#: Long enough that a loaded test machine never loses a live host's lease, short enough to matter.
+FLEET = """\
+[fleet]
+max_attempts = 3
+lease_s = 12
+grace_s = 3
+"""
+
+
+def _jobs(n: int) -> list[dict[str, Any]]:
+    return [{"name": f"j{i:02d}", "model": "ok", "mode": "m", "hyper": {"sleep": 1.5, "tag": f"t{i}"}} for i in range(n)]
+
+
+def _start(fleet: Fleet, url: str, name: str, password: str) -> Proc:
+    argv = [sys.executable, "-m", "mqfleet", "coordinator", "--manifest", str(fleet.manifest_path), "--db", url,
+            "--store", fleet.store_url, "--sweep-interval", "0.2", "--client-id", name]
+    return Proc(name, argv, {**fleet.env, "MQFLEET_DB_PASSWORD": password}, fleet.dir / f"{name}.log")
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{parts.username}@{parts.hostname}:{parts.port}").geturl()
+
+
+def _wait_leader(fleet: Fleet, leader: str, after: float) -> float:
+    """Seconds from `after` until `leader` answers health as the leader."""
+    client = fleet.client(timeout_s=1.0)
+
+    def leads() -> bool:
+        try:
+            health = client.health()
+        except Exception:
+            return False
+        return bool(health.get("coordinator") == leader and health.get("role") == "leader")
+
+    wait_until(leads, timeout_s=60, interval_s=0.1, what=f"{leader} to lead")
+    return time.monotonic() - after
+
+
+def test_two_coordinators_survive_kill_9_of_each_with_every_job_done_exactly_once(
+    fleet: Fleet, postgres: LocalPostgres, postgres_url: str,
+) -> None:
+    url = _without_password(postgres_url)  # the password comes from MQFLEET_DB_PASSWORD
+    fleet.write_manifest(manifest_text(*_jobs(12), fleet=FLEET))
+    events: list[dict[str, Any]] = []
+    watcher = Connection(BrokerConfig(url=fleet.broker_url), client_id=f"watch-{time.monotonic_ns()}")
+    watcher.subscribe(f"{fleet.prefix}/events", lambda m: events.append(json.loads(m.payload)))
+    watcher.start(wait_s=10)
+    procs = {name: _start(fleet, url, name, postgres.password) for name in ("c1", "c2")}
+    client = fleet.client(timeout_s=2.0)
+    wait_until(lambda: len([c for c in _health(client).get("coordinators", []) if c["alive"]]) == 2,
+               timeout_s=60, what="both coordinators in the coordinators table")
+    for host in ("a1", "a2", "a3"):
+        fleet.start_agent(host)
+    wait_until(lambda: sum(j["status"] == "completed" for j in _jobs_now(client)) >= 2, timeout_s=90,
+               what="the first completions")
+
+    moves: list[float] = []
+    for round_ in range(2):
+        health = _health(client)
+        leader = next(c["id"] for c in health["coordinators"] if c["alive"] and c["role"] == "leader")
+        other = "c2" if leader == "c1" else "c1"
+        killed = time.monotonic()
+        procs[leader].signal(signal.SIGKILL)
+        moves.append(_wait_leader(fleet, other, killed))
+        if round_ == 0:
+            # more work while one coordinator is down: the survivor reloads, the restarted one follows
+            fleet.write_manifest(manifest_text(*_jobs(20), fleet=FLEET))
+            assert fleet.cli("reload").returncode == 0
+        procs[leader] = _start(fleet, url, leader, postgres.password)
+        wait_until(lambda n=leader: any(c["id"] == n and c["alive"] and c["role"] == "follower"
+                                        for c in _health(client).get("coordinators", [])),
+                   timeout_s=60, what=f"{leader} back as a follower")
+        time.sleep(3)  # let jobs flow through both before the next kill
+    print(f"leader moved after kill -9 in {', '.join(f'{m:.2f}s' for m in moves)}")
+
+    try:
+        jobs = fleet.wait_for_status("completed", timeout_s=240)
+        assert len(jobs) == 20
+        for job in jobs:
+            attempts = client_attempts(fleet, job["id"])
+            assert [a["outcome"] for a in attempts].count("completed") == 1, (job["name"], attempts)
+            # a live host's lease is never lost: no attempt ended as lost
+            assert all(a["cause"] != "lost" for a in attempts), (job["name"], attempts)
+    finally:
+        for proc in procs.values():
+            proc.stop()
+        watcher.stop()
+    completions = Counter(e["job_id"] for e in events if e.get("to") == "completed")
+    assert not [j for j, n in completions.items() if n > 1], completions  # each change published once
+    assert all(m < 15 for m in moves), moves
+
+
+def _jobs_now(client: Any) -> list[dict[str, Any]]:
+    try:
+        return list(client.jobs())
+    except Exception:
+        return []
+
+
+def client_attempts(fleet: Fleet, job_id: str) -> list[dict[str, Any]]:
+    return list(fleet.client().job(job_id)["attempts_detail"])
+
+
+def test_bad_db_urls_exit_2_naming_the_url_without_its_password_and_the_fix(
+    fleet: Fleet, postgres: LocalPostgres, tmp_path: Path,
+) -> None:
+    fleet.write_manifest(manifest_text(*_jobs(1)))
+    wrong = postgres.url().replace(f":{postgres.password}@", ":not-it@")
+    run = fleet.cli("coordinator", "--manifest", str(fleet.manifest_path), "--db", wrong, "--store", fleet.store_url)
+    assert run.returncode == 2, run.stderr
+    assert "not-it" not in run.stderr and "postgresql://mqfleet:***@127.0.0.1" in run.stderr
+    assert "password authentication failed" in run.stderr and "MQFLEET_DB_PASSWORD" in run.stderr
+    gone = "postgresql://u:p@127.0.0.1:9/x"
+    run = fleet.cli("coordinator", "--manifest", str(fleet.manifest_path), "--db", gone, "--store", fleet.store_url)
+    assert run.returncode == 2 and "postgresql://u:***@127.0.0.1:9/x" in run.stderr and "listen_addresses" in run.stderr
+    run = fleet.cli("coordinator", "--manifest", str(fleet.manifest_path), "--db", postgres.url())
+    assert run.returncode == 2 and "needs --store" in run.stderr
+
+
+def test_migrate_from_sqlite_copies_a_stopped_fleet_with_counts_checked(
+    fleet: Fleet, postgres: LocalPostgres, postgres_url: str,
+) -> None:
+    fleet.write_manifest(manifest_text(*_jobs(3)[:2], fleet=FLEET))
+    fleet.start_coordinator()
+    fleet.start_agent("a1")
+    before = fleet.wait_for_status("completed", timeout_s=90)
+    fleet.agents.pop("a1").stop()
+    assert fleet.coordinator is not None
+    fleet.coordinator.stop()
+
+    target = postgres_url  # an empty database
+    argv = ["coordinator", "--manifest", str(fleet.manifest_path), "--db", target, "--store", fleet.store_url,
+            "--migrate-from", f"sqlite:{fleet.db_path}", "--client-id", "pg"]
+    migrated = Proc("migrated", [sys.executable, "-m", "mqfleet", *argv], fleet.env, fleet.dir / "migrated.log")
+    client = fleet.client(timeout_s=2.0)
+    try:
+        wait_until(lambda: _answers(client), timeout_s=60, what="the migrated coordinator to answer")
+        assert "migrated: " in migrated.log() and "jobs 2" in migrated.log()
+        after = {j["id"]: (j["status"], j["artifact"]) for j in client.jobs()}
+        assert after == {j["id"]: (j["status"], j["artifact"]) for j in before}
+        assert len(client.call(Verb.ARTIFACTS)["artifacts"]) == 2
+        health = client.health()
+        assert health["state_store"] == "postgresql" and health["role"] == "leader"
+    finally:
+        migrated.stop()
+    again = fleet.cli(*argv)  # into a database that now holds the fleet: refused, nothing written
+    assert again.returncode == 2 and "already holds a fleet (2 jobs)" in again.stderr
+
+
+def _health(client: Any) -> dict[str, Any]:
+    """The health reply, or {} while no coordinator answers (one is being killed or started)."""
+    try:
+        return dict(client.health())
+    except Exception:
+        return {}
+
+
+def _answers(client: Any) -> bool:
+    try:
+        client.health()
+        return True
+    except Exception:
+        return False
+
