@@ -101,7 +101,8 @@ def area_chart(name: str, points: Sequence[tuple[float, float]], *, width: int, 
     first_x, last_x = _fmt(points[0][0]), f"{_fmt(points[-1][0])} ({x_label})"
     gap = max(1, width - len(first_x) - len(last_x))
     lines.append(" " * (_AXIS_WIDTH + 2) + first_x + " " * gap + last_x, style="dim")
-    title = Text.assemble((clean(name), "bold"), f"  last {_fmt(ys[-1])}  min {_fmt(lo)}  max {_fmt(hi)}  ({len(points)} points)")
+    title = Text.assemble((clean(name), "bold"), f"  last {_fmt(ys[-1])}  min {_fmt(lo)}  max {_fmt(hi)}  "
+                         f"({len(points)} point{'' if len(points) == 1 else 's'})")
     return Group(title, lines)
 
 
