@@ -77,6 +77,37 @@ def measure(n_jobs: int, claims: int) -> tuple[list[float], float]:
     return latencies, fill_s
 
 
+def measure_foreign(n_jobs: int, claims: int) -> list[float]:
+    """Claim latencies of a host that may run none of `n_jobs` pending jobs (all limited by allowed_hosts to
+    another host), beside one open job per claim: what it costs a host to be surrounded by others' work."""
+    with tempfile.TemporaryDirectory() as tmp:
+        state = StateFile(Path(tmp) / "bench.db")
+        catalog, hosts_table = Catalog(state), Hosts(state)
+        claims_made, leases = Claims(state, catalog, hosts_table), Leases(state, catalog, Artifacts(state))
+        hyper = {"n_estimators": HyperParam("n_estimators", "int", 200, min=1)}
+        trainers = {"gbt": TrainerSpec(name="gbt", builtin="xgboost", command=(), hyper=hyper)}
+        jobs = [JobSpec(id=hashlib.sha256(f"foreign-{i}".encode()).hexdigest(), name=f"foreign-{i}", model="gbt",
+                        mode="realistic", hyper={"n_estimators": 10}, allowed_hosts=("gpu-box",), priority=1)
+                for i in range(n_jobs)]
+        jobs.append(JobSpec(id="open" + "0" * 60, name="open", model="gbt", mode="realistic", hyper={"n_estimators": 10}))
+        m = Manifest(fleet=FleetSettings(), trainers=trainers, hosts={}, jobs=tuple(jobs))
+        catalog.apply_manifest(m, T0)
+        for host, ad in HOSTS.items():
+            hosts_table.record_advert(host, {"host": host, **ad}, T0)
+            hosts_table.record_presence(host, True, T0, grace_s=m.fleet.grace_s)
+        latencies = []
+        for i in range(claims):
+            start = time.perf_counter()
+            grant = claims_made.claim("cpu-box", T0 + i, m)
+            latencies.append(time.perf_counter() - start)
+            if grant is None or grant["job"]["name"] != "open":
+                raise SystemExit(f"cpu-box did not get the open job beside {n_jobs} foreign ones: {grant}")
+            leases.fail(grant["job"]["id"], grant["lease_id"], "cpu-box", Cause.SHUTDOWN, exit_code=None,
+                        output_tail="", error="", now=T0 + i)
+        state.close()
+    return latencies
+
+
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]

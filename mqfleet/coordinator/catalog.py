@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import sqlite3
@@ -25,6 +26,10 @@ from mqfleet.state import JobStatus
 logger = logging.getLogger(__name__)
 
 
+#: Parsed specs kept (about 2 KB each): the candidates claims walk again and again.
+SPEC_CACHE_SIZE = 2048
+
+
 @dataclass(frozen=True)
 class ManifestRows:
     """A validated manifest turned into jobs-table rows, ready for `Catalog.apply_manifest`."""
@@ -36,6 +41,8 @@ class ManifestRows:
     deps: list[tuple[str, str]]
     #: (sweep name, job id) for every job a [[sweeps]] entry made.
     sweeps: list[tuple[str, str]]
+    #: (job id, host) for every job with allowed_hosts.
+    allowed: list[tuple[str, str]]
     max_attempts: int
     #: `manifest_memo.manifest_digest` of the text, so a restart on the same file skips the load.
     digest: str
@@ -55,7 +62,9 @@ def manifest_rows(manifest: Manifest) -> ManifestRows:
     sweeps = [(name, job_id) for name, ids in manifest.sweeps.items() for job_id in ids]
     # what stays in memory: no per-job data (jobs, their places, sweep members); those are rows
     header = dataclasses.replace(manifest, jobs=(), text="", places={}, sweeps={})
-    return ManifestRows(header=header, rows=rows, deps=deps, sweeps=sweeps, max_attempts=manifest.fleet.max_attempts,
+    allowed = [(spec.id, host) for spec in manifest.jobs for host in spec.allowed_hosts]
+    return ManifestRows(header=header, rows=rows, deps=deps, sweeps=sweeps, allowed=allowed,
+                        max_attempts=manifest.fleet.max_attempts,
                         digest=manifest_digest(manifest.text, manifest.source), text=manifest.text)
 
 
@@ -112,6 +121,8 @@ class Catalog:
             # an orphan is blocked by in_manifest alone, so only the file's jobs need their edges
             c.execute("DELETE FROM deps")
             c.executemany("INSERT OR IGNORE INTO deps (job_id, after_id) VALUES (?, ?)", prepared.deps)
+            c.execute("DELETE FROM job_hosts")
+            c.executemany("INSERT OR IGNORE INTO job_hosts (job_id, host) VALUES (?, ?)", prepared.allowed)
             c.execute("DELETE FROM sweep_jobs")
             c.executemany("INSERT OR IGNORE INTO sweep_jobs (sweep, job_id) VALUES (?, ?)", prepared.sweeps)
             refresh_blocked(c)
@@ -157,7 +168,8 @@ class Catalog:
         for start in range(0, len(job_ids), 500):
             chunk = job_ids[start : start + 500]
             rows = self.state.read(
-                f"SELECT spec FROM jobs WHERE id IN ({','.join('?' * len(chunk))}) AND status = 'pending' AND blocked = 0",
+                f"SELECT spec FROM jobs WHERE id IN ({','.join('?' * len(chunk))}) AND status = 'pending' "
+                f"AND blocked IN ({OPEN}, {HOST_LIMITED})",
                 chunk,
             )
             specs.extend(spec_from_json(r[0]) for r in rows)
@@ -244,12 +256,21 @@ class Catalog:
         return {s.value: found.get(s.value, 0) for s in JobStatus}
 
 
+#: `jobs.blocked`: claimable by any host that fits ...
+OPEN = 0
+#: ... by no host (it left the manifest, or a dependency has not completed) ...
+BLOCKED = 1
+#: ... or only by the hosts of its allowed_hosts (rows of `job_hosts`), which claims walk apart, so a
+#: host never reads the jobs limited to others (the `jobs_claim` index starts with status, blocked).
+HOST_LIMITED = 2
+
+
 def refresh_blocked(conn: sqlite3.Connection, job_ids: Iterable[str] | None = None) -> None:
-    """Recompute `blocked` (left the manifest, or a dependency not completed) for some jobs, or all."""
-    # CAST: the flag is an integer column on both engines (PostgreSQL has no implicit bool-to-int)
+    """Recompute `blocked` (OPEN, BLOCKED or HOST_LIMITED) for some jobs, or all."""
     expr = (
-        "CAST((in_manifest = 0 OR EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs a ON a.id = d.after_id "
-        "WHERE d.job_id = jobs.id AND (a.status IS NULL OR a.status != 'completed'))) AS INTEGER)"
+        f"CASE WHEN in_manifest = 0 OR EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs a ON a.id = d.after_id "
+        f"WHERE d.job_id = jobs.id AND (a.status IS NULL OR a.status != 'completed')) THEN {BLOCKED} "
+        f"WHEN EXISTS (SELECT 1 FROM job_hosts h WHERE h.job_id = jobs.id) THEN {HOST_LIMITED} ELSE {OPEN} END"
     )
     if job_ids is None:
         # rewrite only rows whose flag changes, so a reload of an unchanged manifest writes nothing
@@ -265,8 +286,10 @@ def dependents(conn: sqlite3.Connection, job_id: str) -> list[str]:
     return [r[0] for r in conn.execute("SELECT job_id FROM deps WHERE after_id = ?", (job_id,))]
 
 
+@functools.lru_cache(maxsize=SPEC_CACHE_SIZE)
 def spec_from_json(text: str) -> JobSpec:
-    """A JobSpec back from its stored `to_dict()` JSON."""
+    """A JobSpec back from its stored `to_dict()` JSON; cached by the text (parsing specs was most of a
+    claim's cost), so an unchanged spec is parsed once and a changed one is a new key."""
     d = json.loads(text)
     for name in ("train_hosts", "allowed_hosts", "after"):
         d[name] = tuple(d.get(name) or ())

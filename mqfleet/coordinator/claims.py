@@ -6,12 +6,15 @@ the same answer. The manifest in force is the service's, passed in.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 from mqfleet.coordinator import faults, scheduler
-from mqfleet.coordinator.catalog import Catalog, spec_from_json
+from mqfleet.coordinator.catalog import HOST_LIMITED, OPEN, Catalog, spec_from_json
 from mqfleet.coordinator.hosts import QUARANTINE_COLUMN, Hosts, host_view
 from mqfleet.coordinator.sqlite import StateFile, transition
 from mqfleet.errors import NotFoundError
@@ -23,6 +26,10 @@ from mqfleet.trainers import trainer_argv
 CLAIM_BATCH = 32
 #: Candidates read by the first step of that walk.
 CLAIM_FIRST_BATCH = 4
+#: Candidates a claim examines at most: past them it answers "no job" rather than hold the lock
+#: (renewals wait behind it). Rules SQL can check are in the WHERE clause, so these are jobs the
+#: host may run by everything but the rules only Python checks (min_torch, same_commit, prefer_cuda).
+CLAIM_MAX_CANDIDATES = 512
 
 
 class Claims:
@@ -80,29 +87,52 @@ class Claims:
     def _pick(self, view: scheduler.HostView, manifest: Manifest, now: float) -> JobSpec | None:
         """Walk pending jobs in rank order, a batch at a time, until one fits this host.
 
-        Cheap numeric rules are in the WHERE clause so the walk rarely reads a row
-        it must skip; the ORDER BY is `scheduler.rank_key`, served by an index.
+        Rules SQL can check are in the WHERE clause, so the walk rarely reads a row it
+        must skip: numbers (RAM, VRAM, CUDA), the retry back-off, the host's policy
+        (as the models it may run) and allowed_hosts. Jobs open to every host
+        (`blocked = 0`) and jobs limited to their allowed_hosts (`blocked = 2`, listed
+        in `job_hosts`) come from two walks merged in `scheduler.rank_key` order, so a
+        host never reads the jobs of others however many wait (docs/BENCHMARKS.md).
         """
         # a job in its retry back-off is skipped here; `r.failed_hosts` names the hosts its retry avoids
-        where = ("status = 'pending' AND blocked = 0 AND min_ram_gib <= ? AND min_vram_gib <= ? "
+        where = ("jobs.status = 'pending' AND min_ram_gib <= ? AND min_vram_gib <= ? "
                  "AND (r.not_before_ts IS NULL OR r.not_before_ts <= ?)")
+        params: list[Any] = [view.ram_gib, view.vram_gib, now]
+        # The host's policy (allow_jobs/deny_jobs globs over the model) is known per model: the few
+        # models it may run go into the WHERE clause, so denied jobs are never read.
+        models = scheduler.models_allowed(view, manifest.trainers)
+        if models is not None:
+            if not models:
+                return None
+            where += f" AND model IN ({','.join('?' * len(models))})"
+            params += models
         if view.has_cuda:
             order = "priority DESC, prefer_cuda DESC, seq"
         else:
             where += " AND require_cuda = 0"
             order = "priority DESC, seq"
+        columns = "seq, spec, priority, prefer_cuda, r.failed_hosts"
+        retries = "LEFT JOIN retries r ON r.job_id = jobs.id"
+        # Pages by LIMIT/OFFSET rather than one open cursor: PostgreSQL's client-side cursor would
+        # fetch every pending spec up front. Inside the claim's transaction the ranking cannot change.
+        open_jobs = self._pages(f"SELECT {columns} FROM jobs {retries} WHERE jobs.blocked = {OPEN} AND {where} "
+                                f"ORDER BY {order} LIMIT ? OFFSET ?", params)
+        streams = [open_jobs]
+        # Most hosts are named in no allowed_hosts: one index probe says so, and the jobs limited to
+        # other hosts are never walked at all.
+        if self.state.conn.execute("SELECT 1 FROM job_hosts WHERE host = ? LIMIT 1", (view.id,)).fetchone():
+            streams.append(self._pages(
+                f"SELECT {columns} FROM job_hosts a JOIN jobs ON jobs.id = a.job_id {retries} WHERE a.host = ? "
+                f"AND jobs.blocked = {HOST_LIMITED} AND {where} ORDER BY {order} LIMIT ? OFFSET ?", [view.id, *params]))
+        ranked = heapq.merge(*streams, key=lambda r: (-r["priority"], -r["prefer_cuda"] if view.has_cuda
+                                                                 else 0, r["seq"]))
         # The other hosts matter only to the prefer_cuda rule, and reading them costs a row and an
         # advert parse per host; so they are read once, and only when a prefer_cuda job comes up.
         others: list[scheduler.HostView] | None = None
-        # Pages by LIMIT/OFFSET rather than one open cursor: PostgreSQL's client-side cursor would
-        # fetch every pending spec up front. Inside the claim's transaction the ranking cannot change,
-        # and the first page usually holds the job, so the re-walk of skipped index rows is rare.
-        sql = (f"SELECT seq, spec, r.failed_hosts FROM jobs LEFT JOIN retries r ON r.job_id = jobs.id WHERE {where} "
-               f"ORDER BY {order} LIMIT ? OFFSET ?")
-        # The first job in rank order usually fits, so the first batch is small: parsing a
-        # spec is most of a claim's cost.
-        size, offset = CLAIM_FIRST_BATCH, 0
-        while batch := self.state.conn.execute(sql, (view.ram_gib, view.vram_gib, now, size, offset)).fetchall():
+        # The first job in rank order usually fits, so the first batch is small.
+        size, examined = CLAIM_FIRST_BATCH, 0
+        while examined < CLAIM_MAX_CANDIDATES and (batch := list(itertools.islice(ranked, size))):
+            examined += len(batch)
             candidates = [(r["seq"], spec_from_json(r["spec"])) for r in batch]
             failed = {spec.id: frozenset(json.loads(r["failed_hosts"]))
                       for (_, spec), r in zip(candidates, batch, strict=True) if r["failed_hosts"]}
@@ -115,11 +145,18 @@ class Claims:
                                              failed=failed)
             if found is not None:
                 return found
-            if len(batch) < size:
-                break
-            offset += len(batch)
             size = CLAIM_BATCH
         return None
+
+    def _pages(self, sql: str, params: list[Any]) -> Iterator[Any]:
+        """The rows of a ranked query, read a page at a time as the caller asks for them."""
+        size, offset = CLAIM_FIRST_BATCH, 0
+        while rows := self.state.conn.execute(sql, (*params, size, offset)).fetchall():
+            yield from rows
+            if len(rows) < size:
+                return
+            offset += len(rows)
+            size = CLAIM_BATCH
 
     def why_waiting(self, job_id: str, manifest: Manifest | None, now: float) -> list[dict[str, Any]]:
         """Why a pending job is not running: job-level reasons (host None), then one line per online host."""

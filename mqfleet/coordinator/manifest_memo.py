@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 def manifest_digest(text: str, source: str) -> str:
     """The key of a manifest: the sha256 of its text and where it came from, under this mqfleet version."""
     # the format tag changes whenever apply_manifest writes rows an older memo's database lacks
-    return hashlib.sha256(f"mqfleet {__version__} rows-2\n{source}\n{text}".encode()).hexdigest()
+    return hashlib.sha256(f"mqfleet {__version__} rows-3\n{source}\n{text}".encode()).hexdigest()
 
 
 def remember_manifest(conn: sqlite3.Connection, digest: str, header: Manifest, jobs: int) -> None:

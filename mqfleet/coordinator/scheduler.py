@@ -110,6 +110,14 @@ def job_reasons(job: JobSpec, host: HostView, *, commit: str) -> list[str]:
     return reasons
 
 
+def models_allowed(host: HostView, models: Iterable[str]) -> list[str] | None:
+    """The models the host's policy lets it run, of those given; None when its policy allows every model."""
+    policy = host.policy
+    if policy is None or (policy.allow_jobs == ("*",) and not policy.deny_jobs):
+        return None
+    return sorted(m for m in models if not _policy_reasons(JobSpec(id="", name="", model=m, mode="", hyper={}), host))
+
+
 def _policy_reasons(job: JobSpec, host: HostView) -> list[str]:
     policy = host.policy
     if policy is None:

@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     require_cuda INTEGER NOT NULL DEFAULT 0,
     min_vram_gib REAL NOT NULL DEFAULT 0,
     min_ram_gib REAL NOT NULL DEFAULT 0,
-    blocked INTEGER NOT NULL DEFAULT 0,      -- a job-level reason keeps it from every host
+    blocked INTEGER NOT NULL DEFAULT 0,      -- 1: a job-level reason keeps it from every host; 2: allowed_hosts only (catalog.py)
     in_manifest INTEGER NOT NULL DEFAULT 1,
     artifact TEXT,
     error TEXT,
@@ -135,6 +135,14 @@ CREATE TABLE IF NOT EXISTS host_events (
     reason TEXT NOT NULL,
     jobs TEXT NOT NULL
 );
+
+-- allowed_hosts of the jobs that have one, so a claim skips in SQL what the claimer may not run
+CREATE TABLE IF NOT EXISTS job_hosts (
+    job_id TEXT NOT NULL,
+    host TEXT NOT NULL,
+    PRIMARY KEY (job_id, host)
+);
+CREATE INDEX IF NOT EXISTS job_hosts_host ON job_hosts (host, job_id);
 
 -- which jobs each [[sweeps]] entry of the manifest in force made (compare --sweep); rewritten by every apply
 CREATE TABLE IF NOT EXISTS sweep_jobs (

@@ -15,9 +15,10 @@ from typing import Any
 
 from mqfleet.errors import RequestTimeoutError
 from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import Role, Topics, Verb, encode
+from mqfleet.protocol import Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import Fleet, manifest_text
+from tests.fixtures.sim_agent import SimAgent
 
 #: Enough jobs that republishing them all takes the restarted coordinator several seconds.
 N_JOBS = 10_000
@@ -29,21 +30,6 @@ def _manifest(priority: int) -> str:
     tags = ", ".join(f'"t{i}"' for i in range(N_JOBS))
     sweep = f'[[sweeps]]\nname = "grid"\nmodel = "ok"\nmode = "m"\npriority = {priority}\nhyper = {{ tag = [{tags}] }}\n'
     return manifest_text(fleet=FLEET, extra=f'[[hosts]]\nid = "{HOST}"\n\n{sweep}')
-
-
-class SimAgent:
-    """An agent's side of the protocol on one Connection: claim and renew, as `mqfleet agent` does."""
-
-    def __init__(self, fleet: Fleet) -> None:
-        self.topics = Topics(fleet.prefix)
-        self.conn = Connection(BrokerConfig(url=fleet.broker_url), client_id=self.topics.client_id(f"agent-{HOST}"),
-                               reply_prefix=fleet.prefix)
-        self.conn.start(wait_s=10)
-        self.conn.publish(self.topics.status(HOST), encode({"state": "online", "ts": time.time()}), retain=True)
-
-    def call(self, verb: Verb, timeout_s: float, **fields: Any) -> dict[str, Any]:
-        body = {"request_id": uuid.uuid4().hex, **fields}
-        return self.conn.request(self.topics.rpc(Role.AGENT, HOST, verb), body, timeout_s=timeout_s)
 
 
 class RetainedStates:
@@ -68,7 +54,7 @@ class RetainedStates:
 def test_restart_with_many_jobs_renews_at_once_while_stale_states_are_republished(fleet: Fleet) -> None:
     fleet.write_manifest(_manifest(priority=0))
     coordinator = fleet.start_coordinator()
-    agent = SimAgent(fleet)
+    agent = SimAgent(fleet.broker_url, fleet.prefix, HOST)
     grant = wait_until(lambda: agent.call(Verb.CLAIM, timeout_s=5).get("job"), timeout_s=30, what="a lease")
     lease = {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}
 
@@ -111,5 +97,5 @@ def test_restart_with_many_jobs_renews_at_once_while_stale_states_are_republishe
     # A restart republishes only what changed: the stale states, not every job twice.
     assert states.live <= N_JOBS + 10, f"{states.live} states republished for {N_JOBS} jobs"
     print(f"first renewal answered {answered_after_s:.2f} s after the restart began")
-    agent.conn.stop()
+    agent.stop()
     states.conn.stop()
