@@ -17,6 +17,7 @@ STATE_DIR=/var/lib/mqfleet
 MANIFEST=""
 STORE="file://$STATE_DIR/store"
 TOKEN=""
+TOKEN_FILE=""
 BROKER="mqtt://127.0.0.1:1883"
 PREFIX="mqfleet"
 S3_ENDPOINT=""
@@ -32,12 +33,13 @@ the manifest, the systemd unit; then enable and start it.
   --manifest FILE     manifest to install as CONFIG_DIR/fleet.toml (default: keep, or a starter one)
   --store URL         artifact store: file:///PATH or s3://BUCKET/PREFIX (default file://$STATE_DIR/store)
   --s3-endpoint HOST:PORT   S3 endpoint for s3:// stores (credentials: edit the env file)
-  --token TOKEN       operator token (default: generated, 64 hex digits)
+  --token-file FILE   read the operator token from FILE, or from stdin with '-' (default: generated,
+                      64 hex digits); never on the command line, where ps shows it to every user
   --broker URL        broker the coordinator uses (default mqtt://127.0.0.1:1883, the loopback listener)
   --prefix PREFIX     topic prefix (default mqfleet)
   --user NAME         service user (default $DEFAULT_USER)
   --config-dir DIR    configuration directory (default $DEFAULT_CONFIG_DIR)
-  --force             rewrite an existing config and manifest (an existing token is kept unless --token)
+  --force             rewrite an existing config and manifest (an existing token is kept unless --token-file)
   --uninstall         stop and remove the service, its unit and its config; keep the database
   --purge             with --uninstall: also remove $STATE_DIR (database, file store) and the user
   --root DIR          install under DIR instead of / (tests): no useradd, chown or systemctl
@@ -51,12 +53,23 @@ while [ "$#" -gt 0 ]; do
         --manifest) need_value "$@"; MANIFEST=$2; shift 2 ;;
         --store) need_value "$@"; STORE=$2; shift 2 ;;
         --s3-endpoint) need_value "$@"; S3_ENDPOINT=$2; shift 2 ;;
-        --token) need_value "$@"; TOKEN=$2; shift 2 ;;
+        --token-file) need_value "$@"; TOKEN_FILE=$2; shift 2 ;;
+        --token|--token=*) die "--token would put the operator token on a command line (ps shows it to every user); use --token-file FILE, or --token-file - to read it from stdin" ;;
         --broker) need_value "$@"; BROKER=$2; shift 2 ;;
         --prefix) need_value "$@"; PREFIX=$2; shift 2 ;;
         *) take_common_option "$@" || { usage >&2; die "unknown option: $1"; }; shift "$TAKEN" ;;
     esac
 done
+
+if [ -n "$TOKEN_FILE" ]; then
+    if [ "$TOKEN_FILE" = - ]; then
+        IFS= read -r TOKEN || [ -n "$TOKEN" ] || die "--token-file -: no token on stdin"
+    else
+        [ -r "$TOKEN_FILE" ] || die "--token-file $TOKEN_FILE: not a readable file"
+        IFS= read -r TOKEN < "$TOKEN_FILE" || [ -n "$TOKEN" ] || die "--token-file $TOKEN_FILE: empty"
+    fi
+    [ -n "$TOKEN" ] || die "--token-file: the token is empty"
+fi
 
 # Values go into a systemd EnvironmentFile, double-quoted; refuse what the two parsers (systemd,
 # and bash when the file is sourced by hand) would read differently.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,6 +13,7 @@ from typing import Any
 from mqfleet import defaults
 from mqfleet.errors import BrokerUnavailableError, RemoteError, RequestTimeoutError
 from mqfleet.mqtt import BrokerConfig, Connection
+from mqfleet.operator_auth import sign_request
 from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb
 
 
@@ -64,7 +66,8 @@ class FleetClient:
         role = ROLE_OF_VERB[verb]
         body: dict[str, Any] = {"request_id": uuid.uuid4().hex, **fields}
         if role is Role.OPERATOR:
-            body["token"] = self.token
+            # Signed, not sent: the token never crosses the bus (docs/SECURITY.md, "Operator token").
+            body["auth"] = sign_request(self.token, verb.value, body, time.time())
         topic = self.topics.rpc(role, self.client_id, verb)
         try:
             reply = self.conn.request(topic, body, timeout_s=self.timeout_s)

@@ -9,7 +9,6 @@ coordinator only through `HandlerContext`, the narrow part of it they need.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from mqfleet.coordinator.listing import JobFilter
 from mqfleet.coordinator.manifests import ORIGIN_FILE, ORIGIN_SENT
 from mqfleet.coordinator.reports import handle_compare, handle_gc, prepare_gc, record_attempt_history
 from mqfleet.coordinator.verify import accept_artifact, check_digest
-from mqfleet.errors import BadRequestError, ManifestError, NotFoundError, UnauthorizedError, UnknownHostError
+from mqfleet.errors import BadRequestError, ManifestError, NotFoundError, UnknownHostError
 from mqfleet.manifest import load_manifest, parse_manifest
 from mqfleet.protocol import Verb, ok
 from mqfleet.protocol import field as req_field
@@ -157,16 +156,6 @@ def handle_fail(coord: HandlerContext, req: Request) -> dict[str, Any]:
 
 
 # --- operator verbs: need the operator token ------------------------------------------
-
-
-def check_token(coord: HandlerContext, req: Request) -> None:
-    """Constant-time comparison, so the token cannot be guessed byte by byte from timings."""
-    expected = coord.operator_token
-    if not expected:
-        raise UnauthorizedError("operator verbs are disabled: the coordinator was started without an operator token")
-    given = req.body.get("token")
-    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise UnauthorizedError("operator token missing or wrong; set MQFLEET_OPERATOR_TOKEN to the coordinator's token")
 
 
 def _job_ref(coord: HandlerContext, req: Request) -> str:

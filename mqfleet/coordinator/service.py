@@ -35,7 +35,7 @@ from mqfleet.coordinator.checks import HealthChecks, health_report
 from mqfleet.coordinator.claims import Claims
 from mqfleet.coordinator.context import Request
 from mqfleet.coordinator.garbage import UploadWindow
-from mqfleet.coordinator.handlers import VERBS, VerbSpec, check_token
+from mqfleet.coordinator.handlers import VERBS, VerbSpec
 from mqfleet.coordinator.history import AttemptHistory
 from mqfleet.coordinator.hosts import Hosts
 from mqfleet.coordinator.leases import Leases
@@ -60,6 +60,7 @@ from mqfleet.errors import (
 )
 from mqfleet.manifest import FleetSettings, Manifest, parse_manifest, read_manifest_text
 from mqfleet.mqtt import BrokerConfig, Connection, Message
+from mqfleet.operator_auth import ReplayGuard, verify_request
 from mqfleet.protocol import (
     MAX_LOG_LINE_CHARS,
     MAX_LOG_LINES_PER_BATCH,
@@ -185,6 +186,8 @@ class Coordinator:
             self.metrics = CoordinatorMetrics(self.state, last_sweep_ts=lambda: self.last_sweep_ts, clock=clock)
         #: Why each host's latest advert was refused (its last good one stays in force).
         self.advert_problems: OrderedDict[str, str] = OrderedDict()
+        #: Signatures of operator requests already run, to refuse a replay (mqfleet/operator_auth.py).
+        self.replays = ReplayGuard()
         self._in_flight: set[str] = set()
         self._changed_jobs: set[str] = set()
         self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
@@ -592,14 +595,22 @@ class Coordinator:
             return error(e.code, f"{e}; the coordinator answers again once its database is back: retry")
 
     def _execute_once(self, req: Request, key: str, spec: VerbSpec) -> dict[str, Any]:
+        mac = ""
+        if req.role is Role.OPERATOR:
+            # Before the reply memory: a stored `ok` must never answer a request signed with the wrong token.
+            try:
+                mac = verify_request(self.config.operator_token, req.verb.value, req.body, req.now)
+            except MqfleetError as e:
+                logger.warning("%s from %s refused: %s", req.verb.value, req.client, e)
+                return error(e.code, str(e))  # not remembered: the sender may retry with the right token
         if key:
             remembered = self.state.remembered_reply(key)
             if remembered is not None:
                 logger.info("request %s redelivered; answering with the remembered reply", key)
                 return remembered
         try:
-            if req.role is Role.OPERATOR:
-                check_token(self, req)
+            if mac:
+                self.replays.check_and_note(mac, req.now)
             if spec.prepare is not None:
                 req = Request(**{**req.__dict__, "prepared": spec.prepare(self, req)})
             with self.lock:

@@ -133,13 +133,26 @@ def test_coordinator_given_token_is_written_and_an_invalid_manifest_is_refused(t
     bad = tmp_path / "bad.toml"
     bad.write_text("[fleet]\nmax_attempts = 'three'\n")
 
-    refused = install_coordinator(root, "--manifest", str(bad), "--token", "sekrit-token")
+    token_file = tmp_path / "token"
+    token_file.write_text("sekrit-token\n")
+    token_file.chmod(0o600)
+    refused = install_coordinator(root, "--manifest", str(bad), "--token-file", str(token_file))
     assert refused.returncode != 0
     assert not (root / COORD_UNIT).exists()
 
-    ok = install_coordinator(tmp_path / "root2", "--token", "sekrit-token")
+    ok = install_coordinator(tmp_path / "root2", "--token-file", str(token_file))
     assert ok.returncode == 0, ok.stderr
     assert env_values(tmp_path / "root2/etc/mqfleet/coordinator.env")[defaults.ENV_OPERATOR_TOKEN] == "sekrit-token"
+
+
+def test_coordinator_token_is_read_from_stdin_and_never_taken_from_the_command_line(tmp_path: Path) -> None:
+    on_line = install_coordinator(tmp_path / "root", "--token", "sekrit-token")
+    assert on_line.returncode != 0 and "--token-file" in on_line.stderr
+    assert not (tmp_path / "root/etc/mqfleet/coordinator.env").exists()
+    piped = subprocess.run(["bash", str(COORD_SH), "--root", str(tmp_path / "root2"), "--venv", str(VENV), "--token-file", "-"],
+                           input="from-stdin\n", capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert env_values(tmp_path / "root2/etc/mqfleet/coordinator.env")[defaults.ENV_OPERATOR_TOKEN] == "from-stdin"
     assert "[fleet]" in (tmp_path / "root2/etc/mqfleet/fleet.toml").read_text()
 
 

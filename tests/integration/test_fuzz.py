@@ -12,6 +12,7 @@ a job reference, so a correct coordinator has no legitimate reason to change any
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from mqfleet.errors import MqfleetError
 from mqfleet.mqtt import BrokerConfig, Connection
+from mqfleet.operator_auth import sign_request
 from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb
 from tests.fixtures.fleet import OPERATOR_TOKEN, Fleet, manifest_text
 
@@ -39,8 +41,15 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
 wrong_refs = st.none() | st.booleans() | st.integers() | st.floats() | st.lists(json_scalars, max_size=3) | st.dictionaries(st.text(max_size=5), json_scalars, max_size=3)
 
 
+def _signed(body: dict[str, Any], verb: str, token: str) -> dict[str, Any]:
+    try:
+        return {**body, "auth": sign_request(token, verb, body, time.time())}
+    except ValueError:  # NaN somewhere: no client of ours could sign it either
+        return body
+
+
 @st.composite
-def bodies(draw: st.DrawFn, role: Role) -> bytes:
+def bodies(draw: st.DrawFn, role: Role, verb: str) -> bytes:
     kind = draw(st.sampled_from(["object", "object", "object", "bytes", "not_an_object", "oversized", "empty"]))
     if kind == "bytes":
         return draw(st.binary(max_size=300))
@@ -51,14 +60,18 @@ def bodies(draw: st.DrawFn, role: Role) -> bytes:
     if kind == "empty":
         return b""
     body: dict[str, Any] = draw(st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=10), json_values, max_size=8))
+    body.pop("auth", None)
     if role is Role.OPERATOR and draw(st.booleans()):
-        # The right token with every job reference wrongly typed: every check past the token gets exercised,
-        # yet no random string can name (a prefix of) a real job and legitimately cancel it.
-        body["token"] = OPERATOR_TOKEN
+        # Signed with the right token, every job reference wrongly typed: every check past the signature gets
+        # exercised, yet no random string can name (a prefix of) a real job and legitimately cancel it.
         body["job"] = draw(wrong_refs)
         body.pop("manifest", None) if draw(st.booleans()) else body.update(manifest=draw(wrong_refs))
-    elif body.get("token") == OPERATOR_TOKEN:
-        body["token"] = "not-the-token"
+        body = json.loads(json.dumps(body, default=str))
+        body = _signed(body, verb, OPERATOR_TOKEN)
+    elif draw(st.booleans()):
+        # A signature by the wrong token, or an auth field of any shape at all.
+        body = _signed(json.loads(json.dumps(body, default=str)), verb, "not-the-token") if draw(st.booleans()) \
+            else {**body, "auth": draw(json_values)}
     return json.dumps(body, default=str).encode()
 
 
@@ -69,7 +82,7 @@ def requests(draw: st.DrawFn) -> tuple[str, str, str, bytes]:
     right = ROLE_OF_VERB.get(Verb(verb)) if verb in Verb._value2member_map_ else None
     role = right if right is not None and draw(st.integers(0, 4)) else draw(st.sampled_from(list(Role)))
     client = draw(st.sampled_from(FUZZ_HOSTS)) if role is Role.AGENT else f"fuzz-{role.value}"
-    return role.value, client, verb, draw(bodies(role))
+    return role.value, client, verb, draw(bodies(role, verb))
 
 
 host_messages = st.tuples(st.sampled_from(["advert", "status"]),
@@ -127,11 +140,11 @@ def test_malformed_oversized_and_wrongly_typed_requests_to_every_verb_are_refuse
                 assert isinstance(reply.get("error"), str) and reply["error"] != "internal", (role, verb, reply)
                 assert isinstance(reply.get("message"), str), reply
             else:
-                # Only a read-only query, a claim that finds nothing for a host with no eligible job, or an
-                # operator verb that moves no job (reload of the same file, drain) succeeds.
+                # Only a read-only query, a claim that finds nothing for a host with no eligible job, or a
+                # signed operator verb that moves no job (reload of the same file, drain, gc) succeeds.
                 assert role == ROLE_OF_VERB[Verb(verb)].value, (role, verb, reply)
                 assert (role == Role.QUERY.value or (verb == Verb.CLAIM.value and reply.get("job") is None)
-                        or verb in (Verb.RELOAD.value, Verb.DRAIN.value, Verb.UNDRAIN.value)), (verb, reply)
+                        or verb in (Verb.RELOAD.value, Verb.DRAIN.value, Verb.UNDRAIN.value, Verb.GC.value)), (verb, reply)
 
     try:
         fuzz()
@@ -143,5 +156,87 @@ def test_malformed_oversized_and_wrongly_typed_requests_to_every_verb_are_refuse
     assert {verb for (_, _, verb), _ in replies} >= {v.value for v in Verb}, "every verb was fuzzed"
     assert fleet.coordinator is not None and fleet.coordinator.alive(), fleet.coordinator.log()[-3000:] if fleet.coordinator else ""
     assert fleet.client().health()["ok"] is True
+    assert _snapshot(fleet) == before
+    assert "Traceback" not in fleet.coordinator.log(), fleet.coordinator.log()[-3000:]
+
+
+#: Response Topics an attacker would choose: other hosts' and roles' topics, wildcards, NUL, long, unicode.
+def _response_topics(prefix: str, me: str) -> st.SearchStrategy[str]:
+    targets = [f"{prefix}/rpc/agent/real-host/claim", f"{prefix}/hosts/real-host/advert", f"{prefix}/control/real-host",
+               f"{prefix}/reply/agent-real-host", f"{prefix}/jobs/x/state", f"{prefix}/coordinator/status",
+               f"{prefix}/reply/{me}/+", f"{prefix}/reply/{me}/#", f"{prefix}/reply/{me}x", f"{prefix}/#", "#", "+",
+               f"{prefix}/reply/{me}/../other", f"{prefix}/reply/{me}\0evil", "", "elsewhere/topic", "/" * 300]
+    return st.sampled_from(targets) | st.text(min_size=1, max_size=80).map(lambda t: f"{prefix}/{t}")
+
+
+def test_response_topics_and_mqtt_properties_of_any_shape_never_make_the_coordinator_publish_outside_the_senders_namespace(
+    fleet: Fleet, topic_prefix: str
+) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    fleet.write_manifest(manifest_text({"model": "ok", "allowed_hosts": ["elsewhere"], "name": "parked"}))
+    fleet.start_coordinator()
+    before = _snapshot(fleet)
+    me = f"fuzz-{uuid.uuid4().hex[:8]}"
+    seen: list[str] = []
+    watcher = Connection(BrokerConfig(url=fleet.broker_url), client_id=f"watch-{uuid.uuid4().hex[:8]}",
+                         reply_prefix=topic_prefix)
+    watcher.subscribe(f"{topic_prefix}/#", lambda m: seen.append(m.topic), qos=0)
+    watcher.start(wait_s=10)
+    host, port = fleet.broker_url.removeprefix("mqtt://").split(":")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=me, protocol=mqtt.MQTTv5)
+    client.connect(host, int(port))
+    client.loop_start()
+    sent = 0
+
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(batch=st.lists(st.tuples(
+        st.sampled_from([v.value for v in Verb if ROLE_OF_VERB[v] is Role.QUERY] + ["claim", "cancel"]),
+        _response_topics(topic_prefix, me), st.binary(max_size=40), st.booleans(),
+        st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_size=3),
+        st.none() | st.integers(0, 3600), st.none() | st.integers(0, 1), st.none() | st.text(max_size=20)),
+        min_size=5, max_size=15))
+    def fuzz(batch: list[tuple[str, str, bytes, bool, list[tuple[str, str]], int | None, int | None, str | None]]) -> None:
+        nonlocal sent
+        for verb, response_topic, correlation, retain, user_props, expiry, fmt, content_type in batch:
+            role = ROLE_OF_VERB.get(Verb(verb), Role.QUERY)
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = response_topic
+            props.CorrelationData = correlation
+            for key, value in user_props:
+                props.UserProperty = (key, value)
+            if expiry is not None:
+                props.MessageExpiryInterval = expiry
+            if fmt is not None:
+                props.PayloadFormatIndicator = fmt
+            if content_type is not None:
+                props.ContentType = content_type
+            if not client.is_connected():  # the broker may cut a client that broke the protocol; come back
+                client.reconnect()
+            topic = f"{topic_prefix}/rpc/{role.value}/{me}/{verb}"
+            client.publish(topic, json.dumps({"request_id": uuid.uuid4().hex, "job": "parked"}), qos=1,
+                           retain=retain, properties=props)
+            sent += 1
+            if retain:  # never leave a retained request behind for the next example or test
+                client.publish(topic, b"", qos=1, retain=True)
+
+    try:
+        fuzz()
+        assert fleet.client().health()["ok"] is True
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        watcher.stop(timeout_s=2)
+    allowed = (f"{topic_prefix}/rpc/", f"{topic_prefix}/reply/{me}/", f"{topic_prefix}/coordinator/status",
+               f"{topic_prefix}/events", f"{topic_prefix}/work", f"{topic_prefix}/jobs/")
+    # The test's own FleetClients (snapshot, health) get replies on their reply topics too.
+    ours = tuple(f"{topic_prefix}/reply/{c.client_id}" for c in fleet._clients)
+    outside = sorted({t for t in seen if not (t.startswith(allowed + ours) or t == f"{topic_prefix}/reply/{me}")})
+    assert outside == [], outside[:20]
+    assert sent >= 300
+    assert fleet.coordinator is not None and fleet.coordinator.alive()
     assert _snapshot(fleet) == before
     assert "Traceback" not in fleet.coordinator.log(), fleet.coordinator.log()[-3000:]

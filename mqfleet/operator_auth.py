@@ -1,0 +1,81 @@
+"""Operator requests signed with the operator token, so the token itself never crosses the bus.
+
+An operator verb carries `auth: {ts, mac}` where `mac` is HMAC-SHA256, keyed by the token, of the
+canonical JSON of (verb, request id, ts, the body without `auth`). The coordinator recomputes it,
+refuses a `ts` further than MAX_SKEW_S from its own clock, and refuses a signature it has already
+seen unless it answers from its reply memory (a QoS 1 redelivery gets the same reply, never a second
+run). Anyone who can read `rpc/operator/#` learns what was asked, never how to ask
+(docs/SECURITY.md, "Operator token").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from mqfleet.errors import UnauthorizedError
+
+#: Largest difference between the operator's clock and the coordinator's a signed request may show.
+MAX_SKEW_S = 120.0
+#: Signatures remembered to refuse replays: a replay older than the skew is refused by its ts anyway.
+MAX_SEEN = 100_000
+
+
+def _canonical(verb: str, body: dict[str, Any], ts: float) -> bytes:
+    unsigned = {k: v for k, v in body.items() if k != "auth"}
+    text = json.dumps({"verb": verb, "request_id": unsigned.get("request_id"), "ts": ts, "body": unsigned},
+                      sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text.encode()
+
+
+def sign_request(token: str, verb: str, body: dict[str, Any], ts: float) -> dict[str, Any]:
+    """The `auth` field for an operator request: `{ts, mac}`."""
+    mac = hmac.new(token.encode(), _canonical(verb, body, ts), hashlib.sha256).hexdigest()
+    return {"ts": ts, "mac": mac}
+
+
+def verify_request(token: str, verb: str, body: dict[str, Any], now: float) -> str:
+    """The request's mac when it was signed with `token` within MAX_SKEW_S of `now`; else UnauthorizedError."""
+    if not token:
+        raise UnauthorizedError("operator verbs are disabled: the coordinator was started without an operator token")
+    auth = body.get("auth")
+    if not isinstance(auth, dict):
+        hint = " (the token itself is never accepted on the bus; upgrade the client)" if "token" in body else ""
+        raise UnauthorizedError("operator request is not signed; set MQFLEET_OPERATOR_TOKEN to the coordinator's "
+                                f"token{hint}")
+    ts, mac = auth.get("ts"), auth.get("mac")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or not isinstance(mac, str):
+        raise UnauthorizedError("operator request signature is malformed (auth needs a numeric ts and a mac)")
+    if abs(now - ts) > MAX_SKEW_S:
+        raise UnauthorizedError(f"operator request signed {now - ts:+.0f} s from the coordinator's clock (at most "
+                                f"{MAX_SKEW_S:g} s allowed); check both clocks (NTP)")
+    try:
+        expected = sign_request(token, verb, body, ts)["mac"]
+    except ValueError:  # a body json cannot canonicalise (NaN) was not signed by a client of ours
+        raise UnauthorizedError("operator request signature does not match") from None
+    if not hmac.compare_digest(mac.encode(), expected.encode()):
+        raise UnauthorizedError("operator token wrong (the request's signature does not match); set "
+                                "MQFLEET_OPERATOR_TOKEN to the coordinator's token")
+    return mac
+
+
+class ReplayGuard:
+    """Signatures seen within the skew window; a second use of one is a replay."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check_and_note(self, mac: str, now: float) -> None:
+        """Raise UnauthorizedError if `mac` was seen within the window; otherwise remember it."""
+        with self._lock:
+            while self._seen and (next(iter(self._seen.values())) < now - 2 * MAX_SKEW_S or len(self._seen) >= MAX_SEEN):
+                self._seen.popitem(last=False)
+            if mac in self._seen:
+                raise UnauthorizedError("operator request replayed (its signature was used already); send a new one")
+            self._seen[mac] = now
