@@ -38,6 +38,13 @@ _FLEET_KINDS = {
 _TRAINER_KEYS = ("builtin", "command", "hyper", "outputs", "resumable")
 _DECL_KEYS = ("type", "default", "min", "max", "choices")
 _HOST_KINDS = {"id": "str", "allow_jobs": "strs", "deny_jobs": "strs", "slots": "int>=1", "labels": "strs"}
+#: What to write instead, for keys whose fix is not obvious from "must be ..." alone.
+FIX_HINTS = {
+    "timeout_s": " (seconds; leave it out for no time limit)",
+    "stall_s": " (seconds without an output line or progress report; leave it out for no limit)",
+    "retry_backoff_s": " (seconds; 0 retries at once)",
+    "quarantine_after": " (failed attempts in a row; leave it out to never quarantine)",
+}
 _KIND_WORDS = {
     "str": "a string",
     "int": "an integer",
@@ -80,7 +87,7 @@ class Checker:
             if key in table:
                 value, err = coerce(kind, table[key])
                 if err:
-                    self.add(_join(place, key), err)
+                    self.add(_join(place, key), err + FIX_HINTS.get(key, ""))
                 else:
                     out[key] = value
         return out

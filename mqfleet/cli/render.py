@@ -508,7 +508,10 @@ def dashboard(*, hosts: Mapping[str, Mapping[str, Any]], jobs: Mapping[str, Mapp
         ts = ev.get("ts")
         ts = ts if isinstance(ts, (int, float)) and not isinstance(ts, bool) and 0 < ts < 1e11 else now
         event_lines.append(time.strftime("%H:%M:%S ", time.localtime(ts)), style="dim")
-        event_lines.append(f"{clean(names.get(ev.get('job_id', ''), short_id(ev.get('job_id'))))} ")
+        # a host's quarantine event names no job: the host is its subject
+        subject = f"host {ev.get('host')}" if not ev.get("job_id") and ev.get("host") else names.get(
+            ev.get("job_id", ""), short_id(ev.get("job_id")))
+        event_lines.append(f"{clean(subject)} ")
         event_lines.append(f"{clean(ev.get('from') or '-')} → ")
         event_lines.append(clean(ev.get("to")), style=STATUS_STYLE.get(str(ev.get("to")), ""))
         event_lines.append(clean(f"  {ev.get('reason', '')}" + (f" ({ev['host']})" if ev.get("host") else "")),

@@ -703,12 +703,14 @@ def test_limits_do_not_change_a_job_id() -> None:
 def test_a_limit_that_is_not_a_positive_number_is_refused_in_a_job_and_in_fleet(key: str, value: str) -> None:
     found = problems(f'[fleet]\n{key} = {value}\n[[jobs]]\nmodel = "gbt"\n{key} = {value}\n')
     assert set(found) == {f"fleet.{key}", f"jobs[0].{key}"}, found
+    assert all("leave it out for no" in message for message in found.values()), found
 
 
 def test_fleet_retry_settings_are_checked() -> None:
     found = problems('[fleet]\nretry_backoff_s = -1\nquarantine_after = 0\ncancel_unsatisfiable = "yes"\nretry_backof_s = 3\n')
-    assert found["fleet.retry_backoff_s"] == "must be at least 0, not -1.0"
-    assert found["fleet.quarantine_after"] == "must be at least 1, not 0"
+    assert found["fleet.retry_backoff_s"] == "must be at least 0, not -1.0 (seconds; 0 retries at once)"
+    assert found["fleet.quarantine_after"] == (
+        "must be at least 1, not 0 (failed attempts in a row; leave it out to never quarantine)")
     assert found["fleet.cancel_unsatisfiable"] == 'must be true or false, not "yes"'
     assert "did you mean 'retry_backoff_s'" in found["fleet.retry_backof_s"]
     fleet = parse("[fleet]\nretry_backoff_s = 10\nquarantine_after = 3\ncancel_unsatisfiable = true\n").fleet
