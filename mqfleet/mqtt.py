@@ -443,6 +443,7 @@ class Connection:
         mid = -1
         connects = -1
         sent_at = 0.0
+        mids: list[int] = []
         try:
             while True:
                 now = time.monotonic()
@@ -452,6 +453,7 @@ class Connection:
                     if sent is None:
                         break  # never connected in time: nothing was sent
                     mid, connects = sent
+                    mids.append(mid)
                     resend_at = None
                 answered = pending.event.wait(min(0.05, max(0.0, deadline - time.monotonic())))
                 if answered or time.monotonic() >= deadline:
@@ -472,11 +474,34 @@ class Connection:
         finally:
             with self._lock:
                 self._pending.pop(correlation, None)
+            if not answered:
+                self._forget_unacked(mids)
         reply = pending.message
         if not answered or reply is None:
             state = "" if self.connected else " (not connected to the broker)"
             raise RequestTimeoutError(f"no reply on {topic} via {self.config.url} within {timeout_s:g}s{state}")
         return reply.json(max_bytes=defaults.MAX_REPLY_BYTES)
+
+    def _forget_unacked(self, mids: list[int]) -> None:
+        """Drop a given-up request that paho still holds unacknowledged, so its next connect does not send it.
+
+        A request published just as the connection died (before paho noticed) stays in paho's
+        queue and would go out at the reconnect, perhaps long after its sender gave up, with a
+        fresh expiry at the broker. Only while disconnected: paho then recounts its in-flight
+        window at the reconnect, so removing a message cannot leak a slot of it. paho has no
+        public call for this; its private queue is touched here, at the one paho boundary.
+        """
+        client = self._client
+        try:
+            with client._out_message_mutex:
+                if self._connected.is_set():
+                    return
+                dropped = [m for m in mids if client._out_messages.pop(m, None) is not None]
+        except AttributeError:  # a paho without these internals: the broker's expiry still bounds it
+            return
+        if dropped:
+            logger.debug("mqtt %s: request copies %s given up while disconnected; not sent at reconnect",
+                         self.client_id, dropped)
 
     def _send_request(self, topic: str, payload: bytes, correlation: bytes, deadline: float) -> tuple[int, int] | None:
         """Publish one copy of a request once connected; (mid, connect count), or None if not connected in time.
