@@ -67,7 +67,7 @@ def handle_renew(coord: HandlerContext, req: Request) -> dict[str, Any]:
     progress = _dict_field(req, "progress")
     expires_ts = coord.leases.renew(job_id, lease_id, req.client, req.now, progress, lease_s=coord.lease_s)
     if progress is not None:
-        coord.mark_changed(job_id)  # watchers see progress through the retained job state
+        coord.mark_progress(job_id)  # watchers see progress through the retained job state (at most 1/s)
     if "progress_reports" in req.body:
         record_attempt_history(coord, req, job_id, _attempt_of(coord, job_id), ending=False)
     return ok(expires_ts=expires_ts)

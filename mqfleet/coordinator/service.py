@@ -95,6 +95,9 @@ NUDGE_TARGET_MAX_JOBS = 64
 #: Above this many events committed at once (a manifest load), the rest are published by the
 #: background republisher at its bounded rate, instead of all being queued in memory at once.
 BULK_CHANGES = 1000
+#: A job's retained state is republished for progress at most this often (the latest report wins);
+#: status changes are never held back. Every renewal of a busy fleet carries progress.
+PROGRESS_REPUBLISH_S = 1.0
 #: The shared-subscription group of the coordinators of one fleet (MQTT v5 `$share/<group>/<filter>`).
 SHARE_GROUP = "mqfleet-coordinators"
 
@@ -190,6 +193,9 @@ class Coordinator:
         self.replays = ReplayGuard()
         self._in_flight: set[str] = set()
         self._changed_jobs: set[str] = set()
+        #: job id -> when its state was last published for progress, and the jobs whose latest progress waits
+        self._progress_ts: dict[str, float] = {}
+        self._progress_due: set[str] = set()
         self._verify_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify")
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -407,6 +413,7 @@ class Coordinator:
             expired = self.leases.expire_leases(now, fleet=self.fleet)
             for job_id in expired:
                 logger.warning("job %s: lease expired, attempt ended as lost", job_id)
+            self._release_progress(now)
             # A dead host's job is claimable now: wake an idle host instead of waiting for its poll.
             self._nudge_for(self._publish_changes(), "lease expired", now)
             # So is a job whose retry back-off just ended.
@@ -836,8 +843,28 @@ class Coordinator:
         self.conn.publish(self.topics.coordinator_status, self.health(now), qos=1, retain=True)
 
     def mark_changed(self, job_id: str) -> None:
-        """Republish a job's retained state after commit though its status did not change (progress)."""
+        """Republish a job's retained state after commit though its status did not change."""
         self._changed_jobs.add(job_id)
+
+    def mark_progress(self, job_id: str) -> None:
+        """Republish a job's retained state for new progress: now, or within a second of the last time."""
+        now = self.clock()
+        last = self._progress_ts.get(job_id)
+        if last is None or now - last >= PROGRESS_REPUBLISH_S:
+            self._progress_ts[job_id] = now
+            self._progress_due.discard(job_id)
+            self._changed_jobs.add(job_id)
+        else:
+            self._progress_due.add(job_id)
+
+    def _release_progress(self, now: float) -> None:
+        """Queue the held-back progress states whose second has passed; forget jobs quiet for a minute."""
+        for job_id in [j for j in self._progress_due if now - self._progress_ts.get(j, 0.0) >= PROGRESS_REPUBLISH_S]:
+            self._progress_due.discard(job_id)
+            self._progress_ts[job_id] = now
+            self._changed_jobs.add(job_id)
+        for job_id in [j for j, ts in self._progress_ts.items() if now - ts > 60.0 and j not in self._progress_due]:
+            del self._progress_ts[job_id]
 
     def send_control(self, host: str, message: dict[str, Any]) -> None:
         """QoS 1 to the agent's persistent session: it arrives even across a reconnect."""
