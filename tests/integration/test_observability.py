@@ -235,3 +235,15 @@ def test_the_sweep_prunes_logs_progress_and_events_older_than_keep_days_and_keep
     row = _cli_json(fleet, "show", "old")
     assert row["status"] == "completed" and row["attempts_detail"][0]["usage"] is not None, "rows and usage stay"
     assert _cli_json(fleet, "show", "parked")["status"] == "pending"
+
+
+def test_log_max_lines_keeps_the_newest_lines_after_a_marker_saying_how_many_went(fleet: Fleet) -> None:
+    fleet_table = "[fleet]\nmax_attempts = 3\nlease_s = 6\ngrace_s = 2\nlog_max_lines = 100\n"
+    fleet.write_manifest(manifest_text({"name": "long", "model": "hungry", "seed": 1, "hyper": {"lines": 300}},
+                                       fleet=fleet_table, trainers=HUNGRY_TRAINER.replace("{python}", sys.executable)))
+    fleet.start_coordinator()
+    fleet.start_agent("h1")
+    fleet.wait_for_status("completed")
+    lines = _cli_json(fleet, "logs", "long")
+    assert lines[0].startswith("[mqfleet: 200 earlier line(s) dropped") and "log_max_lines" in lines[0]
+    assert lines[1:] == [f"line {i} of 300" for i in range(201, 301)]
