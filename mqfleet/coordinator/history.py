@@ -89,7 +89,7 @@ class AttemptHistory:
 
     def queue_lines(self, job_id: str, attempt: int, lines: list[str], max_lines: int) -> None:
         """Take a batch of output lines, written by the next flush_lines(): the service flushes at every
-        sweep, before a completion or failure is committed, before `logs` reads, and at stop, so one
+        sweep, in the transaction of a completion or failure, before `logs` reads, and at stop, so one
         commit carries many batches. A kill -9 loses at most one sweep interval of a running
         attempt's lines; an attempt that ended has all its lines on disk."""
         if not lines:
@@ -103,12 +103,32 @@ class AttemptHistory:
     def flush_lines(self, max_lines: int) -> int:
         """Write every queued batch in one transaction; how many batches."""
         with self.state.lock:
-            queued, self._queued, self._queued_lines = self._queued, [], 0
-            if queued:
-                with self.state.transaction():
-                    for job_id, attempt, lines in queued:
-                        self.append_lines(job_id, attempt, lines, max_lines)
+            queued = self.take_queued()
+            try:
+                self.write_batches(queued, max_lines)
+            except BaseException:
+                self.requeue(queued)
+                raise
         return len(queued)
+
+    def take_queued(self) -> list[tuple[str, int, list[str]]]:
+        """The queued batches, handed to the caller, who writes them (write_batches) or gives them back."""
+        with self.state.lock:
+            queued, self._queued, self._queued_lines = self._queued, [], 0
+            return queued
+
+    def requeue(self, batches: list[tuple[str, int, list[str]]]) -> None:
+        """Give back batches whose transaction rolled back: they go first, so order is kept."""
+        with self.state.lock:
+            self._queued[:0] = batches
+            self._queued_lines += sum(len(lines) for _, _, lines in batches)
+
+    def write_batches(self, batches: list[tuple[str, int, list[str]]], max_lines: int) -> None:
+        """Write batches in one transaction (the caller's, when one is open)."""
+        if batches:
+            with self.state.transaction():
+                for job_id, attempt, lines in batches:
+                    self.append_lines(job_id, attempt, lines, max_lines)
 
     def append_lines(self, job_id: str, attempt: int, lines: list[str], max_lines: int) -> int:
         """Store lines at the end of an attempt's log, dropping its oldest past `max_lines`; how many dropped now."""

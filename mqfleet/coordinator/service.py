@@ -402,9 +402,13 @@ class Coordinator:
 
     # --- the sweep: lease expiry, request memory, status --------------------------------
 
+    @property
+    def log_max_lines(self) -> int:
+        return self.manifest.fleet.log_max_lines if self.manifest else defaults.LOG_MAX_LINES
+
     def flush_lines(self) -> None:
         """Write the trainer output lines received since the last flush (coordinator/history.py)."""
-        self.history.flush_lines(self.manifest.fleet.log_max_lines if self.manifest else defaults.LOG_MAX_LINES)
+        self.history.flush_lines(self.log_max_lines)
 
     def tick(self, now: float) -> list[str]:
         """Expire leases due at `now`; tests call this with an injected time instead of sleeping."""
@@ -621,17 +625,21 @@ class Coordinator:
             if spec.prepare is not None:
                 req = Request(**{**req.__dict__, "prepared": spec.prepare(self, req)})
             with self.lock:
-                if req.verb in (Verb.COMPLETE, Verb.FAIL):
-                    # An ended attempt's lines are on disk before its end is: `completed` implies all of them.
-                    self.flush_lines()
-                with self.state.transaction():
-                    # Under the write lock: another coordinator may have answered a redelivery meanwhile.
-                    again = self.state.remembered_reply(key) if key else None
-                    if again is not None:
-                        return again
-                    reply = spec.handler(self, req)
-                    if key:
-                        self.state.remember_reply(key, reply, req.now)
+                # An ended attempt's lines are committed with its end: `completed` implies all of them on disk.
+                lines = self.history.take_queued() if req.verb in (Verb.COMPLETE, Verb.FAIL) else []
+                try:
+                    with self.state.transaction():
+                        self.history.write_batches(lines, self.log_max_lines)
+                        # Under the write lock: another coordinator may have answered a redelivery meanwhile.
+                        again = self.state.remembered_reply(key) if key else None
+                        if again is not None:
+                            return again
+                        reply = spec.handler(self, req)
+                        if key:
+                            self.state.remember_reply(key, reply, req.now)
+                except BaseException:
+                    self.history.requeue(lines)  # rolled back with the refusal: written by the next flush
+                    raise
                 self._after_commit(req)
             return reply
         except MqfleetError as e:

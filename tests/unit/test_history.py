@@ -105,3 +105,17 @@ def test_prune_removes_old_ended_jobs_rows_and_keeps_recent_and_live_ones(db: Da
     assert job_id("a") in {g["job"]["id"] for g in (old, recent, live)}
     with db.state.lock:
         assert db.state.conn.execute("SELECT COUNT(*) FROM events WHERE ts >= ?", (T0 + 25 * day,)).fetchone()[0] >= 1
+
+
+def test_queued_lines_given_back_after_a_rollback_are_written_first_by_the_next_flush(db: Database) -> None:
+    history = AttemptHistory(db.state)
+    history.queue_lines("j", 1, ["a", "b"], max_lines=100)
+    taken = history.take_queued()
+    history.queue_lines("j", 1, ["c"], max_lines=100)
+    with pytest.raises(RuntimeError), db.state.transaction():
+        history.write_batches(taken, 100)
+        raise RuntimeError("the completion was refused")
+    history.requeue(taken)
+    assert history.lines("j", 1) == []
+    assert history.flush_lines(100) == 2
+    assert history.lines("j", 1) == ["a", "b", "c"]
