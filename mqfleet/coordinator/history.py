@@ -1,10 +1,11 @@
 """What each attempt left behind: its trainer output lines, its progress reports and its resource usage,
 kept in the coordinator's SQLite file so they outlive a restart; and the retention that prunes them.
 
-Its own tables (`attempt_lines`, `attempt_progress`, `attempt_records`, declared in schema.py),
-beside the job state, on the same connection (and so under the same lock and transactions). Every method that writes runs inside the caller's transaction or opens
-its own; time always comes in as `now`. Bounds are per attempt, so one chatty trainer cannot crowd
-out the others (docs/OPERATIONS.md, "Logs, progress and retention").
+Its own tables (`attempt_lines`, `attempt_progress`, `attempt_records`, declared in schema.py) sit
+beside the job state, on the same connection (and so under the same lock and transactions). Every
+method that writes runs inside the caller's transaction or opens its own; time always comes in as
+`now`. Bounds are per attempt, so one chatty trainer cannot crowd out the others (docs/OPERATIONS.md,
+section 7, "Logs" and "Retention").
 """
 
 from __future__ import annotations
