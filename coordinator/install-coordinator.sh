@@ -18,7 +18,10 @@ MANIFEST=""
 STORE="file://$STATE_DIR/store"
 TOKEN=""
 TOKEN_FILE=""
-BROKER="mqtt://127.0.0.1:1883"
+BROKER=""
+CA=""
+CERT=""
+KEY=""
 PREFIX="mqfleet"
 S3_ENDPOINT=""
 
@@ -35,7 +38,10 @@ the manifest, the systemd unit; then enable and start it.
   --s3-endpoint HOST:PORT   S3 endpoint for s3:// stores (credentials: edit the env file)
   --token-file FILE   read the operator token from FILE, or from stdin with '-' (default: generated,
                       64 hex digits); never on the command line, where ps shows it to every user
-  --broker URL        broker the coordinator uses (default mqtt://127.0.0.1:1883, the loopback listener)
+  --broker URL        broker the coordinator uses (default mqtts://localhost:8883: the TLS listener, since the
+                      loopback listener gives anonymous local processes public reads only)
+  --ca F --cert F --key F   fleet CA and the coordinator's certificate and key (CN coordinator; required
+                      for mqtts://): mqfleet broker issue --role coordinator --cn coordinator
   --prefix PREFIX     topic prefix (default mqfleet)
   --user NAME         service user (default $DEFAULT_USER)
   --config-dir DIR    configuration directory (default $DEFAULT_CONFIG_DIR)
@@ -56,6 +62,9 @@ while [ "$#" -gt 0 ]; do
         --token-file) need_value "$@"; TOKEN_FILE=$2; shift 2 ;;
         --token|--token=*) die "--token would put the operator token on a command line (ps shows it to every user); use --token-file FILE, or --token-file - to read it from stdin" ;;
         --broker) need_value "$@"; BROKER=$2; shift 2 ;;
+        --ca) need_value "$@"; CA=$2; shift 2 ;;
+        --cert) need_value "$@"; CERT=$2; shift 2 ;;
+        --key) need_value "$@"; KEY=$2; shift 2 ;;
         --prefix) need_value "$@"; PREFIX=$2; shift 2 ;;
         *) take_common_option "$@" || { usage >&2; die "unknown option: $1"; }; shift "$TAKEN" ;;
     esac
@@ -81,7 +90,16 @@ check_value() {
 for pair in "--store:$STORE" "--token:$TOKEN" "--broker:$BROKER" "--prefix:$PREFIX" "--s3-endpoint:$S3_ENDPOINT"; do
     check_value "${pair%%:*}" "${pair#*:}"
 done
+BROKER=${BROKER:-mqtts://localhost:8883}
 case "$BROKER" in mqtt://*|mqtts://*) ;; *) die "--broker must be an mqtt:// or mqtts:// URL" ;; esac
+if [ "$UNINSTALL" = 0 ] && [ "${BROKER%%://*}" = mqtts ]; then
+    if [ -z "$CA" ] || [ -z "$CERT" ] || [ -z "$KEY" ]; then
+        die "the coordinator connects to the TLS listener as CN coordinator: pass --ca, --cert and --key (mqfleet broker issue --role coordinator --cn coordinator), or --broker mqtt://... for a broker whose ACL lets it in otherwise"
+    fi
+    for file in "$CA" "$CERT" "$KEY"; do
+        [ -r "$file" ] || die "$file cannot be read"
+    done
+fi
 case "$SVC_USER" in ''|*[!a-z0-9_-]*) die "--user must be a plain user name" ;; esac
 # Paths are substituted into the unit file: plain absolute paths only.
 for dir in "$VENV" "$CONFIG_DIR"; do
@@ -107,10 +125,17 @@ EOF
 }
 
 do_uninstall() {
-    local unit
+    local unit tls_dir
     unit=$(at "$UNIT_DIR/$UNIT_NAME")
     disable_service
     act rm -f -- "$unit" "$(at "$CONFIG_DIR/coordinator.env")" "$(at "$CONFIG_DIR/fleet.toml")"
+    tls_dir=$(at "$CONFIG_DIR/tls")
+    act rm -f -- "$tls_dir/coordinator.crt" "$tls_dir/coordinator.key"
+    # The CA file is shared with an agent installed on the same host: it goes only with the last user.
+    if [ -d "$tls_dir" ] && [ ! -e "$tls_dir/agent.crt" ]; then
+        act rm -f -- "$tls_dir/ca.crt"
+        act rmdir --ignore-fail-on-non-empty -- "$tls_dir"
+    fi
     release_config_dir
     purge_state "database and file store"
     if [ "$PURGE" = 1 ] && [ "$SYSTEM" = 1 ] && getent passwd "$SVC_USER" >/dev/null; then
@@ -120,7 +145,7 @@ do_uninstall() {
 }
 
 do_install() {
-    local env_file manifest_file unit token
+    local env_file manifest_file unit token tls_dir name src
     env_file=$(at "$CONFIG_DIR/coordinator.env")
     manifest_file=$(at "$CONFIG_DIR/fleet.toml")
     unit=$(at "$UNIT_DIR/$UNIT_NAME")
@@ -142,6 +167,21 @@ do_install() {
     if [ -f "$env_file" ] && [ "$FORCE" = 0 ]; then
         say "kept $env_file (and its operator token); --force rewrites it"
     else
+        if [ -n "$CA" ]; then
+            tls_dir=$(at "$CONFIG_DIR/tls")
+            act install -d -m 0700 -- "$tls_dir"
+            # The key is the coordinator's identity on the bus: 0600, owned by the service user.
+            for name in ca.crt coordinator.crt coordinator.key; do
+                case "$name" in ca.crt) src=$CA ;; coordinator.crt) src=$CERT ;; *) src=$KEY ;; esac
+                write_file "$tls_dir/$name" 0600 <"$src"
+                if [ "$SYSTEM" = 1 ]; then
+                    act chown "$SVC_USER:$SVC_USER" "$tls_dir/$name"
+                fi
+            done
+            if [ "$SYSTEM" = 1 ]; then
+                act chown "$SVC_USER:$SVC_USER" "$tls_dir"
+            fi
+        fi
         token=$TOKEN
         if [ -z "$token" ] && [ -f "$env_file" ]; then
             token=$(env_value "$env_file" MQFLEET_OPERATOR_TOKEN)
@@ -153,6 +193,10 @@ do_install() {
         {
             printf '# mqfleet coordinator settings, written by install-coordinator.sh; mode 0600 (holds the operator token).\n'
             printf 'MQFLEET_BROKER="%s"\n' "$BROKER"
+            if [ -n "$CA" ]; then
+                printf 'MQFLEET_CA="%s"\nMQFLEET_CERT="%s"\nMQFLEET_KEY="%s"\n' \
+                    "$CONFIG_DIR/tls/ca.crt" "$CONFIG_DIR/tls/coordinator.crt" "$CONFIG_DIR/tls/coordinator.key"
+            fi
             printf 'MQFLEET_PREFIX="%s"\n' "$PREFIX"
             printf 'MQFLEET_OPERATOR_TOKEN="%s"\n' "$token"
             printf 'MQFLEET_STORE="%s"\n' "$STORE"

@@ -3,8 +3,8 @@
 Mosquitto (2.0.11, default ACL check) grants an access when a `topic` line of the client's own
 `user` block matches, else when any `pattern` line matches; lines before the first `user` serve
 anonymous clients, who only exist on the loopback listener because the TLS listener names every
-client by its certificate CN. So: patterns hold what every authenticated client may do (read
-public state, ask query verbs, read its own reply topic); each known agent host, operator and the
+client by its certificate CN; they may only read public state. So: patterns hold what every
+authenticated client may do (read public state, ask query verbs, read its own reply topic); each known agent host, operator and the
 coordinator gets an explicit `user` block; a CN nobody listed gets the patterns only. Every topic
 comes from `protocol.Topics`, so the ACL cannot drift from the layout the code uses.
 """
@@ -52,9 +52,16 @@ def render_acl(
         f"# prefix {t.prefix!r}; {len(host_ids)} agent host(s); {len(operator_cns)} operator(s).",
         "",
         "# Anonymous clients exist only on the loopback listener (the TLS listener requires a",
-        "# certificate and takes its CN as the user name): local processes on the broker host,",
-        "# the coordinator among them, are trusted with the whole tree. See docs/SECURITY.md.",
-        f"topic readwrite {everything}",
+        "# certificate and takes its CN as the user name): any local account on the broker host.",
+        "# They read public state (mosquitto_sub monitoring), nothing of rpc/, reply/, control/",
+        "# or logs, and publish nothing; the coordinator and operators connect over TLS with their",
+        "# certificates, on the broker host too. See docs/SECURITY.md.",
+        f"topic read {t.work}",
+        f"topic read {t.events}",
+        f"topic read {t.all_job_states}",
+        f"topic read {t.coordinator_status}",
+        f"topic read {t.all_adverts}",
+        f"topic read {t.all_statuses}",
         "",
         "# Every authenticated client, known or not: read public state, ask read-only queries,",
         "# read the replies addressed to its own client id.",

@@ -322,57 +322,44 @@ def test_good_client_certificate_passes_the_same_raw_connect(broker: Broker) -> 
     assert _try_mqtt_connect(broker, "host-a") == "connack"
 
 
-def test_loopback_listener_gives_local_processes_the_whole_tree(broker: Broker) -> None:
-    mark = len(broker.log)
-    sub = subprocess.Popen(
-        [
-            "mosquitto_sub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(broker.port_local),
-            "-V",
-            "5",
-            "-t",
-            f"{T.prefix}/#",
-            "-C",
-            "1",
-            "-W",
-            "5",
-            "-v",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def test_loopback_listener_gives_local_processes_public_state_only(broker: Broker, peers: Callable[..., Peer]) -> None:
+    """Any local account on the broker host: `mosquitto_sub -t 'mqfleet/#'` still shows the fleet, but no
+    operator request, reply, control message or log, and it can publish nothing (finding 4)."""
+    local = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"local-{os.getpid()}", protocol=mqtt.MQTTv5)
+    seen: queue.Queue[str] = queue.Queue()
+    acks: dict[int, ReasonCode] = {}
+    local.on_message = lambda c, u, msg: seen.put(msg.topic)
+    local.on_publish = lambda c, u, mid, rc, p: acks.__setitem__(mid, rc)
+    local.connect("127.0.0.1", broker.port_local, keepalive=10)
+    local.loop_start()
     try:
-        _wait_until(
-            lambda: any("New client connected" in line for line in broker.log[mark:]), "mosquitto_sub connected"
-        )
-        pub = subprocess.run(
-            [
-                "mosquitto_pub",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(broker.port_local),
-                "-V",
-                "5",
-                "-q",
-                "1",
-                "-t",
-                T.rpc(Role.AGENT, "host-b", Verb.CLAIM),
-                "-m",
-                "local",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=WAIT_S,
-        )
-        assert pub.returncode == 0, pub.stderr
-        out, _ = sub.communicate(timeout=WAIT_S)
-        assert out.strip() == f"{T.rpc(Role.AGENT, 'host-b', Verb.CLAIM)} local"
+        local.subscribe(f"{T.prefix}/#", qos=1)
+        coordinator = peers("coordinator", "coordinator")
+        operator = peers("operator-alice", "cli-alice")
+        agent = peers("host-a")
+        _wait_until(lambda: coordinator.publish(T.coordinator_status, "{}") is not None and not seen.empty(),
+                    "the local subscriber to get public state")
+        for peer, topic in ((operator, T.rpc(Role.OPERATOR, "cli-alice", Verb.CANCEL)),
+                            (coordinator, T.reply("cli-alice")), (coordinator, T.control("host-a")),
+                            (agent, T.log("host-a", "job-1")), (agent, T.rpc(Role.AGENT, "host-a", Verb.CLAIM))):
+            assert not peer.publish(topic, '{"token": "would-be-secret"}').is_failure, topic
+        agent.publish(T.advert("host-a"), "{}")
+        got: list[str] = []
+        while len(got) < 50:
+            try:
+                got.append(seen.get(timeout=1.0))
+            except queue.Empty:
+                break
+        assert T.advert("host-a") in got
+        assert not [t for t in got if "/rpc/" in t or "/reply/" in t or "/control/" in t or "/log/" in t], got
+        for topic in (T.rpc(Role.AGENT, "host-b", Verb.CLAIM), T.rpc(Role.OPERATOR, "x", Verb.CANCEL),
+                      T.advert("host-b"), T.control("host-a")):
+            mid = local.publish(topic, "local", qos=1).mid
+            _wait_until(lambda mid=mid: mid in acks, f"PUBACK for {topic}")
+            assert acks[mid].value == NOT_AUTHORIZED, (topic, acks[mid])
     finally:
-        _stop(sub)
+        local.loop_stop()
+        local.disconnect()
 
 
 def test_enrolled_host_gets_its_topics_after_acl_rerender_and_sighup(

@@ -74,8 +74,27 @@ def manifest(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def coordinator_tls(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """`--ca/--cert/--key` of a real coordinator certificate: it connects to the TLS listener as `coordinator`."""
+    ca_dir = tmp_path_factory.mktemp("coordinator-ca")
+    ca_cert, _ = certs.make_ca(ca_dir)
+    cert, key = certs.issue_cert(ca_dir, cn="coordinator", role="coordinator")
+    return ["--ca", str(ca_cert), "--cert", str(cert), "--key", str(key)]
+
+
+_COORDINATOR_TLS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _coordinator_tls_for_installs(coordinator_tls: list[str]) -> None:
+    _COORDINATOR_TLS[:] = coordinator_tls
+
+
 def install_coordinator(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_script(COORD_SH, "--root", str(root), "--venv", str(VENV), *extra)
+    # The default broker is the TLS listener, which needs the coordinator's certificate.
+    tls = [] if "--broker" in extra or "--uninstall" in extra else _COORDINATOR_TLS
+    return run_script(COORD_SH, "--root", str(root), "--venv", str(VENV), *tls, *extra)
 
 
 def test_coordinator_install_writes_a_verified_unit_a_0600_config_with_a_token_and_the_manifest(
@@ -149,7 +168,8 @@ def test_coordinator_token_is_read_from_stdin_and_never_taken_from_the_command_l
     on_line = install_coordinator(tmp_path / "root", "--token", "sekrit-token")
     assert on_line.returncode != 0 and "--token-file" in on_line.stderr
     assert not (tmp_path / "root/etc/mqfleet/coordinator.env").exists()
-    piped = subprocess.run(["bash", str(COORD_SH), "--root", str(tmp_path / "root2"), "--venv", str(VENV), "--token-file", "-"],
+    piped = subprocess.run(["bash", str(COORD_SH), "--root", str(tmp_path / "root2"), "--venv", str(VENV),
+                            *_COORDINATOR_TLS, "--token-file", "-"],
                            input="from-stdin\n", capture_output=True, text=True, timeout=120)
     assert piped.returncode == 0, piped.stderr
     assert env_values(tmp_path / "root2/etc/mqfleet/coordinator.env")[defaults.ENV_OPERATOR_TOKEN] == "from-stdin"
@@ -351,3 +371,20 @@ def test_windows_script_runs_the_selftest_before_registering_and_removes_the_tas
     uninstall = text[text.index("function Invoke-Uninstall"):text.index("function Invoke-Install")]
     assert "Unregister-ScheduledTask" in uninstall
     assert "Write-Output (Get-TaskXml)" in text  # -DryRun prints the task definition
+
+
+def test_coordinator_connects_over_tls_with_its_own_certificate_and_refuses_to_install_without_one(
+    tmp_path: Path, coordinator_tls: list[str]
+) -> None:
+    root = tmp_path / "root"
+    bare = run_script(COORD_SH, "--root", str(root), "--venv", str(VENV))
+    assert bare.returncode != 0 and "--ca, --cert and --key" in bare.stderr
+    assert not (root / "etc/mqfleet/coordinator.env").exists()
+    assert install_coordinator(root).returncode == 0
+    values = env_values(root / "etc/mqfleet/coordinator.env")
+    assert values[defaults.ENV_BROKER] == "mqtts://localhost:8883"
+    assert values[defaults.ENV_CERT] == "/etc/mqfleet/tls/coordinator.crt"
+    assert mode_of(root / "etc/mqfleet/tls") == 0o700
+    assert mode_of(root / "etc/mqfleet/tls/coordinator.key") == 0o600
+    assert install_coordinator(root, "--uninstall").returncode == 0
+    assert not (root / "etc/mqfleet/tls").exists()
