@@ -33,6 +33,7 @@ from bench.job_count import measure_job_count
 from bench.observability import measure_observability_cost
 from bench.reload_latency import measure_polling, measure_reload
 from bench.rss import measure_rss
+from bench.state_stores import measure_state_stores
 from bench.throughput import measure_churn, measure_renewals
 from mqfleet.services.broker import LocalBroker
 
@@ -43,6 +44,22 @@ def claim_rtt_rows(r: dict[str, Any]) -> list[Row]:
             f"raw MQTT v5 req/reply {ms(r['raw_p50_s'])} / {ms(r['raw_p99_s'])}",
             f"{r['p50_ratio']:.2f}x / {r['p99_ratio']:.2f}x", "p50 <= 2x raw", verdict(r["p50_ratio"] <= 2.0)),
     ]
+
+
+def state_store_rows(results: list[dict[str, Any]]) -> list[Row]:
+    """Each state store's churn and claim round trip against one SQLite coordinator in the same run."""
+    base = results[0]
+    rows: list[Row] = []
+    for r in results:
+        ratio = r["ops_per_s"] / base["ops_per_s"]
+        rows.append(Row(f"claims+completions/s, {r['label']}, {r['agents']} agents, {r['seconds']:g} s",
+                        f"{r['ops_per_s']:.0f}/s", baseline=f"{base['label']}: {base['ops_per_s']:.0f}/s; "
+                        f"coordinator CPU {r['coordinator_cpu_s']:.1f} s", ratio=f"{ratio:.2f}x"))
+    for r in results:
+        rows.append(Row(f"claim round trip, {r['label']}", ms(r["claim_p50_s"]), ms(r["claim_p99_s"]),
+                        f"{base['label']}: {ms(base['claim_p50_s'])} / {ms(base['claim_p99_s'])}",
+                        f"{r['claim_p50_s'] / base['claim_p50_s']:.2f}x"))
+    return rows
 
 
 def throughput_rows(c: dict[str, Any], n: dict[str, Any]) -> list[Row]:
@@ -227,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--churn-s", type=float, default=15.0)
     parser.add_argument("--renewers", type=int, default=1000)
+    parser.add_argument("--store-agents", type=int, default=50, help="simulated agents of the `state stores` section")
+    parser.add_argument("--store-s", type=float, default=10.0)
     parser.add_argument("--renew-s", type=float, default=20.0)
     parser.add_argument("--reload-trials", type=int, default=20)
     parser.add_argument("--failover-trials", type=int, default=3)
@@ -265,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         section("Claim round trip", lambda d: claim_rtt_rows(measure_claim_rtt(args.claims, d)))
         section("Throughput and renewals", lambda d: throughput_rows(
             measure_churn(args.agents, args.churn_s, d / "churn"), measure_renewals(args.renewers, args.renew_s, d / "renew")))
+        section("State stores", lambda d: state_store_rows(
+            measure_state_stores(args.store_agents, args.store_s, min(args.claims, 300), d)))
         section("Observability cost", lambda d: observability_rows(
             measure_observability_cost(args.obs_agents, args.obs_s, args.obs_rounds, d)))
         section("Reload latency", lambda d: reload_rows(measure_reload(args.reload_trials, d),

@@ -240,27 +240,34 @@ class Agent:
     # --- MQTT -------------------------------------------------------------------------------
 
     def request(self, verb: str, *, attempts: int = 3, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
-        """An agent RPC; retried on timeout with the same request id, so it runs at most once."""
+        """An agent RPC; retried on timeout with the same request id, so it runs at most once.
+
+        An `unavailable` reply (the coordinator's database is away, docs/RELIABILITY.md) means the
+        request did not run: it is sent again every UNAVAILABLE_RETRY_S for as long as the `attempts`
+        timeouts would have lasted, without using them up.
+        """
         body = {"request_id": uuid.uuid4().hex, **fields}
         topic = self.topics.rpc(Role.AGENT, self.config.host_id, verb)
-        for attempt in range(1, attempts + 1):
+        wait_s = timeout_s or self.config.request_timeout_s
+        deadline = time.monotonic() + attempts * wait_s
+        attempt = 1
+        while True:
             try:
-                reply = self.conn.request(topic, body, timeout_s=timeout_s or self.config.request_timeout_s)
+                reply = self.conn.request(topic, body, timeout_s=wait_s)
             except RequestTimeoutError:
-                if attempt == attempts or self.stopping.is_set() and verb == "claim":
+                if attempt >= attempts or self.stopping.is_set() and verb == "claim":
                     raise
                 logger.warning("%s not answered (try %d/%d); retrying", verb, attempt, attempts)
+                attempt += 1
                 continue
             if not reply.get("ok"):
-                if reply.get("error") == UnavailableError.code and attempt < attempts and not self.stopping.is_set():
-                    # The coordinator's database is away (docs/RELIABILITY.md): the request did not run, and
-                    # the same request id runs it once when the database is back.
-                    logger.warning("%s: coordinator unavailable (try %d/%d); retrying", verb, attempt, attempts)
-                    self.stopping.wait(UNAVAILABLE_RETRY_S)
+                if reply.get("error") == UnavailableError.code and time.monotonic() + UNAVAILABLE_RETRY_S < deadline \
+                        and not (self.stopping.is_set() and verb == "claim"):
+                    logger.warning("%s: coordinator unavailable (%s); retrying", verb, reply.get("message"))
+                    time.sleep(UNAVAILABLE_RETRY_S)  # not stopping.wait: a stopping agent still hands its jobs back
                     continue
                 raise RemoteError(str(reply.get("error")), str(reply.get("message")), reply)
             return reply
-        raise RequestTimeoutError(f"{verb} not answered")  # unreachable: the loop raises or returns
 
     def _on_connect(self, session_present: bool) -> None:
         self.advert["ts"] = time.time()

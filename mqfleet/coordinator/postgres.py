@@ -270,10 +270,14 @@ class PgConnection:
     def begin(self) -> None:
         """BEGIN and the write lock: from here until COMMIT no other coordinator writes."""
         conn = self._live()
-        with self._errors():
-            conn.execute("BEGIN")
-            self._in_transaction = True
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+        self._in_transaction = True
+        try:
+            with self._errors():
+                # one round trip: a transaction is a handful of statements, and each costs one
+                conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        except BaseException:
+            self.rollback()
+            raise
 
     def commit(self) -> None:
         try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mqfleet.errors import RemoteError
 from mqfleet.mqtt import BrokerConfig, Connection
 from mqfleet.protocol import Verb
 from mqfleet.services.postgres import LocalPostgres
@@ -183,3 +184,36 @@ def _answers(client: Any) -> bool:
     except Exception:
         return False
 
+
+
+def test_a_postgresql_outage_is_answered_unavailable_and_nothing_is_lost_when_it_returns(
+    fleet: Fleet, tmp_path_factory: Any,
+) -> None:
+    with LocalPostgres(tmp_path_factory.mktemp("outage")) as server:
+        jobs = [{"name": f"o{i}", "model": "ok", "mode": "m", "hyper": {"sleep": 5.0, "tag": f"o{i}"}} for i in range(4)]
+        fleet.write_manifest(manifest_text(*jobs, fleet=FLEET))
+        coordinator = _start(fleet, _without_password(server.url()), "c1", server.password)
+        client = fleet.client(timeout_s=3.0)
+        try:
+            wait_until(lambda: _answers(client), timeout_s=60, what="the coordinator to answer")
+            fleet.start_agent("a1")
+            fleet.start_agent("a2")
+            wait_until(lambda: sum(j["status"] == "running" for j in _jobs_now(client)) == 2, timeout_s=60,
+                       what="two jobs running")
+            server.halt()
+            try:
+                client.jobs()
+                raise AssertionError("a query answered while the database was down")
+            except RemoteError as e:
+                assert e.code == "unavailable", e
+            time.sleep(8)  # longer than a renewal period, and the running jobs finish meanwhile
+            assert coordinator.alive(), coordinator.log()[-3000:]
+            server.revive()
+            done = fleet.wait_for_status("completed", timeout_s=120)
+            for job in done:
+                attempts = client_attempts(fleet, job["id"])
+                assert [a["outcome"] for a in attempts] == ["completed"], (job["name"], attempts)
+            agent_logs = fleet.agents["a1"].log() + fleet.agents["a2"].log()
+            assert "coordinator unavailable" in agent_logs or "renew refused: unavailable" in agent_logs
+        finally:
+            coordinator.stop()
