@@ -76,3 +76,14 @@ def test_report_renders_every_section_with_its_notes(tmp_path: Path) -> None:
                         "0 / 0", 1.0)
     assert "| claim cost, 1,000 pending (in-process DB) |" in text
     assert "why it is flat" in text and "PASS" in text
+
+
+def test_state_store_rows_compare_each_store_with_sqlite_of_the_same_run() -> None:
+    def result(label: str, ops: float, p50: float) -> dict[str, object]:
+        return {"label": label, "agents": 50, "seconds": 10.0, "ops_per_s": ops, "coordinator_cpu_s": 1.0,
+                "claim_p50_s": p50, "claim_p99_s": p50 * 3}
+
+    rows = suite.state_store_rows([result("SQLite, 1 coordinator", 200, 0.002),
+                                   result("PostgreSQL, 2 coordinators", 50, 0.008)])
+    assert [r.ratio for r in rows] == ["1.00x", "0.25x", "1.00x", "4.00x"]
+    assert rows[1].figure.startswith("claims+completions/s, PostgreSQL, 2 coordinators") and rows[1].median == "50/s"
