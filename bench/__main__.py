@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 
 from bench.artifact_path import measure_artifact_path
+from bench.claim_floor import measure_claim_floor
 from bench.claim_rtt import measure_claim_rtt
 from bench.claim_scale import measure as measure_claim_scale
 from bench.claim_scale import measure_foreign
@@ -161,6 +162,21 @@ def rss_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def claim_floor_rows(r: dict[str, Any]) -> list[Row]:
+    floor, coord = r["floor"], r["coordinator"]
+    cpu_ratio = coord["cpu_per_claim_s"] / floor["cpu_per_claim_s"]
+    return [
+        Row(f"minimal claim server (paho, one UPDATE ... RETURNING, TCP_NODELAY), {r['clients']} clients, "
+            f"{r['seconds']:g} s: the floor of this stack", f"{floor['claims_per_s']:.0f} claims/s",
+            baseline=f"CPU {floor['cpu_per_claim_s'] * 1e3:.2f} ms per claim"),
+        Row(f"coordinator, the same {r['clients']} clients claiming", f"{coord['claims_per_s']:.0f} claims/s",
+            baseline=f"CPU {coord['cpu_per_claim_s'] * 1e3:.2f} ms per claim",
+            ratio=f"{coord['claims_per_s'] / floor['claims_per_s']:.2f}x of the floor's rate"),
+        Row("coordinator CPU per request / the floor's", f"{cpu_ratio:.1f}x", target="<= 2x",
+            verdict=verdict(cpu_ratio <= 2.0)),
+    ]
+
+
 def job_count_rows(results: list[dict[str, Any]]) -> list[Row]:
     """The `job count` section: each figure at every size, the largest against 10,000 (or the smallest)."""
     by_n = {r["jobs"]: r for r in results}
@@ -179,8 +195,9 @@ def job_count_rows(results: list[dict[str, Any]]) -> list[Row]:
                 baseline=f"CLI peak {r['cli_peak_mib']:.1f} MiB"),
             Row(f"{n:,} jobs: restart -> first answered `health` / renewal", f"{r['restart_health_s']:.2f} s",
                 f"{r['restart_renew_s']:.2f} s"),
-            Row(f"{n:,} jobs: first start (load of every job) -> `health`; reload of the unchanged file",
-                f"{r['first_start_s']:.2f} s", baseline=f"reload {r['reload_s']:.2f} s"),
+            Row(f"{n:,} jobs: first start (load of every job) -> `health`; -> every retained state published; "
+                "reload of the unchanged file", f"{r['first_start_s']:.2f} s", f"{r['settled_s']:.1f} s",
+                baseline=f"reload {r['reload_s']:.2f} s"),
             Row(f"{n:,} jobs: longest renewal wait during that reload (renewing every 50 ms)",
                 f"{r['reload_renew_max_s'] * 1e3:.0f} ms", target=f"< lease slack ({slack_s:.0f} s)",
                 verdict=verdict(r["reload_renew_max_s"] < slack_s)),
@@ -256,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--obs-agents", type=int, default=20)
     parser.add_argument("--obs-s", type=float, default=8.0)
     parser.add_argument("--obs-rounds", type=int, default=3)
+    parser.add_argument("--floor-clients", type=int, default=50)
+    parser.add_argument("--floor-s", type=float, default=10.0)
     parser.add_argument("--count-sizes", default="1000,10000,100000", help="job counts of the `job count` section")
     parser.add_argument("--only", action="append", default=[], metavar="SECTION",
                         help="run only this section (e.g. 'job count'; repeatable) and replace it in --out, "
@@ -298,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         section("Artifact path", lambda d: artifact_rows(measure_artifact_path(args.artifact_mib, d / "big"),
                                                          measure_artifact_path(min(64, args.artifact_mib), d / "small")))
         section("Memory", lambda d: rss_rows(measure_rss(args.rss_jobs, d)))
+        section("Claim floor", lambda d: claim_floor_rows(measure_claim_floor(args.floor_clients, args.floor_s, d)))
         section("Job count", lambda d: job_count_rows(
             measure_job_count([int(n) for n in args.count_sizes.split(",")], d)))
     finally:

@@ -19,6 +19,7 @@ from mqfleet import __version__
 from mqfleet.coordinator.catalog import Catalog
 from mqfleet.coordinator.hosts import Hosts
 from mqfleet.coordinator.manifests import StoredManifest
+from mqfleet.coordinator.republish import StateRepublisher
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ManifestError, StoreError
 from mqfleet.spec import Manifest
@@ -123,6 +124,7 @@ class HealthSource(Protocol):
     refused_log_batches: int
     manifest_jobs: int
     refused_manifest: ManifestError | None
+    republisher: StateRepublisher
 
     @property
     def lock(self) -> threading.RLock: ...
@@ -168,6 +170,8 @@ def health_report(coord: HealthSource, now: float) -> dict[str, Any]:
         "checks": {name: result.to_dict() for name, result in checks.items()},
         "failed_checks": [name for name, result in checks.items() if not result.ok],
         "requests_dropped": coord.dropped_requests,
+        # retained job states (or an event backlog) still going out in the background (docs/RELIABILITY.md)
+        "republishing": coord.republisher.is_sweeping(),
         "log_batches_refused": coord.refused_log_batches,
         "store": coord.store.url,
         "ts": now,
