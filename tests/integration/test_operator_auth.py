@@ -1,6 +1,7 @@
 """The operator token on the bus (findings 4 and 9), tried against the project's mTLS broker.
 
-A process that reads `rpc/operator/#` sees signed requests, never the token; replaying what it saw,
+Whoever reads `rpc/operator/#` (here with the coordinator's own certificate; a local account on the
+loopback listener reads nothing there at all) sees signed requests, never the token; replaying what it saw,
 or the request id of an accepted request with a wrong token, changes nothing.
 """
 
@@ -11,7 +12,7 @@ import threading
 import uuid
 from typing import Any
 
-from mqfleet.mqtt import BrokerConfig, Connection, Message
+from mqfleet.mqtt import Connection, Message
 from mqfleet.protocol import Role, Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import OPERATOR_TOKEN, manifest_text
@@ -32,9 +33,9 @@ def test_a_reader_of_operator_requests_learns_no_token_and_its_replays_change_no
         with lock:
             captured.append(msg)
 
-    # What an unprivileged local account could read if the loopback listener let it (the operator
-    # certificate here, which may read its own requests' topics on TLS too).
-    sniffer = Connection(BrokerConfig(url=tls_fleet.local_url), client_id=f"sniff-{uuid.uuid4().hex[:6]}",
+    # The loopback listener no longer shows operator requests to local accounts (test_broker_security);
+    # here the sniffer holds the coordinator's certificate, the strongest reader there is.
+    sniffer = Connection(tls_fleet.broker_config("coordinator"), client_id=f"sniff-{uuid.uuid4().hex[:6]}",
                          reply_prefix=T.prefix)
     sniffer.subscribe(f"{T.prefix}/rpc/operator/#", keep)
     sniffer.start(wait_s=10)
@@ -78,7 +79,7 @@ def test_a_redelivered_signed_request_gets_the_remembered_reply_and_runs_once(tl
     tls_fleet.start_coordinator()
     client = tls_fleet.client()
     captured: list[bytes] = []
-    sniffer = Connection(BrokerConfig(url=tls_fleet.local_url), client_id=f"sniff-{uuid.uuid4().hex[:6]}",
+    sniffer = Connection(tls_fleet.broker_config("coordinator"), client_id=f"sniff-{uuid.uuid4().hex[:6]}",
                          reply_prefix=T.prefix)
     sniffer.subscribe(f"{T.prefix}/rpc/operator/{client.client_id}/cancel", lambda m: captured.append(m.payload))
     sniffer.start(wait_s=10)
