@@ -14,16 +14,12 @@ import hashlib
 import hmac
 import json
 import math
-import threading
-from collections import OrderedDict
-from typing import Any
+from typing import Any, Protocol
 
 from mqfleet.errors import UnauthorizedError
 
 #: Largest difference between the operator's clock and the coordinator's a signed request may show.
 MAX_SKEW_S = 120.0
-#: Signatures remembered to refuse replays: a replay older than the skew is refused by its ts anyway.
-MAX_SEEN = 100_000
 
 
 def _canonical(verb: str, body: dict[str, Any], ts: float) -> bytes:
@@ -64,18 +60,21 @@ def verify_request(token: str, verb: str, body: dict[str, Any], now: float) -> s
     return mac
 
 
-class ReplayGuard:
-    """Signatures seen within the skew window; a second use of one is a replay."""
+class ReplyMemory(Protocol):
+    """The coordinator's request memory (coordinator/sqlite.py): shared by every coordinator on one
+    database and kept across restarts, so a replay is refused wherever and whenever it lands."""
 
-    def __init__(self) -> None:
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
+    def remembered_reply(self, key: str) -> dict[str, Any] | None: ...
+    def remember_reply(self, key: str, reply: dict[str, Any], now: float) -> None: ...
 
-    def check_and_note(self, mac: str, now: float) -> None:
-        """Raise UnauthorizedError if `mac` was seen within the window; otherwise remember it."""
-        with self._lock:
-            while self._seen and (next(iter(self._seen.values())) < now - 2 * MAX_SKEW_S or len(self._seen) >= MAX_SEEN):
-                self._seen.popitem(last=False)
-            if mac in self._seen:
-                raise UnauthorizedError("operator request replayed (its signature was used already); send a new one")
-            self._seen[mac] = now
+
+def check_not_replayed(memory: ReplyMemory, mac: str, now: float) -> None:
+    """Raise UnauthorizedError if this signature ran before; otherwise note that it runs now.
+
+    Called after the reply memory had no answer for the request itself, so a redelivery of the
+    same request is answered from there and never reaches this check.
+    """
+    key = f"operator-signature/{mac}"
+    if memory.remembered_reply(key) is not None:
+        raise UnauthorizedError("operator request replayed (its signature was used already); send a new one")
+    memory.remember_reply(key, {"ts": now}, now)

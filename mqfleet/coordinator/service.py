@@ -60,7 +60,7 @@ from mqfleet.errors import (
 )
 from mqfleet.manifest import FleetSettings, Manifest, parse_manifest, read_manifest_text
 from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.operator_auth import ReplayGuard, verify_request
+from mqfleet.operator_auth import check_not_replayed, verify_request
 from mqfleet.protocol import (
     MAX_LOG_LINE_CHARS,
     MAX_LOG_LINES_PER_BATCH,
@@ -189,8 +189,6 @@ class Coordinator:
             self.metrics = CoordinatorMetrics(self.state, last_sweep_ts=lambda: self.last_sweep_ts, clock=clock)
         #: Why each host's latest advert was refused (its last good one stays in force).
         self.advert_problems: OrderedDict[str, str] = OrderedDict()
-        #: Signatures of operator requests already run, to refuse a replay (mqfleet/operator_auth.py).
-        self.replays = ReplayGuard()
         self._in_flight: set[str] = set()
         self._changed_jobs: set[str] = set()
         #: job id -> when its state was last published for progress, and the jobs whose latest progress waits
@@ -621,7 +619,7 @@ class Coordinator:
                 return remembered
         try:
             if mac:
-                self.replays.check_and_note(mac, req.now)
+                check_not_replayed(self.state, mac, req.now)
             if spec.prepare is not None:
                 req = Request(**{**req.__dict__, "prepared": spec.prepare(self, req)})
             with self.lock:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from mqfleet.coordinator.postgres import open_state
 from mqfleet.errors import UnauthorizedError
-from mqfleet.operator_auth import MAX_SKEW_S, ReplayGuard, sign_request, verify_request
+from mqfleet.operator_auth import MAX_SKEW_S, check_not_replayed, sign_request, verify_request
 
 T0 = 1_800_000_000.0
 BODY = {"request_id": "r1", "job": "train-a"}
@@ -45,10 +46,14 @@ def test_no_token_on_the_coordinator_refuses_every_operator_request() -> None:
         verify_request("", "cancel", _signed(), T0)
 
 
-def test_a_signature_is_accepted_once_within_the_window_and_forgotten_after_it() -> None:
-    guard = ReplayGuard()
-    guard.check_and_note("mac-1", T0)
+def test_a_signature_runs_once_on_any_coordinator_sharing_the_state_even_after_a_restart(state_target: str) -> None:
+    first = open_state(state_target)
+    check_not_replayed(first, "mac-1", T0)
     with pytest.raises(UnauthorizedError, match="replayed"):
-        guard.check_and_note("mac-1", T0 + 10)
-    guard.check_and_note("mac-2", T0 + 3 * MAX_SKEW_S)  # prunes mac-1, which verify_request refuses by its ts anyway
-    guard.check_and_note("mac-1", T0 + 3 * MAX_SKEW_S)
+        check_not_replayed(first, "mac-1", T0 + 10)
+    first.close()
+    again = open_state(state_target)  # a restarted (or a second) coordinator on the same state
+    with pytest.raises(UnauthorizedError, match="replayed"):
+        check_not_replayed(again, "mac-1", T0 + 20)
+    check_not_replayed(again, "mac-2", T0 + 20)
+    again.close()
