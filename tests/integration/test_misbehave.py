@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from mqfleet.protocol import Verb
 from tests.fixtures.common import wait_until
-from tests.fixtures.fleet import Fleet, manifest_text, trainer_processes
+from tests.fixtures.fleet import ROOT, Fleet, manifest_text, trainer_processes
 
 ONE_TRY = """\
 [fleet]
@@ -253,3 +254,37 @@ sleep = { type = "float", default = 3.0, min = 0.0 }
     detail = fleet.client().job("sleepy")["attempts_detail"]
     assert [a["cause"] or a["outcome"] for a in detail] == ["stalled", "completed"], detail
     assert not (hang_dir / "sleepy").exists()
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env, check=True)
+    return done.stdout.strip()
+
+
+def test_a_dirty_working_tree_does_not_satisfy_same_commit_and_committing_it_lets_the_job_run(fleet: Fleet) -> None:
+    repo = fleet.dir / "training-repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "train.py").write_text("print('v1')\n")
+    _git(repo, "add", "train.py")
+    _git(repo, "commit", "-q", "-m", "v1")
+    (repo / "train.py").write_text("print('v1, edited')\n")  # a tracked file differs from the commit
+    commit = _git(repo, "rev-parse", "HEAD")
+    trainer = f'[trainers.ok]\ncommand = ["{{python}}", "{ROOT / "tests/data/trainers/ok.py"}"]\n'
+    fleet.write_manifest(manifest_text({"name": "pinned", "model": "ok", "same_commit": True},
+                                       fleet=_fleet(commit=f'"{commit}"'), trainers=trainer))
+    fleet.start_coordinator()
+    fleet.start_agent("lab", extra=("--repo", str(repo)))
+    client = fleet.client()
+    why = wait_until(lambda: [w["reason"] for w in client.job("pinned")["why_waiting"] if w["host"] == "lab"],
+                     timeout_s=30, what="the host's reason")
+    assert "uncommitted changes" in why[0], why
+    assert client.job("pinned")["status"] == "pending"
+
+    _git(repo, "commit", "-q", "-am", "v2")  # clean again, but at another commit: still not the pinned one
+    wait_until(lambda: client.workers()[0]["advert"].get("git_dirty") is False, timeout_s=30, what="a clean tree")
+    assert "needs commit" in [w["reason"] for w in client.job("pinned")["why_waiting"] if w["host"] == "lab"][0]
+    _git(repo, "reset", "-q", "--hard", commit)  # back at the pinned commit, edits dropped
+    fleet.wait_for_status("completed", timeout_s=60)
