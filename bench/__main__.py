@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 
 from bench.artifact_path import measure_artifact_path
+from bench.checkpoint import measure_resume_saving, measure_sync_cost
 from bench.claim_floor import measure_claim_floor
 from bench.claim_rtt import measure_claim_rtt
 from bench.claim_scale import measure as measure_claim_scale
@@ -149,6 +150,26 @@ def artifact_rows(big: dict[str, Any], small: dict[str, Any]) -> list[Row]:
             f"{big['input_mib']:.0f} MiB", baseline=f"{small['agent_peak_rss_growth_mib']:.1f} MiB at "
             f"{small['input_mib']:.0f} MiB", ratio=f"+{grows:.1f} MiB", target="streaming: flat",
             verdict=verdict(grows < 32)),
+    ]
+
+
+def checkpoint_rows(cost: dict[str, Any], resume: dict[str, Any]) -> list[Row]:
+    slower = 1 - cost["ratio"]
+    resumed, restarted = resume["resumed"], resume["restarted"]
+    return [
+        Row(f"trainer steps/s while a {cost['size_mib']} MiB checkpoint is synced every {cost['interval_s']:g} s "
+            f"(median of {cost['rounds']} alternating {cost['seconds']:g} s runs)", f"{cost['sync_steps_per_s']:.1f}/s",
+            baseline=f"not synced: {cost['base_steps_per_s']:.1f}/s", ratio=f"{cost['ratio']:.3f}x ({-slower:+.1%})",
+            target="< 5% slower", verdict=verdict(slower < 0.05)),
+        Row("trainer steps per CPU second, same runs", "-", ratio=f"{cost['per_cpu_ratio']:.3f}x"),
+        Row("agent CPU per sync (snapshot, pack, sha256, upload)", f"{cost['sync_cpu_s_per_sync']:.2f} s",
+            baseline=f"{cost['syncs']} syncs; {cost['sync_core_share']:.1%} of one core over the runs"),
+        Row(f"kill -9 at {resumed['killed_at']:.0%} of a {resume['job_s']:g} s job -> completed on another host, "
+            f"resumed from its checkpoint", f"{resumed['kill_to_completed_s']:.1f} s",
+            baseline=f"started over (resumable = false): {restarted['kill_to_completed_s']:.1f} s "
+                     f"(killed at {restarted['killed_at']:.0%})",
+            ratio=f"{resume['saving']:.0%} saved", target="resumes, not from zero",
+            verdict=verdict(resumed["kill_to_completed_s"] < restarted["kill_to_completed_s"])),
     ]
 
 
@@ -279,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="SECTION",
                         help="run only this section (e.g. 'job count'; repeatable) and replace it in --out, "
                              "keeping the other sections as they were")
+    parser.add_argument("--checkpoint-s", type=float, default=40.0)
+    parser.add_argument("--checkpoint-rounds", type=int, default=2)
+    parser.add_argument("--checkpoint-mib", type=int, default=256)
     args = parser.parse_args(argv)
     notes = _read_notes(args.notes)
     began = time.monotonic()
@@ -320,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         section("Claim floor", lambda d: claim_floor_rows(measure_claim_floor(args.floor_clients, args.floor_s, d)))
         section("Job count", lambda d: job_count_rows(
             measure_job_count([int(n) for n in args.count_sizes.split(",")], d)))
+        section("Checkpoints", lambda d: checkpoint_rows(
+            measure_sync_cost(d / "cost", seconds=args.checkpoint_s, rounds=args.checkpoint_rounds,
+                              size_mib=args.checkpoint_mib),
+            measure_resume_saving(d / "resume")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = f"{load_start} / " + " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -155,8 +155,10 @@ def handle_checkpoint_start(coord: HandlerContext, req: Request) -> dict[str, An
     from_attempt = req_field(req.body, "from_attempt", int, None)
     if bad_sha256 is not None and latest is not None and latest["sha256"] == bad_sha256:
         coord.checkpoints.discard(job_id, req.now, f"attempt {attempt} could not use it: {note}")
+    resumed_from = latest if resumed and latest is not None and latest["attempt"] == from_attempt else None
     coord.checkpoints.note_start(
-        job_id, attempt=attempt, resumed=resumed, from_attempt=from_attempt, note=note, now=req.now
+        job_id, attempt=attempt, resumed=resumed, from_attempt=from_attempt, note=note, now=req.now,
+        from_progress=resumed_from["progress"] if resumed_from is not None else None,
     )
     coord.mark_changed(job_id)
     return ok(attempt=attempt)

@@ -51,11 +51,22 @@ class CheckpointBook:
         latest = self.latest(job_id)
         if latest is not None:
             latest.pop("key")
-        row = self.state.read_one(
-            "SELECT attempt, resumed, from_attempt, note, ts FROM checkpoint_restores WHERE job_id = ?", (job_id,)
-        )
-        restore = None if row is None else {**dict(row), "resumed": bool(row["resumed"])}
-        return {"latest": latest, "last_start": restore}
+        starts = self.starts(job_id)
+        return {"latest": latest, "last_start": starts[-1] if starts else None}
+
+    def starts(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """How the attempts that were given a checkpoint started (one job's, or every job's), oldest first."""
+        sql = "SELECT job_id, attempt, resumed, from_attempt, from_progress, note, ts FROM checkpoint_starts"
+        rows = (self.state.read(f"{sql} WHERE job_id = ? ORDER BY attempt", (job_id,)) if job_id is not None
+                else self.state.read(f"{sql} ORDER BY ts, job_id, attempt"))
+        out = []
+        for r in rows:
+            start = {**dict(r), "resumed": bool(r["resumed"]),
+                     "from_progress": json.loads(r["from_progress"]) if r["from_progress"] else None}
+            if job_id is not None:
+                start.pop("job_id")
+            out.append(start)
+        return out
 
     def check_writer(self, job_id: str, lease_id: str, host: str) -> int:
         """The attempt number a checkpoint from this lease belongs to; LeaseLostError when it may not write one.
@@ -111,14 +122,16 @@ class CheckpointBook:
         return True
 
     def note_start(
-        self, job_id: str, *, attempt: int, resumed: bool, from_attempt: int | None, note: str, now: float
+        self, job_id: str, *, attempt: int, resumed: bool, from_attempt: int | None, note: str, now: float,
+        from_progress: dict[str, Any] | None = None,
     ) -> None:
-        """Remember how an attempt started (resumed from which attempt, or fresh and why) for `show`."""
+        """Remember how an attempt started (resumed from which attempt and progress, or fresh and why)."""
         with self.state.transaction() as c:
             c.execute(
-                "INSERT OR REPLACE INTO checkpoint_restores (job_id, attempt, resumed, from_attempt, note, ts) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, attempt, int(resumed), from_attempt, note[:1000], now),
+                "INSERT OR REPLACE INTO checkpoint_starts "
+                "(job_id, attempt, resumed, from_attempt, from_progress, note, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, attempt, int(resumed), from_attempt,
+                 json.dumps(from_progress) if from_progress is not None else None, note[:1000], now),
             )
 
     def garbage(self, limit: int = GARBAGE_BATCH) -> list[str]:

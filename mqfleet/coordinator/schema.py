@@ -222,13 +222,15 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     saved_ts REAL NOT NULL,
     progress TEXT                  -- the trainer's latest progress when it was saved (JSON), for `show`
 );
-CREATE TABLE IF NOT EXISTS checkpoint_restores (
-    job_id TEXT PRIMARY KEY,       -- how the job's latest attempt started: resumed, or fresh and why
+CREATE TABLE IF NOT EXISTS checkpoint_starts (
+    job_id TEXT NOT NULL,          -- how each attempt given a checkpoint started: resumed, or fresh and why
     attempt INTEGER NOT NULL,
     resumed INTEGER NOT NULL,
     from_attempt INTEGER,
+    from_progress TEXT,            -- the progress the checkpoint it resumed from was saved at (JSON)
     note TEXT NOT NULL,
-    ts REAL NOT NULL
+    ts REAL NOT NULL,
+    PRIMARY KEY (job_id, attempt)
 );
 CREATE TABLE IF NOT EXISTS checkpoint_garbage (
     key TEXT PRIMARY KEY,          -- store objects to delete

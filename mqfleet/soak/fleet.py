@@ -40,6 +40,8 @@ class SoakConfig:
     max_attempts: int = 10
     #: The trainer prints every second, so this much silence is the `hang` fault (or a loaded machine's worst).
     stall_s: float = 6.0
+    #: Checkpoint syncs this often: an agent_kill mid-job leaves its next attempt something to resume from.
+    checkpoint_interval_s: float = 2.0
     drain_timeout_s: float = 0.0
     prefix: str = "mqfleet"
 
@@ -76,6 +78,7 @@ def manifest_text(config: SoakConfig) -> str:
         f"lease_s = {config.lease_s}",
         f"grace_s = {config.grace_s}",
         f"stall_s = {config.stall_s}",
+        f"checkpoint_interval_s = {config.checkpoint_interval_s}",
         "",
         "[trainers.soak]",
         'command = ["{python}", "-m", "mqfleet.soak.trainer"]',

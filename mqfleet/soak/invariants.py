@@ -82,6 +82,25 @@ def _verify_artifacts(conn: sqlite3.Connection, store: Path) -> tuple[int, list[
     return verified, bad
 
 
+def _resumes(conn: sqlite3.Connection) -> dict[str, Any]:
+    """How the attempts that were given a checkpoint started (coordinator/checkpoints.py): resumed or fresh, and
+    from which attempt and progress; `backwards` lists resumes that did not continue an earlier attempt."""
+    rows = conn.execute(
+        "SELECT j.name, s.attempt, s.resumed, s.from_attempt, s.from_progress, s.note FROM checkpoint_starts s "
+        "JOIN jobs j ON j.id = s.job_id ORDER BY s.ts").fetchall()
+    later = int(conn.execute("SELECT COUNT(*) FROM attempts WHERE number > 1").fetchone()[0])
+    resumed = [r for r in rows if r["resumed"]]
+    fractions = [float((json.loads(r["from_progress"]) or {}).get("progress") or 0.0) for r in resumed if r["from_progress"]]
+    backwards = [f"{r['name']} attempt {r['attempt']} resumed from attempt {r['from_attempt']}" for r in resumed
+                 if r["from_attempt"] is None or r["from_attempt"] >= r["attempt"]]
+    examples = [f"{r['name']} attempt {r['attempt']} from attempt {r['from_attempt']} at "
+                f"{100 * float((json.loads(r['from_progress']) or {}).get('progress') or 0):.0f}%"
+                for r in resumed[:10] if r["from_progress"]]
+    return {"later_attempts": later, "given_a_checkpoint": len(rows), "resumed": len(resumed),
+            "started_fresh": len(rows) - len(resumed), "fresh_reasons": [r["note"] for r in rows if not r["resumed"]][:5],
+            "resumed_from_progress": summary(fractions), "examples": examples, "backwards": backwards}
+
+
 def check(config: SoakConfig, db_path: Path, store: Path, agents_dir: Path, observer: Observer,
           record: FaultRecord) -> dict[str, Any]:
     """Every invariant of the soak, with the figures behind it."""
@@ -96,6 +115,7 @@ def check(config: SoakConfig, db_path: Path, store: Path, agents_dir: Path, obse
         causes = {r[0]: r[1] for r in conn.execute("SELECT COALESCE(outcome, 'open'), COUNT(*) FROM attempts GROUP BY 1")}
         integrity = "\n".join(str(r[0]) for r in conn.execute("PRAGMA integrity_check"))
         verified, bad_artifacts = _verify_artifacts(conn, store)
+        resumes = _resumes(conn)
     finally:
         conn.close()
     by_status = Counter(j["status"] for j in jobs.values())
@@ -122,10 +142,12 @@ def check(config: SoakConfig, db_path: Path, store: Path, agents_dir: Path, obse
         "no attempt left open": causes.get("open", 0) == 0,
         "retained job states agree with the database": not stale_states,
         "SQLite integrity_check ok": integrity == "ok",
+        "every resumed attempt continued an earlier attempt's checkpoint": not resumes["backwards"],
     }
     problems = list(record.problems)
     problems += [f"not completed: {n}" for n in lost[:20]] + [f"duplicated: {n}" for n in duplicated[:20]]
     problems += bad_artifacts[:20] + [f"stale retained state: {n}" for n in stale_states[:20]]
+    problems += resumes["backwards"][:20]
     if orphans:
         problems.append(f"orphan trainer pids: {orphans}")
     if over_bound:
@@ -158,6 +180,7 @@ def check(config: SoakConfig, db_path: Path, store: Path, agents_dir: Path, obse
         "events": {"observed": observer.events_seen, "completed_twice": len(duplicated),
                    "completed_not_observed": missed_events},
         "sqlite_integrity_check": integrity,
+        "checkpoint_resumes": resumes,
         "invariants": invariants,
         "ok": all(invariants.values()),
         "problems": problems,
@@ -179,7 +202,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     for key in ("jobs", "attempts_by_cause", "faults_injected", "faults_skipped", "host_death_to_pending_s",
                 "host_death_to_running_elsewhere_s",
                 "stall_to_pending_s", "stalls_within_grace", "hang_to_stalled_s", "duplicates", "stale_lease_requests", "cancels",
-                "coordinator_restart_to_answer_s", "artifacts", "orphans", "events", "sqlite_integrity_check", "timing"):
+                "coordinator_restart_to_answer_s", "artifacts", "orphans", "events", "checkpoint_resumes",
+                "sqlite_integrity_check", "timing"):
         if key in report:
             value = report[key]
             figures.add_row(key, json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value))

@@ -6,6 +6,10 @@ never the attempt or the host, so every attempt of a job packs to the same bytes
 and the soak can check that each stored artifact belongs to the job that
 recorded it. Standard library only, so it starts fast on a loaded machine.
 
+It is resumable: it keeps the seconds it has slept in `$MQFLEET_CHECKPOINT_DIR` (written then renamed,
+every step) and a later attempt sleeps only what is left, saying where it resumed; its output is the
+same either way.
+
 The soak's `hang` fault drops a file named after the job in $MQFLEET_SOAK_HANG_DIR;
 the trainer that finds it removes it (so only one attempt hangs) and then stops
 printing without exiting, as a trainer stuck on a dead mount would.
@@ -43,19 +47,43 @@ def _sleep_flag(argv: list[str]) -> float:
     return 0.0
 
 
+def _slept_before(state: Path | None) -> float:
+    """Seconds an earlier attempt slept, from the checkpoint folder; 0 without one."""
+    if state is None or not state.exists():
+        return 0.0
+    try:
+        return max(0.0, float(json.loads(state.read_text(encoding="utf-8"))["slept_s"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def _save_slept(state: Path | None, slept_s: float) -> None:
+    if state is None:
+        return
+    tmp = state.with_name(state.name + ".tmp")
+    tmp.write_text(json.dumps({"slept_s": round(slept_s, 3)}), encoding="utf-8")
+    os.replace(tmp, state)  # atomic: the agent's sync sees the old state or the new one
+
+
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(os.environ["MQFLEET_SPEC"]).read_text(encoding="utf-8"))
     out_dir = Path(os.environ["MQFLEET_OUT_DIR"])
     out_dir.mkdir(parents=True, exist_ok=True)
     total_s = _sleep_flag(argv)
-    deadline = time.monotonic() + total_s
+    folder = os.environ.get("MQFLEET_CHECKPOINT_DIR")
+    state = Path(folder) / "slept.json" if folder else None
+    slept_s = min(total_s, _slept_before(state))
+    deadline = time.monotonic() + total_s - slept_s
     print(f"soak trainer: job {spec.get('name')} attempt {spec.get('attempt')} sleeps {total_s:.1f}s", flush=True)
+    if slept_s > 0:
+        print(f"soak trainer: resumed at {slept_s:.1f}s of {total_s:.1f}s", flush=True)
     while (left := deadline - time.monotonic()) > 0:
         if _told_to_hang(str(spec.get("name"))):
             print("soak trainer: hanging (no more output) as the soak asked", flush=True)
             while True:  # silent until the agent's stall_s limit stops it
                 time.sleep(STEP_S)
         time.sleep(min(STEP_S, left))
+        _save_slept(state, total_s - max(0.0, deadline - time.monotonic()))
         done = 1.0 - max(0.0, deadline - time.monotonic()) / total_s
         print("@mqfleet " + json.dumps({"progress": round(done, 3)}), flush=True)
     result = {"name": spec.get("name"), "seed": spec.get("seed"), "hyper": spec.get("hyper") or {}}

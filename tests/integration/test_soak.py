@@ -32,3 +32,7 @@ def test_short_soak_completes_every_job_exactly_once_with_no_orphans_under_injec
     assert sum(report["faults_injected"].values()) >= 6, report["fault_log"]
     assert len(report["faults_injected"]) >= 5, report["fault_log"]
     assert sum(n for cause, n in report["attempts_by_cause"].items() if cause != "completed") >= 1
+    # The soak trainer checkpoints: attempts given a checkpoint resumed (or say why not), never from a later one.
+    resumes = report["checkpoint_resumes"]
+    assert resumes["resumed"] + resumes["started_fresh"] == resumes["given_a_checkpoint"] <= resumes["later_attempts"]
+    assert resumes["backwards"] == []

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as suite
+from bench.checkpoint import measure_sync_cost
 from bench.claim_rtt import measure_claim_rtt
 from bench.claim_scale import measure as measure_claim_scale
 from bench.common import percentile
@@ -87,3 +88,11 @@ def test_state_store_rows_compare_each_store_with_sqlite_of_the_same_run() -> No
                                    result("PostgreSQL, 2 coordinators", 50, 0.008)])
     assert [r.ratio for r in rows] == ["1.00x", "0.25x", "1.00x", "4.00x"]
     assert rows[1].figure.startswith("claims+completions/s, PostgreSQL, 2 coordinators") and rows[1].median == "50/s"
+def test_checkpoint_sync_cost_runs_both_ways_and_the_sync_uploads(tmp_path: Path) -> None:
+    result = measure_sync_cost(tmp_path, seconds=1.5, rounds=1, size_mib=4, interval_s=0.5)
+    assert result["base_steps_per_s"] > 0 and result["sync_steps_per_s"] > 0
+    assert result["syncs"] >= 1
+    rows = suite.checkpoint_rows(result, {"resumed": {"killed_at": 0.8, "kill_to_completed_s": 5.0},
+                                          "restarted": {"killed_at": 0.8, "kill_to_completed_s": 20.0},
+                                          "job_s": 20.0, "saving": 0.75})
+    assert rows[0].verdict in ("PASS", "MISS") and rows[-1].verdict == "PASS"

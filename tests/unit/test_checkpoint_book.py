@@ -98,8 +98,13 @@ def test_detail_shows_size_and_last_sync_and_how_the_last_attempt_started(db: Co
     detail = book.detail(job_id("a"))
     assert detail["latest"]["size"] == 10 and detail["latest"]["saved_ts"] == T0 + 7
     assert "key" not in detail["latest"]
-    assert detail["last_start"] == {"attempt": 2, "resumed": False, "from_attempt": 1,
+    assert detail["last_start"] == {"attempt": 2, "resumed": False, "from_attempt": 1, "from_progress": None,
                                     "note": "started fresh: sha256", "ts": T0 + 8}
+    book.note_start(job_id("a"), attempt=3, resumed=True, from_attempt=1, note="resumed", now=T0 + 9,
+                    from_progress={"epoch": 3})
+    assert [s["attempt"] for s in book.starts(job_id("a"))] == [2, 3]
+    assert book.detail(job_id("a"))["last_start"]["from_progress"] == {"epoch": 3}
+    assert book.starts()[-1]["job_id"] == job_id("a")
 
 
 def test_the_tables_survive_a_reopen(state_target: str) -> None:
