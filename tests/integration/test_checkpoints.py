@@ -23,6 +23,7 @@ command = ["{python}", "tests/data/trainers/resumable.py"]
 [trainers.resumable.hyper]
 steps = { type = "int", default = 20, min = 1 }
 interval_s = { type = "float", default = 0.2, min = 0.0 }
+fail_at = { type = "int", default = 0, min = 0 }
 
 [trainers.stateless]
 command = ["{python}", "tests/data/trainers/resumable.py"]
@@ -158,3 +159,27 @@ def test_job_of_a_non_resumable_trainer_gets_no_checkpoint_folder(fleet: Fleet) 
     fleet.wait_for_status("completed", timeout_s=60)
     assert any("checkpoint folder: none" in line for line in _log_lines(client, "plain"))
     assert client.job("plain")["checkpoint"] == {"latest": None, "last_start": None}
+
+
+def test_a_failed_job_keeps_its_checkpoint_requeue_resumes_and_requeue_fresh_starts_from_zero(fleet: Fleet) -> None:
+    job = {"name": "crashy", "model": "resumable", "mode": "m", "hyper": {"steps": 12, "interval_s": 0.1, "fail_at": 6}}
+    settings = _fleet_settings(60).replace("max_attempts = 3", "max_attempts = 1")
+    fleet.write_manifest(manifest_text(job, fleet=settings, trainers=RESUMABLE_TRAINER))
+    fleet.start_coordinator()
+    fleet.start_agent("a")
+    client = fleet.client()
+    fleet.wait_for_status("failed", timeout_s=60)
+    # No periodic sync in 60 s: the crash's final sync kept step 6.
+    assert _saved_step(client, "crashy") == 6
+
+    fresh = fleet.cli("requeue", "--fresh", "crashy", "--json")
+    assert fresh.returncode == 0, fresh.stderr
+    fleet.wait_for_status("failed", timeout_s=60)  # from zero, so it crashes at step 6 again
+    assert _resumed_steps(client, "crashy") == []
+    assert any("started at step 0" in line for line in _log_lines(client, "crashy"))
+
+    kept = fleet.cli("requeue", "crashy", "--json")
+    assert kept.returncode == 0, kept.stderr
+    fleet.wait_for_status("completed", timeout_s=60)
+    assert _resumed_steps(client, "crashy") == [6]
+    assert client.job("crashy")["checkpoint"]["latest"] is None

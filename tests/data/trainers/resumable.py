@@ -3,7 +3,8 @@
 Runs --steps steps (default 20) of --interval_s seconds (default 0.2). Its state (the step reached and a
 running digest of seed and steps) goes to `state.json` in the checkpoint folder after every step, written
 then renamed. At start it reads that file back if there is one and says `resumed at step K` (else
-`started at step 0`). The output `result.json` holds only the steps, the seed and the final digest, so a
+`started at step 0`). With --fail_at N, a run that started at step 0 exits 1 after step N (a crash
+that a resumed run gets past). The output `result.json` holds only the steps, the seed and the final digest, so a
 resumed run's artifact is byte-identical to an uninterrupted one. Standard library only.
 """
 
@@ -26,13 +27,16 @@ def main() -> int:
     spec = json.loads(Path(os.environ["MQFLEET_SPEC"]).read_text(encoding="utf-8"))
     steps = int(flag(sys.argv[1:], "steps", 20))
     interval_s = flag(sys.argv[1:], "interval_s", 0.2)
+    fail_at = int(flag(sys.argv[1:], "fail_at", 0))
     seed = int(spec.get("seed", 0))
     folder = os.environ.get("MQFLEET_CHECKPOINT_DIR")
     state_path = Path(folder) / "state.json" if folder else None
     step, digest = 0, hashlib.sha256(str(seed).encode()).hexdigest()
+    started_at = 0
     if state_path is not None and state_path.exists():
         state = json.loads(state_path.read_text(encoding="utf-8"))
         step, digest = int(state["step"]), str(state["digest"])
+        started_at = step
         print(f"resumed at step {step}", flush=True)
     else:
         print(f"started at step 0 (checkpoint folder: {'yes' if folder else 'none'})", flush=True)
@@ -45,6 +49,9 @@ def main() -> int:
             tmp.write_text(json.dumps({"step": step, "digest": digest}), encoding="utf-8")
             os.replace(tmp, state_path)
         print("@mqfleet " + json.dumps({"progress": round(step / steps, 4), "epoch": step}), flush=True)
+        if started_at == 0 and step == fail_at:
+            print(f"crashing at step {step} as told", flush=True)
+            return 1
     out_dir = Path(os.environ["MQFLEET_OUT_DIR"])
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"steps": steps, "seed": seed, "digest": digest}
