@@ -162,15 +162,18 @@ class Catalog:
         marks = ",".join("?" * len(waiting))
         return [r[0] for r in self.state.read(f"SELECT id FROM jobs WHERE id IN ({marks}) AND status = 'pending'", waiting)]
 
-    def claimable_specs(self, job_ids: list[str]) -> list[JobSpec]:
-        """The specs of those jobs a claim could take now: pending and not blocked."""
+    def claimable_specs(self, job_ids: list[str], now: float | None = None) -> list[JobSpec]:
+        """The specs of those jobs a claim could take now: pending, not blocked and (given `now`) past
+        their retry back-off, so no host is woken for a job it may not claim yet."""
         specs: list[JobSpec] = []
+        backoff = "" if now is None else (
+            " AND NOT EXISTS (SELECT 1 FROM retries r WHERE r.job_id = jobs.id AND r.not_before_ts > ?)")
         for start in range(0, len(job_ids), 500):
             chunk = job_ids[start : start + 500]
             rows = self.state.read(
                 f"SELECT spec FROM jobs WHERE id IN ({','.join('?' * len(chunk))}) AND status = 'pending' "
-                f"AND blocked IN ({OPEN}, {HOST_LIMITED})",
-                chunk,
+                f"AND blocked IN ({OPEN}, {HOST_LIMITED}){backoff}",
+                [*chunk, now] if now is not None else chunk,
             )
             specs.extend(spec_from_json(r[0]) for r in rows)
         return specs

@@ -823,7 +823,7 @@ class Coordinator:
         if len(job_ids) > NUDGE_TARGET_MAX_JOBS:
             self.nudge(reason, now)
             return
-        specs = self.catalog.claimable_specs(job_ids)
+        specs = self.catalog.claimable_specs(job_ids, now)
         manifest = self.manifest
         if not specs or manifest is None:
             return  # blocked, or taken already: nobody can claim them now

@@ -170,3 +170,12 @@ def test_job_rows_carry_their_limits(db: Database) -> None:
     rows = {j["name"]: j for j in db.jobs()}
     assert (rows["a"]["timeout_s"], rows["a"]["stall_s"]) == (5.0, 2.5)
     assert (rows["b"]["timeout_s"], rows["b"]["stall_s"]) == (None, None)
+
+
+def test_a_job_in_its_back_off_is_not_offered_to_idle_hosts_until_it_passes(db: Database) -> None:
+    db.apply_manifest(manifest(job("a"), retry_backoff_s=10), T0)
+    online(db, "h")
+    fail_once(db, "h", T0)
+    assert db.catalog.claimable_specs([job_id("a")], T0 + 5) == []
+    assert [s.name for s in db.catalog.claimable_specs([job_id("a")], T0 + 10)] == ["a"]
+    assert db.leases.backoffs_ended(T0 + 5, T0 + 10) == [job_id("a")]
