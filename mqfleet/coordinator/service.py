@@ -723,7 +723,9 @@ class Coordinator:
 
     def _on_log(self, msg: Message) -> None:
         parsed = self.topics.parse_log(msg.topic)
-        if parsed is None:
+        if parsed is None or not self.is_leader:
+            # Every coordinator receives every batch; the leader alone files them, or each line would be
+            # stored once per coordinator. Batches sent while the lead moves are lost, like any QoS 0 batch.
             return
         host, job_id = parsed
         try:

@@ -1,4 +1,5 @@
-"""Command line of the soak: `python -m mqfleet.soak --duration S --agents N --jobs J --seed K [--out F] [--dir D]`.
+"""Command line of the soak: `python -m mqfleet.soak --duration S --agents N --jobs J --seed K [--out F] [--dir D]
+[--coordinators N --db postgresql]`.
 
 Exit status 0 when every invariant held, 1 when one did not, 130 on Ctrl-C.
 """
@@ -27,13 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here (default DIR/report.json)")
     parser.add_argument("--dir", type=Path, default=Path(".soak"), help="work folder, emptied first (default .soak)")
     parser.add_argument("--drain-timeout", type=float, default=0.0, help="seconds to wait for the last jobs")
+    parser.add_argument("--coordinators", type=int, default=1,
+                        help="coordinators serving at once (default 1; more need --db postgresql)")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the state: an SQLite file, or a throwaway local PostgreSQL server (default sqlite)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console = Console()
     config = SoakConfig(duration_s=args.duration, agents=args.agents, jobs=args.jobs, seed=args.seed,
-                        work_dir=args.dir.resolve(), drain_timeout_s=args.drain_timeout)
+                        work_dir=args.dir.resolve(), drain_timeout_s=args.drain_timeout,
+                        coordinators=args.coordinators, db=args.db)
     console.print(f"soak: {config.agents} agents, {config.jobs} jobs, {config.duration_s:g}s of faults, seed {config.seed}, "
                   f"in {config.work_dir}")
     try:

@@ -257,16 +257,17 @@ class Injector:
         return f"SIGSTOP {host} for {stall_s:.1f}s holding {len(held)} job(s)"
 
     def _coordinator_kill(self) -> str | None:
-        assert self.fleet.coordinator is not None
-        self.fleet.coordinator.kill9()
+        # with several coordinators (PostgreSQL), any of them: the leader or a follower
+        name = self.rng.choice(sorted(self.fleet.coordinators))
+        self.fleet.coordinators[name].kill9()
         down_s = self.rng.uniform(0.5, 3.0)
         time.sleep(down_s)
         t0 = time.monotonic()
-        self.fleet.start_coordinator()
+        self.fleet.start_coordinator(name)
         if not wait_for(self.health, 60.0, interval_s=0.5):
-            self.record.problems.append("coordinator_kill: the restarted coordinator did not answer within 60s")
+            self.record.problems.append(f"coordinator_kill: {name} restarted, and no coordinator answered within 60s")
         self.record.coordinator_restart_s.append(time.monotonic() - t0)
-        return f"kill -9 coordinator, down {down_s:.1f}s, answering {time.monotonic() - t0:.1f}s after restart"
+        return f"kill -9 {name}, down {down_s:.1f}s, answering {time.monotonic() - t0:.1f}s after restart"
 
     def _broker_restart(self) -> str | None:
         assert self.fleet.broker is not None

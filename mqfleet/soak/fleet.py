@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mqfleet.services.broker import LocalBroker
+from mqfleet.services.postgres import LocalPostgres
 
 #: Host ids look like `soak-a07`.
 HOST_FORMAT = "soak-a{:02d}"
@@ -44,10 +45,18 @@ class SoakConfig:
     checkpoint_interval_s: float = 2.0
     drain_timeout_s: float = 0.0
     prefix: str = "mqfleet"
+    #: Coordinators serving the fleet at once (more than one needs db = "postgresql").
+    coordinators: int = 1
+    #: Where the state lives: "sqlite" (a file in the work folder) or "postgresql" (a throwaway local server).
+    db: str = "sqlite"
 
     def validate(self) -> None:
         if self.duration_s <= 0 or self.agents < 1 or self.jobs < 1:
             raise ValueError("duration, agents and jobs must be positive")
+        if self.db not in ("sqlite", "postgresql"):
+            raise ValueError(f"--db {self.db!r}: sqlite or postgresql")
+        if self.coordinators < 1 or self.coordinators > 1 and self.db != "postgresql":
+            raise ValueError("several coordinators share a PostgreSQL database: add --db postgresql")
 
     @property
     def mean_job_s(self) -> float:
@@ -151,6 +160,9 @@ class SoakFleet:
     token: str = field(default_factory=lambda: os.urandom(12).hex())
     broker: LocalBroker | None = None
     coordinator: Proc | None = None
+    #: Every coordinator by client id (`coordinator` is the first); several only on PostgreSQL.
+    coordinators: dict[str, Proc] = field(default_factory=dict)
+    postgres: LocalPostgres | None = None
     agents: dict[str, Proc] = field(default_factory=dict)
 
     @property
@@ -160,6 +172,11 @@ class SoakFleet:
     @property
     def db_path(self) -> Path:
         return self.dir / "coordinator.db"
+
+    @property
+    def state_target(self) -> str:
+        """The coordinators' --db: the SQLite file, or the PostgreSQL URL."""
+        return self.postgres.url() if self.postgres is not None else str(self.db_path)
 
     @property
     def store_path(self) -> Path:
@@ -187,14 +204,27 @@ class SoakFleet:
 
     def start_broker(self) -> None:
         self.broker = LocalBroker(self.dir / "broker", persistence=True).start()
+        if self.config.db == "postgresql":
+            self.postgres = LocalPostgres(self.dir / "postgres").start()
 
-    def start_coordinator(self) -> Proc:
+    def start_coordinator(self, name: str = "coordinator") -> Proc:
         cfg = self.config
         argv = [sys.executable, "-m", "mqfleet", "coordinator", "--manifest", str(self.dir / "soak.toml"),
-                "--db", str(self.db_path), "--store", self.store_path.as_uri(),
-                "--sweep-interval", str(cfg.sweep_interval_s)]
-        self.coordinator = Proc("coordinator", argv, self.env, self.dir / "logs" / "coordinator.log").start()
-        return self.coordinator
+                "--db", self.state_target, "--store", self.store_path.as_uri(),
+                "--sweep-interval", str(cfg.sweep_interval_s), "--client-id", name]
+        proc = Proc(name, argv, self.env, self.dir / "logs" / f"{name}.log").start()
+        self.coordinators[name] = proc
+        if name == "coordinator":
+            self.coordinator = proc
+        return proc
+
+    def start_coordinators(self) -> None:
+        for i in range(self.config.coordinators):
+            self.start_coordinator("coordinator" if i == 0 else f"coordinator-{i + 1}")
+
+    def stop_coordinators(self) -> None:
+        for proc in self.coordinators.values():
+            proc.stop()
 
     def start_agent(self, host: str) -> Proc:
         cfg = self.config
@@ -225,7 +255,8 @@ class SoakFleet:
     def stop(self) -> None:
         """Agents, then the coordinator, then the broker; every wait bounded."""
         self.stop_agents()
-        if self.coordinator is not None:
-            self.coordinator.stop()
+        self.stop_coordinators()
         if self.broker is not None:
             self.broker.stop()
+        if self.postgres is not None:
+            self.postgres.stop()

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mqfleet.bundle import hash_file, unpack_artifact
+from mqfleet.coordinator.postgres import is_postgres_url, open_state
 from mqfleet.errors import MqfleetError
 from mqfleet.soak.faults import FaultRecord, trainer_processes
 from mqfleet.soak.fleet import SoakConfig
@@ -101,10 +102,11 @@ def _resumes(conn: sqlite3.Connection) -> dict[str, Any]:
             "resumed_from_progress": summary(fractions), "examples": examples, "backwards": backwards}
 
 
-def check(config: SoakConfig, db_path: Path, store: Path, agents_dir: Path, observer: Observer,
+def check(config: SoakConfig, db: str, store: Path, agents_dir: Path, observer: Observer,
           record: FaultRecord) -> dict[str, Any]:
-    """Every invariant of the soak, with the figures behind it."""
-    conn = _open_ro(db_path)
+    """Every invariant of the soak, with the figures behind it; `db` is the SQLite file or the PostgreSQL URL."""
+    state = open_state(db) if is_postgres_url(db) else None
+    conn: Any = state.conn if state is not None else _open_ro(Path(db))
     try:
         jobs = {r["id"]: dict(r) for r in conn.execute("SELECT id, name, status FROM jobs")}
         completions = Counter({r[0]: r[1] for r in conn.execute(
@@ -113,7 +115,8 @@ def check(config: SoakConfig, db_path: Path, store: Path, agents_dir: Path, obse
         completed_events_db = Counter({r[0]: r[1] for r in conn.execute(
             "SELECT job_id, COUNT(*) FROM events WHERE to_status = 'completed' GROUP BY job_id")})
         causes = {r[0]: r[1] for r in conn.execute("SELECT COALESCE(outcome, 'open'), COUNT(*) FROM attempts GROUP BY 1")}
-        integrity = "\n".join(str(r[0]) for r in conn.execute("PRAGMA integrity_check"))
+        integrity = (state.integrity_check() if state is not None
+                     else "\n".join(str(r[0]) for r in conn.execute("PRAGMA integrity_check")))
         verified, bad_artifacts = _verify_artifacts(conn, store)
         resumes = _resumes(conn)
     finally:
@@ -141,7 +144,7 @@ def check(config: SoakConfig, db_path: Path, store: Path, agents_dir: Path, obse
         f"host death to pending within {bound:g}s": not over_bound and record.deaths_not_pending == 0,
         "no attempt left open": causes.get("open", 0) == 0,
         "retained job states agree with the database": not stale_states,
-        "SQLite integrity_check ok": integrity == "ok",
+        f"{'PostgreSQL' if state is not None else 'SQLite'} integrity_check ok": integrity == "ok",
         "every resumed attempt continued an earlier attempt's checkpoint": not resumes["backwards"],
     }
     problems = list(record.problems)

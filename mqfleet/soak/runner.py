@@ -52,7 +52,7 @@ def run_soak(config: SoakConfig) -> dict[str, Any]:
         assert fleet.broker is not None
         observer = Observer(fleet.broker.url, config.prefix)
         observer.start()
-        fleet.start_coordinator()
+        fleet.start_coordinators()
         client = FleetClient(BrokerConfig(url=fleet.broker.url), prefix=config.prefix, token=fleet.token, timeout_s=3)
 
         def answering(c: FleetClient = client) -> bool:
@@ -84,11 +84,10 @@ def run_soak(config: SoakConfig) -> dict[str, Any]:
         client.close()
         client = None
         fleet.stop_agents()
-        assert fleet.coordinator is not None
-        fleet.coordinator.stop()
+        fleet.stop_coordinators()
         # Let the last retained states reach the observer before comparing them with the database.
         time.sleep(1.0)
-        report = invariants.check(config, fleet.db_path, fleet.store_path, fleet.agents_dir, observer, injector.record)
+        report = invariants.check(config, fleet.state_target, fleet.store_path, fleet.agents_dir, observer, injector.record)
         report["timing"] = {"fault_phase_s": round(fault_phase_s, 1), "drain_s": round(drain_s, 1)}
         report["machine"] = machine()
         return report

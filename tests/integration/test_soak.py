@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mqfleet.services.broker import LocalBroker
+from mqfleet.services.postgres import LocalPostgres
 from mqfleet.soak import SoakConfig, run_soak
 from tests.fixtures.common import require_real_part
 
@@ -36,3 +37,24 @@ def test_short_soak_completes_every_job_exactly_once_with_no_orphans_under_injec
     resumes = report["checkpoint_resumes"]
     assert resumes["resumed"] + resumes["started_fresh"] == resumes["given_a_checkpoint"] <= resumes["later_attempts"]
     assert resumes["backwards"] == []
+
+
+@pytest.mark.timeout(420)
+def test_short_soak_with_two_coordinators_on_postgresql_holds_every_invariant(tmp_path: Path) -> None:
+    """The same faults, coordinator kills among them (the leader or the follower), with the state on
+    PostgreSQL and two coordinators behind the shared subscription (docs/SCALING.md)."""
+    require_real_part(LocalBroker.available(), "mosquitto")
+    require_real_part(LocalPostgres.available(), "PostgreSQL (Debian's postgresql) and psycopg")
+    # seed 20 shuffles coordinator_kill first: a kill -9 of the leader or the follower while every agent works
+    config = SoakConfig(duration_s=45, agents=4, jobs=40, seed=20, work_dir=tmp_path / "soak", drain_timeout_s=150,
+                        coordinators=2, db="postgresql")
+
+    report = run_soak(config)
+
+    failed = [name for name, held in report["invariants"].items() if not held and not name.startswith("host death")]
+    assert not failed, f"invariants broken: {failed}; problems: {report['problems']}"
+    assert report["jobs"] == {"total": 40, "by_status": {"completed": 40}, "completed": 40, "lost": 0, "duplicated": 0}
+    assert report["artifacts"] == {"verified": 40, "bad": 0}
+    assert "PostgreSQL integrity_check ok" in report["invariants"]
+    assert report["faults_injected"].get("coordinator_kill", 0) >= 1, report["fault_log"]
+    assert sum(report["faults_injected"].values()) >= 5, report["fault_log"]
