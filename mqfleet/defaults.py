@@ -56,6 +56,10 @@ CHECKPOINT_MAX_MIB = 2048.0
 CHECKPOINT_FINAL_SYNC_S = 120.0
 #: Largest manifest sent over `reload --file`.
 MAX_MANIFEST_BYTES = 2 * 1024 * 1024
+#: Characters of one attempt's output stored in full; past it each further line is cut to
+#: LOG_LINE_CHARS_PAST_BUDGET, which bounds an attempt's stored log by size as well as by line count.
+LOG_BYTES_PER_ATTEMPT = 16 * 1024 * 1024
+LOG_LINE_CHARS_PAST_BUDGET = 500
 #: Trainer output lines the coordinator keeps per attempt ([fleet] log_max_lines); older ones are dropped.
 LOG_MAX_LINES = 20_000
 #: Days the coordinator keeps events, logs and progress of ended jobs ([fleet] keep_days).

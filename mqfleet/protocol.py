@@ -21,6 +21,25 @@ MAX_REQUEST_ID_CHARS = 64
 #: (agents split bigger flushes; the coordinator drops lines past it).
 MAX_LOG_LINE_CHARS = 8192
 MAX_LOG_LINES_PER_BATCH = 500
+#: Characters of lines in one log batch: under the coordinator's MAX_REQUEST_BYTES even if JSON escapes each as \uXXXX.
+MAX_LOG_BATCH_CHARS = 40 * 1024
+
+
+def log_batches(lines: list[str]) -> list[list[str]]:
+    """Lines split into batches the coordinator takes whole: at most MAX_LOG_LINES_PER_BATCH lines and
+    MAX_LOG_BATCH_CHARS characters each (a single longer line goes alone; lines are cut before)."""
+    batches: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        if current and (len(current) >= MAX_LOG_LINES_PER_BATCH or size + len(line) > MAX_LOG_BATCH_CHARS):
+            batches.append(current)
+            current, size = [], 0
+        current.append(line)
+        size += len(line)
+    if current:
+        batches.append(current)
+    return batches
 
 
 class Role(str, Enum):

@@ -32,7 +32,7 @@ from mqfleet.errors import (
     UnknownHostError,
 )
 from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import MAX_LOG_LINE_CHARS, MAX_LOG_LINES_PER_BATCH, Role, Topics, encode
+from mqfleet.protocol import MAX_LOG_LINE_CHARS, Role, Topics, encode, log_batches
 
 logger = logging.getLogger(__name__)
 
@@ -337,12 +337,11 @@ class Agent:
         with self._log_lock:
             lines = self._log_buffers.pop(job_id, [])
             self._log_last_flush[job_id] = time.monotonic()
-        # Within the coordinator's caps (protocol.py), so nothing it would cut is sent whole.
-        lines = [line[:MAX_LOG_LINE_CHARS] for line in lines]
+        # Within the coordinator's caps (protocol.py): lines cut, batches split by count and by bytes,
+        # so nothing it would cut or drop (a payload over MAX_REQUEST_BYTES) is sent whole.
         attempt = self._log_attempts.get(job_id)
-        for start in range(0, len(lines), MAX_LOG_LINES_PER_BATCH):
-            payload: dict[str, Any] = {"job_id": job_id, "lines": lines[start : start + MAX_LOG_LINES_PER_BATCH],
-                                       "ts": time.time()}
+        for batch in log_batches([line[:MAX_LOG_LINE_CHARS] for line in lines]):
+            payload: dict[str, Any] = {"job_id": job_id, "lines": batch, "ts": time.time()}
             if attempt:
                 payload["attempt"] = attempt  # so the coordinator files late lines under the right attempt
             try:

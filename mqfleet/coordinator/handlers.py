@@ -296,6 +296,8 @@ def handle_artifacts(coord: HandlerContext, req: Request) -> dict[str, Any]:
 
 #: Lines per `logs` reply; the CLI asks for the next page until `next_offset` is null.
 LOGS_PAGE = 5000
+#: Characters of lines per `logs` page (JSON-escaping may grow them; the broker takes 4 MiB).
+LOGS_PAGE_CHARS = 1024 * 1024
 
 
 def handle_logs(coord: HandlerContext, req: Request) -> dict[str, Any]:
@@ -305,6 +307,14 @@ def handle_logs(coord: HandlerContext, req: Request) -> dict[str, Any]:
     limit = min(LOGS_PAGE, max(1, req_field(req.body, "limit", int, LOGS_PAGE)))
     shown, lines, attempts = coord.job_logs(job_id, attempt)
     page = lines[offset : offset + limit]
+    # Also cut by size: the reply must stay under the broker's packet limit (4 MiB) even when every
+    # line is at MAX_LOG_LINE_CHARS; a page always holds at least one line.
+    size = 0
+    for n, line in enumerate(page):
+        size += len(line) + 8
+        if size > LOGS_PAGE_CHARS and n:
+            page = page[:n]
+            break
     next_offset = offset + len(page) if offset + len(page) < len(lines) else None
     return ok(job_id=job_id, attempt=shown, attempts=attempts, lines=page, total=len(lines), next_offset=next_offset)
 

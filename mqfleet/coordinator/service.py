@@ -85,6 +85,8 @@ logger = logging.getLogger(__name__)
 #: How often the sweep prunes what is older than [fleet] keep_days.
 #: (A tenth of keep_days when that is shorter, so a short retention is kept to closely.)
 PRUNE_INTERVAL_S = 300.0
+#: Attempts whose output size is tracked (the live ones, in practice); the oldest entry goes first past it.
+LOG_BUDGETS_KEPT = 10_000
 #: Hosts whose last advert was refused, remembered with the reason for `workers`.
 ADVERT_PROBLEMS_KEPT = 1000
 #: How often the retained coordinator status is refreshed.
@@ -189,6 +191,8 @@ class Coordinator:
             self.metrics = CoordinatorMetrics(self.state, last_sweep_ts=lambda: self.last_sweep_ts, clock=clock)
         #: Why each host's latest advert was refused (its last good one stays in force).
         self.advert_problems: OrderedDict[str, str] = OrderedDict()
+        #: Characters of output seen per (job, attempt) since this process started (_within_log_budget).
+        self._log_bytes_seen: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._in_flight: set[str] = set()
         self._changed_jobs: set[str] = set()
         #: job id -> when its state was last published for progress, and the jobs whose latest progress waits
@@ -745,9 +749,24 @@ class Coordinator:
                 self._count_refused_log(host, job_id)
                 return
             max_lines = self.manifest.fleet.log_max_lines if self.manifest else defaults.LOG_MAX_LINES
+            kept = self._within_log_budget(job_id, number, kept)
             # Stored durably, batched per sweep: a coordinator restart loses none of an ended attempt's lines
             # (docs/OPERATIONS.md, "Logs").
             self.history.queue_lines(job_id, number, kept, max_lines)
+
+    def _within_log_budget(self, job_id: str, attempt: int, lines: list[str]) -> list[str]:
+        """Lines as stored: once an attempt's output passed LOG_BYTES_PER_ATTEMPT, each further line is cut to
+        LOG_LINE_CHARS_PAST_BUDGET, so one attempt holds at most about budget + log_max_lines x that in the
+        database however long its lines (docs/SECURITY.md); the line count cap still drops the oldest."""
+        key = (job_id, attempt)
+        seen = self._log_bytes_seen.pop(key, 0)
+        self._log_bytes_seen[key] = seen + sum(len(line) for line in lines)
+        while len(self._log_bytes_seen) > LOG_BUDGETS_KEPT:
+            self._log_bytes_seen.popitem(last=False)
+        if seen + sum(len(line) for line in lines) <= defaults.LOG_BYTES_PER_ATTEMPT:
+            return lines
+        cut = defaults.LOG_LINE_CHARS_PAST_BUDGET
+        return [line if len(line) <= cut else line[:cut] + " [cut: output over budget]" for line in lines]
 
     def _count_refused_log(self, host: str, job_id: str) -> None:
         with self._drop_lock:

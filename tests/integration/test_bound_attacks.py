@@ -17,7 +17,7 @@ import psutil
 
 from mqfleet.agent.capability import detect_advert
 from mqfleet.mqtt import Connection
-from mqfleet.protocol import MAX_REQUEST_ID_CHARS, Role, encode
+from mqfleet.protocol import MAX_REQUEST_ID_CHARS, Role, encode, log_batches
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.tls import OPERATOR, T, TlsFleet
@@ -111,3 +111,30 @@ def test_a_log_line_forged_by_another_host_never_shows_in_the_jobs_logs(tls_flee
     logs = tls_fleet.cli_as(OPERATOR, "logs", "a-job")
     assert logs.returncode == 0, logs.stderr
     assert "FORGED" not in logs.stdout
+
+
+def test_a_host_flooding_its_own_jobs_log_with_long_lines_is_held_to_the_size_budget(tls_fleet: TlsFleet) -> None:
+    tls_fleet.write_manifest(manifest_text({"name": "b-job", "model": "ok", "allowed_hosts": ["host-b"]},
+                                           fleet="[fleet]\nlease_s = 60\ngrace_s = 10\n"))
+    tls_fleet.start_coordinator()
+    host = _host(tls_fleet, "host-b")
+    try:
+        grant = wait_until(lambda: host.request(T.rpc(Role.AGENT, "host-b", "claim"),
+                                                {"request_id": uuid.uuid4().hex}, timeout_s=10).get("job"),
+                           timeout_s=15, what="a claim by host-b")
+        job_id = grant["job"]["id"]
+        line = "L" * 8192
+        # 2800 lines of 8 KiB (22 MiB, past the 16 MiB budget), in the batches an agent sends.
+        lines = [f"{batch:02d}:{i:04d} {line}" for batch in range(7) for i in range(400)]
+        for batch_lines in log_batches(lines):
+            host.publish_wait(T.log("host-b", job_id), encode({"job_id": job_id, "lines": batch_lines,
+                                                               "attempt": grant["attempt"]}), qos=1, timeout_s=30)
+        client = tls_fleet.client(timeout_s=30)
+        stored = wait_until(lambda: (got := client.logs(job_id)["lines"]) and len(got) >= 2800 and got,
+                            timeout_s=60, interval_s=1.0, what="the 2800 lines stored")
+    finally:
+        host.stop(timeout_s=2)
+    total = sum(len(s) for s in stored)
+    assert total < 16 * MiB + 2800 * 600, f"{total / MiB:.1f} MiB stored for one attempt"
+    assert stored[0].startswith("00:0000 LLL") and len(stored[0]) > 8000  # the start is kept whole
+    assert stored[-1].startswith("06:0399 LLL") and stored[-1].endswith("[cut: output over budget]")
