@@ -281,7 +281,7 @@ def status_view(health: Mapping[str, Any], workers: Sequence[Mapping[str, Any]])
     grid.add_row("store", escape(str(health.get("store") or "-")))
     for name in health.get("failed_checks") or []:
         detail = ((health.get("checks") or {}).get(name) or {}).get("detail", "failed")
-        grid.add_row(Text(f"{name} check", style="red"), Text(str(detail), style="red"))
+        grid.add_row(safe_text(f"{name} check", "red"), safe_text(detail, "red"))
     hosts = Text(f"{online} online", style="green")
     hosts.append(f", {len(workers) - online} offline", style="red" if len(workers) > online else "")
     hosts.append(f", {len(draining)} draining" + (f" ({clean(', '.join(map(str, draining)))})" if draining else ""),
@@ -291,7 +291,7 @@ def status_view(health: Mapping[str, Any], workers: Sequence[Mapping[str, Any]])
         if w.get("quarantined"):
             q = w.get("quarantine") or {}
             grid.add_row(Text("quarantined", style="red"),
-                         Text(f"{w['id']}: {q.get('reason', '?')}; `mqfleet undrain {w['id']}` releases it", style="red"))
+                         safe_text(f"{w['id']}: {q.get('reason', '?')}; `mqfleet undrain {w['id']}` releases it", "red"))
     grid.add_row("jobs", counts_line(health.get("jobs_by_status") or {}))
     return Panel(grid, title="mqfleet status", title_align="left", expand=False)
 
@@ -439,7 +439,7 @@ def checkpoint_view(checkpoint: Mapping[str, Any] | None, now: float) -> Rendera
     start = checkpoint.get("last_start")
     if start:
         style = "green" if start.get("resumed") else "yellow"
-        grid.add_row(f"attempt {start.get('attempt')}", Text(str(start.get("note")), style=style))
+        grid.add_row(escape(f"attempt {start.get('attempt')}"), safe_text(start.get("note"), style))
     return Panel(grid, title="checkpoint", title_align="left")
 
 
