@@ -138,18 +138,32 @@ def measure_floor(broker_url: str, workdir: Path, clients: int, seconds: float) 
     return {"claims": claims, "claims_per_s": claims / seconds, "cpu_s": cpu_s, "cpu_per_claim_s": cpu_s / max(1, claims)}
 
 
+def _claim_and_hand_back(agent: SimAgent) -> dict[str, Any]:
+    """A claim, then its lease handed back (`fail`, cause shutdown: the job is pending again), as in the claim
+    round-trip benchmark: the host holds one lease at a time, as a real agent's slot does. Two requests."""
+    reply = agent.call(Verb.CLAIM)
+    grant = reply.get("job")
+    if reply.get("ok") and grant:
+        back = agent.call(Verb.FAIL, job_id=grant["job"]["id"], lease_id=grant["lease_id"], cause="shutdown")
+        if not back.get("ok"):
+            return back
+    return reply
+
+
 def measure_coordinator(broker_url: str, workdir: Path, clients: int, seconds: float) -> dict[str, Any]:
     prefix = new_prefix("coordfloor")
-    coord = CoordinatorProc(workdir / "coord", broker_url, prefix, jobs_manifest(40_000, lease_s=600), wait_s=300)
-    agents = [SimAgent(broker_url, prefix, f"floor-host-{i}", advert={"slots": 100_000}) for i in range(clients)]
+    coord = CoordinatorProc(workdir / "coord", broker_url, prefix, jobs_manifest(1_000, lease_s=600), wait_s=300)
+    agents = [SimAgent(broker_url, prefix, f"floor-host-{i}") for i in range(clients)]
     try:
         for agent in agents:
             agent.start()
         for agent in agents:
-            agent.claim_until_granted()
-        time.sleep(1.0)
+            grant = agent.claim_until_granted()
+            agent.call(Verb.FAIL, job_id=grant["job"]["id"], lease_id=grant["lease_id"], cause="shutdown")
+        while coord.client.health().get("republishing"):
+            time.sleep(0.2)
         cpu0 = _cpu_s(coord.pid)
-        claims, errors = _drive(agents, lambda a: a.call(Verb.CLAIM), seconds)
+        claims, errors = _drive(agents, _claim_and_hand_back, seconds)
         cpu_s = _cpu_s(coord.pid) - cpu0
     finally:
         for agent in agents:
@@ -157,7 +171,9 @@ def measure_coordinator(broker_url: str, workdir: Path, clients: int, seconds: f
         coord.stop()
     if errors:
         raise RuntimeError(f"coordinator clients failed: {errors[:3]}")
-    return {"claims": claims, "claims_per_s": claims / seconds, "cpu_s": cpu_s, "cpu_per_claim_s": cpu_s / max(1, claims)}
+    # each counted claim was two requests (the claim and its hand-back)
+    return {"claims": claims, "claims_per_s": claims / seconds, "cpu_s": cpu_s, "cpu_per_claim_s": cpu_s / max(1, claims),
+            "requests": 2 * claims, "cpu_per_request_s": cpu_s / max(1, 2 * claims)}
 
 
 def measure_claim_floor(clients: int, seconds: float, workdir: Path) -> dict[str, Any]:

@@ -51,8 +51,12 @@ class Claims:
                              "WHERE h.id = ?", (host,)).fetchone()
             if hrow is None:
                 return None
-            held = [json.loads(r[0]) for r in c.execute("SELECT gpus FROM leases WHERE host = ?", (host,))]
-            view = host_view(hrow, len(held), manifest.hosts)
+            # a count, and the GPU lists of the leases that hold GPUs: a host with many CPU slots does not
+            # parse one list per lease it holds at every claim (the profile of a 100-slot host showed it)
+            used = int(c.execute("SELECT COUNT(*) FROM leases WHERE host = ?", (host,)).fetchone()[0])
+            held = [json.loads(r[0]) for r in c.execute("SELECT gpus FROM leases WHERE host = ? AND gpus != '[]'",
+                                                        (host,))]
+            view = host_view(hrow, used, manifest.hosts)
             if scheduler.host_reasons(view):
                 return None
             spec = self._pick(view, manifest, now)
