@@ -20,7 +20,8 @@ from typing import Any
 from mqfleet.client import FleetClient
 from mqfleet.errors import MqfleetError
 from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import Role, Topics, Verb, encode
+from mqfleet.protocol import Topics, Verb, encode
+from mqfleet.rpc import RpcClient
 
 ROOT = Path(__file__).resolve().parents[1]
 OK_TRAINER_PATH = ROOT / "tests" / "data" / "trainers" / "ok.py"
@@ -183,6 +184,7 @@ class SimAgent:
         self.conn = Connection(BrokerConfig(url=broker_url), client_id=self.topics.client_id(f"agent-{host}"),
                                will=(status, encode({"state": "offline"}), True), keepalive_s=keepalive_s,
                                reply_prefix=prefix)
+        self.rpc = RpcClient(self.conn, self.topics, host)
         self._advert = {**SIM_ADVERT, **(advert or {}), "host": host, "hostname": host}
 
     def start(self, wait_s: float = 30.0) -> None:
@@ -195,8 +197,7 @@ class SimAgent:
 
     def call(self, verb: Verb, timeout_s: float = 30.0, **fields: Any) -> dict[str, Any]:
         """One agent request; the reply as sent (ok or not)."""
-        body = {"request_id": uuid.uuid4().hex, **fields}
-        return self.conn.request(self.topics.rpc(Role.AGENT, self.host, verb), body, timeout_s=timeout_s)
+        return self.rpc.send(verb, fields, timeout_s=timeout_s)
 
     def claim_until_granted(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Claim until the coordinator has seen the advert and grants a job (it ignores claims before that)."""

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from mqfleet import defaults
-from mqfleet.errors import BrokerUnavailableError, RemoteError, RequestTimeoutError
+from mqfleet.errors import BrokerUnavailableError, RequestTimeoutError
 from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.operator_auth import sign_request
-from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb
+from mqfleet.protocol import Topics, Verb
+from mqfleet.rpc import RpcClient
 
 
 class FleetClient:
@@ -35,6 +34,7 @@ class FleetClient:
         self.timeout_s = timeout_s
         self.client_id = client_id or f"cli-{uuid.uuid4().hex[:12]}"
         self.conn = Connection(broker, client_id=self.client_id, reply_prefix=prefix)
+        self.rpc = RpcClient(self.conn, self.topics, self.client_id, token=self.token, timeout_s=timeout_s)
         self._started = False
 
     def __enter__(self) -> FleetClient:
@@ -52,6 +52,7 @@ class FleetClient:
         except BrokerUnavailableError:
             # A Connection starts once: the next call tries again with a fresh one.
             self.conn = Connection(self.broker, client_id=self.client_id, reply_prefix=self.topics.prefix)
+            self.rpc.conn = self.conn
             raise
         self._started = True
 
@@ -63,22 +64,13 @@ class FleetClient:
     def call(self, verb: Verb, **fields: Any) -> dict[str, Any]:
         """One request; the reply when ok, else RemoteError with the coordinator's code."""
         self.connect()
-        role = ROLE_OF_VERB[verb]
-        body: dict[str, Any] = {"request_id": uuid.uuid4().hex, **fields}
-        if role is Role.OPERATOR:
-            # Signed, not sent: the token never crosses the bus (docs/SECURITY.md, "Operator token").
-            body["auth"] = sign_request(self.token, verb.value, body, time.time())
-        topic = self.topics.rpc(role, self.client_id, verb)
         try:
-            reply = self.conn.request(topic, body, timeout_s=self.timeout_s)
+            return self.rpc.call(verb, timeout_s=self.timeout_s, **fields)
         except RequestTimeoutError as e:
             raise RequestTimeoutError(
                 f"the coordinator did not answer '{verb.value}' within {self.timeout_s:g}s via {self.broker.url}; "
                 "is it running, and is --broker right?"
             ) from e
-        if not reply.get("ok"):
-            raise RemoteError(str(reply.get("error")), str(reply.get("message")), reply)
-        return reply
 
     # conveniences used by the CLI and tests
     def jobs(self, status: str | None = None, *, name: str | None = None) -> list[dict[str, Any]]:

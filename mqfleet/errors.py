@@ -184,3 +184,7 @@ class RemoteError(MqfleetError):
         self.code = code
         self.reply = reply or {}
         super().__init__(f"{code}: {message}")
+
+    def is_a(self, error: type[MqfleetError]) -> bool:
+        """True when the coordinator refused with `error`'s code (e.g. `e.is_a(LeaseLostError)`)."""
+        return self.code == error.code

@@ -28,6 +28,7 @@ from typing import Any
 from mqfleet import defaults
 from mqfleet.bundle import pack_artifact, unpack_artifact
 from mqfleet.errors import ArtifactMismatchError, BundleError, MqfleetError, ObjectMissingError, StoreError
+from mqfleet.protocol import Verb
 from mqfleet.transfer import download_from_url, upload_to_url
 
 logger = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class CheckpointSync:
     def _report_start(self, **fields: Any) -> None:
         fields = {k: v for k, v in fields.items() if v is not None}
         try:
-            self._request("checkpoint_start", **fields)
+            self._request(Verb.CHECKPOINT_START, **fields)
         except MqfleetError as e:
             logger.warning("job %s: could not report how it started: %s", self.name, e)
 
@@ -265,9 +266,9 @@ class CheckpointSync:
                 self._say(f"checkpoint not synced: {e}", warn=True)
                 self._synced = current  # refused as it is; try again once the folder changes
                 return False
-            reply = self._request("checkpoint_url", sha256=sha256, size=size)
+            reply = self._request(Verb.CHECKPOINT_URL, sha256=sha256, size=size)
             upload_to_url(str(reply["url"]), bundle)
-            self._request("checkpoint_saved", sha256=sha256, size=size, progress=progress,
+            self._request(Verb.CHECKPOINT_SAVED, sha256=sha256, size=size, progress=progress,
                           timeout_s=CHECKPOINT_REQUEST_TIMEOUT_S)
         finally:
             shutil.rmtree(snap, ignore_errors=True)

@@ -12,7 +12,6 @@ import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,18 +27,17 @@ from mqfleet.errors import (
     MqfleetError,
     RemoteError,
     RequestTimeoutError,
-    UnavailableError,
     UnknownHostError,
 )
 from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import MAX_LOG_LINE_CHARS, Role, Topics, encode, log_batches
+from mqfleet.protocol import MAX_LOG_LINE_CHARS, Topics, Verb, encode, log_batches
+from mqfleet.rpc import RpcClient
 
 logger = logging.getLogger(__name__)
 
 #: An idle agent asks for work this often even without a nudge (a nudge is QoS 0 and may be missed).
 IDLE_POLL_S = 30.0
 #: Seconds between tries of a request the coordinator answered `unavailable` (its database is away).
-UNAVAILABLE_RETRY_S = 2.0
 #: Log lines are sent in small batches, at most this often per job.
 LOG_FLUSH_S = 0.25
 #: The host's facts are detected again before a claim (and at each heartbeat), but not more often than this:
@@ -115,6 +113,7 @@ class Agent:
             on_connect=self._on_connect,
             reply_prefix=config.prefix,
         )
+        self.rpc = RpcClient(self.conn, self.topics, config.host_id, timeout_s=config.request_timeout_s)
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -212,10 +211,10 @@ class Agent:
             # (the advert goes out before the claim, on the same connection, so it is recorded first)
             self.refresh_advert()
             try:
-                grant = self.request("claim").get("job")
+                grant = self.request(Verb.CLAIM).get("job")
             except (RemoteError, RequestTimeoutError, MqfleetError) as e:
                 logger.warning("claim failed: %s", e)
-                if isinstance(e, RemoteError) and e.code == UnknownHostError.code:
+                if isinstance(e, RemoteError) and e.is_a(UnknownHostError):
                     # Our advert has not reached the coordinator yet (or it lost it): send it again
                     # and retry soon rather than at the next idle poll.
                     self.conn.publish(self.topics.advert(self.config.host_id), self.advert, qos=1, retain=True)
@@ -239,35 +238,13 @@ class Agent:
 
     # --- MQTT -------------------------------------------------------------------------------
 
-    def request(self, verb: str, *, attempts: int = 3, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
-        """An agent RPC; retried on timeout with the same request id, so it runs at most once.
-
-        An `unavailable` reply (the coordinator's database is away, docs/RELIABILITY.md) means the
-        request did not run: it is sent again every UNAVAILABLE_RETRY_S for as long as the `attempts`
-        timeouts would have lasted, without using them up.
-        """
-        body = {"request_id": uuid.uuid4().hex, **fields}
-        topic = self.topics.rpc(Role.AGENT, self.config.host_id, verb)
-        wait_s = timeout_s or self.config.request_timeout_s
-        deadline = time.monotonic() + attempts * wait_s
-        attempt = 1
-        while True:
-            try:
-                reply = self.conn.request(topic, body, timeout_s=wait_s)
-            except RequestTimeoutError:
-                if attempt >= attempts or self.stopping.is_set() and verb == "claim":
-                    raise
-                logger.warning("%s not answered (try %d/%d); retrying", verb, attempt, attempts)
-                attempt += 1
-                continue
-            if not reply.get("ok"):
-                if reply.get("error") == UnavailableError.code and time.monotonic() + UNAVAILABLE_RETRY_S < deadline \
-                        and not (self.stopping.is_set() and verb == "claim"):
-                    logger.warning("%s: coordinator unavailable (%s); retrying", verb, reply.get("message"))
-                    time.sleep(UNAVAILABLE_RETRY_S)  # not stopping.wait: a stopping agent still hands its jobs back
-                    continue
-                raise RemoteError(str(reply.get("error")), str(reply.get("message")), reply)
-            return reply
+    def request(self, verb: Verb, *, attempts: int = 3, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
+        """An agent RPC through the one RPC client; retried on timeout with the same request id, so it runs
+        at most once. An `unavailable` reply (the coordinator's database is away, docs/RELIABILITY.md) is
+        sent again for as long as the `attempts` timeouts would have lasted. A claim is not retried once
+        the agent is stopping; other verbs are, since a stopping agent still hands its jobs back."""
+        return self.rpc.call(verb, attempts=attempts, timeout_s=timeout_s, retry_unavailable=True,
+                             keep_trying=lambda: not (self.stopping.is_set() and verb is Verb.CLAIM), **fields)
 
     def _on_connect(self, session_present: bool) -> None:
         self.advert["ts"] = time.time()

@@ -26,7 +26,8 @@ from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync
 from mqfleet.agent.command import build_trainer_argv, trainer_env
 from mqfleet.agent.runner import TrainerRun
 from mqfleet.bundle import pack_artifact
-from mqfleet.errors import BrokerError, MqfleetError, RemoteError, RequestTimeoutError
+from mqfleet.errors import BrokerError, LeaseLostError, MqfleetError, RemoteError, RequestTimeoutError, UnavailableError
+from mqfleet.protocol import Verb
 from mqfleet.state import Cause
 from mqfleet.transfer import upload_to_url
 
@@ -112,7 +113,7 @@ class JobHost(Protocol):
     """What a job run needs of its agent: requests on its lease, its output lines sent on, and word
     when it ends. The agent implements it; a job run never sees the rest of the agent."""
 
-    def request(self, verb: str, *, attempts: int = 3, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]: ...
+    def request(self, verb: Verb, *, attempts: int = 3, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]: ...
     def publish_log(self, job_id: str, line: str, *, attempt: int = 0) -> None: ...
     def flush_log(self, job_id: str) -> None: ...
     def job_finished(self, job: JobRun) -> None: ...
@@ -189,21 +190,21 @@ class JobRun:
                 self._flush_log()  # what the sync said belongs in the job's log before the hand-back
             if self.ending is None:
                 if exit_code != 0:
-                    self._fail("app", exit_code, f"trainer exited with code {exit_code}")
+                    self._fail(Cause.APP, exit_code, f"trainer exited with code {exit_code}")
                 elif missing := missing_outputs(self.out_dir, self.grant["trainer"].get("outputs") or ()):
-                    self._fail("app", exit_code, _missing_message(missing))
+                    self._fail(Cause.APP, exit_code, _missing_message(missing))
                 else:
                     self._store_and_complete()
             elif self.ending is Ending.SHUTDOWN:
-                self._fail("shutdown", exit_code, "agent shut down; job handed back")
+                self._fail(Cause.SHUTDOWN, exit_code, "agent shut down; job handed back")
             elif cause is not None:
-                self._fail(cause.value, exit_code, self.ending_detail or cause.value)
+                self._fail(cause, exit_code, self.ending_detail or cause.value)
             else:
                 logger.info("job %s: ended (%s); nothing to report", self.name, self.ending.value)
         except Exception as e:  # the agent must outlive any one job
             logger.exception("job %s: failed on the agent", self.name)
             if self.ending is None:
-                self._fail("app", None, f"agent error: {type(e).__name__}: {e}")
+                self._fail(Cause.APP, None, f"agent error: {type(e).__name__}: {e}")
         finally:
             if self.checkpoint is not None:
                 self.checkpoint.stop(final_sync=False)
@@ -292,7 +293,7 @@ class JobRun:
         bundle_path = self.dir / "artifact.tar.zst"
         sha256, size = pack_artifact(self.out_dir, bundle_path)
         logger.info("job %s: packed %d bytes, sha256 %s", self.name, size, sha256[:12])
-        upload = self._request("upload_url", sha256=sha256, size=size)
+        upload = self._request(Verb.UPLOAD_URL, sha256=sha256, size=size)
         if upload is None:
             return
         if not upload.get("exists"):
@@ -302,7 +303,7 @@ class JobRun:
         progress = self.trainer.latest_progress if self.trainer else None
         metrics = (progress or {}).get("metrics") or {}
         reply = self._request(
-            "complete",
+            Verb.COMPLETE,
             sha256=sha256,
             size=size,
             metrics=metrics if isinstance(metrics, dict) else {},
@@ -312,9 +313,9 @@ class JobRun:
         if reply is not None:
             logger.info("job %s: completed", self.name)
 
-    def _fail(self, cause: str, exit_code: int | None, message: str) -> None:
+    def _fail(self, cause: Cause, exit_code: int | None, message: str) -> None:
         tail = self.trainer.tail if self.trainer else ""
-        self._request("fail", cause=cause, exit_code=exit_code, output_tail=tail, error=message, **self._ending_fields())
+        self._request(Verb.FAIL, cause=cause.value, exit_code=exit_code, output_tail=tail, error=message, **self._ending_fields())
 
     def _ending_fields(self) -> dict[str, Any]:
         """What complete and fail carry besides the outcome: the usage and the last progress reports."""
@@ -324,7 +325,7 @@ class JobRun:
             fields["usage"] = usage
         return fields
 
-    def _request(self, verb: str, **fields: Any) -> dict[str, Any] | None:
+    def _request(self, verb: Verb, **fields: Any) -> dict[str, Any] | None:
         """An agent request on this lease; None when the coordinator refused it or stayed away (logged).
 
         Retries (same request id, so never run twice) for as long as the lease would last: a
@@ -337,23 +338,24 @@ class JobRun:
             logger.warning("job %s: %s not answered (%s); the lease will expire and the job run again", self.name, verb, e)
             return None
         except RemoteError as e:
-            if e.code == "lease_lost":
+            if e.is_a(LeaseLostError):
                 self.end(Ending.LEASE_LOST)
                 logger.warning("job %s: %s refused, the lease is no longer ours", self.name, verb)
                 return None
-            if e.code == "unavailable":
+            if e.is_a(UnavailableError):
                 # Not refused: the coordinator's database stayed away past our retries; the lease expires
                 # and the job runs again, which is what a coordinator gone for that long means anyway.
-                logger.warning("job %s: %s not handled, coordinator unavailable for the whole lease: %s", self.name, verb, e)
+                logger.warning("job %s: %s not handled, coordinator unavailable for the whole lease: %s", self.name,
+                               verb.value, e)
                 return None
-            if verb == "complete":
+            if verb is Verb.COMPLETE:
                 # The artifact was refused (e.g. its bytes did not match): the attempt failed.
-                self._fail("app", 0, f"artifact refused by the coordinator: {e}")
+                self._fail(Cause.APP, 0, f"artifact refused by the coordinator: {e}")
                 return None
             logger.warning("job %s: %s refused: %s", self.name, verb, e)
             return None
 
-    def _checkpoint_request(self, verb: str, *, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
+    def _checkpoint_request(self, verb: Verb, *, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
         """A checkpoint verb on this lease; its failures are the sync's to log, never the attempt's end."""
         return self.host.request(verb, attempts=2, timeout_s=timeout_s, job_id=self.job_id, lease_id=self.lease_id,
                                   **fields)
@@ -374,12 +376,12 @@ class JobRun:
             progress = self.trainer.latest_progress if self.trainer else None
             reports = self._reports_to_send()
             try:
-                self.host.request("renew", job_id=self.job_id, lease_id=self.lease_id, progress=progress, attempts=1,
+                self.host.request(Verb.RENEW, job_id=self.job_id, lease_id=self.lease_id, progress=progress, attempts=1,
                                    timeout_s=timeout_s, progress_reports=reports)
                 self._reports_sent(reports)
                 next_ts = time.monotonic() + interval
             except RemoteError as e:
-                if e.code == "lease_lost":
+                if e.is_a(LeaseLostError):
                     self.end(Ending.LEASE_LOST)
                     return
                 logger.warning("job %s: renew refused: %s", self.name, e)

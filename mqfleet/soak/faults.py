@@ -14,7 +14,6 @@ import logging
 import random
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,11 +22,13 @@ from typing import Any
 
 import psutil
 
-from mqfleet.errors import MqfleetError
+from mqfleet.errors import LeaseLostError, MqfleetError
 from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import Role
+from mqfleet.protocol import Role, Verb
+from mqfleet.rpc import RpcClient
 from mqfleet.soak.fleet import SoakFleet
 from mqfleet.soak.observer import Observer
+from mqfleet.state import Cause
 
 logger = logging.getLogger(__name__)
 
@@ -306,27 +307,26 @@ class Injector:
             return None
         sent = []
         for job_id, lease_id, host in self.rng.sample(stale, min(3, len(stale))):
-            verb = self.rng.choice(("renew", "complete", "fail"))
-            body: dict[str, Any] = {"request_id": uuid.uuid4().hex, "job_id": job_id, "lease_id": lease_id}
-            if verb == "renew":
+            verb = self.rng.choice((Verb.RENEW, Verb.COMPLETE, Verb.FAIL))
+            body: dict[str, Any] = {"job_id": job_id, "lease_id": lease_id}
+            if verb is Verb.RENEW:
                 body["progress"] = {"progress": 0.5}
-            elif verb == "complete":
+            elif verb is Verb.COMPLETE:
                 body.update(sha256="0" * 64, size=1, metrics={}, output_tail="stale complete from the soak")
             else:
-                body.update(cause="app", exit_code=1, output_tail="", error="stale fail from the soak")
-            topic = self.observer.topics.rpc(Role.AGENT, host, verb)
+                body.update(cause=Cause.APP.value, exit_code=1, output_tail="", error="stale fail from the soak")
             self.record.stale_sent += 1
-            sent.append(verb)
+            sent.append(verb.value)
             try:
-                reply = self._conn_for(host).request(topic, body, timeout_s=10.0)
+                reply = RpcClient(self._conn_for(host), self.observer.topics, host).send(verb, body, timeout_s=10.0)
             except MqfleetError as e:
-                self.record.problems.append(f"stale {verb}: not answered: {e}")
+                self.record.problems.append(f"stale {verb.value}: not answered: {e}")
                 continue
-            if not reply.get("ok") and reply.get("error") == "lease_lost":
+            if not reply.get("ok") and reply.get("error") == LeaseLostError.code:
                 self.record.stale_refused += 1
             else:
                 self.record.stale_accepted += 1
-                self.record.problems.append(f"stale {verb} for job {job_id[:12]} lease {lease_id[:8]}: {reply}")
+                self.record.problems.append(f"stale {verb.value} for job {job_id[:12]} lease {lease_id[:8]}: {reply}")
         return f"stale-lease {', '.join(sent)}"
 
     # --- operator ------------------------------------------------------------------------------
