@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: An idle agent asks for work this often even without a nudge (a nudge is QoS 0 and may be missed).
 IDLE_POLL_S = 30.0
-#: Seconds between tries of a request the coordinator answered `unavailable` (its database is away).
 #: Log lines are sent in small batches, at most this often per job.
 LOG_FLUSH_S = 0.25
 #: The host's facts are detected again before a claim (and at each heartbeat), but not more often than this:
