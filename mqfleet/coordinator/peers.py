@@ -11,10 +11,12 @@ sweep (a second or so). Over an SQLite file only one coordinator can run, and it
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from typing import Any, Protocol
 
 from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +92,38 @@ class Election(Protocol):
 
 
 class SoleLeader:
-    """Over an SQLite file: one coordinator, always the leader."""
+    """Over an SQLite file: one coordinator, always the leader. A second coordinator on the same file
+    would answer every request a second time and sweep beside the first, so it is refused at start:
+    the first holds an exclusive lock on `<file>.coordinator.lock` for its whole life."""
+
+    def __init__(self, path: str) -> None:
+        self.lock_path = f"{path}.coordinator.lock"
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory file locks; one coordinator per file is the operator's rule
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigurationError(
+                f"another coordinator (pid {holder}) already serves {path}: one coordinator per SQLite file; "
+                "several coordinators share a PostgreSQL database (--db postgresql://..., docs/SCALING.md)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
 
     def hold(self) -> bool:
         return True
 
     def release(self) -> None:
-        pass
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock; a killed process releases it too
+            self._fd = None
 
 
 class AdvisoryLockElection:
@@ -157,4 +184,4 @@ def election_for(state: StateFile) -> Election:
 
     if isinstance(state, PgStateFile):
         return AdvisoryLockElection(state.url, writer=state.writer)
-    return SoleLeader()
+    return SoleLeader(state.path)

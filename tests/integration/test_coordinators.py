@@ -217,3 +217,16 @@ def test_a_postgresql_outage_is_answered_unavailable_and_nothing_is_lost_when_it
             assert "coordinator unavailable" in agent_logs or "renew refused: unavailable" in agent_logs
         finally:
             coordinator.stop()
+
+
+def test_a_second_coordinator_on_the_same_sqlite_file_is_refused_naming_the_way_to_run_several(fleet: Fleet) -> None:
+    fleet.write_manifest(manifest_text(*_jobs(1)))
+    first = fleet.start_coordinator()
+    run = fleet.cli("coordinator", "--manifest", str(fleet.manifest_path), "--db", str(fleet.db_path),
+                    "--store", fleet.store_url, "--client-id", "second", timeout_s=60)
+    assert run.returncode == 2, run.stderr
+    assert f"pid {first.pid}" in run.stderr and "--db postgresql://" in run.stderr
+    assert first.alive()
+    first.signal(signal.SIGKILL)  # a killed coordinator's lock goes with it: a restart is never refused
+    first.popen.wait(10)
+    fleet.start_coordinator()
