@@ -341,9 +341,20 @@ class PgConnection:
         text = self.translator.statement(sql)
         conn = self._live()
         cur = conn.cursor()
-        if rows:
+        if not rows:
+            return cur
+        implicit = not self._in_transaction  # writes outside transaction() still take the write lock
+        if implicit:
+            self.begin()
+        try:
             with self._errors():
                 cur.executemany(cast(Any, text), rows)
+        except BaseException:
+            if implicit:
+                self.rollback()
+            raise
+        if implicit:
+            self.commit()
         return cur
 
     def executescript(self, script: str) -> None:
