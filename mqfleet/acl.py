@@ -3,7 +3,8 @@
 Mosquitto (2.0.11, default ACL check) grants an access when a `topic` line of the client's own
 `user` block matches, else when any `pattern` line matches; lines before the first `user` serve
 anonymous clients, who only exist on the loopback listener because the TLS listener names every
-client by its certificate CN; they may only read public state. So: patterns hold what every
+client by its certificate CN; they may only read public state (`deny` lines, checked before
+anything else, keep the patterns from applying to them). So: patterns hold what every
 authenticated client may do (read public state, ask query verbs, read its own reply topic); each known agent host, operator and the
 coordinator gets an explicit `user` block; a CN nobody listed gets the patterns only. Every topic
 comes from `protocol.Topics`, so the ACL cannot drift from the layout the code uses.
@@ -55,7 +56,12 @@ def render_acl(
         "# certificate and takes its CN as the user name): any local account on the broker host.",
         "# They read public state (mosquitto_sub monitoring), nothing of rpc/, reply/, control/",
         "# or logs, and publish nothing; the coordinator and operators connect over TLS with their",
-        "# certificates, on the broker host too. See docs/SECURITY.md.",
+        "# certificates, on the broker host too. The deny lines come first in Mosquitto's check and",
+        "# also override the patterns below, which would otherwise let a local process choose a",
+        "# client id and read that client's replies. See docs/SECURITY.md.",
+        f"topic deny {t.prefix}/rpc/#",
+        f"topic deny {t.prefix}/reply/#",
+        f"topic deny {t.prefix}/control/#",
         f"topic read {t.work}",
         f"topic read {t.events}",
         f"topic read {t.all_job_states}",

@@ -325,7 +325,8 @@ def test_good_client_certificate_passes_the_same_raw_connect(broker: Broker) -> 
 def test_loopback_listener_gives_local_processes_public_state_only(broker: Broker, peers: Callable[..., Peer]) -> None:
     """Any local account on the broker host: `mosquitto_sub -t 'mqfleet/#'` still shows the fleet, but no
     operator request, reply, control message or log, and it can publish nothing (finding 4)."""
-    local = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"local-{os.getpid()}", protocol=mqtt.MQTTv5)
+    # It even picks host A's agent client id, to read A's replies through the `reply/%c` pattern.
+    local = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="agent-host-a", protocol=mqtt.MQTTv5)
     seen: queue.Queue[str] = queue.Queue()
     acks: dict[int, ReasonCode] = {}
     local.on_message = lambda c, u, msg: seen.put(msg.topic)
@@ -336,11 +337,12 @@ def test_loopback_listener_gives_local_processes_public_state_only(broker: Broke
         local.subscribe(f"{T.prefix}/#", qos=1)
         coordinator = peers("coordinator", "coordinator")
         operator = peers("operator-alice", "cli-alice")
-        agent = peers("host-a")
+        agent = peers("host-a", "agent-host-a-real")
         _wait_until(lambda: coordinator.publish(T.coordinator_status, "{}") is not None and not seen.empty(),
                     "the local subscriber to get public state")
         for peer, topic in ((operator, T.rpc(Role.OPERATOR, "cli-alice", Verb.CANCEL)),
                             (coordinator, T.reply("cli-alice")), (coordinator, T.control("host-a")),
+                            (coordinator, T.reply("agent-host-a")), (coordinator, f"{T.reply('agent-host-a')}/x"),
                             (agent, T.log("host-a", "job-1")), (agent, T.rpc(Role.AGENT, "host-a", Verb.CLAIM))):
             assert not peer.publish(topic, '{"token": "would-be-secret"}').is_failure, topic
         agent.publish(T.advert("host-a"), "{}")
@@ -353,7 +355,7 @@ def test_loopback_listener_gives_local_processes_public_state_only(broker: Broke
         assert T.advert("host-a") in got
         assert not [t for t in got if "/rpc/" in t or "/reply/" in t or "/control/" in t or "/log/" in t], got
         for topic in (T.rpc(Role.AGENT, "host-b", Verb.CLAIM), T.rpc(Role.OPERATOR, "x", Verb.CANCEL),
-                      T.advert("host-b"), T.control("host-a")):
+                      T.rpc(Role.QUERY, "agent-host-a", Verb.HEALTH), T.advert("host-b"), T.control("host-a")):
             mid = local.publish(topic, "local", qos=1).mid
             _wait_until(lambda mid=mid: mid in acks, f"PUBACK for {topic}")
             assert acks[mid].value == NOT_AUTHORIZED, (topic, acks[mid])

@@ -52,7 +52,9 @@ def test_patterns_give_everyone_public_reads_queries_and_their_own_replies_only(
 
 def test_anonymous_loopback_clients_read_public_state_only_and_the_coordinator_gets_the_whole_tree() -> None:
     blocks = _blocks(render_acl([], coordinator="pi-coord"))
-    assert [line for line in blocks[None] if line.startswith("topic")] == [f"topic read mqfleet/{t}" for t in ("work", "events", "jobs/+/state", "coordinator/status",
+    assert [line for line in blocks[None] if line.startswith("topic")] == [
+        "topic deny mqfleet/rpc/#", "topic deny mqfleet/reply/#", "topic deny mqfleet/control/#",
+    ] + [f"topic read mqfleet/{t}" for t in ("work", "events", "jobs/+/state", "coordinator/status",
                                                                 "hosts/+/advert", "hosts/+/status")]
     assert blocks["pi-coord"] == ["topic readwrite mqfleet/#"]
 
