@@ -465,7 +465,10 @@ class Connection:
                     reconnected = self._connects != connects and self._connected.is_set()
                 # A request the broker refuses (ACL) is never delivered: say so instead of timing out.
                 if refused is not None:
-                    raise NotAuthorizedError(f"broker {self.config.url} refused the request on {topic}: {refused}")
+                    hint = ("; the loopback listener lets anonymous clients read public state only: connect with "
+                            "mqtts:// and a certificate (MQFLEET_CA, MQFLEET_CERT, MQFLEET_KEY)"
+                            if self.config.url.startswith("mqtt://") and self.config.cert is None else "")
+                    raise NotAuthorizedError(f"broker {self.config.url} refused the request on {topic}: {refused}{hint}")
                 if resend_at is None and (unmatched or reconnected):
                     why = "reached no subscriber" if unmatched else "may have been lost in our reconnect"
                     logger.debug("mqtt %s: request on %s %s; sending it again", self.client_id, topic, why)
