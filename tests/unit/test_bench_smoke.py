@@ -70,13 +70,33 @@ def test_claim_scale_claims_from_a_small_population() -> None:
 
 
 def test_report_renders_every_section_with_its_notes(tmp_path: Path) -> None:
-    rows = suite.claim_scale_rows([0.001, 0.002], [0.0011, 0.0021], 1000)
+    rows = suite.claim_scale_rows([0.001, 0.002], [0.0011, 0.0021], 1000, [0.001, 0.002], [0.0012, 0.0019], 10_000)
     notes = tmp_path / "notes.md"
     notes.write_text("## Claim scale\nwhy it is flat\n")
     text = suite.render([("Claim scale", rows, suite._read_notes(notes)["claim scale"])], {"CPU": "x"}, "python -m bench",
                         "0 / 0", 1.0)
     assert "| claim cost, 1,000 pending (in-process DB) |" in text
     assert "why it is flat" in text and "PASS" in text
+    assert "| claim cost beside 10,000 pending jobs the claimer may not run (allowed_hosts), in-process DB |" in text
+
+
+def test_job_count_and_claim_floor_rows_compare_with_their_same_run_baselines() -> None:
+    def size(n: int, rss: float, listing_s: float, restart_s: float) -> dict[str, float]:
+        return {"jobs": n, "first_start_s": 1.0, "settled_s": 2.0, "rss_loaded_mib": rss, "rss_listed_mib": rss,
+                "rss_end_mib": rss, "jobs_json_s": listing_s, "cli_peak_mib": 30.0, "reload_s": 0.5,
+                "reload_renew_max_s": 0.2, "claim_p50_s": 0.002, "restart_health_s": restart_s,
+                "restart_renew_s": restart_s}
+
+    rows = suite.job_count_rows([size(1000, 40, 0.5, 1.0), size(10_000, 50, 1.0, 1.1), size(100_000, 80, 4.0, 1.5)])
+    by_figure = {r.figure: r for r in rows}
+    assert by_figure["coordinator RSS, 100,000 vs 10,000 jobs"].ratio == "1.60x"
+    assert by_figure["coordinator RSS, 100,000 vs 10,000 jobs"].verdict == "MISS"
+    assert by_figure["`jobs --json` at 100,000 jobs"].verdict == "MISS"
+    assert by_figure["restart -> first answered request at 100,000 jobs"].verdict == "PASS"
+    floor = suite.claim_floor_rows({"clients": 50, "seconds": 10.0,
+                                    "floor": {"claims_per_s": 1000.0, "cpu_per_claim_s": 0.0003},
+                                    "coordinator": {"claims_per_s": 250.0, "cpu_per_request_s": 0.0006}})
+    assert floor[-1].median == "2.0x" and floor[-1].verdict == "PASS"
 
 
 def test_state_store_rows_compare_each_store_with_sqlite_of_the_same_run() -> None:
