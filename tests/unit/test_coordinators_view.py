@@ -1,0 +1,32 @@
+"""`mqfleet status` and `health` list the coordinators sharing the state: id, role, version, host, heartbeat age."""
+
+from __future__ import annotations
+
+from mqfleet.cli import render
+
+HEALTH = {
+    "version": "1.2", "uptime_s": 5, "ts": 100.0, "coordinator": "c1", "state_store": "postgresql",
+    "coordinators": [
+        {"id": "c1", "role": "leader", "version": "1.2", "host": "pi", "heartbeat_ts": 99.0, "alive": True},
+        {"id": "[bold]c2", "role": "gone", "version": "1.1", "host": "nuc", "heartbeat_ts": 40.0, "alive": False},
+    ],
+}
+
+
+def _text(renderable: object) -> str:
+    console = render.make_console()
+    with console.capture() as out:
+        console.print(renderable)
+    return out.get()
+
+
+def test_status_and_health_show_each_coordinator_its_role_version_and_heartbeat_age() -> None:
+    for view in (render.status_view(HEALTH, []), render.health_view(HEALTH)):
+        text = _text(view)
+        assert "c1 leader  mqfleet 1.2 on pi, heartbeat 1s ago" in text
+        assert "[bold]c2 gone  mqfleet 1.1 on nuc, heartbeat 1m" in text or "[bold]c2 gone  mqfleet 1.1 on nuc, heartbeat 60s" in text
+        assert "state on postgresql; this answer from c1" in text
+
+
+def test_a_health_reply_without_coordinators_shows_no_such_row() -> None:
+    assert "coordinators" not in _text(render.health_view({"version": "1", "jobs_by_status": {}}))
