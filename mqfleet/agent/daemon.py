@@ -29,6 +29,7 @@ from mqfleet.errors import (
     RequestTimeoutError,
     UnknownHostError,
 )
+from mqfleet.messages import ClaimReply
 from mqfleet.mqtt import BrokerConfig, Connection, Message
 from mqfleet.protocol import MAX_LOG_LINE_CHARS, Topics, Verb, encode, log_batches
 from mqfleet.rpc import RpcClient
@@ -210,7 +211,9 @@ class Agent:
             # (the advert goes out before the claim, on the same connection, so it is recorded first)
             self.refresh_advert()
             try:
-                grant = self.request(Verb.CLAIM).get("job")
+                reply = self.request(Verb.CLAIM)
+                # checked at the boundary: a grant the agent cannot read is refused here, not halfway through a job
+                grant = reply.get("job") if ClaimReply.from_wire(reply).job is not None else None
             except (RemoteError, RequestTimeoutError, MqfleetError) as e:
                 logger.warning("claim failed: %s", e)
                 if isinstance(e, RemoteError) and e.is_a(UnknownHostError):

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -24,9 +23,27 @@ from typing import Any, Protocol
 from mqfleet import defaults
 from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync
 from mqfleet.agent.command import build_trainer_argv, trainer_env
+from mqfleet.agent.outcome import limit_of, missing_message, missing_outputs
 from mqfleet.agent.runner import TrainerRun
 from mqfleet.bundle import pack_artifact
-from mqfleet.errors import BrokerError, LeaseLostError, MqfleetError, RemoteError, RequestTimeoutError, UnavailableError
+from mqfleet.errors import (
+    BadRequestError,
+    BrokerError,
+    LeaseLostError,
+    MqfleetError,
+    RemoteError,
+    RequestTimeoutError,
+    UnavailableError,
+)
+from mqfleet.messages import (
+    CompleteRequest,
+    FailRequest,
+    RenewReply,
+    RenewRequest,
+    UploadUrlReply,
+    UploadUrlRequest,
+    WireMessage,
+)
 from mqfleet.protocol import Verb
 from mqfleet.state import Cause
 from mqfleet.transfer import upload_to_url
@@ -70,30 +87,6 @@ class Ending(str, Enum):
 
 
 _CAUSE_OF_ENDING = {Ending.SHUTDOWN: Cause.SHUTDOWN, Ending.TIMEOUT: Cause.TIMEOUT, Ending.STALLED: Cause.STALLED}
-
-
-def limit_of(spec: Mapping[str, Any], name: str) -> float | None:
-    """A job's `timeout_s` or `stall_s` from the grant's spec; None when unset or not a positive number."""
-    value = spec.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        return None
-    return float(value)
-
-
-def missing_outputs(out_dir: Path, globs: Iterable[str]) -> list[str]:
-    """What a finished trainer failed to produce: ["(any file)"] for an empty folder, else the globs
-    that match no file. Globs are relative to `out_dir`; `**` reaches into subfolders."""
-    if not any(files for _, _, files in os.walk(out_dir)):
-        return ["(any file)"]
-    missing = []
-    for glob in globs:
-        try:
-            found = any(p.is_file() for p in out_dir.glob(glob))
-        except (ValueError, OSError):  # a glob the manifest check let through but this OS refuses
-            found = False
-        if not found:
-            missing.append(glob)
-    return missing
 
 
 @dataclass(frozen=True)
@@ -192,7 +185,7 @@ class JobRun:
                 if exit_code != 0:
                     self._fail(Cause.APP, exit_code, f"trainer exited with code {exit_code}")
                 elif missing := missing_outputs(self.out_dir, self.grant["trainer"].get("outputs") or ()):
-                    self._fail(Cause.APP, exit_code, _missing_message(missing))
+                    self._fail(Cause.APP, exit_code, missing_message(missing))
                 else:
                     self._store_and_complete()
             elif self.ending is Ending.SHUTDOWN:
@@ -293,39 +286,37 @@ class JobRun:
         bundle_path = self.dir / "artifact.tar.zst"
         sha256, size = pack_artifact(self.out_dir, bundle_path)
         logger.info("job %s: packed %d bytes, sha256 %s", self.name, size, sha256[:12])
-        upload = self._request(Verb.UPLOAD_URL, sha256=sha256, size=size)
-        if upload is None:
+        reply = self._request(Verb.UPLOAD_URL, UploadUrlRequest(self.job_id, self.lease_id, sha256, size))
+        if reply is None:
             return
-        if not upload.get("exists"):
-            upload_to_url(upload["url"], bundle_path)
+        upload = UploadUrlReply.from_wire(reply)
+        if not upload.exists:
+            if not upload.url:
+                raise BadRequestError("the upload_url reply has neither exists nor a url")
+            upload_to_url(upload.url, bundle_path)
         else:
             logger.info("job %s: artifact %s already stored; no upload", self.name, sha256[:12])
         progress = self.trainer.latest_progress if self.trainer else None
         metrics = (progress or {}).get("metrics") or {}
-        reply = self._request(
-            Verb.COMPLETE,
-            sha256=sha256,
-            size=size,
-            metrics=metrics if isinstance(metrics, dict) else {},
-            output_tail=self.trainer.tail if self.trainer else "",
-            **self._ending_fields(),
-        )
-        if reply is not None:
+        usage, reports = self._ending_fields()
+        done = self._request(Verb.COMPLETE, CompleteRequest(
+            self.job_id, self.lease_id, sha256, size, metrics=metrics if isinstance(metrics, dict) else {},
+            output_tail=self.trainer.tail if self.trainer else "", usage=usage, progress_reports=reports,
+        ))
+        if done is not None:
             logger.info("job %s: completed", self.name)
 
     def _fail(self, cause: Cause, exit_code: int | None, message: str) -> None:
         tail = self.trainer.tail if self.trainer else ""
-        self._request(Verb.FAIL, cause=cause.value, exit_code=exit_code, output_tail=tail, error=message, **self._ending_fields())
+        usage, reports = self._ending_fields()
+        self._request(Verb.FAIL, FailRequest(self.job_id, self.lease_id, cause.value, exit_code=exit_code, output_tail=tail,
+                                             error=message, usage=usage, progress_reports=reports))
 
-    def _ending_fields(self) -> dict[str, Any]:
+    def _ending_fields(self) -> tuple[dict[str, Any] | None, list[list[Any]]]:
         """What complete and fail carry besides the outcome: the usage and the last progress reports."""
-        fields: dict[str, Any] = {"progress_reports": self._reports_to_send()}
-        usage = self.trainer.usage() if self.trainer else None
-        if usage is not None:
-            fields["usage"] = usage
-        return fields
+        return (self.trainer.usage() if self.trainer else None), self._reports_to_send()
 
-    def _request(self, verb: Verb, **fields: Any) -> dict[str, Any] | None:
+    def _request(self, verb: Verb, message: WireMessage) -> dict[str, Any] | None:
         """An agent request on this lease; None when the coordinator refused it or stayed away (logged).
 
         Retries (same request id, so never run twice) for as long as the lease would last: a
@@ -333,7 +324,7 @@ class JobRun:
         """
         attempts = max(3, math.ceil(self.lease_s / self.settings.request_timeout_s))
         try:
-            return self.host.request(verb, attempts=attempts, job_id=self.job_id, lease_id=self.lease_id, **fields)
+            return self.host.request(verb, attempts=attempts, **_unset_left_out(message.to_wire()))
         except BrokerError as e:
             logger.warning("job %s: %s not answered (%s); the lease will expire and the job run again", self.name, verb, e)
             return None
@@ -376,8 +367,8 @@ class JobRun:
             progress = self.trainer.latest_progress if self.trainer else None
             reports = self._reports_to_send()
             try:
-                self.host.request(Verb.RENEW, job_id=self.job_id, lease_id=self.lease_id, progress=progress, attempts=1,
-                                   timeout_s=timeout_s, progress_reports=reports)
+                request = RenewRequest(self.job_id, self.lease_id, progress=progress, progress_reports=reports)
+                RenewReply.from_wire(self.host.request(Verb.RENEW, attempts=1, timeout_s=timeout_s, **request.to_wire()))
                 self._reports_sent(reports)
                 next_ts = time.monotonic() + interval
             except RemoteError as e:
@@ -432,10 +423,6 @@ class JobRun:
 
 
 
-def _missing_message(missing: list[str]) -> str:
-    if missing == ["(any file)"]:
-        return "trainer exited 0 but wrote nothing to its output folder; nothing was uploaded"
-    return (
-        f"trainer exited 0 but did not produce its declared output{'s' if len(missing) > 1 else ''}: "
-        f"{', '.join(missing)} (no matching file in its output folder); nothing was uploaded"
-    )
+def _unset_left_out(fields: dict[str, Any]) -> dict[str, Any]:
+    """`usage` is sent only when measured, as it always was: the JSON on the wire is unchanged."""
+    return {k: v for k, v in fields.items() if not (k == "usage" and v is None)}

@@ -1,0 +1,266 @@
+"""Typed messages of the agent verbs: frozen dataclasses, each with `to_wire()` and `from_wire()`.
+
+The JSON is the one documented in docs/INTERNALS.md ("Wire payloads"); a unit test
+(`tests/unit/test_wire_doc.py`) holds the doc's field lists to these classes. `from_wire`
+is strict on the types of the fields it knows, and raises BadRequestError naming the
+field; it ignores fields it does not know, so a newer sender (more fields) still talks
+to an older reader. New fields are added with a default, never renamed or removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, TypeVar, Union
+
+from mqfleet.errors import BadRequestError
+
+M = TypeVar("M", bound="WireMessage")
+
+#: A JSON object as decoded from the bus or about to be encoded; the one place it is untyped.
+Wire = dict[str, Any]  # boundary: everything below checks it field by field
+
+
+class WireMessage:
+    """Base of the wire dataclasses: conversion by the fields' annotations."""
+
+    def to_wire(self) -> Wire:
+        """The JSON object for the bus; nested messages become objects, None stays null."""
+        return {f.name: _to_wire(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_wire(cls: type[M], data: Any, where: str = "") -> M:
+        """A message from decoded JSON; BadRequestError names the first field that is missing or mistyped."""
+        if not isinstance(data, dict):
+            raise BadRequestError(f"{_place(where, '') or cls.__name__} must be a JSON object, not {_kind(data)}")
+        hints = _hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            place = _place(where, f.name)
+            if f.name not in data:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise BadRequestError(f"field '{place}' is missing")
+                continue
+            values[f.name] = _check(hints[f.name], data[f.name], place)
+        return cls(**values)
+
+
+def _place(where: str, name: str) -> str:
+    return f"{where}.{name}" if where and name else where or name
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, WireMessage):
+        return value.to_wire()
+    if isinstance(value, (list, tuple)):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_wire(v) for k, v in value.items()}
+    return value
+
+
+def _check(tp: Any, value: Any, place: str) -> Any:
+    """`value` as type `tp`, or BadRequestError naming `place`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        present = [o for o in options if o is not type(None)]
+        if len(present) == 1:  # `X | None` with a value: X's own error names the field that is wrong inside it
+            return _check(present[0], value, place)
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check(option, value, place)
+            except BadRequestError:
+                continue
+        names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+        raise BadRequestError(f"field '{place}' must be {names}, not {_kind(value)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise BadRequestError(f"field '{place}' must be a list, not {_kind(value)}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_check(item, v, f"{place}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise BadRequestError(f"field '{place}' must be an object, not {_kind(value)}")
+        return value
+    if isinstance(tp, type) and issubclass(tp, WireMessage):
+        return tp.from_wire(value, place)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise BadRequestError(f"field '{place}' must be true or false, not {_kind(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequestError(f"field '{place}' must be an integer, not {_kind(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise BadRequestError(f"field '{place}' must be a finite number, not {_kind(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise BadRequestError(f"field '{place}' must be a string, not {_kind(value)}")
+        return value
+    raise TypeError(f"no wire check for {tp!r} ({place})")  # a programming error, not bad input
+
+
+# --- claim ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerRef(WireMessage):
+    """The grant's `trainer`: how the agent starts it (`argv`, resolved by the coordinator)."""
+
+    name: str
+    builtin: str | None = None
+    command: list[str] = dataclasses.field(default_factory=list)
+    argv: list[str] = dataclasses.field(default_factory=list)
+    hyper: dict[str, Any] = dataclasses.field(default_factory=dict)
+    outputs: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRow(WireMessage):
+    """A job as `jobs`, `job`, the retained `jobs/{id}/state` and the grant show it."""
+
+    id: str
+    name: str
+    status: str
+    model: str = ""
+    mode: str = ""
+    host: str | None = None
+    attempts: int = 0
+    max_attempts: int = 0
+    priority: int = 0
+    artifact: str | None = None
+    error: str | None = None
+    in_manifest: bool = True
+    progress: dict[str, Any] | None = None
+    created_ts: float | None = None
+    updated_ts: float | None = None
+    lease_expires_ts: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Grant(WireMessage):
+    """A claim's `job`: the lease on one job and everything the agent needs to run it."""
+
+    job: JobRow
+    spec: dict[str, Any]
+    trainer: TrainerRef
+    lease_id: str
+    attempt: int
+    expires_ts: float
+    lease_s: float
+    gpus: list[int] = dataclasses.field(default_factory=list)
+    resumable: bool = False
+    checkpoint_interval_s: float | None = None
+    checkpoint_max_mib: float | None = None
+    checkpoint: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimReply(WireMessage):
+    """The reply to `claim`: a grant, or null when there is no work for this host."""
+
+    job: Grant | None = None
+
+
+# --- the lease's verbs ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RenewRequest(WireMessage):
+    job_id: str
+    lease_id: str
+    progress: dict[str, Any] | None = None
+    #: `[seq, ts, report]` triples not yet acknowledged
+    progress_reports: list[list[Any]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RenewReply(WireMessage):
+    expires_ts: float
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadUrlRequest(WireMessage):
+    job_id: str
+    lease_id: str
+    sha256: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadUrlReply(WireMessage):
+    """Either the object is stored already (`exists`), or a presigned PUT to this lease's staging key."""
+
+    exists: bool
+    key: str = ""
+    url: str | None = None
+    method: str | None = None
+    upload_key: str | None = None
+    expires_s: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CompleteRequest(WireMessage):
+    job_id: str
+    lease_id: str
+    sha256: str
+    size: int
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    output_tail: str = ""
+    usage: dict[str, Any] | None = None
+    progress_reports: list[list[Any]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FailRequest(WireMessage):
+    job_id: str
+    lease_id: str
+    cause: str
+    exit_code: int | None = None
+    output_tail: str = ""
+    error: str = ""
+    usage: dict[str, Any] | None = None
+    progress_reports: list[list[Any]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusReply(WireMessage):
+    """The reply to `complete` and `fail`: the status the job moved to."""
+
+    status: str
+
+
+#: The request and reply classes of each agent verb, by verb name (docs/INTERNALS.md, "Wire payloads").
+AGENT_MESSAGES: dict[str, tuple[type[WireMessage] | None, type[WireMessage]]] = {
+    "claim": (None, ClaimReply),
+    "renew": (RenewRequest, RenewReply),
+    "upload_url": (UploadUrlRequest, UploadUrlReply),
+    "complete": (CompleteRequest, StatusReply),
+    "fail": (FailRequest, StatusReply),
+}

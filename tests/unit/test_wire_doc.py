@@ -1,0 +1,86 @@
+"""docs/INTERNALS.md's wire tables against the code: the verb table lists every verb, and the fields it
+names for the agent verbs are exactly the fields of their typed messages (mqfleet/messages.py), so the
+doc cannot drift from what is sent again."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from mqfleet.messages import AGENT_MESSAGES, Grant, TrainerRef, WireMessage
+from mqfleet.protocol import Verb
+from mqfleet.state import AGENT_CAUSES
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "INTERNALS.md"
+
+
+def verb_table() -> dict[str, tuple[str, str]]:
+    """verb -> (request cell, reply cell) of the table under "Wire payloads"."""
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("## Wire payloads"):]
+    rows: dict[str, tuple[str, str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] in ("verb", "---") or set(cells[0]) <= {"-"}:
+            continue
+        for verb in cells[0].split("/"):
+            rows[verb.strip()] = (cells[1], cells[2])
+        if not line.startswith("|"):
+            break
+    return rows
+
+
+def named_fields(cell: str) -> set[str]:
+    """The field names a cell lists: the first word of each comma-separated item in its `code` spans."""
+    names = set()
+    for span in re.findall(r"`([^`]*)`", cell):
+        if span.startswith("["):  # a value's shape (`[seq, ts, report]`), not field names
+            continue
+        for item in re.split(r"[,{}]", span):
+            m = re.match(r"\s*([a-z_][a-z0-9_]*)\b", item)
+            if m and m.group(1) not in ("true", "false", "null"):
+                names.add(m.group(1))
+    return names
+
+
+def field_names(cls: type[WireMessage]) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+
+def test_the_table_has_a_row_for_every_verb() -> None:
+    assert sorted(set(v.value for v in Verb) - set(verb_table())) == []
+
+
+@pytest.mark.parametrize("verb", sorted(v for v in AGENT_MESSAGES if AGENT_MESSAGES[v][0] is not None))
+def test_an_agent_verbs_request_fields_are_its_messages_fields(verb: str) -> None:
+    request_cls = AGENT_MESSAGES[verb][0]
+    assert request_cls is not None
+    assert named_fields(verb_table()[verb][0]) == field_names(request_cls)
+
+
+@pytest.mark.parametrize("verb", ["renew", "upload_url", "complete", "fail"])
+def test_an_agent_verbs_reply_fields_are_its_messages_fields(verb: str) -> None:
+    reply_cell = verb_table()[verb][1]
+    assert field_names(AGENT_MESSAGES[verb][1]) <= named_fields(reply_cell)
+
+
+def test_the_grant_and_its_trainer_are_listed_field_for_field() -> None:
+    cell = verb_table()["claim"][1]
+    grant = re.search(r"the grant `\{([^}]*)\}`", cell)
+    trainer = re.search(r"`trainer` is `\{([^}]*)\}`", cell)
+    assert grant and trainer, "the claim row names the grant's and the trainer's fields"
+    assert named_fields(f"`{grant.group(1)}`") == field_names(Grant)
+    assert named_fields(f"`{trainer.group(1)}`") == field_names(TrainerRef)
+
+
+def test_the_causes_an_agent_may_report_are_the_ones_the_fail_row_lists() -> None:
+    listed = re.search(r"cause \(([a-z/]+)\)", verb_table()["fail"][0])
+    assert listed, "the fail row lists the causes in parentheses"
+    assert set(listed.group(1).split("/")) == {c.value for c in AGENT_CAUSES}
+
+
+def test_the_field_reader_sees_what_the_doc_lists() -> None:
+    assert named_fields("`exists: true, key`, or `exists: false, url, method: \"PUT\"`") == {"exists", "key", "url", "method"}
