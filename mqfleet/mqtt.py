@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
 import socket
 import ssl
 import sys
 import threading
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -189,7 +188,7 @@ class Connection:
                  persistent: bool = False, session_expiry_s: int = defaults.SESSION_EXPIRY_S,
                  keepalive_s: int = defaults.KEEPALIVE_S, on_connect: Callable[[bool], None] | None = None,
                  on_disconnect: Callable[[], None] | None = None, reply_prefix: str = defaults.TOPIC_PREFIX,
-                 reply_topic: str | None = None) -> None:
+                 reply_topic: str | None = None, is_urgent: Callable[[str], bool] | None = None) -> None:
         config.validate()
         if not client_id or any(c in client_id for c in "/+#"):
             raise ConfigurationError(f"client id {client_id!r} must be non-empty and free of '/', '+' and '#'")
@@ -223,7 +222,10 @@ class Connection:
         self._started = False
         self._started_ok = False
         self._stopping = False
-        self._inbox: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self._inbox = Inbox()
+        #: Messages on topics this says are urgent are dispatched before others already waiting
+        #: (the coordinator's renewals, so a burst of slower requests never holds one back).
+        self._is_urgent = is_urgent
         self._dispatcher = threading.Thread(target=self._dispatch_forever, name=f"mqfleet-dispatch-{client_id}",
                                             daemon=True)
 
@@ -608,7 +610,8 @@ class Connection:
                 sub_ids = [i for i in sub_ids if i != reply_id]
                 if not sub_ids:
                     return
-            self._inbox.put(("message", (message, sub_ids)))
+            urgent = self._is_urgent is not None and self._is_urgent(message.topic)
+            self._inbox.put(("message", (message, sub_ids)), urgent=urgent)
         except Exception:
             logger.exception("mqtt %s: on_message failed", self.client_id)
 
@@ -660,6 +663,26 @@ class Connection:
             logger.debug("mqtt %s: no handler for %s", self.client_id, message.topic)
         for handler in handlers:
             _call_safely(handler, message, what=f"{self.client_id} handler for {message.topic}")
+
+
+class Inbox:
+    """The dispatcher's queue: first in, first out, except that urgent items go ahead of the others."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._urgent: deque[Any] = deque()
+        self._normal: deque[Any] = deque()
+
+    def put(self, item: Any, *, urgent: bool = False) -> None:
+        with self._cond:
+            (self._urgent if urgent else self._normal).append(item)
+            self._cond.notify()
+
+    def get(self) -> Any:
+        with self._cond:
+            while not self._urgent and not self._normal:
+                self._cond.wait()
+            return self._urgent.popleft() if self._urgent else self._normal.popleft()
 
 
 def _properties(packet_type: int) -> Properties:

@@ -218,6 +218,9 @@ class Coordinator:
             # back (mqtt.Connection.request_raw; docs/RELIABILITY.md, "Requests across a reconnect").
             on_connect=self._on_connect,
             reply_prefix=config.prefix,
+            # Renewals go ahead of every other request waiting: a burst of claims, log batches or
+            # listings never holds one back until its lease expires (issue 17).
+            is_urgent=self._is_renewal,
         )
         self.republisher = StateRepublisher(
             lock=self.lock, read_page=lambda after, limit: state_page(self.state, after, limit),
@@ -670,6 +673,10 @@ class Coordinator:
             self.nudge(req.verb.value, req.now, hosts=[field(req.body, "host", str)])
         else:
             self._nudge_for(claimable, req.verb.value, req.now)
+
+    def _is_renewal(self, topic: str) -> bool:
+        parsed = self.topics.parse_rpc(topic)
+        return parsed is not None and parsed[0] == Role.AGENT.value and parsed[2] == Verb.RENEW.value
 
     def _drop_request(self, msg: Message, why: str) -> None:
         """Count and log (one line, rate-limited) a request that gets no reply at all."""
