@@ -215,8 +215,13 @@ class CheckpointSync:
             # Linux gives each thread its own nice value: the trainer keeps the CPU, the sync takes what is left.
             with suppress(OSError, AttributeError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SYNC_NICENESS)
-        while not self._stop.wait(self.plan.interval_s):
+        # Every interval from the start of the last sync; a sync that outlasts the interval is followed by the
+        # next after a tenth of it, so a folder too big for the interval still leaves the trainer some quiet.
+        next_ts = time.monotonic() + self.plan.interval_s
+        while not self._stop.wait(max(0.0, next_ts - time.monotonic())):
+            started = time.monotonic()
             self.sync("interval")
+            next_ts = max(started + self.plan.interval_s, time.monotonic() + self.plan.interval_s / 10)
 
     def stop(self, *, final_sync: bool) -> None:
         """Stop syncing; with `final_sync`, sync once more (an attempt that ends without completing)."""

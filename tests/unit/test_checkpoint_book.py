@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from mqfleet.coordinator.checkpoint_verbs import grant_fields
 from mqfleet.coordinator.checkpoints import CheckpointBook
+from mqfleet.coordinator.context import HandlerContext
 from mqfleet.coordinator.garbage import UploadWindow, collect_garbage
 from mqfleet.errors import LeaseLostError
 from mqfleet.state import Cause
@@ -132,3 +137,22 @@ def test_gc_keeps_the_latest_checkpoint_object_and_collects_a_replaced_one(db: C
     report = collect_garbage(db.state, store, UploadWindow(), dry_run=False, now=T0)
     assert [o["key"] for o in report["objects"]] == [old_key]
     assert store.stat(new_key) == 6 and store.stat(old_key) is None
+
+
+def test_the_grant_carries_the_interval_the_limit_and_the_latest_checkpoint(db: CoordinatorState, tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    book = CheckpointBook(db.state)
+    fleet_manifest = manifest(job("a"), checkpoint_interval_s=30.0, checkpoint_max_mib=64.0)
+    context = cast(HandlerContext, SimpleNamespace(manifest=fleet_manifest, checkpoints=book, store=store))
+    spec = job("a").to_dict()
+    first = grant_fields(context, {"spec": spec})
+    assert first == {"resumable": True, "checkpoint_interval_s": 30.0, "checkpoint_max_mib": 64.0, "checkpoint": None}
+    _save(book, SHA1)
+    later = grant_fields(context, {"spec": {**spec, "checkpoint_interval_s": 5.0}})
+    assert later["checkpoint_interval_s"] == 5.0, "a job's own interval wins over the fleet's"
+    given = later["checkpoint"]
+    assert given["sha256"] == SHA1 and given["attempt"] == 1 and given["url"].startswith("file:")
+    stateless = replace(fleet_manifest, trainers={"gbt": replace(fleet_manifest.trainers["gbt"], resumable=False)})
+    context = cast(HandlerContext, SimpleNamespace(manifest=stateless, checkpoints=book, store=store))
+    assert grant_fields(context, {"spec": spec})["resumable"] is False
+    assert grant_fields(context, {"spec": spec})["checkpoint"] is None
