@@ -301,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="SECTION",
                         help="run only this section (e.g. 'job count'; repeatable) and replace it in --out, "
                              "keeping the other sections as they were")
-    parser.add_argument("--checkpoint-s", type=float, default=40.0)
-    parser.add_argument("--checkpoint-rounds", type=int, default=2)
+    parser.add_argument("--checkpoint-s", type=float, default=30.0)
+    parser.add_argument("--checkpoint-rounds", type=int, default=4)
     parser.add_argument("--checkpoint-mib", type=int, default=256)
     args = parser.parse_args(argv)
     notes = _read_notes(args.notes)

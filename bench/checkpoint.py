@@ -106,7 +106,7 @@ def _one_run(workdir: Path, seconds: float, size_mib: int, interval_s: float, *,
     return result
 
 
-def measure_sync_cost(workdir: Path, *, seconds: float = 40.0, rounds: int = 2, size_mib: int = 256,
+def measure_sync_cost(workdir: Path, *, seconds: float = 30.0, rounds: int = 4, size_mib: int = 256,
                       interval_s: float = 10.0) -> dict[str, Any]:
     """Trainer steps/s with and without the folder synced beside it, in alternating runs."""
     base: list[dict[str, Any]] = []
@@ -200,8 +200,8 @@ def _wait_progress(coord: CoordinatorProc, name: str, at: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=float, default=40.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--no-resume", dest="resume", action="store_false", help="measure the sync cost only")
     args = parser.parse_args(argv)

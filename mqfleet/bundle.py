@@ -112,8 +112,12 @@ def _tarinfo(name: str, st: os.stat_result) -> tarfile.TarInfo:
     return info
 
 
-def pack_artifact(src_dir: Path, dest: Path) -> tuple[str, int]:
-    """Pack everything under src_dir into dest as deterministic tar+zstd; return (sha256 hex, size) of dest."""
+def pack_artifact(src_dir: Path, dest: Path, *, durable: bool = True) -> tuple[str, int]:
+    """Pack everything under src_dir into dest as deterministic tar+zstd; return (sha256 hex, size) of dest.
+
+    `durable=False` skips the fsync, for a scratch bundle that is uploaded and deleted at once (a
+    checkpoint sync): flushing hundreds of MiB to disk would only compete with the trainer's own writes.
+    """
     src_dir = Path(src_dir)
     dest = Path(dest)
     if not src_dir.is_dir():
@@ -137,7 +141,8 @@ def pack_artifact(src_dir: Path, dest: Path) -> tuple[str, int]:
                     with open(path, "rb") as fh:
                         tar.addfile(info, fh)
             raw.flush()
-            os.fsync(raw.fileno())
+            if durable:
+                os.fsync(raw.fileno())
     except BundleError:
         dest.unlink(missing_ok=True)
         raise

@@ -266,7 +266,7 @@ class CheckpointSync:
             snapshot(self.folder, snap)
             taken, _ = fingerprint(snap)
             try:
-                sha256, size = pack_artifact(snap, bundle)
+                sha256, size = pack_artifact(snap, bundle, durable=False)
             except BundleError as e:
                 self._say(f"checkpoint not synced: {e}", warn=True)
                 self._synced = current  # refused as it is; try again once the folder changes
