@@ -107,12 +107,6 @@ class AmbiguousError(StateError):
     code = "ambiguous"
 
 
-class ConflictError(StateError):
-    """Raised when a request conflicts with the job's state (e.g. completing a cancelled job)."""
-
-    code = "conflict"
-
-
 class UnavailableError(StateError):
     """Raised when the coordinator's state database cannot be reached (a PostgreSQL outage); retry later."""
 

@@ -16,8 +16,13 @@ import typing
 from typing import Any, TypeVar, Union
 
 from mqfleet.errors import BadRequestError
+from mqfleet.state import Cause
 
 M = TypeVar("M", bound="WireMessage")
+#: Longest string field, but for those marked `long_text` (output tails, error texts).
+MAX_FIELD_CHARS = 4096
+#: Field metadata of a string that may be long: a trainer's output tail or an error text.
+LONG_TEXT = {"long_text": True}
 
 #: A JSON object as decoded from the bus or about to be encoded; the one place it is untyped.
 Wire = dict[str, Any]  # boundary: everything below checks it field by field
@@ -39,11 +44,16 @@ class WireMessage:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             place = _place(where, f.name)
-            if f.name not in data:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            if f.name not in data or (data[f.name] is None and has_default):
+                # null where a default exists means "not given", as the hand-written checks always read it
+                if not has_default:
                     raise BadRequestError(f"field '{place}' is missing")
                 continue
-            values[f.name] = _check(hints[f.name], data[f.name], place)
+            value = _check(hints[f.name], data[f.name], place)
+            if isinstance(value, str) and len(value) > MAX_FIELD_CHARS and not f.metadata.get("long_text"):
+                raise BadRequestError(f"field '{place}' is too long ({len(value)} characters)")
+            values[f.name] = value
         return cls(**values)
 
 
@@ -196,8 +206,7 @@ class RenewRequest(WireMessage):
     job_id: str
     lease_id: str
     progress: dict[str, Any] | None = None
-    #: `[seq, ts, report]` triples not yet acknowledged
-    progress_reports: list[list[Any]] | None = None
+    progress_reports: Any = None  # `[seq, ts, report]` triples; coordinator/reports.py skips bad ones, never fails
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,21 +241,21 @@ class CompleteRequest(WireMessage):
     sha256: str
     size: int
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
-    output_tail: str = ""
-    usage: dict[str, Any] | None = None
-    progress_reports: list[list[Any]] | None = None
+    output_tail: str = dataclasses.field(default="", metadata=LONG_TEXT)
+    usage: Any = None  # checked by coordinator/history.py check_usage, as history, not the request's business
+    progress_reports: Any = None  # `[seq, ts, report]` triples; coordinator/reports.py skips bad ones, never fails
 
 
 @dataclasses.dataclass(frozen=True)
 class FailRequest(WireMessage):
     job_id: str
     lease_id: str
-    cause: str
+    cause: str = Cause.APP.value
     exit_code: int | None = None
-    output_tail: str = ""
-    error: str = ""
-    usage: dict[str, Any] | None = None
-    progress_reports: list[list[Any]] | None = None
+    output_tail: str = dataclasses.field(default="", metadata=LONG_TEXT)
+    error: str = dataclasses.field(default="", metadata=LONG_TEXT)
+    usage: Any = None  # checked by coordinator/history.py check_usage, as history, not the request's business
+    progress_reports: Any = None  # `[seq, ts, report]` triples; coordinator/reports.py skips bad ones, never fails
 
 
 @dataclasses.dataclass(frozen=True)

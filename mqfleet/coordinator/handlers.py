@@ -22,21 +22,10 @@ from mqfleet.coordinator.reports import handle_compare, handle_gc, prepare_gc, r
 from mqfleet.coordinator.verify import accept_artifact, check_digest
 from mqfleet.errors import BadRequestError, ManifestError, NotFoundError, UnknownHostError
 from mqfleet.manifest import load_manifest, parse_manifest
+from mqfleet.messages import CompleteRequest, FailRequest, RenewRequest, UploadUrlRequest
 from mqfleet.protocol import Verb, ok
 from mqfleet.protocol import field as req_field
 from mqfleet.state import AGENT_CAUSES, Cause
-
-
-def _lease_fields(req: Request) -> tuple[str, str]:
-    return req_field(req.body, "job_id", str), req_field(req.body, "lease_id", str)
-
-
-def _dict_field(req: Request, name: str) -> dict[str, Any] | None:
-    value = req_field(req.body, name, dict, None)
-    if value is not None and len(value) > 200:
-        raise BadRequestError(f"field '{name}' has too many keys ({len(value)})")
-    return value  # type: ignore[no-any-return]
-
 
 # --- agent verbs: the host is the client level of the topic ---------------------------
 
@@ -61,10 +50,17 @@ def handle_claim(coord: HandlerContext, req: Request) -> dict[str, Any]:
     return ok(job=grant)
 
 
+def _small(value: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    if value is not None and len(value) > 200:
+        raise BadRequestError(f"field '{name}' has too many keys ({len(value)})")
+    return value
+
+
 def handle_renew(coord: HandlerContext, req: Request) -> dict[str, Any]:
     _check_known_host(coord, req.client)
-    job_id, lease_id = _lease_fields(req)
-    progress = _dict_field(req, "progress")
+    renewal = RenewRequest.from_wire(req.body)
+    job_id, lease_id = renewal.job_id, renewal.lease_id
+    progress = _small(renewal.progress, "progress")
     expires_ts = coord.leases.renew(job_id, lease_id, req.client, req.now, progress, lease_s=coord.lease_s)
     if progress is not None:
         coord.mark_progress(job_id)  # watchers see progress through the retained job state (at most 1/s)
@@ -80,9 +76,8 @@ def _attempt_of(coord: HandlerContext, job_id: str) -> int | None:
 
 
 def handle_upload_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    job_id, lease_id = _lease_fields(req)
-    sha256 = req_field(req.body, "sha256", str)
-    size = req_field(req.body, "size", int)
+    upload = UploadUrlRequest.from_wire(req.body)
+    job_id, lease_id, sha256, size = upload.job_id, upload.lease_id, upload.sha256, upload.size
     check_digest(sha256, size)
     coord.leases.check_lease(job_id, lease_id, req.client)
     coord.uploads.grant(sha256, req.now)  # gc spares the object until a job row references it
@@ -107,23 +102,22 @@ def handle_upload_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
 
 
 def prepare_complete(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    job_id, lease_id = _lease_fields(req)
-    sha256 = req_field(req.body, "sha256", str)
-    size = req_field(req.body, "size", int)
+    done = CompleteRequest.from_wire(req.body)
     with coord.lock:
-        coord.leases.check_lease(job_id, lease_id, req.client)
-    key = accept_artifact(coord.store, sha256, size, lease_id=lease_id)
+        coord.leases.check_lease(done.job_id, done.lease_id, req.client)
+    key = accept_artifact(coord.store, done.sha256, done.size, lease_id=done.lease_id)
     return {"key": key}
 
 
 def handle_complete(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    job_id, lease_id = _lease_fields(req)
+    done = CompleteRequest.from_wire(req.body)
+    job_id, lease_id = done.job_id, done.lease_id
     artifact = {
-        "sha256": req_field(req.body, "sha256", str),
-        "size": req_field(req.body, "size", int),
+        "sha256": done.sha256,
+        "size": done.size,
         "key": req.prepared["key"],
-        "metrics": _dict_field(req, "metrics") or {},
-        "output_tail": req_field(req.body, "output_tail", str, ""),
+        "metrics": _small(done.metrics, "metrics") or {},
+        "output_tail": done.output_tail,
     }
     attempt = _attempt_of(coord, job_id)
     row = coord.leases.complete(job_id, lease_id, req.client, artifact, req.now)
@@ -134,8 +128,8 @@ def handle_complete(coord: HandlerContext, req: Request) -> dict[str, Any]:
 
 
 def handle_fail(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    job_id, lease_id = _lease_fields(req)
-    cause_name = req_field(req.body, "cause", str, Cause.APP.value)
+    failure = FailRequest.from_wire(req.body)
+    job_id, lease_id, cause_name = failure.job_id, failure.lease_id, failure.cause
     allowed = sorted(c.value for c in AGENT_CAUSES)
     if cause_name not in allowed:
         raise BadRequestError(f"field 'cause' must be one of {', '.join(allowed)}, not {cause_name!r}")
@@ -145,9 +139,9 @@ def handle_fail(coord: HandlerContext, req: Request) -> dict[str, Any]:
         lease_id,
         req.client,
         Cause(cause_name),
-        exit_code=req_field(req.body, "exit_code", int, None),
-        output_tail=req_field(req.body, "output_tail", str, "")[-20_000:],
-        error=req_field(req.body, "error", str, "")[:2000],
+        exit_code=failure.exit_code,
+        output_tail=failure.output_tail[-20_000:],
+        error=failure.error[:2000],
         now=req.now,
         fleet=coord.fleet,
     )

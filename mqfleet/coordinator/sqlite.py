@@ -145,12 +145,6 @@ class StateFile:
         """The last event take_changes() handed out: older ones are published and may be pruned."""
         return self._taken_seq
 
-    def prune_events(self, older_than: float) -> int:
-        """Forget published events older than `older_than`; returns how many. When to call it is
-        the retention policy's business (docs/OPERATIONS.md)."""
-        with self.transaction() as c:
-            return c.execute("DELETE FROM events WHERE ts < ? AND seq <= ?", (older_than, self._taken_seq)).rowcount
-
     # the request memory: a redelivered request is answered with its first reply
 
     def remembered_reply(self, key: str) -> dict[str, Any] | None:
