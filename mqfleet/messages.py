@@ -265,6 +265,45 @@ class StatusReply(WireMessage):
     status: str
 
 
+# --- health ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Health(WireMessage):
+    """The `health` reply and the retained `coordinator/status`: what the checks found (their content is
+    coordinator/checks.py's), the manifest in force, counts, and the coordinators sharing the state."""
+
+    state: str
+    ts: float
+    version: str = ""
+    started_ts: float | None = None
+    uptime_s: float | None = None
+    manifest: str | None = None
+    manifest_jobs: int = 0
+    manifest_sha256: str | None = None
+    manifest_applied_ts: float | None = None
+    manifest_origin: str | None = None
+    last_refused_manifest: str | None = None
+    jobs_by_status: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hosts_online: int = 0
+    hosts_total: int = 0
+    hosts_draining: int = 0
+    hosts_quarantined: int = 0
+    #: true only when the check of the database passed (coordinator/checks.py)
+    db_ok: bool = False
+    store_ok: bool = False
+    checks: dict[str, Any] = dataclasses.field(default_factory=dict)
+    failed_checks: list[str] = dataclasses.field(default_factory=list)
+    requests_dropped: int = 0
+    republishing: bool = False
+    log_batches_refused: int = 0
+    store: str = ""
+    coordinator: str = ""
+    role: str = ""
+    state_store: str = ""
+    coordinators: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
 #: The request and reply classes of each agent verb, by verb name (docs/INTERNALS.md, "Wire payloads").
 AGENT_MESSAGES: dict[str, tuple[type[WireMessage] | None, type[WireMessage]]] = {
     "claim": (None, ClaimReply),

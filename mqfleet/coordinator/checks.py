@@ -22,6 +22,7 @@ from mqfleet.coordinator.manifests import StoredManifest
 from mqfleet.coordinator.republish import StateRepublisher
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ManifestError, StoreError
+from mqfleet.messages import Health
 from mqfleet.spec import Manifest
 from mqfleet.store import ArtifactStore
 
@@ -134,7 +135,7 @@ class HealthSource(Protocol):
     def stored_manifest(self) -> StoredManifest | None: ...
 
 
-def health_report(coord: HealthSource, now: float) -> dict[str, Any]:
+def health_report(coord: HealthSource, now: float) -> Health:
     """The `health` reply and the retained coordinator status. Fields are only ever added (docs/INTERNALS.md)."""
     checks = coord.checks.run()
     counts: dict[str, int] = {}
@@ -149,30 +150,30 @@ def health_report(coord: HealthSource, now: float) -> dict[str, Any]:
     manifest = coord.manifest
     stored = coord.stored_manifest
     refused = coord.refused_manifest
-    return {
-        "state": "online",
-        "version": __version__,
-        "started_ts": coord.started_ts,
-        "uptime_s": round(now - coord.started_ts, 1),
-        "manifest": manifest.source if manifest else None,
-        "manifest_jobs": coord.manifest_jobs if manifest else 0,
-        "manifest_sha256": stored.sha256 if stored else None,
-        "manifest_applied_ts": stored.applied_ts if stored else None,
-        "manifest_origin": stored.origin if stored else None,
-        "last_refused_manifest": str(refused) if refused else None,
-        "jobs_by_status": counts,
-        "hosts_online": sum(1 for h in hosts if h["online"]),
-        "hosts_total": len(hosts),
-        "hosts_draining": sum(1 for h in hosts if h["draining"]),
-        "hosts_quarantined": sum(1 for h in hosts if h.get("quarantined")),
-        "db_ok": checks["database"].ok,
-        "store_ok": checks["store"].ok,
-        "checks": {name: result.to_dict() for name, result in checks.items()},
-        "failed_checks": [name for name, result in checks.items() if not result.ok],
-        "requests_dropped": coord.dropped_requests,
+    return Health(
+        state="online",
+        version=__version__,
+        started_ts=coord.started_ts,
+        uptime_s=round(now - coord.started_ts, 1),
+        manifest=manifest.source if manifest else None,
+        manifest_jobs=coord.manifest_jobs if manifest else 0,
+        manifest_sha256=stored.sha256 if stored else None,
+        manifest_applied_ts=stored.applied_ts if stored else None,
+        manifest_origin=stored.origin if stored else None,
+        last_refused_manifest=str(refused) if refused else None,
+        jobs_by_status=dict(counts),
+        hosts_online=sum(1 for h in hosts if h["online"]),
+        hosts_total=len(hosts),
+        hosts_draining=sum(1 for h in hosts if h["draining"]),
+        hosts_quarantined=sum(1 for h in hosts if h.get("quarantined")),
+        db_ok=checks["database"].ok,
+        store_ok=checks["store"].ok,
+        checks={name: result.to_dict() for name, result in checks.items()},
+        failed_checks=[name for name, result in checks.items() if not result.ok],
+        requests_dropped=coord.dropped_requests,
         # retained job states (or an event backlog) still going out in the background (docs/RELIABILITY.md)
-        "republishing": coord.republisher.is_sweeping(),
-        "log_batches_refused": coord.refused_log_batches,
-        "store": coord.store.url,
-        "ts": now,
-    }
+        republishing=coord.republisher.is_sweeping(),
+        log_batches_refused=coord.refused_log_batches,
+        store=coord.store.url,
+        ts=now,
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import gc
 import logging
 import secrets
@@ -936,16 +937,16 @@ class Coordinator:
     def health(self, now: float) -> dict[str, Any]:
         """The `health` reply and retained status: counts, the manifest in force, the checks' results, and
         the coordinators sharing the state (this one named by `coordinator`)."""
-        report = health_report(self, now)
-        report["coordinator"] = self.config.client_id
-        report["role"] = "leader" if self.is_leader else "follower"
-        report["state_store"] = "postgresql" if self.shared else "sqlite"
         try:
-            report["coordinators"] = self.peers.listing(now)
+            coordinators = self.peers.listing(now)
         except MqfleetError as e:
-            report["coordinators"] = []
+            coordinators = []
             logger.warning("coordinators table unreadable: %s", e)
-        return report
+        report = dataclasses.replace(
+            health_report(self, now), coordinator=self.config.client_id, role="leader" if self.is_leader else "follower",
+            state_store="postgresql" if self.shared else "sqlite", coordinators=coordinators,
+        )
+        return report.to_wire()
 
 
 def return_freed_memory() -> None:

@@ -5,6 +5,7 @@ speaks the wire through the one RPC client."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from mqfleet import defaults
 from mqfleet.coordinator.service import STATUS_INTERVAL_S, Coordinator, CoordinatorConfig
+from mqfleet.messages import Health
 from mqfleet.mqtt import BrokerConfig, Connection
 from mqfleet.protocol import Role, Topics, Verb, encode
 from mqfleet.rpc import RpcClient
@@ -161,3 +163,13 @@ def test_the_request_memory_answers_a_redelivery_until_the_tick_prunes_it(
     # gone once older: the tick that publishes the status prunes it
     coordinator.tick(clock.now + defaults.REQUEST_MEMORY_S + 2 * STATUS_INTERVAL_S)
     assert coordinator.state.remembered_reply(key) is None
+
+
+def test_health_is_the_typed_health_message_and_reads_back_whole(coordinator: Coordinator, clock: Clock) -> None:
+    report = coordinator.health(clock.now)
+    health = Health.from_wire(report)
+    assert set(report) == {f.name for f in dataclasses.fields(Health)}
+    assert health.to_wire() == report
+    # db_ok is what the database check found, not a constant (coordinator/checks.py)
+    assert (health.db_ok, health.checks["database"]["ok"]) == (True, True)
+    assert health.jobs_by_status["pending"] == 1 and health.role == "leader"
