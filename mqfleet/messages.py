@@ -265,6 +265,43 @@ class StatusReply(WireMessage):
     status: str
 
 
+# --- operator verbs (the `auth` signature is checked, and ignored here, by the service) ---------------
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRefRequest(WireMessage):
+    """`cancel` (and the query verbs that name one job): a job by id, unique id prefix or name."""
+
+    job: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RequeueRequest(WireMessage):
+    job: str
+    #: also delete the job's checkpoint, so the next attempt starts from scratch
+    fresh: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ReloadRequest(WireMessage):
+    """Reload the manifest file, or apply the TOML text sent (`source` names it in messages)."""
+
+    manifest: str | None = dataclasses.field(default=None, metadata={"long_text": True})
+    source: str = "<sent by operator>"
+
+
+@dataclasses.dataclass(frozen=True)
+class HostRequest(WireMessage):
+    """`drain` and `undrain`."""
+
+    host: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GcRequest(WireMessage):
+    dry_run: bool = False
+
+
 # --- health ----------------------------------------------------------------------------------------
 
 
@@ -311,4 +348,14 @@ AGENT_MESSAGES: dict[str, tuple[type[WireMessage] | None, type[WireMessage]]] = 
     "upload_url": (UploadUrlRequest, UploadUrlReply),
     "complete": (CompleteRequest, StatusReply),
     "fail": (FailRequest, StatusReply),
+}
+
+#: The request class of each operator verb (docs/INTERNALS.md, "Wire payloads").
+OPERATOR_REQUESTS: dict[str, type[WireMessage]] = {
+    "cancel": JobRefRequest,
+    "requeue": RequeueRequest,
+    "reload": ReloadRequest,
+    "drain": HostRequest,
+    "undrain": HostRequest,
+    "gc": GcRequest,
 }

@@ -22,7 +22,16 @@ from mqfleet.coordinator.reports import handle_compare, handle_gc, prepare_gc, r
 from mqfleet.coordinator.verify import accept_artifact, check_digest
 from mqfleet.errors import BadRequestError, ManifestError, NotFoundError, UnknownHostError
 from mqfleet.manifest import load_manifest, parse_manifest
-from mqfleet.messages import CompleteRequest, FailRequest, RenewRequest, UploadUrlRequest
+from mqfleet.messages import (
+    CompleteRequest,
+    FailRequest,
+    HostRequest,
+    JobRefRequest,
+    ReloadRequest,
+    RenewRequest,
+    RequeueRequest,
+    UploadUrlRequest,
+)
 from mqfleet.protocol import Verb, ok
 from mqfleet.protocol import field as req_field
 from mqfleet.state import AGENT_CAUSES, Cause
@@ -153,7 +162,7 @@ def handle_fail(coord: HandlerContext, req: Request) -> dict[str, Any]:
 
 
 def _job_ref(coord: HandlerContext, req: Request) -> str:
-    return coord.catalog.resolve_job(req_field(req.body, "job", str))
+    return coord.catalog.resolve_job(JobRefRequest.from_wire(req.body).job)
 
 
 def handle_cancel(coord: HandlerContext, req: Request) -> dict[str, Any]:
@@ -168,7 +177,7 @@ def handle_cancel(coord: HandlerContext, req: Request) -> dict[str, Any]:
 def handle_requeue(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
     row = coord.leases.requeue(job_id, req.now)
-    if req_field(req.body, "fresh", bool, False):
+    if RequeueRequest.from_wire(req.body).fresh:
         coord.checkpoints.discard(job_id, req.now, "requeued with --fresh")
     row["checkpoint"] = coord.checkpoints.detail(job_id)
     return ok(job=row)
@@ -177,12 +186,12 @@ def handle_requeue(coord: HandlerContext, req: Request) -> dict[str, Any]:
 def prepare_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
     """Parse, validate and build the rows off the lock: at 100,000 jobs that is seconds of work, and
     renewals must wait for the writes alone (docs/CLI.md, `mqfleet reload`)."""
-    text = req_field(req.body, "manifest", str, None)
+    reload = ReloadRequest.from_wire(req.body)
     try:
-        if text is None:
+        if reload.manifest is None:
             manifest = load_manifest(coord.manifest_path)
         else:
-            manifest = parse_manifest(text, source=req_field(req.body, "source", str, "<sent by operator>"))
+            manifest = parse_manifest(reload.manifest, source=reload.source)
     except ManifestError as e:
         # Refused whole: the manifest in force stays. The problems travel in the reply.
         coord.refuse_manifest(e)
@@ -192,7 +201,7 @@ def prepare_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
 
 def handle_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
     prepared: ManifestRows = req.prepared["rows"]
-    sent = req_field(req.body, "manifest", str, None) is not None
+    sent = ReloadRequest.from_wire(req.body).manifest is not None
     # Stored with the jobs it made, so a restart keeps a manifest that exists only in this database.
     summary = coord.apply_manifest(prepared, req.now, origin=ORIGIN_SENT if sent else ORIGIN_FILE)
     return ok(
@@ -213,13 +222,13 @@ def handle_manifest(coord: HandlerContext, req: Request) -> dict[str, Any]:
 
 
 def handle_drain(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    host = req_field(req.body, "host", str)
+    host = HostRequest.from_wire(req.body).host
     coord.hosts.set_draining(host, True, req.now)
     return ok(host=host, draining=True)
 
 
 def handle_undrain(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    host = req_field(req.body, "host", str)
+    host = HostRequest.from_wire(req.body).host
     released = coord.hosts.set_draining(host, False, req.now)
     return ok(host=host, draining=False, quarantine_released=released)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from mqfleet.coordinator.garbage import collect_garbage
 from mqfleet.coordinator.history import check_usage
 from mqfleet.errors import BadRequestError, NotFoundError
+from mqfleet.messages import GcRequest
 from mqfleet.protocol import field as req_field
 from mqfleet.protocol import ok
 
@@ -113,7 +114,7 @@ def handle_compare(coord: Coordinator, req: Request) -> dict[str, Any]:
 
 def prepare_gc(coord: Coordinator, req: Request) -> dict[str, Any]:
     # Listing and deleting objects is slow store work: done here, off the dispatcher thread.
-    dry_run = req_field(req.body, "dry_run", bool, False)
+    dry_run = GcRequest.from_wire(req.body).dry_run
     return collect_garbage(coord.state, coord.store, coord.uploads, dry_run=dry_run, now=req.now)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mqfleet.messages import AGENT_MESSAGES, Grant, TrainerRef, WireMessage
+from mqfleet.messages import AGENT_MESSAGES, OPERATOR_REQUESTS, Grant, TrainerRef, WireMessage
 from mqfleet.protocol import Verb
 from mqfleet.state import AGENT_CAUSES
 
@@ -84,3 +84,12 @@ def test_the_causes_an_agent_may_report_are_the_ones_the_fail_row_lists() -> Non
 
 def test_the_field_reader_sees_what_the_doc_lists() -> None:
     assert named_fields("`exists: true, key`, or `exists: false, url, method: \"PUT\"`") == {"exists", "key", "url", "method"}
+
+
+@pytest.mark.parametrize("verb", sorted(OPERATOR_REQUESTS))
+def test_an_operator_verbs_request_fields_are_its_messages_fields(verb: str) -> None:
+    cell = verb_table()[verb][0]
+    if verb in ("cancel", "requeue"):  # one row for both: requeue adds its own after "requeue:"
+        shared, _, own = cell.partition("requeue:")
+        cell = shared if verb == "cancel" else cell
+    assert named_fields(cell) == field_names(OPERATOR_REQUESTS[verb])
