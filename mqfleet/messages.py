@@ -265,6 +265,73 @@ class StatusReply(WireMessage):
     status: str
 
 
+# --- checkpoint verbs (agent) ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointUploadRequest(WireMessage):
+    """`checkpoint_url`: a presigned PUT for this lease's checkpoint bundle."""
+
+    job_id: str
+    lease_id: str
+    sha256: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSavedRequest(WireMessage):
+    job_id: str
+    lease_id: str
+    sha256: str
+    size: int
+    progress: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointStartRequest(WireMessage):
+    """How an attempt started: resumed from its grant's checkpoint, or fresh and why."""
+
+    job_id: str
+    lease_id: str
+    resumed: bool
+    note: str = ""
+    from_attempt: int | None = None
+    rejected_sha256: str | None = None
+
+
+# --- query verbs -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class JobsRequest(WireMessage):
+    """One page of the jobs listing (docs/CLI.md, `jobs`)."""
+
+    status: str | None = None
+    name: str | None = None
+    order: str = "oldest"
+    limit: int | None = None
+    after: int | None = None
+    offset: int = 0
+    #: false once the client knows the total: counting walks every matching row
+    count: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LogsRequest(WireMessage):
+    job: str
+    attempt: int | None = None
+    offset: int = 0
+    limit: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareRequest(WireMessage):
+    """Either `jobs` (references) or `sweep` (a sweep's name)."""
+
+    jobs: list[str] | None = None
+    sweep: str | None = None
+
+
 # --- operator verbs (the `auth` signature is checked, and ignored here, by the service) ---------------
 
 
@@ -348,6 +415,18 @@ AGENT_MESSAGES: dict[str, tuple[type[WireMessage] | None, type[WireMessage]]] = 
     "upload_url": (UploadUrlRequest, UploadUrlReply),
     "complete": (CompleteRequest, StatusReply),
     "fail": (FailRequest, StatusReply),
+}
+
+#: The request classes of the checkpoint verbs and the query verbs that take fields.
+OTHER_REQUESTS: dict[str, type[WireMessage]] = {
+    "checkpoint_url": CheckpointUploadRequest,
+    "checkpoint_saved": CheckpointSavedRequest,
+    "checkpoint_start": CheckpointStartRequest,
+    "jobs": JobsRequest,
+    "job": JobRefRequest,
+    "logs": LogsRequest,
+    "compare": CompareRequest,
+    "download_url": JobRefRequest,
 }
 
 #: The request class of each operator verb (docs/INTERNALS.md, "Wire payloads").

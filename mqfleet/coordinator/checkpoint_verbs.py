@@ -14,7 +14,7 @@ from mqfleet.coordinator.checkpoints import GARBAGE_INTERVAL_S, MIB
 from mqfleet.coordinator.context import HandlerContext, Request
 from mqfleet.coordinator.verify import check_digest
 from mqfleet.errors import ArtifactMismatchError, BadRequestError, ObjectMissingError, StoreError
-from mqfleet.protocol import field as req_field
+from mqfleet.messages import CheckpointSavedRequest, CheckpointStartRequest, CheckpointUploadRequest
 from mqfleet.protocol import ok
 
 logger = logging.getLogger(__name__)
@@ -81,12 +81,9 @@ def grant_fields(coord: HandlerContext, grant: dict[str, Any]) -> dict[str, Any]
 
 
 def _upload_fields(req: Request) -> tuple[str, str, str, int]:
-    job_id = req_field(req.body, "job_id", str)
-    lease_id = req_field(req.body, "lease_id", str)
-    sha256 = req_field(req.body, "sha256", str)
-    size = req_field(req.body, "size", int)
-    check_digest(sha256, size)
-    return job_id, lease_id, sha256, size
+    upload = CheckpointUploadRequest.from_wire(req.body)
+    check_digest(upload.sha256, upload.size)
+    return upload.job_id, upload.lease_id, upload.sha256, upload.size
 
 
 def handle_checkpoint_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
@@ -128,7 +125,7 @@ def prepare_checkpoint_saved(coord: HandlerContext, req: Request) -> dict[str, A
 def handle_checkpoint_saved(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id, lease_id, sha256, size = _upload_fields(req)
     attempt = coord.checkpoints.check_writer(job_id, lease_id, req.client)
-    progress = req_field(req.body, "progress", dict, None)
+    progress = CheckpointSavedRequest.from_wire(req.body).progress
     if progress is not None and len(json.dumps(progress)) > 4096:
         progress = None  # shown in `show` only; a huge one is not worth keeping
     coord.checkpoints.record(
@@ -145,14 +142,11 @@ def handle_checkpoint_start(coord: HandlerContext, req: Request) -> dict[str, An
     A checkpoint that failed its sha256 check or could not be read is discarded, so the next attempt
     does not stumble over it again.
     """
-    job_id = req_field(req.body, "job_id", str)
-    lease_id = req_field(req.body, "lease_id", str)
-    resumed = req_field(req.body, "resumed", bool)
-    note = req_field(req.body, "note", str, "")
-    bad_sha256 = req_field(req.body, "rejected_sha256", str, None)
+    start = CheckpointStartRequest.from_wire(req.body)
+    job_id, lease_id, resumed, note, bad_sha256 = start.job_id, start.lease_id, start.resumed, start.note, start.rejected_sha256
     attempt = coord.checkpoints.check_writer(job_id, lease_id, req.client)
     latest = coord.checkpoints.latest(job_id)
-    from_attempt = req_field(req.body, "from_attempt", int, None)
+    from_attempt = start.from_attempt
     if bad_sha256 is not None and latest is not None and latest["sha256"] == bad_sha256:
         coord.checkpoints.discard(job_id, req.now, f"attempt {attempt} could not use it: {note}")
     resumed_from = latest if resumed and latest is not None and latest["attempt"] == from_attempt else None

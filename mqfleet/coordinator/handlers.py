@@ -27,13 +27,14 @@ from mqfleet.messages import (
     FailRequest,
     HostRequest,
     JobRefRequest,
+    JobsRequest,
+    LogsRequest,
     ReloadRequest,
     RenewRequest,
     RequeueRequest,
     UploadUrlRequest,
 )
 from mqfleet.protocol import Verb, ok
-from mqfleet.protocol import field as req_field
 from mqfleet.state import AGENT_CAUSES, Cause
 
 # --- agent verbs: the host is the client level of the topic ---------------------------
@@ -241,16 +242,17 @@ JOBS_PAGE = 2000
 
 
 def handle_jobs(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    where = JobFilter(status=req_field(req.body, "status", str, None), name_glob=req_field(req.body, "name", str, None))
-    order = req_field(req.body, "order", str, "oldest")
+    asked = JobsRequest.from_wire(req.body)
+    where = JobFilter(status=asked.status, name_glob=asked.name)
+    order = asked.order
     if order not in ("oldest", "newest"):
         raise BadRequestError(f"field 'order' must be 'oldest' or 'newest', not {order[:40]!r}")
-    limit = min(JOBS_PAGE, max(1, req_field(req.body, "limit", int, JOBS_PAGE)))
-    after = req_field(req.body, "after", int, None)
-    offset = max(0, req_field(req.body, "offset", int, 0))
+    limit = min(JOBS_PAGE, max(1, asked.limit if asked.limit is not None else JOBS_PAGE))
+    after = asked.after
+    offset = max(0, asked.offset)
     # A client that knows the total from its first page asks the later ones without it (a count
     # walks every matching row).
-    counted = req_field(req.body, "count", bool, True)
+    counted = asked.count
     page, next_after, total = coord.catalog.job_page(
         where, limit=limit, after=after, newest_first=order == "newest", offset=None if after is not None else offset,
         count=counted,
@@ -305,9 +307,10 @@ LOGS_PAGE_CHARS = 1024 * 1024
 
 def handle_logs(coord: HandlerContext, req: Request) -> dict[str, Any]:
     job_id = _job_ref(coord, req)
-    attempt = req_field(req.body, "attempt", int, None)
-    offset = max(0, req_field(req.body, "offset", int, 0))
-    limit = min(LOGS_PAGE, max(1, req_field(req.body, "limit", int, LOGS_PAGE)))
+    asked = LogsRequest.from_wire(req.body)
+    attempt = asked.attempt
+    offset = max(0, asked.offset)
+    limit = min(LOGS_PAGE, max(1, asked.limit if asked.limit is not None else LOGS_PAGE))
     shown, lines, attempts = coord.job_logs(job_id, attempt)
     page = lines[offset : offset + limit]
     # Also cut by size: the reply must stay under the broker's packet limit (4 MiB) even when every

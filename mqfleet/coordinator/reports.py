@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 from mqfleet.coordinator.garbage import collect_garbage
 from mqfleet.coordinator.history import check_usage
 from mqfleet.errors import BadRequestError, NotFoundError
-from mqfleet.messages import GcRequest
-from mqfleet.protocol import field as req_field
+from mqfleet.messages import CompareRequest, GcRequest
 from mqfleet.protocol import ok
 
 if TYPE_CHECKING:
@@ -81,8 +80,8 @@ def final_metrics(row: dict[str, Any], artifact: dict[str, Any] | None, last_rep
 
 
 def handle_compare(coord: Coordinator, req: Request) -> dict[str, Any]:
-    sweep = req_field(req.body, "sweep", str, None)
-    refs = req_field(req.body, "jobs", list, None)
+    asked = CompareRequest.from_wire(req.body)
+    sweep, refs = asked.sweep, asked.jobs
     if (sweep is None) == (refs is None):
         raise BadRequestError("compare needs either 'jobs' (a list of job references) or 'sweep' (a sweep name)")
     if sweep is not None:

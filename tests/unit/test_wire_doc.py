@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mqfleet.messages import AGENT_MESSAGES, OPERATOR_REQUESTS, Grant, TrainerRef, WireMessage
+from mqfleet.messages import AGENT_MESSAGES, OPERATOR_REQUESTS, OTHER_REQUESTS, Grant, TrainerRef, WireMessage
 from mqfleet.protocol import Verb
 from mqfleet.state import AGENT_CAUSES
 
@@ -93,3 +93,8 @@ def test_an_operator_verbs_request_fields_are_its_messages_fields(verb: str) -> 
         shared, _, own = cell.partition("requeue:")
         cell = shared if verb == "cancel" else cell
     assert named_fields(cell) == field_names(OPERATOR_REQUESTS[verb])
+
+
+@pytest.mark.parametrize("verb", sorted(OTHER_REQUESTS))
+def test_a_checkpoint_or_query_verbs_request_fields_are_its_messages_fields(verb: str) -> None:
+    assert named_fields(verb_table()[verb][0]) == field_names(OTHER_REQUESTS[verb])
