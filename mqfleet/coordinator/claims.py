@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from mqfleet.coordinator import faults, scheduler
-from mqfleet.coordinator.catalog import HOST_LIMITED, OPEN, Catalog, spec_from_json
+from mqfleet.coordinator.catalog import HOST_LIMITED, OPEN, Catalog
 from mqfleet.coordinator.hosts import QUARANTINE_COLUMN, Hosts, host_view
+from mqfleet.coordinator.rows import spec_from_json
 from mqfleet.coordinator.sqlite import StateFile, transition
 from mqfleet.errors import NotFoundError
 from mqfleet.spec import JobSpec, Manifest, TrainerSpec

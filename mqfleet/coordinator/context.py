@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mqfleet.coordinator.artifacts import Artifacts
-from mqfleet.coordinator.catalog import Catalog, ManifestRows
+from mqfleet.coordinator.catalog import Catalog
 from mqfleet.coordinator.checkpoints import CheckpointBook
 from mqfleet.coordinator.claims import Claims
 from mqfleet.coordinator.garbage import UploadWindow
@@ -20,6 +20,7 @@ from mqfleet.coordinator.history import AttemptHistory
 from mqfleet.coordinator.hosts import Hosts
 from mqfleet.coordinator.leases import Leases
 from mqfleet.coordinator.manifests import StoredManifest
+from mqfleet.coordinator.rows import ManifestRows
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ManifestError
 from mqfleet.protocol import Role, Verb

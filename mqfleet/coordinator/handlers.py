@@ -14,11 +14,11 @@ from typing import Any
 
 from mqfleet import defaults
 from mqfleet.coordinator import checkpoint_verbs
-from mqfleet.coordinator.catalog import ManifestRows, manifest_rows
 from mqfleet.coordinator.context import Handler, HandlerContext, Prepare, Request
 from mqfleet.coordinator.listing import JobFilter
 from mqfleet.coordinator.manifests import ORIGIN_FILE, ORIGIN_SENT
 from mqfleet.coordinator.reports import handle_compare, handle_gc, prepare_gc, record_attempt_history
+from mqfleet.coordinator.rows import ManifestRows, manifest_rows
 from mqfleet.coordinator.verify import accept_artifact, check_digest
 from mqfleet.errors import BadRequestError, ManifestError, NotFoundError, UnknownHostError
 from mqfleet.manifest import load_manifest, parse_manifest

@@ -29,7 +29,7 @@ from mqfleet import __version__, defaults
 from mqfleet.advert import parse_advert
 from mqfleet.coordinator import peers, scheduler
 from mqfleet.coordinator.artifacts import Artifacts
-from mqfleet.coordinator.catalog import Catalog, ManifestRows, manifest_rows
+from mqfleet.coordinator.catalog import Catalog
 from mqfleet.coordinator.checkpoint_verbs import collect_garbage as collect_checkpoint_garbage
 from mqfleet.coordinator.checkpoints import CheckpointBook
 from mqfleet.coordinator.checks import HealthChecks, health_report
@@ -50,6 +50,7 @@ from mqfleet.coordinator.manifests import (
 )
 from mqfleet.coordinator.postgres import is_postgres_url, open_state, redact_url
 from mqfleet.coordinator.republish import StateRepublisher, record_published, state_page
+from mqfleet.coordinator.rows import ManifestRows, manifest_rows
 from mqfleet.errors import (
     BadRequestError,
     ConfigurationError,
@@ -269,7 +270,7 @@ class Coordinator:
         """Make a validated manifest the one in force and the jobs table follow it; its text is kept in the
         database (`record`) in the same transaction, so a restart keeps it (docs/OPERATIONS.md).
 
-        Pass `catalog.manifest_rows(manifest)`, built off the lock, so that only the writes hold it.
+        Pass `rows.manifest_rows(manifest)`, built off the lock, so that only the writes hold it.
         """
         prepared = manifest if isinstance(manifest, ManifestRows) else manifest_rows(manifest)
         source = prepared.header.source

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mqfleet.coordinator.catalog import manifest_rows
 from mqfleet.coordinator.manifest_memo import manifest_digest
 from mqfleet.coordinator.republish import StateRepublisher, record_published, state_page
+from mqfleet.coordinator.rows import manifest_rows
 from mqfleet.protocol import decode
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, job, manifest
