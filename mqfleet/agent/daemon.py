@@ -21,7 +21,7 @@ from mqfleet import defaults
 from mqfleet.agent.capability import detect_advert
 from mqfleet.agent.command import inherited_env
 from mqfleet.agent.job import Ending, JobRun, JobSettings
-from mqfleet.agent.runner import reap_leftovers
+from mqfleet.agent.reaper import reap_leftovers
 from mqfleet.errors import (
     ConfigurationError,
     MqfleetError,

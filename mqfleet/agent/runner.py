@@ -11,10 +11,11 @@ No trainer process may outlive its job, so the tree is guarded in three layers:
    at fork time). The kernel fires PDEATHSIG when the *thread* that forked the
    child exits, so every trainer is forked by one long-lived spawner thread, never
    by the caller's thread, which may be short-lived.
+   (`mqfleet.agent.spawn`)
 3. PDEATHSIG reaches the direct child only. Each run with a `pidfile_dir` keeps a
    pidfile (pid, create time, pgid, known descendants) there while it runs, and
    `reap_leftovers()` at the next agent start kills what a crash left alive,
-   matching create times so a recycled PID is never killed.
+   matching create times so a recycled PID is never killed (`mqfleet.agent.reaper`).
 """
 
 from __future__ import annotations
@@ -22,23 +23,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import psutil
 
 from mqfleet import defaults
+from mqfleet.agent.reaper import KILL_WAIT_S, POLL_S, pidfile_path, record_run
+from mqfleet.agent.spawn import IS_LINUX, IS_WINDOWS, PDEATHSIG_WRAPPER, check_program, pgid_of, spawn
 from mqfleet.agent.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
@@ -48,38 +48,14 @@ PROGRESS_PREFIX = "@mqfleet"
 
 # Longer lines are cut in the tail and in on_line: a tail travels in one MQTT request.
 _MAX_LINE_CHARS = 2000
-# How often the watcher looks for the trainer's exit and for new descendants.
-_POLL_S = 0.05
+# How often the watcher looks for new descendants (it looks for the trainer's exit every POLL_S).
 _TREE_REFRESH_S = 1.0
 # How often CPU and memory of the tree are sampled for the attempt's usage.
 _USAGE_SAMPLE_S = 0.25
-# Bounded waits for a SIGKILLed tree to vanish and for the output reader to drain.
-_KILL_WAIT_S = 10.0
+# Bounded wait for the output reader to drain (a SIGKILLed tree gets KILL_WAIT_S to vanish).
 _READER_JOIN_S = 5.0
-# psutil derives create times from the boot time, which can drift by up to a second.
-_CREATE_TIME_TOLERANCE_S = 1.0
-
-_IS_WINDOWS = os.name == "nt"
-_IS_LINUX = sys.platform.startswith("linux")
 # Linux can see a child's exit without reaping it, which keeps its pgid reserved while leftovers are swept.
-_CAN_PEEK_EXIT = _IS_LINUX and hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
-
-# argv: -c PPID PROGRAM ARGS...; 1 is PR_SET_PDEATHSIG. The ppid check closes the race where
-# the agent died between fork and prctl, so the signal would never come.
-_PDEATHSIG_WRAPPER = """\
-import ctypes, os, signal, sys
-if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
-    sys.stderr.write("mqfleet: prctl(PR_SET_PDEATHSIG) failed\\n")
-if os.getppid() != int(sys.argv[1]):
-    os._exit(137)
-try:
-    os.execvp(sys.argv[2], sys.argv[2:])
-except OSError as e:
-    sys.stderr.write(f"mqfleet: cannot run {sys.argv[2]!r}: {e}\\n")
-    os._exit(127)
-"""
-
-_T = TypeVar("_T")
+_CAN_PEEK_EXIT = IS_LINUX and hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
 
 
 class TrainerRun:
@@ -141,7 +117,7 @@ class TrainerRun:
         if self._proc is not None:
             raise RuntimeError("this trainer run was already started")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._proc = proc = _spawn(self._popen)
+        self._proc = proc = spawn(self._popen)
         self.started_ts = time.time()
         self.last_output_monotonic = time.monotonic()
         try:
@@ -165,14 +141,14 @@ class TrainerRun:
     def _popen(self) -> subprocess.Popen[str]:
         argv = self.argv
         kwargs: dict[str, Any] = {}
-        if _IS_WINDOWS:
+        if IS_WINDOWS:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
         else:
             kwargs["start_new_session"] = True
-        if _IS_LINUX:
+        if IS_LINUX:
             # The wrapper reports a missing program only as exit 127; check first so start() raises on every OS.
-            _check_program(argv[0], self.cwd, self.env)
-            argv = [sys.executable, "-I", "-S", "-c", _PDEATHSIG_WRAPPER, str(os.getpid()), *argv]
+            check_program(argv[0], self.cwd, self.env)
+            argv = [sys.executable, "-I", "-S", "-c", PDEATHSIG_WRAPPER, str(os.getpid()), *argv]
         return subprocess.Popen(
             argv,
             cwd=self.cwd,
@@ -247,8 +223,8 @@ class TrainerRun:
                 if not self._done.is_set():
                     logger.info("trainer %d: killing its process tree", proc.pid)
                     self._signal_tree(graceful=False)
-            if not self._done.wait(_KILL_WAIT_S):
-                raise TimeoutError(f"trainer {proc.pid} still alive {_KILL_WAIT_S}s after SIGKILL")
+            if not self._done.wait(KILL_WAIT_S):
+                raise TimeoutError(f"trainer {proc.pid} still alive {KILL_WAIT_S}s after SIGKILL")
         assert self.exit_code is not None
         return self.exit_code
 
@@ -265,7 +241,7 @@ class TrainerRun:
         proc = self._require_started()
         with self._tree_lock:
             known = list(self._tree.values())
-        if _IS_WINDOWS:
+        if IS_WINDOWS:
             if graceful:
                 try:
                     # Reaches the trainer's whole console process group, like SIGTERM to a POSIX group.
@@ -284,7 +260,7 @@ class TrainerRun:
             os.killpg(proc.pid, sig)
         for p in known:
             # A second SIGTERM makes many frameworks skip their clean shutdown: only signal escapees.
-            if graceful and _pgid_of(p.pid) == proc.pid:
+            if graceful and pgid_of(p.pid) == proc.pid:
                 continue
             with suppress(psutil.Error):
                 p.send_signal(sig)
@@ -311,7 +287,7 @@ class TrainerRun:
             if now >= next_sample:
                 self._sample_usage()
                 next_sample = now + _USAGE_SAMPLE_S
-            time.sleep(_POLL_S)
+            time.sleep(POLL_S)
         logger.info("trainer %d: exited with %s", proc.pid, self.exit_code)
         if self._reader is not None:
             self._reader.join(_READER_JOIN_S)
@@ -385,7 +361,7 @@ class TrainerRun:
 
     def _remove_pidfile(self) -> None:
         if self.pidfile_dir is not None and self.pid is not None:
-            _pidfile_path(self.pidfile_dir, self.pid).unlink(missing_ok=True)
+            pidfile_path(self.pidfile_dir, self.pid).unlink(missing_ok=True)
 
     # -- output ----------------------------------------------------------------------------------------------
 
@@ -455,171 +431,3 @@ def _call_safely(callback: Callable[[Any], None] | None, arg: Any) -> None:
         logger.exception("trainer output callback %r failed", callback)
 
 
-def _check_program(program: str, cwd: Path, env: Mapping[str, str]) -> None:
-    if os.sep in program or (os.altsep and os.altsep in program):
-        path = cwd / program
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise FileNotFoundError(f"trainer program not found or not executable: {path}")
-    elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
-        raise FileNotFoundError(f"trainer program {program!r} not found on the trainer's PATH")
-
-
-def _pgid_of(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-# -- spawning ----------------------------------------------------------------------------------------------
-
-
-_spawn_lock = threading.Lock()
-_spawn_jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] | None = None
-_spawn_owner_pid = 0
-
-
-def _spawn(fn: Callable[[], _T]) -> _T:
-    """Run `fn` (a Popen) on one long-lived daemon thread, so PDEATHSIG fires only when the agent dies."""
-    global _spawn_jobs, _spawn_owner_pid
-    if not _IS_LINUX:
-        return fn()
-    with _spawn_lock:
-        # A forked agent inherits the queue but not the thread that serves it.
-        if _spawn_jobs is None or _spawn_owner_pid != os.getpid():
-            _spawn_jobs, _spawn_owner_pid = queue.SimpleQueue(), os.getpid()
-            threading.Thread(target=_serve_spawns, args=(_spawn_jobs,), name="mqfleet-spawner", daemon=True).start()
-        jobs = _spawn_jobs
-    done: Future[_T] = Future()
-    jobs.put((fn, done))
-    return done.result(timeout=60)
-
-
-def _serve_spawns(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
-    while True:
-        fn, done = jobs.get()
-        try:
-            done.set_result(fn())
-        except BaseException as e:
-            done.set_exception(e)
-
-
-# -- leftovers of a crashed agent ------------------------------------------------------------------------------
-
-
-def _pidfile_path(pidfile_dir: Path, pid: int) -> Path:
-    return pidfile_dir / f"trainer-{pid}.json"
-
-
-def record_run(pidfile_dir: Path, run: TrainerRun) -> Path:
-    """Write the pidfile of a started run (atomically), so a later agent can reap what a crash leaves behind."""
-    if run.pid is None or run.create_time is None:
-        raise RuntimeError("only a started trainer run can be recorded")
-    me = psutil.Process()
-    record = {
-        "pid": run.pid,
-        "create_time": run.create_time,
-        "pgid": None if _IS_WINDOWS else run.pid,
-        "tree": run.tree_info(),
-        "argv": run.argv,
-        "started_ts": run.started_ts,
-        "agent_pid": me.pid,
-        "agent_create_time": me.create_time(),
-    }
-    pidfile_dir.mkdir(parents=True, exist_ok=True)
-    path = _pidfile_path(pidfile_dir, run.pid)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def reap_leftovers(pidfile_dir: Path) -> list[int]:
-    """Kill every recorded trainer tree whose agent is gone; the pids killed.
-
-    Records of a live agent (including this one) are left alone, as are processes
-    whose create time does not match the record (their PID was recycled).
-    """
-    killed: list[int] = []
-    if not pidfile_dir.is_dir():
-        return killed
-    for path in sorted(pidfile_dir.glob("trainer-*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            pid, create_time = int(record["pid"]), float(record["create_time"])
-            pgid = record.get("pgid")
-            tree = [(int(p), float(t)) for p, t in record.get("tree", [])]
-            agent = (int(record.get("agent_pid", 0)), float(record.get("agent_create_time", 0.0)))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            logger.warning("reap: unreadable pidfile %s (%s); removing it", path, e)
-            path.unlink(missing_ok=True)
-            continue
-        if agent[0] and _is_alive_as(*agent):
-            continue
-        procs = _leftover_processes(pid, create_time, pgid, tree)
-        for p in procs:
-            with suppress(psutil.Error):
-                p.kill()
-                killed.append(p.pid)
-        for p in _wait_gone(procs, _KILL_WAIT_S):
-            logger.error("reap: process %d of trainer %d survived SIGKILL", p.pid, pid)
-        if procs:
-            logger.warning("reap: killed %d leftover process(es) of trainer %d: %s", len(procs), pid, sorted(killed))
-        path.unlink(missing_ok=True)
-    return sorted(killed)
-
-
-def _is_live(p: psutil.Process) -> bool:
-    """Running and not a zombie: a zombie is dead, and under a non-reaping init it may stay listed."""
-    try:
-        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
-
-
-def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
-    """Wait (bounded) until every process is gone or a zombie; those still live."""
-    deadline = time.monotonic() + timeout_s
-    live = [p for p in procs if _is_live(p)]
-    while live and time.monotonic() < deadline:
-        time.sleep(_POLL_S)
-        live = [p for p in live if _is_live(p)]
-    return live
-
-
-def _process_as(pid: int, create_time: float) -> psutil.Process | None:
-    """The process with this pid if it is the one that started at `create_time`, else None."""
-    try:
-        p = psutil.Process(pid)
-        return p if abs(p.create_time() - create_time) <= _CREATE_TIME_TOLERANCE_S else None
-    except psutil.Error:
-        return None
-
-
-def _is_alive_as(pid: int, create_time: float) -> bool:
-    p = _process_as(pid, create_time)
-    return p is not None and _is_live(p)
-
-
-def _leftover_processes(
-    pid: int, create_time: float, pgid: int | None, tree: list[tuple[int, float]]
-) -> list[psutil.Process]:
-    found: dict[int, psutil.Process] = {}
-    leader = _process_as(pid, create_time)
-    if leader is not None:
-        found[pid] = leader
-        with suppress(psutil.Error):
-            found.update((c.pid, c) for c in leader.children(recursive=True))
-    for child_pid, child_time in tree:
-        child = _process_as(child_pid, child_time)
-        if child is not None:
-            found[child_pid] = child
-    # A group outlives its dead leader while members live; but a stranger holding the leader's pid
-    # may since have made a group of the same number.
-    if pgid is not None and not _IS_WINDOWS and (leader is not None or not psutil.pid_exists(pid)):
-        for p in psutil.process_iter():
-            with suppress(psutil.Error):
-                if _pgid_of(p.pid) == pgid and p.create_time() >= create_time - _CREATE_TIME_TOLERANCE_S:
-                    found[p.pid] = p
-    found.pop(os.getpid(), None)
-    return [p for p in found.values() if _is_live(p)]

@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from mqfleet.agent.command import build_trainer_argv, trainer_env
-from mqfleet.agent.runner import TrainerRun, parse_progress, reap_leftovers, record_run
+from mqfleet.agent.reaper import reap_leftovers, record_run
+from mqfleet.agent.runner import TrainerRun, parse_progress
 from mqfleet.errors import ConfigurationError
 from tests.fixtures.common import wait_until
 
