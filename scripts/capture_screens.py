@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
-from mqfleet.cli import render  # noqa: E402
+from mqfleet.cli import render, render_jobs  # noqa: E402
 from mqfleet.cli.fleet import settle_picture  # noqa: E402
 from mqfleet.client import FleetClient  # noqa: E402
 from mqfleet.mqtt import BrokerConfig  # noqa: E402
@@ -166,12 +166,12 @@ def capture(work: Path, out: Path, width: int) -> None:
         client.call(Verb.DRAIN, host="cpu-box")
         now = time.time()
         export(render.status_view(client.health(), client.workers()), out, "status", width, "mqfleet status")
-        export(render.job_view(client.job("crash-demo"), now), out, "show", width, "mqfleet show crash-demo")
-        export(render.job_view(client.job("curve-sweep-reports=160"), now, width=width), out, "show-chart", width,
+        export(render_jobs.job_view(client.job("crash-demo"), now), out, "show", width, "mqfleet show crash-demo")
+        export(render_jobs.job_view(client.job("curve-sweep-reports=160"), now, width=width), out, "show-chart", width,
                "mqfleet show curve-sweep-reports=160")
         compared = client.call(Verb.COMPARE, sweep="curve-sweep")
         rows = sorted(compared["jobs"], key=lambda r: r["metrics"].get("loss", float("inf")))
-        export(render.compare_table(rows, compared["metric_names"], sort_by="loss", title="sweep curve-sweep"), out,
+        export(render_jobs.compare_table(rows, compared["metric_names"], sort_by="loss", title="sweep curve-sweep"), out,
                "compare", width, "mqfleet compare --sweep curve-sweep")
         picture, _ = settle_picture(client, timeout_s=5)
         export(picture.frame(), out, "watch", width, "mqfleet watch")

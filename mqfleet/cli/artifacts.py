@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mqfleet.bundle import UnpackLimits, unpack_artifact
-from mqfleet.cli import EXIT_FAILED, cli, render
+from mqfleet.cli import EXIT_FAILED, cli, render, render_jobs
 from mqfleet.cli.client_options import ClientContext, fail, pass_client
 from mqfleet.errors import ArtifactMismatchError, BundleError, StoreError
 from mqfleet.protocol import Verb
@@ -23,7 +23,7 @@ def artifacts_cmd(ctx: ClientContext) -> None:
     if ctx.as_json:
         ctx.emit_json(artifacts)
         return
-    render.make_console().print(render.artifacts_table(artifacts))
+    render.make_console().print(render_jobs.artifacts_table(artifacts))
 
 
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from mqfleet.cli import cli, render
+from mqfleet.cli import cli, render, render_jobs
 from mqfleet.cli.client_options import ClientContext, pass_client
 from mqfleet.cli.terminal import clean
 from mqfleet.mqtt import Message
@@ -53,13 +53,13 @@ def jobs_cmd(ctx: ClientContext, status: str | None, name_glob: str | None, limi
     for job in listing:
         chunk.append(job)
         if len(chunk) == TABLE_CHUNK:
-            console.print(render.jobs_table(chunk, first=shown == 0))
+            console.print(render_jobs.jobs_table(chunk, first=shown == 0))
             shown += len(chunk)
             chunk = []
     if chunk or not shown:
-        console.print(render.jobs_table(chunk, first=shown == 0))
+        console.print(render_jobs.jobs_table(chunk, first=shown == 0))
         shown += len(chunk)
-    console.print(render.jobs_rest_line(shown, listing.total or 0, limited=limit != 0))
+    console.print(render_jobs.jobs_rest_line(shown, listing.total or 0, limited=limit != 0))
 
 
 def _jobs_json(ctx: ClientContext, status: str | None, name_glob: str | None, limit: int | None) -> None:
@@ -91,7 +91,7 @@ def show_cmd(ctx: ClientContext, job: str) -> None:
         ctx.emit_json(row)
         return
     console = render.make_console()
-    console.print(render.job_view(row, time.time(), width=console.width))
+    console.print(render_jobs.job_view(row, time.time(), width=console.width))
 
 
 def _operator_verb(ctx: ClientContext, verb: Verb, job: str, **fields: Any) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from mqfleet.cli import cli, render
+from mqfleet.cli import cli, render, render_jobs
 from mqfleet.cli.client_options import ClientContext, pass_client
 from mqfleet.protocol import Verb
 
@@ -47,7 +47,7 @@ def compare_cmd(ctx: ClientContext, jobs: tuple[str, ...], sweep: str | None, so
                        "jobs": rows})
         return
     title = f"sweep {sweep}" if sweep else "jobs"
-    render.make_console().print(render.compare_table(rows, names, sort_by=sort_by, title=title))
+    render.make_console().print(render_jobs.compare_table(rows, names, sort_by=sort_by, title=title))
 
 
 @cli.command("gc")
