@@ -134,7 +134,7 @@ class AdvisoryLockElection:
     """
 
     def __init__(self, url: str, *, writer: str) -> None:
-        from mqfleet.coordinator.postgres import LEADER_LOCK, PgConnection
+        from mqfleet.coordinator.pgconnection import LEADER_LOCK, PgConnection
 
         self.url = url
         self.writer = writer

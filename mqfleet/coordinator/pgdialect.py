@@ -1,7 +1,7 @@
 """The SQLite dialect the noun modules write, translated to PostgreSQL's.
 
 The noun modules (`catalog`, `hosts`, `claims`, `leases`, `artifacts`, ...) hold one SQL text per
-statement and run it on either engine; `postgres.PgConnection` passes every statement through
+statement and run it on either engine; `pgconnection.PgConnection` passes every statement through
 `Translator.statement`, and the DDL of `schema.py` through `translate_ddl`. Translating beats
 hand-porting each statement: tables and queries keep being added, and a statement that only one
 engine understands would be a bug found in production. Where a translation would be fragile the
