@@ -1,4 +1,8 @@
-"""The only module that imports paho: broker URLs, connections, subscriptions, publish and MQTT v5 request/reply.
+"""The only module that imports paho: connections, subscriptions, publish, wills and persistent sessions.
+
+The broker's URL and TLS files are `mqfleet.broker_config.BrokerConfig` and received messages
+`mqfleet.mqtt_message.Message` (both re-exported here); MQTT v5 request/reply and confirmed
+publishes are the paho-free base class `mqfleet.mqtt_requests.RequestReply`.
 
 paho's return codes, reason codes and callback threads stop here: callers get
 `BrokerUnavailableError` / `RequestTimeoutError`, plain `Message` objects, and
@@ -11,18 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import socket
 import ssl
 import sys
 import threading
 import time
-import zlib
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -31,7 +31,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from mqfleet import defaults, protocol
-from mqfleet.errors import BrokerUnavailableError, ConfigurationError, NotAuthorizedError, RequestTimeoutError
+from mqfleet.broker_config import BrokerConfig as BrokerConfig
+from mqfleet.broker_config import describe_socket_error
+from mqfleet.errors import BrokerUnavailableError, ConfigurationError, RequestTimeoutError
+from mqfleet.mqtt_message import Handler, Inbox, Pending, call_safely, subscription_id
+from mqfleet.mqtt_message import Message as Message
+from mqfleet.mqtt_requests import RequestReply
 
 logger = logging.getLogger(__name__)
 _paho_logger = logging.getLogger("mqfleet.mqtt.paho")
@@ -47,135 +52,11 @@ def _drop_not_connected_noise(record: logging.LogRecord) -> bool:
 
 _paho_logger.addFilter(_drop_not_connected_noise)
 
-_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 #: PUBACK reason "No matching subscribers": the broker took the publish but nobody was subscribed.
 _NO_MATCHING_SUBSCRIBERS = 0x10
-#: First wait before a request that reached no subscriber is sent again; doubled up to the cap.
-RESEND_FIRST_S = 0.1
-RESEND_MAX_S = 1.0
-_FLAG_OF = {"url": f"--broker / {defaults.ENV_BROKER}", "ca": f"--ca / {defaults.ENV_CA}",
-            "cert": f"--cert / {defaults.ENV_CERT}", "key": f"--key / {defaults.ENV_KEY}"}
-
-Handler = Callable[["Message"], None]
 
 
-@dataclass(frozen=True)
-class BrokerConfig:
-    """Where the broker is and, for mqtts://, the files that prove who we are.
-
-    TLS files are ignored for mqtt:// URLs, so a globally set MQFLEET_CA does not
-    break a local plain connection.
-    """
-
-    url: str = defaults.BROKER_URL
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-
-    @classmethod
-    def from_env(cls, url: str | None = None, *, ca: str | None = None, cert: str | None = None,
-                 key: str | None = None) -> BrokerConfig:
-        """Arguments first, then MQFLEET_BROKER / MQFLEET_CA / MQFLEET_CERT / MQFLEET_KEY, then defaults; validated."""
-        env = os.environ.get
-        config = cls(
-            url=url or env(defaults.ENV_BROKER) or defaults.BROKER_URL,
-            ca=ca or env(defaults.ENV_CA) or None,
-            cert=cert or env(defaults.ENV_CERT) or None,
-            key=key or env(defaults.ENV_KEY) or None,
-        )
-        config.validate()
-        return config
-
-    def _parts(self) -> tuple[str, str, int]:
-        fix = f"(set {_FLAG_OF['url']}, e.g. mqtt://127.0.0.1:1883 or mqtts://broker:8883)"
-        try:
-            parts = urlsplit(self.url)
-            port = parts.port
-        except ValueError as e:
-            raise ConfigurationError(f"broker URL {self.url!r} is not valid: {e} {fix}") from None
-        if parts.scheme not in _SCHEMES:
-            raise ConfigurationError(f"broker URL {self.url!r}: scheme must be mqtt or mqtts {fix}")
-        if not parts.hostname:
-            raise ConfigurationError(f"broker URL {self.url!r} names no host {fix}")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
-            raise ConfigurationError(f"broker URL {self.url!r}: only scheme, host and port are allowed {fix}")
-        return parts.scheme, parts.hostname, port if port is not None else _SCHEMES[parts.scheme]
-
-    @property
-    def host(self) -> str:
-        return self._parts()[1]
-
-    @property
-    def port(self) -> int:
-        return self._parts()[2]
-
-    @property
-    def tls(self) -> bool:
-        return self._parts()[0] == "mqtts"
-
-    def validate(self) -> None:
-        """ConfigurationError for a bad URL, or for mqtts:// with TLS files that are missing or unusable."""
-        self._parts()
-        if self.tls:
-            self.ssl_context()
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """A verifying client TLS context: the given CA (or the system's) and our certificate, if any."""
-        if bool(self.cert) != bool(self.key):
-            missing = "key" if self.cert else "cert"
-            raise ConfigurationError(f"a client certificate needs both cert and key; set {_FLAG_OF[missing]}")
-        for name in ("ca", "cert", "key"):
-            path = getattr(self, name)
-            if path is None:
-                continue
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as e:
-                raise ConfigurationError(f"{name} file {path!r} cannot be read ({e.strerror}); fix {_FLAG_OF[name]}") from None
-        try:
-            context = ssl.create_default_context(cafile=self.ca)
-            if self.cert and self.key:
-                context.load_cert_chain(self.cert, self.key)
-        except ssl.SSLError as e:
-            raise ConfigurationError(
-                f"TLS files are not usable ({e.reason or e}); check {_FLAG_OF['ca']}, {_FLAG_OF['cert']}, {_FLAG_OF['key']}"
-            ) from None
-        return context
-
-
-@dataclass(frozen=True)
-class Message:
-    """One received PUBLISH, free of paho types."""
-
-    topic: str
-    payload: bytes
-    retain: bool
-    dup: bool
-    qos: int
-    response_topic: str | None
-    correlation_data: bytes | None
-
-    def json(self, max_bytes: int = defaults.MAX_REQUEST_BYTES) -> dict[str, Any]:
-        """The payload as a JSON object (DecodeError when it is not one or is over max_bytes)."""
-        return protocol.decode(self.payload, max_bytes=max_bytes)
-
-
-def _subscription_id(topic_filter: str) -> int:
-    # Stable across processes, so a message queued in a persistent session still
-    # names a filter the next Connection with the same client id knows.
-    return zlib.crc32(topic_filter.encode()) % 0x0FFFFFFE + 1
-
-
-class _Pending:
-    __slots__ = ("event", "message")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.message: Message | None = None
-
-
-class Connection:
+class Connection(RequestReply):
     """One MQTT v5 client: remembered subscriptions, publish, request/reply, will, persistent session.
 
     Thread safety: publish, publish_wait, request, reply and subscribe may be called
@@ -197,7 +78,7 @@ class Connection:
         # The coordinator answers only inside the requester's own reply namespace (docs/SECURITY.md);
         # a tool that speaks for another identity (the soak's stale-request injector) names a topic there.
         self.reply_topic = reply_topic or protocol.Topics(reply_prefix).reply(client_id)
-        self._reply_sub_id = _subscription_id(self.reply_topic)
+        self._reply_sub_id = subscription_id(self.reply_topic)
         self.persistent = persistent
         self._session_expiry_s = session_expiry_s
         self._keepalive_s = keepalive_s
@@ -210,7 +91,7 @@ class Connection:
         self._no_local: set[str] = set()
         self._retain_as_published: set[str] = set()
         self._id_to_filter: dict[int, str] = {}
-        self._pending: dict[bytes, _Pending] = {}
+        self._pending: dict[bytes, Pending] = {}
         self._refused_mids: OrderedDict[int, str] = OrderedDict()
         #: mid -> when its PUBACK said "no matching subscribers" (monotonic), for request_raw's resends.
         self._unmatched_mids: OrderedDict[int, float] = OrderedDict()
@@ -246,10 +127,6 @@ class Connection:
         self._client = client
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
 
     def start(self, wait_s: float | None = 10.0) -> None:
         """Connect in the background; with wait_s, block until the first CONNACK or raise BrokerUnavailableError.
@@ -335,7 +212,7 @@ class Connection:
             previous_qos = self._filter_qos.get(topic_filter)
             qos = max(qos, previous_qos or 0)
             self._filter_qos[topic_filter] = qos
-            sub_id = _subscription_id(topic_filter)
+            sub_id = subscription_id(topic_filter)
             self._id_to_filter.setdefault(sub_id, topic_filter)
             # Checked under the lock that _on_connect holds while taking its snapshot, so
             # either that snapshot has this filter or we subscribe it here ourselves.
@@ -345,7 +222,7 @@ class Connection:
 
     def _send_subscribe(self, topic_filter: str, qos: int) -> None:
         properties = _properties(PacketTypes.SUBSCRIBE)
-        properties.SubscriptionIdentifier = _subscription_id(topic_filter)
+        properties.SubscriptionIdentifier = subscription_id(topic_filter)
         options = SubscribeOptions(qos=qos, noLocal=topic_filter in self._no_local,
                                    retainAsPublished=topic_filter in self._retain_as_published)
         rc, _ = self._client.subscribe(topic_filter, options=options, properties=properties)
@@ -372,34 +249,6 @@ class Connection:
         # the in-flight window included; reading a dict's length is atomic. No public API says this.
         return len(getattr(self._client, "_out_messages", ()))
 
-    def publish_wait(self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int = 1, retain: bool = False,
-                     timeout_s: float = 5.0) -> None:
-        """Send and wait for the broker's PUBACK (QoS 1) or for the write (QoS 0).
-
-        Safe from any thread, handlers included. Raises RequestTimeoutError when not
-        confirmed in time and BrokerUnavailableError when the broker refuses it.
-        """
-        self._check_running()
-        deadline = time.monotonic() + timeout_s
-        if not self._connected.wait(timeout_s):
-            raise RequestTimeoutError(f"publish to {topic} via {self.config.url}: not connected within {timeout_s:g}s")
-        info = self._publish(topic, payload, qos=qos, retain=retain, expiry_s=None)
-        try:
-            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-            published = info.is_published()
-        except (RuntimeError, ValueError):
-            published = False
-        with self._lock:
-            refused = self._refused_mids.pop(info.mid, None)
-        if refused is not None:
-            raise BrokerUnavailableError(f"broker {self.config.url} refused publish to {topic}: {refused}")
-        if not published:
-            raise RequestTimeoutError(f"publish to {topic} via {self.config.url} not confirmed within {timeout_s:g}s")
-
-    def _check_running(self) -> None:
-        if not self._started or self._stopping:
-            raise BrokerUnavailableError(f"connection {self.client_id} to {self.config.url} is not running")
-
     def _publish(self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int, retain: bool,
                  expiry_s: int | None, properties: Properties | None = None) -> paho.MQTTMessageInfo:
         self._check_running()
@@ -417,75 +266,6 @@ class Connection:
         return info
 
     # -- request / reply ----------------------------------------------------------------------------------------
-
-    def request(self, topic: str, payload: dict[str, Any], *, timeout_s: float = defaults.REQUEST_TIMEOUT_S
-                ) -> dict[str, Any]:
-        """Send an MQTT v5 request and return the decoded reply; RequestTimeoutError when none arrives in time."""
-        return self.request_raw(topic, protocol.encode(payload), timeout_s=timeout_s)
-
-    def request_raw(self, topic: str, payload: bytes, *, timeout_s: float = defaults.REQUEST_TIMEOUT_S
-                    ) -> dict[str, Any]:
-        """Like request(), with the payload sent byte for byte (tests send malformed ones).
-
-        Within timeout_s the same bytes (same request id, same correlation data) are sent
-        again when the broker says nobody was subscribed (the coordinator was reconnecting)
-        and after our own reconnect (the reply may have been lost with our session), so a
-        request is not lost to a broker restart; the coordinator answers a redelivered
-        request from memory (docs/RELIABILITY.md, "Requests across a reconnect"). Each copy
-        expires at the broker when our timeout does, so a late copy is never executed.
-        """
-        correlation = os.urandom(16)
-        pending = _Pending()
-        with self._lock:
-            self._pending[correlation] = pending
-        deadline = time.monotonic() + timeout_s
-        answered = False
-        resend_delay_s = RESEND_FIRST_S
-        resend_at: float | None = 0.0
-        mid = -1
-        connects = -1
-        sent_at = 0.0
-        mids: list[int] = []
-        try:
-            while True:
-                now = time.monotonic()
-                if resend_at is not None and now >= resend_at:
-                    sent_at = time.monotonic()  # before the publish: its PUBACK may beat publish()'s return
-                    sent = self._send_request(topic, payload, correlation, deadline)
-                    if sent is None:
-                        break  # never connected in time: nothing was sent
-                    mid, connects = sent
-                    mids.append(mid)
-                    resend_at = None
-                answered = pending.event.wait(min(0.05, max(0.0, deadline - time.monotonic())))
-                if answered or time.monotonic() >= deadline:
-                    break
-                with self._lock:
-                    refused = self._refused_mids.pop(mid, None)
-                    # a PUBACK before this copy was sent belongs to an older publish that had the same mid
-                    unmatched = self._unmatched_mids.pop(mid, -1.0) >= sent_at
-                    reconnected = self._connects != connects and self._connected.is_set()
-                # A request the broker refuses (ACL) is never delivered: say so instead of timing out.
-                if refused is not None:
-                    hint = ("; the loopback listener lets anonymous clients read public state only: connect with "
-                            "mqtts:// and a certificate (MQFLEET_CA, MQFLEET_CERT, MQFLEET_KEY)"
-                            if self.config.url.startswith("mqtt://") and self.config.cert is None else "")
-                    raise NotAuthorizedError(f"broker {self.config.url} refused the request on {topic}: {refused}{hint}")
-                if resend_at is None and (unmatched or reconnected):
-                    why = "reached no subscriber" if unmatched else "may have been lost in our reconnect"
-                    logger.debug("mqtt %s: request on %s %s; sending it again", self.client_id, topic, why)
-                    resend_at = time.monotonic() + (resend_delay_s if unmatched else 0.0)
-                    resend_delay_s = min(RESEND_MAX_S, resend_delay_s * 2)
-        finally:
-            with self._lock:
-                self._pending.pop(correlation, None)
-            if not answered:
-                self._forget_unacked(mids)
-        reply = pending.message
-        if not answered or reply is None:
-            state = "" if self.connected else " (not connected to the broker)"
-            raise RequestTimeoutError(f"no reply on {topic} via {self.config.url} within {timeout_s:g}s{state}")
-        return reply.json(max_bytes=defaults.MAX_REPLY_BYTES)
 
     def _forget_unacked(self, mids: list[int]) -> None:
         """Drop a given-up request that paho still holds unacknowledged, so its next connect does not send it.
@@ -567,7 +347,7 @@ class Connection:
         try:
             # paho calls this inside its `except OSError` block, so the cause is still current.
             error = sys.exc_info()[1]
-            self._failure = _describe_socket_error(error)
+            self._failure = describe_socket_error(error)
             if isinstance(error, ssl.SSLError) and not self._started_ok:
                 self._fatal = True
             if self._started_ok:
@@ -615,15 +395,6 @@ class Connection:
         except Exception:
             logger.exception("mqtt %s: on_message failed", self.client_id)
 
-    def _resolve(self, message: Message) -> None:
-        with self._lock:
-            pending = self._pending.get(message.correlation_data or b"")
-        if pending is None:
-            logger.debug("mqtt %s: reply with unknown or late correlation id dropped", self.client_id)
-            return
-        pending.message = message
-        pending.event.set()
-
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         try:
             if reason.is_failure:
@@ -648,9 +419,9 @@ class Connection:
             if kind == "message":
                 self._dispatch_message(*value)
             elif kind == "connect" and self._user_on_connect is not None:
-                _call_safely(self._user_on_connect, value, what=f"{self.client_id} on_connect")
+                call_safely(self._user_on_connect, value, what=f"{self.client_id} on_connect")
             elif kind == "disconnect" and self._user_on_disconnect is not None:
-                _call_safely(self._user_on_disconnect, what=f"{self.client_id} on_disconnect")
+                call_safely(self._user_on_disconnect, what=f"{self.client_id} on_disconnect")
 
     def _dispatch_message(self, message: Message, sub_ids: list[int]) -> None:
         with self._lock:
@@ -662,38 +433,11 @@ class Connection:
         if not handlers:
             logger.debug("mqtt %s: no handler for %s", self.client_id, message.topic)
         for handler in handlers:
-            _call_safely(handler, message, what=f"{self.client_id} handler for {message.topic}")
-
-
-class Inbox:
-    """The dispatcher's queue: first in, first out, except that urgent items go ahead of the others."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._urgent: deque[Any] = deque()
-        self._normal: deque[Any] = deque()
-
-    def put(self, item: Any, *, urgent: bool = False) -> None:
-        with self._cond:
-            (self._urgent if urgent else self._normal).append(item)
-            self._cond.notify()
-
-    def get(self) -> Any:
-        with self._cond:
-            while not self._urgent and not self._normal:
-                self._cond.wait()
-            return self._urgent.popleft() if self._urgent else self._normal.popleft()
+            call_safely(handler, message, what=f"{self.client_id} handler for {message.topic}")
 
 
 def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-def _call_safely(func: Callable[..., None], *args: Any, what: str) -> None:
-    try:
-        func(*args)
-    except Exception:
-        logger.exception("mqtt %s raised", what)
 
 
 def _set_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -702,19 +446,3 @@ def _set_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):
         pass
-
-
-def _describe_socket_error(error: BaseException | None) -> str:
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"TLS verification failed: {error.verify_message or error}"
-    if isinstance(error, ssl.SSLError):
-        return f"TLS handshake failed: {error.reason or error}"
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused (is the broker running and listening there?)"
-    if isinstance(error, socket.gaierror):
-        return f"cannot resolve the host name: {error.strerror}"
-    if isinstance(error, (socket.timeout, TimeoutError)):
-        return "timed out opening the connection"
-    if isinstance(error, OSError):
-        return f"connection failed: {error.strerror or error}"
-    return "connection failed"
