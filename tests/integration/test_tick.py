@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from mqfleet import defaults
-from mqfleet.coordinator.service import STATUS_INTERVAL_S, Coordinator, CoordinatorConfig
+from mqfleet.coordinator.service import Coordinator, CoordinatorConfig
+from mqfleet.coordinator.sweep import STATUS_INTERVAL_S
 from mqfleet.messages import Health
 from mqfleet.mqtt import BrokerConfig, Connection
 from mqfleet.protocol import Role, Topics, Verb, encode

@@ -1,0 +1,189 @@
+"""Requests on rpc/<role>/<client>/<verb>: checked at the boundary (reply namespace, retained, size,
+request id), answered once (the reply memory), run under the one lock in one transaction, and
+followed by what changed being published after commit (docs/SECURITY.md, "Replies")."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from mqfleet import defaults
+from mqfleet.coordinator.context import Request
+from mqfleet.coordinator.core import CoordinatorCore
+from mqfleet.coordinator.handlers import VERBS, VerbSpec
+from mqfleet.coordinator.startup import return_freed_memory
+from mqfleet.errors import BadRequestError, ManifestError, MqfleetError, UnavailableError, UnknownVerbError
+from mqfleet.mqtt import Message
+from mqfleet.operator_auth import check_not_replayed, verify_request
+from mqfleet.protocol import MAX_REQUEST_ID_CHARS, ROLE_OF_VERB, Role, Verb, decode, error, field
+
+#: The service's logger: the coordinator's log lines keep one name whichever part writes them.
+logger = logging.getLogger("mqfleet.coordinator.service")
+
+
+class RequestDispatch(CoordinatorCore):
+    """The coordinator's request dispatcher (a part of `Coordinator`)."""
+
+    def _on_request(self, msg: Message) -> None:
+        parsed = self.topics.parse_rpc(msg.topic)
+        if parsed is None:
+            return
+        role_name, client, verb_name = parsed
+        try:
+            role = Role(role_name)
+        except ValueError:
+            self._drop_request(msg, f"unknown role level {role_name!r}")
+            return
+        # Checked before anything else, so the coordinator never publishes where a sender chose:
+        # a reply goes only to the requester's own reply namespace (docs/SECURITY.md, "Replies").
+        if msg.retain:
+            # A retained request would run again at every coordinator restart.
+            self._drop_request(msg, "it was published retained")
+            return
+        if msg.response_topic is not None and not self.topics.is_reply_topic_allowed(role, client, msg.response_topic):
+            self._drop_request(msg, f"its response topic {msg.response_topic[:200]!r} is outside "
+                                    f"{self.topics.reply_namespace(role, client)}")
+            return
+        try:
+            verb = Verb(verb_name)
+        except ValueError:
+            self._reply(msg, error(UnknownVerbError.code, f"no verb {role_name}/{verb_name}"))
+            return
+        if ROLE_OF_VERB[verb] is not role:
+            allowed = ROLE_OF_VERB[verb].value
+            self._reply(msg, error(UnknownVerbError.code, f"verb '{verb.value}' is sent on rpc/{allowed}/, not rpc/{role.value}/"))
+            return
+        try:
+            # A manifest sent with `reload --file` may be up to MAX_MANIFEST_BYTES (docs/CLI.md); it is
+            # escaped inside JSON, so the request is allowed twice that (still under the broker's 4 MiB).
+            limit = 2 * defaults.MAX_MANIFEST_BYTES if verb is Verb.RELOAD else defaults.MAX_REQUEST_BYTES
+            body = decode(msg.payload, max_bytes=limit)
+            request_id = field(body, "request_id", str, "")
+            if len(request_id) > MAX_REQUEST_ID_CHARS:
+                # Every remembered reply is keyed by it: a long id is database growth the sender chose.
+                raise BadRequestError(f"field 'request_id' is {len(request_id)} characters; at most "
+                                      f"{MAX_REQUEST_ID_CHARS}")
+        except MqfleetError as e:
+            self._reply(msg, error(e.code, str(e)))
+            return
+        req = Request(verb=verb, role=role, client=client, body=body, now=self.clock())
+        spec = VERBS[verb]
+        key = f"{role.value}/{client}/{verb.value}/{request_id}" if request_id and spec.remembered else ""
+        if spec.prepare is not None:
+            # Slow work (reading an artifact back) runs off the dispatcher thread.
+            if key in self._in_flight:
+                logger.info("request %s is still being handled; the redelivery waits for its reply", key)
+                return
+            if key:
+                self._in_flight.add(key)
+            self._verify_pool.submit(self._handle, msg, req, key)
+            return
+        self._handle(msg, req, key)
+
+    def _handle(self, msg: Message, req: Request, key: str) -> None:
+        spec = VERBS[req.verb]
+        started = time.perf_counter()
+        try:
+            reply = self._execute(req, key, spec)
+        except Exception:
+            logger.exception("%s from %s failed", req.verb.value, req.client)
+            reply = error("internal", f"the coordinator failed to handle '{req.verb.value}'; see its log")
+        finally:
+            self._in_flight.discard(key)
+        self._reply(msg, reply)
+        if req.verb is Verb.RELOAD:
+            # the parsed manifest (the prepared rows, local to _execute) is garbage only now
+            return_freed_memory()
+        if self.metrics is not None:
+            self.metrics.observe_request(req.verb.value, reply, time.perf_counter() - started)
+
+    def _execute(self, req: Request, key: str, spec: VerbSpec) -> dict[str, Any]:
+        try:
+            return self._execute_once(req, key, spec)
+        except UnavailableError as e:
+            # Never remembered: the agent's retry (same request id) must run the request once the database is back.
+            logger.warning("%s from %s not handled: %s", req.verb.value, req.client, e)
+            return error(e.code, f"{e}; the coordinator answers again once its database is back: retry")
+
+    def _execute_once(self, req: Request, key: str, spec: VerbSpec) -> dict[str, Any]:
+        mac = ""
+        if req.role is Role.OPERATOR:
+            # Before the reply memory: a stored `ok` must never answer a request signed with the wrong token.
+            try:
+                mac = verify_request(self.config.operator_token, req.verb.value, req.body, req.now)
+            except MqfleetError as e:
+                logger.warning("%s from %s refused: %s", req.verb.value, req.client, e)
+                return error(e.code, str(e))  # not remembered: the sender may retry with the right token
+        if key:
+            remembered = self.state.remembered_reply(key)
+            if remembered is not None:
+                logger.info("request %s redelivered; answering with the remembered reply", key)
+                return remembered
+        try:
+            if mac:
+                check_not_replayed(self.state, mac, req.now)
+            if spec.prepare is not None:
+                req = Request(**{**req.__dict__, "prepared": spec.prepare(self, req)})
+            with self.lock:
+                # An ended attempt's lines are committed with its end: `completed` implies all of them on disk.
+                lines = self.history.take_queued() if req.verb in (Verb.COMPLETE, Verb.FAIL) else []
+                try:
+                    with self.state.transaction():
+                        self.history.write_batches(lines, self.log_max_lines)
+                        # Under the write lock: another coordinator may have answered a redelivery meanwhile.
+                        again = self.state.remembered_reply(key) if key else None
+                        if again is not None:
+                            return again
+                        reply = spec.handler(self, req)
+                        if key:
+                            self.state.remember_reply(key, reply, req.now)
+                except BaseException:
+                    self.history.requeue(lines)  # rolled back with the refusal: written by the next flush
+                    raise
+                self._after_commit(req)
+            return reply
+        except MqfleetError as e:
+            if isinstance(e, UnavailableError):
+                raise
+            reply = error(e.code, str(e))
+            if isinstance(e, ManifestError):
+                reply["problems"] = [{"place": p.place, "message": p.message} for p in e.problems]
+            candidates = getattr(e, "candidates", None)
+            if candidates:
+                reply["candidates"] = list(candidates)
+            if key:
+                self.state.remember_reply(key, reply, req.now)
+            level = logging.INFO if req.role is Role.QUERY else logging.WARNING
+            logger.log(level, "%s from %s refused: %s", req.verb.value, req.client, e)
+            return reply
+
+    def _after_commit(self, req: Request) -> None:
+        claimable = self._publish_changes()
+        if req.verb is Verb.RELOAD:
+            # Added and changed jobs do not pass through an event; any host may have work now.
+            self.nudge(req.verb.value, req.now)
+            # A reload rewrites rows without events (priority, in_manifest): their states are found by digest.
+            self.republisher.request_sweep()
+        elif req.verb is Verb.UNDRAIN:
+            self.nudge(req.verb.value, req.now, hosts=[field(req.body, "host", str)])
+        else:
+            self._nudge_for(claimable, req.verb.value, req.now)
+
+    def _is_renewal(self, topic: str) -> bool:
+        parsed = self.topics.parse_rpc(topic)
+        return parsed is not None and parsed[0] == Role.AGENT.value and parsed[2] == Verb.RENEW.value
+
+    def _drop_request(self, msg: Message, why: str) -> None:
+        """Count and log (one line, rate-limited) a request that gets no reply at all."""
+        with self._drop_lock:
+            self.dropped_requests += 1
+            count = self.dropped_requests
+        if count <= 10 or count % 100 == 0:
+            logger.warning("request on %s dropped (%d so far): %s", msg.topic[:200], count, why)
+
+    def _reply(self, msg: Message, reply: dict[str, Any]) -> None:
+        if msg.response_topic:
+            self.conn.reply(msg, reply)
+        else:
+            logger.debug("request on %s had no response topic; reply dropped", msg.topic)
