@@ -126,9 +126,16 @@ run_selftest() {
 }
 
 do_uninstall() {
+    local tls_dir
     disable_service
     act rm -f -- "$(at "$UNIT_DIR/$UNIT_NAME")" "$(at "$CONFIG_DIR/agent.env")"
-    act rm -rf -- "$(at "$CONFIG_DIR/tls")"
+    tls_dir=$(at "$CONFIG_DIR/tls")
+    act rm -f -- "$tls_dir/agent.crt" "$tls_dir/agent.key"
+    # The CA file is shared with a coordinator installed on the same host: it goes only with the last user.
+    if [ -d "$tls_dir" ] && [ ! -e "$tls_dir/coordinator.crt" ]; then
+        act rm -f -- "$tls_dir/ca.crt"
+        act rmdir --ignore-fail-on-non-empty -- "$tls_dir"
+    fi
     release_config_dir
     purge_state "work dir"
     say "agent uninstalled"

@@ -290,6 +290,23 @@ def test_agent_rerun_keeps_the_config_and_uninstall_removes_unit_config_and_keys
     assert (root / "var/lib/mqfleet-agent").is_dir()
 
 
+def test_agent_uninstall_on_the_coordinators_host_keeps_the_coordinators_certificate_and_the_ca(
+    tmp_path: Path, fleet: Fleet, host_tls: tuple[Path, Path, Path], manifest: Path
+) -> None:
+    root = tmp_path / "root"
+    assert install_coordinator(root, "--manifest", str(manifest)).returncode == 0
+    assert install_agent(root, fleet, host_tls, "--skip-selftest").returncode == 0
+    tls = root / "etc/mqfleet/tls"
+
+    removed = run_script(AGENT_SH, "--root", str(root), "--uninstall")
+    assert removed.returncode == 0, removed.stderr
+    assert not (tls / "agent.crt").exists() and not (tls / "agent.key").exists()
+    assert (tls / "coordinator.crt").is_file() and (tls / "coordinator.key").is_file() and (tls / "ca.crt").is_file()
+
+    assert install_coordinator(root, "--uninstall").returncode == 0
+    assert not tls.exists()
+
+
 def test_agent_dry_run_prints_its_actions_and_creates_nothing(
     tmp_path: Path, fleet: Fleet, host_tls: tuple[Path, Path, Path]
 ) -> None:
