@@ -22,8 +22,6 @@ import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import cast
 
 from mqfleet.coordinator.pgconnection import open_pg_connection
@@ -112,32 +110,20 @@ class PgStateFile(StateFile):
         with self.lock:
             self.pg.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN and the write lock ... COMMIT, or ROLLBACK on error; a nested call is a savepoint."""
-        with self.lock:
-            outer = self._depth == 0
-            savepoint = f"sp{self._depth}"
-            if outer:
-                self.pg.begin()
-            else:
-                self.pg.raw(f"SAVEPOINT {savepoint}")
-            self._depth += 1
-            try:
-                yield self.conn
-            except BaseException:
-                self._depth -= 1
-                if outer:
-                    self.pg.rollback()
-                else:
-                    self.pg.raw(f"ROLLBACK TO SAVEPOINT {savepoint}")
-                    self.pg.raw(f"RELEASE SAVEPOINT {savepoint}")
-                raise
-            self._depth -= 1
-            if outer:
-                self.pg.commit()
-            else:
-                self.pg.raw(f"RELEASE SAVEPOINT {savepoint}")
+    # The transaction statements of PostgreSQL; StateFile.transaction() does the nesting.
+
+    def _raw(self, sql: str) -> None:
+        self.pg.raw(sql)
+
+    def _begin(self) -> None:
+        # BEGIN and the advisory write lock (pgconnection.py)
+        self.pg.begin()
+
+    def _rollback(self) -> None:
+        self.pg.rollback()
+
+    def _commit(self) -> None:
+        self.pg.commit()
 
     @property
     def file_path(self) -> str | None:

@@ -75,34 +75,51 @@ class StateFile:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; yields the connection. A nested call
-        joins the outer transaction as a savepoint, so its failure undoes only its own writes."""
+        """BEGIN ... COMMIT, or ROLLBACK on error; yields the connection. A nested call joins the
+        outer transaction as a savepoint, so its failure undoes only its own writes. The engine's
+        own statements are `_begin`, `_commit`, `_rollback` and `_raw` (PgStateFile overrides them)."""
         with self.lock:
             outer = self._depth == 0
             savepoint = f"sp{self._depth}"
-            self.conn.execute("BEGIN IMMEDIATE" if outer else f"SAVEPOINT {savepoint}")
+            if outer:
+                self._begin()
+            else:
+                self._raw(f"SAVEPOINT {savepoint}")
             self._depth += 1
             try:
                 yield self.conn
             except BaseException:
                 self._depth -= 1
                 if outer:
-                    self.conn.execute("ROLLBACK")
+                    self._rollback()
                 else:
-                    self.conn.execute(f"ROLLBACK TO {savepoint}")
-                    self.conn.execute(f"RELEASE {savepoint}")
+                    self._raw(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                    self._raw(f"RELEASE SAVEPOINT {savepoint}")
                 raise
             self._depth -= 1
-            if not outer:
-                self.conn.execute(f"RELEASE {savepoint}")
-                return
-            try:
-                self.conn.execute("COMMIT")
-            except sqlite3.Error:
-                # a failed COMMIT leaves the transaction open; close it so the next BEGIN works
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
+            if outer:
+                self._commit()
+            else:
+                self._raw(f"RELEASE SAVEPOINT {savepoint}")
+
+    def _raw(self, sql: str) -> None:
+        self.conn.execute(sql)
+
+    def _begin(self) -> None:
+        # IMMEDIATE takes the write lock at once, so two writers never deadlock upgrading a read
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _rollback(self) -> None:
+        self.conn.execute("ROLLBACK")
+
+    def _commit(self) -> None:
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            # a failed COMMIT leaves the transaction open; close it so the next BEGIN works
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
 
     def read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """All rows of one query, read under the lock."""
