@@ -10,10 +10,17 @@ import json
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeAlias
 
 from mqfleet.defaults import MAX_REQUEST_BYTES, TOPIC_PREFIX
 from mqfleet.errors import BadRequestError, DecodeError
+
+#: Any JSON value, as `json.loads` returns it. Free-form user data (hyperparameters, progress metrics,
+#: a manifest's job spec before it is checked) is typed with it, so a reader must narrow each value
+#: with isinstance before using it; a message's known fields are typed dataclasses (mqfleet/messages.py).
+JsonValue: TypeAlias = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
+#: A JSON object: the free-form kind of JsonValue most fields hold.
+JsonObject: TypeAlias = dict[str, JsonValue]
 
 #: Longest request id: every remembered reply is keyed by it, so its length is the sender's to abuse.
 MAX_REQUEST_ID_CHARS = 64
