@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -16,8 +15,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from mqfleet.errors import ManifestError, Problem
-from mqfleet.manifest_check import TOP_KEYS, Checker, read_fleet, read_hosts, read_trainers
-from mqfleet.manifest_jobs import link_jobs, read_jobs
+from mqfleet.manifest_check import TOP_KEYS, read_fleet, read_hosts, read_trainers
+from mqfleet.manifest_checker import Checker, TomlTable
+from mqfleet.manifest_jobs import JobDraft, link_jobs, read_jobs
 from mqfleet.spec import FleetSettings, HostPolicy, HyperParam, JobSpec, Manifest, TrainerSpec, job_id
 
 __all__ = [
@@ -48,7 +48,7 @@ def read_manifest_text(path: str | os.PathLike[str]) -> str:
 def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     """Validate manifest text; ManifestError lists every problem found, each at its dotted place."""
     try:
-        data = tomllib.loads(text)
+        data: TomlTable = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         problem = Problem("", f"TOML syntax error: {e}; fix the syntax there (see https://toml.io)")
         raise ManifestError([problem], source) from None
@@ -78,7 +78,7 @@ def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     )
 
 
-def _sweeps_of(drafts: Any) -> dict[str, tuple[str, ...]]:
+def _sweeps_of(drafts: list[JobDraft]) -> dict[str, tuple[str, ...]]:
     sweeps: dict[str, list[str]] = {}
     for d in drafts:
         if d.sweep and d.id:

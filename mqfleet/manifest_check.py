@@ -1,21 +1,18 @@
 """Checks the tables of a parsed manifest that declare things: [fleet], [trainers.*] and [[hosts]].
 
-Every check adds to a `Checker` instead of raising, so one run reports every problem, each at its
-dotted place with what to write instead. The jobs and sweeps are checked in `manifest_jobs`.
+Every check adds to a `Checker` (`manifest_checker`) instead of raising, so one run reports every
+problem, each at its dotted place with what to write instead. The jobs and sweeps are checked in
+`manifest_jobs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
-import math
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
-from mqfleet.errors import Problem
-from mqfleet.spec import FleetSettings, HostPolicy, HyperParam, TrainerSpec
+from mqfleet.manifest_checker import Checker, TomlTable, TomlValue, did_you_mean, fmt, is_number, show
+from mqfleet.spec import FleetSettings, HostPolicy, HyperParam, HyperValue, TrainerSpec
 from mqfleet.trainers import BUILTIN_HYPER, BUILTIN_OUTPUTS
 
 HYPER_TYPES = ("int", "float", "str", "bool")
@@ -38,175 +35,65 @@ _FLEET_KINDS = {
 _TRAINER_KEYS = ("builtin", "command", "hyper", "outputs", "resumable")
 _DECL_KEYS = ("type", "default", "min", "max", "choices")
 _HOST_KINDS = {"id": "str", "allow_jobs": "strs", "deny_jobs": "strs", "slots": "int>=1", "labels": "strs"}
-#: What to write instead, for keys whose fix is not obvious from "must be ..." alone.
-FIX_HINTS = {
-    "timeout_s": " (seconds; leave it out for no time limit)",
-    "stall_s": " (seconds without an output line or progress report; leave it out for no limit)",
-    "retry_backoff_s": " (seconds; 0 retries at once)",
-    "quarantine_after": " (failed attempts in a row; leave it out to never quarantine)",
-}
-_KIND_WORDS = {
-    "str": "a string",
-    "int": "an integer",
-    "number": "a number",
-    "bool": "true or false",
-    "strs": 'a list of strings (["a", "b"])',
-    "table": "a table",
-}
-# a kind with an optional lower bound: `int`, `int>=1`, `number>0`
-_KIND = re.compile(r"(\w+)(?:(>=?)(\d+))?")
 # Host ids are MQTT topic levels and certificate CNs: no separators, wildcards or blanks.
 _HOST_ID = re.compile(r"[^/+#\s]{1,128}")
 
 
-class Checker:
-    """Collects problems instead of raising, so one run reports all of them."""
-
-    def __init__(self) -> None:
-        self.problems: list[Problem] = []
-        self._seen: set[Problem] = set()
-
-    def add(self, place: str, message: str) -> None:
-        # the jobs of one sweep share their entry, so they would report its problems once each
-        problem = Problem(place, message)
-        if problem not in self._seen:
-            self._seen.add(problem)
-            self.problems.append(problem)
-
-    def keys(self, table: Mapping[str, Any], allowed: Iterable[str], place: str) -> None:
-        allowed = list(allowed)
-        for key in table:
-            if key not in allowed:
-                hint = did_you_mean(key, allowed) or f" (allowed here: {', '.join(allowed)})"
-                self.add(_join(place, key), f"unknown key{hint}")
-
-    def fields(self, table: Mapping[str, Any], kinds: Mapping[str, str], place: str) -> dict[str, Any]:
-        """The checked values of `kinds` present in `table`."""
-        out: dict[str, Any] = {}
-        for key, kind in kinds.items():
-            if key in table:
-                value, err = coerce(kind, table[key])
-                if err:
-                    self.add(_join(place, key), err + FIX_HINTS.get(key, ""))
-                else:
-                    out[key] = value
-        return out
-
-    def table(self, data: Mapping[str, Any], key: str) -> dict[str, Any]:
-        value = data.get(key, {})
-        if isinstance(value, dict):
-            return value
-        self.add(key, f"must be a table, written [{key}], not {show(value)}")
-        return {}
-
-    def array(self, data: Mapping[str, Any], key: str) -> list[tuple[int, dict[str, Any]]]:
-        """(index, entry) of an array of tables; indices are those of the file, entries that are not tables dropped."""
-        value = data.get(key, [])
-        if not isinstance(value, list):
-            self.add(key, f"must be an array of tables, each entry written [[{key}]], not {show(value)}")
-            return []
-        out = []
-        for i, entry in enumerate(value):
-            if isinstance(entry, dict):
-                out.append((i, entry))
-            else:
-                self.add(f"{key}[{i}]", f"must be a table, written [[{key}]], not {show(entry)}")
-        return out
-
-
-def _join(place: str, key: str) -> str:
-    return f"{place}.{key}" if place else key
-
-
-def did_you_mean(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def show(value: Any) -> str:
-    """A value as the operator wrote it in TOML."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return f"a list {value!r}" if len(repr(value)) < 40 else "a list"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return f"{type(value).__name__} {value}"
-
-
-def fmt(value: Any) -> str:
-    """A value for a generated job name."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def coerce(kind: str, value: Any) -> tuple[Any, str | None]:
-    """(value in its kind, None), or (None, what is wrong). Kinds: str, int, number, bool, strs, table,
-    with an optional lower bound such as `int>=1` or `number>0`."""
-    match = _KIND.fullmatch(kind)
-    assert match is not None, kind
-    base, op, bound = match.groups()
-    ok = {
-        "str": isinstance(value, str),
-        "bool": isinstance(value, bool),
-        "table": isinstance(value, dict),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "number": is_number(value),
-        "strs": isinstance(value, list) and all(isinstance(v, str) for v in value),
-    }[base]
-    if not ok:
-        return None, f"must be {_KIND_WORDS[base]}, not {show(value)}"
-    if base == "number":
-        value = float(value)
-    elif base == "strs":
-        value = tuple(value)
-    if op == ">=" and value < int(bound):
-        return None, f"must be at least {bound}, not {show(value)}"
-    if op == ">" and value <= int(bound):
-        return None, f"must be greater than {bound}, not {show(value)}"
-    return value, None
-
-
-def check_value(param: HyperParam, value: Any) -> tuple[Any, str | None]:
+def check_value(param: HyperParam, value: TomlValue | None) -> tuple[HyperValue | None, str | None]:
     """(value converted to the declared type, None), or (None, what is wrong and what would do)."""
+    checked: HyperValue
     kind = param.type
-    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-        return None, f"must be an integer (declared int), not {show(value)}"
-    if kind == "float":
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, f"must be an integer (declared int), not {show(value)}"
+        checked = value
+    elif kind == "float":
         if not is_number(value):
             return None, f"must be a finite number (declared float), not {show(value)}"
-        value = float(value)
-    if kind == "str" and not isinstance(value, str):
-        return None, f"must be a string (declared str), not {show(value)}"
-    if kind == "bool" and not isinstance(value, bool):
-        return None, f"must be true or false (declared bool), not {show(value)}"
+        checked = float(value)
+    elif kind == "str":
+        if not isinstance(value, str):
+            return None, f"must be a string (declared str), not {show(value)}"
+        checked = value
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            return None, f"must be true or false (declared bool), not {show(value)}"
+        checked = value
+    else:
+        raise ValueError(f"undeclarable type {kind!r}")  # `_declare` lets only HYPER_TYPES through
     low, high = param.min, param.max
-    if (low is not None and value < low) or (high is not None and value > high):
+    if isinstance(checked, (int, float)) and ((low is not None and checked < low) or (high is not None and checked > high)):
         lo = fmt(low) if low is not None else "-inf"
         hi = fmt(high) if high is not None else "inf"
-        return None, f"{show(value)} is out of bounds; use a value in [{lo}, {hi}]"
-    if param.choices and value not in param.choices:
-        return None, f"{show(value)} is not allowed; use one of: {', '.join(show(c) for c in param.choices)}"
-    return value, None
+        return None, f"{show(checked)} is out of bounds; use a value in [{lo}, {hi}]"
+    if param.choices and checked not in param.choices:
+        return None, f"{show(checked)} is not allowed; use one of: {', '.join(show(c) for c in param.choices)}"
+    return checked, None
 
 
-def read_fleet(ck: Checker, data: Mapping[str, Any]) -> FleetSettings:
+def read_fleet(ck: Checker, data: Mapping[str, TomlValue]) -> FleetSettings:
     """The [fleet] table, defaults filled in."""
     table = ck.table(data, "fleet")
     ck.keys(table, _FLEET_KINDS, "fleet")
-    return FleetSettings(**ck.fields(table, _FLEET_KINDS, "fleet"))
+    got, d = ck.fields(table, _FLEET_KINDS, "fleet"), FleetSettings()
+    return FleetSettings(
+        max_attempts=got.integer("max_attempts", d.max_attempts),
+        lease_s=got.number("lease_s", d.lease_s),
+        grace_s=got.number("grace_s", d.grace_s),
+        commit=got.text("commit", d.commit),
+        timeout_s=got.number("timeout_s", d.timeout_s),
+        stall_s=got.number("stall_s", d.stall_s),
+        retry_backoff_s=got.number("retry_backoff_s", d.retry_backoff_s),
+        quarantine_after=got.integer("quarantine_after", d.quarantine_after),
+        cancel_unsatisfiable=got.flag("cancel_unsatisfiable", d.cancel_unsatisfiable),
+        log_max_lines=got.integer("log_max_lines", d.log_max_lines),
+        keep_days=got.number("keep_days", d.keep_days),
+        checkpoint_interval_s=got.number("checkpoint_interval_s", d.checkpoint_interval_s),
+        checkpoint_max_mib=got.number("checkpoint_max_mib", d.checkpoint_max_mib),
+    )
 
 
-def read_trainers(ck: Checker, table: dict[str, Any]) -> dict[str, TrainerSpec | None]:
+def read_trainers(ck: Checker, table: TomlTable) -> dict[str, TrainerSpec | None]:
     """Every declared trainer; None for one whose declaration has problems (already reported)."""
     out: dict[str, TrainerSpec | None] = {}
     for name, entry in table.items():
@@ -218,6 +105,9 @@ def read_trainers(ck: Checker, table: dict[str, Any]) -> dict[str, TrainerSpec |
         before = len(ck.problems)
         ck.keys(entry, _TRAINER_KEYS, place)
         builtin, command = entry.get("builtin"), entry.get("command")
+        # narrowed: a builtin that is not a string is reported below, and then nothing reads this
+        builtin_name = builtin if isinstance(builtin, str) else None
+        argv: tuple[str, ...] = ()
         base: dict[str, HyperParam] = {}
         if (builtin is None) == (command is None):
             ck.add(
@@ -234,7 +124,9 @@ def read_trainers(ck: Checker, table: dict[str, Any]) -> dict[str, TrainerSpec |
                 )
             else:
                 base = BUILTIN_HYPER[builtin]
-        elif not (isinstance(command, list) and command and all(isinstance(a, str) and a for a in command)):
+        elif isinstance(command, list) and command and all(isinstance(a, str) and a for a in command):
+            argv = tuple(a for a in command if isinstance(a, str))
+        else:
             ck.add(
                 f"{place}.command",
                 'must be a non-empty list of non-empty strings, like ["{python}", "-m", "my.trainer"]',
@@ -243,17 +135,17 @@ def read_trainers(ck: Checker, table: dict[str, Any]) -> dict[str, TrainerSpec |
         if not isinstance(hyper_table, dict):
             ck.add(f"{place}.hyper", f"must be a table, written [{place}.hyper], not {show(hyper_table)}")
         elif not (builtin is not None and not base):  # an unknown built-in has nothing to narrow
-            hyper = _read_declarations(ck, hyper_table, f"{place}.hyper", base, builtin)
-            outputs = _read_outputs(ck, entry, place, builtin)
+            hyper = _read_declarations(ck, hyper_table, f"{place}.hyper", base, builtin_name)
+            outputs = _read_outputs(ck, entry, place, builtin_name)
             resumable = entry.get("resumable", True)
             if not isinstance(resumable, bool):
                 ck.add(f"{place}.resumable", f"must be true or false, not {show(resumable)}")
-            if len(ck.problems) == before:
-                out[name] = TrainerSpec(name, builtin, tuple(command or ()), hyper, outputs, resumable=resumable)
+            elif len(ck.problems) == before:
+                out[name] = TrainerSpec(name, builtin_name, argv, hyper, outputs, resumable=resumable)
     return out
 
 
-def _read_outputs(ck: Checker, entry: Mapping[str, Any], place: str, builtin: str | None) -> tuple[str, ...]:
+def _read_outputs(ck: Checker, entry: Mapping[str, TomlValue], place: str, builtin: str | None) -> tuple[str, ...]:
     """A trainer's required outputs: a built-in's own globs, then the manifest's, each checked."""
     declared = list(BUILTIN_OUTPUTS.get(builtin or "", ()))
     if "outputs" not in entry:
@@ -267,12 +159,12 @@ def _read_outputs(ck: Checker, entry: Mapping[str, Any], place: str, builtin: st
         problem = output_glob_problem(glob)
         if problem:
             ck.add(f"{where}[{i}]", problem)
-        elif glob not in declared:
+        elif isinstance(glob, str) and glob not in declared:
             declared.append(glob)
     return tuple(declared)
 
 
-def output_glob_problem(glob: Any) -> str | None:
+def output_glob_problem(glob: TomlValue) -> str | None:
     """What is wrong with one `outputs` glob, or None: it must name files inside the output folder."""
     if not isinstance(glob, str):
         return f"must be a glob string like \"model.pt\" or \"*.json\", not {show(glob)}"
@@ -286,7 +178,7 @@ def output_glob_problem(glob: Any) -> str | None:
 
 
 def _read_declarations(
-    ck: Checker, table: dict[str, Any], place: str, base: dict[str, HyperParam], builtin: str | None
+    ck: Checker, table: TomlTable, place: str, base: dict[str, HyperParam], builtin: str | None
 ) -> dict[str, HyperParam]:
     """A trainer's hyperparameters: the built-in's, narrowed by the manifest, or the manifest's own."""
     out = dict(base)
@@ -309,18 +201,18 @@ def _read_declarations(
     return out
 
 
-def _declare(ck: Checker, decl: dict[str, Any], place: str, name: str, old: HyperParam | None) -> HyperParam | None:
+def _declare(ck: Checker, decl: TomlTable, place: str, name: str, old: HyperParam | None) -> HyperParam | None:
     """One declaration; `old` is the built-in's, which it may only narrow (bounds, choices, default)."""
     before = len(ck.problems)
     kind = decl.get("type", old.type if old else None)
-    if kind not in HYPER_TYPES:
+    if not isinstance(kind, str) or kind not in HYPER_TYPES:
         what = f"is {show(kind)}" if "type" in decl else "is missing"
         ck.add(f"{place}.type", f"{what}; set type = one of {', '.join(map(repr, HYPER_TYPES))}")
         return None
     if old is not None and kind != old.type:
         ck.add(f"{place}.type", f"a built-in hyperparameter keeps its type; drop it or write {old.type!r}")
         return None
-    bounds: dict[str, Any] = {"min": old.min if old else None, "max": old.max if old else None}
+    bounds: dict[str, float | None] = {"min": old.min if old else None, "max": old.max if old else None}
     for key in ("min", "max"):
         if key not in decl:
             continue
@@ -339,7 +231,7 @@ def _declare(ck: Checker, decl: dict[str, Any], place: str, name: str, old: Hype
         return None
     # choices must themselves fit the type, the bounds and any choices of the built-in
     outer = HyperParam(name, kind, None, bounds["min"], bounds["max"], old.choices if old else ())
-    choices: list[Any] = list(outer.choices)
+    choices: list[HyperValue] = list(outer.choices)
     if "choices" in decl:
         listed = decl["choices"]
         if not isinstance(listed, list) or not listed:
@@ -347,11 +239,11 @@ def _declare(ck: Checker, decl: dict[str, Any], place: str, name: str, old: Hype
         else:
             choices = []
             for i, value in enumerate(listed):
-                value, err = check_value(outer, value)
-                if err:
-                    ck.add(f"{place}.choices[{i}]", err)
+                choice, err = check_value(outer, value)
+                if err or choice is None:
+                    ck.add(f"{place}.choices[{i}]", f"{err}")
                 else:
-                    choices.append(value)
+                    choices.append(choice)
     param = dataclasses.replace(outer, choices=tuple(choices))
     if "default" in decl:
         default, err = check_value(param, decl["default"])
@@ -366,7 +258,7 @@ def _declare(ck: Checker, decl: dict[str, Any], place: str, name: str, old: Hype
     return param if len(ck.problems) == before else None
 
 
-def read_hosts(ck: Checker, entries: list[tuple[int, dict[str, Any]]]) -> dict[str, HostPolicy]:
+def read_hosts(ck: Checker, entries: list[tuple[int, TomlTable]]) -> dict[str, HostPolicy]:
     """The [[hosts]] policies by host id; ids must be unique and usable as topic levels."""
     out: dict[str, HostPolicy] = {}
     seen: dict[str, str] = {}
@@ -374,7 +266,7 @@ def read_hosts(ck: Checker, entries: list[tuple[int, dict[str, Any]]]) -> dict[s
         place = f"hosts[{i}]"
         ck.keys(entry, _HOST_KINDS, place)
         got = ck.fields(entry, _HOST_KINDS, place)
-        host_id = got.get("id")
+        host_id = got.text("id", None)
         if "id" not in entry:
             ck.add(place, "missing key 'id'; write the id its agent runs with, e.g. id = \"gpu-box\"")
         elif host_id is None:
@@ -388,5 +280,12 @@ def read_hosts(ck: Checker, entries: list[tuple[int, dict[str, Any]]]) -> dict[s
             ck.add(f"{place}.id", f"host {host_id!r} is also declared at {seen[host_id]}; merge the two entries")
         else:
             seen[host_id] = place
-            out[host_id] = HostPolicy(**got)
+            d = HostPolicy(host_id)
+            out[host_id] = HostPolicy(
+                id=host_id,
+                allow_jobs=got.texts("allow_jobs", d.allow_jobs),
+                deny_jobs=got.texts("deny_jobs", d.deny_jobs),
+                slots=got.integer("slots", d.slots),
+                labels=got.texts("labels", d.labels),
+            )
     return out

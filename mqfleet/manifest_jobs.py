@@ -6,14 +6,17 @@ trainer, expands sweeps, names every job uniquely, computes ids (duplicates refu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
-from mqfleet.manifest_check import Checker, check_value, coerce, did_you_mean, fmt, show
-from mqfleet.spec import FleetSettings, JobSpec, TrainerSpec, job_id
+from mqfleet.manifest_check import check_value
+from mqfleet.manifest_checker import Checked, Checker, TomlTable, TomlValue, coerce, did_you_mean, fmt, show
+from mqfleet.spec import FleetSettings, HyperValue, JobSpec, TrainerSpec, job_id
 
 #: A sweep that would expand past this many jobs is refused: it is nearly always a typo.
 MAX_SWEEP_JOBS = 10_000
@@ -42,21 +45,21 @@ _JOB_KINDS = {
     "checkpoint_interval_s": "number>0",
 }
 _JOB_KEYS = (*_JOB_KINDS, "hyper", "seed")
-_JOB_DEFAULTS: dict[str, Any] = {
-    f.name: f.default for f in dataclasses.fields(JobSpec) if f.default is not dataclasses.MISSING
-}
+#: A job with every default: where an entry's absent keys read from.
+_DEFAULT_JOB = JobSpec(id="", name="", model="", mode="default", hyper={})
+V = TypeVar("V")
 _VERSION = re.compile(r"\d+(\.\d+)*")
 _HEX_PREFIX = re.compile(r"[0-9a-f]{8,64}")
 
 
 @dataclass
-class _Draft:
+class JobDraft:
     """A job on its way to a JobSpec: named, then identified, then linked to the jobs it waits for."""
 
     place: str
     name: str
     explicit: bool  # the operator wrote this name, so a clash is a problem rather than a `-2`
-    fields: dict[str, Any]  # checked JobSpec fields; empty when the entry has problems
+    spec: JobSpec | None  # the checked job, its id, name and `after` still to come; None when the entry has problems
     after: tuple[str, ...] = ()
     combo: str = ""  # the sweep values that make this job, for messages
     id: str = ""
@@ -68,13 +71,13 @@ class _Draft:
 
 def read_jobs(
     ck: Checker,
-    entries: list[tuple[int, dict[str, Any]]],
+    entries: list[tuple[int, TomlTable]],
     key: str,
     trainers: dict[str, TrainerSpec | None],
     fleet: FleetSettings,
-) -> list[_Draft]:
+) -> list[JobDraft]:
     """The drafts of the [[jobs]] (key "jobs") or [[sweeps]] (key "sweeps") entries, in file order."""
-    drafts: list[_Draft] = []
+    drafts: list[JobDraft] = []
     for i, entry in entries:
         drafts += _read_entry(ck, entry, f"{key}[{i}]", trainers, fleet, sweep=key == "sweeps")
     return drafts
@@ -82,22 +85,18 @@ def read_jobs(
 
 def _read_entry(
     ck: Checker,
-    entry: dict[str, Any],
+    entry: TomlTable,
     place: str,
     trainers: dict[str, TrainerSpec | None],
     fleet: FleetSettings,
     *,
     sweep: bool,
-) -> list[_Draft]:
+) -> list[JobDraft]:
     """The drafts of one [[jobs]] entry (one) or one [[sweeps]] entry (one per combination)."""
     before = len(ck.problems)
     ck.keys(entry, _JOB_KEYS, place)
     got = ck.fields(entry, _JOB_KINDS, place)
-    # the [fleet] limits are defaults: the spec carries the limit in force, so the agent needs no manifest
-    for limit in ("timeout_s", "stall_s"):
-        if limit not in entry and getattr(fleet, limit) is not None:
-            got[limit] = getattr(fleet, limit)
-    model, mode = got.get("model"), got.get("mode", "default")
+    model, mode = got.text("model", None), got.text("mode", _DEFAULT_JOB.mode)
     trainer: TrainerSpec | None = None
     if "model" not in entry:
         ck.add(place, f"missing key 'model'; name one of the declared trainers ({', '.join(trainers) or 'none yet'})")
@@ -111,34 +110,65 @@ def _read_entry(
         trainer = trainers[model]
     if not mode:
         ck.add(f"{place}.mode", 'must not be empty; leave it out for "default"')
-    if got.get("name") == "":
+    if got.text("name", None) == "":
         ck.add(f"{place}.name", "must not be empty; leave it out for the default name")
-    if got.get("min_torch") and not _VERSION.fullmatch(got["min_torch"]):
-        ck.add(f"{place}.min_torch", f'must be a dotted version like "2.3", not {show(got["min_torch"])}')
-    if got.get("same_commit") and not fleet.commit:
+    min_torch = got.text("min_torch", "")
+    if min_torch and not _VERSION.fullmatch(min_torch):
+        ck.add(f"{place}.min_torch", f'must be a dotted version like "2.3", not {show(min_torch)}')
+    if got.flag("same_commit", False) and not fleet.commit:
         ck.add(
             f"{place}.same_commit",
             'is true but [fleet] has no commit; set commit = "<git sha>" in [fleet] or drop same_commit',
         )
-    axes = [
-        (
-            "seed",
-            _axis(ck, entry.get("seed", _JOB_DEFAULTS["seed"]), f"{place}.seed", sweep, lambda v: coerce("int", v)),
-        )
-    ]
+    seeds = _axis(ck, entry.get("seed", _DEFAULT_JOB.seed), f"{place}.seed", sweep, _check_seed)
+    axes: list[tuple[str, list[HyperValue]]] = []
     raw_hyper = entry.get("hyper", {})
     if not isinstance(raw_hyper, dict):
         ck.add(f"{place}.hyper", f"must be a table, like hyper = {{ name = value }}, not {show(raw_hyper)}")
     elif trainer is not None:
-        axes += _hyper_axes(ck, raw_hyper, f"{place}.hyper", trainer, sweep)
-    base = got.get("name") or f"{model}-{mode}"
-    after = got.get("after", ())
-    if len(ck.problems) > before or trainer is None:
-        return [_Draft(place, base, "name" in got and not sweep, {}, after)]
-    return _expand(ck, place, base, got, axes, sweep)
+        axes = _hyper_axes(ck, raw_hyper, f"{place}.hyper", trainer, sweep)
+    base = got.text("name", "") or f"{model}-{mode}"
+    after = got.texts("after", _DEFAULT_JOB.after)
+    explicit = "name" in got and not sweep
+    if len(ck.problems) > before or trainer is None or model is None:
+        return [JobDraft(place, base, explicit, None, after)]
+    spec = _checked_job(got, model, mode, fleet)
+    return _expand(ck, place, base, spec, after, axes, seeds, explicit=explicit, sweep=sweep)
 
 
-def _axis(ck: Checker, raw: Any, place: str, sweep: bool, check: Any) -> list[Any]:
+def _checked_job(got: Checked, model: str, mode: str, fleet: FleetSettings) -> JobSpec:
+    """The job an entry's checked keys describe, before its hyperparameters, seed, id, name and `after`."""
+    d = _DEFAULT_JOB
+    return JobSpec(
+        id=d.id, name=d.name, model=model, mode=mode, hyper=d.hyper, seed=d.seed,
+        split_recipe=got.text("split_recipe", d.split_recipe),
+        train_hosts=got.texts("train_hosts", d.train_hosts),
+        dataset=got.text("dataset", d.dataset),
+        target=got.text("target", d.target),
+        group_column=got.text("group_column", d.group_column),
+        require_cuda=got.flag("require_cuda", d.require_cuda),
+        prefer_cuda=got.flag("prefer_cuda", d.prefer_cuda),
+        min_vram_gib=got.number("min_vram_gib", d.min_vram_gib),
+        min_ram_gib=got.number("min_ram_gib", d.min_ram_gib),
+        min_torch=got.text("min_torch", d.min_torch),
+        same_commit=got.flag("same_commit", d.same_commit),
+        allowed_hosts=got.texts("allowed_hosts", d.allowed_hosts),
+        priority=got.integer("priority", d.priority),
+        # the [fleet] limits are defaults: the spec carries the limit in force, so the agent needs no manifest
+        timeout_s=got.number("timeout_s", fleet.timeout_s),
+        stall_s=got.number("stall_s", fleet.stall_s),
+        checkpoint_interval_s=got.number("checkpoint_interval_s", d.checkpoint_interval_s),
+    )
+
+
+def _check_seed(value: TomlValue) -> tuple[int | None, str | None]:
+    checked, err = coerce("int", value)
+    return (checked if isinstance(checked, int) else None), err
+
+
+def _axis(
+    ck: Checker, raw: TomlValue, place: str, sweep: bool, check: Callable[[TomlValue], tuple[V | None, str | None]]
+) -> list[V]:
     """The checked values of a seed or hyperparameter: one, or in a sweep, every value of a list."""
     if isinstance(raw, list) and not sweep:
         ck.add(place, "takes one value here; to train every value of a list, use a [[sweeps]] entry")
@@ -146,19 +176,19 @@ def _axis(ck: Checker, raw: Any, place: str, sweep: bool, check: Any) -> list[An
     listed = sweep and isinstance(raw, list)
     if listed and not raw:
         ck.add(place, "an empty list expands to no jobs; give at least one value")
-    values = []
-    for i, value in enumerate(raw if listed else [raw]):
-        value, err = check(value)
-        if err:
-            ck.add(f"{place}[{i}]" if listed else place, err)
+    values: list[V] = []
+    for i, value in enumerate(raw if isinstance(raw, list) and listed else [raw]):
+        checked, err = check(value)
+        if err or checked is None:
+            ck.add(f"{place}[{i}]" if listed else place, f"{err}")
         else:
-            values.append(value)
+            values.append(checked)
     return values
 
 
 def _hyper_axes(
-    ck: Checker, raw: dict[str, Any], place: str, trainer: TrainerSpec, sweep: bool
-) -> list[tuple[str, list[Any]]]:
+    ck: Checker, raw: TomlTable, place: str, trainer: TrainerSpec, sweep: bool
+) -> list[tuple[str, list[HyperValue]]]:
     """(name, values) of every hyperparameter the trainer declares, in its declaration's order."""
     for key in raw:
         if key not in trainer.hyper:
@@ -167,11 +197,11 @@ def _hyper_axes(
                 f"{place}.{key}",
                 f"not a hyperparameter of trainer {trainer.name!r} (it takes: {takes}){did_you_mean(key, trainer.hyper)}",
             )
-    axes = []
+    axes: list[tuple[str, list[HyperValue]]] = []
     for key, param in trainer.hyper.items():
         if key in raw:
-            axes.append((key, _axis(ck, raw[key], f"{place}.{key}", sweep, lambda v, p=param: check_value(p, v))))
-        elif param.is_required:
+            axes.append((key, _axis(ck, raw[key], f"{place}.{key}", sweep, functools.partial(check_value, param))))
+        elif param.default is None:
             ck.add(
                 f"{place}.{key}",
                 f"required: trainer {trainer.name!r} declares no default; set it in hyper = {{ {key} = ... }}",
@@ -182,35 +212,35 @@ def _hyper_axes(
 
 
 def _expand(
-    ck: Checker, place: str, base: str, got: dict[str, Any], axes: list[tuple[str, list[Any]]], sweep: bool
-) -> list[_Draft]:
-    """One draft per combination of the axes' values (the cartesian product, in a fixed order)."""
-    count = math.prod(len(values) for _, values in axes)
+    ck: Checker, place: str, base: str, spec: JobSpec, after: tuple[str, ...],
+    axes: list[tuple[str, list[HyperValue]]], seeds: list[int], *, explicit: bool, sweep: bool,
+) -> list[JobDraft]:
+    """One draft per combination of the hyperparameters' and the seed's values (the cartesian product,
+    in a fixed order: hyperparameters alphabetically, the seed varying fastest)."""
+    count = math.prod(len(values) for _, values in axes) * len(seeds)
     if count > MAX_SWEEP_JOBS:
         ck.add(place, f"expands to {count} jobs, over the limit of {MAX_SWEEP_JOBS}; list fewer values")
-        return [_Draft(place, base, False, {}, got.get("after", ()))]
+        return [JobDraft(place, base, False, None, after)]
     # names list what varies in a stable order: hyperparameters alphabetically, then the seed
-    order = sorted(name for name, _ in axes if name != "seed") + ["seed"]
+    order = sorted(name for name, _ in axes)
     values_of = dict(axes)
     varying = [name for name in order if len(values_of[name]) > 1]
-    fixed = {k: v for k, v in got.items() if k not in ("name", "after")}
     drafts = []
     for combo in itertools.product(*(values_of[name] for name in order)):
         chosen = dict(zip(order, combo, strict=True))
-        seed = chosen.pop("seed")
-        hyper = {name: chosen[name] for name, _ in axes if name != "seed"}
-        shown = [f"{name}={fmt(seed if name == 'seed' else chosen[name])}" for name in varying]
-        label = "-".join(shown)
-        fields = {**_JOB_DEFAULTS, "mode": "default", **fixed, "hyper": hyper, "seed": seed}
-        name = f"{base}-{label}" if label else base
-        drafts.append(_Draft(place, name, "name" in got and not sweep, fields, got.get("after", ()), ", ".join(shown),
-                             sweep=base if sweep else ""))
+        hyper = {name: chosen[name] for name, _ in axes}  # in the trainer's declaration order
+        for seed in seeds:
+            shown = [f"{name}={fmt(chosen[name])}" for name in varying] + ([f"seed={seed}"] if len(seeds) > 1 else [])
+            label = "-".join(shown)
+            name = f"{base}-{label}" if label else base
+            job = dataclasses.replace(spec, hyper=hyper, seed=seed)
+            drafts.append(JobDraft(place, name, explicit, job, after, ", ".join(shown), sweep=base if sweep else ""))
     return drafts
 
 
-def link_jobs(ck: Checker, drafts: list[_Draft]) -> list[JobSpec]:
+def link_jobs(ck: Checker, drafts: list[JobDraft]) -> list[JobSpec]:
     """Unique names, ids (duplicates refused) and `after` resolved to ids with cycles refused."""
-    by_name: dict[str, _Draft] = {}
+    by_name: dict[str, JobDraft] = {}
     for d in drafts:
         if d.explicit:
             if d.name in by_name:
@@ -228,10 +258,13 @@ def link_jobs(ck: Checker, drafts: list[_Draft]) -> list[JobSpec]:
                 name = f"{d.name}-{n}"
             d.name = name
             by_name[name] = d
-    by_id: dict[str, _Draft] = {}
-    for d in (d for d in drafts if d.fields):
-        f = d.fields
-        d.id = job_id(f["model"], f["mode"], f["hyper"], f["split_recipe"], f["train_hosts"], f["seed"], f["dataset"])
+    by_id: dict[str, JobDraft] = {}
+    specs: dict[str, JobSpec] = {}
+    for d in drafts:
+        f = d.spec
+        if f is None:
+            continue
+        d.id = job_id(f.model, f.mode, f.hyper, f.split_recipe, f.train_hosts, f.seed, f.dataset)
         if d.id in by_id:
             ck.add(
                 d.place,
@@ -240,8 +273,9 @@ def link_jobs(ck: Checker, drafts: list[_Draft]) -> list[JobSpec]:
             )
         else:
             by_id[d.id] = d
+            specs[d.id] = f
     # names an entry with problems would have produced are unknown; do not report them twice
-    broken = [d.name for d in drafts if not d.fields]
+    broken = [d.name for d in drafts if d.spec is None]
     edges: dict[str, list[str]] = {}
     for d in drafts:  # every draft, so a job with other problems still has its `after` checked
         ids = _resolve_after(ck, d, by_name, by_id, broken)
@@ -253,11 +287,11 @@ def link_jobs(ck: Checker, drafts: list[_Draft]) -> list[JobSpec]:
             f"{by_id[cycle[0]].place}.after",
             f"jobs wait for each other in a cycle: {path}; remove one of these `after` entries",
         )
-    return [JobSpec(**{**d.fields, "id": d.id, "name": d.name, "after": tuple(edges[d.id])}) for d in by_id.values()]
+    return [dataclasses.replace(specs[i], id=i, name=d.name, after=tuple(edges[i])) for i, d in by_id.items()]
 
 
 def _resolve_after(
-    ck: Checker, d: _Draft, by_name: dict[str, _Draft], by_id: dict[str, _Draft], broken: list[str]
+    ck: Checker, d: JobDraft, by_name: dict[str, JobDraft], by_id: dict[str, JobDraft], broken: list[str]
 ) -> list[str]:
     """Ids of the jobs `d` waits for; an entry naming a job that has problems of its own is dropped quietly."""
     ids: list[str] = []

@@ -1,6 +1,7 @@
 """The manifest's types: frozen dataclasses that the coordinator, the agent, the CLI and the
 trainers read, and `job_id`. A leaf: it imports nothing of the package but `defaults` and
-`errors`, so any module may import it without pulling in manifest parsing (`mqfleet.manifest`).
+`errors` (and `protocol`'s JSON types, for annotations only), so any module may import it without
+pulling in manifest parsing (`mqfleet.manifest`).
 """
 
 from __future__ import annotations
@@ -9,11 +10,17 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 from mqfleet import defaults
 from mqfleet.defaults import RETRY_BACKOFF_MAX_S
 from mqfleet.errors import AmbiguousError, NotFoundError
+
+if TYPE_CHECKING:  # annotations only, so this stays a leaf at run time
+    from mqfleet.protocol import JsonObject, JsonValue
+
+#: A hyperparameter's value, of one of the declarable types (int, float, str, bool).
+HyperValue: TypeAlias = bool | int | float | str
 
 
 @dataclass(frozen=True)
@@ -22,10 +29,10 @@ class HyperParam:
 
     name: str
     type: str
-    default: Any = None
+    default: HyperValue | None = None
     min: float | None = None
     max: float | None = None
-    choices: tuple[Any, ...] = ()
+    choices: tuple[HyperValue, ...] = ()
 
     @property
     def is_required(self) -> bool:
@@ -92,7 +99,7 @@ class JobSpec:
     name: str
     model: str
     mode: str
-    hyper: dict[str, Any]
+    hyper: dict[str, HyperValue]
     seed: int = 0
     split_recipe: str = "random"
     train_hosts: tuple[str, ...] = ()
@@ -113,8 +120,9 @@ class JobSpec:
     #: Overrides [fleet] checkpoint_interval_s for this job; None keeps the fleet's.
     checkpoint_interval_s: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def to_dict(self) -> JsonObject:
+        """The spec as JSON: what the grant carries, the jobs table stores and the artifact records."""
+        out: JsonObject = {
             "id": self.id,
             "name": self.name,
             "model": self.model,
@@ -192,7 +200,7 @@ class Manifest:
 def job_id(
     model: str,
     mode: str,
-    hyper: Mapping[str, Any],
+    hyper: Mapping[str, JsonValue],
     split_recipe: str,
     train_hosts: Iterable[str],
     seed: int,
