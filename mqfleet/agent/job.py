@@ -44,7 +44,7 @@ from mqfleet.messages import (
     UploadUrlRequest,
     WireMessage,
 )
-from mqfleet.protocol import Verb
+from mqfleet.protocol import JsonValue, Verb
 from mqfleet.state import Cause
 from mqfleet.transfer import upload_to_url
 
@@ -312,7 +312,7 @@ class JobRun:
         self._request(Verb.FAIL, FailRequest(self.job_id, self.lease_id, cause.value, exit_code=exit_code, output_tail=tail,
                                              error=message, usage=usage, progress_reports=reports))
 
-    def _ending_fields(self) -> tuple[dict[str, Any] | None, list[list[Any]]]:
+    def _ending_fields(self) -> tuple[dict[str, Any] | None, list[JsonValue]]:
         """What complete and fail carry besides the outcome: the usage and the last progress reports."""
         return (self.trainer.usage() if self.trainer else None), self._reports_to_send()
 
@@ -407,16 +407,18 @@ class JobRun:
                 # every other one goes, the newest stays: the coordinator's history is thinned the same way
                 self._reports = self._reports[::2] + ([self._reports[-1]] if len(self._reports) % 2 == 0 else [])
 
-    def _reports_to_send(self) -> list[list[Any]]:
+    def _reports_to_send(self) -> list[JsonValue]:
+        """The held reports as the wire's `progress_reports`: `[seq, ts, report]` triples, oldest first."""
         with self._reports_lock:
             return [[seq, ts, report] for seq, ts, report, _ in self._reports]
 
-    def _reports_sent(self, sent: list[list[Any]]) -> None:
-        if not sent:
+    def _reports_sent(self, sent: list[JsonValue]) -> None:
+        """Forget the reports the coordinator acknowledged: those up to the last `seq` sent."""
+        last = sent[-1] if sent else None
+        if not isinstance(last, list) or not isinstance(last[0], int):
             return
-        last = sent[-1][0]
         with self._reports_lock:
-            self._reports = [r for r in self._reports if r[0] > last]
+            self._reports = [r for r in self._reports if r[0] > last[0]]
 
     def _flush_log(self) -> None:
         self.host.flush_log(self.job_id)

@@ -12,7 +12,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mqfleet import __version__
@@ -22,7 +21,7 @@ from mqfleet.coordinator.manifests import StoredManifest
 from mqfleet.coordinator.republish import StateRepublisher
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ManifestError, StoreError
-from mqfleet.messages import Health
+from mqfleet.messages import CheckResult, Health
 from mqfleet.spec import Manifest
 from mqfleet.store import ArtifactStore
 
@@ -30,18 +29,6 @@ logger = logging.getLogger(__name__)
 
 #: A store check's result is reused for this long: health may be asked often, and S3 is a round trip away.
 STORE_CHECK_CACHE_S = 5.0
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One check: whether it passed, what it found, and when it ran."""
-
-    ok: bool
-    detail: str
-    checked_ts: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "detail": self.detail, "checked_ts": self.checked_ts}
 
 
 class HealthChecks:
@@ -168,7 +155,7 @@ def health_report(coord: HealthSource, now: float) -> Health:
         hosts_quarantined=sum(1 for h in hosts if h.get("quarantined")),
         db_ok=checks["database"].ok,
         store_ok=checks["store"].ok,
-        checks={name: result.to_dict() for name, result in checks.items()},
+        checks=dict(checks),
         failed_checks=[name for name, result in checks.items() if not result.ok],
         requests_dropped=coord.dropped_requests,
         # retained job states (or an event backlog) still going out in the background (docs/RELIABILITY.md)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ConfigurationError
+from mqfleet.messages import CoordinatorPeer
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +68,16 @@ class Peers:
         with self.state.transaction() as c:
             c.execute("DELETE FROM coordinators WHERE id = ?", (self.id,))
 
-    def listing(self, now: float) -> list[dict[str, Any]]:
+    def listing(self, now: float) -> list[CoordinatorPeer]:
         """Every coordinator of the last FORGET_S, the live ones first; `alive` says whose heartbeat is fresh."""
         rows = self.state.read(
             "SELECT id, host, version, role, started_ts, heartbeat_ts FROM coordinators ORDER BY heartbeat_ts DESC, id")
-        out = [{**dict(r), "alive": now - r["heartbeat_ts"] <= STALE_S} for r in rows]
-        for row in out:
-            if not row["alive"]:
-                row["role"] = "gone"
-        return sorted(out, key=lambda r: (not r["alive"], r["role"] != "leader", r["id"]))
+        out = []
+        for r in rows:
+            alive = now - r["heartbeat_ts"] <= STALE_S
+            out.append(CoordinatorPeer(id=r["id"], host=r["host"], version=r["version"], role=r["role"] if alive else "gone",
+                                       started_ts=r["started_ts"], heartbeat_ts=r["heartbeat_ts"], alive=alive))
+        return sorted(out, key=lambda p: (not p.alive, p.role != "leader", p.id))
 
     def others_alive(self, now: float) -> bool:
         """Whether another coordinator's heartbeat is fresh (it served while we were away)."""

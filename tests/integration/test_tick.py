@@ -172,5 +172,5 @@ def test_health_is_the_typed_health_message_and_reads_back_whole(coordinator: Co
     assert set(report) == {f.name for f in dataclasses.fields(Health)}
     assert health.to_wire() == report
     # db_ok is what the database check found, not a constant (coordinator/checks.py)
-    assert (health.db_ok, health.checks["database"]["ok"]) == (True, True)
+    assert (health.db_ok, health.checks["database"].ok) == (True, True)
     assert health.jobs_by_status["pending"] == 1 and health.role == "leader"

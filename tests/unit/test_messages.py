@@ -7,7 +7,16 @@ from typing import Any
 import pytest
 
 from mqfleet.errors import BadRequestError
-from mqfleet.messages import ClaimReply, FailRequest, Grant, RenewReply, UploadUrlReply
+from mqfleet.messages import (
+    ClaimReply,
+    FailRequest,
+    Grant,
+    GrantedCheckpoint,
+    Health,
+    RenewReply,
+    RenewRequest,
+    UploadUrlReply,
+)
 
 GRANT: dict[str, Any] = {
     "job": {"id": "j" * 64, "name": "gbt-1", "status": "claimed", "host": "h1", "attempts": 0, "in_manifest": True},
@@ -52,3 +61,38 @@ def test_optional_fields_take_null_and_defaults() -> None:
         RenewReply.from_wire({"ok": True})
     with pytest.raises(BadRequestError, match="must be a JSON object"):
         RenewReply.from_wire([1])
+
+
+def test_free_form_json_fields_take_any_object_but_must_be_objects() -> None:
+    hyper = {"lr": 0.1, "layers": [64, 32], "opt": {"name": "adam"}, "note": None}
+    grant = Grant.from_wire({**GRANT, "trainer": {**GRANT["trainer"], "hyper": hyper}})
+    assert grant.trainer.hyper == hyper
+    with pytest.raises(BadRequestError, match=r"field 'job\.spec' must be an object, not list"):
+        ClaimReply.from_wire({"ok": True, "job": {**GRANT, "spec": [1]}})
+    with pytest.raises(BadRequestError, match=r"field 'progress' must be an object, not str"):
+        RenewRequest.from_wire({"job_id": "j", "lease_id": "l", "progress": "50%"})
+    reports = [[1, 2.5, {"step": 3}], "not a triple"]  # checked leniently by the coordinator, not here
+    assert RenewRequest.from_wire({"job_id": "j", "lease_id": "l", "progress_reports": reports}).progress_reports == reports
+
+
+def test_the_granted_checkpoint_is_typed_and_a_malformed_one_is_named() -> None:
+    given = {"url": "http://s3/x", "sha256": "a" * 64, "size": 10, "attempt": 1, "saved_ts": 5, "progress": {"step": 2}}
+    checkpoint = Grant.from_wire({**GRANT, "checkpoint": given}).checkpoint
+    assert checkpoint == GrantedCheckpoint(url="http://s3/x", sha256="a" * 64, size=10, attempt=1, saved_ts=5.0,
+                                           progress={"step": 2})
+    with pytest.raises(BadRequestError, match=r"field 'job\.checkpoint\.url' is missing"):
+        ClaimReply.from_wire({"ok": True, "job": {**GRANT, "checkpoint": {"sha256": "a", "size": 1}}})
+
+
+def test_typed_object_values_are_checked_each_by_name() -> None:
+    health = {"state": "online", "ts": 1.0, "jobs_by_status": {"pending": 2},
+              "checks": {"database": {"ok": True, "detail": "fine", "checked_ts": 1.0}},
+              "coordinators": [{"id": "c", "host": "h", "version": "1", "role": "leader", "started_ts": 0,
+                                "heartbeat_ts": 1, "alive": True}]}
+    read = Health.from_wire(health)
+    assert (read.jobs_by_status, read.checks["database"].ok, read.coordinators[0].role) == ({"pending": 2}, True, "leader")
+    assert Health.from_wire(read.to_wire()) == read
+    with pytest.raises(BadRequestError, match=r"field 'jobs_by_status\.pending' must be an integer"):
+        Health.from_wire({**health, "jobs_by_status": {"pending": "2"}})
+    with pytest.raises(BadRequestError, match=r"field 'checks\.store\.detail' is missing"):
+        Health.from_wire({**health, "checks": {"store": {"ok": False, "checked_ts": 1.0}}})

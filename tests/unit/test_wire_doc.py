@@ -10,7 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from mqfleet.messages import AGENT_MESSAGES, OPERATOR_REQUESTS, OTHER_REQUESTS, Grant, TrainerRef, WireMessage
+from mqfleet.messages import (
+    AGENT_MESSAGES,
+    OPERATOR_REQUESTS,
+    OTHER_REQUESTS,
+    CheckResult,
+    CoordinatorPeer,
+    Grant,
+    GrantedCheckpoint,
+    Health,
+    TrainerRef,
+    WireMessage,
+)
 from mqfleet.protocol import Verb
 from mqfleet.state import AGENT_CAUSES
 
@@ -47,7 +58,7 @@ def named_fields(cell: str) -> set[str]:
 
 
 def field_names(cls: type[WireMessage]) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def test_the_table_has_a_row_for_every_verb() -> None:
@@ -74,6 +85,22 @@ def test_the_grant_and_its_trainer_are_listed_field_for_field() -> None:
     assert grant and trainer, "the claim row names the grant's and the trainer's fields"
     assert named_fields(f"`{grant.group(1)}`") == field_names(Grant)
     assert named_fields(f"`{trainer.group(1)}`") == field_names(TrainerRef)
+
+
+def test_the_grants_checkpoint_is_listed_field_for_field() -> None:
+    checkpoint = re.search(r"`checkpoint` is null or (`\{.*?\}`)", verb_table()["claim"][1])
+    assert checkpoint, "the claim row names the granted checkpoint's fields"
+    assert named_fields(checkpoint.group(1)) == field_names(GrantedCheckpoint)
+
+
+def test_the_health_rows_checks_and_coordinators_are_listed_field_for_field() -> None:
+    cell = verb_table()["health"][1]
+    check = re.search(r"checks` \(`\{database, store\}`: (`\{[^}]*\}`)\)", cell)
+    peer = re.search(r"coordinators` \(`\[\{([^}]*)\}\]`", cell)
+    assert check and peer, "the health row names the fields of a check and of a coordinator"
+    assert named_fields(check.group(1)) == field_names(CheckResult)
+    assert named_fields(f"`{peer.group(1)}`") == field_names(CoordinatorPeer)
+    assert {"checks", "coordinators", "jobs_by_status"} <= field_names(Health)
 
 
 def test_the_causes_an_agent_may_report_are_the_ones_the_fail_row_lists() -> None:

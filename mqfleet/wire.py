@@ -1,0 +1,155 @@
+"""The conversion of typed wire messages to and from JSON: `WireMessage`, its `to_wire()` and `from_wire()`.
+
+A message is a frozen dataclass whose fields' annotations say what the JSON must hold; `from_wire`
+checks each known field by its annotation (table-driven, the hints cached per class) and raises
+BadRequestError naming the first field that is missing or mistyped, and ignores fields it does not
+know, so a newer sender (more fields) still talks to an older reader. The messages themselves live
+in messages.py (agent, checkpoint, query and operator verbs) and beside the code that owns them.
+
+Free-form JSON (hyperparameters, progress, a trainer's metrics, a job's spec) is annotated
+`protocol.JsonObject` or `protocol.JsonValue`: `from_wire` checks only that such a field is an object
+(or any JSON value), as json.loads built it; its readers narrow each value with isinstance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, ClassVar, TypeVar, Union
+
+from mqfleet.errors import BadRequestError
+
+M = TypeVar("M", bound="WireMessage")
+#: Longest string field, but for those marked `long_text` (output tails, error texts).
+MAX_FIELD_CHARS = 4096
+#: Field metadata of a string that may be long: a trainer's output tail or an error text.
+LONG_TEXT = {"long_text": True}
+
+#: A JSON object as decoded from the bus or about to be encoded; the one place it is untyped.
+Wire = dict[str, Any]  # boundary: json.loads output and json.dumps input; from_wire checks it field by field
+
+
+class FreeJson:
+    """What `JsonValue` means in a message's annotation: any JSON value, taken as it is (never instantiated)."""
+
+
+#: How a message's annotations are read: the free-form JSON aliases become markers `_check` knows, since
+#: the recursive alias itself cannot be told apart from other unions once typing has evaluated it.
+_FREE_FORM_NAMES: dict[str, object] = {"JsonValue": FreeJson, "JsonObject": dict[str, FreeJson]}
+
+
+class WireMessage:
+    """Base of the wire dataclasses: conversion by the fields' annotations."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def to_wire(self) -> Wire:
+        """The JSON object for the bus; nested messages become objects, None stays null."""
+        return {f.name: _to_wire(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_wire(cls: type[M], data: object, where: str = "") -> M:
+        """A message from decoded JSON; BadRequestError names the first field that is missing or mistyped."""
+        if not isinstance(data, dict):
+            raise BadRequestError(f"{_place(where, '') or cls.__name__} must be a JSON object, not {_kind(data)}")
+        hints = _hints(cls)
+        values: Wire = {}  # the checked fields, as the dataclass takes them
+        for f in dataclasses.fields(cls):
+            place = _place(where, f.name)
+            has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            if f.name not in data or (data[f.name] is None and has_default):
+                # null where a default exists means "not given", as the hand-written checks always read it
+                if not has_default:
+                    raise BadRequestError(f"field '{place}' is missing")
+                continue
+            value = _check(hints[f.name], data[f.name], place)
+            if isinstance(value, str) and len(value) > MAX_FIELD_CHARS and not f.metadata.get("long_text"):
+                raise BadRequestError(f"field '{place}' is too long ({len(value)} characters)")
+            values[f.name] = value
+        return cls(**values)
+
+
+def _place(where: str, name: str) -> str:
+    return f"{where}.{name}" if where and name else where or name
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+#: The evaluated annotation of each field, per message class: a class, a union or a generic alias.
+_HINTS: dict[type, dict[str, object]] = {}
+
+
+def _hints(cls: type) -> dict[str, object]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        # The message's module globals, but the free-form aliases read as their markers.
+        hints = _HINTS[cls] = typing.get_type_hints(cls, localns=_FREE_FORM_NAMES)
+    return hints
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, WireMessage):
+        return value.to_wire()
+    if isinstance(value, (list, tuple)):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_wire(v) for k, v in value.items()}
+    return value
+
+
+def _check(tp: object, value: object, place: str) -> Any:
+    """`value` as type `tp`, or BadRequestError naming `place`."""
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is FreeJson:
+        return value  # free-form JSON: json.loads made it, its reader narrows it
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        present = [o for o in options if o is not type(None)]
+        if len(present) == 1:  # `X | None` with a value: X's own error names the field that is wrong inside it
+            return _check(present[0], value, place)
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check(option, value, place)
+            except BadRequestError:
+                continue
+        names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+        raise BadRequestError(f"field '{place}' must be {names}, not {_kind(value)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise BadRequestError(f"field '{place}' must be a list, not {_kind(value)}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_check(item, v, f"{place}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise BadRequestError(f"field '{place}' must be an object, not {_kind(value)}")
+        _, item = typing.get_args(tp) or (str, Any)
+        if item is Any or item is FreeJson:
+            return value  # a JSON object's keys are strings; its free-form values are its reader's to narrow
+        return {k: _check(item, v, f"{place}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, WireMessage):
+        return tp.from_wire(value, place)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise BadRequestError(f"field '{place}' must be true or false, not {_kind(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequestError(f"field '{place}' must be an integer, not {_kind(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise BadRequestError(f"field '{place}' must be a finite number, not {_kind(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise BadRequestError(f"field '{place}' must be a string, not {_kind(value)}")
+        return value
+    raise TypeError(f"no wire check for {tp!r} ({place})")  # a programming error, not bad input
