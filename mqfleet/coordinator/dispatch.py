@@ -115,7 +115,9 @@ class RequestDispatch(CoordinatorCore):
             except MqfleetError as e:
                 logger.warning("%s from %s refused: %s", req.verb.value, req.client, e)
                 return error(e.code, str(e))  # not remembered: the sender may retry with the right token
-        if key:
+        if key and (mac or spec.prepare is not None):
+            # Before the replay check and the prepare step: a redelivery is neither a replay nor worth
+            # reading an artifact back for. Other requests are looked up once, under the write lock below.
             remembered = self.state.remembered_reply(key)
             if remembered is not None:
                 logger.info("request %s redelivered; answering with the remembered reply", key)
@@ -131,9 +133,11 @@ class RequestDispatch(CoordinatorCore):
                 try:
                     with self.state.transaction():
                         self.history.write_batches(lines, self.log_max_lines)
-                        # Under the write lock: another coordinator may have answered a redelivery meanwhile.
+                        # Under the write lock: the authoritative look-up (another coordinator may have
+                        # answered a redelivery meanwhile).
                         again = self.state.remembered_reply(key) if key else None
                         if again is not None:
+                            logger.info("request %s redelivered; answering with the remembered reply", key)
                             return again
                         reply = spec.handler(self, req)
                         if key:

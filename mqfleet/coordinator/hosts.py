@@ -5,6 +5,7 @@ A host's policy (`[[hosts]]` in the manifest) is the service's, passed in as `po
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -115,9 +116,17 @@ QUARANTINE_COLUMN = (
 
 def host_view(row: sqlite3.Row, used: int, policies: Policies) -> scheduler.HostView:
     """A hosts row (id, advert, online, draining, quarantine) with `used` slots taken, as the scheduler sees it."""
-    advert = json.loads(row["advert"])
+    advert = _parsed_advert(row["advert"])
     policy = policies.get(row["id"])
     return scheduler.HostView(
         id=row["id"], advert=advert, online=bool(row["online"]), draining=bool(row["draining"]),
         slots=scheduler.host_slots(advert, policy), slots_used=used, policy=policy, quarantine=row["quarantine"] or "",
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_advert(text: str) -> dict[str, Any]:
+    # Every claim reads its host's advert and every nudge all of them; an advert changes only when its
+    # agent restarts, so each text is parsed once. The dict is shared by every view: nothing mutates it.
+    advert: dict[str, Any] = json.loads(text)
+    return advert
