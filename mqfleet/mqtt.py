@@ -230,7 +230,7 @@ class Connection(RequestReply):
             logger.debug("mqtt %s: subscribe %s deferred to next connect (%s)", self.client_id, topic_filter,
                          paho.error_string(rc))
 
-    def publish(self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int = 1, retain: bool = False,
+    def publish(self, topic: str, payload: bytes | str | protocol.Wire, *, qos: int = 1, retain: bool = False,
                 expiry_s: int | None = None, response_topic: str | None = None) -> None:
         """Send without waiting; while disconnected paho keeps QoS>0 messages in memory and sends them on reconnect.
 
@@ -249,7 +249,7 @@ class Connection(RequestReply):
         # the in-flight window included; reading a dict's length is atomic. No public API says this.
         return len(getattr(self._client, "_out_messages", ()))
 
-    def _publish(self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int, retain: bool,
+    def _publish(self, topic: str, payload: bytes | str | protocol.Wire, *, qos: int, retain: bool,
                  expiry_s: int | None, properties: Properties | None = None) -> paho.MQTTMessageInfo:
         self._check_running()
         data = protocol.encode(payload) if isinstance(payload, dict) else payload
@@ -305,7 +305,7 @@ class Connection(RequestReply):
         info = self._publish(topic, payload, qos=1, retain=False, expiry_s=None, properties=properties)
         return info.mid, connects
 
-    def reply(self, request: Message, payload: dict[str, Any]) -> None:
+    def reply(self, request: Message, payload: protocol.Wire) -> None:
         """Answer `request` on its Response Topic with its Correlation Data (QoS 1, never retained)."""
         if not request.response_topic:
             logger.debug("mqtt %s: request on %s has no response topic; reply dropped", self.client_id, request.topic)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mqfleet import defaults, protocol
+from mqfleet.wire import Wire
 
 logger = logging.getLogger("mqfleet.mqtt")
 
@@ -31,7 +32,7 @@ class Message:
     response_topic: str | None
     correlation_data: bytes | None
 
-    def json(self, max_bytes: int = defaults.MAX_REQUEST_BYTES) -> dict[str, Any]:
+    def json(self, max_bytes: int = defaults.MAX_REQUEST_BYTES) -> Wire:
         """The payload as a JSON object (DecodeError when it is not one or is over max_bytes)."""
         return protocol.decode(self.payload, max_bytes=max_bytes)
 

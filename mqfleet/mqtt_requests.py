@@ -17,6 +17,7 @@ from mqfleet import defaults, protocol
 from mqfleet.broker_config import BrokerConfig
 from mqfleet.errors import BrokerUnavailableError, NotAuthorizedError, RequestTimeoutError
 from mqfleet.mqtt_message import Message, Pending
+from mqfleet.wire import Wire
 
 logger = logging.getLogger("mqfleet.mqtt")
 
@@ -39,7 +40,7 @@ class RequestReply:
     _started: bool
     _stopping: bool
 
-    def _publish(self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int, retain: bool,
+    def _publish(self, topic: str, payload: bytes | str | Wire, *, qos: int, retain: bool,
                  expiry_s: int | None, properties: Any = None) -> Any:
         raise NotImplementedError  # Connection: paho's publish
 
@@ -53,7 +54,7 @@ class RequestReply:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def publish_wait(self, topic: str, payload: bytes | str | dict[str, Any], *, qos: int = 1, retain: bool = False,
+    def publish_wait(self, topic: str, payload: bytes | str | Wire, *, qos: int = 1, retain: bool = False,
                      timeout_s: float = 5.0) -> None:
         """Send and wait for the broker's PUBACK (QoS 1) or for the write (QoS 0).
 
@@ -83,13 +84,11 @@ class RequestReply:
 
     # -- request / reply ----------------------------------------------------------------------------------------
 
-    def request(self, topic: str, payload: dict[str, Any], *, timeout_s: float = defaults.REQUEST_TIMEOUT_S
-                ) -> dict[str, Any]:
+    def request(self, topic: str, payload: Wire, *, timeout_s: float = defaults.REQUEST_TIMEOUT_S) -> Wire:
         """Send an MQTT v5 request and return the decoded reply; RequestTimeoutError when none arrives in time."""
         return self.request_raw(topic, protocol.encode(payload), timeout_s=timeout_s)
 
-    def request_raw(self, topic: str, payload: bytes, *, timeout_s: float = defaults.REQUEST_TIMEOUT_S
-                    ) -> dict[str, Any]:
+    def request_raw(self, topic: str, payload: bytes, *, timeout_s: float = defaults.REQUEST_TIMEOUT_S) -> Wire:
         """Like request(), with the payload sent byte for byte (tests send malformed ones).
 
         Within timeout_s the same bytes (same request id, same correlation data) are sent

@@ -14,28 +14,29 @@ import hashlib
 import hmac
 import json
 import math
-from typing import Any, Protocol
+from typing import Protocol
 
 from mqfleet.errors import UnauthorizedError
+from mqfleet.wire import Wire
 
 #: Largest difference between the operator's clock and the coordinator's a signed request may show.
 MAX_SKEW_S = 120.0
 
 
-def _canonical(verb: str, body: dict[str, Any], ts: float) -> bytes:
+def _canonical(verb: str, body: Wire, ts: float) -> bytes:
     unsigned = {k: v for k, v in body.items() if k != "auth"}
     text = json.dumps({"verb": verb, "request_id": unsigned.get("request_id"), "ts": ts, "body": unsigned},
                       sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return text.encode()
 
 
-def sign_request(token: str, verb: str, body: dict[str, Any], ts: float) -> dict[str, Any]:
-    """The `auth` field for an operator request: `{ts, mac}`."""
+def sign_request(token: str, verb: str, body: Wire, ts: float) -> Wire:
+    """The `auth` field for an operator request, as it is encoded into the body: `{ts, mac}`."""
     mac = hmac.new(token.encode(), _canonical(verb, body, ts), hashlib.sha256).hexdigest()
     return {"ts": ts, "mac": mac}
 
 
-def verify_request(token: str, verb: str, body: dict[str, Any], now: float) -> str:
+def verify_request(token: str, verb: str, body: Wire, now: float) -> str:
     """The request's mac when it was signed with `token` within MAX_SKEW_S of `now`; else UnauthorizedError."""
     if not token:
         raise UnauthorizedError("operator verbs are disabled: the coordinator was started without an operator token")
@@ -64,8 +65,8 @@ class ReplyMemory(Protocol):
     """The coordinator's request memory (coordinator/sqlite.py): shared by every coordinator on one
     database and kept across restarts, so a replay is refused wherever and whenever it lands."""
 
-    def remembered_reply(self, key: str) -> dict[str, Any] | None: ...
-    def remember_reply(self, key: str, reply: dict[str, Any], now: float) -> None: ...
+    def remembered_reply(self, key: str) -> Wire | None: ...
+    def remember_reply(self, key: str, reply: Wire, now: float) -> None: ...
 
 
 def check_not_replayed(memory: ReplyMemory, mac: str, now: float) -> None:

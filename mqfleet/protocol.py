@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 
 from mqfleet.defaults import MAX_REQUEST_BYTES, TOPIC_PREFIX
 from mqfleet.errors import BadRequestError, DecodeError
+from mqfleet.wire import Wire as Wire  # re-exported: the decoded JSON its encode/decode and the connection handle
 
 #: Any JSON value, as `json.loads` returns it. Free-form user data (hyperparameters, progress metrics,
 #: a manifest's job spec before it is checked) is typed with it, so a reader must narrow each value
@@ -231,7 +232,7 @@ def encode(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True, default=str).encode()
 
 
-def decode(payload: bytes, *, max_bytes: int = MAX_REQUEST_BYTES) -> dict[str, Any]:
+def decode(payload: bytes, *, max_bytes: int = MAX_REQUEST_BYTES) -> Wire:
     """A JSON object from a payload, or DecodeError saying what is wrong with it."""
     if len(payload) > max_bytes:
         raise DecodeError(f"payload of {len(payload)} bytes is over the {max_bytes}-byte limit")
@@ -249,13 +250,13 @@ def decode(payload: bytes, *, max_bytes: int = MAX_REQUEST_BYTES) -> dict[str, A
     return obj
 
 
-def ok(**fields: Any) -> dict[str, Any]:
-    """A successful reply."""
+def ok(**fields: Any) -> Wire:
+    """A successful reply, as it is encoded."""
     return {"ok": True, **fields}
 
 
-def error(code: str, message: str) -> dict[str, Any]:
-    """A refusal reply."""
+def error(code: str, message: str) -> Wire:
+    """A refusal reply, as it is encoded."""
     return {"ok": False, "error": code, "message": message}
 
 
@@ -266,7 +267,7 @@ def now_ts() -> float:
 _MISSING = object()
 
 
-def field(req: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+def field(req: Wire, name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
     """A request field of the given type, or BadRequestError naming it.
 
     bool is refused where int is asked, since JSON true is not a count.

@@ -22,13 +22,14 @@ from mqfleet.errors import RemoteError, RequestTimeoutError, UnavailableError
 from mqfleet.mqtt import Connection
 from mqfleet.operator_auth import sign_request
 from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb
+from mqfleet.wire import Wire
 
 logger = logging.getLogger(__name__)
 
 #: Wait before a request the coordinator answered `unavailable` (its database is away) is sent again.
 UNAVAILABLE_RETRY_S = 2.0
-#: A reply as it came off the wire (decoded JSON, `ok` true or false).
-Reply = dict[str, Any]  # boundary: checked into typed messages by their from_wire()
+#: A reply as it came off the wire (decoded JSON, `ok` true or false), checked into typed messages by their from_wire().
+Reply = Wire
 
 
 class RpcClient:
@@ -49,15 +50,15 @@ class RpcClient:
         self.token = token
         self.timeout_s = timeout_s
 
-    def envelope(self, verb: Verb, fields: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
+    def envelope(self, verb: Verb, fields: Wire, request_id: str | None = None) -> Wire:
         """The request body: a fresh request id (or the given one), the fields, and for operator verbs an `auth`
         signed with the token; the token itself never crosses the bus (docs/SECURITY.md, "Operator token")."""
-        body: dict[str, Any] = {"request_id": request_id or uuid.uuid4().hex, **fields}
+        body: Wire = {"request_id": request_id or uuid.uuid4().hex, **fields}
         if ROLE_OF_VERB[verb] is Role.OPERATOR:
             body["auth"] = sign_request(self.token, verb.value, body, time.time())
         return body
 
-    def send(self, verb: Verb, fields: dict[str, Any], *, timeout_s: float | None = None,
+    def send(self, verb: Verb, fields: Wire, *, timeout_s: float | None = None,
              request_id: str | None = None) -> Reply:
         """One request, one wait; the reply as sent, `ok` or not. RequestTimeoutError when none came."""
         topic = self.topics.rpc(ROLE_OF_VERB[verb], self.client, verb)
