@@ -52,6 +52,11 @@ class JobRow(WireMessage):
     created_ts: float | None = None
     updated_ts: float | None = None
     lease_expires_ts: float | None = None
+    #: the spec's limits (null: none), when a pending job's retry back-off ends, and a dependency that failed
+    timeout_s: float | None = None
+    stall_s: float | None = None
+    retry_after_ts: float | None = None
+    unsatisfied: str | None = dataclasses.field(default=None, metadata=LONG_TEXT)
 
 
 @dataclasses.dataclass(frozen=True)

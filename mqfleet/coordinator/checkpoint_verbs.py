@@ -15,7 +15,7 @@ from mqfleet.coordinator.context import HandlerContext, Request
 from mqfleet.coordinator.verify import check_digest
 from mqfleet.errors import ArtifactMismatchError, BadRequestError, ObjectMissingError, StoreError
 from mqfleet.messages import CheckpointSavedRequest, CheckpointStartRequest, CheckpointUploadRequest
-from mqfleet.protocol import ok
+from mqfleet.replies import CheckpointSavedReply, CheckpointStartReply, CheckpointUrlReply
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _upload_fields(req: Request) -> tuple[str, str, str, int]:
     return upload.job_id, upload.lease_id, upload.sha256, upload.size
 
 
-def handle_checkpoint_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def handle_checkpoint_url(coord: HandlerContext, req: Request) -> CheckpointUrlReply:
     """A presigned PUT for a checkpoint bundle of a job this host is (or was last) running."""
     job_id, lease_id, sha256, size = _upload_fields(req)
     coord.checkpoints.check_writer(job_id, lease_id, req.client)
@@ -101,11 +101,13 @@ def handle_checkpoint_url(coord: HandlerContext, req: Request) -> dict[str, Any]
     coord.uploads.grant(sha256, req.now)  # gc spares the object until the checkpoint is recorded
     # Short-lived like artifact uploads (docs/SECURITY.md): S3 checks expiry when the PUT starts, which is at once.
     expires_s = int(defaults.UPLOAD_URL_SLACK_S)
-    return ok(url=coord.store.presign_put(key, expires_s=expires_s), method="PUT", key=key, expires_s=expires_s)
+    return CheckpointUrlReply(url=coord.store.presign_put(key, expires_s=expires_s), method="PUT", key=key,
+                              expires_s=expires_s)
 
 
-def prepare_checkpoint_saved(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    """Read the uploaded bundle back and hash it, outside the lock: only verified checkpoints are handed on."""
+def prepare_checkpoint_saved(coord: HandlerContext, req: Request) -> str:
+    """Read the uploaded bundle back and hash it, outside the lock: only verified checkpoints are handed on
+    (the key they are stored under)."""
     job_id, lease_id, sha256, size = _upload_fields(req)
     with coord.lock:
         coord.checkpoints.check_writer(job_id, lease_id, req.client)
@@ -119,24 +121,25 @@ def prepare_checkpoint_saved(coord: HandlerContext, req: Request) -> dict[str, A
             f"stored checkpoint is {actual_size} bytes with sha256 {actual_sha[:12]}, "
             f"not {size} bytes with sha256 {sha256[:12]}; sync again"
         )
-    return {"key": key}
+    return key
 
 
-def handle_checkpoint_saved(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def handle_checkpoint_saved(coord: HandlerContext, req: Request) -> CheckpointSavedReply:
     job_id, lease_id, sha256, size = _upload_fields(req)
+    assert isinstance(req.prepared, str), "prepare_checkpoint_saved runs first"
     attempt = coord.checkpoints.check_writer(job_id, lease_id, req.client)
     progress = CheckpointSavedRequest.from_wire(req.body).progress
     if progress is not None and len(json.dumps(progress)) > 4096:
         progress = None  # shown in `show` only; a huge one is not worth keeping
     coord.checkpoints.record(
-        job_id, attempt=attempt, host=req.client, sha256=sha256, size=size, key=req.prepared["key"],
+        job_id, attempt=attempt, host=req.client, sha256=sha256, size=size, key=req.prepared,
         progress=progress, now=req.now,
     )
     coord.mark_changed(job_id)
-    return ok(saved_ts=req.now, attempt=attempt)
+    return CheckpointSavedReply(saved_ts=req.now, attempt=attempt)
 
 
-def handle_checkpoint_start(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def handle_checkpoint_start(coord: HandlerContext, req: Request) -> CheckpointStartReply:
     """How an attempt started: resumed from the checkpoint it was given, or fresh with the reason.
 
     A checkpoint that failed its sha256 check or could not be read is discarded, so the next attempt
@@ -155,4 +158,4 @@ def handle_checkpoint_start(coord: HandlerContext, req: Request) -> dict[str, An
         from_progress=resumed_from["progress"] if resumed_from is not None else None,
     )
     coord.mark_changed(job_id)
-    return ok(attempt=attempt)
+    return CheckpointStartReply(attempt=attempt)

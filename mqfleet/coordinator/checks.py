@@ -126,12 +126,14 @@ def health_report(coord: HealthSource, now: float) -> Health:
     """The `health` reply and the retained coordinator status. Fields are only ever added (docs/INTERNALS.md)."""
     checks = coord.checks.run()
     counts: dict[str, int] = {}
-    hosts: list[dict[str, Any]] = []
+    online = total = draining = quarantined = 0
     if checks["database"].ok:
         try:
             with coord.lock:
                 counts = coord.catalog.counts()
                 hosts = coord.hosts.hosts(coord.manifest.hosts if coord.manifest else {})
+            online, total = sum(1 for h in hosts if h["online"]), len(hosts)
+            draining, quarantined = sum(1 for h in hosts if h["draining"]), sum(1 for h in hosts if h.get("quarantined"))
         except Exception as e:  # sqlite3.Error between the check and here: health still answers
             checks["database"] = CheckResult(False, f"query on {coord.state.path} failed: {e}", now)
     manifest = coord.manifest
@@ -149,10 +151,10 @@ def health_report(coord: HealthSource, now: float) -> Health:
         manifest_origin=stored.origin if stored else None,
         last_refused_manifest=str(refused) if refused else None,
         jobs_by_status=dict(counts),
-        hosts_online=sum(1 for h in hosts if h["online"]),
-        hosts_total=len(hosts),
-        hosts_draining=sum(1 for h in hosts if h["draining"]),
-        hosts_quarantined=sum(1 for h in hosts if h.get("quarantined")),
+        hosts_online=online,
+        hosts_total=total,
+        hosts_draining=draining,
+        hosts_quarantined=quarantined,
         db_ok=checks["database"].ok,
         store_ok=checks["store"].ok,
         checks=dict(checks),

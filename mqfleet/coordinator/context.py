@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +23,9 @@ from mqfleet.coordinator.manifests import StoredManifest
 from mqfleet.coordinator.rows import ManifestRows
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ManifestError
+from mqfleet.messages import Health, WireMessage
 from mqfleet.protocol import Role, Verb
+from mqfleet.replies import GcReply
 from mqfleet.spec import FleetSettings, Manifest
 from mqfleet.store import ArtifactStore
 
@@ -65,7 +67,7 @@ class HandlerContext(Protocol):
     def mark_changed(self, job_id: str) -> None: ...
     def mark_progress(self, job_id: str) -> None: ...
     def send_control(self, host: str, message: dict[str, Any]) -> None: ...
-    def health(self, now: float) -> dict[str, Any]: ...
+    def health(self, now: float) -> Health: ...
     def job_logs(self, job_id: str, attempt: int | None = None) -> tuple[int | None, list[str], list[int]]: ...
     def advert_problem(self, host: str) -> str | None: ...
 
@@ -79,8 +81,12 @@ class Request:
     client: str
     body: dict[str, Any]
     now: float
-    prepared: dict[str, Any] = field(default_factory=dict)
+    prepared: Prepared = None
 
 
-Handler = Callable[[HandlerContext, Request], dict[str, Any]]
-Prepare = Callable[[HandlerContext, Request], dict[str, Any]]
+#: What a verb's prepare step made off the lock for its handler: an artifact's or checkpoint's key,
+#: a parsed manifest's rows, or a garbage collection's result; each handler narrows it to its own.
+Prepared = str | ManifestRows | GcReply | None
+#: A verb's handler returns its typed reply; the dispatcher makes the JSON (`replies.reply_json`).
+Handler = Callable[[HandlerContext, Request], WireMessage]
+Prepare = Callable[[HandlerContext, Request], Prepared]

@@ -36,6 +36,7 @@ from mqfleet.coordinator.rows import ManifestRows
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ConfigurationError, ManifestError
 from mqfleet.manifest import FleetSettings, Manifest
+from mqfleet.messages import Health
 from mqfleet.mqtt import BrokerConfig, Connection
 from mqfleet.protocol import Topics
 from mqfleet.store import ArtifactStore
@@ -216,7 +217,7 @@ class CoordinatorCore:
     def _follow_manifest(self) -> None:  # leader.py
         raise NotImplementedError
 
-    def health(self, now: float) -> dict[str, Any]:  # service.py
+    def health(self, now: float) -> Health:  # service.py
         raise NotImplementedError
 
     def job_logs(self, job_id: str, attempt: int | None = None) -> tuple[int | None, list[str], list[int]]:  # service.py

@@ -17,6 +17,7 @@ from mqfleet.errors import BadRequestError, ManifestError, MqfleetError, Unavail
 from mqfleet.mqtt import Message
 from mqfleet.operator_auth import check_not_replayed, verify_request
 from mqfleet.protocol import MAX_REQUEST_ID_CHARS, ROLE_OF_VERB, Role, Verb, decode, error, field
+from mqfleet.replies import reply_json
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
 logger = logging.getLogger("mqfleet.coordinator.service")
@@ -139,7 +140,7 @@ class RequestDispatch(CoordinatorCore):
                         if again is not None:
                             logger.info("request %s redelivered; answering with the remembered reply", key)
                             return again
-                        reply = spec.handler(self, req)
+                        reply = reply_json(spec.handler(self, req))
                         if key:
                             self.state.remember_reply(key, reply, req.now)
                 except BaseException:

@@ -10,31 +10,57 @@ coordinator only through `HandlerContext`, the narrow part of it they need.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from mqfleet import defaults
 from mqfleet.coordinator import checkpoint_verbs
 from mqfleet.coordinator.context import Handler, HandlerContext, Prepare, Request
 from mqfleet.coordinator.listing import JobFilter
 from mqfleet.coordinator.manifests import ORIGIN_FILE, ORIGIN_SENT
+from mqfleet.coordinator.queries import (
+    checkpoint_detail,
+    handle_artifacts,
+    handle_download_url,
+    handle_health,
+    handle_job,
+    handle_workers,
+    job_ref,
+)
 from mqfleet.coordinator.reports import handle_compare, handle_gc, prepare_gc, record_attempt_history
 from mqfleet.coordinator.rows import ManifestRows, manifest_rows
 from mqfleet.coordinator.verify import accept_artifact, check_digest
 from mqfleet.errors import BadRequestError, ManifestError, NotFoundError, UnknownHostError
 from mqfleet.manifest import load_manifest, parse_manifest
 from mqfleet.messages import (
+    ClaimReply,
     CompleteRequest,
     FailRequest,
+    Grant,
     HostRequest,
-    JobRefRequest,
+    JobRow,
     JobsRequest,
     LogsRequest,
     ReloadRequest,
+    RenewReply,
     RenewRequest,
     RequeueRequest,
+    StatusReply,
+    TrainerRef,
+    UploadUrlReply,
     UploadUrlRequest,
 )
-from mqfleet.protocol import Verb, ok
+from mqfleet.protocol import JsonObject, Verb
+from mqfleet.replies import (
+    CompleteReply,
+    DrainReply,
+    JobReply,
+    JobsReply,
+    LogsReply,
+    ManifestReply,
+    ReloadReply,
+    RequeuedJob,
+    RequeueReply,
+    UndrainReply,
+)
 from mqfleet.state import AGENT_CAUSES, Cause
 
 # --- agent verbs: the host is the client level of the topic ---------------------------
@@ -49,24 +75,31 @@ def _check_known_host(coord: HandlerContext, host: str) -> None:
         )
 
 
-def handle_claim(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def handle_claim(coord: HandlerContext, req: Request) -> ClaimReply:
     host = req.client
     _check_known_host(coord, host)
     # A claim proves the host is alive even if its retained status has not arrived yet.
     coord.hosts.record_presence(host, True, req.now, grace_s=coord.grace_s)
     grant = coord.claims.claim(host, req.now, coord.manifest)
-    if grant is not None:
-        grant.update(checkpoint_verbs.grant_fields(coord, grant))
-    return ok(job=grant)
+    if grant is None:
+        return ClaimReply(job=None)
+    checkpoint = checkpoint_verbs.grant_fields(coord, grant)
+    # built from values the coordinator itself just made: constructed, not checked again
+    return ClaimReply(job=Grant(
+        job=JobRow(**grant["job"]), spec=grant["spec"], trainer=TrainerRef(**grant["trainer"]),
+        lease_id=grant["lease_id"], attempt=grant["attempt"], expires_ts=grant["expires_ts"], lease_s=grant["lease_s"],
+        gpus=grant["gpus"], resumable=checkpoint["resumable"], checkpoint_interval_s=checkpoint["checkpoint_interval_s"],
+        checkpoint_max_mib=checkpoint["checkpoint_max_mib"], checkpoint=checkpoint["checkpoint"],
+    ))
 
 
-def _small(value: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+def _small(value: JsonObject | None, name: str) -> JsonObject | None:
     if value is not None and len(value) > 200:
         raise BadRequestError(f"field '{name}' has too many keys ({len(value)})")
     return value
 
 
-def handle_renew(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def handle_renew(coord: HandlerContext, req: Request) -> RenewReply:
     _check_known_host(coord, req.client)
     renewal = RenewRequest.from_wire(req.body)
     job_id, lease_id = renewal.job_id, renewal.lease_id
@@ -76,7 +109,7 @@ def handle_renew(coord: HandlerContext, req: Request) -> dict[str, Any]:
         coord.mark_progress(job_id)  # watchers see progress through the retained job state (at most 1/s)
     if "progress_reports" in req.body:
         record_attempt_history(coord, req, job_id, _attempt_of(coord, job_id), ending=False)
-    return ok(expires_ts=expires_ts)
+    return RenewReply(expires_ts=expires_ts)
 
 
 def _attempt_of(coord: HandlerContext, job_id: str) -> int | None:
@@ -85,7 +118,7 @@ def _attempt_of(coord: HandlerContext, job_id: str) -> int | None:
     return int(lease["attempt"]) if lease else None
 
 
-def handle_upload_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def handle_upload_url(coord: HandlerContext, req: Request) -> UploadUrlReply:
     upload = UploadUrlRequest.from_wire(req.body)
     job_id, lease_id, sha256, size = upload.job_id, upload.lease_id, upload.sha256, upload.size
     check_digest(sha256, size)
@@ -94,14 +127,14 @@ def handle_upload_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
     key = coord.store.key_for(sha256)
     if coord.artifacts.is_verified(sha256) and coord.store.stat(key) == size:
         # The completion hashes the stored object again before trusting it (verify.accept_artifact).
-        return ok(exists=True, key=key)
+        return UploadUrlReply(exists=True, key=key)
     # Never a URL for the artifact key itself: the bytes land in this lease's staging key and
     # become the artifact only once the coordinator has hashed them (docs/SECURITY.md, "Artifacts").
     lease = coord.catalog.lease(job_id)
     lease_left_s = (lease["expires_ts"] - req.now) if lease else 0.0
     expires_s = int(min(defaults.UPLOAD_URL_MAX_S, max(0.0, lease_left_s) + defaults.UPLOAD_URL_SLACK_S))
     staged = coord.store.staging_key(lease_id)
-    return ok(
+    return UploadUrlReply(
         exists=False,
         url=coord.store.presign_put(staged, expires_s=expires_s),
         method="PUT",
@@ -111,21 +144,22 @@ def handle_upload_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
     )
 
 
-def prepare_complete(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def prepare_complete(coord: HandlerContext, req: Request) -> str:
+    """The artifact's key, once its bytes are hashed and moved there."""
     done = CompleteRequest.from_wire(req.body)
     with coord.lock:
         coord.leases.check_lease(done.job_id, done.lease_id, req.client)
-    key = accept_artifact(coord.store, done.sha256, done.size, lease_id=done.lease_id)
-    return {"key": key}
+    return accept_artifact(coord.store, done.sha256, done.size, lease_id=done.lease_id)
 
 
-def handle_complete(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def handle_complete(coord: HandlerContext, req: Request) -> CompleteReply:
     done = CompleteRequest.from_wire(req.body)
     job_id, lease_id = done.job_id, done.lease_id
+    assert isinstance(req.prepared, str), "prepare_complete runs first"
     artifact = {
         "sha256": done.sha256,
         "size": done.size,
-        "key": req.prepared["key"],
+        "key": req.prepared,
         "metrics": _small(done.metrics, "metrics") or {},
         "output_tail": done.output_tail,
     }
@@ -134,10 +168,10 @@ def handle_complete(coord: HandlerContext, req: Request) -> dict[str, Any]:
     record_attempt_history(coord, req, job_id, attempt, ending=True)
     # The artifact is the result; a checkpoint only ever served to get there.
     coord.checkpoints.discard(job_id, req.now, "job completed")
-    return ok(status=row["status"], job=row)
+    return CompleteReply(status=row["status"], job=JobRow(**row))
 
 
-def handle_fail(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def handle_fail(coord: HandlerContext, req: Request) -> StatusReply:
     failure = FailRequest.from_wire(req.body)
     job_id, lease_id, cause_name = failure.job_id, failure.lease_id, failure.cause
     allowed = sorted(c.value for c in AGENT_CAUSES)
@@ -156,35 +190,31 @@ def handle_fail(coord: HandlerContext, req: Request) -> dict[str, Any]:
         fleet=coord.fleet,
     )
     record_attempt_history(coord, req, job_id, attempt, ending=True)
-    return ok(status=status.value)
+    return StatusReply(status=status.value)
 
 
 # --- operator verbs: need the operator token ------------------------------------------
 
 
-def _job_ref(coord: HandlerContext, req: Request) -> str:
-    return coord.catalog.resolve_job(JobRefRequest.from_wire(req.body).job)
-
-
-def handle_cancel(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    job_id = _job_ref(coord, req)
+def handle_cancel(coord: HandlerContext, req: Request) -> JobReply:
+    job_id = job_ref(coord, req)
     ended = coord.leases.cancel(job_id, req.now, fleet=coord.fleet)
     coord.checkpoints.discard(job_id, req.now, "job cancelled")
     if ended:
         coord.send_control(ended["host"], {"action": "cancel", "job_id": job_id, "lease_id": ended["lease_id"]})
-    return ok(job=coord.catalog.job(job_id))
+    return JobReply(job=JobRow(**coord.catalog.job(job_id)))
 
 
-def handle_requeue(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    job_id = _job_ref(coord, req)
+def handle_requeue(coord: HandlerContext, req: Request) -> RequeueReply:
+    job_id = job_ref(coord, req)
     row = coord.leases.requeue(job_id, req.now)
     if RequeueRequest.from_wire(req.body).fresh:
         coord.checkpoints.discard(job_id, req.now, "requeued with --fresh")
-    row["checkpoint"] = coord.checkpoints.detail(job_id)
-    return ok(job=row)
+    checkpoint = checkpoint_detail(coord, job_id)
+    return RequeueReply(job=RequeuedJob(**row, checkpoint=checkpoint))
 
 
-def prepare_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def prepare_reload(coord: HandlerContext, req: Request) -> ManifestRows:
     """Parse, validate and build the rows off the lock: at 100,000 jobs that is seconds of work, and
     renewals must wait for the writes alone (docs/CLI.md, `mqfleet reload`)."""
     reload = ReloadRequest.from_wire(req.body)
@@ -197,15 +227,16 @@ def prepare_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
         # Refused whole: the manifest in force stays. The problems travel in the reply.
         coord.refuse_manifest(e)
         raise
-    return {"rows": manifest_rows(manifest)}
+    return manifest_rows(manifest)
 
 
-def handle_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    prepared: ManifestRows = req.prepared["rows"]
+def handle_reload(coord: HandlerContext, req: Request) -> ReloadReply:
+    prepared = req.prepared
+    assert isinstance(prepared, ManifestRows), "prepare_reload runs first"
     sent = ReloadRequest.from_wire(req.body).manifest is not None
     # Stored with the jobs it made, so a restart keeps a manifest that exists only in this database.
     summary = coord.apply_manifest(prepared, req.now, origin=ORIGIN_SENT if sent else ORIGIN_FILE)
-    return ok(
+    return ReloadReply(
         source=prepared.header.source,
         added=summary["added"],
         kept=len(summary["kept"]),
@@ -214,24 +245,25 @@ def handle_reload(coord: HandlerContext, req: Request) -> dict[str, Any]:
     )
 
 
-def handle_manifest(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def handle_manifest(coord: HandlerContext, req: Request) -> ManifestReply:
     """The manifest in force exactly as applied, so an operator can pull, edit and push it back."""
     stored = coord.stored_manifest
     if stored is None:
         raise NotFoundError("no manifest has been applied yet")
-    return ok(**stored.to_dict())
+    return ManifestReply(text=stored.text, source=stored.source, sha256=stored.sha256, applied_ts=stored.applied_ts,
+                         origin=stored.origin)
 
 
-def handle_drain(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def handle_drain(coord: HandlerContext, req: Request) -> DrainReply:
     host = HostRequest.from_wire(req.body).host
     coord.hosts.set_draining(host, True, req.now)
-    return ok(host=host, draining=True)
+    return DrainReply(host=host, draining=True)
 
 
-def handle_undrain(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def handle_undrain(coord: HandlerContext, req: Request) -> UndrainReply:
     host = HostRequest.from_wire(req.body).host
     released = coord.hosts.set_draining(host, False, req.now)
-    return ok(host=host, draining=False, quarantine_released=released)
+    return UndrainReply(host=host, draining=False, quarantine_released=released)
 
 
 # --- query verbs: read-only, anyone ---------------------------------------------------
@@ -241,7 +273,7 @@ def handle_undrain(coord: HandlerContext, req: Request) -> dict[str, Any]:
 JOBS_PAGE = 2000
 
 
-def handle_jobs(coord: HandlerContext, req: Request) -> dict[str, Any]:
+def handle_jobs(coord: HandlerContext, req: Request) -> JobsReply:
     asked = JobsRequest.from_wire(req.body)
     where = JobFilter(status=asked.status, name_glob=asked.name)
     order = asked.order
@@ -259,44 +291,7 @@ def handle_jobs(coord: HandlerContext, req: Request) -> dict[str, Any]:
     )
     # next_offset serves clients that page by position; next_after is the keyset the CLI pages with.
     next_offset = None if after is not None or next_after is None else offset + len(page)
-    reply = ok(jobs=page, next_offset=next_offset, next_after=next_after)
-    if counted:
-        reply["total"] = total
-    return reply
-
-
-def handle_job(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    job_id = _job_ref(coord, req)
-    row = coord.catalog.job(job_id)
-    row["spec"] = coord.catalog.job_spec(job_id)
-    usage = coord.history.usage_of(job_id)
-    row["attempts_detail"] = [{**a, "usage": usage.get(a["number"])} for a in coord.catalog.attempts(job_id)]
-    row["progress_history"] = coord.history.progress(job_id)
-    row["why_waiting"] = coord.claims.why_waiting(job_id, coord.manifest, req.now)
-    row["lease"] = coord.catalog.lease(job_id)
-    trainer = coord.manifest.trainers.get(row["model"]) if coord.manifest else None
-    row["outputs"] = list(trainer.outputs) if trainer else []
-    # metrics and size live with the artifact record, not the job row
-    stored = coord.artifacts.artifacts(job_id) if row.get("artifact") else []
-    row["artifact_detail"] = stored[-1] if stored else None
-    row["checkpoint"] = coord.checkpoints.detail(job_id)
-    return ok(job=row)
-
-
-def handle_workers(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    usage = coord.history.usage_by_host()
-    workers = coord.hosts.hosts(coord.manifest.hosts if coord.manifest else {})
-    # advert_error: why the host's latest advert was refused (`advert` still shows its last good one).
-    return ok(workers=[{**w, "usage": usage.get(w["id"]), "advert_error": coord.advert_problem(w["id"])}
-                       for w in workers])
-
-
-def handle_health(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    return ok(**coord.health(req.now))
-
-
-def handle_artifacts(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    return ok(artifacts=coord.artifacts.artifacts())
+    return JobsReply(jobs=page, next_offset=next_offset, next_after=next_after, total=total if counted else None)
 
 
 #: Lines per `logs` reply; the CLI asks for the next page until `next_offset` is null.
@@ -305,8 +300,8 @@ LOGS_PAGE = 5000
 LOGS_PAGE_CHARS = 1024 * 1024
 
 
-def handle_logs(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    job_id = _job_ref(coord, req)
+def handle_logs(coord: HandlerContext, req: Request) -> LogsReply:
+    job_id = job_ref(coord, req)
     asked = LogsRequest.from_wire(req.body)
     attempt = asked.attempt
     offset = max(0, asked.offset)
@@ -322,21 +317,7 @@ def handle_logs(coord: HandlerContext, req: Request) -> dict[str, Any]:
             page = page[:n]
             break
     next_offset = offset + len(page) if offset + len(page) < len(lines) else None
-    return ok(job_id=job_id, attempt=shown, attempts=attempts, lines=page, total=len(lines), next_offset=next_offset)
-
-
-def handle_download_url(coord: HandlerContext, req: Request) -> dict[str, Any]:
-    job_id = _job_ref(coord, req)
-    row = coord.catalog.job(job_id)
-    sha256 = row.get("artifact")
-    if not sha256:
-        raise BadRequestError(f"job {row['name']} has no artifact (status {row['status']})")
-    stored = coord.artifacts.artifact(sha256)
-    size = stored["size"] if stored else None
-    key = coord.store.key_for(sha256)
-    expires_s = defaults.DOWNLOAD_URL_EXPIRES_S
-    return ok(job_id=job_id, sha256=sha256, size=size, url=coord.store.presign_get(key, expires_s=expires_s),
-              expires_s=expires_s)
+    return LogsReply(job_id=job_id, attempt=shown, attempts=attempts, lines=page, total=len(lines), next_offset=next_offset)
 
 
 @dataclass(frozen=True)

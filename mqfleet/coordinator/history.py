@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NamedTuple
 
 from mqfleet import defaults
+from mqfleet.protocol import JsonObject, JsonValue
+from mqfleet.replies import HostUsage, ProgressPoint, Usage
 
 if TYPE_CHECKING:
     from mqfleet.coordinator.sqlite import StateFile
@@ -34,20 +36,37 @@ def dropped_marker(count: int, max_lines: int) -> str:
     return f"[mqfleet: {count} earlier line(s) dropped; [fleet] log_max_lines keeps the last {max_lines}]"
 
 
-def check_usage(value: Any) -> dict[str, float | int | None] | None:
+#: A progress report as a request carries it: (seq, ts, report).
+ProgressReport = tuple[int, float, JsonObject]
+
+
+class AttemptCounts(NamedTuple):
+    """An attempt record's counters: lines stored and dropped, reports seen, and the kept reports' stride."""
+
+    lines_total: int
+    lines_dropped: int
+    reports_seen: int
+    progress_stride: int
+
+
+def _amount(value: JsonValue) -> float | None:
+    """A finite, non-negative number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
+def check_usage(value: JsonValue) -> Usage | None:
     """A usage object from the wire as typed values; None when absent or malformed (it is only a report)."""
     if not isinstance(value, dict):
         return None
-    out: dict[str, float | int | None] = {}
-    for name in USAGE_FIELDS:
-        v = value.get(name)
-        if v is None and name == "gpu_mem_max_bytes":
-            out[name] = None
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            return None
-        out[name] = int(v) if name.endswith("_bytes") else round(float(v), 3)
-    return out
+    wall_s, cpu_s, rss = (_amount(value.get(name)) for name in USAGE_FIELDS[:3])
+    gpu = value.get("gpu_mem_max_bytes")
+    gpu_bytes = None if gpu is None else _amount(gpu)
+    if wall_s is None or cpu_s is None or rss is None or (gpu is not None and gpu_bytes is None):
+        return None
+    return Usage(wall_s=round(wall_s, 3), cpu_s=round(cpu_s, 3), max_rss_bytes=int(rss),
+                 gpu_mem_max_bytes=None if gpu_bytes is None else int(gpu_bytes))
 
 
 class AttemptHistory:
@@ -61,7 +80,7 @@ class AttemptHistory:
 
     # --- records ---------------------------------------------------------------------------
 
-    def _touch(self, job_id: str, attempt: int, *, lines: int = 0) -> dict[str, Any]:
+    def _touch(self, job_id: str, attempt: int, *, lines: int = 0) -> AttemptCounts:
         """The attempt's record (created if new), its line count raised by `lines`; one statement."""
         row = self.state.conn.execute(
             "INSERT INTO attempt_records (job_id, attempt, lines_total) VALUES (?, ?, ?) "
@@ -69,7 +88,7 @@ class AttemptHistory:
             "RETURNING lines_total, lines_dropped, reports_seen, progress_stride",
             (job_id, attempt, lines),
         ).fetchone()
-        return dict(row)
+        return AttemptCounts(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
     # --- output lines ----------------------------------------------------------------------
 
@@ -138,7 +157,7 @@ class AttemptHistory:
         c = self.state.conn
         with self.state.transaction():
             rec = self._touch(job_id, attempt, lines=len(lines))
-            total, dropped_before = int(rec["lines_total"]), int(rec["lines_dropped"])
+            total, dropped_before = rec.lines_total, rec.lines_dropped
             c.execute(
                 "INSERT OR REPLACE INTO attempt_lines (job_id, attempt, seq, count, lines) VALUES (?, ?, ?, ?, ?)",
                 (job_id, attempt, total - len(lines) + 1, len(lines), json.dumps(lines)),
@@ -187,7 +206,7 @@ class AttemptHistory:
 
     # --- progress --------------------------------------------------------------------------
 
-    def append_progress(self, job_id: str, attempt: int, reports: list[tuple[int, float, dict[str, Any]]]) -> None:
+    def append_progress(self, job_id: str, attempt: int, reports: list[ProgressReport]) -> None:
         """Keep numbered reports (seq, ts, report) not seen before; past the bound, thin the history evenly.
 
         Thinning keeps every stride-th report: when the stored count passes the bound, every other
@@ -200,7 +219,7 @@ class AttemptHistory:
         cap = defaults.PROGRESS_POINTS_MAX
         with self.state.transaction():
             rec = self._touch(job_id, attempt)
-            seen, stride = int(rec["reports_seen"]), int(rec["progress_stride"])
+            seen, stride = rec.reports_seen, rec.progress_stride
             fresh = [(seq, ts, r) for seq, ts, r in sorted(reports, key=lambda x: x[0]) if seq > seen]
             if not fresh:
                 return
@@ -235,15 +254,16 @@ class AttemptHistory:
             "SELECT COUNT(*) FROM attempt_progress WHERE job_id = ? AND attempt = ?", (job_id, attempt)
         ).fetchone()[0])
 
-    def progress(self, job_id: str) -> list[dict[str, Any]]:
-        """Every kept report of every attempt, oldest first: `{attempt, seq, ts, report}`."""
+    def progress(self, job_id: str) -> list[ProgressPoint]:
+        """Every kept report of every attempt, oldest first."""
         with self.state.lock:
             rows = self.state.conn.execute(
                 "SELECT attempt, seq, ts, report FROM attempt_progress WHERE job_id = ? ORDER BY attempt, seq", (job_id,)
             ).fetchall()
-        return [{"attempt": r["attempt"], "seq": r["seq"], "ts": r["ts"], "report": json.loads(r["report"])} for r in rows]
+        return [ProgressPoint(attempt=int(r["attempt"]), seq=int(r["seq"]), ts=float(r["ts"]), report=json.loads(r["report"]))
+                for r in rows]
 
-    def last_report(self, job_id: str) -> dict[str, Any] | None:
+    def last_report(self, job_id: str) -> JsonObject | None:
         """The newest kept report of the job's latest attempt that has any."""
         with self.state.lock:
             row = self.state.conn.execute(
@@ -253,43 +273,42 @@ class AttemptHistory:
 
     # --- usage -----------------------------------------------------------------------------
 
-    def record_usage(self, job_id: str, attempt: int, usage: dict[str, Any]) -> None:
+    def record_usage(self, job_id: str, attempt: int, usage: Usage) -> None:
         """Store what an attempt used (the agent measures it); inside the caller's transaction."""
         with self.state.transaction():
             self.state.conn.execute(
                 "INSERT INTO attempt_records (job_id, attempt, usage) VALUES (?, ?, ?) "
                 "ON CONFLICT (job_id, attempt) DO UPDATE SET usage = excluded.usage",
-                (job_id, attempt, json.dumps(usage)),
+                (job_id, attempt, json.dumps(usage.to_wire())),
             )
 
-    def usage_of(self, job_id: str) -> dict[int, dict[str, Any]]:
+    def usage_of(self, job_id: str) -> dict[int, Usage]:
         """attempt number -> its usage, for the attempts that have one."""
         with self.state.lock:
             rows = self.state.conn.execute(
                 "SELECT attempt, usage FROM attempt_records WHERE job_id = ? AND usage IS NOT NULL", (job_id,)
             ).fetchall()
-        return {int(r["attempt"]): json.loads(r["usage"]) for r in rows}
+        # stored by record_usage from a checked Usage: built again, not checked again
+        return {int(r["attempt"]): Usage(**json.loads(r["usage"])) for r in rows}
 
-    def usage_by_host(self) -> dict[str, dict[str, Any]]:
+    def usage_by_host(self) -> dict[str, HostUsage]:
         """Per host, the usage of every attempt it ran, summed (peaks are the largest, not a sum)."""
         with self.state.lock:
             rows = self.state.conn.execute(
                 "SELECT a.host, r.usage FROM attempt_records r JOIN attempts a "
                 "ON a.job_id = r.job_id AND a.number = r.attempt WHERE r.usage IS NOT NULL"
             ).fetchall()
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, HostUsage] = {}
         for row in rows:
-            u = json.loads(row["usage"])
-            total = out.setdefault(
-                row["host"], {"attempts": 0, "wall_s": 0.0, "cpu_s": 0.0, "max_rss_bytes": 0, "gpu_mem_max_bytes": None}
+            u = Usage(**json.loads(row["usage"]))
+            total = out.get(row["host"]) or HostUsage()
+            gpu = total.gpu_mem_max_bytes
+            if u.gpu_mem_max_bytes is not None:
+                gpu = max(gpu or 0, u.gpu_mem_max_bytes)
+            out[row["host"]] = HostUsage(
+                attempts=total.attempts + 1, wall_s=round(total.wall_s + u.wall_s, 3), cpu_s=round(total.cpu_s + u.cpu_s, 3),
+                max_rss_bytes=max(total.max_rss_bytes, u.max_rss_bytes), gpu_mem_max_bytes=gpu,
             )
-            total["attempts"] += 1
-            total["wall_s"] = round(total["wall_s"] + float(u.get("wall_s") or 0), 3)
-            total["cpu_s"] = round(total["cpu_s"] + float(u.get("cpu_s") or 0), 3)
-            total["max_rss_bytes"] = max(total["max_rss_bytes"], int(u.get("max_rss_bytes") or 0))
-            gpu = u.get("gpu_mem_max_bytes")
-            if gpu is not None:
-                total["gpu_mem_max_bytes"] = max(int(total["gpu_mem_max_bytes"] or 0), int(gpu))
         return out
 
     # --- retention -------------------------------------------------------------------------

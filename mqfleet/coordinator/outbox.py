@@ -113,7 +113,7 @@ class Outbox(CoordinatorCore):
 
     def _publish_status(self, now: float) -> None:
         self._last_status_ts = now
-        self.conn.publish(self.topics.coordinator_status, self.health(now), qos=1, retain=True)
+        self.conn.publish(self.topics.coordinator_status, self.health(now).to_wire(), qos=1, retain=True)
 
     def mark_changed(self, job_id: str) -> None:
         """Republish a job's retained state after commit though its status did not change."""

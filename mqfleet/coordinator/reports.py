@@ -6,13 +6,14 @@ send with renew, complete and fail. The VERBS table in handlers.py dispatches to
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mqfleet.coordinator.garbage import collect_garbage
-from mqfleet.coordinator.history import check_usage
+from mqfleet.coordinator.history import ProgressReport, check_usage
 from mqfleet.errors import BadRequestError, NotFoundError
 from mqfleet.messages import CompareRequest, GcRequest
-from mqfleet.protocol import ok
+from mqfleet.protocol import JsonObject, JsonValue
+from mqfleet.replies import CompareReply, CompareRow, GcFailure, GcObject, GcReply
 
 if TYPE_CHECKING:
     from mqfleet.coordinator.context import HandlerContext as Coordinator
@@ -24,13 +25,13 @@ REPORTS_PER_REQUEST = 1000
 COMPARE_MAX_JOBS = 2000
 
 
-def progress_reports(req: Request) -> list[tuple[int, float, dict[str, Any]]]:
+def progress_reports(req: Request) -> list[ProgressReport]:
     """The `progress_reports` of a request as (seq, ts, report); malformed entries are skipped, not fatal:
     they are history, and the request's real business (a renewal, a completion) must not fail for them."""
     raw = req.body.get("progress_reports")
     if not isinstance(raw, list):
         return []
-    out: list[tuple[int, float, dict[str, Any]]] = []
+    out: list[ProgressReport] = []
     for entry in raw[:REPORTS_PER_REQUEST]:
         if not (isinstance(entry, list) and len(entry) == 3):
             continue
@@ -58,28 +59,29 @@ def record_attempt_history(coord: Coordinator, req: Request, job_id: str, attemp
             coord.history.record_usage(job_id, attempt, usage)
 
 
-def _numeric(value: Any) -> bool:
+def _numeric(value: JsonValue) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def final_metrics(row: dict[str, Any], artifact: dict[str, Any] | None, last_report: dict[str, Any] | None) -> dict[str, Any]:
+def final_metrics(progress: JsonObject | None, artifact_metrics: JsonObject | None,
+                  last_report: JsonObject | None) -> JsonObject:
     """A job's final (or, while it runs, latest) metrics: the artifact's, else the last progress report's,
     plus the report's loss and epoch. The last stored report is newer than the row's `progress`, which
     only renewals update (the final reports arrive with the completion)."""
-    progress = last_report or row.get("progress") or {}
-    metrics: dict[str, Any] = {}
+    progress = last_report or progress or {}
+    metrics: JsonObject = {}
     for name in ("loss", "epoch"):
         if name in progress:
             metrics[name] = progress[name]
     reported = progress.get("metrics")
     if isinstance(reported, dict):
         metrics.update(reported)
-    if artifact and isinstance(artifact.get("metrics"), dict):
-        metrics.update(artifact["metrics"])
+    if artifact_metrics:
+        metrics.update(artifact_metrics)
     return metrics
 
 
-def handle_compare(coord: Coordinator, req: Request) -> dict[str, Any]:
+def handle_compare(coord: Coordinator, req: Request) -> CompareReply:
     asked = CompareRequest.from_wire(req.body)
     sweep, refs = asked.sweep, asked.jobs
     if (sweep is None) == (refs is None):
@@ -95,27 +97,33 @@ def handle_compare(coord: Coordinator, req: Request) -> dict[str, Any]:
         if not refs or len(refs) > COMPARE_MAX_JOBS:
             raise BadRequestError(f"'jobs' must name 1 to {COMPARE_MAX_JOBS} jobs, not {len(refs)}")
         job_ids = [coord.catalog.resolve_job(str(ref)) for ref in refs]
-    by_job = {a["job_id"]: a for a in coord.artifacts.artifacts()} if job_ids else {}
+    by_job = {a["job_id"]: a["metrics"] for a in coord.artifacts.artifacts()} if job_ids else {}
     rows = []
     for job_id in dict.fromkeys(job_ids):
         row = coord.catalog.job(job_id)
         usage = coord.history.usage_of(job_id)
-        last_usage = usage[max(usage)] if usage else None
-        last_report = coord.history.last_report(job_id)
-        rows.append({
-            "id": row["id"], "name": row["name"], "model": row["model"], "mode": row["mode"], "status": row["status"],
-            "host": row["host"], "attempts": row["attempts"], "hyper": coord.catalog.job_spec(job_id).get("hyper", {}),
-            "metrics": final_metrics(row, by_job.get(job_id), last_report), "usage": last_usage,
-        })
-    names = sorted({k for r in rows for k, v in r["metrics"].items() if _numeric(v)})
-    return ok(sweep=sweep, jobs=rows, metric_names=names)
+        hyper = coord.catalog.job_spec(job_id).get("hyper")
+        rows.append(CompareRow(
+            id=row["id"], name=row["name"], model=row["model"], mode=row["mode"], status=row["status"],
+            host=row["host"], attempts=row["attempts"], hyper=hyper if isinstance(hyper, dict) else {},
+            metrics=final_metrics(row["progress"], by_job.get(job_id), coord.history.last_report(job_id)),
+            usage=usage[max(usage)] if usage else None,
+        ))
+    names = sorted({k for r in rows for k, v in r.metrics.items() if _numeric(v)})
+    return CompareReply(sweep=sweep, jobs=rows, metric_names=names)
 
 
-def prepare_gc(coord: Coordinator, req: Request) -> dict[str, Any]:
+def prepare_gc(coord: Coordinator, req: Request) -> GcReply:
     # Listing and deleting objects is slow store work: done here, off the dispatcher thread.
     dry_run = GcRequest.from_wire(req.body).dry_run
-    return collect_garbage(coord.state, coord.store, coord.uploads, dry_run=dry_run, now=req.now)
+    found = collect_garbage(coord.state, coord.store, coord.uploads, dry_run=dry_run, now=req.now)
+    return GcReply(
+        dry_run=found["dry_run"], count=found["count"], bytes=found["bytes"], kept=found["kept"],
+        ignored=found["ignored"], objects=[GcObject(**o) for o in found["objects"]],
+        failed=[GcFailure(**f) for f in found["failed"]],
+    )
 
 
-def handle_gc(coord: Coordinator, req: Request) -> dict[str, Any]:
-    return ok(**req.prepared)
+def handle_gc(coord: Coordinator, req: Request) -> GcReply:
+    assert isinstance(req.prepared, GcReply), "prepare_gc runs first"
+    return req.prepared

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mqfleet import __version__
 from mqfleet.coordinator import peers
@@ -44,6 +44,7 @@ from mqfleet.coordinator.startup import ManifestInForce
 from mqfleet.coordinator.sweep import Sweep
 from mqfleet.errors import ManifestError, MqfleetError, NotFoundError
 from mqfleet.manifest import Manifest
+from mqfleet.messages import Health
 from mqfleet.mqtt import Connection
 from mqfleet.protocol import Topics, encode
 from mqfleet.store import ArtifactStore, open_store
@@ -245,7 +246,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             lines = tail.splitlines()
         return attempt, lines, numbers
 
-    def health(self, now: float) -> dict[str, Any]:
+    def health(self, now: float) -> Health:
         """The `health` reply and retained status: counts, the manifest in force, the checks' results, and
         the coordinators sharing the state (this one named by `coordinator`)."""
         try:
@@ -253,8 +254,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         except MqfleetError as e:
             coordinators = []
             logger.warning("coordinators table unreadable: %s", e)
-        report = dataclasses.replace(
+        return dataclasses.replace(
             health_report(self, now), coordinator=self.config.client_id, role="leader" if self.is_leader else "follower",
             state_store="postgresql" if self.shared else "sqlite", coordinators=coordinators,
         )
-        return report.to_wire()

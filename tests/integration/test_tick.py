@@ -167,7 +167,7 @@ def test_the_request_memory_answers_a_redelivery_until_the_tick_prunes_it(
 
 
 def test_health_is_the_typed_health_message_and_reads_back_whole(coordinator: Coordinator, clock: Clock) -> None:
-    report = coordinator.health(clock.now)
+    report = coordinator.health(clock.now).to_wire()
     health = Health.from_wire(report)
     assert set(report) == {f.name for f in dataclasses.fields(Health)}
     assert health.to_wire() == report

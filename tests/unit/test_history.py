@@ -7,6 +7,7 @@ import pytest
 
 from mqfleet import defaults
 from mqfleet.coordinator.history import AttemptHistory, check_usage
+from mqfleet.replies import HostUsage, Usage
 from mqfleet.state import Cause
 from tests.fixtures.state import CoordinatorState as Database
 from tests.unit.test_db import T0, advert, job, job_id, manifest
@@ -47,7 +48,7 @@ def test_progress_past_the_bound_is_thinned_evenly_and_resent_reports_are_ignore
         batch = [(seq, T0 + seq, {"loss": 1.0 / seq}) for seq in range(start, min(start + 50, total + 1))]
         history.append_progress("j", 1, batch)
         history.append_progress("j", 1, batch)  # a renewal resent after a lost reply
-    kept = [p["seq"] for p in history.progress("j")]
+    kept = [p.seq for p in history.progress("j")]
     assert cap // 2 <= len(kept) <= cap + 1
     assert kept[0] == 1 and kept[-1] == total, "the first and the newest report are kept"
     kept = kept[:-1]
@@ -64,10 +65,10 @@ def test_usage_is_kept_per_attempt_and_summed_per_host(db: Database) -> None:
         usage = check_usage({"wall_s": 10 + i, "cpu_s": 2.5, "max_rss_bytes": 1000 * (i + 1), "gpu_mem_max_bytes": None})
         assert usage is not None
         history.record_usage(grant["job"]["id"], grant["attempt"], usage)
-    assert history.usage_of(grants[0]["job"]["id"]) == {1: {"wall_s": 10.0, "cpu_s": 2.5, "max_rss_bytes": 1000,
-                                                              "gpu_mem_max_bytes": None}}
-    assert history.usage_by_host()["h1"] == {"attempts": 2, "wall_s": 21.0, "cpu_s": 5.0, "max_rss_bytes": 2000,
-                                             "gpu_mem_max_bytes": None}
+    assert history.usage_of(grants[0]["job"]["id"]) == {1: Usage(wall_s=10.0, cpu_s=2.5, max_rss_bytes=1000,
+                                                                   gpu_mem_max_bytes=None)}
+    assert history.usage_by_host()["h1"] == HostUsage(attempts=2, wall_s=21.0, cpu_s=5.0, max_rss_bytes=2000,
+                                                      gpu_mem_max_bytes=None)
 
 
 @pytest.mark.parametrize("bad", [None, {}, {"wall_s": -1, "cpu_s": 1, "max_rss_bytes": 1},

@@ -19,10 +19,12 @@ from mqfleet.messages import (
     Grant,
     GrantedCheckpoint,
     Health,
+    JobRow,
     TrainerRef,
     WireMessage,
 )
 from mqfleet.protocol import Verb
+from mqfleet.replies import REPLIES, ArtifactRecord, JobDetail, Worker
 from mqfleet.state import AGENT_CAUSES
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "INTERNALS.md"
@@ -125,3 +127,15 @@ def test_an_operator_verbs_request_fields_are_its_messages_fields(verb: str) -> 
 @pytest.mark.parametrize("verb", sorted(OTHER_REQUESTS))
 def test_a_checkpoint_or_query_verbs_request_fields_are_its_messages_fields(verb: str) -> None:
     assert named_fields(verb_table()[verb][0]) == field_names(OTHER_REQUESTS[verb])
+
+
+@pytest.mark.parametrize("verb", sorted(REPLIES))
+def test_every_field_of_a_typed_reply_is_in_its_verbs_reply_cell(verb: str) -> None:
+    cell = verb_table()[verb][1]
+    assert field_names(REPLIES[verb]) - named_fields(cell) == set()
+
+
+@pytest.mark.parametrize(("verb", "record"), [("job", JobDetail), ("workers", Worker), ("artifacts", ArtifactRecord)])
+def test_the_records_a_reply_carries_are_listed_field_for_field(verb: str, record: type[WireMessage]) -> None:
+    own = field_names(record) - (field_names(JobRow) if issubclass(record, JobRow) else set())
+    assert own - named_fields(verb_table()[verb][1]) == set()
