@@ -308,7 +308,7 @@ class Health(WireMessage):
     manifest_sha256: str | None = None
     manifest_applied_ts: float | None = None
     manifest_origin: str | None = None
-    last_refused_manifest: str | None = None
+    last_refused_manifest: str | None = dataclasses.field(default=None, metadata=LONG_TEXT)
     jobs_by_status: dict[str, int] = dataclasses.field(default_factory=dict)
     hosts_online: int = 0
     hosts_total: int = 0

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mqfleet.messages import LONG_TEXT, Health, JobRow, Wire, WireMessage
+from mqfleet.messages import Health, JobRow
 from mqfleet.protocol import JsonObject
+from mqfleet.wire import LONG_TEXT, Wire, WireMessage
 
 # --- records the replies carry ---------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from mqfleet import __version__
 from mqfleet.coordinator.catalog import Catalog
