@@ -17,14 +17,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from mqfleet.defaults import ENV_CHECKPOINT_DIR, ENV_OUT_DIR, ENV_SPEC
 from mqfleet.errors import TrainerInputError
-from mqfleet.spec import HyperParam
+from mqfleet.spec import HyperParam, HyperValue
 from mqfleet.trainers import BUILTIN_HYPER, BUILTIN_MODULE
 
 if TYPE_CHECKING:
+    from mqfleet.protocol import JsonObject, JsonValue
     from mqfleet.trainers.dataset import Dataset, Split, Task
 
 #: Prefix of a stdout line the agent reads as progress or metrics.
@@ -52,18 +53,28 @@ class TrainerJob:
     """The job a trainer process was started for: spec, resolved hyperparameters, where to read and write."""
 
     trainer: str
-    spec: dict[str, Any]
-    hyper: dict[str, Any]
+    #: The spec file as the agent wrote it (recorded in the artifact); the fields below are read from it, checked.
+    spec: JsonObject
+    hyper: dict[str, HyperValue]
     seed: int
     out_dir: Path
     dataset_path: Path
     cuda_devices: str
+    job_id: str = ""
+    name: str = ""
+    #: The dataset as the spec names it (relative to the training repo): an absolute path would differ per host.
+    dataset: str = ""
+    mode: str = ""
+    target: str = "target"
+    group_column: str = ""
+    split_recipe: str = "random"
+    train_hosts: tuple[str, ...] = ()
 
     @property
     def wants_cuda(self) -> bool:
         return self.cuda_devices.strip() not in ("", "-1")
 
-    def recorded_spec(self) -> dict[str, Any]:
+    def recorded_spec(self) -> JsonObject:
         """The spec as written into the artifact: without attempt and lease, which change on every retry."""
         return {k: v for k, v in self.spec.items() if k not in VOLATILE_SPEC_KEYS}
 
@@ -80,8 +91,20 @@ class TrainingResult:
     curve: dict[str, list[float]]  # per round or epoch: "train" and "test" losses
     loss_name: str
     step_name: str  # "round" or "epoch"
-    device: dict[str, Any]  # kind (cpu|cuda), name, threads
+    device: Device
     versions: dict[str, str]  # library versions besides python
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a trainer ran, as ckpt.json and report.json record it."""
+
+    kind: str  # cpu or cuda
+    name: str  # the GPU's name; "" on the CPU
+    threads: int
+
+    def to_json(self) -> JsonObject:
+        return {"kind": self.kind, "name": self.name, "threads": self.threads}
 
 
 def _parse_bool(text: str) -> bool:
@@ -93,21 +116,21 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-def coerce_hyper(param: HyperParam, raw: Any) -> Any:
+def coerce_hyper(param: HyperParam, raw: JsonValue) -> HyperValue:
     """Turn a flag string or a spec JSON value into the declared type, within the declared bounds.
 
     Raises:
         ValueError: with a message naming the problem, never the parameter (callers add it).
     """
-    value: Any
+    value: HyperValue
     if param.type == "int":
-        if isinstance(raw, bool):
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
             raise ValueError(f"expected an integer, got {raw!r}")
         if isinstance(raw, float) and not raw.is_integer():
             raise ValueError(f"expected an integer, got {raw!r}")
         value = int(raw) if not isinstance(raw, str) else int(raw.strip())
     elif param.type == "float":
-        if isinstance(raw, bool):
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
             raise ValueError(f"expected a number, got {raw!r}")
         value = float(raw)
         if not math.isfinite(value):
@@ -118,12 +141,29 @@ def coerce_hyper(param: HyperParam, raw: Any) -> Any:
         value = str(raw)
     else:
         raise ValueError(f"undeclarable type {param.type!r}")
-    if param.min is not None and value < param.min:
-        raise ValueError(f"{value!r} is below the minimum {param.min!r}")
-    if param.max is not None and value > param.max:
-        raise ValueError(f"{value!r} is above the maximum {param.max!r}")
+    if isinstance(value, (int, float)):  # only int and float declarations have bounds
+        if param.min is not None and value < param.min:
+            raise ValueError(f"{value!r} is below the minimum {param.min!r}")
+        if param.max is not None and value > param.max:
+            raise ValueError(f"{value!r} is above the maximum {param.max!r}")
     if param.choices and value not in param.choices:
         raise ValueError(f"{value!r} is not one of {list(param.choices)!r}")
+    return value
+
+
+def hyper_int(hyper: Mapping[str, HyperValue], name: str) -> int:
+    """A resolved int hyperparameter (`resolve_hyper` converted it to its declared type)."""
+    value = hyper[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"hyperparameter {name} is {value!r}, not an integer")
+    return value
+
+
+def hyper_number(hyper: Mapping[str, HyperValue], name: str) -> float:
+    """A resolved float hyperparameter (`resolve_hyper` converted it to its declared type)."""
+    value = hyper[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"hyperparameter {name} is {value!r}, not a number")
     return value
 
 
@@ -139,7 +179,7 @@ def build_parser(trainer: str) -> argparse.ArgumentParser:
     )
     for name, param in declared.items():
 
-        def convert(text: str, _param: HyperParam = param) -> Any:
+        def convert(text: str, _param: HyperParam = param) -> HyperValue:
             try:
                 return coerce_hyper(_param, text)
             except ValueError as e:
@@ -150,7 +190,7 @@ def build_parser(trainer: str) -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_hyper(trainer: str, argv: Sequence[str], spec_hyper: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_hyper(trainer: str, argv: Sequence[str], spec_hyper: Mapping[str, JsonValue]) -> dict[str, HyperValue]:
     """Hyperparameters for this run: flags win over the spec's hyper, which wins over the declared defaults.
 
     An undeclared flag or a bad flag value exits 2 through argparse; an undeclared or bad spec value raises.
@@ -161,16 +201,17 @@ def resolve_hyper(trainer: str, argv: Sequence[str], spec_hyper: Mapping[str, An
     if extra:
         unknown = " ".join(extra)
         parser.error(f"unknown hyperparameter(s) {unknown}; trainer {trainer!r} declares {', '.join(sorted(declared))}")
-    hyper: dict[str, Any] = {}
+    hyper: dict[str, HyperValue] = {}
     for name, param in declared.items():
         if name in vars(flags):
-            hyper[name] = vars(flags)[name]
+            hyper[name] = vars(flags)[name]  # already converted by the option's `convert`
         elif name in spec_hyper:
             try:
                 hyper[name] = coerce_hyper(param, spec_hyper[name])
             except (TypeError, ValueError) as e:
                 raise TrainerInputError(f"spec hyper.{name}: {e}") from e
         else:
+            assert param.default is not None, f"built-in {trainer!r} declares no default for {name}"
             hyper[name] = param.default
     undeclared = sorted(set(spec_hyper) - set(declared))
     if undeclared:
@@ -178,7 +219,7 @@ def resolve_hyper(trainer: str, argv: Sequence[str], spec_hyper: Mapping[str, An
     return hyper
 
 
-def read_spec(environ: Mapping[str, str]) -> dict[str, Any]:
+def read_spec(environ: Mapping[str, str]) -> JsonObject:
     """The job spec named by `MQFLEET_SPEC`."""
     path_text = environ.get(ENV_SPEC, "")
     if not path_text:
@@ -192,6 +233,24 @@ def read_spec(environ: Mapping[str, str]) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise TrainerInputError(f"the job spec {path_text} is not a JSON object")
     return spec
+
+
+def _spec_text(spec: JsonObject, key: str, default: str) -> str:
+    """A string field of the spec; absent, null or empty reads as `default`."""
+    value = spec.get(key)
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        raise TrainerInputError(f"spec {key} must be a string, got {value!r}")
+    return value
+
+
+def _spec_texts(spec: JsonObject, key: str) -> tuple[str, ...]:
+    """A list-of-strings field of the spec; absent or null reads as empty."""
+    value = spec.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TrainerInputError(f"spec {key} must be a list of strings, got {value!r}")
+    return tuple(v for v in value if isinstance(v, str))
 
 
 def load_job(trainer: str, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> TrainerJob:
@@ -221,10 +280,18 @@ def load_job(trainer: str, argv: Sequence[str], environ: Mapping[str, str] | Non
         out_dir=out_dir,
         dataset_path=Path(dataset),  # relative paths resolve against the cwd, the training repo root
         cuda_devices=env.get("CUDA_VISIBLE_DEVICES", ""),
+        job_id=_spec_text(spec, "id", ""),
+        name=_spec_text(spec, "name", ""),
+        dataset=dataset,
+        mode=_spec_text(spec, "mode", ""),
+        target=_spec_text(spec, "target", "target"),
+        group_column=_spec_text(spec, "group_column", ""),
+        split_recipe=_spec_text(spec, "split_recipe", "random"),
+        train_hosts=_spec_texts(spec, "train_hosts"),
     )
 
 
-def finite(obj: Any) -> Any:
+def finite(obj: JsonValue) -> JsonValue:
     """The object with NaN and infinities as None: a diverged loss must not make the JSON unreadable."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
@@ -235,7 +302,7 @@ def finite(obj: Any) -> Any:
     return obj
 
 
-def emit_progress(fields: Mapping[str, Any]) -> None:
+def emit_progress(fields: Mapping[str, JsonValue]) -> None:
     """Print one `@mqfleet {json}` line and flush it, so the agent sees progress as it happens."""
     line = json.dumps(finite(dict(fields)), sort_keys=True, separators=(",", ":"), allow_nan=False)
     sys.stdout.write(PROGRESS_PREFIX + line + "\n")
@@ -253,7 +320,7 @@ def log(message: str) -> None:
     sys.stdout.flush()
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: JsonValue) -> None:
     """Write JSON the same way every time: sorted keys, fixed indent, trailing newline."""
     path.write_text(json.dumps(finite(obj), sort_keys=True, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
@@ -275,9 +342,9 @@ def replace_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def describe_dataset(job: TrainerJob, data: Dataset) -> dict[str, Any]:
+def describe_dataset(job: TrainerJob, data: Dataset) -> JsonObject:
     return {
-        "path": job.spec.get("dataset", ""),  # as the job names it: an absolute cwd would differ per host
+        "path": job.dataset,  # as the job names it: an absolute cwd would differ per host
         "sha256": data.sha256,
         "rows": len(data.y),
         "features": list(data.features),
@@ -293,7 +360,7 @@ def write_outputs(job: TrainerJob, result: TrainingResult) -> None:
     machine gives a bit-identical folder, and the store deduplicates it.
     """
     data, split = result.data, result.split
-    split_info = {
+    split_info: JsonObject = {
         "recipe": split.recipe,
         "n_train": int(len(split.train)),
         "n_test": int(len(split.test)),
@@ -301,60 +368,57 @@ def write_outputs(job: TrainerJob, result: TrainingResult) -> None:
         "test_groups": list(split.test_groups),
     }
     metrics = {**result.metrics, "n_train": int(len(split.train)), "n_test": int(len(split.test))}
-    ckpt = {
+    ckpt: JsonObject = {
         "format": 1,
         "trainer": job.trainer,
         "model_file": result.model_file,
         "spec": job.recorded_spec(),
-        "hyper": job.hyper,
+        "hyper": dict(job.hyper),
         "seed": job.seed,
         "dataset": describe_dataset(job, data),
         "task": result.task.describe(),
         "split": split_info,
-        "metrics": metrics,
-        "device": result.device,
+        "metrics": dict(metrics),
+        "device": result.device.to_json(),
         "versions": {"python": platform.python_version(), **result.versions},
     }
     write_json(job.out_dir / "ckpt.json", ckpt)
-    report = {
+    report: JsonObject = {
         "trainer": job.trainer,
-        "job": {"id": job.spec.get("id", ""), "name": job.spec.get("name", "")},
+        "job": {"id": job.job_id, "name": job.name},
         "step": result.step_name,
         "loss": result.loss_name,
-        "curve": result.curve,
-        "metrics": metrics,
+        "curve": {name: list(losses) for name, losses in result.curve.items()},
+        "metrics": dict(metrics),
         "split": split_info,
-        "device": result.device,
+        "device": result.device.to_json(),
     }
     write_json(job.out_dir / "report.json", report)
-    (job.out_dir / "report.md").write_text(render_report(report), encoding="utf-8")
+    (job.out_dir / "report.md").write_text(render_report(job, result, metrics), encoding="utf-8")
 
 
-def render_report(report: dict[str, Any], most_rows: int = 25) -> str:
+def render_report(job: TrainerJob, result: TrainingResult, metrics: Mapping[str, float], most_rows: int = 25) -> str:
     """The training report as Markdown: metrics, split, and the loss curve thinned to at most `most_rows` rows."""
-    job = report["job"]
-    lines = [f"# {job['name'] or job['id'] or 'job'}: {report['trainer']}", ""]
+    split, device, curve = result.split, result.device, result.curve
+    lines = [f"# {job.name or job.job_id or 'job'}: {job.trainer}", ""]
     lines += ["| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(report["metrics"].items())]
-    split = report["split"]
-    lines += ["", f"Split `{split['recipe']}`: {split['n_train']} rows to train, {split['n_test']} held out."]
-    if split["test_groups"]:
-        lines.append(f"Held-out groups: {', '.join(split['test_groups'])}.")
-    device = report["device"]
-    lines += [f"Device: {device.get('kind', '?')} {device.get('name', '')}".rstrip() + ".", ""]
-    curve = report["curve"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items())]
+    lines += ["", f"Split `{split.recipe}`: {len(split.train)} rows to train, {len(split.test)} held out."]
+    if split.test_groups:
+        lines.append(f"Held-out groups: {', '.join(split.test_groups)}.")
+    lines += [f"Device: {device.kind} {device.name}".rstrip() + ".", ""]
     steps = len(curve.get("train", []))
     if steps:
         columns = sorted(curve)
-        lines += [f"## {report['loss']} by {report['step']}", ""]
-        lines += ["| " + " | ".join([report["step"], *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+        lines += [f"## {result.loss_name} by {result.step_name}", ""]
+        lines += ["| " + " | ".join([result.step_name, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
         stride = progress_every(steps, most_rows)
         shown = sorted({*range(0, steps, stride), steps - 1})
         lines += ["| " + " | ".join([str(i + 1), *(_fmt(curve[c][i]) for c in columns)]) + " |" for i in shown]
     return "\n".join(lines) + "\n"
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: float) -> str:  # an int (a row count) prints as it is
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 

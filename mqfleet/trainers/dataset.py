@@ -10,11 +10,14 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mqfleet.errors import TrainerInputError
+
+if TYPE_CHECKING:
+    from mqfleet.protocol import JsonObject, JsonValue
 
 #: A target with at most this many distinct integer values is a classification target (unless the mode says).
 MAX_CLASSES = 20
@@ -68,8 +71,8 @@ class Task:
         """Class values as indices 0..k-1 (a value unseen in training maps to the nearest index; it is counted wrong)."""
         return np.searchsorted(np.asarray(self.classes), y).clip(0, len(self.classes) - 1).astype(np.int64)
 
-    def describe(self) -> dict[str, Any]:
-        classes = [int(c) if float(c).is_integer() else float(c) for c in self.classes]
+    def describe(self) -> JsonObject:
+        classes: list[JsonValue] = [int(c) if float(c).is_integer() else float(c) for c in self.classes]
         return {"kind": self.kind, "classes": classes}
 
 

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from mqfleet.trainers import common
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from mqfleet.spec import HyperValue
     from mqfleet.trainers.dataset import Dataset, Split, Task
 
 #: Intra- and inter-op threads, fixed: the summation order of parallel CPU kernels follows the thread count,
@@ -37,9 +38,26 @@ TORCH_THREADS = 1
 STATE_FILE = "torch-mlp-state.pt"
 
 
-def build_model(torch: Any, n_in: int, n_out: int, hyper: dict[str, Any], stats: dict[str, np.ndarray]) -> Any:
+class SavedState(TypedDict):
+    """The checkpoint file's content: everything the next epoch depends on. torch is imported lazily and
+    untyped here, so its objects (state dicts, RNG state tensors) are `Any`."""
+
+    epoch: int
+    model: Any
+    optimizer: Any
+    shuffler: Any
+    rng: Any
+    cuda_rng: Any  # None on the CPU
+    curve: dict[str, list[float]]
+
+
+def build_model(
+    torch: Any, n_in: int, n_out: int, hyper: Mapping[str, HyperValue], stats: dict[str, np.ndarray]
+) -> Any:
     """The MLP: fill missing inputs, standardise, then `layers` hidden ReLU layers of width `hidden`."""
     nn = torch.nn
+    layers, hidden = common.hyper_int(hyper, "layers"), common.hyper_int(hyper, "hidden")
+    dropout = common.hyper_number(hyper, "dropout")
 
     class TabularMLP(nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
@@ -48,11 +66,11 @@ def build_model(torch: Any, n_in: int, n_out: int, hyper: dict[str, Any], stats:
                 self.register_buffer(name, torch.tensor(values, dtype=torch.float32))
             blocks: list[Any] = []
             width = n_in
-            for _ in range(hyper["layers"]):
-                blocks += [nn.Linear(width, hyper["hidden"]), nn.ReLU()]
-                if hyper["dropout"] > 0:
-                    blocks.append(nn.Dropout(hyper["dropout"]))
-                width = hyper["hidden"]
+            for _ in range(layers):
+                blocks += [nn.Linear(width, hidden), nn.ReLU()]
+                if dropout > 0:
+                    blocks.append(nn.Dropout(dropout))
+                width = hidden
             blocks.append(nn.Linear(width, n_out))
             self.body = nn.Sequential(*blocks)
 
@@ -96,10 +114,10 @@ def train(argv: Sequence[str]) -> None:
     from mqfleet.trainers.dataset import decide_task, load_dataset, score, split_dataset
 
     # Data first: a bad dataset fails in a fraction of a second instead of after torch's import.
-    spec, hyper = job.spec, job.hyper
-    data = load_dataset(job.dataset_path, target=spec.get("target") or "target", group_column=spec.get("group_column") or "")
-    split = split_dataset(data, recipe=spec.get("split_recipe") or "random", seed=job.seed, train_hosts=spec.get("train_hosts") or ())
-    task = decide_task(data.y, str(spec.get("mode") or ""))
+    hyper = job.hyper
+    data = load_dataset(job.dataset_path, target=job.target, group_column=job.group_column)
+    split = split_dataset(data, recipe=job.split_recipe, seed=job.seed, train_hosts=job.train_hosts)
+    task = decide_task(data.y, job.mode)
 
     # cuBLAS reads this when CUDA starts; without it deterministic mode refuses some GPU matrix products.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -129,10 +147,11 @@ def train(argv: Sequence[str]) -> None:
 
     x_train, y_train = tensors(split.train)
     x_test, y_test = tensors(split.test)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=hyper["lr"], weight_decay=hyper["weight_decay"])
+    lr, weight_decay = common.hyper_number(hyper, "lr"), common.hyper_number(hyper, "weight_decay")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     # A CPU generator of its own: batch order depends on the seed alone, not on the device or other draws.
     shuffler = torch.Generator().manual_seed(job.seed % 2**63)
-    epochs, batch_size = hyper["epochs"], hyper["batch_size"]
+    epochs, batch_size = common.hyper_int(hyper, "epochs"), common.hyper_int(hyper, "batch_size")
     every = common.progress_every(epochs)
     curve: dict[str, list[float]] = {"train": [], "test": []}
     folder = common.checkpoint_folder()
@@ -143,7 +162,7 @@ def train(argv: Sequence[str]) -> None:
         optimizer.load_state_dict(saved["optimizer"])
         shuffler.set_state(saved["shuffler"])
         torch.set_rng_state(saved["rng"])
-        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+        if device.type == "cuda" and saved["cuda_rng"] is not None:
             torch.cuda.set_rng_state(saved["cuda_rng"], device)
         curve = {"train": list(saved["curve"]["train"]), "test": list(saved["curve"]["test"])}
         first_epoch = int(saved["epoch"]) + 1
@@ -183,7 +202,7 @@ def train(argv: Sequence[str]) -> None:
         curve=curve,
         loss_name=loss_name,
         step_name="epoch",
-        device={"kind": device.type, "name": gpu_name, "threads": TORCH_THREADS},
+        device=common.Device(kind=device.type, name=gpu_name, threads=TORCH_THREADS),
         versions={"torch": torch.__version__, "numpy": np.__version__},
     )
     common.write_outputs(job, result)
@@ -195,7 +214,7 @@ def _save_state(
     curve: dict[str, list[float]],
 ) -> None:
     """Everything the next epoch depends on, in one file written then renamed."""
-    state = {
+    state: SavedState = {
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -209,16 +228,16 @@ def _save_state(
     common.replace_atomically(folder / STATE_FILE, buffer.getvalue())
 
 
-def _load_state(torch: Any, folder: Path | None, device: Any) -> dict[str, Any] | None:
+def _load_state(torch: Any, folder: Path | None, device: Any) -> SavedState | None:
     """The saved state, or None when there is none. Tensors only (weights_only): a checkpoint is data, never code."""
     path = folder / STATE_FILE if folder is not None else None
     if path is None or not path.exists():
         return None
-    state: dict[str, Any] = torch.load(str(path), map_location=device, weights_only=True)
+    state: SavedState = torch.load(str(path), map_location=device, weights_only=True)  # what _save_state wrote
     # RNG states are CPU byte tensors whatever the device.
-    for key in ("shuffler", "rng", "cuda_rng"):
-        if state.get(key) is not None:
-            state[key] = state[key].cpu()
+    state["shuffler"], state["rng"] = state["shuffler"].cpu(), state["rng"].cpu()
+    if state["cuda_rng"] is not None:
+        state["cuda_rng"] = state["cuda_rng"].cpu()
     return state
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from mqfleet.trainers import common
 if TYPE_CHECKING:
     import numpy as np
 
+    from mqfleet.spec import HyperValue
     from mqfleet.trainers.dataset import Task
 
 #: Threads xgboost uses, fixed: histogram sums are not guaranteed the same across thread counts, and a
@@ -65,22 +66,22 @@ def cuda_device_name(visible: str) -> str:
         return ""
 
 
-def booster_params(task: Task, hyper: dict[str, Any], *, seed: int, device: str) -> dict[str, Any]:
-    """xgboost parameters for this task and these hyperparameters."""
+def booster_params(task: Task, hyper: Mapping[str, HyperValue], *, seed: int, device: str) -> dict[str, str | float]:
+    """xgboost parameters for this task and these hyperparameters (the first segment's seed; see `train`)."""
     objective, metric = OBJECTIVES[task.kind]
-    params: dict[str, Any] = {
+    params: dict[str, str | float] = {
         "objective": objective,
         "eval_metric": metric,
         "tree_method": "hist",
         "device": device,
         "nthread": XGB_THREADS,
         "seed": seed % 2**31,
-        "max_depth": hyper["max_depth"],
-        "eta": hyper["learning_rate"],
-        "subsample": hyper["subsample"],
-        "colsample_bytree": hyper["colsample_bytree"],
-        "min_child_weight": hyper["min_child_weight"],
-        "lambda": hyper["reg_lambda"],
+        "max_depth": common.hyper_int(hyper, "max_depth"),
+        "eta": common.hyper_number(hyper, "learning_rate"),
+        "subsample": common.hyper_number(hyper, "subsample"),
+        "colsample_bytree": common.hyper_number(hyper, "colsample_bytree"),
+        "min_child_weight": common.hyper_number(hyper, "min_child_weight"),
+        "lambda": common.hyper_number(hyper, "reg_lambda"),
         "verbosity": 1,
     }
     if task.kind == "multiclass":
@@ -92,7 +93,8 @@ def _progress_callback(xgb: Any, total: int, metric: str) -> Any:
     every = common.progress_every(total)
 
     class ProgressCallback(xgb.callback.TrainingCallback):  # type: ignore[misc]
-        def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, Any]) -> bool:
+        # evals_log is xgboost's EvalsLog: data set -> metric -> one value per round (pairs only under xgb.cv)
+        def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, dict[str, list[float]]]) -> bool:
             # Counted from the booster, not `epoch`: each segment's xgb.train call counts its own rounds from 0.
             done = int(model.num_boosted_rounds())
             if done % every == 0 or done == total:
@@ -125,10 +127,9 @@ def train(argv: Sequence[str]) -> None:
     from mqfleet.trainers.dataset import decide_task, load_dataset, score, split_dataset
 
     # Data first: a bad dataset fails before xgboost's import.
-    spec = job.spec
-    data = load_dataset(job.dataset_path, target=spec.get("target") or "target", group_column=spec.get("group_column") or "")
-    split = split_dataset(data, recipe=spec.get("split_recipe") or "random", seed=job.seed, train_hosts=spec.get("train_hosts") or ())
-    task = decide_task(data.y, str(spec.get("mode") or ""))
+    data = load_dataset(job.dataset_path, target=job.target, group_column=job.group_column)
+    split = split_dataset(data, recipe=job.split_recipe, seed=job.seed, train_hosts=job.train_hosts)
+    task = decide_task(data.y, job.mode)
     import xgboost as xgb
 
     labels = task.encode(data.y) if task.is_classification else data.y
@@ -142,8 +143,8 @@ def train(argv: Sequence[str]) -> None:
     dtrain = _matrix(xgb, data.x[split.train], labels[split.train], data.features)
     dtest = _matrix(xgb, data.x[split.test], labels[split.test], data.features)
     params = booster_params(task, job.hyper, seed=job.seed, device=device)
-    metric = params["eval_metric"]
-    total = job.hyper["n_estimators"]
+    metric = OBJECTIVES[task.kind][1]  # the params' eval_metric
+    total = common.hyper_int(job.hyper, "n_estimators")
     folder = common.checkpoint_folder()
     done, history, saved = _resume(folder, metric)
     if done:
@@ -155,7 +156,7 @@ def train(argv: Sequence[str]) -> None:
         part: dict[str, dict[str, list[float]]] = {}
         # A seed per segment: each segment's draws depend only on where it starts, not on how we got there.
         booster = xgb.train(
-            {**params, "seed": (params["seed"] + done) % 2**31},
+            {**params, "seed": (job.seed % 2**31 + done) % 2**31},
             dtrain,
             num_boost_round=rounds,
             evals=[(dtrain, "train"), (dtest, "test")],
@@ -188,7 +189,7 @@ def train(argv: Sequence[str]) -> None:
         curve=curve,
         loss_name=metric,
         step_name="round",
-        device={"kind": device, "name": gpu_name, "threads": XGB_THREADS},
+        device=common.Device(kind=device, name=gpu_name, threads=XGB_THREADS),
         versions={"xgboost": xgb.__version__, "numpy": np.__version__},
     )
     common.write_outputs(job, result)

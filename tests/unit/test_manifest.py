@@ -17,6 +17,7 @@ from mqfleet.manifest import (
     parse_manifest,
     validate_manifest,
 )
+from mqfleet.manifest_checker import Checker
 from mqfleet.manifest_jobs import MAX_SWEEP_JOBS
 from mqfleet.trainers import BUILTIN_HYPER, trainer_argv
 
@@ -778,3 +779,13 @@ def test_a_trainer_is_resumable_unless_it_says_otherwise() -> None:
     m = parse("", trainers=TRAINERS + "resumable = false\n")
     assert m.trainers["gbt"].resumable is True
     assert m.trainers["mlp"].resumable is False
+
+
+def test_a_checked_value_reads_back_in_its_kind_and_a_read_as_another_kind_is_a_bug_not_a_default() -> None:
+    ck = Checker()
+    got = ck.fields({"slots": 2, "labels": ["a"], "id": 3}, {"slots": "int>=1", "labels": "strs", "id": "str"}, "hosts[0]")
+    assert got.integer("slots", 1) == 2 and got.texts("labels", ()) == ("a",)
+    assert got.text("id", "default") == "default"  # refused (reported), so the default
+    assert [str(p) for p in ck.problems] == ["hosts[0].id: must be a string, not 3"]
+    with pytest.raises(TypeError, match="slots"):
+        got.text("slots", "")

@@ -264,6 +264,25 @@ def test_load_job_reads_spec_out_dir_and_gpus_from_the_environment(tmp_path: Pat
         load_job("torch-mlp", [], {"MQFLEET_OUT_DIR": str(tmp_path)})
 
 
+def test_load_job_reads_the_specs_fields_typed_and_refuses_a_mistyped_one_naming_it(tmp_path: Path) -> None:
+    spec = {"id": "j", "name": "n", "dataset": "d.csv", "target": "", "split_recipe": "group", "train_hosts": ["a"]}
+    env = {"MQFLEET_SPEC": str(write(tmp_path / "spec.json", json.dumps(spec))), "MQFLEET_OUT_DIR": str(tmp_path / "out")}
+    job = load_job("xgboost", [], env)
+    assert (job.job_id, job.name, job.dataset, job.target, job.split_recipe, job.train_hosts) == (
+        "j", "n", "d.csv", "target", "group", ("a",))  # an empty target reads as the default, as before
+    for key, bad in (("target", 5), ("mode", ["x"]), ("train_hosts", "a"), ("train_hosts", [1])):
+        write(tmp_path / "spec.json", json.dumps({**spec, key: bad}))
+        with pytest.raises(TrainerInputError, match=f"spec {key} must be"):
+            load_job("xgboost", [], env)
+
+
+def test_a_spec_hyper_value_of_no_scalar_type_is_refused_naming_it() -> None:
+    with pytest.raises(TrainerInputError, match="max_depth: expected an integer"):
+        resolve_hyper("xgboost", [], {"max_depth": [3]})
+    with pytest.raises(TrainerInputError, match="subsample: expected a number"):
+        resolve_hyper("xgboost", [], {"subsample": {"v": 1}})
+
+
 def test_non_finite_numbers_are_written_as_null_so_progress_and_ckpt_stay_valid_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
