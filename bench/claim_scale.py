@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mqfleet.advert import parse_advert
 from mqfleet.coordinator.artifacts import Artifacts
 from mqfleet.coordinator.catalog import Catalog
 from mqfleet.coordinator.claims import Claims
@@ -61,7 +62,7 @@ def measure(n_jobs: int, claims: int) -> tuple[list[float], float]:
         catalog.apply_manifest(m, T0)
         fill_s = time.perf_counter() - start
         for host, ad in HOSTS.items():
-            hosts_table.record_advert(host, {"host": host, **ad}, T0)
+            hosts_table.record_advert(host, parse_advert(host, {"host": host, **ad}), T0)
             hosts_table.record_presence(host, True, T0, grace_s=m.fleet.grace_s)
         hosts = sorted(HOSTS)
         latencies = []
@@ -72,7 +73,7 @@ def measure(n_jobs: int, claims: int) -> tuple[list[float], float]:
             latencies.append(time.perf_counter() - start)
             if grant is None:
                 raise SystemExit(f"{host} got no job from {n_jobs} pending jobs")
-            leases.fail(grant["job"]["id"], grant["lease_id"], host, Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + i)
+            leases.fail(grant.job.id, grant.lease_id, host, Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + i)
         state.close()
     return latencies, fill_s
 
@@ -93,16 +94,16 @@ def measure_foreign(n_jobs: int, claims: int) -> list[float]:
         m = Manifest(fleet=FleetSettings(), trainers=trainers, hosts={}, jobs=tuple(jobs))
         catalog.apply_manifest(m, T0)
         for host, ad in HOSTS.items():
-            hosts_table.record_advert(host, {"host": host, **ad}, T0)
+            hosts_table.record_advert(host, parse_advert(host, {"host": host, **ad}), T0)
             hosts_table.record_presence(host, True, T0, grace_s=m.fleet.grace_s)
         latencies = []
         for i in range(claims):
             start = time.perf_counter()
             grant = claims_made.claim("cpu-box", T0 + i, m)
             latencies.append(time.perf_counter() - start)
-            if grant is None or grant["job"]["name"] != "open":
+            if grant is None or grant.job.name != "open":
                 raise SystemExit(f"cpu-box did not get the open job beside {n_jobs} foreign ones: {grant}")
-            leases.fail(grant["job"]["id"], grant["lease_id"], "cpu-box", Cause.SHUTDOWN, exit_code=None,
+            leases.fail(grant.job.id, grant.lease_id, "cpu-box", Cause.SHUTDOWN, exit_code=None,
                         output_tail="", error="", now=T0 + i)
         state.close()
     return latencies

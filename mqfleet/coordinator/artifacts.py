@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.protocol import JsonObject
+from mqfleet.records import StoredObject
 
 
 class Artifacts:
@@ -24,7 +26,7 @@ class Artifacts:
             )
 
     def record_job_artifact(
-        self, job_id: str, sha256: str, size: int, *, host: str, metrics: dict[str, Any], now: float
+        self, job_id: str, sha256: str, size: int, *, host: str, metrics: JsonObject, now: float
     ) -> None:
         """Record that `job_id` produced the verified object `sha256`; its name, model and mode are copied
         from the job, so the record outlives the job's removal from the manifest."""
@@ -38,10 +40,12 @@ class Artifacts:
     def is_verified(self, sha256: str) -> bool:
         return self.state.read_one("SELECT 1 FROM artifacts WHERE sha256 = ?", (sha256,)) is not None
 
-    def artifact(self, sha256: str) -> dict[str, Any] | None:
-        """{"sha256","size","key","verified_ts"} of a verified object, or None."""
+    def artifact(self, sha256: str) -> StoredObject | None:
+        """A verified object, or None."""
         row = self.state.read_one("SELECT sha256, size, key, verified_ts FROM artifacts WHERE sha256 = ?", (sha256,))
-        return dict(row) if row else None
+        if row is None:
+            return None
+        return StoredObject(sha256=row["sha256"], size=int(row["size"]), key=row["key"], verified_ts=row["verified_ts"])
 
     def artifacts(self, job_id: str | None = None) -> list[dict[str, Any]]:
         """Per-job artifact metadata, oldest first; one job's when `job_id` is given."""

@@ -18,6 +18,8 @@ from mqfleet.coordinator.rows import ManifestRows, manifest_rows, spec_from_json
 from mqfleet.coordinator.schema import JOB_SELECT, job_row
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import AmbiguousError, BadRequestError, NotFoundError
+from mqfleet.messages import JobRow
+from mqfleet.protocol import JsonObject
 from mqfleet.spec import JobSpec, Manifest
 from mqfleet.state import JobStatus
 
@@ -162,20 +164,22 @@ class Catalog:
         err.candidates = [{"id": r["id"], "name": r["name"]} for r in named]  # type: ignore[attr-defined]
         raise err
 
-    def job(self, job_id: str) -> dict[str, Any]:
+    def job(self, job_id: str) -> JobRow:
         row = self.state.read_one(f"{JOB_SELECT} WHERE j.id = ?", (job_id,))
         if row is None:
             raise NotFoundError(f"no job {job_id}")
         return job_row(row)
 
-    def job_spec(self, job_id: str) -> dict[str, Any]:
-        """The stored spec of a job (the JobSpec's dict), which outlives the job's removal from the manifest."""
+    def job_spec(self, job_id: str) -> JsonObject:
+        """The stored spec of a job (the JobSpec's `to_dict()`, as shown), which outlives the job's removal
+        from the manifest."""
         row = self.state.read_one("SELECT spec FROM jobs WHERE id = ?", (job_id,))
         if row is None:
             raise NotFoundError(f"no job {job_id}")
-        return dict(json.loads(row[0]))
+        spec: JsonObject = json.loads(row[0])
+        return spec
 
-    def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+    def jobs(self, status: str | None = None) -> list[JobRow]:
         if status is not None and status not in {s.value for s in JobStatus}:
             raise BadRequestError(f"unknown status '{status}' (one of {', '.join(s.value for s in JobStatus)})")
         if status is None:
@@ -187,8 +191,8 @@ class Catalog:
     def job_page(
         self, where: listing.JobFilter, *, limit: int, after: int | None = None, newest_first: bool = False,
         offset: int | None = None, count: bool = True,
-    ) -> tuple[list[dict[str, Any]], int | None, int]:
-        """One keyset page of the listing (`listing.job_page`), its next keyset, and the filter's total
+    ) -> tuple[list[JsonObject], int | None, int]:
+        """One keyset page of the listing (`listing.job_page`: JobRows' JSON objects), its next keyset, and the filter's total
         (-1 unless `count`)."""
         with self.state.lock:
             page, next_after = listing.job_page(

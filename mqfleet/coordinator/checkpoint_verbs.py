@@ -5,6 +5,7 @@ is `checkpoints.CheckpointBook` (docs/INTERNALS.md, "Checkpoints").
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -14,7 +15,7 @@ from mqfleet.coordinator.checkpoints import GARBAGE_INTERVAL_S, MIB
 from mqfleet.coordinator.context import HandlerContext, Request
 from mqfleet.coordinator.verify import check_digest
 from mqfleet.errors import ArtifactMismatchError, BadRequestError, ObjectMissingError, StoreError
-from mqfleet.messages import CheckpointSavedRequest, CheckpointStartRequest, CheckpointUploadRequest
+from mqfleet.messages import CheckpointSavedRequest, CheckpointStartRequest, CheckpointUploadRequest, Grant
 from mqfleet.replies import CheckpointSavedReply, CheckpointStartReply, CheckpointUrlReply
 
 logger = logging.getLogger(__name__)
@@ -47,18 +48,19 @@ def collect_garbage(coord: HandlerContext, now: float) -> int:
 # --- the grant ---------------------------------------------------------------------------------
 
 
-def grant_fields(coord: HandlerContext, grant: dict[str, Any]) -> dict[str, Any]:
-    """What a claim grant adds for checkpoints: whether the job gets a folder, how often it syncs, its limit,
+def with_checkpoint(coord: HandlerContext, grant: Grant) -> Grant:
+    """A claim's grant with its checkpoint fields: whether the job gets a folder, how often it syncs, its limit,
     and the latest checkpoint with a presigned GET (None on a first attempt or a fresh start)."""
     manifest = coord.manifest
-    spec = grant["spec"]
-    trainer = manifest.trainers.get(spec.get("model", "")) if manifest else None
+    trainer = manifest.trainers.get(grant.job.model) if manifest else None
     resumable = trainer.resumable if trainer is not None else True
     fleet = manifest.fleet if manifest else None
-    interval_s = spec.get("checkpoint_interval_s") or (fleet.checkpoint_interval_s if fleet else defaults.CHECKPOINT_INTERVAL_S)
+    own_interval_s = grant.spec.get("checkpoint_interval_s")  # the job's own, from its stored spec
+    interval_s = (own_interval_s if isinstance(own_interval_s, (int, float)) and own_interval_s
+                  else fleet.checkpoint_interval_s if fleet else defaults.CHECKPOINT_INTERVAL_S)
     max_mib = fleet.checkpoint_max_mib if fleet else defaults.CHECKPOINT_MAX_MIB
     checkpoint = None
-    latest = coord.checkpoints.latest(spec["id"]) if resumable else None
+    latest = coord.checkpoints.latest(grant.job.id) if resumable else None
     if latest is not None:
         checkpoint = {
             # The agent fetches it before the trainer starts, so a download URL's short life is enough.
@@ -69,12 +71,8 @@ def grant_fields(coord: HandlerContext, grant: dict[str, Any]) -> dict[str, Any]
             "saved_ts": latest["saved_ts"],
             "progress": latest["progress"],
         }
-    return {
-        "resumable": resumable,
-        "checkpoint_interval_s": float(interval_s),
-        "checkpoint_max_mib": float(max_mib),
-        "checkpoint": checkpoint,
-    }
+    return dataclasses.replace(grant, resumable=resumable, checkpoint_interval_s=float(interval_s),
+                               checkpoint_max_mib=float(max_mib), checkpoint=checkpoint)
 
 
 # --- agent verbs -------------------------------------------------------------------------------

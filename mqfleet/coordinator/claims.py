@@ -19,6 +19,7 @@ from mqfleet.coordinator.hosts import QUARANTINE_COLUMN, Hosts, host_view
 from mqfleet.coordinator.rows import spec_from_json
 from mqfleet.coordinator.sqlite import StateFile, transition
 from mqfleet.errors import NotFoundError
+from mqfleet.messages import Grant, TrainerRef
 from mqfleet.spec import JobSpec, Manifest, TrainerSpec
 from mqfleet.state import JobStatus
 from mqfleet.trainers import trainer_argv
@@ -41,9 +42,10 @@ class Claims:
         self.catalog = catalog
         self.hosts = hosts
 
-    def claim(self, host: str, now: float, manifest: Manifest | None) -> dict[str, Any] | None:
+    def claim(self, host: str, now: float, manifest: Manifest | None) -> Grant | None:
         """Pick the best job this host may run and lease it to the host for the manifest's
-        `lease_s`, atomically; None when there is none (or no manifest is loaded)."""
+        `lease_s`, atomically; None when there is none (or no manifest is loaded). The grant's
+        checkpoint fields are left at their defaults (`checkpoint_verbs.with_checkpoint` fills them)."""
         if manifest is None:
             return None
         lease_s = manifest.fleet.lease_s
@@ -78,16 +80,8 @@ class Claims:
                 (spec.id, attempt, host, lease_id, now),
             )
             row = self.catalog.job(spec.id)
-        return {
-            "job": row,
-            "spec": spec.to_dict(),
-            "trainer": trainer_dict(manifest.trainers.get(spec.model), spec.model),
-            "lease_id": lease_id,
-            "attempt": attempt,
-            "expires_ts": expires_ts,
-            "lease_s": lease_s,
-            "gpus": gpus,
-        }
+        return Grant(job=row, spec=spec.to_dict(), trainer=trainer_ref(manifest.trainers.get(spec.model), spec.model),
+                     lease_id=lease_id, attempt=attempt, expires_ts=expires_ts, lease_s=lease_s, gpus=gpus)
 
     def _pick(self, view: scheduler.HostView, manifest: Manifest, now: float) -> JobSpec | None:
         """Walk pending jobs in rank order, a batch at a time, until one fits this host.
@@ -207,19 +201,19 @@ class Claims:
         return out
 
 
-def trainer_dict(trainer: TrainerSpec | None, model: str) -> dict[str, Any]:
-    """The grant's `trainer` object: how the agent starts the job's trainer (`argv`, resolved here so
+def trainer_ref(trainer: TrainerSpec | None, model: str) -> TrainerRef:
+    """The grant's `trainer`: how the agent starts the job's trainer (`argv`, resolved here so
     the agent never needs the trainer registry), what it takes and what it must write."""
     if trainer is None:
-        return {"name": model, "builtin": None, "command": [], "argv": [], "hyper": {}, "outputs": []}
-    return {
-        "name": trainer.name,
-        "builtin": trainer.builtin,
-        "command": list(trainer.command),
-        "argv": list(trainer_argv(trainer)),
-        "outputs": list(trainer.outputs),
-        "hyper": {
+        return TrainerRef(name=model)
+    return TrainerRef(
+        name=trainer.name,
+        builtin=trainer.builtin,
+        command=list(trainer.command),
+        argv=list(trainer_argv(trainer)),
+        outputs=list(trainer.outputs),
+        hyper={
             name: {"type": h.type, "default": h.default, "min": h.min, "max": h.max, "choices": list(h.choices)}
             for name, h in trainer.hyper.items()
         },
-    }
+    )

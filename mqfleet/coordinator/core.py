@@ -39,6 +39,7 @@ from mqfleet.manifest import FleetSettings, Manifest
 from mqfleet.messages import Health
 from mqfleet.mqtt import BrokerConfig, Connection
 from mqfleet.protocol import Topics
+from mqfleet.records import ControlMessage
 from mqfleet.store import ArtifactStore
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ class CoordinatorCore:
     def mark_progress(self, job_id: str) -> None:  # outbox.py
         raise NotImplementedError
 
-    def send_control(self, host: str, message: dict[str, Any]) -> None:  # outbox.py
+    def send_control(self, host: str, message: ControlMessage) -> None:  # outbox.py
         raise NotImplementedError
 
     def apply_manifest(self, manifest: Manifest | ManifestRows, now: float, *, origin: str = ORIGIN_FILE,

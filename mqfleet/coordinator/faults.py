@@ -18,11 +18,12 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypedDict
 
 from mqfleet.coordinator.catalog import dependents, refresh_blocked
 from mqfleet.coordinator.sqlite import transition
 from mqfleet.manifest import FleetSettings
+from mqfleet.records import HostEvent
 from mqfleet.state import FAULT_CAUSES, Cause, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,16 @@ NEVER_SATISFIED = "dependency never satisfied"
 _STREAK_KEPT = 20
 #: Jobs a cancel or restore walk may touch at most: dependency chains are finite, this bounds a bug.
 _WALK_LIMIT = 100_000
+
+
+class FailedAttempt(TypedDict):
+    """One entry of a host's failure streak (`host_faults.streak`, a JSON list of these)."""
+
+    job_id: str
+    #: the job's name when it failed (the job may leave the manifest later)
+    name: str
+    cause: str
+    ts: float
 
 
 # --- retry back-off and the hosts a retry avoids -------------------------------------------------
@@ -109,10 +120,11 @@ def _extend_streak(
     conn: sqlite3.Connection, fleet: FleetSettings, host: str, job_id: str, cause: Cause, now: float
 ) -> dict[str, Any] | None:
     row = conn.execute("SELECT streak, quarantined_ts FROM host_faults WHERE host = ?", (host,)).fetchone()
-    streak: list[dict[str, Any]] = json.loads(row[0]) if row else []
+    # written only by this function, as a JSON list of FailedAttempt
+    streak: list[FailedAttempt] = json.loads(row[0]) if row else []
     name_row = conn.execute("SELECT name FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    streak = [*streak, {"job_id": job_id, "name": name_row[0] if name_row else job_id[:12], "cause": cause.value,
-                        "ts": now}][-_STREAK_KEPT:]
+    failure = FailedAttempt(job_id=job_id, name=name_row[0] if name_row else job_id[:12], cause=cause.value, ts=now)
+    streak = [*streak, failure][-_STREAK_KEPT:]
     conn.execute(
         "INSERT INTO host_faults (host, streak) VALUES (?, ?) ON CONFLICT (host) DO UPDATE SET streak = excluded.streak",
         (host, json.dumps(streak)),
@@ -135,20 +147,20 @@ def _extend_streak(
 def quarantines(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     """Every quarantined host: {"since_ts", "reason", "jobs"} by host id."""
     rows = conn.execute("SELECT host, streak, quarantined_ts, reason FROM host_faults WHERE quarantined_ts IS NOT NULL")
-    return {r[0]: _quarantine_record(r) for r in rows}
+    return {r[0]: _quarantine(r[1], r[2], r[3]) for r in rows}
 
 
 def quarantine_of(conn: sqlite3.Connection, host: str) -> dict[str, Any] | None:
     row = conn.execute(
-        "SELECT host, streak, quarantined_ts, reason FROM host_faults WHERE host = ? AND quarantined_ts IS NOT NULL",
+        "SELECT streak, quarantined_ts, reason FROM host_faults WHERE host = ? AND quarantined_ts IS NOT NULL",
         (host,),
     ).fetchone()
-    return _quarantine_record(row) if row else None
+    return _quarantine(row[0], row[1], row[2]) if row else None
 
 
-def _quarantine_record(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
-    streak = json.loads(row[1])
-    return {"since_ts": row[2], "reason": row[3], "jobs": list(dict.fromkeys(f["name"] for f in streak))}
+def _quarantine(streak_json: str, since_ts: float, reason: str) -> dict[str, Any]:
+    streak: list[FailedAttempt] = json.loads(streak_json)
+    return {"since_ts": since_ts, "reason": reason, "jobs": list(dict.fromkeys(f["name"] for f in streak))}
 
 
 def release_host(conn: sqlite3.Connection, host: str, now: float) -> bool:
@@ -169,17 +181,12 @@ def _record_host_event(conn: sqlite3.Connection, host: str, kind: str, reason: s
     )
 
 
-def take_host_events(conn: sqlite3.Connection, after_seq: int) -> list[dict[str, Any]]:
-    """Host events committed after `after_seq`, oldest first, as published on `events`."""
+def take_host_events(conn: sqlite3.Connection, after_seq: int) -> list[HostEvent]:
+    """Host events committed after `after_seq`, oldest first, to publish on `events`."""
     rows = conn.execute(
         "SELECT seq, ts, host, kind, reason, jobs FROM host_events WHERE seq > ? ORDER BY seq", (after_seq,)
     ).fetchall()
-    # `to` and `reason` read like a job event's, so a plain event reader shows something sensible
-    return [
-        {"seq": r[0], "ts": r[1], "kind": f"host_{r[3]}", "host": r[2], "job_id": None, "from": None, "to": r[3],
-         "reason": r[4], "jobs": json.loads(r[5])}
-        for r in rows
-    ]
+    return [HostEvent(seq=r[0], ts=r[1], host=r[2], to=r[3], reason=r[4], jobs=json.loads(r[5])) for r in rows]
 
 
 def last_host_event(conn: sqlite3.Connection) -> int:

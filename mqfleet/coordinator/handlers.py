@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mqfleet import defaults
 from mqfleet.coordinator import checkpoint_verbs
 from mqfleet.coordinator.context import Handler, HandlerContext, Prepare, Request
+from mqfleet.coordinator.leases import Completion
 from mqfleet.coordinator.listing import JobFilter
 from mqfleet.coordinator.manifests import ORIGIN_FILE, ORIGIN_SENT
 from mqfleet.coordinator.queries import (
@@ -34,9 +35,7 @@ from mqfleet.messages import (
     ClaimReply,
     CompleteRequest,
     FailRequest,
-    Grant,
     HostRequest,
-    JobRow,
     JobsRequest,
     LogsRequest,
     ReloadRequest,
@@ -44,11 +43,11 @@ from mqfleet.messages import (
     RenewRequest,
     RequeueRequest,
     StatusReply,
-    TrainerRef,
     UploadUrlReply,
     UploadUrlRequest,
 )
 from mqfleet.protocol import JsonObject, Verb
+from mqfleet.records import ControlMessage
 from mqfleet.replies import (
     CompleteReply,
     DrainReply,
@@ -83,14 +82,7 @@ def handle_claim(coord: HandlerContext, req: Request) -> ClaimReply:
     grant = coord.claims.claim(host, req.now, coord.manifest)
     if grant is None:
         return ClaimReply(job=None)
-    checkpoint = checkpoint_verbs.grant_fields(coord, grant)
-    # built from values the coordinator itself just made: constructed, not checked again
-    return ClaimReply(job=Grant(
-        job=JobRow(**grant["job"]), spec=grant["spec"], trainer=TrainerRef(**grant["trainer"]),
-        lease_id=grant["lease_id"], attempt=grant["attempt"], expires_ts=grant["expires_ts"], lease_s=grant["lease_s"],
-        gpus=grant["gpus"], resumable=checkpoint["resumable"], checkpoint_interval_s=checkpoint["checkpoint_interval_s"],
-        checkpoint_max_mib=checkpoint["checkpoint_max_mib"], checkpoint=checkpoint["checkpoint"],
-    ))
+    return ClaimReply(job=checkpoint_verbs.with_checkpoint(coord, grant))
 
 
 def _small(value: JsonObject | None, name: str) -> JsonObject | None:
@@ -156,19 +148,14 @@ def handle_complete(coord: HandlerContext, req: Request) -> CompleteReply:
     done = CompleteRequest.from_wire(req.body)
     job_id, lease_id = done.job_id, done.lease_id
     assert isinstance(req.prepared, str), "prepare_complete runs first"
-    artifact = {
-        "sha256": done.sha256,
-        "size": done.size,
-        "key": req.prepared,
-        "metrics": _small(done.metrics, "metrics") or {},
-        "output_tail": done.output_tail,
-    }
+    artifact = Completion(sha256=done.sha256, size=done.size, key=req.prepared,
+                          metrics=_small(done.metrics, "metrics") or {}, output_tail=done.output_tail)
     attempt = _attempt_of(coord, job_id)
     row = coord.leases.complete(job_id, lease_id, req.client, artifact, req.now)
     record_attempt_history(coord, req, job_id, attempt, ending=True)
     # The artifact is the result; a checkpoint only ever served to get there.
     coord.checkpoints.discard(job_id, req.now, "job completed")
-    return CompleteReply(status=row["status"], job=JobRow(**row))
+    return CompleteReply(status=row.status, job=row)
 
 
 def handle_fail(coord: HandlerContext, req: Request) -> StatusReply:
@@ -201,8 +188,8 @@ def handle_cancel(coord: HandlerContext, req: Request) -> JobReply:
     ended = coord.leases.cancel(job_id, req.now, fleet=coord.fleet)
     coord.checkpoints.discard(job_id, req.now, "job cancelled")
     if ended:
-        coord.send_control(ended["host"], {"action": "cancel", "job_id": job_id, "lease_id": ended["lease_id"]})
-    return JobReply(job=JobRow(**coord.catalog.job(job_id)))
+        coord.send_control(ended.host, ControlMessage(action="cancel", job_id=job_id, lease_id=ended.lease_id))
+    return JobReply(job=coord.catalog.job(job_id))
 
 
 def handle_requeue(coord: HandlerContext, req: Request) -> RequeueReply:
@@ -211,7 +198,7 @@ def handle_requeue(coord: HandlerContext, req: Request) -> RequeueReply:
     if RequeueRequest.from_wire(req.body).fresh:
         coord.checkpoints.discard(job_id, req.now, "requeued with --fresh")
     checkpoint = checkpoint_detail(coord, job_id)
-    return RequeueReply(job=RequeuedJob(**row, checkpoint=checkpoint))
+    return RequeueReply(job=RequeuedJob(**vars(row), checkpoint=checkpoint))
 
 
 def prepare_reload(coord: HandlerContext, req: Request) -> ManifestRows:

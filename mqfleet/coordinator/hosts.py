@@ -12,8 +12,10 @@ import sqlite3
 from collections.abc import Container, Mapping
 from typing import Any
 
+from mqfleet.advert import Advert
 from mqfleet.coordinator import faults, scheduler
 from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.records import HostEvent
 from mqfleet.spec import HostPolicy
 
 logger = logging.getLogger(__name__)
@@ -29,13 +31,13 @@ class Hosts:
         # host events made before this process opened the file were published by whoever made them
         self._host_event_seq = faults.last_host_event(state.conn)
 
-    def record_advert(self, host: str, advert: dict[str, Any], now: float) -> None:
-        """Store a host's capability advert; presence comes from its status topic, not from this."""
+    def record_advert(self, host: str, advert: Advert, now: float) -> None:
+        """Store a host's checked capability advert; presence comes from its status topic, not from this."""
         with self.state.transaction() as c:
             c.execute(
                 "INSERT INTO hosts (id, advert, last_seen_ts) VALUES (?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET advert = excluded.advert, last_seen_ts = excluded.last_seen_ts",
-                (host, json.dumps(advert, sort_keys=True), now),
+                (host, json.dumps(advert.to_wire(), sort_keys=True), now),
             )
 
     def is_known_host(self, host: str, listed: Container[str]) -> bool:
@@ -72,14 +74,14 @@ class Hosts:
         logger.info("host %s: %s", host, "draining" if draining else "undrained")
         return released
 
-    def take_events(self) -> list[dict[str, Any]]:
+    def take_events(self) -> list[HostEvent]:
         """Quarantine events committed since the last call, oldest first; publish them after commit."""
         with self.state.lock:
             if self.state.conn.in_transaction:
                 raise RuntimeError("take_events() inside a transaction would hand out uncommitted events")
             events = faults.take_host_events(self.state.conn, self._host_event_seq)
             if events:
-                self._host_event_seq = events[-1]["seq"]
+                self._host_event_seq = events[-1].seq
         return events
 
     def hosts(self, policies: Policies) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from typing import Any
+from dataclasses import dataclass, field
 
 from mqfleet.coordinator import faults
 from mqfleet.coordinator.artifacts import Artifacts
@@ -18,12 +18,33 @@ from mqfleet.coordinator.catalog import Catalog, dependents, refresh_blocked
 from mqfleet.coordinator.sqlite import StateFile, transition
 from mqfleet.errors import IllegalTransitionError, LeaseLostError, NotFoundError
 from mqfleet.manifest import FleetSettings
+from mqfleet.messages import JobRow
+from mqfleet.protocol import JsonObject
 from mqfleet.state import FAULT_CAUSES, LEASED, TERMINAL, Cause, JobStatus, after_attempt_ended, counts_against_budget
 
 logger = logging.getLogger(__name__)
 
 #: The [fleet] settings of a manifest that sets none: no back-off, no quarantine.
 _NO_RULES = FleetSettings()
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A completed attempt's verified artifact: the stored object, the trainer's metrics and output tail."""
+
+    sha256: str
+    size: int
+    key: str
+    metrics: JsonObject = field(default_factory=dict)
+    output_tail: str = ""
+
+
+@dataclass(frozen=True)
+class TakenLease:
+    """The lease a cancel took away: the agent holding it is told to stop."""
+
+    host: str
+    lease_id: str
 
 
 class Leases:
@@ -53,7 +74,7 @@ class Leases:
         self._current_lease(job_id, lease_id, host)
 
     def renew(
-        self, job_id: str, lease_id: str, host: str, now: float, progress: dict[str, Any] | None = None, *, lease_s: float
+        self, job_id: str, lease_id: str, host: str, now: float, progress: JsonObject | None = None, *, lease_s: float
     ) -> float:
         """Extend a lease to now + lease_s and keep the latest progress; the first renewal means running."""
         with self.state.transaction() as c:
@@ -66,21 +87,21 @@ class Leases:
                 transition(c, job_id, JobStatus.RUNNING, expect=[JobStatus.CLAIMED], reason=f"running on {host}", now=now, host=host)
         return expires_ts
 
-    def complete(self, job_id: str, lease_id: str, host: str, artifact: dict[str, Any], now: float) -> dict[str, Any]:
+    def complete(self, job_id: str, lease_id: str, host: str, artifact: Completion, now: float) -> JobRow:
         """Record a verified artifact as the job's one completion; the lease ends with it."""
         with self.state.transaction() as c:
             lease = self._current_lease(job_id, lease_id, host)
-            sha256, size, key = str(artifact["sha256"]), int(artifact["size"]), str(artifact["key"])
+            sha256, size, key = artifact.sha256, artifact.size, artifact.key
             c.execute(
                 "UPDATE attempts SET ended_ts = ?, outcome = 'completed', exit_code = 0, output_tail = ? "
                 "WHERE job_id = ? AND number = ?",
-                (now, str(artifact.get("output_tail") or "")[-20_000:], job_id, lease["attempt"]),
+                (now, artifact.output_tail[-20_000:], job_id, lease["attempt"]),
             )
             c.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
             transition(c, job_id, JobStatus.COMPLETED, expect=LEASED, reason=f"completed on {host}", now=now, host=host)
             c.execute("UPDATE jobs SET artifact = ?, error = NULL WHERE id = ?", (sha256, job_id))
             self.artifacts.record_verified(sha256, size, key, now)
-            self.artifacts.record_job_artifact(job_id, sha256, size, host=host, metrics=artifact.get("metrics") or {}, now=now)
+            self.artifacts.record_job_artifact(job_id, sha256, size, host=host, metrics=artifact.metrics, now=now)
             refresh_blocked(c, dependents(c, job_id))
             faults.note_completion(c, job_id, host)
             return self.catalog.job(job_id)
@@ -147,7 +168,7 @@ class Leases:
             c.execute("UPDATE leases SET expires_ts = MAX(expires_ts, ?)", (now + lease_s,))
         return [r[0] for r in rows]
 
-    def cancel(self, job_id: str, now: float, *, fleet: FleetSettings = _NO_RULES) -> dict[str, str] | None:
+    def cancel(self, job_id: str, now: float, *, fleet: FleetSettings = _NO_RULES) -> TakenLease | None:
         """Cancel a job that has not ended; returns the host and lease it took away, if it held one."""
         with self.state.transaction() as c:
             row = c.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -162,9 +183,9 @@ class Leases:
                     faults.cancel_unsatisfiable(c, [job_id], now)
                 return None
             self._end_attempt(job_id, lease, Cause.CANCELLED, now, reason="cancelled by operator", fleet=fleet)
-            return {"host": lease["host"], "lease_id": lease["lease_id"]}
+            return TakenLease(host=lease["host"], lease_id=lease["lease_id"])
 
-    def requeue(self, job_id: str, now: float) -> dict[str, Any]:
+    def requeue(self, job_id: str, now: float) -> JobRow:
         """Put a failed or cancelled job back to pending with a fresh attempt budget."""
         with self.state.transaction() as c:
             transition(

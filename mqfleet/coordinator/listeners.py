@@ -29,7 +29,7 @@ class AgentListeners(CoordinatorCore):
             return
         try:
             # The topic (pinned by the broker ACL) names the host, never the payload.
-            advert = parse_advert(host, decode(msg.payload)).to_wire()
+            advert = parse_advert(host, decode(msg.payload))
         except MqfleetError as e:
             logger.warning("advert of %s refused, its last good advert stays: %s", host, e)
             with self.lock:

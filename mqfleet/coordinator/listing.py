@@ -12,8 +12,9 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from mqfleet.coordinator.schema import JOB_SELECT, job_row
+from mqfleet.coordinator.schema import JOB_SELECT, job_json
 from mqfleet.errors import BadRequestError
+from mqfleet.protocol import JsonObject
 from mqfleet.state import JobStatus
 
 #: Longest name pattern accepted: a glob is matched against every row's name.
@@ -50,8 +51,8 @@ class JobFilter:
 def job_page(
     conn: sqlite3.Connection, where: JobFilter, *, limit: int, after: int | None = None, newest_first: bool = False,
     offset: int | None = None,
-) -> tuple[list[dict[str, Any]], int | None]:
-    """Up to `limit` job rows after the keyset `after` (a `seq`), and the keyset of the next page (None at the end).
+) -> tuple[list[JsonObject], int | None]:
+    """Up to `limit` job rows (each its JobRow's JSON object) after the keyset `after` (a `seq`), and the keyset of the next page (None at the end).
 
     `offset` serves clients that page by position (before keysets); it is only
     read when `after` is None, and costs a walk over the rows it skips.
@@ -72,11 +73,7 @@ def job_page(
     rows = conn.execute(sql, params).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    page = []
-    for r in rows:
-        row = job_row(r)
-        del row["seq"]
-        page.append(row)
+    page = [job_json(r) for r in rows]
     return page, (int(rows[-1]["seq"]) if more and rows else None)
 
 

@@ -4,11 +4,11 @@ rate), nudges to idle agents, the retained coordinator status and control messag
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from mqfleet.coordinator import scheduler
 from mqfleet.coordinator.core import CoordinatorCore
 from mqfleet.errors import MqfleetError
+from mqfleet.records import ControlMessage, JobEvent, Nudge
 from mqfleet.state import JobStatus
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
@@ -46,7 +46,7 @@ class Outbox(CoordinatorCore):
                 self.republisher.defer_events()
         self._publish_states(changed)
         for event in self.hosts.take_events():  # quarantines (docs/RELIABILITY.md, "Jobs that misbehave")
-            self.conn.publish(self.topics.events, event, qos=1)
+            self.conn.publish(self.topics.events, event.to_wire(), qos=1)
         return claimable
 
     def _publish_event_batch(self, limit: int) -> tuple[int, bool]:
@@ -55,23 +55,23 @@ class Outbox(CoordinatorCore):
         claimable, jobs = self._publish_events(changes)
         self._publish_states(jobs)
         # jobs a manifest added were announced by the reload's (or the start's) nudge already
-        added = {c["job_id"] for c in changes if c.get("reason") == "added"}
+        added = {c.job_id for c in changes if c.reason == "added"}
         self._nudge_for([j for j in claimable if j not in added], "work", self.clock())
         return len(changes) + len(jobs), len(changes) == limit
 
-    def _publish_events(self, changes: list[dict[str, Any]]) -> tuple[list[str], set[str]]:
+    def _publish_events(self, changes: list[JobEvent]) -> tuple[list[str], set[str]]:
         claimable: list[str] = []
         jobs: set[str] = set()
         for change in changes:
-            self.conn.publish(self.topics.events, change, qos=1)
+            self.conn.publish(self.topics.events, change.to_wire(), qos=1)
             # A completion frees a slot on its own agent, which claims again by itself; other agents
             # are nudged only when it unblocked a waiting job, so idle agents are not stampeded.
-            to = change.get("to")
+            to = change.to
             if to == JobStatus.PENDING.value:
-                claimable.append(change["job_id"])
+                claimable.append(change.job_id)
             elif to == JobStatus.COMPLETED.value:
-                claimable.extend(self.catalog.pending_dependents(change["job_id"]))
-            jobs.add(change["job_id"])
+                claimable.extend(self.catalog.pending_dependents(change.job_id))
+            jobs.add(change.job_id)
         return claimable, jobs
 
     def _publish_states(self, job_ids: set[str]) -> None:
@@ -103,13 +103,10 @@ class Outbox(CoordinatorCore):
 
     def nudge(self, reason: str, now: float, *, hosts: list[str] | None = None, jobs: list[str] | None = None) -> None:
         """QoS 0 `work` to the agents (only those named in `hosts` act on it); a lost nudge costs one idle poll."""
-        payload: dict[str, Any] = {"reason": reason, "ts": now}
-        if hosts is not None:
-            payload["hosts"] = hosts
-        if jobs is not None:
-            payload["jobs"] = jobs[:NUDGE_TARGET_MAX_JOBS]
+        payload = Nudge(reason=reason, ts=now, hosts=hosts,
+                        jobs=jobs[:NUDGE_TARGET_MAX_JOBS] if jobs is not None else None)
         logger.debug("nudge (%s) to %s", reason, ", ".join(hosts) if hosts is not None else "every agent")
-        self.conn.publish(self.topics.work, payload, qos=0)
+        self.conn.publish(self.topics.work, payload.to_wire(), qos=0)
 
     def _publish_status(self, now: float) -> None:
         self._last_status_ts = now
@@ -139,6 +136,6 @@ class Outbox(CoordinatorCore):
         for job_id in [j for j, ts in self._progress_ts.items() if now - ts > 60.0 and j not in self._progress_due]:
             del self._progress_ts[job_id]
 
-    def send_control(self, host: str, message: dict[str, Any]) -> None:
+    def send_control(self, host: str, message: ControlMessage) -> None:
         """QoS 1 to the agent's persistent session: it arrives even across a reconnect."""
-        self.conn.publish(self.topics.control(host), message, qos=1)
+        self.conn.publish(self.topics.control(host), message.to_wire(), qos=1)

@@ -100,7 +100,7 @@ def handle_compare(coord: Coordinator, req: Request) -> CompareReply:
     by_job = {a["job_id"]: a["metrics"] for a in coord.artifacts.artifacts()} if job_ids else {}
     rows = []
     for job_id in dict.fromkeys(job_ids):
-        row = coord.catalog.job(job_id)
+        row = coord.catalog.job(job_id).to_wire()
         usage = coord.history.usage_of(job_id)
         hyper = coord.catalog.job_spec(job_id).get("hyper")
         rows.append(CompareRow(

@@ -17,11 +17,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-from mqfleet.coordinator.schema import JOB_SELECT, job_row
+from mqfleet.coordinator.schema import JOB_SELECT, job_json
 from mqfleet.coordinator.sqlite import StateFile
-from mqfleet.protocol import encode
+from mqfleet.messages import JobRow
+from mqfleet.protocol import JsonObject, encode
 
 logger = logging.getLogger(__name__)
 
@@ -43,22 +43,18 @@ MAX_UNRECORDED = 5000
 Publish = Callable[[str, bytes], None]
 
 
-def state_payload(row: dict[str, Any]) -> tuple[bytes, str]:
-    """The retained state's bytes and their digest (what `published_states` remembers)."""
+def state_payload(row: JsonObject) -> tuple[bytes, str]:
+    """The retained state's bytes (a JobRow's JSON object) and their digest (what `published_states` remembers)."""
     data = encode(row)
     return data, hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
-def state_page(state: StateFile, after: int, limit: int) -> list[tuple[int, dict[str, Any], str | None]]:
-    """Up to `limit` jobs after the keyset `after`: (seq, wire row, digest last published or None)."""
+def state_page(state: StateFile, after: int, limit: int) -> list[tuple[int, JsonObject, str | None]]:
+    """Up to `limit` jobs after the keyset `after`: (seq, the JobRow's JSON object, digest last published or None).
+    The walk covers every job, so it skips the JobRow (`schema.job_json`)."""
     sql = JOB_SELECT.replace("SELECT ", "SELECT j.seq AS seq, p.digest AS published_digest, ", 1)
     sql += " LEFT JOIN published_states p ON p.job_id = j.id WHERE j.seq > ? ORDER BY j.seq LIMIT ?"
-    out = []
-    for r in state.read(sql, (after, limit)):
-        row = job_row(r)
-        seq, digest = row.pop("seq"), row.pop("published_digest")
-        out.append((int(seq), row, digest))
-    return out
+    return [(int(r["seq"]), job_json(r), r["published_digest"]) for r in state.read(sql, (after, limit))]
 
 
 def record_published(state: StateFile, digests: dict[str, str]) -> None:
@@ -80,7 +76,7 @@ class StateRepublisher:
     """
 
     def __init__(
-        self, *, lock: threading.RLock, read_page: Callable[[int, int], list[tuple[int, dict[str, Any], str | None]]],
+        self, *, lock: threading.RLock, read_page: Callable[[int, int], list[tuple[int, JsonObject, str | None]]],
         write_digests: Callable[[dict[str, str]], None], publish: Publish, topic_of: Callable[[str], str],
         publish_events: Callable[[int], tuple[int, bool]], queued: Callable[[], int],
         rate_per_s: float = SWEEP_RATE_PER_S,
@@ -140,11 +136,11 @@ class StateRepublisher:
     def wait_idle(self, timeout_s: float) -> bool:
         return self._idle.wait(timeout_s)
 
-    def publish_state(self, row: dict[str, Any]) -> None:
+    def publish_state(self, row: JobRow) -> None:
         """Publish one job's retained state now (caller holds the lock, after commit)."""
-        data, digest = state_payload(row)
-        self._publish(self._topic_of(str(row["id"])), data)
-        self._unrecorded[str(row["id"])] = digest
+        data, digest = state_payload(row.to_wire())
+        self._publish(self._topic_of(row.id), data)
+        self._unrecorded[row.id] = digest
         if len(self._unrecorded) >= MAX_UNRECORDED:
             self.flush()
 
@@ -200,10 +196,11 @@ class StateRepublisher:
                 for seq, row, stored in page:
                     after = seq
                     data, digest = state_payload(row)
-                    if self._unrecorded.get(str(row["id"]), stored) == digest:
+                    job_id = str(row["id"])
+                    if self._unrecorded.get(job_id, stored) == digest:
                         continue
-                    self._publish(self._topic_of(str(row["id"])), data)
-                    self._unrecorded[str(row["id"])] = digest
+                    self._publish(self._topic_of(job_id), data)
+                    self._unrecorded[job_id] = digest
                     sent += 1
                 if len(self._unrecorded) >= MAX_UNRECORDED:
                     self.flush()

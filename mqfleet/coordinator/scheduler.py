@@ -11,8 +11,8 @@ import fnmatch
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from mqfleet.protocol import JsonObject
 from mqfleet.spec import HostPolicy, JobSpec
 
 #: Shortest commit prefix accepted as naming the same commit as a full sha.
@@ -24,7 +24,9 @@ class HostView:
     """What the scheduler knows of one host: its advert, presence, policy and load."""
 
     id: str
-    advert: dict[str, Any]
+    #: the advert as stored: checked by mqfleet.advert when it arrived, read here with isinstance (an older
+    #: database may hold one from before the checks)
+    advert: JsonObject
     online: bool
     draining: bool
     slots: int
@@ -52,12 +54,12 @@ class HostView:
         return max((_number(g.get("vram_gib")) for g in self.gpus), default=0.0)
 
     @property
-    def gpus(self) -> list[dict[str, Any]]:
-        gpus = self.advert.get("gpus") or []
-        return [g for g in gpus if isinstance(g, dict)]
+    def gpus(self) -> list[JsonObject]:
+        gpus = self.advert.get("gpus")
+        return [g for g in gpus if isinstance(g, dict)] if isinstance(gpus, list) else []
 
 
-def host_slots(advert: dict[str, Any], policy: HostPolicy | None) -> int:
+def host_slots(advert: JsonObject, policy: HostPolicy | None) -> int:
     """Concurrent jobs for a host: the manifest's [[hosts]] entry wins over the advert."""
     if policy is not None:
         return policy.slots
@@ -178,9 +180,9 @@ def pick_gpu(job: JobSpec, host: HostView, leased_gpus: Iterable[int]) -> list[i
     for index in leased_gpus:
         load[index] = load.get(index, 0) + 1
     fits = [
-        int(g["index"])
+        gpu
         for g in host.gpus
-        if isinstance(g.get("index"), int) and _number(g.get("vram_gib")) >= job.min_vram_gib
+        if isinstance(gpu := g.get("index"), int) and _number(g.get("vram_gib")) >= job.min_vram_gib
     ]
     if not fits:
         return []

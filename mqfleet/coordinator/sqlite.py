@@ -20,6 +20,7 @@ from typing import Any
 from mqfleet import defaults
 from mqfleet.coordinator.schema import SCHEMA, VERSION_SCHEMA, check_schema_version
 from mqfleet.errors import IllegalTransitionError, NotFoundError, StateError
+from mqfleet.records import JobEvent
 from mqfleet.state import JobStatus, is_allowed
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class StateFile:
     own_events = ""
     own_events_params: tuple[Any, ...] = ()
 
-    def take_changes(self, limit: int = -1) -> list[dict[str, Any]]:
+    def take_changes(self, limit: int = -1) -> list[JobEvent]:
         """Status changes committed since the last call, oldest first, at most `limit` (-1: all); publish
         them after commit."""
         with self.lock:
@@ -152,8 +153,8 @@ class StateFile:
             if rows:
                 self._taken_seq = rows[-1]["seq"]
         return [
-            {"seq": r["seq"], "ts": r["ts"], "job_id": r["job_id"], "from": r["from_status"], "to": r["to_status"],
-             "reason": r["reason"], "host": r["host"]}
+            JobEvent(seq=r["seq"], ts=r["ts"], job_id=r["job_id"], from_status=r["from_status"], to=r["to_status"],
+                     reason=r["reason"], host=r["host"])
             for r in rows
         ]
 

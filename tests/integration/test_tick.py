@@ -86,10 +86,10 @@ def test_a_lease_expires_exactly_at_its_term_and_the_job_goes_back_to_pending(
     assert grant["lease_s"] == LEASE_S and grant["expires_ts"] == granted_at + LEASE_S
 
     assert coordinator.tick(granted_at + LEASE_S - 0.001) == []
-    assert coordinator.catalog.job(job_id)["status"] == "claimed"
+    assert coordinator.catalog.job(job_id).status == "claimed"
     assert coordinator.tick(granted_at + LEASE_S) == [job_id]
     row = coordinator.catalog.job(job_id)
-    assert (row["status"], row["attempts"]) == ("pending", 1)
+    assert (row.status, row.attempts) == ("pending", 1)
     assert [a["cause"] for a in coordinator.catalog.attempts(job_id)] == ["lost"]
     # the old lease is gone for good: its renewal is refused
     with pytest.raises(Exception, match="lease_lost"):
@@ -106,7 +106,7 @@ def test_a_renewal_moves_the_expiry_so_the_same_tick_no_longer_expires_it(
     reply = agent.rpc.call(Verb.RENEW, job_id=job_id, lease_id=grant["lease_id"], progress=None)
     assert reply["expires_ts"] == clock.now + LEASE_S
     assert coordinator.tick(grant["expires_ts"]) == []
-    assert coordinator.catalog.job(job_id)["status"] == "running"
+    assert coordinator.catalog.job(job_id).status == "running"
 
 
 def test_a_will_shortens_the_lease_to_the_grace_and_the_tick_after_the_grace_ends_the_attempt(
@@ -124,7 +124,7 @@ def test_a_will_shortens_the_lease_to_the_grace_and_the_tick_after_the_grace_end
 
     assert coordinator.tick(will_at + GRACE_S - 0.001) == []
     assert coordinator.tick(will_at + GRACE_S) == [job_id]
-    assert coordinator.catalog.job(job_id)["status"] == "pending"
+    assert coordinator.catalog.job(job_id).status == "pending"
 
 
 def test_a_host_back_inside_the_grace_keeps_its_job_by_renewing(
@@ -140,7 +140,7 @@ def test_a_host_back_inside_the_grace_keeps_its_job_by_renewing(
     agent.conn.publish(coordinator.topics.status("h1"), {"state": "online"}, qos=1, retain=True)
     agent.rpc.call(Verb.RENEW, job_id=job_id, lease_id=grant["lease_id"], progress=None, attempts=2)
     assert coordinator.tick(will_at + GRACE_S) == []
-    assert coordinator.catalog.job(job_id)["status"] == "running"
+    assert coordinator.catalog.job(job_id).status == "running"
 
 
 def test_the_request_memory_answers_a_redelivery_until_the_tick_prunes_it(

@@ -10,11 +10,13 @@ from typing import cast
 
 import pytest
 
-from mqfleet.coordinator.checkpoint_verbs import grant_fields
+from mqfleet.coordinator.checkpoint_verbs import with_checkpoint
 from mqfleet.coordinator.checkpoints import CheckpointBook
 from mqfleet.coordinator.context import HandlerContext
 from mqfleet.coordinator.garbage import UploadWindow, collect_garbage
 from mqfleet.errors import LeaseLostError
+from mqfleet.messages import Grant, JobRow, TrainerRef
+from mqfleet.protocol import JsonObject
 from mqfleet.state import Cause
 from mqfleet.store import FileStore
 from tests.fixtures.state import CoordinatorState
@@ -33,6 +35,13 @@ def db(state_target: str) -> Iterator[CoordinatorState]:
     database.close()
 
 
+def _grant(spec: JsonObject) -> Grant:
+    """A claim's grant of job `a` before its checkpoint fields are filled in."""
+    row = JobRow(id=job_id("a"), name="a", status="claimed", model="gbt", mode="realistic", host="h1")
+    return Grant(job=row, spec=spec, trainer=TrainerRef(name="gbt"), lease_id="l" * 32, attempt=1, expires_ts=T0 + 90,
+                 lease_s=90.0)
+
+
 def _save(book: CheckpointBook, sha256: str, attempt: int = 1, now: float = T0) -> None:
     book.record(job_id("a"), attempt=attempt, host="h1", sha256=sha256, size=10, key=f"checkpoints/x/{sha256}",
                 progress={"epoch": 3}, now=now)
@@ -42,9 +51,9 @@ def test_the_current_lease_may_write_a_checkpoint_and_a_stranger_may_not(db: Coo
     book = CheckpointBook(db.state)
     grant = db.claim("h1", T0)
     assert grant is not None
-    assert book.check_writer(job_id("a"), grant["lease_id"], "h1") == 1
+    assert book.check_writer(job_id("a"), grant.lease_id, "h1") == 1
     with pytest.raises(LeaseLostError):
-        book.check_writer(job_id("a"), grant["lease_id"], "h2")
+        book.check_writer(job_id("a"), grant.lease_id, "h2")
     with pytest.raises(LeaseLostError):
         book.check_writer(job_id("a"), "not-a-lease", "h1")
 
@@ -53,26 +62,26 @@ def test_an_ended_attempt_may_still_sync_until_another_attempt_holds_the_job(db:
     book = CheckpointBook(db.state)
     first = db.claim("h1", T0)
     assert first is not None
-    db.fail(job_id("a"), first["lease_id"], "h1", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + 1)
+    db.fail(job_id("a"), first.lease_id, "h1", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + 1)
     # Pending, held by nobody: a final sync that raced the hand-back still counts.
-    assert book.check_writer(job_id("a"), first["lease_id"], "h1") == 1
+    assert book.check_writer(job_id("a"), first.lease_id, "h1") == 1
     second = db.claim("h2", T0 + 2)
     assert second is not None
     with pytest.raises(LeaseLostError):
-        book.check_writer(job_id("a"), first["lease_id"], "h1")
+        book.check_writer(job_id("a"), first.lease_id, "h1")
 
 
 def test_an_ended_attempt_may_not_overwrite_a_later_attempts_checkpoint(db: CoordinatorState) -> None:
     book = CheckpointBook(db.state)
     first = db.claim("h1", T0)
     assert first is not None
-    db.fail(job_id("a"), first["lease_id"], "h1", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + 1)
+    db.fail(job_id("a"), first.lease_id, "h1", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + 1)
     second = db.claim("h2", T0 + 2)
     assert second is not None
     _save(book, SHA2, attempt=2)
-    db.fail(job_id("a"), second["lease_id"], "h2", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + 3)
+    db.fail(job_id("a"), second.lease_id, "h2", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + 3)
     with pytest.raises(LeaseLostError, match="later checkpoint"):
-        book.check_writer(job_id("a"), first["lease_id"], "h1")
+        book.check_writer(job_id("a"), first.lease_id, "h1")
 
 
 def test_a_new_checkpoint_replaces_the_old_whose_object_becomes_garbage(db: CoordinatorState) -> None:
@@ -145,14 +154,15 @@ def test_the_grant_carries_the_interval_the_limit_and_the_latest_checkpoint(db: 
     fleet_manifest = manifest(job("a"), checkpoint_interval_s=30.0, checkpoint_max_mib=64.0)
     context = cast(HandlerContext, SimpleNamespace(manifest=fleet_manifest, checkpoints=book, store=store))
     spec = job("a").to_dict()
-    first = grant_fields(context, {"spec": spec})
-    assert first == {"resumable": True, "checkpoint_interval_s": 30.0, "checkpoint_max_mib": 64.0, "checkpoint": None}
+    first = with_checkpoint(context, _grant(spec))
+    assert (first.resumable, first.checkpoint_interval_s, first.checkpoint_max_mib, first.checkpoint) == (True, 30.0, 64.0, None)
     _save(book, SHA1)
-    later = grant_fields(context, {"spec": {**spec, "checkpoint_interval_s": 5.0}})
-    assert later["checkpoint_interval_s"] == 5.0, "a job's own interval wins over the fleet's"
-    given = later["checkpoint"]
-    assert given["sha256"] == SHA1 and given["attempt"] == 1 and given["url"].startswith("file:")
+    later = with_checkpoint(context, _grant({**spec, "checkpoint_interval_s": 5.0}))
+    assert later.checkpoint_interval_s == 5.0, "a job's own interval wins over the fleet's"
+    given = later.checkpoint
+    assert given is not None
+    assert given["sha256"] == SHA1 and given["attempt"] == 1 and str(given["url"]).startswith("file:")
     stateless = replace(fleet_manifest, trainers={"gbt": replace(fleet_manifest.trainers["gbt"], resumable=False)})
     context = cast(HandlerContext, SimpleNamespace(manifest=stateless, checkpoints=book, store=store))
-    assert grant_fields(context, {"spec": spec})["resumable"] is False
-    assert grant_fields(context, {"spec": spec})["checkpoint"] is None
+    assert with_checkpoint(context, _grant(spec)).resumable is False
+    assert with_checkpoint(context, _grant(spec)).checkpoint is None

@@ -30,10 +30,10 @@ def test_jobs_limited_to_another_host_are_never_read_by_a_claim(db: CoordinatorS
     bring_online(db, "host-a")
     bring_online(db, "host-b")
     before = _parsed_specs()
-    assert claimed(db, "host-b")["job"]["name"] == "open"
+    assert claimed(db, "host-b").job.name == "open"
     assert _parsed_specs() - before <= claims.CLAIM_FIRST_BATCH  # not 300 specs parsed
     assert db.claim("host-b", T0) is None
-    assert claimed(db, "host-a")["job"]["name"] == "a0"
+    assert claimed(db, "host-a").job.name == "a0"
 
 
 def test_open_and_limited_jobs_are_merged_in_rank_order(db: CoordinatorState) -> None:
@@ -42,7 +42,7 @@ def test_open_and_limited_jobs_are_merged_in_rank_order(db: CoordinatorState) ->
     db.apply_manifest(manifest(*jobs, hosts=(HostPolicy(id="h", slots=10),)), T0)
     bring_online(db, "h")
     # equal priority: the older job (open-mid was added before mine-mid) first
-    assert [claimed(db, "h")["job"]["name"] for _ in range(4)] == ["mine-high", "open-mid", "mine-mid", "open-low"]
+    assert [claimed(db, "h").job.name for _ in range(4)] == ["mine-high", "open-mid", "mine-mid", "open-low"]
     assert db.claim("h", T0) is None
 
 
@@ -59,4 +59,4 @@ def test_a_reload_that_drops_allowed_hosts_opens_the_job_to_every_host(db: Coord
     bring_online(db, "h")
     assert db.claim("h", T0) is None
     db.apply_manifest(manifest(job("j")), T0 + 1)
-    assert claimed(db, "h", T0 + 1)["job"]["name"] == "j"
+    assert claimed(db, "h", T0 + 1).job.name == "j"

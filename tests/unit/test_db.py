@@ -8,14 +8,18 @@ from typing import Any
 import pytest
 
 from mqfleet.coordinator.claims import CLAIM_BATCH
+from mqfleet.coordinator.leases import Completion, TakenLease
+from mqfleet.coordinator.schema import JOB_SELECT, job_json, job_row
 from mqfleet.errors import AmbiguousError, BadRequestError, IllegalTransitionError, LeaseLostError, NotFoundError
 from mqfleet.manifest import FleetSettings, HostPolicy, HyperParam, JobSpec, Manifest, TrainerSpec
+from mqfleet.messages import Grant, TrainerRef
+from mqfleet.protocol import encode
 from mqfleet.state import Cause, JobStatus
 from tests.fixtures.state import CoordinatorState, is_postgres
 
 T0 = 1_800_000_000.0
 SHA = "ab" * 32
-ART: dict[str, Any] = {"sha256": SHA, "size": 123, "key": f"artifacts/{'ab' * 32}.tar.zst", "metrics": {"rmse": 0.5}}
+ART = Completion(sha256=SHA, size=123, key=f"artifacts/{'ab' * 32}.tar.zst", metrics={"rmse": 0.5})
 
 
 def job_id(name: str) -> str:
@@ -56,7 +60,7 @@ def db(state_target: str) -> Iterator[CoordinatorState]:
     database.close()
 
 
-def claimed(db: CoordinatorState, host: str, now: float = T0) -> dict[str, Any]:
+def claimed(db: CoordinatorState, host: str, now: float = T0) -> Grant:
     grant = db.claim(host, now)
     assert grant is not None, f"{host} got nothing"
     return grant
@@ -82,7 +86,7 @@ def test_state_survives_reopening_the_file(state_target: str) -> None:
     grant = claimed(first, "h")
     first.close()
     second = CoordinatorState(state_target)
-    assert second.lease(job_id("a"))["lease_id"] == grant["lease_id"]  # type: ignore[index]
+    assert second.lease(job_id("a"))["lease_id"] == grant.lease_id  # type: ignore[index]
     assert second.take_changes() == []
     second.close()
 
@@ -94,8 +98,8 @@ def test_apply_manifest_adds_new_jobs_as_pending(db: CoordinatorState) -> None:
     summary = db.apply_manifest(manifest(job("a"), job("b")), T0)
     assert summary == {"added": [job_id("a"), job_id("b")], "kept": [], "orphaned": []}
     row = db.job(job_id("a"))
-    assert (row["status"], row["host"], row["attempts"], row["max_attempts"], row["in_manifest"]) == ("pending", None, 0, 3, True)
-    assert (row["artifact"], row["error"], row["progress"], row["lease_expires_ts"]) == (None, None, None, None)
+    assert (row.status, row.host, row.attempts, row.max_attempts, row.in_manifest) == ("pending", None, 0, 3, True)
+    assert (row.artifact, row.error, row.progress, row.lease_expires_ts) == (None, None, None, None)
 
 
 def test_reload_with_the_same_manifest_is_idempotent(db: CoordinatorState) -> None:
@@ -117,10 +121,10 @@ def test_reload_keeps_status_updates_priority_and_orphans_removed_jobs(db: Coord
     summary = db.apply_manifest(manifest(job("a", priority=7), job("c")), T0 + 1)
     assert summary == {"added": [job_id("c")], "kept": [job_id("a")], "orphaned": [job_id("b")]}
     a, b = db.job(job_id("a")), db.job(job_id("b"))
-    assert (a["status"], a["priority"], a["in_manifest"]) == ("claimed", 7, True)
-    assert (b["status"], b["in_manifest"]) == ("pending", False)
+    assert (a.status, a.priority, a.in_manifest) == ("claimed", 7, True)
+    assert (b.status, b.in_manifest) == ("pending", False)
     db.apply_manifest(manifest(job("a"), job("b")), T0 + 2)
-    assert db.job(job_id("b"))["in_manifest"] is True
+    assert db.job(job_id("b")).in_manifest is True
 
 
 def test_orphaned_pending_job_is_not_claimed_and_says_why(db: CoordinatorState) -> None:
@@ -135,7 +139,7 @@ def test_orphaned_job_can_still_be_cancelled(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("gone")), T0)
     db.apply_manifest(manifest(), T0)
     assert db.cancel(job_id("gone"), T0) is None
-    assert db.job(job_id("gone"))["status"] == "cancelled"
+    assert db.job(job_id("gone")).status == "cancelled"
 
 
 # --- claim -----------------------------------------------------------------------------
@@ -145,16 +149,17 @@ def test_claim_grants_lease_with_spec_trainer_attempt_and_expiry(db: Coordinator
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     grant = claimed(db, "h", T0 + 1)
-    assert grant["job"]["id"] == job_id("a")
-    assert (grant["job"]["status"], grant["job"]["host"]) == ("claimed", "h")
-    assert grant["spec"] == job("a").to_dict()
-    assert grant["trainer"] == {"name": "gbt", "builtin": "xgboost", "command": [], "outputs": [],
-                                "argv": ["{python}", "-m", "mqfleet.trainers.xgboost"],
-                                "hyper": {"n_estimators": {"type": "int", "default": 200, "min": 1, "max": None, "choices": []}}}
-    assert (grant["attempt"], grant["lease_s"], grant["expires_ts"], grant["gpus"]) == (1, 90.0, T0 + 91, [])
-    assert len(grant["lease_id"]) == 32
-    assert db.lease(job_id("a")) == {"lease_id": grant["lease_id"], "host": "h", "expires_ts": T0 + 91, "attempt": 1, "gpus": []}
-    assert grant["job"]["lease_expires_ts"] == T0 + 91
+    assert grant.job.id == job_id("a")
+    assert (grant.job.status, grant.job.host) == ("claimed", "h")
+    assert grant.spec == job("a").to_dict()
+    assert grant.trainer == TrainerRef(name="gbt", builtin="xgboost", command=[], outputs=[],
+                                       argv=["{python}", "-m", "mqfleet.trainers.xgboost"],
+                                       hyper={"n_estimators": {"type": "int", "default": 200, "min": 1, "max": None,
+                                                               "choices": []}})
+    assert (grant.attempt, grant.lease_s, grant.expires_ts, grant.gpus) == (1, 90.0, T0 + 91, [])
+    assert len(grant.lease_id) == 32
+    assert db.lease(job_id("a")) == {"lease_id": grant.lease_id, "host": "h", "expires_ts": T0 + 91, "attempt": 1, "gpus": []}
+    assert grant.job.lease_expires_ts == T0 + 91
 
 
 def test_claim_returns_none_for_unknown_offline_or_draining_host(db: CoordinatorState) -> None:
@@ -199,7 +204,7 @@ def test_two_hosts_never_hold_the_same_job(db: CoordinatorState) -> None:
     bring_online(db, "h1")
     bring_online(db, "h2")
     bring_online(db, "h3")
-    ids = [claimed(db, "h1")["job"]["id"], claimed(db, "h2")["job"]["id"]]
+    ids = [claimed(db, "h1").job.id, claimed(db, "h2").job.id]
     assert sorted(ids) == sorted([job_id("a"), job_id("b")])
     assert db.claim("h3", T0) is None
 
@@ -219,7 +224,7 @@ def test_concurrent_claims_from_two_connections_never_share_a_job(state_target: 
         try:
             for h in mine:
                 while (grant := d.claim(h, T0)) is not None:
-                    got.append(grant["job"]["id"])
+                    got.append(grant.job.id)
         except BaseException as e:  # surfaced below; a thread cannot fail the test itself
             errors.append(e)
 
@@ -237,31 +242,31 @@ def test_concurrent_claims_from_two_connections_never_share_a_job(state_target: 
 def test_claim_takes_priority_then_age(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("old"), job("new"), job("urgent", priority=3)), T0)
     bring_online(db, "h", slots=3)
-    assert [claimed(db, "h")["job"]["name"] for _ in range(3)] == ["urgent", "old", "new"]
+    assert [claimed(db, "h").job.name for _ in range(3)] == ["urgent", "old", "new"]
 
 
 def test_claim_skips_jobs_the_host_may_not_run(db: CoordinatorState) -> None:
     jobs = [job("big", min_ram_gib=64), job("gpu", require_cuda=True), job("mlp", model="mlp"), job("elsewhere", allowed_hosts=("x",)), job("ok")]
     db.apply_manifest(manifest(*jobs, hosts=(HostPolicy(id="h", deny_jobs=("mlp",)),)), T0)
     bring_online(db, "h")
-    assert claimed(db, "h")["job"]["name"] == "ok"
+    assert claimed(db, "h").job.name == "ok"
 
 
 def test_claim_walks_past_more_than_one_batch_of_ineligible_jobs(db: CoordinatorState) -> None:
     denied = [job(f"mlp{i}", model="mlp", priority=1) for i in range(CLAIM_BATCH * 2 + 3)]
     db.apply_manifest(manifest(*denied, job("ok"), hosts=(HostPolicy(id="h", deny_jobs=("mlp",)),)), T0)
     bring_online(db, "h")
-    assert claimed(db, "h")["job"]["name"] == "ok"
+    assert claimed(db, "h").job.name == "ok"
 
 
 def test_prefer_cuda_job_goes_to_cuda_host_while_one_is_online(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("likes-gpu", prefer_cuda=True), job("plain")), T0)
     bring_online(db, "cpu")
     bring_online(db, "gpu", cuda=True, vram=(24.0,))
-    assert claimed(db, "cpu")["job"]["name"] == "plain"
+    assert claimed(db, "cpu").job.name == "plain"
     assert db.claim("cpu", T0) is None
     grant = claimed(db, "gpu")
-    assert (grant["job"]["name"], grant["gpus"]) == ("likes-gpu", [0])
+    assert (grant.job.name, grant.gpus) == ("likes-gpu", [0])
 
 
 def test_prefer_cuda_job_runs_on_cpu_when_no_cuda_host_is_online(db: CoordinatorState) -> None:
@@ -270,19 +275,19 @@ def test_prefer_cuda_job_runs_on_cpu_when_no_cuda_host_is_online(db: Coordinator
     bring_online(db, "gpu", cuda=True, vram=(24.0,))
     db.record_presence("gpu", False, T0)
     grant = claimed(db, "cpu")
-    assert (grant["job"]["name"], grant["gpus"]) == ("likes-gpu", [])
+    assert (grant.job.name, grant.gpus) == ("likes-gpu", [])
 
 
 def test_cuda_host_takes_prefer_cuda_job_first_among_equal_priority(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("plain"), job("likes-gpu", prefer_cuda=True)), T0)
     bring_online(db, "gpu", cuda=True, vram=(24.0,))
-    assert claimed(db, "gpu")["job"]["name"] == "likes-gpu"
+    assert claimed(db, "gpu").job.name == "likes-gpu"
 
 
 def test_claim_gives_each_cuda_job_the_least_loaded_big_enough_gpu(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(*(job(f"g{i}", require_cuda=True, min_vram_gib=16) for i in range(3))), T0)
     bring_online(db, "gpu", cuda=True, vram=(8.0, 24.0, 24.0), slots=3)
-    assert [claimed(db, "gpu")["gpus"] for _ in range(3)] == [[1], [2], [1]]
+    assert [claimed(db, "gpu").gpus for _ in range(3)] == [[1], [2], [1]]
 
 
 def test_claim_query_walks_an_index_instead_of_sorting_the_table(db: CoordinatorState, state_target: str) -> None:
@@ -312,20 +317,20 @@ def test_job_waits_for_its_dependency_to_complete(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("first"), job("second", after=("first",), priority=9)), T0)
     bring_online(db, "h", slots=2)
     grant = claimed(db, "h")
-    assert grant["job"]["name"] == "first"
+    assert grant.job.name == "first"
     assert db.claim("h", T0) is None
     assert db.why_waiting(job_id("second"), T0)[0] == {"host": None, "reason": "dependency 'first' not completed (claimed)"}
-    db.complete(job_id("first"), grant["lease_id"], "h", ART, T0 + 1)
-    assert claimed(db, "h")["job"]["name"] == "second"
+    db.complete(job_id("first"), grant.lease_id, "h", ART, T0 + 1)
+    assert claimed(db, "h").job.name == "second"
 
 
 def test_a_completion_reports_pending_dependents_only_when_a_job_waits_for_it(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("first"), job("second", after=("first",)), job("alone")), T0)
     bring_online(db, "h", slots=2)
     first, alone = claimed(db, "h"), claimed(db, "h")
-    db.complete(first["job"]["id"], first["lease_id"], "h", ART, T0 + 1)
-    db.complete(alone["job"]["id"], alone["lease_id"], "h", ART, T0 + 1)
-    assert {first["job"]["name"], alone["job"]["name"]} == {"first", "alone"}
+    db.complete(first.job.id, first.lease_id, "h", ART, T0 + 1)
+    db.complete(alone.job.id, alone.lease_id, "h", ART, T0 + 1)
+    assert {first.job.name, alone.job.name} == {"first", "alone"}
     assert db.has_pending_dependents(job_id("first")) is True
     assert db.has_pending_dependents(job_id("alone")) is False
 
@@ -334,10 +339,10 @@ def test_requeued_dependency_blocks_its_pending_dependents_again(db: Coordinator
     db.apply_manifest(manifest(job("first"), job("second", after=("first",))), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
-    db.fail(job_id("first"), grant["lease_id"], "h", Cause.APP, exit_code=1, output_tail="", error="", now=T0)
+    db.fail(job_id("first"), grant.lease_id, "h", Cause.APP, exit_code=1, output_tail="", error="", now=T0)
     db.cancel(job_id("first"), T0)
     db.requeue(job_id("first"), T0)
-    assert claimed(db, "h")["job"]["name"] == "first"
+    assert claimed(db, "h").job.name == "first"
 
 
 # --- renew, leases ------------------------------------------------------------------------
@@ -347,11 +352,24 @@ def test_first_renew_moves_claimed_to_running_and_extends_lease_and_keeps_progre
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
-    assert db.renew(job_id("a"), grant["lease_id"], "h", T0 + 30, {"progress": 0.4}) == T0 + 120
+    assert db.renew(job_id("a"), grant.lease_id, "h", T0 + 30, {"progress": 0.4}) == T0 + 120
     row = db.job(job_id("a"))
-    assert (row["status"], row["progress"], row["lease_expires_ts"]) == ("running", {"progress": 0.4}, T0 + 120)
-    assert db.renew(job_id("a"), grant["lease_id"], "h", T0 + 60) == T0 + 150
-    assert db.job(job_id("a"))["progress"] == {"progress": 0.4}
+    assert (row.status, row.progress, row.lease_expires_ts) == ("running", {"progress": 0.4}, T0 + 120)
+    assert db.renew(job_id("a"), grant.lease_id, "h", T0 + 60) == T0 + 150
+    assert db.job(job_id("a")).progress == {"progress": 0.4}
+
+
+def test_a_job_rows_json_for_listings_is_exactly_its_typed_rows_wire_form(db: CoordinatorState) -> None:
+    db.apply_manifest(manifest(job("a", timeout_s=60.0), job("b", after=("a",)), job("c")), T0)
+    bring_online(db, "h")
+    grant = claimed(db, "h")
+    db.renew(job_id("a"), grant.lease_id, "h", T0 + 1, {"loss": 0.5, "metrics": {"rmse": [1, 2]}})
+    db.cancel(job_id("a"), T0 + 2)
+    rows = db.state.read(f"{JOB_SELECT} ORDER BY j.seq")
+    assert [job_row(r).name for r in rows] == ["a", "b", "c"]
+    for r in rows:
+        assert job_json(r) == job_row(r).to_wire()
+        assert encode(job_json(r)) == encode(job_row(r).to_wire())
 
 
 def test_renew_with_a_stale_lease_or_from_the_wrong_host_is_lease_lost(db: CoordinatorState) -> None:
@@ -362,12 +380,12 @@ def test_renew_with_a_stale_lease_or_from_the_wrong_host_is_lease_lost(db: Coord
     with pytest.raises(LeaseLostError):
         db.renew(job_id("a"), "0" * 32, "h", T0)
     with pytest.raises(LeaseLostError):
-        db.renew(job_id("a"), grant["lease_id"], "other", T0)
+        db.renew(job_id("a"), grant.lease_id, "other", T0)
     with pytest.raises(LeaseLostError):
-        db.check_lease(job_id("a"), grant["lease_id"], "other")
-    db.check_lease(job_id("a"), grant["lease_id"], "h")
+        db.check_lease(job_id("a"), grant.lease_id, "other")
+    db.check_lease(job_id("a"), grant.lease_id, "h")
     with pytest.raises(NotFoundError):
-        db.renew("f" * 64, grant["lease_id"], "h", T0)
+        db.renew("f" * 64, grant.lease_id, "h", T0)
 
 
 def test_old_lease_is_lost_after_the_job_is_claimed_again(db: CoordinatorState) -> None:
@@ -376,11 +394,11 @@ def test_old_lease_is_lost_after_the_job_is_claimed_again(db: CoordinatorState) 
     first = claimed(db, "h")
     db.expire_leases(T0 + 90)
     second = claimed(db, "h", T0 + 91)
-    assert second["attempt"] == 2
+    assert second.attempt == 2
     with pytest.raises(LeaseLostError):
-        db.renew(job_id("a"), first["lease_id"], "h", T0 + 92)
+        db.renew(job_id("a"), first.lease_id, "h", T0 + 92)
     with pytest.raises(LeaseLostError):
-        db.complete(job_id("a"), first["lease_id"], "h", ART, T0 + 92)
+        db.complete(job_id("a"), first.lease_id, "h", ART, T0 + 92)
 
 
 def test_expired_lease_returns_job_to_pending_with_attempt_incremented(db: CoordinatorState) -> None:
@@ -390,10 +408,10 @@ def test_expired_lease_returns_job_to_pending_with_attempt_incremented(db: Coord
     assert db.expire_leases(T0 + 89.9) == []
     assert db.expire_leases(T0 + 90) == [job_id("a")]
     row = db.job(job_id("a"))
-    assert (row["status"], row["attempts"], row["host"], db.lease(job_id("a"))) == ("pending", 1, None, None)
-    assert "lease expired on h" in row["error"]
+    assert (row.status, row.attempts, row.host, db.lease(job_id("a"))) == ("pending", 1, None, None)
+    assert "lease expired on h" in row.error
     [attempt] = db.attempts(job_id("a"))
-    assert (attempt["cause"], attempt["ended_ts"], attempt["lease_id"]) == ("lost", T0 + 90, grant["lease_id"])
+    assert (attempt["cause"], attempt["ended_ts"], attempt["lease_id"]) == ("lost", T0 + 90, grant.lease_id)
 
 
 def test_expired_lease_on_the_last_attempt_fails_the_job(db: CoordinatorState) -> None:
@@ -405,7 +423,7 @@ def test_expired_lease_on_the_last_attempt_fails_the_job(db: CoordinatorState) -
         now += 100
         db.expire_leases(now)
     row = db.job(job_id("a"))
-    assert (row["status"], row["attempts"], row["max_attempts"], row["host"]) == ("failed", 2, 2, "h")
+    assert (row.status, row.attempts, row.max_attempts, row.host) == ("failed", 2, 2, "h")
     assert db.claim("h", now) is None
 
 
@@ -414,10 +432,10 @@ def test_shutdown_handback_never_counts_against_attempts(db: CoordinatorState) -
     bring_online(db, "h")
     for n in range(1, 4):
         grant = claimed(db, "h")
-        assert grant["attempt"] == n
-        status = db.fail(job_id("a"), grant["lease_id"], "h", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0)
+        assert grant.attempt == n
+        status = db.fail(job_id("a"), grant.lease_id, "h", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0)
         assert status is JobStatus.PENDING
-    assert db.job(job_id("a"))["attempts"] == 0
+    assert db.job(job_id("a")).attempts == 0
     assert [a["cause"] for a in db.attempts(job_id("a"))] == ["shutdown"] * 3
 
 
@@ -425,16 +443,16 @@ def test_app_failure_counts_and_records_exit_code_and_output_tail(db: Coordinato
     db.apply_manifest(manifest(job("a"), max_attempts=2), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
-    status = db.fail(job_id("a"), grant["lease_id"], "h", Cause.APP, exit_code=3, output_tail="Traceback ...", error="", now=T0 + 5)
+    status = db.fail(job_id("a"), grant.lease_id, "h", Cause.APP, exit_code=3, output_tail="Traceback ...", error="", now=T0 + 5)
     assert status is JobStatus.PENDING
-    assert (db.job(job_id("a"))["attempts"], db.job(job_id("a"))["error"]) == (1, "exit code 3")
+    assert (db.job(job_id("a")).attempts, db.job(job_id("a")).error) == (1, "exit code 3")
     grant = claimed(db, "h", T0 + 6)
-    assert db.fail(job_id("a"), grant["lease_id"], "h", Cause.APP, exit_code=1, output_tail="", error="oom", now=T0 + 7) is JobStatus.FAILED
+    assert db.fail(job_id("a"), grant.lease_id, "h", Cause.APP, exit_code=1, output_tail="", error="oom", now=T0 + 7) is JobStatus.FAILED
     first, second = db.attempts(job_id("a"))
     assert (first["number"], first["host"], first["cause"], first["exit_code"], first["output_tail"]) == (1, "h", "app", 3, "Traceback ...")
     assert (second["number"], second["error"], second["started_ts"], second["ended_ts"]) == (2, "oom", T0 + 6, T0 + 7)
     with pytest.raises(LeaseLostError):
-        db.fail(job_id("a"), grant["lease_id"], "h", Cause.APP, exit_code=1, output_tail="", error="", now=T0 + 8)
+        db.fail(job_id("a"), grant.lease_id, "h", Cause.APP, exit_code=1, output_tail="", error="", now=T0 + 8)
 
 
 # --- presence ---------------------------------------------------------------------------
@@ -466,9 +484,9 @@ def test_host_back_inside_the_grace_keeps_its_job_by_renewing(db: CoordinatorSta
     grant = claimed(db, "h")
     db.record_presence("h", False, T0 + 20)
     db.record_presence("h", True, T0 + 25)
-    assert db.renew(job_id("a"), grant["lease_id"], "h", T0 + 26) == T0 + 116
+    assert db.renew(job_id("a"), grant.lease_id, "h", T0 + 26) == T0 + 116
     assert db.expire_leases(T0 + 31) == []
-    assert db.job(job_id("a"))["status"] == "running"
+    assert db.job(job_id("a")).status == "running"
 
 
 def test_resume_leases_gives_every_lease_a_full_term_after_a_coordinator_outage(db: CoordinatorState) -> None:
@@ -486,7 +504,7 @@ def test_resume_leases_gives_every_lease_a_full_term_after_a_coordinator_outage(
 def test_cancel_pending_job_ends_no_lease(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     assert db.cancel(job_id("a"), T0) is None
-    assert db.job(job_id("a"))["status"] == "cancelled"
+    assert db.job(job_id("a")).status == "cancelled"
     assert db.attempts(job_id("a")) == []
 
 
@@ -494,12 +512,12 @@ def test_cancel_running_job_ends_the_attempt_as_cancelled_and_names_the_lease(db
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
-    db.renew(job_id("a"), grant["lease_id"], "h", T0 + 1)
-    assert db.cancel(job_id("a"), T0 + 2) == {"host": "h", "lease_id": grant["lease_id"]}
-    assert (db.job(job_id("a"))["status"], db.lease(job_id("a"))) == ("cancelled", None)
+    db.renew(job_id("a"), grant.lease_id, "h", T0 + 1)
+    assert db.cancel(job_id("a"), T0 + 2) == TakenLease(host="h", lease_id=grant.lease_id)
+    assert (db.job(job_id("a")).status, db.lease(job_id("a"))) == ("cancelled", None)
     assert db.attempts(job_id("a"))[0]["cause"] == "cancelled"
     with pytest.raises(LeaseLostError):
-        db.renew(job_id("a"), grant["lease_id"], "h", T0 + 3)
+        db.renew(job_id("a"), grant.lease_id, "h", T0 + 3)
     assert db.hosts()[0]["slots_used"] == 0
 
 
@@ -516,11 +534,11 @@ def test_requeue_gives_a_failed_job_a_fresh_budget(db: CoordinatorState) -> None
     db.apply_manifest(manifest(job("a"), max_attempts=1), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
-    db.fail(job_id("a"), grant["lease_id"], "h", Cause.APP, exit_code=1, output_tail="", error="boom", now=T0)
-    assert db.job(job_id("a"))["status"] == "failed"
+    db.fail(job_id("a"), grant.lease_id, "h", Cause.APP, exit_code=1, output_tail="", error="boom", now=T0)
+    assert db.job(job_id("a")).status == "failed"
     row = db.requeue(job_id("a"), T0 + 1)
-    assert (row["status"], row["attempts"], row["error"], row["host"]) == ("pending", 0, None, None)
-    assert claimed(db, "h", T0 + 2)["attempt"] == 2
+    assert (row.status, row.attempts, row.error, row.host) == ("pending", 0, None, None)
+    assert claimed(db, "h", T0 + 2).attempt == 2
 
 
 def test_requeue_refuses_pending_running_and_completed_jobs(db: CoordinatorState) -> None:
@@ -531,7 +549,7 @@ def test_requeue_refuses_pending_running_and_completed_jobs(db: CoordinatorState
     grant = claimed(db, "h")
     with pytest.raises(IllegalTransitionError):
         db.requeue(job_id("a"), T0)
-    db.complete(job_id("a"), grant["lease_id"], "h", ART, T0)
+    db.complete(job_id("a"), grant.lease_id, "h", ART, T0)
     with pytest.raises(IllegalTransitionError):
         db.requeue(job_id("a"), T0)
 
@@ -540,12 +558,12 @@ def test_exactly_one_completion_is_recorded_per_job(db: CoordinatorState) -> Non
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     grant = claimed(db, "h")
-    row = db.complete(job_id("a"), grant["lease_id"], "h", ART, T0 + 9)
-    assert (row["status"], row["artifact"], row["host"], row["error"]) == ("completed", ART["sha256"], "h", None)
+    row = db.complete(job_id("a"), grant.lease_id, "h", ART, T0 + 9)
+    assert (row.status, row.artifact, row.host, row.error) == ("completed", ART.sha256, "h", None)
     with pytest.raises(LeaseLostError):
-        db.complete(job_id("a"), grant["lease_id"], "h", ART, T0 + 10)
+        db.complete(job_id("a"), grant.lease_id, "h", ART, T0 + 10)
     assert db.is_artifact_verified(SHA)
-    assert db.artifacts() == [{"sha256": ART["sha256"], "size": 123, "key": ART["key"], "job_id": job_id("a"), "name": "a",
+    assert db.artifacts() == [{"sha256": ART.sha256, "size": 123, "key": ART.key, "job_id": job_id("a"), "name": "a",
                                "model": "gbt", "mode": "realistic", "host": "h", "metrics": {"rmse": 0.5}, "created_ts": T0 + 9}]
     assert db.attempts(job_id("a"))[0]["outcome"] == "completed"
     assert db.counts()["completed"] == 1
@@ -555,9 +573,10 @@ def test_bit_identical_artifacts_of_two_jobs_share_one_object(db: CoordinatorSta
     db.apply_manifest(manifest(job("a"), job("b")), T0)
     bring_online(db, "h")
     for name in ("a", "b"):
-        db.complete(job_id(name), claimed(db, "h")["lease_id"], "h", ART, T0)
+        db.complete(job_id(name), claimed(db, "h").lease_id, "h", ART, T0)
     assert [a["job_id"] for a in db.artifacts()] == [job_id("a"), job_id("b")]
-    assert db.artifact(SHA)["size"] == 123  # type: ignore[index]
+    stored = db.artifact(SHA)
+    assert stored is not None and stored.size == 123
     assert not db.is_artifact_verified("cd" * 32)
 
 
@@ -589,7 +608,7 @@ def test_why_waiting_names_the_cuda_host_a_prefer_cuda_job_waits_for(db: Coordin
     db.apply_manifest(manifest(job("g1", prefer_cuda=True), job("g2", prefer_cuda=True)), T0)
     bring_online(db, "cpu")
     bring_online(db, "gpu-box", cuda=True, vram=(24.0,))
-    assert claimed(db, "gpu-box")["job"]["name"] == "g1"
+    assert claimed(db, "gpu-box").job.name == "g1"
     assert db.claim("cpu", T0) is None
     assert db.why_waiting(job_id("g2"), T0) == [
         {"host": "cpu", "reason": "waits for a CUDA host (gpu-box is online)"},
@@ -648,8 +667,8 @@ def test_resolve_job_prefers_the_manifest_job_when_an_orphan_shares_its_name(db:
 def test_jobs_filters_by_status_and_refuses_an_unknown_one(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a"), job("b")), T0)
     db.cancel(job_id("b"), T0)
-    assert [j["name"] for j in db.jobs()] == ["a", "b"]
-    assert [j["name"] for j in db.jobs("cancelled")] == ["b"]
+    assert [j.name for j in db.jobs()] == ["a", "b"]
+    assert [j.name for j in db.jobs("cancelled")] == ["b"]
     with pytest.raises(BadRequestError):
         db.jobs("sleeping")
     with pytest.raises(NotFoundError):
@@ -680,12 +699,12 @@ def test_changes_are_handed_out_once_after_commit_oldest_first(db: CoordinatorSt
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
     grant = claimed(db, "h", T0 + 1)
-    db.renew(job_id("a"), grant["lease_id"], "h", T0 + 2)
+    db.renew(job_id("a"), grant.lease_id, "h", T0 + 2)
     changes = db.take_changes()
-    assert [(c["from"], c["to"], c["host"], c["ts"]) for c in changes] == [
+    assert [(c.from_status, c.to, c.host, c.ts) for c in changes] == [
         (None, "pending", None, T0), ("pending", "claimed", "h", T0 + 1), ("claimed", "running", "h", T0 + 2)]
-    assert all(c["job_id"] == job_id("a") and c["reason"] for c in changes)
-    assert [c["seq"] for c in changes] == sorted(c["seq"] for c in changes)
+    assert all(c.job_id == job_id("a") and c.reason for c in changes)
+    assert [c.seq for c in changes] == sorted(c.seq for c in changes)
     assert db.take_changes() == []
 
 
@@ -694,9 +713,9 @@ def test_changes_of_a_rolled_back_transaction_are_dropped(db: CoordinatorState) 
     db.take_changes()
     with pytest.raises(RuntimeError), db.transaction():
         db.cancel(job_id("a"), T0)
-        assert db.job(job_id("a"))["status"] == "cancelled"
+        assert db.job(job_id("a")).status == "cancelled"
         raise RuntimeError("handler failed after the write")
-    assert db.job(job_id("a"))["status"] == "pending"
+    assert db.job(job_id("a")).status == "pending"
     assert db.take_changes() == []
 
 
@@ -713,5 +732,5 @@ def test_nested_transaction_joins_the_outer_one_and_a_failed_inner_one_undoes_on
         with pytest.raises(RuntimeError), db.transaction():
             db.cancel(job_id("b"), T0)
             raise RuntimeError("inner step failed")
-    assert (db.job(job_id("a"))["status"], db.job(job_id("b"))["status"]) == ("cancelled", "pending")
-    assert [(c["job_id"], c["to"]) for c in db.take_changes()] == [(job_id("a"), "cancelled")]
+    assert (db.job(job_id("a")).status, db.job(job_id("b")).status) == ("cancelled", "pending")
+    assert [(c.job_id, c.to) for c in db.take_changes()] == [(job_id("a"), "cancelled")]

@@ -65,14 +65,14 @@ class LeaseMachine(RuleBasedStateMachine):
         self.known |= {j.id for j in jobs}
 
     def _is_current(self, grant: dict[str, Any]) -> bool:
-        lease = self.db.lease(grant["job"]["id"])
-        return lease is not None and lease["lease_id"] == grant["lease_id"] and lease["host"] == grant["job"]["host"]
+        lease = self.db.lease(grant.job.id)
+        return lease is not None and lease["lease_id"] == grant.lease_id and lease["host"] == grant.job.host
 
     @rule(host=st.sampled_from(sorted(HOSTS)))
     def claim(self, host: str) -> None:
         grant = self.db.claim(host, self.now)
         if grant is not None:
-            assert grant["job"]["status"] == "claimed" and grant["job"]["host"] == host
+            assert grant.job.status == "claimed" and grant.job.host == host
             self.grants.append(grant)
 
     @precondition(lambda self: self.grants)
@@ -81,13 +81,13 @@ class LeaseMachine(RuleBasedStateMachine):
         grant = data.draw(st.sampled_from(self.grants))
         current = self._is_current(grant)
         try:
-            expires = self.db.renew(grant["job"]["id"], grant["lease_id"], grant["job"]["host"], self.now,
+            expires = self.db.renew(grant.job.id, grant.lease_id, grant.job.host, self.now,
                                     None if progress is None else {"progress": progress})
         except LeaseLostError:
             assert not current
         else:
             assert current and expires == self.now + 30.0
-            assert self.db.job(grant["job"]["id"])["status"] == "running"
+            assert self.db.job(grant.job.id).status == "running"
 
     @rule(seconds=st.sampled_from([1.0, 6.0, 29.0, 31.0]))
     def advance_clock(self, seconds: float) -> None:
@@ -106,45 +106,45 @@ class LeaseMachine(RuleBasedStateMachine):
         grant = data.draw(st.sampled_from(self.grants))
         current = self._is_current(grant)
         try:
-            row = self.db.complete(grant["job"]["id"], grant["lease_id"], grant["job"]["host"], ART, self.now)
+            row = self.db.complete(grant.job.id, grant.lease_id, grant.job.host, ART, self.now)
         except LeaseLostError:
             assert not current
         else:
-            assert current and row["status"] == "completed"
+            assert current and row.status == "completed"
 
     @precondition(lambda self: self.grants)
     @rule(data=st.data(), cause=st.sampled_from([Cause.APP, Cause.SHUTDOWN, Cause.LOST]))
     def fail(self, data: st.DataObject, cause: Cause) -> None:
         grant = data.draw(st.sampled_from(self.grants))
         current = self._is_current(grant)
-        before = self.db.job(grant["job"]["id"])["attempts"]
+        before = self.db.job(grant.job.id).attempts
         try:
-            self.db.fail(grant["job"]["id"], grant["lease_id"], grant["job"]["host"], cause, exit_code=1, output_tail="", error="", now=self.now)
+            self.db.fail(grant.job.id, grant.lease_id, grant.job.host, cause, exit_code=1, output_tail="", error="", now=self.now)
         except LeaseLostError:
             assert not current
         else:
             assert current
-            assert self.db.job(grant["job"]["id"])["attempts"] == before + (0 if cause is Cause.SHUTDOWN else 1)
+            assert self.db.job(grant.job.id).attempts == before + (0 if cause is Cause.SHUTDOWN else 1)
 
     @rule(index=st.sampled_from(range(len(POOL))))
     def cancel(self, index: int) -> None:
         job_id = POOL[index].id
         if job_id not in self.known:
             return
-        was = self.db.job(job_id)["status"]
+        was = self.db.job(job_id).status
         try:
             self.db.cancel(job_id, self.now)
         except IllegalTransitionError:
             assert JobStatus(was) in TERMINAL
         else:
-            assert JobStatus(was) not in TERMINAL and self.db.job(job_id)["status"] == "cancelled"
+            assert JobStatus(was) not in TERMINAL and self.db.job(job_id).status == "cancelled"
 
     @rule(index=st.sampled_from(range(len(POOL))))
     def requeue(self, index: int) -> None:
         job_id = POOL[index].id
         if job_id not in self.known:
             return
-        was = self.db.job(job_id)["status"]
+        was = self.db.job(job_id).status
         try:
             self.db.requeue(job_id, self.now)
         except IllegalTransitionError:
@@ -159,9 +159,9 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @invariant()
     def every_job_of_every_manifest_still_has_a_row_with_a_valid_status(self) -> None:
-        rows = {r["id"]: r for r in self.db.jobs()}
+        rows = {r.id: r for r in self.db.jobs()}
         assert self.known <= set(rows)
-        assert all(JobStatus(r["status"]) for r in rows.values())
+        assert all(JobStatus(r.status) for r in rows.values())
         assert sum(self.db.counts().values()) == len(rows)
 
     @invariant()
@@ -169,14 +169,14 @@ class LeaseMachine(RuleBasedStateMachine):
         held = [j for h in self.db.hosts() for j in h["jobs"]]
         assert len(held) == len(set(held))
         for row in self.db.jobs():
-            lease = self.db.lease(row["id"])
-            assert (lease is not None) == (JobStatus(row["status"]) in LEASED), row
+            lease = self.db.lease(row.id)
+            assert (lease is not None) == (JobStatus(row.status) in LEASED), row
             if lease is not None:
-                assert lease["host"] == row["host"]
+                assert lease["host"] == row.host
 
     @invariant()
     def attempts_never_exceed_the_budget(self) -> None:
-        assert all(0 <= r["attempts"] <= r["max_attempts"] for r in self.db.jobs())
+        assert all(0 <= r.attempts <= r.max_attempts for r in self.db.jobs())
 
     @invariant()
     def host_slots_are_never_overbooked(self) -> None:
@@ -186,14 +186,14 @@ class LeaseMachine(RuleBasedStateMachine):
     def a_terminal_job_changes_only_by_requeue(self) -> None:
         now_terminal = {}
         for r in self.db.jobs():
-            key = (r["status"], r["attempts"], r["artifact"], r["error"], r["host"])
-            old = self.terminal.get(r["id"])
-            if old is not None and r["id"] != self.requeued:
-                assert key == old, (r["id"], old, key)
-            if JobStatus(r["status"]) in TERMINAL:
-                now_terminal[r["id"]] = key
-            if r["status"] == "completed":
-                assert r["artifact"] == ART["sha256"]
+            key = (r.status, r.attempts, r.artifact, r.error, r.host)
+            old = self.terminal.get(r.id)
+            if old is not None and r.id != self.requeued:
+                assert key == old, (r.id, old, key)
+            if JobStatus(r.status) in TERMINAL:
+                now_terminal[r.id] = key
+            if r.status == "completed":
+                assert r.artifact == ART.sha256
         self.terminal = now_terminal
         self.requeued = None
 

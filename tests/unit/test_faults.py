@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mqfleet.coordinator.leases import Completion
 from mqfleet.manifest import FleetSettings, HyperParam, JobSpec, Manifest, TrainerSpec
 from mqfleet.state import Cause
 from tests.fixtures.state import CoordinatorState as Database
@@ -46,8 +47,8 @@ def db(tmp_path: Path) -> Iterator[Database]:
 def fail_once(db: Database, host: str, now: float, cause: Cause = Cause.APP) -> str:
     grant = db.claim(host, now)
     assert grant is not None, f"{host} got nothing at {now - T0:+}"
-    db.fail(grant["job"]["id"], grant["lease_id"], host, cause, exit_code=1, output_tail="", error="boom", now=now)
-    return str(grant["job"]["name"])
+    db.fail(grant.job.id, grant.lease_id, host, cause, exit_code=1, output_tail="", error="boom", now=now)
+    return str(grant.job.name)
 
 
 def job_reasons(db: Database, name: str, now: float) -> list[str]:
@@ -60,7 +61,7 @@ def test_a_failed_job_is_not_claimable_until_its_back_off_has_passed_and_why_wai
     fail_once(db, "h", T0)
     assert db.claim("h", T0 + 9) is None
     assert job_reasons(db, "a", T0 + 4) == ["retry back-off: claimable in 6 s (after a failed attempt on h)"]
-    assert db.job(job_id("a"))["retry_after_ts"] == T0 + 10
+    assert db.job(job_id("a")).retry_after_ts == T0 + 10
     fail_once(db, "h", T0 + 10)
     assert db.claim("h", T0 + 29) is None, "the second back-off is twice the first"
     assert db.claim("h", T0 + 30) is not None
@@ -80,7 +81,7 @@ def test_a_retry_prefers_a_host_that_has_not_failed_the_job_while_one_is_online(
     assert db.claim("h1", T0 + 1) is None
     why = {w["host"]: w["reason"] for w in db.why_waiting(job_id("a"), T0 + 1)}
     assert "its retry prefers h2" in why["h1"] and why["h2"].startswith("eligible"), why
-    assert db.claim("h2", T0 + 1)["job"]["name"] == "a"  # type: ignore[index]
+    assert db.claim("h2", T0 + 1).job.name == "a"  # type: ignore[union-attr]
 
 
 def test_a_host_that_failed_the_job_runs_it_again_when_no_other_host_could(db: Database) -> None:
@@ -101,13 +102,13 @@ def test_consecutive_failures_over_several_jobs_quarantine_a_host_until_it_is_un
     assert host["quarantine"]["jobs"] == names
     assert "3 consecutive failed attempts (app, stalled, timeout)" in host["quarantine"]["reason"]
     events = db.take_host_events()
-    assert [(e["kind"], e["host"]) for e in events] == [("host_quarantined", "h")]
+    assert [(e.kind, e.host) for e in events] == [("host_quarantined", "h")]
     assert any("quarantined after 3 consecutive" in w["reason"] for w in db.why_waiting(job_id("d"), T0 + 5))
 
     assert db.set_draining("h", False, T0 + 6) is True
     assert db.hosts()[0]["quarantined"] is False
-    assert [e["kind"] for e in db.take_host_events()] == ["host_released"]
-    assert db.claim("h", T0 + 7)["job"]["name"] == "d"  # type: ignore[index]
+    assert [e.kind for e in db.take_host_events()] == ["host_released"]
+    assert db.claim("h", T0 + 7).job.name == "d"  # type: ignore[union-attr]
 
 
 def test_one_job_failing_again_and_again_does_not_quarantine_its_host(db: Database) -> None:
@@ -124,8 +125,8 @@ def test_a_completion_ends_the_failure_streak(db: Database) -> None:
     fail_once(db, "h", T0)
     grant = db.claim("h", T0 + 1)
     assert grant is not None
-    art = {"sha256": "ab" * 32, "size": 1, "key": "k", "metrics": {}}
-    db.complete(grant["job"]["id"], grant["lease_id"], "h", art, T0 + 2)
+    art = Completion(sha256="ab" * 32, size=1, key="k")
+    db.complete(grant.job.id, grant.lease_id, "h", art, T0 + 2)
     fail_once(db, "h", T0 + 3)
     assert db.hosts()[0]["quarantined"] is False
 
@@ -135,8 +136,8 @@ def test_a_job_whose_dependency_failed_says_it_can_never_run(db: Database) -> No
     online(db, "h")
     fail_once(db, "h", T0)
     assert job_reasons(db, "b", T0 + 1) == ["dependency never satisfied: a (failed)"]
-    assert db.job(job_id("b"))["unsatisfied"] == "dependency never satisfied: a (failed)"
-    assert db.job(job_id("b"))["status"] == "pending"
+    assert db.job(job_id("b")).unsatisfied == "dependency never satisfied: a (failed)"
+    assert db.job(job_id("b")).status == "pending"
 
 
 def test_cancel_unsatisfiable_cancels_dependents_transitively_and_a_requeue_makes_them_wait_again(db: Database) -> None:
@@ -144,15 +145,15 @@ def test_cancel_unsatisfiable_cancels_dependents_transitively_and_a_requeue_make
     db.apply_manifest(manifest(*jobs, max_attempts=1, cancel_unsatisfiable=True), T0)
     online(db, "h")
     fail_once(db, "h", T0)
-    assert [(j["name"], j["status"]) for j in db.jobs()] == [
+    assert [(j.name, j.status) for j in db.jobs()] == [
         ("a", "failed"), ("b", "cancelled"), ("c", "cancelled"), ("x", "pending")]
-    assert db.job(job_id("b"))["error"] == "dependency never satisfied: a (failed)"
-    assert db.job(job_id("c"))["error"] == "dependency never satisfied: b (cancelled)"
+    assert db.job(job_id("b")).error == "dependency never satisfied: a (failed)"
+    assert db.job(job_id("c")).error == "dependency never satisfied: b (cancelled)"
 
     db.requeue(job_id("a"), T0 + 1)
-    assert [(j["name"], j["status"]) for j in db.jobs()][:3] == [("a", "pending"), ("b", "pending"), ("c", "pending")]
+    assert [(j.name, j.status) for j in db.jobs()][:3] == [("a", "pending"), ("b", "pending"), ("c", "pending")]
     assert job_reasons(db, "b", T0 + 1) == ["dependency 'a' not completed (pending)"]
-    assert db.job(job_id("b"))["error"] is None
+    assert db.job(job_id("b")).error is None
 
 
 def test_turning_cancel_unsatisfiable_on_by_reload_cancels_what_already_waits_for_ever(db: Database) -> None:
@@ -160,16 +161,16 @@ def test_turning_cancel_unsatisfiable_on_by_reload_cancels_what_already_waits_fo
     db.apply_manifest(manifest(*jobs, max_attempts=1), T0)
     online(db, "h")
     fail_once(db, "h", T0)
-    assert db.job(job_id("b"))["status"] == "pending"
+    assert db.job(job_id("b")).status == "pending"
     db.apply_manifest(manifest(*jobs, max_attempts=1, cancel_unsatisfiable=True), T0 + 1)
-    assert db.job(job_id("b"))["status"] == "cancelled"
+    assert db.job(job_id("b")).status == "cancelled"
 
 
 def test_job_rows_carry_their_limits(db: Database) -> None:
     db.apply_manifest(manifest(job("a", timeout_s=5.0, stall_s=2.5), job("b")), T0)
-    rows = {j["name"]: j for j in db.jobs()}
-    assert (rows["a"]["timeout_s"], rows["a"]["stall_s"]) == (5.0, 2.5)
-    assert (rows["b"]["timeout_s"], rows["b"]["stall_s"]) == (None, None)
+    rows = {j.name: j for j in db.jobs()}
+    assert (rows["a"].timeout_s, rows["a"].stall_s) == (5.0, 2.5)
+    assert (rows["b"].timeout_s, rows["b"].stall_s) == (None, None)
 
 
 def test_a_job_in_its_back_off_is_not_offered_to_idle_hosts_until_it_passes(db: Database) -> None:

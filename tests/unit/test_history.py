@@ -64,8 +64,8 @@ def test_usage_is_kept_per_attempt_and_summed_per_host(db: Database) -> None:
         assert grant is not None
         usage = check_usage({"wall_s": 10 + i, "cpu_s": 2.5, "max_rss_bytes": 1000 * (i + 1), "gpu_mem_max_bytes": None})
         assert usage is not None
-        history.record_usage(grant["job"]["id"], grant["attempt"], usage)
-    assert history.usage_of(grants[0]["job"]["id"]) == {1: Usage(wall_s=10.0, cpu_s=2.5, max_rss_bytes=1000,
+        history.record_usage(grant.job.id, grant.attempt, usage)
+    assert history.usage_of(grants[0].job.id) == {1: Usage(wall_s=10.0, cpu_s=2.5, max_rss_bytes=1000,
                                                                    gpu_mem_max_bytes=None)}
     assert history.usage_by_host()["h1"] == HostUsage(attempts=2, wall_s=21.0, cpu_s=5.0, max_rss_bytes=2000,
                                                       gpu_mem_max_bytes=None)
@@ -85,25 +85,25 @@ def test_prune_removes_old_ended_jobs_rows_and_keeps_recent_and_live_ones(db: Da
     live = db.claim("h1", T0)
     assert old and recent and live
     day = 86400.0
-    db.fail(old["job"]["id"], old["lease_id"], "h1", Cause.CANCELLED, exit_code=None, output_tail="", error="", now=T0)
-    db.fail(recent["job"]["id"], recent["lease_id"], "h1", Cause.CANCELLED, exit_code=None, output_tail="", error="",
+    db.fail(old.job.id, old.lease_id, "h1", Cause.CANCELLED, exit_code=None, output_tail="", error="", now=T0)
+    db.fail(recent.job.id, recent.lease_id, "h1", Cause.CANCELLED, exit_code=None, output_tail="", error="",
             now=T0 + 25 * day)
     for grant in (old, recent, live):
-        history.append_lines(grant["job"]["id"], grant["attempt"], [f"l{i}" for i in range(50)], max_lines=1000)
-        history.append_progress(grant["job"]["id"], grant["attempt"], [(i, T0, {"loss": 1.0}) for i in range(1, 30)])
+        history.append_lines(grant.job.id, grant.attempt, [f"l{i}" for i in range(50)], max_lines=1000)
+        history.append_progress(grant.job.id, grant.attempt, [(i, T0, {"loss": 1.0}) for i in range(1, 30)])
     now = T0 + 31 * day
     db.take_changes()  # events are pruned only once published
     deleted = history.prune(now - 30 * day, batch_rows=7)  # tiny batches: many short transactions
     assert deleted >= 1 + 29  # one stored batch of 50 lines, 29 reports
-    assert history.lines(old["job"]["id"], old["attempt"]) == []
-    assert history.progress(old["job"]["id"]) == []
+    assert history.lines(old.job.id, old.attempt) == []
+    assert history.progress(old.job.id) == []
     for grant in (recent, live):
-        assert len(history.lines(grant["job"]["id"], grant["attempt"])) == 50
-        assert len(history.progress(grant["job"]["id"])) == 29
+        assert len(history.lines(grant.job.id, grant.attempt)) == 50
+        assert len(history.progress(grant.job.id)) == 29
     with db.state.lock:
         events = [r[0] for r in db.state.conn.execute("SELECT ts FROM events")]
     assert events and min(events) >= now - 30 * day
-    assert job_id("a") in {g["job"]["id"] for g in (old, recent, live)}
+    assert job_id("a") in {g.job.id for g in (old, recent, live)}
     with db.state.lock:
         assert db.state.conn.execute("SELECT COUNT(*) FROM events WHERE ts >= ?", (T0 + 25 * day,)).fetchone()[0] >= 1
 

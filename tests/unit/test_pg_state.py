@@ -115,11 +115,11 @@ def test_an_outage_is_unavailable_and_the_state_is_whole_when_the_server_returns
         assert grant is not None
         server.halt()
         with pytest.raises(UnavailableError, match=r"\*\*\*"):
-            db.renew(job_id("a"), grant["lease_id"], "h", T0 + 1)
+            db.renew(job_id("a"), grant.lease_id, "h", T0 + 1)
         with pytest.raises(UnavailableError):
             db.claim("h", T0 + 1)
         server.revive()
-        assert db.renew(grant["job"]["id"], grant["lease_id"], "h", T0 + 2) == T0 + 2 + 90
+        assert db.renew(grant.job.id, grant.lease_id, "h", T0 + 2) == T0 + 2 + 90
         assert db.claim("h", T0 + 3) is not None
         assert db.counts()["pending"] == 0
         db.close()

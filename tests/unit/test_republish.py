@@ -46,7 +46,7 @@ def test_first_sweep_publishes_every_state_and_a_second_one_publishes_nothing(db
     sent: list[tuple[str, bytes]] = []
     _sweep(_republisher(db, sent))
     assert len(sent) == N and len({topic for topic, _ in sent}) == N
-    assert {decode(data)["id"] for _, data in sent} == {j["id"] for j in db.catalog.jobs()}
+    assert {decode(data)["id"] for _, data in sent} == {j.id for j in db.catalog.jobs()}
     again: list[tuple[str, bytes]] = []
     _sweep(_republisher(db, again))  # a restart: digests come from the database
     assert again == []
@@ -54,7 +54,7 @@ def test_first_sweep_publishes_every_state_and_a_second_one_publishes_nothing(db
 
 def test_a_sweep_republishes_only_the_states_that_changed_since_published(db: CoordinatorState) -> None:
     _sweep(_republisher(db, []))
-    changed = db.catalog.jobs()[7]["id"]
+    changed = db.catalog.jobs()[7].id
     with db.transaction() as c:
         c.execute("UPDATE jobs SET priority = 9 WHERE id = ?", (changed,))
     sent: list[tuple[str, bytes]] = []
