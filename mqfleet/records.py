@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mqfleet.messages import Wire, WireMessage
+from mqfleet.wire import Wire, WireMessage
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,13 @@ from mqfleet.coordinator.checkpoints import GARBAGE_INTERVAL_S, MIB
 from mqfleet.coordinator.context import HandlerContext, Request
 from mqfleet.coordinator.verify import check_digest
 from mqfleet.errors import ArtifactMismatchError, BadRequestError, ObjectMissingError, StoreError
-from mqfleet.messages import CheckpointSavedRequest, CheckpointStartRequest, CheckpointUploadRequest, Grant
+from mqfleet.messages import (
+    CheckpointSavedRequest,
+    CheckpointStartRequest,
+    CheckpointUploadRequest,
+    Grant,
+    GrantedCheckpoint,
+)
 from mqfleet.replies import CheckpointSavedReply, CheckpointStartReply, CheckpointUrlReply
 
 logger = logging.getLogger(__name__)
@@ -62,15 +68,12 @@ def with_checkpoint(coord: HandlerContext, grant: Grant) -> Grant:
     checkpoint = None
     latest = coord.checkpoints.latest(grant.job.id) if resumable else None
     if latest is not None:
-        checkpoint = {
+        checkpoint = GrantedCheckpoint(
             # The agent fetches it before the trainer starts, so a download URL's short life is enough.
-            "url": coord.store.presign_get(latest["key"], expires_s=defaults.DOWNLOAD_URL_EXPIRES_S),
-            "sha256": latest["sha256"],
-            "size": latest["size"],
-            "attempt": latest["attempt"],
-            "saved_ts": latest["saved_ts"],
-            "progress": latest["progress"],
-        }
+            url=coord.store.presign_get(latest["key"], expires_s=defaults.DOWNLOAD_URL_EXPIRES_S),
+            sha256=latest["sha256"], size=latest["size"], attempt=latest["attempt"], saved_ts=latest["saved_ts"],
+            progress=latest["progress"],
+        )
     return dataclasses.replace(grant, resumable=resumable, checkpoint_interval_s=float(interval_s),
                                checkpoint_max_mib=float(max_mib), checkpoint=checkpoint)
 

@@ -161,7 +161,7 @@ def test_the_grant_carries_the_interval_the_limit_and_the_latest_checkpoint(db: 
     assert later.checkpoint_interval_s == 5.0, "a job's own interval wins over the fleet's"
     given = later.checkpoint
     assert given is not None
-    assert given["sha256"] == SHA1 and given["attempt"] == 1 and str(given["url"]).startswith("file:")
+    assert given.sha256 == SHA1 and given.attempt == 1 and given.url.startswith("file:")
     stateless = replace(fleet_manifest, trainers={"gbt": replace(fleet_manifest.trainers["gbt"], resumable=False)})
     context = cast(HandlerContext, SimpleNamespace(manifest=stateless, checkpoints=book, store=store))
     assert with_checkpoint(context, _grant(spec)).resumable is False
