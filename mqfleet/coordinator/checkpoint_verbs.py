@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any
 
 from mqfleet import defaults
 from mqfleet.coordinator.checkpoints import GARBAGE_INTERVAL_S, MIB

@@ -50,11 +50,11 @@ def handle_job(coord: HandlerContext, req: Request) -> JobDetailReply:
     row = coord.catalog.job(job_id)
     usage = coord.history.usage_of(job_id)
     lease = coord.catalog.lease(job_id)
-    trainer = coord.manifest.trainers.get(row["model"]) if coord.manifest else None
+    trainer = coord.manifest.trainers.get(row.model) if coord.manifest else None
     # metrics and size live with the artifact record, not the job row
-    stored = coord.artifacts.artifacts(job_id) if row.get("artifact") else []
+    stored = coord.artifacts.artifacts(job_id) if row.artifact else []
     return JobDetailReply(job=JobDetail(
-        **row,
+        **vars(row),
         spec=coord.catalog.job_spec(job_id),
         attempts_detail=[AttemptDetail(**a, usage=usage.get(a["number"])) for a in coord.catalog.attempts(job_id)],
         progress_history=coord.history.progress(job_id),
@@ -90,11 +90,11 @@ def handle_artifacts(coord: HandlerContext, req: Request) -> ArtifactsReply:
 def handle_download_url(coord: HandlerContext, req: Request) -> DownloadUrlReply:
     job_id = job_ref(coord, req)
     row = coord.catalog.job(job_id)
-    sha256 = row.get("artifact")
+    sha256 = row.artifact
     if not sha256:
-        raise BadRequestError(f"job {row['name']} has no artifact (status {row['status']})")
+        raise BadRequestError(f"job {row.name} has no artifact (status {row.status})")
     stored = coord.artifacts.artifact(sha256)
     key = coord.store.key_for(sha256)
     expires_s = defaults.DOWNLOAD_URL_EXPIRES_S
-    return DownloadUrlReply(job_id=job_id, sha256=sha256, size=stored["size"] if stored else None,
+    return DownloadUrlReply(job_id=job_id, sha256=sha256, size=stored.size if stored else None,
                             url=coord.store.presign_get(key, expires_s=expires_s), expires_s=expires_s)
