@@ -6,26 +6,28 @@ publishes are the paho-free base class `mqfleet.mqtt_requests.RequestReply`.
 
 paho's return codes, reason codes and callback threads stop here: callers get
 `BrokerUnavailableError` / `RequestTimeoutError`, plain `Message` objects, and
-handlers that run on one dispatcher thread per connection, never on paho's
-network thread (a slow or raising handler there would stall keepalives or kill
-the loop).
+handlers that never run inside a paho callback (a raising one there would kill the
+loop): on one dispatcher thread per connection, or, for a busy responder that asks
+(`handlers_on_network_thread`), in short steps between two turns of paho's network
+loop, so its publishes need no hand-off between threads (`mqfleet.mqtt_dispatch`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import select
 import socket
 import ssl
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -33,8 +35,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from mqfleet import defaults, protocol
 from mqfleet.broker_config import BrokerConfig as BrokerConfig
 from mqfleet.broker_config import describe_socket_error
-from mqfleet.errors import BrokerUnavailableError, ConfigurationError, RequestTimeoutError
-from mqfleet.mqtt_message import Handler, Inbox, Pending, call_safely, subscription_id
+from mqfleet.errors import BrokerUnavailableError, ConfigurationError
+from mqfleet.mqtt_dispatch import HandlerDispatch
+from mqfleet.mqtt_message import Handler, Inbox, Pending, subscription_id
 from mqfleet.mqtt_message import Message as Message
 from mqfleet.mqtt_requests import RequestReply
 
@@ -54,22 +57,64 @@ _paho_logger.addFilter(_drop_not_connected_noise)
 
 #: PUBACK reason "No matching subscribers": the broker took the publish but nobody was subscribed.
 _NO_MATCHING_SUBSCRIBERS = 0x10
+#: Extra reads a turn of the network loop makes while data waits (handlers_on_network_thread).
+READ_AHEAD_MAX = 256
 
 
-class Connection(RequestReply):
+class _Client(paho.Client):
+    """paho's client, calling `between_turns` at each turn of its network loop (after its reads and
+    writes, before its keepalive check): handlers that run on the network thread run there. It says
+    whether messages still wait, so the next turn comes at once instead of after select()'s timeout."""
+
+    between_turns: Callable[[], bool] | None = None
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        # paho reads as few as one packet a turn; the step that follows should see all that already
+        # waits, so urgent messages (renewals) among them go first. Bounded: the loop must turn.
+        for _ in range(READ_AHEAD_MAX if self.between_turns is not None else 0):
+            sock = self.socket()
+            if rc or sock is None or not (_pending_tls(sock) or select.select([sock], [], [], 0)[0]):
+                break
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def loop_misc(self) -> MQTTErrorCode:
+        if self.between_turns is not None:
+            # What the step publishes is written at its end by this very thread: publish() need not wake
+            # the loop through paho's socket pair (a syscall per publish, and a select() turn each). Another
+            # thread's publish meanwhile is seen by the next turn's want_write().
+            wake, self._sockpairW = self._sockpairW, None
+            try:
+                more = self.between_turns()
+            finally:
+                self._sockpairW = wake
+            if more and wake is not None:
+                try:
+                    wake.send(b"0")
+                except OSError:
+                    pass  # full (a wake-up is pending anyway) or closed (the loop is ending)
+        return super().loop_misc()
+
+
+class Connection(HandlerDispatch, RequestReply):
     """One MQTT v5 client: remembered subscriptions, publish, request/reply, will, persistent session.
 
     Thread safety: publish, publish_wait, request, reply and subscribe may be called
     from any thread, handlers included (handlers run on this connection's single
     dispatcher thread; request replies are matched on paho's network thread, so a
-    handler may call request() without deadlock).
+    handler may call request() without deadlock). With `handlers_on_network_thread`
+    the handlers run on paho's network thread instead (urgent first, in steps of at
+    most `mqtt_dispatch.NETWORK_STEP_S`); they must then not wait for the broker
+    (request, publish_wait raise RuntimeError there).
     """
 
     def __init__(self, config: BrokerConfig, *, client_id: str, will: tuple[str, bytes, bool] | None = None,
                  persistent: bool = False, session_expiry_s: int = defaults.SESSION_EXPIRY_S,
                  keepalive_s: int = defaults.KEEPALIVE_S, on_connect: Callable[[bool], None] | None = None,
                  on_disconnect: Callable[[], None] | None = None, reply_prefix: str = defaults.TOPIC_PREFIX,
-                 reply_topic: str | None = None, is_urgent: Callable[[str], bool] | None = None) -> None:
+                 reply_topic: str | None = None, is_urgent: Callable[[str], bool] | None = None,
+                 handlers_on_network_thread: bool = False) -> None:
         config.validate()
         if not client_id or any(c in client_id for c in "/+#"):
             raise ConfigurationError(f"client id {client_id!r} must be non-empty and free of '/', '+' and '#'")
@@ -107,10 +152,13 @@ class Connection(RequestReply):
         #: Messages on topics this says are urgent are dispatched before others already waiting
         #: (the coordinator's renewals, so a burst of slower requests never holds one back).
         self._is_urgent = is_urgent
-        self._dispatcher = threading.Thread(target=self._dispatch_forever, name=f"mqfleet-dispatch-{client_id}",
-                                            daemon=True)
-
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        self._dispatcher: threading.Thread | None = None
+        client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        if handlers_on_network_thread:
+            client.between_turns = self._dispatch_waiting
+        else:
+            self._dispatcher = threading.Thread(target=self._dispatch_forever,
+                                                name=f"mqfleet-dispatch-{client_id}", daemon=True)
         client.enable_logger(_paho_logger)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         if config.tls:
@@ -144,7 +192,8 @@ class Connection(RequestReply):
             self._client.connect_timeout = max(1.0, min(5.0, wait_s))
         self._client.connect_async(self.config.host, self.config.port, keepalive=self._keepalive_s,
                                    clean_start=not self.persistent, properties=properties)
-        self._dispatcher.start()
+        if self._dispatcher is not None:
+            self._dispatcher.start()
         self._client.loop_start()
         if wait_s is None:
             self._started_ok = True
@@ -163,62 +212,23 @@ class Connection(RequestReply):
             self._shutdown(timeout_s=2.0)
             raise BrokerUnavailableError(f"broker {self.config.url} not reached: {cause}")
 
-    def stop(self, *, final: Sequence[tuple[str, bytes, bool]] = (), timeout_s: float = 5.0) -> None:
-        """Publish `final` (QoS 1, waiting for PUBACK within timeout_s), DISCONNECT cleanly, stop both threads.
-
-        A clean DISCONNECT discards the will, so callers pass their retained
-        `offline` status in `final`.
-        """
-        if not self._started or self._stopping:
-            return
-        deadline = time.monotonic() + timeout_s
-        for topic, payload, retain in final:
-            try:
-                self.publish_wait(topic, payload, retain=retain, timeout_s=max(0.1, deadline - time.monotonic()))
-            except (BrokerUnavailableError, RequestTimeoutError) as e:
-                logger.warning("mqtt %s: final message to %s not confirmed: %s", self.client_id, topic, e)
-        self._shutdown(timeout_s=max(0.5, deadline - time.monotonic()))
-
     def _shutdown(self, timeout_s: float) -> None:
         self._stopping = True
         was_connected = self._connected.is_set()
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
-        self._inbox.put(None)
-        if threading.current_thread() is not self._dispatcher:
-            self._dispatcher.join(timeout_s)
-            if self._dispatcher.is_alive():
-                logger.warning("mqtt %s: a handler was still running after %.1fs at stop", self.client_id, timeout_s)
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            self._inbox.put(None)
+            if threading.current_thread() is not dispatcher:
+                dispatcher.join(timeout_s)
+                if dispatcher.is_alive():
+                    logger.warning("mqtt %s: a handler was still running after %.1fs at stop", self.client_id, timeout_s)
         if was_connected:
             logger.info("mqtt %s: disconnected from %s", self.client_id, self.config.url)
 
     # -- subscribe and publish ----------------------------------------------------------------------------------
-
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1, *, no_local: bool = False,
-                  retain_as_published: bool = False) -> None:
-        """Call `handler` for every message on `topic_filter`, on this and every later connect.
-
-        `no_local` asks the broker never to send back this client's own publishes on the filter;
-        `retain_as_published` keeps the retain flag on live messages too (normally only messages
-        sent because of the subscription carry it), so a handler can refuse retained publishes.
-        """
-        with self._lock:
-            if no_local:
-                self._no_local.add(topic_filter)
-            if retain_as_published:
-                self._retain_as_published.add(topic_filter)
-            self._filters.setdefault(topic_filter, []).append(handler)
-            previous_qos = self._filter_qos.get(topic_filter)
-            qos = max(qos, previous_qos or 0)
-            self._filter_qos[topic_filter] = qos
-            sub_id = subscription_id(topic_filter)
-            self._id_to_filter.setdefault(sub_id, topic_filter)
-            # Checked under the lock that _on_connect holds while taking its snapshot, so
-            # either that snapshot has this filter or we subscribe it here ourselves.
-            now = self._connected.is_set()
-        if now and qos != previous_qos:
-            self._send_subscribe(topic_filter, qos)
 
     def _send_subscribe(self, topic_filter: str, qos: int) -> None:
         properties = _properties(PacketTypes.SUBSCRIBE)
@@ -411,33 +421,22 @@ class Connection(RequestReply):
         except Exception:
             logger.exception("mqtt %s: on_publish failed", self.client_id)
 
-    # -- dispatcher thread ----------------------------------------------------------------------------------------
+    # -- what HandlerDispatch asks of paho ----------------------------------------------------------------------
 
-    def _dispatch_forever(self) -> None:
-        while (item := self._inbox.get()) is not None:
-            kind, value = item
-            if kind == "message":
-                self._dispatch_message(*value)
-            elif kind == "connect" and self._user_on_connect is not None:
-                call_safely(self._user_on_connect, value, what=f"{self.client_id} on_connect")
-            elif kind == "disconnect" and self._user_on_disconnect is not None:
-                call_safely(self._user_on_disconnect, what=f"{self.client_id} on_disconnect")
+    def _topic_matches(self, topic_filter: str, topic: str) -> bool:
+        return bool(paho.topic_matches_sub(topic_filter, topic))
 
-    def _dispatch_message(self, message: Message, sub_ids: list[int]) -> None:
-        with self._lock:
-            named = [self._id_to_filter[i] for i in sub_ids if i in self._id_to_filter]
-            # The broker sends one copy per matching subscription, each naming its own
-            # identifier; only without identifiers do we match filters ourselves.
-            filters = named or [f for f in self._filters if paho.topic_matches_sub(f, message.topic)]
-            handlers = [h for f in filters for h in self._filters.get(f, ())]
-        if not handlers:
-            logger.debug("mqtt %s: no handler for %s", self.client_id, message.topic)
-        for handler in handlers:
-            call_safely(handler, message, what=f"{self.client_id} handler for {message.topic}")
+    def _flush(self) -> None:
+        # Only ever called on the network thread (handlers_on_network_thread), the one writer of the socket.
+        self._client.loop_write()
 
 
 def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+def _pending_tls(sock: Any) -> bool:
+    return bool(sock.pending()) if hasattr(sock, "pending") else False
 
 
 def _set_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from mqfleet import defaults, protocol
@@ -50,6 +51,12 @@ class RequestReply:
     def _forget_unacked(self, mids: list[int]) -> None:
         raise NotImplementedError  # Connection: touches paho's queue
 
+    def _shutdown(self, timeout_s: float) -> None:
+        raise NotImplementedError  # Connection: DISCONNECT, stop paho's loop and the dispatcher
+
+    def _check_may_wait(self, what: str) -> None:
+        raise NotImplementedError  # HandlerDispatch: not on the network thread
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -62,6 +69,7 @@ class RequestReply:
         confirmed in time and BrokerUnavailableError when the broker refuses it.
         """
         self._check_running()
+        self._check_may_wait(f"publish_wait to {topic}")
         deadline = time.monotonic() + timeout_s
         if not self._connected.wait(timeout_s):
             raise RequestTimeoutError(f"publish to {topic} via {self.config.url}: not connected within {timeout_s:g}s")
@@ -77,6 +85,22 @@ class RequestReply:
             raise BrokerUnavailableError(f"broker {self.config.url} refused publish to {topic}: {refused}")
         if not published:
             raise RequestTimeoutError(f"publish to {topic} via {self.config.url} not confirmed within {timeout_s:g}s")
+
+    def stop(self, *, final: Sequence[tuple[str, bytes, bool]] = (), timeout_s: float = 5.0) -> None:
+        """Publish `final` (QoS 1, waiting for PUBACK within timeout_s), DISCONNECT cleanly, stop both threads.
+
+        A clean DISCONNECT discards the will, so callers pass their retained
+        `offline` status in `final`.
+        """
+        if not self._started or self._stopping:
+            return
+        deadline = time.monotonic() + timeout_s
+        for topic, payload, retain in final:
+            try:
+                self.publish_wait(topic, payload, retain=retain, timeout_s=max(0.1, deadline - time.monotonic()))
+            except (BrokerUnavailableError, RequestTimeoutError) as e:
+                logger.warning("mqtt %s: final message to %s not confirmed: %s", self.client_id, topic, e)
+        self._shutdown(timeout_s=max(0.5, deadline - time.monotonic()))
 
     def _check_running(self) -> None:
         if not self._started or self._stopping:
@@ -98,6 +122,7 @@ class RequestReply:
         request from memory (docs/RELIABILITY.md, "Requests across a reconnect"). Each copy
         expires at the broker when our timeout does, so a late copy is never executed.
         """
+        self._check_may_wait(f"a request on {topic}")
         correlation = os.urandom(16)
         pending = Pending()
         with self._lock:

@@ -133,6 +133,9 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             # Renewals go ahead of every other request waiting: a burst of claims, log batches or
             # listings never holds one back until its lease expires (issue 17).
             is_urgent=self._is_renewal,
+            # Requests are handled between two turns of the network loop, so a reply and what it
+            # published are written by the thread that made them, with no hand-off (issue 17).
+            handlers_on_network_thread=True,
         )
         self.republisher = StateRepublisher(
             lock=self.lock, read_page=lambda after, limit: state_page(self.state, after, limit),

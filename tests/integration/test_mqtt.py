@@ -160,6 +160,88 @@ def test_handler_that_raises_does_not_stop_the_next_message_being_handled(
     assert conn.connected
 
 
+def test_handlers_on_the_network_thread_answer_concurrent_requests_each_with_its_own_reply(
+        mqtt_connect: Connect, topic_prefix: str) -> None:
+    server = mqtt_connect(start=False, handlers_on_network_thread=True)
+    threads_seen: set[str] = set()
+    respond = echo_responder(server)
+
+    def handle(msg: Message) -> None:
+        threads_seen.add(threading.current_thread().name)
+        respond(msg)
+
+    server.subscribe(f"{topic_prefix}/rpc/#", handle)
+    server.start()
+    client = mqtt_connect()
+    results: dict[int, Any] = {}
+
+    def ask(n: int) -> None:
+        try:
+            results[n] = client.request(f"{topic_prefix}/rpc/query/x/echo", {"n": n}, timeout_s=10)["echo"]["n"]
+        except Exception as e:  # recorded, so the assertion below names it
+            results[n] = e
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert results == {n: n for n in range(32)}
+    assert len(threads_seen) == 1 and next(iter(threads_seen)).startswith("paho-mqtt-client-")
+
+
+def test_on_the_network_thread_urgent_messages_that_waited_go_ahead_of_the_others(
+        mqtt_connect: Connect, topic_prefix: str) -> None:
+    order: list[str] = []
+    blocking = threading.Event()
+    release = threading.Event()
+
+    def handle(msg: Message) -> None:
+        order.append(msg.topic.rsplit("/", 1)[-1])
+        if msg.topic.endswith("/first"):
+            blocking.set()
+            release.wait(5)  # the network thread reads nothing meanwhile: the rest waits in the socket
+
+    conn = mqtt_connect(start=False, handlers_on_network_thread=True, is_urgent=lambda t: t.endswith("/renew"))
+    conn.subscribe(f"{topic_prefix}/in/#", handle)
+    conn.start()
+    sender = mqtt_connect()
+    sender.publish_wait(f"{topic_prefix}/in/first", b"")
+    wait_until(blocking.is_set, timeout_s=5, what="the first handler to run")
+    for name in ("claim-1", "claim-2", "claim-3", "renew"):
+        sender.publish_wait(f"{topic_prefix}/in/{name}", b"")
+    release.set()
+    wait_until(lambda: len(order) == 5, timeout_s=5, what="every message handled")
+    assert order == ["first", "renew", "claim-1", "claim-2", "claim-3"]
+
+
+def test_a_handler_on_the_network_thread_may_not_wait_for_the_broker_and_the_connection_goes_on(
+        mqtt_connect: Connect, topic_prefix: str) -> None:
+    serve_echo(mqtt_connect, f"{topic_prefix}/rpc/#")
+    outcomes: list[str] = []
+    relay = mqtt_connect(start=False, handlers_on_network_thread=True)
+
+    def handle(msg: Message) -> None:
+        try:
+            relay.request(f"{topic_prefix}/rpc/query/r/echo", {}, timeout_s=5)
+            outcomes.append("answered")
+        except RuntimeError as e:
+            outcomes.append(str(e))
+        relay.publish(f"{topic_prefix}/out", b"still publishing")
+
+    relay.subscribe(f"{topic_prefix}/nudge", handle)
+    relay.start()
+    seen: list[bytes] = []
+    watcher = mqtt_connect(start=False)
+    watcher.subscribe(f"{topic_prefix}/out", lambda m: seen.append(m.payload))
+    watcher.start()
+    started = time.monotonic()
+    mqtt_connect().publish(f"{topic_prefix}/nudge", b"go")
+    wait_until(lambda: seen, timeout_s=5, what="the handler's publish after its refused request")
+    assert time.monotonic() - started < 2.0
+    assert "network thread" in outcomes[0]
+
+
 def test_overlapping_subscriptions_call_each_handler_once_per_message(
         mqtt_connect: Connect, topic_prefix: str) -> None:
     wide: list[str] = []
