@@ -47,12 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; everything the soak started was stopped[/]")
         return 130
-    report["command"] = " ".join(["python -m mqfleet.soak", *(argv if argv is not None else sys.argv[1:])])
+    report.figures["command"] = " ".join(["python -m mqfleet.soak", *(argv if argv is not None else sys.argv[1:])])
     out = args.out or config.work_dir / "report.json"
-    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    out.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     render(report, console)
     console.print(f"report: {out}")
-    return 0 if report["ok"] else 1
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

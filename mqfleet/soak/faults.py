@@ -18,13 +18,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import psutil
 
 from mqfleet.errors import LeaseLostError, MqfleetError
+from mqfleet.messages import CompleteRequest, FailRequest, RenewRequest
 from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import Role, Verb
+from mqfleet.protocol import JsonObject, Role, Verb
 from mqfleet.rpc import RpcClient
 from mqfleet.soak.fleet import SoakFleet
 from mqfleet.soak.observer import Observer
@@ -36,6 +37,7 @@ KINDS = ("agent_kill", "trainer_kill", "stall_short", "stall_grace", "stall_long
          "broker_restart", "duplicate", "reorder", "cancel", "hang")
 #: Longest wait for any one fault's effect; a fault that has none by then is recorded as such.
 EFFECT_TIMEOUT_S = 60.0
+T = TypeVar("T")
 
 
 def trainer_processes(root: Path, needle: str = "") -> list[psutil.Process]:
@@ -51,14 +53,27 @@ def trainer_processes(root: Path, needle: str = "") -> list[psutil.Process]:
     return sorted(found, key=lambda p: p.pid)
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.1) -> Any:
-    """The first truthy value of `predicate` within `timeout_s`, else None."""
+def wait_for(predicate: Callable[[], T], timeout_s: float, interval_s: float = 0.1) -> T:
+    """The first truthy value of `predicate` within `timeout_s`, else its last (falsy) value."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval_s)
+
+
+@dataclass(frozen=True)
+class FaultEntry:
+    """One turn of the injector, as the report's fault log lists it."""
+
+    t: float  # seconds since the injector started
+    kind: str
+    took_s: float
+    detail: str
+
+    def to_json(self) -> JsonObject:
+        return {"t": self.t, "kind": self.kind, "took_s": self.took_s, "detail": self.detail}
 
 
 @dataclass
@@ -97,7 +112,7 @@ class FaultRecord:
     hangs_not_stalled: int = 0
     hang_to_stalled_s: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    log: list[dict[str, Any]] = field(default_factory=list)
+    log: list[FaultEntry] = field(default_factory=list)
 
 
 class Injector:
@@ -158,8 +173,9 @@ class Injector:
                 self.record.skipped[kind] += 1
             else:
                 self.record.injected[kind] += 1
-            self.record.log.append({"t": round(started - self._t0, 1), "kind": kind, "took_s": round(time.monotonic() - started, 1),
-                                    "detail": detail or "skipped: no target"})
+            self.record.log.append(FaultEntry(t=round(started - self._t0, 1), kind=kind,
+                                              took_s=round(time.monotonic() - started, 1),
+                                              detail=detail or "skipped: no target"))
             logger.info("fault %s: %s", kind, detail or "skipped")
             time.sleep(max(0.0, min(self.rng.uniform(1.0, 4.0), until_monotonic - time.monotonic())))
         self.requeue_due(everything=True)
@@ -308,17 +324,20 @@ class Injector:
         sent = []
         for job_id, lease_id, host in self.rng.sample(stale, min(3, len(stale))):
             verb = self.rng.choice((Verb.RENEW, Verb.COMPLETE, Verb.FAIL))
-            body: dict[str, Any] = {"job_id": job_id, "lease_id": lease_id}
+            request: RenewRequest | CompleteRequest | FailRequest
             if verb is Verb.RENEW:
-                body["progress"] = {"progress": 0.5}
+                request = RenewRequest(job_id=job_id, lease_id=lease_id, progress={"progress": 0.5})
             elif verb is Verb.COMPLETE:
-                body.update(sha256="0" * 64, size=1, metrics={}, output_tail="stale complete from the soak")
+                request = CompleteRequest(job_id=job_id, lease_id=lease_id, sha256="0" * 64, size=1, metrics={},
+                                          output_tail="stale complete from the soak")
             else:
-                body.update(cause=Cause.APP.value, exit_code=1, output_tail="", error="stale fail from the soak")
+                request = FailRequest(job_id=job_id, lease_id=lease_id, cause=Cause.APP.value, exit_code=1,
+                                      output_tail="", error="stale fail from the soak")
             self.record.stale_sent += 1
             sent.append(verb.value)
             try:
-                reply = RpcClient(self._conn_for(host), self.observer.topics, host).send(verb, body, timeout_s=10.0)
+                reply = RpcClient(self._conn_for(host), self.observer.topics, host).send(verb, request.to_wire(),
+                                                                                       timeout_s=10.0)
             except MqfleetError as e:
                 self.record.problems.append(f"stale {verb.value}: not answered: {e}")
                 continue
@@ -336,12 +355,12 @@ class Injector:
         if not running:
             return None
         job = self.rng.choice(running)
-        job_id = str(job["id"])
+        job_id = job.id
         t0 = time.monotonic()
         result = self.fleet.cli("cancel", job_id)
         if result.returncode != 0:
             self.record.cancels_refused += 1  # it ended between our look and the cancel
-            return f"cancel {job['name']}: refused ({result.stdout.strip() or result.stderr.strip()})"[:300]
+            return f"cancel {job.name}: refused ({result.stdout.strip() or result.stderr.strip()})"[:300]
         self.record.cancels += 1
         self.to_requeue.append((time.monotonic() + self.rng.uniform(2.0, 8.0), job_id))
         needle = f"/jobs/{job_id[:16]}-"
@@ -350,15 +369,15 @@ class Injector:
             self.record.cancel_to_trainer_gone_s.append(time.monotonic() - t0)
         else:
             self.record.cancels_undelivered += 1
-            self.record.problems.append(f"cancel {job['name']}: its trainer still runs 20s later")
-        return f"cancel {job['name']} (trainer gone after {time.monotonic() - t0:.1f}s)"
+            self.record.problems.append(f"cancel {job.name}: its trainer still runs 20s later")
+        return f"cancel {job.name} (trainer gone after {time.monotonic() - t0:.1f}s)"
 
     def _hang(self) -> str | None:
-        running = [j for j in self.observer.running() if j.get("name")]
+        running = [j for j in self.observer.running() if j.name]
         if not running:
             return None
         job = self.rng.choice(running)
-        name, job_id = str(job["name"]), str(job["id"])
+        name, job_id = job.name, job.id
         marker = self.fleet.hang_dir / name
         t0 = time.time()
         marker.write_text("hang\n", encoding="utf-8")

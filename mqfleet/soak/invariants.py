@@ -1,8 +1,8 @@
 """The soak's verdict: invariants checked against the coordinator's database, the store and the process table.
 
 Everything here runs after the fleet has drained and the coordinator has stopped,
-so the database is read as it was left, read-only. The report is one JSON-able
-dict; `render()` prints it as rich tables.
+so the database is read as it was left, read-only. The verdict is a `SoakReport`
+(its `to_json()` is the JSON report); `render()` prints it as rich tables.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlite3
 import statistics
 import tempfile
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from rich.table import Table
 from mqfleet.bundle import hash_file, unpack_artifact
 from mqfleet.coordinator.postgres import is_postgres_url, open_state
 from mqfleet.errors import MqfleetError
+from mqfleet.protocol import JsonObject
 from mqfleet.soak.faults import FaultRecord, trainer_processes
 from mqfleet.soak.fleet import SoakConfig
 from mqfleet.soak.observer import Observer
@@ -33,7 +34,42 @@ def _open_ro(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def summary(values: list[float]) -> dict[str, Any]:
+@dataclass
+class SoakReport:
+    """The soak's verdict: whether each invariant held, the problems behind a broken one, and the figures."""
+
+    invariants: dict[str, bool]
+    problems: list[str]
+    #: what was measured, by section (jobs, faults, timings, ...), as the JSON report shows it
+    figures: JsonObject
+
+    @property
+    def ok(self) -> bool:
+        return all(self.invariants.values())
+
+    def to_json(self) -> JsonObject:
+        return {**self.figures, "invariants": dict(self.invariants), "ok": self.ok, "problems": list(self.problems)}
+
+
+@dataclass(frozen=True)
+class Resumes:
+    """How the attempts that were given a checkpoint started (coordinator/checkpoints.py): resumed or fresh, and
+    from which attempt and progress; `backwards` lists resumes that did not continue an earlier attempt."""
+
+    later_attempts: int
+    given_a_checkpoint: int
+    resumed: int
+    started_fresh: int
+    fresh_reasons: list[str]
+    resumed_from_progress: JsonObject
+    examples: list[str]
+    backwards: list[str]
+
+    def to_json(self) -> JsonObject:
+        return asdict(self)  # every field is JSON already
+
+
+def summary(values: list[float]) -> JsonObject:
     """n, min, median, max of a list of seconds."""
     if not values:
         return {"n": 0, "min": None, "median": None, "max": None}
@@ -41,7 +77,7 @@ def summary(values: list[float]) -> dict[str, Any]:
             "max": round(max(values), 2)}
 
 
-def _running_elsewhere(record: FaultRecord, observer: Observer) -> dict[str, Any]:
+def _running_elsewhere(record: FaultRecord, observer: Observer) -> JsonObject:
     """kill -9 of a host -> its job running on another host. Reported, not bounded: with every host busy the
     job waits for a free slot, and the restarted host itself may take it back first."""
     seconds: list[float] = []
@@ -83,9 +119,7 @@ def _verify_artifacts(conn: sqlite3.Connection, store: Path) -> tuple[int, list[
     return verified, bad
 
 
-def _resumes(conn: sqlite3.Connection) -> dict[str, Any]:
-    """How the attempts that were given a checkpoint started (coordinator/checkpoints.py): resumed or fresh, and
-    from which attempt and progress; `backwards` lists resumes that did not continue an earlier attempt."""
+def _resumes(conn: sqlite3.Connection) -> Resumes:
     rows = conn.execute(
         "SELECT j.name, s.attempt, s.resumed, s.from_attempt, s.from_progress, s.note FROM checkpoint_starts s "
         "JOIN jobs j ON j.id = s.job_id ORDER BY s.ts").fetchall()
@@ -97,13 +131,13 @@ def _resumes(conn: sqlite3.Connection) -> dict[str, Any]:
     examples = [f"{r['name']} attempt {r['attempt']} from attempt {r['from_attempt']} at "
                 f"{100 * float((json.loads(r['from_progress']) or {}).get('progress') or 0):.0f}%"
                 for r in resumed[:10] if r["from_progress"]]
-    return {"later_attempts": later, "given_a_checkpoint": len(rows), "resumed": len(resumed),
-            "started_fresh": len(rows) - len(resumed), "fresh_reasons": [r["note"] for r in rows if not r["resumed"]][:5],
-            "resumed_from_progress": summary(fractions), "examples": examples, "backwards": backwards}
+    return Resumes(later_attempts=later, given_a_checkpoint=len(rows), resumed=len(resumed),
+                   started_fresh=len(rows) - len(resumed), fresh_reasons=[r["note"] for r in rows if not r["resumed"]][:5],
+                   resumed_from_progress=summary(fractions), examples=examples, backwards=backwards)
 
 
 def check(config: SoakConfig, db: str, store: Path, agents_dir: Path, observer: Observer,
-          record: FaultRecord) -> dict[str, Any]:
+          record: FaultRecord) -> SoakReport:
     """Every invariant of the soak, with the figures behind it; `db` is the SQLite file or the PostgreSQL URL."""
     state = open_state(db) if is_postgres_url(db) else None
     conn: Any = state.conn if state is not None else _open_ro(Path(db))
@@ -126,7 +160,8 @@ def check(config: SoakConfig, db: str, store: Path, agents_dir: Path, observer: 
     duplicated = sorted(jobs[j]["name"] for j in jobs if completions[j] > 1 or completed_events_db[j] > 1
                         or observer.completed_events[j] > 1)
     with observer.lock:
-        stale_states = sorted(jobs[j]["name"] for j in jobs if (observer.states.get(j) or {}).get("status") != jobs[j]["status"])
+        retained = {j: row.status for j, row in observer.states.items()}
+    stale_states = sorted(jobs[j]["name"] for j in jobs if retained.get(j) != jobs[j]["status"])
     missed_events = sum(1 for j in jobs if jobs[j]["status"] == "completed" and observer.completed_events[j] == 0)
     orphans = [p.pid for p in trainer_processes(agents_dir)]
     bound = config.detection_bound_s
@@ -145,17 +180,17 @@ def check(config: SoakConfig, db: str, store: Path, agents_dir: Path, observer: 
         "no attempt left open": causes.get("open", 0) == 0,
         "retained job states agree with the database": not stale_states,
         f"{'PostgreSQL' if state is not None else 'SQLite'} integrity_check ok": integrity == "ok",
-        "every resumed attempt continued an earlier attempt's checkpoint": not resumes["backwards"],
+        "every resumed attempt continued an earlier attempt's checkpoint": not resumes.backwards,
     }
     problems = list(record.problems)
     problems += [f"not completed: {n}" for n in lost[:20]] + [f"duplicated: {n}" for n in duplicated[:20]]
     problems += bad_artifacts[:20] + [f"stale retained state: {n}" for n in stale_states[:20]]
-    problems += resumes["backwards"][:20]
+    problems += resumes.backwards[:20]
     if orphans:
         problems.append(f"orphan trainer pids: {orphans}")
     if over_bound:
         problems.append(f"host death to pending over {bound:g}s: {over_bound}")
-    return {
+    figures: JsonObject = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "jobs": {"total": len(jobs), "by_status": dict(by_status), "completed": by_status.get("completed", 0),
                  "lost": len(lost), "duplicated": len(duplicated)},
@@ -183,20 +218,18 @@ def check(config: SoakConfig, db: str, store: Path, agents_dir: Path, observer: 
         "events": {"observed": observer.events_seen, "completed_twice": len(duplicated),
                    "completed_not_observed": missed_events},
         "sqlite_integrity_check": integrity,
-        "checkpoint_resumes": resumes,
-        "invariants": invariants,
-        "ok": all(invariants.values()),
-        "problems": problems,
-        "fault_log": record.log,
+        "checkpoint_resumes": resumes.to_json(),
+        "fault_log": [entry.to_json() for entry in record.log],
     }
+    return SoakReport(invariants=invariants, problems=problems, figures=figures)
 
 
-def render(report: dict[str, Any], console: Console) -> None:
+def render(report: SoakReport, console: Console) -> None:
     """The report as tables: invariants first, then the figures."""
     inv = Table(title="mqfleet soak: invariants")
     inv.add_column("invariant")
     inv.add_column("holds")
-    for name, held in report["invariants"].items():
+    for name, held in report.invariants.items():
         inv.add_row(name, "[green]yes[/]" if held else "[red]NO[/]")
     console.print(inv)
     figures = Table(title="mqfleet soak: figures")
@@ -207,10 +240,10 @@ def render(report: dict[str, Any], console: Console) -> None:
                 "stall_to_pending_s", "stalls_within_grace", "hang_to_stalled_s", "duplicates", "stale_lease_requests", "cancels",
                 "coordinator_restart_to_answer_s", "artifacts", "orphans", "events", "checkpoint_resumes",
                 "sqlite_integrity_check", "timing"):
-        if key in report:
-            value = report[key]
+        if key in report.figures:
+            value = report.figures[key]
             figures.add_row(key, json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value))
     console.print(figures)
-    for problem in report["problems"][:40]:
+    for problem in report.problems[:40]:
         console.print(f"[red]problem[/] {problem}")
-    console.print("[green]soak passed[/]" if report["ok"] else "[red]soak FAILED[/]")
+    console.print("[green]soak passed[/]" if report.ok else "[red]soak FAILED[/]")

@@ -13,11 +13,11 @@ import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
-from typing import Any
 
 from mqfleet.errors import MqfleetError
+from mqfleet.messages import ClaimReply, JobRow
 from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import Topics
+from mqfleet.protocol import JsonObject, Topics
 
 #: Agent requests remembered for replay; older ones are forgotten.
 REQUESTS_KEPT = 4000
@@ -25,13 +25,12 @@ REQUESTS_KEPT = 4000
 
 @dataclass(frozen=True)
 class Captured:
-    """One agent request seen on the wire, and its reply once that was seen."""
+    """One agent request seen on the wire (replayed byte for byte by the injector)."""
 
     topic: str
     host: str
     verb: str
     payload: bytes
-    body: dict[str, Any]
     ts: float
 
 
@@ -41,7 +40,8 @@ class Observer:
     def __init__(self, broker_url: str, prefix: str) -> None:
         self.topics = Topics(prefix)
         self.lock = threading.Lock()
-        self.states: dict[str, dict[str, Any]] = {}
+        #: job id -> its latest retained state
+        self.states: dict[str, JobRow] = {}
         #: job id -> [(seen at, status)] from retained states and events, in arrival order
         self.timeline: dict[str, list[tuple[float, str]]] = defaultdict(list)
         #: When each job started running, and where: (ts, host) from the `events` topic.
@@ -49,7 +49,8 @@ class Observer:
         self.completed_events: Counter[str] = Counter()
         self.events_seen = 0
         self.requests: OrderedDict[bytes, Captured] = OrderedDict()
-        self.replies: dict[bytes, dict[str, Any]] = {}
+        #: correlation data -> the reply to that request, compared whole with the reply to its replay
+        self.replies: dict[bytes, JsonObject] = {}
         #: job id -> [(lease id, host, seen at)] in the order claims granted them
         self.leases: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
         self.conn = Connection(BrokerConfig(url=broker_url), client_id=self.topics.client_id("soak-observer"),
@@ -84,23 +85,22 @@ class Observer:
 
     def _on_state(self, msg: Message) -> None:
         try:
-            row = msg.json()
-        except MqfleetError:
+            row = JobRow.from_wire(msg.json())
+        except MqfleetError:  # not JSON, or not a job row (the invariants then find the state missing)
             return
-        job_id = str(row.get("id"))
         with self.lock:
-            self.states[job_id] = row
-            self.timeline[job_id].append((time.time(), str(row.get("status"))))
+            self.states[row.id] = row
+            self.timeline[row.id].append((time.time(), row.status))
 
     def _on_request(self, msg: Message) -> None:
         parsed = self.topics.parse_rpc(msg.topic)
         if parsed is None or msg.correlation_data is None:
             return
         try:
-            body = msg.json()
+            msg.json()  # only a well-formed request is worth replaying
         except MqfleetError:
             return
-        captured = Captured(msg.topic, parsed[1], parsed[2], msg.payload, body, time.time())
+        captured = Captured(msg.topic, parsed[1], parsed[2], msg.payload, time.time())
         with self.lock:
             self.requests[msg.correlation_data] = captured
             while len(self.requests) > REQUESTS_KEPT:
@@ -111,7 +111,7 @@ class Observer:
         if msg.correlation_data is None:
             return
         try:
-            reply = msg.json()
+            reply: JsonObject = msg.json()
         except MqfleetError:
             return
         with self.lock:
@@ -119,28 +119,29 @@ class Observer:
             if request is None:
                 return
             self.replies[msg.correlation_data] = reply
-            job = reply.get("job") if request.verb == "claim" else None
-            if isinstance(job, dict) and job.get("lease_id"):
-                job_id = str((job.get("job") or {}).get("id") or job.get("id"))
-                self.leases[job_id].append((str(job["lease_id"]), request.host, time.time()))
+            if request.verb == "claim":
+                try:
+                    grant = ClaimReply.from_wire(reply).job
+                except MqfleetError:  # a refusal, or a grant the agent refuses too: no lease to go stale
+                    grant = None
+                if grant is not None and grant.lease_id:
+                    self.leases[grant.job.id].append((grant.lease_id, request.host, time.time()))
 
     # --- queries for the injector and the invariants -----------------------------------
 
     def held_by(self, host: str) -> list[str]:
         """Jobs whose latest retained state says `host` holds them."""
         with self.lock:
-            return sorted(j for j, row in self.states.items()
-                          if row.get("host") == host and row.get("status") in ("claimed", "running"))
+            return sorted(j for j, row in self.states.items() if row.host == host and row.status in ("claimed", "running"))
 
-    def running(self) -> list[dict[str, Any]]:
+    def running(self) -> list[JobRow]:
         with self.lock:
-            return sorted((dict(r) for r in self.states.values() if r.get("status") == "running"),
-                          key=lambda r: str(r.get("id")))
+            return sorted((r for r in self.states.values() if r.status == "running"), key=lambda r: r.id)
 
     def status_of(self, job_id: str) -> str | None:
         with self.lock:
             row = self.states.get(job_id)
-            return str(row.get("status")) if row else None
+            return row.status if row else None
 
     def first_seen(self, job_id: str, statuses: tuple[str, ...], after: float) -> float | None:
         """When the observer first saw the job in one of `statuses` after `after`."""
@@ -152,7 +153,7 @@ class Observer:
         with self.lock:
             return next((ts for ts, h in self.runs.get(job_id, []) if ts >= after and h != host), None)
 
-    def answered(self, verbs: tuple[str, ...]) -> list[tuple[bytes, Captured, dict[str, Any]]]:
+    def answered(self, verbs: tuple[str, ...]) -> list[tuple[bytes, Captured, JsonObject]]:
         """Captured requests of these verbs that have a reply, oldest first."""
         with self.lock:
             return [(c, r, self.replies[c]) for c, r in self.requests.items() if r.verb in verbs and c in self.replies]

@@ -11,13 +11,13 @@ import platform
 import shutil
 import signal
 import time
-from typing import Any
 
 import psutil
 
 from mqfleet.client import FleetClient
 from mqfleet.errors import MqfleetError
 from mqfleet.mqtt import BrokerConfig
+from mqfleet.protocol import JsonObject
 from mqfleet.soak import invariants
 from mqfleet.soak.faults import Injector, wait_for
 from mqfleet.soak.fleet import SoakConfig, SoakFleet
@@ -30,14 +30,14 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def machine() -> dict[str, Any]:
+def machine() -> JsonObject:
     """What the figures were measured on."""
     return {"cpus": psutil.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "platform": platform.platform(), "python": platform.python_version()}
 
 
-def run_soak(config: SoakConfig) -> dict[str, Any]:
-    """One soak run; the report dict (its `ok` says whether every invariant held)."""
+def run_soak(config: SoakConfig) -> invariants.SoakReport:
+    """One soak run; the report (its `ok` says whether every invariant held)."""
     config.validate()
     if config.work_dir.exists():
         shutil.rmtree(config.work_dir)
@@ -88,8 +88,8 @@ def run_soak(config: SoakConfig) -> dict[str, Any]:
         # Let the last retained states reach the observer before comparing them with the database.
         time.sleep(1.0)
         report = invariants.check(config, fleet.state_target, fleet.store_path, fleet.agents_dir, observer, injector.record)
-        report["timing"] = {"fault_phase_s": round(fault_phase_s, 1), "drain_s": round(drain_s, 1)}
-        report["machine"] = machine()
+        report.figures["timing"] = {"fault_phase_s": round(fault_phase_s, 1), "drain_s": round(drain_s, 1)}
+        report.figures["machine"] = machine()
         return report
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
