@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.protocol import JsonObject
 from mqfleet.records import StoredObject
+from mqfleet.replies import ArtifactRecord
 
 
 class Artifacts:
@@ -47,7 +47,7 @@ class Artifacts:
             return None
         return StoredObject(sha256=row["sha256"], size=int(row["size"]), key=row["key"], verified_ts=row["verified_ts"])
 
-    def artifacts(self, job_id: str | None = None) -> list[dict[str, Any]]:
+    def artifacts(self, job_id: str | None = None) -> list[ArtifactRecord]:
         """Per-job artifact metadata, oldest first; one job's when `job_id` is given."""
         sql = (
             "SELECT ja.sha256, ja.size, a.key, ja.job_id, ja.name, ja.model, ja.mode, ja.host, ja.metrics, ja.created_ts "
@@ -57,4 +57,9 @@ class Artifacts:
             rows = self.state.read(f"{sql} ORDER BY ja.created_ts, ja.rowid")
         else:
             rows = self.state.read(f"{sql} WHERE ja.job_id = ?", (job_id,))
-        return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
+        return [
+            ArtifactRecord(sha256=r["sha256"], size=r["size"], key=r["key"], job_id=r["job_id"], name=r["name"],
+                           model=r["model"], mode=r["mode"], host=r["host"], metrics=json.loads(r["metrics"]),
+                           created_ts=r["created_ts"])
+            for r in rows
+        ]

@@ -10,7 +10,6 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterable
-from typing import Any
 
 from mqfleet.coordinator import listing
 from mqfleet.coordinator.manifest_memo import recall_manifest, remember_manifest
@@ -20,6 +19,7 @@ from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import AmbiguousError, BadRequestError, NotFoundError
 from mqfleet.messages import JobRow
 from mqfleet.protocol import JsonObject
+from mqfleet.replies import AttemptDetail, LeaseDetail
 from mqfleet.spec import JobSpec, Manifest
 from mqfleet.state import JobStatus
 
@@ -200,19 +200,26 @@ class Catalog:
             )
             return page, next_after, listing.count_jobs(self.state.conn, where) if count else -1
 
-    def attempts(self, job_id: str) -> list[dict[str, Any]]:
+    def attempts(self, job_id: str) -> list[AttemptDetail]:
+        """The job's attempts, oldest first (their `usage` is the history's: left None here)."""
         rows = self.state.read(
             "SELECT number, host, lease_id, started_ts, ended_ts, outcome, cause, exit_code, output_tail, error "
             "FROM attempts WHERE job_id = ? ORDER BY number",
             (job_id,),
         )
-        return [dict(r) for r in rows]
+        return [
+            AttemptDetail(number=r["number"], host=r["host"], lease_id=r["lease_id"], started_ts=r["started_ts"],
+                          ended_ts=r["ended_ts"], outcome=r["outcome"], cause=r["cause"], exit_code=r["exit_code"],
+                          output_tail=r["output_tail"], error=r["error"])
+            for r in rows
+        ]
 
-    def lease(self, job_id: str) -> dict[str, Any] | None:
+    def lease(self, job_id: str) -> LeaseDetail | None:
         row = self.state.read_one("SELECT lease_id, host, expires_ts, attempt, gpus FROM leases WHERE job_id = ?", (job_id,))
         if row is None:
             return None
-        return {**dict(row), "gpus": json.loads(row["gpus"])}
+        return LeaseDetail(lease_id=row["lease_id"], host=row["host"], expires_ts=row["expires_ts"],
+                           attempt=row["attempt"], gpus=json.loads(row["gpus"]))
 
     def counts(self) -> dict[str, int]:
         found = {r[0]: int(r[1]) for r in self.state.read("SELECT status, COUNT(*) FROM jobs GROUP BY status")}

@@ -69,9 +69,9 @@ def with_checkpoint(coord: HandlerContext, grant: Grant) -> Grant:
     if latest is not None:
         checkpoint = GrantedCheckpoint(
             # The agent fetches it before the trainer starts, so a download URL's short life is enough.
-            url=coord.store.presign_get(latest["key"], expires_s=defaults.DOWNLOAD_URL_EXPIRES_S),
-            sha256=latest["sha256"], size=latest["size"], attempt=latest["attempt"], saved_ts=latest["saved_ts"],
-            progress=latest["progress"],
+            url=coord.store.presign_get(latest.key, expires_s=defaults.DOWNLOAD_URL_EXPIRES_S),
+            sha256=latest.saved.sha256, size=latest.saved.size, attempt=latest.saved.attempt,
+            saved_ts=latest.saved.saved_ts, progress=latest.saved.progress,
         )
     return dataclasses.replace(grant, resumable=resumable, checkpoint_interval_s=float(interval_s),
                                checkpoint_max_mib=float(max_mib), checkpoint=checkpoint)
@@ -148,14 +148,15 @@ def handle_checkpoint_start(coord: HandlerContext, req: Request) -> CheckpointSt
     start = CheckpointStartRequest.from_wire(req.body)
     job_id, lease_id, resumed, note, bad_sha256 = start.job_id, start.lease_id, start.resumed, start.note, start.rejected_sha256
     attempt = coord.checkpoints.check_writer(job_id, lease_id, req.client)
-    latest = coord.checkpoints.latest(job_id)
+    record = coord.checkpoints.latest(job_id)
+    latest = record.saved if record is not None else None
     from_attempt = start.from_attempt
-    if bad_sha256 is not None and latest is not None and latest["sha256"] == bad_sha256:
+    if bad_sha256 is not None and latest is not None and latest.sha256 == bad_sha256:
         coord.checkpoints.discard(job_id, req.now, f"attempt {attempt} could not use it: {note}")
-    resumed_from = latest if resumed and latest is not None and latest["attempt"] == from_attempt else None
+    resumed_from = latest if resumed and latest is not None and latest.attempt == from_attempt else None
     coord.checkpoints.note_start(
         job_id, attempt=attempt, resumed=resumed, from_attempt=from_attempt, note=note, now=req.now,
-        from_progress=resumed_from["progress"] if resumed_from is not None else None,
+        from_progress=resumed_from.progress if resumed_from is not None else None,
     )
     coord.mark_changed(job_id)
     return CheckpointStartReply(attempt=attempt)

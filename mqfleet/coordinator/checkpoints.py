@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from typing import Any
+from dataclasses import dataclass
 
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import LeaseLostError
+from mqfleet.protocol import JsonObject
+from mqfleet.replies import CheckpointDetail, CheckpointLatest, CheckpointStartRecord
 from mqfleet.state import JobStatus
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,14 @@ GARBAGE_BATCH = 50
 
 
 
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A job's latest verified checkpoint: as `show` tells it, and its store key (the grant presigns it)."""
+
+    saved: CheckpointLatest
+    key: str
+
+
 class CheckpointBook:
     """The checkpoint tables in the coordinator's state file; every method is one transaction (or joins one)."""
 
@@ -37,36 +47,34 @@ class CheckpointBook:
         self.state = state
         self.last_garbage_ts = 0.0
 
-    def latest(self, job_id: str) -> dict[str, Any] | None:
-        """The job's latest verified checkpoint: attempt, host, sha256, size, key, saved_ts, progress."""
+    def latest(self, job_id: str) -> CheckpointRecord | None:
+        """The job's latest verified checkpoint, with its store key."""
         row = self.state.read_one(
             "SELECT attempt, host, sha256, size, key, saved_ts, progress FROM checkpoints WHERE job_id = ?", (job_id,)
         )
         if row is None:
             return None
-        return {**dict(row), "progress": json.loads(row["progress"]) if row["progress"] else None}
+        saved = CheckpointLatest(attempt=row["attempt"], sha256=row["sha256"], size=row["size"], saved_ts=row["saved_ts"],
+                                 host=row["host"], progress=json.loads(row["progress"]) if row["progress"] else None)
+        return CheckpointRecord(saved=saved, key=row["key"])
 
-    def detail(self, job_id: str) -> dict[str, Any]:
+    def detail(self, job_id: str) -> CheckpointDetail:
         """What `show` tells about a job's checkpoints: the latest (or None) and how its last attempt started."""
         latest = self.latest(job_id)
-        if latest is not None:
-            latest.pop("key")
         starts = self.starts(job_id)
-        return {"latest": latest, "last_start": starts[-1] if starts else None}
+        return CheckpointDetail(latest=latest.saved if latest is not None else None,
+                                last_start=starts[-1] if starts else None)
 
-    def starts(self, job_id: str | None = None) -> list[dict[str, Any]]:
-        """How the attempts that were given a checkpoint started (one job's, or every job's), oldest first."""
-        sql = "SELECT job_id, attempt, resumed, from_attempt, from_progress, note, ts FROM checkpoint_starts"
-        rows = (self.state.read(f"{sql} WHERE job_id = ? ORDER BY attempt", (job_id,)) if job_id is not None
-                else self.state.read(f"{sql} ORDER BY ts, job_id, attempt"))
-        out = []
-        for r in rows:
-            start = {**dict(r), "resumed": bool(r["resumed"]),
-                     "from_progress": json.loads(r["from_progress"]) if r["from_progress"] else None}
-            if job_id is not None:
-                start.pop("job_id")
-            out.append(start)
-        return out
+    def starts(self, job_id: str) -> list[CheckpointStartRecord]:
+        """How the job's attempts that were given a checkpoint started, oldest first."""
+        rows = self.state.read("SELECT attempt, resumed, from_attempt, from_progress, note, ts FROM checkpoint_starts "
+                               "WHERE job_id = ? ORDER BY attempt", (job_id,))
+        return [
+            CheckpointStartRecord(attempt=r["attempt"], resumed=bool(r["resumed"]), ts=r["ts"],
+                                  from_attempt=r["from_attempt"], note=r["note"],
+                                  from_progress=json.loads(r["from_progress"]) if r["from_progress"] else None)
+            for r in rows
+        ]
 
     def check_writer(self, job_id: str, lease_id: str, host: str) -> int:
         """The attempt number a checkpoint from this lease belongs to; LeaseLostError when it may not write one.
@@ -95,7 +103,7 @@ class CheckpointBook:
 
     def record(
         self, job_id: str, *, attempt: int, host: str, sha256: str, size: int, key: str,
-        progress: dict[str, Any] | None, now: float,
+        progress: JsonObject | None, now: float,
     ) -> None:
         """Make a verified object the job's latest checkpoint; the one it replaces becomes garbage."""
         with self.state.transaction() as c:
@@ -123,7 +131,7 @@ class CheckpointBook:
 
     def note_start(
         self, job_id: str, *, attempt: int, resumed: bool, from_attempt: int | None, note: str, now: float,
-        from_progress: dict[str, Any] | None = None,
+        from_progress: JsonObject | None = None,
     ) -> None:
         """Remember how an attempt started (resumed from which attempt and progress, or fresh and why)."""
         with self.state.transaction() as c:

@@ -20,6 +20,7 @@ from mqfleet.coordinator.rows import spec_from_json
 from mqfleet.coordinator.sqlite import StateFile, transition
 from mqfleet.errors import NotFoundError
 from mqfleet.messages import Grant, TrainerRef
+from mqfleet.replies import WaitReason
 from mqfleet.spec import JobSpec, Manifest, TrainerSpec
 from mqfleet.state import JobStatus
 from mqfleet.trainers import trainer_argv
@@ -157,7 +158,7 @@ class Claims:
             offset += len(rows)
             size = CLAIM_BATCH
 
-    def why_waiting(self, job_id: str, manifest: Manifest | None, now: float) -> list[dict[str, Any]]:
+    def why_waiting(self, job_id: str, manifest: Manifest | None, now: float) -> list[WaitReason]:
         """Why a pending job is not running: job-level reasons (host None), then one line per online host."""
         with self.state.lock:
             c = self.state.conn
@@ -167,29 +168,29 @@ class Claims:
             if row["status"] != JobStatus.PENDING.value:
                 return []
             spec = spec_from_json(row["spec"])
-            out: list[dict[str, Any]] = []
+            out: list[WaitReason] = []
             if not row["in_manifest"]:
-                out.append({"host": None, "reason": "not in the manifest any more"})
+                out.append(WaitReason(host=None, reason="not in the manifest any more"))
             for after in spec.after:
                 dep = c.execute("SELECT name, status FROM jobs WHERE id = ?", (after,)).fetchone()
                 if dep is None:
-                    out.append({"host": None, "reason": f"dependency '{after[:12]}' is unknown"})
+                    out.append(WaitReason(host=None, reason=f"dependency '{after[:12]}' is unknown"))
                 elif dep["status"] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
-                    out.append({"host": None, "reason": f"{faults.NEVER_SATISFIED}: {dep['name']} ({dep['status']})"})
+                    out.append(WaitReason(host=None, reason=f"{faults.NEVER_SATISFIED}: {dep['name']} ({dep['status']})"))
                 elif dep["status"] != JobStatus.COMPLETED.value:
-                    out.append({"host": None, "reason": f"dependency '{dep['name']}' not completed ({dep['status']})"})
+                    out.append(WaitReason(host=None, reason=f"dependency '{dep['name']}' not completed ({dep['status']})"))
             retry = faults.retry_wait(c, job_id)
             if retry is not None and retry[0] > now:
-                out.append({"host": None, "reason": f"retry back-off: claimable in {retry[0] - now:.0f} s "
-                                                    f"(after a failed attempt on {retry[1][-1] if retry[1] else '?'})"})
+                out.append(WaitReason(host=None, reason=f"retry back-off: claimable in {retry[0] - now:.0f} s "
+                                                         f"(after a failed attempt on {retry[1][-1] if retry[1] else '?'})"))
             failed = frozenset(retry[1]) if retry else frozenset()
             if manifest is None:
-                out.append({"host": None, "reason": "no manifest loaded"})
+                out.append(WaitReason(host=None, reason="no manifest loaded"))
                 return out
             views = self.hosts.views(manifest.hosts)
         online = [v for v in views if v.online]
         if not online:
-            out.append({"host": None, "reason": "no host online"})
+            out.append(WaitReason(host=None, reason="no host online"))
         commit = manifest.fleet.commit
         for view in online:
             reasons = scheduler.host_reasons(view) + scheduler.job_reasons(spec, view, commit=commit)
@@ -197,7 +198,8 @@ class Claims:
                                          or scheduler.retry_host_reason(spec, view, failed, views, commit=commit))
             if wait:
                 reasons.append(wait)
-            out.append({"host": view.id, "reason": "; ".join(reasons) or "eligible; its next claim takes the best-ranked job"})
+            out.append(WaitReason(host=view.id,
+                                  reason="; ".join(reasons) or "eligible; its next claim takes the best-ranked job"))
         return out
 
 

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from mqfleet.coordinator.artifacts import Artifacts
 from mqfleet.coordinator.catalog import Catalog
@@ -24,7 +24,7 @@ from mqfleet.coordinator.rows import ManifestRows
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ManifestError
 from mqfleet.messages import Health, WireMessage
-from mqfleet.protocol import Role, Verb
+from mqfleet.protocol import Role, Verb, Wire
 from mqfleet.records import ControlMessage
 from mqfleet.replies import GcReply
 from mqfleet.spec import FleetSettings, Manifest
@@ -80,7 +80,8 @@ class Request:
     verb: Verb
     role: Role
     client: str
-    body: dict[str, Any]
+    #: the decoded payload (protocol.decode): each handler checks it with its request's `from_wire`
+    body: Wire
     now: float
     prepared: Prepared = None
 

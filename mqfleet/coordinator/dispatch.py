@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from mqfleet import defaults
 from mqfleet.coordinator.context import Request
@@ -16,7 +15,7 @@ from mqfleet.coordinator.startup import return_freed_memory
 from mqfleet.errors import BadRequestError, ManifestError, MqfleetError, UnavailableError, UnknownVerbError
 from mqfleet.mqtt import Message
 from mqfleet.operator_auth import check_not_replayed, verify_request
-from mqfleet.protocol import MAX_REQUEST_ID_CHARS, ROLE_OF_VERB, Role, Verb, decode, error, field
+from mqfleet.protocol import MAX_REQUEST_ID_CHARS, ROLE_OF_VERB, Role, Verb, Wire, decode, error, field
 from mqfleet.replies import reply_json
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
@@ -99,7 +98,7 @@ class RequestDispatch(CoordinatorCore):
         if self.metrics is not None:
             self.metrics.observe_request(req.verb.value, reply, time.perf_counter() - started)
 
-    def _execute(self, req: Request, key: str, spec: VerbSpec) -> dict[str, Any]:
+    def _execute(self, req: Request, key: str, spec: VerbSpec) -> Wire:
         try:
             return self._execute_once(req, key, spec)
         except UnavailableError as e:
@@ -107,7 +106,7 @@ class RequestDispatch(CoordinatorCore):
             logger.warning("%s from %s not handled: %s", req.verb.value, req.client, e)
             return error(e.code, f"{e}; the coordinator answers again once its database is back: retry")
 
-    def _execute_once(self, req: Request, key: str, spec: VerbSpec) -> dict[str, Any]:
+    def _execute_once(self, req: Request, key: str, spec: VerbSpec) -> Wire:
         mac = ""
         if req.role is Role.OPERATOR:
             # Before the reply memory: a stored `ok` must never answer a request signed with the wrong token.
@@ -187,7 +186,7 @@ class RequestDispatch(CoordinatorCore):
         if count <= 10 or count % 100 == 0:
             logger.warning("request on %s dropped (%d so far): %s", msg.topic[:200], count, why)
 
-    def _reply(self, msg: Message, reply: dict[str, Any]) -> None:
+    def _reply(self, msg: Message, reply: Wire) -> None:
         if msg.response_topic:
             self.conn.reply(msg, reply)
         else:

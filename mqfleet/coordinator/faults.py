@@ -18,12 +18,13 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterable
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from mqfleet.coordinator.catalog import dependents, refresh_blocked
 from mqfleet.coordinator.sqlite import transition
 from mqfleet.manifest import FleetSettings
 from mqfleet.records import HostEvent
+from mqfleet.replies import Quarantine
 from mqfleet.state import FAULT_CAUSES, Cause, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ class FailedAttempt(TypedDict):
 def note_attempt_end(
     conn: sqlite3.Connection, fleet: FleetSettings, *, job_id: str, host: str, cause: Cause, to: JobStatus,
     attempts: int, now: float,
-) -> dict[str, Any] | None:
+) -> Quarantine | None:
     """Remember a failed attempt: the job's back-off and failed hosts, the host's failure streak.
-    Returns the host's quarantine record when this end quarantined it."""
+    Returns the host's quarantine when this end quarantined it."""
     if cause in FAULT_CAUSES:
         row = conn.execute("SELECT failed_hosts FROM retries WHERE job_id = ?", (job_id,)).fetchone()
         failed: list[str] = json.loads(row[0]) if row else []
@@ -118,7 +119,7 @@ def backoffs_ended(conn: sqlite3.Connection, after: float, until: float) -> list
 
 def _extend_streak(
     conn: sqlite3.Connection, fleet: FleetSettings, host: str, job_id: str, cause: Cause, now: float
-) -> dict[str, Any] | None:
+) -> Quarantine | None:
     row = conn.execute("SELECT streak, quarantined_ts FROM host_faults WHERE host = ?", (host,)).fetchone()
     # written only by this function, as a JSON list of FailedAttempt
     streak: list[FailedAttempt] = json.loads(row[0]) if row else []
@@ -141,16 +142,16 @@ def _extend_streak(
     conn.execute("UPDATE host_faults SET quarantined_ts = ?, reason = ? WHERE host = ?", (now, reason, host))
     _record_host_event(conn, host, "quarantined", reason, names, now)
     logger.warning("host %s: quarantined after %s; `mqfleet undrain %s` releases it", host, reason, host)
-    return {"host": host, "reason": reason, "jobs": names}
+    return Quarantine(since_ts=now, reason=reason, jobs=names)
 
 
-def quarantines(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
-    """Every quarantined host: {"since_ts", "reason", "jobs"} by host id."""
+def quarantines(conn: sqlite3.Connection) -> dict[str, Quarantine]:
+    """Every quarantined host's quarantine, by host id."""
     rows = conn.execute("SELECT host, streak, quarantined_ts, reason FROM host_faults WHERE quarantined_ts IS NOT NULL")
     return {r[0]: _quarantine(r[1], r[2], r[3]) for r in rows}
 
 
-def quarantine_of(conn: sqlite3.Connection, host: str) -> dict[str, Any] | None:
+def quarantine_of(conn: sqlite3.Connection, host: str) -> Quarantine | None:
     row = conn.execute(
         "SELECT streak, quarantined_ts, reason FROM host_faults WHERE host = ? AND quarantined_ts IS NOT NULL",
         (host,),
@@ -158,9 +159,9 @@ def quarantine_of(conn: sqlite3.Connection, host: str) -> dict[str, Any] | None:
     return _quarantine(row[0], row[1], row[2]) if row else None
 
 
-def _quarantine(streak_json: str, since_ts: float, reason: str) -> dict[str, Any]:
+def _quarantine(streak_json: str, since_ts: float, reason: str) -> Quarantine:
     streak: list[FailedAttempt] = json.loads(streak_json)
-    return {"since_ts": since_ts, "reason": reason, "jobs": list(dict.fromkeys(f["name"] for f in streak))}
+    return Quarantine(since_ts=since_ts, reason=reason, jobs=list(dict.fromkeys(f["name"] for f in streak)))
 
 
 def release_host(conn: sqlite3.Connection, host: str, now: float) -> bool:
@@ -169,7 +170,7 @@ def release_host(conn: sqlite3.Connection, host: str, now: float) -> bool:
     conn.execute("UPDATE host_faults SET quarantined_ts = NULL, reason = '', streak = '[]' WHERE host = ?", (host,))
     if was is None:
         return False
-    _record_host_event(conn, host, "released", "released by operator (undrain)", was["jobs"], now)
+    _record_host_event(conn, host, "released", "released by operator (undrain)", was.jobs, now)
     logger.info("host %s: quarantine released by operator", host)
     return True
 

@@ -13,7 +13,9 @@ import logging
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mqfleet.replies import GcFailure, GcObject, GcReply
 
 if TYPE_CHECKING:
     from mqfleet.coordinator.sqlite import StateFile
@@ -78,12 +80,11 @@ def referenced_shas(state: StateFile) -> set[str]:
 
 def collect_garbage(
     state: StateFile, store: ArtifactStore, uploads: UploadWindow, *, dry_run: bool, now: float | None = None
-) -> dict[str, Any]:
+) -> GcReply:
     """Find (and unless `dry_run`, delete) the store objects no job references.
 
-    Returns `{dry_run, objects: [{key, size}], count, bytes, kept, ignored, failed}`: `objects` lists
-    at most LISTED_MAX of them; `kept` counts the referenced (or being uploaded) objects; `ignored` the
-    objects whose name holds no sha256 (not mqfleet's); `failed` the deletions that failed.
+    `objects` lists at most LISTED_MAX of them; `kept` counts the referenced (or being uploaded) objects;
+    `ignored` the objects whose name holds no sha256 (not mqfleet's); `failed` the deletions that failed.
     """
     now = time.time() if now is None else now
     referenced = referenced_shas(state)
@@ -115,14 +116,14 @@ def collect_garbage(
             kept += 1
             continue
         unreferenced.append((key, size))
-    failed: list[dict[str, str]] = []
+    failed: list[GcFailure] = []
     freed = 0
     if not dry_run:
         for key, size in unreferenced:
             try:
                 store.delete(key)
             except Exception as e:  # one stuck object must not stop the rest
-                failed.append({"key": key, "error": str(e)})
+                failed.append(GcFailure(key=key, error=str(e)))
                 continue
             freed += size
             match = _SHA_IN_KEY.search(key.rsplit("/", 1)[-1])
@@ -133,12 +134,7 @@ def collect_garbage(
         logger.info("gc: deleted %d unreferenced object(s), %d bytes; %d failed", len(unreferenced) - len(failed),
                     freed, len(failed))
     total = sum(size for _, size in unreferenced)
-    return {
-        "dry_run": dry_run,
-        "objects": [{"key": k, "size": s} for k, s in unreferenced[:LISTED_MAX]],
-        "count": len(unreferenced),
-        "bytes": total if dry_run else freed,
-        "kept": kept,
-        "ignored": ignored,
-        "failed": failed,
-    }
+    return GcReply(
+        dry_run=dry_run, count=len(unreferenced), bytes=total if dry_run else freed, kept=kept, ignored=ignored,
+        objects=[GcObject(key=k, size=s) for k, s in unreferenced[:LISTED_MAX]], failed=failed,
+    )

@@ -107,7 +107,7 @@ def handle_renew(coord: HandlerContext, req: Request) -> RenewReply:
 def _attempt_of(coord: HandlerContext, job_id: str) -> int | None:
     """The attempt number of a job's live lease; read before the lease is checked (and ended)."""
     lease = coord.catalog.lease(job_id)
-    return int(lease["attempt"]) if lease else None
+    return lease.attempt if lease else None
 
 
 def handle_upload_url(coord: HandlerContext, req: Request) -> UploadUrlReply:
@@ -123,7 +123,7 @@ def handle_upload_url(coord: HandlerContext, req: Request) -> UploadUrlReply:
     # Never a URL for the artifact key itself: the bytes land in this lease's staging key and
     # become the artifact only once the coordinator has hashed them (docs/SECURITY.md, "Artifacts").
     lease = coord.catalog.lease(job_id)
-    lease_left_s = (lease["expires_ts"] - req.now) if lease else 0.0
+    lease_left_s = (lease.expires_ts - req.now) if lease else 0.0
     expires_s = int(min(defaults.UPLOAD_URL_MAX_S, max(0.0, lease_left_s) + defaults.UPLOAD_URL_SLACK_S))
     staged = coord.store.staging_key(lease_id)
     return UploadUrlReply(

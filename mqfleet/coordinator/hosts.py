@@ -15,7 +15,9 @@ from typing import Any
 from mqfleet.advert import Advert
 from mqfleet.coordinator import faults, scheduler
 from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.protocol import JsonObject
 from mqfleet.records import HostEvent
+from mqfleet.replies import Worker
 from mqfleet.spec import HostPolicy
 
 logger = logging.getLogger(__name__)
@@ -84,17 +86,18 @@ class Hosts:
                 self._host_event_seq = events[-1].seq
         return events
 
-    def hosts(self, policies: Policies) -> list[dict[str, Any]]:
-        """Every host as the `workers` reply lists it, with the jobs it holds."""
+    def hosts(self, policies: Policies) -> list[Worker]:
+        """Every host as the `workers` reply lists it, with the jobs it holds (its usage and advert problem are
+        the history's and the listener's: left None here)."""
         with self.state.lock:
             views = self.views(policies)
             leases = self.state.conn.execute("SELECT host, job_id FROM leases ORDER BY granted_ts").fetchall()
             seen = {r["id"]: r["last_seen_ts"] for r in self.state.conn.execute("SELECT id, last_seen_ts FROM hosts")}
             quarantined = faults.quarantines(self.state.conn)
         return [
-            {"id": v.id, "advert": v.advert, "online": v.online, "draining": v.draining, "last_seen_ts": seen[v.id],
-             "slots": v.slots, "slots_used": v.slots_used, "jobs": [r["job_id"] for r in leases if r["host"] == v.id],
-             "quarantined": v.id in quarantined, "quarantine": quarantined.get(v.id)}
+            Worker(id=v.id, advert=v.advert, online=v.online, draining=v.draining, last_seen_ts=seen[v.id],
+                   slots=v.slots, slots_used=v.slots_used, jobs=[r["job_id"] for r in leases if r["host"] == v.id],
+                   quarantined=v.id in quarantined, quarantine=quarantined.get(v.id))
             for v in views
         ]
 
@@ -127,8 +130,8 @@ def host_view(row: sqlite3.Row, used: int, policies: Policies) -> scheduler.Host
 
 
 @functools.lru_cache(maxsize=4096)
-def _parsed_advert(text: str) -> dict[str, Any]:
+def _parsed_advert(text: str) -> JsonObject:
     # Every claim reads its host's advert and every nudge all of them; an advert changes only when its
     # agent restarts, so each text is parsed once. The dict is shared by every view: nothing mutates it.
-    advert: dict[str, Any] = json.loads(text)
+    advert: JsonObject = json.loads(text)
     return advert

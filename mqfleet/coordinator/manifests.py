@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from mqfleet.coordinator.sqlite import StateFile
@@ -36,9 +36,6 @@ class StoredManifest:
     sha256: str
     applied_ts: float
     origin: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def text_sha256(text: str) -> str:

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from mqfleet.coordinator.sqlite import BUSY_TIMEOUT_MS, StateFile
 from mqfleet.errors import ConfigurationError
-from mqfleet.protocol import Verb
+from mqfleet.protocol import Verb, Wire
 from mqfleet.state import Cause, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class CoordinatorMetrics:
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
-    def observe_request(self, verb: str, reply: dict[str, Any], seconds: float) -> None:
+    def observe_request(self, verb: str, reply: Wire, seconds: float) -> None:
         """Count one answered request; verbs outside the vocabulary are not labels (they come off the bus)."""
         if verb not in _VERBS:
             return

@@ -126,7 +126,7 @@ class PgConnection:
     def _connect(self) -> Any:
         import psycopg
 
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {}  # boundary: extra keyword arguments of psycopg.connect (a third-party API)
         if urlsplit(self.url).password is None and os.environ.get(ENV_DB_PASSWORD):
             kwargs["password"] = os.environ[ENV_DB_PASSWORD]
         return psycopg.connect(

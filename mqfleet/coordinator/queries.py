@@ -8,24 +8,18 @@ request a second pass over data that never crossed the bus).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mqfleet import defaults
 from mqfleet.coordinator.context import HandlerContext, Request
 from mqfleet.errors import BadRequestError
 from mqfleet.messages import Health, JobRefRequest
 from mqfleet.replies import (
-    ArtifactRecord,
     ArtifactsReply,
-    AttemptDetail,
     CheckpointDetail,
-    CheckpointLatest,
-    CheckpointStartRecord,
     DownloadUrlReply,
     JobDetail,
     JobDetailReply,
-    LeaseDetail,
-    Quarantine,
-    WaitReason,
-    Worker,
     WorkersReply,
 )
 
@@ -37,45 +31,36 @@ def job_ref(coord: HandlerContext, req: Request) -> str:
 
 def checkpoint_detail(coord: HandlerContext, job_id: str) -> CheckpointDetail:
     """What `show` tells about a job's checkpoints: the latest (or none) and how its last attempt started."""
-    detail = coord.checkpoints.detail(job_id)
-    latest, start = detail.get("latest"), detail.get("last_start")
-    return CheckpointDetail(
-        latest=CheckpointLatest(**latest) if latest else None,
-        last_start=CheckpointStartRecord(**start) if start else None,
-    )
+    return coord.checkpoints.detail(job_id)
 
 
 def handle_job(coord: HandlerContext, req: Request) -> JobDetailReply:
     job_id = job_ref(coord, req)
     row = coord.catalog.job(job_id)
     usage = coord.history.usage_of(job_id)
-    lease = coord.catalog.lease(job_id)
     trainer = coord.manifest.trainers.get(row.model) if coord.manifest else None
     # metrics and size live with the artifact record, not the job row
     stored = coord.artifacts.artifacts(job_id) if row.artifact else []
     return JobDetailReply(job=JobDetail(
         **vars(row),
         spec=coord.catalog.job_spec(job_id),
-        attempts_detail=[AttemptDetail(**a, usage=usage.get(a["number"])) for a in coord.catalog.attempts(job_id)],
+        attempts_detail=[replace(a, usage=usage.get(a.number)) for a in coord.catalog.attempts(job_id)],
         progress_history=coord.history.progress(job_id),
-        why_waiting=[WaitReason(**w) for w in coord.claims.why_waiting(job_id, coord.manifest, req.now)],
-        lease=LeaseDetail(**lease) if lease else None,
+        why_waiting=coord.claims.why_waiting(job_id, coord.manifest, req.now),
+        lease=coord.catalog.lease(job_id),
         outputs=list(trainer.outputs) if trainer else [],
-        artifact_detail=ArtifactRecord(**stored[-1]) if stored else None,
+        artifact_detail=stored[-1] if stored else None,
         checkpoint=checkpoint_detail(coord, job_id),
     ))
 
 
 def handle_workers(coord: HandlerContext, req: Request) -> WorkersReply:
     usage = coord.history.usage_by_host()
-    workers = []
-    for w in coord.hosts.hosts(coord.manifest.hosts if coord.manifest else {}):
-        quarantine = w.pop("quarantine", None)
-        workers.append(Worker(
-            **w, quarantine=Quarantine(**quarantine) if quarantine else None, usage=usage.get(w["id"]),
-            # why the host's latest advert was refused (`advert` still shows its last good one)
-            advert_error=coord.advert_problem(w["id"]),
-        ))
+    workers = [
+        # advert_error: why the host's latest advert was refused (`advert` still shows its last good one)
+        replace(w, usage=usage.get(w.id), advert_error=coord.advert_problem(w.id))
+        for w in coord.hosts.hosts(coord.manifest.hosts if coord.manifest else {})
+    ]
     return WorkersReply(workers=workers)
 
 
@@ -84,7 +69,7 @@ def handle_health(coord: HandlerContext, req: Request) -> Health:
 
 
 def handle_artifacts(coord: HandlerContext, req: Request) -> ArtifactsReply:
-    return ArtifactsReply(artifacts=[ArtifactRecord(**a) for a in coord.artifacts.artifacts()])
+    return ArtifactsReply(artifacts=coord.artifacts.artifacts())
 
 
 def handle_download_url(coord: HandlerContext, req: Request) -> DownloadUrlReply:

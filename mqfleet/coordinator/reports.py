@@ -13,7 +13,7 @@ from mqfleet.coordinator.history import ProgressReport, check_usage
 from mqfleet.errors import BadRequestError, NotFoundError
 from mqfleet.messages import CompareRequest, GcRequest
 from mqfleet.protocol import JsonObject, JsonValue
-from mqfleet.replies import CompareReply, CompareRow, GcFailure, GcObject, GcReply
+from mqfleet.replies import CompareReply, CompareRow, GcReply
 
 if TYPE_CHECKING:
     from mqfleet.coordinator.context import HandlerContext as Coordinator
@@ -97,16 +97,16 @@ def handle_compare(coord: Coordinator, req: Request) -> CompareReply:
         if not refs or len(refs) > COMPARE_MAX_JOBS:
             raise BadRequestError(f"'jobs' must name 1 to {COMPARE_MAX_JOBS} jobs, not {len(refs)}")
         job_ids = [coord.catalog.resolve_job(str(ref)) for ref in refs]
-    by_job = {a["job_id"]: a["metrics"] for a in coord.artifacts.artifacts()} if job_ids else {}
+    by_job = {a.job_id: a.metrics for a in coord.artifacts.artifacts()} if job_ids else {}
     rows = []
     for job_id in dict.fromkeys(job_ids):
-        row = coord.catalog.job(job_id).to_wire()
+        row = coord.catalog.job(job_id)
         usage = coord.history.usage_of(job_id)
         hyper = coord.catalog.job_spec(job_id).get("hyper")
         rows.append(CompareRow(
-            id=row["id"], name=row["name"], model=row["model"], mode=row["mode"], status=row["status"],
-            host=row["host"], attempts=row["attempts"], hyper=hyper if isinstance(hyper, dict) else {},
-            metrics=final_metrics(row["progress"], by_job.get(job_id), coord.history.last_report(job_id)),
+            id=row.id, name=row.name, model=row.model, mode=row.mode, status=row.status,
+            host=row.host, attempts=row.attempts, hyper=hyper if isinstance(hyper, dict) else {},
+            metrics=final_metrics(row.progress, by_job.get(job_id), coord.history.last_report(job_id)),
             usage=usage[max(usage)] if usage else None,
         ))
     names = sorted({k for r in rows for k, v in r.metrics.items() if _numeric(v)})
@@ -116,12 +116,7 @@ def handle_compare(coord: Coordinator, req: Request) -> CompareReply:
 def prepare_gc(coord: Coordinator, req: Request) -> GcReply:
     # Listing and deleting objects is slow store work: done here, off the dispatcher thread.
     dry_run = GcRequest.from_wire(req.body).dry_run
-    found = collect_garbage(coord.state, coord.store, coord.uploads, dry_run=dry_run, now=req.now)
-    return GcReply(
-        dry_run=found["dry_run"], count=found["count"], bytes=found["bytes"], kept=found["kept"],
-        ignored=found["ignored"], objects=[GcObject(**o) for o in found["objects"]],
-        failed=[GcFailure(**f) for f in found["failed"]],
-    )
+    return collect_garbage(coord.state, coord.store, coord.uploads, dry_run=dry_run, now=req.now)
 
 
 def handle_gc(coord: Coordinator, req: Request) -> GcReply:

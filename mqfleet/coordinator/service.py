@@ -234,7 +234,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         with self.lock:
             self.flush_lines()
             attempts = self.catalog.attempts(job_id)
-            numbers = [int(a["number"]) for a in attempts]
+            numbers = [a.number for a in attempts]
             if attempt is None:
                 with_lines = self.history.attempts_with_lines(job_id)
                 attempt = with_lines[-1] if with_lines else (numbers[-1] if numbers else None)
@@ -245,7 +245,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
                 raise NotFoundError(f"job {job_id[:12]} has no attempt {attempt} (its attempts: {listed})")
             lines = self.history.lines(job_id, attempt)
         if not lines:
-            tail = next((a.get("output_tail") or "" for a in attempts if a["number"] == attempt), "")
+            tail = next((a.output_tail or "" for a in attempts if a.number == attempt), "")
             lines = tail.splitlines()
         return attempt, lines, numbers
 

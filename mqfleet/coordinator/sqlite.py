@@ -20,6 +20,7 @@ from typing import Any
 from mqfleet import defaults
 from mqfleet.coordinator.schema import SCHEMA, VERSION_SCHEMA, check_schema_version
 from mqfleet.errors import IllegalTransitionError, NotFoundError, StateError
+from mqfleet.protocol import Wire
 from mqfleet.records import JobEvent
 from mqfleet.state import JobStatus, is_allowed
 
@@ -165,11 +166,12 @@ class StateFile:
 
     # the request memory: a redelivered request is answered with its first reply
 
-    def remembered_reply(self, key: str) -> dict[str, Any] | None:
+    def remembered_reply(self, key: str) -> Wire | None:
+        """The reply's JSON as first sent (decoded from the stored text), or None."""
         row = self.read_one("SELECT reply FROM replies WHERE key = ?", (key,))
         return dict(json.loads(row[0])) if row else None
 
-    def remember_reply(self, key: str, reply: dict[str, Any], now: float, *, keep: int = defaults.REPLIES_PER_CLIENT) -> None:
+    def remember_reply(self, key: str, reply: Wire, now: float, *, keep: int = defaults.REPLIES_PER_CLIENT) -> None:
         """Remember a reply under `role/client/verb/request_id`; each `role/client` keeps its newest `keep`.
 
         The cap bounds what one sender can make the database hold, however fast it sends.

@@ -7,7 +7,6 @@ import ctypes
 import ctypes.util
 import gc
 import logging
-from typing import Any
 
 from mqfleet.coordinator.core import CoordinatorCore
 from mqfleet.coordinator.manifest_memo import manifest_digest
@@ -52,7 +51,7 @@ class ManifestInForce(CoordinatorCore):
         """Remember a manifest refused whole (health reports it); the one in force stays."""
         self.refused_manifest = problem
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> dict[str, list[str]]:
         """Apply the --manifest file if it changed since it was last applied, else keep the manifest in force
         (which may have come from `reload --file`); logs which and why. ManifestError when there is neither."""
         if self._resume_manifest():

@@ -73,7 +73,7 @@ def _ignoring_refusals(ask: Callable[[], dict[str, Any] | None]) -> dict[str, An
 
 def _lease_expiry(coord: Coordinator, job_id: str) -> float | None:
     lease = coord.catalog.lease(job_id)
-    return float(lease["expires_ts"]) if lease else None
+    return float(lease.expires_ts) if lease else None
 
 
 def test_a_lease_expires_exactly_at_its_term_and_the_job_goes_back_to_pending(
@@ -90,7 +90,7 @@ def test_a_lease_expires_exactly_at_its_term_and_the_job_goes_back_to_pending(
     assert coordinator.tick(granted_at + LEASE_S) == [job_id]
     row = coordinator.catalog.job(job_id)
     assert (row.status, row.attempts) == ("pending", 1)
-    assert [a["cause"] for a in coordinator.catalog.attempts(job_id)] == ["lost"]
+    assert [a.cause for a in coordinator.catalog.attempts(job_id)] == ["lost"]
     # the old lease is gone for good: its renewal is refused
     with pytest.raises(Exception, match="lease_lost"):
         agent.rpc.call(Verb.RENEW, job_id=job_id, lease_id=grant["lease_id"], progress=None)

@@ -17,6 +17,7 @@ from mqfleet.coordinator.garbage import UploadWindow, collect_garbage
 from mqfleet.errors import LeaseLostError
 from mqfleet.messages import Grant, JobRow, TrainerRef
 from mqfleet.protocol import JsonObject
+from mqfleet.replies import CheckpointDetail, CheckpointStartRecord
 from mqfleet.state import Cause
 from mqfleet.store import FileStore
 from tests.fixtures.state import CoordinatorState
@@ -89,7 +90,8 @@ def test_a_new_checkpoint_replaces_the_old_whose_object_becomes_garbage(db: Coor
     _save(book, SHA1)
     _save(book, SHA2, now=T0 + 5)
     latest = book.latest(job_id("a"))
-    assert latest is not None and latest["sha256"] == SHA2 and latest["progress"] == {"epoch": 3}
+    assert latest is not None and latest.saved.sha256 == SHA2 and latest.saved.progress == {"epoch": 3}
+    assert latest.key == f"checkpoints/x/{SHA2}"
     assert book.garbage() == [f"checkpoints/x/{SHA1}"]
     book.forget_garbage(book.garbage())
     assert book.garbage() == []
@@ -102,7 +104,7 @@ def test_discard_forgets_the_checkpoint_and_queues_its_object(db: CoordinatorSta
     assert book.discard(job_id("a"), T0 + 1, "job completed") is True
     assert book.latest(job_id("a")) is None
     assert book.garbage() == [f"checkpoints/x/{SHA1}"]
-    assert book.detail(job_id("a")) == {"latest": None, "last_start": None}
+    assert book.detail(job_id("a")) == CheckpointDetail(latest=None, last_start=None)
 
 
 def test_detail_shows_size_and_last_sync_and_how_the_last_attempt_started(db: CoordinatorState) -> None:
@@ -110,15 +112,16 @@ def test_detail_shows_size_and_last_sync_and_how_the_last_attempt_started(db: Co
     _save(book, SHA1, now=T0 + 7)
     book.note_start(job_id("a"), attempt=2, resumed=False, from_attempt=1, note="started fresh: sha256", now=T0 + 8)
     detail = book.detail(job_id("a"))
-    assert detail["latest"]["size"] == 10 and detail["latest"]["saved_ts"] == T0 + 7
-    assert "key" not in detail["latest"]
-    assert detail["last_start"] == {"attempt": 2, "resumed": False, "from_attempt": 1, "from_progress": None,
-                                    "note": "started fresh: sha256", "ts": T0 + 8}
+    assert detail.latest is not None and detail.latest.size == 10 and detail.latest.saved_ts == T0 + 7
+    assert "key" not in detail.to_wire()["latest"]
+    assert detail.last_start == CheckpointStartRecord(attempt=2, resumed=False, from_attempt=1, from_progress=None,
+                                                      note="started fresh: sha256", ts=T0 + 8)
     book.note_start(job_id("a"), attempt=3, resumed=True, from_attempt=1, note="resumed", now=T0 + 9,
                     from_progress={"epoch": 3})
-    assert [s["attempt"] for s in book.starts(job_id("a"))] == [2, 3]
-    assert book.detail(job_id("a"))["last_start"]["from_progress"] == {"epoch": 3}
-    assert book.starts()[-1]["job_id"] == job_id("a")
+    assert [s.attempt for s in book.starts(job_id("a"))] == [2, 3]
+    last_start = book.detail(job_id("a")).last_start
+    assert last_start is not None and last_start.from_progress == {"epoch": 3}
+    assert book.starts(job_id("b")) == [], "each job's starts are its own"
 
 
 def test_the_tables_survive_a_reopen(state_target: str) -> None:
@@ -129,7 +132,7 @@ def test_the_tables_survive_a_reopen(state_target: str) -> None:
     again = CoordinatorState(state_target)
     try:
         latest = CheckpointBook(again.state).latest(job_id("a"))
-        assert latest is not None and latest["sha256"] == SHA1
+        assert latest is not None and latest.saved.sha256 == SHA1
     finally:
         again.close()
 
@@ -144,7 +147,7 @@ def test_gc_keeps_the_latest_checkpoint_object_and_collects_a_replaced_one(db: C
         store.put_file(key, tmp_path / "b")
     book.record(job_id("a"), attempt=1, host="h1", sha256=SHA2, size=6, key=new_key, progress=None, now=T0)
     report = collect_garbage(db.state, store, UploadWindow(), dry_run=False, now=T0)
-    assert [o["key"] for o in report["objects"]] == [old_key]
+    assert [o.key for o in report.objects] == [old_key]
     assert store.stat(new_key) == 6 and store.stat(old_key) is None
 
 

@@ -14,6 +14,7 @@ from mqfleet.errors import AmbiguousError, BadRequestError, IllegalTransitionErr
 from mqfleet.manifest import FleetSettings, HostPolicy, HyperParam, JobSpec, Manifest, TrainerSpec
 from mqfleet.messages import Grant, TrainerRef
 from mqfleet.protocol import encode
+from mqfleet.replies import ArtifactRecord, LeaseDetail, WaitReason
 from mqfleet.state import Cause, JobStatus
 from tests.fixtures.state import CoordinatorState, is_postgres
 
@@ -86,7 +87,7 @@ def test_state_survives_reopening_the_file(state_target: str) -> None:
     grant = claimed(first, "h")
     first.close()
     second = CoordinatorState(state_target)
-    assert second.lease(job_id("a"))["lease_id"] == grant.lease_id  # type: ignore[index]
+    assert second.lease(job_id("a")).lease_id == grant.lease_id  # type: ignore[union-attr]
     assert second.take_changes() == []
     second.close()
 
@@ -132,7 +133,7 @@ def test_orphaned_pending_job_is_not_claimed_and_says_why(db: CoordinatorState) 
     db.apply_manifest(manifest(), T0)
     bring_online(db, "h")
     assert db.claim("h", T0) is None
-    assert {"host": None, "reason": "not in the manifest any more"} in db.why_waiting(job_id("gone"), T0)
+    assert WaitReason(host=None, reason="not in the manifest any more") in db.why_waiting(job_id("gone"), T0)
 
 
 def test_orphaned_job_can_still_be_cancelled(db: CoordinatorState) -> None:
@@ -158,7 +159,7 @@ def test_claim_grants_lease_with_spec_trainer_attempt_and_expiry(db: Coordinator
                                                                "choices": []}})
     assert (grant.attempt, grant.lease_s, grant.expires_ts, grant.gpus) == (1, 90.0, T0 + 91, [])
     assert len(grant.lease_id) == 32
-    assert db.lease(job_id("a")) == {"lease_id": grant.lease_id, "host": "h", "expires_ts": T0 + 91, "attempt": 1, "gpus": []}
+    assert db.lease(job_id("a")) == LeaseDetail(lease_id=grant.lease_id, host="h", expires_ts=T0 + 91, attempt=1, gpus=[])
     assert grant.job.lease_expires_ts == T0 + 91
 
 
@@ -188,7 +189,7 @@ def test_claim_fills_the_manifest_slots_not_the_advert_slots(db: CoordinatorStat
     claimed(db, "h")
     claimed(db, "h")
     assert db.claim("h", T0) is None
-    assert [(h["id"], h["slots"], h["slots_used"], len(h["jobs"])) for h in db.hosts()] == [("h", 2, 2, 2)]
+    assert [(h.id, h.slots, h.slots_used, len(h.jobs)) for h in db.hosts()] == [("h", 2, 2, 2)]
 
 
 def test_unlisted_host_uses_the_slots_of_its_advert(db: CoordinatorState) -> None:
@@ -319,7 +320,7 @@ def test_job_waits_for_its_dependency_to_complete(db: CoordinatorState) -> None:
     grant = claimed(db, "h")
     assert grant.job.name == "first"
     assert db.claim("h", T0) is None
-    assert db.why_waiting(job_id("second"), T0)[0] == {"host": None, "reason": "dependency 'first' not completed (claimed)"}
+    assert db.why_waiting(job_id("second"), T0)[0] == WaitReason(host=None, reason="dependency 'first' not completed (claimed)")
     db.complete(job_id("first"), grant.lease_id, "h", ART, T0 + 1)
     assert claimed(db, "h").job.name == "second"
 
@@ -411,7 +412,7 @@ def test_expired_lease_returns_job_to_pending_with_attempt_incremented(db: Coord
     assert (row.status, row.attempts, row.host, db.lease(job_id("a"))) == ("pending", 1, None, None)
     assert "lease expired on h" in row.error
     [attempt] = db.attempts(job_id("a"))
-    assert (attempt["cause"], attempt["ended_ts"], attempt["lease_id"]) == ("lost", T0 + 90, grant.lease_id)
+    assert (attempt.cause, attempt.ended_ts, attempt.lease_id) == ("lost", T0 + 90, grant.lease_id)
 
 
 def test_expired_lease_on_the_last_attempt_fails_the_job(db: CoordinatorState) -> None:
@@ -436,7 +437,7 @@ def test_shutdown_handback_never_counts_against_attempts(db: CoordinatorState) -
         status = db.fail(job_id("a"), grant.lease_id, "h", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0)
         assert status is JobStatus.PENDING
     assert db.job(job_id("a")).attempts == 0
-    assert [a["cause"] for a in db.attempts(job_id("a"))] == ["shutdown"] * 3
+    assert [a.cause for a in db.attempts(job_id("a"))] == ["shutdown"] * 3
 
 
 def test_app_failure_counts_and_records_exit_code_and_output_tail(db: CoordinatorState) -> None:
@@ -449,8 +450,8 @@ def test_app_failure_counts_and_records_exit_code_and_output_tail(db: Coordinato
     grant = claimed(db, "h", T0 + 6)
     assert db.fail(job_id("a"), grant.lease_id, "h", Cause.APP, exit_code=1, output_tail="", error="oom", now=T0 + 7) is JobStatus.FAILED
     first, second = db.attempts(job_id("a"))
-    assert (first["number"], first["host"], first["cause"], first["exit_code"], first["output_tail"]) == (1, "h", "app", 3, "Traceback ...")
-    assert (second["number"], second["error"], second["started_ts"], second["ended_ts"]) == (2, "oom", T0 + 6, T0 + 7)
+    assert (first.number, first.host, first.cause, first.exit_code, first.output_tail) == (1, "h", "app", 3, "Traceback ...")
+    assert (second.number, second.error, second.started_ts, second.ended_ts) == (2, "oom", T0 + 6, T0 + 7)
     with pytest.raises(LeaseLostError):
         db.fail(job_id("a"), grant.lease_id, "h", Cause.APP, exit_code=1, output_tail="", error="", now=T0 + 8)
 
@@ -465,7 +466,7 @@ def test_offline_host_leases_shrink_to_the_grace(db: CoordinatorState) -> None:
     claimed(db, "h")
     claimed(db, "h")
     assert sorted(db.record_presence("h", False, T0 + 20)) == sorted([job_id("a"), job_id("b")])
-    assert db.lease(job_id("a"))["expires_ts"] == T0 + 30  # type: ignore[index]
+    assert db.lease(job_id("a")).expires_ts == T0 + 30  # type: ignore[union-attr]
     assert db.record_presence("other", False, T0 + 20) == []
     assert sorted(db.expire_leases(T0 + 30)) == sorted([job_id("a"), job_id("b")])
 
@@ -475,7 +476,7 @@ def test_offline_never_lengthens_a_lease(db: CoordinatorState) -> None:
     bring_online(db, "h")
     claimed(db, "h")
     db.record_presence("h", False, T0)
-    assert db.lease(job_id("a"))["expires_ts"] == T0 + 5  # type: ignore[index]
+    assert db.lease(job_id("a")).expires_ts == T0 + 5  # type: ignore[union-attr]
 
 
 def test_host_back_inside_the_grace_keeps_its_job_by_renewing(db: CoordinatorState) -> None:
@@ -495,7 +496,7 @@ def test_resume_leases_gives_every_lease_a_full_term_after_a_coordinator_outage(
     claimed(db, "h")
     assert db.resume_leases(T0 + 500) == [job_id("a")]
     assert db.expire_leases(T0 + 500) == []
-    assert db.lease(job_id("a"))["expires_ts"] == T0 + 590  # type: ignore[index]
+    assert db.lease(job_id("a")).expires_ts == T0 + 590  # type: ignore[union-attr]
 
 
 # --- cancel, requeue, complete ------------------------------------------------------------
@@ -515,10 +516,10 @@ def test_cancel_running_job_ends_the_attempt_as_cancelled_and_names_the_lease(db
     db.renew(job_id("a"), grant.lease_id, "h", T0 + 1)
     assert db.cancel(job_id("a"), T0 + 2) == TakenLease(host="h", lease_id=grant.lease_id)
     assert (db.job(job_id("a")).status, db.lease(job_id("a"))) == ("cancelled", None)
-    assert db.attempts(job_id("a"))[0]["cause"] == "cancelled"
+    assert db.attempts(job_id("a"))[0].cause == "cancelled"
     with pytest.raises(LeaseLostError):
         db.renew(job_id("a"), grant.lease_id, "h", T0 + 3)
-    assert db.hosts()[0]["slots_used"] == 0
+    assert db.hosts()[0].slots_used == 0
 
 
 def test_cancel_of_a_terminal_job_is_an_illegal_transition(db: CoordinatorState) -> None:
@@ -563,9 +564,10 @@ def test_exactly_one_completion_is_recorded_per_job(db: CoordinatorState) -> Non
     with pytest.raises(LeaseLostError):
         db.complete(job_id("a"), grant.lease_id, "h", ART, T0 + 10)
     assert db.is_artifact_verified(SHA)
-    assert db.artifacts() == [{"sha256": ART.sha256, "size": 123, "key": ART.key, "job_id": job_id("a"), "name": "a",
-                               "model": "gbt", "mode": "realistic", "host": "h", "metrics": {"rmse": 0.5}, "created_ts": T0 + 9}]
-    assert db.attempts(job_id("a"))[0]["outcome"] == "completed"
+    assert db.artifacts() == [ArtifactRecord(sha256=ART.sha256, size=123, key=ART.key, job_id=job_id("a"), name="a",
+                                             model="gbt", mode="realistic", host="h", metrics={"rmse": 0.5},
+                                             created_ts=T0 + 9)]
+    assert db.attempts(job_id("a"))[0].outcome == "completed"
     assert db.counts()["completed"] == 1
 
 
@@ -574,7 +576,7 @@ def test_bit_identical_artifacts_of_two_jobs_share_one_object(db: CoordinatorSta
     bring_online(db, "h")
     for name in ("a", "b"):
         db.complete(job_id(name), claimed(db, "h").lease_id, "h", ART, T0)
-    assert [a["job_id"] for a in db.artifacts()] == [job_id("a"), job_id("b")]
+    assert [a.job_id for a in db.artifacts()] == [job_id("a"), job_id("b")]
     stored = db.artifact(SHA)
     assert stored is not None and stored.size == 123
     assert not db.is_artifact_verified("cd" * 32)
@@ -585,7 +587,7 @@ def test_bit_identical_artifacts_of_two_jobs_share_one_object(db: CoordinatorSta
 
 def test_why_waiting_says_no_host_is_online(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
-    assert db.why_waiting(job_id("a"), T0) == [{"host": None, "reason": "no host online"}]
+    assert db.why_waiting(job_id("a"), T0) == [WaitReason(host=None, reason="no host online")]
 
 
 def test_why_waiting_gives_one_reason_per_online_host(db: CoordinatorState) -> None:
@@ -598,9 +600,9 @@ def test_why_waiting_gives_one_reason_per_online_host(db: CoordinatorState) -> N
     db.record_presence("gone", False, T0)
     claimed(db, "busy")
     assert db.why_waiting(job_id("a"), T0) == [
-        {"host": "busy", "reason": "all 1 slot busy; needs CUDA; host has none; needs 24 GiB VRAM; host has 0"},
-        {"host": "pi", "reason": "policy deny_jobs matches 'gbt'; needs CUDA; host has none; needs 24 GiB VRAM; host has 0"},
-        {"host": "small", "reason": "needs 24 GiB VRAM; host has 8"},
+        WaitReason(host="busy", reason="all 1 slot busy; needs CUDA; host has none; needs 24 GiB VRAM; host has 0"),
+        WaitReason(host="pi", reason="policy deny_jobs matches 'gbt'; needs CUDA; host has none; needs 24 GiB VRAM; host has 0"),
+        WaitReason(host="small", reason="needs 24 GiB VRAM; host has 8"),
     ]
 
 
@@ -611,15 +613,15 @@ def test_why_waiting_names_the_cuda_host_a_prefer_cuda_job_waits_for(db: Coordin
     assert claimed(db, "gpu-box").job.name == "g1"
     assert db.claim("cpu", T0) is None
     assert db.why_waiting(job_id("g2"), T0) == [
-        {"host": "cpu", "reason": "waits for a CUDA host (gpu-box is online)"},
-        {"host": "gpu-box", "reason": "all 1 slot busy"},
+        WaitReason(host="cpu", reason="waits for a CUDA host (gpu-box is online)"),
+        WaitReason(host="gpu-box", reason="all 1 slot busy"),
     ]
 
 
 def test_why_waiting_calls_an_idle_capable_host_eligible(db: CoordinatorState) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     bring_online(db, "h")
-    assert db.why_waiting(job_id("a"), T0) == [{"host": "h", "reason": "eligible; its next claim takes the best-ranked job"}]
+    assert db.why_waiting(job_id("a"), T0) == [WaitReason(host="h", reason="eligible; its next claim takes the best-ranked job")]
 
 
 def test_why_waiting_is_empty_for_a_job_that_is_not_pending(db: CoordinatorState) -> None:

@@ -66,7 +66,7 @@ class LeaseMachine(RuleBasedStateMachine):
 
     def _is_current(self, grant: dict[str, Any]) -> bool:
         lease = self.db.lease(grant.job.id)
-        return lease is not None and lease["lease_id"] == grant.lease_id and lease["host"] == grant.job.host
+        return lease is not None and lease.lease_id == grant.lease_id and lease.host == grant.job.host
 
     @rule(host=st.sampled_from(sorted(HOSTS)))
     def claim(self, host: str) -> None:
@@ -94,7 +94,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.now += seconds
         live = {j: self.db.lease(j) for j in self.known}
         expired = self.db.expire_leases(self.now)
-        assert sorted(expired) == sorted(j for j, lease in live.items() if lease and lease["expires_ts"] <= self.now)
+        assert sorted(expired) == sorted(j for j, lease in live.items() if lease and lease.expires_ts <= self.now)
 
     @rule(host=st.sampled_from(sorted(HOSTS)), online=st.booleans())
     def presence(self, host: str, online: bool) -> None:
@@ -166,13 +166,13 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @invariant()
     def leased_statuses_and_only_they_hold_one_lease(self) -> None:
-        held = [j for h in self.db.hosts() for j in h["jobs"]]
+        held = [j for h in self.db.hosts() for j in h.jobs]
         assert len(held) == len(set(held))
         for row in self.db.jobs():
             lease = self.db.lease(row.id)
             assert (lease is not None) == (JobStatus(row.status) in LEASED), row
             if lease is not None:
-                assert lease["host"] == row.host
+                assert lease.host == row.host
 
     @invariant()
     def attempts_never_exceed_the_budget(self) -> None:
@@ -180,7 +180,7 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @invariant()
     def host_slots_are_never_overbooked(self) -> None:
-        assert all(h["slots_used"] <= h["slots"] for h in self.db.hosts())
+        assert all(h.slots_used <= h.slots for h in self.db.hosts())
 
     @invariant()
     def a_terminal_job_changes_only_by_requeue(self) -> None:

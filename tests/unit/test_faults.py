@@ -52,7 +52,7 @@ def fail_once(db: Database, host: str, now: float, cause: Cause = Cause.APP) -> 
 
 
 def job_reasons(db: Database, name: str, now: float) -> list[str]:
-    return [w["reason"] for w in db.why_waiting(job_id(name), now) if w["host"] is None]
+    return [w.reason for w in db.why_waiting(job_id(name), now) if w.host is None]
 
 
 def test_a_failed_job_is_not_claimable_until_its_back_off_has_passed_and_why_waiting_says_how_long(db: Database) -> None:
@@ -79,7 +79,7 @@ def test_a_retry_prefers_a_host_that_has_not_failed_the_job_while_one_is_online(
     online(db, "h1", "h2")
     fail_once(db, "h1", T0)
     assert db.claim("h1", T0 + 1) is None
-    why = {w["host"]: w["reason"] for w in db.why_waiting(job_id("a"), T0 + 1)}
+    why = {w.host: w.reason for w in db.why_waiting(job_id("a"), T0 + 1)}
     assert "its retry prefers h2" in why["h1"] and why["h2"].startswith("eligible"), why
     assert db.claim("h2", T0 + 1).job.name == "a"  # type: ignore[union-attr]
 
@@ -98,15 +98,15 @@ def test_consecutive_failures_over_several_jobs_quarantine_a_host_until_it_is_un
     names = [fail_once(db, "h", T0 + i, cause) for i, cause in enumerate((Cause.APP, Cause.TIMEOUT, Cause.STALLED))]
     assert db.claim("h", T0 + 5) is None
     host = db.hosts()[0]
-    assert host["quarantined"] is True
-    assert host["quarantine"]["jobs"] == names
-    assert "3 consecutive failed attempts (app, stalled, timeout)" in host["quarantine"]["reason"]
+    assert host.quarantined is True and host.quarantine is not None
+    assert host.quarantine.jobs == names
+    assert "3 consecutive failed attempts (app, stalled, timeout)" in host.quarantine.reason
     events = db.take_host_events()
     assert [(e.kind, e.host) for e in events] == [("host_quarantined", "h")]
-    assert any("quarantined after 3 consecutive" in w["reason"] for w in db.why_waiting(job_id("d"), T0 + 5))
+    assert any("quarantined after 3 consecutive" in w.reason for w in db.why_waiting(job_id("d"), T0 + 5))
 
     assert db.set_draining("h", False, T0 + 6) is True
-    assert db.hosts()[0]["quarantined"] is False
+    assert db.hosts()[0].quarantined is False
     assert [e.kind for e in db.take_host_events()] == ["host_released"]
     assert db.claim("h", T0 + 7).job.name == "d"  # type: ignore[union-attr]
 
@@ -116,7 +116,7 @@ def test_one_job_failing_again_and_again_does_not_quarantine_its_host(db: Databa
     online(db, "h")
     fail_once(db, "h", T0)
     fail_once(db, "h", T0 + 1)
-    assert db.hosts()[0]["quarantined"] is False
+    assert db.hosts()[0].quarantined is False
 
 
 def test_a_completion_ends_the_failure_streak(db: Database) -> None:
@@ -128,7 +128,7 @@ def test_a_completion_ends_the_failure_streak(db: Database) -> None:
     art = Completion(sha256="ab" * 32, size=1, key="k")
     db.complete(grant.job.id, grant.lease_id, "h", art, T0 + 2)
     fail_once(db, "h", T0 + 3)
-    assert db.hosts()[0]["quarantined"] is False
+    assert db.hosts()[0].quarantined is False
 
 
 def test_a_job_whose_dependency_failed_says_it_can_never_run(db: Database) -> None:
