@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from mqfleet.trainers import common
+from mqfleet.trainers import common, output
 
 if TYPE_CHECKING:
     import numpy as np
@@ -193,7 +193,7 @@ def train(argv: Sequence[str]) -> None:
     # Tensors go to the CPU before saving, so the file loads anywhere and names no GPU.
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, str(job.out_dir / model_file))
     metrics = score(task, data.y[split.test], _predict(torch, model, x_test, task, stats))
-    result = common.TrainingResult(
+    result = output.TrainingResult(
         data=data,
         split=split,
         task=task,
@@ -202,10 +202,10 @@ def train(argv: Sequence[str]) -> None:
         curve=curve,
         loss_name=loss_name,
         step_name="epoch",
-        device=common.Device(kind=device.type, name=gpu_name, threads=TORCH_THREADS),
+        device=output.Device(kind=device.type, name=gpu_name, threads=TORCH_THREADS),
         versions={"torch": torch.__version__, "numpy": np.__version__},
     )
-    common.write_outputs(job, result)
+    output.write_outputs(job, result)
     common.emit_progress({"progress": 1.0, "metrics": {**metrics, "n_train": len(split.train), "n_test": len(split.test)}})
 
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mqfleet.trainers import common
+from mqfleet.trainers import common, output
 
 if TYPE_CHECKING:
     import numpy as np
@@ -180,7 +180,7 @@ def train(argv: Sequence[str]) -> None:
     prediction = np.column_stack([1.0 - raw, raw]) if task.kind == "binary" else raw
     metrics = score(task, data.y[split.test], prediction)
     curve = {name: history[name] for name in ("train", "test")}
-    result = common.TrainingResult(
+    result = output.TrainingResult(
         data=data,
         split=split,
         task=task,
@@ -189,10 +189,10 @@ def train(argv: Sequence[str]) -> None:
         curve=curve,
         loss_name=metric,
         step_name="round",
-        device=common.Device(kind=device, name=gpu_name, threads=XGB_THREADS),
+        device=output.Device(kind=device, name=gpu_name, threads=XGB_THREADS),
         versions={"xgboost": xgb.__version__, "numpy": np.__version__},
     )
-    common.write_outputs(job, result)
+    output.write_outputs(job, result)
     common.emit_progress({"progress": 1.0, "metrics": {**metrics, "n_train": len(split.train), "n_test": len(split.test)}})
 
 
