@@ -166,7 +166,7 @@ def measure_resume_saving(workdir: Path, *, grace_s: float = 2.0, at: float = 0.
                 victim.kill9()
                 agents.append(_agent(f"{name}-2", workdir / name, env))
                 deadline = time.monotonic() + 120
-                while coord.client.job(name)["status"] != "completed":
+                while coord.client.job(name).status != "completed":
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"resume: {name} did not complete within 120 s")
                     time.sleep(0.1)
@@ -190,8 +190,9 @@ def _wait_progress(coord: CoordinatorProc, name: str, at: float) -> float:
     deadline = time.monotonic() + 120
     while True:
         job = coord.client.job(name)
-        done = float((job.get("progress") or {}).get("progress") or 0.0)
-        if job["status"] == "running" and done >= at:
+        reported = (job.progress or {}).get("progress")
+        done = float(reported) if isinstance(reported, (int, float)) else 0.0
+        if job.status == "running" and done >= at:
             return done
         if time.monotonic() > deadline:
             raise RuntimeError(f"resume: {name} did not reach {at:.0%} within 120 s")

@@ -160,7 +160,7 @@ def measure_coordinator(broker_url: str, workdir: Path, clients: int, seconds: f
         for agent in agents:
             grant = agent.claim_until_granted()
             agent.call(Verb.FAIL, job_id=grant["job"]["id"], lease_id=grant["lease_id"], cause="shutdown")
-        while coord.client.health().get("republishing"):
+        while coord.client.health().republishing:
             time.sleep(0.2)
         cpu0 = _cpu_s(coord.pid)
         claims, errors = _drive(agents, _claim_and_hand_back, seconds)

@@ -123,7 +123,7 @@ def measure_size(n_jobs: int, workdir: Path, broker_url: str, *, claims: int = 4
         # The first load's events and retained states go out in the background at a bounded rate;
         # the figures below are of a settled coordinator, and this is how long settling took.
         settle_deadline = time.monotonic() + 600
-        while coord.client.health().get("republishing") and time.monotonic() < settle_deadline:
+        while coord.client.health().republishing and time.monotonic() < settle_deadline:
             time.sleep(0.5)
         settled_s = time.monotonic() - t0
         agent.start()

@@ -124,8 +124,8 @@ def run_once(broker_url: str, workdir: Path, agents_n: int, seconds: float, *, o
         lines_stored = 0
         if observed:
             done_jobs = coord.client.jobs("completed")
-            some_job = done_jobs[len(done_jobs) // 2]["id"]  # not the seed job, which sent no lines
-            lines_stored = len(coord.client.logs(some_job)["lines"])
+            some_job = str(done_jobs[len(done_jobs) // 2]["id"])  # not the seed job, which sent no lines
+            lines_stored = len(coord.client.logs(some_job).lines)
     finally:
         stop.set()
         _stop_agents(agents)

@@ -84,7 +84,7 @@ def measure_reload(trials: int, workdir: Path) -> dict[str, Any]:
 def _wait_idle_agent(coord: CoordinatorProc, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if any(w.get("online") and w.get("advert") for w in coord.client.workers()):
+        if any(w.online and w.advert for w in coord.client.workers()):
             return
         time.sleep(0.05)
     raise RuntimeError("the agent did not come online")

@@ -49,7 +49,7 @@ def measure_rss(n_jobs: int, workdir: Path, *, settle_s: float = 3.0) -> dict[st
                       str(workdir / "agent"), "--repo", str(ROOT)], fleet_env(broker.url, prefix), workdir / "agent.log")
         try:
             deadline = time.monotonic() + 30
-            while not any(w["id"] == IDLE_HOST and w["online"] and w["advert"] for w in coord.client.workers()):
+            while not any(w.id == IDLE_HOST and w.online and w.advert for w in coord.client.workers()):
                 if time.monotonic() > deadline or not agent.alive():
                     raise RuntimeError(f"the agent did not come online:\n{agent.log_tail()}")
                 time.sleep(0.1)
@@ -63,7 +63,7 @@ def measure_rss(n_jobs: int, workdir: Path, *, settle_s: float = 3.0) -> dict[st
             except DecodeError as e:
                 # The coordinator built and sent the listing; the client refuses its size (see the report).
                 listed_error = str(e)
-            listed = sum(coord.client.health()["jobs_by_status"].values())
+            listed = sum(coord.client.health().jobs_by_status.values())
             coord_rss_listed = psutil.Process(coord.pid).memory_info().rss
         finally:
             agent.stop()

@@ -221,7 +221,7 @@ def measure_renewals(agents_n: int, seconds: float, workdir: Path, *, renew_s: f
                     lost += item[2]
             # A lost lease shows as a job that is not running (back to pending, or failed) and as a refused
             # renewal; the full job listing is not used, as the CLI client refuses replies over 256 KiB.
-            by_status = coord.client.health()["jobs_by_status"]
+            by_status = coord.client.health().jobs_by_status
             not_running = sum(n for status, n in by_status.items() if status != "running")
         finally:
             for proc in procs:

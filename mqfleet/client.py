@@ -7,17 +7,42 @@ import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from mqfleet import defaults
 from mqfleet.errors import BrokerUnavailableError, RequestTimeoutError
+from mqfleet.messages import Health, JobRow
 from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import Topics, Verb
-from mqfleet.rpc import RpcClient
+from mqfleet.protocol import JsonObject, JsonValue, Topics, Verb
+from mqfleet.replies import (
+    ArtifactRecord,
+    ArtifactsReply,
+    CompareReply,
+    DownloadUrlReply,
+    DrainReply,
+    GcReply,
+    JobDetail,
+    JobDetailReply,
+    JobReply,
+    JobsReply,
+    LogsReply,
+    ManifestReply,
+    ReloadReply,
+    RequeuedJob,
+    RequeueReply,
+    UndrainReply,
+    Worker,
+    WorkersReply,
+)
+from mqfleet.rpc import Reply, RpcClient
+from mqfleet.wire import WireMessage
+
+R = TypeVar("R", bound=WireMessage)
 
 
 class FleetClient:
-    """Sends requests to the coordinator and returns the `ok` replies; raises RemoteError otherwise."""
+    """Sends requests to the coordinator and returns its `ok` replies typed (mqfleet/replies.py); raises
+    RemoteError otherwise, and BadRequestError naming the field when a reply is not what its verb sends."""
 
     def __init__(
         self,
@@ -61,8 +86,8 @@ class FleetClient:
             self.conn.stop()
             self._started = False
 
-    def call(self, verb: Verb, **fields: Any) -> dict[str, Any]:
-        """One request; the reply when ok, else RemoteError with the coordinator's code."""
+    def call(self, verb: Verb, **fields: Any) -> Reply:
+        """One request; the reply's JSON when ok, else RemoteError with the coordinator's code."""
         self.connect()
         try:
             return self.rpc.call(verb, timeout_s=self.timeout_s, **fields)
@@ -72,8 +97,12 @@ class FleetClient:
                 "is it running, and is --broker right?"
             ) from e
 
-    # conveniences used by the CLI and tests
-    def jobs(self, status: str | None = None, *, name: str | None = None) -> list[dict[str, Any]]:
+    def ask(self, verb: Verb, reply: type[R], **fields: JsonValue) -> R:
+        """One request; its reply read as `reply` (fields it does not know are ignored)."""
+        return reply.from_wire(self.call(verb, **fields))
+
+    # every verb, typed (the CLI, scripts and tests use these)
+    def jobs(self, status: str | None = None, *, name: str | None = None) -> list[JsonObject]:
         """Every job (optionally of one status, or whose name matches a glob), oldest first."""
         return list(self.job_listing(status=status, name=name))
 
@@ -83,33 +112,68 @@ class FleetClient:
         """Jobs streamed a page at a time (keyset pages), so a listing of any size holds one page in memory."""
         return JobListing(self, status=status, name=name, newest_first=newest_first, limit=limit)
 
-    def logs(self, ref: str, attempt: int | None = None) -> dict[str, Any]:
-        """The stored output of one attempt of a job (the latest by default), all pages joined:
-        `{job_id, attempt, attempts, lines}`."""
-        fields: dict[str, Any] = {"job": ref}
-        if attempt is not None:
-            fields["attempt"] = attempt
-        reply = self.call(Verb.LOGS, **fields)
-        lines = list(reply["lines"])
-        # Pages are read for the attempt the first reply chose, so a new attempt cannot splice in.
-        fields.update(job=reply["job_id"], attempt=reply.get("attempt"))
-        offset = reply.get("next_offset")
+    def logs(self, ref: str, attempt: int | None = None) -> LogsReply:
+        """The stored output of one attempt of a job (the latest by default), all pages joined."""
+        first = self.ask(Verb.LOGS, LogsReply, job=ref, **({"attempt": attempt} if attempt is not None else {}))
+        lines = list(first.lines)
+        offset = first.next_offset
         for _ in range(10_000):
-            if offset is None or fields["attempt"] is None:
+            if offset is None or first.attempt is None:
                 break
-            page = self.call(Verb.LOGS, offset=offset, **fields)
-            lines.extend(page["lines"])
-            offset = page.get("next_offset")
-        return {**{k: v for k, v in reply.items() if k not in ("ok", "next_offset", "total")}, "lines": lines}
+            # Pages are read for the attempt the first reply chose, so a new attempt cannot splice in.
+            page = self.ask(Verb.LOGS, LogsReply, job=first.job_id, attempt=first.attempt, offset=offset)
+            lines.extend(page.lines)
+            offset = page.next_offset
+        return LogsReply(job_id=first.job_id, attempt=first.attempt, attempts=first.attempts, lines=lines,
+                         total=len(lines))
 
-    def job(self, ref: str) -> dict[str, Any]:
-        return dict(self.call(Verb.JOB, job=ref)["job"])
+    def job(self, ref: str) -> JobDetail:
+        """One job with its spec, attempts, progress curve, lease, artifact and checkpoint."""
+        return self.ask(Verb.JOB, JobDetailReply, job=ref).job
 
-    def workers(self) -> list[dict[str, Any]]:
-        return list(self.call(Verb.WORKERS)["workers"])
+    def workers(self) -> list[Worker]:
+        return self.ask(Verb.WORKERS, WorkersReply).workers
 
-    def health(self) -> dict[str, Any]:
-        return self.call(Verb.HEALTH)
+    def health(self) -> Health:
+        return self.ask(Verb.HEALTH, Health)
+
+    def artifacts(self) -> list[ArtifactRecord]:
+        return self.ask(Verb.ARTIFACTS, ArtifactsReply).artifacts
+
+    def download_url(self, ref: str) -> DownloadUrlReply:
+        return self.ask(Verb.DOWNLOAD_URL, DownloadUrlReply, job=ref)
+
+    def compare(self, refs: list[str] | None = None, *, sweep: str | None = None) -> CompareReply:
+        """Final metrics of the jobs named, or of a sweep's jobs."""
+        if sweep is not None:
+            return self.ask(Verb.COMPARE, CompareReply, sweep=sweep)
+        return self.ask(Verb.COMPARE, CompareReply, jobs=list(refs or []))
+
+    def manifest(self) -> ManifestReply:
+        return self.ask(Verb.MANIFEST, ManifestReply)
+
+    # operator verbs (they need the operator token)
+    def cancel(self, ref: str) -> JobRow:
+        return self.ask(Verb.CANCEL, JobReply, job=ref).job
+
+    def requeue(self, ref: str, *, fresh: bool = False) -> RequeuedJob:
+        return self.ask(Verb.REQUEUE, RequeueReply, job=ref, **({"fresh": True} if fresh else {})).job
+
+    def reload(self, manifest: str | None = None, *, source: str | None = None) -> ReloadReply:
+        """Reload the coordinator's manifest file, or apply the TOML text sent (`source` names it)."""
+        fields: dict[str, JsonValue] = {}
+        if manifest is not None:
+            fields = {"manifest": manifest, **({"source": source} if source is not None else {})}
+        return self.ask(Verb.RELOAD, ReloadReply, **fields)
+
+    def drain(self, host: str) -> DrainReply:
+        return self.ask(Verb.DRAIN, DrainReply, host=host)
+
+    def undrain(self, host: str) -> UndrainReply:
+        return self.ask(Verb.UNDRAIN, UndrainReply, host=host)
+
+    def gc(self, *, dry_run: bool = False) -> GcReply:
+        return self.ask(Verb.GC, GcReply, dry_run=dry_run)
 
 
 class JobListing:
@@ -126,8 +190,8 @@ class JobListing:
         self.status, self.name, self.newest_first, self.limit = status, name, newest_first, limit
         self.total: int | None = None
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        fields: dict[str, Any] = {"order": "newest" if self.newest_first else "oldest"}
+    def __iter__(self) -> Iterator[JsonObject]:
+        fields: dict[str, JsonValue] = {"order": "newest" if self.newest_first else "oldest"}
         if self.status:
             fields["status"] = self.status
         if self.name:
@@ -136,32 +200,33 @@ class JobListing:
         # The next page is asked for while the caller still consumes this one: the coordinator reads
         # and encodes it meanwhile, so a long listing costs about one page's round trip per page.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs-page") as pool:
-            ahead: Future[dict[str, Any]] | None = pool.submit(self._ask, fields, left, None, 0, True)
+            ahead: Future[Reply] | None = pool.submit(self._ask, fields, left, None, 0, True)
             while ahead is not None:
-                reply = ahead.result()
+                raw = ahead.result()
                 ahead = None
+                # its rows are checked to be objects only: they go to the caller as the coordinator sent them
+                reply = JobsReply.from_wire(raw)
                 if self.total is None:
-                    self.total = int(reply.get("total") or 0)
-                page = list(reply.get("jobs") or [])
-                if self.name and "next_after" not in reply:
+                    self.total = reply.total or 0
+                page = reply.jobs
+                if self.name and "next_after" not in raw:
                     # a coordinator from before name filters sends every job: filter here
                     page = [j for j in page if fnmatch.fnmatchcase(str(j.get("name", "")), self.name)]
                 page = page[:left]
                 if left is not None:
                     left -= len(page)
                 if left is None or left > 0:
-                    if "next_after" in reply:
-                        if reply["next_after"] is not None:
-                            ahead = pool.submit(self._ask, fields, left, int(reply["next_after"]), 0, False)
-                    elif reply.get("next_offset") is not None:
+                    if "next_after" in raw:
+                        if reply.next_after is not None:
+                            ahead = pool.submit(self._ask, fields, left, reply.next_after, 0, False)
+                    elif reply.next_offset is not None:
                         # a coordinator from before keyset pages: page by position
-                        ahead = pool.submit(self._ask, fields, left, None, int(reply["next_offset"]), False)
-                for job in page:
-                    yield dict(job)
+                        ahead = pool.submit(self._ask, fields, left, None, reply.next_offset, False)
+                yield from page
 
-    def _ask(self, fields: dict[str, Any], left: int | None, after: int | None, offset: int,
-             count: bool) -> dict[str, Any]:
-        ask = {**fields, "count": count, **({"after": after} if after is not None else {"offset": offset})}
+    def _ask(self, fields: dict[str, JsonValue], left: int | None, after: int | None, offset: int,
+             count: bool) -> Reply:
+        ask: dict[str, JsonValue] = {**fields, "count": count, **({"after": after} if after is not None else {"offset": offset})}
         if left is not None:
             ask["limit"] = left
         return self.client.call(Verb.JOBS, **ask)

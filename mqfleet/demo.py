@@ -208,7 +208,7 @@ def _is_settled(jobs: list[dict[str, Any]]) -> bool:
 
 def _needs_cuda(client: FleetClient, job_id: str, cache: dict[str, bool]) -> bool:
     if job_id not in cache:
-        cache[job_id] = bool(client.job(job_id)["spec"].get("require_cuda"))
+        cache[job_id] = bool(client.job(job_id).spec.get("require_cuda"))
     return cache[job_id]
 
 
@@ -221,7 +221,7 @@ def _follow(client: FleetClient, console: Console, timeout_s: float) -> list[dic
             try:
                 jobs = client.jobs()
                 for job in jobs:
-                    job["require_cuda"] = _needs_cuda(client, job["id"], cuda_cache)
+                    job["require_cuda"] = _needs_cuda(client, str(job["id"]), cuda_cache)
             except MqfleetError as e:
                 logger.warning("jobs not answered: %s", e)
             live.update(_progress_table(jobs))
@@ -266,7 +266,7 @@ def _report(client: FleetClient, console: Console, jobs: list[dict[str, Any]]) -
         if job["status"] == "pending":
             detail = client.job(job["id"])
             console.print(f"[yellow]{job['name']}[/] waits:")
-            for reason in detail.get("why_waiting") or []:
-                console.print(f"  {reason.get('host') or 'fleet'}: {reason['reason']}")
+            for reason in detail.why_waiting:
+                console.print(f"  {reason.host or 'fleet'}: {reason.reason}")
     console.print("[green]every runnable job completed[/]" if ok else "[red]some runnable jobs did not complete[/]")
     return 0 if ok else 1

@@ -33,7 +33,7 @@ from mqfleet.cli import render, render_jobs  # noqa: E402
 from mqfleet.cli.fleet import settle_picture  # noqa: E402
 from mqfleet.client import FleetClient  # noqa: E402
 from mqfleet.mqtt import BrokerConfig  # noqa: E402
-from mqfleet.protocol import Verb  # noqa: E402
+from mqfleet.protocol import JsonObject, Verb  # noqa: E402
 from mqfleet.services.broker import LocalBroker  # noqa: E402
 
 PREFIX = "mqfleet"
@@ -108,6 +108,11 @@ allowed_hosts = ["cpu-box"]
 """
 
 
+def _loss(metrics: JsonObject) -> float:
+    loss = metrics.get("loss")
+    return float(loss) if isinstance(loss, (int, float)) else float("inf")
+
+
 def wait_for(pred: Callable[[], Any], timeout_s: float, what: str) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -169,9 +174,9 @@ def capture(work: Path, out: Path, width: int) -> None:
         export(render_jobs.job_view(client.job("crash-demo"), now), out, "show", width, "mqfleet show crash-demo")
         export(render_jobs.job_view(client.job("curve-sweep-reports=160"), now, width=width), out, "show-chart", width,
                "mqfleet show curve-sweep-reports=160")
-        compared = client.call(Verb.COMPARE, sweep="curve-sweep")
-        rows = sorted(compared["jobs"], key=lambda r: r["metrics"].get("loss", float("inf")))
-        export(render_jobs.compare_table(rows, compared["metric_names"], sort_by="loss", title="sweep curve-sweep"), out,
+        compared = client.compare(sweep="curve-sweep")
+        rows = sorted(compared.jobs, key=lambda r: _loss(r.metrics))
+        export(render_jobs.compare_table(rows, compared.metric_names, sort_by="loss", title="sweep curve-sweep"), out,
                "compare", width, "mqfleet compare --sweep curve-sweep")
         picture, _ = settle_picture(client, timeout_s=5)
         export(picture.frame(), out, "watch", width, "mqfleet watch")

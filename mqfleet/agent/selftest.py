@@ -21,10 +21,13 @@ import uuid
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mqfleet import defaults
 from mqfleet.errors import ConfigurationError, MqfleetError
+
+if TYPE_CHECKING:
+    from mqfleet.client import FleetClient
 
 logger = logging.getLogger(__name__)
 
@@ -152,17 +155,17 @@ def _broker_fix(url: str) -> str:
     return fix
 
 
-def _ask_health(client: Any, url: str) -> Check:
+def _ask_health(client: FleetClient, url: str) -> Check:
     try:
         health = client.health()
     except MqfleetError as e:
         return Check("coordinator", Outcome.FAIL, f"no health answer via {url}: {e}",
                      "start the coordinator (systemctl status mqfleet-coordinator on the Pi) and check that "
                      "--prefix matches its MQFLEET_PREFIX")
-    problems = [name for name in ("db_ok", "store_ok") if health.get(name) is False]
+    problems = [name for name, ok in (("db_ok", health.db_ok), ("store_ok", health.store_ok)) if not ok]
     detail = (
-        f"coordinator {health.get('version', '?')} answered: {health.get('hosts_online', '?')} host(s) online, "
-        f"jobs {json.dumps(health.get('jobs_by_status') or {}, sort_keys=True)}"
+        f"coordinator {health.version or '?'} answered: {health.hosts_online} host(s) online, "
+        f"jobs {json.dumps(health.jobs_by_status, sort_keys=True)}"
     )
     if problems:
         return Check("coordinator", Outcome.FAIL, f"{detail}; unhealthy: {', '.join(problems)}",

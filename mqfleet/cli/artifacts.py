@@ -9,9 +9,8 @@ import click
 
 from mqfleet.bundle import UnpackLimits, unpack_artifact
 from mqfleet.cli import EXIT_FAILED, cli, render, render_jobs
-from mqfleet.cli.client_options import ClientContext, fail, pass_client
+from mqfleet.cli.client_options import ClientContext, fail, pass_client, wire_of
 from mqfleet.errors import ArtifactMismatchError, BundleError, StoreError
-from mqfleet.protocol import Verb
 from mqfleet.transfer import download_from_url
 
 
@@ -19,9 +18,9 @@ from mqfleet.transfer import download_from_url
 @pass_client
 def artifacts_cmd(ctx: ClientContext) -> None:
     """Stored artifacts: job, model, mode, sha256, size, metrics, host, created."""
-    artifacts = ctx.client.call(Verb.ARTIFACTS)["artifacts"]
+    artifacts = ctx.client.artifacts()
     if ctx.as_json:
-        ctx.emit_json(artifacts)
+        ctx.emit_json([wire_of(a) for a in artifacts])
         return
     render.make_console().print(render_jobs.artifacts_table(artifacts))
 
@@ -70,8 +69,8 @@ def fetch_cmd(ctx: ClientContext, job: str, out_dir: Path, max_bytes: int, max_f
     (unpacked size, file count, compression ratio: a decompression bomb stops early).
     """
     limits = UnpackLimits(max_bytes=max_bytes, max_files=max_files, max_ratio=max_ratio)
-    reply = ctx.client.call(Verb.DOWNLOAD_URL, job=job)
-    sha256, url = str(reply["sha256"]), str(reply["url"])
+    reply = ctx.client.download_url(job)
+    sha256, url = reply.sha256, reply.url
     created = not out_dir.exists()
     out_dir = out_dir.resolve()
     # The download lands beside the destination, so the final moves stay on one file system.
@@ -93,8 +92,8 @@ def fetch_cmd(ctx: ClientContext, job: str, out_dir: Path, max_bytes: int, max_f
             fail(f"{what}: {e}", EXIT_FAILED)
     files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
     if ctx.as_json:
-        ctx.emit_json({"job_id": reply.get("job_id"), "sha256": sha256, "size": reply.get("size"),
+        ctx.emit_json({"job_id": reply.job_id, "sha256": sha256, "size": reply.size,
                        "dir": str(out_dir), "files": files})
         return
-    click.echo(f"{sha256[:12]} ({render.human_size(reply.get('size'))}) verified, unpacked into {out_dir}: "
+    click.echo(f"{sha256[:12]} ({render.human_size(reply.size)}) verified, unpacked into {out_dir}: "
                f"{len(files)} file(s)")

@@ -1,21 +1,22 @@
 """Training curves in the terminal: the loss and every numeric metric of an attempt's progress history,
 drawn by `show` as small area charts of block characters with rich.
 
-Pure rendering, like cli/render.py: plain dicts in, a rich renderable out. Values that are not finite
+Pure rendering, like cli/render.py: progress reports (free-form JSON a trainer wrote) in, a rich renderable out. Values that are not finite
 numbers are left out of the curves and listed as text under them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
 from mqfleet.cli.terminal import clean
+from mqfleet.protocol import JsonObject, JsonValue
+from mqfleet.replies import ProgressPoint
 
 #: Rows of one chart, and the glyphs that split a row into eighths.
 CHART_ROWS = 8
@@ -27,11 +28,11 @@ _POSITION_KEYS = ("epoch", "step", "progress")
 _AXIS_WIDTH = 10
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: JsonValue) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def series_of(reports: Sequence[Mapping[str, Any]]) -> tuple[dict[str, list[tuple[float, float]]], dict[str, str], str]:
+def series_of(reports: Sequence[JsonObject]) -> tuple[dict[str, list[tuple[float, float]]], dict[str, str], str]:
     """(name -> [(x, y)], name -> latest text value, x label) from progress reports, oldest first.
 
     x is the report's `epoch` (or `step`) when every report has a numeric one, else its position.
@@ -41,13 +42,14 @@ def series_of(reports: Sequence[Mapping[str, Any]]) -> tuple[dict[str, list[tupl
     curves: dict[str, list[tuple[float, float]]] = {}
     texts: dict[str, str] = {}
     for i, report in enumerate(reports):
-        x = float(report[x_key]) if x_key else float(i + 1)
-        values: dict[str, Any] = {k: v for k, v in report.items() if k not in _POSITION_KEYS and k != "metrics"}
+        position = report.get(x_key) if x_key else None
+        x = float(position) if isinstance(position, (int, float)) else float(i + 1)
+        values: JsonObject = {k: v for k, v in report.items() if k not in _POSITION_KEYS and k != "metrics"}
         metrics = report.get("metrics")
-        if isinstance(metrics, Mapping):
+        if isinstance(metrics, dict):
             values.update(metrics)
         for name, value in values.items():
-            if _is_number(value):
+            if isinstance(value, (int, float)) and _is_number(value):
                 curves.setdefault(str(name), []).append((x, float(value)))
             elif isinstance(value, (str, int, float, bool)) or value is None:
                 texts[str(name)] = str(value)  # kept as text: the latest one is shown under the charts
@@ -106,12 +108,12 @@ def area_chart(name: str, points: Sequence[tuple[float, float]], *, width: int, 
     return Group(title, lines)
 
 
-def progress_charts(history: Sequence[Mapping[str, Any]], *, width: int = 80) -> RenderableType | None:
-    """The charts of the latest attempt with progress history (`show --json`'s `progress_history`); None if none."""
+def progress_charts(history: Sequence[ProgressPoint], *, width: int = 80) -> RenderableType | None:
+    """The charts of the latest attempt with progress history (`show`'s `progress_history`); None if none."""
     if not history:
         return None
-    attempt = max(int(h.get("attempt") or 0) for h in history)
-    reports = [h["report"] for h in history if int(h.get("attempt") or 0) == attempt and isinstance(h.get("report"), Mapping)]
+    attempt = max(h.attempt for h in history)
+    reports = [h.report for h in history if h.attempt == attempt]
     curves, texts, x_label = series_of(reports)
     if not curves and not texts:
         return None

@@ -22,6 +22,8 @@ from mqfleet.cli.options import broker_config_from, broker_options
 from mqfleet.cli.terminal import clean
 from mqfleet.client import FleetClient
 from mqfleet.errors import BrokerError, ConfigurationError, MqfleetError, NotAuthorizedError, RemoteError
+from mqfleet.protocol import JsonValue
+from mqfleet.wire import Wire, WireMessage
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,6 +59,20 @@ class ClientContext:
     def emit_json(self, obj: Any) -> None:
         """Plain JSON on stdout; `--json` output never goes through rich."""
         click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def wire_of(message: WireMessage) -> Wire:
+    """A typed reply's JSON for `--json`, keys in the order the coordinator sent them (sorted, as
+    protocol.encode writes them), so the output is the same as when the CLI printed the reply as received."""
+    return {k: _sorted(v) for k, v in sorted(message.to_wire().items())}
+
+
+def _sorted(value: JsonValue) -> JsonValue:
+    if isinstance(value, dict):
+        return {k: _sorted(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
 
 
 def exit_code_for(error: BaseException) -> int:

@@ -18,11 +18,13 @@ from rich.live import Live
 
 from mqfleet import defaults
 from mqfleet.cli import EXIT_FAILED, EXIT_USAGE, cli, render
-from mqfleet.cli.client_options import ClientContext, fail, pass_client
+from mqfleet.cli.client_options import ClientContext, fail, pass_client, wire_of
+from mqfleet.cli.render import HostPicture
 from mqfleet.client import FleetClient
-from mqfleet.errors import RemoteError
+from mqfleet.errors import ManifestError, RemoteError
 from mqfleet.mqtt import Message
-from mqfleet.protocol import Verb
+from mqfleet.protocol import JsonObject, JsonValue
+from mqfleet.replies import DrainReply, UndrainReply, Worker
 
 #: `watch --once` renders when no retained message arrived for this long (or at the timeout).
 SETTLE_S = 0.5
@@ -37,19 +39,18 @@ def status_cmd(ctx: ClientContext) -> None:
     health = ctx.client.health()
     workers = ctx.client.workers()
     if ctx.as_json:
-        health.pop("ok", None)
         ctx.emit_json({
-            "coordinator": health,
+            "coordinator": wire_of(health),
             "hosts": {
-                "online": sorted(w["id"] for w in workers if w.get("online")),
-                "offline": sorted(w["id"] for w in workers if not w.get("online")),
-                "draining": sorted(w["id"] for w in workers if w.get("draining")),
-                "quarantined": sorted(w["id"] for w in workers if w.get("quarantined")),
+                "online": sorted(w.id for w in workers if w.online),
+                "offline": sorted(w.id for w in workers if not w.online),
+                "draining": sorted(w.id for w in workers if w.draining),
+                "quarantined": sorted(w.id for w in workers if w.quarantined),
             },
             "quarantined": [
-                {"host": w["id"], **(w.get("quarantine") or {})} for w in workers if w.get("quarantined")
+                {"host": w.id, **(wire_of(w.quarantine) if w.quarantine else {})} for w in workers if w.quarantined
             ],
-            "jobs_by_status": health.get("jobs_by_status", {}),
+            "jobs_by_status": dict(sorted(health.jobs_by_status.items())),
         })
         return
     render.make_console().print(render.status_view(health, workers))
@@ -61,25 +62,23 @@ def workers_cmd(ctx: ClientContext) -> None:
     """Each host: capability, online, draining, slots used/total, running jobs, heartbeat age."""
     workers = ctx.client.workers()
     if ctx.as_json:
-        ctx.emit_json(workers)
+        ctx.emit_json([wire_of(w) for w in workers])
         return
     names: dict[str, str] = {}
-    if any(w.get("jobs") for w in workers):
+    if any(w.jobs for w in workers):
         # only leased jobs run on hosts: two status listings, not every job the fleet ever had
         for status in ("claimed", "running"):
-            names.update((j["id"], j["name"]) for j in ctx.client.job_listing(status=status))
+            names.update((str(j.get("id")), str(j.get("name"))) for j in ctx.client.job_listing(status=status))
     render.make_console().print(render.workers_table(workers, names, time.time()))
 
 
-def _drain(ctx: ClientContext, verb: Verb, host: str) -> None:
-    reply = ctx.client.call(verb, host=host)
+def _print_drain(ctx: ClientContext, reply: DrainReply) -> None:
+    released = isinstance(reply, UndrainReply) and reply.quarantine_released
     if ctx.as_json:
-        ctx.emit_json({"host": reply["host"], "draining": reply["draining"],
-                       "quarantine_released": bool(reply.get("quarantine_released"))})
+        ctx.emit_json({"host": reply.host, "draining": reply.draining, "quarantine_released": released})
         return
-    released = " (quarantine released)" if reply.get("quarantine_released") else ""
-    click.echo(f"{reply['host']}: {'draining (finishes its jobs, takes no new ones)' if reply['draining'] else 'takes work'}"
-               f"{released}")
+    what = "draining (finishes its jobs, takes no new ones)" if reply.draining else "takes work"
+    click.echo(f"{reply.host}: {what}{' (quarantine released)' if released else ''}")
 
 
 @cli.command("drain")
@@ -87,7 +86,7 @@ def _drain(ctx: ClientContext, verb: Verb, host: str) -> None:
 @pass_client
 def drain_cmd(ctx: ClientContext, host: str) -> None:
     """Let HOST finish what it runs and take no new work. Needs MQFLEET_OPERATOR_TOKEN."""
-    _drain(ctx, Verb.DRAIN, host)
+    _print_drain(ctx, ctx.client.drain(host))
 
 
 @cli.command("undrain")
@@ -95,7 +94,7 @@ def drain_cmd(ctx: ClientContext, host: str) -> None:
 @pass_client
 def undrain_cmd(ctx: ClientContext, host: str) -> None:
     """Let HOST take work again. Needs MQFLEET_OPERATOR_TOKEN."""
-    _drain(ctx, Verb.UNDRAIN, host)
+    _print_drain(ctx, ctx.client.undrain(host))
 
 
 @cli.command("reload")
@@ -104,38 +103,40 @@ def undrain_cmd(ctx: ClientContext, host: str) -> None:
 @pass_client
 def reload_cmd(ctx: ClientContext, manifest_file: Path | None) -> None:
     """Load the manifest again: new jobs become claimable, existing ones keep their status. Exit 2 if invalid."""
-    fields: dict[str, Any] = {}
+    text: str | None = None
     if manifest_file is not None:
         data = manifest_file.read_bytes()
         if len(data) > defaults.MAX_MANIFEST_BYTES:
             fail(f"{manifest_file}: {len(data)} bytes is over the {defaults.MAX_MANIFEST_BYTES}-byte limit", EXIT_USAGE)
         try:
-            fields = {"manifest": data.decode("utf-8"), "source": str(manifest_file)}
+            text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             fail(f"{manifest_file}: not UTF-8 text ({e.reason})", EXIT_USAGE)
     try:
-        reply = ctx.client.call(Verb.RELOAD, **fields)
+        reply = ctx.client.reload(text, source=str(manifest_file) if manifest_file is not None else None)
     except RemoteError as e:
+        # the one refusal that carries more than a message: the manifest's problems, each with its place
         problems = e.reply.get("problems")
-        if e.code != "invalid_manifest" or not isinstance(problems, list):
+        if not e.is_a(ManifestError) or not isinstance(problems, list):
             raise
         _print_problems(ctx, str(manifest_file or "the coordinator's manifest"), problems)
         raise click.exceptions.Exit(EXIT_USAGE) from None
-    summary = {"source": reply.get("source"), "added": len(reply["added"]), "kept": reply["kept"],
-               "orphaned": len(reply["orphaned"]), "jobs": reply.get("jobs")}
+    summary = {"source": reply.source, "added": len(reply.added), "kept": reply.kept,
+               "orphaned": len(reply.orphaned), "jobs": reply.jobs}
     if ctx.as_json:
-        ctx.emit_json({**summary, "added_ids": reply["added"], "orphaned_ids": reply["orphaned"]})
+        ctx.emit_json({**summary, "added_ids": reply.added, "orphaned_ids": reply.orphaned})
         return
     click.echo(f"reloaded {summary['source']}: {summary['added']} added, {summary['kept']} kept, "
                f"{summary['orphaned']} orphaned ({summary['jobs']} jobs in the manifest)")
 
 
-def _print_problems(ctx: ClientContext, source: str, problems: list[dict[str, Any]]) -> None:
+def _print_problems(ctx: ClientContext, source: str, problems: list[JsonValue]) -> None:
     if ctx.as_json:
         ctx.emit_json({"ok": False, "problems": problems})
     for p in problems:
-        place = p.get("place") or ""
-        click.echo(f"{source}: {place + ': ' if place else ''}{p.get('message')}", err=True)
+        place = (p.get("place") if isinstance(p, dict) else None) or ""
+        message = p.get("message") if isinstance(p, dict) else p
+        click.echo(f"{source}: {f'{place}: ' if place else ''}{message}", err=True)
     click.echo(f"{source}: refused, {len(problems)} problem(s); the manifest in force stays", err=True)
 
 
@@ -144,15 +145,13 @@ def _print_problems(ctx: ClientContext, source: str, problems: list[dict[str, An
 def health_cmd(ctx: ClientContext) -> None:
     """The coordinator's health; exit 0 when all is well, 1 when it answers but a check failed, 3 when it does not."""
     health = ctx.client.health()
-    health.pop("ok", None)
     if ctx.as_json:
-        ctx.emit_json(health)
+        ctx.emit_json(wire_of(health))
     else:
         render.make_console().print(render.health_view(health))
-    failed = health.get("failed_checks") or []
+    failed = health.failed_checks
     if failed:
-        checks = health.get("checks") or {}
-        details = "; ".join(f"{name}: {(checks.get(name) or {}).get('detail', 'failed')}" for name in failed)
+        details = "; ".join(f"{name}: {check.detail if (check := health.checks.get(name)) else 'failed'}" for name in failed)
         fail(f"the coordinator answers, but {len(failed)} check(s) failed: {details}", EXIT_FAILED)
 
 
@@ -164,16 +163,16 @@ class FleetPicture:
 
     def __init__(self, client: FleetClient) -> None:
         self.topics = client.topics
-        self.hosts: dict[str, dict[str, Any]] = {}
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.events: deque[dict[str, Any]] = deque(maxlen=50)
+        self.hosts: dict[str, HostPicture] = {}
+        #: job states and events as the bus carries them (retained job states, the event stream)
+        self.jobs: dict[str, JsonObject] = {}
+        self.events: deque[JsonObject] = deque(maxlen=50)
 
-    def seed(self, workers: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> None:
+    def seed(self, workers: list[Worker], jobs: list[JsonObject]) -> None:
         for w in workers:
-            self.hosts[w["id"]] = {"state": "online" if w.get("online") else "offline", "slots": w.get("slots"),
-                                   "draining": bool(w.get("draining"))}
+            self.hosts[w.id] = HostPicture(state="online" if w.online else "offline", slots=w.slots, draining=w.draining)
         for job in jobs:
-            self.jobs.setdefault(job["id"], job)
+            self.jobs.setdefault(str(job.get("id")), job)
 
     def apply(self, msg: Message) -> None:
         try:
@@ -188,18 +187,19 @@ class FleetPicture:
         host_topic = self.topics.parse_host_topic(msg.topic)
         if host_topic is not None:
             host, kind = host_topic
-            entry = self.hosts.setdefault(host, {"state": "?", "slots": None, "draining": False})
+            entry = self.hosts.setdefault(host, HostPicture())
             if kind == "status" and payload.get("state"):
-                entry["state"] = payload["state"]
+                entry.state = str(payload["state"])
             elif kind == "advert":
-                entry["slots"] = payload.get("slots", entry["slots"])
+                entry.slots = payload.get("slots", entry.slots)
             return
-        if msg.topic.endswith("/state") and payload.get("id"):
-            before = self.jobs.get(payload["id"])
+        job_id = payload.get("id")
+        if msg.topic.endswith("/state") and isinstance(job_id, str) and job_id:
+            before = self.jobs.get(job_id)
             # Job states are republished on status changes only, so a snapshot's progress may be newer.
             if payload.get("progress") is None and before and before.get("status") == payload.get("status"):
                 payload["progress"] = before.get("progress")
-            self.jobs[payload["id"]] = payload
+            self.jobs[job_id] = payload
 
     def frame(self) -> Any:
         return render.dashboard(hosts=self.hosts, jobs=self.jobs, events=list(self.events), now=time.time())

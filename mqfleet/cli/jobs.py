@@ -8,15 +8,15 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
 
 import click
 
 from mqfleet.cli import cli, render, render_jobs
-from mqfleet.cli.client_options import ClientContext, pass_client
+from mqfleet.cli.client_options import ClientContext, pass_client, wire_of
 from mqfleet.cli.terminal import clean
+from mqfleet.messages import JobRow
 from mqfleet.mqtt import Message
-from mqfleet.protocol import Verb
+from mqfleet.protocol import JsonObject
 from mqfleet.state import JobStatus
 
 TERMINAL = frozenset({JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value})
@@ -49,7 +49,7 @@ def jobs_cmd(ctx: ClientContext, status: str | None, name_glob: str | None, limi
                                      limit=TABLE_LIMIT if limit is None else (limit or None))
     console = render.make_console()
     shown = 0
-    chunk: list[dict[str, Any]] = []
+    chunk: list[JsonObject] = []
     for job in listing:
         chunk.append(job)
         if len(chunk) == TABLE_CHUNK:
@@ -67,14 +67,14 @@ def _jobs_json(ctx: ClientContext, status: str | None, name_glob: str | None, li
     if limit is not None:
         # the N newest, in the creation order of the unlimited listing; N rows are held, not all
         newest = list(ctx.client.job_listing(status=status, name=name_glob, newest_first=True, limit=limit))
-        rows: Iterable[dict[str, Any]] = reversed(newest)
+        rows: Iterable[JsonObject] = reversed(newest)
     else:
         rows = ctx.client.job_listing(status=status, name=name_glob)
     out = sys.stdout
     opened = False
     for row in rows:
-        # one compact row per line: json's C encoder (indent= falls back to pure Python, 5x slower
-        # over 100,000 rows); still one JSON array, and grep/jq-friendly
+        # one compact row per line, as the coordinator sent it: json's C encoder (indent= falls back to pure
+        # Python, 5x slower over 100,000 rows); still one JSON array, and grep/jq-friendly
         out.write(("[\n" if not opened else ",\n") + json.dumps(row, default=str, separators=(",", ":")))
         opened = True
     out.write("\n]\n" if opened else "[]\n")
@@ -88,16 +88,15 @@ def show_cmd(ctx: ClientContext, job: str) -> None:
     """One job: spec, lease, every attempt with its output tail, artifact, and why it waits. JOB: id, id prefix or name."""
     row = ctx.client.job(job)
     if ctx.as_json:
-        ctx.emit_json(row)
+        ctx.emit_json(wire_of(row))
         return
     console = render.make_console()
     console.print(render_jobs.job_view(row, time.time(), width=console.width))
 
 
-def _operator_verb(ctx: ClientContext, verb: Verb, job: str, **fields: Any) -> None:
-    row = ctx.client.call(verb, job=job, **fields)["job"]
+def _print_job(ctx: ClientContext, row: JobRow) -> None:
     if ctx.as_json:
-        ctx.emit_json(row)
+        ctx.emit_json(wire_of(row))
         return
     render.make_console().print(render.job_line(row))
 
@@ -107,7 +106,7 @@ def _operator_verb(ctx: ClientContext, verb: Verb, job: str, **fields: Any) -> N
 @pass_client
 def cancel_cmd(ctx: ClientContext, job: str) -> None:
     """Cancel JOB; a running trainer is stopped within seconds. Needs MQFLEET_OPERATOR_TOKEN."""
-    _operator_verb(ctx, Verb.CANCEL, job)
+    _print_job(ctx, ctx.client.cancel(job))
 
 
 @cli.command("requeue")
@@ -117,7 +116,7 @@ def cancel_cmd(ctx: ClientContext, job: str) -> None:
 def requeue_cmd(ctx: ClientContext, job: str, fresh: bool) -> None:
     """Put JOB back to pending with a fresh attempt budget; it resumes from its checkpoint unless --fresh.
     Needs MQFLEET_OPERATOR_TOKEN."""
-    _operator_verb(ctx, Verb.REQUEUE, job, **({"fresh": True} if fresh else {}))
+    _print_job(ctx, ctx.client.requeue(job, fresh=fresh))
 
 
 @cli.command("logs")
@@ -136,27 +135,27 @@ def logs_cmd(ctx: ClientContext, job: str, follow: bool, attempt: int | None, ra
     if not follow:
         reply = client.logs(job, attempt)
         if ctx.as_json:
-            ctx.emit_json(reply["lines"])
+            ctx.emit_json(reply.lines)
             return
-        for line in reply["lines"]:
-            _echo_line(ctx, str(line), raw=raw)
+        for line in reply.lines:
+            _echo_line(ctx, line, raw=raw)
         return
     row = client.job(job)
-    job_id = row["id"]
-    inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+    job_id = row.id
+    inbox: queue.SimpleQueue[tuple[str, Message]] = queue.SimpleQueue()
     # Subscribe before asking for the held lines, so nothing falls between the two.
     client.conn.subscribe(client.topics.log("+", job_id), lambda m: inbox.put(("lines", m)), qos=0)
     client.conn.subscribe(client.topics.job_state(job_id), lambda m: inbox.put(("state", m)))
-    held = list(client.logs(job_id)["lines"])
+    held = client.logs(job_id).lines
     for line in held:
-        _echo_line(ctx, str(line), raw=raw)
+        _echo_line(ctx, line, raw=raw)
     try:
-        _follow(ctx, inbox, deque(held, maxlen=SEAM_WINDOW), host=row.get("host"), raw=raw)
+        _follow(ctx, inbox, deque(held, maxlen=SEAM_WINDOW), host=row.host, raw=raw)
     except KeyboardInterrupt:
         pass
 
 
-def _follow(ctx: ClientContext, inbox: queue.SimpleQueue[tuple[str, Any]], recent: deque[str], *,
+def _follow(ctx: ClientContext, inbox: queue.SimpleQueue[tuple[str, Message]], recent: deque[str], *,
             host: str | None, raw: bool) -> None:
     at_seam = True
     ended_at: float | None = None
@@ -169,14 +168,16 @@ def _follow(ctx: ClientContext, inbox: queue.SimpleQueue[tuple[str, Any]], recen
         payload = _payload(msg)
         if kind == "state":
             # The job's output is what the host holding its lease prints; follow it across attempts.
-            host = payload.get("host") if isinstance(payload.get("host"), str) else host
+            state_host = payload.get("host")
+            host = state_host if isinstance(state_host, str) else host
             if payload.get("status") in TERMINAL and ended_at is None:
                 ended_at = time.monotonic()
             continue
         parsed = topics.parse_log(msg.topic)
         if parsed is None or parsed[0] != host:
             continue  # another host writing under this job's id: not the job's output (docs/SECURITY.md)
-        lines = [str(line) for line in payload.get("lines") or []] if isinstance(payload.get("lines"), list) else []
+        batch = payload.get("lines")
+        lines = [str(line) for line in batch] if isinstance(batch, list) else []
         # Batches that arrived while the held lines were fetched may already be among them.
         if at_seam and lines and _contains_run(recent, lines):
             continue
@@ -191,7 +192,8 @@ def _contains_run(recent: deque[str], lines: list[str]) -> bool:
     return any(held[i : i + n] == lines for i in range(len(held) - n, -1, -1))
 
 
-def _payload(msg: Message) -> dict[str, Any]:
+def _payload(msg: Message) -> JsonObject:
+    """A log batch or job state from the bus: an object, else nothing (a malformed message is skipped)."""
     try:
         payload = msg.json()
     except Exception:

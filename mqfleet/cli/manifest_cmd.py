@@ -16,7 +16,6 @@ from mqfleet.cli import EXIT_FAILED, EXIT_USAGE, cli
 from mqfleet.cli.client_options import ClientContext, fail, pass_client
 from mqfleet.errors import ManifestError
 from mqfleet.manifest import Manifest, load_manifest
-from mqfleet.protocol import Verb
 
 
 @cli.command("validate")
@@ -75,9 +74,9 @@ def _count(n: int, noun: str) -> str:
 @pass_client
 def manifest_cmd(ctx: ClientContext, output: Path | None) -> None:
     """The manifest in force, exactly as applied: edit it and send it back with `reload --file`."""
-    reply = ctx.client.call(Verb.MANIFEST)
-    text = str(reply["text"])
-    about = {key: reply.get(key) for key in ("source", "sha256", "applied_ts", "origin")}
+    reply = ctx.client.manifest()
+    text = reply.text
+    about = {"source": reply.source, "sha256": reply.sha256, "applied_ts": reply.applied_ts, "origin": reply.origin}
     if output is not None:
         try:
             # bytes, so the file is the applied text byte for byte (no newline translation)

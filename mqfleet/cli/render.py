@@ -2,8 +2,8 @@
 
 The jobs listing, `compare`, artifacts and the `show` view of one job are in `cli/render_jobs.py`.
 
-Every function takes the plain dicts the coordinator sends (or the bus carries)
-and returns a rich renderable; nothing here talks to the broker, so the screen
+Every function takes the typed replies of mqfleet/replies.py (or, for the dashboard, the JSON
+the bus carries) and returns a rich renderable; nothing here talks to the broker, so the screen
 captures can render the same views in-process. Much of what is shown was written by
 hosts (adverts, progress, trainer output, errors), so every such cell goes through
 `escape`: control characters and terminal escape sequences removed, rich markup escaped
@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich import box
@@ -26,6 +27,9 @@ from rich.table import Table
 from rich.text import Text
 
 from mqfleet.cli.terminal import clean
+from mqfleet.messages import Health, JobRow
+from mqfleet.protocol import JsonValue
+from mqfleet.replies import HostUsage, Worker
 
 STATUS_STYLE = {
     "pending": "yellow",
@@ -103,9 +107,9 @@ def status_text(status: str | None) -> Text:
     return safe_text(status or "-", STATUS_STYLE.get(str(status or ""), ""))
 
 
-def job_line(job: Mapping[str, Any]) -> Text:
+def job_line(job: JobRow) -> Text:
     """`name (short id): status`, what the operator verbs print."""
-    return Text.assemble(f"{clean(job['name'])} ({clean(short_id(job['id']))}): ", status_text(job["status"]))
+    return Text.assemble(f"{clean(job.name)} ({clean(short_id(job.id))}): ", status_text(job.status))
 
 
 def progress_pct(progress: Mapping[str, Any] | None) -> str:
@@ -166,43 +170,42 @@ def kv_table() -> Table:
 # --- hosts and the coordinator -------------------------------------------------------------
 
 
-def workers_table(workers: Iterable[Mapping[str, Any]], names: Mapping[str, str], now: float) -> Table:
+def workers_table(workers: Iterable[Worker], names: Mapping[str, str], now: float) -> Table:
     table = listing_table("workers", ("host", "state", "os", "cores", "RAM", "CUDA / GPUs", "torch", "slots", "running", "seen",
                                "used (all attempts)"),
                    right=("cores", "RAM", "slots"), wrap=("CUDA / GPUs", "running", "used (all attempts)"))
     for w in workers:
-        advert_value = w.get("advert")
-        advert: Mapping[str, Any] = advert_value if isinstance(advert_value, Mapping) else {}
-        state = Text("online", style="green") if w.get("online") else Text("offline", style="red")
-        if w.get("draining"):
+        advert = w.advert  # written by the host: every value narrowed or escaped before it is shown
+        state = Text("online", style="green") if w.online else Text("offline", style="red")
+        if w.draining:
             state.append(" draining", style="yellow")
-        if w.get("advert_error"):
+        if w.advert_error:
             state.append(" advert refused", style="red")
-        if w.get("quarantined"):
-            quarantine = w.get("quarantine")
-            reason = (quarantine.get("reason") if isinstance(quarantine, Mapping) else None) or "?"
+        if w.quarantined:
+            reason = (w.quarantine.reason if w.quarantine else None) or "?"
             state.append(f" quarantined ({clean(reason)}; undrain releases it)", style="red")
-        gpus = [g for g in advert.get("gpus") or [] if isinstance(g, Mapping)] if isinstance(advert.get("gpus"), list) else []
+        listed = advert.get("gpus")
+        gpus = [g for g in listed if isinstance(g, dict)] if isinstance(listed, list) else []
         cuda = ", ".join(f"{escape(g.get('name', '?'))} {number_text(g.get('vram_gib'), 'G')}" for g in gpus) if gpus else (
             "yes" if advert.get("cuda") is True else "no")
-        running = ", ".join(escape(names.get(j, short_id(j))) for j in w.get("jobs") or []) or "-"
-        seen = w.get("last_seen_ts")
+        running = ", ".join(escape(names.get(j, short_id(j))) for j in w.jobs) or "-"
+        seen = w.last_seen_ts
         table.add_row(
-            escape(w["id"]), state, escape(advert.get("os", "-")), number_text(advert.get("cpu_cores")),
+            escape(w.id), state, escape(advert.get("os", "-")), number_text(advert.get("cpu_cores")),
             number_text(advert.get("ram_gib"), "G"), cuda, escape(advert.get("torch") or "-"),
-            escape(f"{w.get('slots_used', 0)}/{w.get('slots', 0)}"), running,
-            human_duration(now - seen) + " ago" if isinstance(seen, (int, float)) and seen else "-",
-            _host_usage_text(w.get("usage")),
+            escape(f"{w.slots_used}/{w.slots}"), running,
+            human_duration(now - seen) + " ago" if seen else "-",
+            _host_usage_text(w.usage),
         )
     return table
 
 
-def _host_usage_text(usage: Mapping[str, Any] | None) -> str:
-    if not usage:
+def _host_usage_text(usage: HostUsage | None) -> str:
+    if usage is None:
         return "-"
-    gpu = usage.get("gpu_mem_max_bytes")
-    text = (f"{usage.get('attempts', 0)} runs, cpu {seconds_text(usage.get('cpu_s'))}, "
-            f"wall {seconds_text(usage.get('wall_s'))}, peak {human_size(usage.get('max_rss_bytes'))}")
+    gpu = usage.gpu_mem_max_bytes
+    text = (f"{usage.attempts} runs, cpu {seconds_text(usage.cpu_s)}, "
+            f"wall {seconds_text(usage.wall_s)}, peak {human_size(usage.max_rss_bytes)}")
     return text + (f", GPU {human_size(gpu)}" if gpu is not None else "")
 
 
@@ -215,78 +218,89 @@ def counts_line(counts: Mapping[str, int]) -> Text:
     return text
 
 
-def status_view(health: Mapping[str, Any], workers: Sequence[Mapping[str, Any]]) -> RenderableType:
-    online = sum(1 for w in workers if w.get("online"))
-    draining = [w["id"] for w in workers if w.get("draining")]
+def status_view(health: Health, workers: Sequence[Worker]) -> RenderableType:
+    online = sum(1 for w in workers if w.online)
+    draining = [w.id for w in workers if w.draining]
     grid = kv_table()
-    grid.add_row("coordinator", f"mqfleet {escape(str(health.get('version')))}, up {human_duration(health.get('uptime_s'))}")
-    if health.get("coordinators"):
+    grid.add_row("coordinator", f"mqfleet {escape(health.version)}, up {human_duration(health.uptime_s)}")
+    if health.coordinators:
         grid.add_row("coordinators", coordinators_text(health))
-    grid.add_row("manifest", escape(f"{health.get('manifest')} ({health.get('manifest_jobs', 0)} jobs)"))
-    if health.get("manifest_applied_ts"):
-        how = "sent with reload --file" if health.get("manifest_origin") == "sent" else "read from its file"
-        age_s = float(health.get("ts") or time.time()) - float(health["manifest_applied_ts"])
-        grid.add_row("", escape(f"{how} {human_duration(age_s)} ago, sha256 {str(health.get('manifest_sha256'))[:12]}"))
-    refused = health.get("last_refused_manifest")
-    if refused:
-        grid.add_row(Text("refused manifest", style="red"), safe_text(refused, "red"))
-    grid.add_row("store", escape(str(health.get("store") or "-")))
-    for name in health.get("failed_checks") or []:
-        detail = ((health.get("checks") or {}).get(name) or {}).get("detail", "failed")
-        grid.add_row(safe_text(f"{name} check", "red"), safe_text(detail, "red"))
+    grid.add_row("manifest", escape(f"{health.manifest} ({health.manifest_jobs} jobs)"))
+    if health.manifest_applied_ts:
+        how = "sent with reload --file" if health.manifest_origin == "sent" else "read from its file"
+        age_s = (health.ts or time.time()) - health.manifest_applied_ts
+        grid.add_row("", escape(f"{how} {human_duration(age_s)} ago, sha256 {str(health.manifest_sha256)[:12]}"))
+    if health.last_refused_manifest:
+        grid.add_row(Text("refused manifest", style="red"), safe_text(health.last_refused_manifest, "red"))
+    grid.add_row("store", escape(health.store or "-"))
+    for name in health.failed_checks:
+        check = health.checks.get(name)
+        grid.add_row(safe_text(f"{name} check", "red"), safe_text(check.detail if check else "failed", "red"))
     hosts = Text(f"{online} online", style="green")
     hosts.append(f", {len(workers) - online} offline", style="red" if len(workers) > online else "")
     hosts.append(f", {len(draining)} draining" + (f" ({clean(', '.join(map(str, draining)))})" if draining else ""),
                  style="yellow" if draining else "")
     grid.add_row("hosts", hosts)
     for w in workers:
-        if w.get("quarantined"):
-            q = w.get("quarantine") or {}
+        if w.quarantined:
+            reason = w.quarantine.reason if w.quarantine else "?"
             grid.add_row(Text("quarantined", style="red"),
-                         safe_text(f"{w['id']}: {q.get('reason', '?')}; `mqfleet undrain {w['id']}` releases it", "red"))
-    grid.add_row("jobs", counts_line(health.get("jobs_by_status") or {}))
+                         safe_text(f"{w.id}: {reason}; `mqfleet undrain {w.id}` releases it", "red"))
+    grid.add_row("jobs", counts_line(health.jobs_by_status))
     return Panel(grid, title="mqfleet status", title_align="left", expand=False)
 
 
-def coordinators_text(health: Mapping[str, Any]) -> Text:
+def coordinators_text(health: Health) -> Text:
     """One line per coordinator sharing the state: id, role, version, host and heartbeat age."""
-    now = float(health.get("ts") or time.time())
+    now = health.ts or time.time()
     text = Text()
-    for i, c in enumerate(health.get("coordinators") or []):
+    for i, c in enumerate(health.coordinators):
         if i:
             text.append("\n")
-        role = str(c.get("role"))
-        style = {"leader": "bold green", "follower": "green"}.get(role, "red")
-        text.append(f"{c.get('id')} ", style="bold" if c.get("id") == health.get("coordinator") else "")
-        text.append(role, style=style)
-        age = human_duration(max(0.0, now - float(c.get("heartbeat_ts") or now)))
-        text.append(f"  mqfleet {c.get('version')} on {c.get('host')}, heartbeat {age} ago")
-    text.append(f"\n(state on {health.get('state_store', 'sqlite')}; this answer from {health.get('coordinator')})", style="dim")
+        style = {"leader": "bold green", "follower": "green"}.get(c.role, "red")
+        text.append(f"{clean(c.id)} ", style="bold" if c.id == health.coordinator else "")
+        text.append(clean(c.role), style=style)
+        age = human_duration(max(0.0, now - (c.heartbeat_ts or now)))
+        text.append(clean(f"  mqfleet {c.version} on {c.host}, heartbeat {age} ago"))
+    text.append(clean(f"\n(state on {health.state_store or 'sqlite'}; this answer from {health.coordinator})", newlines=True),
+                style="dim")
     return text
 
 
-def health_view(health: Mapping[str, Any]) -> RenderableType:
+def health_view(health: Health) -> RenderableType:
     grid = kv_table()
-    for key in ("state", "version", "uptime_s", "manifest", "manifest_origin", "manifest_sha256", "manifest_jobs",
-                "hosts_online", "hosts_total", "hosts_draining", "db_ok", "store", "store_ok", "last_refused_manifest"):
-        if key in health:
-            value = human_duration(health[key]) if key == "uptime_s" else health[key]
-            grid.add_row(key, escape(str(value)))
-    if health.get("coordinators"):
+    shown: dict[str, JsonValue] = {
+        "state": health.state, "version": health.version, "uptime_s": human_duration(health.uptime_s),
+        "manifest": health.manifest, "manifest_origin": health.manifest_origin, "manifest_sha256": health.manifest_sha256,
+        "manifest_jobs": health.manifest_jobs, "hosts_online": health.hosts_online, "hosts_total": health.hosts_total,
+        "hosts_draining": health.hosts_draining, "db_ok": health.db_ok, "store": health.store, "store_ok": health.store_ok,
+        "last_refused_manifest": health.last_refused_manifest,
+    }
+    for key, value in shown.items():
+        grid.add_row(key, escape(str(value)))
+    if health.coordinators:
         grid.add_row("coordinators", coordinators_text(health))
-    for name, check in (health.get("checks") or {}).items():
-        ok = bool(check.get("ok"))
-        grid.add_row(f"check {name}", Text(f"{'ok' if ok else 'FAILED'}: {check.get('detail', '')}",
-                                           style="green" if ok else "red"))
-    grid.add_row("jobs", counts_line(health.get("jobs_by_status") or {}))
+    for name, check in health.checks.items():
+        grid.add_row(f"check {name}", Text(f"{'ok' if check.ok else 'FAILED'}: {check.detail}",
+                                           style="green" if check.ok else "red"))
+    grid.add_row("jobs", counts_line(health.jobs_by_status))
     return grid
+
+
+@dataclass
+class HostPicture:
+    """A host as the dashboard shows it: its state (from its retained status), slots (from its advert) and draining."""
+
+    state: str = "?"
+    slots: JsonValue = None
+    draining: bool = False
 
 
 
 # --- the watch dashboard ---------------------------------------------------------------------
 
 
-def dashboard(*, hosts: Mapping[str, Mapping[str, Any]], jobs: Mapping[str, Mapping[str, Any]],
+def dashboard(*, hosts: Mapping[str, HostPicture], jobs: Mapping[str, Mapping[str, Any]],
               events: list[Mapping[str, Any]], now: float) -> RenderableType:
     """One frame: hosts, running jobs with progress bars, counts by status, recent events."""
     names = {job_id: job.get("name", short_id(job_id)) for job_id, job in jobs.items()}
@@ -296,11 +310,11 @@ def dashboard(*, hosts: Mapping[str, Mapping[str, Any]], jobs: Mapping[str, Mapp
     active = [j for j in jobs.values() if j.get("status") in ("claimed", "running")]
     for host_id in sorted(hosts):
         h = hosts[host_id]
-        state = safe_text(h.get("state", "?"), "green" if h.get("state") == "online" else "red")
-        if h.get("draining"):
+        state = safe_text(h.state, "green" if h.state == "online" else "red")
+        if h.draining:
             state.append(" draining", style="yellow")
         mine = [j for j in active if j.get("host") == host_id]
-        host_table.add_row(escape(host_id), state, escape(f"{len(mine)}/{h.get('slots', '?')}"),
+        host_table.add_row(escape(host_id), state, escape(f"{len(mine)}/{'?' if h.slots is None else h.slots}"),
                            escape(", ".join(str(j.get("name")) for j in mine)) or "-")
     run_table = Table(title="running", title_justify="left", expand=True)
     for name in ("job", "host", "progress", "", "epoch", "loss"):

@@ -1,7 +1,7 @@
 """Rendering of jobs: the jobs listing, `compare`, the artifacts listing and the `show` view of one job.
 
-The same rules as `mqfleet.cli.render`, whose helpers these build on: plain dicts in,
-a rich renderable out; every cell a host wrote goes through `escape` (docs/SECURITY.md,
+The same rules as `mqfleet.cli.render`, whose helpers these build on: typed replies in (the listing's
+rows are the JSON objects the coordinator sent), a rich renderable out; every cell a host wrote goes through `escape` (docs/SECURITY.md,
 "What the CLI shows").
 """
 
@@ -34,6 +34,7 @@ from mqfleet.cli.render import (
     status_text,
 )
 from mqfleet.cli.terminal import clean
+from mqfleet.replies import ArtifactRecord, AttemptDetail, CheckpointDetail, CompareRow, JobDetail, Usage
 
 # --- listings ------------------------------------------------------------------------------
 
@@ -65,165 +66,155 @@ def jobs_rest_line(shown: int, total: int, *, limited: bool) -> Text:
                 style="dim")
 
 
-def compare_table(rows: Sequence[Mapping[str, Any]], metric_names: Sequence[str], *, sort_by: str | None,
+def compare_table(rows: Sequence[CompareRow], metric_names: Sequence[str], *, sort_by: str | None,
                   title: str) -> Table:
     """Jobs side by side: status, the hyperparameters that differ, every numeric metric, CPU and peak memory."""
-    varying = sorted({k for r in rows for k in (r.get("hyper") or {})
-                      if len({repr((x.get("hyper") or {}).get(k)) for x in rows}) > 1})
+    varying = sorted({k for r in rows for k in r.hyper if len({repr(x.hyper.get(k)) for x in rows}) > 1})
     metric_cols = [f"{m} ▲" if m == sort_by else m for m in metric_names]
     table = listing_table(title, ("job", "status", *varying, *metric_cols, "cpu", "peak RSS"),
                    right=(*metric_cols, "cpu", "peak RSS"))
     for r in rows:
-        hyper = r.get("hyper") or {}
-        metrics = r.get("metrics") or {}
-        usage = r.get("usage") or {}
+        usage = r.usage
         table.add_row(
-            escape(r["name"]), status_text(r.get("status")), *(escape(str(hyper.get(k, "-"))) for k in varying),
-            *(number_cell(metrics.get(m)) for m in metric_names),
-            seconds_text(usage.get("cpu_s")) if usage else "-", human_size(usage.get("max_rss_bytes")) if usage else "-",
+            escape(r.name), status_text(r.status), *(escape(str(r.hyper.get(k, "-"))) for k in varying),
+            *(number_cell(r.metrics.get(m)) for m in metric_names),
+            seconds_text(usage.cpu_s) if usage else "-", human_size(usage.max_rss_bytes) if usage else "-",
         )
     return table
 
 
-def artifacts_table(artifacts: Iterable[Mapping[str, Any]]) -> Table:
+def artifacts_table(artifacts: Iterable[ArtifactRecord]) -> Table:
     table = listing_table("artifacts", ("job", "model", "mode", "sha256", "size", "metrics", "host", "created"),
                    right=("size",), wrap=("metrics",))
     for a in artifacts:
         table.add_row(
-            escape(a.get("name") or short_id(a.get("job_id"))), escape(a.get("model") or "-"), escape(a.get("mode") or "-"),
-            escape(short_id(a.get("sha256"), 10)), human_size(a.get("size")), escape(metrics_text(a.get("metrics"))),
-            escape(a.get("host") or "-"), time.strftime("%m-%d %H:%M", time.localtime(a["created_ts"]))
-            if a.get("created_ts") else "-",
+            escape(a.name or short_id(a.job_id)), escape(a.model or "-"), escape(a.mode or "-"),
+            escape(short_id(a.sha256, 10)), human_size(a.size), escape(metrics_text(a.metrics)),
+            escape(a.host or "-"), time.strftime("%m-%d %H:%M", time.localtime(a.created_ts)) if a.created_ts else "-",
         )
     return table
-
 
 
 # --- one job -------------------------------------------------------------------------------
 
 
-def usage_text(usage: Mapping[str, Any] | None) -> str:
-    """An attempt's (or a host's summed) usage in human units: wall, CPU, peak memory, peak GPU memory."""
-    if not usage:
+def usage_text(usage: Usage | None) -> str:
+    """An attempt's usage in human units: wall, CPU, peak memory, peak GPU memory."""
+    if usage is None:
         return "-"
-    gpu = usage.get("gpu_mem_max_bytes")
+    gpu = usage.gpu_mem_max_bytes
     parts = [
-        f"wall {seconds_text(usage.get('wall_s'))}",
-        f"cpu {seconds_text(usage.get('cpu_s'))}",
-        f"peak RSS {human_size(usage.get('max_rss_bytes'))}",
+        f"wall {seconds_text(usage.wall_s)}",
+        f"cpu {seconds_text(usage.cpu_s)}",
+        f"peak RSS {human_size(usage.max_rss_bytes)}",
         f"peak GPU {human_size(gpu)}" if gpu is not None else "GPU not measured",
     ]
-    if "attempts" in usage:
-        parts.insert(0, f"{escape(usage['attempts'])} attempt(s)")
     return "  ".join(parts)
 
 
-def job_view(job: Mapping[str, Any], now: float, *, width: int = 100) -> RenderableType:
+def job_view(job: JobDetail, now: float, *, width: int = 100) -> RenderableType:
     from mqfleet.cli.chart import progress_charts
 
     parts: list[RenderableType] = []
     head = kv_table()
-    head.add_row("job", Text.assemble((clean(job["name"]), "bold"), f"  {clean(job['id'])}"))
-    head.add_row("status", status_text(job["status"]))
-    head.add_row("model / mode", escape(f"{job['model']} / {job['mode']}"))
-    head.add_row("attempts", escape(f"{job.get('attempts', 0)} of {job.get('max_attempts', '?')} counted"))
-    head.add_row("priority", escape(job.get("priority", 0)))
-    if job.get("progress"):
-        head.add_row("progress", escape(metrics_text(job["progress"])))
-    if job.get("error"):
-        head.add_row(Text("error", style="red"), escape(job["error"]))
-    if job.get("unsatisfied"):
-        head.add_row(Text("waits", style="red"), escape(job["unsatisfied"]))
-    limits = [f"{key} = {job[key]:g}" for key in ("timeout_s", "stall_s") if isinstance(job.get(key), (int, float))]
+    head.add_row("job", Text.assemble((clean(job.name), "bold"), f"  {clean(job.id)}"))
+    head.add_row("status", status_text(job.status))
+    head.add_row("model / mode", escape(f"{job.model} / {job.mode}"))
+    head.add_row("attempts", escape(f"{job.attempts} of {job.max_attempts} counted"))
+    head.add_row("priority", escape(job.priority))
+    if job.progress:
+        head.add_row("progress", escape(metrics_text(job.progress)))
+    if job.error:
+        head.add_row(Text("error", style="red"), escape(job.error))
+    if job.unsatisfied:
+        head.add_row(Text("waits", style="red"), escape(job.unsatisfied))
+    limits = [f"{key} = {value:g}" for key, value in (("timeout_s", job.timeout_s), ("stall_s", job.stall_s))
+              if value is not None]
     if limits:
         head.add_row("limits", ", ".join(limits))
-    if job.get("outputs"):
-        head.add_row("outputs", escape(", ".join(map(str, job["outputs"]))))
-    head.add_row("artifact", escape(job.get("artifact") or "-"))
-    detail = job.get("artifact_detail")
+    if job.outputs:
+        head.add_row("outputs", escape(", ".join(job.outputs)))
+    head.add_row("artifact", escape(job.artifact or "-"))
+    detail = job.artifact_detail
     if detail:
-        head.add_row("size", human_size(detail.get("size")))
-        head.add_row("metrics", escape(metrics_text(detail.get("metrics"))))
-    if not job.get("in_manifest", True):
+        head.add_row("size", human_size(detail.size))
+        head.add_row("metrics", escape(metrics_text(detail.metrics)))
+    if not job.in_manifest:
         head.add_row("manifest", Text("no longer in the manifest", style="yellow"))
     parts.append(Panel(head, title="job", title_align="left"))
-    spec = job.get("spec")
-    if spec:
+    if job.spec:
         grid = kv_table()
-        for key, value in spec.items():
+        for key, value in job.spec.items():
             if value not in (None, "", [], {}, 0, False) or key in ("hyper", "seed"):
                 grid.add_row(escape(key), escape(str(value)))
         parts.append(Panel(grid, title="spec", title_align="left"))
-    checkpoint = checkpoint_view(job.get("checkpoint"), now)
+    checkpoint = checkpoint_view(job.checkpoint, now)
     if checkpoint is not None:
         parts.append(checkpoint)
-    lease = job.get("lease")
+    lease = job.lease
     if lease:
         grid = kv_table()
-        grid.add_row("host", escape(str(lease.get("host"))))
-        grid.add_row("attempt", escape(lease.get("attempt")))
-        grid.add_row("expires", f"in {human_duration(lease['expires_ts'] - now)}" if lease.get("expires_ts") else "-")
-        grid.add_row("gpus", escape(str(lease.get("gpus") or "none")))
+        grid.add_row("host", escape(lease.host))
+        grid.add_row("attempt", escape(lease.attempt))
+        grid.add_row("expires", f"in {human_duration(lease.expires_ts - now)}")
+        grid.add_row("gpus", escape(str(lease.gpus or "none")))
         parts.append(Panel(grid, title="current lease", title_align="left"))
-    chart = progress_charts(job.get("progress_history") or [], width=width - 4)
+    chart = progress_charts(job.progress_history, width=width - 4)
     if chart is not None:
         parts.append(chart)
-    attempts = job.get("attempts_detail") or []
-    if attempts:
-        parts.append(attempts_view(attempts, now))
-    why = job.get("why_waiting") or []
-    if why:
+    if job.attempts_detail:
+        parts.append(attempts_view(job.attempts_detail, now))
+    if job.why_waiting:
         table = Table(title="why it waits", title_justify="left")
         table.add_column("host", no_wrap=True)
         table.add_column("reason")
-        for item in why:
-            table.add_row(escape(item.get("host") or "(job)"), escape(str(item.get("reason"))))
+        for item in job.why_waiting:
+            table.add_row(escape(item.host or "(job)"), escape(item.reason))
         parts.append(table)
     return Group(*parts)
 
 
-def checkpoint_view(checkpoint: Mapping[str, Any] | None, now: float) -> RenderableType | None:
+def checkpoint_view(checkpoint: CheckpointDetail | None, now: float) -> RenderableType | None:
     """The job's latest checkpoint (size, last sync, step) and how its last attempt started; None if neither."""
-    if not checkpoint or not (checkpoint.get("latest") or checkpoint.get("last_start")):
+    if checkpoint is None or not (checkpoint.latest or checkpoint.last_start):
         return None
     grid = kv_table()
-    latest = checkpoint.get("latest")
+    latest = checkpoint.latest
     if latest:
-        grid.add_row("size", human_size(latest.get("size")))
-        saved = latest.get("saved_ts")
-        ago = f" ({human_duration(now - saved)} ago)" if isinstance(saved, (int, float)) else ""
-        grid.add_row("last sync", f"{human_time(saved)}{ago}, attempt {latest.get('attempt')} on "
-                                  f"{escape(str(latest.get('host')))}")
-        if latest.get("progress"):
-            grid.add_row("saved at", escape(metrics_text(latest["progress"])))
-        grid.add_row("sha256", escape(str(latest.get("sha256"))))
+        grid.add_row("size", human_size(latest.size))
+        ago = f" ({human_duration(now - latest.saved_ts)} ago)"
+        grid.add_row("last sync", f"{human_time(latest.saved_ts)}{ago}, attempt {latest.attempt} on "
+                                  f"{escape(str(latest.host))}")
+        if latest.progress:
+            grid.add_row("saved at", escape(metrics_text(latest.progress)))
+        grid.add_row("sha256", escape(latest.sha256))
     else:
         grid.add_row("latest", "none kept")
-    start = checkpoint.get("last_start")
+    start = checkpoint.last_start
     if start:
-        style = "green" if start.get("resumed") else "yellow"
-        grid.add_row(escape(f"attempt {start.get('attempt')}"), safe_text(start.get("note"), style))
+        style = "green" if start.resumed else "yellow"
+        grid.add_row(escape(f"attempt {start.attempt}"), safe_text(start.note, style))
     return Panel(grid, title="checkpoint", title_align="left")
 
 
-def attempts_view(attempts: Sequence[Mapping[str, Any]], now: float) -> RenderableType:
+def attempts_view(attempts: Sequence[AttemptDetail], now: float) -> RenderableType:
     rows: list[RenderableType] = []
     for a in attempts:
-        ended = a.get("ended_ts")
-        duration = (ended or now) - a["started_ts"] if a.get("started_ts") else None
-        cause = a.get("cause") or ("running" if not ended else a.get("outcome") or "-")
+        ended = a.ended_ts
+        duration = (ended or now) - a.started_ts if a.started_ts else None
+        cause = a.cause or ("running" if not ended else a.outcome or "-")
         title = Text.assemble(
-            (f"attempt {clean(a.get('number'))}", "bold"), f" on {clean(a.get('host'))}  ",
+            (f"attempt {a.number}", "bold"), f" on {clean(a.host)}  ",
             (clean(cause), "red" if cause in ("app", "lost", "timeout", "stalled") else ""),
-            f"  exit {clean(a.get('exit_code')) if a.get('exit_code') is not None else '-'}",
+            f"  exit {a.exit_code if a.exit_code is not None else '-'}",
             f"  {human_duration(duration)}" + ("" if ended else " so far"),
         )
         body: list[RenderableType] = [title]
-        if a.get("usage"):
-            body.append(Text(f"used: {usage_text(a['usage'])}"))
-        if a.get("error"):
-            body.append(safe_text(f"error: {a['error']}", "red"))
-        tail = str(a.get("output_tail") or "").splitlines()[-TAIL_LINES:]
+        if a.usage:
+            body.append(Text(f"used: {usage_text(a.usage)}"))
+        if a.error:
+            body.append(safe_text(f"error: {a.error}", "red"))
+        tail = (a.output_tail or "").splitlines()[-TAIL_LINES:]
         if tail:
             body.append(Text("\n".join(f"  │ {clean(line)}" for line in tail), style="dim"))
         rows.append(Group(*body))

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
 
 import click
 
 from mqfleet.cli import cli, render, render_jobs
-from mqfleet.cli.client_options import ClientContext, pass_client
-from mqfleet.protocol import Verb
+from mqfleet.cli.client_options import ClientContext, pass_client, wire_of
+from mqfleet.replies import CompareRow
 
 
-def _sort_key(metric: str, descending: bool) -> Any:
-    def key(row: dict[str, Any]) -> tuple[int, float, str]:
-        value = row["metrics"].get(metric)
+def _sort_key(metric: str, descending: bool) -> Callable[[CompareRow], tuple[int, float, str]]:
+    def key(row: CompareRow) -> tuple[int, float, str]:
+        value = row.metrics.get(metric)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return (1, 0.0, row["name"])  # jobs without the metric go last, by name
-        return (0, -float(value) if descending else float(value), row["name"])
+            return (1, 0.0, row.name)  # jobs without the metric go last, by name
+        return (0, -float(value) if descending else float(value), row.name)
     return key
 
 
@@ -32,9 +32,9 @@ def compare_cmd(ctx: ClientContext, jobs: tuple[str, ...], sweep: str | None, so
     """Final metrics of JOBS (ids, id prefixes or names), or of a sweep's jobs, side by side."""
     if bool(jobs) == bool(sweep):
         raise click.UsageError("name some JOBS or give --sweep NAME (not both)")
-    reply = ctx.client.call(Verb.COMPARE, **({"sweep": sweep} if sweep else {"jobs": list(jobs)}))
-    rows: list[dict[str, Any]] = list(reply["jobs"])
-    names: list[str] = list(reply.get("metric_names") or [])
+    reply = ctx.client.compare(list(jobs), sweep=sweep)
+    rows = list(reply.jobs)
+    names = reply.metric_names
     if sort_by is None:
         sort_by = "loss" if "loss" in names else (names[0] if names else None)
     elif sort_by not in names:
@@ -43,8 +43,8 @@ def compare_cmd(ctx: ClientContext, jobs: tuple[str, ...], sweep: str | None, so
     if sort_by is not None:
         rows.sort(key=_sort_key(sort_by, desc))
     if ctx.as_json:
-        ctx.emit_json({"sweep": reply.get("sweep"), "sort": sort_by, "descending": desc, "metric_names": names,
-                       "jobs": rows})
+        ctx.emit_json({"sweep": reply.sweep, "sort": sort_by, "descending": desc, "metric_names": names,
+                       "jobs": [wire_of(r) for r in rows]})
         return
     title = f"sweep {sweep}" if sweep else "jobs"
     render.make_console().print(render_jobs.compare_table(rows, names, sort_by=sort_by, title=title))
@@ -55,19 +55,18 @@ def compare_cmd(ctx: ClientContext, jobs: tuple[str, ...], sweep: str | None, so
 @pass_client
 def gc_cmd(ctx: ClientContext, dry_run: bool) -> None:
     """Delete the store objects (artifacts) no job references, and say what that freed. Needs MQFLEET_OPERATOR_TOKEN."""
-    reply = ctx.client.call(Verb.GC, dry_run=dry_run)
-    result = {k: v for k, v in reply.items() if k != "ok"}
+    result = ctx.client.gc(dry_run=dry_run)
     if ctx.as_json:
-        ctx.emit_json(result)
+        ctx.emit_json(wire_of(result))
         return
-    for obj in result["objects"]:
-        click.echo(f"{'would delete' if dry_run else 'deleted'} {obj['key']} ({render.human_size(obj['size'])})")
-    if result["count"] > len(result["objects"]):
-        click.echo(f"... and {result['count'] - len(result['objects'])} more")
-    for failure in result.get("failed") or []:
-        click.echo(f"error: could not delete {failure['key']}: {failure['error']}", err=True)
+    for obj in result.objects:
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {obj.key} ({render.human_size(obj.size)})")
+    if result.count > len(result.objects):
+        click.echo(f"... and {result.count - len(result.objects)} more")
+    for failure in result.failed:
+        click.echo(f"error: could not delete {failure.key}: {failure.error}", err=True)
     verb = "would free" if dry_run else "freed"
-    click.echo(f"{verb} {render.human_size(result['bytes'])} in {result['count'] - len(result.get('failed') or [])} "
-               f"object(s); {result['kept']} referenced object(s) kept")
-    if result.get("failed"):
+    click.echo(f"{verb} {render.human_size(result.bytes)} in {result.count - len(result.failed)} "
+               f"object(s); {result.kept} referenced object(s) kept")
+    if result.failed:
         raise click.exceptions.Exit(1)

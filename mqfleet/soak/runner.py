@@ -74,7 +74,7 @@ def run_soak(config: SoakConfig) -> invariants.SoakReport:
 
         def drained(c: FleetClient = client) -> bool:
             try:
-                return int(c.health()["jobs_by_status"].get("completed", 0)) >= config.jobs
+                return c.health().jobs_by_status.get("completed", 0) >= config.jobs
             except MqfleetError:
                 return False
 

@@ -65,7 +65,7 @@ def victim(tls_s3_fleet: TlsFleet) -> Iterator[tuple[TlsFleet, dict[str, Any]]]:
     tls_s3_fleet.start_agent("host-a")
     tls_s3_fleet.wait_for_status({"victim": "completed"}, timeout_s=60)
     tls_s3_fleet.agents.pop("host-a").stop()
-    job = tls_s3_fleet.client().job("victim")
+    job = tls_s3_fleet.client().job("victim").to_wire()
     yield tls_s3_fleet, job
 
 
@@ -110,7 +110,7 @@ def test_an_upload_url_for_another_jobs_verified_digest_with_a_wrong_size_cannot
     finally:
         attacker.close()
     assert _intact(store, sha, size)
-    assert fleet.client().job("mine")["status"] != "completed"
+    assert fleet.client().job("mine").status != "completed"
     _fetch_ok(fleet, "victim", tmp_path / "fetched")
 
 
@@ -137,7 +137,7 @@ def test_a_presigned_put_reused_after_verification_leaves_the_verified_artifact_
     finally:
         attacker.close()
     assert _intact(store, sha, size)
-    assert fleet.client().job("mine")["artifact"] == sha
+    assert fleet.client().job("mine").artifact == sha
 
 
 def test_a_completion_naming_a_stored_digest_is_refused_when_the_stored_bytes_were_swapped(
@@ -166,5 +166,5 @@ def test_a_completion_naming_a_stored_digest_is_refused_when_the_stored_bytes_we
         assert again["exists"] is False and "/artifacts/" not in urlsplit(again["url"]).path
     finally:
         attacker.close()
-    assert fleet.client().job("mine")["status"] != "completed"
+    assert fleet.client().job("mine").status != "completed"
     assert hashlib.sha256(b"\1" * size).hexdigest() != sha

@@ -68,7 +68,7 @@ def test_five_thousand_requests_with_4_kb_request_ids_are_refused_and_the_databa
         assert grown < 1 * MiB
     finally:
         attacker.stop(timeout_s=2)
-    assert tls_fleet.client().job("parked")["status"] == "pending"
+    assert tls_fleet.client().job("parked").status == "pending"
 
 
 def test_two_hundred_batches_of_250_kib_lines_for_invented_jobs_leave_the_coordinators_memory_bounded(
@@ -79,15 +79,15 @@ def test_two_hundred_batches_of_250_kib_lines_for_invented_jobs_leave_the_coordi
     attacker = _host(tls_fleet, "host-a")
     client = tls_fleet.client()
     try:
-        wait_until(lambda: any(w["id"] == "host-a" for w in client.workers()), timeout_s=10)
+        wait_until(lambda: any(w.id == "host-a" for w in client.workers()), timeout_s=10)
         rss_before = psutil.Process(coordinator.pid).memory_info().rss
         line = "A" * (250 * 1024)
         for i in range(200):
             job_id = uuid.uuid4().hex + uuid.uuid4().hex
             attacker.publish_wait(T.log("host-a", job_id), encode({"job_id": job_id, "lines": [line]}), qos=0)
             if i % 50 == 49:  # paced a little, so the broker's queue for the coordinator does not overflow
-                wait_until(lambda n=i + 1: client.health()["log_batches_refused"] >= n - 10, timeout_s=30)
-        wait_until(lambda: client.health()["log_batches_refused"] >= 200, timeout_s=30, what="200 refused batches")
+                wait_until(lambda n=i + 1: client.health().log_batches_refused >= n - 10, timeout_s=30)
+        wait_until(lambda: client.health().log_batches_refused >= 200, timeout_s=30, what="200 refused batches")
         growth = psutil.Process(coordinator.pid).memory_info().rss - rss_before
         print(f"coordinator RSS grew {growth / MiB:.1f} MiB over 200 refused 250 KiB batches")
         assert growth < 20 * MiB, f"coordinator RSS grew {growth / MiB:.1f} MiB"
@@ -101,12 +101,12 @@ def test_a_log_line_forged_by_another_host_never_shows_in_the_jobs_logs(tls_flee
     tls_fleet.start_coordinator()
     tls_fleet.start_agent("host-a")
     tls_fleet.wait_for_status({"a-job": "running"}, timeout_s=30)
-    job_id = tls_fleet.client().job("a-job")["id"]
+    job_id = tls_fleet.client().job("a-job").id
     attacker = _host(tls_fleet, "host-b")
     try:
         forged = encode({"job_id": job_id, "lines": ["FORGED: loss=0.0, ship it"]})
         attacker.publish_wait(T.log("host-b", job_id), forged, qos=0)
-        wait_until(lambda: tls_fleet.client().health()["log_batches_refused"] >= 1, timeout_s=10)
+        wait_until(lambda: tls_fleet.client().health().log_batches_refused >= 1, timeout_s=10)
     finally:
         attacker.stop(timeout_s=2)
     wait_until(lambda: "ok.py: job" in tls_fleet.cli_as(OPERATOR, "logs", "a-job").stdout, timeout_s=20,
@@ -133,7 +133,7 @@ def test_a_host_flooding_its_own_jobs_log_with_long_lines_is_held_to_the_size_bu
             host.publish_wait(T.log("host-b", job_id), encode({"job_id": job_id, "lines": batch_lines,
                                                                "attempt": grant["attempt"]}), qos=1, timeout_s=30)
         client = tls_fleet.client(timeout_s=30)
-        stored = wait_until(lambda: (got := client.logs(job_id)["lines"]) and len(got) >= 2800 and got,
+        stored = wait_until(lambda: (got := client.logs(job_id).lines) and len(got) >= 2800 and got,
                             timeout_s=60, interval_s=1.0, what="the 2800 lines stored")
     finally:
         host.stop(timeout_s=2)

@@ -43,7 +43,7 @@ def _fleet_settings(interval_s: float) -> str:
 
 
 def _checkpoint(client: FleetClient, job: str) -> dict[str, Any]:
-    return dict(client.job(job)["checkpoint"])
+    return client.job(job).to_wire()["checkpoint"]
 
 
 def _saved_step(client: FleetClient, job: str) -> int:
@@ -69,19 +69,19 @@ def _interrupt_then_finish_elsewhere(s3_fleet: Fleet, how: signal.Signals, inter
     s3_fleet.start_coordinator()
     agent_a = s3_fleet.start_agent("a")
     client = s3_fleet.client()
-    wait_until(lambda: client.job("victim")["status"] == "running", timeout_s=30, what="victim running on a")
+    wait_until(lambda: client.job("victim").status == "running", timeout_s=30, what="victim running on a")
     if how is signal.SIGKILL:
         wait_until(lambda: _saved_step(client, "victim") >= 8, timeout_s=30, what="a checkpoint at step 8 or later")
     else:
-        wait_until(lambda: int((client.job("victim").get("progress") or {}).get("epoch") or 0) >= 8,
+        wait_until(lambda: int((client.job("victim").progress or {}).get("epoch") or 0) >= 8,
                    timeout_s=30, what="victim at step 8")
     saved_before = _saved_step(client, "victim")
     agent_a.signal(how)
-    wait_until(lambda: client.job("victim")["status"] == "pending", timeout_s=30, what="victim back to pending")
+    wait_until(lambda: client.job("victim").status == "pending", timeout_s=30, what="victim back to pending")
     saved_at_handback = _saved_step(client, "victim")
     s3_fleet.start_agent("b", slots=2)
     s3_fleet.wait_for_status("completed", timeout_s=90)
-    victim_row, twin_row = client.job("victim"), client.job("twin")
+    victim_row, twin_row = client.job("victim").to_wire(), client.job("twin").to_wire()
     return {"client": client, "victim": victim_row, "twin": twin_row, "saved_before": saved_before,
             "saved_at_handback": saved_at_handback}
 
@@ -129,9 +129,9 @@ def test_corrupted_checkpoint_makes_the_next_attempt_start_fresh_and_show_says_w
     client = s3_fleet.client()
     wait_until(lambda: _saved_step(client, "victim") >= 3, timeout_s=30, what="a checkpoint")
     agent_a.signal(signal.SIGKILL)
-    wait_until(lambda: client.job("victim")["status"] == "pending", timeout_s=30, what="victim back to pending")
+    wait_until(lambda: client.job("victim").status == "pending", timeout_s=30, what="victim back to pending")
     latest = _checkpoint(client, "victim")["latest"]
-    job_id = client.job("victim")["id"]
+    job_id = client.job("victim").id
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(b"not the checkpoint that was saved" * 100)
     store = s3_fleet.store()
@@ -139,7 +139,7 @@ def test_corrupted_checkpoint_makes_the_next_attempt_start_fresh_and_show_says_w
 
     s3_fleet.start_agent("b")
     s3_fleet.wait_for_status("completed", timeout_s=60)
-    row = client.job("victim")
+    row = client.job("victim").to_wire()
     last_start = row["checkpoint"]["last_start"]
     assert last_start["attempt"] == 2 and last_start["resumed"] is False
     assert "sha256" in last_start["note"] and "fresh" in last_start["note"]
@@ -158,7 +158,7 @@ def test_job_of_a_non_resumable_trainer_gets_no_checkpoint_folder(fleet: Fleet) 
     client = fleet.client()
     fleet.wait_for_status("completed", timeout_s=60)
     assert any("checkpoint folder: none" in line for line in _log_lines(client, "plain"))
-    assert client.job("plain")["checkpoint"] == {"latest": None, "last_start": None}
+    assert client.job("plain").to_wire()["checkpoint"] == {"latest": None, "last_start": None}
 
 
 def test_a_failed_job_keeps_its_checkpoint_requeue_resumes_and_requeue_fresh_starts_from_zero(fleet: Fleet) -> None:
@@ -182,4 +182,4 @@ def test_a_failed_job_keeps_its_checkpoint_requeue_resumes_and_requeue_fresh_sta
     assert kept.returncode == 0, kept.stderr
     fleet.wait_for_status("completed", timeout_s=60)
     assert _resumed_steps(client, "crashy") == [6]
-    assert client.job("crashy")["checkpoint"]["latest"] is None
+    assert client.job("crashy").to_wire()["checkpoint"]["latest"] is None

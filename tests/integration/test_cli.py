@@ -103,7 +103,7 @@ def test_logs_follow_prints_live_lines_and_exits_when_the_job_ends(fleet: Fleet)
     fleet.start_coordinator()
     fleet.start_agent("alpha")
     client = fleet.client()
-    wait_until(lambda: client.job("chatty")["status"] == "running", timeout_s=30, what="chatty to run")
+    wait_until(lambda: client.job("chatty").status == "running", timeout_s=30, what="chatty to run")
     proc = subprocess.Popen([sys.executable, "-m", "mqfleet", "logs", "chatty", "-f"], cwd=ROOT, env=fleet.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -118,7 +118,7 @@ def test_logs_follow_prints_live_lines_and_exits_when_the_job_ends(fleet: Fleet)
     assert any('"epoch": 2' in line for line in lines)
     # the seam between the held lines and the live ones prints nothing twice
     assert len([line for line in lines if '"epoch": 2' in line]) == 1
-    assert client.job("chatty")["status"] == "completed"
+    assert client.job("chatty").status == "completed"
 
 
 def test_cancel_of_a_running_job_stops_its_trainer(fleet: Fleet) -> None:
@@ -126,7 +126,7 @@ def test_cancel_of_a_running_job_stops_its_trainer(fleet: Fleet) -> None:
     fleet.start_coordinator()
     fleet.start_agent("alpha")
     client = fleet.client()
-    wait_until(lambda: client.job("long")["status"] == "running", timeout_s=30, what="long to run")
+    wait_until(lambda: client.job("long").status == "running", timeout_s=30, what="long to run")
     work = fleet.dir / "work"
     wait_until(lambda: trainer_processes(work), timeout_s=10, what="the trainer process")
 
@@ -134,7 +134,7 @@ def test_cancel_of_a_running_job_stops_its_trainer(fleet: Fleet) -> None:
     assert result.returncode == 0, result.stderr
     assert "cancelled" in result.stdout
     wait_until(lambda: not trainer_processes(work), timeout_s=15, what="the trainer to be gone")
-    assert client.job("long")["status"] == "cancelled"
+    assert client.job("long").status == "cancelled"
     assert fleet.cli("cancel", "long").returncode == 1
 
 

@@ -52,7 +52,7 @@ def _wait_leader(fleet: Fleet, leader: str, after: float) -> float:
             health = client.health()
         except Exception:
             return False
-        return bool(health.get("coordinator") == leader and health.get("role") == "leader")
+        return bool(health.coordinator == leader and health.role == "leader")
 
     wait_until(leads, timeout_s=60, interval_s=0.1, what=f"{leader} to lead")
     return time.monotonic() - after
@@ -120,7 +120,7 @@ def _jobs_now(client: Any) -> list[dict[str, Any]]:
 
 
 def client_attempts(fleet: Fleet, job_id: str) -> list[dict[str, Any]]:
-    return list(fleet.client().job(job_id)["attempts_detail"])
+    return [a.to_wire() for a in fleet.client().job(job_id).attempts_detail]
 
 
 def test_bad_db_urls_exit_2_naming_the_url_without_its_password_and_the_fix(
@@ -162,7 +162,7 @@ def test_migrate_from_sqlite_copies_a_stopped_fleet_with_counts_checked(
         assert after == {j["id"]: (j["status"], j["artifact"]) for j in before}
         assert len(client.call(Verb.ARTIFACTS)["artifacts"]) == 2
         health = client.health()
-        assert health["state_store"] == "postgresql" and health["role"] == "leader"
+        assert health.state_store == "postgresql" and health.role == "leader"
     finally:
         migrated.stop()
     again = fleet.cli(*argv)  # into a database that now holds the fleet: refused, nothing written
@@ -172,7 +172,7 @@ def test_migrate_from_sqlite_copies_a_stopped_fleet_with_counts_checked(
 def _health(client: Any) -> dict[str, Any]:
     """The health reply, or {} while no coordinator answers (one is being killed or started)."""
     try:
-        return dict(client.health())
+        return client.health().to_wire()
     except Exception:
         return {}
 

@@ -31,15 +31,15 @@ def test_killed_busy_agent_job_runs_on_the_idle_host_within_grace_detection_and_
     fleet.start_coordinator()
     busy = fleet.start_agent("busy")
     client = fleet.client()
-    wait_until(lambda: client.job("long")["status"] == "running", timeout_s=30, what="the job to run on busy")
+    wait_until(lambda: client.job("long").status == "running", timeout_s=30, what="the job to run on busy")
     fleet.start_agent("idle")
-    wait_until(lambda: any(w["id"] == "idle" and w["online"] for w in client.workers()), timeout_s=30,
+    wait_until(lambda: any(w.id == "idle" and w.online for w in client.workers()), timeout_s=30,
                what="the idle agent online")
     # The idle agent's first claim found nothing; from here only a nudge or its idle poll makes it claim.
 
     killed_at = time.monotonic()
     busy.signal(signal.SIGKILL)
-    wait_until(lambda: (j := client.job("long"))["status"] == "running" and j["host"] == "idle",
+    wait_until(lambda: (j := client.job("long")).status == "running" and j.host == "idle",
                timeout_s=IDLE_POLL_S + 30, interval_s=0.05, what="the job running on the idle host")
     failover_s = time.monotonic() - killed_at
 
@@ -48,8 +48,8 @@ def test_killed_busy_agent_job_runs_on_the_idle_host_within_grace_detection_and_
     print(f"failover kill -9 -> running elsewhere: {failover_s:.2f}s (bound {bound_s:.1f}s, idle poll {IDLE_POLL_S:g}s)")
     # Wide margin for a loaded machine, yet well short of the idle poll that was the only way before.
     assert failover_s < bound_s + 6.0 < IDLE_POLL_S, failover_s
-    attempts = client.job("long")["attempts_detail"]
-    assert [(a["host"], a["cause"]) for a in attempts][:1] == [("busy", "lost")]
+    attempts = client.job("long").attempts_detail
+    assert [(a.host, a.cause) for a in attempts][:1] == [("busy", "lost")]
 
 
 def _query_right_after_restart(fleet: Fleet, restart: Callable[[], object]) -> None:
@@ -133,12 +133,12 @@ def test_nudges_name_only_the_idle_hosts_that_can_take_the_job(fleet: Fleet) -> 
     try:
         fleet.start_agent("alpha")
         fleet.start_agent("beta")
-        wait_until(lambda: sum(w["online"] for w in client.workers()) == 2, timeout_s=30, what="both agents online")
-        assert client.job("first")["status"] == "pending"  # beta drains, alpha is not allowed
+        wait_until(lambda: sum(w.online for w in client.workers()) == 2, timeout_s=30, what="both agents online")
+        assert client.job("first").status == "pending"  # beta drains, alpha is not allowed
 
         assert fleet.cli("undrain", "beta").returncode == 0
         fleet.wait_for_status({"first": "completed"}, timeout_s=30)
-        assert client.job("first")["host"] == "beta"
+        assert client.job("first").host == "beta"
         assert {"reason": "undrain", "hosts": ["beta"]}.items() <= next(
             n for n in nudges if n.get("reason") == "undrain").items()
 
@@ -146,6 +146,6 @@ def test_nudges_name_only_the_idle_hosts_that_can_take_the_job(fleet: Fleet) -> 
         assert fleet.cli("requeue", "later").returncode == 0
         fleet.wait_for_status({"later": "completed"}, timeout_s=30)
         requeue = next(n for n in nudges if n.get("reason") == "requeue")
-        assert requeue["hosts"] == ["beta"] and requeue["jobs"] == [client.job("later")["id"]]
+        assert requeue["hosts"] == ["beta"] and requeue["jobs"] == [client.job("later").id]
     finally:
         watcher.stop(timeout_s=2)

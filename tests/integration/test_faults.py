@@ -38,6 +38,6 @@ def test_host_back_inside_grace_keeps_its_job_when_a_renewal_was_lost_while_the_
     broker.restart()
 
     fleet.wait_for_status("completed", timeout_s=60)
-    detail = fleet.client().job("long")["attempts_detail"]
-    assert [a.get("cause") for a in detail if a.get("cause")] == [], detail
+    detail = fleet.client().job("long").attempts_detail
+    assert [a.cause for a in detail if a.cause] == [], detail
     assert len(detail) == 1, detail

@@ -87,13 +87,13 @@ def test_killed_agent_job_is_pending_within_the_grace_and_completes_elsewhere_wi
     fleet.start_coordinator()
     victim = fleet.start_agent("victim")
     client = fleet.client()
-    wait_until(lambda: client.job("long")["status"] == "running", timeout_s=30, what="the job to run on victim")
+    wait_until(lambda: client.job("long").status == "running", timeout_s=30, what="the job to run on victim")
     trainers = trainer_processes(fleet.dir / "work" / "victim")
     assert trainers, "the trainer should be running"
 
     killed_at = time.monotonic()
     victim.signal(signal.SIGKILL)
-    wait_until(lambda: client.job("long")["status"] == "pending", timeout_s=15, what="the job back to pending")
+    wait_until(lambda: client.job("long").status == "pending", timeout_s=15, what="the job back to pending")
     back_after_s = time.monotonic() - killed_at
     # grace_s is 2: noticed in seconds, far below the 60 s lease
     assert back_after_s < 30, back_after_s
@@ -103,5 +103,5 @@ def test_killed_agent_job_is_pending_within_the_grace_and_completes_elsewhere_wi
     fleet.start_agent("rescuer")
     done = fleet.wait_for_status("completed", timeout_s=60)
     assert done[0]["host"] == "rescuer"
-    detail = client.job("long")["attempts_detail"]
-    assert [a["cause"] for a in detail][:1] == ["lost"]
+    detail = client.job("long").attempts_detail
+    assert [a.cause for a in detail][:1] == ["lost"]

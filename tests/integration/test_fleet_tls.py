@@ -51,7 +51,7 @@ def test_host_a_certificate_cannot_advert_claim_or_complete_as_host_b_and_b_job_
     tls_fleet.start_agent("host-b")
     client = tls_fleet.client()
     tls_fleet.wait_for_status({"b-job": "running"}, timeout_s=30)
-    b_job = client.job("b-job")
+    b_job = client.job("b-job").to_wire()
     lease = {**b_job["lease"], "job_id": b_job["id"]}
     before = _by_name(client)
 
@@ -75,7 +75,7 @@ def test_host_a_certificate_cannot_advert_claim_or_complete_as_host_b_and_b_job_
         n: (j["status"], j["host"], j["attempts"]) for n, j in before.items()
     }
     assert after["b-next"]["status"] == "pending"
-    workers = {w["id"]: w for w in client.workers()}
+    workers = {w.id: w.to_wire() for w in client.workers()}
     assert "forged" not in str(workers["host-b"]) and workers["host-b"]["slots"] == 1, workers["host-b"]
     assert workers["host-b"]["online"] is True
     assert "host-a" not in workers, "the hostile client never adverted itself, so the coordinator must not know it"
@@ -95,15 +95,15 @@ def test_an_agent_certificate_cannot_cancel_requeue_or_reload_and_the_operator_c
         result = tls_fleet.cli_as("host-a", *args)
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         assert "refused the request" in result.stderr and "Not authorized" in result.stderr, result.stderr
-    assert client.job("parked")["status"] == "pending"
+    assert client.job("parked").status == "pending"
 
     refused = tls_fleet.cli_as(OPERATOR, "cancel", "parked", token="not-the-token")
     assert refused.returncode == 1 and "unauthorized" in refused.stderr.lower(), refused.stderr
-    assert client.job("parked")["status"] == "pending"
+    assert client.job("parked").status == "pending"
 
     done = tls_fleet.cli_as(OPERATOR, "cancel", "parked")
     assert done.returncode == 0, done.stderr
-    assert client.job("parked")["status"] == "cancelled"
+    assert client.job("parked").status == "cancelled"
 
 
 def test_no_certificate_another_ca_or_an_expired_certificate_fails_with_exit_3(tls_fleet: TlsFleet) -> None:

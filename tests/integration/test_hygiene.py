@@ -73,7 +73,7 @@ def test_json_nested_too_deep_gets_a_bad_payload_reply_and_no_traceback(tls_flee
         assert reply["ok"] is False and reply["error"] == "bad_payload", reply
         # A wildcard Response Topic (dropped unanswered) is one log line, not a traceback.
         conn.publish(T.rpc(Role.QUERY, conn.client_id, "health"), b"{}", response_topic=f"{T.reply(conn.client_id)}/#")
-        wait_until(lambda: tls_fleet.client().health()["requests_dropped"] >= 1, timeout_s=10)
+        wait_until(lambda: tls_fleet.client().health().requests_dropped >= 1, timeout_s=10)
     finally:
         conn.stop(timeout_s=2)
     assert "Traceback" not in coordinator.log()

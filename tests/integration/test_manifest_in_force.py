@@ -40,7 +40,7 @@ def test_a_manifest_sent_with_reload_file_survives_kill_9_and_a_restart_with_the
     assert jobs["sent-only"]["in_manifest"] is True
     assert fleet.coordinator is not None and "keeping the manifest in force" in fleet.coordinator.log()
     health = client.health()
-    assert health["manifest"] == str(sent) and health["manifest_origin"] == "sent"
+    assert health.manifest == str(sent) and health.manifest_origin == "sent"
     status = fleet.cli("status")
     assert str(sent) in status.stdout.replace("\n", "")
     # pulled back exactly as it was sent, and it runs
@@ -79,7 +79,7 @@ def test_an_unchanged_file_keeps_the_manifest_in_force_across_a_plain_restart(fl
     assert fleet.coordinator is not None
     assert "is unchanged since it was applied" in fleet.coordinator.log()
     health = fleet.client().health()
-    assert health["manifest_origin"] == "file" and len(health["manifest_sha256"]) == 64
+    assert health.manifest_origin == "file" and len(health.manifest_sha256 or "") == 64
 
 
 def test_health_reports_the_store_failing_when_its_folder_is_removed_and_exits_1(fleet: Fleet) -> None:

@@ -33,9 +33,9 @@ outputs = ["model.pt", "*.json"]
 
 
 def _only_attempt(fleet: Fleet, name: str) -> dict[str, Any]:
-    detail = fleet.client().job(name)["attempts_detail"]
+    detail = fleet.client().job(name).attempts_detail
     assert len(detail) == 1, detail
-    return dict(detail[0])
+    return detail[0].to_wire()
 
 
 def test_silent_trainer_past_timeout_s_ends_timeout_with_its_tree_gone_and_the_slot_runs_the_next_job(
@@ -125,13 +125,13 @@ def test_a_changed_torch_version_reaches_workers_and_claims_without_restarting_t
     client.conn.subscribe(client.topics.advert("solo"), lambda m: adverts.append(m.json()))
     fleet.start_agent("solo")
     wait_until(lambda: client.workers(), timeout_s=30, what="the agent's advert")
-    first = client.workers()[0]["advert"].get("torch")
+    first = client.workers()[0].advert.get("torch")
     assert first != "99.1.0"
-    why = wait_until(lambda: client.job("new-torch")["why_waiting"], timeout_s=10, what="a reason to wait")
-    assert any("needs torch >= 99.1" in w["reason"] for w in why), why
+    why = wait_until(lambda: client.job("new-torch").why_waiting, timeout_s=10, what="a reason to wait")
+    assert any("needs torch >= 99.1" in w.reason for w in why), why
 
     _fake_torch(site, "99.1.0")
-    wait_until(lambda: client.workers()[0]["advert"].get("torch") == "99.1.0", timeout_s=30, what="the new torch in workers")
+    wait_until(lambda: client.workers()[0].advert.get("torch") == "99.1.0", timeout_s=30, what="the new torch in workers")
     fleet.wait_for_status("completed", timeout_s=60)
     shown = fleet.cli("workers")
     assert "99.1.0" in shown.stdout, shown.stdout
@@ -157,13 +157,14 @@ def test_back_off_delays_the_next_claim_and_why_waiting_shows_the_time_left(flee
     fleet.start_coordinator()
     fleet.start_agent("solo")
     client = fleet.client()
-    why = wait_until(lambda: [w["reason"] for w in client.job("flaky")["why_waiting"] if "back-off" in w["reason"]],
+    why = wait_until(lambda: [w.reason for w in client.job("flaky").why_waiting if "back-off" in w.reason],
                      timeout_s=30, what="the back-off in why_waiting")
     assert why[0].startswith("retry back-off: claimable in "), why
     fleet.wait_for_status("failed", timeout_s=60)
-    first, second = client.job("flaky")["attempts_detail"]
-    assert second["started_ts"] - first["ended_ts"] >= 4 - 0.5, (first, second)
-    print(f"retry_backoff_s = 4: next attempt {second['started_ts'] - first['ended_ts']:.2f} s after the failure")
+    first, second = client.job("flaky").attempts_detail
+    assert second.started_ts is not None and first.ended_ts is not None
+    assert second.started_ts - first.ended_ts >= 4 - 0.5, (first, second)
+    print(f"retry_backoff_s = 4: next attempt {second.started_ts - first.ended_ts:.2f} s after the failure")
 
 
 def test_a_job_that_failed_on_one_host_runs_its_retry_on_the_other_idle_host(fleet: Fleet) -> None:
@@ -172,9 +173,9 @@ def test_a_job_that_failed_on_one_host_runs_its_retry_on_the_other_idle_host(fle
     fleet.start_agent("host-b")
     client = fleet.client()
     fleet.start_coordinator()
-    wait_until(lambda: len([w for w in client.workers() if w["online"]]) == 2, timeout_s=30, what="both hosts online")
+    wait_until(lambda: len([w for w in client.workers() if w.online]) == 2, timeout_s=30, what="both hosts online")
     fleet.wait_for_status("failed", timeout_s=60)
-    hosts = [a["host"] for a in client.job("picky")["attempts_detail"]]
+    hosts = [a.host for a in client.job("picky").attempts_detail]
     assert len(hosts) == 3 and hosts[0] != hosts[1], hosts
 
 
@@ -188,11 +189,11 @@ def test_three_consecutive_failures_quarantine_a_host_until_undrain(fleet: Fleet
     client.conn.subscribe(client.topics.events, lambda m: events.append(m.json()))
     fleet.start_agent("broken")
     fleet.wait_for_status({"f0": "failed", "f1": "failed", "f2": "failed"}, timeout_s=60)
-    host = wait_until(lambda: next((w for w in client.workers() if w.get("quarantined")), None), timeout_s=10,
+    host = wait_until(lambda: next((w for w in client.workers() if w.quarantined), None), timeout_s=10,
                       what="the quarantine in workers")
-    assert host["quarantine"]["jobs"] == ["f0", "f1", "f2"], host
-    assert client.job("f3")["status"] == "pending"
-    why = [w["reason"] for w in client.job("f3")["why_waiting"] if w["host"] == "broken"]
+    assert host.quarantine is not None and host.quarantine.jobs == ["f0", "f1", "f2"], host
+    assert client.job("f3").status == "pending"
+    why = [w.reason for w in client.job("f3").why_waiting if w.host == "broken"]
     assert why and "quarantined after 3 consecutive failed attempts" in why[0], why
     wait_until(lambda: any(e.get("kind") == "host_quarantined" for e in events), timeout_s=10, what="the quarantine event")
 
@@ -206,7 +207,7 @@ def test_three_consecutive_failures_quarantine_a_host_until_undrain(fleet: Fleet
     released = fleet.cli("undrain", "broken")
     assert released.returncode == 0 and "quarantine released" in released.stdout, released
     fleet.wait_for_status({"f3": "failed"}, timeout_s=60)
-    assert not any(w.get("quarantined") for w in client.workers())
+    assert not any(w.quarantined for w in client.workers())
 
 
 def test_a_job_after_a_failed_dependency_says_so_and_cancel_unsatisfiable_cancels_it_until_a_requeue(fleet: Fleet) -> None:
@@ -224,13 +225,13 @@ def test_a_job_after_a_failed_dependency_says_so_and_cancel_unsatisfiable_cancel
     fleet.write_manifest(manifest_text(*jobs, fleet=_fleet(max_attempts=1, cancel_unsatisfiable=True),
                                        extra=MISBEHAVE_TRAINER))
     assert fleet.cli("reload").returncode == 0
-    cancelled = fleet.client().job("next")
+    cancelled = fleet.client().job("next").to_wire()
     assert cancelled["status"] == "cancelled" and cancelled["error"] == "dependency never satisfied: base (failed)"
 
     # drained, so the requeued base (which fails again) is not retried while we look
     assert fleet.cli("drain", "solo").returncode == 0
     assert fleet.cli("requeue", "base").returncode == 0
-    waiting = fleet.client().job("next")
+    waiting = fleet.client().job("next").to_wire()
     assert waiting["status"] == "pending" and waiting["error"] is None, waiting
     assert {"host": None, "reason": "dependency 'base' not completed (pending)"} in waiting["why_waiting"]
 
@@ -251,8 +252,8 @@ sleep = { type = "float", default = 3.0, min = 0.0 }
     fleet.start_coordinator()
     fleet.start_agent("solo", extra=("--trainer-env", f"MQFLEET_SOAK_HANG_DIR={hang_dir}"))
     fleet.wait_for_status("completed", timeout_s=60)
-    detail = fleet.client().job("sleepy")["attempts_detail"]
-    assert [a["cause"] or a["outcome"] for a in detail] == ["stalled", "completed"], detail
+    detail = fleet.client().job("sleepy").attempts_detail
+    assert [a.cause or a.outcome for a in detail] == ["stalled", "completed"], detail
     assert not (hang_dir / "sleepy").exists()
 
 
@@ -278,13 +279,13 @@ def test_a_dirty_working_tree_does_not_satisfy_same_commit_and_committing_it_let
     fleet.start_coordinator()
     fleet.start_agent("lab", extra=("--repo", str(repo)))
     client = fleet.client()
-    why = wait_until(lambda: [w["reason"] for w in client.job("pinned")["why_waiting"] if w["host"] == "lab"],
+    why = wait_until(lambda: [w.reason for w in client.job("pinned").why_waiting if w.host == "lab"],
                      timeout_s=30, what="the host's reason")
     assert "uncommitted changes" in why[0], why
-    assert client.job("pinned")["status"] == "pending"
+    assert client.job("pinned").status == "pending"
 
     _git(repo, "commit", "-q", "-am", "v2")  # clean again, but at another commit: still not the pinned one
-    wait_until(lambda: client.workers()[0]["advert"].get("git_dirty") is False, timeout_s=30, what="a clean tree")
-    assert "needs commit" in [w["reason"] for w in client.job("pinned")["why_waiting"] if w["host"] == "lab"][0]
+    wait_until(lambda: client.workers()[0].advert.get("git_dirty") is False, timeout_s=30, what="a clean tree")
+    assert "needs commit" in [w.reason for w in client.job("pinned").why_waiting if w.host == "lab"][0]
     _git(repo, "reset", "-q", "--hard", commit)  # back at the pinned commit, edits dropped
     fleet.wait_for_status("completed", timeout_s=60)

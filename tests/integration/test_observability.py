@@ -190,7 +190,7 @@ def test_the_agent_keeps_the_attempts_whole_output_until_the_job_ends_and_both_r
     agent_log = fleet.dir / "logs" / "agent.log"
     fleet.start_coordinator(extra=("--log-file", str(coordinator_log)))
     fleet.start_agent("h1", extra=("--log-file", str(agent_log)))
-    job_id = fleet.client().job("talker")["id"]
+    job_id = fleet.client().job("talker").id
     trainer_log = fleet.dir / "work" / "h1" / "jobs" / f"{job_id[:16]}-1" / "trainer.log"
 
     def whole_output_on_disk() -> bool:

@@ -20,7 +20,7 @@ from tests.fixtures.tls import OPERATOR, T, TlsFleet
 
 
 def _status(fleet: TlsFleet, name: str) -> str:
-    return str(fleet.client().job(name)["status"])
+    return str(fleet.client().job(name).status)
 
 
 def test_a_reader_of_operator_requests_learns_no_token_and_its_replays_change_nothing(tls_fleet: TlsFleet) -> None:

@@ -23,8 +23,8 @@ def _completed_once(fleet: Fleet) -> None:
     client = fleet.client()
     for job in client.jobs():
         assert job["status"] == "completed", job
-        detail = client.job(job["id"])["attempts_detail"]
-        finished = [a for a in detail if a.get("cause") in (None, "", "completed")]
+        detail = client.job(str(job["id"])).attempts_detail
+        finished = [a for a in detail if a.cause in (None, "", "completed")]
         assert len(finished) == 1, detail
 
 
@@ -65,19 +65,19 @@ def test_cancel_reaches_a_trainer_that_ignores_sigterm_and_leaves_no_process(fle
     fleet.start_coordinator()
     fleet.start_agent("alpha")
     client = fleet.client()
-    wait_until(lambda: client.job("stubborn")["status"] == "running", timeout_s=30)
+    wait_until(lambda: client.job("stubborn").status == "running", timeout_s=30)
     work = fleet.dir / "work" / "alpha"
     wait_until(lambda: len(trainer_processes(work)) >= 2, timeout_s=10, what="trainer and its child")
     procs = trainer_processes(work)
 
     client.call(Verb.CANCEL, job="stubborn")
 
-    assert client.job("stubborn")["status"] == "cancelled"
+    assert client.job("stubborn").status == "cancelled"
     # kill grace is 2 s in the fixture: SIGTERM is ignored, then the whole tree is killed
     wait_until(lambda: not any(_alive(p) for p in procs), timeout_s=10, what="the trainer tree to die")
     assert trainer_processes(work) == []
-    detail = client.job("stubborn")["attempts_detail"]
-    assert detail[-1]["cause"] == "cancelled"
+    detail = client.job("stubborn").attempts_detail
+    assert detail[-1].cause == "cancelled"
 
 
 def test_sigterm_to_an_agent_hands_its_job_back_as_shutdown_without_using_an_attempt(fleet: Fleet) -> None:
@@ -85,15 +85,15 @@ def test_sigterm_to_an_agent_hands_its_job_back_as_shutdown_without_using_an_att
     fleet.start_coordinator()
     agent = fleet.start_agent("alpha")
     client = fleet.client()
-    wait_until(lambda: client.job("handed")["status"] == "running", timeout_s=30)
+    wait_until(lambda: client.job("handed").status == "running", timeout_s=30)
 
     agent.signal(signal.SIGTERM)
     assert agent.popen.wait(30) == 0
 
     job = client.job("handed")
-    assert job["status"] == "pending"
-    assert job["attempts"] == 0
-    assert job["attempts_detail"][-1]["cause"] == "shutdown"
+    assert job.status == "pending"
+    assert job.attempts == 0
+    assert job.attempts_detail[-1].cause == "shutdown"
     assert trainer_processes(fleet.dir / "work" / "alpha") == []
     fleet.start_agent("beta")
     fleet.wait_for_status("completed", timeout_s=60)
@@ -105,7 +105,7 @@ def test_a_stalled_host_that_returns_inside_the_grace_keeps_its_job(fleet: Fleet
     fleet.start_coordinator()
     agent = fleet.start_agent("alpha")
     client = fleet.client()
-    wait_until(lambda: client.job("kept")["status"] == "running", timeout_s=30)
+    wait_until(lambda: client.job("kept").status == "running", timeout_s=30)
     host, port = fleet.broker_url.removeprefix("mqtt://").split(":")
     watch = subprocess.Popen(
         ["mosquitto_sub", "-h", host, "-p", port, "-t", f"{fleet.prefix}/hosts/alpha/status", "-R", "-C", "1", "-W", "30"],
@@ -120,8 +120,8 @@ def test_a_stalled_host_that_returns_inside_the_grace_keeps_its_job(fleet: Fleet
         agent.signal(signal.SIGCONT)
 
     fleet.wait_for_status("completed", timeout_s=60)
-    detail = client.job("kept")["attempts_detail"]
-    assert len(detail) == 1 and detail[0]["host"] == "alpha"
+    detail = client.job("kept").attempts_detail
+    assert len(detail) == 1 and detail[0].host == "alpha"
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -138,7 +138,7 @@ def test_a_cancel_sent_while_the_agent_was_cut_off_reaches_its_trainer_after_it_
     fleet.start_coordinator()
     agent = fleet.start_agent("alpha")
     client = fleet.client()
-    wait_until(lambda: client.job("stubborn")["status"] == "running", timeout_s=30)
+    wait_until(lambda: client.job("stubborn").status == "running", timeout_s=30)
     work = fleet.dir / "work" / "alpha"
     wait_until(lambda: len(trainer_processes(work)) >= 2, timeout_s=10, what="trainer and its child")
     procs = trainer_processes(work)
@@ -153,7 +153,7 @@ def test_a_cancel_sent_while_the_agent_was_cut_off_reaches_its_trainer_after_it_
         out, _ = watch.communicate(timeout=35)
         assert '"offline"' in out
         client.call(Verb.CANCEL, job="stubborn")  # queued in the agent's persistent session
-        assert client.job("stubborn")["status"] == "cancelled"
+        assert client.job("stubborn").status == "cancelled"
     finally:
         agent.signal(signal.SIGCONT)
 

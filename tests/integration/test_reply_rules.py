@@ -36,7 +36,7 @@ def _jobs_by_status(fleet: Fleet) -> dict[str, str]:
 
 def _hosts(fleet: Fleet) -> list[str]:
     with fleet.client() as client:
-        return [str(w["id"]) for w in client.workers()]
+        return [w.id for w in client.workers()]
 
 
 def test_a_query_whose_response_topic_is_an_agent_claim_makes_no_phantom_host_claim(fleet: Fleet) -> None:
@@ -48,7 +48,7 @@ def test_a_query_whose_response_topic_is_an_agent_claim_makes_no_phantom_host_cl
         for _ in range(12):
             _publish_request(attacker, t.rpc(Role.QUERY, "mon", "health"), t.rpc(Role.AGENT, "ghost-1", "claim"))
         # The coordinator stays up and answers; nothing was claimed and no host appeared.
-        wait_until(lambda: fleet.client().health()["requests_dropped"] >= 12, timeout_s=10)
+        wait_until(lambda: fleet.client().health().requests_dropped >= 12, timeout_s=10)
         assert set(_jobs_by_status(fleet).values()) == {"pending"}
         assert "ghost-1" not in _hosts(fleet)
     finally:
@@ -72,12 +72,12 @@ def test_a_response_topic_naming_another_hosts_advert_or_control_topic_is_droppe
         for target in (t.advert("host-a"), t.status("host-a"), t.control("host-a"), t.reply("agent-host-a"),
                        t.job_state("x"), f"{fleet.prefix}/reply/+", f"{fleet.prefix}/#"):
             _publish_request(attacker, t.rpc(Role.QUERY, "mon", "health"), target)
-        wait_until(lambda: fleet.client().health()["requests_dropped"] >= 7, timeout_s=10)
+        wait_until(lambda: fleet.client().health().requests_dropped >= 7, timeout_s=10)
         time.sleep(0.5)
         assert seen == []
         with fleet.client() as client:
-            worker = next(w for w in client.workers() if w["id"] == "host-a")
-            assert worker["online"] and "state" not in worker["advert"]
+            worker = next(w for w in client.workers() if w.id == "host-a")
+            assert worker.online and "state" not in worker.advert
         assert _jobs_by_status(fleet) == {"j": "running"}
     finally:
         attacker.stop()
@@ -109,10 +109,10 @@ def test_a_retained_request_is_dropped_now_and_after_a_coordinator_restart(fleet
         attacker.subscribe(t.reply(attacker.client_id), lambda m: got.append(m.payload))
         _publish_request(attacker, t.rpc(Role.QUERY, attacker.client_id, "health"), t.reply(attacker.client_id),
                          retain=True)
-        wait_until(lambda: fleet.client().health()["requests_dropped"] >= 1, timeout_s=10)
+        wait_until(lambda: fleet.client().health().requests_dropped >= 1, timeout_s=10)
         coordinator.stop()
         fleet.start_coordinator()
-        wait_until(lambda: fleet.client().health()["requests_dropped"] >= 1, timeout_s=10)
+        wait_until(lambda: fleet.client().health().requests_dropped >= 1, timeout_s=10)
         assert got == []
     finally:
         attacker.publish_wait(t.rpc(Role.QUERY, attacker.client_id, "health"), b"", retain=True)

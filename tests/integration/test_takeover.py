@@ -30,7 +30,7 @@ def test_host_b_taking_host_a_client_id_cannot_act_as_host_a_and_a_job_completes
     tls_fleet.start_coordinator()
     tls_fleet.start_agent("host-a")
     tls_fleet.wait_for_status({"a-job": "running"}, timeout_s=30)
-    job = tls_fleet.client().job("a-job")
+    job = tls_fleet.client().job("a-job").to_wire()
     cert, key = tls_fleet.pki.cert("host-b")
     intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="agent-host-a", protocol=mqtt.MQTTv5,
                            reconnect_on_failure=False)
@@ -59,5 +59,5 @@ def test_host_b_taking_host_a_client_id_cannot_act_as_host_a_and_a_job_completes
         intruder.disconnect()
     done = tls_fleet.wait_for_status({"a-job": "completed"}, timeout_s=60)
     assert done[0]["host"] == "host-a"
-    workers = {w["id"]: w for w in tls_fleet.client().workers()}
+    workers = {w.id: w.to_wire() for w in tls_fleet.client().workers()}
     assert workers["host-a"]["advert"]["slots"] == 1 and "host-b" not in workers

@@ -5,16 +5,17 @@ from __future__ import annotations
 from rich.console import Console
 
 from mqfleet.cli.chart import CHART_ROWS, progress_charts, series_of
+from mqfleet.replies import ProgressPoint
 
 
-def _history(n: int, attempt: int = 1) -> list[dict[str, object]]:
-    return [{"attempt": attempt, "seq": i, "ts": float(i),
-             "report": {"epoch": i, "loss": 1.0 / i, "metrics": {"acc": 1 - 1.0 / (i + 1), "phase": "warmup"}}}
+def _history(n: int, attempt: int = 1) -> list[ProgressPoint]:
+    return [ProgressPoint(attempt=attempt, seq=i, ts=float(i),
+                          report={"epoch": i, "loss": 1.0 / i, "metrics": {"acc": 1 - 1.0 / (i + 1), "phase": "warmup"}})
             for i in range(1, n + 1)]
 
 
 def test_curves_use_the_epoch_as_x_and_keep_non_numeric_values_as_text() -> None:
-    curves, texts, x_label = series_of([h["report"] for h in _history(5)])  # type: ignore[misc]
+    curves, texts, x_label = series_of([h.report for h in _history(5)])
     assert x_label == "epoch"
     assert curves["loss"][0] == (1.0, 1.0) and curves["loss"][-1] == (5.0, 0.2)
     assert set(curves) == {"loss", "acc"} and texts == {"phase": "warmup"}
@@ -40,4 +41,4 @@ def test_the_latest_attempt_is_drawn_as_area_charts_in_a_captured_terminal() -> 
 
 def test_no_history_and_no_numbers_draw_nothing() -> None:
     assert progress_charts([], width=80) is None
-    assert progress_charts([{"attempt": 1, "seq": 1, "ts": 0.0, "report": {"progress": 0.5}}], width=80) is None
+    assert progress_charts([ProgressPoint(attempt=1, seq=1, ts=0.0, report={"progress": 0.5})], width=80) is None

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from mqfleet.cli import render
+from mqfleet.messages import CoordinatorPeer, Health
 
-HEALTH = {
-    "version": "1.2", "uptime_s": 5, "ts": 100.0, "coordinator": "c1", "state_store": "postgresql",
-    "coordinators": [
-        {"id": "c1", "role": "leader", "version": "1.2", "host": "pi", "heartbeat_ts": 99.0, "alive": True},
-        {"id": "[bold]c2", "role": "gone", "version": "1.1", "host": "nuc", "heartbeat_ts": 40.0, "alive": False},
+HEALTH = Health(
+    state="online", version="1.2", uptime_s=5, ts=100.0, coordinator="c1", state_store="postgresql",
+    coordinators=[
+        CoordinatorPeer(id="c1", role="leader", version="1.2", host="pi", started_ts=1.0, heartbeat_ts=99.0, alive=True),
+        CoordinatorPeer(id="[bold]c2", role="gone", version="1.1", host="nuc", started_ts=1.0, heartbeat_ts=40.0,
+                        alive=False),
     ],
-}
+)
 
 
 def _text(renderable: object) -> str:
@@ -29,4 +31,4 @@ def test_status_and_health_show_each_coordinator_its_role_version_and_heartbeat_
 
 
 def test_a_health_reply_without_coordinators_shows_no_such_row() -> None:
-    assert "coordinators" not in _text(render.health_view({"version": "1", "jobs_by_status": {}}))
+    assert "coordinators" not in _text(render.health_view(Health(state="online", ts=1.0, version="1")))

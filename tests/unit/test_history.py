@@ -7,6 +7,7 @@ import pytest
 
 from mqfleet import defaults
 from mqfleet.coordinator.history import AttemptHistory, check_usage
+from mqfleet.protocol import JsonValue
 from mqfleet.replies import HostUsage, Usage
 from mqfleet.state import Cause
 from tests.fixtures.state import CoordinatorState as Database
@@ -74,7 +75,7 @@ def test_usage_is_kept_per_attempt_and_summed_per_host(db: Database) -> None:
 @pytest.mark.parametrize("bad", [None, {}, {"wall_s": -1, "cpu_s": 1, "max_rss_bytes": 1},
                                  {"wall_s": 1, "cpu_s": "x", "max_rss_bytes": 1},
                                  {"wall_s": float("nan"), "cpu_s": 1, "max_rss_bytes": 1}, [1, 2]])
-def test_malformed_usage_is_refused_as_a_whole(bad: object) -> None:
+def test_malformed_usage_is_refused_as_a_whole(bad: JsonValue) -> None:
     assert check_usage(bad) is None
 
 

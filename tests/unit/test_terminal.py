@@ -8,6 +8,7 @@ import pytest
 
 from mqfleet.cli import render
 from mqfleet.cli.terminal import clean
+from mqfleet.replies import Worker
 
 
 @pytest.mark.parametrize(
@@ -39,17 +40,17 @@ def _rendered(renderable: object) -> str:
 
 
 def test_a_workers_table_of_hostile_adverts_renders_without_markup_errors_or_escapes() -> None:
-    workers = [{"id": "h", "online": True, "slots": 1, "slots_used": 0, "last_seen_ts": time.time(),
-                "advert": {"os": "\x1b[2J[bold", "cpu_cores": "[/]", "ram_gib": "lots", "torch": "[red]x",
-                           "gpus": [{"name": "[/", "vram_gib": "24"}, "not a gpu"]},
-                "advert_error": "latest advert refused"}]
+    workers = [Worker(id="h", online=True, draining=False, slots=1, slots_used=0, last_seen_ts=time.time(),
+                      advert={"os": "\x1b[2J[bold", "cpu_cores": "[/]", "ram_gib": "lots", "torch": "[red]x",
+                              "gpus": [{"name": "[/", "vram_gib": "24"}, "not a gpu"]},
+                      advert_error="latest advert refused")]
     text = _rendered(render.workers_table(workers, {}, time.time()))
     assert "\x1b" not in text and "[bold" in text and "lots" in text and "advert refused" in text
 
 
 def test_the_dashboard_survives_events_and_progress_of_the_wrong_types() -> None:
     frame = render.dashboard(
-        hosts={"h": {"state": "\x1b[2Jonline", "slots": "[/"}},
+        hosts={"h": render.HostPicture(state="\x1b[2Jonline", slots="[/")},
         jobs={"j": {"id": "j", "name": "[b]j", "status": "running", "host": "h", "progress": {"progress": "x",
                                                                                            "epoch": "[/"}}},
         events=[{"job_id": "j", "to": "running", "ts": "soon", "reason": "\x1b]0;t\x07r"}],
