@@ -35,7 +35,8 @@ INVALID_INPUT_CODES = frozenset({"invalid_manifest"})
 class ClientContext:
     """What a command gets: its output mode and a FleetClient that connects when first used."""
 
-    broker: dict[str, Any]
+    #: the values of broker_options by name (broker_url, broker_ca, broker_cert, broker_key)
+    broker: dict[str, str | None]
     prefix: str
     timeout_s: float
     as_json: bool

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import click
@@ -27,8 +27,8 @@ def broker_options(func: F) -> F:
     return func
 
 
-def broker_config_from(options: dict[str, Any]) -> BrokerConfig:
-    """A validated BrokerConfig from the values of broker_options."""
+def broker_config_from(options: Mapping[str, str | None]) -> BrokerConfig:
+    """A validated BrokerConfig from the values of broker_options (by option name: broker_url, broker_ca, ...)."""
     config = BrokerConfig(
         url=options.get("broker_url") or defaults.BROKER_URL,
         ca=options.get("broker_ca"),
