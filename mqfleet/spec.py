@@ -79,6 +79,7 @@ class FleetSettings:
     quarantine_after: int | None = None  # consecutive failed attempts that quarantine a host; None: never
     cancel_unsatisfiable: bool = False  # cancel jobs whose `after` dependency ended failed or cancelled
     log_max_lines: int = defaults.LOG_MAX_LINES  # trainer output lines kept per attempt
+    keep_history: bool = True  # store each attempt's output lines, progress history and usage
     keep_days: float = defaults.KEEP_DAYS  # events, logs and progress of jobs ended longer ago are pruned
 
     def backoff_s(self, counted_attempts: int) -> float:

@@ -82,6 +82,7 @@ def handle_claim(coord: HandlerContext, req: Request) -> ClaimReply:
     grant = coord.claims.claim(host, req.now, coord.manifest)
     if grant is None:
         return ClaimReply(job=None)
+    coord.history.note_attempt(grant.job.id, grant.attempt, host)  # its log batches skip a query
     return ClaimReply(job=checkpoint_verbs.with_checkpoint(coord, grant))
 
 
@@ -105,7 +106,10 @@ def handle_renew(coord: HandlerContext, req: Request) -> RenewReply:
 
 
 def _attempt_of(coord: HandlerContext, job_id: str) -> int | None:
-    """The attempt number of a job's live lease; read before the lease is checked (and ended)."""
+    """The attempt number of a job's live lease, for its history; read before the lease is checked (and
+    ended). None, and no query, when `[fleet] keep_history = false` stores no history."""
+    if not coord.fleet.keep_history:
+        return None
     lease = coord.catalog.lease(job_id)
     return lease.attempt if lease else None
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, NamedTuple
 
 from mqfleet import defaults
@@ -27,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: Output lines held for the next flush at most; past this they are written at once.
 QUEUED_LINES_MAX = 5000
+#: Attempts whose host is remembered in memory (see known_attempt); the oldest go first past it.
+ATTEMPT_HOSTS_KEPT = 10_000
 #: The fields of an attempt's `usage`, each a number (gpu_mem_max_bytes may be null).
 USAGE_FIELDS = ("wall_s", "cpu_s", "max_rss_bytes", "gpu_mem_max_bytes")
 
@@ -77,20 +81,43 @@ class AttemptHistory:
         #: (job_id, attempt, lines) received but not yet written; see queue_lines()
         self._queued: list[tuple[str, int, list[str]]] = []
         self._queued_lines = 0
+        #: Guards the queue alone, so taking a batch never waits for a transaction (order: state lock first).
+        self._queue_lock = threading.Lock()
+        #: (job_id, attempt) -> the host that ran it: attempts rows never change once written, so a batch
+        #: from that host is filed without a query (and without the state lock) on the dispatcher thread.
+        self._attempt_hosts: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._attempt_hosts_lock = threading.Lock()
 
     # --- records ---------------------------------------------------------------------------
 
-    def _touch(self, job_id: str, attempt: int, *, lines: int = 0) -> AttemptCounts:
-        """The attempt's record (created if new), its line count raised by `lines`; one statement."""
+    def _touch(self, job_id: str, attempt: int, *, lines: int = 0, usage: Usage | None = None) -> AttemptCounts:
+        """The attempt's record (created if new), its line count raised by `lines` and its usage set when
+        given; one statement."""
         row = self.state.conn.execute(
-            "INSERT INTO attempt_records (job_id, attempt, lines_total) VALUES (?, ?, ?) "
-            "ON CONFLICT (job_id, attempt) DO UPDATE SET lines_total = lines_total + excluded.lines_total "
+            "INSERT INTO attempt_records (job_id, attempt, lines_total, usage) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (job_id, attempt) DO UPDATE SET lines_total = lines_total + excluded.lines_total, "
+            "usage = COALESCE(excluded.usage, usage) "
             "RETURNING lines_total, lines_dropped, reports_seen, progress_stride",
-            (job_id, attempt, lines),
+            (job_id, attempt, lines, None if usage is None else json.dumps(usage.to_wire())),
         ).fetchone()
         return AttemptCounts(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
     # --- output lines ----------------------------------------------------------------------
+
+    def note_attempt(self, job_id: str, attempt: int, host: str) -> None:
+        """Remember that `host` runs `attempt` of `job_id` (a claim granted it), for known_attempt()."""
+        with self._attempt_hosts_lock:
+            self._attempt_hosts[(job_id, attempt)] = host
+            self._attempt_hosts.move_to_end((job_id, attempt))
+            while len(self._attempt_hosts) > ATTEMPT_HOSTS_KEPT:
+                self._attempt_hosts.popitem(last=False)
+
+    def known_attempt(self, job_id: str, host: str, attempt: int | None) -> int | None:
+        """`attempt` when memory says `host` ran it, else None (then ask attempt_of_host); no query, no state lock."""
+        if attempt is None:
+            return None
+        with self._attempt_hosts_lock:
+            return attempt if self._attempt_hosts.get((job_id, attempt)) == host else None
 
     def attempt_of_host(self, job_id: str, host: str, attempt: int | None) -> int | None:
         """The attempt that log lines from `host` belong to: the one they name if that host ran it,
@@ -105,7 +132,10 @@ class AttemptHistory:
                 row = c.execute(
                     "SELECT number FROM attempts WHERE job_id = ? AND host = ? ORDER BY number DESC LIMIT 1", (job_id, host)
                 ).fetchone()
-        return int(row[0]) if row else None
+        if row is None:
+            return None
+        self.note_attempt(job_id, int(row[0]), host)
+        return int(row[0])
 
     def queue_lines(self, job_id: str, attempt: int, lines: list[str], max_lines: int) -> None:
         """Take a batch of output lines, written by the next flush_lines(): the service flushes at every
@@ -114,11 +144,12 @@ class AttemptHistory:
         attempt's lines; an attempt that ended has all its lines on disk."""
         if not lines:
             return
-        with self.state.lock:
+        with self._queue_lock:
             self._queued.append((job_id, attempt, lines))
             self._queued_lines += len(lines)
-            if self._queued_lines >= QUEUED_LINES_MAX:
-                self.flush_lines(max_lines)
+            full = self._queued_lines >= QUEUED_LINES_MAX
+        if full:
+            self.flush_lines(max_lines)
 
     def flush_lines(self, max_lines: int) -> int:
         """Write every queued batch in one transaction; how many batches."""
@@ -133,13 +164,13 @@ class AttemptHistory:
 
     def take_queued(self) -> list[tuple[str, int, list[str]]]:
         """The queued batches, handed to the caller, who writes them (write_batches) or gives them back."""
-        with self.state.lock:
+        with self._queue_lock:
             queued, self._queued, self._queued_lines = self._queued, [], 0
             return queued
 
     def requeue(self, batches: list[tuple[str, int, list[str]]]) -> None:
         """Give back batches whose transaction rolled back: they go first, so order is kept."""
-        with self.state.lock:
+        with self._queue_lock:
             self._queued[:0] = batches
             self._queued_lines += sum(len(lines) for _, _, lines in batches)
 
@@ -206,19 +237,21 @@ class AttemptHistory:
 
     # --- progress --------------------------------------------------------------------------
 
-    def append_progress(self, job_id: str, attempt: int, reports: list[ProgressReport]) -> None:
+    def append_progress(self, job_id: str, attempt: int, reports: list[ProgressReport], *,
+                        usage: Usage | None = None) -> None:
         """Keep numbered reports (seq, ts, report) not seen before; past the bound, thin the history evenly.
+        An ending attempt's `usage` is stored by the same statement that reads its record.
 
         Thinning keeps every stride-th report: when the stored count passes the bound, every other
         stored one goes and the stride doubles, so old and new parts of the curve stay equally dense.
         The newest report is always kept too, so the curve ends where the training did.
         """
-        if not reports:
+        if not reports and usage is None:
             return
         c = self.state.conn
         cap = defaults.PROGRESS_POINTS_MAX
         with self.state.transaction():
-            rec = self._touch(job_id, attempt)
+            rec = self._touch(job_id, attempt, usage=usage)
             seen, stride = rec.reports_seen, rec.progress_stride
             fresh = [(seq, ts, r) for seq, ts, r in sorted(reports, key=lambda x: x[0]) if seq > seen]
             if not fresh:
@@ -276,11 +309,7 @@ class AttemptHistory:
     def record_usage(self, job_id: str, attempt: int, usage: Usage) -> None:
         """Store what an attempt used (the agent measures it); inside the caller's transaction."""
         with self.state.transaction():
-            self.state.conn.execute(
-                "INSERT INTO attempt_records (job_id, attempt, usage) VALUES (?, ?, ?) "
-                "ON CONFLICT (job_id, attempt) DO UPDATE SET usage = excluded.usage",
-                (job_id, attempt, json.dumps(usage.to_wire())),
-            )
+            self._touch(job_id, attempt, usage=usage)
 
     def usage_of(self, job_id: str) -> dict[int, Usage]:
         """attempt number -> its usage, for the attempts that have one."""

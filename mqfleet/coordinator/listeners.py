@@ -63,9 +63,10 @@ class AgentListeners(CoordinatorCore):
 
     def _on_log(self, msg: Message) -> None:
         parsed = self.topics.parse_log(msg.topic)
-        if parsed is None or not self.is_leader:
+        if parsed is None or not self.is_leader or not self.fleet.keep_history:
             # Every coordinator receives every batch; the leader alone files them, or each line would be
             # stored once per coordinator. Batches sent while the lead moves are lost, like any QoS 0 batch.
+            # With `[fleet] keep_history = false` none is stored: `logs -f` reads them off the broker.
             return
         host, job_id = parsed
         try:
@@ -77,18 +78,21 @@ class AgentListeners(CoordinatorCore):
             return
         # Bounded before anything is kept: lines past the batch cap are dropped, long lines cut.
         kept = [str(line)[:MAX_LOG_LINE_CHARS] for line in lines[:MAX_LOG_LINES_PER_BATCH]]
-        with self.lock:
-            # Only a host that ran an attempt of this job writes its log, filed under that attempt: a topic
-            # naming another host's job (or an invented one) is nobody's output (docs/SECURITY.md).
-            number = self.history.attempt_of_host(job_id, host, attempt) if self.is_known_host(host) else None
-            if number is None:
-                self._count_refused_log(host, job_id)
-                return
-            max_lines = self.manifest.fleet.log_max_lines if self.manifest else defaults.LOG_MAX_LINES
+        # Only a host that ran an attempt of this job writes its log, filed under that attempt: a topic
+        # naming another host's job (or an invented one) is nobody's output (docs/SECURITY.md). The
+        # attempts this coordinator granted are known without a query or the lock (history.known_attempt).
+        number = self.history.known_attempt(job_id, host, attempt)
+        if number is None:
+            with self.lock:
+                number = self.history.attempt_of_host(job_id, host, attempt) if self.is_known_host(host) else None
+        if number is None:
+            self._count_refused_log(host, job_id)
+            return
+        with self._drop_lock:
             kept = self._within_log_budget(job_id, number, kept)
-            # Stored durably, batched per sweep: a coordinator restart loses none of an ended attempt's lines
-            # (docs/OPERATIONS.md, "Logs").
-            self.history.queue_lines(job_id, number, kept, max_lines)
+        # Stored durably, batched per sweep: a coordinator restart loses none of an ended attempt's lines
+        # (docs/OPERATIONS.md, "Logs").
+        self.history.queue_lines(job_id, number, kept, self.log_max_lines)
 
     def _within_log_budget(self, job_id: str, attempt: int, lines: list[str]) -> list[str]:
         """Lines as stored: once an attempt's output passed LOG_BYTES_PER_ATTEMPT, each further line is cut to

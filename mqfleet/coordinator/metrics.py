@@ -103,6 +103,9 @@ class CoordinatorMetrics:
             "mqfleet_request_seconds", "Time from a request's arrival to its reply, by verb.",
             ["verb"], registry=self.registry, buckets=REQUEST_BUCKETS,
         )
+        # The labelled children, looked up once: labels() builds a key and takes the family's lock every call.
+        self._counted: dict[tuple[str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
         self._state_collector = _StateCollector(state, last_sweep_ts, clock)
         self.registry.register(self._state_collector)
         self._server: Any = None
@@ -113,8 +116,14 @@ class CoordinatorMetrics:
         if verb not in _VERBS:
             return
         outcome = "ok" if reply.get("ok") else str(reply.get("error") or "error")[:40]
-        self.requests.labels(verb, outcome).inc()
-        self.request_seconds.labels(verb).observe(seconds)
+        counter = self._counted.get((verb, outcome))
+        if counter is None:  # two threads may both look it up: labels() hands both the same child
+            counter = self._counted[(verb, outcome)] = self.requests.labels(verb, outcome)
+        timer = self._timed.get(verb)
+        if timer is None:
+            timer = self._timed[verb] = self.request_seconds.labels(verb)
+        counter.inc()
+        timer.observe(seconds)
 
     def serve(self, host: str, port: int) -> None:
         """Serve /metrics on host:port in a daemon thread; ConfigurationError when the port cannot be bound."""

@@ -47,16 +47,14 @@ def progress_reports(req: Request) -> list[ProgressReport]:
 
 
 def record_attempt_history(coord: Coordinator, req: Request, job_id: str, attempt: int | None, *, ending: bool) -> None:
-    """Store the progress reports (and, when the attempt ends, the usage) a request carries."""
-    if attempt is None:
+    """Store the progress reports (and, when the attempt ends, the usage) a request carries, unless
+    `[fleet] keep_history = false` (docs/OPERATIONS.md, "Logs")."""
+    if attempt is None or not coord.fleet.keep_history:
         return
     reports = progress_reports(req)
-    if reports:
-        coord.history.append_progress(job_id, attempt, reports)
-    if ending:
-        usage = check_usage(req.body.get("usage"))
-        if usage is not None:
-            coord.history.record_usage(job_id, attempt, usage)
+    usage = check_usage(req.body.get("usage")) if ending else None
+    if reports or usage is not None:
+        coord.history.append_progress(job_id, attempt, reports, usage=usage)
 
 
 def _numeric(value: JsonValue) -> bool:

@@ -115,6 +115,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self._sweeper: threading.Thread | None = None
         self._last_status_ts = 0.0
         self._last_tick_ts = self.started_ts
+        #: Guards the counts of dropped requests and refused log batches, and the log budgets (_log_bytes_seen).
         self._drop_lock = threading.Lock()
         #: Requests dropped unanswered: retained, or with a Response Topic outside the sender's namespace.
         self.dropped_requests = 0

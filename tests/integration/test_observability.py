@@ -247,3 +247,19 @@ def test_log_max_lines_keeps_the_newest_lines_after_a_marker_saying_how_many_wen
     lines = _cli_json(fleet, "logs", "long")
     assert lines[0].startswith("[mqfleet: 200 earlier line(s) dropped") and "log_max_lines" in lines[0]
     assert lines[1:] == [f"line {i} of 300" for i in range(201, 301)]
+
+
+def test_keep_history_false_stores_no_lines_progress_or_usage_and_logs_shows_the_tail(fleet: Fleet) -> None:
+    fleet_table = "[fleet]\nmax_attempts = 3\nlease_s = 6\ngrace_s = 2\nkeep_history = false\n"
+    hyper = {"lines": 30, "reports": 10, "mib": 1, "cpu_s": 0.1}
+    fleet.write_manifest(manifest_text({"name": "quiet", "model": "hungry", "seed": 1, "hyper": hyper},
+                                       fleet=fleet_table, trainers=HUNGRY_TRAINER.replace("{python}", sys.executable)))
+    fleet.start_coordinator()
+    fleet.start_agent("h1")
+    fleet.wait_for_status("completed")
+    row = _cli_json(fleet, "show", "quiet")
+    assert row["progress_history"] == []
+    assert row["attempts_detail"][0]["usage"] is None
+    lines = _cli_json(fleet, "logs", "quiet")
+    assert lines and lines[-1] == "line 30 of 30", "logs falls back to the attempt's stored tail"
+    assert not any(line.startswith("[mqfleet:") for line in lines)

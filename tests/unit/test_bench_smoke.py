@@ -116,3 +116,22 @@ def test_checkpoint_sync_cost_runs_both_ways_and_the_sync_uploads(tmp_path: Path
                                           "restarted": {"killed_at": 0.8, "kill_to_completed_s": 20.0},
                                           "job_s": 20.0, "saving": 0.75})
     assert rows[0].verdict in ("PASS", "MISS") and rows[-1].verdict == "PASS"
+
+
+def test_observability_rows_read_the_cost_against_the_same_traffic_unkept_and_keep_the_silent_comparison() -> None:
+    def churn(ops: float, claim_s: float, cpu_ms: float) -> dict[str, float]:
+        return {"ops_per_s": ops, "claim_p50_s": claim_s, "claim_p99_s": claim_s * 3,
+                "coordinator_cpu_ms_per_job": cpu_ms, "agents_cpu_ms_per_job": 2.0}
+
+    result = {"agents": 20, "seconds": 8.0, "rounds": 3, "scrape_p50_s": 0.01,
+              "silent": churn(300, 0.030, 5.0), "unkept": churn(250, 0.035, 5.5), "observed": churn(240, 0.036, 5.7),
+              "single_observed": {"claim_p50_s": 0.002, "claim_p99_s": 0.004},
+              "single_unkept": {"claim_p50_s": 0.002, "claim_p99_s": 0.004},
+              "vs_unkept": {"throughput_ratio": 0.96, "claim_p50_ratio": 36 / 35, "cpu_per_job_ratio": 5.7 / 5.5,
+                            "single_claim_p50_ratio": 1.0},
+              "vs_silent": {"throughput_ratio": 0.8, "claim_p50_ratio": 1.2, "cpu_per_job_ratio": 1.14,
+                            "single_claim_p50_ratio": 1.0}}
+    rows = suite.observability_rows(result)
+    assert rows[0].ratio == "0.96x (+4% cost)" and rows[0].verdict == "PASS" and "keep_history = false" in rows[0].baseline
+    assert rows[1].figure.startswith("coordinator CPU") and rows[1].verdict == "PASS"
+    assert rows[4].figure.startswith("as first published") and rows[4].ratio.startswith("0.80x") and rows[4].verdict == "-"

@@ -3,6 +3,9 @@ usage per attempt and per host, and retention that prunes only what is old and e
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+
 import pytest
 
 from mqfleet import defaults
@@ -121,3 +124,62 @@ def test_queued_lines_given_back_after_a_rollback_are_written_first_by_the_next_
     assert history.lines("j", 1) == []
     assert history.flush_lines(100) == 2
     assert history.lines("j", 1) == ["a", "b", "c"]
+
+
+def test_usage_and_progress_of_an_ending_attempt_share_its_record_and_a_resent_usage_replaces_it(db: Database) -> None:
+    history = AttemptHistory(db.state)
+    grant = db.claim("h1", T0)
+    assert grant is not None
+    jid, attempt = grant.job.id, grant.attempt
+    history.append_lines(jid, attempt, ["a", "b"], max_lines=10)
+    first = check_usage({"wall_s": 1.0, "cpu_s": 0.5, "max_rss_bytes": 10, "gpu_mem_max_bytes": None})
+    assert first is not None
+    history.append_progress(jid, attempt, [(1, T0, {"loss": 1.0}), (2, T0, {"loss": 0.5})], usage=first)
+    assert history.usage_of(jid) == {attempt: first}
+    assert [p.seq for p in history.progress(jid)] == [1, 2]
+    assert history.lines(jid, attempt) == ["a", "b"], "the usage upsert keeps the line count"
+    history.append_progress(jid, attempt, [(3, T0, {"loss": 0.25})])
+    assert history.usage_of(jid) == {attempt: first}, "reports without usage keep the stored usage"
+    second = dataclasses.replace(first, cpu_s=0.75)
+    history.append_progress(jid, attempt, [], usage=second)
+    assert history.usage_of(jid) == {attempt: second}
+    assert [p.seq for p in history.progress(jid)] == [1, 2, 3]
+
+
+def test_the_host_a_claim_granted_is_known_without_a_query_and_other_hosts_are_not(db: Database) -> None:
+    history = AttemptHistory(db.state)
+    history.note_attempt("j", 2, "h1")
+    assert history.known_attempt("j", "h1", 2) == 2
+    assert history.known_attempt("j", "h2", 2) is None
+    assert history.known_attempt("j", "h1", 1) is None
+    assert history.known_attempt("j", "h1", None) is None
+    grant = db.claim("h1", T0)
+    assert grant is not None
+    jid = grant.job.id
+    assert history.known_attempt(jid, "h1", grant.attempt) is None, "not noted: asked of the database"
+    assert history.attempt_of_host(jid, "h1", None) == grant.attempt
+    assert history.known_attempt(jid, "h1", grant.attempt) == grant.attempt, "remembered once found"
+
+
+def test_queueing_lines_never_waits_for_a_transaction_held_by_another_thread(db: Database) -> None:
+    history = AttemptHistory(db.state)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_state_lock() -> None:
+        with db.state.lock:
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_state_lock)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        queued = threading.Thread(target=history.queue_lines, args=("j", 1, ["line"], 10))
+        queued.start()
+        queued.join(5)
+        assert not queued.is_alive(), "queue_lines waited for the state lock"
+    finally:
+        release.set()
+        holder.join(10)
+    assert history.flush_lines(10) == 1
+    assert history.lines("j", 1) == ["line"]

@@ -718,6 +718,12 @@ def test_fleet_retry_settings_are_checked() -> None:
     assert (fleet.retry_backoff_s, fleet.quarantine_after, fleet.cancel_unsatisfiable) == (10.0, 3, True)
 
 
+def test_keep_history_defaults_to_true_is_read_from_fleet_and_must_be_a_boolean() -> None:
+    assert FleetSettings().keep_history is True
+    assert parse("[fleet]\nkeep_history = false\n").fleet.keep_history is False
+    assert problems('[fleet]\nkeep_history = "no"\n')["fleet.keep_history"] == 'must be true or false, not "no"'
+
+
 def test_retry_backoff_doubles_per_counted_attempt_and_is_capped() -> None:
     fleet = FleetSettings(retry_backoff_s=10)
     assert [fleet.backoff_s(n) for n in (0, 1, 2, 3)] == [0.0, 10.0, 20.0, 40.0]
