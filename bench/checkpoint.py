@@ -31,8 +31,10 @@ from typing import Any
 
 from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, median, new_prefix
 from mqfleet.agent.checkpoint import MIB, CheckpointPlan, CheckpointSync
+from mqfleet.protocol import Verb
 from mqfleet.services.broker import LocalBroker
 from mqfleet.store import FileStore
+from mqfleet.wire import Wire, WireMessage
 
 #: The trainer of the sync-cost run: steps until its time is up, rewriting its checkpoint every interval.
 _TRAINER = """
@@ -68,9 +70,10 @@ class _Answers:
         self.store = store
         self.saved = 0
 
-    def __call__(self, verb: str, *, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
-        if verb == "checkpoint_url":
-            return {"ok": True, "url": self.store.presign_put(self.store.checkpoint_key_for("0" * 64, fields["sha256"]))}
+    def __call__(self, verb: Verb, message: WireMessage, *, timeout_s: float | None = None) -> Wire:
+        if verb is Verb.CHECKPOINT_URL:
+            key = self.store.checkpoint_key_for("0" * 64, str(message.to_wire()["sha256"]))
+            return {"ok": True, "url": self.store.presign_put(key), "method": "PUT", "key": key, "expires_s": 600}
         self.saved += 1
         return {"ok": True}
 
@@ -83,7 +86,7 @@ def _one_run(workdir: Path, seconds: float, size_mib: int, interval_s: float, *,
     answers = _Answers(FileStore(workdir / "store"))
     if sync:
         syncer = CheckpointSync(plan=CheckpointPlan(interval_s=interval_s, max_bytes=4096 * MIB, given=None),
-                                folder=folder, scratch=workdir, request=answers, log=lambda line: None,
+                                job_id="0" * 64, lease_id="bench", folder=folder, scratch=workdir, request=answers, log=lambda line: None,
                                 progress=lambda: None, name="bench")
         syncer.start()
     # This process does nothing but wait while the trainer runs: its CPU time is the sync's.

@@ -4,17 +4,18 @@ An advert comes from the bus, so it is hostile input: every known field must hav
 `ram_gib` that is not a number, a `cpu_cores` that is a string), strings and lists are bounded, and
 a few unknown scalar fields are kept so a newer agent can add some. A refused advert raises
 `BadRequestError` naming the field; the coordinator then keeps the host's last good advert and
-says why in `workers` (docs/SECURITY.md, "Adverts"). Kept apart from `protocol.py` so the typed
-wire dataclasses can absorb it.
+says why in `workers` (docs/SECURITY.md, "Adverts"). The agent builds an `Advert` (agent/capability.py) and
+publishes its `to_wire()`; the coordinator reads one back with `parse_advert` (the host from the topic).
+An advert is a WireMessage whose `from_wire` adds the bounds above to the type checks, and keeps extras.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from mqfleet.errors import BadRequestError
+from mqfleet.wire import Wire, WireMessage
 
 #: Longest string any advert field may hold (names, versions, commits).
 MAX_TEXT = 200
@@ -23,19 +24,22 @@ MAX_GPUS = 64
 MAX_LABELS = 64
 MAX_EXTRA_FIELDS = 32
 
+#: An unknown advert field kept for a newer agent: a scalar only.
+Extra = str | int | float | bool | None
+
 
 @dataclass(frozen=True)
 class Gpu:
-    """One GPU as NVML reported it."""
+    """One GPU as NVML reported it: a part of the advert, read by the advert's own checks."""
 
     index: int
     name: str = ""
     uuid: str = ""
     vram_gib: float = 0.0
     vram_free_gib: float | None = None
-    extra: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+    extra: dict[str, Extra] = field(default_factory=dict)
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> Wire:
         wire = asdict(self)
         extra = wire.pop("extra")
         if self.vram_free_gib is None:
@@ -44,8 +48,8 @@ class Gpu:
 
 
 @dataclass(frozen=True)
-class Advert:
-    """A host's capabilities; `host` always comes from the topic, never from the payload."""
+class Advert(WireMessage):
+    """A host's capabilities; the coordinator takes `host` from the topic, never from the payload."""
 
     host: str
     hostname: str | None = None
@@ -65,18 +69,26 @@ class Advert:
     slots: int | None = None
     labels: tuple[str, ...] = ()
     ts: float | None = None
-    extra: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+    extra: dict[str, Extra] = field(default_factory=dict)
 
-    def to_wire(self) -> dict[str, Any]:
-        """The advert as stored and shown by `workers`: the same JSON shape agents publish."""
+    def to_wire(self) -> Wire:
+        """The advert as published, stored and shown by `workers`: one JSON shape everywhere."""
         wire = asdict(self)
         extra = wire.pop("extra")
         wire["gpus"] = [g.to_wire() for g in self.gpus]
         wire["labels"] = list(self.labels)
         return {**extra, **wire}
 
+    @classmethod
+    def from_wire(cls, data: object, where: str = "") -> Advert:
+        """An advert as its payload names its host; the coordinator uses parse_advert (the topic's host)."""
+        host = _text(data, "host") if isinstance(data, dict) else None
+        if host is None:
+            raise BadRequestError("advert field 'host' is missing")
+        return parse_advert(host, data)
 
-def _text(obj: dict[str, Any], name: str, *, where: str = "") -> str | None:
+
+def _text(obj: Wire, name: str, *, where: str = "") -> str | None:
     value = obj.get(name)
     if value is None:
         return None
@@ -87,7 +99,7 @@ def _text(obj: dict[str, Any], name: str, *, where: str = "") -> str | None:
     return value
 
 
-def _int(obj: dict[str, Any], name: str, *, where: str = "", minimum: int = 0) -> int | None:
+def _int(obj: Wire, name: str, *, where: str = "", minimum: int = 0) -> int | None:
     value = obj.get(name)
     if value is None:
         return None
@@ -98,7 +110,7 @@ def _int(obj: dict[str, Any], name: str, *, where: str = "", minimum: int = 0) -
     return value
 
 
-def _number(obj: dict[str, Any], name: str, *, where: str = "") -> float | None:
+def _number(obj: Wire, name: str, *, where: str = "") -> float | None:
     value = obj.get(name)
     if value is None:
         return None
@@ -109,14 +121,14 @@ def _number(obj: dict[str, Any], name: str, *, where: str = "") -> float | None:
     return float(value)
 
 
-def _bool(obj: dict[str, Any], name: str) -> bool | None:
+def _bool(obj: Wire, name: str) -> bool | None:
     value = obj.get(name)
     if value is None or isinstance(value, bool):
         return value
     raise BadRequestError(f"advert field '{name}' must be true or false, not {type(value).__name__}")
 
 
-def _gpus(value: Any) -> tuple[Gpu, ...]:
+def _gpus(value: object) -> tuple[Gpu, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or len(value) > MAX_GPUS:
@@ -134,7 +146,7 @@ def _gpus(value: Any) -> tuple[Gpu, ...]:
     return tuple(gpus)
 
 
-def _labels(value: Any) -> tuple[str, ...]:
+def _labels(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or len(value) > MAX_LABELS:
@@ -145,8 +157,8 @@ def _labels(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _extra(obj: dict[str, Any], known: frozenset[str]) -> dict[str, str | int | float | bool | None]:
-    extra: dict[str, str | int | float | bool | None] = {}
+def _extra(obj: Wire, known: frozenset[str]) -> dict[str, Extra]:
+    extra: dict[str, Extra] = {}
     for name, value in obj.items():
         if name in known:
             continue
@@ -158,8 +170,10 @@ def _extra(obj: dict[str, Any], known: frozenset[str]) -> dict[str, str | int | 
     return extra
 
 
-def parse_advert(host: str, obj: dict[str, Any]) -> Advert:
+def parse_advert(host: str, obj: object) -> Advert:
     """The typed advert of `host` (named by the topic), or BadRequestError naming the first bad field."""
+    if not isinstance(obj, dict):
+        raise BadRequestError(f"advert must be a JSON object, not {type(obj).__name__}")
     cuda = _bool(obj, "cuda")
     return Advert(
         host=host,

@@ -14,7 +14,7 @@ import dataclasses
 
 from mqfleet.protocol import JsonObject, JsonValue
 from mqfleet.state import Cause
-from mqfleet.wire import LONG_TEXT
+from mqfleet.wire import LONG_TEXT, OMIT_NULL
 from mqfleet.wire import WireMessage as WireMessage  # re-exported: the base of every wire dataclass
 
 # --- claim ---------------------------------------------------------------------------------------
@@ -141,7 +141,9 @@ class CompleteRequest(WireMessage):
     size: int
     metrics: JsonObject = dataclasses.field(default_factory=dict)
     output_tail: str = dataclasses.field(default="", metadata=LONG_TEXT)
-    usage: JsonValue = None  # checked by coordinator/history.py check_usage, as history, not the request's business
+    #: `{wall_s, cpu_s, max_rss_bytes, gpu_mem_max_bytes}` (agent/usage.py), sent once measured; checked by
+    #: coordinator/history.py check_usage, as history, not the request's business
+    usage: JsonValue = dataclasses.field(default=None, metadata=OMIT_NULL)
     progress_reports: JsonValue = None  # `[seq, ts, report]` triples; coordinator/reports.py skips bad ones, never fails
 
 
@@ -153,7 +155,9 @@ class FailRequest(WireMessage):
     exit_code: int | None = None
     output_tail: str = dataclasses.field(default="", metadata=LONG_TEXT)
     error: str = dataclasses.field(default="", metadata=LONG_TEXT)
-    usage: JsonValue = None  # checked by coordinator/history.py check_usage, as history, not the request's business
+    #: `{wall_s, cpu_s, max_rss_bytes, gpu_mem_max_bytes}` (agent/usage.py), sent once measured; checked by
+    #: coordinator/history.py check_usage, as history, not the request's business
+    usage: JsonValue = dataclasses.field(default=None, metadata=OMIT_NULL)
     progress_reports: JsonValue = None  # `[seq, ts, report]` triples; coordinator/reports.py skips bad ones, never fails
 
 
@@ -194,8 +198,31 @@ class CheckpointStartRequest(WireMessage):
     lease_id: str
     resumed: bool
     note: str = ""
-    from_attempt: int | None = None
-    rejected_sha256: str | None = None
+    from_attempt: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    rejected_sha256: str | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+
+
+# --- what agents publish outside requests (docs/INTERNALS.md, "Topics"; the coordinator's: records.py) ---
+
+
+@dataclasses.dataclass(frozen=True)
+class HostStatus(WireMessage):
+    """An agent's retained `hosts/{host}/status`; its will is the bare `{"state": "offline"}`."""
+
+    state: str  # online or offline
+    ts: float | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    jobs: list[str] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    slots: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogBatch(WireMessage):
+    """Trainer output lines on `hosts/{host}/log/{job_id}`; `attempt` files late lines under the right one."""
+
+    job_id: str
+    lines: list[str]
+    ts: float
+    attempt: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
 
 
 # --- query verbs -------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import dataclasses
 import math
 import types
 import typing
+from enum import Enum
 from typing import Any, ClassVar, TypeVar, Union
 
 from mqfleet.errors import BadRequestError
@@ -26,6 +27,8 @@ M = TypeVar("M", bound="WireMessage")
 MAX_FIELD_CHARS = 4096
 #: Field metadata of a string that may be long: a trainer's output tail or an error text.
 LONG_TEXT = {"long_text": True}
+#: Field metadata of an optional field left out of the JSON while it is None (it was only ever sent when set).
+OMIT_NULL = {"omit_null": True}
 
 #: A JSON object as decoded from the bus or about to be encoded; the one place it is untyped.
 Wire = dict[str, Any]  # boundary: json.loads output and json.dumps input; from_wire checks it field by field
@@ -46,8 +49,12 @@ class WireMessage:
     __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def to_wire(self) -> Wire:
-        """The JSON object for the bus; nested messages become objects, None stays null."""
-        return {f.name: _to_wire(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The JSON object for the bus; nested messages become objects, None stays null (but in OMIT_NULL fields)."""
+        names, omit_null = _fields_of(type(self))
+        if not omit_null:
+            return {name: _to_wire(getattr(self, name)) for name in names}
+        values = ((name, getattr(self, name)) for name in names)
+        return {name: _to_wire(value) for name, value in values if value is not None or name not in omit_null}
 
     @classmethod
     def from_wire(cls: type[M], data: object, where: str = "") -> M:
@@ -83,6 +90,19 @@ def _kind(value: object) -> str:
 _HINTS: dict[type, dict[str, object]] = {}
 
 
+#: Each message class's field names in order, and those left out while None (OMIT_NULL).
+_FIELDS: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
+
+
+def _fields_of(cls: type[WireMessage]) -> tuple[tuple[str, ...], frozenset[str]]:
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        every = dataclasses.fields(cls)
+        fields = _FIELDS[cls] = (tuple(f.name for f in every),
+                                 frozenset(f.name for f in every if f.metadata.get("omit_null")))
+    return fields
+
+
 def _hints(cls: type) -> dict[str, object]:
     hints = _HINTS.get(cls)
     if hints is None:
@@ -91,13 +111,21 @@ def _hints(cls: type) -> dict[str, object]:
     return hints
 
 
+#: Values that are JSON as they are: most of a message, so they are told apart first.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _to_wire(value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, WireMessage):
         return value.to_wire()
     if isinstance(value, (list, tuple)):
         return [_to_wire(v) for v in value]
     if isinstance(value, dict):
         return {k: _to_wire(v) for k, v in value.items()}
+    if isinstance(value, Enum):
+        return value.value
     return value
 
 
@@ -136,6 +164,12 @@ def _check(tp: object, value: object, place: str) -> Any:
         return {k: _check(item, v, f"{place}.{k}") for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, WireMessage):
         return tp.from_wire(value, place)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            names = "/".join(str(m.value) for m in tp)
+            raise BadRequestError(f"field '{place}' must be one of {names}, not {value!r}"[:300]) from None
     if tp is bool:
         if not isinstance(value, bool):
             raise BadRequestError(f"field '{place}' must be true or false, not {_kind(value)}")

@@ -18,11 +18,11 @@ import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 import mqfleet
+from mqfleet.advert import Advert, Gpu
 
 logger = logging.getLogger(__name__)
 
@@ -33,30 +33,30 @@ _GIB = 1024**3
 
 def detect_advert(
     host_id: str, *, slots: int = 1, labels: Sequence[str] = (), repo: Path | None = None
-) -> dict[str, Any]:
-    """The capability advert of this host, as published on `hosts/{host}/advert`."""
+) -> Advert:
+    """The capability advert of this host; its `to_wire()` is what goes on `hosts/{host}/advert`."""
     cuda, gpus, driver = detect_gpus()
     git_commit, git_dirty = detect_git(repo) if repo is not None else (None, None)
-    return {
-        "host": host_id,
-        "hostname": socket.gethostname(),
-        "os": os_name(),
-        "os_version": os_version(),
-        "python": platform.python_version(),
-        "cpu_cores": psutil.cpu_count(logical=True) or os.cpu_count() or 1,
-        "ram_gib": round(psutil.virtual_memory().total / _GIB, 1),
-        "cuda": cuda,
-        "gpus": gpus,
-        "driver": driver,
-        "torch": package_version("torch"),
-        "xgboost": package_version("xgboost"),
-        "git_commit": git_commit,
-        "git_dirty": git_dirty,
-        "agent_version": mqfleet.__version__,
-        "slots": slots,
-        "labels": list(labels),
-        "ts": time.time(),
-    }
+    return Advert(
+        host=host_id,
+        hostname=socket.gethostname(),
+        os=os_name(),
+        os_version=os_version(),
+        python=platform.python_version(),
+        cpu_cores=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
+        ram_gib=round(psutil.virtual_memory().total / _GIB, 1),
+        cuda=cuda,
+        gpus=gpus,
+        driver=driver,
+        torch=package_version("torch"),
+        xgboost=package_version("xgboost"),
+        git_commit=git_commit,
+        git_dirty=git_dirty,
+        agent_version=mqfleet.__version__,
+        slots=slots,
+        labels=tuple(labels),
+        ts=time.time(),
+    )
 
 
 def os_name() -> str:
@@ -89,43 +89,41 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def detect_gpus() -> tuple[bool, list[dict[str, Any]], str | None]:
+def detect_gpus() -> tuple[bool, tuple[Gpu, ...], str | None]:
     """(cuda, gpus, driver) from NVML; any NVML failure means a host without usable GPUs."""
     try:
         import pynvml
     except ImportError:
-        return False, [], None
+        return False, (), None
     try:
         pynvml.nvmlInit()
     except Exception as e:  # NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
         logger.debug("capability: NVML unavailable (%s); reporting cuda=false", e)
-        return False, [], None
+        return False, (), None
     try:
         driver = _text(pynvml.nvmlSystemGetDriverVersion())
         gpus = []
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(
-                {
-                    "index": index,
-                    "name": _text(pynvml.nvmlDeviceGetName(handle)),
-                    "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
-                    "vram_gib": round(memory.total / _GIB, 1),
-                    # whole GiB: the advert is republished when this changes, not at every allocation
-                    "vram_free_gib": int(memory.free // _GIB),
-                }
-            )
+            gpus.append(Gpu(
+                index=index,
+                name=_text(pynvml.nvmlDeviceGetName(handle)),
+                uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+                vram_gib=round(memory.total / _GIB, 1),
+                # whole GiB (an int on the wire): the advert is republished when this changes, not at every allocation
+                vram_free_gib=int(memory.free // _GIB),
+            ))
     except Exception as e:
         # A driver that loads but fails on a query (e.g. a GPU fallen off the bus) is not usable.
         logger.warning("capability: NVML query failed (%s); reporting cuda=false", e)
-        return False, [], None
+        return False, (), None
     finally:
         try:
             pynvml.nvmlShutdown()
         except Exception:
             pass
-    return bool(gpus), gpus, driver
+    return bool(gpus), tuple(gpus), driver
 
 
 def _text(value: str | bytes) -> str:

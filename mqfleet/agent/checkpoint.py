@@ -23,13 +23,28 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from mqfleet import defaults
 from mqfleet.bundle import pack_artifact, unpack_artifact
-from mqfleet.errors import ArtifactMismatchError, BundleError, MqfleetError, ObjectMissingError, StoreError
-from mqfleet.protocol import Verb
+from mqfleet.errors import (
+    ArtifactMismatchError,
+    BundleError,
+    MqfleetError,
+    ObjectMissingError,
+    StoreError,
+)
+from mqfleet.messages import (
+    CheckpointSavedRequest,
+    CheckpointStartRequest,
+    CheckpointUploadRequest,
+    Grant,
+    GrantedCheckpoint,
+)
+from mqfleet.protocol import JsonObject, Verb
+from mqfleet.replies import CheckpointUrlReply
 from mqfleet.transfer import download_from_url, upload_to_url
+from mqfleet.wire import Wire, WireMessage
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +56,13 @@ CHECKPOINT_REQUEST_TIMEOUT_S = 60.0
 
 #: (relative name, is a folder, size, mtime in ns, inode) of every entry: equal fingerprints, nothing to sync.
 Fingerprint = tuple[tuple[str, bool, int, int, int], ...]
-#: An agent request on the job's lease: verb and fields in, the reply out; raises MqfleetError.
-Requester = Callable[..., dict[str, Any]]
+
+
+class Requester(Protocol):
+    """An agent request on the job's lease: the verb and its typed message in, the decoded reply out (the
+    caller reads it through a typed reply); raises MqfleetError."""
+
+    def __call__(self, verb: Verb, message: WireMessage, *, timeout_s: float | None = None) -> Wire: ...
 
 
 @dataclass(frozen=True)
@@ -51,23 +71,19 @@ class CheckpointPlan:
 
     interval_s: float
     max_bytes: int
-    #: The latest checkpoint of the job (url, sha256, size, attempt, saved_ts, progress), or None.
-    given: dict[str, Any] | None
+    #: The latest checkpoint of the job, or None (a first attempt, or a fresh start).
+    given: GrantedCheckpoint | None
 
     @classmethod
-    def from_grant(cls, grant: dict[str, Any]) -> CheckpointPlan | None:
+    def from_grant(cls, grant: Grant) -> CheckpointPlan | None:
         """None when the job gets no checkpoint folder: its trainer is not resumable, or the coordinator
-        predates checkpoints (its grant says nothing about them)."""
-        if not grant.get("resumable", False) or grant.get("checkpoint_interval_s") is None:
+        predates checkpoints (its grant says nothing about them). The grant was checked when it arrived
+        (a malformed `checkpoint` refuses the claim there)."""
+        if not grant.resumable or grant.checkpoint_interval_s is None:
             return None
-        interval_s = max(0.1, float(grant["checkpoint_interval_s"]))
-        max_mib = float(grant.get("checkpoint_max_mib") or defaults.CHECKPOINT_MAX_MIB)
-        given = grant.get("checkpoint")
-        if given is not None and not (isinstance(given, dict) and isinstance(given.get("url"), str)
-                                      and isinstance(given.get("sha256"), str)):
-            logger.warning("grant's checkpoint is malformed; starting fresh: %r", given)
-            given = None
-        return cls(interval_s=interval_s, max_bytes=int(max_mib * MIB), given=given)
+        interval_s = max(0.1, grant.checkpoint_interval_s)
+        max_mib = grant.checkpoint_max_mib or defaults.CHECKPOINT_MAX_MIB
+        return cls(interval_s=interval_s, max_bytes=int(max_mib * MIB), given=grant.checkpoint)
 
 
 def fingerprint(folder: Path) -> tuple[Fingerprint, int]:
@@ -134,14 +150,19 @@ class CheckpointSync:
         self,
         *,
         plan: CheckpointPlan,
+        job_id: str,
+        lease_id: str,
         folder: Path,
         scratch: Path,
         request: Requester,
         log: Callable[[str], None],
-        progress: Callable[[], dict[str, Any] | None],
+        progress: Callable[[], JsonObject | None],
         name: str,
     ) -> None:
         self.plan = plan
+        #: the lease every checkpoint request is made on
+        self.job_id = job_id
+        self.lease_id = lease_id
         self.folder = folder
         self.scratch = scratch
         self._request = request
@@ -167,12 +188,12 @@ class CheckpointSync:
         given = self.plan.given
         if given is None:
             return False
-        from_attempt = given.get("attempt") if isinstance(given.get("attempt"), int) else None
+        from_attempt = given.attempt
         bundle = self.scratch / "checkpoint-restore.tar.zst"
         rejected = False
         try:
-            download_from_url(given["url"], bundle)
-            unpack_artifact(bundle, self.folder, expected_sha256=given["sha256"])
+            download_from_url(given.url, bundle)
+            unpack_artifact(bundle, self.folder, expected_sha256=given.sha256)
         except ArtifactMismatchError as e:
             note, rejected = f"the checkpoint of attempt {from_attempt} failed its sha256 check ({e})", True
         except BundleError as e:
@@ -181,8 +202,8 @@ class CheckpointSync:
             rejected = isinstance(e, ObjectMissingError)
             note = f"the checkpoint of attempt {from_attempt} could not be fetched ({e})"
         else:
-            saved = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(given.get("saved_ts") or 0)))
-            note = f"resumed from the checkpoint of attempt {from_attempt} ({_mib(int(given.get('size') or 0))}, saved {saved})"
+            saved = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(given.saved_ts or 0))
+            note = f"resumed from the checkpoint of attempt {from_attempt} ({_mib(given.size)}, saved {saved})"
             self._synced = fingerprint(self.folder)[0]  # what we were given needs no upload
             self._say(note)
             self._report_start(resumed=True, note=note, from_attempt=from_attempt)
@@ -194,13 +215,15 @@ class CheckpointSync:
         note = f"started fresh: {note}"
         self._say(note, warn=True)
         self._report_start(resumed=False, note=note, from_attempt=from_attempt,
-                           rejected_sha256=given["sha256"] if rejected else None)
+                           rejected_sha256=given.sha256 if rejected else None)
         return False
 
-    def _report_start(self, **fields: Any) -> None:
-        fields = {k: v for k, v in fields.items() if v is not None}
+    def _report_start(self, *, resumed: bool, note: str, from_attempt: int | None,
+                      rejected_sha256: str | None = None) -> None:
+        start = CheckpointStartRequest(self.job_id, self.lease_id, resumed=resumed, note=note,
+                                       from_attempt=from_attempt, rejected_sha256=rejected_sha256)
         try:
-            self._request(Verb.CHECKPOINT_START, **fields)
+            self._request(Verb.CHECKPOINT_START, start)
         except MqfleetError as e:
             logger.warning("job %s: could not report how it started: %s", self.name, e)
 
@@ -271,9 +294,10 @@ class CheckpointSync:
                 self._say(f"checkpoint not synced: {e}", warn=True)
                 self._synced = current  # refused as it is; try again once the folder changes
                 return False
-            reply = self._request(Verb.CHECKPOINT_URL, sha256=sha256, size=size)
-            upload_to_url(str(reply["url"]), bundle)
-            self._request(Verb.CHECKPOINT_SAVED, sha256=sha256, size=size, progress=progress,
+            reply = self._request(Verb.CHECKPOINT_URL, CheckpointUploadRequest(self.job_id, self.lease_id, sha256, size))
+            upload_to_url(CheckpointUrlReply.from_wire(reply).url, bundle)
+            self._request(Verb.CHECKPOINT_SAVED,
+                          CheckpointSavedRequest(self.job_id, self.lease_id, sha256, size, progress=progress),
                           timeout_s=CHECKPOINT_REQUEST_TIMEOUT_S)
         finally:
             shutil.rmtree(snap, ignore_errors=True)

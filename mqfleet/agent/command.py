@@ -7,32 +7,35 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from mqfleet import defaults
 from mqfleet.errors import ConfigurationError
+from mqfleet.messages import TrainerRef
+from mqfleet.protocol import JsonObject, JsonValue
 
 
 def build_trainer_argv(
-    trainer: Mapping[str, Any], spec: Mapping[str, Any], python: str = sys.executable, *, out_dir: Path | None = None
+    trainer: TrainerRef, spec: JsonObject, python: str = sys.executable, *, out_dir: Path | None = None
 ) -> list[str]:
-    """The trainer's argv from a claim grant's trainer dict and job spec; hyperparameters as `--name value`.
+    """The trainer's argv from a claim grant's trainer and job spec; hyperparameters as `--name value`.
 
     The grant's `argv` is the template the coordinator resolved (a built-in's is
     `{python} -m <module>`), so the agent needs no registry of trainers. `{python}`,
     `{job_id}` and `{out_dir}` are replaced wherever they appear.
     """
-    template = trainer.get("argv") or trainer.get("command")
+    template = trainer.argv or trainer.command
     if not template:
-        if trainer.get("builtin"):
+        if trainer.builtin:
             raise ConfigurationError(
-                f"trainer {trainer.get('name')!r}: the grant names built-in {trainer.get('builtin')!r} but carries no "
+                f"trainer {trainer.name!r}: the grant names built-in {trainer.builtin!r} but carries no "
                 "argv; the coordinator resolves it, so run a coordinator of this agent's version"
             )
-        raise ConfigurationError(f"trainer {trainer.get('name')!r} has neither an argv nor a command")
+        raise ConfigurationError(f"trainer {trainer.name!r} has neither an argv nor a command")
     values = {"{python}": python, "{job_id}": str(spec.get("id", "")), "{out_dir}": str(out_dir or "")}
-    argv = [_substitute(str(part), values) for part in template]
-    hyper: Mapping[str, Any] = spec.get("hyper") or {}
+    argv = [_substitute(part, values) for part in template]
+    hyper = spec.get("hyper")
+    if not isinstance(hyper, dict):
+        hyper = {}
     for name in sorted(hyper):
         value = hyper[name]
         # A declared hyperparameter without a value is left to the trainer's own default.
@@ -48,7 +51,7 @@ def _substitute(part: str, values: Mapping[str, str]) -> str:
     return part
 
 
-def _flag_value(value: Any) -> str:
+def _flag_value(value: JsonValue) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float, str)):

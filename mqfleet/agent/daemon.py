@@ -13,11 +13,11 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from mqfleet import defaults
+from mqfleet.advert import Advert
 from mqfleet.agent.capability import detect_advert
 from mqfleet.agent.command import inherited_env
 from mqfleet.agent.job import Ending, JobRun, JobSettings
@@ -29,10 +29,12 @@ from mqfleet.errors import (
     RequestTimeoutError,
     UnknownHostError,
 )
-from mqfleet.messages import ClaimReply
+from mqfleet.messages import ClaimReply, HostStatus, LogBatch
 from mqfleet.mqtt import BrokerConfig, Connection, Message
 from mqfleet.protocol import MAX_LOG_LINE_CHARS, Topics, Verb, encode, log_batches
+from mqfleet.records import ControlMessage, Nudge
 from mqfleet.rpc import RpcClient
+from mqfleet.wire import Wire, WireMessage
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +103,13 @@ class Agent:
         self._log_buffers: dict[str, list[str]] = {}
         self._log_attempts: dict[str, int] = {}
         self._log_last_flush: dict[str, float] = {}
-        self.advert: dict[str, Any] = {}
+        self.advert: Advert | None = None  # detected at start()
         self._advert_checked = 0.0
         self._advert_lock = threading.Lock()
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(f"agent-{config.host_id}"),
-            will=(self.topics.status(config.host_id), encode({"state": "offline"}), True),
+            will=(self.topics.status(config.host_id), encode(HostStatus(state="offline").to_wire()), True),
             persistent=True,
             keepalive_s=config.keepalive_s,
             on_connect=self._on_connect,
@@ -129,7 +131,7 @@ class Agent:
         self.conn.subscribe(self.topics.work, self._on_nudge, qos=0)
         self.conn.start(wait_s=wait_s)
         threading.Thread(target=self._flush_logs_loop, name="log-flush", daemon=True).start()
-        logger.info("agent %s online: %d slot(s), cuda=%s", cfg.host_id, cfg.slots, self.advert.get("cuda"))
+        logger.info("agent %s online: %d slot(s), cuda=%s", cfg.host_id, cfg.slots, self.advert.cuda)
 
     def run(self) -> int:
         """Claim and run jobs until stop(); then hand back what is still running. Returns 0."""
@@ -179,7 +181,7 @@ class Agent:
         with self._jobs_lock:
             return [j for j in self.jobs.values() if not j.done.is_set()]
 
-    def _detect_advert(self) -> dict[str, Any]:
+    def _detect_advert(self) -> Advert:
         cfg = self.config
         return detect_advert(cfg.host_id, slots=cfg.slots, labels=cfg.labels, repo=cfg.repo)
 
@@ -191,15 +193,17 @@ class Agent:
                 return False
             self._advert_checked = time.monotonic()
             fresh = self._detect_advert()
-            changed = sorted(k for k in set(fresh) | set(self.advert)
-                             if k not in _VOLATILE_ADVERT_FIELDS and fresh.get(k) != self.advert.get(k))
+            # compared as published: a GPU's free memory, say, is a change of the advert's `gpus`
+            now, before = fresh.to_wire(), self.advert.to_wire() if self.advert is not None else {}
+            changed = sorted(k for k in set(now) | set(before)
+                             if k not in _VOLATILE_ADVERT_FIELDS and now.get(k) != before.get(k))
             if not changed:
                 return False
             logger.info("advert: %s changed (%s); republishing", ", ".join(changed),
-                        "; ".join(f"{k}: {self.advert.get(k)!r} -> {fresh.get(k)!r}" for k in changed)[:500])
+                        "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)[:500])
             self.advert = fresh
         try:
-            self.conn.publish(self.topics.advert(self.config.host_id), fresh, qos=1, retain=True)
+            self.conn.publish(self.topics.advert(self.config.host_id), now, qos=1, retain=True)
         except MqfleetError as e:  # the broker is away: _on_connect publishes the fresh advert
             logger.warning("advert: not republished (%s); it goes out at the next connect", e)
         return True
@@ -211,18 +215,17 @@ class Agent:
             # (the advert goes out before the claim, on the same connection, so it is recorded first)
             self.refresh_advert()
             try:
-                reply = self.request(Verb.CLAIM)
                 # checked at the boundary: a grant the agent cannot read is refused here, not halfway through a job
-                grant = reply.get("job") if ClaimReply.from_wire(reply).job is not None else None
+                grant = ClaimReply.from_wire(self.request(Verb.CLAIM)).job
             except (RemoteError, RequestTimeoutError, MqfleetError) as e:
                 logger.warning("claim failed: %s", e)
                 if isinstance(e, RemoteError) and e.is_a(UnknownHostError):
                     # Our advert has not reached the coordinator yet (or it lost it): send it again
                     # and retry soon rather than at the next idle poll.
-                    self.conn.publish(self.topics.advert(self.config.host_id), self.advert, qos=1, retain=True)
+                    self._publish_advert()
                     threading.Timer(1.0, self._wake.set).start()
                 return False
-            if not grant:
+            if grant is None:
                 return True
             job = JobRun(self, self.config.job_settings(), grant)
             with self._jobs_lock:
@@ -240,17 +243,25 @@ class Agent:
 
     # --- MQTT -------------------------------------------------------------------------------
 
-    def request(self, verb: Verb, *, attempts: int = 3, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
+    def request(self, verb: Verb, message: WireMessage | None = None, *, attempts: int = 3,
+                timeout_s: float | None = None) -> Wire:
         """An agent RPC through the one RPC client; retried on timeout with the same request id, so it runs
         at most once. An `unavailable` reply (the coordinator's database is away, docs/RELIABILITY.md) is
         sent again for as long as the `attempts` timeouts would have lasted. A claim is not retried once
         the agent is stopping; other verbs are, since a stopping agent still hands its jobs back."""
+        fields = message.to_wire() if message is not None else {}
         return self.rpc.call(verb, attempts=attempts, timeout_s=timeout_s, retry_unavailable=True,
                              keep_trying=lambda: not (self.stopping.is_set() and verb is Verb.CLAIM), **fields)
 
+    def _publish_advert(self) -> None:
+        if self.advert is not None:
+            self.conn.publish(self.topics.advert(self.config.host_id), self.advert.to_wire(), qos=1, retain=True)
+
     def _on_connect(self, session_present: bool) -> None:
-        self.advert["ts"] = time.time()
-        self.conn.publish(self.topics.advert(self.config.host_id), self.advert, qos=1, retain=True)
+        with self._advert_lock:
+            if self.advert is not None:
+                self.advert = replace(self.advert, ts=time.time())
+        self._publish_advert()
         self._publish_status("online")
         if not session_present:
             logger.info("new broker session: messages sent while away were not kept")
@@ -263,32 +274,32 @@ class Agent:
         # A nudge that names hosts is meant for those alone: the coordinator worked out which idle
         # hosts could take the new work, so the others need not all claim in vain.
         try:
-            hosts = msg.json().get("hosts")
+            hosts = Nudge.from_wire(msg.json()).hosts
         except MqfleetError:
             hosts = None
-        if isinstance(hosts, list) and self.config.host_id not in hosts:
+        if hosts is not None and self.config.host_id not in hosts:
             return
         self._wake.set()
 
     def _on_control(self, msg: Message) -> None:
         try:
-            control = msg.json()
+            control = ControlMessage.from_wire(msg.json())
         except MqfleetError as e:
             logger.warning("control message ignored: %s", e)
             return
-        if control.get("action") != "cancel":
-            logger.warning("control message ignored: unknown action %r", control.get("action"))
+        if control.action != "cancel":
+            logger.warning("control message ignored: unknown action %r", control.action)
             return
         with self._jobs_lock:
-            job = self.jobs.get(str(control.get("job_id")))
-        if job is None or job.lease_id != control.get("lease_id"):
-            logger.info("cancel for job %s: not running here (any more)", control.get("job_id"))
+            job = self.jobs.get(control.job_id)
+        if job is None or job.lease_id != control.lease_id:
+            logger.info("cancel for job %s: not running here (any more)", control.job_id)
             return
         job.end(Ending.CANCELLED)
 
     def _status_payload(self, state: str) -> bytes:
         running = [j.job_id for j in self._running()]
-        return encode({"state": state, "ts": time.time(), "jobs": running, "slots": self.config.slots})
+        return encode(HostStatus(state=state, ts=time.time(), jobs=running, slots=self.config.slots).to_wire())
 
     def _publish_status(self, state: str) -> None:
         self.conn.publish(self.topics.status(self.config.host_id), self._status_payload(state), qos=1, retain=True)
@@ -320,11 +331,10 @@ class Agent:
         # so nothing it would cut or drop (a payload over MAX_REQUEST_BYTES) is sent whole.
         attempt = self._log_attempts.get(job_id)
         for batch in log_batches([line[:MAX_LOG_LINE_CHARS] for line in lines]):
-            payload: dict[str, Any] = {"job_id": job_id, "lines": batch, "ts": time.time()}
-            if attempt:
-                payload["attempt"] = attempt  # so the coordinator files late lines under the right attempt
+            # the attempt, so the coordinator files late lines under the right one
+            payload = LogBatch(job_id=job_id, lines=batch, ts=time.time(), attempt=attempt or None)
             try:
-                self.conn.publish(self.topics.log(self.config.host_id, job_id), payload, qos=0)
+                self.conn.publish(self.topics.log(self.config.host_id, job_id), payload.to_wire(), qos=0)
             except MqfleetError as e:  # stopping, or the broker is away: log lines are best effort
                 logger.debug("log lines of %s dropped: %s", job_id, e)
                 return

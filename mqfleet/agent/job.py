@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from mqfleet import defaults
 from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync
@@ -38,15 +38,16 @@ from mqfleet.errors import (
 from mqfleet.messages import (
     CompleteRequest,
     FailRequest,
+    Grant,
     RenewReply,
     RenewRequest,
     UploadUrlReply,
     UploadUrlRequest,
-    WireMessage,
 )
-from mqfleet.protocol import JsonValue, Verb
+from mqfleet.protocol import JsonObject, JsonValue, Verb
 from mqfleet.state import Cause
 from mqfleet.transfer import upload_to_url
+from mqfleet.wire import Wire, WireMessage
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,8 @@ class JobHost(Protocol):
     """What a job run needs of its agent: requests on its lease, its output lines sent on, and word
     when it ends. The agent implements it; a job run never sees the rest of the agent."""
 
-    def request(self, verb: Verb, *, attempts: int = 3, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]: ...
+    def request(self, verb: Verb, message: WireMessage | None = None, *, attempts: int = 3,
+                timeout_s: float | None = None) -> Wire: ...
     def publish_log(self, job_id: str, line: str, *, attempt: int = 0) -> None: ...
     def flush_log(self, job_id: str) -> None: ...
     def job_finished(self, job: JobRun) -> None: ...
@@ -115,31 +117,32 @@ class JobHost(Protocol):
 class JobRun:
     """A claimed job from grant to completion or failure."""
 
-    def __init__(self, host: JobHost, settings: JobSettings, grant: dict[str, Any]) -> None:
+    def __init__(self, host: JobHost, settings: JobSettings, grant: Grant) -> None:
         self.host = host
         self.settings = settings
         self.grant = grant
-        self.job_id: str = grant["job"]["id"]
-        self.name: str = grant["spec"].get("name", self.job_id[:12])
-        self.lease_id: str = grant["lease_id"]
-        self.lease_s = float(grant.get("lease_s") or defaults.LEASE_S)
-        self.dir = settings.work_dir / "jobs" / f"{self.job_id[:16]}-{grant['attempt']}"
+        self.job_id = grant.job.id
+        name = grant.spec.get("name", self.job_id[:12])
+        self.name = name if isinstance(name, str) else self.job_id[:12]
+        self.lease_id = grant.lease_id
+        self.lease_s = grant.lease_s or defaults.LEASE_S
+        self.dir = settings.work_dir / "jobs" / f"{self.job_id[:16]}-{grant.attempt}"
         self.out_dir = self.dir / "out"
         self.trainer: TrainerRun | None = None
         self.checkpoint: CheckpointSync | None = None
         self.ending: Ending | None = None
         #: what the ending was about, for the attempt's error ("no end after timeout_s = 5 s ...")
         self.ending_detail = ""
-        self.timeout_s = limit_of(grant["spec"], "timeout_s")
-        self.stall_s = limit_of(grant["spec"], "stall_s")
+        self.timeout_s = limit_of(grant.spec, "timeout_s")
+        self.stall_s = limit_of(grant.spec, "stall_s")
         self.done = threading.Event()
         self._stop_renewing = threading.Event()
         self._renew_now = threading.Event()
         self._ending_lock = threading.Lock()
         self._log_seq = 0
-        self.attempt = int(grant.get("attempt") or 0)
+        self.attempt = grant.attempt
         #: (seq, ts, report) of progress reports not yet acknowledged by the coordinator
-        self._reports: list[tuple[int, float, dict[str, Any], int]] = []  # seq, ts, report, JSON size
+        self._reports: list[tuple[int, float, JsonObject, int]] = []  # seq, ts, report, JSON size
         self._report_seq = 0
         self._reports_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"job-{self.job_id[:8]}", daemon=True)
@@ -184,7 +187,7 @@ class JobRun:
             if self.ending is None:
                 if exit_code != 0:
                     self._fail(Cause.APP, exit_code, f"trainer exited with code {exit_code}")
-                elif missing := missing_outputs(self.out_dir, self.grant["trainer"].get("outputs") or ()):
+                elif missing := missing_outputs(self.out_dir, self.grant.trainer.outputs):
                     self._fail(Cause.APP, exit_code, missing_message(missing))
                 else:
                     self._store_and_complete()
@@ -210,19 +213,18 @@ class JobRun:
             self.host.job_finished(self)
 
     def _train(self, renewer: threading.Thread) -> int:
-        spec = dict(self.grant["spec"])
-        spec.update(attempt=self.grant["attempt"], lease_id=self.lease_id)
+        spec: JsonObject = {**self.grant.spec, "attempt": self.grant.attempt, "lease_id": self.lease_id}
         spec_path = self.dir / "spec.json"
         spec_path.write_text(json.dumps(spec, sort_keys=True, indent=2))
         cfg = self.settings
-        argv = build_trainer_argv(self.grant["trainer"], spec, python=cfg.python)
-        env = trainer_env(spec_path, self.out_dir, list(self.grant.get("gpus") or []), dict(cfg.base_env))
+        argv = build_trainer_argv(self.grant.trainer, spec, python=cfg.python)
+        env = trainer_env(spec_path, self.out_dir, list(self.grant.gpus), dict(cfg.base_env))
         env.pop(defaults.ENV_CHECKPOINT_DIR, None)  # a non-resumable job gets no folder, not the agent's own
         renewer.start()  # before a restore, which may take a while for a big checkpoint
         plan = CheckpointPlan.from_grant(self.grant)
         if plan is not None:
             self.checkpoint = CheckpointSync(
-                plan=plan, folder=self.dir / "checkpoint", scratch=self.dir, request=self._checkpoint_request,
+                plan=plan, job_id=self.job_id, lease_id=self.lease_id, folder=self.dir / "checkpoint", scratch=self.dir, request=self._checkpoint_request,
                 log=self._on_line, progress=lambda: self.trainer.latest_progress if self.trainer else None,
                 name=self.name,
             )
@@ -239,7 +241,7 @@ class JobRun:
             on_progress=self._on_progress,
             pidfile_dir=cfg.work_dir / "pids",
         )
-        logger.info("job %s: attempt %s starting %s", self.name, self.grant["attempt"], " ".join(argv))
+        logger.info("job %s: attempt %s starting %s", self.name, self.grant.attempt, " ".join(argv))
         self.trainer.start()
         if self.checkpoint is not None:
             self.checkpoint.start()
@@ -297,7 +299,7 @@ class JobRun:
         else:
             logger.info("job %s: artifact %s already stored; no upload", self.name, sha256[:12])
         progress = self.trainer.latest_progress if self.trainer else None
-        metrics = (progress or {}).get("metrics") or {}
+        metrics = (progress or {}).get("metrics")
         usage, reports = self._ending_fields()
         done = self._request(Verb.COMPLETE, CompleteRequest(
             self.job_id, self.lease_id, sha256, size, metrics=metrics if isinstance(metrics, dict) else {},
@@ -312,11 +314,12 @@ class JobRun:
         self._request(Verb.FAIL, FailRequest(self.job_id, self.lease_id, cause.value, exit_code=exit_code, output_tail=tail,
                                              error=message, usage=usage, progress_reports=reports))
 
-    def _ending_fields(self) -> tuple[dict[str, Any] | None, list[JsonValue]]:
+    def _ending_fields(self) -> tuple[JsonObject | None, list[JsonValue]]:
         """What complete and fail carry besides the outcome: the usage and the last progress reports."""
-        return (self.trainer.usage() if self.trainer else None), self._reports_to_send()
+        usage = self.trainer.usage() if self.trainer else None
+        return (usage.to_wire() if usage is not None else None), self._reports_to_send()
 
-    def _request(self, verb: Verb, message: WireMessage) -> dict[str, Any] | None:
+    def _request(self, verb: Verb, message: WireMessage) -> Wire | None:
         """An agent request on this lease; None when the coordinator refused it or stayed away (logged).
 
         Retries (same request id, so never run twice) for as long as the lease would last: a
@@ -324,7 +327,7 @@ class JobRun:
         """
         attempts = max(3, math.ceil(self.lease_s / self.settings.request_timeout_s))
         try:
-            return self.host.request(verb, attempts=attempts, **_unset_left_out(message.to_wire()))
+            return self.host.request(verb, message, attempts=attempts)
         except BrokerError as e:
             logger.warning("job %s: %s not answered (%s); the lease will expire and the job run again", self.name, verb, e)
             return None
@@ -346,10 +349,9 @@ class JobRun:
             logger.warning("job %s: %s refused: %s", self.name, verb, e)
             return None
 
-    def _checkpoint_request(self, verb: Verb, *, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
+    def _checkpoint_request(self, verb: Verb, message: WireMessage, *, timeout_s: float | None = None) -> Wire:
         """A checkpoint verb on this lease; its failures are the sync's to log, never the attempt's end."""
-        return self.host.request(verb, attempts=2, timeout_s=timeout_s, job_id=self.job_id, lease_id=self.lease_id,
-                                  **fields)
+        return self.host.request(verb, message, attempts=2, timeout_s=timeout_s)
 
     # --- the renewer ----------------------------------------------------------------------
 
@@ -368,7 +370,7 @@ class JobRun:
             reports = self._reports_to_send()
             try:
                 request = RenewRequest(self.job_id, self.lease_id, progress=progress, progress_reports=reports)
-                RenewReply.from_wire(self.host.request(Verb.RENEW, attempts=1, timeout_s=timeout_s, **request.to_wire()))
+                RenewReply.from_wire(self.host.request(Verb.RENEW, request, attempts=1, timeout_s=timeout_s))
                 self._reports_sent(reports)
                 next_ts = time.monotonic() + interval
             except RemoteError as e:
@@ -393,7 +395,7 @@ class JobRun:
     def _on_line(self, line: str) -> None:
         self.host.publish_log(self.job_id, line, attempt=self.attempt)
 
-    def _on_progress(self, report: dict[str, Any]) -> None:
+    def _on_progress(self, report: JsonObject) -> None:
         # Numbered, so a renewal resent after a lost reply cannot store a report twice.
         with self._reports_lock:
             self._report_seq += 1
@@ -422,9 +424,3 @@ class JobRun:
 
     def _flush_log(self) -> None:
         self.host.flush_log(self.job_id)
-
-
-
-def _unset_left_out(fields: dict[str, Any]) -> dict[str, Any]:
-    """`usage` is sent only when measured, as it always was: the JSON on the wire is unchanged."""
-    return {k: v for k, v in fields.items() if not (k == "usage" and v is None)}

@@ -7,10 +7,11 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+
+from mqfleet.protocol import JsonValue
 
 
-def limit_of(spec: Mapping[str, Any], name: str) -> float | None:
+def limit_of(spec: Mapping[str, JsonValue], name: str) -> float | None:
     """A job's `timeout_s` or `stall_s` from the grant's spec; None when unset or not a positive number."""
     value = spec.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:

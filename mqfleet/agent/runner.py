@@ -40,6 +40,8 @@ from mqfleet import defaults
 from mqfleet.agent.reaper import KILL_WAIT_S, POLL_S, pidfile_path, record_run
 from mqfleet.agent.spawn import IS_LINUX, IS_WINDOWS, PDEATHSIG_WRAPPER, check_program, pgid_of, spawn
 from mqfleet.agent.usage import UsageMeter
+from mqfleet.protocol import JsonObject
+from mqfleet.replies import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class TrainerRun:
         out_dir: Path,
         log_path: Path | None = None,
         on_line: Callable[[str], None] | None = None,
-        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        on_progress: Callable[[JsonObject], None] | None = None,
         tail_lines: int = defaults.OUTPUT_TAIL_LINES,
         pidfile_dir: Path | None = None,
     ) -> None:
@@ -98,7 +100,7 @@ class TrainerRun:
         self._proc: subprocess.Popen[str] | None = None
         self._root: psutil.Process | None = None
         self._tail: deque[str] = deque(maxlen=max(1, tail_lines))
-        self._progress: dict[str, Any] | None = None
+        self._progress: JsonObject | None = None
         self._out_lock = threading.Lock()
         # Held while reaping and while signalling the group: a pgid is only signalled while its leader is unreaped.
         self._reap_lock = threading.Lock()
@@ -140,11 +142,8 @@ class TrainerRun:
 
     def _popen(self) -> subprocess.Popen[str]:
         argv = self.argv
-        kwargs: dict[str, Any] = {}
-        if IS_WINDOWS:
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        else:
-            kwargs["start_new_session"] = True
+        # Its own process group (Windows) or session (POSIX), so the whole tree can be signalled at once.
+        creationflags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if IS_WINDOWS else 0
         if IS_LINUX:
             # The wrapper reports a missing program only as exit 127; check first so start() raises on every OS.
             check_program(argv[0], self.cwd, self.env)
@@ -159,7 +158,8 @@ class TrainerRun:
             text=True,
             encoding="utf-8",
             errors="replace",
-            **kwargs,
+            start_new_session=not IS_WINDOWS,
+            creationflags=creationflags,
         )
 
     @property
@@ -193,14 +193,14 @@ class TrainerRun:
         with self._out_lock:
             return "\n".join(self._tail)
 
-    def usage(self) -> dict[str, Any] | None:
+    def usage(self) -> Usage | None:
         """What the run used over its whole tree (agent/usage.py); None before it ended."""
         if not self._done.is_set() or self.started_ts is None or self.ended_ts is None:
             return None
         return self._usage.result(self.ended_ts - self.started_ts)
 
     @property
-    def latest_progress(self) -> dict[str, Any] | None:
+    def latest_progress(self) -> JsonObject | None:
         with self._out_lock:
             return self._progress
 
@@ -407,7 +407,7 @@ class TrainerRun:
             return None
 
 
-def parse_progress(line: str) -> dict[str, Any] | None:
+def parse_progress(line: str) -> JsonObject | None:
     """The JSON object of an `@mqfleet {json}` line, or None for any other line (bad JSON included)."""
     if not line.startswith(PROGRESS_PREFIX):
         return None

@@ -18,13 +18,16 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mqfleet import defaults
 from mqfleet.errors import ConfigurationError, MqfleetError
+from mqfleet.messages import TrainerRef
+from mqfleet.protocol import JsonObject
+from mqfleet.wire import WireMessage
 
 if TYPE_CHECKING:
     from mqfleet.client import FleetClient
@@ -52,16 +55,13 @@ class Outcome(str, Enum):
 
 
 @dataclass(frozen=True)
-class Check:
-    """One line of the selftest table."""
+class Check(WireMessage):
+    """One line of the selftest table; `to_wire()` is its entry in `--json`'s `checks`."""
 
     name: str
     outcome: Outcome
     detail: str
     fix: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "outcome": self.outcome.value}
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ class SelftestConfig:
     """What the selftest checks against: the agent's own settings."""
 
     host_id: str
-    broker: dict[str, Any]
+    #: the agent's broker options as given (`broker_url`, `broker_ca`, `broker_cert`, `broker_key`: cli/options.py)
+    broker: dict[str, str | None]
     prefix: str = defaults.TOPIC_PREFIX
     repo: Path | None = None
     slots: int = 1
@@ -105,12 +106,12 @@ def check_capability(config: SelftestConfig) -> Check:
         logger.exception("capability detection failed")
         return Check("capability", Outcome.FAIL, f"detection failed: {type(e).__name__}: {e}",
                      "report this as a bug, with the output of `mqfleet capability --json`")
-    gpus = ", ".join(f"{g.get('index')}: {g.get('name')} ({g.get('vram_gib')} GiB)" for g in advert.get("gpus") or [])
-    cuda = f"CUDA yes ({gpus}; driver {advert.get('driver')})" if advert.get("cuda") else "CUDA no (CPU jobs only)"
+    gpus = ", ".join(f"{g.index}: {g.name} ({g.vram_gib} GiB)" for g in advert.gpus)
+    cuda = f"CUDA yes ({gpus}; driver {advert.driver})" if advert.cuda else "CUDA no (CPU jobs only)"
     detail = (
-        f"host {advert['host']} on {advert['hostname']}: {advert['os']}, python {advert['python']}, "
-        f"{advert['cpu_cores']} cores, {advert['ram_gib']} GiB RAM, {config.slots} slot(s); {cuda}; "
-        f"training repo commit {advert.get('git_commit') or 'unknown'}"
+        f"host {advert.host} on {advert.hostname}: {advert.os}, python {advert.python}, "
+        f"{advert.cpu_cores} cores, {advert.ram_gib} GiB RAM, {config.slots} slot(s); {cuda}; "
+        f"training repo commit {advert.git_commit or 'unknown'}"
     )
     return Check("capability", Outcome.PASS, detail)
 
@@ -212,7 +213,7 @@ def check_trainer_run(config: SelftestConfig) -> Check:
         if gen.returncode != 0:
             return Check("trainer run", Outcome.FAIL, f"demo dataset generation failed: {_last_line(gen.stdout + gen.stderr)}",
                          f"{sys.executable} -m pip install 'mqfleet[train]'")
-        spec = {
+        spec: JsonObject = {
             "id": "selftest", "name": "selftest", "model": "selftest", "mode": "selftest",
             "hyper": {"n_estimators": SELFTEST_ROUNDS, "max_depth": 3}, "seed": 0, "split_recipe": "random",
             "train_hosts": [], "dataset": str(dataset), "target": "failure", "group_column": "",
@@ -221,7 +222,7 @@ def check_trainer_run(config: SelftestConfig) -> Check:
         spec_path = tmp_dir / "spec.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         out_dir = tmp_dir / "out"
-        argv = build_trainer_argv({"name": "selftest", "argv": ["{python}", "-m", "mqfleet.trainers.xgboost"]}, spec)
+        argv = build_trainer_argv(TrainerRef(name="selftest", argv=["{python}", "-m", "mqfleet.trainers.xgboost"]), spec)
         run = TrainerRun(argv=argv, cwd=repo, env=trainer_env(spec_path, out_dir, []), out_dir=out_dir)
         try:
             run.start()
@@ -237,8 +238,9 @@ def check_trainer_run(config: SelftestConfig) -> Check:
         missing = [name for name in TRAINER_OUTPUTS if not (out_dir / name).is_file()]
         if missing:
             return Check("trainer run", Outcome.FAIL, f"exited 0 but wrote no {', '.join(missing)}", fix)
-        metrics = (run.latest_progress or {}).get("metrics") or {}
-        shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(metrics.items())[:3])
+        metrics = (run.latest_progress or {}).get("metrics")
+        shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in list(metrics.items() if isinstance(metrics, dict) else ())[:3])
         return Check("trainer run", Outcome.PASS,
                      f"xgboost, {SELFTEST_ROWS} rows, {SELFTEST_ROUNDS} rounds in {elapsed:.1f}s in {repo}"
                      + (f": {shown}" if shown else ""))

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import psutil
 
+from mqfleet.replies import Usage
+
 logger = logging.getLogger(__name__)
 
 # ru_maxrss is in KiB on Linux, in bytes on macOS.
@@ -120,16 +122,17 @@ class UsageMeter:
             self._reaped_cpu = float(rusage.ru_utime + rusage.ru_stime)
             self._reaped_rss = int(rusage.ru_maxrss) * _MAXRSS_UNIT
 
-    def result(self, wall_s: float) -> dict[str, Any]:
-        """`{wall_s, cpu_s, max_rss_bytes, gpu_mem_max_bytes}`; gpu_mem_max_bytes is None without NVML."""
+    def result(self, wall_s: float) -> Usage:
+        """The usage over the run's `wall_s` (the larger of the sampled and the kernel's account): the `usage` of the
+        attempt's `complete` or `fail`; gpu_mem_max_bytes is None without NVML, 0 when the trainer held none."""
         with self._lock:
             sampled_cpu = sum(self._cpu.values())
             gpu = self._peak_gpu
             if gpu is None and self._gpu is not None and self._gpu.used_bytes(set()) is not None:
                 gpu = 0  # NVML works and the trainer never held GPU memory
-            return {
-                "wall_s": round(max(0.0, wall_s), 3),
-                "cpu_s": round(max(sampled_cpu, self._reaped_cpu), 3),
-                "max_rss_bytes": max(self._peak_rss, self._reaped_rss),
-                "gpu_mem_max_bytes": gpu,
-            }
+            return Usage(
+                wall_s=round(max(0.0, wall_s), 3),
+                cpu_s=round(max(sampled_cpu, self._reaped_cpu), 3),
+                max_rss_bytes=max(self._peak_rss, self._reaped_rss),
+                gpu_mem_max_bytes=gpu,
+            )

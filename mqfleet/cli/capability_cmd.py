@@ -27,4 +27,4 @@ def capability(host_id: str | None, repo: Path, slots: int, labels: tuple[str, .
     """Print what this host can do (OS, CPU, RAM, GPUs, torch, git commit) as JSON."""
     host = host_id or socket.gethostname().split(".")[0]
     advert = detect_advert(host, slots=slots, labels=labels, repo=repo)
-    click.echo(json.dumps(advert, indent=2, sort_keys=True))
+    click.echo(json.dumps(advert.to_wire(), indent=2, sort_keys=True))

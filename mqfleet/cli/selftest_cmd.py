@@ -42,7 +42,7 @@ def selftest_cmd(ctx: click.Context, as_json: bool, no_train: bool, wait_s: floa
     checks = run_selftest(config)
     passed = is_passing(checks)
     if as_json:
-        click.echo(json.dumps({"ok": passed, "host": config.host_id, "checks": [c.as_dict() for c in checks]}, indent=2))
+        click.echo(json.dumps({"ok": passed, "host": config.host_id, "checks": [c.to_wire() for c in checks]}, indent=2))
     else:
         _print_table(config.host_id, checks, passed)
     raise click.exceptions.Exit(EXIT_OK if passed else EXIT_FAILED)

@@ -40,7 +40,7 @@ class HostileHost:
         self.host = host
         self.conn = Connection(fleet.broker_config(host), client_id=f"agent-{host}", reply_prefix=T.prefix)
         self.conn.start(wait_s=10)
-        self.conn.publish_wait(T.advert(host), encode(detect_advert(host, slots=1)), retain=True)
+        self.conn.publish_wait(T.advert(host), encode(detect_advert(host, slots=1).to_wire()), retain=True)
 
     def call(self, verb: str, **fields: Any) -> dict[str, Any]:
         body = {"request_id": uuid.uuid4().hex, **fields}

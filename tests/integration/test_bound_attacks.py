@@ -28,7 +28,7 @@ MiB = 1024 * 1024
 def _host(fleet: TlsFleet, host: str) -> Connection:
     conn = Connection(fleet.broker_config(host), client_id=f"agent-{host}", reply_prefix=T.prefix)
     conn.start(wait_s=10)
-    conn.publish_wait(T.advert(host), encode(detect_advert(host, slots=1)), retain=True)
+    conn.publish_wait(T.advert(host), encode(detect_advert(host, slots=1).to_wire()), retain=True)
     return conn
 
 

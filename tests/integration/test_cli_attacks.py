@@ -33,7 +33,7 @@ class HostileHost:
         self.conn.start(wait_s=10)
 
     def advert(self, **fields: Any) -> None:
-        self.conn.publish_wait(T.advert(self.host), encode({**detect_advert(self.host, slots=1), **fields}), retain=True)
+        self.conn.publish_wait(T.advert(self.host), encode({**detect_advert(self.host, slots=1).to_wire(), **fields}), retain=True)
 
     def call(self, verb: str, **fields: Any) -> dict[str, Any]:
         return self.conn.request(T.rpc(Role.AGENT, self.host, verb), {"request_id": uuid.uuid4().hex, **fields},

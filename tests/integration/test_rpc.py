@@ -27,7 +27,7 @@ class RawAgent:
         self.topics = Topics(fleet.prefix)
         self.conn = Connection(BrokerConfig(url=fleet.broker_url), client_id=Topics(fleet.prefix).client_id(f"agent-{host}"), reply_prefix=fleet.prefix)
         self.conn.start(wait_s=10)
-        advert = detect_advert(host, slots=4)
+        advert = detect_advert(host, slots=4).to_wire()
         self.conn.publish_wait(self.topics.advert(host), encode(advert), retain=True)
         self.conn.publish_wait(self.topics.status(host), encode({"state": "online"}), retain=True)
 

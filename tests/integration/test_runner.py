@@ -19,6 +19,8 @@ from mqfleet.agent.command import build_trainer_argv, trainer_env
 from mqfleet.agent.reaper import reap_leftovers, record_run
 from mqfleet.agent.runner import TrainerRun, parse_progress
 from mqfleet.errors import ConfigurationError
+from mqfleet.messages import TrainerRef
+from mqfleet.protocol import JsonObject
 from tests.fixtures.common import wait_until
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "runner"
@@ -359,8 +361,8 @@ def test_an_unreadable_pidfile_is_dropped(tmp_path: Path) -> None:
 
 
 def test_a_builtin_trainer_runs_as_a_module_with_sorted_hyper_flags() -> None:
-    trainer = {"name": "gbt", "builtin": "xgboost", "command": [], "argv": ["{python}", "-m", "mqfleet.trainers.xgboost"]}
-    spec = {"id": "abc", "hyper": {"n_estimators": 300, "learning_rate": 0.05, "verbose": True, "tag": "x"}}
+    trainer = TrainerRef(name="gbt", builtin="xgboost", command=[], argv=["{python}", "-m", "mqfleet.trainers.xgboost"])
+    spec: JsonObject = {"id": "abc", "hyper": {"n_estimators": 300, "learning_rate": 0.05, "verbose": True, "tag": "x"}}
     assert build_trainer_argv(trainer, spec, python="/py") == [
         "/py",
         "-m",
@@ -377,18 +379,18 @@ def test_a_builtin_trainer_runs_as_a_module_with_sorted_hyper_flags() -> None:
 
 
 def test_a_command_trainer_gets_its_placeholders_replaced() -> None:
-    trainer = {"name": "mine", "builtin": None, "command": ["{python}", "-m", "my.trainer", "--out={out_dir}"]}
-    spec = {"id": "j1", "hyper": {"flag": False}}
+    trainer = TrainerRef(name="mine", builtin=None, command=["{python}", "-m", "my.trainer", "--out={out_dir}"])
+    spec: JsonObject = {"id": "j1", "hyper": {"flag": False}}
     argv = build_trainer_argv(trainer, spec, python="/venv/bin/python", out_dir=Path("/tmp/o"))
     assert argv == ["/venv/bin/python", "-m", "my.trainer", f"--out={Path('/tmp/o')}", "--flag", "false"]
-    assert build_trainer_argv({"command": ["run", "{job_id}"]}, {"id": "j2"}) == ["run", "j2"]
+    assert build_trainer_argv(TrainerRef(name="run", command=["run", "{job_id}"]), {"id": "j2"}) == ["run", "j2"]
 
 
 def test_a_trainer_without_a_way_to_run_it_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="carries no argv"):
-        build_trainer_argv({"name": "t", "builtin": "xgboost"}, {"hyper": {}})
+        build_trainer_argv(TrainerRef(name="t", builtin="xgboost"), {"hyper": {}})
     with pytest.raises(ConfigurationError, match="neither"):
-        build_trainer_argv({"name": "t", "builtin": None, "command": []}, {"hyper": {}})
+        build_trainer_argv(TrainerRef(name="t", builtin=None, command=[]), {"hyper": {}})
 
 
 def test_trainer_env_sets_the_spec_output_and_gpu_variables_over_the_base_env(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ def test_remembered_replies_are_capped_per_client_and_the_oldest_go_first(state_
 
 
 def test_a_real_agents_advert_parses_and_round_trips_to_the_same_json() -> None:
-    wire = detect_advert("host-a", slots=2, labels=["fast"])
+    wire = detect_advert("host-a", slots=2, labels=["fast"]).to_wire()
     advert = parse_advert("host-a", wire)
     assert advert.to_wire() == {**wire, "gpus": wire["gpus"], "labels": ["fast"]}
 
@@ -50,20 +50,20 @@ def test_a_real_agents_advert_parses_and_round_trips_to_the_same_json() -> None:
     ],
 )
 def test_an_advert_field_of_the_wrong_type_is_refused_naming_the_field(field: str, value: object, named: str) -> None:
-    wire = {**detect_advert("host-a"), field: value}
+    wire = {**detect_advert("host-a").to_wire(), field: value}
     with pytest.raises(BadRequestError, match=re.escape(f"'{named}'")):
         parse_advert("host-a", wire)
 
 
 def test_the_advert_host_comes_from_the_topic_and_unknown_extras_are_bounded() -> None:
-    wire = {**detect_advert("host-a"), "host": "host-b", "new_field": "v", "nested": {"a": 1}}
+    wire = {**detect_advert("host-a").to_wire(), "host": "host-b", "new_field": "v", "nested": {"a": 1}}
     advert = parse_advert("host-a", wire).to_wire()
     assert advert["host"] == "host-a"
     assert advert["new_field"] == "v" and "nested" not in advert
 
 
 def test_gpu_entries_keep_free_memory_and_small_unknown_fields() -> None:
-    wire = {**detect_advert("host-a"), "cuda": True,
+    wire = {**detect_advert("host-a").to_wire(), "cuda": True,
             "gpus": [{"index": 0, "name": "A100", "uuid": "GPU-1", "vram_gib": 80.0, "vram_free_gib": 79, "mig": False}]}
     gpu = parse_advert("host-a", wire).to_wire()["gpus"][0]
     assert gpu == {"index": 0, "name": "A100", "uuid": "GPU-1", "vram_gib": 80.0, "vram_free_gib": 79.0, "mig": False}

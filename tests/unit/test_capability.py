@@ -75,7 +75,7 @@ def repo(tmp_path: Path) -> Path:
 
 def test_the_advert_has_exactly_the_contract_fields_with_their_types(tmp_path: Path) -> None:
     before = time.time()
-    advert = detect_advert("box-1", slots=2, labels=("fast", "lab"), repo=tmp_path)
+    advert = detect_advert("box-1", slots=2, labels=("fast", "lab"), repo=tmp_path).to_wire()
     assert set(advert) == set(FIELDS)
     for name, kind in FIELDS.items():
         assert isinstance(advert[name], kind), f"{name}={advert[name]!r}"
@@ -90,7 +90,7 @@ def test_the_advert_has_exactly_the_contract_fields_with_their_types(tmp_path: P
 
 
 def test_every_gpu_entry_has_index_name_uuid_and_vram() -> None:
-    advert = detect_advert("h")
+    advert = detect_advert("h").to_wire()
     assert advert["cuda"] == bool(advert["gpus"])
     for i, gpu in enumerate(advert["gpus"]):
         assert set(gpu) == {"index", "name", "uuid", "vram_gib", "vram_free_gib"} and gpu["index"] == i
@@ -100,7 +100,7 @@ def test_every_gpu_entry_has_index_name_uuid_and_vram() -> None:
 def test_a_host_without_an_nvidia_driver_reports_no_cuda_and_no_gpus_instead_of_failing() -> None:
     if nvml_works():
         pytest.skip("this host has a working NVIDIA driver")
-    advert = detect_advert("cpu-box")
+    advert = detect_advert("cpu-box").to_wire()
     assert advert["cuda"] is False and advert["gpus"] == [] and advert["driver"] is None
 
 
@@ -108,7 +108,7 @@ def test_versions_come_from_package_metadata_without_importing_torch_or_xgboost(
     code = (
         "import json, sys\n"
         "from mqfleet.agent.capability import detect_advert\n"
-        "a = detect_advert('h')\n"
+        "a = detect_advert('h').to_wire()\n"
         "print(json.dumps({'torch': a['torch'], 'xgboost': a['xgboost'],"
         " 'loaded': [m for m in ('torch', 'xgboost', 'numpy') if m in sys.modules]}))\n"
     )
@@ -139,7 +139,7 @@ def test_detection_takes_well_under_a_second(repo: Path) -> None:
 @needs_git
 def test_the_git_commit_of_a_repo_is_reported_and_tracked_edits_make_it_dirty(repo: Path) -> None:
     head = git(repo, "rev-parse", "HEAD")
-    advert = detect_advert("h", repo=repo)
+    advert = detect_advert("h", repo=repo).to_wire()
     assert advert["git_commit"] == head and advert["git_dirty"] is False
     (repo / "notes.txt").write_text("untracked files do not count\n")
     assert detect_git(repo) == (head, False)
@@ -149,7 +149,7 @@ def test_the_git_commit_of_a_repo_is_reported_and_tracked_edits_make_it_dirty(re
 
 def test_git_fields_are_null_outside_a_repo_and_without_a_repo(tmp_path: Path) -> None:
     assert detect_git(tmp_path) == (None, None)
-    advert = detect_advert("h")
+    advert = detect_advert("h").to_wire()
     assert advert["git_commit"] is None and advert["git_dirty"] is None
 
 
@@ -246,7 +246,7 @@ def test_gpu_facts_come_from_nvml_and_nvml_is_always_shut_down(monkeypatch: pyte
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     cuda, gpus, driver = capability.detect_gpus()
     assert cuda is True and driver == "550.54.15"
-    assert gpus == [
+    assert [g.to_wire() for g in gpus] == [
         {"index": 0, "name": "NVIDIA H200", "uuid": "GPU-00000000", "vram_gib": 140.4, "vram_free_gib": 100},
         {"index": 1, "name": "NVIDIA H200", "uuid": "GPU-00000001", "vram_gib": 140.4, "vram_free_gib": 100},
     ]
@@ -257,5 +257,5 @@ def test_gpu_facts_come_from_nvml_and_nvml_is_always_shut_down(monkeypatch: pyte
 def test_an_nvml_error_means_no_cuda_never_an_exception(monkeypatch: pytest.MonkeyPatch, fail_on: str) -> None:
     fake = FakeNvml(fail_on=fail_on)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
-    assert capability.detect_gpus() == (False, [], None)
+    assert capability.detect_gpus() == (False, (), None)
     assert fake.shutdowns == (0 if fail_on == "init" else 1), "shut down exactly when init succeeded"

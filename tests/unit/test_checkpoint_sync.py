@@ -15,9 +15,13 @@ import pytest
 from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync, fingerprint, snapshot
 from mqfleet.bundle import pack_artifact
 from mqfleet.errors import BundleError, RequestTimeoutError
+from mqfleet.messages import Grant, GrantedCheckpoint
+from mqfleet.protocol import Verb
 from mqfleet.store import FileStore
+from mqfleet.wire import Wire, WireMessage
 
 JOB = "ab" * 32
+LEASE = "cd" * 16
 
 
 class Coordinator:
@@ -28,12 +32,15 @@ class Coordinator:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.away = False
 
-    def __call__(self, verb: str, *, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
+    def __call__(self, verb: Verb, message: WireMessage, *, timeout_s: float | None = None) -> Wire:
         if self.away:
             raise RequestTimeoutError(f"{verb} not answered")
+        fields = message.to_wire()
+        assert (fields.pop("job_id"), fields.pop("lease_id")) == (JOB, LEASE), "every request is on the job's lease"
         self.calls.append((verb, fields))
         if verb == "checkpoint_url":
-            return {"ok": True, "url": self.store.presign_put(self.store.checkpoint_key_for(JOB, fields["sha256"]))}
+            key = self.store.checkpoint_key_for(JOB, str(fields["sha256"]))
+            return {"ok": True, "url": self.store.presign_put(key), "method": "PUT", "key": key, "expires_s": 600}
         return {"ok": True}
 
     def verbs(self) -> list[str]:
@@ -45,8 +52,10 @@ def _sync(tmp_path: Path, coordinator: Coordinator, *, max_bytes: int = 1 << 30,
     lines: list[str] = []
     job_dir = tmp_path / "job"
     job_dir.mkdir(exist_ok=True)
+    checkpoint = GrantedCheckpoint.from_wire(given) if given is not None else None
     sync = CheckpointSync(
-        plan=CheckpointPlan(interval_s=60, max_bytes=max_bytes, given=given), folder=job_dir / "checkpoint",
+        plan=CheckpointPlan(interval_s=60, max_bytes=max_bytes, given=checkpoint), job_id=JOB, lease_id=LEASE,
+        folder=job_dir / "checkpoint",
         scratch=job_dir, request=coordinator, log=lines.append, progress=lambda: {"epoch": 4}, name="j",
     )
     sync.folder.mkdir(exist_ok=True)
@@ -164,9 +173,17 @@ def test_restore_of_a_checkpoint_with_the_wrong_sha256_starts_fresh_and_says_why
     assert any("started fresh" in line for line in lines)
 
 
+def _grant(**fields: Any) -> Grant:
+    return Grant.from_wire({"job": {"id": JOB, "name": "j", "status": "claimed"}, "spec": {"id": JOB},
+                            "trainer": {"name": "t"}, "lease_id": LEASE, "attempt": 1, "expires_ts": 1.0,
+                            "lease_s": 90, **fields})
+
+
 def test_a_grant_without_checkpoint_fields_or_for_a_non_resumable_trainer_gets_no_plan() -> None:
-    assert CheckpointPlan.from_grant({"spec": {}}) is None
-    assert CheckpointPlan.from_grant({"resumable": False, "checkpoint_interval_s": 5}) is None
-    plan = CheckpointPlan.from_grant({"resumable": True, "checkpoint_interval_s": 5, "checkpoint_max_mib": 1,
-                                      "checkpoint": None})
+    assert CheckpointPlan.from_grant(_grant()) is None
+    assert CheckpointPlan.from_grant(_grant(resumable=False, checkpoint_interval_s=5)) is None
+    plan = CheckpointPlan.from_grant(_grant(resumable=True, checkpoint_interval_s=5, checkpoint_max_mib=1, checkpoint=None))
     assert plan == CheckpointPlan(interval_s=5, max_bytes=1 << 20, given=None)
+    given = {"url": "file:///c", "sha256": "e" * 64, "size": 3, "attempt": 2, "saved_ts": 1.5}
+    plan = CheckpointPlan.from_grant(_grant(resumable=True, checkpoint_interval_s=5, checkpoint=given))
+    assert plan is not None and plan.given == GrantedCheckpoint.from_wire(given)

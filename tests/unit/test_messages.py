@@ -6,17 +6,22 @@ from typing import Any
 
 import pytest
 
+from mqfleet.agent.selftest import Check, Outcome
 from mqfleet.errors import BadRequestError
 from mqfleet.messages import (
+    CheckpointStartRequest,
     ClaimReply,
     FailRequest,
     Grant,
     GrantedCheckpoint,
     Health,
+    HostStatus,
+    LogBatch,
     RenewReply,
     RenewRequest,
     UploadUrlReply,
 )
+from mqfleet.records import ControlMessage, Nudge
 
 GRANT: dict[str, Any] = {
     "job": {"id": "j" * 64, "name": "gbt-1", "status": "claimed", "host": "h1", "attempts": 0, "in_manifest": True},
@@ -96,3 +101,31 @@ def test_typed_object_values_are_checked_each_by_name() -> None:
         Health.from_wire({**health, "jobs_by_status": {"pending": "2"}})
     with pytest.raises(BadRequestError, match=r"field 'checks\.store\.detail' is missing"):
         Health.from_wire({**health, "checks": {"store": {"ok": False, "checked_ts": 1.0}}})
+
+
+def test_fields_sent_only_when_set_are_left_out_while_none_and_read_back_as_none() -> None:
+    assert HostStatus(state="offline").to_wire() == {"state": "offline"}  # the will: the state alone
+    assert LogBatch(job_id="j", lines=["a"], ts=1.0).to_wire() == {"job_id": "j", "lines": ["a"], "ts": 1.0}
+    batch = LogBatch(job_id="j", lines=["a"], ts=1.0, attempt=2)
+    assert LogBatch.from_wire(batch.to_wire()) == batch
+    start = CheckpointStartRequest("j", "l", resumed=False, note="fresh")
+    assert set(start.to_wire()) == {"job_id", "lease_id", "resumed", "note"}
+    assert "usage" not in FailRequest("j", "l").to_wire() and FailRequest("j", "l", usage={"cpu_s": 1}).to_wire()["usage"]
+
+
+def test_a_control_message_or_a_nudge_of_the_wrong_shape_is_named() -> None:
+    control = ControlMessage("cancel", "j", "l")
+    assert ControlMessage.from_wire(control.to_wire()) == control
+    with pytest.raises(BadRequestError, match="field 'lease_id' is missing"):
+        ControlMessage.from_wire({"action": "cancel", "job_id": "j"})
+    assert Nudge.from_wire({"reason": "work", "ts": 1}).hosts is None
+    with pytest.raises(BadRequestError, match=r"field 'hosts\[1\]' must be a string"):
+        Nudge.from_wire({"reason": "work", "ts": 1, "hosts": ["a", 2]})
+
+
+def test_an_enum_field_goes_out_as_its_value_and_an_unknown_value_is_named() -> None:
+    check = Check("broker", Outcome.PASS, "connected")
+    assert check.to_wire() == {"name": "broker", "outcome": "pass", "detail": "connected", "fix": ""}
+    assert Check.from_wire(check.to_wire()) == check
+    with pytest.raises(BadRequestError, match="field 'outcome' must be one of pass/fail/info/skip"):
+        Check.from_wire({**check.to_wire(), "outcome": "maybe"})

@@ -42,15 +42,15 @@ def test_two_processes_holding_memory_at_once_count_as_their_sum() -> None:
         for p in procs:
             p.kill()
             p.wait()
-    assert 80 * MIB <= usage["max_rss_bytes"] <= 120 * MIB, usage
-    assert usage["gpu_mem_max_bytes"] is None
+    assert 80 * MIB <= usage.max_rss_bytes <= 120 * MIB, usage
+    assert usage.gpu_mem_max_bytes is None
 
 
 def test_gpu_memory_is_the_peak_the_probe_reported() -> None:
     meter = UsageMeter(gpu=FixedGpu(3 << 30))
     me = psutil.Process(os.getpid())
     meter.sample([me])
-    assert meter.result(wall_s=0.5)["gpu_mem_max_bytes"] == 3 << 30
+    assert meter.result(wall_s=0.5).gpu_mem_max_bytes == 3 << 30
 
 
 def test_cpu_of_a_reaped_tree_comes_from_the_kernels_account() -> None:
@@ -61,5 +61,5 @@ def test_cpu_of_a_reaped_tree_comes_from_the_kernels_account() -> None:
     proc.returncode = os.waitstatus_to_exitcode(status)
     meter.add_reaped(rusage)
     usage = meter.result(wall_s=time.time() - start)
-    assert 0.4 <= usage["cpu_s"] <= 1.5, usage
-    assert usage["max_rss_bytes"] > 5 * MIB and usage["gpu_mem_max_bytes"] is None
+    assert 0.4 <= usage.cpu_s <= 1.5, usage
+    assert usage.max_rss_bytes > 5 * MIB and usage.gpu_mem_max_bytes is None

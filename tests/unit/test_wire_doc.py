@@ -19,11 +19,14 @@ from mqfleet.messages import (
     Grant,
     GrantedCheckpoint,
     Health,
+    HostStatus,
     JobRow,
+    LogBatch,
     TrainerRef,
     WireMessage,
 )
 from mqfleet.protocol import Verb
+from mqfleet.records import ControlMessage, Nudge
 from mqfleet.replies import REPLIES, ArtifactRecord, JobDetail, Worker
 from mqfleet.state import AGENT_CAUSES
 
@@ -139,3 +142,31 @@ def test_every_field_of_a_typed_reply_is_in_its_verbs_reply_cell(verb: str) -> N
 def test_the_records_a_reply_carries_are_listed_field_for_field(verb: str, record: type[WireMessage]) -> None:
     own = field_names(record) - (field_names(JobRow) if issubclass(record, JobRow) else set())
     assert own - named_fields(verb_table()[verb][1]) == set()
+
+
+def topic_payloads() -> dict[str, str]:
+    """topic -> payload cell of the table under "Topics", the parenthesised remarks left out."""
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("## Topics"):text.index("## Capability advert")]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`{prefix}"):
+            rows[cells[0].strip("`")] = re.sub(r"\([^)]*\)", "", cells[3])
+    return rows
+
+
+@pytest.mark.parametrize(("topic", "cls"), [
+    ("{prefix}/hosts/{host}/status", HostStatus),
+    ("{prefix}/hosts/{host}/log/{job_id}", LogBatch),
+    ("{prefix}/work", Nudge),
+])
+def test_what_agents_and_the_coordinator_publish_is_listed_field_for_field(topic: str, cls: type[WireMessage]) -> None:
+    assert named_fields(topic_payloads()[topic]) == field_names(cls)
+
+
+def test_the_control_message_is_listed_field_for_field() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    payload = re.search(r"topic `mqfleet/control/\{host\}`, payload\s+`\{([^}]*)\}`", text)
+    assert payload, "the control paragraph shows its payload"
+    assert set(re.findall(r'"([a-z_]+)":', payload.group(1))) == field_names(ControlMessage)
