@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mqfleet import defaults
 from mqfleet.errors import ConfigurationError, MqfleetError
