@@ -20,7 +20,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -29,8 +28,8 @@ from rich.table import Table
 from mqfleet.acl import hosts_in_manifest
 from mqfleet.client import FleetClient
 from mqfleet.errors import MqfleetError
+from mqfleet.messages import JobRow
 from mqfleet.mqtt import BrokerConfig
-from mqfleet.protocol import Verb
 from mqfleet.services.broker import BrokerPki, LocalBroker, make_broker_pki, operator_cn
 from mqfleet.services.s3 import LocalS3
 from mqfleet.trainers.demo_data import make_dataset
@@ -196,12 +195,20 @@ def _wait_for_coordinator(client: FleetClient, fleet: DemoFleet) -> None:
     raise SystemExit("the coordinator did not answer within 60 s")
 
 
-def _is_settled(jobs: list[dict[str, Any]]) -> bool:
+@dataclass(frozen=True)
+class DemoJob:
+    """A job as the demo follows it: its listing row, and whether it needs a CUDA host (then it may stay pending)."""
+
+    row: JobRow
+    require_cuda: bool
+
+
+def _is_settled(jobs: list[DemoJob]) -> bool:
     """Nothing runs and nothing runnable waits: only jobs that need a CUDA host stay pending."""
     for job in jobs:
-        if job["status"] in ("claimed", "running"):
+        if job.row.status in ("claimed", "running"):
             return False
-        if job["status"] == "pending" and not job["require_cuda"]:
+        if job.row.status == "pending" and not job.require_cuda:
             return False
     return True
 
@@ -212,16 +219,15 @@ def _needs_cuda(client: FleetClient, job_id: str, cache: dict[str, bool]) -> boo
     return cache[job_id]
 
 
-def _follow(client: FleetClient, console: Console, timeout_s: float) -> list[dict[str, Any]]:
+def _follow(client: FleetClient, console: Console, timeout_s: float) -> list[DemoJob]:
     deadline = time.monotonic() + timeout_s
-    jobs: list[dict[str, Any]] = []
+    jobs: list[DemoJob] = []
     cuda_cache: dict[str, bool] = {}
     with Live(console=console, refresh_per_second=4) as live:
         while time.monotonic() < deadline:
             try:
-                jobs = client.jobs()
-                for job in jobs:
-                    job["require_cuda"] = _needs_cuda(client, str(job["id"]), cuda_cache)
+                rows = [JobRow.from_wire(row) for row in client.jobs()]
+                jobs = [DemoJob(row, _needs_cuda(client, row.id, cuda_cache)) for row in rows]
             except MqfleetError as e:
                 logger.warning("jobs not answered: %s", e)
             live.update(_progress_table(jobs))
@@ -231,41 +237,43 @@ def _follow(client: FleetClient, console: Console, timeout_s: float) -> list[dic
     return jobs
 
 
-def _progress_table(jobs: list[dict[str, Any]]) -> Table:
+def _progress_table(jobs: list[DemoJob]) -> Table:
     table = Table(title="mqfleet demo: live", expand=False)
     for col in ("job", "model", "status", "host", "progress"):
         table.add_column(col)
     for job in jobs:
-        progress = (job.get("progress") or {}).get("progress")
+        row = job.row
+        progress = (row.progress or {}).get("progress")
         bar = ""
-        if isinstance(progress, (int, float)) and job["status"] == "running":
+        if isinstance(progress, (int, float)) and row.status == "running":
             filled = int(progress * 20)
             bar = "█" * filled + "░" * (20 - filled) + f" {progress:4.0%}"
-        style = STATUS_STYLE.get(job["status"], "")
-        table.add_row(job["name"], job["model"], f"[{style}]{job['status']}[/]", job.get("host") or "", bar)
+        style = STATUS_STYLE.get(row.status, "")
+        table.add_row(row.name, row.model, f"[{style}]{row.status}[/]", row.host or "", bar)
     return table
 
 
-def _report(client: FleetClient, console: Console, jobs: list[dict[str, Any]]) -> int:
-    artifacts = {a["job_id"]: a for a in client.call(Verb.ARTIFACTS)["artifacts"]}
+def _report(client: FleetClient, console: Console, jobs: list[DemoJob]) -> int:
+    artifacts = {a.job_id: a for a in client.artifacts()}
     table = Table(title="mqfleet demo: results")
     for col in ("job", "model", "mode", "status", "host", "metric", "artifact"):
         table.add_column(col, no_wrap=col in ("status", "metric", "artifact"))
     ok = bool(jobs)
     for job in jobs:
-        metrics = (artifacts.get(job["id"]) or {}).get("metrics") or {}
-        metric = next((f"{k} {metrics[k]:.3f}" for k in ("accuracy", "rmse") if isinstance(metrics.get(k), float)), "")
-        style = STATUS_STYLE.get(job["status"], "")
-        sha = job.get("artifact") or ""
-        table.add_row(job["name"], job["model"], job["mode"], f"[{style}]{job['status']}[/]", job.get("host") or "",
-                      metric, sha[:12])
-        if job["status"] != "completed" and not (job["status"] == "pending" and job.get("require_cuda")):
+        row = job.row
+        artifact = artifacts.get(row.id)
+        metrics = artifact.metrics if artifact is not None else {}
+        metric = next((f"{k} {value:.3f}" for k in ("accuracy", "rmse") if isinstance(value := metrics.get(k), float)), "")
+        style = STATUS_STYLE.get(row.status, "")
+        table.add_row(row.name, row.model, row.mode, f"[{style}]{row.status}[/]", row.host or "", metric,
+                      (row.artifact or "")[:12])
+        if row.status != "completed" and not (row.status == "pending" and job.require_cuda):
             ok = False
     console.print(table)
     for job in jobs:
-        if job["status"] == "pending":
-            detail = client.job(job["id"])
-            console.print(f"[yellow]{job['name']}[/] waits:")
+        if job.row.status == "pending":
+            detail = client.job(job.row.id)
+            console.print(f"[yellow]{job.row.name}[/] waits:")
             for reason in detail.why_waiting:
                 console.print(f"  {reason.host or 'fleet'}: {reason.reason}")
     console.print("[green]every runnable job completed[/]" if ok else "[red]some runnable jobs did not complete[/]")
