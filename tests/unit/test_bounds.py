@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from mqfleet.advert import MAX_TEXT, parse_advert
+from mqfleet.advert import MAX_TEXT, Advert, parse_advert
 from mqfleet.agent.capability import detect_advert
 from mqfleet.coordinator.postgres import open_state
 from mqfleet.errors import BadRequestError
@@ -67,3 +67,13 @@ def test_gpu_entries_keep_free_memory_and_small_unknown_fields() -> None:
             "gpus": [{"index": 0, "name": "A100", "uuid": "GPU-1", "vram_gib": 80.0, "vram_free_gib": 79, "mig": False}]}
     gpu = parse_advert("host-a", wire).to_wire()["gpus"][0]
     assert gpu == {"index": 0, "name": "A100", "uuid": "GPU-1", "vram_gib": 80.0, "vram_free_gib": 79.0, "mig": False}
+
+
+def test_the_advert_the_agent_builds_is_the_one_the_coordinator_reads_back() -> None:
+    advert = detect_advert("host-a", slots=2, labels=["fast"])
+    assert Advert.from_wire(advert.to_wire()) == advert
+    assert parse_advert("host-b", advert.to_wire()).host == "host-b"
+    wire = advert.to_wire()
+    del wire["host"]
+    with pytest.raises(BadRequestError, match="'host' is missing"):
+        Advert.from_wire(wire)
