@@ -62,7 +62,7 @@ class WireMessage:
         if not isinstance(data, dict):
             raise BadRequestError(f"{_place(where, '') or cls.__name__} must be a JSON object, not {_kind(data)}")
         hints = _hints(cls)
-        values: Wire = {}  # the checked fields, as the dataclass takes them
+        values: dict[str, object] = {}  # the checked values by field name (typed Python values now, not JSON)
         for f in dataclasses.fields(cls):
             place = _place(where, f.name)
             has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mqfleet.advert import Advert, Gpu
 from mqfleet.messages import (
     AGENT_MESSAGES,
     OPERATOR_REQUESTS,
@@ -170,3 +171,14 @@ def test_the_control_message_is_listed_field_for_field() -> None:
     payload = re.search(r"topic `mqfleet/control/\{host\}`, payload\s+`\{([^}]*)\}`", text)
     assert payload, "the control paragraph shows its payload"
     assert set(re.findall(r'"([a-z_]+)":', payload.group(1))) == field_names(ControlMessage)
+
+
+def test_the_capability_advert_is_listed_field_for_field() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("## Capability advert"):text.index("## Trainers")]
+    listed = section[section.index("reports, republished"):section.index("Detection")]
+    gpu = re.search(r"\(each (`[^`]*`)\)", listed)
+    assert gpu, "the advert section lists a GPU's fields"
+    every = {f.name for f in dataclasses.fields(Advert)} - {"extra"}  # extra: unknown fields kept, not a field
+    assert named_fields(listed.replace(gpu.group(0), "")) == every
+    assert named_fields(gpu.group(1)) == {f.name for f in dataclasses.fields(Gpu)} - {"extra"}
