@@ -49,12 +49,17 @@ class WireMessage:
     __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def to_wire(self) -> Wire:
-        """The JSON object for the bus; nested messages become objects, None stays null (but in OMIT_NULL fields)."""
-        names, omit_null = _fields_of(type(self))
+        """The JSON object for the bus; nested messages become objects, None stays null (but in OMIT_NULL fields).
+
+        Only the fields whose annotation may hold a message or an enum are walked; the others (scalars, free-form
+        JSON, lists of those) are the object's own values, not copies: the JSON is for encoding, not to be changed.
+        """
+        plan, omit_null = _wire_plan(type(self))
         if not omit_null:
-            return {name: _to_wire(getattr(self, name)) for name in names}
-        values = ((name, getattr(self, name)) for name in names)
-        return {name: _to_wire(value) for name, value in values if value is not None or name not in omit_null}
+            return {name: _to_wire(getattr(self, name)) if walk else getattr(self, name) for name, walk in plan}
+        values = ((name, walk, getattr(self, name)) for name, walk in plan)
+        return {name: _to_wire(value) if walk else value for name, walk, value in values
+                if value is not None or name not in omit_null}
 
     @classmethod
     def from_wire(cls: type[M], data: object, where: str = "") -> M:
@@ -101,6 +106,29 @@ def _fields_of(cls: type[WireMessage]) -> tuple[tuple[str, ...], frozenset[str]]
         fields = _FIELDS[cls] = (tuple(f.name for f in every),
                                  frozenset(f.name for f in every if f.metadata.get("omit_null")))
     return fields
+
+
+#: Per message class, each field's name and whether to_wire must walk its value (its annotation may hold a
+#: message or an enum), and its OMIT_NULL fields: a 2,000-row jobs page (free-form JSON rows) is passed on, not copied.
+_WIRE_PLANS: dict[type, tuple[tuple[tuple[str, bool], ...], frozenset[str]]] = {}
+
+
+def _wire_plan(cls: type[WireMessage]) -> tuple[tuple[tuple[str, bool], ...], frozenset[str]]:
+    plan = _WIRE_PLANS.get(cls)
+    if plan is None:
+        names, omit_null = _fields_of(cls)
+        hints = _hints(cls)
+        plan = _WIRE_PLANS[cls] = (tuple((name, _needs_walk(hints[name])) for name in names), omit_null)
+    return plan
+
+
+def _needs_walk(tp: object) -> bool:
+    """Whether a value of annotation `tp` may hold a message or an enum (Any and object may hold anything)."""
+    if tp is Any or tp is object:
+        return True
+    if isinstance(tp, type) and typing.get_origin(tp) is None:
+        return issubclass(tp, (WireMessage, Enum))
+    return any(_needs_walk(arg) for arg in typing.get_args(tp))
 
 
 def _hints(cls: type) -> dict[str, object]:

@@ -9,6 +9,7 @@ import pytest
 
 from mqfleet.errors import BadRequestError
 from mqfleet.messages import CheckResult, Health
+from mqfleet.protocol import JsonObject
 from mqfleet.replies import (
     REPLIES,
     AttemptDetail,
@@ -80,3 +81,14 @@ def test_a_reply_with_a_wrong_or_missing_field_is_refused_naming_it(verb: str, w
 def test_fields_a_newer_coordinator_adds_are_ignored() -> None:
     reply = GcReply(dry_run=False, count=1, bytes=5, kept=2, ignored=0, objects=[GcObject(key="k", size=5)])
     assert GcReply.from_wire({**reply.to_wire(), "freed_ts": 9.0}) == reply
+
+
+def test_to_wire_converts_nested_messages_and_passes_free_form_json_on_without_copying_it() -> None:
+    rows: list[JsonObject] = [{**JOB} for _ in range(3)]
+    page = JobsReply(jobs=rows, total=3)
+    assert page.to_wire()["jobs"] is rows, "a page's rows are encoded as they are, not walked"
+    worker = Worker(id="h1", online=True, draining=False, quarantine=Quarantine(since_ts=1.0, jobs=["a"]),
+                    usage=HostUsage(attempts=1))
+    wire = WorkersReply(workers=[worker]).to_wire()
+    assert wire["workers"][0]["quarantine"] == {"since_ts": 1.0, "reason": "", "jobs": ["a"]}
+    assert wire["workers"][0]["usage"]["attempts"] == 1 and isinstance(wire["workers"][0]["usage"], dict)
