@@ -114,7 +114,7 @@ class Connection(HandlerDispatch, RequestReply):
                  keepalive_s: int = defaults.KEEPALIVE_S, on_connect: Callable[[bool], None] | None = None,
                  on_disconnect: Callable[[], None] | None = None, reply_prefix: str = defaults.TOPIC_PREFIX,
                  reply_topic: str | None = None, is_urgent: Callable[[str], bool] | None = None,
-                 handlers_on_network_thread: bool = False) -> None:
+                 handlers_on_network_thread: bool = False, after_step: Callable[[], None] | None = None) -> None:
         config.validate()
         if not client_id or any(c in client_id for c in "/+#"):
             raise ConfigurationError(f"client id {client_id!r} must be non-empty and free of '/', '+' and '#'")
@@ -129,6 +129,7 @@ class Connection(HandlerDispatch, RequestReply):
         self._keepalive_s = keepalive_s
         self._user_on_connect = on_connect
         self._user_on_disconnect = on_disconnect
+        self._after_step = after_step
 
         self._lock = threading.Lock()
         self._filters: dict[str, list[Handler]] = {}

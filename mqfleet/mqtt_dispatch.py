@@ -37,6 +37,10 @@ class HandlerDispatch:
     _inbox: Inbox
     _user_on_connect: Callable[[bool], None] | None
     _user_on_disconnect: Callable[[], None] | None
+    #: Called once the handlers of what waited have run (the end of a step on the network thread; on the
+    #: dispatcher thread, whenever its inbox is empty), before their publishes are written: a responder
+    #: that queued requests runs them there as one group.
+    _after_step: Callable[[], None] | None
     #: The network thread's id once handlers ran on it (handlers_on_network_thread), else None.
     _network_thread_id: int | None = None
 
@@ -78,6 +82,8 @@ class HandlerDispatch:
         """The dispatcher thread: until the None that stop() queues."""
         while (item := self._inbox.get()) is not None:
             self._dispatch_item(item)
+            if self._after_step is not None and not self._inbox.waiting():
+                call_safely(self._after_step, what=f"{self.client_id} after_step")
 
     def _dispatch_waiting(self) -> bool:
         """One step on the network thread: the handlers of what waits, for at most NETWORK_STEP_S; then
@@ -93,6 +99,8 @@ class HandlerDispatch:
                 if time.monotonic() >= deadline:
                     break
             if ran:
+                if self._after_step is not None:
+                    call_safely(self._after_step, what=f"{self.client_id} after_step")
                 self._flush()
             return self._inbox.waiting()
         except Exception:

@@ -37,12 +37,13 @@ from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ConfigurationError, ManifestError
 from mqfleet.manifest import FleetSettings, Manifest
 from mqfleet.messages import Health
-from mqfleet.mqtt import BrokerConfig, Connection
+from mqfleet.mqtt import BrokerConfig, Connection, Message
 from mqfleet.protocol import Topics
 from mqfleet.records import ControlMessage
 from mqfleet.store import ArtifactStore
 
 if TYPE_CHECKING:
+    from mqfleet.coordinator.context import Request
     from mqfleet.coordinator.metrics import CoordinatorMetrics
 
 
@@ -121,6 +122,8 @@ class CoordinatorCore:
     advert_problems: OrderedDict[str, str]
     _log_bytes_seen: OrderedDict[tuple[str, int], int]
     _in_flight: set[str]
+    _waiting_requests: list[tuple[Message, Request, str]]
+    grouped_requests: int
     _changed_jobs: set[str]
     _progress_ts: dict[str, float]
     _progress_due: set[str]

@@ -1,11 +1,16 @@
 """Requests on rpc/<role>/<client>/<verb>: checked at the boundary (reply namespace, retained, size,
 request id), answered once (the reply memory), run under the one lock in one transaction, and
-followed by what changed being published after commit (docs/SECURITY.md, "Replies")."""
+followed by what changed being published after commit (docs/SECURITY.md, "Replies").
+
+The requests that arrive together are run as one group (docs/RELIABILITY.md, "Group commit"): queued
+while the connection's step dispatches them, then run in one transaction, each in its own savepoint,
+committed once; their replies and what they changed are published only after that commit."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from mqfleet import defaults
 from mqfleet.coordinator.context import Request
@@ -14,12 +19,27 @@ from mqfleet.coordinator.handlers import VERBS, VerbSpec
 from mqfleet.coordinator.startup import return_freed_memory
 from mqfleet.errors import BadRequestError, ManifestError, MqfleetError, UnavailableError, UnknownVerbError
 from mqfleet.mqtt import Message
+from mqfleet.mqtt_message import Handler
 from mqfleet.operator_auth import check_not_replayed, verify_request
 from mqfleet.protocol import MAX_REQUEST_ID_CHARS, ROLE_OF_VERB, Role, Verb, Wire, decode, error, field
 from mqfleet.replies import reply_json
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
 logger = logging.getLogger("mqfleet.coordinator.service")
+
+#: Requests run in one transaction at most: a longer group would hold the lock (and the network
+#: thread, which renewals wait for) too long.
+GROUP_MAX = 32
+
+
+class RequestGroup:
+    """What a group of requests leaves for after its one commit."""
+
+    def __init__(self) -> None:
+        #: requests that committed something: their nudges follow the commit
+        self.committed: list[Request] = []
+        #: log lines written inside the group: queued again if its commit fails
+        self.lines: list[tuple[str, int, list[str]]] = []
 
 
 class RequestDispatch(CoordinatorCore):
@@ -79,7 +99,56 @@ class RequestDispatch(CoordinatorCore):
                 self._in_flight.add(key)
             self._verify_pool.submit(self._handle, msg, req, key)
             return
-        self._handle(msg, req, key)
+        self._waiting_requests.append((msg, req, key))
+        if len(self._waiting_requests) >= GROUP_MAX:
+            self.run_waiting_requests()
+
+    def run_waiting_requests(self) -> None:
+        """Run the requests queued since the last call (the connection calls this at the end of each step):
+        one alone as before, several as one group with one commit (group commit)."""
+        batch, self._waiting_requests = self._waiting_requests, []
+        if len(batch) == 1:
+            self._handle(*batch[0])
+        elif batch:
+            self._handle_group(batch)
+
+    def in_request_order(self, handler: Handler) -> Handler:
+        """`handler`, run after the requests that arrived before its message (they wait for the step's end)."""
+        def run_in_order(msg: Message) -> None:
+            self.run_waiting_requests()
+            handler(msg)
+        return run_in_order
+
+    def _handle_group(self, batch: list[tuple[Message, Request, str]]) -> None:
+        started = time.perf_counter()
+        group = RequestGroup()
+        with self.lock:
+            try:
+                with self.state.transaction():
+                    replies = [self._answer(req, key, group) for _, req, key in batch]
+            except Exception as e:
+                # The one commit failed: no request of the group left anything, remembered replies included.
+                self.history.requeue(group.lines)
+                logger.warning("a group of %d requests was rolled back: %s", len(batch), e)
+                failed = (error(e.code, f"{e}; the coordinator answers again once its database is back: retry")
+                          if isinstance(e, UnavailableError) else
+                          error("internal", "the coordinator failed to commit this request; see its log"))
+                replies = [failed] * len(batch)
+            else:
+                self.grouped_requests += len(batch)
+                self._after_commit(group.committed)
+        for (msg, req, _), reply in zip(batch, replies, strict=True):
+            self._reply(msg, reply)
+            if self.metrics is not None:
+                self.metrics.observe_request(req.verb.value, reply, time.perf_counter() - started)
+
+    def _answer(self, req: Request, key: str, group: RequestGroup) -> Wire:
+        """One request of a group, in its own savepoint: its failure undoes only its own writes."""
+        try:
+            return self._execute(req, key, VERBS[req.verb], group)
+        except Exception:
+            logger.exception("%s from %s failed", req.verb.value, req.client)
+            return error("internal", f"the coordinator failed to handle '{req.verb.value}'; see its log")
 
     def _handle(self, msg: Message, req: Request, key: str) -> None:
         spec = VERBS[req.verb]
@@ -98,15 +167,15 @@ class RequestDispatch(CoordinatorCore):
         if self.metrics is not None:
             self.metrics.observe_request(req.verb.value, reply, time.perf_counter() - started)
 
-    def _execute(self, req: Request, key: str, spec: VerbSpec) -> Wire:
+    def _execute(self, req: Request, key: str, spec: VerbSpec, group: RequestGroup | None = None) -> Wire:
         try:
-            return self._execute_once(req, key, spec)
+            return self._execute_once(req, key, spec, group)
         except UnavailableError as e:
             # Never remembered: the agent's retry (same request id) must run the request once the database is back.
             logger.warning("%s from %s not handled: %s", req.verb.value, req.client, e)
             return error(e.code, f"{e}; the coordinator answers again once its database is back: retry")
 
-    def _execute_once(self, req: Request, key: str, spec: VerbSpec) -> Wire:
+    def _execute_once(self, req: Request, key: str, spec: VerbSpec, group: RequestGroup | None) -> Wire:
         mac = ""
         if req.role is Role.OPERATOR:
             # Before the reply memory: a stored `ok` must never answer a request signed with the wrong token.
@@ -145,7 +214,11 @@ class RequestDispatch(CoordinatorCore):
                 except BaseException:
                     self.history.requeue(lines)  # rolled back with the refusal: written by the next flush
                     raise
-                self._after_commit(req)
+                if group is None:
+                    self._after_commit([req])
+                else:  # committed with the group, then published
+                    group.committed.append(req)
+                    group.lines.extend(lines)
             return reply
         except MqfleetError as e:
             if isinstance(e, UnavailableError):
@@ -162,17 +235,23 @@ class RequestDispatch(CoordinatorCore):
             logger.log(level, "%s from %s refused: %s", req.verb.value, req.client, e)
             return reply
 
-    def _after_commit(self, req: Request) -> None:
+    def _after_commit(self, reqs: Sequence[Request]) -> None:
+        """Publish what the requests committed (once for a group), then nudge."""
         claimable = self._publish_changes()
-        if req.verb is Verb.RELOAD:
-            # Added and changed jobs do not pass through an event; any host may have work now.
-            self.nudge(req.verb.value, req.now)
-            # A reload rewrites rows without events (priority, in_manifest): their states are found by digest.
-            self.republisher.request_sweep()
-        elif req.verb is Verb.UNDRAIN:
-            self.nudge(req.verb.value, req.now, hosts=[field(req.body, "host", str)])
-        else:
-            self._nudge_for(claimable, req.verb.value, req.now)
+        others: list[Request] = []
+        for req in reqs:
+            if req.verb is Verb.RELOAD:
+                # Added and changed jobs do not pass through an event; any host may have work now.
+                self.nudge(req.verb.value, req.now)
+                # A reload rewrites rows without events (priority, in_manifest): their states are found by digest.
+                self.republisher.request_sweep()
+            elif req.verb is Verb.UNDRAIN:
+                self.nudge(req.verb.value, req.now, hosts=[field(req.body, "host", str)])
+            else:
+                others.append(req)
+        if others:
+            reason = "+".join(dict.fromkeys(r.verb.value for r in others))
+            self._nudge_for(claimable, reason, others[-1].now)
 
     def _is_renewal(self, topic: str) -> bool:
         parsed = self.topics.parse_rpc(topic)

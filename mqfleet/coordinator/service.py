@@ -106,6 +106,10 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         #: Characters of output seen per (job, attempt) since this process started (_within_log_budget).
         self._log_bytes_seen: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._in_flight: set[str] = set()
+        #: Requests queued during the connection's current step, run as one group at its end.
+        self._waiting_requests = []
+        #: Requests answered as part of a group of several (one commit each group).
+        self.grouped_requests = 0
         self._changed_jobs: set[str] = set()
         #: job id -> when its state was last published for progress, and the jobs whose latest progress waits
         self._progress_ts: dict[str, float] = {}
@@ -137,6 +141,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             # Requests are handled between two turns of the network loop, so a reply and what it
             # published are written by the thread that made them, with no hand-off (issue 17).
             handlers_on_network_thread=True,
+            # ... and the requests that arrived together run as one group, committed once (group commit).
+            after_step=self.run_waiting_requests,
         )
         self.republisher = StateRepublisher(
             lock=self.lock, read_page=lambda after, limit: state_page(self.state, after, limit),
@@ -166,13 +172,14 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             # publishes (we publish replies, never requests).
             self.conn.subscribe(f"$share/{SHARE_GROUP}/{t.all_rpc}", self._on_request, retain_as_published=True)
             # a follower's will lands on the fleet's status topic: the leader puts its own status back
-            self.conn.subscribe(t.coordinator_status, self._on_peer_status, no_local=True)
+            self.conn.subscribe(t.coordinator_status, self.in_request_order(self._on_peer_status), no_local=True)
         else:
             # no_local: the coordinator never handles its own publishes, whatever topic they went to.
             self.conn.subscribe(t.all_rpc, self._on_request, no_local=True, retain_as_published=True)
-        self.conn.subscribe(t.all_adverts, self._on_advert, no_local=True)
-        self.conn.subscribe(t.all_statuses, self._on_status, no_local=True)
-        self.conn.subscribe(t.all_logs, self._on_log, qos=0, no_local=True)
+        # After the requests that arrived before them: a host's will is never handled ahead of its last claim.
+        self.conn.subscribe(t.all_adverts, self.in_request_order(self._on_advert), no_local=True)
+        self.conn.subscribe(t.all_statuses, self.in_request_order(self._on_status), no_local=True)
+        self.conn.subscribe(t.all_logs, self.in_request_order(self._on_log), qos=0, no_local=True)
         self.conn.start(wait_s=wait_s)
         # A coordinator killed between commit and publish left retained states behind the database:
         # the states that differ from what was last published are republished in the background, at
@@ -214,6 +221,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             pass
 
     def _on_connect(self, session_present: bool) -> None:
+        self.run_waiting_requests()
         with self.lock:
             if self.is_leader:
                 self._publish_status(self.clock())
