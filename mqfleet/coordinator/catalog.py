@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from mqfleet.coordinator import listing
 from mqfleet.coordinator.manifest_memo import recall_manifest, remember_manifest
 from mqfleet.coordinator.rows import ManifestRows, manifest_rows, spec_from_json
-from mqfleet.coordinator.schema import JOB_SELECT, job_row
+from mqfleet.coordinator.schema import JOB_SELECT, job_json, job_row
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import AmbiguousError, BadRequestError, NotFoundError
 from mqfleet.messages import JobRow
@@ -169,6 +169,13 @@ class Catalog:
         if row is None:
             raise NotFoundError(f"no job {job_id}")
         return job_row(row)
+
+    def job_state(self, job_id: str) -> JsonObject | None:
+        """The JSON of a job's retained `jobs/{id}/state` (`schema.job_json`: its JobRow's, built straight from
+        the row), or None for no such job. Published after every commit that changed the job, so that path
+        builds no JobRow."""
+        row = self.state.read_one(f"{JOB_SELECT} WHERE j.id = ?", (job_id,))
+        return job_json(row) if row is not None else None
 
     def job_spec(self, job_id: str) -> JsonObject:
         """The stored spec of a job (the JobSpec's `to_dict()`, as shown), which outlives the job's removal

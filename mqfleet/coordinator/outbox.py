@@ -77,10 +77,11 @@ class Outbox(CoordinatorCore):
     def _publish_states(self, job_ids: set[str]) -> None:
         for job_id in job_ids:
             try:
-                row = self.catalog.job(job_id)
+                state = self.catalog.job_state(job_id)
             except MqfleetError:
                 continue
-            self.republisher.publish_state(row)
+            if state is not None:
+                self.republisher.publish_state(job_id, state)
 
 
     def _nudge_for(self, job_ids: list[str], reason: str, now: float) -> None:

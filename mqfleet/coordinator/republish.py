@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 from mqfleet.coordinator.schema import JOB_SELECT, job_json
 from mqfleet.coordinator.sqlite import StateFile
-from mqfleet.messages import JobRow
 from mqfleet.protocol import JsonObject, encode
 
 logger = logging.getLogger(__name__)
@@ -136,11 +135,11 @@ class StateRepublisher:
     def wait_idle(self, timeout_s: float) -> bool:
         return self._idle.wait(timeout_s)
 
-    def publish_state(self, row: JobRow) -> None:
-        """Publish one job's retained state now (caller holds the lock, after commit)."""
-        data, digest = state_payload(row.to_wire())
-        self._publish(self._topic_of(row.id), data)
-        self._unrecorded[row.id] = digest
+    def publish_state(self, job_id: str, state: JsonObject) -> None:
+        """Publish one job's retained state (its JobRow's JSON) now (caller holds the lock, after commit)."""
+        data, digest = state_payload(state)
+        self._publish(self._topic_of(job_id), data)
+        self._unrecorded[job_id] = digest
         if len(self._unrecorded) >= MAX_UNRECORDED:
             self.flush()
 

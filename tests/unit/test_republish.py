@@ -68,7 +68,7 @@ def test_a_state_published_on_the_request_path_is_not_republished_by_the_sweep(d
     rep = _republisher(db, sent)
     with db.state.lock:
         for row in db.catalog.jobs():
-            rep.publish_state(row)
+            rep.publish_state(row.id, row.to_wire())
     assert len(sent) == N
     _sweep(rep)
     assert len(sent) == N

@@ -27,7 +27,7 @@ from mqfleet.messages import (
     WireMessage,
 )
 from mqfleet.protocol import Verb
-from mqfleet.records import ControlMessage, Nudge
+from mqfleet.records import ControlMessage, HostEvent, JobEvent, Nudge
 from mqfleet.replies import REPLIES, ArtifactRecord, JobDetail, Worker
 from mqfleet.state import AGENT_CAUSES
 
@@ -182,3 +182,17 @@ def test_the_capability_advert_is_listed_field_for_field() -> None:
     every = {f.name for f in dataclasses.fields(Advert)} - {"extra"}  # extra: unknown fields kept, not a field
     assert named_fields(listed.replace(gpu.group(0), "")) == every
     assert named_fields(gpu.group(1)) == {f.name for f in dataclasses.fields(Gpu)} - {"extra"}
+
+
+def publish_fields(marker: str) -> list[set[str]]:
+    """The field sets (`{...}` code spans) of the INTERNALS paragraph that starts with `marker`."""
+    text = DOC.read_text(encoding="utf-8")
+    paragraph = text[text.index(marker):].split("\n\n", 1)[0]
+    spans = re.findall(r"`\{([^`]*)\}`", paragraph)
+    return [named_fields("`{" + span.replace('"', "") + "}`") for span in spans]
+
+
+def test_the_events_paragraph_lists_a_job_events_and_a_host_events_fields() -> None:
+    job_event = JobEvent(seq=1, ts=1.0, job_id="j", from_status=None, to="pending", reason="added")
+    host_event = HostEvent(seq=1, ts=1.0, host="h", to="quarantined", reason="r", jobs=["a"])
+    assert publish_fields("Events, coordinator") == [set(job_event.to_wire()), set(host_event.to_wire())]
