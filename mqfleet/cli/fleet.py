@@ -11,9 +11,9 @@ import queue
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
 
 import click
+from rich.console import RenderableType
 from rich.live import Live
 
 from mqfleet import defaults
@@ -201,7 +201,7 @@ class FleetPicture:
                 payload["progress"] = before.get("progress")
             self.jobs[job_id] = payload
 
-    def frame(self) -> Any:
+    def frame(self) -> RenderableType:
         return render.dashboard(hosts=self.hosts, jobs=self.jobs, events=list(self.events), now=time.time())
 
 

@@ -16,7 +16,6 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -28,7 +27,7 @@ from rich.text import Text
 
 from mqfleet.cli.terminal import clean
 from mqfleet.messages import Health, JobRow
-from mqfleet.protocol import JsonValue
+from mqfleet.protocol import JsonObject, JsonValue
 from mqfleet.replies import HostUsage, Worker
 
 STATUS_STYLE = {
@@ -44,12 +43,12 @@ STATUS_ORDER = ("pending", "claimed", "running", "completed", "failed", "cancell
 TAIL_LINES = 10
 
 
-def escape(value: Any) -> str:
+def escape(value: object) -> str:
     """A value for a rich cell or markup string: `clean`ed, then rich markup escaped."""
     return _escape_markup(clean(value))
 
 
-def safe_text(value: Any, style: str = "", *, newlines: bool = False) -> Text:
+def safe_text(value: object, style: str = "", *, newlines: bool = False) -> Text:
     """A rich Text (never parsed as markup) of a `clean`ed value."""
     return Text(clean(value, newlines=newlines), style=style)
 
@@ -99,11 +98,11 @@ def human_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
-def short_id(job_id: str | None, n: int = 12) -> str:
-    return (job_id or "")[:n] or "-"
+def short_id(job_id: JsonValue, n: int = 12) -> str:
+    return (job_id if isinstance(job_id, str) else "")[:n] or "-"
 
 
-def status_text(status: str | None) -> Text:
+def status_text(status: JsonValue) -> Text:
     return safe_text(status or "-", STATUS_STYLE.get(str(status or ""), ""))
 
 
@@ -112,22 +111,22 @@ def job_line(job: JobRow) -> Text:
     return Text.assemble(f"{clean(job.name)} ({clean(short_id(job.id))}): ", status_text(job.status))
 
 
-def progress_pct(progress: Mapping[str, Any] | None) -> str:
-    value = progress.get("progress") if isinstance(progress, Mapping) else None
+def progress_pct(progress: JsonValue) -> str:
+    value = progress.get("progress") if isinstance(progress, dict) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         return "-"
     return f"{float(value) * 100:.0f}%"
 
 
-def number_text(value: Any, unit: str = "") -> str:
+def number_text(value: JsonValue, unit: str = "") -> str:
     """A number a host reported, or its escaped text when it is not one (a hostile advert must not crash a table)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "-" if value is None else escape(value)
     return f"{value:g}{unit}"
 
 
-def metrics_text(metrics: Mapping[str, Any] | None) -> str:
-    if not metrics or not isinstance(metrics, Mapping):
+def metrics_text(metrics: JsonValue) -> str:
+    if not metrics or not isinstance(metrics, dict):
         return "-"
     parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())]
     return " ".join(parts)
@@ -138,13 +137,13 @@ def excerpt(text: str | None, width: int = 40) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def seconds_text(value: Any) -> str:
+def seconds_text(value: JsonValue) -> str:
     if not isinstance(value, (int, float)):
         return "-"
     return f"{value:.1f}s" if value < 60 else human_duration(value)
 
 
-def number_cell(value: Any) -> str:
+def number_cell(value: JsonValue) -> str:
     return f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else escape(value))
 
 
@@ -300,8 +299,8 @@ class HostPicture:
 # --- the watch dashboard ---------------------------------------------------------------------
 
 
-def dashboard(*, hosts: Mapping[str, HostPicture], jobs: Mapping[str, Mapping[str, Any]],
-              events: list[Mapping[str, Any]], now: float) -> RenderableType:
+def dashboard(*, hosts: Mapping[str, HostPicture], jobs: Mapping[str, JsonObject], events: list[JsonObject],
+              now: float) -> RenderableType:
     """One frame: hosts, running jobs with progress bars, counts by status, recent events."""
     names = {job_id: job.get("name", short_id(job_id)) for job_id, job in jobs.items()}
     host_table = Table(title="hosts", title_justify="left", expand=True)
@@ -339,8 +338,9 @@ def dashboard(*, hosts: Mapping[str, HostPicture], jobs: Mapping[str, Mapping[st
         ts = ts if isinstance(ts, (int, float)) and not isinstance(ts, bool) and 0 < ts < 1e11 else now
         event_lines.append(time.strftime("%H:%M:%S ", time.localtime(ts)), style="dim")
         # a host's quarantine event names no job: the host is its subject
-        subject = f"host {ev.get('host')}" if not ev.get("job_id") and ev.get("host") else names.get(
-            ev.get("job_id", ""), short_id(ev.get("job_id")))
+        job_id = ev.get("job_id")
+        job_key = job_id if isinstance(job_id, str) else ""
+        subject = f"host {ev.get('host')}" if not job_key and ev.get("host") else names.get(job_key, short_id(job_key))
         event_lines.append(f"{clean(subject)} ")
         event_lines.append(f"{clean(ev.get('from') or '-')} → ")
         event_lines.append(clean(ev.get("to")), style=STATUS_STYLE.get(str(ev.get("to")), ""))

@@ -8,8 +8,7 @@ rows are the JSON objects the coordinator sent), a rich renderable out; every ce
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -34,12 +33,13 @@ from mqfleet.cli.render import (
     status_text,
 )
 from mqfleet.cli.terminal import clean
+from mqfleet.protocol import JsonObject
 from mqfleet.replies import ArtifactRecord, AttemptDetail, CheckpointDetail, CompareRow, JobDetail, Usage
 
 # --- listings ------------------------------------------------------------------------------
 
 
-def jobs_table(jobs: Iterable[Mapping[str, Any]], *, first: bool = True) -> Table:
+def jobs_table(jobs: Iterable[JsonObject], *, first: bool = True) -> Table:
     """The jobs table; `first=False` for the later chunks of a streamed listing (no title, no header)."""
     table = listing_table("jobs" if first else "", ("name", "id", "model/mode", "status", "host", "att", "pri", "prog",
                                               "artifact", "error"), right=("att", "pri", "prog"), wrap=("error",))

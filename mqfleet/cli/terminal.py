@@ -9,7 +9,6 @@ here: the agent loads the CLI package too and must stay small.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 #: Terminal escape sequences (CSI, OSC, and other ESC-introduced ones, in 7- and 8-bit forms), removed whole
 #: so no fragment like "[31m" is left behind.
@@ -22,7 +21,7 @@ _ESCAPE_SEQUENCE = re.compile(
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
-def clean(value: Any, *, newlines: bool = False) -> str:
+def clean(value: object, *, newlines: bool = False) -> str:
     """Text a host wrote, safe for a terminal: escape sequences and control characters gone.
 
     Tabs become spaces; newlines too unless `newlines` (multi-line output such as a log tail).

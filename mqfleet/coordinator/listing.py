@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
 
 from mqfleet.coordinator.schema import JOB_SELECT, job_json
 from mqfleet.errors import BadRequestError
@@ -34,10 +33,10 @@ class JobFilter:
         if self.name_glob is not None and (not self.name_glob or len(self.name_glob) > MAX_GLOB_CHARS):
             raise BadRequestError(f"field 'name' must be a glob of 1 to {MAX_GLOB_CHARS} characters")
 
-    def where(self) -> tuple[list[str], list[Any]]:
+    def where(self) -> tuple[list[str], list[str | int]]:
         """SQL conditions on `jobs j` and their parameters."""
         terms: list[str] = []
-        params: list[Any] = []
+        params: list[str | int] = []
         if self.status is not None:
             terms.append("j.status = ?")
             params.append(self.status)
