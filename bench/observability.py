@@ -133,12 +133,14 @@ def _scrape_until(port: int, stop: threading.Event, scrapes: list[float]) -> Non
 
 
 def run_once(broker_url: str, workdir: Path, agents_n: int, seconds: float, *, talkative: bool, kept: bool,
-             warmup_s: float = 2.0) -> dict[str, Any]:
-    """One churn run; ops/s, claim round trips, CPU per completed job and (kept) the scrape times."""
+             metrics: bool | None = None, warmup_s: float = 2.0) -> dict[str, Any]:
+    """One churn run; ops/s, claim round trips, CPU per completed job and (with metrics, by default when
+    kept) the scrape times."""
+    metrics = kept if metrics is None else metrics
     jobs = max(200, int(agents_n * 2 + (seconds + warmup_s) * 600))
     prefix = new_prefix("obs" if kept else "base")
     port = free_port()
-    extra = ("--metrics-port", str(port)) if kept else ()
+    extra = ("--metrics-port", str(port)) if metrics else ()
     manifest = jobs_manifest(jobs, lease_s=600)
     if not kept:
         manifest = manifest.replace("[fleet]\n", "[fleet]\nkeep_history = false\n", 1)
@@ -153,7 +155,7 @@ def run_once(broker_url: str, workdir: Path, agents_n: int, seconds: float, *, t
         loop = _Loop(sha, size, t0 + warmup_s, t0 + warmup_s + seconds, talkative=talkative)
         cpu = _CpuWindow({"coordinator": coord.pid, "agents": psutil.Process().pid}, loop.t_start, loop.t_end)
         scraper = threading.Thread(target=_scrape_until, args=(port, stop, scrapes), daemon=True)
-        if kept:
+        if metrics:
             scraper.start()
         threads = [threading.Thread(target=loop.run, args=(a,), daemon=True) for a in agents]
         for t in threads:

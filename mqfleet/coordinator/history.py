@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 QUEUED_LINES_MAX = 5000
 #: Attempts whose host is remembered in memory (see known_attempt); the oldest go first past it.
 ATTEMPT_HOSTS_KEPT = 10_000
+#: A progress report as stored: json.dumps(report, default=str) without building an encoder per report.
+_report_json = json.JSONEncoder(default=str).encode
 #: The fields of an attempt's `usage`, each a number (gpu_mem_max_bytes may be null).
 USAGE_FIELDS = ("wall_s", "cpu_s", "max_rss_bytes", "gpu_mem_max_bytes")
 
@@ -259,7 +261,7 @@ class AttemptHistory:
             newest = fresh[-1][0]
             c.executemany(
                 "INSERT OR REPLACE INTO attempt_progress (job_id, attempt, seq, ts, report) VALUES (?, ?, ?, ?, ?)",
-                [(job_id, attempt, seq, ts, json.dumps(r, default=str)) for seq, ts, r in fresh
+                [(job_id, attempt, seq, ts, _report_json(r)) for seq, ts, r in fresh
                  if (seq - 1) % stride == 0 or seq == newest],
             )
             if seen and (seen - 1) % stride != 0:
