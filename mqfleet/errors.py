@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -105,6 +106,11 @@ class AmbiguousError(StateError):
     """Raised when a job reference matches more than one job."""
 
     code = "ambiguous"
+
+    def __init__(self, message: str, candidates: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        #: (id, name) of each job the reference matched: the refusal's `candidates`
+        self.candidates = list(candidates)
 
 
 class UnavailableError(StateError):

@@ -10,7 +10,6 @@ Fields are only ever added, with a default (docs/INTERNALS.md).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from mqfleet.wire import Wire, WireMessage
 
@@ -42,7 +41,7 @@ class JobEvent(WireMessage):
                 "reason": self.reason, "host": self.host}
 
     @classmethod
-    def from_wire(cls, data: Any, where: str = "") -> JobEvent:
+    def from_wire(cls, data: object, where: str = "") -> JobEvent:
         if isinstance(data, dict) and "from" in data:
             data = {**data, "from_status": data["from"]}
         return super().from_wire(data, where)

@@ -160,9 +160,7 @@ class Catalog:
             raise NotFoundError(f"no job matches '{ref}' (by id, id prefix or name)")
         listed = ", ".join(f"{r['name']} ({r['id'][:12]})" for r in named[:10])
         more = " ..." if len(named) > 10 else ""
-        err = AmbiguousError(f"'{ref}' matches several jobs: {listed}{more}")
-        err.candidates = [{"id": r["id"], "name": r["name"]} for r in named]  # type: ignore[attr-defined]
-        raise err
+        raise AmbiguousError(f"'{ref}' matches several jobs: {listed}{more}", [(r["id"], r["name"]) for r in named])
 
     def job(self, job_id: str) -> JobRow:
         row = self.state.read_one(f"{JOB_SELECT} WHERE j.id = ?", (job_id,))

@@ -17,7 +17,14 @@ from mqfleet.coordinator.context import Request
 from mqfleet.coordinator.core import CoordinatorCore
 from mqfleet.coordinator.handlers import VERBS, VerbSpec
 from mqfleet.coordinator.startup import return_freed_memory
-from mqfleet.errors import BadRequestError, ManifestError, MqfleetError, UnavailableError, UnknownVerbError
+from mqfleet.errors import (
+    AmbiguousError,
+    BadRequestError,
+    ManifestError,
+    MqfleetError,
+    UnavailableError,
+    UnknownVerbError,
+)
 from mqfleet.mqtt import Message
 from mqfleet.mqtt_message import Handler
 from mqfleet.operator_auth import check_not_replayed, verify_request
@@ -226,9 +233,8 @@ class RequestDispatch(CoordinatorCore):
             reply = error(e.code, str(e))
             if isinstance(e, ManifestError):
                 reply["problems"] = [{"place": p.place, "message": p.message} for p in e.problems]
-            candidates = getattr(e, "candidates", None)
-            if candidates:
-                reply["candidates"] = list(candidates)
+            if isinstance(e, AmbiguousError) and e.candidates:
+                reply["candidates"] = [{"id": job_id, "name": name} for job_id, name in e.candidates]
             if key:
                 self.state.remember_reply(key, reply, req.now)
             level = logging.INFO if req.role is Role.QUERY else logging.WARNING

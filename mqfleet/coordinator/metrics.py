@@ -104,8 +104,8 @@ class CoordinatorMetrics:
             ["verb"], registry=self.registry, buckets=REQUEST_BUCKETS,
         )
         # The labelled children, looked up once: labels() builds a key and takes the family's lock every call.
-        self._counted: dict[tuple[str, str], Any] = {}
-        self._timed: dict[str, Any] = {}
+        self._counted: dict[tuple[str, str], Counter] = {}
+        self._timed: dict[str, Histogram] = {}
         self._state_collector = _StateCollector(state, last_sweep_ts, clock)
         self.registry.register(self._state_collector)
         self._server: Any = None

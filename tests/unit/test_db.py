@@ -652,6 +652,7 @@ def test_resolve_job_lists_the_candidates_of_an_ambiguous_prefix(db: Coordinator
     with pytest.raises(AmbiguousError) as info:
         db.resolve_job(prefix)
     assert all(f"{j.name} ({j.id[:12]})" in str(info.value) for j in group)
+    assert sorted(info.value.candidates) == sorted((j.id, j.name) for j in group)
     with pytest.raises(NotFoundError):
         db.resolve_job("no-such-job")
     with pytest.raises(NotFoundError):
