@@ -8,7 +8,9 @@ in messages.py (agent, checkpoint, query and operator verbs) and beside the code
 
 Free-form JSON (hyperparameters, progress, a trainer's metrics, a job's spec) is annotated
 `protocol.JsonObject` or `protocol.JsonValue`: `from_wire` checks only that such a field is an object
-(or any JSON value), as json.loads built it; its readers narrow each value with isinstance.
+(or any JSON value), as json.loads built it; its readers narrow each value with isinstance. An Enum
+field goes out as its value and reads back as its member; a field marked OMIT_NULL is left out of the
+JSON while it is None (for fields that were only ever sent when set).
 """
 
 from __future__ import annotations

@@ -258,9 +258,11 @@ class Agent:
             self.conn.publish(self.topics.advert(self.config.host_id), self.advert.to_wire(), qos=1, retain=True)
 
     def _on_connect(self, session_present: bool) -> None:
-        with self._advert_lock:
-            if self.advert is not None:
-                self.advert = replace(self.advert, ts=time.time())
+        # Not under the advert lock: a refresh holding it runs git, and the dispatcher must not wait for that.
+        # A refresh that lands between these lines is redone at the next look (its fields differ again).
+        advert = self.advert
+        if advert is not None:
+            self.advert = replace(advert, ts=time.time())
         self._publish_advert()
         self._publish_status("online")
         if not session_present:

@@ -224,8 +224,8 @@ class JobRun:
         plan = CheckpointPlan.from_grant(self.grant)
         if plan is not None:
             self.checkpoint = CheckpointSync(
-                plan=plan, job_id=self.job_id, lease_id=self.lease_id, folder=self.dir / "checkpoint", scratch=self.dir, request=self._checkpoint_request,
-                log=self._on_line, progress=lambda: self.trainer.latest_progress if self.trainer else None,
+                plan=plan, job_id=self.job_id, lease_id=self.lease_id, folder=self.dir / "checkpoint", scratch=self.dir,
+                request=self._checkpoint_request, log=self._on_line, progress=lambda: self.trainer.latest_progress if self.trainer else None,
                 name=self.name,
             )
             self.checkpoint.restore()
