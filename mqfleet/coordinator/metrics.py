@@ -2,9 +2,9 @@
 memory, and the fleet's state read from the database at each scrape (docs/OPERATIONS.md, "Metrics").
 
 State gauges are computed when Prometheus asks, not kept up to date on every change: bookkeeping
-would cost every claim something. On SQLite a scrape reads through a connection of its own (WAL lets
-a reader run beside the writer), so its counts, some 80 ms with 100,000 attempts, never hold up a
-request; on PostgreSQL it reads through the state's connection under its lock.
+would cost every claim something. A scrape reads through a connection of its own (on SQLite, WAL lets
+a reader run beside the writer; PostgreSQL readers never block), so its counts, some 80 ms with 100,000
+attempts, never hold the state's lock nor hold up a request.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from mqfleet.coordinator.pgconnection import open_pg_connection
+from mqfleet.coordinator.postgres import PgStateFile
 from mqfleet.coordinator.sqlite import BUSY_TIMEOUT_MS, StateFile
 from mqfleet.errors import ConfigurationError
 from mqfleet.protocol import Verb, Wire
@@ -40,15 +42,20 @@ class _StateCollector:
         self.state = state
         self.last_sweep_ts = last_sweep_ts
         self.clock = clock
-        self._reader: sqlite3.Connection | None = None
+        self._reader: Any = None  # sqlite3.Connection or PgConnection, opened at the first scrape
         self._reader_lock = threading.Lock()
 
-    def _connection(self) -> tuple[Any, Any]:
-        """(connection, lock) to read through: a reader of its own on SQLite, the state's otherwise."""
-        if type(self.state) is not StateFile:  # PostgreSQL: one connection, under the state's lock
-            return self.state.conn, self.state.lock
-        if self._reader is None:
-            self._reader = sqlite3.connect(self.state.path, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    def _connection(self) -> tuple[Any, threading.Lock]:
+        """(connection, lock) to read through: a connection of the collector's own, so a scrape never waits
+        for the state's lock nor holds up a request (WAL lets an SQLite reader run beside the writer;
+        PostgreSQL readers never block writers)."""
+        with self._reader_lock:
+            if self._reader is None:
+                if isinstance(self.state, PgStateFile):
+                    self._reader = open_pg_connection(self.state.url, writer=f"{self.state.writer}-metrics")
+                else:
+                    self._reader = sqlite3.connect(self.state.path, check_same_thread=False,
+                                                   timeout=BUSY_TIMEOUT_MS / 1000)
         return self._reader, self._reader_lock
 
     def close(self) -> None:
