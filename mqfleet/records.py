@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from mqfleet.errors import BadRequestError
 from mqfleet.wire import Wire, WireMessage
 
 
@@ -42,8 +43,15 @@ class JobEvent(WireMessage):
 
     @classmethod
     def from_wire(cls, data: object, where: str = "") -> JobEvent:
-        if isinstance(data, dict) and "from" in data:
-            data = {**data, "from_status": data["from"]}
+        """A job event from decoded JSON; `from` is checked here, under its wire name."""
+        if isinstance(data, dict):
+            place = f"{where}.from" if where else "from"
+            if "from" not in data:
+                raise BadRequestError(f"field '{place}' is missing")
+            old = data["from"]
+            if old is not None and not isinstance(old, str):
+                raise BadRequestError(f"field '{place}' must be a string or null, not {type(old).__name__}")
+            data = {**data, "from_status": old}
         return super().from_wire(data, where)
 
 

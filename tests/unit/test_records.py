@@ -24,8 +24,10 @@ def test_a_job_event_with_a_mistyped_field_is_refused_naming_it() -> None:
     wire = JobEvent(seq=3, ts=1.5, job_id="j", from_status="pending", to="claimed", reason="r").to_wire()
     with pytest.raises(BadRequestError, match="'seq'"):
         JobEvent.from_wire({**wire, "seq": "3"})
-    with pytest.raises(BadRequestError, match="'from_status'"):
+    with pytest.raises(BadRequestError, match="'from' must be a string or null, not int"):
         JobEvent.from_wire({**wire, "from": 7})
+    with pytest.raises(BadRequestError, match="'from' is missing"):
+        JobEvent.from_wire({k: v for k, v in wire.items() if k != "from"})
     with pytest.raises(BadRequestError, match="'to' is missing"):
         JobEvent.from_wire({k: v for k, v in wire.items() if k != "to"})
 
