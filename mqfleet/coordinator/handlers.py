@@ -18,7 +18,6 @@ from mqfleet.coordinator.leases import Completion
 from mqfleet.coordinator.listing import JobFilter
 from mqfleet.coordinator.manifests import ORIGIN_FILE, ORIGIN_SENT
 from mqfleet.coordinator.queries import (
-    checkpoint_detail,
     handle_artifacts,
     handle_download_url,
     handle_health,
@@ -201,7 +200,7 @@ def handle_requeue(coord: HandlerContext, req: Request) -> RequeueReply:
     row = coord.leases.requeue(job_id, req.now)
     if RequeueRequest.from_wire(req.body).fresh:
         coord.checkpoints.discard(job_id, req.now, "requeued with --fresh")
-    checkpoint = checkpoint_detail(coord, job_id)
+    checkpoint = coord.checkpoints.detail(job_id)
     return RequeueReply(job=RequeuedJob(**vars(row), checkpoint=checkpoint))
 
 

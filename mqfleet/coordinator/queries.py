@@ -1,9 +1,9 @@
 """The handlers of the query verbs that show one job or the fleet (`job`, `workers`, `health`, `artifacts`,
 `download_url`), each returning its typed reply (mqfleet/replies.py).
 
-The state modules hand over their rows as the database read them; they become typed records here,
-constructed from values the coordinator itself just read (not checked again, which would cost every
-request a second pass over data that never crossed the bus).
+The state modules hand over typed records (a job's attempts, lease, artifact, checkpoint, a host's row);
+the handlers add what only the coordinator knows (usage, a refused advert) with `dataclasses.replace`,
+never checking again values the coordinator itself just read.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from mqfleet.errors import BadRequestError
 from mqfleet.messages import Health, JobRefRequest
 from mqfleet.replies import (
     ArtifactsReply,
-    CheckpointDetail,
     DownloadUrlReply,
     JobDetail,
     JobDetailReply,
@@ -27,11 +26,6 @@ from mqfleet.replies import (
 def job_ref(coord: HandlerContext, req: Request) -> str:
     """The id of the job a request names (`job`: id, unique id prefix or name)."""
     return coord.catalog.resolve_job(JobRefRequest.from_wire(req.body).job)
-
-
-def checkpoint_detail(coord: HandlerContext, job_id: str) -> CheckpointDetail:
-    """What `show` tells about a job's checkpoints: the latest (or none) and how its last attempt started."""
-    return coord.checkpoints.detail(job_id)
 
 
 def handle_job(coord: HandlerContext, req: Request) -> JobDetailReply:
@@ -50,7 +44,7 @@ def handle_job(coord: HandlerContext, req: Request) -> JobDetailReply:
         lease=coord.catalog.lease(job_id),
         outputs=list(trainer.outputs) if trainer else [],
         artifact_detail=stored[-1] if stored else None,
-        checkpoint=checkpoint_detail(coord, job_id),
+        checkpoint=coord.checkpoints.detail(job_id),
     ))
 
 
