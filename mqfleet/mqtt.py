@@ -6,17 +6,15 @@ publishes are the paho-free base class `mqfleet.mqtt_requests.RequestReply`.
 
 paho's return codes, reason codes and callback threads stop here: callers get
 `BrokerUnavailableError` / `RequestTimeoutError`, plain `Message` objects, and
-handlers that never run inside a paho callback (a raising one there would kill the
-loop): on one dispatcher thread per connection, or, for a busy responder that asks
-(`handlers_on_network_thread`), in short steps between two turns of paho's network
-loop, so its publishes need no hand-off between threads (`mqfleet.mqtt_dispatch`).
+handlers that run on one dispatcher thread per connection (`mqfleet.mqtt_dispatch`),
+never on paho's network thread (a slow or raising handler there would stall keepalives
+or kill the loop).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import select
 import socket
 import ssl
 import sys
@@ -27,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -57,44 +55,6 @@ _paho_logger.addFilter(_drop_not_connected_noise)
 
 #: PUBACK reason "No matching subscribers": the broker took the publish but nobody was subscribed.
 _NO_MATCHING_SUBSCRIBERS = 0x10
-#: Extra reads a turn of the network loop makes while data waits (handlers_on_network_thread).
-READ_AHEAD_MAX = 256
-
-
-class _Client(paho.Client):
-    """paho's client, calling `between_turns` at each turn of its network loop (after its reads and
-    writes, before its keepalive check): handlers that run on the network thread run there. It says
-    whether messages still wait, so the next turn comes at once instead of after select()'s timeout."""
-
-    between_turns: Callable[[], bool] | None = None
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        # paho reads as few as one packet a turn; the step that follows should see all that already
-        # waits, so urgent messages (renewals) among them go first. Bounded: the loop must turn.
-        for _ in range(READ_AHEAD_MAX if self.between_turns is not None else 0):
-            sock = self.socket()
-            if rc or sock is None or not (_pending_tls(sock) or select.select([sock], [], [], 0)[0]):
-                break
-            rc = super().loop_read(max_packets)
-        return rc
-
-    def loop_misc(self) -> MQTTErrorCode:
-        if self.between_turns is not None:
-            # What the step publishes is written at its end by this very thread: publish() need not wake
-            # the loop through paho's socket pair (a syscall per publish, and a select() turn each). Another
-            # thread's publish meanwhile is seen by the next turn's want_write().
-            wake, self._sockpairW = self._sockpairW, None
-            try:
-                more = self.between_turns()
-            finally:
-                self._sockpairW = wake
-            if more and wake is not None:
-                try:
-                    wake.send(b"0")
-                except OSError:
-                    pass  # full (a wake-up is pending anyway) or closed (the loop is ending)
-        return super().loop_misc()
 
 
 class Connection(HandlerDispatch, RequestReply):
@@ -103,10 +63,7 @@ class Connection(HandlerDispatch, RequestReply):
     Thread safety: publish, publish_wait, request, reply and subscribe may be called
     from any thread, handlers included (handlers run on this connection's single
     dispatcher thread; request replies are matched on paho's network thread, so a
-    handler may call request() without deadlock). With `handlers_on_network_thread`
-    the handlers run on paho's network thread instead (urgent first, in steps of at
-    most `mqtt_dispatch.NETWORK_STEP_S`); they must then not wait for the broker
-    (request, publish_wait raise RuntimeError there).
+    handler may call request() without deadlock).
     """
 
     def __init__(self, config: BrokerConfig, *, client_id: str, will: tuple[str, bytes, bool] | None = None,
@@ -114,7 +71,7 @@ class Connection(HandlerDispatch, RequestReply):
                  keepalive_s: int = defaults.KEEPALIVE_S, on_connect: Callable[[bool], None] | None = None,
                  on_disconnect: Callable[[], None] | None = None, reply_prefix: str = defaults.TOPIC_PREFIX,
                  reply_topic: str | None = None, is_urgent: Callable[[str], bool] | None = None,
-                 handlers_on_network_thread: bool = False, after_step: Callable[[], None] | None = None) -> None:
+                 after_step: Callable[[], None] | None = None) -> None:
         config.validate()
         if not client_id or any(c in client_id for c in "/+#"):
             raise ConfigurationError(f"client id {client_id!r} must be non-empty and free of '/', '+' and '#'")
@@ -153,13 +110,9 @@ class Connection(HandlerDispatch, RequestReply):
         #: Messages on topics this says are urgent are dispatched before others already waiting
         #: (the coordinator's renewals, so a burst of slower requests never holds one back).
         self._is_urgent = is_urgent
-        self._dispatcher: threading.Thread | None = None
-        client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-        if handlers_on_network_thread:
-            client.between_turns = self._dispatch_waiting
-        else:
-            self._dispatcher = threading.Thread(target=self._dispatch_forever,
-                                                name=f"mqfleet-dispatch-{client_id}", daemon=True)
+        self._dispatcher = threading.Thread(target=self._dispatch_forever, name=f"mqfleet-dispatch-{client_id}",
+                                            daemon=True)
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         client.enable_logger(_paho_logger)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         if config.tls:
@@ -193,8 +146,7 @@ class Connection(HandlerDispatch, RequestReply):
             self._client.connect_timeout = max(1.0, min(5.0, wait_s))
         self._client.connect_async(self.config.host, self.config.port, keepalive=self._keepalive_s,
                                    clean_start=not self.persistent, properties=properties)
-        if self._dispatcher is not None:
-            self._dispatcher.start()
+        self._dispatcher.start()
         self._client.loop_start()
         if wait_s is None:
             self._started_ok = True
@@ -219,13 +171,11 @@ class Connection(HandlerDispatch, RequestReply):
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
-        dispatcher = self._dispatcher
-        if dispatcher is not None:
-            self._inbox.put(None)
-            if threading.current_thread() is not dispatcher:
-                dispatcher.join(timeout_s)
-                if dispatcher.is_alive():
-                    logger.warning("mqtt %s: a handler was still running after %.1fs at stop", self.client_id, timeout_s)
+        self._inbox.put(None)
+        if threading.current_thread() is not self._dispatcher:
+            self._dispatcher.join(timeout_s)
+            if self._dispatcher.is_alive():
+                logger.warning("mqtt %s: a handler was still running after %.1fs at stop", self.client_id, timeout_s)
         if was_connected:
             logger.info("mqtt %s: disconnected from %s", self.client_id, self.config.url)
 
@@ -427,17 +377,10 @@ class Connection(HandlerDispatch, RequestReply):
     def _topic_matches(self, topic_filter: str, topic: str) -> bool:
         return bool(paho.topic_matches_sub(topic_filter, topic))
 
-    def _flush(self) -> None:
-        # Only ever called on the network thread (handlers_on_network_thread), the one writer of the socket.
-        self._client.loop_write()
 
 
 def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-def _pending_tls(sock: Any) -> bool:
-    return bool(sock.pending()) if hasattr(sock, "pending") else False
 
 
 def _set_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:

@@ -1,26 +1,21 @@
-"""Which handlers a connection calls (`subscribe`) and where they run: on a dispatcher thread of their own, or in short steps on the
-network thread itself, between two turns of its loop (a busy responder such as the coordinator: every
-publish a handler makes is then written by the thread that made it, with no hand-off to another).
+"""Which handlers a connection calls (`subscribe`) and how: on its one dispatcher thread, in `Inbox`
+order (urgent first), with `after_step` called whenever the inbox runs empty (the coordinator then
+runs the requests it queued meanwhile as one group).
 
 `HandlerDispatch` is a base of `mqfleet.mqtt.Connection`, which supplies the state declared here and
-the paho calls (`_topic_matches`, `_flush`); nothing here imports paho.
+the paho calls (`_topic_matches`, `_send_subscribe`); nothing here imports paho.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from mqfleet.mqtt_message import Handler, Inbox, Message, call_safely, subscription_id
 
 logger = logging.getLogger("mqfleet.mqtt")
-
-#: A step of handlers on the network thread ends after this long while messages still wait: the
-#: connection reads again (renewals that arrived meanwhile go first) and keeps its keepalive.
-NETWORK_STEP_S = 0.02
 
 
 class HandlerDispatch:
@@ -37,18 +32,12 @@ class HandlerDispatch:
     _inbox: Inbox
     _user_on_connect: Callable[[bool], None] | None
     _user_on_disconnect: Callable[[], None] | None
-    #: Called once the handlers of what waited have run (the end of a step on the network thread; on the
-    #: dispatcher thread, whenever its inbox is empty), before their publishes are written: a responder
-    #: that queued requests runs them there as one group.
+    #: Called on the dispatcher thread whenever its inbox is empty after a message: a responder that
+    #: queued requests runs them there as one group.
     _after_step: Callable[[], None] | None
-    #: The network thread's id once handlers ran on it (handlers_on_network_thread), else None.
-    _network_thread_id: int | None = None
 
     def _topic_matches(self, topic_filter: str, topic: str) -> bool:
         raise NotImplementedError  # Connection: paho's matching
-
-    def _flush(self) -> None:
-        raise NotImplementedError  # Connection: write what the handlers published, now
 
     def _send_subscribe(self, topic_filter: str, qos: int) -> None:
         raise NotImplementedError  # Connection: paho's SUBSCRIBE
@@ -84,34 +73,6 @@ class HandlerDispatch:
             self._dispatch_item(item)
             if self._after_step is not None and not self._inbox.waiting():
                 call_safely(self._after_step, what=f"{self.client_id} after_step")
-
-    def _dispatch_waiting(self) -> bool:
-        """One step on the network thread: the handlers of what waits, for at most NETWORK_STEP_S; then
-        their publishes are written at once. True when messages still wait. Never raises (paho would
-        end its loop)."""
-        try:
-            self._network_thread_id = threading.get_ident()
-            deadline = time.monotonic() + NETWORK_STEP_S
-            ran = False
-            while (item := self._inbox.get_nowait()) is not None:
-                self._dispatch_item(item)
-                ran = True
-                if time.monotonic() >= deadline:
-                    break
-            if ran:
-                if self._after_step is not None:
-                    call_safely(self._after_step, what=f"{self.client_id} after_step")
-                self._flush()
-            return self._inbox.waiting()
-        except Exception:
-            logger.exception("mqtt %s: dispatching on the network thread failed", self.client_id)
-            return False
-
-    def _check_may_wait(self, what: str) -> None:
-        """Waiting for the broker inside a handler on the network thread would wait for itself."""
-        if self._network_thread_id == threading.get_ident():
-            raise RuntimeError(f"mqtt {self.client_id}: {what} from a handler on the network thread would never "
-                               "see its answer (that thread reads it)")
 
     def _dispatch_item(self, item: tuple[str, Any]) -> None:
         kind, value = item

@@ -70,13 +70,6 @@ class Inbox:
                 self._cond.wait()
             return self._urgent.popleft() if self._urgent else self._normal.popleft()
 
-    def get_nowait(self) -> Any:
-        """The next item, or None when nothing waits."""
-        with self._cond:
-            if self._urgent:
-                return self._urgent.popleft()
-            return self._normal.popleft() if self._normal else None
-
     def waiting(self) -> bool:
         return bool(self._urgent or self._normal)
 

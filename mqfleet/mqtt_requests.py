@@ -54,9 +54,6 @@ class RequestReply:
     def _shutdown(self, timeout_s: float) -> None:
         raise NotImplementedError  # Connection: DISCONNECT, stop paho's loop and the dispatcher
 
-    def _check_may_wait(self, what: str) -> None:
-        raise NotImplementedError  # HandlerDispatch: not on the network thread
-
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -69,7 +66,6 @@ class RequestReply:
         confirmed in time and BrokerUnavailableError when the broker refuses it.
         """
         self._check_running()
-        self._check_may_wait(f"publish_wait to {topic}")
         deadline = time.monotonic() + timeout_s
         if not self._connected.wait(timeout_s):
             raise RequestTimeoutError(f"publish to {topic} via {self.config.url}: not connected within {timeout_s:g}s")
@@ -122,7 +118,6 @@ class RequestReply:
         request from memory (docs/RELIABILITY.md, "Requests across a reconnect"). Each copy
         expires at the broker when our timeout does, so a late copy is never executed.
         """
-        self._check_may_wait(f"a request on {topic}")
         correlation = os.urandom(16)
         pending = Pending()
         with self._lock:

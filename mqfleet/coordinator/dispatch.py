@@ -3,8 +3,8 @@ request id), answered once (the reply memory), run under the one lock in one tra
 followed by what changed being published after commit (docs/SECURITY.md, "Replies").
 
 The requests that arrive together are run as one group (docs/RELIABILITY.md, "Group commit"): queued
-while the connection's step dispatches them, then run in one transaction, each in its own savepoint,
-committed once; their replies and what they changed are published only after that commit."""
+while the dispatcher has more messages waiting, then run in one transaction, each in its own
+savepoint, committed once; their replies and what they changed are published only after that commit."""
 
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ from mqfleet.replies import reply_json
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
 logger = logging.getLogger("mqfleet.coordinator.service")
 
-#: Requests run in one transaction at most: a longer group would hold the lock (and the network
-#: thread, which renewals wait for) too long.
-GROUP_MAX = 32
+#: Requests run in one transaction at most: every reply of a group waits for its commit, so a longer
+#: group would make its first requests (renewals come first) wait too long.
+GROUP_MAX = 16
 
 
 class RequestGroup:
@@ -106,13 +106,17 @@ class RequestDispatch(CoordinatorCore):
                 self._in_flight.add(key)
             self._verify_pool.submit(self._handle, msg, req, key)
             return
+        waiting = self._waiting_requests
+        if waiting and waiting[-1][1].verb is Verb.RENEW and verb is not Verb.RENEW:
+            # Renewals come out of the inbox first: they commit and are answered without waiting for the claims.
+            self.run_waiting_requests()
         self._waiting_requests.append((msg, req, key))
         if len(self._waiting_requests) >= GROUP_MAX:
             self.run_waiting_requests()
 
     def run_waiting_requests(self) -> None:
-        """Run the requests queued since the last call (the connection calls this at the end of each step):
-        one alone as before, several as one group with one commit (group commit)."""
+        """Run the requests queued since the last call (the connection calls this whenever no more messages
+        wait): one alone as before, several as one group with one commit (group commit)."""
         batch, self._waiting_requests = self._waiting_requests, []
         if len(batch) == 1:
             self._handle(*batch[0])
@@ -120,7 +124,7 @@ class RequestDispatch(CoordinatorCore):
             self._handle_group(batch)
 
     def in_request_order(self, handler: Handler) -> Handler:
-        """`handler`, run after the requests that arrived before its message (they wait for the step's end)."""
+        """`handler`, run after the requests that arrived before its message (queued, not yet run)."""
         def run_in_order(msg: Message) -> None:
             self.run_waiting_requests()
             handler(msg)

@@ -138,10 +138,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             # Renewals go ahead of every other request waiting: a burst of claims, log batches or
             # listings never holds one back until its lease expires (issue 17).
             is_urgent=self._is_renewal,
-            # Requests are handled between two turns of the network loop, so a reply and what it
-            # published are written by the thread that made them, with no hand-off (issue 17).
-            handlers_on_network_thread=True,
-            # ... and the requests that arrived together run as one group, committed once (group commit).
+            # The requests that arrived together run as one group, committed once (group commit), when
+            # the dispatcher has no more messages waiting (issue 17).
             after_step=self.run_waiting_requests,
         )
         self.republisher = StateRepublisher(

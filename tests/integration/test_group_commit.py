@@ -2,7 +2,7 @@
 are committed once; a refused request leaves the others' effects and replies as they would be alone,
 and a redelivery inside the same group is answered once, from the reply memory (docs/RELIABILITY.md,
 "Group commit"). The coordinator runs in-process, so a test can hold its lock while a burst of
-requests queues up behind it; the broker and the database are real."""
+requests queues up behind a first one; the broker and the database are real."""
 
 from __future__ import annotations
 
@@ -57,9 +57,16 @@ def _claim(rpc: RpcClient) -> dict[str, Any]:
     return dict(wait_until(granted, timeout_s=10, what=f"a grant for {rpc.client}"))
 
 
+def _blocker(coord: Coordinator, connect: Callable[..., Connection]) -> RpcClient:
+    """A third host, known to the coordinator (its advert handled), whose claim holds the dispatcher."""
+    rpc = _agent(connect, coord.topics, "h3")
+    wait_until(lambda: coord.is_known_host("h3"), timeout_s=10, what="h3's advert recorded")
+    return rpc
+
+
 def _burst(coord: Coordinator, blocker: Callable[[], Reply], sends: list[Callable[[], Reply]]) -> list[Reply]:
     """Send every request while the coordinator's lock is held, behind a first request (`blocker`) that holds
-    the network thread at the lock meanwhile: the others wait together and run as one group."""
+    the dispatcher at the lock meanwhile: the others wait in its inbox together and run as one group."""
     replies: list[Any] = [None] * len(sends)
     first = threading.Thread(target=blocker)
 
@@ -72,7 +79,7 @@ def _burst(coord: Coordinator, blocker: Callable[[], Reply], sends: list[Callabl
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(sends))]
     with coord.lock:
         first.start()
-        time.sleep(0.5)  # the blocker's step now waits for the lock
+        time.sleep(0.5)  # the blocker now waits for the lock
         for t in threads:
             t.start()
         time.sleep(1.0)  # every request reaches the coordinator's socket meanwhile
@@ -88,18 +95,19 @@ def test_requests_arriving_together_commit_once_and_a_refused_one_leaves_the_oth
     g1, g2 = _claim(h1), _claim(h2)
     clock.advance(1.0)
     grouped_before = coordinator.grouped_requests
-    blocker = _agent(mqtt_connect, coordinator.topics, "h3")
+    blocker = _blocker(coordinator, mqtt_connect)
     replies = _burst(coordinator, lambda: blocker.send(Verb.CLAIM, {}), [
-        lambda: h1.send(Verb.RENEW, {"job_id": g1["job"]["id"], "lease_id": g1["lease_id"]}),
-        lambda: h1.send(Verb.RENEW, {"job_id": g1["job"]["id"], "lease_id": "0" * 32}),
+        lambda: h1.send(Verb.FAIL, {"job_id": g1["job"]["id"], "lease_id": "0" * 32, "cause": "shutdown"}),
         lambda: h2.send(Verb.FAIL, {"job_id": g2["job"]["id"], "lease_id": g2["lease_id"], "cause": "shutdown"}),
+        lambda: h1.send(Verb.RENEW, {"job_id": g1["job"]["id"], "lease_id": g1["lease_id"]}),
     ])
-    assert coordinator.grouped_requests - grouped_before >= 3
-    renewed, refused, handed_back = replies
+    # the two hand-backs together (the renewal goes first, in a group of renewals only)
+    assert coordinator.grouped_requests - grouped_before >= 2
+    refused, handed_back, renewed = replies
     assert renewed["ok"] is True and renewed["expires_ts"] == clock.now + g1["lease_s"]
     assert refused["ok"] is False and refused["error"] == "lease_lost"
     assert handed_back["ok"] is True
-    # each request's effects, committed together: the renewal moved the lease, the refusal touched nothing
+    # each request's effects: the renewal moved the lease, the refusal touched nothing, the hand-back took
     lease = coordinator.catalog.lease(g1["job"]["id"])
     assert lease is not None and (lease.lease_id, lease.expires_ts) == (g1["lease_id"], clock.now + g1["lease_s"])
     assert coordinator.catalog.job(g2["job"]["id"]).status == "pending"
@@ -114,7 +122,7 @@ def test_a_request_redelivered_inside_the_same_group_is_run_once_and_answered_al
     job_id = grant["job"]["id"]
     back = {"job_id": job_id, "lease_id": grant["lease_id"], "cause": "shutdown"}
     grouped_before = coordinator.grouped_requests
-    blocker = _agent(mqtt_connect, coordinator.topics, "h3")
+    blocker = _blocker(coordinator, mqtt_connect)
     first, again = _burst(coordinator, lambda: blocker.send(Verb.CLAIM, {}), [lambda: h1.send(Verb.FAIL, back, request_id="hand-back-1"),
                                         lambda: h1.send(Verb.FAIL, back, request_id="hand-back-1")])
     assert coordinator.grouped_requests - grouped_before >= 2
