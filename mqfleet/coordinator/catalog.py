@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
-from collections.abc import Iterable
 
 from mqfleet.coordinator import listing
+from mqfleet.coordinator.blocking import HOST_LIMITED, OPEN, refresh_blocked
 from mqfleet.coordinator.manifest_memo import recall_manifest, remember_manifest
-from mqfleet.coordinator.rows import ManifestRows, manifest_rows, spec_from_json
-from mqfleet.coordinator.schema import JOB_SELECT, job_json, job_row
+from mqfleet.coordinator.rows import JOB_SELECT, ManifestRows, job_json, job_row, manifest_rows, spec_from_json
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import AmbiguousError, BadRequestError, NotFoundError
 from mqfleet.messages import JobRow
@@ -169,7 +167,7 @@ class Catalog:
         return job_row(row)
 
     def job_state(self, job_id: str) -> JsonObject | None:
-        """The JSON of a job's retained `jobs/{id}/state` (`schema.job_json`: its JobRow's, built straight from
+        """The JSON of a job's retained `jobs/{id}/state` (`rows.job_json`: its JobRow's, built straight from
         the row), or None for no such job. Published after every commit that changed the job, so that path
         builds no JobRow."""
         row = self.state.read_one(f"{JOB_SELECT} WHERE j.id = ?", (job_id,))
@@ -229,33 +227,3 @@ class Catalog:
     def counts(self) -> dict[str, int]:
         found = {r[0]: int(r[1]) for r in self.state.read("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
         return {s.value: found.get(s.value, 0) for s in JobStatus}
-
-
-#: `jobs.blocked`: claimable by any host that fits ...
-OPEN = 0
-#: ... by no host (it left the manifest, or a dependency has not completed) ...
-BLOCKED = 1
-#: ... or only by the hosts of its allowed_hosts (rows of `job_hosts`), which claims walk apart, so a
-#: host never reads the jobs limited to others (the `jobs_claim` index starts with status, blocked).
-HOST_LIMITED = 2
-
-
-def refresh_blocked(conn: sqlite3.Connection, job_ids: Iterable[str] | None = None) -> None:
-    """Recompute `blocked` (OPEN, BLOCKED or HOST_LIMITED) for some jobs, or all."""
-    expr = (
-        f"CASE WHEN in_manifest = 0 OR EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs a ON a.id = d.after_id "
-        f"WHERE d.job_id = jobs.id AND (a.status IS NULL OR a.status != 'completed')) THEN {BLOCKED} "
-        f"WHEN EXISTS (SELECT 1 FROM job_hosts h WHERE h.job_id = jobs.id) THEN {HOST_LIMITED} ELSE {OPEN} END"
-    )
-    if job_ids is None:
-        # rewrite only rows whose flag changes, so a reload of an unchanged manifest writes nothing
-        conn.execute(f"UPDATE jobs SET blocked = ({expr}) WHERE blocked != ({expr})")
-        return
-    ids = list(job_ids)
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        conn.execute(f"UPDATE jobs SET blocked = ({expr}) WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-
-
-def dependents(conn: sqlite3.Connection, job_id: str) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT job_id FROM deps WHERE after_id = ?", (job_id,))]

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from mqfleet.coordinator import faults, scheduler
-from mqfleet.coordinator.catalog import HOST_LIMITED, OPEN, Catalog
+from mqfleet.coordinator.blocking import HOST_LIMITED, OPEN
+from mqfleet.coordinator.catalog import Catalog
 from mqfleet.coordinator.hosts import QUARANTINE_COLUMN, Hosts, host_view
 from mqfleet.coordinator.rows import spec_from_json
 from mqfleet.coordinator.sqlite import StateFile, transition

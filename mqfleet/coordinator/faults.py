@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import TypedDict
 
-from mqfleet.coordinator.catalog import dependents, refresh_blocked
+from mqfleet.coordinator.blocking import dependents, refresh_blocked
 from mqfleet.coordinator.sqlite import transition
 from mqfleet.manifest import FleetSettings
 from mqfleet.records import HostEvent

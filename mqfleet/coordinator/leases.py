@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from mqfleet.coordinator import faults
 from mqfleet.coordinator.artifacts import Artifacts
-from mqfleet.coordinator.catalog import Catalog, dependents, refresh_blocked
+from mqfleet.coordinator.blocking import dependents, refresh_blocked
+from mqfleet.coordinator.catalog import Catalog
 from mqfleet.coordinator.sqlite import StateFile, transition
 from mqfleet.errors import IllegalTransitionError, LeaseLostError, NotFoundError
 from mqfleet.manifest import FleetSettings

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from mqfleet.coordinator.schema import JOB_SELECT, job_json
+from mqfleet.coordinator.rows import JOB_SELECT, job_json
 from mqfleet.errors import BadRequestError
 from mqfleet.protocol import JsonObject
 from mqfleet.state import JobStatus

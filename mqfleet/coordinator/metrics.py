@@ -21,7 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from mqfleet.coordinator.pgconnection import open_pg_connection
 from mqfleet.coordinator.postgres import PgStateFile
-from mqfleet.coordinator.sqlite import BUSY_TIMEOUT_MS, StateFile
+from mqfleet.coordinator.schema import BUSY_TIMEOUT_MS
+from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.errors import ConfigurationError
 from mqfleet.protocol import Verb, Wire
 from mqfleet.state import Cause, JobStatus

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from mqfleet.coordinator.schema import JOB_SELECT, job_json
+from mqfleet.coordinator.rows import JOB_SELECT, job_json
 from mqfleet.coordinator.sqlite import StateFile
 from mqfleet.protocol import JsonObject, encode
 
@@ -50,7 +50,7 @@ def state_payload(row: JsonObject) -> tuple[bytes, str]:
 
 def state_page(state: StateFile, after: int, limit: int) -> list[tuple[int, JsonObject, str | None]]:
     """Up to `limit` jobs after the keyset `after`: (seq, the JobRow's JSON object, digest last published or None).
-    The walk covers every job, so it skips the JobRow (`schema.job_json`)."""
+    The walk covers every job, so it skips the JobRow (`rows.job_json`)."""
     sql = JOB_SELECT.replace("SELECT ", "SELECT j.seq AS seq, p.digest AS published_digest, ", 1)
     sql += " LEFT JOIN published_states p ON p.job_id = j.id WHERE j.seq > ? ORDER BY j.seq LIMIT ?"
     return [(int(r["seq"]), job_json(r), r["published_digest"]) for r in state.read(sql, (after, limit))]

@@ -1,15 +1,19 @@
 """Jobs as rows: the rows a validated manifest becomes (built off the lock, so only the writes hold
-it), and a stored spec read back into a `JobSpec`. Pure: no connection, no lock."""
+it), a stored spec read back into a `JobSpec`, and a job's row as the wire and the CLI see it
+(`JOB_SELECT`, `job_row`, `job_json`). Pure: no connection, no lock."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from mqfleet.coordinator.manifest_memo import manifest_digest
+from mqfleet.messages import JobRow
+from mqfleet.protocol import JsonObject
 from mqfleet.spec import JobSpec, Manifest
 
 #: Parsed specs kept (about 2 KB each): the candidates claims walk again and again.
@@ -63,3 +67,46 @@ def spec_from_json(text: str) -> JobSpec:
         d[name] = tuple(d.get(name) or ())
     known = JobSpec.__dataclass_fields__
     return JobSpec(**{k: v for k, v in d.items() if k in known})
+
+
+JOB_COLUMNS = (
+    "j.id, j.name, j.model, j.mode, j.status, j.host, j.attempts, j.max_attempts, j.priority, j.artifact, "
+    "j.error, j.in_manifest, j.progress, j.created_ts, j.updated_ts, l.expires_ts AS lease_expires_ts, "
+    "json_extract(j.spec, '$.timeout_s') AS timeout_s, json_extract(j.spec, '$.stall_s') AS stall_s, "
+    "(SELECT r.not_before_ts FROM retries r WHERE r.job_id = j.id AND j.status = 'pending') AS retry_after_ts, "
+    # only a blocked pending job can wait on a dependency, so the look-up runs for few rows
+    "CASE WHEN j.status = 'pending' AND j.blocked = 1 THEN (SELECT 'dependency never satisfied: ' || "
+    "group_concat(a.name || ' (' || a.status || ')', ', ') FROM deps d JOIN jobs a ON a.id = d.after_id "
+    "WHERE d.job_id = j.id AND a.status IN ('failed', 'cancelled')) END AS unsatisfied"
+)
+JOB_SELECT = f"SELECT {JOB_COLUMNS} FROM jobs j LEFT JOIN leases l ON l.job_id = j.id"
+
+
+#: The JobRow's fields, in its order: the keys of `job_json`.
+JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRow))
+
+
+def job_json(row: sqlite3.Row) -> JsonObject:
+    """A row of JOB_SELECT as its JobRow's JSON object, built straight from the row (other columns left out).
+
+    For the paths that handle thousands of rows at once (the `jobs` listing, the republish sweep):
+    building and converting a JobRow per row would cost more than encoding the page. A unit test holds
+    it equal to `job_row(row).to_wire()`.
+    """
+    out: JsonObject = {name: row[name] for name in JOB_FIELDS}
+    out["in_manifest"] = bool(row["in_manifest"])
+    out["progress"] = json.loads(row["progress"]) if row["progress"] else None
+    return out
+
+
+def job_row(row: sqlite3.Row) -> JobRow:
+    """A row of JOB_SELECT as the wire and the CLI see it."""
+    return JobRow(
+        id=row["id"], name=row["name"], status=row["status"], model=row["model"], mode=row["mode"], host=row["host"],
+        attempts=row["attempts"], max_attempts=row["max_attempts"], priority=row["priority"], artifact=row["artifact"],
+        error=row["error"], in_manifest=bool(row["in_manifest"]),
+        progress=json.loads(row["progress"]) if row["progress"] else None,
+        created_ts=row["created_ts"], updated_ts=row["updated_ts"], lease_expires_ts=row["lease_expires_ts"],
+        timeout_s=row["timeout_s"], stall_s=row["stall_s"], retry_after_ts=row["retry_after_ts"],
+        unsatisfied=row["unsatisfied"],
+    )

@@ -1,19 +1,22 @@
-"""The tables of the coordinator's state file (`sqlite.open_connection` creates them),
-and the job row as the wire and the CLI see it.
+"""The tables of the coordinator's state file, its schema version, and how a SQLite file is opened
+onto them (`open_connection`).
 
 The code that reads and writes each table lives in the module of its noun
-(docs/INTERNALS.md); only the DDL and the job row's columns live here.
+(docs/INTERNALS.md); the job row's columns are in `rows.py`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import logging
+import os
 import sqlite3
 
 from mqfleet.errors import SchemaVersionError
-from mqfleet.messages import JobRow
-from mqfleet.protocol import JsonObject
+
+logger = logging.getLogger(__name__)
+
+#: Milliseconds a writer waits for another connection's write lock before failing.
+BUSY_TIMEOUT_MS = 5000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -240,49 +243,6 @@ CREATE TABLE IF NOT EXISTS checkpoint_garbage (
 );
 """
 
-JOB_COLUMNS = (
-    "j.id, j.name, j.model, j.mode, j.status, j.host, j.attempts, j.max_attempts, j.priority, j.artifact, "
-    "j.error, j.in_manifest, j.progress, j.created_ts, j.updated_ts, l.expires_ts AS lease_expires_ts, "
-    "json_extract(j.spec, '$.timeout_s') AS timeout_s, json_extract(j.spec, '$.stall_s') AS stall_s, "
-    "(SELECT r.not_before_ts FROM retries r WHERE r.job_id = j.id AND j.status = 'pending') AS retry_after_ts, "
-    # only a blocked pending job can wait on a dependency, so the look-up runs for few rows
-    "CASE WHEN j.status = 'pending' AND j.blocked = 1 THEN (SELECT 'dependency never satisfied: ' || "
-    "group_concat(a.name || ' (' || a.status || ')', ', ') FROM deps d JOIN jobs a ON a.id = d.after_id "
-    "WHERE d.job_id = j.id AND a.status IN ('failed', 'cancelled')) END AS unsatisfied"
-)
-JOB_SELECT = f"SELECT {JOB_COLUMNS} FROM jobs j LEFT JOIN leases l ON l.job_id = j.id"
-
-
-#: The JobRow's fields, in its order: the keys of `job_json`.
-JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRow))
-
-
-def job_json(row: sqlite3.Row) -> JsonObject:
-    """A row of JOB_SELECT as its JobRow's JSON object, built straight from the row (other columns left out).
-
-    For the paths that handle thousands of rows at once (the `jobs` listing, the republish sweep):
-    building and converting a JobRow per row would cost more than encoding the page. A unit test holds
-    it equal to `job_row(row).to_wire()`.
-    """
-    out: JsonObject = {name: row[name] for name in JOB_FIELDS}
-    out["in_manifest"] = bool(row["in_manifest"])
-    out["progress"] = json.loads(row["progress"]) if row["progress"] else None
-    return out
-
-
-def job_row(row: sqlite3.Row) -> JobRow:
-    """A row of JOB_SELECT as the wire and the CLI see it."""
-    return JobRow(
-        id=row["id"], name=row["name"], status=row["status"], model=row["model"], mode=row["mode"], host=row["host"],
-        attempts=row["attempts"], max_attempts=row["max_attempts"], priority=row["priority"], artifact=row["artifact"],
-        error=row["error"], in_manifest=bool(row["in_manifest"]),
-        progress=json.loads(row["progress"]) if row["progress"] else None,
-        created_ts=row["created_ts"], updated_ts=row["updated_ts"], lease_expires_ts=row["lease_expires_ts"],
-        timeout_s=row["timeout_s"], stall_s=row["stall_s"], retry_after_ts=row["retry_after_ts"],
-        unsatisfied=row["unsatisfied"],
-    )
-
-
 #: The schema's version: raise it with every change an older mqfleet would misread, and migrate in
 #: `check_schema_version`. A state database of a newer version is refused, never written.
 SCHEMA_VERSION = 1
@@ -303,3 +263,27 @@ def check_schema_version(conn: sqlite3.Connection, where: str) -> int:
             f"version {SCHEMA_VERSION}: run the newer mqfleet (or migrate into a fresh database)"
         )
     return found
+
+
+def open_connection(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode; every write runs in an explicit transaction."""
+    conn = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        logger.warning("database %s: journal_mode is %s, not wal", path, mode)
+    # WAL with NORMAL never corrupts; a power cut may only lose the last commits
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.executescript(SCHEMA)
+    conn.executescript(VERSION_SCHEMA)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        check_schema_version(conn, os.fspath(path))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()
+        raise
+    return conn

@@ -18,41 +18,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from mqfleet import defaults
-from mqfleet.coordinator.schema import SCHEMA, VERSION_SCHEMA, check_schema_version
+from mqfleet.coordinator.schema import open_connection
 from mqfleet.errors import IllegalTransitionError, NotFoundError, StateError
 from mqfleet.protocol import Wire
 from mqfleet.records import JobEvent
 from mqfleet.state import JobStatus, is_allowed
 
 logger = logging.getLogger(__name__)
-
-#: Milliseconds a writer waits for another connection's write lock before failing.
-BUSY_TIMEOUT_MS = 5000
-
-
-def open_connection(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """An autocommit connection in WAL mode; every write runs in an explicit transaction."""
-    conn = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        logger.warning("database %s: journal_mode is %s, not wal", path, mode)
-    # WAL with NORMAL never corrupts; a power cut may only lose the last commits
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.executescript(SCHEMA)
-    conn.executescript(VERSION_SCHEMA)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        check_schema_version(conn, os.fspath(path))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        conn.close()
-        raise
-    return conn
-
 
 class StateFile:
     """One connection to the state file, shared by the coordinator's threads.

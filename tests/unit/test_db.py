@@ -9,7 +9,7 @@ import pytest
 
 from mqfleet.coordinator.claims import CLAIM_BATCH
 from mqfleet.coordinator.leases import Completion, TakenLease
-from mqfleet.coordinator.schema import JOB_SELECT, job_json, job_row
+from mqfleet.coordinator.rows import JOB_SELECT, job_json, job_row
 from mqfleet.errors import AmbiguousError, BadRequestError, IllegalTransitionError, LeaseLostError, NotFoundError
 from mqfleet.manifest import FleetSettings, HostPolicy, HyperParam, JobSpec, Manifest, TrainerSpec
 from mqfleet.messages import Grant, TrainerRef

@@ -92,3 +92,11 @@ def test_to_wire_converts_nested_messages_and_passes_free_form_json_on_without_c
     wire = WorkersReply(workers=[worker]).to_wire()
     assert wire["workers"][0]["quarantine"] == {"since_ts": 1.0, "reason": "", "jobs": ["a"]}
     assert wire["workers"][0]["usage"]["attempts"] == 1 and isinstance(wire["workers"][0]["usage"], dict)
+
+
+def test_a_jobs_page_row_that_is_not_an_object_is_refused_naming_its_index() -> None:
+    rows: list[Any] = [{"id": "a"}, {"id": "b"}, "c"]
+    with pytest.raises(BadRequestError, match=r"field 'jobs\[2\]' must be an object, not str"):
+        JobsReply.from_wire({"jobs": rows})
+    page = [{"id": str(i)} for i in range(3)]
+    assert JobsReply.from_wire({"jobs": page}).jobs is page  # rows pass through in one pass, not copied
