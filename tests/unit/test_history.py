@@ -13,6 +13,7 @@ from mqfleet.coordinator.history import AttemptHistory, check_usage
 from mqfleet.protocol import JsonValue
 from mqfleet.replies import HostUsage, Usage
 from mqfleet.state import Cause
+from tests.fixtures.common import held_by_another_thread
 from tests.fixtures.state import CoordinatorState as Database
 from tests.unit.test_db import T0, advert, job, job_id, manifest
 
@@ -163,23 +164,10 @@ def test_the_host_a_claim_granted_is_known_without_a_query_and_other_hosts_are_n
 
 def test_queueing_lines_never_waits_for_a_transaction_held_by_another_thread(db: Database) -> None:
     history = AttemptHistory(db.state)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_the_state_lock() -> None:
-        with db.state.lock:
-            holding.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold_the_state_lock)
-    holder.start()
-    try:
-        assert holding.wait(10)
+    with held_by_another_thread(db.state.lock):
         queued = threading.Thread(target=history.queue_lines, args=("j", 1, ["line"], 10))
         queued.start()
         queued.join(5)
         assert not queued.is_alive(), "queue_lines waited for the state lock"
-    finally:
-        release.set()
-        holder.join(10)
     assert history.flush_lines(10) == 1
     assert history.lines("j", 1) == ["line"]

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mqfleet.coordinator.metrics import CoordinatorMetrics
 from mqfleet.state import Cause
+from tests.fixtures.common import held_by_another_thread
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, bring_online, job, manifest
 
@@ -34,25 +35,14 @@ def test_a_scrape_counts_the_state_through_its_own_connection_while_the_state_lo
     metrics.observe_request("claim", {"ok": True}, 0.003)
     metrics.observe_request("claim", {"ok": False, "error": "lease_lost"}, 0.001)
     metrics.observe_request("nonsense", {"ok": True}, 0.001)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_the_state_lock() -> None:
-        with db.state.lock:
-            holding.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold_the_state_lock)
-    holder.start()
     scraped: list[dict[tuple[str, tuple[tuple[str, str], ...]], float]] = []
     try:
-        assert holding.wait(10)
-        scraper = threading.Thread(target=lambda: scraped.append(_samples(metrics)))
-        scraper.start()
-        scraper.join(10)
-        assert not scraper.is_alive(), "the scrape waited for the state lock"
+        with held_by_another_thread(db.state.lock):
+            scraper = threading.Thread(target=lambda: scraped.append(_samples(metrics)))
+            scraper.start()
+            scraper.join(10)
+            assert not scraper.is_alive(), "the scrape waited for the state lock"
     finally:
-        release.set()
-        holder.join(10)
         metrics.stop()
         db.close()
     samples = scraped[0]
