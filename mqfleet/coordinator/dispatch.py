@@ -153,8 +153,9 @@ class RequestDispatch(CoordinatorCore):
             if self.metrics is not None:
                 self.metrics.observe_request(req.verb.value, reply, time.perf_counter() - started)
 
-    def _answer(self, req: Request, key: str, group: RequestGroup) -> Wire:
-        """One request of a group, in its own savepoint: its failure undoes only its own writes."""
+    def _answer(self, req: Request, key: str, group: RequestGroup | None = None) -> Wire:
+        """One request's reply, an `internal` error if it raised; in a group it runs in its own savepoint,
+        so its failure undoes only its own writes."""
         try:
             return self._execute(req, key, VERBS[req.verb], group)
         except Exception:
@@ -162,13 +163,9 @@ class RequestDispatch(CoordinatorCore):
             return error("internal", f"the coordinator failed to handle '{req.verb.value}'; see its log")
 
     def _handle(self, msg: Message, req: Request, key: str) -> None:
-        spec = VERBS[req.verb]
         started = time.perf_counter()
         try:
-            reply = self._execute(req, key, spec)
-        except Exception:
-            logger.exception("%s from %s failed", req.verb.value, req.client)
-            reply = error("internal", f"the coordinator failed to handle '{req.verb.value}'; see its log")
+            reply = self._answer(req, key)
         finally:
             self._in_flight.discard(key)
         self._reply(msg, reply)
