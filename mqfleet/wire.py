@@ -160,7 +160,9 @@ def _to_wire(value: Any) -> Any:
 
 
 def _is_free_object(tp: object) -> bool:
-    """Whether `tp` is a JSON object with free-form values (JsonObject, dict[str, Any])."""
+    """Whether `tp` is a JSON object with free-form values (JsonObject, dict[str, Any], dict)."""
+    if tp is dict:
+        return True
     if typing.get_origin(tp) is not dict:
         return False
     _, item = typing.get_args(tp) or (str, Any)
@@ -202,9 +204,9 @@ def _check(tp: object, value: object, place: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise BadRequestError(f"field '{place}' must be an object, not {_kind(value)}")
-        _, item = typing.get_args(tp) or (str, Any)
-        if item is Any or item is FreeJson:
+        if _is_free_object(tp):
             return value  # a JSON object's keys are strings; its free-form values are its reader's to narrow
+        _, item = typing.get_args(tp)
         return {k: _check(item, v, f"{place}.{k}") for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, WireMessage):
         return tp.from_wire(value, place)
