@@ -266,7 +266,7 @@ class Connection(HandlerDispatch, RequestReply):
         info = self._publish(topic, payload, qos=1, retain=False, expiry_s=None, properties=properties)
         return info.mid, connects
 
-    def reply(self, request: Message, payload: protocol.Wire) -> None:
+    def reply(self, request: Message, payload: bytes | protocol.Wire) -> None:
         """Answer `request` on its Response Topic with its Correlation Data (QoS 1, never retained)."""
         if not request.response_topic:
             logger.debug("mqtt %s: request on %s has no response topic; reply dropped", self.client_id, request.topic)

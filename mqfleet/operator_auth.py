@@ -17,6 +17,7 @@ import math
 from typing import Protocol
 
 from mqfleet.errors import UnauthorizedError
+from mqfleet.protocol import encode
 from mqfleet.wire import Wire
 
 #: Largest difference between the operator's clock and the coordinator's a signed request may show.
@@ -66,7 +67,7 @@ class ReplyMemory(Protocol):
     database and kept across restarts, so a replay is refused wherever and whenever it lands."""
 
     def remembered_reply(self, key: str) -> Wire | None: ...
-    def remember_reply(self, key: str, reply: Wire, now: float) -> None: ...
+    def remember_reply(self, key: str, payload: bytes, now: float) -> None: ...
 
 
 def check_not_replayed(memory: ReplyMemory, mac: str, now: float) -> None:
@@ -78,4 +79,4 @@ def check_not_replayed(memory: ReplyMemory, mac: str, now: float) -> None:
     key = f"operator-signature/{mac}"
     if memory.remembered_reply(key) is not None:
         raise UnauthorizedError("operator request replayed (its signature was used already); send a new one")
-    memory.remember_reply(key, {"ts": now}, now)
+    memory.remember_reply(key, encode({"ts": now}), now)

@@ -130,7 +130,9 @@ class FileStore:
         return _checkpoint_key("", job_id, sha256)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
+        # Normalised by text, not resolve(): a key holds no links to follow (the store makes every one),
+        # and resolving walked each level with a system call on every stat (a twentieth of a completion).
+        path = Path(os.path.normpath(self.root / key))
         if not key or not path.is_relative_to(self.root) or path == self.root:
             raise StoreError(f"key {key!r} leaves the store root {self.root}")
         return path

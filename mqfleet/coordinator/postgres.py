@@ -97,6 +97,7 @@ class PgStateFile(StateFile):
         self.own_events_params = (self.writer,)
         self.lock = threading.RLock()
         self._depth = 0
+        self._replies_held: dict[str, int] = {}
         self.pg = open_pg_connection(url, writer=self.writer)
         self.conn = cast(sqlite3.Connection, self.pg)
         with self.transaction():

@@ -10,6 +10,7 @@ from mqfleet.advert import MAX_TEXT, Advert, parse_advert
 from mqfleet.agent.capability import detect_advert
 from mqfleet.coordinator.postgres import open_state
 from mqfleet.errors import BadRequestError
+from mqfleet.protocol import encode
 
 T0 = 1_800_000_000.0
 
@@ -17,14 +18,35 @@ T0 = 1_800_000_000.0
 def test_remembered_replies_are_capped_per_client_and_the_oldest_go_first(state_target: str) -> None:
     db = open_state(state_target)
     for i in range(30):
-        db.remember_reply(f"agent/h/renew/r{i:03d}", {"ok": True, "i": i}, T0 + i, keep=10)
-    db.remember_reply("agent/other/renew/x", {"ok": True}, T0, keep=10)
+        db.remember_reply(f"agent/h/renew/r{i:03d}", encode({"ok": True, "i": i}), T0 + i, keep=10)
+    db.remember_reply("agent/other/renew/x", encode({"ok": True}), T0, keep=10)
     # h's ten newest remain; another client sharing a name prefix ("h" vs "hx") is untouched.
-    db.remember_reply("agent/hx/renew/y", {"ok": True}, T0, keep=10)
+    db.remember_reply("agent/hx/renew/y", encode({"ok": True}), T0, keep=10)
     kept = [i for i in range(30) if db.remembered_reply(f"agent/h/renew/r{i:03d}") is not None]
     assert kept == list(range(20, 30))
     assert db.remembered_reply("agent/other/renew/x") is not None
     assert db.remembered_reply("agent/hx/renew/y") is not None
+    db.close()
+
+
+def test_a_senders_remembered_replies_stay_within_the_slack_across_restarts(state_target: str) -> None:
+    # keep 500: pruned back to the newest 500 once a sender passes 510 (keep // 50 of slack); the count
+    # lives in memory, so a restarted coordinator reads it from the table again.
+    def held() -> int:
+        return sum(db.remembered_reply(f"agent/h/renew/r{i:04d}") is not None for i in range(1200))
+
+    db = open_state(state_target)
+    for i in range(700):
+        db.remember_reply(f"agent/h/renew/r{i:04d}", encode({"ok": True, "i": i}), T0 + i, keep=500)
+        db.remember_reply(f"agent/h/renew/r{i:04d}", encode({"ok": True, "again": i}), T0 + i, keep=500)
+    assert 500 <= held() <= 510
+    assert db.remembered_reply("agent/h/renew/r0699") == {"ok": True, "i": 699}  # the first reply wins
+    db.close()
+    db = open_state(state_target)
+    for i in range(700, 1200):
+        db.remember_reply(f"agent/h/renew/r{i:04d}", encode({"ok": True, "i": i}), T0 + i, keep=500)
+    assert 500 <= held() <= 510
+    assert all(db.remembered_reply(f"agent/h/renew/r{i:04d}") is not None for i in range(700, 1200))
     db.close()
 
 

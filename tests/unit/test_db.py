@@ -684,8 +684,8 @@ def test_jobs_filters_by_status_and_refuses_an_unknown_one(db: CoordinatorState)
 def test_remembered_reply_survives_a_restart_and_is_pruned_when_old(state_target: str) -> None:
     first = CoordinatorState(state_target)
     assert first.state.remembered_reply("agent/h/claim/r1") is None
-    first.state.remember_reply("agent/h/claim/r1", {"ok": True, "job": None}, T0)
-    first.state.remember_reply("agent/h/claim/r2", {"ok": True, "job": None}, T0 + 100)
+    first.state.remember_reply("agent/h/claim/r1", encode({"ok": True, "job": None}), T0)
+    first.state.remember_reply("agent/h/claim/r2", encode({"ok": True, "job": None}), T0 + 100)
     first.close()
     second = CoordinatorState(state_target)
     assert second.state.remembered_reply("agent/h/claim/r1") == {"ok": True, "job": None}
