@@ -4,7 +4,8 @@ followed by what changed being published after commit (docs/SECURITY.md, "Replie
 
 The requests that arrive together are run as one group (docs/RELIABILITY.md, "Group commit"): queued
 while the dispatcher has more messages waiting, then run in one transaction, each in its own
-savepoint, committed once; their replies and what they changed are published only after that commit."""
+savepoint, committed once; their replies are published only after that commit, and what they
+changed (events, retained states, nudges) after their replies."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def answer(reply: Wire) -> Answer:
 
 
 class RequestGroup:
-    """What a group of requests leaves for after its one commit."""
+    """What a group of requests (or one request alone) leaves for after its commit and its replies."""
 
     def __init__(self) -> None:
         #: requests that committed something: their nudges follow the commit
@@ -160,13 +161,15 @@ class RequestDispatch(CoordinatorCore):
                 replies = [answer(failed)] * len(batch)
             else:
                 self.grouped_requests += len(batch)
-                self._after_commit(group.committed)
-        for (msg, req, _), reply in zip(batch, replies, strict=True):
-            self._reply(msg, reply.payload)
-            if self.metrics is not None:
+            # Answered as soon as the commit holds their effects; the events, states and nudges follow.
+            for (msg, _, _), reply in zip(batch, replies, strict=True):
+                self._reply(msg, reply.payload)
+            self._after_commit(group.committed)
+        if self.metrics is not None:
+            for (_, req, _), reply in zip(batch, replies, strict=True):
                 self.metrics.observe_request(req.verb.value, reply.json, time.perf_counter() - started)
 
-    def _answer(self, req: Request, key: str, group: RequestGroup | None = None) -> Answer:
+    def _answer(self, req: Request, key: str, group: RequestGroup) -> Answer:
         """One request's reply, an `internal` error if it raised; in a group it runs in its own savepoint,
         so its failure undoes only its own writes."""
         try:
@@ -177,18 +180,24 @@ class RequestDispatch(CoordinatorCore):
 
     def _handle(self, msg: Message, req: Request, key: str) -> None:
         started = time.perf_counter()
+        alone = RequestGroup()  # its own transaction commits inside _answer, before the reply
         try:
-            reply = self._answer(req, key)
+            reply = self._answer(req, key, alone)
         finally:
             self._in_flight.discard(key)
         self._reply(msg, reply.payload)
+        if alone.committed:
+            with self.lock:
+                # Read from the database in commit order: a request committed meanwhile on another
+                # thread may have published these changes already, with its own.
+                self._after_commit(alone.committed)
         if req.verb is Verb.RELOAD:
             # the parsed manifest (the prepared rows, local to _execute) is garbage only now
             return_freed_memory()
         if self.metrics is not None:
             self.metrics.observe_request(req.verb.value, reply.json, time.perf_counter() - started)
 
-    def _execute(self, req: Request, key: str, spec: VerbSpec, group: RequestGroup | None = None) -> Answer:
+    def _execute(self, req: Request, key: str, spec: VerbSpec, group: RequestGroup) -> Answer:
         try:
             return self._execute_once(req, key, spec, group)
         except UnavailableError as e:
@@ -196,7 +205,7 @@ class RequestDispatch(CoordinatorCore):
             logger.warning("%s from %s not handled: %s", req.verb.value, req.client, e)
             return answer(error(e.code, f"{e}; the coordinator answers again once its database is back: retry"))
 
-    def _execute_once(self, req: Request, key: str, spec: VerbSpec, group: RequestGroup | None) -> Answer:
+    def _execute_once(self, req: Request, key: str, spec: VerbSpec, group: RequestGroup) -> Answer:
         mac = ""
         if req.role is Role.OPERATOR:
             # Before the reply memory: a stored `ok` must never answer a request signed with the wrong token.
@@ -235,11 +244,9 @@ class RequestDispatch(CoordinatorCore):
                 except BaseException:
                     self.history.requeue(lines)  # rolled back with the refusal: written by the next flush
                     raise
-                if group is None:
-                    self._after_commit([req])
-                else:  # committed with the group, then published
-                    group.committed.append(req)
-                    group.lines.extend(lines)
+                # committed (alone, or with the group), answered, then published
+                group.committed.append(req)
+                group.lines.extend(lines)
             return reply
         except MqfleetError as e:
             if isinstance(e, UnavailableError):
