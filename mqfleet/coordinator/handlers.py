@@ -93,15 +93,17 @@ def _small(value: JsonObject | None, name: str) -> JsonObject | None:
 
 def handle_renew(coord: HandlerContext, req: Request) -> RenewReply:
     _check_known_host(coord, req.client)
-    renewal = RenewRequest.from_wire(req.body)
-    job_id, lease_id = renewal.job_id, renewal.lease_id
-    progress = _small(renewal.progress, "progress")
-    expires_ts = coord.leases.renew(job_id, lease_id, req.client, req.now, progress, lease_s=coord.lease_s)
-    if progress is not None:
-        coord.mark_progress(job_id)  # watchers see progress through the retained job state (at most 1/s)
+    asked = RenewRequest.from_wire(req.body)
+    job_id, lease_id = asked.job_id, asked.lease_id
+    progress = _small(asked.progress, "progress")
+    renewal = coord.leases.renew(job_id, lease_id, req.client, req.now, progress, lease_s=coord.lease_s)
+    if renewal.progressed:
+        # Watchers see progress through the retained job state (at most 1/s); the same progress again
+        # carries nothing new, so it is not republished.
+        coord.mark_progress(job_id)
     if "progress_reports" in req.body:
         record_attempt_history(coord, req, job_id, _attempt_of(coord, job_id), ending=False)
-    return RenewReply(expires_ts=expires_ts)
+    return RenewReply(expires_ts=renewal.expires_ts)
 
 
 def _attempt_of(coord: HandlerContext, job_id: str) -> int | None:

@@ -41,6 +41,15 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class Renewal:
+    """What a renewal did: the lease's new expiry, and whether the job's progress changed (only then is
+    its retained state worth publishing again)."""
+
+    expires_ts: float
+    progressed: bool
+
+
+@dataclass(frozen=True)
 class TakenLease:
     """The lease a cancel took away: the agent holding it is told to stop."""
 
@@ -76,17 +85,20 @@ class Leases:
 
     def renew(
         self, job_id: str, lease_id: str, host: str, now: float, progress: JsonObject | None = None, *, lease_s: float
-    ) -> float:
+    ) -> Renewal:
         """Extend a lease to now + lease_s and keep the latest progress; the first renewal means running."""
         with self.state.transaction() as c:
             lease = self._current_lease(job_id, lease_id, host)
             expires_ts = now + lease_s
             c.execute("UPDATE leases SET expires_ts = ? WHERE job_id = ?", (expires_ts, job_id))
+            progressed = False
             if progress is not None:
-                c.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress), job_id))
+                text = json.dumps(progress)
+                progressed = c.execute("UPDATE jobs SET progress = ? WHERE id = ? AND (progress IS NULL OR progress <> ?)",
+                                       (text, job_id, text)).rowcount > 0
             if lease["status"] == JobStatus.CLAIMED.value:
                 transition(c, job_id, JobStatus.RUNNING, expect=[JobStatus.CLAIMED], reason=f"running on {host}", now=now, host=host)
-        return expires_ts
+        return Renewal(expires_ts=expires_ts, progressed=progressed)
 
     def complete(self, job_id: str, lease_id: str, host: str, artifact: Completion, now: float) -> JobRow:
         """Record a verified artifact as the job's one completion; the lease ends with it."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -358,6 +359,21 @@ def test_first_renew_moves_claimed_to_running_and_extends_lease_and_keeps_progre
     assert (row.status, row.progress, row.lease_expires_ts) == ("running", {"progress": 0.4}, T0 + 120)
     assert db.renew(job_id("a"), grant.lease_id, "h", T0 + 60) == T0 + 150
     assert db.job(job_id("a")).progress == {"progress": 0.4}
+
+
+def test_a_renewal_says_whether_the_progress_changed_so_the_same_progress_is_not_republished(
+    db: CoordinatorState,
+) -> None:
+    db.apply_manifest(manifest(job("a")), T0)
+    bring_online(db, "h")
+    grant = claimed(db, "h")
+    renew = functools.partial(db.leases.renew, job_id("a"), grant.lease_id, "h", lease_s=90)
+    assert renew(T0 + 1, {"epoch": 1}).progressed
+    again = renew(T0 + 2, {"epoch": 1})
+    assert (again.progressed, again.expires_ts) == (False, T0 + 92)
+    assert not renew(T0 + 3, None).progressed
+    assert renew(T0 + 4, {"epoch": 2}).progressed
+    assert db.job(job_id("a")).progress == {"epoch": 2}
 
 
 def test_a_job_rows_json_for_listings_is_exactly_its_typed_rows_wire_form(db: CoordinatorState) -> None:
