@@ -131,9 +131,7 @@ def health_report(coord: HealthSource, now: float) -> Health:
         try:
             with coord.lock:
                 counts = coord.catalog.counts()
-                hosts = coord.hosts.hosts(coord.manifest.hosts if coord.manifest else {})
-            online, total = sum(1 for h in hosts if h.online), len(hosts)
-            draining, quarantined = sum(1 for h in hosts if h.draining), sum(1 for h in hosts if h.quarantined)
+                total, online, draining, quarantined = coord.hosts.counts()
         except Exception as e:  # sqlite3.Error between the check and here: health still answers
             checks["database"] = CheckResult(False, f"query on {coord.state.path} failed: {e}", now)
     manifest = coord.manifest

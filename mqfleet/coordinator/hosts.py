@@ -10,7 +10,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Container, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from mqfleet.advert import Advert
 from mqfleet.coordinator import faults, scheduler
@@ -23,6 +23,13 @@ from mqfleet.spec import HostPolicy
 logger = logging.getLogger(__name__)
 
 Policies = Mapping[str, HostPolicy]
+
+
+class HostCounts(NamedTuple):
+    total: int
+    online: int
+    draining: int
+    quarantined: int
 
 
 class Hosts:
@@ -94,12 +101,26 @@ class Hosts:
             leases = self.state.conn.execute("SELECT host, job_id FROM leases ORDER BY granted_ts").fetchall()
             seen = {r["id"]: r["last_seen_ts"] for r in self.state.conn.execute("SELECT id, last_seen_ts FROM hosts")}
             quarantined = faults.quarantines(self.state.conn)
+        held: dict[str, list[str]] = {}
+        for r in leases:
+            held.setdefault(r["host"], []).append(r["job_id"])
         return [
             Worker(id=v.id, advert=v.advert, online=v.online, draining=v.draining, last_seen_ts=seen[v.id],
-                   slots=v.slots, slots_used=v.slots_used, jobs=[r["job_id"] for r in leases if r["host"] == v.id],
+                   slots=v.slots, slots_used=v.slots_used, jobs=held.get(v.id, []),
                    quarantined=v.id in quarantined, quarantine=quarantined.get(v.id))
             for v in views
         ]
+
+    def counts(self) -> HostCounts:
+        """How many hosts are known, online, draining and quarantined: the coordinator status counts them
+        every few seconds, so by SQL rather than by building every host's record."""
+        row = self.state.read_one(
+            "SELECT COUNT(*), COALESCE(SUM(online), 0), COALESCE(SUM(draining), 0), "
+            "(SELECT COUNT(*) FROM host_faults f JOIN hosts q ON q.id = f.host WHERE f.quarantined_ts IS NOT NULL) "
+            "FROM hosts"
+        )
+        assert row is not None, "an aggregate always has a row"
+        return HostCounts(total=int(row[0]), online=int(row[1]), draining=int(row[2]), quarantined=int(row[3]))
 
     def views(self, policies: Policies, where: str = "", params: tuple[Any, ...] = ()) -> list[scheduler.HostView]:
         """Hosts (those matching `where` on `hosts h`) as the scheduler sees them, by id."""

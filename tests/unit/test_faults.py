@@ -111,6 +111,20 @@ def test_consecutive_failures_over_several_jobs_quarantine_a_host_until_it_is_un
     assert db.claim("h", T0 + 7).job.name == "d"  # type: ignore[union-attr]
 
 
+def test_the_host_counts_of_the_status_agree_with_the_host_records(db: Database) -> None:
+    # The retained coordinator status counts hosts by SQL; `workers` builds each record: they must agree.
+    db.apply_manifest(manifest(job("a"), job("b"), job("c"), job("d"), quarantine_after=3, max_attempts=1), T0)
+    online(db, "h", "g", "k")
+    for i, cause in enumerate((Cause.APP, Cause.TIMEOUT, Cause.STALLED)):
+        fail_once(db, "h", T0 + i, cause)
+    db.set_draining("g", True, T0 + 4)
+    db.record_presence("k", False, T0 + 5)
+    records = db.hosts()
+    expected = (len(records), sum(w.online for w in records), sum(w.draining for w in records),
+                sum(w.quarantined for w in records))
+    assert tuple(db.hosts_table.counts()) == expected == (3, 2, 1, 1)
+
+
 def test_one_job_failing_again_and_again_does_not_quarantine_its_host(db: Database) -> None:
     db.apply_manifest(manifest(job("a"), quarantine_after=2, max_attempts=5), T0)
     online(db, "h")
