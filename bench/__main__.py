@@ -44,7 +44,7 @@ def claim_rtt_rows(r: dict[str, Any]) -> list[Row]:
     return [
         Row("claim round trip (coordinator subprocess)", ms(r["claim_p50_s"]), ms(r["claim_p99_s"]),
             f"raw MQTT v5 req/reply {ms(r['raw_p50_s'])} / {ms(r['raw_p99_s'])}",
-            f"{r['p50_ratio']:.2f}x / {r['p99_ratio']:.2f}x", "p50 <= 2x raw", verdict(r["p50_ratio"] <= 2.0)),
+            f"{r['p50_ratio']:.2f}x / {r['p99_ratio']:.2f}x", "p50 <= 1.5x raw (issue 17)", verdict(r["p50_ratio"] <= 1.5)),
     ]
 
 
@@ -68,12 +68,14 @@ def throughput_rows(c: dict[str, Any], n: dict[str, Any]) -> list[Row]:
     lost = n["refused_or_lost"] + n["jobs_not_running"]
     return [
         Row(f"claims+completions/s, {c['agents']} agents, {c['seconds']:g} s", f"{c['ops_per_s']:.0f}/s",
-            baseline=f"{c['jobs_per_s']:.0f} jobs/s; coordinator CPU {c['coordinator_cpu_s']:.1f} s",
-            target=">= 1,000/s", verdict=verdict(c["ops_per_s"] >= 1000)),
+            baseline=f"{c['jobs_per_s']:.0f} jobs/s; coordinator CPU {c['coordinator_cpu_s']:.1f} s in the window, "
+                     f"{c['coordinator_cpu_s'] / max(1, 1.5 * c['ops_per_s'] * c['seconds']) * 1e3:.2f} ms per request",
+            target=">= 1,500/s", verdict=verdict(c["ops_per_s"] >= 1500)),
         Row(f"{n['agents']} connected agents renewing every {n['renew_every_s']:g} s for {n['seconds']:g} s "
             f"(lease {n['lease_s']:g} s)", f"{n['refused_or_lost']} renewals refused, {n['jobs_not_running']} of "
             f"{n['agents']} jobs not running; renew {ms(n['renew_p50_s'])}",
-            ms(n["renew_p99_s"]), f"{n['renewals']} renewals from {n['processes']} load processes", target="no lease lost", verdict=verdict(lost == 0)),
+            ms(n["renew_p99_s"]), f"{n['renewals']} renewals from {n['processes']} load processes",
+            target="no lease lost, p99 < 50 ms", verdict=verdict(lost == 0 and n["renew_p99_s"] < 0.050)),
     ]
 
 

@@ -114,9 +114,13 @@ def measure_churn(agents_n: int, seconds: float, workdir: Path, *, warmup_s: flo
             threads = [threading.Thread(target=churn.run, args=(a,), daemon=True) for a in agents]
             for t in threads:
                 t.start()
+            # the coordinator's CPU over the timed window only (not its start, manifest load and first republish)
+            time.sleep(max(0.0, churn.t_start - time.monotonic()))
+            cpu_at_start = _cpu_s(coord.pid)
+            time.sleep(max(0.0, churn.t_end - time.monotonic()))
+            coord_cpu_s = _cpu_s(coord.pid) - cpu_at_start
             for t in threads:
                 t.join(timeout=seconds + warmup_s + 60)
-            coord_cpu_s = _cpu_s(coord.pid)
         finally:
             _stop_agents(agents)
             coord.stop()
