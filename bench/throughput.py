@@ -109,6 +109,9 @@ def measure_churn(agents_n: int, seconds: float, workdir: Path, *, warmup_s: flo
         try:
             agents = _start_agents(broker.url, prefix, agents_n, "tput")
             sha, size = seed_artifact(agents[0], workdir)
+            # The first start publishes every job's retained state in the background: measure after it.
+            while coord.client.health().republishing:
+                time.sleep(0.2)
             t0 = time.monotonic() + 0.5
             churn = _Churn(sha, size, t0 + warmup_s, t0 + warmup_s + seconds)
             threads = [threading.Thread(target=churn.run, args=(a,), daemon=True) for a in agents]
