@@ -32,6 +32,7 @@ class Catalog:
 
     def apply_manifest(self, manifest: Manifest | ManifestRows, now: float) -> dict[str, list[str]]:
         """Make the jobs table follow a validated manifest: add new jobs, update kept ones, orphan the rest.
+        Returns the ids `added`, `kept`, `changed` (kept jobs whose row was rewritten) and `orphaned`.
 
         Given `ManifestRows` (built by `manifest_rows()` off the lock), the transaction only
         compares and writes: the JSON of 100,000 specs is not built while renewals wait.
@@ -39,6 +40,7 @@ class Catalog:
         prepared = manifest if isinstance(manifest, ManifestRows) else manifest_rows(manifest)
         added: list[str] = []
         kept: list[str] = []
+        changed: list[str] = []
         with self.state.transaction() as c:
             existing = {r[0]: (r[1], r[2], r[3]) for r in c.execute("SELECT id, spec, max_attempts, in_manifest FROM jobs")}
             inserts, updates = [], []
@@ -51,6 +53,7 @@ class Catalog:
                     continue
                 kept.append(job_id)
                 if old != (text, max_attempts, 1):
+                    changed.append(job_id)
                     updates.append((*cols, max_attempts, now, job_id))
             c.executemany(
                 "INSERT INTO jobs (id, name, model, mode, spec, priority, prefer_cuda, require_cuda, "
@@ -83,9 +86,9 @@ class Catalog:
             c.executemany("INSERT OR IGNORE INTO sweep_jobs (sweep, job_id) VALUES (?, ?)", prepared.sweeps)
             refresh_blocked(c)
             remember_manifest(c, prepared.digest, prepared.header, len(prepared.rows))
-        logger.info("manifest %s: %d added, %d kept, %d orphaned", prepared.header.source or "(text)", len(added),
-                    len(kept), len(orphaned))
-        return {"added": added, "kept": kept, "orphaned": orphaned}
+        logger.info("manifest %s: %d added, %d kept (%d changed), %d orphaned", prepared.header.source or "(text)",
+                    len(added), len(kept), len(changed), len(orphaned))
+        return {"added": added, "kept": kept, "changed": changed, "orphaned": orphaned}
 
     def resume_manifest(self, digest: str) -> tuple[Manifest, int] | None:
         """The stored manifest in force (without jobs) and its job count, when it has this digest."""

@@ -269,10 +269,9 @@ class RequestDispatch(CoordinatorCore):
         others: list[Request] = []
         for req in reqs:
             if req.verb is Verb.RELOAD:
-                # Added and changed jobs do not pass through an event; any host may have work now.
+                # Any host may have work now (changed jobs do not pass through an event). The states of
+                # rewritten rows are found by the republisher's walk, which apply_manifest asked for.
                 self.nudge(req.verb.value, req.now)
-                # A reload rewrites rows without events (priority, in_manifest): their states are found by digest.
-                self.republisher.request_sweep()
             elif req.verb is Verb.UNDRAIN:
                 self.nudge(req.verb.value, req.now, hosts=[field(req.body, "host", str)])
             else:

@@ -41,6 +41,12 @@ class ManifestInForce(CoordinatorCore):
                     self.stored_manifest = self.manifests.record(prepared.text, source, origin, now)
             self.manifest = prepared.header
             self.manifest_jobs = len(prepared.rows)
+            if summary["changed"] or summary["orphaned"]:
+                # Rewritten rows (priority, spec, in_manifest, and the dependents they block) change their
+                # retained states without an event: the republisher finds them by digest, after this commit
+                # (it waits for the lock). Added jobs go out with their events; an unchanged file costs
+                # no walk over every job.
+                self.republisher.request_sweep()
         logger.info(
             "manifest %s: %d jobs (%d added, %d orphaned)",
             source, len(prepared.rows), len(summary["added"]), len(summary["orphaned"]),
@@ -55,7 +61,7 @@ class ManifestInForce(CoordinatorCore):
         """Apply the --manifest file if it changed since it was last applied, else keep the manifest in force
         (which may have come from `reload --file`); logs which and why. ManifestError when there is neither."""
         if self._resume_manifest():
-            return {"added": [], "kept": [], "orphaned": []}
+            return {"added": [], "kept": [], "changed": [], "orphaned": []}
         chosen = manifest_at_start(str(self.manifest_path), self.manifests)
         logger.info("manifest at start: %s", chosen.why)
         if chosen.refused is not None:

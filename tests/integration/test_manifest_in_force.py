@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
+from mqfleet.mqtt import BrokerConfig, Connection
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import Fleet, manifest_text
 
@@ -103,3 +107,42 @@ def test_health_reports_the_store_failing_when_its_folder_is_removed_and_exits_1
     assert "missing" in body["checks"]["store"]["detail"]
     plain = fleet.cli("health")
     assert plain.returncode == 1 and "store" in plain.stderr
+
+
+def test_a_reload_republishes_the_states_it_changed_and_an_unchanged_file_starts_no_walk(
+        fleet: Fleet, tmp_path: Path) -> None:
+    # A rewritten row (here a priority) changes its retained state without an event, so the republisher
+    # walks every job to find it by digest; a reload that rewrote nothing must not start that walk (at
+    # 100,000 jobs it held claims back for its whole length). Each walk logs one line when it ends.
+    jobs = [{"name": f"j{i}", "model": "ok", "mode": "m", "seed": i} for i in range(3)]
+    fleet.write_manifest(manifest_text(*jobs))
+    fleet.start_coordinator()
+    coordinator = fleet.coordinator
+    assert coordinator is not None
+
+    def walks() -> int:
+        return coordinator.log().count("retained job states checked")
+
+    wait_until(lambda: walks() >= 1, timeout_s=30, what="the first start's walk over the retained states")
+    j0 = next(j for j in fleet.client().jobs() if j["name"] == "j0")
+    states: list[dict[str, Any]] = []
+    watcher = Connection(BrokerConfig(url=fleet.broker_url), client_id=f"watch-{uuid.uuid4().hex[:8]}",
+                         reply_prefix=fleet.prefix)
+    watcher.subscribe(f"{fleet.prefix}/jobs/{j0['id']}/state", lambda msg: states.append(msg.json()))
+    watcher.start(wait_s=10)
+    try:
+        before = walks()
+        same = tmp_path / "same.toml"
+        same.write_text(manifest_text(*jobs))
+        assert fleet.cli("reload", "--file", str(same)).returncode == 0
+        time.sleep(1.0)  # an unneeded walk over 3 jobs would have logged its line by now
+        assert walks() == before
+
+        changed = tmp_path / "changed.toml"
+        changed.write_text(manifest_text({**jobs[0], "priority": 5}, *jobs[1:]))
+        assert fleet.cli("reload", "--file", str(changed)).returncode == 0
+        wait_until(lambda: any(s.get("priority") == 5 for s in states), timeout_s=10,
+                   what="j0's retained state with its new priority")
+        wait_until(lambda: walks() == before + 1, timeout_s=10, what="the changed reload's walk")
+    finally:
+        watcher.stop()

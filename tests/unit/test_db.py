@@ -98,7 +98,7 @@ def test_state_survives_reopening_the_file(state_target: str) -> None:
 
 def test_apply_manifest_adds_new_jobs_as_pending(db: CoordinatorState) -> None:
     summary = db.apply_manifest(manifest(job("a"), job("b")), T0)
-    assert summary == {"added": [job_id("a"), job_id("b")], "kept": [], "orphaned": []}
+    assert summary == {"added": [job_id("a"), job_id("b")], "kept": [], "changed": [], "orphaned": []}
     row = db.job(job_id("a"))
     assert (row.status, row.host, row.attempts, row.max_attempts, row.in_manifest) == ("pending", None, 0, 3, True)
     assert (row.artifact, row.error, row.progress, row.lease_expires_ts) == (None, None, None, None)
@@ -111,7 +111,7 @@ def test_reload_with_the_same_manifest_is_idempotent(db: CoordinatorState) -> No
     claimed(db, "h")
     before = db.jobs()
     db.take_changes()
-    assert db.apply_manifest(m, T0 + 5) == {"added": [], "kept": [job_id("a"), job_id("b")], "orphaned": []}
+    assert db.apply_manifest(m, T0 + 5) == {"added": [], "kept": [job_id("a"), job_id("b")], "changed": [], "orphaned": []}
     assert db.jobs() == before
     assert db.take_changes() == []
 
@@ -121,7 +121,7 @@ def test_reload_keeps_status_updates_priority_and_orphans_removed_jobs(db: Coord
     bring_online(db, "h")
     claimed(db, "h")
     summary = db.apply_manifest(manifest(job("a", priority=7), job("c")), T0 + 1)
-    assert summary == {"added": [job_id("c")], "kept": [job_id("a")], "orphaned": [job_id("b")]}
+    assert summary == {"added": [job_id("c")], "kept": [job_id("a")], "changed": [job_id("a")], "orphaned": [job_id("b")]}
     a, b = db.job(job_id("a")), db.job(job_id("b"))
     assert (a.status, a.priority, a.in_manifest) == ("claimed", 7, True)
     assert (b.status, b.in_manifest) == ("pending", False)
