@@ -159,12 +159,15 @@ class RequestDispatch(CoordinatorCore):
                           if isinstance(e, UnavailableError) else
                           error("internal", "the coordinator failed to commit this request; see its log"))
                 replies = [answer(failed)] * len(batch)
+                committed = False
             else:
                 self.grouped_requests += len(batch)
+                committed = True
             # Answered as soon as the commit holds their effects; the events, states and nudges follow.
             for (msg, _, _), reply in zip(batch, replies, strict=True):
                 self._reply(msg, reply.payload)
-            self._after_commit(group.committed)
+            if committed:
+                self._after_commit(group.committed)
         if self.metrics is not None:
             for (_, req, _), reply in zip(batch, replies, strict=True):
                 self.metrics.observe_request(req.verb.value, reply.json, time.perf_counter() - started)

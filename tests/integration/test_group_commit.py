@@ -6,6 +6,7 @@ requests queues up behind a first one; the broker and the database are real."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -130,3 +131,41 @@ def test_a_request_redelivered_inside_the_same_group_is_run_once_and_answered_al
     assert first["ok"] is True and again == first
     assert [a.number for a in coordinator.catalog.attempts(job_id)] == [1]
     assert coordinator.catalog.job(job_id).status == "pending"
+
+
+def test_a_group_whose_commit_fails_leaves_nothing_and_each_request_runs_again_when_resent(
+    coordinator: Coordinator, mqtt_connect: Callable[..., Connection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h1, h2 = (_agent(mqtt_connect, coordinator.topics, h) for h in ("h1", "h2"))
+    g1, g2 = _claim(h1), _claim(h2)
+    backs = [{"job_id": g["job"]["id"], "lease_id": g["lease_id"], "cause": "shutdown"} for g in (g1, g2)]
+    grouped_before = coordinator.grouped_requests
+    blocker = _blocker(coordinator, mqtt_connect)
+    commit = coordinator.state._commit
+    failures = []
+
+    def commit_failing_once() -> None:
+        # the group's commit: the one whose transaction has ended h1's lease (its hand-back ran in it)
+        handed_back = coordinator.state.conn.execute("SELECT 1 FROM leases WHERE job_id = ?",
+                                                     (g1["job"]["id"],)).fetchone() is None
+        if handed_back and not failures:
+            failures.append(1)
+            coordinator.state.conn.execute("ROLLBACK")  # what a failed COMMIT leaves behind, closed
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        commit()
+
+    monkeypatch.setattr(coordinator.state, "_commit", commit_failing_once)
+    # the blocker is refused (a wrong lease): its transaction rolls back, only its refusal is remembered
+    replies = _burst(coordinator, lambda: blocker.send(Verb.FAIL, {**backs[0], "lease_id": "0" * 32}), [
+        lambda: h1.send(Verb.FAIL, backs[0], request_id="back-1"),
+        lambda: h2.send(Verb.FAIL, backs[1], request_id="back-2"),
+    ])
+    assert failures and coordinator.grouped_requests == grouped_before
+    assert [(r["ok"], r["error"]) for r in replies] == [(False, "internal")] * 2
+    for g in (g1, g2):  # neither hand-back took: both leases are as granted
+        lease = coordinator.catalog.lease(g["job"]["id"])
+        assert lease is not None and lease.lease_id == g["lease_id"]
+    # nothing was remembered: the same requests sent again run, and this time take effect
+    assert h1.send(Verb.FAIL, backs[0], request_id="back-1")["ok"] is True
+    assert h2.send(Verb.FAIL, backs[1], request_id="back-2")["ok"] is True
+    assert coordinator.catalog.job(g1["job"]["id"]).status == coordinator.catalog.job(g2["job"]["id"]).status == "pending"
