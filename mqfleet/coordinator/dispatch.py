@@ -194,8 +194,9 @@ class RequestDispatch(CoordinatorCore):
                 # Read from the database in commit order: a request committed meanwhile on another
                 # thread may have published these changes already, with its own.
                 self._after_commit(alone.committed)
+        del alone  # it holds the request as run: a reload's carries the prepared rows of every job
         if req.verb is Verb.RELOAD:
-            # the parsed manifest (the prepared rows, local to _execute) is garbage only now
+            # the parsed manifest (the prepared rows, local to _execute and `alone`) is garbage only now
             return_freed_memory()
         if self.metrics is not None:
             self.metrics.observe_request(req.verb.value, reply.json, time.perf_counter() - started)
