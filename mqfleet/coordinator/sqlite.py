@@ -159,6 +159,7 @@ class StateFile:
         owner = "/".join(key.split("/", 2)[:2]) + "/"
         # '0' follows '/' in ASCII, so [owner, owner-with-'0') is exactly the keys under it: a PK range scan.
         upper = owner[:-1] + "0"
+        most = keep + keep // 50  # pruned back to `keep` only past this, so most inserts count nothing
         with self.transaction() as c:
             # the first reply wins: a redelivery answered by another coordinator meanwhile keeps that answer
             added = c.execute("INSERT OR IGNORE INTO replies (key, reply, ts) VALUES (?, ?, ?)",
@@ -169,11 +170,11 @@ class StateFile:
                     self._replies_held.clear()  # recounted from the table as each sender sends again
                 held = c.execute(
                     "SELECT COUNT(*) FROM (SELECT 1 FROM replies WHERE key >= ? AND key < ? LIMIT ?) AS held",
-                    (owner, upper, keep + keep // 50 + 1),
+                    (owner, upper, most + 1),
                 ).fetchone()[0]
             else:
                 held += max(0, added)
-            if held > keep + keep // 50:
+            if held > most:
                 c.execute(
                     "DELETE FROM replies WHERE key IN (SELECT key FROM replies WHERE key >= ? AND key < ? "
                     "ORDER BY ts, key LIMIT (SELECT COUNT(*) FROM replies WHERE key >= ? AND key < ?) - ?)",
