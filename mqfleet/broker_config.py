@@ -16,6 +16,10 @@ from mqfleet import defaults
 from mqfleet.errors import ConfigurationError
 
 _SCHEMES = {"mqtt": 1883, "mqtts": 8883}
+#: Added to a refusal over plain mqtt:// without a certificate: the project's loopback listener serves
+#: monitoring accounts public state only (docs/SECURITY.md).
+PLAIN_REFUSED_HINT = ("; the loopback listener serves monitoring accounts public state only: connect with mqtts:// "
+                      "and a certificate (MQFLEET_CA, MQFLEET_CERT, MQFLEET_KEY)")
 FLAG_OF = {"url": f"--broker / {defaults.ENV_BROKER}", "ca": f"--ca / {defaults.ENV_CA}",
             "cert": f"--cert / {defaults.ENV_CERT}", "key": f"--key / {defaults.ENV_KEY}"}
 

@@ -20,7 +20,7 @@ import ssl
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +31,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from mqfleet import defaults, protocol
+from mqfleet.broker_config import PLAIN_REFUSED_HINT, describe_socket_error
 from mqfleet.broker_config import BrokerConfig as BrokerConfig
-from mqfleet.broker_config import describe_socket_error
 from mqfleet.errors import BrokerUnavailableError, ConfigurationError
 from mqfleet.mqtt_dispatch import HandlerDispatch
 from mqfleet.mqtt_message import Handler, Inbox, Pending, subscription_id
@@ -55,6 +55,10 @@ _paho_logger.addFilter(_drop_not_connected_noise)
 
 #: PUBACK reason "No matching subscribers": the broker took the publish but nobody was subscribed.
 _NO_MATCHING_SUBSCRIBERS = 0x10
+#: DISCONNECT reason "Session taken over": another client connected with our client id.
+_SESSION_TAKEN_OVER = 0x8E
+#: Local addresses of past sockets remembered (local_addresses), for reconnects seen late in a log.
+_LOCAL_ADDRESSES_KEPT = 16
 
 
 class Connection(HandlerDispatch, RequestReply):
@@ -99,6 +103,8 @@ class Connection(HandlerDispatch, RequestReply):
         #: mid -> when its PUBACK said "no matching subscribers" (monotonic), for request_raw's resends.
         self._unmatched_mids: OrderedDict[int, float] = OrderedDict()
         self._connects = 0
+        #: "host:port" of our end of the latest sockets, as the broker names this client in its log.
+        self._local_addresses: deque[str] = deque(maxlen=_LOCAL_ADDRESSES_KEPT)
         self._connected = threading.Event()
         self._first_connack = threading.Event()
         self._failure: str | None = None
@@ -120,7 +126,7 @@ class Connection(HandlerDispatch, RequestReply):
         if will is not None:
             topic, payload, retain = will
             client.will_set(topic, payload, qos=1, retain=retain)
-        client.on_socket_open = _set_nodelay
+        client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -143,7 +149,12 @@ class Connection(HandlerDispatch, RequestReply):
         if self.persistent:
             properties.SessionExpiryInterval = self._session_expiry_s
         if wait_s is not None:
-            self._client.connect_timeout = max(1.0, min(5.0, wait_s))
+            # paho's bound on each TCP connect and TLS handshake, reconnects included: never past the wait.
+            self._client.connect_timeout = max(0.05, min(5.0, wait_s))
+            if wait_s < 1:
+                # Nor may giving up wait out paho's 1 s sleep before its next try (stop joins its thread).
+                # paho types the delay as int and sleeps on a float all the same.
+                self._client.reconnect_delay_set(min_delay=max(0.05, wait_s), max_delay=10)  # type: ignore[arg-type]
         self._client.connect_async(self.config.host, self.config.port, keepalive=self._keepalive_s,
                                    clean_start=not self.persistent, properties=properties)
         self._dispatcher.start()
@@ -276,12 +287,28 @@ class Connection(HandlerDispatch, RequestReply):
             properties.CorrelationData = request.correlation_data
         self._publish(request.response_topic, payload, qos=1, retain=False, expiry_s=None, properties=properties)
 
+    def local_addresses(self) -> list[str]:
+        """"HOST:PORT" of our end of this connection's latest sockets (reconnects included), newest last."""
+        with self._lock:
+            return list(self._local_addresses)
+
     # -- paho callbacks: network thread; they must never raise or block ------------------------------------------
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        # Called before CONNECT goes out, so the address is known before the broker can log it.
+        _set_nodelay(sock)
+        try:
+            host, port = sock.getsockname()[:2]
+        except (OSError, AttributeError, TypeError, ValueError):  # a socket type without an address
+            return
+        with self._lock:
+            self._local_addresses.append(f"{host}:{port}")
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         try:
             if reason.is_failure:
-                self._failure = f"connection refused by the broker: {reason.getName()}"
+                hint = PLAIN_REFUSED_HINT if reason.getName() == "Not authorized" and not self.config.tls else ""
+                self._failure = f"connection refused by the broker: {reason.getName()}{hint}"
                 if not self._started_ok:
                     # paho would retry a refused CONNACK forever; start() reports it instead.
                     self._fatal = True
@@ -329,8 +356,15 @@ class Connection(HandlerDispatch, RequestReply):
                 return
             if self._stopping or not was_connected:
                 return
-            logger.warning("mqtt %s: lost connection to %s (%s); reconnecting", self.client_id, self.config.url,
-                           reason.getName() if hasattr(reason, "getName") else reason)
+            if getattr(reason, "value", None) == _SESSION_TAKEN_OVER:
+                # Mosquitto 2.0.15+ says so (2.0.11 just closes the socket). Anyone allowed to connect may
+                # pick our client id (docs/SECURITY.md, "Trade-offs and residual risks"); the broker's log
+                # names the newcomer's address and user.
+                logger.warning("mqtt %s: disconnected by %s because another client connected with client id %r "
+                               "(session taken over); reconnecting", self.client_id, self.config.url, self.client_id)
+            else:
+                logger.warning("mqtt %s: lost connection to %s (%s); reconnecting", self.client_id, self.config.url,
+                               reason.getName() if hasattr(reason, "getName") else reason)
             self._inbox.put(("disconnect", None))
         except Exception:
             logger.exception("mqtt %s: on_disconnect failed", self.client_id)
@@ -383,7 +417,7 @@ def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
-def _set_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
+def _set_nodelay(sock: Any) -> None:
     # Nagle on either end meets delayed ACK on the other: 44-88 ms per round trip instead of <1 ms.
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

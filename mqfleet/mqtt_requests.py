@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mqfleet import defaults, protocol
-from mqfleet.broker_config import BrokerConfig
+from mqfleet.broker_config import PLAIN_REFUSED_HINT, BrokerConfig
 from mqfleet.errors import BrokerUnavailableError, NotAuthorizedError, RequestTimeoutError
 from mqfleet.mqtt_message import Message, Pending
 from mqfleet.wire import Wire
@@ -151,9 +151,7 @@ class RequestReply:
                     reconnected = self._connects != connects and self._connected.is_set()
                 # A request the broker refuses (ACL) is never delivered: say so instead of timing out.
                 if refused is not None:
-                    hint = ("; the loopback listener lets anonymous clients read public state only: connect with "
-                            "mqtts:// and a certificate (MQFLEET_CA, MQFLEET_CERT, MQFLEET_KEY)"
-                            if self.config.url.startswith("mqtt://") and self.config.cert is None else "")
+                    hint = PLAIN_REFUSED_HINT if not self.config.tls else ""
                     raise NotAuthorizedError(f"broker {self.config.url} refused the request on {topic}: {refused}{hint}")
                 if resend_at is None and (unmatched or reconnected):
                     why = "reached no subscriber" if unmatched else "may have been lost in our reconnect"

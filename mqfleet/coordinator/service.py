@@ -42,6 +42,7 @@ from mqfleet.coordinator.postgres import is_postgres_url, open_state
 from mqfleet.coordinator.republish import StateRepublisher, record_published, state_page
 from mqfleet.coordinator.startup import ManifestInForce
 from mqfleet.coordinator.sweep import Sweep
+from mqfleet.coordinator.takeover import TakeoverWatch
 from mqfleet.errors import ManifestError, MqfleetError, NotFoundError
 from mqfleet.manifest import Manifest
 from mqfleet.messages import Health
@@ -70,7 +71,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         #: On PostgreSQL several coordinators may serve one fleet: requests come through a shared
         #: subscription and the sweep runs on the leader alone (coordinator/peers.py).
         self.shared = is_postgres_url(config.state_target)
-        self.state = open_state(config.state_target, writer=f"{config.client_id}-{secrets.token_hex(3)}")
+        self.state = open_state(config.state_target, writer=f"{config.client_id}-{secrets.token_hex(3)}",
+                                password_file=config.db_password_file)
         self.peers = peers.Peers(self.state, coordinator_id=config.client_id, version=__version__, started_ts=self.started_ts)
         self.election = peers.election_for(self.state)
         #: Whether this coordinator runs the sweep and publishes the fleet's status (always, over SQLite).
@@ -100,7 +102,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         if config.metrics_port is not None:
             from mqfleet.coordinator.metrics import CoordinatorMetrics
 
-            self.metrics = CoordinatorMetrics(self.state, last_sweep_ts=lambda: self.last_sweep_ts, clock=clock)
+            self.metrics = CoordinatorMetrics(self.state, last_sweep_ts=lambda: self.last_sweep_ts, clock=clock,
+                                              counts=self._process_counts)
         #: Why each host's latest advert was refused (its last good one stays in force).
         self.advert_problems: OrderedDict[str, str] = OrderedDict()
         #: Characters of output seen per (job, attempt) since this process started (_within_log_budget).
@@ -125,6 +128,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self.dropped_requests = 0
         #: Log batches refused because their host does not hold the job's current lease.
         self.refused_log_batches = 0
+        #: Retained messages deleted from request and log topics (outbox.clear_retained).
+        self.retained_cleared = 0
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(config.client_id),
@@ -142,6 +147,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             # the dispatcher has no more messages waiting (issue 17).
             after_step=self.run_waiting_requests,
         )
+        self.takeovers = TakeoverWatch(config.broker, client_id=self.conn.client_id,
+                                       own_addresses=self.conn.local_addresses, reply_prefix=config.prefix)
         self.republisher = StateRepublisher(
             lock=self.lock, read_page=lambda after, limit: state_page(self.state, after, limit),
             write_digests=lambda digests: record_published(self.state, digests),
@@ -177,8 +184,10 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         # After the requests that arrived before them: a host's will is never handled ahead of its last claim.
         self.conn.subscribe(t.all_adverts, self.in_request_order(self._on_advert), no_local=True)
         self.conn.subscribe(t.all_statuses, self.in_request_order(self._on_status), no_local=True)
-        self.conn.subscribe(t.all_logs, self.in_request_order(self._on_log), qos=0, no_local=True)
+        self.conn.subscribe(t.all_logs, self.in_request_order(self._on_log), qos=0, no_local=True,
+                            retain_as_published=True)
         self.conn.start(wait_s=wait_s)
+        self.takeovers.start(wait_s=None)  # in the background: it only counts, and never holds up a start
         # A coordinator killed between commit and publish left retained states behind the database:
         # the states that differ from what was last published are republished in the background, at
         # a bounded rate, while requests are answered (docs/RELIABILITY.md, "Restarts").
@@ -210,6 +219,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         except MqfleetError as e:
             logger.warning("coordinators table not updated at stop: %s", e)
         self.conn.stop(final=final)
+        self.takeovers.stop()
         self.state.close()
         logger.info("coordinator stopped")
 
@@ -256,6 +266,11 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             lines = tail.splitlines()
         return attempt, lines, numbers
 
+    def _process_counts(self) -> dict[str, int]:
+        """The counts kept in memory that the metrics serve, by their `health` field names."""
+        return {"session_takeovers": self.takeovers.count, "retained_cleared": self.retained_cleared,
+                "requests_dropped": self.dropped_requests, "log_batches_refused": self.refused_log_batches}
+
     def health(self, now: float) -> Health:
         """The `health` reply and retained status: counts, the manifest in force, the checks' results, and
         the coordinators sharing the state (this one named by `coordinator`)."""
@@ -266,5 +281,6 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             logger.warning("coordinators table unreadable: %s", e)
         return dataclasses.replace(
             health_report(self, now), coordinator=self.config.client_id, role="leader" if self.is_leader else "follower",
+            session_takeovers=self.takeovers.count,
             state_store="postgresql" if self.shared else "sqlite", coordinators=coordinators,
         )
