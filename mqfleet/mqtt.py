@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import ssl
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -31,11 +30,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from mqfleet import defaults, protocol
-from mqfleet.broker_config import PLAIN_REFUSED_HINT, describe_socket_error
+from mqfleet.broker_config import PLAIN_REFUSED_HINT, describe_socket_error, set_nodelay
 from mqfleet.broker_config import BrokerConfig as BrokerConfig
 from mqfleet.errors import BrokerUnavailableError, ConfigurationError
 from mqfleet.mqtt_dispatch import HandlerDispatch
-from mqfleet.mqtt_message import Handler, Inbox, Pending, subscription_id
+from mqfleet.mqtt_message import Handler, Inbox, Pending, call_safely, subscription_id
 from mqfleet.mqtt_message import Message as Message
 from mqfleet.mqtt_requests import RequestReply
 
@@ -57,8 +56,8 @@ _paho_logger.addFilter(_drop_not_connected_noise)
 _NO_MATCHING_SUBSCRIBERS = 0x10
 #: DISCONNECT reason "Session taken over": another client connected with our client id.
 _SESSION_TAKEN_OVER = 0x8E
-#: Local addresses of past sockets remembered (local_addresses), for reconnects seen late in a log.
-_LOCAL_ADDRESSES_KEPT = 16
+#: Longest wait between two tries to reconnect (paho doubles it from the first, 1 s or less).
+_RECONNECT_MAX_DELAY_S = 10
 
 
 class Connection(HandlerDispatch, RequestReply):
@@ -75,7 +74,7 @@ class Connection(HandlerDispatch, RequestReply):
                  keepalive_s: int = defaults.KEEPALIVE_S, on_connect: Callable[[bool], None] | None = None,
                  on_disconnect: Callable[[], None] | None = None, reply_prefix: str = defaults.TOPIC_PREFIX,
                  reply_topic: str | None = None, is_urgent: Callable[[str], bool] | None = None,
-                 after_step: Callable[[], None] | None = None) -> None:
+                 after_step: Callable[[], None] | None = None, on_socket: Callable[[Any], None] | None = None) -> None:
         config.validate()
         if not client_id or any(c in client_id for c in "/+#"):
             raise ConfigurationError(f"client id {client_id!r} must be non-empty and free of '/', '+' and '#'")
@@ -91,6 +90,8 @@ class Connection(HandlerDispatch, RequestReply):
         self._user_on_connect = on_connect
         self._user_on_disconnect = on_disconnect
         self._after_step = after_step
+        #: Called (on paho's thread) with each new socket before CONNECT goes out on it.
+        self._on_socket = on_socket
 
         self._lock = threading.Lock()
         self._filters: dict[str, list[Handler]] = {}
@@ -103,8 +104,6 @@ class Connection(HandlerDispatch, RequestReply):
         #: mid -> when its PUBACK said "no matching subscribers" (monotonic), for request_raw's resends.
         self._unmatched_mids: OrderedDict[int, float] = OrderedDict()
         self._connects = 0
-        #: "host:port" of our end of the latest sockets, as the broker names this client in its log.
-        self._local_addresses: deque[str] = deque(maxlen=_LOCAL_ADDRESSES_KEPT)
         self._connected = threading.Event()
         self._first_connack = threading.Event()
         self._failure: str | None = None
@@ -120,7 +119,7 @@ class Connection(HandlerDispatch, RequestReply):
                                             daemon=True)
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         client.enable_logger(_paho_logger)
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.reconnect_delay_set(min_delay=1, max_delay=_RECONNECT_MAX_DELAY_S)
         if config.tls:
             client.tls_set_context(config.ssl_context())
         if will is not None:
@@ -149,12 +148,11 @@ class Connection(HandlerDispatch, RequestReply):
         if self.persistent:
             properties.SessionExpiryInterval = self._session_expiry_s
         if wait_s is not None:
-            # paho's bound on each TCP connect and TLS handshake, reconnects included: never past the wait.
+            # paho's bound on each TCP connect and TLS handshake, and its first pause before trying again:
+            # never past the wait, so giving up never waits out a paho sleep (stop joins its thread). paho
+            # types the delay as int and sleeps on a float all the same.
             self._client.connect_timeout = max(0.05, min(5.0, wait_s))
-            if wait_s < 1:
-                # Nor may giving up wait out paho's 1 s sleep before its next try (stop joins its thread).
-                # paho types the delay as int and sleeps on a float all the same.
-                self._client.reconnect_delay_set(min_delay=max(0.05, wait_s), max_delay=10)  # type: ignore[arg-type]
+            self._client.reconnect_delay_set(min(1, max(0.05, wait_s)), _RECONNECT_MAX_DELAY_S)  # type: ignore[arg-type]
         self._client.connect_async(self.config.host, self.config.port, keepalive=self._keepalive_s,
                                    clean_start=not self.persistent, properties=properties)
         self._dispatcher.start()
@@ -162,19 +160,7 @@ class Connection(HandlerDispatch, RequestReply):
         if wait_s is None:
             self._started_ok = True
             return
-        deadline = time.monotonic() + wait_s
-        while not self._first_connack.wait(0.05):
-            if self._fatal or time.monotonic() >= deadline:
-                break
-        with self._lock:
-            ok = self._connected.is_set()
-            self._started_ok = ok
-        if not ok:
-            cause = self._failure or "no CONNACK"
-            if not self._fatal:
-                cause = f"{cause}; gave up after {wait_s:g}s"
-            self._shutdown(timeout_s=2.0)
-            raise BrokerUnavailableError(f"broker {self.config.url} not reached: {cause}")
+        self._await_first_connack(wait_s)
 
     def _shutdown(self, timeout_s: float) -> None:
         self._stopping = True
@@ -287,22 +273,12 @@ class Connection(HandlerDispatch, RequestReply):
             properties.CorrelationData = request.correlation_data
         self._publish(request.response_topic, payload, qos=1, retain=False, expiry_s=None, properties=properties)
 
-    def local_addresses(self) -> list[str]:
-        """"HOST:PORT" of our end of this connection's latest sockets (reconnects included), newest last."""
-        with self._lock:
-            return list(self._local_addresses)
-
     # -- paho callbacks: network thread; they must never raise or block ------------------------------------------
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        # Called before CONNECT goes out, so the address is known before the broker can log it.
-        _set_nodelay(sock)
-        try:
-            host, port = sock.getsockname()[:2]
-        except (OSError, AttributeError, TypeError, ValueError):  # a socket type without an address
-            return
-        with self._lock:
-            self._local_addresses.append(f"{host}:{port}")
+        set_nodelay(sock)
+        if self._on_socket is not None:
+            call_safely(self._on_socket, sock, what=f"{self.client_id} on_socket")
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         try:
@@ -356,15 +332,12 @@ class Connection(HandlerDispatch, RequestReply):
                 return
             if self._stopping or not was_connected:
                 return
-            if getattr(reason, "value", None) == _SESSION_TAKEN_OVER:
-                # Mosquitto 2.0.15+ says so (2.0.11 just closes the socket). Anyone allowed to connect may
-                # pick our client id (docs/SECURITY.md, "Trade-offs and residual risks"); the broker's log
-                # names the newcomer's address and user.
-                logger.warning("mqtt %s: disconnected by %s because another client connected with client id %r "
-                               "(session taken over); reconnecting", self.client_id, self.config.url, self.client_id)
-            else:
-                logger.warning("mqtt %s: lost connection to %s (%s); reconnecting", self.client_id, self.config.url,
-                               reason.getName() if hasattr(reason, "getName") else reason)
+            # Mosquitto 2.0.15+ says when another client took our client id (2.0.11 just closes the socket;
+            # docs/SECURITY.md, "Trade-offs and residual risks").
+            why = ("another client connected with our client id (session taken over)"
+                   if getattr(reason, "value", None) == _SESSION_TAKEN_OVER
+                   else reason.getName() if hasattr(reason, "getName") else reason)
+            logger.warning("mqtt %s: lost connection to %s (%s); reconnecting", self.client_id, self.config.url, why)
             self._inbox.put(("disconnect", None))
         except Exception:
             logger.exception("mqtt %s: on_disconnect failed", self.client_id)
@@ -415,11 +388,3 @@ class Connection(HandlerDispatch, RequestReply):
 
 def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-def _set_nodelay(sock: Any) -> None:
-    # Nagle on either end meets delayed ACK on the other: 44-88 ms per round trip instead of <1 ms.
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass

@@ -38,7 +38,11 @@ class RequestReply:
     _unmatched_mids: OrderedDict[int, float]
     _connects: int
     _connected: threading.Event
+    _first_connack: threading.Event
+    _failure: str | None
+    _fatal: bool
     _started: bool
+    _started_ok: bool
     _stopping: bool
 
     def _publish(self, topic: str, payload: bytes | str | Wire, *, qos: int, retain: bool,
@@ -97,6 +101,23 @@ class RequestReply:
             except (BrokerUnavailableError, RequestTimeoutError) as e:
                 logger.warning("mqtt %s: final message to %s not confirmed: %s", self.client_id, topic, e)
         self._shutdown(timeout_s=max(0.5, deadline - time.monotonic()))
+
+    def _await_first_connack(self, wait_s: float) -> None:
+        """Block until the first CONNACK, or shut down and raise BrokerUnavailableError when none came within
+        `wait_s` or the broker refused (a refused CONNACK or a TLS failure ends the wait at once)."""
+        deadline = time.monotonic() + wait_s
+        while not self._first_connack.wait(0.05):
+            if self._fatal or time.monotonic() >= deadline:
+                break
+        with self._lock:
+            ok = self._connected.is_set()
+            self._started_ok = ok
+        if not ok:
+            cause = self._failure or "no CONNACK"
+            if not self._fatal:
+                cause = f"{cause}; gave up after {wait_s:g}s"
+            self._shutdown(timeout_s=2.0)
+            raise BrokerUnavailableError(f"broker {self.config.url} not reached: {cause}")
 
     def _check_running(self) -> None:
         if not self._started or self._stopping:

@@ -130,6 +130,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self.refused_log_batches = 0
         #: Retained messages deleted from request and log topics (outbox.clear_retained).
         self.retained_cleared = 0
+        self.takeovers = TakeoverWatch(config.broker, client_id=self.topics.client_id(config.client_id),
+                                       reply_prefix=config.prefix)
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(config.client_id),
@@ -146,9 +148,9 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             # The requests that arrived together run as one group, committed once (group commit), when
             # the dispatcher has no more messages waiting (issue 17).
             after_step=self.run_waiting_requests,
+            # Our own sockets, so the takeover watch tells our reconnects from someone else's connects.
+            on_socket=self.takeovers.saw_socket,
         )
-        self.takeovers = TakeoverWatch(config.broker, client_id=self.conn.client_id,
-                                       own_addresses=self.conn.local_addresses, reply_prefix=config.prefix)
         self.republisher = StateRepublisher(
             lock=self.lock, read_page=lambda after, limit: state_page(self.state, after, limit),
             write_digests=lambda digests: record_published(self.state, digests),

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections import deque
+from typing import Any
 
 from mqfleet.mqtt import BrokerConfig, Connection, Message
 from mqfleet.protocol import BROKER_LOG_NOTICES
@@ -28,16 +29,18 @@ _CONNECTED = re.compile(r"New client connected from (\S+) as (\S+) \((p\d[^)]*)\
 _USER = re.compile(r"u'([^']*)'")
 #: A log line is short; a longer payload on that topic is not one.
 _MAX_LINE = 2048
+#: Local addresses of the coordinator's latest sockets kept, for its own reconnects seen late in the log.
+_OWN_ADDRESSES_KEPT = 16
 
 
 class TakeoverWatch:
-    """Counts connects under `client_id` that came from none of `own_addresses()`, read off the broker's log."""
+    """Counts connects under `client_id` that came from none of the sockets `saw_socket` was shown, read off the
+    broker's log. The coordinator's connection shows it each socket it opens (`Connection(on_socket=...)`)."""
 
-    def __init__(self, broker: BrokerConfig, *, client_id: str, own_addresses: Callable[[], list[str]],
-                 reply_prefix: str) -> None:
+    def __init__(self, broker: BrokerConfig, *, client_id: str, reply_prefix: str) -> None:
         self.client_id = client_id
-        self._own_addresses = own_addresses
         self._lock = threading.Lock()
+        self._own_addresses: deque[str] = deque(maxlen=_OWN_ADDRESSES_KEPT)
         self._count = 0
         self.conn = Connection(broker, client_id=f"{client_id}-watch", reply_prefix=reply_prefix)
         self.conn.subscribe(BROKER_LOG_NOTICES, self._on_line, qos=0)
@@ -53,6 +56,16 @@ class TakeoverWatch:
     def stop(self) -> None:
         self.conn.stop(timeout_s=2.0)
 
+    def saw_socket(self, sock: Any) -> None:
+        """Remember our end of a socket of the coordinator's connection: paho shows it before CONNECT goes out on
+        it, so before the broker can log the connect. "HOST:PORT", as Mosquitto writes a client's address."""
+        try:
+            host, port = sock.getsockname()[:2]
+        except (OSError, AttributeError, TypeError, ValueError):  # a socket type without an address
+            return
+        with self._lock:
+            self._own_addresses.append(f"{host}:{port}")
+
     def _on_line(self, msg: Message) -> None:
         if len(msg.payload) > _MAX_LINE:
             return
@@ -61,12 +74,12 @@ class TakeoverWatch:
         if found is None or found.group(2) != self.client_id:
             return
         address, details = found.group(1), found.group(3)
-        if address in self._own_addresses():
-            return  # our own (re)connect
-        user = _USER.search(details)
         with self._lock:
+            if address in self._own_addresses:
+                return  # our own (re)connect
             self._count += 1
             count = self._count
+        user = _USER.search(details)
         logger.warning("client id %s taken by a client from %s%s (%d time(s) so far); the broker disconnected "
                        "this coordinator, which reconnects and takes it back (docs/SECURITY.md)", self.client_id,
                        address, f" as user {user.group(1)!r}" if user else " without a user name", count)
