@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 from mqfleet import defaults
 from mqfleet.errors import ConfigurationError, MqfleetError
-from mqfleet.messages import TrainerRef
-from mqfleet.protocol import JsonObject
-from mqfleet.wire import WireMessage
+from mqfleet.wire.codec import WireMessage
+from mqfleet.wire.requests import TrainerRef
+from mqfleet.wire.topics import JsonObject
 
 if TYPE_CHECKING:
     from mqfleet.client import FleetClient

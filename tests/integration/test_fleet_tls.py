@@ -13,11 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from mqfleet.certs import CertRole, issue_cert, make_ca
 from mqfleet.client import FleetClient
 from mqfleet.errors import BrokerUnavailableError, NotAuthorizedError
-from mqfleet.mqtt import Connection
-from mqfleet.protocol import Role, Verb, encode
+from mqfleet.mqtt.connection import Connection
+from mqfleet.trust.certs import CertRole, issue_cert, make_ca
+from mqfleet.wire.topics import Role, Verb, encode
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.tls import OPERATOR, T, TlsFleet

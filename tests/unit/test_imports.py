@@ -94,8 +94,8 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_reader_sees_a_circle_and_relative_imports() -> None:
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     graph = import_graph()
-    assert "mqfleet.coordinator.sqlite" in graph["mqfleet.coordinator.catalog"]
-    assert "mqfleet.mqtt" in graph["mqfleet.coordinator.service"]
+    assert "mqfleet.coordinator.sql.sqlite" in graph["mqfleet.coordinator.tables.catalog"]
+    assert "mqfleet.mqtt.connection" in graph["mqfleet.coordinator.service"]
 
 
 def test_no_import_circles_inside_the_package() -> None:
