@@ -38,15 +38,17 @@ def broker_options(func: F) -> F:
     return func
 
 
-def broker_config_from(options: Mapping[str, str | None]) -> BrokerConfig:
-    """A validated BrokerConfig from the values of broker_options (by option name: broker_url, broker_ca, ...)."""
+def broker_config_from(options: Mapping[str, str | None], *, validate: bool = True) -> BrokerConfig:
+    """A BrokerConfig from the values of broker_options (by option name: broker_url, broker_ca, ...), validated
+    unless the caller reports the problems itself (`agent selftest`, as a failed check)."""
     config = BrokerConfig(
         url=options.get("broker_url") or defaults.BROKER_URL,
         ca=options.get("broker_ca"),
         cert=options.get("broker_cert"),
         key=options.get("broker_key"),
     )
-    config.validate()
+    if validate:
+        config.validate()
     return config
 
 

@@ -8,6 +8,7 @@ import click
 
 from mqfleet.agent.selftest import Check, Outcome, SelftestConfig, is_passing, run_selftest
 from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_OK
+from mqfleet.cli.options import broker_config_from
 from mqfleet.cli.roles import agent_cmd
 from mqfleet.logs import setup_logging
 
@@ -31,7 +32,7 @@ def selftest_cmd(ctx: click.Context, as_json: bool, no_train: bool, wait_s: floa
     obj = ctx.obj or {}
     config = SelftestConfig(
         host_id=obj["host_id"],
-        broker=dict(obj.get("broker") or {}),
+        broker=broker_config_from(obj.get("broker") or {}, validate=False),
         prefix=obj.get("prefix") or "mqfleet",
         repo=obj.get("repo"),
         slots=int(obj.get("slots") or 1),
