@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from mqfleet import __version__
-from mqfleet.coordinator.core import CoordinatorConfig as CoordinatorConfig
+from mqfleet.coordinator.core import CoordinatorConfig
 from mqfleet.coordinator.dispatch import RequestDispatch
 from mqfleet.coordinator.health import HealthChecks, health_report
 from mqfleet.coordinator.leader import Leadership

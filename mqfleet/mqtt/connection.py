@@ -1,7 +1,7 @@
 """The only module that imports paho: connections, subscriptions, publish, wills and persistent sessions.
 
 The broker's URL and TLS files are `mqfleet.mqtt.config.BrokerConfig` and received messages
-`mqfleet.mqtt.inbox.Message` (both re-exported here); MQTT v5 request/reply and confirmed
+`mqfleet.mqtt.inbox.Message`; MQTT v5 request/reply and confirmed
 publishes are the paho-free base class `mqfleet.mqtt.request_reply.RequestReply`.
 
 paho's return codes, reason codes and callback threads stop here: callers get
@@ -32,13 +32,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from mqfleet import defaults
 from mqfleet.errors import BrokerUnavailableError, ConfigurationError
-from mqfleet.mqtt.config import BrokerConfig as BrokerConfig
-from mqfleet.mqtt.config import describe_socket_error
-from mqfleet.mqtt.inbox import Handler, Inbox, Pending, subscription_id
-from mqfleet.mqtt.inbox import Message as Message
+from mqfleet.mqtt.config import BrokerConfig, describe_socket_error
+from mqfleet.mqtt.inbox import Handler, Inbox, Message, Pending, subscription_id
 from mqfleet.mqtt.request_reply import RequestReply
 from mqfleet.mqtt.subscriptions import HandlerDispatch
 from mqfleet.wire import topics
+from mqfleet.wire.codec import Wire
 
 logger = logging.getLogger(__name__)
 _paho_logger = logging.getLogger("mqfleet.mqtt.connection.paho")
@@ -192,7 +191,7 @@ class Connection(HandlerDispatch, RequestReply):
             logger.debug("mqtt %s: subscribe %s deferred to next connect (%s)", self.client_id, topic_filter,
                          paho.error_string(rc))
 
-    def publish(self, topic: str, payload: bytes | str | topics.Wire, *, qos: int = 1, retain: bool = False,
+    def publish(self, topic: str, payload: bytes | str | Wire, *, qos: int = 1, retain: bool = False,
                 expiry_s: int | None = None, response_topic: str | None = None) -> None:
         """Send without waiting; while disconnected paho keeps QoS>0 messages in memory and sends them on reconnect.
 
@@ -211,7 +210,7 @@ class Connection(HandlerDispatch, RequestReply):
         # the in-flight window included; reading a dict's length is atomic. No public API says this.
         return len(getattr(self._client, "_out_messages", ()))
 
-    def _publish(self, topic: str, payload: bytes | str | topics.Wire, *, qos: int, retain: bool,
+    def _publish(self, topic: str, payload: bytes | str | Wire, *, qos: int, retain: bool,
                  expiry_s: int | None, properties: Properties | None = None) -> paho.MQTTMessageInfo:
         self._check_running()
         data = topics.encode(payload) if isinstance(payload, dict) else payload
@@ -267,7 +266,7 @@ class Connection(HandlerDispatch, RequestReply):
         info = self._publish(topic, payload, qos=1, retain=False, expiry_s=None, properties=properties)
         return info.mid, connects
 
-    def reply(self, request: Message, payload: bytes | topics.Wire) -> None:
+    def reply(self, request: Message, payload: bytes | Wire) -> None:
         """Answer `request` on its Response Topic with its Correlation Data (QoS 1, never retained)."""
         if not request.response_topic:
             logger.debug("mqtt %s: request on %s has no response topic; reply dropped", self.client_id, request.topic)

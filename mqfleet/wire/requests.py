@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from mqfleet.lifecycle import Cause
-from mqfleet.wire.codec import LONG_TEXT, OMIT_NULL
-from mqfleet.wire.codec import WireMessage as WireMessage  # re-exported: the base of every wire dataclass
+from mqfleet.wire.codec import LONG_TEXT, OMIT_NULL, WireMessage
 from mqfleet.wire.topics import JsonObject, JsonValue
 
 # --- claim ---------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 
 from mqfleet.defaults import MAX_REQUEST_BYTES, TOPIC_PREFIX
 from mqfleet.errors import BadRequestError, DecodeError
-from mqfleet.wire.codec import Wire as Wire  # re-exported: the decoded JSON its encode/decode and the connection handle
+from mqfleet.wire.codec import Wire
 
 #: Any JSON value, as `json.loads` returns it. Free-form user data (hyperparameters, progress metrics,
 #: a manifest's job spec before it is checked) is typed with it, so a reader must narrow each value

@@ -24,10 +24,7 @@ import sqlite3
 import threading
 from typing import cast
 
-from mqfleet.coordinator.sql.pgconnection import open_pg_connection
-from mqfleet.coordinator.sql.pgconnection import (
-    redact_url as redact_url,  # re-exported: the service imports it from here
-)
+from mqfleet.coordinator.sql.pgconnection import open_pg_connection, redact_url
 from mqfleet.coordinator.sql.schema import SCHEMA, VERSION_SCHEMA, check_schema_version
 from mqfleet.coordinator.sql.sqlite import StateFile
 
