@@ -3,7 +3,7 @@
 It runs in the foreground (`mosquitto -c FILE`) on an explicit loopback port,
 is ready when its log says `running`, and is always stopped by PID. Given a
 `tls_dir` (see `make_broker_pki`), it runs the project's own `mosquitto.conf`
-rendered by `brokerconf.render_broker_conf`: a loopback listener plus a mutual
+rendered by `mosquitto_conf.render_broker_conf`: a loopback listener plus a mutual
 TLS listener with the ACL, both on free ports.
 """
 

@@ -1,4 +1,7 @@
-"""Built-in trainers. Declarations here are cheap to import: neither torch nor xgboost is loaded."""
+"""The built-in trainers' declarations: the hyperparameters each takes, the files each writes, the module that
+runs it, and `trainer_argv()` for the grant. Data the manifest checks and the coordinator read, so it lives
+below both; `mqfleet/trainers/` reads it from here. Cheap to import: neither torch nor xgboost is loaded.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The manifest: the one TOML file an operator edits. Loading refuses a file with every problem
-it has. The types it builds and `job_id` live in the leaf `mqfleet.manifest.types` (re-exported here); the
-checks live in `manifest_check` (declarations) and `manifest_jobs` (jobs, sweeps, names, ids, `after`).
+it has. The types it builds and `job_id` live in the leaf `manifest/types.py`; the checks live in
+`manifest/tables.py` (declarations), `manifest/jobs.py` (jobs, sweeps, names, ids, `after`) and
+`manifest/values.py` (the `Checker` and single values by kind).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Checks the tables of a parsed manifest that declare things: [fleet], [trainers.*] and [[hosts]].
 
-Every check adds to a `Checker` (`manifest_checker`) instead of raising, so one run reports every
+Every check adds to a `Checker` (`values.py`) instead of raising, so one run reports every
 problem, each at its dotted place with what to write instead. The jobs and sweeps are checked in
-`manifest_jobs`.
+`jobs.py`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The manifest's types: frozen dataclasses that the coordinator, the agent, the CLI and the
 trainers read, and `job_id`. A leaf: it imports nothing of the package but `defaults` and
-`errors` (and `protocol`'s JSON types, for annotations only), so any module may import it without
+`errors` (and `wire/topics.py`'s JSON types, for annotations only), so any module may import it without
 pulling in manifest parsing (`mqfleet.manifest.load`).
 """
 

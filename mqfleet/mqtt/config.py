@@ -1,7 +1,7 @@
 """Where the MQTT broker is and how to prove who we are to it: `BrokerConfig` (URL and TLS files),
 and what a failed connection attempt means, in words an operator can act on.
 
-No paho here (`mqfleet.mqtt.connection` is its only importer); `mqfleet.mqtt.connection` re-exports `BrokerConfig`.
+No paho here (`mqfleet.mqtt.connection` is its only importer).
 """
 
 from __future__ import annotations

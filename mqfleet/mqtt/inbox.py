@@ -1,5 +1,5 @@
 """What an MQTT connection hands its callers, free of paho types: `Message`, the dispatcher's `Inbox`,
-and the small helpers `mqfleet.mqtt.connection` and its request side share. `mqfleet.mqtt.connection` re-exports `Message`.
+and the small helpers `mqfleet.mqtt.connection` and its request side share.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Moving artifact bytes to and from presigned URLs: plain HTTP(S) or file://, never store credentials.
 
 Agents upload and the CLI downloads through here, so neither needs the S3 SDK; only the
-coordinator (store.py) holds credentials and signs URLs.
+coordinator (store/base.py and its backends) holds credentials and signs URLs.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Mutual TLS and per-host ACLs, enforced by a real Mosquitto running the project's own mosquitto.conf.
 
-The broker here is the root config rendered by `brokerconf.render_broker_conf` with certificates
+The broker here is the root config rendered by `mosquitto_conf.render_broker_conf` with certificates
 from `certs` and an ACL from `acl.render_acl`: only ports, paths, persistence and the user differ
 from production. Clients are paho (with strict X.509 verification) or the mosquitto command-line
 tools, so nothing in the checks is ours.

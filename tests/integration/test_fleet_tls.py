@@ -1,6 +1,6 @@
 """The whole fleet over mutual TLS: a real coordinator, real agents and the CLI, each with its own certificate.
 
-The broker runs the project's own `mosquitto.conf` (rendered by `brokerconf.render_broker_conf` through
+The broker runs the project's own `mosquitto.conf` (rendered by `mosquitto_conf.render_broker_conf` through
 `LocalBroker(tls_dir=...)`) with certificates from `certs` and the ACL `acl.render_acl` makes from the
 hosts. Every process connects to its TLS listener as its own CN; nothing uses the loopback listener.
 """

@@ -4,7 +4,7 @@ An agent syncs a running trainer's checkpoint folder as a bundle under a key of 
 content (`checkpoints/{job_id}/{sha256}.tar.zst`); this module hands out the presigned PUT, checks the
 uploaded object's sha256, records it as the job's latest checkpoint and puts it in the next attempt's
 grant as a presigned GET (docs/INTERNALS.md, "Checkpoints"). The verbs and the sweep that use it
-live in `checkpoint_verbs`. A replaced or discarded checkpoint's
+live in `verbs/checkpoints.py`. A replaced or discarded checkpoint's
 object is queued as garbage and deleted by the sweep, outside every transaction. Owns the three
 `checkpoint*` tables (coordinator/sql/schema.py); it never touches a job's status.
 """

@@ -48,7 +48,7 @@ class Claims:
     def claim(self, host: str, now: float, manifest: Manifest | None) -> Grant | None:
         """Pick the best job this host may run and lease it to the host for the manifest's
         `lease_s`, atomically; None when there is none (or no manifest is loaded). The grant's
-        checkpoint fields are left at their defaults (`checkpoint_verbs.with_checkpoint` fills them)."""
+        checkpoint fields are left at their defaults (`verbs.checkpoints.with_checkpoint` fills them)."""
         if manifest is None:
             return None
         lease_s = manifest.fleet.lease_s
