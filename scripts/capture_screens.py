@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 
 from mqfleet.cli.fleet import settle_picture  # noqa: E402
-from mqfleet.cli.render import fleet, jobs  # noqa: E402
+from mqfleet.cli.render import fleet as render_fleet  # noqa: E402
+from mqfleet.cli.render import jobs as render_jobs  # noqa: E402
 from mqfleet.client import FleetClient  # noqa: E402
 from mqfleet.local.broker import LocalBroker  # noqa: E402
 from mqfleet.mqtt.config import BrokerConfig  # noqa: E402
@@ -170,13 +171,13 @@ def capture(work: Path, out: Path, width: int) -> None:
         wait_for(settled, 300, "one job completed, one failed and one running with progress")
         client.call(Verb.DRAIN, host="cpu-box")
         now = time.time()
-        export(fleet.status_view(client.health(), client.workers()), out, "status", width, "mqfleet status")
-        export(jobs.job_view(client.job("crash-demo"), now), out, "show", width, "mqfleet show crash-demo")
-        export(jobs.job_view(client.job("curve-sweep-reports=160"), now, width=width), out, "show-chart", width,
+        export(render_fleet.status_view(client.health(), client.workers()), out, "status", width, "mqfleet status")
+        export(render_jobs.job_view(client.job("crash-demo"), now), out, "show", width, "mqfleet show crash-demo")
+        export(render_jobs.job_view(client.job("curve-sweep-reports=160"), now, width=width), out, "show-chart", width,
                "mqfleet show curve-sweep-reports=160")
         compared = client.compare(sweep="curve-sweep")
         rows = sorted(compared.jobs, key=lambda r: _loss(r.metrics))
-        export(jobs.compare_table(rows, compared.metric_names, sort_by="loss", title="sweep curve-sweep"), out,
+        export(render_jobs.compare_table(rows, compared.metric_names, sort_by="loss", title="sweep curve-sweep"), out,
                "compare", width, "mqfleet compare --sweep curve-sweep")
         picture, _ = settle_picture(client, timeout_s=5)
         export(picture.frame(), out, "watch", width, "mqfleet watch")

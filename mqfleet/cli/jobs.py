@@ -13,7 +13,8 @@ import click
 
 from mqfleet.cli import cli
 from mqfleet.cli.options import ClientContext, pass_client, wire_of
-from mqfleet.cli.render import fleet, jobs
+from mqfleet.cli.render import fleet as render_fleet
+from mqfleet.cli.render import jobs as render_jobs
 from mqfleet.cli.render.terminal import clean
 from mqfleet.lifecycle import JobStatus
 from mqfleet.mqtt.inbox import Message
@@ -48,19 +49,19 @@ def jobs_cmd(ctx: ClientContext, status: str | None, name_glob: str | None, limi
         return
     listing = ctx.client.job_listing(status=status, name=name_glob, newest_first=True,
                                      limit=TABLE_LIMIT if limit is None else (limit or None))
-    console = fleet.make_console()
+    console = render_fleet.make_console()
     shown = 0
     chunk: list[JsonObject] = []
     for job in listing:
         chunk.append(job)
         if len(chunk) == TABLE_CHUNK:
-            console.print(jobs.jobs_table(chunk, first=shown == 0))
+            console.print(render_jobs.jobs_table(chunk, first=shown == 0))
             shown += len(chunk)
             chunk = []
     if chunk or not shown:
-        console.print(jobs.jobs_table(chunk, first=shown == 0))
+        console.print(render_jobs.jobs_table(chunk, first=shown == 0))
         shown += len(chunk)
-    console.print(jobs.jobs_rest_line(shown, listing.total or 0, limited=limit != 0))
+    console.print(render_jobs.jobs_rest_line(shown, listing.total or 0, limited=limit != 0))
 
 
 def _jobs_json(ctx: ClientContext, status: str | None, name_glob: str | None, limit: int | None) -> None:
@@ -91,15 +92,15 @@ def show_cmd(ctx: ClientContext, job: str) -> None:
     if ctx.as_json:
         ctx.emit_json(wire_of(row))
         return
-    console = fleet.make_console()
-    console.print(jobs.job_view(row, time.time(), width=console.width))
+    console = render_fleet.make_console()
+    console.print(render_jobs.job_view(row, time.time(), width=console.width))
 
 
 def _print_job(ctx: ClientContext, row: JobRow) -> None:
     if ctx.as_json:
         ctx.emit_json(wire_of(row))
         return
-    fleet.make_console().print(fleet.job_line(row))
+    render_fleet.make_console().print(render_fleet.job_line(row))
 
 
 @cli.command("cancel")
