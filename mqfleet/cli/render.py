@@ -147,14 +147,16 @@ def number_cell(value: JsonValue) -> str:
     return f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else escape(value))
 
 
-def listing_table(title: str, columns: Iterable[str], *, right: Iterable[str] = (), wrap: Iterable[str] = ()) -> Table:
-    """A listing that fits an 80-column terminal: no vertical rules; only the `wrap` columns may wrap."""
+def listing_table(title: str, columns: Iterable[str], *, right: Iterable[str] = (), wrap: Iterable[str] = (),
+                  whole: Iterable[str] = ()) -> Table:
+    """A listing that fits an 80-column terminal: no vertical rules; only the `wrap` columns may wrap, and the
+    `whole` columns keep at least their header's width (short values whose header says what they are)."""
     table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
                   padding=(0, 1), collapse_padding=True)
-    right, wrap = set(right), set(wrap)
+    right, wrap, whole = set(right), set(wrap), set(whole)
     for name in columns:
         table.add_column(name, justify="right" if name in right else "left", no_wrap=name not in wrap,
-                         overflow="fold" if name in wrap else "ellipsis")
+                         overflow="fold" if name in wrap else "ellipsis", min_width=len(name) if name in whole else None)
     return table
 
 

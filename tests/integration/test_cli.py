@@ -162,6 +162,33 @@ def test_a_drained_host_takes_no_new_job_and_undrain_lets_it_work_again(fleet: F
     assert {j["host"] for j in late if j["name"].startswith("late-")} == {"alpha"}
 
 
+FLAKY_TRAINER = """\
+[trainers.flaky]
+command = ["{python}", "-c", "import json, os, pathlib, sys; out = pathlib.Path(os.environ['MQFLEET_OUT_DIR']); out.mkdir(parents=True, exist_ok=True); (out / 'r.txt').write_text('ok'); sys.exit(1 if json.loads(pathlib.Path(os.environ['MQFLEET_SPEC']).read_text())['attempt'] == 1 else 0)"]
+"""
+
+
+def test_a_job_that_failed_once_then_completed_shows_two_attempts_started_and_one_charged(fleet: Fleet) -> None:
+    fleet.write_manifest(manifest_text({"name": "flaky", "model": "flaky", "mode": "m"}, trainers=FLAKY_TRAINER))
+    fleet.start_coordinator()
+    fleet.start_agent("alpha")
+    fleet.wait_for_status({"flaky": "completed"}, timeout_s=60)
+    row = next(j for j in _json(fleet.cli("jobs", "--json")) if j["name"] == "flaky")
+    # `attempts` stays what it always was (the charged count), beside the two unambiguous names
+    assert (row["attempts_started"], row["attempts_charged"], row["attempts"], row["max_attempts"]) == (2, 1, 1, 3)
+    detail = _json(fleet.cli("show", "flaky", "--json"))
+    assert len(detail["attempts_detail"]) == detail["attempts_started"] == 2
+    assert detail["attempts_charged"] == 1
+    fleet.env["COLUMNS"] = "120"
+    table = fleet.cli("jobs")
+    assert table.returncode == 0, table.stderr
+    header = next((line for line in table.stdout.splitlines() if "started" in line), "")
+    line = next((line for line in table.stdout.splitlines() if line.lstrip().startswith("flaky")), "")
+    assert "charged" in header and line.split()[5:7] == ["2", "1/3"], table.stdout
+    shown = fleet.cli("show", "flaky")
+    assert "2 started, 1 charged of 3" in shown.stdout, shown.stdout
+
+
 # --- listings and their --json shape -----------------------------------------------------------
 
 
