@@ -172,9 +172,10 @@ def kv_table() -> Table:
 
 
 def workers_table(workers: Iterable[Worker], names: Mapping[str, str], now: float) -> Table:
-    table = listing_table("workers", ("host", "state", "os", "cores", "RAM", "CUDA / GPUs", "torch", "slots", "running", "seen",
+    table = listing_table("workers", ("host", "state", "os/arch", "cores", "RAM", "CUDA / GPUs", "torch", "slots", "running", "seen",
                                "used (all attempts)"),
-                   right=("cores", "RAM", "slots"), wrap=("CUDA / GPUs", "running", "used (all attempts)"))
+                   right=("cores", "RAM", "slots"), wrap=("os/arch", "CUDA / GPUs", "running", "used (all attempts)"),
+                   whole=("os/arch",))
     for w in workers:
         advert = w.advert  # written by the host: every value narrowed or escaped before it is shown
         state = Text("online", style="green") if w.online else Text("offline", style="red")
@@ -192,7 +193,8 @@ def workers_table(workers: Iterable[Worker], names: Mapping[str, str], now: floa
         running = ", ".join(escape(names.get(j, short_id(j))) for j in w.jobs) or "-"
         seen = w.last_seen_ts
         table.add_row(
-            escape(w.id), state, escape(advert.get("os", "-")), number_text(advert.get("cpu_cores")),
+            escape(w.id), state, escape(" ".join(str(advert.get(k) or "-") for k in ("os", "arch"))),
+            number_text(advert.get("cpu_cores")),
             number_text(advert.get("ram_gib"), "G"), cuda, escape(advert.get("torch") or "-"),
             escape(f"{w.slots_used}/{w.slots}"), running,
             human_duration(now - seen) + " ago" if seen else "-",

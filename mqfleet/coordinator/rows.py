@@ -63,7 +63,7 @@ def spec_from_json(text: str) -> JobSpec:
     """A JobSpec back from its stored `to_dict()` JSON; cached by the text (parsing specs was most of a
     claim's cost), so an unchanged spec is parsed once and a changed one is a new key."""
     d = json.loads(text)
-    for name in ("train_hosts", "allowed_hosts", "after"):
+    for name in ("train_hosts", "allowed_hosts", "arch", "after"):
         d[name] = tuple(d.get(name) or ())
     known = JobSpec.__dataclass_fields__
     return JobSpec(**{k: v for k, v in d.items() if k in known})

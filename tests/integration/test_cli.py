@@ -8,6 +8,7 @@ not exist); tests that need a running trainer or a drained host get their own.
 from __future__ import annotations
 
 import json
+import platform
 import select
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from mqfleet.advert import normalise_arch
 from mqfleet.manifest import parse_manifest
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import ROOT, Fleet, manifest_text, trainer_processes
@@ -189,6 +191,24 @@ def test_a_job_that_failed_once_then_completed_shows_two_attempts_started_and_on
     assert "2 started, 1 charged of 3" in shown.stdout, shown.stdout
 
 
+def test_a_job_for_another_cpu_architecture_is_not_given_to_this_host_and_show_says_why(fleet: Fleet) -> None:
+    here = normalise_arch(platform.machine())
+    other = "x86_64" if here == "aarch64" else "aarch64"
+    fleet.write_manifest(manifest_text({"name": "elsewhere", "model": "ok", "mode": "m", "arch": [other]},
+                                       {"name": "here", "model": "ok", "mode": "n", "arch": [here, other], "priority": -1}))
+    fleet.start_coordinator()
+    fleet.start_agent("alpha")
+    # "elsewhere" ranks first; the host takes "here" and leaves "elsewhere" alone
+    fleet.wait_for_status({"here": "completed", "elsewhere": "pending"}, timeout_s=60)
+    detail = _json(fleet.cli("show", "elsewhere", "--json"))
+    assert detail["attempts_detail"] == [] and detail["spec"]["arch"] == [other]
+    reason = f"arch {here} not in ['{other}']"
+    assert [w["reason"] for w in detail["why_waiting"] if w["host"] == "alpha"] == [reason]
+    fleet.env["COLUMNS"] = "200"
+    shown = fleet.cli("show", "elsewhere")
+    assert reason in shown.stdout, shown.stdout
+
+
 # --- listings and their --json shape -----------------------------------------------------------
 
 
@@ -250,9 +270,11 @@ def test_workers_json_and_table_show_the_host_capability_and_slots(shared: Fleet
     assert alpha["online"] is True and alpha["draining"] is False
     assert {"slots", "slots_used", "jobs", "last_seen_ts", "advert"} <= set(alpha)
     assert alpha["advert"]["cpu_cores"] >= 1
+    assert alpha["advert"]["arch"] == normalise_arch(platform.machine()) and alpha["advert"]["os_family"]
     table = shared.cli("workers")
     assert table.returncode == 0, table.stderr
     assert "alpha" in table.stdout and "online" in table.stdout and "0/1" in table.stdout
+    assert alpha["advert"]["arch"] in table.stdout
 
 
 def test_status_and_health_summarise_the_fleet(shared: Fleet) -> None:
