@@ -23,13 +23,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from mqfleet import defaults
 from mqfleet.acl import hosts_in_manifest
-from mqfleet.cli.render import escape, listing_table, status_text
 from mqfleet.client import FleetClient
 from mqfleet.errors import MqfleetError
 from mqfleet.messages import JobRow
@@ -45,6 +46,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEMO_MANIFEST = EXAMPLES / "demo.toml"
 #: The demo gives up after this long; on 2 CPU cores it needs a few minutes.
 DEMO_TIMEOUT_S = 900.0
+STATUS_STYLE = {"pending": "yellow", "claimed": "cyan", "running": "blue", "completed": "green", "failed": "red", "cancelled": "dim"}
 #: Cells of the live table's progress bar: with the percentage it fits beside the names in 80 columns.
 BAR_CELLS = 10
 #: What the demo's agents must not inherit, from the demo or from the caller's environment: an agent needs
@@ -251,7 +253,7 @@ def _follow(client: FleetClient, console: Console, timeout_s: float) -> list[Dem
                 live.update(progress_table(jobs))
             else:
                 for line in status_changes(jobs, said):
-                    console.print(line, highlight=False)
+                    console.print(Text(line))
             if jobs and _is_settled(jobs):
                 break
             time.sleep(0.5)
@@ -264,13 +266,26 @@ def status_changes(jobs: Sequence[DemoJob], said: dict[str, str]) -> Iterator[st
         row = job.row
         if said.get(row.id) != row.status:
             said[row.id] = row.status
-            yield escape(f"{row.name}: {row.status}" + (f" on {row.host}" if row.host else ""))
+            yield f"{row.name}: {row.status}" + (f" on {row.host}" if row.host else "")
+
+
+def _table(title: str, columns: Sequence[str]) -> Table:
+    """A table that fits 80 columns like the CLI's listings: no vertical rules; the job name (first) folds onto
+    further lines, never cut, while the short columns keep their width. Cells are Text, never markup."""
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1), collapse_padding=True)
+    for i, name in enumerate(columns):
+        table.add_column(name, no_wrap=i > 0, overflow="fold" if i == 0 else "ellipsis")
+    return table
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
 def progress_table(jobs: Sequence[DemoJob]) -> Table:
-    """The live table. Like every listing it fits 80 columns; a long job name folds onto a second line,
-    never cut, while the short columns keep their width."""
-    table = listing_table("mqfleet demo: live", ("job", "model/mode", "status", "host", "progress"), wrap=("job",))
+    """The live table: each job's status, host and progress."""
+    table = _table("mqfleet demo: live", ("job", "model/mode", "status", "host", "progress"))
     for job in jobs:
         row = job.row
         progress = (row.progress or {}).get("progress")
@@ -278,22 +293,20 @@ def progress_table(jobs: Sequence[DemoJob]) -> Table:
         if isinstance(progress, (int, float)) and row.status == "running":
             filled = int(max(0.0, min(1.0, progress)) * BAR_CELLS)
             bar = "█" * filled + "░" * (BAR_CELLS - filled) + f" {progress:4.0%}"
-        table.add_row(escape(row.name), escape(f"{row.model}/{row.mode}"), status_text(row.status),
-                      escape(row.host or "-"), bar)
+        table.add_row(Text(row.name), Text(f"{row.model}/{row.mode}"), _status(row.status), Text(row.host or "-"), bar)
     return table
 
 
 def results_table(jobs: Sequence[DemoJob], artifacts: Mapping[str, ArtifactRecord]) -> Table:
-    """The table the demo ends with: each job's outcome, its main metric and its artifact; names fold, never cut."""
-    table = listing_table("mqfleet demo: results", ("job", "model/mode", "status", "host", "metric", "artifact"),
-                          wrap=("job",))
+    """The table the demo ends with: each job's outcome, its main metric and its artifact."""
+    table = _table("mqfleet demo: results", ("job", "model/mode", "status", "host", "metric", "artifact"))
     for job in jobs:
         row = job.row
         artifact = artifacts.get(row.id)
         metrics = artifact.metrics if artifact is not None else {}
         metric = next((f"{k} {value:.3f}" for k in ("accuracy", "rmse") if isinstance(value := metrics.get(k), float)), "")
-        table.add_row(escape(row.name), escape(f"{row.model}/{row.mode}"), status_text(row.status),
-                      escape(row.host or "-"), escape(metric or "-"), escape((row.artifact or "-")[:8]))
+        table.add_row(Text(row.name), Text(f"{row.model}/{row.mode}"), _status(row.status), Text(row.host or "-"),
+                      Text(metric or "-"), Text((row.artifact or "-")[:8]))
     return table
 
 
@@ -306,8 +319,8 @@ def _report(client: FleetClient, console: Console, jobs: list[DemoJob]) -> int:
     for job in jobs:
         if job.row.status == "pending":
             detail = client.job(job.row.id)
-            console.print(f"[yellow]{escape(job.row.name)}[/] waits:")
+            console.print(Text.assemble((job.row.name, "yellow"), " waits:"))
             for reason in detail.why_waiting:
-                console.print(escape(f"  {reason.host or 'fleet'}: {reason.reason}"), highlight=False)
+                console.print(Text(f"  {reason.host or 'fleet'}: {reason.reason}"))
     console.print("[green]every runnable job completed[/]" if ok else "[red]some runnable jobs did not complete[/]")
     return 0 if ok else 1
