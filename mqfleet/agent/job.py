@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Protocol
 from mqfleet import defaults
 from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync
 from mqfleet.agent.command import build_trainer_argv, trainer_env
+from mqfleet.agent.isolation import JOB_DIR_MODE, TrainerUser, for_agent, trainer_files
 from mqfleet.agent.outcome import limit_of, missing_message, missing_outputs
 from mqfleet.agent.runner import TrainerRun
 from mqfleet.bundle import pack_artifact
@@ -101,6 +103,8 @@ class JobSettings:
     request_timeout_s: float
     #: the trainer's environment before the job's own variables (docs/INTERNALS.md, "Trainers")
     base_env: Mapping[str, str]
+    #: the user trainers run as, when not the agent's own (docs/SECURITY.md, "Trainers")
+    trainer_user: TrainerUser | None = None
 
 
 class JobHost(Protocol):
@@ -176,7 +180,7 @@ class JobRun:
     def _run(self) -> None:
         renewer = threading.Thread(target=self._renew_loop, name=f"renew-{self.job_id[:8]}", daemon=True)
         try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._make_dirs()
             exit_code = self._train(renewer)
             cause = self.ending.cause if self.ending is not None else None
             if self.checkpoint is not None:
@@ -185,9 +189,11 @@ class JobRun:
                 self.checkpoint.stop(final_sync=not completing and self.ending is not Ending.CANCELLED)
                 self._flush_log()  # what the sync said belongs in the job's log before the hand-back
             if self.ending is None:
+                with self._files():
+                    missing = missing_outputs(self.out_dir, self.grant.trainer.outputs) if exit_code == 0 else []
                 if exit_code != 0:
                     self._fail(Cause.APP, exit_code, f"trainer exited with code {exit_code}")
-                elif missing := missing_outputs(self.out_dir, self.grant.trainer.outputs):
+                elif missing:
                     self._fail(Cause.APP, exit_code, missing_message(missing))
                 else:
                     self._store_and_complete()
@@ -212,6 +218,19 @@ class JobRun:
             self.done.set()
             self.host.job_finished(self)
 
+    def _files(self) -> AbstractContextManager[None]:
+        """File access in the job's folder once the trainer has it: with the trainer user's rights when trainers
+        run as another user, so nothing a trainer puts there (a symlink, a swapped file) makes the agent reach
+        further than the trainer can."""
+        return trainer_files(self.settings.trainer_user)
+
+    def _make_dirs(self) -> None:
+        if self.settings.trainer_user is not None:
+            # the agent's own until the trainer starts (_train hands it over): nobody else can put anything in it
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir.mkdir(mode=JOB_DIR_MODE)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
     def _train(self, renewer: threading.Thread) -> int:
         spec: JsonObject = {**self.grant.spec, "attempt": self.grant.attempt, "lease_id": self.lease_id}
         spec_path = self.dir / "spec.json"
@@ -219,6 +238,8 @@ class JobRun:
         cfg = self.settings
         argv = build_trainer_argv(self.grant.trainer, spec, python=cfg.python)
         env = trainer_env(spec_path, self.out_dir, list(self.grant.gpus), dict(cfg.base_env))
+        if cfg.trainer_user is not None:
+            env = cfg.trainer_user.env(env)
         env.pop(defaults.ENV_CHECKPOINT_DIR, None)  # a non-resumable job gets no folder, not the agent's own
         renewer.start()  # before a restore, which may take a while for a big checkpoint
         plan = CheckpointPlan.from_grant(self.grant)
@@ -226,10 +247,12 @@ class JobRun:
             self.checkpoint = CheckpointSync(
                 plan=plan, job_id=self.job_id, lease_id=self.lease_id, folder=self.dir / "checkpoint", scratch=self.dir,
                 request=self._checkpoint_request, log=self._on_line, progress=lambda: self.trainer.latest_progress if self.trainer else None,
-                name=self.name,
+                name=self.name, user=cfg.trainer_user,
             )
             self.checkpoint.restore()
             env[defaults.ENV_CHECKPOINT_DIR] = str(self.checkpoint.folder)
+        if cfg.trainer_user is not None:
+            cfg.trainer_user.hand_over(self.dir)
         self.trainer = TrainerRun(
             argv=argv,
             cwd=cfg.repo,
@@ -240,6 +263,7 @@ class JobRun:
             on_line=self._on_line,
             on_progress=self._on_progress,
             pidfile_dir=cfg.work_dir / "pids",
+            user=cfg.trainer_user,
         )
         logger.info("job %s: attempt %s starting %s", self.name, self.grant.attempt, " ".join(argv))
         self.trainer.start()
@@ -286,7 +310,8 @@ class JobRun:
 
     def _store_and_complete(self) -> None:
         bundle_path = self.dir / "artifact.tar.zst"
-        sha256, size = pack_artifact(self.out_dir, bundle_path)
+        with self._files():  # the trainer's files, read with its rights
+            sha256, size = pack_artifact(self.out_dir, bundle_path)
         logger.info("job %s: packed %d bytes, sha256 %s", self.name, size, sha256[:12])
         reply = self._request(Verb.UPLOAD_URL, UploadUrlRequest(self.job_id, self.lease_id, sha256, size))
         if reply is None:
@@ -295,7 +320,8 @@ class JobRun:
         if not upload.exists:
             if not upload.url:
                 raise BadRequestError("the upload_url reply has neither exists nor a url")
-            upload_to_url(upload.url, bundle_path)
+            with self._files(), for_agent(self.settings.trainer_user, bundle_path) as bundle:
+                upload_to_url(upload.url, bundle)
         else:
             logger.info("job %s: artifact %s already stored; no upload", self.name, sha256[:12])
         progress = self.trainer.latest_progress if self.trainer else None

@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -37,8 +36,9 @@ from typing import IO, Any
 import psutil
 
 from mqfleet import defaults
+from mqfleet.agent.isolation import TrainerUser, trainer_files
 from mqfleet.agent.reaper import KILL_WAIT_S, POLL_S, pidfile_path, record_run
-from mqfleet.agent.spawn import IS_LINUX, IS_WINDOWS, PDEATHSIG_WRAPPER, check_program, pgid_of, spawn
+from mqfleet.agent.spawn import IS_LINUX, IS_WINDOWS, pgid_of, popen_trainer, spawn
 from mqfleet.agent.usage import UsageMeter
 from mqfleet.protocol import JsonObject
 from mqfleet.replies import Usage
@@ -80,6 +80,7 @@ class TrainerRun:
         on_progress: Callable[[JsonObject], None] | None = None,
         tail_lines: int = defaults.OUTPUT_TAIL_LINES,
         pidfile_dir: Path | None = None,
+        user: TrainerUser | None = None,
     ) -> None:
         if not argv:
             raise ValueError("a trainer needs a non-empty argv")
@@ -91,6 +92,8 @@ class TrainerRun:
         self.on_line = on_line
         self.on_progress = on_progress
         self.pidfile_dir = pidfile_dir
+        #: the user it runs as, when not the agent's (its log file is then written with that user's rights)
+        self.user = user
         self.exit_code: int | None = None
         self.started_ts: float | None = None
         self.ended_ts: float | None = None
@@ -141,26 +144,7 @@ class TrainerRun:
         threading.Thread(target=self._watch, name=f"trainer-{proc.pid}-watch", daemon=True).start()
 
     def _popen(self) -> subprocess.Popen[str]:
-        argv = self.argv
-        # Its own process group (Windows) or session (POSIX), so the whole tree can be signalled at once.
-        creationflags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if IS_WINDOWS else 0
-        if IS_LINUX:
-            # The wrapper reports a missing program only as exit 127; check first so start() raises on every OS.
-            check_program(argv[0], self.cwd, self.env)
-            argv = [sys.executable, "-I", "-S", "-c", PDEATHSIG_WRAPPER, str(os.getpid()), *argv]
-        return subprocess.Popen(
-            argv,
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            start_new_session=not IS_WINDOWS,
-            creationflags=creationflags,
-        )
+        return popen_trainer(self.argv, self.cwd, self.env, as_user=self.user.popen_options() if self.user else None)
 
     @property
     def pid(self) -> int | None:
@@ -400,8 +384,9 @@ class TrainerRun:
         if self.log_path is None:
             return None
         try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            return open(self.log_path, "a", encoding="utf-8", buffering=1)
+            with trainer_files(self.user):
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                return open(self.log_path, "a", encoding="utf-8", buffering=1)
         except OSError as e:
             logger.warning("trainer %s: cannot open log %s: %s", self.pid, self.log_path, e)
             return None

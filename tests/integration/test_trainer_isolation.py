@@ -1,0 +1,167 @@
+"""X5 of the third security round (issue 25, item 8): a trainer reading its agent's secrets, on the project's
+own mTLS broker config.
+
+The trainer is `tests/data/trainers/snoop.py`: it reads `/proc/<agent>/environ` (which holds the operator
+token in these fleets) and the agent's TLS key file, and reports what it got in its artifact. Run as the
+agent's own (unprivileged) user, the environment is refused once the agent is non-dumpable, while the key
+file stays readable (docs/SECURITY.md, "Trainers", says so); with `--trainer-user` both are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.common import require_real_part, wait_until
+from tests.fixtures.fleet import manifest_text
+from tests.fixtures.tls import OPERATOR, TlsFleet
+
+SNOOP_TRAINER = """\
+[trainers.snoop]
+command = ["{python}", "tests/data/trainers/snoop.py"]
+outputs = ["report.json"]
+[trainers.snoop.hyper]
+key = { type = "str" }
+"""
+#: An unprivileged account every Debian and Ubuntu system has.
+OTHER_USER = "nobody"
+
+
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """A folder outside pytest's root-only tmp tree, so another user can be given a way into it."""
+    path = Path(tempfile.mkdtemp(prefix="mqfleet-isolation-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def need_root_and_other_user() -> pwd.struct_passwd:
+    if os.geteuid() != 0:
+        pytest.skip("starts processes as another user: needs root (as in CI)")
+    return pwd.getpwnam(OTHER_USER)
+
+
+def runs_for(user: str, python: str) -> bool:
+    try:
+        return subprocess.run([python, "-c", "import mqfleet"], user=user, capture_output=True, timeout=60).returncode == 0
+    except PermissionError:
+        return False
+
+
+@pytest.fixture
+def python_for_other_user(outside_tmp: Path) -> str:
+    """An interpreter OTHER_USER can run, with this venv's packages: this one, or, when it lies where that user
+    cannot go (a pyenv under /root), the system's Python of the same version over this venv's site-packages,
+    as a virtualenv made from /usr/bin/python3 would be in a real install."""
+    need_root_and_other_user()
+    if runs_for(OTHER_USER, sys.executable):
+        return sys.executable
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    system = Path(f"/usr/bin/python{version}")
+    require_real_part(system.exists(), f"/usr/bin/python{version} (a Python {OTHER_USER} can run)")
+    venv = outside_tmp / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "lib" / f"python{version}").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(system)
+    (venv / "lib" / f"python{version}" / "site-packages").symlink_to(sysconfig.get_paths()["purelib"])
+    (venv / "pyvenv.cfg").write_text(f"home = {system.parent}\ninclude-system-site-packages = false\n")
+    os.chmod(outside_tmp, 0o755)
+    python = str(venv / "bin" / "python")
+    require_real_part(runs_for(OTHER_USER, python), f"a Python {OTHER_USER} can run with this venv's packages")
+    return python
+
+
+def snoop(fleet: TlsFleet, key: Path, tmp_path: Path) -> dict[str, Any]:
+    """Run the snoop job to completion and return its report, fetched through the CLI."""
+    fleet.wait_for_status({"snoop": "completed"}, timeout_s=60)
+    fetched = fleet.cli_as(OPERATOR, "fetch", "snoop", "-o", str(tmp_path / "got"))
+    assert fetched.returncode == 0, fetched.stderr
+    report: dict[str, Any] = json.loads((tmp_path / "got" / "report.json").read_text())
+    return report
+
+
+def start(fleet: TlsFleet, key: Path) -> None:
+    fleet.write_manifest(manifest_text({"name": "snoop", "model": "snoop", "mode": "m", "hyper": {"key": str(key)}},
+                                       trainers=SNOOP_TRAINER))
+    fleet.start_coordinator()
+
+
+def test_a_trainer_of_the_agents_own_user_cannot_read_the_agents_environment(
+    tls_s3_fleet: TlsFleet, tmp_path: Path, outside_tmp: Path, python_for_other_user: str
+) -> None:
+    # S3, as a real host has it: an agent of another user than the coordinator cannot write a file:// store
+    tls_fleet = tls_s3_fleet
+    user = need_root_and_other_user()
+    # the agent runs as an unprivileged user with its own copy of its certificate and key, 0600 as installed
+    own = outside_tmp / "agent"
+    own.mkdir()
+    tls = {}
+    for name, source in tls_fleet.pki.env("host-a").items():
+        copy = own / Path(source).name
+        shutil.copyfile(source, copy)
+        os.chown(copy, user.pw_uid, user.pw_gid)
+        os.chmod(copy, 0o600)
+        tls[name] = str(copy)
+    os.chown(own, user.pw_uid, user.pw_gid)
+    key = Path(tls["MQFLEET_KEY"])
+    start(tls_fleet, key)
+    agent = tls_fleet.start_agent("host-a", work_dir=own / "work", user=OTHER_USER, tls_env=tls,
+                                  python=python_for_other_user)
+    report = snoop(tls_fleet, key, tmp_path)
+    assert report["uid"] == user.pw_uid and report["agent_pid"] == agent.pid
+    assert report["environ"]["read"] is False, report  # the operator token was in there
+    assert "Permission" in report["environ"]["error"]
+    # what stays true for a same-user trainer, and docs/SECURITY.md says: the key file is the user's own
+    assert report["key"]["read"] is True and report["key"]["bytes"] > 0
+    # the agent's non-dumpable flag is not inherited: the trainer is dumpable (debuggable, readable by the agent)
+    assert report["dumpable"] == 1
+
+
+def test_a_trainer_run_as_the_trainer_user_reads_neither_the_agents_environment_nor_its_key(
+    tls_fleet: TlsFleet, tmp_path: Path, outside_tmp: Path, python_for_other_user: str
+) -> None:
+    user = need_root_and_other_user()
+    key = Path(tls_fleet.pki.env("host-a")["MQFLEET_KEY"])
+    start(tls_fleet, key)
+    work = outside_tmp / "work"
+    tls_fleet.start_agent("host-a", work_dir=work, extra=("--trainer-user", OTHER_USER), python=python_for_other_user)
+    report = snoop(tls_fleet, key, tmp_path)
+    assert report["uid"] == user.pw_uid, report
+    assert report["environ"]["read"] is False and report["environ"]["secrets_seen"] == [], report
+    assert report["key"]["read"] is False and report["key"]["bytes"] == 0, report
+    assert report["dumpable"] == 1
+    # what the trainer user was given: its own job folder, in one only the agent writes and its group enters
+    jobs = work / "jobs"
+    assert (jobs.stat().st_mode & 0o777, jobs.stat().st_gid) == (0o710, user.pw_gid)
+    wait_until(lambda: not any(jobs.iterdir()), timeout_s=10, what="the job's folder to be removed")
+
+
+@pytest.mark.parametrize(("name", "words"), [("root", "is root"), ("no-such-user-x5", "no such user")])
+def test_an_unusable_trainer_user_stops_the_agent_at_start_with_the_fix(
+    tls_fleet: TlsFleet, outside_tmp: Path, name: str, words: str
+) -> None:
+    agent = tls_fleet.start_agent("host-a", work_dir=outside_tmp / "work", extra=("--trainer-user", name))
+    assert agent.popen.wait(30) == 2
+    assert words in agent.log() and "Traceback" not in agent.log()
+
+
+def test_a_work_dir_the_trainer_user_cannot_reach_stops_the_agent_naming_the_folder(
+    tls_fleet: TlsFleet, tmp_path: Path, python_for_other_user: str
+) -> None:
+    agent = tls_fleet.start_agent("host-a", extra=("--trainer-user", OTHER_USER), python=python_for_other_user)
+    assert agent.popen.wait(30) == 2  # its work dir lies in pytest's 0700 tmp tree
+    log = agent.log()
+    assert f"trainer user {OTHER_USER} cannot pass" in log and "chmod o+x" in log and "Traceback" not in log, log
