@@ -116,12 +116,12 @@ class TrainerUser:
             os.chmod(jobs, JOBS_DIR_MODE)
         except OSError as e:
             raise ConfigurationError(f"--work-dir {work_dir}: cannot prepare it for trainer user {self.name}: {e}") from e
-        self.check_access(jobs, repo, python)
+        self.check_access(repo, python, jobs=jobs)
 
-    def check_access(self, jobs: Path, repo: Path, python: str) -> None:
-        """ConfigurationError with the fix unless this user can enter `jobs`, read the training repo and run the
-        agent's Python (the PDEATHSIG wrapper runs it as this user) and the one trainers start with."""
-        for folder, what in ((jobs, "--work-dir"), (repo, "--repo")):
+    def check_access(self, repo: Path, python: str, *, jobs: Path | None = None) -> None:
+        """ConfigurationError with the fix unless this user can read the training repo, run the agent's Python
+        (the PDEATHSIG wrapper runs it as this user) and the one trainers start with, and enter `jobs`."""
+        for folder, what in (((jobs, "--work-dir"),) if jobs else ()) + ((repo, "--repo"),):
             blocked = self.blocked_at(folder, read=folder == repo)
             if blocked is not None:
                 raise ConfigurationError(

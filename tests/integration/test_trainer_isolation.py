@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
-import subprocess
-import sys
-import sysconfig
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.common import require_real_part, wait_until
-from tests.fixtures.fleet import manifest_text
+from mqfleet.protocol import Verb
+from tests.fixtures.common import wait_until
+from tests.fixtures.fleet import FAST_FLEET, manifest_text
 from tests.fixtures.tls import OPERATOR, TlsFleet
+from tests.fixtures.users import OTHER_USER, need_root_and_other_user
+from tests.integration.test_checkpoints import RESUMABLE_TRAINER
 
 SNOOP_TRAINER = """\
 [trainers.snoop]
@@ -34,54 +31,6 @@ outputs = ["report.json"]
 [trainers.snoop.hyper]
 key = { type = "str" }
 """
-#: An unprivileged account every Debian and Ubuntu system has.
-OTHER_USER = "nobody"
-
-
-@pytest.fixture
-def outside_tmp() -> Iterator[Path]:
-    """A folder outside pytest's root-only tmp tree, so another user can be given a way into it."""
-    path = Path(tempfile.mkdtemp(prefix="mqfleet-isolation-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def need_root_and_other_user() -> pwd.struct_passwd:
-    if os.geteuid() != 0:
-        pytest.skip("starts processes as another user: needs root (as in CI)")
-    return pwd.getpwnam(OTHER_USER)
-
-
-def runs_for(user: str, python: str) -> bool:
-    try:
-        return subprocess.run([python, "-c", "import mqfleet"], user=user, capture_output=True, timeout=60).returncode == 0
-    except PermissionError:
-        return False
-
-
-@pytest.fixture
-def python_for_other_user(outside_tmp: Path) -> str:
-    """An interpreter OTHER_USER can run, with this venv's packages: this one, or, when it lies where that user
-    cannot go (a pyenv under /root), the system's Python of the same version over this venv's site-packages,
-    as a virtualenv made from /usr/bin/python3 would be in a real install."""
-    need_root_and_other_user()
-    if runs_for(OTHER_USER, sys.executable):
-        return sys.executable
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    system = Path(f"/usr/bin/python{version}")
-    require_real_part(system.exists(), f"/usr/bin/python{version} (a Python {OTHER_USER} can run)")
-    venv = outside_tmp / "venv"
-    (venv / "bin").mkdir(parents=True)
-    (venv / "lib" / f"python{version}").mkdir(parents=True)
-    (venv / "bin" / "python").symlink_to(system)
-    (venv / "lib" / f"python{version}" / "site-packages").symlink_to(sysconfig.get_paths()["purelib"])
-    (venv / "pyvenv.cfg").write_text(f"home = {system.parent}\ninclude-system-site-packages = false\n")
-    os.chmod(outside_tmp, 0o755)
-    python = str(venv / "bin" / "python")
-    require_real_part(runs_for(OTHER_USER, python), f"a Python {OTHER_USER} can run with this venv's packages")
-    return python
 
 
 def snoop(fleet: TlsFleet, key: Path, tmp_path: Path) -> dict[str, Any]:
@@ -147,6 +96,25 @@ def test_a_trainer_run_as_the_trainer_user_reads_neither_the_agents_environment_
     jobs = work / "jobs"
     assert (jobs.stat().st_mode & 0o777, jobs.stat().st_gid) == (0o710, user.pw_gid)
     wait_until(lambda: not any(jobs.iterdir()), timeout_s=10, what="the job's folder to be removed")
+
+
+def test_the_trainer_users_checkpoint_is_synced_and_resumed_from_through_a_file_store(
+    tls_fleet: TlsFleet, outside_tmp: Path, python_for_other_user: str
+) -> None:
+    # the sync reads the trainer's folder with its rights, the upload writes the store with the agent's; the
+    # restore fills the next attempt's folder before the trainer user gets it
+    job = {"name": "crashy", "model": "resumable", "mode": "m", "hyper": {"steps": 12, "interval_s": 0.1, "fail_at": 6}}
+    tls_fleet.write_manifest(manifest_text(job, fleet=FAST_FLEET + "checkpoint_interval_s = 0.3\n",
+                                           trainers=RESUMABLE_TRAINER))
+    tls_fleet.start_coordinator()
+    tls_fleet.start_agent("host-a", work_dir=outside_tmp / "work", extra=("--trainer-user", OTHER_USER),
+                          python=python_for_other_user)
+    tls_fleet.wait_for_status({"crashy": "completed"}, timeout_s=90)
+    client = tls_fleet.client()
+    attempts = client.job("crashy").to_wire()["attempts_detail"]
+    assert [a["outcome"] for a in attempts] == ["app", "completed"], attempts
+    lines = [str(line) for line in client.call(Verb.LOGS, job="crashy")["lines"]]
+    assert any("resumed at step 6" in line for line in lines), lines
 
 
 @pytest.mark.parametrize(("name", "words"), [("root", "is root"), ("no-such-user-x5", "no such user")])
