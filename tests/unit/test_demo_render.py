@@ -59,7 +59,7 @@ def test_at_80_columns_every_job_name_is_shown_whole_and_no_line_is_wider(table:
         assert found >= 0, (job.row.name, text)
         position = found + len(job.row.name)
     if table == "results":
-        assert "accuracy 0.912" in text and "abababab" in text
+        assert "acc 0.912" in text and "abababab" in text
     else:
         assert "42%" in text
 
