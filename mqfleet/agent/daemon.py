@@ -21,7 +21,8 @@ from mqfleet.advert import Advert
 from mqfleet.agent.capability import detect_advert
 from mqfleet.agent.command import inherited_env
 from mqfleet.agent.isolation import TrainerUser, make_undumpable
-from mqfleet.agent.job import Ending, JobRun, JobSettings
+from mqfleet.agent.job import JobRun, JobSettings
+from mqfleet.agent.outcome import Ending
 from mqfleet.agent.reaper import reap_leftovers
 from mqfleet.errors import (
     ConfigurationError,

@@ -17,7 +17,6 @@ import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
@@ -25,7 +24,8 @@ from mqfleet import defaults
 from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync
 from mqfleet.agent.command import build_trainer_argv, trainer_env
 from mqfleet.agent.isolation import JOB_DIR_MODE, TrainerUser, for_agent, trainer_files
-from mqfleet.agent.outcome import limit_of, missing_message, missing_outputs
+from mqfleet.agent.outcome import Ending, limit_of, missing_message, missing_outputs
+from mqfleet.agent.progress import PendingReports
 from mqfleet.agent.runner import TrainerRun
 from mqfleet.bundle import pack_artifact
 from mqfleet.errors import (
@@ -57,39 +57,10 @@ logger = logging.getLogger(__name__)
 #: never answered; waiting the full request timeout for it would hold back the renewal a reconnect asks
 #: for, and a lease the will shortened to the grace would expire although the host came back in time.
 RENEW_TIMEOUT_S = 3.0
-#: Progress reports held for the next renewal; past this every other one goes (the coordinator keeps
-#: a thinned history anyway), which keeps a renewal far under the request size limit.
-PENDING_REPORTS_MAX = 400
-#: ... and past this many characters of JSON: a renewal, and a completion with its 100 KB tail, must stay
-#: far under the coordinator's request limit (defaults.MAX_REQUEST_BYTES, 256 KiB).
-PENDING_REPORTS_CHARS = 64 * 1024
-#: A report longer than this (as JSON) is kept as the latest progress but not sent for the history.
-REPORT_MAX_CHARS = 2000
-
-
 #: How often the job thread looks at the clock while its trainer runs, for timeout_s and stall_s.
 LIMIT_CHECK_S = 0.25
 #: A look that comes this much later than due means the agent itself was paused (SIGSTOP, starved).
 AGENT_PAUSE_S = 1.0
-
-
-class Ending(str, Enum):
-    """Why a job run stopped before its trainer finished on its own."""
-
-    CANCELLED = "cancelled"  # the coordinator cancelled the job
-    LEASE_LOST = "lease_lost"  # the lease is no longer ours
-    SHUTDOWN = "shutdown"  # the agent is stopping and hands the job back
-    TIMEOUT = "timeout"  # the attempt ran past the job's timeout_s
-    STALLED = "stalled"  # the trainer was silent (no output line, no progress) for stall_s
-
-    @property
-    def cause(self) -> Cause | None:
-        """The cause this agent reports in its `fail` request; None when it reports nothing (the
-        coordinator already knows: it cancelled the job or took the lease away)."""
-        return _CAUSE_OF_ENDING.get(self)
-
-
-_CAUSE_OF_ENDING = {Ending.SHUTDOWN: Cause.SHUTDOWN, Ending.TIMEOUT: Cause.TIMEOUT, Ending.STALLED: Cause.STALLED}
 
 
 @dataclass(frozen=True)
@@ -145,10 +116,7 @@ class JobRun:
         self._ending_lock = threading.Lock()
         self._log_seq = 0
         self.attempt = grant.attempt
-        #: (seq, ts, report) of progress reports not yet acknowledged by the coordinator
-        self._reports: list[tuple[int, float, JsonObject, int]] = []  # seq, ts, report, JSON size
-        self._report_seq = 0
-        self._reports_lock = threading.Lock()
+        self._reports = PendingReports()
         self._thread = threading.Thread(target=self._run, name=f"job-{self.job_id[:8]}", daemon=True)
 
     def start(self) -> None:
@@ -261,7 +229,7 @@ class JobRun:
             # The whole output stays on this host until the job ends, whatever the coordinator keeps.
             log_path=self.dir / "trainer.log",
             on_line=self._on_line,
-            on_progress=self._on_progress,
+            on_progress=self._reports.add,
             pidfile_dir=cfg.work_dir / "pids",
             user=cfg.trainer_user,
         )
@@ -343,7 +311,7 @@ class JobRun:
     def _ending_fields(self) -> tuple[JsonObject | None, list[JsonValue]]:
         """What complete and fail carry besides the outcome: the usage and the last progress reports."""
         usage = self.trainer.usage() if self.trainer else None
-        return (usage.to_wire() if usage is not None else None), self._reports_to_send()
+        return (usage.to_wire() if usage is not None else None), self._reports.to_send()
 
     def _request(self, verb: Verb, message: WireMessage) -> Wire | None:
         """An agent request on this lease; None when the coordinator refused it or stayed away (logged).
@@ -393,11 +361,11 @@ class JobRun:
                 if self._stop_renewing.is_set():
                     return
             progress = self.trainer.latest_progress if self.trainer else None
-            reports = self._reports_to_send()
+            reports = self._reports.to_send()
             try:
                 request = RenewRequest(self.job_id, self.lease_id, progress=progress, progress_reports=reports)
                 RenewReply.from_wire(self.host.request(Verb.RENEW, request, attempts=1, timeout_s=timeout_s))
-                self._reports_sent(reports)
+                self._reports.sent(reports)
                 next_ts = time.monotonic() + interval
             except RemoteError as e:
                 if e.is_a(LeaseLostError):
@@ -420,33 +388,6 @@ class JobRun:
 
     def _on_line(self, line: str) -> None:
         self.host.publish_log(self.job_id, line, attempt=self.attempt)
-
-    def _on_progress(self, report: JsonObject) -> None:
-        # Numbered, so a renewal resent after a lost reply cannot store a report twice.
-        with self._reports_lock:
-            self._report_seq += 1
-            size = len(json.dumps(report, default=str))
-            if size > REPORT_MAX_CHARS:
-                return
-            self._reports.append((self._report_seq, round(time.time(), 3), report, size))
-            while len(self._reports) > 2 and (
-                len(self._reports) > PENDING_REPORTS_MAX or sum(r[3] for r in self._reports) > PENDING_REPORTS_CHARS
-            ):
-                # every other one goes, the newest stays: the coordinator's history is thinned the same way
-                self._reports = self._reports[::2] + ([self._reports[-1]] if len(self._reports) % 2 == 0 else [])
-
-    def _reports_to_send(self) -> list[JsonValue]:
-        """The held reports as the wire's `progress_reports`: `[seq, ts, report]` triples, oldest first."""
-        with self._reports_lock:
-            return [[seq, ts, report] for seq, ts, report, _ in self._reports]
-
-    def _reports_sent(self, sent: list[JsonValue]) -> None:
-        """Forget the reports the coordinator acknowledged: those up to the last `seq` sent."""
-        last = sent[-1] if sent else None
-        if not isinstance(last, list) or not isinstance(last[0], int):
-            return
-        with self._reports_lock:
-            self._reports = [r for r in self._reports if r[0] > last[0]]
 
     def _flush_log(self) -> None:
         self.host.flush_log(self.job_id)

@@ -5,13 +5,8 @@ No trainer process may outlive its job, so the tree is guarded in three layers:
 1. The trainer gets its own session (POSIX) or process group (Windows); one signal
    reaches it and everything it forked, and leftovers are swept when it exits.
 2. On Linux the trainer dies with the agent, even on kill -9, through
-   PR_SET_PDEATHSIG. A tiny wrapper (`python -c`) sets it and exec()s the trainer
-   in the same process; a `preexec_fn` would run Python between fork and exec,
-   which can deadlock in a threaded agent (paho's network thread may hold a lock
-   at fork time). The kernel fires PDEATHSIG when the *thread* that forked the
-   child exits, so every trainer is forked by one long-lived spawner thread, never
-   by the caller's thread, which may be short-lived.
-   (`mqfleet.agent.spawn`)
+   PR_SET_PDEATHSIG, set by a tiny wrapper forked from one long-lived spawner
+   thread (`mqfleet.agent.spawn` says why both).
 3. PDEATHSIG reaches the direct child only. Each run with a `pidfile_dir` keeps a
    pidfile (pid, create time, pgid, known descendants) there while it runs, and
    `reap_leftovers()` at the next agent start kills what a crash left alive,
