@@ -173,10 +173,10 @@ class TrainerUser:
     def files(self) -> Iterator[None]:
         """File access on this thread with this user's rights only (setfsgid/setfsuid; per thread on Linux).
         Files created meanwhile belong to it. Root's override of file permissions is gone until the end."""
-        self._set_fs(self.uid, self.gid)
         try:
+            self._set_fs(self.uid, self.gid)
             yield
-        finally:
+        finally:  # also after a half-done switch: the thread never keeps another user's rights
             self._set_fs(os.geteuid(), os.getegid())
 
     @contextlib.contextmanager
@@ -185,8 +185,8 @@ class TrainerUser:
         while the caller uses the path given, /proc/self/fd/N: the very file opened, whatever `path` names
         meanwhile. For an upload to the store, which this user may not reach (a file:// store)."""
         with open(path, "rb") as fh:
-            self._set_fs(os.geteuid(), os.getegid())
             try:
+                self._set_fs(os.geteuid(), os.getegid())
                 yield Path(f"/proc/self/fd/{fh.fileno()}")
             finally:
                 self._set_fs(self.uid, self.gid)
