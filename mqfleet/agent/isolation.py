@@ -124,10 +124,11 @@ class TrainerUser:
         for folder, what in (((jobs, "--work-dir"),) if jobs else ()) + ((repo, "--repo"),):
             blocked = self.blocked_at(folder, read=folder == repo)
             if blocked is not None:
+                last = blocked == folder.resolve()
                 raise ConfigurationError(
-                    f"trainer user {self.name} cannot {'read' if blocked == folder else 'pass'} {blocked} "
+                    f"trainer user {self.name} cannot {'read' if last else 'pass'} {blocked} "
                     f"(mode {stat.S_IMODE(os.stat(blocked).st_mode):o}), on the way to {what} {folder}: "
-                    f"chmod o+{'rx' if blocked == folder else 'x'} {blocked}, or give {self.name} access to it")
+                    f"chmod o+{'rx' if last else 'x'} {blocked}, or give {self.name} access to it")
         # the PDEATHSIG wrapper runs this interpreter as the trainer user, and built-in trainers run `python`
         for program in dict.fromkeys((Path(sys.executable), Path(python))):
             real = program.resolve()
