@@ -19,13 +19,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from mqfleet.coordinator.metrics_http import MetricsServer
-from mqfleet.coordinator.postgres import PgStateFile
-from mqfleet.coordinator.schema import BUSY_TIMEOUT_MS
-from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.coordinator.scrape_endpoint import MetricsServer
+from mqfleet.coordinator.sql.postgres import PgStateFile
+from mqfleet.coordinator.sql.schema import BUSY_TIMEOUT_MS
+from mqfleet.coordinator.sql.sqlite import StateFile
 from mqfleet.errors import ConfigurationError
-from mqfleet.protocol import Verb, Wire
-from mqfleet.state import Cause, JobStatus
+from mqfleet.lifecycle import Cause, JobStatus
+from mqfleet.wire.codec import Wire
+from mqfleet.wire.topics import Verb
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class CoordinatorMetrics:
         timer.observe(seconds)
 
     def serve(self, host: str, port: int) -> None:
-        """Serve /metrics on host:port (metrics_http: bounded threads, read timeout); ConfigurationError when
+        """Serve /metrics on host:port (scrape_endpoint: bounded threads, read timeout); ConfigurationError when
         the port cannot be bound."""
         try:
             self._server = MetricsServer(host, port, self.registry)

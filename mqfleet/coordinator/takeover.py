@@ -20,8 +20,10 @@ import threading
 from collections import deque
 from typing import Any
 
-from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import BROKER_LOG_NOTICES
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.inbox import Message
+from mqfleet.wire.topics import BROKER_LOG_NOTICES
 
 logger = logging.getLogger("mqfleet.coordinator.service")
 #: `New client connected from 10.0.0.7:50123 as coordinator (p5, c1, k60, u'host-b').`

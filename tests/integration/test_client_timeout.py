@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from mqfleet.cli import main
-from mqfleet.services.broker import BrokerPki, LocalBroker
+from mqfleet.local.broker import BrokerPki, LocalBroker
 from tests.fixtures.common import free_port
 from tests.fixtures.tls import OPERATOR
 

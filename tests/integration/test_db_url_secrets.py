@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mqfleet.services.postgres import LocalPostgres
+from mqfleet.local.postgres import LocalPostgres
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.tls import TlsFleet
 

@@ -12,7 +12,7 @@ import time
 
 import psutil
 
-from mqfleet.coordinator.metrics_http import MAX_CONNECTIONS, READ_TIMEOUT_S
+from mqfleet.coordinator.scrape_endpoint import MAX_CONNECTIONS, READ_TIMEOUT_S
 from tests.fixtures.common import free_port, scrape_metrics, wait_until
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.tls import TlsFleet

@@ -14,7 +14,7 @@ import os
 import subprocess
 import uuid
 
-from mqfleet.protocol import Role, Verb
+from mqfleet.wire.topics import Role, Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.tls import OPERATOR, T, TlsFleet

@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from mqfleet.client import FleetClient
 from mqfleet.errors import MqfleetError
-from mqfleet.protocol import Role, Verb
-from mqfleet.services.broker import BrokerPki, LocalBroker
+from mqfleet.local.broker import BrokerPki, LocalBroker
+from mqfleet.wire.topics import Role, Verb
 from tests.fixtures.common import free_port, scrape_metrics, wait_until
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.tls import T, TlsFleet

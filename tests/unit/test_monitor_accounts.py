@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mqfleet.errors import ConfigurationError
-from mqfleet.monitor_accounts import accounts_in, hash_password, set_password, write_options
+from mqfleet.trust.monitor_accounts import accounts_in, hash_password, set_password, write_options
 from tests.fixtures.common import require_real_part
 
 

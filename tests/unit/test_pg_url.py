@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mqfleet.coordinator.pgurl import check_url, has_password, read_password_file, redact_url, scrub
+from mqfleet.coordinator.sql.pgurl import check_url, has_password, read_password_file, redact_url, scrub
 from mqfleet.errors import ConfigurationError
 
 
