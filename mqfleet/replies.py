@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from mqfleet.messages import Health, JobRow
 from mqfleet.protocol import JsonObject
-from mqfleet.wire import LONG_TEXT, Wire, WireMessage
+from mqfleet.wire import LONG_TEXT, OMIT_NULL, Wire, WireMessage
 
 # --- records the replies carry ---------------------------------------------------------------------
 
@@ -224,10 +224,13 @@ class CompleteReply(WireMessage):
 
 @dataclass(frozen=True)
 class CheckpointUrlReply(WireMessage):
+    """A presigned PUT, or (S3) a POST of the form `fields`, whose policy lets the store take exactly `size` bytes."""
+
     url: str
     key: str
     expires_s: int
     method: str = "PUT"
+    fields: dict[str, str] | None = field(default=None, metadata=OMIT_NULL)
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,9 @@ import hashlib
 import ipaddress
 import logging
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -23,22 +22,20 @@ from urllib.request import url2pathname
 import urllib3
 from minio import Minio
 from minio.commonconfig import ComposeSource, CopySource
+from minio.datatypes import PostPolicy
 from minio.error import MinioException, S3Error
 
+from mqfleet import store_keys
 from mqfleet.defaults import ENV_S3_ACCESS_KEY, ENV_S3_ENDPOINT, ENV_S3_SECRET_KEY, ENV_S3_SECURE
-from mqfleet.errors import BadRequestError, ConfigurationError, ObjectMissingError, StoreError
+from mqfleet.errors import ConfigurationError, ObjectMissingError, StoreError
 
 # Re-exported: callers that hold no credentials should import them from mqfleet.transfer.
-from mqfleet.transfer import CHUNK_BYTES, download_from_url, upload_to_url
+from mqfleet.transfer import CHUNK_BYTES, PresignedUpload, download_from_url, upload_to_url
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ArtifactStore", "FileStore", "S3Store", "download_from_url", "open_store", "upload_to_url"]
 
-#: What a sha256 looks like in a key: lowercase hex only, so no key can climb out of the store.
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-#: What a lease id looks like in a staging key (the coordinator issues `secrets.token_hex(16)`).
-_LEASE_ID = re.compile(r"[0-9a-f]{16,64}")
 #: Largest object S3 copies in one request; bigger ones are copied part by part.
 _MAX_SINGLE_COPY_BYTES = 5 * 1024**3
 #: S3 error codes that mean "no such object" (servers differ in which one a HEAD gets).
@@ -67,6 +64,8 @@ class ArtifactStore(Protocol):
         ...
 
     def presign_put(self, key: str, expires_s: int = 3600) -> str: ...
+    def presign_upload(self, key: str, size: int, expires_s: int) -> PresignedUpload:
+        """What an agent uploads `key` with: on S3 a POST form the store refuses unless it carries exactly `size` bytes."""
     def presign_get(self, key: str, expires_s: int = 3600) -> str: ...
     def stat(self, key: str) -> int | None: ...
     def hash_object(self, key: str) -> tuple[str, int]: ...
@@ -84,25 +83,6 @@ class ArtifactStore(Protocol):
         ...
 
 
-def _artifact_key(prefix: str, sha256: str) -> str:
-    if not _SHA256.fullmatch(sha256):
-        raise BadRequestError(f"not a lowercase sha256 hex digest: {sha256[:80]!r}")
-    return f"{prefix}artifacts/{sha256}.tar.zst"
-
-
-def _staging_key(prefix: str, lease_id: str) -> str:
-    # Lease ids are the coordinator's own hex tokens; anything else could climb out of staging/.
-    if not _LEASE_ID.fullmatch(lease_id):
-        raise BadRequestError(f"not a lease id (16-64 lowercase hex characters): {lease_id[:80]!r}")
-    return f"{prefix}staging/{lease_id}.tar.zst"
-def _checkpoint_key(prefix: str, job_id: str, sha256: str) -> str:
-    # One key per job and content: a new checkpoint never overwrites the one a starting attempt may be reading.
-    for what, value in (("job id", job_id), ("sha256", sha256)):
-        if not _SHA256.fullmatch(value):
-            raise BadRequestError(f"checkpoint {what} is not a lowercase sha256 hex digest: {value[:80]!r}")
-    return f"{prefix}checkpoints/{job_id}/{sha256}.tar.zst"
-
-
 class FileStore:
     """Objects as files under a root folder, for one-machine fleets; presigned URLs are plain file:// URLs."""
 
@@ -111,10 +91,10 @@ class FileStore:
         self.url = self.root.as_uri()
 
     def key_for(self, sha256: str) -> str:
-        return _artifact_key("", sha256)
+        return store_keys.artifact_key("", sha256)
 
     def staging_key(self, lease_id: str) -> str:
-        return _staging_key("", lease_id)
+        return store_keys.staging_key("", lease_id)
 
     def promote(self, src_key: str, dest_key: str) -> None:
         src, dest = self._path(src_key), self._path(dest_key)
@@ -127,7 +107,7 @@ class FileStore:
             raise StoreError(f"{self.url}: move {src_key} to {dest_key}: {e}") from e
 
     def checkpoint_key_for(self, job_id: str, sha256: str) -> str:
-        return _checkpoint_key("", job_id, sha256)
+        return store_keys.checkpoint_key("", job_id, sha256)
 
     def _path(self, key: str) -> Path:
         # Normalised by text, not resolve(): a key holds no links to follow (the store makes every one),
@@ -139,6 +119,10 @@ class FileStore:
 
     def presign_put(self, key: str, expires_s: int = 3600) -> str:
         return self._path(key).as_uri()
+
+    def presign_upload(self, key: str, size: int, expires_s: int) -> PresignedUpload:
+        # A file store's writer reaches its folder directly: no URL could bound it (docs/SECURITY.md, "Artifacts").
+        return PresignedUpload(url=self.presign_put(key))
 
     def presign_get(self, key: str, expires_s: int = 3600) -> str:
         return self._path(key).as_uri()
@@ -251,10 +235,10 @@ class S3Store:
             raise StoreError(f"{action} {self._where(key)}: {e}") from e
 
     def key_for(self, sha256: str) -> str:
-        return _artifact_key(self.prefix, sha256)
+        return store_keys.artifact_key(self.prefix, sha256)
 
     def staging_key(self, lease_id: str) -> str:
-        return _staging_key(self.prefix, lease_id)
+        return store_keys.staging_key(self.prefix, lease_id)
 
     def promote(self, src_key: str, dest_key: str) -> None:
         # Server-side: the bytes never pass through the coordinator. S3 has no rename, so copy then delete;
@@ -268,11 +252,21 @@ class S3Store:
             self._client.remove_object(self.bucket, src_key)
 
     def checkpoint_key_for(self, job_id: str, sha256: str) -> str:
-        return _checkpoint_key(self.prefix, job_id, sha256)
+        return store_keys.checkpoint_key(self.prefix, job_id, sha256)
 
     def presign_put(self, key: str, expires_s: int = 3600) -> str:
         with self._translate("presign PUT", key):
             return self._client.presigned_put_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+
+    def presign_upload(self, key: str, size: int, expires_s: int) -> PresignedUpload:
+        # A presigned PUT signs no length; a POST policy's content-length-range is enforced by the store itself.
+        policy = PostPolicy(self.bucket, datetime.now(timezone.utc) + timedelta(seconds=expires_s))
+        policy.add_equals_condition("key", key)
+        policy.add_content_length_range_condition(size, size)
+        with self._translate("presign POST", key):
+            form = self._client.presigned_post_policy(policy)
+        scheme = "https" if self.secure else "http"  # path-style, as SeaweedFS, MinIO and S3 all take a POST
+        return PresignedUpload(url=f"{scheme}://{self.endpoint}/{self.bucket}", method="POST", fields={"key": key, **form})
 
     def presign_get(self, key: str, expires_s: int = 3600) -> str:
         with self._translate("presign GET", key):
@@ -386,14 +380,8 @@ def _open_s3(url: str, endpoint: str | None, access_key: str | None, secret_key:
     return S3Store(bucket=bucket, prefix=prefix, endpoint=endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
 
 
-def open_store(
-    url: str,
-    *,
-    endpoint: str | None = None,
-    access_key: str | None = None,
-    secret_key: str | None = None,
-    secure: bool | None = None,
-) -> ArtifactStore:
+def open_store(url: str, *, endpoint: str | None = None, access_key: str | None = None, secret_key: str | None = None,
+               secure: bool | None = None) -> ArtifactStore:
     """Open (and check) the store a URL names: file:///abs/path or s3://bucket[/prefix]; creates the bucket or folder."""
     parts = urlsplit(url)
     store: FileStore | S3Store

@@ -295,7 +295,7 @@ class JobRun:
         if not upload.exists:
             if not upload.url:
                 raise BadRequestError("the upload_url reply has neither exists nor a url")
-            upload_to_url(upload.url, bundle_path)
+            upload_to_url(upload.url, bundle_path, method=upload.method or "PUT", fields=upload.fields)
         else:
             logger.info("job %s: artifact %s already stored; no upload", self.name, sha256[:12])
         progress = self.trainer.latest_progress if self.trainer else None

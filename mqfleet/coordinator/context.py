@@ -22,6 +22,7 @@ from mqfleet.coordinator.leases import Leases
 from mqfleet.coordinator.manifests import StoredManifest
 from mqfleet.coordinator.rows import ManifestRows
 from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.coordinator.upload_limits import UploadLimits
 from mqfleet.errors import ManifestError
 from mqfleet.messages import Health, WireMessage
 from mqfleet.protocol import Role, Verb, Wire
@@ -41,6 +42,7 @@ class HandlerContext(Protocol):
     artifacts: Artifacts
     history: AttemptHistory
     uploads: UploadWindow
+    upload_limits: UploadLimits
     state: StateFile
     checkpoints: CheckpointBook
     store: ArtifactStore

@@ -34,6 +34,7 @@ from mqfleet.coordinator.postgres import redact_url
 from mqfleet.coordinator.republish import StateRepublisher
 from mqfleet.coordinator.rows import ManifestRows
 from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.coordinator.upload_limits import UploadLimits
 from mqfleet.errors import ConfigurationError, ManifestError
 from mqfleet.manifest import FleetSettings, Manifest
 from mqfleet.messages import Health
@@ -108,6 +109,7 @@ class CoordinatorCore:
     leases: Leases
     history: AttemptHistory
     uploads: UploadWindow
+    upload_limits: UploadLimits
     checkpoints: CheckpointBook
     manifests: ManifestHistory
     stored_manifest: StoredManifest | None

@@ -42,6 +42,7 @@ from mqfleet.coordinator.postgres import is_postgres_url, open_state
 from mqfleet.coordinator.republish import StateRepublisher, record_published, state_page
 from mqfleet.coordinator.startup import ManifestInForce
 from mqfleet.coordinator.sweep import Sweep
+from mqfleet.coordinator.upload_limits import UploadLimits
 from mqfleet.errors import ManifestError, MqfleetError, NotFoundError
 from mqfleet.manifest import Manifest
 from mqfleet.messages import Health
@@ -82,6 +83,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self.leases = Leases(self.state, self.catalog, self.artifacts)
         self.history = AttemptHistory(self.state)
         self.uploads = UploadWindow()
+        self.upload_limits = UploadLimits()
         self.checkpoints = CheckpointBook(self.state)
         self.manifests = ManifestHistory(self.state)
         #: The manifest in force as stored: its text exactly as applied, source, sha256, when, how.

@@ -81,7 +81,7 @@ def test_an_ended_attempt_may_not_overwrite_a_later_attempts_checkpoint(db: Coor
     assert second is not None
     _save(book, SHA2, attempt=2)
     db.fail(job_id("a"), second.lease_id, "h2", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + 3)
-    with pytest.raises(LeaseLostError, match="later checkpoint"):
+    with pytest.raises(LeaseLostError, match="only the latest attempt"):
         book.check_writer(job_id("a"), first.lease_id, "h1")
 
 

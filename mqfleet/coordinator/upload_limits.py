@@ -1,0 +1,109 @@
+"""How much store work one lease can ask of the coordinator: upload URLs at a pace, and reads it has earned.
+
+Every byte the coordinator hashes is a byte some host asked it to read. The store bounds each upload to the
+size its URL declared (a POST policy); this bounds how often: a lease gets upload URLs at the pace an honest
+agent needs them (a token bucket per lease and kind), each checkpoint URL earns exactly one check of the
+object it names, and a lease whose artifacts failed their check a few times gets no more checks
+(docs/SECURITY.md, "Artifacts"). In memory only: a restart forgets it, which costs an honest agent at
+most one checkpoint sync (retried at its next interval).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from mqfleet.errors import RateLimitedError
+
+#: Upload URLs a lease may take at once before the pace applies (a sync's URL, a retry, the final sync).
+URL_BURST = 3.0
+#: One artifact upload URL per this many seconds past the burst: an agent asks once per attempt.
+ARTIFACT_URL_EVERY_S = 60.0
+#: Artifact checks of one lease that may fail (size or sha256); past this its completions read nothing.
+ARTIFACT_CHECKS_FAILED_MAX = 3
+#: A lease's entries are forgotten after this long unused (a full bucket is the same as none).
+FORGET_AFTER_S = 3600.0
+#: Past this many leases remembered, the unused ones are forgotten at the next grant.
+LEASES_REMEMBERED = 10_000
+#: Checkpoint contents a lease may hold unchecked; an older one is dropped (its check never comes).
+CHECKS_HELD = 8
+
+
+@dataclass
+class _Lease:
+    """One lease's allowance: its URL buckets by kind, the checkpoint checks it has earned, failed checks."""
+
+    tokens: dict[str, tuple[float, float]]  # kind -> (tokens, when counted)
+    checks: dict[tuple[str, int], int]  # (sha256, size) -> checks earned
+    failed: int
+    used_ts: float
+
+
+class UploadLimits:
+    """Per lease: upload URLs at a pace, one checkpoint check per URL, a cap on failed artifact checks."""
+
+    def __init__(self) -> None:
+        self._leases: dict[str, _Lease] = {}
+        self._lock = threading.Lock()
+
+    def _lease(self, lease_id: str, now: float) -> _Lease:
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            if len(self._leases) >= LEASES_REMEMBERED:
+                self._forget(now)
+            lease = self._leases[lease_id] = _Lease(tokens={}, checks={}, failed=0, used_ts=now)
+        lease.used_ts = now
+        return lease
+
+    def _forget(self, now: float) -> None:
+        for lease_id, lease in list(self._leases.items()):
+            if now - lease.used_ts > FORGET_AFTER_S:
+                del self._leases[lease_id]
+
+    def take_url(self, lease_id: str, kind: str, now: float, *, every_s: float) -> None:
+        """Spend one of the lease's `kind` URLs; RateLimitedError when it asked faster than one per `every_s`."""
+        with self._lock:
+            lease = self._lease(lease_id, now)
+            tokens, counted_ts = lease.tokens.get(kind, (URL_BURST, now))
+            tokens = min(URL_BURST, tokens + max(0.0, now - counted_ts) / every_s)
+            if tokens < 1.0:
+                lease.tokens[kind] = (tokens, now)
+                raise RateLimitedError(
+                    f"lease {lease_id[:12]} asked for {kind} URLs faster than one per {every_s:g} s "
+                    f"(after {URL_BURST:g} at once); the next one in {(1.0 - tokens) * every_s:.0f} s"
+                )
+            lease.tokens[kind] = (tokens - 1.0, now)
+
+    def earn_check(self, lease_id: str, sha256: str, size: int, now: float) -> None:
+        """A checkpoint URL was granted for this content: the lease may have it checked once."""
+        with self._lock:
+            checks = self._lease(lease_id, now).checks
+            checks[(sha256, size)] = checks.pop((sha256, size), 0) + 1
+            if len(checks) > CHECKS_HELD:
+                del checks[next(iter(checks))]
+
+    def take_check(self, lease_id: str, sha256: str, size: int) -> bool:
+        """Spend the check a checkpoint URL earned for this content; False when none is left."""
+        with self._lock:
+            lease = self._leases.get(lease_id)
+            left = lease.checks.get((sha256, size), 0) if lease is not None else 0
+            if lease is None or left < 1:
+                return False
+            if left == 1:
+                del lease.checks[(sha256, size)]
+            else:
+                lease.checks[(sha256, size)] = left - 1
+            return True
+
+    def check_artifact_allowed(self, lease_id: str) -> None:
+        """RateLimitedError when the lease's artifact checks failed too often for another read."""
+        with self._lock:
+            lease = self._leases.get(lease_id)
+            failed = lease.failed if lease is not None else 0
+        if failed >= ARTIFACT_CHECKS_FAILED_MAX:
+            raise RateLimitedError(f"lease {lease_id[:12]}: {failed} artifacts failed their check; "
+                                   "no more are read for this lease (the attempt should fail and run again)")
+
+    def note_failed_artifact(self, lease_id: str, now: float) -> None:
+        with self._lock:
+            self._lease(lease_id, now).failed += 1
