@@ -118,7 +118,7 @@ def handle_checkpoint_url(coord: HandlerContext, req: Request) -> CheckpointUrlR
     # Short-lived like artifact uploads (docs/SECURITY.md): S3 checks expiry when the upload starts, which is at once.
     expires_s = int(defaults.UPLOAD_URL_SLACK_S)
     upload = coord.store.presign_upload(key, size, expires_s)
-    coord.upload_limits.earn_check(lease_id, sha256, size, req.now)
+    coord.upload_limits.earn_check(lease_id, sha256, size)
     return CheckpointUrlReply(url=upload.url, method=upload.method, key=key, expires_s=expires_s,
                               fields=upload.fields or None)
 

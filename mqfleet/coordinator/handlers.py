@@ -148,7 +148,7 @@ def prepare_complete(coord: HandlerContext, req: Request) -> str:
     try:
         return accept_artifact(coord.store, done.sha256, done.size, lease_id=done.lease_id)
     except ArtifactMismatchError:
-        coord.upload_limits.note_failed_artifact(done.lease_id, req.now)
+        coord.upload_limits.note_failed_artifact(done.lease_id)
         raise
 
 

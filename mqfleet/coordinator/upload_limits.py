@@ -11,6 +11,7 @@ most one checkpoint sync (retried at its next interval).
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from mqfleet.errors import RateLimitedError
@@ -21,10 +22,8 @@ URL_BURST = 3.0
 ARTIFACT_URL_EVERY_S = 60.0
 #: Artifact checks of one lease that may fail (size or sha256); past this its completions read nothing.
 ARTIFACT_CHECKS_FAILED_MAX = 3
-#: A lease's entries are forgotten after this long unused (a full bucket is the same as none).
-FORGET_AFTER_S = 3600.0
-#: Past this many leases remembered, the unused ones are forgotten at the next grant.
-LEASES_REMEMBERED = 10_000
+#: Leases remembered at most; past it the one unused longest is forgotten (a fresh allowance if it comes back).
+LEASES_REMEMBERED = 20_000
 #: Checkpoint contents a lease may hold unchecked; an older one is dropped (its check never comes).
 CHECKS_HELD = 8
 
@@ -36,34 +35,28 @@ class _Lease:
     tokens: dict[str, tuple[float, float]]  # kind -> (tokens, when counted)
     checks: dict[tuple[str, int], int]  # (sha256, size) -> checks earned
     failed: int
-    used_ts: float
 
 
 class UploadLimits:
     """Per lease: upload URLs at a pace, one checkpoint check per URL, a cap on failed artifact checks."""
 
     def __init__(self) -> None:
-        self._leases: dict[str, _Lease] = {}
+        self._leases: OrderedDict[str, _Lease] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
-    def _lease(self, lease_id: str, now: float) -> _Lease:
+    def _lease(self, lease_id: str) -> _Lease:
         lease = self._leases.get(lease_id)
         if lease is None:
-            if len(self._leases) >= LEASES_REMEMBERED:
-                self._forget(now)
-            lease = self._leases[lease_id] = _Lease(tokens={}, checks={}, failed=0, used_ts=now)
-        lease.used_ts = now
+            lease = self._leases[lease_id] = _Lease(tokens={}, checks={}, failed=0)
+            if len(self._leases) > LEASES_REMEMBERED:
+                self._leases.popitem(last=False)
+        self._leases.move_to_end(lease_id)
         return lease
-
-    def _forget(self, now: float) -> None:
-        for lease_id, lease in list(self._leases.items()):
-            if now - lease.used_ts > FORGET_AFTER_S:
-                del self._leases[lease_id]
 
     def take_url(self, lease_id: str, kind: str, now: float, *, every_s: float) -> None:
         """Spend one of the lease's `kind` URLs; RateLimitedError when it asked faster than one per `every_s`."""
         with self._lock:
-            lease = self._lease(lease_id, now)
+            lease = self._lease(lease_id)
             tokens, counted_ts = lease.tokens.get(kind, (URL_BURST, now))
             tokens = min(URL_BURST, tokens + max(0.0, now - counted_ts) / every_s)
             if tokens < 1.0:
@@ -74,10 +67,10 @@ class UploadLimits:
                 )
             lease.tokens[kind] = (tokens - 1.0, now)
 
-    def earn_check(self, lease_id: str, sha256: str, size: int, now: float) -> None:
+    def earn_check(self, lease_id: str, sha256: str, size: int) -> None:
         """A checkpoint URL was granted for this content: the lease may have it checked once."""
         with self._lock:
-            checks = self._lease(lease_id, now).checks
+            checks = self._lease(lease_id).checks
             checks[(sha256, size)] = checks.pop((sha256, size), 0) + 1
             if len(checks) > CHECKS_HELD:
                 del checks[next(iter(checks))]
@@ -104,6 +97,6 @@ class UploadLimits:
             raise RateLimitedError(f"lease {lease_id[:12]}: {failed} artifacts failed their check; "
                                    "no more are read for this lease (the attempt should fail and run again)")
 
-    def note_failed_artifact(self, lease_id: str, now: float) -> None:
+    def note_failed_artifact(self, lease_id: str) -> None:
         with self._lock:
-            self._lease(lease_id, now).failed += 1
+            self._lease(lease_id).failed += 1

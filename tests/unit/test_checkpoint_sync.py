@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync, fingerprint, snapshot
+from mqfleet.agent import checkpoint
+from mqfleet.agent.checkpoint import RESTORE_DISK_RESERVE_BYTES, CheckpointPlan, CheckpointSync, fingerprint, snapshot
 from mqfleet.bundle import pack_artifact
 from mqfleet.errors import BundleError, RequestTimeoutError
 from mqfleet.messages import Grant, GrantedCheckpoint
@@ -187,3 +189,51 @@ def test_a_grant_without_checkpoint_fields_or_for_a_non_resumable_trainer_gets_n
     given = {"url": "file:///c", "sha256": "e" * 64, "size": 3, "attempt": 2, "saved_ts": 1.5}
     plan = CheckpointPlan.from_grant(_grant(resumable=True, checkpoint_interval_s=5, checkpoint=given))
     assert plan is not None and plan.given == GrantedCheckpoint.from_wire(given)
+
+
+def _sparse_bundle(tmp_path: Path, store: FileStore, unpacked: int) -> dict[str, Any]:
+    src = tmp_path / "sparse"
+    src.mkdir()
+    with open(src / "zeros.bin", "wb") as fh:
+        fh.truncate(unpacked)
+    sha256, size = pack_artifact(src, tmp_path / "s.tar.zst")
+    key = store.checkpoint_key_for(JOB, sha256)
+    store.put_file(key, tmp_path / "s.tar.zst")
+    return {"url": store.presign_get(key), "sha256": sha256, "size": size, "attempt": 1, "saved_ts": 0.0}
+
+
+def test_restore_unpacks_within_checkpoint_max_mib_however_well_the_checkpoint_compresses(
+    tmp_path: Path, coordinator: Coordinator
+) -> None:
+    # 8 MiB of zeros packs to a few hundred bytes: far past any ratio limit, and a checkpoint a sync may make.
+    given = _sparse_bundle(tmp_path, coordinator.store, 8 << 20)
+    sync, _ = _sync(tmp_path, coordinator, max_bytes=8 << 20, given=given)
+    assert sync.restore() is True
+    assert (sync.folder / "zeros.bin").stat().st_size == 8 << 20
+
+
+def test_restore_of_a_checkpoint_unpacking_past_checkpoint_max_mib_rejects_it(
+    tmp_path: Path, coordinator: Coordinator
+) -> None:
+    given = _sparse_bundle(tmp_path, coordinator.store, 64 << 20)
+    sync, _ = _sync(tmp_path, coordinator, max_bytes=1 << 20, given=given)
+    assert sync.restore() is False
+    assert list(sync.folder.iterdir()) == []
+    fields = coordinator.calls[0][1]
+    assert fields["rejected_sha256"] == given["sha256"] and "unpacks to more than 1048576 bytes" in fields["note"]
+
+
+def test_restore_that_does_not_fit_this_hosts_free_disk_starts_fresh_and_keeps_the_checkpoint(
+    tmp_path: Path, coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given = _sparse_bundle(tmp_path, coordinator.store, 8 << 20)
+    sync, _ = _sync(tmp_path, coordinator, max_bytes=1 << 30, given=given)
+    free = RESTORE_DISK_RESERVE_BYTES + given["size"] + (1 << 20)  # room for 1 MiB, not 8
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: SimpleNamespace(total=1 << 40, used=0, free=free))
+    assert sync.restore() is False
+    fields = coordinator.calls[-1][1]
+    assert "rejected_sha256" not in fields and "unpacks to more than" in fields["note"]
+    free = RESTORE_DISK_RESERVE_BYTES - 1  # not even the download fits
+    assert sync.restore() is False
+    fields = coordinator.calls[-1][1]
+    assert "rejected_sha256" not in fields and "free on this host's disk" in fields["note"]
