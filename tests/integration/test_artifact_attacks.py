@@ -43,6 +43,10 @@ def victim(tls_s3_fleet: TlsFleet) -> Iterator[tuple[TlsFleet, dict[str, Any]]]:
     yield tls_s3_fleet, job
 
 
+def _lease(grant: dict[str, Any]) -> dict[str, str]:
+    return {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}
+
+
 def _intact(store: ArtifactStore, sha256: str, size: int) -> bool:
     return store.hash_object(store.key_for(sha256)) == (sha256, size)
 
@@ -70,8 +74,7 @@ def test_an_upload_url_for_another_jobs_verified_digest_with_a_wrong_size_cannot
     assert size is not None
     attacker = HostileHost(fleet)
     try:
-        grant = attacker.claim()
-        lease = {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}
+        lease = _lease(attacker.claim())
         upload = attacker.call("upload_url", **lease, sha256=sha, size=size + 1)
         assert upload["ok"] and upload["exists"] is False
         assert "/artifacts/" not in urlsplit(upload["url"]).path, "a write URL for the artifact key itself"
@@ -95,8 +98,7 @@ def test_a_presigned_put_reused_after_verification_leaves_the_verified_artifact_
     store = fleet.store()
     attacker = HostileHost(fleet)
     try:
-        grant = attacker.claim()
-        lease = {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}
+        lease = _lease(attacker.claim())
         bundle, sha, size = _bundle(tmp_path, b"honest model " * 1000)
         upload = attacker.call("upload_url", **lease, sha256=sha, size=size)
         attacker.upload(upload, bundle)
@@ -129,8 +131,7 @@ def test_a_completion_naming_a_stored_digest_is_refused_when_the_stored_bytes_we
     store.put_file(key, forged)
     attacker = HostileHost(fleet)
     try:
-        grant = attacker.claim()
-        lease = {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}
+        lease = _lease(attacker.claim())
         assert attacker.call("upload_url", **lease, sha256=sha, size=size)["exists"] is True
         refused = attacker.call("complete", **lease, sha256=sha, size=size, metrics={})
         assert refused["ok"] is False and refused["error"] == "artifact_mismatch", refused
@@ -191,7 +192,3 @@ def test_a_staging_upload_past_its_declared_size_is_refused_by_the_store_and_fai
         attacker.close()
     assert errors == ["artifact_mismatch"] * 3 + ["rate_limited"], errors
     assert fleet.client().job("mine").status != "completed"
-
-
-def _lease(grant: dict[str, Any]) -> dict[str, str]:
-    return {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}

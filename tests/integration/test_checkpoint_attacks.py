@@ -26,26 +26,24 @@ from mqfleet.protocol import Role, encode
 from mqfleet.services.broker import BrokerPki, LocalBroker
 from mqfleet.services.s3 import LocalS3
 from tests.fixtures.common import wait_until
-from tests.fixtures.fleet import manifest_text
+from tests.fixtures.fleet import RESUMABLE_TRAINER, manifest_text
 from tests.fixtures.hostile import HostileHost
 from tests.fixtures.relay import ByteCountingRelay, relayed_env
 from tests.fixtures.tls import OPERATOR, T, TlsFleet
 
 MiB = 1024 * 1024
 
-TRAINERS = """\
-[trainers.resumable]
-command = ["{python}", "tests/data/trainers/resumable.py"]
-[trainers.resumable.hyper]
-steps = { type = "int", default = 20, min = 1 }
-interval_s = { type = "float", default = 0.2, min = 0.0 }
-fail_at = { type = "int", default = 0, min = 0 }
-"""
+def _start(fleet: TlsFleet, *jobs: dict[str, Any], max_mib: float = 2048, interval_s: float = 60,
+           max_attempts: int = 3) -> None:
+    """The coordinator on a manifest of resumable `jobs` with these checkpoint settings."""
+    settings = (f"[fleet]\nmax_attempts = {max_attempts}\nlease_s = 30\ngrace_s = 2\n"
+                f"checkpoint_interval_s = {interval_s}\ncheckpoint_max_mib = {max_mib}\n")
+    fleet.write_manifest(manifest_text(*jobs, fleet=settings, trainers=RESUMABLE_TRAINER))
+    fleet.start_coordinator()
 
 
-def _settings(*, max_mib: float = 2048, interval_s: float = 60, max_attempts: int = 3) -> str:
-    return (f"[fleet]\nmax_attempts = {max_attempts}\nlease_s = 30\ngrace_s = 2\n"
-            f"checkpoint_interval_s = {interval_s}\ncheckpoint_max_mib = {max_mib}\n")
+def _job(name: str, hosts: list[str], steps: int = 1000, **more: Any) -> dict[str, Any]:
+    return {"name": name, "model": "resumable", "allowed_hosts": hosts, "hyper": {"steps": steps}, **more}
 
 
 @pytest.fixture
@@ -94,11 +92,7 @@ def test_a_checkpoint_saved_declaring_100_bytes_over_a_64_mib_upload_costs_the_c
     watched: tuple[TlsFleet, ByteCountingRelay], tmp_path: Path
 ) -> None:
     fleet, relay = watched
-    fleet.write_manifest(manifest_text(
-        {"name": "victim", "model": "resumable", "allowed_hosts": ["host-b"], "hyper": {"steps": 1000}},
-        {"name": "honest", "model": "resumable", "allowed_hosts": ["host-a"], "hyper": {"steps": 1000}, "seed": 2},
-        fleet=_settings(interval_s=1), trainers=TRAINERS))
-    fleet.start_coordinator()
+    _start(fleet, _job("victim", ["host-b"]), _job("honest", ["host-a"], seed=2), interval_s=1)
     attacker, honest = HostileHost(fleet, "host-b"), HostileHost(fleet, "host-a")
     replies: list[dict[str, Any]] = []
     reply_topic = f"{T.reply('agent-host-b')}/lies"
@@ -147,10 +141,7 @@ def test_each_checkpoint_url_earns_one_check_and_a_lease_gets_urls_at_its_sync_p
     watched: tuple[TlsFleet, ByteCountingRelay], tmp_path: Path
 ) -> None:
     fleet, relay = watched
-    fleet.write_manifest(manifest_text(
-        {"name": "victim", "model": "resumable", "allowed_hosts": ["host-b"], "hyper": {"steps": 1000}},
-        fleet=_settings(interval_s=60), trainers=TRAINERS))
-    fleet.start_coordinator()
+    _start(fleet, _job("victim", ["host-b"]))
     attacker = HostileHost(fleet, "host-b")
     try:
         lease = _lease(attacker.claim())
@@ -184,10 +175,7 @@ def test_a_checkpoint_bomb_unpacks_no_further_than_checkpoint_max_mib_on_the_nex
     watched: tuple[TlsFleet, ByteCountingRelay], tmp_path: Path
 ) -> None:
     fleet, _ = watched
-    fleet.write_manifest(manifest_text(
-        {"name": "victim", "model": "resumable", "allowed_hosts": ["host-a", "host-b"], "hyper": {"steps": 30}},
-        fleet=_settings(max_mib=4), trainers=TRAINERS))
-    fleet.start_coordinator()
+    _start(fleet, _job("victim", ["host-a", "host-b"], steps=30), max_mib=4)
     # 128 MiB that zstd packs about 150 to 1: under the 200x ratio and the 32 GiB a plain unpack allows.
     bomb = b"".join(os.urandom(24) + bytes(4096 - 24) for _ in range(32 * 1024))
     bundle, sha, size = _bundle(tmp_path, {"state.bin": bomb})
@@ -216,10 +204,7 @@ def test_the_next_host_fetches_no_byte_past_the_granted_checkpoint_size(
     watched: tuple[TlsFleet, ByteCountingRelay], tmp_path: Path
 ) -> None:
     fleet, relay = watched
-    fleet.write_manifest(manifest_text(
-        {"name": "victim", "model": "resumable", "allowed_hosts": ["host-a", "host-b"], "hyper": {"steps": 30}},
-        fleet=_settings(), trainers=TRAINERS))
-    fleet.start_coordinator()
+    _start(fleet, _job("victim", ["host-a", "host-b"], steps=30))
     attacker = HostileHost(fleet, "host-b")
     try:
         lease = _lease(attacker.claim())
@@ -247,9 +232,7 @@ def test_fetch_reads_no_byte_past_the_artifacts_recorded_size(
     watched: tuple[TlsFleet, ByteCountingRelay], tmp_path: Path
 ) -> None:
     fleet, relay = watched
-    fleet.write_manifest(manifest_text({"name": "done", "model": "resumable", "hyper": {"steps": 1}},
-                                       fleet=_settings(), trainers=TRAINERS))
-    fleet.start_coordinator()
+    _start(fleet, _job("done", ["host-a"], steps=1))
     fleet.start_agent("host-a")
     fleet.wait_for_status({"done": "completed"}, timeout_s=60)
     store = fleet.store()
@@ -269,10 +252,7 @@ def test_attempt_one_cannot_write_the_checkpoint_after_attempts_two_and_three_ra
     watched: tuple[TlsFleet, ByteCountingRelay], tmp_path: Path
 ) -> None:
     fleet, _ = watched
-    fleet.write_manifest(manifest_text(
-        {"name": "victim", "model": "resumable", "allowed_hosts": ["host-b"], "hyper": {"steps": 1000}},
-        fleet=_settings(max_attempts=1), trainers=TRAINERS))
-    fleet.start_coordinator()
+    _start(fleet, _job("victim", ["host-b"]), max_attempts=1)
     attacker = HostileHost(fleet, "host-b")
     try:
         first = _lease(attacker.claim())
