@@ -201,7 +201,7 @@ def test_restore_unpacks_within_checkpoint_max_mib_however_well_the_checkpoint_c
 ) -> None:
     # 8 MiB of zeros packs to a few hundred bytes: far past any ratio limit, and a checkpoint a sync may make.
     given = _bundle(tmp_path, coordinator.store, b"{}", zeros=8 << 20)
-    sync, _ = _sync(tmp_path, coordinator, max_bytes=8 << 20, given=given)
+    sync, _ = _sync(tmp_path, coordinator, max_bytes=9 << 20, given=given)
     assert sync.restore() is True
     assert (sync.folder / "zeros.bin").stat().st_size == 8 << 20
 
