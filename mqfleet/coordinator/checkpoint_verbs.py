@@ -130,15 +130,27 @@ def prepare_checkpoint_saved(coord: HandlerContext, req: Request) -> str:
     with coord.lock:
         coord.checkpoints.check_writer(job_id, lease_id, req.client)
         latest = coord.checkpoints.latest(job_id)
+    coord.upload_limits.check_reads_allowed(lease_id)
     if not coord.upload_limits.take_check(lease_id, sha256, size):
         raise StateError(f"checkpoint {sha256[:12]} of {size} bytes was not uploaded through a checkpoint_url of "
                          "this lease, or was checked already; sync again (a new checkpoint_url)")
     key = coord.store.checkpoint_key_for(job_id, sha256)
+    try:
+        _check_checkpoint(coord, key, sha256, size, keep=latest is not None and latest.key == key)
+    except ArtifactMismatchError:
+        coord.upload_limits.note_failed_check(lease_id)
+        raise
+    return key
+
+
+def _check_checkpoint(coord: HandlerContext, key: str, sha256: str, size: int, *, keep: bool) -> None:
+    """The stored object's size (a stat), then its sha256; a mismatching object is deleted, unless `keep`
+    (the job's verified checkpoint is never deleted for what a request said of it)."""
     stored_size = coord.store.stat(key)
     if stored_size is None:
-        raise ObjectMissingError(f"checkpoint {sha256[:12]} of job {job_id[:12]} is not in the store; upload it first")
+        raise ObjectMissingError(f"checkpoint {sha256[:12]} is not in the store; upload it first")
     if stored_size != size:
-        if latest is None or latest.key != key:  # never the job's verified checkpoint, whatever the request says
+        if not keep:
             coord.store.delete(key)
         raise ArtifactMismatchError(f"stored checkpoint is {stored_size} bytes, not {size}; nothing was read; sync again")
     actual_sha, actual_size = coord.store.hash_object(key)
@@ -148,7 +160,6 @@ def prepare_checkpoint_saved(coord: HandlerContext, req: Request) -> str:
             f"stored checkpoint is {actual_size} bytes with sha256 {actual_sha[:12]}, "
             f"not {size} bytes with sha256 {sha256[:12]}; sync again"
         )
-    return key
 
 
 def handle_checkpoint_saved(coord: HandlerContext, req: Request) -> CheckpointSavedReply:

@@ -144,11 +144,11 @@ def prepare_complete(coord: HandlerContext, req: Request) -> str:
     done = CompleteRequest.from_wire(req.body)
     with coord.lock:
         coord.leases.check_lease(done.job_id, done.lease_id, req.client)
-    coord.upload_limits.check_artifact_allowed(done.lease_id)
+    coord.upload_limits.check_reads_allowed(done.lease_id)
     try:
         return accept_artifact(coord.store, done.sha256, done.size, lease_id=done.lease_id)
     except ArtifactMismatchError:
-        coord.upload_limits.note_failed_artifact(done.lease_id)
+        coord.upload_limits.note_failed_check(done.lease_id)
         raise
 
 

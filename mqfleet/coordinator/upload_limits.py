@@ -3,7 +3,7 @@
 Every byte the coordinator hashes is a byte some host asked it to read. The store bounds each upload to the
 size its URL declared (a POST policy); this bounds how often: a lease gets upload URLs at the pace an honest
 agent needs them (a token bucket per lease and kind), each checkpoint URL earns exactly one check of the
-object it names, and a lease whose artifacts failed their check a few times gets no more checks
+object it names, and a lease whose uploads failed their check a few times gets no more checks
 (docs/SECURITY.md, "Artifacts"). In memory only: a restart forgets it, which costs an honest agent at
 most one checkpoint sync (retried at its next interval).
 """
@@ -20,8 +20,9 @@ from mqfleet.errors import RateLimitedError
 URL_BURST = 3.0
 #: One artifact upload URL per this many seconds past the burst: an agent asks once per attempt.
 ARTIFACT_URL_EVERY_S = 60.0
-#: Artifact checks of one lease that may fail (size or sha256); past this its completions read nothing.
-ARTIFACT_CHECKS_FAILED_MAX = 3
+#: Checks of one lease's uploads (artifacts and checkpoints) that may fail, on size or sha256; past this
+#: nothing it uploads is read again (an honest agent's uploads never fail their check).
+CHECKS_FAILED_MAX = 3
 #: Leases remembered at most; past it the one unused longest is forgotten (a fresh allowance if it comes back).
 LEASES_REMEMBERED = 20_000
 #: Checkpoint contents a lease may hold unchecked; an older one is dropped (its check never comes).
@@ -30,7 +31,7 @@ CHECKS_HELD = 8
 
 @dataclass
 class _Lease:
-    """One lease's allowance: its URL buckets by kind, the checkpoint checks it has earned, failed checks."""
+    """One lease's allowance: its URL buckets by kind, the checkpoint checks it has earned, its failed checks."""
 
     tokens: dict[str, tuple[float, float]]  # kind -> (tokens, when counted)
     checks: dict[tuple[str, int], int]  # (sha256, size) -> checks earned
@@ -38,7 +39,7 @@ class _Lease:
 
 
 class UploadLimits:
-    """Per lease: upload URLs at a pace, one checkpoint check per URL, a cap on failed artifact checks."""
+    """Per lease: upload URLs at a pace, one checkpoint check per URL, a cap on failed checks."""
 
     def __init__(self) -> None:
         self._leases: OrderedDict[str, _Lease] = OrderedDict()  # least recently used first
@@ -88,15 +89,15 @@ class UploadLimits:
                 lease.checks[(sha256, size)] = left - 1
             return True
 
-    def check_artifact_allowed(self, lease_id: str) -> None:
-        """RateLimitedError when the lease's artifact checks failed too often for another read."""
+    def check_reads_allowed(self, lease_id: str) -> None:
+        """RateLimitedError when the lease's uploads failed their check too often for another read."""
         with self._lock:
             lease = self._leases.get(lease_id)
             failed = lease.failed if lease is not None else 0
-        if failed >= ARTIFACT_CHECKS_FAILED_MAX:
-            raise RateLimitedError(f"lease {lease_id[:12]}: {failed} artifacts failed their check; "
-                                   "no more are read for this lease (the attempt should fail and run again)")
+        if failed >= CHECKS_FAILED_MAX:
+            raise RateLimitedError(f"lease {lease_id[:12]}: {failed} uploads failed their check; nothing more "
+                                   "it uploads is read (the attempt should fail and run again)")
 
-    def note_failed_artifact(self, lease_id: str) -> None:
+    def note_failed_check(self, lease_id: str) -> None:
         with self._lock:
             self._lease(lease_id).failed += 1

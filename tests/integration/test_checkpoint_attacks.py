@@ -161,6 +161,29 @@ def test_each_checkpoint_url_earns_one_check_and_a_lease_gets_urls_at_its_sync_p
     assert {u.get("error") for u in urls if not u["ok"]} == {"rate_limited"}
 
 
+def test_a_lease_whose_checkpoints_keep_failing_their_check_gets_nothing_more_read(
+    watched: tuple[TlsFleet, ByteCountingRelay], tmp_path: Path
+) -> None:
+    fleet, _ = watched
+    _start(fleet, _job("victim", ["host-b"]), interval_s=0.1)
+    attacker = HostileHost(fleet, "host-b")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"j" * 100)
+    try:
+        lease = _lease(attacker.claim())
+        errors = []
+        for _ in range(4):  # bytes of the declared size, not of the declared content
+            sha = hashlib.sha256(os.urandom(100)).hexdigest()
+            # At the lease's pace: past the burst of 3, one URL per 0.1 s interval.
+            url = wait_until(lambda sha=sha: (u := attacker.call("checkpoint_url", **lease, sha256=sha, size=100))["ok"]
+                             and u, timeout_s=10, what="a checkpoint URL")
+            attacker.upload(url, junk)
+            errors.append(attacker.call("checkpoint_saved", **lease, sha256=sha, size=100).get("error"))
+    finally:
+        attacker.close()
+    assert errors == ["artifact_mismatch"] * 3 + ["rate_limited"], errors
+
+
 def _hand_back(attacker: HostileHost, lease: dict[str, str]) -> None:
     handed = attacker.call("fail", **lease, cause="shutdown", error="handed back")
     assert handed["ok"], handed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mqfleet.coordinator.upload_limits import (
-    ARTIFACT_CHECKS_FAILED_MAX,
+    CHECKS_FAILED_MAX,
     CHECKS_HELD,
     LEASES_REMEMBERED,
     URL_BURST,
@@ -54,14 +54,14 @@ def test_a_lease_holds_a_few_unchecked_contents_at_most_the_oldest_dropped() -> 
     assert all(limits.take_check(LEASE, sha, 1) for sha in shas[1:])
 
 
-def test_failed_artifact_checks_past_the_cap_refuse_further_reads_for_that_lease_only() -> None:
+def test_failed_checks_past_the_cap_refuse_further_reads_for_that_lease_only() -> None:
     limits = UploadLimits()
-    for _ in range(ARTIFACT_CHECKS_FAILED_MAX):
-        limits.check_artifact_allowed(LEASE)
-        limits.note_failed_artifact(LEASE)
-    with pytest.raises(RateLimitedError, match="no more are read"):
-        limits.check_artifact_allowed(LEASE)
-    limits.check_artifact_allowed(OTHER)
+    for _ in range(CHECKS_FAILED_MAX):
+        limits.check_reads_allowed(LEASE)
+        limits.note_failed_check(LEASE)
+    with pytest.raises(RateLimitedError, match="nothing more it uploads is read"):
+        limits.check_reads_allowed(LEASE)
+    limits.check_reads_allowed(OTHER)
 
 
 def test_the_leases_remembered_are_bounded_the_one_unused_longest_forgotten_first() -> None:
