@@ -175,12 +175,23 @@ def upload_to_url(url: str, path: Path, *, method: str = "PUT", fields: Mapping[
     logger.debug("upload %s: %d bytes sent", _redact(url), size)
 
 
+def _object_size(response: http.client.HTTPResponse) -> int | None:
+    """The whole object's size as a GET response states it: a 206's Content-Range total, a 200's
+    Content-Length; None when it does not say."""
+    if response.status == 206:
+        total = (response.getheader("Content-Range") or "").rpartition("/")[2].strip()
+    else:
+        total = (response.getheader("Content-Length") or "").strip()
+    return int(total) if total.isdigit() else None
+
+
 def download_from_url(url: str, dest: Path, *, size: int | None = None, timeout_s: float = 600) -> None:
     """Fetch a presigned GET URL or a file:// URL into dest (streamed; dest appears only when complete).
 
-    `size`, the object's size as recorded, is a hard cap: an object that says it is larger is refused
-    before its body is read, no byte past it is ever read, and a shorter one is refused
-    (ArtifactMismatchError), all before anyone hashes it.
+    `size`, the object's size as recorded, is a hard cap: the server is asked for those bytes only (a
+    Range, which a presigned GET leaves unsigned), an object of any other size is refused
+    (ArtifactMismatchError) on the size the response states before its body is read, and no byte past
+    `size` is ever read, all before anyone hashes it.
     """
     dest = Path(dest)
     if url.startswith("file:"):
@@ -199,13 +210,16 @@ def download_from_url(url: str, dest: Path, *, size: int | None = None, timeout_
         dest.parent.mkdir(parents=True, exist_ok=True)
         conn, target = _connection(url, timeout_s)
         try:
-            conn.request("GET", target)
+            conn.request("GET", target, headers={"Range": f"bytes=0-{size - 1}"} if size else {})
             response = conn.getresponse()
-            if response.status != 200:
+            if response.status == 416 and size:  # nothing at offset 0: an empty object
+                raise ArtifactMismatchError(f"GET {_redact(url)}: the object is empty, expected {size} bytes")
+            if response.status not in (200, 206):
                 raise _refusal("GET", url, response)
+            total = _object_size(response)
+            if size is not None and total is not None and total != size:
+                raise ArtifactMismatchError(f"GET {_redact(url)}: the object is {total} bytes, expected {size}")
             announced = response.getheader("Content-Length")
-            if size is not None and announced is not None and announced.strip() != str(size):
-                raise ArtifactMismatchError(f"GET {_redact(url)}: the object is {announced[:20]} bytes, expected {size}")
             with open(tmp, "wb") as out:
                 got = _copy_at_most(response, out, size, f"GET {_redact(url)}")
             if announced is not None and got != int(announced):

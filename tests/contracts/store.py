@@ -202,3 +202,7 @@ class StoreContract:
             with pytest.raises(ArtifactMismatchError, match=str(expected)):
                 download_from_url(store.presign_get(key), tmp_path / "no.bin", size=expected)
             assert not (tmp_path / "no.bin").exists()
+        empty = store.key_for(_sha(b""))
+        store.put_file(empty, _write(tmp_path / "empty.bin", b""))
+        with pytest.raises(ArtifactMismatchError, match="expected 10"):
+            download_from_url(store.presign_get(empty), tmp_path / "no.bin", size=10)
