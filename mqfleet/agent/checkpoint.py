@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mqfleet import defaults
-from mqfleet.bundle import UnpackLimits, pack_artifact, unpack_artifact
+from mqfleet.agent.isolation import TrainerUser, for_agent, trainer_files
 from mqfleet.errors import (
     ArtifactMismatchError,
     BundleError,
@@ -36,17 +36,18 @@ from mqfleet.errors import (
     StoreError,
     UnpackLimitError,
 )
-from mqfleet.messages import (
+from mqfleet.store.bundle import UnpackLimits, pack_artifact, unpack_artifact
+from mqfleet.store.transfer import download_from_url, upload_to_url
+from mqfleet.wire.codec import Wire, WireMessage
+from mqfleet.wire.replies import CheckpointUrlReply
+from mqfleet.wire.requests import (
     CheckpointSavedRequest,
     CheckpointStartRequest,
     CheckpointUploadRequest,
     Grant,
     GrantedCheckpoint,
 )
-from mqfleet.protocol import JsonObject, Verb
-from mqfleet.replies import CheckpointUrlReply
-from mqfleet.transfer import download_from_url, upload_to_url
-from mqfleet.wire import Wire, WireMessage
+from mqfleet.wire.topics import JsonObject, Verb
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class CheckpointSync:
         log: Callable[[str], None],
         progress: Callable[[], JsonObject | None],
         name: str,
+        user: TrainerUser | None = None,
     ) -> None:
         self.plan = plan
         #: the lease every checkpoint request is made on
@@ -173,6 +175,8 @@ class CheckpointSync:
         self._log = log
         self._progress = progress
         self.name = name
+        #: the user trainers run as, when not the agent's: the folder is synced with its file rights
+        self._user = user
         self.syncs = 0
         self.last_sync_ts: float | None = None
         self._synced: Fingerprint = ()
@@ -275,7 +279,8 @@ class CheckpointSync:
         """Pack and upload the folder if it changed; True when a new checkpoint was saved. Never raises."""
         with self._sync_lock:
             try:
-                return self._sync_locked(why)
+                with trainer_files(self._user):
+                    return self._sync_locked(why)
             except (MqfleetError, OSError) as e:
                 self._say(f"checkpoint sync ({why}) failed, retried at the next interval: {e}", warn=True)
                 return False
@@ -313,7 +318,8 @@ class CheckpointSync:
                 return False
             reply = self._request(Verb.CHECKPOINT_URL, CheckpointUploadRequest(self.job_id, self.lease_id, sha256, size))
             upload = CheckpointUrlReply.from_wire(reply)
-            upload_to_url(upload.url, bundle, method=upload.method, fields=upload.fields)
+            with for_agent(self._user, bundle) as packed:
+                upload_to_url(upload.url, packed, method=upload.method, fields=upload.fields)
             self._request(Verb.CHECKPOINT_SAVED,
                           CheckpointSavedRequest(self.job_id, self.lease_id, sha256, size, progress=progress),
                           timeout_s=CHECKPOINT_REQUEST_TIMEOUT_S)

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING
 
 from mqfleet import defaults
 from mqfleet.errors import ConfigurationError, MqfleetError
-from mqfleet.messages import TrainerRef
-from mqfleet.protocol import JsonObject
-from mqfleet.wire import WireMessage
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.wire.codec import WireMessage
+from mqfleet.wire.requests import TrainerRef
+from mqfleet.wire.topics import JsonObject
 
 if TYPE_CHECKING:
     from mqfleet.client import FleetClient
@@ -69,14 +70,16 @@ class SelftestConfig:
     """What the selftest checks against: the agent's own settings."""
 
     host_id: str
-    #: the agent's broker options as given (`broker_url`, `broker_ca`, `broker_cert`, `broker_key`: cli/options.py)
-    broker: dict[str, str | None]
+    #: the agent's broker options as given, not yet validated: a problem with them is a failed check, not an error
+    broker: BrokerConfig
     prefix: str = defaults.TOPIC_PREFIX
     repo: Path | None = None
     slots: int = 1
     connect_wait_s: float = 5.0
     request_timeout_s: float = 5.0
     run_trainer: bool = True
+    #: the agent's --trainer-user: the tiny training run runs as that user, as the agent's trainers would
+    trainer_user: str = ""
 
 
 def run_selftest(config: SelftestConfig) -> list[Check]:
@@ -84,6 +87,8 @@ def run_selftest(config: SelftestConfig) -> list[Check]:
     checks = [check_capability(config)]
     checks += check_broker_and_coordinator(config)
     checks.append(check_packages())
+    if config.trainer_user:
+        checks.append(check_trainer_user(config))
     if config.run_trainer:
         checks.append(check_trainer_run(config))
     else:
@@ -118,13 +123,13 @@ def check_capability(config: SelftestConfig) -> Check:
 
 def check_broker_and_coordinator(config: SelftestConfig) -> list[Check]:
     """Connect with the configured URL and TLS files, then ask the coordinator for `health`."""
-    from mqfleet.cli.options import broker_config_from
     from mqfleet.client import FleetClient
 
-    url = config.broker.get("broker_url") or defaults.BROKER_URL
+    broker = config.broker
+    url = broker.url
     skipped = Check("coordinator", Outcome.SKIP, "not asked: the broker was not reached")
     try:
-        broker = broker_config_from(config.broker)
+        broker.validate()
         # A client id of its own: borrowing the host id would disconnect a running agent.
         client = FleetClient(broker, prefix=config.prefix, timeout_s=config.request_timeout_s,
                              client_id=f"selftest-{config.host_id}-{uuid.uuid4().hex[:6]}")
@@ -192,9 +197,23 @@ def check_packages() -> Check:
     return Check("training packages", Outcome.PASS, detail)
 
 
+def check_trainer_user(config: SelftestConfig) -> Check:
+    """The user trainers run as exists, is not root, and can read the repo and run this Python."""
+    from mqfleet.agent.isolation import TrainerUser
+
+    try:
+        user = TrainerUser.resolve(config.trainer_user)
+        user.check_access((config.repo or Path.cwd()).resolve(), sys.executable)
+    except ConfigurationError as e:
+        return Check("trainer user", Outcome.FAIL, str(e), "fix --trainer-user (MQFLEET_TRAINER_USER) as it says")
+    return Check("trainer user", Outcome.PASS, f"trainers run as {user.name} (uid {user.uid}): they cannot read the "
+                                               "agent's key file, environment or memory")
+
+
 def check_trainer_run(config: SelftestConfig) -> Check:
     """Generate a tiny dataset and train the xgboost built-in on it exactly as the agent starts trainers."""
     from mqfleet.agent.command import build_trainer_argv, trainer_env
+    from mqfleet.agent.isolation import TrainerUser, trainer_files
     from mqfleet.agent.runner import TrainerRun
 
     repo = (config.repo or Path.cwd()).resolve()
@@ -223,7 +242,17 @@ def check_trainer_run(config: SelftestConfig) -> Check:
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         out_dir = tmp_dir / "out"
         argv = build_trainer_argv(TrainerRef(name="selftest", argv=["{python}", "-m", "mqfleet.trainers.xgboost"]), spec)
-        run = TrainerRun(argv=argv, cwd=repo, env=trainer_env(spec_path, out_dir, []), out_dir=out_dir)
+        env = trainer_env(spec_path, out_dir, [])
+        user = None
+        if config.trainer_user:
+            try:
+                user = TrainerUser.resolve(config.trainer_user)
+            except ConfigurationError as e:
+                return Check("trainer run", Outcome.SKIP, f"not run: {e}")
+            out_dir.mkdir()
+            user.hand_over(tmp_dir)  # as the agent does with a job's folder
+            env = user.env(env)
+        run = TrainerRun(argv=argv, cwd=repo, env=env, out_dir=out_dir, user=user)
         try:
             run.start()
         except OSError as e:
@@ -235,7 +264,8 @@ def check_trainer_run(config: SelftestConfig) -> Check:
         elapsed = time.monotonic() - started
         if exit_code != 0:
             return Check("trainer run", Outcome.FAIL, f"xgboost trainer exited {exit_code}: {_last_line(run.tail)}", fix)
-        missing = [name for name in TRAINER_OUTPUTS if not (out_dir / name).is_file()]
+        with trainer_files(user):
+            missing = [name for name in TRAINER_OUTPUTS if not (out_dir / name).is_file()]
         if missing:
             return Check("trainer run", Outcome.FAIL, f"exited 0 but wrote no {', '.join(missing)}", fix)
         metrics = (run.latest_progress or {}).get("metrics")
@@ -243,6 +273,7 @@ def check_trainer_run(config: SelftestConfig) -> Check:
                           for k, v in list(metrics.items() if isinstance(metrics, dict) else ())[:3])
         return Check("trainer run", Outcome.PASS,
                      f"xgboost, {SELFTEST_ROWS} rows, {SELFTEST_ROUNDS} rounds in {elapsed:.1f}s in {repo}"
+                     + (f" as {user.name}" if user else "")
                      + (f": {shown}" if shown else ""))
 
 

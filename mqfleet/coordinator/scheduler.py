@@ -12,8 +12,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from mqfleet.protocol import JsonObject
-from mqfleet.spec import HostPolicy, JobSpec
+from mqfleet.manifest.types import HostPolicy, JobSpec
+from mqfleet.wire.advert import normalise_arch
+from mqfleet.wire.topics import JsonObject
 
 #: Shortest commit prefix accepted as naming the same commit as a full sha.
 _MIN_COMMIT_PREFIX = 7
@@ -24,7 +25,7 @@ class HostView:
     """What the scheduler knows of one host: its advert, presence, policy and load."""
 
     id: str
-    #: the advert as stored: checked by mqfleet.advert when it arrived, read here with isinstance (an older
+    #: the advert as stored: checked by mqfleet.wire.advert when it arrived, read here with isinstance (an older
     #: database may hold one from before the checks)
     advert: JsonObject
     online: bool
@@ -43,6 +44,12 @@ class HostView:
     @property
     def has_cuda(self) -> bool:
         return bool(self.advert.get("cuda"))
+
+    @property
+    def arch(self) -> str | None:
+        """The CPU architecture the advert names, normalised (an older agent's advert names none)."""
+        arch = self.advert.get("arch")
+        return normalise_arch(arch) if isinstance(arch, str) and arch else None
 
     @property
     def ram_gib(self) -> float:
@@ -88,6 +95,10 @@ def job_reasons(job: JobSpec, host: HostView, *, commit: str) -> list[str]:
     reasons = _policy_reasons(job, host)
     if job.allowed_hosts and host.id not in job.allowed_hosts:
         reasons.append(f"not in allowed_hosts [{', '.join(job.allowed_hosts)}]")
+    if job.arch and host.arch not in job.arch:
+        accepted = str(list(job.arch))
+        reasons.append(f"arch {host.arch} not in {accepted}" if host.arch else
+                       f"the host's advert names no arch (its agent is older); the job needs one of {accepted}")
     if job.require_cuda and not host.has_cuda:
         reasons.append("needs CUDA; host has none")
     if job.min_vram_gib > 0 and host.vram_gib < job.min_vram_gib:

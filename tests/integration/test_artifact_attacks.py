@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mqfleet.bundle import pack_artifact
 from mqfleet.errors import StoreError
-from mqfleet.store import ArtifactStore
+from mqfleet.store.base import ArtifactStore
+from mqfleet.store.bundle import pack_artifact
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.hostile import HostileHost
 from tests.fixtures.tls import OPERATOR, TlsFleet

@@ -20,11 +20,11 @@ from typing import Any
 import psutil
 import pytest
 
-from mqfleet.bundle import pack_artifact
 from mqfleet.errors import StoreError
-from mqfleet.protocol import Role, encode
-from mqfleet.services.broker import BrokerPki, LocalBroker
-from mqfleet.services.s3 import LocalS3
+from mqfleet.local.broker import BrokerPki, LocalBroker
+from mqfleet.local.s3 import LocalS3
+from mqfleet.store.bundle import pack_artifact
+from mqfleet.wire.topics import Role, encode
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import RESUMABLE_TRAINER, manifest_text
 from tests.fixtures.hostile import HostileHost

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mqfleet.coordinator.upload_limits import (
+from mqfleet.coordinator.tables.upload_limits import (
     CHECKS_FAILED_MAX,
     CHECKS_HELD,
     LEASES_REMEMBERED,
