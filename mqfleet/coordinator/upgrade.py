@@ -1,0 +1,74 @@
+"""What opening a state store of an older schema does to it, inside the schema's transaction
+(`schema.check_schema_version`), and the `jobs.req_key` values kept equal to the specs they digest.
+
+Both engines run the same statements (PostgreSQL through `pgconnection`'s translation). Every step
+is idempotent: a crash between two opens leaves a store the next open finishes upgrading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+
+from mqfleet.coordinator.rows import spec_from_json
+from mqfleet.spec import REQUIREMENT_FIELDS
+
+logger = logging.getLogger(__name__)
+
+#: Jobs read per statement while re-keying.
+_REKEY_BATCH = 1000
+
+
+def upgrade(conn: sqlite3.Connection, found: int, where: str) -> None:
+    """Bring a store of schema version `found` to the current one (`schema.SCHEMA_VERSION`)."""
+    if found < 2:
+        _to_version_2(conn)
+    logger.info("state at %s: schema upgraded from version %d", where, found)
+
+
+def _to_version_2(conn: sqlite3.Connection) -> None:
+    """Version 2 (issue 25): `jobs.req_key` and its claim index instead of the two rank indexes, and the
+    hosts a retry avoids as `retry_hosts` rows instead of a JSON list, so a claim skips them in SQL."""
+    if "req_key" not in _columns(conn, "jobs"):
+        conn.execute("ALTER TABLE jobs ADD COLUMN req_key TEXT NOT NULL DEFAULT ''")
+    conn.execute("DELETE FROM requirement_keys")  # every job is keyed again by refresh_requirement_keys
+    conn.execute("DROP INDEX IF EXISTS jobs_claim")
+    conn.execute("DROP INDEX IF EXISTS jobs_claim_cuda")
+    if "failed_hosts" in _columns(conn, "retries"):
+        for job_id, failed in conn.execute("SELECT job_id, failed_hosts FROM retries").fetchall():
+            for host in json.loads(failed or "[]"):
+                # the host's latest failed attempt of the job says which failure came last
+                ended = conn.execute("SELECT MAX(ended_ts) FROM attempts WHERE job_id = ? AND host = ?",
+                                     (job_id, host)).fetchone()[0]
+                conn.execute("INSERT OR IGNORE INTO retry_hosts (job_id, host, failed_ts) VALUES (?, ?, ?)",
+                             (job_id, host, ended or 0.0))
+        conn.execute("ALTER TABLE retries DROP COLUMN failed_hosts")
+
+
+def refresh_requirement_keys(conn: sqlite3.Connection) -> int:
+    """Make every job's `req_key` again when the stored keys were made from other Requirements fields
+    than this mqfleet's (or by a version without keys); the number of jobs whose key changed.
+
+    A key groups jobs that every host rule judges alike; keys made from other fields could group
+    jobs that a rule added since tells apart, and a claim would judge them as one."""
+    fields = ",".join(REQUIREMENT_FIELDS)
+    row = conn.execute("SELECT fields FROM requirement_keys WHERE id = 1").fetchone()
+    if row is not None and row[0] == fields:
+        return 0
+    changed, after = 0, -1
+    while rows := conn.execute("SELECT seq, spec, req_key FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?",
+                               (after, _REKEY_BATCH)).fetchall():
+        updates = [(key, r[0]) for r in rows if (key := spec_from_json(r[1]).requirements.key) != r[2]]
+        conn.executemany("UPDATE jobs SET req_key = ? WHERE seq = ?", updates)
+        changed += len(updates)
+        after = rows[-1][0]
+    conn.execute("DELETE FROM requirement_keys")
+    conn.execute("INSERT INTO requirement_keys (id, fields) VALUES (1, ?)", (fields,))
+    if changed:
+        logger.info("requirement keys of %d jobs made again (fields: %s)", changed, fields)
+    return changed
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}
