@@ -1,7 +1,7 @@
 """What the coordinator remembers about attempts that fail (docs/RELIABILITY.md, "Jobs that misbehave").
 
 - Retry back-off: a job whose attempt failed is not claimable before `retries.not_before_ts`, and
-  its `retry_hosts` rows name the hosts that failed it, so its next claim prefers another host.
+  `jobs.failed_hosts` names the hosts that failed it, so its next claim prefers another host.
 - Host quarantine: a host whose attempts fail `quarantine_after` times in a row, over more than one
   job, claims nothing until an operator undrains it (`host_faults`); the change goes out on `events`
   through the `host_events` feed.
@@ -65,11 +65,11 @@ def note_attempt_end(
             "DO UPDATE SET not_before_ts = excluded.not_before_ts",
             (job_id, not_before),
         )
-        conn.execute(
-            "INSERT INTO retry_hosts (job_id, host, failed_ts) VALUES (?, ?, ?) ON CONFLICT (job_id, host) "
-            "DO UPDATE SET failed_ts = excluded.failed_ts",
-            (job_id, host, now),
-        )
+        row = conn.execute("SELECT failed_hosts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        failed: list[str] = json.loads(row[0]) if row else []
+        if host not in failed:
+            # part of the claim's index: the jobs that failed on the same hosts are judged as one set
+            conn.execute("UPDATE jobs SET failed_hosts = ? WHERE id = ?", (json.dumps([*failed, host]), job_id))
     if cause in QUARANTINE_CAUSES:
         return _extend_streak(conn, fleet, host, job_id, cause, now)
     return None
@@ -84,16 +84,14 @@ def note_completion(conn: sqlite3.Connection, job_id: str, host: str) -> None:
 def forget_retries(conn: sqlite3.Connection, job_id: str) -> None:
     """A requeued job starts afresh: no back-off, no host to avoid."""
     conn.execute("DELETE FROM retries WHERE job_id = ?", (job_id,))
-    conn.execute("DELETE FROM retry_hosts WHERE job_id = ?", (job_id,))
+    conn.execute("UPDATE jobs SET failed_hosts = '[]' WHERE id = ? AND failed_hosts != '[]'", (job_id,))
 
 
 def retry_wait(conn: sqlite3.Connection, job_id: str) -> tuple[float, list[str]] | None:
-    """(not_before_ts, the hosts that failed it, the latest last) of a job with a failed attempt, or None."""
-    row = conn.execute("SELECT not_before_ts FROM retries WHERE job_id = ?", (job_id,)).fetchone()
-    if row is None:
-        return None
-    hosts = conn.execute("SELECT host FROM retry_hosts WHERE job_id = ? ORDER BY failed_ts, host", (job_id,)).fetchall()
-    return float(row[0]), [r[0] for r in hosts]
+    """(not_before_ts, failed hosts) of a job with a failed attempt, or None."""
+    row = conn.execute("SELECT r.not_before_ts, j.failed_hosts FROM retries r JOIN jobs j ON j.id = r.job_id "
+                       "WHERE r.job_id = ?", (job_id,)).fetchone()
+    return (float(row[0]), list(json.loads(row[1]))) if row else None
 
 
 def backoffs_ended(conn: sqlite3.Connection, after: float, until: float) -> list[str]:

@@ -8,6 +8,7 @@ A reason is a short sentence naming the rule and the values it compared.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -155,14 +156,6 @@ def cuda_wait_reason(need: Requirements, host: HostView, others: Iterable[HostVi
     return None
 
 
-def retry_alternatives(need: Requirements, host: HostView, others: Iterable[HostView], *, commit: str) -> list[str]:
-    """The other hosts that a retry of a job this host failed prefers, unless they failed it too: those
-    that take work and could run it by policy and capability, busy or not. The claim asks SQL whether
-    a job failed on all of them (`retry_hosts`), `retry_host_reason` asks it of one job."""
-    return [other.id for other in others
-            if other.id != host.id and other.takes_work and not requirement_reasons(need, other, commit=commit)]
-
-
 def retry_host_reason(
     need: Requirements, host: HostView, failed: frozenset[str], others: Iterable[HostView], *, commit: str
 ) -> str | None:
@@ -174,9 +167,11 @@ def retry_host_reason(
     """
     if host.id not in failed:
         return None
-    for other in retry_alternatives(need, host, others, commit=commit):
-        if other not in failed:
-            return f"an attempt failed on this host; its retry prefers {other}, which has not failed it"
+    for other in others:
+        if other.id == host.id or other.id in failed or not other.takes_work:
+            continue
+        if not requirement_reasons(need, other, commit=commit):
+            return f"an attempt failed on this host; its retry prefers {other.id}, which has not failed it"
     return None
 
 
@@ -266,7 +261,9 @@ def version_at_least(have: str, need: str) -> bool:
     return a + (0,) * (width - len(a)) >= b + (0,) * (width - len(b))
 
 
+@functools.lru_cache(maxsize=256)
 def _version_tuple(text: str) -> tuple[int, ...]:
+    # cached: a claim compares the torch of its host with the min_torch of every requirement set it judges
     parts: list[int] = []
     for part in text.strip().split("."):
         digits = re.match(r"\d+", part)

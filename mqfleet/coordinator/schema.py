@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     require_cuda INTEGER NOT NULL DEFAULT 0,
     min_vram_gib REAL NOT NULL DEFAULT 0,
     min_ram_gib REAL NOT NULL DEFAULT 0,
-    req_key TEXT NOT NULL DEFAULT '',        -- spec.Requirements.key: the claim judges each key once (claim_walk.py)
+    req_key TEXT NOT NULL DEFAULT '',        -- spec.Requirements.key: a claim judges each set once (claim_walk.py)
+    failed_hosts TEXT NOT NULL DEFAULT '[]', -- hosts whose attempts failed, oldest first: its retry avoids them (faults.py)
     blocked INTEGER NOT NULL DEFAULT 0,      -- 1: a job-level reason keeps it from every host; 2: allowed_hosts only (catalog.py)
     in_manifest INTEGER NOT NULL DEFAULT 1,
     artifact TEXT,
@@ -124,13 +125,6 @@ CREATE TABLE IF NOT EXISTS retries (
     not_before_ts REAL NOT NULL              -- retry back-off: not claimable before this
 );
 CREATE INDEX IF NOT EXISTS retries_not_before ON retries (not_before_ts);
--- the hosts whose attempts of a job in `retries` failed: its next claim avoids them, skipped in SQL
-CREATE TABLE IF NOT EXISTS retry_hosts (
-    job_id TEXT NOT NULL,
-    host TEXT NOT NULL,
-    failed_ts REAL NOT NULL,                 -- the host's latest failed attempt of the job
-    PRIMARY KEY (job_id, host)
-);
 -- the Requirements fields the stored jobs.req_key values were made from (spec.REQUIREMENT_FIELDS)
 CREATE TABLE IF NOT EXISTS requirement_keys (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -255,14 +249,17 @@ CREATE TABLE IF NOT EXISTS checkpoint_garbage (
 
 #: The schema's version: raise it with every change an older mqfleet would misread, and migrate in
 #: `upgrade.upgrade`. A state database of a newer version is refused, never written.
-#: 2: `jobs.req_key` with the `jobs_claim_key` index, `retry_hosts`, `requirement_keys` (issue 25).
+#: 2: `jobs.req_key` and `jobs.failed_hosts` (moved from `retries`) with the `jobs_claim_key` index, and
+#: `requirement_keys` (issue 25).
 SCHEMA_VERSION = 2
 
 VERSION_SCHEMA = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);"
 
 #: Indexes over columns an upgrade adds to an older store: made by `check_schema_version` once they exist.
-#: A claim seeks, per requirement set, its best-ranked pending job (coordinator/claim_walk.py).
-LATE_INDEXES = ("CREATE INDEX IF NOT EXISTS jobs_claim_key ON jobs (status, blocked, req_key, priority DESC, seq)",)
+#: A claim seeks each set of jobs that every rule judges alike, then the set's best-ranked job (claim_walk.py).
+LATE_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_claim_key ON jobs (status, blocked, req_key, failed_hosts, priority DESC, seq)",
+)
 
 
 def check_schema_version(conn: sqlite3.Connection, where: str) -> int:

@@ -7,7 +7,6 @@ is idempotent: a crash between two opens leaves a store the next open finishes u
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 
@@ -28,21 +27,19 @@ def upgrade(conn: sqlite3.Connection, found: int, where: str) -> None:
 
 
 def _to_version_2(conn: sqlite3.Connection) -> None:
-    """Version 2 (issue 25): `jobs.req_key` and its claim index instead of the two rank indexes, and the
-    hosts a retry avoids as `retry_hosts` rows instead of a JSON list, so a claim skips them in SQL."""
-    if "req_key" not in _columns(conn, "jobs"):
+    """Version 2 (issue 25): `jobs.req_key`, and the hosts a retry avoids as `jobs.failed_hosts` instead of
+    `retries.failed_hosts`, both in the claim's index instead of the two rank indexes."""
+    jobs = _columns(conn, "jobs")
+    if "req_key" not in jobs:
         conn.execute("ALTER TABLE jobs ADD COLUMN req_key TEXT NOT NULL DEFAULT ''")
+    if "failed_hosts" not in jobs:
+        conn.execute("ALTER TABLE jobs ADD COLUMN failed_hosts TEXT NOT NULL DEFAULT '[]'")
     conn.execute("DELETE FROM requirement_keys")  # every job is keyed again by refresh_requirement_keys
     conn.execute("DROP INDEX IF EXISTS jobs_claim")
     conn.execute("DROP INDEX IF EXISTS jobs_claim_cuda")
     if "failed_hosts" in _columns(conn, "retries"):
-        for job_id, failed in conn.execute("SELECT job_id, failed_hosts FROM retries").fetchall():
-            for host in json.loads(failed or "[]"):
-                # the host's latest failed attempt of the job says which failure came last
-                ended = conn.execute("SELECT MAX(ended_ts) FROM attempts WHERE job_id = ? AND host = ?",
-                                     (job_id, host)).fetchone()[0]
-                conn.execute("INSERT OR IGNORE INTO retry_hosts (job_id, host, failed_ts) VALUES (?, ?, ?)",
-                             (job_id, host, ended or 0.0))
+        conn.executemany("UPDATE jobs SET failed_hosts = ? WHERE id = ?",
+                         [(r[1], r[0]) for r in conn.execute("SELECT job_id, failed_hosts FROM retries").fetchall()])
         conn.execute("ALTER TABLE retries DROP COLUMN failed_hosts")
 
 

@@ -4,6 +4,7 @@ relies on after every step."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import uuid
 from pathlib import Path
@@ -76,13 +77,11 @@ class LeaseMachine(RuleBasedStateMachine):
         assert self.db.manifest is not None
         views = self.db.hosts_table.views(self.db.manifest.hosts)
         rows = self.db.state.read(
-            "SELECT seq, spec FROM jobs t WHERE status = 'pending' AND blocked IN (0, 2) "
+            "SELECT seq, spec, id, failed_hosts FROM jobs t WHERE status = 'pending' AND blocked IN (0, 2) "
             "AND NOT EXISTS (SELECT 1 FROM retries r WHERE r.job_id = t.id AND r.not_before_ts > ?)", (self.now,))
-        failed: dict[str, set[str]] = {}
-        for job_id, failed_host in self.db.state.read("SELECT job_id, host FROM retry_hosts"):
-            failed.setdefault(job_id, set()).add(failed_host)
+        failed = {r[2]: frozenset(json.loads(r[3])) for r in rows}
         found = first_eligible([(r[0], spec_from_json(r[1])) for r in rows], next(v for v in views if v.id == host), views,
-                               commit=self.db.manifest.fleet.commit, failed={j: frozenset(h) for j, h in failed.items()})
+                               commit=self.db.manifest.fleet.commit, failed=failed)
         return found.id if found is not None else None
 
     @rule(host=st.sampled_from(sorted(HOSTS)))

@@ -81,7 +81,8 @@ def test_a_version_1_store_is_upgraded_keyed_and_its_claims_starve_nothing(state
     db = CoordinatorState(state_target)
     try:
         assert db.state.read_one("SELECT MAX(version) FROM schema_version")[0] == SCHEMA_VERSION == 2  # type: ignore[index]
-        assert "failed_hosts" not in columns(db, "retries") and "req_key" in columns(db, "jobs")
+        assert "failed_hosts" not in columns(db, "retries") and {"req_key", "failed_hosts"} <= columns(db, "jobs")
+        assert db.state.read_one("SELECT failed_hosts FROM jobs WHERE id = ?", (job_id("retried"),))[0] == '["h2", "h1"]'  # type: ignore[index]
         keys = {r[0]: r[1] for r in db.state.read("SELECT id, req_key FROM jobs")}
         assert keys == {spec.id: spec.requirements.key for spec in m.jobs}
         assert len(set(keys.values())) == 2  # the 600 share one key, the other two another
@@ -124,13 +125,13 @@ def test_a_version_1_sqlite_file_is_upgraded_then_migrated_into_postgresql(tmp_p
     target = PgStateFile(postgres_url)
     try:
         counts = migrate_from_sqlite(Path(source), target)
-        assert counts["jobs"] == 10 and counts["retry_hosts"] == 1 and "requirement_keys" not in counts
+        assert counts["jobs"] == 10 and counts["retries"] == 1 and "requirement_keys" not in counts
     finally:
         target.close()
     db = CoordinatorState(postgres_url)
     try:
         keys = {r[0]: r[1] for r in db.state.read("SELECT id, req_key FROM jobs")}
         assert keys == {spec.id: spec.requirements.key for spec in m.jobs}
-        assert db.state.read("SELECT job_id, host FROM retry_hosts") == [(job_id("j3"), "h1")]
+        assert [tuple(r) for r in db.state.read("SELECT id FROM jobs WHERE failed_hosts = '[\"h1\"]'")] == [(job_id("j3"),)]
     finally:
         db.close()
