@@ -76,8 +76,8 @@ def test_a_claim_beside_jobs_the_claimer_may_not_take_gets_the_open_job(kind: st
 
 
 def test_report_renders_every_section_with_its_notes(tmp_path: Path) -> None:
-    beside = {"foreign": [0.0012, 0.0019], "python-rejected": [0.0011, 0.0018], "retries-elsewhere": [0.003, 0.004]}
-    rows = suite.claim_scale_rows([0.001, 0.002], [0.0011, 0.0021], 1000, [0.001, 0.002], beside, 10_000)
+    beside = {kind: ([0.0012, 0.0019], [0.0011, 0.0018]) for kind in ("foreign", "python-rejected", "retries-elsewhere")}
+    rows = suite.claim_scale_rows([0.001, 0.002], [0.0011, 0.0021], 1000, [0.001, 0.002], beside, 10_000, 30)
     notes = tmp_path / "notes.md"
     notes.write_text("## Claim scale\nwhy it is flat\n")
     text = suite.render([("Claim scale", rows, suite._read_notes(notes)["claim scale"])], {"CPU": "x"}, "python -m bench",
