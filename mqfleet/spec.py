@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import TYPE_CHECKING, TypeAlias
 
 from mqfleet import defaults
@@ -118,19 +119,22 @@ class Requirements:
         """The digest the jobs table stores per job (`jobs.req_key`, indexed): 128 bits of sha256 over the
         fields that differ from their default, so a field added later leaves the keys of older jobs as
         they were, and no manifest can make two different requirement sets collide."""
-        return _requirements_key(self)
+        return _requirements_key(_requirement_values(self))
 
 
 #: The names of the Requirements fields: stored with the keys, so that keys made from other fields are made again.
 REQUIREMENT_FIELDS = tuple(f.name for f in fields(Requirements))
-_REQUIREMENT_DEFAULTS = tuple((f.name, f.default) for f in fields(Requirements))
+_REQUIREMENT_DEFAULTS = tuple(f.default for f in fields(Requirements))
+#: The values of those fields, in that order, of a Requirements or a JobSpec.
+_requirement_values = operator.attrgetter(*REQUIREMENT_FIELDS)
 
 
 @lru_cache(maxsize=4096)
-def _requirements_key(need: Requirements) -> str:
-    # cached by value: a sweep of 100,000 jobs has a handful of requirement sets, so a manifest load
-    # hashes each set once
-    doc = {name: getattr(need, name) for name, default in _REQUIREMENT_DEFAULTS if getattr(need, name) != default}
+def _requirements_key(values: tuple[object, ...]) -> str:
+    # cached by the values, in REQUIREMENT_FIELDS order: a sweep of 100,000 jobs has a handful of
+    # requirement sets, so a manifest load hashes each set once
+    doc = {name: value for name, value, default in zip(REQUIREMENT_FIELDS, values, _REQUIREMENT_DEFAULTS, strict=True)
+           if value != default}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()[:32]
 
 
@@ -163,10 +167,15 @@ class JobSpec:
     #: Overrides [fleet] checkpoint_interval_s for this job; None keeps the fleet's.
     checkpoint_interval_s: float | None = None
 
-    @cached_property
+    @property
     def requirements(self) -> Requirements:
         """What this job asks of a host (the fields of the same names)."""
-        return Requirements(**{name: getattr(self, name) for name in REQUIREMENT_FIELDS})
+        return Requirements(*_requirement_values(self))
+
+    @property
+    def requirements_key(self) -> str:
+        """`self.requirements.key`, without building the Requirements (a manifest load asks it of every job)."""
+        return _requirements_key(_requirement_values(self))
 
     def to_dict(self) -> JsonObject:
         """The spec as JSON: what the grant carries, the jobs table stores and the artifact records."""

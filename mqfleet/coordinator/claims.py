@@ -1,7 +1,8 @@
 """Claims: which job a host gets, granted atomically with its lease, and why a pending job waits.
 
-Eligibility and ranking are asked of `scheduler`, so a claim and `why_waiting` give
-the same answer. The manifest in force is the service's, passed in.
+Eligibility and ranking are asked of `scheduler`, and which job a claim takes of
+`claim_walk.ClaimWalk`, which `why_waiting` asks too, so the reason `show` prints and
+the claim never disagree. The manifest in force is the service's, passed in.
 """
 
 from __future__ import annotations
@@ -145,13 +146,14 @@ class Claims:
         """What the next claim of a host that may take the job takes: this job, or better-ranked ones first."""
         with self.state.lock:
             walk = self._walk(view, manifest, now, views)
-            choices = walk.choices()
-            best = min(choices, key=lambda c: c.rank(view.has_cuda), default=None)
-            if best is not None and best.spec.id == spec.id:
+            taken = walk.pick()  # what the claim itself would take
+            if taken is not None and taken.id == spec.id:
                 return "eligible; its next claim takes this job"
-            ahead = walk.better_ranked(choices, spec, seq)
+            ahead = walk.better_ranked(walk.choices(), spec, seq)
+        if ahead == 1:
+            return "eligible; 1 better-ranked job this host can run comes first"
         if ahead:
-            return f"eligible; {ahead} better-ranked job{'s this host can run come' if ahead != 1 else ' this host can run comes'} first"
+            return f"eligible; {ahead} better-ranked jobs this host can run come first"
         return "eligible by policy and capability"  # not met: the walk found neither it nor a better job
 
 

@@ -47,6 +47,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_ts REAL NOT NULL,
     updated_ts REAL NOT NULL
 );
+-- a claim first looks at the best-ranked open job (claim_walk.py): for hosts without and with CUDA
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, blocked, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS jobs_claim_cuda ON jobs (status, blocked, priority DESC, prefer_cuda DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name);
 
 CREATE TABLE IF NOT EXISTS deps (

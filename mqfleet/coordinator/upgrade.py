@@ -28,15 +28,13 @@ def upgrade(conn: sqlite3.Connection, found: int, where: str) -> None:
 
 def _to_version_2(conn: sqlite3.Connection) -> None:
     """Version 2 (issue 25): `jobs.req_key`, and the hosts a retry avoids as `jobs.failed_hosts` instead of
-    `retries.failed_hosts`, both in the claim's index instead of the two rank indexes."""
+    `retries.failed_hosts`, both in the claim's index `jobs_claim_key`."""
     jobs = _columns(conn, "jobs")
     if "req_key" not in jobs:
         conn.execute("ALTER TABLE jobs ADD COLUMN req_key TEXT NOT NULL DEFAULT ''")
     if "failed_hosts" not in jobs:
         conn.execute("ALTER TABLE jobs ADD COLUMN failed_hosts TEXT NOT NULL DEFAULT '[]'")
     conn.execute("DELETE FROM requirement_keys")  # every job is keyed again by refresh_requirement_keys
-    conn.execute("DROP INDEX IF EXISTS jobs_claim")
-    conn.execute("DROP INDEX IF EXISTS jobs_claim_cuda")
     if "failed_hosts" in _columns(conn, "retries"):
         conn.executemany("UPDATE jobs SET failed_hosts = ? WHERE id = ?",
                          [(r[1], r[0]) for r in conn.execute("SELECT job_id, failed_hosts FROM retries").fetchall()])
@@ -56,7 +54,7 @@ def refresh_requirement_keys(conn: sqlite3.Connection) -> int:
     changed, after = 0, -1
     while rows := conn.execute("SELECT seq, spec, req_key FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?",
                                (after, _REKEY_BATCH)).fetchall():
-        updates = [(key, r[0]) for r in rows if (key := spec_from_json(r[1]).requirements.key) != r[2]]
+        updates = [(key, r[0]) for r in rows if (key := spec_from_json(r[1]).requirements_key) != r[2]]
         conn.executemany("UPDATE jobs SET req_key = ? WHERE seq = ?", updates)
         changed += len(updates)
         after = rows[-1][0]

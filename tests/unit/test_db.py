@@ -292,11 +292,20 @@ def test_claim_gives_each_cuda_job_the_least_loaded_big_enough_gpu(db: Coordinat
     assert [claimed(db, "gpu").gpus for _ in range(3)] == [[1], [2], [1]]
 
 
-def test_claim_query_seeks_an_index_per_requirement_set_instead_of_sorting_or_scanning(
+def test_claim_queries_walk_indexes_instead_of_sorting_or_scanning_the_table(
     db: CoordinatorState, state_target: str
 ) -> None:
     if is_postgres(state_target):
         pytest.skip("SQLite's query plan; PostgreSQL's planner picks by table statistics")
+    # the first page, in rank order for hosts without and with CUDA
+    for order, index in (("priority DESC, seq", "jobs_claim"), ("priority DESC, prefer_cuda DESC, seq", "jobs_claim_cuda")):
+        plan = db.state.conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT seq, spec FROM jobs t WHERE status = 'pending' AND blocked = 0 "
+            f"AND NOT EXISTS (SELECT 1 FROM retries r WHERE r.job_id = t.id AND r.not_before_ts > 1) ORDER BY {order}"
+        ).fetchall()
+        text = " ".join(str(r[-1]) for r in plan)
+        assert f"USING INDEX {index} " in text and "TEMP B-TREE" not in text, text
+    # the best job of every set: seeks only
     for query, params in ((BEST_OPEN, (T0,)), (BEST_OPEN_AND_LIMITED, (T0, T0, "h"))):
         plan = db.state.conn.execute(f"EXPLAIN QUERY PLAN {query}", params).fetchall()
         text = " ".join(str(r[-1]) for r in plan)
