@@ -129,6 +129,13 @@ _REQUIREMENT_DEFAULTS = tuple(f.default for f in fields(Requirements))
 _requirement_values = operator.attrgetter(*REQUIREMENT_FIELDS)
 
 
+def requirements_key_of(spec: Mapping[str, object]) -> str:
+    """The requirements key of a job given as its `JobSpec.to_dict()` JSON, as the jobs table stores it
+    (equal to `JobSpec.requirements_key`; a field the JSON lacks has its default)."""
+    values = (spec.get(name, default) for name, default in zip(REQUIREMENT_FIELDS, _REQUIREMENT_DEFAULTS, strict=True))
+    return _requirements_key(tuple(tuple(v) if isinstance(v, list) else v for v in values))
+
+
 @lru_cache(maxsize=4096)
 def _requirements_key(values: tuple[object, ...]) -> str:
     # cached by the values, in REQUIREMENT_FIELDS order: a sweep of 100,000 jobs has a handful of

@@ -7,11 +7,11 @@ is idempotent: a crash between two opens leaves a store the next open finishes u
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 
-from mqfleet.coordinator.rows import spec_from_json
-from mqfleet.spec import REQUIREMENT_FIELDS
+from mqfleet.spec import REQUIREMENT_FIELDS, requirements_key_of
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def refresh_requirement_keys(conn: sqlite3.Connection) -> int:
     changed, after = 0, -1
     while rows := conn.execute("SELECT seq, spec, req_key FROM jobs WHERE seq > ? ORDER BY seq LIMIT ?",
                                (after, _REKEY_BATCH)).fetchall():
-        updates = [(key, r[0]) for r in rows if (key := spec_from_json(r[1]).requirements_key) != r[2]]
+        updates = [(key, r[0]) for r in rows if (key := requirements_key_of(json.loads(r[1]))) != r[2]]
         conn.executemany("UPDATE jobs SET req_key = ? WHERE seq = ?", updates)
         changed += len(updates)
         after = rows[-1][0]

@@ -15,7 +15,7 @@ from mqfleet.coordinator.pgconnection import open_pg_connection
 from mqfleet.coordinator.postgres import PgStateFile
 from mqfleet.coordinator.rows import manifest_rows
 from mqfleet.coordinator.schema import SCHEMA_VERSION
-from mqfleet.spec import REQUIREMENT_FIELDS, Manifest
+from mqfleet.spec import REQUIREMENT_FIELDS, Manifest, requirements_key_of
 from tests.fixtures.state import CoordinatorState, is_postgres
 from tests.unit.test_claim_starvation import AHEAD
 from tests.unit.test_db import T0, bring_online, claimed, job, job_id, manifest
@@ -135,3 +135,12 @@ def test_a_version_1_sqlite_file_is_upgraded_then_migrated_into_postgresql(tmp_p
         assert [tuple(r) for r in db.state.read("SELECT id FROM jobs WHERE failed_hosts = '[\"h1\"]'")] == [(job_id("j3"),)]
     finally:
         db.close()
+
+
+def test_the_key_of_a_stored_spec_is_the_key_of_the_job() -> None:
+    jobs = [job("plain"), job("torch", min_torch="2.3"), job("hosts", allowed_hosts=("b", "a")),
+            job("gpu", require_cuda=True, min_vram_gib=24, prefer_cuda=True), job("commit", same_commit=True, min_ram_gib=8.5)]
+    for spec in jobs:
+        stored = json.loads(json.dumps(spec.to_dict(), sort_keys=True))
+        assert requirements_key_of(stored) == spec.requirements_key == spec.requirements.key, spec.name
+    assert len({spec.requirements_key for spec in jobs}) == len(jobs)
