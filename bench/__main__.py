@@ -37,7 +37,7 @@ from bench.reload_latency import measure_polling, measure_reload
 from bench.rss import measure_rss
 from bench.state_stores import measure_state_stores
 from bench.throughput import measure_churn, measure_renewals
-from mqfleet.services.broker import LocalBroker
+from mqfleet.local.broker import LocalBroker
 
 
 def claim_rtt_rows(r: dict[str, Any]) -> list[Row]:

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import psutil
 
-from mqfleet.bundle import pack_artifact
-from mqfleet.services.s3 import LocalS3
-from mqfleet.store import upload_to_url
+from mqfleet.local.s3 import LocalS3
+from mqfleet.store.bundle import pack_artifact
+from mqfleet.store.transfer import upload_to_url
 
 MIB = 1 << 20
 #: Weights are written in files of at most this size, as sharded checkpoints are.

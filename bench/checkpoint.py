@@ -31,10 +31,10 @@ from typing import Any
 
 from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, median, new_prefix
 from mqfleet.agent.checkpoint import MIB, CheckpointPlan, CheckpointSync
-from mqfleet.protocol import Verb
-from mqfleet.services.broker import LocalBroker
-from mqfleet.store import FileStore
-from mqfleet.wire import Wire, WireMessage
+from mqfleet.local.broker import LocalBroker
+from mqfleet.store.files import FileStore
+from mqfleet.wire.codec import Wire, WireMessage
+from mqfleet.wire.topics import Verb
 
 #: The trainer of the sync-cost run: steps until its time is up, rewriting its checkpoint every interval.
 _TRAINER = """

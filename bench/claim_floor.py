@@ -30,9 +30,10 @@ import psutil
 
 from bench.common import ROOT, CoordinatorProc, SimAgent, jobs_manifest, new_prefix
 from mqfleet.errors import MqfleetError
-from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import Verb
-from mqfleet.services.broker import LocalBroker
+from mqfleet.local.broker import LocalBroker
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.wire.topics import Verb
 
 
 def serve_floor(broker_url: str, prefix: str, db_path: Path, n_jobs: int) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 
 from bench.common import CoordinatorProc, SimAgent, jobs_manifest, median, new_prefix, p99
 from bench.rpc_raw import raw_round_trip
-from mqfleet.protocol import Verb
-from mqfleet.services.broker import LocalBroker
-from mqfleet.state import Cause
+from mqfleet.lifecycle import Cause
+from mqfleet.local.broker import LocalBroker
+from mqfleet.wire.topics import Verb
 
 
 def time_claims(agent: SimAgent, n: int, *, warmup: int = 20) -> list[float]:

@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mqfleet.advert import parse_advert
-from mqfleet.coordinator.artifacts import Artifacts
-from mqfleet.coordinator.catalog import Catalog
-from mqfleet.coordinator.claims import Claims
-from mqfleet.coordinator.hosts import Hosts
-from mqfleet.coordinator.leases import Leases
-from mqfleet.coordinator.sqlite import StateFile
-from mqfleet.manifest import FleetSettings, HostPolicy, HyperParam, JobSpec, Manifest, TrainerSpec
-from mqfleet.state import Cause
+from mqfleet.coordinator.sql.sqlite import StateFile
+from mqfleet.coordinator.tables.artifacts import Artifacts
+from mqfleet.coordinator.tables.catalog import Catalog
+from mqfleet.coordinator.tables.claims import Claims
+from mqfleet.coordinator.tables.hosts import Hosts
+from mqfleet.coordinator.tables.leases import Leases
+from mqfleet.lifecycle import Cause
+from mqfleet.manifest.types import FleetSettings, HostPolicy, HyperParam, JobSpec, Manifest, TrainerSpec
+from mqfleet.wire.advert import parse_advert
 
 T0 = 1_800_000_000.0
 HOSTS = {

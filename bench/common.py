@@ -19,9 +19,10 @@ from typing import Any
 
 from mqfleet.client import FleetClient
 from mqfleet.errors import MqfleetError
-from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import Topics, Verb, encode
-from mqfleet.rpc import RpcClient
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.rpc import RpcClient
+from mqfleet.wire.topics import Topics, Verb, encode
 
 ROOT = Path(__file__).resolve().parents[1]
 OK_TRAINER_PATH = ROOT / "tests" / "data" / "trainers" / "ok.py"

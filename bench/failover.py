@@ -27,9 +27,11 @@ from typing import Any
 from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, jobs_manifest, median, new_prefix, p99
 from mqfleet import defaults
 from mqfleet.agent.daemon import IDLE_POLL_S
-from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import Topics
-from mqfleet.services.broker import LocalBroker
+from mqfleet.local.broker import LocalBroker
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.inbox import Message
+from mqfleet.wire.topics import Topics
 
 #: The original design's stale-heartbeat sweep: a worker was presumed dead after this long.
 ORIGINAL_STALE_S = 600.0

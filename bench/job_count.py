@@ -25,8 +25,8 @@ import psutil
 
 from bench.common import ROOT, CoordinatorProc, SimAgent, fleet_env, jobs_manifest, median, new_prefix
 from mqfleet.errors import MqfleetError
-from mqfleet.protocol import Verb
-from mqfleet.services.broker import LocalBroker
+from mqfleet.local.broker import LocalBroker
+from mqfleet.wire.topics import Verb
 
 MIB = 1 << 20
 HOST = "count-host"

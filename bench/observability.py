@@ -36,8 +36,8 @@ import psutil
 from bench.common import CoordinatorProc, SimAgent, jobs_manifest, median, new_prefix, p99
 from bench.throughput import _start_agents, _stop_agents, seed_artifact
 from mqfleet.errors import MqfleetError
-from mqfleet.protocol import Verb, encode
-from mqfleet.services.broker import LocalBroker
+from mqfleet.local.broker import LocalBroker
+from mqfleet.wire.topics import Verb, encode
 
 #: Output lines each simulated job publishes (in one batch, as the agent's 0.5 s flush does for a short job).
 LINES_PER_JOB = 20

@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, jobs_manifest, median, new_prefix, p99
-from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import Topics, Verb
-from mqfleet.services.broker import LocalBroker
+from mqfleet.local.broker import LocalBroker
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.inbox import Message
+from mqfleet.wire.topics import Topics, Verb
 
 #: The original design's worker poll interval.
 ORIGINAL_POLL_S = 15.0

@@ -9,8 +9,10 @@ import time
 import uuid
 from pathlib import Path
 
-from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.services.broker import LocalBroker
+from mqfleet.local.broker import LocalBroker
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.inbox import Message
 
 
 def raw_round_trip(url: str, n: int, *, warmup: int = 20) -> list[float]:

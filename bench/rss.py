@@ -20,7 +20,7 @@ import psutil
 
 from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, jobs_manifest, new_prefix
 from mqfleet.errors import DecodeError
-from mqfleet.services.broker import LocalBroker
+from mqfleet.local.broker import LocalBroker
 
 MIB = 1 << 20
 IDLE_HOST = "rss-idle"

@@ -20,8 +20,8 @@ from typing import Any
 from bench.claim_rtt import time_claims
 from bench.common import CoordinatorProc, SimAgent, jobs_manifest, median, new_prefix, p99
 from bench.throughput import _Churn, _cpu_s, _start_agents, _stop_agents, seed_artifact
-from mqfleet.services.broker import LocalBroker
-from mqfleet.services.postgres import LocalPostgres
+from mqfleet.local.broker import LocalBroker
+from mqfleet.local.postgres import LocalPostgres
 
 #: (label, engine, coordinators)
 SETUPS = (("SQLite, 1 coordinator", "sqlite", 1), ("PostgreSQL, 1 coordinator", "postgresql", 1),

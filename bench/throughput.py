@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import CoordinatorProc, SimAgent, jobs_manifest, new_prefix
-from mqfleet.bundle import pack_artifact
 from mqfleet.errors import MqfleetError
-from mqfleet.protocol import Verb
-from mqfleet.services.broker import LocalBroker
-from mqfleet.store import upload_to_url
+from mqfleet.local.broker import LocalBroker
+from mqfleet.store.bundle import pack_artifact
+from mqfleet.store.transfer import upload_to_url
+from mqfleet.wire.topics import Verb
 
 
 def seed_artifact(agent: SimAgent, workdir: Path) -> tuple[str, int]:

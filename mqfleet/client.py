@@ -11,10 +11,11 @@ from typing import Any, TypeVar
 
 from mqfleet import defaults
 from mqfleet.errors import BrokerUnavailableError, RequestTimeoutError
-from mqfleet.messages import Health, JobRow
-from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import JsonObject, JsonValue, Topics, Verb
-from mqfleet.replies import (
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.rpc import Reply, RpcClient
+from mqfleet.wire.codec import WireMessage
+from mqfleet.wire.replies import (
     ArtifactRecord,
     ArtifactsReply,
     CompareReply,
@@ -34,14 +35,14 @@ from mqfleet.replies import (
     Worker,
     WorkersReply,
 )
-from mqfleet.rpc import Reply, RpcClient
-from mqfleet.wire import WireMessage
+from mqfleet.wire.requests import Health, JobRow
+from mqfleet.wire.topics import JsonObject, JsonValue, Topics, Verb
 
 R = TypeVar("R", bound=WireMessage)
 
 
 class FleetClient:
-    """Sends requests to the coordinator and returns its `ok` replies typed (mqfleet/replies.py); raises
+    """Sends requests to the coordinator and returns its `ok` replies typed (mqfleet/wire/replies.py); raises
     RemoteError otherwise, and BadRequestError naming the field when a reply is not what its verb sends."""
 
     def __init__(

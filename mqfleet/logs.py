@@ -41,4 +41,4 @@ def setup_logging(verbosity: int = 0, *, name: str = "mqfleet", log_file: Path |
     root.setLevel(level)
     root.propagate = False
     # paho's own chatter only matters when something is wrong
-    logging.getLogger("mqfleet.mqtt.paho").setLevel(max(level, logging.WARNING))
+    logging.getLogger("mqfleet.mqtt.connection.paho").setLevel(max(level, logging.WARNING))

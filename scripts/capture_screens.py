@@ -4,7 +4,7 @@ Starts a private mosquitto, a coordinator and two agents (subprocesses, exactly
 as an operator runs them) on a small manifest, waits until one job has finished,
 one has failed, one is running and a small sweep has completed with its progress
 curves, then renders `status`, `show` (a failed job, and a job's training curves),
-`compare` of the sweep and one `watch` frame in-process through mqfleet.cli.render into a recording console and exports
+`compare` of the sweep and one `watch` frame in-process through mqfleet.cli.render.fleet into a recording console and exports
 SVG and plain text. Every process it starts is stopped by PID.
 
     .venv/bin/python scripts/capture_screens.py [--out docs/screens] [--width 110]
@@ -29,12 +29,13 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
-from mqfleet.cli import render, render_jobs  # noqa: E402
 from mqfleet.cli.fleet import settle_picture  # noqa: E402
+from mqfleet.cli.render import fleet as render_fleet  # noqa: E402
+from mqfleet.cli.render import jobs as render_jobs  # noqa: E402
 from mqfleet.client import FleetClient  # noqa: E402
-from mqfleet.mqtt import BrokerConfig  # noqa: E402
-from mqfleet.protocol import JsonObject, Verb  # noqa: E402
-from mqfleet.services.broker import LocalBroker  # noqa: E402
+from mqfleet.local.broker import LocalBroker  # noqa: E402
+from mqfleet.mqtt.config import BrokerConfig  # noqa: E402
+from mqfleet.wire.topics import JsonObject, Verb  # noqa: E402
 
 PREFIX = "mqfleet"
 TOKEN = "capture-token"
@@ -170,7 +171,7 @@ def capture(work: Path, out: Path, width: int) -> None:
         wait_for(settled, 300, "one job completed, one failed and one running with progress")
         client.call(Verb.DRAIN, host="cpu-box")
         now = time.time()
-        export(render.status_view(client.health(), client.workers()), out, "status", width, "mqfleet status")
+        export(render_fleet.status_view(client.health(), client.workers()), out, "status", width, "mqfleet status")
         export(render_jobs.job_view(client.job("crash-demo"), now), out, "show", width, "mqfleet show crash-demo")
         export(render_jobs.job_view(client.job("curve-sweep-reports=160"), now, width=width), out, "show-chart", width,
                "mqfleet show curve-sweep-reports=160")

@@ -1,0 +1,3 @@
+"""The agent: claims jobs for one host, runs their trainers, uploads what they write."""
+
+from __future__ import annotations

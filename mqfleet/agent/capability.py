@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 import mqfleet
-from mqfleet.advert import Advert, Gpu
+from mqfleet.wire.advert import Advert, Gpu
 
 logger = logging.getLogger(__name__)
 

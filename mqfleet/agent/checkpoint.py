@@ -26,25 +26,19 @@ from pathlib import Path
 from typing import Protocol
 
 from mqfleet import defaults
-from mqfleet.bundle import pack_artifact, unpack_artifact
-from mqfleet.errors import (
-    ArtifactMismatchError,
-    BundleError,
-    MqfleetError,
-    ObjectMissingError,
-    StoreError,
-)
-from mqfleet.messages import (
+from mqfleet.errors import ArtifactMismatchError, BundleError, MqfleetError, ObjectMissingError, StoreError
+from mqfleet.store.bundle import pack_artifact, unpack_artifact
+from mqfleet.store.transfer import download_from_url, upload_to_url
+from mqfleet.wire.codec import Wire, WireMessage
+from mqfleet.wire.replies import CheckpointUrlReply
+from mqfleet.wire.requests import (
     CheckpointSavedRequest,
     CheckpointStartRequest,
     CheckpointUploadRequest,
     Grant,
     GrantedCheckpoint,
 )
-from mqfleet.protocol import JsonObject, Verb
-from mqfleet.replies import CheckpointUrlReply
-from mqfleet.transfer import download_from_url, upload_to_url
-from mqfleet.wire import Wire, WireMessage
+from mqfleet.wire.topics import JsonObject, Verb
 
 logger = logging.getLogger(__name__)
 

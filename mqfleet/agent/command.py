@@ -10,8 +10,8 @@ from pathlib import Path
 
 from mqfleet import defaults
 from mqfleet.errors import ConfigurationError
-from mqfleet.messages import TrainerRef
-from mqfleet.protocol import JsonObject, JsonValue
+from mqfleet.wire.requests import TrainerRef
+from mqfleet.wire.topics import JsonObject, JsonValue
 
 
 def build_trainer_argv(

@@ -17,24 +17,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mqfleet import defaults
-from mqfleet.advert import Advert
 from mqfleet.agent.capability import detect_advert
 from mqfleet.agent.command import inherited_env
 from mqfleet.agent.job import Ending, JobRun, JobSettings
 from mqfleet.agent.reaper import reap_leftovers
-from mqfleet.errors import (
-    ConfigurationError,
-    MqfleetError,
-    RemoteError,
-    RequestTimeoutError,
-    UnknownHostError,
-)
-from mqfleet.messages import ClaimReply, HostStatus, LogBatch
-from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import MAX_LOG_LINE_CHARS, Topics, Verb, encode, log_batches
-from mqfleet.records import ControlMessage, Nudge
-from mqfleet.rpc import RpcClient
-from mqfleet.wire import Wire, WireMessage
+from mqfleet.errors import ConfigurationError, MqfleetError, RemoteError, RequestTimeoutError, UnknownHostError
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.inbox import Message
+from mqfleet.mqtt.rpc import RpcClient
+from mqfleet.wire.advert import Advert
+from mqfleet.wire.codec import Wire, WireMessage
+from mqfleet.wire.published import ControlMessage, Nudge
+from mqfleet.wire.requests import ClaimReply, HostStatus, LogBatch
+from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, Topics, Verb, encode, log_batches
 
 logger = logging.getLogger(__name__)
 
@@ -329,7 +325,7 @@ class Agent:
         with self._log_lock:
             lines = self._log_buffers.pop(job_id, [])
             self._log_last_flush[job_id] = time.monotonic()
-        # Within the coordinator's caps (protocol.py): lines cut, batches split by count and by bytes,
+        # Within the coordinator's caps (wire/topics.py): lines cut, batches split by count and by bytes,
         # so nothing it would cut or drop (a payload over MAX_REQUEST_BYTES) is sent whole.
         attempt = self._log_attempts.get(job_id)
         for batch in log_batches([line[:MAX_LOG_LINE_CHARS] for line in lines]):

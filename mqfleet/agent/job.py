@@ -25,7 +25,6 @@ from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync
 from mqfleet.agent.command import build_trainer_argv, trainer_env
 from mqfleet.agent.outcome import limit_of, missing_message, missing_outputs
 from mqfleet.agent.runner import TrainerRun
-from mqfleet.bundle import pack_artifact
 from mqfleet.errors import (
     BadRequestError,
     BrokerError,
@@ -35,7 +34,11 @@ from mqfleet.errors import (
     RequestTimeoutError,
     UnavailableError,
 )
-from mqfleet.messages import (
+from mqfleet.lifecycle import Cause
+from mqfleet.store.bundle import pack_artifact
+from mqfleet.store.transfer import upload_to_url
+from mqfleet.wire.codec import Wire, WireMessage
+from mqfleet.wire.requests import (
     CompleteRequest,
     FailRequest,
     Grant,
@@ -44,10 +47,7 @@ from mqfleet.messages import (
     UploadUrlReply,
     UploadUrlRequest,
 )
-from mqfleet.protocol import JsonObject, JsonValue, Verb
-from mqfleet.state import Cause
-from mqfleet.transfer import upload_to_url
-from mqfleet.wire import Wire, WireMessage
+from mqfleet.wire.topics import JsonObject, JsonValue, Verb
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from mqfleet.protocol import JsonValue
+from mqfleet.wire.topics import JsonValue
 
 
 def limit_of(spec: Mapping[str, JsonValue], name: str) -> float | None:

@@ -40,8 +40,8 @@ from mqfleet import defaults
 from mqfleet.agent.reaper import KILL_WAIT_S, POLL_S, pidfile_path, record_run
 from mqfleet.agent.spawn import IS_LINUX, IS_WINDOWS, PDEATHSIG_WRAPPER, check_program, pgid_of, spawn
 from mqfleet.agent.usage import UsageMeter
-from mqfleet.protocol import JsonObject
-from mqfleet.replies import Usage
+from mqfleet.wire.replies import Usage
+from mqfleet.wire.topics import JsonObject
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING
 
 from mqfleet import defaults
 from mqfleet.errors import ConfigurationError, MqfleetError
-from mqfleet.messages import TrainerRef
-from mqfleet.protocol import JsonObject
-from mqfleet.wire import WireMessage
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.wire.codec import WireMessage
+from mqfleet.wire.requests import TrainerRef
+from mqfleet.wire.topics import JsonObject
 
 if TYPE_CHECKING:
     from mqfleet.client import FleetClient
@@ -69,8 +70,8 @@ class SelftestConfig:
     """What the selftest checks against: the agent's own settings."""
 
     host_id: str
-    #: the agent's broker options as given (`broker_url`, `broker_ca`, `broker_cert`, `broker_key`: cli/options.py)
-    broker: dict[str, str | None]
+    #: the agent's broker options as given, not yet validated: a problem with them is a failed check, not an error
+    broker: BrokerConfig
     prefix: str = defaults.TOPIC_PREFIX
     repo: Path | None = None
     slots: int = 1
@@ -118,13 +119,13 @@ def check_capability(config: SelftestConfig) -> Check:
 
 def check_broker_and_coordinator(config: SelftestConfig) -> list[Check]:
     """Connect with the configured URL and TLS files, then ask the coordinator for `health`."""
-    from mqfleet.cli.options import broker_config_from
     from mqfleet.client import FleetClient
 
-    url = config.broker.get("broker_url") or defaults.BROKER_URL
+    broker = config.broker
+    url = broker.url
     skipped = Check("coordinator", Outcome.SKIP, "not asked: the broker was not reached")
     try:
-        broker = broker_config_from(config.broker)
+        broker.validate()
         # A client id of its own: borrowing the host id would disconnect a running agent.
         client = FleetClient(broker, prefix=config.prefix, timeout_s=config.request_timeout_s,
                              client_id=f"selftest-{config.host_id}-{uuid.uuid4().hex[:6]}")

@@ -6,10 +6,7 @@ import importlib
 
 import click
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 HELP_EPILOG = """\b
 Examples:
@@ -25,15 +22,15 @@ Examples:
 #: Which modules define each command. A command's modules are imported only when it runs, so the
 #: agent does not load the S3 SDK or the certificate tooling it never uses (its idle RSS counts).
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "coordinator": ("service",),
-    "agent": ("service", "selftest_cmd"),
-    "demo": ("service",),
-    **{name: ("manifest_cmd",) for name in ("validate", "manifest")},
-    "capability": ("capability_cmd",),
+    "coordinator": ("roles",),
+    "agent": ("roles", "selftest"),
+    "demo": ("roles",),
+    **{name: ("manifest",) for name in ("validate", "manifest")},
+    "capability": ("capability",),
     **{name: ("jobs",) for name in ("jobs", "show", "cancel", "requeue", "logs")},
     **{name: ("fleet",) for name in ("status", "workers", "drain", "undrain", "reload", "health", "watch")},
     **{name: ("artifacts",) for name in ("artifacts", "fetch")},
-    "broker": ("broker_cmd",),
+    "broker": ("broker",),
     "compare": ("reports",),
     "gc": ("reports",),
 }

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import click
 
-from mqfleet.bundle import UnpackLimits, unpack_artifact
-from mqfleet.cli import EXIT_FAILED, cli, render, render_jobs
-from mqfleet.cli.client_options import ClientContext, fail, pass_client, wire_of
+from mqfleet.cli import cli
+from mqfleet.cli.exit_codes import EXIT_FAILED, fail
+from mqfleet.cli.options import ClientContext, pass_client, wire_of
+from mqfleet.cli.render import fleet as render_fleet
+from mqfleet.cli.render import jobs as render_jobs
 from mqfleet.errors import ArtifactMismatchError, BundleError, StoreError
-from mqfleet.transfer import download_from_url
+from mqfleet.store.bundle import UnpackLimits, unpack_artifact
+from mqfleet.store.transfer import download_from_url
 
 
 @cli.command("artifacts")
@@ -22,7 +25,7 @@ def artifacts_cmd(ctx: ClientContext) -> None:
     if ctx.as_json:
         ctx.emit_json([wire_of(a) for a in artifacts])
         return
-    render.make_console().print(render_jobs.artifacts_table(artifacts))
+    render_fleet.make_console().print(render_jobs.artifacts_table(artifacts))
 
 
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -95,5 +98,5 @@ def fetch_cmd(ctx: ClientContext, job: str, out_dir: Path, max_bytes: int, max_f
         ctx.emit_json({"job_id": reply.job_id, "sha256": sha256, "size": reply.size,
                        "dir": str(out_dir), "files": files})
         return
-    click.echo(f"{sha256[:12]} ({render.human_size(reply.size)}) verified, unpacked into {out_dir}: "
+    click.echo(f"{sha256[:12]} ({render_fleet.human_size(reply.size)}) verified, unpacked into {out_dir}: "
                f"{len(files)} file(s)")

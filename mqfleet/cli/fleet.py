@@ -17,14 +17,16 @@ from rich.console import RenderableType
 from rich.live import Live
 
 from mqfleet import defaults
-from mqfleet.cli import EXIT_FAILED, EXIT_USAGE, cli, render
-from mqfleet.cli.client_options import ClientContext, fail, pass_client, wire_of
-from mqfleet.cli.render import HostPicture
+from mqfleet.cli import cli
+from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_USAGE, fail
+from mqfleet.cli.options import ClientContext, pass_client, wire_of
+from mqfleet.cli.render import fleet as render_fleet
+from mqfleet.cli.render.fleet import HostPicture
 from mqfleet.client import FleetClient
 from mqfleet.errors import ManifestError, RemoteError
-from mqfleet.mqtt import Message
-from mqfleet.protocol import JsonObject, JsonValue
-from mqfleet.replies import DrainReply, UndrainReply, Worker
+from mqfleet.mqtt.inbox import Message
+from mqfleet.wire.replies import DrainReply, UndrainReply, Worker
+from mqfleet.wire.topics import JsonObject, JsonValue
 
 #: `watch --once` renders when no retained message arrived for this long (or at the timeout).
 SETTLE_S = 0.5
@@ -53,7 +55,7 @@ def status_cmd(ctx: ClientContext) -> None:
             "jobs_by_status": dict(sorted(health.jobs_by_status.items())),
         })
         return
-    render.make_console().print(render.status_view(health, workers))
+    render_fleet.make_console().print(render_fleet.status_view(health, workers))
 
 
 @cli.command("workers")
@@ -69,7 +71,7 @@ def workers_cmd(ctx: ClientContext) -> None:
         # only leased jobs run on hosts: two status listings, not every job the fleet ever had
         for status in ("claimed", "running"):
             names.update((str(j.get("id")), str(j.get("name"))) for j in ctx.client.job_listing(status=status))
-    render.make_console().print(render.workers_table(workers, names, time.time()))
+    render_fleet.make_console().print(render_fleet.workers_table(workers, names, time.time()))
 
 
 def _print_drain(ctx: ClientContext, reply: DrainReply) -> None:
@@ -148,7 +150,7 @@ def health_cmd(ctx: ClientContext) -> None:
     if ctx.as_json:
         ctx.emit_json(wire_of(health))
     else:
-        render.make_console().print(render.health_view(health))
+        render_fleet.make_console().print(render_fleet.health_view(health))
     failed = health.failed_checks
     if failed:
         details = "; ".join(f"{name}: {check.detail if (check := health.checks.get(name)) else 'failed'}" for name in failed)
@@ -202,7 +204,7 @@ class FleetPicture:
             self.jobs[job_id] = payload
 
     def frame(self) -> RenderableType:
-        return render.dashboard(hosts=self.hosts, jobs=self.jobs, events=list(self.events), now=time.time())
+        return render_fleet.dashboard(hosts=self.hosts, jobs=self.jobs, events=list(self.events), now=time.time())
 
 
 def subscribe_picture(client: FleetClient) -> queue.SimpleQueue[Message]:
@@ -234,7 +236,7 @@ def settle_picture(client: FleetClient, *, timeout_s: float) -> tuple[FleetPictu
 def watch_cmd(ctx: ClientContext, once: bool) -> None:
     """Live dashboard from the bus: hosts, running jobs with progress, counts by status, recent events."""
     picture, inbox = settle_picture(ctx.client, timeout_s=ctx.timeout_s)
-    console = render.make_console()
+    console = render_fleet.make_console()
     if once:
         console.print(picture.frame())
         return

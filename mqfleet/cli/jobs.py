@@ -11,13 +11,15 @@ from collections.abc import Iterable
 
 import click
 
-from mqfleet.cli import cli, render, render_jobs
-from mqfleet.cli.client_options import ClientContext, pass_client, wire_of
-from mqfleet.cli.terminal import clean
-from mqfleet.messages import JobRow
-from mqfleet.mqtt import Message
-from mqfleet.protocol import JsonObject
-from mqfleet.state import JobStatus
+from mqfleet.cli import cli
+from mqfleet.cli.options import ClientContext, pass_client, wire_of
+from mqfleet.cli.render import fleet as render_fleet
+from mqfleet.cli.render import jobs as render_jobs
+from mqfleet.cli.render.terminal import clean
+from mqfleet.lifecycle import JobStatus
+from mqfleet.mqtt.inbox import Message
+from mqfleet.wire.requests import JobRow
+from mqfleet.wire.topics import JsonObject
 
 TERMINAL = frozenset({JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value})
 #: After the job ends, lines still in flight from the agent get this long to arrive.
@@ -47,7 +49,7 @@ def jobs_cmd(ctx: ClientContext, status: str | None, name_glob: str | None, limi
         return
     listing = ctx.client.job_listing(status=status, name=name_glob, newest_first=True,
                                      limit=TABLE_LIMIT if limit is None else (limit or None))
-    console = render.make_console()
+    console = render_fleet.make_console()
     shown = 0
     chunk: list[JsonObject] = []
     for job in listing:
@@ -90,7 +92,7 @@ def show_cmd(ctx: ClientContext, job: str) -> None:
     if ctx.as_json:
         ctx.emit_json(wire_of(row))
         return
-    console = render.make_console()
+    console = render_fleet.make_console()
     console.print(render_jobs.job_view(row, time.time(), width=console.width))
 
 
@@ -98,7 +100,7 @@ def _print_job(ctx: ClientContext, row: JobRow) -> None:
     if ctx.as_json:
         ctx.emit_json(wire_of(row))
         return
-    render.make_console().print(render.job_line(row))
+    render_fleet.make_console().print(render_fleet.job_line(row))
 
 
 @cli.command("cancel")

@@ -7,9 +7,11 @@ from collections.abc import Callable
 
 import click
 
-from mqfleet.cli import cli, render, render_jobs
-from mqfleet.cli.client_options import ClientContext, pass_client, wire_of
-from mqfleet.replies import CompareRow
+from mqfleet.cli import cli
+from mqfleet.cli.options import ClientContext, pass_client, wire_of
+from mqfleet.cli.render import fleet as render_fleet
+from mqfleet.cli.render import jobs as render_jobs
+from mqfleet.wire.replies import CompareRow
 
 
 def _sort_key(metric: str, descending: bool) -> Callable[[CompareRow], tuple[int, float, str]]:
@@ -47,7 +49,7 @@ def compare_cmd(ctx: ClientContext, jobs: tuple[str, ...], sweep: str | None, so
                        "jobs": [wire_of(r) for r in rows]})
         return
     title = f"sweep {sweep}" if sweep else "jobs"
-    render.make_console().print(render_jobs.compare_table(rows, names, sort_by=sort_by, title=title))
+    render_fleet.make_console().print(render_jobs.compare_table(rows, names, sort_by=sort_by, title=title))
 
 
 @cli.command("gc")
@@ -60,13 +62,13 @@ def gc_cmd(ctx: ClientContext, dry_run: bool) -> None:
         ctx.emit_json(wire_of(result))
         return
     for obj in result.objects:
-        click.echo(f"{'would delete' if dry_run else 'deleted'} {obj.key} ({render.human_size(obj.size)})")
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {obj.key} ({render_fleet.human_size(obj.size)})")
     if result.count > len(result.objects):
         click.echo(f"... and {result.count - len(result.objects)} more")
     for failure in result.failed:
         click.echo(f"error: could not delete {failure.key}: {failure.error}", err=True)
     verb = "would free" if dry_run else "freed"
-    click.echo(f"{verb} {render.human_size(result.bytes)} in {result.count - len(result.failed)} "
+    click.echo(f"{verb} {render_fleet.human_size(result.bytes)} in {result.count - len(result.failed)} "
                f"object(s); {result.kept} referenced object(s) kept")
     if result.failed:
         raise click.exceptions.Exit(1)

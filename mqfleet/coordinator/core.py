@@ -4,7 +4,7 @@ the settings of the manifest in force they all read, and the methods one part ca
 The coordinator is one object assembled from parts by responsibility: request dispatch
 (coordinator/dispatch.py), the agent-topic listeners (listeners.py), publishing after commit
 (outbox.py), the sweep (sweep.py), the lead among several coordinators (leader.py) and the
-manifest in force at start (startup.py). Each part is a mixin over `CoordinatorCore`, so the
+manifest in force at start (coordinator/manifest_keeper.py). Each part is a mixin over `CoordinatorCore`, so the
 lock, the state modules and the connection stay one set, owned by the service.
 """
 
@@ -19,32 +19,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mqfleet import defaults
-from mqfleet.coordinator.artifacts import Artifacts
-from mqfleet.coordinator.catalog import Catalog
-from mqfleet.coordinator.checkpoints import CheckpointBook
-from mqfleet.coordinator.checks import HealthChecks
-from mqfleet.coordinator.claims import Claims
-from mqfleet.coordinator.garbage import UploadWindow
-from mqfleet.coordinator.history import AttemptHistory
-from mqfleet.coordinator.hosts import Hosts
-from mqfleet.coordinator.leases import Leases
-from mqfleet.coordinator.manifests import ORIGIN_FILE, ManifestHistory, StoredManifest
-from mqfleet.coordinator.peers import Election, Peers
-from mqfleet.coordinator.postgres import redact_url
+from mqfleet.coordinator.health import HealthChecks
 from mqfleet.coordinator.republish import StateRepublisher
-from mqfleet.coordinator.rows import ManifestRows
-from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.coordinator.sql.pgconnection import redact_url
+from mqfleet.coordinator.sql.sqlite import StateFile
+from mqfleet.coordinator.tables.artifacts import Artifacts
+from mqfleet.coordinator.tables.catalog import Catalog
+from mqfleet.coordinator.tables.checkpoints import CheckpointBook
+from mqfleet.coordinator.tables.claims import Claims
+from mqfleet.coordinator.tables.garbage import UploadWindow
+from mqfleet.coordinator.tables.history import AttemptHistory
+from mqfleet.coordinator.tables.hosts import Hosts
+from mqfleet.coordinator.tables.leases import Leases
+from mqfleet.coordinator.tables.manifests import ORIGIN_FILE, ManifestHistory, StoredManifest
+from mqfleet.coordinator.tables.peers import Election, Peers
+from mqfleet.coordinator.tables.rows import ManifestRows
 from mqfleet.errors import ConfigurationError, ManifestError
-from mqfleet.manifest import FleetSettings, Manifest
-from mqfleet.messages import Health
-from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import Topics
-from mqfleet.records import ControlMessage
-from mqfleet.store import ArtifactStore
+from mqfleet.manifest.types import FleetSettings, Manifest
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.inbox import Message
+from mqfleet.store.base import ArtifactStore
+from mqfleet.wire.published import ControlMessage
+from mqfleet.wire.requests import Health
+from mqfleet.wire.topics import Topics
 
 if TYPE_CHECKING:
-    from mqfleet.coordinator.context import Request
     from mqfleet.coordinator.metrics import CoordinatorMetrics
+    from mqfleet.coordinator.verbs.context import Request
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ class CoordinatorCore:
         return self.manifest.fleet.log_max_lines if self.manifest else defaults.LOG_MAX_LINES
 
     def flush_lines(self) -> None:
-        """Write the trainer output lines received since the last flush (coordinator/history.py)."""
+        """Write the trainer output lines received since the last flush (coordinator/tables/history.py)."""
         self.history.flush_lines(self.log_max_lines)
 
     # --- what one part calls on another (each defined by the part named) ----------------------
@@ -209,10 +211,10 @@ class CoordinatorCore:
         raise NotImplementedError
 
     def apply_manifest(self, manifest: Manifest | ManifestRows, now: float, *, origin: str = ORIGIN_FILE,
-                       record: bool = True) -> dict[str, list[str]]:  # startup.py
+                       record: bool = True) -> dict[str, list[str]]:  # coordinator/manifest_keeper.py
         raise NotImplementedError
 
-    def refuse_manifest(self, problem: ManifestError) -> None:  # startup.py
+    def refuse_manifest(self, problem: ManifestError) -> None:  # coordinator/manifest_keeper.py
         raise NotImplementedError
 
     def _lead(self, now: float) -> None:  # leader.py

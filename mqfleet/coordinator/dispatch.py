@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from mqfleet import defaults
-from mqfleet.coordinator.context import Request
 from mqfleet.coordinator.core import CoordinatorCore
-from mqfleet.coordinator.handlers import VERBS, VerbSpec
-from mqfleet.coordinator.startup import return_freed_memory
+from mqfleet.coordinator.manifest_keeper import return_freed_memory
+from mqfleet.coordinator.verbs.context import Request
+from mqfleet.coordinator.verbs.handlers import VERBS, VerbSpec
 from mqfleet.errors import (
     AmbiguousError,
     BadRequestError,
@@ -27,11 +27,11 @@ from mqfleet.errors import (
     UnavailableError,
     UnknownVerbError,
 )
-from mqfleet.mqtt import Message
-from mqfleet.mqtt_message import Handler
-from mqfleet.operator_auth import check_not_replayed, verify_request
-from mqfleet.protocol import MAX_REQUEST_ID_CHARS, ROLE_OF_VERB, Role, Verb, Wire, decode, encode, error, field
-from mqfleet.replies import reply_json
+from mqfleet.mqtt.inbox import Handler, Message
+from mqfleet.wire.codec import Wire
+from mqfleet.wire.replies import reply_json
+from mqfleet.wire.signing import check_not_replayed, verify_request
+from mqfleet.wire.topics import MAX_REQUEST_ID_CHARS, ROLE_OF_VERB, Role, Verb, decode, encode, error, field
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
 logger = logging.getLogger("mqfleet.coordinator.service")

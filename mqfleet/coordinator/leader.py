@@ -1,17 +1,17 @@
 """Several coordinators on one state database: taking and keeping the lead, the heartbeat, adopting
 the manifest another coordinator applied, and the leader's status after a follower's will
-(the coordinators table and the election are coordinator/peers.py's)."""
+(the coordinators table and the election are coordinator/tables/peers.py's)."""
 
 from __future__ import annotations
 
 import logging
 
-from mqfleet.coordinator import peers
 from mqfleet.coordinator.core import CoordinatorCore
+from mqfleet.coordinator.tables import peers
 from mqfleet.errors import ManifestError, MqfleetError
-from mqfleet.manifest import parse_manifest
-from mqfleet.mqtt import Message
-from mqfleet.protocol import decode
+from mqfleet.manifest.load import parse_manifest
+from mqfleet.mqtt.inbox import Message
+from mqfleet.wire.topics import decode
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
 logger = logging.getLogger("mqfleet.coordinator.service")

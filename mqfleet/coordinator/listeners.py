@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 from mqfleet import defaults
-from mqfleet.advert import parse_advert
 from mqfleet.coordinator.core import CoordinatorCore
 from mqfleet.errors import MqfleetError
-from mqfleet.mqtt import Message
-from mqfleet.protocol import MAX_LOG_LINE_CHARS, MAX_LOG_LINES_PER_BATCH, decode, field
+from mqfleet.mqtt.inbox import Message
+from mqfleet.wire.advert import parse_advert
+from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, MAX_LOG_LINES_PER_BATCH, decode, field
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
 logger = logging.getLogger("mqfleet.coordinator.service")

@@ -19,13 +19,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from mqfleet.coordinator.pgconnection import open_pg_connection
-from mqfleet.coordinator.postgres import PgStateFile
-from mqfleet.coordinator.schema import BUSY_TIMEOUT_MS
-from mqfleet.coordinator.sqlite import StateFile
+from mqfleet.coordinator.sql.pgconnection import open_pg_connection
+from mqfleet.coordinator.sql.postgres import PgStateFile
+from mqfleet.coordinator.sql.schema import BUSY_TIMEOUT_MS
+from mqfleet.coordinator.sql.sqlite import StateFile
 from mqfleet.errors import ConfigurationError
-from mqfleet.protocol import Verb, Wire
-from mqfleet.state import Cause, JobStatus
+from mqfleet.lifecycle import Cause, JobStatus
+from mqfleet.wire.codec import Wire
+from mqfleet.wire.topics import Verb
 
 logger = logging.getLogger(__name__)
 

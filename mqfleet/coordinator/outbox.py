@@ -8,8 +8,8 @@ import logging
 from mqfleet.coordinator import scheduler
 from mqfleet.coordinator.core import CoordinatorCore
 from mqfleet.errors import MqfleetError
-from mqfleet.records import ControlMessage, JobEvent, Nudge
-from mqfleet.state import JobStatus
+from mqfleet.lifecycle import JobStatus
+from mqfleet.wire.published import ControlMessage, JobEvent, Nudge
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
 logger = logging.getLogger("mqfleet.coordinator.service")

@@ -18,9 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from mqfleet.coordinator.rows import JOB_SELECT, job_json
-from mqfleet.coordinator.sqlite import StateFile
-from mqfleet.protocol import JsonObject, encode
+from mqfleet.coordinator.sql.sqlite import StateFile
+from mqfleet.coordinator.tables.rows import JOB_SELECT, job_json
+from mqfleet.wire.topics import JsonObject, encode
 
 logger = logging.getLogger(__name__)
 

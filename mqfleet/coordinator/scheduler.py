@@ -13,8 +13,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from mqfleet.protocol import JsonObject
-from mqfleet.spec import HostPolicy, JobSpec, Requirements
+from mqfleet.manifest.types import HostPolicy, JobSpec, Requirements
+from mqfleet.wire.topics import JsonObject
 
 #: Shortest commit prefix accepted as naming the same commit as a full sha.
 _MIN_COMMIT_PREFIX = 7
@@ -25,7 +25,7 @@ class HostView:
     """What the scheduler knows of one host: its advert, presence, policy and load."""
 
     id: str
-    #: the advert as stored: checked by mqfleet.advert when it arrived, read here with isinstance (an older
+    #: the advert as stored: checked by mqfleet.wire.advert when it arrived, read here with isinstance (an older
     #: database may hold one from before the checks)
     advert: JsonObject
     online: bool

@@ -22,32 +22,32 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from mqfleet import __version__
-from mqfleet.coordinator import peers
-from mqfleet.coordinator.artifacts import Artifacts
-from mqfleet.coordinator.catalog import Catalog
-from mqfleet.coordinator.checkpoints import CheckpointBook
-from mqfleet.coordinator.checks import HealthChecks, health_report
-from mqfleet.coordinator.claims import Claims
-from mqfleet.coordinator.core import CoordinatorConfig as CoordinatorConfig
+from mqfleet.coordinator.core import CoordinatorConfig
 from mqfleet.coordinator.dispatch import RequestDispatch
-from mqfleet.coordinator.garbage import UploadWindow
-from mqfleet.coordinator.history import AttemptHistory
-from mqfleet.coordinator.hosts import Hosts
+from mqfleet.coordinator.health import HealthChecks, health_report
 from mqfleet.coordinator.leader import Leadership
-from mqfleet.coordinator.leases import Leases
 from mqfleet.coordinator.listeners import AgentListeners
-from mqfleet.coordinator.manifests import ManifestHistory, StoredManifest
+from mqfleet.coordinator.manifest_keeper import ManifestInForce
 from mqfleet.coordinator.outbox import Outbox
-from mqfleet.coordinator.postgres import is_postgres_url, open_state
 from mqfleet.coordinator.republish import StateRepublisher, record_published, state_page
-from mqfleet.coordinator.startup import ManifestInForce
+from mqfleet.coordinator.sql.postgres import is_postgres_url, open_state
 from mqfleet.coordinator.sweep import Sweep
+from mqfleet.coordinator.tables import peers
+from mqfleet.coordinator.tables.artifacts import Artifacts
+from mqfleet.coordinator.tables.catalog import Catalog
+from mqfleet.coordinator.tables.checkpoints import CheckpointBook
+from mqfleet.coordinator.tables.claims import Claims
+from mqfleet.coordinator.tables.garbage import UploadWindow
+from mqfleet.coordinator.tables.history import AttemptHistory
+from mqfleet.coordinator.tables.hosts import Hosts
+from mqfleet.coordinator.tables.leases import Leases
+from mqfleet.coordinator.tables.manifests import ManifestHistory, StoredManifest
 from mqfleet.errors import ManifestError, MqfleetError, NotFoundError
-from mqfleet.manifest import Manifest
-from mqfleet.messages import Health
-from mqfleet.mqtt import Connection
-from mqfleet.protocol import Topics, encode
-from mqfleet.store import ArtifactStore, open_store
+from mqfleet.manifest.types import Manifest
+from mqfleet.mqtt.connection import Connection
+from mqfleet.store.base import ArtifactStore, open_store
+from mqfleet.wire.requests import Health
+from mqfleet.wire.topics import Topics, encode
 
 if TYPE_CHECKING:
     from mqfleet.coordinator.metrics import CoordinatorMetrics
@@ -68,7 +68,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self.topics = Topics(config.prefix)
         self.started_ts = clock()
         #: On PostgreSQL several coordinators may serve one fleet: requests come through a shared
-        #: subscription and the sweep runs on the leader alone (coordinator/peers.py).
+        #: subscription and the sweep runs on the leader alone (coordinator/tables/peers.py).
         self.shared = is_postgres_url(config.state_target)
         self.state = open_state(config.state_target, writer=f"{config.client_id}-{secrets.token_hex(3)}")
         self.peers = peers.Peers(self.state, coordinator_id=config.client_id, version=__version__, started_ts=self.started_ts)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 from mqfleet import defaults
-from mqfleet.coordinator.checkpoint_verbs import collect_garbage as collect_checkpoint_garbage
 from mqfleet.coordinator.core import CoordinatorCore
+from mqfleet.coordinator.verbs.checkpoints import collect_garbage as collect_checkpoint_garbage
 from mqfleet.errors import UnavailableError
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.

@@ -4,8 +4,3 @@
 """
 
 from __future__ import annotations
-
-from mqfleet.soak.fleet import SoakConfig
-from mqfleet.soak.runner import run_soak
-
-__all__ = ["SoakConfig", "run_soak"]

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mqfleet.services.broker import LocalBroker
-from mqfleet.services.postgres import LocalPostgres
+from mqfleet.local.broker import LocalBroker
+from mqfleet.local.postgres import LocalPostgres
 
 #: Host ids look like `soak-a07`.
 HOST_FORMAT = "soak-a{:02d}"

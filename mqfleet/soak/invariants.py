@@ -19,13 +19,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mqfleet.bundle import hash_file, unpack_artifact
-from mqfleet.coordinator.postgres import is_postgres_url, open_state
+from mqfleet.coordinator.sql.postgres import is_postgres_url, open_state
 from mqfleet.errors import MqfleetError
-from mqfleet.protocol import JsonObject
-from mqfleet.soak.faults import FaultRecord, trainer_processes
 from mqfleet.soak.fleet import SoakConfig
+from mqfleet.soak.injectors import FaultRecord, trainer_processes
 from mqfleet.soak.observer import Observer
+from mqfleet.store.bundle import hash_file, unpack_artifact
+from mqfleet.wire.topics import JsonObject
 
 
 def _open_ro(path: Path) -> sqlite3.Connection:
@@ -53,7 +53,7 @@ class SoakReport:
 
 @dataclass(frozen=True)
 class Resumes:
-    """How the attempts that were given a checkpoint started (coordinator/checkpoints.py): resumed or fresh, and
+    """How the attempts that were given a checkpoint started (coordinator/tables/checkpoints.py): resumed or fresh, and
     from which attempt and progress; `backwards` lists resumes that did not continue an earlier attempt."""
 
     later_attempts: int

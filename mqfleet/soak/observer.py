@@ -15,9 +15,11 @@ from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
 
 from mqfleet.errors import MqfleetError
-from mqfleet.messages import ClaimReply, JobRow
-from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import JsonObject, Topics
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.inbox import Message
+from mqfleet.wire.requests import ClaimReply, JobRow
+from mqfleet.wire.topics import JsonObject, Topics
 
 #: Agent requests remembered for replay; older ones are forgotten.
 REQUESTS_KEPT = 4000

@@ -16,12 +16,12 @@ import psutil
 
 from mqfleet.client import FleetClient
 from mqfleet.errors import MqfleetError
-from mqfleet.mqtt import BrokerConfig
-from mqfleet.protocol import JsonObject
+from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.soak import invariants
-from mqfleet.soak.faults import Injector, wait_for
 from mqfleet.soak.fleet import SoakConfig, SoakFleet
+from mqfleet.soak.injectors import Injector, wait_for
 from mqfleet.soak.observer import Observer
+from mqfleet.wire.topics import JsonObject
 
 logger = logging.getLogger(__name__)
 

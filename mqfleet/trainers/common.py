@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, NoReturn
 
 from mqfleet.defaults import ENV_CHECKPOINT_DIR, ENV_OUT_DIR, ENV_SPEC
 from mqfleet.errors import TrainerInputError
-from mqfleet.spec import HyperParam, HyperValue
-from mqfleet.trainers import BUILTIN_HYPER, BUILTIN_MODULE
+from mqfleet.manifest.builtins import BUILTIN_HYPER, BUILTIN_MODULE
+from mqfleet.manifest.types import HyperParam, HyperValue
 
 if TYPE_CHECKING:
-    from mqfleet.protocol import JsonObject, JsonValue
+    from mqfleet.wire.topics import JsonObject, JsonValue
 
 #: Prefix of a stdout line the agent reads as progress or metrics.
 PROGRESS_PREFIX = "@mqfleet "

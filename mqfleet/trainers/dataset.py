@@ -17,7 +17,7 @@ import numpy as np
 from mqfleet.errors import TrainerInputError
 
 if TYPE_CHECKING:
-    from mqfleet.protocol import JsonObject, JsonValue
+    from mqfleet.wire.topics import JsonObject, JsonValue
 
 #: A target with at most this many distinct integer values is a classification target (unless the mode says).
 MAX_CLASSES = 20

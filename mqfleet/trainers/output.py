@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from mqfleet.trainers.common import TrainerJob, progress_every, write_json
 
 if TYPE_CHECKING:
-    from mqfleet.protocol import JsonObject
     from mqfleet.trainers.dataset import Dataset, Split, Task
+    from mqfleet.wire.topics import JsonObject
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from mqfleet.trainers import common, output
 if TYPE_CHECKING:
     import numpy as np
 
-    from mqfleet.spec import HyperValue
+    from mqfleet.manifest.types import HyperValue
     from mqfleet.trainers.dataset import Dataset, Split, Task
 
 #: Intra- and inter-op threads, fixed: the summation order of parallel CPU kernels follows the thread count,

@@ -26,7 +26,7 @@ from mqfleet.trainers import common, output
 if TYPE_CHECKING:
     import numpy as np
 
-    from mqfleet.spec import HyperValue
+    from mqfleet.manifest.types import HyperValue
     from mqfleet.trainers.dataset import Task
 
 #: Threads xgboost uses, fixed: histogram sums are not guaranteed the same across thread counts, and a

@@ -10,7 +10,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pytest
 
 from mqfleet.errors import BadRequestError, ObjectMissingError, StoreError
-from mqfleet.store import ArtifactStore, download_from_url, upload_to_url
+from mqfleet.store.base import ArtifactStore
+from mqfleet.store.transfer import download_from_url, upload_to_url
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -18,11 +18,11 @@ from urllib.parse import urlsplit
 import pytest
 
 from mqfleet.agent.capability import detect_advert
-from mqfleet.bundle import pack_artifact
-from mqfleet.mqtt import Connection
-from mqfleet.protocol import Role, encode
-from mqfleet.store import ArtifactStore
-from mqfleet.transfer import upload_to_url
+from mqfleet.mqtt.connection import Connection
+from mqfleet.store.base import ArtifactStore
+from mqfleet.store.bundle import pack_artifact
+from mqfleet.store.transfer import upload_to_url
+from mqfleet.wire.topics import Role, encode
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.tls import OPERATOR, T, TlsFleet

@@ -16,8 +16,8 @@ from typing import Any
 import psutil
 
 from mqfleet.agent.capability import detect_advert
-from mqfleet.mqtt import Connection
-from mqfleet.protocol import MAX_REQUEST_ID_CHARS, Role, encode, log_batches
+from mqfleet.mqtt.connection import Connection
+from mqfleet.wire.topics import MAX_REQUEST_ID_CHARS, Role, encode, log_batches
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.tls import OPERATOR, T, TlsFleet

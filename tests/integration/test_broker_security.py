@@ -1,6 +1,6 @@
 """Mutual TLS and per-host ACLs, enforced by a real Mosquitto running the project's own mosquitto.conf.
 
-The broker here is the root config rendered by `brokerconf.render_broker_conf` with certificates
+The broker here is the root config rendered by `mosquitto_conf.render_broker_conf` with certificates
 from `certs` and an ACL from `acl.render_acl`: only ports, paths, persistence and the user differ
 from production. Clients are paho (with strict X.509 verification) or the mosquitto command-line
 tools, so nothing in the checks is ours.
@@ -27,11 +27,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from mqfleet.acl import render_acl, write_acl
-from mqfleet.brokerconf import CONF_FILE, ROOT_CONF, render_broker_conf
-from mqfleet.certs import CertRole, issue_cert, make_ca, revoke_cert
 from mqfleet.errors import ConfigurationError
-from mqfleet.protocol import Role, Topics, Verb
+from mqfleet.trust.acl import render_acl, write_acl
+from mqfleet.trust.certs import CertRole, issue_cert, make_ca, revoke_cert
+from mqfleet.trust.mosquitto_conf import CONF_FILE, ROOT_CONF, render_broker_conf
+from mqfleet.wire.topics import Role, Topics, Verb
 
 T = Topics()
 HOSTS = ["host-a", "host-b"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mqfleet.client import FleetClient
-from mqfleet.protocol import Verb
+from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import FAST_FLEET, Fleet, manifest_text
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from mqfleet.protocol import Verb
+from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import Fleet, manifest_text
 from tests.fixtures.sim_agent import SimAgent

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from mqfleet.manifest import parse_manifest
+from mqfleet.manifest.load import parse_manifest
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import ROOT, Fleet, manifest_text, trainer_processes
 

@@ -13,9 +13,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mqfleet.errors import RemoteError
-from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import Verb
-from mqfleet.services.postgres import LocalPostgres
+from mqfleet.local.postgres import LocalPostgres
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import Fleet, Proc, manifest_text
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mqfleet.services.broker import LocalBroker
+from mqfleet.local.broker import LocalBroker
 from tests.fixtures.common import require_real_part
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from mqfleet import certs, defaults
+from mqfleet import defaults
+from mqfleet.trust import certs
 from tests.fixtures.fleet import Fleet, manifest_text
 
 ROOT = Path(__file__).resolve().parents[2]

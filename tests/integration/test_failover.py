@@ -12,8 +12,9 @@ import pytest
 
 from mqfleet.agent.daemon import IDLE_POLL_S
 from mqfleet.errors import RequestTimeoutError
-from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.services.broker import LocalBroker
+from mqfleet.local.broker import LocalBroker
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
 from tests.fixtures.broker import project_broker
 from tests.fixtures.common import require_real_part, wait_until
 from tests.fixtures.fleet import FAST_FLEET, Fleet, manifest_text

@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from mqfleet.protocol import Verb
+from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import FAST_FLEET, Fleet, manifest_text, trainer_processes
 

@@ -1,6 +1,6 @@
 """The whole fleet over mutual TLS: a real coordinator, real agents and the CLI, each with its own certificate.
 
-The broker runs the project's own `mosquitto.conf` (rendered by `brokerconf.render_broker_conf` through
+The broker runs the project's own `mosquitto.conf` (rendered by `mosquitto_conf.render_broker_conf` through
 `LocalBroker(tls_dir=...)`) with certificates from `certs` and the ACL `acl.render_acl` makes from the
 hosts. Every process connects to its TLS listener as its own CN; nothing uses the loopback listener.
 """
@@ -13,11 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from mqfleet.certs import CertRole, issue_cert, make_ca
 from mqfleet.client import FleetClient
 from mqfleet.errors import BrokerUnavailableError, NotAuthorizedError
-from mqfleet.mqtt import Connection
-from mqfleet.protocol import Role, Verb, encode
+from mqfleet.mqtt.connection import Connection
+from mqfleet.trust.certs import CertRole, issue_cert, make_ca
+from mqfleet.wire.topics import Role, Verb, encode
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.tls import OPERATOR, T, TlsFleet

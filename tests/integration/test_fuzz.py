@@ -21,9 +21,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from mqfleet.errors import MqfleetError
-from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.operator_auth import sign_request
-from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.wire.signing import sign_request
+from mqfleet.wire.topics import ROLE_OF_VERB, Role, Topics, Verb
 from tests.fixtures.fleet import OPERATOR_TOKEN, Fleet, manifest_text
 
 FUZZ_HOSTS = ["fuzz-host", "real-host"]

@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from mqfleet.coordinator.service import Coordinator, CoordinatorConfig
-from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import Topics, Verb, encode
-from mqfleet.rpc import Reply, RpcClient
+from mqfleet.coordinator.core import CoordinatorConfig
+from mqfleet.coordinator.service import Coordinator
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.rpc import Reply, RpcClient
+from mqfleet.wire.topics import Topics, Verb, encode
 from tests.fixtures.common import Clock, wait_until
 from tests.fixtures.fleet import manifest_text
 

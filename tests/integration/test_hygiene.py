@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 
 from mqfleet import defaults
-from mqfleet.mqtt import Connection
-from mqfleet.protocol import Role
+from mqfleet.mqtt.connection import Connection
+from mqfleet.wire.topics import Role
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import OK_TRAINER, ROOT, manifest_text
 from tests.fixtures.tls import OPERATOR, T, TlsFleet

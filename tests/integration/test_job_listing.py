@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mqfleet.protocol import Verb
+from mqfleet.wire.topics import Verb
 from tests.fixtures.fleet import Fleet, manifest_text
 
 #: More than two pages of the coordinator's 2,000-row replies.

@@ -10,7 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mqfleet.mqtt import BrokerConfig, Connection
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import Fleet, manifest_text
 

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from mqfleet.protocol import Verb
+from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import ROOT, Fleet, manifest_text, trainer_processes
 
@@ -237,7 +237,7 @@ def test_a_job_after_a_failed_dependency_says_so_and_cancel_unsatisfiable_cancel
 
 
 def test_the_soak_trainer_told_to_hang_ends_stalled_and_its_retry_completes(fleet: Fleet) -> None:
-    # the soak's `hang` fault (mqfleet.soak.faults) in one job: the marker is read by the first attempt only
+    # the soak's `hang` fault (mqfleet.soak.injectors) in one job: the marker is read by the first attempt only
     hang_dir = fleet.dir / "hang"
     hang_dir.mkdir()
     (hang_dir / "sleepy").write_text("hang\n")

@@ -1,4 +1,4 @@
-"""mqfleet.mqtt against a real mosquitto: request/reply, handlers, persistent sessions, wills, outages, refusals, TLS."""
+"""mqfleet.mqtt.connection against a real mosquitto: request/reply, handlers, persistent sessions, wills, outages, refusals, TLS."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
-from mqfleet import protocol
 from mqfleet.errors import BrokerUnavailableError, RequestTimeoutError
-from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.services.broker import LocalBroker
+from mqfleet.local.broker import LocalBroker
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.inbox import Message
+from mqfleet.wire import topics
 from tests.fixtures.common import free_port, wait_until
 
 Connect = Callable[..., Connection]
@@ -30,7 +32,7 @@ def echo_responder(conn: Connection) -> Callable[[Message], None]:
     """A handler that answers every request with what it asked plus what the transport carried."""
 
     def handle(msg: Message) -> None:
-        conn.reply(msg, protocol.ok(echo=msg.json(), response_topic=msg.response_topic,
+        conn.reply(msg, topics.ok(echo=msg.json(), response_topic=msg.response_topic,
                                     correlation=(msg.correlation_data or b"").hex()))
 
     return handle
@@ -133,7 +135,7 @@ def test_mosquitto_rr_gets_a_reply_from_a_connection_based_responder(
         capture_output=True, timeout=10, check=False,
     )
     assert out.returncode == 0, out.stderr.decode()
-    reply = protocol.decode(out.stdout.strip())
+    reply = topics.decode(out.stdout.strip())
     assert reply["ok"] is True and reply["echo"] == {"request_id": "rr-1"}
     assert reply["response_topic"] == f"{topic_prefix}/reply/rr"
 
@@ -229,7 +231,7 @@ def test_will_announces_offline_when_the_client_process_is_killed(
     topic = f"{topic_prefix}/hosts/victim/status"
     script = (
         "import sys, time\n"
-        "from mqfleet.mqtt import BrokerConfig, Connection\n"
+        "from mqfleet.mqtt.connection import BrokerConfig, Connection\n"
         "c = Connection(BrokerConfig(sys.argv[1]), client_id='victim', will=(sys.argv[2], b'offline', True))\n"
         "c.start(wait_s=10)\n"
         "c.publish_wait(sys.argv[2], b'online', retain=True)\n"
@@ -362,7 +364,7 @@ def test_publish_wait_raises_when_the_broker_acl_refuses_the_topic(tmp_path: Pat
 
 
 def test_mqtts_with_client_certificate_round_trips_and_a_foreign_ca_fails_verification(tmp_path: Path) -> None:
-    from mqfleet import certs
+    from mqfleet.trust import certs
 
     ca_dir, other_dir = tmp_path / "ca", tmp_path / "other-ca"
     ca_cert, _ = certs.make_ca(ca_dir)

@@ -12,8 +12,9 @@ import threading
 import uuid
 from typing import Any
 
-from mqfleet.mqtt import Connection, Message
-from mqfleet.protocol import Role, Verb
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.inbox import Message
+from mqfleet.wire.topics import Role, Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import OPERATOR_TOKEN, manifest_text
 from tests.fixtures.tls import OPERATOR, T, TlsFleet

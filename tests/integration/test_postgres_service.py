@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from mqfleet.services.postgres import LocalPostgres
+from mqfleet.local.postgres import LocalPostgres
 
 
 def test_each_test_gets_an_empty_database_it_can_write(postgres_url: str) -> None:

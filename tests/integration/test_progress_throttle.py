@@ -6,8 +6,10 @@ import threading
 import uuid
 from typing import Any
 
-from mqfleet.mqtt import BrokerConfig, Connection, Message
-from mqfleet.protocol import Verb
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.inbox import Message
+from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import Fleet, manifest_text
 from tests.fixtures.sim_agent import SimAgent

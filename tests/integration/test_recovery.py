@@ -8,7 +8,7 @@ from typing import Any
 
 import psutil
 
-from mqfleet.protocol import Verb
+from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import FAST_FLEET, Fleet, manifest_text, trainer_processes
 

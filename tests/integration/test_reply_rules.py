@@ -11,8 +11,9 @@ import time
 import uuid
 from typing import Any
 
-from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import Role, Topics, encode
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.wire.topics import Role, Topics, encode
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import Fleet, manifest_text
 

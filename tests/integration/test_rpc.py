@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from mqfleet.agent.capability import detect_advert
-from mqfleet.bundle import pack_artifact
-from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import Role, Topics, Verb, encode
-from mqfleet.store import upload_to_url
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.store.bundle import pack_artifact
+from mqfleet.store.transfer import upload_to_url
+from mqfleet.wire.topics import Role, Topics, Verb, encode
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import Fleet, manifest_text
 

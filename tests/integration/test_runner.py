@@ -19,8 +19,8 @@ from mqfleet.agent.command import build_trainer_argv, trainer_env
 from mqfleet.agent.reaper import reap_leftovers, record_run
 from mqfleet.agent.runner import TrainerRun, parse_progress
 from mqfleet.errors import ConfigurationError
-from mqfleet.messages import TrainerRef
-from mqfleet.protocol import JsonObject
+from mqfleet.wire.requests import TrainerRef
+from mqfleet.wire.topics import JsonObject
 from tests.fixtures.common import wait_until
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "runner"

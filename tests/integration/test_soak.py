@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mqfleet.services.broker import LocalBroker
-from mqfleet.services.postgres import LocalPostgres
-from mqfleet.soak import SoakConfig, run_soak
+from mqfleet.local.broker import LocalBroker
+from mqfleet.local.postgres import LocalPostgres
+from mqfleet.soak.fleet import SoakConfig
+from mqfleet.soak.runner import run_soak
 from tests.fixtures.common import require_real_part
 
 

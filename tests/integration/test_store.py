@@ -14,8 +14,10 @@ import psutil
 import pytest
 
 from mqfleet.errors import ConfigurationError, StoreError
-from mqfleet.services.s3 import LocalS3
-from mqfleet.store import ArtifactStore, FileStore, S3Store, open_store
+from mqfleet.local.s3 import LocalS3
+from mqfleet.store.base import ArtifactStore, open_store
+from mqfleet.store.files import FileStore
+from mqfleet.store.s3 import S3Store
 from tests.contracts.store import StoreContract
 from tests.fixtures.common import free_port, require_real_part
 
@@ -82,7 +84,7 @@ def test_an_s3_url_prefix_is_kept_in_keys_and_objects(seaweed: LocalS3, tmp_path
 
 
 def test_local_s3_env_lets_a_subprocess_open_the_store_from_the_environment(seaweed: LocalS3) -> None:
-    code = "from mqfleet.store import open_store; print(open_store('s3://from-env').stat('nothing'))"
+    code = "from mqfleet.store.base import open_store; print(open_store('s3://from-env').stat('nothing'))"
     env = {**os.environ, **seaweed.env()}
     env.pop("MQFLEET_S3_SECURE", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)

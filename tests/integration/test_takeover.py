@@ -16,7 +16,7 @@ import uuid
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from mqfleet.protocol import Role, Verb
+from mqfleet.wire.topics import Role, Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.tls import T, TlsFleet

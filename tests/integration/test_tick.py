@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 
 from mqfleet import defaults
-from mqfleet.coordinator.service import Coordinator, CoordinatorConfig
+from mqfleet.coordinator.core import CoordinatorConfig
+from mqfleet.coordinator.service import Coordinator
 from mqfleet.coordinator.sweep import STATUS_INTERVAL_S
-from mqfleet.messages import Health
-from mqfleet.mqtt import BrokerConfig, Connection
-from mqfleet.protocol import Role, Topics, Verb, encode
-from mqfleet.rpc import RpcClient
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.rpc import RpcClient
+from mqfleet.wire.requests import Health
+from mqfleet.wire.topics import Role, Topics, Verb, encode
 from tests.fixtures.common import Clock, wait_until
 from tests.fixtures.fleet import manifest_text
 
@@ -171,6 +173,6 @@ def test_health_is_the_typed_health_message_and_reads_back_whole(coordinator: Co
     health = Health.from_wire(report)
     assert set(report) == {f.name for f in dataclasses.fields(Health)}
     assert health.to_wire() == report
-    # db_ok is what the database check found, not a constant (coordinator/checks.py)
+    # db_ok is what the database check found, not a constant (coordinator/health.py)
     assert (health.db_ok, health.checks["database"].ok) == (True, True)
     assert health.jobs_by_status["pending"] == 1 and health.role == "leader"

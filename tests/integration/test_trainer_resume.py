@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mqfleet.trainers import BUILTIN_MODULE
+from mqfleet.manifest.builtins import BUILTIN_MODULE
 from mqfleet.trainers.demo_data import make_dataset
 from tests.integration.test_trainers import DATASET, RUN_TIMEOUT_S, Run, run_trainer, spec_for
 

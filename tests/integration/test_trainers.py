@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mqfleet.trainers import BUILTIN_MODULE
+from mqfleet.manifest.builtins import BUILTIN_MODULE
 from mqfleet.trainers.demo_data import make_dataset
 
 DATASET = "data/demo.csv"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mqfleet.acl import hosts_in_manifest, render_acl, write_acl
 from mqfleet.errors import ConfigurationError, ManifestError
+from mqfleet.trust.acl import hosts_in_manifest, render_acl, write_acl
 
 
 def _blocks(text: str) -> dict[str | None, list[str]]:

@@ -15,7 +15,7 @@ from bench.common import percentile
 from bench.failover import measure_failover
 from bench.reload_latency import measure_polling, measure_reload
 from bench.throughput import measure_churn, measure_renewals
-from mqfleet.services.broker import LocalBroker
+from mqfleet.local.broker import LocalBroker
 from tests.fixtures.common import require_real_part
 
 pytestmark = pytest.mark.timeout(60)

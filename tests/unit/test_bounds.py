@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from mqfleet.advert import MAX_TEXT, Advert, parse_advert
 from mqfleet.agent.capability import detect_advert
-from mqfleet.coordinator.postgres import open_state
+from mqfleet.coordinator.sql.postgres import open_state
 from mqfleet.errors import BadRequestError
-from mqfleet.protocol import encode
+from mqfleet.wire.advert import MAX_TEXT, Advert, parse_advert
+from mqfleet.wire.topics import encode
 
 T0 = 1_800_000_000.0
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from mqfleet.bundle import hash_file, pack_artifact, unpack_artifact
 from mqfleet.errors import ArtifactMismatchError, BundleError
+from mqfleet.store.bundle import hash_file, pack_artifact, unpack_artifact
 
 FILES = {
     "model.json": b'{"trees": 3}',
@@ -204,7 +204,7 @@ def test_unpack_never_overwrites_what_is_already_in_the_destination(tmp_path: Pa
 _MEMORY_PROBE = """
 import json, sys
 from pathlib import Path
-from mqfleet.bundle import pack_artifact
+from mqfleet.store.bundle import pack_artifact
 
 def kib(field):
     # VmHWM (peak RSS) belongs to this exec'd image; ru_maxrss would carry over the forking pytest's peak.

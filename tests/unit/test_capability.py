@@ -176,10 +176,8 @@ def test_a_repo_without_commits_has_no_commit(tmp_path: Path) -> None:
 
 @needs_git
 def test_capability_command_prints_the_advert_as_json(repo: Path) -> None:
-    from mqfleet.cli import (
-        capability_cmd,  # noqa: F401  (registers the command)
-        cli,
-    )
+    from mqfleet.cli import capability as capability_cmd  # noqa: F401  (registers the command)
+    from mqfleet.cli import cli
 
     result = CliRunner().invoke(cli, ["capability", "--host-id", "gpu-box", "--repo", str(repo), "--slots", "3"])
     assert result.exit_code == 0, result.output

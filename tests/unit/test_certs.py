@@ -12,8 +12,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from mqfleet.certs import CertRole, common_name, issue_cert, make_ca, revoke_cert
 from mqfleet.errors import ConfigurationError
+from mqfleet.trust.certs import CertRole, common_name, issue_cert, make_ca, revoke_cert
 
 
 def _load(path: Path) -> x509.Certificate:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from mqfleet.cli.chart import CHART_ROWS, progress_charts, series_of
-from mqfleet.replies import ProgressPoint
+from mqfleet.cli.render.chart import CHART_ROWS, progress_charts, series_of
+from mqfleet.wire.replies import ProgressPoint
 
 
 def _history(n: int, attempt: int = 1) -> list[ProgressPoint]:

@@ -10,16 +10,16 @@ from typing import cast
 
 import pytest
 
-from mqfleet.coordinator.checkpoint_verbs import with_checkpoint
-from mqfleet.coordinator.checkpoints import CheckpointBook
-from mqfleet.coordinator.context import HandlerContext
-from mqfleet.coordinator.garbage import UploadWindow, collect_garbage
+from mqfleet.coordinator.tables.checkpoints import CheckpointBook
+from mqfleet.coordinator.tables.garbage import UploadWindow, collect_garbage
+from mqfleet.coordinator.verbs.checkpoints import with_checkpoint
+from mqfleet.coordinator.verbs.context import HandlerContext
 from mqfleet.errors import LeaseLostError
-from mqfleet.messages import Grant, JobRow, TrainerRef
-from mqfleet.protocol import JsonObject
-from mqfleet.replies import CheckpointDetail, CheckpointStartRecord
-from mqfleet.state import Cause
-from mqfleet.store import FileStore
+from mqfleet.lifecycle import Cause
+from mqfleet.store.files import FileStore
+from mqfleet.wire.replies import CheckpointDetail, CheckpointStartRecord
+from mqfleet.wire.requests import Grant, JobRow, TrainerRef
+from mqfleet.wire.topics import JsonObject
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, bring_online, job, job_id, manifest
 

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync, fingerprint, snapshot
-from mqfleet.bundle import pack_artifact
 from mqfleet.errors import BundleError, RequestTimeoutError
-from mqfleet.messages import Grant, GrantedCheckpoint
-from mqfleet.protocol import Verb
-from mqfleet.store import FileStore
-from mqfleet.wire import Wire, WireMessage
+from mqfleet.store.bundle import pack_artifact
+from mqfleet.store.files import FileStore
+from mqfleet.wire.codec import Wire, WireMessage
+from mqfleet.wire.requests import Grant, GrantedCheckpoint
+from mqfleet.wire.topics import Verb
 
 JOB = "ab" * 32
 LEASE = "cd" * 16

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from mqfleet.coordinator.rows import spec_from_json
-from mqfleet.manifest import HostPolicy
+from mqfleet.coordinator.tables.rows import spec_from_json
+from mqfleet.manifest.types import HostPolicy
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, bring_online, claimed, job, manifest
 

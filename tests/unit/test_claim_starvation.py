@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from mqfleet.manifest import HostPolicy, JobSpec
-from mqfleet.state import Cause
+from mqfleet.lifecycle import Cause
+from mqfleet.manifest.types import HostPolicy, JobSpec
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, bring_online, claimed, job, job_id, manifest
 

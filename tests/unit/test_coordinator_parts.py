@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import inspect
 
-from mqfleet.coordinator.context import HandlerContext
 from mqfleet.coordinator.core import CoordinatorCore
 from mqfleet.coordinator.service import Coordinator
+from mqfleet.coordinator.verbs.context import HandlerContext
 
 
 def declared_only() -> list[str]:

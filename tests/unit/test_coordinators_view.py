@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mqfleet.cli import render
-from mqfleet.messages import CoordinatorPeer, Health
+from mqfleet.cli.render import fleet
+from mqfleet.wire.requests import CoordinatorPeer, Health
 
 HEALTH = Health(
     state="online", version="1.2", uptime_s=5, ts=100.0, coordinator="c1", state_store="postgresql",
@@ -16,14 +16,14 @@ HEALTH = Health(
 
 
 def _text(renderable: object) -> str:
-    console = render.make_console()
+    console = fleet.make_console()
     with console.capture() as out:
         console.print(renderable)
     return out.get()
 
 
 def test_status_and_health_show_each_coordinator_its_role_version_and_heartbeat_age() -> None:
-    for view in (render.status_view(HEALTH, []), render.health_view(HEALTH)):
+    for view in (fleet.status_view(HEALTH, []), fleet.health_view(HEALTH)):
         text = _text(view)
         assert "c1 leader  mqfleet 1.2 on pi, heartbeat 1s ago" in text
         assert "[bold]c2 gone  mqfleet 1.1 on nuc, heartbeat 1m00s ago" in text
@@ -31,4 +31,4 @@ def test_status_and_health_show_each_coordinator_its_role_version_and_heartbeat_
 
 
 def test_a_health_reply_without_coordinators_shows_no_such_row() -> None:
-    assert "coordinators" not in _text(render.health_view(Health(state="online", ts=1.0, version="1")))
+    assert "coordinators" not in _text(fleet.health_view(Health(state="online", ts=1.0, version="1")))

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from mqfleet.coordinator.claim_walk import BEST_OPEN, BEST_OPEN_AND_LIMITED
-from mqfleet.coordinator.leases import Completion, TakenLease
-from mqfleet.coordinator.rows import JOB_SELECT, job_json, job_row
+from mqfleet.coordinator.tables.claim_walk import BEST_OPEN, BEST_OPEN_AND_LIMITED
+from mqfleet.coordinator.tables.leases import Completion, TakenLease
+from mqfleet.coordinator.tables.rows import JOB_SELECT, job_json, job_row
 from mqfleet.errors import AmbiguousError, BadRequestError, IllegalTransitionError, LeaseLostError, NotFoundError
-from mqfleet.manifest import FleetSettings, HostPolicy, HyperParam, JobSpec, Manifest, TrainerSpec
-from mqfleet.messages import Grant, TrainerRef
-from mqfleet.protocol import encode
-from mqfleet.replies import ArtifactRecord, LeaseDetail, WaitReason
-from mqfleet.state import Cause, JobStatus
+from mqfleet.lifecycle import Cause, JobStatus
+from mqfleet.manifest.types import FleetSettings, HostPolicy, HyperParam, JobSpec, Manifest, TrainerSpec
+from mqfleet.wire.replies import ArtifactRecord, LeaseDetail, WaitReason
+from mqfleet.wire.requests import Grant, TrainerRef
+from mqfleet.wire.topics import encode
 from tests.fixtures.state import CoordinatorState, is_postgres
 
 T0 = 1_800_000_000.0

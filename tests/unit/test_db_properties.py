@@ -14,12 +14,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from mqfleet.coordinator.rows import spec_from_json
 from mqfleet.coordinator.scheduler import first_eligible
+from mqfleet.coordinator.tables.rows import spec_from_json
 from mqfleet.errors import IllegalTransitionError, LeaseLostError
-from mqfleet.manifest import HostPolicy
-from mqfleet.services.postgres import LocalPostgres
-from mqfleet.state import LEASED, TERMINAL, Cause, JobStatus
+from mqfleet.lifecycle import LEASED, TERMINAL, Cause, JobStatus
+from mqfleet.local.postgres import LocalPostgres
+from mqfleet.manifest.types import HostPolicy
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import ART, T0, advert, job, manifest
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from mqfleet.coordinator.leases import Completion
-from mqfleet.manifest import FleetSettings, HyperParam, JobSpec, Manifest, TrainerSpec
-from mqfleet.state import Cause
+from mqfleet.coordinator.tables.leases import Completion
+from mqfleet.lifecycle import Cause
+from mqfleet.manifest.types import FleetSettings, HyperParam, JobSpec, Manifest, TrainerSpec
 from tests.fixtures.state import CoordinatorState as Database
 
 T0 = 1_800_000_000.0

@@ -9,10 +9,10 @@ import threading
 import pytest
 
 from mqfleet import defaults
-from mqfleet.coordinator.history import AttemptHistory, check_usage
-from mqfleet.protocol import JsonValue
-from mqfleet.replies import HostUsage, Usage
-from mqfleet.state import Cause
+from mqfleet.coordinator.tables.history import AttemptHistory, check_usage
+from mqfleet.lifecycle import Cause
+from mqfleet.wire.replies import HostUsage, Usage
+from mqfleet.wire.topics import JsonValue
 from tests.fixtures.common import held_by_another_thread
 from tests.fixtures.state import CoordinatorState as Database
 from tests.unit.test_db import T0, advert, job, job_id, manifest

@@ -1,5 +1,7 @@
-"""The package's import graph, read with `ast`: no circles inside `mqfleet/`, and the agent
-never imports the trainers (the grant carries the trainer's argv; docs/INTERNALS.md)."""
+"""The package's import graph, read with `ast` (lazy and TYPE_CHECKING imports count too): no circles inside
+`mqfleet/`, every module in a layer that imports only the layers below it, the agent never imports the
+trainers (the grant carries the trainer's argv) nor the CLI, and no two modules of one package whose names
+differ only by a suffix (docs/INTERNALS.md, "Modules and who owns what")."""
 
 from __future__ import annotations
 
@@ -94,8 +96,11 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_reader_sees_a_circle_and_relative_imports() -> None:
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     graph = import_graph()
-    assert "mqfleet.coordinator.sqlite" in graph["mqfleet.coordinator.catalog"]
-    assert "mqfleet.mqtt" in graph["mqfleet.coordinator.service"]
+    assert "mqfleet.coordinator.sql.sqlite" in graph["mqfleet.coordinator.tables.catalog"]
+    assert "mqfleet.mqtt.connection" in graph["mqfleet.coordinator.service"]
+    # a lazy import inside a function, and one under TYPE_CHECKING
+    assert "mqfleet.client" in graph["mqfleet.agent.selftest"]
+    assert "mqfleet.coordinator.sql.sqlite" in graph["mqfleet.coordinator.tables.garbage"]
 
 
 def test_no_import_circles_inside_the_package() -> None:
@@ -116,11 +121,130 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
-def test_the_agent_never_imports_the_trainers_even_through_another_module() -> None:
-    graph = import_graph()
+def agent_modules_reaching(graph: dict[str, set[str]], package: str) -> dict[str, list[str]]:
+    """Each agent module that reaches `package` through any chain of imports, with what it reaches there."""
     offenders = {
-        name: sorted(t for t in reachable(graph, name) if t == "mqfleet.trainers" or t.startswith("mqfleet.trainers."))
+        name: sorted(t for t in reachable(graph, name) if t == package or t.startswith(package + "."))
         for name in graph
         if name.startswith("mqfleet.agent")
     }
-    assert {k: v for k, v in offenders.items() if v} == {}, "the grant carries the trainer's argv; the agent needs no registry"
+    return {k: v for k, v in offenders.items() if v}
+
+
+def test_the_agent_never_imports_the_trainers_even_through_another_module() -> None:
+    found = agent_modules_reaching(import_graph(), "mqfleet.trainers")
+    assert found == {}, "the grant carries the trainer's argv; the agent needs no registry"
+
+
+def test_the_agent_never_imports_the_cli_even_through_another_module() -> None:
+    found = agent_modules_reaching(import_graph(), "mqfleet.cli")
+    assert found == {}, "the CLI builds what the agent needs and passes it in"
+
+
+#: The layers of the package, lowest first. A module may import its own unit (a package, or one module),
+#: the units of any lower layer, and nothing else: units that share a layer do not import each other
+#: (except in the base, whose modules are leaves and may use one another).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    # the base: the package itself (its version), exceptions, defaults, the job state machine, logging set-up
+    ("mqfleet", "mqfleet.errors", "mqfleet.defaults", "mqfleet.lifecycle", "mqfleet.logs"),
+    # the bus contract both sides share: message types, topics, adverts, signatures; no I/O
+    ("mqfleet.wire",),
+    # the manifest's types and checks; the MQTT client; the artifact store; the broker's deployment files
+    ("mqfleet.manifest", "mqfleet.mqtt", "mqfleet.store", "mqfleet.trust"),
+    # FleetClient, the operator's Python API over the bus (the agent's selftest asks the coordinator through it)
+    ("mqfleet.client",),
+    # the roles: what runs on the coordinator host, on each agent host, and as each trainer process
+    ("mqfleet.coordinator", "mqfleet.agent", "mqfleet.trainers"),
+    # local copies of the real services (broker, S3, PostgreSQL) and the demo built on them
+    ("mqfleet.local",),
+    # the entry points: the command line and the chaos soak
+    ("mqfleet.cli", "mqfleet.soak"),
+    # `python -m mqfleet`, which runs the command line
+    ("mqfleet.__main__",),
+)
+
+#: The coordinator's own layers, lowest first: the pure ranking, the SQL engines, the tables (one noun each,
+#: over an engine), the verb handlers (over the tables), then the running parts that `Coordinator` is built from.
+COORDINATOR_LAYERS: tuple[tuple[str, ...], ...] = (
+    ("mqfleet.coordinator.scheduler",),
+    ("mqfleet.coordinator.sql",),
+    ("mqfleet.coordinator.tables",),
+    ("mqfleet.coordinator.verbs",),
+    ("mqfleet.coordinator",),
+)
+
+#: The CLI's own layers: all rich output below the commands that print it.
+CLI_LAYERS: tuple[tuple[str, ...], ...] = (("mqfleet.cli.render",), ("mqfleet.cli",))
+
+
+def unit_of(name: str, layers: tuple[tuple[str, ...], ...]) -> tuple[int, str] | None:
+    """(layer index, unit) of a module: the longest unit that is the module or a package holding it."""
+    best: tuple[int, str] | None = None
+    for index, units in enumerate(layers):
+        for unit in units:
+            # the bare package is the unit of its __init__ only, never of everything below it
+            holds = name == unit or (unit != "mqfleet" and name.startswith(unit + "."))
+            if holds and (best is None or len(unit) > len(best[1])):
+                best = (index, unit)
+    return best
+
+
+def layer_violations(graph: dict[str, set[str]], layers: tuple[tuple[str, ...], ...]) -> list[str]:
+    """Each import of a module in `layers` that reaches its own layer's other units or a layer above."""
+    out = []
+    for name, targets in sorted(graph.items()):
+        here = unit_of(name, layers)
+        if here is None:
+            continue
+        for target in sorted(targets):
+            there = unit_of(target, layers)
+            if there is None or there[1] == here[1] or there[0] < here[0] or here[0] == there[0] == 0:
+                continue
+            out.append(f"{name} (layer {here[0]}, {here[1]}) imports {target} (layer {there[0]}, {there[1]})")
+    return out
+
+
+def test_the_layer_reader_sees_an_import_upwards_and_one_across_a_layer() -> None:
+    graph = {"mqfleet.wire.topics": {"mqfleet.client"}, "mqfleet.mqtt.rpc": {"mqfleet.store.base"},
+             "mqfleet.cli.jobs": {"mqfleet.agent.job", "mqfleet.cli.render.fleet"}, "mqfleet.errors": {"mqfleet.logs"}}
+    assert layer_violations(graph, LAYERS) == [
+        "mqfleet.mqtt.rpc (layer 2, mqfleet.mqtt) imports mqfleet.store.base (layer 2, mqfleet.store)",
+        "mqfleet.wire.topics (layer 1, mqfleet.wire) imports mqfleet.client (layer 3, mqfleet.client)",
+    ]
+    assert layer_violations({"mqfleet.coordinator.tables.hosts": {"mqfleet.coordinator.outbox"}}, COORDINATOR_LAYERS) != []
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = [name for name in modules() if unit_of(name, LAYERS) is None]
+    assert missing == [], f"place these in LAYERS (tests/unit/test_imports.py): {missing}"
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    graph = import_graph()
+    found = layer_violations(graph, LAYERS) + layer_violations(graph, COORDINATOR_LAYERS)
+    found += layer_violations(graph, CLI_LAYERS)
+    assert found == [], "imports against the layers (move the shared part down, or pass it in):\n" + "\n".join(found)
+
+
+#: What a second module's name adds to a first one's when the two say the same thing twice.
+SUFFIXES = ("s", "er", "ers", "ing")
+
+
+def suffix_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """Pairs of sibling module names where one is the other plus a suffix: `check`/`checker`, `render`/`render_jobs`."""
+    return [(a, b) for a in sorted(names) for b in sorted(names)
+            if a != b and b.startswith(a) and (b[len(a):].startswith("_") or b[len(a):] in SUFFIXES)]
+
+
+def test_the_suffix_reader_sees_a_pair() -> None:
+    assert suffix_pairs(["manifest_check", "manifest_checker", "render", "render_jobs", "cli", "client"]) == [
+        ("manifest_check", "manifest_checker"), ("render", "render_jobs")]
+
+
+def test_no_two_modules_of_one_package_differ_only_by_a_suffix() -> None:
+    by_package: dict[str, list[str]] = {}
+    for name in modules():  # a subpackage is named like a module among its siblings
+        package, _, leaf = name.rpartition(".")
+        by_package.setdefault(package, []).append(leaf)
+    pairs = {package: suffix_pairs(leaves) for package, leaves in by_package.items() if suffix_pairs(leaves)}
+    assert pairs == {}, "names that say the same thing twice: say what each holds"

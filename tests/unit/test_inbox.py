@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from mqfleet.mqtt_message import Inbox
+from mqfleet.mqtt.inbox import Inbox
 
 
 def test_items_come_out_in_order_with_urgent_ones_first() -> None:

@@ -6,7 +6,7 @@ import fnmatch
 
 import pytest
 
-from mqfleet.coordinator.listing import JobFilter
+from mqfleet.coordinator.tables.listing import JobFilter
 from mqfleet.errors import BadRequestError
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, job, manifest

@@ -9,17 +9,11 @@ from pathlib import Path
 import pytest
 
 from mqfleet.errors import AmbiguousError, ManifestError, NotFoundError
-from mqfleet.manifest import (
-    FleetSettings,
-    Manifest,
-    job_id,
-    load_manifest,
-    parse_manifest,
-    validate_manifest,
-)
-from mqfleet.manifest_checker import Checker
-from mqfleet.manifest_jobs import MAX_SWEEP_JOBS
-from mqfleet.trainers import BUILTIN_HYPER, trainer_argv
+from mqfleet.manifest.builtins import BUILTIN_HYPER, trainer_argv
+from mqfleet.manifest.jobs import MAX_SWEEP_JOBS
+from mqfleet.manifest.load import load_manifest, parse_manifest, validate_manifest
+from mqfleet.manifest.types import FleetSettings, Manifest, job_id
+from mqfleet.manifest.values import Checker
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "manifests"

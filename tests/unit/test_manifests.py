@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mqfleet.coordinator.manifests import (
+from mqfleet.coordinator.sql.postgres import open_state
+from mqfleet.coordinator.tables.manifests import (
     MANIFESTS_KEPT,
     ORIGIN_FILE,
     ORIGIN_SENT,
@@ -11,7 +12,6 @@ from mqfleet.coordinator.manifests import (
     choose_at_start,
     text_sha256,
 )
-from mqfleet.coordinator.postgres import open_state
 
 PATH = "/etc/mqfleet/fleet.toml"
 

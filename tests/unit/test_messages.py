@@ -8,7 +8,8 @@ import pytest
 
 from mqfleet.agent.selftest import Check, Outcome
 from mqfleet.errors import BadRequestError
-from mqfleet.messages import (
+from mqfleet.wire.published import ControlMessage, Nudge
+from mqfleet.wire.requests import (
     CheckpointStartRequest,
     ClaimReply,
     FailRequest,
@@ -21,7 +22,6 @@ from mqfleet.messages import (
     RenewRequest,
     UploadUrlReply,
 )
-from mqfleet.records import ControlMessage, Nudge
 
 GRANT: dict[str, Any] = {
     "job": {"id": "j" * 64, "name": "gbt-1", "status": "claimed", "host": "h1", "attempts": 0, "in_manifest": True},

@@ -9,7 +9,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mqfleet.coordinator.metrics import CoordinatorMetrics
-from mqfleet.state import Cause
+from mqfleet.lifecycle import Cause
 from tests.fixtures.common import held_by_another_thread
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, bring_online, job, manifest

@@ -8,7 +8,8 @@ import pytest
 
 from mqfleet import defaults
 from mqfleet.errors import ConfigurationError
-from mqfleet.mqtt import BrokerConfig, Connection
+from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.connection import Connection
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mqfleet.coordinator.postgres import open_state
+from mqfleet.coordinator.sql.postgres import open_state
 from mqfleet.errors import UnauthorizedError
-from mqfleet.operator_auth import MAX_SKEW_S, check_not_replayed, sign_request, verify_request
+from mqfleet.wire.signing import MAX_SKEW_S, check_not_replayed, sign_request, verify_request
 
 T0 = 1_800_000_000.0
 BODY = {"request_id": "r1", "job": "train-a"}

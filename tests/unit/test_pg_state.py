@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from mqfleet.coordinator import pgdialect
-from mqfleet.coordinator.postgres import PgStateFile, open_state, redact_url
+from mqfleet.coordinator.sql import pgdialect
+from mqfleet.coordinator.sql.pgconnection import redact_url
+from mqfleet.coordinator.sql.postgres import PgStateFile, open_state
 from mqfleet.errors import ConfigurationError, SchemaVersionError, UnavailableError
-from mqfleet.services.postgres import LocalPostgres
+from mqfleet.local.postgres import LocalPostgres
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, bring_online, job, job_id, manifest
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mqfleet.errors import BadRequestError, DecodeError
-from mqfleet.protocol import ROLE_OF_VERB, Role, Topics, Verb, decode, encode, field
+from mqfleet.wire.topics import ROLE_OF_VERB, Role, Topics, Verb, decode, encode, field
 
 
 def test_every_agent_topic_sits_under_the_hosts_own_path_so_an_acl_can_pin_it() -> None:

@@ -1,4 +1,4 @@
-"""The coordinator's published records (mqfleet/records.py): their JSON is the one documented, and a reader
+"""The coordinator's published records (mqfleet/wire/published.py): their JSON is the one documented, and a reader
 checking one back with `from_wire` gets it whole, or a BadRequestError naming the wrong field."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from mqfleet.errors import BadRequestError
-from mqfleet.protocol import decode, encode
-from mqfleet.records import ControlMessage, HostEvent, JobEvent, Nudge, StoredObject
+from mqfleet.wire.published import ControlMessage, HostEvent, JobEvent, Nudge, StoredObject
+from mqfleet.wire.topics import decode, encode
 
 
 def test_a_job_event_names_its_old_status_from_on_the_wire_and_reads_back_whole() -> None:

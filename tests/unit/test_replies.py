@@ -1,4 +1,4 @@
-"""The typed replies (mqfleet/replies.py): what the coordinator builds reads back whole,
+"""The typed replies (mqfleet/wire/replies.py): what the coordinator builds reads back whole,
 and a reply with a field missing or mistyped is refused naming the field."""
 
 from __future__ import annotations
@@ -8,9 +8,7 @@ from typing import Any
 import pytest
 
 from mqfleet.errors import BadRequestError
-from mqfleet.messages import CheckResult, Health
-from mqfleet.protocol import JsonObject
-from mqfleet.replies import (
+from mqfleet.wire.replies import (
     REPLIES,
     AttemptDetail,
     CheckpointDetail,
@@ -27,6 +25,8 @@ from mqfleet.replies import (
     WorkersReply,
     reply_json,
 )
+from mqfleet.wire.requests import CheckResult, Health
+from mqfleet.wire.topics import JsonObject
 
 JOB: dict[str, Any] = {
     "id": "j" * 64, "name": "gbt-1", "status": "running", "model": "gbt", "mode": "train", "host": "h1", "attempts": 1,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mqfleet.coordinator.manifest_memo import manifest_digest
 from mqfleet.coordinator.republish import StateRepublisher, record_published, state_page
-from mqfleet.coordinator.rows import manifest_rows
-from mqfleet.protocol import decode
+from mqfleet.coordinator.tables.manifest_memo import manifest_digest
+from mqfleet.coordinator.tables.rows import manifest_rows
+from mqfleet.wire.topics import decode
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, job, manifest
 

@@ -17,7 +17,7 @@ from mqfleet.coordinator.scheduler import (
     rank_key,
     version_at_least,
 )
-from mqfleet.manifest import HostPolicy, JobSpec
+from mqfleet.manifest.types import HostPolicy, JobSpec
 
 
 def spec(name: str = "j", **kw: Any) -> JobSpec:

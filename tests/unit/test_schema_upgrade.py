@@ -10,12 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mqfleet.coordinator.migrate import migrate_from_sqlite
-from mqfleet.coordinator.pgconnection import open_pg_connection
-from mqfleet.coordinator.postgres import PgStateFile
-from mqfleet.coordinator.rows import manifest_rows
-from mqfleet.coordinator.schema import SCHEMA_VERSION
-from mqfleet.spec import REQUIREMENT_FIELDS, Manifest, requirements_key_of
+from mqfleet.coordinator.sql.migrate import migrate_from_sqlite
+from mqfleet.coordinator.sql.pgconnection import open_pg_connection
+from mqfleet.coordinator.sql.postgres import PgStateFile
+from mqfleet.coordinator.sql.schema import SCHEMA_VERSION
+from mqfleet.coordinator.tables.rows import manifest_rows
+from mqfleet.manifest.types import REQUIREMENT_FIELDS, Manifest, requirements_key_of
 from tests.fixtures.state import CoordinatorState, is_postgres
 from tests.unit.test_claim_starvation import AHEAD
 from tests.unit.test_db import T0, bring_online, claimed, job, job_id, manifest

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from mqfleet.state import (
+from mqfleet.lifecycle import (
     LEASED,
     TERMINAL,
     TRANSITIONS,

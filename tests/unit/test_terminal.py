@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from mqfleet.cli import render
-from mqfleet.cli.terminal import clean
-from mqfleet.replies import Worker
+from mqfleet.cli.render import fleet
+from mqfleet.cli.render.terminal import clean
+from mqfleet.wire.replies import Worker
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_clean_keeps_newlines_when_asked() -> None:
 
 
 def _rendered(renderable: object) -> str:
-    console = render.make_console(record=True, width=200)
+    console = fleet.make_console(record=True, width=200)
     console.print(renderable)
     return console.export_text()
 
@@ -44,13 +44,13 @@ def test_a_workers_table_of_hostile_adverts_renders_without_markup_errors_or_esc
                       advert={"os": "\x1b[2J[bold", "cpu_cores": "[/]", "ram_gib": "lots", "torch": "[red]x",
                               "gpus": [{"name": "[/", "vram_gib": "24"}, "not a gpu"]},
                       advert_error="latest advert refused")]
-    text = _rendered(render.workers_table(workers, {}, time.time()))
+    text = _rendered(fleet.workers_table(workers, {}, time.time()))
     assert "\x1b" not in text and "[bold" in text and "lots" in text and "advert refused" in text
 
 
 def test_the_dashboard_survives_events_and_progress_of_the_wrong_types() -> None:
-    frame = render.dashboard(
-        hosts={"h": render.HostPicture(state="\x1b[2Jonline", slots="[/")},
+    frame = fleet.dashboard(
+        hosts={"h": fleet.HostPicture(state="\x1b[2Jonline", slots="[/")},
         jobs={"j": {"id": "j", "name": "[b]j", "status": "running", "host": "h", "progress": {"progress": "x",
                                                                                            "epoch": "[/"}}},
         events=[{"job_id": "j", "to": "running", "ts": "soon", "reason": "\x1b]0;t\x07r"}],

@@ -10,16 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqfleet.trainers import BUILTIN_HYPER
-from mqfleet.trainers.common import (
-    TrainerInputError,
-    build_parser,
-    coerce_hyper,
-    emit_progress,
-    load_job,
-    resolve_hyper,
-    write_json,
-)
+from mqfleet.errors import TrainerInputError
+from mqfleet.manifest.builtins import BUILTIN_HYPER
+from mqfleet.trainers.common import build_parser, coerce_hyper, emit_progress, load_job, resolve_hyper, write_json
 from mqfleet.trainers.dataset import Dataset, decide_task, load_dataset, score, split_dataset
 from mqfleet.trainers.demo_data import COLUMNS, HOSTS, make_dataset, make_npz
 from mqfleet.trainers.demo_data import main as demo_main

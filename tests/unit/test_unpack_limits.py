@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mqfleet.bundle import UnpackLimits, pack_artifact, unpack_artifact
 from mqfleet.errors import BundleError
+from mqfleet.store.bundle import UnpackLimits, pack_artifact, unpack_artifact
 
 
 def _bundle(tmp_path: Path, files: dict[str, bytes | int]) -> tuple[Path, str]:

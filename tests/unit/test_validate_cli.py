@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mqfleet.manifest import load_manifest
+from mqfleet.manifest.load import load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "manifests"

@@ -1,5 +1,5 @@
 """docs/INTERNALS.md's wire tables against the code: the verb table lists every verb, and the fields it
-names for the agent verbs are exactly the fields of their typed messages (mqfleet/messages.py), so the
+names for the agent verbs are exactly the fields of their typed messages (mqfleet/wire/requests.py), so the
 doc cannot drift from what is sent again."""
 
 from __future__ import annotations
@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from mqfleet.advert import Advert, Gpu
-from mqfleet.messages import (
+from mqfleet.lifecycle import AGENT_CAUSES
+from mqfleet.wire.advert import Advert, Gpu
+from mqfleet.wire.codec import WireMessage
+from mqfleet.wire.published import ControlMessage, HostEvent, JobEvent, Nudge
+from mqfleet.wire.replies import REPLIES, ArtifactRecord, JobDetail, Worker
+from mqfleet.wire.requests import (
     AGENT_MESSAGES,
     OPERATOR_REQUESTS,
     OTHER_REQUESTS,
@@ -24,12 +28,8 @@ from mqfleet.messages import (
     JobRow,
     LogBatch,
     TrainerRef,
-    WireMessage,
 )
-from mqfleet.protocol import Verb
-from mqfleet.records import ControlMessage, HostEvent, JobEvent, Nudge
-from mqfleet.replies import REPLIES, ArtifactRecord, JobDetail, Worker
-from mqfleet.state import AGENT_CAUSES
+from mqfleet.wire.topics import Verb
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "INTERNALS.md"
 

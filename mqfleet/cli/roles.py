@@ -1,0 +1,236 @@
+"""`mqfleet coordinator` and `mqfleet agent`: the two long-running roles."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from mqfleet import defaults
+from mqfleet.cli import cli
+from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from mqfleet.cli.options import broker_config_from, broker_options
+from mqfleet.errors import BrokerUnavailableError, ConfigurationError, ManifestError, MqfleetError, StoreError
+from mqfleet.logs import setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def _on_stop_signals(stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT (and SIGBREAK on Windows) ask the role to stop cleanly."""
+
+    def handler(signum: int, frame: object) -> None:
+        logger.info("received signal %d; stopping", signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    if sys.platform == "win32":
+        signal.signal(signal.SIGBREAK, handler)  # type: ignore[attr-defined]
+
+
+def _setup_logging(verbose: int, log_file: Path | None) -> None:
+    try:
+        setup_logging(verbose, log_file=log_file)
+    except OSError as e:
+        _fail(f"--log-file {log_file}: cannot write there ({e.strerror or e}); pick a writable path", EXIT_USAGE)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not name.replace("_", "a").isalnum():
+            _fail(f"--trainer-env {pair!r}: expected NAME=VALUE", EXIT_USAGE)
+        env[name] = value
+    return env
+
+
+@cli.command("coordinator")
+@click.option("--manifest", "manifest_path", required=True, type=click.Path(path_type=Path), help="Manifest TOML file.")
+@click.option("--db", "db", required=True, metavar="PATH|URL",
+              help="SQLite database file, or postgresql://USER@HOST[:PORT]/DB (password in the URL, PGPASSWORD or "
+                   "MQFLEET_DB_PASSWORD); several coordinators may share one PostgreSQL database.")
+@click.option("--migrate-from", "migrate_from", default=None, metavar="sqlite:PATH",
+              help="Before serving, copy a stopped fleet's SQLite state into the (empty) PostgreSQL --db.")
+@click.option("--client-id", "client_id", default="coordinator", show_default=True,
+              help="MQTT client id; each coordinator sharing a database needs its own.")
+@click.option("--store", "store_url", envvar=defaults.ENV_STORE, default="", help="file:///PATH or s3://BUCKET/PREFIX.")
+@click.option("--prefix", envvar=defaults.ENV_TOPIC_PREFIX, default=defaults.TOPIC_PREFIX, show_default=True)
+@click.option("--sweep-interval", "sweep_interval_s", type=float, default=defaults.SWEEP_INTERVAL_S, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).")
+@click.option("--metrics-host", default=defaults.METRICS_HOST, show_default=True,
+              help="Address the metrics endpoint binds to (0.0.0.0 for every interface).")
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write this process's log to PATH, rotated at 10 MiB (5 old files kept).")
+@click.option("-v", "--verbose", count=True)
+@broker_options
+def coordinator_cmd(
+    manifest_path: Path,
+    db: str,
+    migrate_from: str | None,
+    client_id: str,
+    store_url: str,
+    prefix: str,
+    sweep_interval_s: float,
+    metrics_port: int | None,
+    metrics_host: str,
+    log_file: Path | None,
+    verbose: int,
+    **broker: str | None,
+) -> None:
+    """Run the coordinator: grants leases, sweeps expired ones, verifies artifacts."""
+    from mqfleet.coordinator.core import CoordinatorConfig
+    from mqfleet.coordinator.service import Coordinator
+    from mqfleet.coordinator.sql.postgres import PgStateFile, is_postgres_url
+
+    _setup_logging(verbose, log_file)
+    token = os.environ.get(defaults.ENV_OPERATOR_TOKEN, "")
+    if not token:
+        logger.warning("%s is not set: operator verbs (cancel, requeue, reload, drain) are refused", defaults.ENV_OPERATOR_TOKEN)
+    try:
+        on_postgres = is_postgres_url(db)
+        if migrate_from and not on_postgres:
+            raise ConfigurationError("--migrate-from copies into PostgreSQL: give --db postgresql://USER@HOST/DB")
+        db_path = Path("." if on_postgres else db)
+        config = CoordinatorConfig(
+            manifest_path=manifest_path,
+            db_path=db_path,
+            db_url=db if on_postgres else "",
+            client_id=client_id,
+            broker=broker_config_from(broker),
+            store_url=store_url,
+            operator_token=token,
+            prefix=prefix,
+            sweep_interval_s=sweep_interval_s,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+        )
+        if not on_postgres:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        coordinator = Coordinator(config)
+        if migrate_from:
+            from mqfleet.coordinator.sql.migrate import migrate_from_sqlite, parse_source
+
+            assert isinstance(coordinator.state, PgStateFile)
+            counts = migrate_from_sqlite(parse_source(migrate_from), coordinator.state)
+            click.echo("migrated: " + ", ".join(f"{table} {n}" for table, n in counts.items()), err=True)
+    except ConfigurationError as e:
+        _fail(str(e), EXIT_USAGE)
+    except StoreError as e:
+        _fail(f"artifact store: {e}", EXIT_FAILED)
+    except MqfleetError as e:  # e.g. the state database went away while the schema was being made
+        _fail(str(e), EXIT_FAILED)
+    _on_stop_signals(coordinator._stop.set)
+    try:
+        coordinator.start()
+    except ConfigurationError as e:  # e.g. the metrics port is taken
+        _fail(str(e), EXIT_USAGE)
+    except ManifestError as e:
+        _fail(str(e), EXIT_USAGE)
+    except BrokerUnavailableError as e:
+        _fail(str(e), EXIT_UNREACHABLE)
+    except MqfleetError as e:
+        _fail(str(e), EXIT_FAILED)
+    try:
+        coordinator.run_forever()
+    finally:
+        coordinator.stop()
+    raise click.exceptions.Exit(EXIT_OK)
+
+
+@cli.group("agent", invoke_without_command=True)
+@click.option("--host-id", envvar="MQFLEET_HOST_ID", default=None, help="This host's id (default: the hostname).")
+@click.option("--slots", type=int, envvar="MQFLEET_SLOTS", default=1, show_default=True, help="Concurrent jobs on this host.")
+@click.option("--work-dir", type=click.Path(path_type=Path), envvar="MQFLEET_WORK_DIR", default=None, help="Where jobs run (default ~/.mqfleet/work).")
+@click.option("--repo", type=click.Path(path_type=Path), envvar="MQFLEET_REPO", default=None, help="Training repo root: the trainers' cwd (default: .).")
+@click.option("--label", "labels", multiple=True, help="A label for this host (repeatable).")
+@click.option("--prefix", envvar=defaults.ENV_TOPIC_PREFIX, default=defaults.TOPIC_PREFIX, show_default=True)
+@click.option("--shutdown-grace", "shutdown_grace_s", type=float, default=defaults.SHUTDOWN_GRACE_S, show_default=True)
+@click.option("--kill-grace", "kill_grace_s", type=float, default=defaults.KILL_GRACE_S, show_default=True)
+@click.option("--heartbeat", "heartbeat_s", type=float, default=defaults.HEARTBEAT_S, show_default=True)
+@click.option("--keepalive", "keepalive_s", type=int, default=defaults.KEEPALIVE_S, show_default=True)
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None, envvar="MQFLEET_LOG_FILE",
+              help="Also write this process's log to PATH, rotated at 10 MiB (5 old files kept).")
+@click.option("--trainer-env", "trainer_env", multiple=True, metavar="NAME=VALUE",
+              help="Give trainers this variable (repeatable); of the agent's own environment they see only "
+                   "PATH, HOME, PYTHONPATH, LANG/LC_*, TMPDIR, CUDA_*/NVIDIA_* and a few more (docs/SECURITY.md).")
+@click.option("-v", "--verbose", count=True)
+@broker_options
+@click.pass_context
+def agent_cmd(
+    ctx: click.Context,
+    /,
+    host_id: str | None,
+    slots: int,
+    work_dir: Path | None,
+    repo: Path | None,
+    labels: tuple[str, ...],
+    prefix: str,
+    shutdown_grace_s: float,
+    kill_grace_s: float,
+    heartbeat_s: float,
+    keepalive_s: int,
+    log_file: Path | None,
+    trainer_env: tuple[str, ...],
+    verbose: int,
+    **broker: str | None,
+) -> None:
+    """Run an agent: advert this host, claim jobs, run trainers, upload artifacts."""
+    from mqfleet.agent.daemon import Agent, AgentConfig
+
+    host_id = host_id or socket.gethostname()
+    ctx.obj = {"host_id": host_id, "broker": broker, "prefix": prefix, "repo": repo, "slots": slots}
+    if ctx.invoked_subcommand is not None:
+        return
+    _setup_logging(verbose, log_file)
+    try:
+        config = AgentConfig(
+            host_id=host_id,
+            broker=broker_config_from(broker),
+            work_dir=(work_dir or Path.home() / ".mqfleet" / "work" / host_id).resolve(),
+            repo=(repo or Path.cwd()).resolve(),
+            slots=slots,
+            labels=labels,
+            prefix=prefix,
+            shutdown_grace_s=shutdown_grace_s,
+            kill_grace_s=kill_grace_s,
+            heartbeat_s=heartbeat_s,
+            keepalive_s=keepalive_s,
+            extra_env=_env_pairs(trainer_env),
+        )
+        agent = Agent(config)
+    except ConfigurationError as e:
+        _fail(str(e), EXIT_USAGE)
+    _on_stop_signals(agent.stop)
+    try:
+        agent.start()
+    except BrokerUnavailableError as e:
+        _fail(str(e), EXIT_UNREACHABLE)
+    raise click.exceptions.Exit(agent.run())
+
+
+@cli.command("demo")
+@click.option("--dir", "work_dir", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True,
+              help="Where the demo keeps its broker, store, database and logs (wiped first).")
+@click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True)
+@click.option("--plain", is_flag=True, help="A plain loopback broker instead of mutual TLS with generated certificates.")
+@click.option("-v", "--verbose", count=True)
+def demo_cmd(work_dir: Path, timeout_s: float, plain: bool, verbose: int) -> None:
+    """Run the whole fleet on this machine with real training, then show the results."""
+    from mqfleet.local.demo import run_demo
+
+    setup_logging(verbose - 1)
+    raise click.exceptions.Exit(run_demo(work_dir=work_dir.resolve(), timeout_s=timeout_s, tls=not plain))

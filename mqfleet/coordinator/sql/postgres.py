@@ -1,0 +1,152 @@
+"""The coordinator's state on PostgreSQL: `PgStateFile`, the `StateFile` of `--db postgresql://...`.
+
+The connection itself, with its translation of each statement and its errors, is
+`mqfleet.coordinator.sql.pgconnection.PgConnection`.
+
+Write transactions serialise on one transaction-level advisory lock (`pg_advisory_xact_lock`),
+taken first in every `transaction()`: PostgreSQL then gives SQLite's `BEGIN IMMEDIATE`
+semantics across every coordinator on the database. A claim reads the ranking, picks a job and
+grants it with no other writer in between, so one job can never go to two hosts, and each
+statement (READ COMMITTED) sees every commit made before the lock was granted. `FOR UPDATE SKIP
+LOCKED` would let claims run in parallel, but a claim is not one row: it reads the host's held
+leases and GPUs, the ranking and, for `prefer_cuda`, the other hosts, then writes the job, the
+lease and the attempt; row locks would need each of those locked in one order, or a second host
+could take a GPU or a slot the first one counted. One serial writer is correct by construction,
+and a claim holds the lock for about a millisecond (docs/SCALING.md has the figures).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import sqlite3
+import threading
+from typing import cast
+
+from mqfleet.coordinator.sql.pgconnection import open_pg_connection, redact_url
+from mqfleet.coordinator.sql.schema import SCHEMA, VERSION_SCHEMA, check_schema_version
+from mqfleet.coordinator.sql.sqlite import StateFile
+
+#: PostgreSQL-only additions to the schema: the glob matcher `x GLOB ?` translates to, and the
+#: writing coordinator of each event, filled from the session setting `mqfleet.writer` (so each
+#: coordinator publishes its own commits' events, and only those: `PgStateFile.take_changes`).
+PG_EXTRAS = r"""
+CREATE OR REPLACE FUNCTION mqfleet_glob_regex(pattern text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+    out text := '^';
+    i int := 1;
+    n int := length(pattern);
+    ch text;
+    stop int;
+    body text;
+BEGIN
+    WHILE i <= n LOOP
+        ch := substr(pattern, i, 1);
+        IF ch = '*' THEN
+            out := out || '.*';
+        ELSIF ch = '?' THEN
+            out := out || '.';
+        ELSIF ch = '[' THEN
+            stop := i + 1;
+            IF substr(pattern, stop, 1) = '^' THEN stop := stop + 1; END IF;
+            IF substr(pattern, stop, 1) = ']' THEN stop := stop + 1; END IF;
+            stop := strpos(substr(pattern, stop), ']') + stop - 1;
+            IF stop < i + 1 OR substr(pattern, stop, 1) <> ']' THEN
+                RETURN '$^';  -- an unclosed set matches nothing, as in SQLite
+            END IF;
+            body := substr(pattern, i + 1, stop - i - 1);
+            IF left(body, 1) = '^' THEN
+                body := '^' || replace(replace(substr(body, 2), '\', '\\'), '[', '\[');
+            ELSE
+                body := replace(replace(body, '\', '\\'), '[', '\[');
+            END IF;
+            out := out || '[' || body || ']';
+            i := stop;
+        ELSE
+            out := out || regexp_replace(ch, '([.^$|(){}+*?\\\[\]])', '\\\1', 'g');
+        END IF;
+        i := i + 1;
+    END LOOP;
+    RETURN out || '$';
+END;
+$$;
+ALTER TABLE events ADD COLUMN IF NOT EXISTS writer TEXT COLLATE "C" DEFAULT current_setting('mqfleet.writer', true);
+"""
+
+
+def is_postgres_url(target: str) -> bool:
+    return re.match(r"postgres(ql)?://", str(target)) is not None
+
+
+class PgStateFile(StateFile):
+    """The state of one fleet in a PostgreSQL database, shared by every coordinator of the fleet.
+
+    Same interface as StateFile; `lock` still serialises this process's threads, and the
+    advisory write lock serialises the coordinators.
+    """
+
+    def __init__(self, url: str, *, writer: str | None = None) -> None:
+        self.url = url
+        self.path = redact_url(url)
+        #: Who wrote an event: each coordinator publishes only its own commits' changes.
+        self.writer = writer or f"c{secrets.token_hex(6)}"
+        self.own_events = " AND writer = ?"
+        self.own_events_params = (self.writer,)
+        self.lock = threading.RLock()
+        self._depth = 0
+        self._replies_held: dict[str, int] = {}
+        self.pg = open_pg_connection(url, writer=self.writer)
+        self.conn = cast(sqlite3.Connection, self.pg)
+        with self.transaction():
+            self.pg.executescript(SCHEMA)
+            self.pg.raw(PG_EXTRAS)
+            self.pg.executescript(VERSION_SCHEMA)
+            check_schema_version(self.conn, self.path)
+        self._taken_seq = int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+    def close(self) -> None:
+        with self.lock:
+            self.pg.close()
+
+    # The transaction statements of PostgreSQL; StateFile.transaction() does the nesting.
+
+    def _raw(self, sql: str) -> None:
+        self.pg.raw(sql)
+
+    def _begin(self) -> None:
+        # BEGIN and the advisory write lock (coordinator/sql/pgconnection.py)
+        self.pg.begin()
+
+    def _rollback(self) -> None:
+        self.pg.rollback()
+
+    def _commit(self) -> None:
+        self.pg.commit()
+
+    @property
+    def file_path(self) -> str | None:
+        return None
+
+    def quick_check(self) -> str:
+        """'ok' once every table of the schema answers a query; PostgreSQL checks its own pages
+        (data checksums, amcheck), which are the server operator's business, not the coordinator's."""
+        tables = [r[0] for r in self.read(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY table_name")]
+        for table in tables:
+            self.read_one(f'SELECT 1 FROM "{table}" LIMIT 1')
+        return "ok" if "jobs" in tables else f"the jobs table is missing from {self.path}"
+
+    def integrity_check(self) -> str:
+        return self.quick_check()
+
+    def journal_mode(self) -> str:
+        return "postgresql"
+
+
+def open_state(target: str | os.PathLike[str], *, writer: str | None = None) -> StateFile:
+    """The state store `--db` names: a postgresql:// URL (PgStateFile) or an SQLite file path (StateFile)."""
+    if is_postgres_url(os.fspath(target)):
+        return PgStateFile(os.fspath(target), writer=writer)
+    return StateFile(target)

@@ -1,0 +1,3 @@
+"""The coordinator's state, one noun per module, each owning its SQL."""
+
+from __future__ import annotations

@@ -1,0 +1,107 @@
+"""What the coordinator publishes outside replies (job and host events, nudges, control messages),
+and the stored records its verbs read but no reply carries whole (a verified store object).
+
+The coordinator's modules build these frozen dataclasses; `to_wire()` makes the JSON at the last
+moment (the publish), and a reader may check one back with `from_wire()`. The records the replies
+carry are in mqfleet/wire/replies.py, the job row and the agent verbs' messages in mqfleet/wire/requests.py.
+Fields are only ever added, with a default (docs/INTERNALS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mqfleet.errors import BadRequestError
+from mqfleet.wire.codec import Wire, WireMessage
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredObject(WireMessage):
+    """An object verified in the store: its size and sha256 were checked when it was recorded."""
+
+    sha256: str
+    size: int
+    key: str
+    verified_ts: float
+
+
+@dataclasses.dataclass(frozen=True)
+class JobEvent(WireMessage):
+    """A job's status change as published on `events` (the wire names the old status `from`)."""
+
+    seq: int
+    ts: float
+    job_id: str
+    from_status: str | None
+    to: str
+    reason: str
+    host: str | None = None
+
+    def to_wire(self) -> Wire:
+        return {"seq": self.seq, "ts": self.ts, "job_id": self.job_id, "from": self.from_status, "to": self.to,
+                "reason": self.reason, "host": self.host}
+
+    @classmethod
+    def from_wire(cls, data: object, where: str = "") -> JobEvent:
+        """A job event from decoded JSON; `from` is checked here, under its wire name."""
+        if isinstance(data, dict):
+            place = f"{where}.from" if where else "from"
+            if "from" not in data:
+                raise BadRequestError(f"field '{place}' is missing")
+            old = data["from"]
+            if old is not None and not isinstance(old, str):
+                raise BadRequestError(f"field '{place}' must be a string or null, not {type(old).__name__}")
+            data = {**data, "from_status": old}
+        return super().from_wire(data, where)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostEvent(WireMessage):
+    """A host quarantined or released, published on `events` beside the job events; `to` and `reason`
+    read like a job event's, so a plain event reader shows something sensible."""
+
+    seq: int
+    ts: float
+    host: str
+    #: `quarantined` or `released`
+    to: str
+    reason: str
+    jobs: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """`host_quarantined` or `host_released`: what sets it apart from a job event on the same topic."""
+        return f"host_{self.to}"
+
+    def to_wire(self) -> Wire:
+        return {"seq": self.seq, "ts": self.ts, "kind": self.kind, "host": self.host, "job_id": None,
+                "from": None, "to": self.to, "reason": self.reason, "jobs": list(self.jobs)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Nudge(WireMessage):
+    """The QoS 0 `work` message: there may be work. Only the `hosts` named act on it (absent: every agent);
+    `jobs` names at most a few of the newly claimable jobs."""
+
+    reason: str
+    ts: float
+    hosts: list[str] | None = None
+    jobs: list[str] | None = None
+
+    def to_wire(self) -> Wire:
+        # absent, not null, when not given: agents before the typed wire read a present `hosts` as a list
+        wire: Wire = {"reason": self.reason, "ts": self.ts}
+        if self.hosts is not None:
+            wire["hosts"] = self.hosts
+        if self.jobs is not None:
+            wire["jobs"] = self.jobs
+        return wire
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlMessage(WireMessage):
+    """What the coordinator sends to one agent's `control` topic: cancel this lease's job."""
+
+    action: str
+    job_id: str
+    lease_id: str
