@@ -8,11 +8,13 @@ them and answered "no job", while `show` called the host eligible. Each runs on 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from mqfleet.coordinator.tables.claims import MANY_SETS
 from mqfleet.lifecycle import Cause
 from mqfleet.manifest.types import HostPolicy, JobSpec
 from tests.fixtures.state import CoordinatorState
@@ -104,3 +106,16 @@ def test_the_best_ranked_of_several_runnable_jobs_is_claimed_behind_600_that_no_
     assert host_line(db, "low", "h") == "eligible; 3 better-ranked jobs this host can run come first"
     assert [claimed(db, "h").job.name for _ in range(4)] == ["top", "mid-old", "mid-new", "low"]
     assert db.claim("h", T0) is None
+
+
+def test_a_claim_behind_more_sets_than_it_reads_quietly_still_gets_the_job_and_says_so_once(
+    db: CoordinatorState, caplog: pytest.LogCaptureFixture
+) -> None:
+    # every job asks for another torch: as many sets as jobs, the costliest shape for a claim
+    sets = [job(f"torch-{i}", priority=5, min_torch=f"99.{i}") for i in range(MANY_SETS + 1)]
+    db.apply_manifest(manifest(*sets, job("runnable"), job("next"), hosts=(HostPolicy(id="h", slots=2),)), T0)
+    bring_online(db, "h")
+    with caplog.at_level(logging.WARNING, logger="mqfleet.coordinator.tables.claims"):
+        assert [claimed(db, "h", T0 + i).job.name for i in range(2)] == ["runnable", "next"]
+    warnings = [r.getMessage() for r in caplog.records if "sets of pending jobs" in r.getMessage()]
+    assert len(warnings) == 1 and f"read {MANY_SETS + 2} sets" in warnings[0], warnings

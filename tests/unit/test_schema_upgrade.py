@@ -82,7 +82,7 @@ def test_a_version_1_store_is_upgraded_keyed_and_its_claims_starve_nothing(state
     try:
         assert db.state.read_one("SELECT MAX(version) FROM schema_version")[0] == SCHEMA_VERSION == 2  # type: ignore[index]
         assert "failed_hosts" not in columns(db, "retries") and {"req_key", "failed_hosts"} <= columns(db, "jobs")
-        assert db.state.read_one("SELECT failed_hosts FROM jobs WHERE id = ?", (job_id("retried"),))[0] == '["h2", "h1"]'  # type: ignore[index]
+        assert db.state.read_one("SELECT failed_hosts FROM jobs WHERE id = ?", (job_id("retried"),))[0] == '["h1", "h2"]'  # type: ignore[index]
         keys = {r[0]: r[1] for r in db.state.read("SELECT id, req_key FROM jobs")}
         assert keys == {spec.id: spec.requirements.key for spec in m.jobs}
         assert len(set(keys.values())) == 2  # the 600 share one key, the other two another

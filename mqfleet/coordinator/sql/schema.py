@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     min_vram_gib REAL NOT NULL DEFAULT 0,
     min_ram_gib REAL NOT NULL DEFAULT 0,
     req_key TEXT NOT NULL DEFAULT '',        -- Requirements.key: a claim judges each set once (coordinator/tables/claim_walk.py)
-    failed_hosts TEXT NOT NULL DEFAULT '[]', -- hosts whose attempts failed, oldest first: its retry avoids them (tables/faults.py)
+    failed_hosts TEXT NOT NULL DEFAULT '[]', -- hosts whose attempts failed, sorted: its retry avoids them (tables/faults.py)
     blocked INTEGER NOT NULL DEFAULT 0,      -- 1: a job-level reason keeps it from every host; 2: allowed_hosts only (coordinator/tables/catalog.py)
     in_manifest INTEGER NOT NULL DEFAULT 1,
     artifact TEXT,

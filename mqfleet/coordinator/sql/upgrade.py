@@ -36,8 +36,10 @@ def _to_version_2(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE jobs ADD COLUMN failed_hosts TEXT NOT NULL DEFAULT '[]'")
     conn.execute("DELETE FROM requirement_keys")  # every job is keyed again by refresh_requirement_keys
     if "failed_hosts" in _columns(conn, "retries"):
+        # sorted: jobs that failed on the same hosts are one set of the claim's, whatever the order of failures
         conn.executemany("UPDATE jobs SET failed_hosts = ? WHERE id = ?",
-                         [(r[1], r[0]) for r in conn.execute("SELECT job_id, failed_hosts FROM retries").fetchall()])
+                         [(json.dumps(sorted(json.loads(r[1] or "[]"))), r[0])
+                          for r in conn.execute("SELECT job_id, failed_hosts FROM retries").fetchall()])
         conn.execute("ALTER TABLE retries DROP COLUMN failed_hosts")
 
 

@@ -122,6 +122,8 @@ class ClaimWalk:
         self._load_others = others
         self._others: list[scheduler.HostView] | None = None
         self._judged: dict[tuple[int, str, str], bool] = {}
+        #: sets the last `choices` read (0 when the first page answered)
+        self.sets_read = 0
         self.commit = commit
         self.now = now
 
@@ -152,6 +154,7 @@ class ClaimWalk:
             rows = self.conn.execute(BEST_OPEN_AND_LIMITED, (self.now, self.now, self.host.id)).fetchall()
         else:
             rows = self.conn.execute(BEST_OPEN, (self.now,)).fetchall()
+        self.sets_read = len(rows)
         return [c for c in map(_choice, rows) if self._takes(c)]
 
     def better_ranked(self, choices: list[Choice], spec: JobSpec, seq: int) -> int:

@@ -8,6 +8,7 @@ the claim never disagree. The manifest in force is the service's, passed in.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 
 from mqfleet.coordinator import scheduler
@@ -24,6 +25,13 @@ from mqfleet.manifest.types import JobSpec, Manifest, TrainerSpec
 from mqfleet.wire.replies import WaitReason
 from mqfleet.wire.requests import Grant, TrainerRef
 
+logger = logging.getLogger(__name__)
+
+#: Sets of pending jobs a claim reads past which it logs (at most every MANY_SETS_LOG_EVERY_S): the claim is still
+#: right, but each set costs it a few index seeks and a rule check (claim_walk.py).
+MANY_SETS = 1000
+MANY_SETS_LOG_EVERY_S = 600.0
+
 
 class Claims:
     """Grants jobs to hosts; the one place that creates a lease."""
@@ -32,6 +40,7 @@ class Claims:
         self.state = state
         self.catalog = catalog
         self.hosts = hosts
+        self._many_sets_logged_ts = float("-inf")
 
     def claim(self, host: str, now: float, manifest: Manifest | None) -> Grant | None:
         """Pick the best job this host may run and lease it to the host for the manifest's
@@ -80,7 +89,15 @@ class Claims:
         models = scheduler.models_allowed(view, manifest.trainers)
         if models is not None and not models:
             return None  # its policy denies every model: nothing to read
-        return self._walk(view, manifest, now).pick()
+        walk = self._walk(view, manifest, now)
+        spec = walk.pick()
+        if walk.sets_read > MANY_SETS and now - self._many_sets_logged_ts >= MANY_SETS_LOG_EVERY_S:
+            self._many_sets_logged_ts = now
+            logger.warning("a claim of %s read %d sets of pending jobs (jobs that differ in what they ask of a host or "
+                           "in the hosts they failed on); a claim pays for each (1,000 sets: about 13 ms): fewer "
+                           "distinct requirements make claims cheaper (docs/INTERNALS.md, \"How a claim picks a job\")",
+                           view.id, walk.sets_read)
+        return spec
 
     def _walk(self, view: scheduler.HostView, manifest: Manifest, now: float,
               views: list[scheduler.HostView] | None = None) -> ClaimWalk:
@@ -115,10 +132,10 @@ class Claims:
                 elif dep["status"] != JobStatus.COMPLETED.value:
                     out.append(WaitReason(host=None, reason=f"dependency '{dep['name']}' not completed ({dep['status']})"))
             retry = faults.retry_wait(c, job_id)
-            if retry is not None and retry[0] > now:
-                out.append(WaitReason(host=None, reason=f"retry back-off: claimable in {retry[0] - now:.0f} s "
-                                                         f"(after a failed attempt on {retry[1][-1] if retry[1] else '?'})"))
-            failed = frozenset(retry[1]) if retry else frozenset()
+            if retry is not None and retry.not_before_ts > now:
+                out.append(WaitReason(host=None, reason=f"retry back-off: claimable in {retry.not_before_ts - now:.0f} s "
+                                                         f"(after a failed attempt on {retry.last_failed_on})"))
+            failed = retry.failed_hosts if retry else frozenset()
             # a reason of the job's own keeps it from every host: no host's next claim can take it
             claimable = not out
             if manifest is None:

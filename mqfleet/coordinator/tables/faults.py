@@ -18,7 +18,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterable
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 from mqfleet.coordinator.sql.sqlite import transition
 from mqfleet.coordinator.tables.blocking import dependents, refresh_blocked
@@ -68,8 +68,8 @@ def note_attempt_end(
         row = conn.execute("SELECT failed_hosts FROM jobs WHERE id = ?", (job_id,)).fetchone()
         failed: list[str] = json.loads(row[0]) if row else []
         if host not in failed:
-            # part of the claim's index: the jobs that failed on the same hosts are judged as one set
-            conn.execute("UPDATE jobs SET failed_hosts = ? WHERE id = ?", (json.dumps([*failed, host]), job_id))
+            # part of the claim's index, sorted: the jobs that failed on the same hosts are judged as one set
+            conn.execute("UPDATE jobs SET failed_hosts = ? WHERE id = ?", (json.dumps(sorted([*failed, host])), job_id))
     if cause in QUARANTINE_CAUSES:
         return _extend_streak(conn, fleet, host, job_id, cause, now)
     return None
@@ -87,11 +87,25 @@ def forget_retries(conn: sqlite3.Connection, job_id: str) -> None:
     conn.execute("UPDATE jobs SET failed_hosts = '[]' WHERE id = ? AND failed_hosts != '[]'", (job_id,))
 
 
-def retry_wait(conn: sqlite3.Connection, job_id: str) -> tuple[float, list[str]] | None:
-    """(not_before_ts, failed hosts) of a job with a failed attempt, or None."""
+class RetryWait(NamedTuple):
+    """What a job with a failed attempt waits for."""
+
+    not_before_ts: float
+    failed_hosts: frozenset[str]
+    #: the host of its latest failed attempt
+    last_failed_on: str
+
+
+def retry_wait(conn: sqlite3.Connection, job_id: str) -> RetryWait | None:
+    """The back-off and failed hosts of a job with a failed attempt, or None."""
     row = conn.execute("SELECT r.not_before_ts, j.failed_hosts FROM retries r JOIN jobs j ON j.id = r.job_id "
                        "WHERE r.job_id = ?", (job_id,)).fetchone()
-    return (float(row[0]), list(json.loads(row[1]))) if row else None
+    if row is None:
+        return None
+    failed = sorted(json.loads(row[1]))
+    last = conn.execute(f"SELECT host FROM attempts WHERE job_id = ? AND host IN ({','.join('?' * len(failed))}) "
+                        "ORDER BY number DESC LIMIT 1", (job_id, *failed)).fetchone() if failed else None
+    return RetryWait(float(row[0]), frozenset(failed), last[0] if last else "?")
 
 
 def backoffs_ended(conn: sqlite3.Connection, after: float, until: float) -> list[str]:
