@@ -3,7 +3,9 @@
 #
 # Writes /etc/mqfleet/agent.env (0600) and copies the TLS files to /etc/mqfleet/tls/ (0600), runs
 # `mqfleet agent selftest` with exactly that configuration, and enables the service only when the
-# selftest passes. Rerunnable: an existing config is kept unless --force (the unit is always
+# selftest passes. Trainers run as a user of their own (--trainer-user, default mqfleet-trainer,
+# created here): the agent then runs as root, with its capabilities bounded by a unit drop-in, so
+# that no trainer can read its key file, environment or memory (docs/SECURITY.md, "Trainers"). Rerunnable: an existing config is kept unless --force (the unit is always
 # refreshed). With --root DIR every path is put under DIR and nothing on the real system is touched
 # (no useradd, chown or systemctl), which is how the tests run it.
 set -euo pipefail
@@ -12,6 +14,8 @@ SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 PROG=install-agent
 UNIT_NAME=mqfleet-agent.service
 STATE_DIR=/var/lib/mqfleet-agent
+# The drop-in that runs the agent as root when trainers run as a user of their own.
+DROPIN=trainer-user.conf
 # The options and helpers both installers share: ROOT, DRY_RUN, VENV, ..., die, say, act, write_file.
 # shellcheck source=../scripts/install-common.sh source-path=SCRIPTDIR
 . "$SCRIPT_DIR/../scripts/install-common.sh"
@@ -26,6 +30,7 @@ REPO=/opt/mqfleet
 WORK_DIR="$STATE_DIR/work"
 PREFIX=mqfleet
 SKIP_SELFTEST=0
+TRAINER_USER=mqfleet-trainer
 
 usage() {
     cat <<EOF
@@ -43,6 +48,9 @@ $DEFAULT_CONFIG_DIR/tls/ (0600), run \`mqfleet agent selftest\`, then enable and
   --prefix PREFIX     topic prefix (default mqfleet)
   --venv DIR          virtualenv with mqfleet installed (default $DEFAULT_VENV)
   --user NAME         service user (default $DEFAULT_USER)
+  --trainer-user NAME trainers run as this user, created if missing (default mqfleet-trainer); the
+                      agent then runs as root with bounded capabilities (docs/SECURITY.md, "Trainers")
+  --no-trainer-user   trainers run as the service user, as the agent does: they can read its key file
   --config-dir DIR    configuration directory (default $DEFAULT_CONFIG_DIR)
   --force             rewrite an existing config and TLS files (certificate rotation)
   --skip-selftest     enable the service without running the selftest first
@@ -66,6 +74,8 @@ while [ "$#" -gt 0 ]; do
         --work-dir) need_value "$@"; WORK_DIR=$2; shift 2 ;;
         --prefix) need_value "$@"; PREFIX=$2; shift 2 ;;
         --skip-selftest) SKIP_SELFTEST=1; shift ;;
+        --trainer-user) need_value "$@"; TRAINER_USER=$2; shift 2 ;;
+        --no-trainer-user) TRAINER_USER=""; shift ;;
         *) take_common_option "$@" || { usage >&2; die "unknown option: $1"; }; shift "$TAKEN" ;;
     esac
 done
@@ -79,6 +89,10 @@ check_path --venv "$VENV"
 check_path --config-dir "$CONFIG_DIR"
 [ "$PURGE" = 0 ] || [ "$UNINSTALL" = 1 ] || die "--purge only goes with --uninstall"
 case "$SVC_USER" in ''|*[!a-z0-9_-]*) die "--user must be a plain user name" ;; esac
+case "$TRAINER_USER" in *[!a-z0-9_-]*) die "--trainer-user must be a plain user name" ;; esac
+if [ -n "$TRAINER_USER" ] && [ "$TRAINER_USER" = "$SVC_USER" ]; then
+    die "--trainer-user must differ from --user: trainers of the agent's own user can read its key file"
+fi
 if [ "$UNINSTALL" = 0 ]; then
     [ -n "$BROKER" ] || die "--broker URL is required"
     [ -n "$HOST_ID" ] || die "--host-id is required"
@@ -102,13 +116,20 @@ check_system
 # Run the selftest with the installed configuration. Paths in the env file are the final ones; under
 # --root the files lie under ROOT, so the TLS paths are mapped there for this run only.
 run_selftest() {
-    local env_file=$1 ca cert key
+    local env_file=$1 ca cert key trainer_user
     local -a run_as=()
     ca=$(env_value "$env_file" MQFLEET_CA)
     cert=$(env_value "$env_file" MQFLEET_CERT)
     key=$(env_value "$env_file" MQFLEET_KEY)
-    if [ "$SYSTEM" = 1 ] && [ "$(id -un)" != "$SVC_USER" ]; then
-        # As the service user, so unreadable key files or repo fail here and not in the service.
+    trainer_user=$(env_value "$env_file" MQFLEET_TRAINER_USER)
+    if [ -n "$trainer_user" ] && ! getent passwd "$trainer_user" >/dev/null; then
+        # Only under --root, which creates no user: the selftest then trains as the current user.
+        say "trainer user $trainer_user does not exist here; the selftest trains as $(id -un)"
+        trainer_user=""
+    fi
+    if [ "$SYSTEM" = 1 ] && [ -z "$trainer_user" ] && [ "$(id -un)" != "$SVC_USER" ]; then
+        # As the service user, so unreadable key files or repo fail here and not in the service. With a
+        # trainer user the service runs as root, and the selftest trains as that user.
         run_as=(runuser -u "$SVC_USER" --)
     fi
     say "running the selftest as ${run_as[*]:+$SVC_USER}${run_as[*]:-$(id -un)}"
@@ -119,6 +140,7 @@ run_selftest() {
             MQFLEET_HOST_ID="$(env_value "$env_file" MQFLEET_HOST_ID)" \
             MQFLEET_BROKER="$(env_value "$env_file" MQFLEET_BROKER)" \
             MQFLEET_PREFIX="$(env_value "$env_file" MQFLEET_PREFIX)" \
+            MQFLEET_TRAINER_USER="$trainer_user" \
             MQFLEET_CA="${ca:+$ROOT$ca}" MQFLEET_CERT="${cert:+$ROOT$cert}" MQFLEET_KEY="${key:+$ROOT$key}" \
             "$VENV/bin/mqfleet" agent --slots "$(env_value "$env_file" MQFLEET_SLOTS)" \
             --repo "$(env_value "$env_file" MQFLEET_REPO)" selftest
@@ -128,7 +150,10 @@ run_selftest() {
 do_uninstall() {
     local tls_dir
     disable_service
-    act rm -f -- "$(at "$UNIT_DIR/$UNIT_NAME")" "$(at "$CONFIG_DIR/agent.env")"
+    act rm -f -- "$(at "$UNIT_DIR/$UNIT_NAME")" "$(at "$CONFIG_DIR/agent.env")" "$(at "$UNIT_DIR/$UNIT_NAME.d/$DROPIN")"
+    if [ -d "$(at "$UNIT_DIR/$UNIT_NAME.d")" ]; then
+        act rmdir --ignore-fail-on-non-empty -- "$(at "$UNIT_DIR/$UNIT_NAME.d")"
+    fi
     tls_dir=$(at "$CONFIG_DIR/tls")
     act rm -f -- "$tls_dir/agent.crt" "$tls_dir/agent.key"
     # The CA file is shared with a coordinator installed on the same host: it goes only with the last user.
@@ -141,8 +166,30 @@ do_uninstall() {
     say "agent uninstalled"
 }
 
+# The drop-in for trainers of their own user: the agent as root (it starts trainers as that user and
+# touches their folders only with that user's rights), its capabilities bounded to what that takes, and
+# a state dir the trainer user may pass through (not list) to reach its job folders.
+render_dropin() {
+    cat <<EOF
+# Written by install-agent.sh: trainers run as $1 (MQFLEET_TRAINER_USER in agent.env), so they
+# cannot read the agent's key file, environment or memory. Starting them as that user needs root.
+[Service]
+User=root
+Group=root
+CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER
+StateDirectoryMode=0751
+EOF
+}
+
+create_trainer_user() {
+    if [ "$SYSTEM" = 1 ] && ! getent passwd "$TRAINER_USER" >/dev/null; then
+        act useradd --system --user-group --create-home --home-dir "/var/lib/$TRAINER_USER" \
+            --shell /usr/sbin/nologin "$TRAINER_USER"
+    fi
+}
+
 do_install() {
-    local env_file tls_dir unit name src
+    local env_file tls_dir unit name src key_owner trainer_user
     env_file=$(at "$CONFIG_DIR/agent.env")
     tls_dir=$(at "$CONFIG_DIR/tls")
     unit=$(at "$UNIT_DIR/$UNIT_NAME")
@@ -154,6 +201,10 @@ do_install() {
     fi
 
     create_user_and_dirs
+    [ -z "$TRAINER_USER" ] || create_trainer_user
+    # With a trainer user the agent runs as root: its key is root's alone.
+    key_owner=$SVC_USER
+    [ -z "$TRAINER_USER" ] || key_owner=root
 
     if [ -f "$env_file" ] && [ "$FORCE" = 0 ]; then
         say "kept $env_file and $tls_dir; --force rewrites them (e.g. to rotate certificates)"
@@ -165,11 +216,11 @@ do_install() {
             [ -n "$src" ] || continue
             write_file "$tls_dir/$name" 0600 <"$src"
             if [ "$SYSTEM" = 1 ]; then
-                act chown "$SVC_USER:$SVC_USER" "$tls_dir/$name"
+                act chown "$key_owner:$key_owner" "$tls_dir/$name"
             fi
         done
         if [ "$SYSTEM" = 1 ]; then
-            act chown "$SVC_USER:$SVC_USER" "$tls_dir"
+            act chown "$key_owner:$key_owner" "$tls_dir"
         fi
         {
             printf '# mqfleet agent settings, written by install-agent.sh; mode 0600.\n'
@@ -182,10 +233,22 @@ do_install() {
             printf 'MQFLEET_SLOTS="%s"\n' "$SLOTS"
             printf 'MQFLEET_REPO="%s"\n' "$REPO"
             printf 'MQFLEET_WORK_DIR="%s"\n' "$WORK_DIR"
+            printf '# Trainers run as this user; empty: as the agent itself, which lets them read its key file.\n'
+            printf 'MQFLEET_TRAINER_USER="%s"\n' "$TRAINER_USER"
         } | write_file "$env_file" 0600
     fi
 
     render_unit | write_file "$unit" 0644
+    # The config in force decides (a rerun without --force keeps it): root for the agent only with a trainer user.
+    trainer_user=$TRAINER_USER
+    if [ -f "$env_file" ]; then
+        trainer_user=$(env_value "$env_file" MQFLEET_TRAINER_USER)
+    fi
+    if [ -n "$trainer_user" ]; then
+        render_dropin "$trainer_user" | write_file "$unit.d/$DROPIN" 0644
+    else
+        act rm -f -- "$unit.d/$DROPIN"
+    fi
 
     if [ "$DRY_RUN" = 1 ]; then
         printf 'would run: mqfleet agent selftest (as %s)\n' "$SVC_USER"

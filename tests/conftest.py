@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.tls",
     "tests.fixtures.postgres",
     "tests.fixtures.state",
+    "tests.fixtures.users",
 ]

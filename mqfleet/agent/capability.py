@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 import mqfleet
-from mqfleet.wire.advert import Advert, Gpu
+from mqfleet.wire.advert import Advert, Gpu, normalise_arch
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ def detect_advert(
         hostname=socket.gethostname(),
         os=os_name(),
         os_version=os_version(),
+        arch=normalise_arch(platform.machine()) or None,
+        os_family=os_family(),
         python=platform.python_version(),
         cpu_cores=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
         ram_gib=round(psutil.virtual_memory().total / _GIB, 1),
@@ -66,6 +68,20 @@ def os_name() -> str:
     if sys.platform in ("win32", "cygwin"):
         return "windows"
     return sys.platform
+
+
+def os_family(os_release: dict[str, str] | None = None) -> str:
+    """The OS family: on Linux the distribution's (the first word of os-release's ID_LIKE, else its ID: `debian`
+    for Debian, Ubuntu and Raspberry Pi OS, `rhel` for Rocky and Alma), elsewhere the same as `os_name()`."""
+    if not sys.platform.startswith("linux") and os_release is None:
+        return os_name()
+    if os_release is None:
+        try:
+            os_release = platform.freedesktop_os_release()
+        except OSError:
+            return "linux"
+    family = (os_release.get("ID_LIKE", "").split() or [os_release.get("ID", "")])[0]
+    return family.lower() or "linux"
 
 
 def os_version() -> str:

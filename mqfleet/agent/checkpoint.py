@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mqfleet import defaults
+from mqfleet.agent.isolation import TrainerUser, for_agent, trainer_files
 from mqfleet.errors import ArtifactMismatchError, BundleError, MqfleetError, ObjectMissingError, StoreError
 from mqfleet.store.bundle import pack_artifact, unpack_artifact
 from mqfleet.store.transfer import download_from_url, upload_to_url
@@ -152,6 +153,7 @@ class CheckpointSync:
         log: Callable[[str], None],
         progress: Callable[[], JsonObject | None],
         name: str,
+        user: TrainerUser | None = None,
     ) -> None:
         self.plan = plan
         #: the lease every checkpoint request is made on
@@ -163,6 +165,8 @@ class CheckpointSync:
         self._log = log
         self._progress = progress
         self.name = name
+        #: the user trainers run as, when not the agent's: the folder is synced with its file rights
+        self._user = user
         self.syncs = 0
         self.last_sync_ts: float | None = None
         self._synced: Fingerprint = ()
@@ -252,7 +256,8 @@ class CheckpointSync:
         """Pack and upload the folder if it changed; True when a new checkpoint was saved. Never raises."""
         with self._sync_lock:
             try:
-                return self._sync_locked(why)
+                with trainer_files(self._user):
+                    return self._sync_locked(why)
             except (MqfleetError, OSError) as e:
                 self._say(f"checkpoint sync ({why}) failed, retried at the next interval: {e}", warn=True)
                 return False
@@ -289,7 +294,8 @@ class CheckpointSync:
                 self._synced = current  # refused as it is; try again once the folder changes
                 return False
             reply = self._request(Verb.CHECKPOINT_URL, CheckpointUploadRequest(self.job_id, self.lease_id, sha256, size))
-            upload_to_url(CheckpointUrlReply.from_wire(reply).url, bundle)
+            with for_agent(self._user, bundle) as packed:
+                upload_to_url(CheckpointUrlReply.from_wire(reply).url, packed)
             self._request(Verb.CHECKPOINT_SAVED,
                           CheckpointSavedRequest(self.job_id, self.lease_id, sha256, size, progress=progress),
                           timeout_s=CHECKPOINT_REQUEST_TIMEOUT_S)

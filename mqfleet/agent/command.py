@@ -61,7 +61,7 @@ def _flag_value(value: JsonValue) -> str:
 
 #: Variables a trainer inherits from the agent's environment. Nothing else passes: the agent's own
 #: environment may hold the operator token, store credentials or its TLS key paths, and a trainer is
-#: code from the manifest (docs/SECURITY.md, "Trainers"). `--env NAME=VALUE` on the agent adds more.
+#: code from the manifest (docs/SECURITY.md, "Trainers"). `--trainer-env NAME=VALUE` on the agent adds more.
 INHERITED_NAMES = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "PYTHONPATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
     "OMP_NUM_THREADS", "MKL_NUM_THREADS",

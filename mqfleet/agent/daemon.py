@@ -19,7 +19,9 @@ from pathlib import Path
 from mqfleet import defaults
 from mqfleet.agent.capability import detect_advert
 from mqfleet.agent.command import inherited_env
-from mqfleet.agent.job import Ending, JobRun, JobSettings
+from mqfleet.agent.isolation import TrainerUser, make_undumpable
+from mqfleet.agent.job import JobRun, JobSettings
+from mqfleet.agent.outcome import Ending
 from mqfleet.agent.reaper import reap_leftovers
 from mqfleet.errors import ConfigurationError, MqfleetError, RemoteError, RequestTimeoutError, UnknownHostError
 from mqfleet.mqtt.config import BrokerConfig
@@ -63,6 +65,8 @@ class AgentConfig:
     request_timeout_s: float = defaults.REQUEST_TIMEOUT_S
     keepalive_s: int = defaults.KEEPALIVE_S
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: run trainers as this user (name or uid) instead of the agent's own; "" for the agent's (docs/SECURITY.md, "Trainers")
+    trainer_user: str = ""
 
     def validate(self) -> None:
         if not self.host_id or any(c in self.host_id for c in "/+#") or len(self.host_id) > 128:
@@ -71,6 +75,11 @@ class AgentConfig:
             raise ConfigurationError(f"--slots must be at least 1, not {self.slots}")
         if not self.repo.is_dir():
             raise ConfigurationError(f"training repo {self.repo} is not a folder; pass --repo DIR")
+        self.resolved_trainer_user()
+
+    def resolved_trainer_user(self) -> TrainerUser | None:
+        """The `trainer_user` looked up; ConfigurationError with the fix when trainers cannot run as it."""
+        return TrainerUser.resolve(self.trainer_user) if self.trainer_user else None
 
     def trainer_base_env(self) -> dict[str, str]:
         """The allowed part of the agent's environment plus the operator's `--env` additions."""
@@ -78,10 +87,11 @@ class AgentConfig:
         env.update(self.extra_env)
         return env
 
-    def job_settings(self) -> JobSettings:
+    def job_settings(self, trainer_user: TrainerUser | None = None) -> JobSettings:
         """What a job run needs of these settings; the environment is read now, as the job starts."""
         return JobSettings(work_dir=self.work_dir, repo=self.repo, python=self.python, kill_grace_s=self.kill_grace_s,
-                           request_timeout_s=self.request_timeout_s, base_env=self.trainer_base_env())
+                           request_timeout_s=self.request_timeout_s, base_env=self.trainer_base_env(),
+                           trainer_user=trainer_user)
 
 
 class Agent:
@@ -90,6 +100,7 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         config.validate()
         self.config = config
+        self.trainer_user = config.resolved_trainer_user()
         self.topics = Topics(config.prefix)
         self.jobs: dict[str, JobRun] = {}
         self.stopping = threading.Event()
@@ -117,7 +128,11 @@ class Agent:
 
     def start(self, *, wait_s: float | None = 30.0) -> None:
         cfg = self.config
+        # before anything a trainer could see: its environment and memory are out of reach of same-user processes
+        make_undumpable()
         cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.trainer_user is not None:
+            self.trainer_user.prepare(cfg.work_dir, cfg.repo, cfg.python)
         reaped = reap_leftovers(cfg.work_dir / "pids")
         if reaped:
             logger.warning("killed %d trainer process(es) left by a previous agent run: %s", len(reaped), reaped)
@@ -127,7 +142,8 @@ class Agent:
         self.conn.subscribe(self.topics.work, self._on_nudge, qos=0)
         self.conn.start(wait_s=wait_s)
         threading.Thread(target=self._flush_logs_loop, name="log-flush", daemon=True).start()
-        logger.info("agent %s online: %d slot(s), cuda=%s", cfg.host_id, cfg.slots, self.advert.cuda)
+        logger.info("agent %s online: %d slot(s), cuda=%s, trainers run as %s", cfg.host_id, cfg.slots, self.advert.cuda,
+                    self.trainer_user.name if self.trainer_user else "the agent's own user")
 
     def run(self) -> int:
         """Claim and run jobs until stop(); then hand back what is still running. Returns 0."""
@@ -223,7 +239,7 @@ class Agent:
                 return False
             if grant is None:
                 return True
-            job = JobRun(self, self.config.job_settings(), grant)
+            job = JobRun(self, self.config.job_settings(self.trainer_user), grant)
             with self._jobs_lock:
                 self.jobs[job.job_id] = job
             job.start()

@@ -15,15 +15,17 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
 from mqfleet import defaults
 from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync
 from mqfleet.agent.command import build_trainer_argv, trainer_env
-from mqfleet.agent.outcome import limit_of, missing_message, missing_outputs
+from mqfleet.agent.isolation import JOB_DIR_MODE, TrainerUser, for_agent, trainer_files
+from mqfleet.agent.outcome import Ending, limit_of, missing_message, missing_outputs
+from mqfleet.agent.progress import PendingReports
 from mqfleet.agent.runner import TrainerRun
 from mqfleet.errors import (
     BadRequestError,
@@ -55,39 +57,10 @@ logger = logging.getLogger(__name__)
 #: never answered; waiting the full request timeout for it would hold back the renewal a reconnect asks
 #: for, and a lease the will shortened to the grace would expire although the host came back in time.
 RENEW_TIMEOUT_S = 3.0
-#: Progress reports held for the next renewal; past this every other one goes (the coordinator keeps
-#: a thinned history anyway), which keeps a renewal far under the request size limit.
-PENDING_REPORTS_MAX = 400
-#: ... and past this many characters of JSON: a renewal, and a completion with its 100 KB tail, must stay
-#: far under the coordinator's request limit (defaults.MAX_REQUEST_BYTES, 256 KiB).
-PENDING_REPORTS_CHARS = 64 * 1024
-#: A report longer than this (as JSON) is kept as the latest progress but not sent for the history.
-REPORT_MAX_CHARS = 2000
-
-
 #: How often the job thread looks at the clock while its trainer runs, for timeout_s and stall_s.
 LIMIT_CHECK_S = 0.25
 #: A look that comes this much later than due means the agent itself was paused (SIGSTOP, starved).
 AGENT_PAUSE_S = 1.0
-
-
-class Ending(str, Enum):
-    """Why a job run stopped before its trainer finished on its own."""
-
-    CANCELLED = "cancelled"  # the coordinator cancelled the job
-    LEASE_LOST = "lease_lost"  # the lease is no longer ours
-    SHUTDOWN = "shutdown"  # the agent is stopping and hands the job back
-    TIMEOUT = "timeout"  # the attempt ran past the job's timeout_s
-    STALLED = "stalled"  # the trainer was silent (no output line, no progress) for stall_s
-
-    @property
-    def cause(self) -> Cause | None:
-        """The cause this agent reports in its `fail` request; None when it reports nothing (the
-        coordinator already knows: it cancelled the job or took the lease away)."""
-        return _CAUSE_OF_ENDING.get(self)
-
-
-_CAUSE_OF_ENDING = {Ending.SHUTDOWN: Cause.SHUTDOWN, Ending.TIMEOUT: Cause.TIMEOUT, Ending.STALLED: Cause.STALLED}
 
 
 @dataclass(frozen=True)
@@ -101,6 +74,8 @@ class JobSettings:
     request_timeout_s: float
     #: the trainer's environment before the job's own variables (docs/INTERNALS.md, "Trainers")
     base_env: Mapping[str, str]
+    #: the user trainers run as, when not the agent's own (docs/SECURITY.md, "Trainers")
+    trainer_user: TrainerUser | None = None
 
 
 class JobHost(Protocol):
@@ -141,10 +116,7 @@ class JobRun:
         self._ending_lock = threading.Lock()
         self._log_seq = 0
         self.attempt = grant.attempt
-        #: (seq, ts, report) of progress reports not yet acknowledged by the coordinator
-        self._reports: list[tuple[int, float, JsonObject, int]] = []  # seq, ts, report, JSON size
-        self._report_seq = 0
-        self._reports_lock = threading.Lock()
+        self._reports = PendingReports()
         self._thread = threading.Thread(target=self._run, name=f"job-{self.job_id[:8]}", daemon=True)
 
     def start(self) -> None:
@@ -176,7 +148,7 @@ class JobRun:
     def _run(self) -> None:
         renewer = threading.Thread(target=self._renew_loop, name=f"renew-{self.job_id[:8]}", daemon=True)
         try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._make_dirs()
             exit_code = self._train(renewer)
             cause = self.ending.cause if self.ending is not None else None
             if self.checkpoint is not None:
@@ -185,9 +157,11 @@ class JobRun:
                 self.checkpoint.stop(final_sync=not completing and self.ending is not Ending.CANCELLED)
                 self._flush_log()  # what the sync said belongs in the job's log before the hand-back
             if self.ending is None:
+                with self._files():
+                    missing = missing_outputs(self.out_dir, self.grant.trainer.outputs) if exit_code == 0 else []
                 if exit_code != 0:
                     self._fail(Cause.APP, exit_code, f"trainer exited with code {exit_code}")
-                elif missing := missing_outputs(self.out_dir, self.grant.trainer.outputs):
+                elif missing:
                     self._fail(Cause.APP, exit_code, missing_message(missing))
                 else:
                     self._store_and_complete()
@@ -212,6 +186,19 @@ class JobRun:
             self.done.set()
             self.host.job_finished(self)
 
+    def _files(self) -> AbstractContextManager[None]:
+        """File access in the job's folder once the trainer has it: with the trainer user's rights when trainers
+        run as another user, so nothing a trainer puts there (a symlink, a swapped file) makes the agent reach
+        further than the trainer can."""
+        return trainer_files(self.settings.trainer_user)
+
+    def _make_dirs(self) -> None:
+        if self.settings.trainer_user is not None:
+            # the agent's own until the trainer starts (_train hands it over): nobody else can put anything in it
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir.mkdir(mode=JOB_DIR_MODE)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
     def _train(self, renewer: threading.Thread) -> int:
         spec: JsonObject = {**self.grant.spec, "attempt": self.grant.attempt, "lease_id": self.lease_id}
         spec_path = self.dir / "spec.json"
@@ -219,6 +206,8 @@ class JobRun:
         cfg = self.settings
         argv = build_trainer_argv(self.grant.trainer, spec, python=cfg.python)
         env = trainer_env(spec_path, self.out_dir, list(self.grant.gpus), dict(cfg.base_env))
+        if cfg.trainer_user is not None:
+            env = cfg.trainer_user.env(env)
         env.pop(defaults.ENV_CHECKPOINT_DIR, None)  # a non-resumable job gets no folder, not the agent's own
         renewer.start()  # before a restore, which may take a while for a big checkpoint
         plan = CheckpointPlan.from_grant(self.grant)
@@ -226,10 +215,12 @@ class JobRun:
             self.checkpoint = CheckpointSync(
                 plan=plan, job_id=self.job_id, lease_id=self.lease_id, folder=self.dir / "checkpoint", scratch=self.dir,
                 request=self._checkpoint_request, log=self._on_line, progress=lambda: self.trainer.latest_progress if self.trainer else None,
-                name=self.name,
+                name=self.name, user=cfg.trainer_user,
             )
             self.checkpoint.restore()
             env[defaults.ENV_CHECKPOINT_DIR] = str(self.checkpoint.folder)
+        if cfg.trainer_user is not None:
+            cfg.trainer_user.hand_over(self.dir)
         self.trainer = TrainerRun(
             argv=argv,
             cwd=cfg.repo,
@@ -238,8 +229,9 @@ class JobRun:
             # The whole output stays on this host until the job ends, whatever the coordinator keeps.
             log_path=self.dir / "trainer.log",
             on_line=self._on_line,
-            on_progress=self._on_progress,
+            on_progress=self._reports.add,
             pidfile_dir=cfg.work_dir / "pids",
+            user=cfg.trainer_user,
         )
         logger.info("job %s: attempt %s starting %s", self.name, self.grant.attempt, " ".join(argv))
         self.trainer.start()
@@ -286,7 +278,8 @@ class JobRun:
 
     def _store_and_complete(self) -> None:
         bundle_path = self.dir / "artifact.tar.zst"
-        sha256, size = pack_artifact(self.out_dir, bundle_path)
+        with self._files():  # the trainer's files, read with its rights
+            sha256, size = pack_artifact(self.out_dir, bundle_path)
         logger.info("job %s: packed %d bytes, sha256 %s", self.name, size, sha256[:12])
         reply = self._request(Verb.UPLOAD_URL, UploadUrlRequest(self.job_id, self.lease_id, sha256, size))
         if reply is None:
@@ -295,7 +288,8 @@ class JobRun:
         if not upload.exists:
             if not upload.url:
                 raise BadRequestError("the upload_url reply has neither exists nor a url")
-            upload_to_url(upload.url, bundle_path)
+            with self._files(), for_agent(self.settings.trainer_user, bundle_path) as bundle:
+                upload_to_url(upload.url, bundle)
         else:
             logger.info("job %s: artifact %s already stored; no upload", self.name, sha256[:12])
         progress = self.trainer.latest_progress if self.trainer else None
@@ -317,7 +311,7 @@ class JobRun:
     def _ending_fields(self) -> tuple[JsonObject | None, list[JsonValue]]:
         """What complete and fail carry besides the outcome: the usage and the last progress reports."""
         usage = self.trainer.usage() if self.trainer else None
-        return (usage.to_wire() if usage is not None else None), self._reports_to_send()
+        return (usage.to_wire() if usage is not None else None), self._reports.to_send()
 
     def _request(self, verb: Verb, message: WireMessage) -> Wire | None:
         """An agent request on this lease; None when the coordinator refused it or stayed away (logged).
@@ -367,11 +361,11 @@ class JobRun:
                 if self._stop_renewing.is_set():
                     return
             progress = self.trainer.latest_progress if self.trainer else None
-            reports = self._reports_to_send()
+            reports = self._reports.to_send()
             try:
                 request = RenewRequest(self.job_id, self.lease_id, progress=progress, progress_reports=reports)
                 RenewReply.from_wire(self.host.request(Verb.RENEW, request, attempts=1, timeout_s=timeout_s))
-                self._reports_sent(reports)
+                self._reports.sent(reports)
                 next_ts = time.monotonic() + interval
             except RemoteError as e:
                 if e.is_a(LeaseLostError):
@@ -394,33 +388,6 @@ class JobRun:
 
     def _on_line(self, line: str) -> None:
         self.host.publish_log(self.job_id, line, attempt=self.attempt)
-
-    def _on_progress(self, report: JsonObject) -> None:
-        # Numbered, so a renewal resent after a lost reply cannot store a report twice.
-        with self._reports_lock:
-            self._report_seq += 1
-            size = len(json.dumps(report, default=str))
-            if size > REPORT_MAX_CHARS:
-                return
-            self._reports.append((self._report_seq, round(time.time(), 3), report, size))
-            while len(self._reports) > 2 and (
-                len(self._reports) > PENDING_REPORTS_MAX or sum(r[3] for r in self._reports) > PENDING_REPORTS_CHARS
-            ):
-                # every other one goes, the newest stays: the coordinator's history is thinned the same way
-                self._reports = self._reports[::2] + ([self._reports[-1]] if len(self._reports) % 2 == 0 else [])
-
-    def _reports_to_send(self) -> list[JsonValue]:
-        """The held reports as the wire's `progress_reports`: `[seq, ts, report]` triples, oldest first."""
-        with self._reports_lock:
-            return [[seq, ts, report] for seq, ts, report, _ in self._reports]
-
-    def _reports_sent(self, sent: list[JsonValue]) -> None:
-        """Forget the reports the coordinator acknowledged: those up to the last `seq` sent."""
-        last = sent[-1] if sent else None
-        if not isinstance(last, list) or not isinstance(last[0], int):
-            return
-        with self._reports_lock:
-            self._reports = [r for r in self._reports if r[0] > last[0]]
 
     def _flush_log(self) -> None:
         self.host.flush_log(self.job_id)

@@ -1,14 +1,36 @@
-"""What a finished trainer is judged by: the limits from its grant (`timeout_s`, `stall_s`) and the
-outputs it had to write (the trainer's `outputs` globs; docs/INTERNALS.md, "Trainers")."""
+"""What a finished trainer is judged by: why it was stopped (`Ending`), the limits from its grant
+(`timeout_s`, `stall_s`) and the outputs it had to write (the trainer's `outputs` globs; docs/INTERNALS.md,
+"Trainers")."""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Iterable, Mapping
+from enum import Enum
 from pathlib import Path
 
+from mqfleet.lifecycle import Cause
 from mqfleet.wire.topics import JsonValue
+
+
+class Ending(str, Enum):
+    """Why a job run stopped before its trainer finished on its own."""
+
+    CANCELLED = "cancelled"  # the coordinator cancelled the job
+    LEASE_LOST = "lease_lost"  # the lease is no longer ours
+    SHUTDOWN = "shutdown"  # the agent is stopping and hands the job back
+    TIMEOUT = "timeout"  # the attempt ran past the job's timeout_s
+    STALLED = "stalled"  # the trainer was silent (no output line, no progress) for stall_s
+
+    @property
+    def cause(self) -> Cause | None:
+        """The cause this agent reports in its `fail` request; None when it reports nothing (the
+        coordinator already knows: it cancelled the job or took the lease away)."""
+        return _CAUSE_OF_ENDING.get(self)
+
+
+_CAUSE_OF_ENDING = {Ending.SHUTDOWN: Cause.SHUTDOWN, Ending.TIMEOUT: Cause.TIMEOUT, Ending.STALLED: Cause.STALLED}
 
 
 def limit_of(spec: Mapping[str, JsonValue], name: str) -> float | None:

@@ -5,13 +5,8 @@ No trainer process may outlive its job, so the tree is guarded in three layers:
 1. The trainer gets its own session (POSIX) or process group (Windows); one signal
    reaches it and everything it forked, and leftovers are swept when it exits.
 2. On Linux the trainer dies with the agent, even on kill -9, through
-   PR_SET_PDEATHSIG. A tiny wrapper (`python -c`) sets it and exec()s the trainer
-   in the same process; a `preexec_fn` would run Python between fork and exec,
-   which can deadlock in a threaded agent (paho's network thread may hold a lock
-   at fork time). The kernel fires PDEATHSIG when the *thread* that forked the
-   child exits, so every trainer is forked by one long-lived spawner thread, never
-   by the caller's thread, which may be short-lived.
-   (`mqfleet.agent.spawn`)
+   PR_SET_PDEATHSIG, set by a tiny wrapper forked from one long-lived spawner
+   thread (`mqfleet.agent.spawn` says why both).
 3. PDEATHSIG reaches the direct child only. Each run with a `pidfile_dir` keeps a
    pidfile (pid, create time, pgid, known descendants) there while it runs, and
    `reap_leftovers()` at the next agent start kills what a crash left alive,
@@ -25,7 +20,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -37,8 +31,9 @@ from typing import IO, Any
 import psutil
 
 from mqfleet import defaults
+from mqfleet.agent.isolation import TrainerUser, trainer_files
 from mqfleet.agent.reaper import KILL_WAIT_S, POLL_S, pidfile_path, record_run
-from mqfleet.agent.spawn import IS_LINUX, IS_WINDOWS, PDEATHSIG_WRAPPER, check_program, pgid_of, spawn
+from mqfleet.agent.spawn import IS_LINUX, IS_WINDOWS, pgid_of, popen_trainer, spawn
 from mqfleet.agent.usage import UsageMeter
 from mqfleet.wire.replies import Usage
 from mqfleet.wire.topics import JsonObject
@@ -80,6 +75,7 @@ class TrainerRun:
         on_progress: Callable[[JsonObject], None] | None = None,
         tail_lines: int = defaults.OUTPUT_TAIL_LINES,
         pidfile_dir: Path | None = None,
+        user: TrainerUser | None = None,
     ) -> None:
         if not argv:
             raise ValueError("a trainer needs a non-empty argv")
@@ -91,6 +87,8 @@ class TrainerRun:
         self.on_line = on_line
         self.on_progress = on_progress
         self.pidfile_dir = pidfile_dir
+        #: the user it runs as, when not the agent's (its log file is then written with that user's rights)
+        self.user = user
         self.exit_code: int | None = None
         self.started_ts: float | None = None
         self.ended_ts: float | None = None
@@ -141,26 +139,7 @@ class TrainerRun:
         threading.Thread(target=self._watch, name=f"trainer-{proc.pid}-watch", daemon=True).start()
 
     def _popen(self) -> subprocess.Popen[str]:
-        argv = self.argv
-        # Its own process group (Windows) or session (POSIX), so the whole tree can be signalled at once.
-        creationflags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if IS_WINDOWS else 0
-        if IS_LINUX:
-            # The wrapper reports a missing program only as exit 127; check first so start() raises on every OS.
-            check_program(argv[0], self.cwd, self.env)
-            argv = [sys.executable, "-I", "-S", "-c", PDEATHSIG_WRAPPER, str(os.getpid()), *argv]
-        return subprocess.Popen(
-            argv,
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            start_new_session=not IS_WINDOWS,
-            creationflags=creationflags,
-        )
+        return popen_trainer(self.argv, self.cwd, self.env, as_user=self.user.popen_options() if self.user else None)
 
     @property
     def pid(self) -> int | None:
@@ -400,8 +379,9 @@ class TrainerRun:
         if self.log_path is None:
             return None
         try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            return open(self.log_path, "a", encoding="utf-8", buffering=1)
+            with trainer_files(self.user):
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                return open(self.log_path, "a", encoding="utf-8", buffering=1)
         except OSError as e:
             logger.warning("trainer %s: cannot open log %s: %s", self.pid, self.log_path, e)
             return None

@@ -78,6 +78,8 @@ class SelftestConfig:
     connect_wait_s: float = 5.0
     request_timeout_s: float = 5.0
     run_trainer: bool = True
+    #: the agent's --trainer-user: the tiny training run runs as that user, as the agent's trainers would
+    trainer_user: str = ""
 
 
 def run_selftest(config: SelftestConfig) -> list[Check]:
@@ -85,6 +87,8 @@ def run_selftest(config: SelftestConfig) -> list[Check]:
     checks = [check_capability(config)]
     checks += check_broker_and_coordinator(config)
     checks.append(check_packages())
+    if config.trainer_user:
+        checks.append(check_trainer_user(config))
     if config.run_trainer:
         checks.append(check_trainer_run(config))
     else:
@@ -193,9 +197,23 @@ def check_packages() -> Check:
     return Check("training packages", Outcome.PASS, detail)
 
 
+def check_trainer_user(config: SelftestConfig) -> Check:
+    """The user trainers run as exists, is not root, and can read the repo and run this Python."""
+    from mqfleet.agent.isolation import TrainerUser
+
+    try:
+        user = TrainerUser.resolve(config.trainer_user)
+        user.check_access((config.repo or Path.cwd()).resolve(), sys.executable)
+    except ConfigurationError as e:
+        return Check("trainer user", Outcome.FAIL, str(e), "fix --trainer-user (MQFLEET_TRAINER_USER) as it says")
+    return Check("trainer user", Outcome.PASS, f"trainers run as {user.name} (uid {user.uid}): they cannot read the "
+                                               "agent's key file, environment or memory")
+
+
 def check_trainer_run(config: SelftestConfig) -> Check:
     """Generate a tiny dataset and train the xgboost built-in on it exactly as the agent starts trainers."""
     from mqfleet.agent.command import build_trainer_argv, trainer_env
+    from mqfleet.agent.isolation import TrainerUser, trainer_files
     from mqfleet.agent.runner import TrainerRun
 
     repo = (config.repo or Path.cwd()).resolve()
@@ -224,7 +242,17 @@ def check_trainer_run(config: SelftestConfig) -> Check:
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         out_dir = tmp_dir / "out"
         argv = build_trainer_argv(TrainerRef(name="selftest", argv=["{python}", "-m", "mqfleet.trainers.xgboost"]), spec)
-        run = TrainerRun(argv=argv, cwd=repo, env=trainer_env(spec_path, out_dir, []), out_dir=out_dir)
+        env = trainer_env(spec_path, out_dir, [])
+        user = None
+        if config.trainer_user:
+            try:
+                user = TrainerUser.resolve(config.trainer_user)
+            except ConfigurationError as e:
+                return Check("trainer run", Outcome.SKIP, f"not run: {e}")
+            out_dir.mkdir()
+            user.hand_over(tmp_dir)  # as the agent does with a job's folder
+            env = user.env(env)
+        run = TrainerRun(argv=argv, cwd=repo, env=env, out_dir=out_dir, user=user)
         try:
             run.start()
         except OSError as e:
@@ -236,7 +264,8 @@ def check_trainer_run(config: SelftestConfig) -> Check:
         elapsed = time.monotonic() - started
         if exit_code != 0:
             return Check("trainer run", Outcome.FAIL, f"xgboost trainer exited {exit_code}: {_last_line(run.tail)}", fix)
-        missing = [name for name in TRAINER_OUTPUTS if not (out_dir / name).is_file()]
+        with trainer_files(user):
+            missing = [name for name in TRAINER_OUTPUTS if not (out_dir / name).is_file()]
         if missing:
             return Check("trainer run", Outcome.FAIL, f"exited 0 but wrote no {', '.join(missing)}", fix)
         metrics = (run.latest_progress or {}).get("metrics")
@@ -244,6 +273,7 @@ def check_trainer_run(config: SelftestConfig) -> Check:
                           for k, v in list(metrics.items() if isinstance(metrics, dict) else ())[:3])
         return Check("trainer run", Outcome.PASS,
                      f"xgboost, {SELFTEST_ROWS} rows, {SELFTEST_ROUNDS} rounds in {elapsed:.1f}s in {repo}"
+                     + (f" as {user.name}" if user else "")
                      + (f": {shown}" if shown else ""))
 
 

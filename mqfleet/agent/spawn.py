@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -49,6 +50,32 @@ def check_program(program: str, cwd: Path, env: Mapping[str, str]) -> None:
             raise FileNotFoundError(f"trainer program not found or not executable: {path}")
     elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
         raise FileNotFoundError(f"trainer program {program!r} not found on the trainer's PATH")
+
+
+def popen_trainer(argv: list[str], cwd: Path, env: Mapping[str, str], *,
+                  as_user: Mapping[str, Any] | None = None) -> subprocess.Popen[str]:
+    """Start a trainer: in a session (POSIX) or process group (Windows) of its own, so the whole tree can be
+    signalled at once; on Linux through the PDEATHSIG wrapper, so it dies with the agent. `as_user` is
+    subprocess's user/group/extra_groups (mqfleet.agent.isolation.TrainerUser.popen_options)."""
+    creationflags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if IS_WINDOWS else 0
+    if IS_LINUX:
+        # The wrapper reports a missing program only as exit 127; check first so a start raises on every OS.
+        check_program(argv[0], cwd, env)
+        argv = [sys.executable, "-I", "-S", "-c", PDEATHSIG_WRAPPER, str(os.getpid()), *argv]
+    return subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        start_new_session=not IS_WINDOWS,
+        creationflags=creationflags,
+        **(as_user or {}),
+    )
 
 
 def pgid_of(pid: int) -> int | None:

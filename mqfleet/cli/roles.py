@@ -167,6 +167,9 @@ def coordinator_cmd(
 @click.option("--trainer-env", "trainer_env", multiple=True, metavar="NAME=VALUE",
               help="Give trainers this variable (repeatable); of the agent's own environment they see only "
                    "PATH, HOME, PYTHONPATH, LANG/LC_*, TMPDIR, CUDA_*/NVIDIA_* and a few more (docs/SECURITY.md).")
+@click.option("--trainer-user", "trainer_user", envvar="MQFLEET_TRAINER_USER", default="", metavar="NAME",
+              help="Run trainers as this user (Linux; the agent runs as root): they cannot read the agent's key file, "
+                   "environment or memory (docs/SECURITY.md).")
 @click.option("-v", "--verbose", count=True)
 @broker_options
 @click.pass_context
@@ -185,6 +188,7 @@ def agent_cmd(
     keepalive_s: int,
     log_file: Path | None,
     trainer_env: tuple[str, ...],
+    trainer_user: str,
     verbose: int,
     **broker: str | None,
 ) -> None:
@@ -192,7 +196,8 @@ def agent_cmd(
     from mqfleet.agent.daemon import Agent, AgentConfig
 
     host_id = host_id or socket.gethostname()
-    ctx.obj = {"host_id": host_id, "broker": broker, "prefix": prefix, "repo": repo, "slots": slots}
+    ctx.obj = {"host_id": host_id, "broker": broker, "prefix": prefix, "repo": repo, "slots": slots,
+               "trainer_user": trainer_user}
     if ctx.invoked_subcommand is not None:
         return
     _setup_logging(verbose, log_file)
@@ -210,6 +215,7 @@ def agent_cmd(
             heartbeat_s=heartbeat_s,
             keepalive_s=keepalive_s,
             extra_env=_env_pairs(trainer_env),
+            trainer_user=trainer_user,
         )
         agent = Agent(config)
     except ConfigurationError as e:
@@ -217,6 +223,8 @@ def agent_cmd(
     _on_stop_signals(agent.stop)
     try:
         agent.start()
+    except ConfigurationError as e:  # e.g. a work dir the trainer user cannot reach
+        _fail(str(e), EXIT_USAGE)
     except BrokerUnavailableError as e:
         _fail(str(e), EXIT_UNREACHABLE)
     raise click.exceptions.Exit(agent.run())

@@ -39,6 +39,7 @@ def selftest_cmd(ctx: click.Context, as_json: bool, no_train: bool, wait_s: floa
         connect_wait_s=wait_s,
         request_timeout_s=timeout_s,
         run_trainer=not no_train,
+        trainer_user=obj.get("trainer_user") or "",
     )
     checks = run_selftest(config)
     passed = is_passing(checks)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mqfleet.manifest.types import HostPolicy, JobSpec, Requirements
+from mqfleet.wire.advert import normalise_arch
 from mqfleet.wire.topics import JsonObject
 
 #: Shortest commit prefix accepted as naming the same commit as a full sha.
@@ -44,6 +45,12 @@ class HostView:
     @property
     def has_cuda(self) -> bool:
         return bool(self.advert.get("cuda"))
+
+    @property
+    def arch(self) -> str | None:
+        """The CPU architecture the advert names, normalised (an older agent's advert names none)."""
+        arch = self.advert.get("arch")
+        return normalise_arch(arch) if isinstance(arch, str) and arch else None
 
     @property
     def ram_gib(self) -> float:
@@ -96,6 +103,10 @@ def requirement_reasons(need: Requirements, host: HostView, *, commit: str) -> l
     reasons = _policy_reasons(need.model, host)
     if need.allowed_hosts and host.id not in need.allowed_hosts:
         reasons.append(f"not in allowed_hosts [{', '.join(need.allowed_hosts)}]")
+    if need.arch and host.arch not in need.arch:
+        accepted = str(list(need.arch))
+        reasons.append(f"arch {host.arch} not in {accepted}" if host.arch else
+                       f"the host's advert names no arch (its agent is older); the job needs one of {accepted}")
     if need.require_cuda and not host.has_cuda:
         reasons.append("needs CUDA; host has none")
     if need.min_vram_gib > 0 and host.vram_gib < need.min_vram_gib:

@@ -18,13 +18,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from mqfleet import defaults
 from mqfleet.client import FleetClient
 from mqfleet.errors import MqfleetError
 from mqfleet.local.broker import BrokerPki, LocalBroker, make_broker_pki, operator_cn
@@ -32,6 +37,7 @@ from mqfleet.local.s3 import LocalS3
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.trainers.demo_data import make_dataset
 from mqfleet.trust.acl import hosts_in_manifest
+from mqfleet.wire.replies import ArtifactRecord
 from mqfleet.wire.requests import JobRow
 
 logger = logging.getLogger(__name__)
@@ -41,6 +47,13 @@ DEMO_MANIFEST = EXAMPLES / "demo.toml"
 #: The demo gives up after this long; on 2 CPU cores it needs a few minutes.
 DEMO_TIMEOUT_S = 900.0
 STATUS_STYLE = {"pending": "yellow", "claimed": "cyan", "running": "blue", "completed": "green", "failed": "red", "cancelled": "dim"}
+#: Cells of the live table's progress bar: with the percentage it fits beside the names in 80 columns.
+BAR_CELLS = 10
+#: What the demo's agents must not inherit, from the demo or from the caller's environment: an agent needs
+#: its certificate and the broker, never the operator token or the store's and database's credentials
+#: (a trainer is code from the manifest; docs/SECURITY.md, "Trainers").
+SECRET_ENV = (defaults.ENV_OPERATOR_TOKEN, defaults.ENV_S3_ACCESS_KEY, defaults.ENV_S3_SECRET_KEY, "AWS_SESSION_TOKEN",
+              "MQFLEET_DB_PASSWORD", "PGPASSWORD")
 
 #: Agents of the demo: host id, slots, and its policy lives in demo.toml's [[hosts]].
 AGENTS = (("cpu-box", 1), ("gbt-only", 1))
@@ -73,9 +86,10 @@ class DemoFleet:
         cert, key = self.pki.cert(cn)
         return BrokerConfig(url=self.broker_url, ca=str(self.pki.ca), cert=str(cert), key=str(key))
 
-    def spawn(self, name: str, cn: str, *args: str) -> subprocess.Popen[bytes]:
-        """`python -m mqfleet ARGS` as certificate `cn` (with TLS), its output in NAME.log."""
-        env = {**self.env, **(self.pki.env(cn) if self.pki is not None else {})}
+    def spawn(self, name: str, cn: str, *args: str, secrets: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """`python -m mqfleet ARGS` as certificate `cn` (with TLS), its output in NAME.log; `secrets` (the
+        operator token, the store's keys) go to this process alone, on top of the demo's plain `env`."""
+        env = {**self.env, **(secrets or {}), **(self.pki.env(cn) if self.pki is not None else {})}
         log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 (the child holds it open)
         proc = subprocess.Popen([sys.executable, "-m", "mqfleet", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -146,15 +160,9 @@ def _run(fleet: DemoFleet, timeout_s: float, tls: bool) -> int:
         console.print(f"[green]broker[/] mosquitto on {fleet.broker_url} (plain, --plain)")
     store_url, store_env = _start_store(fleet)
     token = os.urandom(12).hex()
-    fleet.env = {
-        **os.environ,
-        **store_env,
-        "MQFLEET_BROKER": fleet.broker_url,
-        "MQFLEET_OPERATOR_TOKEN": token,
-        "PYTHONUNBUFFERED": "1",
-    }
+    fleet.env = {**plain_env(os.environ), defaults.ENV_BROKER: fleet.broker_url, "PYTHONUNBUFFERED": "1"}
     fleet.spawn("coordinator", "coordinator", "coordinator", "--manifest", str(manifest), "--db", str(work / "coordinator.db"),
-                "--store", store_url)
+                "--store", store_url, secrets={**store_env, defaults.ENV_OPERATOR_TOKEN: token})
     client = FleetClient(fleet.broker_config(operator_cn(DEMO_OPERATOR)), token=token, timeout_s=5)
     try:
         _wait_for_coordinator(client, fleet)
@@ -167,6 +175,13 @@ def _run(fleet: DemoFleet, timeout_s: float, tls: bool) -> int:
         return _report(client, console, jobs)
     finally:
         client.close()
+
+
+def plain_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment without its secrets (SECRET_ENV) and without a broker or certificates of its own,
+    which would point the demo's processes elsewhere: what every process of the demo starts from."""
+    own = (defaults.ENV_BROKER, defaults.ENV_CA, defaults.ENV_CERT, defaults.ENV_KEY, defaults.ENV_TOPIC_PREFIX)
+    return {k: v for k, v in environ.items() if k not in SECRET_ENV and k not in own}
 
 
 def _start_store(fleet: DemoFleet) -> tuple[str, dict[str, str]]:
@@ -220,61 +235,94 @@ def _needs_cuda(client: FleetClient, job_id: str, cache: dict[str, bool]) -> boo
 
 
 def _follow(client: FleetClient, console: Console, timeout_s: float) -> list[DemoJob]:
+    """Follow the jobs until they settle: a live table on a terminal; elsewhere (a pipe, a log file), where a
+    live table would only print its last frame, one line per change of a job's status."""
     deadline = time.monotonic() + timeout_s
     jobs: list[DemoJob] = []
     cuda_cache: dict[str, bool] = {}
-    with Live(console=console, refresh_per_second=4) as live:
+    said: dict[str, str] = {}
+    live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
+    with live or nullcontext():
         while time.monotonic() < deadline:
             try:
                 rows = [JobRow.from_wire(row) for row in client.jobs()]
                 jobs = [DemoJob(row, _needs_cuda(client, row.id, cuda_cache)) for row in rows]
             except MqfleetError as e:
                 logger.warning("jobs not answered: %s", e)
-            live.update(_progress_table(jobs))
+            if live is not None:
+                live.update(progress_table(jobs))
+            else:
+                for line in status_changes(jobs, said):
+                    console.print(Text(line))
             if jobs and _is_settled(jobs):
                 break
             time.sleep(0.5)
     return jobs
 
 
-def _progress_table(jobs: list[DemoJob]) -> Table:
-    table = Table(title="mqfleet demo: live", expand=False)
-    for col in ("job", "model", "status", "host", "progress"):
-        table.add_column(col)
+def status_changes(jobs: Sequence[DemoJob], said: dict[str, str]) -> Iterator[str]:
+    """`NAME: STATUS on HOST` for each job whose status changed since `said` (which it updates)."""
+    for job in jobs:
+        row = job.row
+        if said.get(row.id) != row.status:
+            said[row.id] = row.status
+            yield f"{row.name}: {row.status}" + (f" on {row.host}" if row.host else "")
+
+
+def _table(title: str, columns: Sequence[str]) -> Table:
+    """A table that fits 80 columns like the CLI's listings: no vertical rules; the job name (first) folds onto
+    further lines, never cut, while the short columns keep their width. Cells are Text, never markup."""
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1), collapse_padding=True)
+    for i, name in enumerate(columns):
+        table.add_column(name, no_wrap=i > 0, overflow="fold" if i == 0 else "ellipsis")
+    return table
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def progress_table(jobs: Sequence[DemoJob]) -> Table:
+    """The live table: each job's status, host and progress."""
+    table = _table("mqfleet demo: live", ("job", "model/mode", "status", "host", "progress"))
     for job in jobs:
         row = job.row
         progress = (row.progress or {}).get("progress")
         bar = ""
         if isinstance(progress, (int, float)) and row.status == "running":
-            filled = int(progress * 20)
-            bar = "█" * filled + "░" * (20 - filled) + f" {progress:4.0%}"
-        style = STATUS_STYLE.get(row.status, "")
-        table.add_row(row.name, row.model, f"[{style}]{row.status}[/]", row.host or "", bar)
+            filled = int(max(0.0, min(1.0, progress)) * BAR_CELLS)
+            bar = "█" * filled + "░" * (BAR_CELLS - filled) + f" {progress:4.0%}"
+        table.add_row(Text(row.name), Text(f"{row.model}/{row.mode}"), _status(row.status), Text(row.host or "-"), bar)
+    return table
+
+
+def results_table(jobs: Sequence[DemoJob], artifacts: Mapping[str, ArtifactRecord]) -> Table:
+    """The table the demo ends with: each job's outcome, its main metric and its artifact."""
+    table = _table("mqfleet demo: results", ("job", "model/mode", "status", "host", "metric", "artifact"))
+    for job in jobs:
+        row = job.row
+        artifact = artifacts.get(row.id)
+        metrics = artifact.metrics if artifact is not None else {}
+        # "acc": five columns more for the names, which fold onto fewer lines at 80 columns
+        metric = next((f"{short} {value:.3f}" for k, short in (("accuracy", "acc"), ("rmse", "rmse"))
+                       if isinstance(value := metrics.get(k), float)), "")
+        table.add_row(Text(row.name), Text(f"{row.model}/{row.mode}"), _status(row.status), Text(row.host or "-"),
+                      Text(metric or "-"), Text((row.artifact or "-")[:8]))
     return table
 
 
 def _report(client: FleetClient, console: Console, jobs: list[DemoJob]) -> int:
     artifacts = {a.job_id: a for a in client.artifacts()}
-    table = Table(title="mqfleet demo: results")
-    for col in ("job", "model", "mode", "status", "host", "metric", "artifact"):
-        table.add_column(col, no_wrap=col in ("status", "metric", "artifact"))
-    ok = bool(jobs)
-    for job in jobs:
-        row = job.row
-        artifact = artifacts.get(row.id)
-        metrics = artifact.metrics if artifact is not None else {}
-        metric = next((f"{k} {value:.3f}" for k in ("accuracy", "rmse") if isinstance(value := metrics.get(k), float)), "")
-        style = STATUS_STYLE.get(row.status, "")
-        table.add_row(row.name, row.model, row.mode, f"[{style}]{row.status}[/]", row.host or "", metric,
-                      (row.artifact or "")[:12])
-        if row.status != "completed" and not (row.status == "pending" and job.require_cuda):
-            ok = False
-    console.print(table)
+    ok = bool(jobs) and all(j.row.status == "completed" or (j.row.status == "pending" and j.require_cuda) for j in jobs)
+    # a line of its own: a live table's last frame may leave the cursor at the end of its bottom border
+    console.line()
+    console.print(results_table(jobs, artifacts))
     for job in jobs:
         if job.row.status == "pending":
             detail = client.job(job.row.id)
-            console.print(f"[yellow]{job.row.name}[/] waits:")
+            console.print(Text.assemble((job.row.name, "yellow"), " waits:"))
             for reason in detail.why_waiting:
-                console.print(f"  {reason.host or 'fleet'}: {reason.reason}")
+                console.print(Text(f"  {reason.host or 'fleet'}: {reason.reason}"))
     console.print("[green]every runnable job completed[/]" if ok else "[red]some runnable jobs did not complete[/]")
     return 0 if ok else 1

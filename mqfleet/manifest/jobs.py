@@ -16,6 +16,7 @@ from typing import TypeVar
 from mqfleet.manifest.tables import check_value
 from mqfleet.manifest.types import FleetSettings, HyperValue, JobSpec, TrainerSpec, job_id
 from mqfleet.manifest.values import Checked, Checker, TomlTable, TomlValue, coerce, did_you_mean, fmt, show
+from mqfleet.wire.advert import ARCHES, normalise_arch
 
 #: A sweep that would expand past this many jobs is refused: it is nearly always a typo.
 MAX_SWEEP_JOBS = 10_000
@@ -37,6 +38,7 @@ _JOB_KINDS = {
     "min_torch": "str",
     "same_commit": "bool",
     "allowed_hosts": "strs",
+    "arch": "strs",
     "priority": "int",
     "after": "strs",
     "timeout_s": "number>0",
@@ -119,6 +121,7 @@ def _read_entry(
             f"{place}.same_commit",
             'is true but [fleet] has no commit; set commit = "<git sha>" in [fleet] or drop same_commit',
         )
+    arch = _checked_arch(ck, got.texts("arch", _DEFAULT_JOB.arch), f"{place}.arch")
     seeds = _axis(ck, entry.get("seed", _DEFAULT_JOB.seed), f"{place}.seed", sweep, _check_seed)
     axes: list[tuple[str, list[HyperValue]]] = []
     raw_hyper = entry.get("hyper", {})
@@ -131,11 +134,26 @@ def _read_entry(
     explicit = "name" in got and not sweep
     if len(ck.problems) > before or trainer is None or model is None:
         return [JobDraft(place, base, explicit, None, after)]
-    spec = _checked_job(got, model, mode, fleet)
+    spec = _checked_job(got, model, mode, fleet, arch)
     return _expand(ck, place, base, spec, after, axes, seeds, explicit=explicit, sweep=sweep)
 
 
-def _checked_job(got: Checked, model: str, mode: str, fleet: FleetSettings) -> JobSpec:
+def _checked_arch(ck: Checker, names: tuple[str, ...], place: str) -> tuple[str, ...]:
+    """The CPU architectures a job accepts, normalised as adverts name them (amd64 -> x86_64); () for any,
+    as for allowed_hosts."""
+    arches: list[str] = []
+    for i, name in enumerate(names):
+        arch = normalise_arch(name)
+        if arch not in ARCHES:
+            ck.add(f"{place}[{i}]", f"unknown CPU architecture {show(name)}{did_you_mean(arch, ARCHES)}; name it as "
+                                    f"`uname -m` prints it: {', '.join(ARCHES)} (amd64 and arm64 are read as x86_64 "
+                                    "and aarch64)")
+        elif arch not in arches:
+            arches.append(arch)
+    return tuple(arches)
+
+
+def _checked_job(got: Checked, model: str, mode: str, fleet: FleetSettings, arch: tuple[str, ...]) -> JobSpec:
     """The job an entry's checked keys describe, before its hyperparameters, seed, id, name and `after`."""
     d = _DEFAULT_JOB
     return JobSpec(
@@ -152,6 +170,7 @@ def _checked_job(got: Checked, model: str, mode: str, fleet: FleetSettings) -> J
         min_torch=got.text("min_torch", d.min_torch),
         same_commit=got.flag("same_commit", d.same_commit),
         allowed_hosts=got.texts("allowed_hosts", d.allowed_hosts),
+        arch=arch,
         priority=got.integer("priority", d.priority),
         # the [fleet] limits are defaults: the spec carries the limit in force, so the agent needs no manifest
         timeout_s=got.number("timeout_s", fleet.timeout_s),

@@ -107,6 +107,7 @@ class Requirements:
 
     model: str
     allowed_hosts: tuple[str, ...] = ()
+    arch: tuple[str, ...] = ()
     require_cuda: bool = False
     prefer_cuda: bool = False
     min_vram_gib: float = 0.0
@@ -167,6 +168,8 @@ class JobSpec:
     min_torch: str = ""
     same_commit: bool = False
     allowed_hosts: tuple[str, ...] = ()
+    #: the CPU architectures the job may run on (normalised, see mqfleet.wire.advert.ARCHES); empty: any
+    arch: tuple[str, ...] = ()
     priority: int = 0
     after: tuple[str, ...] = ()
     timeout_s: float | None = None  # wall-clock limit of one attempt, [fleet] default applied
@@ -213,6 +216,8 @@ class JobSpec:
         # Only when set, so the specs (and artifacts) of jobs without an override stay as they were.
         if self.checkpoint_interval_s is not None:
             out["checkpoint_interval_s"] = self.checkpoint_interval_s
+        if self.arch:
+            out["arch"] = list(self.arch)
         return out
 
 

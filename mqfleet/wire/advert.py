@@ -27,6 +27,20 @@ MAX_EXTRA_FIELDS = 32
 #: An unknown advert field kept for a newer agent: a scalar only.
 Extra = str | int | float | bool | None
 
+#: The CPU architectures a job's `arch` may name: the names Linux's `uname -m` gives. Other systems name
+#: some of them otherwise (Windows AMD64/ARM64, macOS arm64, BSD amd64): ARCH_ALIASES maps those here,
+#: for the advert an agent sends and for a manifest that uses them.
+ARCHES = ("x86_64", "aarch64", "armv7l", "armv6l", "i686", "riscv64", "ppc64le", "s390x", "loongarch64", "mips64")
+ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64", "x86": "i686",
+                "i386": "i686", "i586": "i686", "armhf": "armv7l", "armv7": "armv7l"}
+
+
+def normalise_arch(name: str) -> str:
+    """One name per CPU architecture: `platform.machine()` or a manifest's spelling, lower-cased, aliases
+    mapped (amd64 -> x86_64, arm64 -> aarch64); a name it does not know comes back lower-cased."""
+    lowered = name.strip().lower()
+    return ARCH_ALIASES.get(lowered, lowered)
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -55,6 +69,11 @@ class Advert(WireMessage):
     hostname: str | None = None
     os: str | None = None
     os_version: str | None = None
+    #: the CPU architecture, normalised (`x86_64`, `aarch64`, ...: see ARCHES)
+    arch: str | None = None
+    #: the OS family: on Linux the distribution's family (os-release ID_LIKE, else ID: `debian` for
+    #: Debian, Ubuntu and Raspberry Pi OS), elsewhere the same as `os`
+    os_family: str | None = None
     python: str | None = None
     cpu_cores: int | None = None
     ram_gib: float | None = None
@@ -180,6 +199,8 @@ def parse_advert(host: str, obj: object) -> Advert:
         hostname=_text(obj, "hostname"),
         os=_text(obj, "os"),
         os_version=_text(obj, "os_version"),
+        arch=_text(obj, "arch"),
+        os_family=_text(obj, "os_family"),
         python=_text(obj, "python"),
         driver=_text(obj, "driver"),
         torch=_text(obj, "torch"),

@@ -41,6 +41,7 @@ class JobRow(WireMessage):
     model: str = ""
     mode: str = ""
     host: str | None = None
+    #: attempts charged to the budget (`max_attempts`): the same as `attempts_charged`, kept for older readers
     attempts: int = 0
     max_attempts: int = 0
     priority: int = 0
@@ -56,6 +57,10 @@ class JobRow(WireMessage):
     stall_s: float | None = None
     retry_after_ts: float | None = None
     unsatisfied: str | None = dataclasses.field(default=None, metadata=LONG_TEXT)
+    #: every attempt ever granted (the entries of `show`'s `attempts_detail`), and those charged to the budget
+    #: since the last requeue: neither the attempt that completes nor a hand-back at shutdown is charged
+    attempts_started: int = 0
+    attempts_charged: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ not exist); tests that need a running trainer or a drained host get their own.
 from __future__ import annotations
 
 import json
+import platform
 import select
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from mqfleet.manifest.load import parse_manifest
+from mqfleet.wire.advert import normalise_arch
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import ROOT, Fleet, manifest_text, trainer_processes
 
@@ -162,6 +164,51 @@ def test_a_drained_host_takes_no_new_job_and_undrain_lets_it_work_again(fleet: F
     assert {j["host"] for j in late if j["name"].startswith("late-")} == {"alpha"}
 
 
+FLAKY_TRAINER = """\
+[trainers.flaky]
+command = ["{python}", "-c", "import json, os, pathlib, sys; out = pathlib.Path(os.environ['MQFLEET_OUT_DIR']); out.mkdir(parents=True, exist_ok=True); (out / 'r.txt').write_text('ok'); sys.exit(1 if json.loads(pathlib.Path(os.environ['MQFLEET_SPEC']).read_text())['attempt'] == 1 else 0)"]
+"""
+
+
+def test_a_job_that_failed_once_then_completed_shows_two_attempts_started_and_one_charged(fleet: Fleet) -> None:
+    fleet.write_manifest(manifest_text({"name": "flaky", "model": "flaky", "mode": "m"}, trainers=FLAKY_TRAINER))
+    fleet.start_coordinator()
+    fleet.start_agent("alpha")
+    fleet.wait_for_status({"flaky": "completed"}, timeout_s=60)
+    row = next(j for j in _json(fleet.cli("jobs", "--json")) if j["name"] == "flaky")
+    # `attempts` stays what it always was (the charged count), beside the two unambiguous names
+    assert (row["attempts_started"], row["attempts_charged"], row["attempts"], row["max_attempts"]) == (2, 1, 1, 3)
+    detail = _json(fleet.cli("show", "flaky", "--json"))
+    assert len(detail["attempts_detail"]) == detail["attempts_started"] == 2
+    assert detail["attempts_charged"] == 1
+    fleet.env["COLUMNS"] = "120"
+    table = fleet.cli("jobs")
+    assert table.returncode == 0, table.stderr
+    header = next((line for line in table.stdout.splitlines() if "started" in line), "")
+    line = next((line for line in table.stdout.splitlines() if line.lstrip().startswith("flaky")), "")
+    assert "charged" in header and line.split()[5:7] == ["2", "1/3"], table.stdout
+    shown = fleet.cli("show", "flaky")
+    assert "2 started, 1 charged of 3" in shown.stdout, shown.stdout
+
+
+def test_a_job_for_another_cpu_architecture_is_not_given_to_this_host_and_show_says_why(fleet: Fleet) -> None:
+    here = normalise_arch(platform.machine())
+    other = "x86_64" if here == "aarch64" else "aarch64"
+    fleet.write_manifest(manifest_text({"name": "elsewhere", "model": "ok", "mode": "m", "arch": [other]},
+                                       {"name": "here", "model": "ok", "mode": "n", "arch": [here, other], "priority": -1}))
+    fleet.start_coordinator()
+    fleet.start_agent("alpha")
+    # "elsewhere" ranks first; the host takes "here" and leaves "elsewhere" alone
+    fleet.wait_for_status({"here": "completed", "elsewhere": "pending"}, timeout_s=60)
+    detail = _json(fleet.cli("show", "elsewhere", "--json"))
+    assert detail["attempts_detail"] == [] and detail["spec"]["arch"] == [other]
+    reason = f"arch {here} not in ['{other}']"
+    assert [w["reason"] for w in detail["why_waiting"] if w["host"] == "alpha"] == [reason]
+    fleet.env["COLUMNS"] = "200"
+    shown = fleet.cli("show", "elsewhere")
+    assert reason in shown.stdout, shown.stdout
+
+
 # --- listings and their --json shape -----------------------------------------------------------
 
 
@@ -223,9 +270,11 @@ def test_workers_json_and_table_show_the_host_capability_and_slots(shared: Fleet
     assert alpha["online"] is True and alpha["draining"] is False
     assert {"slots", "slots_used", "jobs", "last_seen_ts", "advert"} <= set(alpha)
     assert alpha["advert"]["cpu_cores"] >= 1
+    assert alpha["advert"]["arch"] == normalise_arch(platform.machine()) and alpha["advert"]["os_family"]
     table = shared.cli("workers")
     assert table.returncode == 0, table.stderr
     assert "alpha" in table.stdout and "online" in table.stdout and "0/1" in table.stdout
+    assert alpha["advert"]["arch"] in table.stdout
 
 
 def test_status_and_health_summarise_the_fleet(shared: Fleet) -> None:

@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from mqfleet.local.broker import LocalBroker
-from tests.fixtures.common import require_real_part
+from tests.fixtures.common import require_real_part, wait_until
+from tests.unit.test_demo_render import job_column as job_names
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,17 +34,54 @@ def _processes_mentioning(path: Path) -> list[str]:
     return found
 
 
+def _environments(work: Path, role: str) -> list[dict[str, str]]:
+    """The environments of the demo's live `mqfleet ROLE` processes (read as root, or as their user)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info.get("cmdline") or []
+            if role in cmdline and any(str(work) in part for part in cmdline):
+                found.append(proc.environ())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 @pytest.mark.timeout(600)
 def test_demo_completes_every_runnable_job_over_tls_and_leaves_no_process_behind(tmp_path: Path) -> None:
     require_real_part(LocalBroker.available(), "mosquitto")
     work = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "mqfleet", "demo", "--dir", str(work), "--timeout", "400"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=540, env={"COLUMNS": "200", **_env()})
-    out = result.stdout
+    # 80 columns and no terminal: what a log file or a CI job gets
+    proc = subprocess.Popen([sys.executable, "-m", "mqfleet", "demo", "--dir", str(work), "--timeout", "400"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**_env(), "COLUMNS": "80"})
+    try:
+        agents = wait_until(lambda: len(found := _environments(work, "agent")) == 2 and found, timeout_s=120,
+                            what="the demo's two agents")
+        coordinator = _environments(work, "coordinator")
+        out, err = proc.communicate(timeout=540)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    # the agents get their certificate and the broker, never the operator token or the store's keys
+    secrets = {"MQFLEET_OPERATOR_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert [secrets & set(env) for env in agents] == [set(), set()]
+    assert all(env.get("MQFLEET_CERT") for env in agents)
+    assert coordinator and "MQFLEET_OPERATOR_TOKEN" in coordinator[0]
     logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in sorted(work.glob("*.log")))
-    assert result.returncode == 0, f"{out[-4000:]}\n{result.stderr[-2000:]}\n{logs}"
+    assert proc.returncode == 0, f"{out[-4000:]}\n{err[-2000:]}\n{logs}"
     assert "every runnable job completed" in out
     assert "mutual TLS" in out, out[:2000]
+    # the results table starts on a line of its own, within 80 columns, every job name whole
+    lines = out.splitlines()
+    title = next(i for i, line in enumerate(lines) if "mqfleet demo: results" in line)
+    assert lines[title].startswith("mqfleet demo: results"), out[-3000:]
+    table = "\n".join(lines[title:])
+    assert "…" not in table and all(len(line) <= 80 for line in lines[title:]), table
+    names = job_names(table)
+    for name in ("gbt-random", "mlp-gpu", "gbt-sweep-learning_rate=0.05-max_depth=3"):
+        assert name in names, table
     # The CUDA-only job stays pending on a machine without a GPU, and says why.
     assert "waits:" in out and "cuda" in out.lower(), out[-3000:]
     conf = (work / "broker" / "mosquitto.conf").read_text()

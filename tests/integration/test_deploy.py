@@ -21,6 +21,7 @@ import pytest
 from mqfleet import defaults
 from mqfleet.trust import certs
 from tests.fixtures.fleet import Fleet, manifest_text
+from tests.fixtures.users import OTHER_USER
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent
@@ -250,6 +251,46 @@ def test_agent_install_runs_the_selftest_against_the_fleet_and_writes_0600_confi
         assert copied.read_bytes() == source.read_bytes()
         assert mode_of(copied) == 0o600
     assert mode_of(root / "etc/mqfleet/tls") == 0o700
+
+
+def test_agent_install_runs_trainers_as_a_user_of_their_own_and_the_agent_as_root_with_bounded_capabilities(
+    tmp_path: Path, fleet: Fleet, host_tls: tuple[Path, Path, Path], python_for_other_user: str
+) -> None:
+    fleet.write_manifest(manifest_text())
+    fleet.start_coordinator()
+    root = tmp_path / "root"
+    venv = Path(python_for_other_user).parent.parent
+
+    result = run_script(
+        AGENT_SH, "--root", str(root), "--venv", str(venv), "--broker", fleet.broker_url, "--host-id", "enrolled",
+        "--ca", str(host_tls[0]), "--cert", str(host_tls[1]), "--key", str(host_tls[2]), "--repo", str(ROOT),
+        "--prefix", fleet.prefix, "--trainer-user", OTHER_USER, timeout_s=300)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    # the selftest trained as the trainer user, as the service's trainers will
+    assert "trainer user" in result.stdout and f"as {OTHER_USER}" in result.stdout, result.stdout
+    assert env_values(root / "etc/mqfleet/agent.env")["MQFLEET_TRAINER_USER"] == OTHER_USER
+    dropin = unit_sections(root / (AGENT_UNIT + ".d") / "trainer-user.conf")["Service"]
+    assert (dropin["User"], dropin["Group"], dropin["StateDirectoryMode"]) == ("root", "root", "0751")
+    assert set(dropin["CapabilityBoundingSet"].split()) == {
+        "CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER"}
+    assert_unit_verifies(root / AGENT_UNIT)
+
+    removed = run_script(AGENT_SH, "--root", str(root), "--uninstall")
+    assert removed.returncode == 0, removed.stderr
+    assert not (root / (AGENT_UNIT + ".d")).exists()
+
+
+def test_agent_install_without_a_trainer_user_writes_no_drop_in_and_refuses_the_service_user_as_one(
+    tmp_path: Path, fleet: Fleet, host_tls: tuple[Path, Path, Path]
+) -> None:
+    root = tmp_path / "root"
+    plain = install_agent(root, fleet, host_tls, "--skip-selftest", "--no-trainer-user")
+    assert plain.returncode == 0, plain.stderr
+    assert env_values(root / "etc/mqfleet/agent.env")["MQFLEET_TRAINER_USER"] == ""
+    assert not (root / (AGENT_UNIT + ".d") / "trainer-user.conf").exists()
+    same = install_agent(tmp_path / "other", fleet, host_tls, "--skip-selftest", "--trainer-user", "mqfleet")
+    assert same.returncode == 2 and "must differ from --user" in same.stderr
 
 
 def test_agent_unit_lets_the_agent_hand_jobs_back_before_systemd_kills_anything(tmp_path: Path) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
-from tests.fixtures.fleet import Fleet, manifest_text
+from tests.fixtures.fleet import ROOT, Fleet, manifest_text
+from tests.fixtures.users import OTHER_USER
 
 
 def test_selftest_passes_with_exit_0_and_a_table_against_a_running_fleet(fleet: Fleet) -> None:
@@ -63,3 +66,25 @@ def test_selftest_with_unreadable_tls_files_fails_naming_the_file(fleet: Fleet) 
     broker = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "broker")
     assert broker["outcome"] == "fail"
     assert "/nonexistent/ca.crt" in broker["detail"] and "--ca" in broker["fix"]
+
+
+def test_selftest_with_a_trainer_user_trains_as_that_user_and_fails_on_a_repo_it_cannot_read(
+    fleet: Fleet, outside_tmp: Path, python_for_other_user: str
+) -> None:
+    fleet.write_manifest(manifest_text())
+    fleet.start_coordinator()
+
+    def selftest(*options: str) -> dict[str, dict[str, str]]:
+        result = subprocess.run([python_for_other_user, "-m", "mqfleet", "agent", "--host-id", "st",
+                                 "--trainer-user", OTHER_USER, *options, "selftest", "--json"],
+                                cwd=ROOT, env=fleet.env, capture_output=True, text=True, timeout=240)
+        return {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+
+    checks = selftest()
+    assert checks["trainer user"]["outcome"] == "pass", checks
+    assert checks["trainer run"]["outcome"] == "pass" and f"as {OTHER_USER}" in checks["trainer run"]["detail"], checks
+    private = outside_tmp / "private-repo"
+    private.mkdir(mode=0o700)
+    refused = selftest("--repo", str(private))
+    assert refused["trainer user"]["outcome"] == "fail"
+    assert f"cannot read {private}" in refused["trainer user"]["detail"] and "chmod o+rx" in refused["trainer user"]["detail"]

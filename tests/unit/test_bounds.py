@@ -69,6 +69,9 @@ def test_a_real_agents_advert_parses_and_round_trips_to_the_same_json() -> None:
         ("gpus", "all of them", "gpus"),
         ("labels", [1, 2], "labels[0]"),
         ("hostname", "x" * (MAX_TEXT + 1), "hostname"),
+        ("arch", ["aarch64"], "arch"),
+        ("arch", "a" * (MAX_TEXT + 1), "arch"),
+        ("os_family", 7, "os_family"),
     ],
 )
 def test_an_advert_field_of_the_wrong_type_is_refused_naming_the_field(field: str, value: object, named: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 import mqfleet
 from mqfleet.agent import capability
 from mqfleet.agent.capability import detect_advert, detect_git
+from mqfleet.wire.advert import normalise_arch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -24,6 +26,8 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "hostname": str,
     "os": str,
     "os_version": str,
+    "arch": str,
+    "os_family": str,
     "python": str,
     "cpu_cores": int,
     "ram_gib": float,
@@ -87,6 +91,29 @@ def test_the_advert_has_exactly_the_contract_fields_with_their_types(tmp_path: P
     assert advert["agent_version"] == mqfleet.__version__
     assert before <= advert["ts"] <= time.time()
     json.dumps(advert)  # goes on the wire as is
+
+
+def test_the_advert_names_this_hosts_cpu_architecture_as_uname_does() -> None:
+    advert = detect_advert("h").to_wire()
+    assert advert["arch"] == normalise_arch(platform.machine())
+    if sys.platform.startswith("linux"):
+        assert advert["arch"] == os.uname().machine
+        assert advert["os_family"] not in ("", "linux") or not Path("/etc/os-release").exists()
+
+
+@pytest.mark.parametrize(("name", "arch"), [("AMD64", "x86_64"), ("arm64", "aarch64"), ("x86_64", "x86_64"),
+                                            ("aarch64", "aarch64"), ("armv7l", "armv7l"), ("i386", "i686")])
+def test_architecture_names_of_every_os_are_read_as_linux_names_them(name: str, arch: str) -> None:
+    assert normalise_arch(name) == arch
+
+
+@pytest.mark.parametrize(("release", "family"), [
+    ({"ID": "debian"}, "debian"), ({"ID": "ubuntu", "ID_LIKE": "debian"}, "debian"),
+    ({"ID": "raspbian", "ID_LIKE": "debian"}, "debian"), ({"ID": "rocky", "ID_LIKE": "rhel centos fedora"}, "rhel"),
+    ({"ID": "fedora"}, "fedora"), ({}, "linux"),
+])
+def test_the_os_family_is_the_distributions_family(release: dict[str, str], family: str) -> None:
+    assert capability.os_family(release) == family
 
 
 def test_every_gpu_entry_has_index_name_uuid_and_vram() -> None:

@@ -119,3 +119,13 @@ def test_a_claim_behind_more_sets_than_it_reads_quietly_still_gets_the_job_and_s
         assert [claimed(db, "h", T0 + i).job.name for i in range(2)] == ["runnable", "next"]
     warnings = [r.getMessage() for r in caplog.records if "sets of pending jobs" in r.getMessage()]
     assert len(warnings) == 1 and f"read {MANY_SETS + 2} sets" in warnings[0], warnings
+
+
+def test_a_runnable_job_is_claimed_behind_600_jobs_for_another_cpu_architecture(db: CoordinatorState) -> None:
+    db.apply_manifest(manifest(*ahead(arch=("aarch64",)), job("runnable")), T0)
+    bring_online(db, "h", arch="x86_64")
+    assert host_line(db, "ahead-0", "h") == "arch x86_64 not in ['aarch64']"
+    assert host_line(db, "runnable", "h") == "eligible; its next claim takes this job"
+    assert claimed(db, "h").job.name == "runnable"
+    bring_online(db, "pi", arch="aarch64")
+    assert claimed(db, "pi").job.name == "ahead-0"

@@ -386,6 +386,35 @@ def test_min_torch_accepts_dotted_integers() -> None:
     assert parse('[[jobs]]\nmodel = "gbt"\nmin_torch = "2.3.1"\n').jobs[0].min_torch == "2.3.1"
 
 
+def test_arch_takes_a_list_of_architectures_named_as_uname_prints_them() -> None:
+    job = parse('[[jobs]]\nmodel = "gbt"\narch = ["aarch64", "arm64", "AMD64"]\n').jobs[0]
+    assert job.arch == ("aarch64", "x86_64")  # aliases read as the advert names them, each once
+    assert job.to_dict()["arch"] == ["aarch64", "x86_64"]
+    plain = parse('[[jobs]]\nmodel = "gbt"\n').jobs[0]
+    assert plain.arch == () and "arch" not in plain.to_dict()  # specs without it stay as they were
+    assert parse('[[jobs]]\nmodel = "gbt"\narch = []\n').jobs[0] == plain  # empty: any, as allowed_hosts
+
+
+def test_arch_does_not_change_the_job_id() -> None:
+    with_arch = parse('[[jobs]]\nmodel = "gbt"\narch = ["aarch64"]\n').jobs[0]
+    assert with_arch.id == parse('[[jobs]]\nmodel = "gbt"\n').jobs[0].id
+
+
+@pytest.mark.parametrize(("value", "place", "words"), [
+    ('["aarh64"]', "jobs[0].arch[0]", "did you mean 'aarch64'"),
+    ('["x86_64", "sparc"]', "jobs[0].arch[1]", "unknown CPU architecture"),
+    ('"aarch64"', "jobs[0].arch", "list of strings"),
+])
+def test_a_bad_arch_is_refused_at_its_place_with_the_fix(value: str, place: str, words: str) -> None:
+    assert words in problems(f'[[jobs]]\nmodel = "gbt"\narch = {value}\n')[place]
+
+
+def test_a_sweeps_arch_applies_to_every_job_it_expands_to() -> None:
+    m = parse('[[sweeps]]\nmodel = "gbt"\narch = ["aarch64"]\nseed = [1, 2, 3]\n')
+    assert [j.arch for j in m.jobs] == [("aarch64",)] * 3
+    assert "sweeps[0].arch[0]" in problems('[[sweeps]]\nmodel = "gbt"\narch = ["pdp11"]\nseed = [1, 2]\n')
+
+
 def test_same_commit_needs_a_commit_in_fleet() -> None:
     found = problems('[[jobs]]\nmodel = "gbt"\nsame_commit = true\n')
     assert "[fleet] has no commit" in found["jobs[0].same_commit"]

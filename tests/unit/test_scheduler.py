@@ -107,6 +107,30 @@ def test_min_ram_compares_against_the_advert() -> None:
     assert job_reasons(spec(min_ram_gib=16), CPU, commit="") == []
 
 
+def test_arch_limits_the_job_to_hosts_of_the_named_architectures() -> None:
+    pi = host("pi", advert={"arch": "aarch64"})
+    box = host("box", advert={"arch": "x86_64"})
+    job = spec(arch=("aarch64",))
+    assert job_reasons(job, pi, commit="") == []
+    assert job_reasons(job, box, commit="") == ["arch x86_64 not in ['aarch64']"]
+    assert job_reasons(spec(arch=("x86_64", "aarch64")), box, commit="") == []
+    assert job_reasons(spec(), box, commit="") == []
+    assert pick([job, spec("any")], box) == "any"
+    assert pick([job, spec("any")], pi) == "j"
+
+
+def test_an_advert_spelling_arm64_or_amd64_is_read_as_aarch64_or_x86_64() -> None:
+    assert job_reasons(spec(arch=("aarch64",)), host(advert={"arch": "arm64"}), commit="") == []
+    assert job_reasons(spec(arch=("x86_64",)), host(advert={"arch": "AMD64"}), commit="") == []
+
+
+def test_an_advert_without_arch_runs_no_job_that_names_one_and_says_why() -> None:
+    old = host("old")  # an agent from before the advert had `arch`
+    assert job_reasons(spec(), old, commit="") == []
+    [reason] = job_reasons(spec(arch=("aarch64",)), old, commit="")
+    assert "names no arch" in reason and "['aarch64']" in reason
+
+
 def test_min_torch_needs_a_new_enough_torch() -> None:
     assert job_reasons(spec(min_torch="2.3"), CPU, commit="") == []
     assert job_reasons(spec(min_torch="2.14"), CPU, commit="") == ["needs torch >= 2.14; host has 2.13.0+cpu"]

@@ -147,14 +147,16 @@ def number_cell(value: JsonValue) -> str:
     return f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else escape(value))
 
 
-def listing_table(title: str, columns: Iterable[str], *, right: Iterable[str] = (), wrap: Iterable[str] = ()) -> Table:
-    """A listing that fits an 80-column terminal: no vertical rules; only the `wrap` columns may wrap."""
+def listing_table(title: str, columns: Iterable[str], *, right: Iterable[str] = (), wrap: Iterable[str] = (),
+                  whole: Iterable[str] = ()) -> Table:
+    """A listing that fits an 80-column terminal: no vertical rules; only the `wrap` columns may wrap, and the
+    `whole` columns keep at least their header's width (short values whose header says what they are)."""
     table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
                   padding=(0, 1), collapse_padding=True)
-    right, wrap = set(right), set(wrap)
+    right, wrap, whole = set(right), set(wrap), set(whole)
     for name in columns:
         table.add_column(name, justify="right" if name in right else "left", no_wrap=name not in wrap,
-                         overflow="fold" if name in wrap else "ellipsis")
+                         overflow="fold" if name in wrap else "ellipsis", min_width=len(name) if name in whole else None)
     return table
 
 
@@ -170,9 +172,10 @@ def kv_table() -> Table:
 
 
 def workers_table(workers: Iterable[Worker], names: Mapping[str, str], now: float) -> Table:
-    table = listing_table("workers", ("host", "state", "os", "cores", "RAM", "CUDA / GPUs", "torch", "slots", "running", "seen",
+    table = listing_table("workers", ("host", "state", "os/arch", "cores", "RAM", "CUDA / GPUs", "torch", "slots", "running", "seen",
                                "used (all attempts)"),
-                   right=("cores", "RAM", "slots"), wrap=("CUDA / GPUs", "running", "used (all attempts)"))
+                   right=("cores", "RAM", "slots"), wrap=("os/arch", "CUDA / GPUs", "running", "used (all attempts)"),
+                   whole=("os/arch",))
     for w in workers:
         advert = w.advert  # written by the host: every value narrowed or escaped before it is shown
         state = Text("online", style="green") if w.online else Text("offline", style="red")
@@ -190,7 +193,8 @@ def workers_table(workers: Iterable[Worker], names: Mapping[str, str], now: floa
         running = ", ".join(escape(names.get(j, short_id(j))) for j in w.jobs) or "-"
         seen = w.last_seen_ts
         table.add_row(
-            escape(w.id), state, escape(advert.get("os", "-")), number_text(advert.get("cpu_cores")),
+            escape(w.id), state, escape(" ".join(str(advert.get(k) or "-") for k in ("os", "arch"))),
+            number_text(advert.get("cpu_cores")),
             number_text(advert.get("ram_gib"), "G"), cuda, escape(advert.get("torch") or "-"),
             escape(f"{w.slots_used}/{w.slots}"), running,
             human_duration(now - seen) + " ago" if seen else "-",

@@ -41,14 +41,18 @@ from mqfleet.wire.topics import JsonObject
 
 def jobs_table(jobs: Iterable[JsonObject], *, first: bool = True) -> Table:
     """The jobs table; `first=False` for the later chunks of a streamed listing (no title, no header)."""
-    table = listing_table("jobs" if first else "", ("name", "id", "model/mode", "status", "host", "att", "pri", "prog",
-                                              "artifact", "error"), right=("att", "pri", "prog"), wrap=("error",))
+    table = listing_table("jobs" if first else "", ("name", "id", "model/mode", "status", "host", "started", "charged",
+                                              "pri", "prog", "artifact", "error"),
+                          right=("started", "charged", "pri", "prog"), wrap=("error",), whole=("started", "charged"))
     table.show_header = first
     for job in jobs:
         table.add_row(
             escape(job["name"]), escape(short_id(job["id"], 10)), escape(f"{job['model']}/{job['mode']}"),
             status_text(job["status"]), escape(job.get("host") or "-"),
-            escape(f"{job.get('attempts', 0)}/{job.get('max_attempts', '?')}"), escape(job.get("priority", 0)),
+            # attempts started, and those charged to the budget of max_attempts (docs/CLI.md)
+            escape(job.get("attempts_started", "-")),
+            escape(f"{job.get('attempts_charged', job.get('attempts', 0))}/{job.get('max_attempts', '?')}"),
+            escape(job.get("priority", 0)),
             progress_pct(job.get("progress")), escape(short_id(job.get("artifact"), 8)),
             # the unsatisfied dependency is shown whole: it is the one thing to act on
             escape(job.get("unsatisfied") or excerpt(clean(job.get("error") or ""), 30)),
@@ -112,6 +116,13 @@ def usage_text(usage: Usage | None) -> str:
     return "  ".join(parts)
 
 
+def attempts_text(job: JobDetail) -> str:
+    """"2 started, 1 charged of 3": how many attempts ran, and how many of them used up the budget."""
+    # a coordinator older than attempts_started lists every attempt it started in attempts_detail
+    started = job.attempts_started or len(job.attempts_detail)
+    return f"{started} started, {job.attempts_charged or job.attempts} charged of {job.max_attempts}"
+
+
 def job_view(job: JobDetail, now: float, *, width: int = 100) -> RenderableType:
     from mqfleet.cli.render.chart import progress_charts
 
@@ -120,7 +131,7 @@ def job_view(job: JobDetail, now: float, *, width: int = 100) -> RenderableType:
     head.add_row("job", Text.assemble((clean(job.name), "bold"), f"  {clean(job.id)}"))
     head.add_row("status", status_text(job.status))
     head.add_row("model / mode", escape(f"{job.model} / {job.mode}"))
-    head.add_row("attempts", escape(f"{job.attempts} of {job.max_attempts} counted"))
+    head.add_row("attempts", escape(attempts_text(job)))
     head.add_row("priority", escape(job.priority))
     if job.progress:
         head.add_row("progress", escape(metrics_text(job.progress)))

@@ -63,7 +63,7 @@ def spec_from_json(text: str) -> JobSpec:
     """A JobSpec back from its stored `to_dict()` JSON; cached by the text (parsing specs was most of a
     claim's cost), so an unchanged spec is parsed once and a changed one is a new key."""
     d = json.loads(text)
-    for name in ("train_hosts", "allowed_hosts", "after"):
+    for name in ("train_hosts", "allowed_hosts", "arch", "after"):
         d[name] = tuple(d.get(name) or ())
     known = JobSpec.__dataclass_fields__
     return JobSpec(**{k: v for k, v in d.items() if k in known})
@@ -71,6 +71,7 @@ def spec_from_json(text: str) -> JobSpec:
 
 JOB_COLUMNS = (
     "j.id, j.name, j.model, j.mode, j.status, j.host, j.attempts, j.max_attempts, j.priority, j.artifact, "
+    "j.attempt_seq AS attempts_started, j.attempts AS attempts_charged, "
     "j.error, j.in_manifest, j.progress, j.created_ts, j.updated_ts, l.expires_ts AS lease_expires_ts, "
     "json_extract(j.spec, '$.timeout_s') AS timeout_s, json_extract(j.spec, '$.stall_s') AS stall_s, "
     "(SELECT r.not_before_ts FROM retries r WHERE r.job_id = j.id AND j.status = 'pending') AS retry_after_ts, "
@@ -108,5 +109,6 @@ def job_row(row: sqlite3.Row) -> JobRow:
         progress=json.loads(row["progress"]) if row["progress"] else None,
         created_ts=row["created_ts"], updated_ts=row["updated_ts"], lease_expires_ts=row["lease_expires_ts"],
         timeout_s=row["timeout_s"], stall_s=row["stall_s"], retry_after_ts=row["retry_after_ts"],
-        unsatisfied=row["unsatisfied"],
+        unsatisfied=row["unsatisfied"], attempts_started=row["attempts_started"],
+        attempts_charged=row["attempts_charged"],
     )
