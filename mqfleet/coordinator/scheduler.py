@@ -87,11 +87,6 @@ def host_reasons(host: HostView) -> list[str]:
     return reasons
 
 
-def job_reasons(job: JobSpec, host: HostView, *, commit: str) -> list[str]:
-    """Why this host may not run this job by policy or capability; [] when it may (`requirement_reasons`)."""
-    return requirement_reasons(job.requirements, host, commit=commit)
-
-
 def requirement_reasons(need: Requirements, host: HostView, *, commit: str) -> list[str]:
     """Why this host may not run a job with these requirements by policy or capability; [] when it may.
 
@@ -228,7 +223,9 @@ def first_eligible(
 ) -> JobSpec | None:
     """The best-ranked job of `(seq, spec)` candidates that this host may take now, or None.
 
-    `failed` maps a job id to the hosts where its attempts failed (see `retry_host_reason`).
+    `failed` maps a job id to the hosts where its attempts failed (see `retry_host_reason`). Over every
+    pending job this is the definition of a claim's answer; `tables/claim_walk.py` computes the same without
+    reading every job, and tests/unit/test_db_properties.py holds the two equal.
     """
     if host_reasons(host):
         return None

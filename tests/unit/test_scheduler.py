@@ -13,9 +13,9 @@ from mqfleet.coordinator.scheduler import (
     host_slots,
     hosts_to_wake,
     is_same_commit,
-    job_reasons,
     pick_gpu,
     rank_key,
+    requirement_reasons,
     version_at_least,
 )
 from mqfleet.manifest.types import HostPolicy, JobSpec, Requirements
@@ -24,6 +24,10 @@ from mqfleet.manifest.types import HostPolicy, JobSpec, Requirements
 def spec(name: str = "j", **kw: Any) -> JobSpec:
     kw.setdefault("model", "gbt")
     return JobSpec(id=f"id-{name}", name=name, mode="m", hyper={}, **kw)
+
+
+def job_reasons(job: JobSpec, host: HostView, *, commit: str) -> list[str]:
+    return requirement_reasons(job.requirements, host, commit=commit)
 
 
 def host(id: str = "h", *, cuda: bool = False, vram: tuple[float, ...] = (), **kw: Any) -> HostView:
