@@ -137,22 +137,27 @@ def failover_rows(r: dict[str, Any]) -> list[Row]:
 
 #: What keeps the jobs of each "claim cost beside" row from the claimer, as the row names it.
 BESIDE_WHY = {"foreign": "allowed_hosts", "python-rejected": "rules only Python checks: min_torch, same_commit, "
-              "prefer_cuda with a CUDA host online", "retries-elsewhere": "retries that failed on it and prefer "
+              "arch, prefer_cuda with a CUDA host online", "retries-elsewhere": "retries that failed on it and prefer "
               "another host"}
 
 
 def claim_scale_rows(small: list[float], large: list[float], n_large: int, empty: list[float],
                      beside: dict[str, tuple[list[float], list[float]]], n_beside: int, n_few: int) -> list[Row]:
-    """`beside` maps each kind of BESIDE to the claim latencies beside `n_beside` and beside `n_few` such jobs."""
+    """`beside` maps each kind of BESIDE to the claim latencies beside `n_beside` and beside `n_few` such jobs.
+    issue 17's row (foreign) is held against the claim beside none; issue 25's rows against the claim beside
+    `n_few` of the same kinds (the same sets of jobs), which shows that the jobs' number costs nothing: beside
+    none, the claim reads fewer sets, and that ratio counts the sets, not the jobs (bench/notes.md)."""
     ratio = median(large) / median(small)
     rows = []
     for kind, (many, few) in beside.items():
-        beside_ratio = median(many) / median(empty)
+        vs_none, vs_few = median(many) / median(empty), median(many) / median(few)
+        held, limit = (vs_none, 2.0) if kind == "foreign" else (vs_few, 1.5)
         rows.append(Row(f"claim cost beside {n_beside:,} better-ranked pending jobs the claimer may not take "
                         f"({BESIDE_WHY[kind]}), in-process DB", ms(median(many)), ms(p99(many)),
                         f"beside none: {ms(median(empty))}; beside {n_few} of them: {ms(median(few))}",
-                        f"{beside_ratio:.2f}x / {median(many) / median(few):.2f}x", "median within 2x of none",
-                        verdict(beside_ratio <= 2.0)))
+                        f"{vs_none:.2f}x / {vs_few:.2f}x",
+                        f"median within {limit:g}x of beside {'none' if kind == 'foreign' else n_few}",
+                        verdict(held <= limit)))
     return rows + [
         Row("claim cost, 100 pending (in-process DB)", ms(median(small)), ms(p99(small))),
         Row(f"claim cost, {n_large:,} pending (in-process DB)", ms(median(large)), ms(p99(large)),

@@ -28,9 +28,9 @@ from mqfleet.wire.advert import parse_advert
 
 T0 = 1_800_000_000.0
 HOSTS = {
-    "cpu-box": {"cuda": False, "gpus": [], "ram_gib": 32, "torch": "2.13.0", "slots": 64},
+    "cpu-box": {"cuda": False, "gpus": [], "ram_gib": 32, "torch": "2.13.0", "slots": 64, "arch": "x86_64"},
     "gpu-box": {"cuda": True, "gpus": [{"index": 0, "name": "gpu", "uuid": "u0", "vram_gib": 24}], "ram_gib": 64,
-                "torch": "2.13.0", "slots": 64},
+                "torch": "2.13.0", "slots": 64, "arch": "x86_64"},
 }
 
 
@@ -80,7 +80,7 @@ def measure(n_jobs: int, claims: int) -> tuple[list[float], float]:
 
 
 #: What keeps the pending jobs of `measure_beside` from the claimer, cpu-box: `allowed_hosts` (a rule in SQL,
-#: issue 17's probe), the rules only Python checks (issue 25: torch, commit, prefer_cuda with a CUDA host
+#: issue 17's probe), the rules only Python checks (issue 25: torch, commit, arch, prefer_cuda with a CUDA host
 #: online), and retries that failed on cpu-box and prefer gpu-box (judged per set of failed hosts).
 BESIDE = ("foreign", "python-rejected", "retries-elsewhere")
 COMMIT = "c0ffee" * 6 + "c0ff"
@@ -125,7 +125,7 @@ def _kept_from_cpu_box(kind: str, i: int) -> dict[str, Any]:
     if kind == "foreign":
         return {"allowed_hosts": ("gpu-box",)}
     if kind == "python-rejected":
-        return [{"min_torch": "99.0"}, {"same_commit": True}, {"prefer_cuda": True}][i % 3]
+        return [{"min_torch": "99.0"}, {"same_commit": True}, {"arch": ("aarch64",)}, {"prefer_cuda": True}][i % 4]
     return {}
 
 

@@ -86,7 +86,7 @@ def test_report_renders_every_section_with_its_notes(tmp_path: Path) -> None:
     assert "why it is flat" in text and "PASS" in text
     assert ("| claim cost beside 10,000 better-ranked pending jobs the claimer may not take (allowed_hosts), "
             "in-process DB |") in text
-    assert "(rules only Python checks: min_torch, same_commit, prefer_cuda with a CUDA host online)" in text
+    assert "(rules only Python checks: min_torch, same_commit, arch, prefer_cuda with a CUDA host online)" in text
 
 
 def test_job_count_and_claim_floor_rows_compare_with_their_same_run_baselines() -> None:
