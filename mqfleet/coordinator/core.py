@@ -34,6 +34,7 @@ from mqfleet.coordinator.tables.leases import Leases
 from mqfleet.coordinator.tables.manifests import ORIGIN_FILE, ManifestHistory, StoredManifest
 from mqfleet.coordinator.tables.peers import Election, Peers
 from mqfleet.coordinator.tables.rows import ManifestRows
+from mqfleet.coordinator.tables.upload_limits import UploadLimits
 from mqfleet.errors import ConfigurationError, ManifestError
 from mqfleet.manifest.types import FleetSettings, Manifest
 from mqfleet.mqtt.config import BrokerConfig
@@ -110,6 +111,7 @@ class CoordinatorCore:
     leases: Leases
     history: AttemptHistory
     uploads: UploadWindow
+    upload_limits: UploadLimits
     checkpoints: CheckpointBook
     manifests: ManifestHistory
     stored_manifest: StoredManifest | None

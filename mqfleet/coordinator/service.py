@@ -42,6 +42,7 @@ from mqfleet.coordinator.tables.history import AttemptHistory
 from mqfleet.coordinator.tables.hosts import Hosts
 from mqfleet.coordinator.tables.leases import Leases
 from mqfleet.coordinator.tables.manifests import ManifestHistory, StoredManifest
+from mqfleet.coordinator.tables.upload_limits import UploadLimits
 from mqfleet.errors import ManifestError, MqfleetError, NotFoundError
 from mqfleet.manifest.types import Manifest
 from mqfleet.mqtt.connection import Connection
@@ -82,6 +83,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self.leases = Leases(self.state, self.catalog, self.artifacts)
         self.history = AttemptHistory(self.state)
         self.uploads = UploadWindow()
+        self.upload_limits = UploadLimits()
         self.checkpoints = CheckpointBook(self.state)
         self.manifests = ManifestHistory(self.state)
         #: The manifest in force as stored: its text exactly as applied, source, sha256, when, how.
