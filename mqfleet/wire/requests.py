@@ -356,6 +356,10 @@ class Health(WireMessage):
     republishing: bool = False
     log_batches_refused: int = 0
     store: str = ""
+    #: times another client connected with this coordinator's client id and the broker disconnected it
+    session_takeovers: int = 0
+    #: retained messages deleted from request and log topics (docs/SECURITY.md, "Replies")
+    retained_cleared: int = 0
     coordinator: str = ""
     role: str = ""
     state_store: str = ""
