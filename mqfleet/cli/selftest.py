@@ -54,16 +54,19 @@ def _print_table(host_id: str, checks: list[Check], passed: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from mqfleet.cli.render.fleet import escape
+
     table = Table(title=f"mqfleet agent selftest: {host_id}", show_lines=True)
     table.add_column("check", no_wrap=True)
     table.add_column("result", no_wrap=True)
     table.add_column("detail / fix")
     for check in checks:
-        text = check.detail if not check.fix else f"{check.detail}\n[bold]fix:[/bold] {check.fix}"
+        # escaped: a fix such as `pip install 'mqfleet[train]'` is not markup, and a detail may quote the bus
+        text = escape(check.detail) if not check.fix else f"{escape(check.detail)}\n[bold]fix:[/bold] {escape(check.fix)}"
         style = _STYLE[check.outcome]
-        table.add_row(check.name, f"[{style}]{check.outcome.value.upper()}[/{style}]", text)
+        table.add_row(escape(check.name), f"[{style}]{check.outcome.value.upper()}[/{style}]", text)
     # A wide console: the fixes are commands an operator copies, so they must not be cut.
     console = Console(width=max(120, Console().width), soft_wrap=False)
     console.print(table)
     failed = [c.name for c in checks if c.outcome is Outcome.FAIL]
-    console.print("[green]all checks passed[/green]" if passed else f"[bold red]FAILED:[/bold red] {', '.join(failed)}")
+    console.print("[green]all checks passed[/green]" if passed else f"[bold red]FAILED:[/bold red] {escape(', '.join(failed))}")
