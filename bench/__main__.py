@@ -28,6 +28,7 @@ from bench.claim_floor import measure_claim_floor
 from bench.claim_rtt import measure_claim_rtt
 from bench.claim_scale import BESIDE, measure_beside
 from bench.claim_scale import measure as measure_claim_scale
+from bench.cli_startup import cli_startup_rows, measure_cli_startup
 from bench.common import ROOT, Row, median, ms, p99, verdict
 from bench.failover import measure_failover
 from bench.job_count import LEASE_S as COUNT_LEASE_S
@@ -377,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         section("Claim floor", lambda d: claim_floor_rows(measure_claim_floor(args.floor_clients, args.floor_s, d)))
         section("Job count", lambda d: job_count_rows(
             measure_job_count([int(n) for n in args.count_sizes.split(",")], d)))
+        section("CLI start-up", lambda d: cli_startup_rows(measure_cli_startup(d)))
         section("Checkpoints", lambda d: checkpoint_rows(
             measure_sync_cost(d / "cost", seconds=args.checkpoint_s, rounds=args.checkpoint_rounds,
                               size_mib=args.checkpoint_mib),
