@@ -11,22 +11,26 @@ import queue
 import time
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import RenderableType
-from rich.live import Live
 
 from mqfleet import defaults
 from mqfleet.cli import cli
 from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_USAGE, fail
 from mqfleet.cli.options import ClientContext, pass_client, wire_of
-from mqfleet.cli.render import fleet as render_fleet
-from mqfleet.cli.render.fleet import HostPicture
-from mqfleet.client import FleetClient
 from mqfleet.errors import ManifestError, RemoteError
-from mqfleet.mqtt.inbox import Message
-from mqfleet.wire.replies import DrainReply, UndrainReply, Worker
-from mqfleet.wire.topics import JsonObject, JsonValue
+
+if TYPE_CHECKING:
+    # The renderers (rich) are imported by the commands that print a table, when they print it; the wire types
+    # come with the client: `--help` and `--json` load neither (docs/BENCHMARKS.md, "CLI start-up").
+    from rich.console import RenderableType
+
+    from mqfleet.cli.render.fleet import HostPicture
+    from mqfleet.client import FleetClient
+    from mqfleet.mqtt.inbox import Message
+    from mqfleet.wire.replies import DrainReply, Worker
+    from mqfleet.wire.topics import JsonObject, JsonValue
 
 #: `watch --once` renders when no retained message arrived for this long (or at the timeout).
 SETTLE_S = 0.5
@@ -55,6 +59,8 @@ def status_cmd(ctx: ClientContext) -> None:
             "jobs_by_status": dict(sorted(health.jobs_by_status.items())),
         })
         return
+    from mqfleet.cli.render import fleet as render_fleet
+
     render_fleet.make_console().print(render_fleet.status_view(health, workers))
 
 
@@ -71,10 +77,14 @@ def workers_cmd(ctx: ClientContext) -> None:
         # only leased jobs run on hosts: two status listings, not every job the fleet ever had
         for status in ("claimed", "running"):
             names.update((str(j.get("id")), str(j.get("name"))) for j in ctx.client.job_listing(status=status))
+    from mqfleet.cli.render import fleet as render_fleet
+
     render_fleet.make_console().print(render_fleet.workers_table(workers, names, time.time()))
 
 
 def _print_drain(ctx: ClientContext, reply: DrainReply) -> None:
+    from mqfleet.wire.replies import UndrainReply
+
     released = isinstance(reply, UndrainReply) and reply.quarantine_released
     if ctx.as_json:
         ctx.emit_json({"host": reply.host, "draining": reply.draining, "quarantine_released": released})
@@ -150,6 +160,8 @@ def health_cmd(ctx: ClientContext) -> None:
     if ctx.as_json:
         ctx.emit_json(wire_of(health))
     else:
+        from mqfleet.cli.render import fleet as render_fleet
+
         render_fleet.make_console().print(render_fleet.health_view(health))
     failed = health.failed_checks
     if failed:
@@ -171,6 +183,8 @@ class FleetPicture:
         self.events: deque[JsonObject] = deque(maxlen=50)
 
     def seed(self, workers: list[Worker], jobs: list[JsonObject]) -> None:
+        from mqfleet.cli.render.fleet import HostPicture
+
         for w in workers:
             self.hosts[w.id] = HostPicture(state="online" if w.online else "offline", slots=w.slots, draining=w.draining)
         for job in jobs:
@@ -188,6 +202,8 @@ class FleetPicture:
             return
         host_topic = self.topics.parse_host_topic(msg.topic)
         if host_topic is not None:
+            from mqfleet.cli.render.fleet import HostPicture
+
             host, kind = host_topic
             entry = self.hosts.setdefault(host, HostPicture())
             if kind == "status" and payload.get("state"):
@@ -204,6 +220,8 @@ class FleetPicture:
             self.jobs[job_id] = payload
 
     def frame(self) -> RenderableType:
+        from mqfleet.cli.render import fleet as render_fleet
+
         return render_fleet.dashboard(hosts=self.hosts, jobs=self.jobs, events=list(self.events), now=time.time())
 
 
@@ -235,6 +253,10 @@ def settle_picture(client: FleetClient, *, timeout_s: float) -> tuple[FleetPictu
 @pass_client
 def watch_cmd(ctx: ClientContext, once: bool) -> None:
     """Live dashboard from the bus: hosts, running jobs with progress, counts by status, recent events."""
+    from rich.live import Live
+
+    from mqfleet.cli.render import fleet as render_fleet
+
     picture, inbox = settle_picture(ctx.client, timeout_s=ctx.timeout_s)
     console = render_fleet.make_console()
     if once:
