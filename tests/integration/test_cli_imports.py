@@ -29,10 +29,10 @@ QUERIES = (("status",), ("workers",), ("jobs",), ("show", "{job}"), ("health",),
            ("compare", "{job}"), ("health", "--help"), ("jobs", "--help"), ("--help",))
 
 
-def loaded_modules(fleet: Fleet, tmp_path: Path, *args: str) -> list[str]:
+def loaded_modules(fleet: Fleet | None, tmp_path: Path, *args: str) -> list[str]:
     out = tmp_path / "modules.json"
-    result = subprocess.run([sys.executable, "-c", RUN_AND_LIST, str(out), *args], cwd=ROOT, env=fleet.env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", RUN_AND_LIST, str(out), *args], cwd=ROOT,
+                            env=fleet.env if fleet else None, capture_output=True, text=True, timeout=60)
     report = json.loads(out.read_text())
     assert report["rc"] == 0, (args, result.stdout[-2000:], result.stderr[-2000:])
     return list(report["modules"])
@@ -57,3 +57,16 @@ def test_no_query_command_imports_torch_xgboost_minio_or_the_coordinator(fleet: 
              for q in QUERIES}
 
     assert {q: mods for q, mods in found.items() if mods} == {}
+
+
+#: What a command that only prints its help or the version never needs: the MQTT client, the wire types, rich.
+NOT_FOR_HELP = ("paho", "rich", "mqfleet.client", "mqfleet.mqtt", "mqfleet.wire", "mqfleet.cli.render.fleet")
+
+
+@pytest.mark.parametrize("args", [("--version",), ("health", "--help"), ("status", "--help"), ("show", "--help")])
+def test_help_and_version_load_neither_the_mqtt_client_nor_the_wire_types_nor_rich(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    loaded = loaded_modules(None, tmp_path, *args)
+
+    assert [m for m in loaded if any(m == n or m.startswith(n + ".") for n in NOT_FOR_HELP)] == []
