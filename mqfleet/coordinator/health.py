@@ -16,6 +16,7 @@ from typing import Protocol
 
 from mqfleet import __version__
 from mqfleet.coordinator.republish import StateRepublisher
+from mqfleet.coordinator.sql.connection import one_row
 from mqfleet.coordinator.sql.sqlite import StateFile
 from mqfleet.coordinator.tables.catalog import Catalog
 from mqfleet.coordinator.tables.hosts import Hosts
@@ -63,7 +64,7 @@ class HealthChecks:
         now = self.clock()
         try:
             with self.state.lock:
-                count = self.state.conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+                count = one_row(self.state.conn.execute("SELECT COUNT(*) FROM jobs"))[0]
             if self.state.file_path is not None:  # a server (PostgreSQL) has no file of ours to lose
                 os.stat(self.state.file_path)
         except FileNotFoundError:

@@ -6,7 +6,6 @@ requests queues up behind a first one; the broker and the database are real."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ import pytest
 
 from mqfleet.coordinator.core import CoordinatorConfig
 from mqfleet.coordinator.service import Coordinator
+from mqfleet.errors import StateStoreError
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.rpc import Reply, RpcClient
@@ -143,7 +143,7 @@ def test_a_group_whose_commit_fails_leaves_nothing_and_each_request_runs_again_w
     backs = [{"job_id": g["job"]["id"], "lease_id": g["lease_id"], "cause": "shutdown"} for g in (g1, g2)]
     grouped_before = coordinator.grouped_requests
     blocker = _blocker(coordinator, mqtt_connect)
-    commit = coordinator.state._commit
+    commit = coordinator.state.conn.commit
     failures = []
 
     def commit_failing_once() -> None:
@@ -152,11 +152,11 @@ def test_a_group_whose_commit_fails_leaves_nothing_and_each_request_runs_again_w
                                                      (g1["job"]["id"],)).fetchone() is None
         if handed_back and not failures:
             failures.append(1)
-            coordinator.state.conn.execute("ROLLBACK")  # what a failed COMMIT leaves behind, closed
-            raise sqlite3.OperationalError("disk I/O error (injected)")
+            coordinator.state.conn.rollback()  # what a failed COMMIT leaves behind, closed
+            raise StateStoreError("disk I/O error (injected)")
         commit()
 
-    monkeypatch.setattr(coordinator.state, "_commit", commit_failing_once)
+    monkeypatch.setattr(coordinator.state.conn, "commit", commit_failing_once)
     # the blocker is refused (a wrong lease): its transaction rolls back, only its refusal is remembered
     replies = _burst(coordinator, lambda: blocker.send(Verb.FAIL, {**backs[0], "lease_id": "0" * 32}), [
         lambda: h1.send(Verb.FAIL, backs[0], request_id="back-1"),
