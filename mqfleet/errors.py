@@ -113,6 +113,12 @@ class AmbiguousError(StateError):
         self.candidates = list(candidates)
 
 
+class RateLimitedError(StateError):
+    """Raised when a lease asks for store work (upload URLs, checks of uploads) faster than an honest agent would."""
+
+    code = "rate_limited"
+
+
 class StateStoreError(MqfleetError):
     """Raised when the state database fails a statement (an I/O error, a damaged file, a full disk, SQL it
     refuses); both engines raise it in place of their driver's errors (`coordinator/sql/`). A fault of the
@@ -198,6 +204,14 @@ class BundleError(StoreError):
     """Raised when an output folder cannot be packed or an archive cannot be unpacked safely."""
 
     code = "bad_bundle"
+
+
+class UnpackLimitError(BundleError):
+    """Raised when an archive would unpack past a limit: `limit` is "bytes", "files" or "ratio"."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class TrainerInputError(MqfleetError):

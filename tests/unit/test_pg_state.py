@@ -12,7 +12,7 @@ import pytest
 
 from mqfleet.coordinator.sql import pgdialect
 from mqfleet.coordinator.sql.connection import one_row
-from mqfleet.coordinator.sql.pgconnection import redact_url
+from mqfleet.coordinator.sql.pgurl import redact_url
 from mqfleet.coordinator.sql.postgres import PgStateFile, open_state
 from mqfleet.errors import (
     ConfigurationError,

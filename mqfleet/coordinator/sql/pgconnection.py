@@ -20,9 +20,9 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 from mqfleet.coordinator.sql import pgdialect
+from mqfleet.coordinator.sql.pgurl import ENV_DB_PASSWORD, check_url, has_password, redact_url, scrub
 from mqfleet.errors import (
     ConfigurationError,
     ConnectionLostError,
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable with the database password, for URLs that carry none (PGPASSWORD works too).
-ENV_DB_PASSWORD = "MQFLEET_DB_PASSWORD"
 #: Seconds to wait for a connection to the server before calling it unreachable.
 CONNECT_TIMEOUT_S = 5
 #: A writer waiting longer than this for the write lock gives up with `unavailable` (a stuck peer).
@@ -58,15 +56,6 @@ def _lock_key(name: str) -> int:
 WRITE_LOCK = _lock_key("mqfleet:state-writes")
 #: The session-level lock the leader holds (`peers.Election`).
 LEADER_LOCK = _lock_key("mqfleet:leader")
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by `***`, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
 
 class PgRow(tuple[Any, ...]):
     """A row like sqlite3.Row: by position, by column name, `keys()`, and `dict(row)`."""
@@ -128,10 +117,12 @@ def _param(value: object) -> object:
 class PgConnection:
     """The psycopg connection of one PgStateFile (or of the leader election, or the metrics' reads)."""
 
-    def __init__(self, url: str, *, writer: str) -> None:
+    def __init__(self, url: str, *, writer: str, password: str | None = None) -> None:
         self.url = url
         self.where = redact_url(url)
         self.writer = writer
+        #: From --db-password-file; used when the URL carries none (then MQFLEET_DB_PASSWORD, then libpq's own).
+        self._password = password
         self._conn: psycopg.Connection[PgRow] | None = None
         self._in_transaction = False
         self.translator = pgdialect.Translator()
@@ -142,16 +133,18 @@ class PgConnection:
     def _connect(self) -> psycopg.Connection[PgRow]:
         import psycopg
 
-        # psycopg drops a None keyword: libpq's own sources (PGPASSWORD, ~/.pgpass) still apply
-        password = os.environ.get(ENV_DB_PASSWORD) if urlsplit(self.url).password is None else None
+        password = self._password or os.environ.get(ENV_DB_PASSWORD)
         return psycopg.Connection.connect(
             self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, row_factory=_row_factory,
             application_name=f"mqfleet {self.writer}"[:63],
             # keepalives notice a server (or a network path) that died without closing the connection
             keepalives=1, keepalives_idle=10, keepalives_interval=3, keepalives_count=3,
+            # jit off: every statement here is short, and a claim's recursive query (tables/claim_walk.py), whose
+            # row estimates PostgreSQL inflates, was compiled at each claim: 30 ms of JIT for 0.5 ms of work
             options=f"-c mqfleet.writer={self.writer} -c lock_timeout={LOCK_TIMEOUT_MS} "
-                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
-            password=password or None,
+                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} -c jit=off",
+            # psycopg drops a None keyword: libpq's own sources (PGPASSWORD, ~/.pgpass) still apply
+            password=password if password and not has_password(self.url) else None,
         )
 
     def _is_broken(self) -> bool:
@@ -172,8 +165,14 @@ class PgConnection:
         try:
             self._conn = self._connect()
         except psycopg.OperationalError as e:
-            raise UnavailableError(f"state database {self.where} unreachable: {' '.join(str(e).split())}") from e
+            raise UnavailableError(f"state database {self.where} unreachable: {self._told(e)}") from None
+        except psycopg.Error as e:  # libpq refused the URL itself; its text may quote any part of it
+            raise ConfigurationError(f"--db {self.where} is not usable: {self._told(e)}") from None
         return self._conn
+
+    def _told(self, error: BaseException) -> str:
+        """An error's text on one line, with every secret of the URL (and the password given) hidden."""
+        return scrub(" ".join(str(error).split()), self.url, password=self._password)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -184,17 +183,17 @@ class PgConnection:
         try:
             yield
         except (pgerrors.LockNotAvailable, pgerrors.QueryCanceled) as e:
-            raise DatabaseBusyError(f"state database {self.where}: {str(e).strip()}") from e
+            raise DatabaseBusyError(f"state database {self.where}: {self._told(e)}") from e
         except (pgerrors.AdminShutdown, pgerrors.IdleInTransactionSessionTimeout, pgerrors.CannotConnectNow) as e:
-            raise ConnectionLostError(f"state database {self.where}: {str(e).strip()}") from e
+            raise ConnectionLostError(f"state database {self.where}: {self._told(e)}") from e
         except psycopg.IntegrityError as e:
-            raise ConstraintError(f"state database {self.where}: {str(e).strip()}") from e
+            raise ConstraintError(f"state database {self.where}: {self._told(e)}") from e
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             if self._is_broken():
-                raise ConnectionLostError(f"state database {self.where}: {str(e).strip()}") from e
-            raise StateStoreError(f"state database {self.where}: {str(e).strip()}") from e
+                raise ConnectionLostError(f"state database {self.where}: {self._told(e)}") from e
+            raise StateStoreError(f"state database {self.where}: {self._told(e)}") from e
         except psycopg.Error as e:
-            raise StateStoreError(f"state database {self.where}: {str(e).strip()}") from e
+            raise StateStoreError(f"state database {self.where}: {self._told(e)}") from e
 
     # --- transactions (StateFile.transaction drives these) --------------------------------
 
@@ -296,19 +295,21 @@ class PgConnection:
             self._conn.close()
 
 
-def open_pg_connection(url: str, *, writer: str) -> PgConnection:
-    """A PgConnection, or ConfigurationError naming the URL (password hidden) and the fix."""
+def open_pg_connection(url: str, *, writer: str, password: str | None = None) -> PgConnection:
+    """A PgConnection, or ConfigurationError naming the URL (secrets hidden) and the fix."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
         raise ConfigurationError("--db postgresql://... needs psycopg: pip install 'mqfleet[postgres]'") from None
+    check_url(url)
     where = redact_url(url)
     try:
-        return PgConnection(url, writer=writer)
+        return PgConnection(url, writer=writer, password=password)
     except UnavailableError as e:
-        text = " ".join(str(e.__cause__ or e).split())
+        text = str(e).split(" unreachable: ", 1)[-1]
         if "password authentication failed" in text or "no password supplied" in text:
-            fix = f"give the right password in the URL or in PGPASSWORD / {ENV_DB_PASSWORD}"
+            fix = (f"give the right password with --db-password-file, in PGPASSFILE, {ENV_DB_PASSWORD} or "
+                   "PGPASSWORD, or in the URL")
         elif "does not exist" in text:
             fix = "create the database first (createdb -O USER DB) or fix its name in the URL"
         else:

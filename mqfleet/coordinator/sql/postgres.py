@@ -25,9 +25,11 @@ import secrets
 
 from mqfleet.coordinator.sql.connection import SqlConnection
 from mqfleet.coordinator.sql.pgconnection import PgConnection, open_pg_connection
+from mqfleet.coordinator.sql.pgurl import read_password_file
 from mqfleet.coordinator.sql.schema import SCHEMA, VERSION_SCHEMA, check_schema_version
 from mqfleet.coordinator.sql.sqlite import StateFile
 from mqfleet.coordinator.sql.sqliteconnection import SqliteConnection
+from mqfleet.errors import ConfigurationError
 
 #: PostgreSQL-only additions to the schema: the glob matcher `x GLOB ?` translates to, and the
 #: writing coordinator of each event, filled from the session setting `mqfleet.writer` (so each
@@ -88,11 +90,12 @@ class PgStateFile(StateFile):
     advisory write lock serialises the coordinators.
     """
 
-    def __init__(self, url: str, *, writer: str | None = None) -> None:
+    def __init__(self, url: str, *, writer: str | None = None, password: str | None = None) -> None:
         self.url = url
+        self._password = password
         #: Who wrote an event: each coordinator publishes only its own commits' changes.
         self.writer = writer or f"c{secrets.token_hex(6)}"
-        conn = open_pg_connection(url, writer=self.writer)
+        conn = open_pg_connection(url, writer=self.writer, password=password)
         try:
             _make_schema(conn)
         except BaseException:
@@ -103,7 +106,8 @@ class PgStateFile(StateFile):
         self.own_events_params = (self.writer,)
 
     def open_reader(self, name: str) -> SqlConnection:
-        return open_pg_connection(self.url, writer=f"{self.writer}-{name}")
+        """A connection of its own to the same database, with the same credentials."""
+        return open_pg_connection(self.url, writer=f"{self.writer}-{name}", password=self._password)
 
     @property
     def file_path(self) -> str | None:
@@ -140,8 +144,15 @@ def _make_schema(conn: PgConnection) -> None:
     conn.commit()
 
 
-def open_state(target: str | os.PathLike[str], *, writer: str | None = None) -> StateFile:
-    """The state store `--db` names: a postgresql:// URL (PgStateFile) or an SQLite file path (StateFile)."""
+def open_state(target: str | os.PathLike[str], *, writer: str | None = None,
+               password_file: str | os.PathLike[str] | None = None) -> StateFile:
+    """The state store `--db` names: a postgresql:// URL (PgStateFile) or an SQLite file path (StateFile).
+
+    `password_file` (`--db-password-file`) holds the PostgreSQL password; an SQLite file has none.
+    """
     if is_postgres_url(os.fspath(target)):
-        return PgStateFile(os.fspath(target), writer=writer)
+        password = read_password_file(password_file) if password_file is not None else None
+        return PgStateFile(os.fspath(target), writer=writer, password=password)
+    if password_file is not None:
+        raise ConfigurationError("--db-password-file is for a postgresql:// --db; an SQLite file has no password")
     return StateFile(SqliteConnection.open(target))
