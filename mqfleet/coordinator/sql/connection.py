@@ -17,7 +17,8 @@ from mqfleet.errors import StateStoreError
 
 
 class SqlRow(Protocol):
-    """A result row: by position or column name, iterable, `keys()`, and so `dict(row)`."""
+    """A result row: by position or column name, iterable, `keys()`, and so `dict(row)`. A column's value
+    is `Any`: its type is the schema's (`schema.py`), and the reader converts it (`int(row[0])`)."""
 
     def __getitem__(self, key: int | str, /) -> Any: ...
     def __iter__(self) -> Iterator[Any]: ...
@@ -55,8 +56,8 @@ class SqlConnection(Protocol):
     def in_transaction(self) -> bool:
         """True between `begin()` and `commit()`/`rollback()`."""
 
-    def execute(self, sql: str, params: Sequence[Any] = (), /) -> SqlCursor: ...
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> None: ...
+    def execute(self, sql: str, params: Sequence[object] = (), /) -> SqlCursor: ...
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]], /) -> None: ...
 
     def columns(self, table: str, /) -> tuple[str, ...]:
         """The table's column names in their order; () when there is no such table."""

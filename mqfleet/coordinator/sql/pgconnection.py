@@ -243,7 +243,7 @@ class PgConnection:
 
     # --- statements -----------------------------------------------------------------------
 
-    def execute(self, sql: str, params: Sequence[Any] = (), /) -> psycopg.Cursor[PgRow]:
+    def execute(self, sql: str, params: Sequence[object] = (), /) -> psycopg.Cursor[PgRow]:
         text = self.translator.statement(sql)
         args = tuple(_param(p) for p in params)
         if not self._in_transaction and sql.lstrip()[:6].upper() != "SELECT":
@@ -263,7 +263,7 @@ class PgConnection:
         with self._errors():
             return conn.execute(text, args)
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> None:
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]], /) -> None:
         params = [tuple(_param(p) for p in row) for row in rows]
         if not params:
             return

@@ -12,7 +12,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from mqfleet.coordinator.sql.connection import SqlRow
 from mqfleet.coordinator.sql.schema import SCHEMA, VERSION_SCHEMA, check_schema_version
@@ -126,13 +126,13 @@ class SqliteConnection:
     def in_transaction(self) -> bool:
         return self._conn.in_transaction
 
-    def execute(self, sql: str, params: Sequence[Any] = (), /) -> SqliteCursor:
+    def execute(self, sql: str, params: Sequence[object] = (), /) -> SqliteCursor:
         try:
             return SqliteCursor(self._conn.execute(sql, params), self.where)
         except sqlite3.Error as e:
             _raise_translated(e, self.where)
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> None:
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]], /) -> None:
         try:
             self._conn.executemany(sql, rows)
         except sqlite3.Error as e:
