@@ -16,7 +16,7 @@ import pytest
 
 from mqfleet.coordinator.core import CoordinatorConfig
 from mqfleet.coordinator.service import Coordinator
-from mqfleet.errors import StateStoreError
+from mqfleet.errors import ConstraintError, StateStoreError
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.rpc import Reply, RpcClient
@@ -171,3 +171,23 @@ def test_a_group_whose_commit_fails_leaves_nothing_and_each_request_runs_again_w
     assert h1.send(Verb.FAIL, backs[0], request_id="back-1")["ok"] is True
     assert h2.send(Verb.FAIL, backs[1], request_id="back-2")["ok"] is True
     assert coordinator.catalog.job(g1["job"]["id"]).status == coordinator.catalog.job(g2["job"]["id"]).status == "pending"
+
+
+def test_a_database_fault_inside_a_request_is_answered_internal_naming_no_sql_and_is_not_remembered(
+    coordinator: Coordinator, mqtt_connect: Callable[..., Connection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h1 = _agent(mqtt_connect, coordinator.topics, "h1")
+    grant = _claim(h1)
+    back = {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"], "cause": "shutdown"}
+
+    def failing_fail(*args: object, **kwargs: object) -> None:
+        raise ConstraintError("state database: UNIQUE constraint failed: leases.lease_id (injected)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(coordinator.leases, "fail", failing_fail)
+        refused = h1.send(Verb.FAIL, back, request_id="back-1")
+    assert (refused["ok"], refused["error"]) == (False, "internal")
+    assert "constraint" not in refused["message"], "the database's text stays in the coordinator's log"
+    # the fault was the coordinator's, not the request's: the same request sent again runs
+    assert h1.send(Verb.FAIL, back, request_id="back-1")["ok"] is True
+    assert coordinator.catalog.job(grant["job"]["id"]).status == "pending"
