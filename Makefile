@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint soak bench clean
+.PHONY: setup demo test lint soak bench arm64-check clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -22,6 +22,10 @@ soak: setup
 
 bench: setup
 	$(PY) -m bench
+
+# Not part of `make test` (tens of minutes under emulation): run for releases (docs/OPERATIONS.md, "The arm64 check").
+arm64-check: setup
+	bash scripts/arm64-check.sh
 
 clean:
 	rm -rf .demo .soak .bench

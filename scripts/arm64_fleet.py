@@ -1,0 +1,323 @@
+"""The inside of `scripts/arm64-check.sh`: run in the arm64 Debian system it built, under qemu user emulation.
+
+`install` (Debian's python3, standard library only) makes the virtual environments and times each `pip install`
+from the project's package index: the package with the `postgres` extra (binary wheels only), the 32-bit
+Raspberry Pi OS line (`mqfleet 'psycopg>=3.1'`, Debian's libpq5, no psycopg-binary) and, when a baseline
+wheel is given, the same package at another commit for the CLI's before/after. `fleet` (the main
+environment's python) runs a broker, a coordinator and an agent: 20 jobs on SQLite, 5 on PostgreSQL with each
+psycopg, checks /metrics, times the CLI, reads RSS. `report` prints what both wrote in results.json.
+Every process started here is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.json"
+#: The environments `install` makes: the postgres extra (binary wheels), the armv7l line (libpq5), the baseline.
+MAIN_VENV, LIBPQ_VENV, BASELINE_VENV = Path("/opt/mqfleet"), Path("/opt/mqfleet-libpq"), Path("/opt/mqfleet-baseline")
+SQLITE_JOBS, PG_JOBS = 20, 5
+#: Runs of each timed CLI command; the median is reported.
+CLI_RUNS = 5
+#: Upper bounds of the waits, generous for emulation (tens of times slower than native).
+JOBS_TIMEOUT_S, START_TIMEOUT_S = 900.0, 300.0
+
+
+def save(**figures: Any) -> None:
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update(figures)
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+def say(text: str) -> None:
+    print(f"[arm64] {text}", flush=True)
+
+
+# --- install -----------------------------------------------------------------------------------------------
+
+
+def pip_install(venv: Path, *requirements: str) -> float:
+    """A fresh venv with `requirements` installed from wheels only (nothing built from source); the seconds it took."""
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    started = time.monotonic()
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--only-binary", ":all:", *requirements],
+                   check=True)
+    return time.monotonic() - started
+
+
+def installed(venv: Path) -> dict[str, str]:
+    out = subprocess.run([str(venv / "bin/python"), "-m", "pip", "list", "--format", "json"], check=True,
+                         capture_output=True, text=True).stdout
+    return {p["name"].lower(): p["version"] for p in json.loads(out)}
+
+
+def psycopg_impl(venv: Path) -> str:
+    """Which libpq binding psycopg loaded: `binary` (psycopg-binary's own libpq) or `python` (the system libpq5)."""
+    return subprocess.run([str(venv / "bin/python"), "-c", "import psycopg; print(psycopg.pq.__impl__)"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def install(wheel: Path, baseline: Path | None) -> None:
+    say(f"pip install '{wheel.name}[postgres]' (wheels only) ...")
+    main_s = pip_install(MAIN_VENV, f"{wheel}[postgres]")
+    packages = installed(MAIN_VENV)
+    say(f"  {main_s:.0f} s; psycopg {psycopg_impl(MAIN_VENV)}; {len(packages)} packages")
+    say("the armv7l line: pip install mqfleet 'psycopg>=3.1' with Debian's libpq5, no psycopg-binary ...")
+    libpq_s = pip_install(LIBPQ_VENV, str(wheel), "psycopg>=3.1")
+    libpq_packages = installed(LIBPQ_VENV)
+    if "psycopg-binary" in libpq_packages:
+        raise SystemExit("psycopg-binary was installed by the armv7l line: it must work without it")
+    impl = psycopg_impl(LIBPQ_VENV)
+    if impl != "python":
+        raise SystemExit(f"psycopg in {LIBPQ_VENV} uses the {impl} libpq binding, not the system's libpq5")
+    say(f"  {libpq_s:.0f} s; psycopg {impl} (the system libpq5), psycopg-binary absent")
+    baseline_s = None
+    if baseline is not None:
+        say(f"baseline for the CLI times: pip install {baseline.name} ...")
+        baseline_s = pip_install(BASELINE_VENV, str(baseline))
+    save(install_s=main_s, install_packages=packages, libpq_install_s=libpq_s, libpq_impl=impl,
+         libpq_has_binary="psycopg-binary" in libpq_packages, baseline_install_s=baseline_s,
+         machine=os.uname().machine, python=sys.version.split()[0])
+
+
+# --- fleet -------------------------------------------------------------------------------------------------
+
+
+def manifest(n_jobs: int, tag: str, trainer: Path) -> str:
+    tags = ", ".join(f'"{tag}-{i}"' for i in range(n_jobs))
+    return f"""\
+[fleet]
+max_attempts = 3
+lease_s = 120
+grace_s = 30
+
+[trainers.ok]
+command = ["{{python}}", "{trainer}"]
+[trainers.ok.hyper]
+sleep = {{ type = "float", default = 0.0, min = 0.0 }}
+size_kib = {{ type = "int", default = 1, min = 0 }}
+tag = {{ type = "str", default = "" }}
+
+[[sweeps]]
+name = "{tag}"
+model = "ok"
+mode = "arm64"
+hyper = {{ tag = [{tags}] }}
+"""
+
+
+class Started:
+    """A process this check started, its output in a log file; stopped by PID (SIGTERM, bounded wait, SIGKILL)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 (closed in stop)
+        self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=log.parent)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(60)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self._log.close()
+
+    def tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+
+@contextmanager
+def started(argv: list[str], env: dict[str, str], log: Path) -> Iterator[Started]:
+    proc = Started(argv, env, log)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def wait_until(check: Any, timeout_s: float, what: str, *procs: Started) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.popen.poll() is not None:
+                raise SystemExit(f"{proc.popen.args[3]} exited with {proc.popen.returncode} waiting for {what}:\n"
+                                 f"{proc.tail()}")
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise SystemExit(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_jobs(work: Path, *, python: Path, db: str, n_jobs: int, broker_url: str, label: str,
+             db_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """A coordinator (with /metrics) and an agent of `python`'s environment run `n_jobs`; figures of the run."""
+    import psutil
+
+    from mqfleet.client import FleetClient
+    from mqfleet.errors import MqfleetError
+    from mqfleet.mqtt.config import BrokerConfig
+
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "fleet.toml").write_text(manifest(n_jobs, label, HERE / "ok.py"))
+    prefix, token, metrics_port = f"arm64-{label}", "arm64-check-token", free_port()
+    env = {**os.environ, "MQFLEET_BROKER": broker_url, "MQFLEET_PREFIX": prefix, "MQFLEET_OPERATOR_TOKEN": token,
+           "PYTHONUNBUFFERED": "1", **(db_env or {})}
+    mqfleet = [str(python), "-m", "mqfleet"]
+    client = FleetClient(BrokerConfig(url=broker_url), prefix=prefix, token=token, timeout_s=10.0)
+
+    def answers() -> bool:
+        try:
+            client.health()
+            return True
+        except MqfleetError:
+            return False
+
+    def completed() -> list[dict[str, Any]] | None:
+        try:
+            jobs = client.jobs()
+        except MqfleetError:
+            return None
+        return jobs if len(jobs) == n_jobs and all(j["status"] == "completed" for j in jobs) else None
+
+    began = time.monotonic()
+    with started([*mqfleet, "coordinator", "--manifest", str(work / "fleet.toml"), "--db", db,
+                  "--store", (work / "artifacts").as_uri(), "--metrics-port", str(metrics_port)], env,
+                 work / "coordinator.log") as coordinator, \
+         started([*mqfleet, "agent", "--host-id", f"pi-{label}", "--slots", "2", "--work-dir", str(work / "agent"),
+                  "--repo", str(HERE)], env, work / "agent.log") as agent:
+        try:
+            wait_until(answers, START_TIMEOUT_S, "the coordinator to answer", coordinator, agent)
+            answered_s = time.monotonic() - began
+            jobs = wait_until(completed, JOBS_TIMEOUT_S, f"{n_jobs} jobs to complete", coordinator, agent)
+            jobs_s = time.monotonic() - began - answered_s
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as response:
+                metrics = response.read().decode()
+            done = next((line for line in metrics.splitlines() if line.startswith('mqfleet_jobs{status="completed"}')), "")
+            if not done or float(done.split()[-1]) != n_jobs:
+                raise SystemExit(f"/metrics does not count {n_jobs} completed jobs: {done!r}")
+            rss = {name: psutil.Process(p.popen.pid).memory_info().rss / (1 << 20)
+                   for name, p in (("coordinator", coordinator), ("agent", agent))}
+            figures = {"jobs": n_jobs, "coordinator_answers_s": answered_s, "jobs_s": jobs_s,
+                       "coordinator_rss_mib": rss["coordinator"], "agent_rss_mib": rss["agent"],
+                       "metrics_completed": float(done.split()[-1]), "first_job": jobs[0]["name"]}
+            if label == "sqlite":
+                figures["cli"] = cli_times(env, jobs[0]["name"])
+            return figures
+        finally:
+            client.close()
+
+
+def cli_times(env: dict[str, str], job: str) -> dict[str, dict[str, float]]:
+    """Median wall seconds of each command, in each environment installed, against the live coordinator."""
+    commands = {"python -c pass": None, "mqfleet --version": ["--version"], "mqfleet health --help": ["health", "--help"],
+                "mqfleet health": ["health"], "mqfleet status": ["status"], "mqfleet jobs": ["jobs"],
+                "mqfleet show": ["show", job]}
+    venvs = {"this tree": MAIN_VENV, **({"baseline": BASELINE_VENV} if BASELINE_VENV.exists() else {})}
+    samples: dict[str, dict[str, list[float]]] = {v: {c: [] for c in commands} for v in venvs}
+    for _ in range(CLI_RUNS):  # interleaved, so a slow spell of the shared machine hits every command alike
+        for venv_name, venv in venvs.items():
+            for name, args in commands.items():
+                argv = [str(venv / "bin/python"), "-c", "pass"] if args is None else [str(venv / "bin/mqfleet"), *args]
+                started_at = time.monotonic()
+                result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+                samples[venv_name][name].append(time.monotonic() - started_at)
+                if result.returncode != 0:
+                    raise SystemExit(f"{' '.join(argv)} exited {result.returncode}: {result.stderr[-2000:]}")
+    return {v: {c: statistics.median(s) for c, s in by.items()} for v, by in samples.items()}
+
+
+def fleet(work: Path) -> None:
+    from mqfleet.local.broker import LocalBroker
+    from mqfleet.local.postgres import LocalPostgres
+
+    say(f"broker, coordinator, agent and {SQLITE_JOBS} jobs on SQLite ...")
+    with LocalBroker(work / "broker") as broker:
+        sqlite = run_jobs(work / "sqlite", python=MAIN_VENV / "bin/python", db=str(work / "sqlite" / "fleet.db"),
+                          n_jobs=SQLITE_JOBS, broker_url=broker.url, label="sqlite")
+        save(sqlite=sqlite)
+        say(f"  {SQLITE_JOBS} jobs completed in {sqlite['jobs_s']:.1f} s; coordinator RSS "
+            f"{sqlite['coordinator_rss_mib']:.1f} MiB, agent {sqlite['agent_rss_mib']:.1f} MiB")
+        say("PostgreSQL (Debian's postgresql-15, a throwaway cluster) ...")
+        postgres = LocalPostgres(work / "postgres").start(timeout_s=START_TIMEOUT_S)
+        try:
+            db_env = {"MQFLEET_DB_PASSWORD": postgres.password}
+            for label, venv in (("pg-binary", MAIN_VENV), ("pg-libpq", LIBPQ_VENV)):
+                name = label.replace("-", "_")
+                url = postgres.create_database(name).replace(f":{postgres.password}@", "@")  # the password by env
+                say(f"  {PG_JOBS} jobs on PostgreSQL through {venv} ...")
+                figures = run_jobs(work / label, python=venv / "bin/python", db=url, n_jobs=PG_JOBS,
+                                   broker_url=broker.url, label=label, db_env=db_env)
+                save(**{name: figures})
+                say(f"  {PG_JOBS} jobs completed in {figures['jobs_s']:.1f} s")
+        finally:
+            postgres.stop()
+
+
+# --- report ------------------------------------------------------------------------------------------------
+
+
+def report() -> None:
+    r = json.loads(RESULTS.read_text())
+    lines = [f"arm64 check ({r.get('machine')}, Python {r.get('python')}, qemu user emulation)",
+             f"install: mqfleet[postgres] {r['install_s']:.0f} s ({len(r['install_packages'])} packages, wheels only); "
+             f"armv7l line (mqfleet 'psycopg>=3.1' + libpq5) {r['libpq_install_s']:.0f} s, psycopg {r['libpq_impl']}, "
+             f"psycopg-binary {'present' if r['libpq_has_binary'] else 'absent'}"]
+    for key, what in (("sqlite", "SQLite"), ("pg_binary", "PostgreSQL, psycopg[binary]"),
+                      ("pg_libpq", "PostgreSQL, psycopg + libpq5")):
+        if key in r:
+            f = r[key]
+            lines.append(f"{what}: {f['jobs']} jobs completed in {f['jobs_s']:.1f} s (coordinator answered after "
+                         f"{f['coordinator_answers_s']:.1f} s); /metrics completed={f['metrics_completed']:.0f}; "
+                         f"RSS coordinator {f['coordinator_rss_mib']:.1f} MiB, agent {f['agent_rss_mib']:.1f} MiB")
+    cli = r.get("sqlite", {}).get("cli", {})
+    for venv, times in cli.items():
+        lines.append(f"CLI wall ({venv}, median of {CLI_RUNS}): " + ", ".join(f"{c} {s:.2f} s" for c, s in times.items()))
+    if "this tree" in cli and "baseline" in cli:
+        mine, base = cli["this tree"], cli["baseline"]
+        lines.append("CLI this tree / baseline: " + ", ".join(
+            f"{c} {mine[c] / base[c]:.2f}x" for c in mine if c != "python -c pass"))
+    print("\n".join(lines), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="step", required=True)
+    p = sub.add_parser("install")
+    p.add_argument("wheel", type=Path)
+    p.add_argument("--baseline", type=Path, default=None)
+    sub.add_parser("fleet").add_argument("work", type=Path)
+    sub.add_parser("report")
+    args = parser.parse_args(argv)
+    if args.step == "install":
+        install(args.wheel, args.baseline)
+    elif args.step == "fleet":
+        fleet(args.work)
+    else:
+        report()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
