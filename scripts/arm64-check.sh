@@ -32,6 +32,7 @@ exec 9>"$WORK/lock"
 flock -n 9 || die "another arm64 check runs on $WORK"
 
 MOUNTED=()
+PLACEHOLDERS=()  # files and folders made inside the system only to mount over; removed after
 inside_pids() {
   # Every process whose root is the system: all were started by this script, inside it.
   local p
@@ -51,6 +52,9 @@ cleanup() {
   fi
   for (( i=${#MOUNTED[@]}-1; i>=0; i-- )); do
     umount "${MOUNTED[i]}" 2>/dev/null || umount -l "${MOUNTED[i]}" 2>/dev/null || say "could not unmount ${MOUNTED[i]}"
+  done
+  for (( i=${#PLACEHOLDERS[@]}-1; i>=0; i-- )); do
+    mountpoint -q "${PLACEHOLDERS[i]}" || rmdir "${PLACEHOLDERS[i]}" 2>/dev/null || rm -f "${PLACEHOLDERS[i]}" 2>/dev/null || true
   done
   exit "$rc"
 }
@@ -152,31 +156,49 @@ $(inside dpkg-query -W -f "$format" mosquitto postgresql-15)"
 
 # --- the project's package index inside the system ----------------------------------------------------------
 
+bind_ro() { # bind_ro PATH: a host file or folder, read-only at the same path inside the system
+  local target="$SYSROOT$1"
+  if [ ! -e "$target" ]; then
+    mkdir -p "$(dirname "$target")"
+    if [ -d "$1" ]; then mkdir -p "$target"; else touch "$target"; fi
+    PLACEHOLDERS+=("$target")
+  fi
+  mount --bind "$1" "$target"
+  MOUNTED+=("$target")
+  mount -o remount,bind,ro "$target" 2>/dev/null || true
+}
+
 pip_index() {
-  # The host's pip configuration files, at the same paths, and every local folder they (or PIP_*) name, read-only.
-  local f dir
-  for f in /etc/pip.conf /etc/xdg/pip/pip.conf /etc/xdg/pip/constraints.txt /root/.config/pip/pip.conf /root/.pip/pip.conf; do
-    if [ -f "$f" ]; then mkdir -p "$SYSROOT$(dirname "$f")"; cp "$f" "$SYSROOT$f"; fi
+  # The host's pip configuration files, and every local file or folder they and PIP_* name (a CA bundle, a
+  # find-links folder, a file:// index), read-only at the same paths: pip inside resolves exactly as on the host.
+  local path
+  for path in /etc/pip.conf /etc/xdg/pip /root/.config/pip /root/.pip; do
+    [ -e "$path" ] && bind_ro "$path"
   done
-  for dir in $( { "$PY" -m pip config list 2>/dev/null; env | grep '^PIP_' || true; } \
-                | grep -o "\(file://\)\?/[^ '\"]*" | sed 's|^file://||' | sort -u); do
-    [ -d "$dir" ] || continue
-    mount_in "$dir" --bind -o ro "$dir"
-    mount -o remount,bind,ro "$SYSROOT$dir" 2>/dev/null || true
+  for path in $( { "$PY" -m pip config list 2>/dev/null; env | grep '^PIP_' || true; } \
+                 | grep -o "\(file://\)\?/[^ '\"]*" | sed 's|^file://||; s|/$||' | sort -u); do
+    # a PEP 503 index folder links to its files beside it (../../files/...): its parent goes in
+    if [ -d "$path" ] && [ "$(basename "$path")" = simple ]; then path="$(dirname "$path")"; fi
+    [ -e "$path" ] || continue
+    # already there: under a folder bound above, or the same file in the system
+    if [ -f "$path" ] && cmp -s "$path" "$SYSROOT$path"; then continue; fi
+    mountpoint -q "$SYSROOT$path" 2>/dev/null || bind_ro "$path"
   done
-  say "pip inside the system: the host's configuration ($(inside python3 -m pip --version 2>/dev/null || \
-echo 'pip comes with each venv'))"
+  say "pip inside the system: the host's configuration and index ($(inside python3 -c \
+'import os; print(", ".join(k for k in sorted(os.environ) if k.startswith("PIP_")) or "no PIP_* settings")'))"
 }
 
 wheels() {
   rm -rf "$SYSROOT/check"; mkdir -p "$SYSROOT/check/wheel" "$SYSROOT/check/baseline"
   say "building the wheel of this tree ..."
-  "$PY" -m pip wheel --no-deps --no-build-isolation -q -w "$SYSROOT/check/wheel" "$ROOT" >/dev/null
+  "$PY" -m pip wheel --no-deps --no-build-isolation -q -w "$SYSROOT/check/wheel" "$ROOT" >"$WORK/wheel.log" 2>&1 \
+    || die "building the wheel failed: see $WORK/wheel.log"
   if [ -n "${BASELINE_REF:-}" ]; then
     local src; src="$(mktemp -d)"
     git -C "$ROOT" archive --format=tar "$BASELINE_REF" | tar -x -C "$src"
     say "building the wheel of $BASELINE_REF ($(git -C "$ROOT" rev-parse --short "$BASELINE_REF")) ..."
-    "$PY" -m pip wheel --no-deps --no-build-isolation -q -w "$SYSROOT/check/baseline" "$src" >/dev/null
+    "$PY" -m pip wheel --no-deps --no-build-isolation -q -w "$SYSROOT/check/baseline" "$src" >>"$WORK/wheel.log" 2>&1 \
+      || die "building the wheel of $BASELINE_REF failed: see $WORK/wheel.log"
     rm -rf "$src"
   fi
   cp "$ROOT/scripts/arm64_fleet.py" "$ROOT/tests/data/trainers/ok.py" "$SYSROOT/check/"
