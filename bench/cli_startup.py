@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -68,17 +69,21 @@ def import_total_s(stderr: str) -> float:
     return total_us / 1e6
 
 
-def run_once(name: str, env: dict[str, str], *, profile: bool, job: str = "") -> tuple[float, float]:
-    """(wall seconds, import seconds or 0) of one run of the command `name`; `job` is the one `show` shows."""
+def run_once(name: str, env: dict[str, str], *, profile: bool, job: str = "") -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, import seconds or 0) of one run of the command `name`; `job` is the one `show`
+    shows. CPU is the process's user+sys time: unlike wall time, hardly moved by other processes on the machine."""
     args = COMMANDS[name]
     argv = [sys.executable, "-c", "pass"] if args is None else [*mqfleet_argv(), *(a.format(job=job) for a in args)]
     run_env = {**env, "PYTHONPROFILEIMPORTTIME": "1"} if profile else env
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run's child is reaped: its time is in the delta
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr[-2000:]}")
-    return wall, import_total_s(result.stderr) if profile else 0.0
+    return wall, cpu, import_total_s(result.stderr) if profile else 0.0
 
 
 def agent_start_import_s(workdir: Path, coord: CoordinatorProc, env: dict[str, str], host: str) -> float:
@@ -101,6 +106,7 @@ def measure_cli_startup(workdir: Path, *, runs: int = 7, agent_runs: int = 3) ->
     """Per command: import seconds and wall seconds of each run; the agent's start import seconds."""
     imports: dict[str, list[float]] = {name: [] for name in COMMANDS}
     walls: dict[str, list[float]] = {name: [] for name in WALL}
+    cpus: dict[str, list[float]] = {name: [] for name in WALL}
     with LocalBroker(workdir / "broker") as broker:
         prefix = new_prefix("cli")
         coord = CoordinatorProc(workdir / "coord", broker.url, prefix, jobs_manifest(3))
@@ -112,13 +118,15 @@ def measure_cli_startup(workdir: Path, *, runs: int = 7, agent_runs: int = 3) ->
                 run_once(name, env, profile=False, job=job)
             for _ in range(runs):
                 for name in COMMANDS:
-                    imports[name].append(run_once(name, env, profile=True, job=job)[1])
+                    imports[name].append(run_once(name, env, profile=True, job=job)[2])
                 for name in WALL:
-                    walls[name].append(run_once(name, env, profile=False, job=job)[0])
+                    wall, cpu, _ = run_once(name, env, profile=False, job=job)
+                    walls[name].append(wall)
+                    cpus[name].append(cpu)
             agent = [agent_start_import_s(workdir / "agents", coord, env, f"cli-start-{i}") for i in range(agent_runs)]
         finally:
             coord.stop()
-    return {"runs": runs, "import_s": imports, "wall_s": walls, "agent_start_import_s": agent,
+    return {"runs": runs, "import_s": imports, "wall_s": walls, "cpu_s": cpus, "agent_start_import_s": agent,
             "python": sys.version.split()[0], "mqfleet": mqfleet_argv()[0]}
 
 
@@ -146,6 +154,11 @@ def cli_startup_rows(r: dict[str, Any]) -> list[Row]:
                         f"{median(values) / median(base_wall):.1f}x",
                         f"< {HEALTH_WALL_TARGET_S * 1e3:.0f} ms" if live else "-",
                         verdict(median(values) < HEALTH_WALL_TARGET_S) if live else "-"))
+    base_cpu = r["cpu_s"]["python -c pass"]
+    for name in WALL[1:]:
+        values = r["cpu_s"][name]
+        rows.append(Row(f"CPU time (user+sys), `mqfleet {name}`", ms(median(values)), ms(p99(values)),
+                        f"python -c pass: {ms(median(base_cpu))}", f"{median(values) / median(base_cpu):.1f}x"))
     return rows
 
 
