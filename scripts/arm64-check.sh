@@ -207,6 +207,7 @@ wheels() {
 # --- the check ------------------------------------------------------------------------------------------------
 
 started=$SECONDS
+load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 host_packages
 binfmt
 build_system
@@ -221,4 +222,12 @@ inside timeout "$STEP_TIMEOUT_S" /opt/mqfleet/bin/python /check/arm64_fleet.py f
 say "----- summary ($((SECONDS - started)) s in all) -----"
 inside python3 /check/arm64_fleet.py report | tee "$WORK/report.txt"
 cp "$SYSROOT/check/results.json" "$WORK/results.json"
-say "figures in $WORK/results.json"
+commit="$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- mqfleet pyproject.toml || echo '+changes')"
+baseline_fact="baseline"
+if [ -n "${BASELINE_REF:-}" ]; then baseline_fact="$BASELINE_REF ($(git -C "$ROOT" rev-parse --short "$BASELINE_REF"))"; fi
+PYTHONPATH="$ROOT" "$PY" "$ROOT/scripts/arm64_fleet.py" document "$WORK/results.json" "$ROOT/docs/BENCHMARKS.md" \
+  --fact "host=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), $(nproc) cores, shared" \
+  --fact "qemu=$(qemu-aarch64-static --version | head -1 | sed 's/ version / /')" \
+  --fact "commit=$commit" --fact "when=$(date -u +%F)" --fact "elapsed=$((SECONDS - started)) s" \
+  --fact "load=$load_start / $(cut -d' ' -f1-3 /proc/loadavg)" --fact "baseline=$baseline_fact"
+say "figures in $WORK/results.json; docs/BENCHMARKS.md, \"Pi-class, emulated\" rewritten from them"

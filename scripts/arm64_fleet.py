@@ -5,7 +5,8 @@ from the project's package index: the package with the `postgres` extra (binary 
 Raspberry Pi OS line (`mqfleet 'psycopg>=3.1'`, Debian's libpq5, no psycopg-binary) and, when a baseline
 wheel is given, the same package at another commit for the CLI's before/after. `fleet` (the main
 environment's python) runs a broker, a coordinator and an agent: 20 jobs on SQLite, 5 on PostgreSQL with each
-psycopg, checks /metrics, times the CLI, reads RSS. `report` prints what both wrote in results.json.
+psycopg, checks /metrics, times the CLI, reads RSS. `report` prints what both wrote in results.json; `document`
+(on the host) writes it into docs/BENCHMARKS.md, "Pi-class, emulated".
 Every process started here is stopped by its PID.
 """
 
@@ -308,6 +309,58 @@ def report() -> None:
     print("\n".join(lines), flush=True)
 
 
+def markdown(r: dict[str, Any], facts: dict[str, str]) -> str:
+    """The docs/BENCHMARKS.md section of a run: each figure with its same-run baseline."""
+    out = [f"Produced by `make arm64-check` (scripts/arm64-check.sh, docs/OPERATIONS.md \"The arm64 check\"): "
+           f"Debian 12 {r['machine']} with Python {r['python']} under qemu user emulation ({facts.get('qemu', '?')}) on "
+           f"{facts.get('host', '?')}; git {facts.get('commit', '?')}, {facts.get('when', '?')}, "
+           f"{facts.get('elapsed', '?')} in all, load average at start / end {facts.get('load', '?')}. Emulation runs "
+           "Python tens of times slower than this machine runs it natively, and slower than a Raspberry Pi 4 runs it: "
+           "read each figure against its baseline from the same run. RSS under qemu is the emulator's with the guest "
+           "inside, so an idle interpreter of the same environment is the floor it is read against.", "",
+           "| figure | value | baseline (same run) | ratio |", "|---|---|---|---|",
+           f"| `pip install 'mqfleet[postgres]'`, wheels only (`--only-binary :all:`), {len(r['install_packages'])} "
+           f"packages | {r['install_s']:.0f} s | - | - |",
+           f"| the 32-bit line `pip install mqfleet 'psycopg>=3.1'` with Debian's libpq5 | {r['libpq_install_s']:.0f} s | "
+           f"psycopg loads `{r['libpq_impl']}` (the system libpq), psycopg-binary "
+           f"{'present' if r['libpq_has_binary'] else 'absent'} | - |"]
+    for key, what in (("sqlite", "SQLite"), ("pg_binary", "PostgreSQL through psycopg[binary]"),
+                      ("pg_libpq", "PostgreSQL through psycopg + libpq5 (the 32-bit line)")):
+        f = r.get(key)
+        if not f:
+            continue
+        out += [f"| {f['jobs']} jobs on {what}: coordinator + agent (2 slots), all completed | {f['jobs_s']:.1f} s | "
+                f"/metrics counts {f['metrics_completed']:.0f} completed | - |",
+                f"| coordinator start until it answers `health`, {what} | {f['coordinator_answers_s']:.1f} s | - | - |",
+                f"| RSS of the coordinator / the agent after the jobs, {what} | {f['coordinator_rss_mib']:.0f} / "
+                f"{f['agent_rss_mib']:.0f} MiB | an idle python: {f['idle_python_rss_mib']:.0f} MiB | "
+                f"{f['coordinator_rss_mib'] / f['idle_python_rss_mib']:.2f}x / "
+                f"{f['agent_rss_mib'] / f['idle_python_rss_mib']:.2f}x |"]
+    cli = r.get("sqlite", {}).get("cli", {})
+    mine, base = cli.get("this tree", {}), cli.get("baseline")
+    for command in ("mqfleet --version", "mqfleet health --help", "mqfleet health", "mqfleet status", "mqfleet jobs",
+                    "mqfleet show"):
+        if command not in mine:
+            continue
+        against = f"python -c pass: {mine['python -c pass']:.2f} s"
+        ratio = f"{mine[command] / mine['python -c pass']:.1f}x"
+        if base:
+            against += f"; {facts.get('baseline', 'baseline')}: {base[command]:.2f} s"
+            ratio += f"; {mine[command] / base[command]:.2f}x"
+        out.append(f"| `{command}` wall time (median of {CLI_RUNS}), live coordinator | {mine[command]:.2f} s | "
+                   f"{against} | {ratio} |")
+    return "\n".join(out) + "\n"
+
+
+def document(results: Path, doc: Path, facts: list[str]) -> None:
+    """Put the run's section into docs/BENCHMARKS.md in place of the last one (on the host, from the repository)."""
+    from bench.common import PI_SECTION, replace_sections
+
+    section = markdown(json.loads(results.read_text()), dict(f.split("=", 1) for f in facts))
+    old = doc.read_text() if doc.exists() else "# mqfleet benchmarks\n"
+    doc.write_text(replace_sections(old, f"\n## {PI_SECTION}\n\n{section}", [PI_SECTION], ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="step", required=True)
@@ -316,11 +369,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", type=Path, default=None)
     sub.add_parser("fleet").add_argument("work", type=Path)
     sub.add_parser("report")
+    p = sub.add_parser("document")
+    p.add_argument("results", type=Path)
+    p.add_argument("doc", type=Path)
+    p.add_argument("--fact", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)
     if args.step == "install":
         install(args.wheel, args.baseline)
     elif args.step == "fleet":
         fleet(args.work)
+    elif args.step == "document":
+        document(args.results, args.doc, args.fact)
     else:
         report()
     return 0
