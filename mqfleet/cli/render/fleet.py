@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -26,9 +27,12 @@ from rich.table import Table
 from rich.text import Text
 
 from mqfleet.cli.render.terminal import clean
-from mqfleet.wire.replies import HostUsage, Worker
-from mqfleet.wire.requests import Health, JobRow
-from mqfleet.wire.topics import JsonObject, JsonValue
+
+if TYPE_CHECKING:
+    # annotations only: a renderer loads no wire module the command has not loaded (docs/BENCHMARKS.md, "CLI start-up")
+    from mqfleet.wire.replies import HostUsage, Worker
+    from mqfleet.wire.requests import Health, JobRow
+    from mqfleet.wire.topics import JsonObject, JsonValue
 
 STATUS_STYLE = {
     "pending": "yellow",
