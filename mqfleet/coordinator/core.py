@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mqfleet import defaults
+from mqfleet.coordinator.feed import Feed
 from mqfleet.coordinator.health import HealthChecks
 from mqfleet.coordinator.republish import StateRepublisher
 from mqfleet.coordinator.sql.pgconnection import redact_url
@@ -137,6 +138,7 @@ class CoordinatorCore:
     _drop_lock: threading.Lock
     dropped_requests: int
     refused_log_batches: int
+    feed: Feed
     conn: Connection
     republisher: StateRepublisher
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from mqfleet import __version__
 from mqfleet.coordinator.core import CoordinatorConfig
 from mqfleet.coordinator.dispatch import RequestDispatch
+from mqfleet.coordinator.feed import Feed
 from mqfleet.coordinator.health import HealthChecks, health_report
 from mqfleet.coordinator.leader import Leadership
 from mqfleet.coordinator.listeners import AgentListeners
@@ -125,6 +126,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self.dropped_requests = 0
         #: Log batches refused because their host does not hold the job's current lease.
         self.refused_log_batches = 0
+        #: What the coordinator made public or accepted, for followers in this process (the web dashboard)
+        self.feed = Feed(self.topics)
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(config.client_id),
@@ -141,6 +144,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             # The requests that arrived together run as one group, committed once (group commit), when
             # the dispatcher has no more messages waiting (issue 17).
             after_step=self.run_waiting_requests,
+            # Events, job states and the status, as the bus gets them, to the feed's followers (none: no cost).
+            on_publish=self.feed.published,
         )
         self.republisher = StateRepublisher(
             lock=self.lock, read_page=lambda after, limit: state_page(self.state, after, limit),

@@ -1,0 +1,134 @@
+"""The dashboard's pages, each also served as its live part (`.../part`, what a page swaps in when its stream says
+something changed): fleet, jobs, one job (and its whole output as text), sweeps and one sweep.
+
+New pages (groups from issue 28, studies from issue 31) are one more route here over one more `FleetSource` read.
+An anonymous viewer gets the public view of each (`views.public_*`); a signed-in operator everything the CLI shows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+from litestar import Response, get
+from litestar.handlers import HTTPRouteHandler
+from litestar.response import Stream, Template
+
+from mqfleet.lifecycle import JobStatus
+from mqfleet.web import views
+from mqfleet.web.dashboard import Dashboard, Req
+from mqfleet.web.views import JobsQuery
+
+#: Seconds a fleet snapshot (workers, health) is shared by every viewer before it is read again.
+SNAPSHOT_S = 1.0
+#: Rows of a jobs page whose state changes are followed live (the stream's URL names them).
+LIVE_ROWS = 100
+
+
+def page_routes(dash: Dashboard) -> list[HTTPRouteHandler]:
+    source = dash.source
+
+    async def fleet_context(request: Req) -> dict[str, Any]:
+        workers = await dash.snapshot("workers", SNAPSHOT_S, source.workers)
+        health = await dash.snapshot("health", SNAPSHOT_S, source.health)
+        if not dash.is_operator(request):
+            workers = [views.public_worker(w) for w in workers]
+        return {"workers": workers, "health": health, "live": "/live?view=fleet"}
+
+    @get("/")
+    async def home(request: Req) -> Response[bytes]:
+        return Response(b"", status_code=303, headers={"Location": "/fleet"})
+
+    @get("/fleet")
+    async def fleet(request: Req) -> Template:
+        return dash.page(request, "fleet.html", **await fleet_context(request))
+
+    @get("/fleet/part")
+    async def fleet_part(request: Req) -> Template:
+        return dash.page(request, "fleet_part.html", **await fleet_context(request))
+
+    async def jobs_context(request: Req) -> dict[str, Any]:
+        p = request.query_params
+        query = JobsQuery.parse(p.get("status"), p.get("name"), p.get("after"), p.get("order"), p.get("limit"))
+        reply = await dash.read(source.jobs_page, status=query.status, name=query.name, after=query.after,
+                                newest_first=query.newest_first, limit=query.limit, count=query.after is None)
+        health = await dash.snapshot("health", SNAPSHOT_S, source.health)
+        ids = ",".join(str(j.get("id", "")) for j in reply.jobs[:LIVE_ROWS])
+        return {"query": query, "jobs": reply.jobs, "total": reply.total, "next_after": reply.next_after,
+                "statuses": [s.value for s in JobStatus], "health": health, "live": f"/live?view=jobs&ids={ids}"}
+
+    @get("/jobs")
+    async def jobs(request: Req) -> Template:
+        return dash.page(request, "jobs.html", **await jobs_context(request))
+
+    @get("/jobs/part")
+    async def jobs_part(request: Req) -> Template:
+        return dash.page(request, "jobs_part.html", **await jobs_context(request))
+
+    async def job_context(request: Req, ref: str) -> dict[str, Any]:
+        detail = await dash.read(source.job, ref)
+        operator = dash.is_operator(request)
+        output = None
+        if operator:
+            head = await dash.read(source.logs, detail.id, None, limit=1)
+            start = max(0, head.total - views.OUTPUT_TAIL_LINES)
+            output = head if head.total <= 1 else await dash.read(source.logs, detail.id, head.attempt, offset=start,
+                                                                  limit=views.OUTPUT_TAIL_LINES)
+        else:
+            detail = views.public_job(detail)
+        return {"job": detail, "output": output, "series": views.progress_series(detail.progress_history),
+                "live": f"/live?view=job&job={quote(detail.id, safe='')}"}
+
+    @get("/jobs/{ref:str}")
+    async def job(request: Req, ref: str) -> Template:
+        return dash.page(request, "job.html", **await job_context(request, ref))
+
+    @get("/jobs/{ref:str}/part")
+    async def job_part(request: Req, ref: str) -> Template:
+        return dash.page(request, "job_part.html", **await job_context(request, ref))
+
+    @get("/jobs/{ref:str}/output")
+    async def job_output(request: Req, ref: str) -> Response[Any]:
+        """One attempt's whole stored output as text, page by page (operators only, like `mqfleet logs`)."""
+        if not dash.is_operator(request):
+            return dash.page(request, "error.html", status_code=403, message="Trainer output needs sign-in.")
+        attempt = views.parse_int(request.query_params.get("attempt"), "attempt", low=1, high=1_000_000)
+        first = await dash.read(source.logs, ref, attempt)
+
+        async def pages() -> AsyncIterator[bytes]:
+            reply = first
+            for _ in range(10_000):
+                yield "".join(line + "\n" for line in reply.lines).encode("utf-8", "replace")
+                if reply.next_offset is None:
+                    return
+                reply = await dash.read(source.logs, first.job_id, first.attempt, offset=reply.next_offset)
+
+        return Stream(pages(), media_type="text/plain; charset=utf-8")
+
+    @get("/sweeps")
+    async def sweeps(request: Req) -> Template:
+        return dash.page(request, "sweeps.html", names=await dash.read(source.sweep_names))
+
+    async def sweep_context(request: Req, name: str) -> dict[str, Any]:
+        reply = await dash.read(source.sweep, name)
+        counts = Counter(row.status for row in reply.jobs)
+        operator = dash.is_operator(request)
+        walls = [row.usage.wall_s for row in reply.jobs if row.status == "completed" and row.usage]
+        left = len(reply.jobs) - counts["completed"] - counts["failed"] - counts["cancelled"]
+        running = max(1, counts["running"] + counts["claimed"])
+        eta = (sum(walls) / len(walls)) * left / running if walls and left and operator else None
+        return {"sweep": reply, "name": name, "counts": counts, "eta_s": eta,
+                "series": views.compare_series(reply.jobs, reply.metric_names) if operator else {},
+                "live": f"/live?view=sweep&sweep={quote(name, safe='')}"}
+
+    @get("/sweeps/{name:str}")
+    async def sweep(request: Req, name: str) -> Template:
+        return dash.page(request, "sweep.html", **await sweep_context(request, name))
+
+    @get("/sweeps/{name:str}/part")
+    async def sweep_part(request: Req, name: str) -> Template:
+        return dash.page(request, "sweep_part.html", **await sweep_context(request, name))
+
+    return [home, fleet, fleet_part, jobs, jobs_part, job, job_part, job_output, sweeps, sweep, sweep_part]
