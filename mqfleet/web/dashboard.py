@@ -67,21 +67,28 @@ class Dashboard:
         self.fanout = fanout
         self.pool = ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="web-query")
         self.signins = SigninLimiter()
-        self._snapshots: dict[str, tuple[float, Any]] = {}
+        self._snapshots: dict[str, tuple[float, int, Any]] = {}
+        #: feed items seen (any kind): a snapshot read before the latest one is read again
+        self.changes = 0
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` on a query thread: the event loop never waits for the coordinator's lock."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
 
+    def feed_item(self, item: object) -> None:
+        """A feed follower (on the coordinator's threads): something changed, so snapshots are stale."""
+        self.changes += 1
+
     async def snapshot(self, name: str, max_age_s: float, fn: Callable[[], T]) -> T:
-        """`fn()`'s result, read again only once it is `max_age_s` old: a hundred open fleet pages cost one query."""
+        """`fn()`'s result, shared by every viewer until it is `max_age_s` old or the feed told of a change:
+        a hundred fleet pages opened in one quiet second cost one query."""
         held = self._snapshots.get(name)
-        now = time.monotonic()
-        if held is not None and now - held[0] < max_age_s:
-            value: T = held[1]
+        if held is not None and time.monotonic() - held[0] < max_age_s and held[1] == self.changes:
+            value: T = held[2]
             return value
+        seen = self.changes
         value = await self.read(fn)
-        self._snapshots[name] = (time.monotonic(), value)
+        self._snapshots[name] = (time.monotonic(), seen, value)
         return value
 
     def close(self) -> None:

@@ -102,8 +102,10 @@ def build_app(dash: Dashboard, *, secure_cookies: bool) -> Litestar:
     async def started() -> None:
         dash.fanout.bind(asyncio.get_running_loop())
         dash.source.feed.follow(dash.fanout)
+        dash.source.feed.follow(dash.feed_item)
 
     async def stopping() -> None:
+        dash.source.feed.unfollow(dash.feed_item)
         dash.source.feed.unfollow(dash.fanout)
         dash.fanout.close_all()
 
