@@ -271,10 +271,13 @@ def agent_cmd(
               help="Where the demo keeps its broker, store, database and logs (wiped first).")
 @click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True)
 @click.option("--plain", is_flag=True, help="A plain loopback broker instead of mutual TLS with generated certificates.")
+@click.option("--web-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of the coordinator's web dashboard on 127.0.0.1 (default 8080, or a free one when taken).")
 @click.option("-v", "--verbose", count=True)
-def demo_cmd(work_dir: Path, timeout_s: float, plain: bool, verbose: int) -> None:
+def demo_cmd(work_dir: Path, timeout_s: float, plain: bool, web_port: int | None, verbose: int) -> None:
     """Run the whole fleet on this machine with real training, then show the results."""
     from mqfleet.local.demo import run_demo
 
     setup_logging(verbose - 1)
-    raise click.exceptions.Exit(run_demo(work_dir=work_dir.resolve(), timeout_s=timeout_s, tls=not plain))
+    raise click.exceptions.Exit(run_demo(work_dir=work_dir.resolve(), timeout_s=timeout_s, tls=not plain,
+                                         web_port=web_port))

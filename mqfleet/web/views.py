@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from urllib.parse import urlencode
 
 from mqfleet.lifecycle import JobStatus
 from mqfleet.wire.replies import CompareRow, JobDetail, ProgressPoint, Worker
+from mqfleet.wire.requests import JobRow
 from mqfleet.wire.topics import JsonObject, JsonValue
 
 #: Rows a jobs page shows by default, and at most.
@@ -24,7 +25,7 @@ PAGE_ROWS_MAX = 500
 OUTPUT_TAIL_LINES = 300
 #: A name glob longer than this is no one's job name pattern.
 GLOB_MAX_CHARS = 200
-_LABEL = re.compile(r"[^A-Za-z0-9_.:/ +-]")
+_LABEL = re.compile(r"[^A-Za-z0-9_.:/ +=,()\[\]-]")
 
 
 class BadInputError(Exception):
@@ -90,12 +91,8 @@ def public_worker(worker: Worker) -> Worker:
 def public_job(job: JobDetail) -> JobDetail:
     """A job as anonymous broker readers know it: its retained state (the job row) and the progress reports those
     states carried. The spec, attempts, output, why it waits, lease, artifact and checkpoint are not public."""
-    return JobDetail(**{name: getattr(job, name) for name in _JOB_ROW_FIELDS}, progress_history=job.progress_history)
-
-
-_JOB_ROW_FIELDS = ("id", "name", "status", "model", "mode", "host", "attempts", "max_attempts", "priority", "artifact",
-                   "error", "in_manifest", "progress", "created_ts", "updated_ts", "lease_expires_ts", "timeout_s",
-                   "stall_s", "retry_after_ts", "unsatisfied", "attempts_started", "attempts_charged")
+    row = {f.name: getattr(job, f.name) for f in fields(JobRow)}
+    return JobDetail(**row, progress_history=job.progress_history)
 
 
 # --- charts -----------------------------------------------------------------------------------------------------

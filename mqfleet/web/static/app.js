@@ -51,7 +51,7 @@
     const values = {};
     for (const key of ["loss", "progress"]) if (typeof progress[key] === "number") values[key] = progress[key];
     if (progress.metrics && typeof progress.metrics === "object")
-      for (const [k, v] of Object.entries(progress.metrics)) if (typeof v === "number") values[k.replace(/[^A-Za-z0-9_.:/ +-]/g, "?").slice(0, 64)] = v;
+      for (const [k, v] of Object.entries(progress.metrics)) if (typeof v === "number") values[k.replace(/[^A-Za-z0-9_.:/ +=,()\[\]-]/g, "?").slice(0, 64)] = v;
     const none = document.getElementById("no-progress");
     if (none && Object.keys(values).length) none.remove();
     for (const [name, y] of Object.entries(values)) {
@@ -113,7 +113,7 @@
     if (jobRow) {
       setStatus(jobRow.querySelector('[data-field="status"]'), row.status);
       setText(jobRow.querySelector('[data-field="host"]'), row.host || "-");
-      setText(jobRow.querySelector('[data-field="progress"]'), percent(row.progress));
+      setText(jobRow.querySelector('[data-field="progress"]'), row.status === "completed" ? "100%" : percent(row.progress));
     }
     const part = document.getElementById("part");
     if (document.getElementById("job-status") && part) {
