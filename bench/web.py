@@ -26,7 +26,18 @@ from typing import Any
 import httpx
 
 from bench.claim_rtt import time_claims
-from bench.common import OPERATOR_TOKEN, CoordinatorProc, SimAgent, jobs_manifest, median, new_prefix, p99
+from bench.common import (
+    OPERATOR_TOKEN,
+    CoordinatorProc,
+    Row,
+    SimAgent,
+    jobs_manifest,
+    median,
+    ms,
+    new_prefix,
+    p99,
+    verdict,
+)
 from mqfleet.local.broker import LocalBroker
 from mqfleet.wire.topics import Topics, encode
 
@@ -174,16 +185,40 @@ def jobs_page_at(n_jobs: int, workdir: Path) -> dict[str, Any]:
             "filtered_page_s": filtered_whole_s, "bus_first_50_s": median(bus)}
 
 
+def measure_web(n: int, n_jobs: int, workdir: Path) -> dict[str, Any]:
+    return {"claims": claims_with_dashboards(n, workdir / "claims"),
+            "jobs_page_small": jobs_page_at(1000, workdir / "small"),
+            "jobs_page": jobs_page_at(n_jobs, workdir / "large")}
+
+
+def web_rows(r: dict[str, Any]) -> list[Row]:
+    c, small, large = r["claims"], r["jobs_page_small"], r["jobs_page"]
+    n = f"{large['jobs']:,}"
+    return [
+        Row(f"claim round trip with {c['dashboards']} signed-in dashboards following a job's live output",
+            ms(c["dashboards_p50_s"]), ms(c["dashboards_p99_s"]),
+            f"no dashboard {ms(c['none_p50_s'])} / {ms(c['none_p99_s'])}",
+            f"{c['p50_ratio']:.2f}x / {c['p99_ratio']:.2f}x", "p50 <= 1.2x none", verdict(c["p50_ratio"] <= 1.2)),
+        Row("lines each dashboard received meanwhile (min / max)", f"{c['lines_received_min']}",
+            f"{c['lines_received_max']}"),
+        Row(f"jobs page at {n} jobs (50 newest, with the count): first byte / whole page", ms(large["first_byte_s"]),
+            ms(large["page_s"]), f"1,000 jobs: {ms(small['page_s'])}", f"{large['page_s'] / small['page_s']:.2f}x",
+            "<= 1 s", verdict(large["page_s"] <= 1.0)),
+        Row(f"jobs page at {n} jobs filtered (`status=pending&name=job-9*`)", ms(large["filtered_first_byte_s"]),
+            ms(large["filtered_page_s"]), f"1,000 jobs: {ms(small['filtered_page_s'])}",
+            f"{large['filtered_page_s'] / small['filtered_page_s']:.2f}x"),
+        Row(f"the same 50 rows over the bus (`FleetClient.job_listing`) at {n} jobs", ms(large["bus_first_50_s"]),
+            baseline=f"jobs page {ms(large['page_s'])}", ratio=f"{large['page_s'] / large['bus_first_50_s']:.2f}x"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-n", type=int, default=400, help="claims to time with and without dashboards")
     parser.add_argument("--jobs", type=int, default=100_000, help="jobs the coordinator holds for the jobs page")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
-        result = {"claims": claims_with_dashboards(args.n, Path(tmp) / "claims"),
-                  "jobs_page_small": jobs_page_at(1000, Path(tmp) / "small"),
-                  "jobs_page": jobs_page_at(args.jobs, Path(tmp) / "large")}
-    print(json.dumps(result, indent=2))
+        print(json.dumps(measure_web(args.n, args.jobs, Path(tmp)), indent=2))
     return 0
 
 

@@ -79,16 +79,19 @@ class Dashboard:
         """A feed follower (on the coordinator's threads): something changed, so snapshots are stale."""
         self.changes += 1
 
-    async def snapshot(self, name: str, max_age_s: float, fn: Callable[[], T]) -> T:
-        """`fn()`'s result, shared by every viewer until it is `max_age_s` old or the feed told of a change:
-        a hundred fleet pages opened in one quiet second cost one query."""
+    async def snapshot(self, name: str, max_age_s: float, fn: Callable[[], T], *, until_change: bool = True) -> T:
+        """`fn()`'s result, shared by every viewer until it is `max_age_s` old or (`until_change`) the feed told of
+        a change: a hundred fleet pages opened in one quiet second cost one query."""
         held = self._snapshots.get(name)
-        if held is not None and time.monotonic() - held[0] < max_age_s and held[1] == self.changes:
+        fresh = held is not None and (held[1] == self.changes or not until_change)
+        if held is not None and fresh and time.monotonic() - held[0] < max_age_s:
             value: T = held[2]
             return value
         seen = self.changes
         value = await self.read(fn)
         self._snapshots[name] = (time.monotonic(), seen, value)
+        while len(self._snapshots) > 256:  # one per name filter asked for: bounded whoever asks
+            self._snapshots.pop(next(iter(self._snapshots)))
         return value
 
     def close(self) -> None:

@@ -23,6 +23,8 @@ from mqfleet.web.views import JobsQuery
 
 #: Seconds a fleet snapshot (workers, health) is shared by every viewer before it is read again.
 SNAPSHOT_S = 1.0
+#: Seconds the count of a name filter's matches is shared before it is counted again.
+COUNT_S = 5.0
 #: Rows of a jobs page whose state changes are followed live (the stream's URL names them).
 LIVE_ROWS = 100
 
@@ -53,10 +55,21 @@ def page_routes(dash: Dashboard) -> list[HTTPRouteHandler]:
         p = request.query_params
         query = JobsQuery.parse(p.get("status"), p.get("name"), p.get("after"), p.get("order"), p.get("limit"))
         reply = await dash.read(source.jobs_page, status=query.status, name=query.name, after=query.after,
-                                newest_first=query.newest_first, limit=query.limit, count=query.after is None)
+                                newest_first=query.newest_first, limit=query.limit, count=False)
         health = await dash.snapshot("health", SNAPSHOT_S, source.health)
+        # Counting walks every matching row (150 ms under the lock at 100,000 jobs): by status it is health's count;
+        # a name glob's count is shared for a few seconds, and only the first page asks for it.
+        total: int | None = None
+        if query.after is None and query.name is None:
+            counts = health.jobs_by_status
+            total = counts.get(query.status, 0) if query.status else sum(counts.values())
+        elif query.after is None:
+            def count() -> int | None:
+                return source.jobs_page(status=query.status, name=query.name, after=None, newest_first=True, limit=1,
+                                        count=True).total
+            total = await dash.snapshot(f"count {query.status} {query.name}", COUNT_S, count, until_change=False)
         ids = ",".join(str(j.get("id", "")) for j in reply.jobs[:LIVE_ROWS])
-        return {"query": query, "jobs": reply.jobs, "total": reply.total, "next_after": reply.next_after,
+        return {"query": query, "jobs": reply.jobs, "total": total, "next_after": reply.next_after,
                 "statuses": [s.value for s in JobStatus], "health": health, "live": f"/live?view=jobs&ids={ids}"}
 
     @get("/jobs")
