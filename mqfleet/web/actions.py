@@ -95,18 +95,13 @@ def action_routes(dash: Dashboard) -> list[HTTPRouteHandler]:
             return f"{row.name} ({row.id[:12]}): {row.status}" + (", checkpoint deleted" if fresh else "")
         return await act(request, f"/jobs/{quote(ref, safe='')}", run)
 
-    @post("/hosts/{host:str}/drain")
+    @post(["/hosts/{host:str}/drain", "/hosts/{host:str}/undrain"])
     async def drain(request: Req, host: str) -> Response[Any]:
+        draining = not request.url.path.endswith("/undrain")
+
         async def run() -> str:
-            reply = await dash.read(source.drain, host, draining=True)
-            return f"{reply.host}: draining"
+            reply = await dash.read(source.drain, host, draining=draining)
+            return f"{reply.host}: {'draining' if draining else 'takes work'}"
         return await act(request, "/fleet", run)
 
-    @post("/hosts/{host:str}/undrain")
-    async def undrain(request: Req, host: str) -> Response[Any]:
-        async def run() -> str:
-            reply = await dash.read(source.drain, host, draining=False)
-            return f"{reply.host}: takes work"
-        return await act(request, "/fleet", run)
-
-    return [signin_form, signin, signout, cancel, requeue, drain, undrain]
+    return [signin_form, signin, signout, cancel, requeue, drain]

@@ -8,7 +8,7 @@ An anonymous viewer gets the public view of each (`views.public_*`); a signed-in
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +21,8 @@ from mqfleet.web import views
 from mqfleet.web.dashboard import Dashboard, Req
 from mqfleet.web.views import JobsQuery
 
+#: What a page shows, read for one request.
+Context = Callable[[Req], Awaitable[dict[str, Any]]]
 #: Seconds a fleet snapshot (workers, health) is shared by every viewer before it is read again.
 SNAPSHOT_S = 1.0
 #: Seconds the count of a name filter's matches is shared before it is counted again.
@@ -43,14 +45,6 @@ def page_routes(dash: Dashboard) -> list[HTTPRouteHandler]:
     async def home(request: Req) -> Response[bytes]:
         return Response(b"", status_code=303, headers={"Location": "/fleet"})
 
-    @get("/fleet")
-    async def fleet(request: Req) -> Template:
-        return dash.page(request, "fleet.html", **await fleet_context(request))
-
-    @get("/fleet/part")
-    async def fleet_part(request: Req) -> Template:
-        return dash.page(request, "fleet_part.html", **await fleet_context(request))
-
     async def jobs_context(request: Req) -> dict[str, Any]:
         p = request.query_params
         query = JobsQuery.parse(p.get("status"), p.get("name"), p.get("after"), p.get("order"), p.get("limit"))
@@ -72,16 +66,8 @@ def page_routes(dash: Dashboard) -> list[HTTPRouteHandler]:
         return {"query": query, "jobs": reply.jobs, "total": total, "next_after": reply.next_after,
                 "statuses": [s.value for s in JobStatus], "health": health, "live": f"/live?view=jobs&ids={ids}"}
 
-    @get("/jobs")
-    async def jobs(request: Req) -> Template:
-        return dash.page(request, "jobs.html", **await jobs_context(request))
-
-    @get("/jobs/part")
-    async def jobs_part(request: Req) -> Template:
-        return dash.page(request, "jobs_part.html", **await jobs_context(request))
-
-    async def job_context(request: Req, ref: str) -> dict[str, Any]:
-        detail = await dash.read(source.job, ref)
+    async def job_context(request: Req) -> dict[str, Any]:
+        detail = await dash.read(source.job, request.path_params["ref"])
         operator = dash.is_operator(request)
         output = None
         if operator:
@@ -93,14 +79,6 @@ def page_routes(dash: Dashboard) -> list[HTTPRouteHandler]:
             detail = views.public_job(detail)
         return {"job": detail, "output": output, "series": views.progress_series(detail.progress_history),
                 "live": f"/live?view=job&job={quote(detail.id, safe='')}"}
-
-    @get("/jobs/{ref:str}")
-    async def job(request: Req, ref: str) -> Template:
-        return dash.page(request, "job.html", **await job_context(request, ref))
-
-    @get("/jobs/{ref:str}/part")
-    async def job_part(request: Req, ref: str) -> Template:
-        return dash.page(request, "job_part.html", **await job_context(request, ref))
 
     @get("/jobs/{ref:str}/output")
     async def job_output(request: Req, ref: str) -> Response[Any]:
@@ -124,7 +102,8 @@ def page_routes(dash: Dashboard) -> list[HTTPRouteHandler]:
     async def sweeps(request: Req) -> Template:
         return dash.page(request, "sweeps.html", names=await dash.read(source.sweep_names))
 
-    async def sweep_context(request: Req, name: str) -> dict[str, Any]:
+    async def sweep_context(request: Req) -> dict[str, Any]:
+        name = request.path_params["name"]
         reply = await dash.read(source.sweep, name)
         counts = Counter(row.status for row in reply.jobs)
         operator = dash.is_operator(request)
@@ -136,12 +115,16 @@ def page_routes(dash: Dashboard) -> list[HTTPRouteHandler]:
                 "series": views.compare_series(reply.jobs, reply.metric_names) if operator else {},
                 "live": f"/live?view=sweep&sweep={quote(name, safe='')}"}
 
-    @get("/sweeps/{name:str}")
-    async def sweep(request: Req, name: str) -> Template:
-        return dash.page(request, "sweep.html", **await sweep_context(request, name))
+    def with_part(path: str, template: str, context: Context) -> list[HTTPRouteHandler]:
+        """The page at `path` and its live part at `path/part` (what the page swaps in when its stream says so)."""
+        async def whole(request: Req) -> Template:
+            return dash.page(request, f"{template}.html", **await context(request))
 
-    @get("/sweeps/{name:str}/part")
-    async def sweep_part(request: Req, name: str) -> Template:
-        return dash.page(request, "sweep_part.html", **await sweep_context(request, name))
+        async def part(request: Req) -> Template:
+            return dash.page(request, f"{template}_part.html", **await context(request))
 
-    return [home, fleet, fleet_part, jobs, jobs_part, job, job_part, job_output, sweeps, sweep, sweep_part]
+        return [get(path, name=template)(whole), get(f"{path}/part", name=f"{template}_part")(part)]
+
+    return [home, job_output, sweeps, *with_part("/fleet", "fleet", fleet_context),
+            *with_part("/jobs", "jobs", jobs_context), *with_part("/jobs/{ref:str}", "job", job_context),
+            *with_part("/sweeps/{name:str}", "sweep", sweep_context)]
