@@ -15,7 +15,7 @@ import psutil
 from mqfleet.wire.topics import Topics, encode
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import OPERATOR_TOKEN, trainer_processes
-from tests.fixtures.web import HOSTILE_HTML, WebFleet
+from tests.fixtures.web import HOSTILE_HTML, WebFleet, stream_events
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = """\
@@ -87,6 +87,15 @@ def test_the_dashboard_in_a_browser_follows_a_job_live_and_an_operator_cancels_i
     assert by_css(browser, "#output-hidden") and not by_css(browser, "#output") and not by_css(browser, "#cancel")
     wait_until(lambda: by_css(browser, "#progress-charts .chart svg"), timeout_s=20, what="the progress chart")
     shoot(browser, screens, "job-anonymous")
+
+    # the same job's event stream: state changes for everyone, output lines for an operator only
+    live = f"/live?view=job&job={job['id']}"
+    with web_fleet.client() as anon:
+        anonymous_events = stream_events(anon, live, 3.0)
+    assert "job_state" in anonymous_events and "lines" not in anonymous_events, anonymous_events
+    with web_fleet.client() as operator:
+        web_fleet.sign_in(operator)
+        assert "lines" in stream_events(operator, live, 3.0)
 
     # signed in: output lines arrive while the trainer prints them, the chart grows
     sign_in(browser, url)
