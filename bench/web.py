@@ -161,6 +161,10 @@ def jobs_page_at(n_jobs: int, workdir: Path) -> dict[str, Any]:
                                 extra=("--web-port", str(port)))
         url = f"http://127.0.0.1:{port}"
         try:
+            # as a fleet is between loads: the first load's events and states all published (bench/job_count.py)
+            settle_deadline = time.monotonic() + 900
+            while coord.client.health().republishing and time.monotonic() < settle_deadline:
+                time.sleep(1.0)
             deadline = time.monotonic() + 60
             while True:
                 try:
