@@ -8,9 +8,9 @@ every row before the page. The CLI streams the pages (docs/CLI.md, `jobs`).
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
+from mqfleet.coordinator.sql.connection import SqlConnection, one_row
 from mqfleet.coordinator.tables.rows import JOB_SELECT, job_json
 from mqfleet.errors import BadRequestError
 from mqfleet.lifecycle import JobStatus
@@ -52,7 +52,7 @@ class JobFilter:
 
 
 def job_page(
-    conn: sqlite3.Connection, where: JobFilter, *, limit: int, after: int | None = None, newest_first: bool = False,
+    conn: SqlConnection, where: JobFilter, *, limit: int, after: int | None = None, newest_first: bool = False,
     offset: int | None = None,
 ) -> tuple[list[JsonObject], int | None]:
     """Up to `limit` job rows (each its JobRow's JSON object) after the keyset `after` (a `seq`), and the keyset of the next page (None at the end).
@@ -80,8 +80,8 @@ def job_page(
     return page, (int(rows[-1]["seq"]) if more and rows else None)
 
 
-def count_jobs(conn: sqlite3.Connection, where: JobFilter) -> int:
+def count_jobs(conn: SqlConnection, where: JobFilter) -> int:
     """How many jobs the filter matches (an index count for a status alone)."""
     terms, params = where.where()
     sql = "SELECT COUNT(*) FROM jobs j" + (" WHERE " + " AND ".join(terms) if terms else "")
-    return int(conn.execute(sql, params).fetchone()[0])
+    return int(one_row(conn.execute(sql, params))[0])
