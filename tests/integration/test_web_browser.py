@@ -33,6 +33,17 @@ def by_css(driver: Any, css: str) -> list[Any]:
     return list(driver.find_elements(By.CSS_SELECTOR, css))
 
 
+def texts(driver: Any, css: str) -> list[str]:
+    """The texts of the elements `css` selects now; [] when the page replaced one while it was read (a live update
+    between finding an element and reading it), so that a wait asks again instead of failing."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return [e.text for e in by_css(driver, css)]
+    except StaleElementReferenceException:
+        return []
+
+
 def sign_in(driver: Any, url: str) -> None:
     driver.get(f"{url}/signin?next=/fleet")
     by_css(driver, "#token")[0].send_keys(OPERATOR_TOKEN)
@@ -75,7 +86,7 @@ def test_the_dashboard_in_a_browser_follows_a_job_live_and_an_operator_cancels_i
 
     # the fleet page: both hosts, the hostile advert as text, no script ran
     browser.get(f"{url}/fleet")
-    wait_until(lambda: {"host-a", "evil-host"} <= {e.text for e in by_css(browser, ".host-id")}, timeout_s=15,
+    wait_until(lambda: {"host-a", "evil-host"} <= set(texts(browser, ".host-id")), timeout_s=15,
                what="both hosts on the fleet page")
     assert any(HOSTILE_HTML[:30] in e.text for e in by_css(browser, ".advert")), "the hostile advert shows as its text"
     assert not by_css(browser, "#hosts img") and not pwned(browser)
@@ -101,7 +112,7 @@ def test_the_dashboard_in_a_browser_follows_a_job_live_and_an_operator_cancels_i
     sign_in(browser, url)
     shoot(browser, screens, "fleet-operator")
     browser.get(f"{url}/jobs/{job['id']}")
-    wait_until(lambda: by_css(browser, "#output") and by_css(browser, "#live-state")[0].text == "live", timeout_s=15,
+    wait_until(lambda: texts(browser, "#live-state")[:1] == ["live"] and by_css(browser, "#output"), timeout_s=15,
                what="the output panel and its live stream")
     first = len(by_css(browser, "#output .line"))
     wait_until(lambda: len(by_css(browser, "#output .line")) >= first + 3, timeout_s=20,
@@ -115,7 +126,7 @@ def test_the_dashboard_in_a_browser_follows_a_job_live_and_an_operator_cancels_i
     assert trainer_processes(fleet.dir / "work" / "host-a")
     by_css(browser, "#cancel")[0].click()
     browser.switch_to.alert.accept()
-    wait_until(lambda: by_css(browser, "#job-status") and by_css(browser, "#job-status")[0].text == "cancelled",
+    wait_until(lambda: texts(browser, "#job-status")[:1] == ["cancelled"],
                timeout_s=20, what="the page to show the job cancelled")
     assert "cancelled" in by_css(browser, ".note")[0].text
     assert fleet.client().job(job["id"]).status == "cancelled"
@@ -125,7 +136,7 @@ def test_the_dashboard_in_a_browser_follows_a_job_live_and_an_operator_cancels_i
     # the other pages, for the screenshots, and the hostile name once more on the jobs list
     fleet.wait_for_status({"lr-sweep-seed=1": "completed", "lr-sweep-seed=2": "completed"}, timeout_s=60)
     browser.get(f"{url}/jobs")
-    wait_until(lambda: any(e.text == hostile_name for e in by_css(browser, "#jobs td.name a")), timeout_s=10,
+    wait_until(lambda: hostile_name in texts(browser, "#jobs td.name a"), timeout_s=10,
                what="the hostile name as text in the jobs list")
     shoot(browser, screens, "jobs")
     browser.get(f"{url}/sweeps/lr-sweep")
