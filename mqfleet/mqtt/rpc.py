@@ -43,19 +43,22 @@ class RpcClient:
         *,
         token: str = "",
         timeout_s: float = defaults.REQUEST_TIMEOUT_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.conn = conn
         self.topics = topics
         self.client = client
         self.token = token
         self.timeout_s = timeout_s
+        #: the time an operator request is signed at (tests give the coordinator's injected clock)
+        self.clock = clock
 
     def envelope(self, verb: Verb, fields: Wire, request_id: str | None = None) -> Wire:
         """The request body: a fresh request id (or the given one), the fields, and for operator verbs an `auth`
         signed with the token; the token itself never crosses the bus (docs/SECURITY.md, "Operator token")."""
         body: Wire = {"request_id": request_id or uuid.uuid4().hex, **fields}
         if ROLE_OF_VERB[verb] is Role.OPERATOR:
-            body["auth"] = sign_request(self.token, verb.value, body, time.time())
+            body["auth"] = sign_request(self.token, verb.value, body, self.clock())
         return body
 
     def send(self, verb: Verb, fields: Wire, *, timeout_s: float | None = None,
