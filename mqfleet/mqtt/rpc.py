@@ -22,7 +22,8 @@ from mqfleet.errors import RemoteError, RequestTimeoutError, UnavailableError
 from mqfleet.mqtt.connection import Connection
 from mqfleet.wire.codec import Wire
 from mqfleet.wire.signing import sign_request
-from mqfleet.wire.topics import ROLE_OF_VERB, Role, Topics, Verb
+from mqfleet.wire.topics import Role, Topics, Verb
+from mqfleet.wire.verbs import VERBS
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +58,14 @@ class RpcClient:
         """The request body: a fresh request id (or the given one), the fields, and for operator verbs an `auth`
         signed with the token; the token itself never crosses the bus (docs/SECURITY.md, "Operator token")."""
         body: Wire = {"request_id": request_id or uuid.uuid4().hex, **fields}
-        if ROLE_OF_VERB[verb] is Role.OPERATOR:
+        if VERBS[verb].role is Role.OPERATOR:
             body["auth"] = sign_request(self.token, verb.value, body, self.clock())
         return body
 
     def send(self, verb: Verb, fields: Wire, *, timeout_s: float | None = None,
              request_id: str | None = None) -> Reply:
         """One request, one wait; the reply as sent, `ok` or not. RequestTimeoutError when none came."""
-        topic = self.topics.rpc(ROLE_OF_VERB[verb], self.client, verb)
+        topic = self.topics.rpc(VERBS[verb].role, self.client, verb)
         return self.conn.request(topic, self.envelope(verb, fields, request_id), timeout_s=timeout_s or self.timeout_s)
 
     def call(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mqfleet.wire.codec import LONG_TEXT, Wire, WireMessage
-from mqfleet.wire.requests import Health, JobRow
+from mqfleet.wire.requests import JobRow
 from mqfleet.wire.topics import JsonObject
 
 # --- records the replies carry ---------------------------------------------------------------------
@@ -359,26 +359,3 @@ def reply_json(reply: WireMessage) -> Wire:
     """The `ok` reply's JSON object: what the dispatcher publishes and remembers."""
     return {"ok": True, **reply.to_wire()}
 
-
-#: The reply class of each verb whose reply is typed here (the agent verbs' other replies: messages.AGENT_MESSAGES).
-REPLIES: dict[str, type[WireMessage]] = {
-    "complete": CompleteReply,
-    "checkpoint_url": CheckpointUrlReply,
-    "checkpoint_saved": CheckpointSavedReply,
-    "checkpoint_start": CheckpointStartReply,
-    "cancel": JobReply,
-    "requeue": RequeueReply,
-    "reload": ReloadReply,
-    "manifest": ManifestReply,
-    "drain": DrainReply,
-    "undrain": UndrainReply,
-    "gc": GcReply,
-    "jobs": JobsReply,
-    "job": JobDetailReply,
-    "workers": WorkersReply,
-    "health": Health,
-    "artifacts": ArtifactsReply,
-    "logs": LogsReply,
-    "compare": CompareReply,
-    "download_url": DownloadUrlReply,
-}

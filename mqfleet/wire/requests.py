@@ -16,6 +16,13 @@ from mqfleet.lifecycle import Cause
 from mqfleet.wire.codec import LONG_TEXT, OMIT_NULL, WireMessage
 from mqfleet.wire.topics import JsonObject, JsonValue
 
+
+@dataclasses.dataclass(frozen=True)
+class NoFields(WireMessage):
+    """The request of a verb that takes no fields besides the envelope's (`claim`, `workers`, `health`,
+    `artifacts`, `manifest`)."""
+
+
 # --- claim ---------------------------------------------------------------------------------------
 
 
@@ -359,34 +366,3 @@ class Health(WireMessage):
     state_store: str = ""
     coordinators: list[CoordinatorPeer] = dataclasses.field(default_factory=list)
 
-
-#: The request and reply classes of each agent verb, by verb name (docs/INTERNALS.md, "Wire payloads").
-AGENT_MESSAGES: dict[str, tuple[type[WireMessage] | None, type[WireMessage]]] = {
-    "claim": (None, ClaimReply),
-    "renew": (RenewRequest, RenewReply),
-    "upload_url": (UploadUrlRequest, UploadUrlReply),
-    "complete": (CompleteRequest, StatusReply),
-    "fail": (FailRequest, StatusReply),
-}
-
-#: The request classes of the checkpoint verbs and the query verbs that take fields.
-OTHER_REQUESTS: dict[str, type[WireMessage]] = {
-    "checkpoint_url": CheckpointUploadRequest,
-    "checkpoint_saved": CheckpointSavedRequest,
-    "checkpoint_start": CheckpointStartRequest,
-    "jobs": JobsRequest,
-    "job": JobRefRequest,
-    "logs": LogsRequest,
-    "compare": CompareRequest,
-    "download_url": JobRefRequest,
-}
-
-#: The request class of each operator verb (docs/INTERNALS.md, "Wire payloads").
-OPERATOR_REQUESTS: dict[str, type[WireMessage]] = {
-    "cancel": JobRefRequest,
-    "requeue": RequeueRequest,
-    "reload": ReloadRequest,
-    "drain": HostRequest,
-    "undrain": HostRequest,
-    "gc": GcRequest,
-}

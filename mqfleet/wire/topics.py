@@ -59,9 +59,9 @@ class Role(str, Enum):
 
 
 class Verb(str, Enum):
-    """Every RPC verb the coordinator answers."""
+    """Every RPC verb the coordinator answers; who may send each, and its request and reply types, are in
+    the verb table (mqfleet/wire/verbs.py)."""
 
-    # agent verbs: the client level of the topic is the host id
     CLAIM = "claim"
     RENEW = "renew"
     UPLOAD_URL = "upload_url"
@@ -70,14 +70,12 @@ class Verb(str, Enum):
     CHECKPOINT_URL = "checkpoint_url"
     CHECKPOINT_SAVED = "checkpoint_saved"
     CHECKPOINT_START = "checkpoint_start"
-    # operator verbs: need the operator token
     CANCEL = "cancel"
     REQUEUE = "requeue"
     RELOAD = "reload"
     DRAIN = "drain"
     UNDRAIN = "undrain"
     GC = "gc"
-    # query verbs: read-only, anyone
     JOBS = "jobs"
     JOB = "job"
     WORKERS = "workers"
@@ -87,23 +85,6 @@ class Verb(str, Enum):
     DOWNLOAD_URL = "download_url"
     COMPARE = "compare"
     MANIFEST = "manifest"
-
-
-ROLE_OF_VERB: dict[Verb, Role] = {
-    **{
-        v: Role.AGENT
-        for v in (
-            Verb.CLAIM, Verb.RENEW, Verb.UPLOAD_URL, Verb.COMPLETE, Verb.FAIL,
-            Verb.CHECKPOINT_URL, Verb.CHECKPOINT_SAVED, Verb.CHECKPOINT_START,
-        )
-    },
-    **{v: Role.OPERATOR for v in (Verb.CANCEL, Verb.REQUEUE, Verb.RELOAD, Verb.DRAIN, Verb.UNDRAIN, Verb.GC)},
-    **{
-        v: Role.QUERY
-        for v in (Verb.JOBS, Verb.JOB, Verb.WORKERS, Verb.HEALTH, Verb.ARTIFACTS, Verb.LOGS, Verb.DOWNLOAD_URL,
-                  Verb.COMPARE, Verb.MANIFEST)
-    },
-}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Time comes from an injected clock, the agents' messages carry fixed values, and 
 has a fixed client id, so nearly every byte is fixed by construction. Only what is random or local by
 design is replaced by a placeholder before the comparison: the lease ids the coordinator draws, the
 request ids and operator signatures the clients draw, the test's topic prefix and temporary folder,
-this interpreter's path, the host name and the package version. Requests are sent one after another,
+the host name and the package version. Requests are sent one after another,
 so each is recorded with its reply in the order sent; the other messages race each other across
 topics, so they are compared as a sorted list.
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from mqfleet.coordinator.verbs.handlers import HANDLERS
 from mqfleet.errors import BadRequestError, DecodeError
-from mqfleet.wire.topics import ROLE_OF_VERB, Role, Topics, Verb, decode, encode, field
+from mqfleet.wire.topics import Role, Topics, Verb, decode, encode, field
+from mqfleet.wire.verbs import VERBS
 
 
 def test_every_agent_topic_sits_under_the_hosts_own_path_so_an_acl_can_pin_it() -> None:
@@ -23,8 +25,9 @@ def test_rpc_topics_parse_back_into_role_client_and_verb() -> None:
     assert t.parse_rpc("other/rpc/agent/a/claim") is None
 
 
-def test_every_verb_has_exactly_one_role() -> None:
-    assert set(ROLE_OF_VERB) == set(Verb)
+def test_the_coordinator_handles_exactly_the_verbs_of_the_wire_table_each_with_its_wire_spec() -> None:
+    assert set(HANDLERS) == set(VERBS) == set(Verb)
+    assert all(handling.wire is VERBS[verb] for verb, handling in HANDLERS.items())
 
 
 def test_client_ids_of_other_prefixes_do_not_collide_with_the_default_fleet() -> None:

@@ -1,6 +1,6 @@
 """The handlers of what the coordinator reports about past work: `compare` (jobs' final metrics side
 by side), `gc` (store objects no job needs), and the checks of the progress reports and usage agents
-send with renew, complete and fail. The VERBS table in coordinator/verbs/handlers.py dispatches to them.
+send with renew, complete and fail. The HANDLERS table in coordinator/verbs/handlers.py dispatches to them.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ REPORTS_PER_REQUEST = 1000
 COMPARE_MAX_JOBS = 2000
 
 
-def progress_reports(req: Request) -> list[ProgressReport]:
+def progress_reports(raw: JsonValue) -> list[ProgressReport]:
     """The `progress_reports` of a request as (seq, ts, report); malformed entries are skipped, not fatal:
     they are history, and the request's real business (a renewal, a completion) must not fail for them."""
-    raw = req.body.get("progress_reports")
     if not isinstance(raw, list):
         return []
     out: list[ProgressReport] = []
@@ -46,13 +45,14 @@ def progress_reports(req: Request) -> list[ProgressReport]:
     return out
 
 
-def record_attempt_history(coord: Coordinator, req: Request, job_id: str, attempt: int | None, *, ending: bool) -> None:
-    """Store the progress reports (and, when the attempt ends, the usage) a request carries, unless
+def record_attempt_history(coord: Coordinator, reports_sent: JsonValue, usage_sent: JsonValue, job_id: str,
+                           attempt: int | None) -> None:
+    """Store the progress reports and the usage (sent when the attempt ends) a request carries, unless
     `[fleet] keep_history = false` (docs/OPERATIONS.md, "Logs")."""
     if attempt is None or not coord.fleet.keep_history:
         return
-    reports = progress_reports(req)
-    usage = check_usage(req.body.get("usage")) if ending else None
+    reports = progress_reports(reports_sent)
+    usage = check_usage(usage_sent)
     if reports or usage is not None:
         coord.history.append_progress(job_id, attempt, reports, usage=usage)
 
@@ -79,8 +79,8 @@ def final_metrics(progress: JsonObject | None, artifact_metrics: JsonObject | No
     return metrics
 
 
-def handle_compare(coord: Coordinator, req: Request) -> CompareReply:
-    asked = CompareRequest.from_wire(req.body)
+def handle_compare(coord: Coordinator, req: Request[CompareRequest]) -> CompareReply:
+    asked = req.body
     sweep, refs = asked.sweep, asked.jobs
     if (sweep is None) == (refs is None):
         raise BadRequestError("compare needs either 'jobs' (a list of job references) or 'sweep' (a sweep name)")
@@ -111,12 +111,12 @@ def handle_compare(coord: Coordinator, req: Request) -> CompareReply:
     return CompareReply(sweep=sweep, jobs=rows, metric_names=names)
 
 
-def prepare_gc(coord: Coordinator, req: Request) -> GcReply:
+def prepare_gc(coord: Coordinator, req: Request[GcRequest]) -> GcReply:
     # Listing and deleting objects is slow store work: done here, off the dispatcher thread.
-    dry_run = GcRequest.from_wire(req.body).dry_run
+    dry_run = req.body.dry_run
     return collect_garbage(coord.state, coord.store, coord.uploads, dry_run=dry_run, now=req.now)
 
 
-def handle_gc(coord: Coordinator, req: Request) -> GcReply:
+def handle_gc(coord: Coordinator, req: Request[GcRequest]) -> GcReply:
     assert isinstance(req.prepared, GcReply), "prepare_gc runs first"
     return req.prepared
