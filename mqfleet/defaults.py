@@ -50,6 +50,8 @@ UPLOAD_URL_MAX_S = 3600.0
 DOWNLOAD_URL_EXPIRES_S = 600
 #: How often an agent syncs a changed checkpoint folder to the store ([fleet] checkpoint_interval_s).
 CHECKPOINT_INTERVAL_S = 300.0
+#: The shortest sync interval an agent keeps, whatever a manifest asks (the coordinator paces URLs by it too).
+CHECKPOINT_INTERVAL_MIN_S = 0.1
 #: A checkpoint folder larger than this many MiB is not synced ([fleet] checkpoint_max_mib).
 CHECKPOINT_MAX_MIB = 2048.0
 #: Longest an agent spends on the final checkpoint sync of an attempt that ends without completing.

@@ -113,6 +113,12 @@ class AmbiguousError(StateError):
         self.candidates = list(candidates)
 
 
+class RateLimitedError(StateError):
+    """Raised when a lease asks for store work (upload URLs, checks of uploads) faster than an honest agent would."""
+
+    code = "rate_limited"
+
+
 class UnavailableError(StateError):
     """Raised when the coordinator's state database cannot be reached (a PostgreSQL outage); retry later."""
 
@@ -169,6 +175,14 @@ class BundleError(StoreError):
     """Raised when an output folder cannot be packed or an archive cannot be unpacked safely."""
 
     code = "bad_bundle"
+
+
+class UnpackLimitError(BundleError):
+    """Raised when an archive would unpack past a limit: `limit` is "bytes", "files" or "ratio"."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class TrainerInputError(MqfleetError):

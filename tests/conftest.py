@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.fixtures.common",
     "tests.fixtures.broker",
     "tests.fixtures.s3",
+    "tests.fixtures.relay",
     "tests.fixtures.fleet",
     "tests.fixtures.tls",
     "tests.fixtures.postgres",

@@ -60,8 +60,12 @@ def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
 @cli.command("coordinator")
 @click.option("--manifest", "manifest_path", required=True, type=click.Path(path_type=Path), help="Manifest TOML file.")
 @click.option("--db", "db", required=True, metavar="PATH|URL",
-              help="SQLite database file, or postgresql://USER@HOST[:PORT]/DB (password in the URL, PGPASSWORD or "
-                   "MQFLEET_DB_PASSWORD); several coordinators may share one PostgreSQL database.")
+              help="SQLite database file, or postgresql://USER@HOST[:PORT]/DB; several coordinators may share one "
+                   "PostgreSQL database. Keep its password out of the URL (ps shows it): --db-password-file, "
+                   "PGPASSFILE or MQFLEET_DB_PASSWORD.")
+@click.option("--db-password-file", "db_password_file", envvar="MQFLEET_DB_PASSWORD_FILE", default=None,
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="File whose first line is the PostgreSQL password (env MQFLEET_DB_PASSWORD_FILE).")
 @click.option("--migrate-from", "migrate_from", default=None, metavar="sqlite:PATH",
               help="Before serving, copy a stopped fleet's SQLite state into the (empty) PostgreSQL --db.")
 @click.option("--client-id", "client_id", default="coordinator", show_default=True,
@@ -80,6 +84,7 @@ def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
 def coordinator_cmd(
     manifest_path: Path,
     db: str,
+    db_password_file: Path | None,
     migrate_from: str | None,
     client_id: str,
     store_url: str,
@@ -109,6 +114,7 @@ def coordinator_cmd(
             manifest_path=manifest_path,
             db_path=db_path,
             db_url=db if on_postgres else "",
+            db_password_file=db_password_file,
             client_id=client_id,
             broker=broker_config_from(broker),
             store_url=store_url,

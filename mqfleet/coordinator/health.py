@@ -110,6 +110,7 @@ class HealthSource(Protocol):
     started_ts: float
     dropped_requests: int
     refused_log_batches: int
+    retained_cleared: int
     manifest_jobs: int
     refused_manifest: ManifestError | None
     republisher: StateRepublisher
@@ -161,6 +162,7 @@ def health_report(coord: HealthSource, now: float) -> Health:
         # retained job states (or an event backlog) still going out in the background (docs/RELIABILITY.md)
         republishing=coord.republisher.is_sweeping(),
         log_batches_refused=coord.refused_log_batches,
+        retained_cleared=coord.retained_cleared,
         store=coord.store.url,
         ts=now,
     )

@@ -62,6 +62,13 @@ class AgentListeners(CoordinatorCore):
             self._nudge_for(self._publish_changes(), f"host {host} {state}", now)
 
     def _on_log(self, msg: Message) -> None:
+        if msg.retain:
+            # Log batches are never retained: one that is would stay on the broker (any number of job ids
+            # under the host's log topic), so every coordinator deletes it; an empty one is a deletion.
+            if msg.payload:
+                logger.warning("retained log batch on %s removed from the broker", msg.topic[:200])
+                self.clear_retained(msg)
+            return
         parsed = self.topics.parse_log(msg.topic)
         if parsed is None or not self.is_leader or not self.fleet.keep_history:
             # Every coordinator receives every batch; the leader alone files them, or each line would be

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from mqfleet.coordinator.sql.postgres import PgStateFile
-from mqfleet.coordinator.sql.schema import SCHEMA_VERSION
+from mqfleet.coordinator.sql.schema import SCHEMA_VERSION, open_connection
 from mqfleet.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
-#: Tables that describe the running coordinators, not the fleet: never copied.
-NOT_COPIED = frozenset({"schema_version", "coordinators", "sqlite_sequence"})
+#: Tables that describe the running coordinators or the store, not the fleet: never copied (the target
+#: stamps its own `requirement_keys`, from the same fields as the source's once the source is upgraded).
+NOT_COPIED = frozenset({"schema_version", "coordinators", "sqlite_sequence", "requirement_keys"})
 #: Rows per INSERT batch.
 BATCH = 1000
 
@@ -38,13 +39,10 @@ def migrate_from_sqlite(source: Path, target: PgStateFile) -> dict[str, int]:
     """Copy every fleet table of `source` into `target`; returns rows per table. Stop the SQLite
     coordinator first: its file is read in one read transaction, so a live one would be copied as
     of one moment, and what it did afterwards would be lost."""
+    _upgrade_source(source)
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     try:
         src.execute("BEGIN")  # one snapshot of the whole file
-        version = _sqlite_version(src)
-        if version > SCHEMA_VERSION:
-            raise ConfigurationError(f"{source} has schema version {version}, newer than this mqfleet's {SCHEMA_VERSION}: "
-                                     "migrate with the newer mqfleet")
         tables = [r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
                   if r[0] not in NOT_COPIED]
         with target.transaction() as dst:
@@ -63,6 +61,22 @@ def migrate_from_sqlite(source: Path, target: PgStateFile) -> dict[str, int]:
         src.close()
     logger.info("migrated %s into %s: %s", source, target.path, ", ".join(f"{t} {n}" for t, n in counts.items()))
     return counts
+
+
+def _upgrade_source(source: Path) -> None:
+    """A file of an older schema is first upgraded in place, as starting this mqfleet's coordinator on it
+    would; a newer one is refused."""
+    probe = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        version = _sqlite_version(probe)
+    finally:
+        probe.close()
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(f"{source} has schema version {version}, newer than this mqfleet's {SCHEMA_VERSION}: "
+                                 "migrate with the newer mqfleet")
+    if version < SCHEMA_VERSION:
+        logger.info("%s has schema version %d: upgrading it to %d before the copy", source, version, SCHEMA_VERSION)
+        open_connection(source).close()
 
 
 def _sqlite_version(src: sqlite3.Connection) -> int:

@@ -20,15 +20,13 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from mqfleet.coordinator.sql import pgdialect
+from mqfleet.coordinator.sql.pgurl import ENV_DB_PASSWORD, check_url, has_password, redact_url, scrub
 from mqfleet.errors import ConfigurationError, UnavailableError
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable with the database password, for URLs that carry none (PGPASSWORD works too).
-ENV_DB_PASSWORD = "MQFLEET_DB_PASSWORD"
 #: Seconds to wait for a connection to the server before calling it unreachable.
 CONNECT_TIMEOUT_S = 5
 #: A writer waiting longer than this for the write lock gives up with `unavailable` (a stuck peer).
@@ -47,15 +45,6 @@ def _lock_key(name: str) -> int:
 WRITE_LOCK = _lock_key("mqfleet:state-writes")
 #: The session-level lock the leader holds (`peers.Election`).
 LEADER_LOCK = _lock_key("mqfleet:leader")
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by `***`, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
 
 class PgRowBase(tuple):  # type: ignore[type-arg]
     """A row like sqlite3.Row: by position, by column name, `keys()`, and `dict(row)`."""
@@ -110,10 +99,12 @@ def _param(value: Any) -> Any:
 class PgConnection:
     """The psycopg connection of one PgStateFile, speaking the noun modules' sqlite3 subset."""
 
-    def __init__(self, url: str, *, writer: str) -> None:
+    def __init__(self, url: str, *, writer: str, password: str | None = None) -> None:
         self.url = url
         self.where = redact_url(url)
         self.writer = writer
+        #: From --db-password-file; used when the URL carries none (then MQFLEET_DB_PASSWORD, then libpq's own).
+        self._password = password
         self._conn: Any = None
         self._in_transaction = False
         self._keys: dict[str, tuple[str, ...]] = {}
@@ -127,15 +118,18 @@ class PgConnection:
         import psycopg
 
         kwargs: dict[str, Any] = {}  # boundary: extra keyword arguments of psycopg.connect (a third-party API)
-        if urlsplit(self.url).password is None and os.environ.get(ENV_DB_PASSWORD):
-            kwargs["password"] = os.environ[ENV_DB_PASSWORD]
+        password = self._password or os.environ.get(ENV_DB_PASSWORD)
+        if password and not has_password(self.url):
+            kwargs["password"] = password
         return psycopg.connect(
             self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, row_factory=_row_factory,
             application_name=f"mqfleet {self.writer}"[:63],
             # keepalives notice a server (or a network path) that died without closing the connection
             keepalives=1, keepalives_idle=10, keepalives_interval=3, keepalives_count=3,
+            # jit off: every statement here is short, and a claim's recursive query (tables/claim_walk.py), whose
+            # row estimates PostgreSQL inflates, was compiled at each claim: 30 ms of JIT for 0.5 ms of work
             options=f"-c mqfleet.writer={self.writer} -c lock_timeout={LOCK_TIMEOUT_MS} "
-                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} -c jit=off",
             **kwargs,
         )
 
@@ -154,8 +148,14 @@ class PgConnection:
         try:
             self._conn = self._connect()
         except psycopg.OperationalError as e:
-            raise UnavailableError(f"state database {self.where} unreachable: {' '.join(str(e).split())}") from e
+            raise UnavailableError(f"state database {self.where} unreachable: {self._told(e)}") from None
+        except psycopg.Error as e:  # libpq refused the URL itself; its text may quote any part of it
+            raise ConfigurationError(f"--db {self.where} is not usable: {self._told(e)}") from None
         return self._conn
+
+    def _told(self, error: BaseException) -> str:
+        """An error's text on one line, with every secret of the URL (and the password given) hidden."""
+        return scrub(" ".join(str(error).split()), self.url, password=self._password)
 
     def _primary_keys(self, table: str) -> tuple[str, ...]:
         if table not in self._keys:  # a table created since the last look (modules create their own)
@@ -300,19 +300,21 @@ class PgConnection:
             self._conn.close()
 
 
-def open_pg_connection(url: str, *, writer: str) -> PgConnection:
-    """A PgConnection, or ConfigurationError naming the URL (password hidden) and the fix."""
+def open_pg_connection(url: str, *, writer: str, password: str | None = None) -> PgConnection:
+    """A PgConnection, or ConfigurationError naming the URL (secrets hidden) and the fix."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
         raise ConfigurationError("--db postgresql://... needs psycopg: pip install 'mqfleet[postgres]'") from None
+    check_url(url)
     where = redact_url(url)
     try:
-        return PgConnection(url, writer=writer)
+        return PgConnection(url, writer=writer, password=password)
     except UnavailableError as e:
-        text = " ".join(str(e.__cause__ or e).split())
+        text = str(e).split(" unreachable: ", 1)[-1]
         if "password authentication failed" in text or "no password supplied" in text:
-            fix = f"give the right password in the URL or in PGPASSWORD / {ENV_DB_PASSWORD}"
+            fix = (f"give the right password with --db-password-file, in PGPASSFILE, {ENV_DB_PASSWORD} or "
+                   "PGPASSWORD, or in the URL")
         elif "does not exist" in text:
             fix = "create the database first (createdb -O USER DB) or fix its name in the URL"
         else:

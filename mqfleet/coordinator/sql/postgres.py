@@ -24,9 +24,11 @@ import sqlite3
 import threading
 from typing import cast
 
-from mqfleet.coordinator.sql.pgconnection import open_pg_connection, redact_url
+from mqfleet.coordinator.sql.pgconnection import PgConnection, open_pg_connection
+from mqfleet.coordinator.sql.pgurl import read_password_file, redact_url
 from mqfleet.coordinator.sql.schema import SCHEMA, VERSION_SCHEMA, check_schema_version
 from mqfleet.coordinator.sql.sqlite import StateFile
+from mqfleet.errors import ConfigurationError
 
 #: PostgreSQL-only additions to the schema: the glob matcher `x GLOB ?` translates to, and the
 #: writing coordinator of each event, filled from the session setting `mqfleet.writer` (so each
@@ -87,9 +89,10 @@ class PgStateFile(StateFile):
     advisory write lock serialises the coordinators.
     """
 
-    def __init__(self, url: str, *, writer: str | None = None) -> None:
+    def __init__(self, url: str, *, writer: str | None = None, password: str | None = None) -> None:
         self.url = url
         self.path = redact_url(url)
+        self._password = password
         #: Who wrote an event: each coordinator publishes only its own commits' changes.
         self.writer = writer or f"c{secrets.token_hex(6)}"
         self.own_events = " AND writer = ?"
@@ -97,7 +100,7 @@ class PgStateFile(StateFile):
         self.lock = threading.RLock()
         self._depth = 0
         self._replies_held: dict[str, int] = {}
-        self.pg = open_pg_connection(url, writer=self.writer)
+        self.pg = open_pg_connection(url, writer=self.writer, password=password)
         self.conn = cast(sqlite3.Connection, self.pg)
         with self.transaction():
             self.pg.executescript(SCHEMA)
@@ -109,6 +112,10 @@ class PgStateFile(StateFile):
     def close(self) -> None:
         with self.lock:
             self.pg.close()
+
+    def open_reader(self, writer: str) -> PgConnection:
+        """Another connection to the same database with the same credentials (the metrics read through one)."""
+        return open_pg_connection(self.url, writer=writer, password=self._password)
 
     # The transaction statements of PostgreSQL; StateFile.transaction() does the nesting.
 
@@ -145,8 +152,15 @@ class PgStateFile(StateFile):
         return "postgresql"
 
 
-def open_state(target: str | os.PathLike[str], *, writer: str | None = None) -> StateFile:
-    """The state store `--db` names: a postgresql:// URL (PgStateFile) or an SQLite file path (StateFile)."""
+def open_state(target: str | os.PathLike[str], *, writer: str | None = None,
+               password_file: str | os.PathLike[str] | None = None) -> StateFile:
+    """The state store `--db` names: a postgresql:// URL (PgStateFile) or an SQLite file path (StateFile).
+
+    `password_file` (`--db-password-file`) holds the PostgreSQL password; an SQLite file has none.
+    """
     if is_postgres_url(os.fspath(target)):
-        return PgStateFile(os.fspath(target), writer=writer)
+        password = read_password_file(password_file) if password_file is not None else None
+        return PgStateFile(os.fspath(target), writer=writer, password=password)
+    if password_file is not None:
+        raise ConfigurationError("--db-password-file is for a postgresql:// --db; an SQLite file has no password")
     return StateFile(target)

@@ -1,6 +1,6 @@
 """Which pending jobs a claim may consider: the `jobs.blocked` flag, kept by the writers that change
 what it depends on (a manifest load, a completion, a requeue, a restore), and the dependency edges.
-Claims read it through the `jobs_claim` index (coordinator/tables/claims.py)."""
+Claims read it through the `jobs_claim` and `jobs_claim_key` indexes (coordinator/tables/claim_walk.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ OPEN = 0
 #: ... by no host (it left the manifest, or a dependency has not completed) ...
 BLOCKED = 1
 #: ... or only by the hosts of its allowed_hosts (rows of `job_hosts`), which claims walk apart, so a
-#: host never reads the jobs limited to others (the `jobs_claim` index starts with status, blocked).
+#: host never reads the jobs limited to others (the `jobs_claim_key` index starts with status, blocked).
 HOST_LIMITED = 2
 
 

@@ -57,13 +57,14 @@ class Catalog:
                     updates.append((*cols, max_attempts, now, job_id))
             c.executemany(
                 "INSERT INTO jobs (id, name, model, mode, spec, priority, prefer_cuda, require_cuda, "
-                "min_vram_gib, min_ram_gib, max_attempts, status, created_ts, updated_ts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                "min_vram_gib, min_ram_gib, req_key, max_attempts, status, created_ts, updated_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
                 inserts,
             )
             c.executemany(
                 "UPDATE jobs SET name = ?, model = ?, mode = ?, spec = ?, priority = ?, prefer_cuda = ?, "
-                "require_cuda = ?, min_vram_gib = ?, min_ram_gib = ?, max_attempts = ?, in_manifest = 1, updated_ts = ? "
+                "require_cuda = ?, min_vram_gib = ?, min_ram_gib = ?, req_key = ?, max_attempts = ?, in_manifest = 1, "
+                "updated_ts = ? "
                 "WHERE id = ?",
                 updates,
             )

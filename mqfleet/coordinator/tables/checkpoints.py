@@ -79,9 +79,9 @@ class CheckpointBook:
     def check_writer(self, job_id: str, lease_id: str, host: str) -> int:
         """The attempt number a checkpoint from this lease belongs to; LeaseLostError when it may not write one.
 
-        The current lease may always write. So may an attempt whose lease just ended (a final sync after a
-        failed renewal races the expiry) while no other attempt holds the job and none saved a later
-        checkpoint: then its state is still the furthest the job got.
+        The current lease may always write. So may the attempt whose lease ended last (a final sync after a
+        failed renewal races the expiry), and only until the next attempt starts: then its state is still the
+        furthest the job got. An older attempt never writes again, whatever happened since.
         """
         with self.state.lock:
             c = self.state.conn
@@ -91,14 +91,15 @@ class CheckpointBook:
             attempt = c.execute(
                 "SELECT number FROM attempts WHERE job_id = ? AND lease_id = ? AND host = ?", (job_id, lease_id, host)
             ).fetchone()
+            last = c.execute("SELECT MAX(number) FROM attempts WHERE job_id = ?", (job_id,)).fetchone()
             job = c.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            latest = c.execute("SELECT attempt FROM checkpoints WHERE job_id = ?", (job_id,)).fetchone()
         if attempt is None or job is None or lease is not None:
             raise LeaseLostError(f"lease {lease_id} of {host} is not the current lease of job {job_id}")
         if job["status"] in (JobStatus.COMPLETED.value, JobStatus.CANCELLED.value):
             raise LeaseLostError(f"job {job_id} is {job['status']}; it keeps no checkpoint")
-        if latest is not None and latest["attempt"] > attempt["number"]:
-            raise LeaseLostError(f"job {job_id}: attempt {latest['attempt']} already saved a later checkpoint")
+        if attempt["number"] != last[0]:
+            raise LeaseLostError(f"job {job_id}: attempt {attempt['number']} ended before attempt {last[0]} "
+                                 "started; only the latest attempt may write its checkpoint")
         return int(attempt["number"])
 
     def record(

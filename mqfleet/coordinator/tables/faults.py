@@ -1,7 +1,7 @@
 """What the coordinator remembers about attempts that fail (docs/RELIABILITY.md, "Jobs that misbehave").
 
 - Retry back-off: a job whose attempt failed is not claimable before `retries.not_before_ts`, and
-  `retries.failed_hosts` names the hosts that failed it, so its next claim prefers another host.
+  `jobs.failed_hosts` names the hosts that failed it, so its next claim prefers another host.
 - Host quarantine: a host whose attempts fail `quarantine_after` times in a row, over more than one
   job, claims nothing until an operator undrains it (`host_faults`); the change goes out on `events`
   through the `host_events` feed.
@@ -18,7 +18,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterable
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 from mqfleet.coordinator.sql.sqlite import transition
 from mqfleet.coordinator.tables.blocking import dependents, refresh_blocked
@@ -59,16 +59,17 @@ def note_attempt_end(
     """Remember a failed attempt: the job's back-off and failed hosts, the host's failure streak.
     Returns the host's quarantine when this end quarantined it."""
     if cause in FAULT_CAUSES:
-        row = conn.execute("SELECT failed_hosts FROM retries WHERE job_id = ?", (job_id,)).fetchone()
-        failed: list[str] = json.loads(row[0]) if row else []
-        if host not in failed:
-            failed.append(host)
         not_before = now + fleet.backoff_s(attempts) if to is JobStatus.PENDING else now
         conn.execute(
-            "INSERT INTO retries (job_id, not_before_ts, failed_hosts) VALUES (?, ?, ?) ON CONFLICT (job_id) "
-            "DO UPDATE SET not_before_ts = excluded.not_before_ts, failed_hosts = excluded.failed_hosts",
-            (job_id, not_before, json.dumps(failed)),
+            "INSERT INTO retries (job_id, not_before_ts) VALUES (?, ?) ON CONFLICT (job_id) "
+            "DO UPDATE SET not_before_ts = excluded.not_before_ts",
+            (job_id, not_before),
         )
+        row = conn.execute("SELECT failed_hosts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        failed: list[str] = json.loads(row[0]) if row else []
+        if host not in failed:
+            # part of the claim's index, sorted: the jobs that failed on the same hosts are judged as one set
+            conn.execute("UPDATE jobs SET failed_hosts = ? WHERE id = ?", (json.dumps(sorted([*failed, host])), job_id))
     if cause in QUARANTINE_CAUSES:
         return _extend_streak(conn, fleet, host, job_id, cause, now)
     return None
@@ -76,32 +77,35 @@ def note_attempt_end(
 
 def note_completion(conn: sqlite3.Connection, job_id: str, host: str) -> None:
     """A completed attempt ends the job's retries and the host's failure streak."""
-    conn.execute("DELETE FROM retries WHERE job_id = ?", (job_id,))
+    forget_retries(conn, job_id)
     conn.execute("UPDATE host_faults SET streak = '[]' WHERE host = ? AND quarantined_ts IS NULL", (host,))
 
 
 def forget_retries(conn: sqlite3.Connection, job_id: str) -> None:
     """A requeued job starts afresh: no back-off, no host to avoid."""
     conn.execute("DELETE FROM retries WHERE job_id = ?", (job_id,))
+    conn.execute("UPDATE jobs SET failed_hosts = '[]' WHERE id = ? AND failed_hosts != '[]'", (job_id,))
 
 
-def retry_wait(conn: sqlite3.Connection, job_id: str) -> tuple[float, list[str]] | None:
-    """(not_before_ts, failed hosts) of a job with a failed attempt, or None."""
-    row = conn.execute("SELECT not_before_ts, failed_hosts FROM retries WHERE job_id = ?", (job_id,)).fetchone()
-    return (float(row[0]), list(json.loads(row[1]))) if row else None
+class RetryWait(NamedTuple):
+    """What a job with a failed attempt waits for."""
+
+    not_before_ts: float
+    failed_hosts: frozenset[str]
+    #: the host of its latest failed attempt
+    last_failed_on: str
 
 
-def failed_hosts(conn: sqlite3.Connection, job_ids: Iterable[str]) -> dict[str, frozenset[str]]:
-    """The hosts that failed each of these jobs (only jobs with a failed attempt are in the result)."""
-    ids = list(job_ids)
-    out: dict[str, frozenset[str]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        rows = conn.execute(
-            f"SELECT job_id, failed_hosts FROM retries WHERE job_id IN ({','.join('?' * len(chunk))})", chunk
-        ).fetchall()
-        out.update((r[0], frozenset(json.loads(r[1]))) for r in rows)
-    return out
+def retry_wait(conn: sqlite3.Connection, job_id: str) -> RetryWait | None:
+    """The back-off and failed hosts of a job with a failed attempt, or None."""
+    row = conn.execute("SELECT r.not_before_ts, j.failed_hosts FROM retries r JOIN jobs j ON j.id = r.job_id "
+                       "WHERE r.job_id = ?", (job_id,)).fetchone()
+    if row is None:
+        return None
+    failed = sorted(json.loads(row[1]))
+    last = conn.execute(f"SELECT host FROM attempts WHERE job_id = ? AND host IN ({','.join('?' * len(failed))}) "
+                        "ORDER BY number DESC LIMIT 1", (job_id, *failed)).fetchone() if failed else None
+    return RetryWait(float(row[0]), frozenset(failed), last[0] if last else "?")
 
 
 def backoffs_ended(conn: sqlite3.Connection, after: float, until: float) -> list[str]:

@@ -46,7 +46,7 @@ def manifest_rows(manifest: Manifest) -> ManifestRows:
     for spec in manifest.jobs:
         text = json.dumps(spec.to_dict(), sort_keys=True)
         cols = (spec.name, spec.model, spec.mode, text, spec.priority, int(spec.prefer_cuda), int(spec.require_cuda),
-                spec.min_vram_gib, spec.min_ram_gib)
+                spec.min_vram_gib, spec.min_ram_gib, spec.requirements_key)
         rows.append((spec.id, text, cols))
     deps = [(spec.id, after) for spec in manifest.jobs for after in spec.after]
     sweeps = [(name, job_id) for name, ids in manifest.sweeps.items() for job_id in ids]
