@@ -31,7 +31,7 @@ from mqfleet.mqtt.rpc import RpcClient
 from mqfleet.wire.advert import Advert
 from mqfleet.wire.codec import Wire, WireMessage
 from mqfleet.wire.published import ControlMessage, Nudge
-from mqfleet.wire.requests import ClaimReply, HostStatus, LogBatch
+from mqfleet.wire.requests import ClaimReply, HostStatus, LogBatch, Presence
 from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, Topics, Verb, encode, log_batches
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Agent:
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(f"agent-{config.host_id}"),
-            will=(self.topics.status(config.host_id), encode(HostStatus(state="offline").to_wire()), True),
+            will=(self.topics.status(config.host_id), encode(HostStatus(state=Presence.OFFLINE).to_wire()), True),
             persistent=True,
             keepalive_s=config.keepalive_s,
             on_connect=self._on_connect,
@@ -161,7 +161,7 @@ class Agent:
             if time.monotonic() >= next_heartbeat:
                 # a changed fact (commit, torch, free VRAM) may make a waiting job fit this host
                 woken = self.refresh_advert() or woken
-                self._publish_status("online")
+                self._publish_status(Presence.ONLINE)
                 next_heartbeat = time.monotonic() + self.config.heartbeat_s
         self._shutdown()
         return 0
@@ -184,7 +184,7 @@ class Agent:
         for job in self._running():
             # Room for the final checkpoint sync, which runs before the job is handed back.
             job.join(self.config.kill_grace_s + self.config.request_timeout_s + defaults.CHECKPOINT_FINAL_SYNC_S + 5)
-        self.conn.stop(final=[(self.topics.status(self.config.host_id), self._status_payload("offline"), True)])
+        self.conn.stop(final=[(self.topics.status(self.config.host_id), self._status_payload(Presence.OFFLINE), True)])
         logger.info("agent %s stopped", self.config.host_id)
 
     # --- claiming -------------------------------------------------------------------------
@@ -276,7 +276,7 @@ class Agent:
         if advert is not None:
             self.advert = replace(advert, ts=time.time())
         self._publish_advert()
-        self._publish_status("online")
+        self._publish_status(Presence.ONLINE)
         if not session_present:
             logger.info("new broker session: messages sent while away were not kept")
         # After an outage the coordinator may have shortened our leases to its grace: renew now.
@@ -301,9 +301,6 @@ class Agent:
         except MqfleetError as e:
             logger.warning("control message ignored: %s", e)
             return
-        if control.action != "cancel":
-            logger.warning("control message ignored: unknown action %r", control.action)
-            return
         with self._jobs_lock:
             job = self.jobs.get(control.job_id)
         if job is None or job.lease_id != control.lease_id:
@@ -311,11 +308,11 @@ class Agent:
             return
         job.end(Ending.CANCELLED)
 
-    def _status_payload(self, state: str) -> bytes:
+    def _status_payload(self, state: Presence) -> bytes:
         running = [j.job_id for j in self._running()]
         return encode(HostStatus(state=state, ts=time.time(), jobs=running, slots=self.config.slots).to_wire())
 
-    def _publish_status(self, state: str) -> None:
+    def _publish_status(self, state: Presence) -> None:
         self.conn.publish(self.topics.status(self.config.host_id), self._status_payload(state), qos=1, retain=True)
 
     # --- trainer output ---------------------------------------------------------------------

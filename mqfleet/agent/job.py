@@ -46,6 +46,7 @@ from mqfleet.wire.requests import (
     Grant,
     RenewReply,
     RenewRequest,
+    UploadMethod,
     UploadUrlReply,
     UploadUrlRequest,
 )
@@ -289,7 +290,7 @@ class JobRun:
             if not upload.url:
                 raise BadRequestError("the upload_url reply has neither exists nor a url")
             with self._files(), for_agent(self.settings.trainer_user, bundle_path) as bundle:
-                upload_to_url(upload.url, bundle, method=upload.method or "PUT", fields=upload.fields)
+                upload_to_url(upload.url, bundle, method=upload.method or UploadMethod.PUT, fields=upload.fields)
         else:
             logger.info("job %s: artifact %s already stored; no upload", self.name, sha256[:12])
         progress = self.trainer.latest_progress if self.trainer else None
@@ -305,7 +306,7 @@ class JobRun:
     def _fail(self, cause: Cause, exit_code: int | None, message: str) -> None:
         tail = self.trainer.tail if self.trainer else ""
         usage, reports = self._ending_fields()
-        self._request(Verb.FAIL, FailRequest(self.job_id, self.lease_id, cause.value, exit_code=exit_code, output_tail=tail,
+        self._request(Verb.FAIL, FailRequest(self.job_id, self.lease_id, cause, exit_code=exit_code, output_tail=tail,
                                              error=message, usage=usage, progress_reports=reports))
 
     def _ending_fields(self) -> tuple[JsonObject | None, list[JsonValue]]:

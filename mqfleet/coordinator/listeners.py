@@ -9,7 +9,8 @@ from mqfleet.coordinator.core import CoordinatorCore
 from mqfleet.errors import MqfleetError
 from mqfleet.mqtt.inbox import Message
 from mqfleet.wire.advert import parse_advert
-from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, MAX_LOG_LINES_PER_BATCH, decode, field
+from mqfleet.wire.requests import HostStatus, Presence
+from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, MAX_LOG_LINES_PER_BATCH, decode
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
 logger = logging.getLogger("mqfleet.coordinator.service")
@@ -47,16 +48,13 @@ class AgentListeners(CoordinatorCore):
         if not host or not msg.payload:
             return
         try:
-            state = field(decode(msg.payload), "state", str)
+            state = HostStatus.from_wire(decode(msg.payload)).state
         except MqfleetError as e:
             logger.warning("status of %s ignored: %s", host, e)
             return
-        if state not in ("online", "offline"):
-            logger.warning("status of %s ignored: unknown state %r", host, state)
-            return
         now = self.clock()
         with self.lock:
-            shortened = self.hosts.record_presence(host, state == "online", now, grace_s=self.grace_s)
+            shortened = self.hosts.record_presence(host, state is Presence.ONLINE, now, grace_s=self.grace_s)
             if shortened:
                 logger.warning("host %s went offline; %d lease(s) now expire within the grace", host, len(shortened))
             self._nudge_for(self._publish_changes(), f"host {host} {state}", now)

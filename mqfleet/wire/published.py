@@ -10,8 +10,10 @@ Fields are only ever added, with a default (docs/INTERNALS.md).
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
 
 from mqfleet.errors import BadRequestError
+from mqfleet.lifecycle import JobStatus
 from mqfleet.wire.codec import Wire, WireMessage
 
 
@@ -32,8 +34,8 @@ class JobEvent(WireMessage):
     seq: int
     ts: float
     job_id: str
-    from_status: str | None
-    to: str
+    from_status: JobStatus | None
+    to: JobStatus
     reason: str
     host: str | None = None
 
@@ -98,10 +100,17 @@ class Nudge(WireMessage):
         return wire
 
 
+class ControlAction(StrEnum):
+    """What a control message asks of an agent."""
+
+    CANCEL = "cancel"  # end this lease's attempt: the job was cancelled
+
+
 @dataclasses.dataclass(frozen=True)
 class ControlMessage(WireMessage):
-    """What the coordinator sends to one agent's `control` topic: cancel this lease's job."""
+    """What the coordinator sends to one agent's `control` topic: cancel this lease's job (an action this
+    agent does not know is refused by from_wire, naming the field)."""
 
-    action: str
+    action: ControlAction
     job_id: str
     lease_id: str

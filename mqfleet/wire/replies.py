@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mqfleet.lifecycle import Cause, JobStatus
 from mqfleet.wire.codec import LONG_TEXT, OMIT_NULL, Wire, WireMessage
-from mqfleet.wire.requests import JobRow
+from mqfleet.wire.requests import JobRow, UploadMethod
 from mqfleet.wire.topics import JsonObject
 
 # --- records the replies carry ---------------------------------------------------------------------
@@ -60,7 +61,7 @@ class AttemptDetail(WireMessage):
     started_ts: float | None = None
     ended_ts: float | None = None
     outcome: str | None = None
-    cause: str | None = None
+    cause: Cause | None = None
     exit_code: int | None = None
     output_tail: str | None = field(default=None, metadata=LONG_TEXT)
     error: str | None = field(default=None, metadata=LONG_TEXT)
@@ -189,7 +190,7 @@ class CompareRow(WireMessage):
 
     id: str
     name: str
-    status: str
+    status: JobStatus
     model: str = ""
     mode: str = ""
     host: str | None = None
@@ -218,7 +219,7 @@ class GcFailure(WireMessage):
 class CompleteReply(WireMessage):
     """`complete`: the status the job moved to, and its row."""
 
-    status: str
+    status: JobStatus
     job: JobRow | None = None
 
 
@@ -229,7 +230,7 @@ class CheckpointUrlReply(WireMessage):
     url: str
     key: str
     expires_s: int
-    method: str = "PUT"
+    method: UploadMethod = UploadMethod.PUT
     fields: dict[str, str] | None = field(default=None, metadata=OMIT_NULL)
 
 

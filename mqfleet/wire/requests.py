@@ -11,10 +11,32 @@ Free-form JSON (hyperparameters, progress, metrics, a job's spec) is a `JsonObje
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
 
-from mqfleet.lifecycle import Cause
+from mqfleet.lifecycle import Cause, JobStatus
 from mqfleet.wire.codec import LONG_TEXT, OMIT_NULL, WireMessage
 from mqfleet.wire.topics import JsonObject, JsonValue
+
+
+class Presence(StrEnum):
+    """An agent's or a coordinator's retained `state`: its will says offline."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class UploadMethod(StrEnum):
+    """How an upload URL is used: a presigned PUT (a file store), or a POST form with a signed policy (S3)."""
+
+    PUT = "PUT"
+    POST = "POST"
+
+
+class JobOrder(StrEnum):
+    """The order of a `jobs` listing: by when the jobs were added."""
+
+    OLDEST = "oldest"
+    NEWEST = "newest"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +66,7 @@ class JobRow(WireMessage):
 
     id: str
     name: str
-    status: str
+    status: JobStatus
     model: str = ""
     mode: str = ""
     host: str | None = None
@@ -140,7 +162,7 @@ class UploadUrlReply(WireMessage):
     exists: bool
     key: str = ""
     url: str | None = None
-    method: str | None = None
+    method: UploadMethod | None = None
     upload_key: str | None = None
     expires_s: int | None = None
     fields: dict[str, str] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
@@ -164,7 +186,7 @@ class CompleteRequest(WireMessage):
 class FailRequest(WireMessage):
     job_id: str
     lease_id: str
-    cause: str = Cause.APP.value
+    cause: Cause = Cause.APP
     exit_code: int | None = None
     output_tail: str = dataclasses.field(default="", metadata=LONG_TEXT)
     error: str = dataclasses.field(default="", metadata=LONG_TEXT)
@@ -178,7 +200,7 @@ class FailRequest(WireMessage):
 class StatusReply(WireMessage):
     """The reply to `complete` and `fail`: the status the job moved to."""
 
-    status: str
+    status: JobStatus
 
 
 # --- checkpoint verbs (agent) ----------------------------------------------------------------------
@@ -222,7 +244,7 @@ class CheckpointStartRequest(WireMessage):
 class HostStatus(WireMessage):
     """An agent's retained `hosts/{host}/status`; its will is the bare `{"state": "offline"}`."""
 
-    state: str  # online or offline
+    state: Presence
     ts: float | None = dataclasses.field(default=None, metadata=OMIT_NULL)
     jobs: list[str] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
     slots: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
@@ -245,9 +267,9 @@ class LogBatch(WireMessage):
 class JobsRequest(WireMessage):
     """One page of the jobs listing (docs/CLI.md, `jobs`)."""
 
-    status: str | None = None
+    status: JobStatus | None = None
     name: str | None = None
-    order: str = "oldest"
+    order: JobOrder = JobOrder.OLDEST
     limit: int | None = None
     after: int | None = None
     offset: int = 0
@@ -338,7 +360,7 @@ class Health(WireMessage):
     """The `health` reply and the retained `coordinator/status`: what the checks found (their content is
     coordinator/health.py's), the manifest in force, counts, and the coordinators sharing the state."""
 
-    state: str
+    state: Presence
     ts: float
     version: str = ""
     started_ts: float | None = None

@@ -34,6 +34,7 @@ from mqfleet.client import FleetClient
 from mqfleet.coordinator.core import CoordinatorConfig
 from mqfleet.coordinator.service import Coordinator
 from mqfleet.errors import RemoteError
+from mqfleet.lifecycle import Cause
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.inbox import Message
@@ -51,6 +52,7 @@ from mqfleet.wire.requests import (
     Grant,
     HostStatus,
     LogBatch,
+    Presence,
     RenewRequest,
     UploadUrlReply,
     UploadUrlRequest,
@@ -106,12 +108,12 @@ class Agent:
 
     def __init__(self, connect: Callable[..., Connection], topics: Topics, host: str) -> None:
         self.host, self.topics = host, topics
-        offline = encode(HostStatus(state="offline").to_wire())
+        offline = encode(HostStatus(state=Presence.OFFLINE).to_wire())
         self.conn = connect(topics.client_id(f"agent-{host}"), reply_prefix=topics.prefix,
                             will=(topics.status(host), offline, True))
         self.rpc = RpcClient(self.conn, topics, host, timeout_s=10.0)
         self.conn.publish(topics.advert(host), advert(host).to_wire(), qos=1, retain=True)
-        status = HostStatus(state="online", ts=T0, jobs=[], slots=2)
+        status = HostStatus(state=Presence.ONLINE, ts=T0, jobs=[], slots=2)
         self.conn.publish(topics.status(host), encode(status.to_wire()), qos=1, retain=True)
 
     def call(self, verb: Verb, message: Any = None) -> dict[str, Any]:
@@ -174,7 +176,7 @@ def run_exchange(coord: Coordinator, connect: Callable[..., Connection], client:
     for attempt in range(2):
         grant = h2.claim()
         assert grant is not None
-        h2.call(Verb.FAIL, FailRequest(grant.job.id, grant.lease_id, "app", exit_code=1, output_tail="Traceback\n",
+        h2.call(Verb.FAIL, FailRequest(grant.job.id, grant.lease_id, Cause.APP, exit_code=1, output_tail="Traceback\n",
                                        error="trainer exited with 1", usage=usage(3.0 + attempt),
                                        progress_reports=[]))
     assert h2.claim() is None

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import pytest
 
-from mqfleet.lifecycle import AGENT_CAUSES
+from mqfleet.lifecycle import AGENT_CAUSES, JobStatus
 from mqfleet.wire.advert import Advert, Gpu
 from mqfleet.wire.codec import WireMessage
 from mqfleet.wire.published import ControlMessage, HostEvent, JobEvent, Nudge
@@ -187,6 +187,6 @@ def publish_fields(marker: str) -> list[set[str]]:
 
 
 def test_the_events_paragraph_lists_a_job_events_and_a_host_events_fields() -> None:
-    job_event = JobEvent(seq=1, ts=1.0, job_id="j", from_status=None, to="pending", reason="added")
+    job_event = JobEvent(seq=1, ts=1.0, job_id="j", from_status=None, to=JobStatus.PENDING, reason="added")
     host_event = HostEvent(seq=1, ts=1.0, host="h", to="quarantined", reason="r", jobs=["a"])
     assert publish_fields("Events, coordinator") == [set(job_event.to_wire()), set(host_event.to_wire())]

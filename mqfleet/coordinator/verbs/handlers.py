@@ -30,10 +30,10 @@ from mqfleet.coordinator.verbs.queries import (
 from mqfleet.coordinator.verbs.reports import handle_compare, handle_gc, prepare_gc, record_attempt_history
 from mqfleet.coordinator.verbs.verify import accept_artifact, check_digest
 from mqfleet.errors import ArtifactMismatchError, BadRequestError, ManifestError, NotFoundError, UnknownHostError
-from mqfleet.lifecycle import AGENT_CAUSES, Cause
+from mqfleet.lifecycle import AGENT_CAUSES
 from mqfleet.manifest.load import load_manifest, parse_manifest
 from mqfleet.wire import verbs
-from mqfleet.wire.published import ControlMessage
+from mqfleet.wire.published import ControlAction, ControlMessage
 from mqfleet.wire.replies import (
     CompleteReply,
     DrainReply,
@@ -51,6 +51,7 @@ from mqfleet.wire.requests import (
     CompleteRequest,
     FailRequest,
     HostRequest,
+    JobOrder,
     JobRefRequest,
     JobsRequest,
     LogsRequest,
@@ -172,16 +173,16 @@ def handle_complete(coord: HandlerContext, req: Request[CompleteRequest]) -> Com
 
 def handle_fail(coord: HandlerContext, req: Request[FailRequest]) -> StatusReply:
     failure = req.body
-    job_id, lease_id, cause_name = failure.job_id, failure.lease_id, failure.cause
-    allowed = sorted(c.value for c in AGENT_CAUSES)
-    if cause_name not in allowed:
-        raise BadRequestError(f"field 'cause' must be one of {', '.join(allowed)}, not {cause_name!r}")
+    job_id, lease_id, cause = failure.job_id, failure.lease_id, failure.cause
+    if cause not in AGENT_CAUSES:
+        allowed = ", ".join(sorted(c.value for c in AGENT_CAUSES))
+        raise BadRequestError(f"field 'cause' must be one of {allowed}, not {cause.value!r}")
     attempt = _attempt_of(coord, job_id)
     status = coord.leases.fail(
         job_id,
         lease_id,
         req.client,
-        Cause(cause_name),
+        cause,
         exit_code=failure.exit_code,
         output_tail=failure.output_tail[-20_000:],
         error=failure.error[:2000],
@@ -189,7 +190,7 @@ def handle_fail(coord: HandlerContext, req: Request[FailRequest]) -> StatusReply
         fleet=coord.fleet,
     )
     record_attempt_history(coord, failure.progress_reports, failure.usage, job_id, attempt)
-    return StatusReply(status=status.value)
+    return StatusReply(status=status)
 
 
 # --- operator verbs: need the operator token ------------------------------------------
@@ -200,7 +201,7 @@ def handle_cancel(coord: HandlerContext, req: Request[JobRefRequest]) -> JobRepl
     ended = coord.leases.cancel(job_id, req.now, fleet=coord.fleet)
     coord.checkpoints.discard(job_id, req.now, "job cancelled")
     if ended:
-        coord.send_control(ended.host, ControlMessage(action="cancel", job_id=job_id, lease_id=ended.lease_id))
+        coord.send_control(ended.host, ControlMessage(action=ControlAction.CANCEL, job_id=job_id, lease_id=ended.lease_id))
     return JobReply(job=coord.catalog.job(job_id))
 
 
@@ -275,9 +276,6 @@ JOBS_PAGE = 2000
 def handle_jobs(coord: HandlerContext, req: Request[JobsRequest]) -> JobsReply:
     asked = req.body
     where = JobFilter(status=asked.status, name_glob=asked.name)
-    order = asked.order
-    if order not in ("oldest", "newest"):
-        raise BadRequestError(f"field 'order' must be 'oldest' or 'newest', not {order[:40]!r}")
     limit = min(JOBS_PAGE, max(1, asked.limit if asked.limit is not None else JOBS_PAGE))
     after = asked.after
     offset = max(0, asked.offset)
@@ -285,7 +283,7 @@ def handle_jobs(coord: HandlerContext, req: Request[JobsRequest]) -> JobsReply:
     # walks every matching row).
     counted = asked.count
     page, next_after, total = coord.catalog.job_page(
-        where, limit=limit, after=after, newest_first=order == "newest", offset=None if after is not None else offset,
+        where, limit=limit, after=after, newest_first=asked.order is JobOrder.NEWEST, offset=None if after is not None else offset,
         count=counted,
     )
     # next_offset serves clients that page by position; next_after is the keyset the CLI pages with.
