@@ -30,8 +30,8 @@ from mqfleet.mqtt.inbox import Message
 from mqfleet.mqtt.rpc import RpcClient
 from mqfleet.wire.advert import Advert
 from mqfleet.wire.codec import Wire, WireMessage
-from mqfleet.wire.published import ControlMessage, Nudge
-from mqfleet.wire.requests import ClaimReply, HostStatus, LogBatch, Presence
+from mqfleet.wire.published import ControlMessage, HostStatus, LogBatch, Nudge
+from mqfleet.wire.requests import ClaimReply, Presence
 from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, Topics, Verb, encode, log_batches
 
 logger = logging.getLogger(__name__)

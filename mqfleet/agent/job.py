@@ -40,6 +40,7 @@ from mqfleet.lifecycle import Cause
 from mqfleet.store.bundle import pack_artifact
 from mqfleet.store.transfer import upload_to_url
 from mqfleet.wire.codec import Wire, WireMessage
+from mqfleet.wire.reports import ProgressReport, Usage
 from mqfleet.wire.requests import (
     CompleteRequest,
     FailRequest,
@@ -50,7 +51,7 @@ from mqfleet.wire.requests import (
     UploadUrlReply,
     UploadUrlRequest,
 )
-from mqfleet.wire.topics import JsonObject, JsonValue, Verb
+from mqfleet.wire.topics import JsonObject, Verb
 
 logger = logging.getLogger(__name__)
 
@@ -309,10 +310,9 @@ class JobRun:
         self._request(Verb.FAIL, FailRequest(self.job_id, self.lease_id, cause, exit_code=exit_code, output_tail=tail,
                                              error=message, usage=usage, progress_reports=reports))
 
-    def _ending_fields(self) -> tuple[JsonObject | None, list[JsonValue]]:
+    def _ending_fields(self) -> tuple[Usage | None, list[ProgressReport]]:
         """What complete and fail carry besides the outcome: the usage and the last progress reports."""
-        usage = self.trainer.usage() if self.trainer else None
-        return (usage.to_wire() if usage is not None else None), self._reports.to_send()
+        return (self.trainer.usage() if self.trainer else None), self._reports.to_send()
 
     def _request(self, verb: Verb, message: WireMessage) -> Wire | None:
         """An agent request on this lease; None when the coordinator refused it or stayed away (logged).

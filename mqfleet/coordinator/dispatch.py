@@ -22,7 +22,6 @@ from mqfleet.coordinator.verbs.context import Request
 from mqfleet.coordinator.verbs.handlers import HANDLERS, Handling
 from mqfleet.errors import (
     AmbiguousError,
-    BadRequestError,
     ManifestError,
     MqfleetError,
     UnavailableError,
@@ -32,8 +31,8 @@ from mqfleet.mqtt.inbox import Handler, Message
 from mqfleet.wire.codec import Wire
 from mqfleet.wire.replies import reply_json
 from mqfleet.wire.signing import check_not_replayed, verify_request
-from mqfleet.wire.topics import MAX_REQUEST_ID_CHARS, Role, Verb, decode, encode, error, field
-from mqfleet.wire.verbs import VERBS
+from mqfleet.wire.topics import Role, Verb, decode, encode, error
+from mqfleet.wire.verbs import VERBS, Envelope
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
 logger = logging.getLogger("mqfleet.coordinator.service")
@@ -106,11 +105,7 @@ class RequestDispatch(CoordinatorCore):
             # escaped inside JSON, so the request is allowed twice that (still under the broker's 4 MiB).
             limit = 2 * defaults.MAX_MANIFEST_BYTES if verb is Verb.RELOAD else defaults.MAX_REQUEST_BYTES
             body = decode(msg.payload, max_bytes=limit)
-            request_id = field(body, "request_id", str, "")
-            if len(request_id) > MAX_REQUEST_ID_CHARS:
-                # Every remembered reply is keyed by it: a long id is database growth the sender chose.
-                raise BadRequestError(f"field 'request_id' is {len(request_id)} characters; at most "
-                                      f"{MAX_REQUEST_ID_CHARS}")
+            request_id = Envelope.from_wire(body).request_id
             # The request's fields, checked here once into the verb's request type for its handler.
             fields = wire.request.from_wire(body)
         except MqfleetError as e:

@@ -14,20 +14,11 @@ from dataclasses import dataclass, field
 
 from mqfleet.lifecycle import Cause, JobStatus
 from mqfleet.wire.codec import LONG_TEXT, OMIT_NULL, Wire, WireMessage
+from mqfleet.wire.reports import Usage
 from mqfleet.wire.requests import JobRow, UploadMethod
 from mqfleet.wire.topics import JsonObject
 
 # --- records the replies carry ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Usage(WireMessage):
-    """What one attempt used, as its agent measured it (coordinator/tables/history.py check_usage)."""
-
-    wall_s: float
-    cpu_s: float
-    max_rss_bytes: int
-    gpu_mem_max_bytes: int | None = None
 
 
 @dataclass(frozen=True)

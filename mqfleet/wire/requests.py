@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from enum import StrEnum
+from typing import Annotated
 
-from mqfleet.lifecycle import Cause, JobStatus
-from mqfleet.wire.codec import LONG_TEXT, OMIT_NULL, WireMessage
-from mqfleet.wire.topics import JsonObject, JsonValue
+from mqfleet.lifecycle import AGENT_CAUSES, Cause, JobStatus
+from mqfleet.wire.codec import LENIENT, LONG_TEXT, OMIT_NULL, Bounds, WireMessage
+from mqfleet.wire.reports import ProgressReports, SmallObject, Usage
+from mqfleet.wire.topics import JsonObject
 
 
 class Presence(StrEnum):
@@ -137,8 +139,8 @@ class ClaimReply(WireMessage):
 class RenewRequest(WireMessage):
     job_id: str
     lease_id: str
-    progress: JsonObject | None = None
-    progress_reports: JsonValue = None  # `[seq, ts, report]` triples; coordinator/verbs/reports.py skips bad ones, never fails
+    progress: SmallObject | None = None
+    progress_reports: ProgressReports | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,26 +176,24 @@ class CompleteRequest(WireMessage):
     lease_id: str
     sha256: str
     size: int
-    metrics: JsonObject = dataclasses.field(default_factory=dict)
+    metrics: SmallObject = dataclasses.field(default_factory=dict)
     output_tail: str = dataclasses.field(default="", metadata=LONG_TEXT)
-    #: `{wall_s, cpu_s, max_rss_bytes, gpu_mem_max_bytes}` (agent/usage.py), sent once measured; checked by
-    #: coordinator/tables/history.py check_usage, as history, not the request's business
-    usage: JsonValue = dataclasses.field(default=None, metadata=OMIT_NULL)
-    progress_reports: JsonValue = None  # `[seq, ts, report]` triples; coordinator/verbs/reports.py skips bad ones, never fails
+    #: sent once measured (agent/usage.py); history, so a malformed one is left out (wire/reports.py)
+    usage: Annotated[Usage, LENIENT] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    progress_reports: ProgressReports | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class FailRequest(WireMessage):
     job_id: str
     lease_id: str
-    cause: Cause = Cause.APP
+    #: lost and cancelled are the coordinator's to decide
+    cause: Annotated[Cause, Bounds(one_of=AGENT_CAUSES)] = Cause.APP
     exit_code: int | None = None
     output_tail: str = dataclasses.field(default="", metadata=LONG_TEXT)
     error: str = dataclasses.field(default="", metadata=LONG_TEXT)
-    #: `{wall_s, cpu_s, max_rss_bytes, gpu_mem_max_bytes}` (agent/usage.py), sent once measured; checked by
-    #: coordinator/tables/history.py check_usage, as history, not the request's business
-    usage: JsonValue = dataclasses.field(default=None, metadata=OMIT_NULL)
-    progress_reports: JsonValue = None  # `[seq, ts, report]` triples; coordinator/verbs/reports.py skips bad ones, never fails
+    usage: Annotated[Usage, LENIENT] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    progress_reports: ProgressReports | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,7 +222,7 @@ class CheckpointSavedRequest(WireMessage):
     lease_id: str
     sha256: str
     size: int
-    progress: JsonObject | None = None
+    progress: SmallObject | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,29 +235,6 @@ class CheckpointStartRequest(WireMessage):
     note: str = ""
     from_attempt: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
     rejected_sha256: str | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-
-
-# --- what agents publish outside requests (docs/INTERNALS.md, "Topics"; the coordinator's: wire/published.py) ---
-
-
-@dataclasses.dataclass(frozen=True)
-class HostStatus(WireMessage):
-    """An agent's retained `hosts/{host}/status`; its will is the bare `{"state": "offline"}`."""
-
-    state: Presence
-    ts: float | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    jobs: list[str] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    slots: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-
-
-@dataclasses.dataclass(frozen=True)
-class LogBatch(WireMessage):
-    """Trainer output lines on `hosts/{host}/log/{job_id}`; `attempt` files late lines under the right one."""
-
-    job_id: str
-    lines: list[str]
-    ts: float
-    attempt: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
 
 
 # --- query verbs -------------------------------------------------------------------------------------
@@ -285,11 +262,15 @@ class LogsRequest(WireMessage):
     limit: int | None = None
 
 
+#: Jobs one `compare` may name.
+COMPARE_MAX_JOBS = 2000
+
+
 @dataclasses.dataclass(frozen=True)
 class CompareRequest(WireMessage):
     """Either `jobs` (references) or `sweep` (a sweep's name)."""
 
-    jobs: list[str] | None = None
+    jobs: Annotated[list[str], Bounds(max_items=COMPARE_MAX_JOBS)] | None = None
     sweep: str | None = None
 
 

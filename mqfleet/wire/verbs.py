@@ -12,9 +12,9 @@ this one, row for row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from mqfleet.wire.codec import WireMessage
+from mqfleet.wire.codec import Bounds, WireMessage
 from mqfleet.wire.replies import (
     ArtifactsReply,
     CheckpointSavedReply,
@@ -58,10 +58,19 @@ from mqfleet.wire.requests import (
     UploadUrlReply,
     UploadUrlRequest,
 )
-from mqfleet.wire.topics import Role, Verb
+from mqfleet.wire.topics import MAX_REQUEST_ID_CHARS, Role, Verb
 
 Req = TypeVar("Req", bound=WireMessage)
 Rep = TypeVar("Rep", bound=WireMessage)
+
+
+@dataclass(frozen=True)
+class Envelope(WireMessage):
+    """What every request carries besides its verb's fields (an operator's also its `auth`: wire/signing.py)."""
+
+    #: unique per request, the same in a redelivery; every remembered reply is keyed by it, so its length
+    #: is the sender's to abuse
+    request_id: Annotated[str, Bounds(max_chars=MAX_REQUEST_ID_CHARS)] = ""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from mqfleet.mqtt.inbox import Message
 from mqfleet.mqtt.rpc import RpcClient
 from mqfleet.store.transfer import upload_to_url
 from mqfleet.wire.advert import Advert, Gpu
+from mqfleet.wire.published import HostStatus, LogBatch
 from mqfleet.wire.replies import CheckpointUrlReply, Usage
 from mqfleet.wire.requests import (
     CheckpointSavedRequest,
@@ -50,8 +51,6 @@ from mqfleet.wire.requests import (
     CompleteRequest,
     FailRequest,
     Grant,
-    HostStatus,
-    LogBatch,
     Presence,
     RenewRequest,
     UploadUrlReply,

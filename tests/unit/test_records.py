@@ -26,7 +26,7 @@ def test_a_job_event_with_a_mistyped_field_is_refused_naming_it() -> None:
     wire = JobEvent(seq=3, ts=1.5, job_id="j", from_status=JobStatus.PENDING, to=JobStatus.CLAIMED, reason="r").to_wire()
     with pytest.raises(BadRequestError, match="'seq'"):
         JobEvent.from_wire({**wire, "seq": "3"})
-    with pytest.raises(BadRequestError, match="'from' must be a string or null, not int"):
+    with pytest.raises(BadRequestError, match="'from' must be one of pending/claimed/.*, not 7"):
         JobEvent.from_wire({**wire, "from": 7})
     with pytest.raises(BadRequestError, match="'from' is missing"):
         JobEvent.from_wire({k: v for k, v in wire.items() if k != "from"})

@@ -15,7 +15,7 @@ import pytest
 from mqfleet.lifecycle import AGENT_CAUSES, JobStatus
 from mqfleet.wire.advert import Advert, Gpu
 from mqfleet.wire.codec import WireMessage
-from mqfleet.wire.published import ControlMessage, HostEvent, JobEvent, Nudge
+from mqfleet.wire.published import ControlMessage, HostEvent, HostStatus, JobEvent, LogBatch, Nudge
 from mqfleet.wire.replies import ArtifactRecord, JobDetail, Worker
 from mqfleet.wire.requests import (
     CheckResult,
@@ -23,9 +23,7 @@ from mqfleet.wire.requests import (
     Grant,
     GrantedCheckpoint,
     Health,
-    HostStatus,
     JobRow,
-    LogBatch,
     TrainerRef,
 )
 from mqfleet.wire.topics import Verb
