@@ -28,11 +28,12 @@ from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.inbox import Message
 from mqfleet.mqtt.rpc import RpcClient
+from mqfleet.wire import verbs
 from mqfleet.wire.advert import Advert
-from mqfleet.wire.codec import Wire, WireMessage
 from mqfleet.wire.published import ControlMessage, HostStatus, LogBatch, Nudge
-from mqfleet.wire.requests import ClaimReply, Presence
-from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, Topics, Verb, encode, log_batches
+from mqfleet.wire.requests import NoFields, Presence
+from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, Topics, encode, log_batches
+from mqfleet.wire.verbs import Rep, Req, VerbSpec
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ class Agent:
             self.refresh_advert()
             try:
                 # checked at the boundary: a grant the agent cannot read is refused here, not halfway through a job
-                grant = ClaimReply.from_wire(self.request(Verb.CLAIM)).job
+                grant = self.request(verbs.CLAIM, NoFields()).job
             except (RemoteError, RequestTimeoutError, MqfleetError) as e:
                 logger.warning("claim failed: %s", e)
                 if isinstance(e, RemoteError) and e.is_a(UnknownHostError):
@@ -255,15 +256,14 @@ class Agent:
 
     # --- MQTT -------------------------------------------------------------------------------
 
-    def request(self, verb: Verb, message: WireMessage | None = None, *, attempts: int = 3,
-                timeout_s: float | None = None) -> Wire:
+    def request(self, verb: VerbSpec[Req, Rep], message: Req, *, attempts: int = 3,
+                timeout_s: float | None = None) -> Rep:
         """An agent RPC through the one RPC client; retried on timeout with the same request id, so it runs
         at most once. An `unavailable` reply (the coordinator's database is away, docs/RELIABILITY.md) is
         sent again for as long as the `attempts` timeouts would have lasted. A claim is not retried once
         the agent is stopping; other verbs are, since a stopping agent still hands its jobs back."""
-        fields = message.to_wire() if message is not None else {}
-        return self.rpc.call(verb, attempts=attempts, timeout_s=timeout_s, retry_unavailable=True,
-                             keep_trying=lambda: not (self.stopping.is_set() and verb is Verb.CLAIM), **fields)
+        return self.rpc.call(verb, message, attempts=attempts, timeout_s=timeout_s, retry_unavailable=True,
+                             keep_trying=lambda: not (self.stopping.is_set() and verb is verbs.CLAIM))
 
     def _publish_advert(self) -> None:
         if self.advert is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from mqfleet.errors import BadRequestError
-from mqfleet.wire.codec import OMIT_NULL, Bounds, Extra, ExtraFields, WireMessage
+from mqfleet.wire.codec import OMIT_DEFAULT, Bounds, Extra, ExtraFields, WireMessage
 
 #: Longest string any advert field may hold (names, versions, commits).
 MAX_TEXT = 200
@@ -56,7 +56,7 @@ class Gpu(WireMessage):
     name: Text = ""
     uuid: Text = ""
     vram_gib: Amount = 0.0
-    vram_free_gib: Amount | None = field(default=None, metadata=OMIT_NULL)
+    vram_free_gib: Amount | None = field(default=None, metadata=OMIT_DEFAULT)
     extra: dict[str, Extra] = field(default_factory=dict, metadata=EXTRAS)
 
 

@@ -16,8 +16,8 @@ is only a report (usage, progress reports), never for what a request is about.
 Free-form JSON (hyperparameters, progress, a trainer's metrics, a job's spec) is annotated
 `protocol.JsonObject` or `protocol.JsonValue`: `from_wire` checks only that such a field is an object
 (or any JSON value), as json.loads built it; its readers narrow each value with isinstance. An Enum
-field goes out as its value and reads back as its member; a tuple is a JSON list; a field marked OMIT_NULL
-is left out of the JSON while it is None (for fields that were only ever sent when set), one marked with
+field goes out as its value and reads back as its member; a tuple is a JSON list; a field marked OMIT_DEFAULT
+is left out of the JSON while it holds its default (for fields that were only ever sent when set), one marked with
 `wire_name` goes under that name, and a field marked with `ExtraFields` keeps the JSON's unknown fields.
 """
 
@@ -37,8 +37,8 @@ M = TypeVar("M", bound="WireMessage")
 MAX_FIELD_CHARS = 4096
 #: Field metadata of a string that may be long: a trainer's output tail or an error text.
 LONG_TEXT = {"long_text": True}
-#: Field metadata of an optional field left out of the JSON while it is None (it was only ever sent when set).
-OMIT_NULL = {"omit_null": True}
+#: Field metadata of a field left out of the JSON while it holds its default (it was only ever sent when set).
+OMIT_DEFAULT = {"omit_default": True}
 
 #: A JSON object as decoded from the bus or about to be encoded; the one place it is untyped.
 Wire = dict[str, Any]  # boundary: json.loads output and json.dumps input; from_wire checks it field by field
@@ -137,7 +137,7 @@ class WireMessage:
 
     def to_wire(self) -> Wire:
         """The JSON object for the bus; nested messages become objects, tuples lists, enums their values, None
-        stays null (but in OMIT_NULL fields).
+        stays null (but OMIT_DEFAULT fields are left out while they hold their default).
 
         Only the fields whose annotation may hold a message, an enum or a tuple are walked; the others (scalars,
         free-form JSON, lists of those) are the object's own values, not copies: the JSON is for encoding, not to
@@ -149,7 +149,7 @@ class WireMessage:
             value = getattr(self, f.name)
             if f.extra is not None:
                 extra = value
-            elif value is not None or not f.omit_null:
+            elif not f.omit_default or value != f.default:
                 wire[f.key] = _to_wire(value) if f.walk else value
         return {**extra, **wire} if extra else wire
 
@@ -206,7 +206,8 @@ class _Field(NamedTuple):
     hint: object  # its evaluated annotation
     required: bool
     long_text: bool
-    omit_null: bool
+    omit_default: bool
+    default: object  # the field's default (MISSING when it has none or a factory)
     #: whether to_wire converts its value: its annotation may hold a message, an enum or a tuple. A 2,000-row
     #: jobs page (free-form JSON rows) is passed on, not copied.
     walk: bool
@@ -228,7 +229,7 @@ def _plan(cls: type[WireMessage]) -> _Plan:
         fields = tuple(
             _Field(f.name, f.metadata.get("wire_name", f.name), hints[f.name],
                    f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
-                   bool(f.metadata.get("long_text")), bool(f.metadata.get("omit_null")), _needs_walk(hints[f.name]),
+                   bool(f.metadata.get("long_text")), bool(f.metadata.get("omit_default")), f.default, _needs_walk(hints[f.name]),
                    f.metadata.get("extra"))
             for f in dataclasses.fields(cls)
         )

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from mqfleet.lifecycle import JobStatus
-from mqfleet.wire.codec import OMIT_NULL, Bounds, Wire, WireMessage, wire_name
+from mqfleet.wire.codec import OMIT_DEFAULT, Bounds, Wire, WireMessage, wire_name
 from mqfleet.wire.requests import Presence
 from mqfleet.wire.topics import MAX_LOG_LINES_PER_BATCH
 
@@ -27,9 +27,9 @@ class HostStatus(WireMessage):
     """An agent's retained `hosts/{host}/status`; its will is the bare `{"state": "offline"}`."""
 
     state: Presence
-    ts: float | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    jobs: list[str] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    slots: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    ts: float | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    jobs: list[str] | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    slots: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ class LogBatch(WireMessage):
     lines: Annotated[list[str], Bounds(max_items=MAX_LOG_LINES_PER_BATCH, lenient=True)] = dataclasses.field(
         default_factory=list)
     ts: float | None = None
-    attempt: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    attempt: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mqfleet.lifecycle import Cause, JobStatus
-from mqfleet.wire.codec import LONG_TEXT, OMIT_NULL, Wire, WireMessage
+from mqfleet.wire.codec import LONG_TEXT, OMIT_DEFAULT, Wire, WireMessage
 from mqfleet.wire.reports import Usage
 from mqfleet.wire.requests import JobRow, UploadMethod
 from mqfleet.wire.topics import JsonObject
@@ -222,7 +222,7 @@ class CheckpointUrlReply(WireMessage):
     key: str
     expires_s: int
     method: UploadMethod = UploadMethod.PUT
-    fields: dict[str, str] | None = field(default=None, metadata=OMIT_NULL)
+    fields: dict[str, str] | None = field(default=None, metadata=OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from mqfleet.lifecycle import AGENT_CAUSES, Cause, JobStatus
-from mqfleet.wire.codec import LENIENT, LONG_TEXT, OMIT_NULL, Bounds, WireMessage
+from mqfleet.wire.codec import LENIENT, LONG_TEXT, OMIT_DEFAULT, Bounds, WireMessage
 from mqfleet.wire.reports import ProgressReports, SmallObject, Usage
 from mqfleet.wire.topics import JsonObject
 
@@ -167,7 +167,7 @@ class UploadUrlReply(WireMessage):
     method: UploadMethod | None = None
     upload_key: str | None = None
     expires_s: int | None = None
-    fields: dict[str, str] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    fields: dict[str, str] | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +179,7 @@ class CompleteRequest(WireMessage):
     metrics: SmallObject = dataclasses.field(default_factory=dict)
     output_tail: str = dataclasses.field(default="", metadata=LONG_TEXT)
     #: sent once measured (agent/usage.py); history, so a malformed one is left out (wire/reports.py)
-    usage: Annotated[Usage, LENIENT] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    usage: Annotated[Usage, LENIENT] | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
     progress_reports: ProgressReports | None = None
 
 
@@ -192,7 +192,7 @@ class FailRequest(WireMessage):
     exit_code: int | None = None
     output_tail: str = dataclasses.field(default="", metadata=LONG_TEXT)
     error: str = dataclasses.field(default="", metadata=LONG_TEXT)
-    usage: Annotated[Usage, LENIENT] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    usage: Annotated[Usage, LENIENT] | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
     progress_reports: ProgressReports | None = None
 
 
@@ -233,8 +233,8 @@ class CheckpointStartRequest(WireMessage):
     lease_id: str
     resumed: bool
     note: str = ""
-    from_attempt: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    rejected_sha256: str | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    from_attempt: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    rejected_sha256: str | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
 
 # --- query verbs -------------------------------------------------------------------------------------
@@ -242,14 +242,15 @@ class CheckpointStartRequest(WireMessage):
 
 @dataclasses.dataclass(frozen=True)
 class JobsRequest(WireMessage):
-    """One page of the jobs listing (docs/CLI.md, `jobs`)."""
+    """One page of the jobs listing (docs/CLI.md, `jobs`): by keyset (`after`) or by position (`offset`, 0 if
+    neither is given)."""
 
-    status: JobStatus | None = None
-    name: str | None = None
+    status: JobStatus | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    name: str | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
     order: JobOrder = JobOrder.OLDEST
-    limit: int | None = None
-    after: int | None = None
-    offset: int = 0
+    limit: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    after: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    offset: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
     #: false once the client knows the total: counting walks every matching row
     count: bool = True
 
@@ -257,9 +258,9 @@ class JobsRequest(WireMessage):
 @dataclasses.dataclass(frozen=True)
 class LogsRequest(WireMessage):
     job: str
-    attempt: int | None = None
-    offset: int = 0
-    limit: int | None = None
+    attempt: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    offset: int = dataclasses.field(default=0, metadata=OMIT_DEFAULT)
+    limit: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
 
 #: Jobs one `compare` may name.
@@ -270,8 +271,8 @@ COMPARE_MAX_JOBS = 2000
 class CompareRequest(WireMessage):
     """Either `jobs` (references) or `sweep` (a sweep's name)."""
 
-    jobs: Annotated[list[str], Bounds(max_items=COMPARE_MAX_JOBS)] | None = None
-    sweep: str | None = None
+    jobs: Annotated[list[str], Bounds(max_items=COMPARE_MAX_JOBS)] | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    sweep: str | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
 
 # --- operator verbs (the `auth` signature is checked, and ignored here, by the service) ---------------
@@ -288,15 +289,19 @@ class JobRefRequest(WireMessage):
 class RequeueRequest(WireMessage):
     job: str
     #: also delete the job's checkpoint, so the next attempt starts from scratch
-    fresh: bool = False
+    fresh: bool = dataclasses.field(default=False, metadata=OMIT_DEFAULT)
+
+
+#: What a manifest sent without a name is called in messages.
+SENT_SOURCE = "<sent by operator>"
 
 
 @dataclasses.dataclass(frozen=True)
 class ReloadRequest(WireMessage):
     """Reload the manifest file, or apply the TOML text sent (`source` names it in messages)."""
 
-    manifest: str | None = dataclasses.field(default=None, metadata={"long_text": True})
-    source: str = "<sent by operator>"
+    manifest: str | None = dataclasses.field(default=None, metadata={**LONG_TEXT, **OMIT_DEFAULT})
+    source: str = dataclasses.field(default=SENT_SOURCE, metadata=OMIT_DEFAULT)
 
 
 @dataclasses.dataclass(frozen=True)

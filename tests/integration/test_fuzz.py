@@ -102,7 +102,7 @@ def test_malformed_oversized_and_wrongly_typed_requests_to_every_verb_are_refuse
     fleet.write_manifest(manifest_text({**pinned, "name": "parked"}, {**pinned, "name": "later", "seed": 1, "priority": 5},
                                        {**pinned, "name": "gone", "seed": 2}))
     fleet.start_coordinator()
-    fleet.client().call(Verb.CANCEL, job="gone")
+    fleet.client().call_json(Verb.CANCEL, job="gone")
     before = _snapshot(fleet)
     topics = Topics(topic_prefix)
     conn = Connection(BrokerConfig(url=fleet.broker_url), client_id=f"fuzz-{uuid.uuid4().hex[:8]}",

@@ -25,7 +25,6 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -40,23 +39,24 @@ from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.inbox import Message
 from mqfleet.mqtt.rpc import RpcClient
 from mqfleet.store.transfer import upload_to_url
+from mqfleet.wire import verbs
 from mqfleet.wire.advert import Advert, Gpu
 from mqfleet.wire.published import HostStatus, LogBatch
-from mqfleet.wire.replies import CheckpointUrlReply, Usage
+from mqfleet.wire.reports import Usage
 from mqfleet.wire.requests import (
     CheckpointSavedRequest,
     CheckpointStartRequest,
     CheckpointUploadRequest,
-    ClaimReply,
     CompleteRequest,
     FailRequest,
     Grant,
+    NoFields,
     Presence,
     RenewRequest,
-    UploadUrlReply,
     UploadUrlRequest,
 )
-from mqfleet.wire.topics import Topics, Verb, encode
+from mqfleet.wire.topics import Topics, encode
+from mqfleet.wire.verbs import Rep, Req, VerbSpec
 from tests.fixtures.common import Clock, wait_until
 from tests.fixtures.fleet import OPERATOR_TOKEN, ROOT, manifest_text
 
@@ -115,12 +115,11 @@ class Agent:
         status = HostStatus(state=Presence.ONLINE, ts=T0, jobs=[], slots=2)
         self.conn.publish(topics.status(host), encode(status.to_wire()), qos=1, retain=True)
 
-    def call(self, verb: Verb, message: Any = None) -> dict[str, Any]:
-        fields = message.to_wire() if message is not None else {}
-        return dict(self.rpc.call(verb, **fields))
+    def call(self, verb: VerbSpec[Req, Rep], message: Req) -> Rep:
+        return self.rpc.call(verb, message)
 
     def claim(self) -> Grant | None:
-        return ClaimReply.from_wire(self.call(Verb.CLAIM)).job
+        return self.call(verbs.CLAIM, NoFields()).job
 
     def log(self, job_id: str, lines: list[str], attempt: int) -> None:
         batch = LogBatch(job_id=job_id, lines=lines, ts=T0, attempt=attempt)
@@ -133,8 +132,8 @@ def bundle(tmp_path: Path, name: str, content: bytes) -> tuple[Path, str, int]:
     return path, hashlib.sha256(content).hexdigest(), len(content)
 
 
-def usage(wall_s: float) -> Any:
-    return Usage(wall_s=wall_s, cpu_s=wall_s / 2, max_rss_bytes=123_456_789, gpu_mem_max_bytes=None).to_wire()
+def usage(wall_s: float) -> Usage:
+    return Usage(wall_s=wall_s, cpu_s=wall_s / 2, max_rss_bytes=123_456_789, gpu_mem_max_bytes=None)
 
 
 def run_exchange(coord: Coordinator, connect: Callable[..., Connection], client: FleetClient, recorder: Recorder,
@@ -146,36 +145,36 @@ def run_exchange(coord: Coordinator, connect: Callable[..., Connection], client:
     g1 = h1.claim()
     assert g1 is not None
     lease = {"job_id": g1.job.id, "lease_id": g1.lease_id}
-    h1.call(Verb.CHECKPOINT_START, CheckpointStartRequest(**lease, resumed=False, note="no checkpoint to resume"))
+    h1.call(verbs.CHECKPOINT_START, CheckpointStartRequest(**lease, resumed=False, note="no checkpoint to resume"))
     progress = {"epoch": 1, "loss": 0.5, "metrics": {"acc": 0.75}}
-    h1.call(Verb.RENEW, RenewRequest(**lease, progress=progress, progress_reports=[[1, T0, progress]]))
+    h1.call(verbs.RENEW, RenewRequest(**lease, progress=progress, progress_reports=[(1, T0, progress)]))
     h1.log(g1.job.id, ["epoch 1 loss 0.5", "epoch 2 loss 0.25"], attempt=g1.attempt)
     path, sha, size = bundle(tmp_path, "checkpoint.tar.zst", b"checkpoint of j1")
-    url = CheckpointUrlReply.from_wire(h1.call(Verb.CHECKPOINT_URL, CheckpointUploadRequest(**lease, sha256=sha, size=size)))
+    url = h1.call(verbs.CHECKPOINT_URL, CheckpointUploadRequest(**lease, sha256=sha, size=size))
     upload_to_url(url.url, path)
-    h1.call(Verb.CHECKPOINT_SAVED, CheckpointSavedRequest(**lease, sha256=sha, size=size, progress=progress))
+    h1.call(verbs.CHECKPOINT_SAVED, CheckpointSavedRequest(**lease, sha256=sha, size=size, progress=progress))
     path, sha, size = bundle(tmp_path, "artifact.tar.zst", b"artifact of j1")
-    upload = UploadUrlReply.from_wire(h1.call(Verb.UPLOAD_URL, UploadUrlRequest(**lease, sha256=sha, size=size)))
+    upload = h1.call(verbs.UPLOAD_URL, UploadUrlRequest(**lease, sha256=sha, size=size))
     assert upload.url is not None
     upload_to_url(upload.url, path)
     done = {"epoch": 2, "loss": 0.25, "metrics": {"acc": 0.875}}
-    h1.call(Verb.COMPLETE, CompleteRequest(**lease, sha256=sha, size=size, metrics={"acc": 0.875}, output_tail="done\n",
-                                           usage=usage(12.5), progress_reports=[[2, T0, done]]))
+    h1.call(verbs.COMPLETE, CompleteRequest(**lease, sha256=sha, size=size, metrics={"acc": 0.875}, output_tail="done\n",
+                                           usage=usage(12.5), progress_reports=[(2, T0, done)]))
     # h1 starts j2, the operator cancels it (a control message), and h1's next renewal is refused
     g2 = h1.claim()
     assert g2 is not None
     lease = {"job_id": g2.job.id, "lease_id": g2.lease_id}
-    h1.call(Verb.RENEW, RenewRequest(**lease))
+    h1.call(verbs.RENEW, RenewRequest(**lease))
     client.cancel("j2")
     with pytest.raises(RemoteError, match="lease_lost"):
-        h1.call(Verb.RENEW, RenewRequest(**lease))
+        h1.call(verbs.RENEW, RenewRequest(**lease))
     # h2 fails two jobs in a row and is quarantined (a host event); a quarantined host gets no work
     h2 = Agent(connect, topics, "h2")
     wait_until(lambda: coord.is_known_host("h2"), timeout_s=10, what="h2's advert recorded")
     for attempt in range(2):
         grant = h2.claim()
         assert grant is not None
-        h2.call(Verb.FAIL, FailRequest(grant.job.id, grant.lease_id, Cause.APP, exit_code=1, output_tail="Traceback\n",
+        h2.call(verbs.FAIL, FailRequest(grant.job.id, grant.lease_id, Cause.APP, exit_code=1, output_tail="Traceback\n",
                                        error="trainer exited with 1", usage=usage(3.0 + attempt),
                                        progress_reports=[]))
     assert h2.claim() is None

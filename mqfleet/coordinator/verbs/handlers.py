@@ -267,7 +267,7 @@ def handle_jobs(coord: HandlerContext, req: Request[JobsRequest]) -> JobsReply:
     where = JobFilter(status=asked.status, name_glob=asked.name)
     limit = min(JOBS_PAGE, max(1, asked.limit if asked.limit is not None else JOBS_PAGE))
     after = asked.after
-    offset = max(0, asked.offset)
+    offset = max(0, asked.offset or 0)
     # A client that knows the total from its first page asks the later ones without it (a count
     # walks every matching row).
     counted = asked.count
