@@ -42,10 +42,18 @@ class ConfigurationError(MqfleetError):
     code = "bad_config"
 
 
-class ProtocolError(MqfleetError):
-    """Raised when a message breaks the wire protocol."""
+class InternalError(MqfleetError):
+    """Raised when the coordinator fails a request for a reason of its own (a statement it cannot run, a failed
+    commit), not the request's; the dispatcher answers any exception it did not expect with this code too.
+    What went wrong is in its log, never in the reply."""
 
-    code = "bad_request"
+    code = "internal"
+
+
+class ProtocolError(MqfleetError):
+    """Raised when a message breaks the wire protocol (the base of the codes below; never raised itself)."""
+
+    code = "protocol"
 
 
 class DecodeError(ProtocolError):

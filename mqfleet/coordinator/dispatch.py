@@ -22,6 +22,7 @@ from mqfleet.coordinator.verbs.context import Request
 from mqfleet.coordinator.verbs.handlers import HANDLERS, Handling
 from mqfleet.errors import (
     AmbiguousError,
+    InternalError,
     ManifestError,
     MqfleetError,
     UnavailableError,
@@ -160,7 +161,7 @@ class RequestDispatch(CoordinatorCore):
                 logger.warning("a group of %d requests was rolled back: %s", len(batch), e)
                 failed = (error(e.code, f"{e}; the coordinator answers again once its database is back: retry")
                           if isinstance(e, UnavailableError) else
-                          error("internal", "the coordinator failed to commit this request; see its log"))
+                          error(InternalError.code, "the coordinator failed to commit this request; see its log"))
                 replies = [answer(failed)] * len(batch)
                 committed = False
             else:
@@ -182,7 +183,7 @@ class RequestDispatch(CoordinatorCore):
             return self._execute(req, key, HANDLERS[req.verb], group)
         except Exception:
             logger.exception("%s from %s failed", req.verb.value, req.client)
-            return answer(error("internal", f"the coordinator failed to handle '{req.verb.value}'; see its log"))
+            return answer(error(InternalError.code, f"the coordinator failed to handle '{req.verb.value}'; see its log"))
 
     def _handle(self, msg: Message, req: Request[Any], key: str) -> None:
         started = time.perf_counter()

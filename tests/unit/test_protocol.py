@@ -7,8 +7,9 @@ from typing import Annotated
 
 import pytest
 
+from mqfleet.coordinator.service import Coordinator
 from mqfleet.coordinator.verbs.handlers import HANDLERS
-from mqfleet.errors import BadRequestError, DecodeError
+from mqfleet.errors import BadRequestError, DecodeError, InternalError, MqfleetError
 from mqfleet.wire.codec import LENIENT, Bounds, WireMessage, wire_name
 from mqfleet.wire.topics import Role, Topics, Verb, decode, encode
 from mqfleet.wire.verbs import VERBS
@@ -86,3 +87,17 @@ def test_the_codec_reads_bounds_from_annotations_at_any_depth_and_names_the_plac
 def test_a_lenient_bound_drops_what_fails_instead_of_refusing_it() -> None:
     assert Bounded.from_wire({"seen": [1, "x", 2, 3, 4]}).seen == [1, 2]  # cut to 3 items, then "x" left out
     assert Bounded.from_wire({"seen": "not a list"}).seen == []  # the field keeps its default
+
+
+def test_each_wire_error_code_belongs_to_one_error_class() -> None:
+    assert Coordinator  # imported for the error classes its modules define (coordinator/sql/pgdialect.py)
+    owner: dict[str, type[MqfleetError]] = {}
+    classes: list[type[MqfleetError]] = [MqfleetError]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        code = vars(cls).get("code")
+        if isinstance(code, str):
+            assert code not in owner, f"{cls.__name__} and {owner.get(code, cls).__name__} both answer {code!r}"
+            owner[code] = cls
+    assert (owner["bad_request"], owner["internal"]) == (BadRequestError, InternalError)

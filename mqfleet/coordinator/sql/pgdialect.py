@@ -28,7 +28,7 @@ import re
 import threading
 from collections.abc import Callable
 
-from mqfleet.errors import StateError
+from mqfleet.errors import InternalError
 
 # quoted literals and identifiers, and comments (whose apostrophes would otherwise open a literal)
 _LITERAL = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*")
@@ -39,10 +39,8 @@ _GLOB = re.compile(r"\bGLOB\s+%s", re.IGNORECASE)
 _RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
 
 
-class DialectError(StateError):
+class DialectError(InternalError):
     """Raised when a statement uses SQLite that has no PostgreSQL translation (write a form both accept)."""
-
-    code = "internal"
 
 
 def _mask_literals(sql: str) -> tuple[str, list[str]]:
