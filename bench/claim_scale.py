@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mqfleet.coordinator.sql.sqlite import StateFile
+from mqfleet.coordinator.sql.postgres import open_state
 from mqfleet.coordinator.tables.artifacts import Artifacts
 from mqfleet.coordinator.tables.catalog import Catalog
 from mqfleet.coordinator.tables.claims import Claims
@@ -55,7 +55,7 @@ def build_manifest(n_jobs: int, seed: int = 0) -> Manifest:
 def measure(n_jobs: int, claims: int) -> tuple[list[float], float]:
     """Claim latencies in seconds over `claims` claims against `n_jobs` pending jobs, and the fill time."""
     with tempfile.TemporaryDirectory() as tmp:
-        state = StateFile(Path(tmp) / "bench.db")
+        state = open_state(Path(tmp) / "bench.db")
         catalog, hosts_table = Catalog(state), Hosts(state)
         claims_made, leases = Claims(state, catalog, hosts_table), Leases(state, catalog, Artifacts(state))
         m = build_manifest(n_jobs)
@@ -90,7 +90,7 @@ def measure_beside(kind: str, n_jobs: int, claims: int) -> list[float]:
     """Claim latencies of cpu-box beside `n_jobs` better-ranked pending jobs it may not take (`kind`, one of
     BESIDE), and one open job per claim: what it costs a host to be surrounded by work it cannot run."""
     with tempfile.TemporaryDirectory() as tmp:
-        state = StateFile(Path(tmp) / "bench.db")
+        state = open_state(Path(tmp) / "bench.db")
         catalog, hosts_table = Catalog(state), Hosts(state)
         claims_made, leases = Claims(state, catalog, hosts_table), Leases(state, catalog, Artifacts(state))
         hyper = {"n_estimators": HyperParam("n_estimators", "int", 200, min=1)}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mqfleet import defaults
+from mqfleet.coordinator.feed import Feed
 from mqfleet.coordinator.health import HealthChecks
 from mqfleet.coordinator.republish import StateRepublisher
 from mqfleet.coordinator.sql.pgurl import check_url, redact_url
@@ -144,6 +145,7 @@ class CoordinatorCore:
     dropped_requests: int
     refused_log_batches: int
     retained_cleared: int
+    feed: Feed
     conn: Connection
     republisher: StateRepublisher
 

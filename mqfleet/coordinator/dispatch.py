@@ -25,6 +25,7 @@ from mqfleet.errors import (
     InternalError,
     ManifestError,
     MqfleetError,
+    StateStoreError,
     UnavailableError,
     UnknownVerbError,
 )
@@ -257,8 +258,8 @@ class RequestDispatch(CoordinatorCore):
                 group.lines.extend(lines)
             return reply
         except MqfleetError as e:
-            if isinstance(e, UnavailableError):
-                raise
+            if isinstance(e, StateStoreError):
+                raise  # the database failed, not the request: never remembered (an outage is retried, the rest `internal`)
             refusal = error(e.code, str(e))
             if isinstance(e, ManifestError):
                 refusal["problems"] = [{"place": p.place, "message": p.message} for p in e.problems]

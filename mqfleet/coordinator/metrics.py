@@ -10,18 +10,15 @@ attempts, never hold the state's lock nor hold up a request.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mqfleet.coordinator.scrape_endpoint import MetricsServer
-from mqfleet.coordinator.sql.postgres import PgStateFile
-from mqfleet.coordinator.sql.schema import BUSY_TIMEOUT_MS
+from mqfleet.coordinator.sql.connection import SqlConnection, one_row
 from mqfleet.coordinator.sql.sqlite import StateFile
 from mqfleet.errors import ConfigurationError
 from mqfleet.lifecycle import Cause, JobStatus
@@ -52,20 +49,16 @@ class _StateCollector:
         self.state = state
         self.last_sweep_ts = last_sweep_ts
         self.clock = clock
-        self._reader: Any = None  # sqlite3.Connection or PgConnection, opened at the first scrape
+        self._reader: SqlConnection | None = None  # opened at the first scrape
         self._reader_lock = threading.Lock()
 
-    def _connection(self) -> tuple[Any, threading.Lock]:
+    def _connection(self) -> tuple[SqlConnection, threading.Lock]:
         """(connection, lock) to read through: a connection of the collector's own, so a scrape never waits
         for the state's lock nor holds up a request (WAL lets an SQLite reader run beside the writer;
         PostgreSQL readers never block writers)."""
         with self._reader_lock:
             if self._reader is None:
-                if isinstance(self.state, PgStateFile):
-                    self._reader = self.state.open_reader(f"{self.state.writer}-metrics")
-                else:
-                    self._reader = sqlite3.connect(self.state.path, check_same_thread=False,
-                                                   timeout=BUSY_TIMEOUT_MS / 1000)
+                self._reader = self.state.open_reader("metrics")
         return self._reader, self._reader_lock
 
     def close(self) -> None:
@@ -78,14 +71,14 @@ class _StateCollector:
         c, lock = self._connection()
         with lock:
             by_status = {r[0]: int(r[1]) for r in c.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
-            online, draining = c.execute(
+            online, draining = one_row(c.execute(
                 "SELECT COALESCE(SUM(online), 0), COALESCE(SUM(draining), 0) FROM hosts"
-            ).fetchone()
-            leases = int(c.execute("SELECT COUNT(*) FROM leases").fetchone()[0])
+            ))
+            leases = int(one_row(c.execute("SELECT COUNT(*) FROM leases"))[0])
             ended = {r[0]: int(r[1]) for r in c.execute(
                 "SELECT outcome, COUNT(*) FROM attempts WHERE outcome IS NOT NULL GROUP BY outcome"
             )}
-            artifact_bytes = int(c.execute("SELECT COALESCE(SUM(size), 0) FROM job_artifacts").fetchone()[0])
+            artifact_bytes = int(one_row(c.execute("SELECT COALESCE(SUM(size), 0) FROM job_artifacts"))[0])
         jobs = GaugeMetricFamily("mqfleet_jobs", "Jobs by status.", labels=["status"])
         for status in JobStatus:
             jobs.add_metric([status.value], by_status.get(status.value, 0))

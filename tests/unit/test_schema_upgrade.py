@@ -4,16 +4,15 @@ SQLite and PostgreSQL: every job keyed, the hosts a retry avoids kept, and its c
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from mqfleet.coordinator.sql.migrate import migrate_from_sqlite
-from mqfleet.coordinator.sql.pgconnection import open_pg_connection
+from mqfleet.coordinator.sql.pgconnection import PgConnection, open_pg_connection
 from mqfleet.coordinator.sql.postgres import PgStateFile
 from mqfleet.coordinator.sql.schema import SCHEMA_VERSION
+from mqfleet.coordinator.sql.sqliteconnection import SqliteConnection
 from mqfleet.coordinator.tables.rows import manifest_rows
 from mqfleet.manifest.types import REQUIREMENT_FIELDS, Manifest, requirements_key_of
 from tests.fixtures.state import CoordinatorState, is_postgres
@@ -24,16 +23,9 @@ V1_SCHEMA = Path(__file__).parent.parent / "data" / "schema" / "v1.sql"
 
 
 @contextmanager
-def raw_connection(target: str) -> Iterator[Any]:
+def raw_connection(target: str) -> Iterator[SqliteConnection | PgConnection]:
     """A connection to the store that runs no schema of this mqfleet's."""
-    if is_postgres(target):
-        pg = open_pg_connection(target, writer="old")
-        try:
-            yield pg
-        finally:
-            pg.close()
-        return
-    conn = sqlite3.connect(target, isolation_level=None)
+    conn = open_pg_connection(target, writer="old") if is_postgres(target) else SqliteConnection.open_reader(target)
     try:
         yield conn
     finally:
@@ -58,20 +50,14 @@ def write_version_1_store(target: str, m: Manifest, failed_on: dict[str, list[st
                     for name, hosts in failed_on.items() for n, host in enumerate(hosts, start=1)]),
                   ("UPDATE jobs SET attempt_seq = ?, attempts = ? WHERE id = ?",
                    [(len(hosts), len(hosts), job_id(name)) for name, hosts in failed_on.items()])]
-        if is_postgres(target):
-            conn.begin()
-        else:
-            conn.execute("BEGIN")
+        conn.begin()
         for sql, rows in writes:
             conn.executemany(sql, rows)
-        if is_postgres(target):
-            conn.commit()
-        else:
-            conn.execute("COMMIT")
+        conn.commit()
 
 
 def columns(db: CoordinatorState, table: str) -> set[str]:
-    return {r[1] for r in db.state.read(f"PRAGMA table_info({table})")}
+    return set(db.state.conn.columns(table))
 
 
 def test_a_version_1_store_is_upgraded_keyed_and_its_claims_starve_nothing(state_target: str) -> None:

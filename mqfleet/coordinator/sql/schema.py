@@ -1,5 +1,6 @@
-"""The tables of the coordinator's state file, its schema version, and how a SQLite file is opened
-onto them (`open_connection`).
+"""The tables of the coordinator's state store and its schema version, the same on both engines
+(`sqliteconnection.SqliteConnection.open` runs them on an SQLite file, `postgres.PgStateFile` on
+PostgreSQL through `pgdialect.translate_ddl`).
 
 The code that reads and writes each table lives in the module of its noun
 (docs/INTERNALS.md); the job row's columns are in `coordinator/tables/rows.py`.
@@ -7,17 +8,9 @@ The code that reads and writes each table lives in the module of its noun
 
 from __future__ import annotations
 
-import logging
-import os
-import sqlite3
-
 from mqfleet.coordinator.sql import upgrade
+from mqfleet.coordinator.sql.connection import SqlConnection
 from mqfleet.errors import SchemaVersionError
-
-logger = logging.getLogger(__name__)
-
-#: Milliseconds a writer waits for another connection's write lock before failing.
-BUSY_TIMEOUT_MS = 5000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -265,7 +258,7 @@ LATE_INDEXES = (
 )
 
 
-def check_schema_version(conn: sqlite3.Connection, where: str) -> int:
+def check_schema_version(conn: SqlConnection, where: str) -> int:
     """Inside the schema's transaction: stamp a new database with SCHEMA_VERSION, upgrade an older one, or
     refuse a newer one; then make the `req_key` of every job again if its fields changed. The version found."""
     row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
@@ -285,26 +278,3 @@ def check_schema_version(conn: sqlite3.Connection, where: str) -> int:
     upgrade.refresh_requirement_keys(conn)
     return SCHEMA_VERSION if found is None else found
 
-
-def open_connection(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """An autocommit connection in WAL mode; every write runs in an explicit transaction."""
-    conn = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        logger.warning("database %s: journal_mode is %s, not wal", path, mode)
-    # WAL with NORMAL never corrupts; a power cut may only lose the last commits
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.executescript(SCHEMA)
-    conn.executescript(VERSION_SCHEMA)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        check_schema_version(conn, os.fspath(path))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        conn.close()
-        raise
-    return conn

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 
+from mqfleet.coordinator.sql.connection import SqlConnection
 from mqfleet.manifest.types import REQUIREMENT_FIELDS, requirements_key_of
 
 logger = logging.getLogger(__name__)
@@ -19,23 +19,23 @@ logger = logging.getLogger(__name__)
 _REKEY_BATCH = 1000
 
 
-def upgrade(conn: sqlite3.Connection, found: int, where: str) -> None:
+def upgrade(conn: SqlConnection, found: int, where: str) -> None:
     """Bring a store of schema version `found` to the current one (`schema.SCHEMA_VERSION`)."""
     if found < 2:
         _to_version_2(conn)
     logger.info("state at %s: schema upgraded from version %d", where, found)
 
 
-def _to_version_2(conn: sqlite3.Connection) -> None:
+def _to_version_2(conn: SqlConnection) -> None:
     """Version 2 (issue 25): `jobs.req_key`, and the hosts a retry avoids as `jobs.failed_hosts` instead of
     `retries.failed_hosts`, both in the claim's index `jobs_claim_key`."""
-    jobs = _columns(conn, "jobs")
+    jobs = conn.columns("jobs")
     if "req_key" not in jobs:
         conn.execute("ALTER TABLE jobs ADD COLUMN req_key TEXT NOT NULL DEFAULT ''")
     if "failed_hosts" not in jobs:
         conn.execute("ALTER TABLE jobs ADD COLUMN failed_hosts TEXT NOT NULL DEFAULT '[]'")
     conn.execute("DELETE FROM requirement_keys")  # every job is keyed again by refresh_requirement_keys
-    if "failed_hosts" in _columns(conn, "retries"):
+    if "failed_hosts" in conn.columns("retries"):
         # sorted: jobs that failed on the same hosts are one set of the claim's, whatever the order of failures
         conn.executemany("UPDATE jobs SET failed_hosts = ? WHERE id = ?",
                          [(json.dumps(sorted(json.loads(r[1] or "[]"))), r[0])
@@ -43,7 +43,7 @@ def _to_version_2(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE retries DROP COLUMN failed_hosts")
 
 
-def refresh_requirement_keys(conn: sqlite3.Connection) -> int:
+def refresh_requirement_keys(conn: SqlConnection) -> int:
     """Make every job's `req_key` again when the stored keys were made from other Requirements fields
     than this mqfleet's (or by a version without keys); the number of jobs whose key changed.
 
@@ -66,6 +66,3 @@ def refresh_requirement_keys(conn: sqlite3.Connection) -> int:
         logger.info("requirement keys of %d jobs made again (fields: %s)", changed, fields)
     return changed
 
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}

@@ -4,8 +4,9 @@ Claims read it through the `jobs_claim` and `jobs_claim_key` indexes (coordinato
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
+
+from mqfleet.coordinator.sql.connection import SqlConnection
 
 #: `jobs.blocked`: claimable by any host that fits ...
 OPEN = 0
@@ -16,7 +17,7 @@ BLOCKED = 1
 HOST_LIMITED = 2
 
 
-def refresh_blocked(conn: sqlite3.Connection, job_ids: Iterable[str] | None = None) -> None:
+def refresh_blocked(conn: SqlConnection, job_ids: Iterable[str] | None = None) -> None:
     """Recompute `blocked` (OPEN, BLOCKED or HOST_LIMITED) for some jobs, or all."""
     expr = (
         f"CASE WHEN in_manifest = 0 OR EXISTS (SELECT 1 FROM deps d LEFT JOIN jobs a ON a.id = d.after_id "
@@ -33,5 +34,5 @@ def refresh_blocked(conn: sqlite3.Connection, job_ids: Iterable[str] | None = No
         conn.execute(f"UPDATE jobs SET blocked = ({expr}) WHERE id IN ({','.join('?' * len(chunk))})", chunk)
 
 
-def dependents(conn: sqlite3.Connection, job_id: str) -> list[str]:
+def dependents(conn: SqlConnection, job_id: str) -> list[str]:
     return [r[0] for r in conn.execute("SELECT job_id FROM deps WHERE after_id = ?", (job_id,))]

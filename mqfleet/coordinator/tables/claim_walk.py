@@ -24,11 +24,11 @@ the two equal).
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mqfleet.coordinator import scheduler
+from mqfleet.coordinator.sql.connection import SqlConnection, SqlRow, one_row
 from mqfleet.coordinator.tables.blocking import HOST_LIMITED, OPEN
 from mqfleet.coordinator.tables.rows import spec_from_json
 from mqfleet.manifest.types import JobSpec
@@ -103,7 +103,7 @@ class Choice:
         return scheduler.rank_key(self.spec.priority, self.spec.prefer_cuda, self.seq, host_cuda=host_cuda)
 
 
-def _choice(row: sqlite3.Row) -> Choice:
+def _choice(row: SqlRow) -> Choice:
     return Choice(seq=row["seq"], spec=spec_from_json(row["spec"]), blocked=row["blocked"], req_key=row["req_key"],
                   failed_hosts=row["failed_hosts"])
 
@@ -115,7 +115,7 @@ class ClaimWalk:
     host without CUDA, or the retry of a job that failed here).
     """
 
-    def __init__(self, conn: sqlite3.Connection, host: scheduler.HostView,
+    def __init__(self, conn: SqlConnection, host: scheduler.HostView,
                  others: Callable[[], list[scheduler.HostView]], *, commit: str, now: float) -> None:
         self.conn = conn
         self.host = host
@@ -170,9 +170,9 @@ class ClaimWalk:
                 before, params = "t.priority > ?", [spec.priority]
             else:
                 before, params = "(t.priority > ? OR (t.priority = ? AND t.seq < ?))", [spec.priority, spec.priority, seq]
-            total += int(self.conn.execute(
+            total += int(one_row(self.conn.execute(
                 f"SELECT COUNT(*) FROM jobs t WHERE {_TAKEABLE} AND {before}",
-                (choice.blocked, choice.req_key, choice.failed_hosts, self.now, *params)).fetchone()[0])
+                (choice.blocked, choice.req_key, choice.failed_hosts, self.now, *params)))[0])
         return total
 
     def _is_named_in_allowed_hosts(self) -> bool:

@@ -12,6 +12,7 @@ import logging
 import secrets
 
 from mqfleet.coordinator import scheduler
+from mqfleet.coordinator.sql.connection import one_row
 from mqfleet.coordinator.sql.sqlite import StateFile, transition
 from mqfleet.coordinator.tables import faults
 from mqfleet.coordinator.tables.catalog import Catalog
@@ -56,7 +57,7 @@ class Claims:
                 return None
             # a count, and the GPU lists of the leases that hold GPUs: a host with many CPU slots does not
             # parse one list per lease it holds at every claim (the profile of a 100-slot host showed it)
-            used = int(c.execute("SELECT COUNT(*) FROM leases WHERE host = ?", (host,)).fetchone()[0])
+            used = int(one_row(c.execute("SELECT COUNT(*) FROM leases WHERE host = ?", (host,)))[0])
             held = [json.loads(r[0]) for r in c.execute("SELECT gpus FROM leases WHERE host = ? AND gpus != '[]'",
                                                         (host,))]
             view = host_view(hrow, used, manifest.hosts)
@@ -68,7 +69,7 @@ class Claims:
             gpus = scheduler.pick_gpu(spec, view, (i for g in held for i in g))
             lease_id = secrets.token_hex(16)
             c.execute("UPDATE jobs SET attempt_seq = attempt_seq + 1, progress = NULL WHERE id = ?", (spec.id,))
-            attempt = int(c.execute("SELECT attempt_seq FROM jobs WHERE id = ?", (spec.id,)).fetchone()[0])
+            attempt = int(one_row(c.execute("SELECT attempt_seq FROM jobs WHERE id = ?", (spec.id,)))[0])
             transition(c, spec.id, JobStatus.CLAIMED, expect=[JobStatus.PENDING], reason=f"claimed by {host}", now=now, host=host)
             expires_ts = now + lease_s
             c.execute(

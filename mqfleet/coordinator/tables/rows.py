@@ -7,10 +7,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from mqfleet.coordinator.sql.connection import SqlRow
 from mqfleet.coordinator.tables.manifest_memo import manifest_digest
 from mqfleet.lifecycle import JobStatus
 from mqfleet.manifest.types import JobSpec, Manifest
@@ -88,7 +88,7 @@ JOB_SELECT = f"SELECT {JOB_COLUMNS} FROM jobs j LEFT JOIN leases l ON l.job_id =
 JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRow))
 
 
-def job_json(row: sqlite3.Row) -> JsonObject:
+def job_json(row: SqlRow) -> JsonObject:
     """A row of JOB_SELECT as its JobRow's JSON object, built straight from the row (other columns left out).
 
     For the paths that handle thousands of rows at once (the `jobs` listing, the republish sweep):
@@ -101,7 +101,7 @@ def job_json(row: sqlite3.Row) -> JsonObject:
     return out
 
 
-def job_row(row: sqlite3.Row) -> JobRow:
+def job_row(row: SqlRow) -> JobRow:
     """A row of JOB_SELECT as the wire and the CLI see it."""
     return JobRow(
         id=row["id"], name=row["name"], status=JobStatus(row["status"]), model=row["model"], mode=row["mode"], host=row["host"],
