@@ -68,7 +68,7 @@ def measure_reload(trials: int, workdir: Path) -> dict[str, Any]:
             for i in range(trials):
                 manifest = jobs_manifest(i + 1, tag="reload")
                 sent = time.perf_counter()
-                reply = coord.client.call(Verb.RELOAD, manifest=manifest)
+                reply = coord.client.call_json(Verb.RELOAD, manifest=manifest)
                 (job_id,) = reply["added"]
                 with seen:
                     if not seen.wait_for(lambda j=job_id: (j, "completed") in events, timeout=60):

@@ -12,7 +12,8 @@ import json
 import threading
 import time
 
-from mqfleet.wire.topics import JsonObject, JsonValue
+from mqfleet.wire.reports import ProgressReport
+from mqfleet.wire.topics import JsonObject
 
 #: Progress reports held for the next renewal; past this every other one goes (the coordinator keeps
 #: a thinned history anyway), which keeps a renewal far under the request size limit.
@@ -45,15 +46,15 @@ class PendingReports:
                 # every other one goes, the newest stays: the coordinator's history is thinned the same way
                 self._reports = self._reports[::2] + ([self._reports[-1]] if len(self._reports) % 2 == 0 else [])
 
-    def to_send(self) -> list[JsonValue]:
-        """The held reports as the wire's `progress_reports`: `[seq, ts, report]` triples, oldest first."""
+    def to_send(self) -> list[ProgressReport]:
+        """The held reports as the wire's `progress_reports`: `(seq, ts, report)`, oldest first."""
         with self._lock:
-            return [[seq, ts, report] for seq, ts, report, _ in self._reports]
+            return [(seq, ts, report) for seq, ts, report, _ in self._reports]
 
-    def sent(self, sent: list[JsonValue]) -> None:
+    def sent(self, sent: list[ProgressReport]) -> None:
         """Forget the reports the coordinator acknowledged: those up to the last `seq` sent."""
-        last = sent[-1] if sent else None
-        if not isinstance(last, list) or not isinstance(last[0], int):
+        if not sent:
             return
+        last_seq = sent[-1][0]
         with self._lock:
-            self._reports = [r for r in self._reports if r[0] > last[0]]
+            self._reports = [r for r in self._reports if r[0] > last_seq]

@@ -35,7 +35,7 @@ from mqfleet.agent.isolation import TrainerUser, trainer_files
 from mqfleet.agent.reaper import KILL_WAIT_S, POLL_S, pidfile_path, record_run
 from mqfleet.agent.spawn import IS_LINUX, IS_WINDOWS, pgid_of, popen_trainer, spawn
 from mqfleet.agent.usage import UsageMeter
-from mqfleet.wire.replies import Usage
+from mqfleet.wire.reports import Usage
 from mqfleet.wire.topics import JsonObject
 
 logger = logging.getLogger(__name__)

@@ -332,7 +332,7 @@ class Injector:
                 request = CompleteRequest(job_id=job_id, lease_id=lease_id, sha256="0" * 64, size=1, metrics={},
                                           output_tail="stale complete from the soak")
             else:
-                request = FailRequest(job_id=job_id, lease_id=lease_id, cause=Cause.APP.value, exit_code=1,
+                request = FailRequest(job_id=job_id, lease_id=lease_id, cause=Cause.APP, exit_code=1,
                                       output_tail="", error="stale fail from the soak")
             self.record.stale_sent += 1
             sent.append(verb.value)

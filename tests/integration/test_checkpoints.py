@@ -38,7 +38,7 @@ def _saved_step(client: FleetClient, job: str) -> int:
 def _log_lines(client: FleetClient, job: str, attempt: int | None = None) -> list[str]:
     """The job's log lines: its latest attempt's, or those of `attempt`."""
     fields = {"attempt": attempt} if attempt is not None else {}
-    return [str(line) for line in client.call(Verb.LOGS, job=job, **fields)["lines"]]
+    return [str(line) for line in client.call_json(Verb.LOGS, job=job, **fields)["lines"]]
 
 
 def _resumed_steps(client: FleetClient, job: str) -> list[int]:

@@ -164,7 +164,7 @@ def test_migrate_from_sqlite_copies_a_stopped_fleet_with_counts_checked(
         assert "migrated: " in migrated.log() and "jobs 2" in migrated.log()
         after = {j["id"]: (j["status"], j["artifact"]) for j in client.jobs()}
         assert after == {j["id"]: (j["status"], j["artifact"]) for j in before}
-        assert len(client.call(Verb.ARTIFACTS)["artifacts"]) == 2
+        assert len(client.call_json(Verb.ARTIFACTS)["artifacts"]) == 2
         health = client.health()
         assert health.state_store == "postgresql" and health.role == "leader"
     finally:

@@ -52,7 +52,7 @@ def _agent(connect: Callable[..., Connection], topics: Topics, host: str) -> Rpc
 def _claim(rpc: RpcClient) -> dict[str, Any]:
     def granted() -> dict[str, Any] | None:
         try:
-            job = rpc.call(Verb.CLAIM).get("job")
+            job = rpc.call_json(Verb.CLAIM).get("job")
         except Exception:
             return None  # the advert may not have been recorded yet
         return dict(job) if job else None

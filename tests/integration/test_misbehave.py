@@ -93,7 +93,7 @@ def test_trainer_that_writes_nothing_fails_app_and_uploads_nothing(fleet: Fleet)
     attempt = _only_attempt(fleet, "empty")
     assert attempt["cause"] == "app" and attempt["exit_code"] == 0, attempt
     assert "wrote nothing" in attempt["error"], attempt
-    assert fleet.client().call(Verb.ARTIFACTS)["artifacts"] == []
+    assert fleet.client().call_json(Verb.ARTIFACTS)["artifacts"] == []
 
 
 def test_trainer_missing_a_declared_output_fails_app_naming_it(fleet: Fleet) -> None:
@@ -104,7 +104,7 @@ def test_trainer_missing_a_declared_output_fails_app_naming_it(fleet: Fleet) -> 
     attempt = _only_attempt(fleet, "partial")
     assert attempt["cause"] == "app", attempt
     assert "model.pt" in attempt["error"] and "*.json" not in attempt["error"], attempt
-    assert fleet.client().call(Verb.ARTIFACTS)["artifacts"] == []
+    assert fleet.client().call_json(Verb.ARTIFACTS)["artifacts"] == []
 
 
 def _fake_torch(site: Path, version: str) -> None:

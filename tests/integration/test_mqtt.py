@@ -32,8 +32,8 @@ def echo_responder(conn: Connection) -> Callable[[Message], None]:
     """A handler that answers every request with what it asked plus what the transport carried."""
 
     def handle(msg: Message) -> None:
-        conn.reply(msg, topics.ok(echo=msg.json(), response_topic=msg.response_topic,
-                                    correlation=(msg.correlation_data or b"").hex()))
+        conn.reply(msg, {"ok": True, "echo": msg.json(), "response_topic": msg.response_topic,
+                         "correlation": (msg.correlation_data or b"").hex()})
 
     return handle
 

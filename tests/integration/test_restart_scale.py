@@ -62,7 +62,7 @@ def test_restart_with_many_jobs_renews_at_once_while_stale_states_are_republishe
 
     # Every job's priority changes; the coordinator dies before it could republish (most of) them.
     fleet.write_manifest(_manifest(priority=5))
-    fleet.client(timeout_s=60).call(Verb.RELOAD)
+    fleet.client(timeout_s=60).call_json(Verb.RELOAD)
     coordinator.kill()
 
     states = RetainedStates(fleet)

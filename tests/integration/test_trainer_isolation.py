@@ -113,7 +113,7 @@ def test_the_trainer_users_checkpoint_is_synced_and_resumed_from_through_a_file_
     client = tls_fleet.client()
     attempts = client.job("crashy").to_wire()["attempts_detail"]
     assert [a["outcome"] for a in attempts] == ["app", "completed"], attempts
-    lines = [str(line) for line in client.call(Verb.LOGS, job="crashy")["lines"]]
+    lines = [str(line) for line in client.call_json(Verb.LOGS, job="crashy")["lines"]]
     assert any("resumed at step 6" in line for line in lines), lines
 
 

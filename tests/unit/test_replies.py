@@ -9,7 +9,6 @@ import pytest
 
 from mqfleet.errors import BadRequestError
 from mqfleet.wire.replies import (
-    REPLIES,
     AttemptDetail,
     CheckpointDetail,
     CheckpointLatest,
@@ -26,7 +25,8 @@ from mqfleet.wire.replies import (
     reply_json,
 )
 from mqfleet.wire.requests import CheckResult, Health
-from mqfleet.wire.topics import JsonObject
+from mqfleet.wire.topics import JsonObject, Verb
+from mqfleet.wire.verbs import VERBS
 
 JOB: dict[str, Any] = {
     "id": "j" * 64, "name": "gbt-1", "status": "running", "model": "gbt", "mode": "train", "host": "h1", "attempts": 1,
@@ -75,7 +75,7 @@ def test_a_jobs_page_passes_its_rows_through_and_total_is_null_when_not_counted(
 ])
 def test_a_reply_with_a_wrong_or_missing_field_is_refused_naming_it(verb: str, wire: dict[str, Any], named: str) -> None:
     with pytest.raises(BadRequestError, match=named.replace("[", r"\[").replace("]", r"\]")):
-        REPLIES[verb].from_wire(wire)
+        VERBS[Verb(verb)].reply.from_wire(wire)
 
 
 def test_fields_a_newer_coordinator_adds_are_ignored() -> None:

@@ -37,7 +37,8 @@ from mqfleet.cli.render.terminal import clean
 
 if TYPE_CHECKING:
     # annotations only: a renderer loads no wire module the command has not loaded (docs/BENCHMARKS.md, "CLI start-up")
-    from mqfleet.wire.replies import ArtifactRecord, AttemptDetail, CheckpointDetail, CompareRow, JobDetail, Usage
+    from mqfleet.wire.replies import ArtifactRecord, AttemptDetail, CheckpointDetail, CompareRow, JobDetail
+    from mqfleet.wire.reports import Usage
     from mqfleet.wire.topics import JsonObject
 
 # --- listings ------------------------------------------------------------------------------

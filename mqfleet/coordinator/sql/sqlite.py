@@ -117,8 +117,9 @@ class StateFile:
             if rows:
                 self._taken_seq = rows[-1]["seq"]
         return [
-            JobEvent(seq=r["seq"], ts=r["ts"], job_id=r["job_id"], from_status=r["from_status"], to=r["to_status"],
-                     reason=r["reason"], host=r["host"])
+            JobEvent(seq=r["seq"], ts=r["ts"], job_id=r["job_id"],
+                     from_status=JobStatus(r["from_status"]) if r["from_status"] is not None else None,
+                     to=JobStatus(r["to_status"]), reason=r["reason"], host=r["host"])
             for r in rows
         ]
 

@@ -15,7 +15,7 @@ from mqfleet.coordinator.tables.blocking import HOST_LIMITED, OPEN, refresh_bloc
 from mqfleet.coordinator.tables.manifest_memo import recall_manifest, remember_manifest
 from mqfleet.coordinator.tables.rows import JOB_SELECT, ManifestRows, job_json, job_row, manifest_rows, spec_from_json
 from mqfleet.errors import AmbiguousError, BadRequestError, NotFoundError
-from mqfleet.lifecycle import JobStatus
+from mqfleet.lifecycle import Cause, JobStatus
 from mqfleet.manifest.types import JobSpec, Manifest
 from mqfleet.wire.replies import AttemptDetail, LeaseDetail
 from mqfleet.wire.requests import JobRow
@@ -216,7 +216,7 @@ class Catalog:
         )
         return [
             AttemptDetail(number=r["number"], host=r["host"], lease_id=r["lease_id"], started_ts=r["started_ts"],
-                          ended_ts=r["ended_ts"], outcome=r["outcome"], cause=r["cause"], exit_code=r["exit_code"],
+                          ended_ts=r["ended_ts"], outcome=r["outcome"], cause=Cause(r["cause"]) if r["cause"] else None, exit_code=r["exit_code"],
                           output_tail=r["output_tail"], error=r["error"])
             for r in rows
         ]
