@@ -82,6 +82,8 @@ ENV_S3_ENDPOINT = "MQFLEET_S3_ENDPOINT"
 ENV_S3_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 ENV_S3_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_S3_SECURE = "MQFLEET_S3_SECURE"
+#: `LOW-HIGH`: the local services (mqfleet/local/) take their ports from this range only (parallel test workers).
+ENV_LOCAL_PORTS = "MQFLEET_LOCAL_PORTS"
 
 #: Environment the agent gives each trainer.
 ENV_SPEC = "MQFLEET_SPEC"

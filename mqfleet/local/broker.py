@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -21,17 +20,12 @@ from pathlib import Path
 from types import TracebackType
 
 from mqfleet.defaults import TOPIC_PREFIX
+from mqfleet.local.ports import free_port
 from mqfleet.trust.acl import render_acl, write_acl
 from mqfleet.trust.certs import COORDINATOR_CN, OPERATOR_PREFIX, CertRole, issue_cert, make_ca
 from mqfleet.trust.mosquitto_conf import ACL_FILE, render_broker_conf
 
 _PORT_ATTEMPTS = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class BrokerStartError(RuntimeError):
@@ -144,7 +138,7 @@ class LocalBroker:
     def render_conf(self, port: int) -> str:
         if self.tls_dir is not None:
             if self._tls_port is None:
-                self._tls_port = _free_port()
+                self._tls_port = free_port()
             return render_broker_conf(
                 conf_dir=self.tls_dir,
                 port_tls=self._tls_port,
@@ -191,7 +185,7 @@ class LocalBroker:
         error = ""
         for _ in range(attempts):
             if self._port is None:
-                self._port = _free_port()
+                self._port = free_port()
             error = self._launch(binary, self._port, timeout_s)
             if not error:
                 return self

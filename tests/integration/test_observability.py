@@ -15,7 +15,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures.common import free_port, wait_until
+from mqfleet.local.ports import free_port
+from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import Fleet, manifest_text
 
 HUNGRY_TRAINER = """\
