@@ -4,8 +4,8 @@ An advert comes from the bus, so it is hostile input: every known field must hav
 `ram_gib` that is not a number, a `cpu_cores` that is a string), strings and lists are bounded, and
 a few unknown scalar fields are kept so a newer agent can add some. A refused advert raises
 `BadRequestError` naming the field; the coordinator then keeps the host's last good advert and
-says why in `workers` (docs/SECURITY.md, "Adverts"). The agent builds an `Advert` (agent/capability.py) and
-publishes its `to_wire()`; the coordinator reads one back with `parse_advert` (the host from the topic).
+says why in `workers` (docs/SECURITY.md, "What the broker enforces and what the coordinator checks").
+The agent builds an `Advert` (agent/capability.py) and publishes its `to_wire()`; the coordinator reads one back with `parse_advert` (the host from the topic).
 An advert is a WireMessage whose `from_wire` adds the bounds above to the type checks, and keeps extras.
 """
 

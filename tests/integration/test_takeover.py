@@ -2,9 +2,9 @@
 with host A's client id `agent-host-a` while A's agent runs a job.
 
 Mosquitto lets it: the broker cannot bind client ids to certificates in its file ACL without making every
-certificate one connection at most (docs/SECURITY.md, "Client ids"). What the test pins down is that the
-takeover gains nothing: the intruder cannot publish as A, cannot read A's control messages, and A's job
-completes on A with its own artifact once A's agent is back.
+certificate one connection at most (docs/SECURITY.md, "Trade-offs and residual risks"). What the test pins
+down is that the takeover gains nothing: the intruder cannot publish as A, cannot read A's control
+messages, and A's job completes on A with its own artifact once A's agent is back.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The coordinator's SQLite file: the connection, its one lock, `transaction()`, `transition()`
 (the only write of a job's status), the event feed and the request memory.
 
-The noun modules (`catalog`, `hosts`, `claims`, `leases`, `artifacts`) hold the SQL of
-their tables and run it through one `StateFile`; nothing else in the package speaks SQL.
-The tables themselves are declared in `coordinator/sql/schema.py`.
+The table modules (`coordinator/tables/`: `catalog`, `hosts`, `claims`, `leases`, ...) hold the SQL of
+their tables and run it through one `StateFile`; outside `sql/` and `tables/` only the running parts'
+own bookkeeping speaks SQL (counts in `health.py` and `metrics.py`, the published digests in
+`republish.py`). The tables themselves are declared in `coordinator/sql/schema.py`.
 """
 
 from __future__ import annotations
