@@ -29,9 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, median, new_prefix
+from bench.common import ROOT, CoordinatorProc, fleet_env, median, new_prefix
 from mqfleet.agent.checkpoint import MIB, CheckpointPlan, CheckpointSync
 from mqfleet.local.broker import LocalBroker
+from mqfleet.local.process import Proc
 from mqfleet.store.files import FileStore
 from mqfleet.wire.codec import Wire, WireMessage
 from mqfleet.wire.topics import Verb
@@ -166,7 +167,7 @@ def measure_resume_saving(workdir: Path, *, grace_s: float = 2.0, at: float = 0.
                 agents.append(victim)
                 progress = _wait_progress(coord, name, at)
                 killed = time.monotonic()
-                victim.kill9()
+                victim.kill()
                 agents.append(_agent(f"{name}-2", workdir / name, env))
                 deadline = time.monotonic() + 120
                 while coord.client.job(name).status != "completed":
@@ -185,8 +186,8 @@ def measure_resume_saving(workdir: Path, *, grace_s: float = 2.0, at: float = 0.
 
 
 def _agent(host: str, workdir: Path, env: dict[str, str]) -> Proc:
-    return Proc([sys.executable, "-m", "mqfleet", "agent", "--host-id", host, "--work-dir", str(workdir / host),
-                 "--repo", str(ROOT), "--shutdown-grace", "1", "--keepalive", "2"], env, workdir / f"{host}.log")
+    return Proc(host, [sys.executable, "-m", "mqfleet", "agent", "--host-id", host, "--work-dir", str(workdir / host),
+                       "--repo", str(ROOT), "--shutdown-grace", "1", "--keepalive", "2"], env, workdir / f"{host}.log", cwd=ROOT)
 
 
 def _wait_progress(coord: CoordinatorProc, name: str, at: float) -> float:

@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
-from mqfleet.cli.fleet import settle_picture  # noqa: E402
 from mqfleet.cli.render import fleet as render_fleet  # noqa: E402
 from mqfleet.cli.render import jobs as render_jobs  # noqa: E402
 from mqfleet.client import FleetClient  # noqa: E402
+from mqfleet.fleet_picture import settle_picture  # noqa: E402
 from mqfleet.local.broker import LocalBroker  # noqa: E402
 from mqfleet.mqtt.config import BrokerConfig  # noqa: E402
 from mqfleet.wire.topics import JsonObject, Verb  # noqa: E402
@@ -180,7 +180,7 @@ def capture(work: Path, out: Path, width: int) -> None:
         export(render_jobs.compare_table(rows, compared.metric_names, sort_by="loss", title="sweep curve-sweep"), out,
                "compare", width, "mqfleet compare --sweep curve-sweep")
         picture, _ = settle_picture(client, timeout_s=5)
-        export(picture.frame(), out, "watch", width, "mqfleet watch")
+        export(render_fleet.watch_frame(picture, time.time()), out, "watch", width, "mqfleet watch")
     finally:
         client.close()
         for proc in reversed(procs):

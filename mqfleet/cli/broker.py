@@ -12,6 +12,7 @@ import click
 from mqfleet.cli import cli
 from mqfleet.defaults import TOPIC_PREFIX
 from mqfleet.errors import ManifestError, MqfleetError
+from mqfleet.hostid import COORDINATOR_CN
 from mqfleet.trust import acl, certs, mosquitto_conf
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def revoke_command(ca_dir: Path, cert_file: Path) -> None:
 )
 @click.option("--hosts", default="", help="Comma-separated agent host ids, added to the manifest's.")
 @click.option("--operators", default="", help="Comma-separated operator names (CN operator-NAME).")
-@click.option("--coordinator", default=certs.COORDINATOR_CN, show_default=True, help="The coordinator's CN.")
+@click.option("--coordinator", default=COORDINATOR_CN, show_default=True, help="The coordinator's CN.")
 @click.option("--prefix", default=TOPIC_PREFIX, show_default=True, help="Topic prefix.")
 @click.option(
     "--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ACL file; - for stdout."

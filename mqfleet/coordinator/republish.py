@@ -132,9 +132,6 @@ class StateRepublisher:
     def is_sweeping(self) -> bool:
         return not self._idle.is_set()
 
-    def wait_idle(self, timeout_s: float) -> bool:
-        return self._idle.wait(timeout_s)
-
     def publish_state(self, job_id: str, state: JsonObject) -> None:
         """Publish one job's retained state (its JobRow's JSON) now (caller holds the lock, after commit)."""
         data, digest = state_payload(state)

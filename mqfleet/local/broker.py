@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from mqfleet.defaults import TOPIC_PREFIX
+from mqfleet.defaults import ENV_CA, ENV_CERT, ENV_KEY, TOPIC_PREFIX
+from mqfleet.hostid import COORDINATOR_CN, OPERATOR_PREFIX
 from mqfleet.local.ports import free_port
 from mqfleet.trust.acl import render_acl, write_acl
-from mqfleet.trust.certs import COORDINATOR_CN, OPERATOR_PREFIX, CertRole, issue_cert, make_ca
+from mqfleet.trust.certs import CertRole, issue_cert, make_ca
 from mqfleet.trust.mosquitto_conf import ACL_FILE, render_broker_conf
 
 _PORT_ATTEMPTS = 5
@@ -49,7 +50,7 @@ class BrokerPki:
     def env(self, cn: str) -> dict[str, str]:
         """MQFLEET_CA/CERT/KEY for a process that connects as `cn`."""
         cert, key = self.cert(cn)
-        return {"MQFLEET_CA": str(self.ca), "MQFLEET_CERT": str(cert), "MQFLEET_KEY": str(key)}
+        return {ENV_CA: str(self.ca), ENV_CERT: str(cert), ENV_KEY: str(key)}
 
 
 def make_broker_pki(directory: Path, *, hosts: Sequence[str], operators: Sequence[str] = ("operator",),
@@ -222,9 +223,6 @@ class LocalBroker:
                 return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
-
-    def log_text(self) -> str:
-        return self._log_since(0)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM (mosquitto saves persistence on it), a bounded wait, then SIGKILL."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mqfleet.defaults import TOPIC_PREFIX
 from mqfleet.errors import ConfigurationError, ManifestError, Problem
-from mqfleet.trust.certs import COORDINATOR_CN, OPERATOR_PREFIX, check_name
+from mqfleet.hostid import COORDINATOR_CN, OPERATOR_PREFIX, check_host_id, check_name
 from mqfleet.wire.topics import Role, Topics
 
 if sys.version_info >= (3, 11):
@@ -122,7 +122,7 @@ def hosts_in_manifest(path: str | os.PathLike[str]) -> list[str]:
             problems.append(Problem(f"hosts[{i}].id", "required, a string"))
             continue
         try:
-            check_name(host, "host id")
+            check_host_id(host)
         except ConfigurationError as e:
             problems.append(Problem(f"hosts[{i}].id", str(e)))
             continue
@@ -155,9 +155,7 @@ def _check_prefix(prefix: str) -> str:
 def _check_hosts(hosts: Sequence[str], *, coordinator: str) -> list[str]:
     ids: list[str] = []
     for host in hosts:
-        check_name(host, "host id")
-        if host.startswith(OPERATOR_PREFIX) or host == coordinator:
-            raise ConfigurationError(f"host id {host!r} would get operator or coordinator rights; rename the host")
+        check_host_id(host, coordinator=coordinator)
         if host in ids:
             raise ConfigurationError(f"host id {host!r} is listed twice")
         ids.append(host)

@@ -7,7 +7,6 @@ renderer agree on one layout (docs/INTERNALS.md, "Topics").
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeAlias
@@ -258,10 +257,6 @@ def ok(**fields: Any) -> Wire:
 def error(code: str, message: str) -> Wire:
     """A refusal reply, as it is encoded."""
     return {"ok": False, "error": code, "message": message}
-
-
-def now_ts() -> float:
-    return time.time()
 
 
 _MISSING = object()

@@ -14,11 +14,12 @@ from urllib.parse import urlsplit
 
 from mqfleet.errors import RemoteError
 from mqfleet.local.postgres import LocalPostgres
+from mqfleet.local.process import Proc
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
-from tests.fixtures.fleet import Fleet, Proc, manifest_text
+from tests.fixtures.fleet import ROOT, Fleet, manifest_text
 
 #: Long enough that a loaded test machine never loses a live host's lease, short enough to matter.
 FLEET = """\
@@ -36,7 +37,7 @@ def _jobs(n: int) -> list[dict[str, Any]]:
 def _start(fleet: Fleet, url: str, name: str, password: str) -> Proc:
     argv = [sys.executable, "-m", "mqfleet", "coordinator", "--manifest", str(fleet.manifest_path), "--db", url,
             "--store", fleet.store_url, "--sweep-interval", "0.2", "--client-id", name]
-    return Proc(name, argv, {**fleet.env, "MQFLEET_DB_PASSWORD": password}, fleet.dir / f"{name}.log")
+    return Proc(name, argv, {**fleet.env, "MQFLEET_DB_PASSWORD": password}, fleet.dir / f"{name}.log", cwd=ROOT)
 
 
 def _without_password(url: str) -> str:
@@ -154,7 +155,8 @@ def test_migrate_from_sqlite_copies_a_stopped_fleet_with_counts_checked(
     target = postgres_url  # an empty database
     argv = ["coordinator", "--manifest", str(fleet.manifest_path), "--db", target, "--store", fleet.store_url,
             "--migrate-from", f"sqlite:{fleet.db_path}", "--client-id", "pg"]
-    migrated = Proc("migrated", [sys.executable, "-m", "mqfleet", *argv], fleet.env, fleet.dir / "migrated.log")
+    migrated = Proc("migrated", [sys.executable, "-m", "mqfleet", *argv], fleet.env, fleet.dir / "migrated.log",
+                    cwd=ROOT)
     client = fleet.client(timeout_s=2.0)
     try:
         wait_until(lambda: _answers(client), timeout_s=60, what="the migrated coordinator to answer")

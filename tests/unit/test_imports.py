@@ -145,14 +145,17 @@ def test_the_agent_never_imports_the_cli_even_through_another_module() -> None:
 #: the units of any lower layer, and nothing else: units that share a layer do not import each other
 #: (except in the base, whose modules are leaves and may use one another).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # the base: the package itself (its version), exceptions, defaults, the job state machine, logging set-up
-    ("mqfleet", "mqfleet.errors", "mqfleet.defaults", "mqfleet.lifecycle", "mqfleet.logs"),
+    # the base: the package itself (its version), exceptions, defaults, the host-id rule, the job state machine,
+    # logging set-up
+    ("mqfleet", "mqfleet.errors", "mqfleet.defaults", "mqfleet.hostid", "mqfleet.lifecycle", "mqfleet.logs"),
     # the bus contract both sides share: message types, topics, adverts, signatures; no I/O
     ("mqfleet.wire",),
     # the manifest's types and checks; the MQTT client; the artifact store; the broker's deployment files
     ("mqfleet.manifest", "mqfleet.mqtt", "mqfleet.store", "mqfleet.trust"),
     # FleetClient, the operator's Python API over the bus (the agent's selftest asks the coordinator through it)
     ("mqfleet.client",),
+    # what a live view folds from the bus through a FleetClient (`watch`)
+    ("mqfleet.fleet_picture",),
     # the roles: what runs on the coordinator host, on each agent host, and as each trainer process
     ("mqfleet.coordinator", "mqfleet.agent", "mqfleet.trainers"),
     # local copies of the real services (broker, S3, PostgreSQL) and the demo built on them

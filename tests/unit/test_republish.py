@@ -11,6 +11,7 @@ from mqfleet.coordinator.republish import StateRepublisher, record_published, st
 from mqfleet.coordinator.tables.manifest_memo import manifest_digest
 from mqfleet.coordinator.tables.rows import manifest_rows
 from mqfleet.wire.topics import decode
+from tests.fixtures.common import wait_until
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, job, manifest
 
@@ -37,7 +38,7 @@ def _sweep(rep: StateRepublisher) -> None:
     rep.start()
     try:
         rep.request_sweep()
-        assert rep.wait_idle(30), "the sweep did not finish"
+        wait_until(lambda: not rep.is_sweeping(), timeout_s=30, what="the sweep to finish")
     finally:
         rep.stop()
 

@@ -23,12 +23,11 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from mqfleet.coordinator.sql import pgdialect
+from mqfleet.defaults import ENV_DB_PASSWORD
 from mqfleet.errors import ConfigurationError, UnavailableError
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable with the database password, for URLs that carry none (PGPASSWORD works too).
-ENV_DB_PASSWORD = "MQFLEET_DB_PASSWORD"
 #: Seconds to wait for a connection to the server before calling it unreachable.
 CONNECT_TIMEOUT_S = 5
 #: A writer waiting longer than this for the write lock gives up with `unavailable` (a stuck peer).

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 from mqfleet import defaults
 from mqfleet.coordinator.sql.schema import open_connection
@@ -243,15 +243,17 @@ def transition(
     )
     if cur.rowcount != 1:
         raise error(f"job {job_id} is {current.value}; {to.value} needs {' or '.join(s.value for s in expected)}")
-    record_event(conn, job_id, current.value, to.value, reason=reason, now=now, host=new_host)
+    record_events(conn, [(now, job_id, current.value, to.value, reason, new_host)])
     logger.info("job %s: %s -> %s (%s)", job_id[:12], current.value, to.value, reason)
     return current
 
 
-def record_event(
-    conn: sqlite3.Connection, job_id: str, from_status: str | None, to_status: str, *, reason: str, now: float, host: str | None
-) -> None:
-    conn.execute(
-        "INSERT INTO events (ts, job_id, from_status, to_status, reason, host) VALUES (?, ?, ?, ?, ?, ?)",
-        (now, job_id, from_status, to_status, reason, host),
+#: An event as it is stored: (ts, job_id, from_status, to_status, reason, host).
+EventRow: TypeAlias = tuple[float, str, str | None, str, str, str | None]
+
+
+def record_events(conn: sqlite3.Connection, events: Iterable[EventRow]) -> None:
+    """The one insert into the events table: each status change (`transition`) and each job a manifest added."""
+    conn.executemany(
+        "INSERT INTO events (ts, job_id, from_status, to_status, reason, host) VALUES (?, ?, ?, ?, ?, ?)", events
     )
