@@ -15,7 +15,7 @@ test: setup lint
 
 lint:
 	$(VENV)/bin/ruff check mqfleet tests bench scripts
-	$(VENV)/bin/mypy --strict mqfleet
+	$(VENV)/bin/mypy --strict mqfleet tests bench scripts
 
 soak: setup
 	$(PY) -m mqfleet.soak --duration $${DURATION:-600} --agents $${AGENTS:-20} --jobs $${JOBS:-500} --seed $${SEED:-1}

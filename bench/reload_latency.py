@@ -72,8 +72,11 @@ def measure_reload(trials: int, workdir: Path) -> dict[str, Any]:
                 sent = time.perf_counter()
                 reply = coord.client.call(Verb.RELOAD, manifest=manifest)
                 (job_id,) = reply["added"]
+                def completed(job: str = job_id) -> bool:
+                    return (job, "completed") in events
+
                 with seen:
-                    if not seen.wait_for(lambda j=job_id: (j, "completed") in events, timeout=60):
+                    if not seen.wait_for(completed, timeout=60):
                         raise RuntimeError(f"reload trial {i}: job not completed in 60 s:\n{agent.log_tail()}")
                 to_claimed.append(events[(job_id, "claimed")] - sent)
                 to_running.append(events[(job_id, "running")] - sent)

@@ -161,7 +161,7 @@ def capture(work: Path, out: Path, width: int) -> None:
                   "--repo", str(ROOT), "--heartbeat", "2")
 
         def settled() -> bool:
-            by_name = {j["name"]: j for j in client.jobs()}
+            by_name: dict[str, Any] = {str(j["name"]): j for j in client.jobs()}
             slow = by_name["slow-long"]
             curves = [j for name, j in by_name.items() if name.startswith("curve-sweep")]
             return (by_name["ok-baseline"]["status"] == "completed" and by_name["crash-demo"]["status"] == "failed"

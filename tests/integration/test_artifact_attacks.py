@@ -51,7 +51,8 @@ class HostileHost:
             reply = self.call("claim")
             return reply["job"] if reply.get("job") else None
 
-        return wait_until(granted, timeout_s=15, interval_s=0.3, what=f"a claim by {self.host}")
+        job: dict[str, Any] = wait_until(granted, timeout_s=15, interval_s=0.3, what=f"a claim by {self.host}")
+        return job
 
     def close(self) -> None:
         self.conn.stop(timeout_s=2)

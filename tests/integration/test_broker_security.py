@@ -358,7 +358,11 @@ def test_loopback_listener_gives_local_processes_public_state_only(broker: Broke
         for topic in (T.rpc(Role.AGENT, "host-b", Verb.CLAIM), T.rpc(Role.OPERATOR, "x", Verb.CANCEL),
                       T.rpc(Role.QUERY, "agent-host-a", Verb.HEALTH), T.advert("host-b"), T.control("host-a")):
             mid = local.publish(topic, "local", qos=1).mid
-            _wait_until(lambda mid=mid: mid in acks, f"PUBACK for {topic}")
+
+            def acked(mid: int = mid) -> bool:
+                return mid in acks
+
+            _wait_until(acked, f"PUBACK for {topic}")
             assert acks[mid].value == NOT_AUTHORIZED, (topic, acks[mid])
     finally:
         local.loop_stop()

@@ -91,9 +91,11 @@ def test_two_coordinators_survive_kill_9_of_each_with_every_job_done_exactly_onc
             fleet.write_manifest(manifest_text(*_jobs(20), fleet=FLEET))
             assert fleet.cli("reload").returncode == 0
         procs[leader] = _start(fleet, url, leader, postgres.password)
-        wait_until(lambda n=leader: any(c["id"] == n and c["alive"] and c["role"] == "follower"
-                                        for c in _health(client).get("coordinators", [])),
-                   timeout_s=60, what=f"{leader} back as a follower")
+        def is_follower(name: str = leader) -> bool:
+            return any(c["id"] == name and c["alive"] and c["role"] == "follower"
+                       for c in _health(client).get("coordinators", []))
+
+        wait_until(is_follower, timeout_s=60, what=f"{leader} back as a follower")
         time.sleep(3)  # let jobs flow through both before the next kill
     print(f"leader moved after kill -9 in {', '.join(f'{m:.2f}s' for m in moves)}")
 
@@ -175,7 +177,8 @@ def test_migrate_from_sqlite_copies_a_stopped_fleet_with_counts_checked(
 def _health(client: Any) -> dict[str, Any]:
     """The health reply, or {} while no coordinator answers (one is being killed or started)."""
     try:
-        return client.health().to_wire()
+        health: dict[str, Any] = client.health().to_wire()
+        return health
     except Exception:
         return {}
 

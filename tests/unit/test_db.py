@@ -415,7 +415,7 @@ def test_expired_lease_returns_job_to_pending_with_attempt_incremented(db: Coord
     assert db.expire_leases(T0 + 90) == [job_id("a")]
     row = db.job(job_id("a"))
     assert (row.status, row.attempts, row.host, db.lease(job_id("a"))) == ("pending", 1, None, None)
-    assert "lease expired on h" in row.error
+    assert "lease expired on h" in (row.error or "")
     [attempt] = db.attempts(job_id("a"))
     assert (attempt.cause, attempt.ended_ts, attempt.lease_id) == ("lost", T0 + 90, grant.lease_id)
 

@@ -12,7 +12,7 @@ from mqfleet import defaults
 from mqfleet.coordinator.tables.history import AttemptHistory, check_usage
 from mqfleet.lifecycle import Cause
 from mqfleet.wire.replies import HostUsage, Usage
-from mqfleet.wire.topics import JsonValue
+from mqfleet.wire.topics import JsonObject, JsonValue
 from tests.fixtures.common import held_by_another_thread
 from tests.fixtures.state import CoordinatorState as Database
 from tests.unit.test_db import T0, advert, job, job_id, manifest
@@ -50,7 +50,8 @@ def test_progress_past_the_bound_is_thinned_evenly_and_resent_reports_are_ignore
     cap = defaults.PROGRESS_POINTS_MAX
     total = cap * 3 + 7
     for start in range(1, total + 1, 50):
-        batch = [(seq, T0 + seq, {"loss": 1.0 / seq}) for seq in range(start, min(start + 50, total + 1))]
+        batch: list[tuple[int, float, JsonObject]] = [
+            (seq, T0 + seq, {"loss": 1.0 / seq}) for seq in range(start, min(start + 50, total + 1))]
         history.append_progress("j", 1, batch)
         history.append_progress("j", 1, batch)  # a renewal resent after a lost reply
     kept = [p.seq for p in history.progress("j")]
@@ -64,9 +65,9 @@ def test_progress_past_the_bound_is_thinned_evenly_and_resent_reports_are_ignore
 
 def test_usage_is_kept_per_attempt_and_summed_per_host(db: Database) -> None:
     history = AttemptHistory(db.state)
-    grants = [db.claim("h1", T0), db.claim("h1", T0)]
+    grants = [grant for grant in (db.claim("h1", T0), db.claim("h1", T0)) if grant is not None]
+    assert len(grants) == 2
     for i, grant in enumerate(grants):
-        assert grant is not None
         usage = check_usage({"wall_s": 10 + i, "cpu_s": 2.5, "max_rss_bytes": 1000 * (i + 1), "gpu_mem_max_bytes": None})
         assert usage is not None
         history.record_usage(grant.job.id, grant.attempt, usage)
