@@ -6,6 +6,7 @@ differ only by a suffix (docs/INTERNALS.md, "Modules and who owns what")."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +50,7 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
+@functools.cache  # the tree does not change during a run; parsing it is most of these tests' time
 def import_graph() -> dict[str, set[str]]:
     mods = modules()
     known = set(mods)
