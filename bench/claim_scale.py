@@ -14,8 +14,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from mqfleet.coordinator.sql.sqlite import StateFile
+from mqfleet.coordinator.sql.postgres import open_state
 from mqfleet.coordinator.tables.artifacts import Artifacts
 from mqfleet.coordinator.tables.catalog import Catalog
 from mqfleet.coordinator.tables.claims import Claims
@@ -27,9 +28,9 @@ from mqfleet.wire.advert import parse_advert
 
 T0 = 1_800_000_000.0
 HOSTS = {
-    "cpu-box": {"cuda": False, "gpus": [], "ram_gib": 32, "torch": "2.13.0", "slots": 64},
+    "cpu-box": {"cuda": False, "gpus": [], "ram_gib": 32, "torch": "2.13.0", "slots": 64, "arch": "x86_64"},
     "gpu-box": {"cuda": True, "gpus": [{"index": 0, "name": "gpu", "uuid": "u0", "vram_gib": 24}], "ram_gib": 64,
-                "torch": "2.13.0", "slots": 64},
+                "torch": "2.13.0", "slots": 64, "arch": "x86_64"},
 }
 
 
@@ -54,7 +55,7 @@ def build_manifest(n_jobs: int, seed: int = 0) -> Manifest:
 def measure(n_jobs: int, claims: int) -> tuple[list[float], float]:
     """Claim latencies in seconds over `claims` claims against `n_jobs` pending jobs, and the fill time."""
     with tempfile.TemporaryDirectory() as tmp:
-        state = StateFile(Path(tmp) / "bench.db")
+        state = open_state(Path(tmp) / "bench.db")
         catalog, hosts_table = Catalog(state), Hosts(state)
         claims_made, leases = Claims(state, catalog, hosts_table), Leases(state, catalog, Artifacts(state))
         m = build_manifest(n_jobs)
@@ -78,35 +79,56 @@ def measure(n_jobs: int, claims: int) -> tuple[list[float], float]:
     return latencies, fill_s
 
 
-def measure_foreign(n_jobs: int, claims: int) -> list[float]:
-    """Claim latencies of a host that may run none of `n_jobs` pending jobs (all limited by allowed_hosts to
-    another host), beside one open job per claim: what it costs a host to be surrounded by others' work."""
+#: What keeps the pending jobs of `measure_beside` from the claimer, cpu-box: `allowed_hosts` (a rule in SQL,
+#: issue 17's probe), the rules only Python checks (issue 25: torch, commit, arch, prefer_cuda with a CUDA host
+#: online), and retries that failed on cpu-box and prefer gpu-box (judged per set of failed hosts).
+BESIDE = ("foreign", "python-rejected", "retries-elsewhere")
+COMMIT = "c0ffee" * 6 + "c0ff"
+
+
+def measure_beside(kind: str, n_jobs: int, claims: int) -> list[float]:
+    """Claim latencies of cpu-box beside `n_jobs` better-ranked pending jobs it may not take (`kind`, one of
+    BESIDE), and one open job per claim: what it costs a host to be surrounded by work it cannot run."""
     with tempfile.TemporaryDirectory() as tmp:
-        state = StateFile(Path(tmp) / "bench.db")
+        state = open_state(Path(tmp) / "bench.db")
         catalog, hosts_table = Catalog(state), Hosts(state)
         claims_made, leases = Claims(state, catalog, hosts_table), Leases(state, catalog, Artifacts(state))
         hyper = {"n_estimators": HyperParam("n_estimators", "int", 200, min=1)}
         trainers = {"gbt": TrainerSpec(name="gbt", builtin="xgboost", command=(), hyper=hyper)}
-        jobs = [JobSpec(id=hashlib.sha256(f"foreign-{i}".encode()).hexdigest(), name=f"foreign-{i}", model="gbt",
-                        mode="realistic", hyper={"n_estimators": 10}, allowed_hosts=("gpu-box",), priority=1)
+        jobs = [JobSpec(id=hashlib.sha256(f"{kind}-{i}".encode()).hexdigest(), name=f"{kind}-{i}", model="gbt",
+                        mode="realistic", hyper={"n_estimators": 10}, priority=1, **_kept_from_cpu_box(kind, i))
                 for i in range(n_jobs)]
         jobs.append(JobSpec(id="open" + "0" * 60, name="open", model="gbt", mode="realistic", hyper={"n_estimators": 10}))
-        m = Manifest(fleet=FleetSettings(), trainers=trainers, hosts={}, jobs=tuple(jobs))
+        m = Manifest(fleet=FleetSettings(commit=COMMIT), trainers=trainers, hosts={}, jobs=tuple(jobs))
         catalog.apply_manifest(m, T0)
         for host, ad in HOSTS.items():
-            hosts_table.record_advert(host, parse_advert(host, {"host": host, **ad}), T0)
+            hosts_table.record_advert(host, parse_advert(host, {"host": host, **ad, "git_commit": "0" * 40}), T0)
             hosts_table.record_presence(host, True, T0, grace_s=m.fleet.grace_s)
+        if kind == "retries-elsewhere":
+            with state.transaction() as c:  # as if each had failed once on cpu-box
+                c.executemany("INSERT INTO retries (job_id, not_before_ts) VALUES (?, ?)", [(j.id, T0) for j in jobs[:-1]])
+                c.executemany("UPDATE jobs SET failed_hosts = '[\"cpu-box\"]' WHERE id = ?", [(j.id,) for j in jobs[:-1]])
         latencies = []
         for i in range(claims):
             start = time.perf_counter()
             grant = claims_made.claim("cpu-box", T0 + i, m)
             latencies.append(time.perf_counter() - start)
             if grant is None or grant.job.name != "open":
-                raise SystemExit(f"cpu-box did not get the open job beside {n_jobs} foreign ones: {grant}")
+                raise SystemExit(f"cpu-box did not get the open job beside {n_jobs} {kind} ones: {grant}")
             leases.fail(grant.job.id, grant.lease_id, "cpu-box", Cause.SHUTDOWN, exit_code=None,
                         output_tail="", error="", now=T0 + i)
         state.close()
     return latencies
+
+
+def _kept_from_cpu_box(kind: str, i: int) -> dict[str, Any]:
+    if kind == "foreign":
+        return {"allowed_hosts": ("gpu-box",)}
+    if kind == "python-rejected":
+        kept: list[dict[str, Any]] = [{"min_torch": "99.0"}, {"same_commit": True}, {"arch": ("aarch64",)},
+                                      {"prefer_cuda": True}]
+        return kept[i % 4]
+    return {}
 
 
 def p99(values: list[float]) -> float:

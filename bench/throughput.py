@@ -40,7 +40,7 @@ def seed_artifact(agent: SimAgent, workdir: Path) -> tuple[str, int]:
     if not up.get("ok"):
         raise RuntimeError(f"upload_url refused: {up}")
     if not up["exists"]:
-        upload_to_url(up["url"], workdir / "seed.tar.zst")
+        upload_to_url(up["url"], workdir / "seed.tar.zst", method=up.get("method") or "PUT", fields=up.get("fields"))
     done = agent.call(Verb.COMPLETE, **lease, sha256=sha, size=size, metrics={}, output_tail="")
     if not done.get("ok"):
         raise RuntimeError(f"seed completion refused: {done}")

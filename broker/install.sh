@@ -4,6 +4,8 @@
 # CA_DIR holds ca.crt, crl.pem, server.crt and server.key (`mqfleet broker ca` / `issue --role server`);
 # MANIFEST is the fleet manifest whose [[hosts]] become the ACL; OPERATORS is "alice,bob".
 # Rerun it after enrolling or revoking a host: it re-renders the ACL and reloads mosquitto.
+# The first run also makes the loopback listener's monitoring account `monitor` (its password in
+# /etc/mqfleet/monitor/mosquitto_sub, readable by the group mqfleet-monitor); reruns keep it.
 # DESTDIR stages the files elsewhere and skips systemd (for a dry run or a package build).
 set -euo pipefail
 
@@ -18,6 +20,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 mqfleet=${MQFLEET:-mqfleet}
 dest=${DESTDIR:-}
 conf_dir=$dest/etc/mqfleet/broker
+monitor_dir=$dest/etc/mqfleet/monitor
+monitor_group="mqfleet-monitor"
 dropin_dir=$dest/etc/systemd/system/mosquitto.service.d
 
 # Mosquitto starts as root and reads these files after dropping to the mosquitto user, so they are
@@ -29,8 +33,22 @@ install -o root -g mosquitto -m 0644 "$ca_dir/ca.crt" "$conf_dir/ca.crt"
 install -o root -g mosquitto -m 0644 "$ca_dir/crl.pem" "$conf_dir/crl.pem"
 install -o root -g mosquitto -m 0644 "$ca_dir/server.crt" "$conf_dir/server.crt"
 install -o root -g mosquitto -m 0640 "$ca_dir/server.key" "$conf_dir/server.key"
-"$mqfleet" broker acl --manifest "$manifest" --operators "$operators" --out "$conf_dir/acl"
+# Monitoring: no anonymous clients (they could take the fleet's client ids), so `mosquitto_sub` logs in
+# as `monitor`, whose password only root and the group mqfleet-monitor can read (usermod -aG it).
+if [[ ! -e $conf_dir/passwd ]]; then
+    "$mqfleet" broker monitor --passwd "$conf_dir/passwd" --options "$monitor_dir/mosquitto_sub"
+fi
+chown root:mosquitto "$conf_dir/passwd"
+chmod 0640 "$conf_dir/passwd"
+"$mqfleet" broker acl --manifest "$manifest" --operators "$operators" --passwd "$conf_dir/passwd" \
+    --out "$conf_dir/acl"
 chown root:mosquitto "$conf_dir/acl"
+if [[ -z $dest && -e $monitor_dir/mosquitto_sub ]]; then
+    getent group "$monitor_group" >/dev/null || groupadd --system "$monitor_group"
+    chown root:"$monitor_group" "$monitor_dir" "$monitor_dir/mosquitto_sub"
+    chmod 0750 "$monitor_dir"
+    chmod 0640 "$monitor_dir/mosquitto_sub"
+fi
 install -d -m 0755 "$dropin_dir"
 install -m 0644 "$here/mosquitto.service.d/mqfleet.conf" "$dropin_dir/mqfleet.conf"
 

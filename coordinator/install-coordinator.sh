@@ -39,7 +39,7 @@ the manifest, the systemd unit; then enable and start it.
   --token-file FILE   read the operator token from FILE, or from stdin with '-' (default: generated,
                       64 hex digits); never on the command line, where ps shows it to every user
   --broker URL        broker the coordinator uses (default mqtts://localhost:8883: the TLS listener, since the
-                      loopback listener gives anonymous local processes public reads only)
+                      loopback listener serves monitoring accounts public reads only)
   --ca F --cert F --key F   fleet CA and the coordinator's certificate and key (CN coordinator; required
                       for mqtts://): mqfleet broker issue --role coordinator --cn coordinator
   --prefix PREFIX     topic prefix (default mqfleet)

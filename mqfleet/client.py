@@ -76,8 +76,8 @@ class FleetClient:
         if self._started:
             return
         try:
-            # A connection is slower than a request (TLS handshake), so it gets at least 5 s.
-            self.conn.start(wait_s=wait_s if wait_s is not None else max(self.timeout_s, 5.0))
+            # --timeout bounds the connect too: `health --timeout 0.1` with no broker gives up at once.
+            self.conn.start(wait_s=wait_s if wait_s is not None else self.timeout_s)
         except BrokerUnavailableError:
             # A Connection starts once: the next call tries again with a fresh one.
             self.conn = Connection(self.broker, client_id=self.client_id, reply_prefix=self.topics.prefix)

@@ -50,6 +50,8 @@ UPLOAD_URL_MAX_S = 3600.0
 DOWNLOAD_URL_EXPIRES_S = 600
 #: How often an agent syncs a changed checkpoint folder to the store ([fleet] checkpoint_interval_s).
 CHECKPOINT_INTERVAL_S = 300.0
+#: The shortest sync interval an agent keeps, whatever a manifest asks (the coordinator paces URLs by it too).
+CHECKPOINT_INTERVAL_MIN_S = 0.1
 #: A checkpoint folder larger than this many MiB is not synced ([fleet] checkpoint_max_mib).
 CHECKPOINT_MAX_MIB = 2048.0
 #: Longest an agent spends on the final checkpoint sync of an attempt that ends without completing.
@@ -70,6 +72,12 @@ PROGRESS_POINTS_MAX = 500
 PRUNE_BATCH_ROWS = 2000
 #: Host the coordinator's Prometheus endpoint binds to unless --metrics-host says otherwise.
 METRICS_HOST = "127.0.0.1"
+#: Host the web dashboard (`--web-port`) binds to unless --web-host says otherwise.
+WEB_HOST = "127.0.0.1"
+#: Live event streams the dashboard keeps open at most (--web-max-streams); past it a stream is refused with 503.
+WEB_MAX_STREAMS = 1000
+#: Live event streams one client address may hold open; past it a stream is refused with 429.
+WEB_MAX_STREAMS_PER_CLIENT = 32
 
 ENV_BROKER = "MQFLEET_BROKER"
 ENV_OPERATOR_TOKEN = "MQFLEET_OPERATOR_TOKEN"
@@ -97,6 +105,8 @@ ENV_LOG_FILE = "MQFLEET_LOG_FILE"
 ENV_LOG_LEVEL = "MQFLEET_LOG_LEVEL"
 #: The PostgreSQL password, for a `--db` URL that carries none (PGPASSWORD works too).
 ENV_DB_PASSWORD = "MQFLEET_DB_PASSWORD"
+#: A file whose first line is the PostgreSQL password (`--db-password-file`).
+ENV_DB_PASSWORD_FILE = "MQFLEET_DB_PASSWORD_FILE"
 #: The soak's `hang` fault: the folder where it names the jobs whose trainer must stop printing.
 ENV_SOAK_HANG_DIR = "MQFLEET_SOAK_HANG_DIR"
 

@@ -113,10 +113,45 @@ class AmbiguousError(StateError):
         self.candidates = list(candidates)
 
 
-class UnavailableError(StateError):
-    """Raised when the coordinator's state database cannot be reached (a PostgreSQL outage); retry later."""
+class RateLimitedError(StateError):
+    """Raised when a lease asks for store work (upload URLs, checks of uploads) faster than an honest agent would."""
+
+    code = "rate_limited"
+
+
+class StateStoreError(MqfleetError):
+    """Raised when the state database fails a statement (an I/O error, a damaged file, a full disk, SQL it
+    refuses); both engines raise it in place of their driver's errors (`coordinator/sql/`). A fault of the
+    coordinator, never of the request: the dispatcher logs it and answers `internal`, remembering nothing."""
+
+    code = "internal"
+
+
+class ConstraintError(StateStoreError):
+    """Raised when a write breaks a constraint of the schema (a duplicate key, a missing NOT NULL value);
+    the statement wrote nothing."""
+
+
+class DialectError(StateStoreError):
+    """Raised when a statement uses SQL that only SQLite accepts (the PostgreSQL engine names the form both
+    engines accept)."""
+
+
+class UnavailableError(StateStoreError):
+    """Raised when the coordinator's state database cannot be reached (a PostgreSQL outage); retry later.
+    Answered with its code and never remembered, so the sender's retry runs the request again."""
 
     code = "unavailable"
+
+
+class DatabaseBusyError(UnavailableError):
+    """Raised when another writer held the state database's write lock past the wait (SQLite's busy timeout,
+    PostgreSQL's lock_timeout); retry later."""
+
+
+class ConnectionLostError(UnavailableError):
+    """Raised when the connection to the state database broke (the server stopped or restarted, the network
+    failed, the server ended an idle transaction); the next statement outside a transaction reconnects."""
 
 
 class SchemaVersionError(ConfigurationError):
@@ -169,6 +204,14 @@ class BundleError(StoreError):
     """Raised when an output folder cannot be packed or an archive cannot be unpacked safely."""
 
     code = "bad_bundle"
+
+
+class UnpackLimitError(BundleError):
+    """Raised when an archive would unpack past a limit: `limit` is "bytes", "files" or "ratio"."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class TrainerInputError(MqfleetError):

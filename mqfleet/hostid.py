@@ -3,8 +3,9 @@
 A host id is its agent certificate's CN, which the broker takes as the user name and the ACL as a topic
 level (`hosts/{host}/...`, `rpc/agent/{host}/...`). So a host id is what a CN may be (1-64 letters, digits,
 '.', '_' or '-', starting with a letter or digit: no '/', '+', '#', blanks or control characters) and not
-a name the CA keeps for operators or the coordinator. The agent, the manifest, the ACL and the CA all
-check through here, so a host the manifest accepts can always be given a certificate.
+a name the ACL grants other rights by: an operator's, the coordinator's or a monitoring account's. The
+agent, the manifest, the ACL and the CA all check through here, so a host the manifest accepts can always
+be given a certificate.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from mqfleet.errors import ConfigurationError
 OPERATOR_PREFIX = "operator-"
 #: The coordinator's CN unless told otherwise.
 COORDINATOR_CN = "coordinator"
+#: The default monitoring account of the broker's loopback listener, and the prefix of any other.
+MONITOR_USER = "monitor"
+MONITOR_PREFIX = "monitor-"
 #: What a CN may be, in words for the messages that refuse one.
 NAME_RULE = "1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
 
@@ -30,12 +34,18 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+def is_monitor_name(name: str) -> bool:
+    """Whether `name` is reserved for monitoring accounts (`monitor`, `monitor-NAME`)."""
+    return name == MONITOR_USER or name.startswith(MONITOR_PREFIX)
+
+
 def host_id_problem(host_id: str, *, coordinator: str = COORDINATOR_CN) -> str | None:
     """Why `host_id` cannot name a host (the end of a sentence starting with the id), or None when it can."""
     if not _NAME.fullmatch(host_id):
         return f"must be {NAME_RULE}"
-    if host_id.startswith(OPERATOR_PREFIX) or host_id == coordinator:
-        return "would get operator or coordinator rights (no agent certificate carries it); rename the host"
+    if host_id.startswith(OPERATOR_PREFIX) or host_id == coordinator or is_monitor_name(host_id):
+        return ("would get operator, coordinator or monitoring rights (no agent certificate carries it); "
+                "rename the host")
     return None
 
 

@@ -5,9 +5,11 @@ pytest_plugins = [
     "tests.fixtures.common",
     "tests.fixtures.broker",
     "tests.fixtures.s3",
+    "tests.fixtures.relay",
     "tests.fixtures.fleet",
     "tests.fixtures.tls",
     "tests.fixtures.postgres",
     "tests.fixtures.state",
     "tests.fixtures.users",
+    "tests.fixtures.web",
 ]

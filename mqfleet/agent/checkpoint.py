@@ -13,6 +13,7 @@ changed since the last sync, or when it is larger than `checkpoint_max_mib`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import stat
@@ -27,8 +28,15 @@ from typing import Protocol
 
 from mqfleet import defaults
 from mqfleet.agent.isolation import TrainerUser, for_agent, trainer_files
-from mqfleet.errors import ArtifactMismatchError, BundleError, MqfleetError, ObjectMissingError, StoreError
-from mqfleet.store.bundle import pack_artifact, unpack_artifact
+from mqfleet.errors import (
+    ArtifactMismatchError,
+    BundleError,
+    MqfleetError,
+    ObjectMissingError,
+    StoreError,
+    UnpackLimitError,
+)
+from mqfleet.store.bundle import UnpackLimits, pack_artifact, unpack_artifact
 from mqfleet.store.transfer import download_from_url, upload_to_url
 from mqfleet.wire.codec import Wire, WireMessage
 from mqfleet.wire.replies import CheckpointUrlReply
@@ -48,6 +56,8 @@ MIB = 1024 * 1024
 SYNC_NICENESS = 10
 #: How long one checkpoint request may wait for its reply; `checkpoint_saved` reads the whole bundle back.
 CHECKPOINT_REQUEST_TIMEOUT_S = 60.0
+#: Free disk a restore leaves for the trainer: a checkpoint that would take it is not restored on this host.
+RESTORE_DISK_RESERVE_BYTES = 256 * MIB
 
 #: (relative name, is a folder, size, mtime in ns, inode) of every entry: equal fingerprints, nothing to sync.
 Fingerprint = tuple[tuple[str, bool, int, int, int], ...]
@@ -76,7 +86,7 @@ class CheckpointPlan:
         (a malformed `checkpoint` refuses the claim there)."""
         if not grant.resumable or grant.checkpoint_interval_s is None:
             return None
-        interval_s = max(0.1, grant.checkpoint_interval_s)
+        interval_s = max(defaults.CHECKPOINT_INTERVAL_MIN_S, grant.checkpoint_interval_s)
         max_mib = grant.checkpoint_max_mib or defaults.CHECKPOINT_MAX_MIB
         return cls(interval_s=interval_s, max_bytes=int(max_mib * MIB), given=grant.checkpoint)
 
@@ -178,9 +188,13 @@ class CheckpointSync:
     # --- before the trainer starts ----------------------------------------------------------------
 
     def restore(self) -> bool:
-        """Fill the folder with the granted checkpoint after checking its sha256; True when it was restored.
+        """Fill the folder with the granted checkpoint after checking its size and sha256; True when restored.
 
-        Any failure leaves the folder empty (the trainer starts fresh) and is reported with its reason.
+        Bounded before a byte lands: the download reads no byte past the granted size, the free disk must
+        hold it, and the bundle unpacks to at most `checkpoint_max_mib` (what a sync may pack) and what
+        the disk has left; no ratio limit, since a sparse checkpoint may compress a thousandfold. Any
+        failure leaves the folder empty (the trainer starts fresh) and is reported with its reason; a
+        checkpoint that is bad (not one that only does not fit this host's disk) is rejected.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         given = self.plan.given
@@ -189,11 +203,20 @@ class CheckpointSync:
         from_attempt = given.attempt
         bundle = self.scratch / "checkpoint-restore.tar.zst"
         rejected = False
+        room = shutil.disk_usage(self.scratch).free - RESTORE_DISK_RESERVE_BYTES - given.size
+        limits = UnpackLimits(max_bytes=max(0, min(self.plan.max_bytes, room)), max_ratio=math.inf)
         try:
-            download_from_url(given.url, bundle)
-            unpack_artifact(bundle, self.folder, expected_sha256=given.sha256)
+            if room < 0:
+                raise StoreError(f"{_mib(given.size)} to fetch and {_mib(room + given.size)} free on this host's disk "
+                                 f"past the {_mib(RESTORE_DISK_RESERVE_BYTES)} kept for the trainer")
+            download_from_url(given.url, bundle, size=given.size)
+            unpack_artifact(bundle, self.folder, expected_sha256=given.sha256, limits=limits)
         except ArtifactMismatchError as e:
-            note, rejected = f"the checkpoint of attempt {from_attempt} failed its sha256 check ({e})", True
+            note, rejected = f"the checkpoint of attempt {from_attempt} failed its size or sha256 check ({e})", True
+        except UnpackLimitError as e:
+            # Past checkpoint_max_mib no sync could have made it; past this disk's room it may fit another host.
+            rejected = e.limit != "bytes" or limits.max_bytes >= self.plan.max_bytes
+            note = f"the checkpoint of attempt {from_attempt} could not be unpacked ({e})"
         except BundleError as e:
             note, rejected = f"the checkpoint of attempt {from_attempt} could not be unpacked ({e})", True
         except StoreError as e:
@@ -294,8 +317,9 @@ class CheckpointSync:
                 self._synced = current  # refused as it is; try again once the folder changes
                 return False
             reply = self._request(Verb.CHECKPOINT_URL, CheckpointUploadRequest(self.job_id, self.lease_id, sha256, size))
+            upload = CheckpointUrlReply.from_wire(reply)
             with for_agent(self._user, bundle) as packed:
-                upload_to_url(CheckpointUrlReply.from_wire(reply).url, packed)
+                upload_to_url(upload.url, packed, method=upload.method, fields=upload.fields)
             self._request(Verb.CHECKPOINT_SAVED,
                           CheckpointSavedRequest(self.job_id, self.lease_id, sha256, size, progress=progress),
                           timeout_s=CHECKPOINT_REQUEST_TIMEOUT_S)

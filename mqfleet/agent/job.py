@@ -289,7 +289,7 @@ class JobRun:
             if not upload.url:
                 raise BadRequestError("the upload_url reply has neither exists nor a url")
             with self._files(), for_agent(self.settings.trainer_user, bundle_path) as bundle:
-                upload_to_url(upload.url, bundle)
+                upload_to_url(upload.url, bundle, method=upload.method or "PUT", fields=upload.fields)
         else:
             logger.info("job %s: artifact %s already stored; no upload", self.name, sha256[:12])
         progress = self.trainer.latest_progress if self.trainer else None

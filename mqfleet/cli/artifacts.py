@@ -68,8 +68,9 @@ _DEFAULT_LIMITS = UnpackLimits()
 def fetch_cmd(ctx: ClientContext, job: str, out_dir: Path, max_bytes: int, max_files: int, max_ratio: float) -> None:
     """Download JOB's artifact, verify its sha256 and unpack it into DIR.
 
-    Nothing is left in DIR when the artifact does not match its sha256 or crosses a limit
-    (unpacked size, file count, compression ratio: a decompression bomb stops early).
+    Nothing is left in DIR when the artifact does not match its size or sha256 or crosses a limit
+    (unpacked size, file count, compression ratio: a decompression bomb stops early). The download
+    reads no byte past the artifact's recorded size.
     """
     limits = UnpackLimits(max_bytes=max_bytes, max_files=max_files, max_ratio=max_ratio)
     reply = ctx.client.download_url(job)
@@ -81,13 +82,13 @@ def fetch_cmd(ctx: ClientContext, job: str, out_dir: Path, max_bytes: int, max_f
     with tempfile.TemporaryDirectory(prefix=".mqfleet-fetch-", dir=out_dir.parent) as scratch:
         bundle = Path(scratch) / f"{sha256}.tar.zst"
         try:
-            download_from_url(url, bundle)
+            download_from_url(url, bundle, size=reply.size)
             unpack_artifact(bundle, out_dir, expected_sha256=sha256, limits=limits)
         except StoreError as e:
             if created and out_dir.is_dir() and not any(out_dir.iterdir()):
                 out_dir.rmdir()
             if isinstance(e, ArtifactMismatchError):
-                what = "artifact does not match its sha256; nothing was unpacked"
+                what = "artifact does not match its recorded size or sha256; nothing was unpacked"
             elif isinstance(e, BundleError):
                 what = "artifact refused; nothing was unpacked"
             else:

@@ -1,4 +1,4 @@
-"""`mqfleet broker ...`: the CA, certificates, CRL, ACL and mosquitto.conf of the fleet's broker."""
+"""`mqfleet broker ...`: the CA, certificates, CRL, ACL, monitoring accounts and mosquitto.conf of the fleet's broker."""
 
 from __future__ import annotations
 
@@ -12,19 +12,22 @@ import click
 from mqfleet.cli import cli
 from mqfleet.defaults import TOPIC_PREFIX
 from mqfleet.errors import ManifestError, MqfleetError
-from mqfleet.hostid import COORDINATOR_CN
-from mqfleet.trust import acl, certs, mosquitto_conf
+from mqfleet.hostid import COORDINATOR_CN, MONITOR_USER
+from mqfleet.trust import acl, certs, monitor_accounts, mosquitto_conf
 
 logger = logging.getLogger(__name__)
 
 BROKER_EPILOG = """\b
 Enrol a host (on the CA machine, then copy ca.crt, gpu-box.crt and gpu-box.key to the host):
   mqfleet broker issue --dir /etc/mqfleet/ca --cn gpu-box --role agent
-  mqfleet broker acl --manifest fleet.toml --operators alice --out /etc/mqfleet/broker/acl
+  mqfleet broker acl --manifest fleet.toml --operators alice --passwd /etc/mqfleet/broker/passwd \\
+    --out /etc/mqfleet/broker/acl
   systemctl reload mosquitto
 Revoke one: remove it from the manifest, re-render the ACL, then
   mqfleet broker revoke --dir /etc/mqfleet/ca /etc/mqfleet/ca/gpu-box.crt
   install -m 644 /etc/mqfleet/ca/crl.pem /etc/mqfleet/broker/crl.pem && systemctl reload mosquitto
+Monitor public state on the broker host (the account install.sh made):
+  XDG_CONFIG_HOME=/etc/mqfleet/monitor mosquitto_sub -v -t 'mqfleet/#'
 """
 
 _dir_option = click.option(
@@ -107,21 +110,51 @@ def revoke_command(ca_dir: Path, cert_file: Path) -> None:
 @click.option("--hosts", default="", help="Comma-separated agent host ids, added to the manifest's.")
 @click.option("--operators", default="", help="Comma-separated operator names (CN operator-NAME).")
 @click.option("--coordinator", default=COORDINATOR_CN, show_default=True, help="The coordinator's CN.")
+@click.option("--monitors", default=MONITOR_USER, show_default=True,
+              help="Comma-separated monitoring accounts (monitor, monitor-NAME): public state only.")
+@click.option("--passwd", "passwd_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Also every account of this password file (each must be a monitoring account).")
 @click.option("--prefix", default=TOPIC_PREFIX, show_default=True, help="Topic prefix.")
 @click.option(
     "--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ACL file; - for stdout."
 )
 def acl_command(
-    manifest_path: Path | None, hosts: str, operators: str, coordinator: str, prefix: str, out_file: Path
+    manifest_path: Path | None, hosts: str, operators: str, coordinator: str, monitors: str,
+    passwd_file: Path | None, prefix: str, out_file: Path,
 ) -> None:
     """Render the broker ACL: each listed host pinned to its own topics; unknown CNs get public read + queries."""
     with _refusals():
         host_ids = acl.hosts_in_manifest(manifest_path) if manifest_path else []
         host_ids += [h for h in _csv(hosts) if h not in host_ids]
-        text = acl.render_acl(host_ids, operators=_csv(operators), coordinator=coordinator, prefix=prefix)
+        accounts = _csv(monitors) + (monitor_accounts.accounts_in(passwd_file) if passwd_file else [])
+        text = acl.render_acl(host_ids, operators=_csv(operators), coordinator=coordinator, prefix=prefix,
+                              monitors=accounts)
     _emit(out_file, text, acl.write_acl)
     if str(out_file) != "-":
         click.echo(f"ACL {out_file}: {len(host_ids)} host(s); reload mosquitto (SIGHUP) to apply it", err=True)
+
+
+@broker.command("monitor")
+@click.option("--passwd", "passwd_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The broker's password file (/etc/mqfleet/broker/passwd); other accounts in it are kept.")
+@click.option("--options", "options_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the account's mosquitto_sub options (DIR/mosquitto_sub; use XDG_CONFIG_HOME=DIR).")
+@click.option("--user", default=MONITOR_USER, show_default=True,
+              help="Account name: monitor or monitor-NAME (list it in `broker acl --monitors`).")
+@click.option("--port", "port_local", type=int, default=1883, show_default=True, help="The loopback listener's port.")
+def monitor_command(passwd_file: Path, options_file: Path, user: str, port_local: int) -> None:
+    """Give a monitoring account of the loopback listener a new random password.
+
+    Its hash goes into --passwd and the password itself into a mosquitto_sub options file (0640), so
+    `XDG_CONFIG_HOME=DIR mosquitto_sub -v -t 'mqfleet/#'` logs in with no password on a command line.
+    The broker makes the account's user name its client id and its ACL gives public state only.
+    """
+    with _refusals():
+        password = monitor_accounts.new_password()
+        monitor_accounts.set_password(passwd_file, user, password)
+        monitor_accounts.write_options(options_file, user=user, password=password, port=port_local)
+    click.echo(f"account {user}: password file {passwd_file}, mosquitto_sub options {options_file}; "
+               "reload mosquitto (SIGHUP) to apply", err=True)
 
 
 @broker.command("render-conf")

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mqfleet import defaults
+from mqfleet.coordinator.feed import Feed
 from mqfleet.coordinator.health import HealthChecks
 from mqfleet.coordinator.republish import StateRepublisher
-from mqfleet.coordinator.sql.pgconnection import redact_url
+from mqfleet.coordinator.sql.pgurl import check_url, redact_url
 from mqfleet.coordinator.sql.sqlite import StateFile
 from mqfleet.coordinator.tables.artifacts import Artifacts
 from mqfleet.coordinator.tables.catalog import Catalog
@@ -34,6 +35,7 @@ from mqfleet.coordinator.tables.leases import Leases
 from mqfleet.coordinator.tables.manifests import ORIGIN_FILE, ManifestHistory, StoredManifest
 from mqfleet.coordinator.tables.peers import Election, Peers
 from mqfleet.coordinator.tables.rows import ManifestRows
+from mqfleet.coordinator.tables.upload_limits import UploadLimits
 from mqfleet.errors import ConfigurationError, ManifestError
 from mqfleet.manifest.types import FleetSettings, Manifest
 from mqfleet.mqtt.config import BrokerConfig
@@ -59,6 +61,8 @@ class CoordinatorConfig:
     store_url: str = ""
     #: A postgresql:// URL: the state lives there and db_path is unused; several coordinators may share it.
     db_url: str = ""
+    #: A file whose first line is the PostgreSQL password (`--db-password-file`).
+    db_password_file: Path | None = None
     operator_token: str = ""
     prefix: str = defaults.TOPIC_PREFIX
     client_id: str = "coordinator"
@@ -74,6 +78,8 @@ class CoordinatorConfig:
             raise ConfigurationError(f"--metrics-port {self.metrics_port} is not a TCP port (0-65535)")
         if not self.prefix or "#" in self.prefix or "+" in self.prefix:
             raise ConfigurationError(f"topic prefix {self.prefix!r} must be non-empty and free of wildcards")
+        if self.db_url:
+            check_url(self.db_url)
         if self.db_url and not self.store_url:
             raise ConfigurationError(f"--db {redact_url(self.db_url)} needs --store (or {defaults.ENV_STORE}): every "
                                      "coordinator sharing the database must use the same artifact store")
@@ -110,6 +116,7 @@ class CoordinatorCore:
     leases: Leases
     history: AttemptHistory
     uploads: UploadWindow
+    upload_limits: UploadLimits
     checkpoints: CheckpointBook
     manifests: ManifestHistory
     stored_manifest: StoredManifest | None
@@ -137,6 +144,8 @@ class CoordinatorCore:
     _drop_lock: threading.Lock
     dropped_requests: int
     refused_log_batches: int
+    retained_cleared: int
+    feed: Feed
     conn: Connection
     republisher: StateRepublisher
 
@@ -208,6 +217,9 @@ class CoordinatorCore:
         raise NotImplementedError
 
     def send_control(self, host: str, message: ControlMessage) -> None:  # outbox.py
+        raise NotImplementedError
+
+    def clear_retained(self, msg: Message) -> None:  # outbox.py
         raise NotImplementedError
 
     def apply_manifest(self, manifest: Manifest | ManifestRows, now: float, *, origin: str = ORIGIN_FILE,

@@ -24,6 +24,7 @@ from mqfleet.errors import (
     BadRequestError,
     ManifestError,
     MqfleetError,
+    StateStoreError,
     UnavailableError,
     UnknownVerbError,
 )
@@ -79,8 +80,11 @@ class RequestDispatch(CoordinatorCore):
         # Checked before anything else, so the coordinator never publishes where a sender chose:
         # a reply goes only to the requester's own reply namespace (docs/SECURITY.md, "Replies").
         if msg.retain:
-            # A retained request would run again at every coordinator restart.
-            self._drop_request(msg, "it was published retained")
+            # A retained request would run again at every coordinator restart; it is removed from the
+            # broker too. An empty one is a deletion (ours, when we share the subscription): nothing to do.
+            if msg.payload:
+                self._drop_request(msg, "it was published retained")
+                self.clear_retained(msg)
             return
         if msg.response_topic is not None and not self.topics.is_reply_topic_allowed(role, client, msg.response_topic):
             self._drop_request(msg, f"its response topic {msg.response_topic[:200]!r} is outside "
@@ -253,8 +257,8 @@ class RequestDispatch(CoordinatorCore):
                 group.lines.extend(lines)
             return reply
         except MqfleetError as e:
-            if isinstance(e, UnavailableError):
-                raise
+            if isinstance(e, StateStoreError):
+                raise  # the database failed, not the request: never remembered (an outage is retried, the rest `internal`)
             refusal = error(e.code, str(e))
             if isinstance(e, ManifestError):
                 refusal["problems"] = [{"place": p.place, "message": p.message} for p in e.problems]

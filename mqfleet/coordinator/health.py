@@ -16,6 +16,7 @@ from typing import Protocol
 
 from mqfleet import __version__
 from mqfleet.coordinator.republish import StateRepublisher
+from mqfleet.coordinator.sql.connection import one_row
 from mqfleet.coordinator.sql.sqlite import StateFile
 from mqfleet.coordinator.tables.catalog import Catalog
 from mqfleet.coordinator.tables.hosts import Hosts
@@ -51,7 +52,7 @@ class HealthChecks:
             ok = found == "ok"
             detail = "quick_check ok" if ok else (f"quick_check found damage in {self.state.path}: {found}; restore "
                                                   "the database from a backup (docs/OPERATIONS.md)")
-        except Exception as e:  # sqlite3.Error, or the file gone from under us
+        except Exception as e:  # a StateStoreError, or the file gone from under us
             ok, detail = False, f"quick_check of {self.state.path} failed: {e}"
         if not ok:
             logger.error("database: %s", detail)
@@ -63,13 +64,13 @@ class HealthChecks:
         now = self.clock()
         try:
             with self.state.lock:
-                count = self.state.conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+                count = one_row(self.state.conn.execute("SELECT COUNT(*) FROM jobs"))[0]
             if self.state.file_path is not None:  # a server (PostgreSQL) has no file of ours to lose
                 os.stat(self.state.file_path)
         except FileNotFoundError:
             return CheckResult(False, f"the database file {self.state.path} was removed while in use; every change "
                                       "since is lost at the next restart: stop the coordinator and restore it", now)
-        except Exception as e:  # sqlite3.Error: locked past the busy timeout, I/O error, disk full, closed
+        except Exception as e:  # a StateStoreError (busy past the wait, I/O error, disk full, closed), or a bug
             return CheckResult(False, f"query on {self.state.path} failed: {e}", now)
         if self.quick_check is not None and not self.quick_check.ok:
             return CheckResult(False, self.quick_check.detail, now)
@@ -110,6 +111,7 @@ class HealthSource(Protocol):
     started_ts: float
     dropped_requests: int
     refused_log_batches: int
+    retained_cleared: int
     manifest_jobs: int
     refused_manifest: ManifestError | None
     republisher: StateRepublisher
@@ -132,7 +134,7 @@ def health_report(coord: HealthSource, now: float) -> Health:
             with coord.lock:
                 counts = coord.catalog.counts()
                 total, online, draining, quarantined = coord.hosts.counts()
-        except Exception as e:  # sqlite3.Error between the check and here: health still answers
+        except Exception as e:  # a StateStoreError between the check and here: health still answers
             checks["database"] = CheckResult(False, f"query on {coord.state.path} failed: {e}", now)
     manifest = coord.manifest
     stored = coord.stored_manifest
@@ -161,6 +163,7 @@ def health_report(coord: HealthSource, now: float) -> Health:
         # retained job states (or an event backlog) still going out in the background (docs/RELIABILITY.md)
         republishing=coord.republisher.is_sweeping(),
         log_batches_refused=coord.refused_log_batches,
+        retained_cleared=coord.retained_cleared,
         store=coord.store.url,
         ts=now,
     )

@@ -10,18 +10,15 @@ attempts, never hold the state's lock nor hold up a request.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from mqfleet.coordinator.sql.pgconnection import open_pg_connection
-from mqfleet.coordinator.sql.postgres import PgStateFile
-from mqfleet.coordinator.sql.schema import BUSY_TIMEOUT_MS
+from mqfleet.coordinator.scrape_endpoint import MetricsServer
+from mqfleet.coordinator.sql.connection import SqlConnection, one_row
 from mqfleet.coordinator.sql.sqlite import StateFile
 from mqfleet.errors import ConfigurationError
 from mqfleet.lifecycle import Cause, JobStatus
@@ -35,6 +32,14 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 _VERBS = frozenset(v.value for v in Verb)
 _CAUSES = ("completed", *(c.value for c in Cause))
+#: Counts the coordinator keeps in memory since it started (its `health` fields of the same names):
+#: each is served as the counter `mqfleet_<name>_total`.
+PROCESS_COUNTERS = {
+    "session_takeovers": "Times the broker disconnected the coordinator because another client took its client id.",
+    "retained_cleared": "Retained messages the coordinator deleted from request and log topics.",
+    "requests_dropped": "Requests dropped unanswered (retained, or a Response Topic outside the sender's namespace).",
+    "log_batches_refused": "Log batches refused: their host ran no attempt of the job.",
+}
 
 
 class _StateCollector:
@@ -44,20 +49,16 @@ class _StateCollector:
         self.state = state
         self.last_sweep_ts = last_sweep_ts
         self.clock = clock
-        self._reader: Any = None  # sqlite3.Connection or PgConnection, opened at the first scrape
+        self._reader: SqlConnection | None = None  # opened at the first scrape
         self._reader_lock = threading.Lock()
 
-    def _connection(self) -> tuple[Any, threading.Lock]:
+    def _connection(self) -> tuple[SqlConnection, threading.Lock]:
         """(connection, lock) to read through: a connection of the collector's own, so a scrape never waits
         for the state's lock nor holds up a request (WAL lets an SQLite reader run beside the writer;
         PostgreSQL readers never block writers)."""
         with self._reader_lock:
             if self._reader is None:
-                if isinstance(self.state, PgStateFile):
-                    self._reader = open_pg_connection(self.state.url, writer=f"{self.state.writer}-metrics")
-                else:
-                    self._reader = sqlite3.connect(self.state.path, check_same_thread=False,
-                                                   timeout=BUSY_TIMEOUT_MS / 1000)
+                self._reader = self.state.open_reader("metrics")
         return self._reader, self._reader_lock
 
     def close(self) -> None:
@@ -70,14 +71,14 @@ class _StateCollector:
         c, lock = self._connection()
         with lock:
             by_status = {r[0]: int(r[1]) for r in c.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
-            online, draining = c.execute(
+            online, draining = one_row(c.execute(
                 "SELECT COALESCE(SUM(online), 0), COALESCE(SUM(draining), 0) FROM hosts"
-            ).fetchone()
-            leases = int(c.execute("SELECT COUNT(*) FROM leases").fetchone()[0])
+            ))
+            leases = int(one_row(c.execute("SELECT COUNT(*) FROM leases"))[0])
             ended = {r[0]: int(r[1]) for r in c.execute(
                 "SELECT outcome, COUNT(*) FROM attempts WHERE outcome IS NOT NULL GROUP BY outcome"
             )}
-            artifact_bytes = int(c.execute("SELECT COALESCE(SUM(size), 0) FROM job_artifacts").fetchone()[0])
+            artifact_bytes = int(one_row(c.execute("SELECT COALESCE(SUM(size), 0) FROM job_artifacts"))[0])
         jobs = GaugeMetricFamily("mqfleet_jobs", "Jobs by status.", labels=["status"])
         for status in JobStatus:
             jobs.add_metric([status.value], by_status.get(status.value, 0))
@@ -99,10 +100,28 @@ class _StateCollector:
         )
 
 
+class _ProcessCounters:
+    """The PROCESS_COUNTERS, read from the coordinator at scrape time."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def describe(self) -> Iterator[Metric]:
+        # The registry asks at registration, before the coordinator has what the counts read.
+        for name, help_text in PROCESS_COUNTERS.items():
+            yield CounterMetricFamily(f"mqfleet_{name}", help_text)
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.counts()
+        for name, help_text in PROCESS_COUNTERS.items():
+            yield CounterMetricFamily(f"mqfleet_{name}", help_text, value=counts.get(name, 0))
+
+
 class CoordinatorMetrics:
     """The registry behind /metrics, and the HTTP server that serves it."""
 
-    def __init__(self, state: StateFile, *, last_sweep_ts: Callable[[], float], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, state: StateFile, *, last_sweep_ts: Callable[[], float], clock: Callable[[], float] = time.time,
+                 counts: Callable[[], Mapping[str, int]] = dict) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "mqfleet_requests", "Requests answered, by verb and outcome (ok or the error code).",
@@ -117,8 +136,8 @@ class CoordinatorMetrics:
         self._timed: dict[str, Histogram] = {}
         self._state_collector = _StateCollector(state, last_sweep_ts, clock)
         self.registry.register(self._state_collector)
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self.registry.register(_ProcessCounters(counts))
+        self._server: MetricsServer | None = None
 
     def observe_request(self, verb: str, reply: Wire, seconds: float) -> None:
         """Count one answered request; verbs outside the vocabulary are not labels (they come off the bus)."""
@@ -135,24 +154,29 @@ class CoordinatorMetrics:
         timer.observe(seconds)
 
     def serve(self, host: str, port: int) -> None:
-        """Serve /metrics on host:port in a daemon thread; ConfigurationError when the port cannot be bound."""
+        """Serve /metrics on host:port (scrape_endpoint: bounded threads, read timeout); ConfigurationError when
+        the port cannot be bound."""
         try:
-            self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+            self._server = MetricsServer(host, port, self.registry)
         except OSError as e:
             raise ConfigurationError(
                 f"metrics port {port} on {host} cannot be used ({e.strerror or e}); "
                 f"pick a free port with --metrics-port or stop what holds it"
             ) from e
+        self._server.start()
         logger.info("metrics served at http://%s:%d/metrics", host, self.port)
 
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        return int(self._server.server_port) if self._server is not None else 0
+        return self._server.port if self._server is not None else 0
+
+    @property
+    def server(self) -> MetricsServer | None:
+        return self._server
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
         self._state_collector.close()

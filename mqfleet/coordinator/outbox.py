@@ -9,6 +9,7 @@ from mqfleet.coordinator import scheduler
 from mqfleet.coordinator.core import CoordinatorCore
 from mqfleet.errors import MqfleetError
 from mqfleet.lifecycle import JobStatus
+from mqfleet.mqtt.inbox import Message
 from mqfleet.wire.published import ControlMessage, JobEvent, Nudge
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
@@ -108,6 +109,18 @@ class Outbox(CoordinatorCore):
                         jobs=jobs[:NUDGE_TARGET_MAX_JOBS] if jobs is not None else None)
         logger.debug("nudge (%s) to %s", reason, ", ".join(hosts) if hosts is not None else "every agent")
         self.conn.publish(self.topics.work, payload.to_wire(), qos=0)
+
+    def clear_retained(self, msg: Message) -> None:
+        """Delete a retained message someone left on a request or log topic, and count it.
+
+        The broker keeps a retained message in memory and persistence until it is replaced, and the
+        ACL cannot forbid the flag on a topic it allows, so each is cleared once it has been seen (an
+        empty retained publish deletes it; docs/SECURITY.md, "Replies"). Its deletion comes back to a
+        shared subscription as an empty retained message, which callers ignore.
+        """
+        with self._drop_lock:
+            self.retained_cleared += 1
+        self.conn.publish(msg.topic, b"", qos=1, retain=True)
 
     def _publish_status(self, now: float) -> None:
         self._last_status_ts = now

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 
 from mqfleet.coordinator.sql.sqlite import StateFile
 from mqfleet.coordinator.tables.rows import JOB_SELECT, job_json
+from mqfleet.errors import StateStoreError
 from mqfleet.wire.topics import JsonObject, encode
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class StateRepublisher:
         digests, self._unrecorded = self._unrecorded, {}
         try:
             self._write_digests(digests)
-        except sqlite3.Error:
+        except StateStoreError:
             # only costs a needless republish after a restart; keep them for the next flush
             logger.warning("could not record %d published states; will retry", len(digests), exc_info=True)
             self._unrecorded = {**digests, **self._unrecorded}

@@ -8,11 +8,12 @@ A reason is a short sentence naming the rule and the values it compared.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from mqfleet.manifest.types import HostPolicy, JobSpec
+from mqfleet.manifest.types import HostPolicy, JobSpec, Requirements
 from mqfleet.wire.advert import normalise_arch
 from mqfleet.wire.topics import JsonObject
 
@@ -86,32 +87,34 @@ def host_reasons(host: HostView) -> list[str]:
     return reasons
 
 
-def job_reasons(job: JobSpec, host: HostView, *, commit: str) -> list[str]:
-    """Why this host may not run this job by policy or capability; [] when it may.
+def requirement_reasons(need: Requirements, host: HostView, *, commit: str) -> list[str]:
+    """Why this host may not run a job with these requirements by policy or capability; [] when it may.
 
     Presence, draining and slots are not looked at (see `host_reasons`), so the
-    prefer_cuda rule can ask whether a busy CUDA host could run the job.
+    prefer_cuda rule can ask whether a busy CUDA host could run the job. A rule reads
+    only `need`, never the job: what it reads is then part of `need.key`, by which a
+    claim judges every job of one requirement set at once (docs/INTERNALS.md, "How a claim picks a job").
     """
-    reasons = _policy_reasons(job, host)
-    if job.allowed_hosts and host.id not in job.allowed_hosts:
-        reasons.append(f"not in allowed_hosts [{', '.join(job.allowed_hosts)}]")
-    if job.arch and host.arch not in job.arch:
-        accepted = str(list(job.arch))
+    reasons = _policy_reasons(need.model, host)
+    if need.allowed_hosts and host.id not in need.allowed_hosts:
+        reasons.append(f"not in allowed_hosts [{', '.join(need.allowed_hosts)}]")
+    if need.arch and host.arch not in need.arch:
+        accepted = str(list(need.arch))
         reasons.append(f"arch {host.arch} not in {accepted}" if host.arch else
                        f"the host's advert names no arch (its agent is older); the job needs one of {accepted}")
-    if job.require_cuda and not host.has_cuda:
+    if need.require_cuda and not host.has_cuda:
         reasons.append("needs CUDA; host has none")
-    if job.min_vram_gib > 0 and host.vram_gib < job.min_vram_gib:
-        reasons.append(f"needs {job.min_vram_gib:g} GiB VRAM; host has {host.vram_gib:g}")
-    if job.min_ram_gib > 0 and host.ram_gib < job.min_ram_gib:
-        reasons.append(f"needs {job.min_ram_gib:g} GiB RAM; host has {host.ram_gib:g}")
-    if job.min_torch:
+    if need.min_vram_gib > 0 and host.vram_gib < need.min_vram_gib:
+        reasons.append(f"needs {need.min_vram_gib:g} GiB VRAM; host has {host.vram_gib:g}")
+    if need.min_ram_gib > 0 and host.ram_gib < need.min_ram_gib:
+        reasons.append(f"needs {need.min_ram_gib:g} GiB RAM; host has {host.ram_gib:g}")
+    if need.min_torch:
         torch = host.advert.get("torch")
         if not isinstance(torch, str) or not torch:
-            reasons.append(f"needs torch >= {job.min_torch}; host has no torch")
-        elif not version_at_least(torch, job.min_torch):
-            reasons.append(f"needs torch >= {job.min_torch}; host has {torch}")
-    if job.same_commit:
+            reasons.append(f"needs torch >= {need.min_torch}; host has no torch")
+        elif not version_at_least(torch, need.min_torch):
+            reasons.append(f"needs torch >= {need.min_torch}; host has {torch}")
+    if need.same_commit:
         have = host.advert.get("git_commit")
         if not commit:
             reasons.append("needs the manifest's commit, but [fleet] commit is not set")
@@ -128,39 +131,39 @@ def models_allowed(host: HostView, models: Iterable[str]) -> list[str] | None:
     policy = host.policy
     if policy is None or (policy.allow_jobs == ("*",) and not policy.deny_jobs):
         return None
-    return sorted(m for m in models if not _policy_reasons(JobSpec(id="", name="", model=m, mode="", hyper={}), host))
+    return sorted(m for m in models if not _policy_reasons(m, host))
 
 
-def _policy_reasons(job: JobSpec, host: HostView) -> list[str]:
+def _policy_reasons(model: str, host: HostView) -> list[str]:
     policy = host.policy
     if policy is None:
         return []
-    denied = [p for p in policy.deny_jobs if fnmatch.fnmatchcase(job.model, p)]
+    denied = [p for p in policy.deny_jobs if fnmatch.fnmatchcase(model, p)]
     if denied:
-        return [f"policy deny_jobs matches '{job.model}'"]
-    if not any(fnmatch.fnmatchcase(job.model, p) for p in policy.allow_jobs):
-        return [f"policy allow_jobs does not match '{job.model}'"]
+        return [f"policy deny_jobs matches '{model}'"]
+    if not any(fnmatch.fnmatchcase(model, p) for p in policy.allow_jobs):
+        return [f"policy allow_jobs does not match '{model}'"]
     return []
 
 
-def cuda_wait_reason(job: JobSpec, host: HostView, others: Iterable[HostView], *, commit: str) -> str | None:
+def cuda_wait_reason(need: Requirements, host: HostView, others: Iterable[HostView], *, commit: str) -> str | None:
     """For a prefer_cuda job on a host without CUDA: the online CUDA host it waits for, if any.
 
     A CUDA host counts while it is online, not draining and could run the job
     by policy and capability, whether or not its slots are busy right now.
     """
-    if not job.prefer_cuda or host.has_cuda:
+    if not need.prefer_cuda or host.has_cuda:
         return None
     for other in others:
         if other.id == host.id or not other.has_cuda or not other.takes_work:
             continue
-        if not job_reasons(job, other, commit=commit):
+        if not requirement_reasons(need, other, commit=commit):
             return f"waits for a CUDA host ({other.id} is online)"
     return None
 
 
 def retry_host_reason(
-    job: JobSpec, host: HostView, failed: frozenset[str], others: Iterable[HostView], *, commit: str
+    need: Requirements, host: HostView, failed: frozenset[str], others: Iterable[HostView], *, commit: str
 ) -> str | None:
     """For a job an attempt of which failed on this host: the other host it waits for, if any.
 
@@ -173,7 +176,7 @@ def retry_host_reason(
     for other in others:
         if other.id == host.id or other.id in failed or not other.takes_work:
             continue
-        if not job_reasons(job, other, commit=commit):
+        if not requirement_reasons(need, other, commit=commit):
             return f"an attempt failed on this host; its retry prefers {other.id}, which has not failed it"
     return None
 
@@ -220,7 +223,9 @@ def first_eligible(
 ) -> JobSpec | None:
     """The best-ranked job of `(seq, spec)` candidates that this host may take now, or None.
 
-    `failed` maps a job id to the hosts where its attempts failed (see `retry_host_reason`).
+    `failed` maps a job id to the hosts where its attempts failed (see `retry_host_reason`). Over every
+    pending job this is the definition of a claim's answer; `tables/claim_walk.py` computes the same without
+    reading every job, and tests/unit/test_db_properties.py holds the two equal.
     """
     if host_reasons(host):
         return None
@@ -228,11 +233,12 @@ def first_eligible(
     failed = failed or {}
     ranked = sorted(candidates, key=lambda c: rank_key(c[1].priority, c[1].prefer_cuda, c[0], host_cuda=host.has_cuda))
     for _seq, job in ranked:
-        if job_reasons(job, host, commit=commit):
+        need = job.requirements
+        if requirement_reasons(need, host, commit=commit):
             continue
-        if cuda_wait_reason(job, host, others, commit=commit):
+        if cuda_wait_reason(need, host, others, commit=commit):
             continue
-        if job.id in failed and retry_host_reason(job, host, failed[job.id], others, commit=commit):
+        if job.id in failed and retry_host_reason(need, host, failed[job.id], others, commit=commit):
             continue
         return job
     return None
@@ -249,7 +255,8 @@ def hosts_to_wake(jobs: Sequence[JobSpec], hosts: Sequence[HostView], *, commit:
         if host_reasons(host):
             continue
         for job in jobs:
-            if not job_reasons(job, host, commit=commit) and not cuda_wait_reason(job, host, hosts, commit=commit):
+            need = job.requirements
+            if not requirement_reasons(need, host, commit=commit) and not cuda_wait_reason(need, host, hosts, commit=commit):
                 woken.append(host.id)
                 break
     return woken
@@ -262,7 +269,9 @@ def version_at_least(have: str, need: str) -> bool:
     return a + (0,) * (width - len(a)) >= b + (0,) * (width - len(b))
 
 
+@functools.lru_cache(maxsize=256)
 def _version_tuple(text: str) -> tuple[int, ...]:
+    # cached: a claim compares the torch of its host with the min_torch of every requirement set it judges
     parts: list[int] = []
     for part in text.strip().split("."):
         digits = re.match(r"\d+", part)

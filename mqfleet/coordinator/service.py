@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from mqfleet import __version__
 from mqfleet.coordinator.core import CoordinatorConfig
 from mqfleet.coordinator.dispatch import RequestDispatch
+from mqfleet.coordinator.feed import Feed
 from mqfleet.coordinator.health import HealthChecks, health_report
 from mqfleet.coordinator.leader import Leadership
 from mqfleet.coordinator.listeners import AgentListeners
@@ -42,6 +43,8 @@ from mqfleet.coordinator.tables.history import AttemptHistory
 from mqfleet.coordinator.tables.hosts import Hosts
 from mqfleet.coordinator.tables.leases import Leases
 from mqfleet.coordinator.tables.manifests import ManifestHistory, StoredManifest
+from mqfleet.coordinator.tables.upload_limits import UploadLimits
+from mqfleet.coordinator.takeover import TakeoverWatch
 from mqfleet.errors import ManifestError, MqfleetError, NotFoundError
 from mqfleet.manifest.types import Manifest
 from mqfleet.mqtt.connection import Connection
@@ -70,7 +73,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         #: On PostgreSQL several coordinators may serve one fleet: requests come through a shared
         #: subscription and the sweep runs on the leader alone (coordinator/tables/peers.py).
         self.shared = is_postgres_url(config.state_target)
-        self.state = open_state(config.state_target, writer=f"{config.client_id}-{secrets.token_hex(3)}")
+        self.state = open_state(config.state_target, writer=f"{config.client_id}-{secrets.token_hex(3)}",
+                                password_file=config.db_password_file)
         self.peers = peers.Peers(self.state, coordinator_id=config.client_id, version=__version__, started_ts=self.started_ts)
         self.election = peers.election_for(self.state)
         #: Whether this coordinator runs the sweep and publishes the fleet's status (always, over SQLite).
@@ -82,6 +86,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self.leases = Leases(self.state, self.catalog, self.artifacts)
         self.history = AttemptHistory(self.state)
         self.uploads = UploadWindow()
+        self.upload_limits = UploadLimits()
         self.checkpoints = CheckpointBook(self.state)
         self.manifests = ManifestHistory(self.state)
         #: The manifest in force as stored: its text exactly as applied, source, sha256, when, how.
@@ -100,7 +105,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         if config.metrics_port is not None:
             from mqfleet.coordinator.metrics import CoordinatorMetrics
 
-            self.metrics = CoordinatorMetrics(self.state, last_sweep_ts=lambda: self.last_sweep_ts, clock=clock)
+            self.metrics = CoordinatorMetrics(self.state, last_sweep_ts=lambda: self.last_sweep_ts, clock=clock,
+                                              counts=self._process_counts)
         #: Why each host's latest advert was refused (its last good one stays in force).
         self.advert_problems: OrderedDict[str, str] = OrderedDict()
         #: Characters of output seen per (job, attempt) since this process started (_within_log_budget).
@@ -125,6 +131,12 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self.dropped_requests = 0
         #: Log batches refused because their host does not hold the job's current lease.
         self.refused_log_batches = 0
+        #: Retained messages deleted from request and log topics (outbox.clear_retained).
+        self.retained_cleared = 0
+        self.takeovers = TakeoverWatch(config.broker, client_id=self.topics.client_id(config.client_id),
+                                       reply_prefix=config.prefix)
+        #: What the coordinator made public or accepted, for followers in this process (the web dashboard)
+        self.feed = Feed(self.topics)
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(config.client_id),
@@ -141,6 +153,10 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             # The requests that arrived together run as one group, committed once (group commit), when
             # the dispatcher has no more messages waiting (issue 17).
             after_step=self.run_waiting_requests,
+            # Our own sockets, so the takeover watch tells our reconnects from someone else's connects.
+            on_socket=self.takeovers.saw_socket,
+            # Events, job states and the status, as the bus gets them, to the feed's followers (none: no cost).
+            on_publish=self.feed.published,
         )
         self.republisher = StateRepublisher(
             lock=self.lock, read_page=lambda after, limit: state_page(self.state, after, limit),
@@ -177,8 +193,10 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         # After the requests that arrived before them: a host's will is never handled ahead of its last claim.
         self.conn.subscribe(t.all_adverts, self.in_request_order(self._on_advert), no_local=True)
         self.conn.subscribe(t.all_statuses, self.in_request_order(self._on_status), no_local=True)
-        self.conn.subscribe(t.all_logs, self.in_request_order(self._on_log), qos=0, no_local=True)
+        self.conn.subscribe(t.all_logs, self.in_request_order(self._on_log), qos=0, no_local=True,
+                            retain_as_published=True)
         self.conn.start(wait_s=wait_s)
+        self.takeovers.start(wait_s=None)  # in the background: it only counts, and never holds up a start
         # A coordinator killed between commit and publish left retained states behind the database:
         # the states that differ from what was last published are republished in the background, at
         # a bounded rate, while requests are answered (docs/RELIABILITY.md, "Restarts").
@@ -214,6 +232,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         except MqfleetError as e:
             logger.warning("coordinators table not updated at stop: %s", e)
         self.conn.stop(final=final)
+        self.takeovers.stop()
         self.state.close()
         logger.info("coordinator stopped")
 
@@ -260,6 +279,11 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             lines = tail.splitlines()
         return attempt, lines, numbers
 
+    def _process_counts(self) -> dict[str, int]:
+        """The counts kept in memory that the metrics serve, by their `health` field names."""
+        return {"session_takeovers": self.takeovers.count, "retained_cleared": self.retained_cleared,
+                "requests_dropped": self.dropped_requests, "log_batches_refused": self.refused_log_batches}
+
     def health(self, now: float) -> Health:
         """The `health` reply and retained status: counts, the manifest in force, the checks' results, and
         the coordinators sharing the state (this one named by `coordinator`)."""
@@ -270,5 +294,6 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             logger.warning("coordinators table unreadable: %s", e)
         return dataclasses.replace(
             health_report(self, now), coordinator=self.config.client_id, role="leader" if self.is_leader else "follower",
+            session_takeovers=self.takeovers.count,
             state_store="postgresql" if self.shared else "sqlite", coordinators=coordinators,
         )

@@ -3,8 +3,8 @@
 It runs in the foreground (`mosquitto -c FILE`) on an explicit loopback port,
 is ready when its log says `running`, and is always stopped by PID. Given a
 `tls_dir` (see `make_broker_pki`), it runs the project's own `mosquitto.conf`
-rendered by `mosquitto_conf.render_broker_conf`: a loopback listener plus a mutual
-TLS listener with the ACL, both on free ports.
+rendered by `mosquitto_conf.render_broker_conf`: a loopback listener for monitoring
+accounts plus a mutual TLS listener with the ACL, both on free ports.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from pathlib import Path
 from types import TracebackType
 
 from mqfleet.defaults import ENV_CA, ENV_CERT, ENV_KEY, TOPIC_PREFIX
-from mqfleet.hostid import COORDINATOR_CN, OPERATOR_PREFIX
+from mqfleet.hostid import COORDINATOR_CN, MONITOR_USER, OPERATOR_PREFIX
 from mqfleet.local.ports import free_port
 from mqfleet.trust.acl import render_acl, write_acl
 from mqfleet.trust.certs import CertRole, issue_cert, make_ca
-from mqfleet.trust.mosquitto_conf import ACL_FILE, render_broker_conf
+from mqfleet.trust.monitor_accounts import new_password, set_password, write_options
+from mqfleet.trust.mosquitto_conf import ACL_FILE, PASSWD_FILE, render_broker_conf
 
 _PORT_ATTEMPTS = 5
 
@@ -35,9 +36,21 @@ class BrokerStartError(RuntimeError):
 
 @dataclass(frozen=True)
 class BrokerPki:
-    """A directory holding a CA, the broker's certificate, client certificates named by CN, the CRL and the ACL."""
+    """A directory holding a CA, the broker's certificate, client certificates named by CN, the CRL, the ACL,
+    and the password file of one monitoring account with its mosquitto_sub options in `monitor/`."""
 
     dir: Path
+
+    @property
+    def monitor_config_home(self) -> Path:
+        """XDG_CONFIG_HOME for `mosquitto_sub` as the monitoring account (add `-p` for a test broker's port)."""
+        return self.dir / "monitor"
+
+    def monitor_login(self) -> tuple[str, str]:
+        """(user name, password) of the monitoring account, read back from its options file."""
+        options = dict(line.split(" ", 1) for line in (self.monitor_config_home / "mosquitto_sub").read_text()
+                       .splitlines() if line.startswith("-"))
+        return options["-u"], options["-P"]
 
     @property
     def ca(self) -> Path:
@@ -67,7 +80,11 @@ def make_broker_pki(directory: Path, *, hosts: Sequence[str], operators: Sequenc
     for name in operators:
         issue_cert(directory, cn=name, role=CertRole.OPERATOR)
     write_acl(Path(directory) / ACL_FILE, render_acl(hosts, operators=operators, prefix=prefix))
-    return BrokerPki(Path(directory))
+    pki = BrokerPki(Path(directory))
+    password = new_password()
+    set_password(pki.dir / PASSWD_FILE, MONITOR_USER, password)
+    write_options(pki.monitor_config_home / "mosquitto_sub", user=MONITOR_USER, password=password, port=None)
+    return pki
 
 
 def operator_cn(name: str) -> str:
@@ -82,12 +99,15 @@ class LocalBroker:
     are filled in. `extra_conf` is appended to the generated one. `tls_dir` (certificates,
     CRL and ACL as `make_broker_pki` writes them) runs the project's `mosquitto.conf`
     instead: `port`/`url` are then its loopback listener and `tls_port`/`tls_url` its TLS one.
+    `anonymous_loopback` opens that loopback listener to anonymous clients under client ids of
+    their choosing, as the test suite's shared broker needs; production never does.
     """
 
     def __init__(self, workdir: Path, *, port: int | None = None, persistence: bool = False, extra_conf: str = "",
-                 conf_text: str | None = None, tls_dir: Path | None = None) -> None:
+                 conf_text: str | None = None, tls_dir: Path | None = None, anonymous_loopback: bool = False) -> None:
         self.workdir = Path(workdir)
         self.tls_dir = Path(tls_dir) if tls_dir is not None else None
+        self.anonymous_loopback = anonymous_loopback
         self._tls_port: int | None = None
         self._port = port
         # A port we picked may be taken by someone else between probe and bind; one we were given may not change.
@@ -149,6 +169,7 @@ class LocalBroker:
                 persistence=self.persistence,
                 # As root mosquitto would become `mosquitto`, which cannot read our 0600 keys or write workdir.
                 user="root" if os.geteuid() == 0 else None,
+                anonymous_loopback=self.anonymous_loopback,
             ) + self.extra_conf + "\n"
         if self.conf_text is not None:
             return self.conf_text.replace("{port}", str(port)).replace("{workdir}", str(self.workdir))

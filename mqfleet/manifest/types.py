@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import TYPE_CHECKING, TypeAlias
 
 from mqfleet import defaults
@@ -106,6 +108,58 @@ class FleetSettings:
 
 
 @dataclass(frozen=True)
+class Requirements:
+    """What a job asks of the host that runs it: exactly the JobSpec fields that the host rules of
+    `coordinator.scheduler` read, each under its JobSpec name. Those rules take this, not the JobSpec,
+    so a rule can only read a field listed here, and its `key` then covers the field.
+
+    Jobs with the same `key` are, for any host at any moment, either all runnable by it or all not, so a
+    claim judges each key once however many jobs share it (docs/INTERNALS.md, "How a claim picks a job").
+    A new host rule adds the fields it reads here (and to JobSpec): nothing else to do for claims.
+    """
+
+    model: str
+    allowed_hosts: tuple[str, ...] = ()
+    arch: tuple[str, ...] = ()
+    require_cuda: bool = False
+    prefer_cuda: bool = False
+    min_vram_gib: float = 0.0
+    min_ram_gib: float = 0.0
+    min_torch: str = ""
+    same_commit: bool = False
+
+    @property
+    def key(self) -> str:
+        """The digest the jobs table stores per job (`jobs.req_key`, indexed): 128 bits of sha256 over the
+        fields that differ from their default, so a field added later leaves the keys of older jobs as
+        they were, and no manifest can make two different requirement sets collide."""
+        return _requirements_key(_requirement_values(self))
+
+
+#: The names of the Requirements fields: stored with the keys, so that keys made from other fields are made again.
+REQUIREMENT_FIELDS = tuple(f.name for f in fields(Requirements))
+_REQUIREMENT_DEFAULTS = tuple(f.default for f in fields(Requirements))
+#: The values of those fields, in that order, of a Requirements or a JobSpec.
+_requirement_values = operator.attrgetter(*REQUIREMENT_FIELDS)
+
+
+def requirements_key_of(spec: Mapping[str, object]) -> str:
+    """The requirements key of a job given as its `JobSpec.to_dict()` JSON, as the jobs table stores it
+    (equal to `JobSpec.requirements_key`; a field the JSON lacks has its default)."""
+    values = (spec.get(name, default) for name, default in zip(REQUIREMENT_FIELDS, _REQUIREMENT_DEFAULTS, strict=True))
+    return _requirements_key(tuple(tuple(v) if isinstance(v, list) else v for v in values))
+
+
+@lru_cache(maxsize=4096)
+def _requirements_key(values: tuple[object, ...]) -> str:
+    # cached by the values, in REQUIREMENT_FIELDS order: a sweep of 100,000 jobs has a handful of
+    # requirement sets, so a manifest load hashes each set once
+    doc = {name: value for name, value, default in zip(REQUIREMENT_FIELDS, values, _REQUIREMENT_DEFAULTS, strict=True)
+           if value != default}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """One job, hyperparameters with defaults applied; `after` holds job ids."""
 
@@ -135,6 +189,16 @@ class JobSpec:
     stall_s: float | None = None  # longest time without an output line or progress, [fleet] default applied
     #: Overrides [fleet] checkpoint_interval_s for this job; None keeps the fleet's.
     checkpoint_interval_s: float | None = None
+
+    @property
+    def requirements(self) -> Requirements:
+        """What this job asks of a host (the fields of the same names)."""
+        return Requirements(*_requirement_values(self))
+
+    @property
+    def requirements_key(self) -> str:
+        """`self.requirements.key`, without building the Requirements (a manifest load asks it of every job)."""
+        return _requirements_key(_requirement_values(self))
 
     def to_dict(self) -> JsonObject:
         """The spec as JSON: what the grant carries, the jobs table stores and the artifact records."""

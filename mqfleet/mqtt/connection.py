@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import ssl
 import sys
 import threading
@@ -32,8 +31,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from mqfleet import defaults
 from mqfleet.errors import BrokerUnavailableError, ConfigurationError
-from mqfleet.mqtt.config import BrokerConfig, describe_socket_error
-from mqfleet.mqtt.inbox import Handler, Inbox, Message, Pending, subscription_id
+from mqfleet.mqtt.config import PLAIN_REFUSED_HINT, BrokerConfig, describe_socket_error, set_nodelay
+from mqfleet.mqtt.inbox import Handler, Inbox, Message, Pending, call_safely, subscription_id
 from mqfleet.mqtt.request_reply import RequestReply
 from mqfleet.mqtt.subscriptions import HandlerDispatch
 from mqfleet.wire import topics
@@ -55,6 +54,10 @@ _paho_logger.addFilter(_drop_not_connected_noise)
 
 #: PUBACK reason "No matching subscribers": the broker took the publish but nobody was subscribed.
 _NO_MATCHING_SUBSCRIBERS = 0x10
+#: DISCONNECT reason "Session taken over": another client connected with our client id.
+_SESSION_TAKEN_OVER = 0x8E
+#: Longest wait between two tries to reconnect (paho doubles it from the first, 1 s or less).
+_RECONNECT_MAX_DELAY_S = 10
 
 
 class Connection(HandlerDispatch, RequestReply):
@@ -71,7 +74,8 @@ class Connection(HandlerDispatch, RequestReply):
                  keepalive_s: int = defaults.KEEPALIVE_S, on_connect: Callable[[bool], None] | None = None,
                  on_disconnect: Callable[[], None] | None = None, reply_prefix: str = defaults.TOPIC_PREFIX,
                  reply_topic: str | None = None, is_urgent: Callable[[str], bool] | None = None,
-                 after_step: Callable[[], None] | None = None) -> None:
+                 after_step: Callable[[], None] | None = None, on_socket: Callable[[Any], None] | None = None,
+                 on_publish: Callable[[str, bytes | str], None] | None = None) -> None:
         config.validate()
         if not client_id or any(c in client_id for c in "/+#"):
             raise ConfigurationError(f"client id {client_id!r} must be non-empty and free of '/', '+' and '#'")
@@ -87,6 +91,10 @@ class Connection(HandlerDispatch, RequestReply):
         self._user_on_connect = on_connect
         self._user_on_disconnect = on_disconnect
         self._after_step = after_step
+        #: Called (on paho's thread) with each new socket before CONNECT goes out on it.
+        self._on_socket = on_socket
+        #: told of every message handed to paho (topic, payload), on the publishing thread: it must return at once
+        self._on_publish_hook = on_publish
 
         self._lock = threading.Lock()
         self._filters: dict[str, list[Handler]] = {}
@@ -114,13 +122,13 @@ class Connection(HandlerDispatch, RequestReply):
                                             daemon=True)
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         client.enable_logger(_paho_logger)
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.reconnect_delay_set(min_delay=1, max_delay=_RECONNECT_MAX_DELAY_S)
         if config.tls:
             client.tls_set_context(config.ssl_context())
         if will is not None:
             topic, payload, retain = will
             client.will_set(topic, payload, qos=1, retain=retain)
-        client.on_socket_open = _set_nodelay
+        client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -143,7 +151,11 @@ class Connection(HandlerDispatch, RequestReply):
         if self.persistent:
             properties.SessionExpiryInterval = self._session_expiry_s
         if wait_s is not None:
-            self._client.connect_timeout = max(1.0, min(5.0, wait_s))
+            # paho's bound on each TCP connect and TLS handshake, and its first pause before trying again:
+            # never past the wait, so giving up never waits out a paho sleep (stop joins its thread). paho
+            # types the delay as int and sleeps on a float all the same.
+            self._client.connect_timeout = max(0.05, min(5.0, wait_s))
+            self._client.reconnect_delay_set(min(1, max(0.05, wait_s)), _RECONNECT_MAX_DELAY_S)  # type: ignore[arg-type]
         self._client.connect_async(self.config.host, self.config.port, keepalive=self._keepalive_s,
                                    clean_start=not self.persistent, properties=properties)
         self._dispatcher.start()
@@ -151,19 +163,7 @@ class Connection(HandlerDispatch, RequestReply):
         if wait_s is None:
             self._started_ok = True
             return
-        deadline = time.monotonic() + wait_s
-        while not self._first_connack.wait(0.05):
-            if self._fatal or time.monotonic() >= deadline:
-                break
-        with self._lock:
-            ok = self._connected.is_set()
-            self._started_ok = ok
-        if not ok:
-            cause = self._failure or "no CONNACK"
-            if not self._fatal:
-                cause = f"{cause}; gave up after {wait_s:g}s"
-            self._shutdown(timeout_s=2.0)
-            raise BrokerUnavailableError(f"broker {self.config.url} not reached: {cause}")
+        self._await_first_connack(wait_s)
 
     def _shutdown(self, timeout_s: float) -> None:
         self._stopping = True
@@ -218,6 +218,8 @@ class Connection(HandlerDispatch, RequestReply):
             properties = properties or _properties(PacketTypes.PUBLISH)
             properties.MessageExpiryInterval = expiry_s
         info = self._client.publish(topic, data, qos=qos, retain=retain, properties=properties)
+        if self._on_publish_hook is not None and info.rc != paho.MQTT_ERR_QUEUE_SIZE:
+            self._on_publish_hook(topic, data)
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             raise BrokerUnavailableError(f"publish to {topic}: outgoing queue for {self.config.url} is full")
         if info.rc == paho.MQTT_ERR_NO_CONN:
@@ -278,10 +280,16 @@ class Connection(HandlerDispatch, RequestReply):
 
     # -- paho callbacks: network thread; they must never raise or block ------------------------------------------
 
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        set_nodelay(sock)
+        if self._on_socket is not None:
+            call_safely(self._on_socket, sock, what=f"{self.client_id} on_socket")
+
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         try:
             if reason.is_failure:
-                self._failure = f"connection refused by the broker: {reason.getName()}"
+                hint = PLAIN_REFUSED_HINT if reason.getName() == "Not authorized" and not self.config.tls else ""
+                self._failure = f"connection refused by the broker: {reason.getName()}{hint}"
                 if not self._started_ok:
                     # paho would retry a refused CONNACK forever; start() reports it instead.
                     self._fatal = True
@@ -329,8 +337,12 @@ class Connection(HandlerDispatch, RequestReply):
                 return
             if self._stopping or not was_connected:
                 return
-            logger.warning("mqtt %s: lost connection to %s (%s); reconnecting", self.client_id, self.config.url,
-                           reason.getName() if hasattr(reason, "getName") else reason)
+            # Mosquitto 2.0.15+ says when another client took our client id (2.0.11 just closes the socket;
+            # docs/SECURITY.md, "Trade-offs and residual risks").
+            why = ("another client connected with our client id (session taken over)"
+                   if getattr(reason, "value", None) == _SESSION_TAKEN_OVER
+                   else reason.getName() if hasattr(reason, "getName") else reason)
+            logger.warning("mqtt %s: lost connection to %s (%s); reconnecting", self.client_id, self.config.url, why)
             self._inbox.put(("disconnect", None))
         except Exception:
             logger.exception("mqtt %s: on_disconnect failed", self.client_id)
@@ -381,11 +393,3 @@ class Connection(HandlerDispatch, RequestReply):
 
 def _properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-def _set_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
-    # Nagle on either end meets delayed ACK on the other: 44-88 ms per round trip instead of <1 ms.
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass

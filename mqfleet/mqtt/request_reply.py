@@ -16,7 +16,7 @@ from typing import Any
 
 from mqfleet import defaults
 from mqfleet.errors import BrokerUnavailableError, NotAuthorizedError, RequestTimeoutError
-from mqfleet.mqtt.config import BrokerConfig
+from mqfleet.mqtt.config import PLAIN_REFUSED_HINT, BrokerConfig
 from mqfleet.mqtt.inbox import Message, Pending
 from mqfleet.wire import topics
 from mqfleet.wire.codec import Wire
@@ -39,7 +39,11 @@ class RequestReply:
     _unmatched_mids: OrderedDict[int, float]
     _connects: int
     _connected: threading.Event
+    _first_connack: threading.Event
+    _failure: str | None
+    _fatal: bool
     _started: bool
+    _started_ok: bool
     _stopping: bool
 
     def _publish(self, topic: str, payload: bytes | str | Wire, *, qos: int, retain: bool,
@@ -99,6 +103,23 @@ class RequestReply:
                 logger.warning("mqtt %s: final message to %s not confirmed: %s", self.client_id, topic, e)
         self._shutdown(timeout_s=max(0.5, deadline - time.monotonic()))
 
+    def _await_first_connack(self, wait_s: float) -> None:
+        """Block until the first CONNACK, or shut down and raise BrokerUnavailableError when none came within
+        `wait_s` or the broker refused (a refused CONNACK or a TLS failure ends the wait at once)."""
+        deadline = time.monotonic() + wait_s
+        while not self._first_connack.wait(0.05):
+            if self._fatal or time.monotonic() >= deadline:
+                break
+        with self._lock:
+            ok = self._connected.is_set()
+            self._started_ok = ok
+        if not ok:
+            cause = self._failure or "no CONNACK"
+            if not self._fatal:
+                cause = f"{cause}; gave up after {wait_s:g}s"
+            self._shutdown(timeout_s=2.0)
+            raise BrokerUnavailableError(f"broker {self.config.url} not reached: {cause}")
+
     def _check_running(self) -> None:
         if not self._started or self._stopping:
             raise BrokerUnavailableError(f"connection {self.client_id} to {self.config.url} is not running")
@@ -152,9 +173,7 @@ class RequestReply:
                     reconnected = self._connects != connects and self._connected.is_set()
                 # A request the broker refuses (ACL) is never delivered: say so instead of timing out.
                 if refused is not None:
-                    hint = ("; the loopback listener lets anonymous clients read public state only: connect with "
-                            "mqtts:// and a certificate (MQFLEET_CA, MQFLEET_CERT, MQFLEET_KEY)"
-                            if self.config.url.startswith("mqtt://") and self.config.cert is None else "")
+                    hint = PLAIN_REFUSED_HINT if not self.config.tls else ""
                     raise NotAuthorizedError(f"broker {self.config.url} refused the request on {topic}: {refused}{hint}")
                 if resend_at is None and (unmatched or reconnected):
                     why = "reached no subscriber" if unmatched else "may have been lost in our reconnect"

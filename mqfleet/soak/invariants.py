@@ -8,30 +8,24 @@ so the database is read as it was left, read-only. The verdict is a `SoakReport`
 from __future__ import annotations
 
 import json
-import sqlite3
 import statistics
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from mqfleet.coordinator.sql.connection import SqlConnection, one_row
 from mqfleet.coordinator.sql.postgres import is_postgres_url, open_state
+from mqfleet.coordinator.sql.sqliteconnection import SqliteConnection
 from mqfleet.errors import MqfleetError
 from mqfleet.soak.fleet import SoakConfig
 from mqfleet.soak.injectors import FaultRecord, trainer_processes
 from mqfleet.soak.observer import Observer
 from mqfleet.store.bundle import hash_file, unpack_artifact
 from mqfleet.wire.topics import JsonObject
-
-
-def _open_ro(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    return conn
 
 
 @dataclass
@@ -96,7 +90,7 @@ def _running_elsewhere(record: FaultRecord, observer: Observer) -> JsonObject:
             "not_run_again": len(record.deaths) - len(anywhere), "running_again_anywhere": summary(anywhere)}
 
 
-def _verify_artifacts(conn: sqlite3.Connection, store: Path) -> tuple[int, list[str]]:
+def _verify_artifacts(conn: SqlConnection, store: Path) -> tuple[int, list[str]]:
     verified, bad = 0, []
     rows = conn.execute("SELECT job_id, sha256, size, name FROM job_artifacts ORDER BY job_id").fetchall()
     with tempfile.TemporaryDirectory(prefix="soak-verify-") as scratch:
@@ -119,11 +113,11 @@ def _verify_artifacts(conn: sqlite3.Connection, store: Path) -> tuple[int, list[
     return verified, bad
 
 
-def _resumes(conn: sqlite3.Connection) -> Resumes:
+def _resumes(conn: SqlConnection) -> Resumes:
     rows = conn.execute(
         "SELECT j.name, s.attempt, s.resumed, s.from_attempt, s.from_progress, s.note FROM checkpoint_starts s "
         "JOIN jobs j ON j.id = s.job_id ORDER BY s.ts").fetchall()
-    later = int(conn.execute("SELECT COUNT(*) FROM attempts WHERE number > 1").fetchone()[0])
+    later = int(one_row(conn.execute("SELECT COUNT(*) FROM attempts WHERE number > 1"))[0])
     resumed = [r for r in rows if r["resumed"]]
     fractions = [float((json.loads(r["from_progress"]) or {}).get("progress") or 0.0) for r in resumed if r["from_progress"]]
     backwards = [f"{r['name']} attempt {r['attempt']} resumed from attempt {r['from_attempt']}" for r in resumed
@@ -140,7 +134,7 @@ def check(config: SoakConfig, db: str, store: Path, agents_dir: Path, observer: 
           record: FaultRecord) -> SoakReport:
     """Every invariant of the soak, with the figures behind it; `db` is the SQLite file or the PostgreSQL URL."""
     state = open_state(db) if is_postgres_url(db) else None
-    conn: Any = state.conn if state is not None else _open_ro(Path(db))
+    conn = state.conn if state is not None else SqliteConnection.open_reader(Path(db), read_only=True)
     try:
         jobs = {r["id"]: dict(r) for r in conn.execute("SELECT id, name, status FROM jobs")}
         completions = Counter({r[0]: r[1] for r in conn.execute(

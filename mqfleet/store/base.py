@@ -19,6 +19,7 @@ from mqfleet.defaults import ENV_S3_ACCESS_KEY, ENV_S3_ENDPOINT, ENV_S3_SECRET_K
 from mqfleet.errors import ConfigurationError
 from mqfleet.store.files import FileStore
 from mqfleet.store.s3 import S3Store
+from mqfleet.store.transfer import PresignedUpload
 
 
 class ArtifactStore(Protocol):
@@ -43,6 +44,8 @@ class ArtifactStore(Protocol):
         ...
 
     def presign_put(self, key: str, expires_s: int = 3600) -> str: ...
+    def presign_upload(self, key: str, size: int, expires_s: int) -> PresignedUpload:
+        """What an agent uploads `key` with: on S3 a POST form the store refuses unless it carries exactly `size` bytes."""
     def presign_get(self, key: str, expires_s: int = 3600) -> str: ...
     def stat(self, key: str) -> int | None: ...
     def hash_object(self, key: str) -> tuple[str, int]: ...

@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from mqfleet.errors import ArtifactMismatchError, BundleError
+from mqfleet.errors import ArtifactMismatchError, BundleError, UnpackLimitError
 
 logger = logging.getLogger(__name__)
 
@@ -196,15 +196,17 @@ class _Budget:
     def add_entry(self, name: str) -> None:
         self.files += 1
         if self.files > self.limits.max_files:
-            raise BundleError(f"{name!r}: more than {self.limits.max_files} entries (raise the file limit to unpack it)")
+            raise UnpackLimitError(f"{name!r}: more than {self.limits.max_files} entries (raise the file limit to "
+                                   "unpack it)", "files")
 
     def add_bytes(self, n: int) -> None:
         self.bytes += n
         if self.bytes > self.limits.max_bytes:
-            raise BundleError(f"unpacks to more than {self.limits.max_bytes} bytes (raise the size limit to unpack it)")
+            raise UnpackLimitError(f"unpacks to more than {self.limits.max_bytes} bytes (raise the size limit to "
+                                   "unpack it)", "bytes")
         if self.bytes > self.ratio_bytes:
-            raise BundleError(f"unpacks to more than {self.limits.max_ratio:g} times its compressed size, like a "
-                              "decompression bomb (raise the ratio limit to unpack it)")
+            raise UnpackLimitError(f"unpacks to more than {self.limits.max_ratio:g} times its compressed size, like a "
+                                   "decompression bomb (raise the ratio limit to unpack it)", "ratio")
 
 
 def _extract_stream(tar: tarfile.TarFile, root: Path, budget: _Budget) -> None:

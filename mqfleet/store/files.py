@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mqfleet.errors import ObjectMissingError, StoreError
 from mqfleet.store import keys
-from mqfleet.store.transfer import CHUNK_BYTES, download_from_url, upload_to_url
+from mqfleet.store.transfer import CHUNK_BYTES, PresignedUpload, download_from_url, upload_to_url
 
 
 class FileStore:
@@ -48,6 +48,10 @@ class FileStore:
 
     def presign_put(self, key: str, expires_s: int = 3600) -> str:
         return self._path(key).as_uri()
+
+    def presign_upload(self, key: str, size: int, expires_s: int) -> PresignedUpload:
+        # A file store's writer reaches its folder directly: no URL could bound it (docs/SECURITY.md, "Artifacts").
+        return PresignedUpload(url=self.presign_put(key))
 
     def presign_get(self, key: str, expires_s: int = 3600) -> str:
         return self._path(key).as_uri()

@@ -8,17 +8,18 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import urllib3
 from minio import Minio
 from minio.commonconfig import ComposeSource, CopySource
+from minio.datatypes import PostPolicy
 from minio.error import MinioException, S3Error
 
 from mqfleet.errors import ConfigurationError, ObjectMissingError, StoreError
 from mqfleet.store import keys
-from mqfleet.store.transfer import CHUNK_BYTES
+from mqfleet.store.transfer import CHUNK_BYTES, PresignedUpload
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,17 @@ class S3Store:
     def presign_put(self, key: str, expires_s: int = 3600) -> str:
         with self._translate("presign PUT", key):
             return self._client.presigned_put_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+
+    def presign_upload(self, key: str, size: int, expires_s: int) -> PresignedUpload:
+        # A presigned PUT signs no length, so its holder could store any amount; a POST policy's
+        # content-length-range is checked by the store itself, and its `key` condition pins the key.
+        policy = PostPolicy(self.bucket, datetime.now(timezone.utc) + timedelta(seconds=expires_s))
+        policy.add_equals_condition("key", key)
+        policy.add_content_length_range_condition(size, size)
+        with self._translate("presign POST", key):
+            form = self._client.presigned_post_policy(policy)
+        scheme = "https" if self.secure else "http"  # path-style, as this SDK addresses the endpoint
+        return PresignedUpload(url=f"{scheme}://{self.endpoint}/{self.bucket}", method="POST", fields={"key": key, **form})
 
     def presign_get(self, key: str, expires_s: int = 3600) -> str:
         with self._translate("presign GET", key):

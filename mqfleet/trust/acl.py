@@ -1,13 +1,19 @@
 """The broker's ACL file: who may publish and read which topic, rendered from the manifest's hosts.
 
 Mosquitto (2.0.11, default ACL check) grants an access when a `topic` line of the client's own
-`user` block matches, else when any `pattern` line matches; lines before the first `user` serve
-anonymous clients, who only exist on the loopback listener because the TLS listener names every
-client by its certificate CN; they may only read public state (`deny` lines, checked before
-anything else, keep the patterns from applying to them). So: patterns hold what every
-authenticated client may do (read public state, ask query verbs, read its own reply topic); each known agent host, operator and the
-coordinator gets an explicit `user` block; a CN nobody listed gets the patterns only. Every topic
-comes from `protocol.Topics`, so the ACL cannot drift from the layout the code uses.
+`user` block matches, else when any `pattern` line matches; a `deny` line of the user's block,
+checked before anything else, keeps the patterns from applying. So: patterns hold what every
+authenticated client may do (read public state, ask query verbs, read its own reply topic); each
+known agent host, operator and the coordinator gets an explicit `user` block; the monitoring
+accounts of the loopback listener get public state only; a CN nobody listed gets the patterns
+only. Lines before the first `user` would serve anonymous clients, which the shipped
+mosquitto.conf no longer lets in; they stay read-only in case a config does.
+
+Each role may publish only on the topics it uses, one line per verb, so nobody can park retained
+messages on topics nothing reads (a retained message on a topic the ACL allows is cleared by the
+coordinator; docs/SECURITY.md, "Replies"). Every topic comes from `wire.topics.Topics` and every verb
+from `wire.topics.ROLE_OF_VERB`, so the ACL cannot drift from the layout the code uses; a release that
+adds a verb needs the ACL rendered again (broker/install.sh does).
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from pathlib import Path
 
 from mqfleet.defaults import TOPIC_PREFIX
 from mqfleet.errors import ConfigurationError, ManifestError, Problem
-from mqfleet.hostid import COORDINATOR_CN, OPERATOR_PREFIX, check_host_id, check_name
-from mqfleet.wire.topics import Role, Topics
+from mqfleet.hostid import COORDINATOR_CN, MONITOR_USER, OPERATOR_PREFIX, check_host_id, check_name, is_monitor_name
+from mqfleet.trust.monitor_accounts import check_monitor_name
+from mqfleet.wire.topics import BROKER_LOG_NOTICES, ROLE_OF_VERB, Role, Topics
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,68 +47,77 @@ def render_acl(
     operators: Sequence[str] = (),
     coordinator: str = COORDINATOR_CN,
     prefix: str = TOPIC_PREFIX,
+    monitors: Sequence[str] = (MONITOR_USER,),
 ) -> str:
-    """The text of a Mosquitto ACL file for these agent hosts, operators (names or CNs) and coordinator CN."""
+    """The text of a Mosquitto ACL file for these agent hosts, operators (names or CNs), coordinator CN
+    and loopback monitoring accounts."""
     t = Topics(_check_prefix(prefix))
     coordinator = check_name(coordinator, "coordinator CN")
+    if is_monitor_name(coordinator):
+        raise ConfigurationError(f"coordinator CN {coordinator!r} is a monitoring account name; pick another")
     host_ids = _check_hosts(hosts, coordinator=coordinator)
     operator_cns = _check_operators(operators, coordinator=coordinator, hosts=host_ids)
+    monitor_names = list(dict.fromkeys(check_monitor_name(m) for m in monitors))
     everything = f"{t.prefix}/#"
+    public = [t.work, t.events, t.all_job_states, t.coordinator_status, t.all_adverts, t.all_statuses]
+    public_only = [f"topic deny {t.prefix}/{level}/#" for level in ("rpc", "reply", "control")]
+    public_only += [f"topic read {topic}" for topic in public]
     lines = [
         "# mqfleet broker ACL: rendered by `mqfleet broker acl`; re-render it rather than edit it,",
         "# then send SIGHUP to mosquitto (`systemctl reload mosquitto`) to apply it.",
         f"# prefix {t.prefix!r}; {len(host_ids)} agent host(s); {len(operator_cns)} operator(s).",
         "",
-        "# Anonymous clients exist only on the loopback listener (the TLS listener requires a",
-        "# certificate and takes its CN as the user name): any local account on the broker host.",
-        "# They read public state (mosquitto_sub monitoring), nothing of rpc/, reply/, control/",
-        "# or logs, and publish nothing; the coordinator and operators connect over TLS with their",
-        "# certificates, on the broker host too. The deny lines come first in Mosquitto's check and",
-        "# also override the patterns below, which would otherwise let a local process choose a",
+        "# Anonymous clients: none with the shipped mosquitto.conf (allow_anonymous false). Were a config",
+        "# to let them in, they would read public state only: the deny lines come first in Mosquitto's",
+        "# check and also override the patterns below, which would otherwise let a client choose a",
         "# client id and read that client's replies. See docs/SECURITY.md.",
-        f"topic deny {t.prefix}/rpc/#",
-        f"topic deny {t.prefix}/reply/#",
-        f"topic deny {t.prefix}/control/#",
-        f"topic read {t.work}",
-        f"topic read {t.events}",
-        f"topic read {t.all_job_states}",
-        f"topic read {t.coordinator_status}",
-        f"topic read {t.all_adverts}",
-        f"topic read {t.all_statuses}",
+        *public_only,
         "",
         "# Every authenticated client, known or not: read public state, ask read-only queries,",
         "# read the replies addressed to its own client id.",
-        f"pattern read {t.work}",
-        f"pattern read {t.events}",
-        f"pattern read {t.all_job_states}",
-        f"pattern read {t.coordinator_status}",
-        f"pattern read {t.all_adverts}",
-        f"pattern read {t.all_statuses}",
-        f"pattern write {t.rpc(Role.QUERY, _CLIENT, '+')}",
+        *[f"pattern read {topic}" for topic in public],
+        *[f"pattern write {t.rpc(Role.QUERY, _CLIENT, verb)}" for verb in _verbs(Role.QUERY)],
         f"pattern read {t.reply(_CLIENT)}/#",
         "",
-        "# The coordinator answers every request and publishes all shared state.",
+        "# The coordinator answers every request and publishes all shared state; it reads the broker's",
+        "# connection log lines to learn when another client takes its client id (mosquitto.conf, log_dest).",
         f"user {coordinator}",
         f"topic readwrite {everything}",
+        f"topic read {BROKER_LOG_NOTICES}",
     ]
+    for name in monitor_names:
+        lines += [
+            "",
+            f"# monitoring account {name} (loopback listener, password file; its client id is its user name):",
+            "# public state only, no request, reply, control message or log, and no publish",
+            f"user {name}",
+            *public_only,
+        ]
     for cn in operator_cns:
         lines += [
             "",
             f"# operator {cn[len(OPERATOR_PREFIX) :]}: operator verbs (the coordinator still checks the token), live logs",
             f"user {cn}",
-            f"topic write {t.rpc(Role.OPERATOR, '+', '+')}",
+            *[f"topic write {t.rpc(Role.OPERATOR, '+', verb)}" for verb in _verbs(Role.OPERATOR)],
             f"topic read {t.all_logs}",
         ]
     for host in host_ids:
         lines += [
             "",
-            f"# agent host {host}: its own advert, status, logs and RPCs; its own control messages",
+            f"# agent host {host}: its own advert, status (and will), log batches and RPCs; its own control messages",
             f"user {host}",
-            f"topic write {t.prefix}/hosts/{host}/#",
-            f"topic write {t.rpc(Role.AGENT, host, '+')}",
+            f"topic write {t.advert(host)}",
+            f"topic write {t.status(host)}",
+            f"topic write {t.log(host, '+')}",
+            *[f"topic write {t.rpc(Role.AGENT, host, verb)}" for verb in _verbs(Role.AGENT)],
             f"topic read {t.control(host)}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _verbs(role: Role) -> list[str]:
+    """The verbs sent on `rpc/{role}/...`, in the order wire.topics.Verb lists them."""
+    return [verb.value for verb, of in ROLE_OF_VERB.items() if of is role]
 
 
 def hosts_in_manifest(path: str | os.PathLike[str]) -> list[str]:

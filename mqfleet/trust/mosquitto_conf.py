@@ -4,6 +4,9 @@ The root file is the single source: this module rewrites a known set of its line
 listener's address, the `/etc/mqfleet/broker` directory, persistence, the run-as user) and keeps
 every other line, so a test broker runs the production settings. When the root file stops
 holding one of those lines, rendering fails instead of quietly producing a different broker.
+`anonymous_loopback` is the one departure, for the test suite's shared broker, whose tests connect
+without credentials under client ids of their choosing: it lets anonymous clients in and stops
+naming loopback clients by their user name. Nothing in production renders it.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from mqfleet.errors import ConfigurationError
 BROKER_DIR = "/etc/mqfleet/broker"
 #: The repository's production config; an installed wheel has no repository, so pass `template`.
 ROOT_CONF = Path(__file__).resolve().parents[2] / "mosquitto.conf"
-#: File names in BROKER_DIR, as `mqfleet broker ca|issue|acl` write them.
+#: File names in BROKER_DIR, as `mqfleet broker ca|issue|acl|monitor` write them.
 ACL_FILE = "acl"
+PASSWD_FILE = "passwd"
 CONF_FILE = "mosquitto.conf"
 # Directives whose value is a file in BROKER_DIR; each must appear exactly once in the root file.
-_FILE_DIRECTIVES = ("acl_file", "cafile", "certfile", "keyfile", "crlfile")
+_FILE_DIRECTIVES = ("acl_file", "password_file", "cafile", "certfile", "keyfile", "crlfile")
 _LOCAL_ADDR = "127.0.0.1"
+# The loopback listener's own option that keeps local clients off the fleet's client ids.
+_PINNED_IDS = "use_username_as_clientid"
 
 
 @dataclass
@@ -46,11 +52,13 @@ def render_broker_conf(
     persistence: bool = True,
     user: str | None = None,
     template: str | os.PathLike[str] | None = None,
+    anonymous_loopback: bool = False,
 ) -> str:
     """The root config with files under `conf_dir`, these ports, the TLS listener on `bind` (default: all).
 
     `persistence_dir` replaces the persistence location; `persistence=False` turns it off; `user`
-    replaces the run-as user (`root` lets a test broker read files root owns).
+    replaces the run-as user (`root` lets a test broker read files root owns). `anonymous_loopback`
+    lets anonymous clients choose their client ids on the loopback listener: for tests only.
     """
     source = Path(template) if template is not None else ROOT_CONF
     try:
@@ -62,6 +70,7 @@ def render_broker_conf(
             raise ConfigurationError(f"port {port} is out of range")
     seen = _Seen()
     out: list[str] = []
+    listener = ""
     for line in text.splitlines():
         words = line.split()
         if not words or words[0].startswith("#"):
@@ -70,10 +79,18 @@ def render_broker_conf(
         key = words[0]
         if key == "listener" and len(words) == 3 and words[2] == _LOCAL_ADDR:
             seen.add("local listener")
+            listener = "local"
             line = f"listener {port_local} {_LOCAL_ADDR}"
         elif key == "listener" and len(words) == 2:
             seen.add("TLS listener")
+            listener = "TLS"
             line = f"listener {port_tls} {bind}" if bind else f"listener {port_tls}"
+        elif key == "allow_anonymous" and words[1:] == ["false"]:
+            seen.add("allow_anonymous false")
+            line = "allow_anonymous true" if anonymous_loopback else line
+        elif key == _PINNED_IDS and words[1:] == ["true"] and listener == "local":
+            seen.add(f"{_PINNED_IDS} true under the loopback listener")
+            line = f"# {line} (left out: anonymous loopback, tests only)" if anonymous_loopback else line
         elif key in _FILE_DIRECTIVES:
             seen.add(key)
             line = f"{key} {_moved(words[1], conf_dir)}"
@@ -88,7 +105,8 @@ def render_broker_conf(
             seen.add(key)
             line = f"user {user}"
         out.append(line)
-    expected = ["local listener", "TLS listener", "persistence", *_FILE_DIRECTIVES]
+    expected = ["local listener", "TLS listener", "persistence", "allow_anonymous false",
+                f"{_PINNED_IDS} true under the loopback listener", *_FILE_DIRECTIVES]
     expected += ["persistence_location"] if persistence_dir is not None else []
     expected += ["user"] if user is not None else []
     wrong = [k for k in expected if seen.counts.get(k) != 1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mqfleet.wire.codec import LONG_TEXT, Wire, WireMessage
+from mqfleet.wire.codec import LONG_TEXT, OMIT_NULL, Wire, WireMessage
 from mqfleet.wire.requests import Health, JobRow
 from mqfleet.wire.topics import JsonObject
 
@@ -224,10 +224,13 @@ class CompleteReply(WireMessage):
 
 @dataclass(frozen=True)
 class CheckpointUrlReply(WireMessage):
+    """A presigned PUT, or (S3) a POST of the form `fields`, whose policy lets the store take exactly `size` bytes."""
+
     url: str
     key: str
     expires_s: int
     method: str = "PUT"
+    fields: dict[str, str] | None = field(default=None, metadata=OMIT_NULL)
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,8 @@ class UploadUrlRequest(WireMessage):
 
 @dataclasses.dataclass(frozen=True)
 class UploadUrlReply(WireMessage):
-    """Either the object is stored already (`exists`), or a presigned PUT to this lease's staging key."""
+    """Either the object is stored already (`exists`), or a presigned upload to this lease's staging key: a PUT,
+    or (S3) a POST of the form `fields` whose signed policy lets the store take exactly `size` bytes."""
 
     exists: bool
     key: str = ""
@@ -135,6 +136,7 @@ class UploadUrlReply(WireMessage):
     method: str | None = None
     upload_key: str | None = None
     expires_s: int | None = None
+    fields: dict[str, str] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +179,7 @@ class StatusReply(WireMessage):
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointUploadRequest(WireMessage):
-    """`checkpoint_url`: a presigned PUT for this lease's checkpoint bundle."""
+    """`checkpoint_url`: a presigned upload for this lease's checkpoint bundle of `size` bytes."""
 
     job_id: str
     lease_id: str
@@ -354,6 +356,10 @@ class Health(WireMessage):
     republishing: bool = False
     log_batches_refused: int = 0
     store: str = ""
+    #: times another client connected with this coordinator's client id and the broker disconnected it
+    session_takeovers: int = 0
+    #: retained messages deleted from request and log topics (docs/SECURITY.md, "Replies")
+    retained_cleared: int = 0
     coordinator: str = ""
     role: str = ""
     state_store: str = ""

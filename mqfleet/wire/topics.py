@@ -22,6 +22,9 @@ JsonValue: TypeAlias = None | bool | int | float | str | list["JsonValue"] | dic
 #: A JSON object: the free-form kind of JsonValue most fields hold.
 JsonObject: TypeAlias = dict[str, JsonValue]
 
+#: Where Mosquitto publishes its own notice-level log lines (connects, disconnects) with `log_dest topic`:
+#: outside the prefix, readable by the coordinator alone (acl.py, coordinator/takeover.py).
+BROKER_LOG_NOTICES = "$SYS/broker/log/N"
 #: Longest request id: every remembered reply is keyed by it, so its length is the sender's to abuse.
 MAX_REQUEST_ID_CHARS = 64
 #: Longest trainer output line in a log batch (longer ones are cut), and most lines per batch

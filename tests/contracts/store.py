@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
-from mqfleet.errors import BadRequestError, ObjectMissingError, StoreError
+from mqfleet.errors import ArtifactMismatchError, BadRequestError, ObjectMissingError, StoreError
 from mqfleet.store.base import ArtifactStore
 from mqfleet.store.transfer import download_from_url, upload_to_url
 
@@ -163,3 +163,47 @@ class StoreContract:
         with pytest.raises(ObjectMissingError):
             store.promote(store.staging_key("23" * 16), final)
         assert store.hash_object(final) == (_sha(b"kept"), 4)
+
+    def test_an_upload_presigned_for_a_size_stores_an_object_of_that_size(self, store: ArtifactStore, tmp_path: Path) -> None:
+        data = os.urandom(2 * 1024 * 1024 + 3)
+        key = store.staging_key("45" * 16)
+        upload = store.presign_upload(key, len(data), expires_s=120)
+        upload_to_url(upload.url, _write(tmp_path / "a.bin", data), method=upload.method, fields=upload.fields)
+        assert store.hash_object(key) == (_sha(data), len(data))
+
+    def test_an_upload_presigned_for_a_size_refuses_any_other_size_and_any_other_key(
+        self, store: ArtifactStore, tmp_path: Path
+    ) -> None:
+        if not self.signs_urls:
+            pytest.skip("a file store's writer reaches its folder directly; no URL bounds it")
+        key = store.staging_key("67" * 16)
+        upload = store.presign_upload(key, 100, expires_s=120)
+        assert upload.method == "POST"
+        for wrong in (101, 99, 1024 * 1024):
+            with pytest.raises(StoreError, match="400"):
+                upload_to_url(upload.url, _write(tmp_path / "w.bin", b"x" * wrong), method="POST", fields=upload.fields)
+        other = store.staging_key("89" * 16)
+        with pytest.raises(StoreError, match="403"):
+            upload_to_url(upload.url, _write(tmp_path / "o.bin", b"x" * 100), method="POST",
+                          fields={**upload.fields, "key": other})
+        # Nor does the form's URL take a PUT: it carries no signature of its own.
+        with pytest.raises(StoreError):
+            upload_to_url(f"{upload.url}/{key}", _write(tmp_path / "p.bin", b"x" * 5000))
+        assert store.stat(key) is None and store.stat(other) is None
+
+    def test_a_download_of_a_known_size_reads_no_byte_past_it_and_refuses_another_size(
+        self, store: ArtifactStore, tmp_path: Path
+    ) -> None:
+        data = os.urandom(3 * 1024 * 1024)
+        key = store.key_for(_sha(data))
+        store.put_file(key, _write(tmp_path / "a.bin", data))
+        download_from_url(store.presign_get(key), tmp_path / "ok.bin", size=len(data))
+        assert (tmp_path / "ok.bin").read_bytes() == data
+        for expected in (95, len(data) + 1):
+            with pytest.raises(ArtifactMismatchError, match=str(expected)):
+                download_from_url(store.presign_get(key), tmp_path / "no.bin", size=expected)
+            assert not (tmp_path / "no.bin").exists()
+        empty = store.key_for(_sha(b""))
+        store.put_file(empty, _write(tmp_path / "empty.bin", b""))
+        with pytest.raises(ArtifactMismatchError, match="expected 10"):
+            download_from_url(store.presign_get(empty), tmp_path / "no.bin", size=10)

@@ -1,9 +1,10 @@
 """Attacks on the artifact store by a host that holds a lease, against the project's mTLS broker and a real S3.
 
-Each test is what a hostile but enrolled host tried (finding 2 of the security review): ask for a
-write URL to another job's verified artifact, reuse a presigned PUT after verification, complete with
-a trusted digest whose stored bytes were swapped. Each asserts the artifact is byte-for-byte what was
-verified and `fetch` still returns it.
+Each test is what a hostile but enrolled host tried (finding 2 of the security review; issue 25, X2): ask
+for a write URL to another job's verified artifact, reuse a presigned upload after verification, complete
+with a trusted digest whose stored bytes were swapped or with a lie about its size, upload more than it
+declared, fail the check again and again. Each asserts the artifact is byte-for-byte what was verified
+and `fetch` still returns it.
 """
 
 from __future__ import annotations
@@ -17,45 +18,17 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mqfleet.agent.capability import detect_advert
-from mqfleet.mqtt.connection import Connection
+from mqfleet.errors import StoreError
 from mqfleet.store.base import ArtifactStore
 from mqfleet.store.bundle import pack_artifact
-from mqfleet.store.transfer import upload_to_url
-from mqfleet.wire.topics import Role, encode
-from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import manifest_text
-from tests.fixtures.tls import OPERATOR, T, TlsFleet
+from tests.fixtures.hostile import HostileHost
+from tests.fixtures.tls import OPERATOR, TlsFleet
 
 JOBS = manifest_text(
     {"name": "victim", "model": "ok", "allowed_hosts": ["host-a"], "hyper": {"size_kib": 64}},
     {"name": "mine", "model": "ok", "allowed_hosts": ["host-b"], "seed": 2},
 )
-
-
-class HostileHost:
-    """Host B's certificate and client id, speaking the agent protocol by hand."""
-
-    def __init__(self, fleet: TlsFleet, host: str = "host-b") -> None:
-        self.host = host
-        self.conn = Connection(fleet.broker_config(host), client_id=f"agent-{host}", reply_prefix=T.prefix)
-        self.conn.start(wait_s=10)
-        self.conn.publish_wait(T.advert(host), encode(detect_advert(host, slots=1).to_wire()), retain=True)
-
-    def call(self, verb: str, **fields: Any) -> dict[str, Any]:
-        body = {"request_id": uuid.uuid4().hex, **fields}
-        return self.conn.request(T.rpc(Role.AGENT, self.host, verb), body, timeout_s=10)
-
-    def claim(self) -> dict[str, Any]:
-        def granted() -> dict[str, Any] | None:
-            reply = self.call("claim")
-            return reply["job"] if reply.get("job") else None
-
-        job: dict[str, Any] = wait_until(granted, timeout_s=15, interval_s=0.3, what=f"a claim by {self.host}")
-        return job
-
-    def close(self) -> None:
-        self.conn.stop(timeout_s=2)
 
 
 @pytest.fixture
@@ -68,6 +41,10 @@ def victim(tls_s3_fleet: TlsFleet) -> Iterator[tuple[TlsFleet, dict[str, Any]]]:
     tls_s3_fleet.agents.pop("host-a").stop()
     job = tls_s3_fleet.client().job("victim").to_wire()
     yield tls_s3_fleet, job
+
+
+def _lease(grant: dict[str, Any]) -> dict[str, Any]:
+    return {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}
 
 
 def _intact(store: ArtifactStore, sha256: str, size: int) -> bool:
@@ -97,15 +74,14 @@ def test_an_upload_url_for_another_jobs_verified_digest_with_a_wrong_size_cannot
     assert size is not None
     attacker = HostileHost(fleet)
     try:
-        grant = attacker.claim()
-        lease = {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}
+        lease = _lease(attacker.claim())
         upload = attacker.call("upload_url", **lease, sha256=sha, size=size + 1)
         assert upload["ok"] and upload["exists"] is False
         assert "/artifacts/" not in urlsplit(upload["url"]).path, "a write URL for the artifact key itself"
         assert upload["expires_s"] <= 6 + 180, "a presigned PUT outlives its lease by minutes at most"
         evil = tmp_path / "evil.tar.zst"
         evil.write_bytes(b"\0" * (size + 1))
-        upload_to_url(upload["url"], evil)
+        attacker.upload(upload, evil)
         refused = attacker.call("complete", **lease, sha256=sha, size=size + 1, metrics={})
         assert refused["ok"] is False and refused["error"] == "artifact_mismatch", refused
     finally:
@@ -122,17 +98,16 @@ def test_a_presigned_put_reused_after_verification_leaves_the_verified_artifact_
     store = fleet.store()
     attacker = HostileHost(fleet)
     try:
-        grant = attacker.claim()
-        lease = {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}
+        lease = _lease(attacker.claim())
         bundle, sha, size = _bundle(tmp_path, b"honest model " * 1000)
         upload = attacker.call("upload_url", **lease, sha256=sha, size=size)
-        upload_to_url(upload["url"], bundle)
+        attacker.upload(upload, bundle)
         done = attacker.call("complete", **lease, sha256=sha, size=size, metrics={})
         assert done["ok"] and done["status"] == "completed", done
         # The same URL again, now with other bytes: it writes only the spent staging key.
         swapped, _, _ = _bundle(tmp_path, b"swapped model " * 1000)
         try:
-            upload_to_url(upload["url"], swapped)
+            attacker.upload(upload, swapped)
         except Exception:  # refused outright is just as good
             pass
     finally:
@@ -156,8 +131,7 @@ def test_a_completion_naming_a_stored_digest_is_refused_when_the_stored_bytes_we
     store.put_file(key, forged)
     attacker = HostileHost(fleet)
     try:
-        grant = attacker.claim()
-        lease = {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}
+        lease = _lease(attacker.claim())
         assert attacker.call("upload_url", **lease, sha256=sha, size=size)["exists"] is True
         refused = attacker.call("complete", **lease, sha256=sha, size=size, metrics={})
         assert refused["ok"] is False and refused["error"] == "artifact_mismatch", refused
@@ -169,3 +143,52 @@ def test_a_completion_naming_a_stored_digest_is_refused_when_the_stored_bytes_we
         attacker.close()
     assert fleet.client().job("mine").status != "completed"
     assert hashlib.sha256(b"\1" * size).hexdigest() != sha
+
+
+def test_a_completion_naming_another_jobs_artifact_with_a_wrong_size_reads_nothing_and_deletes_nothing(
+    victim: tuple[TlsFleet, dict[str, Any]], tmp_path: Path
+) -> None:
+    fleet, job = victim
+    store = fleet.store()
+    sha = job["artifact"]
+    size = store.stat(store.key_for(sha))
+    assert size is not None
+    attacker = HostileHost(fleet)
+    try:
+        lease = _lease(attacker.claim())
+        # No upload: the lie names the verified object itself, one byte longer than it is.
+        refused = attacker.call("complete", **lease, sha256=sha, size=size + 1, metrics={})
+    finally:
+        attacker.close()
+    assert refused["ok"] is False and refused["error"] == "artifact_mismatch", refused
+    assert _intact(store, sha, size), "a lie about the size deleted another job's verified artifact"
+    _fetch_ok(fleet, "victim", tmp_path / "fetched")
+
+
+def test_a_staging_upload_past_its_declared_size_is_refused_by_the_store_and_failed_checks_are_capped(
+    victim: tuple[TlsFleet, dict[str, Any]], tmp_path: Path
+) -> None:
+    fleet, _ = victim
+    store = fleet.store()
+    attacker = HostileHost(fleet)
+    try:
+        lease = _lease(attacker.claim())
+        sha = hashlib.sha256(b"declared").hexdigest()
+        upload = attacker.call("upload_url", **lease, sha256=sha, size=100)
+        big = tmp_path / "big.bin"
+        with open(big, "wb") as fh:
+            fh.truncate(16 * 1024 * 1024)
+        with pytest.raises(StoreError):
+            attacker.upload(upload, big)
+        assert store.stat(upload["upload_key"]) is None, "the store kept more bytes than the URL declared"
+        # Bytes of the declared size but not the declared content: each completion reads 100 bytes, three times.
+        junk = tmp_path / "junk.bin"
+        junk.write_bytes(b"j" * 100)
+        errors = []
+        for _ in range(4):
+            attacker.upload(upload, junk)
+            errors.append(attacker.call("complete", **lease, sha256=sha, size=100, metrics={}).get("error"))
+    finally:
+        attacker.close()
+    assert errors == ["artifact_mismatch"] * 3 + ["rate_limited"], errors
+    assert fleet.client().job("mine").status != "completed"

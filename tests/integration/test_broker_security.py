@@ -28,17 +28,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqfleet.errors import ConfigurationError
+from mqfleet.hostid import MONITOR_USER
 from mqfleet.local.ports import free_port
 from mqfleet.trust.acl import render_acl, write_acl
 from mqfleet.trust.certs import CertRole, issue_cert, make_ca, revoke_cert
-from mqfleet.trust.mosquitto_conf import CONF_FILE, ROOT_CONF, render_broker_conf
-from mqfleet.wire.topics import Role, Topics, Verb
+from mqfleet.trust.monitor_accounts import set_password, write_options
+from mqfleet.trust.mosquitto_conf import CONF_FILE, PASSWD_FILE, ROOT_CONF, render_broker_conf
+from mqfleet.wire.topics import BROKER_LOG_NOTICES, Role, Topics, Verb
 
 T = Topics()
 HOSTS = ["host-a", "host-b"]
 OPERATORS = ["alice"]
 NOT_AUTHORIZED = 0x87
 WAIT_S = 5.0
+MONITOR_PASSWORD = "monitor-test-password"
 #: How long a raw TLS client listens for the broker's refusal before it sends CONNECT.
 ALERT_WAIT_S = 1.0
 
@@ -86,6 +89,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     issue_cert(other, cn="host-a", role=CertRole.AGENT)
     issue_cert(d, cn="host-a", role=CertRole.AGENT, out_dir=d / "revoked")
     revoke_cert(d, d / "revoked" / "host-a.crt")
+    set_password(d / PASSWD_FILE, MONITOR_USER, MONITOR_PASSWORD)
+    write_options(d / "monitor" / "mosquitto_sub", user=MONITOR_USER, password=MONITOR_PASSWORD, port=None)
     return d
 
 
@@ -168,9 +173,9 @@ class Peer:
             assert self._cond.wait_for(lambda: mid in self._acks, WAIT_S), f"no acknowledgement of mid {mid}"
             return self._acks.pop(mid)
 
-    def publish(self, topic: str, payload: str) -> ReasonCode:
+    def publish(self, topic: str, payload: str, *, retain: bool = False) -> ReasonCode:
         """The PUBACK reason code of a QoS 1 publish."""
-        return self._wait_ack(self.client.publish(topic, payload, qos=1).mid)
+        return self._wait_ack(self.client.publish(topic, payload, qos=1, retain=retain).mid)
 
     def subscribe(self, topic_filter: str) -> None:
         _, mid = self.client.subscribe(topic_filter, qos=1)
@@ -323,50 +328,152 @@ def test_good_client_certificate_passes_the_same_raw_connect(broker: Broker) -> 
     assert _try_mqtt_connect(broker, "host-a") == "connack"
 
 
-def test_loopback_listener_gives_local_processes_public_state_only(broker: Broker, peers: Callable[..., Peer]) -> None:
-    """Any local account on the broker host: `mosquitto_sub -t 'mqfleet/#'` still shows the fleet, but no
-    operator request, reply, control message or log, and it can publish nothing (finding 4)."""
-    # It even picks host A's agent client id, to read A's replies through the `reply/%c` pattern.
-    local = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="agent-host-a", protocol=mqtt.MQTTv5)
-    seen: queue.Queue[str] = queue.Queue()
-    acks: dict[int, ReasonCode] = {}
-    local.on_message = lambda c, u, msg: seen.put(msg.topic)
-    local.on_publish = lambda c, u, mid, rc, p: acks.__setitem__(mid, rc)
-    local.connect("127.0.0.1", broker.port_local, keepalive=10)
-    local.loop_start()
+class LocalClient:
+    """A paho MQTT v5 client on the loopback listener, as any local account could run one."""
+
+    def __init__(self, broker: Broker, client_id: str, *, login: tuple[str, str] | None = None) -> None:
+        self.seen: queue.Queue[str] = queue.Queue()
+        self.acks: dict[int, ReasonCode] = {}
+        self.connack: ReasonCode | None = None
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                                  reconnect_on_failure=False)
+        if login is not None:
+            self.client.username_pw_set(*login)
+        self.client.on_message = lambda c, u, msg: self.seen.put(msg.topic)
+        self.client.on_publish = lambda c, u, mid, rc, p: self.acks.__setitem__(mid, rc)
+        self.client.on_connect = lambda c, u, flags, rc, p: setattr(self, "connack", rc)
+        self.client.connect("127.0.0.1", broker.port_local, keepalive=10)
+        self.client.loop_start()
+        _wait_until(lambda: self.connack is not None, "the loopback listener's CONNACK")
+
+    def publish(self, topic: str) -> ReasonCode:
+        mid = self.client.publish(topic, "local", qos=1).mid
+        _wait_until(lambda: mid in self.acks, f"PUBACK for {topic}")
+        return self.acks[mid]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_loopback_listener_refuses_anonymous_clients_so_none_can_take_the_coordinators_client_id(
+    broker: Broker, peers: Callable[..., Peer]
+) -> None:
+    """Issue 25 item 2 (X1): any local account connected without a certificate as `coordinator`, which
+    disconnected the coordinator and ended its session. Now the loopback listener takes no anonymous client."""
+    coordinator = peers("coordinator", "coordinator")
+    agent = peers("host-a", "agent-host-a")
+    mark = len(broker.log)
+    for client_id in ("coordinator", "agent-host-a"):
+        intruder = LocalClient(broker, client_id)
+        try:
+            assert intruder.connack is not None and intruder.connack.getName() == "Not authorized", intruder.connack
+        finally:
+            intruder.close()
+    assert not any("already connected" in line for line in broker.log[mark:]), broker.log[mark:]
+    assert coordinator.client.is_connected() and agent.client.is_connected()
+    assert not agent.publish(T.advert("host-a"), "still here").is_failure
+
+
+def test_monitoring_account_reads_public_state_only_under_its_own_user_name_whatever_client_id_it_asks(
+    broker: Broker, peers: Callable[..., Peer]
+) -> None:
+    """The loopback listener's monitoring account (`mqfleet broker monitor`): `mosquitto_sub` still shows
+    the fleet, but no operator request, reply, control message, log or broker log, it can publish nothing,
+    and asking for a fleet client id gets it its user name instead, so it takes no one's session."""
+    coordinator = peers("coordinator", "coordinator")
+    operator = peers("operator-alice", "cli-alice")
+    agent = peers("host-a", "agent-host-a")
+    mark = len(broker.log)
+    local = LocalClient(broker, "agent-host-a", login=(MONITOR_USER, MONITOR_PASSWORD))
     try:
-        local.subscribe(f"{T.prefix}/#", qos=1)
-        coordinator = peers("coordinator", "coordinator")
-        operator = peers("operator-alice", "cli-alice")
-        agent = peers("host-a", "agent-host-a-real")
-        _wait_until(lambda: coordinator.publish(T.coordinator_status, "{}") is not None and not seen.empty(),
-                    "the local subscriber to get public state")
+        assert local.connack is not None and not local.connack.is_failure, local.connack
+        _wait_until(lambda: any(f"as {MONITOR_USER} " in line for line in broker.log[mark:]), "the broker named it")
+        assert not any("already connected" in line for line in broker.log[mark:])
+        assert agent.client.is_connected()
+        local.client.subscribe([(f"{T.prefix}/#", 1), ("$SYS/broker/log/#", 1)])
+        _wait_until(lambda: coordinator.publish(T.coordinator_status, "{}") is not None and not local.seen.empty(),
+                    "the monitoring account to get public state")
         for peer, topic in ((operator, T.rpc(Role.OPERATOR, "cli-alice", Verb.CANCEL)),
                             (coordinator, T.reply("cli-alice")), (coordinator, T.control("host-a")),
-                            (coordinator, T.reply("agent-host-a")), (coordinator, f"{T.reply('agent-host-a')}/x"),
+                            (coordinator, T.reply("agent-host-a")), (coordinator, T.reply(MONITOR_USER)),
                             (agent, T.log("host-a", "job-1")), (agent, T.rpc(Role.AGENT, "host-a", Verb.CLAIM))):
             assert not peer.publish(topic, '{"token": "would-be-secret"}').is_failure, topic
         agent.publish(T.advert("host-a"), "{}")
         got: list[str] = []
         while len(got) < 50:
             try:
-                got.append(seen.get(timeout=1.0))
+                got.append(local.seen.get(timeout=1.0))
             except queue.Empty:
                 break
         assert T.advert("host-a") in got
         assert not [t for t in got if "/rpc/" in t or "/reply/" in t or "/control/" in t or "/log/" in t], got
         for topic in (T.rpc(Role.AGENT, "host-b", Verb.CLAIM), T.rpc(Role.OPERATOR, "x", Verb.CANCEL),
-                      T.rpc(Role.QUERY, "agent-host-a", Verb.HEALTH), T.advert("host-b"), T.control("host-a")):
-            mid = local.publish(topic, "local", qos=1).mid
-
-            def acked(mid: int = mid) -> bool:
-                return mid in acks
-
-            _wait_until(acked, f"PUBACK for {topic}")
-            assert acks[mid].value == NOT_AUTHORIZED, (topic, acks[mid])
+                      T.rpc(Role.QUERY, MONITOR_USER, Verb.HEALTH), T.advert("host-b"), T.control("host-a"),
+                      T.coordinator_status):
+            assert local.publish(topic).value == NOT_AUTHORIZED, topic
     finally:
-        local.loop_stop()
-        local.disconnect()
+        local.close()
+
+
+def test_a_wrong_monitoring_password_is_refused(broker: Broker) -> None:
+    local = LocalClient(broker, "monitor", login=(MONITOR_USER, "not-it"))
+    try:
+        assert local.connack is not None and local.connack.is_failure
+    finally:
+        local.close()
+
+
+def test_mosquitto_sub_reads_public_state_through_the_monitoring_accounts_options_file(
+    broker: Broker, peers: Callable[..., Peer]
+) -> None:
+    """As docs/OPERATIONS.md says: `XDG_CONFIG_HOME=/etc/mqfleet/monitor mosquitto_sub -v -t 'mqfleet/#'`."""
+    coordinator = peers("coordinator", "coordinator")
+    assert not coordinator.publish(T.coordinator_status, '{"state": "online"}', retain=True).is_failure
+    env = {**os.environ, "XDG_CONFIG_HOME": str(broker.dir / "monitor")}
+    done = subprocess.run(["mosquitto_sub", "-p", str(broker.port_local), "-v", "-t", f"{T.prefix}/#", "-C", "1",
+                           "-W", "5"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f'{T.coordinator_status} {{"state": "online"}}'
+    anonymous = subprocess.run(["mosquitto_sub", "-p", str(broker.port_local), "-t", f"{T.prefix}/#", "-C", "1",
+                                "-W", "5"], capture_output=True, text=True, timeout=30)
+    assert anonymous.returncode != 0 and "not authorised" in anonymous.stderr
+
+
+def test_only_the_coordinator_reads_the_brokers_connection_log(broker: Broker, peers: Callable[..., Peer]) -> None:
+    coordinator = peers("coordinator", "coordinator-watch")
+    coordinator.subscribe(BROKER_LOG_NOTICES)
+    agent = peers("host-a", "agent-host-a")
+    agent.subscribe(BROKER_LOG_NOTICES)
+    operator = peers("operator-alice", "cli-alice")
+    operator.subscribe(BROKER_LOG_NOTICES)
+    peers("host-b", "agent-host-b")
+    lines: list[str] = []
+    for _ in range(20):  # a line per connection event; host B's connect is among the next few
+        lines += [payload for _, payload in coordinator.receive_until(BROKER_LOG_NOTICES)]
+        if any("as agent-host-b " in line for line in lines):
+            break
+    assert any("New client connected from 127.0.0.1:" in line and "as agent-host-b " in line for line in lines), lines
+    assert agent.messages.empty() and operator.messages.empty()
+
+
+def test_a_host_cannot_retain_messages_under_its_path_beyond_advert_status_and_logs(peers: Callable[..., Peer]) -> None:
+    """Issue 25 item 9 (X6): `hosts/H/#` let a host park any number of retained messages on the broker."""
+    agent = peers("host-a")
+    for topic in (f"{T.prefix}/hosts/host-a/junk", f"{T.prefix}/hosts/host-a/advert/deeper",
+                  f"{T.prefix}/hosts/host-a/log/job-1/more", f"{T.prefix}/rpc/agent/host-a/no-such-verb"):
+        assert agent.publish(topic, "x" * 1000, retain=True).value == NOT_AUTHORIZED, topic
+    for topic in (T.advert("host-a"), T.status("host-a"), T.log("host-a", "job-1"),
+                  T.rpc(Role.AGENT, "host-a", Verb.CLAIM)):
+        assert not agent.publish(topic, "{}").is_failure, topic
+
+
+def test_a_certificate_can_send_only_real_query_verbs_on_its_own_client_id(peers: Callable[..., Peer]) -> None:
+    stranger = peers("stranger", "cli-stranger")
+    assert stranger.publish(T.rpc(Role.QUERY, "cli-stranger", "no-such-verb"), "{}").value == NOT_AUTHORIZED
+    assert stranger.publish(T.rpc(Role.QUERY, "cli-stranger", Verb.HEALTH), "{}").value != NOT_AUTHORIZED
+    operator = peers("operator-alice", "cli-alice")
+    assert operator.publish(T.rpc(Role.OPERATOR, "cli-alice", "no-such-verb"), "{}").value == NOT_AUTHORIZED
 
 
 def test_enrolled_host_gets_its_topics_after_acl_rerender_and_sighup(
@@ -410,6 +517,7 @@ def test_rendered_config_differs_from_the_root_file_only_in_ports_paths_persiste
     assert changed == {
         "listener",
         "acl_file",
+        "password_file",
         "cafile",
         "certfile",
         "keyfile",
@@ -418,6 +526,24 @@ def test_rendered_config_differs_from_the_root_file_only_in_ports_paths_persiste
         "user",
     }
     assert f"acl_file {tmp_path}/acl" in rendered and "require_certificate true" in rendered
+
+
+def test_anonymous_loopback_for_tests_changes_only_the_anonymous_and_client_id_lines(tmp_path: Path) -> None:
+    production, tests = (render_broker_conf(conf_dir=tmp_path, anonymous_loopback=a).splitlines() for a in (False, True))
+    changed = [(a, b) for a, b in zip(production, tests, strict=True) if a != b]
+    assert changed == [("allow_anonymous false", "allow_anonymous true"),
+                       ("use_username_as_clientid true",
+                        "# use_username_as_clientid true (left out: anonymous loopback, tests only)")]
+
+
+def test_template_that_pins_client_ids_on_the_wrong_listener_or_lets_anonymous_in_is_refused(tmp_path: Path) -> None:
+    template = tmp_path / "mosquitto.conf"
+    root = ROOT_CONF.read_text()
+    moved = root.replace("use_username_as_clientid true\n", "").replace("tls_version", "use_username_as_clientid true\ntls_version")
+    for text in (moved, root.replace("allow_anonymous false", "allow_anonymous true")):
+        template.write_text(text)
+        with pytest.raises(ConfigurationError, match="use_username_as_clientid|allow_anonymous"):
+            render_broker_conf(conf_dir=tmp_path, template=template)
 
 
 def test_template_missing_an_expected_line_is_refused(tmp_path: Path) -> None:
@@ -437,6 +563,8 @@ def test_operator_workflow_through_the_cli_yields_a_broker_that_pins_hosts(tmp_p
         ["issue", "--dir", str(d), "--cn", "broker", "--role", "server"],
         ["issue", "--dir", str(d), "--cn", "host-a", "--role", "agent"],
         ["acl", "--manifest", str(manifest), "--operators", "alice", "--out", str(d / "acl")],
+        ["monitor", "--passwd", str(d / "passwd"), "--options", str(d / "monitor" / "mosquitto_sub"),
+         "--port", str(port_local)],
         [
             "render-conf",
             "--out",
@@ -465,10 +593,15 @@ def test_operator_workflow_through_the_cli_yields_a_broker_that_pins_hosts(tmp_p
         assert broker.proc.poll() is None, broker.log
         agent = Peer(broker, "host-a", client_id="agent-host-a")
         try:
-            assert not agent.publish(T.advert("host-a"), "{}").is_failure
+            assert not agent.publish(T.advert("host-a"), '{"slots": 1}', retain=True).is_failure
             assert agent.publish(T.advert("host-b"), "{}").value == NOT_AUTHORIZED
         finally:
             agent.close()
+        # the monitoring account `broker monitor` made, through its options file alone
+        monitor = subprocess.run(["mosquitto_sub", "-v", "-t", f"{T.prefix}/#", "-C", "1", "-W", "5"],
+                                 env={**os.environ, "XDG_CONFIG_HOME": str(d / "monitor")}, capture_output=True,
+                                 text=True, timeout=30)
+        assert monitor.returncode == 0 and monitor.stdout.strip() == f'{T.advert("host-a")} {{"slots": 1}}', monitor
     finally:
         _stop(broker.proc)
 

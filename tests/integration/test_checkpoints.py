@@ -15,23 +15,7 @@ from typing import Any
 from mqfleet.client import FleetClient
 from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
-from tests.fixtures.fleet import FAST_FLEET, Fleet, manifest_text
-
-RESUMABLE_TRAINER = """\
-[trainers.resumable]
-command = ["{python}", "tests/data/trainers/resumable.py"]
-[trainers.resumable.hyper]
-steps = { type = "int", default = 20, min = 1 }
-interval_s = { type = "float", default = 0.2, min = 0.0 }
-fail_at = { type = "int", default = 0, min = 0 }
-
-[trainers.stateless]
-command = ["{python}", "tests/data/trainers/resumable.py"]
-resumable = false
-[trainers.stateless.hyper]
-steps = { type = "int", default = 3, min = 1 }
-interval_s = { type = "float", default = 0.05, min = 0.0 }
-"""
+from tests.fixtures.fleet import FAST_FLEET, RESUMABLE_TRAINER, Fleet, manifest_text
 
 #: 60 steps of 0.25 s: 15 s of training, long enough to interrupt in the middle.
 SLOW = {"steps": 60, "interval_s": 0.25}

@@ -9,46 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
-from mqfleet.agent.capability import detect_advert
-from mqfleet.mqtt.connection import Connection
 from mqfleet.store.bundle import pack_artifact
-from mqfleet.store.transfer import upload_to_url
-from mqfleet.wire.topics import Role, encode
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import manifest_text
-from tests.fixtures.tls import OPERATOR, T, TlsFleet
+from tests.fixtures.hostile import HostileHost
+from tests.fixtures.tls import OPERATOR, TlsFleet
 
 #: An OSC that retitles the window, a screen clear, an OSC 52 clipboard write, and rich markup.
 HOSTILE_TEXT = "\x1b]0;pwned\x07\x1b[2J\x1b]52;c;ZXZpbA==\x07[bold red]linux[/"
-
-
-class HostileHost:
-    def __init__(self, fleet: TlsFleet, host: str = "host-b") -> None:
-        self.host = host
-        self.conn = Connection(fleet.broker_config(host), client_id=f"agent-{host}", reply_prefix=T.prefix)
-        self.conn.start(wait_s=10)
-
-    def advert(self, **fields: Any) -> None:
-        self.conn.publish_wait(T.advert(self.host), encode({**detect_advert(self.host, slots=1).to_wire(), **fields}), retain=True)
-
-    def call(self, verb: str, **fields: Any) -> dict[str, Any]:
-        return self.conn.request(T.rpc(Role.AGENT, self.host, verb), {"request_id": uuid.uuid4().hex, **fields},
-                                 timeout_s=10)
-
-    def claim(self) -> dict[str, Any]:
-        def granted() -> dict[str, Any] | None:
-            reply = self.call("claim")
-            return reply["job"] if reply.get("job") else None
-
-        job: dict[str, Any] = wait_until(granted, timeout_s=15, interval_s=0.3, what=f"a claim by {self.host}")
-        return job
-
-    def close(self) -> None:
-        self.conn.stop(timeout_s=2)
 
 
 def _workers(fleet: TlsFleet) -> dict[str, dict[str, Any]]:
@@ -60,7 +31,7 @@ def _workers(fleet: TlsFleet) -> dict[str, dict[str, Any]]:
 def test_a_hostile_advert_is_refused_the_last_good_one_stays_and_workers_still_renders(tls_fleet: TlsFleet) -> None:
     tls_fleet.write_manifest(manifest_text({"name": "parked", "model": "ok", "allowed_hosts": ["nowhere"]}))
     tls_fleet.start_coordinator()
-    host = HostileHost(tls_fleet)
+    host = HostileHost(tls_fleet, advertise=False)
     try:
         host.advert(slots=3)
         wait_until(lambda: _workers(tls_fleet).get("host-b", {}).get("slots") == 3, timeout_s=10)
@@ -89,7 +60,7 @@ def test_escape_sequences_in_a_hosts_failure_and_output_never_reach_show_or_logs
     tls_fleet.write_manifest(manifest_text({"name": "b-job", "model": "ok", "allowed_hosts": ["host-b"]},
                                            fleet="[fleet]\nmax_attempts = 1\nlease_s = 30\ngrace_s = 2\n"))
     tls_fleet.start_coordinator()
-    host = HostileHost(tls_fleet)
+    host = HostileHost(tls_fleet, advertise=False)
     try:
         host.advert()
         grant = host.claim()
@@ -119,13 +90,13 @@ def test_fetch_refuses_a_zstd_bomb_and_leaves_nothing_in_dir(tls_fleet: TlsFleet
     bundle = tmp_path / "bomb.tar.zst"
     sha, size = pack_artifact(out, bundle)
     assert size < 64 * 1024, size
-    host = HostileHost(tls_fleet)
+    host = HostileHost(tls_fleet, advertise=False)
     try:
         host.advert()
         grant = host.claim()
         lease = {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}
         upload = host.call("upload_url", **lease, sha256=sha, size=size)
-        upload_to_url(upload["url"], bundle)
+        host.upload(upload, bundle)
         assert host.call("complete", **lease, sha256=sha, size=size, metrics={})["ok"]
     finally:
         host.close()

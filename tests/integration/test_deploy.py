@@ -20,6 +20,7 @@ import pytest
 
 from mqfleet import defaults
 from mqfleet.trust import certs
+from tests.fixtures.common import require_real_part
 from tests.fixtures.fleet import Fleet, manifest_text
 from tests.fixtures.users import OTHER_USER
 
@@ -29,6 +30,7 @@ COORD_SH = ROOT / "coordinator" / "install-coordinator.sh"
 AGENT_SH = ROOT / "agent" / "install-agent.sh"
 AGENT_PS1 = ROOT / "agent" / "install-agent.ps1"
 INSTALL_COMMON_SH = ROOT / "scripts" / "install-common.sh"
+BROKER_SH = ROOT / "broker" / "install.sh"
 COORD_UNIT = "etc/systemd/system/mqfleet-coordinator.service"
 AGENT_UNIT = "etc/systemd/system/mqfleet-agent.service"
 TASK_NS = "{http://schemas.microsoft.com/windows/2004/02/mit/task}"
@@ -115,6 +117,7 @@ def test_coordinator_install_writes_a_verified_unit_a_0600_config_with_a_token_a
     assert service["ExecStart"].endswith("--log-file /var/log/mqfleet/coordinator.log")
     assert service["LogsDirectory"] == "mqfleet"
     assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
+    assert int(service["LimitNOFILE"]) >= 8192  # issue 25 item 7: not the default 1,024
     assert "mosquitto.service" in unit_sections(unit_path)["Unit"]["After"]
     env_file = root / "etc/mqfleet/coordinator.env"
     assert mode_of(env_file) == 0o600
@@ -368,13 +371,39 @@ def test_agent_install_refuses_mqtts_without_tls_files(tmp_path: Path) -> None:
     assert "--ca, --cert and --key" in result.stderr
 
 
-@pytest.mark.parametrize("script", [COORD_SH, AGENT_SH, INSTALL_COMMON_SH], ids=["coordinator", "agent", "common"])
+@pytest.mark.parametrize("script", [COORD_SH, AGENT_SH, INSTALL_COMMON_SH, BROKER_SH],
+                         ids=["coordinator", "agent", "common", "broker"])
 def test_install_script_is_shellcheck_clean(script: Path) -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
     result = subprocess.run([shellcheck, "-x", "--severity=style", str(script)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
+
+
+def test_broker_install_stages_a_monitoring_account_once_and_an_acl_that_names_it(tmp_path: Path,
+                                                                                  manifest: Path) -> None:
+    has_group = subprocess.run(["getent", "group", "mosquitto"], capture_output=True, check=False).returncode == 0
+    require_real_part(has_group, "the mosquitto package (its group)")
+    ca = tmp_path / "ca"
+    certs.make_ca(ca)
+    certs.issue_cert(ca, cn="server", role=certs.CertRole.SERVER)
+    stage = tmp_path / "stage"
+    env = {"DESTDIR": str(stage), "MQFLEET": str(VENV / "bin" / "mqfleet"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+    def install() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(BROKER_SH), str(ca), str(manifest), "alice"], capture_output=True,
+                              text=True, timeout=120, env=env, check=False)
+
+    assert (done := install()).returncode == 0, done.stdout + done.stderr
+    broker_dir, options = stage / "etc/mqfleet/broker", stage / "etc/mqfleet/monitor/mosquitto_sub"
+    passwd = (broker_dir / "passwd").read_text()
+    assert passwd.startswith("monitor:$7$") and mode_of(broker_dir / "passwd") == 0o640
+    assert "-u monitor" in options.read_text() and mode_of(options) == 0o640
+    assert "user monitor\n" in (broker_dir / "acl").read_text()
+    assert "password_file /etc/mqfleet/broker/passwd" in (broker_dir / "mosquitto.conf").read_text()
+    assert (done := install()).returncode == 0, done.stdout + done.stderr
+    assert (broker_dir / "passwd").read_text() == passwd  # a rerun keeps the account and its password
 
 
 # -- Windows ---------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ requests queues up behind a first one; the broker and the database are real."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ import pytest
 
 from mqfleet.coordinator.core import CoordinatorConfig
 from mqfleet.coordinator.service import Coordinator
+from mqfleet.errors import ConstraintError, StateStoreError
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.rpc import Reply, RpcClient
@@ -143,7 +143,7 @@ def test_a_group_whose_commit_fails_leaves_nothing_and_each_request_runs_again_w
     backs = [{"job_id": g["job"]["id"], "lease_id": g["lease_id"], "cause": "shutdown"} for g in (g1, g2)]
     grouped_before = coordinator.grouped_requests
     blocker = _blocker(coordinator, mqtt_connect)
-    commit = coordinator.state._commit
+    commit = coordinator.state.conn.commit
     failures: list[int] = []
 
     def commit_failing_once() -> None:
@@ -152,11 +152,11 @@ def test_a_group_whose_commit_fails_leaves_nothing_and_each_request_runs_again_w
                                                      (g1["job"]["id"],)).fetchone() is None
         if handed_back and not failures:
             failures.append(1)
-            coordinator.state.conn.execute("ROLLBACK")  # what a failed COMMIT leaves behind, closed
-            raise sqlite3.OperationalError("disk I/O error (injected)")
+            coordinator.state.conn.rollback()  # what a failed COMMIT leaves behind, closed
+            raise StateStoreError("disk I/O error (injected)")
         commit()
 
-    monkeypatch.setattr(coordinator.state, "_commit", commit_failing_once)
+    monkeypatch.setattr(coordinator.state.conn, "commit", commit_failing_once)
     # the blocker is refused (a wrong lease): its transaction rolls back, only its refusal is remembered
     replies = _burst(coordinator, lambda: blocker.send(Verb.FAIL, {**backs[0], "lease_id": "0" * 32}), [
         lambda: h1.send(Verb.FAIL, backs[0], request_id="back-1"),
@@ -171,3 +171,23 @@ def test_a_group_whose_commit_fails_leaves_nothing_and_each_request_runs_again_w
     assert h1.send(Verb.FAIL, backs[0], request_id="back-1")["ok"] is True
     assert h2.send(Verb.FAIL, backs[1], request_id="back-2")["ok"] is True
     assert coordinator.catalog.job(g1["job"]["id"]).status == coordinator.catalog.job(g2["job"]["id"]).status == "pending"
+
+
+def test_a_database_fault_inside_a_request_is_answered_internal_naming_no_sql_and_is_not_remembered(
+    coordinator: Coordinator, mqtt_connect: Callable[..., Connection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h1 = _agent(mqtt_connect, coordinator.topics, "h1")
+    grant = _claim(h1)
+    back = {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"], "cause": "shutdown"}
+
+    def failing_fail(*args: object, **kwargs: object) -> None:
+        raise ConstraintError("state database: UNIQUE constraint failed: leases.lease_id (injected)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(coordinator.leases, "fail", failing_fail)
+        refused = h1.send(Verb.FAIL, back, request_id="back-1")
+    assert (refused["ok"], refused["error"]) == (False, "internal")
+    assert "constraint" not in refused["message"], "the database's text stays in the coordinator's log"
+    # the fault was the coordinator's, not the request's: the same request sent again runs
+    assert h1.send(Verb.FAIL, back, request_id="back-1")["ok"] is True
+    assert coordinator.catalog.job(grant["job"]["id"]).status == "pending"

@@ -9,14 +9,11 @@ import os
 import signal
 import socket
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from mqfleet.local.ports import free_port
-from tests.fixtures.common import wait_until
+from tests.fixtures.common import scrape_metrics, wait_until
 from tests.fixtures.fleet import Fleet, manifest_text
 
 HUNGRY_TRAINER = """\
@@ -35,17 +32,6 @@ def _manifest(*jobs: dict[str, Any], extra: str = "") -> str:
     return manifest_text(*jobs, trainers=HUNGRY_TRAINER.replace("{python}", sys.executable), extra=extra)
 
 
-def _scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Every sample of /metrics by name and sorted labels, parsed with prometheus_client's parser."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return samples
-
-
 def _cli_json(fleet: Fleet, *args: str) -> Any:
     done = fleet.cli(*args, "--json")
     assert done.returncode == 0, done.stderr
@@ -61,8 +47,8 @@ def test_metrics_gauges_agree_with_jobs_json_and_requests_are_counted(fleet: Fle
     fleet.start_coordinator(extra=("--metrics-port", str(port)))
     fleet.start_agent("h1")
     fleet.wait_for_status({"quick": "completed", "parked": "pending"})
-    wait_until(lambda: _scrape(port)["mqfleet_hosts_online"][()] == 1, timeout_s=10, what="the host to count as online")
-    samples = _scrape(port)
+    wait_until(lambda: scrape_metrics(port)["mqfleet_hosts_online"][()] == 1, timeout_s=10, what="the host to count as online")
+    samples = scrape_metrics(port)
     jobs = _cli_json(fleet, "jobs")
     for status in ("pending", "claimed", "running", "completed", "failed", "cancelled"):
         want = sum(1 for j in jobs if j["status"] == status)

@@ -100,23 +100,34 @@ def test_a_reply_inside_the_senders_own_namespace_is_answered(fleet: Fleet) -> N
         conn.stop()
 
 
-def test_a_retained_request_is_dropped_now_and_after_a_coordinator_restart(fleet: Fleet) -> None:
+def test_a_retained_request_is_dropped_and_deleted_so_a_restarted_coordinator_finds_nothing_to_run(
+    fleet: Fleet,
+) -> None:
     fleet.write_manifest(manifest_text({"name": "j", "model": "ok"}))
     coordinator = fleet.start_coordinator()
     t = Topics(fleet.prefix)
     attacker = _raw(fleet, "mon")
+    topic = t.rpc(Role.QUERY, attacker.client_id, "health")
     try:
         got: list[bytes] = []
         attacker.subscribe(t.reply(attacker.client_id), lambda m: got.append(m.payload))
-        _publish_request(attacker, t.rpc(Role.QUERY, attacker.client_id, "health"), t.reply(attacker.client_id),
-                         retain=True)
+        _publish_request(attacker, topic, t.reply(attacker.client_id), retain=True)
         wait_until(lambda: fleet.client().health().requests_dropped >= 1, timeout_s=10)
+        health = fleet.client().health()
+        assert health.requests_dropped == 1 and health.retained_cleared == 1
         coordinator.stop()
         fleet.start_coordinator()
-        wait_until(lambda: fleet.client().health().requests_dropped >= 1, timeout_s=10)
+        retained: list[bytes] = []
+        probe = _raw(fleet, "probe")
+        marker = f"{fleet.prefix}/test-marker/{probe.client_id}"
+        probe.subscribe(topic, lambda m: retained.append(m.payload))
+        probe.subscribe(marker, lambda m: retained.append(b"marker"))
+        probe.publish(marker, b"x", qos=1)  # after the subscription, so a retained request would come first
+        wait_until(lambda: b"marker" in retained, timeout_s=10, what="the probe's own marker")
+        probe.stop()
+        assert retained == [b"marker"] and fleet.client().health().requests_dropped == 0
         assert got == []
     finally:
-        attacker.publish_wait(t.rpc(Role.QUERY, attacker.client_id, "health"), b"", retain=True)
         attacker.stop()
 
 

@@ -25,14 +25,28 @@ def _blocks(text: str) -> dict[str | None, list[str]]:
     return blocks
 
 
-def test_each_host_is_pinned_to_its_own_topics() -> None:
+AGENT_VERBS = ["claim", "renew", "upload_url", "complete", "fail", "checkpoint_url", "checkpoint_saved",
+               "checkpoint_start"]
+QUERY_VERBS = ["jobs", "job", "workers", "health", "artifacts", "logs", "download_url", "compare", "manifest"]
+OPERATOR_VERBS = ["cancel", "requeue", "reload", "drain", "undrain", "gc"]
+PUBLIC = ["work", "events", "jobs/+/state", "coordinator/status", "hosts/+/advert", "hosts/+/status"]
+PUBLIC_ONLY = [f"topic deny mqfleet/{level}/#" for level in ("rpc", "reply", "control")] + [
+    f"topic read mqfleet/{t}" for t in PUBLIC]
+
+
+def test_each_host_is_pinned_to_the_topics_an_agent_publishes_and_nothing_else_under_its_path() -> None:
+    """Issue 25 item 9: `hosts/H/#` let a host retain any number of messages under its path."""
     blocks = _blocks(render_acl(["gpu-box", "pi"]))
     assert blocks["gpu-box"] == [
-        "topic write mqfleet/hosts/gpu-box/#",
-        "topic write mqfleet/rpc/agent/gpu-box/+",
+        "topic write mqfleet/hosts/gpu-box/advert",
+        "topic write mqfleet/hosts/gpu-box/status",
+        "topic write mqfleet/hosts/gpu-box/log/+",
+        *[f"topic write mqfleet/rpc/agent/gpu-box/{verb}" for verb in AGENT_VERBS],
         "topic read mqfleet/control/gpu-box",
     ]
     assert all("gpu-box" not in rule for rule in blocks["pi"])
+    assert [rule for rules in _blocks(render_acl(["gpu-box"], operators=["a"])).values() for rule in rules
+            if "write" in rule and rule.endswith(("/#", "/+/+"))] == ["topic readwrite mqfleet/#"]  # the coordinator
 
 
 def test_patterns_give_everyone_public_reads_queries_and_their_own_replies_only() -> None:
@@ -44,30 +58,37 @@ def test_patterns_give_everyone_public_reads_queries_and_their_own_replies_only(
         "pattern read mqfleet/coordinator/status",
         "pattern read mqfleet/hosts/+/advert",
         "pattern read mqfleet/hosts/+/status",
-        "pattern write mqfleet/rpc/query/%c/+",
+        *[f"pattern write mqfleet/rpc/query/%c/{verb}" for verb in QUERY_VERBS],
         "pattern read mqfleet/reply/%c/#",
     ]
     assert not any("write" in p and "query" not in p for p in patterns)
 
 
-def test_anonymous_loopback_clients_read_public_state_only_and_the_coordinator_gets_the_whole_tree() -> None:
-    blocks = _blocks(render_acl([], coordinator="pi-coord"))
-    assert [line for line in blocks[None] if line.startswith("topic")] == [
-        "topic deny mqfleet/rpc/#", "topic deny mqfleet/reply/#", "topic deny mqfleet/control/#",
-    ] + [f"topic read mqfleet/{t}" for t in ("work", "events", "jobs/+/state", "coordinator/status",
-                                                                "hosts/+/advert", "hosts/+/status")]
-    assert blocks["pi-coord"] == ["topic readwrite mqfleet/#"]
+def test_monitoring_accounts_and_anonymous_clients_read_public_state_only_and_the_coordinator_gets_the_whole_tree(
+) -> None:
+    blocks = _blocks(render_acl([], coordinator="pi-coord", monitors=["monitor", "monitor-bob", "monitor"]))
+    assert [line for line in blocks[None] if line.startswith("topic")] == PUBLIC_ONLY
+    assert blocks["monitor"] == blocks["monitor-bob"] == PUBLIC_ONLY
+    assert blocks["pi-coord"] == ["topic readwrite mqfleet/#", "topic read $SYS/broker/log/N"]
+    assert "monitor" in _blocks(render_acl([]))
+
+
+@pytest.mark.parametrize("monitors", [["alice"], ["coordinator"], ["host-a"], ["monitor/x"], ["operator-monitor"]])
+def test_a_monitoring_account_outside_the_monitor_names_is_refused(monitors: list[str]) -> None:
+    with pytest.raises(ConfigurationError, match="monitor"):
+        render_acl(["host-a"], monitors=monitors)
 
 
 def test_operators_get_operator_verbs_and_logs_but_no_agent_topics() -> None:
     blocks = _blocks(render_acl(["gpu-box"], operators=["alice", "operator-bob", "alice"]))
     assert [u for u in blocks if u and u.startswith("operator-")] == ["operator-alice", "operator-bob"]
-    assert blocks["operator-alice"] == ["topic write mqfleet/rpc/operator/+/+", "topic read mqfleet/hosts/+/log/+"]
+    assert blocks["operator-alice"] == [*[f"topic write mqfleet/rpc/operator/+/{verb}" for verb in OPERATOR_VERBS],
+                                        "topic read mqfleet/hosts/+/log/+"]
 
 
 def test_prefix_is_used_for_every_rule() -> None:
     text = render_acl(["gpu-box"], operators=["alice"], prefix="lab/fleet")
-    rules = [r for rules in _blocks(text).values() for r in rules]
+    rules = [r for rules in _blocks(text).values() for r in rules if "$SYS" not in r]
     assert rules and all(r.split()[-1].startswith("lab/fleet/") for r in rules)
 
 
@@ -79,7 +100,8 @@ def test_prefix_that_is_not_plain_levels_is_refused(prefix: str) -> None:
 
 @pytest.mark.parametrize(
     "hosts",
-    [["a/b"], ["+"], ["box#1"], ["x\ntopic readwrite #"], ["operator-x"], ["coordinator"], ["gpu", "gpu"], [""]],
+    [["a/b"], ["+"], ["box#1"], ["x\ntopic readwrite #"], ["operator-x"], ["coordinator"], ["gpu", "gpu"], [""],
+     ["monitor"], ["monitor-box"]],
 )
 def test_host_that_could_escape_its_topics_or_take_another_role_is_refused(hosts: list[str]) -> None:
     with pytest.raises(ConfigurationError):

@@ -9,6 +9,7 @@ import pytest
 from bench import __main__ as suite
 from bench.checkpoint import measure_sync_cost
 from bench.claim_rtt import measure_claim_rtt
+from bench.claim_scale import BESIDE, measure_beside
 from bench.claim_scale import measure as measure_claim_scale
 from bench.common import percentile
 from bench.failover import measure_failover
@@ -69,15 +70,23 @@ def test_claim_scale_claims_from_a_small_population() -> None:
     assert len(latencies) == 5
 
 
+@pytest.mark.parametrize("kind", BESIDE)
+def test_a_claim_beside_jobs_the_claimer_may_not_take_gets_the_open_job(kind: str) -> None:
+    assert len(measure_beside(kind, 600, 3)) == 3
+
+
 def test_report_renders_every_section_with_its_notes(tmp_path: Path) -> None:
-    rows = suite.claim_scale_rows([0.001, 0.002], [0.0011, 0.0021], 1000, [0.001, 0.002], [0.0012, 0.0019], 10_000)
+    beside = {kind: ([0.0012, 0.0019], [0.0011, 0.0018]) for kind in ("foreign", "python-rejected", "retries-elsewhere")}
+    rows = suite.claim_scale_rows([0.001, 0.002], [0.0011, 0.0021], 1000, [0.001, 0.002], beside, 10_000, 30)
     notes = tmp_path / "notes.md"
     notes.write_text("## Claim scale\nwhy it is flat\n")
     text = suite.render([("Claim scale", rows, suite._read_notes(notes)["claim scale"])], {"CPU": "x"}, "python -m bench",
                         "0 / 0", 1.0)
     assert "| claim cost, 1,000 pending (in-process DB) |" in text
     assert "why it is flat" in text and "PASS" in text
-    assert "| claim cost beside 10,000 pending jobs the claimer may not run (allowed_hosts), in-process DB |" in text
+    assert ("| claim cost beside 10,000 better-ranked pending jobs the claimer may not take (allowed_hosts), "
+            "in-process DB |") in text
+    assert "(rules only Python checks: min_torch, same_commit, arch, prefer_cuda with a CUDA host online)" in text
 
 
 def test_job_count_and_claim_floor_rows_compare_with_their_same_run_baselines() -> None:

@@ -81,7 +81,7 @@ def test_an_ended_attempt_may_not_overwrite_a_later_attempts_checkpoint(db: Coor
     assert second is not None
     _save(book, SHA2, attempt=2)
     db.fail(job_id("a"), second.lease_id, "h2", Cause.SHUTDOWN, exit_code=None, output_tail="", error="", now=T0 + 3)
-    with pytest.raises(LeaseLostError, match="later checkpoint"):
+    with pytest.raises(LeaseLostError, match="only the latest attempt"):
         book.check_writer(job_id("a"), first.lease_id, "h1")
 
 
@@ -169,3 +169,20 @@ def test_the_grant_carries_the_interval_the_limit_and_the_latest_checkpoint(db: 
     context = cast(HandlerContext, SimpleNamespace(manifest=stateless, checkpoints=book, store=store))
     assert with_checkpoint(context, _grant(spec)).resumable is False
     assert with_checkpoint(context, _grant(spec)).checkpoint is None
+
+
+def test_attempt_one_may_not_write_after_attempts_two_and_three_ended_without_a_checkpoint(db: CoordinatorState) -> None:
+    book = CheckpointBook(db.state)
+    leases = []
+    for n, host in enumerate(["h1", "h2", "h1"]):
+        grant = db.claim(host, T0 + 10 * n)
+        assert grant is not None and grant.attempt == n + 1
+        db.fail(job_id("a"), grant.lease_id, host, Cause.SHUTDOWN, exit_code=None, output_tail="", error="",
+                now=T0 + 10 * n + 1)
+        leases.append((grant.lease_id, host))
+    # Nobody saved a checkpoint: only attempt 3, whose lease ended last, may still write one.
+    with pytest.raises(LeaseLostError, match="only the latest attempt"):
+        book.check_writer(job_id("a"), *leases[0])
+    with pytest.raises(LeaseLostError, match="only the latest attempt"):
+        book.check_writer(job_id("a"), *leases[1])
+    assert book.check_writer(job_id("a"), *leases[2]) == 3

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mqfleet.coordinator.tables.claims import CLAIM_BATCH
+from mqfleet.coordinator.tables.claim_walk import BEST_OPEN, BEST_OPEN_AND_LIMITED
 from mqfleet.coordinator.tables.leases import Completion, TakenLease
 from mqfleet.coordinator.tables.rows import JOB_SELECT, job_json, job_row
 from mqfleet.errors import AmbiguousError, BadRequestError, IllegalTransitionError, LeaseLostError, NotFoundError
@@ -254,8 +254,8 @@ def test_claim_skips_jobs_the_host_may_not_run(db: CoordinatorState) -> None:
     assert claimed(db, "h").job.name == "ok"
 
 
-def test_claim_walks_past_more_than_one_batch_of_ineligible_jobs(db: CoordinatorState) -> None:
-    denied = [job(f"mlp{i}", model="mlp", priority=1) for i in range(CLAIM_BATCH * 2 + 3)]
+def test_claim_walks_past_many_jobs_the_host_may_not_run(db: CoordinatorState) -> None:
+    denied = [job(f"mlp{i}", model="mlp", priority=1) for i in range(100)]
     db.apply_manifest(manifest(*denied, job("ok"), hosts=(HostPolicy(id="h", deny_jobs=("mlp",)),)), T0)
     bring_online(db, "h")
     assert claimed(db, "h").job.name == "ok"
@@ -292,16 +292,25 @@ def test_claim_gives_each_cuda_job_the_least_loaded_big_enough_gpu(db: Coordinat
     assert [claimed(db, "gpu").gpus for _ in range(3)] == [[1], [2], [1]]
 
 
-def test_claim_query_walks_an_index_instead_of_sorting_the_table(db: CoordinatorState, state_target: str) -> None:
+def test_claim_queries_walk_indexes_instead_of_sorting_or_scanning_the_table(
+    db: CoordinatorState, state_target: str
+) -> None:
     if is_postgres(state_target):
         pytest.skip("SQLite's query plan; PostgreSQL's planner picks by table statistics")
-    for order in ("priority DESC, seq", "priority DESC, prefer_cuda DESC, seq"):
+    # the first page, in rank order for hosts without and with CUDA
+    for order, index in (("priority DESC, seq", "jobs_claim"), ("priority DESC, prefer_cuda DESC, seq", "jobs_claim_cuda")):
         plan = db.state.conn.execute(
-            "EXPLAIN QUERY PLAN SELECT seq, spec FROM jobs WHERE status = 'pending' AND blocked = 0 "
-            f"AND min_ram_gib <= 1 AND min_vram_gib <= 1 ORDER BY {order}"
+            f"EXPLAIN QUERY PLAN SELECT seq, spec FROM jobs t WHERE status = 'pending' AND blocked = 0 "
+            f"AND NOT EXISTS (SELECT 1 FROM retries r WHERE r.job_id = t.id AND r.not_before_ts > 1) ORDER BY {order}"
         ).fetchall()
         text = " ".join(str(r[-1]) for r in plan)
-        assert "USING INDEX jobs_claim" in text and "TEMP B-TREE" not in text, text
+        assert f"USING INDEX {index} " in text and "TEMP B-TREE" not in text, text
+    # the best job of every set: seeks only
+    for query, params in ((BEST_OPEN, (T0,)), (BEST_OPEN_AND_LIMITED, (T0, T0, "h"))):
+        plan = db.state.conn.execute(f"EXPLAIN QUERY PLAN {query}", params).fetchall()
+        text = " ".join(str(r[-1]) for r in plan)
+        assert "USING COVERING INDEX jobs_claim_key" in text and "TEMP B-TREE" not in text, text
+        assert "SCAN j " not in text and "SCAN jobs" not in text and "SCAN t " not in text, text
 
 
 def test_the_dependents_look_up_after_each_completion_uses_the_deps_index(db: CoordinatorState, state_target: str) -> None:
@@ -623,10 +632,15 @@ def test_why_waiting_names_the_cuda_host_a_prefer_cuda_job_waits_for(db: Coordin
     ]
 
 
-def test_why_waiting_calls_an_idle_capable_host_eligible(db: CoordinatorState) -> None:
-    db.apply_manifest(manifest(job("a")), T0)
+def test_why_waiting_calls_an_idle_capable_host_eligible_and_says_what_its_next_claim_takes(db: CoordinatorState) -> None:
+    db.apply_manifest(manifest(job("a"), job("b"), job("c"), job("d", after=("a",))), T0)
     bring_online(db, "h")
-    assert db.why_waiting(job_id("a"), T0) == [WaitReason(host="h", reason="eligible; its next claim takes the best-ranked job")]
+    assert db.why_waiting(job_id("a"), T0) == [WaitReason(host="h", reason="eligible; its next claim takes this job")]
+    assert db.why_waiting(job_id("c"), T0) == [
+        WaitReason(host="h", reason="eligible; 2 better-ranked jobs this host can run come first")]
+    assert db.why_waiting(job_id("d"), T0) == [
+        WaitReason(host=None, reason="dependency 'a' not completed (pending)"),
+        WaitReason(host="h", reason="eligible by policy and capability once the job's own wait above ends")]
 
 
 def test_why_waiting_is_empty_for_a_job_that_is_not_pending(db: CoordinatorState) -> None:

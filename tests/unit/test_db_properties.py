@@ -4,6 +4,7 @@ relies on after every step."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import uuid
 from pathlib import Path
@@ -13,6 +14,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
+from mqfleet.coordinator.scheduler import first_eligible
+from mqfleet.coordinator.tables.rows import spec_from_json
 from mqfleet.errors import IllegalTransitionError, LeaseLostError
 from mqfleet.lifecycle import LEASED, TERMINAL, Cause, JobStatus
 from mqfleet.local.postgres import LocalPostgres
@@ -69,9 +72,24 @@ class LeaseMachine(RuleBasedStateMachine):
         lease = self.db.lease(grant.job.id)
         return lease is not None and lease.lease_id == grant.lease_id and lease.host == grant.job.host
 
+    def _first_eligible(self, host: str) -> str | None:
+        """The job `scheduler.first_eligible` picks over every claimable pending job: the definition that the
+        claim's walk by requirement set must agree with."""
+        assert self.db.manifest is not None
+        views = self.db.hosts_table.views(self.db.manifest.hosts)
+        rows = self.db.state.read(
+            "SELECT seq, spec, id, failed_hosts FROM jobs t WHERE status = 'pending' AND blocked IN (0, 2) "
+            "AND NOT EXISTS (SELECT 1 FROM retries r WHERE r.job_id = t.id AND r.not_before_ts > ?)", (self.now,))
+        failed = {r[2]: frozenset(json.loads(r[3])) for r in rows}
+        found = first_eligible([(r[0], spec_from_json(r[1])) for r in rows], next(v for v in views if v.id == host), views,
+                               commit=self.db.manifest.fleet.commit, failed=failed)
+        return found.id if found is not None else None
+
     @rule(host=st.sampled_from(sorted(HOSTS)))
     def claim(self, host: str) -> None:
+        expected = self._first_eligible(host)
         grant = self.db.claim(host, self.now)
+        assert (grant.job.id if grant is not None else None) == expected
         if grant is not None:
             assert grant.job.status == "claimed" and grant.job.host == host
             self.grants.append(grant)

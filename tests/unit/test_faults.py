@@ -84,6 +84,19 @@ def test_a_retry_prefers_a_host_that_has_not_failed_the_job_while_one_is_online(
     assert db.claim("h2", T0 + 1).job.name == "a"  # type: ignore[union-attr]
 
 
+def test_jobs_that_failed_on_the_same_hosts_in_any_order_share_one_set_and_name_their_latest_failure(
+    db: Database,
+) -> None:
+    db.apply_manifest(manifest(job("a"), job("b"), retry_backoff_s=10, max_attempts=5), T0)
+    online(db, "h1", "h2")
+    assert [fail_once(db, "h2", T0), fail_once(db, "h1", T0)] == ["a", "b"]
+    # each retry prefers the host that has not failed it
+    assert [fail_once(db, "h1", T0 + 20), fail_once(db, "h2", T0 + 20)] == ["a", "b"]
+    assert [r[0] for r in db.state.read("SELECT DISTINCT failed_hosts FROM jobs")] == ['["h1", "h2"]']
+    assert job_reasons(db, "a", T0 + 21) == ["retry back-off: claimable in 19 s (after a failed attempt on h1)"]
+    assert job_reasons(db, "b", T0 + 21) == ["retry back-off: claimable in 19 s (after a failed attempt on h2)"]
+
+
 def test_a_host_that_failed_the_job_runs_it_again_when_no_other_host_could(db: Database) -> None:
     db.apply_manifest(manifest(job("a")), T0)
     online(db, "h1", "h2")

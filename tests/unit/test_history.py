@@ -111,7 +111,8 @@ def test_prune_removes_old_ended_jobs_rows_and_keeps_recent_and_live_ones(db: Da
     assert events and min(events) >= now - 30 * day
     assert job_id("a") in {g.job.id for g in (old, recent, live)}
     with db.state.lock:
-        assert db.state.conn.execute("SELECT COUNT(*) FROM events WHERE ts >= ?", (T0 + 25 * day,)).fetchone()[0] >= 1
+        count = db.state.conn.execute("SELECT COUNT(*) FROM events WHERE ts >= ?", (T0 + 25 * day,)).fetchone()
+        assert count is not None and count[0] >= 1
 
 
 def test_queued_lines_given_back_after_a_rollback_are_written_first_by_the_next_flush(db: Database) -> None:

@@ -17,9 +17,10 @@ from mqfleet.trust.acl import render_acl
 from mqfleet.trust.certs import CertRole, issue_cert, make_ca
 
 GOOD = ["gpu-box", "h1", "Pi.local", "rack_2-node.07", "x" * 64]
-#: too long for a CN, a topic separator or wildcard, a blank, a control character, a leading dash, reserved names
+#: too long for a CN, a topic separator or wildcard, a blank, a control character, a leading dash; the names the
+#: ACL grants an operator's, the coordinator's or a monitoring account's rights by
 BAD = ["", "x" * 65, "a/b", "a+b", "a#", "a b", "tab\there", "x\ny", "trailing\n", "-lead", ".hidden", "héte",
-       "operator-eve", "coordinator"]
+       "operator-eve", "coordinator", "monitor", "monitor-nagios"]
 
 
 def manifest_accepts(host_id: str) -> bool:
@@ -75,7 +76,7 @@ def test_the_manifest_the_agent_the_acl_and_the_ca_agree_on_every_host_id(host_i
 def test_a_refused_host_id_says_what_a_host_id_may_be() -> None:
     with pytest.raises(ConfigurationError, match="1-64 characters of letters, digits"):
         check_host_id("x" * 100)
-    with pytest.raises(ConfigurationError, match="operator or coordinator rights"):
+    with pytest.raises(ConfigurationError, match="operator, coordinator or monitoring rights"):
         check_host_id("operator-eve")
     message = parse_problem('id = "a b"')
     assert message.startswith('"a b" cannot be a host id: it must be 1-64 characters')

@@ -160,6 +160,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mqfleet.fleet_picture",),
     # the roles: what runs on the coordinator host, on each agent host, and as each trainer process
     ("mqfleet.coordinator", "mqfleet.agent", "mqfleet.trainers"),
+    # the web dashboard the coordinator's process serves (--web-port), over the coordinator's query handlers
+    ("mqfleet.web",),
     # local copies of the real services (broker, S3, PostgreSQL) and the demo built on them
     ("mqfleet.local",),
     # the entry points: the command line and the chaos soak
@@ -253,3 +255,33 @@ def test_no_two_modules_of_one_package_differ_only_by_a_suffix() -> None:
         by_package.setdefault(package, []).append(leaf)
     pairs = {package: suffix_pairs(leaves) for package, leaves in by_package.items() if suffix_pairs(leaves)}
     assert pairs == {}, "names that say the same thing twice: say what each holds"
+
+
+#: The only modules that may import a database driver: each engine behind `SqlConnection`
+#: (coordinator/sql/connection.py), which turns its driver's exceptions into the project's, and the
+#: local PostgreSQL server, which proves its readiness with a query.
+DRIVER_IMPORTERS = {
+    "sqlite3": {"mqfleet.coordinator.sql.sqliteconnection"},
+    "psycopg": {"mqfleet.coordinator.sql.pgconnection", "mqfleet.local.postgres"},
+}
+
+
+def driver_imports(source: str) -> set[str]:
+    """The database drivers a module's source imports, at any depth (lazy and TYPE_CHECKING imports count)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        found.update(n.split(".")[0] for n in names if n.split(".")[0] in DRIVER_IMPORTERS)
+    return found
+
+
+def test_the_driver_reader_sees_lazy_and_dotted_imports() -> None:
+    assert driver_imports("def f():\n    import sqlite3\n    from psycopg import errors\n") == {"sqlite3", "psycopg"}
+    assert driver_imports("import json\nfrom .sqlite3 import x\n") == set()
+
+
+def test_only_the_engines_import_a_database_driver() -> None:
+    found = {(name, driver) for name, path in modules().items() for driver in driver_imports(path.read_text())
+             if name not in DRIVER_IMPORTERS[driver]}
+    assert found == set(), "run SQL through SqlConnection (coordinator/sql/connection.py); catch mqfleet.errors' types"

@@ -1,26 +1,35 @@
-"""The PostgreSQL state store beyond the shared contract: the dialect it translates, bad URLs, a newer
-schema, an outage, and write transactions serialised across connections."""
+"""The PostgreSQL state store beyond the shared contract: the dialect it translates and the SQLite-only forms
+it refuses, bad URLs, a newer schema, an outage, and write transactions serialised across connections; and
+the state store's errors, the project's own on both engines."""
 
 from __future__ import annotations
 
 import socket
-import sqlite3
 import threading
 import time
 
 import pytest
 
 from mqfleet.coordinator.sql import pgdialect
-from mqfleet.coordinator.sql.pgconnection import redact_url
+from mqfleet.coordinator.sql.connection import one_row
+from mqfleet.coordinator.sql.pgurl import redact_url
 from mqfleet.coordinator.sql.postgres import PgStateFile, open_state
-from mqfleet.errors import ConfigurationError, SchemaVersionError, UnavailableError
+from mqfleet.errors import (
+    ConfigurationError,
+    ConstraintError,
+    DatabaseBusyError,
+    DialectError,
+    SchemaVersionError,
+    StateStoreError,
+    UnavailableError,
+)
 from mqfleet.local.postgres import LocalPostgres
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, bring_online, job, job_id, manifest
 
 
-def translate(sql: str, keys: dict[str, tuple[str, ...]] | None = None) -> str:
-    return pgdialect.Translator(lambda table: (keys or {}).get(table, ())).statement(sql)
+def translate(sql: str) -> str:
+    return pgdialect.Translator().statement(sql)
 
 
 def test_placeholders_become_psycopg_ones_but_not_inside_literals_or_comments() -> None:
@@ -28,24 +37,36 @@ def test_placeholders_become_psycopg_ones_but_not_inside_literals_or_comments() 
     assert translate(sql) == "SELECT '?', \"a?\" FROM t WHERE x = %s AND y LIKE 'a%%' -- what's this?\n AND z = %s"
 
 
-def test_insert_or_replace_becomes_an_upsert_on_the_primary_key() -> None:
-    sql = "INSERT OR REPLACE INTO replies (key, reply, ts) VALUES (?, ?, ?)"
-    assert translate(sql, {"replies": ("key",)}) == (
-        "INSERT INTO replies (key, reply, ts) VALUES (%s, %s, %s) ON CONFLICT (key) DO UPDATE SET reply = EXCLUDED.reply, ts = EXCLUDED.ts")
-    assert translate("INSERT OR IGNORE INTO deps (job_id, after_id) VALUES (?, ?)") == (
-        "INSERT INTO deps (job_id, after_id) VALUES (%s, %s) ON CONFLICT DO NOTHING")
+def test_what_postgresql_lacks_is_translated_and_the_rest_passes_as_written() -> None:
+    assert translate("SELECT name FROM jobs WHERE name GLOB ?") == "SELECT name FROM jobs WHERE name ~ mqfleet_glob_regex(%s)"
+    assert translate("SELECT group_concat(a.name, ', ') FROM jobs a") == "SELECT string_agg(a.name, ', ') FROM jobs a"
+    assert translate("SELECT json_extract(j.spec, '$.timeout_s') FROM jobs j") == (
+        "SELECT (CAST(j.spec AS jsonb) #> '{timeout_s}') FROM jobs j")
+    upsert = ("INSERT INTO attempt_records (job_id, attempt, lines_total) VALUES (%s, %s, %s) ON CONFLICT (job_id, attempt) "
+              "DO UPDATE SET lines_total = attempt_records.lines_total + excluded.lines_total")
+    assert translate(upsert.replace("%s", "?")) == upsert
+    assert translate("SELECT MAX(seq), COALESCE(MIN(ts), 0) FROM events") == "SELECT MAX(seq), COALESCE(MIN(ts), 0) FROM events"
 
 
-def test_scalar_min_and_max_become_least_and_greatest_but_aggregates_stay() -> None:
-    assert translate("UPDATE leases SET expires_ts = MIN(expires_ts, ?)") == "UPDATE leases SET expires_ts = LEAST(expires_ts, %s)"
-    assert translate("SELECT MAX(seq), MIN(MAX(a, b), c) FROM t") == "SELECT MAX(seq), LEAST(GREATEST(a, b), c) FROM t"
+@pytest.mark.parametrize(("sql", "fix"), [
+    ("INSERT OR IGNORE INTO deps (job_id, after_id) VALUES (?, ?)", "ON CONFLICT DO NOTHING"),
+    ("INSERT OR REPLACE INTO replies (key, reply, ts) VALUES (?, ?, ?)", "ON CONFLICT (its key) DO UPDATE"),
+    ("SELECT IFNULL(host, '') FROM jobs", "COALESCE"),
+    ("SELECT id FROM jobs WHERE status == ?", "write ="),
+    ("SELECT key FROM job_artifacts ORDER BY created_ts, rowid", "order by columns"),
+    ("UPDATE leases SET expires_ts = MIN(expires_ts, ?)", "CASE WHEN"),
+    ("SELECT MAX(MIN(a), b) FROM t", "CASE WHEN"),
+    ("PRAGMA table_info(jobs)", "SqlConnection.columns"),
+])
+def test_sqlite_only_forms_are_refused_with_the_spelling_both_engines_accept(sql: str, fix: str) -> None:
+    with pytest.raises(DialectError, match="SQLite's alone") as err:
+        translate(sql)
+    assert fix in str(err.value)
 
 
-def test_sqlite_only_statements_are_refused_by_name() -> None:
-    with pytest.raises(pgdialect.DialectError, match="PRAGMA"):
-        translate("PRAGMA integrity_check")
-    with pytest.raises(pgdialect.DialectError, match="name its columns"):
-        translate("INSERT OR REPLACE INTO t VALUES (?)", {"t": ("a",)})
+def test_sqlite_only_words_inside_literals_and_table_options_are_not_refused() -> None:
+    assert translate("SELECT 'INSERT OR IGNORE == rowid' FROM t") == "SELECT 'INSERT OR IGNORE == rowid' FROM t"
+    assert translate("CREATE TABLE t (a TEXT PRIMARY KEY) WITHOUT ROWID") == 'CREATE TABLE t (a TEXT COLLATE "C" PRIMARY KEY)'
 
 
 def test_ddl_keeps_64_bit_integers_double_timestamps_and_byte_ordered_text() -> None:
@@ -66,18 +87,51 @@ def test_a_timestamp_and_a_64_bit_size_come_back_exactly(postgres_url: str) -> N
         state.close()
 
 
-def test_a_duplicate_key_is_sqlite3s_integrity_error_and_nul_text_is_stored(postgres_url: str) -> None:
+def test_nul_and_lone_surrogates_in_text_are_stored_replaced(postgres_url: str) -> None:
     state = open_state(postgres_url)
     try:
-        with pytest.raises(sqlite3.IntegrityError), state.transaction() as c:
-            c.execute("INSERT INTO hosts (id) VALUES (?)", ("h",))
-            c.execute("INSERT INTO hosts (id) VALUES (?)", ("h",))
-        assert state.read("SELECT id FROM hosts") == []
         with state.transaction() as c:
             c.execute("INSERT INTO hosts (id, advert) VALUES (?, ?)", ("h", "a\x00b\udc80"))
         assert state.read("SELECT advert FROM hosts")[0][0] == "a\ufffdb?"
     finally:
         state.close()
+
+
+def test_a_broken_constraint_is_a_constraint_error_on_both_engines_and_writes_nothing(state_target: str) -> None:
+    state = open_state(state_target)
+    try:
+        with pytest.raises(ConstraintError, match="state database"), state.transaction() as c:
+            c.execute("INSERT INTO hosts (id) VALUES (?)", ("h",))
+            c.execute("INSERT INTO hosts (id) VALUES (?)", ("h",))
+        assert state.read("SELECT id FROM hosts") == []
+        with pytest.raises(ConstraintError):
+            state.conn.execute("INSERT INTO hosts (id, advert) VALUES (?, NULL)", ("h",))
+        with pytest.raises(StateStoreError, match="no_such_table") as err:
+            state.read("SELECT * FROM no_such_table")
+        assert not isinstance(err.value, (ConstraintError, UnavailableError))
+        state.conn.execute("INSERT INTO hosts (id) VALUES (?)", ("h",))  # the connection is usable again
+        assert [r["id"] for r in state.read("SELECT id FROM hosts")] == ["h"]
+    finally:
+        state.close()
+
+
+def test_a_write_lock_held_past_the_wait_is_busy_on_both_engines(state_target: str) -> None:
+    holder, waiter = open_state(state_target), open_state(state_target)
+    try:
+        # a short wait for the test: the engines' own are seconds (BUSY_TIMEOUT_MS, LOCK_TIMEOUT_MS)
+        waiter.conn.execute("SET lock_timeout = 200" if isinstance(waiter, PgStateFile) else "PRAGMA busy_timeout = 200")
+        with holder.transaction() as c:
+            c.execute("INSERT INTO hosts (id) VALUES (?)", ("held",))
+            started = time.monotonic()
+            with pytest.raises(DatabaseBusyError, match="state database"), waiter.transaction() as w:
+                w.execute("INSERT INTO hosts (id) VALUES (?)", ("waiting",))
+            assert time.monotonic() - started < 10
+        with waiter.transaction() as w:  # the lock freed, the waiter writes
+            w.execute("INSERT INTO hosts (id) VALUES (?)", ("waiting",))
+        assert sorted(r[0] for r in holder.read("SELECT id FROM hosts")) == ["held", "waiting"]
+    finally:
+        holder.close()
+        waiter.close()
 
 
 def test_a_newer_schema_is_refused_on_both_engines(state_target: str) -> None:
@@ -138,7 +192,9 @@ def test_write_transactions_of_two_stores_never_interleave(postgres_url: str) ->
             with state.transaction() as c:
                 inside.append(1)
                 assert len(inside) == 1, "two write transactions at once"
-                n = int(c.execute("SELECT reply FROM replies WHERE key = 'n'").fetchone()[0])
+                row = c.execute("SELECT reply FROM replies WHERE key = 'n'").fetchone()
+                assert row is not None
+                n = int(row[0])
                 time.sleep(0.001)
                 c.execute("UPDATE replies SET reply = ? WHERE key = 'n'", (str(n + 1),))
                 inside.pop()
@@ -153,12 +209,12 @@ def test_write_transactions_of_two_stores_never_interleave(postgres_url: str) ->
         s.close()
 
 
-def test_bare_columns_in_an_upsert_are_the_target_rows_as_in_sqlite(postgres_url: str) -> None:
-    state = open_state(postgres_url)
+def test_an_upsert_that_names_the_target_table_adds_to_the_stored_row_on_both_engines(state_target: str) -> None:
+    state = open_state(state_target)
     try:
         bump = ("INSERT INTO attempt_records (job_id, attempt, lines_total) VALUES (?, ?, ?) "
-                "ON CONFLICT (job_id, attempt) DO UPDATE SET lines_total = lines_total + excluded.lines_total "
+                "ON CONFLICT (job_id, attempt) DO UPDATE SET lines_total = attempt_records.lines_total + excluded.lines_total "
                 "RETURNING lines_total")
-        assert [state.conn.execute(bump, ("j", 1, n)).fetchone()[0] for n in (2, 3)] == [2, 5]
+        assert [one_row(state.conn.execute(bump, ("j", 1, n)))[0] for n in (2, 3)] == [2, 5]
     finally:
         state.close()

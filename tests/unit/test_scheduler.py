@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -12,18 +13,22 @@ from mqfleet.coordinator.scheduler import (
     host_slots,
     hosts_to_wake,
     is_same_commit,
-    job_reasons,
     pick_gpu,
     rank_key,
+    requirement_reasons,
     version_at_least,
 )
-from mqfleet.manifest.types import HostPolicy, JobSpec
+from mqfleet.manifest.types import HostPolicy, JobSpec, Requirements
 from mqfleet.wire.topics import JsonObject
 
 
 def spec(name: str = "j", **kw: Any) -> JobSpec:
     kw.setdefault("model", "gbt")
     return JobSpec(id=f"id-{name}", name=name, mode="m", hyper={}, **kw)
+
+
+def job_reasons(job: JobSpec, host: HostView, *, commit: str) -> list[str]:
+    return requirement_reasons(job.requirements, host, commit=commit)
 
 
 def host(id: str = "h", *, cuda: bool = False, vram: tuple[float, ...] = (), **kw: Any) -> HostView:
@@ -203,7 +208,7 @@ def test_prefer_cuda_does_not_reorder_jobs_on_a_host_without_cuda() -> None:
 def test_prefer_cuda_job_waits_for_an_online_cuda_host_that_could_run_it() -> None:
     jobs = [spec("likes-gpu", prefer_cuda=True), spec("plain")]
     assert pick(jobs, CPU, others=(GPU,)) == "plain"
-    assert cuda_wait_reason(jobs[0], CPU, [GPU], commit="") == "waits for a CUDA host (gpu-box is online)"
+    assert cuda_wait_reason(jobs[0].requirements, CPU, [GPU], commit="") == "waits for a CUDA host (gpu-box is online)"
 
 
 def test_prefer_cuda_job_waits_even_when_the_cuda_host_is_busy() -> None:
@@ -243,3 +248,13 @@ def test_a_nudge_wakes_only_idle_hosts_that_could_take_one_of_the_jobs() -> None
     # prefer_cuda: the CPU host would wait for the online CUDA host, so only that one is woken
     assert hosts_to_wake([spec("pc", prefer_cuda=True)], hosts, commit="") == ["gpu-box"]
     assert hosts_to_wake([spec("gpu", require_cuda=True)], [CPU, busy], commit="") == []
+
+
+def test_every_requirement_is_the_job_field_of_its_name_with_the_same_default() -> None:
+    # the claim judges jobs by their requirements' key: a field that differed from the job's would be judged wrongly
+    job_fields = {f.name: f for f in dataclasses.fields(JobSpec)}
+    for f in dataclasses.fields(Requirements):
+        assert f.name in job_fields, f"Requirements.{f.name} is no JobSpec field"
+        assert (f.type, f.default) == (job_fields[f.name].type, job_fields[f.name].default), f.name
+    job = spec(min_torch="2.3", allowed_hosts=("a",), prefer_cuda=True)
+    assert job.requirements == Requirements(model="gbt", min_torch="2.3", allowed_hosts=("a",), prefer_cuda=True)

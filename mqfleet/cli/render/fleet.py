@@ -283,6 +283,9 @@ def health_view(health: Health) -> RenderableType:
         grid.add_row(key, escape(str(value)))
     if health.coordinators:
         grid.add_row("coordinators", coordinators_text(health))
+    if health.session_takeovers:
+        grid.add_row("session_takeovers", Text(f"{health.session_takeovers}: another client connected with the "
+                                               "coordinator's client id (its log names who)", style="yellow"))
     for name, check in health.checks.items():
         grid.add_row(f"check {name}", Text(f"{'ok' if check.ok else 'FAILED'}: {check.detail}",
                                            style="green" if check.ok else "red"))

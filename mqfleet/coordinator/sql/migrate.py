@@ -8,18 +8,19 @@ target that already holds a fleet rolls it back and nothing is written (docs/SCA
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
-from typing import Any
 
+from mqfleet.coordinator.sql.connection import SqlConnection, one_row
 from mqfleet.coordinator.sql.postgres import PgStateFile
 from mqfleet.coordinator.sql.schema import SCHEMA_VERSION
+from mqfleet.coordinator.sql.sqliteconnection import SqliteConnection
 from mqfleet.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
-#: Tables that describe the running coordinators, not the fleet: never copied.
-NOT_COPIED = frozenset({"schema_version", "coordinators", "sqlite_sequence"})
+#: Tables that describe the running coordinators or the store, not the fleet: never copied (the target
+#: stamps its own `requirement_keys`, from the same fields as the source's once the source is upgraded).
+NOT_COPIED = frozenset({"schema_version", "coordinators", "sqlite_sequence", "requirement_keys"})
 #: Rows per INSERT batch.
 BATCH = 1000
 
@@ -38,44 +39,56 @@ def migrate_from_sqlite(source: Path, target: PgStateFile) -> dict[str, int]:
     """Copy every fleet table of `source` into `target`; returns rows per table. Stop the SQLite
     coordinator first: its file is read in one read transaction, so a live one would be copied as
     of one moment, and what it did afterwards would be lost."""
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    _upgrade_source(source)
+    src = SqliteConnection.open_reader(source, read_only=True)
     try:
         src.execute("BEGIN")  # one snapshot of the whole file
-        version = _sqlite_version(src)
-        if version > SCHEMA_VERSION:
-            raise ConfigurationError(f"{source} has schema version {version}, newer than this mqfleet's {SCHEMA_VERSION}: "
-                                     "migrate with the newer mqfleet")
         tables = [r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
                   if r[0] not in NOT_COPIED]
         with target.transaction() as dst:
-            held = int(dst.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+            held = int(one_row(dst.execute("SELECT COUNT(*) FROM jobs"))[0])
             if held:
                 raise ConfigurationError(f"{target.path} already holds a fleet ({held} jobs): migrate into an empty "
                                          "database (createdb a new one), never over another fleet")
             counts = {table: _copy_table(src, dst, table, source, target.path) for table in tables}
             for table in tables:
-                copied = int(dst.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0])
+                copied = int(one_row(dst.execute(f'SELECT COUNT(*) FROM "{table}"'))[0])
                 if copied != counts[table]:
                     raise ConfigurationError(f"table {table}: {counts[table]} rows in {source} but {copied} in "
                                              f"{target.path} after the copy; nothing was written")
-            _restart_identities(target)
+            _restart_identities(dst)
     finally:
         src.close()
     logger.info("migrated %s into %s: %s", source, target.path, ", ".join(f"{t} {n}" for t, n in counts.items()))
     return counts
 
 
-def _sqlite_version(src: sqlite3.Connection) -> int:
+def _upgrade_source(source: Path) -> None:
+    """A file of an older schema is first upgraded in place, as starting this mqfleet's coordinator on it
+    would; a newer one is refused."""
+    probe = SqliteConnection.open_reader(source, read_only=True)
     try:
-        row = src.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    except sqlite3.OperationalError:  # a file from before versions were stamped: version 1
+        version = _sqlite_version(probe)
+    finally:
+        probe.close()
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(f"{source} has schema version {version}, newer than this mqfleet's {SCHEMA_VERSION}: "
+                                 "migrate with the newer mqfleet")
+    if version < SCHEMA_VERSION:
+        logger.info("%s has schema version %d: upgrading it to %d before the copy", source, version, SCHEMA_VERSION)
+        SqliteConnection.open(source).close()
+
+
+def _sqlite_version(src: SqlConnection) -> int:
+    if not src.columns("schema_version"):  # a file from before versions were stamped: version 1
         return 1
+    row = src.execute("SELECT MAX(version) FROM schema_version").fetchone()
     return int(row[0]) if row and row[0] is not None else 1
 
 
-def _copy_table(src: sqlite3.Connection, dst: Any, table: str, source: Path, where: str) -> int:
-    columns = [r[1] for r in src.execute(f'PRAGMA table_info("{table}")')]
-    known = {r[1] for r in dst.execute(f"PRAGMA table_info({table})").fetchall()}
+def _copy_table(src: SqlConnection, dst: SqlConnection, table: str, source: Path, where: str) -> int:
+    columns = src.columns(table)
+    known = set(dst.columns(table))
     if not known:
         raise ConfigurationError(f"table {table} of {source} is unknown to this mqfleet (schema {SCHEMA_VERSION}): "
                                  "migrate with the mqfleet that wrote it")
@@ -88,17 +101,17 @@ def _copy_table(src: sqlite3.Connection, dst: Any, table: str, source: Path, whe
     cur = src.execute(f'SELECT {names} FROM "{table}"')
     total = 0
     while rows := cur.fetchmany(BATCH):
-        dst.executemany(insert, rows)
+        dst.executemany(insert, [tuple(r) for r in rows])
         total += len(rows)
     return total
 
 
-def _restart_identities(target: PgStateFile) -> None:
+def _restart_identities(dst: SqlConnection) -> None:
     """Identity columns continue after the copied rows (ids were copied, not generated)."""
-    rows = target.conn.execute(
+    rows = dst.execute(
         "SELECT table_name, column_name FROM information_schema.columns "
         "WHERE table_schema = current_schema() AND is_identity = 'YES'"
     ).fetchall()
     for table, column in rows:
-        target.pg.raw(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
-                      f"GREATEST((SELECT MAX({column}) FROM {table}), 1))")
+        dst.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+                    f"GREATEST((SELECT MAX({column}) FROM {table}), 1))")

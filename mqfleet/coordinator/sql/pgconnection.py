@@ -1,11 +1,12 @@
-"""The psycopg connection of a PostgreSQL state store, speaking the sqlite3 subset the noun modules use.
+"""The PostgreSQL engine: the psycopg connection of a PostgreSQL state store, as a `SqlConnection`.
 
-The noun modules stay dialect-blind: `PgConnection` speaks the subset of `sqlite3.Connection` they
-use (`execute`, `executemany`, rows read by name or position, `rowcount`, `fetchone/fetchmany/
-fetchall`, iteration) and translates each statement once (`pgdialect`). Its errors are sqlite3's
-(`IntegrityError`, `OperationalError`), so a module that catches one catches it on both engines;
-a lost or unreachable server is `UnavailableError` instead (wire code `unavailable`), which the
-service answers without remembering, so the agent's retry runs the request again.
+`PgConnection` runs the statements the table modules write for both engines, each translated once
+(`pgdialect`: placeholders and the few real differences), with rows read by name or position like
+SQLite's. psycopg's exceptions become the project's own at this boundary: a broken constraint
+`ConstraintError`, the write lock not granted in time `DatabaseBusyError`, a server gone or a
+connection broken `ConnectionLostError` (an unreachable server `UnavailableError`), anything else
+`StateStoreError`. The service answers the unavailable ones without remembering, so the agent's
+retry runs the request again.
 
 The write lock `begin()` takes, and why one serial writer, are in `mqfleet.coordinator.sql.postgres`.
 """
@@ -16,15 +17,25 @@ import decimal
 import hashlib
 import logging
 import os
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mqfleet.coordinator.sql import pgdialect
+from mqfleet.coordinator.sql.pgurl import check_url, has_password, redact_url, scrub
 from mqfleet.defaults import ENV_DB_PASSWORD
-from mqfleet.errors import ConfigurationError, UnavailableError
+from mqfleet.errors import (
+    ConfigurationError,
+    ConnectionLostError,
+    ConstraintError,
+    DatabaseBusyError,
+    StateStoreError,
+    UnavailableError,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg.rows import RowMaker
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +58,13 @@ WRITE_LOCK = _lock_key("mqfleet:state-writes")
 #: The session-level lock the leader holds (`peers.Election`).
 LEADER_LOCK = _lock_key("mqfleet:leader")
 
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by `***`, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-class PgRowBase(tuple):  # type: ignore[type-arg]
+class PgRow(tuple[Any, ...]):
     """A row like sqlite3.Row: by position, by column name, `keys()`, and `dict(row)`."""
 
     __slots__ = ()
-    _index: dict[str, int] = {}
+    _index: ClassVar[dict[str, int]] = {}
 
-    def __getitem__(self, key: Any) -> Any:
+    def __getitem__(self, key: Any) -> Any:  # boundary: tuple's overloads (an index or a slice), and a name
         if isinstance(key, str):
             try:
                 key = self._index[key]
@@ -74,10 +76,10 @@ class PgRowBase(tuple):  # type: ignore[type-arg]
         return list(self._index)
 
 
-_row_classes: dict[tuple[str, ...], type[PgRowBase]] = {}
+_row_classes: dict[tuple[str, ...], type[PgRow]] = {}
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> object:
     """Values as SQLite returns them: no booleans (0/1) and no Decimals (SUM of integers is numeric)."""
     if isinstance(value, bool):
         return int(value)
@@ -86,64 +88,75 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _row_factory(cursor: Any) -> Any:
+def _row_factory(cursor: psycopg.Cursor[Any]) -> RowMaker[PgRow]:
+    """psycopg's row factory: one PgRow class per column list, so a row is a tuple and its names are shared."""
     names = tuple(d.name for d in cursor.description or ())
     cls = _row_classes.get(names)
     if cls is None:
         if len(_row_classes) > 1024:
             _row_classes.clear()
-        cls = _row_classes[names] = type("PgRow", (PgRowBase,), {"__slots__": (), "_index": {n: i for i, n in enumerate(names)}})
+        index = {n: i for i, n in enumerate(names)}
+
+        class NamedRow(PgRow):
+            __slots__ = ()
+            _index = index
+
+        cls = _row_classes[names] = NamedRow
     return lambda values: cls(_plain(v) for v in values)
 
 
-def _param(value: Any) -> Any:
+def _param(value: object) -> object:
     """A parameter as SQLite would store it: booleans as 0/1, text without NUL or lone surrogates
     (PostgreSQL's text refuses both; they come only from hostile or broken input)."""
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, str) and not value.isascii() or isinstance(value, str) and "\x00" in value:
+    if isinstance(value, str) and (not value.isascii() or "\x00" in value):
         return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
     return value
 
 
 class PgConnection:
-    """The psycopg connection of one PgStateFile, speaking the noun modules' sqlite3 subset."""
+    """The psycopg connection of one PgStateFile (or of the leader election, or the metrics' reads)."""
 
-    def __init__(self, url: str, *, writer: str) -> None:
+    def __init__(self, url: str, *, writer: str, password: str | None = None) -> None:
         self.url = url
         self.where = redact_url(url)
         self.writer = writer
-        self._conn: Any = None
+        #: From --db-password-file; used when the URL carries none (then MQFLEET_DB_PASSWORD, then libpq's own).
+        self._password = password
+        self._conn: psycopg.Connection[PgRow] | None = None
         self._in_transaction = False
-        self._keys: dict[str, tuple[str, ...]] = {}
-        self._columns_of: dict[str, tuple[str, ...]] = {}
-        self.translator = pgdialect.Translator(self._primary_keys, self._columns)
+        self.translator = pgdialect.Translator()
         self._live()
 
     # --- the connection ------------------------------------------------------------------
 
-    def _connect(self) -> Any:
+    def _connect(self) -> psycopg.Connection[PgRow]:
         import psycopg
 
-        kwargs: dict[str, Any] = {}  # boundary: extra keyword arguments of psycopg.connect (a third-party API)
-        if urlsplit(self.url).password is None and os.environ.get(ENV_DB_PASSWORD):
-            kwargs["password"] = os.environ[ENV_DB_PASSWORD]
-        return psycopg.connect(
+        password = self._password or os.environ.get(ENV_DB_PASSWORD)
+        return psycopg.Connection.connect(
             self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, row_factory=_row_factory,
             application_name=f"mqfleet {self.writer}"[:63],
             # keepalives notice a server (or a network path) that died without closing the connection
             keepalives=1, keepalives_idle=10, keepalives_interval=3, keepalives_count=3,
+            # jit off: every statement here is short, and a claim's recursive query (tables/claim_walk.py), whose
+            # row estimates PostgreSQL inflates, was compiled at each claim: 30 ms of JIT for 0.5 ms of work
             options=f"-c mqfleet.writer={self.writer} -c lock_timeout={LOCK_TIMEOUT_MS} "
-                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
-            **kwargs,
+                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} -c jit=off",
+            # psycopg drops a None keyword: libpq's own sources (PGPASSWORD, ~/.pgpass) still apply
+            password=password if password and not has_password(self.url) else None,
         )
 
-    def _live(self) -> Any:
+    def _is_broken(self) -> bool:
+        return self._conn is None or self._conn.closed or self._conn.broken
+
+    def _live(self) -> psycopg.Connection[PgRow]:
         """The psycopg connection, reconnected first when the last one broke (never inside a transaction)."""
-        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+        if self._conn is not None and not self._is_broken():
             return self._conn
         if self._in_transaction:
-            raise UnavailableError(f"the connection to {self.where} broke inside a transaction")
+            raise ConnectionLostError(f"the connection to {self.where} broke inside a transaction")
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -153,48 +166,37 @@ class PgConnection:
         try:
             self._conn = self._connect()
         except psycopg.OperationalError as e:
-            raise UnavailableError(f"state database {self.where} unreachable: {' '.join(str(e).split())}") from e
+            raise UnavailableError(f"state database {self.where} unreachable: {self._told(e)}") from None
+        except psycopg.Error as e:  # libpq refused the URL itself; its text may quote any part of it
+            raise ConfigurationError(f"--db {self.where} is not usable: {self._told(e)}") from None
         return self._conn
 
-    def _primary_keys(self, table: str) -> tuple[str, ...]:
-        if table not in self._keys:  # a table created since the last look (modules create their own)
-            keys: dict[str, tuple[str, ...]] = {}
-            for row in self._live().execute(pgdialect.primary_keys_query()).fetchall():
-                keys[row[0]] = keys.get(row[0], ()) + (row[1],)
-            self._keys = keys
-        return self._keys.get(table, ())
-
-    def _columns(self, table: str) -> tuple[str, ...]:
-        if table not in self._columns_of:
-            rows = self._live().execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-                "AND table_name = %s ORDER BY ordinal_position", (table,)).fetchall()
-            self._columns_of[table] = tuple(r[0] for r in rows)
-        return self._columns_of[table]
+    def _told(self, error: BaseException) -> str:
+        """An error's text on one line, with every secret of the URL (and the password given) hidden."""
+        return scrub(" ".join(str(error).split()), self.url, password=self._password)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
-        """psycopg's errors as sqlite3's, and a lost server as UnavailableError."""
+        """psycopg's errors as the project's (`mqfleet.errors`, the state store's)."""
         import psycopg
         from psycopg import errors as pgerrors
 
         try:
             yield
-        except (UnavailableError, pgdialect.DialectError):
-            raise
-        except (pgerrors.LockNotAvailable, pgerrors.QueryCanceled, pgerrors.AdminShutdown,
-                pgerrors.IdleInTransactionSessionTimeout, pgerrors.CannotConnectNow) as e:
-            raise UnavailableError(f"state database {self.where}: {str(e).strip()}") from e
+        except (pgerrors.LockNotAvailable, pgerrors.QueryCanceled) as e:
+            raise DatabaseBusyError(f"state database {self.where}: {self._told(e)}") from e
+        except (pgerrors.AdminShutdown, pgerrors.IdleInTransactionSessionTimeout, pgerrors.CannotConnectNow) as e:
+            raise ConnectionLostError(f"state database {self.where}: {self._told(e)}") from e
         except psycopg.IntegrityError as e:
-            raise sqlite3.IntegrityError(str(e).strip()) from e
+            raise ConstraintError(f"state database {self.where}: {self._told(e)}") from e
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                raise UnavailableError(f"state database {self.where}: {str(e).strip()}") from e
-            raise sqlite3.OperationalError(str(e).strip()) from e
+            if self._is_broken():
+                raise ConnectionLostError(f"state database {self.where}: {self._told(e)}") from e
+            raise StateStoreError(f"state database {self.where}: {self._told(e)}") from e
         except psycopg.Error as e:
-            raise sqlite3.OperationalError(str(e).strip()) from e
+            raise StateStoreError(f"state database {self.where}: {self._told(e)}") from e
 
-    # --- transactions (PgStateFile.transaction drives these) --------------------------------
+    # --- transactions (StateFile.transaction drives these) --------------------------------
 
     @property
     def in_transaction(self) -> bool:
@@ -215,7 +217,7 @@ class PgConnection:
     def commit(self) -> None:
         try:
             with self._errors():
-                self._conn.execute("COMMIT")
+                self._live().execute("COMMIT")
         except BaseException:
             self.rollback()
             raise
@@ -226,7 +228,7 @@ class PgConnection:
         """ROLLBACK, never raising: a broken connection is dropped (the server rolls back for it)."""
         self._in_transaction = False
         conn = self._conn
-        if conn is None or conn.closed or conn.broken:
+        if conn is None or self._is_broken():
             return
         try:
             conn.execute("ROLLBACK")
@@ -234,22 +236,15 @@ class PgConnection:
             logger.warning("state database %s: rollback failed (%s); reconnecting", self.where, e)
             conn.close()
 
-    def raw(self, sql: str, params: Sequence[Any] | None = None) -> Any:
-        """Run PostgreSQL text as it is (savepoints, DDL); no translation."""
+    def raw(self, sql: str, params: Sequence[object] | None = None) -> psycopg.Cursor[PgRow]:
+        """Run PostgreSQL text as it is (DDL, the leader's session lock); no translation."""
         conn = self._live()
         with self._errors():
-            return conn.execute(cast(Any, sql), params)
+            return conn.execute(sql, params)
 
-    # --- the sqlite3.Connection subset ------------------------------------------------------
+    # --- statements -----------------------------------------------------------------------
 
-    def execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        table = pgdialect.pragma_table(sql)
-        if table is not None:
-            query, args = pgdialect.table_info_sql(table)
-            return self.raw(query, args)
-        if pgdialect.is_pragma_setting(sql):
-            logger.debug("PRAGMA ignored on PostgreSQL: %s", sql.strip())
-            return self.raw("SELECT 1 WHERE false")
+    def execute(self, sql: str, params: Sequence[object] = (), /) -> psycopg.Cursor[PgRow]:
         text = self.translator.statement(sql)
         args = tuple(_param(p) for p in params)
         if not self._in_transaction and sql.lstrip()[:6].upper() != "SELECT":
@@ -264,54 +259,58 @@ class PgConnection:
             return cur
         return self._execute(text, args)
 
-    def _execute(self, text: str, args: tuple[Any, ...]) -> Any:
+    def _execute(self, text: str, args: tuple[object, ...]) -> psycopg.Cursor[PgRow]:
         conn = self._live()
         with self._errors():
-            return conn.execute(cast(Any, text), args)
+            return conn.execute(text, args)
 
-    def executemany(self, sql: str, seq_of_params: Iterable[Iterable[Any]]) -> Any:
-        rows = [tuple(_param(p) for p in params) for params in seq_of_params]
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]], /) -> None:
+        params = [tuple(_param(p) for p in row) for row in rows]
+        if not params:
+            return
         text = self.translator.statement(sql)
-        conn = self._live()
-        cur = conn.cursor()
-        if not rows:
-            return cur
         implicit = not self._in_transaction  # writes outside transaction() still take the write lock
         if implicit:
             self.begin()
         try:
             with self._errors():
-                cur.executemany(cast(Any, text), rows)
+                self._live().cursor().executemany(text, params)
         except BaseException:
             if implicit:
                 self.rollback()
             raise
         if implicit:
             self.commit()
-        return cur
 
     def executescript(self, script: str) -> None:
         """SQLite DDL, translated (`pgdialect.translate_ddl`)."""
         self.raw(pgdialect.translate_ddl(script))
+
+    def columns(self, table: str, /) -> tuple[str, ...]:
+        rows = self.raw("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                        "AND table_name = %s ORDER BY ordinal_position", (table,)).fetchall()
+        return tuple(str(r[0]) for r in rows)
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
 
 
-def open_pg_connection(url: str, *, writer: str) -> PgConnection:
-    """A PgConnection, or ConfigurationError naming the URL (password hidden) and the fix."""
+def open_pg_connection(url: str, *, writer: str, password: str | None = None) -> PgConnection:
+    """A PgConnection, or ConfigurationError naming the URL (secrets hidden) and the fix."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
         raise ConfigurationError("--db postgresql://... needs psycopg: pip install 'mqfleet[postgres]'") from None
+    check_url(url)
     where = redact_url(url)
     try:
-        return PgConnection(url, writer=writer)
+        return PgConnection(url, writer=writer, password=password)
     except UnavailableError as e:
-        text = " ".join(str(e.__cause__ or e).split())
+        text = str(e).split(" unreachable: ", 1)[-1]
         if "password authentication failed" in text or "no password supplied" in text:
-            fix = f"give the right password in the URL or in PGPASSWORD / {ENV_DB_PASSWORD}"
+            fix = (f"give the right password with --db-password-file, in PGPASSFILE, {ENV_DB_PASSWORD} or "
+                   "PGPASSWORD, or in the URL")
         elif "does not exist" in text:
             fix = "create the database first (createdb -O USER DB) or fix its name in the URL"
         else:

@@ -1,7 +1,9 @@
 """The coordinator's state on PostgreSQL: `PgStateFile`, the `StateFile` of `--db postgresql://...`.
 
 The connection itself, with its translation of each statement and its errors, is
-`mqfleet.coordinator.sql.pgconnection.PgConnection`.
+`mqfleet.coordinator.sql.pgconnection.PgConnection`; `PgStateFile` makes the schema on it, hands it
+to `StateFile.__init__`, narrows the event feed to its own coordinator's commits and answers the
+health checks the PostgreSQL way.
 
 Write transactions serialise on one transaction-level advisory lock (`pg_advisory_xact_lock`),
 taken first in every `transaction()`: PostgreSQL then gives SQLite's `BEGIN IMMEDIATE`
@@ -20,13 +22,14 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import sqlite3
-import threading
-from typing import cast
 
-from mqfleet.coordinator.sql.pgconnection import open_pg_connection, redact_url
+from mqfleet.coordinator.sql.connection import SqlConnection
+from mqfleet.coordinator.sql.pgconnection import PgConnection, open_pg_connection
+from mqfleet.coordinator.sql.pgurl import read_password_file
 from mqfleet.coordinator.sql.schema import SCHEMA, VERSION_SCHEMA, check_schema_version
 from mqfleet.coordinator.sql.sqlite import StateFile
+from mqfleet.coordinator.sql.sqliteconnection import SqliteConnection
+from mqfleet.errors import ConfigurationError
 
 #: PostgreSQL-only additions to the schema: the glob matcher `x GLOB ?` translates to, and the
 #: writing coordinator of each event, filled from the session setting `mqfleet.writer` (so each
@@ -87,43 +90,24 @@ class PgStateFile(StateFile):
     advisory write lock serialises the coordinators.
     """
 
-    def __init__(self, url: str, *, writer: str | None = None) -> None:
+    def __init__(self, url: str, *, writer: str | None = None, password: str | None = None) -> None:
         self.url = url
-        self.path = redact_url(url)
+        self._password = password
         #: Who wrote an event: each coordinator publishes only its own commits' changes.
         self.writer = writer or f"c{secrets.token_hex(6)}"
+        conn = open_pg_connection(url, writer=self.writer, password=password)
+        try:
+            _make_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        super().__init__(conn)
         self.own_events = " AND writer = ?"
         self.own_events_params = (self.writer,)
-        self.lock = threading.RLock()
-        self._depth = 0
-        self._replies_held: dict[str, int] = {}
-        self.pg = open_pg_connection(url, writer=self.writer)
-        self.conn = cast(sqlite3.Connection, self.pg)
-        with self.transaction():
-            self.pg.executescript(SCHEMA)
-            self.pg.raw(PG_EXTRAS)
-            self.pg.executescript(VERSION_SCHEMA)
-            check_schema_version(self.conn, self.path)
-        self._taken_seq = int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
-    def close(self) -> None:
-        with self.lock:
-            self.pg.close()
-
-    # The transaction statements of PostgreSQL; StateFile.transaction() does the nesting.
-
-    def _raw(self, sql: str) -> None:
-        self.pg.raw(sql)
-
-    def _begin(self) -> None:
-        # BEGIN and the advisory write lock (coordinator/sql/pgconnection.py)
-        self.pg.begin()
-
-    def _rollback(self) -> None:
-        self.pg.rollback()
-
-    def _commit(self) -> None:
-        self.pg.commit()
+    def open_reader(self, name: str) -> SqlConnection:
+        """A connection of its own to the same database, with the same credentials."""
+        return open_pg_connection(self.url, writer=f"{self.writer}-{name}", password=self._password)
 
     @property
     def file_path(self) -> str | None:
@@ -145,8 +129,30 @@ class PgStateFile(StateFile):
         return "postgresql"
 
 
-def open_state(target: str | os.PathLike[str], *, writer: str | None = None) -> StateFile:
-    """The state store `--db` names: a postgresql:// URL (PgStateFile) or an SQLite file path (StateFile)."""
+def _make_schema(conn: PgConnection) -> None:
+    """The schema (`schema.py`, translated) and PG_EXTRAS, made or checked in one write transaction: the
+    write lock keeps coordinators that start together from creating the same table twice."""
+    conn.begin()
+    try:
+        conn.executescript(SCHEMA)
+        conn.raw(PG_EXTRAS)
+        conn.executescript(VERSION_SCHEMA)
+        check_schema_version(conn, conn.where)
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+def open_state(target: str | os.PathLike[str], *, writer: str | None = None,
+               password_file: str | os.PathLike[str] | None = None) -> StateFile:
+    """The state store `--db` names: a postgresql:// URL (PgStateFile) or an SQLite file path (StateFile).
+
+    `password_file` (`--db-password-file`) holds the PostgreSQL password; an SQLite file has none.
+    """
     if is_postgres_url(os.fspath(target)):
-        return PgStateFile(os.fspath(target), writer=writer)
-    return StateFile(target)
+        password = read_password_file(password_file) if password_file is not None else None
+        return PgStateFile(os.fspath(target), writer=writer, password=password)
+    if password_file is not None:
+        raise ConfigurationError("--db-password-file is for a postgresql:// --db; an SQLite file has no password")
+    return StateFile(SqliteConnection.open(target))

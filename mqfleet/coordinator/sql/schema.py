@@ -1,5 +1,6 @@
-"""The tables of the coordinator's state file, its schema version, and how a SQLite file is opened
-onto them (`open_connection`).
+"""The tables of the coordinator's state store and its schema version, the same on both engines
+(`sqliteconnection.SqliteConnection.open` runs them on an SQLite file, `postgres.PgStateFile` on
+PostgreSQL through `pgdialect.translate_ddl`).
 
 The code that reads and writes each table lives in the module of its noun
 (docs/INTERNALS.md); the job row's columns are in `coordinator/tables/rows.py`.
@@ -7,16 +8,9 @@ The code that reads and writes each table lives in the module of its noun
 
 from __future__ import annotations
 
-import logging
-import os
-import sqlite3
-
+from mqfleet.coordinator.sql import upgrade
+from mqfleet.coordinator.sql.connection import SqlConnection
 from mqfleet.errors import SchemaVersionError
-
-logger = logging.getLogger(__name__)
-
-#: Milliseconds a writer waits for another connection's write lock before failing.
-BUSY_TIMEOUT_MS = 5000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -36,6 +30,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     require_cuda INTEGER NOT NULL DEFAULT 0,
     min_vram_gib REAL NOT NULL DEFAULT 0,
     min_ram_gib REAL NOT NULL DEFAULT 0,
+    req_key TEXT NOT NULL DEFAULT '',        -- Requirements.key: a claim judges each set once (coordinator/tables/claim_walk.py)
+    failed_hosts TEXT NOT NULL DEFAULT '[]', -- hosts whose attempts failed, sorted: its retry avoids them (tables/faults.py)
     blocked INTEGER NOT NULL DEFAULT 0,      -- 1: a job-level reason keeps it from every host; 2: allowed_hosts only (coordinator/tables/catalog.py)
     in_manifest INTEGER NOT NULL DEFAULT 1,
     artifact TEXT,
@@ -44,7 +40,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_ts REAL NOT NULL,
     updated_ts REAL NOT NULL
 );
--- claims walk these in rank order and stop at the first eligible row
+-- a claim first looks at the best-ranked open job (coordinator/tables/claim_walk.py): for hosts without and with CUDA
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, blocked, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_claim_cuda ON jobs (status, blocked, priority DESC, prefer_cuda DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs (name);
@@ -122,10 +118,14 @@ CREATE TABLE IF NOT EXISTS events (
 -- jobs whose last attempt failed (docs/RELIABILITY.md, "Jobs that misbehave"); gone on completion or requeue
 CREATE TABLE IF NOT EXISTS retries (
     job_id TEXT PRIMARY KEY,
-    not_before_ts REAL NOT NULL,             -- retry back-off: not claimable before this
-    failed_hosts TEXT NOT NULL DEFAULT '[]'  -- hosts whose attempts of this job failed: the next claim avoids them
+    not_before_ts REAL NOT NULL              -- retry back-off: not claimable before this
 );
 CREATE INDEX IF NOT EXISTS retries_not_before ON retries (not_before_ts);
+-- the Requirements fields the stored jobs.req_key values were made from (spec.REQUIREMENT_FIELDS)
+CREATE TABLE IF NOT EXISTS requirement_keys (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    fields TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS host_faults (
     host TEXT PRIMARY KEY,
     streak TEXT NOT NULL DEFAULT '[]',  -- the host's latest consecutive failed attempts (job, cause, ts)
@@ -244,46 +244,37 @@ CREATE TABLE IF NOT EXISTS checkpoint_garbage (
 """
 
 #: The schema's version: raise it with every change an older mqfleet would misread, and migrate in
-#: `check_schema_version`. A state database of a newer version is refused, never written.
-SCHEMA_VERSION = 1
+#: `upgrade.upgrade`. A state database of a newer version is refused, never written.
+#: 2: `jobs.req_key` and `jobs.failed_hosts` (moved from `retries`) with the `jobs_claim_key` index, and
+#: `requirement_keys` (issue 25).
+SCHEMA_VERSION = 2
 
 VERSION_SCHEMA = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);"
 
+#: Indexes over columns an upgrade adds to an older store: made by `check_schema_version` once they exist.
+#: A claim seeks each set of jobs that every rule judges alike, then the set's best-ranked job (coordinator/tables/claim_walk.py).
+LATE_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_claim_key ON jobs (status, blocked, req_key, failed_hosts, priority DESC, seq)",
+)
 
-def check_schema_version(conn: sqlite3.Connection, where: str) -> int:
-    """Inside the schema's transaction: stamp a new database with SCHEMA_VERSION, or refuse a newer one."""
+
+def check_schema_version(conn: SqlConnection, where: str) -> int:
+    """Inside the schema's transaction: stamp a new database with SCHEMA_VERSION, upgrade an older one, or
+    refuse a newer one; then make the `req_key` of every job again if its fields changed. The version found."""
     row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
     found = int(row[0]) if row and row[0] is not None else None
-    if found is None:
-        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-        return SCHEMA_VERSION
-    if found > SCHEMA_VERSION:
+    if found is not None and found > SCHEMA_VERSION:
         raise SchemaVersionError(
             f"the state at {where} has schema version {found}, written by a newer mqfleet; this one knows "
             f"version {SCHEMA_VERSION}: run the newer mqfleet (or migrate into a fresh database)"
         )
-    return found
+    if found is not None and found < SCHEMA_VERSION:
+        upgrade.upgrade(conn, found, where)
+    if found != SCHEMA_VERSION:
+        conn.execute("DELETE FROM schema_version")
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    for index in LATE_INDEXES:
+        conn.execute(index)
+    upgrade.refresh_requirement_keys(conn)
+    return SCHEMA_VERSION if found is None else found
 
-
-def open_connection(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """An autocommit connection in WAL mode; every write runs in an explicit transaction."""
-    conn = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        logger.warning("database %s: journal_mode is %s, not wal", path, mode)
-    # WAL with NORMAL never corrupts; a power cut may only lose the last commits
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.executescript(SCHEMA)
-    conn.executescript(VERSION_SCHEMA)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        check_schema_version(conn, os.fspath(path))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        conn.close()
-        raise
-    return conn

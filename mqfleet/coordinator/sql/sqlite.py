@@ -1,25 +1,25 @@
-"""The coordinator's SQLite file: the connection, its one lock, `transaction()`, `transition()`
+"""The coordinator's state store over one `SqlConnection`: its one lock, `transaction()`, `transition()`
 (the only write of a job's status), the event feed and the request memory.
 
-The table modules (`coordinator/tables/`: `catalog`, `hosts`, `claims`, `leases`, ...) hold the SQL of
-their tables and run it through one `StateFile`; outside `sql/` and `tables/` only the running parts'
-own bookkeeping speaks SQL (counts in `health.py` and `metrics.py`, the published digests in
-`republish.py`). The tables themselves are declared in `coordinator/sql/schema.py`.
+`StateFile` is the store over an SQLite file and the base of `postgres.PgStateFile`, which hands
+`__init__` its PostgreSQL connection and replaces the health checks. The table modules
+(`coordinator/tables/`) hold the SQL of their tables and run it through one `StateFile`; outside `sql/`
+and `tables/` only the running parts' own bookkeeping speaks SQL (counts in `health.py` and `metrics.py`,
+the published digests in `republish.py`). The tables themselves are declared in `coordinator/sql/schema.py`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 
 from mqfleet import defaults
-from mqfleet.coordinator.sql.schema import open_connection
+from mqfleet.coordinator.sql.connection import SqlConnection, SqlRow, one_row
+from mqfleet.coordinator.sql.sqliteconnection import SqliteConnection
 from mqfleet.errors import IllegalTransitionError, NotFoundError, StateError
 from mqfleet.lifecycle import JobStatus, is_allowed
 from mqfleet.wire.codec import Wire
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 REPLY_SENDERS_COUNTED = 10_000
 
 class StateFile:
-    """One connection to the state file, shared by the coordinator's threads.
+    """One connection to the state store, shared by the coordinator's threads.
 
     `lock` is the one lock of the coordinator's state: `transaction()` and every read hold
     it, and the service holds it too while it publishes what a transaction committed, so
@@ -39,77 +39,63 @@ class StateFile:
     nested transaction joins the outer one.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        self.conn = open_connection(path)
+    def __init__(self, conn: SqlConnection) -> None:
+        """Over `conn`, whose schema its engine has made (`SqliteConnection.open`, `PgStateFile`)."""
+        self.conn = conn
+        #: The store as messages name it: the file's path, or the URL with its password hidden.
+        self.path = conn.where
         self.lock = threading.RLock()
         self._depth = 0
         #: remembered replies held per sender (`role/client/`), as far as this process knows
         self._replies_held: dict[str, int] = {}
         # changes made before this process opened the file were published by whoever made them
-        self._taken_seq = int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        self._taken_seq = int(one_row(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events"))[0])
 
     def close(self) -> None:
         with self.lock:
             self.conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[SqlConnection]:
         """BEGIN ... COMMIT, or ROLLBACK on error; yields the connection. A nested call joins the
-        outer transaction as a savepoint, so its failure undoes only its own writes. The engine's
-        own statements are `_begin`, `_commit`, `_rollback` and `_raw` (PgStateFile overrides them)."""
+        outer transaction as a savepoint, so its failure undoes only its own writes."""
         with self.lock:
             outer = self._depth == 0
             savepoint = f"sp{self._depth}"
             if outer:
-                self._begin()
+                self.conn.begin()
             else:
-                self._raw(f"SAVEPOINT {savepoint}")
+                self.conn.execute(f"SAVEPOINT {savepoint}")
             self._depth += 1
             try:
                 yield self.conn
             except BaseException:
                 self._depth -= 1
                 if outer:
-                    self._rollback()
+                    self.conn.rollback()
                 else:
-                    self._raw(f"ROLLBACK TO SAVEPOINT {savepoint}")
-                    self._raw(f"RELEASE SAVEPOINT {savepoint}")
+                    self.conn.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                    self.conn.execute(f"RELEASE SAVEPOINT {savepoint}")
                 raise
             self._depth -= 1
             if outer:
-                self._commit()
+                self.conn.commit()
             else:
-                self._raw(f"RELEASE SAVEPOINT {savepoint}")
+                self.conn.execute(f"RELEASE SAVEPOINT {savepoint}")
 
-    def _raw(self, sql: str) -> None:
-        self.conn.execute(sql)
-
-    def _begin(self) -> None:
-        # IMMEDIATE takes the write lock at once, so two writers never deadlock upgrading a read
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def _rollback(self) -> None:
-        self.conn.execute("ROLLBACK")
-
-    def _commit(self) -> None:
-        try:
-            self.conn.execute("COMMIT")
-        except sqlite3.Error:
-            # a failed COMMIT leaves the transaction open; close it so the next BEGIN works
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
-
-    def read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    def read(self, sql: str, params: Iterable[Any] = ()) -> Sequence[SqlRow]:
         """All rows of one query, read under the lock."""
         with self.lock:
             return self.conn.execute(sql, tuple(params)).fetchall()
 
-    def read_one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+    def read_one(self, sql: str, params: Iterable[Any] = ()) -> SqlRow | None:
         with self.lock:
-            row: sqlite3.Row | None = self.conn.execute(sql, tuple(params)).fetchone()
-            return row
+            return self.conn.execute(sql, tuple(params)).fetchone()
+
+    def open_reader(self, name: str) -> SqlConnection:
+        """Another connection to the same store, for reads beside this one's writes (the metrics scrape);
+        `name` says whose (PostgreSQL shows it among the server's sessions)."""
+        return SqliteConnection.open_reader(self.path)
 
     # the event feed
 
@@ -163,16 +149,16 @@ class StateFile:
         most = keep + keep // 50  # pruned back to `keep` only past this, so most inserts count nothing
         with self.transaction() as c:
             # the first reply wins: a redelivery answered by another coordinator meanwhile keeps that answer
-            added = c.execute("INSERT OR IGNORE INTO replies (key, reply, ts) VALUES (?, ?, ?)",
+            added = c.execute("INSERT INTO replies (key, reply, ts) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                               (key, payload.decode(), now)).rowcount
             held = self._replies_held.get(owner)
             if held is None:
                 if len(self._replies_held) >= REPLY_SENDERS_COUNTED:
                     self._replies_held.clear()  # recounted from the table as each sender sends again
-                held = c.execute(
+                held = int(one_row(c.execute(
                     "SELECT COUNT(*) FROM (SELECT 1 FROM replies WHERE key >= ? AND key < ? LIMIT ?) AS held",
                     (owner, upper, most + 1),
-                ).fetchone()[0]
+                ))[0])
             else:
                 held += max(0, added)
             if held > most:
@@ -210,7 +196,7 @@ class StateFile:
 
 
 def transition(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     job_id: str,
     to: JobStatus,
     *,
@@ -252,7 +238,7 @@ def transition(
 EventRow: TypeAlias = tuple[float, str, str | None, str, str, str | None]
 
 
-def record_events(conn: sqlite3.Connection, events: Iterable[EventRow]) -> None:
+def record_events(conn: SqlConnection, events: Iterable[EventRow]) -> None:
     """The one insert into the events table: each status change (`transition`) and each job a manifest added."""
     conn.executemany(
         "INSERT INTO events (ts, job_id, from_status, to_status, reason, host) VALUES (?, ?, ?, ?, ?, ?)", events

@@ -32,8 +32,11 @@ class Artifacts:
         from the job, so the record outlives the job's removal from the manifest."""
         with self.state.transaction() as c:
             c.execute(
-                "INSERT OR REPLACE INTO job_artifacts (job_id, sha256, name, model, mode, host, metrics, size, created_ts) "
-                "SELECT id, ?, name, model, mode, ?, ?, ?, ? FROM jobs WHERE id = ?",
+                "INSERT INTO job_artifacts (job_id, sha256, name, model, mode, host, metrics, size, created_ts) "
+                "SELECT id, ?, name, model, mode, ?, ?, ?, ? FROM jobs WHERE id = ? "
+                "ON CONFLICT (job_id) DO UPDATE SET sha256 = excluded.sha256, name = excluded.name, "
+                "model = excluded.model, mode = excluded.mode, host = excluded.host, metrics = excluded.metrics, "
+                "size = excluded.size, created_ts = excluded.created_ts",
                 (sha256, host, json.dumps(metrics), size, now, job_id),
             )
 
@@ -54,7 +57,8 @@ class Artifacts:
             "FROM job_artifacts ja JOIN artifacts a ON a.sha256 = ja.sha256"
         )
         if job_id is None:
-            rows = self.state.read(f"{sql} ORDER BY ja.created_ts, ja.rowid")
+            # ties (one instant) in the jobs' order: the same on both engines, where a physical row order is not
+            rows = self.state.read(f"{sql} LEFT JOIN jobs j ON j.id = ja.job_id ORDER BY ja.created_ts, j.seq, ja.job_id")
         else:
             rows = self.state.read(f"{sql} WHERE ja.job_id = ?", (job_id,))
         return [

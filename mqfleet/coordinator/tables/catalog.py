@@ -57,13 +57,14 @@ class Catalog:
                     updates.append((*cols, max_attempts, now, job_id))
             c.executemany(
                 "INSERT INTO jobs (id, name, model, mode, spec, priority, prefer_cuda, require_cuda, "
-                "min_vram_gib, min_ram_gib, max_attempts, status, created_ts, updated_ts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                "min_vram_gib, min_ram_gib, req_key, max_attempts, status, created_ts, updated_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
                 inserts,
             )
             c.executemany(
                 "UPDATE jobs SET name = ?, model = ?, mode = ?, spec = ?, priority = ?, prefer_cuda = ?, "
-                "require_cuda = ?, min_vram_gib = ?, min_ram_gib = ?, max_attempts = ?, in_manifest = 1, updated_ts = ? "
+                "require_cuda = ?, min_vram_gib = ?, min_ram_gib = ?, req_key = ?, max_attempts = ?, in_manifest = 1, "
+                "updated_ts = ? "
                 "WHERE id = ?",
                 updates,
             )
@@ -76,11 +77,11 @@ class Catalog:
             )
             # an orphan is blocked by in_manifest alone, so only the file's jobs need their edges
             c.execute("DELETE FROM deps")
-            c.executemany("INSERT OR IGNORE INTO deps (job_id, after_id) VALUES (?, ?)", prepared.deps)
+            c.executemany("INSERT INTO deps (job_id, after_id) VALUES (?, ?) ON CONFLICT DO NOTHING", prepared.deps)
             c.execute("DELETE FROM job_hosts")
-            c.executemany("INSERT OR IGNORE INTO job_hosts (job_id, host) VALUES (?, ?)", prepared.allowed)
+            c.executemany("INSERT INTO job_hosts (job_id, host) VALUES (?, ?) ON CONFLICT DO NOTHING", prepared.allowed)
             c.execute("DELETE FROM sweep_jobs")
-            c.executemany("INSERT OR IGNORE INTO sweep_jobs (sweep, job_id) VALUES (?, ?)", prepared.sweeps)
+            c.executemany("INSERT INTO sweep_jobs (sweep, job_id) VALUES (?, ?) ON CONFLICT DO NOTHING", prepared.sweeps)
             refresh_blocked(c)
             remember_manifest(c, prepared.digest, prepared.header, len(prepared.rows))
         logger.info("manifest %s: %d added, %d kept (%d changed), %d orphaned", prepared.header.source or "(text)",

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from dataclasses import dataclass
 
+from mqfleet.coordinator.sql.connection import SqlConnection, one_row
 from mqfleet.coordinator.sql.sqlite import StateFile
 from mqfleet.errors import LeaseLostError
 from mqfleet.lifecycle import JobStatus
@@ -79,9 +79,9 @@ class CheckpointBook:
     def check_writer(self, job_id: str, lease_id: str, host: str) -> int:
         """The attempt number a checkpoint from this lease belongs to; LeaseLostError when it may not write one.
 
-        The current lease may always write. So may an attempt whose lease just ended (a final sync after a
-        failed renewal races the expiry) while no other attempt holds the job and none saved a later
-        checkpoint: then its state is still the furthest the job got.
+        The current lease may always write. So may the attempt whose lease ended last (a final sync after a
+        failed renewal races the expiry), and only until the next attempt starts: then its state is still the
+        furthest the job got. An older attempt never writes again, whatever happened since.
         """
         with self.state.lock:
             c = self.state.conn
@@ -91,14 +91,15 @@ class CheckpointBook:
             attempt = c.execute(
                 "SELECT number FROM attempts WHERE job_id = ? AND lease_id = ? AND host = ?", (job_id, lease_id, host)
             ).fetchone()
+            last = one_row(c.execute("SELECT MAX(number) FROM attempts WHERE job_id = ?", (job_id,)))
             job = c.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            latest = c.execute("SELECT attempt FROM checkpoints WHERE job_id = ?", (job_id,)).fetchone()
         if attempt is None or job is None or lease is not None:
             raise LeaseLostError(f"lease {lease_id} of {host} is not the current lease of job {job_id}")
         if job["status"] in (JobStatus.COMPLETED.value, JobStatus.CANCELLED.value):
             raise LeaseLostError(f"job {job_id} is {job['status']}; it keeps no checkpoint")
-        if latest is not None and latest["attempt"] > attempt["number"]:
-            raise LeaseLostError(f"job {job_id}: attempt {latest['attempt']} already saved a later checkpoint")
+        if attempt["number"] != last[0]:
+            raise LeaseLostError(f"job {job_id}: attempt {attempt['number']} ended before attempt {last[0]} "
+                                 "started; only the latest attempt may write its checkpoint")
         return int(attempt["number"])
 
     def record(
@@ -112,8 +113,10 @@ class CheckpointBook:
                 _queue_garbage(c, old["key"], now)
             c.execute("DELETE FROM checkpoint_garbage WHERE key = ?", (key,))
             c.execute(
-                "INSERT OR REPLACE INTO checkpoints (job_id, attempt, host, sha256, size, key, saved_ts, progress) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO checkpoints (job_id, attempt, host, sha256, size, key, saved_ts, progress) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt, "
+                "host = excluded.host, sha256 = excluded.sha256, size = excluded.size, key = excluded.key, "
+                "saved_ts = excluded.saved_ts, progress = excluded.progress",
                 (job_id, attempt, host, sha256, size, key, now, json.dumps(progress) if progress is not None else None),
             )
         logger.info("job %s: checkpoint of attempt %d saved (%d bytes, sha256 %s)", job_id[:12], attempt, size, sha256[:12])
@@ -136,8 +139,10 @@ class CheckpointBook:
         """Remember how an attempt started (resumed from which attempt and progress, or fresh and why)."""
         with self.state.transaction() as c:
             c.execute(
-                "INSERT OR REPLACE INTO checkpoint_starts "
-                "(job_id, attempt, resumed, from_attempt, from_progress, note, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO checkpoint_starts (job_id, attempt, resumed, from_attempt, from_progress, note, ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, attempt) DO UPDATE SET resumed = excluded.resumed, "
+                "from_attempt = excluded.from_attempt, from_progress = excluded.from_progress, note = excluded.note, "
+                "ts = excluded.ts",
                 (job_id, attempt, int(resumed), from_attempt,
                  json.dumps(from_progress) if from_progress is not None else None, note[:1000], now),
             )
@@ -151,5 +156,5 @@ class CheckpointBook:
             c.executemany("DELETE FROM checkpoint_garbage WHERE key = ?", [(k,) for k in keys])
 
 
-def _queue_garbage(c: sqlite3.Connection, key: str, now: float) -> None:
-    c.execute("INSERT OR IGNORE INTO checkpoint_garbage (key, since_ts) VALUES (?, ?)", (key, now))
+def _queue_garbage(c: SqlConnection, key: str, now: float) -> None:
+    c.execute("INSERT INTO checkpoint_garbage (key, since_ts) VALUES (?, ?) ON CONFLICT DO NOTHING", (key, now))

@@ -1,7 +1,7 @@
 """What the coordinator remembers about attempts that fail (docs/RELIABILITY.md, "Jobs that misbehave").
 
 - Retry back-off: a job whose attempt failed is not claimable before `retries.not_before_ts`, and
-  `retries.failed_hosts` names the hosts that failed it, so its next claim prefers another host.
+  `jobs.failed_hosts` names the hosts that failed it, so its next claim prefers another host.
 - Host quarantine: a host whose attempts fail `quarantine_after` times in a row, over more than one
   job, claims nothing until an operator undrains it (`host_faults`); the change goes out on `events`
   through the `host_events` feed.
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections.abc import Iterable
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
+from mqfleet.coordinator.sql.connection import SqlConnection, one_row
 from mqfleet.coordinator.sql.sqlite import transition
 from mqfleet.coordinator.tables.blocking import dependents, refresh_blocked
 from mqfleet.lifecycle import FAULT_CAUSES, Cause, JobStatus
@@ -53,58 +53,62 @@ class FailedAttempt(TypedDict):
 
 
 def note_attempt_end(
-    conn: sqlite3.Connection, fleet: FleetSettings, *, job_id: str, host: str, cause: Cause, to: JobStatus,
+    conn: SqlConnection, fleet: FleetSettings, *, job_id: str, host: str, cause: Cause, to: JobStatus,
     attempts: int, now: float,
 ) -> Quarantine | None:
     """Remember a failed attempt: the job's back-off and failed hosts, the host's failure streak.
     Returns the host's quarantine when this end quarantined it."""
     if cause in FAULT_CAUSES:
-        row = conn.execute("SELECT failed_hosts FROM retries WHERE job_id = ?", (job_id,)).fetchone()
-        failed: list[str] = json.loads(row[0]) if row else []
-        if host not in failed:
-            failed.append(host)
         not_before = now + fleet.backoff_s(attempts) if to is JobStatus.PENDING else now
         conn.execute(
-            "INSERT INTO retries (job_id, not_before_ts, failed_hosts) VALUES (?, ?, ?) ON CONFLICT (job_id) "
-            "DO UPDATE SET not_before_ts = excluded.not_before_ts, failed_hosts = excluded.failed_hosts",
-            (job_id, not_before, json.dumps(failed)),
+            "INSERT INTO retries (job_id, not_before_ts) VALUES (?, ?) ON CONFLICT (job_id) "
+            "DO UPDATE SET not_before_ts = excluded.not_before_ts",
+            (job_id, not_before),
         )
+        row = conn.execute("SELECT failed_hosts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        failed: list[str] = json.loads(row[0]) if row else []
+        if host not in failed:
+            # part of the claim's index, sorted: the jobs that failed on the same hosts are judged as one set
+            conn.execute("UPDATE jobs SET failed_hosts = ? WHERE id = ?", (json.dumps(sorted([*failed, host])), job_id))
     if cause in QUARANTINE_CAUSES:
         return _extend_streak(conn, fleet, host, job_id, cause, now)
     return None
 
 
-def note_completion(conn: sqlite3.Connection, job_id: str, host: str) -> None:
+def note_completion(conn: SqlConnection, job_id: str, host: str) -> None:
     """A completed attempt ends the job's retries and the host's failure streak."""
-    conn.execute("DELETE FROM retries WHERE job_id = ?", (job_id,))
+    forget_retries(conn, job_id)
     conn.execute("UPDATE host_faults SET streak = '[]' WHERE host = ? AND quarantined_ts IS NULL", (host,))
 
 
-def forget_retries(conn: sqlite3.Connection, job_id: str) -> None:
+def forget_retries(conn: SqlConnection, job_id: str) -> None:
     """A requeued job starts afresh: no back-off, no host to avoid."""
     conn.execute("DELETE FROM retries WHERE job_id = ?", (job_id,))
+    conn.execute("UPDATE jobs SET failed_hosts = '[]' WHERE id = ? AND failed_hosts != '[]'", (job_id,))
 
 
-def retry_wait(conn: sqlite3.Connection, job_id: str) -> tuple[float, list[str]] | None:
-    """(not_before_ts, failed hosts) of a job with a failed attempt, or None."""
-    row = conn.execute("SELECT not_before_ts, failed_hosts FROM retries WHERE job_id = ?", (job_id,)).fetchone()
-    return (float(row[0]), list(json.loads(row[1]))) if row else None
+class RetryWait(NamedTuple):
+    """What a job with a failed attempt waits for."""
+
+    not_before_ts: float
+    failed_hosts: frozenset[str]
+    #: the host of its latest failed attempt
+    last_failed_on: str
 
 
-def failed_hosts(conn: sqlite3.Connection, job_ids: Iterable[str]) -> dict[str, frozenset[str]]:
-    """The hosts that failed each of these jobs (only jobs with a failed attempt are in the result)."""
-    ids = list(job_ids)
-    out: dict[str, frozenset[str]] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        rows = conn.execute(
-            f"SELECT job_id, failed_hosts FROM retries WHERE job_id IN ({','.join('?' * len(chunk))})", chunk
-        ).fetchall()
-        out.update((r[0], frozenset(json.loads(r[1]))) for r in rows)
-    return out
+def retry_wait(conn: SqlConnection, job_id: str) -> RetryWait | None:
+    """The back-off and failed hosts of a job with a failed attempt, or None."""
+    row = conn.execute("SELECT r.not_before_ts, j.failed_hosts FROM retries r JOIN jobs j ON j.id = r.job_id "
+                       "WHERE r.job_id = ?", (job_id,)).fetchone()
+    if row is None:
+        return None
+    failed = sorted(json.loads(row[1]))
+    last = conn.execute(f"SELECT host FROM attempts WHERE job_id = ? AND host IN ({','.join('?' * len(failed))}) "
+                        "ORDER BY number DESC LIMIT 1", (job_id, *failed)).fetchone() if failed else None
+    return RetryWait(float(row[0]), frozenset(failed), last[0] if last else "?")
 
 
-def backoffs_ended(conn: sqlite3.Connection, after: float, until: float) -> list[str]:
+def backoffs_ended(conn: SqlConnection, after: float, until: float) -> list[str]:
     """Pending jobs whose back-off ended in (after, until]: claimable again, so idle agents should hear of them."""
     rows = conn.execute(
         "SELECT r.job_id FROM retries r JOIN jobs j ON j.id = r.job_id "
@@ -118,7 +122,7 @@ def backoffs_ended(conn: sqlite3.Connection, after: float, until: float) -> list
 
 
 def _extend_streak(
-    conn: sqlite3.Connection, fleet: FleetSettings, host: str, job_id: str, cause: Cause, now: float
+    conn: SqlConnection, fleet: FleetSettings, host: str, job_id: str, cause: Cause, now: float
 ) -> Quarantine | None:
     row = conn.execute("SELECT streak, quarantined_ts FROM host_faults WHERE host = ?", (host,)).fetchone()
     # written only by this function, as a JSON list of FailedAttempt
@@ -145,13 +149,13 @@ def _extend_streak(
     return Quarantine(since_ts=now, reason=reason, jobs=names)
 
 
-def quarantines(conn: sqlite3.Connection) -> dict[str, Quarantine]:
+def quarantines(conn: SqlConnection) -> dict[str, Quarantine]:
     """Every quarantined host's quarantine, by host id."""
     rows = conn.execute("SELECT host, streak, quarantined_ts, reason FROM host_faults WHERE quarantined_ts IS NOT NULL")
     return {r[0]: _quarantine(r[1], r[2], r[3]) for r in rows}
 
 
-def quarantine_of(conn: sqlite3.Connection, host: str) -> Quarantine | None:
+def quarantine_of(conn: SqlConnection, host: str) -> Quarantine | None:
     row = conn.execute(
         "SELECT streak, quarantined_ts, reason FROM host_faults WHERE host = ? AND quarantined_ts IS NOT NULL",
         (host,),
@@ -164,7 +168,7 @@ def _quarantine(streak_json: str, since_ts: float, reason: str) -> Quarantine:
     return Quarantine(since_ts=since_ts, reason=reason, jobs=list(dict.fromkeys(f["name"] for f in streak)))
 
 
-def release_host(conn: sqlite3.Connection, host: str, now: float) -> bool:
+def release_host(conn: SqlConnection, host: str, now: float) -> bool:
     """End a host's quarantine and its failure streak; True when it was quarantined."""
     was = quarantine_of(conn, host)
     conn.execute("UPDATE host_faults SET quarantined_ts = NULL, reason = '', streak = '[]' WHERE host = ?", (host,))
@@ -175,14 +179,14 @@ def release_host(conn: sqlite3.Connection, host: str, now: float) -> bool:
     return True
 
 
-def _record_host_event(conn: sqlite3.Connection, host: str, kind: str, reason: str, jobs: list[str], now: float) -> None:
+def _record_host_event(conn: SqlConnection, host: str, kind: str, reason: str, jobs: list[str], now: float) -> None:
     conn.execute(
         "INSERT INTO host_events (ts, host, kind, reason, jobs) VALUES (?, ?, ?, ?, ?)",
         (now, host, kind, reason, json.dumps(jobs)),
     )
 
 
-def take_host_events(conn: sqlite3.Connection, after_seq: int) -> list[HostEvent]:
+def take_host_events(conn: SqlConnection, after_seq: int) -> list[HostEvent]:
     """Host events committed after `after_seq`, oldest first, to publish on `events`."""
     rows = conn.execute(
         "SELECT seq, ts, host, kind, reason, jobs FROM host_events WHERE seq > ? ORDER BY seq", (after_seq,)
@@ -190,14 +194,14 @@ def take_host_events(conn: sqlite3.Connection, after_seq: int) -> list[HostEvent
     return [HostEvent(seq=r[0], ts=r[1], host=r[2], to=r[3], reason=r[4], jobs=json.loads(r[5])) for r in rows]
 
 
-def last_host_event(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM host_events").fetchone()[0])
+def last_host_event(conn: SqlConnection) -> int:
+    return int(one_row(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM host_events"))[0])
 
 
 # --- dependents that can never run -----------------------------------------------------------------
 
 
-def cancel_unsatisfiable(conn: sqlite3.Connection, roots: Iterable[str], now: float) -> list[str]:
+def cancel_unsatisfiable(conn: SqlConnection, roots: Iterable[str], now: float) -> list[str]:
     """Cancel every pending job that waits, directly or through others, on one of `roots` that ended
     failed or cancelled; the ids cancelled. Each gets the reason as its error."""
     todo = list(roots)
@@ -221,7 +225,7 @@ def cancel_unsatisfiable(conn: sqlite3.Connection, roots: Iterable[str], now: fl
     return cancelled
 
 
-def cancel_all_unsatisfiable(conn: sqlite3.Connection, now: float) -> list[str]:
+def cancel_all_unsatisfiable(conn: SqlConnection, now: float) -> list[str]:
     """`cancel_unsatisfiable` over every failed or cancelled job that has a pending dependent (a reload)."""
     roots = [r[0] for r in conn.execute(
         "SELECT DISTINCT d.after_id FROM deps d JOIN jobs a ON a.id = d.after_id JOIN jobs w ON w.id = d.job_id "
@@ -230,7 +234,7 @@ def cancel_all_unsatisfiable(conn: sqlite3.Connection, now: float) -> list[str]:
     return cancel_unsatisfiable(conn, roots, now)
 
 
-def restore_dependents(conn: sqlite3.Connection, job_id: str, now: float) -> list[str]:
+def restore_dependents(conn: SqlConnection, job_id: str, now: float) -> list[str]:
     """A requeued job's dependents that were cancelled because of it wait again (pending), transitively."""
     todo = [job_id]
     restored: list[str] = []

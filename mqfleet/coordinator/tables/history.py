@@ -18,6 +18,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, NamedTuple
 
 from mqfleet import defaults
+from mqfleet.coordinator.sql.connection import one_row
 from mqfleet.wire.replies import HostUsage, ProgressPoint, Usage
 from mqfleet.wire.topics import JsonObject, JsonValue
 
@@ -95,13 +96,13 @@ class AttemptHistory:
     def _touch(self, job_id: str, attempt: int, *, lines: int = 0, usage: Usage | None = None) -> AttemptCounts:
         """The attempt's record (created if new), its line count raised by `lines` and its usage set when
         given; one statement."""
-        row = self.state.conn.execute(
+        row = one_row(self.state.conn.execute(
             "INSERT INTO attempt_records (job_id, attempt, lines_total, usage) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (job_id, attempt) DO UPDATE SET lines_total = lines_total + excluded.lines_total, "
-            "usage = COALESCE(excluded.usage, usage) "
+            "ON CONFLICT (job_id, attempt) DO UPDATE SET lines_total = attempt_records.lines_total + excluded.lines_total, "
+            "usage = COALESCE(excluded.usage, attempt_records.usage) "
             "RETURNING lines_total, lines_dropped, reports_seen, progress_stride",
             (job_id, attempt, lines, None if usage is None else json.dumps(usage.to_wire())),
-        ).fetchone()
+        ))
         return AttemptCounts(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
     # --- output lines ----------------------------------------------------------------------
@@ -192,7 +193,8 @@ class AttemptHistory:
             rec = self._touch(job_id, attempt, lines=len(lines))
             total, dropped_before = rec.lines_total, rec.lines_dropped
             c.execute(
-                "INSERT OR REPLACE INTO attempt_lines (job_id, attempt, seq, count, lines) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO attempt_lines (job_id, attempt, seq, count, lines) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id, attempt, seq) DO UPDATE SET count = excluded.count, lines = excluded.lines",
                 (job_id, attempt, total - len(lines) + 1, len(lines), json.dumps(lines)),
             )
             dropped = max(dropped_before, total - max_lines)
@@ -260,7 +262,8 @@ class AttemptHistory:
                 return
             newest = fresh[-1][0]
             c.executemany(
-                "INSERT OR REPLACE INTO attempt_progress (job_id, attempt, seq, ts, report) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO attempt_progress (job_id, attempt, seq, ts, report) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id, attempt, seq) DO UPDATE SET ts = excluded.ts, report = excluded.report",
                 [(job_id, attempt, seq, ts, _report_json(r)) for seq, ts, r in fresh
                  if (seq - 1) % stride == 0 or seq == newest],
             )
@@ -285,9 +288,9 @@ class AttemptHistory:
             "DELETE FROM attempt_progress WHERE job_id = ? AND attempt = ? AND (seq - 1) % ? != 0 AND seq < ?",
             (job_id, attempt, stride, newest),
         )
-        return int(c.execute(
+        return int(one_row(c.execute(
             "SELECT COUNT(*) FROM attempt_progress WHERE job_id = ? AND attempt = ?", (job_id, attempt)
-        ).fetchone()[0])
+        ))[0])
 
     def progress(self, job_id: str) -> list[ProgressPoint]:
         """Every kept report of every attempt, oldest first."""

@@ -8,11 +8,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import sqlite3
 from collections.abc import Container, Mapping
 from typing import Any, NamedTuple
 
 from mqfleet.coordinator import scheduler
+from mqfleet.coordinator.sql.connection import SqlRow
 from mqfleet.coordinator.sql.sqlite import StateFile
 from mqfleet.coordinator.tables import faults
 from mqfleet.manifest.types import HostPolicy
@@ -68,7 +68,7 @@ class Hosts:
             if online:
                 return []
             job_ids = [r[0] for r in c.execute("SELECT job_id FROM leases WHERE host = ?", (host,))]
-            c.execute("UPDATE leases SET expires_ts = MIN(expires_ts, ?) WHERE host = ?", (now + grace_s, host))
+            c.execute("UPDATE leases SET expires_ts = ? WHERE host = ? AND expires_ts > ?", (now + grace_s, host, now + grace_s))
         if job_ids:
             logger.warning("host %s: offline; %d lease(s) now expire within %gs", host, len(job_ids), grace_s)
         return job_ids
@@ -141,7 +141,7 @@ QUARANTINE_COLUMN = (
 )
 
 
-def host_view(row: sqlite3.Row, used: int, policies: Policies) -> scheduler.HostView:
+def host_view(row: SqlRow, used: int, policies: Policies) -> scheduler.HostView:
     """A hosts row (id, advert, online, draining, quarantine) with `used` slots taken, as the scheduler sees it."""
     advert = _parsed_advert(row["advert"])
     policy = policies.get(row["id"])

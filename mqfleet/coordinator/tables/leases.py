@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from dataclasses import dataclass, field
 
+from mqfleet.coordinator.sql.connection import SqlRow, one_row
 from mqfleet.coordinator.sql.sqlite import StateFile, transition
 from mqfleet.coordinator.tables import faults
 from mqfleet.coordinator.tables.artifacts import Artifacts
@@ -73,7 +73,7 @@ class Leases:
         self.catalog = catalog
         self.artifacts = artifacts
 
-    def _current_lease(self, job_id: str, lease_id: str, host: str) -> sqlite3.Row:
+    def _current_lease(self, job_id: str, lease_id: str, host: str) -> SqlRow:
         row = self.state.read_one(
             "SELECT j.status, l.lease_id, l.host, l.attempt, l.expires_ts FROM jobs j "
             "LEFT JOIN leases l ON l.job_id = j.id WHERE j.id = ?",
@@ -141,12 +141,12 @@ class Leases:
             )
 
     def _end_attempt(
-        self, job_id: str, lease: sqlite3.Row, cause: Cause, now: float, *, reason: str, fleet: FleetSettings,
+        self, job_id: str, lease: SqlRow, cause: Cause, now: float, *, reason: str, fleet: FleetSettings,
         exit_code: int | None = None, output_tail: str = "", error: str = "",
     ) -> JobStatus:
         """Inside the caller's transaction: close the attempt, drop the lease, move the job on."""
         c = self.state.conn
-        row = c.execute("SELECT attempts, max_attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = one_row(c.execute("SELECT attempts, max_attempts FROM jobs WHERE id = ?", (job_id,)))
         attempts = row["attempts"] + (1 if counts_against_budget(cause) else 0)
         to = after_attempt_ended(cause, attempts, row["max_attempts"])
         c.execute(
@@ -186,7 +186,7 @@ class Leases:
         down no agent could renew. A host that is really gone is still noticed through its status."""
         with self.state.transaction() as c:
             rows = c.execute("SELECT job_id FROM leases WHERE expires_ts < ?", (now + lease_s,)).fetchall()
-            c.execute("UPDATE leases SET expires_ts = MAX(expires_ts, ?)", (now + lease_s,))
+            c.execute("UPDATE leases SET expires_ts = ? WHERE expires_ts < ?", (now + lease_s, now + lease_s))
         return [r[0] for r in rows]
 
     def cancel(self, job_id: str, now: float, *, fleet: FleetSettings = _NO_RULES) -> TakenLease | None:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
-import sqlite3
 
 from mqfleet import __version__
+from mqfleet.coordinator.sql.connection import SqlConnection
 from mqfleet.manifest.types import Manifest
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def manifest_digest(text: str, source: str) -> str:
     return hashlib.sha256(f"mqfleet {__version__} rows-3\n{source}\n{text}".encode()).hexdigest()
 
 
-def remember_manifest(conn: sqlite3.Connection, digest: str, header: Manifest, jobs: int) -> None:
+def remember_manifest(conn: SqlConnection, digest: str, header: Manifest, jobs: int) -> None:
     """Store the manifest just applied (inside the applying transaction)."""
     conn.execute(
         "INSERT INTO manifest_in_force (id, digest, header, jobs) VALUES (1, ?, ?, ?) "
@@ -41,7 +41,7 @@ def remember_manifest(conn: sqlite3.Connection, digest: str, header: Manifest, j
     )
 
 
-def recall_manifest(conn: sqlite3.Connection, digest: str) -> tuple[Manifest, int] | None:
+def recall_manifest(conn: SqlConnection, digest: str) -> tuple[Manifest, int] | None:
     """The stored header and job count when the manifest in force has this digest; None otherwise."""
     row = conn.execute("SELECT header, jobs FROM manifest_in_force WHERE id = 1 AND digest = ?", (digest,)).fetchone()
     if row is None:

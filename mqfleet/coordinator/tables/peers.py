@@ -13,11 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from mqfleet.coordinator.sql.connection import one_row
 from mqfleet.coordinator.sql.sqlite import StateFile
-from mqfleet.errors import ConfigurationError
+from mqfleet.errors import ConfigurationError, UnavailableError
 from mqfleet.wire.requests import CoordinatorPeer
+
+if TYPE_CHECKING:
+    from mqfleet.coordinator.sql.pgconnection import PgConnection
 
 logger = logging.getLogger(__name__)
 
@@ -142,24 +146,22 @@ class AdvisoryLockElection:
         self.writer = writer
         self._key = LEADER_LOCK
         self._factory = PgConnection
-        self._conn: Any = None
+        self._conn: PgConnection | None = None
         self._leading = False
         self._pid = 0
 
     def hold(self) -> bool:
-        from mqfleet.errors import UnavailableError
-
         try:
             if self._conn is None:
                 self._conn = self._factory(self.url, writer=f"{self.writer}-election")
             if self._leading:
                 # the lock lives in the session that took it: a reconnect (a new backend) lost it
-                pid = int(self._conn.raw("SELECT pg_backend_pid()").fetchone()[0])
+                pid = int(one_row(self._conn.raw("SELECT pg_backend_pid()"))[0])
                 if pid != self._pid:
                     logger.warning("leader lock lost: the connection that held it was replaced")
                     self._leading = False
             if not self._leading:
-                row = self._conn.raw("SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (self._key,)).fetchone()
+                row = one_row(self._conn.raw("SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (self._key,)))
                 self._leading, self._pid = bool(row[0]), int(row[1])
         except (UnavailableError, OSError) as e:
             if self._leading:

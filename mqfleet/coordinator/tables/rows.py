@@ -7,10 +7,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from mqfleet.coordinator.sql.connection import SqlRow
 from mqfleet.coordinator.tables.manifest_memo import manifest_digest
 from mqfleet.manifest.types import JobSpec, Manifest
 from mqfleet.wire.requests import JobRow
@@ -46,7 +46,7 @@ def manifest_rows(manifest: Manifest) -> ManifestRows:
     for spec in manifest.jobs:
         text = json.dumps(spec.to_dict(), sort_keys=True)
         cols = (spec.name, spec.model, spec.mode, text, spec.priority, int(spec.prefer_cuda), int(spec.require_cuda),
-                spec.min_vram_gib, spec.min_ram_gib)
+                spec.min_vram_gib, spec.min_ram_gib, spec.requirements_key)
         rows.append((spec.id, text, cols))
     deps = [(spec.id, after) for spec in manifest.jobs for after in spec.after]
     sweeps = [(name, job_id) for name, ids in manifest.sweeps.items() for job_id in ids]
@@ -87,7 +87,7 @@ JOB_SELECT = f"SELECT {JOB_COLUMNS} FROM jobs j LEFT JOIN leases l ON l.job_id =
 JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobRow))
 
 
-def job_json(row: sqlite3.Row) -> JsonObject:
+def job_json(row: SqlRow) -> JsonObject:
     """A row of JOB_SELECT as its JobRow's JSON object, built straight from the row (other columns left out).
 
     For the paths that handle thousands of rows at once (the `jobs` listing, the republish sweep):
@@ -100,7 +100,7 @@ def job_json(row: sqlite3.Row) -> JsonObject:
     return out
 
 
-def job_row(row: sqlite3.Row) -> JobRow:
+def job_row(row: SqlRow) -> JobRow:
     """A row of JOB_SELECT as the wire and the CLI see it."""
     return JobRow(
         id=row["id"], name=row["name"], status=row["status"], model=row["model"], mode=row["mode"], host=row["host"],

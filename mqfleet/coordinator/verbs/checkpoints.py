@@ -13,7 +13,7 @@ from mqfleet import defaults
 from mqfleet.coordinator.tables.checkpoints import GARBAGE_INTERVAL_S, MIB
 from mqfleet.coordinator.verbs.context import HandlerContext, Request
 from mqfleet.coordinator.verbs.verify import check_digest
-from mqfleet.errors import ArtifactMismatchError, BadRequestError, ObjectMissingError, StoreError
+from mqfleet.errors import ArtifactMismatchError, BadRequestError, ObjectMissingError, StateError, StoreError
 from mqfleet.wire.replies import CheckpointSavedReply, CheckpointStartReply, CheckpointUrlReply
 from mqfleet.wire.requests import (
     CheckpointSavedRequest,
@@ -22,6 +22,7 @@ from mqfleet.wire.requests import (
     Grant,
     GrantedCheckpoint,
 )
+from mqfleet.wire.topics import JsonObject
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +60,6 @@ def with_checkpoint(coord: HandlerContext, grant: Grant) -> Grant:
     manifest = coord.manifest
     trainer = manifest.trainers.get(grant.job.model) if manifest else None
     resumable = trainer.resumable if trainer is not None else True
-    fleet = manifest.fleet if manifest else None
-    own_interval_s = grant.spec.get("checkpoint_interval_s")  # the job's own, from its stored spec
-    interval_s = (own_interval_s if isinstance(own_interval_s, (int, float)) and own_interval_s
-                  else fleet.checkpoint_interval_s if fleet else defaults.CHECKPOINT_INTERVAL_S)
-    max_mib = fleet.checkpoint_max_mib if fleet else defaults.CHECKPOINT_MAX_MIB
     checkpoint = None
     latest = coord.checkpoints.latest(grant.job.id) if resumable else None
     if latest is not None:
@@ -73,8 +69,22 @@ def with_checkpoint(coord: HandlerContext, grant: Grant) -> Grant:
             sha256=latest.saved.sha256, size=latest.saved.size, attempt=latest.saved.attempt,
             saved_ts=latest.saved.saved_ts, progress=latest.saved.progress,
         )
-    return dataclasses.replace(grant, resumable=resumable, checkpoint_interval_s=float(interval_s),
-                               checkpoint_max_mib=float(max_mib), checkpoint=checkpoint)
+    return dataclasses.replace(grant, resumable=resumable, checkpoint_interval_s=_interval_s(coord, grant.spec),
+                               checkpoint_max_mib=_max_mib(coord), checkpoint=checkpoint)
+
+
+def _interval_s(coord: HandlerContext, spec: JsonObject) -> float:
+    """How often the job's agent syncs its checkpoint: the job's own interval, else the fleet's."""
+    own_interval_s = spec.get("checkpoint_interval_s")  # from the job's stored spec
+    if isinstance(own_interval_s, (int, float)) and own_interval_s > 0:
+        return float(own_interval_s)
+    manifest = coord.manifest
+    return float(manifest.fleet.checkpoint_interval_s if manifest else defaults.CHECKPOINT_INTERVAL_S)
+
+
+def _max_mib(coord: HandlerContext) -> float:
+    manifest = coord.manifest
+    return float(manifest.fleet.checkpoint_max_mib if manifest else defaults.CHECKPOINT_MAX_MIB)
 
 
 # --- agent verbs -------------------------------------------------------------------------------
@@ -87,33 +97,62 @@ def _upload_fields(req: Request) -> tuple[str, str, str, int]:
 
 
 def handle_checkpoint_url(coord: HandlerContext, req: Request) -> CheckpointUrlReply:
-    """A presigned PUT for a checkpoint bundle of a job this host is (or was last) running."""
+    """A presigned upload for a checkpoint bundle of a job this host is (or was last) running.
+
+    On S3 the store takes exactly the declared size (a POST policy); a lease gets URLs at its sync's pace
+    and each URL earns one check of what it names (upload_limits).
+    """
     job_id, lease_id, sha256, size = _upload_fields(req)
     coord.checkpoints.check_writer(job_id, lease_id, req.client)
-    manifest = coord.manifest
-    max_mib = manifest.fleet.checkpoint_max_mib if manifest else defaults.CHECKPOINT_MAX_MIB
+    max_mib = _max_mib(coord)
     if size > max_mib * MIB:
         raise BadRequestError(
             f"checkpoint bundle of {size / MIB:.1f} MiB is over checkpoint_max_mib = {max_mib:g}; "
             "save less state or raise [fleet] checkpoint_max_mib"
         )
+    # The agent syncs at most once per interval (never under its floor), plus a final sync.
+    every_s = max(defaults.CHECKPOINT_INTERVAL_MIN_S, _interval_s(coord, coord.catalog.job_spec(job_id)))
+    coord.upload_limits.take_url(lease_id, "checkpoint", req.now, every_s=every_s)
     key = coord.store.checkpoint_key_for(job_id, sha256)
     coord.uploads.grant(sha256, req.now)  # gc spares the object until the checkpoint is recorded
-    # Short-lived like artifact uploads (docs/SECURITY.md): S3 checks expiry when the PUT starts, which is at once.
+    # Short-lived like artifact uploads (docs/SECURITY.md): S3 checks expiry when the upload starts, which is at once.
     expires_s = int(defaults.UPLOAD_URL_SLACK_S)
-    return CheckpointUrlReply(url=coord.store.presign_put(key, expires_s=expires_s), method="PUT", key=key,
-                              expires_s=expires_s)
+    upload = coord.store.presign_upload(key, size, expires_s)
+    coord.upload_limits.earn_check(lease_id, sha256, size)
+    return CheckpointUrlReply(url=upload.url, method=upload.method, key=key, expires_s=expires_s,
+                              fields=upload.fields or None)
 
 
 def prepare_checkpoint_saved(coord: HandlerContext, req: Request) -> str:
-    """Read the uploaded bundle back and hash it, outside the lock: only verified checkpoints are handed on
-    (the key they are stored under)."""
+    """Check the uploaded bundle outside the lock, its size before a byte is read, then its sha256: only
+    verified checkpoints are handed on (the key they are stored under)."""
     job_id, lease_id, sha256, size = _upload_fields(req)
     with coord.lock:
         coord.checkpoints.check_writer(job_id, lease_id, req.client)
+        latest = coord.checkpoints.latest(job_id)
+    coord.upload_limits.check_reads_allowed(lease_id)
+    if not coord.upload_limits.take_check(lease_id, sha256, size):
+        raise StateError(f"checkpoint {sha256[:12]} of {size} bytes was not uploaded through a checkpoint_url of "
+                         "this lease, or was checked already; sync again (a new checkpoint_url)")
     key = coord.store.checkpoint_key_for(job_id, sha256)
-    if coord.store.stat(key) is None:
-        raise ObjectMissingError(f"checkpoint {sha256[:12]} of job {job_id[:12]} is not in the store; upload it first")
+    try:
+        _check_checkpoint(coord, key, sha256, size, keep=latest is not None and latest.key == key)
+    except ArtifactMismatchError:
+        coord.upload_limits.note_failed_check(lease_id)
+        raise
+    return key
+
+
+def _check_checkpoint(coord: HandlerContext, key: str, sha256: str, size: int, *, keep: bool) -> None:
+    """The stored object's size (a stat), then its sha256; a mismatching object is deleted, unless `keep`
+    (the job's verified checkpoint is never deleted for what a request said of it)."""
+    stored_size = coord.store.stat(key)
+    if stored_size is None:
+        raise ObjectMissingError(f"checkpoint {sha256[:12]} is not in the store; upload it first")
+    if stored_size != size:
+        if not keep:
+            coord.store.delete(key)
+        raise ArtifactMismatchError(f"stored checkpoint is {stored_size} bytes, not {size}; nothing was read; sync again")
     actual_sha, actual_size = coord.store.hash_object(key)
     if (actual_sha, actual_size) != (sha256, size):
         coord.store.delete(key)
@@ -121,7 +160,6 @@ def prepare_checkpoint_saved(coord: HandlerContext, req: Request) -> str:
             f"stored checkpoint is {actual_size} bytes with sha256 {actual_sha[:12]}, "
             f"not {size} bytes with sha256 {sha256[:12]}; sync again"
         )
-    return key
 
 
 def handle_checkpoint_saved(coord: HandlerContext, req: Request) -> CheckpointSavedReply:

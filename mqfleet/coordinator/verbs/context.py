@@ -22,6 +22,7 @@ from mqfleet.coordinator.tables.hosts import Hosts
 from mqfleet.coordinator.tables.leases import Leases
 from mqfleet.coordinator.tables.manifests import StoredManifest
 from mqfleet.coordinator.tables.rows import ManifestRows
+from mqfleet.coordinator.tables.upload_limits import UploadLimits
 from mqfleet.errors import ManifestError
 from mqfleet.manifest.types import FleetSettings, Manifest
 from mqfleet.store.base import ArtifactStore
@@ -42,6 +43,7 @@ class HandlerContext(Protocol):
     artifacts: Artifacts
     history: AttemptHistory
     uploads: UploadWindow
+    upload_limits: UploadLimits
     state: StateFile
     checkpoints: CheckpointBook
     store: ArtifactStore

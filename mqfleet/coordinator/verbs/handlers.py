@@ -16,6 +16,7 @@ from mqfleet.coordinator.tables.leases import Completion
 from mqfleet.coordinator.tables.listing import JobFilter
 from mqfleet.coordinator.tables.manifests import ORIGIN_FILE, ORIGIN_SENT
 from mqfleet.coordinator.tables.rows import ManifestRows, manifest_rows
+from mqfleet.coordinator.tables.upload_limits import ARTIFACT_URL_EVERY_S
 from mqfleet.coordinator.verbs import checkpoints
 from mqfleet.coordinator.verbs.context import Handler, HandlerContext, Prepare, Request
 from mqfleet.coordinator.verbs.queries import (
@@ -28,7 +29,7 @@ from mqfleet.coordinator.verbs.queries import (
 )
 from mqfleet.coordinator.verbs.reports import handle_compare, handle_gc, prepare_gc, record_attempt_history
 from mqfleet.coordinator.verbs.verify import accept_artifact, check_digest
-from mqfleet.errors import BadRequestError, ManifestError, NotFoundError, UnknownHostError
+from mqfleet.errors import ArtifactMismatchError, BadRequestError, ManifestError, NotFoundError, UnknownHostError
 from mqfleet.lifecycle import AGENT_CAUSES, Cause
 from mqfleet.manifest.load import load_manifest, parse_manifest
 from mqfleet.wire.published import ControlMessage
@@ -127,18 +128,15 @@ def handle_upload_url(coord: HandlerContext, req: Request) -> UploadUrlReply:
         return UploadUrlReply(exists=True, key=key)
     # Never a URL for the artifact key itself: the bytes land in this lease's staging key and
     # become the artifact only once the coordinator has hashed them (docs/SECURITY.md, "Artifacts").
+    # On S3 the store takes exactly `size` bytes there (a POST policy), and a lease gets URLs at a pace.
+    coord.upload_limits.take_url(lease_id, "artifact", req.now, every_s=ARTIFACT_URL_EVERY_S)
     lease = coord.catalog.lease(job_id)
     lease_left_s = (lease.expires_ts - req.now) if lease else 0.0
     expires_s = int(min(defaults.UPLOAD_URL_MAX_S, max(0.0, lease_left_s) + defaults.UPLOAD_URL_SLACK_S))
     staged = coord.store.staging_key(lease_id)
-    return UploadUrlReply(
-        exists=False,
-        url=coord.store.presign_put(staged, expires_s=expires_s),
-        method="PUT",
-        key=key,
-        upload_key=staged,
-        expires_s=expires_s,
-    )
+    presigned = coord.store.presign_upload(staged, size, expires_s)
+    return UploadUrlReply(exists=False, url=presigned.url, method=presigned.method, key=key, upload_key=staged,
+                          expires_s=expires_s, fields=presigned.fields or None)
 
 
 def prepare_complete(coord: HandlerContext, req: Request) -> str:
@@ -146,7 +144,12 @@ def prepare_complete(coord: HandlerContext, req: Request) -> str:
     done = CompleteRequest.from_wire(req.body)
     with coord.lock:
         coord.leases.check_lease(done.job_id, done.lease_id, req.client)
-    return accept_artifact(coord.store, done.sha256, done.size, lease_id=done.lease_id)
+    coord.upload_limits.check_reads_allowed(done.lease_id)
+    try:
+        return accept_artifact(coord.store, done.sha256, done.size, lease_id=done.lease_id)
+    except ArtifactMismatchError:
+        coord.upload_limits.note_failed_check(done.lease_id)
+        raise
 
 
 def handle_complete(coord: HandlerContext, req: Request) -> CompleteReply:

@@ -50,9 +50,9 @@ def _check_bytes(store: ArtifactStore, key: str, sha256: str, size: int, *, what
 def accept_artifact(store: ArtifactStore, sha256: str, size: int, *, lease_id: str) -> str:
     """The artifact key of a verified artifact, or ArtifactMismatchError / ObjectMissingError.
 
-    With an object staged by this lease: hash it, then promote it to the artifact key. With
-    nothing staged (the upload was skipped because the digest was stored already): hash the
-    stored object again, since a size alone proves nothing about bytes.
+    Sizes are compared (a stat) before a byte is read. With an object staged by this lease: hash it,
+    then promote it to the artifact key. With nothing staged (the upload was skipped because the digest
+    was stored already): hash the stored object again, since a size alone proves nothing about bytes.
     """
     check_digest(sha256, size)
     key = store.key_for(sha256)
@@ -65,7 +65,12 @@ def accept_artifact(store: ArtifactStore, sha256: str, size: int, *, lease_id: s
         _check_bytes(store, staged, sha256, size, what="staged")
         store.promote(staged, key)
         return key
-    if store.stat(key) is None:
+    stored_size = store.stat(key)
+    if stored_size is None:
         raise ObjectMissingError(f"artifact {sha256[:12]} is not in the store ({store.url}); upload it first")
+    if stored_size != size:
+        # The request is wrong, not the object: nothing is read, and the stored artifact stays.
+        raise ArtifactMismatchError(f"stored artifact {sha256[:12]} is {stored_size} bytes, not {size}; "
+                                    "complete with its own size, or upload yours")
     _check_bytes(store, key, sha256, size, what="stored")
     return key
