@@ -25,7 +25,6 @@ from typing import Any
 from bench.common import (
     ROOT,
     CoordinatorProc,
-    Proc,
     Row,
     fleet_env,
     jobs_manifest,
@@ -36,6 +35,7 @@ from bench.common import (
     verdict,
 )
 from mqfleet.local.broker import LocalBroker
+from mqfleet.local.process import Proc
 
 #: Import time targets (issue 34), in seconds; and the wall time target of `health` against a live coordinator.
 IMPORT_TARGET_S = {"--version": 0.060, "health --help": 0.060}
@@ -89,8 +89,8 @@ def run_once(name: str, env: dict[str, str], *, profile: bool, job: str = "") ->
 def agent_start_import_s(workdir: Path, coord: CoordinatorProc, env: dict[str, str], host: str) -> float:
     """Import seconds of an agent from its start until the coordinator lists it online."""
     workdir.mkdir(parents=True, exist_ok=True)
-    agent = Proc([*mqfleet_argv(), "agent", "--host-id", host, "--work-dir", str(workdir / host), "--repo", str(ROOT)],
-                 {**env, "PYTHONPROFILEIMPORTTIME": "1"}, workdir / f"{host}.log")
+    agent = Proc(host, [*mqfleet_argv(), "agent", "--host-id", host, "--work-dir", str(workdir / host), "--repo",
+                        str(ROOT)], {**env, "PYTHONPROFILEIMPORTTIME": "1"}, workdir / f"{host}.log", cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
         while not any(w.id == host and w.online and w.advert for w in coord.client.workers()):
@@ -113,7 +113,7 @@ def measure_cli_startup(workdir: Path, *, runs: int = 7, agent_runs: int = 3) ->
         env = {**fleet_env(broker.url, prefix), "COLUMNS": "120"}
         env.pop("PYTHONPROFILEIMPORTTIME", None)
         try:
-            job = coord.client.jobs()[0]["name"]
+            job = str(coord.client.jobs()[0]["name"])
             for name in COMMANDS:  # a warm-up of each: the first run reads the files from disk
                 run_once(name, env, profile=False, job=job)
             for _ in range(runs):

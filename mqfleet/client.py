@@ -13,6 +13,7 @@ from mqfleet.errors import BrokerUnavailableError, RequestTimeoutError
 from mqfleet.lifecycle import JobStatus
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.inbox import Handler
 from mqfleet.mqtt.rpc import Reply, RpcClient
 from mqfleet.wire import verbs
 from mqfleet.wire.codec import NoFields
@@ -63,6 +64,8 @@ class FleetClient:
         self.conn = Connection(broker, client_id=self.client_id, reply_prefix=prefix)
         self.rpc = RpcClient(self.conn, self.topics, self.client_id, token=self.token, timeout_s=timeout_s)
         self._started = False
+        #: what `subscribe` asked for, so a connection made again after a failed start has it too
+        self._subscriptions: list[tuple[str, Handler, int]] = []
 
     def __enter__(self) -> FleetClient:
         return self
@@ -80,6 +83,8 @@ class FleetClient:
             # A Connection starts once: the next call tries again with a fresh one.
             self.conn = Connection(self.broker, client_id=self.client_id, reply_prefix=self.topics.prefix)
             self.rpc.conn = self.conn
+            for topic_filter, handler, qos in self._subscriptions:
+                self.conn.subscribe(topic_filter, handler, qos)
             raise
         self._started = True
 
@@ -87,6 +92,12 @@ class FleetClient:
         if self._started:
             self.conn.stop()
             self._started = False
+
+    def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> None:
+        """Call `handler` with each message on `topic_filter` (public state, live logs), on the connection's
+        dispatcher thread, from the next connect on (at once when connected); kept across reconnects."""
+        self._subscriptions.append((topic_filter, handler, qos))
+        self.conn.subscribe(topic_filter, handler, qos)
 
     def call(self, verb: VerbSpec[Req, Rep], request: Req) -> Rep:
         """One request; its `ok` reply typed (fields it does not know are ignored), else RemoteError with the

@@ -21,10 +21,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # `install` runs under Debian's python3, before mqfleet is installed
+    from mqfleet.local.process import Proc
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
@@ -120,44 +123,24 @@ hyper = {{ tag = [{tags}] }}
 """
 
 
-class Started:
-    """A process this check started, its output in a log file; stopped by PID (SIGTERM, bounded wait, SIGKILL)."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 (closed in stop)
-        self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=log.parent)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(60)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-        self._log.close()
-
-    def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-
 @contextmanager
-def started(argv: list[str], env: dict[str, str], log: Path) -> Iterator[Started]:
-    proc = Started(argv, env, log)
+def started(name: str, argv: list[str], env: dict[str, str], log: Path) -> Iterator[Proc]:
+    """The project's Proc (stopped by its PID, SIGTERM then SIGKILL) for the length of a `with`."""
+    from mqfleet.local.process import Proc
+
+    proc = Proc(name, argv, env, log, cwd=log.parent)
     try:
         yield proc
     finally:
-        proc.stop()
+        proc.stop(timeout_s=60)
 
 
-def wait_until(check: Any, timeout_s: float, what: str, *procs: Started) -> Any:
+def wait_until(check: Callable[[], Any], timeout_s: float, what: str, *procs: Proc) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for proc in procs:
-            if proc.popen.poll() is not None:
-                raise SystemExit(f"{proc.popen.args[3]} exited with {proc.popen.returncode} waiting for {what}:\n"
-                                 f"{proc.tail()}")
+            if not proc.alive():
+                raise SystemExit(f"{proc.name} exited with {proc.popen.returncode} waiting for {what}:\n{proc.log_tail()}")
         value = check()
         if value:
             return value
@@ -203,10 +186,10 @@ def run_jobs(work: Path, *, python: Path, db: str, n_jobs: int, broker_url: str,
         return jobs if len(jobs) == n_jobs and all(j["status"] == "completed" for j in jobs) else None
 
     began = time.monotonic()
-    with started([*mqfleet, "coordinator", "--manifest", str(work / "fleet.toml"), "--db", db,
+    with started("coordinator", [*mqfleet, "coordinator", "--manifest", str(work / "fleet.toml"), "--db", db,
                   "--store", (work / "artifacts").as_uri(), "--metrics-port", str(metrics_port)], env,
                  work / "coordinator.log") as coordinator, \
-         started([*mqfleet, "agent", "--host-id", f"pi-{label}", "--slots", "2", "--work-dir", str(work / "agent"),
+         started("agent", [*mqfleet, "agent", "--host-id", f"pi-{label}", "--slots", "2", "--work-dir", str(work / "agent"),
                   "--repo", str(HERE)], env, work / "agent.log") as agent:
         try:
             wait_until(answers, START_TIMEOUT_S, "the coordinator to answer", coordinator, agent)
@@ -220,9 +203,10 @@ def run_jobs(work: Path, *, python: Path, db: str, n_jobs: int, broker_url: str,
                 raise SystemExit(f"/metrics does not count {n_jobs} completed jobs: {done!r}")
             # Under qemu a process's RSS is the emulator's with the guest inside it: an idle interpreter of the
             # same environment, measured now, is the floor each figure is read against.
-            with started([str(python), "-c", "import time; time.sleep(600)"], env, work / "idle.log") as idle:
+            with started("idle python", [str(python), "-c", "import time; time.sleep(600)"], env,
+                         work / "idle.log") as idle:
                 time.sleep(3)
-                rss = {name: psutil.Process(p.popen.pid).memory_info().rss / (1 << 20)
+                rss = {name: psutil.Process(p.pid).memory_info().rss / (1 << 20)
                        for name, p in (("coordinator", coordinator), ("agent", agent), ("idle python", idle))}
             figures = {"jobs": n_jobs, "coordinator_answers_s": answered_s, "jobs_s": jobs_s,
                        "coordinator_rss_mib": rss["coordinator"], "agent_rss_mib": rss["agent"],

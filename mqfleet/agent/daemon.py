@@ -24,6 +24,7 @@ from mqfleet.agent.job import JobRun, JobSettings
 from mqfleet.agent.outcome import Ending
 from mqfleet.agent.reaper import reap_leftovers
 from mqfleet.errors import ConfigurationError, MqfleetError, RemoteError, RequestTimeoutError, UnknownHostError
+from mqfleet.hostid import check_host_id
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.inbox import Message
@@ -70,8 +71,7 @@ class AgentConfig:
     trainer_user: str = ""
 
     def validate(self) -> None:
-        if not self.host_id or any(c in self.host_id for c in "/+#") or len(self.host_id) > 128:
-            raise ConfigurationError(f"host id {self.host_id!r} must be 1-128 characters without '/', '+' or '#'")
+        check_host_id(self.host_id)
         if self.slots < 1:
             raise ConfigurationError(f"--slots must be at least 1, not {self.slots}")
         if not self.repo.is_dir():

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import psutil
 
@@ -35,13 +35,11 @@ from mqfleet.agent.isolation import TrainerUser, trainer_files
 from mqfleet.agent.reaper import KILL_WAIT_S, POLL_S, pidfile_path, record_run
 from mqfleet.agent.spawn import IS_LINUX, IS_WINDOWS, pgid_of, popen_trainer, spawn
 from mqfleet.agent.usage import UsageMeter
+from mqfleet.mqtt.inbox import call_safely
 from mqfleet.wire.reports import Usage
 from mqfleet.wire.topics import JsonObject
 
 logger = logging.getLogger(__name__)
-
-#: A stdout line starting with this, then a JSON object, reports progress and metrics.
-PROGRESS_PREFIX = "@mqfleet"
 
 # Longer lines are cut in the tail and in on_line: a tail travels in one MQTT request.
 _MAX_LINE_CHARS = 2000
@@ -364,9 +362,11 @@ class TrainerRun:
                         self._tail.append(shown)
                     else:
                         self._progress = progress
-                _call_safely(self.on_line, shown)
-                if progress is not None:
-                    _call_safely(self.on_progress, progress)
+                # a failing callback is a bug in the agent, but it must not stop the output being drained
+                if self.on_line is not None:
+                    call_safely(self.on_line, shown, what="trainer output callback", log=logger)
+                if progress is not None and self.on_progress is not None:
+                    call_safely(self.on_progress, progress, what="trainer progress callback", log=logger)
         except (OSError, ValueError) as e:
             logger.warning("trainer %s: reading output failed: %s", self.pid, e)
         finally:
@@ -389,9 +389,9 @@ class TrainerRun:
 
 def parse_progress(line: str) -> JsonObject | None:
     """The JSON object of an `@mqfleet {json}` line, or None for any other line (bad JSON included)."""
-    if not line.startswith(PROGRESS_PREFIX):
+    if not line.startswith(defaults.PROGRESS_PREFIX):
         return None
-    rest = line[len(PROGRESS_PREFIX) :]
+    rest = line[len(defaults.PROGRESS_PREFIX) :]
     if not rest[:1].isspace():
         return None
     try:
@@ -399,15 +399,5 @@ def parse_progress(line: str) -> JsonObject | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def _call_safely(callback: Callable[[Any], None] | None, arg: Any) -> None:
-    # A failing callback is a bug in the agent, but it must not stop the output being drained.
-    if callback is None:
-        return
-    try:
-        callback(arg)
-    except Exception:
-        logger.exception("trainer output callback %r failed", callback)
 
 

@@ -207,6 +207,10 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self._sweeper.start()
         logger.info("coordinator %s serving on %s (prefix %s)", __version__, self.config.broker.url, t.prefix)
 
+    def request_stop(self) -> None:
+        """Ask `run_forever` to return; safe from a signal handler (it only sets an event)."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         if self._sweeper:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from mqfleet.defaults import TOPIC_PREFIX
 from mqfleet.errors import ConfigurationError, ManifestError, Problem
-from mqfleet.trust.certs import COORDINATOR_CN, OPERATOR_PREFIX, check_name
-from mqfleet.trust.monitor_accounts import MONITOR_USER, check_monitor_name, is_monitor_name
+from mqfleet.hostid import COORDINATOR_CN, MONITOR_USER, OPERATOR_PREFIX, check_host_id, check_name, is_monitor_name
+from mqfleet.trust.monitor_accounts import check_monitor_name
 from mqfleet.wire.topics import BROKER_LOG_NOTICES, Role, Topics, Verb
 from mqfleet.wire.verbs import VERBS
 
@@ -139,7 +139,7 @@ def hosts_in_manifest(path: str | os.PathLike[str]) -> list[str]:
             problems.append(Problem(f"hosts[{i}].id", "required, a string"))
             continue
         try:
-            check_name(host, "host id")
+            check_host_id(host)
         except ConfigurationError as e:
             problems.append(Problem(f"hosts[{i}].id", str(e)))
             continue
@@ -172,11 +172,7 @@ def _check_prefix(prefix: str) -> str:
 def _check_hosts(hosts: Sequence[str], *, coordinator: str) -> list[str]:
     ids: list[str] = []
     for host in hosts:
-        check_name(host, "host id")
-        if host.startswith(OPERATOR_PREFIX) or host == coordinator or is_monitor_name(host):
-            raise ConfigurationError(
-                f"host id {host!r} would get operator, coordinator or monitoring rights; rename the host"
-            )
+        check_host_id(host, coordinator=coordinator)
         if host in ids:
             raise ConfigurationError(f"host id {host!r} is listed twice")
         ids.append(host)

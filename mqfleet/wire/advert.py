@@ -5,7 +5,7 @@ An advert comes from the bus, so it is hostile input: every known field must hav
 and a few unknown scalar fields are kept so a newer agent can add some. The bounds are the fields'
 annotations, checked by the wire codec like every other message's (mqfleet/wire/codec.py). A refused
 advert raises `BadRequestError` naming the field; the coordinator then keeps the host's last good advert
-and says why in `workers` (docs/SECURITY.md, "Adverts"). The agent builds an `Advert`
+and says why in `workers` (docs/SECURITY.md, "What the broker enforces and what the coordinator checks"). The agent builds an `Advert`
 (agent/capability.py) and publishes its `to_wire()`; the coordinator reads one back with `parse_advert`
 (the host from the topic).
 """

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+from typing import Any
 
 import psutil
 
@@ -37,7 +38,8 @@ def test_several_jobs_complete_on_two_agents_with_verified_artifacts_in_s3(s3_fl
 
 def test_identical_output_of_another_job_is_deduplicated_not_uploaded_again(s3_fleet: Fleet) -> None:
     # Same hyper and seed, different mode: two jobs, one output, one stored object.
-    jobs = [{"name": "first", "model": "ok", "mode": "a"}, {"name": "second", "model": "ok", "mode": "b", "after": ["first"]}]
+    jobs: list[dict[str, Any]] = [{"name": "first", "model": "ok", "mode": "a"},
+                                  {"name": "second", "model": "ok", "mode": "b", "after": ["first"]}]
     s3_fleet.write_manifest(manifest_text(*jobs))
     s3_fleet.start_coordinator()
     s3_fleet.start_agent("alpha")

@@ -92,7 +92,7 @@ host_messages = st.tuples(st.sampled_from(["advert", "status"]),
 
 
 def _snapshot(fleet: Fleet) -> dict[str, tuple[Any, ...]]:
-    return {j["id"]: (j["status"], j["host"], j["attempts"], j["artifact"]) for j in fleet.client().jobs()}
+    return {str(j["id"]): (j["status"], j["host"], j["attempts"], j["artifact"]) for j in fleet.client().jobs()}
 
 
 def test_malformed_oversized_and_wrongly_typed_requests_to_every_verb_are_refused_and_change_no_job(
@@ -175,6 +175,7 @@ def test_response_topics_and_mqtt_properties_of_any_shape_never_make_the_coordin
     fleet: Fleet, topic_prefix: str
 ) -> None:
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -188,7 +189,7 @@ def test_response_topics_and_mqtt_properties_of_any_shape_never_make_the_coordin
     watcher.subscribe(f"{topic_prefix}/#", lambda m: seen.append(m.topic), qos=0)
     watcher.start(wait_s=10)
     host, port = fleet.broker_url.removeprefix("mqtt://").split(":")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=me, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=me, protocol=mqtt.MQTTv5)
     client.connect(host, int(port))
     client.loop_start()
     sent = 0
@@ -205,7 +206,7 @@ def test_response_topics_and_mqtt_properties_of_any_shape_never_make_the_coordin
         nonlocal sent
         for verb, response_topic, correlation, retain, user_props, expiry, fmt, content_type in batch:
             role = VERBS[Verb(verb)].role
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ResponseTopic = response_topic
             props.CorrelationData = correlation
             for key, value in user_props:

@@ -144,7 +144,7 @@ def test_a_group_whose_commit_fails_leaves_nothing_and_each_request_runs_again_w
     grouped_before = coordinator.grouped_requests
     blocker = _blocker(coordinator, mqtt_connect)
     commit = coordinator.state.conn.commit
-    failures = []
+    failures: list[int] = []
 
     def commit_failing_once() -> None:
         # the group's commit: the one whose transaction has ended h1's lease (its hand-back ran in it)

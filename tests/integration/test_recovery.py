@@ -126,7 +126,7 @@ def test_a_stalled_host_that_returns_inside_the_grace_keeps_its_job(fleet: Fleet
 
 def _alive(proc: psutil.Process) -> bool:
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 

@@ -45,7 +45,8 @@ class RawAgent:
             reply = self.call("claim")
             return reply["job"] if reply.get("job") else None
 
-        return wait_until(granted, timeout_s=10, interval_s=0.2, what=f"a claim by {self.host}")
+        job: dict[str, Any] = wait_until(granted, timeout_s=10, interval_s=0.2, what=f"a claim by {self.host}")
+        return job
 
     def close(self) -> None:
         self.conn.stop()

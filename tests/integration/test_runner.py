@@ -34,7 +34,7 @@ class Lines:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.progress: list[dict[str, object]] = []
+        self.progress: list[JsonObject] = []
         self._cond = threading.Condition()
 
     def on_line(self, line: str) -> None:
@@ -42,7 +42,7 @@ class Lines:
             self.lines.append(line)
             self._cond.notify_all()
 
-    def on_progress(self, progress: dict[str, object]) -> None:
+    def on_progress(self, progress: JsonObject) -> None:
         self.progress.append(progress)
 
     def wait_for(self, prefix: str, timeout_s: float = 15.0) -> str:
@@ -141,7 +141,7 @@ def test_a_raising_callback_does_not_stop_the_output_being_read(tmp_path: Path) 
         seen.append(line)
         raise RuntimeError("callback bug")
 
-    def explode_too(progress: dict[str, object]) -> None:
+    def explode_too(progress: JsonObject) -> None:
         raise RuntimeError("progress callback bug")
 
     run = make_run(tmp_path, "chatty.py", "--lines", "5")

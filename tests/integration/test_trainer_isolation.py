@@ -19,10 +19,9 @@ import pytest
 
 from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
-from tests.fixtures.fleet import FAST_FLEET, manifest_text
+from tests.fixtures.fleet import FAST_FLEET, RESUMABLE_TRAINER, manifest_text
 from tests.fixtures.tls import OPERATOR, TlsFleet
 from tests.fixtures.users import OTHER_USER, need_root_and_other_user
-from tests.integration.test_checkpoints import RESUMABLE_TRAINER
 
 SNOOP_TRAINER = """\
 [trainers.snoop]

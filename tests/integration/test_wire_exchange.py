@@ -25,6 +25,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,7 @@ from mqfleet.wire.requests import (
     RenewRequest,
     UploadUrlRequest,
 )
-from mqfleet.wire.topics import Topics, encode
+from mqfleet.wire.topics import JsonObject, Topics, encode
 from mqfleet.wire.verbs import Rep, Req, VerbSpec
 from tests.fixtures.common import Clock, wait_until
 from tests.fixtures.fleet import OPERATOR_TOKEN, ROOT, manifest_text
@@ -144,9 +145,9 @@ def run_exchange(coord: Coordinator, connect: Callable[..., Connection], client:
     # h1 runs j1 to completion: checkpoint start, a renewal with progress, a log batch, a checkpoint, the artifact
     g1 = h1.claim()
     assert g1 is not None
-    lease = {"job_id": g1.job.id, "lease_id": g1.lease_id}
+    lease: dict[str, Any] = {"job_id": g1.job.id, "lease_id": g1.lease_id}
     h1.call(verbs.CHECKPOINT_START, CheckpointStartRequest(**lease, resumed=False, note="no checkpoint to resume"))
-    progress = {"epoch": 1, "loss": 0.5, "metrics": {"acc": 0.75}}
+    progress: JsonObject = {"epoch": 1, "loss": 0.5, "metrics": {"acc": 0.75}}
     h1.call(verbs.RENEW, RenewRequest(**lease, progress=progress, progress_reports=[(1, T0, progress)]))
     h1.log(g1.job.id, ["epoch 1 loss 0.5", "epoch 2 loss 0.25"], attempt=g1.attempt)
     path, sha, size = bundle(tmp_path, "checkpoint.tar.zst", b"checkpoint of j1")
@@ -157,7 +158,7 @@ def run_exchange(coord: Coordinator, connect: Callable[..., Connection], client:
     upload = h1.call(verbs.UPLOAD_URL, UploadUrlRequest(**lease, sha256=sha, size=size))
     assert upload.url is not None
     upload_to_url(upload.url, path)
-    done = {"epoch": 2, "loss": 0.25, "metrics": {"acc": 0.875}}
+    done: JsonObject = {"epoch": 2, "loss": 0.25, "metrics": {"acc": 0.875}}
     h1.call(verbs.COMPLETE, CompleteRequest(**lease, sha256=sha, size=size, metrics={"acc": 0.875}, output_tail="done\n",
                                            usage=usage(12.5), progress_reports=[(2, T0, done)]))
     # h1 starts j2, the operator cancels it (a control message), and h1's next renewal is refused

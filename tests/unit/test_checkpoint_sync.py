@@ -7,13 +7,13 @@ come from a small in-process stand-in that records what the agent asked.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from mqfleet.agent import checkpoint
 from mqfleet.agent.checkpoint import RESTORE_DISK_RESERVE_BYTES, CheckpointPlan, CheckpointSync, fingerprint, snapshot
 from mqfleet.errors import BundleError, RequestTimeoutError
 from mqfleet.store.bundle import pack_artifact
@@ -223,7 +223,7 @@ def test_restore_that_does_not_fit_this_hosts_free_disk_starts_fresh_and_keeps_t
     given = _bundle(tmp_path, coordinator.store, b"{}", zeros=8 << 20)
     sync, _ = _sync(tmp_path, coordinator, max_bytes=1 << 30, given=given)
     free = RESTORE_DISK_RESERVE_BYTES + given["size"] + (1 << 20)  # room for 1 MiB, not 8
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: SimpleNamespace(total=1 << 40, used=0, free=free))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=1 << 40, used=0, free=free))
     assert sync.restore() is False
     fields = coordinator.calls[-1][1]
     assert "rejected_sha256" not in fields and "unpacks to more than" in fields["note"]

@@ -13,6 +13,7 @@ from mqfleet.coordinator.tables.history import AttemptHistory
 from mqfleet.lifecycle import Cause
 from mqfleet.wire.replies import HostUsage
 from mqfleet.wire.reports import Usage
+from mqfleet.wire.topics import JsonObject
 from tests.fixtures.common import held_by_another_thread
 from tests.fixtures.state import CoordinatorState as Database
 from tests.unit.test_db import T0, advert, job, job_id, manifest
@@ -50,7 +51,8 @@ def test_progress_past_the_bound_is_thinned_evenly_and_resent_reports_are_ignore
     cap = defaults.PROGRESS_POINTS_MAX
     total = cap * 3 + 7
     for start in range(1, total + 1, 50):
-        batch = [(seq, T0 + seq, {"loss": 1.0 / seq}) for seq in range(start, min(start + 50, total + 1))]
+        batch: list[tuple[int, float, JsonObject]] = [
+            (seq, T0 + seq, {"loss": 1.0 / seq}) for seq in range(start, min(start + 50, total + 1))]
         history.append_progress("j", 1, batch)
         history.append_progress("j", 1, batch)  # a renewal resent after a lost reply
     kept = [p.seq for p in history.progress("j")]
@@ -64,7 +66,8 @@ def test_progress_past_the_bound_is_thinned_evenly_and_resent_reports_are_ignore
 
 def test_usage_is_kept_per_attempt_and_summed_per_host(db: Database) -> None:
     history = AttemptHistory(db.state)
-    grants = [db.claim("h1", T0), db.claim("h1", T0)]
+    grants = [grant for grant in (db.claim("h1", T0), db.claim("h1", T0)) if grant is not None]
+    assert len(grants) == 2
     for i, grant in enumerate(grants):
         assert grant is not None
         usage = Usage(wall_s=10 + i, cpu_s=2.5, max_rss_bytes=1000 * (i + 1), gpu_mem_max_bytes=None)
@@ -102,7 +105,8 @@ def test_prune_removes_old_ended_jobs_rows_and_keeps_recent_and_live_ones(db: Da
     assert events and min(events) >= now - 30 * day
     assert job_id("a") in {g.job.id for g in (old, recent, live)}
     with db.state.lock:
-        assert db.state.conn.execute("SELECT COUNT(*) FROM events WHERE ts >= ?", (T0 + 25 * day,)).fetchone()[0] >= 1
+        count = db.state.conn.execute("SELECT COUNT(*) FROM events WHERE ts >= ?", (T0 + 25 * day,)).fetchone()
+        assert count is not None and count[0] >= 1
 
 
 def test_queued_lines_given_back_after_a_rollback_are_written_first_by_the_next_flush(db: Database) -> None:

@@ -9,7 +9,7 @@ import pytest
 from mqfleet.agent.selftest import Check, Outcome
 from mqfleet.errors import BadRequestError
 from mqfleet.lifecycle import Cause
-from mqfleet.wire.published import ControlMessage, HostStatus, LogBatch, Nudge
+from mqfleet.wire.published import ControlAction, ControlMessage, HostStatus, LogBatch, Nudge
 from mqfleet.wire.reports import REPORTS_PER_REQUEST, Usage
 from mqfleet.wire.requests import (
     CheckpointStartRequest,
@@ -154,7 +154,7 @@ def test_fields_sent_only_when_set_are_left_out_while_none_and_read_back_as_none
 
 
 def test_a_control_message_or_a_nudge_of_the_wrong_shape_is_named() -> None:
-    control = ControlMessage("cancel", "j", "l")
+    control = ControlMessage(ControlAction.CANCEL, "j", "l")
     assert ControlMessage.from_wire(control.to_wire()) == control
     with pytest.raises(BadRequestError, match="field 'lease_id' is missing"):
         ControlMessage.from_wire({"action": "cancel", "job_id": "j"})

@@ -90,7 +90,7 @@ def test_a_lenient_bound_drops_what_fails_instead_of_refusing_it() -> None:
 
 
 def test_each_wire_error_code_belongs_to_one_error_class() -> None:
-    assert Coordinator  # imported for the error classes its modules define (coordinator/sql/pgdialect.py)
+    assert Coordinator is not None  # imported for the error classes its modules define (coordinator/sql/pgdialect.py)
     owner: dict[str, type[MqfleetError]] = {}
     classes: list[type[MqfleetError]] = [MqfleetError]
     while classes:

@@ -18,7 +18,7 @@ def test_a_job_event_names_its_old_status_from_on_the_wire_and_reads_back_whole(
     assert wire == {"seq": 3, "ts": 1.5, "job_id": "j", "from": "pending", "to": "claimed", "reason": "claimed by h",
                     "host": "h"}
     assert JobEvent.from_wire(wire) == event
-    added = JobEvent(seq=1, ts=1.0, job_id="j", from_status=None, to="pending", reason="added")
+    added = JobEvent(seq=1, ts=1.0, job_id="j", from_status=None, to=JobStatus.PENDING, reason="added")
     assert JobEvent.from_wire(decode(encode(added.to_wire()))) == added
 
 

@@ -19,12 +19,12 @@ from mqfleet.wire.replies import (
     JobDetailReply,
     JobsReply,
     Quarantine,
-    Usage,
     Worker,
     WorkersReply,
     reply_json,
 )
-from mqfleet.wire.requests import CheckResult, Health
+from mqfleet.wire.reports import Usage
+from mqfleet.wire.requests import CheckResult, Health, Presence
 from mqfleet.wire.topics import JsonObject, Verb
 from mqfleet.wire.verbs import VERBS
 
@@ -53,7 +53,7 @@ def test_workers_and_health_read_back_whole() -> None:
     worker = Worker(id="h1", online=True, draining=False, advert={"slots": 2}, slots=2, jobs=["j"], quarantined=True,
                     quarantine=Quarantine(since_ts=3.0, reason="3 failures", jobs=["a"]), usage=HostUsage(attempts=2))
     assert WorkersReply.from_wire(WorkersReply(workers=[worker]).to_wire()).workers == [worker]
-    health = Health(state="online", ts=2.0, jobs_by_status={"pending": 1}, last_refused_manifest="x" * 10_000,
+    health = Health(state=Presence.ONLINE, ts=2.0, jobs_by_status={"pending": 1}, last_refused_manifest="x" * 10_000,
                     checks={"database": CheckResult(ok=True, detail="1 jobs readable", checked_ts=1.0)})
     assert Health.from_wire(health.to_wire()) == health
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import typing
+from typing import Any
 
 from mqfleet.wire import codec, health, hosts, job_detail, job_listing, replies, requests, verbs
+from mqfleet.wire.topics import Role, Verb
 from mqfleet.wire.verbs import VERBS, VerbSpec
 
 
@@ -30,7 +32,7 @@ def test_every_spec_names_the_types_its_annotation_gives() -> None:
 
 
 def test_the_reader_of_the_annotations_sees_a_mismatch() -> None:
-    wrong = VerbSpec(verbs.Verb.HEALTH, verbs.Role.QUERY, "codec.NoFields", "hosts.WorkersReply", remembered=False)
+    wrong: VerbSpec[Any, Any] = VerbSpec(Verb.HEALTH, Role.QUERY, "codec.NoFields", "hosts.WorkersReply", remembered=False)
     assert (wrong.request, wrong.reply) != annotated_types()["HEALTH"]
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich import box
@@ -30,8 +29,10 @@ from mqfleet.cli.render.terminal import clean
 
 if TYPE_CHECKING:
     # annotations only: a renderer loads no wire module the command has not loaded (docs/BENCHMARKS.md, "CLI start-up")
-    from mqfleet.wire.replies import HostUsage, Worker
-    from mqfleet.wire.requests import Health, JobRow
+    from mqfleet.fleet_picture import FleetPicture, HostPicture
+    from mqfleet.wire.health import Health
+    from mqfleet.wire.hosts import HostUsage, Worker
+    from mqfleet.wire.job_listing import JobRow
     from mqfleet.wire.topics import JsonObject, JsonValue
 
 STATUS_STYLE = {
@@ -297,17 +298,12 @@ def health_view(health: Health) -> RenderableType:
     return grid
 
 
-@dataclass
-class HostPicture:
-    """A host as the dashboard shows it: its state (from its retained status), slots (from its advert) and draining."""
-
-    state: str = "?"
-    slots: JsonValue = None
-    draining: bool = False
-
-
-
 # --- the watch dashboard ---------------------------------------------------------------------
+
+
+def watch_frame(picture: FleetPicture, now: float) -> RenderableType:
+    """One frame of `watch`: the dashboard of what the bus showed."""
+    return dashboard(hosts=picture.hosts, jobs=picture.jobs, events=list(picture.events), now=now)
 
 
 def dashboard(*, hosts: Mapping[str, HostPicture], jobs: Mapping[str, JsonObject], events: list[JsonObject],
