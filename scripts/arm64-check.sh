@@ -32,6 +32,7 @@ exec 9>"$WORK/lock"
 flock -n 9 || die "another arm64 check runs on $WORK"
 
 MOUNTED=()
+SYSTEM_FACT="?"
 PLACEHOLDERS=()  # files and folders made inside the system only to mount over; removed after
 inside_pids() {
   # Every process whose root is the system: all were started by this script, inside it.
@@ -129,6 +130,7 @@ build_system() {
     chroot "$SYSROOT" /debootstrap/debootstrap --second-stage >>"$WORK/debootstrap.log" 2>&1 \
       || die "second stage failed: see $WORK/debootstrap.log"
     say "  base system in $((SECONDS - t0)) s"
+    SYSTEM_FACT="was built from Debian's packages in this run (debootstrap's two stages $((SECONDS - t0)) s"
     t0=$SECONDS
     system_mounts
     # No service starts inside the system: the check starts its own broker and database, and stops them.
@@ -143,9 +145,11 @@ build_system() {
       inside apt-get clean
     } >>"$WORK/apt.log" 2>&1 || die "apt-get inside the system failed: see $WORK/apt.log"
     say "  packages in $((SECONDS - t0)) s"
+    SYSTEM_FACT="$SYSTEM_FACT, mosquitto and postgresql-15 $((SECONDS - t0)) s)"
     touch "$SYSROOT/.mqfleet-packages"
   else
     say "reusing the arm64 system in $SYSROOT (ARM64_FRESH=1 rebuilds it)"
+    SYSTEM_FACT="was reused from an earlier run (ARM64_FRESH=1 rebuilds it)"
     system_mounts
   fi
   # shellcheck disable=SC2016  # dpkg-query's own fields
@@ -229,5 +233,6 @@ PYTHONPATH="$ROOT" "$PY" "$ROOT/scripts/arm64_fleet.py" document "$WORK/results.
   --fact "host=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), $(nproc) cores, shared" \
   --fact "qemu=$(qemu-aarch64-static --version | head -1 | sed 's/ version / /')" \
   --fact "commit=$commit" --fact "when=$(date -u +%F)" --fact "elapsed=$((SECONDS - started)) s" \
-  --fact "load=$load_start / $(cut -d' ' -f1-3 /proc/loadavg)" --fact "baseline=$baseline_fact"
+  --fact "load=$load_start / $(cut -d' ' -f1-3 /proc/loadavg)" --fact "baseline=$baseline_fact" \
+  --fact "system=$SYSTEM_FACT"
 say "figures in $WORK/results.json; docs/BENCHMARKS.md, \"Pi-class, emulated\" rewritten from them"

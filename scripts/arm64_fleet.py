@@ -75,7 +75,10 @@ def psycopg_impl(venv: Path) -> str:
 
 
 def install(wheel: Path, baseline: Path | None) -> None:
-    say(f"pip install '{wheel.name}[postgres]' (wheels only) ...")
+    # pip's cache survives in the reused system: a second run downloads nothing, and says so in its figures
+    cache = Path.home() / ".cache" / "pip"
+    cache_mib = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / (1 << 20) if cache.exists() else 0.0
+    say(f"pip install '{wheel.name}[postgres]' (wheels only; pip's cache holds {cache_mib:.0f} MiB) ...")
     main_s = pip_install(MAIN_VENV, f"{wheel}[postgres]")
     packages = installed(MAIN_VENV)
     say(f"  {main_s:.0f} s; psycopg {psycopg_impl(MAIN_VENV)}; {len(packages)} packages")
@@ -92,7 +95,7 @@ def install(wheel: Path, baseline: Path | None) -> None:
     if baseline is not None:
         say(f"baseline for the CLI times: pip install {baseline.name} ...")
         baseline_s = pip_install(BASELINE_VENV, str(baseline))
-    save(install_s=main_s, install_packages=packages, libpq_install_s=libpq_s, libpq_impl=impl,
+    save(install_s=main_s, install_packages=packages, pip_cache_mib=cache_mib, libpq_install_s=libpq_s, libpq_impl=impl,
          libpq_has_binary="psycopg-binary" in libpq_packages, baseline_install_s=baseline_s,
          machine=os.uname().machine, python=sys.version.split()[0])
 
@@ -295,16 +298,20 @@ def report() -> None:
 
 def markdown(r: dict[str, Any], facts: dict[str, str]) -> str:
     """The docs/BENCHMARKS.md section of a run: each figure with its same-run baseline."""
+    cached = r.get("pip_cache_mib")
+    pip_cache = ("-" if cached is None else f"pip's cache before: {cached:.0f} MiB (an earlier run's downloads)" if cached
+                 else "an empty pip cache: every wheel downloaded")
     out = [f"Produced by `make arm64-check` (scripts/arm64-check.sh, docs/OPERATIONS.md \"The arm64 check\"): "
            f"Debian 12 {r['machine']} with Python {r['python']} under qemu user emulation ({facts.get('qemu', '?')}) on "
            f"{facts.get('host', '?')}; git {facts.get('commit', '?')}, {facts.get('when', '?')}, "
-           f"{facts.get('elapsed', '?')} in all, load average at start / end {facts.get('load', '?')}. Emulation runs "
-           "Python tens of times slower than this machine runs it natively, and slower than a Raspberry Pi 4 runs it: "
-           "read each figure against its baseline from the same run. RSS under qemu is the emulator's with the guest "
-           "inside, so an idle interpreter of the same environment is the floor it is read against.", "",
+           f"{facts.get('elapsed', '?')} in all, load average at start / end {facts.get('load', '?')}; the arm64 system "
+           f"{facts.get('system', '?')}. Emulation runs Python about ten times slower than this machine runs it natively "
+           "(compare `python -c pass` below with docs/BENCHMARKS.md, \"CLI start-up\"), and a real Pi's absolute figures "
+           "differ again: read each figure against its baseline from the same run. RSS under qemu is the emulator's "
+           "with the guest inside, so an idle interpreter of the same environment is the floor it is read against.", "",
            "| figure | value | baseline (same run) | ratio |", "|---|---|---|---|",
            f"| `pip install 'mqfleet[postgres]'`, wheels only (`--only-binary :all:`), {len(r['install_packages'])} "
-           f"packages | {r['install_s']:.0f} s | - | - |",
+           f"packages | {r['install_s']:.0f} s | {pip_cache} | - |",
            f"| the 32-bit line `pip install mqfleet 'psycopg>=3.1'` with Debian's libpq5 | {r['libpq_install_s']:.0f} s | "
            f"psycopg loads `{r['libpq_impl']}` (the system libpq), psycopg-binary "
            f"{'present' if r['libpq_has_binary'] else 'absent'} | - |"]
