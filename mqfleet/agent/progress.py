@@ -9,11 +9,18 @@ thins its own history.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from mqfleet.wire.topics import JsonObject, JsonValue
 
+logger = logging.getLogger(__name__)
+
+#: A stdout line starting with this, then a JSON object, reports progress and metrics.
+PROGRESS_PREFIX = "@mqfleet"
 #: Progress reports held for the next renewal; past this every other one goes (the coordinator keeps
 #: a thinned history anyway), which keeps a renewal far under the request size limit.
 PENDING_REPORTS_MAX = 400
@@ -57,3 +64,27 @@ class PendingReports:
             return
         with self._lock:
             self._reports = [r for r in self._reports if r[0] > last[0]]
+
+
+def parse_progress(line: str) -> JsonObject | None:
+    """The JSON object of an `@mqfleet {json}` line, or None for any other line (bad JSON included)."""
+    if not line.startswith(PROGRESS_PREFIX):
+        return None
+    rest = line[len(PROGRESS_PREFIX) :]
+    if not rest[:1].isspace():
+        return None
+    try:
+        value = json.loads(rest)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def call_safely(callback: Callable[[Any], None] | None, arg: Any) -> None:
+    """Call `callback(arg)`; a failing callback is a bug in the agent, but it must not stop the output being drained."""
+    if callback is None:
+        return
+    try:
+        callback(arg)
+    except Exception:
+        logger.exception("trainer output callback %r failed", callback)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from mqfleet import defaults
 from mqfleet.coordinator.health import HealthChecks
+from mqfleet.coordinator.owner_defaults import OwnerDefaults
 from mqfleet.coordinator.republish import StateRepublisher
 from mqfleet.coordinator.sql.pgurl import check_url, redact_url
 from mqfleet.coordinator.sql.sqlite import StateFile
@@ -145,6 +146,7 @@ class CoordinatorCore:
     refused_log_batches: int
     retained_cleared: int
     conn: Connection
+    owner_defaults: OwnerDefaults
     republisher: StateRepublisher
 
     # --- the one lock, and the settings of the manifest in force ----------------------------

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from mqfleet.errors import BadRequestError
 from mqfleet.wire.codec import Wire, WireMessage
+from mqfleet.wire.owner import Availability, OwnerPolicy, checked_policy
 
 #: Longest string any advert field may hold (names, versions, commits).
 MAX_TEXT = 200
@@ -88,6 +89,11 @@ class Advert(WireMessage):
     slots: int | None = None
     labels: tuple[str, ...] = ()
     ts: float | None = None
+    #: the owner policy in force on the host (its agent's config over the manifest's defaults; docs/OPERATIONS.md,
+    #: "Owner policies"); None from an agent that predates them
+    owner_policy: OwnerPolicy | None = None
+    #: whether the host takes work now, and why not (`outside hours until 22:00 (Europe/Berlin)`)
+    availability: Availability | None = None
     extra: dict[str, Extra] = field(default_factory=dict)
 
     def to_wire(self) -> Wire:
@@ -96,6 +102,12 @@ class Advert(WireMessage):
         extra = wire.pop("extra")
         wire["gpus"] = [g.to_wire() for g in self.gpus]
         wire["labels"] = list(self.labels)
+        for name in ("owner_policy", "availability"):
+            value = getattr(self, name)
+            if value is None:
+                del wire[name]  # an agent's advert before owner policies had neither
+            else:
+                wire[name] = value.to_wire()
         return {**extra, **wire}
 
     @classmethod
@@ -215,5 +227,8 @@ def parse_advert(host: str, obj: object) -> Advert:
         slots=_int(obj, "slots", minimum=1),
         labels=_labels(obj.get("labels")),
         ts=_number(obj, "ts"),
+        owner_policy=checked_policy(obj["owner_policy"], "owner_policy") if obj.get("owner_policy") is not None else None,
+        availability=(Availability.from_wire(obj["availability"], "availability").check("availability")
+                      if obj.get("availability") is not None else None),
         extra=_extra(obj, frozenset(Advert.__dataclass_fields__)),
     )

@@ -1,0 +1,210 @@
+"""The agent's side of the owner's switch (mqfleet/owner/switch.py says who may use it and how).
+
+POSIX: a Unix socket, created mode 0660 with the owner group (`owner_group`), the caller's uid read from the
+kernel with SO_PEERCRED: root, the agent's own user and the owner group's members are answered, anyone else
+(who got a connection through a looser mode) is told no. Windows: a loopback listener of
+`multiprocessing.connection` whose secret is in `owner.key` (the `keyed` form, which also runs on POSIX).
+A request is one bounded JSON object; a malformed one gets an error, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mqfleet.errors import ConfigurationError
+from mqfleet.owner.switch import (
+    KEY_NAME,
+    check_request,
+    decode_message,
+    encode_message,
+    read_message,
+    write_key_file,
+)
+
+logger = logging.getLogger(__name__)
+
+#: How long one caller may take to send its request.
+_REQUEST_TIMEOUT_S = 5.0
+SOCKET_MODE = 0o660
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class OwnerSwitch:
+    """Serves `pause`/`resume`/`status` to the host's owner through `handle` (the agent's)."""
+
+    def __init__(self, handle: Handler, *, socket_path: Path | None, owner_group: str = "",
+                 key_dir: Path | None = None) -> None:
+        self._handle = handle
+        self.socket_path = socket_path
+        self.key_file = key_dir / KEY_NAME if key_dir is not None else None
+        self._group = _group_id(owner_group) if owner_group else None
+        self.owner_group = owner_group
+        self._server: socket.socket | None = None
+        self._listener: Any = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        """Listen (the Unix socket where there is one, else the keyed loopback form); ConfigurationError with
+        the fix when the place cannot be used."""
+        if self.socket_path is not None and sys.platform != "win32":
+            self._start_unix(self.socket_path)
+        elif self.key_file is not None:
+            self._start_keyed(self.key_file)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.close()
+            if self.socket_path is not None:
+                self.socket_path.unlink(missing_ok=True)
+        if self._listener is not None:
+            self._listener.close()
+            if self.key_file is not None:
+                self.key_file.unlink(missing_ok=True)
+
+    # --- Unix socket ----------------------------------------------------------------------------
+
+    def _start_unix(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)  # a socket left by a killed agent
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o177)  # never a moment with a wider mode than 0600, then exactly 0660
+            try:
+                server.bind(str(path))
+            finally:
+                os.umask(old)
+            if self._group is not None:
+                os.chown(path, -1, self._group)
+            os.chmod(path, SOCKET_MODE)
+            server.listen(8)
+        except OSError as e:
+            raise ConfigurationError(f"--owner-socket {path}: cannot listen there ({e}); pick a writable folder") from e
+        self._server = server
+        threading.Thread(target=self._serve_unix, args=(server,), name="owner-switch", daemon=True).start()
+        logger.info("owner switch: %s (mode %o%s)", path, SOCKET_MODE,
+                    f", group {self.owner_group}" if self.owner_group else ", no owner group: root and this user only")
+
+    def _serve_unix(self, server: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed by stop()
+            with conn:
+                try:
+                    conn.settimeout(_REQUEST_TIMEOUT_S)
+                    refusal = self._refusal(_peer_uid(conn))
+                    reply = {"ok": False, "error": refusal} if refusal else self._answer(read_message(conn))
+                    conn.sendall(encode_message(reply))
+                except (OSError, ValueError) as e:
+                    logger.info("owner switch: a request failed (%s)", e)
+
+    def _refusal(self, uid: int | None) -> str:
+        """'' when the caller may use the switch, else the message it gets."""
+        if uid is None:
+            return "the agent could not tell who is asking (no SO_PEERCRED); refused"
+        if uid in (0, os.geteuid()) or self._in_owner_group(uid):
+            return ""
+        who = _user_name(uid)
+        logger.warning("owner switch: refused a request from %s (uid %d): not root, the agent's user or in group %s",
+                       who, uid, self.owner_group or "(none)")
+        group = f"members of group {self.owner_group}" if self.owner_group else "(no owner_group is set)"
+        return (f"user {who} may not pause this agent: only root, the agent's own user and {group} may; "
+                "ask the machine's owner, or add yourself to that group")
+
+    def _in_owner_group(self, uid: int) -> bool:
+        if self._group is None:
+            return False
+        import grp
+        import pwd
+
+        try:
+            user = pwd.getpwuid(uid)
+            return user.pw_gid == self._group or user.pw_name in grp.getgrgid(self._group).gr_mem
+        except KeyError:
+            return False
+
+    # --- keyed loopback (Windows) ---------------------------------------------------------------------
+
+    def _start_keyed(self, key_file: Path) -> None:
+        from multiprocessing.connection import Listener
+
+        key = secrets.token_bytes(32)
+        try:
+            listener = Listener(("127.0.0.1", 0), authkey=key)
+            write_key_file(key_file, listener.address, key)
+        except OSError as e:
+            raise ConfigurationError(f"owner switch: cannot listen on loopback or write {key_file} ({e})") from e
+        self._listener = listener
+        threading.Thread(target=self._serve_keyed, args=(listener,), name="owner-switch", daemon=True).start()
+        logger.info("owner switch: loopback %s:%d, key in %s", *listener.address, key_file)
+
+    def _serve_keyed(self, listener: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                conn = listener.accept()  # the HMAC challenge: a caller without the key never gets here
+            except Exception:  # AuthenticationError (no key), or closed by stop()
+                if self._stop.is_set():
+                    return
+                continue
+            with conn:
+                try:
+                    if conn.poll(_REQUEST_TIMEOUT_S):
+                        conn.send_bytes(encode_message(self._answer(conn.recv_bytes(4096))))
+                except (OSError, EOFError, ValueError) as e:
+                    logger.info("owner switch: a request failed (%s)", e)
+
+    # --- the request -------------------------------------------------------------------------------
+
+    def _answer(self, raw: bytes) -> dict[str, Any]:
+        try:
+            request = check_request(decode_message(raw))
+        except ValueError as e:
+            return {"ok": False, "error": f"bad request: {e}"}
+        try:
+            return {"ok": True, **self._handle(request)}
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+        except Exception as e:  # the agent must outlive a bad request
+            logger.exception("owner switch: %s failed", request.get("action"))
+            return {"ok": False, "error": f"the agent failed to {request.get('action')}: {type(e).__name__}"}
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    creds = conn.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def _group_id(name: str) -> int:
+    if sys.platform == "win32":
+        raise ConfigurationError("owner_group is for POSIX hosts; on Windows the ACL of owner.key says who may pause")
+    import grp
+
+    try:
+        return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigurationError(f"owner_group {name!r}: no such group on this host; create it or name another") from None
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
