@@ -7,7 +7,7 @@ TOPIC_PREFIX = "mqfleet"
 #: Broker URL used when neither --broker nor MQFLEET_BROKER is given.
 BROKER_URL = "mqtt://127.0.0.1:1883"
 
-#: A job is failed after this many counted attempts (`shutdown` never counts).
+#: A job is failed after this many counted attempts (a hand-back, `preempted` or `shutdown`, never counts).
 MAX_ATTEMPTS = 3
 #: A lease not renewed for this long expires and its attempt ends as `lost`.
 LEASE_S = 90.0

@@ -56,7 +56,7 @@ def _ask(ctx: click.Context, request: dict[str, Any], socket_path: Path | None, 
 @click.option("--after-current", "mode", flag_value="after_current", help="Let running jobs finish; take no new ones.")
 @click.option("--for", "duration", default=None, metavar="DURATION",
               help="Take work again after this long: 2h, 90m, 1h30m, 45s (default: until `mqfleet agent resume`).")
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), default=None,
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path, readable=False), default=None,
               help="The agent's owner socket (default: found in its work dir or /run/mqfleet-agent).")
 @click.option("--json", "as_json", is_flag=True, help="Print the agent's answer as JSON.")
 @click.pass_context
@@ -77,7 +77,7 @@ def pause_cmd(ctx: click.Context, mode: str | None, duration: str | None, socket
 
 
 @agent_cmd.command("resume")
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), default=None,
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path, readable=False), default=None,
               help="The agent's owner socket (default: found in its work dir or /run/mqfleet-agent).")
 @click.option("--json", "as_json", is_flag=True, help="Print the agent's answer as JSON.")
 @click.pass_context

@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 
+from mqfleet.errors import MqfleetError
 from mqfleet.manifest.types import HostPolicy
 from mqfleet.mqtt.connection import Connection
 from mqfleet.wire.topics import Topics
@@ -46,7 +47,11 @@ class OwnerDefaults:
                 payload = payloads.get(host, b"")
                 if not everyone and self._sent.get(host, b"") == payload:
                     continue
-                self._conn.publish(self._topics.owner_defaults(host), payload, qos=1, retain=True)
+                try:
+                    self._conn.publish(self._topics.owner_defaults(host), payload, qos=1, retain=True)
+                except MqfleetError as e:  # not connected yet (a load at start): the connect sends them all
+                    logger.debug("owner policy defaults of %s not sent yet: %s", host, e)
+                    continue
                 self._sent[host] = payload
                 sent += 1
         if sent:
