@@ -2,13 +2,14 @@
 
 POSIX: a Unix socket, created mode 0660 with the owner group (`owner_group`), the caller's uid read from the
 kernel with SO_PEERCRED: root, the agent's own user and the owner group's members are answered, anyone else
-(who got a connection through a looser mode) is told no. Windows: a loopback listener of
-`multiprocessing.connection` whose secret is in `owner.key` (the `keyed` form, which also runs on POSIX).
+(who got a connection through a looser mode) is told no. Windows: a loopback TCP listener whose callers
+must answer a challenge with the secret in `owner.key` (the keyed form, which also runs on POSIX).
 A request is one bounded JSON object; a malformed one gets an error, never a crash.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import secrets
@@ -22,10 +23,13 @@ from typing import Any
 
 from mqfleet.errors import ConfigurationError
 from mqfleet.owner.switch import (
+    CHALLENGE_BYTES,
     KEY_NAME,
     check_request,
     decode_message,
     encode_message,
+    keyed_answer,
+    read_exactly,
     read_message,
     write_key_file,
 )
@@ -50,7 +54,6 @@ class OwnerSwitch:
         self._group = _group_id(owner_group) if owner_group else None
         self.owner_group = owner_group
         self._server: socket.socket | None = None
-        self._listener: Any = None
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -65,12 +68,9 @@ class OwnerSwitch:
         self._stop.set()
         if self._server is not None:
             self._server.close()
-            if self.socket_path is not None:
-                self.socket_path.unlink(missing_ok=True)
-        if self._listener is not None:
-            self._listener.close()
-            if self.key_file is not None:
-                self.key_file.unlink(missing_ok=True)
+            for path in (self.socket_path, self.key_file):
+                if path is not None:
+                    path.unlink(missing_ok=True)
 
     # --- Unix socket ----------------------------------------------------------------------------
 
@@ -138,31 +138,33 @@ class OwnerSwitch:
     # --- keyed loopback (Windows) ---------------------------------------------------------------------
 
     def _start_keyed(self, key_file: Path) -> None:
-        from multiprocessing.connection import Listener
-
         key = secrets.token_bytes(32)
         try:
-            listener = Listener(("127.0.0.1", 0), authkey=key)
-            write_key_file(key_file, listener.address, key)
+            server = socket.create_server(("127.0.0.1", 0))
+            write_key_file(key_file, server.getsockname()[:2], key)
         except OSError as e:
             raise ConfigurationError(f"owner switch: cannot listen on loopback or write {key_file} ({e})") from e
-        self._listener = listener
-        threading.Thread(target=self._serve_keyed, args=(listener,), name="owner-switch", daemon=True).start()
-        logger.info("owner switch: loopback %s:%d, key in %s", *listener.address, key_file)
+        self._server = server
+        threading.Thread(target=self._serve_keyed, args=(server, key), name="owner-switch", daemon=True).start()
+        logger.info("owner switch: loopback port %d, key in %s", server.getsockname()[1], key_file)
 
-    def _serve_keyed(self, listener: Any) -> None:
+    def _serve_keyed(self, server: socket.socket, key: bytes) -> None:
         while not self._stop.is_set():
             try:
-                conn = listener.accept()  # the HMAC challenge: a caller without the key never gets here
-            except Exception:  # AuthenticationError (no key), or closed by stop()
-                if self._stop.is_set():
-                    return
-                continue
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed by stop()
             with conn:
                 try:
-                    if conn.poll(_REQUEST_TIMEOUT_S):
-                        conn.send_bytes(encode_message(self._answer(conn.recv_bytes(4096))))
-                except (OSError, EOFError, ValueError) as e:
+                    conn.settimeout(_REQUEST_TIMEOUT_S)
+                    challenge = secrets.token_bytes(CHALLENGE_BYTES)
+                    conn.sendall(challenge)
+                    answer = read_exactly(conn, len(keyed_answer(key, challenge)))
+                    if not hmac.compare_digest(answer, keyed_answer(key, challenge)):
+                        logger.warning("owner switch: a caller without the key was refused")
+                        continue  # closed without a word: it proved nothing
+                    conn.sendall(encode_message(self._answer(read_message(conn))))
+                except (OSError, ValueError) as e:
                     logger.info("owner switch: a request failed (%s)", e)
 
     # --- the request -------------------------------------------------------------------------------

@@ -2,15 +2,18 @@
 
 POSIX: a Unix socket (`owner.sock` in the agent's work dir, or `--owner-socket`), mode 0660 with the owner's
 group; the agent reads the caller's uid from the kernel (SO_PEERCRED) and answers only root, its own user and
-the owner group's members. Windows (no SO_PEERCRED): a loopback connection of Python's
-`multiprocessing.connection`, authenticated with the secret in `owner.key`, a file only the agent's user and
-the owner may read; the key file is the permission. One JSON object each way, at most MAX_MESSAGE_BYTES.
+the owner group's members. Windows (no SO_PEERCRED): a loopback TCP connection on which the caller proves it
+holds the secret in `owner.key`, a file only the agent's user and the owner may read (the key file is the
+permission): the agent sends a random challenge, the caller answers HMAC-SHA256(key, challenge) before its
+request. One JSON object each way, at most MAX_MESSAGE_BYTES.
 
 This module is what the CLI imports: the standard library only, none of the agent.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import os
@@ -160,8 +163,6 @@ def _ask_unix(path: Path, data: bytes, timeout_s: float) -> bytes:
 
 
 def _ask_keyed(key_file: Path, data: bytes, timeout_s: float) -> bytes:
-    from multiprocessing.connection import Client
-
     try:
         address, key = read_key_file(key_file)
     except PermissionError:
@@ -170,13 +171,34 @@ def _ask_keyed(key_file: Path, data: bytes, timeout_s: float) -> bytes:
     except (OSError, ValueError) as e:
         raise SwitchError(f"cannot read the agent's key file {key_file} ({e}); is the agent running?") from None
     try:
-        with Client(address, authkey=key) as conn:
-            conn.send_bytes(data)
-            if not conn.poll(timeout_s):
-                raise SwitchError(f"the agent did not answer within {timeout_s:g} s")
-            return conn.recv_bytes(MAX_MESSAGE_BYTES)
-    except (OSError, EOFError) as e:
-        raise SwitchError(f"the agent's switch at {address[0]}:{address[1]} refused the connection ({e})") from None
+        with socket.create_connection(address, timeout=timeout_s) as sock:
+            challenge = read_exactly(sock, CHALLENGE_BYTES)
+            sock.sendall(keyed_answer(key, challenge) + data)
+            raw = read_message(sock)
+    except OSError as e:
+        raise SwitchError(f"the agent's switch at {address[0]}:{address[1]} did not answer ({e})") from None
+    if not raw:
+        raise SwitchError(f"the agent's switch at {address[0]}:{address[1]} refused the key in {key_file}")
+    return raw
+
+
+#: The random challenge of the keyed form, and its answer: HMAC-SHA256 of it under the key.
+CHALLENGE_BYTES = 32
+
+
+def keyed_answer(key: bytes, challenge: bytes) -> bytes:
+    return hmac.new(key, challenge, hashlib.sha256).digest()
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    """`size` bytes from a stream socket (its timeout bounds the wait); OSError when it closes first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed early")
+        data += chunk
+    return data
 
 
 def read_key_file(path: Path) -> tuple[tuple[str, int], bytes]:
