@@ -142,7 +142,7 @@ class Agent:
         self.owner = OwnerLink(config.host_id, config.owner_policy, work_dir=config.work_dir,
                                socket_path=config.owner_socket or config.work_dir / SOCKET_NAME,
                                owner_group=config.owner_group, running=self._running,
-                               refresh_advert=lambda: self.refresh_advert(force=True), wake=self._wake.set)
+                               refresh_advert=self._advertise_owner_state, wake=self._wake.set)
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -244,6 +244,19 @@ class Agent:
         except MqfleetError as e:  # the broker is away: _on_connect publishes the fresh advert
             logger.warning("advert: not republished (%s); it goes out at the next connect", e)
         return True
+
+    def _advertise_owner_state(self) -> None:
+        """The owner's policy or availability changed: republish the advert with them at once, without detecting the
+        host's facts again (git, torch), so the coordinator stops offering work before a job is handed back."""
+        advert = self.advert
+        if advert is None:
+            return
+        self.advert = advert = replace(advert, owner_policy=self.owner.guard.policy,
+                                       availability=self.owner.guard.availability)
+        try:
+            self.conn.publish(self.topics.advert(self.config.host_id), advert.to_wire(), qos=1, retain=True)
+        except MqfleetError as e:  # the broker is away: _on_connect publishes the advert
+            logger.warning("advert: owner state not published (%s); it goes out at the next connect", e)
 
     def _claim_while_free(self) -> bool:
         """Claim until the slots are full or no job fits; False when a claim went unanswered or was refused."""
