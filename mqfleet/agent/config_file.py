@@ -1,7 +1,7 @@
 """The agent's config file (`mqfleet agent --config agent.toml`): the machine owner's policy and who may pause.
 
 Every key is optional; what the file leaves unset comes from the manifest's `[[hosts]]` entry, then the
-built-in defaults, and a flag given on the command line wins over the file (docs/OPERATIONS.md, "agent.toml").
+built-in defaults, and a flag given on the command line wins over the file (docs/OPERATIONS.md, "Owner policies").
 A file with an unknown key, a bad value or bad TOML is refused whole, naming each place, and the agent does
 not start: an owner's rule is never half applied. examples/agent.toml shows every key.
 """
