@@ -38,6 +38,7 @@ from bench.reload_latency import measure_polling, measure_reload
 from bench.rss import measure_rss
 from bench.state_stores import measure_state_stores
 from bench.throughput import measure_churn, measure_renewals
+from bench.web import measure_web, web_rows
 from mqfleet.local.broker import LocalBroker
 
 
@@ -350,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="SECTION",
                         help="run only this section (e.g. 'job count'; repeatable) and replace it in --out, "
                              "keeping the other sections as they were")
+    parser.add_argument("--web-claims", type=int, default=1000, help="claims timed with and without dashboards")
+    parser.add_argument("--web-jobs", type=int, default=100_000, help="jobs behind the web dashboard's jobs page")
     parser.add_argument("--checkpoint-s", type=float, default=30.0)
     parser.add_argument("--checkpoint-rounds", type=int, default=4)
     parser.add_argument("--borrowed-pauses", type=int, default=8)
@@ -401,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             measure_sync_cost(d / "cost", seconds=args.checkpoint_s, rounds=args.checkpoint_rounds,
                               size_mib=args.checkpoint_mib),
             measure_resume_saving(d / "resume")))
+        section("Web dashboard", lambda d: web_rows(measure_web(args.web_claims, args.web_jobs, d)))
         section("Borrowed machines", lambda d: borrowed_rows(
             measure_yields(d, pauses=args.borrowed_pauses, kills=3, state_mib=args.borrowed_mib)))
     finally:

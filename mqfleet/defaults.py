@@ -72,6 +72,12 @@ PROGRESS_POINTS_MAX = 500
 PRUNE_BATCH_ROWS = 2000
 #: Host the coordinator's Prometheus endpoint binds to unless --metrics-host says otherwise.
 METRICS_HOST = "127.0.0.1"
+#: Host the web dashboard (`--web-port`) binds to unless --web-host says otherwise.
+WEB_HOST = "127.0.0.1"
+#: Live event streams the dashboard keeps open at most (--web-max-streams); past it a stream is refused with 503.
+WEB_MAX_STREAMS = 1000
+#: Live event streams one client address may hold open; past it a stream is refused with 429.
+WEB_MAX_STREAMS_PER_CLIENT = 32
 
 ENV_BROKER = "MQFLEET_BROKER"
 ENV_OPERATOR_TOKEN = "MQFLEET_OPERATOR_TOKEN"

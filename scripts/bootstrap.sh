@@ -16,6 +16,9 @@ command -v mosquitto_rr >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 # The deployment tests lint the install scripts with it.
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
+# The web dashboard's browser tests drive Debian's Chromium through its chromedriver (selenium).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "bootstrap: installing ${need_apt[*]} from apt"
     SUDO=""

@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.state",
     "tests.fixtures.users",
+    "tests.fixtures.web",
 ]

@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +20,10 @@ from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_
 from mqfleet.cli.options import broker_config_from, broker_options
 from mqfleet.errors import BrokerUnavailableError, ConfigurationError, ManifestError, MqfleetError, StoreError
 from mqfleet.logs import setup_logging
+
+if TYPE_CHECKING:
+    from mqfleet.coordinator.service import Coordinator
+    from mqfleet.web.server import WebServer
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +63,19 @@ def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
+def _start_web(coordinator: Coordinator, host: str, port: int, max_streams: int) -> WebServer:
+    """The web dashboard over this coordinator (imported only here: without --web-port it costs nothing)."""
+    try:
+        from mqfleet.web.server import WebServer
+        from mqfleet.web.source import FleetSource
+    except ImportError as e:
+        raise ConfigurationError(f"--web-port needs the web extra ({e.name} is missing): pip install 'mqfleet[web]'") from e
+    web = WebServer(FleetSource(coordinator), host=host, port=port, max_streams=max_streams)
+    web.start()
+    click.echo(f"web dashboard: {web.url}", err=True)
+    return web
+
+
 @cli.command("coordinator")
 @click.option("--manifest", "manifest_path", required=True, type=click.Path(path_type=Path), help="Manifest TOML file.")
 @click.option("--db", "db", required=True, metavar="PATH|URL",
@@ -78,6 +96,12 @@ def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given).")
 @click.option("--metrics-host", default=defaults.METRICS_HOST, show_default=True,
               help="Address the metrics endpoint binds to (0.0.0.0 for every interface).")
+@click.option("--web-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve the web dashboard at http://HOST:PORT/ (off unless given; needs mqfleet[web]).")
+@click.option("--web-host", default=defaults.WEB_HOST, show_default=True,
+              help="Address the dashboard binds to; off loopback put it behind a TLS reverse proxy (docs/OPERATIONS.md).")
+@click.option("--web-max-streams", type=click.IntRange(1, 100_000), default=defaults.WEB_MAX_STREAMS, show_default=True,
+              help="Live event streams the dashboard keeps open at most; past it a stream is refused (503).")
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write this process's log to PATH, rotated at 10 MiB (5 old files kept).")
 @click.option("-v", "--verbose", count=True)
@@ -93,6 +117,9 @@ def coordinator_cmd(
     sweep_interval_s: float,
     metrics_port: int | None,
     metrics_host: str,
+    web_port: int | None,
+    web_host: str,
+    web_max_streams: int,
     log_file: Path | None,
     verbose: int,
     **broker: str | None,
@@ -151,9 +178,18 @@ def coordinator_cmd(
         _fail(str(e), EXIT_UNREACHABLE)
     except MqfleetError as e:
         _fail(str(e), EXIT_FAILED)
+    web = None
+    if web_port is not None:
+        try:
+            web = _start_web(coordinator, web_host, web_port, web_max_streams)
+        except ConfigurationError as e:  # the port is taken, or mqfleet[web] is not installed
+            coordinator.stop()
+            _fail(str(e), EXIT_USAGE)
     try:
         coordinator.run_forever()
     finally:
+        if web is not None:
+            web.stop()  # first: its pages read the coordinator's state
         coordinator.stop()
     raise click.exceptions.Exit(EXIT_OK)
 
@@ -302,10 +338,13 @@ def agent_cmd(
               help="Where the demo keeps its broker, store, database and logs (wiped first).")
 @click.option("--timeout", "timeout_s", type=float, default=900.0, show_default=True)
 @click.option("--plain", is_flag=True, help="A plain loopback broker instead of mutual TLS with generated certificates.")
+@click.option("--web-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of the coordinator's web dashboard on 127.0.0.1 (default 8080, or a free one when taken).")
 @click.option("-v", "--verbose", count=True)
-def demo_cmd(work_dir: Path, timeout_s: float, plain: bool, verbose: int) -> None:
+def demo_cmd(work_dir: Path, timeout_s: float, plain: bool, web_port: int | None, verbose: int) -> None:
     """Run the whole fleet on this machine with real training, then show the results."""
     from mqfleet.local.demo import run_demo
 
     setup_logging(verbose - 1)
-    raise click.exceptions.Exit(run_demo(work_dir=work_dir.resolve(), timeout_s=timeout_s, tls=not plain))
+    raise click.exceptions.Exit(run_demo(work_dir=work_dir.resolve(), timeout_s=timeout_s, tls=not plain,
+                                         web_port=web_port))

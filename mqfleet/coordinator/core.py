@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mqfleet import defaults
+from mqfleet.coordinator.feed import Feed
 from mqfleet.coordinator.health import HealthChecks
 from mqfleet.coordinator.owner_defaults import OwnerDefaults
 from mqfleet.coordinator.republish import StateRepublisher
@@ -145,6 +146,7 @@ class CoordinatorCore:
     dropped_requests: int
     refused_log_batches: int
     retained_cleared: int
+    feed: Feed
     conn: Connection
     owner_defaults: OwnerDefaults
     republisher: StateRepublisher

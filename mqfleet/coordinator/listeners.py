@@ -41,6 +41,7 @@ class AgentListeners(CoordinatorCore):
         self.hosts.record_advert(host, advert, self.clock())
         with self.lock:
             self.advert_problems.pop(host, None)
+        self.feed.host_changed(host)
 
     def _on_status(self, msg: Message) -> None:
         host = self._host_of(msg)
@@ -60,6 +61,7 @@ class AgentListeners(CoordinatorCore):
             if shortened:
                 logger.warning("host %s went offline; %d lease(s) now expire within the grace", host, len(shortened))
             self._nudge_for(self._publish_changes(), f"host {host} {state}", now)
+        self.feed.host_changed(host)
 
     def _on_log(self, msg: Message) -> None:
         if msg.retain:
@@ -100,6 +102,7 @@ class AgentListeners(CoordinatorCore):
         # Stored durably, batched per sweep: a coordinator restart loses none of an ended attempt's lines
         # (docs/OPERATIONS.md, "Logs").
         self.history.queue_lines(job_id, number, kept, self.log_max_lines)
+        self.feed.lines_accepted(job_id, number, kept)
 
     def _within_log_budget(self, job_id: str, attempt: int, lines: list[str]) -> list[str]:
         """Lines as stored: once an attempt's output passed LOG_BYTES_PER_ATTEMPT, each further line is cut to

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from mqfleet import __version__
 from mqfleet.coordinator.core import CoordinatorConfig
 from mqfleet.coordinator.dispatch import RequestDispatch
+from mqfleet.coordinator.feed import Feed
 from mqfleet.coordinator.health import HealthChecks, health_report
 from mqfleet.coordinator.leader import Leadership
 from mqfleet.coordinator.listeners import AgentListeners
@@ -135,6 +136,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self.retained_cleared = 0
         self.takeovers = TakeoverWatch(config.broker, client_id=self.topics.client_id(config.client_id),
                                        reply_prefix=config.prefix)
+        #: What the coordinator made public or accepted, for followers in this process (the web dashboard)
+        self.feed = Feed(self.topics)
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(config.client_id),
@@ -153,6 +156,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             after_step=self.run_waiting_requests,
             # Our own sockets, so the takeover watch tells our reconnects from someone else's connects.
             on_socket=self.takeovers.saw_socket,
+            # Events, job states and the status, as the bus gets them, to the feed's followers (none: no cost).
+            on_publish=self.feed.published,
         )
         self.owner_defaults = OwnerDefaults(self.conn, self.topics, known_hosts=lambda: [
             r[0] for r in self.state.read("SELECT id FROM hosts")])

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -114,8 +115,9 @@ class DemoFleet:
 
 
 def run_demo(*, work_dir: Path, console: Console | None = None, timeout_s: float = DEMO_TIMEOUT_S,
-             tls: bool = True) -> int:
-    """Run the demo (over mutual TLS unless `tls` is False); 0 when every runnable job completed."""
+             tls: bool = True, web_port: int | None = None) -> int:
+    """Run the demo (over mutual TLS unless `tls` is False), its coordinator serving the web dashboard on
+    127.0.0.1:`web_port` (8080, or a free port when that is taken); 0 when every runnable job completed."""
     console = console or Console()
     if work_dir.exists():
         shutil.rmtree(work_dir)
@@ -124,7 +126,7 @@ def run_demo(*, work_dir: Path, console: Console | None = None, timeout_s: float
     # SIGTERM (e.g. from `timeout` or a closing terminal) cleans up like Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return _run(fleet, timeout_s, tls)
+        return _run(fleet, timeout_s, tls, web_port if web_port is not None else _web_port())
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopping the fleet[/]")
         return 1
@@ -140,7 +142,34 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run(fleet: DemoFleet, timeout_s: float, tls: bool) -> int:
+def _web_port(preferred: int = 8080) -> int:
+    """`preferred` when nothing listens there, else a free port."""
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise SystemExit("no free TCP port on 127.0.0.1 for the web dashboard")
+
+
+def _wait_for_dashboard(port: int, fleet: DemoFleet, wait_s: float = 30.0) -> None:
+    """Until the coordinator's dashboard accepts connections (it starts just after the coordinator answers)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            probe.settimeout(1.0)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if fleet.procs[0].poll() is not None:
+            break
+        time.sleep(0.2)
+    log = (fleet.dir / "coordinator.log").read_text(errors="replace")
+    raise SystemExit(f"the coordinator's web dashboard did not start on port {port}:\n{log[-2000:]}")
+
+
+def _run(fleet: DemoFleet, timeout_s: float, tls: bool, web_port: int) -> int:
     console, work = fleet.console, fleet.dir
     repo = work / "repo"
     make_dataset(repo / "data" / "telemetry.csv")
@@ -162,11 +191,15 @@ def _run(fleet: DemoFleet, timeout_s: float, tls: bool) -> int:
     token = os.urandom(12).hex()
     fleet.env = {**plain_env(os.environ), defaults.ENV_BROKER: fleet.broker_url, "PYTHONUNBUFFERED": "1"}
     fleet.spawn("coordinator", "coordinator", "coordinator", "--manifest", str(manifest), "--db", str(work / "coordinator.db"),
-                "--store", store_url, secrets={**store_env, defaults.ENV_OPERATOR_TOKEN: token})
+                "--store", store_url, "--web-port", str(web_port),
+                secrets={**store_env, defaults.ENV_OPERATOR_TOKEN: token})
     client = FleetClient(fleet.broker_config(operator_cn(DEMO_OPERATOR)), token=token, timeout_s=5)
     try:
         _wait_for_coordinator(client, fleet)
         console.print("[green]coordinator[/] answering")
+        _wait_for_dashboard(web_port, fleet)
+        console.print(Text.assemble(("dashboard", "green"), f" http://127.0.0.1:{web_port}/ (served while the demo runs; "
+                                    f"sign in with the demo's operator token {token})"))
         for host, slots in AGENTS:
             fleet.spawn(f"agent-{host}", host, "agent", "--host-id", host, "--slots", str(slots),
                         "--work-dir", str(work / "work" / host), "--repo", str(repo))

@@ -74,7 +74,8 @@ class Connection(HandlerDispatch, RequestReply):
                  keepalive_s: int = defaults.KEEPALIVE_S, on_connect: Callable[[bool], None] | None = None,
                  on_disconnect: Callable[[], None] | None = None, reply_prefix: str = defaults.TOPIC_PREFIX,
                  reply_topic: str | None = None, is_urgent: Callable[[str], bool] | None = None,
-                 after_step: Callable[[], None] | None = None, on_socket: Callable[[Any], None] | None = None) -> None:
+                 after_step: Callable[[], None] | None = None, on_socket: Callable[[Any], None] | None = None,
+                 on_publish: Callable[[str, bytes | str], None] | None = None) -> None:
         config.validate()
         if not client_id or any(c in client_id for c in "/+#"):
             raise ConfigurationError(f"client id {client_id!r} must be non-empty and free of '/', '+' and '#'")
@@ -92,6 +93,8 @@ class Connection(HandlerDispatch, RequestReply):
         self._after_step = after_step
         #: Called (on paho's thread) with each new socket before CONNECT goes out on it.
         self._on_socket = on_socket
+        #: told of every message handed to paho (topic, payload), on the publishing thread: it must return at once
+        self._on_publish_hook = on_publish
 
         self._lock = threading.Lock()
         self._filters: dict[str, list[Handler]] = {}
@@ -215,6 +218,8 @@ class Connection(HandlerDispatch, RequestReply):
             properties = properties or _properties(PacketTypes.PUBLISH)
             properties.MessageExpiryInterval = expiry_s
         info = self._client.publish(topic, data, qos=qos, retain=retain, properties=properties)
+        if self._on_publish_hook is not None and info.rc != paho.MQTT_ERR_QUEUE_SIZE:
+            self._on_publish_hook(topic, data)
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             raise BrokerUnavailableError(f"publish to {topic}: outgoing queue for {self.config.url} is full")
         if info.rc == paho.MQTT_ERR_NO_CONN:

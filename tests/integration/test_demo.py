@@ -11,11 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
 from mqfleet.local.broker import LocalBroker
-from tests.fixtures.common import require_real_part, wait_until
+from tests.fixtures.common import free_port, require_real_part, wait_until
 from tests.unit.test_demo_render import job_column as job_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,14 +52,19 @@ def _environments(work: Path, role: str) -> list[dict[str, str]]:
 def test_demo_completes_every_runnable_job_over_tls_and_leaves_no_process_behind(tmp_path: Path) -> None:
     require_real_part(LocalBroker.available(), "mosquitto")
     work = tmp_path / "demo"
+    web_port = free_port()
     # 80 columns and no terminal: what a log file or a CI job gets
-    proc = subprocess.Popen([sys.executable, "-m", "mqfleet", "demo", "--dir", str(work), "--timeout", "400"],
+    proc = subprocess.Popen([sys.executable, "-m", "mqfleet", "demo", "--dir", str(work), "--timeout", "400",
+                             "--web-port", str(web_port)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**_env(), "COLUMNS": "80"})
     try:
         agents = wait_until(lambda: len(found := _environments(work, "agent")) == 2 and found, timeout_s=120,
                             what="the demo's two agents")
         coordinator = _environments(work, "coordinator")
+        # the coordinator serves the dashboard while the demo runs
+        fleet_page = httpx.get(f"http://127.0.0.1:{web_port}/fleet", timeout=10)
+        assert fleet_page.status_code == 200 and "<h2>Hosts</h2>" in fleet_page.text
         out, err = proc.communicate(timeout=540)
     finally:
         if proc.poll() is None:
@@ -73,6 +79,7 @@ def test_demo_completes_every_runnable_job_over_tls_and_leaves_no_process_behind
     assert proc.returncode == 0, f"{out[-4000:]}\n{err[-2000:]}\n{logs}"
     assert "every runnable job completed" in out
     assert "mutual TLS" in out, out[:2000]
+    assert f"http://127.0.0.1:{web_port}/" in out.replace("\n", ""), out[:2000]
     # the results table starts on a line of its own, within 80 columns, every job name whole
     lines = out.splitlines()
     title = next(i for i, line in enumerate(lines) if "mqfleet demo: results" in line)

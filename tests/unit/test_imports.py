@@ -157,6 +157,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mqfleet.client",),
     # the roles: what runs on the coordinator host, on each agent host, and as each trainer process
     ("mqfleet.coordinator", "mqfleet.agent", "mqfleet.trainers"),
+    # the web dashboard the coordinator's process serves (--web-port), over the coordinator's query handlers
+    ("mqfleet.web",),
     # local copies of the real services (broker, S3, PostgreSQL) and the demo built on them
     ("mqfleet.local",),
     # the entry points: the command line and the chaos soak
