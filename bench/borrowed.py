@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, median, new_prefix, p99
+from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, median, new_prefix, p99, wait_for
 from mqfleet.local.broker import LocalBroker
 from mqfleet.wire.topics import Verb
 
@@ -70,7 +70,7 @@ def measure_yields(workdir: Path, *, pauses: int = 8, kills: int = 3, state_mib:
         env = fleet_env(broker.url, prefix)
         agents = {host: _agent(host, workdir, env) for host in ("a", "b")}
         try:
-            _wait(lambda: coord.client.job("long").status == "running" and _epoch(coord) >= SAVE_EVERY, 120, "a start")
+            wait_for(lambda: coord.client.job("long").status == "running" and _epoch(coord) >= SAVE_EVERY, 120, "a start")
             figures["pause"] = [_pause_trial(coord, workdir, env) for _ in range(pauses)]
             figures["kill"] = [_kill_trial(coord, agents, workdir, env) for _ in range(kills)]
         finally:
@@ -98,15 +98,15 @@ def _running_on(coord: CoordinatorProc) -> str:
 
 
 def _pause_trial(coord: CoordinatorProc, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
-    host = _running_on(coord) or _wait(lambda: _running_on(coord), 60, "the job running")
-    _wait(lambda: _epoch(coord) >= _resumed_at(coord) + SAVE_EVERY, 60, "a save in this attempt")
+    host = _running_on(coord) or wait_for(lambda: _running_on(coord), 60, "the job running")
+    wait_for(lambda: _epoch(coord) >= _resumed_at(coord) + SAVE_EVERY, 60, "a save in this attempt")
     attempt = coord.client.job("long").attempts_started
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "mqfleet", "agent", "--work-dir", str(workdir / host), "pause", "--now"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise RuntimeError(f"pause failed: {done.stderr}")
-    other = _wait(lambda: (h := _running_on(coord)) and h != host and h, 60, "the job running elsewhere")
+    other = wait_for(lambda: (h := _running_on(coord)) and h != host and h, 60, "the job running elsewhere")
     to_running_s = time.monotonic() - started
     subprocess.run([sys.executable, "-m", "mqfleet", "agent", "--work-dir", str(workdir / host), "resume"],
                    env=env, cwd=ROOT, capture_output=True, timeout=60, check=True)
@@ -114,13 +114,13 @@ def _pause_trial(coord: CoordinatorProc, workdir: Path, env: dict[str, str]) -> 
 
 
 def _kill_trial(coord: CoordinatorProc, agents: dict[str, Proc], workdir: Path, env: dict[str, str]) -> dict[str, Any]:
-    host = _running_on(coord) or _wait(lambda: _running_on(coord), 60, "the job running")
-    _wait(lambda: _epoch(coord) >= _resumed_at(coord) + SAVE_EVERY, 60, "a save in this attempt")
+    host = _running_on(coord) or wait_for(lambda: _running_on(coord), 60, "the job running")
+    wait_for(lambda: _epoch(coord) >= _resumed_at(coord) + SAVE_EVERY, 60, "a save in this attempt")
     attempt = coord.client.job("long").attempts_started
     started = time.monotonic()
     agents[host].kill9()
     agents[host] = _agent(host, workdir, env)  # restarted at once, as systemd would: it may win the job back
-    again = _wait(lambda: coord.client.job("long").attempts_started > attempt and _running_on(coord), 90,
+    again = wait_for(lambda: coord.client.job("long").attempts_started > attempt and _running_on(coord), 90,
                   "the job running again")
     return {"from": host, "to": again, "to_running_s": time.monotonic() - started, "lost_steps": _lost(coord, attempt)}
 
@@ -133,7 +133,7 @@ def _lost(coord: CoordinatorProc, attempt: int) -> int:
     """Steps the stopped attempt reached that the next one did not resume from."""
     reached = max((int(m.group(1)) for line in _lines(coord, attempt) if (m := re.search(r'"epoch": (\d+)', line))),
                   default=0)
-    nxt = _wait(lambda: [m for line in _lines(coord, attempt + 1) if (m := re.search(r"resumed at step (\d+)", line))],
+    nxt = wait_for(lambda: [m for line in _lines(coord, attempt + 1) if (m := re.search(r"resumed at step (\d+)", line))],
                 30, "the next attempt's start")
     return reached - int(nxt[0].group(1))
 
@@ -147,17 +147,6 @@ def _resumed_at(coord: CoordinatorProc) -> int:
 def _epoch(coord: CoordinatorProc) -> int:
     epoch = (coord.client.job("long").progress or {}).get("epoch")
     return int(epoch) if isinstance(epoch, (int, float)) else 0
-
-
-def _wait(predicate: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"borrowed: no {what} within {timeout_s:g} s")
-        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:

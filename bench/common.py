@@ -120,6 +120,19 @@ class Proc:
         self._log.close()
 
 
+def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
+    """Poll `predicate` every 50 ms until it returns something truthy, which is returned; RuntimeError naming
+    `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {what} within {timeout_s:g} s")
+        time.sleep(0.05)
+
+
 def fleet_env(broker_url: str, prefix: str) -> dict[str, str]:
     return {**os.environ, "MQFLEET_BROKER": broker_url, "MQFLEET_PREFIX": prefix,
             "MQFLEET_OPERATOR_TOKEN": OPERATOR_TOKEN, "PYTHONUNBUFFERED": "1"}

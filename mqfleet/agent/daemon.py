@@ -30,7 +30,6 @@ from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.inbox import Message
 from mqfleet.mqtt.rpc import RpcClient
-from mqfleet.owner.switch import SOCKET_NAME
 from mqfleet.wire.advert import Advert
 from mqfleet.wire.codec import Wire, WireMessage
 from mqfleet.wire.owner import OwnerPolicy
@@ -140,7 +139,7 @@ class Agent:
         )
         self.rpc = RpcClient(self.conn, self.topics, config.host_id, timeout_s=config.request_timeout_s)
         self.owner = OwnerLink(config.host_id, config.owner_policy, work_dir=config.work_dir,
-                               socket_path=config.owner_socket or config.work_dir / SOCKET_NAME,
+                               socket_path=config.owner_socket,
                                owner_group=config.owner_group, running=self._running,
                                refresh_advert=self._advertise_owner_state, wake=self._wake.set)
 

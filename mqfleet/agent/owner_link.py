@@ -19,6 +19,7 @@ from mqfleet.agent.policy import OwnerGuard, warn_if_never_works
 from mqfleet.agent.runner import TrainerRun
 from mqfleet.errors import MqfleetError
 from mqfleet.mqtt.inbox import Message
+from mqfleet.owner.switch import SOCKET_NAME
 from mqfleet.wire.owner import Availability, OwnerPolicy, checked_policy
 
 logger = logging.getLogger(__name__)
@@ -42,12 +43,14 @@ class OwnerLink:
     def __init__(self, host_id: str, own: OwnerPolicy, *, work_dir: Path, socket_path: Path | None, owner_group: str,
                  running: Callable[[], Sequence[RunningJob]], refresh_advert: Callable[[], object],
                  wake: Callable[[], None]) -> None:
+        """`socket_path`: where the owner's switch listens; None: `owner.sock` in the work dir."""
         self.host_id = host_id
         self._running = running
         self._refresh_advert = refresh_advert
         self._wake = wake
         self.guard = OwnerGuard(own, state_dir=work_dir, fleet_pids=self._fleet_pids, on_change=self._on_availability)
-        self.switch = OwnerSwitch(self._on_request, socket_path=socket_path, owner_group=owner_group, key_dir=work_dir)
+        self.switch = OwnerSwitch(self._on_request, socket_path=socket_path or work_dir / SOCKET_NAME,
+                                  owner_group=owner_group, key_dir=work_dir, required=socket_path is not None)
 
     @property
     def takes_work(self) -> bool:

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 #: How long one caller may take to send its request.
 _REQUEST_TIMEOUT_S = 5.0
 SOCKET_MODE = 0o660
+#: The longest Unix socket path Linux takes (sun_path is 108 bytes with its NUL).
+_MAX_SOCKET_PATH = 107
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -47,9 +49,12 @@ class OwnerSwitch:
     """Serves `pause`/`resume`/`status` to the host's owner through `handle` (the agent's)."""
 
     def __init__(self, handle: Handler, *, socket_path: Path | None, owner_group: str = "",
-                 key_dir: Path | None = None) -> None:
+                 key_dir: Path | None = None, required: bool = True) -> None:
         self._handle = handle
         self.socket_path = socket_path
+        #: False for the default place (the work dir): an agent whose work dir cannot hold a socket (a path past
+        #: the 107 bytes a Unix socket's may have) runs without the switch and says so, rather than not at all
+        self.required = required
         self.key_file = key_dir / KEY_NAME if key_dir is not None else None
         self._group = _group_id(owner_group) if owner_group else None
         self.owner_group = owner_group
@@ -76,6 +81,8 @@ class OwnerSwitch:
 
     def _start_unix(self, path: Path) -> None:
         try:
+            if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+                raise OSError(f"the path is longer than the {_MAX_SOCKET_PATH} bytes a Unix socket's may be")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)  # a socket left by a killed agent
             server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -89,13 +96,20 @@ class OwnerSwitch:
             os.chmod(path, SOCKET_MODE)
             server.listen(8)
         except OSError as e:
-            raise ConfigurationError(f"--owner-socket {path}: cannot listen there ({e}); pick a writable folder") from e
+            if not self.required:
+                logger.warning("owner switch: not available, cannot listen at %s (%s); give --owner-socket PATH (a short "
+                               "path in a folder the owner can reach) so that `mqfleet agent pause` works", path, e)
+                return
+            raise ConfigurationError(f"--owner-socket {path}: cannot listen there ({e}); pick a writable folder and a "
+                                     "short path") from e
         self._server = server
-        threading.Thread(target=self._serve_unix, args=(server,), name="owner-switch", daemon=True).start()
+        threading.Thread(target=self._serve, args=(server, self._reply_unix), name="owner-switch", daemon=True).start()
         logger.info("owner switch: %s (mode %o%s)", path, SOCKET_MODE,
                     f", group {self.owner_group}" if self.owner_group else ", no owner group: root and this user only")
 
-    def _serve_unix(self, server: socket.socket) -> None:
+    def _serve(self, server: socket.socket, reply_to: Callable[[socket.socket], bytes | None]) -> None:
+        """Answer one caller at a time, each within _REQUEST_TIMEOUT_S: `reply_to` reads its request and says what
+        to send back (None: close without a word)."""
         while not self._stop.is_set():
             try:
                 conn, _ = server.accept()
@@ -104,11 +118,15 @@ class OwnerSwitch:
             with conn:
                 try:
                     conn.settimeout(_REQUEST_TIMEOUT_S)
-                    refusal = self._refusal(_peer_uid(conn))
-                    reply = {"ok": False, "error": refusal} if refusal else self._answer(read_message(conn))
-                    conn.sendall(encode_message(reply))
+                    reply = reply_to(conn)
+                    if reply is not None:
+                        conn.sendall(reply)
                 except (OSError, ValueError) as e:
                     logger.info("owner switch: a request failed (%s)", e)
+
+    def _reply_unix(self, conn: socket.socket) -> bytes:
+        refusal = self._refusal(_peer_uid(conn))
+        return encode_message({"ok": False, "error": refusal} if refusal else self._answer(read_message(conn)))
 
     def _refusal(self, uid: int | None) -> str:
         """'' when the caller may use the switch, else the message it gets."""
@@ -145,27 +163,18 @@ class OwnerSwitch:
         except OSError as e:
             raise ConfigurationError(f"owner switch: cannot listen on loopback or write {key_file} ({e})") from e
         self._server = server
-        threading.Thread(target=self._serve_keyed, args=(server, key), name="owner-switch", daemon=True).start()
+        threading.Thread(target=self._serve, args=(server, lambda conn: self._reply_keyed(conn, key)),
+                         name="owner-switch", daemon=True).start()
         logger.info("owner switch: loopback port %d, key in %s", server.getsockname()[1], key_file)
 
-    def _serve_keyed(self, server: socket.socket, key: bytes) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return  # closed by stop()
-            with conn:
-                try:
-                    conn.settimeout(_REQUEST_TIMEOUT_S)
-                    challenge = secrets.token_bytes(CHALLENGE_BYTES)
-                    conn.sendall(challenge)
-                    answer = read_exactly(conn, len(keyed_answer(key, challenge)))
-                    if not hmac.compare_digest(answer, keyed_answer(key, challenge)):
-                        logger.warning("owner switch: a caller without the key was refused")
-                        continue  # closed without a word: it proved nothing
-                    conn.sendall(encode_message(self._answer(read_message(conn))))
-                except (OSError, ValueError) as e:
-                    logger.info("owner switch: a request failed (%s)", e)
+    def _reply_keyed(self, conn: socket.socket, key: bytes) -> bytes | None:
+        challenge = secrets.token_bytes(CHALLENGE_BYTES)
+        conn.sendall(challenge)
+        answer = read_exactly(conn, len(keyed_answer(key, challenge)))
+        if not hmac.compare_digest(answer, keyed_answer(key, challenge)):
+            logger.warning("owner switch: a caller without the key was refused")
+            return None  # it proved nothing: closed without a word
+        return encode_message(self._answer(read_message(conn)))
 
     # --- the request -------------------------------------------------------------------------------
 

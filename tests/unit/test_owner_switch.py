@@ -109,3 +109,17 @@ def test_the_keyed_loopback_switch_windows_uses_answers_the_key_holder_and_no_on
         assert ask_agent({"action": "resume"}, key_file=key_file)["ok"], "the switch goes on after a refusal"
     finally:
         switch.stop()
+
+
+def test_a_work_dir_too_deep_for_a_socket_leaves_the_agent_running_without_the_switch_unless_one_was_asked_for(
+    tmp_path: Path,
+) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "owner.sock"
+    default = OwnerSwitch(handler([]), socket_path=deep, required=False)
+    default.start()  # warns, and the agent goes on
+    assert not deep.exists()
+    default.stop()
+    from mqfleet.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="longer than the 107 bytes"):
+        OwnerSwitch(handler([]), socket_path=deep).start()
