@@ -131,6 +131,25 @@ def test_jobs_preempted_three_times_with_max_attempts_1_still_complete_and_the_h
     assert not worker.quarantined, "six preemptions over two jobs are no failures"
 
 
+def test_a_pause_under_the_manifests_on_yield_finish_lets_the_running_job_finish_and_takes_no_other(fleet: Fleet) -> None:
+    jobs = [{"name": n, "model": "resumable", "mode": n, "priority": p, "hyper": {"steps": 25, "interval_s": 0.2}}
+            for n, p in (("first", 1), ("second", 0))]
+    hosts = '[[hosts]]\nid = "a"\non_yield = "finish"\n'
+    fleet.write_manifest(manifest_text(*jobs, fleet=_settings(600), trainers=RESUMABLE_TRAINER, extra=hosts))
+    fleet.start_coordinator()
+    fleet.start_agent("a")
+    client = fleet.client()
+    wait_until(lambda: _epoch(client, "first") >= 2, timeout_s=60, what="first running")
+    said = _pause(fleet, "a")  # no --now: the manifest's on_yield, which the agent's config left unset
+    assert "finish first" in said.stdout, said.stdout
+    fleet.wait_for_status({"first": "completed"}, timeout_s=60)
+    assert _causes(client, "first") == ["completed"], "never stopped"
+    assert client.job("second").status == "pending"
+    assert "paused by owner" in {w.host: w.reason for w in client.job("second").why_waiting}.get("a", "")
+    _resume(fleet, "a")
+    fleet.wait_for_status("completed", timeout_s=60)
+
+
 def test_hours_that_exclude_now_keep_a_host_from_claiming_and_it_claims_as_soon_as_the_window_opens(
     fleet: Fleet,
 ) -> None:

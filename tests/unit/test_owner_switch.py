@@ -123,3 +123,15 @@ def test_a_work_dir_too_deep_for_a_socket_leaves_the_agent_running_without_the_s
 
     with pytest.raises(ConfigurationError, match="longer than the 107 bytes"):
         OwnerSwitch(handler([]), socket_path=deep).start()
+
+
+def test_agent_pause_loads_none_of_the_agent() -> None:
+    """The owner types it on a machine they are using: it must start fast (mqfleet/cli/owner.py)."""
+    code = ("import sys\nfrom mqfleet.cli import main\nmain(['agent', 'pause', '--socket', '/nonexistent/owner.sock'])\n"
+            "print(sorted(m for m in sys.modules if m.startswith('mqfleet.agent')))")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+    assert "no agent listens at /nonexistent/owner.sock" in done.stderr
