@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, median, new_prefix, p99, wait_for
+from bench.common import ROOT, CoordinatorProc, fleet_env, median, new_prefix, p99, wait_for
 from mqfleet.local.broker import LocalBroker
-from mqfleet.wire.topics import Verb
+from mqfleet.local.process import Proc
 
 #: Steps of the job, and the trainer's step time: long enough for every trial.
 STEPS = 100_000
@@ -87,9 +87,9 @@ def measure_yields(workdir: Path, *, pauses: int = 8, kills: int = 3, state_mib:
 
 
 def _agent(host: str, workdir: Path, env: dict[str, str]) -> Proc:
-    return Proc([sys.executable, "-m", "mqfleet", "agent", "--host-id", host, "--work-dir", str(workdir / host),
-                 "--repo", str(ROOT), "--kill-grace", "2", "--shutdown-grace", "1", "--keepalive", "2",
-                 "--heartbeat", "2"], env, workdir / f"{host}.log")
+    return Proc(host, [sys.executable, "-m", "mqfleet", "agent", "--host-id", host, "--work-dir", str(workdir / host),
+                       "--repo", str(ROOT), "--kill-grace", "2", "--shutdown-grace", "1", "--keepalive", "2",
+                       "--heartbeat", "2"], env, workdir / f"{host}.log", cwd=ROOT)
 
 
 def _running_on(coord: CoordinatorProc) -> str:
@@ -118,7 +118,7 @@ def _kill_trial(coord: CoordinatorProc, agents: dict[str, Proc], workdir: Path, 
     wait_for(lambda: _epoch(coord) >= _resumed_at(coord) + SAVE_EVERY, 60, "a save in this attempt")
     attempt = coord.client.job("long").attempts_started
     started = time.monotonic()
-    agents[host].kill9()
+    agents[host].kill()
     agents[host] = _agent(host, workdir, env)  # restarted at once, as systemd would: it may win the job back
     again = wait_for(lambda: coord.client.job("long").attempts_started > attempt and _running_on(coord), 90,
                   "the job running again")
@@ -126,7 +126,7 @@ def _kill_trial(coord: CoordinatorProc, agents: dict[str, Proc], workdir: Path, 
 
 
 def _lines(coord: CoordinatorProc, attempt: int) -> list[str]:
-    return [str(line) for line in coord.client.call(Verb.LOGS, job="long", attempt=attempt)["lines"]]
+    return coord.client.logs("long", attempt).lines
 
 
 def _lost(coord: CoordinatorProc, attempt: int) -> int:

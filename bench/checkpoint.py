@@ -29,12 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, median, new_prefix
+from bench.common import ROOT, CoordinatorProc, fleet_env, median, new_prefix
 from mqfleet.agent.checkpoint import MIB, CheckpointPlan, CheckpointSync
 from mqfleet.local.broker import LocalBroker
+from mqfleet.local.process import Proc
 from mqfleet.store.files import FileStore
-from mqfleet.wire.codec import Wire, WireMessage
 from mqfleet.wire.topics import Verb
+from mqfleet.wire.verbs import Rep, Req, VerbSpec
 
 #: The trainer of the sync-cost run: steps until its time is up, rewriting its checkpoint every interval.
 _TRAINER = """
@@ -70,12 +71,13 @@ class _Answers:
         self.store = store
         self.saved = 0
 
-    def __call__(self, verb: Verb, message: WireMessage, *, timeout_s: float | None = None) -> Wire:
-        if verb is Verb.CHECKPOINT_URL:
+    def __call__(self, verb: VerbSpec[Req, Rep], message: Req, *, timeout_s: float | None = None) -> Rep:
+        if verb.verb is Verb.CHECKPOINT_URL:
             key = self.store.checkpoint_key_for("0" * 64, str(message.to_wire()["sha256"]))
-            return {"ok": True, "url": self.store.presign_put(key), "method": "PUT", "key": key, "expires_s": 600}
+            return verb.reply.from_wire({"url": self.store.presign_put(key), "method": "PUT", "key": key,
+                                         "expires_s": 600})
         self.saved += 1
-        return {"ok": True}
+        return verb.reply.from_wire({})
 
 
 def _one_run(workdir: Path, seconds: float, size_mib: int, interval_s: float, *, sync: bool) -> dict[str, Any]:
@@ -166,7 +168,7 @@ def measure_resume_saving(workdir: Path, *, grace_s: float = 2.0, at: float = 0.
                 agents.append(victim)
                 progress = _wait_progress(coord, name, at)
                 killed = time.monotonic()
-                victim.kill9()
+                victim.kill()
                 agents.append(_agent(f"{name}-2", workdir / name, env))
                 deadline = time.monotonic() + 120
                 while coord.client.job(name).status != "completed":
@@ -185,8 +187,8 @@ def measure_resume_saving(workdir: Path, *, grace_s: float = 2.0, at: float = 0.
 
 
 def _agent(host: str, workdir: Path, env: dict[str, str]) -> Proc:
-    return Proc([sys.executable, "-m", "mqfleet", "agent", "--host-id", host, "--work-dir", str(workdir / host),
-                 "--repo", str(ROOT), "--shutdown-grace", "1", "--keepalive", "2"], env, workdir / f"{host}.log")
+    return Proc(host, [sys.executable, "-m", "mqfleet", "agent", "--host-id", host, "--work-dir", str(workdir / host),
+                       "--repo", str(ROOT), "--shutdown-grace", "1", "--keepalive", "2"], env, workdir / f"{host}.log", cwd=ROOT)
 
 
 def _wait_progress(coord: CoordinatorProc, name: str, at: float) -> float:

@@ -39,6 +39,7 @@ from mqfleet.wire.topics import Verb
 def serve_floor(broker_url: str, prefix: str, db_path: Path, n_jobs: int) -> None:
     """The minimal server: runs until killed."""
     import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -49,7 +50,7 @@ def serve_floor(broker_url: str, prefix: str, db_path: Path, n_jobs: int) -> Non
     db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq)")
     db.executemany("INSERT INTO jobs (status) VALUES ('pending')", [()] * n_jobs)
     host, port = broker_url.removeprefix("mqtt://").rsplit(":", 1)
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"floor-{uuid.uuid4().hex[:6]}",
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"floor-{uuid.uuid4().hex[:6]}",
                          protocol=paho.MQTTv5)
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -62,7 +63,7 @@ def serve_floor(broker_url: str, prefix: str, db_path: Path, n_jobs: int) -> Non
         row = db.execute("UPDATE jobs SET status = 'claimed', host = ? WHERE seq = "
                          "(SELECT seq FROM jobs WHERE status = 'pending' ORDER BY seq LIMIT 1) RETURNING seq",
                          (who,)).fetchone()
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.CorrelationData = msg.properties.CorrelationData
         c.publish(msg.properties.ResponseTopic, json.dumps({"ok": True, "job": row[0] if row else None}),
                   qos=1, properties=props)

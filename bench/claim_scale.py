@@ -125,7 +125,9 @@ def _kept_from_cpu_box(kind: str, i: int) -> dict[str, Any]:
     if kind == "foreign":
         return {"allowed_hosts": ("gpu-box",)}
     if kind == "python-rejected":
-        return [{"min_torch": "99.0"}, {"same_commit": True}, {"arch": ("aarch64",)}, {"prefer_cuda": True}][i % 4]
+        kept: list[dict[str, Any]] = [{"min_torch": "99.0"}, {"same_commit": True}, {"arch": ("aarch64",)},
+                                      {"prefer_cuda": True}]
+        return kept[i % 4]
     return {}
 
 

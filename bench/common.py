@@ -8,8 +8,6 @@ simulated agents. Every process started here is stopped by PID.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -17,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mqfleet import defaults
 from mqfleet.client import FleetClient
 from mqfleet.errors import MqfleetError
+from mqfleet.local.process import Proc
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.rpc import RpcClient
@@ -86,40 +86,6 @@ def ms(seconds: float) -> str:
 # --- processes ----------------------------------------------------------------------------------
 
 
-class Proc:
-    """A child process with its log in a file, stopped by PID (SIGTERM, bounded wait, SIGKILL)."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def kill9(self) -> None:
-        if self.alive():
-            os.kill(self.pid, signal.SIGKILL)
-        self.popen.wait(timeout=10)
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if self.alive():
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.popen.wait(timeout=10)
-        self._log.close()
-
-
 def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
     """Poll `predicate` every 50 ms until it returns something truthy, which is returned; RuntimeError naming
     `what` after `timeout_s`."""
@@ -134,8 +100,8 @@ def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
 
 
 def fleet_env(broker_url: str, prefix: str) -> dict[str, str]:
-    return {**os.environ, "MQFLEET_BROKER": broker_url, "MQFLEET_PREFIX": prefix,
-            "MQFLEET_OPERATOR_TOKEN": OPERATOR_TOKEN, "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, defaults.ENV_BROKER: broker_url, defaults.ENV_TOPIC_PREFIX: prefix,
+            defaults.ENV_OPERATOR_TOKEN: OPERATOR_TOKEN, "PYTHONUNBUFFERED": "1"}
 
 
 class CoordinatorProc(Proc):
@@ -151,11 +117,11 @@ class CoordinatorProc(Proc):
         self.broker_url, self.prefix = broker_url, prefix
         env = fleet_env(broker_url, prefix)
         if log_level:
-            env["MQFLEET_LOG_LEVEL"] = log_level
+            env[defaults.ENV_LOG_LEVEL] = log_level
         argv = [sys.executable, "-m", "mqfleet", "coordinator", "--manifest", str(self.manifest_path),
                 "--db", str(workdir / "coordinator.db"), "--store", (workdir / "artifacts").as_uri(),
                 "--sweep-interval", str(sweep_interval_s), *extra]
-        super().__init__(argv, env, workdir / "coordinator.log")
+        super().__init__("coordinator", argv, env, workdir / "coordinator.log", cwd=ROOT)
         self.client = FleetClient(BrokerConfig(url=broker_url), prefix=prefix, token=OPERATOR_TOKEN, timeout_s=0.5)
         if wait:
             self.wait_for_health(wait_s)
@@ -175,9 +141,9 @@ class CoordinatorProc(Proc):
                     raise RuntimeError(f"coordinator did not answer within {wait_s:g}s:\n{self.log_tail()}") from None
         self.client.timeout_s = 30.0
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 15.0) -> int | None:
         self.client.close()
-        super().stop(timeout_s)
+        return super().stop(timeout_s)
 
 
 def new_prefix(name: str) -> str:

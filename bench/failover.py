@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, jobs_manifest, median, new_prefix, p99
+from bench.common import ROOT, CoordinatorProc, fleet_env, jobs_manifest, median, new_prefix, p99
 from mqfleet import defaults
 from mqfleet.agent.daemon import IDLE_POLL_S
 from mqfleet.local.broker import LocalBroker
+from mqfleet.local.process import Proc
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.inbox import Message
@@ -39,8 +40,8 @@ ORIGINAL_STALE_S = 600.0
 
 def _agent(host: str, workdir: Path, env: dict[str, str], log: Path) -> Proc:
     # --shutdown-grace 1: a stopped spare hands its job back at once instead of waiting 30 s
-    return Proc([sys.executable, "-m", "mqfleet", "agent", "--host-id", host, "--work-dir", str(workdir / host),
-                 "--repo", str(ROOT), "--shutdown-grace", "1"], env, log)
+    return Proc(host, [sys.executable, "-m", "mqfleet", "agent", "--host-id", host, "--work-dir", str(workdir / host),
+                       "--repo", str(ROOT), "--shutdown-grace", "1"], env, log, cwd=ROOT)
 
 
 def measure_failover(trials: int, workdir: Path, *, grace_s: float = defaults.GRACE_S,
@@ -87,7 +88,7 @@ def measure_failover(trials: int, workdir: Path, *, grace_s: float = defaults.GR
                 wait_for_log(idle, "online", 60)
                 time.sleep(1.0)
                 killed = time.perf_counter()
-                busy.kill9()
+                busy.kill()
                 to_pending.append(wait_for("pending", "None", grace_s + 60, f"trial {i}: pending") - killed)
                 to_running.append(wait_for("running", "failover-idle", IDLE_POLL_S + 30,
                                            f"trial {i}: running on failover-idle") - killed)

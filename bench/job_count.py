@@ -133,7 +133,7 @@ def measure_size(n_jobs: int, workdir: Path, broker_url: str, *, claims: int = 4
         listing_s, cli_peak_mib = _cli_jobs_json(broker_url, prefix, n_jobs)
         rss_listed = psutil.Process(coord.pid).memory_info().rss / MIB
         _, reload_s, reload_renew_max_s = _renew_during(
-            agent, lease, lambda: coord.client.call(Verb.RELOAD))
+            agent, lease, lambda: coord.client.call_json(Verb.RELOAD))
         claim_rtts = []
         for _ in range(claims):
             c0 = time.monotonic()

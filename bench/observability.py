@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import tempfile
 import threading
 import time
@@ -37,6 +36,7 @@ from bench.common import CoordinatorProc, SimAgent, jobs_manifest, median, new_p
 from bench.throughput import _start_agents, _stop_agents, seed_artifact
 from mqfleet.errors import MqfleetError
 from mqfleet.local.broker import LocalBroker
+from mqfleet.local.ports import free_port
 from mqfleet.wire.topics import Verb, encode
 
 #: Output lines each simulated job publishes (in one batch, as the agent's 0.5 s flush does for a short job).
@@ -116,12 +116,6 @@ class _CpuWindow:
         before = self._cpu()
         time.sleep(max(0.0, self.t_end - time.monotonic()))
         self.used_s = {name: s - before[name] for name, s in self._cpu().items()}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _scrape_until(port: int, stop: threading.Event, scrapes: list[float]) -> None:

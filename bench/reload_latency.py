@@ -30,8 +30,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, jobs_manifest, median, new_prefix, p99
+from bench.common import ROOT, CoordinatorProc, fleet_env, jobs_manifest, median, new_prefix, p99
 from mqfleet.local.broker import LocalBroker
+from mqfleet.local.process import Proc
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.inbox import Message
@@ -47,8 +48,9 @@ def measure_reload(trials: int, workdir: Path) -> dict[str, Any]:
         prefix = new_prefix("reload")
         topics = Topics(prefix)
         coord = CoordinatorProc(workdir / "coord", broker.url, prefix, jobs_manifest(0))
-        agent = Proc([sys.executable, "-m", "mqfleet", "agent", "--host-id", "reload-host", "--work-dir",
-                      str(workdir / "agent"), "--repo", str(ROOT)], fleet_env(broker.url, prefix), workdir / "agent.log")
+        agent = Proc("agent", [sys.executable, "-m", "mqfleet", "agent", "--host-id", "reload-host", "--work-dir",
+                      str(workdir / "agent"), "--repo", str(ROOT)], fleet_env(broker.url, prefix), workdir / "agent.log",
+                     cwd=ROOT)
         events: dict[tuple[str, str], float] = {}
         seen = threading.Condition()
 
@@ -68,10 +70,13 @@ def measure_reload(trials: int, workdir: Path) -> dict[str, Any]:
             for i in range(trials):
                 manifest = jobs_manifest(i + 1, tag="reload")
                 sent = time.perf_counter()
-                reply = coord.client.call(Verb.RELOAD, manifest=manifest)
+                reply = coord.client.call_json(Verb.RELOAD, manifest=manifest)
                 (job_id,) = reply["added"]
+                def completed(job: str = job_id) -> bool:
+                    return (job, "completed") in events
+
                 with seen:
-                    if not seen.wait_for(lambda j=job_id: (j, "completed") in events, timeout=60):
+                    if not seen.wait_for(completed, timeout=60):
                         raise RuntimeError(f"reload trial {i}: job not completed in 60 s:\n{agent.log_tail()}")
                 to_claimed.append(events[(job_id, "claimed")] - sent)
                 to_running.append(events[(job_id, "running")] - sent)

@@ -18,9 +18,10 @@ from typing import Any
 
 import psutil
 
-from bench.common import ROOT, CoordinatorProc, Proc, fleet_env, jobs_manifest, new_prefix
+from bench.common import ROOT, CoordinatorProc, fleet_env, jobs_manifest, new_prefix
 from mqfleet.errors import DecodeError
 from mqfleet.local.broker import LocalBroker
+from mqfleet.local.process import Proc
 
 MIB = 1 << 20
 IDLE_HOST = "rss-idle"
@@ -45,8 +46,9 @@ def measure_rss(n_jobs: int, workdir: Path, *, settle_s: float = 3.0) -> dict[st
         started = time.monotonic()
         coord = CoordinatorProc(workdir / "coord", broker.url, prefix, jobs_manifest(n_jobs, extra=extra))
         coord_start_s = time.monotonic() - started
-        agent = Proc([sys.executable, "-m", "mqfleet", "agent", "--host-id", IDLE_HOST, "--work-dir",
-                      str(workdir / "agent"), "--repo", str(ROOT)], fleet_env(broker.url, prefix), workdir / "agent.log")
+        agent = Proc("agent", [sys.executable, "-m", "mqfleet", "agent", "--host-id", IDLE_HOST, "--work-dir",
+                      str(workdir / "agent"), "--repo", str(ROOT)], fleet_env(broker.url, prefix), workdir / "agent.log",
+                     cwd=ROOT)
         try:
             deadline = time.monotonic() + 30
             while not any(w.id == IDLE_HOST and w.online and w.advert for w in coord.client.workers()):

@@ -25,6 +25,7 @@ from mqfleet.errors import MqfleetError
 from mqfleet.local.broker import LocalBroker
 from mqfleet.store.bundle import pack_artifact
 from mqfleet.store.transfer import upload_to_url
+from mqfleet.wire.requests import UploadMethod
 from mqfleet.wire.topics import Verb
 
 
@@ -40,7 +41,7 @@ def seed_artifact(agent: SimAgent, workdir: Path) -> tuple[str, int]:
     if not up.get("ok"):
         raise RuntimeError(f"upload_url refused: {up}")
     if not up["exists"]:
-        upload_to_url(up["url"], workdir / "seed.tar.zst", method=up.get("method") or "PUT", fields=up.get("fields"))
+        upload_to_url(up["url"], workdir / "seed.tar.zst", method=UploadMethod(up.get("method") or "PUT"), fields=up.get("fields"))
     done = agent.call(Verb.COMPLETE, **lease, sha256=sha, size=size, metrics={}, output_tail="")
     if not done.get("ok"):
         raise RuntimeError(f"seed completion refused: {done}")

@@ -7,38 +7,48 @@ import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from mqfleet import defaults
 from mqfleet.errors import BrokerUnavailableError, RequestTimeoutError
+from mqfleet.lifecycle import JobStatus
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
+from mqfleet.mqtt.inbox import Handler
 from mqfleet.mqtt.rpc import Reply, RpcClient
-from mqfleet.wire.codec import WireMessage
+from mqfleet.wire import verbs
 from mqfleet.wire.replies import (
     ArtifactRecord,
-    ArtifactsReply,
     CompareReply,
     DownloadUrlReply,
     DrainReply,
     GcReply,
     JobDetail,
-    JobDetailReply,
-    JobReply,
     JobsReply,
     LogsReply,
     ManifestReply,
     ReloadReply,
     RequeuedJob,
-    RequeueReply,
     UndrainReply,
     Worker,
-    WorkersReply,
 )
-from mqfleet.wire.requests import Health, JobRow
-from mqfleet.wire.topics import JsonObject, JsonValue, Topics, Verb
-
-R = TypeVar("R", bound=WireMessage)
+from mqfleet.wire.requests import (
+    SENT_SOURCE,
+    CompareRequest,
+    GcRequest,
+    Health,
+    HostRequest,
+    JobOrder,
+    JobRefRequest,
+    JobRow,
+    JobsRequest,
+    LogsRequest,
+    NoFields,
+    ReloadRequest,
+    RequeueRequest,
+)
+from mqfleet.wire.topics import JsonObject, Topics, Verb
+from mqfleet.wire.verbs import Rep, Req, VerbSpec
 
 
 class FleetClient:
@@ -62,6 +72,8 @@ class FleetClient:
         self.conn = Connection(broker, client_id=self.client_id, reply_prefix=prefix)
         self.rpc = RpcClient(self.conn, self.topics, self.client_id, token=self.token, timeout_s=timeout_s)
         self._started = False
+        #: what `subscribe` asked for, so a connection made again after a failed start has it too
+        self._subscriptions: list[tuple[str, Handler, int]] = []
 
     def __enter__(self) -> FleetClient:
         return self
@@ -79,6 +91,8 @@ class FleetClient:
             # A Connection starts once: the next call tries again with a fresh one.
             self.conn = Connection(self.broker, client_id=self.client_id, reply_prefix=self.topics.prefix)
             self.rpc.conn = self.conn
+            for topic_filter, handler, qos in self._subscriptions:
+                self.conn.subscribe(topic_filter, handler, qos)
             raise
         self._started = True
 
@@ -87,20 +101,34 @@ class FleetClient:
             self.conn.stop()
             self._started = False
 
-    def call(self, verb: Verb, **fields: Any) -> Reply:
-        """One request; the reply's JSON when ok, else RemoteError with the coordinator's code."""
+    def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1) -> None:
+        """Call `handler` with each message on `topic_filter` (public state, live logs), on the connection's
+        dispatcher thread, from the next connect on (at once when connected); kept across reconnects."""
+        self._subscriptions.append((topic_filter, handler, qos))
+        self.conn.subscribe(topic_filter, handler, qos)
+
+    def call(self, verb: VerbSpec[Req, Rep], request: Req) -> Rep:
+        """One request; its `ok` reply typed (fields it does not know are ignored), else RemoteError with the
+        coordinator's code."""
         self.connect()
         try:
-            return self.rpc.call(verb, timeout_s=self.timeout_s, **fields)
+            return self.rpc.call(verb, request, timeout_s=self.timeout_s)
         except RequestTimeoutError as e:
-            raise RequestTimeoutError(
-                f"the coordinator did not answer '{verb.value}' within {self.timeout_s:g}s via {self.broker.url}; "
-                "is it running, and is --broker right?"
-            ) from e
+            raise self._unanswered(verb.verb) from e
 
-    def ask(self, verb: Verb, reply: type[R], **fields: JsonValue) -> R:
-        """One request; its reply read as `reply` (fields it does not know are ignored)."""
-        return reply.from_wire(self.call(verb, **fields))
+    def call_json(self, verb: Verb, **fields: Any) -> Reply:
+        """One request with these fields, and its `ok` reply, as JSON (tests send what no typed request holds)."""
+        self.connect()
+        try:
+            return self.rpc.call_json(verb, timeout_s=self.timeout_s, **fields)
+        except RequestTimeoutError as e:
+            raise self._unanswered(verb) from e
+
+    def _unanswered(self, verb: Verb) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"the coordinator did not answer '{verb.value}' within {self.timeout_s:g}s via {self.broker.url}; "
+            "is it running, and is --broker right?"
+        )
 
     # every verb, typed (the CLI, scripts and tests use these)
     def jobs(self, status: str | None = None, *, name: str | None = None) -> list[JsonObject]:
@@ -111,18 +139,19 @@ class FleetClient:
         self, *, status: str | None = None, name: str | None = None, newest_first: bool = False, limit: int | None = None
     ) -> JobListing:
         """Jobs streamed a page at a time (keyset pages), so a listing of any size holds one page in memory."""
-        return JobListing(self, status=status, name=name, newest_first=newest_first, limit=limit)
+        return JobListing(self, status=JobStatus(status) if status else None, name=name, newest_first=newest_first,
+                          limit=limit)
 
     def logs(self, ref: str, attempt: int | None = None) -> LogsReply:
         """The stored output of one attempt of a job (the latest by default), all pages joined."""
-        first = self.ask(Verb.LOGS, LogsReply, job=ref, **({"attempt": attempt} if attempt is not None else {}))
+        first = self.call(verbs.LOGS, LogsRequest(job=ref, attempt=attempt))
         lines = list(first.lines)
         offset = first.next_offset
         for _ in range(10_000):
             if offset is None or first.attempt is None:
                 break
             # Pages are read for the attempt the first reply chose, so a new attempt cannot splice in.
-            page = self.ask(Verb.LOGS, LogsReply, job=first.job_id, attempt=first.attempt, offset=offset)
+            page = self.call(verbs.LOGS, LogsRequest(job=first.job_id, attempt=first.attempt, offset=offset))
             lines.extend(page.lines)
             offset = page.next_offset
         return LogsReply(job_id=first.job_id, attempt=first.attempt, attempts=first.attempts, lines=lines,
@@ -130,51 +159,50 @@ class FleetClient:
 
     def job(self, ref: str) -> JobDetail:
         """One job with its spec, attempts, progress curve, lease, artifact and checkpoint."""
-        return self.ask(Verb.JOB, JobDetailReply, job=ref).job
+        return self.call(verbs.JOB, JobRefRequest(job=ref)).job
 
     def workers(self) -> list[Worker]:
-        return self.ask(Verb.WORKERS, WorkersReply).workers
+        return self.call(verbs.WORKERS, NoFields()).workers
 
     def health(self) -> Health:
-        return self.ask(Verb.HEALTH, Health)
+        return self.call(verbs.HEALTH, NoFields())
 
     def artifacts(self) -> list[ArtifactRecord]:
-        return self.ask(Verb.ARTIFACTS, ArtifactsReply).artifacts
+        return self.call(verbs.ARTIFACTS, NoFields()).artifacts
 
     def download_url(self, ref: str) -> DownloadUrlReply:
-        return self.ask(Verb.DOWNLOAD_URL, DownloadUrlReply, job=ref)
+        return self.call(verbs.DOWNLOAD_URL, JobRefRequest(job=ref))
 
     def compare(self, refs: list[str] | None = None, *, sweep: str | None = None) -> CompareReply:
         """Final metrics of the jobs named, or of a sweep's jobs."""
         if sweep is not None:
-            return self.ask(Verb.COMPARE, CompareReply, sweep=sweep)
-        return self.ask(Verb.COMPARE, CompareReply, jobs=list(refs or []))
+            return self.call(verbs.COMPARE, CompareRequest(sweep=sweep))
+        return self.call(verbs.COMPARE, CompareRequest(jobs=list(refs or [])))
 
     def manifest(self) -> ManifestReply:
-        return self.ask(Verb.MANIFEST, ManifestReply)
+        return self.call(verbs.MANIFEST, NoFields())
 
     # operator verbs (they need the operator token)
     def cancel(self, ref: str) -> JobRow:
-        return self.ask(Verb.CANCEL, JobReply, job=ref).job
+        return self.call(verbs.CANCEL, JobRefRequest(job=ref)).job
 
     def requeue(self, ref: str, *, fresh: bool = False) -> RequeuedJob:
-        return self.ask(Verb.REQUEUE, RequeueReply, job=ref, **({"fresh": True} if fresh else {})).job
+        return self.call(verbs.REQUEUE, RequeueRequest(job=ref, fresh=fresh)).job
 
     def reload(self, manifest: str | None = None, *, source: str | None = None) -> ReloadReply:
         """Reload the coordinator's manifest file, or apply the TOML text sent (`source` names it)."""
-        fields: dict[str, JsonValue] = {}
-        if manifest is not None:
-            fields = {"manifest": manifest, **({"source": source} if source is not None else {})}
-        return self.ask(Verb.RELOAD, ReloadReply, **fields)
+        if manifest is None:
+            return self.call(verbs.RELOAD, ReloadRequest())
+        return self.call(verbs.RELOAD, ReloadRequest(manifest=manifest, source=source or SENT_SOURCE))
 
     def drain(self, host: str) -> DrainReply:
-        return self.ask(Verb.DRAIN, DrainReply, host=host)
+        return self.call(verbs.DRAIN, HostRequest(host=host))
 
     def undrain(self, host: str) -> UndrainReply:
-        return self.ask(Verb.UNDRAIN, UndrainReply, host=host)
+        return self.call(verbs.UNDRAIN, HostRequest(host=host))
 
     def gc(self, *, dry_run: bool = False) -> GcReply:
-        return self.ask(Verb.GC, GcReply, dry_run=dry_run)
+        return self.call(verbs.GC, GcRequest(dry_run=dry_run))
 
 
 class JobListing:
@@ -185,23 +213,18 @@ class JobListing:
     """
 
     def __init__(
-        self, client: FleetClient, *, status: str | None, name: str | None, newest_first: bool, limit: int | None
+        self, client: FleetClient, *, status: JobStatus | None, name: str | None, newest_first: bool, limit: int | None
     ) -> None:
         self.client = client
         self.status, self.name, self.newest_first, self.limit = status, name, newest_first, limit
         self.total: int | None = None
 
     def __iter__(self) -> Iterator[JsonObject]:
-        fields: dict[str, JsonValue] = {"order": "newest" if self.newest_first else "oldest"}
-        if self.status:
-            fields["status"] = self.status
-        if self.name:
-            fields["name"] = self.name
         left = self.limit
         # The next page is asked for while the caller still consumes this one: the coordinator reads
         # and encodes it meanwhile, so a long listing costs about one page's round trip per page.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs-page") as pool:
-            ahead: Future[Reply] | None = pool.submit(self._ask, fields, left, None, 0, True)
+            ahead: Future[Reply] | None = pool.submit(self._ask, left, None, 0, True)
             while ahead is not None:
                 raw = ahead.result()
                 ahead = None
@@ -219,15 +242,15 @@ class JobListing:
                 if left is None or left > 0:
                     if "next_after" in raw:
                         if reply.next_after is not None:
-                            ahead = pool.submit(self._ask, fields, left, reply.next_after, 0, False)
+                            ahead = pool.submit(self._ask, left, reply.next_after, None, False)
                     elif reply.next_offset is not None:
                         # a coordinator from before keyset pages: page by position
-                        ahead = pool.submit(self._ask, fields, left, None, reply.next_offset, False)
+                        ahead = pool.submit(self._ask, left, None, reply.next_offset, False)
                 yield from page
 
-    def _ask(self, fields: dict[str, JsonValue], left: int | None, after: int | None, offset: int,
-             count: bool) -> Reply:
-        ask: dict[str, JsonValue] = {**fields, "count": count, **({"after": after} if after is not None else {"offset": offset})}
-        if left is not None:
-            ask["limit"] = left
-        return self.client.call(Verb.JOBS, **ask)
+    def _ask(self, left: int | None, after: int | None, offset: int | None, count: bool) -> Reply:
+        """One page, as JSON: whether the reply has `next_after` at all tells an older coordinator."""
+        order = JobOrder.NEWEST if self.newest_first else JobOrder.OLDEST
+        asked = JobsRequest(status=self.status, name=self.name or None, order=order, limit=left, after=after,
+                            offset=offset, count=count)
+        return self.client.call_json(Verb.JOBS, **asked.to_wire())

@@ -90,6 +90,31 @@ ENV_S3_ENDPOINT = "MQFLEET_S3_ENDPOINT"
 ENV_S3_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 ENV_S3_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_S3_SECURE = "MQFLEET_S3_SECURE"
+#: `LOW-HIGH`: the local services (mqfleet/local/) take their ports from this range only (parallel test workers).
+ENV_LOCAL_PORTS = "MQFLEET_LOCAL_PORTS"
+
+#: The agent's settings when its flags are not given (`--host-id`, `--slots`, `--work-dir`, `--repo`, `--trainer-user`).
+ENV_HOST_ID = "MQFLEET_HOST_ID"
+ENV_SLOTS = "MQFLEET_SLOTS"
+ENV_WORK_DIR = "MQFLEET_WORK_DIR"
+ENV_REPO = "MQFLEET_REPO"
+ENV_TRAINER_USER = "MQFLEET_TRAINER_USER"
+#: The agent's `--config`: the machine owner's agent.toml (docs/OPERATIONS.md, "Owner policies").
+ENV_AGENT_CONFIG = "MQFLEET_AGENT_CONFIG"
+#: The agent's `--log-file`.
+ENV_LOG_FILE = "MQFLEET_LOG_FILE"
+#: A log level (DEBUG, INFO, WARNING, ...) that overrides what -v/-q chose.
+ENV_LOG_LEVEL = "MQFLEET_LOG_LEVEL"
+#: The PostgreSQL password, for a `--db` URL that carries none (PGPASSWORD works too).
+ENV_DB_PASSWORD = "MQFLEET_DB_PASSWORD"
+#: A file whose first line is the PostgreSQL password (`--db-password-file`).
+ENV_DB_PASSWORD_FILE = "MQFLEET_DB_PASSWORD_FILE"
+#: The soak's `hang` fault: the folder where it names the jobs whose trainer must stop printing.
+ENV_SOAK_HANG_DIR = "MQFLEET_SOAK_HANG_DIR"
+
+#: A trainer's stdout line of this, blanks, then a JSON object reports progress and metrics (docs/INTERNALS.md,
+#: "Trainers"); the agent reads it, the trainers write it.
+PROGRESS_PREFIX = "@mqfleet"
 
 #: Environment the agent gives each trainer.
 ENV_SPEC = "MQFLEET_SPEC"

@@ -42,10 +42,18 @@ class ConfigurationError(MqfleetError):
     code = "bad_config"
 
 
-class ProtocolError(MqfleetError):
-    """Raised when a message breaks the wire protocol."""
+class InternalError(MqfleetError):
+    """Raised when the coordinator fails a request for a reason of its own (a statement it cannot run, a failed
+    commit), not the request's; the dispatcher answers any exception it did not expect with this code too.
+    What went wrong is in its log, never in the reply."""
 
-    code = "bad_request"
+    code = "internal"
+
+
+class ProtocolError(MqfleetError):
+    """Raised when a message breaks the wire protocol (the base of the codes below; never raised itself)."""
+
+    code = "protocol"
 
 
 class DecodeError(ProtocolError):
@@ -119,12 +127,10 @@ class RateLimitedError(StateError):
     code = "rate_limited"
 
 
-class StateStoreError(MqfleetError):
+class StateStoreError(InternalError):
     """Raised when the state database fails a statement (an I/O error, a damaged file, a full disk, SQL it
     refuses); both engines raise it in place of their driver's errors (`coordinator/sql/`). A fault of the
     coordinator, never of the request: the dispatcher logs it and answers `internal`, remembering nothing."""
-
-    code = "internal"
 
 
 class ConstraintError(StateStoreError):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class JobStatus(str, Enum):
-    """A job's status; the values are the wire strings."""
+class JobStatus(StrEnum):
+    """A job's status; the values are the wire strings (and what str() and f-strings show)."""
 
     PENDING = "pending"
     CLAIMED = "claimed"
@@ -17,8 +17,8 @@ class JobStatus(str, Enum):
     CANCELLED = "cancelled"
 
 
-class Cause(str, Enum):
-    """Why an attempt ended without a completion."""
+class Cause(StrEnum):
+    """Why an attempt ended without a completion; the values are the wire strings."""
 
     APP = "app"  # the trainer exited non-zero or its output could not be stored
     LOST = "lost"  # the host vanished and the lease expired

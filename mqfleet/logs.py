@@ -8,6 +8,8 @@ import sys
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
+from mqfleet.defaults import ENV_LOG_LEVEL
+
 #: A --log-file rotates at this size and keeps this many old files beside it (PATH.1 ... PATH.5).
 LOG_FILE_BYTES = 10 * 1024 * 1024
 LOG_FILE_BACKUPS = 5
@@ -24,7 +26,7 @@ def setup_logging(verbosity: int = 0, *, name: str = "mqfleet", log_file: Path |
         level = logging.DEBUG
     elif verbosity < 0:
         level = logging.WARNING
-    level_name = os.environ.get("MQFLEET_LOG_LEVEL")
+    level_name = os.environ.get(ENV_LOG_LEVEL)
     if level_name:
         level = getattr(logging, level_name.upper(), level)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")

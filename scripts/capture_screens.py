@@ -29,13 +29,13 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
-from mqfleet.cli.fleet import settle_picture  # noqa: E402
 from mqfleet.cli.render import fleet as render_fleet  # noqa: E402
 from mqfleet.cli.render import jobs as render_jobs  # noqa: E402
 from mqfleet.client import FleetClient  # noqa: E402
+from mqfleet.fleet_picture import settle_picture  # noqa: E402
 from mqfleet.local.broker import LocalBroker  # noqa: E402
 from mqfleet.mqtt.config import BrokerConfig  # noqa: E402
-from mqfleet.wire.topics import JsonObject, Verb  # noqa: E402
+from mqfleet.wire.topics import JsonObject  # noqa: E402
 
 PREFIX = "mqfleet"
 TOKEN = "capture-token"
@@ -161,7 +161,7 @@ def capture(work: Path, out: Path, width: int) -> None:
                   "--repo", str(ROOT), "--heartbeat", "2")
 
         def settled() -> bool:
-            by_name = {j["name"]: j for j in client.jobs()}
+            by_name: dict[str, Any] = {str(j["name"]): j for j in client.jobs()}
             slow = by_name["slow-long"]
             curves = [j for name, j in by_name.items() if name.startswith("curve-sweep")]
             return (by_name["ok-baseline"]["status"] == "completed" and by_name["crash-demo"]["status"] == "failed"
@@ -169,7 +169,7 @@ def capture(work: Path, out: Path, width: int) -> None:
                     and len(curves) == 3 and all(j["status"] == "completed" for j in curves))
 
         wait_for(settled, 300, "one job completed, one failed and one running with progress")
-        client.call(Verb.DRAIN, host="cpu-box")
+        client.drain("cpu-box")
         now = time.time()
         export(render_fleet.status_view(client.health(), client.workers()), out, "status", width, "mqfleet status")
         export(render_jobs.job_view(client.job("crash-demo"), now), out, "show", width, "mqfleet show crash-demo")
@@ -180,7 +180,7 @@ def capture(work: Path, out: Path, width: int) -> None:
         export(render_jobs.compare_table(rows, compared.metric_names, sort_by="loss", title="sweep curve-sweep"), out,
                "compare", width, "mqfleet compare --sweep curve-sweep")
         picture, _ = settle_picture(client, timeout_s=5)
-        export(picture.frame(), out, "watch", width, "mqfleet watch")
+        export(render_fleet.watch_frame(picture, time.time()), out, "watch", width, "mqfleet watch")
     finally:
         client.close()
         for proc in reversed(procs):

@@ -38,8 +38,7 @@ from mqfleet.errors import (
 )
 from mqfleet.store.bundle import UnpackLimits, pack_artifact, unpack_artifact
 from mqfleet.store.transfer import download_from_url, upload_to_url
-from mqfleet.wire.codec import Wire, WireMessage
-from mqfleet.wire.replies import CheckpointUrlReply
+from mqfleet.wire import verbs
 from mqfleet.wire.requests import (
     CheckpointSavedRequest,
     CheckpointStartRequest,
@@ -47,7 +46,8 @@ from mqfleet.wire.requests import (
     Grant,
     GrantedCheckpoint,
 )
-from mqfleet.wire.topics import JsonObject, Verb
+from mqfleet.wire.topics import JsonObject
+from mqfleet.wire.verbs import Rep, Req, VerbSpec
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Requester(Protocol):
     """An agent request on the job's lease: the verb and its typed message in, the decoded reply out (the
     caller reads it through a typed reply); raises MqfleetError."""
 
-    def __call__(self, verb: Verb, message: WireMessage, *, timeout_s: float | None = None) -> Wire: ...
+    def __call__(self, verb: VerbSpec[Req, Rep], message: Req, *, timeout_s: float | None = None) -> Rep: ...
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,7 @@ class CheckpointSync:
         start = CheckpointStartRequest(self.job_id, self.lease_id, resumed=resumed, note=note,
                                        from_attempt=from_attempt, rejected_sha256=rejected_sha256)
         try:
-            self._request(Verb.CHECKPOINT_START, start)
+            self._request(verbs.CHECKPOINT_START, start)
         except MqfleetError as e:
             logger.warning("job %s: could not report how it started: %s", self.name, e)
 
@@ -316,11 +316,10 @@ class CheckpointSync:
                 self._say(f"checkpoint not synced: {e}", warn=True)
                 self._synced = current  # refused as it is; try again once the folder changes
                 return False
-            reply = self._request(Verb.CHECKPOINT_URL, CheckpointUploadRequest(self.job_id, self.lease_id, sha256, size))
-            upload = CheckpointUrlReply.from_wire(reply)
+            upload = self._request(verbs.CHECKPOINT_URL, CheckpointUploadRequest(self.job_id, self.lease_id, sha256, size))
             with for_agent(self._user, bundle) as packed:
                 upload_to_url(upload.url, packed, method=upload.method, fields=upload.fields)
-            self._request(Verb.CHECKPOINT_SAVED,
+            self._request(verbs.CHECKPOINT_SAVED,
                           CheckpointSavedRequest(self.job_id, self.lease_id, sha256, size, progress=progress),
                           timeout_s=CHECKPOINT_REQUEST_TIMEOUT_S)
         finally:

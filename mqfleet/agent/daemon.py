@@ -26,16 +26,18 @@ from mqfleet.agent.outcome import Ending
 from mqfleet.agent.owner_link import OwnerLink
 from mqfleet.agent.reaper import reap_leftovers
 from mqfleet.errors import ConfigurationError, MqfleetError, RemoteError, RequestTimeoutError, UnknownHostError
+from mqfleet.hostid import check_host_id
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.inbox import Message
 from mqfleet.mqtt.rpc import RpcClient
+from mqfleet.wire import verbs
 from mqfleet.wire.advert import Advert
-from mqfleet.wire.codec import Wire, WireMessage
 from mqfleet.wire.owner import OwnerPolicy
-from mqfleet.wire.published import ControlMessage, Nudge
-from mqfleet.wire.requests import ClaimReply, HostStatus, LogBatch
-from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, Topics, Verb, encode, log_batches
+from mqfleet.wire.published import ControlMessage, HostStatus, LogBatch, Nudge
+from mqfleet.wire.requests import NoFields, Presence
+from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, Topics, encode, log_batches
+from mqfleet.wire.verbs import Rep, Req, VerbSpec
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +80,7 @@ class AgentConfig:
     owner_socket: Path | None = None
 
     def validate(self) -> None:
-        if not self.host_id or any(c in self.host_id for c in "/+#") or len(self.host_id) > 128:
-            raise ConfigurationError(f"host id {self.host_id!r} must be 1-128 characters without '/', '+' or '#'")
+        check_host_id(self.host_id)
         if self.slots < 1:
             raise ConfigurationError(f"--slots must be at least 1, not {self.slots}")
         if not self.repo.is_dir():
@@ -131,7 +132,7 @@ class Agent:
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(f"agent-{config.host_id}"),
-            will=(self.topics.status(config.host_id), encode(HostStatus(state="offline").to_wire()), True),
+            will=(self.topics.status(config.host_id), encode(HostStatus(state=Presence.OFFLINE).to_wire()), True),
             persistent=True,
             keepalive_s=config.keepalive_s,
             on_connect=self._on_connect,
@@ -183,7 +184,7 @@ class Agent:
             if time.monotonic() >= next_heartbeat:
                 # a changed fact (commit, torch, free VRAM) may make a waiting job fit this host
                 woken = self.refresh_advert() or woken
-                self._publish_status("online")
+                self._publish_status(Presence.ONLINE)
                 next_heartbeat = time.monotonic() + self.config.heartbeat_s
         self._shutdown()
         return 0
@@ -207,7 +208,7 @@ class Agent:
         for job in self._running():
             # Room for the final checkpoint sync, which runs before the job is handed back.
             job.join(self.config.kill_grace_s + self.config.request_timeout_s + defaults.CHECKPOINT_FINAL_SYNC_S + 5)
-        self.conn.stop(final=[(self.topics.status(self.config.host_id), self._status_payload("offline"), True)])
+        self.conn.stop(final=[(self.topics.status(self.config.host_id), self._status_payload(Presence.OFFLINE), True)])
         logger.info("agent %s stopped", self.config.host_id)
 
     # --- claiming -------------------------------------------------------------------------
@@ -265,7 +266,7 @@ class Agent:
             self.refresh_advert()
             try:
                 # checked at the boundary: a grant the agent cannot read is refused here, not halfway through a job
-                grant = ClaimReply.from_wire(self.request(Verb.CLAIM)).job
+                grant = self.request(verbs.CLAIM, NoFields()).job
             except (RemoteError, RequestTimeoutError, MqfleetError) as e:
                 logger.warning("claim failed: %s", e)
                 if isinstance(e, RemoteError) and e.is_a(UnknownHostError):
@@ -294,15 +295,14 @@ class Agent:
 
     # --- MQTT -------------------------------------------------------------------------------
 
-    def request(self, verb: Verb, message: WireMessage | None = None, *, attempts: int = 3,
-                timeout_s: float | None = None) -> Wire:
+    def request(self, verb: VerbSpec[Req, Rep], message: Req, *, attempts: int = 3,
+                timeout_s: float | None = None) -> Rep:
         """An agent RPC through the one RPC client; retried on timeout with the same request id, so it runs
         at most once. An `unavailable` reply (the coordinator's database is away, docs/RELIABILITY.md) is
         sent again for as long as the `attempts` timeouts would have lasted. A claim is not retried once
         the agent is stopping; other verbs are, since a stopping agent still hands its jobs back."""
-        fields = message.to_wire() if message is not None else {}
-        return self.rpc.call(verb, attempts=attempts, timeout_s=timeout_s, retry_unavailable=True,
-                             keep_trying=lambda: not (self.stopping.is_set() and verb is Verb.CLAIM), **fields)
+        return self.rpc.call(verb, message, attempts=attempts, timeout_s=timeout_s, retry_unavailable=True,
+                             keep_trying=lambda: not (self.stopping.is_set() and verb is verbs.CLAIM))
 
     def _publish_advert(self) -> None:
         if self.advert is not None:
@@ -315,7 +315,7 @@ class Agent:
         if advert is not None:
             self.advert = replace(advert, ts=time.time())
         self._publish_advert()
-        self._publish_status("online")
+        self._publish_status(Presence.ONLINE)
         if not session_present:
             logger.info("new broker session: messages sent while away were not kept")
         # After an outage the coordinator may have shortened our leases to its grace: renew now.
@@ -340,9 +340,6 @@ class Agent:
         except MqfleetError as e:
             logger.warning("control message ignored: %s", e)
             return
-        if control.action != "cancel":
-            logger.warning("control message ignored: unknown action %r", control.action)
-            return
         with self._jobs_lock:
             job = self.jobs.get(control.job_id)
         if job is None or job.lease_id != control.lease_id:
@@ -350,11 +347,11 @@ class Agent:
             return
         job.end(Ending.CANCELLED)
 
-    def _status_payload(self, state: str) -> bytes:
+    def _status_payload(self, state: Presence) -> bytes:
         running = [j.job_id for j in self._running()]
         return encode(HostStatus(state=state, ts=time.time(), jobs=running, slots=self.config.slots).to_wire())
 
-    def _publish_status(self, state: str) -> None:
+    def _publish_status(self, state: Presence) -> None:
         self.conn.publish(self.topics.status(self.config.host_id), self._status_payload(state), qos=1, retain=True)
 
     # --- trainer output ---------------------------------------------------------------------

@@ -41,17 +41,18 @@ from mqfleet.errors import (
 from mqfleet.lifecycle import Cause
 from mqfleet.store.bundle import pack_artifact
 from mqfleet.store.transfer import upload_to_url
-from mqfleet.wire.codec import Wire, WireMessage
+from mqfleet.wire import verbs
+from mqfleet.wire.reports import ProgressReport, Usage
 from mqfleet.wire.requests import (
     CompleteRequest,
     FailRequest,
     Grant,
-    RenewReply,
     RenewRequest,
-    UploadUrlReply,
+    UploadMethod,
     UploadUrlRequest,
 )
-from mqfleet.wire.topics import JsonObject, JsonValue, Verb
+from mqfleet.wire.topics import JsonObject
+from mqfleet.wire.verbs import Rep, Req, VerbSpec
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ class JobHost(Protocol):
     """What a job run needs of its agent: requests on its lease, its output lines sent on, and word
     when it ends. The agent implements it; a job run never sees the rest of the agent."""
 
-    def request(self, verb: Verb, message: WireMessage | None = None, *, attempts: int = 3,
-                timeout_s: float | None = None) -> Wire: ...
+    def request(self, verb: VerbSpec[Req, Rep], message: Req, *, attempts: int = 3,
+                timeout_s: float | None = None) -> Rep: ...
     def publish_log(self, job_id: str, line: str, *, attempt: int = 0) -> None: ...
     def flush_log(self, job_id: str) -> None: ...
     def job_finished(self, job: JobRun) -> None: ...
@@ -155,8 +156,9 @@ class JobRun:
         try:
             self._make_dirs()
             exit_code = self._train(renewer)
-            if self.ending is None and self.trainer is not None and (oom := self.trainer.out_of_memory()):
-                self.end(Ending.OOM, oom)
+            limits = self.trainer.limits if self.trainer is not None else None
+            if self.ending is None and limits is not None and (oom := limits.out_of_memory(exit_code)):
+                self.end(Ending.OOM, oom)  # the memory limit ended it (agent/limits.py)
             cause = self.ending.cause if self.ending is not None else None
             if self.checkpoint is not None:
                 # Before the hand-back: the next attempt, on any host, starts from what this one saved.
@@ -285,21 +287,20 @@ class JobRun:
         with self._files():  # the trainer's files, read with its rights
             sha256, size = pack_artifact(self.out_dir, bundle_path)
         logger.info("job %s: packed %d bytes, sha256 %s", self.name, size, sha256[:12])
-        reply = self._request(Verb.UPLOAD_URL, UploadUrlRequest(self.job_id, self.lease_id, sha256, size))
-        if reply is None:
+        upload = self._request(verbs.UPLOAD_URL, UploadUrlRequest(self.job_id, self.lease_id, sha256, size))
+        if upload is None:
             return
-        upload = UploadUrlReply.from_wire(reply)
         if not upload.exists:
             if not upload.url:
                 raise BadRequestError("the upload_url reply has neither exists nor a url")
             with self._files(), for_agent(self.settings.trainer_user, bundle_path) as bundle:
-                upload_to_url(upload.url, bundle, method=upload.method or "PUT", fields=upload.fields)
+                upload_to_url(upload.url, bundle, method=upload.method or UploadMethod.PUT, fields=upload.fields)
         else:
             logger.info("job %s: artifact %s already stored; no upload", self.name, sha256[:12])
         progress = self.trainer.latest_progress if self.trainer else None
         metrics = (progress or {}).get("metrics")
         usage, reports = self._ending_fields()
-        done = self._request(Verb.COMPLETE, CompleteRequest(
+        done = self._request(verbs.COMPLETE, CompleteRequest(
             self.job_id, self.lease_id, sha256, size, metrics=metrics if isinstance(metrics, dict) else {},
             output_tail=self.trainer.tail if self.trainer else "", usage=usage, progress_reports=reports,
         ))
@@ -309,15 +310,14 @@ class JobRun:
     def _fail(self, cause: Cause, exit_code: int | None, message: str) -> None:
         tail = self.trainer.tail if self.trainer else ""
         usage, reports = self._ending_fields()
-        self._request(Verb.FAIL, FailRequest(self.job_id, self.lease_id, cause.value, exit_code=exit_code, output_tail=tail,
+        self._request(verbs.FAIL, FailRequest(self.job_id, self.lease_id, cause, exit_code=exit_code, output_tail=tail,
                                              error=message, usage=usage, progress_reports=reports))
 
-    def _ending_fields(self) -> tuple[JsonObject | None, list[JsonValue]]:
+    def _ending_fields(self) -> tuple[Usage | None, list[ProgressReport]]:
         """What complete and fail carry besides the outcome: the usage and the last progress reports."""
-        usage = self.trainer.usage() if self.trainer else None
-        return (usage.to_wire() if usage is not None else None), self._reports.to_send()
+        return (self.trainer.usage() if self.trainer else None), self._reports.to_send()
 
-    def _request(self, verb: Verb, message: WireMessage) -> Wire | None:
+    def _request(self, verb: VerbSpec[Req, Rep], message: Req) -> Rep | None:
         """An agent request on this lease; None when the coordinator refused it or stayed away (logged).
 
         Retries (same request id, so never run twice) for as long as the lease would last: a
@@ -327,30 +327,30 @@ class JobRun:
         try:
             return self.host.request(verb, message, attempts=attempts)
         except BrokerError as e:
-            logger.warning("job %s: %s not answered (%s); the lease will expire and the job run again", self.name, verb, e)
+            logger.warning("job %s: %s not answered (%s); the lease will expire and the job run again", self.name, verb.verb.value, e)
             return None
         except RemoteError as e:
             if e.is_a(LeaseLostError):
                 self.end(Ending.LEASE_LOST)
-                logger.warning("job %s: %s refused, the lease is no longer ours", self.name, verb)
+                logger.warning("job %s: %s refused, the lease is no longer ours", self.name, verb.verb.value)
                 return None
             if e.is_a(UnavailableError):
                 # Not refused: the coordinator's database stayed away past our retries; the lease expires
                 # and the job runs again, which is what a coordinator gone for that long means anyway.
                 logger.warning("job %s: %s not handled, coordinator unavailable for the whole lease: %s", self.name,
-                               verb.value, e)
+                               verb.verb.value, e)
                 return None
-            if verb is Verb.COMPLETE:
+            if verb is verbs.COMPLETE:
                 # The artifact was refused (e.g. its bytes did not match): the attempt failed.
                 self._fail(Cause.APP, 0, f"artifact refused by the coordinator: {e}")
                 return None
-            if isinstance(message, FailRequest) and message.cause == Cause.PREEMPTED.value and e.code == "bad_request":
+            if isinstance(message, FailRequest) and message.cause is Cause.PREEMPTED and e.code == "bad_request":
                 # a coordinator older than `preempted`: its `shutdown` is the same free hand-back
-                return self._request(verb, dataclasses.replace(message, cause=Cause.SHUTDOWN.value))
-            logger.warning("job %s: %s refused: %s", self.name, verb, e)
+                return self._request(verb, dataclasses.replace(message, cause=Cause.SHUTDOWN))
+            logger.warning("job %s: %s refused: %s", self.name, verb.verb.value, e)
             return None
 
-    def _checkpoint_request(self, verb: Verb, message: WireMessage, *, timeout_s: float | None = None) -> Wire:
+    def _checkpoint_request(self, verb: VerbSpec[Req, Rep], message: Req, *, timeout_s: float | None = None) -> Rep:
         """A checkpoint verb on this lease; its failures are the sync's to log, never the attempt's end."""
         return self.host.request(verb, message, attempts=2, timeout_s=timeout_s)
 
@@ -371,7 +371,7 @@ class JobRun:
             reports = self._reports.to_send()
             try:
                 request = RenewRequest(self.job_id, self.lease_id, progress=progress, progress_reports=reports)
-                RenewReply.from_wire(self.host.request(Verb.RENEW, request, attempts=1, timeout_s=timeout_s))
+                self.host.request(verbs.RENEW, request, attempts=1, timeout_s=timeout_s)
                 self._reports.sent(reports)
                 next_ts = time.monotonic() + interval
             except RemoteError as e:

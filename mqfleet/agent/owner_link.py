@@ -20,7 +20,7 @@ from mqfleet.agent.runner import TrainerRun
 from mqfleet.errors import MqfleetError
 from mqfleet.mqtt.inbox import Message
 from mqfleet.owner.switch import SOCKET_NAME
-from mqfleet.wire.owner import Availability, OwnerPolicy, checked_policy
+from mqfleet.wire.owner import Availability, OwnerPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class OwnerLink:
         """The manifest's defaults for this host's policy, retained by the coordinator on `control/{host}/policy`
         (an empty payload: none). A malformed one is logged and the previous ones stay."""
         try:
-            defaults = checked_policy(msg.json(max_bytes=MAX_DEFAULTS_BYTES), "defaults") if msg.payload else None
+            defaults = OwnerPolicy.from_wire(msg.json(max_bytes=MAX_DEFAULTS_BYTES), "defaults") if msg.payload else None
         except MqfleetError as e:
             logger.warning("owner policy defaults from the coordinator ignored: %s", e)
             return

@@ -9,18 +9,13 @@ thins its own history.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
-from mqfleet.wire.topics import JsonObject, JsonValue
+from mqfleet import defaults
+from mqfleet.wire.reports import ProgressReport
+from mqfleet.wire.topics import JsonObject
 
-logger = logging.getLogger(__name__)
-
-#: A stdout line starting with this, then a JSON object, reports progress and metrics.
-PROGRESS_PREFIX = "@mqfleet"
 #: Progress reports held for the next renewal; past this every other one goes (the coordinator keeps
 #: a thinned history anyway), which keeps a renewal far under the request size limit.
 PENDING_REPORTS_MAX = 400
@@ -52,25 +47,25 @@ class PendingReports:
                 # every other one goes, the newest stays: the coordinator's history is thinned the same way
                 self._reports = self._reports[::2] + ([self._reports[-1]] if len(self._reports) % 2 == 0 else [])
 
-    def to_send(self) -> list[JsonValue]:
-        """The held reports as the wire's `progress_reports`: `[seq, ts, report]` triples, oldest first."""
+    def to_send(self) -> list[ProgressReport]:
+        """The held reports as the wire's `progress_reports`: `(seq, ts, report)`, oldest first."""
         with self._lock:
-            return [[seq, ts, report] for seq, ts, report, _ in self._reports]
+            return [(seq, ts, report) for seq, ts, report, _ in self._reports]
 
-    def sent(self, sent: list[JsonValue]) -> None:
+    def sent(self, sent: list[ProgressReport]) -> None:
         """Forget the reports the coordinator acknowledged: those up to the last `seq` sent."""
-        last = sent[-1] if sent else None
-        if not isinstance(last, list) or not isinstance(last[0], int):
+        if not sent:
             return
+        last_seq = sent[-1][0]
         with self._lock:
-            self._reports = [r for r in self._reports if r[0] > last[0]]
+            self._reports = [r for r in self._reports if r[0] > last_seq]
 
 
 def parse_progress(line: str) -> JsonObject | None:
     """The JSON object of an `@mqfleet {json}` line, or None for any other line (bad JSON included)."""
-    if not line.startswith(PROGRESS_PREFIX):
+    if not line.startswith(defaults.PROGRESS_PREFIX):
         return None
-    rest = line[len(PROGRESS_PREFIX) :]
+    rest = line[len(defaults.PROGRESS_PREFIX) :]
     if not rest[:1].isspace():
         return None
     try:
@@ -78,13 +73,3 @@ def parse_progress(line: str) -> JsonObject | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def call_safely(callback: Callable[[Any], None] | None, arg: Any) -> None:
-    """Call `callback(arg)`; a failing callback is a bug in the agent, but it must not stop the output being drained."""
-    if callback is None:
-        return
-    try:
-        callback(arg)
-    except Exception:
-        logger.exception("trainer output callback %r failed", callback)

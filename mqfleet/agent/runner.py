@@ -32,11 +32,12 @@ import psutil
 from mqfleet import defaults
 from mqfleet.agent.isolation import TrainerUser, trainer_files
 from mqfleet.agent.limits import TrainerLimits
-from mqfleet.agent.progress import call_safely, parse_progress
+from mqfleet.agent.progress import parse_progress
 from mqfleet.agent.reaper import KILL_WAIT_S, POLL_S, pidfile_path, record_run
 from mqfleet.agent.spawn import IS_LINUX, IS_WINDOWS, pgid_of, popen_trainer, spawn
 from mqfleet.agent.usage import UsageMeter
-from mqfleet.wire.replies import Usage
+from mqfleet.mqtt.inbox import call_safely
+from mqfleet.wire.reports import Usage
 from mqfleet.wire.topics import JsonObject
 
 logger = logging.getLogger(__name__)
@@ -175,10 +176,6 @@ class TrainerRun:
         """The last lines of output (progress lines excepted), joined with newlines."""
         with self._out_lock:
             return "\n".join(self._tail)
-
-    def out_of_memory(self) -> str | None:
-        """After the end: what to tell when the memory limit ended the trainer (agent/limits.py), else None."""
-        return self.limits.out_of_memory(self.exit_code) if self.limits is not None and self._done.is_set() else None
 
     def usage(self) -> Usage | None:
         """What the run used over its whole tree (agent/usage.py); None before it ended."""
@@ -374,9 +371,11 @@ class TrainerRun:
                         self._tail.append(shown)
                     else:
                         self._progress = progress
-                call_safely(self.on_line, shown)
-                if progress is not None:
-                    call_safely(self.on_progress, progress)
+                # a failing callback is a bug in the agent, but it must not stop the output being drained
+                if self.on_line is not None:
+                    call_safely(self.on_line, shown, what="trainer output callback", log=logger)
+                if progress is not None and self.on_progress is not None:
+                    call_safely(self.on_progress, progress, what="trainer progress callback", log=logger)
         except (OSError, ValueError) as e:
             logger.warning("trainer %s: reading output failed: %s", self.pid, e)
         finally:
@@ -395,3 +394,6 @@ class TrainerRun:
         except OSError as e:
             logger.warning("trainer %s: cannot open log %s: %s", self.pid, self.log_path, e)
             return None
+
+
+

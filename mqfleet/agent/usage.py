@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from mqfleet.wire.replies import Usage
+from mqfleet.wire.reports import Usage
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import click
 from mqfleet.cli import cli
 from mqfleet.defaults import TOPIC_PREFIX
 from mqfleet.errors import ManifestError, MqfleetError
+from mqfleet.hostid import COORDINATOR_CN, MONITOR_USER
 from mqfleet.trust import acl, certs, monitor_accounts, mosquitto_conf
 
 logger = logging.getLogger(__name__)
@@ -108,8 +109,8 @@ def revoke_command(ca_dir: Path, cert_file: Path) -> None:
 )
 @click.option("--hosts", default="", help="Comma-separated agent host ids, added to the manifest's.")
 @click.option("--operators", default="", help="Comma-separated operator names (CN operator-NAME).")
-@click.option("--coordinator", default=certs.COORDINATOR_CN, show_default=True, help="The coordinator's CN.")
-@click.option("--monitors", default=monitor_accounts.MONITOR_USER, show_default=True,
+@click.option("--coordinator", default=COORDINATOR_CN, show_default=True, help="The coordinator's CN.")
+@click.option("--monitors", default=MONITOR_USER, show_default=True,
               help="Comma-separated monitoring accounts (monitor, monitor-NAME): public state only.")
 @click.option("--passwd", "passwd_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Also every account of this password file (each must be a monitoring account).")
@@ -138,7 +139,7 @@ def acl_command(
               help="The broker's password file (/etc/mqfleet/broker/passwd); other accounts in it are kept.")
 @click.option("--options", "options_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the account's mosquitto_sub options (DIR/mosquitto_sub; use XDG_CONFIG_HOME=DIR).")
-@click.option("--user", default=monitor_accounts.MONITOR_USER, show_default=True,
+@click.option("--user", default=MONITOR_USER, show_default=True,
               help="Account name: monitor or monitor-NAME (list it in `broker acl --monitors`).")
 @click.option("--port", "port_local", type=int, default=1883, show_default=True, help="The loopback listener's port.")
 def monitor_command(passwd_file: Path, options_file: Path, user: str, port_local: int) -> None:

@@ -1,19 +1,15 @@
 """`mqfleet status`, `workers`, `drain`, `undrain`, `reload`, `health` and `watch`: the commands about the fleet.
 
-`watch` keeps its picture of the fleet from the bus (retained job states, host
-statuses and adverts, the event stream); it asks the coordinator only once, for
-the draining flags and the rows the bus has not carried yet.
+`watch` renders the fleet as the bus shows it (`mqfleet/fleet_picture.py`).
 """
 
 from __future__ import annotations
 
 import queue
 import time
-from collections import deque
 from pathlib import Path
 
 import click
-from rich.console import RenderableType
 from rich.live import Live
 
 from mqfleet import defaults
@@ -21,15 +17,11 @@ from mqfleet.cli import cli
 from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_USAGE, fail
 from mqfleet.cli.options import ClientContext, pass_client, wire_of
 from mqfleet.cli.render import fleet as render_fleet
-from mqfleet.cli.render.fleet import HostPicture
-from mqfleet.client import FleetClient
 from mqfleet.errors import ManifestError, RemoteError
-from mqfleet.mqtt.inbox import Message
-from mqfleet.wire.replies import DrainReply, UndrainReply, Worker
-from mqfleet.wire.topics import JsonObject, JsonValue
+from mqfleet.fleet_picture import settle_picture
+from mqfleet.wire.replies import DrainReply, UndrainReply
+from mqfleet.wire.topics import JsonValue
 
-#: `watch --once` renders when no retained message arrived for this long (or at the timeout).
-SETTLE_S = 0.5
 #: Frames per second at most, however busy the bus is.
 MAX_FPS = 4.0
 
@@ -162,76 +154,6 @@ def health_cmd(ctx: ClientContext) -> None:
 # --- watch -------------------------------------------------------------------------------------
 
 
-class FleetPicture:
-    """What the dashboard shows, folded from bus messages (and one initial snapshot)."""
-
-    def __init__(self, client: FleetClient) -> None:
-        self.topics = client.topics
-        self.hosts: dict[str, HostPicture] = {}
-        #: job states and events as the bus carries them (retained job states, the event stream)
-        self.jobs: dict[str, JsonObject] = {}
-        self.events: deque[JsonObject] = deque(maxlen=50)
-
-    def seed(self, workers: list[Worker], jobs: list[JsonObject]) -> None:
-        for w in workers:
-            self.hosts[w.id] = HostPicture(state="online" if w.online else "offline", slots=w.slots, draining=w.draining)
-        for job in jobs:
-            self.jobs.setdefault(str(job.get("id")), job)
-
-    def apply(self, msg: Message) -> None:
-        try:
-            payload = msg.json()
-        except Exception:
-            return
-        if not isinstance(payload, dict):
-            return
-        if msg.topic == self.topics.events:
-            self.events.append(payload)
-            return
-        host_topic = self.topics.parse_host_topic(msg.topic)
-        if host_topic is not None:
-            host, kind = host_topic
-            entry = self.hosts.setdefault(host, HostPicture())
-            if kind == "status" and payload.get("state"):
-                entry.state = str(payload["state"])
-            elif kind == "advert":
-                entry.slots = payload.get("slots", entry.slots)
-            return
-        job_id = payload.get("id")
-        if msg.topic.endswith("/state") and isinstance(job_id, str) and job_id:
-            before = self.jobs.get(job_id)
-            # Job states are republished on status changes only, so a snapshot's progress may be newer.
-            if payload.get("progress") is None and before and before.get("status") == payload.get("status"):
-                payload["progress"] = before.get("progress")
-            self.jobs[job_id] = payload
-
-    def frame(self) -> RenderableType:
-        return render_fleet.dashboard(hosts=self.hosts, jobs=self.jobs, events=list(self.events), now=time.time())
-
-
-def subscribe_picture(client: FleetClient) -> queue.SimpleQueue[Message]:
-    """Subscribe to what the dashboard needs; messages land in the returned queue, applied by the caller's thread."""
-    inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
-    t = client.topics
-    for topic_filter in (t.all_job_states, t.all_statuses, t.all_adverts, t.events):
-        client.conn.subscribe(topic_filter, inbox.put)
-    return inbox
-
-
-def settle_picture(client: FleetClient, *, timeout_s: float) -> tuple[FleetPicture, queue.SimpleQueue[Message]]:
-    """A picture from one snapshot plus the retained messages once they stop arriving; and the live queue."""
-    picture = FleetPicture(client)
-    inbox = subscribe_picture(client)
-    picture.seed(client.workers(), client.jobs())
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            picture.apply(inbox.get(timeout=SETTLE_S))
-        except queue.Empty:
-            break
-    return picture, inbox
-
-
 @cli.command("watch")
 @click.option("--once", is_flag=True, help="Render one frame after the retained messages arrived, then exit.")
 @pass_client
@@ -240,10 +162,10 @@ def watch_cmd(ctx: ClientContext, once: bool) -> None:
     picture, inbox = settle_picture(ctx.client, timeout_s=ctx.timeout_s)
     console = render_fleet.make_console()
     if once:
-        console.print(picture.frame())
+        console.print(render_fleet.watch_frame(picture, time.time()))
         return
     try:
-        with Live(picture.frame(), console=console, auto_refresh=False, screen=False) as live:
+        with Live(render_fleet.watch_frame(picture, time.time()), console=console, auto_refresh=False, screen=False) as live:
             last = 0.0
             while True:
                 try:
@@ -253,7 +175,7 @@ def watch_cmd(ctx: ClientContext, once: bool) -> None:
                 except queue.Empty:
                     pass
                 if time.monotonic() - last >= 1 / MAX_FPS:
-                    live.update(picture.frame(), refresh=True)
+                    live.update(render_fleet.watch_frame(picture, time.time()), refresh=True)
                     last = time.monotonic()
     except KeyboardInterrupt:
         pass

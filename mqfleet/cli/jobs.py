@@ -146,8 +146,8 @@ def logs_cmd(ctx: ClientContext, job: str, follow: bool, attempt: int | None, ra
     job_id = row.id
     inbox: queue.SimpleQueue[tuple[str, Message]] = queue.SimpleQueue()
     # Subscribe before asking for the held lines, so nothing falls between the two.
-    client.conn.subscribe(client.topics.log("+", job_id), lambda m: inbox.put(("lines", m)), qos=0)
-    client.conn.subscribe(client.topics.job_state(job_id), lambda m: inbox.put(("state", m)))
+    client.subscribe(client.topics.log("+", job_id), lambda m: inbox.put(("lines", m)), qos=0)
+    client.subscribe(client.topics.job_state(job_id), lambda m: inbox.put(("state", m)))
     held = client.logs(job_id).lines
     for line in held:
         _echo_line(ctx, line, raw=raw)

@@ -4,17 +4,15 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from mqfleet.cli import cli
 from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_USAGE, fail
 from mqfleet.cli.options import ClientContext, pass_client
+from mqfleet.cli.render import manifest as render_manifest
 from mqfleet.errors import ManifestError
 from mqfleet.manifest.load import load_manifest
 from mqfleet.manifest.types import Manifest
@@ -45,29 +43,11 @@ def validate_cmd(manifest_path: str, as_json: bool) -> None:
 
 def _print_summary(path: str, manifest: Manifest) -> None:
     console = Console()
-    sweep_places = [place for place in manifest.places.values() if place.startswith("sweeps[")]
-    counts = (
-        f"{_count(len(manifest.jobs), 'job')} ({len(sweep_places)} from {_count(len(set(sweep_places)), 'sweep')}), "
-        f"{_count(len(manifest.trainers), 'trainer')}, {_count(len(manifest.hosts), 'host')}"
-    )
     # soft_wrap: the summary line stays one line that scripts and tests can grep
-    console.print(f"[green]{escape(path)}: valid[/green]: {counts}", highlight=False, soft_wrap=True)
-    per_kind = Counter((job.model, job.mode) for job in manifest.jobs)
-    jobs = Table("model", "trainer", "mode", "jobs", title="jobs", title_justify="left")
-    for (model, mode), count in sorted(per_kind.items()):
-        trainer = manifest.trainers[model]
-        jobs.add_row(*map(escape, (model, trainer.builtin or " ".join(trainer.command), mode)), str(count))
-    console.print(jobs)
+    console.print(render_manifest.valid_line(path, manifest), highlight=False, soft_wrap=True)
+    console.print(render_manifest.jobs_table(manifest))
     if manifest.hosts:
-        hosts = Table("host", "slots", "allow", "deny", "labels", title="hosts", title_justify="left")
-        for host in manifest.hosts.values():
-            lists = (", ".join(host.allow_jobs), ", ".join(host.deny_jobs), ", ".join(host.labels))
-            hosts.add_row(escape(host.id), str(host.slots), *map(escape, lists))
-        console.print(hosts)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+        console.print(render_manifest.hosts_table(manifest))
 
 
 @cli.command("manifest")

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from mqfleet import defaults
 from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from mqfleet.cli.roles import agent_cmd
 from mqfleet.owner.switch import KEY_NAME, SwitchError, ask_agent, parse_duration, socket_candidates
@@ -22,8 +23,8 @@ from mqfleet.owner.switch import KEY_NAME, SwitchError, ask_agent, parse_duratio
 
 def _ask(ctx: click.Context, request: dict[str, Any], socket_path: Path | None, as_json: bool) -> None:
     obj = ctx.obj or {}
-    work_dir: Path | None = obj.get("work_dir") or (Path(os.environ["MQFLEET_WORK_DIR"])
-                                                     if os.environ.get("MQFLEET_WORK_DIR") else None)
+    from_env = os.environ.get(defaults.ENV_WORK_DIR)
+    work_dir: Path | None = obj.get("work_dir") or (Path(from_env) if from_env else None)
     try:
         if sys.platform == "win32":
             folder = work_dir or Path.home() / ".mqfleet" / "work" / obj.get("host_id", "")

@@ -16,9 +16,9 @@ import click
 
 from mqfleet import defaults
 from mqfleet.cli import cli
-from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from mqfleet.cli.exit_codes import EXIT_OK, EXIT_USAGE, exit_code_for, fail
 from mqfleet.cli.options import broker_config_from, broker_options
-from mqfleet.errors import BrokerUnavailableError, ConfigurationError, ManifestError, MqfleetError, StoreError
+from mqfleet.errors import BrokerUnavailableError, ConfigurationError, MqfleetError, StoreError
 from mqfleet.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -45,12 +45,7 @@ def _setup_logging(verbose: int, log_file: Path | None) -> None:
     try:
         setup_logging(verbose, log_file=log_file)
     except OSError as e:
-        _fail(f"--log-file {log_file}: cannot write there ({e.strerror or e}); pick a writable path", EXIT_USAGE)
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    raise click.exceptions.Exit(code)
+        fail(f"--log-file {log_file}: cannot write there ({e.strerror or e}); pick a writable path", EXIT_USAGE)
 
 
 def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -58,7 +53,7 @@ def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name or not name.replace("_", "a").isalnum():
-            _fail(f"--trainer-env {pair!r}: expected NAME=VALUE", EXIT_USAGE)
+            fail(f"--trainer-env {pair!r}: expected NAME=VALUE", EXIT_USAGE)
         env[name] = value
     return env
 
@@ -82,7 +77,7 @@ def _start_web(coordinator: Coordinator, host: str, port: int, max_streams: int)
               help="SQLite database file, or postgresql://USER@HOST[:PORT]/DB; several coordinators may share one "
                    "PostgreSQL database. Keep its password out of the URL (ps shows it): --db-password-file, "
                    "PGPASSFILE or MQFLEET_DB_PASSWORD.")
-@click.option("--db-password-file", "db_password_file", envvar="MQFLEET_DB_PASSWORD_FILE", default=None,
+@click.option("--db-password-file", "db_password_file", envvar=defaults.ENV_DB_PASSWORD_FILE, default=None,
               type=click.Path(path_type=Path, dir_okay=False),
               help="File whose first line is the PostgreSQL password (env MQFLEET_DB_PASSWORD_FILE).")
 @click.option("--migrate-from", "migrate_from", default=None, metavar="sqlite:PATH",
@@ -161,30 +156,20 @@ def coordinator_cmd(
             assert isinstance(coordinator.state, PgStateFile)
             counts = migrate_from_sqlite(parse_source(migrate_from), coordinator.state)
             click.echo("migrated: " + ", ".join(f"{table} {n}" for table, n in counts.items()), err=True)
-    except ConfigurationError as e:
-        _fail(str(e), EXIT_USAGE)
-    except StoreError as e:
-        _fail(f"artifact store: {e}", EXIT_FAILED)
-    except MqfleetError as e:  # e.g. the state database went away while the schema was being made
-        _fail(str(e), EXIT_FAILED)
-    _on_stop_signals(coordinator._stop.set)
+    except MqfleetError as e:  # a bad flag, the store, the state database going away while the schema was made
+        fail(f"artifact store: {e}" if isinstance(e, StoreError) else str(e), exit_code_for(e))
+    _on_stop_signals(coordinator.request_stop)
     try:
         coordinator.start()
-    except ConfigurationError as e:  # e.g. the metrics port is taken
-        _fail(str(e), EXIT_USAGE)
-    except ManifestError as e:
-        _fail(str(e), EXIT_USAGE)
-    except BrokerUnavailableError as e:
-        _fail(str(e), EXIT_UNREACHABLE)
-    except MqfleetError as e:
-        _fail(str(e), EXIT_FAILED)
+    except MqfleetError as e:  # the metrics port taken, an invalid manifest, no broker
+        fail(str(e), exit_code_for(e))
     web = None
     if web_port is not None:
         try:
             web = _start_web(coordinator, web_host, web_port, web_max_streams)
         except ConfigurationError as e:  # the port is taken, or mqfleet[web] is not installed
             coordinator.stop()
-            _fail(str(e), EXIT_USAGE)
+            fail(str(e), exit_code_for(e))
     try:
         coordinator.run_forever()
     finally:
@@ -214,25 +199,25 @@ class AgentGroup(click.Group):
 
 
 @cli.group("agent", cls=AgentGroup, invoke_without_command=True)
-@click.option("--host-id", envvar="MQFLEET_HOST_ID", default=None, help="This host's id (default: the hostname).")
-@click.option("--slots", type=int, envvar="MQFLEET_SLOTS", default=1, show_default=True, help="Concurrent jobs on this host.")
-@click.option("--work-dir", type=click.Path(path_type=Path), envvar="MQFLEET_WORK_DIR", default=None, help="Where jobs run (default ~/.mqfleet/work).")
-@click.option("--repo", type=click.Path(path_type=Path), envvar="MQFLEET_REPO", default=None, help="Training repo root: the trainers' cwd (default: .).")
+@click.option("--host-id", envvar=defaults.ENV_HOST_ID, default=None, help="This host's id (default: the hostname).")
+@click.option("--slots", type=int, envvar=defaults.ENV_SLOTS, default=1, show_default=True, help="Concurrent jobs on this host.")
+@click.option("--work-dir", type=click.Path(path_type=Path), envvar=defaults.ENV_WORK_DIR, default=None, help="Where jobs run (default ~/.mqfleet/work).")
+@click.option("--repo", type=click.Path(path_type=Path), envvar=defaults.ENV_REPO, default=None, help="Training repo root: the trainers' cwd (default: .).")
 @click.option("--label", "labels", multiple=True, help="A label for this host (repeatable).")
 @click.option("--prefix", envvar=defaults.ENV_TOPIC_PREFIX, default=defaults.TOPIC_PREFIX, show_default=True)
 @click.option("--shutdown-grace", "shutdown_grace_s", type=float, default=defaults.SHUTDOWN_GRACE_S, show_default=True)
 @click.option("--kill-grace", "kill_grace_s", type=float, default=defaults.KILL_GRACE_S, show_default=True)
 @click.option("--heartbeat", "heartbeat_s", type=float, default=defaults.HEARTBEAT_S, show_default=True)
 @click.option("--keepalive", "keepalive_s", type=int, default=defaults.KEEPALIVE_S, show_default=True)
-@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None, envvar="MQFLEET_LOG_FILE",
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), default=None, envvar=defaults.ENV_LOG_FILE,
               help="Also write this process's log to PATH, rotated at 10 MiB (5 old files kept).")
 @click.option("--trainer-env", "trainer_env", multiple=True, metavar="NAME=VALUE",
               help="Give trainers this variable (repeatable); of the agent's own environment they see only "
                    "PATH, HOME, PYTHONPATH, LANG/LC_*, TMPDIR, CUDA_*/NVIDIA_* and a few more (docs/SECURITY.md).")
-@click.option("--trainer-user", "trainer_user", envvar="MQFLEET_TRAINER_USER", default="", metavar="NAME",
+@click.option("--trainer-user", "trainer_user", envvar=defaults.ENV_TRAINER_USER, default="", metavar="NAME",
               help="Run trainers as this user (Linux; the agent runs as root): they cannot read the agent's key file, "
                    "environment or memory (docs/SECURITY.md).")
-@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), envvar="MQFLEET_AGENT_CONFIG",
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), envvar=defaults.ENV_AGENT_CONFIG,
               default=None, help="The owner's agent.toml: hours, when_busy, on_yield, nice, ionice, max_memory_gib, "
                                  "owner_group (examples/agent.toml); flags below win over it.")
 @click.option("--hours", "hours", multiple=True, metavar="WINDOW",
@@ -322,14 +307,12 @@ def agent_cmd(
         )
         agent = Agent(config)
     except ConfigurationError as e:
-        _fail(str(e), EXIT_USAGE)
+        fail(str(e), exit_code_for(e))
     _on_stop_signals(agent.stop)
     try:
         agent.start()
-    except ConfigurationError as e:  # e.g. a work dir the trainer user cannot reach
-        _fail(str(e), EXIT_USAGE)
-    except BrokerUnavailableError as e:
-        _fail(str(e), EXIT_UNREACHABLE)
+    except (ConfigurationError, BrokerUnavailableError) as e:  # e.g. a work dir the trainer user cannot reach
+        fail(str(e), exit_code_for(e))
     raise click.exceptions.Exit(agent.run())
 
 

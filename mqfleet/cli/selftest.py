@@ -6,13 +6,12 @@ import json
 
 import click
 
-from mqfleet.agent.selftest import Check, Outcome, SelftestConfig, is_passing, run_selftest
+from mqfleet import defaults
+from mqfleet.agent.selftest import Check, SelftestConfig, is_passing, run_selftest
 from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_OK
 from mqfleet.cli.options import broker_config_from
 from mqfleet.cli.roles import agent_cmd
 from mqfleet.logs import setup_logging
-
-_STYLE = {Outcome.PASS: "green", Outcome.FAIL: "bold red", Outcome.INFO: "cyan", Outcome.SKIP: "yellow"}
 
 
 @agent_cmd.command("selftest")
@@ -33,7 +32,7 @@ def selftest_cmd(ctx: click.Context, as_json: bool, no_train: bool, wait_s: floa
     config = SelftestConfig(
         host_id=obj["host_id"],
         broker=broker_config_from(obj.get("broker") or {}, validate=False),
-        prefix=obj.get("prefix") or "mqfleet",
+        prefix=obj.get("prefix") or defaults.TOPIC_PREFIX,
         repo=obj.get("repo"),
         slots=int(obj.get("slots") or 1),
         connect_wait_s=wait_s,
@@ -52,18 +51,10 @@ def selftest_cmd(ctx: click.Context, as_json: bool, no_train: bool, wait_s: floa
 
 def _print_table(host_id: str, checks: list[Check], passed: bool) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"mqfleet agent selftest: {host_id}", show_lines=True)
-    table.add_column("check", no_wrap=True)
-    table.add_column("result", no_wrap=True)
-    table.add_column("detail / fix")
-    for check in checks:
-        text = check.detail if not check.fix else f"{check.detail}\n[bold]fix:[/bold] {check.fix}"
-        style = _STYLE[check.outcome]
-        table.add_row(check.name, f"[{style}]{check.outcome.value.upper()}[/{style}]", text)
+    from mqfleet.cli.render.selftest import checks_table, verdict_line
+
     # A wide console: the fixes are commands an operator copies, so they must not be cut.
     console = Console(width=max(120, Console().width), soft_wrap=False)
-    console.print(table)
-    failed = [c.name for c in checks if c.outcome is Outcome.FAIL]
-    console.print("[green]all checks passed[/green]" if passed else f"[bold red]FAILED:[/bold red] {', '.join(failed)}")
+    console.print(checks_table(host_id, checks))
+    console.print(verdict_line(checks, passed))

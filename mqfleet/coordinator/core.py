@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mqfleet import defaults
 from mqfleet.coordinator.feed import Feed
@@ -132,7 +132,7 @@ class CoordinatorCore:
     advert_problems: OrderedDict[str, str]
     _log_bytes_seen: OrderedDict[tuple[str, int], int]
     _in_flight: set[str]
-    _waiting_requests: list[tuple[Message, Request, str]]
+    _waiting_requests: list[tuple[Message, Request[Any], str]]
     grouped_requests: int
     _changed_jobs: set[str]
     _progress_ts: dict[str, float]

@@ -1,5 +1,5 @@
 """Requests on rpc/<role>/<client>/<verb>: checked at the boundary (reply namespace, retained, size,
-request id), answered once (the reply memory), run under the one lock in one transaction, and
+request id, the fields of the verb's request type: mqfleet/wire/verbs.py), answered once (the reply memory), run under the one lock in one transaction, and
 followed by what changed being published after commit (docs/SECURITY.md, "Replies").
 
 The requests that arrive together are run as one group (docs/RELIABILITY.md, "Group commit"): queued
@@ -9,19 +9,20 @@ changed (events, retained states, nudges) after their replies."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from mqfleet import defaults
 from mqfleet.coordinator.core import CoordinatorCore
 from mqfleet.coordinator.manifest_keeper import return_freed_memory
 from mqfleet.coordinator.verbs.context import Request
-from mqfleet.coordinator.verbs.handlers import VERBS, VerbSpec
+from mqfleet.coordinator.verbs.handlers import HANDLERS, Handling
 from mqfleet.errors import (
     AmbiguousError,
-    BadRequestError,
+    InternalError,
     ManifestError,
     MqfleetError,
     StateStoreError,
@@ -32,7 +33,8 @@ from mqfleet.mqtt.inbox import Handler, Message
 from mqfleet.wire.codec import Wire
 from mqfleet.wire.replies import reply_json
 from mqfleet.wire.signing import check_not_replayed, verify_request
-from mqfleet.wire.topics import MAX_REQUEST_ID_CHARS, ROLE_OF_VERB, Role, Verb, decode, encode, error, field
+from mqfleet.wire.topics import Role, Verb, decode, encode, error
+from mqfleet.wire.verbs import VERBS, Envelope
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
 logger = logging.getLogger("mqfleet.coordinator.service")
@@ -59,7 +61,7 @@ class RequestGroup:
 
     def __init__(self) -> None:
         #: requests that committed something: their nudges follow the commit
-        self.committed: list[Request] = []
+        self.committed: list[Request[Any]] = []
         #: log lines written inside the group: queued again if its commit fails
         self.lines: list[tuple[str, int, list[str]]] = []
 
@@ -95,8 +97,9 @@ class RequestDispatch(CoordinatorCore):
         except ValueError:
             self._reply(msg, error(UnknownVerbError.code, f"no verb {role_name}/{verb_name}"))
             return
-        if ROLE_OF_VERB[verb] is not role:
-            allowed = ROLE_OF_VERB[verb].value
+        wire = VERBS[verb]
+        if wire.role is not role:
+            allowed = wire.role.value
             self._reply(msg, error(UnknownVerbError.code, f"verb '{verb.value}' is sent on rpc/{allowed}/, not rpc/{role.value}/"))
             return
         try:
@@ -104,17 +107,15 @@ class RequestDispatch(CoordinatorCore):
             # escaped inside JSON, so the request is allowed twice that (still under the broker's 4 MiB).
             limit = 2 * defaults.MAX_MANIFEST_BYTES if verb is Verb.RELOAD else defaults.MAX_REQUEST_BYTES
             body = decode(msg.payload, max_bytes=limit)
-            request_id = field(body, "request_id", str, "")
-            if len(request_id) > MAX_REQUEST_ID_CHARS:
-                # Every remembered reply is keyed by it: a long id is database growth the sender chose.
-                raise BadRequestError(f"field 'request_id' is {len(request_id)} characters; at most "
-                                      f"{MAX_REQUEST_ID_CHARS}")
+            request_id = Envelope.from_wire(body).request_id
+            # The request's fields, checked here once into the verb's request type for its handler.
+            fields = wire.request.from_wire(body)
         except MqfleetError as e:
             self._reply(msg, error(e.code, str(e)))
             return
-        req = Request(verb=verb, role=role, client=client, body=body, now=self.clock())
-        spec = VERBS[verb]
-        key = f"{role.value}/{client}/{verb.value}/{request_id}" if request_id and spec.remembered else ""
+        req = Request(verb=verb, role=role, client=client, wire=body, body=fields, now=self.clock())
+        spec = HANDLERS[verb]
+        key = f"{role.value}/{client}/{verb.value}/{request_id}" if request_id and wire.remembered else ""
         if spec.prepare is not None:
             # Slow work (reading an artifact back) runs off the dispatcher thread.
             if key in self._in_flight:
@@ -148,7 +149,7 @@ class RequestDispatch(CoordinatorCore):
             handler(msg)
         return run_in_order
 
-    def _handle_group(self, batch: list[tuple[Message, Request, str]]) -> None:
+    def _handle_group(self, batch: list[tuple[Message, Request[Any], str]]) -> None:
         started = time.perf_counter()
         group = RequestGroup()
         with self.lock:
@@ -161,7 +162,7 @@ class RequestDispatch(CoordinatorCore):
                 logger.warning("a group of %d requests was rolled back: %s", len(batch), e)
                 failed = (error(e.code, f"{e}; the coordinator answers again once its database is back: retry")
                           if isinstance(e, UnavailableError) else
-                          error("internal", "the coordinator failed to commit this request; see its log"))
+                          error(InternalError.code, "the coordinator failed to commit this request; see its log"))
                 replies = [answer(failed)] * len(batch)
                 committed = False
             else:
@@ -176,16 +177,16 @@ class RequestDispatch(CoordinatorCore):
             for (_, req, _), reply in zip(batch, replies, strict=True):
                 self.metrics.observe_request(req.verb.value, reply.json, time.perf_counter() - started)
 
-    def _answer(self, req: Request, key: str, group: RequestGroup) -> Answer:
+    def _answer(self, req: Request[Any], key: str, group: RequestGroup) -> Answer:
         """One request's reply, an `internal` error if it raised; in a group it runs in its own savepoint,
         so its failure undoes only its own writes."""
         try:
-            return self._execute(req, key, VERBS[req.verb], group)
+            return self._execute(req, key, HANDLERS[req.verb], group)
         except Exception:
             logger.exception("%s from %s failed", req.verb.value, req.client)
-            return answer(error("internal", f"the coordinator failed to handle '{req.verb.value}'; see its log"))
+            return answer(error(InternalError.code, f"the coordinator failed to handle '{req.verb.value}'; see its log"))
 
-    def _handle(self, msg: Message, req: Request, key: str) -> None:
+    def _handle(self, msg: Message, req: Request[Any], key: str) -> None:
         started = time.perf_counter()
         alone = RequestGroup()  # its own transaction commits inside _answer, before the reply
         try:
@@ -205,7 +206,7 @@ class RequestDispatch(CoordinatorCore):
         if self.metrics is not None:
             self.metrics.observe_request(req.verb.value, reply.json, time.perf_counter() - started)
 
-    def _execute(self, req: Request, key: str, spec: VerbSpec, group: RequestGroup) -> Answer:
+    def _execute(self, req: Request[Any], key: str, spec: Handling[Any, Any], group: RequestGroup) -> Answer:
         try:
             return self._execute_once(req, key, spec, group)
         except UnavailableError as e:
@@ -213,12 +214,12 @@ class RequestDispatch(CoordinatorCore):
             logger.warning("%s from %s not handled: %s", req.verb.value, req.client, e)
             return answer(error(e.code, f"{e}; the coordinator answers again once its database is back: retry"))
 
-    def _execute_once(self, req: Request, key: str, spec: VerbSpec, group: RequestGroup) -> Answer:
+    def _execute_once(self, req: Request[Any], key: str, spec: Handling[Any, Any], group: RequestGroup) -> Answer:
         mac = ""
         if req.role is Role.OPERATOR:
             # Before the reply memory: a stored `ok` must never answer a request signed with the wrong token.
             try:
-                mac = verify_request(self.config.operator_token, req.verb.value, req.body, req.now)
+                mac = verify_request(self.config.operator_token, req.verb.value, req.wire, req.now)
             except MqfleetError as e:
                 logger.warning("%s from %s refused: %s", req.verb.value, req.client, e)
                 return answer(error(e.code, str(e)))  # not remembered: the sender may retry with the right token
@@ -233,7 +234,7 @@ class RequestDispatch(CoordinatorCore):
             if mac:
                 check_not_replayed(self.state, mac, req.now)
             if spec.prepare is not None:
-                req = Request(**{**req.__dict__, "prepared": spec.prepare(self, req)})
+                req = dataclasses.replace(req, prepared=spec.prepare(self, req))
             with self.lock:
                 # An ended attempt's lines are committed with its end: `completed` implies all of them on disk.
                 lines = self.history.take_queued() if req.verb in (Verb.COMPLETE, Verb.FAIL) else []
@@ -271,17 +272,17 @@ class RequestDispatch(CoordinatorCore):
             logger.log(level, "%s from %s refused: %s", req.verb.value, req.client, e)
             return refused
 
-    def _after_commit(self, reqs: Sequence[Request]) -> None:
+    def _after_commit(self, reqs: Sequence[Request[Any]]) -> None:
         """Publish what the requests committed (once for a group), then nudge."""
         claimable = self._publish_changes()
-        others: list[Request] = []
+        others: list[Request[Any]] = []
         for req in reqs:
             if req.verb is Verb.RELOAD:
                 # Any host may have work now (changed jobs do not pass through an event). The states of
                 # rewritten rows are found by the republisher's walk, which apply_manifest asked for.
                 self.nudge(req.verb.value, req.now)
             elif req.verb is Verb.UNDRAIN:
-                self.nudge(req.verb.value, req.now, hosts=[field(req.body, "host", str)])
+                self.nudge(req.verb.value, req.now, hosts=[req.body.host])  # a HostRequest (wire/verbs.py)
             else:
                 others.append(req)
         if others:

@@ -24,7 +24,7 @@ from mqfleet.coordinator.tables.manifests import StoredManifest
 from mqfleet.errors import ManifestError, StoreError
 from mqfleet.manifest.types import Manifest
 from mqfleet.store.base import ArtifactStore
-from mqfleet.wire.requests import CheckResult, Health
+from mqfleet.wire.requests import CheckResult, Health, Presence
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def health_report(coord: HealthSource, now: float) -> Health:
     stored = coord.stored_manifest
     refused = coord.refused_manifest
     return Health(
-        state="online",
+        state=Presence.ONLINE,
         version=__version__,
         started_ts=coord.started_ts,
         uptime_s=round(now - coord.started_ts, 1),

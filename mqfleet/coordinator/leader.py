@@ -11,6 +11,7 @@ from mqfleet.coordinator.tables import peers
 from mqfleet.errors import ManifestError, MqfleetError
 from mqfleet.manifest.load import parse_manifest
 from mqfleet.mqtt.inbox import Message
+from mqfleet.wire.requests import Presence
 from mqfleet.wire.topics import decode
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
@@ -73,7 +74,7 @@ class Leadership(CoordinatorCore):
             body = decode(msg.payload) if msg.payload else {}
         except MqfleetError:
             return
-        if self.is_leader and body.get("state") != "online" and body.get("coordinator") != self.config.client_id:
+        if self.is_leader and body.get("state") != Presence.ONLINE and body.get("coordinator") != self.config.client_id:
             logger.info("coordinator %s went offline; the leader's status is republished", body.get("coordinator"))
             with self.lock:
                 self._publish_status(self.clock())

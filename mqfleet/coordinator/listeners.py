@@ -9,7 +9,9 @@ from mqfleet.coordinator.core import CoordinatorCore
 from mqfleet.errors import MqfleetError
 from mqfleet.mqtt.inbox import Message
 from mqfleet.wire.advert import parse_advert
-from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, MAX_LOG_LINES_PER_BATCH, decode, field
+from mqfleet.wire.published import HostStatus, LogBatch
+from mqfleet.wire.requests import Presence
+from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, decode
 
 #: The service's logger: the coordinator's log lines keep one name whichever part writes them.
 logger = logging.getLogger("mqfleet.coordinator.service")
@@ -48,16 +50,13 @@ class AgentListeners(CoordinatorCore):
         if not host or not msg.payload:
             return
         try:
-            state = field(decode(msg.payload), "state", str)
+            state = HostStatus.from_wire(decode(msg.payload)).state
         except MqfleetError as e:
             logger.warning("status of %s ignored: %s", host, e)
             return
-        if state not in ("online", "offline"):
-            logger.warning("status of %s ignored: unknown state %r", host, state)
-            return
         now = self.clock()
         with self.lock:
-            shortened = self.hosts.record_presence(host, state == "online", now, grace_s=self.grace_s)
+            shortened = self.hosts.record_presence(host, state is Presence.ONLINE, now, grace_s=self.grace_s)
             if shortened:
                 logger.warning("host %s went offline; %d lease(s) now expire within the grace", host, len(shortened))
             self._nudge_for(self._publish_changes(), f"host {host} {state}", now)
@@ -79,14 +78,11 @@ class AgentListeners(CoordinatorCore):
             return
         host, job_id = parsed
         try:
-            body = decode(msg.payload)
+            batch = LogBatch.from_wire(decode(msg.payload))  # lines past the batch cap are dropped there
         except MqfleetError:
             return
-        lines, attempt = body.get("lines", []), body.get("attempt")
-        if not isinstance(lines, list) or (attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int))):
-            return
-        # Bounded before anything is kept: lines past the batch cap are dropped, long lines cut.
-        kept = [str(line)[:MAX_LOG_LINE_CHARS] for line in lines[:MAX_LOG_LINES_PER_BATCH]]
+        attempt = batch.attempt
+        kept = [line[:MAX_LOG_LINE_CHARS] for line in batch.lines]  # long lines cut
         # Only a host that ran an attempt of this job writes its log, filed under that attempt: a topic
         # naming another host's job (or an invented one) is nobody's output (docs/SECURITY.md). The
         # attempts this coordinator granted are known without a query or the lock (history.known_attempt).

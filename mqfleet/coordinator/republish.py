@@ -133,6 +133,7 @@ class StateRepublisher:
         return not self._idle.is_set()
 
     def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no sweep or event drain is running; False after `timeout_s`."""
         return self._idle.wait(timeout_s)
 
     def publish_state(self, job_id: str, state: JsonObject) -> None:

@@ -50,7 +50,7 @@ from mqfleet.errors import ManifestError, MqfleetError, NotFoundError
 from mqfleet.manifest.types import Manifest
 from mqfleet.mqtt.connection import Connection
 from mqfleet.store.base import ArtifactStore, open_store
-from mqfleet.wire.requests import Health
+from mqfleet.wire.requests import Health, Presence
 from mqfleet.wire.topics import Topics, encode
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self.conn = Connection(
             config.broker,
             client_id=self.topics.client_id(config.client_id),
-            will=(self.topics.coordinator_status, encode({"state": "offline", "coordinator": config.client_id}), True),
+            will=(self.topics.coordinator_status, encode({"state": Presence.OFFLINE, "coordinator": config.client_id}), True),
             # A clean session on purpose: mosquitto 2.0.11 keeps a persistent session's subscriptions across
             # its own restart but never delivers what it queued for them, so requests would vanish with a
             # success PUBACK. With none, senders get "no matching subscribers" and send again until we are
@@ -210,6 +210,10 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         self._sweeper.start()
         logger.info("coordinator %s serving on %s (prefix %s)", __version__, self.config.broker.url, t.prefix)
 
+    def request_stop(self) -> None:
+        """Ask `run_forever` to return; safe from a signal handler (it only sets an event)."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         if self._sweeper:
@@ -221,7 +225,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
         if self.metrics is not None:
             self.metrics.stop()
         self.flush_lines()
-        offline = encode({"state": "offline", "ts": self.clock(), "coordinator": self.config.client_id})
+        offline = encode({"state": Presence.OFFLINE, "ts": self.clock(), "coordinator": self.config.client_id})
         final = [(self.topics.coordinator_status, offline, True)]
         try:
             self.election.release()

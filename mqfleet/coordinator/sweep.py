@@ -27,9 +27,7 @@ class Sweep(CoordinatorCore):
         """Expire leases due at `now`; tests call this with an injected time instead of sleeping."""
         with self.lock:
             self.flush_lines()
-            expired = self.leases.expire_leases(now, fleet=self.fleet)
-            for job_id in expired:
-                logger.warning("job %s: lease expired, attempt ended as lost", job_id)
+            expired = self.leases.expire_leases(now, fleet=self.fleet)  # each one logged there
             self._release_progress(now)
             # A dead host's job is claimable now: wake an idle host instead of waiting for its poll.
             self._nudge_for(self._publish_changes(), "lease expired", now)
@@ -41,7 +39,7 @@ class Sweep(CoordinatorCore):
                 self.state.prune_replies(now - defaults.REQUEST_MEMORY_S)
                 self._publish_status(now)
         self.last_sweep_ts = now
-        keep_s = (self.manifest.fleet.keep_days if self.manifest else defaults.KEEP_DAYS) * 86400.0
+        keep_s = self.fleet.keep_days * 86400.0
         if now - self._last_prune_ts >= min(PRUNE_INTERVAL_S, keep_s / 10):
             self._last_prune_ts = now
             self.prune(now)
@@ -54,8 +52,7 @@ class Sweep(CoordinatorCore):
         Each small batch is its own transaction and takes the lock for a moment only, so requests
         are answered between batches.
         """
-        keep_days = self.manifest.fleet.keep_days if self.manifest else defaults.KEEP_DAYS
-        return self.history.prune(now - keep_days * 86400.0)
+        return self.history.prune(now - self.fleet.keep_days * 86400.0)
 
     def _sweep_loop(self) -> None:
         outage_logged = False

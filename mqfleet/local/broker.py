@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -20,19 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from mqfleet.defaults import TOPIC_PREFIX
+from mqfleet.defaults import ENV_CA, ENV_CERT, ENV_KEY, TOPIC_PREFIX
+from mqfleet.hostid import COORDINATOR_CN, MONITOR_USER, OPERATOR_PREFIX
+from mqfleet.local.ports import free_port
 from mqfleet.trust.acl import render_acl, write_acl
-from mqfleet.trust.certs import COORDINATOR_CN, OPERATOR_PREFIX, CertRole, issue_cert, make_ca
-from mqfleet.trust.monitor_accounts import MONITOR_USER, new_password, set_password, write_options
+from mqfleet.trust.certs import CertRole, issue_cert, make_ca
+from mqfleet.trust.monitor_accounts import new_password, set_password, write_options
 from mqfleet.trust.mosquitto_conf import ACL_FILE, PASSWD_FILE, render_broker_conf
 
 _PORT_ATTEMPTS = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class BrokerStartError(RuntimeError):
@@ -68,7 +63,7 @@ class BrokerPki:
     def env(self, cn: str) -> dict[str, str]:
         """MQFLEET_CA/CERT/KEY for a process that connects as `cn`."""
         cert, key = self.cert(cn)
-        return {"MQFLEET_CA": str(self.ca), "MQFLEET_CERT": str(cert), "MQFLEET_KEY": str(key)}
+        return {ENV_CA: str(self.ca), ENV_CERT: str(cert), ENV_KEY: str(key)}
 
 
 def make_broker_pki(directory: Path, *, hosts: Sequence[str], operators: Sequence[str] = ("operator",),
@@ -164,7 +159,7 @@ class LocalBroker:
     def render_conf(self, port: int) -> str:
         if self.tls_dir is not None:
             if self._tls_port is None:
-                self._tls_port = _free_port()
+                self._tls_port = free_port()
             return render_broker_conf(
                 conf_dir=self.tls_dir,
                 port_tls=self._tls_port,
@@ -212,7 +207,7 @@ class LocalBroker:
         error = ""
         for _ in range(attempts):
             if self._port is None:
-                self._port = _free_port()
+                self._port = free_port()
             error = self._launch(binary, self._port, timeout_s)
             if not error:
                 return self
@@ -249,9 +244,6 @@ class LocalBroker:
                 return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
-
-    def log_text(self) -> str:
-        return self._log_since(0)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM (mosquitto saves persistence on it), a bounded wait, then SIGKILL."""

@@ -54,7 +54,7 @@ BAR_CELLS = 10
 #: its certificate and the broker, never the operator token or the store's and database's credentials
 #: (a trainer is code from the manifest; docs/SECURITY.md, "Trainers").
 SECRET_ENV = (defaults.ENV_OPERATOR_TOKEN, defaults.ENV_S3_ACCESS_KEY, defaults.ENV_S3_SECRET_KEY, "AWS_SESSION_TOKEN",
-              "MQFLEET_DB_PASSWORD", "PGPASSWORD")
+              defaults.ENV_DB_PASSWORD, "PGPASSWORD")
 
 #: Agents of the demo: host id, slots, and its policy lives in demo.toml's [[hosts]].
 AGENTS = (("cpu-box", 1), ("gbt-only", 1))

@@ -16,7 +16,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from mqfleet.errors import ConfigurationError
+from mqfleet.local.ports import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,6 @@ def _binary_dir() -> Path | None:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LocalPostgres:
@@ -123,7 +117,7 @@ class LocalPostgres:
                        "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8", "--no-sync"], ids)
         finally:
             pwfile.unlink()
-        self.port = _free_port()
+        self.port = free_port()
         self._argv = [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
                       "-k", str(sockets), "-c", "fsync=off", "-c", "max_connections=200"]
         self._ids = ids

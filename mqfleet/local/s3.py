@@ -25,6 +25,7 @@ import psutil
 
 from mqfleet.defaults import ENV_S3_ACCESS_KEY, ENV_S3_ENDPOINT, ENV_S3_SECRET_KEY
 from mqfleet.errors import ConfigurationError, StoreError
+from mqfleet.local.ports import reserve_ports
 from mqfleet.store.base import ArtifactStore, open_store
 
 logger = logging.getLogger(__name__)
@@ -44,35 +45,6 @@ def _weed_binary() -> str | None:
     if beside_python.is_file() and os.access(beside_python, os.X_OK):
         return str(beside_python)
     return shutil.which("weed")
-
-
-def _reserve_ports(count: int) -> tuple[list[int], list[socket.socket]]:
-    """Free loopback ports, each with port+GRPC_OFFSET also free; held bound until the caller closes them."""
-    held: list[socket.socket] = []
-    ports: list[int] = []
-    for _ in range(200):
-        if len(ports) == count:
-            break
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        if port + GRPC_OFFSET > 65535:
-            s.close()
-            continue
-        pair = socket.socket()
-        try:
-            pair.bind(("127.0.0.1", port + GRPC_OFFSET))
-        except OSError:
-            s.close()
-            pair.close()
-            continue
-        held += [s, pair]
-        ports.append(port)
-    if len(ports) != count:
-        for s in held:
-            s.close()
-        raise StoreError(f"found only {len(ports)} of {count} free loopback port pairs")
-    return ports, held
 
 
 class LocalS3:
@@ -144,7 +116,7 @@ class LocalS3:
         env = {k: v for k, v in os.environ.items() if k not in _WEED_ENV}
         env.update({ENV_S3_ACCESS_KEY: self.access_key, ENV_S3_SECRET_KEY: self.secret_key})
         began = time.monotonic()
-        ports, held = _reserve_ports(5)
+        ports, held = reserve_ports(5, also_free_at=GRPC_OFFSET)
         for s in held:
             s.close()
         self._port = ports[3]

@@ -10,35 +10,21 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
+from typing import Any
 
+from mqfleet.hostid import host_id_problem
 from mqfleet.manifest.builtins import BUILTIN_HYPER, BUILTIN_OUTPUTS
-from mqfleet.manifest.types import FleetSettings, HostPolicy, HyperParam, HyperValue, TrainerSpec
+from mqfleet.manifest.types import KIND, FleetSettings, HostPolicy, HyperParam, HyperValue, TrainerSpec
 from mqfleet.manifest.values import Checker, TomlTable, TomlValue, did_you_mean, fmt, is_number, show
 from mqfleet.wire.owner import OWNER_KEYS, policy_from_table
 
 HYPER_TYPES = ("int", "float", "str", "bool")
 TOP_KEYS = ("fleet", "trainers", "hosts", "jobs", "sweeps")
-_FLEET_KINDS = {
-    "max_attempts": "int>=1",
-    "lease_s": "number>0",
-    "grace_s": "number>0",
-    "commit": "str",
-    "timeout_s": "number>0",
-    "stall_s": "number>0",
-    "retry_backoff_s": "number>=0",
-    "quarantine_after": "int>=1",
-    "cancel_unsatisfiable": "bool",
-    "log_max_lines": "int>=1",
-    "keep_history": "bool",
-    "keep_days": "number>0",
-    "checkpoint_interval_s": "number>0",
-    "checkpoint_max_mib": "number>0",
-}
+#: The [fleet] keys and the kind each is checked as, from FleetSettings' fields.
+_FLEET_KINDS = {f.name: f.metadata[KIND] for f in dataclasses.fields(FleetSettings)}
 _TRAINER_KEYS = ("builtin", "command", "hyper", "outputs", "resumable")
 _DECL_KEYS = ("type", "default", "min", "max", "choices")
 _HOST_KINDS = {"id": "str", "allow_jobs": "strs", "deny_jobs": "strs", "slots": "int>=1", "labels": "strs"}
-# Host ids are MQTT topic levels and certificate CNs: no separators, wildcards or blanks.
-_HOST_ID = re.compile(r"[^/+#\s]{1,128}")
 
 
 def check_value(param: HyperParam, value: TomlValue | None) -> tuple[HyperValue | None, str | None]:
@@ -74,26 +60,12 @@ def check_value(param: HyperParam, value: TomlValue | None) -> tuple[HyperValue 
 
 
 def read_fleet(ck: Checker, data: Mapping[str, TomlValue]) -> FleetSettings:
-    """The [fleet] table, defaults filled in."""
+    """The [fleet] table, defaults filled in. Each value passed the check of its field's kind, so it is of the
+    field's type (`coerce` gives an int for `int`, a float for `number`, a str, a bool)."""
     table = ck.table(data, "fleet")
     ck.keys(table, _FLEET_KINDS, "fleet")
-    got, d = ck.fields(table, _FLEET_KINDS, "fleet"), FleetSettings()
-    return FleetSettings(
-        max_attempts=got.integer("max_attempts", d.max_attempts),
-        lease_s=got.number("lease_s", d.lease_s),
-        grace_s=got.number("grace_s", d.grace_s),
-        commit=got.text("commit", d.commit),
-        timeout_s=got.number("timeout_s", d.timeout_s),
-        stall_s=got.number("stall_s", d.stall_s),
-        retry_backoff_s=got.number("retry_backoff_s", d.retry_backoff_s),
-        quarantine_after=got.integer("quarantine_after", d.quarantine_after),
-        cancel_unsatisfiable=got.flag("cancel_unsatisfiable", d.cancel_unsatisfiable),
-        log_max_lines=got.integer("log_max_lines", d.log_max_lines),
-        keep_history=got.flag("keep_history", d.keep_history),
-        keep_days=got.number("keep_days", d.keep_days),
-        checkpoint_interval_s=got.number("checkpoint_interval_s", d.checkpoint_interval_s),
-        checkpoint_max_mib=got.number("checkpoint_max_mib", d.checkpoint_max_mib),
-    )
+    checked: dict[str, Any] = ck.fields(table, _FLEET_KINDS, "fleet").values  # typed by the kind checks
+    return dataclasses.replace(FleetSettings(), **checked)
 
 
 def read_trainers(ck: Checker, table: TomlTable) -> dict[str, TrainerSpec | None]:
@@ -270,18 +242,16 @@ def read_hosts(ck: Checker, entries: list[tuple[int, TomlTable]]) -> dict[str, H
         ck.keys(entry, [*_HOST_KINDS, *OWNER_KEYS], place)
         got = ck.fields(entry, _HOST_KINDS, place)
         owner, owner_problems = policy_from_table(entry, place)
-        for problem in owner_problems:
-            ck.add(problem.place, problem.message)
+        for wrong in owner_problems:
+            ck.add(wrong.place, wrong.message)
         host_id = got.text("id", None)
         if "id" not in entry:
             ck.add(place, "missing key 'id'; write the id its agent runs with, e.g. id = \"gpu-box\"")
         elif host_id is None:
             pass  # its type is already reported
-        elif not _HOST_ID.fullmatch(host_id):
-            ck.add(
-                f"{place}.id",
-                f"{show(host_id)} cannot be a host id: it names MQTT topic levels, so no '/', '+', '#' or spaces",
-            )
+        elif (problem := host_id_problem(host_id)) is not None:
+            # the id is its agent's certificate CN and a topic level: one no certificate can carry never connects
+            ck.add(f"{place}.id", f"{show(host_id)} cannot be a host id: it {problem}")
         elif host_id in seen:
             ck.add(f"{place}.id", f"host {host_id!r} is also declared at {seen[host_id]}; merge the two entries")
         else:

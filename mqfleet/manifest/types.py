@@ -37,11 +37,6 @@ class HyperParam:
     max: float | None = None
     choices: tuple[HyperValue, ...] = ()
 
-    @property
-    def is_required(self) -> bool:
-        """True when no default is declared, so every job must set it."""
-        return self.default is None
-
 
 @dataclass(frozen=True)
 class TrainerSpec:
@@ -71,22 +66,42 @@ class HostPolicy:
     owner: OwnerPolicy | None = None
 
 
+#: The key of a [fleet] field's metadata that holds the kind its value is checked as (`manifest/values.py`,
+#: `coerce`): the one table of the [fleet] keys, their types, defaults and checks.
+KIND = "kind"
+
+
+def _kind(kind: str) -> dict[str, str]:
+    return {KIND: kind}
+
+
 @dataclass(frozen=True)
 class FleetSettings:
-    """The [fleet] table."""
+    """The [fleet] table: each field is a key, its default, and (in its metadata) the kind its value must be."""
 
-    max_attempts: int = 3
-    lease_s: float = 90.0
-    grace_s: float = 10.0
-    commit: str = ""  # the training repo commit that `same_commit` jobs need
-    timeout_s: float | None = None  # default wall-clock limit of one attempt; None: no limit
-    stall_s: float | None = None  # default longest silence (no output line, no progress); None: no limit
-    retry_backoff_s: float = 0.0  # wait before a failed job's next attempt; doubles per counted attempt
-    quarantine_after: int | None = None  # consecutive failed attempts that quarantine a host; None: never
-    cancel_unsatisfiable: bool = False  # cancel jobs whose `after` dependency ended failed or cancelled
-    log_max_lines: int = defaults.LOG_MAX_LINES  # trainer output lines kept per attempt
-    keep_history: bool = True  # store each attempt's output lines, progress history and usage
-    keep_days: float = defaults.KEEP_DAYS  # events, logs and progress of jobs ended longer ago are pruned
+    max_attempts: int = field(default=defaults.MAX_ATTEMPTS, metadata=_kind("int>=1"))
+    lease_s: float = field(default=defaults.LEASE_S, metadata=_kind("number>0"))
+    grace_s: float = field(default=defaults.GRACE_S, metadata=_kind("number>0"))
+    #: the training repo commit that `same_commit` jobs need
+    commit: str = field(default="", metadata=_kind("str"))
+    #: default wall-clock limit of one attempt; None: no limit
+    timeout_s: float | None = field(default=None, metadata=_kind("number>0"))
+    #: default longest silence (no output line, no progress); None: no limit
+    stall_s: float | None = field(default=None, metadata=_kind("number>0"))
+    #: wait before a failed job's next attempt; doubles per counted attempt
+    retry_backoff_s: float = field(default=0.0, metadata=_kind("number>=0"))
+    #: consecutive failed attempts that quarantine a host; None: never
+    quarantine_after: int | None = field(default=None, metadata=_kind("int>=1"))
+    #: cancel jobs whose `after` dependency ended failed or cancelled
+    cancel_unsatisfiable: bool = field(default=False, metadata=_kind("bool"))
+    #: trainer output lines kept per attempt
+    log_max_lines: int = field(default=defaults.LOG_MAX_LINES, metadata=_kind("int>=1"))
+    #: store each attempt's output lines, progress history and usage
+    keep_history: bool = field(default=True, metadata=_kind("bool"))
+    #: events, logs and progress of jobs ended longer ago are pruned
+    keep_days: float = field(default=defaults.KEEP_DAYS, metadata=_kind("number>0"))
+    checkpoint_interval_s: float = field(default=defaults.CHECKPOINT_INTERVAL_S, metadata=_kind("number>0"))
+    checkpoint_max_mib: float = field(default=defaults.CHECKPOINT_MAX_MIB, metadata=_kind("number>0"))
 
     def backoff_s(self, counted_attempts: int) -> float:
         """Wait before the next attempt of a job that has used `counted_attempts` (>= 1): doubles, capped."""
@@ -94,8 +109,6 @@ class FleetSettings:
             return 0.0
         cap = max(RETRY_BACKOFF_MAX_S, self.retry_backoff_s)
         return float(min(self.retry_backoff_s * 2 ** min(counted_attempts - 1, 30), cap))
-    checkpoint_interval_s: float = 300.0  # defaults.CHECKPOINT_INTERVAL_S
-    checkpoint_max_mib: float = 2048.0  # defaults.CHECKPOINT_MAX_MIB
 
 
 @dataclass(frozen=True)
@@ -250,10 +263,6 @@ class Manifest:
             return self.trainers[model]
         except KeyError:
             raise NotFoundError(f"no trainer {model!r} in {self.source or 'the manifest'}") from None
-
-    def host_policy(self, host_id: str) -> HostPolicy | None:
-        """The operator policy of a host, or None when the manifest has no [[hosts]] entry for it."""
-        return self.hosts.get(host_id)
 
     def job_by_name(self, name: str) -> JobSpec | None:
         return next((j for j in self.jobs if j.name == name), None)

@@ -7,7 +7,6 @@ No paho here (`mqfleet.mqtt.connection` is its only importer).
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -37,20 +36,6 @@ class BrokerConfig:
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
-
-    @classmethod
-    def from_env(cls, url: str | None = None, *, ca: str | None = None, cert: str | None = None,
-                 key: str | None = None) -> BrokerConfig:
-        """Arguments first, then MQFLEET_BROKER / MQFLEET_CA / MQFLEET_CERT / MQFLEET_KEY, then defaults; validated."""
-        env = os.environ.get
-        config = cls(
-            url=url or env(defaults.ENV_BROKER) or defaults.BROKER_URL,
-            ca=ca or env(defaults.ENV_CA) or None,
-            cert=cert or env(defaults.ENV_CERT) or None,
-            key=key or env(defaults.ENV_KEY) or None,
-        )
-        config.validate()
-        return config
 
     def _parts(self) -> tuple[str, str, int]:
         fix = f"(set {FLAG_OF['url']}, e.g. mqtt://127.0.0.1:1883 or mqtts://broker:8883)"

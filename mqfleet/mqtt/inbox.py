@@ -75,8 +75,10 @@ class Inbox:
         return bool(self._urgent or self._normal)
 
 
-def call_safely(func: Callable[..., None], *args: Any, what: str) -> None:
+def call_safely(func: Callable[..., None], *args: Any, what: str, log: logging.Logger = logger) -> None:
+    """`func(*args)`, a raise logged on `log` and swallowed: one failing callback must not stop the thread that
+    calls it (the connection's dispatcher, the agent's reader of a trainer's output)."""
     try:
         func(*args)
     except Exception:
-        logger.exception("mqtt %s raised", what)
+        log.exception("%s raised", what)

@@ -1,7 +1,8 @@
 """The one way to ask the coordinator something: `RpcClient`.
 
 It owns the request envelope (a `request_id`, the operator `token` for operator
-verbs), the topic (`rpc/{role}/{client}/{verb}`, the role taken from the verb),
+verbs), the topic (`rpc/{role}/{client}/{verb}`, the role taken from the verb table),
+the typed request and reply of each verb (`call`: the verb table's types, so mypy checks both ends),
 retries that resend the same request id (so the coordinator runs a request at
 most once and answers a redelivery from memory), the reply timeout, and the
 turn of an `{"ok": false}` reply into `RemoteError` carrying the coordinator's
@@ -22,7 +23,8 @@ from mqfleet.errors import RemoteError, RequestTimeoutError, UnavailableError
 from mqfleet.mqtt.connection import Connection
 from mqfleet.wire.codec import Wire
 from mqfleet.wire.signing import sign_request
-from mqfleet.wire.topics import ROLE_OF_VERB, Role, Topics, Verb
+from mqfleet.wire.topics import Role, Topics, Verb
+from mqfleet.wire.verbs import VERBS, Rep, Req, VerbSpec
 
 logger = logging.getLogger(__name__)
 
@@ -43,38 +45,43 @@ class RpcClient:
         *,
         token: str = "",
         timeout_s: float = defaults.REQUEST_TIMEOUT_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.conn = conn
         self.topics = topics
         self.client = client
         self.token = token
         self.timeout_s = timeout_s
+        #: the time an operator request is signed at (tests give the coordinator's injected clock)
+        self.clock = clock
 
     def envelope(self, verb: Verb, fields: Wire, request_id: str | None = None) -> Wire:
         """The request body: a fresh request id (or the given one), the fields, and for operator verbs an `auth`
         signed with the token; the token itself never crosses the bus (docs/SECURITY.md, "Operator token")."""
         body: Wire = {"request_id": request_id or uuid.uuid4().hex, **fields}
-        if ROLE_OF_VERB[verb] is Role.OPERATOR:
-            body["auth"] = sign_request(self.token, verb.value, body, time.time())
+        if VERBS[verb].role is Role.OPERATOR:
+            body["auth"] = sign_request(self.token, verb.value, body, self.clock())
         return body
 
     def send(self, verb: Verb, fields: Wire, *, timeout_s: float | None = None,
              request_id: str | None = None) -> Reply:
         """One request, one wait; the reply as sent, `ok` or not. RequestTimeoutError when none came."""
-        topic = self.topics.rpc(ROLE_OF_VERB[verb], self.client, verb)
+        topic = self.topics.rpc(VERBS[verb].role, self.client, verb)
         return self.conn.request(topic, self.envelope(verb, fields, request_id), timeout_s=timeout_s or self.timeout_s)
 
     def call(
         self,
-        verb: Verb,
+        verb: VerbSpec[Req, Rep],
+        request: Req,
         *,
         attempts: int = 1,
         timeout_s: float | None = None,
         keep_trying: Callable[[], bool] = lambda: True,
         retry_unavailable: bool = False,
-        **fields: Any,
-    ) -> Reply:
-        """The `ok` reply to `verb`; RemoteError (with the coordinator's code) when refused.
+    ) -> Rep:
+        """`request` sent as `verb` (its role, and so its topic, from the verb table, mqfleet/wire/verbs.py), and
+        the `ok` reply read as the verb's reply type: BadRequestError names a field the reply lacks or mistypes,
+        RemoteError (with the coordinator's code) says it was refused.
 
         An unanswered request is sent again, with the same request id, up to `attempts` times
         while `keep_trying()` says so; then RequestTimeoutError. With `retry_unavailable`, an
@@ -82,6 +89,16 @@ class RpcClient:
         docs/RELIABILITY.md) is sent again every UNAVAILABLE_RETRY_S for as long as the
         `attempts` timeouts would have lasted, without using them up.
         """
+        reply = self._retried(verb.verb, request.to_wire(), attempts, timeout_s, keep_trying, retry_unavailable)
+        return verb.reply.from_wire(reply)
+
+    def call_json(self, verb: Verb, *, attempts: int = 1, timeout_s: float | None = None, **fields: Any) -> Reply:
+        """Like call, with the fields and the `ok` reply as JSON: for tests and benchmarks that send what no
+        typed request holds."""
+        return self._retried(verb, fields, attempts, timeout_s, lambda: True, False)
+
+    def _retried(self, verb: Verb, fields: Wire, attempts: int, timeout_s: float | None, keep_trying: Callable[[], bool],
+                 retry_unavailable: bool) -> Reply:
         request_id = uuid.uuid4().hex
         wait_s = timeout_s or self.timeout_s
         deadline = time.monotonic() + max(1, attempts) * wait_s

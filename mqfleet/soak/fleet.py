@@ -17,8 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mqfleet import defaults
 from mqfleet.local.broker import LocalBroker
 from mqfleet.local.postgres import LocalPostgres
+from mqfleet.local.process import Proc
 
 #: Host ids look like `soak-a07`.
 HOST_FORMAT = "soak-a{:02d}"
@@ -102,56 +104,6 @@ def manifest_text(config: SoakConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Proc:
-    """One started mqfleet process and its log."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = log_path
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT)
-        return self
-
-    @property
-    def pid(self) -> int:
-        if self.popen is None:
-            raise RuntimeError(f"{self.name} was never started")
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            os.kill(self.pid, signum)
-
-    def kill9(self) -> None:
-        """SIGKILL and reap, as a crash would end it."""
-        if self.popen is not None and self.alive():
-            self.popen.kill()
-            self.popen.wait(10)
-
-    def stop(self, timeout_s: float = 20.0) -> int | None:
-        """SIGCONT (it may be stopped), SIGTERM, a bounded wait, then SIGKILL."""
-        if self.popen is None:
-            return None
-        if self.alive():
-            self.signal(signal.SIGCONT)
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-        return self.popen.returncode
-
-
 @dataclass
 class SoakFleet:
     """Everything one soak run started, so that all of it can be stopped."""
@@ -194,8 +146,8 @@ class SoakFleet:
     @property
     def env(self) -> dict[str, str]:
         assert self.broker is not None
-        return {**os.environ, "MQFLEET_BROKER": self.broker.url, "MQFLEET_PREFIX": self.config.prefix,
-                "MQFLEET_OPERATOR_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+        return {**os.environ, defaults.ENV_BROKER: self.broker.url, defaults.ENV_TOPIC_PREFIX: self.config.prefix,
+                defaults.ENV_OPERATOR_TOKEN: self.token, "PYTHONUNBUFFERED": "1"}
 
     def prepare(self) -> None:
         for sub in ("logs", "store", "repo", "agents", "hang"):
@@ -212,7 +164,7 @@ class SoakFleet:
         argv = [sys.executable, "-m", "mqfleet", "coordinator", "--manifest", str(self.dir / "soak.toml"),
                 "--db", self.state_target, "--store", self.store_path.as_uri(),
                 "--sweep-interval", str(cfg.sweep_interval_s), "--client-id", name]
-        proc = Proc(name, argv, self.env, self.dir / "logs" / f"{name}.log").start()
+        proc = Proc(name, argv, self.env, self.dir / "logs" / f"{name}.log")
         self.coordinators[name] = proc
         if name == "coordinator":
             self.coordinator = proc
@@ -232,8 +184,8 @@ class SoakFleet:
                 "--work-dir", str(self.agents_dir / host), "--repo", str(self.dir / "repo"),
                 "--keepalive", str(cfg.keepalive_s), "--heartbeat", "2", "--kill-grace", "2", "--shutdown-grace", "3",
                 # trainers see only an allowed part of the agent's environment: name the hang folder to them
-                "--trainer-env", f"MQFLEET_SOAK_HANG_DIR={self.hang_dir}"]
-        proc = Proc(host, argv, self.env, self.dir / "logs" / f"{host}.log").start()
+                "--trainer-env", f"{defaults.ENV_SOAK_HANG_DIR}={self.hang_dir}"]
+        proc = Proc(host, argv, self.env, self.dir / "logs" / f"{host}.log")
         self.agents[host] = proc
         return proc
 

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import psutil
 
+from mqfleet import defaults
 from mqfleet.errors import LeaseLostError, MqfleetError
 from mqfleet.lifecycle import Cause
 from mqfleet.mqtt.config import BrokerConfig
@@ -46,7 +47,7 @@ def trainer_processes(root: Path, needle: str = "") -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["environ"]):
         try:
-            out_dir = (proc.info.get("environ") or {}).get("MQFLEET_OUT_DIR", "")
+            out_dir = (proc.info.get("environ") or {}).get(defaults.ENV_OUT_DIR, "")
             if out_dir.startswith(str(root)) and needle in out_dir and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -197,7 +198,7 @@ class Injector:
         host, held = picked
         agent_dir = self.fleet.agents_dir / host
         t0 = time.time()
-        self.fleet.agents[host].kill9()
+        self.fleet.agents[host].kill()
         # PDEATHSIG must take the trainer down with its agent; look before the restart reaps leftovers.
         left = wait_for(lambda: not trainer_processes(agent_dir), 5.0)
         if not left:
@@ -277,7 +278,7 @@ class Injector:
     def _coordinator_kill(self) -> str | None:
         # with several coordinators (PostgreSQL), any of them: the leader or a follower
         name = self.rng.choice(sorted(self.fleet.coordinators))
-        self.fleet.coordinators[name].kill9()
+        self.fleet.coordinators[name].kill()
         down_s = self.rng.uniform(0.5, 3.0)
         time.sleep(down_s)
         t0 = time.monotonic()
@@ -332,7 +333,7 @@ class Injector:
                 request = CompleteRequest(job_id=job_id, lease_id=lease_id, sha256="0" * 64, size=1, metrics={},
                                           output_tail="stale complete from the soak")
             else:
-                request = FailRequest(job_id=job_id, lease_id=lease_id, cause=Cause.APP.value, exit_code=1,
+                request = FailRequest(job_id=job_id, lease_id=lease_id, cause=Cause.APP, exit_code=1,
                                       output_tail="", error="stale fail from the soak")
             self.record.stale_sent += 1
             sent.append(verb.value)

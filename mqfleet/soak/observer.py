@@ -140,11 +140,6 @@ class Observer:
         with self.lock:
             return sorted((r for r in self.states.values() if r.status == "running"), key=lambda r: r.id)
 
-    def status_of(self, job_id: str) -> str | None:
-        with self.lock:
-            row = self.states.get(job_id)
-            return row.status if row else None
-
     def first_seen(self, job_id: str, statuses: tuple[str, ...], after: float) -> float | None:
         """When the observer first saw the job in one of `statuses` after `after`."""
         with self.lock:

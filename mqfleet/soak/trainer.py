@@ -23,14 +23,14 @@ import sys
 import time
 from pathlib import Path
 
+from mqfleet import defaults
+
 #: Seconds between progress lines; also the granularity of the sleep.
 STEP_S = 1.0
-#: Where the soak's `hang` fault leaves the names of jobs whose running attempt must hang.
-ENV_HANG_DIR = "MQFLEET_SOAK_HANG_DIR"
 
 
 def _told_to_hang(name: str) -> bool:
-    folder = os.environ.get(ENV_HANG_DIR)
+    folder = os.environ.get(defaults.ENV_SOAK_HANG_DIR)
     if not folder:
         return False
     try:
@@ -66,11 +66,11 @@ def _save_slept(state: Path | None, slept_s: float) -> None:
 
 
 def main(argv: list[str]) -> int:
-    spec = json.loads(Path(os.environ["MQFLEET_SPEC"]).read_text(encoding="utf-8"))
-    out_dir = Path(os.environ["MQFLEET_OUT_DIR"])
+    spec = json.loads(Path(os.environ[defaults.ENV_SPEC]).read_text(encoding="utf-8"))
+    out_dir = Path(os.environ[defaults.ENV_OUT_DIR])
     out_dir.mkdir(parents=True, exist_ok=True)
     total_s = _sleep_flag(argv)
-    folder = os.environ.get("MQFLEET_CHECKPOINT_DIR")
+    folder = os.environ.get(defaults.ENV_CHECKPOINT_DIR)
     state = Path(folder) / "slept.json" if folder else None
     slept_s = min(total_s, _slept_before(state))
     deadline = time.monotonic() + total_s - slept_s
@@ -85,10 +85,10 @@ def main(argv: list[str]) -> int:
         time.sleep(min(STEP_S, left))
         _save_slept(state, total_s - max(0.0, deadline - time.monotonic()))
         done = 1.0 - max(0.0, deadline - time.monotonic()) / total_s
-        print("@mqfleet " + json.dumps({"progress": round(done, 3)}), flush=True)
+        print(defaults.PROGRESS_PREFIX, json.dumps({"progress": round(done, 3)}), flush=True)
     result = {"name": spec.get("name"), "seed": spec.get("seed"), "hyper": spec.get("hyper") or {}}
     (out_dir / "result.json").write_text(json.dumps(result, sort_keys=True) + "\n", encoding="utf-8")
-    print("@mqfleet " + json.dumps({"progress": 1.0, "metrics": {"slept_s": total_s}}), flush=True)
+    print(defaults.PROGRESS_PREFIX, json.dumps({"progress": 1.0, "metrics": {"slept_s": total_s}}), flush=True)
     return 0
 
 

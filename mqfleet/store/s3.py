@@ -20,6 +20,7 @@ from minio.error import MinioException, S3Error
 from mqfleet.errors import ConfigurationError, ObjectMissingError, StoreError
 from mqfleet.store import keys
 from mqfleet.store.transfer import CHUNK_BYTES, PresignedUpload
+from mqfleet.wire.requests import UploadMethod
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class S3Store:
         with self._translate("presign POST", key):
             form = self._client.presigned_post_policy(policy)
         scheme = "https" if self.secure else "http"  # path-style, as this SDK addresses the endpoint
-        return PresignedUpload(url=f"{scheme}://{self.endpoint}/{self.bucket}", method="POST", fields={"key": key, **form})
+        return PresignedUpload(url=f"{scheme}://{self.endpoint}/{self.bucket}", method=UploadMethod.POST, fields={"key": key, **form})
 
     def presign_get(self, key: str, expires_s: int = 3600) -> str:
         with self._translate("presign GET", key):

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from mqfleet.errors import ArtifactMismatchError, ObjectMissingError, StoreError
+from mqfleet.wire.requests import UploadMethod
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class PresignedUpload:
     the store's signed policy (which fixes the key and the exact length the store accepts)."""
 
     url: str
-    method: str = "PUT"
+    method: UploadMethod = UploadMethod.PUT
     fields: dict[str, str] = field(default_factory=dict)
 
 
@@ -136,7 +137,7 @@ def _file_chunks(fh: BinaryIO, head: bytes, tail: bytes) -> Iterator[bytes]:
     yield tail
 
 
-def upload_to_url(url: str, path: Path, *, method: str = "PUT", fields: Mapping[str, str] | None = None,
+def upload_to_url(url: str, path: Path, *, method: UploadMethod = UploadMethod.PUT, fields: Mapping[str, str] | None = None,
                   timeout_s: float = 600) -> None:
     """Send a file to a presigned PUT URL, a presigned POST form (`fields`: its policy), or a file:// URL;
     needs no credentials. Streamed with Content-Length: S3 takes no chunked encoding on either."""
@@ -149,14 +150,12 @@ def upload_to_url(url: str, path: Path, *, method: str = "PUT", fields: Mapping[
         return
     if not url.startswith(("http://", "https://")):
         raise StoreError(f"{_redact(url)}: expected an http(s):// or file:// URL")
-    if method not in ("PUT", "POST"):
-        raise StoreError(f"{_redact(url)}: uploads are PUT or POST, not {method[:20]!r}")
     try:
         size = path.stat().st_size
         conn, target = _connection(url, timeout_s)
         try:
             with open(path, "rb") as fh:
-                if method == "PUT":
+                if method == UploadMethod.PUT:
                     # Given Content-Length, http.client streams the file in blocks instead of chunked encoding.
                     conn.request("PUT", target, body=fh, headers={"Content-Length": str(size)})
                 else:

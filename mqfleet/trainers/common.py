@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from mqfleet.defaults import ENV_CHECKPOINT_DIR, ENV_OUT_DIR, ENV_SPEC
+from mqfleet.defaults import ENV_CHECKPOINT_DIR, ENV_OUT_DIR, ENV_SPEC, PROGRESS_PREFIX
 from mqfleet.errors import TrainerInputError
 from mqfleet.manifest.builtins import BUILTIN_HYPER, BUILTIN_MODULE
 from mqfleet.manifest.types import HyperParam, HyperValue
@@ -27,8 +27,6 @@ from mqfleet.manifest.types import HyperParam, HyperValue
 if TYPE_CHECKING:
     from mqfleet.wire.topics import JsonObject, JsonValue
 
-#: Prefix of a stdout line the agent reads as progress or metrics.
-PROGRESS_PREFIX = "@mqfleet "
 #: Spec keys that differ between attempts of one job; kept out of the artifact so retries dedupe.
 VOLATILE_SPEC_KEYS = frozenset({"attempt", "lease_id"})
 #: Exit status for invalid input (flags, spec, dataset), as the CLI uses 2 for bad usage; other failures exit 1.
@@ -276,7 +274,7 @@ def finite(obj: JsonValue) -> JsonValue:
 def emit_progress(fields: Mapping[str, JsonValue]) -> None:
     """Print one `@mqfleet {json}` line and flush it, so the agent sees progress as it happens."""
     line = json.dumps(finite(dict(fields)), sort_keys=True, separators=(",", ":"), allow_nan=False)
-    sys.stdout.write(PROGRESS_PREFIX + line + "\n")
+    sys.stdout.write(f"{PROGRESS_PREFIX} {line}\n")
     sys.stdout.flush()
 
 

@@ -12,7 +12,7 @@ mosquitto.conf no longer lets in; they stay read-only in case a config does.
 Each role may publish only on the topics it uses, one line per verb, so nobody can park retained
 messages on topics nothing reads (a retained message on a topic the ACL allows is cleared by the
 coordinator; docs/SECURITY.md, "Replies"). Every topic comes from `wire.topics.Topics` and every verb
-from `wire.topics.ROLE_OF_VERB`, so the ACL cannot drift from the layout the code uses; a release that
+from the verb table (`wire.verbs.VERBS`), so the ACL cannot drift from the layout the code uses; a release that
 adds a verb needs the ACL rendered again (broker/install.sh does).
 """
 
@@ -26,9 +26,10 @@ from pathlib import Path
 
 from mqfleet.defaults import TOPIC_PREFIX
 from mqfleet.errors import ConfigurationError, ManifestError, Problem
-from mqfleet.trust.certs import COORDINATOR_CN, OPERATOR_PREFIX, check_name
-from mqfleet.trust.monitor_accounts import MONITOR_USER, check_monitor_name, is_monitor_name
-from mqfleet.wire.topics import BROKER_LOG_NOTICES, ROLE_OF_VERB, Role, Topics
+from mqfleet.hostid import COORDINATOR_CN, MONITOR_USER, OPERATOR_PREFIX, check_host_id, check_name, is_monitor_name
+from mqfleet.trust.monitor_accounts import check_monitor_name
+from mqfleet.wire.topics import BROKER_LOG_NOTICES, Role, Topics, Verb
+from mqfleet.wire.verbs import VERBS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -119,7 +120,7 @@ def render_acl(
 
 def _verbs(role: Role) -> list[str]:
     """The verbs sent on `rpc/{role}/...`, in the order wire.topics.Verb lists them."""
-    return [verb.value for verb, of in ROLE_OF_VERB.items() if of is role]
+    return [verb.value for verb in Verb if VERBS[verb].role is role]
 
 
 def hosts_in_manifest(path: str | os.PathLike[str]) -> list[str]:
@@ -140,7 +141,7 @@ def hosts_in_manifest(path: str | os.PathLike[str]) -> list[str]:
             problems.append(Problem(f"hosts[{i}].id", "required, a string"))
             continue
         try:
-            check_name(host, "host id")
+            check_host_id(host)
         except ConfigurationError as e:
             problems.append(Problem(f"hosts[{i}].id", str(e)))
             continue
@@ -173,11 +174,7 @@ def _check_prefix(prefix: str) -> str:
 def _check_hosts(hosts: Sequence[str], *, coordinator: str) -> list[str]:
     ids: list[str] = []
     for host in hosts:
-        check_name(host, "host id")
-        if host.startswith(OPERATOR_PREFIX) or host == coordinator or is_monitor_name(host):
-            raise ConfigurationError(
-                f"host id {host!r} would get operator, coordinator or monitoring rights; rename the host"
-            )
+        check_host_id(host, coordinator=coordinator)
         if host in ids:
             raise ConfigurationError(f"host id {host!r} is listed twice")
         ids.append(host)

@@ -12,7 +12,6 @@ import datetime as dt
 import ipaddress
 import logging
 import os
-import re
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mqfleet.errors import ConfigurationError
+from mqfleet.hostid import OPERATOR_PREFIX, check_host_id, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +32,10 @@ CA_KEY = "ca.key"
 CRL = "crl.pem"
 #: The broker's own certificate is always stored under this stem, whatever its CN.
 SERVER_STEM = "server"
-#: Operators' CNs start with this, so the ACL can tell an operator from an agent by its user name.
-OPERATOR_PREFIX = "operator-"
-#: The coordinator's CN unless told otherwise.
-COORDINATOR_CN = "coordinator"
 #: Default lifetimes in days: a CA outlives many leaf renewals; 825 is the longest leaf life clients accept.
 CA_DAYS = 3650
 LEAF_DAYS = 825
 
-# A CN becomes an MQTT user name and a topic level, so it must not hold '/', '+', '#', spaces or newlines.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A freshly issued certificate is valid slightly in the past, so a host whose clock lags still accepts it.
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -53,15 +47,6 @@ class CertRole(str, Enum):
     OPERATOR = "operator"
     COORDINATOR = "coordinator"
     SERVER = "server"
-
-
-def check_name(name: str, what: str = "name") -> str:
-    """The name itself when it is safe as a CN, an MQTT user name and a topic level; else ConfigurationError."""
-    if not _NAME.match(name):
-        raise ConfigurationError(
-            f"{what} {name!r} must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    return name
 
 
 def make_ca(directory: str | os.PathLike[str], *, days: int = CA_DAYS, force: bool = False) -> tuple[Path, Path]:
@@ -207,11 +192,10 @@ def common_name(cert: x509.Certificate) -> str:
 def _role_cn(cn: str, role: CertRole) -> str:
     if role is CertRole.OPERATOR and not cn.startswith(OPERATOR_PREFIX):
         cn = OPERATOR_PREFIX + cn
-    check_name(cn, "CN")
-    if role is CertRole.AGENT and (cn.startswith(OPERATOR_PREFIX) or cn == COORDINATOR_CN):
-        # an agent named like an operator or the coordinator would get their ACL rights
-        raise ConfigurationError(f"agent CN {cn!r} is reserved for operators or the coordinator")
-    return cn
+    if role is CertRole.AGENT:
+        # an agent's CN is its host id: an agent named like an operator or the coordinator would get their ACL rights
+        return check_host_id(cn)
+    return check_name(cn, "CN")
 
 
 def _general_names(sans: Sequence[str], *, role: CertRole, cn: str) -> list[x509.GeneralName]:

@@ -22,22 +22,14 @@ import secrets
 from pathlib import Path
 
 from mqfleet.errors import ConfigurationError
-from mqfleet.trust.certs import check_name
+from mqfleet.hostid import MONITOR_PREFIX, MONITOR_USER, check_name, is_monitor_name
 
-#: The default monitoring account, and the prefix of any other.
-MONITOR_USER = "monitor"
-MONITOR_PREFIX = "monitor-"
 #: Mosquitto's PBKDF2 hash type, salt and hash sizes (src/password_mosq.h, 2.0.11).
 _HASH_TYPE = 7
 _SALT_BYTES = 12
 _ITERATIONS = 1000
 #: A password file line is short; one this long is not a password file.
 _MAX_FILE_BYTES = 1 << 20
-
-
-def is_monitor_name(name: str) -> bool:
-    """Whether `name` is reserved for monitoring accounts (`monitor`, `monitor-NAME`)."""
-    return name == MONITOR_USER or name.startswith(MONITOR_PREFIX)
 
 
 def check_monitor_name(name: str) -> str:

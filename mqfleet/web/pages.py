@@ -16,7 +16,7 @@ from litestar import Response, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream, Template
 
-from mqfleet.lifecycle import JobStatus
+from mqfleet.lifecycle import TERMINAL, JobStatus
 from mqfleet.web import views
 from mqfleet.web.dashboard import Dashboard, Req
 from mqfleet.web.views import JobsQuery
@@ -101,8 +101,8 @@ def page_routes(dash: Dashboard) -> list[HTTPRouteHandler]:
         counts = Counter(row.status for row in reply.jobs)
         operator = dash.is_operator(request)
         walls = [row.usage.wall_s for row in reply.jobs if row.status == "completed" and row.usage]
-        left = len(reply.jobs) - counts["completed"] - counts["failed"] - counts["cancelled"]
-        running = max(1, counts["running"] + counts["claimed"])
+        left = len(reply.jobs) - sum(counts[status] for status in TERMINAL)
+        running = max(1, counts[JobStatus.RUNNING] + counts[JobStatus.CLAIMED])
         eta = (sum(walls) / len(walls)) * left / running if walls and left and operator else None
         return {"sweep": reply, "name": name, "counts": counts, "eta_s": eta,
                 "series": views.compare_series(reply.jobs, reply.metric_names) if operator else {},

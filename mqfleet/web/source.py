@@ -12,30 +12,31 @@ from __future__ import annotations
 
 import secrets
 import threading
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from mqfleet.client import FleetClient
 from mqfleet.coordinator.verbs.context import Request
-from mqfleet.coordinator.verbs.handlers import VERBS
-from mqfleet.wire.codec import Wire, WireMessage
-from mqfleet.wire.replies import (
-    CompareReply,
-    DrainReply,
-    JobDetail,
-    JobDetailReply,
-    JobsReply,
-    LogsReply,
-    Worker,
-    WorkersReply,
+from mqfleet.coordinator.verbs.handlers import HANDLERS
+from mqfleet.lifecycle import JobStatus
+from mqfleet.wire import verbs
+from mqfleet.wire.replies import CompareReply, DrainReply, JobDetail, JobsReply, LogsReply, Worker
+from mqfleet.wire.requests import (
+    CompareRequest,
+    Health,
+    JobOrder,
+    JobRefRequest,
+    JobRow,
+    JobsRequest,
+    LogsRequest,
+    NoFields,
 )
-from mqfleet.wire.requests import Health, JobRow
-from mqfleet.wire.topics import Role, Verb
+from mqfleet.wire.topics import Role
+from mqfleet.wire.verbs import Rep, Req, VerbSpec
 
 if TYPE_CHECKING:
     from mqfleet.coordinator.feed import Feed
     from mqfleet.coordinator.service import Coordinator
 
-M = TypeVar("M", bound=WireMessage)
 
 
 class FleetSource:
@@ -50,38 +51,37 @@ class FleetSource:
         """What a sign-in is checked against ("" when the coordinator has none: nobody can sign in)."""
         return self._coord.operator_token
 
-    def _query(self, verb: Verb, reply: type[M], body: Wire) -> M:
+    def _query(self, verb: VerbSpec[Req, Rep], request: Req) -> Rep:
         coord = self._coord
-        req = Request(verb=verb, role=Role.QUERY, client="web", body=body, now=coord.clock())
+        req = Request(verb=verb.verb, role=Role.QUERY, client="web", wire=request.to_wire(), body=request,
+                      now=coord.clock())
         with coord.lock:  # as the dispatcher runs a query: one consistent read, held only while it reads
-            answer = VERBS[verb].handler(coord, req)
-        assert isinstance(answer, reply), f"{verb.value} answered {type(answer).__name__}"
+            answer = HANDLERS[verb.verb].handler(coord, req)
+        assert isinstance(answer, verb.reply), f"{verb.verb.value} answered {type(answer).__name__}"
         return answer
 
     # --- reads (the query verbs) --------------------------------------------------------------------------------
 
     def jobs_page(self, *, status: str | None, name: str | None, after: int | None, newest_first: bool, limit: int,
                   count: bool = True) -> JobsReply:
-        body: Wire = {"order": "newest" if newest_first else "oldest", "limit": limit, "count": count}
-        body.update({k: v for k, v in (("status", status), ("name", name), ("after", after)) if v is not None})
-        return self._query(Verb.JOBS, JobsReply, body)
+        order = JobOrder.NEWEST if newest_first else JobOrder.OLDEST
+        return self._query(verbs.JOBS, JobsRequest(status=JobStatus(status) if status else None, name=name, order=order,
+                                                   limit=limit, after=after, count=count))
 
     def job(self, ref: str) -> JobDetail:
-        return self._query(Verb.JOB, JobDetailReply, {"job": ref}).job
+        return self._query(verbs.JOB, JobRefRequest(job=ref)).job
 
     def workers(self) -> list[Worker]:
-        return self._query(Verb.WORKERS, WorkersReply, {}).workers
+        return self._query(verbs.WORKERS, NoFields()).workers
 
     def health(self) -> Health:
-        return self._query(Verb.HEALTH, Health, {})
+        return self._query(verbs.HEALTH, NoFields())
 
     def logs(self, ref: str, attempt: int | None, *, offset: int = 0, limit: int | None = None) -> LogsReply:
-        body: Wire = {"job": ref, "offset": offset}
-        body.update({k: v for k, v in (("attempt", attempt), ("limit", limit)) if v is not None})
-        return self._query(Verb.LOGS, LogsReply, body)
+        return self._query(verbs.LOGS, LogsRequest(job=ref, attempt=attempt, offset=offset, limit=limit))
 
     def sweep(self, name: str) -> CompareReply:
-        return self._query(Verb.COMPARE, CompareReply, {"sweep": name})
+        return self._query(verbs.COMPARE, CompareRequest(sweep=name))
 
     def sweep_names(self) -> list[str]:
         """The manifest's [[sweeps]] by name (what `compare --sweep` lists when a name is unknown)."""

@@ -13,11 +13,11 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from mqfleet.errors import BadRequestError, Problem
 from mqfleet.owner.hours import Hours, HoursError, cached_hours, describe_time, parse_hours, zone_named
-from mqfleet.wire.codec import OMIT_NULL, WireMessage
+from mqfleet.wire.codec import OMIT_DEFAULT, Bounds, WireMessage
 
 #: What an agent does with its running jobs when it yields (owner busy, hours over, a pause without --now).
 ON_YIELD = ("checkpoint", "finish", "kill")
@@ -38,6 +38,13 @@ MAX_USERS = 32
 _IONICE_CLASSES = ("best-effort", "idle", "none")
 
 _P = TypeVar("_P", "OwnerPolicy", "WhenBusy")
+#: The bounds of a policy's values on the wire (an advert, the coordinator's defaults); their meaning is
+#: checked by `problems()`.
+Name = Annotated[str, Bounds(max_chars=64)]
+Windows = Annotated[list[Name], Bounds(max_items=32)]
+Users = Annotated[list[Name], Bounds(max_items=MAX_USERS)]
+Share = Annotated[float, Bounds(min=0, max=100)]
+Seconds = Annotated[float, Bounds(min=0, max=MAX_WAIT_S)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +52,12 @@ class WhenBusy(WireMessage):
     """Yield while processes outside the fleet use more than `cpu_percent` of the machine's CPU (or
     `gpu_percent` of a GPU) for `busy_s`; take work again after `calm_s` below it."""
 
-    cpu_percent: float | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    gpu_percent: float | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    busy_s: float | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    calm_s: float | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    cpu_percent: Share | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    gpu_percent: Share | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    busy_s: Seconds | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    calm_s: Seconds | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
     #: count only these users' processes (the owner's); None: every process outside the fleet
-    users: list[str] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    users: Users | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
     def over(self, defaults: WhenBusy | None) -> WhenBusy:
         return _over(self, defaults)
@@ -61,20 +68,31 @@ class OwnerPolicy(WireMessage):
     """A host's owner policy; a key left None is unset (a lower source, or the built-in default, decides)."""
 
     #: windows in the host's local time when the fleet may use it (mqfleet.owner.hours); None: always
-    hours: list[str] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    hours: Windows | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
     #: the IANA zone `hours` are read in; None: the host's own
-    timezone: str | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    when_busy: WhenBusy | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    on_yield: str | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    nice: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    timezone: Name | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    when_busy: WhenBusy | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    on_yield: Name | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    nice: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
     #: `best-effort:N` (0-7), `idle` or `none` (leave the I/O priority as it is)
-    ionice: str | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    ionice: Name | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
     #: the most memory one trainer (its whole process tree) may use on this host
-    max_memory_gib: float | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    max_memory_gib: float | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
     def over(self, defaults: OwnerPolicy | None) -> OwnerPolicy:
         """This policy with each key it leaves unset taken from `defaults` (`when_busy` key by key)."""
         return _over(self, defaults)
+
+    @classmethod
+    def from_wire(cls, data: object, where: str = "") -> OwnerPolicy:
+        """A policy from the bus (an advert's, the coordinator's defaults): its fields' types and bounds checked by
+        the codec, then what they mean (`problems()`: window syntax, ranges; a zone is the sender's business:
+        its hours were judged there); BadRequestError naming the first field that is wrong."""
+        policy = super().from_wire(data, where)
+        problems = policy.problems(where, check_zone=False)
+        if problems:
+            raise BadRequestError(f"field '{problems[0].place}': {problems[0].message}"[:300])
+        return policy
 
     @property
     def is_empty(self) -> bool:
@@ -235,15 +253,6 @@ def _typed(kind: str, value: object) -> tuple[object, str]:
     return None, f"must be {words[kind]}, not {type(value).__name__}"
 
 
-def checked_policy(data: object, where: str) -> OwnerPolicy:
-    """An owner policy from the bus (an advert's, the coordinator's defaults): BadRequestError naming the field."""
-    policy = OwnerPolicy.from_wire(data, where)
-    problems = policy.problems(where, check_zone=False)
-    if problems:
-        raise BadRequestError(f"field '{problems[0].place}': {problems[0].message}"[:300])
-    return policy
-
-
 # --- what a host advertises ----------------------------------------------------------------------------------
 
 AVAILABLE = "available"
@@ -259,9 +268,9 @@ class Availability(WireMessage):
     """Whether a host takes work now (`state`), why not in words (`outside hours until 22:00 (Europe/Berlin)`),
     and until when if that is known."""
 
-    state: str = AVAILABLE
-    reason: str = ""
-    until_ts: float | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    state: Annotated[str, Bounds(max_chars=32)] = AVAILABLE
+    reason: Annotated[str, Bounds(max_chars=200)] = ""
+    until_ts: Annotated[float, Bounds(min=0)] | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
     @property
     def is_available(self) -> bool:
@@ -270,11 +279,6 @@ class Availability(WireMessage):
     def shown(self) -> str:
         """`available`, or the reason it takes no work."""
         return self.reason or self.state
-
-    def check(self, where: str) -> Availability:
-        if len(self.state) > 32 or len(self.reason) > 200:
-            raise BadRequestError(f"field '{where}' has a state or reason too long (32 and 200 characters at most)")
-        return self
 
 
 def hours_availability(policy: OwnerPolicy, now: float) -> Availability:

@@ -1,8 +1,9 @@
-"""What the coordinator publishes outside replies (job and host events, nudges, control messages),
-and the stored records its verbs read but no reply carries whole (a verified store object).
+"""What is published outside requests and replies: by agents (their retained status, their trainers' log
+batches) and by the coordinator (job and host events, nudges, control messages); and the stored records
+the coordinator's verbs read but no reply carries whole (a verified store object).
 
-The coordinator's modules build these frozen dataclasses; `to_wire()` makes the JSON at the last
-moment (the publish), and a reader may check one back with `from_wire()`. The records the replies
+The publishers build these frozen dataclasses; `to_wire()` makes the JSON at the last moment (the
+publish), and a reader checks one back with `from_wire()`. The records the replies
 carry are in mqfleet/wire/replies.py, the job row and the agent verbs' messages in mqfleet/wire/requests.py.
 Fields are only ever added, with a default (docs/INTERNALS.md).
 """
@@ -10,9 +11,38 @@ Fields are only ever added, with a default (docs/INTERNALS.md).
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
+from typing import Annotated
 
-from mqfleet.errors import BadRequestError
-from mqfleet.wire.codec import Wire, WireMessage
+from mqfleet.lifecycle import JobStatus
+from mqfleet.wire.codec import OMIT_DEFAULT, Bounds, Wire, WireMessage, wire_name
+from mqfleet.wire.requests import Presence
+from mqfleet.wire.topics import MAX_LOG_LINES_PER_BATCH
+
+# --- what agents publish (docs/INTERNALS.md, "Topics") ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HostStatus(WireMessage):
+    """An agent's retained `hosts/{host}/status`; its will is the bare `{"state": "offline"}`."""
+
+    state: Presence
+    ts: float | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    jobs: list[str] | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    slots: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogBatch(WireMessage):
+    """Trainer output lines on `hosts/{host}/log/{job_id}`; `attempt` files late lines under the right one. Lines
+    past MAX_LOG_LINES_PER_BATCH are dropped (agents split bigger flushes), a batch whose lines are not strings
+    holds none."""
+
+    job_id: str
+    lines: Annotated[list[str], Bounds(max_items=MAX_LOG_LINES_PER_BATCH, lenient=True)] = dataclasses.field(
+        default_factory=list)
+    ts: float | None = None
+    attempt: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,27 +62,10 @@ class JobEvent(WireMessage):
     seq: int
     ts: float
     job_id: str
-    from_status: str | None
-    to: str
+    from_status: JobStatus | None = dataclasses.field(metadata=wire_name("from"))
+    to: JobStatus
     reason: str
     host: str | None = None
-
-    def to_wire(self) -> Wire:
-        return {"seq": self.seq, "ts": self.ts, "job_id": self.job_id, "from": self.from_status, "to": self.to,
-                "reason": self.reason, "host": self.host}
-
-    @classmethod
-    def from_wire(cls, data: object, where: str = "") -> JobEvent:
-        """A job event from decoded JSON; `from` is checked here, under its wire name."""
-        if isinstance(data, dict):
-            place = f"{where}.from" if where else "from"
-            if "from" not in data:
-                raise BadRequestError(f"field '{place}' is missing")
-            old = data["from"]
-            if old is not None and not isinstance(old, str):
-                raise BadRequestError(f"field '{place}' must be a string or null, not {type(old).__name__}")
-            data = {**data, "from_status": old}
-        return super().from_wire(data, where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +111,17 @@ class Nudge(WireMessage):
         return wire
 
 
+class ControlAction(StrEnum):
+    """What a control message asks of an agent."""
+
+    CANCEL = "cancel"  # end this lease's attempt: the job was cancelled
+
+
 @dataclasses.dataclass(frozen=True)
 class ControlMessage(WireMessage):
-    """What the coordinator sends to one agent's `control` topic: cancel this lease's job."""
+    """What the coordinator sends to one agent's `control` topic: cancel this lease's job (an action this
+    agent does not know is refused by from_wire, naming the field)."""
 
-    action: str
+    action: ControlAction
     job_id: str
     lease_id: str

@@ -12,21 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mqfleet.wire.codec import LONG_TEXT, OMIT_NULL, Wire, WireMessage
-from mqfleet.wire.requests import Health, JobRow
+from mqfleet.lifecycle import Cause, JobStatus
+from mqfleet.wire.codec import LONG_TEXT, OMIT_DEFAULT, Wire, WireMessage
+from mqfleet.wire.reports import Usage
+from mqfleet.wire.requests import JobRow, UploadMethod
 from mqfleet.wire.topics import JsonObject
 
 # --- records the replies carry ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Usage(WireMessage):
-    """What one attempt used, as its agent measured it (coordinator/tables/history.py check_usage)."""
-
-    wall_s: float
-    cpu_s: float
-    max_rss_bytes: int
-    gpu_mem_max_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +52,7 @@ class AttemptDetail(WireMessage):
     started_ts: float | None = None
     ended_ts: float | None = None
     outcome: str | None = None
-    cause: str | None = None
+    cause: Cause | None = None
     exit_code: int | None = None
     output_tail: str | None = field(default=None, metadata=LONG_TEXT)
     error: str | None = field(default=None, metadata=LONG_TEXT)
@@ -192,7 +184,7 @@ class CompareRow(WireMessage):
 
     id: str
     name: str
-    status: str
+    status: JobStatus
     model: str = ""
     mode: str = ""
     host: str | None = None
@@ -221,7 +213,7 @@ class GcFailure(WireMessage):
 class CompleteReply(WireMessage):
     """`complete`: the status the job moved to, and its row."""
 
-    status: str
+    status: JobStatus
     job: JobRow | None = None
 
 
@@ -232,8 +224,8 @@ class CheckpointUrlReply(WireMessage):
     url: str
     key: str
     expires_s: int
-    method: str = "PUT"
-    fields: dict[str, str] | None = field(default=None, metadata=OMIT_NULL)
+    method: UploadMethod = UploadMethod.PUT
+    fields: dict[str, str] | None = field(default=None, metadata=OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -365,26 +357,3 @@ def reply_json(reply: WireMessage) -> Wire:
     """The `ok` reply's JSON object: what the dispatcher publishes and remembers."""
     return {"ok": True, **reply.to_wire()}
 
-
-#: The reply class of each verb whose reply is typed here (the agent verbs' other replies: messages.AGENT_MESSAGES).
-REPLIES: dict[str, type[WireMessage]] = {
-    "complete": CompleteReply,
-    "checkpoint_url": CheckpointUrlReply,
-    "checkpoint_saved": CheckpointSavedReply,
-    "checkpoint_start": CheckpointStartReply,
-    "cancel": JobReply,
-    "requeue": RequeueReply,
-    "reload": ReloadReply,
-    "manifest": ManifestReply,
-    "drain": DrainReply,
-    "undrain": UndrainReply,
-    "gc": GcReply,
-    "jobs": JobsReply,
-    "job": JobDetailReply,
-    "workers": WorkersReply,
-    "health": Health,
-    "artifacts": ArtifactsReply,
-    "logs": LogsReply,
-    "compare": CompareReply,
-    "download_url": DownloadUrlReply,
-}

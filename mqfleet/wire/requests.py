@@ -11,10 +11,41 @@ Free-form JSON (hyperparameters, progress, metrics, a job's spec) is a `JsonObje
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
+from typing import Annotated
 
-from mqfleet.lifecycle import Cause
-from mqfleet.wire.codec import LONG_TEXT, OMIT_NULL, WireMessage
-from mqfleet.wire.topics import JsonObject, JsonValue
+from mqfleet.lifecycle import AGENT_CAUSES, Cause, JobStatus
+from mqfleet.wire.codec import LENIENT, LONG_TEXT, OMIT_DEFAULT, Bounds, WireMessage
+from mqfleet.wire.reports import ProgressReports, SmallObject, Usage
+from mqfleet.wire.topics import JsonObject
+
+
+class Presence(StrEnum):
+    """An agent's or a coordinator's retained `state`: its will says offline."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class UploadMethod(StrEnum):
+    """How an upload URL is used: a presigned PUT (a file store), or a POST form with a signed policy (S3)."""
+
+    PUT = "PUT"
+    POST = "POST"
+
+
+class JobOrder(StrEnum):
+    """The order of a `jobs` listing: by when the jobs were added."""
+
+    OLDEST = "oldest"
+    NEWEST = "newest"
+
+
+@dataclasses.dataclass(frozen=True)
+class NoFields(WireMessage):
+    """The request of a verb that takes no fields besides the envelope's (`claim`, `workers`, `health`,
+    `artifacts`, `manifest`)."""
+
 
 # --- claim ---------------------------------------------------------------------------------------
 
@@ -37,7 +68,7 @@ class JobRow(WireMessage):
 
     id: str
     name: str
-    status: str
+    status: JobStatus
     model: str = ""
     mode: str = ""
     host: str | None = None
@@ -108,8 +139,8 @@ class ClaimReply(WireMessage):
 class RenewRequest(WireMessage):
     job_id: str
     lease_id: str
-    progress: JsonObject | None = None
-    progress_reports: JsonValue = None  # `[seq, ts, report]` triples; coordinator/verbs/reports.py skips bad ones, never fails
+    progress: SmallObject | None = None
+    progress_reports: ProgressReports | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,10 +164,10 @@ class UploadUrlReply(WireMessage):
     exists: bool
     key: str = ""
     url: str | None = None
-    method: str | None = None
+    method: UploadMethod | None = None
     upload_key: str | None = None
     expires_s: int | None = None
-    fields: dict[str, str] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    fields: dict[str, str] | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,33 +176,31 @@ class CompleteRequest(WireMessage):
     lease_id: str
     sha256: str
     size: int
-    metrics: JsonObject = dataclasses.field(default_factory=dict)
+    metrics: SmallObject = dataclasses.field(default_factory=dict)
     output_tail: str = dataclasses.field(default="", metadata=LONG_TEXT)
-    #: `{wall_s, cpu_s, max_rss_bytes, gpu_mem_max_bytes}` (agent/usage.py), sent once measured; checked by
-    #: coordinator/tables/history.py check_usage, as history, not the request's business
-    usage: JsonValue = dataclasses.field(default=None, metadata=OMIT_NULL)
-    progress_reports: JsonValue = None  # `[seq, ts, report]` triples; coordinator/verbs/reports.py skips bad ones, never fails
+    #: sent once measured (agent/usage.py); history, so a malformed one is left out (wire/reports.py)
+    usage: Annotated[Usage, LENIENT] | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    progress_reports: ProgressReports | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class FailRequest(WireMessage):
     job_id: str
     lease_id: str
-    cause: str = Cause.APP.value
+    #: lost and cancelled are the coordinator's to decide
+    cause: Annotated[Cause, Bounds(one_of=AGENT_CAUSES)] = Cause.APP
     exit_code: int | None = None
     output_tail: str = dataclasses.field(default="", metadata=LONG_TEXT)
     error: str = dataclasses.field(default="", metadata=LONG_TEXT)
-    #: `{wall_s, cpu_s, max_rss_bytes, gpu_mem_max_bytes}` (agent/usage.py), sent once measured; checked by
-    #: coordinator/tables/history.py check_usage, as history, not the request's business
-    usage: JsonValue = dataclasses.field(default=None, metadata=OMIT_NULL)
-    progress_reports: JsonValue = None  # `[seq, ts, report]` triples; coordinator/verbs/reports.py skips bad ones, never fails
+    usage: Annotated[Usage, LENIENT] | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    progress_reports: ProgressReports | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class StatusReply(WireMessage):
     """The reply to `complete` and `fail`: the status the job moved to."""
 
-    status: str
+    status: JobStatus
 
 
 # --- checkpoint verbs (agent) ----------------------------------------------------------------------
@@ -193,7 +222,7 @@ class CheckpointSavedRequest(WireMessage):
     lease_id: str
     sha256: str
     size: int
-    progress: JsonObject | None = None
+    progress: SmallObject | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,31 +233,8 @@ class CheckpointStartRequest(WireMessage):
     lease_id: str
     resumed: bool
     note: str = ""
-    from_attempt: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    rejected_sha256: str | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-
-
-# --- what agents publish outside requests (docs/INTERNALS.md, "Topics"; the coordinator's: wire/published.py) ---
-
-
-@dataclasses.dataclass(frozen=True)
-class HostStatus(WireMessage):
-    """An agent's retained `hosts/{host}/status`; its will is the bare `{"state": "offline"}`."""
-
-    state: str  # online or offline
-    ts: float | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    jobs: list[str] | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-    slots: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
-
-
-@dataclasses.dataclass(frozen=True)
-class LogBatch(WireMessage):
-    """Trainer output lines on `hosts/{host}/log/{job_id}`; `attempt` files late lines under the right one."""
-
-    job_id: str
-    lines: list[str]
-    ts: float
-    attempt: int | None = dataclasses.field(default=None, metadata=OMIT_NULL)
+    from_attempt: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    rejected_sha256: str | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
 
 # --- query verbs -------------------------------------------------------------------------------------
@@ -236,14 +242,15 @@ class LogBatch(WireMessage):
 
 @dataclasses.dataclass(frozen=True)
 class JobsRequest(WireMessage):
-    """One page of the jobs listing (docs/CLI.md, `jobs`)."""
+    """One page of the jobs listing (docs/CLI.md, `jobs`): by keyset (`after`) or by position (`offset`, 0 if
+    neither is given)."""
 
-    status: str | None = None
-    name: str | None = None
-    order: str = "oldest"
-    limit: int | None = None
-    after: int | None = None
-    offset: int = 0
+    status: JobStatus | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    name: str | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    order: JobOrder = JobOrder.OLDEST
+    limit: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    after: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    offset: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
     #: false once the client knows the total: counting walks every matching row
     count: bool = True
 
@@ -251,17 +258,21 @@ class JobsRequest(WireMessage):
 @dataclasses.dataclass(frozen=True)
 class LogsRequest(WireMessage):
     job: str
-    attempt: int | None = None
-    offset: int = 0
-    limit: int | None = None
+    attempt: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    offset: int = dataclasses.field(default=0, metadata=OMIT_DEFAULT)
+    limit: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+
+
+#: Jobs one `compare` may name.
+COMPARE_MAX_JOBS = 2000
 
 
 @dataclasses.dataclass(frozen=True)
 class CompareRequest(WireMessage):
     """Either `jobs` (references) or `sweep` (a sweep's name)."""
 
-    jobs: list[str] | None = None
-    sweep: str | None = None
+    jobs: Annotated[list[str], Bounds(max_items=COMPARE_MAX_JOBS)] | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
+    sweep: str | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
 
 
 # --- operator verbs (the `auth` signature is checked, and ignored here, by the service) ---------------
@@ -278,15 +289,19 @@ class JobRefRequest(WireMessage):
 class RequeueRequest(WireMessage):
     job: str
     #: also delete the job's checkpoint, so the next attempt starts from scratch
-    fresh: bool = False
+    fresh: bool = dataclasses.field(default=False, metadata=OMIT_DEFAULT)
+
+
+#: What a manifest sent without a name is called in messages.
+SENT_SOURCE = "<sent by operator>"
 
 
 @dataclasses.dataclass(frozen=True)
 class ReloadRequest(WireMessage):
     """Reload the manifest file, or apply the TOML text sent (`source` names it in messages)."""
 
-    manifest: str | None = dataclasses.field(default=None, metadata={"long_text": True})
-    source: str = "<sent by operator>"
+    manifest: str | None = dataclasses.field(default=None, metadata={**LONG_TEXT, **OMIT_DEFAULT})
+    source: str = dataclasses.field(default=SENT_SOURCE, metadata=OMIT_DEFAULT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,7 +346,7 @@ class Health(WireMessage):
     """The `health` reply and the retained `coordinator/status`: what the checks found (their content is
     coordinator/health.py's), the manifest in force, counts, and the coordinators sharing the state."""
 
-    state: str
+    state: Presence
     ts: float
     version: str = ""
     started_ts: float | None = None
@@ -365,34 +380,3 @@ class Health(WireMessage):
     state_store: str = ""
     coordinators: list[CoordinatorPeer] = dataclasses.field(default_factory=list)
 
-
-#: The request and reply classes of each agent verb, by verb name (docs/INTERNALS.md, "Wire payloads").
-AGENT_MESSAGES: dict[str, tuple[type[WireMessage] | None, type[WireMessage]]] = {
-    "claim": (None, ClaimReply),
-    "renew": (RenewRequest, RenewReply),
-    "upload_url": (UploadUrlRequest, UploadUrlReply),
-    "complete": (CompleteRequest, StatusReply),
-    "fail": (FailRequest, StatusReply),
-}
-
-#: The request classes of the checkpoint verbs and the query verbs that take fields.
-OTHER_REQUESTS: dict[str, type[WireMessage]] = {
-    "checkpoint_url": CheckpointUploadRequest,
-    "checkpoint_saved": CheckpointSavedRequest,
-    "checkpoint_start": CheckpointStartRequest,
-    "jobs": JobsRequest,
-    "job": JobRefRequest,
-    "logs": LogsRequest,
-    "compare": CompareRequest,
-    "download_url": JobRefRequest,
-}
-
-#: The request class of each operator verb (docs/INTERNALS.md, "Wire payloads").
-OPERATOR_REQUESTS: dict[str, type[WireMessage]] = {
-    "cancel": JobRefRequest,
-    "requeue": RequeueRequest,
-    "reload": ReloadRequest,
-    "drain": HostRequest,
-    "undrain": HostRequest,
-    "gc": GcRequest,
-}

@@ -1,4 +1,4 @@
-"""Both sides of the wire: topic names, verbs, payload encoding and field checks.
+"""Both sides of the wire: topic names, verbs and roles, payload encoding and decoding.
 
 Every topic is built here so the coordinator, the agent, the CLI and the ACL
 renderer agree on one layout (docs/INTERNALS.md, "Topics").
@@ -7,13 +7,12 @@ renderer agree on one layout (docs/INTERNALS.md, "Topics").
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeAlias
 
 from mqfleet.defaults import MAX_REQUEST_BYTES, TOPIC_PREFIX
-from mqfleet.errors import BadRequestError, DecodeError
+from mqfleet.errors import DecodeError
 from mqfleet.wire.codec import Wire
 
 #: Any JSON value, as `json.loads` returns it. Free-form user data (hyperparameters, progress metrics,
@@ -62,9 +61,9 @@ class Role(str, Enum):
 
 
 class Verb(str, Enum):
-    """Every RPC verb the coordinator answers."""
+    """Every RPC verb the coordinator answers; who may send each, and its request and reply types, are in
+    the verb table (mqfleet/wire/verbs.py)."""
 
-    # agent verbs: the client level of the topic is the host id
     CLAIM = "claim"
     RENEW = "renew"
     UPLOAD_URL = "upload_url"
@@ -73,14 +72,12 @@ class Verb(str, Enum):
     CHECKPOINT_URL = "checkpoint_url"
     CHECKPOINT_SAVED = "checkpoint_saved"
     CHECKPOINT_START = "checkpoint_start"
-    # operator verbs: need the operator token
     CANCEL = "cancel"
     REQUEUE = "requeue"
     RELOAD = "reload"
     DRAIN = "drain"
     UNDRAIN = "undrain"
     GC = "gc"
-    # query verbs: read-only, anyone
     JOBS = "jobs"
     JOB = "job"
     WORKERS = "workers"
@@ -90,23 +87,6 @@ class Verb(str, Enum):
     DOWNLOAD_URL = "download_url"
     COMPARE = "compare"
     MANIFEST = "manifest"
-
-
-ROLE_OF_VERB: dict[Verb, Role] = {
-    **{
-        v: Role.AGENT
-        for v in (
-            Verb.CLAIM, Verb.RENEW, Verb.UPLOAD_URL, Verb.COMPLETE, Verb.FAIL,
-            Verb.CHECKPOINT_URL, Verb.CHECKPOINT_SAVED, Verb.CHECKPOINT_START,
-        )
-    },
-    **{v: Role.OPERATOR for v in (Verb.CANCEL, Verb.REQUEUE, Verb.RELOAD, Verb.DRAIN, Verb.UNDRAIN, Verb.GC)},
-    **{
-        v: Role.QUERY
-        for v in (Verb.JOBS, Verb.JOB, Verb.WORKERS, Verb.HEALTH, Verb.ARTIFACTS, Verb.LOGS, Verb.DOWNLOAD_URL,
-                  Verb.COMPARE, Verb.MANIFEST)
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -257,45 +237,6 @@ def decode(payload: bytes, *, max_bytes: int = MAX_REQUEST_BYTES) -> Wire:
     return obj
 
 
-def ok(**fields: Any) -> Wire:
-    """A successful reply, as it is encoded."""
-    return {"ok": True, **fields}
-
-
 def error(code: str, message: str) -> Wire:
     """A refusal reply, as it is encoded."""
     return {"ok": False, "error": code, "message": message}
-
-
-def now_ts() -> float:
-    return time.time()
-
-
-_MISSING = object()
-
-
-def field(req: Wire, name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
-    """A request field of the given type, or BadRequestError naming it.
-
-    bool is refused where int is asked, since JSON true is not a count.
-    """
-    if name not in req or req[name] is None:
-        if default is _MISSING:
-            raise BadRequestError(f"field '{name}' is required")
-        return default
-    value = req[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        raise BadRequestError(f"field '{name}' must be {_kind_name(kinds)}, not a boolean")
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kinds):
-        raise BadRequestError(f"field '{name}' must be {_kind_name(kinds)}, not {type(value).__name__}")
-    if isinstance(value, str) and len(value) > 4096 and name not in ("manifest", "output_tail", "error"):
-        raise BadRequestError(f"field '{name}' is too long ({len(value)} characters)")
-    return value
-
-
-def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", dict: "an object", list: "a list"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)

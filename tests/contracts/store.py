@@ -12,6 +12,7 @@ import pytest
 from mqfleet.errors import ArtifactMismatchError, BadRequestError, ObjectMissingError, StoreError
 from mqfleet.store.base import ArtifactStore
 from mqfleet.store.transfer import download_from_url, upload_to_url
+from mqfleet.wire.requests import UploadMethod
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -181,10 +182,10 @@ class StoreContract:
         assert upload.method == "POST"
         for wrong in (101, 99, 1024 * 1024):
             with pytest.raises(StoreError, match="400"):
-                upload_to_url(upload.url, _write(tmp_path / "w.bin", b"x" * wrong), method="POST", fields=upload.fields)
+                upload_to_url(upload.url, _write(tmp_path / "w.bin", b"x" * wrong), method=UploadMethod.POST, fields=upload.fields)
         other = store.staging_key("89" * 16)
         with pytest.raises(StoreError, match="403"):
-            upload_to_url(upload.url, _write(tmp_path / "o.bin", b"x" * 100), method="POST",
+            upload_to_url(upload.url, _write(tmp_path / "o.bin", b"x" * 100), method=UploadMethod.POST,
                           fields={**upload.fields, "key": other})
         # Nor does the form's URL take a PUT: it carries no signature of its own.
         with pytest.raises(StoreError):

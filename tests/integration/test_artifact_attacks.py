@@ -43,7 +43,7 @@ def victim(tls_s3_fleet: TlsFleet) -> Iterator[tuple[TlsFleet, dict[str, Any]]]:
     yield tls_s3_fleet, job
 
 
-def _lease(grant: dict[str, Any]) -> dict[str, str]:
+def _lease(grant: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}
 
 

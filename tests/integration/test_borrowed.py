@@ -16,12 +16,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from mqfleet.agent.limits import memory_mechanism
 from mqfleet.client import FleetClient
-from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import FAST_FLEET, RESUMABLE_TRAINER, Fleet, manifest_text, trainer_processes
 from tests.fixtures.users import OTHER_USER, need_root_and_other_user
@@ -43,7 +43,8 @@ def _settings(interval_s: float, extra: str = "") -> str:
 
 
 def _epoch(client: FleetClient, job: str) -> int:
-    return int((client.job(job).progress or {}).get("epoch") or 0)
+    epoch = (client.job(job).progress or {}).get("epoch")
+    return int(epoch) if isinstance(epoch, (int, float)) else 0
 
 
 def _causes(client: FleetClient, job: str) -> list[str | None]:
@@ -51,8 +52,7 @@ def _causes(client: FleetClient, job: str) -> list[str | None]:
 
 
 def _resumed_steps(client: FleetClient, job: str) -> list[int]:
-    lines = client.call(Verb.LOGS, job=job)["lines"]
-    return [int(m.group(1)) for line in lines if (m := re.search(r"resumed at step (\d+)", str(line)))]
+    return [int(m.group(1)) for line in client.logs(job).lines if (m := re.search(r"resumed at step (\d+)", line))]
 
 
 def _owner_wait(client: FleetClient, host: str) -> str:
@@ -108,8 +108,9 @@ def test_a_paused_agent_hands_its_job_back_preempted_and_another_host_resumes_it
 def test_jobs_preempted_three_times_with_max_attempts_1_still_complete_and_the_host_is_not_quarantined(
     fleet: Fleet,
 ) -> None:
-    jobs = [{"name": f"job{i}", "model": "resumable", "mode": f"m{i}", "hyper": {"steps": 40, "interval_s": 0.2}}
-            for i in range(2)]
+    jobs: list[dict[str, Any]] = [
+        {"name": f"job{i}", "model": "resumable", "mode": f"m{i}", "hyper": {"steps": 40, "interval_s": 0.2}}
+        for i in range(2)]
     settings = _settings(0.3).replace("max_attempts = 3", "max_attempts = 1") + "quarantine_after = 2\n"
     fleet.write_manifest(manifest_text(*jobs, fleet=settings, trainers=RESUMABLE_TRAINER))
     fleet.start_coordinator()
@@ -165,8 +166,8 @@ def test_hours_that_exclude_now_keep_a_host_from_claiming_and_it_claims_as_soon_
     client = fleet.client()
     reason = f"outside hours until {opens:%H:%M} (UTC)"
     wait_until(lambda: reason in _owner_wait(client, "a"), timeout_s=30, what="the host outside its hours")
-    advert = next(w for w in client.workers() if w.id == "a").advert
-    assert advert["owner_policy"]["hours"] == [window], "the manifest's default reached the agent"
+    policy = next(w for w in client.workers() if w.id == "a").advert.get("owner_policy")
+    assert isinstance(policy, dict) and policy.get("hours") == [window], "the manifest's default reached the agent"
     waits = {w.host: w.reason for w in client.job("j").why_waiting}
     assert reason in (waits.get("a") or ""), waits
     assert client.job("j").status == "pending"

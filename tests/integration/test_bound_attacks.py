@@ -86,7 +86,8 @@ def test_two_hundred_batches_of_250_kib_lines_for_invented_jobs_leave_the_coordi
             job_id = uuid.uuid4().hex + uuid.uuid4().hex
             attacker.publish_wait(T.log("host-a", job_id), encode({"job_id": job_id, "lines": [line]}), qos=0)
             if i % 50 == 49:  # paced a little, so the broker's queue for the coordinator does not overflow
-                wait_until(lambda n=i + 1: client.health().log_batches_refused >= n - 10, timeout_s=30)
+                sent = i + 1
+                wait_until(lambda: client.health().log_batches_refused >= sent - 10, timeout_s=30)  # noqa: B023
         wait_until(lambda: client.health().log_batches_refused >= 200, timeout_s=30, what="200 refused batches")
         growth = psutil.Process(coordinator.pid).memory_info().rss - rss_before
         print(f"coordinator RSS grew {growth / MiB:.1f} MiB over 200 refused 250 KiB batches")

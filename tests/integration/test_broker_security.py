@@ -28,9 +28,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqfleet.errors import ConfigurationError
+from mqfleet.hostid import MONITOR_USER
+from mqfleet.local.ports import free_port
 from mqfleet.trust.acl import render_acl, write_acl
 from mqfleet.trust.certs import CertRole, issue_cert, make_ca, revoke_cert
-from mqfleet.trust.monitor_accounts import MONITOR_USER, set_password, write_options
+from mqfleet.trust.monitor_accounts import set_password, write_options
 from mqfleet.trust.mosquitto_conf import CONF_FILE, PASSWD_FILE, ROOT_CONF, render_broker_conf
 from mqfleet.wire.topics import BROKER_LOG_NOTICES, Role, Topics, Verb
 
@@ -102,7 +104,7 @@ def start_broker(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         shutil.copytree(pki, d, dirs_exist_ok=True)
         write_acl(d / "acl", render_acl(hosts, operators=OPERATORS))
         for _ in range(3):  # the free-port trick can race with another process
-            port_tls, port_local = _free_port(), _free_port()
+            port_tls, port_local = free_port(), free_port()
             conf = d / CONF_FILE
             conf.write_text(
                 render_broker_conf(
@@ -555,7 +557,7 @@ def test_operator_workflow_through_the_cli_yields_a_broker_that_pins_hosts(tmp_p
     d = tmp_path / "broker"
     manifest = tmp_path / "fleet.toml"
     manifest.write_text('[[hosts]]\nid = "host-a"\n[[hosts]]\nid = "host-b"\n')
-    port_tls, port_local = _free_port(), _free_port()
+    port_tls, port_local = free_port(), free_port()
     for args in (
         ["ca", "--dir", str(d), "--days", "30"],
         ["issue", "--dir", str(d), "--cn", "broker", "--role", "server"],
@@ -605,12 +607,6 @@ def test_operator_workflow_through_the_cli_yields_a_broker_that_pins_hosts(tmp_p
 
 
 # helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _spawn(d: Path, conf: Path, port_tls: int, port_local: int) -> Broker:

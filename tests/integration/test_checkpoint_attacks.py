@@ -58,7 +58,7 @@ def watched(tmp_path: Path, tls_broker: tuple[LocalBroker, BrokerPki], seaweed: 
         fleet.close()
 
 
-def _lease(grant: dict[str, Any]) -> dict[str, str]:
+def _lease(grant: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": grant["job"]["id"], "lease_id": grant["lease_id"]}
 
 
@@ -77,7 +77,7 @@ def _sparse(path: Path, size: int) -> Path:
     return path
 
 
-def _save(host: HostileHost, lease: dict[str, str], bundle: Path, sha: str, size: int) -> dict[str, Any]:
+def _save(host: HostileHost, lease: dict[str, Any], bundle: Path, sha: str, size: int) -> dict[str, Any]:
     url = host.call("checkpoint_url", **lease, sha256=sha, size=size)
     assert url["ok"], url
     host.upload(url, bundle)
@@ -85,7 +85,8 @@ def _save(host: HostileHost, lease: dict[str, str], bundle: Path, sha: str, size
 
 
 def _checkpoint(fleet: TlsFleet, job: str) -> dict[str, Any]:
-    return fleet.client().job(job).to_wire()["checkpoint"]
+    checkpoint: dict[str, Any] = fleet.client().job(job).to_wire()["checkpoint"]
+    return checkpoint
 
 
 def test_a_checkpoint_saved_declaring_100_bytes_over_a_64_mib_upload_costs_the_coordinator_no_read(
@@ -175,8 +176,11 @@ def test_a_lease_whose_checkpoints_keep_failing_their_check_gets_nothing_more_re
         for _ in range(4):  # bytes of the declared size, not of the declared content
             sha = hashlib.sha256(os.urandom(100)).hexdigest()
             # At the lease's pace: past the burst of 3, one URL per 0.1 s interval.
-            url = wait_until(lambda sha=sha: (u := attacker.call("checkpoint_url", **lease, sha256=sha, size=100))["ok"]
-                             and u, timeout_s=10, what="a checkpoint URL")
+            def granted_url(sha: str = sha) -> dict[str, Any] | None:
+                url = attacker.call("checkpoint_url", **lease, sha256=sha, size=100)
+                return url if url["ok"] else None
+
+            url = wait_until(granted_url, timeout_s=10, what="a checkpoint URL")
             attacker.upload(url, junk)
             errors.append(attacker.call("checkpoint_saved", **lease, sha256=sha, size=100).get("error"))
     finally:
@@ -184,14 +188,15 @@ def test_a_lease_whose_checkpoints_keep_failing_their_check_gets_nothing_more_re
     assert errors == ["artifact_mismatch"] * 3 + ["rate_limited"], errors
 
 
-def _hand_back(attacker: HostileHost, lease: dict[str, str]) -> None:
+def _hand_back(attacker: HostileHost, lease: dict[str, Any]) -> None:
     handed = attacker.call("fail", **lease, cause="shutdown", error="handed back")
     assert handed["ok"], handed
 
 
 def _next_attempt_start(fleet: TlsFleet, job: str) -> dict[str, Any]:
-    return wait_until(lambda: (s := _checkpoint(fleet, job)["last_start"]) and s["attempt"] == 2 and s,
-                      timeout_s=60, interval_s=0.2, what="the second attempt to report how it started")
+    start: dict[str, Any] = wait_until(lambda: (s := _checkpoint(fleet, job)["last_start"]) and s["attempt"] == 2 and s,
+                                       timeout_s=60, interval_s=0.2, what="the second attempt to report how it started")
+    return start
 
 
 def test_a_checkpoint_bomb_unpacks_no_further_than_checkpoint_max_mib_on_the_next_host(

@@ -27,7 +27,8 @@ def _fleet_settings(interval_s: float) -> str:
 
 
 def _checkpoint(client: FleetClient, job: str) -> dict[str, Any]:
-    return client.job(job).to_wire()["checkpoint"]
+    checkpoint: dict[str, Any] = client.job(job).to_wire()["checkpoint"]
+    return checkpoint
 
 
 def _saved_step(client: FleetClient, job: str) -> int:
@@ -38,7 +39,7 @@ def _saved_step(client: FleetClient, job: str) -> int:
 def _log_lines(client: FleetClient, job: str, attempt: int | None = None) -> list[str]:
     """The job's log lines: its latest attempt's, or those of `attempt`."""
     fields = {"attempt": attempt} if attempt is not None else {}
-    return [str(line) for line in client.call(Verb.LOGS, job=job, **fields)["lines"]]
+    return [str(line) for line in client.call_json(Verb.LOGS, job=job, **fields)["lines"]]
 
 
 def _resumed_steps(client: FleetClient, job: str) -> list[int]:
@@ -57,7 +58,7 @@ def _interrupt_then_finish_elsewhere(s3_fleet: Fleet, how: signal.Signals, inter
     if how is signal.SIGKILL:
         wait_until(lambda: _saved_step(client, "victim") >= 8, timeout_s=30, what="a checkpoint at step 8 or later")
     else:
-        wait_until(lambda: int((client.job("victim").progress or {}).get("epoch") or 0) >= 8,
+        wait_until(lambda: float(str((client.job("victim").progress or {}).get("epoch") or 0)) >= 8,
                    timeout_s=30, what="victim at step 8")
     saved_before = _saved_step(client, "victim")
     agent_a.signal(how)

@@ -15,7 +15,7 @@ import pytest
 
 from mqfleet.cli import main
 from mqfleet.local.broker import BrokerPki, LocalBroker
-from tests.fixtures.common import free_port
+from mqfleet.local.ports import free_port
 from tests.fixtures.tls import OPERATOR
 
 EXIT_UNREACHABLE = 3

@@ -14,11 +14,12 @@ from urllib.parse import urlsplit
 
 from mqfleet.errors import RemoteError
 from mqfleet.local.postgres import LocalPostgres
+from mqfleet.local.process import Proc
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
-from tests.fixtures.fleet import Fleet, Proc, manifest_text
+from tests.fixtures.fleet import ROOT, Fleet, manifest_text
 
 #: Long enough that a loaded test machine never loses a live host's lease, short enough to matter.
 FLEET = """\
@@ -36,7 +37,7 @@ def _jobs(n: int) -> list[dict[str, Any]]:
 def _start(fleet: Fleet, url: str, name: str, password: str) -> Proc:
     argv = [sys.executable, "-m", "mqfleet", "coordinator", "--manifest", str(fleet.manifest_path), "--db", url,
             "--store", fleet.store_url, "--sweep-interval", "0.2", "--client-id", name]
-    return Proc(name, argv, {**fleet.env, "MQFLEET_DB_PASSWORD": password}, fleet.dir / f"{name}.log")
+    return Proc(name, argv, {**fleet.env, "MQFLEET_DB_PASSWORD": password}, fleet.dir / f"{name}.log", cwd=ROOT)
 
 
 def _without_password(url: str) -> str:
@@ -90,9 +91,11 @@ def test_two_coordinators_survive_kill_9_of_each_with_every_job_done_exactly_onc
             fleet.write_manifest(manifest_text(*_jobs(20), fleet=FLEET))
             assert fleet.cli("reload").returncode == 0
         procs[leader] = _start(fleet, url, leader, postgres.password)
-        wait_until(lambda n=leader: any(c["id"] == n and c["alive"] and c["role"] == "follower"
-                                        for c in _health(client).get("coordinators", [])),
-                   timeout_s=60, what=f"{leader} back as a follower")
+        def is_follower(name: str = leader) -> bool:
+            return any(c["id"] == name and c["alive"] and c["role"] == "follower"
+                       for c in _health(client).get("coordinators", []))
+
+        wait_until(is_follower, timeout_s=60, what=f"{leader} back as a follower")
         time.sleep(3)  # let jobs flow through both before the next kill
     print(f"leader moved after kill -9 in {', '.join(f'{m:.2f}s' for m in moves)}")
 
@@ -154,14 +157,15 @@ def test_migrate_from_sqlite_copies_a_stopped_fleet_with_counts_checked(
     target = postgres_url  # an empty database
     argv = ["coordinator", "--manifest", str(fleet.manifest_path), "--db", target, "--store", fleet.store_url,
             "--migrate-from", f"sqlite:{fleet.db_path}", "--client-id", "pg"]
-    migrated = Proc("migrated", [sys.executable, "-m", "mqfleet", *argv], fleet.env, fleet.dir / "migrated.log")
+    migrated = Proc("migrated", [sys.executable, "-m", "mqfleet", *argv], fleet.env, fleet.dir / "migrated.log",
+                    cwd=ROOT)
     client = fleet.client(timeout_s=2.0)
     try:
         wait_until(lambda: _answers(client), timeout_s=60, what="the migrated coordinator to answer")
         assert "migrated: " in migrated.log() and "jobs 2" in migrated.log()
         after = {j["id"]: (j["status"], j["artifact"]) for j in client.jobs()}
         assert after == {j["id"]: (j["status"], j["artifact"]) for j in before}
-        assert len(client.call(Verb.ARTIFACTS)["artifacts"]) == 2
+        assert len(client.call_json(Verb.ARTIFACTS)["artifacts"]) == 2
         health = client.health()
         assert health.state_store == "postgresql" and health.role == "leader"
     finally:
@@ -173,7 +177,8 @@ def test_migrate_from_sqlite_copies_a_stopped_fleet_with_counts_checked(
 def _health(client: Any) -> dict[str, Any]:
     """The health reply, or {} while no coordinator answers (one is being killed or started)."""
     try:
-        return client.health().to_wire()
+        health: dict[str, Any] = client.health().to_wire()
+        return health
     except Exception:
         return {}
 

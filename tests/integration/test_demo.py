@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from mqfleet.local.broker import LocalBroker
-from tests.fixtures.common import free_port, require_real_part, wait_until
+from mqfleet.local.ports import free_port
+from tests.fixtures.common import require_real_part, wait_until
 from tests.unit.test_demo_render import job_column as job_names
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+from typing import Any
 
 import psutil
 
@@ -30,14 +31,15 @@ def test_several_jobs_complete_on_two_agents_with_verified_artifacts_in_s3(s3_fl
         key = store.key_for(sha)
         assert key.endswith(f"artifacts/{sha}.tar.zst")
         assert store.hash_object(key)[0] == sha
-    artifacts = s3_fleet.client().call(Verb.ARTIFACTS)["artifacts"]
+    artifacts = s3_fleet.client().call_json(Verb.ARTIFACTS)["artifacts"]
     assert sorted(a["name"] for a in artifacts) == [f"job-{i}" for i in range(5)]
     assert all(a["size"] == store.stat(store.key_for(a["sha256"])) for a in artifacts)
 
 
 def test_identical_output_of_another_job_is_deduplicated_not_uploaded_again(s3_fleet: Fleet) -> None:
     # Same hyper and seed, different mode: two jobs, one output, one stored object.
-    jobs = [{"name": "first", "model": "ok", "mode": "a"}, {"name": "second", "model": "ok", "mode": "b", "after": ["first"]}]
+    jobs: list[dict[str, Any]] = [{"name": "first", "model": "ok", "mode": "a"},
+                                  {"name": "second", "model": "ok", "mode": "b", "after": ["first"]}]
     s3_fleet.write_manifest(manifest_text(*jobs))
     s3_fleet.start_coordinator()
     s3_fleet.start_agent("alpha")
@@ -47,7 +49,7 @@ def test_identical_output_of_another_job_is_deduplicated_not_uploaded_again(s3_f
     assert done["first"]["artifact"] == done["second"]["artifact"]
     log = s3_fleet.agents["alpha"].log()
     assert "already stored; no upload" in log
-    artifacts = s3_fleet.client().call(Verb.ARTIFACTS)["artifacts"]
+    artifacts = s3_fleet.client().call_json(Verb.ARTIFACTS)["artifacts"]
     assert sorted(a["name"] for a in artifacts) == ["first", "second"]
     assert len({a["sha256"] for a in artifacts}) == 1
 

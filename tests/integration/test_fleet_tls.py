@@ -17,7 +17,7 @@ from mqfleet.client import FleetClient
 from mqfleet.errors import BrokerUnavailableError, NotAuthorizedError
 from mqfleet.mqtt.connection import Connection
 from mqfleet.trust.certs import CertRole, issue_cert, make_ca
-from mqfleet.wire.topics import Role, Verb, encode
+from mqfleet.wire.topics import JsonObject, Role, Verb, encode
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.tls import OPERATOR, T, TlsFleet
@@ -37,8 +37,8 @@ def hostile(tls_fleet: TlsFleet) -> Iterator[Connection]:
         conn.stop(timeout_s=2)
 
 
-def _by_name(client: FleetClient) -> dict[str, dict[str, object]]:
-    return {j["name"]: j for j in client.jobs()}
+def _by_name(client: FleetClient) -> dict[str, JsonObject]:
+    return {str(j["name"]): j for j in client.jobs()}
 
 
 def test_host_a_certificate_cannot_advert_claim_or_complete_as_host_b_and_b_job_is_unaffected(

@@ -24,7 +24,8 @@ from mqfleet.errors import MqfleetError
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.wire.signing import sign_request
-from mqfleet.wire.topics import ROLE_OF_VERB, Role, Topics, Verb
+from mqfleet.wire.topics import Role, Topics, Verb
+from mqfleet.wire.verbs import VERBS
 from tests.fixtures.fleet import OPERATOR_TOKEN, Fleet, manifest_text
 
 FUZZ_HOSTS = ["fuzz-host", "real-host"]
@@ -80,7 +81,7 @@ def bodies(draw: st.DrawFn, role: Role, verb: str) -> bytes:
 def requests(draw: st.DrawFn) -> tuple[str, str, str, bytes]:
     """(role, client, verb, payload): mostly a verb on its own role, sometimes a wrong role or an unknown verb."""
     verb = draw(st.sampled_from([v.value for v in Verb]) | st.sampled_from(["nope", "CLAIM", "claim.x", "__init__"]))
-    right = ROLE_OF_VERB.get(Verb(verb)) if verb in Verb._value2member_map_ else None
+    right = VERBS[Verb(verb)].role if verb in Verb._value2member_map_ else None
     role = right if right is not None and draw(st.integers(0, 4)) else draw(st.sampled_from(list(Role)))
     client = draw(st.sampled_from(FUZZ_HOSTS)) if role is Role.AGENT else f"fuzz-{role.value}"
     return role.value, client, verb, draw(bodies(role, verb))
@@ -91,7 +92,7 @@ host_messages = st.tuples(st.sampled_from(["advert", "status"]),
 
 
 def _snapshot(fleet: Fleet) -> dict[str, tuple[Any, ...]]:
-    return {j["id"]: (j["status"], j["host"], j["attempts"], j["artifact"]) for j in fleet.client().jobs()}
+    return {str(j["id"]): (j["status"], j["host"], j["attempts"], j["artifact"]) for j in fleet.client().jobs()}
 
 
 def test_malformed_oversized_and_wrongly_typed_requests_to_every_verb_are_refused_and_change_no_job(
@@ -101,7 +102,7 @@ def test_malformed_oversized_and_wrongly_typed_requests_to_every_verb_are_refuse
     fleet.write_manifest(manifest_text({**pinned, "name": "parked"}, {**pinned, "name": "later", "seed": 1, "priority": 5},
                                        {**pinned, "name": "gone", "seed": 2}))
     fleet.start_coordinator()
-    fleet.client().call(Verb.CANCEL, job="gone")
+    fleet.client().call_json(Verb.CANCEL, job="gone")
     before = _snapshot(fleet)
     topics = Topics(topic_prefix)
     conn = Connection(BrokerConfig(url=fleet.broker_url), client_id=f"fuzz-{uuid.uuid4().hex[:8]}",
@@ -143,7 +144,7 @@ def test_malformed_oversized_and_wrongly_typed_requests_to_every_verb_are_refuse
             else:
                 # Only a read-only query, a claim that finds nothing for a host with no eligible job, or a
                 # signed operator verb that moves no job (reload of the same file, drain, gc) succeeds.
-                assert role == ROLE_OF_VERB[Verb(verb)].value, (role, verb, reply)
+                assert role == VERBS[Verb(verb)].role.value, (role, verb, reply)
                 assert (role == Role.QUERY.value or (verb == Verb.CLAIM.value and reply.get("job") is None)
                         or verb in (Verb.RELOAD.value, Verb.DRAIN.value, Verb.UNDRAIN.value, Verb.GC.value)), (verb, reply)
 
@@ -174,6 +175,7 @@ def test_response_topics_and_mqtt_properties_of_any_shape_never_make_the_coordin
     fleet: Fleet, topic_prefix: str
 ) -> None:
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -187,7 +189,7 @@ def test_response_topics_and_mqtt_properties_of_any_shape_never_make_the_coordin
     watcher.subscribe(f"{topic_prefix}/#", lambda m: seen.append(m.topic), qos=0)
     watcher.start(wait_s=10)
     host, port = fleet.broker_url.removeprefix("mqtt://").split(":")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=me, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=me, protocol=mqtt.MQTTv5)
     client.connect(host, int(port))
     client.loop_start()
     sent = 0
@@ -195,7 +197,7 @@ def test_response_topics_and_mqtt_properties_of_any_shape_never_make_the_coordin
     @settings(max_examples=60, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
               suppress_health_check=[HealthCheck.too_slow])
     @given(batch=st.lists(st.tuples(
-        st.sampled_from([v.value for v in Verb if ROLE_OF_VERB[v] is Role.QUERY] + ["claim", "cancel"]),
+        st.sampled_from([v.value for v in Verb if VERBS[v].role is Role.QUERY] + ["claim", "cancel"]),
         _response_topics(topic_prefix, me), st.binary(max_size=40), st.booleans(),
         st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_size=3),
         st.none() | st.integers(0, 3600), st.none() | st.integers(0, 1), st.none() | st.text(max_size=20)),
@@ -203,8 +205,8 @@ def test_response_topics_and_mqtt_properties_of_any_shape_never_make_the_coordin
     def fuzz(batch: list[tuple[str, str, bytes, bool, list[tuple[str, str]], int | None, int | None, str | None]]) -> None:
         nonlocal sent
         for verb, response_topic, correlation, retain, user_props, expiry, fmt, content_type in batch:
-            role = ROLE_OF_VERB.get(Verb(verb), Role.QUERY)
-            props = Properties(PacketTypes.PUBLISH)
+            role = VERBS[Verb(verb)].role
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ResponseTopic = response_topic
             props.CorrelationData = correlation
             for key, value in user_props:

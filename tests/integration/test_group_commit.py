@@ -52,7 +52,7 @@ def _agent(connect: Callable[..., Connection], topics: Topics, host: str) -> Rpc
 def _claim(rpc: RpcClient) -> dict[str, Any]:
     def granted() -> dict[str, Any] | None:
         try:
-            job = rpc.call(Verb.CLAIM).get("job")
+            job = rpc.call_json(Verb.CLAIM).get("job")
         except Exception:
             return None  # the advert may not have been recorded yet
         return dict(job) if job else None
@@ -144,7 +144,7 @@ def test_a_group_whose_commit_fails_leaves_nothing_and_each_request_runs_again_w
     grouped_before = coordinator.grouped_requests
     blocker = _blocker(coordinator, mqtt_connect)
     commit = coordinator.state.conn.commit
-    failures = []
+    failures: list[int] = []
 
     def commit_failing_once() -> None:
         # the group's commit: the one whose transaction has ended h1's lease (its hand-back ran in it)

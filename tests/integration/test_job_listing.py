@@ -55,7 +55,7 @@ def test_jobs_listing_of_several_pages_is_whole_ordered_and_filtered(listed: Fle
         offset: int | None = 0
         seen: list[str] = []
         while offset is not None:
-            reply = client.call(Verb.JOBS, offset=offset)
+            reply = client.call_json(Verb.JOBS, offset=offset)
             seen += [j["name"] for j in reply["jobs"]]
             offset = reply["next_offset"]
         assert seen == names and reply["total"] == N_JOBS

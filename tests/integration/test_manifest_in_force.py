@@ -15,8 +15,8 @@ from mqfleet.mqtt.connection import Connection
 from tests.fixtures.common import wait_until
 from tests.fixtures.fleet import Fleet, manifest_text
 
-ORIGINAL = [{"name": "base", "model": "ok", "mode": "m"}]
-SENT = [*ORIGINAL, {"name": "sent-only", "model": "ok", "mode": "m", "seed": 7}]
+ORIGINAL: list[dict[str, Any]] = [{"name": "base", "model": "ok", "mode": "m"}]
+SENT: list[dict[str, Any]] = [*ORIGINAL, {"name": "sent-only", "model": "ok", "mode": "m", "seed": 7}]
 
 
 def _restart_coordinator_hard(fleet: Fleet) -> None:
@@ -61,14 +61,15 @@ def test_a_manifest_file_changed_on_disk_before_a_restart_wins_and_the_log_says_
     sent = tmp_path / "sent.toml"
     sent.write_text(manifest_text(*SENT))
     assert fleet.cli("reload", "--file", str(sent)).returncode == 0
-    changed = [*ORIGINAL, {"name": "from-file", "model": "ok", "mode": "m", "seed": 9}]
+    changed: list[dict[str, Any]] = [*ORIGINAL, {"name": "from-file", "model": "ok", "mode": "m", "seed": 9}]
     fleet.write_manifest(manifest_text(*changed))
 
     _restart_coordinator_hard(fleet)
 
-    assert fleet.coordinator is not None
-    wait_until(lambda: "changed on disk" in fleet.coordinator.log(), timeout_s=10, what="the log to say why")
-    assert "the file wins" in fleet.coordinator.log()
+    coordinator = fleet.coordinator
+    assert coordinator is not None
+    wait_until(lambda: "changed on disk" in coordinator.log(), timeout_s=10, what="the log to say why")
+    assert "the file wins" in coordinator.log()
     jobs = {j["name"]: j for j in fleet.client().jobs()}
     assert jobs["from-file"]["in_manifest"] is True
     assert jobs["sent-only"]["in_manifest"] is False

@@ -13,7 +13,8 @@ import time
 import psutil
 
 from mqfleet.coordinator.scrape_endpoint import MAX_CONNECTIONS, READ_TIMEOUT_S
-from tests.fixtures.common import free_port, scrape_metrics, wait_until
+from mqfleet.local.ports import free_port
+from tests.fixtures.common import scrape_metrics, wait_until
 from tests.fixtures.fleet import manifest_text
 from tests.fixtures.tls import TlsFleet
 

@@ -93,7 +93,7 @@ def test_trainer_that_writes_nothing_fails_app_and_uploads_nothing(fleet: Fleet)
     attempt = _only_attempt(fleet, "empty")
     assert attempt["cause"] == "app" and attempt["exit_code"] == 0, attempt
     assert "wrote nothing" in attempt["error"], attempt
-    assert fleet.client().call(Verb.ARTIFACTS)["artifacts"] == []
+    assert fleet.client().call_json(Verb.ARTIFACTS)["artifacts"] == []
 
 
 def test_trainer_missing_a_declared_output_fails_app_naming_it(fleet: Fleet) -> None:
@@ -104,7 +104,7 @@ def test_trainer_missing_a_declared_output_fails_app_naming_it(fleet: Fleet) -> 
     attempt = _only_attempt(fleet, "partial")
     assert attempt["cause"] == "app", attempt
     assert "model.pt" in attempt["error"] and "*.json" not in attempt["error"], attempt
-    assert fleet.client().call(Verb.ARTIFACTS)["artifacts"] == []
+    assert fleet.client().call_json(Verb.ARTIFACTS)["artifacts"] == []
 
 
 def _fake_torch(site: Path, version: str) -> None:
@@ -122,7 +122,7 @@ def test_a_changed_torch_version_reaches_workers_and_claims_without_restarting_t
     fleet.start_coordinator()
     client = fleet.client()
     adverts: list[dict[str, Any]] = []
-    client.conn.subscribe(client.topics.advert("solo"), lambda m: adverts.append(m.json()))
+    client.subscribe(client.topics.advert("solo"), lambda m: adverts.append(m.json()))
     fleet.start_agent("solo")
     wait_until(lambda: client.workers(), timeout_s=30, what="the agent's advert")
     first = client.workers()[0].advert.get("torch")
@@ -186,7 +186,7 @@ def test_three_consecutive_failures_quarantine_a_host_until_undrain(fleet: Fleet
     client = fleet.client()
     events: list[dict[str, Any]] = []
     client.health()  # connected, so the subscription below is live before the agent starts
-    client.conn.subscribe(client.topics.events, lambda m: events.append(m.json()))
+    client.subscribe(client.topics.events, lambda m: events.append(m.json()))
     fleet.start_agent("broken")
     fleet.wait_for_status({"f0": "failed", "f1": "failed", "f2": "failed"}, timeout_s=60)
     host = wait_until(lambda: next((w for w in client.workers() if w.quarantined), None), timeout_s=10,

@@ -18,11 +18,12 @@ import pytest
 
 from mqfleet.errors import BrokerUnavailableError, RequestTimeoutError
 from mqfleet.local.broker import LocalBroker
+from mqfleet.local.ports import free_port
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.inbox import Message
 from mqfleet.wire import topics
-from tests.fixtures.common import free_port, wait_until
+from tests.fixtures.common import wait_until
 
 Connect = Callable[..., Connection]
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,8 +33,8 @@ def echo_responder(conn: Connection) -> Callable[[Message], None]:
     """A handler that answers every request with what it asked plus what the transport carried."""
 
     def handle(msg: Message) -> None:
-        conn.reply(msg, topics.ok(echo=msg.json(), response_topic=msg.response_topic,
-                                    correlation=(msg.correlation_data or b"").hex()))
+        conn.reply(msg, {"ok": True, "echo": msg.json(), "response_topic": msg.response_topic,
+                         "correlation": (msg.correlation_data or b"").hex()})
 
     return handle
 

@@ -85,9 +85,9 @@ def test_a_redelivered_signed_request_gets_the_remembered_reply_and_runs_once(tl
     sniffer.subscribe(f"{T.prefix}/rpc/operator/{client.client_id}/cancel", lambda m: captured.append(m.payload))
     sniffer.start(wait_s=10)
     try:
-        first = client.call(Verb.CANCEL, job="parked")
+        first = client.call_json(Verb.CANCEL, job="parked")
         wait_until(lambda: captured, timeout_s=10)
-        client.call(Verb.REQUEUE, job="parked")
+        client.call_json(Verb.REQUEUE, job="parked")
         # The same bytes on the same topic (a QoS 1 redelivery): answered from memory, nothing runs again.
         again = client.conn.request_raw(T.rpc(Role.OPERATOR, client.client_id, "cancel"), captured[0], timeout_s=10)
     finally:

@@ -70,7 +70,7 @@ def test_cancel_reaches_a_trainer_that_ignores_sigterm_and_leaves_no_process(fle
     wait_until(lambda: len(trainer_processes(work)) >= 2, timeout_s=10, what="trainer and its child")
     procs = trainer_processes(work)
 
-    client.call(Verb.CANCEL, job="stubborn")
+    client.call_json(Verb.CANCEL, job="stubborn")
 
     assert client.job("stubborn").status == "cancelled"
     # kill grace is 2 s in the fixture: SIGTERM is ignored, then the whole tree is killed
@@ -126,7 +126,7 @@ def test_a_stalled_host_that_returns_inside_the_grace_keeps_its_job(fleet: Fleet
 
 def _alive(proc: psutil.Process) -> bool:
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
@@ -152,7 +152,7 @@ def test_a_cancel_sent_while_the_agent_was_cut_off_reaches_its_trainer_after_it_
     try:
         out, _ = watch.communicate(timeout=35)
         assert '"offline"' in out
-        client.call(Verb.CANCEL, job="stubborn")  # queued in the agent's persistent session
+        client.call_json(Verb.CANCEL, job="stubborn")  # queued in the agent's persistent session
         assert client.job("stubborn").status == "cancelled"
     finally:
         agent.signal(signal.SIGCONT)

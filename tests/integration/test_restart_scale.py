@@ -62,7 +62,7 @@ def test_restart_with_many_jobs_renews_at_once_while_stale_states_are_republishe
 
     # Every job's priority changes; the coordinator dies before it could republish (most of) them.
     fleet.write_manifest(_manifest(priority=5))
-    fleet.client(timeout_s=60).call(Verb.RELOAD)
+    fleet.client(timeout_s=60).call_json(Verb.RELOAD)
     coordinator.kill()
 
     states = RetainedStates(fleet)
@@ -92,8 +92,8 @@ def test_restart_with_many_jobs_renews_at_once_while_stale_states_are_republishe
     def all_states_agree() -> bool:
         with states.lock:
             latest = dict(states.latest)
-        return all((latest.get(j["id"]) or {}).get("priority") == 5
-                   and latest[j["id"]]["status"] == j["status"] for j in listing)
+        return all((latest.get(str(j["id"])) or {}).get("priority") == 5
+                   and latest[str(j["id"])]["status"] == j["status"] for j in listing)
 
     wait_until(all_states_agree, timeout_s=120, interval_s=0.5, what="every retained state to agree with the database")
     # A restart republishes only what changed: the stale states, not every job twice.

@@ -45,7 +45,8 @@ class RawAgent:
             reply = self.call("claim")
             return reply["job"] if reply.get("job") else None
 
-        return wait_until(granted, timeout_s=10, interval_s=0.2, what=f"a claim by {self.host}")
+        job: dict[str, Any] = wait_until(granted, timeout_s=10, interval_s=0.2, what=f"a claim by {self.host}")
+        return job
 
     def close(self) -> None:
         self.conn.stop()
@@ -78,8 +79,8 @@ def test_renew_on_a_superseded_lease_is_refused_with_lease_lost(rpc_fleet: Fleet
     grant = agent.claim()
     job_id, old_lease = grant["job"]["id"], grant["lease_id"]
     client = rpc_fleet.client()
-    client.call(Verb.CANCEL, job=job_id)
-    client.call(Verb.REQUEUE, job=job_id)
+    client.call_json(Verb.CANCEL, job=job_id)
+    client.call_json(Verb.REQUEUE, job=job_id)
     wait_until(lambda: client.job(job_id).status == "pending", timeout_s=5)
 
     reply = agent.call("renew", job_id=job_id, lease_id=old_lease, progress=None)

@@ -16,8 +16,9 @@ import psutil
 import pytest
 
 from mqfleet.agent.command import build_trainer_argv, trainer_env
+from mqfleet.agent.progress import parse_progress
 from mqfleet.agent.reaper import reap_leftovers, record_run
-from mqfleet.agent.runner import TrainerRun, parse_progress
+from mqfleet.agent.runner import TrainerRun
 from mqfleet.errors import ConfigurationError
 from mqfleet.wire.requests import TrainerRef
 from mqfleet.wire.topics import JsonObject
@@ -34,7 +35,7 @@ class Lines:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.progress: list[dict[str, object]] = []
+        self.progress: list[JsonObject] = []
         self._cond = threading.Condition()
 
     def on_line(self, line: str) -> None:
@@ -42,7 +43,7 @@ class Lines:
             self.lines.append(line)
             self._cond.notify_all()
 
-    def on_progress(self, progress: dict[str, object]) -> None:
+    def on_progress(self, progress: JsonObject) -> None:
         self.progress.append(progress)
 
     def wait_for(self, prefix: str, timeout_s: float = 15.0) -> str:
@@ -141,7 +142,7 @@ def test_a_raising_callback_does_not_stop_the_output_being_read(tmp_path: Path) 
         seen.append(line)
         raise RuntimeError("callback bug")
 
-    def explode_too(progress: dict[str, object]) -> None:
+    def explode_too(progress: JsonObject) -> None:
         raise RuntimeError("progress callback bug")
 
     run = make_run(tmp_path, "chatty.py", "--lines", "5")

@@ -6,6 +6,7 @@ About a minute of faults and drain; the 10-minute, 20-agent run is `make soak` (
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ def test_short_soak_completes_every_job_exactly_once_with_no_orphans_under_injec
     require_real_part(LocalBroker.available(), "mosquitto")
     config = SoakConfig(duration_s=45, agents=4, jobs=40, seed=7, work_dir=tmp_path / "soak", drain_timeout_s=150)
 
-    report = run_soak(config).to_json()
+    report: dict[str, Any] = run_soak(config).to_json()
 
     # Timing bounds are reported by the soak, not asserted here: a shared machine's stall is no bug.
     failed = [name for name, held in report["invariants"].items() if not held and not name.startswith("host death")]
@@ -50,7 +51,7 @@ def test_short_soak_with_two_coordinators_on_postgresql_holds_every_invariant(tm
     config = SoakConfig(duration_s=45, agents=4, jobs=40, seed=20, work_dir=tmp_path / "soak", drain_timeout_s=150,
                         coordinators=2, db="postgresql")
 
-    report = run_soak(config).to_json()
+    report: dict[str, Any] = run_soak(config).to_json()
 
     failed = [name for name, held in report["invariants"].items() if not held and not name.startswith("host death")]
     assert not failed, f"invariants broken: {failed}; problems: {report['problems']}"

@@ -14,12 +14,13 @@ import psutil
 import pytest
 
 from mqfleet.errors import ConfigurationError, StoreError
+from mqfleet.local.ports import free_port
 from mqfleet.local.s3 import LocalS3
 from mqfleet.store.base import ArtifactStore, open_store
 from mqfleet.store.files import FileStore
 from mqfleet.store.s3 import S3Store
 from tests.contracts.store import StoreContract
-from tests.fixtures.common import free_port, require_real_part
+from tests.fixtures.common import require_real_part
 
 
 class TestFileStore(StoreContract):

@@ -59,7 +59,7 @@ class SimAgent:
 
     def claim(self) -> dict[str, Any]:
         def granted() -> dict[str, Any] | None:
-            job = self.rpc.call(Verb.CLAIM).get("job")
+            job = self.rpc.call_json(Verb.CLAIM).get("job")
             return dict(job) if job else None
 
         # the coordinator learns the advert asynchronously; until then a claim gets nothing or unknown_host
@@ -95,7 +95,7 @@ def test_a_lease_expires_exactly_at_its_term_and_the_job_goes_back_to_pending(
     assert [a.cause for a in coordinator.catalog.attempts(job_id)] == ["lost"]
     # the old lease is gone for good: its renewal is refused
     with pytest.raises(Exception, match="lease_lost"):
-        agent.rpc.call(Verb.RENEW, job_id=job_id, lease_id=grant["lease_id"], progress=None)
+        agent.rpc.call_json(Verb.RENEW, job_id=job_id, lease_id=grant["lease_id"], progress=None)
 
 
 def test_a_renewal_moves_the_expiry_so_the_same_tick_no_longer_expires_it(
@@ -105,7 +105,7 @@ def test_a_renewal_moves_the_expiry_so_the_same_tick_no_longer_expires_it(
     grant = agent.claim()
     job_id = grant["job"]["id"]
     clock.advance(LEASE_S - 1)
-    reply = agent.rpc.call(Verb.RENEW, job_id=job_id, lease_id=grant["lease_id"], progress=None)
+    reply = agent.rpc.call_json(Verb.RENEW, job_id=job_id, lease_id=grant["lease_id"], progress=None)
     assert reply["expires_ts"] == clock.now + LEASE_S
     assert coordinator.tick(grant["expires_ts"]) == []
     assert coordinator.catalog.job(job_id).status == "running"
@@ -140,7 +140,7 @@ def test_a_host_back_inside_the_grace_keeps_its_job_by_renewing(
     wait_until(lambda: _lease_expiry(coordinator, job_id) == will_at + GRACE_S, timeout_s=10, what="the grace")
     clock.advance(GRACE_S / 2)
     agent.conn.publish(coordinator.topics.status("h1"), {"state": "online"}, qos=1, retain=True)
-    agent.rpc.call(Verb.RENEW, job_id=job_id, lease_id=grant["lease_id"], progress=None, attempts=2)
+    agent.rpc.call_json(Verb.RENEW, job_id=job_id, lease_id=grant["lease_id"], progress=None, attempts=2)
     assert coordinator.tick(will_at + GRACE_S) == []
     assert coordinator.catalog.job(job_id).status == "running"
 

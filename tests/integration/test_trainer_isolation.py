@@ -19,10 +19,9 @@ import pytest
 
 from mqfleet.wire.topics import Verb
 from tests.fixtures.common import wait_until
-from tests.fixtures.fleet import FAST_FLEET, manifest_text
+from tests.fixtures.fleet import FAST_FLEET, RESUMABLE_TRAINER, manifest_text
 from tests.fixtures.tls import OPERATOR, TlsFleet
 from tests.fixtures.users import OTHER_USER, need_root_and_other_user
-from tests.integration.test_checkpoints import RESUMABLE_TRAINER
 
 SNOOP_TRAINER = """\
 [trainers.snoop]
@@ -113,7 +112,7 @@ def test_the_trainer_users_checkpoint_is_synced_and_resumed_from_through_a_file_
     client = tls_fleet.client()
     attempts = client.job("crashy").to_wire()["attempts_detail"]
     assert [a["outcome"] for a in attempts] == ["app", "completed"], attempts
-    lines = [str(line) for line in client.call(Verb.LOGS, job="crashy")["lines"]]
+    lines = [str(line) for line in client.call_json(Verb.LOGS, job="crashy")["lines"]]
     assert any("resumed at step 6" in line for line in lines), lines
 
 

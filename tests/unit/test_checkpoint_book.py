@@ -15,7 +15,7 @@ from mqfleet.coordinator.tables.garbage import UploadWindow, collect_garbage
 from mqfleet.coordinator.verbs.checkpoints import with_checkpoint
 from mqfleet.coordinator.verbs.context import HandlerContext
 from mqfleet.errors import LeaseLostError
-from mqfleet.lifecycle import Cause
+from mqfleet.lifecycle import Cause, JobStatus
 from mqfleet.store.files import FileStore
 from mqfleet.wire.replies import CheckpointDetail, CheckpointStartRecord
 from mqfleet.wire.requests import Grant, JobRow, TrainerRef
@@ -38,7 +38,7 @@ def db(state_target: str) -> Iterator[CoordinatorState]:
 
 def _grant(spec: JsonObject) -> Grant:
     """A claim's grant of job `a` before its checkpoint fields are filled in."""
-    row = JobRow(id=job_id("a"), name="a", status="claimed", model="gbt", mode="realistic", host="h1")
+    row = JobRow(id=job_id("a"), name="a", status=JobStatus.CLAIMED, model="gbt", mode="realistic", host="h1")
     return Grant(job=row, spec=spec, trainer=TrainerRef(name="gbt"), lease_id="l" * 32, attempt=1, expires_ts=T0 + 90,
                  lease_s=90.0)
 

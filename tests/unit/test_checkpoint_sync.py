@@ -7,20 +7,20 @@ come from a small in-process stand-in that records what the agent asked.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from mqfleet.agent import checkpoint
 from mqfleet.agent.checkpoint import RESTORE_DISK_RESERVE_BYTES, CheckpointPlan, CheckpointSync, fingerprint, snapshot
 from mqfleet.errors import BundleError, RequestTimeoutError
 from mqfleet.store.bundle import pack_artifact
 from mqfleet.store.files import FileStore
-from mqfleet.wire.codec import Wire, WireMessage
+from mqfleet.wire import verbs
 from mqfleet.wire.requests import Grant, GrantedCheckpoint
-from mqfleet.wire.topics import Verb
+from mqfleet.wire.verbs import Rep, Req, VerbSpec
 
 JOB = "ab" * 32
 LEASE = "cd" * 16
@@ -34,16 +34,16 @@ class Coordinator:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.away = False
 
-    def __call__(self, verb: Verb, message: WireMessage, *, timeout_s: float | None = None) -> Wire:
+    def __call__(self, verb: VerbSpec[Req, Rep], message: Req, *, timeout_s: float | None = None) -> Rep:
         if self.away:
-            raise RequestTimeoutError(f"{verb} not answered")
+            raise RequestTimeoutError(f"{verb.verb.value} not answered")
         fields = message.to_wire()
         assert (fields.pop("job_id"), fields.pop("lease_id")) == (JOB, LEASE), "every request is on the job's lease"
-        self.calls.append((verb, fields))
-        if verb == "checkpoint_url":
+        self.calls.append((verb.verb.value, fields))
+        if verb is verbs.CHECKPOINT_URL:
             key = self.store.checkpoint_key_for(JOB, str(fields["sha256"]))
-            return {"ok": True, "url": self.store.presign_put(key), "method": "PUT", "key": key, "expires_s": 600}
-        return {"ok": True}
+            return verb.reply.from_wire({"url": self.store.presign_put(key), "method": "PUT", "key": key, "expires_s": 600})
+        return verb.reply.from_wire({"saved_ts": 1.0, "attempt": 1})
 
     def verbs(self) -> list[str]:
         return [verb for verb, _ in self.calls]
@@ -223,7 +223,7 @@ def test_restore_that_does_not_fit_this_hosts_free_disk_starts_fresh_and_keeps_t
     given = _bundle(tmp_path, coordinator.store, b"{}", zeros=8 << 20)
     sync, _ = _sync(tmp_path, coordinator, max_bytes=1 << 30, given=given)
     free = RESTORE_DISK_RESERVE_BYTES + given["size"] + (1 << 20)  # room for 1 MiB, not 8
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: SimpleNamespace(total=1 << 40, used=0, free=free))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=1 << 40, used=0, free=free))
     assert sync.restore() is False
     fields = coordinator.calls[-1][1]
     assert "rejected_sha256" not in fields and "unpacks to more than" in fields["note"]

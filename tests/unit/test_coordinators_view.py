@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from mqfleet.cli.render import fleet
-from mqfleet.wire.requests import CoordinatorPeer, Health
+from mqfleet.wire.requests import CoordinatorPeer, Health, Presence
 
 HEALTH = Health(
-    state="online", version="1.2", uptime_s=5, ts=100.0, coordinator="c1", state_store="postgresql",
+    state=Presence.ONLINE, version="1.2", uptime_s=5, ts=100.0, coordinator="c1", state_store="postgresql",
     coordinators=[
         CoordinatorPeer(id="c1", role="leader", version="1.2", host="pi", started_ts=1.0, heartbeat_ts=99.0, alive=True),
         CoordinatorPeer(id="[bold]c2", role="gone", version="1.1", host="nuc", started_ts=1.0, heartbeat_ts=40.0,
@@ -31,4 +31,4 @@ def test_status_and_health_show_each_coordinator_its_role_version_and_heartbeat_
 
 
 def test_a_health_reply_without_coordinators_shows_no_such_row() -> None:
-    assert "coordinators" not in _text(fleet.health_view(Health(state="online", ts=1.0, version="1")))
+    assert "coordinators" not in _text(fleet.health_view(Health(state=Presence.ONLINE, ts=1.0, version="1")))

@@ -20,6 +20,7 @@ from mqfleet.errors import IllegalTransitionError, LeaseLostError
 from mqfleet.lifecycle import LEASED, TERMINAL, Cause, JobStatus, counts_against_budget
 from mqfleet.local.postgres import LocalPostgres
 from mqfleet.manifest.types import HostPolicy
+from mqfleet.wire.requests import Grant
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import ART, T0, advert, job, manifest
 
@@ -46,7 +47,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.db = CoordinatorState(self.make_target())
         self.now = T0
         self.known: set[str] = set()
-        self.grants: list[dict[str, Any]] = []  # every grant ever, stale ones included
+        self.grants: list[Grant] = []  # every grant ever, stale ones included
         self.requeued: str | None = None
         self.terminal: dict[str, tuple[Any, ...]] = {}
         for host, ad in HOSTS.items():
@@ -67,7 +68,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.db.apply_manifest(manifest(*jobs, hosts=POLICIES, max_attempts=MAX_ATTEMPTS, lease_s=30.0, grace_s=5.0), self.now)
         self.known |= {j.id for j in jobs}
 
-    def _is_current(self, grant: dict[str, Any]) -> bool:
+    def _is_current(self, grant: Grant) -> bool:
         lease = self.db.lease(grant.job.id)
         return lease is not None and lease.lease_id == grant.lease_id and lease.host == grant.job.host
 
@@ -99,7 +100,7 @@ class LeaseMachine(RuleBasedStateMachine):
         grant = data.draw(st.sampled_from(self.grants))
         current = self._is_current(grant)
         try:
-            expires = self.db.renew(grant.job.id, grant.lease_id, grant.job.host, self.now,
+            expires = self.db.renew(grant.job.id, grant.lease_id, _host(grant), self.now,
                                     None if progress is None else {"progress": progress})
         except LeaseLostError:
             assert not current
@@ -124,7 +125,7 @@ class LeaseMachine(RuleBasedStateMachine):
         grant = data.draw(st.sampled_from(self.grants))
         current = self._is_current(grant)
         try:
-            row = self.db.complete(grant.job.id, grant.lease_id, grant.job.host, ART, self.now)
+            row = self.db.complete(grant.job.id, grant.lease_id, _host(grant), ART, self.now)
         except LeaseLostError:
             assert not current
         else:
@@ -137,7 +138,7 @@ class LeaseMachine(RuleBasedStateMachine):
         current = self._is_current(grant)
         before = self.db.job(grant.job.id).attempts
         try:
-            self.db.fail(grant.job.id, grant.lease_id, grant.job.host, cause, exit_code=1, output_tail="", error="", now=self.now)
+            self.db.fail(grant.job.id, grant.lease_id, _host(grant), cause, exit_code=1, output_tail="", error="", now=self.now)
         except LeaseLostError:
             assert not current
         else:
@@ -226,3 +227,9 @@ def test_lease_state_machine_keeps_its_invariants_on_postgresql(postgres: LocalP
             return postgres.create_database(f"p_{uuid.uuid4().hex[:16]}")
 
     run_state_machine_as_test(OnPostgres, settings=settings(max_examples=10, stateful_step_count=30, deadline=None))
+
+
+def _host(grant: Grant) -> str:
+    """The host a grant went to (a grant always names it)."""
+    assert grant.job.host is not None
+    return grant.job.host

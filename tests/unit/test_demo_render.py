@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 
 from mqfleet import defaults
+from mqfleet.lifecycle import JobStatus
 from mqfleet.local import demo
 from mqfleet.local.demo import DemoJob, plain_env, progress_table, results_table, status_changes
 from mqfleet.manifest.load import load_manifest
@@ -22,7 +23,7 @@ WIDTH = 80
 def demo_jobs(status: str = "running") -> list[DemoJob]:
     """The demo manifest's jobs (their real names, sweeps included) as the demo follows them."""
     manifest = load_manifest(demo.DEMO_MANIFEST)
-    return [DemoJob(JobRow(id=j.id, name=j.name, status="pending" if j.require_cuda else status, model=j.model,
+    return [DemoJob(JobRow(id=j.id, name=j.name, status=JobStatus.PENDING if j.require_cuda else JobStatus(status), model=j.model,
                            mode=j.mode, host=None if j.require_cuda else "gbt-only", artifact="ab" * 32,
                            progress={"progress": 0.42}), j.require_cuda)
             for j in manifest.jobs]

@@ -6,6 +6,7 @@ differ only by a suffix (docs/INTERNALS.md, "Modules and who owns what")."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +50,7 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
+@functools.cache  # the tree does not change during a run; parsing it is most of these tests' time
 def import_graph() -> dict[str, set[str]]:
     mods = modules()
     known = set(mods)
@@ -145,8 +147,9 @@ def test_the_agent_never_imports_the_cli_even_through_another_module() -> None:
 #: the units of any lower layer, and nothing else: units that share a layer do not import each other
 #: (except in the base, whose modules are leaves and may use one another).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # the base: the package itself (its version), exceptions, defaults, the job state machine, logging set-up
-    ("mqfleet", "mqfleet.errors", "mqfleet.defaults", "mqfleet.lifecycle", "mqfleet.logs"),
+    # the base: the package itself (its version), exceptions, defaults, the host-id rule, the job state machine,
+    # logging set-up
+    ("mqfleet", "mqfleet.errors", "mqfleet.defaults", "mqfleet.hostid", "mqfleet.lifecycle", "mqfleet.logs"),
     # a machine owner's working hours and the local switch `agent pause` talks to: pure, the standard library
     ("mqfleet.owner",),
     # the bus contract both sides share: message types, topics, adverts, signatures; no I/O
@@ -155,6 +158,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mqfleet.manifest", "mqfleet.mqtt", "mqfleet.store", "mqfleet.trust"),
     # FleetClient, the operator's Python API over the bus (the agent's selftest asks the coordinator through it)
     ("mqfleet.client",),
+    # what a live view folds from the bus through a FleetClient (`watch`)
+    ("mqfleet.fleet_picture",),
     # the roles: what runs on the coordinator host, on each agent host, and as each trainer process
     ("mqfleet.coordinator", "mqfleet.agent", "mqfleet.trainers"),
     # the web dashboard the coordinator's process serves (--web-port), over the coordinator's query handlers

@@ -27,7 +27,7 @@ def _walk(db: CoordinatorState, where: JobFilter, *, limit: int, newest_first: b
     for _ in range(1000):
         page, after, total = db.job_page(where, limit=limit, after=after, newest_first=newest_first)
         assert len(page) <= limit
-        names += [r["name"] for r in page]
+        names += [str(r["name"]) for r in page]
         if after is None:
             return names
     raise AssertionError("the keyset walk never ended")

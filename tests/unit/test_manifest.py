@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
+from mqfleet import defaults
 from mqfleet.errors import AmbiguousError, ManifestError, NotFoundError
 from mqfleet.manifest.builtins import BUILTIN_HYPER, trainer_argv
 from mqfleet.manifest.jobs import MAX_SWEEP_JOBS
@@ -65,6 +67,31 @@ def test_valid_manifest_keeps_its_text_and_source_and_fleet_settings() -> None:
 
 def test_fleet_defaults_apply_when_the_table_is_absent() -> None:
     assert parse("").fleet == FleetSettings()
+    assert (FleetSettings().max_attempts, FleetSettings().lease_s) == (defaults.MAX_ATTEMPTS, defaults.LEASE_S)
+
+
+def test_every_fleet_key_reads_back_in_its_fields_type() -> None:
+    text = """[fleet]
+max_attempts = 4
+lease_s = 30
+grace_s = 2.5
+commit = "abc"
+timeout_s = 60
+stall_s = 7
+retry_backoff_s = 0
+quarantine_after = 3
+cancel_unsatisfiable = true
+log_max_lines = 100
+keep_history = false
+keep_days = 1
+checkpoint_interval_s = 5
+checkpoint_max_mib = 64
+"""
+    fleet = parse(text).fleet
+    assert fleet == FleetSettings(4, 30.0, 2.5, "abc", 60.0, 7.0, 0.0, 3, True, 100, False, 1.0, 5.0, 64.0)
+    for f in dataclasses.fields(FleetSettings):
+        value = getattr(fleet, f.name)
+        assert type(value) is {"int": int, "num": float, "str": str, "boo": bool}[f.metadata["kind"][:3]], f.name
 
 
 def test_missing_file_is_one_problem_that_names_the_path(tmp_path: Path) -> None:
@@ -431,10 +458,10 @@ def test_empty_mode_and_name_are_refused() -> None:
 
 def test_host_policy_takes_defaults_and_is_found_by_id() -> None:
     m = parse('[[hosts]]\nid = "pi"\nlabels = ["arm"]\n')
-    policy = m.host_policy("pi")
+    policy = m.hosts.get("pi")
     assert policy is not None
     assert (policy.allow_jobs, policy.deny_jobs, policy.slots, policy.labels) == (("*",), (), 1, ("arm",))
-    assert m.host_policy("other") is None
+    assert m.hosts.get("other") is None
 
 
 def test_duplicate_host_ids_are_a_problem_naming_both_places() -> None:

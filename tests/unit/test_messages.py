@@ -8,16 +8,18 @@ import pytest
 
 from mqfleet.agent.selftest import Check, Outcome
 from mqfleet.errors import BadRequestError
-from mqfleet.wire.published import ControlMessage, Nudge
+from mqfleet.lifecycle import Cause
+from mqfleet.wire.published import ControlAction, ControlMessage, HostStatus, LogBatch, Nudge
+from mqfleet.wire.reports import REPORTS_PER_REQUEST, Usage
 from mqfleet.wire.requests import (
     CheckpointStartRequest,
     ClaimReply,
+    CompleteRequest,
     FailRequest,
     Grant,
     GrantedCheckpoint,
     Health,
-    HostStatus,
-    LogBatch,
+    Presence,
     RenewReply,
     RenewRequest,
     UploadUrlReply,
@@ -76,8 +78,46 @@ def test_free_form_json_fields_take_any_object_but_must_be_objects() -> None:
         ClaimReply.from_wire({"ok": True, "job": {**GRANT, "spec": [1]}})
     with pytest.raises(BadRequestError, match=r"field 'progress' must be an object, not str"):
         RenewRequest.from_wire({"job_id": "j", "lease_id": "l", "progress": "50%"})
-    reports = [[1, 2.5, {"step": 3}], "not a triple"]  # checked leniently by the coordinator, not here
-    assert RenewRequest.from_wire({"job_id": "j", "lease_id": "l", "progress_reports": reports}).progress_reports == reports
+    reports = [[1, 2.5, {"step": 3}], "not a triple"]  # history: a malformed report is left out, never fatal
+    assert RenewRequest.from_wire({"job_id": "j", "lease_id": "l", "progress_reports": reports}).progress_reports == [
+        (1, 2.5, {"step": 3})]
+
+
+@pytest.mark.parametrize("bad", [{}, {"wall_s": -1, "cpu_s": 1, "max_rss_bytes": 1},
+                                 {"wall_s": 1, "cpu_s": "x", "max_rss_bytes": 1},
+                                 {"wall_s": float("nan"), "cpu_s": 1, "max_rss_bytes": 1},
+                                 {"wall_s": 1, "cpu_s": 1, "max_rss_bytes": 1, "gpu_mem_max_bytes": -1}, [1, 2], "x"])
+def test_a_malformed_usage_is_left_out_whole_and_the_request_still_reads(bad: object) -> None:
+    done = CompleteRequest.from_wire({"job_id": "j", "lease_id": "l", "sha256": "a", "size": 1, "usage": bad})
+    assert (done.job_id, done.usage) == ("j", None)
+    good = {"wall_s": 1, "cpu_s": 0.5, "max_rss_bytes": 10, "gpu_mem_max_bytes": None}
+    assert FailRequest.from_wire({"job_id": "j", "lease_id": "l", "usage": good}).usage == Usage(1.0, 0.5, 10)
+
+
+def test_malformed_progress_reports_are_left_out_one_by_one_and_past_the_cap() -> None:
+    reports = [[0, 1.0, {}], [1, float("nan"), {}], [2, 1.0, "r"], [3, 1.0, {str(k): k for k in range(201)}],
+               [4, 1.0], [True, 1.0, {}], [5, 2, {"loss": 0.5}]]
+    read = RenewRequest.from_wire({"job_id": "j", "lease_id": "l", "progress_reports": reports})
+    assert read.progress_reports == [(5, 2.0, {"loss": 0.5})]
+    many = [[i, 1.0, {}] for i in range(1, REPORTS_PER_REQUEST + 50)]
+    read = RenewRequest.from_wire({"job_id": "j", "lease_id": "l", "progress_reports": many})
+    assert read.progress_reports is not None and len(read.progress_reports) == REPORTS_PER_REQUEST
+    assert RenewRequest.from_wire({"job_id": "j", "lease_id": "l", "progress_reports": "x"}).progress_reports is None
+
+
+def test_progress_and_metrics_with_too_many_keys_are_refused_naming_the_field() -> None:
+    wide = {str(k): k for k in range(201)}
+    with pytest.raises(BadRequestError, match="field 'progress' has too many keys"):
+        RenewRequest.from_wire({"job_id": "j", "lease_id": "l", "progress": wide})
+    with pytest.raises(BadRequestError, match="field 'metrics' has too many keys"):
+        CompleteRequest.from_wire({"job_id": "j", "lease_id": "l", "sha256": "a", "size": 1, "metrics": wide})
+
+
+@pytest.mark.parametrize("cause", ["lost", "cancelled", "boom", 3])
+def test_a_cause_an_agent_may_not_report_is_refused_naming_those_it_may(cause: object) -> None:
+    with pytest.raises(BadRequestError, match="field 'cause' must be one of app, oom, preempted, shutdown, stalled, timeout"):
+        FailRequest.from_wire({"job_id": "j", "lease_id": "l", "cause": cause})
+    assert FailRequest.from_wire({"job_id": "j", "lease_id": "l", "cause": "stalled"}).cause is Cause.STALLED
 
 
 def test_the_granted_checkpoint_is_typed_and_a_malformed_one_is_named() -> None:
@@ -104,17 +144,17 @@ def test_typed_object_values_are_checked_each_by_name() -> None:
 
 
 def test_fields_sent_only_when_set_are_left_out_while_none_and_read_back_as_none() -> None:
-    assert HostStatus(state="offline").to_wire() == {"state": "offline"}  # the will: the state alone
+    assert HostStatus(state=Presence.OFFLINE).to_wire() == {"state": "offline"}  # the will: the state alone
     assert LogBatch(job_id="j", lines=["a"], ts=1.0).to_wire() == {"job_id": "j", "lines": ["a"], "ts": 1.0}
     batch = LogBatch(job_id="j", lines=["a"], ts=1.0, attempt=2)
     assert LogBatch.from_wire(batch.to_wire()) == batch
     start = CheckpointStartRequest("j", "l", resumed=False, note="fresh")
     assert set(start.to_wire()) == {"job_id", "lease_id", "resumed", "note"}
-    assert "usage" not in FailRequest("j", "l").to_wire() and FailRequest("j", "l", usage={"cpu_s": 1}).to_wire()["usage"]
+    assert "usage" not in FailRequest("j", "l").to_wire() and FailRequest("j", "l", usage=Usage(1.0, 1.0, 1)).to_wire()["usage"]
 
 
 def test_a_control_message_or_a_nudge_of_the_wrong_shape_is_named() -> None:
-    control = ControlMessage("cancel", "j", "l")
+    control = ControlMessage(ControlAction.CANCEL, "j", "l")
     assert ControlMessage.from_wire(control.to_wire()) == control
     with pytest.raises(BadRequestError, match="field 'lease_id' is missing"):
         ControlMessage.from_wire({"action": "cancel", "job_id": "j"})

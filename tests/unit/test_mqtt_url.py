@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from mqfleet import defaults
+from mqfleet.cli import main
+from mqfleet.cli.exit_codes import EXIT_USAGE
 from mqfleet.errors import ConfigurationError
 from mqfleet.mqtt.config import BrokerConfig
 from mqfleet.mqtt.connection import Connection
@@ -47,18 +49,13 @@ def test_bad_url_is_refused_naming_the_url_and_the_flag_to_fix(url: str, complai
     assert defaults.ENV_BROKER in str(e.value)
 
 
-def test_from_env_prefers_arguments_then_environment_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(defaults.ENV_BROKER, raising=False)
-    assert BrokerConfig.from_env().url == defaults.BROKER_URL
-    monkeypatch.setenv(defaults.ENV_BROKER, "mqtt://from-env:1884")
-    assert BrokerConfig.from_env().url == "mqtt://from-env:1884"
-    assert BrokerConfig.from_env("mqtt://from-arg:1885").url == "mqtt://from-arg:1885"
-
-
-def test_from_env_validates_what_it_builds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(defaults.ENV_BROKER, "tcp://nope")
-    with pytest.raises(ConfigurationError, match="scheme"):
-        BrokerConfig.from_env()
+def test_the_cli_takes_the_broker_from_its_flag_then_the_environment_and_checks_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(defaults.ENV_BROKER, "tcp://from-env")
+    assert main(["status"]) == EXIT_USAGE
+    assert "'tcp://from-env': scheme must be mqtt or mqtts" in capsys.readouterr().err
+    assert main(["status", "--broker", "tcp://from-flag"]) == EXIT_USAGE
+    assert "'tcp://from-flag'" in capsys.readouterr().err
 
 
 def test_tls_files_are_ignored_for_a_plain_mqtt_url(tmp_path: Path) -> None:
@@ -88,11 +85,12 @@ def test_mqtts_with_files_that_are_not_pem_is_refused_before_connecting(tmp_path
         BrokerConfig(url="mqtts://pi", ca=str(junk)).validate()
 
 
-def test_from_env_reads_tls_files_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_cli_reads_tls_files_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv(defaults.ENV_BROKER, "mqtts://pi")
     monkeypatch.setenv(defaults.ENV_CA, str(tmp_path / "absent-ca.pem"))
-    with pytest.raises(ConfigurationError, match=defaults.ENV_CA):
-        BrokerConfig.from_env()
+    assert main(["status"]) == EXIT_USAGE
+    assert "absent-ca.pem" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("client_id", ["", "a/b", "a+b", "a#"])

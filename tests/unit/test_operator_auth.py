@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
 from mqfleet.coordinator.sql.postgres import open_state
@@ -12,7 +14,7 @@ T0 = 1_800_000_000.0
 BODY = {"request_id": "r1", "job": "train-a"}
 
 
-def _signed(token: str = "tok", verb: str = "cancel", body: dict[str, object] = BODY, ts: float = T0) -> dict[str, object]:
+def _signed(token: str = "tok", verb: str = "cancel", body: Mapping[str, object] = BODY, ts: float = T0) -> dict[str, object]:
     return {**body, "auth": sign_request(token, verb, dict(body), ts)}
 
 

@@ -106,7 +106,9 @@ def test_an_oom_retry_waits_for_a_host_with_more_memory_and_why_waiting_says_so(
     online(db, "large", owner_policy={"max_memory_gib": 2.0})
     db.fail(grant.job.id, grant.lease_id, "small", Cause.OOM, exit_code=-9, output_tail="", error="out of memory", now=T0)
     with db.transaction() as c:
-        failed = json.loads(c.execute("SELECT failed_hosts FROM jobs WHERE id = ?", (job_id("big"),)).fetchone()[0])
+        row = c.execute("SELECT failed_hosts FROM jobs WHERE id = ?", (job_id("big"),)).fetchone()
+        assert row is not None
+        failed = json.loads(row[0])
     assert failed == ["#oom:0.250", "small"]
     assert db.claim("small", T0) is None and db.claim("mid", T0) is None, "neither gives the job more memory"
     why = reasons(db, "big")

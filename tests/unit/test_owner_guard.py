@@ -38,7 +38,7 @@ def guard(tmp_path: Path, own: OwnerPolicy, clock: Clock, changes: list[tuple[Av
 
 
 def test_a_host_outside_its_hours_turns_available_at_the_window_and_back_at_its_end(tmp_path: Path) -> None:
-    clock, changes = Clock(NOON), []
+    clock, changes = Clock(NOON), list[tuple[Availability, str]]()
     g = guard(tmp_path, OwnerPolicy(hours=["12:30-13:00"], timezone="UTC"), clock, changes)
     assert g.availability.reason == "outside hours until 12:30 (UTC)"
     clock.now = NOON + 29 * 60
@@ -53,7 +53,7 @@ def test_a_host_outside_its_hours_turns_available_at_the_window_and_back_at_its_
 
 
 def test_the_agents_own_policy_wins_and_the_manifests_defaults_fill_what_it_leaves_unset(tmp_path: Path) -> None:
-    clock, changes = Clock(NOON), []
+    clock, changes = Clock(NOON), list[tuple[Availability, str]]()
     g = guard(tmp_path, OwnerPolicy(on_yield="kill", nice=5), clock, changes)
     assert (g.policy.on_yield, g.policy.nice, g.policy.ionice) == ("kill", 5, "best-effort:7")
     defaults = OwnerPolicy(on_yield="finish", nice=19, hours=["00:00-01:00"], timezone="UTC", max_memory_gib=4.0)
@@ -65,7 +65,7 @@ def test_the_agents_own_policy_wins_and_the_manifests_defaults_fill_what_it_leav
 
 
 def test_a_pause_lasts_until_its_end_and_says_so(tmp_path: Path) -> None:
-    clock, changes = Clock(NOON), []
+    clock, changes = Clock(NOON), list[tuple[Availability, str]]()
     g = guard(tmp_path, OwnerPolicy(), clock, changes)
     paused = g.pause(None, 2 * 3600)
     assert (paused.state, paused.reason) == ("paused", "paused by owner until 14:00")

@@ -14,9 +14,9 @@ BERLIN = zone_named("Europe/Berlin")
 UTC = zone_named("UTC")
 
 
-def at(zone: dt.tzinfo, *parts: int, fold: int = 0) -> float:
+def at(zone: dt.tzinfo, year: int, month: int, day: int, hour: int, minute: int, *, fold: int = 0) -> float:
     """The epoch time of a wall-clock time in `zone`."""
-    return dt.datetime(*parts, tzinfo=zone, fold=fold).timestamp()  # type: ignore[misc]
+    return dt.datetime(year, month, day, hour, minute, tzinfo=zone, fold=fold).timestamp()
 
 
 def wall(ts: float, zone: dt.tzinfo) -> str:

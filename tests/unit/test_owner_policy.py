@@ -12,7 +12,7 @@ from mqfleet.agent.config_file import read_agent_file
 from mqfleet.errors import BadRequestError, ConfigurationError, ManifestError
 from mqfleet.manifest.load import parse_manifest
 from mqfleet.wire.advert import parse_advert
-from mqfleet.wire.owner import Availability, OwnerPolicy, WhenBusy, checked_policy, policy_from_table
+from mqfleet.wire.owner import Availability, OwnerPolicy, WhenBusy, policy_from_table
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = '[fleet]\nmax_attempts = 1\n[trainers.ok]\ncommand = ["python", "x.py"]\n[[jobs]]\nmodel = "ok"\n'
@@ -99,4 +99,4 @@ def test_an_advert_carries_the_policy_and_availability_and_a_bad_one_is_refused_
         with pytest.raises(BadRequestError, match=field.replace("[", r"\[").replace("]", r"\]")):
             parse_advert("lab", bad)
     # a zone this machine does not know is the agent's business: its hours were judged there
-    assert checked_policy({"timezone": "America/Nuuk"}, "p").timezone == "America/Nuuk"
+    assert OwnerPolicy.from_wire({"timezone": "America/Nuuk"}, "p").timezone == "America/Nuuk"

@@ -192,7 +192,9 @@ def test_write_transactions_of_two_stores_never_interleave(postgres_url: str) ->
             with state.transaction() as c:
                 inside.append(1)
                 assert len(inside) == 1, "two write transactions at once"
-                n = int(c.execute("SELECT reply FROM replies WHERE key = 'n'").fetchone()[0])
+                row = c.execute("SELECT reply FROM replies WHERE key = 'n'").fetchone()
+                assert row is not None
+                n = int(row[0])
                 time.sleep(0.001)
                 c.execute("UPDATE replies SET reply = ? WHERE key = 'n'", (str(n + 1),))
                 inside.pop()

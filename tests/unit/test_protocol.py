@@ -1,11 +1,18 @@
-"""The wire vocabulary: topic layout, payload decoding and field checks."""
+"""The wire vocabulary: topic layout, payload decoding, the verb table, and the codec's one field check (its bounds)."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Annotated
+
 import pytest
 
-from mqfleet.errors import BadRequestError, DecodeError
-from mqfleet.wire.topics import ROLE_OF_VERB, Role, Topics, Verb, decode, encode, field
+from mqfleet.coordinator.service import Coordinator
+from mqfleet.coordinator.verbs.handlers import HANDLERS
+from mqfleet.errors import BadRequestError, DecodeError, InternalError, MqfleetError
+from mqfleet.wire.codec import LENIENT, Bounds, WireMessage, wire_name
+from mqfleet.wire.topics import Role, Topics, Verb, decode, encode
+from mqfleet.wire.verbs import VERBS
 
 
 def test_every_agent_topic_sits_under_the_hosts_own_path_so_an_acl_can_pin_it() -> None:
@@ -23,8 +30,9 @@ def test_rpc_topics_parse_back_into_role_client_and_verb() -> None:
     assert t.parse_rpc("other/rpc/agent/a/claim") is None
 
 
-def test_every_verb_has_exactly_one_role() -> None:
-    assert set(ROLE_OF_VERB) == set(Verb)
+def test_the_coordinator_handles_exactly_the_verbs_of_the_wire_table_each_with_its_wire_spec() -> None:
+    assert set(HANDLERS) == set(VERBS) == set(Verb)
+    assert all(handling.wire is VERBS[verb] for verb, handling in HANDLERS.items())
 
 
 def test_client_ids_of_other_prefixes_do_not_collide_with_the_default_fleet() -> None:
@@ -49,14 +57,47 @@ def test_decode_refuses_a_payload_over_the_limit_before_parsing_it() -> None:
         decode(b'{"a": "0123456789"}', max_bytes=10)
 
 
-def test_field_checks_presence_and_type_and_names_the_field() -> None:
-    req = {"n": 3, "flag": True, "name": "x"}
-    assert field(req, "n", int) == 3
-    assert field(req, "n", float) == 3.0
-    assert field(req, "missing", str, "default") == "default"
-    with pytest.raises(BadRequestError, match="'missing' is required"):
-        field(req, "missing", str)
-    with pytest.raises(BadRequestError, match="'flag' must be an integer, not a boolean"):
-        field(req, "flag", int)
-    with pytest.raises(BadRequestError, match="'name' must be an integer, not str"):
-        field(req, "name", int)
+@dataclasses.dataclass(frozen=True)
+class Bounded(WireMessage):
+    count: Annotated[int, Bounds(min=1, max=10)] = 1
+    name: Annotated[str, Bounds(max_chars=5)] = ""
+    tags: Annotated[tuple[Annotated[str, Bounds(max_chars=3)], ...], Bounds(max_items=2)] = ()
+    pair: tuple[int, float] | None = None
+    seen: Annotated[list[Annotated[int, LENIENT]], Bounds(max_items=3, lenient=True)] = dataclasses.field(
+        default_factory=list)
+    old: str | None = dataclasses.field(default=None, metadata=wire_name("from"))
+
+
+def test_the_codec_reads_bounds_from_annotations_at_any_depth_and_names_the_place() -> None:
+    read = Bounded.from_wire({"count": 3, "name": "abc", "tags": ["a", "bb"], "pair": [1, 2], "from": "x"})
+    assert read == Bounded(count=3, name="abc", tags=("a", "bb"), pair=(1, 2.0), old="x")
+    assert read.to_wire() == {"count": 3, "name": "abc", "tags": ["a", "bb"], "pair": [1, 2.0], "seen": [], "from": "x"}
+    for wire, named in [({"count": 0}, "field 'count' must be at least 1, not 0"),
+                        ({"count": 11}, "field 'count' must be at most 10"),
+                        ({"count": True}, "field 'count' must be an integer, not bool"),
+                        ({"name": "abcdef"}, r"field 'name' is too long \(6 characters, at most 5\)"),
+                        ({"tags": ["a", "b", "c"]}, "field 'tags' has 3 items, at most 2"),
+                        ({"tags": ["abcd"]}, r"field 'tags\[0\]' is too long"),
+                        ({"pair": [1]}, "field 'pair' must be a list of 2 items, not 1"),
+                        ({"from": 1}, "field 'from' must be a string")]:
+        with pytest.raises(BadRequestError, match=named):
+            Bounded.from_wire(wire)
+
+
+def test_a_lenient_bound_drops_what_fails_instead_of_refusing_it() -> None:
+    assert Bounded.from_wire({"seen": [1, "x", 2, 3, 4]}).seen == [1, 2]  # cut to 3 items, then "x" left out
+    assert Bounded.from_wire({"seen": "not a list"}).seen == []  # the field keeps its default
+
+
+def test_each_wire_error_code_belongs_to_one_error_class() -> None:
+    assert Coordinator is not None  # imported for the error classes its modules define (coordinator/sql/pgdialect.py)
+    owner: dict[str, type[MqfleetError]] = {}
+    classes: list[type[MqfleetError]] = [MqfleetError]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        code = vars(cls).get("code")
+        if isinstance(code, str):
+            assert code not in owner, f"{cls.__name__} and {owner.get(code, cls).__name__} both answer {code!r}"
+            owner[code] = cls
+    assert (owner["bad_request"], owner["internal"]) == (BadRequestError, InternalError)

@@ -6,25 +6,27 @@ from __future__ import annotations
 import pytest
 
 from mqfleet.errors import BadRequestError
-from mqfleet.wire.published import ControlMessage, HostEvent, JobEvent, Nudge, StoredObject
+from mqfleet.lifecycle import JobStatus
+from mqfleet.wire.published import ControlAction, ControlMessage, HostEvent, JobEvent, Nudge, StoredObject
 from mqfleet.wire.topics import decode, encode
 
 
 def test_a_job_event_names_its_old_status_from_on_the_wire_and_reads_back_whole() -> None:
-    event = JobEvent(seq=3, ts=1.5, job_id="j", from_status="pending", to="claimed", reason="claimed by h", host="h")
+    event = JobEvent(seq=3, ts=1.5, job_id="j", from_status=JobStatus.PENDING, to=JobStatus.CLAIMED, reason="claimed by h",
+                     host="h")
     wire = decode(encode(event.to_wire()))
     assert wire == {"seq": 3, "ts": 1.5, "job_id": "j", "from": "pending", "to": "claimed", "reason": "claimed by h",
                     "host": "h"}
     assert JobEvent.from_wire(wire) == event
-    added = JobEvent(seq=1, ts=1.0, job_id="j", from_status=None, to="pending", reason="added")
+    added = JobEvent(seq=1, ts=1.0, job_id="j", from_status=None, to=JobStatus.PENDING, reason="added")
     assert JobEvent.from_wire(decode(encode(added.to_wire()))) == added
 
 
 def test_a_job_event_with_a_mistyped_field_is_refused_naming_it() -> None:
-    wire = JobEvent(seq=3, ts=1.5, job_id="j", from_status="pending", to="claimed", reason="r").to_wire()
+    wire = JobEvent(seq=3, ts=1.5, job_id="j", from_status=JobStatus.PENDING, to=JobStatus.CLAIMED, reason="r").to_wire()
     with pytest.raises(BadRequestError, match="'seq'"):
         JobEvent.from_wire({**wire, "seq": "3"})
-    with pytest.raises(BadRequestError, match="'from' must be a string or null, not int"):
+    with pytest.raises(BadRequestError, match="'from' must be one of pending/claimed/.*, not 7"):
         JobEvent.from_wire({**wire, "from": 7})
     with pytest.raises(BadRequestError, match="'from' is missing"):
         JobEvent.from_wire({k: v for k, v in wire.items() if k != "from"})
@@ -50,7 +52,7 @@ def test_a_nudge_leaves_hosts_and_jobs_out_unless_given() -> None:
 
 
 def test_a_control_message_and_a_stored_object_name_a_missing_or_mistyped_field() -> None:
-    control = ControlMessage(action="cancel", job_id="j", lease_id="l")
+    control = ControlMessage(action=ControlAction.CANCEL, job_id="j", lease_id="l")
     assert ControlMessage.from_wire(control.to_wire()) == control
     with pytest.raises(BadRequestError, match="'lease_id' is missing"):
         ControlMessage.from_wire({"action": "cancel", "job_id": "j"})

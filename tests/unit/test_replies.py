@@ -9,7 +9,6 @@ import pytest
 
 from mqfleet.errors import BadRequestError
 from mqfleet.wire.replies import (
-    REPLIES,
     AttemptDetail,
     CheckpointDetail,
     CheckpointLatest,
@@ -20,13 +19,14 @@ from mqfleet.wire.replies import (
     JobDetailReply,
     JobsReply,
     Quarantine,
-    Usage,
     Worker,
     WorkersReply,
     reply_json,
 )
-from mqfleet.wire.requests import CheckResult, Health
-from mqfleet.wire.topics import JsonObject
+from mqfleet.wire.reports import Usage
+from mqfleet.wire.requests import CheckResult, Health, Presence
+from mqfleet.wire.topics import JsonObject, Verb
+from mqfleet.wire.verbs import VERBS
 
 JOB: dict[str, Any] = {
     "id": "j" * 64, "name": "gbt-1", "status": "running", "model": "gbt", "mode": "train", "host": "h1", "attempts": 1,
@@ -53,7 +53,7 @@ def test_workers_and_health_read_back_whole() -> None:
     worker = Worker(id="h1", online=True, draining=False, advert={"slots": 2}, slots=2, jobs=["j"], quarantined=True,
                     quarantine=Quarantine(since_ts=3.0, reason="3 failures", jobs=["a"]), usage=HostUsage(attempts=2))
     assert WorkersReply.from_wire(WorkersReply(workers=[worker]).to_wire()).workers == [worker]
-    health = Health(state="online", ts=2.0, jobs_by_status={"pending": 1}, last_refused_manifest="x" * 10_000,
+    health = Health(state=Presence.ONLINE, ts=2.0, jobs_by_status={"pending": 1}, last_refused_manifest="x" * 10_000,
                     checks={"database": CheckResult(ok=True, detail="1 jobs readable", checked_ts=1.0)})
     assert Health.from_wire(health.to_wire()) == health
 
@@ -75,7 +75,7 @@ def test_a_jobs_page_passes_its_rows_through_and_total_is_null_when_not_counted(
 ])
 def test_a_reply_with_a_wrong_or_missing_field_is_refused_naming_it(verb: str, wire: dict[str, Any], named: str) -> None:
     with pytest.raises(BadRequestError, match=named.replace("[", r"\[").replace("]", r"\]")):
-        REPLIES[verb].from_wire(wire)
+        VERBS[Verb(verb)].reply.from_wire(wire)
 
 
 def test_fields_a_newer_coordinator_adds_are_ignored() -> None:

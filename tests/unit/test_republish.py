@@ -10,7 +10,8 @@ import pytest
 from mqfleet.coordinator.republish import StateRepublisher, record_published, state_page
 from mqfleet.coordinator.tables.manifest_memo import manifest_digest
 from mqfleet.coordinator.tables.rows import manifest_rows
-from mqfleet.wire.topics import decode
+from mqfleet.wire.topics import JsonObject, decode
+from tests.fixtures.common import wait_until
 from tests.fixtures.state import CoordinatorState
 from tests.unit.test_db import T0, job, manifest
 
@@ -37,7 +38,7 @@ def _sweep(rep: StateRepublisher) -> None:
     rep.start()
     try:
         rep.request_sweep()
-        assert rep.wait_idle(30), "the sweep did not finish"
+        wait_until(lambda: not rep.is_sweeping(), timeout_s=30, what="the sweep to finish")
     finally:
         rep.stop()
 
@@ -94,12 +95,12 @@ def test_lock_is_held_per_page_so_others_get_it_between_pages(db: CoordinatorSta
     rep = _republisher(db, [])
     real_read = rep._read_page
 
-    def read(after: int, limit: int) -> list[tuple[int, dict[str, object], str | None]]:
+    def read(after: int, limit: int) -> list[tuple[int, JsonObject, str | None]]:
         # the page is read with the lock held, and released before the next page
         holds.append(threading.get_ident())
         assert lock._is_owned()  # type: ignore[attr-defined]
         return real_read(after, limit)
 
-    rep._read_page = read  # type: ignore[method-assign]
+    rep._read_page = read
     _sweep(rep)
     assert len(holds) == N // 200 + 1

@@ -19,6 +19,7 @@ from mqfleet.coordinator.scheduler import (
     version_at_least,
 )
 from mqfleet.manifest.types import HostPolicy, JobSpec, Requirements
+from mqfleet.wire.topics import JsonObject
 
 
 def spec(name: str = "j", **kw: Any) -> JobSpec:
@@ -31,7 +32,7 @@ def job_reasons(job: JobSpec, host: HostView, *, commit: str) -> list[str]:
 
 
 def host(id: str = "h", *, cuda: bool = False, vram: tuple[float, ...] = (), **kw: Any) -> HostView:
-    advert = {"cuda": cuda, "ram_gib": 16, "torch": "2.13.0+cpu", "git_commit": "abcdef1234567890",
+    advert: JsonObject = {"cuda": cuda, "ram_gib": 16, "torch": "2.13.0+cpu", "git_commit": "abcdef1234567890",
               "gpus": [{"index": i, "name": "gpu", "uuid": f"u{i}", "vram_gib": v} for i, v in enumerate(vram)]}
     advert.update(kw.pop("advert", {}))
     kw.setdefault("online", True)

@@ -8,6 +8,7 @@ import pytest
 
 from mqfleet.cli.render import fleet
 from mqfleet.cli.render.terminal import clean
+from mqfleet.fleet_picture import HostPicture
 from mqfleet.wire.replies import Worker
 
 
@@ -50,7 +51,7 @@ def test_a_workers_table_of_hostile_adverts_renders_without_markup_errors_or_esc
 
 def test_the_dashboard_survives_events_and_progress_of_the_wrong_types() -> None:
     frame = fleet.dashboard(
-        hosts={"h": fleet.HostPicture(state="\x1b[2Jonline", slots="[/")},
+        hosts={"h": HostPicture(state="\x1b[2Jonline", slots="[/")},
         jobs={"j": {"id": "j", "name": "[b]j", "status": "running", "host": "h", "progress": {"progress": "x",
                                                                                            "epoch": "[/"}}},
         events=[{"job_id": "j", "to": "running", "ts": "soon", "reason": "\x1b]0;t\x07r"}],

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from mqfleet.coordinator.feed import Feed, FeedItem, FeedKind
+from mqfleet.lifecycle import JobStatus
 from mqfleet.web import live, views
 from mqfleet.web.live import RESYNC, FanOut, StreamRefusedError
 from mqfleet.wire.replies import JobDetail, ProgressPoint, Worker
@@ -41,7 +42,11 @@ def test_a_stream_that_stops_reading_is_closed_without_blocking_and_the_others_g
         picky = fan.open("b", frozenset({FeedKind.JOB_STATE}), lambda i: i.key == "j7")
         items = [FeedItem(FeedKind.JOB_STATE, f"j{n}", b"{}") for n in range(live.STREAM_QUEUE + 50)]
         # from another thread, as the coordinator's dispatcher calls it: never waits
-        thread = threading.Thread(target=lambda: [fan(item) for item in items])
+        def feed_all() -> None:
+            for item in items:
+                fan(item)
+
+        thread = threading.Thread(target=feed_all)
         thread.start()
         thread.join(5)
         assert not thread.is_alive()
@@ -100,7 +105,7 @@ def test_anonymous_views_keep_public_state_only_and_chart_labels_lose_markup() -
                     advert_error="latest advert refused: x", usage=None)
     shown = views.public_worker(worker)
     assert (shown.draining, shown.advert_error, shown.jobs, shown.advert) == (False, None, ["j"], {"os": "linux"})
-    job = JobDetail(id="j", name="n", status="running", spec={"hyper": {"secret": 1}}, outputs=["x"],
+    job = JobDetail(id="j", name="n", status=JobStatus.RUNNING, spec={"hyper": {"secret": 1}}, outputs=["x"],
                     progress_history=[ProgressPoint(attempt=1, seq=1, ts=1.0, report={"epoch": 1, "loss": 0.5})])
     public = views.public_job(job)
     assert public.spec == {} and public.outputs == [] and public.progress_history == job.progress_history

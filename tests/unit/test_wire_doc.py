@@ -1,52 +1,57 @@
-"""docs/INTERNALS.md's wire tables against the code: the verb table lists every verb, and the fields it
-names for the agent verbs are exactly the fields of their typed messages (mqfleet/wire/requests.py), so the
-doc cannot drift from what is sent again."""
+"""docs/INTERNALS.md's wire tables against the code: the verb table has a row for every verb of the verb table
+in mqfleet/wire/verbs.py, with its role and whether its reply is remembered, the request fields it names are
+exactly the fields of the verb's request type and the reply fields it names include every field of its reply
+type, so the doc cannot drift from what is sent again."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
-from mqfleet.lifecycle import AGENT_CAUSES
+from mqfleet.lifecycle import AGENT_CAUSES, JobStatus
 from mqfleet.wire.advert import Advert, Gpu
 from mqfleet.wire.codec import WireMessage
-from mqfleet.wire.published import ControlMessage, HostEvent, JobEvent, Nudge
-from mqfleet.wire.replies import REPLIES, ArtifactRecord, JobDetail, Worker
+from mqfleet.wire.published import ControlMessage, HostEvent, HostStatus, JobEvent, LogBatch, Nudge
+from mqfleet.wire.replies import ArtifactRecord, JobDetail, Worker
 from mqfleet.wire.requests import (
-    AGENT_MESSAGES,
-    OPERATOR_REQUESTS,
-    OTHER_REQUESTS,
     CheckResult,
     CoordinatorPeer,
     Grant,
     GrantedCheckpoint,
     Health,
-    HostStatus,
     JobRow,
-    LogBatch,
     TrainerRef,
 )
 from mqfleet.wire.topics import Verb
+from mqfleet.wire.verbs import VERBS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "INTERNALS.md"
 
 
-def verb_table() -> dict[str, tuple[str, str]]:
-    """verb -> (request cell, reply cell) of the table under "Wire payloads"."""
+class Row(NamedTuple):
+    """One verb's row of the table under "Wire payloads"."""
+
+    role: str
+    request: str
+    reply: str
+    remembered: str
+
+
+def verb_table() -> dict[str, Row]:
+    """verb -> its row of the table under "Wire payloads" (a row of two verbs, `cancel / requeue`, is both's)."""
     text = DOC.read_text(encoding="utf-8")
     section = text[text.index("## Wire payloads"):]
-    rows: dict[str, tuple[str, str]] = {}
+    rows: dict[str, Row] = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 3 or cells[0] in ("verb", "---") or set(cells[0]) <= {"-"}:
+        if len(cells) != 5 or cells[0] in ("verb", "---") or set(cells[0]) <= {"-"}:
             continue
         for verb in cells[0].split("/"):
-            rows[verb.strip()] = (cells[1], cells[2])
-        if not line.startswith("|"):
-            break
+            rows[verb.strip()] = Row(*cells[1:])
     return rows
 
 
@@ -67,25 +72,32 @@ def field_names(cls: type[WireMessage]) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
-def test_the_table_has_a_row_for_every_verb() -> None:
-    assert sorted(set(v.value for v in Verb) - set(verb_table())) == []
+def test_the_verb_table_has_one_entry_per_verb_and_the_doc_one_row_per_verb() -> None:
+    assert set(VERBS) == set(Verb) and all(spec.verb is verb for verb, spec in VERBS.items())
+    assert sorted(verb_table()) == sorted(v.value for v in Verb)
 
 
-@pytest.mark.parametrize("verb", sorted(v for v in AGENT_MESSAGES if AGENT_MESSAGES[v][0] is not None))
-def test_an_agent_verbs_request_fields_are_its_messages_fields(verb: str) -> None:
-    request_cls = AGENT_MESSAGES[verb][0]
-    assert request_cls is not None
-    assert named_fields(verb_table()[verb][0]) == field_names(request_cls)
+@pytest.mark.parametrize("verb", list(Verb), ids=lambda v: v.value)
+def test_a_verbs_row_names_its_role_and_whether_its_reply_is_remembered(verb: Verb) -> None:
+    row = verb_table()[verb.value]
+    assert (row.role, row.remembered) == (VERBS[verb].role.value, "yes" if VERBS[verb].remembered else "no")
 
 
-@pytest.mark.parametrize("verb", ["renew", "upload_url", "complete", "fail"])
-def test_an_agent_verbs_reply_fields_are_its_messages_fields(verb: str) -> None:
-    reply_cell = verb_table()[verb][1]
-    assert field_names(AGENT_MESSAGES[verb][1]) <= named_fields(reply_cell)
+@pytest.mark.parametrize("verb", list(Verb), ids=lambda v: v.value)
+def test_a_verbs_request_fields_are_its_request_types_fields(verb: Verb) -> None:
+    cell = verb_table()[verb.value].request
+    if verb is Verb.CANCEL:  # one row for cancel and requeue: requeue adds its own after "requeue:"
+        cell = cell.partition("requeue:")[0]
+    assert named_fields(cell) == field_names(VERBS[verb].request)
+
+
+@pytest.mark.parametrize("verb", list(Verb), ids=lambda v: v.value)
+def test_every_field_of_a_verbs_reply_type_is_in_its_reply_cell(verb: Verb) -> None:
+    assert field_names(VERBS[verb].reply) - named_fields(verb_table()[verb.value].reply) == set()
 
 
 def test_the_grant_and_its_trainer_are_listed_field_for_field() -> None:
-    cell = verb_table()["claim"][1]
+    cell = verb_table()["claim"].reply
     grant = re.search(r"the grant `\{([^}]*)\}`", cell)
     trainer = re.search(r"`trainer` is `\{([^}]*)\}`", cell)
     assert grant and trainer, "the claim row names the grant's and the trainer's fields"
@@ -94,13 +106,13 @@ def test_the_grant_and_its_trainer_are_listed_field_for_field() -> None:
 
 
 def test_the_grants_checkpoint_is_listed_field_for_field() -> None:
-    checkpoint = re.search(r"`checkpoint` is null or (`\{.*?\}`)", verb_table()["claim"][1])
+    checkpoint = re.search(r"`checkpoint` is null or (`\{.*?\}`)", verb_table()["claim"].reply)
     assert checkpoint, "the claim row names the granted checkpoint's fields"
     assert named_fields(checkpoint.group(1)) == field_names(GrantedCheckpoint)
 
 
 def test_the_health_rows_checks_and_coordinators_are_listed_field_for_field() -> None:
-    cell = verb_table()["health"][1]
+    cell = verb_table()["health"].reply
     check = re.search(r"checks` \(`\{database, store\}`: (`\{[^}]*\}`)\)", cell)
     peer = re.search(r"coordinators` \(`\[\{([^}]*)\}\]`", cell)
     assert check and peer, "the health row names the fields of a check and of a coordinator"
@@ -110,7 +122,7 @@ def test_the_health_rows_checks_and_coordinators_are_listed_field_for_field() ->
 
 
 def test_the_causes_an_agent_may_report_are_the_ones_the_fail_row_lists() -> None:
-    listed = re.search(r"cause \(([a-z/]+)\)", verb_table()["fail"][0])
+    listed = re.search(r"cause \(([a-z/]+)\)", verb_table()["fail"].request)
     assert listed, "the fail row lists the causes in parentheses"
     assert set(listed.group(1).split("/")) == {c.value for c in AGENT_CAUSES}
 
@@ -119,30 +131,10 @@ def test_the_field_reader_sees_what_the_doc_lists() -> None:
     assert named_fields("`exists: true, key`, or `exists: false, url, method: \"PUT\"`") == {"exists", "key", "url", "method"}
 
 
-@pytest.mark.parametrize("verb", sorted(OPERATOR_REQUESTS))
-def test_an_operator_verbs_request_fields_are_its_messages_fields(verb: str) -> None:
-    cell = verb_table()[verb][0]
-    if verb in ("cancel", "requeue"):  # one row for both: requeue adds its own after "requeue:"
-        shared, _, own = cell.partition("requeue:")
-        cell = shared if verb == "cancel" else cell
-    assert named_fields(cell) == field_names(OPERATOR_REQUESTS[verb])
-
-
-@pytest.mark.parametrize("verb", sorted(OTHER_REQUESTS))
-def test_a_checkpoint_or_query_verbs_request_fields_are_its_messages_fields(verb: str) -> None:
-    assert named_fields(verb_table()[verb][0]) == field_names(OTHER_REQUESTS[verb])
-
-
-@pytest.mark.parametrize("verb", sorted(REPLIES))
-def test_every_field_of_a_typed_reply_is_in_its_verbs_reply_cell(verb: str) -> None:
-    cell = verb_table()[verb][1]
-    assert field_names(REPLIES[verb]) - named_fields(cell) == set()
-
-
 @pytest.mark.parametrize(("verb", "record"), [("job", JobDetail), ("workers", Worker), ("artifacts", ArtifactRecord)])
 def test_the_records_a_reply_carries_are_listed_field_for_field(verb: str, record: type[WireMessage]) -> None:
     own = field_names(record) - (field_names(JobRow) if issubclass(record, JobRow) else set())
-    assert own - named_fields(verb_table()[verb][1]) == set()
+    assert own - named_fields(verb_table()[verb].reply) == set()
 
 
 def topic_payloads() -> dict[str, str]:
@@ -193,6 +185,6 @@ def publish_fields(marker: str) -> list[set[str]]:
 
 
 def test_the_events_paragraph_lists_a_job_events_and_a_host_events_fields() -> None:
-    job_event = JobEvent(seq=1, ts=1.0, job_id="j", from_status=None, to="pending", reason="added")
+    job_event = JobEvent(seq=1, ts=1.0, job_id="j", from_status=None, to=JobStatus.PENDING, reason="added")
     host_event = HostEvent(seq=1, ts=1.0, host="h", to="quarantined", reason="r", jobs=["a"])
     assert publish_fields("Events, coordinator") == [set(job_event.to_wire()), set(host_event.to_wire())]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -26,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mqfleet.cli.render.terminal import clean
+from mqfleet.fleet_picture import FleetPicture, HostPicture
 from mqfleet.wire.replies import HostUsage, Worker
 from mqfleet.wire.requests import Health, JobRow
 from mqfleet.wire.topics import JsonObject, JsonValue
@@ -297,17 +297,12 @@ def health_view(health: Health) -> RenderableType:
     return grid
 
 
-@dataclass
-class HostPicture:
-    """A host as the dashboard shows it: its state (from its retained status), slots (from its advert) and draining."""
-
-    state: str = "?"
-    slots: JsonValue = None
-    draining: bool = False
-
-
-
 # --- the watch dashboard ---------------------------------------------------------------------
+
+
+def watch_frame(picture: FleetPicture, now: float) -> RenderableType:
+    """One frame of `watch`: the dashboard of what the bus showed."""
+    return dashboard(hosts=picture.hosts, jobs=picture.jobs, events=list(picture.events), now=now)
 
 
 def dashboard(*, hosts: Mapping[str, HostPicture], jobs: Mapping[str, JsonObject], events: list[JsonObject],

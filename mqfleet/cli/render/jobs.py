@@ -33,7 +33,8 @@ from mqfleet.cli.render.fleet import (
     status_text,
 )
 from mqfleet.cli.render.terminal import clean
-from mqfleet.wire.replies import ArtifactRecord, AttemptDetail, CheckpointDetail, CompareRow, JobDetail, Usage
+from mqfleet.wire.replies import ArtifactRecord, AttemptDetail, CheckpointDetail, CompareRow, JobDetail
+from mqfleet.wire.reports import Usage
 from mqfleet.wire.topics import JsonObject
 
 # --- listings ------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 copied into an empty PostgreSQL database in one transaction, every table's row count checked.
 
 The copy is all or nothing: a count that differs, a table or column this mqfleet does not know, or a
-target that already holds a fleet rolls it back and nothing is written (docs/SCALING.md, "Moving").
+target that already holds a fleet rolls it back and nothing is written (docs/SCALING.md, "How: commands").
 """
 
 from __future__ import annotations

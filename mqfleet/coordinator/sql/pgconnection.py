@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mqfleet.coordinator.sql import pgdialect
-from mqfleet.coordinator.sql.pgurl import ENV_DB_PASSWORD, check_url, has_password, redact_url, scrub
+from mqfleet.coordinator.sql.pgurl import check_url, has_password, redact_url, scrub
+from mqfleet.defaults import ENV_DB_PASSWORD
 from mqfleet.errors import (
     ConfigurationError,
     ConnectionLostError,

@@ -16,12 +16,9 @@ import os
 import re
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from mqfleet.defaults import ENV_DB_PASSWORD, ENV_DB_PASSWORD_FILE
 from mqfleet.errors import ConfigurationError
 
-#: Environment variable with the database password, for URLs that carry none (PGPASSWORD works too).
-ENV_DB_PASSWORD = "MQFLEET_DB_PASSWORD"
-#: Environment variable naming a file whose first line is the database password (`--db-password-file`).
-ENV_DB_PASSWORD_FILE = "MQFLEET_DB_PASSWORD_FILE"
 #: Query parameters of a libpq URL whose value is a secret.
 SECRET_PARAMS = frozenset({"password", "sslpassword"})
 #: A password file is one line; a larger file is the wrong file.

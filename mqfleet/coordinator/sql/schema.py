@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     started_ts REAL NOT NULL,
     ended_ts REAL,
     outcome TEXT,  -- completed, or the cause of the end; NULL while live
-    cause TEXT,
+    cause TEXT,  -- the outcome again when not completed, as older versions wrote it; no longer written nor read
     exit_code INTEGER,
     output_tail TEXT NOT NULL DEFAULT '',
     error TEXT NOT NULL DEFAULT '',

@@ -3,8 +3,9 @@
 
 `StateFile` is the store over an SQLite file and the base of `postgres.PgStateFile`, which hands
 `__init__` its PostgreSQL connection and replaces the health checks. The table modules
-(`coordinator/tables/`) hold the SQL of their tables and run it through one `StateFile`; the tables
-themselves are declared in `coordinator/sql/schema.py`.
+(`coordinator/tables/`) hold the SQL of their tables and run it through one `StateFile`; outside `sql/`
+and `tables/` only the running parts' own bookkeeping speaks SQL (counts in `health.py` and `metrics.py`,
+the published digests in `republish.py`). The tables themselves are declared in `coordinator/sql/schema.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 from mqfleet import defaults
 from mqfleet.coordinator.sql.connection import SqlConnection, SqlRow, one_row
@@ -117,8 +118,9 @@ class StateFile:
             if rows:
                 self._taken_seq = rows[-1]["seq"]
         return [
-            JobEvent(seq=r["seq"], ts=r["ts"], job_id=r["job_id"], from_status=r["from_status"], to=r["to_status"],
-                     reason=r["reason"], host=r["host"])
+            JobEvent(seq=r["seq"], ts=r["ts"], job_id=r["job_id"],
+                     from_status=JobStatus(r["from_status"]) if r["from_status"] is not None else None,
+                     to=JobStatus(r["to_status"]), reason=r["reason"], host=r["host"])
             for r in rows
         ]
 
@@ -228,15 +230,17 @@ def transition(
     )
     if cur.rowcount != 1:
         raise error(f"job {job_id} is {current.value}; {to.value} needs {' or '.join(s.value for s in expected)}")
-    record_event(conn, job_id, current.value, to.value, reason=reason, now=now, host=new_host)
+    record_events(conn, [(now, job_id, current.value, to.value, reason, new_host)])
     logger.info("job %s: %s -> %s (%s)", job_id[:12], current.value, to.value, reason)
     return current
 
 
-def record_event(
-    conn: SqlConnection, job_id: str, from_status: str | None, to_status: str, *, reason: str, now: float, host: str | None
-) -> None:
-    conn.execute(
-        "INSERT INTO events (ts, job_id, from_status, to_status, reason, host) VALUES (?, ?, ?, ?, ?, ?)",
-        (now, job_id, from_status, to_status, reason, host),
+#: An event as it is stored: (ts, job_id, from_status, to_status, reason, host).
+EventRow: TypeAlias = tuple[float, str, str | None, str, str, str | None]
+
+
+def record_events(conn: SqlConnection, events: Iterable[EventRow]) -> None:
+    """The one insert into the events table: each status change (`transition`) and each job a manifest added."""
+    conn.executemany(
+        "INSERT INTO events (ts, job_id, from_status, to_status, reason, host) VALUES (?, ?, ?, ?, ?, ?)", events
     )

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import logging
 
-from mqfleet.coordinator.sql.sqlite import StateFile
+from mqfleet.coordinator.sql.sqlite import StateFile, record_events
 from mqfleet.coordinator.tables import listing
 from mqfleet.coordinator.tables.blocking import HOST_LIMITED, OPEN, refresh_blocked
 from mqfleet.coordinator.tables.manifest_memo import recall_manifest, remember_manifest
 from mqfleet.coordinator.tables.rows import JOB_SELECT, ManifestRows, job_json, job_row, manifest_rows, spec_from_json
 from mqfleet.errors import AmbiguousError, BadRequestError, NotFoundError
-from mqfleet.lifecycle import JobStatus
+from mqfleet.lifecycle import Cause, JobStatus
 from mqfleet.manifest.types import JobSpec, Manifest
 from mqfleet.wire.replies import AttemptDetail, LeaseDetail
 from mqfleet.wire.requests import JobRow
@@ -68,10 +68,7 @@ class Catalog:
                 "WHERE id = ?",
                 updates,
             )
-            c.executemany(
-                "INSERT INTO events (ts, job_id, from_status, to_status, reason, host) VALUES (?, ?, NULL, 'pending', 'added', NULL)",
-                [(now, job_id) for job_id in added],
-            )
+            record_events(c, [(now, job_id, None, JobStatus.PENDING.value, "added", None) for job_id in added])
             in_file = {job_id for job_id, _, _ in prepared.rows}
             orphaned = [job_id for job_id in existing if job_id not in in_file]
             c.executemany(
@@ -105,14 +102,6 @@ class Catalog:
     def sweep_names(self) -> list[str]:
         return [r[0] for r in self.state.read("SELECT DISTINCT sweep FROM sweep_jobs ORDER BY sweep")]
 
-    def has_pending_dependents(self, job_id: str) -> bool:
-        """Whether some pending job waits for this one (its completion may have made work claimable)."""
-        # Two indexed look-ups: a join lets SQLite walk every pending job instead of this job's dependents.
-        waiting = [r[0] for r in self.state.read("SELECT job_id FROM deps WHERE after_id = ?", (job_id,))]
-        if not waiting:
-            return False
-        marks = ",".join("?" * len(waiting))
-        return self.state.read_one(f"SELECT 1 FROM jobs WHERE id IN ({marks}) AND status = 'pending' LIMIT 1", waiting) is not None
 
     def pending_dependents(self, job_id: str) -> list[str]:
         """Pending jobs that wait for this one (its completion may have unblocked them)."""
@@ -210,13 +199,13 @@ class Catalog:
     def attempts(self, job_id: str) -> list[AttemptDetail]:
         """The job's attempts, oldest first (their `usage` is the history's: left None here)."""
         rows = self.state.read(
-            "SELECT number, host, lease_id, started_ts, ended_ts, outcome, cause, exit_code, output_tail, error "
+            "SELECT number, host, lease_id, started_ts, ended_ts, outcome, exit_code, output_tail, error "
             "FROM attempts WHERE job_id = ? ORDER BY number",
             (job_id,),
         )
         return [
             AttemptDetail(number=r["number"], host=r["host"], lease_id=r["lease_id"], started_ts=r["started_ts"],
-                          ended_ts=r["ended_ts"], outcome=r["outcome"], cause=r["cause"], exit_code=r["exit_code"],
+                          ended_ts=r["ended_ts"], outcome=r["outcome"], cause=cause_of(r["outcome"]), exit_code=r["exit_code"],
                           output_tail=r["output_tail"], error=r["error"])
             for r in rows
         ]
@@ -231,3 +220,11 @@ class Catalog:
     def counts(self) -> dict[str, int]:
         found = {r[0]: int(r[1]) for r in self.state.read("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
         return {s.value: found.get(s.value, 0) for s in JobStatus}
+
+
+def cause_of(outcome: str | None) -> Cause | None:
+    """An attempt's cause (`app`, `lost`, ...): its outcome, unless it completed or still runs."""
+    try:
+        return Cause(outcome) if outcome is not None and outcome != "completed" else None
+    except ValueError:  # an outcome this version does not know (written by a newer coordinator)
+        return None

@@ -220,18 +220,6 @@ def last_host_event(conn: SqlConnection) -> int:
 # --- dependents that can never run -----------------------------------------------------------------
 
 
-def never_satisfied(conn: SqlConnection, job_id: str) -> str | None:
-    """'dependency never satisfied: NAME (failed)' for a job waiting on a failed or cancelled job, else None."""
-    rows = conn.execute(
-        "SELECT a.name, a.status FROM deps d JOIN jobs a ON a.id = d.after_id "
-        "WHERE d.job_id = ? AND a.status IN ('failed', 'cancelled') ORDER BY a.seq",
-        (job_id,),
-    ).fetchall()
-    if not rows:
-        return None
-    return f"{NEVER_SATISFIED}: " + ", ".join(f"{r[0]} ({r[1]})" for r in rows)
-
-
 def cancel_unsatisfiable(conn: SqlConnection, roots: Iterable[str], now: float) -> list[str]:
     """Cancel every pending job that waits, directly or through others, on one of `roots` that ended
     failed or cancelled; the ids cancelled. Each gets the reason as its error."""

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, NamedTuple
 
 from mqfleet import defaults
 from mqfleet.coordinator.sql.connection import one_row
-from mqfleet.wire.replies import HostUsage, ProgressPoint, Usage
-from mqfleet.wire.topics import JsonObject, JsonValue
+from mqfleet.wire.replies import HostUsage, ProgressPoint
+from mqfleet.wire.reports import ProgressReport, Usage
+from mqfleet.wire.topics import JsonObject
 
 if TYPE_CHECKING:
     from mqfleet.coordinator.sql.sqlite import StateFile
@@ -34,17 +34,11 @@ QUEUED_LINES_MAX = 5000
 ATTEMPT_HOSTS_KEPT = 10_000
 #: A progress report as stored: json.dumps(report, default=str) without building an encoder per report.
 _report_json = json.JSONEncoder(default=str).encode
-#: The fields of an attempt's `usage`, each a number (gpu_mem_max_bytes may be null).
-USAGE_FIELDS = ("wall_s", "cpu_s", "max_rss_bytes", "gpu_mem_max_bytes")
 
 
 def dropped_marker(count: int, max_lines: int) -> str:
     """The line that stands for the oldest lines dropped from a long log."""
     return f"[mqfleet: {count} earlier line(s) dropped; [fleet] log_max_lines keeps the last {max_lines}]"
-
-
-#: A progress report as a request carries it: (seq, ts, report).
-ProgressReport = tuple[int, float, JsonObject]
 
 
 class AttemptCounts(NamedTuple):
@@ -54,26 +48,6 @@ class AttemptCounts(NamedTuple):
     lines_dropped: int
     reports_seen: int
     progress_stride: int
-
-
-def _amount(value: JsonValue) -> float | None:
-    """A finite, non-negative number, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        return None
-    return float(value)
-
-
-def check_usage(value: JsonValue) -> Usage | None:
-    """A usage object from the wire as typed values; None when absent or malformed (it is only a report)."""
-    if not isinstance(value, dict):
-        return None
-    wall_s, cpu_s, rss = (_amount(value.get(name)) for name in USAGE_FIELDS[:3])
-    gpu = value.get("gpu_mem_max_bytes")
-    gpu_bytes = None if gpu is None else _amount(gpu)
-    if wall_s is None or cpu_s is None or rss is None or (gpu is not None and gpu_bytes is None):
-        return None
-    return Usage(wall_s=round(wall_s, 3), cpu_s=round(cpu_s, 3), max_rss_bytes=int(rss),
-                 gpu_mem_max_bytes=None if gpu_bytes is None else int(gpu_bytes))
 
 
 class AttemptHistory:

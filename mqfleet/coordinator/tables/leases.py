@@ -136,8 +136,8 @@ class Leases:
             lease = self._current_lease(job_id, lease_id, host)
             text = error or (f"exit code {exit_code}" if exit_code is not None else cause.value)
             return self._end_attempt(
-                job_id, lease, Cause(cause), now, exit_code=exit_code, output_tail=output_tail, error=text,
-                reason=f"attempt {lease['attempt']} on {host} ended: {Cause(cause).value}", fleet=fleet,
+                job_id, lease, cause, now, exit_code=exit_code, output_tail=output_tail, error=text,
+                reason=f"attempt {lease['attempt']} on {host} ended: {cause.value}", fleet=fleet,
             )
 
     def _end_attempt(
@@ -150,9 +150,9 @@ class Leases:
         attempts = row["attempts"] + (1 if counts_against_budget(cause) else 0)
         to = after_attempt_ended(cause, attempts, row["max_attempts"])
         c.execute(
-            "UPDATE attempts SET ended_ts = ?, outcome = ?, cause = ?, exit_code = ?, output_tail = ?, error = ? "
+            "UPDATE attempts SET ended_ts = ?, outcome = ?, exit_code = ?, output_tail = ?, error = ? "
             "WHERE job_id = ? AND number = ?",
-            (now, cause.value, cause.value, exit_code, output_tail, error, job_id, lease["attempt"]),
+            (now, cause.value, exit_code, output_tail, error, job_id, lease["attempt"]),
         )
         c.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
         # a graceful handback or a cancel is not a fault, so it leaves the last error as it was

@@ -12,6 +12,7 @@ from typing import Any
 
 from mqfleet.coordinator.sql.connection import SqlRow
 from mqfleet.coordinator.tables.manifest_memo import manifest_digest
+from mqfleet.lifecycle import JobStatus
 from mqfleet.manifest.types import JobSpec, Manifest
 from mqfleet.wire.requests import JobRow
 from mqfleet.wire.topics import JsonObject
@@ -103,7 +104,7 @@ def job_json(row: SqlRow) -> JsonObject:
 def job_row(row: SqlRow) -> JobRow:
     """A row of JOB_SELECT as the wire and the CLI see it."""
     return JobRow(
-        id=row["id"], name=row["name"], status=row["status"], model=row["model"], mode=row["mode"], host=row["host"],
+        id=row["id"], name=row["name"], status=JobStatus(row["status"]), model=row["model"], mode=row["mode"], host=row["host"],
         attempts=row["attempts"], max_attempts=row["max_attempts"], priority=row["priority"], artifact=row["artifact"],
         error=row["error"], in_manifest=bool(row["in_manifest"]),
         progress=json.loads(row["progress"]) if row["progress"] else None,

@@ -90,19 +90,18 @@ def _max_mib(coord: HandlerContext) -> float:
 # --- agent verbs -------------------------------------------------------------------------------
 
 
-def _upload_fields(req: Request) -> tuple[str, str, str, int]:
-    upload = CheckpointUploadRequest.from_wire(req.body)
+def _upload_fields(upload: CheckpointUploadRequest | CheckpointSavedRequest) -> tuple[str, str, str, int]:
     check_digest(upload.sha256, upload.size)
     return upload.job_id, upload.lease_id, upload.sha256, upload.size
 
 
-def handle_checkpoint_url(coord: HandlerContext, req: Request) -> CheckpointUrlReply:
+def handle_checkpoint_url(coord: HandlerContext, req: Request[CheckpointUploadRequest]) -> CheckpointUrlReply:
     """A presigned upload for a checkpoint bundle of a job this host is (or was last) running.
 
     On S3 the store takes exactly the declared size (a POST policy); a lease gets URLs at its sync's pace
     and each URL earns one check of what it names (upload_limits).
     """
-    job_id, lease_id, sha256, size = _upload_fields(req)
+    job_id, lease_id, sha256, size = _upload_fields(req.body)
     coord.checkpoints.check_writer(job_id, lease_id, req.client)
     max_mib = _max_mib(coord)
     if size > max_mib * MIB:
@@ -123,10 +122,10 @@ def handle_checkpoint_url(coord: HandlerContext, req: Request) -> CheckpointUrlR
                               fields=upload.fields or None)
 
 
-def prepare_checkpoint_saved(coord: HandlerContext, req: Request) -> str:
+def prepare_checkpoint_saved(coord: HandlerContext, req: Request[CheckpointSavedRequest]) -> str:
     """Check the uploaded bundle outside the lock, its size before a byte is read, then its sha256: only
     verified checkpoints are handed on (the key they are stored under)."""
-    job_id, lease_id, sha256, size = _upload_fields(req)
+    job_id, lease_id, sha256, size = _upload_fields(req.body)
     with coord.lock:
         coord.checkpoints.check_writer(job_id, lease_id, req.client)
         latest = coord.checkpoints.latest(job_id)
@@ -162,11 +161,11 @@ def _check_checkpoint(coord: HandlerContext, key: str, sha256: str, size: int, *
         )
 
 
-def handle_checkpoint_saved(coord: HandlerContext, req: Request) -> CheckpointSavedReply:
-    job_id, lease_id, sha256, size = _upload_fields(req)
+def handle_checkpoint_saved(coord: HandlerContext, req: Request[CheckpointSavedRequest]) -> CheckpointSavedReply:
+    job_id, lease_id, sha256, size = _upload_fields(req.body)
     assert isinstance(req.prepared, str), "prepare_checkpoint_saved runs first"
     attempt = coord.checkpoints.check_writer(job_id, lease_id, req.client)
-    progress = CheckpointSavedRequest.from_wire(req.body).progress
+    progress = req.body.progress
     if progress is not None and len(json.dumps(progress)) > 4096:
         progress = None  # shown in `show` only; a huge one is not worth keeping
     coord.checkpoints.record(
@@ -177,13 +176,13 @@ def handle_checkpoint_saved(coord: HandlerContext, req: Request) -> CheckpointSa
     return CheckpointSavedReply(saved_ts=req.now, attempt=attempt)
 
 
-def handle_checkpoint_start(coord: HandlerContext, req: Request) -> CheckpointStartReply:
+def handle_checkpoint_start(coord: HandlerContext, req: Request[CheckpointStartRequest]) -> CheckpointStartReply:
     """How an attempt started: resumed from the checkpoint it was given, or fresh with the reason.
 
     A checkpoint that failed its sha256 check or could not be read is discarded, so the next attempt
     does not stumble over it again.
     """
-    start = CheckpointStartRequest.from_wire(req.body)
+    start = req.body
     job_id, lease_id, resumed, note, bad_sha256 = start.job_id, start.lease_id, start.resumed, start.note, start.rejected_sha256
     attempt = coord.checkpoints.check_writer(job_id, lease_id, req.client)
     record = coord.checkpoints.latest(job_id)

@@ -1,6 +1,6 @@
-"""What a request handler sees: the decoded `Request`, and the coordinator as a narrow
-`HandlerContext` (its state modules, its store and the manifest in force), so handler
-modules (`handlers`, `reports`, `checkpoints`) import this leaf instead of the service or each other.
+"""What a request handler sees: the `Request` with its fields checked into the verb's request type, and
+the coordinator as a narrow `HandlerContext` (its state modules, its store and the manifest in force), so
+handler modules (`handlers`, `reports`, `checkpoints`) import this leaf instead of the service or each other.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from mqfleet.coordinator.sql.sqlite import StateFile
 from mqfleet.coordinator.tables.artifacts import Artifacts
@@ -76,15 +76,21 @@ class HandlerContext(Protocol):
     def advert_problem(self, host: str) -> str | None: ...
 
 
+Body = TypeVar("Body", bound=WireMessage)
+Rep = TypeVar("Rep", bound=WireMessage)
+
+
 @dataclass(frozen=True)
-class Request:
-    """A decoded request: who sent it (from the topic, never the payload) and its fields."""
+class Request(Generic[Body]):
+    """A request as its handler gets it: who sent it (from the topic, never the payload), when, and its fields."""
 
     verb: Verb
     role: Role
     client: str
-    #: the decoded payload (protocol.decode): each handler checks it with its request's `from_wire`
-    body: Wire
+    #: the payload as decoded JSON (protocol.decode): what an operator's signature covers
+    wire: Wire
+    #: the payload checked, once, by the dispatcher into the verb's request type (mqfleet/wire/verbs.py)
+    body: Body
     now: float
     prepared: Prepared = None
 
@@ -93,5 +99,5 @@ class Request:
 #: a parsed manifest's rows, or a garbage collection's result; each handler narrows it to its own.
 Prepared = str | ManifestRows | GcReply | None
 #: A verb's handler returns its typed reply; the dispatcher makes the JSON (`replies.reply_json`).
-Handler = Callable[[HandlerContext, Request], WireMessage]
-Prepare = Callable[[HandlerContext, Request], Prepared]
+Handler = Callable[[HandlerContext, Request[Body]], Rep]
+Prepare = Callable[[HandlerContext, Request[Body]], Prepared]

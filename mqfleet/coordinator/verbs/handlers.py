@@ -1,4 +1,4 @@
-"""One `handle_<verb>` per RPC verb, and the VERBS table the service dispatches through.
+"""One `handle_<verb>` per RPC verb, and the HANDLERS table the service dispatches through.
 
 Handlers raise MqfleetError subclasses; the service alone turns them into replies.
 Each handler runs inside one database transaction opened by the service; anything
@@ -10,6 +10,7 @@ coordinator only through `HandlerContext`, the narrow part of it they need.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Generic
 
 from mqfleet import defaults
 from mqfleet.coordinator.tables.leases import Completion
@@ -18,21 +19,20 @@ from mqfleet.coordinator.tables.manifests import ORIGIN_FILE, ORIGIN_SENT
 from mqfleet.coordinator.tables.rows import ManifestRows, manifest_rows
 from mqfleet.coordinator.tables.upload_limits import ARTIFACT_URL_EVERY_S
 from mqfleet.coordinator.verbs import checkpoints
-from mqfleet.coordinator.verbs.context import Handler, HandlerContext, Prepare, Request
+from mqfleet.coordinator.verbs.context import Body, Handler, HandlerContext, Prepare, Rep, Request
 from mqfleet.coordinator.verbs.queries import (
     handle_artifacts,
     handle_download_url,
     handle_health,
     handle_job,
     handle_workers,
-    job_ref,
 )
 from mqfleet.coordinator.verbs.reports import handle_compare, handle_gc, prepare_gc, record_attempt_history
 from mqfleet.coordinator.verbs.verify import accept_artifact, check_digest
-from mqfleet.errors import ArtifactMismatchError, BadRequestError, ManifestError, NotFoundError, UnknownHostError
-from mqfleet.lifecycle import AGENT_CAUSES, Cause
+from mqfleet.errors import ArtifactMismatchError, ManifestError, NotFoundError, UnknownHostError
 from mqfleet.manifest.load import load_manifest, parse_manifest
-from mqfleet.wire.published import ControlMessage
+from mqfleet.wire import verbs
+from mqfleet.wire.published import ControlAction, ControlMessage
 from mqfleet.wire.replies import (
     CompleteReply,
     DrainReply,
@@ -50,8 +50,11 @@ from mqfleet.wire.requests import (
     CompleteRequest,
     FailRequest,
     HostRequest,
+    JobOrder,
+    JobRefRequest,
     JobsRequest,
     LogsRequest,
+    NoFields,
     ReloadRequest,
     RenewReply,
     RenewRequest,
@@ -60,7 +63,8 @@ from mqfleet.wire.requests import (
     UploadUrlReply,
     UploadUrlRequest,
 )
-from mqfleet.wire.topics import JsonObject, Verb
+from mqfleet.wire.topics import Verb
+from mqfleet.wire.verbs import VerbSpec
 
 # --- agent verbs: the host is the client level of the topic ---------------------------
 
@@ -74,7 +78,7 @@ def _check_known_host(coord: HandlerContext, host: str) -> None:
         )
 
 
-def handle_claim(coord: HandlerContext, req: Request) -> ClaimReply:
+def handle_claim(coord: HandlerContext, req: Request[NoFields]) -> ClaimReply:
     host = req.client
     _check_known_host(coord, host)
     # A claim proves the host is alive even if its retained status has not arrived yet.
@@ -86,24 +90,17 @@ def handle_claim(coord: HandlerContext, req: Request) -> ClaimReply:
     return ClaimReply(job=checkpoints.with_checkpoint(coord, grant))
 
 
-def _small(value: JsonObject | None, name: str) -> JsonObject | None:
-    if value is not None and len(value) > 200:
-        raise BadRequestError(f"field '{name}' has too many keys ({len(value)})")
-    return value
-
-
-def handle_renew(coord: HandlerContext, req: Request) -> RenewReply:
+def handle_renew(coord: HandlerContext, req: Request[RenewRequest]) -> RenewReply:
     _check_known_host(coord, req.client)
-    asked = RenewRequest.from_wire(req.body)
+    asked = req.body
     job_id, lease_id = asked.job_id, asked.lease_id
-    progress = _small(asked.progress, "progress")
-    renewal = coord.leases.renew(job_id, lease_id, req.client, req.now, progress, lease_s=coord.lease_s)
+    renewal = coord.leases.renew(job_id, lease_id, req.client, req.now, asked.progress, lease_s=coord.lease_s)
     if renewal.progressed:
         # Watchers see progress through the retained job state (at most 1/s); the same progress again
         # carries nothing new, so it is not republished.
         coord.mark_progress(job_id)
-    if "progress_reports" in req.body:
-        record_attempt_history(coord, req, job_id, _attempt_of(coord, job_id), ending=False)
+    if asked.progress_reports is not None:
+        record_attempt_history(coord, asked.progress_reports, None, job_id, _attempt_of(coord, job_id))
     return RenewReply(expires_ts=renewal.expires_ts)
 
 
@@ -116,8 +113,8 @@ def _attempt_of(coord: HandlerContext, job_id: str) -> int | None:
     return lease.attempt if lease else None
 
 
-def handle_upload_url(coord: HandlerContext, req: Request) -> UploadUrlReply:
-    upload = UploadUrlRequest.from_wire(req.body)
+def handle_upload_url(coord: HandlerContext, req: Request[UploadUrlRequest]) -> UploadUrlReply:
+    upload = req.body
     job_id, lease_id, sha256, size = upload.job_id, upload.lease_id, upload.sha256, upload.size
     check_digest(sha256, size)
     coord.leases.check_lease(job_id, lease_id, req.client)
@@ -139,9 +136,9 @@ def handle_upload_url(coord: HandlerContext, req: Request) -> UploadUrlReply:
                           expires_s=expires_s, fields=presigned.fields or None)
 
 
-def prepare_complete(coord: HandlerContext, req: Request) -> str:
+def prepare_complete(coord: HandlerContext, req: Request[CompleteRequest]) -> str:
     """The artifact's key, once its bytes are hashed and moved there."""
-    done = CompleteRequest.from_wire(req.body)
+    done = req.body
     with coord.lock:
         coord.leases.check_lease(done.job_id, done.lease_id, req.client)
     coord.upload_limits.check_reads_allowed(done.lease_id)
@@ -152,67 +149,64 @@ def prepare_complete(coord: HandlerContext, req: Request) -> str:
         raise
 
 
-def handle_complete(coord: HandlerContext, req: Request) -> CompleteReply:
-    done = CompleteRequest.from_wire(req.body)
+def handle_complete(coord: HandlerContext, req: Request[CompleteRequest]) -> CompleteReply:
+    done = req.body
     job_id, lease_id = done.job_id, done.lease_id
     assert isinstance(req.prepared, str), "prepare_complete runs first"
     artifact = Completion(sha256=done.sha256, size=done.size, key=req.prepared,
-                          metrics=_small(done.metrics, "metrics") or {}, output_tail=done.output_tail)
+                          metrics=done.metrics, output_tail=done.output_tail)
     attempt = _attempt_of(coord, job_id)
     row = coord.leases.complete(job_id, lease_id, req.client, artifact, req.now)
-    record_attempt_history(coord, req, job_id, attempt, ending=True)
+    record_attempt_history(coord, done.progress_reports, done.usage, job_id, attempt)
     # The artifact is the result; a checkpoint only ever served to get there.
     coord.checkpoints.discard(job_id, req.now, "job completed")
     return CompleteReply(status=row.status, job=row)
 
 
-def handle_fail(coord: HandlerContext, req: Request) -> StatusReply:
-    failure = FailRequest.from_wire(req.body)
-    job_id, lease_id, cause_name = failure.job_id, failure.lease_id, failure.cause
-    allowed = sorted(c.value for c in AGENT_CAUSES)
-    if cause_name not in allowed:
-        raise BadRequestError(f"field 'cause' must be one of {', '.join(allowed)}, not {cause_name!r}")
+def handle_fail(coord: HandlerContext, req: Request[FailRequest]) -> StatusReply:
+    failure = req.body
+    job_id, lease_id, cause = failure.job_id, failure.lease_id, failure.cause  # an AGENT_CAUSES member
     attempt = _attempt_of(coord, job_id)
     status = coord.leases.fail(
         job_id,
         lease_id,
         req.client,
-        Cause(cause_name),
+        cause,
         exit_code=failure.exit_code,
         output_tail=failure.output_tail[-20_000:],
         error=failure.error[:2000],
         now=req.now,
         fleet=coord.fleet,
     )
-    record_attempt_history(coord, req, job_id, attempt, ending=True)
-    return StatusReply(status=status.value)
+    record_attempt_history(coord, failure.progress_reports, failure.usage, job_id, attempt)
+    return StatusReply(status=status)
 
 
 # --- operator verbs: need the operator token ------------------------------------------
 
 
-def handle_cancel(coord: HandlerContext, req: Request) -> JobReply:
-    job_id = job_ref(coord, req)
+def handle_cancel(coord: HandlerContext, req: Request[JobRefRequest]) -> JobReply:
+    job_id = coord.catalog.resolve_job(req.body.job)
     ended = coord.leases.cancel(job_id, req.now, fleet=coord.fleet)
     coord.checkpoints.discard(job_id, req.now, "job cancelled")
     if ended:
-        coord.send_control(ended.host, ControlMessage(action="cancel", job_id=job_id, lease_id=ended.lease_id))
+        coord.send_control(ended.host, ControlMessage(action=ControlAction.CANCEL, job_id=job_id, lease_id=ended.lease_id))
     return JobReply(job=coord.catalog.job(job_id))
 
 
-def handle_requeue(coord: HandlerContext, req: Request) -> RequeueReply:
-    job_id = job_ref(coord, req)
+def handle_requeue(coord: HandlerContext, req: Request[RequeueRequest]) -> RequeueReply:
+    job_id = coord.catalog.resolve_job(req.body.job)
     row = coord.leases.requeue(job_id, req.now)
-    if RequeueRequest.from_wire(req.body).fresh:
+    if req.body.fresh:
         coord.checkpoints.discard(job_id, req.now, "requeued with --fresh")
     checkpoint = coord.checkpoints.detail(job_id)
     return RequeueReply(job=RequeuedJob(**vars(row), checkpoint=checkpoint))
 
 
-def prepare_reload(coord: HandlerContext, req: Request) -> ManifestRows:
+def prepare_reload(coord: HandlerContext, req: Request[ReloadRequest]) -> ManifestRows:
     """Parse, validate and build the rows off the lock: at 100,000 jobs that is seconds of work, and
     renewals must wait for the writes alone (docs/CLI.md, `mqfleet reload`)."""
-    reload = ReloadRequest.from_wire(req.body)
+    reload = req.body
     try:
         if reload.manifest is None:
             manifest = load_manifest(coord.manifest_path)
@@ -225,10 +219,10 @@ def prepare_reload(coord: HandlerContext, req: Request) -> ManifestRows:
     return manifest_rows(manifest)
 
 
-def handle_reload(coord: HandlerContext, req: Request) -> ReloadReply:
+def handle_reload(coord: HandlerContext, req: Request[ReloadRequest]) -> ReloadReply:
     prepared = req.prepared
     assert isinstance(prepared, ManifestRows), "prepare_reload runs first"
-    sent = ReloadRequest.from_wire(req.body).manifest is not None
+    sent = req.body.manifest is not None
     # Stored with the jobs it made, so a restart keeps a manifest that exists only in this database.
     summary = coord.apply_manifest(prepared, req.now, origin=ORIGIN_SENT if sent else ORIGIN_FILE)
     return ReloadReply(
@@ -240,7 +234,7 @@ def handle_reload(coord: HandlerContext, req: Request) -> ReloadReply:
     )
 
 
-def handle_manifest(coord: HandlerContext, req: Request) -> ManifestReply:
+def handle_manifest(coord: HandlerContext, req: Request[NoFields]) -> ManifestReply:
     """The manifest in force exactly as applied, so an operator can pull, edit and push it back."""
     stored = coord.stored_manifest
     if stored is None:
@@ -249,14 +243,14 @@ def handle_manifest(coord: HandlerContext, req: Request) -> ManifestReply:
                          origin=stored.origin)
 
 
-def handle_drain(coord: HandlerContext, req: Request) -> DrainReply:
-    host = HostRequest.from_wire(req.body).host
+def handle_drain(coord: HandlerContext, req: Request[HostRequest]) -> DrainReply:
+    host = req.body.host
     coord.hosts.set_draining(host, True, req.now)
     return DrainReply(host=host, draining=True)
 
 
-def handle_undrain(coord: HandlerContext, req: Request) -> UndrainReply:
-    host = HostRequest.from_wire(req.body).host
+def handle_undrain(coord: HandlerContext, req: Request[HostRequest]) -> UndrainReply:
+    host = req.body.host
     released = coord.hosts.set_draining(host, False, req.now)
     return UndrainReply(host=host, draining=False, quarantine_released=released)
 
@@ -268,20 +262,17 @@ def handle_undrain(coord: HandlerContext, req: Request) -> UndrainReply:
 JOBS_PAGE = 2000
 
 
-def handle_jobs(coord: HandlerContext, req: Request) -> JobsReply:
-    asked = JobsRequest.from_wire(req.body)
+def handle_jobs(coord: HandlerContext, req: Request[JobsRequest]) -> JobsReply:
+    asked = req.body
     where = JobFilter(status=asked.status, name_glob=asked.name)
-    order = asked.order
-    if order not in ("oldest", "newest"):
-        raise BadRequestError(f"field 'order' must be 'oldest' or 'newest', not {order[:40]!r}")
     limit = min(JOBS_PAGE, max(1, asked.limit if asked.limit is not None else JOBS_PAGE))
     after = asked.after
-    offset = max(0, asked.offset)
+    offset = max(0, asked.offset or 0)
     # A client that knows the total from its first page asks the later ones without it (a count
     # walks every matching row).
     counted = asked.count
     page, next_after, total = coord.catalog.job_page(
-        where, limit=limit, after=after, newest_first=order == "newest", offset=None if after is not None else offset,
+        where, limit=limit, after=after, newest_first=asked.order is JobOrder.NEWEST, offset=None if after is not None else offset,
         count=counted,
     )
     # next_offset serves clients that page by position; next_after is the keyset the CLI pages with.
@@ -295,9 +286,9 @@ LOGS_PAGE = 5000
 LOGS_PAGE_CHARS = 1024 * 1024
 
 
-def handle_logs(coord: HandlerContext, req: Request) -> LogsReply:
-    job_id = job_ref(coord, req)
-    asked = LogsRequest.from_wire(req.body)
+def handle_logs(coord: HandlerContext, req: Request[LogsRequest]) -> LogsReply:
+    asked = req.body
+    job_id = coord.catalog.resolve_job(asked.job)
     attempt = asked.attempt
     offset = max(0, asked.offset)
     limit = min(LOGS_PAGE, max(1, asked.limit if asked.limit is not None else LOGS_PAGE))
@@ -316,35 +307,39 @@ def handle_logs(coord: HandlerContext, req: Request) -> LogsReply:
 
 
 @dataclass(frozen=True)
-class VerbSpec:
-    handler: Handler
-    prepare: Prepare | None = None
-    #: Verbs that change state remember their reply, so a redelivery is answered, not re-run.
-    remembered: bool = True
+class Handling(Generic[Body, Rep]):
+    """How the coordinator answers one verb of the wire table (mqfleet/wire/verbs.py): its handler, given the
+    request's fields as the table's request type and returning its reply type (mypy holds the three together),
+    and the slow step, if any, that runs off the lock before it."""
+
+    wire: VerbSpec[Body, Rep]
+    handler: Handler[Body, Rep]
+    prepare: Prepare[Body] | None = None
 
 
-VERBS: dict[Verb, VerbSpec] = {
-    Verb.CLAIM: VerbSpec(handle_claim),
-    Verb.RENEW: VerbSpec(handle_renew),
-    Verb.UPLOAD_URL: VerbSpec(handle_upload_url),
-    Verb.COMPLETE: VerbSpec(handle_complete, prepare=prepare_complete),
-    Verb.FAIL: VerbSpec(handle_fail),
-    Verb.CHECKPOINT_URL: VerbSpec(checkpoints.handle_checkpoint_url),
-    Verb.CHECKPOINT_SAVED: VerbSpec(checkpoints.handle_checkpoint_saved, prepare=checkpoints.prepare_checkpoint_saved),
-    Verb.CHECKPOINT_START: VerbSpec(checkpoints.handle_checkpoint_start),
-    Verb.CANCEL: VerbSpec(handle_cancel),
-    Verb.REQUEUE: VerbSpec(handle_requeue),
-    Verb.RELOAD: VerbSpec(handle_reload, prepare=prepare_reload),
-    Verb.DRAIN: VerbSpec(handle_drain),
-    Verb.UNDRAIN: VerbSpec(handle_undrain),
-    Verb.GC: VerbSpec(handle_gc, prepare=prepare_gc),
-    Verb.JOBS: VerbSpec(handle_jobs, remembered=False),
-    Verb.JOB: VerbSpec(handle_job, remembered=False),
-    Verb.WORKERS: VerbSpec(handle_workers, remembered=False),
-    Verb.HEALTH: VerbSpec(handle_health, remembered=False),
-    Verb.ARTIFACTS: VerbSpec(handle_artifacts, remembered=False),
-    Verb.LOGS: VerbSpec(handle_logs, remembered=False),
-    Verb.DOWNLOAD_URL: VerbSpec(handle_download_url, remembered=False),
-    Verb.COMPARE: VerbSpec(handle_compare, remembered=False),
-    Verb.MANIFEST: VerbSpec(handle_manifest, remembered=False),
-}
+#: Every verb's handling, by verb (a unit test holds its verbs to the wire table's).
+HANDLERS: dict[Verb, Handling[Any, Any]] = {handling.wire.verb: handling for handling in (
+    Handling(verbs.CLAIM, handle_claim),
+    Handling(verbs.RENEW, handle_renew),
+    Handling(verbs.UPLOAD_URL, handle_upload_url),
+    Handling(verbs.COMPLETE, handle_complete, prepare=prepare_complete),
+    Handling(verbs.FAIL, handle_fail),
+    Handling(verbs.CHECKPOINT_URL, checkpoints.handle_checkpoint_url),
+    Handling(verbs.CHECKPOINT_SAVED, checkpoints.handle_checkpoint_saved, prepare=checkpoints.prepare_checkpoint_saved),
+    Handling(verbs.CHECKPOINT_START, checkpoints.handle_checkpoint_start),
+    Handling(verbs.CANCEL, handle_cancel),
+    Handling(verbs.REQUEUE, handle_requeue),
+    Handling(verbs.RELOAD, handle_reload, prepare=prepare_reload),
+    Handling(verbs.DRAIN, handle_drain),
+    Handling(verbs.UNDRAIN, handle_undrain),
+    Handling(verbs.GC, handle_gc, prepare=prepare_gc),
+    Handling(verbs.JOBS, handle_jobs),
+    Handling(verbs.JOB, handle_job),
+    Handling(verbs.WORKERS, handle_workers),
+    Handling(verbs.HEALTH, handle_health),
+    Handling(verbs.ARTIFACTS, handle_artifacts),
+    Handling(verbs.LOGS, handle_logs),
+    Handling(verbs.DOWNLOAD_URL, handle_download_url),
+    Handling(verbs.COMPARE, handle_compare),
+    Handling(verbs.MANIFEST, handle_manifest),
+)}

@@ -14,16 +14,11 @@ from mqfleet import defaults
 from mqfleet.coordinator.verbs.context import HandlerContext, Request
 from mqfleet.errors import BadRequestError
 from mqfleet.wire.replies import ArtifactsReply, DownloadUrlReply, JobDetail, JobDetailReply, WorkersReply
-from mqfleet.wire.requests import Health, JobRefRequest
+from mqfleet.wire.requests import Health, JobRefRequest, NoFields
 
 
-def job_ref(coord: HandlerContext, req: Request) -> str:
-    """The id of the job a request names (`job`: id, unique id prefix or name)."""
-    return coord.catalog.resolve_job(JobRefRequest.from_wire(req.body).job)
-
-
-def handle_job(coord: HandlerContext, req: Request) -> JobDetailReply:
-    job_id = job_ref(coord, req)
+def handle_job(coord: HandlerContext, req: Request[JobRefRequest]) -> JobDetailReply:
+    job_id = coord.catalog.resolve_job(req.body.job)
     row = coord.catalog.job(job_id)
     usage = coord.history.usage_of(job_id)
     trainer = coord.manifest.trainers.get(row.model) if coord.manifest else None
@@ -42,7 +37,7 @@ def handle_job(coord: HandlerContext, req: Request) -> JobDetailReply:
     ))
 
 
-def handle_workers(coord: HandlerContext, req: Request) -> WorkersReply:
+def handle_workers(coord: HandlerContext, req: Request[NoFields]) -> WorkersReply:
     usage = coord.history.usage_by_host()
     workers = [
         # advert_error: why the host's latest advert was refused (`advert` still shows its last good one)
@@ -52,16 +47,16 @@ def handle_workers(coord: HandlerContext, req: Request) -> WorkersReply:
     return WorkersReply(workers=workers)
 
 
-def handle_health(coord: HandlerContext, req: Request) -> Health:
+def handle_health(coord: HandlerContext, req: Request[NoFields]) -> Health:
     return coord.health(req.now)
 
 
-def handle_artifacts(coord: HandlerContext, req: Request) -> ArtifactsReply:
+def handle_artifacts(coord: HandlerContext, req: Request[NoFields]) -> ArtifactsReply:
     return ArtifactsReply(artifacts=coord.artifacts.artifacts())
 
 
-def handle_download_url(coord: HandlerContext, req: Request) -> DownloadUrlReply:
-    job_id = job_ref(coord, req)
+def handle_download_url(coord: HandlerContext, req: Request[JobRefRequest]) -> DownloadUrlReply:
+    job_id = coord.catalog.resolve_job(req.body.job)
     row = coord.catalog.job(job_id)
     sha256 = row.artifact
     if not sha256:

@@ -1,60 +1,37 @@
 """The handlers of what the coordinator reports about past work: `compare` (jobs' final metrics side
-by side), `gc` (store objects no job needs), and the checks of the progress reports and usage agents
-send with renew, complete and fail. The VERBS table in coordinator/verbs/handlers.py dispatches to them.
+by side), `gc` (store objects no job needs), and the history of the progress reports and usage agents
+send with renew, complete and fail (checked by their types: mqfleet/wire/reports.py). The HANDLERS table in coordinator/verbs/handlers.py dispatches to them.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mqfleet.coordinator.tables.garbage import collect_garbage
-from mqfleet.coordinator.tables.history import ProgressReport, check_usage
 from mqfleet.errors import BadRequestError, NotFoundError
 from mqfleet.wire.replies import CompareReply, CompareRow, GcReply
-from mqfleet.wire.requests import CompareRequest, GcRequest
+from mqfleet.wire.reports import ProgressReport, Usage
+from mqfleet.wire.requests import COMPARE_MAX_JOBS, CompareRequest, GcRequest
 from mqfleet.wire.topics import JsonObject, JsonValue
 
 if TYPE_CHECKING:
     from mqfleet.coordinator.verbs.context import HandlerContext as Coordinator
     from mqfleet.coordinator.verbs.context import Request
 
-#: Reports accepted in one request; the agent sends at most a few hundred.
-REPORTS_PER_REQUEST = 1000
-#: Jobs one `compare` may name.
-COMPARE_MAX_JOBS = 2000
 
 
-def progress_reports(req: Request) -> list[ProgressReport]:
-    """The `progress_reports` of a request as (seq, ts, report); malformed entries are skipped, not fatal:
-    they are history, and the request's real business (a renewal, a completion) must not fail for them."""
-    raw = req.body.get("progress_reports")
-    if not isinstance(raw, list):
-        return []
-    out: list[ProgressReport] = []
-    for entry in raw[:REPORTS_PER_REQUEST]:
-        if not (isinstance(entry, list) and len(entry) == 3):
-            continue
-        seq, ts, report = entry
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-            continue
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
-            continue
-        if not isinstance(report, dict) or len(report) > 200:
-            continue
-        out.append((seq, float(ts), report))
-    return out
-
-
-def record_attempt_history(coord: Coordinator, req: Request, job_id: str, attempt: int | None, *, ending: bool) -> None:
-    """Store the progress reports (and, when the attempt ends, the usage) a request carries, unless
-    `[fleet] keep_history = false` (docs/OPERATIONS.md, "Logs")."""
+def record_attempt_history(coord: Coordinator, reports: list[ProgressReport] | None, usage: Usage | None, job_id: str,
+                           attempt: int | None) -> None:
+    """Store the progress reports and the usage (sent when the attempt ends) a request carries, unless
+    `[fleet] keep_history = false` (docs/OPERATIONS.md, "Logs"); times are kept to the millisecond."""
     if attempt is None or not coord.fleet.keep_history:
         return
-    reports = progress_reports(req)
-    usage = check_usage(req.body.get("usage")) if ending else None
+    if usage is not None:
+        usage = replace(usage, wall_s=round(usage.wall_s, 3), cpu_s=round(usage.cpu_s, 3))
     if reports or usage is not None:
-        coord.history.append_progress(job_id, attempt, reports, usage=usage)
+        coord.history.append_progress(job_id, attempt, reports or [], usage=usage)
 
 
 def _numeric(value: JsonValue) -> bool:
@@ -79,8 +56,8 @@ def final_metrics(progress: JsonObject | None, artifact_metrics: JsonObject | No
     return metrics
 
 
-def handle_compare(coord: Coordinator, req: Request) -> CompareReply:
-    asked = CompareRequest.from_wire(req.body)
+def handle_compare(coord: Coordinator, req: Request[CompareRequest]) -> CompareReply:
+    asked = req.body
     sweep, refs = asked.sweep, asked.jobs
     if (sweep is None) == (refs is None):
         raise BadRequestError("compare needs either 'jobs' (a list of job references) or 'sweep' (a sweep name)")
@@ -92,9 +69,9 @@ def handle_compare(coord: Coordinator, req: Request) -> CompareReply:
             raise NotFoundError(f"no sweep named {sweep!r}; known sweeps: {known}")
     else:
         assert refs is not None
-        if not refs or len(refs) > COMPARE_MAX_JOBS:
-            raise BadRequestError(f"'jobs' must name 1 to {COMPARE_MAX_JOBS} jobs, not {len(refs)}")
-        job_ids = [coord.catalog.resolve_job(str(ref)) for ref in refs]
+        if not refs:
+            raise BadRequestError(f"'jobs' must name 1 to {COMPARE_MAX_JOBS} jobs, not none")
+        job_ids = [coord.catalog.resolve_job(ref) for ref in refs]
     by_job = {a.job_id: a.metrics for a in coord.artifacts.artifacts()} if job_ids else {}
     rows = []
     for job_id in dict.fromkeys(job_ids):
@@ -111,12 +88,12 @@ def handle_compare(coord: Coordinator, req: Request) -> CompareReply:
     return CompareReply(sweep=sweep, jobs=rows, metric_names=names)
 
 
-def prepare_gc(coord: Coordinator, req: Request) -> GcReply:
+def prepare_gc(coord: Coordinator, req: Request[GcRequest]) -> GcReply:
     # Listing and deleting objects is slow store work: done here, off the dispatcher thread.
-    dry_run = GcRequest.from_wire(req.body).dry_run
+    dry_run = req.body.dry_run
     return collect_garbage(coord.state, coord.store, coord.uploads, dry_run=dry_run, now=req.now)
 
 
-def handle_gc(coord: Coordinator, req: Request) -> GcReply:
+def handle_gc(coord: Coordinator, req: Request[GcRequest]) -> GcReply:
     assert isinstance(req.prepared, GcReply), "prepare_gc runs first"
     return req.prepared
