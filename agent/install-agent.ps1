@@ -13,6 +13,11 @@
     wrapper (nssm, pywin32) on the host. The task stops the agent with a console close event, which
     the agent treats like SIGTERM (it hands running jobs back).
 
+    The machine owner's policy (hours, when_busy, on_yield, nice, memory cap) goes in agent.toml next to
+    agent.env: a commented copy of agent.toml.example, never rewritten once there. -Owner names the account
+    that may pause the agent (`mqfleet agent pause`): the work dir, where the agent keeps the switch's key
+    (owner.key), is readable by SYSTEM, Administrators, the task's user and that account only.
+
 .EXAMPLE
     .\install-agent.ps1 -Broker mqtts://pi.lan:8883 -HostId win-gpu -Ca ca.crt -Cert win-gpu.crt -Key win-gpu.key -Slots 1 -Repo C:\train
 #>
@@ -31,6 +36,7 @@ param(
     [string]$Prefix = "mqfleet",
     [string]$ConfigDir = "C:\ProgramData\mqfleet",
     [string]$User = "SYSTEM",
+    [string]$Owner = "",
     [switch]$Force,
     [switch]$SkipSelftest,
     [switch]$Uninstall,
@@ -42,6 +48,7 @@ $ErrorActionPreference = "Stop"
 
 $TaskName = "mqfleet-agent"
 $EnvFile = Join-Path $ConfigDir "agent.env"
+$OwnerPolicy = Join-Path $ConfigDir "agent.toml"
 $TlsDir = Join-Path $ConfigDir "tls"
 $Mqfleet = Join-Path $Venv "Scripts\mqfleet.exe"
 # Restart on failure: Task Scheduler retries a failed start this many times, this far apart.
@@ -64,13 +71,29 @@ function Protect-File([string]$Path) {
     Set-Acl -Path $Path -AclObject $acl
 }
 
+function Protect-WorkDir([string]$Path) {
+    # Inherited by what the agent writes there (owner.key above all): SYSTEM, Administrators, the task user
+    # and the owner (-Owner) only, where ProgramData would let every user read.
+    $acl = New-Object System.Security.AccessControl.DirectorySecurity
+    $acl.SetAccessRuleProtection($true, $false)
+    $who = @("NT AUTHORITY\SYSTEM", "BUILTIN\Administrators")
+    if ($script:Principal -ne "S-1-5-18") { $who += $script:Principal }
+    if ($Owner) { $who += $Owner }
+    foreach ($name in $who) {
+        $rights = if ($name -eq $Owner) { "ReadAndExecute" } else { "FullControl" }
+        $rule = New-Object System.Security.AccessControl.FileSystemAccessRule($name, $rights, "ContainerInherit,ObjectInherit", "None", "Allow")
+        $acl.AddAccessRule($rule)
+    }
+    Set-Acl -Path $Path -AclObject $acl
+}
+
 function ConvertTo-XmlText([string]$Text) { [System.Security.SecurityElement]::Escape($Text) }
 
 function Get-TaskXml {
     # Task Scheduler 1.4 schema; everything the task needs is in this one document.
     $command = ConvertTo-XmlText $Mqfleet
     # A task has no journald: the agent writes its own rotating log file (docs/OPERATIONS.md, "Logs").
-    $arguments = ConvertTo-XmlText "agent --slots $Slots --repo `"$Repo`" --work-dir `"$WorkDir`" --log-file `"$LogFile`""
+    $arguments = ConvertTo-XmlText "agent --slots $Slots --repo `"$Repo`" --work-dir `"$WorkDir`" --log-file `"$LogFile`" --config `"$OwnerPolicy`""
     $workdir = ConvertTo-XmlText $ConfigDir
     $principal = ConvertTo-XmlText $script:Principal
     $logon = if ($script:Principal -eq "S-1-5-18") { "<UserId>S-1-5-18</UserId><RunLevel>HighestAvailable</RunLevel>" } else { "<UserId>$principal</UserId><LogonType>Password</LogonType><RunLevel>LeastPrivilege</RunLevel>" }
@@ -134,7 +157,8 @@ function Get-EnvText {
         "MQFLEET_CA=$(if ($Ca) { Join-Path $TlsDir 'ca.crt' })",
         "MQFLEET_CERT=$(if ($Cert) { Join-Path $TlsDir 'agent.crt' })",
         "MQFLEET_KEY=$(if ($Key) { Join-Path $TlsDir 'agent.key' })",
-        "MQFLEET_PREFIX=$Prefix"
+        "MQFLEET_PREFIX=$Prefix",
+        "MQFLEET_WORK_DIR=$WorkDir"
     )
     return ($lines -join "`r`n") + "`r`n"
 }
@@ -167,7 +191,7 @@ function Invoke-Uninstall {
         Stop-ScheduledTask -TaskName $TaskName -ErrorAction SilentlyContinue
         Unregister-ScheduledTask -TaskName $TaskName -Confirm:$false
     }
-    foreach ($name in @("MQFLEET_HOST_ID", "MQFLEET_BROKER", "MQFLEET_CA", "MQFLEET_CERT", "MQFLEET_KEY", "MQFLEET_PREFIX")) {
+    foreach ($name in @("MQFLEET_HOST_ID", "MQFLEET_BROKER", "MQFLEET_CA", "MQFLEET_CERT", "MQFLEET_KEY", "MQFLEET_PREFIX", "MQFLEET_WORK_DIR")) {
         [Environment]::SetEnvironmentVariable($name, $null, "Machine")
     }
     Remove-Item -LiteralPath $EnvFile -Force -ErrorAction SilentlyContinue
@@ -196,6 +220,12 @@ function Invoke-Install {
 
     if (-not (Test-Path -LiteralPath $Mqfleet)) { Fail "$Mqfleet not found: py -m venv $Venv; $Venv\Scripts\pip install mqfleet[train] (or pass -Venv)" }
     New-Item -ItemType Directory -Force -Path $ConfigDir, $TlsDir, $WorkDir | Out-Null
+    Protect-WorkDir $WorkDir
+    if (Test-Path -LiteralPath $OwnerPolicy) {
+        Say "kept $OwnerPolicy (the owner's policy file)"
+    } else {
+        Copy-Item -LiteralPath (Join-Path $PSScriptRoot "agent.toml.example") -Destination $OwnerPolicy
+    }
     if ((Test-Path -LiteralPath $EnvFile) -and -not $Force) {
         Say "kept $EnvFile and $TlsDir; -Force rewrites them (e.g. to rotate certificates)"
     } else {

@@ -31,6 +31,7 @@ WORK_DIR="$STATE_DIR/work"
 PREFIX=mqfleet
 SKIP_SELFTEST=0
 TRAINER_USER=mqfleet-trainer
+OWNER_GROUP=""
 
 usage() {
     cat <<EOF
@@ -51,6 +52,8 @@ $DEFAULT_CONFIG_DIR/tls/ (0600), run \`mqfleet agent selftest\`, then enable and
   --trainer-user NAME trainers run as this user, created if missing (default mqfleet-trainer); the
                       agent then runs as root with bounded capabilities (docs/SECURITY.md, "Trainers")
   --no-trainer-user   trainers run as the service user, as the agent does: they can read its key file
+  --owner-group NAME  members of this group may pause the agent (mqfleet agent pause); written to
+                      $DEFAULT_CONFIG_DIR/agent.toml, the machine owner's policy file (kept on reruns)
   --config-dir DIR    configuration directory (default $DEFAULT_CONFIG_DIR)
   --force             rewrite an existing config and TLS files (certificate rotation)
   --skip-selftest     enable the service without running the selftest first
@@ -76,6 +79,7 @@ while [ "$#" -gt 0 ]; do
         --skip-selftest) SKIP_SELFTEST=1; shift ;;
         --trainer-user) need_value "$@"; TRAINER_USER=$2; shift 2 ;;
         --no-trainer-user) TRAINER_USER=""; shift ;;
+        --owner-group) need_value "$@"; OWNER_GROUP=$2; shift 2 ;;
         *) take_common_option "$@" || { usage >&2; die "unknown option: $1"; }; shift "$TAKEN" ;;
     esac
 done
@@ -90,6 +94,7 @@ check_path --config-dir "$CONFIG_DIR"
 [ "$PURGE" = 0 ] || [ "$UNINSTALL" = 1 ] || die "--purge only goes with --uninstall"
 case "$SVC_USER" in ''|*[!a-z0-9_-]*) die "--user must be a plain user name" ;; esac
 case "$TRAINER_USER" in *[!a-z0-9_-]*) die "--trainer-user must be a plain user name" ;; esac
+case "$OWNER_GROUP" in *[!a-z0-9_-]*) die "--owner-group must be a plain group name" ;; esac
 if [ -n "$TRAINER_USER" ] && [ "$TRAINER_USER" = "$SVC_USER" ]; then
     die "--trainer-user must differ from --user: trainers of the agent's own user can read its key file"
 fi
@@ -150,7 +155,8 @@ run_selftest() {
 do_uninstall() {
     local tls_dir
     disable_service
-    act rm -f -- "$(at "$UNIT_DIR/$UNIT_NAME")" "$(at "$CONFIG_DIR/agent.env")" "$(at "$UNIT_DIR/$UNIT_NAME.d/$DROPIN")"
+    act rm -f -- "$(at "$UNIT_DIR/$UNIT_NAME")" "$(at "$CONFIG_DIR/agent.env")" "$(at "$UNIT_DIR/$UNIT_NAME.d/$DROPIN")" \
+        "$(at "$CONFIG_DIR/agent.toml")"
     if [ -d "$(at "$UNIT_DIR/$UNIT_NAME.d")" ]; then
         act rmdir --ignore-fail-on-non-empty -- "$(at "$UNIT_DIR/$UNIT_NAME.d")"
     fi
@@ -179,6 +185,28 @@ Group=root
 CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER
 StateDirectoryMode=0751
 EOF
+}
+
+# The owner's policy file: agent/agent.toml.example (every setting commented out), with owner_group set when
+# given. Never rewritten once there, --force included: it is the machine owner's, not the installer's.
+write_owner_policy() {
+    local file
+    file=$(at "$CONFIG_DIR/agent.toml")
+    if [ -f "$file" ]; then
+        say "kept $file (the owner's policy file)"
+        return
+    fi
+    {
+        cat "$SCRIPT_DIR/agent.toml.example"
+        if [ -n "$OWNER_GROUP" ]; then
+            printf '\n# Set by install-agent.sh --owner-group.\nowner_group = "%s"\n' "$OWNER_GROUP"
+        fi
+    } | write_file "$file" 0644
+    if [ -n "$OWNER_GROUP" ] && [ "$SYSTEM" = 1 ]; then
+        getent group "$OWNER_GROUP" >/dev/null || die "--owner-group $OWNER_GROUP: no such group on this host"
+        # the agent gives its socket to that group, which a process not in it may not do
+        act usermod -a -G "$OWNER_GROUP" "$SVC_USER"
+    fi
 }
 
 create_trainer_user() {
@@ -238,6 +266,7 @@ do_install() {
         } | write_file "$env_file" 0600
     fi
 
+    write_owner_policy
     render_unit | write_file "$unit" 0644
     # The config in force decides (a rerun without --force keeps it): root for the agent only with a trainer user.
     trainer_user=$TRAINER_USER

@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 
 from bench.artifact_path import measure_artifact_path
+from bench.borrowed import measure_yields
 from bench.checkpoint import measure_resume_saving, measure_sync_cost
 from bench.claim_floor import measure_claim_floor
 from bench.claim_rtt import measure_claim_rtt
@@ -47,6 +48,23 @@ def claim_rtt_rows(r: dict[str, Any]) -> list[Row]:
         Row("claim round trip (coordinator subprocess)", ms(r["claim_p50_s"]), ms(r["claim_p99_s"]),
             f"raw MQTT v5 req/reply {ms(r['raw_p50_s'])} / {ms(r['raw_p99_s'])}",
             f"{r['p50_ratio']:.2f}x / {r['p99_ratio']:.2f}x", "p50 <= 1.5x raw (issue 17)", verdict(r["p50_ratio"] <= 1.5)),
+    ]
+
+
+def borrowed_rows(r: dict[str, Any]) -> list[Row]:
+    """The owner's pause against a kill -9 of the agent, in the same run: time to running elsewhere, work lost."""
+    ratio = r["pause_p50_s"] / r["kill_p50_s"]
+    step_s, every = r["step_s"], r["save_every_steps"]
+    return [
+        Row(f"`agent pause --now` -> job running on another host ({len(r['pause'])} pauses, {r['state_mib']} MiB "
+            "checkpoint, the CLI's start included)", f"{r['pause_p50_s']:.2f} s", f"{r['pause_p99_s']:.2f} s",
+            f"kill -9 of the agent, running again ({len(r['kill'])} kills, grace {r['grace_s']:g} s): {r['kill_p50_s']:.2f} s / "
+            f"{r['kill_p99_s']:.2f} s", f"{ratio:.2f}x", "faster than the grace of a kill", verdict(ratio < 1)),
+        Row(f"work lost per yield (steps of {step_s:g} s; the trainer saves every {every})",
+            f"{r['pause_lost_steps_median']:g} steps", f"max {r['pause_lost_steps_max']}",
+            f"kill -9 (agent syncs every {r['sync_interval_s']:g} s): median {r['kill_lost_steps_median']:g}, "
+            f"max {r['kill_lost_steps_max']}", "-", f"<= one checkpoint interval ({every} steps)",
+            verdict(r["pause_lost_steps_max"] <= every)),
     ]
 
 
@@ -338,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-jobs", type=int, default=100_000, help="jobs behind the web dashboard's jobs page")
     parser.add_argument("--checkpoint-s", type=float, default=30.0)
     parser.add_argument("--checkpoint-rounds", type=int, default=4)
+    parser.add_argument("--borrowed-pauses", type=int, default=8)
+    parser.add_argument("--borrowed-mib", type=int, default=32, help="checkpoint size of the `borrowed machines` section")
     parser.add_argument("--checkpoint-mib", type=int, default=256)
     args = parser.parse_args(argv)
     notes = _read_notes(args.notes)
@@ -387,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                               size_mib=args.checkpoint_mib),
             measure_resume_saving(d / "resume")))
         section("Web dashboard", lambda d: web_rows(measure_web(args.web_claims, args.web_jobs, d)))
+        section("Borrowed machines", lambda d: borrowed_rows(
+            measure_yields(d, pauses=args.borrowed_pauses, kills=3, state_mib=args.borrowed_mib)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = f"{load_start} / " + " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -105,6 +105,19 @@ def replace_sections(old: str, new: str, titles: list[str], note: str) -> str:
 # --- processes ----------------------------------------------------------------------------------
 
 
+def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
+    """Poll `predicate` every 50 ms until it returns something truthy, which is returned; RuntimeError naming
+    `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {what} within {timeout_s:g} s")
+        time.sleep(0.05)
+
+
 def fleet_env(broker_url: str, prefix: str) -> dict[str, str]:
     return {**os.environ, defaults.ENV_BROKER: broker_url, defaults.ENV_TOPIC_PREFIX: prefix,
             defaults.ENV_OPERATOR_TOKEN: OPERATOR_TOKEN, "PYTHONUNBUFFERED": "1"}

@@ -7,7 +7,7 @@ TOPIC_PREFIX = "mqfleet"
 #: Broker URL used when neither --broker nor MQFLEET_BROKER is given.
 BROKER_URL = "mqtt://127.0.0.1:1883"
 
-#: A job is failed after this many counted attempts (`shutdown` never counts).
+#: A job is failed after this many counted attempts (a hand-back, `preempted` or `shutdown`, never counts).
 MAX_ATTEMPTS = 3
 #: A lease not renewed for this long expires and its attempt ends as `lost`.
 LEASE_S = 90.0
@@ -99,6 +99,8 @@ ENV_SLOTS = "MQFLEET_SLOTS"
 ENV_WORK_DIR = "MQFLEET_WORK_DIR"
 ENV_REPO = "MQFLEET_REPO"
 ENV_TRAINER_USER = "MQFLEET_TRAINER_USER"
+#: The agent's `--config`: the machine owner's agent.toml (docs/OPERATIONS.md, "Owner policies").
+ENV_AGENT_CONFIG = "MQFLEET_AGENT_CONFIG"
 #: The agent's `--log-file`.
 ENV_LOG_FILE = "MQFLEET_LOG_FILE"
 #: A log level (DEBUG, INFO, WARNING, ...) that overrides what -v/-q chose.

@@ -21,7 +21,9 @@ from mqfleet.agent.capability import detect_advert
 from mqfleet.agent.command import inherited_env
 from mqfleet.agent.isolation import TrainerUser, make_undumpable
 from mqfleet.agent.job import JobRun, JobSettings
+from mqfleet.agent.limits import LimitSettings
 from mqfleet.agent.outcome import Ending
+from mqfleet.agent.owner_link import OwnerLink
 from mqfleet.agent.reaper import reap_leftovers
 from mqfleet.errors import ConfigurationError, MqfleetError, RemoteError, RequestTimeoutError, UnknownHostError
 from mqfleet.hostid import check_host_id
@@ -31,6 +33,7 @@ from mqfleet.mqtt.inbox import Message
 from mqfleet.mqtt.rpc import RpcClient
 from mqfleet.wire import verbs
 from mqfleet.wire.advert import Advert
+from mqfleet.wire.owner import OwnerPolicy
 from mqfleet.wire.published import ControlMessage, HostStatus, LogBatch, Nudge
 from mqfleet.wire.requests import NoFields, Presence
 from mqfleet.wire.topics import MAX_LOG_LINE_CHARS, Topics, encode, log_batches
@@ -69,6 +72,12 @@ class AgentConfig:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     #: run trainers as this user (name or uid) instead of the agent's own; "" for the agent's (docs/SECURITY.md, "Trainers")
     trainer_user: str = ""
+    #: the owner's policy from the flags and agent.toml; the manifest's defaults fill what it leaves unset
+    owner_policy: OwnerPolicy = OwnerPolicy()
+    #: the group whose members may pause this agent (`mqfleet agent pause`), besides root and the agent's user
+    owner_group: str = ""
+    #: where the owner's switch listens; None: owner.sock in the work dir
+    owner_socket: Path | None = None
 
     def validate(self) -> None:
         check_host_id(self.host_id)
@@ -77,6 +86,9 @@ class AgentConfig:
         if not self.repo.is_dir():
             raise ConfigurationError(f"training repo {self.repo} is not a folder; pass --repo DIR")
         self.resolved_trainer_user()
+        problems = self.owner_policy.problems()
+        if problems:
+            raise ConfigurationError("owner policy: " + "; ".join(str(p) for p in problems))
 
     def resolved_trainer_user(self) -> TrainerUser | None:
         """The `trainer_user` looked up; ConfigurationError with the fix when trainers cannot run as it."""
@@ -88,11 +100,14 @@ class AgentConfig:
         env.update(self.extra_env)
         return env
 
-    def job_settings(self, trainer_user: TrainerUser | None = None) -> JobSettings:
-        """What a job run needs of these settings; the environment is read now, as the job starts."""
+    def job_settings(self, trainer_user: TrainerUser | None = None, owner: OwnerPolicy | None = None) -> JobSettings:
+        """What a job run needs of these settings and of the owner policy in force; the environment is read now,
+        as the job starts."""
+        limits = LimitSettings() if owner is None else LimitSettings(
+            nice=owner.nice or 0, ionice=owner.ionice or "none", max_memory_gib=owner.max_memory_gib)
         return JobSettings(work_dir=self.work_dir, repo=self.repo, python=self.python, kill_grace_s=self.kill_grace_s,
                            request_timeout_s=self.request_timeout_s, base_env=self.trainer_base_env(),
-                           trainer_user=trainer_user)
+                           trainer_user=trainer_user, limits=limits)
 
 
 class Agent:
@@ -124,6 +139,10 @@ class Agent:
             reply_prefix=config.prefix,
         )
         self.rpc = RpcClient(self.conn, self.topics, config.host_id, timeout_s=config.request_timeout_s)
+        self.owner = OwnerLink(config.host_id, config.owner_policy, work_dir=config.work_dir,
+                               socket_path=config.owner_socket,
+                               owner_group=config.owner_group, running=self._running,
+                               refresh_advert=self._advertise_owner_state, wake=self._wake.set)
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -137,11 +156,14 @@ class Agent:
         reaped = reap_leftovers(cfg.work_dir / "pids")
         if reaped:
             logger.warning("killed %d trainer process(es) left by a previous agent run: %s", len(reaped), reaped)
+        self.owner.start_switch()
         self.advert = self._detect_advert()
         self._advert_checked = time.monotonic()
         self.conn.subscribe(self.topics.control(cfg.host_id), self._on_control)
+        self.conn.subscribe(self.topics.owner_defaults(cfg.host_id), self.owner.on_defaults)
         self.conn.subscribe(self.topics.work, self._on_nudge, qos=0)
         self.conn.start(wait_s=wait_s)
+        self.owner.start_guard()
         threading.Thread(target=self._flush_logs_loop, name="log-flush", daemon=True).start()
         logger.info("agent %s online: %d slot(s), cuda=%s, trainers run as %s", cfg.host_id, cfg.slots, self.advert.cuda,
                     self.trainer_user.name if self.trainer_user else "the agent's own user")
@@ -180,8 +202,9 @@ class Agent:
         deadline = time.monotonic() + grace
         for job in running:
             job.done.wait(max(0.0, deadline - time.monotonic()))
+        self.owner.stop()
         for job in self._running():
-            job.end(Ending.SHUTDOWN)
+            job.end(Ending.SHUTDOWN, "agent shut down; job handed back")
         for job in self._running():
             # Room for the final checkpoint sync, which runs before the job is handed back.
             job.join(self.config.kill_grace_s + self.config.request_timeout_s + defaults.CHECKPOINT_FINAL_SYNC_S + 5)
@@ -196,7 +219,8 @@ class Agent:
 
     def _detect_advert(self) -> Advert:
         cfg = self.config
-        return detect_advert(cfg.host_id, slots=cfg.slots, labels=cfg.labels, repo=cfg.repo)
+        advert = detect_advert(cfg.host_id, slots=cfg.slots, labels=cfg.labels, repo=cfg.repo)
+        return replace(advert, owner_policy=self.owner.guard.policy, availability=self.owner.guard.availability)
 
     def refresh_advert(self, *, force: bool = False) -> bool:
         """Detect the host's facts again (torch and xgboost versions, repo commit and dirty flag, RAM, free
@@ -221,9 +245,22 @@ class Agent:
             logger.warning("advert: not republished (%s); it goes out at the next connect", e)
         return True
 
+    def _advertise_owner_state(self) -> None:
+        """The owner's policy or availability changed: republish the advert with them at once, without detecting the
+        host's facts again (git, torch), so the coordinator stops offering work before a job is handed back."""
+        advert = self.advert
+        if advert is None:
+            return
+        self.advert = advert = replace(advert, owner_policy=self.owner.guard.policy,
+                                       availability=self.owner.guard.availability)
+        try:
+            self.conn.publish(self.topics.advert(self.config.host_id), advert.to_wire(), qos=1, retain=True)
+        except MqfleetError as e:  # the broker is away: _on_connect publishes the advert
+            logger.warning("advert: owner state not published (%s); it goes out at the next connect", e)
+
     def _claim_while_free(self) -> bool:
         """Claim until the slots are full or no job fits; False when a claim went unanswered or was refused."""
-        while not self.stopping.is_set() and len(self._running()) < self.config.slots:
+        while not self.stopping.is_set() and len(self._running()) < self.config.slots and self.owner.takes_work:
             # the coordinator judges min_torch and same_commit on the advert: make sure it is current
             # (the advert goes out before the claim, on the same connection, so it is recorded first)
             self.refresh_advert()
@@ -240,10 +277,12 @@ class Agent:
                 return False
             if grant is None:
                 return True
-            job = JobRun(self, self.config.job_settings(self.trainer_user), grant)
+            job = JobRun(self, self.config.job_settings(self.trainer_user, self.owner.guard.policy), grant)
             with self._jobs_lock:
                 self.jobs[job.job_id] = job
             job.start()
+            if not self.owner.takes_work:  # the owner took the host back while we claimed
+                self.owner.yield_jobs()
         return True
 
     def job_finished(self, job: JobRun) -> None:

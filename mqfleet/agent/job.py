@@ -8,6 +8,7 @@ trainer the moment the coordinator says the lease is gone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from mqfleet import defaults
 from mqfleet.agent.checkpoint import CheckpointPlan, CheckpointSync
 from mqfleet.agent.command import build_trainer_argv, trainer_env
 from mqfleet.agent.isolation import JOB_DIR_MODE, TrainerUser, for_agent, trainer_files
+from mqfleet.agent.limits import LimitSettings
 from mqfleet.agent.outcome import Ending, limit_of, missing_message, missing_outputs
 from mqfleet.agent.progress import PendingReports
 from mqfleet.agent.runner import TrainerRun
@@ -77,6 +79,8 @@ class JobSettings:
     base_env: Mapping[str, str]
     #: the user trainers run as, when not the agent's own (docs/SECURITY.md, "Trainers")
     trainer_user: TrainerUser | None = None
+    #: the owner policy's priority and memory cap for trainers (agent/limits.py)
+    limits: LimitSettings = LimitSettings()
 
 
 class JobHost(Protocol):
@@ -128,8 +132,8 @@ class JobRun:
 
     # --- signals from outside -----------------------------------------------------------
 
-    def end(self, ending: Ending, detail: str = "") -> None:
-        """Stop the trainer for `ending` (first reason wins); the job thread reports it."""
+    def end(self, ending: Ending, detail: str = "", *, grace_s: float | None = None) -> None:
+        """Stop the trainer for `ending` (first reason wins) within `grace_s` (the kill grace); the job thread reports it."""
         with self._ending_lock:
             if self.ending is not None:
                 return
@@ -138,7 +142,8 @@ class JobRun:
         logger.warning("job %s: stopping trainer (%s%s)", self.name, ending.value, f": {detail}" if detail else "")
         trainer = self.trainer
         if trainer is not None:
-            threading.Thread(target=trainer.terminate, args=(self.settings.kill_grace_s,), daemon=True).start()
+            grace = self.settings.kill_grace_s if grace_s is None else grace_s
+            threading.Thread(target=trainer.terminate, args=(grace,), daemon=True).start()
 
     def renew_now(self) -> None:
         """Renew at once, e.g. after a reconnect, when the coordinator may have shortened the lease."""
@@ -151,6 +156,9 @@ class JobRun:
         try:
             self._make_dirs()
             exit_code = self._train(renewer)
+            limits = self.trainer.limits if self.trainer is not None else None
+            if self.ending is None and limits is not None and (oom := limits.out_of_memory(exit_code)):
+                self.end(Ending.OOM, oom)  # the memory limit ended it (agent/limits.py)
             cause = self.ending.cause if self.ending is not None else None
             if self.checkpoint is not None:
                 # Before the hand-back: the next attempt, on any host, starts from what this one saved.
@@ -160,14 +168,10 @@ class JobRun:
             if self.ending is None:
                 with self._files():
                     missing = missing_outputs(self.out_dir, self.grant.trainer.outputs) if exit_code == 0 else []
-                if exit_code != 0:
-                    self._fail(Cause.APP, exit_code, f"trainer exited with code {exit_code}")
-                elif missing:
-                    self._fail(Cause.APP, exit_code, missing_message(missing))
+                if exit_code != 0 or missing:
+                    self._fail(Cause.APP, exit_code, missing_message(missing) if missing else f"trainer exited with code {exit_code}")
                 else:
                     self._store_and_complete()
-            elif self.ending is Ending.SHUTDOWN:
-                self._fail(Cause.SHUTDOWN, exit_code, "agent shut down; job handed back")
             elif cause is not None:
                 self._fail(cause, exit_code, self.ending_detail or cause.value)
             else:
@@ -233,6 +237,7 @@ class JobRun:
             on_progress=self._reports.add,
             pidfile_dir=cfg.work_dir / "pids",
             user=cfg.trainer_user,
+            limits=cfg.limits.for_job(limit_of(self.grant.spec, "max_memory_gib"), self.job_id[:12]),
         )
         logger.info("job %s: attempt %s starting %s", self.name, self.grant.attempt, " ".join(argv))
         self.trainer.start()
@@ -339,6 +344,9 @@ class JobRun:
                 # The artifact was refused (e.g. its bytes did not match): the attempt failed.
                 self._fail(Cause.APP, 0, f"artifact refused by the coordinator: {e}")
                 return None
+            if isinstance(message, FailRequest) and message.cause is Cause.PREEMPTED and e.code == "bad_request":
+                # a coordinator older than `preempted`: its `shutdown` is the same free hand-back
+                return self._request(verb, dataclasses.replace(message, cause=Cause.SHUTDOWN))
             logger.warning("job %s: %s refused: %s", self.name, verb.verb.value, e)
             return None
 

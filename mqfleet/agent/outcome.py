@@ -22,6 +22,8 @@ class Ending(str, Enum):
     SHUTDOWN = "shutdown"  # the agent is stopping and hands the job back
     TIMEOUT = "timeout"  # the attempt ran past the job's timeout_s
     STALLED = "stalled"  # the trainer was silent (no output line, no progress) for stall_s
+    PREEMPTED = "preempted"  # the owner's policy or pause takes the host back (agent/policy.py)
+    OOM = "oom"  # the trainer's tree went past its memory limit (agent/limits.py)
 
     @property
     def cause(self) -> Cause | None:
@@ -30,7 +32,9 @@ class Ending(str, Enum):
         return _CAUSE_OF_ENDING.get(self)
 
 
-_CAUSE_OF_ENDING = {Ending.SHUTDOWN: Cause.SHUTDOWN, Ending.TIMEOUT: Cause.TIMEOUT, Ending.STALLED: Cause.STALLED}
+#: A clean shutdown hands the job back as `preempted` (older agents said `shutdown`; both are free).
+_CAUSE_OF_ENDING = {Ending.SHUTDOWN: Cause.PREEMPTED, Ending.TIMEOUT: Cause.TIMEOUT, Ending.STALLED: Cause.STALLED,
+                    Ending.PREEMPTED: Cause.PREEMPTED, Ending.OOM: Cause.OOM}
 
 
 def limit_of(spec: Mapping[str, JsonValue], name: str) -> float | None:

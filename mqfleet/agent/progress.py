@@ -12,6 +12,7 @@ import json
 import threading
 import time
 
+from mqfleet import defaults
 from mqfleet.wire.reports import ProgressReport
 from mqfleet.wire.topics import JsonObject
 
@@ -58,3 +59,17 @@ class PendingReports:
         last_seq = sent[-1][0]
         with self._lock:
             self._reports = [r for r in self._reports if r[0] > last_seq]
+
+
+def parse_progress(line: str) -> JsonObject | None:
+    """The JSON object of an `@mqfleet {json}` line, or None for any other line (bad JSON included)."""
+    if not line.startswith(defaults.PROGRESS_PREFIX):
+        return None
+    rest = line[len(defaults.PROGRESS_PREFIX) :]
+    if not rest[:1].isspace():
+        return None
+    try:
+        value = json.loads(rest)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -15,7 +15,6 @@ No trainer process may outlive its job, so the tree is guarded in three layers:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -32,6 +31,8 @@ import psutil
 
 from mqfleet import defaults
 from mqfleet.agent.isolation import TrainerUser, trainer_files
+from mqfleet.agent.limits import TrainerLimits
+from mqfleet.agent.progress import parse_progress
 from mqfleet.agent.reaper import KILL_WAIT_S, POLL_S, pidfile_path, record_run
 from mqfleet.agent.spawn import IS_LINUX, IS_WINDOWS, pgid_of, popen_trainer, spawn
 from mqfleet.agent.usage import UsageMeter
@@ -74,6 +75,7 @@ class TrainerRun:
         tail_lines: int = defaults.OUTPUT_TAIL_LINES,
         pidfile_dir: Path | None = None,
         user: TrainerUser | None = None,
+        limits: TrainerLimits | None = None,
     ) -> None:
         if not argv:
             raise ValueError("a trainer needs a non-empty argv")
@@ -87,6 +89,8 @@ class TrainerRun:
         self.pidfile_dir = pidfile_dir
         #: the user it runs as, when not the agent's (its log file is then written with that user's rights)
         self.user = user
+        #: its priority and memory limit (agent/limits.py), applied at the start
+        self.limits = limits
         self.exit_code: int | None = None
         self.started_ts: float | None = None
         self.ended_ts: float | None = None
@@ -116,6 +120,8 @@ class TrainerRun:
             raise RuntimeError("this trainer run was already started")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._proc = proc = spawn(self._popen)
+        if self.limits is not None:
+            self.limits.attach(proc.pid)
         self.started_ts = time.time()
         self.last_output_monotonic = time.monotonic()
         try:
@@ -137,7 +143,8 @@ class TrainerRun:
         threading.Thread(target=self._watch, name=f"trainer-{proc.pid}-watch", daemon=True).start()
 
     def _popen(self) -> subprocess.Popen[str]:
-        return popen_trainer(self.argv, self.cwd, self.env, as_user=self.user.popen_options() if self.user else None)
+        return popen_trainer(self.argv, self.cwd, self.env, as_user=self.user.popen_options() if self.user else None,
+                             priority_flags=self.limits.creationflags if self.limits else 0)
 
     @property
     def pid(self) -> int | None:
@@ -262,7 +269,8 @@ class TrainerRun:
                 next_refresh = now + _TREE_REFRESH_S
                 self._rewrite_pidfile()
             if now >= next_sample:
-                self._sample_usage()
+                if self.limits is not None and self.limits.over_memory(self._sample_usage()):
+                    self._signal_tree(graceful=False)  # past its memory limit: no grace, memory is what runs out
                 next_sample = now + _USAGE_SAMPLE_S
             time.sleep(POLL_S)
         logger.info("trainer %d: exited with %s", proc.pid, self.exit_code)
@@ -273,12 +281,13 @@ class TrainerRun:
         self._remove_pidfile()
         self._done.set()
 
-    def _sample_usage(self) -> None:
+    def _sample_usage(self) -> int:
+        """Sample the tree's CPU and memory; its resident bytes now."""
         with self._tree_lock:
             procs = list(self._tree.values())
         if self._root is not None:
             procs.append(self._root)
-        self._usage.sample(procs)
+        return self._usage.sample(procs)
 
     def _reap(self, proc: subprocess.Popen[str]) -> int:
         """Reap the leader; on POSIX through wait4, whose rusage counts it and every child it waited for."""
@@ -386,18 +395,5 @@ class TrainerRun:
             logger.warning("trainer %s: cannot open log %s: %s", self.pid, self.log_path, e)
             return None
 
-
-def parse_progress(line: str) -> JsonObject | None:
-    """The JSON object of an `@mqfleet {json}` line, or None for any other line (bad JSON included)."""
-    if not line.startswith(defaults.PROGRESS_PREFIX):
-        return None
-    rest = line[len(defaults.PROGRESS_PREFIX) :]
-    if not rest[:1].isspace():
-        return None
-    try:
-        value = json.loads(rest)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 

@@ -53,11 +53,12 @@ def check_program(program: str, cwd: Path, env: Mapping[str, str]) -> None:
 
 
 def popen_trainer(argv: list[str], cwd: Path, env: Mapping[str, str], *,
-                  as_user: Mapping[str, Any] | None = None) -> subprocess.Popen[str]:
+                  as_user: Mapping[str, Any] | None = None, priority_flags: int = 0) -> subprocess.Popen[str]:
     """Start a trainer: in a session (POSIX) or process group (Windows) of its own, so the whole tree can be
     signalled at once; on Linux through the PDEATHSIG wrapper, so it dies with the agent. `as_user` is
-    subprocess's user/group/extra_groups (mqfleet.agent.isolation.TrainerUser.popen_options)."""
-    creationflags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if IS_WINDOWS else 0
+    subprocess's user/group/extra_groups (mqfleet.agent.isolation.TrainerUser.popen_options); `priority_flags`
+    the Windows priority class (agent/limits.py)."""
+    creationflags = (getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) | priority_flags) if IS_WINDOWS else 0
     if IS_LINUX:
         # The wrapper reports a missing program only as exit 127; check first so a start raises on every OS.
         check_program(argv[0], cwd, env)

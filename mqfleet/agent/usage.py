@@ -92,8 +92,8 @@ class UsageMeter:
         self._reaped_cpu = 0.0
         self._reaped_rss = 0
 
-    def sample(self, procs: Iterable[psutil.Process]) -> None:
-        """Read CPU and memory of every live process of the tree at one moment."""
+    def sample(self, procs: Iterable[psutil.Process]) -> int:
+        """Read CPU and memory of every live process of the tree at one moment; the tree's resident bytes."""
         rss_now = 0
         pids: set[int] = set()
         seen: list[tuple[tuple[int, float], float]] = []
@@ -115,6 +115,7 @@ class UsageMeter:
             self._peak_rss = max(self._peak_rss, rss_now)
             if gpu_now is not None:
                 self._peak_gpu = max(self._peak_gpu or 0, gpu_now)
+        return rss_now
 
     def add_reaped(self, rusage: Any) -> None:
         """The kernel's account of the reaped trainer and every descendant it waited for (os.wait4)."""

@@ -24,7 +24,7 @@ Examples:
 #: agent does not load the S3 SDK or the certificate tooling it never uses (its idle RSS counts).
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "coordinator": ("roles",),
-    "agent": ("roles", "selftest"),
+    "agent": ("roles",),  # its subcommands' modules: cli/roles.py AGENT_SUBCOMMANDS
     "demo": ("roles",),
     **{name: ("manifest",) for name in ("validate", "manifest")},
     "capability": ("capability",),

@@ -47,6 +47,8 @@ def status_cmd(ctx: ClientContext) -> None:
                 {"host": w.id, **(wire_of(w.quarantine) if w.quarantine else {})} for w in workers if w.quarantined
             ],
             "jobs_by_status": dict(sorted(health.jobs_by_status.items())),
+            # the online hosts their owners have taken back, and why (docs/OPERATIONS.md, "Owner policies")
+            "owner_wait": [{"host": w.id, "reason": w.owner_wait} for w in workers if w.online and w.owner_wait],
         })
         return
     from mqfleet.cli.render import fleet as render_fleet

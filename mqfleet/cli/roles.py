@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -178,7 +179,26 @@ def coordinator_cmd(
     raise click.exceptions.Exit(EXIT_OK)
 
 
-@cli.group("agent", invoke_without_command=True)
+#: Modules of the `agent` subcommands, imported only when one runs: `agent pause` must start fast and load none
+#: of the agent (the owner types it on a machine they are using).
+AGENT_SUBCOMMANDS = {"selftest": "selftest", "pause": "owner", "resume": "owner"}
+
+
+class AgentGroup(click.Group):
+    """The `agent` group: its subcommands register themselves when their module is first imported."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in AGENT_SUBCOMMANDS:
+            importlib.import_module(f"mqfleet.cli.{AGENT_SUBCOMMANDS[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in set(AGENT_SUBCOMMANDS.values()):
+            importlib.import_module(f"mqfleet.cli.{module}")
+        return super().list_commands(ctx)
+
+
+@cli.group("agent", cls=AgentGroup, invoke_without_command=True)
 @click.option("--host-id", envvar=defaults.ENV_HOST_ID, default=None, help="This host's id (default: the hostname).")
 @click.option("--slots", type=int, envvar=defaults.ENV_SLOTS, default=1, show_default=True, help="Concurrent jobs on this host.")
 @click.option("--work-dir", type=click.Path(path_type=Path), envvar=defaults.ENV_WORK_DIR, default=None, help="Where jobs run (default ~/.mqfleet/work).")
@@ -197,6 +217,26 @@ def coordinator_cmd(
 @click.option("--trainer-user", "trainer_user", envvar=defaults.ENV_TRAINER_USER, default="", metavar="NAME",
               help="Run trainers as this user (Linux; the agent runs as root): they cannot read the agent's key file, "
                    "environment or memory (docs/SECURITY.md).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), envvar=defaults.ENV_AGENT_CONFIG,
+              default=None, help="The owner's agent.toml: hours, when_busy, on_yield, nice, ionice, max_memory_gib, "
+                                 "owner_group (examples/agent.toml); flags below win over it.")
+@click.option("--hours", "hours", multiple=True, metavar="WINDOW",
+              help='Take work only in this window of local time (repeatable): "22:00-07:00", "sat 00:00-sun 23:59".')
+@click.option("--timezone", default=None, help="IANA zone the hours are in (default: the host's).")
+@click.option("--on-yield", "on_yield", type=click.Choice(["checkpoint", "finish", "kill"]), default=None,
+              help="What running jobs do when the host is taken back (default checkpoint).")
+@click.option("--when-busy-cpu", "busy_cpu", type=float, default=None, metavar="PERCENT",
+              help="Yield while processes outside the fleet use more than this share of the CPU.")
+@click.option("--when-busy-gpu", "busy_gpu", type=float, default=None, metavar="PERCENT",
+              help="Yield while processes outside the fleet use more than this share of a GPU.")
+@click.option("--nice", type=int, default=None, help="Trainers' CPU niceness, 0-19 (default 10).")
+@click.option("--ionice", default=None, metavar="CLASS", help='Trainers\' I/O priority: "best-effort:7" (default), "idle", "none".')
+@click.option("--max-memory-gib", "max_memory_gib", type=float, default=None,
+              help="Most memory one trainer's process tree may use on this host.")
+@click.option("--owner-group", "owner_group", default=None, metavar="GROUP",
+              help="Members of this group may pause this agent (`mqfleet agent pause`).")
+@click.option("--owner-socket", "owner_socket", type=click.Path(path_type=Path), default=None,
+              help="Where the owner's switch listens (default WORK_DIR/owner.sock).")
 @click.option("-v", "--verbose", count=True)
 @broker_options
 @click.pass_context
@@ -216,19 +256,37 @@ def agent_cmd(
     log_file: Path | None,
     trainer_env: tuple[str, ...],
     trainer_user: str,
+    config_file: Path | None,
+    hours: tuple[str, ...],
+    timezone: str | None,
+    on_yield: str | None,
+    busy_cpu: float | None,
+    busy_gpu: float | None,
+    nice: int | None,
+    ionice: str | None,
+    max_memory_gib: float | None,
+    owner_group: str | None,
+    owner_socket: Path | None,
     verbose: int,
     **broker: str | None,
 ) -> None:
     """Run an agent: advert this host, claim jobs, run trainers, upload artifacts."""
-    from mqfleet.agent.daemon import Agent, AgentConfig
-
     host_id = host_id or socket.gethostname()
     ctx.obj = {"host_id": host_id, "broker": broker, "prefix": prefix, "repo": repo, "slots": slots,
-               "trainer_user": trainer_user}
+               "trainer_user": trainer_user, "work_dir": work_dir, "owner_socket": owner_socket}
     if ctx.invoked_subcommand is not None:
         return
+    from mqfleet.agent.config_file import AgentFile, read_agent_file
+    from mqfleet.agent.daemon import Agent, AgentConfig
+    from mqfleet.wire.owner import OwnerPolicy, WhenBusy
+
     _setup_logging(verbose, log_file)
     try:
+        from_file = read_agent_file(config_file) if config_file is not None else AgentFile()
+        busy = WhenBusy(cpu_percent=busy_cpu, gpu_percent=busy_gpu) if busy_cpu is not None or busy_gpu is not None else None
+        flags = OwnerPolicy(hours=list(hours) or None, timezone=timezone, when_busy=busy, on_yield=on_yield, nice=nice,
+                            ionice=ionice, max_memory_gib=max_memory_gib)
+        socket_path = owner_socket or (Path(from_file.owner_socket) if from_file.owner_socket else None)
         config = AgentConfig(
             host_id=host_id,
             broker=broker_config_from(broker),
@@ -243,6 +301,9 @@ def agent_cmd(
             keepalive_s=keepalive_s,
             extra_env=_env_pairs(trainer_env),
             trainer_user=trainer_user,
+            owner_policy=flags.over(from_file.policy),
+            owner_group=owner_group or from_file.owner_group or "",
+            owner_socket=socket_path,
         )
         agent = Agent(config)
     except ConfigurationError as e:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mqfleet import defaults
 from mqfleet.coordinator.feed import Feed
 from mqfleet.coordinator.health import HealthChecks
+from mqfleet.coordinator.owner_defaults import OwnerDefaults
 from mqfleet.coordinator.republish import StateRepublisher
 from mqfleet.coordinator.sql.pgurl import check_url, redact_url
 from mqfleet.coordinator.sql.sqlite import StateFile
@@ -147,6 +148,7 @@ class CoordinatorCore:
     retained_cleared: int
     feed: Feed
     conn: Connection
+    owner_defaults: OwnerDefaults
     republisher: StateRepublisher
 
     # --- the one lock, and the settings of the manifest in force ----------------------------

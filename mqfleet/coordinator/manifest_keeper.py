@@ -42,6 +42,7 @@ class ManifestInForce(CoordinatorCore):
                     self.stored_manifest = self.manifests.record(prepared.text, source, origin, now)
             self.manifest = prepared.header
             self.manifest_jobs = len(prepared.rows)
+            self.owner_defaults.publish(prepared.header.hosts)
             if summary["changed"] or summary["orphaned"]:
                 # Rewritten rows (priority, spec, in_manifest, and the dependents they block) change their
                 # retained states without an event: the republisher finds them by digest, after this commit

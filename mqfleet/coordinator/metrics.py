@@ -87,7 +87,7 @@ class _StateCollector:
         yield GaugeMetricFamily("mqfleet_hosts_draining", "Hosts drained by an operator.", value=int(draining))
         yield GaugeMetricFamily("mqfleet_leases_active", "Live job leases.", value=leases)
         attempts = CounterMetricFamily(
-            "mqfleet_attempts_ended", "Attempts ended, by cause (completed, app, lost, shutdown, cancelled).", labels=["cause"]
+            "mqfleet_attempts_ended", "Attempts ended, by cause (completed, app, lost, preempted, oom, timeout, stalled, cancelled; shutdown from older agents).", labels=["cause"]
         )
         for cause in sorted({*_CAUSES, *ended}):
             attempts.add_metric([cause], ended.get(cause, 0))

@@ -96,7 +96,7 @@ class Outbox(CoordinatorCore):
         manifest = self.manifest
         if not specs or manifest is None:
             return  # blocked, or taken already: nobody can claim them now
-        hosts = scheduler.hosts_to_wake(specs, self.hosts.views(manifest.hosts), commit=manifest.fleet.commit)
+        hosts = scheduler.hosts_to_wake(specs, self.hosts.views(manifest.hosts, now=now), commit=manifest.fleet.commit)
         if not hosts:
             # Every eligible host is busy: the first to free a slot claims by itself.
             logger.debug("%d claimable job(s) after %s: no eligible idle host to nudge", len(specs), reason)

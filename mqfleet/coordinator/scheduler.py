@@ -15,10 +15,15 @@ from dataclasses import dataclass
 
 from mqfleet.manifest.types import HostPolicy, JobSpec, Requirements
 from mqfleet.wire.advert import normalise_arch
+from mqfleet.wire.owner import AVAILABLE, OwnerPolicy, hours_availability
 from mqfleet.wire.topics import JsonObject
 
 #: Shortest commit prefix accepted as naming the same commit as a full sha.
 _MIN_COMMIT_PREFIX = 7
+#: An entry of `jobs.failed_hosts` that names no host ('#' is never in a host id): the memory limit, in GiB,
+#: under which an attempt of the job ran out of memory (`oom`). Part of the set key like the hosts, so the
+#: rule that reads it keeps the claim's guarantee (docs/INTERNALS.md, "How a claim picks a job").
+OOM_MARK = "#oom:"
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,9 @@ class HostView:
     policy: HostPolicy | None = None
     #: why the host is quarantined ("3 consecutive failed attempts ..."); empty when it is not
     quarantine: str = ""
+    #: why its owner's policy keeps it from taking work now ("outside hours until 22:00 (Europe/Berlin)",
+    #: "yielding: owner busy"); empty when it may (coordinator/tables/hosts.py `owner_wait`)
+    owner_wait: str = ""
 
     @property
     def takes_work(self) -> bool:
@@ -62,6 +70,16 @@ class HostView:
         return max((_number(g.get("vram_gib")) for g in self.gpus), default=0.0)
 
     @property
+    def job_memory_gib(self) -> float:
+        """The memory one job may use here: the owner's `max_memory_gib` when its advert states one, else the RAM."""
+        policy = self.advert.get("owner_policy")
+        cap = policy.get("max_memory_gib") if isinstance(policy, dict) else None
+        ram = self.ram_gib
+        if isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0:
+            return min(float(cap), ram) if ram > 0 else float(cap)
+        return ram
+
+    @property
     def gpus(self) -> list[JsonObject]:
         gpus = self.advert.get("gpus")
         return [g for g in gpus if isinstance(g, dict)] if isinstance(gpus, list) else []
@@ -82,9 +100,40 @@ def host_reasons(host: HostView) -> list[str]:
     reasons = ["draining"] if host.draining else []
     if host.quarantine:
         reasons.append(f"quarantined after {host.quarantine}; `mqfleet undrain {host.id}` releases it")
+    if host.owner_wait:
+        reasons.append(host.owner_wait)
     if host.slots_used >= host.slots:
         reasons.append(f"all {host.slots} slot{'s' if host.slots != 1 else ''} busy")
     return reasons
+
+
+def owner_wait(advert: JsonObject, policy: HostPolicy | None, now: float) -> str:
+    """Why the host's owner policy keeps it from taking work at `now`, or '' (docs/OPERATIONS.md, "Owner policies").
+
+    An agent that advertises its `availability` is trusted for it: it judges its hours on its own clock and zone,
+    and knows whether its owner is busy or paused it. The manifest's `hours` for the host are also judged here,
+    on the coordinator's clock, when the advertised policy states no hours of its own: an agent that predates
+    owner policies, or one the manifest's defaults have not reached, never gets work outside them.
+    """
+    stated = advert.get("availability")
+    if isinstance(stated, dict):
+        state, reason = stated.get("state"), stated.get("reason")
+        if state != AVAILABLE:
+            return reason if isinstance(reason, str) and reason else f"owner policy: {state}"
+    defaults = policy.owner if policy is not None else None
+    if defaults is None or defaults.hours is None:
+        return ""
+    advertised = advert.get("owner_policy")
+    advertised = advertised if isinstance(advertised, dict) else {}
+    if advertised.get("hours") is not None:
+        return ""  # the agent's own (its config, or these defaults it received): its availability says
+    zone = advertised.get("timezone")
+    judged = OwnerPolicy(hours=defaults.hours, timezone=zone if isinstance(zone, str) else defaults.timezone)
+    try:
+        availability = hours_availability(judged, now)
+    except ValueError:  # a zone this coordinator does not know: the manifest's (checked at load), else UTC
+        availability = hours_availability(OwnerPolicy(hours=defaults.hours, timezone=defaults.timezone), now)
+    return "" if availability.is_available else f"{availability.reason} (the manifest's hours, judged by the coordinator)"
 
 
 def requirement_reasons(need: Requirements, host: HostView, *, commit: str) -> list[str]:
@@ -165,20 +214,50 @@ def cuda_wait_reason(need: Requirements, host: HostView, others: Iterable[HostVi
 def retry_host_reason(
     need: Requirements, host: HostView, failed: frozenset[str], others: Iterable[HostView], *, commit: str
 ) -> str | None:
-    """For a job an attempt of which failed on this host: the other host it waits for, if any.
+    """For a job an attempt of which failed on this host, or ran out of memory here or on a host with no
+    more memory than this one: the other host it waits for, if any.
 
-    Another host counts while it takes work, has not failed the job and could run
-    it by policy and capability, busy or not; when there is none, a host that
-    failed the job may run it again.
+    Another host counts while it takes work and could run it by policy and capability,
+    busy or not, and, after an `oom`, has more memory for a job than the limit the job ran
+    out under (`HostView.job_memory_gib`). A host with too little memory waits for such a
+    host; a host that failed the job waits for one that has not. When there is none, the
+    job may run here again.
     """
+    oom_gib = oom_floor(failed)
+    if oom_gib and host.job_memory_gib <= oom_gib:
+        for other in others:
+            if other.id != host.id and other.takes_work and other.job_memory_gib > oom_gib and \
+                    not requirement_reasons(need, other, commit=commit):
+                return (f"an attempt ran out of memory under {oom_gib:g} GiB and this host gives a job "
+                        f"{host.job_memory_gib:g} GiB; its retry prefers {other.id} ({other.job_memory_gib:g} GiB)")
     if host.id not in failed:
         return None
     for other in others:
         if other.id == host.id or other.id in failed or not other.takes_work:
             continue
+        if oom_gib and other.job_memory_gib <= oom_gib:
+            continue
         if not requirement_reasons(need, other, commit=commit):
             return f"an attempt failed on this host; its retry prefers {other.id}, which has not failed it"
     return None
+
+
+def oom_floor(failed: Iterable[str]) -> float:
+    """The memory limit (GiB) an attempt of the job ran out under, from its failed hosts' OOM_MARK; 0 for none."""
+    for entry in failed:
+        if entry.startswith(OOM_MARK):
+            try:
+                return max(0.0, float(entry[len(OOM_MARK):]))
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
+def with_oom_floor(failed: Iterable[str], gib: float) -> list[str]:
+    """Failed hosts with the OOM_MARK raised to `gib` (the larger limit stays), sorted as the set key needs."""
+    kept = [e for e in failed if not e.startswith(OOM_MARK)]
+    floor = max(gib, oom_floor(failed))
+    return sorted([*kept, f"{OOM_MARK}{floor:.3f}"])
 
 
 def needs_gpu(job: JobSpec, host: HostView) -> bool:
@@ -238,7 +317,7 @@ def first_eligible(
             continue
         if cuda_wait_reason(need, host, others, commit=commit):
             continue
-        if job.id in failed and retry_host_reason(need, host, failed[job.id], others, commit=commit):
+        if failed.get(job.id) and retry_host_reason(need, host, failed[job.id], others, commit=commit):
             continue
         return job
     return None

@@ -30,6 +30,7 @@ from mqfleet.coordinator.leader import Leadership
 from mqfleet.coordinator.listeners import AgentListeners
 from mqfleet.coordinator.manifest_keeper import ManifestInForce
 from mqfleet.coordinator.outbox import Outbox
+from mqfleet.coordinator.owner_defaults import OwnerDefaults
 from mqfleet.coordinator.republish import StateRepublisher, record_published, state_page
 from mqfleet.coordinator.sql.postgres import is_postgres_url, open_state
 from mqfleet.coordinator.sweep import Sweep
@@ -158,6 +159,8 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             # Events, job states and the status, as the bus gets them, to the feed's followers (none: no cost).
             on_publish=self.feed.published,
         )
+        self.owner_defaults = OwnerDefaults(self.conn, self.topics, known_hosts=lambda: [
+            r[0] for r in self.state.read("SELECT id FROM hosts")])
         self.republisher = StateRepublisher(
             lock=self.lock, read_page=lambda after, limit: state_page(self.state, after, limit),
             write_digests=lambda digests: record_published(self.state, digests),
@@ -249,6 +252,7 @@ class Coordinator(RequestDispatch, AgentListeners, Outbox, Sweep, Leadership, Ma
             self._publish_changes()
         # Agents that missed nudges while we were away learn there may be work.
         self.nudge("coordinator online", self.clock())
+        self.owner_defaults.publish(self.manifest.hosts if self.manifest is not None else {}, everyone=True)
 
     # --- queries --------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ _JOB_KINDS = {
     "timeout_s": "number>0",
     "stall_s": "number>0",
     "checkpoint_interval_s": "number>0",
+    "max_memory_gib": "number>0",
 }
 _JOB_KEYS = (*_JOB_KINDS, "hyper", "seed")
 #: A job with every default: where an entry's absent keys read from.
@@ -176,6 +177,7 @@ def _checked_job(got: Checked, model: str, mode: str, fleet: FleetSettings, arch
         timeout_s=got.number("timeout_s", fleet.timeout_s),
         stall_s=got.number("stall_s", fleet.stall_s),
         checkpoint_interval_s=got.number("checkpoint_interval_s", d.checkpoint_interval_s),
+        max_memory_gib=got.number("max_memory_gib", d.max_memory_gib),
     )
 
 

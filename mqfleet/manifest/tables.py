@@ -16,6 +16,7 @@ from mqfleet.hostid import host_id_problem
 from mqfleet.manifest.builtins import BUILTIN_HYPER, BUILTIN_OUTPUTS
 from mqfleet.manifest.types import KIND, FleetSettings, HostPolicy, HyperParam, HyperValue, TrainerSpec
 from mqfleet.manifest.values import Checker, TomlTable, TomlValue, did_you_mean, fmt, is_number, show
+from mqfleet.wire.owner import OWNER_KEYS, policy_from_table
 
 HYPER_TYPES = ("int", "float", "str", "bool")
 TOP_KEYS = ("fleet", "trainers", "hosts", "jobs", "sweeps")
@@ -238,8 +239,11 @@ def read_hosts(ck: Checker, entries: list[tuple[int, TomlTable]]) -> dict[str, H
     seen: dict[str, str] = {}
     for i, entry in entries:
         place = f"hosts[{i}]"
-        ck.keys(entry, _HOST_KINDS, place)
+        ck.keys(entry, [*_HOST_KINDS, *OWNER_KEYS], place)
         got = ck.fields(entry, _HOST_KINDS, place)
+        owner, owner_problems = policy_from_table(entry, place)
+        for wrong in owner_problems:
+            ck.add(wrong.place, wrong.message)
         host_id = got.text("id", None)
         if "id" not in entry:
             ck.add(place, "missing key 'id'; write the id its agent runs with, e.g. id = \"gpu-box\"")
@@ -259,5 +263,6 @@ def read_hosts(ck: Checker, entries: list[tuple[int, TomlTable]]) -> dict[str, H
                 deny_jobs=got.texts("deny_jobs", d.deny_jobs),
                 slots=got.integer("slots", d.slots),
                 labels=got.texts("labels", d.labels),
+                owner=None if owner.is_empty else owner,
             )
     return out

@@ -19,6 +19,7 @@ from mqfleet.defaults import RETRY_BACKOFF_MAX_S
 from mqfleet.errors import AmbiguousError, NotFoundError
 
 if TYPE_CHECKING:  # annotations only, so this stays a leaf at run time
+    from mqfleet.wire.owner import OwnerPolicy
     from mqfleet.wire.topics import JsonObject, JsonValue
 
 #: A hyperparameter's value, of one of the declarable types (int, float, str, bool).
@@ -60,6 +61,9 @@ class HostPolicy:
     deny_jobs: tuple[str, ...] = ()
     slots: int = 1
     labels: tuple[str, ...] = ()
+    #: the owner policy keys of the entry (hours, when_busy, on_yield, ...): defaults for what the host's
+    #: agent config leaves unset (docs/OPERATIONS.md, "Owner policies"); None when the entry sets none
+    owner: OwnerPolicy | None = None
 
 
 #: The key of a [fleet] field's metadata that holds the kind its value is checked as (`manifest/values.py`,
@@ -189,6 +193,8 @@ class JobSpec:
     stall_s: float | None = None  # longest time without an output line or progress, [fleet] default applied
     #: Overrides [fleet] checkpoint_interval_s for this job; None keeps the fleet's.
     checkpoint_interval_s: float | None = None
+    #: The most memory the trainer's whole process tree may use (a host's own cap may be lower); None: no limit
+    max_memory_gib: float | None = None
 
     @property
     def requirements(self) -> Requirements:
@@ -231,6 +237,8 @@ class JobSpec:
             out["checkpoint_interval_s"] = self.checkpoint_interval_s
         if self.arch:
             out["arch"] = list(self.arch)
+        if self.max_memory_gib is not None:
+            out["max_memory_gib"] = self.max_memory_gib
         return out
 
 

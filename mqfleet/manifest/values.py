@@ -32,6 +32,7 @@ FIX_HINTS = {
     "stall_s": " (seconds without an output line or progress report; leave it out for no limit)",
     "retry_backoff_s": " (seconds; 0 retries at once)",
     "quarantine_after": " (failed attempts in a row; leave it out to never quarantine)",
+    "max_memory_gib": " (GiB the trainer and its children may use; leave it out for no limit)",
 }
 _KIND_WORDS = {
     "str": "a string",

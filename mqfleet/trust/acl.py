@@ -106,12 +106,14 @@ def render_acl(
         lines += [
             "",
             f"# agent host {host}: its own advert, status (and will), log batches and RPCs; its own control messages",
+            "# and the owner policy defaults the coordinator keeps for it",
             f"user {host}",
             f"topic write {t.advert(host)}",
             f"topic write {t.status(host)}",
             f"topic write {t.log(host, '+')}",
             *[f"topic write {t.rpc(Role.AGENT, host, verb)}" for verb in _verbs(Role.AGENT)],
             f"topic read {t.control(host)}",
+            f"topic read {t.owner_defaults(host)}",
         ]
     return "\n".join(lines) + "\n"
 

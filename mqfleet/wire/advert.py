@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from mqfleet.errors import BadRequestError
 from mqfleet.wire.codec import OMIT_DEFAULT, Bounds, Extra, ExtraFields, WireMessage
+from mqfleet.wire.owner import Availability, OwnerPolicy
 
 #: Longest string any advert field may hold (names, versions, commits).
 MAX_TEXT = 200
@@ -87,6 +88,11 @@ class Advert(WireMessage):
     slots: Count | None = None
     labels: Annotated[tuple[Text, ...], Bounds(max_items=MAX_LABELS)] = ()
     ts: Amount | None = None
+    #: the owner policy in force on the host (its agent's config over the manifest's defaults; docs/OPERATIONS.md,
+    #: "Owner policies"), checked like the rest (window syntax, ranges); None from an agent that predates them
+    owner_policy: OwnerPolicy | None = field(default=None, metadata=OMIT_DEFAULT)
+    #: whether the host takes work now, and why not (`outside hours until 22:00 (Europe/Berlin)`)
+    availability: Availability | None = field(default=None, metadata=OMIT_DEFAULT)
     extra: dict[str, Extra] = field(default_factory=dict, metadata=EXTRAS)
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mqfleet.wire.codec import WireMessage
+from mqfleet.wire.codec import OMIT_DEFAULT, WireMessage
 from mqfleet.wire.topics import JsonObject
 
 
@@ -47,6 +47,9 @@ class Worker(WireMessage):
     usage: HostUsage | None = None
     #: why the host's latest advert was refused (`advert` still shows its last good one)
     advert_error: str | None = None
+    #: why its owner's policy keeps it from taking work now (`outside hours until 22:00 (Europe/Berlin)`,
+    #: `yielding: owner busy`, `paused by owner until 14:00`); left out when it may (docs/OPERATIONS.md, "Owner policies")
+    owner_wait: str | None = field(default=None, metadata=OMIT_DEFAULT)
 
 
 

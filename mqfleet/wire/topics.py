@@ -119,6 +119,10 @@ class Topics:
     def control(self, host: str) -> str:
         return f"{self.prefix}/control/{host}"
 
+    def owner_defaults(self, host: str) -> str:
+        """The manifest's owner policy defaults for one host, retained by the coordinator, read only by that host."""
+        return f"{self.prefix}/control/{host}/policy"
+
     def rpc(self, role: Role, client: str, verb: Verb | str) -> str:
         verb_name = verb.value if isinstance(verb, Verb) else verb
         return f"{self.prefix}/rpc/{role.value}/{client}/{verb_name}"

@@ -97,7 +97,7 @@ def test_gracefully_stopped_agent_syncs_a_final_checkpoint_before_handing_the_jo
     client, victim, twin = run["client"], run["victim"], run["twin"]
     assert run["saved_before"] == 0
     assert run["saved_at_handback"] >= 8
-    assert [a["cause"] for a in victim["attempts_detail"]][:1] == ["shutdown"]
+    assert [a["cause"] for a in victim["attempts_detail"]][:1] == ["preempted"]
     resumed = _resumed_steps(client, "victim")
     assert resumed and resumed[0] >= 8, _log_lines(client, "victim")
     assert any("final checkpoint synced" in line for line in _log_lines(client, "victim", attempt=1))

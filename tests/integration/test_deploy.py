@@ -352,6 +352,24 @@ def test_agent_uninstall_on_the_coordinators_host_keeps_the_coordinators_certifi
     assert not tls.exists()
 
 
+def test_agent_install_writes_the_owners_policy_file_once_and_the_unit_reads_it_and_opens_the_owners_switch(
+    tmp_path: Path, fleet: Fleet, host_tls: tuple[Path, Path, Path]
+) -> None:
+    from mqfleet.agent.config_file import read_agent_file
+
+    root = tmp_path / "root"
+    assert install_agent(root, fleet, host_tls, "--skip-selftest", "--owner-group", "nogroup").returncode == 0
+    policy_file = root / "etc/mqfleet/agent.toml"
+    installed = read_agent_file(policy_file)
+    assert installed.owner_group == "nogroup" and installed.policy.is_empty, "every setting ships commented out"
+    policy_file.write_text(policy_file.read_text() + 'hours = ["22:00-07:00"]\n')  # the owner's own edit
+    assert install_agent(root, fleet, host_tls, "--skip-selftest", "--force").returncode == 0
+    assert read_agent_file(policy_file).policy.hours == ["22:00-07:00"], "a rerun, --force too, keeps the owner's file"
+    service = unit_sections(root / AGENT_UNIT)["Service"]
+    assert "--config /etc/mqfleet/agent.toml --owner-socket /run/mqfleet-agent/owner.sock" in service["ExecStart"]
+    assert (service["RuntimeDirectory"], service["RuntimeDirectoryMode"]) == ("mqfleet-agent", "0755")
+
+
 def test_agent_dry_run_prints_its_actions_and_creates_nothing(
     tmp_path: Path, fleet: Fleet, host_tls: tuple[Path, Path, Path]
 ) -> None:

@@ -93,7 +93,7 @@ def test_sigterm_to_an_agent_hands_its_job_back_as_shutdown_without_using_an_att
     job = client.job("handed")
     assert job.status == "pending"
     assert job.attempts == 0
-    assert job.attempts_detail[-1].cause == "shutdown"
+    assert job.attempts_detail[-1].cause == "preempted"  # a clean shutdown is a preemption: free (issue 29)
     assert trainer_processes(fleet.dir / "work" / "alpha") == []
     fleet.start_agent("beta")
     fleet.wait_for_status("completed", timeout_s=60)

@@ -16,8 +16,9 @@ import psutil
 import pytest
 
 from mqfleet.agent.command import build_trainer_argv, trainer_env
+from mqfleet.agent.progress import parse_progress
 from mqfleet.agent.reaper import reap_leftovers, record_run
-from mqfleet.agent.runner import TrainerRun, parse_progress
+from mqfleet.agent.runner import TrainerRun
 from mqfleet.errors import ConfigurationError
 from mqfleet.wire.requests import TrainerRef
 from mqfleet.wire.topics import JsonObject

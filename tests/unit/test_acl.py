@@ -43,6 +43,7 @@ def test_each_host_is_pinned_to_the_topics_an_agent_publishes_and_nothing_else_u
         "topic write mqfleet/hosts/gpu-box/log/+",
         *[f"topic write mqfleet/rpc/agent/gpu-box/{verb}" for verb in AGENT_VERBS],
         "topic read mqfleet/control/gpu-box",
+        "topic read mqfleet/control/gpu-box/policy",
     ]
     assert all("gpu-box" not in rule for rule in blocks["pi"])
     assert [rule for rules in _blocks(render_acl(["gpu-box"], operators=["a"])).values() for rule in rules

@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from mqfleet.coordinator.scheduler import first_eligible
 from mqfleet.coordinator.tables.rows import spec_from_json
 from mqfleet.errors import IllegalTransitionError, LeaseLostError
-from mqfleet.lifecycle import LEASED, TERMINAL, Cause, JobStatus
+from mqfleet.lifecycle import LEASED, TERMINAL, Cause, JobStatus, counts_against_budget
 from mqfleet.local.postgres import LocalPostgres
 from mqfleet.manifest.types import HostPolicy
 from mqfleet.wire.requests import Grant
@@ -132,7 +132,7 @@ class LeaseMachine(RuleBasedStateMachine):
             assert current and row.status == "completed"
 
     @precondition(lambda self: self.grants)
-    @rule(data=st.data(), cause=st.sampled_from([Cause.APP, Cause.SHUTDOWN, Cause.LOST]))
+    @rule(data=st.data(), cause=st.sampled_from([Cause.APP, Cause.SHUTDOWN, Cause.LOST, Cause.PREEMPTED, Cause.OOM]))
     def fail(self, data: st.DataObject, cause: Cause) -> None:
         grant = data.draw(st.sampled_from(self.grants))
         current = self._is_current(grant)
@@ -143,7 +143,7 @@ class LeaseMachine(RuleBasedStateMachine):
             assert not current
         else:
             assert current
-            assert self.db.job(grant.job.id).attempts == before + (0 if cause is Cause.SHUTDOWN else 1)
+            assert self.db.job(grant.job.id).attempts == before + (1 if counts_against_budget(cause) else 0)
 
     @rule(index=st.sampled_from(range(len(POOL))))
     def cancel(self, index: int) -> None:

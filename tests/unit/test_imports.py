@@ -150,6 +150,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the base: the package itself (its version), exceptions, defaults, the host-id rule, the job state machine,
     # logging set-up
     ("mqfleet", "mqfleet.errors", "mqfleet.defaults", "mqfleet.hostid", "mqfleet.lifecycle", "mqfleet.logs"),
+    # a machine owner's working hours and the local switch `agent pause` talks to: pure, the standard library
+    ("mqfleet.owner",),
     # the bus contract both sides share: message types, topics, adverts, signatures; no I/O
     ("mqfleet.wire",),
     # the manifest's types and checks; the MQTT client; the artifact store; the broker's deployment files
@@ -215,8 +217,8 @@ def test_the_layer_reader_sees_an_import_upwards_and_one_across_a_layer() -> Non
     graph = {"mqfleet.wire.topics": {"mqfleet.client"}, "mqfleet.mqtt.rpc": {"mqfleet.store.base"},
              "mqfleet.cli.jobs": {"mqfleet.agent.job", "mqfleet.cli.render.fleet"}, "mqfleet.errors": {"mqfleet.logs"}}
     assert layer_violations(graph, LAYERS) == [
-        "mqfleet.mqtt.rpc (layer 2, mqfleet.mqtt) imports mqfleet.store.base (layer 2, mqfleet.store)",
-        "mqfleet.wire.topics (layer 1, mqfleet.wire) imports mqfleet.client (layer 3, mqfleet.client)",
+        "mqfleet.mqtt.rpc (layer 3, mqfleet.mqtt) imports mqfleet.store.base (layer 3, mqfleet.store)",
+        "mqfleet.wire.topics (layer 2, mqfleet.wire) imports mqfleet.client (layer 4, mqfleet.client)",
     ]
     assert layer_violations({"mqfleet.coordinator.tables.hosts": {"mqfleet.coordinator.outbox"}}, COORDINATOR_LAYERS) != []
 

@@ -115,7 +115,7 @@ def test_progress_and_metrics_with_too_many_keys_are_refused_naming_the_field() 
 
 @pytest.mark.parametrize("cause", ["lost", "cancelled", "boom", 3])
 def test_a_cause_an_agent_may_not_report_is_refused_naming_those_it_may(cause: object) -> None:
-    with pytest.raises(BadRequestError, match="field 'cause' must be one of app, shutdown, stalled, timeout"):
+    with pytest.raises(BadRequestError, match="field 'cause' must be one of app, oom, preempted, shutdown, stalled, timeout"):
         FailRequest.from_wire({"job_id": "j", "lease_id": "l", "cause": cause})
     assert FailRequest.from_wire({"job_id": "j", "lease_id": "l", "cause": "stalled"}).cause is Cause.STALLED
 

@@ -3,7 +3,11 @@ from __future__ import annotations
 import pytest
 
 from mqfleet.lifecycle import (
+    AGENT_CAUSES,
+    CAUSES,
+    FAULT_CAUSES,
     LEASED,
+    QUARANTINE_CAUSES,
     TERMINAL,
     TRANSITIONS,
     Cause,
@@ -61,8 +65,24 @@ def test_terminal_and_leased_sets_split_the_statuses_with_pending() -> None:
     assert TERMINAL | LEASED | {P} == set(JobStatus)
 
 
-def test_only_shutdown_is_free() -> None:
-    assert [c for c in Cause if not counts_against_budget(c)] == [Cause.SHUTDOWN]
+def test_only_a_hand_back_is_free() -> None:
+    assert [c for c in Cause if not counts_against_budget(c)] == [Cause.SHUTDOWN, Cause.PREEMPTED]
+
+
+def test_a_preemption_never_uses_up_an_attempt_never_quarantines_and_is_reported_by_agents() -> None:
+    assert after_attempt_ended(Cause.PREEMPTED, attempts=1, max_attempts=1) is P
+    assert Cause.PREEMPTED in AGENT_CAUSES
+    assert Cause.PREEMPTED not in FAULT_CAUSES and Cause.PREEMPTED not in QUARANTINE_CAUSES
+
+
+def test_an_oom_is_charged_and_moves_the_retry_but_does_not_quarantine_the_host() -> None:
+    assert after_attempt_ended(Cause.OOM, attempts=3, max_attempts=3) is F
+    assert Cause.OOM in AGENT_CAUSES and Cause.OOM in FAULT_CAUSES
+    assert Cause.OOM not in QUARANTINE_CAUSES
+
+
+def test_every_cause_has_its_rules_in_the_one_table() -> None:
+    assert set(CAUSES) == set(Cause)
 
 
 @pytest.mark.parametrize("cause", [Cause.APP, Cause.LOST, Cause.TIMEOUT, Cause.STALLED])

@@ -191,6 +191,8 @@ def workers_table(workers: Iterable[Worker], names: Mapping[str, str], now: floa
         if w.quarantined:
             reason = (w.quarantine.reason if w.quarantine else None) or "?"
             state.append(f" quarantined ({clean(reason)}; undrain releases it)", style="red")
+        if w.online and w.owner_wait:
+            state.append(f" {clean(w.owner_wait)}", style="yellow")
         listed = advert.get("gpus")
         gpus = [g for g in listed if isinstance(g, dict)] if isinstance(listed, list) else []
         cuda = ", ".join(f"{escape(g.get('name', '?'))} {number_text(g.get('vram_gib'), 'G')}" for g in gpus) if gpus else (
@@ -254,6 +256,8 @@ def status_view(health: Health, workers: Sequence[Worker]) -> RenderableType:
             reason = w.quarantine.reason if w.quarantine else "?"
             grid.add_row(Text("quarantined", style="red"),
                          safe_text(f"{w.id}: {reason}; `mqfleet undrain {w.id}` releases it", "red"))
+        if w.online and w.owner_wait:
+            grid.add_row(Text("owner policy", style="yellow"), safe_text(f"{w.id}: {w.owner_wait}", "yellow"))
     grid.add_row("jobs", counts_line(health.jobs_by_status))
     return Panel(grid, title="mqfleet status", title_align="left", expand=False)
 

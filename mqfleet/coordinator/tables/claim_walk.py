@@ -194,7 +194,8 @@ class ClaimWalk:
                 need, self.host, self._other_hosts(), commit=self.commit):
             return False
         failed = frozenset(json.loads(choice.failed_hosts))
-        return self.host.id not in failed or not scheduler.retry_host_reason(
+        # an `oom` (its mark among the failed hosts) holds back hosts that did not fail it too: read the others
+        return not (self.host.id in failed or scheduler.oom_floor(failed)) or not scheduler.retry_host_reason(
             need, self.host, failed, self._other_hosts(), commit=self.commit)
 
     def _other_hosts(self) -> list[scheduler.HostView]:

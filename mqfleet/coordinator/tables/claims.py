@@ -60,7 +60,7 @@ class Claims:
             used = int(one_row(c.execute("SELECT COUNT(*) FROM leases WHERE host = ?", (host,)))[0])
             held = [json.loads(r[0]) for r in c.execute("SELECT gpus FROM leases WHERE host = ? AND gpus != '[]'",
                                                         (host,))]
-            view = host_view(hrow, used, manifest.hosts)
+            view = host_view(hrow, used, manifest.hosts, now=now)
             if scheduler.host_reasons(view):
                 return None
             spec = self._pick(view, manifest, now)
@@ -107,7 +107,8 @@ class Claims:
         def others() -> list[scheduler.HostView]:
             if views is not None:
                 return views
-            return self.hosts.views(manifest.hosts, "WHERE h.online = 1 AND h.draining = 0 AND h.id != ?", (view.id,))
+            return self.hosts.views(manifest.hosts, "WHERE h.online = 1 AND h.draining = 0 AND h.id != ?", (view.id,),
+                                   now=now)
 
         return ClaimWalk(self.state.conn, view, others, commit=manifest.fleet.commit, now=now)
 
@@ -142,7 +143,7 @@ class Claims:
             if manifest is None:
                 out.append(WaitReason(host=None, reason="no manifest loaded"))
                 return out
-            views = self.hosts.views(manifest.hosts)
+            views = self.hosts.views(manifest.hosts, now=now)
         online = [v for v in views if v.online]
         if not online:
             out.append(WaitReason(host=None, reason="no host online"))

@@ -19,18 +19,17 @@ import logging
 from collections.abc import Iterable
 from typing import NamedTuple, TypedDict
 
+from mqfleet.coordinator import scheduler
 from mqfleet.coordinator.sql.connection import SqlConnection, one_row
 from mqfleet.coordinator.sql.sqlite import transition
 from mqfleet.coordinator.tables.blocking import dependents, refresh_blocked
-from mqfleet.lifecycle import FAULT_CAUSES, Cause, JobStatus
+from mqfleet.lifecycle import FAULT_CAUSES, QUARANTINE_CAUSES, Cause, JobStatus
 from mqfleet.manifest.types import FleetSettings
 from mqfleet.wire.published import HostEvent
 from mqfleet.wire.replies import Quarantine
 
 logger = logging.getLogger(__name__)
 
-#: Causes that count towards a host's quarantine. `lost` does not: a broker outage loses every host at once.
-QUARANTINE_CAUSES: frozenset[Cause] = frozenset({Cause.APP, Cause.TIMEOUT, Cause.STALLED})
 #: The reason given to, and stored on, a job whose dependency can no longer complete.
 NEVER_SATISFIED = "dependency never satisfied"
 #: Failed attempts remembered per host; the quarantine looks at the last `quarantine_after` of them.
@@ -67,12 +66,32 @@ def note_attempt_end(
         )
         row = conn.execute("SELECT failed_hosts FROM jobs WHERE id = ?", (job_id,)).fetchone()
         failed: list[str] = json.loads(row[0]) if row else []
-        if host not in failed:
+        marked = sorted({*failed, host})
+        if cause is Cause.OOM:
+            # its retry prefers a host that gives a job more memory than the limit it ran out under
+            marked = scheduler.with_oom_floor(marked, oom_limit_gib(conn, job_id, host))
+        if marked != failed:
             # part of the claim's index, sorted: the jobs that failed on the same hosts are judged as one set
-            conn.execute("UPDATE jobs SET failed_hosts = ? WHERE id = ?", (json.dumps(sorted([*failed, host])), job_id))
+            conn.execute("UPDATE jobs SET failed_hosts = ? WHERE id = ?", (json.dumps(marked), job_id))
     if cause in QUARANTINE_CAUSES:
         return _extend_streak(conn, fleet, host, job_id, cause, now)
     return None
+
+
+def oom_limit_gib(conn: SqlConnection, job_id: str, host: str) -> float:
+    """The memory limit an attempt of the job on `host` ran under: its `max_memory_gib`, or less when the host
+    gives a job less (its advertised `max_memory_gib` or its RAM)."""
+    row = conn.execute("SELECT j.spec, h.advert FROM jobs j LEFT JOIN hosts h ON h.id = ? WHERE j.id = ?",
+                       (host, job_id)).fetchone()
+    spec = json.loads(row[0]) if row else {}
+    advert = json.loads(row[1]) if row and row[1] else {}
+    view = scheduler.HostView(id=host, advert=advert if isinstance(advert, dict) else {}, online=False,
+                              draining=False, slots=1, slots_used=0)
+    limits = [view.job_memory_gib] if view.job_memory_gib > 0 else []
+    asked = spec.get("max_memory_gib") if isinstance(spec, dict) else None
+    if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked > 0:
+        limits.append(float(asked))
+    return min(limits, default=0.0)
 
 
 def note_completion(conn: SqlConnection, job_id: str, host: str) -> None:

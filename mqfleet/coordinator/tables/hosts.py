@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections.abc import Container, Mapping
 from typing import Any, NamedTuple
 
@@ -94,11 +95,11 @@ class Hosts:
                 self._host_event_seq = events[-1].seq
         return events
 
-    def hosts(self, policies: Policies) -> list[Worker]:
+    def hosts(self, policies: Policies, *, now: float | None = None) -> list[Worker]:
         """Every host as the `workers` reply lists it, with the jobs it holds (its usage and advert problem are
         the history's and the listener's: left None here)."""
         with self.state.lock:
-            views = self.views(policies)
+            views = self.views(policies, now=now)
             leases = self.state.conn.execute("SELECT host, job_id FROM leases ORDER BY granted_ts").fetchall()
             seen = {r["id"]: r["last_seen_ts"] for r in self.state.conn.execute("SELECT id, last_seen_ts FROM hosts")}
             quarantined = faults.quarantines(self.state.conn)
@@ -108,7 +109,7 @@ class Hosts:
         return [
             Worker(id=v.id, advert=v.advert, online=v.online, draining=v.draining, last_seen_ts=seen[v.id],
                    slots=v.slots, slots_used=v.slots_used, jobs=held.get(v.id, []),
-                   quarantined=v.id in quarantined, quarantine=quarantined.get(v.id))
+                   quarantined=v.id in quarantined, quarantine=quarantined.get(v.id), owner_wait=v.owner_wait or None)
             for v in views
         ]
 
@@ -123,15 +124,17 @@ class Hosts:
         assert row is not None, "an aggregate always has a row"
         return HostCounts(total=int(row[0]), online=int(row[1]), draining=int(row[2]), quarantined=int(row[3]))
 
-    def views(self, policies: Policies, where: str = "", params: tuple[Any, ...] = ()) -> list[scheduler.HostView]:
-        """Hosts (those matching `where` on `hosts h`) as the scheduler sees them, by id."""
+    def views(self, policies: Policies, where: str = "", params: tuple[Any, ...] = (), *,
+              now: float | None = None) -> list[scheduler.HostView]:
+        """Hosts (those matching `where` on `hosts h`) as the scheduler sees them at `now` (default: the clock), by id."""
         rows = self.state.read(
             f"SELECT h.id, h.advert, h.online, h.draining, {QUARANTINE_COLUMN}, "
             "(SELECT COUNT(*) FROM leases l WHERE l.host = h.id) AS used "
             f"FROM hosts h {where} ORDER BY h.id",
             params,
         )
-        return [host_view(r, r["used"], policies) for r in rows]
+        at = time.time() if now is None else now
+        return [host_view(r, r["used"], policies, now=at) for r in rows]
 
 
 #: The reason a host is quarantined, or '': a column of the host rows `host_view` reads (`hosts h`).
@@ -141,13 +144,14 @@ QUARANTINE_COLUMN = (
 )
 
 
-def host_view(row: SqlRow, used: int, policies: Policies) -> scheduler.HostView:
-    """A hosts row (id, advert, online, draining, quarantine) with `used` slots taken, as the scheduler sees it."""
+def host_view(row: SqlRow, used: int, policies: Policies, *, now: float) -> scheduler.HostView:
+    """A hosts row (id, advert, online, draining, quarantine) with `used` slots taken, as the scheduler sees it at `now`."""
     advert = _parsed_advert(row["advert"])
     policy = policies.get(row["id"])
     return scheduler.HostView(
         id=row["id"], advert=advert, online=bool(row["online"]), draining=bool(row["draining"]),
         slots=scheduler.host_slots(advert, policy), slots_used=used, policy=policy, quarantine=row["quarantine"] or "",
+        owner_wait=scheduler.owner_wait(advert, policy, now),
     )
 
 

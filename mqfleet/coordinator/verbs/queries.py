@@ -42,7 +42,7 @@ def handle_workers(coord: HandlerContext, req: Request[NoFields]) -> WorkersRepl
     workers = [
         # advert_error: why the host's latest advert was refused (`advert` still shows its last good one)
         replace(w, usage=usage.get(w.id), advert_error=coord.advert_problem(w.id))
-        for w in coord.hosts.hosts(coord.manifest.hosts if coord.manifest else {})
+        for w in coord.hosts.hosts(coord.manifest.hosts if coord.manifest else {}, now=req.now)
     ]
     return WorkersReply(workers=workers)
 

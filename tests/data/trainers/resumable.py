@@ -5,7 +5,9 @@ running digest of seed and steps) goes to `state.json` in the checkpoint folder 
 then renamed. At start it reads that file back if there is one and says `resumed at step K` (else
 `started at step 0`). With --fail_at N, a run that started at step 0 exits 1 after step N (a crash
 that a resumed run gets past). The output `result.json` holds only the steps, the seed and the final digest, so a
-resumed run's artifact is byte-identical to an uninterrupted one. Standard library only.
+resumed run's artifact is byte-identical to an uninterrupted one. With --save_every N it saves only every N steps
+(the work a hard stop loses is then up to N steps), and with --state_mib M each save also writes M MiB of
+weights (`weights.bin`, random bytes) beside the state, as a real model's checkpoint would. Standard library only.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def main() -> int:
     steps = int(flag(sys.argv[1:], "steps", 20))
     interval_s = flag(sys.argv[1:], "interval_s", 0.2)
     fail_at = int(flag(sys.argv[1:], "fail_at", 0))
+    save_every = max(1, int(flag(sys.argv[1:], "save_every", 1)))
+    state_mib = int(flag(sys.argv[1:], "state_mib", 0))
     seed = int(spec.get("seed", 0))
     folder = os.environ.get("MQFLEET_CHECKPOINT_DIR")
     state_path = Path(folder) / "state.json" if folder else None
@@ -44,7 +48,11 @@ def main() -> int:
         time.sleep(interval_s)
         step += 1
         digest = hashlib.sha256(f"{digest}:{step}".encode()).hexdigest()
-        if state_path is not None:
+        if state_path is not None and (step % save_every == 0 or step == steps):
+            if state_mib:
+                weights = state_path.with_name("weights.bin.tmp")
+                weights.write_bytes(os.urandom(state_mib * 1024 * 1024))
+                os.replace(weights, state_path.with_name("weights.bin"))
             tmp = state_path.with_name("state.json.tmp")
             tmp.write_text(json.dumps({"step": step, "digest": digest}), encoding="utf-8")
             os.replace(tmp, state_path)
