@@ -92,11 +92,7 @@ def agent_start_import_s(workdir: Path, coord: CoordinatorProc, env: dict[str, s
     agent = Proc(host, [*mqfleet_argv(), "agent", "--host-id", host, "--work-dir", str(workdir / host), "--repo",
                         str(ROOT)], {**env, "PYTHONPROFILEIMPORTTIME": "1"}, workdir / f"{host}.log", cwd=ROOT)
     try:
-        deadline = time.monotonic() + 60
-        while not any(w.id == host and w.online and w.advert for w in coord.client.workers()):
-            if time.monotonic() > deadline or not agent.alive():
-                raise RuntimeError(f"the agent did not come online:\n{agent.log_tail()}")
-            time.sleep(0.05)
+        coord.wait_online(host, agent, 60)
     finally:
         agent.stop()
     return import_total_s(agent.log_path.read_text(errors="replace"))

@@ -160,6 +160,15 @@ class CoordinatorProc(Proc):
                     raise RuntimeError(f"coordinator did not answer within {wait_s:g}s:\n{self.log_tail()}") from None
         self.client.timeout_s = 30.0
 
+    def wait_online(self, host: str, agent: Proc, wait_s: float) -> None:
+        """Until the coordinator lists `host` online with its advert; RuntimeError with the agent's log if it never
+        does, or exits first."""
+        deadline = time.monotonic() + wait_s
+        while not any(w.id == host and w.online and w.advert for w in self.client.workers()):
+            if time.monotonic() > deadline or not agent.alive():
+                raise RuntimeError(f"the agent did not come online:\n{agent.log_tail()}")
+            time.sleep(0.05)
+
     def stop(self, timeout_s: float = 15.0) -> int | None:
         self.client.close()
         return super().stop(timeout_s)
