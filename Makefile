@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 WORKERS ?= 4
 UNIT_WORKERS ?= auto
 
-.PHONY: setup demo test check unit lint soak bench clean
+.PHONY: setup demo test check unit lint soak bench arm64-check clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -37,6 +37,10 @@ soak: setup
 
 bench: setup
 	$(PY) -m bench
+
+# Not part of `make test` (tens of minutes under emulation): run for releases (docs/OPERATIONS.md, "The arm64 check").
+arm64-check: setup
+	bash scripts/arm64-check.sh
 
 clean:
 	rm -rf .demo .soak .bench

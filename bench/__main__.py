@@ -29,7 +29,8 @@ from bench.claim_floor import measure_claim_floor
 from bench.claim_rtt import measure_claim_rtt
 from bench.claim_scale import BESIDE, measure_beside
 from bench.claim_scale import measure as measure_claim_scale
-from bench.common import ROOT, Row, median, ms, p99, verdict
+from bench.cli_startup import cli_startup_rows, measure_cli_startup
+from bench.common import PI_SECTION, ROOT, Row, median, ms, p99, replace_sections, verdict
 from bench.failover import measure_failover
 from bench.job_count import LEASE_S as COUNT_LEASE_S
 from bench.job_count import measure_job_count
@@ -400,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         section("Claim floor", lambda d: claim_floor_rows(measure_claim_floor(args.floor_clients, args.floor_s, d)))
         section("Job count", lambda d: job_count_rows(
             measure_job_count([int(n) for n in args.count_sizes.split(",")], d)))
+        section("CLI start-up", lambda d: cli_startup_rows(measure_cli_startup(d)))
         section("Checkpoints", lambda d: checkpoint_rows(
             measure_sync_cost(d / "cost", seconds=args.checkpoint_s, rounds=args.checkpoint_rounds,
                               size_mib=args.checkpoint_mib),
@@ -415,24 +417,14 @@ def main(argv: list[str] | None = None) -> int:
     if only and args.out.exists():
         note = (f"This section was re-run alone by `{command.strip()}` in {time.monotonic() - began:.0f} s, "
                 f"load average (1, 5, 15 min) at start / end: {load}; the other sections are from the full run.")
-        text = _replace_sections(args.out.read_text(), text, [title for title, _, _ in sections], note)
+        text = replace_sections(args.out.read_text(), text, [title for title, _, _ in sections], note)
+    elif args.out.exists() and f"\n## {PI_SECTION}\n" in args.out.read_text():
+        # scripts/arm64-check.sh writes that section, not this suite: a full run keeps it as it was
+        text = replace_sections(text, args.out.read_text(), [PI_SECTION], "")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"[bench] wrote {args.out}", file=sys.stderr)
     return 0
-
-
-def _replace_sections(old: str, new: str, titles: list[str], note: str) -> str:
-    """`old` with the `## title` sections of `new` in place of (or after) its own, each followed by `note`."""
-    def split(text: str) -> tuple[str, dict[str, str]]:
-        head, *parts = text.split("\n## ")
-        return head, {p.split("\n", 1)[0].strip(): "## " + p.rstrip("\n") + "\n" for p in parts}
-
-    old_head, old_parts = split(old)
-    _, new_parts = split(new)
-    for title in titles:
-        old_parts[title] = new_parts[title] + f"\n_{note}_\n"
-    return old_head.rstrip("\n") + "\n\n" + "\n".join(old_parts.values())
 
 
 def _read_notes(path: Path) -> dict[str, str]:

@@ -83,6 +83,25 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
 
+# --- docs/BENCHMARKS.md -----------------------------------------------------------------------
+
+#: The section scripts/arm64-check.sh writes (the Pi-class figures, under emulation); `make bench` keeps it.
+PI_SECTION = "Pi-class, emulated"
+
+
+def replace_sections(old: str, new: str, titles: list[str], note: str) -> str:
+    """`old` with the `## title` sections of `new` in place of (or after) its own, each followed by `note` (if any)."""
+    def split(text: str) -> tuple[str, dict[str, str]]:
+        head, *parts = text.split("\n## ")
+        return head, {p.split("\n", 1)[0].strip(): "## " + p.rstrip("\n") + "\n" for p in parts}
+
+    old_head, old_parts = split(old)
+    _, new_parts = split(new)
+    for title in titles:
+        old_parts[title] = new_parts[title] + (f"\n_{note}_\n" if note else "")
+    return old_head.rstrip("\n") + "\n\n" + "\n".join(old_parts.values())
+
+
 # --- processes ----------------------------------------------------------------------------------
 
 
@@ -140,6 +159,15 @@ class CoordinatorProc(Proc):
                     self.stop()
                     raise RuntimeError(f"coordinator did not answer within {wait_s:g}s:\n{self.log_tail()}") from None
         self.client.timeout_s = 30.0
+
+    def wait_online(self, host: str, agent: Proc, wait_s: float) -> None:
+        """Until the coordinator lists `host` online with its advert; RuntimeError with the agent's log if it never
+        does, or exits first."""
+        deadline = time.monotonic() + wait_s
+        while not any(w.id == host and w.online and w.advert for w in self.client.workers()):
+            if time.monotonic() > deadline or not agent.alive():
+                raise RuntimeError(f"the agent did not come online:\n{agent.log_tail()}")
+            time.sleep(0.05)
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         self.client.close()

@@ -50,11 +50,7 @@ def measure_rss(n_jobs: int, workdir: Path, *, settle_s: float = 3.0) -> dict[st
                       str(workdir / "agent"), "--repo", str(ROOT)], fleet_env(broker.url, prefix), workdir / "agent.log",
                      cwd=ROOT)
         try:
-            deadline = time.monotonic() + 30
-            while not any(w.id == IDLE_HOST and w.online and w.advert for w in coord.client.workers()):
-                if time.monotonic() > deadline or not agent.alive():
-                    raise RuntimeError(f"the agent did not come online:\n{agent.log_tail()}")
-                time.sleep(0.1)
+            coord.wait_online(IDLE_HOST, agent, 30)
             time.sleep(settle_s)
             agent_rss = psutil.Process(agent.pid).memory_info().rss
             torch_files = loaded_files(agent.pid, "torch")

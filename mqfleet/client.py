@@ -6,8 +6,7 @@ import fnmatch
 import os
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mqfleet import defaults
 from mqfleet.errors import BrokerUnavailableError, RequestTimeoutError
@@ -17,38 +16,31 @@ from mqfleet.mqtt.connection import Connection
 from mqfleet.mqtt.inbox import Handler
 from mqfleet.mqtt.rpc import Reply, RpcClient
 from mqfleet.wire import verbs
-from mqfleet.wire.replies import (
-    ArtifactRecord,
-    CompareReply,
-    DownloadUrlReply,
-    DrainReply,
-    GcReply,
-    JobDetail,
-    JobsReply,
-    LogsReply,
-    ManifestReply,
-    ReloadReply,
-    RequeuedJob,
-    UndrainReply,
-    Worker,
-)
-from mqfleet.wire.requests import (
-    SENT_SOURCE,
-    CompareRequest,
-    GcRequest,
-    Health,
-    HostRequest,
-    JobOrder,
-    JobRefRequest,
-    JobRow,
-    JobsRequest,
-    LogsRequest,
-    NoFields,
-    ReloadRequest,
-    RequeueRequest,
-)
+from mqfleet.wire.codec import NoFields
+from mqfleet.wire.job_listing import JobOrder, JobRefRequest, JobsReply, JobsRequest
 from mqfleet.wire.topics import JsonObject, Topics, Verb
 from mqfleet.wire.verbs import Rep, Req, VerbSpec
+
+if TYPE_CHECKING:
+    # A method imports the types of its own verb when they are not in the modules above (the query commands'),
+    # so `mqfleet health` loads no other verb's messages (docs/BENCHMARKS.md, "CLI start-up").
+    from concurrent.futures import Future
+
+    from mqfleet.wire.health import Health
+    from mqfleet.wire.hosts import Worker
+    from mqfleet.wire.job_detail import ArtifactRecord, JobDetail
+    from mqfleet.wire.job_listing import JobRow
+    from mqfleet.wire.replies import (
+        CompareReply,
+        DownloadUrlReply,
+        DrainReply,
+        GcReply,
+        LogsReply,
+        ManifestReply,
+        ReloadReply,
+        RequeuedJob,
+        UndrainReply,
+    )
 
 
 class FleetClient:
@@ -144,6 +136,9 @@ class FleetClient:
 
     def logs(self, ref: str, attempt: int | None = None) -> LogsReply:
         """The stored output of one attempt of a job (the latest by default), all pages joined."""
+        from mqfleet.wire.replies import LogsReply
+        from mqfleet.wire.requests import LogsRequest
+
         first = self.call(verbs.LOGS, LogsRequest(job=ref, attempt=attempt))
         lines = list(first.lines)
         offset = first.next_offset
@@ -175,6 +170,8 @@ class FleetClient:
 
     def compare(self, refs: list[str] | None = None, *, sweep: str | None = None) -> CompareReply:
         """Final metrics of the jobs named, or of a sweep's jobs."""
+        from mqfleet.wire.requests import CompareRequest
+
         if sweep is not None:
             return self.call(verbs.COMPARE, CompareRequest(sweep=sweep))
         return self.call(verbs.COMPARE, CompareRequest(jobs=list(refs or [])))
@@ -187,21 +184,31 @@ class FleetClient:
         return self.call(verbs.CANCEL, JobRefRequest(job=ref)).job
 
     def requeue(self, ref: str, *, fresh: bool = False) -> RequeuedJob:
+        from mqfleet.wire.requests import RequeueRequest
+
         return self.call(verbs.REQUEUE, RequeueRequest(job=ref, fresh=fresh)).job
 
     def reload(self, manifest: str | None = None, *, source: str | None = None) -> ReloadReply:
         """Reload the coordinator's manifest file, or apply the TOML text sent (`source` names it)."""
+        from mqfleet.wire.requests import SENT_SOURCE, ReloadRequest
+
         if manifest is None:
             return self.call(verbs.RELOAD, ReloadRequest())
         return self.call(verbs.RELOAD, ReloadRequest(manifest=manifest, source=source or SENT_SOURCE))
 
     def drain(self, host: str) -> DrainReply:
+        from mqfleet.wire.requests import HostRequest
+
         return self.call(verbs.DRAIN, HostRequest(host=host))
 
     def undrain(self, host: str) -> UndrainReply:
+        from mqfleet.wire.requests import HostRequest
+
         return self.call(verbs.UNDRAIN, HostRequest(host=host))
 
     def gc(self, *, dry_run: bool = False) -> GcReply:
+        from mqfleet.wire.requests import GcRequest
+
         return self.call(verbs.GC, GcRequest(dry_run=dry_run))
 
 
@@ -223,6 +230,8 @@ class JobListing:
         left = self.limit
         # The next page is asked for while the caller still consumes this one: the coordinator reads
         # and encodes it meanwhile, so a long listing costs about one page's round trip per page.
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs-page") as pool:
             ahead: Future[Reply] | None = pool.submit(self._ask, left, None, 0, True)
             while ahead is not None:

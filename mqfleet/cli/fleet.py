@@ -8,19 +8,21 @@ from __future__ import annotations
 import queue
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.live import Live
 
 from mqfleet import defaults
 from mqfleet.cli import cli
 from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_USAGE, fail
 from mqfleet.cli.options import ClientContext, pass_client, wire_of
-from mqfleet.cli.render import fleet as render_fleet
 from mqfleet.errors import ManifestError, RemoteError
-from mqfleet.fleet_picture import settle_picture
-from mqfleet.wire.replies import DrainReply, UndrainReply
-from mqfleet.wire.topics import JsonValue
+
+if TYPE_CHECKING:
+    # The renderers (rich) are imported by the commands that print a table, when they print it; the wire types
+    # come with the client: `--help` and `--json` load neither (docs/BENCHMARKS.md, "CLI start-up").
+    from mqfleet.wire.replies import DrainReply
+    from mqfleet.wire.topics import JsonValue
 
 #: Frames per second at most, however busy the bus is.
 MAX_FPS = 4.0
@@ -49,6 +51,8 @@ def status_cmd(ctx: ClientContext) -> None:
             "owner_wait": [{"host": w.id, "reason": w.owner_wait} for w in workers if w.online and w.owner_wait],
         })
         return
+    from mqfleet.cli.render import fleet as render_fleet
+
     render_fleet.make_console().print(render_fleet.status_view(health, workers))
 
 
@@ -65,10 +69,14 @@ def workers_cmd(ctx: ClientContext) -> None:
         # only leased jobs run on hosts: two status listings, not every job the fleet ever had
         for status in ("claimed", "running"):
             names.update((str(j.get("id")), str(j.get("name"))) for j in ctx.client.job_listing(status=status))
+    from mqfleet.cli.render import fleet as render_fleet
+
     render_fleet.make_console().print(render_fleet.workers_table(workers, names, time.time()))
 
 
 def _print_drain(ctx: ClientContext, reply: DrainReply) -> None:
+    from mqfleet.wire.replies import UndrainReply
+
     released = isinstance(reply, UndrainReply) and reply.quarantine_released
     if ctx.as_json:
         ctx.emit_json({"host": reply.host, "draining": reply.draining, "quarantine_released": released})
@@ -144,6 +152,8 @@ def health_cmd(ctx: ClientContext) -> None:
     if ctx.as_json:
         ctx.emit_json(wire_of(health))
     else:
+        from mqfleet.cli.render import fleet as render_fleet
+
         render_fleet.make_console().print(render_fleet.health_view(health))
     failed = health.failed_checks
     if failed:
@@ -159,6 +169,11 @@ def health_cmd(ctx: ClientContext) -> None:
 @pass_client
 def watch_cmd(ctx: ClientContext, once: bool) -> None:
     """Live dashboard from the bus: hosts, running jobs with progress, counts by status, recent events."""
+    from rich.live import Live
+
+    from mqfleet.cli.render import fleet as render_fleet
+    from mqfleet.fleet_picture import settle_picture
+
     picture, inbox = settle_picture(ctx.client, timeout_s=ctx.timeout_s)
     console = render_fleet.make_console()
     if once:

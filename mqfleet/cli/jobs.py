@@ -8,18 +8,21 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import click
 
 from mqfleet.cli import cli
 from mqfleet.cli.options import ClientContext, pass_client, wire_of
-from mqfleet.cli.render import fleet as render_fleet
-from mqfleet.cli.render import jobs as render_jobs
 from mqfleet.cli.render.terminal import clean
 from mqfleet.lifecycle import JobStatus
-from mqfleet.mqtt.inbox import Message
-from mqfleet.wire.requests import JobRow
-from mqfleet.wire.topics import JsonObject
+
+if TYPE_CHECKING:
+    # The renderers (rich) are imported when a table is printed; the wire types come with the client
+    # (docs/BENCHMARKS.md, "CLI start-up").
+    from mqfleet.mqtt.inbox import Message
+    from mqfleet.wire.requests import JobRow
+    from mqfleet.wire.topics import JsonObject
 
 TERMINAL = frozenset({JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value})
 #: After the job ends, lines still in flight from the agent get this long to arrive.
@@ -47,6 +50,9 @@ def jobs_cmd(ctx: ClientContext, status: str | None, name_glob: str | None, limi
     if ctx.as_json:
         _jobs_json(ctx, status, name_glob, limit or None)
         return
+    from mqfleet.cli.render import fleet as render_fleet
+    from mqfleet.cli.render import jobs as render_jobs
+
     listing = ctx.client.job_listing(status=status, name=name_glob, newest_first=True,
                                      limit=TABLE_LIMIT if limit is None else (limit or None))
     console = render_fleet.make_console()
@@ -92,6 +98,9 @@ def show_cmd(ctx: ClientContext, job: str) -> None:
     if ctx.as_json:
         ctx.emit_json(wire_of(row))
         return
+    from mqfleet.cli.render import fleet as render_fleet
+    from mqfleet.cli.render import jobs as render_jobs
+
     console = render_fleet.make_console()
     console.print(render_jobs.job_view(row, time.time(), width=console.width))
 
@@ -100,6 +109,8 @@ def _print_job(ctx: ClientContext, row: JobRow) -> None:
     if ctx.as_json:
         ctx.emit_json(wire_of(row))
         return
+    from mqfleet.cli.render import fleet as render_fleet
+
     render_fleet.make_console().print(render_fleet.job_line(row))
 
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 
 from mqfleet.cli import cli
 from mqfleet.cli.exit_codes import EXIT_FAILED, EXIT_USAGE, fail
 from mqfleet.cli.options import ClientContext, pass_client
-from mqfleet.cli.render import manifest as render_manifest
 from mqfleet.errors import ManifestError
-from mqfleet.manifest.load import load_manifest
-from mqfleet.manifest.types import Manifest
+
+if TYPE_CHECKING:
+    from mqfleet.manifest.types import Manifest
 
 
 @cli.command("validate")
@@ -23,6 +23,8 @@ from mqfleet.manifest.types import Manifest
 @click.option("--json", "as_json", is_flag=True, help="Print {ok, problems, jobs} as JSON.")
 def validate_cmd(manifest_path: str, as_json: bool) -> None:
     """Check manifest FILE offline; every problem is listed with its place. Exit 2 when invalid."""
+    from mqfleet.manifest.load import load_manifest
+
     try:
         manifest = load_manifest(manifest_path)
     except ManifestError as e:
@@ -42,6 +44,10 @@ def validate_cmd(manifest_path: str, as_json: bool) -> None:
 
 
 def _print_summary(path: str, manifest: Manifest) -> None:
+    from rich.console import Console
+
+    from mqfleet.cli.render import manifest as render_manifest
+
     console = Console()
     # soft_wrap: the summary line stays one line that scripts and tests can grep
     console.print(render_manifest.valid_line(path, manifest), highlight=False, soft_wrap=True)

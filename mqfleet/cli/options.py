@@ -9,17 +9,21 @@ import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from mqfleet import defaults
 from mqfleet.cli.exit_codes import exit_code_for, fail
-from mqfleet.client import FleetClient
 from mqfleet.errors import BrokerError, MqfleetError
-from mqfleet.mqtt.config import BrokerConfig
-from mqfleet.wire.codec import Wire, WireMessage
-from mqfleet.wire.topics import JsonValue
+
+if TYPE_CHECKING:
+    # Imported where used: `--help`, `--version` and a usage error need neither the MQTT client nor the wire types
+    # (docs/BENCHMARKS.md, "CLI start-up").
+    from mqfleet.client import FleetClient
+    from mqfleet.mqtt.config import BrokerConfig
+    from mqfleet.wire.codec import Wire, WireMessage
+    from mqfleet.wire.topics import JsonValue
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,6 +45,8 @@ def broker_options(func: F) -> F:
 def broker_config_from(options: Mapping[str, str | None], *, validate: bool = True) -> BrokerConfig:
     """A BrokerConfig from the values of broker_options (by option name: broker_url, broker_ca, ...), validated
     unless the caller reports the problems itself (`agent selftest`, as a failed check)."""
+    from mqfleet.mqtt.config import BrokerConfig
+
     config = BrokerConfig(
         url=options.get("broker_url") or defaults.BROKER_URL,
         ca=options.get("broker_ca"),
@@ -70,6 +76,8 @@ class ClientContext:
     @property
     def client(self) -> FleetClient:
         if self._client is None:
+            from mqfleet.client import FleetClient
+
             self._client = FleetClient(broker_config_from(self.broker), prefix=self.prefix, timeout_s=self.timeout_s)
         return self._client
 

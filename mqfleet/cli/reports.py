@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from mqfleet.cli import cli
 from mqfleet.cli.options import ClientContext, pass_client, wire_of
-from mqfleet.cli.render import fleet as render_fleet
-from mqfleet.cli.render import jobs as render_jobs
-from mqfleet.wire.replies import CompareRow
+
+if TYPE_CHECKING:
+    from mqfleet.wire.replies import CompareRow
 
 
 def _sort_key(metric: str, descending: bool) -> Callable[[CompareRow], tuple[int, float, str]]:
@@ -48,6 +49,9 @@ def compare_cmd(ctx: ClientContext, jobs: tuple[str, ...], sweep: str | None, so
         ctx.emit_json({"sweep": reply.sweep, "sort": sort_by, "descending": desc, "metric_names": names,
                        "jobs": [wire_of(r) for r in rows]})
         return
+    from mqfleet.cli.render import fleet as render_fleet
+    from mqfleet.cli.render import jobs as render_jobs
+
     title = f"sweep {sweep}" if sweep else "jobs"
     render_fleet.make_console().print(render_jobs.compare_table(rows, names, sort_by=sort_by, title=title))
 
@@ -61,14 +65,16 @@ def gc_cmd(ctx: ClientContext, dry_run: bool) -> None:
     if ctx.as_json:
         ctx.emit_json(wire_of(result))
         return
+    from mqfleet.cli.render.fleet import human_size
+
     for obj in result.objects:
-        click.echo(f"{'would delete' if dry_run else 'deleted'} {obj.key} ({render_fleet.human_size(obj.size)})")
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {obj.key} ({human_size(obj.size)})")
     if result.count > len(result.objects):
         click.echo(f"... and {result.count - len(result.objects)} more")
     for failure in result.failed:
         click.echo(f"error: could not delete {failure.key}: {failure.error}", err=True)
     verb = "would free" if dry_run else "freed"
-    click.echo(f"{verb} {render_fleet.human_size(result.bytes)} in {result.count - len(result.failed)} "
+    click.echo(f"{verb} {human_size(result.bytes)} in {result.count - len(result.failed)} "
                f"object(s); {result.kept} referenced object(s) kept")
     if result.failed:
         raise click.exceptions.Exit(1)

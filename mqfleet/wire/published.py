@@ -16,7 +16,7 @@ from typing import Annotated
 
 from mqfleet.lifecycle import JobStatus
 from mqfleet.wire.codec import OMIT_DEFAULT, Bounds, Wire, WireMessage, wire_name
-from mqfleet.wire.requests import Presence
+from mqfleet.wire.health import Presence
 from mqfleet.wire.topics import MAX_LOG_LINES_PER_BATCH
 
 # --- what agents publish (docs/INTERNALS.md, "Topics") ----------------------------------------------------

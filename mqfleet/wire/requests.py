@@ -1,4 +1,4 @@
-"""Typed messages of the agent verbs: frozen dataclasses, each with `to_wire()` and `from_wire()`.
+"""Typed requests (and the agent verbs' replies): frozen dataclasses, each with `to_wire()` and `from_wire()`.
 
 The JSON is the one documented in docs/INTERNALS.md ("Wire payloads"); a unit test
 (`tests/unit/test_wire_doc.py`) holds the doc's field lists to these classes. `from_wire`
@@ -6,6 +6,10 @@ The JSON is the one documented in docs/INTERNALS.md ("Wire payloads"); a unit te
 naming the field; it ignores fields it does not know, so a newer sender (more fields) still
 talks to an older reader. New fields are added with a default, never renamed or removed.
 Free-form JSON (hyperparameters, progress, metrics, a job's spec) is a `JsonObject`.
+
+The query verbs' messages live in modules of their own, so a command loads only its verbs' types
+(docs/BENCHMARKS.md, "CLI start-up"): wire/health.py, wire/job_listing.py (with `JobRow`) and
+wire/job_detail.py; this module names them too (`X as X` below), so a module may import every request from here.
 """
 
 from __future__ import annotations
@@ -16,15 +20,17 @@ from typing import Annotated
 
 from mqfleet.lifecycle import AGENT_CAUSES, Cause, JobStatus
 from mqfleet.wire.codec import LENIENT, LONG_TEXT, OMIT_DEFAULT, Bounds, WireMessage
+from mqfleet.wire.codec import NoFields as NoFields
+from mqfleet.wire.health import CheckResult as CheckResult
+from mqfleet.wire.health import CoordinatorPeer as CoordinatorPeer
+from mqfleet.wire.health import Health as Health
+from mqfleet.wire.health import Presence as Presence
+from mqfleet.wire.job_listing import JobOrder as JobOrder
+from mqfleet.wire.job_listing import JobRefRequest as JobRefRequest
+from mqfleet.wire.job_listing import JobRow as JobRow
+from mqfleet.wire.job_listing import JobsRequest as JobsRequest
 from mqfleet.wire.reports import ProgressReports, SmallObject, Usage
 from mqfleet.wire.topics import JsonObject
-
-
-class Presence(StrEnum):
-    """An agent's or a coordinator's retained `state`: its will says offline."""
-
-    ONLINE = "online"
-    OFFLINE = "offline"
 
 
 class UploadMethod(StrEnum):
@@ -32,19 +38,6 @@ class UploadMethod(StrEnum):
 
     PUT = "PUT"
     POST = "POST"
-
-
-class JobOrder(StrEnum):
-    """The order of a `jobs` listing: by when the jobs were added."""
-
-    OLDEST = "oldest"
-    NEWEST = "newest"
-
-
-@dataclasses.dataclass(frozen=True)
-class NoFields(WireMessage):
-    """The request of a verb that takes no fields besides the envelope's (`claim`, `workers`, `health`,
-    `artifacts`, `manifest`)."""
 
 
 # --- claim ---------------------------------------------------------------------------------------
@@ -60,38 +53,6 @@ class TrainerRef(WireMessage):
     argv: list[str] = dataclasses.field(default_factory=list)
     hyper: JsonObject = dataclasses.field(default_factory=dict)
     outputs: list[str] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass(frozen=True)
-class JobRow(WireMessage):
-    """A job as `jobs`, `job`, the retained `jobs/{id}/state` and the grant show it."""
-
-    id: str
-    name: str
-    status: JobStatus
-    model: str = ""
-    mode: str = ""
-    host: str | None = None
-    #: attempts charged to the budget (`max_attempts`): the same as `attempts_charged`, kept for older readers
-    attempts: int = 0
-    max_attempts: int = 0
-    priority: int = 0
-    artifact: str | None = None
-    error: str | None = None
-    in_manifest: bool = True
-    progress: JsonObject | None = None
-    created_ts: float | None = None
-    updated_ts: float | None = None
-    lease_expires_ts: float | None = None
-    #: the spec's limits (null: none), when a pending job's retry back-off ends, and a dependency that failed
-    timeout_s: float | None = None
-    stall_s: float | None = None
-    retry_after_ts: float | None = None
-    unsatisfied: str | None = dataclasses.field(default=None, metadata=LONG_TEXT)
-    #: every attempt ever granted (the entries of `show`'s `attempts_detail`), and those charged to the budget
-    #: since the last requeue: neither the attempt that completes nor a hand-back at shutdown is charged
-    attempts_started: int = 0
-    attempts_charged: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,21 +202,6 @@ class CheckpointStartRequest(WireMessage):
 
 
 @dataclasses.dataclass(frozen=True)
-class JobsRequest(WireMessage):
-    """One page of the jobs listing (docs/CLI.md, `jobs`): by keyset (`after`) or by position (`offset`, 0 if
-    neither is given)."""
-
-    status: JobStatus | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
-    name: str | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
-    order: JobOrder = JobOrder.OLDEST
-    limit: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
-    after: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
-    offset: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
-    #: false once the client knows the total: counting walks every matching row
-    count: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
 class LogsRequest(WireMessage):
     job: str
     attempt: int | None = dataclasses.field(default=None, metadata=OMIT_DEFAULT)
@@ -276,13 +222,6 @@ class CompareRequest(WireMessage):
 
 
 # --- operator verbs (the `auth` signature is checked, and ignored here, by the service) ---------------
-
-
-@dataclasses.dataclass(frozen=True)
-class JobRefRequest(WireMessage):
-    """`cancel` (and the query verbs that name one job): a job by id, unique id prefix or name."""
-
-    job: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,65 +257,4 @@ class GcRequest(WireMessage):
 
 # --- health ----------------------------------------------------------------------------------------
 
-
-@dataclasses.dataclass(frozen=True)
-class CheckResult(WireMessage):
-    """One health check (coordinator/health.py): whether it passed, what it found, and when it ran."""
-
-    ok: bool
-    detail: str
-    checked_ts: float
-
-
-@dataclasses.dataclass(frozen=True)
-class CoordinatorPeer(WireMessage):
-    """One coordinator sharing the state (coordinator/tables/peers.py); `role` is `gone` for a stale heartbeat."""
-
-    id: str
-    host: str
-    version: str
-    role: str
-    started_ts: float
-    heartbeat_ts: float
-    alive: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Health(WireMessage):
-    """The `health` reply and the retained `coordinator/status`: what the checks found (their content is
-    coordinator/health.py's), the manifest in force, counts, and the coordinators sharing the state."""
-
-    state: Presence
-    ts: float
-    version: str = ""
-    started_ts: float | None = None
-    uptime_s: float | None = None
-    manifest: str | None = None
-    manifest_jobs: int = 0
-    manifest_sha256: str | None = None
-    manifest_applied_ts: float | None = None
-    manifest_origin: str | None = None
-    last_refused_manifest: str | None = dataclasses.field(default=None, metadata=LONG_TEXT)
-    jobs_by_status: dict[str, int] = dataclasses.field(default_factory=dict)
-    hosts_online: int = 0
-    hosts_total: int = 0
-    hosts_draining: int = 0
-    hosts_quarantined: int = 0
-    #: true only when the check of the database passed (coordinator/health.py)
-    db_ok: bool = False
-    store_ok: bool = False
-    checks: dict[str, CheckResult] = dataclasses.field(default_factory=dict)
-    failed_checks: list[str] = dataclasses.field(default_factory=list)
-    requests_dropped: int = 0
-    republishing: bool = False
-    log_batches_refused: int = 0
-    store: str = ""
-    #: times another client connected with this coordinator's client id and the broker disconnected it
-    session_takeovers: int = 0
-    #: retained messages deleted from request and log topics (docs/SECURITY.md, "Replies")
-    retained_cleared: int = 0
-    coordinator: str = ""
-    role: str = ""
-    state_store: str = ""
-    coordinators: list[CoordinatorPeer] = dataclasses.field(default_factory=list)
 

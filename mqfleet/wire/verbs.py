@@ -11,54 +11,58 @@ this one, row for row.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Annotated, Any, Generic, TypeVar
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar, cast
 
 from mqfleet.wire.codec import Bounds, WireMessage
-from mqfleet.wire.replies import (
-    ArtifactsReply,
-    CheckpointSavedReply,
-    CheckpointStartReply,
-    CheckpointUrlReply,
-    CompareReply,
-    CompleteReply,
-    DownloadUrlReply,
-    DrainReply,
-    GcReply,
-    JobDetailReply,
-    JobReply,
-    JobsReply,
-    LogsReply,
-    ManifestReply,
-    ReloadReply,
-    RequeueReply,
-    UndrainReply,
-    WorkersReply,
-)
-from mqfleet.wire.requests import (
-    CheckpointSavedRequest,
-    CheckpointStartRequest,
-    CheckpointUploadRequest,
-    ClaimReply,
-    CompareRequest,
-    CompleteRequest,
-    FailRequest,
-    GcRequest,
-    Health,
-    HostRequest,
-    JobRefRequest,
-    JobsRequest,
-    LogsRequest,
-    NoFields,
-    ReloadRequest,
-    RenewReply,
-    RenewRequest,
-    RequeueRequest,
-    StatusReply,
-    UploadUrlReply,
-    UploadUrlRequest,
-)
 from mqfleet.wire.topics import MAX_REQUEST_ID_CHARS, Role, Verb
+
+if TYPE_CHECKING:
+    # The types of each verb's annotation below, for mypy; at run time each spec names its types as text and
+    # imports them on first use (VerbSpec.request, .reply).
+    from mqfleet.wire.codec import NoFields
+    from mqfleet.wire.health import Health
+    from mqfleet.wire.hosts import WorkersReply
+    from mqfleet.wire.job_detail import JobDetailReply
+    from mqfleet.wire.job_listing import JobRefRequest, JobsReply, JobsRequest
+    from mqfleet.wire.replies import (
+        ArtifactsReply,
+        CheckpointSavedReply,
+        CheckpointStartReply,
+        CheckpointUrlReply,
+        CompareReply,
+        CompleteReply,
+        DownloadUrlReply,
+        DrainReply,
+        GcReply,
+        JobReply,
+        LogsReply,
+        ManifestReply,
+        ReloadReply,
+        RequeueReply,
+        UndrainReply,
+    )
+    from mqfleet.wire.requests import (
+        CheckpointSavedRequest,
+        CheckpointStartRequest,
+        CheckpointUploadRequest,
+        ClaimReply,
+        CompareRequest,
+        CompleteRequest,
+        FailRequest,
+        GcRequest,
+        HostRequest,
+        LogsRequest,
+        ReloadRequest,
+        RenewReply,
+        RenewRequest,
+        RequeueRequest,
+        StatusReply,
+        UploadUrlReply,
+        UploadUrlRequest,
+    )
 
 Req = TypeVar("Req", bound=WireMessage)
 Rep = TypeVar("Rep", bound=WireMessage)
@@ -83,40 +87,81 @@ class VerbSpec(Generic[Req, Rep]):
     #: anyone (read-only queries).
     role: Role
     #: What the request's fields are checked into (a request also carries the envelope's `request_id`,
-    #: and an operator's its `auth`).
-    request: type[Req]
-    #: What an `ok` reply holds besides `ok`.
-    reply: type[Rep]
+    #: and an operator's its `auth`), and what an `ok` reply holds besides `ok`: each named `module.Class`
+    #: under mqfleet/wire/ and imported when first used, so a command loads the message modules of its own
+    #: verbs only (docs/BENCHMARKS.md, "CLI start-up"). The constant's annotation names the same two types for
+    #: mypy; tests/unit/test_verb_types.py holds the two together.
+    request_name: str
+    reply_name: str
     #: Whether the coordinator remembers the reply under the request id, so a redelivery is answered with it
     #: instead of running again: every verb that changes state. Queries are simply answered again.
     remembered: bool
 
+    @property
+    def request(self) -> type[Req]:
+        return cast("type[Req]", message_type(self.request_name))
 
-CLAIM = VerbSpec(Verb.CLAIM, Role.AGENT, NoFields, ClaimReply, remembered=True)
-RENEW = VerbSpec(Verb.RENEW, Role.AGENT, RenewRequest, RenewReply, remembered=True)
-UPLOAD_URL = VerbSpec(Verb.UPLOAD_URL, Role.AGENT, UploadUrlRequest, UploadUrlReply, remembered=True)
-COMPLETE = VerbSpec(Verb.COMPLETE, Role.AGENT, CompleteRequest, CompleteReply, remembered=True)
-FAIL = VerbSpec(Verb.FAIL, Role.AGENT, FailRequest, StatusReply, remembered=True)
-CHECKPOINT_URL = VerbSpec(Verb.CHECKPOINT_URL, Role.AGENT, CheckpointUploadRequest, CheckpointUrlReply, remembered=True)
-CHECKPOINT_SAVED = VerbSpec(Verb.CHECKPOINT_SAVED, Role.AGENT, CheckpointSavedRequest, CheckpointSavedReply,
-                            remembered=True)
-CHECKPOINT_START = VerbSpec(Verb.CHECKPOINT_START, Role.AGENT, CheckpointStartRequest, CheckpointStartReply,
-                            remembered=True)
-CANCEL = VerbSpec(Verb.CANCEL, Role.OPERATOR, JobRefRequest, JobReply, remembered=True)
-REQUEUE = VerbSpec(Verb.REQUEUE, Role.OPERATOR, RequeueRequest, RequeueReply, remembered=True)
-RELOAD = VerbSpec(Verb.RELOAD, Role.OPERATOR, ReloadRequest, ReloadReply, remembered=True)
-DRAIN = VerbSpec(Verb.DRAIN, Role.OPERATOR, HostRequest, DrainReply, remembered=True)
-UNDRAIN = VerbSpec(Verb.UNDRAIN, Role.OPERATOR, HostRequest, UndrainReply, remembered=True)
-GC = VerbSpec(Verb.GC, Role.OPERATOR, GcRequest, GcReply, remembered=True)
-JOBS = VerbSpec(Verb.JOBS, Role.QUERY, JobsRequest, JobsReply, remembered=False)
-JOB = VerbSpec(Verb.JOB, Role.QUERY, JobRefRequest, JobDetailReply, remembered=False)
-WORKERS = VerbSpec(Verb.WORKERS, Role.QUERY, NoFields, WorkersReply, remembered=False)
-HEALTH = VerbSpec(Verb.HEALTH, Role.QUERY, NoFields, Health, remembered=False)
-ARTIFACTS = VerbSpec(Verb.ARTIFACTS, Role.QUERY, NoFields, ArtifactsReply, remembered=False)
-LOGS = VerbSpec(Verb.LOGS, Role.QUERY, LogsRequest, LogsReply, remembered=False)
-DOWNLOAD_URL = VerbSpec(Verb.DOWNLOAD_URL, Role.QUERY, JobRefRequest, DownloadUrlReply, remembered=False)
-COMPARE = VerbSpec(Verb.COMPARE, Role.QUERY, CompareRequest, CompareReply, remembered=False)
-MANIFEST = VerbSpec(Verb.MANIFEST, Role.QUERY, NoFields, ManifestReply, remembered=False)
+    @property
+    def reply(self) -> type[Rep]:
+        return cast("type[Rep]", message_type(self.reply_name))
+
+
+@cache
+def message_type(name: str) -> type[WireMessage]:
+    """The message class a spec names (`health.Health`: mqfleet/wire/health.py's `Health`)."""
+    module, _, cls = name.rpartition(".")
+    found = getattr(importlib.import_module(f"mqfleet.wire.{module}"), cls)
+    if not (isinstance(found, type) and issubclass(found, WireMessage)):
+        raise TypeError(f"{name} is not a wire message")  # a programming error in the table below
+    return found
+
+
+CLAIM: VerbSpec[NoFields, ClaimReply] = VerbSpec(
+    Verb.CLAIM, Role.AGENT, "codec.NoFields", "requests.ClaimReply", remembered=True)
+RENEW: VerbSpec[RenewRequest, RenewReply] = VerbSpec(
+    Verb.RENEW, Role.AGENT, "requests.RenewRequest", "requests.RenewReply", remembered=True)
+UPLOAD_URL: VerbSpec[UploadUrlRequest, UploadUrlReply] = VerbSpec(
+    Verb.UPLOAD_URL, Role.AGENT, "requests.UploadUrlRequest", "requests.UploadUrlReply", remembered=True)
+COMPLETE: VerbSpec[CompleteRequest, CompleteReply] = VerbSpec(
+    Verb.COMPLETE, Role.AGENT, "requests.CompleteRequest", "replies.CompleteReply", remembered=True)
+FAIL: VerbSpec[FailRequest, StatusReply] = VerbSpec(
+    Verb.FAIL, Role.AGENT, "requests.FailRequest", "requests.StatusReply", remembered=True)
+CHECKPOINT_URL: VerbSpec[CheckpointUploadRequest, CheckpointUrlReply] = VerbSpec(
+    Verb.CHECKPOINT_URL, Role.AGENT, "requests.CheckpointUploadRequest", "replies.CheckpointUrlReply", remembered=True)
+CHECKPOINT_SAVED: VerbSpec[CheckpointSavedRequest, CheckpointSavedReply] = VerbSpec(
+    Verb.CHECKPOINT_SAVED, Role.AGENT, "requests.CheckpointSavedRequest", "replies.CheckpointSavedReply", remembered=True)
+CHECKPOINT_START: VerbSpec[CheckpointStartRequest, CheckpointStartReply] = VerbSpec(
+    Verb.CHECKPOINT_START, Role.AGENT, "requests.CheckpointStartRequest", "replies.CheckpointStartReply", remembered=True)
+CANCEL: VerbSpec[JobRefRequest, JobReply] = VerbSpec(
+    Verb.CANCEL, Role.OPERATOR, "job_listing.JobRefRequest", "replies.JobReply", remembered=True)
+REQUEUE: VerbSpec[RequeueRequest, RequeueReply] = VerbSpec(
+    Verb.REQUEUE, Role.OPERATOR, "requests.RequeueRequest", "replies.RequeueReply", remembered=True)
+RELOAD: VerbSpec[ReloadRequest, ReloadReply] = VerbSpec(
+    Verb.RELOAD, Role.OPERATOR, "requests.ReloadRequest", "replies.ReloadReply", remembered=True)
+DRAIN: VerbSpec[HostRequest, DrainReply] = VerbSpec(
+    Verb.DRAIN, Role.OPERATOR, "requests.HostRequest", "replies.DrainReply", remembered=True)
+UNDRAIN: VerbSpec[HostRequest, UndrainReply] = VerbSpec(
+    Verb.UNDRAIN, Role.OPERATOR, "requests.HostRequest", "replies.UndrainReply", remembered=True)
+GC: VerbSpec[GcRequest, GcReply] = VerbSpec(
+    Verb.GC, Role.OPERATOR, "requests.GcRequest", "replies.GcReply", remembered=True)
+JOBS: VerbSpec[JobsRequest, JobsReply] = VerbSpec(
+    Verb.JOBS, Role.QUERY, "job_listing.JobsRequest", "job_listing.JobsReply", remembered=False)
+JOB: VerbSpec[JobRefRequest, JobDetailReply] = VerbSpec(
+    Verb.JOB, Role.QUERY, "job_listing.JobRefRequest", "job_detail.JobDetailReply", remembered=False)
+WORKERS: VerbSpec[NoFields, WorkersReply] = VerbSpec(
+    Verb.WORKERS, Role.QUERY, "codec.NoFields", "hosts.WorkersReply", remembered=False)
+HEALTH: VerbSpec[NoFields, Health] = VerbSpec(
+    Verb.HEALTH, Role.QUERY, "codec.NoFields", "health.Health", remembered=False)
+ARTIFACTS: VerbSpec[NoFields, ArtifactsReply] = VerbSpec(
+    Verb.ARTIFACTS, Role.QUERY, "codec.NoFields", "replies.ArtifactsReply", remembered=False)
+LOGS: VerbSpec[LogsRequest, LogsReply] = VerbSpec(
+    Verb.LOGS, Role.QUERY, "requests.LogsRequest", "replies.LogsReply", remembered=False)
+DOWNLOAD_URL: VerbSpec[JobRefRequest, DownloadUrlReply] = VerbSpec(
+    Verb.DOWNLOAD_URL, Role.QUERY, "job_listing.JobRefRequest", "replies.DownloadUrlReply", remembered=False)
+COMPARE: VerbSpec[CompareRequest, CompareReply] = VerbSpec(
+    Verb.COMPARE, Role.QUERY, "requests.CompareRequest", "replies.CompareReply", remembered=False)
+MANIFEST: VerbSpec[NoFields, ManifestReply] = VerbSpec(
+    Verb.MANIFEST, Role.QUERY, "codec.NoFields", "replies.ManifestReply", remembered=False)
 
 #: Every verb's spec, by verb (a unit test holds it to the `Verb` enum, one entry each).
 VERBS: dict[Verb, VerbSpec[Any, Any]] = {spec.verb: spec for spec in (

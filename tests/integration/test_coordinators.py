@@ -4,6 +4,7 @@ leader and of the other, each restarted, while jobs stream through; and the bad 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import time
@@ -86,6 +87,8 @@ def test_two_coordinators_survive_kill_9_of_each_with_every_job_done_exactly_onc
         killed = time.monotonic()
         procs[leader].signal(signal.SIGKILL)
         moves.append(_wait_leader(fleet, other, killed))
+        # a change of hands is the one lead message an operator is warned of
+        assert re.search(rf"WARNING .*coordinator {other}: took the lead from {leader} ", procs[other].log()), procs[other].log()
         if round_ == 0:
             # more work while one coordinator is down: the survivor reloads, the restarted one follows
             fleet.write_manifest(manifest_text(*_jobs(20), fleet=FLEET))
@@ -236,3 +239,32 @@ def test_a_second_coordinator_on_the_same_sqlite_file_is_refused_naming_the_way_
     first.signal(signal.SIGKILL)  # a killed coordinator's lock goes with it: a restart is never refused
     first.popen.wait(10)
     fleet.start_coordinator()
+
+
+#: The lead message's time: ISO 8601 in UTC to the millisecond, e.g. 2025-06-01T12:00:00.123+00:00.
+ISO_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00"
+
+
+def test_taking_the_lead_is_info_with_an_iso_time_and_a_warning_only_when_the_lead_changes_hands(fleet: Fleet) -> None:
+    fleet.write_manifest(manifest_text(*_jobs(1)))
+
+    def lead_lines(proc: Proc, start: int) -> list[str]:
+        proc.signal(signal.SIGKILL)  # killed leading: its row in the coordinators table still says leader
+        proc.popen.wait(10)
+        return [line for line in proc.log()[start:].splitlines() if "took the lead" in line]
+
+    first = fleet.start_coordinator()
+    assert [line.split(" ", 3)[2] for line in lead_lines(first, 0)] == ["INFO"]
+    assert re.search(rf"INFO mqfleet\.coordinator\.service: coordinator coordinator: took the lead at {ISO_TIME}$",
+                     first.log(), re.MULTILINE), first.log()
+    # the same coordinator back after a crash: its own row, no change of hands
+    offset = len(first.log())
+    again = fleet.start_coordinator()
+    assert [line.split(" ", 3)[2] for line in lead_lines(again, offset)] == ["INFO"]
+
+    offset = len(again.log())
+    other = fleet.start_coordinator(extra=("--client-id", "c-other"))
+    lines = lead_lines(other, offset)
+    assert len(lines) == 1 and " WARNING " in lines[0], lines
+    assert re.search(rf"coordinator c-other: took the lead from coordinator on \S+ \(its last heartbeat at {ISO_TIME}\) "
+                     rf"at {ISO_TIME}$", lines[0]), lines

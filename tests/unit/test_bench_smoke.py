@@ -11,6 +11,7 @@ from bench.checkpoint import measure_sync_cost
 from bench.claim_rtt import measure_claim_rtt
 from bench.claim_scale import BESIDE, measure_beside
 from bench.claim_scale import measure as measure_claim_scale
+from bench.cli_startup import cli_startup_rows, measure_cli_startup
 from bench.common import percentile
 from bench.failover import measure_failover
 from bench.reload_latency import measure_polling, measure_reload
@@ -144,3 +145,12 @@ def test_observability_rows_read_the_cost_against_the_same_traffic_unkept_and_ke
     assert rows[0].ratio == "0.96x (+4% cost)" and rows[0].verdict == "PASS" and "keep_history = false" in rows[0].baseline
     assert rows[1].figure.startswith("coordinator CPU") and rows[1].verdict == "PASS"
     assert rows[4].figure.startswith("as first published") and rows[4].ratio.startswith("0.80x") and rows[4].verdict == "-"
+
+
+@pytest.mark.timeout(180)  # some twenty CLI processes and an agent: slow on a shared machine
+def test_cli_startup_times_each_command_against_python_pass_and_reports_every_target(tmp_path: Path) -> None:
+    result = measure_cli_startup(tmp_path, runs=1, agent_runs=1)
+    assert all(v[0] > 0 for v in result["import_s"].values()) and result["agent_start_import_s"][0] > 0
+    rows = cli_startup_rows(result)
+    assert [r.verdict for r in rows if r.target != "-"] != [] and all(
+        r.verdict in ("PASS", "MISS") for r in rows if r.target != "-")

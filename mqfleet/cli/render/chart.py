@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
 from mqfleet.cli.render.terminal import clean
-from mqfleet.wire.replies import ProgressPoint
-from mqfleet.wire.topics import JsonObject, JsonValue
+
+if TYPE_CHECKING:
+    # annotations only: a renderer loads no wire module the command has not loaded (docs/BENCHMARKS.md, "CLI start-up")
+    from mqfleet.wire.replies import ProgressPoint
+    from mqfleet.wire.topics import JsonObject, JsonValue
 
 #: Rows of one chart, and the glyphs that split a row into eighths.
 CHART_ROWS = 8

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -25,10 +26,14 @@ from rich.table import Table
 from rich.text import Text
 
 from mqfleet.cli.render.terminal import clean
-from mqfleet.fleet_picture import FleetPicture, HostPicture
-from mqfleet.wire.replies import HostUsage, Worker
-from mqfleet.wire.requests import Health, JobRow
-from mqfleet.wire.topics import JsonObject, JsonValue
+
+if TYPE_CHECKING:
+    # annotations only: a renderer loads no wire module the command has not loaded (docs/BENCHMARKS.md, "CLI start-up")
+    from mqfleet.fleet_picture import FleetPicture, HostPicture
+    from mqfleet.wire.health import Health
+    from mqfleet.wire.hosts import HostUsage, Worker
+    from mqfleet.wire.job_listing import JobRow
+    from mqfleet.wire.topics import JsonObject, JsonValue
 
 STATUS_STYLE = {
     "pending": "yellow",

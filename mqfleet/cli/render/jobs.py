@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -33,9 +34,12 @@ from mqfleet.cli.render.fleet import (
     status_text,
 )
 from mqfleet.cli.render.terminal import clean
-from mqfleet.wire.replies import ArtifactRecord, AttemptDetail, CheckpointDetail, CompareRow, JobDetail
-from mqfleet.wire.reports import Usage
-from mqfleet.wire.topics import JsonObject
+
+if TYPE_CHECKING:
+    # annotations only: a renderer loads no wire module the command has not loaded (docs/BENCHMARKS.md, "CLI start-up")
+    from mqfleet.wire.replies import ArtifactRecord, AttemptDetail, CheckpointDetail, CompareRow, JobDetail
+    from mqfleet.wire.reports import Usage
+    from mqfleet.wire.topics import JsonObject
 
 # --- listings ------------------------------------------------------------------------------
 

@@ -300,8 +300,8 @@ def open_pg_connection(url: str, *, writer: str, password: str | None = None) ->
     """A PgConnection, or ConfigurationError naming the URL (secrets hidden) and the fix."""
     try:
         import psycopg  # noqa: F401
-    except ImportError:
-        raise ConfigurationError("--db postgresql://... needs psycopg: pip install 'mqfleet[postgres]'") from None
+    except ImportError as e:
+        raise ConfigurationError(psycopg_missing(e)) from None
     check_url(url)
     where = redact_url(url)
     try:
@@ -316,3 +316,13 @@ def open_pg_connection(url: str, *, writer: str, password: str | None = None) ->
         else:
             fix = "is PostgreSQL running there and accepting TCP connections (listen_addresses, pg_hba.conf, firewall)?"
         raise ConfigurationError(f"cannot open the state database {where}: {text}; {fix}") from e
+
+
+def psycopg_missing(error: ImportError) -> str:
+    """What to install when psycopg does not import: psycopg itself, or the libpq that plain psycopg loads."""
+    if "libpq library not found" in str(error):
+        # plain psycopg (the `postgres` extra where psycopg-binary has no wheel: 32-bit ARM) over no system libpq
+        return ("--db postgresql://... : psycopg is installed but finds no libpq; install the system's "
+                "(Debian, Raspberry Pi OS: apt-get install libpq5), docs/OPERATIONS.md, \"Install lines by platform\"")
+    return ("--db postgresql://... needs psycopg: pip install 'mqfleet[postgres]' "
+            "(docs/OPERATIONS.md, \"Install lines by platform\")")

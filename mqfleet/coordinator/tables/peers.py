@@ -53,6 +53,8 @@ class Peers:
         self.version = version
         self.started_ts = started_ts
         self.last_heartbeat_ts = -1e18
+        #: The role this coordinator last wrote in its row: None before its first heartbeat.
+        self.role: str | None = None
         with state.transaction() as c:
             c.execute(SCHEMA)
 
@@ -66,6 +68,7 @@ class Peers:
             )
             c.execute("DELETE FROM coordinators WHERE heartbeat_ts < ?", (now - FORGET_S,))
         self.last_heartbeat_ts = now
+        self.role = role
 
     def forget(self) -> None:
         """A clean stop: this coordinator is no longer one of the fleet's."""
@@ -82,6 +85,17 @@ class Peers:
             out.append(CoordinatorPeer(id=r["id"], host=r["host"], version=r["version"], role=r["role"] if alive else "gone",
                                        started_ts=r["started_ts"], heartbeat_ts=r["heartbeat_ts"], alive=alive))
         return sorted(out, key=lambda p: (not p.alive, p.role != "leader", p.id))
+
+    def last_leader(self) -> CoordinatorPeer | None:
+        """Another coordinator whose row still says it leads (one that died leading: a clean stop forgets
+        its row), the latest heartbeat first; None when no other coordinator led within FORGET_S."""
+        row = self.state.read_one(
+            "SELECT id, host, version, role, started_ts, heartbeat_ts FROM coordinators WHERE id != ? AND role = ? "
+            "ORDER BY heartbeat_ts DESC LIMIT 1", (self.id, "leader"))
+        if row is None:
+            return None
+        return CoordinatorPeer(id=row["id"], host=row["host"], version=row["version"], role=row["role"],
+                               started_ts=row["started_ts"], heartbeat_ts=row["heartbeat_ts"], alive=False)
 
     def others_alive(self, now: float) -> bool:
         """Whether another coordinator's heartbeat is fresh (it served while we were away)."""
